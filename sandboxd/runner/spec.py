@@ -1,0 +1,420 @@
+"""What a container is, as frozen data: the runner's one input.
+
+A ``ContainerSpec`` is built by the daemon (or a test), checked once by :func:`validate`
+(every problem, each naming its field, in one ``InvalidArgument``), sent to the fork
+server as a plain dict (:func:`to_dict` / :func:`from_dict`, no pickle), and turned into
+setup steps by :mod:`sandboxd.runner.plan`.
+
+Units are the kernel's: bytes for memory, microseconds for CPU quota and period.
+``-1`` means unlimited wherever a limit can be unlimited.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from ..errors import InvalidArgument
+
+UNLIMITED = -1
+MIN_MEMORY = 6 * 1024 * 1024          # Docker's floor: below this a container cannot start
+DEFAULT_CPU_PERIOD = 100_000          # µs, the kernel's and Docker's default
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# containerd 2's default set; Docker keeps MKNOD NET_RAW SETFCAP SYS_CHROOT AUDIT_WRITE too.
+DEFAULT_CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "SETGID", "SETUID", "SETPCAP",
+    "NET_BIND_SERVICE", "KILL",
+)
+
+# Docker's masked and read-only paths (moby oci/defaults.go).
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list",
+    "/proc/timer_stats", "/sys/devices/virtual/powercap", "/sys/firmware",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+# Docker's ulimit names -> the RLIMIT_* constant's suffix.
+ULIMIT_NAMES = (
+    "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+    "nproc", "rss", "rtprio", "rttime", "sigpending", "stack",
+)
+
+NAMESPACES = ("pid", "net", "ipc", "uts")
+
+
+@dataclass(frozen=True)
+class Ulimit:
+    """One rlimit by Docker's name; ``-1`` is unlimited."""
+    name: str
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    """cgroup limits; ``None`` leaves the kernel's default (unlimited)."""
+    memory: int | None = None           # bytes
+    memory_swap: int | None = None      # memory + swap in bytes; None: no swap; -1: unlimited
+    cpu_quota: int = UNLIMITED          # µs per period
+    cpu_period: int = DEFAULT_CPU_PERIOD
+    cpu_shares: int | None = None       # relative weight, 2..262144 (v2: mapped to cpu.weight)
+    pids: int | None = None             # max tasks; None or -1: unlimited
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A bind or tmpfs mount inside the container.
+
+    ``bind``: ``source`` is a host path (file or directory).
+    ``tmpfs``: ``options`` such as ``("size=64m", "mode=1777")``.
+    """
+    destination: str
+    type: str = "bind"
+    source: str = ""
+    readonly: bool = False
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RootFS:
+    """The container's ``/``: an overlay of ``lowerdirs`` (top first).
+
+    With ``upperdir``/``workdir`` the writable layer is kept there (the daemon's snapshot);
+    without them a fresh upper is made on a tmpfs that vanishes with the container.
+    ``readonly`` mounts no upper at all.
+    """
+    lowerdirs: tuple[str, ...]
+    upperdir: str | None = None
+    workdir: str | None = None
+    readonly: bool = False
+    tmpfs_size: str = "1g"              # size= of the tmpfs upper when one is made
+
+
+@dataclass(frozen=True)
+class Namespaces:
+    """Each: ``"private"`` (a new one), ``"host"`` or an absolute path to join
+    (``/proc/<pid>/ns/net`` of another container, a bind-mounted netns)."""
+    pid: str = "private"
+    net: str = "private"
+    ipc: str = "private"
+    uts: str = "private"
+
+
+@dataclass(frozen=True)
+class Process:
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    cwd: str = "/"
+    user: str = ""                      # "uid[:gid]" or "name[:group]"; "" is root
+    terminal: bool = False
+    ulimits: tuple[Ulimit, ...] = ()
+    capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
+    no_new_privileges: bool = True
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    id: str
+    process: Process
+    root: RootFS
+    hostname: str = ""
+    mounts: tuple[Mount, ...] = ()
+    namespaces: Namespaces = field(default_factory=Namespaces)
+    limits: Limits = field(default_factory=Limits)
+    init: bool = False                  # a reaper as pid 1 that runs the workload
+    masked_paths: tuple[str, ...] = MASKED_PATHS
+    readonly_paths: tuple[str, ...] = READONLY_PATHS
+
+
+# ---------------------------------------------------------------- parsing user input
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_size(text: str | int, what: str = "size") -> int:
+    """Docker's RAMInBytes: ``64m``, ``1g``, ``512k``, ``100b``, ``1.5GiB``; binary units."""
+    if isinstance(text, bool):
+        raise InvalidArgument(f"{what}: expected a size such as 64m, got {text!r}")
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text))
+    if not m or (m.group(3) and m.group(3).lower() == "i"):
+        raise InvalidArgument(f"{what}: invalid size {text!r} (use e.g. 64m, 1g, 512k, 100b)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def cpus_to_quota(cpus: float, period: int = DEFAULT_CPU_PERIOD) -> int:
+    """``--cpus 0.5`` -> quota in µs for ``period`` (Docker: NanoCPUs * period / 1e9)."""
+    if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
+        raise InvalidArgument(f"cpus: must be a positive number, got {cpus!r}")
+    return max(1000, round(cpus * period))
+
+
+def parse_ulimit(text: str) -> Ulimit:
+    """``nofile=128:256`` or ``nofile=128`` (soft = hard); ``-1``/``unlimited`` allowed."""
+    name, sep, values = str(text).partition("=")
+    if not sep or not name:
+        raise InvalidArgument(f"ulimit: expected name=soft[:hard], got {text!r}")
+    soft_text, _, hard_text = values.partition(":")
+    try:
+        soft = _rlimit_value(soft_text)
+        hard = _rlimit_value(hard_text) if hard_text else soft
+    except ValueError:
+        raise InvalidArgument(f"ulimit {name}: values must be integers, got {values!r}") from None
+    return Ulimit(name.strip().lower(), soft, hard)
+
+
+def _rlimit_value(text: str) -> int:
+    text = text.strip()
+    return UNLIMITED if text in ("unlimited", "-1") else int(text)
+
+
+def merge_ulimits(defaults: tuple[Ulimit, ...] | list[Ulimit],
+                  overrides: tuple[Ulimit, ...] | list[Ulimit]) -> tuple[Ulimit, ...]:
+    """Per-container ulimits replace the daemon's defaults of the same name."""
+    merged = {u.name: u for u in defaults}
+    merged.update({u.name: u for u in overrides})
+    return tuple(merged.values())
+
+
+# ---------------------------------------------------------------- validation
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_ENV_KEY = re.compile(r"^[^=\x00]+$")
+_KNOWN_CAPS = frozenset((
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
+    "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST",
+    "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO",
+    "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE",
+    "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
+    "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+))
+KNOWN_CAPABILITIES = _KNOWN_CAPS
+
+
+def _is_abs(path: str) -> bool:
+    return isinstance(path, str) and path.startswith("/") and "\x00" not in path
+
+
+def _under(path: str, top: str) -> bool:
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    return bool(parts) and parts[0] == top.strip("/")
+
+
+def _has_dotdot(path: str) -> bool:
+    return ".." in path.split("/")
+
+
+def check_env(env: tuple[str, ...] | list[str], where: str = "env") -> list[str]:
+    problems = []
+    for i, entry in enumerate(env):
+        key, sep, _ = entry.partition("=") if isinstance(entry, str) else ("", "", "")
+        if not isinstance(entry, str) or not sep or not _ENV_KEY.match(key) or "\x00" in entry:
+            problems.append(f"{where}[{i}]: {entry!r} is not KEY=value with a non-empty KEY")
+    return problems
+
+
+def check_ulimits(ulimits: tuple[Ulimit, ...], where: str = "ulimits") -> list[str]:
+    problems, seen = [], set()
+    for u in ulimits:
+        if u.name not in ULIMIT_NAMES:
+            problems.append(f"{where}: unknown ulimit {u.name!r} "
+                            f"(known: {', '.join(ULIMIT_NAMES)})")
+        if u.name in seen:
+            problems.append(f"{where}: {u.name} given twice")
+        seen.add(u.name)
+        for label, value in (("soft", u.soft), ("hard", u.hard)):
+            if value < UNLIMITED:
+                problems.append(f"{where}: {u.name} {label} limit {value} is negative")
+        if u.hard != UNLIMITED and (u.soft == UNLIMITED or u.soft > u.hard):
+            problems.append(f"{where}: {u.name} soft limit {u.soft} is above the hard limit "
+                            f"{u.hard}")
+    return problems
+
+
+def check_limits(lim: Limits, where: str = "limits") -> list[str]:
+    problems = []
+    if lim.memory is not None and lim.memory != UNLIMITED and lim.memory < MIN_MEMORY:
+        problems.append(f"{where}.memory: minimum is 6MiB ({MIN_MEMORY} bytes), "
+                        f"got {lim.memory}")
+    if lim.memory_swap is not None and lim.memory_swap != UNLIMITED:
+        if lim.memory is None or lim.memory == UNLIMITED:
+            problems.append(f"{where}.memory_swap: needs a memory limit too")
+        elif lim.memory_swap < lim.memory:
+            problems.append(f"{where}.memory_swap: {lim.memory_swap} is below memory "
+                            f"{lim.memory} (memory-swap is memory plus swap)")
+    if lim.cpu_quota != UNLIMITED and lim.cpu_quota < 1000:
+        problems.append(f"{where}.cpu_quota: minimum is 1000µs, got {lim.cpu_quota}")
+    if not 1000 <= lim.cpu_period <= 1_000_000:
+        problems.append(f"{where}.cpu_period: must be within 1000..1000000µs, "
+                        f"got {lim.cpu_period}")
+    if lim.cpu_shares is not None and not 2 <= lim.cpu_shares <= 262144:
+        problems.append(f"{where}.cpu_shares: must be within 2..262144, got {lim.cpu_shares}")
+    if lim.pids is not None and lim.pids != UNLIMITED and lim.pids < 1:
+        problems.append(f"{where}.pids: must be positive or -1 (unlimited), got {lim.pids}")
+    return problems
+
+
+def _check_process(p: Process) -> list[str]:
+    problems = []
+    if not p.args:
+        problems.append("process.args: no command given")
+    for i, arg in enumerate(p.args):
+        if "\x00" in arg:
+            problems.append(f"process.args[{i}]: contains a NUL byte")
+    if p.args and not p.args[0]:
+        problems.append("process.args[0]: the command is empty")
+    problems += check_env(p.env, "process.env")
+    if not _is_abs(p.cwd):
+        problems.append(f"process.cwd: {p.cwd!r} is not an absolute path")
+    elif _under(p.cwd, "/proc") or _has_dotdot(p.cwd):
+        problems.append(f"process.cwd: {p.cwd!r} is not allowed (no /proc paths or '..')")
+    if p.user and not re.match(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$", p.user):
+        problems.append(f"process.user: {p.user!r} is not uid[:gid] or name[:group]")
+    problems += check_ulimits(p.ulimits, "process.ulimits")
+    for cap in p.capabilities:
+        if cap not in _KNOWN_CAPS:
+            problems.append(f"process.capabilities: unknown capability {cap!r}")
+    return problems
+
+
+def _check_mounts(mounts: tuple[Mount, ...]) -> list[str]:
+    problems = []
+    for i, m in enumerate(mounts):
+        where = f"mounts[{i}]"
+        if m.type not in ("bind", "tmpfs"):
+            problems.append(f"{where}.type: {m.type!r} is not bind or tmpfs")
+        if not _is_abs(m.destination) or _has_dotdot(m.destination):
+            problems.append(f"{where}.destination: {m.destination!r} must be an absolute "
+                            f"path without '..'")
+        elif m.destination.rstrip("/") == "":
+            problems.append(f"{where}.destination: cannot mount over /")
+        elif _under(m.destination, "/proc") or _under(m.destination, "/sys"):
+            problems.append(f"{where}.destination: {m.destination} is inside /proc or /sys")
+        if m.type == "bind" and not _is_abs(m.source):
+            problems.append(f"{where}.source: {m.source!r} must be an absolute host path")
+        if m.type == "tmpfs" and m.source:
+            problems.append(f"{where}.source: a tmpfs mount takes no source")
+    return problems
+
+
+def _check_root(r: RootFS) -> list[str]:
+    problems = []
+    if not r.lowerdirs:
+        problems.append("root.lowerdirs: at least one directory is needed")
+    for i, d in enumerate(r.lowerdirs):
+        if not _is_abs(d) or "," in d or ":" in d:
+            problems.append(f"root.lowerdirs[{i}]: {d!r} must be an absolute path without "
+                            f"',' or ':'")
+    if (r.upperdir is None) != (r.workdir is None):
+        problems.append("root: upperdir and workdir go together")
+    for name in ("upperdir", "workdir"):
+        value = getattr(r, name)
+        if value is not None and (not _is_abs(value) or "," in value or ":" in value):
+            problems.append(f"root.{name}: {value!r} must be an absolute path without ',' "
+                            f"or ':'")
+    if r.readonly and r.upperdir is not None:
+        problems.append("root: a read-only root takes no upperdir")
+    return problems
+
+
+def validate(spec: ContainerSpec) -> ContainerSpec:
+    """Check every field; raise one ``InvalidArgument`` listing all problems."""
+    problems = []
+    if not isinstance(spec.id, str) or not _ID.match(spec.id):
+        problems.append(f"id: {spec.id!r} must be 1-128 of [A-Za-z0-9_.-], not starting "
+                        f"with '.', '_' or '-'")
+    if spec.hostname and (len(spec.hostname) > 64 or not _HOSTNAME.match(spec.hostname)):
+        problems.append(f"hostname: {spec.hostname!r} is not a valid host name "
+                        f"(letters, digits, '-', '.', at most 64)")
+    problems += _check_process(spec.process)
+    problems += _check_root(spec.root)
+    problems += _check_mounts(spec.mounts)
+    problems += check_limits(spec.limits)
+    for ns in NAMESPACES:
+        mode = getattr(spec.namespaces, ns)
+        if mode not in ("private", "host") and not _is_abs(mode):
+            problems.append(f"namespaces.{ns}: {mode!r} is not private, host or a path")
+    for name in ("masked_paths", "readonly_paths"):
+        for path in getattr(spec, name):
+            if not _is_abs(path) or _has_dotdot(path):
+                problems.append(f"{name}: {path!r} must be an absolute path without '..'")
+    if problems:
+        raise InvalidArgument.of(problems)
+    return spec
+
+
+# ---------------------------------------------------------------- wire form
+
+def to_dict(obj: Any) -> Any:
+    """A spec as plain msgpack-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(x) for x in obj]
+    return obj
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Rebuild a dataclass from :func:`to_dict` output, refusing unknown, missing and
+    wrongly typed fields with ``InvalidArgument`` naming each."""
+    problems: list[str] = []
+    value = _convert(cls, data, where or cls.__name__, problems)
+    if problems:
+        raise InvalidArgument.of(problems)
+    return value
+
+
+def _convert(tp: Any, data: Any, where: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            problems.append(f"{where}: expected a mapping, got {type(data).__name__}")
+            return None
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        for key in data:
+            if key not in fields:
+                problems.append(f"{where}.{key}: unknown field")
+        kwargs = {}
+        for name, f in fields.items():
+            if name in data:
+                kwargs[name] = _convert(hints[name], data[name], f"{where}.{name}", problems)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"{where}.{name}: missing")
+        if problems:
+            return None
+        return tp(**kwargs)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if data is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], data, where, problems)
+    if origin is tuple:
+        item_type = typing.get_args(tp)[0]
+        if not isinstance(data, (list, tuple)):
+            problems.append(f"{where}: expected a list, got {type(data).__name__}")
+            return ()
+        return tuple(_convert(item_type, x, f"{where}[{i}]", problems)
+                     for i, x in enumerate(data))
+    if tp is int and (not isinstance(data, int) or isinstance(data, bool)):
+        problems.append(f"{where}: expected an integer, got {type(data).__name__}")
+    elif tp is int and not -(1 << 63) <= data < (1 << 63):
+        problems.append(f"{where}: integer out of range")
+    elif tp is bool and not isinstance(data, bool):
+        problems.append(f"{where}: expected true or false, got {type(data).__name__}")
+    elif tp is str and not isinstance(data, str):
+        problems.append(f"{where}: expected a string, got {type(data).__name__}")
+    elif tp is float and (not isinstance(data, (int, float)) or isinstance(data, bool)):
+        problems.append(f"{where}: expected a number, got {type(data).__name__}")
+    return data

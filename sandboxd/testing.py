@@ -1,0 +1,66 @@
+"""Tiny images for tests and benchmarks, made on this machine (no registry needed).
+
+``busybox_rootfs()`` lays out Debian's static busybox as a minimal root filesystem once
+per cache directory and returns its path; ``busybox_tar()`` packs the same tree as a plain
+rootfs tarball (what ``sbx import`` and other runtimes' ``import`` take).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+BUSYBOX = "/bin/busybox"
+
+
+def cache_dir() -> Path:
+    """Where generated trees live: ``$SANDBOXD_TEST_CACHE`` or ``~/.cache/sandboxd-test``."""
+    path = Path(os.environ.get("SANDBOXD_TEST_CACHE", Path.home() / ".cache" / "sandboxd-test"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def busybox_rootfs(dest: Path | None = None) -> Path:
+    """A busybox root filesystem: bin/<applet> -> busybox, etc/passwd, etc/group."""
+    if not os.path.exists(BUSYBOX):
+        raise FileNotFoundError(f"{BUSYBOX} is missing: apt-get install busybox-static")
+    dest = Path(dest) if dest else cache_dir() / "busybox-rootfs"
+    if (dest / ".complete").exists():
+        return dest
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "proc", "sys",
+                "dev", "var/www", "home"):
+        (tmp / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(tmp / "tmp", 0o1777)
+    shutil.copy2(BUSYBOX, tmp / "bin" / "busybox")
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for applet in applets:
+        link = tmp / "bin" / applet
+        if applet != "busybox" and not link.exists():
+            link.symlink_to("busybox")     # relative: absolute links would point at the host
+    (tmp / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+    (tmp / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    (tmp / ".complete").write_text("")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(tmp, dest)
+    return dest
+
+
+def busybox_tar(dest: Path | None = None) -> Path:
+    """The busybox rootfs as a plain tarball (``sbx import``, ``podman import``)."""
+    dest = Path(dest) if dest else cache_dir() / "busybox-rootfs.tar"
+    if dest.exists():
+        return dest
+    root = busybox_rootfs()
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    with tarfile.open(tmp, "w") as tar:
+        for entry in sorted(os.listdir(root)):
+            if entry != ".complete":
+                tar.add(root / entry, arcname=entry)
+    os.rename(tmp, dest)
+    return dest
