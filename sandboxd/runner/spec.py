@@ -189,7 +189,8 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _ENV_KEY = re.compile(r"^[^=\x00]+$")
-_KNOWN_CAPS = frozenset((
+# Every capability, in kernel number order (CAP_CHOWN is 0).
+CAPABILITY_NAMES = (
     "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
     "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST",
     "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO",
@@ -197,8 +198,8 @@ _KNOWN_CAPS = frozenset((
     "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE",
     "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
     "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
-))
-KNOWN_CAPABILITIES = _KNOWN_CAPS
+)
+_KNOWN_CAPS = frozenset(CAPABILITY_NAMES)
 
 
 def _is_abs(path: str) -> bool:
@@ -264,7 +265,7 @@ def check_limits(lim: Limits, where: str = "limits") -> list[str]:
     return problems
 
 
-def _check_process(p: Process) -> list[str]:
+def check_process(p: Process) -> list[str]:
     problems = []
     if not p.args:
         problems.append("process.args: no command given")
@@ -336,7 +337,7 @@ def validate(spec: ContainerSpec) -> ContainerSpec:
     if spec.hostname and (len(spec.hostname) > 64 or not _HOSTNAME.match(spec.hostname)):
         problems.append(f"hostname: {spec.hostname!r} is not a valid host name "
                         f"(letters, digits, '-', '.', at most 64)")
-    problems += _check_process(spec.process)
+    problems += check_process(spec.process)
     problems += _check_root(spec.root)
     problems += _check_mounts(spec.mounts)
     problems += check_limits(spec.limits)

@@ -1,0 +1,221 @@
+"""Spec -> the ordered filesystem steps that build a container's root (pure).
+
+``build_plan`` decides everything; :mod:`sandboxd.runner.mounts` only carries the steps
+out, one loop, each failure naming its step. Unit tests read the plan without root.
+
+Order (runc's standard_init): make ``/`` private, assemble the root (overlay), kernel
+filesystems (/proc, /sys, /dev and its nodes), the caller's mounts, masked and
+read-only paths, pivot_root, hostname.
+"""
+from __future__ import annotations
+
+import os.path
+from dataclasses import dataclass
+
+from . import syscalls as sc
+from .spec import ContainerSpec, Mount
+
+PAGE_SIZE = 4096
+NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+
+# (name, major, minor): the only device nodes a container gets.
+DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+           ("urandom", 1, 9), ("tty", 5, 0))
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+             ("ptmx", "pts/ptmx"))
+
+
+@dataclass(frozen=True)
+class MountStep:
+    """mount(2). ``target`` is inside the new root when ``in_root`` (resolved without
+    leaving it), else a host path. ``create``: make the mountpoint as "dir" or "file".
+    ``plain_target``: the target must be a real directory, not a symlink (/proc, /sys,
+    /dev): a rootfs cannot redirect the kernel filesystems elsewhere."""
+    target: str
+    fstype: str | None = None
+    source: str | None = None
+    flags: int = 0
+    data: str = ""
+    in_root: bool = True
+    create: str = "dir"
+    plain_target: bool = False
+    chdir: str | None = None      # cwd for the call: lets long overlay options be relative
+
+    def describe(self) -> str:
+        kind = "bind " + (self.source or "") if self.flags & sc.MS_BIND else self.fstype
+        if self.flags & sc.MS_REMOUNT:
+            kind = "remount"
+        return f"mount {kind} on {self.target}"
+
+
+@dataclass(frozen=True)
+class MakeDirs:
+    path: str
+    mode: int = 0o755
+    in_root: bool = False
+
+    def describe(self) -> str:
+        return f"mkdir {self.path}"
+
+
+@dataclass(frozen=True)
+class MakeDevice:
+    path: str                     # inside the root
+    major: int
+    minor: int
+
+    def describe(self) -> str:
+        return f"mknod {self.path}"
+
+
+@dataclass(frozen=True)
+class MakeLink:
+    path: str                     # inside the root
+    target: str
+
+    def describe(self) -> str:
+        return f"symlink {self.path} -> {self.target}"
+
+
+@dataclass(frozen=True)
+class MaskPath:
+    """Hide a path: /dev/null over a file, an empty read-only tmpfs over a directory."""
+    path: str
+
+    def describe(self) -> str:
+        return f"mask {self.path}"
+
+
+@dataclass(frozen=True)
+class ReadonlyPath:
+    """Bind a path onto itself, then remount the bind read-only."""
+    path: str
+
+    def describe(self) -> str:
+        return f"make {self.path} read-only"
+
+
+@dataclass(frozen=True)
+class PivotRoot:
+    root: str
+
+    def describe(self) -> str:
+        return f"pivot_root into {self.root}"
+
+
+@dataclass(frozen=True)
+class SetHostname:
+    name: str
+
+    def describe(self) -> str:
+        return f"sethostname {self.name}"
+
+
+Step = MountStep | MakeDirs | MakeDevice | MakeLink | MaskPath | ReadonlyPath | PivotRoot \
+    | SetHostname
+
+
+def build_plan(spec: ContainerSpec, mnt: str) -> list[Step]:
+    """All filesystem steps for ``spec``; ``mnt`` is an existing empty host directory
+    that the new root is assembled on (inside the container's private mount namespace,
+    so every container may use the same one)."""
+    steps: list[Step] = [MountStep("/", None, None, sc.MS_REC | sc.MS_PRIVATE, in_root=False,
+                                   create="")]
+    root, root_steps = _root_steps(spec, mnt)
+    steps += root_steps
+    steps += _kernel_fs_steps(spec)
+    for m in spec.mounts:
+        steps += _user_mount_steps(m)
+    steps += [MaskPath(p) for p in spec.masked_paths]
+    steps += [ReadonlyPath(p) for p in spec.readonly_paths]
+    steps.append(PivotRoot(root))
+    if spec.hostname and spec.namespaces.uts == "private":
+        steps.append(SetHostname(spec.hostname))
+    return steps
+
+
+def _root_steps(spec: ContainerSpec, mnt: str) -> tuple[str, list[Step]]:
+    r = spec.root
+    if r.readonly and len(r.lowerdirs) == 1:
+        # A single read-only lower needs no overlay: a read-only bind is cheaper.
+        return mnt, [
+            MountStep(mnt, None, r.lowerdirs[0], sc.MS_BIND | sc.MS_REC, in_root=False,
+                      create=""),
+            MountStep(mnt, None, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY,
+                      in_root=False, create=""),
+        ]
+    steps: list[Step] = []
+    if r.readonly:
+        upper = work = None
+        root = mnt
+    elif r.upperdir:
+        upper, work, root = r.upperdir, r.workdir, mnt
+    else:
+        # Fresh writable layer on a tmpfs private to this container: nothing to clean
+        # on the host, gone when the mount namespace goes.
+        steps.append(MountStep(mnt, "tmpfs", "tmpfs", 0, f"mode=755,size={r.tmpfs_size}",
+                               in_root=False, create=""))
+        upper, work, root = f"{mnt}/upper", f"{mnt}/work", f"{mnt}/root"
+        steps += [MakeDirs(upper), MakeDirs(work), MakeDirs(root)]
+    steps.append(_overlay_step(r.lowerdirs, upper, work, root))
+    return root, steps
+
+
+def _overlay_step(lowers: tuple[str, ...], upper: str | None, work: str | None,
+                  target: str) -> MountStep:
+    def options(lower: list[str]) -> str:
+        opts = ["lowerdir=" + ":".join(lower)]
+        if upper:
+            opts += [f"upperdir={upper}", f"workdir={work}"]
+        return ",".join(opts)
+
+    data = options(list(lowers))
+    chdir = None
+    if len(data) >= PAGE_SIZE:
+        # Mount options are limited to one page: name the lowers relative to their
+        # common parent and mount from there.
+        chdir = os.path.commonpath(list(lowers))
+        data = options([os.path.relpath(d, chdir) for d in lowers])
+    return MountStep(target, "overlay", "overlay", 0, data, in_root=False, create="",
+                     chdir=chdir)
+
+
+def _kernel_fs_steps(spec: ContainerSpec) -> list[Step]:
+    steps: list[Step] = [
+        MountStep("/proc", "proc", "proc", NOSUID_NODEV_NOEXEC, plain_target=True),
+        # sysfs shows the host's network devices unless the netns is new; with a joined or
+        # host netns Docker binds /sys instead of mounting; read-only either way.
+        MountStep("/sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | sc.MS_RDONLY,
+                  plain_target=True)
+        if spec.namespaces.net == "private" else
+        MountStep("/sys", None, "/sys", sc.MS_BIND | sc.MS_REC, plain_target=True),
+    ]
+    if spec.namespaces.net != "private":
+        steps.append(MountStep("/sys", None, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY
+                               | NOSUID_NODEV_NOEXEC))
+    steps.append(MountStep("/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME,
+                           "mode=755,size=65536k", plain_target=True))
+    steps += [MakeDevice(f"/dev/{name}", major, minor) for name, major, minor in DEVICES]
+    steps += [MakeLink(f"/dev/{name}", target) for name, target in DEV_LINKS]
+    steps += [
+        MountStep("/dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+                  "newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        MountStep("/dev/shm", "tmpfs", "shm", NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
+    ]
+    if spec.namespaces.ipc == "private":
+        steps.append(MountStep("/dev/mqueue", "mqueue", "mqueue", NOSUID_NODEV_NOEXEC))
+    return steps
+
+
+def _user_mount_steps(m: Mount) -> list[Step]:
+    if m.type == "tmpfs":
+        data = ",".join(m.options) if m.options else "mode=1777"
+        flags = sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if m.readonly else 0)
+        return [MountStep(m.destination, "tmpfs", "tmpfs", flags, data)]
+    steps: list[Step] = [MountStep(m.destination, None, m.source, sc.MS_BIND | sc.MS_REC,
+                                   create="like-source")]
+    if m.readonly:
+        steps.append(MountStep(m.destination, None, None,
+                               sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY, create=""))
+    return steps
