@@ -9,6 +9,7 @@
     ├── SetupFailed               setup_failed: the kernel refused a container setup step
     ├── CommandNotFound           command_not_found: exec of the workload failed (127)
     ├── CommandNotExecutable      command_not_executable: exec permission denied (126)
+    ├── Cancelled                 cancelled: the client cancelled the request
     └── Internal                  internal: a bug; the message says where
 
 The daemon sends ``{"code": ..., "message": ..., "details": ...}``; the client rebuilds
@@ -72,6 +73,10 @@ class CommandNotExecutable(SandboxError):
     exit_code = 126
 
 
+class Cancelled(SandboxError):
+    code = "cancelled"
+
+
 class Internal(SandboxError):
     code = "internal"
 
@@ -79,7 +84,7 @@ class Internal(SandboxError):
 _BY_CODE: dict[str, type[SandboxError]] = {
     cls.code: cls
     for cls in (NotFound, Conflict, InvalidArgument, LimitExceeded, Unavailable,
-                SetupFailed, CommandNotFound, CommandNotExecutable, Internal)
+                SetupFailed, CommandNotFound, CommandNotExecutable, Cancelled, Internal)
 }
 
 
