@@ -1,0 +1,49 @@
+"""Image references (``busybox``, ``busybox:1.36``, ``localhost:5000/team/app:v2``,
+``app@sha256:<hex>``), following the grammar of distribution's reference package.
+
+References are kept as the user wrote them plus an implicit ``:latest``; no
+``docker.io/library/`` is added, because there is no default registry here.
+"""
+from __future__ import annotations
+
+import re
+
+from ..errors import InvalidArgument
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
+_NAME = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+MAX_NAME = 255
+
+
+def split_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """``(name, tag, digest)``; ``InvalidArgument`` naming what is wrong."""
+    if not isinstance(ref, str) or not ref:
+        raise InvalidArgument("image reference: empty")
+    name, _, digest = ref.partition("@")
+    tag = None
+    last_slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > last_slash:                       # a ':' in the last component is the tag
+        name, tag = name[:colon], name[colon + 1:]
+        if not _TAG.match(tag):
+            raise InvalidArgument(f"image reference {ref!r}: invalid tag {tag!r} (letters, "
+                                  f"digits, '_', '.', '-', at most 128, not starting with "
+                                  f"'.' or '-')")
+    if len(name) > MAX_NAME or not _NAME.match(name):
+        raise InvalidArgument(f"image reference {ref!r}: invalid name {name!r} (lowercase "
+                              f"letters, digits and separators '.', '_', '-', '/')")
+    if digest and not _DIGEST.match(digest):
+        raise InvalidArgument(f"image reference {ref!r}: invalid digest {digest!r} "
+                              f"(sha256:<64 hex>)")
+    return name, tag, digest or None
+
+
+def normalize_ref(ref: str) -> str:
+    """``busybox`` -> ``busybox:latest``; tags and digests are kept."""
+    name, tag, digest = split_ref(ref)
+    if digest:
+        return f"{name}:{tag}@{digest}" if tag else f"{name}@{digest}"
+    return f"{name}:{tag or 'latest'}"
