@@ -137,7 +137,8 @@ def uncompressed(src: str | os.PathLike[str] | BinaryIO) -> Iterator[Readable]:
                 raise InvalidArgument("the layer is zstd-compressed: install the zstandard "
                                       "module (pip install zstandard) or give a gzip or "
                                       "plain tar") from None
-            reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                stream, read_across_frames=True)
             yield stack.enter_context(reader)
         else:
             yield stream
