@@ -1,0 +1,378 @@
+"""cgroups against the real kernel (root): limits land in the v1 files, processes join,
+stats count, the OOM killer is told apart from a plain SIGKILL, freeze/thaw stop and
+resume, kill_all + remove leave nothing in any controller.
+
+Everything lives under the parent ``sandboxd-test-<pid>``, removed at the end. The v1
+tests need a v1 (or hybrid) host; the v2 process-control tests use a cgroup2 mount with
+no controllers (the hybrid host's ``/sys/fs/cgroup/unified``) when there is one.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sandboxd.errors import Conflict, NotFound, SetupFailed
+from sandboxd.runner import cgroups
+from sandboxd.runner.cgroups import CgroupManager, DEVICE_ALLOWLIST
+from sandboxd.runner.spec import Limits, cpus_to_quota, parse_size
+
+PARENT = f"sandboxd-test-{os.getpid()}"
+UNIFIED = "/sys/fs/cgroup/unified"
+MiB = 1 << 20
+V1_UNLIMITED = 9223372036854771712      # what v1 reads back for "-1" (page-aligned max)
+
+pytestmark = pytest.mark.skipif(cgroups.detect() != "v1",
+                                reason="the v1 driver needs a cgroup v1 or hybrid host")
+
+
+@pytest.fixture(scope="module")
+def mgr():
+    manager = CgroupManager(PARENT)
+    assert manager.version == "v1"
+    yield manager
+    for name in manager.names():
+        manager.open(name).remove()
+    for parent in {os.path.dirname(p) for p in manager.paths("x")}:
+        if os.path.isdir(parent):
+            os.rmdir(parent)
+    assert not [p for p in Path("/sys/fs/cgroup").glob(f"*/{PARENT}")]
+
+
+@pytest.fixture
+def procs():
+    """Processes a test starts; killed and reaped whatever happens."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def kfile(mgr: CgroupManager, controller: str, name: str, file: str) -> str:
+    with open(f"{mgr.hierarchies[controller]}/{PARENT}/{name}/{file}") as f:
+        return f.read().strip()
+
+
+def python_child(procs: list, code: str) -> subprocess.Popen:
+    """A Python process that waits for one line on stdin before running ``code``, so it
+    can be put in a cgroup first."""
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()\n" + code],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    procs.append(p)
+    return p
+
+
+def go(p: subprocess.Popen) -> None:
+    p.stdin.write("\n")
+    p.stdin.flush()
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])         # utime + stime
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def leftover(mgr: CgroupManager, name: str) -> list[str]:
+    return [p for p in mgr.paths(name) if os.path.exists(p)]
+
+
+# ---------------------------------------------------------------- limits
+
+def test_create_writes_limits(mgr):
+    cg = mgr.create("limits", Limits(memory=parse_size("40m"), cpu_quota=cpus_to_quota(0.5),
+                                     cpu_shares=512, pids=64))
+    try:
+        assert cg.version == "v1"
+        assert kfile(mgr, "memory", "limits", "memory.limit_in_bytes") == "41943040"
+        assert kfile(mgr, "memory", "limits", "memory.memsw.limit_in_bytes") == "41943040"
+        assert kfile(mgr, "cpu", "limits", "cpu.cfs_quota_us") == "50000"
+        assert kfile(mgr, "cpu", "limits", "cpu.cfs_period_us") == "100000"
+        assert kfile(mgr, "cpu", "limits", "cpu.shares") == "512"
+        assert kfile(mgr, "pids", "limits", "pids.max") == "64"
+        assert kfile(mgr, "devices", "limits", "devices.list").splitlines() == \
+            list(DEVICE_ALLOWLIST)
+    finally:
+        cg.remove()
+    assert leftover(mgr, "limits") == []
+
+
+def test_create_with_defaults_leaves_kernel_defaults(mgr):
+    cg = mgr.create("defaults", Limits())
+    try:
+        assert int(kfile(mgr, "memory", "defaults", "memory.limit_in_bytes")) == V1_UNLIMITED
+        assert kfile(mgr, "cpu", "defaults", "cpu.cfs_quota_us") == "-1"
+        assert kfile(mgr, "pids", "defaults", "pids.max") == "max"
+        assert cg.stats().pids_current == 0 and cg.pids() == []
+    finally:
+        cg.remove()
+
+
+def test_update_live_keeps_memsw_above_limit(mgr, procs):
+    cg = mgr.create("update", Limits(memory=40 * MiB, pids=10))
+    try:
+        p = python_child(procs, "hold = b'x' * (24 << 20)\nprint('held', flush=True)\n"
+                                "sys.stdin.readline()")
+        cg.join(p.pid)
+        go(p)
+        assert p.stdout.readline() == "held\n"
+        # Raising both: memsw must go first (it may never be below the limit).
+        cg.update(Limits(memory=80 * MiB, memory_swap=100 * MiB, cpu_quota=20000,
+                         cpu_period=50000))
+        assert kfile(mgr, "memory", "update", "memory.limit_in_bytes") == str(80 * MiB)
+        assert kfile(mgr, "memory", "update", "memory.memsw.limit_in_bytes") == \
+            str(100 * MiB)
+        assert kfile(mgr, "cpu", "update", "cpu.cfs_quota_us") == "20000"
+        assert kfile(mgr, "cpu", "update", "cpu.cfs_period_us") == "50000"
+        assert kfile(mgr, "pids", "update", "pids.max") == "max"
+        # Lowering both: the limit must go first.
+        cg.update(Limits(memory=30 * MiB))
+        assert kfile(mgr, "memory", "update", "memory.limit_in_bytes") == str(30 * MiB)
+        assert kfile(mgr, "memory", "update", "memory.memsw.limit_in_bytes") == str(30 * MiB)
+        assert kfile(mgr, "cpu", "update", "cpu.cfs_quota_us") == "-1"
+        cg.update(Limits(memory=30 * MiB, memory_swap=-1))
+        assert int(kfile(mgr, "memory", "update", "memory.memsw.limit_in_bytes")) == \
+            V1_UNLIMITED
+        # Below what the process holds (24 MiB of anonymous memory, no swap): refused.
+        with pytest.raises(SetupFailed) as err:
+            cg.update(Limits(memory=8 * MiB))
+        path = f"{mgr.hierarchies['memory']}/{PARENT}/update/memory.limit_in_bytes"
+        assert err.value.message == f"write {8 * MiB} to {path}: Device or resource busy"
+        assert kfile(mgr, "memory", "update", "memory.limit_in_bytes") == str(30 * MiB)
+        assert p.poll() is None
+    finally:
+        cg.remove()
+    assert leftover(mgr, "update") == []
+
+
+def test_refused_value_names_file_and_create_cleans_up(mgr):
+    with pytest.raises(SetupFailed) as err:
+        mgr.create("refused", Limits(cpu_quota=500))        # the kernel's minimum is 1ms
+    path = f"{mgr.hierarchies['cpu']}/{PARENT}/refused/cpu.cfs_quota_us"
+    assert err.value.message == f"write 500 to {path}: Invalid argument"
+    assert err.value.details["errno"] == 22
+    assert leftover(mgr, "refused") == []
+    assert "refused" not in mgr.names()
+
+
+def test_write_to_removed_cgroup_names_file(mgr):
+    cg = mgr.create("gone", Limits())
+    cg.remove()
+    with pytest.raises(SetupFailed) as err:
+        cg.join(os.getpid())
+    assert "/gone/cgroup.procs: No such file or directory" in err.value.message
+    with pytest.raises(SetupFailed, match="/gone/memory.limit_in_bytes: No such file"):
+        cg.update(Limits(pids=10))
+    cg.remove()             # removing twice is fine
+    assert cg.pids() == []
+
+
+def test_names_open_conflict(mgr):
+    a = mgr.create("list-a", Limits())
+    b = mgr.create("list-b", Limits())
+    try:
+        assert {"list-a", "list-b"} <= set(mgr.names())
+        with pytest.raises(Conflict, match="already exists"):
+            mgr.create("list-a", Limits())
+        assert mgr.open("list-b").paths == b.paths
+    finally:
+        a.remove()
+        mgr.open("list-b").remove()
+    assert not {"list-a", "list-b"} & set(mgr.names())
+    with pytest.raises(NotFound):
+        mgr.open("list-a")
+
+
+def test_open_partly_made_cgroup_is_removed(mgr):
+    # A daemon crash between the mkdirs leaves the name in some hierarchies only.
+    os.mkdir(f"{mgr.hierarchies['memory']}/{PARENT}/partial")
+    assert "partial" in mgr.names()
+    mgr.open("partial").remove()
+    assert leftover(mgr, "partial") == []
+
+
+# ---------------------------------------------------------------- processes
+
+def test_join_and_stats(mgr, procs):
+    cg = mgr.create("stats", Limits(memory=64 * MiB))
+    try:
+        p = python_child(procs, "n = sum(range(3_000_000))\nhold = b'x' * (8 << 20)\n"
+                                "print('done', flush=True)\nsys.stdin.readline()")
+        cg.join(p.pid)
+        assert cg.pids() == [p.pid]
+        for path in cg.paths:
+            with open(path + "/cgroup.procs") as f:
+                assert f.read().split() == [str(p.pid)]
+        with open(f"/proc/{p.pid}/cgroup") as f:
+            memory_line = next(line for line in f if ":memory:" in line)
+        assert memory_line.strip().endswith(f":memory:/{PARENT}/stats")
+        go(p)
+        assert p.stdout.readline() == "done\n"
+        stats = cg.stats()
+        assert stats.cpu_usage_ns > 0
+        assert stats.memory_current >= 8 * MiB
+        assert stats.memory_peak >= stats.memory_current
+        assert stats.pids_current == 1
+        assert stats.oom_kills == 0
+    finally:
+        cg.remove()
+    assert p.wait() == -signal.SIGKILL
+    assert leftover(mgr, "stats") == []
+
+
+def test_oom_kill_is_counted(mgr, procs):
+    cg = mgr.create("oom", Limits(memory=20 * MiB))
+    try:
+        p = python_child(procs, "hog = []\nwhile True:\n    hog.append(b'x' * (1 << 20))")
+        cg.join(p.pid)
+        go(p)
+        assert p.wait(timeout=60) == -signal.SIGKILL
+        assert cg.oom_kills() >= 1          # read after exit, before remove
+        assert cg.stats().oom_kills >= 1
+        assert cg.stats().memory_peak >= 19 * MiB
+    finally:
+        cg.remove()
+    assert leftover(mgr, "oom") == []
+
+
+def test_plain_sigkill_is_not_an_oom_kill(mgr, procs):
+    cg = mgr.create("kill9", Limits(memory=20 * MiB))
+    try:
+        p = python_child(procs, "print('up', flush=True)\nsys.stdin.readline()")
+        cg.join(p.pid)
+        go(p)
+        assert p.stdout.readline() == "up\n"
+        p.kill()
+        assert p.wait() == -signal.SIGKILL
+        assert cg.oom_kills() == 0
+    finally:
+        cg.remove()
+
+
+def test_freeze_and_thaw(mgr, procs):
+    cg = mgr.create("freeze", Limits())
+    try:
+        p = python_child(procs, "print('spin', flush=True)\nwhile True: pass")
+        cg.join(p.pid)
+        go(p)
+        assert p.stdout.readline() == "spin\n"
+        cg.freeze()
+        assert kfile(mgr, "freezer", "freeze", "freezer.state") == "FROZEN"
+        frozen_at = cpu_ticks(p.pid)
+        time.sleep(0.3)                     # a spinning process would gain ~30 ticks
+        assert cpu_ticks(p.pid) == frozen_at
+        cg.thaw()
+        assert kfile(mgr, "freezer", "freeze", "freezer.state") == "THAWED"
+        assert wait_for(lambda: cpu_ticks(p.pid) > frozen_at)
+    finally:
+        cg.remove()
+
+
+def test_kill_all_takes_every_descendant(mgr, procs):
+    cg = mgr.create("killall", Limits(pids=16))
+    try:
+        sh = subprocess.Popen(["/bin/busybox", "sh", "-c",
+                               "read x; for i in 1 2 3 4; do sleep 300 & done; echo up; wait"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(sh)
+        cg.join(sh.pid)
+        go(sh)
+        assert sh.stdout.readline() == "up\n"
+        assert len(cg.pids()) == 5
+        assert cg.stats().pids_current == 5
+        cg.kill_all()
+        assert cg.pids() == []
+        assert sh.wait() == -signal.SIGKILL
+    finally:
+        cg.remove()
+    assert leftover(mgr, "killall") == []
+
+
+def test_kill_all_with_another_signal_signals_once(mgr, procs):
+    cg = mgr.create("term", Limits())
+    try:
+        p = python_child(procs, "import signal, time\n"
+                                "signal.signal(signal.SIGTERM, lambda *a: print('term', "
+                                "flush=True))\nprint('ready', flush=True)\ntime.sleep(300)")
+        cg.join(p.pid)
+        go(p)
+        assert p.stdout.readline() == "ready\n"
+        cg.kill_all(signal.SIGTERM)
+        assert p.stdout.readline() == "term\n"
+        assert cg.pids() == [p.pid]             # caught it, still there
+    finally:
+        cg.remove()
+    assert p.wait() == -signal.SIGKILL
+
+
+def test_remove_kills_and_leaves_nothing(mgr, procs):
+    cg = mgr.create("remove", Limits(memory=40 * MiB, pids=8))
+    p = python_child(procs, "print('up', flush=True)\nsys.stdin.readline()")
+    cg.join(p.pid)
+    go(p)
+    assert p.stdout.readline() == "up\n"
+    cg.remove()
+    assert p.wait() == -signal.SIGKILL
+    assert leftover(mgr, "remove") == []
+    for path in cg.paths:
+        assert not os.path.exists(path)
+
+
+# ---------------------------------------------------------------- v2 process control
+
+def unified_available() -> bool:
+    return os.path.isdir(UNIFIED) and cgroups.detect(UNIFIED) == "v2"
+
+
+@pytest.mark.skipif(not unified_available(),
+                    reason=f"no controller-less cgroup2 mount at {UNIFIED}")
+def test_v2_process_control_on_unified(procs):
+    """The hybrid host's cgroup2 has no controllers (all are bound to v1), so limits
+    cannot be set there, but joining, freezing, cgroup.kill and removal are core v2."""
+    v2 = CgroupManager(PARENT, mount_root=UNIFIED, version="v2")
+    with pytest.raises(SetupFailed, match="lacks controllers memory, cpu, pids"):
+        v2.ensure_parent()
+    parent = f"{UNIFIED}/{PARENT}"
+    assert not os.path.exists(parent)
+    os.makedirs(parent + "/c1")
+    try:
+        cg = v2.open("c1")
+        assert v2.names() == ["c1"]
+        p = python_child(procs, "print('spin', flush=True)\nwhile True: pass")
+        cg.join(p.pid)
+        assert cg.pids() == [p.pid]
+        with open(parent + "/cgroup.procs") as f:
+            assert f.read() == ""               # the parent holds no process
+        go(p)
+        assert p.stdout.readline() == "spin\n"
+        cg.freeze()
+        with open(parent + "/c1/cgroup.events") as f:
+            assert "frozen 1" in f.read().splitlines()
+        frozen_at = cpu_ticks(p.pid)
+        time.sleep(0.3)
+        assert cpu_ticks(p.pid) == frozen_at
+        cg.thaw()
+        assert wait_for(lambda: cpu_ticks(p.pid) > frozen_at)
+        cg.remove()                             # cgroup.kill, then rmdir
+        assert p.wait() == -signal.SIGKILL
+        assert not os.path.exists(parent + "/c1")
+    finally:
+        for path in (parent + "/c1", parent):
+            if os.path.isdir(path):
+                os.rmdir(path)
