@@ -124,12 +124,13 @@ def uncompressed(src: str | os.PathLike[str] | BinaryIO) -> Iterator[Readable]:
             head += more
         stream = _Prefixed(head, raw)
         kind = detect_compression(head)
+        errors: tuple[type[Exception], ...] = ()
         if kind == "gzip":
-            yield stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[arg-type]
+            reader = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[arg-type]
         elif kind == "bzip2":
-            yield stack.enter_context(bz2.BZ2File(stream, "rb"))  # type: ignore[arg-type]
+            reader = bz2.BZ2File(stream, "rb")  # type: ignore[arg-type]
         elif kind == "xz":
-            yield stack.enter_context(lzma.LZMAFile(stream, "rb"))  # type: ignore[arg-type]
+            reader = lzma.LZMAFile(stream, "rb")  # type: ignore[arg-type]
         elif kind == "zstd":
             try:
                 import zstandard
@@ -139,9 +140,31 @@ def uncompressed(src: str | os.PathLike[str] | BinaryIO) -> Iterator[Readable]:
                                       "plain tar") from None
             reader = zstandard.ZstdDecompressor().stream_reader(
                 stream, read_across_frames=True)
-            yield stack.enter_context(reader)
+            errors = (zstandard.ZstdError,)
         else:
             yield stream
+            return
+        yield _Decompressing(kind, stack.enter_context(reader), errors)
+
+
+class _Decompressing:
+    """Turns a decompressor's own errors into ``InvalidArgument`` naming the format."""
+
+    def __init__(self, kind: str, inner: Readable, errors: tuple[type[Exception], ...]):
+        self._kind = kind
+        self._inner = inner
+        self._errors = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, *errors)
+
+    def read(self, n: int = -1, /) -> bytes:
+        try:
+            return self._inner.read(n)
+        except self._errors as e:
+            raise InvalidArgument(f"the layer's {self._kind} data is corrupt: {e}") from None
+        except OSError as e:
+            # bz2 reports bad data as a bare OSError (no errno); real I/O errors carry one.
+            if e.errno is not None:
+                raise
+            raise InvalidArgument(f"the layer's {self._kind} data is corrupt: {e}") from None
 
 
 class _Hashing:
@@ -189,8 +212,7 @@ def apply_layer(src: str | os.PathLike[str] | BinaryIO, dest: Path, *,
                     for member in tar:
                         applier.apply(tar, member)
                 hashing.drain()
-            except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error,
-                    lzma.LZMAError) as e:
+            except (tarfile.TarError, EOFError) as e:
                 raise InvalidArgument(f"the layer is not a valid tar archive: {e}") from None
             applier.finish()
             stats.diff_id = "sha256:" + hashing.hash.hexdigest()

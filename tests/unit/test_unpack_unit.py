@@ -334,7 +334,12 @@ def test_detect_compression_and_stream_sniffing():
 
 def test_garbage_is_an_invalid_argument(dirs):
     target, _ = dirs
-    with pytest.raises(InvalidArgument, match="not a valid tar"):
+    with pytest.raises(InvalidArgument, match="gzip data is corrupt"):
         apply_layer(io.BytesIO(b"\x1f\x8b" + b"not really gzip" * 20), target)
+    truncated = gzip.compress(make_tar([entry("f", data=b"x" * 5000)]))[:-30]
+    with pytest.raises(InvalidArgument, match="gzip data is corrupt"):
+        apply_layer(io.BytesIO(truncated), target)
+    with pytest.raises(InvalidArgument, match="not a valid tar"):
+        apply_layer(io.BytesIO(b""), target)
     with pytest.raises(InvalidArgument, match="not a valid tar"):
         apply_layer(io.BytesIO(b"x" * 2000), target)

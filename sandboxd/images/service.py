@@ -1,0 +1,338 @@
+"""Images: import, look up, inspect, remove, and prepare a container's root from one.
+
+An image record (``Store`` table ``images``) is keyed by its config digest and keeps, in
+its ``doc``::
+
+    manifest   digest of the OCI manifest blob
+    config     the OCI image config (also stored as a blob; kept here for fast reads)
+    layers     [{digest, diff_id, size, media_type}], bottom first
+    chain_ids  the committed snapshot of each layer, bottom first
+    warnings   entries an unpack refused ("name: reason"), at most 100
+
+Blobs live in the content store; each layer is unpacked once into a committed snapshot
+keyed by its chain id and shared by every image with the same layers below it.
+
+``host`` (:mod:`sandboxd.images.host`) is built in: always listed, never stored,
+never removed; its root is a skeleton lower plus read-only binds (:meth:`image_mounts`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import os
+import secrets
+import threading
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from ..errors import Conflict, InvalidArgument, NotFound
+from ..runner.spec import DEFAULT_PATH, Mount, RootFS
+from . import oci
+from .host import HOST_NAME, HOST_REF, HostLayout, host_image_config, host_layout, host_rootfs
+from .reference import normalize_ref, split_ref
+from .unpack import apply_layer, uncompressed
+
+if TYPE_CHECKING:
+    from ..snapshots import Snapshotter
+    from ..store import ContentStore, Store
+
+# Container states in which an image is in active use: `remove(force=True)` still refuses.
+RUNNING_STATES = frozenset(("running", "paused", "restarting"))
+EXTRACT_LABEL = "sandboxd.extract"
+_MAX_WARNINGS = 100
+
+
+class ImageService:
+    """Images on top of a :class:`Store`, a :class:`ContentStore` and a
+    :class:`Snapshotter`. ``host_root`` holds the host image's skeleton (default
+    ``<snapshotter root>/host``). Blocking (it unpacks and hashes files): call it from a
+    worker thread in the daemon; a lock serialises imports and removals."""
+
+    def __init__(self, store: Store, content: ContentStore, snapshotter: Snapshotter,
+                 host_root: Path | None = None):
+        self.store = store
+        self.content = content
+        self.snapshotter = snapshotter
+        self.host_root = Path(host_root) if host_root else snapshotter.root / "host"
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------ the host image
+
+    @cached_property
+    def _host(self) -> tuple[dict[str, Any], Path, tuple[Mount, ...]]:
+        layout: HostLayout = host_layout()
+        skeleton, mounts = host_rootfs(self.host_root, layout)
+        created = skeleton.stat().st_mtime
+        config = host_image_config(layout, oci.rfc3339(created))
+        # The id names the content, not the moment: the config without its timestamps,
+        # plus what is bound in.
+        stable = {**config, "created": "", "history": [],
+                  "mounts": [m.destination for m in mounts]}
+        image_id = "sha256:" + hashlib.sha256(oci.canonical(stable)).hexdigest()
+        record = {"id": image_id, "created": created, "size": 0, "tags": [HOST_REF],
+                  "doc": {"host": True, "config": config, "layers": [], "chain_ids": [],
+                          "mounts": [dataclasses.asdict(m) for m in mounts]}}
+        return record, skeleton, mounts
+
+    @property
+    def host_id(self) -> str:
+        return self._host[0]["id"]
+
+    def _is_host_ref(self, ref: str) -> bool:
+        if ref in (self.host_id, self.host_id[len("sha256:"):]):
+            return True
+        try:
+            return split_ref(ref)[0] == HOST_NAME and normalize_ref(ref) == HOST_REF
+        except InvalidArgument:
+            return False
+
+    # ------------------------------------------------------------ lookups
+
+    def get(self, ref: str) -> dict[str, Any]:
+        """The image record for a tag (implicit ``:latest``), full id or unique id
+        prefix: ``{id, created, size, tags, doc}``. ``NotFound`` when none matches."""
+        if self._is_host_ref(ref):
+            return copy.deepcopy(self._host[0])
+        image = self.store.get_image(ref)
+        if image is None:
+            raise NotFound(f"no such image: {ref} (sbx images lists them; sbx import makes "
+                           f"one from a rootfs tarball)")
+        return image
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every image, the built-in host image first, then newest first."""
+        return [copy.deepcopy(self._host[0]), *self.store.list_images()]
+
+    def config(self, ref: str) -> dict[str, Any]:
+        """The runtime defaults of an image (OCI config's ``config``: Env, Cmd,
+        Entrypoint, WorkingDir, User ...)."""
+        return dict(self.get(ref)["doc"]["config"].get("config") or {})
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        """Docker's ``image inspect`` shape."""
+        image = self.get(ref)
+        config = image["doc"]["config"]
+        out = {
+            "Id": image["id"],
+            "RepoTags": list(image["tags"]),
+            "RepoDigests": [],
+            "Created": config.get("created") or oci.rfc3339(image["created"]),
+            "Size": image["size"],
+            "Architecture": config.get("architecture", ""),
+            "Os": config.get("os", ""),
+            "Config": dict(config.get("config") or {}),
+            "RootFS": {"Type": "layers", "Layers": list(config["rootfs"]["diff_ids"])},
+            "History": list(config.get("history") or []),
+        }
+        if image["doc"].get("host"):
+            out["RootFS"] = {"Type": "host", "Layers": [],
+                             "Mounts": [m["destination"] for m in image["doc"]["mounts"]]}
+        return out
+
+    # ------------------------------------------------------------ import
+
+    def import_rootfs(self, src: str | os.PathLike[str] | BinaryIO, ref: str | None = None,
+                      *, message: str = "", env: list[str] | None = None,
+                      cmd: list[str] | None = None) -> str:
+        """``docker import``: the tarball (path or binary stream; plain, gzip, zstd, xz,
+        bzip2) becomes a one-layer image. Returns the image id; tags it ``ref`` if given.
+
+        The layer is stored uncompressed (its digest is then its diff_id) and unpacked
+        once into the committed snapshot named by its chain id; importing the same tar
+        again reuses that snapshot.
+        """
+        if ref is not None:
+            ref = normalize_ref(ref)
+            if split_ref(ref)[0] == HOST_NAME:
+                raise InvalidArgument(f"image name {HOST_NAME!r} belongs to the built-in host "
+                                      f"image; choose another name")
+        with self._lock:
+            with uncompressed(src) as stream:
+                diff_id, size = self.content.ingest(stream)
+            try:
+                chain, warnings = self._unpack_layer(diff_id, diff_id, parent=None)
+            except BaseException:
+                self._delete_unused_blobs({"id": None, "doc": {"layers": [{"digest": diff_id}]}})
+                raise
+            created = oci.now_rfc3339()
+            config = oci.image_config(
+                [diff_id], created=created,
+                env=env if env is not None else [f"PATH={DEFAULT_PATH}"], cmd=cmd,
+                history=[{"created": created, "created_by": "sbx import",
+                          **({"comment": message} if message else {})}])
+            config_digest, config_size = self.content.ingest(oci.canonical(config))
+            manifest = oci.manifest(config_digest, config_size,
+                                    [(oci.MEDIA_LAYER, diff_id, size)])
+            manifest_digest, _ = self.content.ingest(oci.canonical(manifest))
+            doc = {"manifest": manifest_digest, "config": config,
+                   "layers": [{"digest": diff_id, "diff_id": diff_id, "size": size,
+                               "media_type": oci.MEDIA_LAYER}],
+                   "chain_ids": [chain], "warnings": warnings}
+            with self.store.transaction():
+                if self.store.get_image(config_digest) is None:
+                    self.store.put_image(config_digest, doc, size)
+                if ref is not None:
+                    self.store.tag(ref, config_digest)
+        return config_digest
+
+    def _unpack_layer(self, blob: str, diff_id: str, parent: str | None
+                      ) -> tuple[str, list[str]]:
+        """Make sure the committed snapshot for this layer exists; returns its chain id
+        and the entries the unpack refused (empty when the snapshot was reused)."""
+        chain = oci.chain_id(parent, diff_id)
+        if self.snapshotter.exists(chain):
+            return chain, []
+        key = f"extract-{secrets.token_hex(8)}-{chain}"
+        self.snapshotter.prepare(key, parent, labels={EXTRACT_LABEL: chain})
+        try:
+            with self.content.open(blob) as f:
+                stats = apply_layer(f, self.snapshotter.path(key))
+            if stats.diff_id != diff_id:
+                raise InvalidArgument(f"layer {blob}: its content hashes to {stats.diff_id}, "
+                                      f"not the expected diff_id {diff_id}")
+            self.snapshotter.commit(chain, key)
+        except BaseException:
+            self.snapshotter.remove(key)
+            raise
+        warnings = [f"{name}: {reason}" for name, reason in stats.skipped[:_MAX_WARNINGS]]
+        return chain, warnings
+
+    # ------------------------------------------------------------ tags and removal
+
+    def tag(self, source: str, target: str) -> str:
+        """``docker tag``: point ``target`` at the image ``source`` names."""
+        image = self.get(source)
+        if image["doc"].get("host") or split_ref(target)[0] == HOST_NAME:
+            raise InvalidArgument("the built-in host image cannot be tagged or be a tag "
+                                  "target")
+        return self.store.tag(target, image["id"])
+
+    def remove(self, ref: str, force: bool = False) -> list[dict[str, str]]:
+        """``docker rmi``; returns ``[{"Untagged": ref} ..., {"Deleted": id}]``.
+
+        A tag of an image that has other tags is only untagged. Otherwise the image is
+        deleted with all its tags, then its blobs and layer snapshots that no other image
+        uses. Refused (``Conflict``) when a container uses the image, unless ``force`` and
+        none of them is running; and when an id is given for an image with several tags,
+        unless ``force``.
+        """
+        with self._lock:
+            image = self.get(ref)
+            if image["doc"].get("host"):
+                raise Conflict("the built-in host image cannot be removed")
+            tags: list[str] = image["tags"]
+            try:
+                as_tag = normalize_ref(ref)
+            except InvalidArgument:
+                as_tag = None
+            if as_tag in tags and len(tags) > 1:
+                self.store.untag(as_tag)
+                return [{"Untagged": as_tag}]
+            short = image["id"][7:19]
+            users = self.store.containers_using_image(image["id"])
+            running = [c for c in users if c["state"] in RUNNING_STATES]
+            if running:
+                raise Conflict(f"unable to remove image {ref} ({short}): it is in use by "
+                               f"running container {running[0]['id'][:12]}; stop it first")
+            if users and not force:
+                raise Conflict(f"unable to remove image {ref} ({short}): it is in use by "
+                               f"container {users[0]['id'][:12]}; remove the container or "
+                               f"use force")
+            if as_tag not in tags and len(tags) > 1 and not force:
+                raise Conflict(f"unable to remove image {short}: it is referenced by several "
+                               f"tags ({', '.join(tags)}); remove them by tag or use force")
+            self.store.delete_image(image["id"])
+            result = [{"Untagged": t} for t in tags] + [{"Deleted": image["id"]}]
+            self._delete_unused_blobs(image)
+            self.prune_snapshots()
+            return result
+
+    def _delete_unused_blobs(self, gone: dict[str, Any]) -> None:
+        used: set[str] = set()
+        for image in self.store.list_images():
+            used |= _blobs_of(image)
+        for digest in _blobs_of(gone) - used:
+            try:
+                self.content.delete(digest)
+            except NotFound:
+                pass
+
+    def prune_snapshots(self) -> list[str]:
+        """Remove committed layer snapshots that no image names and nothing sits on
+        (layers an image removal freed, once the last container on them is gone).
+        The container service calls this after removing a container's snapshot."""
+        with self._lock:
+            wanted: set[str] = set()
+            for image in self.store.list_images():
+                wanted.update(image["doc"].get("chain_ids", []))
+            removed: list[str] = []
+            while True:
+                rows = self.store.query(
+                    "SELECT key FROM snapshots s WHERE kind = 'committed' AND NOT EXISTS "
+                    "(SELECT 1 FROM snapshots c WHERE c.parent = s.key)")
+                victims = [r[0] for r in rows if r[0] not in wanted]
+                if not victims:
+                    return removed
+                for key in victims:
+                    self.snapshotter.remove(key)
+                    removed.append(key)
+
+    def cleanup(self) -> list[str]:
+        """Start-up reconciliation: drop unpack snapshots a crash interrupted, then
+        unused layers. Call before any import runs."""
+        with self._lock:
+            removed = []
+            for info in self.snapshotter.walk():
+                if info.kind == "active" and EXTRACT_LABEL in info.labels:
+                    self.snapshotter.remove(info.key)
+                    removed.append(info.key)
+            return removed + self.prune_snapshots()
+
+    # ------------------------------------------------------------ container roots
+
+    def prepare_rootfs(self, image_id: str, container_key: str, *, readonly: bool = False,
+                       tmpfs_upper: bool = False) -> RootFS:
+        """Make the snapshot ``container_key`` for a container of this image and return
+        its root for the runner. By default the upper layer is a persistent active
+        snapshot (kept across restarts); ``tmpfs_upper`` or ``readonly`` take a view
+        instead (no upper kept: the runner makes a tmpfs upper, or none).
+        Release it with :meth:`release_rootfs` after the container is gone. For the host
+        image, also mount :meth:`image_mounts`."""
+        image = self.get(image_id)
+        chain_ids = image["doc"]["chain_ids"]
+        parent = chain_ids[-1] if chain_ids else None
+        if parent is not None and not self.snapshotter.exists(parent):
+            raise NotFound(f"the layers of image {image['id'][7:19]} are missing "
+                           f"(snapshot {parent}); remove and import the image again")
+        if readonly or tmpfs_upper:
+            self.snapshotter.view(container_key, parent, labels={"image": image["id"]})
+        else:
+            self.snapshotter.prepare(container_key, parent, labels={"image": image["id"]})
+        root = self.snapshotter.rootfs(container_key, readonly=readonly)
+        if image["doc"].get("host"):
+            root = dataclasses.replace(root, lowerdirs=(str(self._host[1]),))
+        return root
+
+    def image_mounts(self, image_id: str) -> tuple[Mount, ...]:
+        """Mounts a container of this image needs besides its root: the host image's
+        read-only binds (parents first); nothing for layered images."""
+        image = self.get(image_id)
+        return self._host[2] if image["doc"].get("host") else ()
+
+    def release_rootfs(self, container_key: str) -> None:
+        """Remove a container's snapshot (after it is unmounted), then layers that only
+        a deleted image still needed."""
+        self.snapshotter.remove(container_key)
+        self.prune_snapshots()
+
+
+def _blobs_of(image: dict[str, Any]) -> set[str]:
+    doc = image["doc"]
+    blobs = {layer["digest"] for layer in doc.get("layers", [])}
+    if doc.get("manifest"):
+        blobs.add(doc["manifest"])
+    if image["id"]:
+        blobs.add(image["id"])              # the config blob
+    return blobs
