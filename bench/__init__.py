@@ -1,0 +1,1 @@
+"""sandboxd's benchmark suite against the other runtimes: ``python bench/run.py --help``."""
