@@ -1,0 +1,171 @@
+"""The registry of measurements: one row of the table is one :class:`Case`.
+
+A case is a function ``measure(bench) -> samples`` registered with :func:`case` under a
+case name (rows with the same name form one group of the table) and a runtime name.
+Samples are seconds for ``unit="ms"`` and bytes for ``unit="MiB"``. A function raises
+:class:`NotAvailable` when its runtime or module is missing here; any other exception
+shows as a failed row. Adding a measurement is one decorated function::
+
+    @case("exec into a running container", "sandboxd runner", reference=True)
+    def runner_exec(bench: Bench) -> list[float]:
+        ...
+
+``reference=True`` marks the row the others in its group are compared with (sandboxd).
+Names may use ``{concurrency}`` and the other :class:`Settings` fields.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+from . import measure, ours
+from .context import Bench
+from .peers import PEERS, Peer
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    runtime: str
+    measure: Callable[[Bench], list[float]]
+    unit: str = "ms"
+    reference: bool = False
+
+
+CASES: list[Case] = []
+
+
+def case(name: str, runtime: str, *, unit: str = "ms",
+         reference: bool = False) -> Callable[[Callable], Callable]:
+    def register(fn: Callable[[Bench], list[float]]) -> Callable[[Bench], list[float]]:
+        CASES.append(Case(name, runtime, fn, unit, reference))
+        return fn
+    return register
+
+
+def timed(job: dict, launcher: list[str] = ()) -> list[float]:
+    """Run a :mod:`bench.measure` job here, or in a worker started through ``launcher``
+    (a prepared environment, e.g. crun's private mount namespace)."""
+    return measure.in_worker(list(launcher), job) if launcher else measure.run_job(job)
+
+
+# ---------------------------------------------------------------- start /bin/true
+
+def runner_sequential(bench: Bench, net: bool) -> list[float]:
+    """``runner.run(spec)`` from the call to its return (exit reported)."""
+    runner = bench.shared("runner", ours.start_runner)
+    samples = []
+    for i in range(bench.settings.warmup + bench.settings.runs):
+        spec = ours.spec(bench, net)
+        start = time.perf_counter()
+        result = runner.run(spec)
+        elapsed = time.perf_counter() - start
+        ours.check_exit(spec.id, result.exit_code, result.stderr)
+        if i >= bench.settings.warmup:
+            samples.append(elapsed)
+    return samples
+
+
+def peer_sequential(bench: Bench, peer: Peer, net: bool) -> list[float]:
+    bench.peer(peer)
+    count = bench.settings.warmup + bench.settings.runs
+    return timed({"mode": "sequential", "warmup": bench.settings.warmup,
+                  "runs": [peer.run(bench, net) for _ in range(count)]}, peer.launcher)
+
+
+for _net, _label in ((True, "new netns"), (False, "host net")):
+    _name = f"spec -> exit of /bin/true, {_label}"
+    case(_name, "sandboxd runner", reference=True)(partial(runner_sequential, net=_net))
+    for _peer in PEERS:
+        case(_name, _peer.name)(partial(peer_sequential, peer=_peer, net=_net))
+
+
+# ---------------------------------------------------------------- many at once
+
+CONCURRENT = "{concurrency} concurrent starts, wall time"
+
+
+@case(CONCURRENT, "sandboxd runner", reference=True)
+def runner_concurrent(bench: Bench) -> list[float]:
+    return asyncio.run(ours.concurrent_starts(bench))
+
+
+def peer_concurrent(bench: Bench, peer: Peer) -> list[float]:
+    """All ``concurrency`` commands spawned at once, until the last exits; one warm-up
+    round first."""
+    bench.peer(peer)
+    batches = [[peer.run(bench, True) for _ in range(bench.settings.concurrency)]
+               for _ in range(1 + bench.settings.rounds)]
+    return timed({"mode": "concurrent", "batches": batches}, peer.launcher)[1:]
+
+
+for _peer in PEERS:
+    case(CONCURRENT, _peer.name)(partial(peer_concurrent, peer=_peer))
+
+
+# ---------------------------------------------------------------- the daemon
+
+DAEMON = "idle RSS after start + import"
+
+
+def _daemon(bench: Bench) -> ours.Daemon:
+    return bench.shared("daemon", ours.Daemon.start)
+
+
+def _rss_samples(bench: Bench, which: Callable[[int, list[int]], list[int]]) -> list[float]:
+    """VmRSS of the chosen processes, five readings 0.2 s apart after a 1 s rest."""
+    from .host import rss
+    daemon = _daemon(bench)
+    time.sleep(1.0)
+    samples = []
+    for _ in range(5):
+        pid, kids = daemon.pids()
+        samples.append(float(sum(rss(p) for p in which(pid, kids))))
+        time.sleep(0.2)
+    return samples
+
+
+case(DAEMON, "sandboxd daemon", unit="MiB")(
+    partial(_rss_samples, which=lambda pid, kids: [pid]))
+case(DAEMON, "fork server", unit="MiB")(
+    partial(_rss_samples, which=lambda pid, kids: kids))
+case(DAEMON, "daemon + fork server", unit="MiB")(
+    partial(_rss_samples, which=lambda pid, kids: [pid, *kids]))
+
+
+@case("client.run('busybox', ['true'])", "sandboxd daemon", reference=True)
+def client_run(bench: Bench) -> list[float]:
+    client = _daemon(bench).client
+    samples = []
+    for i in range(bench.settings.warmup + bench.settings.runs):
+        start = time.perf_counter()
+        result = client.run("busybox", ["true"])
+        elapsed = time.perf_counter() - start
+        ours.check_exit(result.id, result.exit_code, result.stderr)
+        if i >= bench.settings.warmup:
+            samples.append(elapsed)
+    return samples
+
+
+CLI = "process: sbx run --rm busybox true"
+
+
+@case(CLI, "sbx CLI", reference=True)
+def cli_run(bench: Bench) -> list[float]:
+    argv = _daemon(bench).cli("run", "--rm", "busybox", "true")
+    return _processes(bench, argv)
+
+
+@case(CLI, "python -c pass")
+def python_pass(bench: Bench) -> list[float]:
+    return _processes(bench, [sys.executable, "-c", "pass"])
+
+
+def _processes(bench: Bench, argv: list[str]) -> list[float]:
+    count = bench.settings.warmup + bench.settings.process_runs
+    return timed({"mode": "sequential", "warmup": bench.settings.warmup,
+                  "runs": [{"argv": argv, "cleanup": None}] * count})

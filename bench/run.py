@@ -1,0 +1,156 @@
+"""Compare sandboxd with the other runtimes on this machine: one command, one table.
+
+    python bench/run.py [--runs 200] [--concurrency 50] [--json FILE] [--only TEXT]
+
+Needs root. Every runtime runs the same busybox rootfs (``sandboxd.testing``); runtimes
+that are not installed, and sandboxd parts not written yet, show as rows saying so.
+Progress goes to stderr, the table to stdout. Everything the bench creates carries the
+tag ``sandboxd-bench-<pid>`` and is removed at the end; the footer says if anything had
+to be cleaned up or could not be.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:       # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+# Child Pythons (daemon, CLI, fork server) import this checkout too.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
+                                                         os.environ.get("PYTHONPATH")]))
+
+from bench import host, report  # noqa: E402
+from bench.cases import CASES, Case  # noqa: E402
+from bench.context import Bench, NotAvailable, Settings  # noqa: E402
+from bench.peers import PEERS  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = Settings()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--runs", type=int, default=defaults.runs,
+                   help="sequential runs per row")
+    p.add_argument("--warmup", type=int, default=defaults.warmup,
+                   help="uncounted runs before them")
+    p.add_argument("--concurrency", type=int, default=defaults.concurrency,
+                   help="containers started at once")
+    p.add_argument("--rounds", type=int, default=defaults.rounds,
+                   help="repetitions of the concurrent start")
+    p.add_argument("--process-runs", type=int, default=defaults.process_runs,
+                   help="runs of whole CLI processes")
+    p.add_argument("--only", action="append", default=[], metavar="TEXT",
+                   help="only rows whose case or runtime contains TEXT (repeatable)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--list", action="store_true", help="list the rows and exit")
+    args = p.parse_args(argv)
+    for name in ("runs", "concurrency", "rounds", "process_runs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        p.error("--warmup must be 0 or more")
+    return args
+
+
+def selected(cases: list[Case], only: list[str], settings: Settings) -> list[Case]:
+    fields = dataclasses.asdict(settings)
+    named = [dataclasses.replace(c, name=c.name.format(**fields)) for c in cases]
+    if not only:
+        return named
+    return [c for c in named
+            if any(t.lower() in f"{c.name} {c.runtime}".lower() for t in only)]
+
+
+def measure(bench: Bench, c: Case) -> report.Row:
+    row = report.Row(c.name, c.runtime, c.unit, c.reference)
+    try:
+        row.samples = report.scaled(c.measure(bench), c.unit)
+    except NotAvailable as exc:
+        row.status = str(exc)
+    except Exception as exc:       # a broken row must not lose the others
+        row.status = f"failed: {type(exc).__name__}: {exc}"
+    return row
+
+
+def footer(bench: Bench, machine_start: dict, load_end: str, leftovers: list[str]) -> list[str]:
+    present = [p for p in PEERS if p.missing() is None]
+    versions = [f"{p.name} {p.version()}" for p in present]
+    lines = [
+        "vs sandboxd: median / the sandboxd row's median in the same case "
+        "(above 1x: slower than sandboxd); p95: nearest rank.",
+        f"machine: nproc {machine_start['nproc']}, kernel {machine_start['kernel']}, "
+        f"cgroups {machine_start['cgroups']}, python {machine_start['python']}, "
+        f"load {machine_start['loadavg']} (start) -> {load_end} (end), "
+        f"{machine_start['date']}",
+        "versions: " + ("; ".join(versions) or "-"),
+        f"settings: {bench.settings.runs} runs + {bench.settings.warmup} warm-up per row, "
+        f"{bench.settings.concurrency} at once x {bench.settings.rounds} rounds "
+        f"(+1 warm-up), {bench.settings.process_runs} CLI process runs",
+        "each runtime: sandboxd runner: all namespaces, overlay with a fresh tmpfs upper, "
+        "/proc /dev /sys, memory+pids cgroup",
+    ]
+    lines += [f"  {p.name}: {p.does}" for p in present]
+    if any(p.launcher for p in present):
+        lines.append("  crun runs are timed inside one private mount namespace with the "
+                     "cgroup2 mount removed (crun 1.8 refuses hybrid cgroups); that "
+                     "set-up is not counted")
+    lines.append("cleanup: " + ("nothing was left over" if not leftovers
+                                else "; ".join(leftovers)))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = Settings(runs=args.runs, warmup=args.warmup, concurrency=args.concurrency,
+                        rounds=args.rounds, process_runs=args.process_runs)
+    cases = selected(CASES, args.only, settings)
+    if args.list:
+        print("\n".join(f"{c.name} | {c.runtime}" for c in cases))
+        return 0
+    if os.geteuid() != 0:
+        print("bench/run.py needs root (namespaces, mounts, cgroups)", file=sys.stderr)
+        return 2
+    if not cases:
+        print(f"no rows match {args.only}", file=sys.stderr)
+        return 2
+
+    # SIGTERM unwinds like Ctrl-C, so the cleanup below still runs.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    machine = host.machine()
+    bench = Bench(settings)
+    rows: list[report.Row] = []
+    interrupted = False
+    try:
+        for i, c in enumerate(cases, 1):
+            print(f"[{i}/{len(cases)}] {c.name} | {c.runtime} ...", end=" ",
+                  file=sys.stderr, flush=True)
+            began = time.monotonic()
+            row = measure(bench, c)
+            rows.append(row)
+            status = " ".join(row.status.split())[:100] or "done"
+            print(f"{status} ({time.monotonic() - began:.1f}s)",
+                  file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", file=sys.stderr)
+        interrupted = True
+    finally:
+        leftovers = bench.close()
+    report.add_ratios(rows)
+    load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(report.table(rows, footer(bench, machine, load_end, leftovers)))
+    if args.json:
+        doc = report.to_json(rows, {**machine, "loadavg_end": load_end},
+                             dataclasses.asdict(settings), {"leftovers": leftovers})
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
