@@ -87,6 +87,9 @@ class Info:
 class Snapshotter:
     def __init__(self, root: Path, store: Store):
         self.root = Path(root)
+        if ":" in str(self.root.resolve()) or "," in str(self.root.resolve()):
+            raise InvalidArgument(f"snapshot root {self.root}: ':' and ',' cannot appear in "
+                                  f"overlay mount options; choose a path without them")
         self.dir = self.root / "snapshots"
         self.store = store
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -145,8 +145,13 @@ def _build(skeleton: Path, layout: HostLayout) -> None:
         for path, target in layout.symlinks:
             os.symlink(target, tmp / path.lstrip("/"))
         for m in layout.mounts:
-            dest = tmp / m.destination.lstrip("/")
-            dest.mkdir(parents=True, exist_ok=True)
+            rel = Path(m.destination.lstrip("/"))
+            (tmp / rel).mkdir(parents=True, exist_ok=True)
+            # Every user in the container must reach the interpreter: the skeleton's
+            # directories above a mount (/root for a pyenv Python) hold nothing else.
+            for parent in rel.parents:
+                if parent != Path("."):
+                    os.chmod(tmp / parent, 0o755)
         for path in layout.etc:
             name = os.path.basename(path)
             if name in ETC_EXCLUDED:

@@ -405,6 +405,11 @@ class _Applier:
             raise _Skip(f"hard link target {m.linkname!r} is not a file this layer wrote")
         tparent = self._open_dir(target[:-1], create=False)
         try:
+            try:
+                os.stat(target[-1], dir_fd=tparent, follow_symlinks=False)
+            except FileNotFoundError:
+                raise _Skip(f"hard link target {m.linkname!r} was removed by a later "
+                            f"entry") from None
             self._clear(parent, parts[-1], keep_dir=False)
             os.link(target[-1], parts[-1], src_dir_fd=tparent, dst_dir_fd=parent,
                     follow_symlinks=False)

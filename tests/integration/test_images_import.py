@@ -217,6 +217,8 @@ def test_host_skeleton_and_mounts(tmp_path):
             assert os.readlink(skeleton / d[1:]) == os.readlink(d)
     for m in mounts:
         assert (skeleton / m.destination.lstrip("/")).is_dir()
+        for parent in Path(m.destination).parents:     # any user can reach the mounts
+            assert os.stat(skeleton / str(parent).lstrip("/")).st_mode & 0o005 == 0o005
     etc = skeleton / "etc"
     assert (etc / "passwd").read_bytes() == Path("/etc/passwd").read_bytes()
     for absent in ("resolv.conf", "hosts", "hostname", "shadow"):

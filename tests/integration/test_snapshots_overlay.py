@@ -185,6 +185,16 @@ def test_errors_and_bookkeeping(sn):
     assert not (sn.path("act-done").parent / "work").exists()
 
 
+def test_a_root_that_cannot_appear_in_mount_options_is_refused(tmp_path):
+    store = Store(tmp_path / "db")
+    try:
+        for bad in ("a:b", "a,b"):
+            with pytest.raises(InvalidArgument, match="mount options"):
+                Snapshotter(tmp_path / bad, store)
+    finally:
+        store.close()
+
+
 def test_failed_prepare_leaves_nothing_and_cleanup_removes_leftovers(sn):
     before = sorted(os.listdir(sn.dir))
     with pytest.raises(NotFound):

@@ -200,6 +200,26 @@ def test_device_nodes_are_skipped(dirs):
     assert stat.S_ISFIFO(os.lstat(target / "fifo").st_mode) and stats.other == 1
 
 
+def test_hardlink_to_a_file_removed_since(dirs):
+    target, _ = dirs
+    layer = make_tar([
+        entry("d", tarfile.DIRTYPE), entry("d/f", data=b"f"),
+        entry("d", data=b"d is a file now"),
+        entry("e", tarfile.DIRTYPE), entry("e/f", data=b"f"),
+        entry("e", data=b"file"), entry("e", tarfile.DIRTYPE),      # an empty dir again
+        entry("k", tarfile.DIRTYPE), entry("k/f", data=b"kept"),
+        entry("k", tarfile.DIRTYPE),                                # merged: k/f stays
+        entry("l1", tarfile.LNKTYPE, linkname="d/f"),
+        entry("l2", tarfile.LNKTYPE, linkname="e/f"),
+        entry("l3", tarfile.LNKTYPE, linkname="k/f"),
+    ])
+    stats = apply_layer(io.BytesIO(layer), target)
+    why = reasons(stats)
+    assert why["l1"] == "parent d is not a directory"
+    assert why["l2"] == "hard link target 'e/f' was removed by a later entry"
+    assert (target / "l3").read_bytes() == b"kept"
+
+
 def test_file_in_place_of_a_parent_directory(dirs):
     target, _ = dirs
     layer = make_tar([entry("f", data=b"file"), entry("f/child", data=b"x")])
