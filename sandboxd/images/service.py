@@ -17,6 +17,7 @@ never removed; its root is a skeleton lower plus read-only binds (:meth:`image_m
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -25,7 +26,7 @@ import secrets
 import threading
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..runner.spec import DEFAULT_PATH, Mount, RootFS
@@ -131,25 +132,55 @@ class ImageService:
                              "Mounts": [m["destination"] for m in image["doc"]["mounts"]]}
         return out
 
+    def record(self, ref: str) -> dict[str, Any]:
+        """The image as ``sandboxd.config.ImageRecord`` fields (what ``image.list`` and
+        ``image.inspect`` return over the wire)."""
+        image = self.get(ref)
+        config = image["doc"]["config"]
+        run = config.get("config") or {}
+        history = config.get("history") or [{}]
+        return {
+            "id": image["id"],
+            "repo_tags": list(image["tags"]),
+            "created": image["created"],
+            "size": image["size"],
+            "architecture": config.get("architecture", ""),
+            "os": config.get("os", ""),
+            "layers": list(config["rootfs"]["diff_ids"]),
+            "comment": history[-1].get("comment", ""),
+            "env": list(run.get("Env") or []),
+            "cmd": list(run.get("Cmd") or []),
+            "entrypoint": list(run.get("Entrypoint") or []),
+            "workdir": run.get("WorkingDir") or "",
+            "user": run.get("User") or "",
+            "exposed_ports": sorted(run.get("ExposedPorts") or {}),
+            "labels": [f"{k}={v}" for k, v in sorted((run.get("Labels") or {}).items())],
+        }
+
     # ------------------------------------------------------------ import
 
     def import_rootfs(self, src: str | os.PathLike[str] | BinaryIO, ref: str | None = None,
                       *, message: str = "", env: list[str] | None = None,
-                      cmd: list[str] | None = None) -> str:
+                      cmd: list[str] | None = None,
+                      progress: Callable[[int], None] | None = None) -> str:
         """``docker import``: the tarball (path or binary stream; plain, gzip, zstd, xz,
         bzip2) becomes a one-layer image. Returns the image id; tags it ``ref`` if given.
 
         The layer is stored uncompressed (its digest is then its diff_id) and unpacked
         once into the committed snapshot named by its chain id; importing the same tar
-        again reuses that snapshot.
+        again reuses that snapshot. Unsafe entries are skipped, not fatal: their reasons
+        are in ``get(id)["doc"]["warnings"]``. ``progress(bytes read so far)`` is called
+        as the source is read.
         """
         if ref is not None:
             ref = normalize_ref(ref)
             if split_ref(ref)[0] == HOST_NAME:
                 raise InvalidArgument(f"image name {HOST_NAME!r} belongs to the built-in host "
                                       f"image; choose another name")
-        with self._lock:
-            with uncompressed(src) as stream:
+        with self._lock, contextlib.ExitStack() as stack:
+            raw = stack.enter_context(open(src, "rb")) if isinstance(src, (str, os.PathLike)) \
+                else src
+            with uncompressed(_Counting(raw, progress) if progress else raw) as stream:
                 diff_id, size = self.content.ingest(stream)
             try:
                 chain, warnings = self._unpack_layer(diff_id, diff_id, parent=None)
@@ -326,6 +357,22 @@ class ImageService:
         a deleted image still needed."""
         self.snapshotter.remove(container_key)
         self.prune_snapshots()
+
+
+class _Counting:
+    """Reports how many bytes have been read from the wrapped stream."""
+
+    def __init__(self, inner: BinaryIO, progress: Callable[[int], None]):
+        self._inner = inner
+        self._progress = progress
+        self._total = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._inner.read(n)
+        if data:
+            self._total += len(data)
+            self._progress(self._total)
+        return data
 
 
 def _blobs_of(image: dict[str, Any]) -> set[str]:

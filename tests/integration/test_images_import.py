@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd import testing
+from sandboxd.config import ImageRecord
 from sandboxd.errors import Conflict, InvalidArgument, NotFound
 from sandboxd.images import ImageService
 from sandboxd.images import oci
@@ -101,13 +102,22 @@ def test_importing_twice_reuses_the_layer_snapshot(svc, tmp_path):
     gz = tmp_path / "bb.tar.gz"
     gz.write_bytes(gzip.compress(tar.read_bytes()))
     second = svc.import_rootfs(gz, "bb:two")     # same tar, gzip-compressed
+    seen: list[int] = []
     with open(tar, "rb") as stream:
-        third = svc.import_rootfs(stream, "bb:three", message="from a stream")
+        third = svc.import_rootfs(stream, "bb:three", message="from a stream",
+                                  progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == tar.stat().st_size
     assert len({first, second, third}) == 3      # each import is its own image (own time)
     assert len(committed(svc)) == 1 and marker.exists()
     layers = {tuple(svc.inspect(i)["RootFS"]["Layers"]) for i in (first, second, third)}
     assert len(layers) == 1
     assert svc.inspect(third)["History"][0]["comment"] == "from a stream"
+    record = ImageRecord.from_dict(svc.record("bb:three"))     # the wire shape
+    assert record.id == third and record.repo_tags == ("bb:three",)
+    assert record.comment == "from a stream" and record.layers == tuple(layers.pop())
+    assert record.env[0].startswith("PATH=") and record.cmd == ()
+    host = ImageRecord.from_dict(svc.record("host"))
+    assert host.cmd == ("/bin/sh",) and host.layers == ()
     assert len([b for b in svc.content.list()]) == 1 + 3 + 3   # one layer, 3 configs+manifests
 
 
