@@ -21,6 +21,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import json
 import os
 import secrets
 import threading
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 # Container states in which an image is in active use: `remove(force=True)` still refuses.
 RUNNING_STATES = frozenset(("running", "paused", "restarting"))
 EXTRACT_LABEL = "sandboxd.extract"
+WARNINGS_LABEL = "sandboxd.unpack.warnings"
 _MAX_WARNINGS = 100
 
 
@@ -178,8 +180,9 @@ class ImageService:
                 raise InvalidArgument(f"image name {HOST_NAME!r} belongs to the built-in host "
                                       f"image; choose another name")
         with self._lock, contextlib.ExitStack() as stack:
-            raw = stack.enter_context(open(src, "rb")) if isinstance(src, (str, os.PathLike)) \
-                else src
+            raw = src
+            if isinstance(src, (str, os.PathLike)):
+                raw = stack.enter_context(open(src, "rb"))
             with uncompressed(_Counting(raw, progress) if progress else raw) as stream:
                 diff_id, size = self.content.ingest(stream)
             try:
@@ -211,10 +214,11 @@ class ImageService:
     def _unpack_layer(self, blob: str, diff_id: str, parent: str | None
                       ) -> tuple[str, list[str]]:
         """Make sure the committed snapshot for this layer exists; returns its chain id
-        and the entries the unpack refused (empty when the snapshot was reused)."""
+        and the entries its unpack refused (kept in the snapshot's labels for reuse)."""
         chain = oci.chain_id(parent, diff_id)
         if self.snapshotter.exists(chain):
-            return chain, []
+            return chain, json.loads(self.snapshotter.stat(chain).labels.get(WARNINGS_LABEL,
+                                                                             "[]"))
         key = f"extract-{secrets.token_hex(8)}-{chain}"
         self.snapshotter.prepare(key, parent, labels={EXTRACT_LABEL: chain})
         try:
@@ -223,11 +227,11 @@ class ImageService:
             if stats.diff_id != diff_id:
                 raise InvalidArgument(f"layer {blob}: its content hashes to {stats.diff_id}, "
                                       f"not the expected diff_id {diff_id}")
-            self.snapshotter.commit(chain, key)
+            warnings = [f"{name}: {why}" for name, why in stats.skipped[:_MAX_WARNINGS]]
+            self.snapshotter.commit(chain, key, labels={WARNINGS_LABEL: json.dumps(warnings)})
         except BaseException:
             self.snapshotter.remove(key)
             raise
-        warnings = [f"{name}: {reason}" for name, reason in stats.skipped[:_MAX_WARNINGS]]
         return chain, warnings
 
     # ------------------------------------------------------------ tags and removal

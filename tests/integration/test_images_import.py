@@ -181,6 +181,8 @@ def test_a_hostile_layer_imports_with_warnings_and_nothing_outside(svc, tmp_path
     assert not (tmp_path / "evil").exists() and not (tmp_path / "sbx-root" / "evil").exists()
     (layer,) = committed(svc)
     assert sorted(os.listdir(svc.snapshotter.path(layer))) == ["dev", "esc", "ok"]
+    again = svc.import_rootfs(io.BytesIO(buf.getvalue()), "hostile:again")   # layer reused
+    assert svc.get(again)["doc"]["warnings"] == warnings and committed(svc) == [layer]
 
 
 def test_bad_refs_and_a_broken_tar_leave_nothing(svc):
