@@ -90,7 +90,8 @@ class Bwrap(Peer):
 class OCIRuntime(Peer):
     """crun and runc: one bundle per container (its cgroup path must be unique when runs
     overlap), state under the bench's temp dir, container ids from the bench."""
-    does = "OCI bundle: read-only root, /proc /dev /sys, masked paths, memory+pids cgroup"
+    does = ("OCI bundle: read-only root, /proc /dev /sys, masked paths, memory+pids cgroup "
+            "(limits read back from a created container's cgroup before timing)")
 
     def state(self, bench: Bench) -> Path:
         return bench.tmp / f"{self.name}-state"
