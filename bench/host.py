@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -87,19 +88,45 @@ def tagged_cgroups(tag: str) -> list[Path]:
     return found
 
 
-def remove_cgroups(tag: str) -> tuple[list[str], list[str]]:
-    """rmdir every tagged cgroup, deepest first. Returns (cgroups below the tagged
-    parents, which a finished run should have removed itself; ones that would not go)."""
-    left, stuck = [], []
+def remove_cgroups(tag: str, patience: float = 5.0) -> tuple[list[str], list[str]]:
+    """rmdir every tagged cgroup, deepest first. Processes still in one are the bench's
+    own containers that outlived their runtime: they get SIGKILL, and busy cgroups are
+    retried for ``patience`` seconds while they die. Returns (cgroups below the tagged
+    parents, which a finished run should have removed itself, named once by their path
+    inside the hierarchies; ones that would not go)."""
+    left: dict[str, int] = {}
     for top in tagged_cgroups(tag):
-        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+        for dirpath, _dirs, _files in os.walk(top):
             if dirpath != str(top):
-                left.append(f"cgroup {dirpath}")
-            try:
-                os.rmdir(dirpath)
-            except OSError as exc:
-                stuck.append(f"cgroup {dirpath}: {exc.strerror}")
-    return left, stuck
+                rel = f"{top.name}/{os.path.relpath(dirpath, top)}"
+                left[rel] = left.get(rel, 0) + 1
+    deadline = time.monotonic() + patience
+    while True:
+        stuck = []
+        for top in tagged_cgroups(tag):
+            for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+                try:
+                    os.rmdir(dirpath)
+                except OSError as exc:
+                    stuck.append((dirpath, exc.strerror))
+                    _kill_members(Path(dirpath))
+        if not stuck or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return ([f"cgroup {rel} (in {n} hierarchies)" for rel, n in left.items()],
+            [f"cgroup {path}: {reason}" for path, reason in stuck])
+
+
+def _kill_members(cgroup: Path) -> None:
+    try:
+        pids = [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def tagged_mounts(*needles: str) -> list[str]:
