@@ -1,2 +1,40 @@
-"""sandboxd: fresh, strictly limited Linux containers for tests and notebook code."""
+"""sandboxd: fresh, strictly limited Linux containers for tests and notebook code.
+
+    from sandboxd import Client
+    with Client() as client:
+        result = client.run("busybox", ["sh", "-c", "echo hi"], memory="64m")
+
+Names are loaded on first use (``sbx`` and the daemon import this package on every
+start and must not pay for the client API).
+"""
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Client": "api", "AsyncClient": "api", "Result": "api", "ExecResult": "api",
+    "ExitStatus": "api", "ContainerError": "api", "Container": "api", "Image": "api",
+    "ContainerConfig": "config", "HostConfig": "config", "build_config": "config",
+    "SandboxError": "errors", "NotFound": "errors", "Conflict": "errors",
+    "InvalidArgument": "errors", "LimitExceeded": "errors", "Unavailable": "errors",
+    "SetupFailed": "errors", "CommandNotFound": "errors", "CommandNotExecutable": "errors",
+    "Cancelled": "errors", "Internal": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sandboxd' has no attribute {name!r}")
+    from importlib import import_module
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value          # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

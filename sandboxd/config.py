@@ -424,6 +424,37 @@ def _argv(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def _parse_limits(memory: int | str | None, memory_swap: int | str | None,
+                  cpus: float | str | None, problems: list[str]) -> dict[str, int | None]:
+    """Sizes and ``--cpus`` -> bytes and nano-CPUs, problems appended to ``problems``."""
+    def size(value: int | str, what: str) -> int | None:
+        try:
+            return spec.parse_size(value, what)
+        except InvalidArgument as e:
+            problems.append(e.message)
+            return None
+
+    mem = size(memory, "memory") if memory is not None else None
+    if memory_swap is None or memory_swap in (0, "0"):
+        swap = None
+    elif str(memory_swap).strip() == "-1":
+        swap = UNLIMITED
+    else:
+        swap = size(memory_swap, "memory_swap")
+    nano = None
+    if cpus is not None:
+        try:
+            cpus_value = float(cpus)
+        except (TypeError, ValueError):
+            problems.append(f"cpus: {cpus!r} is not a number")
+        else:
+            if not 0 < cpus_value <= 1e6:
+                problems.append(f"cpus: must be a positive number of CPUs, got {cpus!r}")
+            else:
+                nano = round(cpus_value * 1e9)
+    return {"memory": mem, "memory_swap": swap, "nano_cpus": nano}
+
+
 def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  entrypoint: str | Sequence[str] | None = None,
                  env: Mapping[str, Any] | Sequence[str] | None = None,
@@ -467,25 +498,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
     if env is not None:
         env_list += parse_env(env, environ)
 
-    mem = attempt(spec.parse_size, memory, "memory") if memory is not None else None
-    if memory_swap is None or memory_swap in (0, "0"):
-        swap = None
-    elif str(memory_swap).strip() == "-1":
-        swap = UNLIMITED
-    else:
-        swap = attempt(spec.parse_size, memory_swap, "memory_swap")
-
-    nano = None
-    if cpus is not None:
-        try:
-            cpus_value = float(cpus)
-        except (TypeError, ValueError):
-            problems.append(f"cpus: {cpus!r} is not a number")
-        else:
-            if not cpus_value > 0 or cpus_value > 1e6:
-                problems.append(f"cpus: must be a positive number of CPUs, got {cpus!r}")
-            else:
-                nano = round(cpus_value * 1e9)
+    limits = _parse_limits(memory, memory_swap, cpus, problems)
 
     ulimit_list: list[Ulimit] = []
     items = ulimits.items() if isinstance(ulimits, Mapping) else ulimits
@@ -550,17 +563,9 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
     if parsed_signal is not None and isinstance(stop_signal, int):
         signal_name = _signal.Signals(parsed_signal).name
 
-    if nano is not None:
-        # Docker refuses both ways of limiting CPU time at once.
-        if cpu_quota:
-            problems.append("cpus: conflicting options: --cpus and --cpu-quota cannot "
-                            "both be set (use one)")
-        if cpu_period:
-            problems.append("cpus: conflicting options: --cpus and --cpu-period cannot "
-                            "both be set (use one)")
-
     host = HostConfig(
-        memory=mem, memory_swap=swap, nano_cpus=nano, cpu_quota=cpu_quota or None,
+        memory=limits["memory"], memory_swap=limits["memory_swap"],
+        nano_cpus=limits["nano_cpus"], cpu_quota=cpu_quota or None,
         cpu_period=cpu_period or None, cpu_shares=cpu_shares or None,
         pids_limit=pids_limit if pids_limit not in (None, 0) else None,
         ulimits=tuple(ulimit_list), uts_mode=uts_mode, ipc_mode=ipc_mode,
@@ -580,6 +585,33 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
     if problems:
         raise InvalidArgument.of(_unique(problems))
     return config
+
+
+def build_update(*, memory: int | str | None = None, memory_swap: int | str | None = None,
+                 cpus: float | str | None = None, cpu_quota: int | None = None,
+                 cpu_period: int | None = None, cpu_shares: int | None = None,
+                 pids_limit: int | None = None) -> dict[str, int]:
+    """``sbx update`` flags / ``Container.update()`` keywords -> ``container.update``
+    params: only what changes, in kernel units. Each value is checked here; how they
+    combine with the stored ones (swap below memory ...) only the daemon can check."""
+    problems: list[str] = []
+    limits = _parse_limits(memory, memory_swap, cpus, problems)
+    out = {k: v for k, v in dict(limits, cpu_quota=cpu_quota, cpu_period=cpu_period,
+                                 cpu_shares=cpu_shares, pids_limit=pids_limit).items()
+           if v is not None}
+    if not out and not problems:
+        raise InvalidArgument("update: nothing to change (give memory, memory_swap, cpus, "
+                              "cpu_quota, cpu_period, cpu_shares or pids_limit)")
+    mem = out.get("memory")
+    swap = out.get("memory_swap") if mem is not None else None
+    host = HostConfig(memory=mem, memory_swap=swap, nano_cpus=out.get("nano_cpus"),
+                      cpu_quota=cpu_quota, cpu_period=cpu_period, cpu_shares=cpu_shares,
+                      pids_limit=pids_limit)
+    if not problems:
+        problems += [p for p in _check_host(host)]
+    if problems:
+        raise InvalidArgument.of(_unique(problems))
+    return out
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -629,8 +661,12 @@ def _check_host(h: HostConfig) -> list[str]:
     if h.nano_cpus is not None and h.nano_cpus <= 0:
         problems.append(f"host.nano_cpus: must be positive, got {h.nano_cpus}")
     elif h.nano_cpus and (h.cpu_quota or h.cpu_period):
-        problems.append("host.nano_cpus: conflicts with cpu_quota/cpu_period "
-                        "(--cpus and --cpu-quota cannot both be set)")
+        # Docker refuses both ways of limiting CPU time at once.
+        for name in ("cpu_quota", "cpu_period") if h.cpu_quota and h.cpu_period else \
+                ("cpu_quota",) if h.cpu_quota else ("cpu_period",):
+            flag = "--" + name.replace("_", "-")
+            problems.append(f"host.nano_cpus: conflicting options: --cpus and {flag} "
+                            f"cannot both be set (use one)")
     else:
         # check_limits names the runner's fields; say ours (pids_limit, not pids).
         problems += [p.replace("host.pids:", "host.pids_limit:")
@@ -930,15 +966,17 @@ def bytes_size(size: float) -> str:
 def status_text(state: ContainerState, now: float) -> str:
     """``ps``'s STATUS column: "Up 3 seconds", "Exited (0) 2 seconds ago" ..."""
     st = state.status
+
+    def since(when: float | None) -> str:
+        return human_duration(now - (now if when is None else when))
+
     if st in ("running", "paused"):
-        text = "Up " + human_duration(now - (state.started_at or now))
+        text = "Up " + since(state.started_at)
         return text + " (Paused)" if st == "paused" else text
     if st == "restarting":
-        return f"Restarting ({state.exit_code}) " \
-               f"{human_duration(now - (state.finished_at or now))} ago"
+        return f"Restarting ({state.exit_code}) {since(state.finished_at)} ago"
     if st == "exited":
-        return f"Exited ({state.exit_code}) " \
-               f"{human_duration(now - (state.finished_at or now))} ago"
+        return f"Exited ({state.exit_code}) {since(state.finished_at)} ago"
     if st == "removing":
         return "Removal In Progress"
     if st == "dead":
@@ -1206,7 +1244,12 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
         if not m or m.end() == pos:
             raise InvalidArgument(f"format: cannot parse {text[pos:]!r} in {{{{{text}}}}}")
         kind = m.lastgroup
-        tokens.append((kind, m.group(kind)))
+        value = m.group(kind)
+        # (pipeline).Field: a field of the parenthesised value, not a new operand.
+        if kind == "field" and value.startswith(".") and tokens and tokens[-1][0] == "rp" \
+                and m.start(kind) == pos:
+            kind = "chain"
+        tokens.append((kind, value))
         pos = m.end()
         while pos < len(text) and text[pos].isspace():
             pos += 1
@@ -1228,6 +1271,8 @@ def _parse_pipeline(tokens: list[tuple[str, str]], source: str) -> list[list[Any
             if len(stack) == 1:
                 raise InvalidArgument(f"format: unbalanced ')' in {{{{{source}}}}}")
             stack.pop()
+        elif kind == "chain":
+            stack[-1][-1][-1] = ("chained", (stack[-1][-1][-1], value))
         else:
             stack[-1][-1].append((kind, value))
     if len(stack) != 1 or any(not c for c in commands):
@@ -1314,6 +1359,9 @@ def _operand(token: tuple[str, Any], dot: Any, names: Mapping[str, Any]) -> Any:
     kind, value = token
     if kind == "pipeline":
         return _eval_pipeline(value, dot, names)
+    if kind == "chained":
+        inner, path = value
+        return _field(_operand(inner, dot, names), path)
     if kind == "str":
         return value[1:-1] if value.startswith("`") else json.loads(value)
     if kind == "num":
@@ -1415,7 +1463,12 @@ def format_table(template: str, rows: Sequence[Any], headers: Mapping[str, str])
     header_row = {key: name for key, name in headers.items()}
     header_row["Label"] = lambda key: key.upper()
     lines = [render_template(body, header_row)] + [render_template(body, r) for r in rows]
-    cells = [line.split("\t") for line in lines]
+    return align([line.split("\t") for line in lines])
+
+
+def align(cells: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as columns padded to the widest cell plus 3 (Go's tabwriter as
+    Docker configures it); the last column is not padded."""
     widths: dict[int, int] = {}
     for row in cells:
         for i, cell in enumerate(row[:-1]):

@@ -1,0 +1,825 @@
+"""The Python API: ``Client`` (blocking) and ``AsyncClient`` (asyncio), docker-py shaped.
+
+::
+
+    from sandboxd import Client
+
+    with Client() as client:
+        r = client.run("busybox", ["sh", "-c", "echo hi"], memory="64m", timeout=10)
+        r.exit_code, r.stdout, r.oom_killed, r.timed_out       # 0, b"hi\\n", False, False
+
+        c = client.containers.create("busybox", "sleep 60", name="napper", cpus=0.5)
+        c.start()
+        c.exec(["cat", "/proc/self/limits"]).stdout
+        c.kill()
+        c.wait().exit_code                                       # 137
+        c.remove()
+
+Keyword options are those of :func:`sandboxd.config.build_config` (one model: the CLI's
+flags go through the same function). ``client.run`` is a single ``container.run`` request
+(create, attach, start, wait and remove in one round trip); see ``docs/operations.md``.
+
+Errors are :mod:`sandboxd.errors` classes; ``run(..., check=True)`` raises
+:class:`ContainerError` (exit status, stderr and the whole ``Result``) on a non-zero exit.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import config as _config
+from .config import ContainerConfig, ContainerRecord, ImageRecord
+from .errors import InvalidArgument, SandboxError
+from .runner.spec import check_env
+
+__all__ = ["Client", "AsyncClient", "Result", "ExecResult", "ExitStatus", "ContainerError",
+           "Container", "Image", "Attachment", "AsyncContainer", "AsyncImage",
+           "AsyncAttachment"]
+
+CHUNK = 1 << 20          # stdin/tar frames: one MiB, well under the 16 MiB frame limit
+
+
+@dataclass(frozen=True)
+class Result:
+    """What ``client.run`` returns: the exit and everything the container wrote."""
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    oom_killed: bool = False
+    timed_out: bool = False
+    duration: float = 0.0          # seconds, as seen by the client (request to result)
+    id: str = ""                   # the container's id (gone already when removed)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int | None          # None when detached
+    stdout: bytes
+    stderr: bytes
+    id: str = ""                   # the exec session's id
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """``container.wait()``: how it ended."""
+    exit_code: int
+    oom_killed: bool = False
+    timed_out: bool = False
+    error: str = ""
+
+
+class ContainerError(SandboxError):
+    """``run(..., check=True)`` and the command exited non-zero (docker-py's name)."""
+    code = "container_error"       # client-side only: never sent over the wire
+
+    def __init__(self, result: Result, image: str, command: Sequence[str]):
+        detail = result.stderr.decode("utf-8", "replace").strip()[-2000:]
+        reason = ("timed out" if result.timed_out else "was killed for exceeding its memory "
+                  "limit" if result.oom_killed else f"returned non-zero exit status "
+                  f"{result.exit_code}")
+        super().__init__(f"Command {list(command)!r} in image {image!r} {reason}"
+                         + (f": {detail}" if detail else ""),
+                         {"exit_code": result.exit_code, "id": result.id})
+        self.result = result
+        self.exit_status = result.exit_code
+        self.stderr = result.stderr
+        self.image = image
+        self.command = list(command)
+
+
+def _chunks(data: bytes) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(view), CHUNK):
+        yield bytes(view[start:start + CHUNK])
+
+
+def _as_bytes(data: bytes | str | None) -> bytes:
+    if data is None:
+        return b""
+    return data.encode() if isinstance(data, str) else bytes(data)
+
+
+def _run_params(image: str, cmd: Any, name: str | None, stdin: bool, remove: bool,
+                detach: bool, options: dict[str, Any]) -> tuple[dict[str, Any], ContainerConfig]:
+    options.setdefault("open_stdin", stdin)
+    cfg = _config.build_config(image, cmd, auto_remove=remove, **options)
+    params: dict[str, Any] = {"config": cfg.to_dict(), "stdin": stdin, "remove": remove,
+                              "detach": detach}
+    if name is not None:
+        params["name"] = name
+    return params, cfg
+
+
+def _exit_status(data: Mapping[str, Any]) -> ExitStatus:
+    return ExitStatus(int(data.get("exit_code", 0)), bool(data.get("oom_killed")),
+                      bool(data.get("timed_out")), str(data.get("error") or ""))
+
+
+def _connect(host: str | None, session: bool, autostart: bool | None) -> Any:
+    from .client import connect            # the transport; imported when first needed
+    return connect(host, autostart=autostart, session=session)
+
+
+async def _aconnect(host: str | None, session: bool, autostart: bool | None) -> Any:
+    from .client import connect_async
+    return await connect_async(host, autostart=autostart, session=session)
+
+
+# ---------------------------------------------------------------- blocking API
+
+class Attachment:
+    """A live streaming op: iterate ``(event, data)``; stdout/stderr events carry bytes.
+    ``send``/``close_stdin`` feed the process, ``resize`` its terminal (any thread may
+    call them while another iterates); ``result()`` waits for the op's final value (or
+    raises its error). Leaving a ``with`` block early cancels the op."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self._stream)
+
+    def __enter__(self) -> Attachment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.__exit__(*exc)
+
+    def send(self, data: bytes) -> None:
+        for chunk in _chunks(data):
+            self._stream.send_stdin(chunk)
+
+    def close_stdin(self) -> None:
+        self._stream.close_stdin()
+
+    def resize(self, rows: int, cols: int) -> None:
+        self._stream.resize(rows, cols)
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+
+    def result(self) -> Any:
+        return self._stream.result()
+
+    def collect(self) -> tuple[bytes, bytes, Any]:
+        """Read to the end: (stdout, stderr, result)."""
+        out, err = bytearray(), bytearray()
+        for event, data in self:
+            if event == "stdout":
+                out += data
+            elif event == "stderr":
+                err += data
+        return bytes(out), bytes(err), self.result()
+
+    def merged(self) -> bytes:
+        """Read to the end: stdout and stderr in the order they arrived."""
+        both = bytearray()
+        for event, data in self:
+            if event in ("stdout", "stderr"):
+                both += data
+        return bytes(both)
+
+
+class Container:
+    """A handle on one container. ``record`` is the daemon's view when last fetched;
+    ``reload()`` refreshes it; ``attrs`` is Docker's inspect JSON of that record."""
+
+    def __init__(self, client: Client, record: ContainerRecord):
+        self.client = client
+        self.record = record
+
+    def __repr__(self) -> str:
+        return f"<Container {self.short_id} {self.name}>"
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def short_id(self) -> str:
+        return self.record.id[:12]
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def status(self) -> str:
+        return self.record.state.status
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return _config.inspect_document(self.record)
+
+    def _call(self, op: str, **params: Any) -> Any:
+        return self.client.call(op, {"id": self.record.id, **params})
+
+    def reload(self) -> Container:
+        self.record = ContainerRecord.from_dict(self._call("container.inspect"))
+        return self
+
+    def inspect(self) -> dict[str, Any]:
+        return self.reload().attrs
+
+    def start(self) -> None:
+        self._call("container.start")
+
+    def stop(self, timeout: int | None = None) -> None:
+        self._call("container.stop", timeout=timeout)
+
+    def restart(self, timeout: int | None = None) -> None:
+        self._call("container.restart", timeout=timeout)
+
+    def kill(self, signal: str | int = "SIGKILL") -> None:
+        self._call("container.kill", signal=_config.parse_signal(signal))
+
+    def remove(self, force: bool = False) -> None:
+        self._call("container.remove", force=force)
+
+    def wait(self, condition: str = "not-running") -> ExitStatus:
+        return _exit_status(self._call("container.wait", condition=condition))
+
+    def pause(self) -> None:
+        self._call("container.pause")
+
+    def unpause(self) -> None:
+        self._call("container.unpause")
+
+    def rename(self, name: str) -> None:
+        self._call("container.rename", name=name)
+        self.reload()
+
+    def update(self, **limits: Any) -> list[str]:
+        """``memory``, ``memory_swap``, ``cpus``, ``cpu_quota``, ``cpu_period``,
+        ``cpu_shares``, ``pids_limit`` of a running container; returns warnings."""
+        result = self._call("container.update", **_config.build_update(**limits))
+        return list(result.get("warnings") or ())
+
+    def top(self) -> dict[str, Any]:
+        return self._call("container.top")
+
+    def logs(self, *, stdout: bool = True, stderr: bool = True, timestamps: bool = False,
+             tail: int = -1, since: float = 0, follow: bool = False) -> bytes:
+        """Everything logged so far (``follow``: until the container stops)."""
+        return self.logs_stream(stdout=stdout, stderr=stderr, timestamps=timestamps,
+                                tail=tail, since=since, follow=follow).merged()
+
+    def logs_stream(self, *, stdout: bool = True, stderr: bool = True,
+                    timestamps: bool = False, tail: int = -1, since: float = 0,
+                    follow: bool = False) -> Attachment:
+        return self.client.stream("container.logs", {
+            "id": self.id, "stdout": stdout, "stderr": stderr, "timestamps": timestamps,
+            "tail": tail, "since": since, "follow": follow})
+
+    def attach(self, *, stdin: bool = False, logs: bool = False, stream: bool = True,
+               start: bool = False) -> Attachment:
+        return self.client.stream("container.attach", {
+            "id": self.id, "stdin": stdin, "stdout": True, "stderr": True, "logs": logs,
+            "stream": stream, "start": start})
+
+    def exec(self, cmd: str | Sequence[str], *, env: Mapping[str, Any] | Sequence[str] = (),
+             workdir: str = "", user: str = "", tty: bool = False,
+             input: bytes | str | None = None, detach: bool = False) -> ExecResult:
+        """Run ``cmd`` inside the running container and collect its output."""
+        attachment = self.exec_stream(cmd, env=env, workdir=workdir, user=user, tty=tty,
+                                      stdin=input is not None, detach=detach)
+        if input is not None:
+            attachment.send(_as_bytes(input))
+            attachment.close_stdin()
+        out, err, result = attachment.collect()
+        return ExecResult(result.get("exit_code"), out, err, result.get("exec_id", ""))
+
+    def exec_stream(self, cmd: str | Sequence[str], *,
+                    env: Mapping[str, Any] | Sequence[str] = (), workdir: str = "",
+                    user: str = "", tty: bool = False, stdin: bool = False,
+                    detach: bool = False) -> Attachment:
+        return self.client.stream("container.exec", _exec_params(
+            self.id, cmd, env, workdir, user, tty, stdin, detach))
+
+    def stats(self) -> dict[str, Any]:
+        """One sample pair's worth: the second of two samples ``interval`` apart, with
+        ``cpu_percent`` computed as Docker does."""
+        samples = [data for event, data in self.stats_stream(stream=False)
+                   if event == "stats"]
+        return _with_cpu_percent(samples[-1], samples[0] if len(samples) > 1 else None)
+
+    def stats_stream(self, *, stream: bool = True, interval: float = 1.0) -> Attachment:
+        return self.client.stream("container.stats", {"id": self.id, "stream": stream,
+                                                       "interval": interval})
+
+    def get_archive(self, path: str) -> tuple[bytes, dict[str, Any]]:
+        """A tar of ``path`` inside the container, and its stat."""
+        attachment = self.client.stream("container.archive_get",
+                                         {"id": self.id, "path": path})
+        data = bytearray()
+        for event, chunk in attachment:
+            if event == "data":
+                data += chunk
+        return bytes(data), attachment.result()
+
+    def put_archive(self, path: str, data: bytes) -> None:
+        """Unpack the tar ``data`` into the directory ``path`` inside the container."""
+        attachment = self.client.stream("container.archive_put",
+                                         {"id": self.id, "path": path})
+        attachment.send(data)
+        attachment.close_stdin()
+        attachment.collect()
+
+
+def _exec_params(container_id: str, cmd: Any, env: Any, workdir: str, user: str, tty: bool,
+                 stdin: bool, detach: bool) -> dict[str, Any]:
+    argv = list(_config._argv(cmd))
+    env_list = _config.parse_env(env)
+    problems = check_env(env_list, "env")
+    if not argv:
+        problems.append("cmd: no command given")
+    if workdir and not workdir.startswith("/"):
+        problems.append(f"workdir: {workdir!r} is not an absolute path")
+    if problems:
+        raise InvalidArgument.of(problems)
+    return {"id": container_id, "cmd": argv, "env": env_list, "workdir": workdir,
+            "user": user, "tty": tty, "stdin": stdin, "detach": detach}
+
+
+def _with_cpu_percent(sample: dict[str, Any], previous: dict[str, Any] | None
+                      ) -> dict[str, Any]:
+    """Docker's CPU %: Δcontainer CPU / Δhost CPU × online CPUs × 100."""
+    percent = 0.0
+    if previous:
+        cpu = sample.get("cpu_ns", 0) - previous.get("cpu_ns", 0)
+        system = sample.get("system_ns", 0) - previous.get("system_ns", 0)
+        if cpu > 0 and system > 0:
+            percent = cpu / system * (sample.get("online_cpus") or 1) * 100.0
+    return {**sample, "cpu_percent": percent}
+
+
+class Image:
+    def __init__(self, client: Client, record: ImageRecord):
+        self.client = client
+        self.record = record
+
+    def __repr__(self) -> str:
+        return f"<Image {self.short_id} {' '.join(self.tags)}>"
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def short_id(self) -> str:
+        return self.record.id.split(":", 1)[-1][:12]
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.record.repo_tags)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return _config.image_document(self.record)
+
+    def remove(self, force: bool = False) -> dict[str, Any]:
+        return self.client.call("image.remove", {"name": self.id, "force": force})
+
+
+class ContainerCollection:
+    def __init__(self, client: Client):
+        self.client = client
+
+    def create(self, image: str, cmd: str | Sequence[str] | None = None, *,
+               name: str | None = None, **options: Any) -> Container:
+        """A new container, not started (``options``: :func:`config.build_config`)."""
+        if name is not None:
+            _check_name(name)
+        cfg = _config.build_config(image, cmd, **options)
+        params: dict[str, Any] = {"config": cfg.to_dict()}
+        if name is not None:
+            params["name"] = name
+        created = self.client.call("container.create", params)
+        return self.get(created["id"])
+
+    def run(self, image: str, cmd: str | Sequence[str] | None = None, *,
+            name: str | None = None, remove: bool = False, **options: Any) -> Container:
+        """Create and start in one request; returns the running container."""
+        if name is not None:
+            _check_name(name)
+        params, _ = _run_params(image, cmd, name, False, remove, True, options)
+        attachment = self.client.stream("container.run", params)
+        _, _, result = attachment.collect()
+        return self.get(result["id"])
+
+    def get(self, container_id: str) -> Container:
+        record = self.client.call("container.inspect", {"id": container_id})
+        return Container(self.client, ContainerRecord.from_dict(record))
+
+    def list(self, all: bool = False, filters: Mapping[str, Sequence[str] | str] | None = None,
+             limit: int = -1) -> list[Container]:
+        result = self.client.call("container.list", {
+            "all": all, "filters": _filters(filters), "limit": limit})
+        return [Container(self.client, ContainerRecord.from_dict(r))
+                for r in result["containers"]]
+
+    def prune(self, filters: Mapping[str, Sequence[str] | str] | None = None
+              ) -> dict[str, Any]:
+        return self.client.call("container.prune", {"filters": _filters(filters)})
+
+
+def _filters(filters: Mapping[str, Sequence[str] | str] | None) -> dict[str, list[str]]:
+    return {k: [v] if isinstance(v, str) else list(v) for k, v in (filters or {}).items()}
+
+
+def _check_name(name: str) -> None:
+    problems = _config.check_name(name)
+    if problems:
+        raise InvalidArgument.of(problems)
+
+
+class ImageCollection:
+    def __init__(self, client: Client):
+        self.client = client
+
+    def import_(self, path: str | os.PathLike[str], name: str) -> Image:
+        """A plain rootfs tarball (``tar`` or ``tar.gz``) as a one-layer image ``name``.
+        The file is streamed to the daemon, which need not see the client's files."""
+        with open(path, "rb") as f:
+            attachment = self.client.stream("image.import", {"name": name})
+            while chunk := f.read(CHUNK):
+                attachment.send(chunk)
+            attachment.close_stdin()
+            _, _, result = attachment.collect()
+        return self.get(result["id"])
+
+    def get(self, name: str) -> Image:
+        return Image(self.client, ImageRecord.from_dict(
+            self.client.call("image.inspect", {"name": name})))
+
+    def list(self, all: bool = False) -> list[Image]:
+        result = self.client.call("image.list", {"all": all})
+        return [Image(self.client, ImageRecord.from_dict(r)) for r in result["images"]]
+
+    def remove(self, name: str, force: bool = False) -> dict[str, Any]:
+        return self.client.call("image.remove", {"name": name, "force": force})
+
+
+class Client:
+    """A connection to the daemon (started on demand when local and not running).
+
+    ``host``: ``unix:///path`` (default ``$SANDBOXD_HOST`` or the system socket).
+    ``session``: everything this client creates is removed when it disconnects.
+    ``autostart``: start a local daemon when none answers (default: only for the
+    system socket; see :func:`sandboxd.client.connect`).
+    """
+
+    def __init__(self, host: str | None = None, *, session: bool = False,
+                 autostart: bool | None = None):
+        self._conn = _connect(host, session, autostart)
+        self.containers = ContainerCollection(self)
+        self.images = ImageCollection(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def call(self, op: str, params: dict[str, Any]) -> Any:
+        """One daemon operation by name (``docs/operations.md``): the escape hatch
+        under the methods above."""
+        return self._conn.call(op, params)
+
+    def stream(self, op: str, params: dict[str, Any]) -> Attachment:
+        """One streaming daemon operation by name."""
+        return Attachment(self._conn.stream(op, params))
+
+    def run(self, image: str, cmd: str | Sequence[str] | None = None, *,
+            input: bytes | str | None = None, name: str | None = None,
+            remove: bool = True, check: bool = False, **options: Any) -> Result:
+        """Run ``cmd`` in a fresh container and wait for it (one request).
+
+        ``input`` is fed to its stdin (then closed); without it stdin is empty.
+        ``timeout`` (seconds) kills it and sets ``timed_out``. ``check`` raises
+        :class:`ContainerError` on a non-zero exit. Setup errors raise their typed error
+        (``CommandNotFound`` for a missing command ...).
+        """
+        if name is not None:
+            _check_name(name)
+        began = time.monotonic()
+        params, cfg = _run_params(image, cmd, name, input is not None, remove, False,
+                                  options)
+        attachment = self.stream("container.run", params)
+        if input is not None:
+            attachment.send(_as_bytes(input))
+            attachment.close_stdin()
+        out, err, final = attachment.collect()
+        result = Result(int(final.get("exit_code", 0)), out, err,
+                        bool(final.get("oom_killed")), bool(final.get("timed_out")),
+                        time.monotonic() - began, str(final.get("id", "")))
+        if check and (result.exit_code != 0 or result.timed_out):
+            raise ContainerError(result, image, list(cfg.entrypoint or ()) + list(cfg.cmd))
+        return result
+
+    def info(self) -> dict[str, Any]:
+        return self.call("system.info", {})
+
+    def version(self) -> dict[str, Any]:
+        return self.call("system.version", {})
+
+
+# ---------------------------------------------------------------- asyncio API
+
+class AsyncAttachment:
+    """The asyncio twin of :class:`Attachment`: ``async for event, data in it``."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def __aiter__(self) -> Any:
+        return self._stream.__aiter__()
+
+    async def __aenter__(self) -> AsyncAttachment:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stream.__aexit__(*exc)
+
+    async def send(self, data: bytes) -> None:
+        for chunk in _chunks(data):
+            await self._stream.send_stdin(chunk)
+
+    async def close_stdin(self) -> None:
+        await self._stream.close_stdin()
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self._stream.resize(rows, cols)
+
+    async def cancel(self) -> None:
+        await self._stream.cancel()
+
+    async def result(self) -> Any:
+        return await self._stream.result()
+
+    async def collect(self) -> tuple[bytes, bytes, Any]:
+        out, err = bytearray(), bytearray()
+        async for event, data in self:
+            if event == "stdout":
+                out += data
+            elif event == "stderr":
+                err += data
+        return bytes(out), bytes(err), await self.result()
+
+    async def merged(self) -> bytes:
+        both = bytearray()
+        async for event, data in self:
+            if event in ("stdout", "stderr"):
+                both += data
+        return bytes(both)
+
+
+class AsyncContainer:
+    """The asyncio twin of :class:`Container` (same methods, awaitable)."""
+
+    def __init__(self, client: AsyncClient, record: ContainerRecord):
+        self.client = client
+        self.record = record
+
+    def __repr__(self) -> str:
+        return f"<AsyncContainer {self.short_id} {self.name}>"
+
+    id = Container.id
+    short_id = Container.short_id
+    name = Container.name
+    status = Container.status
+    attrs = Container.attrs
+
+    async def _call(self, op: str, **params: Any) -> Any:
+        return await self.client.call(op, {"id": self.record.id, **params})
+
+    async def reload(self) -> AsyncContainer:
+        self.record = ContainerRecord.from_dict(await self._call("container.inspect"))
+        return self
+
+    async def inspect(self) -> dict[str, Any]:
+        return (await self.reload()).attrs
+
+    async def start(self) -> None:
+        await self._call("container.start")
+
+    async def stop(self, timeout: int | None = None) -> None:
+        await self._call("container.stop", timeout=timeout)
+
+    async def restart(self, timeout: int | None = None) -> None:
+        await self._call("container.restart", timeout=timeout)
+
+    async def kill(self, signal: str | int = "SIGKILL") -> None:
+        await self._call("container.kill", signal=_config.parse_signal(signal))
+
+    async def remove(self, force: bool = False) -> None:
+        await self._call("container.remove", force=force)
+
+    async def wait(self, condition: str = "not-running") -> ExitStatus:
+        return _exit_status(await self._call("container.wait", condition=condition))
+
+    async def pause(self) -> None:
+        await self._call("container.pause")
+
+    async def unpause(self) -> None:
+        await self._call("container.unpause")
+
+    async def rename(self, name: str) -> None:
+        await self._call("container.rename", name=name)
+        await self.reload()
+
+    async def update(self, **limits: Any) -> list[str]:
+        result = await self._call("container.update", **_config.build_update(**limits))
+        return list(result.get("warnings") or ())
+
+    async def top(self) -> dict[str, Any]:
+        return await self._call("container.top")
+
+    async def logs(self, *, stdout: bool = True, stderr: bool = True,
+                   timestamps: bool = False, tail: int = -1, since: float = 0,
+                   follow: bool = False) -> bytes:
+        attachment = await self.client.stream("container.logs", {
+            "id": self.id, "stdout": stdout, "stderr": stderr, "timestamps": timestamps,
+            "tail": tail, "since": since, "follow": follow})
+        return await attachment.merged()
+
+    async def attach(self, *, stdin: bool = False, logs: bool = False, stream: bool = True,
+                     start: bool = False) -> AsyncAttachment:
+        return await self.client.stream("container.attach", {
+            "id": self.id, "stdin": stdin, "stdout": True, "stderr": True, "logs": logs,
+            "stream": stream, "start": start})
+
+    async def exec(self, cmd: str | Sequence[str], *,
+                   env: Mapping[str, Any] | Sequence[str] = (), workdir: str = "",
+                   user: str = "", tty: bool = False, input: bytes | str | None = None,
+                   detach: bool = False) -> ExecResult:
+        attachment = await self.client.stream("container.exec", _exec_params(
+            self.id, cmd, env, workdir, user, tty, input is not None, detach))
+        if input is not None:
+            await attachment.send(_as_bytes(input))
+            await attachment.close_stdin()
+        out, err, result = await attachment.collect()
+        return ExecResult(result.get("exit_code"), out, err, result.get("exec_id", ""))
+
+    async def stats(self) -> dict[str, Any]:
+        attachment = await self.client.stream("container.stats", {
+            "id": self.id, "stream": False, "interval": 1.0})
+        samples = [data async for event, data in attachment if event == "stats"]
+        return _with_cpu_percent(samples[-1], samples[0] if len(samples) > 1 else None)
+
+
+class AsyncImage:
+    def __init__(self, client: AsyncClient, record: ImageRecord):
+        self.client = client
+        self.record = record
+
+    id = Image.id
+    short_id = Image.short_id
+    tags = Image.tags
+    attrs = Image.attrs
+
+    async def remove(self, force: bool = False) -> dict[str, Any]:
+        return await self.client.call("image.remove", {"name": self.id, "force": force})
+
+
+class AsyncContainerCollection:
+    def __init__(self, client: AsyncClient):
+        self.client = client
+
+    async def create(self, image: str, cmd: str | Sequence[str] | None = None, *,
+                     name: str | None = None, **options: Any) -> AsyncContainer:
+        if name is not None:
+            _check_name(name)
+        params: dict[str, Any] = {"config": _config.build_config(image, cmd,
+                                                                 **options).to_dict()}
+        if name is not None:
+            params["name"] = name
+        created = await self.client.call("container.create", params)
+        return await self.get(created["id"])
+
+    async def run(self, image: str, cmd: str | Sequence[str] | None = None, *,
+                  name: str | None = None, remove: bool = False,
+                  **options: Any) -> AsyncContainer:
+        if name is not None:
+            _check_name(name)
+        params, _ = _run_params(image, cmd, name, False, remove, True, options)
+        attachment = await self.client.stream("container.run", params)
+        _, _, result = await attachment.collect()
+        return await self.get(result["id"])
+
+    async def get(self, container_id: str) -> AsyncContainer:
+        record = await self.client.call("container.inspect", {"id": container_id})
+        return AsyncContainer(self.client, ContainerRecord.from_dict(record))
+
+    async def list(self, all: bool = False,
+                   filters: Mapping[str, Sequence[str] | str] | None = None,
+                   limit: int = -1) -> list[AsyncContainer]:
+        result = await self.client.call("container.list", {
+            "all": all, "filters": _filters(filters), "limit": limit})
+        return [AsyncContainer(self.client, ContainerRecord.from_dict(r))
+                for r in result["containers"]]
+
+    async def prune(self, filters: Mapping[str, Sequence[str] | str] | None = None
+                    ) -> dict[str, Any]:
+        return await self.client.call("container.prune", {"filters": _filters(filters)})
+
+
+class AsyncImageCollection:
+    def __init__(self, client: AsyncClient):
+        self.client = client
+
+    async def import_(self, path: str | os.PathLike[str], name: str) -> AsyncImage:
+        attachment = await self.client.stream("image.import", {"name": name})
+        with open(path, "rb") as f:        # local file reads: short, not worth a thread
+            while chunk := f.read(CHUNK):
+                await attachment.send(chunk)
+        await attachment.close_stdin()
+        _, _, result = await attachment.collect()
+        return await self.get(result["id"])
+
+    async def get(self, name: str) -> AsyncImage:
+        return AsyncImage(self.client, ImageRecord.from_dict(
+            await self.client.call("image.inspect", {"name": name})))
+
+    async def list(self, all: bool = False) -> list[AsyncImage]:
+        result = await self.client.call("image.list", {"all": all})
+        return [AsyncImage(self.client, ImageRecord.from_dict(r)) for r in result["images"]]
+
+    async def remove(self, name: str, force: bool = False) -> dict[str, Any]:
+        return await self.client.call("image.remove", {"name": name, "force": force})
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`Client`: ``client = await AsyncClient.connect()`` or
+    ``async with AsyncClient() as client``."""
+
+    def __init__(self, host: str | None = None, *, session: bool = False,
+                 autostart: bool | None = None):
+        self._args = (host, session, autostart)
+        self._conn: Any = None
+        self.containers = AsyncContainerCollection(self)
+        self.images = AsyncImageCollection(self)
+
+    @classmethod
+    async def connect(cls, host: str | None = None, *, session: bool = False,
+                      autostart: bool | None = None) -> AsyncClient:
+        client = cls(host, session=session, autostart=autostart)
+        await client.open()
+        return client
+
+    async def open(self) -> None:
+        if self._conn is None:
+            self._conn = await _aconnect(*self._args)
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    async def call(self, op: str, params: dict[str, Any]) -> Any:
+        await self.open()
+        return await self._conn.call(op, params)
+
+    async def stream(self, op: str, params: dict[str, Any]) -> AsyncAttachment:
+        await self.open()
+        return AsyncAttachment(await self._conn.stream(op, params))
+
+    async def run(self, image: str, cmd: str | Sequence[str] | None = None, *,
+                  input: bytes | str | None = None, name: str | None = None,
+                  remove: bool = True, check: bool = False, **options: Any) -> Result:
+        """See :meth:`Client.run`."""
+        if name is not None:
+            _check_name(name)
+        began = time.monotonic()
+        params, cfg = _run_params(image, cmd, name, input is not None, remove, False,
+                                  options)
+        attachment = await self.stream("container.run", params)
+        if input is not None:
+            await attachment.send(_as_bytes(input))
+            await attachment.close_stdin()
+        out, err, final = await attachment.collect()
+        result = Result(int(final.get("exit_code", 0)), out, err,
+                        bool(final.get("oom_killed")), bool(final.get("timed_out")),
+                        time.monotonic() - began, str(final.get("id", "")))
+        if check and (result.exit_code != 0 or result.timed_out):
+            raise ContainerError(result, image, list(cfg.entrypoint or ()) + list(cfg.cmd))
+        return result
+
+    async def info(self) -> dict[str, Any]:
+        return await self.call("system.info", {})
+
+    async def version(self) -> dict[str, Any]:
+        return await self.call("system.version", {})

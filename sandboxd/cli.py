@@ -1,0 +1,1208 @@
+"""``sbx``: Docker's command line for sandboxd.
+
+Commands, flags, output formats and exit codes follow ``docker``'s: ``sbx run``'s status is
+the container's; a daemon error prints ``sbx: Error response from daemon: ...`` and exits
+125 (126/127 when the command cannot be executed / found); a bad flag exits 125.
+``docs/cli.md`` lists every command.
+
+Start-up time matters (``sbx`` runs once per container in scripts), so this module imports
+only click at load time; the client, the config model and json come in inside commands.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, SandboxError,
+                     Unavailable)
+
+EXIT_DAEMON = 125        # Docker: the daemon (or the flags) refused
+CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
+# Options belong to sbx up to the image / container; everything after is the command's.
+ARGS_AFTER = {**CONTEXT, "allow_interspersed_args": False}
+
+
+class CliError(Exception):
+    """A client-side failure with Docker's wording and exit status."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+        ctx = click.get_current_context(silent=True)     # gone once main() catches this
+        self.command_path = ctx.command_path if ctx is not None else "sbx"
+
+
+# ---------------------------------------------------------------- plumbing
+
+def _host() -> str | None:
+    return click.get_current_context().find_root().params.get("host")
+
+
+def _client(autostart: bool | None = None) -> Any:
+    from .api import Client
+    return Client(_host(), autostart=autostart)
+
+
+def _complete_containers(ctx: click.Context, param: click.Parameter, incomplete: str
+                         ) -> list[str]:
+    """Names and ids of existing containers, when a daemon is already running."""
+    try:
+        from .api import Client
+        with Client(ctx.find_root().params.get("host"), autostart=False) as client:
+            records = [c.record for c in client.containers.list(all=True)]
+    except Exception:            # completion must never fail loudly
+        return []
+    words = [r.name for r in records] + [r.id[:12] for r in records]
+    return [w for w in words if w.startswith(incomplete)]
+
+
+def _complete_images(ctx: click.Context, param: click.Parameter, incomplete: str
+                     ) -> list[str]:
+    try:
+        from .api import Client
+        with Client(ctx.find_root().params.get("host"), autostart=False) as client:
+            tags = [t for image in client.images.list() for t in image.tags]
+    except Exception:
+        return []
+    return [t for t in tags if t.startswith(incomplete)]
+
+
+def _each(names: tuple[str, ...], action: Callable[[Any, str], Any]) -> int:
+    """Docker's multi-container commands: act on each, report each failure, exit 1 if
+    any failed."""
+    status = 0
+    with _client() as client:
+        for name in names:
+            try:
+                output = action(client, name)
+            except SandboxError as e:
+                click.echo(f"Error response from daemon: {e.message}", err=True)
+                status = 1
+            else:
+                if output is not None:
+                    click.echo(output)
+    return status
+
+
+def _local(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Client-side parsing: a bad value is a usage error (exit 125), not the daemon's."""
+    try:
+        return func(*args, **kwargs)
+    except InvalidArgument as e:
+        raise CliError(e.message, EXIT_DAEMON) from None
+
+
+def _write(stream: Any, data: bytes) -> None:
+    stream.write(data)
+    stream.flush()
+
+
+# ---------------------------------------------------------------- the group
+
+def option(*decls: str, **attrs: Any) -> Callable[[Callable], Callable]:
+    """``click.option``, recorded now and built when the command is first used: making
+    ~130 click parameters for every ``sbx`` start would cost milliseconds for nothing."""
+    def record(func: Callable) -> Callable:
+        func.__dict__.setdefault("_sbx_params", []).append(click.option(*decls, **attrs))
+        return func
+    return record
+
+
+def argument(*decls: str, **attrs: Any) -> Callable[[Callable], Callable]:
+    """``click.argument``, recorded like :func:`option`."""
+    def record(func: Callable) -> Callable:
+        func.__dict__.setdefault("_sbx_params", []).append(click.argument(*decls, **attrs))
+        return func
+    return record
+
+
+class SbxGroup(click.Group):
+    """A group whose commands are built on first use, listed in the order they were
+    added (Docker's help is not alphabetical)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.builders: dict[str, Callable[[], click.Command]] = {}
+
+    def command(self, name: str | None = None, **settings: Any  # type: ignore[override]
+                ) -> Callable[[Callable], Callable]:
+        def register(func: Callable) -> Callable:
+            command_name = name or func.__name__
+            built: list[click.Command] = []
+
+            def build() -> click.Command:
+                if not built:
+                    f = func
+                    for decorator in func.__dict__.get("_sbx_params", []):
+                        f = decorator(f)        # recorded bottom-up, applied bottom-up
+                    built.append(click.command(command_name, **settings)(f))
+                return built[0]
+
+            func._sbx_build = build            # type: ignore[attr-defined]
+            self.builders[command_name] = build
+            return func
+        return register
+
+    def alias(self, name: str, func: Callable) -> None:
+        """Offer an already declared command under this group too (``container ls``)."""
+        self.builders[name] = func._sbx_build
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.builders:
+            return self.builders[name]()
+        return super().get_command(ctx, name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.builders) + [n for n in self.commands if n not in self.builders]
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"sbx version {__version__}")
+        ctx.exit()
+
+
+@click.group(cls=SbxGroup, context_settings=CONTEXT)
+@click.option("-H", "--host", envvar="SANDBOXD_HOST", metavar="URL",
+              help="Daemon socket to connect to (unix:///path).")
+@click.option("-v", "--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Print version information and quit")
+def cli(host: str | None) -> None:
+    """Run fresh, strictly limited Linux containers (sandboxd)."""
+
+
+# ---------------------------------------------------------------- run / create
+
+def _container_options(func: Callable) -> Callable:
+    """The flags ``run`` and ``create`` share, named and spelled as Docker's."""
+    options = [
+        option("-i", "--interactive", is_flag=True,
+                     help="Keep STDIN open even if not attached"),
+        option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY"),
+        option("--name", metavar="NAME", help="Assign a name to the container"),
+        option("-e", "--env", multiple=True, metavar="KEY[=VALUE]",
+                     help="Set environment variables"),
+        option("--env-file", multiple=True, metavar="FILE",
+                     help="Read in a file of environment variables"),
+        option("-v", "--volume", multiple=True, metavar="SRC:DST[:ro]",
+                     help="Bind mount a host path"),
+        option("--tmpfs", multiple=True, metavar="PATH[:OPTS]",
+                     help="Mount a tmpfs directory"),
+        option("-w", "--workdir", default="", metavar="DIR",
+                     help="Working directory inside the container"),
+        option("-u", "--user", default="", metavar="USER[:GROUP]",
+                     help="Username or UID (format: <name|uid>[:<group|gid>])"),
+        option("-h", "--hostname", default="", metavar="NAME",
+                     help="Container host name"),
+        option("-m", "--memory", metavar="BYTES", help="Memory limit (e.g. 64m)"),
+        option("--memory-swap", metavar="BYTES",
+                     help="Swap limit equal to memory plus swap: '-1' to enable "
+                          "unlimited swap"),
+        option("--cpus", metavar="DECIMAL", help="Number of CPUs"),
+        option("--cpu-period", type=int, metavar="INT",
+                     help="Limit CPU CFS (Completely Fair Scheduler) period"),
+        option("--cpu-quota", type=int, metavar="INT",
+                     help="Limit CPU CFS (Completely Fair Scheduler) quota"),
+        option("-c", "--cpu-shares", type=int, metavar="INT",
+                     help="CPU shares (relative weight)"),
+        option("--pids-limit", type=int, metavar="INT",
+                     help="Tune container pids limit (set -1 for unlimited)"),
+        option("--ulimit", multiple=True, metavar="NAME=SOFT[:HARD]",
+                     help="Ulimit options"),
+        option("--uts", default="", metavar="MODE", help="UTS namespace to use"),
+        option("--ipc", default="", metavar="MODE", help="IPC mode to use"),
+        option("--pid", default="", metavar="MODE", help="PID namespace to use"),
+        option("--network", "--net", "network", default="default", metavar="NETWORK",
+                     help="Connect a container to a network"),
+        option("--link", multiple=True, metavar="NAME[:ALIAS]",
+                     help="Add link to another container"),
+        option("-p", "--publish", multiple=True, metavar="[IP:]HOST:CTR[/PROTO]",
+                     help="Publish a container's port(s) to the host"),
+        option("--expose", multiple=True, metavar="PORT[/PROTO]",
+                     help="Expose a port or a range of ports"),
+        option("--read-only", is_flag=True,
+                     help="Mount the container's root filesystem as read only"),
+        option("--init", is_flag=True,
+                     help="Run an init inside the container that forwards signals and "
+                          "reaps processes"),
+        option("--cap-add", multiple=True, metavar="CAP", help="Add Linux capabilities"),
+        option("--cap-drop", multiple=True, metavar="CAP",
+                     help="Drop Linux capabilities"),
+        option("-l", "--label", multiple=True, metavar="KEY[=VALUE]",
+                     help="Set meta data on a container"),
+        option("--entrypoint", metavar="CMD",
+                     help="Overwrite the default ENTRYPOINT of the image"),
+        option("--stop-signal", default="SIGTERM", metavar="SIGNAL",
+                     help="Signal to stop the container"),
+        option("--stop-timeout", type=int, metavar="SECONDS",
+                     help="Timeout (in seconds) to stop a container"),
+        option("--timeout", type=float, metavar="SECONDS",
+                     help="Kill the container after this many seconds (sandboxd)"),
+        option("--rm", "auto_remove", is_flag=True,
+                     help="Automatically remove the container when it exits"),
+        argument("image", shell_complete=_complete_images),
+        argument("command", nargs=-1, type=click.UNPROCESSED,
+                       metavar="[COMMAND] [ARG...]"),
+    ]
+    for record in reversed(options):
+        func = record(func)
+    return func
+
+
+def _build(opts: dict[str, Any]) -> Any:
+    """Flags -> ``ContainerConfig`` through the one model (``config.build_config``)."""
+    from .config import build_config
+    return _local(
+        build_config,
+        opts["image"], list(opts["command"]) or None,
+        entrypoint=opts["entrypoint"], env=list(opts["env"]), env_files=opts["env_file"],
+        workdir=opts["workdir"], user=opts["user"], hostname=opts["hostname"],
+        tty=opts["tty"], open_stdin=opts["interactive"], labels=list(opts["label"]),
+        expose=opts["expose"], stop_signal=opts["stop_signal"],
+        stop_timeout=opts["stop_timeout"], memory=opts["memory"],
+        memory_swap=opts["memory_swap"], cpus=opts["cpus"], cpu_quota=opts["cpu_quota"],
+        cpu_period=opts["cpu_period"], cpu_shares=opts["cpu_shares"],
+        pids_limit=opts["pids_limit"], ulimits=opts["ulimit"], uts_mode=opts["uts"],
+        ipc_mode=opts["ipc"], pid_mode=opts["pid"], network_mode=opts["network"],
+        links=opts["link"], ports=opts["publish"], volumes=opts["volume"],
+        tmpfs=opts["tmpfs"], read_only=opts["read_only"], init=opts["init"],
+        cap_add=opts["cap_add"], cap_drop=opts["cap_drop"],
+        auto_remove=opts["auto_remove"], timeout=opts["timeout"])
+
+
+def _check_tty(tty: bool, interactive: bool) -> None:
+    if tty and interactive and not os.isatty(0):
+        raise CliError("the input device is not a TTY", 1)
+
+
+@cli.command(context_settings=ARGS_AFTER)
+@option("-d", "--detach", is_flag=True,
+              help="Run container in background and print container ID")
+@option("--sig-proxy/--no-sig-proxy", default=True,
+              help="Proxy received signals to the process")
+@_container_options
+def run(detach: bool, sig_proxy: bool, **opts: Any) -> int:
+    """Create and run a new container from an image."""
+    if not detach:
+        _check_tty(opts["tty"], opts["interactive"])
+    cfg = _build(opts)
+    from .api import _check_name
+    if opts["name"] is not None:
+        _local(_check_name, opts["name"])
+    params: dict[str, Any] = {"config": cfg.to_dict(), "stdin": opts["interactive"]
+                              and not detach, "remove": cfg.host.auto_remove,
+                              "detach": detach}
+    if opts["name"] is not None:
+        params["name"] = opts["name"]
+    with _client() as client:
+        attachment = client.stream("container.run", params)
+        if detach:
+            _, _, result = attachment.collect()
+            click.echo(result["id"])
+            return 0
+        result = _pump(client, attachment, tty=cfg.tty, stdin=opts["interactive"],
+                       sig_proxy=sig_proxy)
+    if result.get("timed_out"):
+        click.echo(f"sbx: container {result.get('id', '')[:12]} timed out after "
+                   f"{cfg.host.timeout:g} seconds and was killed", err=True)
+    return int(result.get("exit_code", 0))
+
+
+@cli.command(context_settings=ARGS_AFTER)
+@_container_options
+def create(**opts: Any) -> int:
+    """Create a new container."""
+    cfg = _build(opts)
+    from .api import _check_name
+    params: dict[str, Any] = {"config": cfg.to_dict()}
+    if opts["name"] is not None:
+        _local(_check_name, opts["name"])
+        params["name"] = opts["name"]
+    with _client() as client:
+        click.echo(client.call("container.create", params)["id"])
+    return 0
+
+
+# ---------------------------------------------------------------- attached I/O
+
+def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bool,
+          container_id: str = "") -> dict[str, Any]:
+    """Stream a container's output to ours until it ends; with ``stdin`` forward our
+    input; with ``tty`` put our terminal in raw mode (restored on the way out) and pass
+    on window-size changes. Returns the op's final result."""
+    import signal
+    import threading
+
+    state = {"id": container_id}
+    raw_tty = tty and stdin and os.isatty(0)
+    saved_tty = None
+    wake_r, wake_w = os.pipe()
+    old_handlers: dict[int, Any] = {}
+
+    def size() -> tuple[int, int]:
+        cols, rows = os.get_terminal_size(0 if os.isatty(0) else 1)
+        return rows, cols
+
+    def forward_input() -> None:
+        import select
+        watch = [0, wake_r] if raw_tty else [0]
+        try:
+            while True:
+                ready, _, _ = select.select(watch, [], [])
+                if wake_r in ready:
+                    os.read(wake_r, 512)
+                    attachment.resize(*size())
+                if 0 in ready:
+                    data = os.read(0, 65536)
+                    if not data:
+                        attachment.close_stdin()
+                        return
+                    attachment.send(data)
+        except (OSError, SandboxError):
+            return               # the op ended under us: nothing more to forward
+
+    def on_winch(signum: int, frame: Any) -> None:
+        os.write(wake_w, b"w")
+
+    def proxy(signum: int, frame: Any) -> None:
+        # Docker's --sig-proxy: the container gets the signal we got.
+        if state["id"]:
+            try:
+                with _client(autostart=False) as other:
+                    other.containers.get(state["id"]).kill(signum)
+            except SandboxError:
+                pass
+        else:
+            attachment.cancel()
+
+    try:
+        if raw_tty:
+            import termios
+            import tty as tty_module
+            saved_tty = termios.tcgetattr(0)
+            tty_module.setraw(0)
+        if tty and (os.isatty(0) or os.isatty(1)):
+            attachment.resize(*size())
+            old_handlers[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, on_winch)
+        if sig_proxy and not raw_tty:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                        signal.SIGUSR1, signal.SIGUSR2):
+                old_handlers[sig] = signal.signal(sig, proxy)
+        if stdin:
+            threading.Thread(target=forward_input, name="sbx-stdin", daemon=True).start()
+        out, err = sys.stdout.buffer, sys.stderr.buffer
+        for event, data in attachment:
+            if event == "stdout":
+                _write(out, data)
+            elif event == "stderr":
+                _write(err, data)
+            elif event in ("created", "started") and isinstance(data, dict):
+                state["id"] = data.get("id", state["id"])
+        return attachment.result()
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        if saved_tty is not None:
+            import termios
+            termios.tcsetattr(0, termios.TCSADRAIN, saved_tty)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+# ---------------------------------------------------------------- lifecycle
+
+@cli.command(context_settings=CONTEXT)
+@option("-a", "--attach", is_flag=True, help="Attach STDOUT/STDERR and forward signals")
+@option("-i", "--interactive", is_flag=True, help="Attach container's STDIN")
+@argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
+def start(attach: bool, interactive: bool, containers: tuple[str, ...]) -> int:
+    """Start one or more stopped containers."""
+    if not (attach or interactive):
+        return _each(containers, lambda c, name: (c.containers.get(name).start(), name)[1])
+    if len(containers) > 1:
+        raise CliError("you cannot start and attach multiple containers at once", 1)
+    with _client() as client:
+        container = client.containers.get(containers[0])
+        tty = container.record.config.tty
+        _check_tty(tty, interactive)
+        attachment = container.attach(stdin=interactive, start=True)
+        result = _pump(client, attachment, tty=tty, stdin=interactive, sig_proxy=True,
+                       container_id=container.id)
+    return int(result.get("exit_code", 0))
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-t", "--time", "timeout", type=int, metavar="SECONDS",
+              help="Seconds to wait before killing the container")
+@argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
+def stop(timeout: int | None, containers: tuple[str, ...]) -> int:
+    """Stop one or more running containers."""
+    return _each(containers, lambda c, name: (c.containers.get(name).stop(timeout), name)[1])
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-t", "--time", "timeout", type=int, metavar="SECONDS",
+              help="Seconds to wait before killing the container")
+@argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
+def restart(timeout: int | None, containers: tuple[str, ...]) -> int:
+    """Restart one or more containers."""
+    return _each(containers,
+                 lambda c, name: (c.containers.get(name).restart(timeout), name)[1])
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-s", "--signal", "sig", default="SIGKILL", metavar="SIGNAL",
+              help="Signal to send to the container")
+@argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
+def kill(sig: str, containers: tuple[str, ...]) -> int:
+    """Kill one or more running containers."""
+    from .config import parse_signal
+    number = _local(parse_signal, sig)
+    return _each(containers, lambda c, name: (c.containers.get(name).kill(number), name)[1])
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-f", "--force", is_flag=True,
+              help="Force the removal of a running container (uses SIGKILL)")
+@option("-v", "--volumes", is_flag=True, help="Accepted for Docker compatibility")
+@argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
+def rm(force: bool, volumes: bool, containers: tuple[str, ...]) -> int:
+    """Remove one or more containers."""
+    def remove(client: Any, name: str) -> str:
+        client.call("container.remove", {"id": name, "force": force})
+        return name
+    return _each(containers, remove)
+
+
+@cli.command(context_settings=CONTEXT)
+@argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
+def pause(containers: tuple[str, ...]) -> int:
+    """Pause all processes within one or more containers."""
+    return _each(containers, lambda c, name: (c.containers.get(name).pause(), name)[1])
+
+
+@cli.command(context_settings=CONTEXT)
+@argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
+def unpause(containers: tuple[str, ...]) -> int:
+    """Unpause all processes within one or more containers."""
+    return _each(containers, lambda c, name: (c.containers.get(name).unpause(), name)[1])
+
+
+@cli.command(context_settings=CONTEXT)
+@argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
+def wait(containers: tuple[str, ...]) -> int:
+    """Block until one or more containers stop, then print their exit codes."""
+    return _each(containers, lambda c, name: c.containers.get(name).wait().exit_code)
+
+
+@cli.command(context_settings=CONTEXT)
+@argument("old")
+@argument("new")
+def rename(old: str, new: str) -> int:
+    """Rename a container."""
+    with _client() as client:
+        client.call("container.rename", {"id": old, "name": new})
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-m", "--memory", metavar="BYTES", help="Memory limit")
+@option("--memory-swap", metavar="BYTES",
+              help="Swap limit equal to memory plus swap: '-1' to enable unlimited swap")
+@option("--cpus", metavar="DECIMAL", help="Number of CPUs")
+@option("--cpu-period", type=int, metavar="INT", help="Limit CPU CFS period")
+@option("--cpu-quota", type=int, metavar="INT", help="Limit CPU CFS quota")
+@option("-c", "--cpu-shares", type=int, metavar="INT",
+              help="CPU shares (relative weight)")
+@option("--pids-limit", type=int, metavar="INT",
+              help="Tune container pids limit (set -1 for unlimited)")
+@argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
+def update(containers: tuple[str, ...], **limits: Any) -> int:
+    """Update configuration of one or more containers."""
+    from .config import build_update
+    params = _local(build_update, **limits)
+
+    def apply(client: Any, name: str) -> str:
+        result = client.call("container.update", {"id": name, **params})
+        for warning in result.get("warnings") or ():
+            click.echo(f"WARNING: {warning}", err=True)
+        return name
+    return _each(containers, apply)
+
+
+# ---------------------------------------------------------------- looking at containers
+
+@cli.command(context_settings=CONTEXT)
+@option("-a", "--all", "show_all", is_flag=True,
+              help="Show all containers (default shows just running)")
+@option("-q", "--quiet", is_flag=True, help="Only display container IDs")
+@option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Filter output based on conditions provided")
+@option("--format", "fmt", metavar="TEMPLATE",
+              help="Format output using a Go template ('table', 'json', "
+                   "'{{.ID}} {{.Names}}' ...)")
+@option("--no-trunc", is_flag=True, help="Don't truncate output")
+@option("-n", "--last", type=int, default=-1, metavar="INT",
+              help="Show n last created containers (includes all states)")
+@option("-l", "--latest", is_flag=True,
+              help="Show the latest created container (includes all states)")
+def ps(show_all: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None,
+       no_trunc: bool, last: int, latest: bool) -> int:
+    """List containers."""
+    import time
+    from . import config
+    parsed = _local(config.parse_filters, filters)
+    limit = 1 if latest else last
+    with _client() as client:
+        result = client.call("container.list", {"all": show_all or limit > 0,
+                                                 "filters": parsed, "limit": limit})
+    records = [config.ContainerRecord.from_dict(r) for r in result["containers"]]
+    if quiet:
+        for r in records:
+            click.echo(r.id if no_trunc else r.id[:12])
+        return 0
+    now = time.time()
+    rows = [config.ps_row(r, now, trunc=not no_trunc) for r in records]
+    _print_rows(fmt, rows, config.PS_TABLE, config.PS_HEADERS)
+    return 0
+
+
+def _print_rows(fmt: str | None, rows: list[dict[str, Any]], default: str,
+                headers: dict[str, str]) -> None:
+    from . import config
+    if fmt == "json":
+        import json
+        for row in rows:
+            click.echo(json.dumps({k: v for k, v in row.items() if not callable(v)}))
+        return
+    template = default if not fmt or fmt == "table" else fmt
+    click.echo(config.format_table(template, rows, headers), nl=False)
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-f", "--format", "fmt", metavar="TEMPLATE",
+              help="Format output using a Go template")
+@option("--type", "kind", type=click.Choice(["container", "image"]),
+              help="Return JSON for specified type")
+@option("-s", "--size", is_flag=True, help="Accepted for Docker compatibility")
+@argument("names", nargs=-1, required=True, shell_complete=_complete_containers)
+def inspect(fmt: str | None, kind: str | None, size: bool, names: tuple[str, ...]) -> int:
+    """Return low-level information on containers or images."""
+    import json
+    from . import config
+    from .errors import NotFound
+    documents, status = [], 0
+    with _client() as client:
+        for name in names:
+            try:
+                documents.append(_inspect_one(client, name, kind))
+            except NotFound:
+                click.echo(f"Error: No such object: {name}", err=True)
+                status = 1
+    if fmt:
+        for doc in documents:
+            click.echo(config.render_template(fmt, doc))
+    else:
+        click.echo(json.dumps(documents, indent=4, ensure_ascii=False))
+    return status
+
+
+def _inspect_one(client: Any, name: str, kind: str | None) -> dict[str, Any]:
+    from . import config
+    from .errors import NotFound
+    if kind != "image":
+        try:
+            record = client.call("container.inspect", {"id": name})
+            return config.inspect_document(config.ContainerRecord.from_dict(record))
+        except NotFound:
+            if kind == "container":
+                raise
+    image = client.call("image.inspect", {"name": name})
+    return config.image_document(config.ImageRecord.from_dict(image))
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-f", "--follow", is_flag=True, help="Follow log output")
+@option("-n", "--tail", default="all", metavar="N",
+              help='Number of lines to show from the end of the logs (default "all")')
+@option("-t", "--timestamps", is_flag=True, help="Show timestamps")
+@option("--since", metavar="TIME",
+              help="Show logs since timestamp (e.g. 2013-01-02T13:23:37Z) or relative "
+                   "(e.g. 42m for 42 minutes)")
+@option("--until", metavar="TIME",
+              help="Show logs before a timestamp or relative (e.g. 42m)")
+@argument("container", shell_complete=_complete_containers)
+def logs(follow: bool, tail: str, timestamps: bool, since: str | None, until: str | None,
+         container: str) -> int:
+    """Fetch the logs of a container."""
+    if tail == "all":
+        lines = -1
+    else:
+        try:
+            lines = int(tail)
+        except ValueError:
+            raise CliError(f"invalid --tail value {tail!r}: a number of lines or 'all'",
+                           EXIT_DAEMON) from None
+    params = {"id": container, "follow": follow, "tail": lines, "timestamps": timestamps,
+              "stdout": True, "stderr": True, "since": _when(since, "since"),
+              "until": _when(until, "until")}
+    with _client() as client:
+        attachment = client.stream("container.logs", params)
+        try:
+            for event, data in attachment:
+                if event == "stdout":
+                    _write(sys.stdout.buffer, data)
+                elif event == "stderr":
+                    _write(sys.stderr.buffer, data)
+        except KeyboardInterrupt:
+            attachment.cancel()
+            return 130
+        attachment.result()
+    return 0
+
+
+def _when(text: str | None, what: str) -> float:
+    """``--since``: Unix seconds, RFC3339 / ISO 8601, or a duration ago (``42m``)."""
+    import re
+    import time
+    if not text:
+        return 0.0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text.strip())
+    if m:
+        scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+        return time.time() - float(m.group(1)) * scale[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    import datetime
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"invalid --{what} value {text!r}: use a Unix time, "
+                       f"2013-01-02T13:23:37Z or a duration such as 42m", EXIT_DAEMON) \
+            from None
+    if when.tzinfo is None:
+        when = when.astimezone()
+    return when.timestamp()
+
+
+@cli.command(context_settings=CONTEXT)
+@argument("container", shell_complete=_complete_containers)
+@argument("ps_args", nargs=-1, type=click.UNPROCESSED)
+def top(container: str, ps_args: tuple[str, ...]) -> int:
+    """Display the running processes of a container."""
+    from . import config
+    with _client() as client:
+        result = client.containers.get(container).top()
+    click.echo(config.align([result["titles"]] + result["processes"]), nl=False)
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-a", "--all", "show_all", is_flag=True,
+              help="Show all containers (default shows just running)")
+@option("--no-stream", is_flag=True,
+              help="Disable streaming stats and only pull the first result")
+@option("--format", "fmt", metavar="TEMPLATE", help="Format output using a Go template")
+@option("--no-trunc", is_flag=True, help="Do not truncate output")
+@argument("containers", nargs=-1, shell_complete=_complete_containers)
+def stats(show_all: bool, no_stream: bool, fmt: str | None, no_trunc: bool,
+          containers: tuple[str, ...]) -> int:
+    """Display a live stream of container(s) resource usage statistics."""
+    import threading
+    import time
+    from .api import Client, _with_cpu_percent
+    with _client() as client:
+        if containers:
+            targets = [client.containers.get(c).record for c in containers]
+        else:
+            targets = [c.record for c in client.containers.list(all=show_all)]
+    latest: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    host = _host()
+
+    def follow(record: Any) -> None:
+        previous = None
+        try:
+            with Client(host, autostart=False) as own:   # one stream per thread
+                attachment = own.containers.get(record.id).stats_stream(stream=not no_stream)
+                for event, data in attachment:
+                    if event == "stats":
+                        latest[record.id] = _with_cpu_percent(data, previous)
+                        previous = data
+        except SandboxError as e:
+            errors.append(f"{record.name}: {e.message}")
+
+    threads = [threading.Thread(target=follow, args=(r,), daemon=True) for r in targets]
+    for t in threads:
+        t.start()
+    names = {r.id: r.name for r in targets}
+    try:
+        if no_stream:
+            for t in threads:
+                t.join()
+            _print_stats(fmt, targets, latest, names, no_trunc)
+        else:
+            while any(t.is_alive() for t in threads) or not threads:
+                time.sleep(1.0)
+                sys.stdout.write("\033[2J\033[H")
+                _print_stats(fmt, targets, latest, names, no_trunc)
+                if not threads:
+                    break
+    except KeyboardInterrupt:
+        return 0
+    for message in errors:
+        click.echo(f"Error response from daemon: {message}", err=True)
+    return 1 if errors and not latest else 0
+
+
+STATS_HEADERS = {"Container": "CONTAINER", "ID": "CONTAINER ID", "Name": "NAME",
+                 "CPUPerc": "CPU %", "MemUsage": "MEM USAGE / LIMIT", "MemPerc": "MEM %",
+                 "NetIO": "NET I/O", "BlockIO": "BLOCK I/O", "PIDs": "PIDS"}
+STATS_TABLE = ("table {{.ID}}\t{{.Name}}\t{{.CPUPerc}}\t{{.MemUsage}}\t{{.MemPerc}}\t"
+               "{{.NetIO}}\t{{.BlockIO}}\t{{.PIDs}}")
+
+
+def _print_stats(fmt: str | None, targets: list[Any], latest: dict[str, dict[str, Any]],
+                 names: dict[str, str], no_trunc: bool) -> None:
+    from .config import bytes_size, human_size
+    rows = []
+    for record in targets:
+        s = latest.get(record.id)
+        if s is None:
+            continue
+        limit = s.get("memory_limit") or 0
+        usage = s.get("memory_usage") or 0
+        rows.append({
+            "Container": record.id[:12], "ID": record.id if no_trunc else record.id[:12],
+            "Name": names[record.id], "CPUPerc": f"{s.get('cpu_percent', 0.0):.2f}%",
+            "MemUsage": f"{bytes_size(usage)} / {bytes_size(limit)}",
+            "MemPerc": f"{usage / limit * 100 if limit else 0.0:.2f}%",
+            "NetIO": f"{human_size(s.get('net_rx', 0))} / {human_size(s.get('net_tx', 0))}",
+            "BlockIO": f"{human_size(s.get('blk_read', 0))} / "
+                       f"{human_size(s.get('blk_write', 0))}",
+            "PIDs": str(s.get("pids", 0)),
+        })
+    _print_rows(fmt, rows, STATS_TABLE, STATS_HEADERS)
+
+
+# ---------------------------------------------------------------- exec / attach
+
+@cli.command("exec", context_settings=ARGS_AFTER)
+@option("-d", "--detach", is_flag=True, help="Detached mode: run command in the "
+                                                    "background")
+@option("-i", "--interactive", is_flag=True,
+              help="Keep STDIN open even if not attached")
+@option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY")
+@option("-e", "--env", multiple=True, metavar="KEY[=VALUE]",
+              help="Set environment variables")
+@option("-w", "--workdir", default="", metavar="DIR",
+              help="Working directory inside the container")
+@option("-u", "--user", default="", metavar="USER[:GROUP]",
+              help="Username or UID (format: <name|uid>[:<group|gid>])")
+@argument("container", shell_complete=_complete_containers)
+@argument("command", nargs=-1, required=True, type=click.UNPROCESSED,
+                metavar="COMMAND [ARG...]")
+def exec_(detach: bool, interactive: bool, tty: bool, env: tuple[str, ...], workdir: str,
+          user: str, container: str, command: tuple[str, ...]) -> int:
+    """Execute a command in a running container."""
+    from .api import _exec_params
+    from .config import parse_env
+    if not detach:
+        _check_tty(tty, interactive)
+    params = _local(_exec_params, container, list(command), parse_env(list(env)), workdir,
+                    user, tty, interactive and not detach, detach)
+    with _client() as client:
+        attachment = client.stream("container.exec", params)
+        if detach:
+            attachment.collect()
+            return 0
+        result = _pump(client, attachment, tty=tty, stdin=interactive, sig_proxy=False)
+    return int(result.get("exit_code") or 0)
+
+
+@cli.command(context_settings=CONTEXT)
+@option("--no-stdin", is_flag=True, help="Do not attach STDIN")
+@option("--sig-proxy/--no-sig-proxy", default=True,
+              help="Proxy all received signals to the process")
+@argument("container", shell_complete=_complete_containers)
+def attach(no_stdin: bool, sig_proxy: bool, container: str) -> int:
+    """Attach local standard input, output, and error streams to a running container."""
+    with _client() as client:
+        handle = client.containers.get(container)
+        cfg = handle.record.config
+        stdin = cfg.open_stdin and not no_stdin
+        _check_tty(cfg.tty, stdin)
+        attachment = handle.attach(stdin=stdin)
+        result = _pump(client, attachment, tty=cfg.tty, stdin=stdin, sig_proxy=sig_proxy,
+                       container_id=handle.id)
+    return int(result.get("exit_code") or 0)
+
+
+# ---------------------------------------------------------------- cp
+
+@cli.command(context_settings=CONTEXT)
+@option("-a", "--archive", is_flag=True, help="Archive mode (copy all uid/gid "
+                                                     "information)")
+@option("-L", "--follow-link", is_flag=True,
+              help="Always follow symbol link in SRC_PATH")
+@argument("src", metavar="SRC")
+@argument("dest", metavar="DEST")
+def cp(archive: bool, follow_link: bool, src: str, dest: str) -> int:
+    """Copy files/folders between a container and the local filesystem.
+
+    \b
+    sbx cp [OPTIONS] CONTAINER:SRC_PATH DEST_PATH|-
+    sbx cp [OPTIONS] SRC_PATH|- CONTAINER:DEST_PATH
+    """
+    src_ref, dest_ref = _cp_ref(src), _cp_ref(dest)
+    if (src_ref is None) == (dest_ref is None):
+        raise CliError("copying between containers or between local paths is not "
+                       "supported: exactly one of SRC and DEST must be CONTAINER:PATH",
+                       EXIT_DAEMON)
+    with _client() as client:
+        if src_ref is not None:
+            container = client.containers.get(src_ref[0])
+            data, _ = container.get_archive(src_ref[1])
+            if dest == "-":
+                _write(sys.stdout.buffer, data)
+            else:
+                _extract_local(data, dest, archive)
+        else:
+            container = client.containers.get(dest_ref[0])
+            target = dest_ref[1]
+            into, name = _cp_target(container, target)
+            data = sys.stdin.buffer.read() if src == "-" else \
+                _pack_local(src, name, follow_link)
+            container.put_archive(into, data)
+    return 0
+
+
+def _cp_ref(text: str) -> tuple[str, str] | None:
+    """``name:path`` -> (name, path); local paths (``/x``, ``./a:b``, ``-``) -> None."""
+    if text == "-" or text.startswith(("/", ".")):
+        return None
+    name, sep, path = text.partition(":")
+    if not sep or not name:
+        return None
+    return name, path or "/"
+
+
+def _cp_target(container: Any, target: str) -> tuple[str, str | None]:
+    """Docker's rule: into an existing directory (or a path ending in /) keep the
+    source's name; otherwise DEST names the copy, made in DEST's parent."""
+    from .errors import NotFound
+    if target.endswith("/"):
+        return target, None
+    try:
+        stat = container.client.call("container.archive_stat",
+                                      {"id": container.id, "path": target})
+    except NotFound:
+        stat = None
+    if stat is not None and stat.get("is_dir"):
+        return target, None
+    parent, _, name = target.rstrip("/").rpartition("/")
+    return parent or "/", name
+
+
+def _pack_local(src: str, name: str | None, follow_link: bool) -> bytes:
+    import io
+    import tarfile
+    path = os.path.realpath(src) if follow_link else src
+    if not os.path.lexists(path):
+        raise CliError(f"could not find the file {src} locally", 1)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(path, arcname=name or os.path.basename(os.path.normpath(src)))
+    return buf.getvalue()
+
+
+def _extract_local(data: bytes, dest: str, keep_owner: bool) -> None:
+    """Unpack a container's tar at DEST with Docker's naming rule, refusing entries that
+    would land outside DEST (tarfile's ``data`` filter)."""
+    import io
+    import shutil
+    import tarfile
+    import tempfile
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+        if not members:
+            raise CliError("the container sent an empty archive", 1)
+        top = members[0].name.split("/")[0]
+        extract_filter = "tar" if keep_owner else "data"
+        if os.path.isdir(dest):
+            tar.extractall(dest, filter=extract_filter)
+            return
+        parent = os.path.dirname(os.path.abspath(dest))
+        if not os.path.isdir(parent):
+            raise CliError(f"destination directory {parent} does not exist", 1)
+        staging = tempfile.mkdtemp(prefix=".sbx-cp-", dir=parent)
+        try:
+            tar.extractall(staging, filter=extract_filter)
+            os.replace(os.path.join(staging, top), dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- images
+
+@cli.command("import", context_settings=CONTEXT)
+@option("-m", "--message", default="", help="Set commit message for imported image")
+@argument("file", metavar="FILE|-")
+@argument("reference", metavar="REPOSITORY[:TAG]")
+def import_(message: str, file: str, reference: str) -> int:
+    """Import the contents from a tarball to create a filesystem image."""
+    from .api import CHUNK
+    with _client() as client:
+        params: dict[str, Any] = {"name": reference}
+        if message:
+            params["message"] = message
+        attachment = client.stream("image.import", params)
+        source = sys.stdin.buffer if file == "-" else open(file, "rb")
+        try:
+            while chunk := source.read(CHUNK):
+                attachment.send(chunk)
+        finally:
+            if source is not sys.stdin.buffer:
+                source.close()
+        attachment.close_stdin()
+        _, _, result = attachment.collect()
+    click.echo(result["id"])
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-a", "--all", "show_all", is_flag=True, help="Show all images")
+@option("-q", "--quiet", is_flag=True, help="Only show image IDs")
+@option("--format", "fmt", metavar="TEMPLATE", help="Format output using a Go template")
+@option("--no-trunc", is_flag=True, help="Don't truncate output")
+def images(show_all: bool, quiet: bool, fmt: str | None, no_trunc: bool) -> int:
+    """List images."""
+    import time
+    from . import config
+    with _client() as client:
+        result = client.call("image.list", {"all": show_all})
+    records = [config.ImageRecord.from_dict(i) for i in result["images"]]
+    now = time.time()
+    if quiet:
+        seen = []
+        for r in records:
+            shown = r.id if no_trunc else r.id.split(":", 1)[-1][:12]
+            if shown not in seen:
+                seen.append(shown)
+                click.echo(shown)
+        return 0
+    rows = [row for r in records for row in config.image_row(r, now, trunc=not no_trunc)]
+    _print_rows(fmt, rows, config.IMAGES_TABLE, config.IMAGE_HEADERS)
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-f", "--force", is_flag=True, help="Force removal of the image")
+@argument("images", nargs=-1, required=True, shell_complete=_complete_images)
+def rmi(force: bool, images: tuple[str, ...]) -> int:
+    """Remove one or more images."""
+    def remove(client: Any, name: str) -> str:
+        result = client.images.remove(name, force=force)
+        lines = [f"Untagged: {t}" for t in result.get("untagged") or ()]
+        lines += [f"Deleted: {d}" for d in result.get("deleted") or ()]
+        return "\n".join(lines)
+    return _each(images, remove)
+
+
+# ---------------------------------------------------------------- system
+
+@cli.command(context_settings=CONTEXT)
+@option("-f", "--format", "fmt", metavar="TEMPLATE", help="Format output using a Go "
+                                                                 "template")
+def info(fmt: str | None) -> int:
+    """Display system-wide information."""
+    with _client() as client:
+        data = client.info()
+    if fmt:
+        from .config import render_template
+        click.echo(render_template(fmt, data))
+        return 0
+    from .config import bytes_size
+    lines = [
+        "Server:",
+        f" Containers: {data.get('containers', 0)}",
+        f"  Running: {data.get('running', 0)}",
+        f"  Paused: {data.get('paused', 0)}",
+        f"  Stopped: {data.get('stopped', 0)}",
+        f" Images: {data.get('images', 0)}",
+        f" Server Version: {data.get('server_version', '')}",
+        " Storage Driver: overlay",
+        f" Cgroup Driver: {data.get('cgroup_driver', 'cgroupfs')}",
+        f" Cgroup Version: {data.get('cgroup_version', '')}",
+        f" Default Runtime: {data.get('default_runtime', '')}",
+        f" Kernel Version: {data.get('kernel_version', '')}",
+        f" Operating System: {data.get('operating_system', '')}",
+        f" OSType: {data.get('os_type', 'linux')}",
+        f" Architecture: {data.get('architecture', '')}",
+        f" CPUs: {data.get('ncpu', 0)}",
+        f" Total Memory: {bytes_size(data.get('mem_total', 0))}",
+        f" Name: {data.get('name', '')}",
+        f" Root Dir: {data.get('root_dir', '')}",
+    ]
+    if data.get("security_options"):
+        lines.append(" Security Options:")
+        lines += [f"  {o}" for o in data["security_options"]]
+    click.echo("\n".join(lines))
+    for warning in data.get("warnings") or ():
+        click.echo(f"WARNING: {warning}", err=True)
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-f", "--format", "fmt", metavar="TEMPLATE", help="Format output using a Go "
+                                                                 "template")
+def version(fmt: str | None) -> int:
+    """Show the sbx and sandboxd version information."""
+    import platform
+    from . import __version__
+    from .protocol import PROTOCOL_VERSION
+    client_info = {"Version": __version__, "ApiVersion": str(PROTOCOL_VERSION),
+                   "PythonVersion": platform.python_version(),
+                   "Os": sys.platform, "Arch": platform.machine()}
+    server_info: dict[str, Any] | None = None
+    error: SandboxError | None = None
+    try:
+        with _client() as client:
+            server_info = client.version()
+    except SandboxError as e:
+        error = e
+    if fmt:
+        from .config import render_template
+        click.echo(render_template(fmt, {"Client": client_info, "Server": server_info}))
+    else:
+        click.echo("\n".join([
+            "Client:",
+            f" Version:           {client_info['Version']}",
+            f" API version:       {client_info['ApiVersion']}",
+            f" Python version:    {client_info['PythonVersion']}",
+            f" OS/Arch:           {client_info['Os']}/{client_info['Arch']}",
+        ]))
+        if server_info is not None:
+            s = server_info
+            click.echo("\n".join([
+                "",
+                "Server:",
+                f" Version:           {s.get('version', '')}",
+                f" API version:       {s.get('api_version', '')} "
+                f"(minimum version {s.get('min_api_version', '')})",
+                f" Python version:    {s.get('python_version', '')}",
+                f" Kernel version:    {s.get('kernel_version', '')}",
+                f" OS/Arch:           {s.get('os', '')}/{s.get('arch', '')}",
+                f" Git commit:        {s.get('git_commit', '')}",
+            ]))
+    if error is not None:
+        raise error
+    return 0
+
+
+# ---------------------------------------------------------------- management groups
+
+@cli.group(cls=SbxGroup, context_settings=CONTEXT)
+def container() -> None:
+    """Manage containers."""
+
+
+for _name, _func in (("run", run), ("create", create), ("start", start), ("stop", stop),
+                     ("restart", restart), ("kill", kill), ("rm", rm), ("ls", ps), ("ps", ps),
+                     ("logs", logs), ("exec", exec_), ("attach", attach),
+                     ("inspect", inspect), ("wait", wait), ("top", top), ("stats", stats),
+                     ("cp", cp), ("pause", pause), ("unpause", unpause), ("update", update),
+                     ("rename", rename)):
+    container.alias(_name, _func)
+
+
+@container.command(context_settings=CONTEXT)
+@option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
+@option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Provide filter values (e.g. 'label=<key>=<value>')")
+def prune(force: bool, filters: tuple[str, ...]) -> int:
+    """Remove all stopped containers."""
+    if not force:
+        click.echo("WARNING! This will remove all stopped containers.", err=True)
+        if not click.confirm("Are you sure you want to continue?", default=False,
+                             err=True):
+            return 0
+    parsed: dict[str, list[str]] = {}
+    for item in filters:
+        key, _, value = item.partition("=")
+        parsed.setdefault(key, []).append(value)
+    with _client() as client:
+        result = client.containers.prune(parsed)
+    removed = result.get("removed") or []
+    if removed:
+        click.echo("Deleted Containers:")
+        for cid in removed:
+            click.echo(cid)
+        click.echo("")
+    from .config import human_size
+    click.echo(f"Total reclaimed space: {human_size(result.get('space_reclaimed', 0))}")
+    return 0
+
+
+@cli.group(cls=SbxGroup, context_settings=CONTEXT)
+def image() -> None:
+    """Manage images."""
+
+
+for _name, _func in (("import", import_), ("ls", images), ("rm", rmi),
+                     ("inspect", inspect)):
+    image.alias(_name, _func)
+
+
+# ---------------------------------------------------------------- entry point
+
+def _usage_hint(ctx: click.Context | None) -> str:
+    path = ctx.command_path if ctx is not None else "sbx"
+    return f"See '{path} --help'."
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``sbx`` console script: Docker's exit statuses and error wording."""
+    try:
+        status = cli.main(args=argv, prog_name="sbx", standalone_mode=False)
+    except click.UsageError as e:
+        # Docker exits 125 for flag and argument errors.
+        message = e.format_message()
+        click.echo(f"sbx: {message}\n{_usage_hint(e.ctx)}", err=True)
+        sys.exit(EXIT_DAEMON)
+    except click.ClickException as e:
+        click.echo(f"sbx: {e.format_message()}", err=True)
+        sys.exit(EXIT_DAEMON)
+    except click.Abort:
+        sys.exit(130)
+    except CliError as e:
+        hint = f"\nSee '{e.command_path} --help'." if e.status == EXIT_DAEMON else ""
+        click.echo(f"sbx: {e}{hint}", err=True)
+        sys.exit(e.status)
+    except Unavailable as e:
+        # No daemon answered: nothing "responded", so say what failed and how to fix it.
+        click.echo(f"sbx: {e.message}", err=True)
+        sys.exit(EXIT_DAEMON)
+    except (CommandNotFound, CommandNotExecutable) as e:
+        click.echo(f"sbx: Error response from daemon: {e.message}", err=True)
+        sys.exit(e.exit_code)
+    except SandboxError as e:
+        click.echo(f"sbx: Error response from daemon: {e.message}", err=True)
+        sys.exit(EXIT_DAEMON)
+    except BrokenPipeError:
+        # Our reader went away (``sbx logs x | head``): stop quietly like other tools.
+        sys.stderr.close()
+        sys.exit(141)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
