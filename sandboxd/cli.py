@@ -388,7 +388,7 @@ def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bo
         if tty and (os.isatty(0) or os.isatty(1)):
             attachment.resize(*size())
             old_handlers[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, on_winch)
-        if sig_proxy and not raw_tty:
+        if sig_proxy and not tty:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                         signal.SIGUSR1, signal.SIGUSR2):
                 old_handlers[sig] = signal.signal(sig, proxy)
@@ -1094,12 +1094,12 @@ def version(fmt: str | None) -> int:
                 "",
                 "Server:",
                 f" Version:           {s.get('version', '')}",
-                f" API version:       {s.get('api_version', '')} "
-                f"(minimum version {s.get('min_api_version', '')})",
-                f" Python version:    {s.get('python_version', '')}",
-                f" Kernel version:    {s.get('kernel_version', '')}",
-                f" OS/Arch:           {s.get('os', '')}/{s.get('arch', '')}",
-                f" Git commit:        {s.get('git_commit', '')}",
+                f" API version:       {s.get('protocol', '')}",
+                f" Python version:    {s.get('python', '')}",
+                f" Kernel version:    {s.get('kernel', '')}",
+                f" Listening on:      {s.get('host', '')}",
+                f" Root dir:          {s.get('root', '')}",
+                f" Pid:               {s.get('pid', '')}",
             ]))
     if error is not None:
         raise error
