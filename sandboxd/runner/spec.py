@@ -11,6 +11,7 @@ Units are the kernel's: bytes for memory, microseconds for CPU quota and period.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -375,13 +376,17 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     return value
 
 
+# Resolving the (string) annotations is most of from_dict's cost; a class's never change.
+_type_hints = functools.cache(typing.get_type_hints)
+
+
 def _convert(tp: Any, data: Any, where: str, problems: list[str]) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             problems.append(f"{where}: expected a mapping, got {type(data).__name__}")
             return None
-        hints = typing.get_type_hints(tp)
+        hints = _type_hints(tp)
         fields = {f.name: f for f in dataclasses.fields(tp)}
         for key in data:
             if key not in fields:
