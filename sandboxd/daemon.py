@@ -1,0 +1,845 @@
+"""sandboxd, the daemon: one asyncio loop serving the wire protocol on a unix socket.
+
+The server core knows nothing about containers. Services plug in through
+:func:`build_services`, which gets the :class:`Server` and registers operations::
+
+    async def create(ctx: RequestContext, params: dict) -> dict: ...
+    server.register("container.create", create)
+    server.register("container.attach", attach, streaming=True)   # may use ctx.receive()
+    server.register_cleanup("container", remove_container)        # for ctx.session.track
+    server.on_startup(open_store)                                 # before the socket opens
+    server.on_shutdown(stop_containers)                           # on SIGTERM/SIGINT
+
+Each request runs as its own task, so one connection can have many requests in flight.
+A handler returns the ``ok`` value or raises: a ``SandboxError`` becomes an error reply with
+its code; anything else is logged with its traceback and becomes ``internal``. No request
+can take the daemon down.
+
+Limits (all in :class:`DaemonConfig`): the frame size; a partial frame must complete
+within ``frame_timeout`` or the connection is dropped; at most ``max_connections``
+connections (the next gets an error frame and is closed); at most ``max_inflight``
+requests per connection; writes wait for the client to read (a transport buffer of
+64 KiB, then ``send_event`` blocks), and queued stdin per request is capped at
+``stdin_buffer`` bytes (then the connection's reader waits), so neither a slow nor a fast
+client can grow the daemon's memory without bound.
+
+Sessions: after ``session.open`` the connection owns a :class:`Session`; handlers tie
+objects to it (``ctx.session.track("container", cid)`` or ``add_cleanup(fn)``) and when
+the connection drops, its cleanups run in reverse order.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fcntl
+import functools
+import itertools
+import json
+import logging
+import os
+import platform
+import select
+import signal
+import socket
+import stat
+import struct
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from . import __version__, protocol
+from .errors import (Cancelled, Conflict, Internal, InvalidArgument, LimitExceeded,
+                     SandboxError, Unavailable)
+from .protocol import DEFAULT_ROOT, DEFAULT_SOCKET, Params
+from .runner.spec import Ulimit, check_ulimits, parse_ulimit
+
+log = logging.getLogger("sandboxd")
+
+SERVER_NAME = f"sandboxd/{__version__}"
+FEATURES = ("events", "stdin", "resize", "cancel", "sessions")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+Handler = Callable[["RequestContext", dict], Awaitable[Any]]
+Cleanup = Callable[[], Awaitable[None]]
+KindCleanup = Callable[[str], Awaitable[None]]
+
+
+# ---------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    host: str = DEFAULT_SOCKET              # unix socket path
+    root: str = DEFAULT_ROOT                # state directory
+    default_ulimits: tuple[Ulimit, ...] = ()
+    log_level: str = "info"
+    ip_masq: bool = True                    # for the network service: masquerade bridges
+    max_frame: int = protocol.MAX_FRAME     # bytes per frame, both directions
+    frame_timeout: float = 30.0             # seconds for a started frame to complete
+    max_connections: int = 256
+    max_inflight: int = 64                  # requests in flight per connection
+    stdin_buffer: int = 1 << 20             # queued stdin bytes per streaming request
+
+
+# Config-file keys: the flag names (``default-ulimit``) or their field spelling.
+_CONFIG_KEYS = {"host": "host", "root": "root", "default-ulimit": "default_ulimits",
+                "default-ulimits": "default_ulimits", "log-level": "log_level",
+                "ip-masq": "ip_masq", "max-frame": "max_frame",
+                "frame-timeout": "frame_timeout", "max-connections": "max_connections",
+                "max-inflight": "max_inflight", "stdin-buffer": "stdin_buffer"}
+
+
+def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
+    """Defaults < the JSON config file < flags (``None`` means not given)."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(_read_config_file(config_file))
+    values.update({k: v for k, v in flags.items() if v is not None and v != ()})
+    problems = []
+    if "host" in values:
+        values["host"] = protocol.parse_host(values["host"])
+    if "root" in values:
+        if not str(values["root"]).startswith("/"):
+            problems.append(f"root: must be an absolute path, got {values['root']!r}")
+        values["root"] = os.path.normpath(str(values["root"]))
+    if "default_ulimits" in values:
+        ulimits = tuple(parse_ulimit(u) for u in values["default_ulimits"])
+        problems += check_ulimits(ulimits, "default-ulimit")
+        values["default_ulimits"] = ulimits
+    if "log_level" in values:
+        values["log_level"] = str(values["log_level"]).lower()
+        if values["log_level"] not in LOG_LEVELS:
+            problems.append(f"log-level: expected one of {', '.join(LOG_LEVELS)}, "
+                            f"got {values['log_level']!r}")
+    for key in ("max_frame", "frame_timeout", "max_connections", "max_inflight",
+                "stdin_buffer"):
+        if key in values and not values[key] > 0:
+            problems.append(f"{key.replace('_', '-')}: must be positive, got {values[key]}")
+    if values.get("max_frame", 0) > protocol.MAX_FRAME:
+        problems.append(f"max-frame: at most {protocol.MAX_FRAME}, got {values['max_frame']}")
+    if problems:
+        raise InvalidArgument.of(problems)
+    return DaemonConfig(**values)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise InvalidArgument(f"config file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InvalidArgument(f"config file {path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"config file {path}: expected a JSON object")
+    data = {k.replace("_", "-"): v for k, v in data.items()}
+    p = Params(data, f"config file {path}")
+    values = {}
+    types: dict[str, Any] = {"host": str, "root": str, "log-level": str, "ip-masq": bool,
+                             "max-frame": int, "frame-timeout": float,
+                             "max-connections": int, "max-inflight": int,
+                             "stdin-buffer": int}
+    for key, kind in types.items():
+        value = p.get(key, kind, None)
+        if value is not None:
+            values[_CONFIG_KEYS[key]] = value
+    for key in ("default-ulimit", "default-ulimits"):
+        value = p.get(key, list, None, items=str)
+        if value is not None:
+            values["default_ulimits"] = tuple(value)
+    p.done()
+    return values
+
+
+# ---------------------------------------------------------------- sessions
+
+@dataclass
+class _CleanupEntry:
+    what: str
+    fn: Cleanup
+    key: tuple[str, str] | None = None
+
+
+class Session:
+    """Objects tied to one client connection, removed when that connection drops."""
+
+    def __init__(self, server: Server, session_id: str, label: str):
+        self.id = session_id
+        self.label = label
+        self._server = server
+        self._entries: list[_CleanupEntry] = []
+
+    def add_cleanup(self, fn: Cleanup, what: str = "") -> None:
+        """Run ``await fn()`` when the session ends (last added runs first)."""
+        self._entries.append(_CleanupEntry(what or getattr(fn, "__qualname__", repr(fn)), fn))
+
+    def track(self, kind: str, obj_id: str) -> None:
+        """Tie object ``obj_id`` to the session; at its end the cleanup registered with
+        ``server.register_cleanup(kind, fn)`` runs as ``await fn(obj_id)``."""
+        fn = self._server._kind_cleanups.get(kind)
+        if fn is None:
+            raise ValueError(f"no cleanup registered for kind {kind!r}; call "
+                             f"server.register_cleanup({kind!r}, fn) first")
+        self.untrack(kind, obj_id)
+        self._entries.append(_CleanupEntry(f"{kind} {obj_id}", functools.partial(fn, obj_id),
+                                           (kind, obj_id)))
+
+    def untrack(self, kind: str, obj_id: str) -> None:
+        """Forget a tracked object (e.g. it was removed explicitly)."""
+        self._entries = [e for e in self._entries if e.key != (kind, obj_id)]
+
+    def tracked(self, kind: str) -> list[str]:
+        return [e.key[1] for e in self._entries if e.key and e.key[0] == kind]
+
+    async def _close(self) -> None:
+        entries, self._entries = self._entries, []
+        if entries:
+            log.info("session %s%s ended: cleaning up %d object(s)", self.id,
+                     f" ({self.label})" if self.label else "", len(entries))
+        for entry in reversed(entries):
+            try:
+                await entry.fn()
+                log.info("session %s: cleaned up %s", self.id, entry.what)
+            except Exception:  # one failed cleanup must not stop the others
+                log.exception("session %s: cleanup of %s failed", self.id, entry.what)
+
+
+# ---------------------------------------------------------------- requests
+
+class ConnectionClosed(Unavailable):
+    """The client's connection is gone; nothing more can be sent on it."""
+
+
+class _Inbox:
+    """A streaming request's client frames. Queued stdin is capped at ``budget`` bytes:
+    beyond it ``put`` waits, which stops the connection's reader (flow control) instead
+    of buffering without bound."""
+
+    def __init__(self, budget: int):
+        self._items: collections.deque[tuple[str, Any, int]] = collections.deque()
+        self._bytes = 0
+        self._budget = budget
+        self._ready = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._closed = False
+
+    async def put(self, kind: str, value: Any, size: int, wait: float) -> bool:
+        """Queue a frame (dropped if the request ended). False when no space came
+        within ``wait`` seconds; the frame is then not queued."""
+        try:
+            async with asyncio.timeout(wait):
+                while not self._closed and self._bytes and self._bytes + size > self._budget:
+                    self._space.clear()
+                    await self._space.wait()
+        except TimeoutError:
+            return False
+        if not self._closed:
+            self._items.append((kind, value, size))
+            self._bytes += size
+            self._ready.set()
+        return True
+
+    async def get(self) -> tuple[str, Any]:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        kind, value, size = self._items.popleft()
+        self._bytes -= size
+        self._space.set()
+        return kind, value
+
+    def close(self) -> None:
+        """The request ended: drop what is queued and release a waiting ``put``."""
+        self._closed = True
+        self._items.clear()
+        self._bytes = 0
+        self._space.set()
+
+
+class RequestContext:
+    """What a handler gets besides its params.
+
+    ``id``, ``op``: the request; ``connection_id``: the client connection (an int, unique
+    for the daemon's life); ``session``: the connection's :class:`Session` or None when
+    the client did not open one; ``streaming``: whether the op was registered as such.
+    """
+
+    def __init__(self, conn: _Connection, rid: int, op: str, streaming: bool):
+        self.id = rid
+        self.op = op
+        self.streaming = streaming
+        self._conn = conn
+        self._inbox = _Inbox(conn.server.config.stdin_buffer) if streaming else None
+        self._cancel_requested = False
+
+    @property
+    def connection_id(self) -> int:
+        return self._conn.id
+
+    @property
+    def session(self) -> Session | None:
+        return self._conn.session
+
+    async def send_event(self, name: str, data: Any = None) -> None:
+        """Send ``{"id", "event": name, "data": data}``. Waits while the client is not
+        reading (backpressure); raises ``ConnectionClosed`` when it is gone and
+        ``LimitExceeded`` when ``data`` does not fit in one frame."""
+        await self._conn.send(protocol.event(self.id, name, data))
+
+    async def receive(self) -> tuple[str, Any]:
+        """The next client stream frame for this request: ``("stdin", bytes)``,
+        ``("stdin_eof", True)`` or ``("resize", (rows, cols))``. Waits until one comes;
+        only for ops registered with ``streaming=True``. (``cancel`` is not delivered: it
+        cancels the handler's task, so clean up in ``finally``.)"""
+        if self._inbox is None:
+            raise RuntimeError(f"{self.op} was not registered with streaming=True")
+        return await self._inbox.get()
+
+
+@dataclass(frozen=True)
+class _Op:
+    handler: Handler
+    streaming: bool
+
+
+# ---------------------------------------------------------------- connections
+
+class _Connection:
+    """One client: reads frames, starts a task per request, routes stream frames."""
+
+    def __init__(self, server: Server, cid: int, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter):
+        self.server = server
+        self.id = cid
+        self.reader = reader
+        self.writer = writer
+        self.session: Session | None = None
+        self.inflight: dict[int, tuple[asyncio.Task, RequestContext]] = {}
+        self.greeted = False
+        self.task: asyncio.Task | None = None
+        self._write_lock = asyncio.Lock()
+        self.peer = _peer(writer)
+
+    async def run(self) -> None:
+        self.task = asyncio.current_task()
+        log.debug("connection %d opened (%s)", self.id, self.peer)
+        try:
+            await self._read_loop()
+        except ConnectionClosed:
+            pass        # hung up while we were answering it
+        except Exception:
+            log.exception("connection %d: reader failed", self.id)
+        finally:
+            await self._close()
+
+    async def _read_loop(self) -> None:
+        cfg = self.server.config
+        while True:
+            try:
+                first = await self.reader.readexactly(1)    # idle between frames: no timeout
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            try:
+                async with asyncio.timeout(cfg.frame_timeout):
+                    header = first + await self.reader.readexactly(protocol.HEADER.size - 1)
+                    length = protocol.frame_length(header, cfg.max_frame)
+                    body = await self.reader.readexactly(length)
+            except TimeoutError:
+                log.warning("connection %d (%s): frame not completed within %gs; dropping it",
+                            self.id, self.peer, cfg.frame_timeout)
+                await self._fatal(LimitExceeded(
+                    f"frame not completed within {cfg.frame_timeout:g} seconds"))
+                return
+            except (asyncio.IncompleteReadError, ConnectionError):
+                log.debug("connection %d: closed in the middle of a frame", self.id)
+                return
+            except SandboxError as exc:     # header above the frame limit, or 0
+                await self._fatal(exc)
+                return
+            try:
+                rid, kind, value = protocol.parse_client_message(protocol.decode(body))
+            except protocol.ProtocolError as exc:
+                if self.greeted and exc.request_id is not None \
+                        and exc.request_id not in self.inflight:
+                    await self.send(protocol.error(exc.request_id, exc))
+                    continue
+                await self._fatal(exc)
+                return
+            if not await self._dispatch(rid, kind, value):
+                return
+
+    async def _dispatch(self, rid: int, kind: str, value: Any) -> bool:
+        """Act on one message; False closes the connection."""
+        if not self.greeted:
+            if kind == "request" and value[0] == "hello":
+                return await self._hello(rid, value[1])
+            await self._fatal(protocol.ProtocolError(
+                'the first message must be {"id": 0, "op": "hello", "params": {"version": '
+                f'{protocol.PROTOCOL_VERSION}, "client": "name/version"}}}}'))
+            return False
+        if kind != "request":
+            return await self._stream_frame(rid, kind, value)
+        op, params = value
+        if rid in self.inflight:
+            await self._fatal(protocol.ProtocolError(f"request id {rid} is already in flight "
+                                                     f"on this connection"))
+            return False
+        entry = self.server._ops.get(op)
+        if op == "hello":
+            await self.send(protocol.error(rid, Conflict("hello was already exchanged on "
+                                                         "this connection")))
+        elif entry is None:
+            await self.send(protocol.error(rid, InvalidArgument(
+                f"unknown operation {op!r}; this daemon ({SERVER_NAME}) knows: "
+                f"{', '.join(sorted(self.server._ops))}", {"op": op})))
+        elif len(self.inflight) >= self.server.config.max_inflight:
+            await self.send(protocol.error(rid, LimitExceeded(
+                f"{op}: already {len(self.inflight)} requests in flight on this connection "
+                f"(limit {self.server.config.max_inflight}); wait for some to finish")))
+        else:
+            ctx = RequestContext(self, rid, op, entry.streaming)
+            task = asyncio.create_task(self._run(ctx, entry.handler, params),
+                                       name=f"sandboxd {op} conn {self.id} req {rid}")
+            self.inflight[rid] = (task, ctx)
+        return True
+
+    async def _hello(self, rid: int, params: dict) -> bool:
+        try:
+            p = Params(params, "hello")
+            version = p.get("version", int)
+            client = p.get("client", str, "")
+            p.done()
+            if rid != 0:
+                raise protocol.ProtocolError(f"hello must have id 0, got {rid}")
+            if version not in protocol.SUPPORTED_VERSIONS:
+                raise InvalidArgument(
+                    f"protocol version {version} is not supported by {SERVER_NAME} (it "
+                    f"speaks {', '.join(map(str, protocol.SUPPORTED_VERSIONS))}); use a "
+                    f"client of the same release as the daemon",
+                    {"versions": list(protocol.SUPPORTED_VERSIONS)})
+        except SandboxError as exc:
+            await self._fatal(exc, rid)
+            return False
+        self.greeted = True
+        log.debug("connection %d: hello from %s", self.id, client or "an unnamed client")
+        await self.send(protocol.ok(rid, {"version": protocol.PROTOCOL_VERSION,
+                                          "server": SERVER_NAME,
+                                          "features": list(FEATURES)}))
+        return True
+
+    async def _stream_frame(self, rid: int, kind: str, value: Any) -> bool:
+        entry = self.inflight.get(rid)
+        if entry is None:   # finished already (the frame crossed the reply) or never existed
+            log.debug("connection %d: dropping %s for request %d, not in flight",
+                      self.id, kind, rid)
+            return True
+        task, ctx = entry
+        if kind == "cancel":
+            ctx._cancel_requested = True
+            task.cancel()
+        elif ctx._inbox is None:
+            log.debug("connection %d: dropping %s for %s, not a streaming op",
+                      self.id, kind, ctx.op)
+        else:
+            # While we wait for the handler to take stdin, this connection is not read,
+            # so EOF would go unseen: look for the peer hanging up meanwhile.
+            while not await ctx._inbox.put(kind, value, len(value) if kind == "stdin" else 0,
+                                           wait=1.0):
+                if _peer_hung_up(self.writer):
+                    log.info("connection %d: client hung up while %s was not reading its "
+                             "stdin", self.id, ctx.op)
+                    return False
+        return True
+
+    async def _run(self, ctx: RequestContext, handler: Handler, params: dict) -> None:
+        try:
+            try:
+                reply = protocol.ok(ctx.id, await handler(ctx, params))
+            except asyncio.CancelledError:
+                if not ctx._cancel_requested:
+                    raise          # connection closing or daemon shutting down: no reply
+                asyncio.current_task().uncancel()
+                reply = protocol.error(ctx.id, Cancelled(
+                    f"{ctx.op} (request {ctx.id}) was cancelled by the client"))
+            except SandboxError as exc:
+                reply = protocol.error(ctx.id, exc)
+            except BaseException as exc:  # a request never takes the daemon down
+                log.error("internal error in %s (connection %d, request %d)", ctx.op,
+                          self.id, ctx.id, exc_info=exc)
+                reply = protocol.error(ctx.id, Internal(
+                    f"internal error in {ctx.op}: {type(exc).__name__}: {exc}"))
+        finally:
+            self.inflight.pop(ctx.id, None)
+            if ctx._inbox is not None:
+                ctx._inbox.close()
+        try:
+            await self.send(reply)
+        except ConnectionClosed:
+            pass
+        except LimitExceeded as exc:
+            await self._send_quietly(protocol.error(ctx.id, LimitExceeded(
+                f"{ctx.op}: the reply does not fit in one frame: {exc}")))
+        except protocol.ProtocolError as exc:
+            log.error("%s returned a value that cannot be sent: %s", ctx.op, exc)
+            await self._send_quietly(protocol.error(ctx.id, Internal(
+                f"internal error in {ctx.op}: its reply cannot be encoded: {exc}")))
+
+    async def send(self, message: dict) -> None:
+        frame = protocol.encode(message, self.server.config.max_frame)
+        async with self._write_lock:
+            if self.writer.is_closing():
+                raise ConnectionClosed(f"connection {self.id} is closed")
+            self.writer.write(frame)
+            try:
+                await self.writer.drain()
+            except ConnectionError as exc:
+                raise ConnectionClosed(f"connection {self.id} is closed: {exc}") from None
+
+    async def _send_quietly(self, message: dict) -> None:
+        try:
+            await self.send(message)
+        except SandboxError:
+            pass
+
+    async def _fatal(self, exc: SandboxError, rid: int | None = None) -> None:
+        """Tell the client why, then let the caller close. Bounded: the client may not
+        be reading at all."""
+        log.info("connection %d (%s): closing: %s", self.id, self.peer, exc.message)
+        try:
+            await asyncio.wait_for(self.send(protocol.error(rid, exc)), 1.0)
+        except (SandboxError, TimeoutError):
+            pass
+
+    def abort(self) -> None:
+        """Drop the connection now (shutdown): wakes a reader blocked anywhere."""
+        self.writer.transport.abort()
+        for _, ctx in list(self.inflight.values()):
+            if ctx._inbox is not None:
+                ctx._inbox.close()
+
+    async def _close(self) -> None:
+        self.writer.transport.abort()
+        tasks = []
+        for task, ctx in list(self.inflight.values()):
+            if ctx._inbox is not None:
+                ctx._inbox.close()
+            task.cancel()
+            tasks.append(task)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.session is not None:
+            session, self.session = self.session, None
+            await session._close()
+        log.debug("connection %d closed", self.id)
+
+
+def _peer_hung_up(writer: asyncio.StreamWriter) -> bool:
+    """The client closed its end (POLLRDHUP shows even with unread data queued)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return True
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLRDHUP)
+    return bool(poller.poll(0))
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    """``pid N uid U`` of the client, for log lines."""
+    sock = writer.get_extra_info("socket")
+    try:
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET,
+                                                          socket.SO_PEERCRED, 12))
+        return f"pid {pid} uid {uid}"
+    except (OSError, AttributeError):
+        return "unknown peer"
+
+
+# ---------------------------------------------------------------- the server
+
+class Server:
+    """Listens on the unix socket and dispatches requests to registered handlers."""
+
+    def __init__(self, config: DaemonConfig):
+        self.config = config
+        self._ops: dict[str, _Op] = {}
+        self._kind_cleanups: dict[str, KindCleanup] = {}
+        self._startup_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._connections: set[_Connection] = set()
+        self._conn_ids = itertools.count(1)
+        self._listener: asyncio.AbstractServer | None = None
+        self._socket_id: tuple[int, int] | None = None
+        self._lock_fd: int | None = None
+        self._closing = False
+        self._shutdown_requested = asyncio.Event()
+        self.register("ping", self._ping)
+        self.register("system.version", self._version)
+        self.register("session.open", self._session_open)
+
+    # -- registration (before start)
+
+    def register(self, op: str, handler: Handler, *, streaming: bool = False) -> None:
+        """Serve ``op`` with ``async def handler(ctx, params) -> value``. ``streaming``
+        ops may also read the client's stdin/resize frames with ``ctx.receive()``."""
+        if op == "hello" or op in self._ops:
+            raise ValueError(f"operation {op!r} is already registered")
+        if not op or len(op) > protocol.MAX_OP_LEN:
+            raise ValueError(f"bad operation name {op!r}")
+        self._ops[op] = _Op(handler, streaming)
+
+    def register_cleanup(self, kind: str, cleanup: KindCleanup) -> None:
+        """How to remove a session-tracked object of ``kind``: ``await cleanup(obj_id)``."""
+        if kind in self._kind_cleanups:
+            raise ValueError(f"a cleanup for kind {kind!r} is already registered")
+        self._kind_cleanups[kind] = cleanup
+
+    def on_startup(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``await hook()`` at start, in registration order, before the socket
+        opens (state reconciliation goes here). A failing hook stops the start."""
+        self._startup_hooks.append(hook)
+
+    def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``await hook()`` at shutdown, after clients are disconnected, last
+        registered first. Errors are logged."""
+        self._shutdown_hooks.append(hook)
+
+    @property
+    def operations(self) -> list[str]:
+        return sorted(self._ops)
+
+    # -- life cycle
+
+    async def start(self) -> None:
+        """Take the root directory's lock, run startup hooks, then listen."""
+        self._lock_root()
+        try:
+            for hook in self._startup_hooks:
+                await hook()
+            sock = _bind_unix(self.config.host)
+            st = os.stat(self.config.host)
+            self._socket_id = (st.st_dev, st.st_ino)
+            self._listener = await asyncio.start_unix_server(self._accept, sock=sock)
+        except BaseException:
+            self._unlock_root()
+            raise
+        log.info("%s listening on unix://%s (root %s)", SERVER_NAME, self.config.host,
+                 self.config.root)
+
+    async def serve(self, *, handle_signals: bool = True) -> None:
+        """start(), wait for SIGTERM/SIGINT (or request_shutdown()), shutdown()."""
+        await self.start()
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        await self._shutdown_requested.wait()
+        await self.shutdown()
+
+    def _on_signal(self, sig: int) -> None:
+        log.info("received %s", signal.Signals(sig).name)
+        self.request_shutdown()
+
+    def request_shutdown(self) -> None:
+        """Make serve() shut down (call from the loop's thread)."""
+        self._shutdown_requested.set()
+
+    async def shutdown(self, client_timeout: float = 10.0) -> None:
+        """Stop accepting, disconnect clients (their sessions are cleaned up), run the
+        shutdown hooks, remove the socket, release the root lock."""
+        if self._closing:
+            return
+        self._closing = True
+        log.info("shutting down: %d client connection(s)", len(self._connections))
+        if self._listener is not None:
+            self._listener.close()
+        conns = list(self._connections)
+        for conn in conns:
+            conn.abort()
+        tasks = [c.task for c in conns if c.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=client_timeout)
+            if pending:
+                log.warning("%d connection(s) did not finish within %gs", len(pending),
+                            client_timeout)
+        for hook in reversed(self._shutdown_hooks):
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook %s failed", getattr(hook, "__qualname__", hook))
+        self._remove_socket()
+        self._unlock_root()
+        log.info("stopped")
+
+    async def _accept(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        cid = next(self._conn_ids)
+        if self._closing or len(self._connections) >= self.config.max_connections:
+            why = (Unavailable("sandboxd is shutting down") if self._closing else
+                   LimitExceeded(f"too many connections (limit "
+                                 f"{self.config.max_connections}); close some and retry"))
+            log.warning("refusing connection %d (%s): %s", cid, _peer(writer), why.message)
+            writer.write(protocol.encode(protocol.error(None, why)))
+            try:
+                await asyncio.wait_for(writer.drain(), 1.0)
+            except (TimeoutError, ConnectionError):
+                pass
+            writer.transport.abort()
+            return
+        conn = _Connection(self, cid, reader, writer)
+        self._connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._connections.discard(conn)
+
+    # -- root directory and socket
+
+    def _lock_root(self) -> None:
+        """One daemon per root: hold an exclusive flock on <root>/daemon.lock."""
+        root = self.config.root
+        os.makedirs(root, mode=0o711, exist_ok=True)
+        path = os.path.join(root, "daemon.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise Conflict(f"another sandboxd (pid {holder}) uses root {root}; stop it or "
+                           f"choose another --root") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock_root(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)     # closing drops the flock
+            self._lock_fd = None
+
+    def _remove_socket(self) -> None:
+        """Unlink the socket path if it is still ours (not a newer daemon's)."""
+        try:
+            st = os.lstat(self.config.host)
+            if (st.st_dev, st.st_ino) == self._socket_id:
+                os.unlink(self.config.host)
+        except FileNotFoundError:
+            pass
+
+    # -- built-in operations
+
+    async def _ping(self, ctx: RequestContext, params: dict) -> str:
+        Params(params, "ping").done()
+        return "pong"
+
+    async def _version(self, ctx: RequestContext, params: dict) -> dict:
+        Params(params, "system.version").done()
+        return {"version": __version__, "server": SERVER_NAME,
+                "protocol": protocol.PROTOCOL_VERSION, "features": list(FEATURES),
+                "python": platform.python_version(), "kernel": os.uname().release,
+                "pid": os.getpid(), "host": f"unix://{self.config.host}",
+                "root": self.config.root}
+
+    async def _session_open(self, ctx: RequestContext, params: dict) -> dict:
+        p = Params(params, "session.open")
+        label = p.get("label", str, "")
+        p.done()
+        conn = ctx._conn
+        if conn.session is not None:
+            raise Conflict(f"this connection already has session {conn.session.id}")
+        conn.session = Session(self, f"{conn.id}-{os.urandom(4).hex()}", label[:200])
+        log.info("connection %d (%s) opened session %s%s", conn.id, conn.peer,
+                 conn.session.id, f" ({label[:200]})" if label else "")
+        return {"session": conn.session.id}
+
+
+def _bind_unix(path: str) -> socket.socket:
+    """A listening unix socket at ``path``, mode 0660, replacing a stale socket file."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise Conflict(f"{path} exists and is not a socket; remove it or choose another "
+                           f"--host")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)           # stale: its daemon is gone
+        else:
+            raise Conflict(f"another daemon is already listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o117)     # no window where the socket is wider than 0660
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o660)
+    sock.setblocking(False)
+    return sock
+
+
+# ---------------------------------------------------------------- wiring and main
+
+def build_services(server: Server, config: DaemonConfig) -> None:
+    """THE place where services register their operations with the server.
+
+    The built-ins (hello, ping, system.version, session.open) are registered by
+    :class:`Server` itself. Services add theirs here, e.g.::
+
+        containers.register(server, config)   # server.register("container.create", ...)
+    """
+
+
+def run(config: DaemonConfig) -> int:
+    """Serve until SIGTERM/SIGINT; the process exit status."""
+    server = Server(config)
+    build_services(server, config)
+    try:
+        asyncio.run(server.serve())
+    except SandboxError as exc:
+        log.error("cannot start: %s", exc.message)
+        return 1
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+@click.command(name="sandboxd", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", "-H", envvar="SANDBOXD_HOST", metavar="unix:///PATH",
+              help=f"Socket to listen on [default: unix://{DEFAULT_SOCKET}; env SANDBOXD_HOST]")
+@click.option("--root", envvar="SANDBOXD_ROOT", metavar="DIR",
+              help=f"State directory [default: {DEFAULT_ROOT}; env SANDBOXD_ROOT]")
+@click.option("--default-ulimit", "default_ulimits", multiple=True, metavar="NAME=SOFT[:HARD]",
+              help="Default ulimit for containers, e.g. nofile=1280:2560 (repeatable)")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="Log level [default: info]")
+@click.option("--config", "config_file", metavar="FILE",
+              help="JSON file whose keys mirror these flags; flags override it")
+@click.option("--ip-masq/--no-ip-masq", default=None,
+              help="Masquerade traffic leaving bridge networks [default: on]")
+def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
+         log_level: str | None, config_file: str | None, ip_masq: bool | None) -> None:
+    """Run the sandboxd daemon."""
+    try:
+        config = load_config(config_file, host=host, root=root,
+                             default_ulimits=default_ulimits, log_level=log_level,
+                             ip_masq=ip_masq)
+    except InvalidArgument as exc:
+        raise click.UsageError(exc.message) from None
+    logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(run(config))
+
+
+if __name__ == "__main__":
+    main()
