@@ -88,6 +88,14 @@ def _each(names: tuple[str, ...], action: Callable[[Any, str], Any]) -> int:
     return status
 
 
+def _op(op: str, **params: Any) -> Callable[[Any, str], str]:
+    """An action for :func:`_each`: call ``op`` on the container, echo its name."""
+    def action(client: Any, name: str) -> str:
+        client.call(op, {"id": name, **params})
+        return name
+    return action
+
+
 def _local(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Client-side parsing: a bad value is a usage error (exit 125), not the daemon's."""
     try:
@@ -340,7 +348,6 @@ def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bo
     state = {"id": container_id}
     raw_tty = tty and stdin and os.isatty(0)
     saved_tty = None
-    wake_r, wake_w = os.pipe()
     old_handlers: dict[int, Any] = {}
 
     def size() -> tuple[int, int]:
@@ -348,36 +355,31 @@ def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bo
         return rows, cols
 
     def forward_input() -> None:
-        import select
-        watch = [0, wake_r] if raw_tty else [0]
         try:
-            while True:
-                ready, _, _ = select.select(watch, [], [])
-                if wake_r in ready:
-                    os.read(wake_r, 512)
-                    attachment.resize(*size())
-                if 0 in ready:
-                    data = os.read(0, 65536)
-                    if not data:
-                        attachment.close_stdin()
-                        return
-                    attachment.send(data)
+            while data := os.read(0, 65536):
+                attachment.send(data)
+            attachment.close_stdin()
         except (OSError, SandboxError):
             return               # the op ended under us: nothing more to forward
 
+    # Signal handlers run in this (the main) thread between reads of the stream; the
+    # connection serialises sends, so they may send directly.
     def on_winch(signum: int, frame: Any) -> None:
-        os.write(wake_w, b"w")
+        try:
+            attachment.resize(*size())
+        except (OSError, SandboxError):
+            pass
 
     def proxy(signum: int, frame: Any) -> None:
         # Docker's --sig-proxy: the container gets the signal we got.
-        if state["id"]:
-            try:
-                with _client(autostart=False) as other:
-                    other.containers.get(state["id"]).kill(signum)
-            except SandboxError:
-                pass
-        else:
+        if not state["id"]:
             attachment.cancel()
+            return
+        try:
+            with _client(autostart=False) as other:
+                other.call("container.kill", {"id": state["id"], "signal": signum})
+        except SandboxError:
+            pass
 
     try:
         if raw_tty:
@@ -409,8 +411,6 @@ def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bo
         if saved_tty is not None:
             import termios
             termios.tcsetattr(0, termios.TCSADRAIN, saved_tty)
-        os.close(wake_r)
-        os.close(wake_w)
 
 
 # ---------------------------------------------------------------- lifecycle
@@ -422,7 +422,7 @@ def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bo
 def start(attach: bool, interactive: bool, containers: tuple[str, ...]) -> int:
     """Start one or more stopped containers."""
     if not (attach or interactive):
-        return _each(containers, lambda c, name: (c.containers.get(name).start(), name)[1])
+        return _each(containers, _op("container.start"))
     if len(containers) > 1:
         raise CliError("you cannot start and attach multiple containers at once", 1)
     with _client() as client:
@@ -441,7 +441,7 @@ def start(attach: bool, interactive: bool, containers: tuple[str, ...]) -> int:
 @argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
 def stop(timeout: int | None, containers: tuple[str, ...]) -> int:
     """Stop one or more running containers."""
-    return _each(containers, lambda c, name: (c.containers.get(name).stop(timeout), name)[1])
+    return _each(containers, _op("container.stop", timeout=timeout))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -450,8 +450,7 @@ def stop(timeout: int | None, containers: tuple[str, ...]) -> int:
 @argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
 def restart(timeout: int | None, containers: tuple[str, ...]) -> int:
     """Restart one or more containers."""
-    return _each(containers,
-                 lambda c, name: (c.containers.get(name).restart(timeout), name)[1])
+    return _each(containers, _op("container.restart", timeout=timeout))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -462,7 +461,7 @@ def kill(sig: str, containers: tuple[str, ...]) -> int:
     """Kill one or more running containers."""
     from .config import parse_signal
     number = _local(parse_signal, sig)
-    return _each(containers, lambda c, name: (c.containers.get(name).kill(number), name)[1])
+    return _each(containers, _op("container.kill", signal=number))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -472,31 +471,29 @@ def kill(sig: str, containers: tuple[str, ...]) -> int:
 @argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
 def rm(force: bool, volumes: bool, containers: tuple[str, ...]) -> int:
     """Remove one or more containers."""
-    def remove(client: Any, name: str) -> str:
-        client.call("container.remove", {"id": name, "force": force})
-        return name
-    return _each(containers, remove)
+    return _each(containers, _op("container.remove", force=force))
 
 
 @cli.command(context_settings=CONTEXT)
 @argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
 def pause(containers: tuple[str, ...]) -> int:
     """Pause all processes within one or more containers."""
-    return _each(containers, lambda c, name: (c.containers.get(name).pause(), name)[1])
+    return _each(containers, _op("container.pause"))
 
 
 @cli.command(context_settings=CONTEXT)
 @argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
 def unpause(containers: tuple[str, ...]) -> int:
     """Unpause all processes within one or more containers."""
-    return _each(containers, lambda c, name: (c.containers.get(name).unpause(), name)[1])
+    return _each(containers, _op("container.unpause"))
 
 
 @cli.command(context_settings=CONTEXT)
 @argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
 def wait(containers: tuple[str, ...]) -> int:
     """Block until one or more containers stop, then print their exit codes."""
-    return _each(containers, lambda c, name: c.containers.get(name).wait().exit_code)
+    return _each(containers,
+                 lambda c, name: c.call("container.wait", {"id": name})["exit_code"])
 
 
 @cli.command(context_settings=CONTEXT)
