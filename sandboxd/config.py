@@ -19,8 +19,6 @@ gives it as much swap as memory), so OOM kills are prompt and reproducible.
 """
 from __future__ import annotations
 
-import datetime
-import json
 import os
 import re
 import shlex
@@ -747,6 +745,7 @@ def rfc3339(ts: float | None) -> str:
     nanos = int(round((ts - seconds) * 1e9))
     if nanos >= 1_000_000_000:
         seconds, nanos = seconds + 1, nanos - 1_000_000_000
+    import datetime
     when = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
     fraction = f".{nanos:09d}".rstrip("0").rstrip(".")
     return when.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
@@ -995,6 +994,12 @@ def ports_text(bindings: Iterable[PortBinding], exposed: Iterable[str] = ()) -> 
     return ", ".join(published + [p for p in exposed if p not in seen])
 
 
+def _local_time(ts: float) -> str:
+    """Docker's CreatedAt: "2024-01-02 15:04:05 +0100 CET"."""
+    import datetime
+    return datetime.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %z %Z")
+
+
 def _quoted_command(record: ContainerRecord) -> str:
     argv = ([record.path] if record.path else []) + list(record.args)
     return " ".join(shlex.quote(a) if a else "''" for a in argv)
@@ -1012,8 +1017,7 @@ def ps_row(record: ContainerRecord, now: float, trunc: bool = True) -> dict[str,
         "ID": record.id[:12] if trunc else record.id,
         "Image": record.config.image,
         "Command": '"' + (_truncate(command, 20) if trunc else command) + '"',
-        "CreatedAt": datetime.datetime.fromtimestamp(record.created).astimezone()
-        .strftime("%Y-%m-%d %H:%M:%S %z %Z"),
+        "CreatedAt": _local_time(record.created),
         "RunningFor": human_duration(now - record.created) + " ago",
         "Ports": ports_text(record.ports, record.config.exposed_ports),
         "State": record.state.status,
@@ -1061,8 +1065,7 @@ def image_row(image: ImageRecord, now: float, trunc: bool = True) -> list[dict[s
             "ID": hex_id[:12] if trunc else image.id,
             "Repository": repo, "Tag": name, "Digest": "<none>",
             "CreatedSince": human_duration(now - image.created) + " ago",
-            "CreatedAt": datetime.datetime.fromtimestamp(image.created).astimezone()
-            .strftime("%Y-%m-%d %H:%M:%S %z %Z"),
+            "CreatedAt": _local_time(image.created),
             "Size": human_size(image.size),
         })
     return rows
@@ -1164,12 +1167,13 @@ def filter_records(records: Sequence[ContainerRecord], filters: Mapping[str, Seq
 # truncate, index, len, println), ``{{range}}``/``{{if}}``/``{{with}}`` with ``{{else}}``,
 # and ``{{-`` / ``-}}`` whitespace trimming. Values print like Go's ``%v``.
 
-_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
-_DECLARE = re.compile(r"^(\$\w+)\s*(?:,\s*(\$\w+)\s*)?:=\s*(.*)$", re.DOTALL)
-_TOKEN = re.compile(r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|`[^`]*`)|(?P<pipe>\|)|'
-                    r'(?P<lp>\()|(?P<rp>\))|(?P<num>-?\d+(?:\.\d+)?)|'
-                    r'(?P<field>(?:\$\w*)?(?:\.[A-Za-z_][A-Za-z0-9_]*)+|\.|\$\w*)|'
-                    r'(?P<ident>[A-Za-z_][A-Za-z0-9_]*))')
+# Patterns, compiled (and cached by ``re``) on first use: most ``sbx`` runs never format.
+_ACTION = r"(?s)\{\{(-\s)?(.*?)(\s-)?\}\}"
+_DECLARE = r"(?s)^(\$\w+)\s*(?:,\s*(\$\w+)\s*)?:=\s*(.*)$"
+_TOKEN = (r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|`[^`]*`)|(?P<pipe>\|)|'
+          r'(?P<lp>\()|(?P<rp>\))|(?P<num>-?\d+(?:\.\d+)?)|'
+          r'(?P<field>(?:\$\w*)?(?:\.[A-Za-z_][A-Za-z0-9_]*)+|\.|\$\w*)|'
+          r'(?P<ident>[A-Za-z_][A-Za-z0-9_]*))')
 
 
 class _Missing:
@@ -1204,6 +1208,7 @@ def _truthy(value: Any) -> bool:
 
 
 def _json(value: Any) -> str:
+    import json
     return json.dumps(None if value is MISSING else value, ensure_ascii=False,
                       separators=(",", ":"))
 
@@ -1240,7 +1245,7 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
     tokens, pos = [], 0
     text = text.strip()
     while pos < len(text):
-        m = _TOKEN.match(text, pos)
+        m = re.compile(_TOKEN).match(text, pos)
         if not m or m.end() == pos:
             raise InvalidArgument(f"format: cannot parse {text[pos:]!r} in {{{{{text}}}}}")
         kind = m.lastgroup
@@ -1287,7 +1292,7 @@ def _parse(template: str) -> list[Any]:
     current = root
     pos = 0
     pieces: list[Any] = []
-    for m in _ACTION.finditer(template):
+    for m in re.finditer(_ACTION, template):
         pieces.append(("text", template[pos:m.start()]))
         pieces.append(("action", m.group(2).strip(), bool(m.group(1)), bool(m.group(3))))
         pos = m.end()
@@ -1314,7 +1319,7 @@ def _parse(template: str) -> list[Any]:
         if word in ("range", "if", "with"):
             block: list[Any] = []
             names: tuple[str, ...] = ()
-            declared = _DECLARE.match(rest) if word == "range" else None
+            declared = re.match(_DECLARE, rest) if word == "range" else None
             if declared:                 # {{range $k, $v := .Map}}
                 names = tuple(n for n in declared.group(1, 2) if n)
                 rest = declared.group(3)
@@ -1363,7 +1368,10 @@ def _operand(token: tuple[str, Any], dot: Any, names: Mapping[str, Any]) -> Any:
         inner, path = value
         return _field(_operand(inner, dot, names), path)
     if kind == "str":
-        return value[1:-1] if value.startswith("`") else json.loads(value)
+        if value.startswith("`"):
+            return value[1:-1]
+        import json
+        return json.loads(value)
     if kind == "num":
         return float(value) if "." in value else int(value)
     if kind == "field":
