@@ -394,8 +394,7 @@ class _Connection:
                                                          "this connection")))
         elif entry is None:
             await self.send(protocol.error(rid, InvalidArgument(
-                f"unknown operation {op!r}; this daemon ({SERVER_NAME}) knows: "
-                f"{', '.join(sorted(self.server._ops))}", {"op": op})))
+                f"unknown operation {op!r}; {self.server._known_like(op)}", {"op": op})))
         elif len(self.inflight) >= self.server.config.max_inflight:
             await self.send(protocol.error(rid, LimitExceeded(
                 f"{op}: already {len(self.inflight)} requests in flight on this connection "
@@ -610,6 +609,15 @@ class Server:
     @property
     def operations(self) -> list[str]:
         return sorted(self._ops)
+
+    def _known_like(self, op: str) -> str:
+        """The ops of the same group as ``op`` (``container.*``), else the groups."""
+        group = op.split(".", 1)[0]
+        same = [o for o in self.operations if o.split(".", 1)[0] == group]
+        if same:
+            return f"{SERVER_NAME} knows: {', '.join(same)}"
+        groups = sorted({o.split(".", 1)[0] for o in self._ops})
+        return f"{SERVER_NAME} knows operations in: {', '.join(groups)}"
 
     # -- life cycle
 

@@ -277,7 +277,10 @@ def test_unknown_op_and_second_hello_are_errors_on_a_live_connection(inproc):
     reply = raw.recv()
     assert reply["id"] == 1 and reply["error"]["code"] == "invalid_argument"
     assert "unknown operation 'no.such.op'" in reply["error"]["message"]
-    assert "ping" in reply["error"]["message"]
+    assert reply["error"]["message"].endswith("knows operations in: ping, session, system")
+    raw.send(protocol.request(5, "system.verison"))
+    assert raw.recv()["error"]["message"] == ("unknown operation 'system.verison'; "
+                                              "sandboxd/0.1.0 knows: system.version")
     raw.send(protocol.hello("again"))
     assert raw.recv()["error"]["code"] == "conflict"
     raw.send(protocol.request(2, "ping", {"unexpected": 1}))
