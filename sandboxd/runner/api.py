@@ -1,0 +1,400 @@
+"""Run containers: the owner's side of the fork server.
+
+``Runner`` (blocking; tests, benchmarks, scripts) and ``AsyncRunner`` (the daemon's
+asyncio loop) both start one fork server with a plain exec and talk to it over a
+SOCK_SEQPACKET socketpair (see :mod:`sandboxd.runner.forkserver` for the messages)::
+
+    with Runner(state_dir="/run/sandboxd-x") as runner:
+        result = runner.run(spec)              # RunResult(exit_code=0, stdout=b"...", ...)
+
+Nothing here forks from the caller's process except that one exec, so the caller may
+have threads (the daemon) without the usual fork-in-a-threaded-process hazards.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import Unavailable, from_wire
+from .forkserver import recv_message, send_message
+from .spec import ContainerSpec, Limits, Process, to_dict, validate
+
+__all__ = ["Runner", "AsyncRunner", "RunResult", "ExitInfo"]
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    exit_code: int
+    signal: int | None = None
+    oom_killed: bool = False
+    stats: dict[str, int] | None = None       # cgroup counters read just before removal
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    duration: float
+    signal: int | None = None
+    oom_killed: bool = False
+    timed_out: bool = False
+    stats: dict[str, int] | None = None
+
+
+def _exit_info(event: dict) -> ExitInfo:
+    return ExitInfo(event["exit_code"], event.get("signal"), bool(event.get("oom_killed")),
+                    event.get("stats"))
+
+
+def _start_server(state_dir: str, cgroup_parent: str) -> tuple[socket.socket,
+                                                              subprocess.Popen]:
+    os.makedirs(state_dir, 0o700, exist_ok=True)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env = dict(os.environ)
+    # The fork server must import this same package, also when it runs from a checkout.
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [os.path.realpath(sys.executable), "-m", "sandboxd.runner.forkserver",
+         "--fd", str(theirs.fileno()), "--state-dir", state_dir,
+         "--cgroup-parent", cgroup_parent],
+        pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
+    theirs.close()
+    return ours, proc
+
+
+class _Protocol:
+    """What both runners share: request ids, message shapes, the exit-event table."""
+
+    def __init__(self, state_dir: str, cgroup_parent: str):
+        self.state_dir = state_dir
+        self.cgroup_parent = cgroup_parent
+        self.cgroup_version = ""
+        self._rids = itertools.count(1)
+
+    @staticmethod
+    def _spawn_message(spec: ContainerSpec) -> dict:
+        return {"op": "spawn", "spec": to_dict(validate(spec))}
+
+    @staticmethod
+    def _result(reply: dict) -> Any:
+        if "error" in reply:
+            raise from_wire(reply["error"])
+        return reply.get("ok")
+
+
+class Runner(_Protocol):
+    """A blocking handle on one fork server."""
+
+    def __init__(self, state_dir: str = "/run/sandboxd/runner",
+                 cgroup_parent: str = "sandboxd"):
+        super().__init__(state_dir, cgroup_parent)
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+        self._replies: dict[int, dict] = {}
+        self._exits: dict[tuple[str, str | None], ExitInfo] = {}
+
+    def __enter__(self) -> "Runner":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        self._sock, self._proc = _start_server(self.state_dir, self.cgroup_parent)
+        ready = self._next_message()
+        self.cgroup_version = ready.get("cgroup_version", "")
+
+    def close(self) -> None:
+        """Stop the fork server; it kills and cleans every container it still runs."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    # -- low level
+    def _next_message(self, timeout: float | None = None) -> dict:
+        if self._sock is None:
+            raise Unavailable("runner: not started")
+        self._sock.settimeout(timeout)
+        try:
+            msg, fds = recv_message(self._sock)
+        except socket.timeout:
+            raise TimeoutError from None
+        for fd in fds:
+            os.close(fd)
+        if msg is None:
+            raise Unavailable("runner: the fork server exited")
+        if msg.get("event") == "exit":
+            self._exits[(msg["id"], msg.get("exec"))] = _exit_info(msg)
+        elif "rid" in msg:
+            self._replies[msg["rid"]] = msg
+        return msg
+
+    def _call(self, message: dict, fds: list[int] = ()) -> Any:
+        rid = next(self._rids)
+        send_message(self._sock, {**message, "rid": rid}, list(fds))
+        while rid not in self._replies:
+            self._next_message()
+        return self._result(self._replies.pop(rid))
+
+    # -- operations
+    def spawn(self, spec: ContainerSpec, stdio: tuple[int, ...]) -> int:
+        """Start ``spec`` with ``stdio`` (3 fds, or 1 terminal fd); returns pid 1's host
+        pid once the workload has exec'd. Setup failures raise typed errors."""
+        return self._call(self._spawn_message(spec), list(stdio))["pid"]
+
+    def spawn_terminal(self, spec: ContainerSpec) -> tuple[int, int]:
+        """Start ``spec`` (``process.terminal``) on a pty made inside the container;
+        returns (pid, pty master fd)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with ours:
+            with theirs:
+                pid = self.spawn(spec, (theirs.fileno(),))
+            return pid, receive_terminal(ours)
+
+    def exec(self, container_id: str, exec_id: str, process: Process,
+             stdio: tuple[int, ...]) -> int:
+        return self._call({"op": "exec", "id": container_id, "exec_id": exec_id,
+                           "process": to_dict(process)}, list(stdio))["pid"]
+
+    def wait(self, container_id: str, exec_id: str | None = None,
+             timeout: float | None = None) -> ExitInfo:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        key = (container_id, exec_id)
+        while key not in self._exits:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._next_message(left)
+        return self._exits.pop(key)
+
+    def kill(self, container_id: str, sig: int = signal.SIGKILL, *, all: bool = False,
+             exec_id: str | None = None) -> None:
+        self._call({"op": "kill", "id": container_id, "signal": int(sig), "all": all,
+                    "exec_id": exec_id})
+
+    def update(self, container_id: str, limits: Limits) -> None:
+        self._call({"op": "update", "id": container_id, "limits": to_dict(limits)})
+
+    def stats(self, container_id: str) -> dict[str, int]:
+        return self._call({"op": "stats", "id": container_id})
+
+    def pids(self, container_id: str) -> list[int]:
+        return self._call({"op": "pids", "id": container_id})
+
+    def pause(self, container_id: str) -> None:
+        self._call({"op": "pause", "id": container_id})
+
+    def resume(self, container_id: str) -> None:
+        self._call({"op": "resume", "id": container_id})
+
+    def run(self, spec: ContainerSpec, input: bytes | None = None,
+            timeout: float | None = None) -> RunResult:
+        """Start ``spec``, feed ``input``, collect its output, wait for its exit."""
+        began = time.monotonic()
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.spawn(spec, (in_r, out_w, err_w))
+        except BaseException:
+            for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+        output = _Collector(in_w, input or b"", out_r, err_r, self._sock)
+        timed_out = False
+        deadline = None if timeout is None else began + timeout
+        while (spec.id, None) not in self._exits or output.open:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0 and not timed_out:
+                timed_out = True
+                if (spec.id, None) not in self._exits:
+                    self.kill(spec.id, all=True)
+                deadline = None
+                continue
+            if output.poll(left):
+                self._next_message()
+        info = self._exits.pop((spec.id, None))
+        return RunResult(info.exit_code, bytes(output.out), bytes(output.err),
+                         time.monotonic() - began, info.signal, info.oom_killed, timed_out,
+                         info.stats)
+
+
+def receive_terminal(console: socket.socket) -> int:
+    """The pty master a container sent back over its console socket."""
+    _msg, fds, _flags, _addr = socket.recv_fds(console, 16, 1)
+    if not fds:
+        raise Unavailable("runner: the container sent no terminal")
+    return fds[0]
+
+
+class _Collector:
+    """Pumps a container's stdin/stdout/stderr pipes; tells when the control socket has
+    something to read."""
+
+    def __init__(self, in_w: int, data: bytes, out_r: int, err_r: int,
+                 control: socket.socket):
+        self.out, self.err = bytearray(), bytearray()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(control, selectors.EVENT_READ, "control")
+        self.selector.register(out_r, selectors.EVENT_READ, self.out)
+        self.selector.register(err_r, selectors.EVENT_READ, self.err)
+        self.data = memoryview(data)
+        self.open = 2
+        if data:
+            os.set_blocking(in_w, False)
+            self.selector.register(in_w, selectors.EVENT_WRITE, "stdin")
+        else:
+            os.close(in_w)
+
+    def poll(self, timeout: float | None) -> bool:
+        """Move bytes; True when the control socket is readable."""
+        control = False
+        for key, _ in self.selector.select(timeout):
+            if key.data == "control":
+                control = True
+            elif key.data == "stdin":
+                try:
+                    sent = os.write(key.fd, self.data[:65536])
+                except (BrokenPipeError, BlockingIOError) as e:
+                    sent = len(self.data) if isinstance(e, BrokenPipeError) else 0
+                self.data = self.data[sent:]
+                if not self.data:
+                    self.selector.unregister(key.fd)
+                    os.close(key.fd)
+            else:
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    key.data.extend(chunk)
+                else:
+                    self.selector.unregister(key.fd)
+                    os.close(key.fd)
+                    self.open -= 1
+        return control
+
+
+class AsyncRunner(_Protocol):
+    """The daemon's handle: awaitable calls, exits delivered to ``on_exit``."""
+
+    def __init__(self, on_exit: Callable[[str, str | None, ExitInfo], None],
+                 state_dir: str = "/run/sandboxd/runner", cgroup_parent: str = "sandboxd"):
+        super().__init__(state_dir, cgroup_parent)
+        self.on_exit = on_exit
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+        self._waiters: dict[int, Any] = {}
+        self._ready: Any = None
+        self.pid = 0
+
+    async def start(self) -> None:
+        import asyncio
+        loop = asyncio.get_running_loop()
+        self._sock, self._proc = _start_server(self.state_dir, self.cgroup_parent)
+        self._sock.setblocking(False)
+        self._ready = loop.create_future()
+        loop.add_reader(self._sock.fileno(), self._on_readable)
+        ready = await asyncio.wait_for(self._ready, 30)
+        self.cgroup_version = ready.get("cgroup_version", "")
+        self.pid = self._proc.pid
+
+    async def close(self) -> None:
+        import asyncio
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+
+    def _on_readable(self) -> None:
+        while self._sock is not None:
+            try:
+                msg, fds = recv_message(self._sock)
+            except BlockingIOError:
+                return
+            except OSError:
+                msg, fds = None, []
+            for fd in fds:
+                os.close(fd)
+            if msg is None:
+                self._lost()
+                return
+            if msg.get("event") == "ready":
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(msg)
+            elif msg.get("event") == "exit":
+                self.on_exit(msg["id"], msg.get("exec"), _exit_info(msg))
+            elif "rid" in msg:
+                waiter = self._waiters.pop(msg["rid"], None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(msg)
+
+    def _lost(self) -> None:
+        import asyncio
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        err = Unavailable("runner: the fork server exited")
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(err)
+        self._waiters.clear()
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(err)
+
+    async def _call(self, message: dict, fds: list[int] = ()) -> Any:
+        import asyncio
+        if self._sock is None:
+            raise Unavailable("runner: the fork server is not running")
+        rid = next(self._rids)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = waiter
+        send_message(self._sock, {**message, "rid": rid}, list(fds))
+        return self._result(await waiter)
+
+    async def spawn(self, spec: ContainerSpec, stdio: tuple[int, ...]) -> int:
+        return (await self._call(self._spawn_message(spec), list(stdio)))["pid"]
+
+    async def exec(self, container_id: str, exec_id: str, process: Process,
+                   stdio: tuple[int, ...]) -> int:
+        return (await self._call({"op": "exec", "id": container_id, "exec_id": exec_id,
+                                  "process": to_dict(process)}, list(stdio)))["pid"]
+
+    async def kill(self, container_id: str, sig: int = signal.SIGKILL, *, all: bool = False,
+                   exec_id: str | None = None) -> None:
+        await self._call({"op": "kill", "id": container_id, "signal": int(sig), "all": all,
+                          "exec_id": exec_id})
+
+    async def update(self, container_id: str, limits: Limits) -> None:
+        await self._call({"op": "update", "id": container_id, "limits": to_dict(limits)})
+
+    async def stats(self, container_id: str) -> dict[str, int]:
+        return await self._call({"op": "stats", "id": container_id})
+
+    async def pids(self, container_id: str) -> list[int]:
+        return await self._call({"op": "pids", "id": container_id})
+
+    async def pause(self, container_id: str) -> None:
+        await self._call({"op": "pause", "id": container_id})
+
+    async def resume(self, container_id: str) -> None:
+        await self._call({"op": "resume", "id": container_id})

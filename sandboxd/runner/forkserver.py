@@ -1,0 +1,642 @@
+"""The fork server: a single-threaded, pre-imported process that forks every container.
+
+Started once by exec (``python -m sandboxd.runner.forkserver --fd N``), it talks to its
+owner over a SOCK_SEQPACKET socket: msgpack messages, stdio fds passed with SCM_RIGHTS.
+It is a child subreaper, so each container's pid 1 becomes its child and it sees every
+exit first-hand; then it reads the OOM counter, removes the cgroup and reports.
+
+One container start::
+
+    fork server ── fork ──► C1: join cgroup, setns/unshare namespaces
+                              └── fork ──► pid 1: mounts, pivot_root, limits, profile,
+                                              close fds, exec   (C1 exits at once)
+
+pid 1 reports over a close-on-exec pipe: ``P<pid>`` from C1, ``R`` just before execve,
+``E<msgpack error>`` on failure. EOF after ``R`` means the exec succeeded.
+
+Requests ``{"op", "rid", ...}`` get ``{"rid", "ok"}`` or ``{"rid", "error"}``; exits
+arrive as ``{"event": "exit", "id", "exec", "exit_code", "signal", "oom_killed",
+"stats"}``. When the owner's socket closes, every container is killed and cleaned.
+"""
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import termios
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, NoReturn
+
+import msgpack
+
+from ..errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, NotFound,
+                      SandboxError, SetupFailed, from_wire)
+from . import cgroups, mounts, rlimits, security
+from . import syscalls as sc
+from .init import run_init
+from .plan import build_plan
+from .spec import (DEFAULT_PATH, ContainerSpec, Limits, Process, check_process, from_dict,
+                   validate)
+
+MAX_MESSAGE = 1 << 20
+TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430      # <asm-generic/ioctls.h>; not in termios
+NS_FLAGS = {"pid": sc.CLONE_NEWPID, "net": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC,
+            "uts": sc.CLONE_NEWUTS}
+# setns order: the mount namespace last, since entering it changes root and cwd.
+EXEC_NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
+
+
+# ---------------------------------------------------------------- wire helpers
+
+def send_message(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
+    data = msgpack.packb(message, use_bin_type=True)
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([data], anc)
+
+
+def recv_message(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    """One message and the fds that came with it (close-on-exec); (None, []) at EOF."""
+    fd_size = socket.CMSG_SPACE(16 * array.array("i").itemsize)
+    data, anc, _flags, _addr = sock.recvmsg(MAX_MESSAGE, fd_size, socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(payload[: len(payload) - len(payload) % arr.itemsize])
+            fds += list(arr)
+    if not data:
+        return None, fds
+    return msgpack.unpackb(data, raw=False), fds
+
+
+# ---------------------------------------------------------------- the container side
+
+def _reset_signals() -> None:
+    # Python ignores SIGPIPE and SIGXFSZ; a workload must start with the defaults.
+    for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def _report(fd: int, tag: bytes, payload: bytes = b"") -> None:
+    os.write(fd, tag + payload)
+
+
+def _fail(errw: int, err: SandboxError, code: int = 1) -> NoReturn:
+    try:
+        _report(errw, b"E", msgpack.packb(err.to_wire(), use_bin_type=True))
+    finally:
+        os._exit(code)
+
+
+def _install_stdio(stdio: list[int], terminal: bool) -> None:
+    """Make ``stdio`` fds 0-2; with a terminal, ``stdio[0]`` is a console socket: the
+    pty is made in the container's own devpts (so ``tty`` names it inside) and its
+    master goes back to the owner over that socket."""
+    os.setsid()
+    if terminal:
+        master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+        slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
+        console = socket.socket(fileno=stdio[0])
+        socket.send_fds(console, [b"pty"], [master])
+        console.close()
+        os.close(master)
+        for target in (0, 1, 2):
+            os.dup2(slave, target)
+        os.close(slave)
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    else:
+        for target, fd in enumerate(stdio[:3]):
+            os.dup2(fd, target)
+
+
+def _environment(process: Process, hostname: str, home: str) -> dict[str, str]:
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname or socket.gethostname(), "HOME": home}
+    if process.terminal:
+        env["TERM"] = "xterm"
+    for entry in process.env:
+        key, _, value = entry.partition("=")
+        env[key] = value
+    return env
+
+
+def _find_executable(name: str, path: str) -> str:
+    if "/" in name:
+        return name
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate):
+            return candidate
+    raise CommandNotFound(f"executable file not found in $PATH: {name}",
+                          {"exit_code": 127, "command": name})
+
+
+def _home_of(uid: int) -> str:
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) > 5 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/root" if uid == 0 else "/"
+
+
+def _prepare_process(process: Process, hostname: str, errw: int) -> tuple[str, dict]:
+    """Limits, workdir, security profile; returns (executable, environment)."""
+    try:
+        rlimits.apply(process.ulimits)
+        os.makedirs(process.cwd, 0o755, exist_ok=True)   # Docker creates a missing workdir
+    except OSError as e:
+        raise SetupFailed(f"prepare workdir {process.cwd}: {e.strerror}",
+                          {"step": "workdir", "errno": e.errno or 0}) from None
+    try:
+        security.apply_profile(process.capabilities, process.user, process.no_new_privileges)
+    except OSError as e:
+        raise SetupFailed(f"apply security profile (user {process.user or 'root'}): "
+                          f"{e.strerror}", {"step": "security", "errno": e.errno or 0}) from None
+    try:
+        os.chdir(process.cwd)
+    except OSError as e:
+        raise SetupFailed(f"chdir to {process.cwd}: {e.strerror}",
+                          {"step": "chdir", "errno": e.errno or 0}) from None
+    env = _environment(process, hostname, _home_of(os.getuid()))
+    return _find_executable(process.args[0], env.get("PATH", DEFAULT_PATH)), env
+
+
+def _exec(executable: str, process: Process, env: dict, errw: int) -> NoReturn:
+    os.closerange(3, errw)
+    os.closerange(errw + 1, 1 << 20)        # CVE-2024-21626: no host fd reaches the workload
+    _report(errw, b"R")
+    try:
+        os.execve(executable, list(process.args), env)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            _fail(errw, CommandNotFound(f"exec {executable}: no such file or directory",
+                                        {"exit_code": 127, "command": executable}), 127)
+        _fail(errw, CommandNotExecutable(f"exec {executable}: {e.strerror}",
+                                         {"exit_code": 126, "command": executable}), 126)
+    os._exit(1)
+
+
+def _container_pid1(spec: ContainerSpec, stdio: list[int], errw: int, mnt: str) -> NoReturn:
+    try:
+        mounts.run_steps(build_plan(spec, mnt))
+        _install_stdio(stdio, spec.process.terminal)
+        executable, env = _prepare_process(spec.process, spec.hostname, errw)
+    except SandboxError as e:
+        _fail(errw, e, getattr(e, "exit_code", 1))
+    except Exception as e:                                   # a bug: still report it
+        _fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
+    if spec.init:
+        run_init(lambda: _exec(executable, spec.process, env, errw))
+    _exec(executable, spec.process, env, errw)
+
+
+def _enter_namespaces(spec: ContainerSpec) -> None:
+    flags = sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP
+    for name, flag in NS_FLAGS.items():
+        mode = getattr(spec.namespaces, name)
+        if mode == "private":
+            flags |= flag
+        elif mode != "host":
+            fd = os.open(mode, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                sc.setns(fd, flag)
+            finally:
+                os.close(fd)
+    sc.unshare(flags)
+
+
+def _container_c1(spec: ContainerSpec, cgroup: Any, stdio: list[int], errw: int,
+                  mnt: str) -> NoReturn:
+    try:
+        _reset_signals()
+        cgroup.join(os.getpid())
+        try:
+            _enter_namespaces(spec)
+        except OSError as e:
+            raise SetupFailed(f"create namespaces: {e.strerror}",
+                              {"step": "namespaces", "errno": e.errno or 0}) from None
+        pid = os.fork()
+    except SandboxError as e:
+        _fail(errw, e)
+    except Exception as e:
+        _fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
+    if pid == 0:
+        _container_pid1(spec, stdio, errw, mnt)
+    _report(errw, b"P", struct.pack("<i", pid))
+    os._exit(0)
+
+
+def _exec_c1(target_pid: int, process: Process, cgroup: Any, stdio: list[int], errw: int,
+             hostname: str) -> NoReturn:
+    try:
+        _reset_signals()
+        fds = {}
+        for ns in EXEC_NAMESPACES:
+            fds[ns] = os.open(f"/proc/{target_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+        cgroup.join(os.getpid())
+        for ns in EXEC_NAMESPACES:
+            sc.setns(fds[ns])
+            os.close(fds[ns])
+        pid = os.fork()
+    except OSError as e:
+        _fail(errw, SetupFailed(f"enter the container's namespaces: {e.strerror}",
+                                {"step": "setns", "errno": e.errno or 0}))
+    except Exception as e:
+        _fail(errw, SetupFailed(f"exec setup: {type(e).__name__}: {e}"))
+    if pid == 0:
+        try:
+            _install_stdio(stdio, process.terminal)
+            executable, env = _prepare_process(process, hostname, errw)
+        except SandboxError as e:
+            _fail(errw, e, getattr(e, "exit_code", 1))
+        except Exception as e:
+            _fail(errw, SetupFailed(f"exec setup: {type(e).__name__}: {e}"))
+        _exec(executable, process, env, errw)
+    _report(errw, b"P", struct.pack("<i", pid))
+    os._exit(0)
+
+
+# ---------------------------------------------------------------- the server side
+
+@dataclass
+class _Container:
+    id: str
+    spec: ContainerSpec
+    cgroup: Any
+    pid: int = 0
+    execs: dict[str, int] = field(default_factory=dict)       # exec id -> pid
+
+
+@dataclass
+class _Start:
+    """A spawn or exec waiting for its pid 1 to exec or fail."""
+    rid: int
+    container: _Container
+    exec_id: str | None
+    buf: bytearray = field(default_factory=bytearray)
+    pid: int = 0
+    ready: bool = False
+    status: int | None = None          # set when the process was reaped before EOF
+
+
+class ForkServer:
+    def __init__(self, sock: socket.socket, state_dir: str, cgroup_parent: str):
+        self.sock = sock
+        self.mnt = os.path.join(state_dir, "mnt")
+        os.makedirs(self.mnt, 0o700, exist_ok=True)
+        self.cgroups = cgroups.CgroupManager(cgroup_parent)
+        self.containers: dict[str, _Container] = {}
+        self.starts: dict[int, _Start] = {}                    # pipe fd -> start
+        self.pids: dict[int, tuple[_Container, str | None]] = {}
+        self.early_exits: dict[int, int] = {}                   # reaped before claimed
+        self.helpers: set[int] = set()                           # C1 processes
+        self.failing: dict[int, _Start] = {}                     # failed, awaiting reap
+        self.selector = selectors.DefaultSelector()
+        self.running = True
+
+    # -- main loop
+    def serve(self) -> None:
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.selector.register(self.sock, selectors.EVENT_READ, "control")
+        self.selector.register(wake_r, selectors.EVENT_READ, "signal")
+        send_message(self.sock, {"event": "ready", "pid": os.getpid(),
+                                 "cgroup_version": self.cgroups.version})
+        while self.running:
+            for key, _ in self.selector.select():
+                if key.data == "control":
+                    self._on_control()
+                elif key.data == "signal":
+                    try:
+                        os.read(wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    self._reap()
+                else:
+                    self._on_pipe(key.fd)
+            self._reap()
+        self._shutdown()
+
+    def _on_control(self) -> None:
+        try:
+            msg, fds = recv_message(self.sock)
+        except (ConnectionError, OSError):
+            msg, fds = None, []
+        if msg is None:
+            self.running = False                    # owner gone: clean up and exit
+            return
+        rid = msg.get("rid", 0)
+        try:
+            handler = getattr(self, "_op_" + str(msg.get("op")), None)
+            if handler is None:
+                raise InvalidArgument(f"fork server: unknown op {msg.get('op')!r}")
+            result = handler(msg, fds)
+            if result is not _DEFERRED:
+                self._reply(rid, result)
+        except SandboxError as e:
+            for fd in fds:
+                os.close(fd)
+            self._reply_error(rid, e)
+        except Exception as e:
+            for fd in fds:
+                _close_quietly(fd)
+            self._reply_error(rid, SetupFailed(f"fork server: {type(e).__name__}: {e}"))
+
+    def _reply(self, rid: int, result: Any) -> None:
+        send_message(self.sock, {"rid": rid, "ok": result})
+
+    def _reply_error(self, rid: int, err: SandboxError) -> None:
+        send_message(self.sock, {"rid": rid, "error": err.to_wire()})
+
+    # -- operations
+    def _op_ping(self, msg: dict, fds: list[int]) -> Any:
+        return {"pid": os.getpid(), "containers": len(self.containers)}
+
+    def _op_spawn(self, msg: dict, fds: list[int]) -> Any:
+        spec = validate(from_dict(ContainerSpec, msg.get("spec")))
+        if spec.id in self.containers:
+            raise InvalidArgument(f"container {spec.id} is already running")
+        if len(fds) != (1 if spec.process.terminal else 3):
+            raise InvalidArgument("spawn: pass 3 stdio fds, or 1 terminal fd")
+        problems = rlimits.check_raisable(spec.process.ulimits)
+        if problems:
+            raise InvalidArgument.of(problems)
+        cgroup = self.cgroups.create(spec.id, spec.limits)
+        container = _Container(spec.id, spec, cgroup)
+        try:
+            self._fork(msg["rid"], container, None, fds,
+                       lambda errw: _container_c1(spec, cgroup, fds, errw, self.mnt))
+        except BaseException:
+            cgroup.remove()
+            raise
+        self.containers[spec.id] = container
+        return _DEFERRED
+
+    def _op_exec(self, msg: dict, fds: list[int]) -> Any:
+        container = self._container(msg)
+        process = validate_process(from_dict(Process, msg.get("process"), "process"))
+        exec_id = str(msg.get("exec_id") or "")
+        if not exec_id or exec_id in container.execs:
+            raise InvalidArgument(f"exec: exec_id {exec_id!r} is missing or in use")
+        if len(fds) != (1 if process.terminal else 3):
+            raise InvalidArgument("exec: pass 3 stdio fds, or 1 terminal fd")
+        problems = rlimits.check_raisable(process.ulimits)
+        if problems:
+            raise InvalidArgument.of(problems)
+        target = container.pid
+        self._fork(msg["rid"], container, exec_id, fds,
+                   lambda errw: _exec_c1(target, process, container.cgroup, fds, errw,
+                                         container.spec.hostname))
+        container.execs[exec_id] = 0
+        return _DEFERRED
+
+    def _op_kill(self, msg: dict, fds: list[int]) -> Any:
+        container = self._container(msg)
+        sig = int(msg.get("signal", signal.SIGKILL))
+        exec_id = msg.get("exec_id")
+        if exec_id:
+            pid = container.execs.get(exec_id)
+            if not pid:
+                raise NotFound(f"exec {exec_id} is not running in container {container.id}")
+            os.kill(pid, sig)
+        elif msg.get("all"):
+            container.cgroup.kill_all(sig)
+        else:
+            os.kill(container.pid, sig)
+        return None
+
+    def _op_update(self, msg: dict, fds: list[int]) -> Any:
+        container = self._container(msg)
+        container.cgroup.update(from_dict(Limits, msg.get("limits"), "limits"))
+        return None
+
+    def _op_stats(self, msg: dict, fds: list[int]) -> Any:
+        return asdict(self._container(msg).cgroup.stats())
+
+    def _op_pids(self, msg: dict, fds: list[int]) -> Any:
+        return self._container(msg).cgroup.pids()
+
+    def _op_pause(self, msg: dict, fds: list[int]) -> Any:
+        self._container(msg).cgroup.freeze()
+        return None
+
+    def _op_resume(self, msg: dict, fds: list[int]) -> Any:
+        self._container(msg).cgroup.thaw()
+        return None
+
+    def _op_shutdown(self, msg: dict, fds: list[int]) -> Any:
+        self.running = False
+        return None
+
+    def _container(self, msg: dict) -> _Container:
+        container = self.containers.get(str(msg.get("id")))
+        if container is None or not container.pid:
+            raise NotFound(f"container {msg.get('id')} is not running")
+        return container
+
+    # -- process bookkeeping
+    def _fork(self, rid: int, container: _Container, exec_id: str | None, fds: list[int],
+              child: Any) -> None:
+        errr, errw = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(errr)
+            os.close(errw)
+            raise
+        if pid == 0:
+            os.close(errr)
+            child(errw)
+        os.close(errw)
+        for fd in fds:
+            os.close(fd)
+        self.helpers.add(pid)
+        os.set_blocking(errr, False)
+        self.starts[errr] = _Start(rid, container, exec_id)
+        self.selector.register(errr, selectors.EVENT_READ, "pipe")
+
+    def _on_pipe(self, fd: int) -> None:
+        start = self.starts[fd]
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if chunk:
+            start.buf += chunk
+            self._parse_reports(start)
+            return
+        self.selector.unregister(fd)
+        os.close(fd)
+        del self.starts[fd]
+        self._parse_reports(start)
+        if start.ready and not start.buf:
+            self._started(start)
+        elif start.status is not None or not start.pid:
+            self._start_failed(start)
+        else:
+            self.failing[start.pid] = start      # failed: finish once it is reaped
+
+    def _parse_reports(self, start: _Start) -> None:
+        while start.buf:
+            tag = start.buf[:1]
+            if tag == b"P" and len(start.buf) >= 5:
+                start.pid = struct.unpack("<i", bytes(start.buf[1:5]))[0]
+                del start.buf[:5]
+                self._claim(start)
+            elif tag == b"R":
+                start.ready = True
+                del start.buf[:1]
+            else:
+                return                           # "E..." waits for EOF, or a partial "P"
+
+    def _claim(self, start: _Start) -> None:
+        self.pids[start.pid] = (start.container, start.exec_id)
+        if start.exec_id is None:
+            start.container.pid = start.pid
+        else:
+            start.container.execs[start.exec_id] = start.pid
+        if start.pid in self.early_exits:
+            start.status = self.early_exits.pop(start.pid)
+
+    def _started(self, start: _Start) -> None:
+        self._reply(start.rid, {"pid": start.pid})
+        if start.status is not None:             # it already exited: report that too
+            self._exited(start.pid, start.status)
+
+    def _start_failed(self, start: _Start) -> None:
+        err = _decode_failure(start)
+        container = start.container
+        if start.exec_id is None:
+            self._remove(container)
+        else:
+            container.execs.pop(start.exec_id, None)
+        self.pids.pop(start.pid, None)
+        self._reply_error(start.rid, err)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.helpers:
+                self.helpers.discard(pid)
+                continue
+            pending = self.failing.pop(pid, None)
+            if pending is not None:
+                pending.status = status
+                self._start_failed(pending)
+                continue
+            start = next((s for s in self.starts.values() if s.pid == pid), None)
+            if start is not None:
+                start.status = status            # EOF on its pipe settles it
+            elif pid in self.pids:
+                self._exited(pid, status)
+            else:
+                self.early_exits[pid] = status   # pid 1 reaped before C1 named it
+
+    def _exited(self, pid: int, status: int) -> None:
+        container, exec_id = self.pids.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        event = {"event": "exit", "id": container.id, "exec": exec_id,
+                 "exit_code": 128 - code if code < 0 else code,
+                 "signal": -code if code < 0 else None, "oom_killed": False, "stats": None}
+        if exec_id is not None:
+            container.execs.pop(exec_id, None)
+        else:
+            event["oom_killed"], event["stats"] = self._remove(container)
+        send_message(self.sock, event)
+
+    def _remove(self, container: _Container) -> tuple[bool, dict | None]:
+        """Kill what is left in the cgroup, read its counters, delete it."""
+        self.containers.pop(container.id, None)
+        for exec_pid in container.execs.values():
+            self.pids.pop(exec_pid, None)
+        try:
+            container.cgroup.kill_all()
+            stats = asdict(container.cgroup.stats())
+            oom = container.cgroup.oom_kills() > 0
+        finally:
+            container.cgroup.remove()
+        return oom, stats
+
+    def _shutdown(self) -> None:
+        for container in list(self.containers.values()):
+            try:
+                self._remove(container)
+            except SandboxError as e:
+                print(f"fork server: cleanup of {container.id}: {e}", file=sys.stderr)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    time.sleep(0.01)
+            except ChildProcessError:
+                break
+
+
+_DEFERRED = object()
+
+
+def validate_process(process: Process) -> Process:
+    """An exec'd process is checked by the same rules as a container's."""
+    problems = check_process(process)
+    if problems:
+        raise InvalidArgument.of(problems)
+    return process
+
+
+def _decode_failure(start: _Start) -> SandboxError:
+    raw = bytes(start.buf)
+    if raw.startswith(b"E"):
+        try:
+            return from_wire(msgpack.unpackb(raw[1:], raw=False))
+        except Exception:
+            pass
+    code = os.waitstatus_to_exitcode(start.status) if start.status is not None else None
+    what = "exec" if start.exec_id else "container"
+    return SetupFailed(f"{what} setup died before exec (status {code})",
+                       {"step": "setup", "errno": 0})
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(prog="sandboxd-forkserver")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--cgroup-parent", default="sandboxd")
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.fd)
+    os.set_inheritable(sock.fileno(), False)
+    ForkServer(sock, args.state_dir, args.cgroup_parent).serve()
+
+
+if __name__ == "__main__":
+    main()
