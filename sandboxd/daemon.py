@@ -82,6 +82,7 @@ class DaemonConfig:
     max_connections: int = 256
     max_inflight: int = 64                  # requests in flight per connection
     stdin_buffer: int = 1 << 20             # queued stdin bytes per streaming request
+    cgroup_parent: str = "sandboxd"         # containers' cgroups live under this name
 
 
 # Config-file keys: the flag names (``default-ulimit``) or their field spelling.
@@ -89,7 +90,8 @@ _CONFIG_KEYS = {"host": "host", "root": "root", "default-ulimit": "default_ulimi
                 "default-ulimits": "default_ulimits", "log-level": "log_level",
                 "ip-masq": "ip_masq", "max-frame": "max_frame",
                 "frame-timeout": "frame_timeout", "max-connections": "max_connections",
-                "max-inflight": "max_inflight", "stdin-buffer": "stdin_buffer"}
+                "max-inflight": "max_inflight", "stdin-buffer": "stdin_buffer",
+                "cgroup-parent": "cgroup_parent"}
 
 
 def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
@@ -805,6 +807,8 @@ def build_services(server: Server, config: DaemonConfig) -> None:
 
         containers.register(server, config)   # server.register("container.create", ...)
     """
+    from . import handlers
+    handlers.register(server, config)
 
 
 def run(config: DaemonConfig) -> int:
@@ -835,13 +839,16 @@ def run(config: DaemonConfig) -> int:
               help="JSON file whose keys mirror these flags; flags override it")
 @click.option("--ip-masq/--no-ip-masq", default=None,
               help="Masquerade traffic leaving bridge networks [default: on]")
+@click.option("--cgroup-parent", metavar="NAME",
+              help="cgroup under which containers' cgroups are made [default: sandboxd]")
 def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
-         log_level: str | None, config_file: str | None, ip_masq: bool | None) -> None:
+         log_level: str | None, config_file: str | None, ip_masq: bool | None,
+         cgroup_parent: str | None) -> None:
     """Run the sandboxd daemon."""
     try:
         config = load_config(config_file, host=host, root=root,
                              default_ulimits=default_ulimits, log_level=log_level,
-                             ip_masq=ip_masq)
+                             ip_masq=ip_masq, cgroup_parent=cgroup_parent)
     except InvalidArgument as exc:
         raise click.UsageError(exc.message) from None
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),
