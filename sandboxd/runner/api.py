@@ -64,7 +64,8 @@ def _start_server(state_dir: str, cgroup_parent: str) -> tuple[socket.socket,
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
-        [os.path.realpath(sys.executable), "-m", "sandboxd.runner.forkserver",
+        # sys.executable, not its realpath: in a venv the symlink is what finds the venv.
+        [sys.executable, "-m", "sandboxd.runner.forkserver",
          "--fd", str(theirs.fileno()), "--state-dir", state_dir,
          "--cgroup-parent", cgroup_parent],
         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
