@@ -137,18 +137,26 @@ case(DAEMON, "daemon + fork server", unit="MiB")(
     partial(_rss_samples, which=lambda pid, kids: [pid, *kids]))
 
 
-@case("client.run('busybox', ['true'])", "sandboxd daemon", reference=True)
-def client_run(bench: Bench) -> list[float]:
+CLIENT_RUN = "client.run('busybox', ['true'])"
+
+
+def client_run(bench: Bench, options: dict) -> list[float]:
+    """``Client.run`` in-process against the bench's daemon, request to result."""
     client = _daemon(bench).client
     samples = []
     for i in range(bench.settings.warmup + bench.settings.runs):
         start = time.perf_counter()
-        result = client.run("busybox", ["true"])
+        result = client.run("busybox", ["true"], **options)
         elapsed = time.perf_counter() - start
         ours.check_exit(result.id, result.exit_code, result.stderr)
         if i >= bench.settings.warmup:
             samples.append(elapsed)
     return samples
+
+
+case(CLIENT_RUN, "sandboxd daemon", reference=True)(partial(client_run, options={}))
+case(CLIENT_RUN, "sandboxd daemon, network none")(
+    partial(client_run, options={"network_mode": "none"}))
 
 
 CLI = "process: sbx run --rm busybox true"

@@ -114,6 +114,7 @@ class Daemon:
         self.root = bench.tmp / "daemon"
         self.socket = self.root / "sandboxd.sock"
         self.host = f"unix://{self.socket}"
+        self.cgroup_parent = f"{bench.tag}-daemon"     # removed with the bench's cgroups
         self.log = bench.tmp / "daemon.log"
         self.proc: subprocess.Popen | None = None
         self.client: Any = None
@@ -141,9 +142,8 @@ class Daemon:
         self.root.mkdir(parents=True)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                # no masquerading: nothing here leaves the machine; keep iptables as is
                 [sys.executable, "-m", "sandboxd.daemon", "--root", str(self.root),
-                 "--host", self.host, "--no-ip-masq"],
+                 "--host", self.host, "--cgroup-parent", self.cgroup_parent],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while not self.socket.exists():
