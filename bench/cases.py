@@ -1,13 +1,18 @@
 """The registry of measurements: one row of the table is one :class:`Case`.
 
-A case is a function ``measure(bench) -> samples`` registered with :func:`case` under a
-case name (rows with the same name form one group of the table) and a runtime name.
-Samples are seconds for ``unit="ms"`` and bytes for ``unit="MiB"``. A function raises
-:class:`NotAvailable` when its runtime or module is missing here; any other exception
-shows as a failed row. Adding a measurement is one decorated function::
+A case is a function ``measure(bench, n) -> samples`` registered with :func:`case` under
+a case name (rows with the same name form one group of the table) and a runtime name. It
+returns ``n`` samples (after its own warm-up): seconds for ``unit="ms"``, bytes for
+``unit="MiB"``. ``count`` names the :class:`Settings` field that says how many samples a
+row gets in all; the driver asks for them in chunks, taking the rows of a group in turn,
+so a burst of load elsewhere on the machine does not land on one runtime only. With
+``count=""`` the function is called once and decides (``n`` is 0).
+
+A function raises :class:`NotAvailable` when its runtime or module is missing here; any
+other exception shows as a failed row. Adding a measurement is one decorated function::
 
     @case("exec into a running container", "sandboxd runner", reference=True)
-    def runner_exec(bench: Bench) -> list[float]:
+    def runner_exec(bench: Bench, n: int) -> list[float]:
         ...
 
 ``reference=True`` marks the row the others in its group are compared with (sandboxd).
@@ -23,6 +28,7 @@ from functools import partial
 from typing import Callable
 
 from . import measure, ours
+from .host import rss
 from .context import Bench
 from .peers import PEERS, Peer
 
@@ -31,18 +37,20 @@ from .peers import PEERS, Peer
 class Case:
     name: str
     runtime: str
-    measure: Callable[[Bench], list[float]]
+    measure: Callable[[Bench, int], list[float]]
     unit: str = "ms"
     reference: bool = False
+    count: str = "runs"
 
 
 CASES: list[Case] = []
+Measure = Callable[[Bench, int], list[float]]
 
 
-def case(name: str, runtime: str, *, unit: str = "ms",
-         reference: bool = False) -> Callable[[Callable], Callable]:
-    def register(fn: Callable[[Bench], list[float]]) -> Callable[[Bench], list[float]]:
-        CASES.append(Case(name, runtime, fn, unit, reference))
+def case(name: str, runtime: str, *, unit: str = "ms", reference: bool = False,
+         count: str = "runs") -> Callable[[Measure], Measure]:
+    def register(fn: Measure) -> Measure:
+        CASES.append(Case(name, runtime, fn, unit, reference, count))
         return fn
     return register
 
@@ -55,11 +63,11 @@ def timed(job: dict, launcher: list[str] = ()) -> list[float]:
 
 # ---------------------------------------------------------------- start /bin/true
 
-def runner_sequential(bench: Bench, net: bool) -> list[float]:
+def runner_sequential(bench: Bench, n: int, net: bool) -> list[float]:
     """``runner.run(spec)`` from the call to its return (exit reported)."""
     runner = bench.shared("runner", ours.start_runner)
     samples = []
-    for i in range(bench.settings.warmup + bench.settings.runs):
+    for i in range(bench.settings.warmup + n):
         spec = ours.spec(bench, net)
         start = time.perf_counter()
         result = runner.run(spec)
@@ -70,11 +78,11 @@ def runner_sequential(bench: Bench, net: bool) -> list[float]:
     return samples
 
 
-def peer_sequential(bench: Bench, peer: Peer, net: bool) -> list[float]:
+def peer_sequential(bench: Bench, n: int, peer: Peer, net: bool) -> list[float]:
     bench.peer(peer)
-    count = bench.settings.warmup + bench.settings.runs
     return timed({"mode": "sequential", "warmup": bench.settings.warmup,
-                  "runs": [peer.run(bench, net) for _ in range(count)]}, peer.launcher)
+                  "runs": [peer.run(bench, net) for _ in range(bench.settings.warmup + n)]},
+                 peer.launcher)
 
 
 for _net, _label in ((True, "new netns"), (False, "host net")):
@@ -89,22 +97,22 @@ for _net, _label in ((True, "new netns"), (False, "host net")):
 CONCURRENT = "{concurrency} concurrent starts, wall time"
 
 
-@case(CONCURRENT, "sandboxd runner", reference=True)
-def runner_concurrent(bench: Bench) -> list[float]:
-    return asyncio.run(ours.concurrent_starts(bench))
+@case(CONCURRENT, "sandboxd runner", reference=True, count="rounds")
+def runner_concurrent(bench: Bench, n: int) -> list[float]:
+    return asyncio.run(ours.concurrent_starts(bench, n))
 
 
-def peer_concurrent(bench: Bench, peer: Peer) -> list[float]:
+def peer_concurrent(bench: Bench, n: int, peer: Peer) -> list[float]:
     """All ``concurrency`` commands spawned at once, until the last exits; one warm-up
     round first."""
     bench.peer(peer)
     batches = [[peer.run(bench, True) for _ in range(bench.settings.concurrency)]
-               for _ in range(1 + bench.settings.rounds)]
+               for _ in range(1 + n)]
     return timed({"mode": "concurrent", "batches": batches}, peer.launcher)[1:]
 
 
 for _peer in PEERS:
-    case(CONCURRENT, _peer.name)(partial(peer_concurrent, peer=_peer))
+    case(CONCURRENT, _peer.name, count="rounds")(partial(peer_concurrent, peer=_peer))
 
 
 # ---------------------------------------------------------------- the daemon
@@ -116,9 +124,9 @@ def _daemon(bench: Bench) -> ours.Daemon:
     return bench.shared("daemon", ours.Daemon.start)
 
 
-def _rss_samples(bench: Bench, which: Callable[[int, list[int]], list[int]]) -> list[float]:
+def _rss_samples(bench: Bench, n: int,
+                 which: Callable[[int, list[int]], list[int]]) -> list[float]:
     """VmRSS of the chosen processes, five readings 0.2 s apart after a 1 s rest."""
-    from .host import rss
     daemon = _daemon(bench)
     time.sleep(1.0)
     samples = []
@@ -129,22 +137,22 @@ def _rss_samples(bench: Bench, which: Callable[[int, list[int]], list[int]]) -> 
     return samples
 
 
-case(DAEMON, "sandboxd daemon", unit="MiB")(
+case(DAEMON, "sandboxd daemon", unit="MiB", count="")(
     partial(_rss_samples, which=lambda pid, kids: [pid]))
-case(DAEMON, "fork server", unit="MiB")(
+case(DAEMON, "fork server", unit="MiB", count="")(
     partial(_rss_samples, which=lambda pid, kids: kids))
-case(DAEMON, "daemon + fork server", unit="MiB")(
+case(DAEMON, "daemon + fork server", unit="MiB", count="")(
     partial(_rss_samples, which=lambda pid, kids: [pid, *kids]))
 
 
 CLIENT_RUN = "client.run('busybox', ['true'])"
 
 
-def client_run(bench: Bench, options: dict) -> list[float]:
+def client_run(bench: Bench, n: int, options: dict) -> list[float]:
     """``Client.run`` in-process against the bench's daemon, request to result."""
     client = _daemon(bench).client
     samples = []
-    for i in range(bench.settings.warmup + bench.settings.runs):
+    for i in range(bench.settings.warmup + n):
         start = time.perf_counter()
         result = client.run("busybox", ["true"], **options)
         elapsed = time.perf_counter() - start
@@ -162,18 +170,17 @@ case(CLIENT_RUN, "sandboxd daemon, network none")(
 CLI = "process: sbx run --rm busybox true"
 
 
-@case(CLI, "sbx CLI", reference=True)
-def cli_run(bench: Bench) -> list[float]:
+@case(CLI, "sbx CLI", reference=True, count="process_runs")
+def cli_run(bench: Bench, n: int) -> list[float]:
     argv = _daemon(bench).cli("run", "--rm", "busybox", "true")
-    return _processes(bench, argv)
+    return _processes(bench, n, argv)
 
 
-@case(CLI, "python -c pass")
-def python_pass(bench: Bench) -> list[float]:
-    return _processes(bench, [sys.executable, "-c", "pass"])
+@case(CLI, "python -c pass", count="process_runs")
+def python_pass(bench: Bench, n: int) -> list[float]:
+    return _processes(bench, n, [sys.executable, "-c", "pass"])
 
 
-def _processes(bench: Bench, argv: list[str]) -> list[float]:
-    count = bench.settings.warmup + bench.settings.process_runs
+def _processes(bench: Bench, n: int, argv: list[str]) -> list[float]:
     return timed({"mode": "sequential", "warmup": bench.settings.warmup,
-                  "runs": [{"argv": argv, "cleanup": None}] * count})
+                  "runs": [{"argv": argv, "cleanup": None}] * (bench.settings.warmup + n)})

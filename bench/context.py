@@ -36,6 +36,7 @@ class Settings:
     concurrency: int = 50     # containers started at once
     rounds: int = 5           # how often the concurrent start is repeated
     process_runs: int = 50    # runs of whole CLI processes (each a Python start-up)
+    chunks: int = 4           # each row's runs come in this many turns, rows alternating
 
 
 class Bench:

@@ -74,9 +74,10 @@ class ExitWaiter:
             future.set_result(info)
 
 
-async def concurrent_starts(bench: Bench) -> list[float]:
+async def concurrent_starts(bench: Bench, rounds: int) -> list[float]:
     """Wall seconds for ``concurrency`` containers, all requested at once from one
-    ``AsyncRunner`` (the daemon's path), until every one has exited; one warm-up round."""
+    ``AsyncRunner`` (the daemon's path), until every one has exited: ``rounds`` samples
+    after one warm-up round."""
     runner_mod = _import("sandboxd.runner", "runner")
     if not hasattr(runner_mod, "AsyncRunner"):
         raise NotAvailable("runner not available yet (sandboxd.runner has no AsyncRunner)")
@@ -91,7 +92,7 @@ async def concurrent_starts(bench: Bench) -> list[float]:
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     samples = []
     try:
-        for _ in range(1 + bench.settings.rounds):
+        for _ in range(1 + rounds):
             specs = [spec(bench, net=True) for _ in range(bench.settings.concurrency)]
             waits = [exits.expect(s.id) for s in specs]
             start = time.perf_counter()

@@ -46,12 +46,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="repetitions of the concurrent start")
     p.add_argument("--process-runs", type=int, default=defaults.process_runs,
                    help="runs of whole CLI processes")
+    p.add_argument("--chunks", type=int, default=defaults.chunks,
+                   help="turns in which each row's runs are made, the rows of a case "
+                        "alternating")
     p.add_argument("--only", action="append", default=[], metavar="TEXT",
                    help="only rows whose case or runtime contains TEXT (repeatable)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--list", action="store_true", help="list the rows and exit")
     args = p.parse_args(argv)
-    for name in ("runs", "concurrency", "rounds", "process_runs"):
+    for name in ("runs", "concurrency", "rounds", "process_runs", "chunks"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
@@ -68,15 +71,39 @@ def selected(cases: list[Case], only: list[str], settings: Settings) -> list[Cas
             if any(t.lower() in f"{c.name} {c.runtime}".lower() for t in only)]
 
 
-def measure(bench: Bench, c: Case) -> report.Row:
-    row = report.Row(c.name, c.runtime, c.unit, c.reference)
-    try:
-        row.samples = report.scaled(c.measure(bench), c.unit)
-    except NotAvailable as exc:
-        row.status = str(exc)
-    except Exception as exc:       # a broken row must not lose the others
-        row.status = f"failed: {type(exc).__name__}: {exc}"
-    return row
+def groups(cases: list[Case]) -> list[list[Case]]:
+    """Rows of the same case together, in registration order."""
+    by_name: dict[str, list[Case]] = {}
+    for c in cases:
+        by_name.setdefault(c.name, []).append(c)
+    return list(by_name.values())
+
+
+def measure_group(bench: Bench, group: list[Case], progress: str) -> list[report.Row]:
+    """Every row of one case, its samples asked for in ``chunks`` turns; each turn takes
+    the rows in a rotated order, so slow phases of the machine spread over all of them."""
+    rows = [report.Row(c.name, c.runtime, c.unit, c.reference) for c in group]
+    fields = dataclasses.asdict(bench.settings)
+    turns = bench.settings.chunks if all(c.count for c in group) else 1
+    for turn in range(turns):
+        for i in [(turn + j) % len(group) for j in range(len(group))]:
+            c, row = group[i], rows[i]
+            total = fields[c.count] if c.count else 0
+            n = total // turns + (turn < total % turns)
+            if row.status or (c.count and n == 0):
+                continue
+            print(f"{progress} turn {turn + 1}/{turns}: {c.runtime} ...", end=" ",
+                  file=sys.stderr, flush=True)
+            began = time.monotonic()
+            try:
+                row.samples += report.scaled(c.measure(bench, n), c.unit)
+            except NotAvailable as exc:
+                row.samples, row.status = [], str(exc)
+            except Exception as exc:       # a broken row must not lose the others
+                row.samples, row.status = [], f"failed: {type(exc).__name__}: {exc}"
+            status = " ".join(row.status.split())[:100] or "done"
+            print(f"{status} ({time.monotonic() - began:.1f}s)", file=sys.stderr, flush=True)
+    return rows
 
 
 def footer(bench: Bench, machine_start: dict, load_end: str, leftovers: list[str]) -> list[str]:
@@ -90,9 +117,11 @@ def footer(bench: Bench, machine_start: dict, load_end: str, leftovers: list[str
         f"load {machine_start['loadavg']} (start) -> {load_end} (end), "
         f"{machine_start['date']}",
         "versions: " + ("; ".join(versions) or "-"),
-        f"settings: {bench.settings.runs} runs + {bench.settings.warmup} warm-up per row, "
-        f"{bench.settings.concurrency} at once x {bench.settings.rounds} rounds "
-        f"(+1 warm-up), {bench.settings.process_runs} CLI process runs",
+        f"settings: {bench.settings.runs} runs per row, {bench.settings.concurrency} at "
+        f"once x {bench.settings.rounds} rounds, {bench.settings.process_runs} CLI "
+        f"process runs; made in {bench.settings.chunks} turns, the rows of a case taking "
+        f"turns; each turn starts with {bench.settings.warmup} uncounted runs "
+        f"(1 round when concurrent)",
         "each runtime: sandboxd runner: all namespaces, overlay with a fresh tmpfs upper, "
         "/proc /dev /sys, memory+pids cgroup",
     ]
@@ -109,7 +138,8 @@ def footer(bench: Bench, machine_start: dict, load_end: str, leftovers: list[str
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings(runs=args.runs, warmup=args.warmup, concurrency=args.concurrency,
-                        rounds=args.rounds, process_runs=args.process_runs)
+                        rounds=args.rounds, process_runs=args.process_runs,
+                        chunks=args.chunks)
     cases = selected(CASES, args.only, settings)
     if args.list:
         print("\n".join(f"{c.name} | {c.runtime}" for c in cases))
@@ -128,15 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[report.Row] = []
     interrupted = False
     try:
-        for i, c in enumerate(cases, 1):
-            print(f"[{i}/{len(cases)}] {c.name} | {c.runtime} ...", end=" ",
-                  file=sys.stderr, flush=True)
-            began = time.monotonic()
-            row = measure(bench, c)
-            rows.append(row)
-            status = " ".join(row.status.split())[:100] or "done"
-            print(f"{status} ({time.monotonic() - began:.1f}s)",
-                  file=sys.stderr, flush=True)
+        todo = groups(cases)
+        for i, group in enumerate(todo, 1):
+            rows += measure_group(bench, group, f"[{i}/{len(todo)}] {group[0].name}:")
     except KeyboardInterrupt:
         print("\ninterrupted: cleaning up", file=sys.stderr)
         interrupted = True
