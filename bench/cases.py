@@ -28,23 +28,24 @@ from functools import partial
 from typing import Callable
 
 from . import measure, ours
-from .host import rss
 from .context import Bench
+from .host import rss
 from .peers import PEERS, Peer
+
+Measure = Callable[[Bench, int], list[float]]
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
     runtime: str
-    measure: Callable[[Bench, int], list[float]]
+    measure: Measure
     unit: str = "ms"
     reference: bool = False
     count: str = "runs"
 
 
 CASES: list[Case] = []
-Measure = Callable[[Bench, int], list[float]]
 
 
 def case(name: str, runtime: str, *, unit: str = "ms", reference: bool = False,

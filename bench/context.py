@@ -76,17 +76,17 @@ class Bench:
         return peer
 
     def shared(self, name: str, start: Callable[[Bench], Any]) -> Any:
-        """One long-lived object per name (our runner, our daemon), made by ``start``
-        on first use; a context manager is entered here and exited by :meth:`close`.
+        """One long-lived object per name (our runner, our daemon), made and started by
+        ``start`` on first use and closed (its ``close()``) by :meth:`close`.
         A start that failed fails the same way for every later case."""
         if name not in self._shared:
             try:
                 obj = start(self)
-                if hasattr(obj, "__exit__"):
-                    obj = self._stack.enter_context(obj)
-                self._shared[name] = obj
             except NotAvailable as exc:
-                self._shared[name] = exc
+                obj = exc
+            else:
+                self._stack.callback(obj.close)
+            self._shared[name] = obj
         obj = self._shared[name]
         if isinstance(obj, NotAvailable):
             raise obj
@@ -98,7 +98,10 @@ class Bench:
     def close(self) -> list[str]:
         """Stop and remove everything; return what was left behind by a run and had to be
         cleaned up here, then anything that still could not be removed."""
-        self._stack.close()
+        try:
+            self._stack.close()
+        except Exception as exc:     # the kernel-side cleanup below must still run
+            self.leftovers.append(f"cleanup error: {type(exc).__name__}: {exc}")
         left, stuck = host.remove_cgroups(self.tag)
         mounts = host.tagged_mounts(self.tag, str(self.tmp))
         if not mounts:        # never rm -rf through a mount that is still there

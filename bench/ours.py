@@ -27,17 +27,17 @@ def _import(module: str, what: str) -> Any:
         raise NotAvailable(f"{what} not available yet ({module}: {exc})") from None
 
 
-def spec(bench: Bench, net: bool, args: tuple[str, ...] = ("/bin/true",)) -> ContainerSpec:
+def spec(bench: Bench, net: bool) -> ContainerSpec:
     """The measured container: every namespace, an overlay of the busybox rootfs with a
     fresh tmpfs upper, memory and pids limits; ``net`` false shares the host's network."""
-    return ContainerSpec(id=bench.new_id("sbx"), process=Process(args=args),
+    return ContainerSpec(id=bench.new_id("sbx"), process=Process(args=("/bin/true",)),
                          root=RootFS(lowerdirs=(str(bench.rootfs),)),
                          limits=Limits(memory=MEMORY, pids=PIDS),
                          namespaces=Namespaces(net="private" if net else "host"))
 
 
 def start_runner(bench: Bench) -> Any:
-    """A started blocking ``Runner`` (entered as a context manager by the bench)."""
+    """A started blocking ``Runner`` (the bench closes it at the end)."""
     runner_mod = _import("sandboxd.runner", "runner")
     if not hasattr(runner_mod, "Runner"):
         raise NotAvailable("runner not available yet (sandboxd.runner has no Runner)")
@@ -131,10 +131,10 @@ class Daemon:
             daemon.client = api.Client(host=daemon.host, autostart=False)
             daemon.client.images.import_(str(bench.rootfs_tar), "busybox")
         except NotAvailable:
-            daemon.stop()
+            daemon.close()
             raise
         except Exception as exc:
-            daemon.stop()
+            daemon.close()
             raise NotAvailable(f"daemon not available yet: {type(exc).__name__}: {exc}"
                                ) from None
         return daemon
@@ -171,9 +171,9 @@ class Daemon:
         assert self.proc is not None
         return self.proc.pid, children(self.proc.pid)
 
-    def stop(self) -> None:
+    def close(self) -> None:
         """SIGTERM (the daemon stops its containers and fork server), SIGKILL after 15 s."""
-        if self.client is not None and hasattr(self.client, "close"):
+        if self.client is not None:
             self.client.close()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -182,10 +182,4 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-
-    def __enter__(self) -> Daemon:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
