@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ if str(ROOT) not in sys.path:       # run as a script from a checkout
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
                                                          os.environ.get("PYTHONPATH")]))
 
+import sandboxd  # noqa: E402
 from bench import host, report  # noqa: E402
 from bench.cases import CASES, Case  # noqa: E402
 from bench.context import Bench, NotAvailable, Settings  # noqa: E402
@@ -106,9 +108,20 @@ def measure_group(bench: Bench, group: list[Case], progress: str) -> list[report
     return rows
 
 
+def sandboxd_version() -> str:
+    """The package version and the checkout's commit (uncommitted edits are likely while
+    the project is worked on, so say when the tree differs from it)."""
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "sandboxd"],
+                           capture_output=True, text=True).stdout.strip()
+    return f"{sandboxd.__version__} ({commit or 'no git'}{' + local edits' if dirty else ''})"
+
+
 def footer(bench: Bench, machine_start: dict, load_end: str, leftovers: list[str]) -> list[str]:
-    present = [p for p in PEERS if p.missing() is None]
-    versions = [f"{p.name} {p.version()}" for p in present]
+    present = [p for p in PEERS if p.name in machine_start["versions"]]
+    versions = [f"{name} {v}" for name, v in machine_start["versions"].items()]
     lines = [
         "vs sandboxd: median / the sandboxd row's median in the same case "
         "(above 1x: slower than sandboxd); p95: nearest rank.",
@@ -153,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM unwinds like Ctrl-C, so the cleanup below still runs.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    machine = host.machine()
+    machine = {**host.machine(),
+               "versions": {"sandboxd": sandboxd_version(),
+                            **{p.name: p.version() for p in PEERS if p.missing() is None}}}
     bench = Bench(settings)
     rows: list[report.Row] = []
     interrupted = False
