@@ -24,3 +24,31 @@ def pytest_collection_modifyitems(config, items):
 def busybox_rootfs() -> Path:
     """A read-only busybox tree to use as a lower dir (never written by tests)."""
     return testing.busybox_rootfs()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(tmp_path_factory):
+    """After the whole run: no mount, cgroup or process of this run remains. Every
+    kernel object a test makes carries this process's pid in its name
+    (``sandboxd-test-<pid>``, ``sandboxd-e2e-<pid>-N``) or lives under its temp dir, so
+    other runs on the machine are not counted."""
+    yield
+    if not IS_ROOT:
+        return
+    import subprocess
+    import time
+    tag = f"-{os.getpid()}"
+    base = str(tmp_path_factory.getbasetemp())
+    deadline = time.monotonic() + 10
+    while True:
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text()
+                  .splitlines() if line.split()[4].startswith(base)]
+        cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/sandboxd-*{tag}*")]
+        procs = subprocess.run(["pgrep", "-f", f"sandboxd-[a-z0-9]+{tag}"],
+                               capture_output=True, text=True).stdout.split()
+        if not (mounts or cgroups or procs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not mounts, f"mounts left behind: {mounts}"
+    assert not cgroups, f"cgroups left behind: {cgroups}"
+    assert not procs, f"processes left behind: {procs}"

@@ -343,3 +343,36 @@ def test_failed_setup_leaves_nothing(runner, busybox_rootfs, tmp_path):
         runner.run(s)
     assert not any((Path("/sys/fs/cgroup") / c / PARENT / s.id).exists()
                    for c in ("memory", "pids", "cpu"))
+
+
+def test_mount_events_do_not_cross(runner, busybox_rootfs, tmp_path):
+    """A host mount made after start is invisible inside; a mount made inside never
+    appears on the host."""
+    host_dir = tmp_path / "late"
+    host_dir.mkdir()
+    s = spec(busybox_rootfs, "/bin/sh", "-c",
+             "mkdir -p /mnt/in && mount -t tmpfs none /mnt/in 2>/dev/null; "
+             "sleep 0.5; cat /proc/mounts")
+    # CAP_SYS_ADMIN is needed for the inner mount attempt to mean anything.
+    s = s.__class__(**{**s.__dict__, "process": Process(
+        args=s.process.args, capabilities=s.process.capabilities + ("SYS_ADMIN",))})
+    null = os.open("/dev/null", os.O_RDWR)
+    r, w = os.pipe()
+    try:
+        runner.spawn(s, (null, w, w))
+        os.close(w)
+        subprocess.run(["mount", "-t", "tmpfs", "sbx-late", str(host_dir)], check=True)
+        try:
+            info = runner.wait(s.id, timeout=30)
+            inside = b""
+            while chunk := os.read(r, 65536):
+                inside += chunk
+            host_mounts = Path("/proc/self/mounts").read_text()
+        finally:
+            subprocess.run(["umount", str(host_dir)], check=True)
+        assert info.exit_code == 0
+        assert b"sbx-late" not in inside and b"/mnt/in" in inside
+        assert "/mnt/in" not in host_mounts
+    finally:
+        os.close(null)
+        os.close(r)
