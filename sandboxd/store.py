@@ -308,6 +308,13 @@ class Store:
                 row = rows[0] if rows else None
             return self._image(row) if row is not None else None
 
+    def update_image(self, id: str, doc: dict[str, Any]) -> None:
+        """Replace the doc of the image with this exact id (new repo digests ...)."""
+        with self.transaction() as db:
+            if db.execute("UPDATE images SET doc = ? WHERE id = ?",
+                          (_dump(doc), id)).rowcount == 0:
+                raise NotFound(f"no such image: {id}")
+
     def list_images(self) -> list[dict[str, Any]]:
         """All images, newest first (``docker images`` order)."""
         with self._lock:

@@ -10,14 +10,28 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 from datetime import datetime, timezone
 from typing import Any
+
+from ..errors import InvalidArgument
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_LAYER_GZIP = MEDIA_LAYER + "+gzip"
 MEDIA_LAYER_ZSTD = MEDIA_LAYER + "+zstd"
+MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
+# Docker's own names for the same documents (image manifest v2, schema 2).
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+MANIFESTS = frozenset((MEDIA_MANIFEST, DOCKER_MANIFEST))
+INDEXES = frozenset((MEDIA_INDEX, DOCKER_MANIFEST_LIST))
+# Annotations naming an image in an OCI layout's index.json.
+ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+ANNOTATION_IMAGE_NAME = "io.containerd.image.name"
 
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
          "armv7l": "arm", "i686": "386", "i386": "386", "ppc64le": "ppc64le",
@@ -36,6 +50,64 @@ def now_rfc3339() -> str:
 
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> float | None:
+    """Unix time of an RFC 3339 timestamp as Go writes them (nanoseconds, ``Z``);
+    ``None`` when it is missing or unreadable."""
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$",
+                 value or "")
+    if not m:
+        return None
+    frac = (m.group(2) or ".0")[:7]            # datetime keeps microseconds at most
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    return datetime.fromisoformat(m.group(1) + frac + zone).timestamp()
+
+
+def media_type(doc: dict[str, Any]) -> str:
+    """A manifest's or index's media type: its ``mediaType`` field, else guessed from
+    its shape (the field is optional in OCI documents)."""
+    if doc.get("mediaType"):
+        return doc["mediaType"]
+    return MEDIA_INDEX if "manifests" in doc else MEDIA_MANIFEST
+
+
+def pick_platform(index: dict[str, Any], arch: str | None = None,
+                  os_name: str = "linux") -> dict[str, Any] | None:
+    """The descriptor of an index that runs here (``linux`` and this machine's
+    architecture; an entry without a variant first, since a variant such as
+    ``amd64/v3`` needs CPU features this machine may lack), or ``None``."""
+    arch = arch or architecture()
+    found = [d for d in index.get("manifests") or []
+             if d.get("mediaType", MEDIA_MANIFEST) in MANIFESTS
+             and (d.get("platform") or {}).get("os") == os_name
+             and (d.get("platform") or {}).get("architecture") == arch]
+    found.sort(key=lambda d: (d["platform"].get("variant") or "~"), reverse=True)
+    return found[0] if found else None
+
+
+def check_manifest(doc: Any, what: str) -> dict[str, Any]:
+    """``doc`` if it is an image manifest this can use (a config descriptor and layer
+    descriptors of tar media types, each with a sha256 digest and a size), else
+    ``InvalidArgument`` naming ``what`` and the problem."""
+    def descriptor(d: Any, where: str) -> None:
+        if not isinstance(d, dict) or not isinstance(d.get("size"), int) \
+                or not re.fullmatch(r"sha256:[0-9a-f]{64}", str(d.get("digest"))):
+            raise InvalidArgument(f"{what}: manifest {where} is not a descriptor with a "
+                                  f"sha256 digest and a size")
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"{what}: the manifest is not a JSON object")
+    descriptor(doc.get("config"), "config")
+    layers = doc.get("layers")
+    if not isinstance(layers, list):
+        raise InvalidArgument(f"{what}: the manifest has no layers list")
+    for i, layer in enumerate(layers):
+        descriptor(layer, f"layer {i}")
+        kind = layer.get("mediaType", MEDIA_LAYER)
+        if ".tar" not in kind:
+            raise InvalidArgument(f"{what}: layer {i} has media type {kind!r}, not a "
+                                  f"filesystem layer (tar); this is not a container image")
+    return doc
 
 
 def canonical(doc: dict[str, Any]) -> bytes:

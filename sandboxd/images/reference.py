@@ -7,6 +7,7 @@ References are kept as the user wrote them plus an implicit ``:latest``; no
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from ..errors import InvalidArgument
 
@@ -48,3 +49,46 @@ def normalize_ref(ref: str) -> str:
     if digest:
         return f"{name}:{tag}@{digest}" if tag else f"{name}@{digest}"
     return f"{name}:{tag or 'latest'}"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference split the way a registry needs it: ``domain`` (``host[:port]``, ``""``
+    when the name has none), ``path`` (the repository inside the registry), and a ``tag``
+    and/or ``digest``."""
+    domain: str
+    path: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.domain}/{self.path}" if self.domain else self.path
+
+    @property
+    def reference(self) -> str:
+        """What goes in ``/v2/<path>/manifests/<reference>``: the digest when there is
+        one (it pins the content), else the tag."""
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        out = self.name
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+
+def parse(ref: str) -> Reference:
+    """Docker's split: the first component is a registry when the name has more than one
+    and it contains ``.`` or ``:`` or is ``localhost`` (``localhost:5000/team/app:v2``
+    -> domain ``localhost:5000``, path ``team/app``). A name without a digest gets the
+    tag ``latest``."""
+    name, tag, digest = split_ref(ref)
+    first, slash, rest = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        domain, path = first, rest
+    else:
+        domain, path = "", name
+    return Reference(domain, path, tag or (None if digest else "latest"), digest)

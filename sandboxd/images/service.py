@@ -27,13 +27,15 @@ import secrets
 import threading
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Sequence
 
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..runner.spec import DEFAULT_PATH, Mount, RootFS
 from . import oci
 from .host import HOST_NAME, HOST_REF, HostLayout, host_image_config, host_layout, host_rootfs
-from .reference import normalize_ref, split_ref
+from .reference import Reference, normalize_ref, split_ref
+from .reference import parse as parse_ref
+from .registry import DEFAULT_CHUNK, Credentials, RegistryClient
 from .unpack import apply_layer, uncompressed
 
 if TYPE_CHECKING:
@@ -44,6 +46,10 @@ if TYPE_CHECKING:
 RUNNING_STATES = frozenset(("running", "paused", "restarting"))
 EXTRACT_LABEL = "sandboxd.extract"
 WARNINGS_LABEL = "sandboxd.unpack.warnings"
+SIZE_LABEL = "sandboxd.unpack.size"
+# Progress events, in the shape of Docker's JSON messages: {"status", "id"?,
+# "current"?, "total"?}; "id" is a short layer digest.
+Progress = Callable[[dict[str, Any]], None]
 _MAX_WARNINGS = 100
 
 
@@ -59,6 +65,11 @@ class ImageService:
         self.content = content
         self.snapshotter = snapshotter
         self.host_root = Path(host_root) if host_root else snapshotter.root / "host"
+        self.credentials = Credentials(store.root / "auth.json")
+        # Passed to every RegistryClient (plain_http, timeout, retries).
+        self.registry_options: dict[str, Any] = {}
+        # Blobs larger than this are pushed in PATCH chunks.
+        self.chunk_size = DEFAULT_CHUNK
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------ the host image
@@ -120,7 +131,7 @@ class ImageService:
         out = {
             "Id": image["id"],
             "RepoTags": list(image["tags"]),
-            "RepoDigests": [],
+            "RepoDigests": list(image["doc"].get("repo_digests", [])),
             "Created": config.get("created") or oci.rfc3339(image["created"]),
             "Size": image["size"],
             "Architecture": config.get("architecture", ""),
@@ -186,7 +197,7 @@ class ImageService:
             with uncompressed(_Counting(raw, progress) if progress else raw) as stream:
                 diff_id, size = self.content.ingest(stream)
             try:
-                chain, warnings = self._unpack_layer(diff_id, diff_id, parent=None)
+                chain, warnings, _ = self._unpack_layer(diff_id, diff_id, parent=None)
             except BaseException:
                 self._delete_unused_blobs({"id": None, "doc": {"layers": [{"digest": diff_id}]}})
                 raise
@@ -212,13 +223,16 @@ class ImageService:
         return config_digest
 
     def _unpack_layer(self, blob: str, diff_id: str, parent: str | None
-                      ) -> tuple[str, list[str]]:
-        """Make sure the committed snapshot for this layer exists; returns its chain id
-        and the entries its unpack refused (kept in the snapshot's labels for reuse)."""
+                      ) -> tuple[str, list[str], int]:
+        """Make sure the committed snapshot for this layer exists; returns its chain id,
+        the entries its unpack refused and the layer's uncompressed size (both kept in
+        the snapshot's labels for reuse)."""
         chain = oci.chain_id(parent, diff_id)
         if self.snapshotter.exists(chain):
-            return chain, json.loads(self.snapshotter.stat(chain).labels.get(WARNINGS_LABEL,
-                                                                             "[]"))
+            labels = self.snapshotter.stat(chain).labels
+            size = int(labels[SIZE_LABEL]) if SIZE_LABEL in labels else \
+                self.snapshotter.usage(chain)[0]
+            return chain, json.loads(labels.get(WARNINGS_LABEL, "[]")), size
         key = f"extract-{secrets.token_hex(8)}-{chain}"
         self.snapshotter.prepare(key, parent, labels={EXTRACT_LABEL: chain})
         try:
@@ -228,11 +242,198 @@ class ImageService:
                 raise InvalidArgument(f"layer {blob}: its content hashes to {stats.diff_id}, "
                                       f"not the expected diff_id {diff_id}")
             warnings = [f"{name}: {why}" for name, why in stats.skipped[:_MAX_WARNINGS]]
-            self.snapshotter.commit(chain, key, labels={WARNINGS_LABEL: json.dumps(warnings)})
+            self.snapshotter.commit(chain, key, labels={WARNINGS_LABEL: json.dumps(warnings),
+                                                        SIZE_LABEL: str(stats.size)})
         except BaseException:
             self.snapshotter.remove(key)
             raise
-        return chain, warnings
+        return chain, warnings, stats.size
+
+    def _add_image(self, config_digest: str, manifest_digest: str,
+                   layers: list[dict[str, Any]], *, tags: Sequence[str] = (),
+                   repo_digests: Sequence[str] = (), progress: Progress | None = None) -> str:
+        """Record an image whose config, manifest and layer blobs are in the content
+        store (``layers``: ``[{digest, size, media_type}]``, bottom first): unpack each
+        layer once (by chain id), record the image, point ``tags`` at it and add
+        ``repo_digests``. An image with this id already recorded keeps its manifest and
+        gains the tags and digests. Blobs of a failed add that no image uses are
+        deleted. Call with ``self._lock`` held."""
+        try:
+            config = json.loads(self.content.read(config_digest))
+            diff_ids = config["rootfs"]["diff_ids"]
+            if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
+                raise InvalidArgument(f"image {config_digest[7:19]}: the config lists "
+                                      f"{len(diff_ids)} layers, the manifest {len(layers)}")
+        except (ValueError, KeyError, TypeError):
+            raise InvalidArgument(f"image config {config_digest}: not an OCI image config "
+                                  f"(JSON with rootfs.diff_ids)") from None
+        candidate = {"id": config_digest,
+                     "doc": {"manifest": manifest_digest, "layers": layers}}
+        existing = self.store.get_image(config_digest)
+        try:
+            chain: str | None = None
+            chains: list[str] = []
+            warnings: list[str] = []
+            size = 0
+            for layer, diff_id in zip(layers, diff_ids):
+                if progress:
+                    progress({"id": _short(layer["digest"]), "status": "Extracting"})
+                chain, more, n = self._unpack_layer(layer["digest"], diff_id, chain)
+                chains.append(chain)
+                warnings += more
+                size += n
+            doc = {"manifest": manifest_digest, "config": config,
+                   "layers": [{**layer, "diff_id": d} for layer, d in zip(layers, diff_ids)],
+                   "chain_ids": chains, "warnings": warnings[:_MAX_WARNINGS],
+                   "repo_digests": list(dict.fromkeys(repo_digests))}
+            with self.store.transaction():
+                if existing is None:
+                    self.store.put_image(config_digest, doc, size,
+                                         created=oci.parse_time(config.get("created", "")))
+                else:
+                    self._add_repo_digests(existing, repo_digests)
+                for tag in tags:
+                    self.store.tag(tag, config_digest)
+        except BaseException:
+            if existing is None:
+                self._delete_unused_blobs(candidate)
+            raise
+        if existing is not None:
+            self._delete_unused_blobs(candidate)     # e.g. a manifest it did not need
+        return config_digest
+
+    def _add_repo_digests(self, image: dict[str, Any], digests: Sequence[str]) -> None:
+        """Record ``name@sha256:...`` entries (one per repository, the newest wins)."""
+        doc = image["doc"]
+        names = {d.partition("@")[0] for d in digests}
+        kept = [d for d in doc.get("repo_digests", []) if d.partition("@")[0] not in names]
+        merged = list(dict.fromkeys([*kept, *digests]))
+        if merged != doc.get("repo_digests", []):
+            self.store.update_image(image["id"], {**doc, "repo_digests": merged})
+
+    # ------------------------------------------------------------ registries
+
+    def _registry(self, domain: str) -> RegistryClient:
+        return RegistryClient(domain, self.credentials.get(domain), **self.registry_options)
+
+    def _remote(self, ref: str) -> Reference:
+        r = parse_ref(ref)
+        if not r.domain:
+            raise InvalidArgument(f"{ref}: name a registry, e.g. localhost:5000/{r.path} "
+                                  f"(there is no default registry)")
+        return r
+
+    def login(self, registry: str, user: str, password: str) -> str:
+        """``docker login``: check the credentials against the registry (``/v2/``, or
+        its token server), then keep them in ``auth.json``; ``Unauthorized`` when
+        refused."""
+        if not registry or "/" in registry:
+            raise InvalidArgument(f"login: {registry!r} is not a registry host[:port]")
+        with RegistryClient(registry, (user, password), **self.registry_options) as client:
+            client.ping()
+        self.credentials.set(registry, user, password)
+        return "Login Succeeded"
+
+    def logout(self, registry: str) -> bool:
+        """Forget the login for ``registry``; ``False`` when there was none."""
+        return self.credentials.erase(registry)
+
+    def pull(self, ref: str, progress: Progress | None = None) -> str:
+        """``docker pull``: fetch an image (OCI or Docker schema 2 manifest; from an
+        index, the linux entry for this machine's architecture) from the registry its
+        name starts with; returns the image id. Tagged ``ref`` when it has a tag; its
+        ``name@digest`` joins the image's RepoDigests. Blobs already here are not
+        fetched again; an image already here is only tagged."""
+        r = self._remote(ref)
+        say = progress or (lambda event: None)
+        with self._lock, self._registry(r.domain) as client:
+            say({"status": f"Pulling from {r.path}", "id": r.tag or r.digest})
+            body, media, top_digest = client.get_manifest(r.path, r.reference, name=r.name)
+            if media in oci.INDEXES:
+                entry = oci.pick_platform(json.loads(body))
+                if entry is None:
+                    raise NotFound(f"{r}: no image for linux/{oci.architecture()} in its "
+                                   f"index")
+                body, media, _ = client.get_manifest(r.path, entry["digest"], name=r.name)
+            if media not in oci.MANIFESTS:
+                raise InvalidArgument(f"{r}: unsupported manifest type {media!r} (OCI or "
+                                      f"Docker v2 schema 2 manifests only)")
+            manifest = oci.check_manifest(json.loads(body), str(r))
+            config_desc = manifest["config"]
+            tags = [normalize_ref(f"{r.name}:{r.tag}")] if r.tag and not r.digest else []
+            repo_digests = [f"{r.name}@{top_digest}"]
+            existing = self.store.get_image(config_desc["digest"])
+            if existing is None:
+                self._fetch(client, r.path, config_desc, say)
+                layers = []
+                for desc in manifest.get("layers") or []:
+                    self._fetch(client, r.path, desc, say, layer=True)
+                    layers.append({"digest": desc["digest"], "size": desc["size"],
+                                   "media_type": desc.get("mediaType", oci.MEDIA_LAYER)})
+                manifest_digest, _ = self.content.ingest(body)
+                image_id = self._add_image(config_desc["digest"], manifest_digest, layers,
+                                           tags=tags, repo_digests=repo_digests,
+                                           progress=say)
+            else:
+                with self.store.transaction():
+                    self._add_repo_digests(existing, repo_digests)
+                    for tag in tags:
+                        self.store.tag(tag, existing["id"])
+                image_id = existing["id"]
+            say({"status": f"Digest: {top_digest}"})
+            return image_id
+
+    def _fetch(self, client: RegistryClient, repo: str, desc: dict[str, Any],
+               say: Progress, layer: bool = False) -> None:
+        digest, size = desc["digest"], desc["size"]
+        short = _short(digest)
+        if self.content.exists(digest):
+            if layer:
+                say({"id": short, "status": "Already exists"})
+            return
+        with client.blob(repo, digest) as reader:
+            stream: Any = reader
+            if layer:
+                stream = _Counting(reader, lambda n: say(
+                    {"id": short, "status": "Downloading", "current": n, "total": size}))
+            self.content.ingest(stream, expected_digest=digest, expected_size=size)
+        if layer:
+            say({"id": short, "status": "Download complete"})
+
+    def push(self, ref: str, progress: Progress | None = None) -> dict[str, Any]:
+        """``docker push``: send the image tagged ``ref`` to the registry its name
+        starts with: blobs the registry lacks (HEAD first), then the manifest under the
+        tag. Returns ``{"digest", "size"}`` of the manifest; ``name@digest`` joins the
+        image's RepoDigests."""
+        r = self._remote(ref)
+        say = progress or (lambda event: None)
+        with self._lock:
+            image = self.get(ref)
+            if image["doc"].get("host"):
+                raise InvalidArgument("the built-in host image cannot be pushed")
+            doc = image["doc"]
+            body = self.content.read(doc["manifest"])
+            media = oci.media_type(json.loads(body))
+            blobs = [(layer["digest"], self.content.size(layer["digest"]))
+                     for layer in doc["layers"]]
+            blobs.append((image["id"], self.content.size(image["id"])))
+            with self._registry(r.domain) as client:
+                say({"status": f"The push refers to repository [{r.name}]"})
+                for digest, size in blobs:
+                    short = _short(digest)
+                    if client.blob_exists(r.path, digest):
+                        say({"id": short, "status": "Layer already exists"})
+                        continue
+                    client.upload_blob(
+                        r.path, digest, size, lambda d=digest: self.content.open(d),
+                        chunk_size=self.chunk_size,
+                        progress=lambda n, s=short, t=size: say(
+                            {"id": s, "status": "Pushing", "current": n, "total": t}))
+                    say({"id": short, "status": "Pushed"})
+                digest = client.put_manifest(r.path, r.reference, body, media)
+            self._add_repo_digests(image, [f"{r.name}@{digest}"])
+            say({"status": f"{r.tag or r.digest}: digest: {digest} size: {len(body)}"})
+            return {"digest": digest, "size": len(body)}
 
     # ------------------------------------------------------------ tags and removal
 
@@ -377,6 +578,10 @@ class _Counting:
             self._total += len(data)
             self._progress(self._total)
         return data
+
+
+def _short(digest: str) -> str:
+    return digest.partition(":")[2][:12]
 
 
 def _blobs_of(image: dict[str, Any]) -> set[str]:
