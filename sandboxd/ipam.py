@@ -1,0 +1,252 @@
+"""Addresses for bridge networks: subnet choice, validation, and a persisted allocator.
+
+A bridge network's address space is a :class:`Pool` (Docker's ``IPAM.Config`` entry):
+a subnet, a gateway in it, and optionally an ``ip_range`` inside the subnet that dynamic
+addresses come from. :func:`choose_subnet` picks the first candidate that overlaps neither
+the host's routes nor another network (pure; the caller reads the routes).
+
+:class:`IPAM` hands out addresses and records each one in ``meta.db`` (through the
+daemon's :class:`~sandboxd.store.Store`, so every allocation is one transaction): an
+address is in the table from the moment it is given until it is released, so it is
+never given twice, across restarts too. Dynamic addresses go round the range from the
+last one given (as Docker's allocator does), so a just-released address is not reused
+at once while peers may still hold it in their ARP caches. The gateway, the subnet's
+network and broadcast addresses are never handed out.
+
+Schema (created here, beside the store's own tables)::
+
+  ip_allocations                  one row per address in use
+    network   TEXT                network id
+    address   TEXT                dotted quad
+    owner     TEXT                a container id, or "pool:<netns name>" for a prepared
+                                  namespace not yet handed to a container
+    created   REAL                unix time
+    PRIMARY KEY (network, address)
+  ip_cursor                       where the next dynamic search starts, per network
+    network   TEXT PK
+    last      TEXT                the last address handed out
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from .errors import Conflict, InvalidArgument, LimitExceeded, Unavailable
+from .store import Store
+
+__all__ = ["Pool", "IPAM", "choose_subnet", "default_bridge_candidates",
+           "user_network_candidates", "mac_for"]
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS ip_allocations (
+        network TEXT NOT NULL,
+        address TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (network, address))""",
+    "CREATE INDEX IF NOT EXISTS ip_allocations_owner ON ip_allocations(owner)",
+    """CREATE TABLE IF NOT EXISTS ip_cursor (
+        network TEXT PRIMARY KEY,
+        last TEXT NOT NULL)""",
+)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One network's address space; build it with :meth:`parse`."""
+    subnet: IPv4Network
+    gateway: IPv4Address
+    ip_range: IPv4Network | None = None
+
+    @classmethod
+    def parse(cls, subnet: str, gateway: str = "", ip_range: str = "") -> Pool:
+        """Check a user's ``--subnet/--gateway/--ip-range``; the gateway defaults to the
+        subnet's first host address. Every problem is listed at once."""
+        problems: list[str] = []
+        net = rng = gw = None
+        try:
+            net = IPv4Network(subnet, strict=True)
+        except ValueError as e:
+            problems.append(f"subnet: {subnet!r} is not an IPv4 network in CIDR form with "
+                            f"its host bits zero (e.g. 10.213.5.0/24): {e}")
+        if net is not None and net.prefixlen > 30:
+            problems.append(f"subnet: {subnet} is too small: use a /30 or larger")
+            net = None
+        if ip_range:
+            try:
+                rng = IPv4Network(ip_range, strict=True)
+            except ValueError as e:
+                problems.append(f"ip-range: {ip_range!r} is not an IPv4 network in CIDR "
+                                f"form: {e}")
+            if rng is not None and net is not None and not rng.subnet_of(net):
+                problems.append(f"ip-range: {ip_range} is not inside the subnet {subnet}")
+        if net is not None:
+            if gateway:
+                try:
+                    gw = IPv4Address(gateway)
+                except ValueError as e:
+                    problems.append(f"gateway: {gateway!r} is not an IPv4 address: {e}")
+                if gw is not None and not _usable(net, gw):
+                    problems.append(f"gateway: {gateway} is not a host address of the "
+                                    f"subnet {subnet}")
+            else:
+                gw = net.network_address + 1
+        if problems:
+            raise InvalidArgument.of(problems)
+        pool = cls(net, gw, rng)
+        if pool.size() == 0:
+            raise InvalidArgument(f"ip-range: {ip_range} leaves no address for containers "
+                                  f"(the gateway is {gw}); give a larger range")
+        return pool
+
+    def _bounds(self) -> tuple[int, int]:
+        """The first and last candidate address (as ints) for dynamic allocation."""
+        first, last = int(self.subnet.network_address) + 1, int(self.subnet.broadcast_address) - 1
+        if self.ip_range is not None:
+            first = max(first, int(self.ip_range.network_address))
+            last = min(last, int(self.ip_range.broadcast_address))
+        return first, last
+
+    def size(self) -> int:
+        """How many addresses containers can get dynamically."""
+        first, last = self._bounds()
+        gw = int(self.gateway)
+        return max(0, last - first + 1 - (1 if first <= gw <= last else 0))
+
+    def check_static(self, address: str) -> IPv4Address:
+        try:
+            ip = IPv4Address(address)
+        except ValueError:
+            raise InvalidArgument(f"ip: {address!r} is not an IPv4 address") from None
+        if not _usable(self.subnet, ip):
+            raise InvalidArgument(f"ip: {address} is not a host address of the network's "
+                                  f"subnet {self.subnet}; pick one inside it")
+        if ip == self.gateway:
+            raise Conflict(f"ip: {address} is the network's gateway; pick another address")
+        return ip
+
+    def candidates(self, after: IPv4Address | None) -> Iterator[IPv4Address]:
+        """Every dynamic address once, starting after ``after`` and wrapping round."""
+        first, last = self._bounds()
+        start = first
+        if after is not None and first <= int(after) < last:
+            start = int(after) + 1
+        gw = int(self.gateway)
+        for n in (*range(start, last + 1), *range(first, start)):
+            if n != gw:
+                yield IPv4Address(n)
+
+
+def _usable(net: IPv4Network, ip: IPv4Address) -> bool:
+    return ip in net and ip not in (net.network_address, net.broadcast_address)
+
+
+def default_bridge_candidates() -> Iterator[IPv4Network]:
+    """For the default bridge: 172.30.0.0/16 down to 172.18.0.0/16 (172.17 is docker0's
+    usual subnet), then 10.213-10.215/16."""
+    for second in range(30, 17, -1):
+        yield IPv4Network(f"172.{second}.0.0/16")
+    for second in range(213, 216):
+        yield IPv4Network(f"10.{second}.0.0/16")
+
+
+def user_network_candidates() -> Iterator[IPv4Network]:
+    """For user-defined bridges: 10.216.0.0/24, 10.216.1.0/24 ... 10.219.255.0/24
+    (disjoint from the default bridge's candidates)."""
+    for second in range(216, 220):
+        for third in range(256):
+            yield IPv4Network(f"10.{second}.{third}.0/24")
+
+
+def choose_subnet(candidates: Iterable[IPv4Network],
+                  taken: Iterable[IPv4Network]) -> IPv4Network:
+    """The first candidate overlapping none of ``taken`` (the host's routes, other
+    networks); ``Unavailable`` when all overlap. A default route (/0) is not "taken"."""
+    busy = [t for t in taken if t.prefixlen > 0]
+    for candidate in candidates:
+        if not any(candidate.overlaps(t) for t in busy):
+            return candidate
+    raise Unavailable("no free subnet among the candidates: every one overlaps a host "
+                      "route or another network; give one with --subnet")
+
+
+def mac_for(address: IPv4Address | str) -> str:
+    """Docker's MAC for an address: 02:42 and the four address bytes. Unique on a bridge
+    because addresses are."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in IPv4Address(address).packed)
+
+
+class IPAM:
+    """Persisted addresses of every network (see the module docstring)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        with store.transaction() as db:
+            for statement in _SCHEMA:
+                db.execute(statement)
+
+    def allocate(self, network: str, pool: Pool, owner: str,
+                 address: str = "") -> IPv4Address:
+        """Give ``owner`` an address of ``network``: ``address`` when given (``Conflict``
+        when in use), else the next free one (``LimitExceeded`` when none is left)."""
+        with self.store.transaction() as db:
+            if address:
+                ip = pool.check_static(address)
+                row = db.execute("SELECT owner FROM ip_allocations WHERE network = ? AND "
+                                 "address = ?", (network, str(ip))).fetchone()
+                if row is not None:
+                    raise Conflict(f"Address already in use: {ip} is taken on this network; "
+                                   f"pick another --ip or leave it out")
+            else:
+                used = {r[0] for r in db.execute(
+                    "SELECT address FROM ip_allocations WHERE network = ?", (network,))}
+                row = db.execute("SELECT last FROM ip_cursor WHERE network = ?",
+                                 (network,)).fetchone()
+                after = IPv4Address(row[0]) if row is not None else None
+                ip = next((c for c in pool.candidates(after) if str(c) not in used), None)
+                if ip is None:
+                    raise LimitExceeded(f"no free address left in {pool.ip_range or pool.subnet}"
+                                        f" ({pool.size()} addresses, all in use); remove "
+                                        f"containers or use a larger subnet")
+                db.execute("INSERT INTO ip_cursor (network, last) VALUES (?, ?) ON CONFLICT"
+                           "(network) DO UPDATE SET last = excluded.last", (network, str(ip)))
+            db.execute("INSERT INTO ip_allocations (network, address, owner, created) "
+                       "VALUES (?, ?, ?, ?)", (network, str(ip), owner, time.time()))
+        return ip
+
+    def reassign(self, network: str, address: IPv4Address | str, owner: str) -> None:
+        """Hand an allocated address to a new owner (a prepared namespace to a container)."""
+        with self.store.transaction() as db:
+            changed = db.execute("UPDATE ip_allocations SET owner = ? WHERE network = ? AND "
+                                 "address = ?", (owner, network, str(address))).rowcount
+        if not changed:
+            raise Conflict(f"address {address} of network {network} is not allocated")
+
+    def release(self, network: str, address: IPv4Address | str) -> bool:
+        """Free one address; False when it was not allocated."""
+        with self.store.transaction() as db:
+            return db.execute("DELETE FROM ip_allocations WHERE network = ? AND address = ?",
+                              (network, str(address))).rowcount > 0
+
+    def release_network(self, network: str) -> None:
+        """Forget every address and the cursor of a network being removed."""
+        with self.store.transaction() as db:
+            db.execute("DELETE FROM ip_allocations WHERE network = ?", (network,))
+            db.execute("DELETE FROM ip_cursor WHERE network = ?", (network,))
+
+    def release_all(self) -> int:
+        """Free every address (start-up: no container runs, no namespace is left)."""
+        with self.store.transaction() as db:
+            return db.execute("DELETE FROM ip_allocations").rowcount
+
+    def allocations(self, network: str | None = None) -> dict[tuple[str, str], str]:
+        """``{(network, address): owner}``, of one network or of all."""
+        if network is None:
+            rows = self.store.query("SELECT network, address, owner FROM ip_allocations")
+        else:
+            rows = self.store.query("SELECT network, address, owner FROM ip_allocations "
+                                    "WHERE network = ?", (network,))
+        return {(r[0], r[1]): r[2] for r in rows}
+

@@ -1,0 +1,293 @@
+"""The network server: the one process that does the daemon's network kernel work.
+
+Started once by exec (``python -m sandboxd.runner.netserver --fd N``), single-threaded,
+it talks to its owner (:class:`sandboxd.network.NetworkService`) over a SOCK_SEQPACKET
+socket with the fork server's framing (msgpack messages). Requests ``{"op", "rid", ...}``
+get ``{"rid", "ok"}`` or ``{"rid", "error"}``, one at a time, in order.
+
+Why a process of its own, and why it never forks: making a network namespace and
+configuring interfaces inside it needs a thread in that namespace. The daemon may have
+threads, so it must not unshare or setns (rule 1). This process has one thread, so it
+can simply step in and out: ``unshare(CLONE_NEWNET)``, bind-mount its new namespace on
+``<root>/netns/<name>`` (as ``ip netns add`` does on /run/netns), open a netlink socket
+there (a netlink socket stays in the namespace it was made in), then ``setns`` back to
+the namespace it started in. No fork, no pyroute2 ``NetNS`` helper processes: one
+namespace with a veth costs ~7 ms here, most of it the veth. Host-side work (bridges,
+veths, routes) uses a netlink socket opened at start.
+
+Operations:
+
+``bridge {name, address, prefixlen, mac}``
+    Make the bridge (or adopt an existing one), give it the gateway address, set it up.
+``bridge_del {name}``
+``prepare {path, veth?, bridge?, address?, prefixlen?, gateway?, mac?}``
+    A new namespace bound on ``path`` with ``lo`` up; with ``veth``: a veth pair whose
+    host end ``veth`` is a port of ``bridge`` and whose other end is created straight in
+    the namespace as ``eth0`` with ``mac``, ``address/prefixlen``, up, and a default
+    route via ``gateway`` (none when ``gateway`` is empty: an internal network).
+``release {path, veth?}``
+    Delete the veth (both ends go) and unmount and unlink the namespace file.
+``cleanup {prefix, keep_links, netns_dir, keep_netns}``
+    Delete every link named ``prefix*`` not in ``keep_links`` and every namespace file
+    in ``netns_dir`` not in ``keep_netns``; returns what it removed.
+``routes {}``
+    The host's IPv4 routes, ``[[cidr, device], ...]``, all tables.
+
+Everything this process makes is remembered; when its owner's socket closes (the daemon
+stopped or died) it removes all of it, so no bridge, veth or namespace outlives the
+daemon.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import InvalidArgument, SandboxError, SetupFailed
+from . import syscalls as sc
+from .forkserver import recv_message, send_message
+
+LOOPBACK_INDEX = 1          # the kernel gives every namespace's lo ifindex 1
+IFNAMSIZ = 15               # usable characters of a link name
+
+
+class NetServer:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.ipr = IPRoute()
+        self.bridges: set[str] = set()
+        self.namespaces: dict[str, str] = {}      # path -> veth ("" without one)
+
+    # -- main loop
+    def serve(self) -> None:
+        send_message(self.sock, {"event": "ready", "pid": os.getpid()})
+        try:
+            while True:
+                try:
+                    msg, fds = recv_message(self.sock)
+                except (ConnectionError, OSError):
+                    msg, fds = None, []
+                for fd in fds:
+                    os.close(fd)
+                if msg is None:
+                    return
+                self._handle(msg)
+        finally:
+            self._remove_everything()
+
+    def _handle(self, msg: dict) -> None:
+        rid = msg.get("rid", 0)
+        try:
+            handler = getattr(self, "_op_" + str(msg.get("op")), None)
+            if handler is None:
+                raise InvalidArgument(f"network server: unknown op {msg.get('op')!r}")
+            reply: dict[str, Any] = {"rid": rid, "ok": handler(msg)}
+        except SandboxError as e:
+            reply = {"rid": rid, "error": e.to_wire()}
+        except Exception as e:                                  # a bug: still answer
+            reply = {"rid": rid, "error": SetupFailed(
+                f"network server: {msg.get('op')}: {type(e).__name__}: {e}").to_wire()}
+        send_message(self.sock, reply)
+
+    # -- operations
+    def _op_bridge(self, msg: dict) -> None:
+        name = _link_name(msg["name"])
+        index = self._index(name)
+        try:
+            if index is None:
+                self.ipr.link("add", ifname=name, kind="bridge", address=msg["mac"])
+                index = self._index(name)
+            self.bridges.add(name)
+            have = {(a.get("address"), a["prefixlen"])
+                    for a in self.ipr.get_addr(index=index, family=socket.AF_INET)}
+            if (msg["address"], msg["prefixlen"]) not in have:
+                self.ipr.addr("add", index=index, address=msg["address"],
+                              prefixlen=msg["prefixlen"])
+            self.ipr.link("set", index=index, state="up")
+        except NetlinkError as e:
+            raise _failed(f"set up bridge {name} with {msg['address']}/{msg['prefixlen']}",
+                          e) from None
+
+    def _op_bridge_del(self, msg: dict) -> None:
+        name = _link_name(msg["name"])
+        self._delete_link(name)
+        self.bridges.discard(name)
+
+    def _op_prepare(self, msg: dict) -> None:
+        path, veth = msg["path"], msg.get("veth") or ""
+        if veth:
+            _link_name(veth)
+            bridge = self._index(msg["bridge"])
+            if bridge is None:
+                raise SetupFailed(f"bridge {msg['bridge']} does not exist; the network's "
+                                  f"bridge was removed from outside: restart the daemon")
+        nsfd, inside = self._new_namespace(path)
+        self.namespaces[path] = veth
+        try:
+            if veth:
+                try:
+                    # The peer is born inside the namespace: no name on the host, no move.
+                    self.ipr.link("add", ifname=veth, kind="veth", master=bridge, state="up",
+                                  peer={"ifname": "eth0", "net_ns_fd": nsfd,
+                                        "address": msg["mac"]})
+                except NetlinkError as e:
+                    raise _failed(f"create veth {veth} on {msg['bridge']}", e) from None
+            try:
+                inside.link("set", index=LOOPBACK_INDEX, state="up")
+                if veth:
+                    eth0 = inside.link_lookup(ifname="eth0")[0]
+                    inside.addr("add", index=eth0, address=msg["address"],
+                                prefixlen=msg["prefixlen"])
+                    inside.link("set", index=eth0, state="up")
+                    if msg.get("gateway"):
+                        inside.route("add", dst="0.0.0.0/0", gateway=msg["gateway"])
+            except NetlinkError as e:
+                raise _failed(f"configure the namespace {path}", e) from None
+        except BaseException:
+            self._release(path)
+            raise
+        finally:
+            inside.close()
+            os.close(nsfd)
+
+    def _op_release(self, msg: dict) -> None:
+        self._release(msg["path"], msg.get("veth") or "")
+
+    def _op_cleanup(self, msg: dict) -> dict:
+        prefix, keep = msg["prefix"], set(msg.get("keep_links") or ())
+        if not prefix:
+            raise InvalidArgument("cleanup: an empty link prefix would match every link")
+        links = []
+        for link in self.ipr.get_links():
+            name = link.get("ifname") or ""
+            if name.startswith(prefix) and name not in keep:
+                self._delete_link(name)
+                links.append(name)
+        directory, kept = msg["netns_dir"], set(msg.get("keep_netns") or ())
+        netns = []
+        for entry in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+            if entry not in kept:
+                _unbind(os.path.join(directory, entry))
+                netns.append(entry)
+        return {"links": links, "netns": netns}
+
+    def _op_routes(self, msg: dict) -> list[list[str]]:
+        names = {link["index"]: link.get("ifname") or "" for link in self.ipr.get_links()}
+        routes = []
+        for route in self.ipr.get_routes(family=socket.AF_INET):
+            dst = route.get("dst") or "0.0.0.0"
+            routes.append([f"{dst}/{route['dst_len']}", names.get(route.get("oif"), "")])
+        return routes
+
+    # -- helpers
+    def _new_namespace(self, path: str) -> tuple[int, IPRoute]:
+        """A new network namespace bound on ``path``: an fd on it and a netlink socket in
+        it. This process is back in its own namespace when this returns or raises."""
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+        except OSError as e:                  # not ours to unbind: leave it alone
+            raise SetupFailed(f"create the network namespace file {path}: {e.strerror}",
+                              {"step": "netns", "errno": e.errno or 0}) from None
+        try:
+            sc.unshare(sc.CLONE_NEWNET)
+            try:
+                sc.mount("/proc/thread-self/ns/net", path, None, sc.MS_BIND)
+                nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                inside = IPRoute()
+            finally:
+                self._go_home()
+        except OSError as e:
+            _unbind(path)
+            raise SetupFailed(f"create the network namespace {path}: {e.strerror}",
+                              {"step": "netns", "errno": e.errno or 0}) from None
+        return nsfd, inside
+
+    def _go_home(self) -> None:
+        try:
+            sc.setns(self.home, sc.CLONE_NEWNET)
+        except OSError as e:
+            # Staying in a container's namespace would put every later link there.
+            print(f"network server: cannot return to its own network namespace: {e}; "
+                  f"exiting", file=sys.stderr)
+            os._exit(1)
+
+    def _release(self, path: str, veth: str = "") -> None:
+        veth = veth or self.namespaces.get(path, "")
+        if veth:
+            self._delete_link(veth)
+        _unbind(path)
+        self.namespaces.pop(path, None)
+
+    def _index(self, name: str) -> int | None:
+        found = self.ipr.link_lookup(ifname=name)
+        return found[0] if found else None
+
+    def _delete_link(self, name: str) -> None:
+        try:
+            self.ipr.link("del", ifname=name)
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                raise _failed(f"delete link {name}", e) from None
+
+    def _remove_everything(self) -> None:
+        for path in list(self.namespaces):
+            try:
+                self._release(path)
+            except SandboxError as e:
+                print(f"network server: cleanup of {path}: {e}", file=sys.stderr)
+        for name in list(self.bridges):
+            try:
+                self._delete_link(name)
+            except SandboxError as e:
+                print(f"network server: cleanup of {name}: {e}", file=sys.stderr)
+        self.ipr.close()
+
+
+def _link_name(name: str) -> str:
+    if not name or len(name) > IFNAMSIZ or "/" in name or name.strip() != name:
+        raise InvalidArgument(f"link name {name!r} must be 1-{IFNAMSIZ} characters, "
+                              f"without '/' or spaces")
+    return name
+
+
+def _failed(what: str, e: NetlinkError) -> SetupFailed:
+    return SetupFailed(f"{what}: {os.strerror(e.code)}",
+                       {"step": "network", "errno": e.code})
+
+
+def _unbind(path: str) -> None:
+    """Unmount a namespace file (if mounted) and remove it (if there)."""
+    try:
+        sc.umount2(path, sc.MNT_DETACH)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            raise SetupFailed(f"unmount the network namespace {path}: {e.strerror}",
+                              {"step": "netns", "errno": e.errno or 0}) from None
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(prog="sandboxd-netserver")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    # A Ctrl-C meant for the daemon must not skip the cleanup; the owner's EOF ends us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sock = socket.socket(fileno=args.fd)
+    os.set_inheritable(sock.fileno(), False)
+    NetServer(sock).serve()
+
+
+if __name__ == "__main__":
+    main()
