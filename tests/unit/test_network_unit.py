@@ -1,0 +1,163 @@
+"""IPAM and network bookkeeping without the kernel: subnet choice, pool validation, the
+persisted allocator (never the same address twice, round-robin, survives a reopen)."""
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sandboxd.errors import Conflict, InvalidArgument, LimitExceeded, Unavailable
+from sandboxd.ipam import (IPAM, Pool, choose_subnet, default_bridge_candidates, mac_for,
+                           user_network_candidates)
+from sandboxd.network import NetworkService
+from sandboxd.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path)
+    yield s
+    s.close()
+
+
+def test_pool_defaults_gateway_to_first_host():
+    pool = Pool.parse("10.216.5.0/24")
+    assert pool.gateway == IPv4Address("10.216.5.1") and pool.ip_range is None
+    assert pool.size() == 253                       # 254 hosts minus the gateway
+
+
+def test_pool_lists_every_problem():
+    with pytest.raises(InvalidArgument) as e:
+        Pool.parse("10.216.5.0/24", gateway="10.9.9.9", ip_range="10.217.0.0/25")
+    text = str(e.value)
+    assert "gateway: 10.9.9.9 is not a host address" in text
+    assert "ip-range: 10.217.0.0/25 is not inside the subnet" in text
+    with pytest.raises(InvalidArgument, match="host bits"):
+        Pool.parse("10.216.5.7/24")
+    with pytest.raises(InvalidArgument, match="too small"):
+        Pool.parse("10.216.5.0/31")
+    with pytest.raises(InvalidArgument, match="not an IPv4 address"):
+        Pool.parse("10.216.5.0/24", gateway="nope")
+
+
+def test_pool_range_without_room_is_refused():
+    with pytest.raises(InvalidArgument, match="leaves no address"):
+        Pool.parse("10.216.5.0/24", gateway="10.216.5.4", ip_range="10.216.5.4/32")
+
+
+def test_pool_candidates_wrap_and_skip_gateway():
+    pool = Pool.parse("10.216.5.0/29", gateway="10.216.5.3")   # hosts .1-.6
+    got = [str(a) for a in pool.candidates(IPv4Address("10.216.5.4"))]
+    assert got == ["10.216.5.5", "10.216.5.6", "10.216.5.1", "10.216.5.2", "10.216.5.4"]
+
+
+def test_pool_static_address_checks():
+    pool = Pool.parse("10.216.5.0/24")
+    assert pool.check_static("10.216.5.77") == IPv4Address("10.216.5.77")
+    with pytest.raises(Conflict, match="gateway"):
+        pool.check_static("10.216.5.1")
+    for bad in ("10.216.6.1", "10.216.5.0", "10.216.5.255", "x"):
+        with pytest.raises(InvalidArgument):
+            pool.check_static(bad)
+
+
+def test_choose_subnet_avoids_routes_and_networks():
+    taken = [IPv4Network("0.0.0.0/0"), IPv4Network("172.30.4.0/24"),
+             IPv4Network("172.28.0.0/15")]
+    # 172.30/16 overlaps a route, 172.29 and 172.28 the /15; the default route is no clash.
+    assert choose_subnet(default_bridge_candidates(), taken) == IPv4Network("172.27.0.0/16")
+    assert choose_subnet(user_network_candidates(), [IPv4Network("10.216.0.0/23")]) == \
+        IPv4Network("10.216.2.0/24")
+    with pytest.raises(Unavailable, match="--subnet"):
+        choose_subnet([IPv4Network("10.0.0.0/24")], [IPv4Network("10.0.0.0/8")])
+
+
+def test_candidate_lists_do_not_overlap():
+    bridge = list(default_bridge_candidates())
+    assert not any(u.overlaps(b) for u in user_network_candidates() for b in bridge)
+
+
+def test_mac_for_is_dockers():
+    assert mac_for("172.17.0.2") == "02:42:ac:11:00:02"
+
+
+def test_allocate_round_robin_and_release(store):
+    ipam = IPAM(store)
+    pool = Pool.parse("10.216.9.0/29")               # .2-.6 for containers
+    got = [str(ipam.allocate("n1", pool, f"c{i}")) for i in range(5)]
+    assert got == [f"10.216.9.{i}" for i in range(2, 7)]
+    with pytest.raises(LimitExceeded, match="no free address"):
+        ipam.allocate("n1", pool, "c9")
+    assert ipam.release("n1", "10.216.9.3")
+    assert not ipam.release("n1", "10.216.9.3")      # twice: nothing to free
+    assert str(ipam.allocate("n1", pool, "c10")) == "10.216.9.3"
+    ipam.release("n1", "10.216.9.5")
+    ipam.release("n1", "10.216.9.2")
+    # The search goes on after the last one given (.3): .5 before the older hole .2.
+    assert str(ipam.allocate("n1", pool, "c11")) == "10.216.9.5"
+
+
+def test_static_conflict_and_other_networks_are_separate(store):
+    ipam = IPAM(store)
+    pool = Pool.parse("10.216.9.0/24")
+    ipam.allocate("n1", pool, "a", "10.216.9.50")
+    with pytest.raises(Conflict, match="Address already in use"):
+        ipam.allocate("n1", pool, "b", "10.216.9.50")
+    assert str(ipam.allocate("n2", pool, "b", "10.216.9.50")) == "10.216.9.50"
+
+
+def test_reassign_and_release_all(store):
+    ipam = IPAM(store)
+    pool = Pool.parse("10.216.9.0/24")
+    ip = ipam.allocate("n1", pool, "pool:x")
+    ipam.reassign("n1", ip, "container")
+    assert ipam.allocations("n1") == {("n1", str(ip)): "container"}
+    with pytest.raises(Conflict):
+        ipam.reassign("n1", "10.216.9.200", "container")
+    ipam.allocate("n2", pool, "y")
+    assert ipam.release_all() == 2 and ipam.allocations() == {}
+
+
+def test_allocations_survive_reopen(tmp_path):
+    store = Store(tmp_path)
+    pool = Pool.parse("10.216.9.0/24")
+    first = IPAM(store).allocate("n1", pool, "a")
+    store.close()
+    store = Store(tmp_path)
+    try:
+        second = IPAM(store).allocate("n1", pool, "b")
+        assert second != first and IPAM(store).allocations("n1")[("n1", str(first))] == "a"
+    finally:
+        store.close()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=120))
+def test_never_hands_out_an_address_twice(tmp_path_factory, ops):
+    store = Store(tmp_path_factory.mktemp("ipam"))
+    try:
+        ipam = IPAM(store)
+        pool = Pool.parse("10.216.9.0/27", ip_range="10.216.9.0/28")
+        held: list[IPv4Address] = []
+        for allocate, pick in ops:
+            if allocate:
+                try:
+                    ip = ipam.allocate("n", pool, "o")
+                except LimitExceeded:
+                    assert len(held) == pool.size()
+                    continue
+                assert ip not in held and ip in pool.ip_range and ip != pool.gateway
+                held.append(ip)
+            elif held:
+                assert ipam.release("n", held.pop(pick % len(held)))
+        assert sorted(ipam.allocations("n")) == sorted(("n", str(ip)) for ip in held)
+    finally:
+        store.close()
+
+
+def test_service_refuses_bad_prefix(store, tmp_path):
+    for bad in ("", "s", "SBX", "sbx-", "sbxabcdefg"):
+        with pytest.raises(InvalidArgument, match="network prefix"):
+            NetworkService(store, tmp_path, prefix=bad)
