@@ -213,7 +213,9 @@ class NetworkService:
         """Wait until every teardown is done and every pool is full (or backing off)."""
         while True:
             await self._drain_background()
-            if not self._refilling and self._short_pool() is None:
+            refilling = self._refiller is not None and not self._refiller.done() and (
+                self._refilling or self._short_pool() is not None)
+            if not refilling:
                 return
             await asyncio.sleep(0.002)
 
@@ -461,9 +463,10 @@ class NetworkService:
                 self._refilling = True
                 try:
                     prepared = await self._prepare(network, REFILL)
-                except SandboxError as e:
+                except Exception as e:               # the loop must outlive any failure
                     log.warning("network %s: pool refill failed (retrying in %.0f s): %s",
-                                network.name, BACKOFF, e)
+                                network.name, BACKOFF, e, exc_info=not isinstance(
+                                    e, SandboxError))
                     self._backoff[network.id] = time.monotonic() + BACKOFF
                     asyncio.get_running_loop().call_later(BACKOFF, self._wake_refill)
                     continue

@@ -171,7 +171,7 @@ def test_internal_network_and_static_addresses(net):
     static = net.run(net.svc.attach("c-static", "inner", ip="10.219.251.9",
                                     aliases=("db",)))
     assert static.endpoint.ip_address == "10.219.251.9" and static.endpoint.aliases == ("db",)
-    assert f"10.219.251.9/24" in in_ns(static.netns, "ip", "-4", "-o", "addr").stdout
+    assert "10.219.251.9/24" in in_ns(static.netns, "ip", "-4", "-o", "addr").stdout
     assert ping(static.netns, att.endpoint.ip_address)
     with pytest.raises(Conflict, match="Address already in use"):
         net.run(net.svc.attach("c-dup", "inner", ip="10.219.251.9"))
