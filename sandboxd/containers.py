@@ -211,11 +211,6 @@ class ContainerService:
             uts="host" if h.uts_mode == "host" else "private",
             net=self._ns_mode("" if h.network_mode in ("default", "bridge", "none")
                               else h.network_mode, "net"))
-        ulimits = merge_ulimits(self.config.default_ulimits, h.ulimits)
-        if not any(u.name == "nofile" for u in ulimits):
-            import resource
-            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-            ulimits += (Ulimit("nofile", min(1024, hard), min(hard, 1 << 19)),)
         directory = self._dir(record.id)
         hostname = c.hostname or record.id[:12]
         etc = () if dry_run else self._etc_files(directory, hostname, h.network_mode)
@@ -231,10 +226,20 @@ class ContainerService:
             id=record.id, hostname=hostname if namespaces.uts == "private" else "",
             process=Process(args=(record.path, *record.args), env=c.env,
                             cwd=c.workdir or "/", user=c.user, terminal=c.tty,
-                            ulimits=ulimits, capabilities=h.capabilities()),
+                            ulimits=self._ulimits(record), capabilities=h.capabilities()),
             root=root, mounts=mounts, namespaces=namespaces, limits=h.limits(),
             init=h.init)
         return validate(spec)
+
+    def _ulimits(self, record: cfg.ContainerRecord) -> tuple[Ulimit, ...]:
+        """The container's ulimits over the daemon's defaults; nofile is always set (the
+        daemon's own limit is no default for containers). Execs get the same."""
+        ulimits = merge_ulimits(self.config.default_ulimits, record.config.host.ulimits)
+        if not any(u.name == "nofile" for u in ulimits):
+            import resource
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            ulimits += (Ulimit("nofile", min(1024, hard), min(hard, 1 << 19)),)
+        return ulimits
 
     def _ns_mode(self, mode: str, kind: str) -> str:
         if mode in ("", "private", "shareable"):
@@ -312,8 +317,6 @@ class ContainerService:
             self.live.pop(record.id, None)
             _close(*live.fds, live.stdin)
             writer.close()
-            if not record.config.host.auto_remove:
-                self.images.release_rootfs(record.id)
             if isinstance(exc, SandboxError):
                 code = getattr(exc, "exit_code", None)
                 self._set_state(record, error=exc.message,
@@ -560,10 +563,10 @@ class ContainerService:
         return {"exec_id": exec_id, "exit_code": info.exit_code}
 
     def _spec_process(self, record: cfg.ContainerRecord) -> Process:
-        c, h = record.config, record.config.host
-        ulimits = merge_ulimits(self.config.default_ulimits, h.ulimits)
+        c = record.config
         return Process(args=(record.path, *record.args), env=c.env, cwd=c.workdir or "/",
-                       user=c.user, ulimits=ulimits, capabilities=h.capabilities())
+                       user=c.user, ulimits=self._ulimits(record),
+                       capabilities=c.host.capabilities())
 
     # ------------------------------------------------------------ output for clients
 

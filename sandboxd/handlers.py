@@ -230,13 +230,14 @@ class _Operations:
         p.done()
         record = self.s._get(ref)
         queue, _live = self.s.subscribe(record) if follow else (None, None)
+        stamper = _Stamper() if timestamps else None
         try:
             entries = [e for e in read_entries(record.log_path)
                        if e[0] >= since and (not until or e[0] <= until)]
             for ts, fd, data, _off in tail_lines(entries, tail):
                 if want.get(fd):
-                    if timestamps:
-                        data = cfg.rfc3339(ts).encode() + b" " + data
+                    if stamper is not None:
+                        data = stamper.stamp(fd, data, ts)
                     await ctx.send_event("stdout" if fd == 1 else "stderr", data)
             while queue is not None:
                 item = await queue.get()
@@ -244,8 +245,8 @@ class _Operations:
                     break
                 fd, data = item
                 if want.get(fd):
-                    if timestamps:
-                        data = cfg.rfc3339(time.time()).encode() + b" " + data
+                    if stamper is not None:
+                        data = stamper.stamp(fd, data, time.time())
                     await ctx.send_event("stdout" if fd == 1 else "stderr", data)
         finally:
             self.s.unsubscribe(record, queue)
@@ -466,6 +467,24 @@ class _Operations:
                 "root_dir": str(self.s.root), "default_runtime": "sandboxd-runner",
                 "security_options": ["name=no-new-privileges", "name=cgroupns"],
                 "warnings": []}
+
+
+class _Stamper:
+    """Docker's ``logs -t``: every line starts with its time. Output arrives in chunks
+    that need not end at a newline, so remember per stream whether a line is open."""
+
+    def __init__(self) -> None:
+        self.open_line = {1: False, 2: False}
+
+    def stamp(self, fd: int, data: bytes, ts: float) -> bytes:
+        prefix = cfg.rfc3339(ts).encode() + b" "
+        out = bytearray()
+        for line in data.splitlines(keepends=True):
+            if not self.open_line[fd]:
+                out += prefix
+            out += line
+            self.open_line[fd] = not line.endswith((b"\n", b"\r"))
+        return bytes(out)
 
 
 def _ps_row(pid: int) -> list[str] | None:

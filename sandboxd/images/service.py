@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Sequence
 
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..runner.spec import DEFAULT_PATH, Mount, RootFS
-from . import oci
+from . import archive, oci
 from .host import HOST_NAME, HOST_REF, HostLayout, host_image_config, host_layout, host_rootfs
 from .reference import Reference, normalize_ref, split_ref
 from .reference import parse as parse_ref
@@ -311,6 +311,30 @@ class ImageService:
         if merged != doc.get("repo_digests", []):
             self.store.update_image(image["id"], {**doc, "repo_digests": merged})
 
+    # ------------------------------------------------------------ archives
+
+    def load(self, src: str | os.PathLike[str] | BinaryIO,
+             progress: Progress | None = None) -> list[dict[str, Any]]:
+        """``docker load``: every image of an OCI image layout or ``docker save``
+        tarball (path or binary stream, plain or compressed); returns
+        ``[{"id", "tags"}]``. ``progress`` gets ``{"status": "Loading", "current":
+        bytes read}``. See :mod:`sandboxd.images.archive`."""
+        with contextlib.ExitStack() as stack:
+            raw = src
+            if isinstance(src, (str, os.PathLike)):
+                raw = stack.enter_context(open(src, "rb"))
+            if progress:
+                say = progress
+                raw = _Counting(raw, lambda n: say({"status": "Loading", "current": n}))
+            return archive.load(self, raw, progress=progress)  # type: ignore[arg-type]
+
+    def save(self, refs: Sequence[str], out: BinaryIO) -> None:
+        """``docker save``: write the images (tags or ids) to the binary stream ``out``
+        as a tar that is both an OCI image layout and a ``docker save`` archive."""
+        if not refs:
+            raise InvalidArgument("save: name at least one image")
+        archive.save(self, refs, out)
+
     # ------------------------------------------------------------ registries
 
     def _registry(self, domain: str) -> RegistryClient:
@@ -381,6 +405,7 @@ class ImageService:
                         self.store.tag(tag, existing["id"])
                 image_id = existing["id"]
             say({"status": f"Digest: {top_digest}"})
+            say({"status": f"Status: {'Image is up to date' if existing else 'Downloaded newer image'} for {r}"})
             return image_id
 
     def _fetch(self, client: RegistryClient, repo: str, desc: dict[str, Any],
@@ -533,7 +558,8 @@ class ImageService:
         """Make the snapshot ``container_key`` for a container of this image and return
         its root for the runner. By default the upper layer is a persistent active
         snapshot (kept across restarts); ``tmpfs_upper`` or ``readonly`` take a view
-        instead (no upper kept: the runner makes a tmpfs upper, or none).
+        instead (no upper kept: the runner makes a tmpfs upper, or none). An existing
+        snapshot ``container_key`` (a container started again) is reused.
         Release it with :meth:`release_rootfs` after the container is gone. For the host
         image, also mount :meth:`image_mounts`."""
         image = self.get(image_id)
@@ -542,10 +568,10 @@ class ImageService:
         if parent is not None and not self.snapshotter.exists(parent):
             raise NotFound(f"the layers of image {image['id'][7:19]} are missing "
                            f"(snapshot {parent}); remove and import the image again")
-        if readonly or tmpfs_upper:
-            self.snapshotter.view(container_key, parent, labels={"image": image["id"]})
-        else:
-            self.snapshotter.prepare(container_key, parent, labels={"image": image["id"]})
+        if not self.snapshotter.exists(container_key):    # else a restart: keep its writes
+            make = self.snapshotter.view if readonly or tmpfs_upper else \
+                self.snapshotter.prepare
+            make(container_key, parent, labels={"image": image["id"]})
         root = self.snapshotter.rootfs(container_key, readonly=readonly)
         if image["doc"].get("host"):
             root = dataclasses.replace(root, lowerdirs=(str(self._host[1]),))

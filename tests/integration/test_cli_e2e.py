@@ -1,0 +1,226 @@
+"""End to end: the real ``sbx`` CLI process and the Python ``Client`` against a real
+daemon subprocess (``conftest.Daemon``), real containers, real cgroups.
+
+Most tests share the session daemon (started with ``--default-ulimit nofile=1280:2560``);
+each names its containers and removes them. Tests that need to kill a daemon live in
+``test_daemon_restart.py``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from sandboxd import errors
+from sandboxd.logs import DEFAULT_CAP, TRUNCATED
+
+from conftest import PY, REPO, Daemon, pid_alive, wait_until
+
+MEMORY_HOG = "x=a; while true; do x=$x$x; done"
+
+
+def inspect(daemon: Daemon, name: str) -> dict:
+    docs = json.loads(daemon.sbx("inspect", name, check=True).out)
+    assert len(docs) == 1
+    return docs[0]
+
+
+def all_names(daemon: Daemon) -> set[str]:
+    return set(daemon.sbx("ps", "-a", "--format", "{{.Names}}", check=True).out.split())
+
+
+# ---------------------------------------------------------------- run: output and exits
+
+def test_run_output_and_exit_codes(daemon: Daemon) -> None:
+    before = set(daemon.ids("-a"))
+    r = daemon.sbx("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (r.returncode, r.out, r.err) == (3, "out\n", "err\n")
+    assert daemon.sbx("run", "--rm", "busybox", "true").returncode == 0
+
+    r = daemon.sbx("run", "--rm", "busybox", "no-such-command")
+    assert r.returncode == 127
+    assert "executable file not found in $PATH" in r.err and "no-such-command" in r.err
+
+    r = daemon.sbx("run", "--rm", "busybox", "/etc/passwd")       # exists, not executable
+    assert r.returncode == 126, r.err
+
+    # --rm leaves nothing: no record, no directory under the root, no cgroup.
+    assert set(daemon.ids("-a")) == before
+    assert sorted(os.listdir(Path(daemon.root) / "containers")) == sorted(before)
+    assert not daemon.cgroup_children()
+
+
+def test_client_run(daemon: Daemon) -> None:
+    with daemon.client() as client:
+        result = client.run("busybox", ["sh", "-c", "cat; echo -n done >&2; exit 4"],
+                            input=b"in-put\n")
+        assert (result.exit_code, result.stdout, result.stderr) == (4, b"in-put\n", b"done")
+        with pytest.raises(errors.CommandNotFound):
+            client.run("busybox", ["no-such-command"])
+
+
+def test_oom_kill_is_137_and_recorded(daemon: Daemon) -> None:
+    r = daemon.sbx("run", "-d", "--name", "e2e-oom", "-m", "64m", "busybox", "sh", "-c",
+                   MEMORY_HOG, check=True)
+    container_id = r.out.strip()
+    assert daemon.sbx("wait", "e2e-oom", check=True).out.strip() == "137"
+    state = daemon.sbx("inspect", "-f", "{{.State.Status}} {{.State.OOMKilled}} "
+                       "{{.State.ExitCode}}", "e2e-oom", check=True).out.split()
+    assert state == ["exited", "true", "137"]
+    doc = inspect(daemon, "e2e-oom")
+    assert doc["Id"] == container_id
+    assert doc["HostConfig"]["Memory"] == 67108864
+    daemon.sbx("rm", "e2e-oom", check=True)
+    assert "e2e-oom" not in all_names(daemon)
+
+
+def test_timeout_kills_with_137(daemon: Daemon) -> None:
+    r = daemon.sbx("run", "--rm", "--timeout", "1", "busybox", "sleep", "30")
+    assert r.returncode == 137
+    assert "timed out" in r.err
+    with daemon.client() as client:
+        result = client.run("busybox", ["sleep", "30"], timeout=1)
+        assert result.timed_out and result.exit_code == 137
+
+
+def test_ulimits_default_and_per_container(daemon: Daemon) -> None:
+    show = ["sh", "-c", "ulimit -n; ulimit -Hn"]
+    r = daemon.sbx("run", "--rm", "busybox", *show, check=True)
+    assert r.out.split() == ["1280", "2560"]          # the daemon's --default-ulimit
+    r = daemon.sbx("run", "--rm", "--ulimit", "nofile=128:256", "busybox", *show, check=True)
+    assert r.out.split() == ["128", "256"]            # a container's own value wins
+    daemon.sbx("run", "-d", "--name", "e2e-ulimit", "--ulimit", "nofile=128:256", "busybox",
+               "sleep", "60", check=True)
+    r = daemon.sbx("exec", "e2e-ulimit", *show, check=True)
+    assert r.out.split() == ["128", "256"]            # execs get the container's ulimits
+    daemon.sbx("rm", "-f", "e2e-ulimit", check=True)
+
+
+def test_uts_modes(daemon: Daemon) -> None:
+    r = daemon.sbx("run", "--rm", "--uts", "host", "busybox", "hostname", check=True)
+    assert r.out.strip() == os.uname().nodename
+    r = daemon.sbx("run", "-d", "--name", "e2e-uts", "busybox", "hostname", check=True)
+    daemon.sbx("wait", "e2e-uts", check=True)
+    assert daemon.sbx("logs", "e2e-uts", check=True).out.strip() == r.out.strip()[:12]
+    daemon.sbx("rm", "e2e-uts", check=True)
+
+
+# ---------------------------------------------------------------- lifecycle
+
+def test_lifecycle(daemon: Daemon) -> None:
+    script = "echo one; echo two; echo three; trap 'exit 0' TERM; while true; do sleep 0.1; done"
+    r = daemon.sbx("run", "-d", "--name", "e2e-life", "-m", "64m", "busybox", "sh", "-c",
+                   script, check=True)
+    cid = r.out.strip()
+    assert len(cid) == 64
+    ps = daemon.sbx("ps", "--format", "{{.Names}} {{.Status}}", check=True).out
+    assert any(line.startswith("e2e-life Up") for line in ps.splitlines()), ps
+
+    # exec: env, workdir, user; the container's environment underneath.
+    r = daemon.sbx("exec", "-e", "FOO=1", "-w", "/tmp", "-u", "65534", "e2e-life", "sh", "-c",
+                   'echo "$FOO $(pwd) $(id -u) $HOSTNAME"; exit 5')
+    assert r.returncode == 5
+    assert r.out.split() == ["1", "/tmp", "65534", cid[:12]]
+    assert daemon.sbx("exec", "e2e-life", "no-such-command").returncode == 127
+
+    wait_until(lambda: "three" in daemon.sbx("logs", "e2e-life").out, what="the output")
+    assert daemon.sbx("logs", "--tail", "2", "e2e-life", check=True).out == "two\nthree\n"
+    stamped = daemon.sbx("logs", "-t", "e2e-life", check=True).out.splitlines()
+    assert [line.split(" ", 1)[1] for line in stamped] == ["one", "two", "three"]
+    assert all(line[:4].isdigit() and "T" in line.split(" ")[0] for line in stamped)
+
+    # update: the new limit reaches the kernel.
+    memory = lambda: daemon.cgroup_file("memory", cid, "memory.limit_in_bytes")  # noqa: E731
+    assert memory() == str(64 << 20)
+    daemon.sbx("update", "-m", "32m", "e2e-life", check=True)
+    assert memory() == str(32 << 20)
+    assert inspect(daemon, "e2e-life")["HostConfig"]["Memory"] == 32 << 20
+
+    # pause freezes every process; unpause thaws them.
+    pid = int(daemon.sbx("inspect", "-f", "{{.State.Pid}}", "e2e-life", check=True).out)
+    daemon.sbx("pause", "e2e-life", check=True)
+    assert "Paused" in daemon.sbx("ps", "--format", "{{.Names}} {{.Status}}", "-f",
+                                  "name=e2e-life", check=True).out
+    assert daemon.cgroup_file("freezer", cid, "freezer.state") == "FROZEN"
+    assert _proc_state(pid) == "D"                  # frozen tasks sleep uninterruptibly
+    assert daemon.sbx("exec", "e2e-life", "true").returncode != 0
+    assert daemon.sbx("pause", "e2e-life").returncode != 0        # already paused
+    daemon.sbx("unpause", "e2e-life", check=True)
+    assert daemon.cgroup_file("freezer", cid, "freezer.state") == "THAWED"
+    assert daemon.sbx("inspect", "-f", "{{.State.Status}}", "e2e-life").out.strip() == \
+        "running"
+
+    # stop (SIGTERM trapped: exit 0), start again (same id, a new process), rm -f.
+    daemon.sbx("stop", "-t", "1", "e2e-life", check=True)
+    assert daemon.sbx("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}",
+                      "e2e-life").out.split() == ["exited", "0"]
+    assert not pid_alive(pid)
+    assert not daemon.cgroup_children()
+    daemon.sbx("start", "e2e-life", check=True)
+    new_pid = int(daemon.sbx("inspect", "-f", "{{.State.Pid}}", "e2e-life", check=True).out)
+    assert new_pid != pid and pid_alive(new_pid)
+    assert daemon.cgroup_file("memory", cid, "memory.limit_in_bytes") == str(32 << 20)
+    r = daemon.sbx("rm", "e2e-life")
+    assert r.returncode != 0 and "Stop the container" in r.err
+    daemon.sbx("rm", "-f", "e2e-life", check=True)
+    assert not pid_alive(new_pid)
+    assert "e2e-life" not in all_names(daemon)
+    assert not (Path(daemon.root) / "containers" / cid).exists()
+    assert not daemon.cgroup_children()
+
+
+def _proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_rename_wait_prune(daemon: Daemon) -> None:
+    daemon.sbx("run", "-d", "--name", "e2e-a", "busybox", "sh", "-c", "exit 9", check=True)
+    assert daemon.sbx("wait", "e2e-a", check=True).out.strip() == "9"
+    daemon.sbx("rename", "e2e-a", "e2e-b", check=True)
+    assert {"e2e-b"} <= all_names(daemon) and "e2e-a" not in all_names(daemon)
+    daemon.sbx("create", "--name", "e2e-c", "busybox", "true", check=True)
+    r = daemon.sbx("rename", "e2e-c", "e2e-b")
+    assert r.returncode != 0 and "already in use" in r.err
+    daemon.sbx("run", "-d", "--name", "e2e-up", "busybox", "sleep", "60", check=True)
+    r = daemon.sbx("container", "prune", "-f", check=True)
+    names = all_names(daemon)
+    assert "e2e-up" in names and not {"e2e-b", "e2e-c"} & names, r.out
+    daemon.sbx("rm", "-f", "e2e-up", check=True)
+
+
+def test_top_stats_info_version_images(daemon: Daemon) -> None:
+    cid = daemon.sbx("run", "-d", "--name", "e2e-top", "-m", "64m", "busybox", "sleep", "60",
+                     check=True).out.strip()
+    top = daemon.sbx("top", "e2e-top", check=True).out.splitlines()
+    assert top[0].split()[:3] == ["UID", "PID", "PPID"]
+    assert any(line.endswith("sleep 60") for line in top[1:]), top
+    stats = daemon.sbx("stats", "--no-stream", "--format",
+                       "{{.Name}} {{.MemUsage}} {{.PIDs}}", "e2e-top", check=True).out
+    name, *usage, pids = stats.split()
+    assert name == "e2e-top" and pids == "1" and "64MiB" in " ".join(usage), stats
+    with daemon.client() as client:
+        sample = client.containers.get("e2e-top").stats()
+        assert sample["memory_limit"] == 64 << 20 and sample["pids"] == 1
+
+    info = daemon.sbx("info", "--format", "{{json .}}", check=True).out
+    doc = json.loads(info)
+    assert doc["running"] >= 1 and doc["images"] >= 1, doc     # the daemon's own keys
+    version = daemon.sbx("version", "--format", "{{json .}}", check=True).out
+    assert "sandboxd" in version
+    images = daemon.sbx("images", "--format", "{{.Repository}}:{{.Tag}}", check=True).out
+    assert "busybox:latest" in images.split()
+
+    r = daemon.sbx("rmi", "busybox")
+    assert r.returncode != 0 and "in use" in r.err and cid[:12] in r.err, r.err
+    assert "busybox:latest" in daemon.sbx("images", "--format",
+                                          "{{.Repository}}:{{.Tag}}").out.split()
+    daemon.sbx("rm", "-f", "e2e-top", check=True)
