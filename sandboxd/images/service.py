@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Sequence
 
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..runner.spec import DEFAULT_PATH, Mount, RootFS
-from . import archive, oci
+from . import oci
 from .host import HOST_NAME, HOST_REF, HostLayout, host_image_config, host_layout, host_rootfs
 from .reference import Reference, normalize_ref, split_ref
 from .reference import parse as parse_ref
@@ -311,30 +311,6 @@ class ImageService:
         if merged != doc.get("repo_digests", []):
             self.store.update_image(image["id"], {**doc, "repo_digests": merged})
 
-    # ------------------------------------------------------------ archives
-
-    def load(self, src: str | os.PathLike[str] | BinaryIO,
-             progress: Progress | None = None) -> list[dict[str, Any]]:
-        """``docker load``: every image of an OCI image layout or ``docker save``
-        tarball (path or binary stream, plain or compressed); returns
-        ``[{"id", "tags"}]``. ``progress`` gets ``{"status": "Loading", "current":
-        bytes read}``. See :mod:`sandboxd.images.archive`."""
-        with contextlib.ExitStack() as stack:
-            raw = src
-            if isinstance(src, (str, os.PathLike)):
-                raw = stack.enter_context(open(src, "rb"))
-            if progress:
-                say = progress
-                raw = _Counting(raw, lambda n: say({"status": "Loading", "current": n}))
-            return archive.load(self, raw, progress=progress)  # type: ignore[arg-type]
-
-    def save(self, refs: Sequence[str], out: BinaryIO) -> None:
-        """``docker save``: write the images (tags or ids) to the binary stream ``out``
-        as a tar that is both an OCI image layout and a ``docker save`` archive."""
-        if not refs:
-            raise InvalidArgument("save: name at least one image")
-        archive.save(self, refs, out)
-
     # ------------------------------------------------------------ registries
 
     def _registry(self, domain: str) -> RegistryClient:
@@ -405,7 +381,6 @@ class ImageService:
                         self.store.tag(tag, existing["id"])
                 image_id = existing["id"]
             say({"status": f"Digest: {top_digest}"})
-            say({"status": f"Status: {'Image is up to date' if existing else 'Downloaded newer image'} for {r}"})
             return image_id
 
     def _fetch(self, client: RegistryClient, repo: str, desc: dict[str, Any],
