@@ -921,29 +921,38 @@ def _pack_local(src: str, name: str | None, follow_link: bool) -> bytes:
 
 def _extract_local(data: bytes, dest: str, keep_owner: bool) -> None:
     """Unpack a container's tar at DEST with Docker's naming rule, refusing entries that
-    would land outside DEST (tarfile's ``data`` filter)."""
+    would land outside DEST (tarfile's ``tar`` filter). Symlinks are copied as they are
+    (absolute ones too, as Docker does); owners only with ``-a``."""
     import io
     import shutil
     import tarfile
     import tempfile
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        members = tar.getmembers()
-        if not members:
-            raise CliError("the container sent an empty archive", 1)
-        top = members[0].name.split("/")[0]
-        extract_filter = "tar" if keep_owner else "data"
-        if os.path.isdir(dest):
-            tar.extractall(dest, filter=extract_filter)
-            return
-        parent = os.path.dirname(os.path.abspath(dest))
-        if not os.path.isdir(parent):
-            raise CliError(f"destination directory {parent} does not exist", 1)
-        staging = tempfile.mkdtemp(prefix=".sbx-cp-", dir=parent)
-        try:
-            tar.extractall(staging, filter=extract_filter)
-            os.replace(os.path.join(staging, top), dest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+
+    def extract_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+        member = tarfile.tar_filter(member, path)
+        return member if keep_owner else member.replace(uid=None, gid=None, uname=None,
+                                                        gname=None, deep=False)
+
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members = tar.getmembers()
+            if not members:
+                raise CliError("the container sent an empty archive", 1)
+            top = members[0].name.split("/")[0]
+            if os.path.isdir(dest):
+                tar.extractall(dest, filter=extract_filter)
+                return
+            parent = os.path.dirname(os.path.abspath(dest))
+            if not os.path.isdir(parent):
+                raise CliError(f"destination directory {parent} does not exist", 1)
+            staging = tempfile.mkdtemp(prefix=".sbx-cp-", dir=parent)
+            try:
+                tar.extractall(staging, filter=extract_filter)
+                os.replace(os.path.join(staging, top), dest)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except tarfile.FilterError as e:
+        raise CliError(f"refused an entry of the container's archive: {e}", 1) from None
 
 
 # ---------------------------------------------------------------- images

@@ -23,15 +23,19 @@ import os
 import secrets
 import signal
 import socket
+import stat
+import tarfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import config as cfg
 from .daemon import DaemonConfig, RequestContext
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError
 from .images.service import ImageService
+from .images.unpack import WHITEOUT_PREFIX, apply_layer
 from .logs import LogWriter
+from .runner import syscalls
 from .runner.api import AsyncRunner, ExitInfo, receive_terminal
 from .runner.spec import (ContainerSpec, Mount, Namespaces, Process, Ulimit, merge_ulimits,
                           validate)
@@ -568,6 +572,90 @@ class ContainerService:
                        user=c.user, ulimits=self._ulimits(record),
                        capabilities=c.host.capabilities())
 
+    # ------------------------------------------------------------ files (sbx cp)
+    #
+    # Through /proc/<pid>/root: the container's own view of its root, mounts included,
+    # with nothing mounted by the daemon. Paths resolve with openat2(RESOLVE_IN_ROOT) and
+    # trees are walked through directory fds with O_NOFOLLOW, so no symlink a container
+    # plants (or swaps in meanwhile) leads out of its root.
+
+    def open_root(self, record: cfg.ContainerRecord) -> int:
+        """An O_PATH fd of a running container's root directory (close it)."""
+        if record.state.status not in RUNNING or record.id not in self.live:
+            raise Conflict(f"container {record.name} is not running: sbx cp works on "
+                           f"running containers only; start it first")
+        try:
+            proc = os.open(f"/proc/{record.state.pid}", os.O_PATH | os.O_DIRECTORY |
+                           os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise Conflict(f"container {record.name} is not running") from None
+        try:
+            # The fd pins that process; its cgroup proves the pid was not reused.
+            with open(os.open("cgroup", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)) as f:
+                if f"/{record.id}" not in f.read():
+                    raise Conflict(f"container {record.name} is not running")
+            return os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc)
+        except (FileNotFoundError, ProcessLookupError):
+            raise Conflict(f"container {record.name} is not running") from None
+        finally:
+            os.close(proc)
+
+    def archive_stat(self, record: cfg.ContainerRecord, path: str) -> dict:
+        root = self.open_root(record)
+        try:
+            parent, name = _open_parent(root, record, path)
+            try:
+                return _stat_doc(parent, name, path)
+            finally:
+                os.close(parent)
+        finally:
+            os.close(root)
+
+    def archive_get(self, record: cfg.ContainerRecord, path: str, out: BinaryIO) -> dict:
+        """Write a tar of ``path`` (not following a final symlink) to ``out``; its stat."""
+        root = self.open_root(record)
+        try:
+            parent, name = _open_parent(root, record, path)
+            try:
+                doc = _stat_doc(parent, name, path)
+                with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                    _tar_tree(tar, parent, name, doc["name"] or ".")
+                return doc
+            finally:
+                os.close(parent)
+        finally:
+            os.close(root)
+
+    def archive_put(self, record: cfg.ContainerRecord, path: str, src: BinaryIO) -> None:
+        """Unpack the tar ``src`` under the directory ``path`` (same rules as layers)."""
+        _check_put_entries(src)
+        src.seek(0)
+        root = self.open_root(record)
+        try:
+            try:
+                target = syscalls.openat2(root, path.lstrip("/") or ".",
+                                          os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                                          syscalls.RESOLVE_IN_ROOT |
+                                          syscalls.RESOLVE_NO_MAGICLINKS)
+            except FileNotFoundError:
+                raise NotFound(f"Could not find the file {path} in container "
+                               f"{record.name}") from None
+            except NotADirectoryError:
+                raise InvalidArgument(f"path: {path} is not a directory in container "
+                                      f"{record.name}") from None
+            try:
+                # "<fd>/." opens that very directory: apply_layer's O_NOFOLLOW applies to
+                # the ".", the magic link before it is ours. (A str: Path drops the ".".)
+                stats = apply_layer(src, f"/proc/self/fd/{target}/.",  # type: ignore[arg-type]
+                                    same_owner=True)
+            finally:
+                os.close(target)
+        finally:
+            os.close(root)
+        if stats.skipped:
+            raise InvalidArgument.of([f"{name}: {why} (not copied; the other entries were)"
+                                      for name, why in stats.skipped])
+
     # ------------------------------------------------------------ output for clients
 
     def subscribe(self, record: cfg.ContainerRecord
@@ -716,6 +804,102 @@ async def _close_after_exit(done: asyncio.Future, queue: asyncio.Queue) -> None:
     await asyncio.shield(done)
     await asyncio.sleep(0.5)
     await queue.put("exit")
+
+
+def _open_parent(root: int, record: cfg.ContainerRecord, path: str) -> tuple[int, str]:
+    """An fd of ``path``'s parent directory inside the root, and ``path``'s last name
+    ("" for the root itself)."""
+    if not path.startswith("/"):
+        raise InvalidArgument(f"path: {path!r} must be absolute (start with /)")
+    parent, _, name = path.rstrip("/").rpartition("/")
+    if name in (".", ".."):
+        raise InvalidArgument(f"path: {path!r} must not end in . or ..")
+    try:
+        fd = syscalls.openat2(root, parent.lstrip("/") or ".",
+                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                              syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS)
+        if name:
+            os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound(f"Could not find the file {path} in container {record.name}") \
+            from None
+    return fd, name
+
+
+def _stat_doc(parent: int, name: str, path: str) -> dict:
+    st = os.stat(name or ".", dir_fd=parent, follow_symlinks=False)
+    link = os.readlink(name, dir_fd=parent) if stat.S_ISLNK(st.st_mode) else ""
+    return {"name": name, "size": st.st_size, "mode": st.st_mode, "mtime": st.st_mtime,
+            "link_target": link, "is_dir": stat.S_ISDIR(st.st_mode)}
+
+
+def _tar_tree(tar: tarfile.TarFile, parent: int, name: str, arcname: str) -> None:
+    """Add ``name`` (in the directory ``parent``) and everything below it, never
+    following a symlink: they are archived as symlinks."""
+    stack = [(os.dup(parent), name or ".", arcname)]
+    while stack:
+        dir_fd, entry, arc = stack.pop()
+        try:
+            st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+            info = tarfile.TarInfo(arc)
+            info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+            info.mtime = int(st.st_mtime)
+            if stat.S_ISDIR(st.st_mode):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+                sub = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
+                              os.O_CLOEXEC, dir_fd=dir_fd)
+                try:
+                    children = sorted(os.listdir(sub), reverse=True)
+                    stack += [(os.dup(sub), child, f"{arc}/{child}") for child in children]
+                finally:
+                    os.close(sub)
+            elif stat.S_ISREG(st.st_mode):
+                fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
+                             os.O_CLOEXEC, dir_fd=dir_fd)
+                with open(fd, "rb") as f:
+                    info.size = os.fstat(fd).st_size
+                    try:
+                        tar.addfile(info, f)
+                    except OSError as e:      # shrank while read: tar needs the size
+                        raise Conflict(f"{arc} changed while it was copied: {e}") from None
+            elif stat.S_ISLNK(st.st_mode):
+                info.type = tarfile.SYMTYPE
+                info.linkname = os.readlink(entry, dir_fd=dir_fd)
+                tar.addfile(info)
+            elif stat.S_ISFIFO(st.st_mode):
+                info.type = tarfile.FIFOTYPE
+                tar.addfile(info)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
+                info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+                tar.addfile(info)
+            # sockets have no tar form: left out, as Docker does
+        except FileNotFoundError:
+            pass                                  # removed while we walked
+        finally:
+            os.close(dir_fd)
+
+
+def _check_put_entries(src: BinaryIO) -> None:
+    """Refuse a tar for ``sbx cp`` before writing anything: ``..``, devices and overlay
+    whiteout names (which would steer the container's overlay) are never copied."""
+    problems = []
+    try:
+        with tarfile.open(fileobj=src, mode="r|*") as tar:
+            for m in tar:
+                parts = m.name.split("/")
+                if ".." in parts:
+                    problems.append(f"{m.name}: a '..' component")
+                elif any(p.startswith(WHITEOUT_PREFIX) for p in parts):
+                    problems.append(f"{m.name}: names starting with {WHITEOUT_PREFIX} are "
+                                    f"reserved for image layers")
+                elif m.ischr() or m.isblk():
+                    problems.append(f"{m.name}: device nodes cannot be copied in")
+    except (tarfile.TarError, EOFError) as e:
+        raise InvalidArgument(f"the archive is not a valid tar: {e}") from None
+    if problems:
+        raise InvalidArgument.of(problems)
 
 
 def _close(*fds: int) -> None:

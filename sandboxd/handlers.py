@@ -9,7 +9,7 @@ import os
 import platform
 import tempfile
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import __version__
 from . import config as cfg
@@ -19,7 +19,8 @@ from .errors import Conflict, InvalidArgument, NotFound
 from .logs import read_entries, tail_lines
 from .protocol import Params
 
-IMPORT_CAP = 8 << 30          # bytes of tar one import may stream
+UPLOAD_CAP = 8 << 30          # bytes of tar one import or cp may stream
+ARCHIVE_CHUNK = 1 << 20       # bytes per data event of container.archive_get
 
 
 def register(server: Server, config: DaemonConfig) -> ContainerService:
@@ -30,9 +31,9 @@ def register(server: Server, config: DaemonConfig) -> ContainerService:
     server.register_cleanup("container", ops.session_cleanup)
     for name in ("create", "start", "wait", "kill", "stop", "restart", "remove", "inspect",
                  "list", "top", "stats_once", "pause", "unpause", "update", "rename", "prune",
-                 "resize"):
+                 "resize", "archive_stat"):
         server.register(f"container.{name}", getattr(ops, name))
-    for name in ("run", "attach", "logs", "exec", "stats"):
+    for name in ("run", "attach", "logs", "exec", "stats", "archive_get", "archive_put"):
         server.register(f"container.{name}", getattr(ops, name), streaming=True)
     server.register("image.import", ops.image_import, streaming=True)
     for name in ("list", "inspect", "remove"):
@@ -398,6 +399,45 @@ class _Operations:
                 removed.append(record.id)
         return {"removed": removed, "space_reclaimed": 0}
 
+    # -- files (sbx cp)
+    async def archive_stat(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "container.archive_stat")
+        ref = p.get("id", str)
+        path = p.get("path", str)
+        p.done()
+        record = self.s._get(ref)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.s.archive_stat, record, path)
+
+    async def archive_get(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "container.archive_get")
+        ref = p.get("id", str)
+        path = p.get("path", str)
+        p.done()
+        record = self.s._get(ref)
+        # Spooled to disk (by a thread: it is file I/O), then sent in 1 MiB chunks.
+        with tempfile.TemporaryFile(dir=self.s.root) as spool:
+            doc = await asyncio.get_running_loop().run_in_executor(
+                None, self.s.archive_get, record, path, spool)
+            spool.seek(0)
+            while chunk := spool.read(ARCHIVE_CHUNK):
+                await ctx.send_event("data", chunk)
+        return {k: doc[k] for k in ("name", "size", "mode", "mtime", "link_target")}
+
+    async def archive_put(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "container.archive_put")
+        ref = p.get("id", str)
+        path = p.get("path", str)
+        p.done()
+        if not path.startswith("/"):
+            raise InvalidArgument(f"path: {path!r} must be absolute (start with /)")
+        record = self.s._get(ref)
+        os.close(self.s.open_root(record))    # not running: say so before taking the tar
+        with await _spool_stdin(ctx, "container.archive_put", self.s.root) as spool:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.s.archive_put, self.s._get(record.id), path, spool)
+        return {}
+
     # -- images
     async def image_import(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "image.import")
@@ -406,24 +446,14 @@ class _Operations:
         message = p.get("message", str, "")
         p.done()
         loop = asyncio.get_running_loop()
-        if path is not None:
-            source = path
-        else:
-            spool = tempfile.TemporaryFile(dir=self.s.root)
-            size = 0
-            while True:
-                kind, data = await ctx.receive()
-                if kind == "stdin":
-                    size += len(data)
-                    if size > IMPORT_CAP:
-                        raise InvalidArgument(f"image.import: more than {IMPORT_CAP} bytes")
-                    spool.write(data)
-                elif kind == "stdin_eof":
-                    break
-            spool.seek(0)
-            source = spool
-        image_id = await loop.run_in_executor(
-            None, lambda: self.s.images.import_rootfs(source, name, message=message))
+        source = path if path is not None else \
+            await _spool_stdin(ctx, "image.import", self.s.root)
+        try:
+            image_id = await loop.run_in_executor(
+                None, lambda: self.s.images.import_rootfs(source, name, message=message))
+        finally:
+            if not isinstance(source, str):
+                source.close()
         image = self.s.images.get(image_id)
         return {"id": image_id, "name": name, "size": image["size"],
                 "warnings": image["doc"].get("warnings", [])}
@@ -485,6 +515,27 @@ class _Stamper:
             out += line
             self.open_line[fd] = not line.endswith((b"\n", b"\r"))
         return bytes(out)
+
+
+async def _spool_stdin(ctx: RequestContext, op: str, directory: Any) -> BinaryIO:
+    """The request's stdin frames until ``close_stdin``, in an unnamed temp file (at
+    offset 0) under ``directory``: uploads stay off the heap."""
+    spool = tempfile.TemporaryFile(dir=directory)
+    try:
+        size = 0
+        while True:
+            kind, data = await ctx.receive()
+            if kind == "stdin":
+                size += len(data)
+                if size > UPLOAD_CAP:
+                    raise InvalidArgument(f"{op}: more than {UPLOAD_CAP} bytes of input")
+                spool.write(data)
+            elif kind == "stdin_eof":
+                spool.seek(0)
+                return spool
+    except BaseException:
+        spool.close()
+        raise
 
 
 def _ps_row(pid: int) -> list[str] | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd import errors
+from sandboxd import errors, testing
 from sandboxd.logs import DEFAULT_CAP, TRUNCATED
 
 from conftest import PY, REPO, Daemon, pid_alive, wait_until
@@ -224,3 +224,63 @@ def test_top_stats_info_version_images(daemon: Daemon) -> None:
     assert "busybox:latest" in daemon.sbx("images", "--format",
                                           "{{.Repository}}:{{.Tag}}").out.split()
     daemon.sbx("rm", "-f", "e2e-top", check=True)
+
+
+# ---------------------------------------------------------------- sbx cp
+
+def test_cp_both_directions(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.sbx("run", "-d", "--name", "e2e-cp", "busybox", "sh", "-c",
+               "mkdir -p /data/sub && echo deep > /data/sub/f && echo top > /data/t && "
+               "ln -s /etc/passwd /data/link && ln -s ../../../../etc /data/up && "
+               "exec sleep 60", check=True)
+    wait_until(lambda: daemon.sbx("exec", "e2e-cp", "test", "-L", "/data/up").returncode
+               == 0, what="the container's files")
+
+    # out of the container: a directory, with symlinks kept as symlinks
+    daemon.sbx("cp", "e2e-cp:/data", str(tmp_path / "out"), check=True)
+    assert (tmp_path / "out/sub/f").read_text() == "deep\n"
+    assert (tmp_path / "out/t").read_text() == "top\n"
+    assert os.readlink(tmp_path / "out/link") == "/etc/passwd"
+    assert os.readlink(tmp_path / "out/up") == "../../../../etc"
+    # a symlink inside the path resolves inside the container's root, never the host's
+    r = daemon.sbx("cp", "e2e-cp:/data/up/passwd", "-", check=True)
+    with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tar:
+        data = tar.extractfile("passwd").read()
+    assert data == (testing.busybox_rootfs() / "etc/passwd").read_bytes()
+    assert data != Path("/etc/passwd").read_bytes()
+    r = daemon.sbx("cp", "e2e-cp:/no/such", str(tmp_path / "x"))
+    assert r.returncode != 0 and "Could not find the file /no/such" in r.err
+
+    # into the container: a file into a directory, and a file under a new name
+    (tmp_path / "in.txt").write_text("hello in\n")
+    daemon.sbx("cp", str(tmp_path / "in.txt"), "e2e-cp:/tmp/", check=True)
+    daemon.sbx("cp", str(tmp_path / "in.txt"), "e2e-cp:/tmp/renamed", check=True)
+    r = daemon.sbx("exec", "e2e-cp", "cat", "/tmp/in.txt", "/tmp/renamed", check=True)
+    assert r.out == "hello in\nhello in\n"
+    # through a symlink to the host's /: lands inside the container
+    daemon.sbx("exec", "e2e-cp", "ln", "-s", "/", "/tmp/toroot", check=True)
+    daemon.sbx("cp", str(tmp_path / "in.txt"), "e2e-cp:/tmp/toroot/", check=True)
+    assert daemon.sbx("exec", "e2e-cp", "cat", "/in.txt", check=True).out == "hello in\n"
+    assert not Path("/in.txt").exists()
+
+    with daemon.client() as client:
+        container = client.containers.get("e2e-cp")
+        data, stat = container.get_archive("/data/t")
+        assert stat["name"] == "t" and stat["size"] == 4
+        # unsafe entries are refused and nothing is written
+        for name in ("../escape", "a/../../escape", ".wh.t"):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                info = tarfile.TarInfo(name)
+                info.size = 2
+                tar.addfile(info, io.BytesIO(b"x\n"))
+            with pytest.raises(errors.InvalidArgument):
+                container.put_archive("/data", buf.getvalue())
+        assert daemon.sbx("exec", "e2e-cp", "ls", "/data", check=True).out.split() == \
+            ["link", "sub", "t", "up"]
+        with pytest.raises(errors.InvalidArgument):
+            container.put_archive("/data/t", data)            # not a directory
+    daemon.sbx("stop", "-t", "0", "e2e-cp", check=True)
+    r = daemon.sbx("cp", "e2e-cp:/data", str(tmp_path / "stopped"))
+    assert r.returncode != 0 and "running containers only" in r.err
+    daemon.sbx("rm", "e2e-cp", check=True)
