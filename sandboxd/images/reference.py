@@ -43,6 +43,21 @@ def split_ref(ref: str) -> tuple[str, str | None, str | None]:
     return name, tag, digest or None
 
 
+def familiar(ref: str) -> str:
+    """Docker's short form of a Docker Hub name (``docker.io/library/busybox:1`` ->
+    ``busybox:1``, ``docker.io/team/app`` -> ``team/app``), normalised; other names
+    are only normalised. Archives written by other tools carry the long form."""
+    ref = normalize_ref(ref)
+    for prefix in ("docker.io/", "index.docker.io/"):
+        if ref.startswith(prefix):
+            ref = ref[len(prefix):]
+            rest = ref[len("library/"):]
+            if ref.startswith("library/") and "/" not in rest.partition("@")[0]:
+                ref = rest
+            break
+    return ref
+
+
 def normalize_ref(ref: str) -> str:
     """``busybox`` -> ``busybox:latest``; tags and digests are kept."""
     name, tag, digest = split_ref(ref)

@@ -538,6 +538,9 @@ class BlobReader:
                     self._open()
                 assert self._resp is not None
                 data = self._resp.read(n if n is not None and n >= 0 else None)
+                if not data and n != 0 and self._resp.length:
+                    # read(n) reports a connection closed before Content-Length as EOF
+                    raise http.client.IncompleteRead(b"", self._resp.length)
             except _DROPPED as e:
                 self._tries += 1
                 self.close()

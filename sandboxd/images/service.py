@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Sequence
 
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..runner.spec import DEFAULT_PATH, Mount, RootFS
-from . import oci
+from . import archive, oci
 from .host import HOST_NAME, HOST_REF, HostLayout, host_image_config, host_layout, host_rootfs
 from .reference import Reference, normalize_ref, split_ref
 from .reference import parse as parse_ref
@@ -311,6 +311,30 @@ class ImageService:
         if merged != doc.get("repo_digests", []):
             self.store.update_image(image["id"], {**doc, "repo_digests": merged})
 
+    # ------------------------------------------------------------ archives
+
+    def load(self, src: str | os.PathLike[str] | BinaryIO,
+             progress: Progress | None = None) -> list[dict[str, Any]]:
+        """``docker load``: every image of an OCI image layout or ``docker save``
+        tarball (path or binary stream, plain or compressed); returns
+        ``[{"id", "tags"}]``. ``progress`` gets ``{"status": "Loading", "current":
+        bytes read}``. See :mod:`sandboxd.images.archive`."""
+        with contextlib.ExitStack() as stack:
+            raw = src
+            if isinstance(src, (str, os.PathLike)):
+                raw = stack.enter_context(open(src, "rb"))
+            if progress:
+                say = progress
+                raw = _Counting(raw, lambda n: say({"status": "Loading", "current": n}))
+            return archive.load(self, raw, progress=progress)  # type: ignore[arg-type]
+
+    def save(self, refs: Sequence[str], out: BinaryIO) -> None:
+        """``docker save``: write the images (tags or ids) to the binary stream ``out``
+        as a tar that is both an OCI image layout and a ``docker save`` archive."""
+        if not refs:
+            raise InvalidArgument("save: name at least one image")
+        archive.save(self, refs, out)
+
     # ------------------------------------------------------------ registries
 
     def _registry(self, domain: str) -> RegistryClient:
@@ -364,12 +388,18 @@ class ImageService:
             repo_digests = [f"{r.name}@{top_digest}"]
             existing = self.store.get_image(config_desc["digest"])
             if existing is None:
-                self._fetch(client, r.path, config_desc, say)
-                layers = []
-                for desc in manifest.get("layers") or []:
-                    self._fetch(client, r.path, desc, say, layer=True)
-                    layers.append({"digest": desc["digest"], "size": desc["size"],
-                                   "media_type": desc.get("mediaType", oci.MEDIA_LAYER)})
+                layers = [{"digest": d["digest"], "size": d["size"],
+                           "media_type": d.get("mediaType", oci.MEDIA_LAYER)}
+                          for d in manifest["layers"]]
+                try:
+                    self._fetch(client, r.path, config_desc, say)
+                    for desc in manifest["layers"]:
+                        self._fetch(client, r.path, desc, say, layer=True)
+                except BaseException:
+                    # what this pull stored and no image uses (a pull again fetches it)
+                    self._delete_unused_blobs({"id": config_desc["digest"],
+                                               "doc": {"layers": layers}})
+                    raise
                 manifest_digest, _ = self.content.ingest(body)
                 image_id = self._add_image(config_desc["digest"], manifest_digest, layers,
                                            tags=tags, repo_digests=repo_digests,
@@ -381,6 +411,7 @@ class ImageService:
                         self.store.tag(tag, existing["id"])
                 image_id = existing["id"]
             say({"status": f"Digest: {top_digest}"})
+            say({"status": f"Status: {'Image is up to date' if existing else 'Downloaded newer image'} for {r}"})
             return image_id
 
     def _fetch(self, client: RegistryClient, repo: str, desc: dict[str, Any],
