@@ -44,7 +44,8 @@ STATUSES = ("created", "running", "paused", "restarting", "removing", "exited", 
 PROTOCOLS = ("tcp", "udp", "sctp")
 DEFAULT_STOP_TIMEOUT = 10               # seconds between stop_signal and SIGKILL
 
-_NAME = re.compile(r"^/?[A-Za-z0-9][A-Za-z0-9_.-]+$")   # Docker: at least two characters
+MAX_NAME = 255
+_NAME = re.compile(r"^/?[A-Za-z0-9][A-Za-z0-9_.-]+\Z")   # Docker: at least two characters
 _USER = re.compile(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$")
 _IMAGE = re.compile(r"^[^\s\x00]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -401,7 +402,11 @@ def parse_signal(value: str | int) -> int:
 
 
 def check_name(name: str, where: str = "name") -> list[str]:
-    """Docker's container-name rule: ``[A-Za-z0-9][A-Za-z0-9_.-]+``."""
+    """Docker's container-name rule: ``[A-Za-z0-9][A-Za-z0-9_.-]+``, at most
+    ``MAX_NAME`` characters (a name is a path component and a log field)."""
+    if isinstance(name, str) and len(name) > MAX_NAME:
+        return [f"{where}: the container name is {len(name)} characters long; at most "
+                f"{MAX_NAME} are allowed"]
     if not isinstance(name, str) or not _NAME.match(name):
         return [f"{where}: invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] "
                 f"are allowed, at least two characters"]

@@ -284,3 +284,182 @@ def test_cp_both_directions(daemon: Daemon, tmp_path: Path) -> None:
     r = daemon.sbx("cp", "e2e-cp:/data", str(tmp_path / "stopped"))
     assert r.returncode != 0 and "running containers only" in r.err
     daemon.sbx("rm", "e2e-cp", check=True)
+
+
+# ---------------------------------------------------------------- a terminal
+
+def _read_until(fd: int, needle: bytes, seen: bytearray, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"no {needle!r} on the terminal; it showed {bytes(seen)!r}")
+        if select.select([fd], [], [], left)[0]:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:          # EIO: the CLI closed the terminal
+                pytest.fail(f"terminal closed before {needle!r}; it showed {bytes(seen)!r}")
+
+
+def _set_size(fd: int, rows: int, cols: int) -> None:
+    import fcntl
+    import struct
+    import termios
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def test_interactive_tty(daemon: Daemon) -> None:
+    import fcntl
+    import termios
+    master, slave = os.openpty()
+    _set_size(slave, 30, 100)
+    pid = os.fork()
+    if pid == 0:                                   # the CLI, on the terminal as a user's
+        try:
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+            os.chdir(REPO)
+            os.execve(PY, [PY, "-m", "sandboxd.cli", "run", "-it", "--rm", "busybox", "sh"],
+                      daemon.env)
+        finally:
+            os._exit(99)
+    os.close(slave)
+    try:
+        seen = bytearray()
+        _read_until(master, b"/ # ", seen)          # type at the prompt, as a user does
+        os.write(master, b"echo hi-$((1+2))\n")
+        _read_until(master, b"hi-3", seen)         # only the shell's output says 3
+        os.write(master, b"stty size\n")
+        _read_until(master, b"30 100", seen)       # the size the CLI found at start
+        _set_size(master, 40, 120)                 # the CLI gets SIGWINCH and passes it on
+        deadline = time.monotonic() + 15
+        while b"40 120" not in seen:
+            os.write(master, b"stty size\n")
+            _read_until(master, b"\n", bytearray(), 5)
+            time.sleep(0.1)
+            while select.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 4096)
+            assert time.monotonic() < deadline, f"never resized: {bytes(seen)!r}"
+        os.write(master, b"exit 7\n")
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 7, bytes(seen)
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(master)
+
+
+# ---------------------------------------------------------------- sessions
+
+SESSION_CLIENT = """
+import sys, time
+from sandboxd.api import Client
+client = Client(sys.argv[1], session=True, autostart=False)
+c = client.containers.create("busybox", ["sleep", "600"], name="e2e-session")
+c.start()
+print(c.id, flush=True)
+time.sleep(600)
+"""
+
+
+def test_session_containers_go_with_their_client(daemon: Daemon) -> None:
+    proc = subprocess.Popen([PY, "-c", SESSION_CLIENT, daemon.sock], stdout=subprocess.PIPE,
+                            env=daemon.env, cwd=REPO)
+    try:
+        cid = proc.stdout.readline().decode().strip()
+        assert len(cid) == 64, cid
+        assert cid in daemon.ids()
+        pid = int(daemon.sbx("inspect", "-f", "{{.State.Pid}}", cid, check=True).out)
+    finally:
+        proc.kill()                                # SIGKILL: no goodbye to the daemon
+        proc.wait()
+    wait_until(lambda: cid not in daemon.ids("-a"), 15, "the session's container to go")
+    assert not pid_alive(pid)
+    assert not (Path(daemon.root) / "containers" / cid).exists()
+
+
+# ---------------------------------------------------------------- bad input (CHECKS 29)
+
+def _config(**changes: object) -> dict:
+    from sandboxd import config
+    doc = config.build_config("busybox", ["true"]).to_dict()
+    host = changes.pop("host", {})
+    doc.update(changes)
+    doc["host"].update(host)
+    return doc
+
+
+BAD_CREATES = {
+    "cmd not a list": {"config": _config(cmd="true")},
+    "memory a string": {"config": _config(host={"memory": "64m"})},
+    "unknown field": {"config": {**_config(), "privileged": True}},
+    "unknown host field": {"config": _config(host={"devices": ["/dev/sda"]})},
+    "missing config": {},
+    "config not a map": {"config": ["busybox"]},
+    "unknown param": {"config": _config(), "nmae": "x"},
+    "env without =": {"config": _config(env=["NOEQUALS"])},
+    "env with NUL": {"config": _config(env=["A=b\0c"])},
+    "name with /": {"config": _config(), "name": "a/b"},
+    "name ..": {"config": _config(), "name": ".."},
+    "name with NUL": {"config": _config(), "name": "a\0b"},
+    "name with newline": {"config": _config(), "name": "ab\n"},
+    "name 10 KB": {"config": _config(), "name": "a" * 10240},
+    "mount into /proc": {"config": _config(host={"mounts": [
+        {"destination": "/proc/sys", "type": "tmpfs", "source": "", "readonly": False,
+         "options": []}]})},
+    "relative mount": {"config": _config(host={"mounts": [
+        {"destination": "data", "type": "tmpfs", "source": "", "readonly": False,
+         "options": []}]})},
+    "bad ulimit name": {"config": _config(host={"ulimits": [
+        {"name": "nofiles", "soft": 1, "hard": 2}]})},
+    "ulimit soft > hard": {"config": _config(host={"ulimits": [
+        {"name": "nofile", "soft": 300, "hard": 200}]})},
+    "bad uts mode": {"config": _config(host={"uts_mode": "sideways"})},
+    "negative memory": {"config": _config(host={"memory": -5})},
+}
+
+
+@pytest.mark.parametrize("params", BAD_CREATES.values(), ids=BAD_CREATES.keys())
+def test_bad_create_is_invalid_argument_and_creates_nothing(daemon: Daemon,
+                                                            params: dict) -> None:
+    containers = Path(daemon.root) / "containers"
+    listing = lambda: set(os.listdir(containers)) if containers.exists() else set()  # noqa
+    before = (set(daemon.ids("-a")), listing(), set(daemon.cgroup_children()))
+    with daemon.client() as client:
+        with pytest.raises(errors.InvalidArgument) as caught:
+            client.call("container.create", params)
+        assert caught.value.message
+        with pytest.raises(errors.InvalidArgument):
+            client.call("container.run", dict(params))
+    assert (set(daemon.ids("-a")), listing(), set(daemon.cgroup_children())) == before
+
+
+# ---------------------------------------------------------------- output volume
+
+def test_log_cap_and_daemon_memory(daemon: Daemon) -> None:
+    rss_before = _rss(daemon.proc.pid)
+    # ~20 MiB of output, read by nobody while it is written
+    r = daemon.sbx("run", "-d", "--name", "e2e-flood", "busybox", "sh", "-c",
+                   "yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"
+                   " | head -c 20971520", check=True)
+    cid = r.out.strip()
+    assert daemon.sbx("wait", "e2e-flood", check=True).out.strip() == "0"
+    log = Path(daemon.root) / "containers" / cid / "output.log"
+    assert log.stat().st_size <= DEFAULT_CAP + (1 << 20)
+    logs = daemon.sbx("logs", "e2e-flood", check=True, timeout=120)
+    assert TRUNCATED.decode().strip() in logs.err
+    assert 15 << 20 < len(logs.stdout) <= DEFAULT_CAP
+    daemon.sbx("rm", "e2e-flood", check=True)
+    # Generous: the daemon must not have kept the flood (20 MiB) in memory.
+    assert _rss(daemon.proc.pid) - rss_before < 64 << 20
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
