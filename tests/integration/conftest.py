@@ -69,16 +69,23 @@ class Daemon:
 
     # -- life cycle
     def start(self) -> Daemon:
+        """Start (or restart, with the same root) and wait until it listens (a socket
+        file alone proves nothing after a kill -9: it is the dead daemon's)."""
+        listening = self._listening()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [PY, "-m", "sandboxd.daemon", "--root", self.root, "--host", self.sock,
              "--cgroup-parent", self.parent, *self.flags],
             stdout=log, stderr=log, env=self.env, cwd=REPO)
         log.close()
-        wait_until(lambda: os.path.exists(self.sock) or self.proc.poll() is not None,
-                   what="the daemon's socket")
+        wait_until(lambda: self._listening() > listening or self.proc.poll() is not None,
+                   what="the daemon to listen")
         assert self.proc.poll() is None, f"daemon exited at start:\n{self.log()}"
         return self
+
+    def _listening(self) -> int:
+        return self.log(1 << 30).count(" listening on ") if os.path.exists(self.log_path) \
+            else 0
 
     def log(self, tail: int = 6000) -> str:
         with open(self.log_path, errors="replace") as f:

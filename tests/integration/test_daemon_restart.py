@@ -1,0 +1,78 @@
+"""The daemon dies or stops with containers running (CHECKS 23, 24). Each test has its
+own daemon (``conftest.Daemon``), since it kills it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import Daemon, pid_alive, wait_until
+
+
+@pytest.fixture
+def fresh():
+    d = Daemon().start()
+    try:
+        d.import_busybox()
+        yield d
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
+        else:                      # a test failed with the daemon dead: still clean up
+            d.assert_clean()
+
+
+def _pid(d: Daemon, name: str) -> int:
+    return int(d.sbx("inspect", "-f", "{{.State.Pid}}", name, check=True).out)
+
+
+def test_kill9_then_restart(fresh: Daemon) -> None:
+    d = fresh
+    for name, flags in (("r-rm", ["--rm"]), ("r-a", []), ("r-b", [])):
+        d.sbx("run", "-d", "--name", name, *flags, "busybox", "sleep", "600", check=True)
+    d.sbx("run", "-d", "--name", "r-done", "busybox", "sh", "-c",
+          "echo stored-out; echo stored-err >&2; exit 5", check=True)
+    assert d.sbx("wait", "r-done", check=True).out.strip() == "5"
+    pids = [_pid(d, name) for name in ("r-rm", "r-a", "r-b")]
+    rm_id = d.sbx("inspect", "-f", "{{.Id}}", "r-rm", check=True).out.strip()
+    forkservers = d.forkserver_pids()
+    assert forkservers and all(pid_alive(p) for p in pids)
+
+    d.kill9()
+    # The fork server sees its owner's socket close: it kills every container, removes
+    # their cgroups and exits. Nothing may linger until the next start.
+    wait_until(lambda: not any(pid_alive(p) for p in pids + forkservers), 15,
+               "the fork server and the containers to die with the daemon")
+    wait_until(lambda: not d.cgroup_children(pooled=True), 15, "the cgroups to go")
+    assert not d.leftover_processes()
+
+    d.start()
+    ps = d.sbx("ps", "-a", "--format", "{{.Names}}", check=True).out.split()
+    assert sorted(ps) == ["r-a", "r-b", "r-done"]          # the --rm one is gone
+    assert not (Path(d.root) / "containers" / rm_id).exists()
+    for name in ("r-a", "r-b"):
+        status, code = d.sbx("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", name,
+                             check=True).out.split()
+        assert (status, code) == ("exited", "137")
+        error = d.sbx("inspect", "-f", "{{.State.Error}}", name, check=True).out
+        assert "daemon stopped" in error
+    assert d.sbx("inspect", "-f", "{{.State.ExitCode}}", "r-done").out.strip() == "5"
+    logs = d.sbx("logs", "r-done", check=True)
+    assert (logs.out, logs.err) == ("stored-out\n", "stored-err\n")
+
+    # A container from before the crash starts again and works.
+    d.sbx("start", "r-a", check=True)
+    assert d.sbx("exec", "r-a", "echo", "alive", check=True).out == "alive\n"
+    d.stop()              # SIGTERM with r-a running: exit 0, nothing left (conftest)
+
+
+def test_sigterm_stops_containers(fresh: Daemon) -> None:
+    d = fresh
+    d.sbx("run", "-d", "--name", "t-rm", "--rm", "busybox", "sleep", "600", check=True)
+    d.sbx("run", "-d", "--name", "t-keep", "busybox", "sh", "-c",
+          "echo before; exec sleep 600", check=True)
+    pids = [_pid(d, "t-rm"), _pid(d, "t-keep")]
+    d.stop()              # exit 0, socket removed, no mount, cgroup or process left
+    assert not any(pid_alive(p) for p in pids)
+    assert not os.path.exists(d.sock)
