@@ -97,12 +97,13 @@ class Reference:
 
 def parse(ref: str) -> Reference:
     """Docker's split: the first component is a registry when the name has more than one
-    and it contains ``.`` or ``:`` or is ``localhost`` (``localhost:5000/team/app:v2``
-    -> domain ``localhost:5000``, path ``team/app``). A name without a digest gets the
-    tag ``latest``."""
+    and it contains ``.``, ``:`` or an uppercase letter, or is ``localhost``
+    (``localhost:5000/team/app:v2`` -> domain ``localhost:5000``, path ``team/app``).
+    A name without a digest gets the tag ``latest``."""
     name, tag, digest = split_ref(ref)
     first, slash, rest = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
+    if slash and ("." in first or ":" in first or first == "localhost"
+                  or first.lower() != first):
         domain, path = first, rest
     else:
         domain, path = "", name

@@ -9,10 +9,12 @@ writes layouts and docker archives that sbx loads.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import hashlib
 import http.client
+import http.server
 import io
 import json
 import os
@@ -23,6 +25,7 @@ import subprocess
 import tarfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -50,13 +53,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _registry(base: Path, htpasswd: Path | None = None):
-    """A docker-registry on 127.0.0.1:<free port>; yields ``127.0.0.1:<port>``."""
+def _registry(base: Path, auth: str = ""):
+    """A docker-registry on 127.0.0.1:<free port> (``auth``: its config's auth
+    section); yields ``127.0.0.1:<port>``."""
     port = _free_port()
     base.mkdir(parents=True)
-    auth = ""
-    if htpasswd is not None:
-        auth = f"auth:\n  htpasswd:\n    realm: sbx-test\n    path: {htpasswd}\n"
     config = base / "config.yml"
     config.write_text(
         "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
@@ -111,8 +112,95 @@ def auth_registry(tmp_path_factory):
                                                       "nor the bcrypt module is installed")
         line = f"{USER}:" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt()).decode()
     htpasswd.write_text(line + "\n")
-    with _registry(base / "server", htpasswd) as address:
+    auth = f"auth:\n  htpasswd:\n    realm: sbx-test\n    path: {htpasswd}\n"
+    with _registry(base / "server", auth) as address:
         yield address
+
+
+@pytest.fixture(scope="module")
+def token_registry(tmp_path_factory):
+    """A registry that wants Bearer tokens from :class:`TokenServer`; yields
+    ``(address, token server)``."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (apt-get install openssl): it signs the "
+                    "test token server's JWTs")
+    base = tmp_path_factory.mktemp("sbx-registry-token")
+    tokens = TokenServer(base)
+    try:
+        with _registry(base / "server", tokens.registry_auth()) as address:
+            yield address, tokens
+    finally:
+        tokens.close()
+
+
+class TokenServer:
+    """A token server for a registry with ``auth: token`` (distribution's JWT scheme):
+    ``GET /token?service=&scope=`` with Basic credentials answers ``{"token"}``, an RS256
+    JWT signed by ``openssl`` with a self-signed certificate the registry trusts
+    (``x5c`` header). Records the scopes it was asked for."""
+
+    def __init__(self, base: Path, issuer: str = "sbx-test-issuer",
+                 service: str = "sbx-test-registry"):
+        self.base, self.issuer, self.service = base, issuer, service
+        self.key, self.cert = base / "token.key", base / "token.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                        "-keyout", str(self.key), "-out", str(self.cert), "-days", "1",
+                        "-subj", "/CN=sbx-test-token"], check=True, capture_output=True)
+        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        self.x5c = base64.b64encode(der).decode()
+        self.scopes: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+                if self.headers.get("Authorization") != expected:
+                    body = b'{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}'
+                    self.send_response(401)
+                else:
+                    scope = query.get("scope", [""])[0]
+                    server.scopes.append(scope)
+                    body = json.dumps({"token": server.token(scope)}).encode()
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def token(self, scope: str) -> str:
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+        access = []
+        if scope:
+            kind, name, actions = scope.split(":")
+            access = [{"type": kind, "name": name, "actions": actions.split(",")}]
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
+        claims = {"iss": self.issuer, "sub": USER, "aud": self.service, "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": os.urandom(8).hex(),
+                  "access": access}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+                                   input=signing_input.encode(), check=True,
+                                   capture_output=True).stdout
+        return f"{signing_input}.{b64(signature)}"
+
+    def registry_auth(self) -> str:
+        return (f"auth:\n  token:\n    realm: {self.realm}\n    service: {self.service}\n"
+                f"    issuer: {self.issuer}\n    rootcertbundle: {self.cert}\n")
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class CuttingProxy:
@@ -389,6 +477,28 @@ def test_basic_auth_login_and_refusals(auth_registry, roots, busybox_tar, tmp_pa
     assert other.pull(ref) == svc.get(ref)["id"]
     assert other.inspect(ref)["RepoDigests"] == [f"{auth_registry}/private/busybox@{digest}"]
     assert other.logout(auth_registry) and not other.logout(auth_registry)
+
+
+def test_bearer_token_auth(token_registry, roots, busybox_tar):
+    address, tokens = token_registry
+    svc = roots("a")
+    ref = f"{address}/team/busybox:v1"
+    image_id = svc.import_rootfs(busybox_tar, ref)
+    with pytest.raises(Unauthorized, match=r"^unauthorized: bad credentials \(registry "
+                                           rf"{address} needs a login: sbx login"):
+        svc.push(ref)
+    with pytest.raises(Unauthorized, match="^unauthorized: bad credentials .*refused the "
+                                           "login of 'sbx-user'"):
+        svc.login(address, USER, "wrong")
+    svc.login(address, USER, PASSWORD)
+    digest = svc.push(ref)["digest"]
+    other = roots("b")
+    other.credentials.set(address, USER, PASSWORD)
+    assert other.pull(ref) == image_id
+    assert other.inspect(ref)["RepoDigests"] == [f"{address}/team/busybox@{digest}"]
+    # one token per scope, fetched once and reused for every request of the operation
+    assert tokens.scopes.count("repository:team/busybox:pull,push") == 1
+    assert tokens.scopes.count("repository:team/busybox:pull") == 1
 
 
 def test_multi_layer_image_with_whiteouts_chunked_push_and_pull(registry, roots, tmp_path):
