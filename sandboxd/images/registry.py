@@ -57,6 +57,10 @@ class Unauthorized(InvalidArgument):
     ``invalid_argument``: the credentials are the caller's to fix."""
 
 
+class ConnectionLost(Unavailable):
+    """The connection dropped and the retries ran out (travels as ``unavailable``)."""
+
+
 def is_loopback(registry: str) -> bool:
     host = urllib.parse.urlsplit("//" + registry).hostname or ""
     if host == "localhost":
@@ -245,7 +249,7 @@ class RegistryClient:
             except _DROPPED as e:
                 tries += 1
                 if not retry or tries > self.retries:
-                    raise Unavailable(f"registry {self.registry}: connection lost during "
+                    raise ConnectionLost(f"registry {self.registry}: connection lost during "
                                       f"{method} {urllib.parse.urlsplit(url).path} "
                                       f"({type(e).__name__}: {e}), tried {tries} times") \
                         from None
@@ -422,8 +426,8 @@ class RegistryClient:
             try:
                 self._upload(repo, digest, size, opener, chunk_size, progress)
                 return
-            except Unavailable as e:
-                if attempt == self.retries or "connection lost" not in str(e):
+            except ConnectionLost:
+                if attempt == self.retries:
                     raise
 
     def _upload(self, repo: str, digest: str, size: int, opener: Callable[[], BinaryIO],
@@ -546,7 +550,7 @@ class BlobReader:
                 self.close()
                 self._client._drop(self._client._url("/"))
                 if self._tries > self._client.retries:
-                    raise Unavailable(f"{self._what}: connection lost at byte "
+                    raise ConnectionLost(f"{self._what}: connection lost at byte "
                                       f"{self.offset} ({type(e).__name__}), tried "
                                       f"{self._tries} times") from None
                 continue

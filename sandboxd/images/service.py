@@ -411,7 +411,8 @@ class ImageService:
                         self.store.tag(tag, existing["id"])
                 image_id = existing["id"]
             say({"status": f"Digest: {top_digest}"})
-            say({"status": f"Status: {'Image is up to date' if existing else 'Downloaded newer image'} for {r}"})
+            news = "Image is up to date" if existing else "Downloaded newer image"
+            say({"status": f"Status: {news} for {r}"})
             return image_id
 
     def _fetch(self, client: RegistryClient, repo: str, desc: dict[str, Any],
