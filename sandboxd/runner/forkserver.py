@@ -223,7 +223,7 @@ def _container_c1(spec: ContainerSpec, cgroup: Any, stdio: list[int], errw: int,
                   mnt: str) -> NoReturn:
     try:
         _reset_signals()
-        cgroup.join(os.getpid())
+        cgroup.join(0)
         try:
             _enter_namespaces(spec)
         except OSError as e:
@@ -247,7 +247,7 @@ def _exec_c1(target_pid: int, process: Process, cgroup: Any, stdio: list[int], e
         fds = {}
         for ns in EXEC_NAMESPACES:
             fds[ns] = os.open(f"/proc/{target_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-        cgroup.join(os.getpid())
+        cgroup.join(0)
         for ns in EXEC_NAMESPACES:
             sc.setns(fds[ns])
             os.close(fds[ns])
