@@ -814,15 +814,19 @@ def _open_parent(root: int, record: cfg.ContainerRecord, path: str) -> tuple[int
     parent, _, name = path.rstrip("/").rpartition("/")
     if name in (".", ".."):
         raise InvalidArgument(f"path: {path!r} must not end in . or ..")
+    missing = NotFound(f"Could not find the file {path} in container {record.name}")
     try:
         fd = syscalls.openat2(root, parent.lstrip("/") or ".",
                               os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
                               syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS)
-        if name:
-            os.stat(name, dir_fd=fd, follow_symlinks=False)
     except (FileNotFoundError, NotADirectoryError):
-        raise NotFound(f"Could not find the file {path} in container {record.name}") \
-            from None
+        raise missing from None
+    if name:
+        try:
+            os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.close(fd)
+            raise missing from None
     return fd, name
 
 
