@@ -3,7 +3,8 @@
 Started once by exec (``python -m sandboxd.runner.forkserver --fd N``), it talks to its
 owner over a SOCK_SEQPACKET socket: msgpack messages, stdio fds passed with SCM_RIGHTS.
 It is a child subreaper, so each container's pid 1 becomes its child and it sees every
-exit first-hand; then it reads the OOM counter, removes the cgroup and reports.
+exit first-hand; then it reads the cgroup's counters (OOM kills included) and reports, and
+removes the cgroup once nothing else is waiting.
 
 One container start::
 
@@ -305,6 +306,7 @@ class ForkServer:
         self.early_exits: dict[int, int] = {}                   # reaped before claimed
         self.helpers: set[int] = set()                           # C1 processes
         self.failing: dict[int, _Start] = {}                     # failed, awaiting reap
+        self.retiring: dict[str, Any] = {}      # exited, cgroup not yet removed: id -> cgroup
         self.selector = selectors.DefaultSelector()
         self.running = True
 
@@ -321,7 +323,11 @@ class ForkServer:
         send_message(self.sock, {"event": "ready", "pid": os.getpid(),
                                  "cgroup_version": self.cgroups.version})
         while self.running:
-            for key, _ in self.selector.select():
+            events = self.selector.select(0 if self.retiring else None)
+            if not events and self.retiring:
+                self._retire_one()            # one at a time: requests come first
+                continue
+            for key, _ in events:
                 if key.data == "control":
                     self._on_control()
                 elif key.data == "signal":
@@ -379,6 +385,7 @@ class ForkServer:
         problems = rlimits.check_raisable(spec.process.ulimits)
         if problems:
             raise InvalidArgument.of(problems)
+        self._retire(spec.id)            # a previous run of this id may still hold its name
         cgroup = self.cgroups.create(spec.id, spec.limits)
         container = _Container(spec.id, spec, cgroup)
         try:
@@ -563,22 +570,41 @@ class ForkServer:
                  "signal": -code if code < 0 else None, "oom_killed": False, "stats": None}
         if exec_id is not None:
             container.execs.pop(exec_id, None)
-        else:
-            event["oom_killed"], event["stats"] = self._remove(container)
+            send_message(self.sock, event)
+            return
+        self._forget(container)
+        try:
+            stats = asdict(container.cgroup.stats())
+            event["oom_killed"], event["stats"] = stats["oom_kills"] > 0, stats
+        finally:
+            # Killing what is left (nothing, with a private pid namespace: pid 1's exit
+            # emptied it) and removing the cgroup wait until the event is out and no
+            # request is waiting; a new start of the same id does it first.
+            self.retiring[container.id] = container.cgroup
         send_message(self.sock, event)
 
-    def _remove(self, container: _Container) -> tuple[bool, dict | None]:
-        """Kill what is left in the cgroup, read its counters, delete it."""
+    def _forget(self, container: _Container) -> None:
         self.containers.pop(container.id, None)
         for exec_pid in container.execs.values():
             self.pids.pop(exec_pid, None)
+
+    def _remove(self, container: _Container) -> None:
+        """Kill what is in the cgroup and delete it, now."""
+        self._forget(container)
+        container.cgroup.remove()
+
+    def _retire(self, container_id: str) -> None:
+        """Remove the cgroup of an exited container, if it still awaits removal."""
+        cgroup = self.retiring.pop(container_id, None)
+        if cgroup is not None:
+            cgroup.remove()
+
+    def _retire_one(self) -> None:
+        container_id = next(iter(self.retiring))
         try:
-            container.cgroup.kill_all()
-            stats = asdict(container.cgroup.stats())
-            oom = container.cgroup.oom_kills() > 0
-        finally:
-            container.cgroup.remove()
-        return oom, stats
+            self._retire(container_id)
+        except SandboxError as e:
+            print(f"fork server: cleanup of {container_id}: {e}", file=sys.stderr)
 
     def _shutdown(self) -> None:
         for container in list(self.containers.values()):
@@ -586,6 +612,8 @@ class ForkServer:
                 self._remove(container)
             except SandboxError as e:
                 print(f"fork server: cleanup of {container.id}: {e}", file=sys.stderr)
+        while self.retiring:
+            self._retire_one()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             try:
