@@ -1,0 +1,569 @@
+"""The host side of a containerised test (pytest-xdist's controller/worker split, with
+a container in place of the remote interpreter).
+
+For each marked item :meth:`Controller.run_item` runs ONE container from the item's
+image with its limits, whose command is ``<python> -m pytest_sandbox.worker``; the
+project's code is bind-mounted read-only at the same paths, ``/tmp`` is a fresh tmpfs
+(``--basetemp`` lives there). The worker runs the whole item (fixture setup and
+teardown included) and streams its reports back as msgpack maps on its stdout; they are
+rebuilt with ``pytest_report_from_serializable`` (plain data: nothing from the container
+is ever unpickled) and handed to the item's ``pytest_runtest_logreport`` hook, so the
+terminal, ``-x``, durations and junit-xml see them as local reports.
+
+A container that ends without the reports of every phase becomes a failed report in
+the first missing phase: "timed out after N s", "killed: out of memory (limit N MiB)"
+or "worker crashed: ..." with the end of its stderr.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from _pytest.reports import TestReport
+
+from . import WORKER_ENV
+
+WORKER_MODULE = "pytest_sandbox.worker"
+BASETEMP = "/tmp/pytest-sandbox"         # on the container's /tmp tmpfs
+STDERR_KEPT = 64 * 1024                  # bytes of the worker's stderr kept for a crash
+WATCHDOG_GRACE = 2.0                     # seconds after the daemon's own timeout kill
+CHANNEL_LIMIT = 256 * 1024 * 1024        # the most report data one container may send
+PHASES = ("setup", "call", "teardown")
+
+# Host environment variables a test also sees inside (everything else is the image's
+# and the marker's): locale, terminal, hash seed, warning filters, plugin loading.
+PASSED_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "COLUMNS", "LINES",
+              "NO_COLOR", "FORCE_COLOR", "PY_COLORS", "PYTHONHASHSEED", "PYTHONWARNINGS",
+              "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONFAULTHANDLER", "PYTEST_PLUGINS",
+              "PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTEST_THEME", "PYTEST_THEME_MODE",
+              "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+
+# Options the worker must not act on again: the controller writes junit-xml and the
+# cache, distributes with xdist, and has already selected the item.
+WORKER_OPTION_OVERRIDES: dict[str, Any] = {
+    "sandbox": False, "basetemp": BASETEMP, "xmlpath": None, "reportlog": None,
+    "report_log": None, "pastebin": None, "usepdb": False, "trace": False,
+    "looponfail": False, "dist": "no", "numprocesses": None, "maxprocesses": None,
+    "tx": [], "keyword": "", "markexpr": "", "deselect": [], "lf": False, "failedfirst":
+    False, "newfirst": False, "stepwise": False, "stepwise_skip": False,
+    "collectonly": False, "pyargs": False, "cacheclear": False, "cacheshow": False,
+}
+
+# Top-level host directories that are never bound over the container's own.
+NEVER_MOUNTED = ("/", "/proc", "/sys", "/dev", "/etc", "/tmp", "/run", "/usr", "/bin",
+                 "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/var", "/boot")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one item's container gets (marker over command line over ini)."""
+    image: str = "host"
+    memory: str | int | None = None
+    cpus: float | str | None = None
+    cpu_quota: int | None = None
+    cpu_period: int | None = None
+    pids: int | None = None
+    ulimits: Mapping[str, Any] | Sequence[str] = ()
+    network: str = "none"
+    env: Mapping[str, str] = field(default_factory=dict)
+    volumes: Sequence[str] = ()
+    timeout: float | None = None
+    read_only: bool = False
+    links: Mapping[str, str] | Sequence[str] = ()
+    python: str = ""                     # the interpreter inside; default sys.executable
+
+
+MARKER_ARGS = tuple(f.name for f in fields(Settings))
+
+
+class MarkerError(Exception):
+    """A ``container`` marker with arguments it does not take."""
+
+
+def defaults_from_config(config: pytest.Config) -> Settings:
+    """``--sandbox-*`` options, then ``sandbox_*`` ini values, then Settings' own."""
+    def pick(name: str) -> Any:
+        value = config.getoption(f"sandbox_{name}")
+        return value if value not in (None, "") else config.getini(f"sandbox_{name}")
+
+    base = Settings()
+    timeout = pick("timeout")
+    return replace(base, image=pick("image") or base.image,
+                   memory=pick("memory") or None, cpus=pick("cpus") or None,
+                   timeout=float(timeout) if timeout not in (None, "") else None)
+
+
+def settings_for(item: pytest.Item, defaults: Settings) -> Settings:
+    """The closest ``container`` marker wins per argument (function over class over
+    module); positional ``container("busybox")`` is the image."""
+    merged: dict[str, Any] = {}
+    for mark in reversed(list(item.iter_markers("container"))):    # farthest first
+        if len(mark.args) > 1:
+            raise MarkerError(f"container(...) takes at most one positional argument "
+                              f"(the image), got {mark.args!r}")
+        unknown = sorted(set(mark.kwargs) - set(MARKER_ARGS))
+        if unknown:
+            raise MarkerError(f"container(...) got unknown argument(s) "
+                              f"{', '.join(unknown)}; it takes {', '.join(MARKER_ARGS)}")
+        if mark.args:
+            merged["image"] = mark.args[0]
+        merged.update(mark.kwargs)
+    return replace(defaults, **merged)
+
+
+def wants_container(item: pytest.Item) -> bool:
+    return item.config.getoption("sandbox") or \
+        item.get_closest_marker("container") is not None
+
+
+# ---------------------------------------------------------------- what the container sees
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def code_paths(config: pytest.Config, visible: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(directories to bind read-only at the same path, the PYTHONPATH inside).
+
+    The rootdir, the invocation dir, and every ``sys.path`` entry (with the directories
+    this plugin and sandboxd are imported from) that the image does not already show:
+    ``visible`` are the host image's read-only prefixes (the Python's).
+    """
+    visible = [os.path.realpath(v) for v in visible]
+    pythonpath: list[str] = []
+    wanted: list[str] = []
+    for entry in sys.path:
+        path = os.path.abspath(entry or os.getcwd())
+        if not os.path.exists(path) or any(_under(os.path.realpath(path), v)
+                                           for v in visible):
+            continue
+        if path not in pythonpath:
+            pythonpath.append(path)
+        wanted.append(path)
+    import sandboxd
+    for module in (sys.modules[__name__.rpartition(".")[0]], sandboxd):
+        wanted.append(str(Path(module.__file__).resolve().parent.parent))
+    rootdir = str(config.rootpath)
+    if rootdir in NEVER_MOUNTED:
+        raise pytest.UsageError(f"pytest_sandbox: the rootdir {rootdir} cannot be bound "
+                                f"into a container; give --rootdir a project directory")
+    wanted += [rootdir, str(config.invocation_params.dir)]
+    mounts: list[str] = []
+    for path in sorted(set(wanted), key=len):
+        if path in NEVER_MOUNTED or any(_under(os.path.realpath(path), v) for v in visible):
+            continue
+        if not any(_under(path, m) for m in mounts):
+            mounts.append(path)
+    return mounts, pythonpath
+
+
+def worker_options(config: pytest.Config) -> dict[str, Any]:
+    """The controller's option namespace as plain data, with the worker's overrides."""
+    options = {}
+    for name, value in vars(config.option).items():
+        if name.startswith("_") or name == "file_or_dir":    # the worker parses its args
+            continue
+        plain = _plain(value)
+        if plain is not _NOT_PLAIN:
+            options[name] = plain
+    options.update(WORKER_OPTION_OVERRIDES)
+    options["rootdir"] = str(config.rootpath)
+    if config.inipath is not None:
+        options["inifilename"] = str(config.inipath)
+    options["plugins"] = [*options.get("plugins", []), "no:cacheprovider"]
+    return options
+
+
+_NOT_PLAIN = object()
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _NOT_PLAIN if any(i is _NOT_PLAIN for i in items) else items
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        items = {k: _plain(v) for k, v in value.items()}
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items.values()) else items
+    return _NOT_PLAIN
+
+
+def worker_args(item: pytest.Item) -> list[str]:
+    """The item as a path argument: absolute, so the worker's cwd does not matter."""
+    _, sep, rest = item.nodeid.partition("::")
+    return [str(item.path) + (sep + rest if sep else "")]
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class Outcome:
+    """What one container run produced, before it becomes reports."""
+    reports: list[TestReport] = field(default_factory=list)
+    collect_error: Any = None
+    done: dict[str, Any] | None = None
+    stderr: bytearray = field(default_factory=bytearray)
+    exit_code: int | None = None
+    oom_killed: bool = False
+    timed_out: bool = False
+    error: str = ""
+    bad_frame: str = ""
+    container_id: str = ""
+    wall: float = 0.0
+
+
+@dataclass(frozen=True)
+class Usage:
+    nodeid: str
+    maxrss_kib: int
+    cpu_s: float
+    wall_s: float
+    exit: str
+
+
+class Controller:
+    """One per pytest session: one daemon connection (a daemon *session*: whatever it
+    creates is removed when pytest's process ends, however it ends)."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self._client: Any = None
+        self._client_error: Exception | None = None
+        self._lock = threading.Lock()
+        self._mounts: list[str] | None = None
+        self._pythonpath: list[str] = []
+        self.usage: list[Usage] = []
+
+    # -- the connection
+
+    @property
+    def client(self) -> Any:
+        """The session's connected ``sandboxd.Client`` (connects on first use)."""
+        with self._lock:
+            if self._client is None:
+                if self._client_error is not None:
+                    raise self._client_error
+                from sandboxd import Client
+                host = self.config.getoption("sandbox_host") or \
+                    self.config.getini("sandbox_host") or None
+                try:
+                    self._client = Client(host, session=True)
+                except Exception as exc:          # every marked test reports it
+                    self._client_error = exc
+                    raise
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- one item
+
+    def run_item(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        ihook = item.ihook
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        try:
+            settings = settings_for(item, defaults_from_config(self.config))
+            outcome = self._run(item, settings)
+            reports = self._reports(item, settings, outcome)
+        except (MarkerError, pytest.UsageError) as exc:
+            settings, outcome = None, None
+            reports = self._problem_reports(item, [], f"{exc}")
+        except Exception as exc:                     # the daemon refused or is gone
+            settings, outcome = None, None
+            reports = self._problem_reports(
+                item, [], f"cannot run the test in a container: {type(exc).__name__}: "
+                          f"{getattr(exc, 'message', None) or exc}")
+        reports = self._host_teardown(item, nextitem, reports)
+        for report in reports:
+            ihook.pytest_runtest_logreport(report=report)
+        if outcome is not None and outcome.done is not None:
+            self.usage.append(Usage(item.nodeid, int(outcome.done.get("maxrss_kib", 0)),
+                                    float(outcome.done.get("cpu_s", 0.0)), outcome.wall,
+                                    _describe_exit(outcome)))
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+    def _container_options(self, item: pytest.Item, settings: Settings) -> dict[str, Any]:
+        from sandboxd.images.host import python_prefixes
+        from sandboxd.runner.spec import Mount
+        if self._mounts is None:
+            self._mounts, self._pythonpath = code_paths(self.config, python_prefixes())
+        if settings.links:
+            features = self.client.version().get("features", [])
+            if "networks" not in features:
+                raise pytest.UsageError(
+                    f"links need the networks feature, which this sandboxd does not "
+                    f"have yet (its features: {', '.join(features)})")
+        env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
+        env.update({"PYTHONPATH": os.pathsep.join(self._pythonpath),
+                    "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/root", WORKER_ENV: "1"})
+        env.update({str(k): str(v) for k, v in dict(settings.env).items()})
+        # /tmp first: the binds below may lie under it (pytester's projects do).
+        volumes: list[Any] = [Mount("/tmp", "tmpfs", options=("mode=1777",))]
+        volumes += [Mount(p, "bind", p, readonly=True) for p in self._mounts]
+        volumes += list(settings.volumes)
+        options: dict[str, Any] = dict(
+            env=env, workdir=str(self.config.invocation_params.dir), volumes=volumes,
+            memory=settings.memory, cpus=settings.cpus, cpu_quota=settings.cpu_quota,
+            cpu_period=settings.cpu_period, pids_limit=settings.pids,
+            ulimits=settings.ulimits, network_mode=settings.network,
+            read_only=settings.read_only, timeout=settings.timeout, links=settings.links,
+            labels={"pytest_sandbox.nodeid": item.nodeid}, init=True)
+        return options
+
+    def _run(self, item: pytest.Item, settings: Settings) -> Outcome:
+        from sandboxd.config import build_config
+        options = self._container_options(item, settings)
+        python = settings.python or sys.executable
+        cfg = build_config(settings.image, [python, "-m", WORKER_MODULE],
+                           auto_remove=True, open_stdin=True, **options)
+        request = msgpack.packb({"args": worker_args(item),
+                                 "options": worker_options(self.config)})
+        outcome = Outcome()
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=CHANNEL_LIMIT)
+        live_stderr = self.config.getoption("capture") == "no"
+        began = time.monotonic()
+        attachment = self.client.stream("container.run", {
+            "config": cfg.to_dict(), "stdin": True, "remove": True, "detach": False})
+        watchdog = None
+        if settings.timeout:
+            # The daemon kills at the timeout; this bounds the wait if it does not.
+            watchdog = threading.Timer(settings.timeout + WATCHDOG_GRACE, attachment.cancel)
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            with attachment:
+                attachment.send(request)
+                attachment.close_stdin()
+                for event, data in attachment:
+                    if event == "stdout":
+                        self._feed(item, unpacker, data, outcome)
+                    elif event == "stderr":
+                        outcome.stderr += data
+                        del outcome.stderr[:-STDERR_KEPT]
+                        if live_stderr:
+                            sys.stderr.write(data.decode("utf-8", "replace"))
+                    elif event == "created":
+                        outcome.container_id = str(data.get("id", ""))
+                final = attachment.result()
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        outcome.wall = time.monotonic() - began
+        outcome.exit_code = int(final.get("exit_code", 0))
+        outcome.oom_killed = bool(final.get("oom_killed"))
+        outcome.timed_out = bool(final.get("timed_out")) or (
+            watchdog is not None and watchdog.finished.is_set() and outcome.done is None)
+        outcome.error = str(final.get("error") or "")
+        return outcome
+
+    def _feed(self, item: pytest.Item, unpacker: Any, data: bytes, outcome: Outcome) -> None:
+        if outcome.bad_frame:
+            return
+        try:
+            unpacker.feed(data)
+            for message in unpacker:
+                self._message(item, message, outcome)
+        except Exception as exc:        # malformed data from inside: the test failed
+            outcome.bad_frame = f"{type(exc).__name__}: {exc}"
+
+    def _message(self, item: pytest.Item, message: Any, outcome: Outcome) -> None:
+        if not isinstance(message, dict):
+            raise ValueError(f"expected a map, got {type(message).__name__}")
+        kind = message.get("kind")
+        hook = self.config.hook
+        if kind == "report":
+            report = hook.pytest_report_from_serializable(config=self.config,
+                                                          data=message["data"])
+            if not isinstance(report, TestReport) or report.when not in PHASES:
+                raise ValueError("a report that is not a test report")
+            report.location = tuple(report.location)
+            if report.skipped and isinstance(report.longrepr, list):
+                report.longrepr = tuple(report.longrepr)
+            if report.nodeid == item.nodeid:
+                outcome.reports.append(report)
+        elif kind == "collect":
+            outcome.collect_error = hook.pytest_report_from_serializable(
+                config=self.config, data=message["data"])
+        elif kind == "warning":
+            _rewarn(self.config, message)
+        elif kind == "done":
+            outcome.done = {"maxrss_kib": int(message.get("maxrss_kib", 0)),
+                            "cpu_s": float(message.get("cpu_s", 0.0)),
+                            "exitstatus": int(message.get("exitstatus", 0))}
+
+    # -- reports
+
+    def _reports(self, item: pytest.Item, settings: Settings,
+                 outcome: Outcome) -> list[TestReport]:
+        reports = outcome.reports
+        if _complete(reports):
+            return reports
+        if outcome.collect_error is not None and not reports:
+            return self._problem_reports(item, [], "", longrepr=outcome.collect_error.longrepr,
+                                         sections=outcome.collect_error.sections)
+        if outcome.timed_out:
+            problem = f"timed out after {settings.timeout:g} s"
+        elif outcome.oom_killed:
+            problem = f"killed: out of memory (limit {_mib(settings.memory)})"
+        elif outcome.bad_frame:
+            problem = f"the worker sent malformed data: {outcome.bad_frame}"
+        elif outcome.done is not None and not reports:
+            problem = (f"the worker ran no test (pytest exit status "
+                       f"{outcome.done['exitstatus']}): is {item.nodeid} collected "
+                       f"the same way inside the container?")
+        else:
+            problem = f"worker crashed: {_describe_exit(outcome)}"
+        if outcome.error:
+            problem += f" ({outcome.error})"
+        tail = bytes(outcome.stderr).decode("utf-8", "replace").strip()
+        return self._problem_reports(item, reports, problem, stderr=tail)
+
+    def _problem_reports(self, item: pytest.Item, got: list[TestReport], problem: str,
+                         stderr: str = "", longrepr: Any = None,
+                         sections: Iterable[tuple[str, str]] = ()) -> list[TestReport]:
+        """``got`` plus a failed report in the first missing phase (and a passed
+        teardown after it), so every item has the usual setup/call/teardown."""
+        reports = list(got)
+        when = _next_phase(reports)
+        if longrepr is None:
+            longrepr = ProblemRepr(item, problem, stderr)
+        reports.append(_report(item, when, "failed", longrepr, list(sections)))
+        if when != "teardown":
+            reports.append(_report(item, "teardown", "passed", None, []))
+        return reports
+
+    def _host_teardown(self, item: pytest.Item, nextitem: pytest.Item | None,
+                       reports: list[TestReport]) -> list[TestReport]:
+        """Fixtures that earlier *local* tests set up on the host are torn down where a
+        local run of this item would (pytest's SetupState expects it); an error there
+        is this item's teardown error, as it would be locally."""
+        from _pytest.runner import CallInfo
+        setupstate = getattr(item.session, "_setupstate", None)
+        if setupstate is None:
+            return reports
+        call = CallInfo.from_call(lambda: setupstate.teardown_exact(nextitem),
+                                  when="teardown", reraise=(KeyboardInterrupt,))
+        if call.excinfo is None:
+            return reports
+        host = TestReport.from_item_and_call(item, call)
+        kept = [r for r in reports if r.when != "teardown"]
+        container_td = [r for r in reports if r.when == "teardown"]
+        if container_td and container_td[0].failed:
+            return reports
+        return kept + [host]
+
+    def summary(self, terminalreporter: Any) -> None:
+        if not self.usage:
+            return
+        tr = terminalreporter
+        tr.write_sep("=", "sandbox resources (peak RSS, CPU time, wall time per test)")
+        for u in self.usage:
+            tr.write_line(f"{u.maxrss_kib / 1024:8.1f} MiB {u.cpu_s:7.2f}s cpu "
+                          f"{u.wall_s:7.2f}s wall  {u.exit:<10} {u.nodeid}")
+
+
+class ProblemRepr:
+    """The longrepr of a report the container could not deliver: a message (also the
+    short-summary line) and the end of the worker's stderr."""
+
+    def __init__(self, item: pytest.Item, message: str, stderr: str):
+        from _pytest._code.code import ReprFileLocation
+        path, lineno, _ = item.location
+        self.reprcrash = ReprFileLocation(path, (lineno or 0) + 1, message)
+        self.message = message
+        self.stderr = stderr
+
+    def toterminal(self, tw: Any) -> None:
+        tw.line(self.message, red=True, bold=True)
+        if self.stderr:
+            tw.sep("-", "worker stderr (last lines)")
+            for line in self.stderr.splitlines()[-60:]:
+                tw.line(line)
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.stderr:
+            text += "\n--- worker stderr (last lines) ---\n" + \
+                "\n".join(self.stderr.splitlines()[-60:])
+        return text
+
+
+def _report(item: pytest.Item, when: str, outcome: str, longrepr: Any,
+            sections: list[tuple[str, str]]) -> TestReport:
+    return TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, outcome,
+                      longrepr, when, sections=sections, duration=0.0, start=time.time(),
+                      stop=time.time(), user_properties=list(item.user_properties))
+
+
+def _complete(reports: list[TestReport]) -> bool:
+    return _next_phase(reports) == "" and any(r.when == "teardown" for r in reports)
+
+
+def _next_phase(reports: list[TestReport]) -> str:
+    """The phase a local run would report next ('' when teardown is in)."""
+    seen = {r.when: r for r in reports}
+    if "teardown" in seen:
+        return ""
+    if "setup" not in seen:
+        return "setup"
+    if seen["setup"].passed and "call" not in seen:
+        return "call"
+    return "teardown"
+
+
+def _describe_exit(outcome: Outcome) -> str:
+    code = outcome.exit_code
+    if outcome.timed_out:
+        return "timed out"
+    if outcome.oom_killed:
+        return "OOM killed"
+    if code is not None and code > 128:
+        try:
+            return f"killed by signal {signal.Signals(code - 128).name} (exit code {code})"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
+def _mib(memory: str | int | None) -> str:
+    if memory is None:
+        return "none"
+    from sandboxd.runner.spec import parse_size
+    return f"{parse_size(memory) / (1 << 20):g} MiB"
+
+
+# Warning categories a worker may name; anything else comes back as a UserWarning.
+_CATEGORIES = {c.__name__: c for c in (
+    UserWarning, DeprecationWarning, PendingDeprecationWarning, RuntimeWarning,
+    SyntaxWarning, FutureWarning, ImportWarning, UnicodeWarning, BytesWarning,
+    ResourceWarning, EncodingWarning, pytest.PytestWarning,
+    pytest.PytestDeprecationWarning, pytest.PytestUnraisableExceptionWarning,
+    pytest.PytestUnhandledThreadExceptionWarning, pytest.PytestUnknownMarkWarning,
+    pytest.PytestCollectionWarning)}
+
+
+def _rewarn(config: pytest.Config, message: Mapping[str, Any]) -> None:
+    import warnings
+    category = _CATEGORIES.get(str(message.get("category")), UserWarning)
+    text = str(message.get("message", ""))
+    recorded = warnings.WarningMessage(category(text), category,
+                                       str(message.get("filename", "")),
+                                       int(message.get("lineno", 0)))
+    config.hook.pytest_warning_recorded.call_historic(kwargs={
+        "warning_message": recorded, "when": "runtest",
+        "nodeid": str(message.get("nodeid", "")), "location": None})

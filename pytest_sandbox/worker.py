@@ -1,0 +1,110 @@
+"""The inside of a containerised test: ``python -m pytest_sandbox.worker``.
+
+The controller (:mod:`pytest_sandbox.controller`) writes one msgpack map to the worker's
+stdin: ``{"args": [test path], "options": {option dest: value}}`` — pytest's option
+namespace as the controller parsed it, minus what must not run twice (junit-xml, xdist,
+the cache). The worker rebuilds the config from it (``Config.fromdictargs``, as
+pytest-xdist's workers do), runs the one test, and sends back a stream of msgpack maps
+on its *original* stdout:
+
+- ``{"kind": "report", "data": <pytest_report_to_serializable of a TestReport>}``
+- ``{"kind": "collect", "data": <the same for a failed CollectReport>}``
+- ``{"kind": "warning", "message", "category", "filename", "lineno", "nodeid"}``
+- ``{"kind": "done", "exitstatus", "maxrss_kib", "cpu_s"}``
+
+That stdout is reserved for the channel: before pytest starts, the worker keeps a
+duplicate of fd 1 for itself and points fd 1 at stderr, so whatever the test or pytest
+prints (``-s``, a C extension writing to fd 1, faulthandler) lands on the container's
+stderr and cannot corrupt a frame. The worker's own terminal output is discarded: the
+controller's terminal shows the results.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from typing import Any, BinaryIO
+
+import msgpack
+import pytest
+
+
+class Channel:
+    """Frames to the controller: a msgpack stream on a private copy of stdout."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self._packer = msgpack.Packer(default=str)    # odd report attributes: as text
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._stream.write(self._packer.pack(message))
+        self._stream.flush()
+
+
+class WorkerPlugin:
+    """Forwards what the controller needs to rebuild the run; registered in the worker's
+    pytest session only."""
+
+    def __init__(self, config: Any, channel: Channel):
+        self.config = config
+        self.channel = channel
+
+    def _serialise(self, report: Any) -> dict[str, Any]:
+        return self.config.hook.pytest_report_to_serializable(config=self.config,
+                                                              report=report)
+
+    @pytest.hookimpl(trylast=True)      # after the terminal plugin made its reporter
+    def pytest_configure(self, config: Any) -> None:
+        # The controller prints results; the worker's terminal would only be noise on
+        # stderr (which is shown when the worker crashes, and live with ``-s``).
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and hasattr(reporter, "_tw"):
+            from _pytest.config import create_terminal_writer
+            reporter._tw = create_terminal_writer(config, open(os.devnull, "w"))
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        self.channel.send({"kind": "report", "data": self._serialise(report)})
+
+    def pytest_collectreport(self, report: Any) -> None:
+        if report.failed:
+            self.channel.send({"kind": "collect", "data": self._serialise(report)})
+
+    def pytest_warning_recorded(self, warning_message: Any, when: str, nodeid: str,
+                                location: Any) -> None:
+        self.channel.send({"kind": "warning", "message": str(warning_message.message),
+                           "category": warning_message.category.__name__,
+                           "filename": str(warning_message.filename),
+                           "lineno": int(warning_message.lineno or 0), "nodeid": nodeid})
+
+
+def _usage() -> tuple[int, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return max(own.ru_maxrss, kids.ru_maxrss), cpu
+
+
+def main() -> int:
+    request = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)                 # the test sees an empty stdin, as under pytest
+    os.close(null)
+    channel_fd = os.dup(1)           # os.dup: not inherited by the test's subprocesses
+    os.dup2(2, 1)
+    channel = Channel(os.fdopen(channel_fd, "wb", buffering=0))
+
+    try:
+        config = pytest.Config.fromdictargs(request["options"], list(request["args"]))
+        config.pluginmanager.register(WorkerPlugin(config, channel), "sandbox-worker")
+        status = int(config.hook.pytest_cmdline_main(config=config))
+    except pytest.UsageError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        status = int(pytest.ExitCode.USAGE_ERROR)
+    maxrss, cpu = _usage()
+    channel.send({"kind": "done", "exitstatus": status, "maxrss_kib": maxrss,
+                  "cpu_s": cpu})
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
