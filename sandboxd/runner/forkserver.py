@@ -42,7 +42,7 @@ from ..errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, No
 from . import cgroups, mounts, rlimits, security
 from . import syscalls as sc
 from .init import run_init
-from .plan import build_plan
+from .plan import Step, build_plan
 from .spec import (DEFAULT_PATH, ContainerSpec, Limits, Process, check_process, from_dict,
                    validate)
 
@@ -191,9 +191,10 @@ def _exec(executable: str, process: Process, env: dict, errw: int) -> NoReturn:
     os._exit(1)
 
 
-def _container_pid1(spec: ContainerSpec, stdio: list[int], errw: int, mnt: str) -> NoReturn:
+def _container_pid1(spec: ContainerSpec, plan: list[Step], stdio: list[int],
+                    errw: int) -> NoReturn:
     try:
-        mounts.run_steps(build_plan(spec, mnt))
+        mounts.run_steps(plan)
         _install_stdio(stdio, spec.process.terminal)
         executable, env = _prepare_process(spec.process, spec.hostname, errw)
     except SandboxError as e:
@@ -220,8 +221,8 @@ def _enter_namespaces(spec: ContainerSpec) -> None:
     sc.unshare(flags)
 
 
-def _container_c1(spec: ContainerSpec, cgroup: Any, stdio: list[int], errw: int,
-                  mnt: str) -> NoReturn:
+def _container_c1(spec: ContainerSpec, plan: list[Step], cgroup: Any, stdio: list[int],
+                  errw: int) -> NoReturn:
     try:
         _reset_signals()
         cgroup.join(0)
@@ -236,7 +237,7 @@ def _container_c1(spec: ContainerSpec, cgroup: Any, stdio: list[int], errw: int,
     except Exception as e:
         _fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
     if pid == 0:
-        _container_pid1(spec, stdio, errw, mnt)
+        _container_pid1(spec, plan, stdio, errw)
     _report(errw, b"P", struct.pack("<i", pid))
     os._exit(0)
 
@@ -386,11 +387,12 @@ class ForkServer:
         if problems:
             raise InvalidArgument.of(problems)
         self._retire(spec.id)            # a previous run of this id may still hold its name
+        plan = build_plan(spec, self.mnt)    # here, where its cached parts stay warm
         cgroup = self.cgroups.create(spec.id, spec.limits)
         container = _Container(spec.id, spec, cgroup)
         try:
             self._fork(msg["rid"], container, None, fds,
-                       lambda errw: _container_c1(spec, cgroup, fds, errw, self.mnt))
+                       lambda errw: _container_c1(spec, plan, cgroup, fds, errw))
         except BaseException:
             cgroup.remove()
             raise

@@ -9,6 +9,7 @@ read-only paths, pivot_root, hostname.
 """
 from __future__ import annotations
 
+import functools
 import os.path
 from dataclasses import dataclass
 
@@ -124,11 +125,11 @@ def build_plan(spec: ContainerSpec, mnt: str) -> list[Step]:
                                    create="")]
     root, root_steps = _root_steps(spec, mnt)
     steps += root_steps
-    steps += _kernel_fs_steps(spec)
+    steps += _kernel_fs_steps(spec.namespaces.net == "private",
+                              spec.namespaces.ipc == "private")
     for m in spec.mounts:
         steps += _user_mount_steps(m)
-    steps += [MaskPath(p) for p in spec.masked_paths]
-    steps += [ReadonlyPath(p) for p in spec.readonly_paths]
+    steps += _protect_steps(spec.masked_paths, spec.readonly_paths)
     steps.append(PivotRoot(root))
     if spec.hostname and spec.namespaces.uts == "private":
         steps.append(SetHostname(spec.hostname))
@@ -181,17 +182,26 @@ def _overlay_step(lowers: tuple[str, ...], upper: str | None, work: str | None,
                      chdir=chdir)
 
 
-def _kernel_fs_steps(spec: ContainerSpec) -> list[Step]:
+# The steps below are the same for most containers; the fork server builds each plan, so
+# the cached tuples are made once and shared by every start.
+
+@functools.lru_cache(maxsize=8)
+def _protect_steps(masked: tuple[str, ...], readonly: tuple[str, ...]) -> tuple[Step, ...]:
+    return tuple([MaskPath(p) for p in masked] + [ReadonlyPath(p) for p in readonly])
+
+
+@functools.lru_cache(maxsize=4)
+def _kernel_fs_steps(new_net: bool, new_ipc: bool) -> tuple[Step, ...]:
     steps: list[Step] = [
         MountStep("/proc", "proc", "proc", NOSUID_NODEV_NOEXEC, plain_target=True),
         # sysfs shows the host's network devices unless the netns is new; with a joined or
         # host netns Docker binds /sys instead of mounting; read-only either way.
         MountStep("/sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | sc.MS_RDONLY,
                   plain_target=True)
-        if spec.namespaces.net == "private" else
+        if new_net else
         MountStep("/sys", None, "/sys", sc.MS_BIND | sc.MS_REC, plain_target=True),
     ]
-    if spec.namespaces.net != "private":
+    if not new_net:
         steps.append(MountStep("/sys", None, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY
                                | NOSUID_NODEV_NOEXEC))
     steps.append(MountStep("/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME,
@@ -203,9 +213,9 @@ def _kernel_fs_steps(spec: ContainerSpec) -> list[Step]:
                   "newinstance,ptmxmode=0666,mode=0620,gid=5"),
         MountStep("/dev/shm", "tmpfs", "shm", NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
     ]
-    if spec.namespaces.ipc == "private":
+    if new_ipc:
         steps.append(MountStep("/dev/mqueue", "mqueue", "mqueue", NOSUID_NODEV_NOEXEC))
-    return steps
+    return tuple(steps)
 
 
 def _user_mount_steps(m: Mount) -> list[Step]:
