@@ -35,6 +35,7 @@ from .errors import Conflict, InvalidArgument, NotFound, SandboxError
 from .images.service import ImageService
 from .images.unpack import WHITEOUT_PREFIX, apply_layer
 from .logs import LogWriter
+from .network import NetworkService
 from .runner import syscalls
 from .runner.api import AsyncRunner, ExitInfo, receive_terminal
 from .runner.spec import (ContainerSpec, Mount, Namespaces, Process, Ulimit, merge_ulimits,
@@ -81,6 +82,7 @@ class ContainerService:
                                    Snapshotter(self.root, self.store))
         self.runner = AsyncRunner(self._on_exit, state_dir=str(self.root / "runtime"),
                                   cgroup_parent=config.cgroup_parent)
+        self.networks = NetworkService(self.store, self.root, prefix=config.network_prefix)
         self.live: dict[str, _Live] = {}
         self.exec_waiters: dict[tuple[str, str], asyncio.Future] = {}
         self.removed: dict[str, asyncio.Event] = {}
@@ -89,6 +91,7 @@ class ContainerService:
 
     async def startup(self) -> None:
         await self.runner.start()
+        await self.networks.startup()
         for row in self.store.list_containers():
             record = self._record(row)
             if record.config.host.auto_remove or record.session:
@@ -111,6 +114,7 @@ class ContainerService:
                 await asyncio.wait_for(live.drained.wait(), 10)
             except asyncio.TimeoutError:
                 log.warning("container %s did not exit at shutdown", live.record.id[:12])
+        await self.networks.shutdown()
         await self.runner.close()
         self.store.close()
 
@@ -193,9 +197,8 @@ class ContainerService:
             config=effective, image_id=image["id"], path=argv[0], args=argv[1:],
             log_path=str(self._dir(container_id) / "output.log"), session=session)
         warnings = []
-        if config.host.network_mode not in ("default", "bridge", "none", "host") and \
-                not config.host.network_mode.startswith("container:"):
-            raise NotFound(f"network {config.host.network_mode} not found")
+        if not config.host.network_mode.startswith("container:"):
+            self.networks.get(_network_name(config.host.network_mode))   # NotFound
         if config.host.links:
             warnings.append("links are not supported yet: --link is ignored")
         return record, warnings
@@ -208,13 +211,16 @@ class ContainerService:
 
     # ------------------------------------------------------------ spec
 
-    def _spec(self, record: cfg.ContainerRecord, dry_run: bool = False) -> ContainerSpec:
+    def _spec(self, record: cfg.ContainerRecord, dry_run: bool = False,
+              netns: str = "private") -> ContainerSpec:
+        """``netns``: the network service's namespace for this container (a path, or
+        "host"); ``container:X`` modes join that container's instead."""
         c, h = record.config, record.config.host
+        net = self._ns_mode(h.network_mode, "net") \
+            if h.network_mode.startswith("container:") else netns
         namespaces = Namespaces(
             pid=self._ns_mode(h.pid_mode, "pid"), ipc=self._ns_mode(h.ipc_mode, "ipc"),
-            uts="host" if h.uts_mode == "host" else "private",
-            net=self._ns_mode("" if h.network_mode in ("default", "bridge", "none")
-                              else h.network_mode, "net"))
+            uts="host" if h.uts_mode == "host" else "private", net=net)
         directory = self._dir(record.id)
         hostname = c.hostname or record.id[:12]
         etc = () if dry_run else self._etc_files(directory, hostname, h.network_mode)
@@ -284,7 +290,20 @@ class ContainerService:
             if record.state.status == "paused":
                 raise Conflict(f"container {record.name} is paused: unpause it first")
             return record
-        spec = self._spec(record)
+        mode = record.config.host.network_mode
+        if mode.startswith("container:"):
+            spec = self._spec(record)
+        else:
+            attachment = await self.networks.attach(record.id, _network_name(mode),
+                                                    aliases=(record.name,))
+            try:
+                spec = self._spec(record, netns=attachment.netns)
+            except BaseException:
+                self.networks.release(record.id)
+                raise
+            record = self._save(dataclasses.replace(
+                record, endpoints=(attachment.endpoint,) if attachment.netns != "host" else (),
+                sandbox_key=attachment.sandbox_key))
         writer = LogWriter(record.log_path)
         live = _Live(record, writer, {})
         stdio: tuple[int, ...]
@@ -319,6 +338,7 @@ class ContainerService:
                     live.stdin = live.terminal
         except BaseException as exc:
             self.live.pop(record.id, None)
+            self.networks.release(record.id)
             _close(*live.fds, live.stdin)
             writer.close()
             if isinstance(exc, SandboxError):
@@ -427,11 +447,14 @@ class ContainerService:
         info = live.exit_info
         record = live.record
         self.live.pop(record.id, None)
+        self.networks.release(record.id)
         for queue in live.subscribers:
             queue.put_nowait(None)
-        live.record = self._set_state(
-            record, status="exited", pid=0, exit_code=info.exit_code,
-            oom_killed=info.oom_killed, timed_out=live.timed_out, finished_at=time.time())
+        live.record = self._save(dataclasses.replace(
+            record, endpoints=(), sandbox_key="", state=dataclasses.replace(
+                record.state, status="exited", pid=0, exit_code=info.exit_code,
+                oom_killed=info.oom_killed, timed_out=live.timed_out,
+                finished_at=time.time())))
         if record.config.host.auto_remove:
             await self.remove(live.record, force=True)
 
@@ -495,6 +518,7 @@ class ContainerService:
     def _forget(self, record: cfg.ContainerRecord) -> None:
         """Drop a stopped container's record, then its files (metadata first)."""
         self.store.delete_container(record.id)
+        self.networks.release(record.id)
         try:
             self.images.release_rootfs(record.id)
         except (NotFound, SandboxError):
@@ -701,6 +725,11 @@ class ContainerService:
 
 
 # ---------------------------------------------------------------- helpers
+
+def _network_name(mode: str) -> str:
+    """A HostConfig network mode as the network service names it."""
+    return "bridge" if mode in ("", "default") else mode
+
 
 def _stdin_pipe(wanted: bool) -> tuple[int, int]:
     """(read end for the container, write end for us or -1). No stdin: /dev/null."""

@@ -83,6 +83,7 @@ class DaemonConfig:
     max_inflight: int = 64                  # requests in flight per connection
     stdin_buffer: int = 1 << 20             # queued stdin bytes per streaming request
     cgroup_parent: str = "sandboxd"         # containers' cgroups live under this name
+    network_prefix: str = "sbx"             # names of our bridges and veths start with it
 
 
 # Config-file keys: the flag names (``default-ulimit``) or their field spelling.
@@ -91,7 +92,7 @@ _CONFIG_KEYS = {"host": "host", "root": "root", "default-ulimit": "default_ulimi
                 "ip-masq": "ip_masq", "max-frame": "max_frame",
                 "frame-timeout": "frame_timeout", "max-connections": "max_connections",
                 "max-inflight": "max_inflight", "stdin-buffer": "stdin_buffer",
-                "cgroup-parent": "cgroup_parent"}
+                "cgroup-parent": "cgroup_parent", "network-prefix": "network_prefix"}
 
 
 def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
@@ -841,14 +842,18 @@ def run(config: DaemonConfig) -> int:
               help="Masquerade traffic leaving bridge networks [default: on]")
 @click.option("--cgroup-parent", metavar="NAME",
               help="cgroup under which containers' cgroups are made [default: sandboxd]")
+@click.option("--network-prefix", metavar="PREFIX",
+              help="Start of our bridge and veth names; start-up removes unowned links "
+                   "with it, so two daemons need two prefixes [default: sbx]")
 def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
          log_level: str | None, config_file: str | None, ip_masq: bool | None,
-         cgroup_parent: str | None) -> None:
+         cgroup_parent: str | None, network_prefix: str | None) -> None:
     """Run the sandboxd daemon."""
     try:
         config = load_config(config_file, host=host, root=root,
                              default_ulimits=default_ulimits, log_level=log_level,
-                             ip_masq=ip_masq, cgroup_parent=cgroup_parent)
+                             ip_masq=ip_masq, cgroup_parent=cgroup_parent,
+                             network_prefix=network_prefix)
     except InvalidArgument as exc:
         raise click.UsageError(exc.message) from None
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),

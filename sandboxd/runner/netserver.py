@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import socket
 import sys
@@ -164,10 +165,13 @@ class NetServer:
         prefix, keep = msg["prefix"], set(msg.get("keep_links") or ())
         if not prefix:
             raise InvalidArgument("cleanup: an empty link prefix would match every link")
+        # Only our exact name shapes (<prefix>0, <prefix>-<id>, <prefix>v<hex>): another
+        # daemon's longer prefix may start with ours, and its links are not ours.
+        ours = re.compile(re.escape(prefix) + r"(0|-[0-9a-f]+|v[0-9a-f]+)")
         links = []
         for link in self.ipr.get_links():
             name = link.get("ifname") or ""
-            if name.startswith(prefix) and name not in keep:
+            if ours.fullmatch(name) and name not in keep:
                 self._delete_link(name)
                 links.append(name)
         directory, kept = msg["netns_dir"], set(msg.get("keep_netns") or ())

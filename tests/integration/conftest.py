@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import secrets
 import signal
 import subprocess
 import sys
@@ -61,6 +62,10 @@ class Daemon:
         self.root = os.path.join(self.tmp, "root")
         self.sock = os.path.join(self.tmp, "d.sock")
         self.parent = parent or f"sandboxd-e2e-{os.getpid()}-{next(_serial)}"
+        # Our own link-name prefix: a daemon's start-up removes unowned links of its
+        # prefix, so daemons side by side need their own ("sbxe" never makes one of the
+        # default "sbx" prefix's names: sbx0, sbx-<id>, sbxv<hex>).
+        self.prefix = "sbxe" + secrets.token_hex(2)
         self.flags = flags
         self.log_path = os.path.join(self.tmp, "daemon.log")
         self.proc: subprocess.Popen | None = None
@@ -75,7 +80,7 @@ class Daemon:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [PY, "-m", "sandboxd.daemon", "--root", self.root, "--host", self.sock,
-             "--cgroup-parent", self.parent, *self.flags],
+             "--cgroup-parent", self.parent, "--network-prefix", self.prefix, *self.flags],
             stdout=log, stderr=log, env=self.env, cwd=REPO)
         log.close()
         wait_until(lambda: self._listening() > listening or self.proc.poll() is not None,
@@ -127,6 +132,10 @@ class Daemon:
         assert not mounts, f"mounts left: {mounts}"
         children = self.cgroup_children(pooled=True)
         assert not children, f"cgroups left: {children}"
+        links = [line for line in subprocess.run(["ip", "-o", "link"], capture_output=True,
+                                                  text=True).stdout.splitlines()
+                 if line.split(": ")[1].startswith(self.prefix)]
+        assert not links, f"links left: {links}"
         for path in self.parent_dirs():
             os.rmdir(path)        # the parent is the test's: leave the host as it was
 
