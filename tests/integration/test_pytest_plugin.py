@@ -297,8 +297,11 @@ def test_sandbox_option_markers_and_bad_marker(inner, pytester: pytest.Pytester)
         def test_unmarked_runs_inside_too():
             assert_inside()
         """)
-    result = inner("--sandbox", "test_all.py")
+    result = inner("--sandbox", "--sandbox-report", "test_all.py")
     result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*sandbox resources*",
+                                 "* MiB * cpu * wall  exit code 0 test_all.py::"
+                                 "test_unmarked_runs_inside_too"])
 
     result = inner("--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.container(image='host', memory=None*"])
@@ -309,10 +312,16 @@ def test_sandbox_option_markers_and_bad_marker(inner, pytester: pytest.Pytester)
         @pytest.mark.container(memroy="64m")
         def test_typo():
             pass
+
+        @pytest.mark.container(links={"db": "db_server"})
+        def test_links():
+            pass
         """)
     result = inner("test_bad.py")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*unknown argument(s) memroy; it takes image, memory*"])
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines_random([
+        "*unknown argument(s) memroy; it takes image, memory*",
+        "*links need the networks feature, which this sandboxd does not have yet*"])
 
 
 def test_service_fixtures(inner, pytester: pytest.Pytester):
