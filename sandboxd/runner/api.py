@@ -243,6 +243,7 @@ def receive_terminal(console: socket.socket) -> int:
     _msg, fds, _flags, _addr = socket.recv_fds(console, 16, 1)
     if not fds:
         raise Unavailable("runner: the container sent no terminal")
+    os.set_inheritable(fds[0], False)     # recv_fds ignores MSG_CMSG_CLOEXEC on 3.11
     return fds[0]
 
 

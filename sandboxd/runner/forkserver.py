@@ -368,10 +368,10 @@ class ForkServer:
             self._reply_error(rid, SetupFailed(f"fork server: {type(e).__name__}: {e}"))
 
     def _reply(self, rid: int, result: Any) -> None:
-        send_message(self.sock, {"rid": rid, "ok": result})
+        self._send({"rid": rid, "ok": result})
 
     def _reply_error(self, rid: int, err: SandboxError) -> None:
-        send_message(self.sock, {"rid": rid, "error": err.to_wire()})
+        self._send({"rid": rid, "error": err.to_wire()})
 
     # -- operations
     def _op_ping(self, msg: dict, fds: list[int]) -> Any:
@@ -572,7 +572,7 @@ class ForkServer:
                  "signal": -code if code < 0 else None, "oom_killed": False, "stats": None}
         if exec_id is not None:
             container.execs.pop(exec_id, None)
-            send_message(self.sock, event)
+            self._send(event)
             return
         self._forget(container)
         try:
@@ -583,7 +583,14 @@ class ForkServer:
             # emptied it) and removing the cgroup wait until the event is out and no
             # request is waiting; a new start of the same id does it first.
             self.retiring[container.id] = container.cgroup
-        send_message(self.sock, event)
+        self._send(event)
+
+    def _send(self, message: dict) -> None:
+        """To the owner; if it is gone, stop serving: the loop's end cleans up."""
+        try:
+            send_message(self.sock, message)
+        except OSError:
+            self.running = False
 
     def _forget(self, container: _Container) -> None:
         self.containers.pop(container.id, None)
