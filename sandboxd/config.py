@@ -33,9 +33,10 @@ from .runner.spec import UNLIMITED, Mount, Ulimit
 
 __all__ = [
     "PortBinding", "Link", "HostConfig", "ContainerConfig", "ContainerState", "Endpoint",
-    "ContainerRecord", "ImageRecord", "build_config", "parse_volume", "parse_tmpfs",
+    "ContainerRecord", "ImageRecord", "NetworkRecord", "NetworkContainer", "build_config", "parse_volume", "parse_tmpfs",
     "parse_publish", "parse_link", "parse_env", "parse_env_file", "parse_labels",
     "parse_signal", "check_name", "inspect_document", "ps_row", "image_row",
+    "image_document", "network_document", "network_row", "filter_networks",
     "filter_records", "render_template", "format_table", "STATUSES",
 ]
 
@@ -239,10 +240,44 @@ class ImageRecord:
     user: str = ""
     exposed_ports: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()    # "name@sha256:<hex>" of its manifest in a registry
 
     @classmethod
     def from_dict(cls, data: Any) -> ImageRecord:
         return spec.from_dict(cls, data, "image")
+
+
+@dataclass(frozen=True)
+class NetworkContainer:
+    """A container attached to a network, as ``network.inspect`` reports it."""
+    id: str
+    name: str
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
+class NetworkRecord:
+    """One network as ``network.list``/``network.inspect`` return it."""
+    id: str                               # 64 lowercase hex digits
+    name: str
+    driver: str                           # bridge | host | null
+    created: float                        # Unix seconds
+    scope: str = "local"
+    internal: bool = False
+    subnet: str = ""                      # CIDR; "" for host and none
+    gateway: str = ""
+    ip_range: str = ""
+    bridge: str = ""                      # the Linux bridge's name
+    options: tuple[str, ...] = ()         # "key=value"
+    labels: tuple[str, ...] = ()          # "key=value"
+    containers: tuple[NetworkContainer, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return spec.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> NetworkRecord:
+        return spec.from_dict(cls, data, "network")
 
 
 # ---------------------------------------------------------------- parsing user input
@@ -900,7 +935,7 @@ def image_document(image: ImageRecord) -> dict[str, Any]:
     return {
         "Id": image.id,
         "RepoTags": list(image.repo_tags),
-        "RepoDigests": [],
+        "RepoDigests": list(image.repo_digests),
         "Parent": "",
         "Comment": image.comment,
         "Created": rfc3339(image.created),
@@ -1066,9 +1101,11 @@ def image_row(image: ImageRecord, now: float, trunc: bool = True) -> list[dict[s
         repo, _, name = tag.rpartition(":")
         if not repo or "/" in name:                   # "host:5000/x" without a tag
             repo, name = tag, "latest"
+        digest = next((d.partition("@")[2] for d in image.repo_digests
+                       if d.partition("@")[0] == repo), "<none>")
         rows.append({
             "ID": hex_id[:12] if trunc else image.id,
-            "Repository": repo, "Tag": name, "Digest": "<none>",
+            "Repository": repo, "Tag": name, "Digest": digest,
             "CreatedSince": human_duration(now - image.created) + " ago",
             "CreatedAt": _local_time(image.created),
             "Size": human_size(image.size),
@@ -1081,6 +1118,95 @@ IMAGE_HEADERS = {
     "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "Size": "SIZE",
 }
 IMAGES_TABLE = ("table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}")
+IMAGES_DIGESTS_TABLE = ("table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t"
+                        "{{.CreatedSince}}\t{{.Size}}")
+
+
+# ---------------------------------------------------------------- networks
+
+def _pairs(entries: Iterable[str]) -> dict[str, str]:
+    return dict(e.partition("=")[::2] for e in entries)
+
+
+def network_document(network: NetworkRecord) -> dict[str, Any]:
+    """Docker's ``network inspect`` object for a network."""
+    config = []
+    if network.subnet:
+        entry = {"Subnet": network.subnet, "Gateway": network.gateway}
+        if network.ip_range:
+            entry["IPRange"] = network.ip_range
+        config.append(entry)
+    return {
+        "Name": network.name,
+        "Id": network.id,
+        "Created": rfc3339(network.created),
+        "Scope": network.scope,
+        "Driver": network.driver,
+        "EnableIPv6": False,
+        "IPAM": {"Driver": "default", "Options": {}, "Config": config},
+        "Internal": network.internal,
+        "Attachable": False,
+        "Ingress": False,
+        "ConfigFrom": {"Network": ""},
+        "ConfigOnly": False,
+        "Containers": {
+            c.id: {"Name": c.name, "MacAddress": c.endpoint.mac_address,
+                   "IPv4Address": f"{c.endpoint.ip_address}/{c.endpoint.prefix_len}"
+                   if c.endpoint.ip_address else "",
+                   "IPv6Address": ""}
+            for c in network.containers},
+        "Options": _pairs(network.options),
+        "Labels": _pairs(network.labels),
+    }
+
+
+BUILTIN_NETWORKS = ("bridge", "host", "none")
+NETWORK_FILTER_KEYS = ("driver", "id", "label", "name", "scope", "type")
+
+
+def network_row(network: NetworkRecord, trunc: bool = True) -> dict[str, Any]:
+    """The fields ``network ls --format`` sees."""
+    labels = _pairs(network.labels)
+    return {"ID": network.id[:12] if trunc else network.id, "Name": network.name,
+            "Driver": network.driver, "Scope": network.scope, "IPv6": "false",
+            "Internal": "true" if network.internal else "false",
+            "Labels": ",".join(network.labels), "Label": lambda key: labels.get(key, ""),
+            "CreatedAt": _local_time(network.created)}
+
+
+NETWORK_HEADERS = {"ID": "NETWORK ID", "Name": "NAME", "Driver": "DRIVER", "Scope": "SCOPE",
+                   "IPv6": "IPV6", "Internal": "INTERNAL", "Labels": "LABELS",
+                   "CreatedAt": "CREATED AT"}
+NETWORKS_TABLE = "table {{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Scope}}"
+
+
+def filter_networks(networks: Sequence[NetworkRecord], filters: Mapping[str, Sequence[str]]
+                    ) -> list[NetworkRecord]:
+    """Docker's ``network ls --filter``: ``name`` and ``id`` match any part, ``label``
+    ``k`` or ``k=v``, ``type`` builtin or custom; values of a key OR-ed, keys AND-ed."""
+    unknown = [k for k in filters if k not in NETWORK_FILTER_KEYS]
+    if unknown:
+        raise InvalidArgument(f"filters: unknown key(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(NETWORK_FILTER_KEYS)})")
+    for value in filters.get("type", ()):
+        if value not in ("builtin", "custom"):
+            raise InvalidArgument(f"filters.type: {value!r} is not builtin or custom")
+
+    def match(n: NetworkRecord) -> bool:
+        labels = _pairs(n.labels)
+        checks = {
+            "driver": lambda v: n.driver == v,
+            "id": lambda v: v in n.id,
+            "label": lambda v: (v.partition("=")[0] in labels and
+                                ("=" not in v or labels[v.partition("=")[0]] ==
+                                 v.partition("=")[2])),
+            "name": lambda v: v in n.name,
+            "scope": lambda v: n.scope == v,
+            "type": lambda v: (n.name in BUILTIN_NETWORKS) == (v == "builtin"),
+        }
+        return all(any(checks[key](v) for v in values) for key, values in filters.items())
+
+    return [n for n in networks if match(n)]
 
 
 # ---------------------------------------------------------------- ps --filter
