@@ -26,20 +26,23 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import config as _config
-from .config import ContainerConfig, ContainerRecord, ImageRecord
+from .config import ContainerConfig, ContainerRecord, ImageRecord, NetworkRecord
 from .errors import InvalidArgument, SandboxError
 from .runner.spec import check_env
 
 __all__ = ["Client", "AsyncClient", "Result", "ExecResult", "ExitStatus", "ContainerError",
-           "Container", "Image", "Attachment", "AsyncContainer", "AsyncImage",
-           "AsyncAttachment"]
+           "Container", "Image", "Network", "Attachment", "AsyncContainer", "AsyncImage",
+           "AsyncNetwork", "AsyncAttachment"]
 
 CHUNK = 1 << 20          # stdin/tar frames: one MiB, well under the 16 MiB frame limit
+# Pulls, pushes and loads report progress as Docker's JSON messages:
+# {"status", "id"?, "current"?, "total"?} ("id" a short layer digest).
+Progress = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -383,6 +386,113 @@ class Image:
     def remove(self, force: bool = False) -> dict[str, Any]:
         return self.client.call("image.remove", {"name": self.id, "force": force})
 
+    def tag(self, repository: str, tag: str | None = None) -> str:
+        """Point ``repository[:tag]`` at this image; returns the full new name."""
+        return self.client.images.tag(self.id, _target(repository, tag))
+
+    def history(self) -> list[dict[str, Any]]:
+        return self.client.images.history(self.id)
+
+
+def _target(repository: str, tag: str | None) -> str:
+    return f"{repository}:{tag}" if tag else repository
+
+
+def _with_progress(attachment: Any, progress: Progress | None) -> Any:
+    """Read a pull/push/load stream to its end, handing progress events on."""
+    for event, data in attachment:
+        if event == "progress" and progress is not None:
+            progress(data)
+    return attachment.result()
+
+
+def _send_file(attachment: Any, data: bytes | BinaryIO) -> None:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        attachment.send(bytes(data))
+    else:
+        while chunk := data.read(CHUNK):
+            attachment.send(chunk)
+    attachment.close_stdin()
+
+
+class Network:
+    """A handle on one network; ``attrs`` is Docker's ``network inspect`` JSON."""
+
+    def __init__(self, client: Client, record: NetworkRecord):
+        self.client = client
+        self.record = record
+
+    def __repr__(self) -> str:
+        return f"<Network {self.short_id} {self.name}>"
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def short_id(self) -> str:
+        return self.record.id[:12]
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def containers(self) -> list[str]:
+        """Ids of the containers attached when last fetched."""
+        return [c.id for c in self.record.containers]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return _config.network_document(self.record)
+
+    def reload(self) -> Network:
+        self.record = NetworkRecord.from_dict(
+            self.client.call("network.inspect", {"id": self.id}))
+        return self
+
+    def remove(self) -> None:
+        self.client.call("network.remove", {"id": self.id})
+
+
+def _network_params(name: str, driver: str, subnet: str, gateway: str, ip_range: str,
+                    internal: bool, labels: Mapping[str, str] | Sequence[str] | None,
+                    options: Mapping[str, str] | Sequence[str] | None) -> dict[str, Any]:
+    def pairs(value: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
+        if isinstance(value, Mapping):
+            return {str(k): str(v) for k, v in value.items()}
+        return dict(str(e).partition("=")[::2] for e in value or ())
+    return {"name": name, "driver": driver, "subnet": subnet, "gateway": gateway,
+            "ip_range": ip_range, "internal": internal, "labels": pairs(labels),
+            "options": pairs(options)}
+
+
+class NetworkCollection:
+    def __init__(self, client: Client):
+        self.client = client
+
+    def create(self, name: str, driver: str = "bridge", *, subnet: str = "",
+               gateway: str = "", ip_range: str = "", internal: bool = False,
+               labels: Mapping[str, str] | Sequence[str] | None = None,
+               options: Mapping[str, str] | Sequence[str] | None = None) -> Network:
+        """A user-defined bridge; without ``subnet`` the daemon picks a free one."""
+        created = self.client.call("network.create", _network_params(
+            name, driver, subnet, gateway, ip_range, internal, labels, options))
+        return self.get(created["id"])
+
+    def get(self, network_id: str) -> Network:
+        return Network(self.client, NetworkRecord.from_dict(
+            self.client.call("network.inspect", {"id": network_id})))
+
+    def list(self, filters: Mapping[str, Sequence[str] | str] | None = None) -> list[Network]:
+        result = self.client.call("network.list", {"filters": _filters(filters)})
+        return [Network(self.client, NetworkRecord.from_dict(n)) for n in result["networks"]]
+
+    def prune(self, filters: Mapping[str, Sequence[str] | str] | None = None
+              ) -> dict[str, Any]:
+        """Remove user-defined networks no container is attached to: ``{removed}``."""
+        return self.client.call("network.prune", {"filters": _filters(filters)})
+
 
 class ContainerCollection:
     def __init__(self, client: Client):
@@ -462,6 +572,42 @@ class ImageCollection:
     def remove(self, name: str, force: bool = False) -> dict[str, Any]:
         return self.client.call("image.remove", {"name": name, "force": force})
 
+    def pull(self, name: str, progress: Progress | None = None) -> Image:
+        """Fetch ``name`` from the registry it names (``localhost:5000/app:1``)."""
+        result = _with_progress(self.client.stream("image.pull", {"name": name}), progress)
+        return self.get(result["id"])
+
+    def push(self, name: str, progress: Progress | None = None) -> dict[str, Any]:
+        """Send the image tagged ``name`` to the registry it names: ``{digest, size}``
+        of the manifest."""
+        return _with_progress(self.client.stream("image.push", {"name": name}), progress)
+
+    def load(self, data: bytes | BinaryIO, progress: Progress | None = None) -> list[Image]:
+        """Every image of an OCI layout or ``docker save`` tar (bytes or a binary file),
+        streamed to the daemon."""
+        attachment = self.client.stream("image.load", {})
+        _send_file(attachment, data)
+        result = _with_progress(attachment, progress)
+        return [self.get(i["id"]) for i in result["images"]]
+
+    def save(self, names: str | Sequence[str], out: BinaryIO) -> None:
+        """Write the images (tags or ids) to ``out`` as one tar (an OCI layout that is
+        also a ``docker save`` archive)."""
+        attachment = self.client.stream("image.save", {
+            "names": [names] if isinstance(names, str) else list(names)})
+        for event, chunk in attachment:
+            if event == "data":
+                out.write(chunk)
+        attachment.result()
+
+    def tag(self, source: str, target: str) -> str:
+        return self.client.call("image.tag", {"source": source, "target": target})["name"]
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """Docker's ``image history``: ``[{id, created, created_by, size, comment,
+        tags}]``, newest first."""
+        return list(self.client.call("image.history", {"name": name})["history"])
+
 
 class Client:
     """A connection to the daemon (started on demand when local and not running).
@@ -477,6 +623,7 @@ class Client:
         self._conn = _connect(host, session, autostart)
         self.containers = ContainerCollection(self)
         self.images = ImageCollection(self)
+        self.networks = NetworkCollection(self)
 
     def __enter__(self) -> Client:
         return self
@@ -528,6 +675,16 @@ class Client:
 
     def version(self) -> dict[str, Any]:
         return self.call("system.version", {})
+
+    def login(self, username: str, password: str, registry: str) -> dict[str, Any]:
+        """Check the credentials against ``registry`` (``host:port``); the daemon keeps
+        them for its pulls and pushes there. ``{status: "Login Succeeded"}``."""
+        return self.call("system.login", {"registry": registry, "username": username,
+                                          "password": password})
+
+    def logout(self, registry: str) -> bool:
+        """Forget the login for ``registry``; False when there was none."""
+        return bool(self.call("system.logout", {"registry": registry})["removed"])
 
 
 # ---------------------------------------------------------------- asyncio API
@@ -754,6 +911,94 @@ class AsyncImageCollection:
     async def remove(self, name: str, force: bool = False) -> dict[str, Any]:
         return await self.client.call("image.remove", {"name": name, "force": force})
 
+    async def _with_progress(self, attachment: AsyncAttachment,
+                             progress: Progress | None) -> Any:
+        async for event, data in attachment:
+            if event == "progress" and progress is not None:
+                progress(data)
+        return await attachment.result()
+
+    async def pull(self, name: str, progress: Progress | None = None) -> AsyncImage:
+        result = await self._with_progress(
+            await self.client.stream("image.pull", {"name": name}), progress)
+        return await self.get(result["id"])
+
+    async def push(self, name: str, progress: Progress | None = None) -> dict[str, Any]:
+        return await self._with_progress(
+            await self.client.stream("image.push", {"name": name}), progress)
+
+    async def load(self, data: bytes, progress: Progress | None = None) -> list[AsyncImage]:
+        attachment = await self.client.stream("image.load", {})
+        await attachment.send(data)
+        await attachment.close_stdin()
+        result = await self._with_progress(attachment, progress)
+        return [await self.get(i["id"]) for i in result["images"]]
+
+    async def save(self, names: str | Sequence[str]) -> bytes:
+        attachment = await self.client.stream("image.save", {
+            "names": [names] if isinstance(names, str) else list(names)})
+        data = bytearray()
+        async for event, chunk in attachment:
+            if event == "data":
+                data += chunk
+        await attachment.result()
+        return bytes(data)
+
+    async def tag(self, source: str, target: str) -> str:
+        return (await self.client.call("image.tag", {"source": source,
+                                                     "target": target}))["name"]
+
+    async def history(self, name: str) -> list[dict[str, Any]]:
+        return list((await self.client.call("image.history", {"name": name}))["history"])
+
+
+class AsyncNetwork:
+    def __init__(self, client: AsyncClient, record: NetworkRecord):
+        self.client = client
+        self.record = record
+
+    id = Network.id
+    short_id = Network.short_id
+    name = Network.name
+    containers = Network.containers
+    attrs = Network.attrs
+
+    async def reload(self) -> AsyncNetwork:
+        self.record = NetworkRecord.from_dict(
+            await self.client.call("network.inspect", {"id": self.id}))
+        return self
+
+    async def remove(self) -> None:
+        await self.client.call("network.remove", {"id": self.id})
+
+
+class AsyncNetworkCollection:
+    def __init__(self, client: AsyncClient):
+        self.client = client
+
+    async def create(self, name: str, driver: str = "bridge", *, subnet: str = "",
+                     gateway: str = "", ip_range: str = "", internal: bool = False,
+                     labels: Mapping[str, str] | Sequence[str] | None = None,
+                     options: Mapping[str, str] | Sequence[str] | None = None
+                     ) -> AsyncNetwork:
+        created = await self.client.call("network.create", _network_params(
+            name, driver, subnet, gateway, ip_range, internal, labels, options))
+        return await self.get(created["id"])
+
+    async def get(self, network_id: str) -> AsyncNetwork:
+        return AsyncNetwork(self.client, NetworkRecord.from_dict(
+            await self.client.call("network.inspect", {"id": network_id})))
+
+    async def list(self, filters: Mapping[str, Sequence[str] | str] | None = None
+                   ) -> list[AsyncNetwork]:
+        result = await self.client.call("network.list", {"filters": _filters(filters)})
+        return [AsyncNetwork(self.client, NetworkRecord.from_dict(n))
+                for n in result["networks"]]
+
+    async def prune(self, filters: Mapping[str, Sequence[str] | str] | None = None
+                    ) -> dict[str, Any]:
+        return await self.client.call("network.prune", {"filters": _filters(filters)})
+
 
 class AsyncClient:
     """The asyncio twin of :class:`Client`: ``client = await AsyncClient.connect()`` or
@@ -765,6 +1010,7 @@ class AsyncClient:
         self._conn: Any = None
         self.containers = AsyncContainerCollection(self)
         self.images = AsyncImageCollection(self)
+        self.networks = AsyncNetworkCollection(self)
 
     @classmethod
     async def connect(cls, host: str | None = None, *, session: bool = False,
@@ -823,3 +1069,11 @@ class AsyncClient:
 
     async def version(self) -> dict[str, Any]:
         return await self.call("system.version", {})
+
+    async def login(self, username: str, password: str, registry: str) -> dict[str, Any]:
+        """See :meth:`Client.login`."""
+        return await self.call("system.login", {"registry": registry, "username": username,
+                                                "password": password})
+
+    async def logout(self, registry: str) -> bool:
+        return bool((await self.call("system.logout", {"registry": registry}))["removed"])

@@ -9,18 +9,21 @@ import os
 import platform
 import tempfile
 import time
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 from . import __version__
 from . import config as cfg
 from .containers import RUNNING, ContainerService
 from .daemon import DaemonConfig, RequestContext, Server
 from .errors import Conflict, InvalidArgument, NotFound
+from .images.oci import parse_time
+from .images.reference import parse as parse_ref
 from .logs import read_entries, tail_lines
 from .protocol import Params
 
-UPLOAD_CAP = 8 << 30          # bytes of tar one import or cp may stream
-ARCHIVE_CHUNK = 1 << 20       # bytes per data event of container.archive_get
+UPLOAD_CAP = 8 << 30          # bytes of tar one import, load or cp may stream
+ARCHIVE_CHUNK = 1 << 20       # bytes per data event of container.archive_get, image.save
+PROGRESS_INTERVAL = 0.1       # seconds between byte-count progress events of one layer
 
 
 def register(server: Server, config: DaemonConfig) -> ContainerService:
@@ -35,10 +38,15 @@ def register(server: Server, config: DaemonConfig) -> ContainerService:
         server.register(f"container.{name}", getattr(ops, name))
     for name in ("run", "attach", "logs", "exec", "stats", "archive_get", "archive_put"):
         server.register(f"container.{name}", getattr(ops, name), streaming=True)
-    server.register("image.import", ops.image_import, streaming=True)
-    for name in ("list", "inspect", "remove"):
+    for name in ("import", "pull", "push", "load", "save"):
+        server.register(f"image.{name}", getattr(ops, "image_" + name), streaming=True)
+    for name in ("list", "inspect", "remove", "tag", "history"):
         server.register(f"image.{name}", getattr(ops, "image_" + name))
+    for name in ("create", "list", "inspect", "remove", "prune"):
+        server.register(f"network.{name}", getattr(ops, "network_" + name))
     server.register("system.info", ops.info)
+    server.register("system.login", ops.login)
+    server.register("system.logout", ops.logout)
     return service
 
 
@@ -56,6 +64,22 @@ class _Operations:
         if ctx.session is not None:
             ctx.session.track("container", record.id)
 
+    async def _pull_missing(self, ctx: RequestContext | None, image: str) -> None:
+        """Docker's run/create: an image that is not here is pulled first, when its
+        name says which registry has it (there is no default registry). ``ctx``: send
+        the pull's progress events on that stream."""
+        try:
+            self.s.images.get(image)
+            return
+        except NotFound:
+            pass
+        try:
+            remote = parse_ref(image).domain
+        except InvalidArgument:
+            return                    # create reports the bad name
+        if remote:
+            await _in_thread(ctx, self.s.images.pull, image)
+
     async def session_cleanup(self, container_id: str) -> None:
         try:
             record = self.s._get(container_id)
@@ -68,6 +92,7 @@ class _Operations:
         p = Params(params, "container.create")
         name = p.get("name", (str, type(None)), None)
         config = self._config(p)
+        await self._pull_missing(None, config.image)
         record, warnings = self.s.create(config, name, ctx.session.id if ctx.session else "")
         self._track(ctx, record)
         return {"id": record.id, "warnings": warnings}
@@ -89,6 +114,7 @@ class _Operations:
         if remove is not None and remove != config.host.auto_remove:
             config = dataclasses.replace(
                 config, host=dataclasses.replace(config.host, auto_remove=remove))
+        await self._pull_missing(ctx, config.image)
         record, warnings = self.s.create(config, name, ctx.session.id if ctx.session else "")
         self._track(ctx, record)
         await ctx.send_event("created", {"id": record.id, "name": record.name,
@@ -463,13 +489,13 @@ class _Operations:
         p.get("all", bool, False)
         p.get("filters", dict, {})
         p.done()
-        return {"images": [self.s.images.record(i["id"]) for i in self.s.images.list()]}
+        return {"images": [self._image_record(i["id"]) for i in self.s.images.list()]}
 
     async def image_inspect(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "image.inspect")
         name = p.get("name", str)
         p.done()
-        return self.s.images.record(name)
+        return self._image_record(name)
 
     async def image_remove(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "image.remove")
@@ -479,6 +505,179 @@ class _Operations:
         result = self.s.images.remove(name, force=force)
         return {"untagged": [r["Untagged"] for r in result if "Untagged" in r],
                 "deleted": [r["Deleted"] for r in result if "Deleted" in r]}
+
+    def _image_record(self, ref: str) -> dict[str, Any]:
+        image = self.s.images.get(ref)
+        return {**self.s.images.record(image["id"]),
+                "repo_digests": list(image["doc"].get("repo_digests", []))}
+
+    async def image_tag(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "image.tag")
+        source = p.get("source", str)
+        target = p.get("target", str)
+        p.done()
+        if "@" in target:
+            raise InvalidArgument(f"tag {target!r}: refusing to create a tag with a digest "
+                                  f"reference")
+        return {"name": self.s.images.tag(source, target)}
+
+    async def image_history(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "image.history")
+        name = p.get("name", str)
+        p.done()
+        image = self.s.images.get(name)
+        config = image["doc"]["config"]
+        sizes = iter(self._layer_sizes(image))
+        rows = []
+        for entry in config.get("history") or []:
+            empty = bool(entry.get("empty_layer"))
+            rows.append({"id": "", "created": parse_time(entry.get("created", "")) or 0.0,
+                         "created_by": entry.get("created_by", ""),
+                         "comment": entry.get("comment", ""), "tags": [],
+                         "size": 0 if empty else next(sizes, 0)})
+        rows.reverse()                    # newest first, as Docker lists them
+        if rows:
+            rows[0].update(id=image["id"], tags=list(image["tags"]))
+        return {"history": rows}
+
+    def _layer_sizes(self, image: dict[str, Any]) -> list[int]:
+        """Each layer's unpacked size (kept on its snapshot), bottom first."""
+        from .images.service import SIZE_LABEL
+        sizes = []
+        for chain, layer in zip(image["doc"].get("chain_ids", []),
+                                image["doc"].get("layers", [])):
+            try:
+                labels = self.s.images.snapshotter.stat(chain).labels
+                sizes.append(int(labels.get(SIZE_LABEL, layer["size"])))
+            except NotFound:
+                sizes.append(int(layer["size"]))
+        return sizes
+
+    async def image_pull(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "image.pull")
+        name = p.get("name", str)
+        p.done()
+        image_id = await _in_thread(ctx, self.s.images.pull, name)
+        return {"id": image_id, "name": str(parse_ref(name))}
+
+    async def image_push(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "image.push")
+        name = p.get("name", str)
+        p.done()
+        return await _in_thread(ctx, self.s.images.push, name)
+
+    async def image_load(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "image.load")
+        path = p.get("path", (str, type(None)), None)
+        p.done()
+        source = path if path is not None else \
+            await _spool_stdin(ctx, "image.load", self.s.root)
+        try:
+            loaded = await _in_thread(ctx, self.s.images.load, source)
+        finally:
+            if not isinstance(source, str):
+                source.close()
+        return {"images": [{"id": i["id"], "tags": list(i["tags"])} for i in loaded]}
+
+    async def image_save(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "image.save")
+        names = p.get("names", list, items=str)
+        p.done()
+        # Spooled (by a thread: it reads and writes files) so the image lock is not
+        # held while a slow client reads; then sent in 1 MiB chunks.
+        with tempfile.TemporaryFile(dir=self.s.root) as spool:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.s.images.save, names, spool)
+            size = spool.tell()
+            spool.seek(0)
+            while chunk := spool.read(ARCHIVE_CHUNK):
+                await ctx.send_event("data", chunk)
+        return {"size": size}
+
+    async def login(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "system.login")
+        registry = p.get("registry", str)
+        username = p.get("username", str)
+        password = p.get("password", str)
+        p.done()
+        status = await asyncio.get_running_loop().run_in_executor(
+            None, self.s.images.login, registry, username, password)
+        return {"status": status}
+
+    async def logout(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "system.logout")
+        registry = p.get("registry", str)
+        p.done()
+        return {"removed": self.s.images.logout(registry)}
+
+    # -- networks
+    def _network_record(self, network: Any) -> cfg.NetworkRecord:
+        containers = []
+        for cid, endpoint in self.s.networks.endpoints(network.id).items():
+            try:
+                name = self.s._get(cid).name
+            except NotFound:          # removed while its namespace goes
+                continue
+            containers.append(cfg.NetworkContainer(cid, name, endpoint))
+        return cfg.NetworkRecord(
+            id=network.id, name=network.name, driver=network.driver,
+            created=network.created, internal=network.internal, subnet=network.subnet,
+            gateway=network.gateway, ip_range=network.ip_range, bridge=network.bridge,
+            options=tuple(f"{k}={v}" for k, v in sorted(network.options.items())),
+            labels=tuple(f"{k}={v}" for k, v in sorted(network.labels.items())),
+            containers=tuple(containers))
+
+    async def network_create(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "network.create")
+        name = p.get("name", str)
+        driver = p.get("driver", str, "bridge")
+        subnet = p.get("subnet", str, "")
+        gateway = p.get("gateway", str, "")
+        ip_range = p.get("ip_range", str, "")
+        internal = p.get("internal", bool, False)
+        labels = _string_map(p.get("labels", dict, {}), "labels")
+        options = _string_map(p.get("options", dict, {}), "options")
+        p.done()
+        network = await self.s.networks.create(
+            name, driver=driver, subnet=subnet, gateway=gateway, ip_range=ip_range,
+            internal=internal, labels=labels, options=options)
+        return {"id": network.id, "warnings": []}
+
+    async def network_list(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "network.list")
+        filters = p.get("filters", dict, {})
+        p.done()
+        records = [self._network_record(n) for n in self.s.networks.list()]
+        records = cfg.filter_networks(records, {k: list(v) for k, v in filters.items()})
+        return {"networks": [r.to_dict() for r in records]}
+
+    async def network_inspect(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "network.inspect")
+        ref = p.get("id", str)
+        p.done()
+        return self._network_record(self.s.networks.get(ref)).to_dict()
+
+    async def network_remove(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "network.remove")
+        ref = p.get("id", str)
+        p.done()
+        await self.s.networks.remove(ref)
+        return {}
+
+    async def network_prune(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "network.prune")
+        p.get("filters", dict, {})
+        p.done()
+        removed = []
+        for network in self.s.networks.list():
+            if network.name in cfg.BUILTIN_NETWORKS or self.s.networks.endpoints(network.id):
+                continue
+            try:
+                await self.s.networks.remove(network.id)
+            except (Conflict, NotFound):       # a container attached meanwhile, or gone
+                continue
+            removed.append(network.name)
+        return {"removed": removed}
 
     async def info(self, ctx: RequestContext, params: dict) -> Any:
         Params(params, "system.info").done()
@@ -515,6 +714,58 @@ class _Stamper:
             out += line
             self.open_line[fd] = not line.endswith((b"\n", b"\r"))
         return bytes(out)
+
+
+def _string_map(value: dict, field: str) -> dict[str, str]:
+    bad = [k for k, v in value.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise InvalidArgument(f"{field}: keys and values must be strings ({bad[0]!r} is not)")
+    return dict(value)
+
+
+class _Throttle:
+    """Byte-count progress comes on every read; pass on at most one such event per
+    layer every ``PROGRESS_INTERVAL`` (status changes always)."""
+
+    def __init__(self) -> None:
+        self.last: dict[Any, tuple[str, float]] = {}
+
+    def keep(self, event: dict[str, Any]) -> bool:
+        key, status = event.get("id"), event.get("status", "")
+        now = time.monotonic()
+        previous = self.last.get(key)
+        done = event.get("total") is not None and event.get("current") == event.get("total")
+        if previous is not None and previous[0] == status and not done and \
+                now - previous[1] < PROGRESS_INTERVAL:
+            return False
+        self.last[key] = (status, now)
+        return True
+
+
+async def _in_thread(ctx: RequestContext | None, func: Callable[..., Any], *args: Any) -> Any:
+    """``func(*args, progress=...)`` (a blocking image service call) in a worker thread;
+    its progress events are marshalled back to the loop and sent on ``ctx``'s stream as
+    ``progress`` events, in order, before the result. A cancelled request stops waiting;
+    the thread finishes its call (registry transfers cannot be interrupted midway)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    throttle = _Throttle()
+    done = object()
+
+    def progress(event: dict[str, Any]) -> None:
+        if ctx is not None and throttle.keep(event):
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, dict(event))
+            except RuntimeError:          # the loop is closed: the daemon is going
+                pass
+
+    future = loop.run_in_executor(None, lambda: func(*args, progress=progress))
+    # Done callbacks run on the loop after every progress put the thread made before it
+    # returned, so ``done`` is queued last.
+    future.add_done_callback(lambda f: queue.put_nowait(done))
+    while (event := await queue.get()) is not done:
+        await ctx.send_event("progress", event)   # type: ignore[union-attr]
+    return future.result()
 
 
 async def _spool_stdin(ctx: RequestContext, op: str, directory: Any) -> BinaryIO:
