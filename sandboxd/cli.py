@@ -313,7 +313,7 @@ def run(detach: bool, sig_proxy: bool, **opts: Any) -> int:
             click.echo(result["id"])
             return 0
         result = _pump(client, attachment, tty=cfg.tty, stdin=opts["interactive"],
-                       sig_proxy=sig_proxy)
+                       sig_proxy=sig_proxy, image=cfg.image)
     if result.get("timed_out"):
         click.echo(f"sbx: container {result.get('id', '')[:12]} timed out after "
                    f"{cfg.host.timeout:g} seconds and was killed", err=True)
@@ -338,10 +338,11 @@ def create(**opts: Any) -> int:
 # ---------------------------------------------------------------- attached I/O
 
 def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bool,
-          container_id: str = "") -> dict[str, Any]:
+          container_id: str = "", image: str = "") -> dict[str, Any]:
     """Stream a container's output to ours until it ends; with ``stdin`` forward our
     input; with ``tty`` put our terminal in raw mode (restored on the way out) and pass
-    on window-size changes. Returns the op's final result."""
+    on window-size changes. The pull of a missing ``image`` (``run``) shows its
+    progress on stderr. Returns the op's final result."""
     import signal
     import threading
 
@@ -397,6 +398,7 @@ def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bo
         if stdin:
             threading.Thread(target=forward_input, name="sbx-stdin", daemon=True).start()
         out, err = sys.stdout.buffer, sys.stderr.buffer
+        display: _Progress | None = None
         for event, data in attachment:
             if event == "stdout":
                 _write(out, data)
@@ -404,6 +406,11 @@ def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bo
                 _write(err, data)
             elif event in ("created", "started") and isinstance(data, dict):
                 state["id"] = data.get("id", state["id"])
+            elif event == "progress" and isinstance(data, dict):
+                if display is None:
+                    display = _Progress(sys.stderr, eol="\r\n" if raw_tty else "\n")
+                    display.show({"status": f"Unable to find image '{image}' locally"})
+                display.show(data)
         return attachment.result()
     finally:
         for sig, handler in old_handlers.items():
@@ -583,12 +590,16 @@ def _print_rows(fmt: str | None, rows: list[dict[str, Any]], default: str,
 @cli.command(context_settings=CONTEXT)
 @option("-f", "--format", "fmt", metavar="TEMPLATE",
               help="Format output using a Go template")
-@option("--type", "kind", type=click.Choice(["container", "image"]),
+@option("--type", "kind", type=click.Choice(["container", "image", "network"]),
               help="Return JSON for specified type")
 @option("-s", "--size", is_flag=True, help="Accepted for Docker compatibility")
 @argument("names", nargs=-1, required=True, shell_complete=_complete_containers)
 def inspect(fmt: str | None, kind: str | None, size: bool, names: tuple[str, ...]) -> int:
-    """Return low-level information on containers or images."""
+    """Return low-level information on containers, images or networks."""
+    return _inspect(fmt, kind, names)
+
+
+def _inspect(fmt: str | None, kind: str | None, names: tuple[str, ...]) -> int:
     import json
     from . import config
     from .errors import NotFound
@@ -598,7 +609,7 @@ def inspect(fmt: str | None, kind: str | None, size: bool, names: tuple[str, ...
             try:
                 documents.append(_inspect_one(client, name, kind))
             except NotFound:
-                click.echo(f"Error: No such object: {name}", err=True)
+                click.echo(f"Error: No such {kind or 'object'}: {name}", err=True)
                 status = 1
     if fmt:
         for doc in documents:
@@ -609,17 +620,25 @@ def inspect(fmt: str | None, kind: str | None, size: bool, names: tuple[str, ...
 
 
 def _inspect_one(client: Any, name: str, kind: str | None) -> dict[str, Any]:
+    """Docker's lookup order without ``--type``: container, image, network."""
     from . import config
-    from .errors import NotFound
-    if kind != "image":
+    from .errors import InvalidArgument, NotFound
+    if kind in (None, "container"):
         try:
             record = client.call("container.inspect", {"id": name})
             return config.inspect_document(config.ContainerRecord.from_dict(record))
         except NotFound:
             if kind == "container":
                 raise
-    image = client.call("image.inspect", {"name": name})
-    return config.image_document(config.ImageRecord.from_dict(image))
+    if kind in (None, "image"):
+        try:
+            image = client.call("image.inspect", {"name": name})
+            return config.image_document(config.ImageRecord.from_dict(image))
+        except (NotFound, InvalidArgument):     # not an image name at all: maybe a network
+            if kind == "image":
+                raise
+    network = client.call("network.inspect", {"id": name})
+    return config.network_document(config.NetworkRecord.from_dict(network))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -987,7 +1006,9 @@ def import_(message: str, file: str, reference: str) -> int:
 @option("-q", "--quiet", is_flag=True, help="Only show image IDs")
 @option("--format", "fmt", metavar="TEMPLATE", help="Format output using a Go template")
 @option("--no-trunc", is_flag=True, help="Don't truncate output")
-def images(show_all: bool, quiet: bool, fmt: str | None, no_trunc: bool) -> int:
+@option("--digests", is_flag=True, help="Show digests")
+def images(show_all: bool, quiet: bool, fmt: str | None, no_trunc: bool,
+           digests: bool) -> int:
     """List images."""
     import time
     from . import config
@@ -1004,7 +1025,8 @@ def images(show_all: bool, quiet: bool, fmt: str | None, no_trunc: bool) -> int:
                 click.echo(shown)
         return 0
     rows = [row for r in records for row in config.image_row(r, now, trunc=not no_trunc)]
-    _print_rows(fmt, rows, config.IMAGES_TABLE, config.IMAGE_HEADERS)
+    _print_rows(fmt, rows, config.IMAGES_DIGESTS_TABLE if digests else config.IMAGES_TABLE,
+                config.IMAGE_HEADERS)
     return 0
 
 
@@ -1019,6 +1041,255 @@ def rmi(force: bool, images: tuple[str, ...]) -> int:
         lines += [f"Deleted: {d}" for d in result.get("deleted") or ()]
         return "\n".join(lines)
     return _each(images, remove)
+
+
+class _Progress:
+    """Docker's pull/push progress. On a terminal: one line per layer, redrawn in place
+    (status and a bar of bytes done); otherwise a line each time a layer's status
+    changes (no byte counts: logs stay short)."""
+
+    def __init__(self, stream: Any, eol: str = "\n"):
+        self.stream = stream
+        self.eol = eol                      # "\r\n" while our terminal is in raw mode
+        self.tty = stream.isatty()
+        self.rows: dict[str, int] = {}      # layer id -> its line, counted from the top
+        self.lines = 0
+        self.status: dict[str, str] = {}
+
+    def show(self, event: dict[str, Any]) -> None:
+        layer, status = event.get("id"), str(event.get("status", ""))
+        text = f"{layer}: {status}" if layer else status
+        if not layer:
+            self._line(text)
+            return
+        if not self.tty:
+            if self.status.get(layer) != status:
+                self.status[layer] = status
+                self._line(text)
+            return
+        total, current = event.get("total"), event.get("current")
+        if isinstance(total, int) and total > 0 and isinstance(current, int):
+            text = f"{text} {_bar(current, total)}"
+        if layer in self.rows:
+            up = self.lines - self.rows[layer]
+            # Up to the layer's line, clear it, write, back down.
+            self.stream.write(f"\x1b[{up}A\r\x1b[2K{text}\r\x1b[{up}B")
+            self.stream.flush()
+        else:
+            self.rows[layer] = self.lines
+            self._line(text)
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + self.eol)
+        self.stream.flush()
+        self.lines += 1
+
+
+def _bar(current: int, total: int, width: int = 50) -> str:
+    from .config import human_size
+    done = min(width, width * current // total)
+    arrow = ">" if done < width else ""
+    return (f"[{'=' * (done - len(arrow))}{arrow}{' ' * (width - done)}] "
+            f"{human_size(current)}/{human_size(total)}")
+
+
+def _follow(attachment: Any, display: _Progress | None) -> Any:
+    for event, data in attachment:
+        if event == "progress" and display is not None and isinstance(data, dict):
+            display.show(data)
+    return attachment.result()
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-q", "--quiet", is_flag=True, help="Suppress verbose output")
+@argument("name", metavar="NAME[:TAG|@DIGEST]")
+def pull(quiet: bool, name: str) -> int:
+    """Download an image from a registry."""
+    with _client() as client:
+        result = _follow(client.stream("image.pull", {"name": name}),
+                         None if quiet else _Progress(sys.stdout))
+    click.echo(result["name"])
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-q", "--quiet", is_flag=True, help="Suppress verbose output")
+@argument("name", metavar="NAME[:TAG]", shell_complete=_complete_images)
+def push(quiet: bool, name: str) -> int:
+    """Upload an image to a registry."""
+    with _client() as client:
+        result = _follow(client.stream("image.push", {"name": name}),
+                         None if quiet else _Progress(sys.stdout))
+    if quiet:
+        click.echo(name)
+    return 0 if result.get("digest") else 1
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-i", "--input", "path", metavar="FILE",
+        help="Read from tar archive file, instead of STDIN")
+@option("-q", "--quiet", is_flag=True, help="Suppress the load output")
+def load(path: str | None, quiet: bool) -> int:
+    """Load images from a tar archive (an OCI layout or a docker save archive)."""
+    from .api import CHUNK
+    if path is None and sys.stdin.isatty():
+        raise CliError("requested load from stdin, but stdin is empty: give -i FILE or "
+                       "redirect a tar", 1)
+    source = sys.stdin.buffer if path is None else _open_input(path)
+    try:
+        with _client() as client:
+            attachment = client.stream("image.load", {})
+            while chunk := source.read(CHUNK):
+                attachment.send(chunk)
+            attachment.close_stdin()
+            result = _follow(attachment, None)
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+    for image in result["images"]:
+        for tag in image["tags"]:
+            click.echo(f"Loaded image: {tag}")
+        if not image["tags"]:
+            click.echo(f"Loaded image ID: {image['id']}")
+    return 0
+
+
+def _open_input(path: str) -> Any:
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise CliError(f"open {path}: {e.strerror}", 1) from None
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-o", "--output", metavar="FILE", help="Write to a file, instead of STDOUT")
+@argument("images", nargs=-1, required=True, shell_complete=_complete_images)
+def save(output: str | None, images: tuple[str, ...]) -> int:
+    """Save one or more images to a tar archive (streamed to STDOUT by default)."""
+    if output is None and sys.stdout.isatty():
+        raise CliError("cowardly refusing to save to a terminal. Use the -o flag or "
+                       "redirect", 1)
+    try:
+        out = sys.stdout.buffer if output is None else open(output, "wb")
+    except OSError as e:
+        raise CliError(f"failed to save image: open {output}: {e.strerror}", 1) from None
+    ok = False
+    try:
+        with _client() as client:
+            attachment = client.stream("image.save", {"names": list(images)})
+            for event, data in attachment:
+                if event == "data":
+                    out.write(data)
+            attachment.result()
+        ok = True
+    finally:
+        if output is not None:
+            out.close()
+            if not ok:
+                os.unlink(output)      # no half-written archive left behind
+        else:
+            out.flush()
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@argument("source", metavar="SOURCE_IMAGE[:TAG]", shell_complete=_complete_images)
+@argument("target", metavar="TARGET_IMAGE[:TAG]")
+def tag(source: str, target: str) -> int:
+    """Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE."""
+    with _client() as client:
+        client.call("image.tag", {"source": source, "target": target})
+    return 0
+
+
+HISTORY_HEADERS = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT",
+                   "CreatedBy": "CREATED BY", "Size": "SIZE", "Comment": "COMMENT"}
+HISTORY_TABLE = ("table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t"
+                 "{{.Comment}}")
+
+
+@cli.command(context_settings=CONTEXT)
+@option("--format", "fmt", metavar="TEMPLATE", help="Format output using a Go template")
+@option("-H", "--human/--no-human", default=True,
+        help="Print sizes and dates in human readable format")
+@option("--no-trunc", is_flag=True, help="Don't truncate output")
+@option("-q", "--quiet", is_flag=True, help="Only show image IDs")
+@argument("image", shell_complete=_complete_images)
+def history(fmt: str | None, human: bool, no_trunc: bool, quiet: bool, image: str) -> int:
+    """Show the history of an image."""
+    import time
+    from . import config
+    with _client() as client:
+        entries = client.call("image.history", {"name": image})["history"]
+    now = time.time()
+    rows = []
+    for e in entries:
+        shown = e["id"] if no_trunc else e["id"].split(":", 1)[-1][:12]
+        created = e["created"]
+        by = e["created_by"] if no_trunc else config._truncate(e["created_by"], 45)
+        rows.append({"ID": shown or "<missing>",
+                     "CreatedSince": config.human_duration(now - created) + " ago"
+                     if human else config.rfc3339(created),
+                     "CreatedAt": config.rfc3339(created), "CreatedBy": by,
+                     "Size": config.human_size(e["size"]) if human else str(e["size"]),
+                     "Comment": e["comment"]})
+    if quiet:
+        for row in rows:
+            click.echo(row["ID"])
+        return 0
+    _print_rows(fmt, rows, HISTORY_TABLE, HISTORY_HEADERS)
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-u", "--username", metavar="USER", help="Username")
+@option("-p", "--password", metavar="PASSWORD", help="Password")
+@option("--password-stdin", is_flag=True, help="Take the password from stdin")
+@argument("registry", metavar="REGISTRY")
+def login(username: str | None, password: str | None, password_stdin: bool,
+          registry: str) -> int:
+    """Log in to a registry (the daemon keeps the credentials for its pulls and pushes).
+
+    There is no default registry: name one, e.g. localhost:5000."""
+    if password_stdin:
+        if password is not None:
+            raise CliError("--password and --password-stdin are mutually exclusive",
+                           EXIT_DAEMON)
+        if username is None:
+            raise CliError("Must provide --username with --password-stdin", EXIT_DAEMON)
+        password = sys.stdin.read().rstrip("\r\n")
+    elif password is not None:
+        click.echo("WARNING! Using --password via the CLI is insecure. Use "
+                   "--password-stdin.", err=True)
+    interactive = sys.stdin.isatty()
+    if username is None:
+        if not interactive:
+            raise CliError("Cannot perform an interactive login from a non TTY device",
+                           1)
+        username = click.prompt("Username", err=True)
+    if password is None:
+        if not interactive:
+            raise CliError("Cannot perform an interactive login from a non TTY device",
+                           1)
+        password = click.prompt("Password", hide_input=True, err=True)
+    if not username or not password:
+        raise CliError("Error: a username and a password are required", 1)
+    with _client() as client:
+        result = client.call("system.login", {"registry": registry, "username": username,
+                                              "password": password})
+    click.echo(result["status"])
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@argument("registry", metavar="REGISTRY")
+def logout(registry: str) -> int:
+    """Log out from a registry."""
+    with _client() as client:
+        removed = client.call("system.logout", {"registry": registry})["removed"]
+    click.echo(f"Removing login credentials for {registry}" if removed
+               else f"Not logged in to {registry}")
+    return 0
 
 
 # ---------------------------------------------------------------- system
@@ -1161,9 +1432,128 @@ def image() -> None:
     """Manage images."""
 
 
-for _name, _func in (("import", import_), ("ls", images), ("rm", rmi),
-                     ("inspect", inspect)):
+for _name, _func in (("import", import_), ("ls", images), ("rm", rmi), ("pull", pull),
+                     ("push", push), ("load", load), ("save", save), ("tag", tag),
+                     ("history", history)):
     image.alias(_name, _func)
+
+
+@image.command("inspect", context_settings=CONTEXT)
+@option("-f", "--format", "fmt", metavar="TEMPLATE",
+              help="Format output using a Go template")
+@argument("names", nargs=-1, required=True, shell_complete=_complete_images)
+def image_inspect(fmt: str | None, names: tuple[str, ...]) -> int:
+    """Display detailed information on one or more images."""
+    return _inspect(fmt, "image", names)
+
+
+@cli.group(cls=SbxGroup, context_settings=CONTEXT)
+def network() -> None:
+    """Manage networks."""
+
+
+@network.command("create", context_settings=CONTEXT)
+@option("-d", "--driver", default="bridge", metavar="DRIVER",
+              help="Driver to manage the Network (bridge)")
+@option("--subnet", default="", metavar="CIDR",
+              help="Subnet in CIDR format that represents a network segment")
+@option("--gateway", default="", metavar="IP", help="IPv4 Gateway for the subnet")
+@option("--ip-range", default="", metavar="CIDR",
+              help="Allocate container ip from a sub-range")
+@option("--internal", is_flag=True, help="Restrict external access to the network")
+@option("--label", multiple=True, metavar="KEY=VALUE", help="Set metadata on a network")
+@option("-o", "--opt", multiple=True, metavar="KEY=VALUE",
+              help="Set driver specific options")
+@argument("name")
+def network_create(driver: str, subnet: str, gateway: str, ip_range: str, internal: bool,
+                   label: tuple[str, ...], opt: tuple[str, ...], name: str) -> int:
+    """Create a network."""
+    from .api import _network_params
+    with _client() as client:
+        result = client.call("network.create", _network_params(
+            name, driver, subnet, gateway, ip_range, internal, label, opt))
+    click.echo(result["id"])
+    return 0
+
+
+@network.command("ls", context_settings=CONTEXT)
+@option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Provide filter values (e.g. 'driver=bridge')")
+@option("--format", "fmt", metavar="TEMPLATE", help="Format output using a Go template")
+@option("--no-trunc", is_flag=True, help="Do not truncate the output")
+@option("-q", "--quiet", is_flag=True, help="Only display network IDs")
+def network_ls(filters: tuple[str, ...], fmt: str | None, no_trunc: bool,
+               quiet: bool) -> int:
+    """List networks."""
+    from . import config
+    parsed: dict[str, list[str]] = {}
+    for item in filters:
+        key, _, value = item.partition("=")
+        parsed.setdefault(key, []).append(value)
+    with _client() as client:
+        result = client.call("network.list", {"filters": parsed})
+    records = sorted((config.NetworkRecord.from_dict(n) for n in result["networks"]),
+                     key=lambda n: n.name)
+    if quiet:
+        for n in records:
+            click.echo(n.id if no_trunc else n.id[:12])
+        return 0
+    rows = [config.network_row(n, trunc=not no_trunc) for n in records]
+    _print_rows(fmt, rows, config.NETWORKS_TABLE, config.NETWORK_HEADERS)
+    return 0
+
+
+@network.command("inspect", context_settings=CONTEXT)
+@option("-f", "--format", "fmt", metavar="TEMPLATE",
+              help="Format output using a Go template")
+@argument("names", nargs=-1, required=True)
+def network_inspect(fmt: str | None, names: tuple[str, ...]) -> int:
+    """Display detailed information on one or more networks."""
+    return _inspect(fmt, "network", names)
+
+
+@network.command("rm", context_settings=CONTEXT)
+@argument("names", nargs=-1, required=True)
+def network_rm(names: tuple[str, ...]) -> int:
+    """Remove one or more networks."""
+    def remove(client: Any, name: str) -> str:
+        client.call("network.remove", {"id": name})
+        return name
+    return _each(names, remove)
+
+
+@network.command("prune", context_settings=CONTEXT)
+@option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
+@option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Provide filter values (accepted for Docker compatibility)")
+def network_prune(force: bool, filters: tuple[str, ...]) -> int:
+    """Remove all unused networks."""
+    if not force:
+        click.echo("WARNING! This will remove all custom networks not used by at least "
+                   "one container.", err=True)
+        if not click.confirm("Are you sure you want to continue?", default=False,
+                             err=True):
+            return 0
+    with _client() as client:
+        removed = client.call("network.prune", {"filters": {}})["removed"]
+    if removed:
+        click.echo("Deleted Networks:")
+        for name in removed:
+            click.echo(name)
+    return 0
+
+
+for _name in ("connect", "disconnect"):
+    @network.command(_name, context_settings={**CONTEXT, "ignore_unknown_options": True})
+    @argument("args", nargs=-1, type=click.UNPROCESSED)
+    def _not_yet(args: tuple[str, ...], _name: str = _name) -> int:
+        """Not supported yet: a container joins its network when it starts."""
+        raise CliError(f"network {_name} is not supported yet: a container joins its "
+                       f"network when it starts (sbx run --network NAME)", EXIT_DAEMON)
+
+
+network.alias("list", network_ls)
+network.alias("remove", network_rm)
 
 
 # ---------------------------------------------------------------- entry point
