@@ -23,9 +23,10 @@ A container's root::
     ... the runner mounts the overlay, the container runs, writes land in upperdir ...
     sn.remove(<container id>)              # after the container is gone
 
-    A container that keeps nothing (tmpfs upper, or a read-only root) takes a view
-    instead: ``sn.view(<container id>, parent)``; the view pins its chain so the image's
-    layers cannot be removed under it.
+    A container with a read-only root takes a view instead: ``sn.view(<container id>,
+    parent)``; the view pins its chain so the image's layers cannot be removed under it.
+    (A container with a tmpfs upper needs no snapshot at all: the image service pins
+    its chain in memory.)
 
 Layout::
 

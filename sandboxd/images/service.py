@@ -71,6 +71,12 @@ class ImageService:
         # Blobs larger than this are pushed in PATCH chunks.
         self.chunk_size = DEFAULT_CHUNK
         self._lock = threading.RLock()
+        # Roots with a tmpfs upper keep no snapshot: container key -> the chain id it
+        # stands on, so that prune_snapshots leaves that chain alone while it runs.
+        self._pins: dict[str, str] = {}
+        self._prune_pending = False
+        # image id -> (chain id of its top layer, lowerdirs top first) for those roots.
+        self._lowerdirs: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     # ------------------------------------------------------------ the host image
 
@@ -512,6 +518,7 @@ class ImageService:
                 raise Conflict(f"unable to remove image {short}: it is referenced by several "
                                f"tags ({', '.join(tags)}); remove them by tag or use force")
             self.store.delete_image(image["id"])
+            self._lowerdirs.pop(image["id"], None)
             result = [{"Untagged": t} for t in tags] + [{"Deleted": image["id"]}]
             self._delete_unused_blobs(image)
             self.prune_snapshots()
@@ -535,6 +542,9 @@ class ImageService:
             wanted: set[str] = set()
             for image in self.store.list_images():
                 wanted.update(image["doc"].get("chain_ids", []))
+            pinned = set(self._pins.values()) - wanted - {""}
+            wanted |= pinned
+            self._prune_pending = bool(pinned)       # prune again once they are released
             removed: list[str] = []
             while True:
                 rows = self.store.query(
@@ -562,27 +572,52 @@ class ImageService:
 
     def prepare_rootfs(self, image_id: str, container_key: str, *, readonly: bool = False,
                        tmpfs_upper: bool = False) -> RootFS:
-        """Make the snapshot ``container_key`` for a container of this image and return
-        its root for the runner. By default the upper layer is a persistent active
-        snapshot (kept across restarts); ``tmpfs_upper`` or ``readonly`` take a view
-        instead (no upper kept: the runner makes a tmpfs upper, or none). An existing
-        snapshot ``container_key`` (a container started again) is reused.
-        Release it with :meth:`release_rootfs` after the container is gone. For the host
-        image, also mount :meth:`image_mounts`."""
+        """Make the root of the container ``container_key`` of this image for the
+        runner. By default the upper layer is a persistent active snapshot (kept across
+        restarts); ``readonly`` takes a view instead (no upper kept). With
+        ``tmpfs_upper`` the runner makes a tmpfs upper and nothing is kept, so no
+        snapshot is recorded: the image's chain is pinned in memory until
+        :meth:`release_rootfs` (such a container never outlives the daemon, so it is
+        never started again). Otherwise an existing snapshot ``container_key`` (a
+        container started again) is reused.
+        Release the root with :meth:`release_rootfs` after the container is gone. For
+        the host image, also mount :meth:`image_mounts`."""
+        if tmpfs_upper:
+            with self._lock:
+                cached = self._lowerdirs.get(image_id)
+                if cached is None or not os.path.isdir(cached[1][0]):
+                    cached = self._chain_lowerdirs(image_id)
+                    self._lowerdirs[image_id] = cached
+                self._pins[container_key] = cached[0]
+            return RootFS(lowerdirs=cached[1], readonly=readonly)
+        image, parent = self._image_parent(image_id)
+        if not self.snapshotter.exists(container_key):    # else a restart: keep its writes
+            make = self.snapshotter.view if readonly else self.snapshotter.prepare
+            make(container_key, parent, labels={"image": image["id"]})
+        root = self.snapshotter.rootfs(container_key, readonly=readonly)
+        if image["doc"].get("host"):
+            root = dataclasses.replace(root, lowerdirs=(str(self._host[1]),))
+        return root
+
+    def _image_parent(self, image_id: str) -> tuple[dict[str, Any], str | None]:
+        """The image and the chain id of its top layer (None: no layers)."""
         image = self.get(image_id)
         chain_ids = image["doc"]["chain_ids"]
         parent = chain_ids[-1] if chain_ids else None
         if parent is not None and not self.snapshotter.exists(parent):
             raise NotFound(f"the layers of image {image['id'][7:19]} are missing "
                            f"(snapshot {parent}); remove and import the image again")
-        if not self.snapshotter.exists(container_key):    # else a restart: keep its writes
-            make = self.snapshotter.view if readonly or tmpfs_upper else \
-                self.snapshotter.prepare
-            make(container_key, parent, labels={"image": image["id"]})
-        root = self.snapshotter.rootfs(container_key, readonly=readonly)
+        return image, parent
+
+    def _chain_lowerdirs(self, image_id: str) -> tuple[str, tuple[str, ...]]:
+        """(chain id of the top layer or "", the lowerdirs top first) of an image."""
+        image, parent = self._image_parent(image_id)
         if image["doc"].get("host"):
-            root = dataclasses.replace(root, lowerdirs=(str(self._host[1]),))
-        return root
+            return "", (str(self._host[1]),)
+        if parent is None:
+            return "", (str(self.snapshotter.empty),)
+        return parent, tuple(str(self.snapshotter.path(info.key))
+                             for info in self.snapshotter.chain(parent))
 
     def image_mounts(self, image_id: str) -> tuple[Mount, ...]:
         """Mounts a container of this image needs besides its root: the host image's
@@ -592,7 +627,12 @@ class ImageService:
 
     def release_rootfs(self, container_key: str) -> None:
         """Remove a container's snapshot (after it is unmounted), then layers that only
-        a deleted image still needed."""
+        a deleted image still needed. ``NotFound`` when it has none."""
+        with self._lock:
+            if self._pins.pop(container_key, None) is not None:
+                if self._prune_pending:
+                    self.prune_snapshots()
+                return
         self.snapshotter.remove(container_key)
         self.prune_snapshots()
 
