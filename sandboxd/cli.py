@@ -309,7 +309,8 @@ def run(detach: bool, sig_proxy: bool, **opts: Any) -> int:
     with _client() as client:
         attachment = client.stream("container.run", params)
         if detach:
-            _, _, result = attachment.collect()
+            result = _follow(attachment, _Progress(
+                sys.stderr, first=f"Unable to find image '{cfg.image}' locally"))
             click.echo(result["id"])
             return 0
         result = _pump(client, attachment, tty=cfg.tty, stdin=opts["interactive"],
@@ -398,7 +399,8 @@ def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bo
         if stdin:
             threading.Thread(target=forward_input, name="sbx-stdin", daemon=True).start()
         out, err = sys.stdout.buffer, sys.stderr.buffer
-        display: _Progress | None = None
+        display = _Progress(sys.stderr, eol="\r\n" if raw_tty else "\n",
+                            first=f"Unable to find image '{image}' locally")
         for event, data in attachment:
             if event == "stdout":
                 _write(out, data)
@@ -407,9 +409,6 @@ def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bo
             elif event in ("created", "started") and isinstance(data, dict):
                 state["id"] = data.get("id", state["id"])
             elif event == "progress" and isinstance(data, dict):
-                if display is None:
-                    display = _Progress(sys.stderr, eol="\r\n" if raw_tty else "\n")
-                    display.show({"status": f"Unable to find image '{image}' locally"})
                 display.show(data)
         return attachment.result()
     finally:
@@ -1048,15 +1047,19 @@ class _Progress:
     (status and a bar of bytes done); otherwise a line each time a layer's status
     changes (no byte counts: logs stay short)."""
 
-    def __init__(self, stream: Any, eol: str = "\n"):
+    def __init__(self, stream: Any, eol: str = "\n", first: str = ""):
         self.stream = stream
         self.eol = eol                      # "\r\n" while our terminal is in raw mode
+        self.first = first                  # a line to print before the first event
         self.tty = stream.isatty()
         self.rows: dict[str, int] = {}      # layer id -> its line, counted from the top
         self.lines = 0
         self.status: dict[str, str] = {}
 
     def show(self, event: dict[str, Any]) -> None:
+        if self.first:
+            self.first, first = "", self.first
+            self._line(first)
         layer, status = event.get("id"), str(event.get("status", ""))
         text = f"{layer}: {status}" if layer else status
         if not layer:

@@ -502,7 +502,9 @@ class _Operations:
         name = p.get("name", str)
         force = p.get("force", bool, False)
         p.done()
-        result = self.s.images.remove(name, force=force)
+        # In a thread: removal waits for the image lock, which a pull holds throughout.
+        result = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.s.images.remove(name, force=force))
         return {"untagged": [r["Untagged"] for r in result if "Untagged" in r],
                 "deleted": [r["Deleted"] for r in result if "Deleted" in r]}
 
