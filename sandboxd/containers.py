@@ -135,8 +135,8 @@ class ContainerService:
         return live.record if live else self._record(row)
 
     def _save(self, record: cfg.ContainerRecord) -> cfg.ContainerRecord:
-        self.store.update_container(record.id, name=record.name, state=record.state.status,
-                                    doc=record.to_dict())
+        self.store.save_container(record.id, record.name, record.state.status,
+                                  record.to_dict())
         if record.id in self.live:
             self.live[record.id].record = record
         return record
@@ -165,6 +165,7 @@ class ContainerService:
         directory = self._dir(record.id)
         directory.mkdir(parents=True)
         try:
+            self._etc_files(directory, record, fresh=True)
             self.store.put_container(record.id, record.name, "created", record.image_id,
                                      session or None, record.to_dict())
         except BaseException:
@@ -223,7 +224,7 @@ class ContainerService:
             uts="host" if h.uts_mode == "host" else "private", net=net)
         directory = self._dir(record.id)
         hostname = c.hostname or record.id[:12]
-        etc = () if dry_run else self._etc_files(directory, hostname, h.network_mode)
+        etc = () if dry_run else self._etc_files(directory, record)
         mounts = self.images.image_mounts(record.image_id) + etc + h.mounts
         if dry_run:
             from .runner.spec import RootFS
@@ -264,8 +265,13 @@ class ContainerService:
             return f"/proc/{target.state.pid}/ns/{kind}"
         raise InvalidArgument(f"{kind} mode {mode!r} is not supported")
 
-    def _etc_files(self, directory: Path, hostname: str, network_mode: str
+    def _etc_files(self, directory: Path, record: cfg.ContainerRecord, fresh: bool = False
                    ) -> tuple[Mount, ...]:
+        """Bind mounts of the container's /etc/hostname, hosts and resolv.conf. They
+        are written at create (``fresh``: a new directory); a start rewrites only what
+        can have changed since: the host's resolver (--net host), or a missing file."""
+        hostname = record.config.hostname or record.id[:12]
+        network_mode = record.config.host.network_mode
         files = {
             "hostname": hostname + "\n",
             "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -276,9 +282,13 @@ class ContainerService:
         mounts = []
         for name, text in files.items():
             path = directory / name
-            tmp = path.with_name(name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            if fresh:
+                path.write_text(text)
+            elif not path.exists() or (name == "resolv.conf" and network_mode == "host"
+                                       and _read(str(path)) != text):
+                tmp = path.with_name(name + ".tmp")
+                tmp.write_text(text)
+                os.replace(tmp, path)
             mounts.append(Mount(f"/etc/{name}", "bind", str(path)))
         return tuple(mounts)
 
@@ -301,9 +311,10 @@ class ContainerService:
             except BaseException:
                 self.networks.release(record.id)
                 raise
-            record = self._save(dataclasses.replace(
+            # Saved with the state change below: one write for the whole start.
+            record = dataclasses.replace(
                 record, endpoints=(attachment.endpoint,) if attachment.netns != "host" else (),
-                sandbox_key=attachment.sandbox_key))
+                sandbox_key=attachment.sandbox_key)
         writer = LogWriter(record.log_path)
         live = _Live(record, writer, {})
         stdio: tuple[int, ...]
@@ -450,13 +461,21 @@ class ContainerService:
         self.networks.release(record.id)
         for queue in live.subscribers:
             queue.put_nowait(None)
-        live.record = self._save(dataclasses.replace(
+        live.record = dataclasses.replace(
             record, endpoints=(), sandbox_key="", state=dataclasses.replace(
                 record.state, status="exited", pid=0, exit_code=info.exit_code,
                 oom_killed=info.oom_killed, timed_out=live.timed_out,
-                finished_at=time.time())))
+                finished_at=time.time()))
         if record.config.host.auto_remove:
-            await self.remove(live.record, force=True)
+            # Deleted at once: the final record only needs to reach the waiters (no one
+            # can look it up in between: nothing awaits before the delete).
+            try:
+                await self.remove(live.record, force=True)
+            except BaseException:
+                self._save(live.record)
+                raise
+        else:
+            self._save(live.record)
 
     def _result(self, record: cfg.ContainerRecord) -> dict:
         s = record.state

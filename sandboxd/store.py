@@ -226,6 +226,25 @@ class Store:
                            (*fields.values(), id))
         return self.get_container(id)  # type: ignore[return-value]
 
+    def save_container(self, id: str, name: str, state: str, doc: dict[str, Any]) -> None:
+        """Replace the name, state and doc of the container with this exact id: the
+        container service's write on every transition (one statement, nothing read
+        back). ``NotFound``, or ``Conflict`` when another container has the name."""
+        name = name.lstrip("/")
+        dumped = _dump(doc)
+        with self.transaction() as db:
+            try:
+                updated = db.execute("UPDATE containers SET name = ?, state = ?, doc = ? "
+                                     "WHERE id = ?", (name, state, dumped, id)).rowcount
+            except sqlite3.IntegrityError:
+                row = db.execute("SELECT id FROM containers WHERE name = ?",
+                                 (name,)).fetchone()
+                raise Conflict(f'the container name "{name}" is already in use by '
+                               f'container {row["id"] if row else "another container"}'
+                               ) from None
+            if updated == 0:
+                raise NotFound(f"no such container: {id}")
+
     def get_container(self, ref: str) -> dict[str, Any] | None:
         """Docker's resolution order: full id, exact name (a leading '/' is ignored), then a
         unique id prefix. ``None`` when nothing matches; an ambiguous prefix raises

@@ -274,3 +274,16 @@ def test_content_cleanup_removes_crash_leftovers(tmp_path):
     (tmp_path / "ingest" / "half-written").write_bytes(b"partial")
     assert [p.name for p in cs.cleanup()] == ["half-written"]
     assert list((tmp_path / "ingest").iterdir()) == []
+
+
+def test_save_container_replaces_name_state_and_doc(store):
+    store.put_container(AB, "web", "created", "img", None, {"a": 1})
+    store.put_container(AC, "db", "created", "img", None, {})
+    store.save_container(AB, "/site", "running", {"a": 2})
+    c = store.get_container("site")
+    assert (c["id"], c["state"], c["doc"]) == (AB, "running", {"a": 2})
+    with pytest.raises(Conflict):
+        store.save_container(AC, "site", "running", {})
+    assert store.get_container(AC)["name"] == "db"          # nothing changed
+    with pytest.raises(NotFound):
+        store.save_container("d" * 64, "other", "exited", {})
