@@ -18,15 +18,29 @@ TRUNCATED = b"[sandboxd: log truncated here: the container wrote more than the l
 
 
 class LogWriter:
+    """Opens the file at the first output: a container that prints nothing (the
+    common ``run ... true``) costs no file."""
+
     def __init__(self, path: str, cap: int = DEFAULT_CAP):
         self.path = path
         self.cap = cap
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._fd = -1
+        self._closed = False
+        self.size = 0
+        self.truncated = False
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                           0o600)
         self.size = os.fstat(self._fd).st_size
-        self.truncated = self.size >= cap
+        self.truncated = self.size >= self.cap
 
     def write(self, stream: int, data: bytes) -> None:
-        if self.truncated or self._fd < 0:
+        if self._closed:
+            return
+        if self._fd < 0:
+            self._open()
+        if self.truncated:
             return
         if self.size + len(data) > self.cap:
             data, self.truncated = TRUNCATED, True
@@ -36,6 +50,7 @@ class LogWriter:
         self.size += len(entry)
 
     def close(self) -> None:
+        self._closed = True
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
