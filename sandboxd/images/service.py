@@ -77,6 +77,8 @@ class ImageService:
         self._prune_pending = False
         # image id -> (chain id of its top layer, lowerdirs top first) for those roots.
         self._lowerdirs: dict[str, tuple[str, tuple[str, ...]]] = {}
+        # image id -> (runtime config, extra mounts): an id names immutable content.
+        self._by_id: dict[str, tuple[dict[str, Any], tuple[Mount, ...]]] = {}
 
     # ------------------------------------------------------------ the host image
 
@@ -128,7 +130,21 @@ class ImageService:
     def config(self, ref: str) -> dict[str, Any]:
         """The runtime defaults of an image (OCI config's ``config``: Env, Cmd,
         Entrypoint, WorkingDir, User ...)."""
-        return dict(self.get(ref)["doc"]["config"].get("config") or {})
+        return copy.deepcopy(self._runtime(ref)[0])
+
+    def _runtime(self, ref: str) -> tuple[dict[str, Any], tuple[Mount, ...]]:
+        """(runtime config, :meth:`image_mounts`) of an image; cached for a full id,
+        which names the same content until the image is removed."""
+        cached = self._by_id.get(ref)
+        if cached is not None:
+            return cached
+        with self._lock:                       # not across a removal
+            image = self.get(ref)
+            found = (dict(image["doc"]["config"].get("config") or {}),
+                     self._host[2] if image["doc"].get("host") else ())
+            if ref == image["id"]:
+                self._by_id[ref] = found
+        return found
 
     def inspect(self, ref: str) -> dict[str, Any]:
         """Docker's ``image inspect`` shape."""
@@ -519,6 +535,7 @@ class ImageService:
                                f"tags ({', '.join(tags)}); remove them by tag or use force")
             self.store.delete_image(image["id"])
             self._lowerdirs.pop(image["id"], None)
+            self._by_id.pop(image["id"], None)
             result = [{"Untagged": t} for t in tags] + [{"Deleted": image["id"]}]
             self._delete_unused_blobs(image)
             self.prune_snapshots()
@@ -622,8 +639,7 @@ class ImageService:
     def image_mounts(self, image_id: str) -> tuple[Mount, ...]:
         """Mounts a container of this image needs besides its root: the host image's
         read-only binds (parents first); nothing for layered images."""
-        image = self.get(image_id)
-        return self._host[2] if image["doc"].get("host") else ()
+        return self._runtime(image_id)[1]
 
     def release_rootfs(self, container_key: str) -> None:
         """Remove a container's snapshot (after it is unmounted), then layers that only
