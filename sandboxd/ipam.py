@@ -28,6 +28,7 @@ Schema (created here, beside the store's own tables)::
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -134,7 +135,8 @@ class Pool:
         if after is not None and first <= int(after) < last:
             start = int(after) + 1
         gw = int(self.gateway)
-        for n in (*range(start, last + 1), *range(first, start)):
+        # Lazily: a /16 pool would otherwise build a 65k-element tuple per allocation.
+        for n in itertools.chain(range(start, last + 1), range(first, start)):
             if n != gw:
                 yield IPv4Address(n)
 
