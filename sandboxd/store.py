@@ -187,18 +187,24 @@ class Store:
                       session: str | None, doc: dict[str, Any]) -> dict[str, Any]:
         """Record a new container; ``Conflict`` when the id or the name is taken."""
         name = name.lstrip("/")
+        created, dumped = time.time(), _dump(doc)
         with self.transaction() as db:
-            row = db.execute("SELECT id, name FROM containers WHERE id = ? OR name = ?",
-                             (id, name)).fetchone()
-            if row is not None:
+            try:
+                db.execute("INSERT INTO containers (id, name, state, image_id, created, "
+                           "session, doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (id, name, state, image_id, created, session, dumped))
+            except sqlite3.IntegrityError:      # the id or the name is taken: say which
+                row = db.execute("SELECT id FROM containers WHERE id = ? OR name = ?",
+                                 (id, name)).fetchone()
+                if row is None:
+                    raise
                 if row["id"] == id:
-                    raise Conflict(f"container id {id} is already in use")
+                    raise Conflict(f"container id {id} is already in use") from None
                 raise Conflict(f'the container name "{name}" is already in use by container '
-                               f'{row["id"]}; remove or rename that container first')
-            db.execute("INSERT INTO containers (id, name, state, image_id, created, session,"
-                       " doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (id, name, state, image_id, time.time(), session, _dump(doc)))
-        return self.get_container(id)  # type: ignore[return-value]
+                               f'{row["id"]}; remove or rename that container first') from None
+        # What get_container would read back, without the query.
+        return {"id": id, "name": name, "state": state, "image_id": image_id,
+                "created": created, "session": session, "doc": json.loads(dumped)}
 
     def update_container(self, id: str, **fields: Any) -> dict[str, Any]:
         """Change some of ``name``, ``state``, ``image_id``, ``session``, ``doc`` (the whole
