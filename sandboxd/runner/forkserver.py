@@ -8,12 +8,19 @@ removes the cgroup once nothing else is waiting.
 
 One container start::
 
-    fork server ── fork ──► C1: join cgroup, setns/unshare namespaces
-                              └── fork ──► pid 1: mounts, pivot_root, limits, profile,
-                                              close fds, exec   (C1 exits at once)
+    fork server ── clone(CLONE_NEWPID) ──► pid 1: join cgroup, setns/unshare the other
+                                           namespaces, mounts, pivot_root, limits,
+                                           profile, close fds, exec
 
-pid 1 reports over a close-on-exec pipe: ``P<pid>`` from C1, ``R`` just before execve,
-``E<msgpack error>`` on failure. EOF after ``R`` means the exec succeeded.
+One fork per container: clone makes the child pid 1 of its new pid namespace directly
+(unshare(CLONE_NEWPID) would only apply to the caller's children). Joining another pid
+namespace by path still takes two: setns(CLONE_NEWPID) also applies to children only, so
+the cloned child is a helper ("C1") that forks pid 1 and exits; an exec into a running
+container goes the same way.
+
+pid 1 reports over a close-on-exec pipe: ``P<pid>`` from a C1 (a cloned pid 1 sends
+none: clone gave the server its pid), ``R`` just before execve, ``E<msgpack error>`` on
+failure. EOF after ``R`` means the exec succeeded.
 
 Requests ``{"op", "rid", ...}`` get ``{"rid", "ok"}`` or ``{"rid", "error"}``; exits
 arrive as ``{"event": "exit", "id", "exec", "exit_code", "signal", "oom_killed",
@@ -48,8 +55,9 @@ from .spec import (DEFAULT_PATH, ContainerSpec, Limits, Process, check_process, 
 
 MAX_MESSAGE = 1 << 20
 TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430      # <asm-generic/ioctls.h>; not in termios
-NS_FLAGS = {"pid": sc.CLONE_NEWPID, "net": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC,
-            "uts": sc.CLONE_NEWUTS}
+# Unshared (or joined) by the container's first process itself, off the server's path;
+# the pid namespace is the fork server's clone flag (see _pid_clone_flags).
+NS_FLAGS = {"net": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS}
 # setns order: the mount namespace last, since entering it changes root and cwd.
 EXEC_NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
 
@@ -206,23 +214,39 @@ def _container_pid1(spec: ContainerSpec, plan: list[Step], stdio: list[int],
     _exec(executable, spec.process, env, errw)
 
 
+def _pid_clone_flags(spec: ContainerSpec) -> int | None:
+    """The fork server's clone flags for a container, or None when its pid namespace is
+    joined by path: the start then needs a C1 and a plain fork."""
+    mode = spec.namespaces.pid
+    return sc.CLONE_NEWPID if mode == "private" else 0 if mode == "host" else None
+
+
+def _setns_path(path: str, flag: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sc.setns(fd, flag)
+    finally:
+        os.close(fd)
+
+
 def _enter_namespaces(spec: ContainerSpec) -> None:
+    # The cgroup namespace after the join (the caller's), so that its root is our cgroup.
     flags = sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP
     for name, flag in NS_FLAGS.items():
         mode = getattr(spec.namespaces, name)
         if mode == "private":
             flags |= flag
         elif mode != "host":
-            fd = os.open(mode, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                sc.setns(fd, flag)
-            finally:
-                os.close(fd)
+            _setns_path(mode, flag)
+    if _pid_clone_flags(spec) is None:
+        _setns_path(spec.namespaces.pid, sc.CLONE_NEWPID)      # for our children
     sc.unshare(flags)
 
 
-def _container_c1(spec: ContainerSpec, plan: list[Step], cgroup: Any, stdio: list[int],
-                  errw: int) -> NoReturn:
+def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
+                     stdio: list[int], errw: int) -> NoReturn:
+    """The container's first process: pid 1 itself, or a C1 when the pid namespace is
+    joined by path."""
     try:
         _reset_signals()
         cgroup.join(0)
@@ -231,7 +255,7 @@ def _container_c1(spec: ContainerSpec, plan: list[Step], cgroup: Any, stdio: lis
         except OSError as e:
             raise SetupFailed(f"create namespaces: {e.strerror}",
                               {"step": "namespaces", "errno": e.errno or 0}) from None
-        pid = os.fork()
+        pid = 0 if _pid_clone_flags(spec) is not None else os.fork()
     except SandboxError as e:
         _fail(errw, e)
     except Exception as e:
@@ -392,7 +416,8 @@ class ForkServer:
         container = _Container(spec.id, spec, cgroup)
         try:
             self._fork(msg["rid"], container, None, fds,
-                       lambda errw: _container_c1(spec, plan, cgroup, fds, errw))
+                       lambda errw: _container_first(spec, plan, cgroup, fds, errw),
+                       _pid_clone_flags(spec))
         except BaseException:
             cgroup.remove()
             raise
@@ -463,23 +488,36 @@ class ForkServer:
 
     # -- process bookkeeping
     def _fork(self, rid: int, container: _Container, exec_id: str | None, fds: list[int],
-              child: Any) -> None:
+              child: Any, clone_flags: int | None = None) -> None:
+        """Start ``child(errw)``: with ``clone_flags`` in a clone that is the started
+        process itself, else in a forked helper that reports the pid (``P``)."""
         errr, errw = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = os.fork()
-        except OSError:
+            pid = os.fork() if clone_flags is None else sc.clone(clone_flags)
+        except OSError as e:
             os.close(errr)
             os.close(errw)
-            raise
+            if clone_flags is None:
+                raise
+            raise SetupFailed(f"create namespaces: {e.strerror}",
+                              {"step": "namespaces", "errno": e.errno or 0}) from None
         if pid == 0:
-            os.close(errr)
-            child(errw)
+            try:
+                os.close(errr)
+                child(errw)
+            finally:
+                os._exit(1)         # never back into the server loop, whatever escaped
         os.close(errw)
         for fd in fds:
             os.close(fd)
-        self.helpers.add(pid)
+        start = _Start(rid, container, exec_id)
+        if clone_flags is None:
+            self.helpers.add(pid)
+        else:
+            start.pid = pid
+            self._claim(start)
         os.set_blocking(errr, False)
-        self.starts[errr] = _Start(rid, container, exec_id)
+        self.starts[errr] = start
         self.selector.register(errr, selectors.EVENT_READ, "pipe")
 
     def _on_pipe(self, fd: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import signal
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -45,8 +46,10 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 
-_SYS = {"x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, "openat2": 437},
-        "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, "openat2": 437}
+_SYS = {"x86_64": {"clone": 56, "pivot_root": 155, "capget": 125, "capset": 126,
+                   "openat2": 437},
+        "aarch64": {"clone": 220, "pivot_root": 41, "capget": 90, "capset": 91,
+                    "openat2": 437}
         }[platform.machine()]
 
 _libc.unshare.argtypes = [ctypes.c_int]
@@ -75,6 +78,21 @@ def unshare(flags: int) -> None:
 
 def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.setns(fd, nstype), "setns")
+
+
+def clone(flags: int) -> int:
+    """clone(2) with fork's semantics (no new stack: the child goes on with a copy of the
+    caller's) and ``flags`` (``CLONE_NEW*``) added: 0 in the child, its pid in the caller.
+    With ``CLONE_NEWPID`` the child is pid 1 of a new pid namespace, which unshare cannot
+    do for the caller itself. Neither glibc's nor Python's at-fork handlers run, so only a
+    single-threaded caller may use it, and the child must only exec or ``os._exit``.
+    (clone's own argument order differs between architectures; with no stack, parent or
+    child tid pointers and tls, every order is zeros.)"""
+    pid = _libc.syscall(_SYS["clone"], ctypes.c_ulong(flags | signal.SIGCHLD),
+                        ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                        ctypes.c_ulong(0))
+    _check(pid, "clone")
+    return pid
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
