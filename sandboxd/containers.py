@@ -27,7 +27,7 @@ import stat
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Sequence
 
 from . import config as cfg
 from .daemon import DaemonConfig, RequestContext
@@ -35,7 +35,7 @@ from .errors import Conflict, InvalidArgument, NotFound, SandboxError
 from .images.service import ImageService
 from .images.unpack import WHITEOUT_PREFIX, apply_layer
 from .logs import LogWriter
-from .network import NetworkService
+from .network import BUILTIN, Network, NetworkService, link_env
 from .runner import syscalls
 from .runner.api import AsyncRunner, ExitInfo, receive_terminal
 from .runner.spec import (ContainerSpec, Mount, Namespaces, Process, Ulimit, merge_ulimits,
@@ -197,12 +197,60 @@ class ContainerService:
             id=container_id, name=name or self._free_name(), created=time.time(),
             config=effective, image_id=image["id"], path=argv[0], args=argv[1:],
             log_path=str(self._dir(container_id) / "output.log"), session=session)
-        warnings = []
+        warnings: list[str] = []
         if not config.host.network_mode.startswith("container:"):
-            self.networks.get(_network_name(config.host.network_mode))   # NotFound
-        if config.host.links:
-            warnings.append("links are not supported yet: --link is ignored")
+            network = self.networks.get(_network_name(config.host.network_mode))  # NotFound
+            if config.host.links and network.name != "bridge":
+                raise InvalidArgument(
+                    f"Conflicting options: --net=<NETWORK> can't be used with links: links "
+                    f"are only supported for containers on the default bridge network; on "
+                    f"network {network.name} containers reach each other by name")
+        for link in config.host.links:
+            self._link_target(link)
         return record, warnings
+
+    def _link_target(self, link: cfg.Link) -> cfg.ContainerRecord:
+        """The container a ``--link`` names, or the one whose network it shares."""
+        try:
+            target = self._get(link.name)
+        except NotFound:
+            raise InvalidArgument(f"could not get container for {link.name}") from None
+        seen = {target.id}
+        while target.config.host.network_mode.startswith("container:"):
+            target = self._get(target.config.host.network_mode.partition(":")[2])
+            if target.id in seen:
+                raise InvalidArgument(f"cannot link to {link.name}: its network mode "
+                                      f"refers back to itself")
+            seen.add(target.id)
+        if target.config.host.network_mode == "host":
+            raise InvalidArgument(f"conflicting options: host type networking can't be used "
+                                  f"with links: container {link.name} uses the host network")
+        return target
+
+    def _resolve_links(self, record: cfg.ContainerRecord) -> tuple[list[str], list[str]]:
+        """A starting container's link variables and hosts lines: every target must run
+        on the default bridge now (its address is what the link records)."""
+        env: list[str] = []
+        hosts: list[str] = []
+        for link in record.config.host.links:
+            target = self._link_target(link)          # whose namespace the server uses
+            server = self._get(link.name)
+            link_name = f"/{record.name}/{link.alias}"
+            if server.state.status not in RUNNING or target.state.status not in RUNNING:
+                raise Conflict(f"Cannot link to a non running container: /{server.name} AS "
+                               f"{link_name}; start {server.name} first")
+            ip = next((e.ip_address for e in target.endpoints
+                       if e.network == "bridge" and e.ip_address), "")
+            if not ip:
+                raise Conflict(f"cannot link to container {server.name}: it is not on the "
+                               f"default bridge network")
+            env += link_env(link.alias, link_name, ip, server.config.exposed_ports,
+                            server.config.env)
+            # Docker's entry: the alias, the server's hostname and its name.
+            names = dict.fromkeys((link.alias, server.config.hostname or server.id[:12],
+                                   server.name))
+            hosts.append(f"{ip}\t{' '.join(names)}\n")
+        return env, hosts
 
     def _free_name(self) -> str:
         while True:
@@ -213,9 +261,10 @@ class ContainerService:
     # ------------------------------------------------------------ spec
 
     def _spec(self, record: cfg.ContainerRecord, dry_run: bool = False,
-              netns: str = "private") -> ContainerSpec:
+              netns: str = "private", link_vars: Sequence[str] = ()) -> ContainerSpec:
         """``netns``: the network service's namespace for this container (a path, or
-        "host"); ``container:X`` modes join that container's instead."""
+        "host"); ``container:X`` modes join that container's instead. ``link_vars``
+        come first: the container's own environment overrides them (as in Docker)."""
         c, h = record.config, record.config.host
         net = self._ns_mode(h.network_mode, "net") \
             if h.network_mode.startswith("container:") else netns
@@ -235,7 +284,7 @@ class ContainerService:
                                               tmpfs_upper=h.auto_remove)
         spec = ContainerSpec(
             id=record.id, hostname=hostname if namespaces.uts == "private" else "",
-            process=Process(args=(record.path, *record.args), env=c.env,
+            process=Process(args=(record.path, *record.args), env=_merge_env(link_vars, c.env),
                             cwd=c.workdir or "/", user=c.user, terminal=c.tty,
                             ulimits=self._ulimits(record), capabilities=h.capabilities()),
             root=root, mounts=mounts, namespaces=namespaces, limits=h.limits(),
@@ -274,8 +323,7 @@ class ContainerService:
         network_mode = record.config.host.network_mode
         files = {
             "hostname": hostname + "\n",
-            "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                     f"127.0.1.1\t{hostname}\n",
+            "hosts": _base_hosts(record),
             # The host's resolver may be outside; only --net host sees the host's.
             "resolv.conf": _read("/etc/resolv.conf") if network_mode == "host" else NO_DNS,
         }
@@ -292,6 +340,44 @@ class ContainerService:
             mounts.append(Mount(f"/etc/{name}", "bind", str(path)))
         return tuple(mounts)
 
+    # ------------------------------------------------------------ names on networks
+    #
+    # On a user-defined network every container's /etc/hosts lists every container
+    # attached to it (name, short id), rewritten whenever one joins or leaves. Chosen
+    # over a DNS responder on the gateway: no server to run, no per-network socket or
+    # packet path the daemon must keep up, nothing in the container's resolver config,
+    # and busybox/musl/glibc all read /etc/hosts first. The files are bind mounts of
+    # files in the container's directory, so they are rewritten in place (the same
+    # inode: O_TRUNC and one write, never a rename, which would leave the mount on the
+    # old file); a reader may catch the file between the truncate and the write, a
+    # window of one small write. All of it runs on the daemon's loop without awaiting,
+    # so a join and a leave never interleave.
+
+    def _refresh_hosts(self, network: Network) -> None:
+        """Rewrite the hosts file of every container attached to a user network."""
+        members = []
+        for cid, endpoint in self.networks.endpoints(network.id).items():
+            try:
+                record = self._get(cid)
+            except NotFound:                      # removed meanwhile: it is leaving
+                continue
+            members.append((record, endpoint))
+        lines = "".join(
+            f"{e.ip_address}\t{' '.join(dict.fromkeys((r.name, *e.aliases, r.id[:12])))}\n"
+            for r, e in members if e.ip_address)
+        for record, _endpoint in members:
+            path = self._dir(record.id) / "hosts"
+            try:
+                _write_in_place(path, _base_hosts(record) + lines)
+            except FileNotFoundError:             # its directory is being removed
+                pass
+
+    def _release_network(self, container_id: str) -> None:
+        """Give back a container's network; the others on a user network forget it."""
+        network = self.networks.release(container_id)
+        if network is not None and network.name not in BUILTIN:
+            self._refresh_hosts(network)
+
     # ------------------------------------------------------------ start / exit
 
     async def start(self, record: cfg.ContainerRecord,
@@ -304,12 +390,19 @@ class ContainerService:
         if mode.startswith("container:"):
             spec = self._spec(record)
         else:
+            link_vars, link_hosts = self._resolve_links(record)
             attachment = await self.networks.attach(record.id, _network_name(mode),
                                                     aliases=(record.name,))
             try:
-                spec = self._spec(record, netns=attachment.netns)
+                spec = self._spec(record, netns=attachment.netns, link_vars=link_vars)
+                network = self.networks.get(attachment.endpoint.network)
+                if network.name in BUILTIN:
+                    _write_in_place(self._dir(record.id) / "hosts",
+                                    _base_hosts(record) + "".join(link_hosts))
+                else:
+                    self._refresh_hosts(network)
             except BaseException:
-                self.networks.release(record.id)
+                self._release_network(record.id)
                 raise
             # Saved with the state change below: one write for the whole start.
             record = dataclasses.replace(
@@ -349,7 +442,7 @@ class ContainerService:
                     live.stdin = live.terminal
         except BaseException as exc:
             self.live.pop(record.id, None)
-            self.networks.release(record.id)
+            self._release_network(record.id)
             _close(*live.fds, live.stdin)
             writer.close()
             if isinstance(exc, SandboxError):
@@ -458,7 +551,7 @@ class ContainerService:
         info = live.exit_info
         record = live.record
         self.live.pop(record.id, None)
-        self.networks.release(record.id)
+        self._release_network(record.id)
         for queue in live.subscribers:
             queue.put_nowait(None)
         live.record = dataclasses.replace(
@@ -537,7 +630,7 @@ class ContainerService:
     def _forget(self, record: cfg.ContainerRecord) -> None:
         """Drop a stopped container's record, then its files (metadata first)."""
         self.store.delete_container(record.id)
-        self.networks.release(record.id)
+        self._release_network(record.id)
         try:
             self.images.release_rootfs(record.id)
         except (NotFound, SandboxError):
@@ -744,6 +837,29 @@ class ContainerService:
 
 
 # ---------------------------------------------------------------- helpers
+
+def _base_hosts(record: cfg.ContainerRecord) -> str:
+    hostname = record.config.hostname or record.id[:12]
+    return (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{hostname}\n")
+
+
+def _write_in_place(path: Path, text: str) -> None:
+    """Replace a file's content keeping its inode (it may be bind-mounted)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _merge_env(first: Sequence[str], then: Sequence[str]) -> tuple[str, ...]:
+    """``then`` over ``first``, by variable name, in first-seen order."""
+    merged = {item.partition("=")[0]: item for item in first}
+    merged.update({item.partition("=")[0]: item for item in then})
+    return tuple(merged.values())
+
 
 def _network_name(mode: str) -> str:
     """A HostConfig network mode as the network service names it."""

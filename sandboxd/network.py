@@ -46,7 +46,9 @@ The pieces:
 
 Traffic: containers on one bridge reach each other; the host does not forward between
 bridges (nothing here turns on ``ip_forward``), so containers on different networks do
-not. Masquerading towards the outside, published ports, links, and names are not here.
+not. :func:`link_env` gives a legacy link's variables; the containers' hosts files
+(names on user networks, link entries) are written by the container service.
+Masquerading towards the outside and published ports are not here.
 
 Schema (created here, beside the store's tables)::
 
@@ -76,7 +78,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .config import Endpoint
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError, Unavailable, from_wire
@@ -85,7 +87,7 @@ from .ipam import (IPAM, Pool, choose_subnet, default_bridge_candidates, mac_for
 from .runner.forkserver import recv_message, send_message
 from .store import Store
 
-__all__ = ["NetworkService", "Network", "Attachment", "BUILTIN"]
+__all__ = ["NetworkService", "Network", "Attachment", "BUILTIN", "link_env"]
 
 log = logging.getLogger("sandboxd.network")
 
@@ -377,11 +379,14 @@ class NetworkService:
         self._wake_refill()
         return Attachment(prepared.path, _endpoint(attached))
 
-    def release(self, container_id: str) -> None:
-        """Give back a container's namespace and address (in the background)."""
+    def release(self, container_id: str) -> Network | None:
+        """Give back a container's namespace and address (in the background); the
+        network it left, or None when it was not attached."""
         attached = self._attached.pop(container_id, None)
-        if attached is not None:
-            self._teardown_later(attached.network, attached.prepared)
+        if attached is None:
+            return None
+        self._teardown_later(attached.network, attached.prepared)
+        return attached.network
 
     def _take(self, net: Network, owner: str) -> _Prepared | None:
         pool = self._pools.get(net.id)
@@ -480,6 +485,49 @@ class NetworkService:
 
     async def _call(self, message: dict, priority: int = URGENT) -> Any:
         return await self._helper.call(message, priority)
+
+
+def link_env(alias: str, link_name: str, ip: str, exposed_ports: Sequence[str],
+             env: Sequence[str]) -> list[str]:
+    """The variables a legacy link gives its client, as Docker's ``daemon/links`` writes
+    them: ``link_name`` is ``/client/alias``, ``exposed_ports`` the server's ("80/tcp"),
+    ``env`` its environment ("K=V"; HOME and PATH are left out, values keep any '=')."""
+    prefix = alias.upper().replace("-", "_")
+    ports = sorted({_port(p) for p in exposed_ports}, key=lambda p: (p[0], p[1] != "tcp"))
+    out = []
+    if ports:                               # the lowest port, tcp before others
+        out.append(f"{prefix}_PORT={ports[0][1]}://{ip}:{ports[0][0]}")
+    # A run of consecutive port numbers is also described as a range (counted as Docker
+    # counts it: each further entry may be at most one above the previous count).
+    i = 0
+    while i < len(ports):
+        j, value = i, ports[i][0]
+        while j + 1 < len(ports) and ports[j + 1][0] <= value + 1:
+            j, value = j + 1, value + 1
+        if j > i:
+            (first, proto), (last, last_proto) = ports[i], ports[j]
+            key = f"{prefix}_PORT_{first}_{proto.upper()}"
+            out += [f"{key}_START={proto}://{ip}:{first}", f"{key}_ADDR={ip}",
+                    f"{key}_PROTO={proto}", f"{key}_PORT_START={first}"]
+            key_end = f"{prefix}_PORT_{first}_{last_proto.upper()}"
+            out += [f"{key_end}_END={last_proto}://{ip}:{last}",
+                    f"{key_end}_PORT_END={last}"]
+        i = j + 1
+    for number, proto in ports:
+        key = f"{prefix}_PORT_{number}_{proto.upper()}"
+        out += [f"{key}={proto}://{ip}:{number}", f"{key}_ADDR={ip}",
+                f"{key}_PORT={number}", f"{key}_PROTO={proto}"]
+    out.append(f"{prefix}_NAME={link_name}")
+    for item in env:
+        key, eq, value = item.partition("=")
+        if eq and key not in ("HOME", "PATH"):
+            out.append(f"{prefix}_ENV_{key}={value}")
+    return out
+
+
+def _port(text: str) -> tuple[int, str]:
+    number, _, proto = text.partition("/")
+    return int(number), (proto or "tcp").lower()
 
 
 def _network(row: Any) -> Network:

@@ -21,7 +21,8 @@ Operations:
     Make the bridge (or adopt an existing one), give it the gateway address, set it up.
 ``bridge_del {name}``
 ``prepare {path, veth?, bridge?, address?, prefixlen?, gateway?, mac?}``
-    A new namespace bound on ``path`` with ``lo`` up; with ``veth``: a veth pair whose
+    A new namespace bound on ``path`` with ``lo`` up and ``net.ipv4.ping_group_range``
+    open to every group (ping without NET_RAW); with ``veth``: a veth pair whose
     host end ``veth`` is a port of ``bridge`` and whose other end is created straight in
     the namespace as ``eth0`` with ``mac``, ``address/prefixlen``, up, and a default
     route via ``gateway`` (none when ``gateway`` is empty: an internal network).
@@ -203,6 +204,7 @@ class NetServer:
             sc.unshare(sc.CLONE_NEWNET)
             try:
                 sc.mount("/proc/thread-self/ns/net", path, None, sc.MS_BIND)
+                _allow_ping()
                 nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 inside = IPRoute()
             finally:
@@ -264,6 +266,15 @@ def _link_name(name: str) -> str:
 def _failed(what: str, e: NetlinkError) -> SetupFailed:
     return SetupFailed(f"{what}: {os.strerror(e.code)}",
                        {"step": "network", "errno": e.code})
+
+
+def _allow_ping() -> None:
+    """Let every group open ICMP datagram sockets in the current network namespace, as
+    Docker does: ``ping`` then works without CAP_NET_RAW (which containers lack by
+    default) and without raw sockets. /proc/sys/net is per namespace: the file opened
+    here is the new namespace's own."""
+    with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
+        f.write("0 2147483647")
 
 
 def _unbind(path: str) -> None:
