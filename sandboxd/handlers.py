@@ -502,7 +502,7 @@ class _Operations:
         name = p.get("name", str)
         force = p.get("force", bool, False)
         p.done()
-        # In a thread: removal waits for the image lock, which a pull holds throughout.
+        # In a thread: removal deletes files and may wait for an unpack (the image lock).
         result = await asyncio.get_running_loop().run_in_executor(
             None, lambda: self.s.images.remove(name, force=force))
         return {"untagged": [r["Untagged"] for r in result if "Untagged" in r],

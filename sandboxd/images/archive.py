@@ -25,6 +25,7 @@ so a save then a load gives back the same image id and manifest digest.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import posixpath
@@ -81,11 +82,12 @@ def _clean(name: str) -> str:
 def load(svc: ImageService, src: BinaryIO, *,
          progress: Progress | None = None) -> list[dict[str, Any]]:
     """Load every image of an OCI layout or ``docker save`` tarball (a binary stream,
-    plain or compressed). Returns ``[{"id", "tags"}]`` in archive order. Holds the
-    service's lock throughout (no removal may take a blob the load stored)."""
+    plain or compressed). Returns ``[{"id", "tags"}]`` in archive order. The archive
+    is read without the service's lock (no blob is deleted meanwhile: ``_keeping``);
+    the images are added with it."""
     archive = _Archive()
     stored: set[str] = set()
-    with svc._lock:
+    with svc._keeping(blind=True):
         try:
             try:
                 with tarfile.open(fileobj=src, mode="r|*") as tar:
@@ -93,15 +95,15 @@ def load(svc: ImageService, src: BinaryIO, *,
                         _take(svc, archive, stored, tar, member)
             except (tarfile.TarError, EOFError) as e:
                 raise InvalidArgument(f"not a valid image archive (tar): {e}") from None
-            if "index.json" in archive.metadata:
-                return _load_layout(svc, archive, progress)
-            if "manifest.json" in archive.metadata:
-                return _load_docker(svc, archive, progress)
+            with svc._lock:
+                if "index.json" in archive.metadata:
+                    return _load_layout(svc, archive, progress)
+                if "manifest.json" in archive.metadata:
+                    return _load_docker(svc, archive, progress)
             raise InvalidArgument("not an image archive: it has neither index.json (an OCI "
                                   "image layout) nor manifest.json (docker save)")
         finally:
-            svc._delete_unused_blobs({"id": None, "doc": {
-                "layers": [{"digest": d} for d in stored]}})
+            svc._delete_unused_blobs(stored)
 
 
 def _take(svc: ImageService, archive: _Archive, stored: set[str], tar: tarfile.TarFile,
@@ -237,34 +239,37 @@ def _load_docker(svc: ImageService, archive: _Archive,
 def save(svc: ImageService, refs: Iterable[str], out: BinaryIO) -> None:
     """Write the images ``refs`` name (tags or ids) to ``out`` as one tar stream, an OCI
     layout that is also a ``docker save`` archive. A tag is recorded as the image's name;
-    an image given by id is saved unnamed."""
+    an image given by id is saved unnamed. The tar is written without the service's
+    lock, its blobs kept from deletion meanwhile."""
     index: list[dict[str, Any]] = []
     docker: list[dict[str, Any]] = []
     blobs: dict[str, None] = {}
-    with svc._lock:
-        for ref in refs:
-            image = svc.get(ref)
-            if image["doc"].get("host"):
-                raise InvalidArgument("the built-in host image cannot be saved: it is the "
-                                      "host's own files")
-            doc = image["doc"]
-            tag = _tag_or_none(ref)
-            if tag not in image["tags"]:
-                tag = None
-            manifest = json.loads(svc.content.read(doc["manifest"]))
-            desc: dict[str, Any] = {"mediaType": oci.media_type(manifest),
-                                    "digest": doc["manifest"],
-                                    "size": svc.content.size(doc["manifest"])}
-            if tag:
-                desc["annotations"] = {oci.ANNOTATION_IMAGE_NAME: tag,
-                                       oci.ANNOTATION_REF_NAME: tag.rpartition(":")[2]}
-            index.append(desc)
-            layers = [layer["digest"] for layer in doc["layers"]]
-            docker.append({"Config": _blob_path(image["id"]),
-                           "RepoTags": [tag] if tag else None,
-                           "Layers": [_blob_path(d) for d in layers]})
-            for digest in (*layers, image["id"], doc["manifest"]):
-                blobs[digest] = None
+    with contextlib.ExitStack() as stack:
+        with svc._lock:
+            for ref in refs:
+                image = svc.get(ref)
+                if image["doc"].get("host"):
+                    raise InvalidArgument("the built-in host image cannot be saved: it is the "
+                                          "host's own files")
+                doc = image["doc"]
+                tag = _tag_or_none(ref)
+                if tag not in image["tags"]:
+                    tag = None
+                manifest = json.loads(svc.content.read(doc["manifest"]))
+                desc: dict[str, Any] = {"mediaType": oci.media_type(manifest),
+                                        "digest": doc["manifest"],
+                                        "size": svc.content.size(doc["manifest"])}
+                if tag:
+                    desc["annotations"] = {oci.ANNOTATION_IMAGE_NAME: tag,
+                                           oci.ANNOTATION_REF_NAME: tag.rpartition(":")[2]}
+                index.append(desc)
+                layers = [layer["digest"] for layer in doc["layers"]]
+                docker.append({"Config": _blob_path(image["id"]),
+                               "RepoTags": [tag] if tag else None,
+                               "Layers": [_blob_path(d) for d in layers]})
+                for digest in (*layers, image["id"], doc["manifest"]):
+                    blobs[digest] = None
+            stack.enter_context(svc._keeping(blobs))
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             _add_bytes(tar, "oci-layout", json.dumps(
                 {"imageLayoutVersion": LAYOUT_VERSION}).encode())

@@ -25,9 +25,10 @@ import json
 import os
 import secrets
 import threading
+from collections import Counter
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..runner.spec import DEFAULT_PATH, Mount, RootFS
@@ -57,7 +58,10 @@ class ImageService:
     """Images on top of a :class:`Store`, a :class:`ContentStore` and a
     :class:`Snapshotter`. ``host_root`` holds the host image's skeleton (default
     ``<snapshotter root>/host``). Blocking (it unpacks and hashes files): call it from a
-    worker thread in the daemon; a lock serialises imports and removals."""
+    worker thread in the daemon. A lock guards the records and snapshots (unpacks,
+    removals, container roots); transfers (registry pulls and pushes, reading an
+    archive, writing a save) run without it, their blobs kept from deletion meanwhile
+    (:meth:`_keeping`), so a slow registry never holds up a container's removal."""
 
     def __init__(self, store: Store, content: ContentStore, snapshotter: Snapshotter,
                  host_root: Path | None = None):
@@ -71,6 +75,12 @@ class ImageService:
         # Blobs larger than this are pushed in PATCH chunks.
         self.chunk_size = DEFAULT_CHUNK
         self._lock = threading.RLock()
+        # Blobs transfers running without the lock read or write (digest -> how many),
+        # and how many transfers write blobs whose digests are not known up front:
+        # deletions they would race are put off until they end (_deferred).
+        self._inflight: Counter[str] = Counter()
+        self._blind = 0
+        self._deferred: set[str] = set()
         # Roots with a tmpfs upper keep no snapshot: container key -> the chain id it
         # stands on, so that prune_snapshots leaves that chain alone while it runs.
         self._pins: dict[str, str] = {}
@@ -212,16 +222,17 @@ class ImageService:
             if split_ref(ref)[0] == HOST_NAME:
                 raise InvalidArgument(f"image name {HOST_NAME!r} belongs to the built-in host "
                                       f"image; choose another name")
-        with self._lock, contextlib.ExitStack() as stack:
+        with self._keeping(blind=True), contextlib.ExitStack() as stack:
             raw = src
             if isinstance(src, (str, os.PathLike)):
                 raw = stack.enter_context(open(src, "rb"))
             with uncompressed(_Counting(raw, progress) if progress else raw) as stream:
                 diff_id, size = self.content.ingest(stream)
+            stack.enter_context(self._lock)
             try:
                 chain, warnings, _ = self._unpack_layer(diff_id, diff_id, parent=None)
             except BaseException:
-                self._delete_unused_blobs({"id": None, "doc": {"layers": [{"digest": diff_id}]}})
+                self._delete_unused_blobs([diff_id])
                 raise
             created = oci.now_rfc3339()
             config = oci.image_config(
@@ -318,10 +329,10 @@ class ImageService:
                     self.store.tag(tag, config_digest)
         except BaseException:
             if existing is None:
-                self._delete_unused_blobs(candidate)
+                self._delete_unused_blobs(_blobs_of(candidate))
             raise
         if existing is not None:
-            self._delete_unused_blobs(candidate)     # e.g. a manifest it did not need
+            self._delete_unused_blobs(_blobs_of(candidate))   # e.g. an unneeded manifest
         return config_digest
 
     def _add_repo_digests(self, image: dict[str, Any], digests: Sequence[str]) -> None:
@@ -392,7 +403,7 @@ class ImageService:
         fetched again; an image already here is only tagged."""
         r = self._remote(ref)
         say = progress or (lambda event: None)
-        with self._lock, self._registry(r.domain) as client:
+        with self._registry(r.domain) as client:
             say({"status": f"Pulling from {r.path}", "id": r.tag or r.digest})
             body, media, top_digest = client.get_manifest(r.path, r.reference, name=r.name)
             if media in oci.INDEXES:
@@ -408,30 +419,36 @@ class ImageService:
             config_desc = manifest["config"]
             tags = [normalize_ref(f"{r.name}:{r.tag}")] if r.tag and not r.digest else []
             repo_digests = [f"{r.name}@{top_digest}"]
-            existing = self.store.get_image(config_desc["digest"])
+            with self._lock:
+                existing = self.store.get_image(config_desc["digest"])
+                if existing is not None:
+                    with self.store.transaction():
+                        self._add_repo_digests(existing, repo_digests)
+                        for tag in tags:
+                            self.store.tag(tag, existing["id"])
+                    image_id = existing["id"]
             if existing is None:
                 layers = [{"digest": d["digest"], "size": d["size"],
                            "media_type": d.get("mediaType", oci.MEDIA_LAYER)}
                           for d in manifest["layers"]]
-                try:
-                    self._fetch(client, r.path, config_desc, say)
-                    for desc in manifest["layers"]:
-                        self._fetch(client, r.path, desc, say, layer=True)
-                except BaseException:
-                    # what this pull stored and no image uses (a pull again fetches it)
-                    self._delete_unused_blobs({"id": config_desc["digest"],
-                                               "doc": {"layers": layers}})
-                    raise
-                manifest_digest, _ = self.content.ingest(body)
-                image_id = self._add_image(config_desc["digest"], manifest_digest, layers,
-                                           tags=tags, repo_digests=repo_digests,
-                                           progress=say)
-            else:
-                with self.store.transaction():
-                    self._add_repo_digests(existing, repo_digests)
-                    for tag in tags:
-                        self.store.tag(tag, existing["id"])
-                image_id = existing["id"]
+                blobs = [config_desc["digest"], *(layer["digest"] for layer in layers)]
+                # The blobs come in without the lock; until the image is recorded they
+                # are kept from a concurrent rmi that would find them unused.
+                with self._keeping(blobs):
+                    try:
+                        self._fetch(client, r.path, config_desc, say)
+                        for desc in manifest["layers"]:
+                            self._fetch(client, r.path, desc, say, layer=True)
+                    except BaseException:
+                        # what this pull stored and no image uses (a pull again fetches
+                        # it)
+                        self._delete_unused_blobs(blobs)
+                        raise
+                    with self._lock:
+                        manifest_digest, _ = self.content.ingest(body)
+                        image_id = self._add_image(config_desc["digest"], manifest_digest,
+                                                   layers, tags=tags,
+                                                   repo_digests=repo_digests, progress=say)
             say({"status": f"Digest: {top_digest}"})
             news = "Image is up to date" if existing else "Downloaded newer image"
             say({"status": f"Status: {news} for {r}"})
@@ -461,16 +478,19 @@ class ImageService:
         image's RepoDigests."""
         r = self._remote(ref)
         say = progress or (lambda event: None)
-        with self._lock:
-            image = self.get(ref)
-            if image["doc"].get("host"):
-                raise InvalidArgument("the built-in host image cannot be pushed")
-            doc = image["doc"]
-            body = self.content.read(doc["manifest"])
-            media = oci.media_type(json.loads(body))
-            blobs = [(layer["digest"], self.content.size(layer["digest"]))
-                     for layer in doc["layers"]]
-            blobs.append((image["id"], self.content.size(image["id"])))
+        with contextlib.ExitStack() as stack:
+            with self._lock:
+                image = self.get(ref)
+                if image["doc"].get("host"):
+                    raise InvalidArgument("the built-in host image cannot be pushed")
+                doc = image["doc"]
+                body = self.content.read(doc["manifest"])
+                media = oci.media_type(json.loads(body))
+                blobs = [(layer["digest"], self.content.size(layer["digest"]))
+                         for layer in doc["layers"]]
+                blobs.append((image["id"], self.content.size(image["id"])))
+                # uploaded without the lock: an rmi meanwhile must leave them
+                stack.enter_context(self._keeping(d for d, _ in blobs))
             with self._registry(r.domain) as client:
                 say({"status": f"The push refers to repository [{r.name}]"})
                 for digest, size in blobs:
@@ -485,7 +505,10 @@ class ImageService:
                             {"id": s, "status": "Pushing", "current": n, "total": t}))
                     say({"id": short, "status": "Pushed"})
                 digest = client.put_manifest(r.path, r.reference, body, media)
-            self._add_repo_digests(image, [f"{r.name}@{digest}"])
+            with self._lock:
+                current = self.store.get_image(image["id"])    # unless removed meanwhile
+                if current is not None:
+                    self._add_repo_digests(current, [f"{r.name}@{digest}"])
             say({"status": f"{r.tag or r.digest}: digest: {digest} size: {len(body)}"})
             return {"digest": digest, "size": len(body)}
 
@@ -537,19 +560,48 @@ class ImageService:
             self._lowerdirs.pop(image["id"], None)
             self._by_id.pop(image["id"], None)
             result = [{"Untagged": t} for t in tags] + [{"Deleted": image["id"]}]
-            self._delete_unused_blobs(image)
+            self._delete_unused_blobs(_blobs_of(image))
             self.prune_snapshots()
             return result
 
-    def _delete_unused_blobs(self, gone: dict[str, Any]) -> None:
-        used: set[str] = set()
-        for image in self.store.list_images():
-            used |= _blobs_of(image)
-        for digest in _blobs_of(gone) - used:
-            try:
-                self.content.delete(digest)
-            except NotFound:
-                pass
+    def _delete_unused_blobs(self, digests: Iterable[str]) -> None:
+        """Delete those of ``digests`` that no image uses; those a running transfer
+        may be using (:meth:`_keeping`) are deleted when it ends, if still unused."""
+        with self._lock:
+            used: set[str] = set()
+            for image in self.store.list_images():
+                used |= _blobs_of(image)
+            for digest in set(digests) - used:
+                if self._blind or self._inflight[digest]:
+                    self._deferred.add(digest)
+                    continue
+                try:
+                    self.content.delete(digest)
+                except NotFound:
+                    pass
+
+    @contextlib.contextmanager
+    def _keeping(self, digests: Iterable[str] = (), *, blind: bool = False
+                 ) -> Iterator[None]:
+        """While held, no blob of ``digests`` is deleted (with ``blind``: no blob at
+        all, for a transfer that learns its digests only as it writes them): for work
+        done without the lock that reads or writes blobs. Deletions put off meanwhile
+        are done when the last such transfer ends."""
+        kept = list(digests)
+        with self._lock:
+            self._inflight.update(kept)
+            self._blind += blind
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inflight.subtract(kept)
+                self._inflight = +self._inflight          # drops those at zero
+                self._blind -= blind
+                deferred = {d for d in self._deferred if not self._inflight[d]}
+                if deferred and not self._blind:
+                    self._deferred -= deferred
+                    self._delete_unused_blobs(deferred)
 
     def prune_snapshots(self) -> list[str]:
         """Remove committed layer snapshots that no image names and nothing sits on
