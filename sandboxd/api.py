@@ -255,6 +255,14 @@ class Container:
         self._call("container.rename", name=name)
         self.reload()
 
+    def commit(self, repository: str | None = None, tag: str | None = None,
+               message: str = "") -> Image:
+        """Docker's ``commit``: the container's changes as a new layer on its image
+        (not for a container run with ``remove=True``: its changes live in a tmpfs)."""
+        name = _target(repository, tag) if repository else None
+        result = self._call("container.commit", name=name, message=message)
+        return self.client.images.get(result["id"])
+
     def update(self, **limits: Any) -> list[str]:
         """``memory``, ``memory_swap``, ``cpus``, ``cpu_quota``, ``cpu_period``,
         ``cpu_shares``, ``pids_limit`` of a running container; returns warnings."""
@@ -790,6 +798,12 @@ class AsyncContainer:
     async def rename(self, name: str) -> None:
         await self._call("container.rename", name=name)
         await self.reload()
+
+    async def commit(self, repository: str | None = None, tag: str | None = None,
+                     message: str = "") -> AsyncImage:
+        name = _target(repository, tag) if repository else None
+        result = await self._call("container.commit", name=name, message=message)
+        return await self.client.images.get(result["id"])
 
     async def update(self, **limits: Any) -> list[str]:
         result = await self._call("container.update", **_config.build_update(**limits))

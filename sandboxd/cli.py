@@ -975,6 +975,19 @@ def _extract_local(data: bytes, dest: str, keep_owner: bool) -> None:
 
 # ---------------------------------------------------------------- images
 
+@cli.command(context_settings=CONTEXT)
+@option("-m", "--message", default="", help="Commit message")
+@argument("container", shell_complete=_complete_containers)
+@argument("reference", metavar="[REPOSITORY[:TAG]]", required=False)
+def commit(message: str, container: str, reference: str | None) -> int:
+    """Create a new image from a container's changes (not one run with --rm)."""
+    with _client() as client:
+        result = client.call("container.commit", {"id": container, "name": reference,
+                                                  "message": message})
+    click.echo(result["id"])
+    return 0
+
+
 @cli.command("import", context_settings=CONTEXT)
 @option("-m", "--message", default="", help="Set commit message for imported image")
 @argument("file", metavar="FILE|-")

@@ -34,7 +34,7 @@ def register(server: Server, config: DaemonConfig) -> ContainerService:
     server.register_cleanup("container", ops.session_cleanup)
     for name in ("create", "start", "wait", "kill", "stop", "restart", "remove", "inspect",
                  "list", "top", "stats_once", "pause", "unpause", "update", "rename", "prune",
-                 "resize", "archive_stat"):
+                 "resize", "archive_stat", "commit"):
         server.register(f"container.{name}", getattr(ops, name))
     for name in ("run", "attach", "logs", "exec", "stats", "archive_get", "archive_put"):
         server.register(f"container.{name}", getattr(ops, name), streaming=True)
@@ -465,6 +465,23 @@ class _Operations:
         return {}
 
     # -- images
+    async def commit(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "container.commit")
+        ref = p.get("id", str)
+        name = p.get("name", (str, type(None)), None)
+        message = p.get("message", str, "")
+        p.done()
+        record = self.s._get(ref)
+        if record.config.host.auto_remove:
+            raise Conflict(f"container {record.name} was started with --rm: its writable "
+                           f"layer is a tmpfs inside the container, which cannot be "
+                           f"committed; run it without --rm to commit it")
+        created_by = " ".join([record.path, *record.args])
+        image_id = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.s.images.commit(record.id, record.image_id, name,
+                                               message=message, created_by=created_by))
+        return {"id": image_id}
+
     async def image_import(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "image.import")
         name = p.get("name", str)

@@ -24,6 +24,8 @@ import hashlib
 import json
 import os
 import secrets
+import tarfile
+import tempfile
 import threading
 from collections import Counter
 from functools import cached_property
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, S
 
 from ..errors import Conflict, InvalidArgument, NotFound
 from ..runner.spec import DEFAULT_PATH, Mount, RootFS
-from . import archive, oci
+from . import archive, changes, oci
 from .host import HOST_NAME, HOST_REF, HostLayout, host_image_config, host_layout, host_rootfs
 from .reference import Reference, normalize_ref, split_ref
 from .reference import parse as parse_ref
@@ -52,6 +54,8 @@ SIZE_LABEL = "sandboxd.unpack.size"
 # "current"?, "total"?}; "id" is a short layer digest.
 Progress = Callable[[dict[str, Any]], None]
 _MAX_WARNINGS = 100
+# Docker's media type of a gzip layer -> the OCI one (a commit's manifest is OCI).
+_OCI_LAYER = {oci.DOCKER_LAYER_GZIP: oci.MEDIA_LAYER_GZIP}
 
 
 class ImageService:
@@ -343,6 +347,68 @@ class ImageService:
         merged = list(dict.fromkeys([*kept, *digests]))
         if merged != doc.get("repo_digests", []):
             self.store.update_image(image["id"], {**doc, "repo_digests": merged})
+
+    # ------------------------------------------------------------ commit
+
+    def commit(self, container_key: str, image_id: str, ref: str | None = None, *,
+               message: str = "", created_by: str = "") -> str:
+        """``docker commit``: the writable layer of the container ``container_key``
+        (its active snapshot, made by :meth:`prepare_rootfs`) becomes a new layer on top
+        of its image ``image_id``: the image's config with the new diff_id and a history
+        entry (``created_by``, ``comment``: ``message``). Returns the new image id; tags
+        it ``ref`` if given. A container that has not started yet (no snapshot) or has
+        a read-only root (a view) adds an empty layer, as in Docker. A container whose
+        upper is a tmpfs (``--rm``) keeps no snapshot: the caller refuses it."""
+        if ref is not None:
+            ref = normalize_ref(ref)
+            if split_ref(ref)[0] == HOST_NAME:
+                raise InvalidArgument(f"image name {HOST_NAME!r} belongs to the built-in host "
+                                      f"image; choose another name")
+        with self._keeping(blind=True), contextlib.ExitStack() as stack:
+            with self._lock:
+                parent = self.get(image_id)
+                if parent["doc"].get("host"):
+                    raise InvalidArgument("a container of the built-in host image cannot be "
+                                          "committed: its root is the host's own files")
+                upper: Path | None = None
+                if self.snapshotter.exists(container_key):
+                    info = self.snapshotter.stat(container_key)
+                    if info.kind == "active":
+                        upper = self.snapshotter.path(container_key)
+                # the parent's blobs: the new manifest names them
+                stack.enter_context(self._keeping(_blobs_of(parent)))
+            spool = stack.enter_context(tempfile.TemporaryFile(dir=self.content.root))
+            try:
+                if upper is not None:
+                    changes.write_upper(upper, spool)
+                else:
+                    with tarfile.open(fileobj=spool, mode="w|", format=tarfile.PAX_FORMAT):
+                        pass
+            except FileNotFoundError:
+                raise Conflict(f"container {container_key[:12]} was removed while it was "
+                               f"being committed") from None
+            spool.seek(0)
+            diff_id, size = self.content.ingest(spool)
+            config = copy.deepcopy(parent["doc"]["config"])
+            created = oci.now_rfc3339()
+            config["created"] = created
+            config["rootfs"] = {"type": "layers",
+                                "diff_ids": [*config["rootfs"]["diff_ids"], diff_id]}
+            config["history"] = [*(config.get("history") or []), {
+                "created": created, "created_by": created_by,
+                **({"comment": message} if message else {})}]
+            config_digest, config_size = self.content.ingest(oci.canonical(config))
+            layers = [{"digest": layer["digest"], "size": layer["size"],
+                       "media_type": _OCI_LAYER.get(layer["media_type"],
+                                                    layer["media_type"])}
+                      for layer in parent["doc"]["layers"]]
+            layers.append({"digest": diff_id, "size": size, "media_type": oci.MEDIA_LAYER})
+            manifest = oci.manifest(config_digest, config_size,
+                                    [(l["media_type"], l["digest"], l["size"]) for l in layers])
+            with self._lock:
+                manifest_digest, _ = self.content.ingest(oci.canonical(manifest))
+                return self._add_image(config_digest, manifest_digest, layers,
+                                       tags=[ref] if ref is not None else [])
 
     # ------------------------------------------------------------ archives
 
