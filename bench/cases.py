@@ -140,9 +140,9 @@ def _rss_samples(bench: Bench, n: int,
 
 case(DAEMON, "sandboxd daemon", unit="MiB", count="")(
     partial(_rss_samples, which=lambda pid, kids: [pid]))
-case(DAEMON, "fork server", unit="MiB", count="")(
+case(DAEMON, "its helpers (fork + network server)", unit="MiB", count="")(
     partial(_rss_samples, which=lambda pid, kids: kids))
-case(DAEMON, "daemon + fork server", unit="MiB", count="")(
+case(DAEMON, "daemon + helpers", unit="MiB", count="")(
     partial(_rss_samples, which=lambda pid, kids: [pid, *kids]))
 
 
