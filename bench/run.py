@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import signal
@@ -32,6 +33,10 @@ from bench import host, report  # noqa: E402
 from bench.cases import CASES, Case  # noqa: E402
 from bench.context import Bench, NotAvailable, Settings  # noqa: E402
 from bench.peers import PEERS  # noqa: E402
+
+# Each area's measurements live in bench/cases_<area>.py and register on import.
+for _module in sorted(Path(__file__).parent.glob("cases_*.py")):
+    importlib.import_module(f"bench.{_module.stem}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
