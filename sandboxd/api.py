@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from . import config as _config
 from .config import ContainerConfig, ContainerRecord, ImageRecord, NetworkRecord
+from .client import AsyncStream as AsyncAttachment
+from .client import Stream as Attachment
+from .client import connect, connect_async
 from .errors import InvalidArgument, SandboxError
 from .runner.spec import check_env
 
@@ -39,7 +42,7 @@ __all__ = ["Client", "AsyncClient", "Result", "ExecResult", "ExitStatus", "Conta
            "Container", "Image", "Network", "Attachment", "AsyncContainer", "AsyncImage",
            "AsyncNetwork", "AsyncAttachment"]
 
-CHUNK = 1 << 20          # stdin/tar frames: one MiB, well under the 16 MiB frame limit
+CHUNK = 1 << 20          # read size for uploads; the stream frames stdin smaller
 # Pulls, pushes and loads report progress as Docker's JSON messages:
 # {"status", "id"?, "current"?, "total"?} ("id" a short layer digest).
 Progress = Callable[[dict[str, Any]], None]
@@ -93,12 +96,6 @@ class ContainerError(SandboxError):
         self.command = list(command)
 
 
-def _chunks(data: bytes) -> Iterator[bytes]:
-    view = memoryview(data)
-    for start in range(0, len(view), CHUNK):
-        yield bytes(view[start:start + CHUNK])
-
-
 def _as_bytes(data: bytes | str | None) -> bytes:
     if data is None:
         return b""
@@ -122,69 +119,14 @@ def _exit_status(data: Mapping[str, Any]) -> ExitStatus:
 
 
 def _connect(host: str | None, session: bool, autostart: bool | None) -> Any:
-    from .client import connect            # the transport; imported when first needed
     return connect(host, autostart=autostart, session=session)
 
 
 async def _aconnect(host: str | None, session: bool, autostart: bool | None) -> Any:
-    from .client import connect_async
     return await connect_async(host, autostart=autostart, session=session)
 
 
 # ---------------------------------------------------------------- blocking API
-
-class Attachment:
-    """A live streaming op: iterate ``(event, data)``; stdout/stderr events carry bytes.
-    ``send``/``close_stdin`` feed the process, ``resize`` its terminal (any thread may
-    call them while another iterates); ``result()`` waits for the op's final value (or
-    raises its error). Leaving a ``with`` block early cancels the op."""
-
-    def __init__(self, stream: Any):
-        self._stream = stream
-
-    def __iter__(self) -> Iterator[tuple[str, Any]]:
-        return iter(self._stream)
-
-    def __enter__(self) -> Attachment:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stream.__exit__(*exc)
-
-    def send(self, data: bytes) -> None:
-        for chunk in _chunks(data):
-            self._stream.send_stdin(chunk)
-
-    def close_stdin(self) -> None:
-        self._stream.close_stdin()
-
-    def resize(self, rows: int, cols: int) -> None:
-        self._stream.resize(rows, cols)
-
-    def cancel(self) -> None:
-        self._stream.cancel()
-
-    def result(self) -> Any:
-        return self._stream.result()
-
-    def collect(self) -> tuple[bytes, bytes, Any]:
-        """Read to the end: (stdout, stderr, result)."""
-        out, err = bytearray(), bytearray()
-        for event, data in self:
-            if event == "stdout":
-                out += data
-            elif event == "stderr":
-                err += data
-        return bytes(out), bytes(err), self.result()
-
-    def merged(self) -> bytes:
-        """Read to the end: stdout and stderr in the order they arrived."""
-        both = bytearray()
-        for event, data in self:
-            if event in ("stdout", "stderr"):
-                both += data
-        return bytes(both)
-
 
 class Container:
     """A handle on one container. ``record`` is the daemon's view when last fetched;
@@ -649,7 +591,7 @@ class Client:
 
     def stream(self, op: str, params: dict[str, Any]) -> Attachment:
         """One streaming daemon operation by name."""
-        return Attachment(self._conn.stream(op, params))
+        return self._conn.stream(op, params)
 
     def run(self, image: str, cmd: str | Sequence[str] | None = None, *,
             input: bytes | str | None = None, name: str | None = None,
@@ -696,54 +638,6 @@ class Client:
 
 
 # ---------------------------------------------------------------- asyncio API
-
-class AsyncAttachment:
-    """The asyncio twin of :class:`Attachment`: ``async for event, data in it``."""
-
-    def __init__(self, stream: Any):
-        self._stream = stream
-
-    def __aiter__(self) -> Any:
-        return self._stream.__aiter__()
-
-    async def __aenter__(self) -> AsyncAttachment:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stream.__aexit__(*exc)
-
-    async def send(self, data: bytes) -> None:
-        for chunk in _chunks(data):
-            await self._stream.send_stdin(chunk)
-
-    async def close_stdin(self) -> None:
-        await self._stream.close_stdin()
-
-    async def resize(self, rows: int, cols: int) -> None:
-        await self._stream.resize(rows, cols)
-
-    async def cancel(self) -> None:
-        await self._stream.cancel()
-
-    async def result(self) -> Any:
-        return await self._stream.result()
-
-    async def collect(self) -> tuple[bytes, bytes, Any]:
-        out, err = bytearray(), bytearray()
-        async for event, data in self:
-            if event == "stdout":
-                out += data
-            elif event == "stderr":
-                err += data
-        return bytes(out), bytes(err), await self.result()
-
-    async def merged(self) -> bytes:
-        both = bytearray()
-        async for event, data in self:
-            if event in ("stdout", "stderr"):
-                both += data
-        return bytes(both)
-
 
 class AsyncContainer:
     """The asyncio twin of :class:`Container` (same methods, awaitable)."""
@@ -1055,7 +949,7 @@ class AsyncClient:
 
     async def stream(self, op: str, params: dict[str, Any]) -> AsyncAttachment:
         await self.open()
-        return AsyncAttachment(await self._conn.stream(op, params))
+        return await self._conn.stream(op, params)
 
     async def run(self, image: str, cmd: str | Sequence[str] | None = None, *,
                   input: bytes | str | None = None, name: str | None = None,

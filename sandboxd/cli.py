@@ -10,8 +10,10 @@ only click at load time; the client, the config model and json come in inside co
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import click
@@ -261,25 +263,44 @@ def _container_options(func: Callable) -> Callable:
     return func
 
 
-def _build(opts: dict[str, Any]) -> Any:
-    """Flags -> ``ContainerConfig`` through the one model (``config.build_config``)."""
-    from .config import build_config
-    return _local(
-        build_config,
-        opts["image"], list(opts["command"]) or None,
-        entrypoint=opts["entrypoint"], env=list(opts["env"]), env_files=opts["env_file"],
-        workdir=opts["workdir"], user=opts["user"], hostname=opts["hostname"],
-        tty=opts["tty"], open_stdin=opts["interactive"], labels=list(opts["label"]),
-        expose=opts["expose"], stop_signal=opts["stop_signal"],
-        stop_timeout=opts["stop_timeout"], memory=opts["memory"],
-        memory_swap=opts["memory_swap"], cpus=opts["cpus"], cpu_quota=opts["cpu_quota"],
-        cpu_period=opts["cpu_period"], cpu_shares=opts["cpu_shares"],
-        pids_limit=opts["pids_limit"], ulimits=opts["ulimit"], uts_mode=opts["uts"],
-        ipc_mode=opts["ipc"], pid_mode=opts["pid"], network_mode=opts["network"],
-        links=opts["link"], ports=opts["publish"], volumes=opts["volume"],
-        tmpfs=opts["tmpfs"], read_only=opts["read_only"], init=opts["init"],
-        cap_add=opts["cap_add"], cap_drop=opts["cap_drop"],
-        auto_remove=opts["auto_remove"], timeout=opts["timeout"])
+def _options(opts: dict[str, Any]) -> dict[str, Any]:
+    """Flags -> the ``options`` of ``container.create``/``run``: the daemon builds and
+    checks them (``config.build_config``, the one model), so ``sbx`` does not import it;
+    only ``-e``/``--env-file``, which read this machine, are resolved here."""
+    from .envfile import resolve_env
+    return {
+        "image": opts["image"], "cmd": list(opts["command"]) or None,
+        "entrypoint": opts["entrypoint"],
+        "env": _local(resolve_env, opts["env_file"], opts["env"]),
+        "workdir": opts["workdir"], "user": opts["user"], "hostname": opts["hostname"],
+        "tty": opts["tty"], "open_stdin": opts["interactive"], "labels": opts["label"],
+        "expose": opts["expose"], "stop_signal": opts["stop_signal"],
+        "stop_timeout": opts["stop_timeout"], "memory": opts["memory"],
+        "memory_swap": opts["memory_swap"], "cpus": opts["cpus"],
+        "cpu_quota": opts["cpu_quota"], "cpu_period": opts["cpu_period"],
+        "cpu_shares": opts["cpu_shares"], "pids_limit": opts["pids_limit"],
+        "ulimits": opts["ulimit"], "uts_mode": opts["uts"], "ipc_mode": opts["ipc"],
+        "pid_mode": opts["pid"], "network_mode": opts["network"], "links": opts["link"],
+        "ports": opts["publish"], "volumes": opts["volume"], "tmpfs": opts["tmpfs"],
+        "read_only": opts["read_only"], "init": opts["init"], "cap_add": opts["cap_add"],
+        "cap_drop": opts["cap_drop"], "auto_remove": opts["auto_remove"],
+        "timeout": opts["timeout"]}
+
+
+@contextlib.contextmanager
+def _refused_options() -> Iterator[None]:
+    """The daemon refusing run/create's flags: Docker's wording, exit 125 and hint."""
+    try:
+        yield
+    except InvalidArgument as e:
+        raise CliError(f"Error response from daemon: {e.message}", EXIT_DAEMON) from None
+
+
+def _connection(autostart: bool | None = None) -> Any:
+    """The bare protocol connection (``sandboxd.client``), for the commands that need
+    no model: run and create stay quick to start."""
+    from .client import connect
+    return connect(_host(), autostart=autostart)
 
 
 def _check_tty(tty: bool, interactive: bool) -> None:
@@ -297,27 +318,24 @@ def run(detach: bool, sig_proxy: bool, **opts: Any) -> int:
     """Create and run a new container from an image."""
     if not detach:
         _check_tty(opts["tty"], opts["interactive"])
-    cfg = _build(opts)
-    from .api import _check_name
-    if opts["name"] is not None:
-        _local(_check_name, opts["name"])
-    params: dict[str, Any] = {"config": cfg.to_dict(), "stdin": opts["interactive"]
-                              and not detach, "remove": cfg.host.auto_remove,
+    params: dict[str, Any] = {"options": _options(opts), "stdin": opts["interactive"]
+                              and not detach, "remove": opts["auto_remove"],
                               "detach": detach}
     if opts["name"] is not None:
         params["name"] = opts["name"]
-    with _client() as client:
-        attachment = client.stream("container.run", params)
+    image = opts["image"]
+    with _connection() as conn, _refused_options():
+        attachment = conn.stream("container.run", params)
         if detach:
             result = _follow(attachment, _Progress(
-                sys.stderr, first=f"Unable to find image '{cfg.image}' locally"))
+                sys.stderr, first=f"Unable to find image '{image}' locally"))
             click.echo(result["id"])
             return 0
-        result = _pump(client, attachment, tty=cfg.tty, stdin=opts["interactive"],
-                       sig_proxy=sig_proxy, image=cfg.image)
+        result = _pump(attachment, tty=opts["tty"], stdin=opts["interactive"],
+                       sig_proxy=sig_proxy, image=image)
     if result.get("timed_out"):
         click.echo(f"sbx: container {result.get('id', '')[:12]} timed out after "
-                   f"{cfg.host.timeout:g} seconds and was killed", err=True)
+                   f"{opts['timeout']:g} seconds and was killed", err=True)
     return int(result.get("exit_code", 0))
 
 
@@ -325,20 +343,17 @@ def run(detach: bool, sig_proxy: bool, **opts: Any) -> int:
 @_container_options
 def create(**opts: Any) -> int:
     """Create a new container."""
-    cfg = _build(opts)
-    from .api import _check_name
-    params: dict[str, Any] = {"config": cfg.to_dict()}
+    params: dict[str, Any] = {"options": _options(opts)}
     if opts["name"] is not None:
-        _local(_check_name, opts["name"])
         params["name"] = opts["name"]
-    with _client() as client:
-        click.echo(client.call("container.create", params)["id"])
+    with _connection() as conn, _refused_options():
+        click.echo(conn.call("container.create", params)["id"])
     return 0
 
 
 # ---------------------------------------------------------------- attached I/O
 
-def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bool,
+def _pump(attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bool,
           container_id: str = "", image: str = "") -> dict[str, Any]:
     """Stream a container's output to ours until it ends; with ``stdin`` forward our
     input; with ``tty`` put our terminal in raw mode (restored on the way out) and pass
@@ -378,7 +393,7 @@ def _pump(client: Any, attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bo
             attachment.cancel()
             return
         try:
-            with _client(autostart=False) as other:
+            with _connection(autostart=False) as other:
                 other.call("container.kill", {"id": state["id"], "signal": signum})
         except SandboxError:
             pass
@@ -436,7 +451,7 @@ def start(attach: bool, interactive: bool, containers: tuple[str, ...]) -> int:
         tty = container.record.config.tty
         _check_tty(tty, interactive)
         attachment = container.attach(stdin=interactive, start=True)
-        result = _pump(client, attachment, tty=tty, stdin=interactive, sig_proxy=True,
+        result = _pump(attachment, tty=tty, stdin=interactive, sig_proxy=True,
                        container_id=container.id)
     return int(result.get("exit_code", 0))
 
@@ -837,7 +852,7 @@ def exec_(detach: bool, interactive: bool, tty: bool, env: tuple[str, ...], work
         if detach:
             attachment.collect()
             return 0
-        result = _pump(client, attachment, tty=tty, stdin=interactive, sig_proxy=False)
+        result = _pump(attachment, tty=tty, stdin=interactive, sig_proxy=False)
     return int(result.get("exit_code") or 0)
 
 
@@ -854,7 +869,7 @@ def attach(no_stdin: bool, sig_proxy: bool, container: str) -> int:
         stdin = cfg.open_stdin and not no_stdin
         _check_tty(cfg.tty, stdin)
         attachment = handle.attach(stdin=stdin)
-        result = _pump(client, attachment, tty=cfg.tty, stdin=stdin, sig_proxy=sig_proxy,
+        result = _pump(attachment, tty=cfg.tty, stdin=stdin, sig_proxy=sig_proxy,
                        container_id=handle.id)
     return int(result.get("exit_code") or 0)
 

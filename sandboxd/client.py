@@ -4,7 +4,7 @@ none runs), send requests, demultiplex replies and streamed events.
     conn = connect()                          # or connect("unix:///tmp/x.sock", session=True)
     conn.call("ping")                         # -> "pong"; errors raise typed SandboxErrors
     with conn.stream("container.attach", {"id": cid}) as s:
-        s.send_stdin(b"echo hi\\n"); s.close_stdin()
+        s.send(b"echo hi\\n"); s.close_stdin()
         for name, data in s:                  # ("stdout", b"hi\\n"), ("exit", {...}) ...
             ...
         value = s.result()                    # the final ok value, or raises its error
@@ -219,12 +219,31 @@ class Stream:
             pass
         return _outcome(*self._final)
 
-    def send_stdin(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
+        """Feed the process's stdin (any thread may, while another iterates)."""
         for start in range(0, len(data), STDIN_CHUNK):
             self._send({"id": self.id, "stdin": bytes(data[start:start + STDIN_CHUNK])})
 
     def close_stdin(self) -> None:
         self._send({"id": self.id, "stdin_eof": True})
+
+    def collect(self) -> tuple[bytes, bytes, object]:
+        """Read to the end: (stdout, stderr, result)."""
+        out, err = bytearray(), bytearray()
+        for event, data in self:
+            if event == "stdout":
+                out += data
+            elif event == "stderr":
+                err += data
+        return bytes(out), bytes(err), self.result()
+
+    def merged(self) -> bytes:
+        """Read to the end: stdout and stderr in the order they arrived."""
+        both = bytearray()
+        for event, data in self:
+            if event in ("stdout", "stderr"):
+                both += data
+        return bytes(both)
 
     def resize(self, rows: int, cols: int) -> None:
         self._send({"id": self.id, "resize": [rows, cols]})
@@ -411,12 +430,28 @@ class AsyncStream:
             pass
         return _outcome(*self._final)
 
-    async def send_stdin(self, data: bytes) -> None:
+    async def send(self, data: bytes) -> None:
         for start in range(0, len(data), STDIN_CHUNK):
             await self._send({"id": self.id, "stdin": bytes(data[start:start + STDIN_CHUNK])})
 
     async def close_stdin(self) -> None:
         await self._send({"id": self.id, "stdin_eof": True})
+
+    async def collect(self) -> tuple[bytes, bytes, object]:
+        out, err = bytearray(), bytearray()
+        async for event, data in self:
+            if event == "stdout":
+                out += data
+            elif event == "stderr":
+                err += data
+        return bytes(out), bytes(err), await self.result()
+
+    async def merged(self) -> bytes:
+        both = bytearray()
+        async for event, data in self:
+            if event in ("stdout", "stderr"):
+                both += data
+        return bytes(both)
 
     async def resize(self, rows: int, cols: int) -> None:
         await self._send({"id": self.id, "resize": [rows, cols]})

@@ -19,7 +19,6 @@ gives it as much swap as memory), so OOM kills are prompt and reproducible.
 """
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import signal as _signal
@@ -27,13 +26,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .envfile import parse_env, parse_env_file, resolve_env
 from .errors import InvalidArgument, NotFound
 from .runner import spec
 from .runner.spec import UNLIMITED, Mount, Ulimit
 
 __all__ = [
     "PortBinding", "Link", "HostConfig", "ContainerConfig", "ContainerState", "Endpoint",
-    "ContainerRecord", "ImageRecord", "NetworkRecord", "NetworkContainer", "build_config", "parse_volume", "parse_tmpfs",
+    "ContainerRecord", "ImageRecord", "NetworkRecord", "NetworkContainer", "build_config",
+    "config_from_options", "parse_volume", "parse_tmpfs",
     "parse_publish", "parse_link", "parse_env", "parse_env_file", "parse_labels",
     "parse_signal", "check_name", "inspect_document", "ps_row", "image_row",
     "image_document", "network_document", "network_row", "filter_networks",
@@ -365,51 +366,6 @@ def parse_link(text: str) -> Link:
     return Link(name=name, alias=alias or name)
 
 
-def parse_env(entries: Iterable[str] | Mapping[str, Any],
-              environ: Mapping[str, str] | None = None) -> list[str]:
-    """``-e KEY=value`` as is; ``-e KEY`` takes KEY from ``environ`` (the caller's
-    environment) and is dropped when unset there, as Docker does."""
-    if isinstance(entries, Mapping):
-        return [f"{k}={'' if v is None else v}" for k, v in entries.items()]
-    environ = os.environ if environ is None else environ
-    out = []
-    for entry in entries:
-        if "=" in entry:
-            out.append(entry)
-        elif entry in environ:
-            out.append(f"{entry}={environ[entry]}")
-        elif not entry:
-            out.append(entry)        # kept so validation names it
-    return out
-
-
-def parse_env_file(path: str, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Docker's ``--env-file``: ``KEY=value`` per line, ``#`` comments and blank lines
-    skipped, a bare ``KEY`` taken from the caller's environment. Values are literal
-    (no quotes removed, no expansion)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise InvalidArgument(f"env-file {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise InvalidArgument(f"env-file {path}: not UTF-8 text") from None
-    entries, problems = [], []
-    for number, line in enumerate(lines, 1):
-        stripped = line.lstrip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        key, sep, value = stripped.partition("=")
-        if not key or any(c.isspace() for c in key):
-            problems.append(f"env-file {path}:{number}: {line!r} is not KEY=value "
-                            f"(the name may not be empty or contain spaces)")
-            continue
-        entries.append(f"{key}={value}" if sep else key)
-    if problems:
-        raise InvalidArgument.of(problems)
-    return parse_env(entries, environ)
-
-
 def parse_labels(labels: Iterable[str] | Mapping[str, Any]) -> list[str]:
     """``--label k=v`` or ``k`` (empty value); a mapping from the Python API."""
     if isinstance(labels, Mapping):
@@ -530,11 +486,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
             problems.extend(e.details.get("problems") or [e.message])
             return None
 
-    env_list: list[str] = []
-    for path in env_files:                    # files first, -e overrides, as Docker
-        env_list += attempt(parse_env_file, path, environ) or []
-    if env is not None:
-        env_list += parse_env(env, environ)
+    env_list: list[str] = attempt(resolve_env, env_files, env, environ) or []
 
     limits = _parse_limits(memory, memory_swap, cpus, problems)
 
@@ -623,6 +575,30 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
     if problems:
         raise InvalidArgument.of(_unique(problems))
     return config
+
+
+# What ``container.create``/``run`` accept as ``options``: build_config's keywords, less
+# the two that read the caller's machine (files, environment), which the caller resolves.
+_CLIENT_SIDE = frozenset({"env_files", "environ"})
+
+
+def config_from_options(options: Any) -> ContainerConfig:
+    """The daemon's side of ``{"options": {...}}``: the caller's keyword options (``sbx``
+    flags as given, ``-e``/``--env-file`` already resolved) built and validated here, so
+    a client need not import the model. Wrong names or types are an InvalidArgument."""
+    import inspect
+    if not isinstance(options, Mapping):
+        raise InvalidArgument(f"options: expected a map, got {type(options).__name__}")
+    allowed = set(inspect.signature(build_config).parameters) - _CLIENT_SIDE
+    unknown = sorted(str(k) for k in options if k not in allowed)
+    if unknown:
+        raise InvalidArgument(f"options: unknown option(s) {', '.join(unknown)}")
+    if not isinstance(options.get("image"), str):
+        raise InvalidArgument("options: 'image' (a string) is required")
+    try:
+        return build_config(**options, environ={})
+    except (TypeError, AttributeError, ValueError) as e:
+        raise InvalidArgument(f"options: a value has the wrong type ({e})") from None
 
 
 def build_update(*, memory: int | str | None = None, memory_swap: int | str | None = None,

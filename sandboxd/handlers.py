@@ -56,8 +56,13 @@ class _Operations:
 
     # -- helpers
     def _config(self, p: Params) -> cfg.ContainerConfig:
-        raw = p.get("config", dict)
+        """A full ``config`` (the Python client builds one) or the caller's ``options``
+        (``sbx``, which sends its flags as given and lets the daemon build)."""
+        options = p.get("options", (dict, type(None)), None)
+        raw = p.get("config", dict) if options is None else None
         p.done()
+        if options is not None:
+            return cfg.config_from_options(options)
         return cfg.ContainerConfig.from_dict(raw)
 
     def _track(self, ctx: RequestContext, record: cfg.ContainerRecord) -> None:

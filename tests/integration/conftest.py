@@ -165,11 +165,14 @@ class Daemon:
 
     # -- clients
     def sbx(self, *args: str, input: bytes | str | None = None, timeout: float = 60,
-            check: bool = False) -> subprocess.CompletedProcess:
-        """The real CLI in its own process; ``.out`` / ``.err`` are decoded."""
+            check: bool = False, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+        """The real CLI in its own process (``env``: variables added to its environment);
+        ``.out`` / ``.err`` are decoded."""
         data = input.encode() if isinstance(input, str) else input
         proc = subprocess.run([PY, "-m", "sandboxd.cli", *args], input=data,
-                              capture_output=True, env=self.env, cwd=REPO, timeout=timeout,
+                              capture_output=True, env={**self.env, **(env or {})},
+                              cwd=REPO, timeout=timeout,
                               stdin=None if data is not None else subprocess.DEVNULL)
         proc.out = proc.stdout.decode(errors="replace")          # type: ignore[attr-defined]
         proc.err = proc.stderr.decode(errors="replace")          # type: ignore[attr-defined]

@@ -37,6 +37,53 @@ def all_names(daemon: Daemon) -> set[str]:
     return set(daemon.sbx("ps", "-a", "--format", "{{.Names}}", check=True).out.split())
 
 
+# ---------------------------------------------------------------- run: refused flags
+
+@pytest.mark.parametrize("args, words", [
+    (["-m", "1k"], "host.memory: minimum is 6MiB"),
+    (["--memory-swap", "32m", "-m", "64m"], "host.memory_swap"),
+    (["--cpus", "1", "--cpu-quota", "50000"], "--cpus and --cpu-quota cannot both be set"),
+    (["--ulimit", "nofile=2:1"], "above the hard limit"),
+    (["-v", "relative:/x"], "must be an absolute host path"),
+    (["-p", "99999:80"], "host port '99999'"),
+    (["-e", "=x"], "env[0]"),
+    (["--name", "a"], "invalid container name"),
+    (["--stop-signal", "SIGNOPE"], "unknown signal"),
+])
+def test_bad_flag_values_are_refused_and_create_nothing(daemon: Daemon, args: list[str],
+                                                         words: str) -> None:
+    # sbx sends its flags as given; the daemon builds and checks them (one model).
+    before = set(daemon.ids("-a"))
+    for command in ("run", "create"):
+        r = daemon.sbx(command, *args, "busybox", "true")
+        assert r.returncode == 125, r.err
+        assert words in r.err and "Error response from daemon" in r.err
+        assert f"See 'sbx {command} --help'." in r.err
+    assert set(daemon.ids("-a")) == before
+    assert not daemon.cgroup_children()
+
+
+def test_every_bad_flag_value_is_reported_together(daemon: Daemon) -> None:
+    r = daemon.sbx("run", "-m", "1k", "-p", "99999:80", "-e", "=x", "busybox")
+    assert r.returncode == 125
+    assert "host.memory" in r.err and "99999" in r.err and "env[0]" in r.err
+
+
+def test_env_names_and_files_are_resolved_from_the_callers_environment(
+        daemon: Daemon, tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("# comment\nFROM_FILE=1\nBOTH=file\nPASSED\n")
+    r = daemon.sbx("run", "--rm", "--env-file", str(env_file), "-e", "BOTH=flag",
+                   "-e", "PASSED", "-e", "UNSET_HERE", "busybox", "env",
+                   env={"PASSED": "from-caller"})
+    assert r.returncode == 0, r.err
+    lines = r.out.splitlines()
+    assert "FROM_FILE=1" in lines and "BOTH=flag" in lines and "PASSED=from-caller" in lines
+    assert not any(line.startswith("UNSET_HERE") for line in lines)
+    r = daemon.sbx("run", "--rm", "--env-file", str(tmp_path / "missing"), "busybox", "true")
+    assert r.returncode == 125 and "env-file" in r.err and "missing" in r.err
+
+
 # ---------------------------------------------------------------- run: output and exits
 
 def test_run_output_and_exit_codes(daemon: Daemon) -> None:

@@ -396,9 +396,9 @@ def test_streaming_stdin_resize_events_and_result(make_server):
     s.start()
     with s.connect() as conn:
         with conn.stream("test.echo") as stream:
-            stream.send_stdin(b"hello ")
+            stream.send(b"hello ")
             stream.resize(24, 80)
-            stream.send_stdin(b"x" * 600_000)            # more than one stdin chunk
+            stream.send(b"x" * 600_000)            # more than one stdin chunk
             stream.close_stdin()
             events = list(stream)
             assert stream.result() == {"bytes": 600_006, "streaming": True}
@@ -421,7 +421,7 @@ def test_async_streaming_and_concurrent_calls(make_server):
             calls = [conn.call("test.sleep", {"seconds": (30 - i) * 0.01, "value": i})
                      for i in range(30)]
             stream = await conn.stream("test.echo")
-            await stream.send_stdin(b"abc")
+            await stream.send(b"abc")
             await stream.close_stdin()
             events = [e async for e in stream]
             results = await asyncio.gather(*calls)
@@ -849,9 +849,16 @@ def test_hypothesis_garbage_from_many_connections(daemon, data, greet):
 
 def test_random_well_formed_requests_get_errors_by_id(daemon):
     raw = Raw(daemon.path)
-    for rid, (op, params) in enumerate([("", {}), ("x" * 129, {}), ("container.create", 5),
-                                        ("ping", {"a": [1, {"b": None}]}),
-                                        ("session.open", {"label": 5})], start=1):
+    bad_options = [{"image": 5}, {"image": "b", "nope": 1}, {"image": "b", "memory": [1]},
+                   {"image": "b", "ulimits": {"nofile": "x"}}, {"image": "b", "env": 7},
+                   {"image": "b", "environ": {"A": "1"}}, {"image": "b", "ports": {"80": [1, 2]}},
+                   {"image": "b", "cpus": "lots"}, [], {"image": "b", "links": 3.5}]
+    requests = [("", {}), ("x" * 129, {}), ("container.create", 5),
+                ("ping", {"a": [1, {"b": None}]}), ("session.open", {"label": 5}),
+                ("container.create", {"options": {"image": "b"}, "config": {}}),
+                *[("container.create", {"options": o}) for o in bad_options],
+                *[("container.run", {"options": o}) for o in bad_options]]
+    for rid, (op, params) in enumerate(requests, start=1):
         raw.send({"id": rid, "op": op, "params": params})
         reply = raw.recv()
         assert reply["id"] == rid and reply["error"]["code"] == "invalid_argument", reply
