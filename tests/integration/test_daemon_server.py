@@ -30,20 +30,10 @@ from hypothesis import strategies as st
 from sandboxd import client, errors, protocol
 from sandboxd.daemon import DaemonConfig, Server
 
+from conftest import wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    """Poll for an event that must happen; fails (not flakes) only if it never does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
