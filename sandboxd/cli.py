@@ -1325,6 +1325,20 @@ def logout(registry: str) -> int:
 
 # ---------------------------------------------------------------- system
 
+# system.info's fields under the names ``docker info --format`` templates use.
+_INFO_FIELDS = {
+    "name": ("Name", ""), "server_version": ("ServerVersion", ""),
+    "containers": ("Containers", 0), "running": ("ContainersRunning", 0),
+    "paused": ("ContainersPaused", 0), "stopped": ("ContainersStopped", 0),
+    "images": ("Images", 0), "kernel_version": ("KernelVersion", ""),
+    "operating_system": ("OperatingSystem", ""), "os_type": ("OSType", "linux"),
+    "architecture": ("Architecture", ""), "ncpu": ("NCPU", 0), "mem_total": ("MemTotal", 0),
+    "cgroup_driver": ("CgroupDriver", "cgroupfs"), "cgroup_version": ("CgroupVersion", ""),
+    "root_dir": ("DockerRootDir", ""), "default_runtime": ("DefaultRuntime", ""),
+    "security_options": ("SecurityOptions", []), "warnings": ("Warnings", []),
+}
+
+
 @cli.command(context_settings=CONTEXT)
 @option("-f", "--format", "fmt", metavar="TEMPLATE", help="Format output using a Go "
                                                                  "template")
@@ -1334,7 +1348,10 @@ def info(fmt: str | None) -> int:
         data = client.info()
     if fmt:
         from .config import render_template
-        click.echo(render_template(fmt, data))
+        document = {docker: data.get(ours, default)
+                    for ours, (docker, default) in _INFO_FIELDS.items()}
+        document["Driver"] = "overlay"
+        click.echo(render_template(fmt, document))
         return 0
     from .config import bytes_size
     lines = [

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import sandboxd
 from sandboxd import errors, testing
 from sandboxd.logs import DEFAULT_CAP, TRUNCATED
 
@@ -258,8 +259,12 @@ def test_top_stats_info_version_images(daemon: Daemon) -> None:
         assert sample["memory_limit"] == 64 << 20 and sample["pids"] == 1
 
     info = daemon.sbx("info", "--format", "{{json .}}", check=True).out
-    doc = json.loads(info)
-    assert doc["running"] >= 1 and doc["images"] >= 1, doc     # the daemon's own keys
+    doc = json.loads(info)                                     # docker info's names
+    assert doc["ContainersRunning"] >= 1 and doc["Images"] >= 1, doc
+    assert doc["NCPU"] == os.cpu_count() and doc["Driver"] == "overlay"
+    line = daemon.sbx("info", "-f", "{{.ServerVersion}}/{{.CgroupVersion}}", check=True).out
+    v2 = not os.path.isdir("/sys/fs/cgroup/memory")           # no v1 memory controller
+    assert line.strip() == f"{sandboxd.__version__}/{2 if v2 else 1}"
     version = daemon.sbx("version", "--format", "{{json .}}", check=True).out
     assert "sandboxd" in version
     images = daemon.sbx("images", "--format", "{{.Repository}}:{{.Tag}}", check=True).out
