@@ -199,11 +199,27 @@ def _exec(executable: str, process: Process, env: dict, errw: int) -> NoReturn:
     os._exit(1)
 
 
+def _hold(errw: int) -> NoReturn:
+    """pid 1 of a held root: nothing from the root runs; the owner works in it through
+    /proc/<pid>/root until it closes our stdin."""
+    os.closerange(3, errw)
+    os.closerange(errw + 1, 1 << 20)
+    _report(errw, b"R")
+    os.close(errw)                      # EOF after R: started, as an exec would say
+    try:
+        while os.read(0, 4096):
+            pass
+    finally:
+        os._exit(0)
+
+
 def _container_pid1(spec: ContainerSpec, plan: list[Step], stdio: list[int],
                     errw: int) -> NoReturn:
     try:
         mounts.run_steps(plan)
         _install_stdio(stdio, spec.process.terminal)
+        if spec.hold:
+            _hold(errw)
         executable, env = _prepare_process(spec.process, spec.hostname, errw)
     except SandboxError as e:
         _fail(errw, e, getattr(e, "exit_code", 1))

@@ -130,6 +130,11 @@ def build_plan(spec: ContainerSpec, mnt: str) -> list[Step]:
     for m in spec.mounts:
         steps += _user_mount_steps(m)
     steps += _protect_steps(spec.masked_paths, spec.readonly_paths)
+    if spec.root.readonly:
+        # Read-only once every mountpoint exists (as Docker does): the image need not
+        # have /etc/hostname or a bind's target.
+        steps.append(MountStep(root, None, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY,
+                               in_root=False, create=""))
     steps.append(PivotRoot(root))
     if spec.hostname and spec.namespaces.uts == "private":
         steps.append(SetHostname(spec.hostname))
@@ -138,23 +143,13 @@ def build_plan(spec: ContainerSpec, mnt: str) -> list[Step]:
 
 def _root_steps(spec: ContainerSpec, mnt: str) -> tuple[str, list[Step]]:
     r = spec.root
-    if r.readonly and len(r.lowerdirs) == 1:
-        # A single read-only lower needs no overlay: a read-only bind is cheaper.
-        return mnt, [
-            MountStep(mnt, None, r.lowerdirs[0], sc.MS_BIND | sc.MS_REC, in_root=False,
-                      create=""),
-            MountStep(mnt, None, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY,
-                      in_root=False, create=""),
-        ]
     steps: list[Step] = []
-    if r.readonly:
-        upper = work = None
-        root = mnt
-    elif r.upperdir:
+    if r.upperdir:
         upper, work, root = r.upperdir, r.workdir, mnt
     else:
         # Fresh writable layer on a tmpfs private to this container: nothing to clean
-        # on the host, gone when the mount namespace goes.
+        # on the host, gone when the mount namespace goes. A read-only root gets one
+        # too, for the mountpoints its mounts need; build_plan then makes it read-only.
         steps.append(MountStep(mnt, "tmpfs", "tmpfs", 0, f"mode=755,size={r.tmpfs_size}",
                                in_root=False, create=""))
         upper, work, root = f"{mnt}/upper", f"{mnt}/work", f"{mnt}/root"

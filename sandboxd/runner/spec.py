@@ -128,6 +128,9 @@ class ContainerSpec:
     namespaces: Namespaces = field(default_factory=Namespaces)
     limits: Limits = field(default_factory=Limits)
     init: bool = False                  # a reaper as pid 1 that runs the workload
+    # No workload: pid 1 keeps the root and its mounts alive, reachable through
+    # /proc/<pid>/root, until its stdin reaches EOF (sbx cp on a stopped container).
+    hold: bool = False
     masked_paths: tuple[str, ...] = MASKED_PATHS
     readonly_paths: tuple[str, ...] = READONLY_PATHS
 
@@ -339,6 +342,8 @@ def validate(spec: ContainerSpec) -> ContainerSpec:
         problems.append(f"hostname: {spec.hostname!r} is not a valid host name "
                         f"(letters, digits, '-', '.', at most 64)")
     problems += check_process(spec.process)
+    if spec.hold and (spec.init or spec.process.terminal):
+        problems.append("hold: a held root runs no workload (no init, no terminal)")
     problems += _check_root(spec.root)
     problems += _check_mounts(spec.mounts)
     problems += check_limits(spec.limits)

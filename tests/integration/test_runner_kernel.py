@@ -6,6 +6,7 @@ Python tests do.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import signal
@@ -105,6 +106,36 @@ def test_persistent_upper(runner, busybox_rootfs, tmp_path):
     root = RootFS(lowerdirs=(str(busybox_rootfs),), upperdir=str(upper), workdir=str(work))
     assert sh(runner, busybox_rootfs, "echo kept > /data", root=root).exit_code == 0
     assert (upper / "data").read_text() == "kept\n"
+
+
+def test_held_root_runs_nothing_and_serves_its_files_until_stdin_closes(
+        runner, busybox_rootfs, tmp_path):
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir(), work.mkdir()
+    (upper / "etc").mkdir()
+    (upper / "etc" / "written").write_text("by the workload\n")
+    root = RootFS(lowerdirs=(str(busybox_rootfs),), upperdir=str(upper), workdir=str(work))
+    # A command that would fail (not found) proves nothing is executed.
+    held = spec(busybox_rootfs, "/no/such/command", root=root, hold=True)
+    stdin_r, stdin_w = os.pipe()
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        pid = runner.spawn(held, (stdin_r, null, null))
+    finally:
+        os.close(stdin_r), os.close(null)
+    try:
+        merged = Path(f"/proc/{pid}/root")
+        assert (merged / "etc/written").read_text() == "by the workload\n"   # upper
+        assert (merged / "bin/busybox").is_file()                             # lower
+        (merged / "tmp/copied-in").write_text("x")          # writes land in the upper
+        assert (upper / "tmp/copied-in").read_text() == "x"
+        assert Path(f"/proc/{pid}/cmdline").read_bytes() != b"/no/such/command\0"
+        assert runner.pids(held.id) == [pid]
+    finally:
+        os.close(stdin_w)
+    assert runner.wait(held.id, timeout=30).exit_code == 0
+    with pytest.raises(InvalidArgument, match="hold"):
+        runner.spawn(dataclasses.replace(held, init=True), (0, 1, 2))
 
 
 def test_read_only_root(runner, busybox_rootfs):

@@ -29,11 +29,16 @@ def test_tmpfs_upper_by_default():
     assert next(s for s in steps if isinstance(s, PivotRoot)).root == "/mnt/root"
 
 
-def test_read_only_single_lower_is_a_bind():
-    steps = build_plan(make(root=RootFS(lowerdirs=("/a",), readonly=True)), "/mnt")
-    assert not any(isinstance(s, MountStep) and s.fstype == "overlay" for s in steps)
-    remount = steps[2]
+def test_read_only_root_is_made_read_only_after_its_mountpoints():
+    steps = build_plan(make(root=RootFS(lowerdirs=("/a",), readonly=True),
+                            mounts=(Mount("/etc/hostname", "bind", "/h"),)), "/mnt")
+    overlay = next(s for s in steps if isinstance(s, MountStep) and s.fstype == "overlay")
+    assert "upperdir=/mnt/upper" in overlay.data      # a tmpfs layer for the mountpoints
+    remount = steps[-2]
+    assert (remount.target, isinstance(steps[-1], PivotRoot)) == ("/mnt/root", True)
     assert remount.flags & sc.MS_RDONLY and remount.flags & sc.MS_REMOUNT
+    bind = next(s for s in steps if isinstance(s, MountStep) and s.source == "/h")
+    assert steps.index(bind) < steps.index(remount)
 
 
 def test_long_lowerdir_chain_goes_relative():
