@@ -60,7 +60,7 @@ from .runner.spec import Ulimit, check_ulimits, parse_ulimit
 log = logging.getLogger("sandboxd")
 
 SERVER_NAME = f"sandboxd/{__version__}"
-FEATURES = ("events", "stdin", "resize", "cancel", "sessions")
+FEATURES = ("events", "stdin", "resize", "cancel", "sessions", "networks")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 Handler = Callable[["RequestContext", dict], Awaitable[Any]]
