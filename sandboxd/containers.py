@@ -16,6 +16,7 @@ server (``AsyncRunner``); this module only opens pipes and files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -27,7 +28,7 @@ import stat
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, AsyncIterator, BinaryIO, Sequence
 
 from . import config as cfg
 from .daemon import DaemonConfig, RequestContext
@@ -86,6 +87,7 @@ class ContainerService:
         self.live: dict[str, _Live] = {}
         self.exec_waiters: dict[tuple[str, str], asyncio.Future] = {}
         self.removed: dict[str, asyncio.Event] = {}
+        self.held: dict[str, asyncio.Future] = {}   # stopped containers' roots held for cp
 
     # ------------------------------------------------------------ start-up / shutdown
 
@@ -382,6 +384,7 @@ class ContainerService:
 
     async def start(self, record: cfg.ContainerRecord,
                     stdin: bool = False) -> cfg.ContainerRecord:
+        self._check_not_held(record)
         if record.state.status in RUNNING:
             if record.state.status == "paused":
                 raise Conflict(f"container {record.name} is paused: unpause it first")
@@ -521,6 +524,10 @@ class ContainerService:
             if waiter is not None and not waiter.done():
                 waiter.set_result(info)
             return
+        held = self.held.get(container_id)
+        if held is not None and not held.done():
+            held.set_result(info)
+            return
         live = self.live.get(container_id)
         if live is None:
             return
@@ -613,6 +620,7 @@ class ContainerService:
         await live.drained.wait()
 
     async def remove(self, record: cfg.ContainerRecord, force: bool = False) -> None:
+        self._check_not_held(record)
         live = self.live.get(record.id)
         if live is not None:
             if not force:
@@ -713,20 +721,81 @@ class ContainerService:
     # Through /proc/<pid>/root: the container's own view of its root, mounts included,
     # with nothing mounted by the daemon. Paths resolve with openat2(RESOLVE_IN_ROOT) and
     # trees are walked through directory fds with O_NOFOLLOW, so no symlink a container
-    # plants (or swaps in meanwhile) leads out of its root.
+    # plants (or swaps in meanwhile) leads out of its root. A stopped container's root is
+    # *held* for the copy: its pid 1 sets up the same mounts and writable layer, then runs
+    # nothing (spec.hold) until the copy ends (Docker mounts a stopped container's
+    # filesystem for cp in the same way).
 
-    def open_root(self, record: cfg.ContainerRecord) -> int:
-        """An O_PATH fd of a running container's root directory (close it)."""
-        if record.state.status not in RUNNING or record.id not in self.live:
-            raise Conflict(f"container {record.name} is not running: sbx cp works on "
-                           f"running containers only; start it first")
+    @contextlib.asynccontextmanager
+    async def files_root(self, record: cfg.ContainerRecord,
+                         write: bool = False) -> AsyncIterator[int]:
+        """An O_PATH fd of the container's root for the block (closed after it)."""
+        if record.state.status in RUNNING:
+            if record.id not in self.live:
+                raise Conflict(f"container {record.name} is {record.state.status}")
+            fd = self._proc_root(record, record.state.pid)
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+            return
+        if write and record.config.host.auto_remove:
+            raise Conflict(f"container {record.name} was created with --rm: its writable "
+                           f"layer exists only while it runs; copy into it once started")
+        self._check_not_held(record)
+        exited = asyncio.get_running_loop().create_future()
+        self.held[record.id] = exited
         try:
-            proc = os.open(f"/proc/{record.state.pid}", os.O_PATH | os.O_DIRECTORY |
-                           os.O_CLOEXEC)
+            async with self._held_root(record, exited) as pid:
+                fd = self._proc_root(record, pid)
+                try:
+                    yield fd
+                finally:
+                    os.close(fd)
+        finally:
+            self.held.pop(record.id, None)
+
+    @contextlib.asynccontextmanager
+    async def _held_root(self, record: cfg.ContainerRecord,
+                         exited: asyncio.Future) -> AsyncIterator[int]:
+        """A holder for a stopped container's root: its mounts and layer, no network
+        (the host's namespace, unused: nothing runs), its cgroup name. Yields its pid."""
+        spec = dataclasses.replace(
+            self._spec(record, netns="host"), hold=True, init=False,
+            process=dataclasses.replace(self._spec_process(record), terminal=False),
+            namespaces=Namespaces(net="host"))
+        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            pid = await self.runner.spawn(spec, (stdin_r, null, null))
+        except BaseException:
+            os.close(stdin_w)
+            raise
+        finally:
+            os.close(stdin_r), os.close(null)
+        try:
+            yield pid
+        finally:
+            os.close(stdin_w)                 # EOF: the holder exits
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), 10)
+            except asyncio.TimeoutError:
+                await self.runner.kill(record.id, signal.SIGKILL, all=True)
+                await exited
+
+    def _check_not_held(self, record: cfg.ContainerRecord) -> None:
+        if record.id in self.held:
+            raise Conflict(f"container {record.name} is busy: sbx cp is copying files "
+                           f"from or to it; try again when it ends")
+
+    def _proc_root(self, record: cfg.ContainerRecord, pid: int) -> int:
+        """An O_PATH fd of ``pid``'s root, once its cgroup proves it is this container's
+        (not a reused pid)."""
+        try:
+            proc = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise Conflict(f"container {record.name} is not running") from None
         try:
-            # The fd pins that process; its cgroup proves the pid was not reused.
             with open(os.open("cgroup", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)) as f:
                 if f"/{record.id}" not in f.read():
                     raise Conflict(f"container {record.name} is not running")
@@ -736,58 +805,56 @@ class ContainerService:
         finally:
             os.close(proc)
 
-    def archive_stat(self, record: cfg.ContainerRecord, path: str) -> dict:
-        root = self.open_root(record)
+    @staticmethod
+    def archive_stat(root: int, record: cfg.ContainerRecord, path: str) -> dict:
+        parent, name = _open_parent(root, record, path)
         try:
-            parent, name = _open_parent(root, record, path)
-            try:
-                return _stat_doc(parent, name, path)
-            finally:
-                os.close(parent)
+            return _stat_doc(parent, name, path)
         finally:
-            os.close(root)
+            os.close(parent)
 
-    def archive_get(self, record: cfg.ContainerRecord, path: str, out: BinaryIO) -> dict:
+    @staticmethod
+    def archive_get(root: int, record: cfg.ContainerRecord, path: str,
+                    out: BinaryIO) -> dict:
         """Write a tar of ``path`` (not following a final symlink) to ``out``; its stat."""
-        root = self.open_root(record)
+        parent, name = _open_parent(root, record, path)
         try:
-            parent, name = _open_parent(root, record, path)
-            try:
-                doc = _stat_doc(parent, name, path)
-                with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                    _tar_tree(tar, parent, name, doc["name"] or ".")
-                return doc
-            finally:
-                os.close(parent)
+            doc = _stat_doc(parent, name, path)
+            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                _tar_tree(tar, parent, name, doc["name"] or ".")
+            return doc
         finally:
-            os.close(root)
+            os.close(parent)
 
-    def archive_put(self, record: cfg.ContainerRecord, path: str, src: BinaryIO) -> None:
+    @staticmethod
+    def archive_put(root: int, record: cfg.ContainerRecord, path: str,
+                    src: BinaryIO) -> None:
         """Unpack the tar ``src`` under the directory ``path`` (same rules as layers)."""
         _check_put_entries(src)
         src.seek(0)
-        root = self.open_root(record)
         try:
-            try:
-                target = syscalls.openat2(root, path.lstrip("/") or ".",
-                                          os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
-                                          syscalls.RESOLVE_IN_ROOT |
-                                          syscalls.RESOLVE_NO_MAGICLINKS)
-            except FileNotFoundError:
-                raise NotFound(f"Could not find the file {path} in container "
-                               f"{record.name}") from None
-            except NotADirectoryError:
-                raise InvalidArgument(f"path: {path} is not a directory in container "
-                                      f"{record.name}") from None
-            try:
-                # "<fd>/." opens that very directory: apply_layer's O_NOFOLLOW applies to
-                # the ".", the magic link before it is ours. (A str: Path drops the ".".)
-                stats = apply_layer(src, f"/proc/self/fd/{target}/.",  # type: ignore[arg-type]
-                                    same_owner=True)
-            finally:
-                os.close(target)
+            target = syscalls.openat2(root, path.lstrip("/") or ".",
+                                      os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                                      syscalls.RESOLVE_IN_ROOT |
+                                      syscalls.RESOLVE_NO_MAGICLINKS)
+        except FileNotFoundError:
+            raise NotFound(f"Could not find the file {path} in container "
+                           f"{record.name}") from None
+        except NotADirectoryError:
+            raise InvalidArgument(f"path: {path} is not a directory in container "
+                                  f"{record.name}") from None
+        try:
+            # "<fd>/." opens that very directory: apply_layer's O_NOFOLLOW applies to
+            # the ".", the magic link before it is ours. (A str: Path drops the ".".)
+            stats = apply_layer(src, f"/proc/self/fd/{target}/.",  # type: ignore[arg-type]
+                                same_owner=True)
+        except OSError as e:
+            if e.errno == errno.EROFS:
+                raise Conflict(f"container {record.name}: its root filesystem is "
+                               f"read-only") from None
+            raise
         finally:
-            os.close(root)
+            os.close(target)
         if stats.skipped:
             raise InvalidArgument.of([f"{name}: {why} (not copied; the other entries were)"
                                       for name, why in stats.skipped])

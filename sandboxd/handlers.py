@@ -42,7 +42,7 @@ def register(server: Server, config: DaemonConfig) -> ContainerService:
         server.register(f"image.{name}", getattr(ops, "image_" + name), streaming=True)
     for name in ("list", "inspect", "remove", "tag", "history"):
         server.register(f"image.{name}", getattr(ops, "image_" + name))
-    for name in ("create", "list", "inspect", "remove", "prune"):
+    for name in ("create", "list", "inspect", "remove", "prune", "connect", "disconnect"):
         server.register(f"network.{name}", getattr(ops, "network_" + name))
     server.register("system.info", ops.info)
     server.register("system.login", ops.login)
@@ -437,8 +437,9 @@ class _Operations:
         path = p.get("path", str)
         p.done()
         record = self.s._get(ref)
-        return await asyncio.get_running_loop().run_in_executor(
-            None, self.s.archive_stat, record, path)
+        async with self.s.files_root(record) as root:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self.s.archive_stat, root, record, path)
 
     async def archive_get(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "container.archive_get")
@@ -448,8 +449,9 @@ class _Operations:
         record = self.s._get(ref)
         # Spooled to disk (by a thread: it is file I/O), then sent in 1 MiB chunks.
         with tempfile.TemporaryFile(dir=self.s.root) as spool:
-            doc = await asyncio.get_running_loop().run_in_executor(
-                None, self.s.archive_get, record, path, spool)
+            async with self.s.files_root(record) as root:
+                doc = await asyncio.get_running_loop().run_in_executor(
+                    None, self.s.archive_get, root, record, path, spool)
             spool.seek(0)
             while chunk := spool.read(ARCHIVE_CHUNK):
                 await ctx.send_event("data", chunk)
@@ -463,10 +465,11 @@ class _Operations:
         if not path.startswith("/"):
             raise InvalidArgument(f"path: {path!r} must be absolute (start with /)")
         record = self.s._get(ref)
-        os.close(self.s.open_root(record))    # not running: say so before taking the tar
         with await _spool_stdin(ctx, "container.archive_put", self.s.root) as spool:
-            await asyncio.get_running_loop().run_in_executor(
-                None, self.s.archive_put, self.s._get(record.id), path, spool)
+            record = self.s._get(record.id)
+            async with self.s.files_root(record, write=True) as root:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.s.archive_put, root, record, path, spool)
         return {}
 
     # -- images
@@ -686,6 +689,29 @@ class _Operations:
         ref = p.get("id", str)
         p.done()
         await self.s.networks.remove(ref)
+        return {}
+
+    async def network_connect(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "network.connect")
+        ref = p.get("id", str)
+        container = p.get("container", str)
+        ip = p.get("ip", str, "")
+        aliases = p.get("aliases", list, [])
+        p.done()
+        if not all(isinstance(a, str) and a for a in aliases):
+            raise InvalidArgument("network.connect: aliases must be non-empty strings")
+        record = await self.s.connect(self.s._get(container), ref, ip, aliases)
+        name = self.s.networks.get(ref).name
+        return {"ip_address": next(e.ip_address for e in record.endpoints
+                                   if e.network == name)}
+
+    async def network_disconnect(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "network.disconnect")
+        ref = p.get("id", str)
+        container = p.get("container", str)
+        force = p.get("force", bool, False)
+        p.done()
+        await self.s.disconnect(self.s._get(container), ref, force)
         return {}
 
     async def network_prune(self, ctx: RequestContext, params: dict) -> Any:

@@ -331,10 +331,54 @@ def test_cp_both_directions(daemon: Daemon, tmp_path: Path) -> None:
             ["link", "sub", "t", "up"]
         with pytest.raises(errors.InvalidArgument):
             container.put_archive("/data/t", data)            # not a directory
-    daemon.sbx("stop", "-t", "0", "e2e-cp", check=True)
-    r = daemon.sbx("cp", "e2e-cp:/data", str(tmp_path / "stopped"))
-    assert r.returncode != 0 and "running containers only" in r.err
-    daemon.sbx("rm", "e2e-cp", check=True)
+    daemon.sbx("rm", "-f", "e2e-cp", check=True)
+
+
+def test_cp_with_stopped_and_created_containers(daemon: Daemon, tmp_path: Path) -> None:
+    # What a finished test run leaves behind can be copied out, and files copied into a
+    # stopped container are there when it starts again (its writable layer is kept).
+    r = daemon.sbx("run", "--name", "e2e-cp-done", "busybox", "sh", "-c",
+                   "mkdir /results && echo passed > /results/report.txt")
+    assert r.returncode == 0, r.err
+    daemon.sbx("cp", "e2e-cp-done:/results", str(tmp_path / "results"), check=True)
+    assert (tmp_path / "results/report.txt").read_text() == "passed\n"
+    (tmp_path / "input.txt").write_text("given\n")
+    daemon.sbx("cp", str(tmp_path / "input.txt"), "e2e-cp-done:/results/", check=True)
+    assert daemon.sbx("inspect", "-f", "{{.State.Status}}", "e2e-cp-done",
+                      check=True).out.strip() == "exited"
+    r = daemon.sbx("start", "-a", "e2e-cp-done")       # runs its command again: mkdir fails
+    assert "File exists" in r.err
+    with daemon.client() as client:
+        done = client.containers.get("e2e-cp-done")
+        data, stat = done.get_archive("/results/input.txt")
+        assert stat["size"] == 6
+        daemon.sbx("run", "--name", "e2e-cp-done2", "-v", f"{tmp_path}:/host:ro",
+                   "busybox", "true", check=True)
+        # mounts are part of the held root: a volume of a stopped container is readable
+        data, stat = client.containers.get("e2e-cp-done2").get_archive("/host/input.txt")
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            assert tar.extractfile("input.txt").read() == b"given\n"
+    # a created, never started container: its image's files, and writes that persist
+    daemon.sbx("create", "--name", "e2e-cp-new", "busybox", "cat", "/etc/motd",
+               check=True)
+    (tmp_path / "motd").write_text("copied before the first start\n")
+    daemon.sbx("cp", str(tmp_path / "motd"), "e2e-cp-new:/etc/motd", check=True)
+    r = daemon.sbx("start", "-a", "e2e-cp-new")
+    assert (r.returncode, r.out) == (0, "copied before the first start\n"), r.err
+    # read-only root: copying out works, copying in is refused
+    daemon.sbx("create", "--name", "e2e-cp-ro", "--read-only", "busybox", "true",
+               check=True)
+    daemon.sbx("cp", "e2e-cp-ro:/bin/busybox", str(tmp_path / "bb"), check=True)
+    assert (tmp_path / "bb").stat().st_size > 100_000
+    r = daemon.sbx("cp", str(tmp_path / "motd"), "e2e-cp-ro:/etc/")
+    assert r.returncode != 0 and "read-only" in r.err
+    # --rm: a created container has no layer to keep writes in yet
+    daemon.sbx("create", "--rm", "--name", "e2e-cp-rm", "busybox", "true", check=True)
+    r = daemon.sbx("cp", str(tmp_path / "motd"), "e2e-cp-rm:/etc/")
+    assert r.returncode != 0 and "--rm" in r.err
+    for name in ("e2e-cp-done", "e2e-cp-done2", "e2e-cp-new", "e2e-cp-ro", "e2e-cp-rm"):
+        daemon.sbx("rm", "-f", name, check=True)
+    assert not daemon.cgroup_children()
 
 
 # ---------------------------------------------------------------- a terminal
