@@ -1,0 +1,16 @@
+"""IPython extension: ``%load_ext ipython_ext`` (or ``%load_ext sandboxd``) registers
+``%%container`` / ``%container``, which run cells in fresh, limited sandboxd containers
+or in long-lived container sessions. See ``docs/notebooks.md``."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_ipython_extension(ip: Any) -> None:
+    from .magics import load
+    load(ip)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    from .magics import unload
+    unload(ip)

@@ -1,0 +1,494 @@
+"""A Python interpreter in a container, driven cell by cell from the host.
+
+::
+
+    from ipython_ext.session import Session
+
+    with Session(image="host", memory="256m") as s:
+        s.execute("x = 6 * 7")
+        reply = s.execute("print(x); x", outputs=["x"])
+        reply.outputs    # [{"output_type": "stream", "name": "stdout", "text": "42\\n"},
+                         #  {"output_type": "execute_result", "data": {"text/plain": "42"}, ...}]
+        reply.values     # {"x": 42}
+
+The container runs :mod:`ipython_ext.worker` (its source is passed on the command line,
+so the image needs only a Python) with stdin and stdout as a msgpack channel; one
+``container.run`` stream carries the whole session, so the daemon removes the container
+when it ends and, with ``Client(session=True)``, when this process's connection drops.
+
+Nothing from the container is unpickled: messages are decoded by msgpack with no
+extension types except the few plain containers :func:`decode_value` rebuilds.
+"""
+from __future__ import annotations
+
+import base64
+import codecs
+import functools
+import os
+import pickle
+import queue
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from sandboxd import config as _config
+from sandboxd.errors import SandboxError
+
+__all__ = ["Session", "ExecuteReply", "SessionError", "decode_value", "worker_command"]
+
+OutputCallback = Callable[[dict[str, Any]], None]
+INTERRUPT_GRACE = 3.0      # seconds a cell gets to stop after SIGINT before the kill
+START_TIMEOUT = 120.0      # first start of an image may unpack or pull it
+MAX_MESSAGE = 256 << 20    # the largest worker message accepted (a big image, say)
+# ext codes of worker.encode_value
+EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_COMPLEX = 1, 2, 3, 4
+
+
+class SessionError(SandboxError):
+    """The session's container is not usable (never started, exited, or was killed)."""
+    code = "session_error"          # client-side only: never sent over the wire
+
+
+@dataclass
+class ExecuteReply:
+    """The outcome of one cell, its outputs in nbformat v4 form."""
+    status: str                                   # "ok" | "error"
+    execution_count: int
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, Any] | None = None           # the error output, when status is error
+    values: dict[str, Any] = field(default_factory=dict)   # the ``outputs=`` variables
+    timed_out: bool = False
+    oom_killed: bool = False
+    duration: float = 0.0
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    """The only ext types a value may carry; anything else is refused, not rebuilt."""
+    if code == EXT_COMPLEX:
+        real, imag = struct.unpack(">dd", data)
+        return complex(real, imag)
+    items = decode_value(data)
+    if code == EXT_TUPLE:
+        return tuple(items)
+    if code == EXT_SET:
+        return set(items)
+    if code == EXT_FROZENSET:
+        return frozenset(items)
+    raise ValueError(f"the container sent a value of unknown ext type {code}")
+
+
+def decode_value(data: bytes) -> Any:
+    """A value the worker encoded: msgpack data, never pickle (the container's data is
+    not trusted). Dicts and lists of other values come back as such."""
+    return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=False)
+
+
+@functools.cache
+def _worker_source() -> str:
+    with open(os.path.join(os.path.dirname(__file__), "worker.py"), encoding="utf-8") as f:
+        return f.read()
+
+
+# The worker's source travels as an argument (no file to copy in), compiled under a name
+# its tracebacks can recognise.
+BOOTSTRAP = "import sys; exec(compile(sys.argv.pop(1), '<sandboxd-worker>', 'exec'))"
+
+
+def worker_command(python: str) -> list[str]:
+    """The container's command: ``python -u -c BOOTSTRAP <worker source>``."""
+    return [python, "-u", "-c", BOOTSTRAP, _worker_source()]
+
+
+def default_python(image: str) -> str:
+    """The ``host`` image runs this very interpreter; other images their ``python3``."""
+    return sys.executable if image.split(":")[0] == "host" else "python3"
+
+
+class _Decoder:
+    """Stream text decoded incrementally, per stream: a UTF-8 character split between
+    two chunks is held back until its last byte arrives."""
+
+    def __init__(self) -> None:
+        self.decoders: dict[str, codecs.IncrementalDecoder] = {}
+
+    def decode(self, name: str, data: bytes, final: bool = False) -> str:
+        decoder = self.decoders.get(name)
+        if decoder is None:
+            decoder = self.decoders[name] = codecs.getincrementaldecoder("utf-8")("replace")
+        return decoder.decode(data, final)
+
+    def flush(self) -> list[tuple[str, str]]:
+        left = [(name, d.decode(b"", True)) for name, d in self.decoders.items()]
+        self.decoders.clear()
+        return [(name, text) for name, text in left if text]
+
+
+def _clean_bundle(data: Any) -> dict[str, Any]:
+    """A display bundle from the container as nbformat wants it: str keys; text as
+    str; binary as base64 str; JSON mime types as their JSON value."""
+    if not isinstance(data, dict):
+        return {"text/plain": repr(data)}
+    clean: dict[str, Any] = {}
+    for mime, value in data.items():
+        if not isinstance(mime, str):
+            continue
+        if isinstance(value, bytes):
+            value = base64.b64encode(value).decode("ascii") if mime.startswith("image/") \
+                or mime == "application/pdf" else value.decode("utf-8", "replace")
+        elif not (isinstance(value, str) or mime == "application/json"
+                  or mime.endswith("+json")):
+            value = str(value)
+        clean[mime] = value
+    return clean
+
+
+def _clean_metadata(metadata: Any) -> dict[str, Any]:
+    return {k: v for k, v in metadata.items() if isinstance(k, str)} \
+        if isinstance(metadata, dict) else {}
+
+
+class Session:
+    """A long-lived container running the cell worker. ``start()`` (or ``with``) starts
+    it, ``execute()`` runs cells in it with state kept between them, ``close()`` removes
+    it. ``client`` defaults to a ``Client(session=True)`` of its own (closed with the
+    session), so the container also dies with this process."""
+
+    def __init__(self, client: Any = None, image: str = "host", *,
+                 memory: int | str | None = None, cpus: float | str | None = None,
+                 cpu_quota: int | None = None, cpu_period: int | None = None,
+                 pids: int | None = None, ulimits: Sequence[str] = (),
+                 network: str = "none", links: Sequence[str] = (),
+                 env: Mapping[str, Any] | Sequence[str] = (), volumes: Sequence[str] = (),
+                 name: str | None = None, python: str | None = None,
+                 workdir: str = "", interrupt_grace: float = INTERRUPT_GRACE):
+        self.image = image
+        self.name = name
+        self.python = python or default_python(image)
+        self.interrupt_grace = interrupt_grace
+        self.memory = memory
+        self.options: dict[str, Any] = dict(
+            memory=memory, cpus=cpus, cpu_quota=cpu_quota, cpu_period=cpu_period,
+            pids_limit=pids, ulimits=list(ulimits), network_mode=network,
+            links=list(links), env=env, volumes=list(volumes), workdir=workdir)
+        # Check the options now: a bad one is the caller's mistake, named before start.
+        self.config = _config.build_config(image, worker_command(self.python),
+                                           auto_remove=True, open_stdin=True,
+                                           **self.options)
+        self._client = client
+        self._own_client = client is None
+        self._stream: Any = None
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._reader: threading.Thread | None = None
+        self._pending: list[dict[str, Any]] = []     # worker messages between cells
+        self._lock = threading.Lock()                # one execute at a time
+        self.container_id = ""
+        self.execution_count = 0
+        self.exit: dict[str, Any] | None = None      # the container's end, once known
+        self._exit_error: BaseException | None = None
+        self.worker_stderr = bytearray()             # the worker's own stderr (diagnostics)
+        self.worker_info: dict[str, Any] = {}
+
+    # -- life cycle
+    def __enter__(self) -> Session:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Session {self.name or self.container_id[:12]} image={self.image}>"
+
+    @property
+    def alive(self) -> bool:
+        return self._stream is not None and self.exit is None and self._exit_error is None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from sandboxd.api import Client
+            self._client = Client(session=True)
+        return self._client
+
+    def start(self, timeout: float = START_TIMEOUT) -> Session:
+        """Create and start the container and wait for the worker's hello."""
+        if self._stream is not None:
+            raise SessionError(f"{self!r} was started already")
+        params: dict[str, Any] = {"config": self.config.to_dict(), "stdin": True,
+                                  "remove": True, "detach": False}
+        if self.name:
+            params["name"] = self.name
+        self._stream = self.client.stream("container.run", params)
+        self._reader = threading.Thread(target=self._read, args=(self._stream,),
+                                        daemon=True, name="sandboxd-session-reader")
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            kind, data = self._next(deadline)
+            if kind == "message" and data.get("type") == "ready":
+                self.worker_info = data
+                return self
+            if kind == "message":
+                self._pending.append(data)
+            elif kind == "exit":
+                self._raise_dead("the worker exited before it was ready")
+            elif kind == "timeout":
+                self.close()
+                raise SessionError(f"the worker in image {self.image!r} did not start "
+                                   f"within {timeout:g}s")
+
+    def close(self) -> None:
+        """Stop the worker and remove the container (idempotent)."""
+        stream, self._stream = self._stream, None
+        if stream is not None and self.exit is None and self._exit_error is None:
+            try:
+                stream.close_stdin()                 # the worker's loop ends at EOF
+            except SandboxError:
+                pass
+            if self._reader is not None:
+                self._reader.join(2.0)
+            if self._reader is not None and self._reader.is_alive():
+                self._kill()
+                self._reader.join(10.0)
+        if self._own_client and self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def interrupt(self) -> None:
+        """SIGINT to the worker: a running cell stops with KeyboardInterrupt."""
+        if self.alive and self.container_id:
+            try:
+                self.client.call("container.kill", {"id": self.container_id,
+                                                    "signal": "SIGINT"})
+            except SandboxError:
+                pass            # it ended meanwhile: the reader reports how
+
+    def _kill(self) -> None:
+        if self.container_id:
+            try:
+                self.client.call("container.kill", {"id": self.container_id,
+                                                    "signal": "SIGKILL"})
+            except SandboxError:
+                pass
+
+    # -- the reader thread: container stream -> events queue
+    def _read(self, stream: Any) -> None:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_MESSAGE)
+        try:
+            for event, data in stream:
+                if event == "created":
+                    self.container_id = data["id"]
+                elif event == "stdout":
+                    unpacker.feed(data)
+                    for message in unpacker:
+                        if isinstance(message, dict):
+                            self._events.put(("message", message))
+                elif event == "stderr":
+                    self.worker_stderr += data[-65536:]
+            self._events.put(("exit", dict(stream.result())))
+        except BaseException as exc:      # noqa: B036 -- handed to the waiting caller
+            self._events.put(("error", exc))
+
+    def _next(self, deadline: float | None) -> tuple[str, Any]:
+        """The next event; ``("timeout", None)`` at the deadline."""
+        while True:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return "timeout", None
+            try:
+                kind, data = self._events.get(timeout=wait)
+            except queue.Empty:
+                return "timeout", None
+            if kind == "exit":
+                self.exit = data
+            elif kind == "error":
+                self._exit_error = data
+                return "exit", data
+            return kind, data
+
+    def _raise_dead(self, what: str) -> None:
+        detail = self.worker_stderr.decode("utf-8", "replace").strip()[-2000:]
+        if self._exit_error is not None:
+            raise self._exit_error
+        status = self.exit or {}
+        raise SessionError(f"{what} (image {self.image!r}, exit code "
+                           f"{status.get('exit_code')})" + (f": {detail}" if detail else ""))
+
+    # -- cells
+    def execute(self, code: str, on_output: OutputCallback | None = None,
+                timeout: float | None = None, inputs: Mapping[str, Any] | None = None,
+                outputs: Sequence[str] = (), *, shell: bool = False) -> ExecuteReply:
+        """Run one cell; outputs arrive live through ``on_output`` as nbformat output
+        dicts (streams in chunks; ``{"output_type": "clear_output", "wait"}`` when the
+        cell clears its output). ``inputs`` are pickled into the cell's namespace,
+        ``outputs`` names come back in ``values`` (msgpack-safe data only). ``shell``
+        runs ``code`` with ``/bin/sh -c``. A KeyboardInterrupt while waiting (the
+        notebook's interrupt) is passed on to the cell as SIGINT."""
+        with self._lock:
+            return self._execute(code, on_output, timeout, inputs, outputs, shell)
+
+    def _execute(self, code: str, on_output: OutputCallback | None, timeout: float | None,
+                 inputs: Mapping[str, Any] | None, outputs: Sequence[str], shell: bool
+                 ) -> ExecuteReply:
+        if not self.alive:
+            self._raise_dead(f"{self!r} is not running")
+        began = time.monotonic()
+        self.execution_count += 1
+        run = _Run(self.execution_count, on_output)
+        blobs = {name: pickle.dumps(value) for name, value in (inputs or {}).items()}
+        request = {"op": "execute", "code": code, "shell": shell, "inputs": blobs,
+                   "outputs": list(outputs)}
+        self._stream.send(msgpack.packb(request, use_bin_type=True))
+        for message in self._pending:
+            run.handle(message)
+        self._pending.clear()
+        deadline = None if timeout is None else began + timeout
+        stop_by: float | None = None         # after SIGINT: when to kill
+        while True:
+            try:
+                kind, data = self._next(stop_by if stop_by is not None else deadline)
+            except KeyboardInterrupt:
+                if stop_by is None:
+                    self.interrupt()
+                    stop_by = time.monotonic() + self.interrupt_grace
+                    run.interrupted = True
+                continue
+            if kind == "timeout":
+                if stop_by is None:                   # the cell's time is up: SIGINT
+                    run.timed_out = True
+                    self.interrupt()
+                    stop_by = time.monotonic() + self.interrupt_grace
+                else:                                 # it ignored SIGINT: kill it
+                    run.killed = True
+                    self._kill()
+                    stop_by = time.monotonic() + 30.0
+                continue
+            if kind == "message":
+                if run.handle(data):
+                    break
+            elif kind == "exit":
+                run.finish_dead(self, timeout)
+                break
+        run.flush()
+        if run.timed_out and run.error is not None and run.error["ename"] != "TimeoutError":
+            run.replace_error("TimeoutError", f"the cell did not finish within {timeout:g}s "
+                              f"and was interrupted")
+        return ExecuteReply(run.status, run.count, run.outputs, run.error, run.values,
+                            run.timed_out, run.oom_killed, time.monotonic() - began)
+
+
+class _Run:
+    """One cell's outputs as they arrive."""
+
+    def __init__(self, count: int, on_output: OutputCallback | None):
+        self.count = count
+        self.on_output = on_output
+        self.outputs: list[dict[str, Any]] = []
+        self.error: dict[str, Any] | None = None
+        self.values: dict[str, Any] = {}
+        self.status = "ok"
+        self.decoder = _Decoder()
+        self.timed_out = self.oom_killed = self.interrupted = self.killed = False
+
+    def emit(self, output: dict[str, Any]) -> None:
+        last = self.outputs[-1] if self.outputs else None
+        if (output["output_type"] == "stream" and last is not None
+                and last["output_type"] == "stream" and last["name"] == output["name"]):
+            last["text"] += output["text"]              # one output per run of a stream
+        elif output["output_type"] == "clear_output":
+            self.outputs.clear()
+        else:
+            self.outputs.append(dict(output))
+        if self.on_output is not None:
+            self.on_output(output)
+
+    def stream(self, name: str, text: str) -> None:
+        if text:
+            self.emit({"output_type": "stream", "name": name, "text": text})
+
+    def flush(self) -> None:
+        for name, text in self.decoder.flush():
+            self.stream(name, text)
+
+    def handle(self, message: dict[str, Any]) -> bool:
+        """Take one worker message; True when the cell is done."""
+        kind = message.get("type")
+        if kind == "stream":
+            name = "stderr" if message.get("name") == "stderr" else "stdout"
+            data = message.get("data")
+            if isinstance(data, bytes):
+                self.stream(name, self.decoder.decode(name, data))
+        elif kind in ("display", "result"):
+            self.flush()
+            output: dict[str, Any] = {"output_type": "display_data" if kind == "display"
+                                      else "execute_result",
+                                      "data": _clean_bundle(message.get("data")),
+                                      "metadata": _clean_metadata(message.get("metadata"))}
+            if kind == "result":
+                output["execution_count"] = self.count
+            self.emit(output)
+        elif kind == "clear_output":
+            self.flush()
+            self.emit({"output_type": "clear_output", "wait": bool(message.get("wait"))})
+        elif kind == "error":
+            self.flush()
+            self.set_error(str(message.get("ename", "Error")),
+                           str(message.get("evalue", "")),
+                           [str(line) for line in message.get("traceback") or ()])
+        elif kind == "done":
+            self.flush()
+            if message.get("status") != "ok":
+                self.status = "error"
+            for name, value in (message.get("values") or {}).items():
+                if isinstance(value, dict) and isinstance(value.get("value"), bytes):
+                    self.values[str(name)] = decode_value(value["value"])
+                else:
+                    self.set_error("NameError" if "not defined" in str(value.get("error"))
+                                   else "TypeError", str(value.get("error")),
+                                   [f"--out {name}: {value.get('error')}"])
+            return True
+        return False
+
+    def set_error(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        self.status = "error"
+        self.error = {"output_type": "error", "ename": ename, "evalue": evalue,
+                      "traceback": traceback}
+        self.emit(self.error)
+
+    def replace_error(self, ename: str, evalue: str) -> None:
+        assert self.error is not None
+        index = self.outputs.index(self.error)
+        self.error = {"output_type": "error", "ename": ename, "evalue": evalue,
+                      "traceback": [*self.error["traceback"], f"{ename}: {evalue}"]}
+        self.outputs[index] = self.error
+
+    def finish_dead(self, session: Session, timeout: float | None) -> None:
+        """The container ended during the cell: say why, plainly."""
+        self.flush()
+        status = session.exit or {}
+        self.oom_killed = bool(status.get("oom_killed"))
+        limit = f" of {session.memory}" if session.memory else ""
+        if self.oom_killed:
+            ename, evalue = "MemoryError", (f"the container ran out of memory (limit{limit})"
+                                            f" and was killed; the session's state is lost")
+        elif self.timed_out:
+            ename, evalue = "TimeoutError", (f"the cell did not finish within {timeout:g}s "
+                                             f"and did not stop on SIGINT, so its container "
+                                             f"was killed")
+        elif self.interrupted:
+            ename, evalue = "KeyboardInterrupt", ("the cell did not stop on SIGINT, so its "
+                                                  "container was killed")
+        elif session._exit_error is not None:
+            ename, evalue = type(session._exit_error).__name__, str(session._exit_error)
+        else:
+            detail = session.worker_stderr.decode("utf-8", "replace").strip()[-2000:]
+            ename, evalue = "SessionError", (f"the container exited (code "
+                                             f"{status.get('exit_code')}) during the cell"
+                                             + (f": {detail}" if detail else ""))
+        self.set_error(ename, evalue, [f"{ename}: {evalue}"])

@@ -1,0 +1,607 @@
+"""The in-container execution worker: runs notebook cells sent by the host.
+
+The host starts it as ``python -u -c <this file's source>`` (so the image needs no copy
+of sandboxd, only a Python) and talks to it in msgpack frames:
+
+- host -> worker on stdin: ``{"op": "execute", "code", "shell", "inputs", "outputs"}``
+  (``inputs`` maps names to pickles: the container unpickles host data, never the
+  reverse).
+- worker -> host on the container's stdout: ``{"type": "ready"}`` once, then per cell
+  ``stream`` / ``display`` / ``result`` / ``error`` messages and a final ``done`` that
+  carries the ``--out`` values, encoded as plain msgpack data only.
+
+Everything the cell writes to fd 1 and 2 (its prints, subprocesses, C extensions) goes to
+pipes this worker reads and forwards as ``stream`` messages, so the protocol channel stays
+clean. SIGINT interrupts a running cell (KeyboardInterrupt) and is ignored between cells.
+
+Uses only the standard library plus msgpack when the image has it; otherwise a small
+built-in codec for the subset the protocol uses. IPython is optional: without it the last
+expression and ``display()`` are formatted from the object's ``_repr_*_`` methods; with it
+``IPython.display.display`` is routed here too.
+"""
+from __future__ import annotations
+
+import ast
+import base64
+import builtins
+import importlib.abc
+import importlib.machinery
+import io
+import linecache
+import os
+import select
+import signal
+import struct
+import sys
+import threading
+import traceback
+import types
+from typing import Any, Callable
+
+# ---------------------------------------------------------------- codec
+
+try:
+    import msgpack as _msgpack
+except ImportError:          # an image without msgpack: the built-in subset below
+    _msgpack = None
+
+
+def _pack_fallback(obj: Any, out: bytearray) -> None:
+    """msgpack for None, bool, int, float, str, bytes, list/tuple and str-keyed dict."""
+    if obj is None:
+        out += b"\xc0"
+    elif obj is True or obj is False:
+        out += b"\xc3" if obj else b"\xc2"
+    elif isinstance(obj, int):
+        if 0 <= obj < 128:
+            out.append(obj)
+        elif -32 <= obj < 0:
+            out += struct.pack("b", obj)
+        elif 0 <= obj < 1 << 64:
+            out += b"\xcf" + struct.pack(">Q", obj)
+        elif -(1 << 63) <= obj < 0:
+            out += b"\xd3" + struct.pack(">q", obj)
+        else:
+            raise OverflowError(f"integer {obj} does not fit in 64 bits")
+    elif isinstance(obj, float):
+        out += b"\xcb" + struct.pack(">d", obj)
+    elif isinstance(obj, str):
+        data = obj.encode("utf-8", "surrogatepass")
+        out += b"\xdb" + struct.pack(">I", len(data)) + data
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        data = bytes(obj)
+        out += b"\xc6" + struct.pack(">I", len(data)) + data
+    elif isinstance(obj, (list, tuple)):
+        out += b"\xdd" + struct.pack(">I", len(obj))
+        for item in obj:
+            _pack_fallback(item, out)
+    elif isinstance(obj, dict):
+        out += b"\xdf" + struct.pack(">I", len(obj))
+        for key, value in obj.items():
+            _pack_fallback(key, out)
+            _pack_fallback(value, out)
+    else:
+        raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+class _FallbackUnpacker:
+    """Incremental msgpack decoding of whole messages (the subset the host sends)."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+
+    def __iter__(self):
+        while True:
+            try:
+                obj, end = self._decode(0)
+            except IndexError:            # incomplete: wait for more bytes
+                return
+            self.buf = self.buf[end:]
+            yield obj
+
+    def _take(self, pos: int, n: int) -> tuple[bytes, int]:
+        if pos + n > len(self.buf):
+            raise IndexError("incomplete")
+        return self.buf[pos:pos + n], pos + n
+
+    def _decode(self, pos: int) -> tuple[Any, int]:
+        b = self.buf[pos]
+        pos += 1
+        fixed = {0xcc: ">B", 0xcd: ">H", 0xce: ">I", 0xcf: ">Q", 0xd0: ">b", 0xd1: ">h",
+                 0xd2: ">i", 0xd3: ">q", 0xca: ">f", 0xcb: ">d"}
+        if b <= 0x7f:
+            return b, pos
+        if b >= 0xe0:
+            return b - 0x100, pos
+        if b in fixed:
+            fmt = fixed[b]
+            raw, pos = self._take(pos, struct.calcsize(fmt))
+            return struct.unpack(fmt, raw)[0], pos
+        if b == 0xc0:
+            return None, pos
+        if b in (0xc2, 0xc3):
+            return b == 0xc3, pos
+        if 0xa0 <= b <= 0xbf or b in (0xd9, 0xda, 0xdb, 0xc4, 0xc5, 0xc6):
+            if 0xa0 <= b <= 0xbf:
+                n = b & 0x1f
+            else:
+                fmt = {0xd9: ">B", 0xda: ">H", 0xdb: ">I", 0xc4: ">B", 0xc5: ">H",
+                       0xc6: ">I"}[b]
+                raw, pos = self._take(pos, struct.calcsize(fmt))
+                n = struct.unpack(fmt, raw)[0]
+            raw, pos = self._take(pos, n)
+            return (raw if b in (0xc4, 0xc5, 0xc6) else raw.decode("utf-8")), pos
+        if 0x90 <= b <= 0x9f or b in (0xdc, 0xdd):
+            n, pos = self._length(b, pos, 0x90, 0xdc)
+            items = []
+            for _ in range(n):
+                item, pos = self._decode(pos)
+                items.append(item)
+            return items, pos
+        if 0x80 <= b <= 0x8f or b in (0xde, 0xdf):
+            n, pos = self._length(b, pos, 0x80, 0xde)
+            result = {}
+            for _ in range(n):
+                key, pos = self._decode(pos)
+                result[key], pos = self._decode(pos)
+            return result, pos
+        raise ValueError(f"unsupported msgpack byte 0x{b:02x}")
+
+    def _length(self, b: int, pos: int, fix: int, short: int) -> tuple[int, int]:
+        if b < short:
+            return b & 0x0f, pos
+        fmt = ">H" if b == short else ">I"
+        raw, pos = self._take(pos, struct.calcsize(fmt))
+        return struct.unpack(fmt, raw)[0], pos
+
+
+# ext codes for values brought back with --out (the host rebuilds only these)
+EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_COMPLEX = 1, 2, 3, 4
+
+
+def _value_default(obj: Any) -> Any:
+    """msgpack ``default`` for --out values: a few containers as ext types, int and
+    str subclasses as their base; anything else is refused by name."""
+    if _msgpack is None:
+        raise TypeError(f"{type(obj).__name__} (no msgpack in this image: only plain "
+                        f"data can be sent back)")
+    if isinstance(obj, tuple):
+        return _msgpack.ExtType(EXT_TUPLE, encode_value(list(obj)))
+    if isinstance(obj, frozenset):
+        return _msgpack.ExtType(EXT_FROZENSET, encode_value(list(obj)))
+    if isinstance(obj, set):
+        return _msgpack.ExtType(EXT_SET, encode_value(list(obj)))
+    if isinstance(obj, complex):
+        return _msgpack.ExtType(EXT_COMPLEX, struct.pack(">dd", obj.real, obj.imag))
+    for base in (bool, int, float, str, bytes, list, dict):
+        if isinstance(obj, base):
+            return base(obj)
+    raise TypeError(f"cannot send a {type(obj).__module__}.{type(obj).__qualname__} "
+                    f"back safely (only None, bool, int, float, complex, str, bytes, "
+                    f"list, tuple, set, dict are; convert it first)")
+
+
+def encode_value(value: Any) -> bytes:
+    """A value as safe msgpack bytes (the host decodes them without pickle)."""
+    if _msgpack is None:
+        out = bytearray()
+        _pack_fallback(value, out)
+        return bytes(out)
+    return _msgpack.packb(value, default=_value_default, strict_types=True,
+                          use_bin_type=True)
+
+
+def _pack(message: dict) -> bytes:
+    if _msgpack is None:
+        out = bytearray()
+        _pack_fallback(message, out)
+        return bytes(out)
+    return _msgpack.packb(message, use_bin_type=True)
+
+
+def _unpacker() -> Any:
+    if _msgpack is None:
+        return _FallbackUnpacker()
+    return _msgpack.Unpacker(raw=False)
+
+
+# ---------------------------------------------------------------- rich output
+
+# IPython's order: the first of these an object offers is shown by a front end that
+# understands it; text/plain is always added.
+REPR_METHODS = (("_repr_html_", "text/html"), ("_repr_markdown_", "text/markdown"),
+                ("_repr_svg_", "image/svg+xml"), ("_repr_png_", "image/png"),
+                ("_repr_jpeg_", "image/jpeg"), ("_repr_latex_", "text/latex"),
+                ("_repr_json_", "application/json"),
+                ("_repr_javascript_", "application/javascript"),
+                ("_repr_pdf_", "application/pdf"))
+BINARY_MIMES = ("image/png", "image/jpeg", "application/pdf")
+
+
+def _method(obj: Any, name: str) -> Callable | None:
+    if isinstance(obj, type):        # a class: its _repr_*_ are unbound, not for it
+        return None
+    try:
+        method = getattr(obj, name, None)
+    except Exception:
+        return None
+    return method if callable(method) else None
+
+
+def _plain(obj: Any) -> str:
+    if "IPython" in sys.modules:      # already paid for: format exactly as IPython does
+        try:
+            from IPython.lib.pretty import pretty
+            return pretty(obj)
+        except Exception:
+            pass
+    import pprint
+    return pprint.pformat(obj, sort_dicts=False)
+
+
+def _jsonable_data(mime: str, value: Any) -> Any:
+    """Binary formats travel base64-encoded, as in a notebook file."""
+    if isinstance(value, (bytes, bytearray)):
+        if mime in BINARY_MIMES or mime.startswith("image/"):
+            return base64.b64encode(bytes(value)).decode("ascii")
+        return bytes(value).decode("utf-8", "replace")
+    return value
+
+
+def format_object(obj: Any, include: Any = None, exclude: Any = None
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(data, metadata) mime bundles for ``obj``, as IPython's DisplayFormatter builds
+    them from ``_repr_mimebundle_`` and the ``_repr_*_`` methods, plus text/plain."""
+    data: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    bundle = _method(obj, "_repr_mimebundle_")
+    if bundle is not None:
+        try:
+            result = bundle(include=include, exclude=exclude)
+        except Exception:
+            _warn_repr(obj, "_repr_mimebundle_")
+            result = None
+        if isinstance(result, tuple) and len(result) == 2:
+            result, md = result
+            metadata.update(md or {})
+        if isinstance(result, dict):
+            data.update({k: _jsonable_data(k, v) for k, v in result.items()})
+    figure = _figure_png(obj)
+    if figure is not None:
+        data.setdefault("image/png", figure)
+    for name, mime in REPR_METHODS:
+        if mime in data:
+            continue
+        method = _method(obj, name)
+        if method is None:
+            continue
+        try:
+            value = method()
+        except Exception:
+            _warn_repr(obj, name)
+            continue
+        if isinstance(value, tuple) and len(value) == 2:
+            value, md = value
+            if md:
+                metadata[mime] = md
+        if value is not None:
+            data[mime] = _jsonable_data(mime, value)
+    if "text/plain" not in data:
+        data["text/plain"] = _plain(obj)
+    if include:
+        data = {k: v for k, v in data.items() if k in include}
+    if exclude:
+        data = {k: v for k, v in data.items() if k not in exclude}
+    return data, metadata
+
+
+def _warn_repr(obj: Any, name: str) -> None:
+    print(f"{type(obj).__name__}.{name} raised:\n{traceback.format_exc()}",
+          file=sys.stderr)
+
+
+def _figure_png(obj: Any) -> str | None:
+    """A matplotlib figure as base64 PNG (matplotlib only when the cell imported it)."""
+    if "matplotlib.figure" not in sys.modules:
+        return None
+    figure_type = sys.modules["matplotlib.figure"].Figure
+    if not isinstance(obj, figure_type):
+        return None
+    buf = io.BytesIO()
+    obj.savefig(buf, format="png", bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# ---------------------------------------------------------------- the worker
+
+# This file's name as Python knows it (``<sandboxd-worker>`` when run by a session):
+# its frames are left out of the tracebacks of cells.
+WORKER_FILE = sys._getframe().f_code.co_filename
+
+
+class ShellError(Exception):
+    """A ``--shell`` cell's script exited non-zero."""
+
+    def __init__(self, status: int, script: str):
+        super().__init__(f"the cell's shell script exited with status {status}")
+        self.status = status
+        self.script = script
+
+
+class Worker:
+    """Serves cells on a protocol channel; the cell's fd 1/2 are pipes it forwards."""
+
+    def __init__(self, proto_in: int, proto_out: int, out_pipe: int, err_pipe: int):
+        self.proto_in = proto_in
+        self.proto_out = proto_out
+        self.pipes = {out_pipe: "stdout", err_pipe: "stderr"}
+        self.write_lock = threading.Lock()
+        self.sync_r, self.sync_w = os.pipe()
+        self.synced = threading.Event()
+        self.running = False                   # a cell is executing (SIGINT acts)
+        self.sending = False                   # the main thread is writing a frame
+        self.deferred = False                  # a SIGINT came while it was
+        # The cells' namespace is a fresh __main__ module (so classes defined in a cell
+        # pickle, as in IPython); the worker keeps its own globals.
+        main_module = types.ModuleType("__main__")
+        main_module.__dict__["__builtins__"] = builtins
+        sys.modules["__main__"] = main_module
+        self.ns: dict[str, Any] = main_module.__dict__
+        self.count = 0
+
+    # -- channel
+    def send(self, message: dict) -> None:
+        data = _pack(message)
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            self.sending = True          # a SIGINT now must not cut a frame in half
+        try:
+            with self.write_lock:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.proto_out, view):]
+        finally:
+            if main:
+                self.sending = False
+        if main and self.deferred:
+            self.deferred = False
+            if self.running:
+                raise KeyboardInterrupt
+
+    def forward(self) -> None:
+        """Thread: the cell's output pipes -> stream messages; on a sync request, drain
+        what is buffered so everything a finished cell wrote precedes its ``done``."""
+        for fd in self.pipes:
+            os.set_blocking(fd, False)
+        watched = [*self.pipes, self.sync_r]
+        while True:
+            ready, _, _ = select.select(watched, [], [])
+            for fd in ready:
+                if fd == self.sync_r:
+                    os.read(self.sync_r, 64)
+                    for pipe in self.pipes:
+                        self._drain(pipe)
+                    self.synced.set()
+                else:
+                    self._drain(fd)
+
+    def _drain(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            self.send({"type": "stream", "name": self.pipes[fd], "data": data})
+
+    def sync_output(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        self.synced.clear()
+        os.write(self.sync_w, b"s")
+        self.synced.wait()
+
+    # -- SIGINT: a KeyboardInterrupt in the cell, nothing between cells
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        if self.running:
+            if self.sending:
+                self.deferred = True         # raised once the frame is out
+            else:
+                raise KeyboardInterrupt
+
+    # -- display
+    def display(self, *objs: Any, include: Any = None, exclude: Any = None,
+                metadata: dict | None = None, raw: bool = False, **_: Any) -> None:
+        """``display()`` inside a cell: one display_data per object (``raw``: the
+        objects are mime bundles already)."""
+        self.sync_output()                 # prints before the display stay before it
+        for obj in objs:
+            if raw:
+                data, md = {k: _jsonable_data(k, v) for k, v in dict(obj).items()}, {}
+            else:
+                data, md = format_object(obj, include, exclude)
+            self.send({"type": "display", "data": data, "metadata": {**md,
+                                                                    **(metadata or {})}})
+
+    def publish(self, data: dict, metadata: dict | None = None, **_: Any) -> None:
+        self.sync_output()
+        self.send({"type": "display", "data": {k: _jsonable_data(k, v)
+                                               for k, v in data.items()},
+                   "metadata": metadata or {}})
+
+    def clear_output(self, wait: bool = False) -> None:
+        self.sync_output()
+        self.send({"type": "clear_output", "wait": bool(wait)})
+
+    # -- cells
+    def execute(self, request: dict) -> None:
+        self.count += 1
+        status, values = "ok", {}
+        try:
+            self.running = True
+            try:
+                for name, blob in (request.get("inputs") or {}).items():
+                    import pickle                     # host data, sent in by the host
+                    self.ns[name] = pickle.loads(blob)
+                if request.get("shell"):
+                    self.run_shell(request["code"])
+                else:
+                    self.run_python(request["code"])
+                self.show_figures()
+            finally:
+                self.running = False
+        except BaseException as exc:        # noqa: B036 -- the cell's failure is its result
+            self.running = False
+            status = "error"
+            self.sync_output()
+            self.send({"type": "error", **self.describe(exc)})
+        self.sync_output()
+        for name in request.get("outputs") or ():
+            values[name] = self.encode_out(name)
+        self.send({"type": "done", "status": status, "values": values})
+
+    def encode_out(self, name: str) -> dict:
+        if name not in self.ns:
+            return {"error": f"name {name!r} is not defined in the cell"}
+        try:
+            return {"value": encode_value(self.ns[name])}
+        except Exception as exc:
+            return {"error": f"{name}: {exc}"}
+
+    def run_python(self, code: str) -> None:
+        filename = f"<cell-{self.count}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        tree = compile(code, filename, "exec", ast.PyCF_ONLY_AST | flags)
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        self._run(compile(tree, filename, "exec", flags))
+        if last is not None:
+            value = self._run(compile(last, filename, "eval", flags))
+            if value is not None and not code.rstrip().endswith(";"):
+                self.ns["_"] = value
+                self.sync_output()
+                data, md = format_object(value)
+                self.send({"type": "result", "data": data, "metadata": md})
+
+    def _run(self, code: Any) -> Any:
+        import inspect
+        if code.co_flags & inspect.CO_COROUTINE:      # top-level await, as IPython allows
+            import asyncio
+            return asyncio.run(eval(code, self.ns))
+        return eval(code, self.ns)
+
+    def run_shell(self, script: str) -> None:
+        import subprocess
+        proc = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.DEVNULL)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            raise
+        if code != 0:
+            raise ShellError(code, script)
+
+    def show_figures(self) -> None:
+        """Figures a cell left open in matplotlib's pyplot are displayed, then closed,
+        as IPython's inline backend does."""
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return
+        for number in plt.get_fignums():
+            self.display(plt.figure(number))
+        plt.close("all")
+
+    def describe(self, exc: BaseException) -> dict:
+        if isinstance(exc, (SyntaxError, ShellError)):
+            lines = traceback.format_exception_only(type(exc), exc)
+        else:
+            # The user's frames only: not the worker's (its exec, its SIGINT handler).
+            frames = traceback.StackSummary.from_list(
+                [f for f in traceback.extract_tb(exc.__traceback__)
+                 if f.filename != WORKER_FILE])
+            lines = ["Traceback (most recent call last):\n", *frames.format(),
+                     *traceback.format_exception_only(type(exc), exc)]
+        return {"ename": type(exc).__name__, "evalue": str(exc),
+                "traceback": [line.rstrip("\n") for line in lines]}
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGINT, self.on_sigint)
+        threading.Thread(target=self.forward, name="forward", daemon=True).start()
+        self.send({"type": "ready", "python": sys.version.split()[0],
+                   "msgpack": _msgpack is not None})
+        unpacker = _unpacker()
+        while True:
+            try:
+                data = os.read(self.proto_in, 1 << 16)
+            except KeyboardInterrupt:         # a late interrupt, after its cell ended
+                continue
+            if not data:
+                return                         # the host closed stdin: the session ends
+            unpacker.feed(data)
+            for request in unpacker:
+                if request.get("op") == "execute":
+                    self.execute(request)
+
+
+class _DisplayHook(importlib.abc.MetaPathFinder):
+    """Routes ``IPython.display.display`` (and friends) to the worker when the cell
+    imports IPython: its own ``display`` would only print without a running shell."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "IPython.core.display_functions":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        exec_module = spec.loader.exec_module
+        worker = self.worker
+
+        def patched(module: Any) -> None:
+            exec_module(module)
+            module.display = worker.display
+            module.publish_display_data = worker.publish
+            module.clear_output = worker.clear_output
+        spec.loader.exec_module = patched       # type: ignore[method-assign]
+        return spec
+
+
+def main() -> None:
+    # The protocol keeps the container's stdin/stdout; the cell gets /dev/null and
+    # pipes that the worker forwards.
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.close(out_w)
+    os.close(err_w)
+    sys.stdin = open(0, "r", closefd=False)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", write_through=True)
+    os.environ.setdefault("MPLBACKEND", "Agg")      # figures render off-screen
+    worker = Worker(proto_in, proto_out, out_r, err_r)
+    builtins.display = worker.display           # type: ignore[attr-defined]
+    sys.meta_path.insert(0, _DisplayHook(worker))
+    worker.serve()
+
+
+if __name__ == "__main__":
+    main()
