@@ -4,7 +4,8 @@
 ``--sandbox`` for the whole session) runs each such test in its own container; the
 result appears in the normal report. Fixtures: ``sandbox`` (a connected client) and
 ``sandbox_container`` (service containers with readiness waits, see
-:mod:`pytest_sandbox.services`). The plugin is :mod:`pytest_sandbox.plugin`; the guide is
+:mod:`pytest_sandbox.services`), ``sandbox_network`` / ``sandbox_networks`` (user
+networks); ``links=[...]`` connects a test to service fixtures (:mod:`.links`). The plugin is :mod:`pytest_sandbox.plugin`; the guide is
 ``docs/pytest.md``.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ WORKER_ENV = "PYTEST_SANDBOX_WORKER"    # set inside a test's container: no nest
 
 _EXPORTS = {"Service": "services", "ServiceFactory": "services",
             "ServiceNotReady": "services", "PortOpen": "services", "LogLine": "services",
-            "CommandSucceeds": "services"}
+            "CommandSucceeds": "services", "ServiceNetwork": "services",
+            "NetworkFactory": "services", "LinkedService": "links"}
 
 __all__ = ["WORKER_ENV", *_EXPORTS]
 

@@ -73,7 +73,7 @@ class Settings:
     cpu_period: int | None = None
     pids: int | None = None
     ulimits: Mapping[str, Any] | Sequence[str] = ()
-    network: str = "none"
+    network: str | None = None           # none; bridge with links; or a network fixture
     env: Mapping[str, str] = field(default_factory=dict)
     volumes: Sequence[str] = ()
     timeout: float | None = None
@@ -244,6 +244,7 @@ class Controller:
         self._lock = threading.Lock()
         self._mounts: list[str] | None = None
         self._pythonpath: list[str] = []
+        self._features: list[str] | None = None
         self.usage: list[Usage] = []
 
     # -- the connection
@@ -274,13 +275,30 @@ class Controller:
     # -- one item
 
     def run_item(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        from _pytest.runner import CallInfo
+        from . import links as _links
         ihook = item.ihook
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        outcome = None
         try:
             settings = settings_for(item, defaults_from_config(self.config))
-            outcome = self._run(item, settings)
-            reports = self._reports(item, settings, outcome)
-        except (MarkerError, pytest.UsageError) as exc:
+            wanted = _links.parse_links(settings.links)
+            on_host = _links.host_fixtures(item, settings.network, wanted)
+            if wanted or (settings.network and _links.is_user_network(settings.network)):
+                self._require("networks", "links and user networks")
+            # Link targets start on the host (they start service containers); an error
+            # there is this item's setup error, with the fixture's own traceback.
+            values: dict[str, Any] = {}
+            call = CallInfo.from_call(
+                lambda: values.update(_links.setup_on_host(item, on_host)) if on_host
+                else None, when="setup", reraise=(KeyboardInterrupt,))
+            if call.excinfo is not None:
+                reports = [TestReport.from_item_and_call(item, call)]
+            else:
+                plan = _links.plan(self.client, settings.network, wanted, values)
+                outcome = self._run(item, settings, plan)
+                reports = self._reports(item, settings, outcome)
+        except (MarkerError, pytest.UsageError, TypeError, ValueError) as exc:
             settings, outcome = None, None
             reports = self._problem_reports(item, [], f"{exc}")
         except Exception as exc:                     # the daemon refused or is gone
@@ -289,6 +307,8 @@ class Controller:
                 item, [], f"cannot run the test in a container: {type(exc).__name__}: "
                           f"{getattr(exc, 'message', None) or exc}")
         reports = self._host_teardown(item, nextitem, reports)
+        if not any(r.when == "teardown" for r in reports):
+            reports.append(_report(item, "teardown", "passed", None, []))
         for report in reports:
             ihook.pytest_runtest_logreport(report=report)
         if outcome is not None and outcome.done is not None:
@@ -297,17 +317,20 @@ class Controller:
                                     _describe_exit(outcome)))
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
 
-    def _container_options(self, item: pytest.Item, settings: Settings) -> dict[str, Any]:
+    def _require(self, feature: str, what: str) -> None:
+        if self._features is None:
+            self._features = list(self.client.version().get("features", []))
+        if feature not in self._features:
+            raise pytest.UsageError(
+                f"{what} need the {feature} feature, which this sandboxd does not have "
+                f"(its features: {', '.join(self._features)}); update the daemon")
+
+    def _container_options(self, item: pytest.Item, settings: Settings,
+                           plan: Any) -> dict[str, Any]:
         from sandboxd.images.host import python_prefixes
         from sandboxd.runner.spec import Mount
         if self._mounts is None:
             self._mounts, self._pythonpath = code_paths(self.config, python_prefixes())
-        if settings.links:
-            features = self.client.version().get("features", [])
-            if "networks" not in features:
-                raise pytest.UsageError(
-                    f"links need the networks feature, which this sandboxd does not "
-                    f"have yet (its features: {', '.join(features)})")
         env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
         env.update({"PYTHONPATH": os.pathsep.join(self._pythonpath),
                     "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/root", WORKER_ENV: "1"})
@@ -320,19 +343,20 @@ class Controller:
             env=env, workdir=str(self.config.invocation_params.dir), volumes=volumes,
             memory=settings.memory, cpus=settings.cpus, cpu_quota=settings.cpu_quota,
             cpu_period=settings.cpu_period, pids_limit=settings.pids,
-            ulimits=settings.ulimits, network_mode=settings.network,
-            read_only=settings.read_only, timeout=settings.timeout, links=settings.links,
+            ulimits=settings.ulimits, network_mode=plan.network,
+            read_only=settings.read_only, timeout=settings.timeout, links=plan.links,
             labels={"pytest_sandbox.nodeid": item.nodeid}, init=True)
         return options
 
-    def _run(self, item: pytest.Item, settings: Settings) -> Outcome:
+    def _run(self, item: pytest.Item, settings: Settings, plan: Any) -> Outcome:
         from sandboxd.config import build_config
-        options = self._container_options(item, settings)
+        options = self._container_options(item, settings, plan)
         python = settings.python or sys.executable
         cfg = build_config(settings.image, [python, "-m", WORKER_MODULE],
                            auto_remove=True, open_stdin=True, **options)
         request = msgpack.packb({"args": worker_args(item),
-                                 "options": worker_options(self.config)})
+                                 "options": worker_options(self.config),
+                                 "linked": plan.linked})
         outcome = Outcome()
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=CHANNEL_LIMIT)
         live_stderr = self.config.getoption("capture") == "no"

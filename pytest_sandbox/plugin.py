@@ -20,17 +20,19 @@ from . import WORKER_ENV
 
 if TYPE_CHECKING:
     from .controller import Controller
-    from .services import ServiceFactory
+    from .services import NetworkFactory, ServiceFactory, ServiceNetwork
 
 CONTROLLER = pytest.StashKey["Controller"]()
 
 MARKER_DOC = (
     "container(image='host', memory=None, cpus=None, cpu_quota=None, cpu_period=None, "
-    "pids=None, ulimits=None, network='none', env=None, volumes=None, timeout=None, "
+    "pids=None, ulimits=None, network=None, env=None, volumes=None, timeout=None, "
     "read_only=False, links=None, python=None): run this test — its fixtures' setup and "
     "teardown included — in a fresh sandboxd container with these limits; the project "
-    "is visible read-only at the same path, /tmp is a fresh tmpfs. Defaults come from "
-    "--sandbox-* options and sandbox_* ini values. See docs/pytest.md.")
+    "is visible read-only at the same path, /tmp is a fresh tmpfs. links={alias: "
+    "fixture} names service fixtures, set up on the host, that the test reaches by "
+    "alias; network= a network mode or a network fixture (sandbox_network). Defaults "
+    "come from --sandbox-* options and sandbox_* ini values. See docs/pytest.md.")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,6 +53,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "or the system socket]")
     group.addoption("--sandbox-report", action="store_true", default=False,
                     help="list each containerised test's peak memory and CPU time")
+    group.addoption("--sandbox-notebooks", action="store_true", default=False,
+                    help="collect .ipynb files: each runs in a sandboxed session as a test "
+                         "[ini sandbox_notebooks]")
+    parser.addini("sandbox_notebooks", "collect .ipynb files as tests", type="bool",
+                  default=False)
     for name, text in (("image", "image for containerised tests (default host)"),
                        ("memory", "memory limit of containerised tests"),
                        ("cpus", "CPU limit of containerised tests"),
@@ -79,10 +86,17 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if controller is None:
         return None
     from .controller import wants_container
-    if not wants_container(item):
+    if not wants_container(item) or getattr(item, "runs_own_container", False):
         return None
     controller.run_item(item, nextitem)
     return True
+
+
+def pytest_collect_file(file_path: Any, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix == ".ipynb":
+        from .notebooks import collect_file
+        return collect_file(file_path, parent)
+    return None
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -107,7 +121,8 @@ def sandbox(pytestconfig: pytest.Config) -> Any:
 
 
 @pytest.fixture(scope="session")
-def sandbox_container(pytestconfig: pytest.Config) -> Iterator[ServiceFactory]:
+def sandbox_container(pytestconfig: pytest.Config,
+                      sandbox_networks: NetworkFactory) -> Iterator[ServiceFactory]:
     """Start service containers: ``sandbox_container(image, cmd, env=..., wait=...)``
     returns a started, ready :class:`~pytest_sandbox.services.Service`; use it as a
     context manager in a fixture of any scope to remove it at that scope's end::
@@ -118,10 +133,35 @@ def sandbox_container(pytestconfig: pytest.Config) -> Iterator[ServiceFactory]:
                                    wait=PortOpen(80)) as svc:
                 yield svc
 
-    Whatever is still running at the end of the session is removed then."""
+    Whatever is still running at the end of the session is removed then (before the
+    session's networks: hence ``sandbox_networks`` above)."""
     from .services import ServiceFactory
     factory = ServiceFactory(lambda: _controller(pytestconfig).client)
     try:
         yield factory
     finally:
         factory.remove_all()
+
+
+@pytest.fixture(scope="session")
+def sandbox_networks(pytestconfig: pytest.Config) -> Iterator[NetworkFactory]:
+    """Make user-defined networks: ``sandbox_networks()`` returns a fresh
+    :class:`~pytest_sandbox.services.ServiceNetwork` (``pytest-<random>``); use it as a
+    context manager in a fixture of any scope to remove it at that scope's end. Whatever
+    is left is removed at the end of the session."""
+    from .services import NetworkFactory
+    factory = NetworkFactory(lambda: _controller(pytestconfig).client)
+    try:
+        yield factory
+    finally:
+        factory.remove_all()
+
+
+@pytest.fixture
+def sandbox_network(sandbox_networks: NetworkFactory) -> Iterator[ServiceNetwork]:
+    """A fresh user-defined network for one test, removed after it. Services join it
+    with ``sandbox_container(..., network_mode=sandbox_network.name)``; a containerised
+    test joins it with ``@pytest.mark.container(network="sandbox_network")`` and reaches
+    them by container name."""
+    with sandbox_networks() as network:
+        yield network

@@ -201,3 +201,70 @@ def _logs(service: Service) -> str:
         return service.logs()
     except SandboxError as exc:
         return f"(logs unavailable: {exc.message})"
+
+
+class ServiceNetwork:
+    """A user-defined network made for tests; a context manager that removes it."""
+
+    def __init__(self, network: Any, on_remove: Callable[[ServiceNetwork], None]):
+        self.network = network
+        self._on_remove = on_remove
+
+    def __repr__(self) -> str:
+        return f"<ServiceNetwork {self.network.short_id} {self.name}>"
+
+    @property
+    def id(self) -> str:
+        return self.network.id
+
+    @property
+    def name(self) -> str:
+        return self.network.name
+
+    def remove(self) -> None:
+        try:
+            self.network.remove()
+        except NotFound:
+            pass
+        self._on_remove(self)
+
+    def __enter__(self) -> ServiceNetwork:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class NetworkFactory:
+    """``factory(**options) -> ServiceNetwork``: a fresh user-defined bridge named
+    ``pytest-<random>`` (unique, so parallel runs never collide; labelled
+    ``pytest_sandbox=1``). ``options``: ``sandboxd.Client.networks.create`` keywords
+    (``subnet``, ``internal`` ...). Remove its containers before the network: a
+    fixture that starts services on it requests the network fixture, so pytest tears
+    the services down first."""
+
+    def __init__(self, client: Callable[[], Any]):
+        self._client = client
+        self._live: list[ServiceNetwork] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, **options: Any) -> ServiceNetwork:
+        import secrets
+        labels = {"pytest_sandbox": "1", **dict(options.pop("labels", None) or {})}
+        name = options.pop("name", None) or f"pytest-{secrets.token_hex(6)}"
+        network = ServiceNetwork(self._client().networks.create(name, labels=labels,
+                                                                **options), self._forget)
+        with self._lock:
+            self._live.append(network)
+        return network
+
+    def _forget(self, network: ServiceNetwork) -> None:
+        with self._lock:
+            if network in self._live:
+                self._live.remove(network)
+
+    def remove_all(self) -> None:
+        with self._lock:
+            live = list(self._live)
+        for network in reversed(live):
+            network.remove()

@@ -45,9 +45,31 @@ class WorkerPlugin:
     """Forwards what the controller needs to rebuild the run; registered in the worker's
     pytest session only."""
 
-    def __init__(self, config: Any, channel: Channel):
+    def __init__(self, config: Any, channel: Channel, linked: dict[str, dict[str, Any]]):
         self.config = config
         self.channel = channel
+        self.linked = linked
+
+    def pytest_collection_modifyitems(self, config: Any, items: list[Any]) -> None:
+        """Fixtures named in the marker's ``links`` ran on the host (they started the
+        services): here each is a constant, the :class:`LinkedService` the controller
+        sent, and whatever only they needed drops out of the item's closure."""
+        if not self.linked:
+            return
+        from _pytest.fixtures import FixtureDef
+        from .links import LinkedService
+        for item in items:
+            info = getattr(item, "_fixtureinfo", None)
+            if info is None:
+                continue
+            for name, fields in self.linked.items():
+                defs = info.name2fixturedefs.get(name)
+                scope = defs[-1].scope if defs else "function"
+                value = LinkedService(**{**fields, "ports": tuple(fields.get("ports", ()))})
+                info.name2fixturedefs[name] = (FixtureDef(
+                    config, None, name, _constant(value), scope, None, _ispytest=True),)
+            info.prune_dependency_tree()
+            item._initrequest()     # its request copied the old definitions
 
     def _serialise(self, report: Any) -> dict[str, Any]:
         return self.config.hook.pytest_report_to_serializable(config=self.config,
@@ -77,6 +99,10 @@ class WorkerPlugin:
                            "lineno": int(warning_message.lineno or 0), "nodeid": nodeid})
 
 
+def _constant(value: Any) -> Any:
+    return lambda: value
+
+
 def _usage() -> tuple[int, float]:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -95,7 +121,8 @@ def main() -> int:
 
     try:
         config = pytest.Config.fromdictargs(request["options"], list(request["args"]))
-        config.pluginmanager.register(WorkerPlugin(config, channel), "sandbox-worker")
+        config.pluginmanager.register(
+            WorkerPlugin(config, channel, dict(request.get("linked") or {})), "sandbox-worker")
         status = int(config.hook.pytest_cmdline_main(config=config))
     except pytest.UsageError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

@@ -1,0 +1,144 @@
+"""pytest_sandbox's links and networks end to end: service fixtures started on the host
+(``sandbox_container``), a containerised test reaching them by alias over legacy links
+on the default bridge, or by name on a ``sandbox_network``. Traffic stays between
+containers on the daemon's own bridges.
+
+Services use the ``host`` image with the host's busybox ``httpd``; the daemon is
+test_pytest_plugin's (one per module, with its own root and cgroup parent).
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from sandboxd.api import Client
+from test_pytest_plugin import daemon_sock, inner  # noqa: F401 (fixtures)
+
+pytest_plugins = ("pytester",)
+
+SERVICES = """
+import pytest
+from pytest_sandbox import PortOpen
+
+def httpd(sandbox_container, text, **options):
+    script = (f"mkdir -p /tmp/www && echo {text} > /tmp/www/index.html && "
+              f"exec busybox httpd -f -p 80 -h /tmp/www")
+    return sandbox_container("host", ["sh", "-c", script], wait=PortOpen(80),
+                             expose=["80"], timeout=20, **options)
+"""
+
+
+def _left(sock: str) -> tuple[list[str], list[str]]:
+    with Client(sock, autostart=False) as client:
+        return ([c.name for c in client.containers.list(all=True)],
+                [n.name for n in client.networks.list() if n.name.startswith("pytest-")])
+
+
+def test_links_to_service_fixtures(inner, pytester: pytest.Pytester, daemon_sock):
+    pytester.makepyfile(services=SERVICES)
+    pytester.makepyfile(test_links="""
+        import os, urllib.request, pytest
+        from pytest_sandbox import LinkedService, PortOpen
+        from services import httpd
+
+        @pytest.fixture(scope="session")
+        def web(sandbox_container):
+            with httpd(sandbox_container, "hello-from-web") as svc:
+                yield svc
+
+        @pytest.fixture
+        def cache(sandbox_container):               # function scope: one per test
+            with httpd(sandbox_container, "hello-from-cache") as svc:
+                yield svc
+
+        @pytest.fixture
+        def broken(sandbox_container):
+            with sandbox_container("host", ["sh", "-c", "echo cannot start; exit 7"],
+                                   wait=PortOpen(80)) as svc:
+                yield svc
+
+        def get(url):
+            return urllib.request.urlopen(url, timeout=10).read().decode().strip()
+
+        @pytest.mark.container(links=["web"])
+        def test_by_alias(web):
+            assert isinstance(web, LinkedService) and web.host == "web"
+            assert get("http://web/") == "hello-from-web"
+            assert os.environ["WEB_PORT_80_TCP_ADDR"] == web.ip
+            assert os.environ["WEB_PORT"] == f"tcp://{web.ip}:80"
+            print("WEB=" + web.id)
+
+        @pytest.mark.container(links={"www": "web", "kv": "cache"})
+        def test_two_aliases_and_scopes(web, cache):
+            assert (web.alias, cache.alias) == ("www", "kv")
+            assert get("http://www/") == "hello-from-web"
+            assert get(cache.url()) == "hello-from-cache"
+            print("WEB=" + web.id)
+            print("CACHE=" + cache.id)
+
+        @pytest.mark.container(links={"kv": "cache"})
+        def test_function_scope_is_fresh(cache):
+            assert get("http://kv/") == "hello-from-cache"
+            print("CACHE=" + cache.id)
+
+        def test_local_gets_the_service(web):
+            assert web.exec(["cat", "/tmp/www/index.html"]).stdout == b"hello-from-web\\n"
+
+        @pytest.mark.container(links=["broken"])
+        def test_service_that_fails(broken):
+            raise AssertionError("must not run: its service never became ready")
+        """)
+    result = inner("-rA", "-p", "no:randomly")
+    result.assert_outcomes(passed=4, errors=1)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_service_that_fails*",
+                                 "*ServiceNotReady*exited with code 7*",
+                                 "*cannot start*"])
+    webs = re.findall(r"^WEB=(\w+)$", out, re.M)
+    caches = re.findall(r"^CACHE=(\w+)$", out, re.M)
+    assert len(webs) == 2 and len(set(webs)) == 1, webs          # session: one service
+    assert len(caches) == 2 and len(set(caches)) == 2, caches    # function: one each
+    assert _left(daemon_sock) == ([], [])
+
+
+def test_sandbox_network(inner, pytester: pytest.Pytester, daemon_sock):
+    pytester.makepyfile(services=SERVICES)
+    pytester.makepyfile(test_net="""
+        import os, urllib.request, pytest
+        from services import httpd
+
+        @pytest.fixture
+        def api(sandbox_container, sandbox_network):
+            with httpd(sandbox_container, "hello-from-api",
+                       network_mode=sandbox_network.name) as svc:
+                yield svc
+
+        @pytest.mark.container(network="sandbox_network", links=["api"])
+        def test_on_user_network(api):
+            assert api.host == api.name and api.ip
+            assert not any(k.startswith("API_") for k in os.environ)   # not a legacy link
+            body = urllib.request.urlopen(api.url(), timeout=10).read()
+            assert body == b"hello-from-api\\n"
+
+        @pytest.mark.container(network="sandbox_network")
+        def test_alone_on_its_network():
+            with open("/etc/hosts") as f:
+                names = [l.split()[1] for l in f if l.strip() and not l.startswith(("#", "127.", "::"))]
+            assert len(names) == 1, names        # itself: nothing else on this network
+
+        def test_on_host(sandbox_network, sandbox):
+            assert sandbox_network.name.startswith("pytest-")
+            assert sandbox.networks.get(sandbox_network.id).name == sandbox_network.name
+
+        @pytest.fixture(scope="module")
+        def shared(sandbox_networks):
+            with sandbox_networks(internal=True) as net:
+                yield net
+
+        def test_module_network(shared, sandbox):
+            assert sandbox.networks.get(shared.id).attrs["Internal"] is True
+        """)
+    result = inner("-rA")
+    result.assert_outcomes(passed=4)
+    assert _left(daemon_sock) == ([], [])
