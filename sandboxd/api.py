@@ -159,6 +159,12 @@ class Container:
     def attrs(self) -> dict[str, Any]:
         return _config.inspect_document(self.record)
 
+    @property
+    def ports(self) -> dict[str, list[dict[str, str]] | None]:
+        """Docker's ``NetworkSettings.Ports`` when last fetched: ``{"80/tcp":
+        [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}`` (None: exposed, not published)."""
+        return self.attrs["NetworkSettings"]["Ports"]
+
     def _call(self, op: str, **params: Any) -> Any:
         return self.client.call(op, {"id": self.record.id, **params})
 
@@ -403,6 +409,27 @@ class Network:
 
     def remove(self) -> None:
         self.client.call("network.remove", {"id": self.id})
+
+    def connect(self, container: Container | str, ipv4_address: str = "",
+                aliases: Sequence[str] = ()) -> None:
+        """Plug a running container into this network (a new interface, live)."""
+        self.client.call("network.connect", _connect_params(self.id, container,
+                                                            ipv4_address, aliases))
+
+    def disconnect(self, container: Container | str, force: bool = False) -> None:
+        self.client.call("network.disconnect", {"id": self.id,
+                                                "container": _container_id(container),
+                                                "force": force})
+
+
+def _container_id(container: Any) -> str:
+    return container if isinstance(container, str) else container.id
+
+
+def _connect_params(network: str, container: Any, ip: str, aliases: Sequence[str]
+                    ) -> dict[str, Any]:
+    return {"id": network, "container": _container_id(container), "ip": ip or "",
+            "aliases": list(aliases or ())}
 
 
 def _network_params(name: str, driver: str, subnet: str, gateway: str, ip_range: str,
@@ -654,6 +681,7 @@ class AsyncContainer:
     name = Container.name
     status = Container.status
     attrs = Container.attrs
+    ports = Container.ports
 
     async def _call(self, op: str, **params: Any) -> Any:
         return await self.client.call(op, {"id": self.record.id, **params})
@@ -878,6 +906,16 @@ class AsyncNetwork:
 
     async def remove(self) -> None:
         await self.client.call("network.remove", {"id": self.id})
+
+    async def connect(self, container: AsyncContainer | str, ipv4_address: str = "",
+                      aliases: Sequence[str] = ()) -> None:
+        await self.client.call("network.connect", _connect_params(
+            self.id, container, ipv4_address, aliases))
+
+    async def disconnect(self, container: AsyncContainer | str, force: bool = False
+                         ) -> None:
+        await self.client.call("network.disconnect", {
+            "id": self.id, "container": _container_id(container), "force": force})
 
 
 class AsyncNetworkCollection:

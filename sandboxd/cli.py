@@ -232,6 +232,8 @@ def _container_options(func: Callable) -> Callable:
                      help="Add link to another container"),
         option("-p", "--publish", multiple=True, metavar="[IP:]HOST:CTR[/PROTO]",
                      help="Publish a container's port(s) to the host"),
+        option("-P", "--publish-all", is_flag=True,
+                     help="Publish all exposed ports to random ports"),
         option("--expose", multiple=True, metavar="PORT[/PROTO]",
                      help="Expose a port or a range of ports"),
         option("--read-only", is_flag=True,
@@ -281,7 +283,8 @@ def _options(opts: dict[str, Any]) -> dict[str, Any]:
         "cpu_shares": opts["cpu_shares"], "pids_limit": opts["pids_limit"],
         "ulimits": opts["ulimit"], "uts_mode": opts["uts"], "ipc_mode": opts["ipc"],
         "pid_mode": opts["pid"], "network_mode": opts["network"], "links": opts["link"],
-        "ports": opts["publish"], "volumes": opts["volume"], "tmpfs": opts["tmpfs"],
+        "ports": opts["publish"], "publish_all_ports": opts["publish_all"],
+        "volumes": opts["volume"], "tmpfs": opts["tmpfs"],
         "read_only": opts["read_only"], "init": opts["init"], "cap_add": opts["cap_add"],
         "cap_drop": opts["cap_drop"], "auto_remove": opts["auto_remove"],
         "timeout": opts["timeout"]}
@@ -524,6 +527,32 @@ def rename(old: str, new: str) -> int:
     """Rename a container."""
     with _client() as client:
         client.call("container.rename", {"id": old, "name": new})
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@argument("container", shell_complete=_complete_containers)
+@argument("private_port", required=False, metavar="[PRIVATE_PORT[/PROTO]]")
+def port(container: str, private_port: str | None) -> int:
+    """List port mappings or a specific mapping for the container."""
+    with _client() as client:
+        record = client.call("container.inspect", {"id": container})
+    mappings = [(f"{p['container_port']}/{p['protocol']}",
+                 f"{p['host_ip'] or '0.0.0.0'}:{p['host_port']}") for p in record["ports"]]
+    if private_port is None:
+        for key, host in mappings:
+            click.echo(f"{key} -> {host}")
+        return 0
+    number, slash, proto = private_port.partition("/")
+    if not number.isdigit() or (slash and proto not in ("tcp", "udp", "sctp")):
+        raise CliError(f"Error: invalid port {private_port!r}: give PORT or PORT/PROTO "
+                       f"(tcp, udp, sctp)", 1)
+    key = f"{int(number)}/{proto or 'tcp'}"
+    hosts = [host for k, host in mappings if k == key]
+    if not hosts:
+        raise CliError(f"Error: No public port '{key}' published for {container}", 1)
+    for host in hosts:
+        click.echo(host)
     return 0
 
 
@@ -1591,17 +1620,39 @@ def network_prune(force: bool, filters: tuple[str, ...]) -> int:
     return 0
 
 
-for _name in ("connect", "disconnect"):
-    @network.command(_name, context_settings={**CONTEXT, "ignore_unknown_options": True})
-    @argument("args", nargs=-1, type=click.UNPROCESSED)
-    def _not_yet(args: tuple[str, ...], _name: str = _name) -> int:
-        """Not supported yet: a container joins its network when it starts."""
-        raise CliError(f"network {_name} is not supported yet: a container joins its "
-                       f"network when it starts (sbx run --network NAME)", EXIT_DAEMON)
+@network.command("connect", context_settings=CONTEXT)
+@option("--ip", default="", metavar="IP", help="IPv4 address (e.g., 172.30.100.104)")
+@option("--alias", multiple=True, metavar="NAME",
+              help="Add network-scoped alias for the container")
+@argument("network_name", metavar="NETWORK")
+@argument("container", metavar="CONTAINER")
+def network_connect(ip: str, alias: tuple[str, ...], network_name: str,
+                    container: str) -> int:
+    """Connect a running container to a network."""
+    with _client() as client:
+        client.call("network.connect", {"id": network_name, "container": container,
+                                        "ip": ip, "aliases": list(alias)})
+    return 0
+
+
+@network.command("disconnect", context_settings=CONTEXT)
+@option("-f", "--force", is_flag=True,
+              help="Force the container to disconnect from a network")
+@argument("network_name", metavar="NETWORK")
+@argument("container", metavar="CONTAINER")
+def network_disconnect(force: bool, network_name: str, container: str) -> int:
+    """Disconnect a container from a network."""
+    with _client() as client:
+        client.call("network.disconnect", {"id": network_name, "container": container,
+                                           "force": force})
+    return 0
 
 
 network.alias("list", network_ls)
 network.alias("remove", network_rm)
+
+from .cli_notebook import notebook  # noqa: E402 -- sbx notebook (its own module)
+cli.add_command(notebook)
 
 
 # ---------------------------------------------------------------- entry point

@@ -89,6 +89,7 @@ class HostConfig:
     network_mode: str = "default"         # default|bridge|none|host|container:X|<network>
     links: tuple[Link, ...] = ()
     port_bindings: tuple[PortBinding, ...] = ()
+    publish_all: bool = False             # -P: every exposed port on a host port
     mounts: tuple[Mount, ...] = ()        # -v binds and --tmpfs, in the order given
     read_only: bool = False               # read-only root filesystem
     init: bool = False                    # a reaper as pid 1
@@ -467,6 +468,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  network_mode: str = "default",
                  links: Sequence[str | Link] | Mapping[str, str] = (),
                  ports: Sequence[str | PortBinding] | Mapping[Any, Any] = (),
+                 publish_all_ports: bool = False,
                  volumes: Sequence[str | Mount] = (),
                  tmpfs: Sequence[str] | Mapping[str, str] = (),
                  read_only: bool = False, init: bool = False,
@@ -560,7 +562,8 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         pids_limit=pids_limit if pids_limit not in (None, 0) else None,
         ulimits=tuple(ulimit_list), uts_mode=uts_mode, ipc_mode=ipc_mode,
         pid_mode=pid_mode, network_mode=network_mode or "default", links=tuple(link_list),
-        port_bindings=tuple(bindings), mounts=tuple(mounts), read_only=bool(read_only),
+        port_bindings=tuple(bindings), publish_all=bool(publish_all_ports),
+        mounts=tuple(mounts), read_only=bool(read_only),
         init=bool(init), cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
         auto_remove=bool(auto_remove), timeout=timeout)
     config = ContainerConfig(
@@ -804,7 +807,7 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         "Links": [f"/{l.name}:/{record.name}/{l.alias}" for l in h.links] or None,
         "PidMode": h.pid_mode,
         "Privileged": False,
-        "PublishAllPorts": False,
+        "PublishAllPorts": h.publish_all,
         "ReadonlyRootfs": h.read_only,
         "UTSMode": h.uts_mode,
         "Tmpfs": tmpfs or None,

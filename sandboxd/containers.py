@@ -37,6 +37,7 @@ from .images.service import ImageService
 from .images.unpack import WHITEOUT_PREFIX, apply_layer
 from .logs import LogWriter
 from .network import BUILTIN, Network, NetworkService, link_env
+from .ports import PortProxy
 from .runner import syscalls
 from .runner.api import AsyncRunner, ExitInfo, receive_terminal
 from .runner.spec import (ContainerSpec, Mount, Namespaces, Process, Ulimit, merge_ulimits,
@@ -83,7 +84,9 @@ class ContainerService:
                                    Snapshotter(self.root, self.store))
         self.runner = AsyncRunner(self._on_exit, state_dir=str(self.root / "runtime"),
                                   cgroup_parent=config.cgroup_parent)
-        self.networks = NetworkService(self.store, self.root, prefix=config.network_prefix)
+        self.networks = NetworkService(self.store, self.root, prefix=config.network_prefix,
+                                       ip_masq=config.ip_masq)
+        self.ports = PortProxy()
         self.live: dict[str, _Live] = {}
         self.exec_waiters: dict[tuple[str, str], asyncio.Future] = {}
         self.removed: dict[str, asyncio.Event] = {}
@@ -116,6 +119,7 @@ class ContainerService:
                 await asyncio.wait_for(live.drained.wait(), 10)
             except asyncio.TimeoutError:
                 log.warning("container %s did not exit at shutdown", live.record.id[:12])
+        await self.ports.close()
         await self.networks.shutdown()
         await self.runner.close()
         self.store.close()
@@ -162,6 +166,7 @@ class ContainerService:
             name = name.lstrip("/")
         image = self.images.get(config.image)
         record, warnings = self._build_record(config, image, name, session)
+        self.ports.check(_port_bindings(record))       # a taken host port creates nothing
         spec = self._spec(record, dry_run=True)        # every problem before anything exists
         del spec
         directory = self._dir(record.id)
@@ -357,28 +362,74 @@ class ContainerService:
 
     def _refresh_hosts(self, network: Network) -> None:
         """Rewrite the hosts file of every container attached to a user network."""
-        members = []
-        for cid, endpoint in self.networks.endpoints(network.id).items():
-            try:
-                record = self._get(cid)
-            except NotFound:                      # removed meanwhile: it is leaving
+        for cid in self.networks.endpoints(network.id):
+            self._refresh_own_hosts(cid)
+
+    def _refresh_own_hosts(self, container_id: str) -> None:
+        """One container's hosts file: the members of every user network it is on."""
+        try:
+            record = self._get(container_id)
+        except NotFound:                          # removed meanwhile: it is leaving
+            return
+        lines: dict[str, None] = {}
+        for network in self.networks.networks_of(container_id):
+            if network.name in BUILTIN:
                 continue
-            members.append((record, endpoint))
-        lines = "".join(
-            f"{e.ip_address}\t{' '.join(dict.fromkeys((r.name, *e.aliases, r.id[:12])))}\n"
-            for r, e in members if e.ip_address)
-        for record, _endpoint in members:
-            path = self._dir(record.id) / "hosts"
-            try:
-                _write_in_place(path, _base_hosts(record) + lines)
-            except FileNotFoundError:             # its directory is being removed
-                pass
+            for cid, e in self.networks.endpoints(network.id).items():
+                try:
+                    member = self._get(cid)
+                except NotFound:
+                    continue
+                if e.ip_address:
+                    names = dict.fromkeys((member.name, *e.aliases, member.id[:12]))
+                    lines[f"{e.ip_address}\t{' '.join(names)}\n"] = None
+        try:
+            _write_in_place(self._dir(record.id) / "hosts",
+                            _base_hosts(record) + "".join(lines))
+        except FileNotFoundError:                 # its directory is being removed
+            pass
 
     def _release_network(self, container_id: str) -> None:
-        """Give back a container's network; the others on a user network forget it."""
-        network = self.networks.release(container_id)
-        if network is not None and network.name not in BUILTIN:
-            self._refresh_hosts(network)
+        """Give back a container's network and published ports; the others on a user
+        network forget it."""
+        self.ports.release(container_id)
+        for network in self.networks.release(container_id):
+            if network.name not in BUILTIN:
+                self._refresh_hosts(network)
+
+    async def connect(self, record: cfg.ContainerRecord, network: str, ip: str = "",
+                      aliases: Sequence[str] = ()) -> cfg.ContainerRecord:
+        """``network connect``: a running container joins one more network live."""
+        if record.state.status not in RUNNING or record.id not in self.live:
+            raise Conflict(f"container {record.name} is not running: network connect "
+                           f"works on running containers (give --network to run/create)")
+        endpoint = await self.networks.connect(record.id, network, ip=ip,
+                                               aliases=(record.name, *aliases))
+        record = self._get(record.id)
+        record = self._save(dataclasses.replace(record,
+                                                endpoints=record.endpoints + (endpoint,)))
+        net = self.networks.get(endpoint.network)
+        if net.name not in BUILTIN:
+            self._refresh_hosts(net)
+        return record
+
+    async def disconnect(self, record: cfg.ContainerRecord, network: str,
+                         force: bool = False) -> cfg.ContainerRecord:
+        """``network disconnect``: its interface on that network goes; with ``force``
+        a container that is not attached (or not running) is no error."""
+        try:
+            net = await self.networks.disconnect(record.id, network)
+        except NotFound:
+            if force:
+                return record
+            raise
+        record = self._get(record.id)
+        record = self._save(dataclasses.replace(record, endpoints=tuple(
+            e for e in record.endpoints if e.network != net.name)))
+        if net.name not in BUILTIN:
+            self._refresh_hosts(net)
+            self._refresh_own_hosts(record.id)
+        return record
 
     # ------------------------------------------------------------ start / exit
 
@@ -404,13 +455,16 @@ class ContainerService:
                                     _base_hosts(record) + "".join(link_hosts))
                 else:
                     self._refresh_hosts(network)
+                # Listening before the process runs: a taken port fails the start.
+                ports = await self.ports.publish(record.id, attachment.endpoint.ip_address,
+                                                 _port_bindings(record))
             except BaseException:
                 self._release_network(record.id)
                 raise
             # Saved with the state change below: one write for the whole start.
             record = dataclasses.replace(
                 record, endpoints=(attachment.endpoint,) if attachment.netns != "host" else (),
-                sandbox_key=attachment.sandbox_key)
+                sandbox_key=attachment.sandbox_key, ports=ports)
         writer = LogWriter(record.log_path)
         live = _Live(record, writer, {})
         stdio: tuple[int, ...]
@@ -562,7 +616,7 @@ class ContainerService:
         for queue in live.subscribers:
             queue.put_nowait(None)
         live.record = dataclasses.replace(
-            record, endpoints=(), sandbox_key="", state=dataclasses.replace(
+            record, endpoints=(), ports=(), sandbox_key="", state=dataclasses.replace(
                 record.state, status="exited", pid=0, exit_code=info.exit_code,
                 oom_killed=info.oom_killed, timed_out=live.timed_out,
                 finished_at=time.time()))
@@ -926,6 +980,22 @@ def _merge_env(first: Sequence[str], then: Sequence[str]) -> tuple[str, ...]:
     merged = {item.partition("=")[0]: item for item in first}
     merged.update({item.partition("=")[0]: item for item in then})
     return tuple(merged.values())
+
+
+def _port_bindings(record: cfg.ContainerRecord) -> tuple[cfg.PortBinding, ...]:
+    """The ports a start publishes: ``-p``'s, then with ``-P`` every exposed tcp/udp
+    port not published already, on a host port the system picks."""
+    h = record.config.host
+    if h.network_mode in ("host", "none") or h.network_mode.startswith("container:"):
+        return ()
+    bindings = list(h.port_bindings)
+    if h.publish_all:
+        taken = {f"{b.container_port}/{b.protocol}" for b in bindings}
+        for port in record.config.exposed_ports:
+            number, _, proto = port.partition("/")
+            if port not in taken and proto in ("tcp", "udp"):
+                bindings.append(cfg.PortBinding(int(number), proto))
+    return tuple(bindings)
 
 
 def _network_name(mode: str) -> str:

@@ -838,8 +838,9 @@ def run(config: DaemonConfig) -> int:
               help="Log level [default: info]")
 @click.option("--config", "config_file", metavar="FILE",
               help="JSON file whose keys mirror these flags; flags override it")
-@click.option("--ip-masq/--no-ip-masq", default=None,
-              help="Masquerade traffic leaving bridge networks [default: on]")
+@click.option("--ip-masq/--no-ip-masq", default=None, envvar="SANDBOXD_IP_MASQ",
+              help="Forwarding and masquerade for traffic leaving bridge networks "
+                   "(iptables) [default: on; env SANDBOXD_IP_MASQ=0 turns it off]")
 @click.option("--cgroup-parent", metavar="NAME",
               help="cgroup under which containers' cgroups are made [default: sandboxd]")
 @click.option("--network-prefix", metavar="PREFIX",

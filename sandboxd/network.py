@@ -149,14 +149,19 @@ class _Prepared:
 
 @dataclass
 class _Attached:
+    """A container on one network. The first (``primary``) came with its namespace
+    (``prepared.path``); one added by :meth:`NetworkService.connect` is a further veth
+    into that namespace, ``prepared.veth`` and ``iface`` (eth1, eth2 ...) its own."""
     network: Network
     prepared: _Prepared
     aliases: tuple[str, ...] = ()
+    primary: bool = True
+    iface: str = "eth0"
 
 
 class NetworkService:
     def __init__(self, store: Store, root: str | Path, *, prefix: str = "sbx",
-                 pool_size: int = 2):
+                 pool_size: int = 2, ip_masq: bool = False):
         if not _PREFIX.match(prefix):
             raise InvalidArgument(f"network prefix {prefix!r}: 2-8 characters, a lowercase "
                                   f"letter then lowercase letters or digits")
@@ -164,13 +169,17 @@ class NetworkService:
         self.netns_dir = Path(root) / "netns"
         self.prefix = prefix
         self.pool_size = pool_size
+        self.ip_masq = ip_masq
         with store.transaction() as db:
             for statement in _SCHEMA:
                 db.execute(statement)
         self.ipam = IPAM(store)
         self._helper = _Helper()
         self._pools: dict[str, deque[_Prepared]] = {}
-        self._attached: dict[str, _Attached] = {}
+        # container id -> network id -> attachment, the primary first
+        self._attached: dict[str, dict[str, _Attached]] = {}
+        # containers whose primary network was disconnected: the namespace alone
+        self._bare: dict[str, _Prepared] = {}
         self._background: set[asyncio.Task] = set()
         self._backoff: dict[str, float] = {}
         self._wake: asyncio.Event | None = None
@@ -194,6 +203,7 @@ class NetworkService:
                 await self._bridge_up(network)
             if network.driver != "host":
                 self._pools[network.id] = deque()
+        await self._masquerade()
         self._wake = asyncio.Event()
         self._refiller = asyncio.create_task(self._refill())
         self._wake.set()
@@ -210,6 +220,7 @@ class NetworkService:
         self.ipam.release_all()
         self._pools.clear()
         self._attached.clear()
+        self._bare.clear()
 
     async def settle(self) -> None:
         """Wait until every teardown is done and every pool is full (or backing off)."""
@@ -303,6 +314,7 @@ class NetworkService:
             raise
         self._pools[network.id] = deque()
         self._wake_refill()
+        await self._masquerade()
         return network
 
     async def remove(self, ref: str) -> None:
@@ -311,7 +323,7 @@ class NetworkService:
         network = self.get(ref)
         if network.name in BUILTIN:
             raise Conflict(f"{network.name} is a pre-defined network and cannot be removed")
-        users = [cid for cid, a in self._attached.items() if a.network.id == network.id]
+        users = [cid for cid, nets in self._attached.items() if network.id in nets]
         if users:
             raise Conflict(f"error while removing network: network {network.name} id "
                            f"{network.id} has active endpoints ({len(users)} containers); "
@@ -320,12 +332,17 @@ class NetworkService:
         await asyncio.gather(*(self._teardown(network, p, URGENT) for p in pool))
         await self._call({"op": "bridge_del", "name": network.bridge})
         self._delete(network)
+        await self._masquerade()
 
     def endpoints(self, ref: str) -> dict[str, Endpoint]:
         """The containers attached to a network: ``{container id: endpoint}``."""
         network = self.get(ref)
-        return {cid: _endpoint(a) for cid, a in self._attached.items()
-                if a.network.id == network.id}
+        return {cid: _endpoint(nets[network.id]) for cid, nets in self._attached.items()
+                if network.id in nets}
+
+    def networks_of(self, container_id: str) -> list[Network]:
+        """The networks a container is attached to, its first one first."""
+        return [a.network for a in self._attached.get(container_id, {}).values()]
 
     def _insert(self, name: str, driver: str, network_id: str = "", **doc: Any) -> Network:
         network_id = network_id or secrets.token_hex(32)
@@ -358,8 +375,9 @@ class NetworkService:
         ready (no kernel work on this path), else made now. ``ip`` asks for a static
         address (user-defined networks only, as in Docker)."""
         if container_id in self._attached:
+            first = next(iter(self._attached[container_id].values()))
             raise Conflict(f"container {container_id[:12]} is already attached to network "
-                           f"{self._attached[container_id].network.name}")
+                           f"{first.network.name}")
         net = self.get(network or "bridge")
         if net.driver == "host":
             if ip:
@@ -375,18 +393,94 @@ class NetworkService:
             self._teardown_later(net, prepared)
             raise Conflict(f"container {container_id[:12]} is already attached")
         attached = _Attached(net, prepared, tuple(aliases))
-        self._attached[container_id] = attached
+        self._attached[container_id] = {net.id: attached}
         self._wake_refill()
         return Attachment(prepared.path, _endpoint(attached))
 
-    def release(self, container_id: str) -> Network | None:
-        """Give back a container's namespace and address (in the background); the
-        network it left, or None when it was not attached."""
-        attached = self._attached.pop(container_id, None)
+    async def connect(self, container_id: str, network: str, *, ip: str = "",
+                      aliases: tuple[str, ...] = ()) -> Endpoint:
+        """Plug a running container into one more bridge network, live: a veth whose
+        peer appears in its namespace as the next free ``ethN`` with an address from
+        that network (``ip``: a static one, user-defined networks only). The default
+        route stays with the container's first network."""
+        nets = self._attached.get(container_id)
+        path = next((a.prepared.path for a in (nets or {}).values() if a.primary), "") \
+            or (self._bare[container_id].path if container_id in self._bare else "")
+        if not path:
+            raise Conflict(f"container {container_id[:12]} has no network namespace of its "
+                           f"own (host or none network, or not running): it cannot be "
+                           f"connected to other networks")
+        net = self.get(network)
+        if net.driver != "bridge":
+            raise Conflict(f"container cannot be connected to network {net.name}: only "
+                           f"bridge networks can be added to a running container")
+        if nets and net.id in nets:
+            raise Conflict(f"endpoint with name {container_id[:12]} already exists in "
+                           f"network {net.name}")
+        if ip and net.name in BUILTIN:
+            raise InvalidArgument("user specified IP address is supported on user defined "
+                                  "networks only")
+        used = {a.iface for a in (nets or {}).values()}
+        iface = next(f"eth{i}" for i in itertools.count() if f"eth{i}" not in used)
+        pool = net.pool
+        address = self.ipam.allocate(net.id, pool, container_id, ip)
+        prepared = _Prepared(secrets.token_hex(8), path, address=address,
+                             mac=mac_for(address),
+                             veth=f"{self.prefix}v{secrets.token_hex(8)[:15 - len(self.prefix) - 1]}")
+        try:
+            await self._call({"op": "plug", "path": path, "veth": prepared.veth,
+                              "bridge": net.bridge, "ifname": iface,
+                              "address": str(address), "prefixlen": pool.subnet.prefixlen,
+                              "mac": prepared.mac})
+        except SandboxError:
+            self.ipam.release(net.id, address)
+            raise
+        except BaseException:                       # cancelled: it may still be made
+            self._unplug_later(net, prepared)
+            raise
+        nets = self._attached.get(container_id)
+        if nets is None:                            # the container ended meanwhile
+            self._unplug_later(net, prepared)
+            raise Conflict(f"container {container_id[:12]} stopped while being connected")
+        attached = _Attached(net, prepared, tuple(aliases), primary=False, iface=iface)
+        nets[net.id] = attached
+        return _endpoint(attached)
+
+    async def disconnect(self, container_id: str, network: str) -> Network:
+        """Unplug a container from one network (its veth and address go at once); a
+        first network's namespace stays until the container ends."""
+        net = self.get(network)
+        nets = self._attached.get(container_id) or {}
+        attached = nets.get(net.id)
         if attached is None:
-            return None
-        self._teardown_later(attached.network, attached.prepared)
-        return attached.network
+            raise NotFound(f"container {container_id[:12]} is not connected to network "
+                           f"{net.name}")
+        if net.driver == "host":
+            raise Conflict("container cannot be disconnected from host network or "
+                           "connected to host network")
+        del nets[net.id]
+        prepared = attached.prepared
+        if attached.primary:                        # keep the namespace: it is in use
+            self._bare[container_id] = _Prepared(prepared.name, prepared.path)
+        if prepared.veth:
+            await self._call({"op": "unplug", "veth": prepared.veth})
+        if prepared.address is not None:
+            self.ipam.release(net.id, prepared.address)
+        return net
+
+    def release(self, container_id: str) -> list[Network]:
+        """Give back a container's namespace and addresses (in the background); the
+        networks it left (none when it was not attached)."""
+        nets = self._attached.pop(container_id, {})
+        for attached in nets.values():
+            if attached.primary:
+                self._teardown_later(attached.network, attached.prepared)
+            else:
+                self._unplug_later(attached.network, attached.prepared)
+        bare = self._bare.pop(container_id, None)
+        if bare is not None:
+            self._teardown_later(self.get("none"), bare)
+        return [a.network for a in nets.values()]
 
     def _take(self, net: Network, owner: str) -> _Prepared | None:
         pool = self._pools.get(net.id)
@@ -427,10 +521,36 @@ class NetworkService:
         return prepared
 
     def _teardown_later(self, net: Network, prepared: _Prepared) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._teardown(net, prepared, TEARDOWN))
+        self._later(self._teardown(net, prepared, TEARDOWN))
+
+    def _unplug_later(self, net: Network, prepared: _Prepared) -> None:
+        self._later(self._unplug(net, prepared))
+
+    def _later(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _unplug(self, net: Network, prepared: _Prepared) -> None:
+        """Remove a connected veth, then free its address (teardown priority)."""
+        try:
+            await self._call({"op": "unplug", "veth": prepared.veth}, TEARDOWN)
+        except SandboxError as e:
+            log.warning("network %s: removing veth %s failed: %s", net.name,
+                        prepared.veth, e)
+            return
+        if prepared.address is not None:
+            self.ipam.release(net.id, prepared.address)
+
+    async def _masquerade(self) -> None:
+        """With ``ip_masq``: forwarding on and the rule set for every bridge network
+        (see :mod:`sandboxd.runner.masq`), re-applied whole on each network change.
+        Without it nothing of the host's forwarding or netfilter is touched."""
+        if not self.ip_masq:
+            return
+        bridges = [[n.bridge, n.subnet, n.internal] for n in self.list()
+                   if n.driver == "bridge"]
+        await self._call({"op": "masquerade", "prefix": self.prefix, "bridges": bridges})
 
     async def _teardown(self, net: Network, prepared: _Prepared, priority: int) -> None:
         try:
@@ -541,9 +661,10 @@ def _endpoint(attached: _Attached) -> Endpoint:
     if prepared.address is None:
         return Endpoint(network=net.name)
     pool = net.pool
+    # Only the first network's gateway is the container's default route.
     return Endpoint(network=net.name, ip_address=str(prepared.address),
                     prefix_len=pool.subnet.prefixlen,
-                    gateway="" if net.internal else str(pool.gateway),
+                    gateway="" if net.internal or not attached.primary else str(pool.gateway),
                     mac_address=prepared.mac, aliases=attached.aliases)
 
 

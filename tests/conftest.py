@@ -11,6 +11,9 @@ import pytest
 from sandboxd import testing
 
 IS_ROOT = os.geteuid() == 0
+# Every daemon a test starts (directly or by autostart) leaves the host's forwarding and
+# netfilter alone: no masquerade, traffic stays on this machine.
+os.environ.setdefault("SANDBOXD_IP_MASQ", "0")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -28,6 +28,16 @@ Operations:
     route via ``gateway`` (none when ``gateway`` is empty: an internal network).
 ``release {path, veth?}``
     Delete the veth (both ends go) and unmount and unlink the namespace file.
+``plug {path, veth, bridge, ifname, address, prefixlen, mac}``
+    One more veth into the existing namespace bound on ``path`` (``network connect``):
+    host end ``veth`` on ``bridge``, the peer ``ifname`` inside with ``mac`` and
+    ``address/prefixlen``, up; no route (the default one stays with ``eth0``).
+``unplug {veth}``
+    Delete a veth made by ``plug`` (or a namespace's own, leaving the namespace).
+``masquerade {prefix, bridges: [[bridge, subnet, internal], ...]}``
+    IPv4 forwarding on and our netfilter chains set to the rule set of
+    :mod:`sandboxd.runner.masq` for these bridges (only when the daemon runs with
+    ``--ip-masq``). At exit the chains go and forwarding is put back as it was.
 ``cleanup {prefix, keep_links, netns_dir, keep_netns}``
     Delete every link named ``prefix*`` not in ``keep_links`` and every namespace file
     in ``netns_dir`` not in ``keep_netns``; returns what it removed.
@@ -52,6 +62,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import InvalidArgument, SandboxError, SetupFailed
+from . import masq
 from . import syscalls as sc
 from .forkserver import recv_message, send_message
 
@@ -66,6 +77,9 @@ class NetServer:
         self.ipr = IPRoute()
         self.bridges: set[str] = set()
         self.namespaces: dict[str, str] = {}      # path -> veth ("" without one)
+        self.plugs: set[str] = set()              # veths made by plug
+        self.masq_prefix = ""                     # whose chains we installed
+        self.forward_was = ""                     # ip_forward before we turned it on
 
     # -- main loop
     def serve(self) -> None:
@@ -162,6 +176,52 @@ class NetServer:
     def _op_release(self, msg: dict) -> None:
         self._release(msg["path"], msg.get("veth") or "")
 
+    def _op_plug(self, msg: dict) -> None:
+        veth, ifname = _link_name(msg["veth"]), _link_name(msg["ifname"])
+        bridge = self._index(msg["bridge"])
+        if bridge is None:
+            raise SetupFailed(f"bridge {msg['bridge']} does not exist; the network's "
+                              f"bridge was removed from outside: restart the daemon")
+        nsfd = os.open(msg["path"], os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            inside = self._socket_in(nsfd, msg["path"])
+            try:
+                try:
+                    self.ipr.link("add", ifname=veth, kind="veth", master=bridge,
+                                  state="up", peer={"ifname": ifname, "net_ns_fd": nsfd,
+                                                    "address": msg["mac"]})
+                except NetlinkError as e:
+                    raise _failed(f"create veth {veth} on {msg['bridge']}", e) from None
+                self.plugs.add(veth)
+                try:
+                    index = inside.link_lookup(ifname=ifname)[0]
+                    inside.addr("add", index=index, address=msg["address"],
+                                prefixlen=msg["prefixlen"])
+                    inside.link("set", index=index, state="up")
+                except NetlinkError as e:
+                    self._op_unplug({"veth": veth})
+                    raise _failed(f"configure {ifname} in {msg['path']}", e) from None
+            finally:
+                inside.close()
+        finally:
+            os.close(nsfd)
+
+    def _op_unplug(self, msg: dict) -> None:
+        veth = _link_name(msg["veth"])
+        self._delete_link(veth)
+        self.plugs.discard(veth)
+
+    def _op_masquerade(self, msg: dict) -> None:
+        prefix = msg["prefix"]
+        if self.masq_prefix not in ("", prefix):
+            raise InvalidArgument(f"masquerade: this server already manages the chains "
+                                  f"of prefix {self.masq_prefix}")
+        if not self.forward_was:
+            self.forward_was = _read_sysctl(masq.IP_FORWARD)
+        self.masq_prefix = prefix
+        masq.apply(prefix, [tuple(b) for b in msg["bridges"]])
+        _write_sysctl(masq.IP_FORWARD, "1")
+
     def _op_cleanup(self, msg: dict) -> dict:
         prefix, keep = msg["prefix"], set(msg.get("keep_links") or ())
         if not prefix:
@@ -215,6 +275,18 @@ class NetServer:
                               {"step": "netns", "errno": e.errno or 0}) from None
         return nsfd, inside
 
+    def _socket_in(self, nsfd: int, path: str) -> IPRoute:
+        """A netlink socket inside the namespace ``nsfd`` (back home afterwards)."""
+        try:
+            sc.setns(nsfd, sc.CLONE_NEWNET)
+        except OSError as e:
+            raise SetupFailed(f"enter the network namespace {path}: {e.strerror}",
+                              {"step": "netns", "errno": e.errno or 0}) from None
+        try:
+            return IPRoute()
+        finally:
+            self._go_home()
+
     def _go_home(self) -> None:
         try:
             sc.setns(self.home, sc.CLONE_NEWNET)
@@ -243,6 +315,19 @@ class NetServer:
                 raise _failed(f"delete link {name}", e) from None
 
     def _remove_everything(self) -> None:
+        for veth in list(self.plugs):
+            try:
+                self._op_unplug({"veth": veth})
+            except SandboxError as e:
+                print(f"network server: cleanup of {veth}: {e}", file=sys.stderr)
+        if self.masq_prefix:
+            try:
+                masq.remove(self.masq_prefix)
+                if self.forward_was:
+                    _write_sysctl(masq.IP_FORWARD, self.forward_was)
+            except SandboxError as e:
+                print(f"network server: removing the masquerade rules: {e}",
+                      file=sys.stderr)
         for path in list(self.namespaces):
             try:
                 self._release(path)
@@ -275,6 +360,19 @@ def _allow_ping() -> None:
     here is the new namespace's own."""
     with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
         f.write("0 2147483647")
+
+
+def _read_sysctl(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as e:
+        raise SetupFailed(f"write {value} to {path}: {e.strerror}") from None
 
 
 def _unbind(path: str) -> None:

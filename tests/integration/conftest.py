@@ -80,7 +80,8 @@ class Daemon:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [PY, "-m", "sandboxd.daemon", "--root", self.root, "--host", self.sock,
-             "--cgroup-parent", self.parent, "--network-prefix", self.prefix, *self.flags],
+             "--cgroup-parent", self.parent, "--network-prefix", self.prefix,
+             "--no-ip-masq", *self.flags],      # tests never turn on forwarding
             stdout=log, stderr=log, env=self.env, cwd=REPO)
         log.close()
         wait_until(lambda: self._listening() > listening or self.proc.poll() is not None,

@@ -112,8 +112,8 @@ def test_create_refusals_and_prune(daemon: Daemon) -> None:
         assert driver.returncode == 125 and "not supported" in driver.err
         builtin = daemon.sbx("network", "rm", "bridge")
         assert builtin.returncode == 1 and "pre-defined" in builtin.err
-        connect = daemon.sbx("network", "connect", "cli-auto", "x")
-        assert connect.returncode == 125 and "not supported" in connect.err
+        connect = daemon.sbx("network", "connect", "cli-auto", "no-such-container")
+        assert connect.returncode == 125 and "No such container" in connect.err
 
         pruned = daemon.sbx("network", "prune", "-f", check=True).out.splitlines()
         assert pruned[0] == "Deleted Networks:" and "cli-auto" in pruned[1:], pruned
