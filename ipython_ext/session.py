@@ -291,9 +291,10 @@ class Session:
                             self._events.put(("message", message))
                 elif event == "stderr":
                     self.worker_stderr += data[-65536:]
-            self._events.put(("exit", dict(stream.result())))
+            self.exit = dict(stream.result())
         except BaseException as exc:      # noqa: B036 -- handed to the waiting caller
-            self._events.put(("error", exc))
+            self._exit_error = exc
+        self._events.put(("exit", None))
 
     def _next(self, deadline: float | None) -> tuple[str, Any]:
         """The next event; ``("timeout", None)`` at the deadline."""
@@ -305,11 +306,6 @@ class Session:
                 kind, data = self._events.get(timeout=wait)
             except queue.Empty:
                 return "timeout", None
-            if kind == "exit":
-                self.exit = data
-            elif kind == "error":
-                self._exit_error = data
-                return "exit", data
             return kind, data
 
     def _raise_dead(self, what: str) -> None:
