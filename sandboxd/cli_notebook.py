@@ -14,42 +14,64 @@ from __future__ import annotations
 import sys
 import click
 
-from .cli import CONTEXT, EXIT_DAEMON, CliError, SbxGroup, _complete_images, _host, \
-    _local, argument, option
-
+# Not imported from .cli: ``python -m sandboxd.cli`` runs that module as __main__, and a
+# second copy of it would register this group on a ``cli`` nobody runs. A
+# ClickException is what main() turns into "sbx: <message>" and exit 125.
+CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 EXIT_CELL_FAILED = 1
 
 
-@click.group(cls=SbxGroup, context_settings=CONTEXT)
+class _Notebook(click.Group):
+    """``sbx notebook``; its commands' click parameters are made when one is used, not
+    at every ``sbx`` start."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return ["run"]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return _run_command() if name == "run" else None
+
+
+@click.group(cls=_Notebook, context_settings=CONTEXT)
 def notebook() -> None:
     """Run Jupyter notebooks in sandboxes."""
 
 
-@notebook.command("run", context_settings=CONTEXT)
-@option("-o", "--output", metavar="FILE",
-        help="Write the executed notebook here ('-' for stdout) instead of in place")
-@option("--image", default="host", show_default=True, shell_complete=_complete_images,
-        help="Image whose Python runs the cells")
-@option("-m", "--memory", metavar="BYTES", help="Memory limit (e.g. 512m)")
-@option("--cpus", metavar="DECIMAL", help="Number of CPUs")
-@option("--pids-limit", type=int, metavar="INT", help="Tune container pids limit")
-@option("--network", "--net", "network", default="none", show_default=True,
-        metavar="NETWORK", help="Connect the session's container to a network")
-@option("-e", "--env", multiple=True, metavar="KEY[=VALUE]",
-        help="Set environment variables")
-@option("--env-file", multiple=True, metavar="FILE",
-        help="Read in a file of environment variables")
-@option("-v", "--volume", multiple=True, metavar="SRC:DST[:ro]",
-        help="Bind mount a host path")
-@option("-w", "--workdir", default="", metavar="DIR",
-        help="Working directory of the cells inside the container")
-@option("--cell-timeout", type=float, metavar="SECONDS",
-        help="Stop the run when one cell takes longer than this")
-@option("--timeout", type=float, metavar="SECONDS",
-        help="Stop the run when all cells together take longer than this")
-@option("--allow-errors", is_flag=True,
-        help="Keep going after a cell raises (its error is recorded); exit 0")
-@argument("path", metavar="NOTEBOOK", type=click.Path(dir_okay=False))
+def _run_command() -> click.Command:
+    option, argument = click.option, click.argument
+    params = [
+        option("-o", "--output", metavar="FILE",
+               help="Write the executed notebook here ('-' for stdout) instead of in "
+                    "place"),
+        option("--image", default="host", show_default=True,
+               help="Image whose Python runs the cells"),
+        option("-m", "--memory", metavar="BYTES", help="Memory limit (e.g. 512m)"),
+        option("--cpus", metavar="DECIMAL", help="Number of CPUs"),
+        option("--pids-limit", type=int, metavar="INT", help="Tune container pids limit"),
+        option("--network", "--net", "network", default="none", show_default=True,
+               metavar="NETWORK", help="Connect the session's container to a network"),
+        option("-e", "--env", multiple=True, metavar="KEY[=VALUE]",
+               help="Set environment variables"),
+        option("--env-file", multiple=True, metavar="FILE",
+               help="Read in a file of environment variables"),
+        option("-v", "--volume", multiple=True, metavar="SRC:DST[:ro]",
+               help="Bind mount a host path"),
+        option("-w", "--workdir", default="", metavar="DIR",
+               help="Working directory of the cells inside the container"),
+        option("--cell-timeout", type=float, metavar="SECONDS",
+               help="Stop the run when one cell takes longer than this"),
+        option("--timeout", type=float, metavar="SECONDS",
+               help="Stop the run when all cells together take longer than this"),
+        option("--allow-errors", is_flag=True,
+               help="Keep going after a cell raises (its error is recorded); exit 0"),
+        argument("path", metavar="NOTEBOOK", type=click.Path(dir_okay=False)),
+    ]
+    func = notebook_run
+    for param in reversed(params):
+        func = param(func)
+    return click.command("run", context_settings=CONTEXT)(func)
+
+
 def notebook_run(path: str, output: str | None, image: str, memory: str | None,
                  cpus: str | None, pids_limit: int | None, network: str,
                  env: tuple[str, ...], env_file: tuple[str, ...], volume: tuple[str, ...],
@@ -60,20 +82,24 @@ def notebook_run(path: str, output: str | None, image: str, memory: str | None,
 
     from .api import Client
     from .envfile import resolve_env
+    from .errors import InvalidArgument
     from .notebooks import (NotebookError, code_cells, dumps_notebook, read_notebook,
                             run_notebook, write_notebook)
 
     for name, value in (("--cell-timeout", cell_timeout), ("--timeout", timeout)):
         if value is not None and value <= 0:
-            raise CliError(f"{name} must be a positive number of seconds, got {value:g}",
-                           EXIT_DAEMON)
-    environment = _local(resolve_env, env_file, env)
+            raise click.ClickException(
+                f"{name} must be a positive number of seconds, got {value:g}")
     try:
+        environment = resolve_env(env_file, env)
         nb = read_notebook(path)
+    except InvalidArgument as e:
+        raise click.ClickException(e.message) from None
     except NotebookError as e:
-        raise CliError(str(e), EXIT_DAEMON) from None
+        raise click.ClickException(str(e)) from None
+    host = click.get_current_context().find_root().params.get("host")
     # A session connection: if sbx is killed, the daemon removes the container.
-    with Client(_host(), session=True) as client, \
+    with Client(host, session=True) as client, \
             Session(client, image, memory=memory, cpus=cpus, pids=pids_limit,
                     network=network, env=environment, volumes=volume,
                     workdir=workdir) as session:
@@ -86,9 +112,9 @@ def notebook_run(path: str, output: str | None, image: str, memory: str | None,
         else:
             write_notebook(nb, target)
     except NotebookError as e:
-        raise CliError(str(e), EXIT_DAEMON) from None
+        raise click.ClickException(str(e)) from None
     except OSError as e:
-        raise CliError(f"cannot write {target!r}: {e.strerror or e}", EXIT_DAEMON) from None
+        raise click.ClickException(f"cannot write {target!r}: {e.strerror or e}") from None
     for failure in run.failures:
         if failure.expected:
             click.echo(f"sbx: allowed error in cell {failure.index}: {failure.ename}: "

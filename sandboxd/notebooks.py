@@ -15,7 +15,8 @@ image and limits. This module only walks cells:
   of one name merged, as Jupyter shows them) and ``metadata.execution`` timestamps;
 - the first failing cell stops the run unless ``allow_errors`` (or the cell is tagged
   ``raises-exception``); a cell that times out or runs the container out of memory
-  always stops it: the session's state can no longer be trusted.
+  always stops it: the session's state can no longer be trusted (its container may be
+  gone).
 """
 from __future__ import annotations
 
@@ -246,33 +247,25 @@ def _outputs(reply: Reply) -> list[NotebookNode]:
 
 def _failure(index: int, cell: NotebookNode, reply: Reply, limit: float | None,
              cell_limit: bool) -> CellFailure | None:
-    """The cell's failure, if it failed; a timeout or OOM without an ``error`` output
-    from the session gets one, so the notebook itself says why the run stopped."""
-    def failure(ename: str, evalue: str, tb: Sequence[str], reason: str) -> CellFailure:
-        return CellFailure(index, cell.get("id"), cell.source, ename, evalue,
-                           tuple(tb), reason)
-
-    errors = [o for o in cell.outputs if o.output_type == "error"]
-    if reply.timed_out or reply.oom_killed:
-        if reply.oom_killed:
-            reason, ename = "oom", "SandboxOutOfMemory"
-            evalue = ("the container ran out of memory and was killed "
-                      "(give it more with -m/--memory)")
-        else:
-            reason, ename = "timeout", "CellTimeoutError"
-            what = "the cell timeout" if cell_limit else "the notebook's time"
-            evalue = f"the cell did not finish within {limit:g} s ({what})"
-        tb = [f"{ename}: {evalue}"]
-        cell.outputs.append(nbformat.v4.new_output("error", ename=ename, evalue=evalue,
-                                                   traceback=tb))
-        return failure(ename, evalue, tb, reason)
-    if reply.status == "ok":
+    """The cell's failure, if it failed. A failed cell without an ``error`` output (a
+    timeout or OOM the session did not describe) gets one, so the notebook itself says
+    why the run stopped."""
+    reason = "oom" if reply.oom_killed else "timeout" if reply.timed_out else "error"
+    if reason == "error" and reply.status == "ok":
         return None
-    error = reply.error or (dict(errors[-1]) if errors else {})
+    errors = [o for o in cell.outputs if o.output_type == "error"]
+    error = dict(errors[-1]) if errors else dict(reply.error or {})
+    if not error and reason == "oom":
+        error = {"ename": "MemoryError", "evalue": "the container ran out of memory and "
+                 "was killed (give it more with -m/--memory)"}
+    elif not error and reason == "timeout":
+        what = "the cell timeout" if cell_limit else "the notebook's time limit"
+        error = {"ename": "TimeoutError",
+                 "evalue": f"the cell did not finish within {limit:g}s ({what})"}
     ename = str(error.get("ename", "Error"))
     evalue = str(error.get("evalue", ""))
-    tb = [str(line) for line in error.get("traceback", ())]
-    if not errors:              # keep the notebook truthful about why the cell failed
-        cell.outputs.append(nbformat.v4.new_output(
-            "error", ename=ename, evalue=evalue, traceback=tb or [f"{ename}: {evalue}"]))
-    return failure(ename, evalue, tb, "error")
+    tb = [str(line) for line in error.get("traceback", ())] or [f"{ename}: {evalue}"]
+    if not errors:
+        cell.outputs.append(nbformat.v4.new_output("error", ename=ename, evalue=evalue,
+                                                   traceback=tb))
+    return CellFailure(index, cell.get("id"), cell.source, ename, evalue, tuple(tb), reason)

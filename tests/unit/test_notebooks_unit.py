@@ -138,8 +138,8 @@ def test_error_reply_without_error_output_gets_one():
     nbformat.validate(nb)
 
 
-@pytest.mark.parametrize("flag, reason, ename", [("timed_out", "timeout", "CellTimeoutError"),
-                                                  ("oom_killed", "oom", "SandboxOutOfMemory")])
+@pytest.mark.parametrize("flag, reason, ename", [("timed_out", "timeout", "TimeoutError"),
+                                                  ("oom_killed", "oom", "MemoryError")])
 def test_timeout_and_oom_stop_even_with_allow_errors(flag, reason, ename):
     nb = notebook(new_code_cell("while True: pass"), new_code_cell("after = 1"))
     reply = Reply(status="error", outputs=[stream("partial\n")], **{flag: True})
@@ -148,10 +148,21 @@ def test_timeout_and_oom_stop_even_with_allow_errors(flag, reason, ename):
     assert len(session.calls) == 1 and session.calls[0][1] == 2.5
     assert run.stopped_at is not None and run.stopped_at.reason == reason
     assert run.stopped_at.ename == ename and not run.ok
+    # the session said nothing about why: the notebook gets an error output that does
     assert [o.output_type for o in nb.cells[0].outputs] == ["stream", "error"]
     if reason == "timeout":
-        assert "within 2.5 s (the cell timeout)" in nb.cells[0].outputs[1].evalue
+        assert "within 2.5s (the cell timeout)" in nb.cells[0].outputs[1].evalue
+    assert nb.cells[1].outputs == [] and nb.cells[1].execution_count is None
     nbformat.validate(nb)
+
+
+def test_the_sessions_own_timeout_error_is_kept():
+    nb = notebook(new_code_cell("sleep()"))
+    reply = failed("TimeoutError", "the cell did not finish within 1s")
+    reply.timed_out = True
+    run = run_notebook(nb, Scripted(reply), cell_timeout=1)
+    assert run.stopped_at is not None and run.stopped_at.reason == "timeout"
+    assert [o.ename for o in nb.cells[0].outputs] == ["TimeoutError"]      # not twice
 
 
 def test_whole_run_timeout_shrinks_each_cells_limit():

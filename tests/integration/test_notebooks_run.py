@@ -1,0 +1,285 @@
+"""Notebooks end to end: ``sbx notebook run`` (the real CLI process) and the pytest
+collector (pytester, in process) against the shared real daemon (``conftest.daemon``):
+every code cell runs in one real container through ``ipython_ext.session.Session``, and
+the written notebooks are read back and validated with nbformat.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from conftest import REPO, Daemon
+
+pytest_plugins = ("pytester",)
+
+HOST_PIDNS = os.readlink("/proc/self/ns/pid")
+HOST_NAME = socket.gethostname()
+EXAMPLE = REPO / "examples" / "sandboxed.ipynb"
+
+
+def write(path: Path, *cells: Any, **metadata: Any) -> Path:
+    nb = new_notebook(cells=list(cells), metadata=metadata)
+    nbformat.validate(nb)
+    nbformat.write(nb, str(path))
+    return path
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    return nb
+
+
+def texts(cell: Any, name: str = "stdout") -> str:
+    return "".join(o.text for o in cell.outputs
+                   if o.output_type == "stream" and o.name == name)
+
+
+def no_containers_left(daemon: Daemon, before: set[str]) -> None:
+    """The session's container is removed when the command ends."""
+    left = set(daemon.ids("-a")) - before
+    assert not left, f"containers left behind: {left}"
+
+
+# ---------------------------------------------------------------- sbx notebook run
+
+def test_run_writes_outputs_and_counts_and_leaves_the_source_alone(daemon: Daemon,
+                                                                   tmp_path: Path):
+    src = write(
+        tmp_path / "nb.ipynb",
+        new_markdown_cell("# not run"),
+        new_code_cell("import os, socket, sys\n"
+                      "print('pidns', os.readlink('/proc/self/ns/pid'))\n"
+                      "print('host', socket.gethostname())\n"
+                      "print('to stderr', file=sys.stderr)\n"
+                      "state = 41"),
+        new_code_cell("state + 1"),
+        new_code_cell("from IPython.display import HTML, display\n"
+                      "display(HTML('<b>bold</b>'))\n"
+                      "print(sorted(n for _, n in socket.if_nameindex()))"),
+        new_code_cell("print(os.environ.get('NB_VAR'), open('/data/in.txt').read())"),
+        language_info={"name": "python"})
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from the host")
+    before = set(daemon.ids("-a"))
+    r = daemon.sbx("notebook", "run", str(src), "-o", str(tmp_path / "out.ipynb"),
+                   "-m", "256m", "--cpus", "1", "-e", "NB_VAR=hello",
+                   "-v", f"{data}:/data:ro", timeout=120)
+    assert r.returncode == 0, r.err
+    no_containers_left(daemon, before)
+
+    out = read(tmp_path / "out.ipynb")
+    code = [c for c in out.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == [1, 2, 3, 4]
+    assert out.cells[0].cell_type == "markdown" and "execution_count" not in out.cells[0]
+    first = texts(code[0])
+    assert "pidns" in first and HOST_PIDNS not in first          # its own pid namespace
+    assert f"host {HOST_NAME}\n" not in first
+    assert texts(code[0], "stderr") == "to stderr\n"
+    (result,) = code[1].outputs                                   # state kept between cells
+    assert result.output_type == "execute_result" and result.execution_count == 2
+    assert result.data["text/plain"] == "42"
+    display = [o for o in code[2].outputs if o.output_type == "display_data"]
+    assert display and display[0].data["text/html"] == "<b>bold</b>"
+    assert texts(code[2]) == "['lo']\n"                            # --net none by default
+    assert texts(code[3]) == "hello from the host\n"
+    for cell in code:
+        assert set(cell.metadata.execution) >= {"iopub.status.busy", "shell.execute_reply"}
+    # the source notebook is untouched when -o is given
+    assert all(c.outputs == [] for c in read(src).cells if c.cell_type == "code")
+
+
+def test_run_in_place_and_to_stdout(daemon: Daemon, tmp_path: Path):
+    src = write(tmp_path / "nb.ipynb", new_code_cell("print('in place')"))
+    r = daemon.sbx("notebook", "run", str(src), "-o", "-", timeout=120)
+    assert r.returncode == 0, r.err
+    streamed = nbformat.reads(r.out, as_version=4)
+    nbformat.validate(streamed)
+    assert texts(streamed.cells[0]) == "in place\n"
+    assert read(src).cells[0].outputs == []                       # stdout only
+
+    r = daemon.sbx("notebook", "run", str(src), timeout=120)
+    assert r.returncode == 0, r.err
+    cell = read(src).cells[0]
+    assert texts(cell) == "in place\n" and cell.execution_count == 1
+
+
+def test_a_failing_cell_exits_1_writes_the_error_and_stops(daemon: Daemon, tmp_path: Path):
+    src = write(tmp_path / "nb.ipynb", new_code_cell("x = 1"),
+                new_code_cell("print('before')\n{}['missing']"),
+                new_code_cell("print('after')"))
+    before = set(daemon.ids("-a"))
+    r = daemon.sbx("notebook", "run", str(src), "-o", str(tmp_path / "out.ipynb"),
+                   timeout=120)
+    assert r.returncode == 1, r.err
+    no_containers_left(daemon, before)
+    # the terminal names the cell, shows its source and its traceback
+    assert f"cell 1 (id {read(src).cells[1].id}) failed: KeyError: 'missing'" in r.err
+    assert "{}['missing']" in r.err and "Traceback" in r.err
+    assert "1 later code cell(s) not run" in r.err
+    out = read(tmp_path / "out.ipynb")
+    failing = out.cells[1]
+    assert texts(failing) == "before\n"
+    (err,) = [o for o in failing.outputs if o.output_type == "error"]
+    assert err.ename == "KeyError" and err.traceback
+    assert out.cells[2].execution_count is None and out.cells[2].outputs == []
+
+    r = daemon.sbx("notebook", "run", str(src), "-o", str(tmp_path / "all.ipynb"),
+                   "--allow-errors", timeout=120)
+    assert r.returncode == 0, r.err
+    assert "allowed error in cell 1: KeyError" in r.err
+    out = read(tmp_path / "all.ipynb")
+    assert [c.execution_count for c in out.cells] == [1, 2, 3]
+    assert texts(out.cells[2]) == "after\n"
+
+
+def test_cell_timeout_stops_the_run(daemon: Daemon, tmp_path: Path):
+    src = write(tmp_path / "nb.ipynb",
+                new_code_cell("import time\nprint('start', flush=True)\ntime.sleep(120)"),
+                new_code_cell("print('never')"))
+    before = set(daemon.ids("-a"))
+    r = daemon.sbx("notebook", "run", str(src), "-o", str(tmp_path / "out.ipynb"),
+                   "--cell-timeout", "2", "--allow-errors", timeout=120)
+    assert r.returncode == 1, r.err
+    no_containers_left(daemon, before)
+    assert "TimeoutError: the cell did not finish within 2s" in r.err
+    out = read(tmp_path / "out.ipynb")
+    assert texts(out.cells[0]) == "start\n"
+    errors = [o.ename for o in out.cells[0].outputs if o.output_type == "error"]
+    assert errors == ["TimeoutError"]
+    assert out.cells[1].outputs == []
+
+
+def test_memory_limit_ends_the_run_with_a_clear_error(daemon: Daemon, tmp_path: Path):
+    src = write(tmp_path / "nb.ipynb",
+                new_code_cell("blocks = []\nwhile True:\n    blocks.append(bytearray(2**24))"),
+                new_code_cell("print('never')"))
+    r = daemon.sbx("notebook", "run", str(src), "-o", str(tmp_path / "out.ipynb"),
+                   "-m", "64m", timeout=120)
+    assert r.returncode == 1, r.err
+    out = read(tmp_path / "out.ipynb")
+    (err,) = [o for o in out.cells[0].outputs if o.output_type == "error"]
+    assert err.ename == "MemoryError" and "out of memory" in err.evalue, err
+    assert "memory" in r.err.lower()
+    assert out.cells[1].outputs == []
+
+
+@pytest.mark.parametrize("setup, args, words", [
+    ("missing", [], "does not exist"),
+    ("garbage", [], "is not a notebook nbformat can read"),
+    ("ok", ["--image", "no-such-image"], "no-such-image"),
+    ("ok", ["--cell-timeout", "0"], "--cell-timeout must be a positive number"),
+])
+def test_refusals_exit_125_and_write_nothing(daemon: Daemon, tmp_path: Path, setup: str,
+                                             args: list[str], words: str):
+    src = tmp_path / "nb.ipynb"
+    if setup == "garbage":
+        src.write_text("{not json")
+    elif setup == "ok":
+        write(src, new_code_cell("1"))
+    before = set(daemon.ids("-a"))
+    r = daemon.sbx("notebook", "run", str(src), "-o", str(tmp_path / "out.ipynb"), *args,
+                   timeout=120)
+    assert r.returncode == 125, (r.returncode, r.err)
+    assert words in r.err
+    assert not (tmp_path / "out.ipynb").exists()
+    no_containers_left(daemon, before)
+
+
+def test_no_daemon_exits_125(daemon: Daemon, tmp_path: Path):
+    src = write(tmp_path / "nb.ipynb", new_code_cell("1"))
+    r = daemon.sbx("notebook", "run", str(src), env={
+        "SANDBOXD_HOST": str(tmp_path / "nobody.sock")})
+    assert r.returncode == 125 and "nobody.sock" in r.err, r.err
+
+
+def test_the_example_notebook_runs(daemon: Daemon, tmp_path: Path):
+    r = daemon.sbx("notebook", "run", str(EXAMPLE), "-o", str(tmp_path / "ex.ipynb"),
+                   "-m", "256m", timeout=120)
+    assert r.returncode == 0, r.err
+    out = read(tmp_path / "ex.ipynb")
+    code = [c for c in out.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code)
+    assert "network interfaces: ['lo']" in texts(code[0])
+    assert code[1].outputs[0].data["text/plain"] == "285"
+    last = code[-1]
+    assert "raises-exception" in last.metadata.tags
+    assert [o.ename for o in last.outputs if o.output_type == "error"] == \
+        ["ConnectionRefusedError"]
+
+
+# ---------------------------------------------------------------- pytest --sandbox-notebooks
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester, daemon: Daemon, monkeypatch: pytest.MonkeyPatch):
+    """pytest on the pytester project with the plugin loaded and our daemon."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    pytester.makeini("[pytest]\n")
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest("-p", "pytest_sandbox.plugin",
+                                  f"--sandbox-host={daemon.sock}", *args)
+    return run
+
+
+def test_pytest_collects_notebooks_only_when_asked(inner, pytester: pytest.Pytester,
+                                                   daemon: Daemon):
+    write(pytester.path / "good.ipynb", new_code_cell("import os\nx = 2"),
+          new_code_cell(f"assert os.readlink('/proc/self/ns/pid') != {HOST_PIDNS!r}\n"
+                        "assert os.getcwd() == " + repr(str(pytester.path)) + "\n"
+                        "assert open('helper.txt').read() == 'next to the notebook'"),
+          new_code_cell("raise ValueError('expected')",
+                        metadata={"tags": ["raises-exception"]}))
+    (pytester.path / "helper.txt").write_text("next to the notebook")
+    write(pytester.path / "bad.ipynb", new_code_cell("y = 1"),
+          new_code_cell("def f():\n    return 1 / 0\nf()"),
+          new_code_cell("print('never')"))
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+
+    result = inner("-v")
+    result.assert_outcomes(passed=1)                 # .ipynb ignored without the option
+    before = set(daemon.ids("-a"))
+    result = inner("-v", "--sandbox-notebooks")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*bad.ipynb::bad FAILED*"])
+    result.stdout.fnmatch_lines(["*good.ipynb::good PASSED*"])
+    result.stdout.fnmatch_lines([
+        "*_ notebook bad.ipynb _*",
+        "cell 1 (id *) failed: ZeroDivisionError: division by zero",
+        "-*",
+        "def f():",
+        "    return 1 / 0",
+        "f()",
+        "-*",
+        "*ZeroDivisionError*",
+    ])
+    assert "1 / 0" in result.stdout.str() and "never" not in result.stdout.str()
+    no_containers_left(daemon, before)
+
+    # --sandbox wraps plain tests in containers, not the notebook items a second time
+    result = inner("--sandbox", "--sandbox-notebooks", "good.ipynb")
+    result.assert_outcomes(passed=1)
+
+
+def test_pytest_notebook_limits_from_metadata_and_ini(inner, pytester: pytest.Pytester):
+    write(pytester.path / "slow.ipynb", new_code_cell("import time\ntime.sleep(120)"),
+          sandbox={"cell_timeout": 2})
+    write(pytester.path / "typo.ipynb", new_code_cell("1"), sandbox={"memroy": "64m"})
+    write(pytester.path / "hungry.ipynb",
+          new_code_cell("blocks = []\nwhile True:\n    blocks.append(bytearray(2**24))"))
+    pytester.makeini("[pytest]\nsandbox_notebooks = true\nsandbox_memory = 64m\n")
+    result = inner("-rf")
+    result.assert_outcomes(failed=3)
+    out = result.stdout.str()
+    assert "TimeoutError: the cell did not finish within 2s" in out
+    assert "metadata.sandbox has unknown key(s) memroy" in out
+    assert "MemoryError: the container ran out of memory (limit of 64m)" in out
