@@ -40,7 +40,8 @@ import msgpack
 from sandboxd import config as _config
 from sandboxd.errors import SandboxError
 
-__all__ = ["Session", "ExecuteReply", "SessionError", "decode_value", "worker_command"]
+__all__ = ["Session", "ExecuteReply", "SessionError", "decode_value", "run_script",
+           "worker_command"]
 
 OutputCallback = Callable[[dict[str, Any]], None]
 INTERRUPT_GRACE = 3.0      # seconds a cell gets to stop after SIGINT before the kill
@@ -488,3 +489,89 @@ class _Run:
                                              f"{status.get('exit_code')}) during the cell"
                                              + (f": {detail}" if detail else ""))
         self.set_error(ename, evalue, [f"{ename}: {evalue}"])
+
+
+def run_script(client: Any, script: str, image: str = "host", *,
+               on_output: OutputCallback | None = None, timeout: float | None = None,
+               interrupt_grace: float = INTERRUPT_GRACE, **options: Any) -> ExecuteReply:
+    """A ``--shell`` cell in a fresh container: ``/bin/sh -c script`` with no worker,
+    so images without Python (busybox) run it too. Output streams live; ``options``
+    are :class:`Session`'s limit keywords (``memory``, ``pids`` ...)."""
+    began = time.monotonic()
+    config = _config.build_config(image, ["/bin/sh", "-c", script], auto_remove=True,
+                                  **_config_options(options))
+    stream = client.stream("container.run", {"config": config.to_dict(), "stdin": False,
+                                             "remove": True, "detach": False})
+    events: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            for event in stream:
+                events.put(event)
+            events.put(("exit", stream.result()))
+        except BaseException as exc:      # noqa: B036 -- handed to the waiting caller
+            events.put(("failed", exc))
+    threading.Thread(target=read, daemon=True, name="sandboxd-script-reader").start()
+    run = _Run(1, on_output)
+    container_id = ""
+    deadline = None if timeout is None else began + timeout
+    stop_by: float | None = None
+
+    def signal(name: str) -> None:
+        if container_id:
+            try:
+                client.call("container.kill", {"id": container_id, "signal": name})
+            except SandboxError:
+                pass
+    while True:
+        wait = (stop_by or deadline or 0) - time.monotonic() if (stop_by or deadline) \
+            else None
+        try:
+            kind, data = events.get(timeout=max(wait, 0) if wait is not None else None)
+        except KeyboardInterrupt:
+            run.interrupted = True
+            signal("SIGINT")
+            stop_by = stop_by or time.monotonic() + interrupt_grace
+            continue
+        except queue.Empty:
+            if stop_by is None:
+                run.timed_out = True
+                signal("SIGINT")
+                stop_by = time.monotonic() + interrupt_grace
+            else:
+                signal("SIGKILL")
+                stop_by = time.monotonic() + 30.0
+            continue
+        if kind == "created":
+            container_id = data["id"]
+        elif kind in ("stdout", "stderr"):
+            run.stream(kind, run.decoder.decode(kind, data))
+        elif kind == "failed":
+            raise data
+        elif kind == "exit":
+            break
+    run.flush()
+    code = int(data.get("exit_code", 0))
+    run.oom_killed = bool(data.get("oom_killed"))
+    failure = None
+    if run.oom_killed:
+        failure = ("MemoryError", f"the container ran out of memory (limit of "
+                                  f"{options.get('memory')}) and was killed")
+    elif run.timed_out:
+        failure = ("TimeoutError", f"the cell did not finish within {timeout:g}s and was "
+                                   f"stopped")
+    elif run.interrupted:
+        failure = ("KeyboardInterrupt", "the cell was interrupted")
+    elif code != 0:
+        failure = ("ShellError", f"the cell's shell script exited with status {code}")
+    if failure is not None:
+        run.set_error(*failure, [": ".join(failure)])
+    return ExecuteReply(run.status, 1, run.outputs, run.error, {}, run.timed_out,
+                        run.oom_killed, time.monotonic() - began)
+
+
+def _config_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Session's keyword names -> build_config's."""
+    names = {"pids": "pids_limit", "network": "network_mode"}
+    return {names.get(k, k): (list(v) if isinstance(v, tuple) else v)
+            for k, v in options.items()}

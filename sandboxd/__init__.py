@@ -36,5 +36,17 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def load_ipython_extension(ip: Any) -> None:
+    """``%load_ext sandboxd``: the same as ``%load_ext ipython_ext`` (imported only now,
+    so ``import sandboxd`` stays free of IPython)."""
+    from ipython_ext import load_ipython_extension as load
+    load(ip)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    from ipython_ext import unload_ipython_extension as unload
+    unload(ip)
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
