@@ -75,10 +75,6 @@ class NotebookSettingsError(Exception):
 class NotebookItem(pytest.Item):
     runs_own_container = True          # the plugin's protocol hook leaves it alone
 
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.executed: Any = None      # the executed notebook, for hooks and plugins
-
     def runtest(self) -> None:
         from ipython_ext.session import Session
 
@@ -104,7 +100,6 @@ class NotebookItem(pytest.Item):
                      volumes=volumes, python=c.python or None, workdir=here) as session:
             run = run_notebook(nb, session, cell_timeout=settings.cell_timeout,
                                timeout=c.timeout, allow_errors=settings.allow_errors)
-        self.executed = run.notebook
         if run.stopped_at is not None:
             raise NotebookCellFailed(run.stopped_at)
 

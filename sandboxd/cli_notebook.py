@@ -4,7 +4,8 @@
 interpreter (state kept from cell to cell, as in Jupyter) and writes the outputs and
 execution counts into the notebook (in place, or to ``-o OUT.ipynb``; ``-o -`` is
 stdout). Exit status: 0 when every cell ran, 1 when a cell failed (the notebook is still
-written, with the error in that cell), 125 when sandboxd or the notebook file refused.
+written, with the error in that cell), 130 when Ctrl-C interrupted a cell (written too),
+125 when sandboxd or the notebook file refused.
 
 nbformat, IPython's side and the client are imported inside the command: this module
 is loaded at every ``sbx`` start.
@@ -19,6 +20,7 @@ import click
 # ClickException is what main() turns into "sbx: <message>" and exit 125.
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 EXIT_CELL_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 
 class _Notebook(click.Group):
@@ -82,7 +84,7 @@ def notebook_run(path: str, output: str | None, image: str, memory: str | None,
 
     from .api import Client
     from .envfile import resolve_env
-    from .errors import InvalidArgument
+    from .errors import CommandNotExecutable, CommandNotFound, InvalidArgument
     from .notebooks import (NotebookError, code_cells, dumps_notebook, read_notebook,
                             run_notebook, write_notebook)
 
@@ -99,12 +101,17 @@ def notebook_run(path: str, output: str | None, image: str, memory: str | None,
         raise click.ClickException(str(e)) from None
     host = click.get_current_context().find_root().params.get("host")
     # A session connection: if sbx is killed, the daemon removes the container.
-    with Client(host, session=True) as client, \
-            Session(client, image, memory=memory, cpus=cpus, pids=pids_limit,
-                    network=network, env=environment, volumes=volume,
-                    workdir=workdir) as session:
-        run = run_notebook(nb, session, cell_timeout=cell_timeout, timeout=timeout,
-                           allow_errors=allow_errors)
+    try:
+        with Client(host, session=True) as client, \
+                Session(client, image, memory=memory, cpus=cpus, pids=pids_limit,
+                        network=network, env=environment, volumes=volume,
+                        workdir=workdir) as session:
+            run = run_notebook(nb, session, cell_timeout=cell_timeout, timeout=timeout,
+                               allow_errors=allow_errors)
+    except (CommandNotFound, CommandNotExecutable) as e:
+        # Docker's 127/126 are about the user's command; here it is our worker's Python.
+        raise click.ClickException(f"image {image!r} cannot run the notebook: "
+                                   f"{e.message} (it needs a Python)") from None
     target = output or path
     try:
         if target == "-":
@@ -124,6 +131,9 @@ def notebook_run(path: str, output: str | None, image: str, memory: str | None,
         skipped = sum(1 for i, _ in code_cells(nb) if i > run.stopped_at.index)
         if skipped:
             click.echo(f"sbx: {skipped} later code cell(s) not run", err=True)
-        return EXIT_CELL_FAILED
+        # Ctrl-C reached the cell as SIGINT (the session passes it on): 130, as a shell
+        # reports an interrupted command; the notebook shows where it stopped.
+        interrupted = run.stopped_at.reason == "interrupt"
+        return EXIT_INTERRUPTED if interrupted else EXIT_CELL_FAILED
     return 0
 

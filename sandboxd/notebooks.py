@@ -16,7 +16,7 @@ image and limits. This module only walks cells:
 - the first failing cell stops the run unless ``allow_errors`` (or the cell is tagged
   ``raises-exception``); a cell that times out or runs the container out of memory
   always stops it: the session's state can no longer be trusted (its container may be
-  gone).
+  gone); so does an interrupted cell (``KeyboardInterrupt``: Ctrl-C means stop).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -69,7 +69,7 @@ class CellFailure:
     ename: str
     evalue: str
     traceback: tuple[str, ...]
-    reason: str = "error"              # "error", "timeout" or "oom"
+    reason: str = "error"              # "error", "interrupt", "timeout" or "oom"
     expected: bool = False             # allowed: allow_errors or a raises-exception tag
 
     def describe(self) -> str:
@@ -264,6 +264,8 @@ def _failure(index: int, cell: NotebookNode, reply: Reply, limit: float | None,
                  "evalue": f"the cell did not finish within {limit:g}s ({what})"}
     ename = str(error.get("ename", "Error"))
     evalue = str(error.get("evalue", ""))
+    if reason == "error" and ename == "KeyboardInterrupt":
+        reason = "interrupt"            # Ctrl-C, passed on to the cell: the user wants out
     tb = [str(line) for line in error.get("traceback", ())] or [f"{ename}: {evalue}"]
     if not errors:
         cell.outputs.append(nbformat.v4.new_output("error", ename=ename, evalue=evalue,

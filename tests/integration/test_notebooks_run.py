@@ -5,9 +5,10 @@ the written notebooks are read back and validated with nbformat.
 """
 from __future__ import annotations
 
-import json
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from conftest import REPO, Daemon
+from conftest import PY, REPO, Daemon, wait_until
 
 pytest_plugins = ("pytester",)
 
@@ -172,11 +173,46 @@ def test_memory_limit_ends_the_run_with_a_clear_error(daemon: Daemon, tmp_path: 
     assert out.cells[1].outputs == []
 
 
+def test_ctrl_c_interrupts_the_cell_writes_the_notebook_and_exits_130(daemon: Daemon,
+                                                                      tmp_path: Path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    src = write(tmp_path / "nb.ipynb", new_code_cell("print('a')"),
+                new_code_cell("import time\nopen('/shared/started', 'w').close()\n"
+                              "time.sleep(120)"),
+                new_code_cell("print('never')"))
+    out_path = tmp_path / "out.ipynb"
+    before = set(daemon.ids("-a"))
+    proc = subprocess.Popen([PY, "-m", "sandboxd.cli", "notebook", "run", str(src), "-o",
+                             str(out_path), "--allow-errors", "-v", f"{shared}:/shared"],
+                            env=daemon.env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: (shared / "started").exists() or proc.poll() is not None, 60,
+                   "the second cell to start")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert b"KeyboardInterrupt" in err
+    no_containers_left(daemon, before)
+    out = read(out_path)
+    assert texts(out.cells[0]) == "a\n"
+    errors = [o.ename for o in out.cells[1].outputs if o.output_type == "error"]
+    assert errors == ["KeyboardInterrupt"]
+    assert out.cells[2].outputs == [] and out.cells[2].execution_count is None
+
+
 @pytest.mark.parametrize("setup, args, words", [
     ("missing", [], "does not exist"),
     ("garbage", [], "is not a notebook nbformat can read"),
     ("ok", ["--image", "no-such-image"], "no-such-image"),
     ("ok", ["--cell-timeout", "0"], "--cell-timeout must be a positive number"),
+    ("ok", ["--image", "busybox"], "image 'busybox' cannot run the notebook"),
+    ("ok", ["-m", "1k"], "memory"),
 ])
 def test_refusals_exit_125_and_write_nothing(daemon: Daemon, tmp_path: Path, setup: str,
                                              args: list[str], words: str):

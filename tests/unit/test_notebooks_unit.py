@@ -229,3 +229,12 @@ def test_write_is_atomic_validated_and_keeps_mode(tmp_path):
         dumps_notebook(nb)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ipynb"]   # no temp left
     assert read_notebook(path).cells[0].outputs[0].text == "1\n"         # old one intact
+
+
+def test_an_interrupted_cell_stops_even_with_allow_errors():
+    nb = notebook(new_code_cell("sleep()"), new_code_cell("after()"))
+    session = Scripted(failed("KeyboardInterrupt", ""))
+    run = run_notebook(nb, session, allow_errors=True)
+    assert len(session.calls) == 1
+    assert run.stopped_at is not None and run.stopped_at.reason == "interrupt"
+    assert not run.ok and not run.stopped_at.expected
