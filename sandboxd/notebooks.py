@@ -1,7 +1,7 @@
 """Run a Jupyter notebook's code cells in a sandboxed session and record the results in
 the notebook (nbformat v4), the way ``nbclient`` does with a local kernel.
 
-The session is anything with ``execute(code, *, timeout=None, on_output=None)``
+The session is anything with ``execute(code, *, timeout=None)``
 returning a reply shaped like :class:`ipython_ext.session.ExecuteReply` (one
 container running one interpreter, state kept between cells); the caller starts and
 closes it, so the ``sbx notebook run`` command and the pytest collector choose its
@@ -25,7 +25,6 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -55,8 +54,7 @@ class Reply(Protocol):
 class Executes(Protocol):
     """What :func:`run_notebook` needs of a session."""
 
-    def execute(self, code: str, *, timeout: float | None = None,
-                on_output: Callable[[dict[str, Any]], None] | None = None) -> Reply: ...
+    def execute(self, code: str, *, timeout: float | None = None) -> Reply: ...
 
 
 @dataclass(frozen=True)
@@ -179,23 +177,29 @@ def clear_outputs(nb: NotebookNode) -> None:
 
 
 def run_notebook(nb: NotebookNode, session: Executes, *, cell_timeout: float | None = None,
-                 timeout: float | None = None, allow_errors: bool = False,
-                 on_cell: Callable[[int, NotebookNode], None] | None = None) -> NotebookRun:
+                 timeout: float | None = None, allow_errors: bool = False) -> NotebookRun:
     """Execute ``nb``'s code cells in ``session`` and write the results into ``nb``.
 
     ``cell_timeout``: seconds one cell may run; ``timeout``: seconds the whole run may
-    take (each cell gets what is left). ``on_cell(index, cell)`` is called before each
-    cell runs (progress display)."""
+    take (each cell gets what is left)."""
     clear_outputs(nb)
     run = NotebookRun(nb)
     deadline = time.monotonic() + timeout if timeout is not None else None
     for index, cell in code_cells(nb):
         limit = cell_timeout
         if deadline is not None:
-            left = max(deadline - time.monotonic(), 0.001)
+            left = deadline - time.monotonic()
+            if left <= 0:                 # the time ran out between two cells
+                evalue = f"the notebook's time limit of {timeout:g}s ran out before this cell"
+                cell.outputs = [nbformat.v4.new_output(
+                    "error", ename="TimeoutError", evalue=evalue,
+                    traceback=[f"TimeoutError: {evalue}"])]
+                run.stopped_at = CellFailure(index, cell.get("id"), cell.source,
+                                             "TimeoutError", evalue,
+                                             (f"TimeoutError: {evalue}",), "timeout")
+                run.failures.append(run.stopped_at)
+                break
             limit = left if limit is None else min(limit, left)
-        if on_cell is not None:
-            on_cell(index, cell)
         started = _now()
         reply = session.execute(cell.source, timeout=limit)
         finished = _now()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +36,7 @@ class Scripted:
         self.replies = list(replies)
         self.calls: list[tuple[str, float | None]] = []
 
-    def execute(self, code: str, *, timeout: float | None = None, on_output: Any = None
-                ) -> Reply:
+    def execute(self, code: str, *, timeout: float | None = None) -> Reply:
         self.calls.append((code, timeout))
         reply = self.replies.pop(0)
         reply.execution_count = len(self.calls)
@@ -171,6 +171,22 @@ def test_whole_run_timeout_shrinks_each_cells_limit():
     run_notebook(nb, session, cell_timeout=1000, timeout=60)
     limits = [limit for _, limit in session.calls]
     assert all(limit is not None and 0 < limit <= 60 for limit in limits)
+
+
+def test_a_notebook_out_of_time_stops_before_the_next_cell():
+    class Slow(Scripted):
+        def execute(self, code: str, *, timeout: float | None = None) -> Reply:
+            time.sleep(0.05)                  # longer than the whole run may take
+            return super().execute(code, timeout=timeout)
+
+    nb = notebook(new_code_cell("first"), new_code_cell("second"))
+    session = Slow(Reply(), Reply())
+    run = run_notebook(nb, session, timeout=0.01)
+    assert [code for code, _ in session.calls] == ["first"]
+    assert run.stopped_at is not None and run.stopped_at.index == 1
+    assert run.stopped_at.reason == "timeout"
+    assert "time limit of 0.01s ran out before this cell" in nb.cells[1].outputs[0].evalue
+    nbformat.validate(nb)
 
 
 def test_clear_outputs_and_code_cells():
