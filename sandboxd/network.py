@@ -403,14 +403,17 @@ class NetworkService:
         peer appears in its namespace as the next free ``ethN`` with an address from
         that network (``ip``: a static one, user-defined networks only). The default
         route stays with the container's first network."""
+        net = self.get(network)
         nets = self._attached.get(container_id)
+        if nets and any(a.network.driver == "null" for a in nets.values()):
+            raise Conflict("container cannot be connected to multiple networks with one of "
+                           "the networks in private (none) mode")
         path = next((a.prepared.path for a in (nets or {}).values() if a.primary), "") \
             or (self._bare[container_id].path if container_id in self._bare else "")
         if not path:
             raise Conflict(f"container {container_id[:12]} has no network namespace of its "
-                           f"own (host or none network, or not running): it cannot be "
-                           f"connected to other networks")
-        net = self.get(network)
+                           f"own (host network, or not running): it cannot be connected to "
+                           f"other networks")
         if net.driver != "bridge":
             raise Conflict(f"container cannot be connected to network {net.name}: only "
                            f"bridge networks can be added to a running container")
