@@ -137,7 +137,13 @@ def _container(client: Any, target: str, value: Any) -> Any:
     if isinstance(value, Service):
         return value.container.reload()
     if isinstance(value, str):
-        return client.containers.get(value)
+        from sandboxd.errors import NotFound
+        try:
+            return client.containers.get(value)
+        except NotFound:
+            raise ValueError(f"links: {target!r} is neither a fixture nor a container; "
+                             f"name a fixture that starts a service with "
+                             f"sandbox_container(...)") from None
     if hasattr(value, "reload") and hasattr(value, "record"):     # a sandboxd Container
         return value.reload()
     raise TypeError(f"links: fixture {target!r} gave {type(value).__name__}; a linked "

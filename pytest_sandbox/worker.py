@@ -20,13 +20,22 @@ controller's terminal shows the results.
 """
 from __future__ import annotations
 
-import os
-import resource
-import sys
-from typing import Any, BinaryIO
+import gc
 
-import msgpack
-import pytest
+# Start-up allocates hundreds of thousands of long-lived objects (pytest, its plugins,
+# the config): collecting them while they are made, and again in pytest's
+# end-of-session gc.collect() passes, is pure cost in a one-test process. The
+# collector is off until the config is built, then everything so far is frozen
+# (never scanned again) and the test runs with the collector on as usual.
+gc.disable()
+
+import os  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+from typing import Any, BinaryIO  # noqa: E402
+
+import msgpack  # noqa: E402
+import pytest  # noqa: E402
 
 
 class Channel:
@@ -45,10 +54,31 @@ class WorkerPlugin:
     """Forwards what the controller needs to rebuild the run; registered in the worker's
     pytest session only."""
 
-    def __init__(self, config: Any, channel: Channel, linked: dict[str, dict[str, Any]]):
+    def __init__(self, config: Any, channel: Channel, linked: dict[str, dict[str, Any]],
+                 target: str):
         self.config = config
         self.channel = channel
         self.linked = linked
+        # The one item to run, as (its file, the names below the module): collecting
+        # anything else of the module would only be thrown away.
+        path, _, rest = target.partition("::")
+        names = rest.split("::") if rest else []
+        if names:
+            names[-1] = names[-1].partition("[")[0]      # a parametrized case's function
+        self.target = (os.path.abspath(path), names)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pycollect_makeitem(self, collector: Any, name: str, obj: object) -> Any:
+        """Skip the module's (or class's) other members: ``[]`` means "no items"."""
+        path, names = self.target
+        if str(collector.path) != path:
+            return None
+        depth, node = 0, collector
+        while node is not None and not isinstance(node, pytest.Module):
+            depth, node = depth + 1, node.parent
+        if node is None or depth >= len(names):
+            return None
+        return None if name == names[depth] else []
 
     def pytest_collection_modifyitems(self, config: Any, items: list[Any]) -> None:
         """Fixtures named in the marker's ``links`` ran on the host (they started the
@@ -122,7 +152,10 @@ def main() -> int:
     try:
         config = pytest.Config.fromdictargs(request["options"], list(request["args"]))
         config.pluginmanager.register(
-            WorkerPlugin(config, channel, dict(request.get("linked") or {})), "sandbox-worker")
+            WorkerPlugin(config, channel, dict(request.get("linked") or {}),
+                         str(request["args"][0])), "sandbox-worker")
+        gc.freeze()
+        gc.enable()
         status = int(config.hook.pytest_cmdline_main(config=config))
     except pytest.UsageError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

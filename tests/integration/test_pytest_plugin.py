@@ -321,7 +321,7 @@ def test_sandbox_option_markers_and_bad_marker(inner, pytester: pytest.Pytester)
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines_random([
         "*unknown argument(s) memroy; it takes image, memory*",
-        "*could not get container for db_server*"])
+        "*links: 'db_server' is neither a fixture nor a container*"])
 
 
 def test_service_fixtures(inner, pytester: pytest.Pytester):
