@@ -310,12 +310,23 @@ def test_pytest_notebook_limits_from_metadata_and_ini(inner, pytester: pytest.Py
     write(pytester.path / "slow.ipynb", new_code_cell("import time\ntime.sleep(120)"),
           sandbox={"cell_timeout": 2})
     write(pytester.path / "typo.ipynb", new_code_cell("1"), sandbox={"memroy": "64m"})
-    write(pytester.path / "hungry.ipynb",
-          new_code_cell("blocks = []\nwhile True:\n    blocks.append(bytearray(2**24))"))
-    pytester.makeini("[pytest]\nsandbox_notebooks = true\nsandbox_memory = 64m\n")
+    write(pytester.path / "hungry.ipynb",      # its metadata over the ini's 512m
+          new_code_cell("blocks = []\nwhile True:\n    blocks.append(bytearray(2**24))"),
+          sandbox={"memory": "64m"})
+    write(pytester.path / "env.ipynb", new_code_cell(
+        "import os\nassert os.environ['FROM_NB'] == 'yes'\n"
+        "assert os.environ['PYTHONPATH']"), sandbox={"env": {"FROM_NB": "yes"}})
+    pytester.makeini("[pytest]\nsandbox_notebooks = true\nsandbox_memory = 512m\n")
     result = inner("-rf")
-    result.assert_outcomes(failed=3)
+    result.assert_outcomes(passed=1, failed=3)
     out = result.stdout.str()
     assert "TimeoutError: the cell did not finish within 2s" in out
     assert "metadata.sandbox has unknown key(s) memroy" in out
     assert "MemoryError: the container ran out of memory (limit of 64m)" in out
+
+
+def test_pytest_runs_the_example_notebook(inner, pytester: pytest.Pytester):
+    (pytester.path / EXAMPLE.name).write_bytes(EXAMPLE.read_bytes())
+    result = inner("-v", "--sandbox-notebooks")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*sandboxed.ipynb::sandboxed PASSED*"])
