@@ -161,3 +161,92 @@ def test_service_refuses_bad_prefix(store, tmp_path):
     for bad in ("", "s", "SBX", "sbx-", "sbxabcdefg"):
         with pytest.raises(InvalidArgument, match="network prefix"):
             NetworkService(store, tmp_path, prefix=bad)
+
+
+# ---------------------------------------------------------------- --ip-masq rule set
+
+def test_masquerade_rule_set_for_bridges():
+    from sandboxd.runner import masq
+    text = masq.ruleset("sbx", [("sbx0", "172.17.0.0/16", False),
+                                ("sbx-abc", "10.216.0.0/24", False),
+                                ("sbx-int", "10.217.0.0/24", True)])
+    nat, filt = text.split("COMMIT\n")[:2]
+    assert nat.splitlines() == [
+        "*nat", ":SBX-POSTROUTING - [0:0]",
+        "-A SBX-POSTROUTING -s 172.17.0.0/16 ! -o sbx0 -j MASQUERADE",
+        "-A SBX-POSTROUTING -s 10.216.0.0/24 ! -o sbx-abc -j MASQUERADE"]   # not internal
+    rules = filt.splitlines()
+    assert rules[:2] == ["*filter", ":SBX-FORWARD - [0:0]"]
+    assert rules[2:8] == [                                     # the first bridge's block
+        "-A SBX-FORWARD -i sbx0 -o sbx0 -j ACCEPT",            # within the bridge
+        "-A SBX-FORWARD -i sbx0 -o sbx-abc -j DROP",           # never into another
+        "-A SBX-FORWARD -i sbx0 -o sbx-int -j DROP",
+        "-A SBX-FORWARD -i sbx0 -j ACCEPT",                    # out to the world
+        "-A SBX-FORWARD -o sbx0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A SBX-FORWARD -o sbx0 -j DROP"]                      # nothing opened from outside
+    assert "-A SBX-FORWARD -i sbx-int ! -o sbx-int -j DROP" in rules
+    assert "-A SBX-FORWARD -o sbx-int ! -i sbx-int -j DROP" in rules
+    assert not any("ACCEPT" in r for r in rules if "sbx-int -j ACCEPT" in r)
+    assert masq.chains("sbxe12") == {"nat": ("SBXE12-POSTROUTING", "POSTROUTING"),
+                                     "filter": ("SBXE12-FORWARD", "FORWARD")}
+
+
+def test_masquerade_rule_set_without_networks_empties_the_chains():
+    from sandboxd.runner import masq
+    assert masq.ruleset("sbx", []) == ("*nat\n:SBX-POSTROUTING - [0:0]\nCOMMIT\n"
+                                      "*filter\n:SBX-FORWARD - [0:0]\nCOMMIT\n")
+
+
+def test_ip_masq_is_off_for_the_test_suite_and_on_by_default():
+    import os
+    from sandboxd.daemon import DaemonConfig, load_config
+    assert DaemonConfig().ip_masq is True                  # Docker's default for users
+    assert os.environ.get("SANDBOXD_IP_MASQ") == "0"       # tests/conftest.py
+    assert load_config(ip_masq=False).ip_masq is False
+
+
+# ---------------------------------------------------------------- published ports
+
+def test_publish_all_adds_every_exposed_port_not_published():
+    import dataclasses
+    from sandboxd import config as cfg
+    from sandboxd.containers import _port_bindings
+    config = cfg.build_config("img", "true", ports=["8080:80"], expose=["81/udp", "82"],
+                              publish_all_ports=True)
+    record = cfg.ContainerRecord(id="a" * 64, name="x", created=0.0, config=config)
+    assert _port_bindings(record) == (cfg.PortBinding(80, "tcp", "", 8080),
+                                      cfg.PortBinding(81, "udp"), cfg.PortBinding(82, "tcp"))
+    host = dataclasses.replace(config, host=dataclasses.replace(
+        config.host, network_mode="host", port_bindings=()))
+    assert _port_bindings(dataclasses.replace(record, config=host)) == ()
+    assert cfg.inspect_document(record)["HostConfig"]["PublishAllPorts"] is True
+
+
+def test_port_proxy_refuses_duplicates_and_ports_of_other_containers():
+    import asyncio
+    import socket
+    from sandboxd.config import PortBinding
+    from sandboxd.ports import PortProxy
+
+    async def scenario() -> None:
+        proxy = PortProxy()
+        with pytest.raises(Conflict, match="published twice"):
+            proxy.check([PortBinding(80, host_port=18080),
+                         PortBinding(81, host_ip="127.0.0.1", host_port=18080)])
+        bound = await proxy.publish("c1", "127.0.0.1", [
+            PortBinding(80, host_ip="127.0.0.1"), PortBinding(53, "udp", "127.0.0.1")])
+        try:
+            assert all(b.host_port > 0 for b in bound) and proxy.published("c1") == bound
+            with pytest.raises(Conflict, match="container c1 publishes it"):
+                proxy.check([PortBinding(80, host_port=bound[0].host_port)], "c2")
+            # UDP and TCP are separate port spaces.
+            proxy.check([PortBinding(80, "udp", "127.0.0.1", bound[0].host_port)], "c2")
+        finally:
+            proxy.release("c1")
+        assert proxy.published("c1") == ()
+        with socket.socket() as s:                       # the listener is gone
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", bound[0].host_port))
+        await proxy.close()
+
+    asyncio.run(scenario())
