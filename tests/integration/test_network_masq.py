@@ -34,3 +34,18 @@ def test_with_ip_masq_off_nothing_is_touched(daemon: Daemon) -> None:
     assert IP_FORWARD.read_text() == FORWARD_BEFORE
     rules = netfilter_rules()
     assert f"{daemon.prefix.upper()}-" not in rules       # no chain, no jump of ours
+
+
+@pytest.mark.skipif(shutil.which("iptables-restore") is None,
+                    reason="iptables-restore is not installed: cannot parse the rule set")
+def test_the_rule_set_parses_in_iptables_restore_without_committing() -> None:
+    """``--test`` parses and builds the rule set and commits nothing (checked)."""
+    from sandboxd.runner import masq
+    text = masq.ruleset("sbxq", [("sbxq0", "172.17.0.0/16", False),
+                                 ("sbxq-1", "10.216.1.0/24", False),
+                                 ("sbxq-2", "10.216.2.0/24", True)])
+    before = netfilter_rules()
+    done = subprocess.run(["iptables-restore", "--test", "--noflush"], input=text,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "SBXQ-" not in netfilter_rules() and "SBXQ-" not in before
