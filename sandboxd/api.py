@@ -585,6 +585,35 @@ class ImageCollection:
         tags}]``, newest first."""
         return list(self.client.call("image.history", {"name": name})["history"])
 
+    def build(self, path: str | os.PathLike[str], tag: str | Sequence[str] | None = None,
+              *, dockerfile: str | None = None, buildargs: Mapping[str, str] | None = None,
+              nocache: bool = False, network_mode: str = "none", target: str = "",
+              labels: Mapping[str, str] | None = None,
+              progress: Callable[[str], None] | None = None) -> Image:
+        """``docker build``: the Dockerfile (``dockerfile``, default ``path/Dockerfile``
+        or ``path/Sandboxfile``) built with the directory ``path`` as its context (sent
+        as a tar, ``.dockerignore`` applied). RUN steps get network ``network_mode``.
+        ``progress`` gets each output line (``Step 1/3 : FROM ...``). A failing step
+        raises ``InvalidArgument`` with its message."""
+        from .images.context import prepare
+        text, name, spool = prepare(path, dockerfile)
+        with spool:
+            attachment = self.client.stream("image.build", {
+                "dockerfile": text, "dockerfile_name": name,
+                "tags": [tag] if isinstance(tag, str) else list(tag or ()),
+                "build_args": dict(buildargs or {}), "no_cache": nocache,
+                "network": network_mode, "target": target, "labels": dict(labels or {})})
+            _send_file(attachment, spool)
+        for event, data in attachment:
+            if event == "progress" and progress is not None and isinstance(data, dict):
+                progress(str(data.get("stream", "")))
+        return self.get(attachment.result()["id"])
+
+    def prune(self, all: bool = False) -> dict[str, Any]:
+        """``docker image prune``: dangling images (with ``all``: every image no
+        container uses); ``{deleted, untagged, space_reclaimed}``."""
+        return self.client.call("image.prune", {"all": all})
+
 
 class Client:
     """A connection to the daemon (started on demand when local and not running).

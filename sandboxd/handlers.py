@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import os
 import platform
+import shutil
 import tempfile
 import time
 from typing import Any, BinaryIO, Callable
@@ -38,10 +39,12 @@ def register(server: Server, config: DaemonConfig) -> ContainerService:
         server.register(f"container.{name}", getattr(ops, name))
     for name in ("run", "attach", "logs", "exec", "stats", "archive_get", "archive_put"):
         server.register(f"container.{name}", getattr(ops, name), streaming=True)
-    for name in ("import", "pull", "push", "load", "save"):
+    server.register("container.export", ops.export, streaming=True)
+    for name in ("import", "pull", "push", "load", "save", "build"):
         server.register(f"image.{name}", getattr(ops, "image_" + name), streaming=True)
-    for name in ("list", "inspect", "remove", "tag", "history"):
+    for name in ("list", "inspect", "remove", "tag", "history", "prune"):
         server.register(f"image.{name}", getattr(ops, "image_" + name))
+    server.register("system.df", ops.df)
     for name in ("create", "list", "inspect", "remove", "prune", "connect", "disconnect"):
         server.register(f"network.{name}", getattr(ops, "network_" + name))
     server.register("system.info", ops.info)
@@ -490,6 +493,26 @@ class _Operations:
                                                message=message, created_by=created_by))
         return {"id": image_id}
 
+    async def export(self, ctx: RequestContext, params: dict) -> Any:
+        from .images.view import write_tar
+        p = Params(params, "container.export")
+        ref = p.get("id", str)
+        p.done()
+        record = self.s._get(ref)
+        if record.config.host.auto_remove and record.state.status in RUNNING:
+            raise Conflict(f"container {record.name} was started with --rm: its writable "
+                           f"layer is a tmpfs inside the container and cannot be exported; "
+                           f"run it without --rm")
+        view = self.s.images.view(record.image_id, record.id)
+        # Spooled by a thread (it reads every file), then sent in 1 MiB chunks.
+        with tempfile.TemporaryFile(dir=self.s.root) as spool:
+            await asyncio.get_running_loop().run_in_executor(None, write_tar, view, spool)
+            size = spool.tell()
+            spool.seek(0)
+            while chunk := spool.read(ARCHIVE_CHUNK):
+                await ctx.send_event("data", chunk)
+        return {"size": size}
+
     async def image_import(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "image.import")
         name = p.get("name", str)
@@ -511,10 +534,55 @@ class _Operations:
 
     async def image_list(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "image.list")
-        p.get("all", bool, False)
+        show_all = p.get("all", bool, False)
         p.get("filters", dict, {})
         p.done()
-        return {"images": [self._image_record(i["id"]) for i in self.s.images.list()]}
+        images = self.s.images.list()
+        if not show_all:              # Docker hides a build's intermediate images
+            images = [i for i in images if i["tags"] or not self.s.images.children(i["id"])]
+        return {"images": [self._image_record(i["id"]) for i in images]}
+
+    async def image_prune(self, ctx: RequestContext, params: dict) -> Any:
+        p = Params(params, "image.prune")
+        all_unused = p.get("all", bool, False)
+        filters = p.get("filters", dict, {})
+        p.done()
+        if filters:
+            raise InvalidArgument(f"image.prune: filters are not supported (got "
+                                  f"{', '.join(sorted(filters))})")
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.s.images.prune(all_unused))
+
+    async def image_build(self, ctx: RequestContext, params: dict) -> Any:
+        from .images.build import Builder, BuildOptions, unpack_context
+        p = Params(params, "image.build")
+        options = BuildOptions(
+            dockerfile=p.get("dockerfile", str),
+            dockerfile_name=p.get("dockerfile_name", str, "Dockerfile"),
+            tags=p.get("tags", list, [], items=str),
+            build_args=_string_map(p.get("build_args", dict, {}), "build_args"),
+            no_cache=p.get("no_cache", bool, False),
+            network=p.get("network", str, "none"),
+            target=p.get("target", str, ""),
+            labels=_string_map(p.get("labels", dict, {}), "labels"),
+            memory=p.get("memory", (str, int, type(None)), None),
+            cpus=p.get("cpus", (str, int, float, type(None)), None),
+            pids_limit=p.get("pids_limit", (int, type(None)), None))
+        p.done()
+        for tag in options.tags:
+            parse_ref(tag)            # a bad name fails before any work
+        loop = asyncio.get_running_loop()
+        with await _spool_stdin(ctx, "image.build", self.s.root) as spool:
+            context = await loop.run_in_executor(None, unpack_context, spool,
+                                                 self.s.root / "builds")
+        try:
+            builder = Builder(self.s, context, options,
+                              lambda text: ctx.send_event("progress", {"stream": text}))
+            image_id = await builder.run()
+        finally:
+            await loop.run_in_executor(None, lambda: shutil.rmtree(context,
+                                                                   ignore_errors=True))
+        return {"id": image_id, "tags": list(self.s.images.get(image_id)["tags"])}
 
     async def image_inspect(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "image.inspect")
@@ -728,6 +796,25 @@ class _Operations:
                 continue
             removed.append(network.name)
         return {"removed": removed}
+
+    async def df(self, ctx: RequestContext, params: dict) -> Any:
+        Params(params, "system.df").done()
+        loop = asyncio.get_running_loop()
+        images = await loop.run_in_executor(None, self.s.images.disk_usage)
+        containers = []
+        for row in self.s.store.list_containers():
+            record = self.s._record(row)
+            size = 0
+            try:
+                size = (await loop.run_in_executor(
+                    None, self.s.images.snapshotter.usage, record.id))[0]
+            except NotFound:          # no writable layer kept (--rm, not started)
+                pass
+            containers.append({"id": record.id, "name": record.name,
+                               "image": record.config.image, "size": size,
+                               "status": record.state.status,
+                               "running": record.state.status in RUNNING})
+        return {"images": images, "containers": containers}
 
     async def info(self, ctx: RequestContext, params: dict) -> Any:
         Params(params, "system.info").done()

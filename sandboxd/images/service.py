@@ -40,6 +40,7 @@ from .reference import Reference, normalize_ref, split_ref
 from .reference import parse as parse_ref
 from .registry import DEFAULT_CHUNK, Credentials, RegistryClient
 from .unpack import apply_layer, uncompressed
+from .view import LayerView
 
 if TYPE_CHECKING:
     from ..snapshots import Snapshotter
@@ -288,7 +289,8 @@ class ImageService:
 
     def _add_image(self, config_digest: str, manifest_digest: str,
                    layers: list[dict[str, Any]], *, tags: Sequence[str] = (),
-                   repo_digests: Sequence[str] = (), progress: Progress | None = None) -> str:
+                   repo_digests: Sequence[str] = (), progress: Progress | None = None,
+                   extra: dict[str, Any] | None = None) -> str:
         """Record an image whose config, manifest and layer blobs are in the content
         store (``layers``: ``[{digest, size, media_type}]``, bottom first): unpack each
         layer once (by chain id), record the image, point ``tags`` at it and add
@@ -322,7 +324,7 @@ class ImageService:
             doc = {"manifest": manifest_digest, "config": config,
                    "layers": [{**layer, "diff_id": d} for layer, d in zip(layers, diff_ids)],
                    "chain_ids": chains, "warnings": warnings[:_MAX_WARNINGS],
-                   "repo_digests": list(dict.fromkeys(repo_digests))}
+                   "repo_digests": list(dict.fromkeys(repo_digests)), **(extra or {})}
             with self.store.transaction():
                 if existing is None:
                     self.store.put_image(config_digest, doc, size,
@@ -359,6 +361,20 @@ class ImageService:
         it ``ref`` if given. A container that has not started yet (no snapshot) or has
         a read-only root (a view) adds an empty layer, as in Docker. A container whose
         upper is a tmpfs (``--rm``) keeps no snapshot: the caller refuses it."""
+        history = {"created_by": created_by, **({"comment": message} if message else {})}
+        return self.derive(image_id, history=history, upper=container_key, ref=ref)
+
+    def derive(self, image_id: str, *, history: dict[str, Any],
+               runtime: dict[str, Any] | None = None, upper: str | None = None,
+               layer: BinaryIO | None = None, build: dict[str, str] | None = None,
+               ref: str | None = None) -> str:
+        """A new image on top of ``image_id``: its config with ``runtime`` (the OCI
+        ``config`` part; default: the parent's) and one more ``history`` entry, plus a
+        layer made from the container snapshot ``upper`` (``sbx commit``, a build's RUN)
+        or the plain tar ``layer`` (a build's COPY; a seekable file at offset 0); with
+        neither, an empty-layer (config only) step. ``build`` (``{"parent", "key"}``)
+        records a build step for the layer cache (:meth:`cached`). Tagged ``ref`` if
+        given; returns the new image id."""
         if ref is not None:
             ref = normalize_ref(ref)
             if split_ref(ref)[0] == HOST_NAME:
@@ -368,47 +384,102 @@ class ImageService:
             with self._lock:
                 parent = self.get(image_id)
                 if parent["doc"].get("host"):
-                    raise InvalidArgument("a container of the built-in host image cannot be "
-                                          "committed: its root is the host's own files")
-                upper: Path | None = None
-                if self.snapshotter.exists(container_key):
-                    info = self.snapshotter.stat(container_key)
+                    raise InvalidArgument("the built-in host image cannot be a parent: its "
+                                          "root is the host's own files, not layers")
+                source: Path | None = None
+                if upper is not None and self.snapshotter.exists(upper):
+                    info = self.snapshotter.stat(upper)
                     if info.kind == "active":
-                        upper = self.snapshotter.path(container_key)
+                        source = self.snapshotter.path(upper)
                 # the parent's blobs: the new manifest names them
                 stack.enter_context(self._keeping(_blobs_of(parent)))
-            spool = stack.enter_context(tempfile.TemporaryFile(dir=self.content.root))
-            try:
-                if upper is not None:
-                    changes.write_upper(upper, spool)
-                else:
-                    with tarfile.open(fileobj=spool, mode="w|", format=tarfile.PAX_FORMAT):
-                        pass
-            except FileNotFoundError:
-                raise Conflict(f"container {container_key[:12]} was removed while it was "
-                               f"being committed") from None
-            spool.seek(0)
-            diff_id, size = self.content.ingest(spool)
+            diff: tuple[str, int] | None = None
+            if upper is not None or layer is not None:
+                spool = layer
+                if spool is None:
+                    spool = stack.enter_context(tempfile.TemporaryFile(dir=self.content.root))
+                    try:
+                        if source is not None:
+                            changes.write_upper(source, spool)
+                        else:
+                            with tarfile.open(fileobj=spool, mode="w|",
+                                              format=tarfile.PAX_FORMAT):
+                                pass
+                    except FileNotFoundError:
+                        raise Conflict(f"container {upper[:12]} was removed while it was "
+                                       f"being committed") from None
+                    spool.seek(0)
+                diff = self.content.ingest(spool)
             config = copy.deepcopy(parent["doc"]["config"])
             created = oci.now_rfc3339()
             config["created"] = created
-            config["rootfs"] = {"type": "layers",
-                                "diff_ids": [*config["rootfs"]["diff_ids"], diff_id]}
-            config["history"] = [*(config.get("history") or []), {
-                "created": created, "created_by": created_by,
-                **({"comment": message} if message else {})}]
+            if runtime is not None:
+                config["config"] = copy.deepcopy(runtime)
+            entry = {"created": created, **history}
+            if diff is None:
+                entry["empty_layer"] = True
+            else:
+                config["rootfs"] = {"type": "layers",
+                                    "diff_ids": [*config["rootfs"]["diff_ids"], diff[0]]}
+            config["history"] = [*(config.get("history") or []), entry]
             config_digest, config_size = self.content.ingest(oci.canonical(config))
-            layers = [{"digest": layer["digest"], "size": layer["size"],
-                       "media_type": _OCI_LAYER.get(layer["media_type"],
-                                                    layer["media_type"])}
-                      for layer in parent["doc"]["layers"]]
-            layers.append({"digest": diff_id, "size": size, "media_type": oci.MEDIA_LAYER})
+            layers = [{"digest": layer_["digest"], "size": layer_["size"],
+                       "media_type": _OCI_LAYER.get(layer_["media_type"],
+                                                    layer_["media_type"])}
+                      for layer_ in parent["doc"]["layers"]]
+            if diff is not None:
+                layers.append({"digest": diff[0], "size": diff[1],
+                               "media_type": oci.MEDIA_LAYER})
             manifest = oci.manifest(config_digest, config_size,
                                     [(l["media_type"], l["digest"], l["size"]) for l in layers])
             with self._lock:
                 manifest_digest, _ = self.content.ingest(oci.canonical(manifest))
+                extra = {"build": dict(build)} if build else {}
                 return self._add_image(config_digest, manifest_digest, layers,
-                                       tags=[ref] if ref is not None else [])
+                                       tags=[ref] if ref is not None else [], extra=extra)
+
+    # ------------------------------------------------------------ builds
+
+    def scratch(self) -> str:
+        """The empty image a ``FROM scratch`` build starts from (no layers, no
+        defaults; its config has no timestamp, so it is always the same image)."""
+        config = oci.image_config([], created="", env=[], cmd=None, history=[])
+        del config["created"]
+        with self._lock:
+            digest, size = self.content.ingest(oci.canonical(config))
+            if self.store.get_image(digest) is not None:
+                return digest
+            manifest_digest, _ = self.content.ingest(
+                oci.canonical(oci.manifest(digest, size, [])))
+            return self._add_image(digest, manifest_digest, [], extra={"scratch": True})
+
+    def cached(self, key: str) -> str | None:
+        """The image a build step with this cache key made before, if it is still here."""
+        rows = self.store.query("SELECT id FROM images WHERE "
+                                "json_extract(doc, '$.build.key') = ? LIMIT 1", (key,))
+        return rows[0][0] if rows else None
+
+    def view(self, image_id: str, container_key: str | None = None) -> LayerView:
+        """An image's merged filesystem (with ``container_key``: that container's,
+        its kept upper on top), read from the layer directories (:mod:`.view`)."""
+        with self._lock:
+            image = self.get(image_id)
+            if image["doc"].get("host"):
+                raise InvalidArgument("the built-in host image has no layers to read: its "
+                                      "root is the host's own files")
+            layers = list(self._chain_lowerdirs(image["id"])[1])
+            # a container's writable layer, when one is kept (not before its first
+            # start, nor for a read-only root)
+            if container_key is not None and self.snapshotter.exists(container_key) and \
+                    self.snapshotter.stat(container_key).kind == "active":
+                layers.insert(0, str(self.snapshotter.path(container_key)))
+            return LayerView(layers)
+
+    def children(self, image_id: str) -> list[str]:
+        """Images a build made on top of this one (whose build parent it is)."""
+        return [r[0] for r in self.store.query(
+            "SELECT id FROM images WHERE json_extract(doc, '$.build.parent') = ?",
+            (image_id,))]
 
     # ------------------------------------------------------------ archives
 
@@ -622,13 +693,101 @@ class ImageService:
             if as_tag not in tags and len(tags) > 1 and not force:
                 raise Conflict(f"unable to remove image {short}: it is referenced by several "
                                f"tags ({', '.join(tags)}); remove them by tag or use force")
-            self.store.delete_image(image["id"])
-            self._lowerdirs.pop(image["id"], None)
-            self._by_id.pop(image["id"], None)
-            result = [{"Untagged": t} for t in tags] + [{"Deleted": image["id"]}]
-            self._delete_unused_blobs(_blobs_of(image))
+            if self.children(image["id"]) and not force:
+                if as_tag in tags:            # Docker: the tag goes, the image stays
+                    self.store.untag(as_tag)
+                    return [{"Untagged": as_tag}]
+                raise Conflict(f"unable to remove image {short}: image has dependent child "
+                               f"images (built on it); remove them first or use force")
+            result = [{"Untagged": t} for t in tags]
+            blobs: set[str] = set()
+            # then the untagged steps a build left under it that nothing else needs
+            # (Docker's intermediate images), as docker rmi does
+            victim: dict[str, Any] | None = image
+            while victim is not None:
+                self.store.delete_image(victim["id"])
+                self._lowerdirs.pop(victim["id"], None)
+                self._by_id.pop(victim["id"], None)
+                result.append({"Deleted": victim["id"]})
+                blobs |= _blobs_of(victim)
+                parent_id = (victim["doc"].get("build") or {}).get("parent")
+                victim = self.store.get_image(parent_id) if parent_id else None
+                if victim is not None and (victim["tags"] or self.children(victim["id"])
+                                           or self.store.containers_using_image(victim["id"])):
+                    victim = None
+            self._delete_unused_blobs(blobs)
             self.prune_snapshots()
             return result
+
+    def prune(self, all_unused: bool = False) -> dict[str, Any]:
+        """``docker image prune``: remove dangling images (untagged, no child built on
+        them, no container using them); with ``all_unused`` every image no container
+        uses. Returns ``{"deleted": [...], "untagged": [...], "space_reclaimed"}``
+        (bytes of layer snapshots and blobs freed)."""
+        deleted: list[str] = []
+        untagged: list[str] = []
+        before = self._disk_bytes()
+        with self._lock:
+            while True:
+                victims = [i for i in self.store.list_images()
+                           if (all_unused or not i["tags"])
+                           and not self.children(i["id"])
+                           and not self.store.containers_using_image(i["id"])]
+                if not victims:
+                    break
+                for image in victims:
+                    for tag in image["tags"][1:]:
+                        self.store.untag(tag)
+                        untagged.append(tag)
+                    ref = image["tags"][0] if image["tags"] else image["id"]
+                    for entry in self.remove(ref, force=True):
+                        if "Deleted" in entry:
+                            deleted.append(entry["Deleted"])
+                        else:
+                            untagged.append(entry["Untagged"])
+        return {"deleted": deleted, "untagged": untagged,
+                "space_reclaimed": max(0, before - self._disk_bytes())}
+
+    def _disk_bytes(self) -> int:
+        """Bytes of every committed layer snapshot and blob."""
+        total = sum(self.content.size(d) for d in self.content.list())
+        for info in self.snapshotter.walk():
+            if info.kind == "committed":
+                total += int(info.labels.get(SIZE_LABEL) or self.snapshotter.usage(info.key)[0])
+        return total
+
+    def disk_usage(self) -> list[dict[str, Any]]:
+        """``system df`` rows of images: ``{id, tags, size, shared, unique, layers,
+        layer_sizes, containers}``; ``size`` counts each layer's unpacked bytes,
+        ``unique`` only those of layers no other image shares; ``layers`` are chain ids
+        (the same layer in two images has the same one)."""
+        images = self.store.list_images()
+        users: Counter[str] = Counter()
+        for image in images:
+            for chain in set(image["doc"].get("chain_ids", [])):
+                users[chain] += 1
+        rows = []
+        for image in images:
+            unique = shared = 0
+            sizes = []
+            for chain in image["doc"].get("chain_ids", []):
+                try:
+                    labels = self.snapshotter.stat(chain).labels
+                except NotFound:
+                    sizes.append(0)
+                    continue
+                n = int(labels.get(SIZE_LABEL) or 0)
+                sizes.append(n)
+                if users[chain] > 1:
+                    shared += n
+                else:
+                    unique += n
+            rows.append({"id": image["id"], "tags": list(image["tags"]),
+                         "size": shared + unique, "shared": shared, "unique": unique,
+                         "layers": list(image["doc"].get("chain_ids", [])),
+                         "layer_sizes": sizes,
+                         "containers": len(self.store.containers_using_image(image["id"]))})
+        return rows
 
     def _delete_unused_blobs(self, digests: Iterable[str]) -> None:
         """Delete those of ``digests`` that no image uses; those a running transfer

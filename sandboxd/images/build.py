@@ -1,0 +1,696 @@
+"""``sbx build``: a Dockerfile (:mod:`.dockerfile`) run step by step in the daemon.
+
+The client sends the context directory as a tar (:mod:`.context`, ``.dockerignore``
+applied); it is unpacked into a private directory under the daemon's root (with the
+layer unpacker's path rules) and read through a :class:`~.view.LayerView`, so no
+symlink in it leads outside.
+
+Each instruction after ``FROM`` makes an image, as Docker's classic builder does:
+``RUN`` runs in a real container (the container service: the runner, the daemon's
+default limits, network ``none`` unless ``--network``) whose writable layer becomes the
+step's layer; ``COPY``/``ADD`` write a layer tar from the context or another stage
+(``--from``); the rest change only the config (an empty layer). Every step image
+records ``{"parent", "key"}``: the cache key is a hash of the parent image id, the
+instruction with its variables expanded, the build args a ``RUN`` sees, and for
+``COPY``/``ADD`` the names, modes and content digests of the sources. A step whose key
+is known reuses that image (`` ---> Using cache``), so an unchanged rebuild runs nothing
+and a changed file reruns from its ``COPY`` on. Intermediate images are untagged and
+hidden from ``sbx images``; ``rmi`` of the result removes them.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, BinaryIO, Callable
+
+from ..errors import InvalidArgument, NotFound
+from . import dockerfile as df
+from .unpack import WHITEOUT_PREFIX, apply_layer, detect_compression, uncompressed
+from .view import LayerView
+
+if TYPE_CHECKING:
+    from ..containers import ContainerService
+
+Say = Callable[[str], Awaitable[None]]
+DEFAULT_SHELL = ["/bin/sh", "-c"]
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Docker's predefined build args: usable without an ARG line, never in the image.
+PREDEFINED_ARGS = frozenset(("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy",
+                             "FTP_PROXY", "ftp_proxy", "NO_PROXY", "no_proxy",
+                             "ALL_PROXY", "all_proxy"))
+_CHUNK = 1 << 20
+
+
+@dataclass
+class BuildOptions:
+    """What ``sbx build`` passes besides the context: ``dockerfile`` is the text,
+    ``dockerfile_name`` the name it is reported under."""
+    dockerfile: str
+    dockerfile_name: str = "Dockerfile"
+    tags: list[str] = field(default_factory=list)
+    build_args: dict[str, str] = field(default_factory=dict)
+    no_cache: bool = False
+    network: str = "none"
+    target: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    memory: str | int | None = None
+    cpus: str | float | None = None
+    pids_limit: int | None = None
+
+
+@dataclass
+class _Stage:
+    """A stage being built: its current image, config and variables."""
+    image: str
+    runtime: dict[str, Any]
+    args: dict[str, str] = field(default_factory=dict)     # ARGs declared in the stage
+    shell: list[str] = field(default_factory=lambda: list(DEFAULT_SHELL))
+
+    def env(self) -> dict[str, str]:
+        """Variables for expansion: ARGs, then ENV over them (Docker's order)."""
+        out = dict(self.args)
+        for item in self.runtime.get("Env") or []:
+            k, _, v = item.partition("=")
+            out[k] = v
+        return out
+
+
+class Builder:
+    """One build. ``containers`` runs the RUN steps and holds the image service;
+    ``context`` is the unpacked context directory; ``say`` sends a progress line."""
+
+    def __init__(self, containers: ContainerService, context: Path,
+                 options: BuildOptions, say: Say):
+        self.containers = containers
+        self.images = containers.images
+        self.context = LayerView([context])
+        self.options = options
+        self.say = say
+        self.used_args: set[str] = set()
+        self.stages: dict[str, str] = {}        # stage name or index -> image id
+
+    async def _thread(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: func(*args, **kw))
+
+    async def run(self) -> str:
+        """Build; returns the final image id (tagged with every ``tags``)."""
+        opts = self.options
+        parsed = df.parse(opts.dockerfile, opts.dockerfile_name)
+        for warning in parsed.warnings:
+            await self.say(f"[Warning] {warning}\n")
+        stages = parsed.stages
+        if opts.target:
+            names = [s.name for s in stages]
+            if opts.target.lower() not in names:
+                raise InvalidArgument(f"--target {opts.target}: no stage of that name "
+                                      f"(stages: {', '.join(n for n in names if n) or 'none named'})")
+            stages = stages[:names.index(opts.target.lower()) + 1]
+        total = len(parsed.args) + sum(1 + len(s.instructions) for s in stages)
+        step = 0
+        meta: dict[str, str] = {}                # ARGs before the first FROM
+        for ins in parsed.args:
+            step += 1
+            await self.say(f"Step {step}/{total} : {ins}\n")
+            for name, default in df.arg_items(ins, meta, parsed.escape):
+                value = self._arg_value(name, default)
+                if value is not None:
+                    meta[name] = value
+        image = ""
+        for stage in stages:
+            step += 1
+            await self.say(f"Step {step}/{total} : {stage.base}\n")
+            state = await self._from(stage, meta, parsed.escape)
+            await self.say(f" ---> {_short(state.image)}\n")
+            for ins in stage.instructions:
+                step += 1
+                await self.say(f"Step {step}/{total} : {ins}\n")
+                await self._step(ins, state, meta, parsed.escape)
+            image = state.image
+            self.stages[str(stage.index)] = image
+            if stage.name:
+                self.stages[stage.name] = image
+        if opts.labels:
+            state = _Stage(image, self.images.config(image))
+            await self._config_step(state, "LABEL " + " ".join(
+                f"{k}={json.dumps(v)}" for k, v in sorted(opts.labels.items())),
+                lambda rt: rt.setdefault("Labels", {}).update(opts.labels) or rt)
+            image = state.image
+        unused = sorted(set(opts.build_args) - self.used_args - PREDEFINED_ARGS)
+        if unused:
+            await self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not "
+                           f"consumed\n")
+        await self.say(f"Successfully built {_short(image)}\n")
+        for tag in opts.tags:
+            name = await self._thread(self.images.tag, image, tag)
+            await self.say(f"Successfully tagged {name}\n")
+        return image
+
+    def _arg_value(self, name: str, default: str | None) -> str | None:
+        if name in self.options.build_args:
+            self.used_args.add(name)
+            return self.options.build_args[name]
+        return default
+
+    # ------------------------------------------------------------ FROM
+
+    async def _from(self, stage: df.Stage, meta: dict[str, str], escape: str) -> _Stage:
+        base = df.expand(stage.base.text.split()[0], meta, escape)
+        if not base:
+            raise InvalidArgument(f"line {stage.base.line}: FROM names no image after "
+                                  f"expansion ({stage.base.text!r})")
+        if base.lower() == "scratch":
+            image = await self._thread(self.images.scratch)
+        elif base.lower() in self.stages:
+            image = self.stages[base.lower()]
+        else:
+            image = await self._base_image(base)
+        return _Stage(image, copy.deepcopy(self.images.config(image)))
+
+    async def _base_image(self, ref: str) -> str:
+        try:
+            image = self.images.get(ref)
+        except NotFound:
+            from .reference import parse as parse_ref
+            if not parse_ref(ref).domain:
+                raise NotFound(f"FROM {ref}: no such image here, and its name names no "
+                               f"registry to pull it from (sbx pull/load/import it first, "
+                               f"or write registry:port/{ref})") from None
+            await self.say(f"Pulling {ref}\n")
+            image_id = await self._thread(self.images.pull, ref)
+            image = self.images.get(image_id)
+        if image["doc"].get("host"):
+            raise InvalidArgument("FROM host: the built-in host image cannot be built on "
+                                  "(its root is the host's own files, not layers)")
+        return image["id"]
+
+    # ------------------------------------------------------------ steps
+
+    async def _step(self, ins: df.Instruction, state: _Stage, meta: dict[str, str],
+                    escape: str) -> None:
+        k = ins.keyword
+        env = state.env()
+        if k == "ARG":
+            for name, default in df.arg_items(ins, {**meta, **env}, escape):
+                if default is None and name in meta:
+                    default = meta[name]          # a global ARG re-declared in the stage
+                value = self._arg_value(name, default)
+                state.args[name] = value if value is not None else ""
+            return
+        if k == "RUN":
+            await self._run(ins, state)
+            return
+        if k in ("COPY", "ADD"):
+            await self._copy(ins, state, env, escape)
+            return
+        text = str(ins)
+        if k in ("ENV", "LABEL"):
+            pairs = df.assignments(ins, env, escape)
+            text = f"{k} " + " ".join(f"{key}={json.dumps(v) if ' ' in v or not v else v}"
+                                      for key, v in pairs)
+
+            def change(rt: dict[str, Any]) -> dict[str, Any]:
+                if k == "ENV":
+                    current = {e.partition("=")[0]: e for e in rt.get("Env") or []}
+                    current.update({key: f"{key}={v}" for key, v in pairs})
+                    rt["Env"] = list(current.values())
+                else:
+                    rt.setdefault("Labels", {}).update(dict(pairs))
+                    if not rt["Labels"]:
+                        rt["Labels"] = None
+                return rt
+        elif k == "MAINTAINER":
+            def change(rt: dict[str, Any]) -> dict[str, Any]:
+                return rt                         # the author lives outside config
+        elif k == "WORKDIR":
+            path = df.expand(ins.text, env, escape)
+            path = posixpath.normpath(posixpath.join(rt_workdir(state.runtime), path))
+            text = f"WORKDIR {path}"
+
+            def change(rt: dict[str, Any]) -> dict[str, Any]:
+                rt["WorkingDir"] = path
+                return rt
+        elif k == "USER":
+            user = df.expand(ins.text, env, escape)
+            text = f"USER {user}"
+
+            def change(rt: dict[str, Any]) -> dict[str, Any]:
+                rt["User"] = user
+                return rt
+        elif k == "EXPOSE":
+            ports = []
+            for port in df.words(ins.text, env, escape):
+                number, _, proto = port.partition("/")
+                if not number.replace("-", "").isdigit() or proto not in ("", "tcp", "udp",
+                                                                         "sctp"):
+                    raise InvalidArgument(f"line {ins.line}: EXPOSE {port}: not PORT[/tcp|udp]")
+                ports.append(f"{number}/{proto or 'tcp'}")
+            text = "EXPOSE " + " ".join(ports)
+
+            def change(rt: dict[str, Any]) -> dict[str, Any]:
+                rt["ExposedPorts"] = {**(rt.get("ExposedPorts") or {}),
+                                      **{p: {} for p in ports}}
+                return rt
+        elif k in ("CMD", "ENTRYPOINT"):
+            argv = df.command(ins, state.shell) if ins.text else []
+            text = f"{k} {json.dumps(argv)}"
+            key = "Cmd" if k == "CMD" else "Entrypoint"
+
+            def change(rt: dict[str, Any]) -> dict[str, Any]:
+                rt[key] = argv or None
+                if key == "Entrypoint":
+                    rt["Cmd"] = None              # Docker: ENTRYPOINT resets the CMD
+                return rt
+        elif k == "SHELL":
+            shell = df.exec_form(ins.text)
+            if not shell:
+                raise InvalidArgument(f"line {ins.line}: SHELL takes a JSON array, e.g. "
+                                      f'SHELL ["/bin/bash", "-c"]')
+            state.shell = shell
+            text = f"SHELL {json.dumps(shell)}"
+
+            def change(rt: dict[str, Any]) -> dict[str, Any]:
+                rt["Shell"] = shell
+                return rt
+        elif k == "STOPSIGNAL":
+            sig = df.expand(ins.text, env, escape)
+            text = f"STOPSIGNAL {sig}"
+
+            def change(rt: dict[str, Any]) -> dict[str, Any]:
+                rt["StopSignal"] = sig
+                return rt
+        elif k == "VOLUME":
+            paths = df.exec_form(ins.text) or df.words(ins.text, env, escape)
+            text = "VOLUME " + json.dumps(paths)
+
+            def change(rt: dict[str, Any]) -> dict[str, Any]:
+                rt["Volumes"] = {**(rt.get("Volumes") or {}), **{p: {} for p in paths}}
+                return rt
+        else:                                      # the parser admits nothing else
+            raise InvalidArgument(f"line {ins.line}: {k} is not supported")
+        await self._config_step(state, text, change)
+
+    async def _config_step(self, state: _Stage, text: str,
+                           change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        key = _key(state.image, text)
+        if await self._use_cache(state, key):
+            return
+        runtime = change(copy.deepcopy(state.runtime))
+        image = await self._thread(
+            self.images.derive, state.image, runtime=runtime,
+            history={"created_by": f"/bin/sh -c #(nop)  {text}"},
+            build={"parent": state.image, "key": key})
+        self._advance(state, image, runtime)
+        await self.say(f" ---> {_short(image)}\n")
+
+    async def _use_cache(self, state: _Stage, key: str) -> bool:
+        if self.options.no_cache:
+            return False
+        image = self.images.cached(key)
+        if image is None:
+            return False
+        self._advance(state, image, self.images.config(image))
+        await self.say(f" ---> Using cache\n ---> {_short(image)}\n")
+        return True
+
+    @staticmethod
+    def _advance(state: _Stage, image: str, runtime: dict[str, Any]) -> None:
+        state.image = image
+        state.runtime = copy.deepcopy(runtime)
+
+    # ------------------------------------------------------------ RUN
+
+    async def _run(self, ins: df.Instruction, state: _Stage) -> None:
+        from .. import config as cfg
+        argv = df.command(ins, state.shell)
+        # build args reach the command's environment, not the image; ENV wins over them
+        env_names = {e.partition("=")[0] for e in state.runtime.get("Env") or []}
+        arg_env = [f"{k}={v}" for k, v in sorted(state.args.items()) if k not in env_names]
+        if not any(e.startswith("PATH=") for e in state.runtime.get("Env") or []):
+            arg_env.append(DEFAULT_PATH)
+        key = _key(state.image, "RUN " + json.dumps(argv), *arg_env)
+        if await self._use_cache(state, key):
+            return
+        opts = self.options
+        config = cfg.build_config(
+            state.image, argv, entrypoint=[], env=arg_env,
+            workdir=state.runtime.get("WorkingDir") or "",
+            user=state.runtime.get("User") or "", network_mode=opts.network,
+            memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit, environ={})
+        service = self.containers
+        record, _ = service.create(config, None)
+        try:
+            await self.say(f" ---> Running in {record.id[:12]}\n")
+            record = await service.start(record)
+            queue, live = service.subscribe(record)
+            try:
+                while queue is not None:
+                    item = await queue.get()
+                    if item is None:
+                        break
+                    await self.say(item[1].decode("utf-8", "replace"))
+                final = await service.wait_exit(record, live)
+            finally:
+                service.unsubscribe(record, queue)
+            if final.state.exit_code != 0 or final.state.error:
+                why = final.state.error or f"returned a non-zero code: {final.state.exit_code}"
+                if final.state.oom_killed:
+                    why += " (killed: out of memory; give sbx build --memory more)"
+                raise BuildFailed(f"The command {_shown(argv)} {why}")
+            created_by = (f"|{len(arg_env)} {' '.join(arg_env)} " if arg_env else "") + \
+                " ".join(argv)
+            image = await self._thread(
+                self.images.derive, state.image, upper=record.id,
+                history={"created_by": created_by},
+                build={"parent": state.image, "key": key})
+        finally:
+            try:
+                await service.remove(service._get(record.id), force=True)
+            except NotFound:
+                pass
+            await self.say(f"Removing intermediate container {record.id[:12]}\n")
+        self._advance(state, image, self.images.config(image))
+        await self.say(f" ---> {_short(image)}\n")
+
+    # ------------------------------------------------------------ COPY / ADD
+
+    async def _copy(self, ins: df.Instruction, state: _Stage, env: dict[str, str],
+                    escape: str) -> None:
+        sources, dest = df.copy_sources(ins, env, escape)
+        add = ins.keyword == "ADD"
+        for src in sources:
+            if "://" in src or src.startswith("git@"):
+                raise InvalidArgument(f"line {ins.line}: {ins.keyword} {src}: remote URLs "
+                                      f"are not supported by this builder; download the file "
+                                      f"into the build context and COPY it")
+        origin = ins.flag("from")
+        if origin is not None:
+            source_view = await self._stage_view(df.expand(origin, env, escape), ins)
+        else:
+            source_view = self.context
+        chown = ins.flag("chown")
+        chmod = ins.flag("chmod")
+        mode = None
+        if chmod is not None:
+            try:
+                mode = int(chmod, 8)
+                if not 0 <= mode <= 0o7777:
+                    raise ValueError
+            except ValueError:
+                raise InvalidArgument(f"line {ins.line}: --chmod={chmod}: not an octal mode "
+                                      f"such as 755") from None
+        workdir = rt_workdir(state.runtime)
+        plan = await self._thread(
+            _CopyPlan.make, source_view, sources, dest, workdir, ins,
+            from_context=origin is None, add=add)
+        parent_view = await self._thread(self.images.view, state.image)
+        owner = None
+        if chown is not None:
+            user, _, group = df.expand(chown, env, escape).partition(":")
+            owner = parent_view.user_ids(user, group or None)
+        key = _key(state.image, str(ins), json.dumps([sources, dest, workdir, owner, mode]),
+                   await self._thread(plan.digest))
+        if await self._use_cache(state, key):
+            return
+        with tempfile.TemporaryFile(dir=self.images.content.root) as spool:
+            await self._thread(plan.write, parent_view, owner, mode, spool)
+            spool.seek(0)
+            summary = plan.summary()
+            image = await self._thread(
+                self.images.derive, state.image, layer=spool,
+                history={"created_by": f"/bin/sh -c #(nop) {ins.keyword} {summary} in "
+                                       f"{plan.dest} "},
+                build={"parent": state.image, "key": key})
+        self._advance(state, image, self.images.config(image))
+        await self.say(f" ---> {_short(image)}\n")
+
+    async def _stage_view(self, origin: str, ins: df.Instruction) -> LayerView:
+        image = self.stages.get(origin.lower())
+        if image is None:
+            if origin.isdigit():
+                raise InvalidArgument(f"line {ins.line}: --from={origin}: no earlier stage "
+                                      f"with that index")
+            image = await self._base_image(origin)
+        return await self._thread(self.images.view, image)
+
+
+class BuildFailed(InvalidArgument):
+    """A RUN step's command failed; the build stops there. (On the wire an
+    ``invalid_argument``: the Dockerfile asked for a step that cannot be done.)"""
+
+
+def rt_workdir(runtime: dict[str, Any]) -> str:
+    return runtime.get("WorkingDir") or "/"
+
+
+@dataclass
+class _Item:
+    """One source to copy: its path in the source view, the name it gets under the
+    destination ("" for the destination itself), and whether it is an archive to
+    unpack (ADD)."""
+    path: str
+    target: str
+    archive: bool = False
+
+
+class _CopyPlan:
+    """The sources of one COPY/ADD, expanded (globs) and checked, and where they land."""
+
+    def __init__(self, view: LayerView, items: list[_Item], dest: str):
+        self.view = view
+        self.items = items
+        self.dest = dest
+
+    @classmethod
+    def make(cls, view: LayerView, sources: list[str], dest: str, workdir: str,
+             ins: df.Instruction, *, from_context: bool, add: bool) -> _CopyPlan:
+        where = "build context" if from_context else "source stage"
+        paths: list[str] = []
+        for src in sources:
+            clean = posixpath.normpath("/" + src.lstrip("/")) if from_context else \
+                posixpath.normpath(src if src.startswith("/") else "/" + src)
+            if from_context and posixpath.normpath(src).startswith(".."):
+                raise InvalidArgument(f"line {ins.line}: {ins.keyword} {src}: forbidden path "
+                                      f"outside the build context")
+            if any(c in src for c in "*?["):
+                matched = _glob(view, clean)
+                if not matched:
+                    raise NotFound(f"line {ins.line}: {ins.keyword} failed: no source files "
+                                   f"were specified ({src} matches nothing in the {where})")
+                paths += matched
+                continue
+            if not view.exists(clean):
+                raise NotFound(f"line {ins.line}: {ins.keyword} failed: file not found in "
+                               f"{where} or excluded by .dockerignore: {src}")
+            paths.append(clean)
+        dest_abs = posixpath.join(workdir, dest)
+        to_dir = dest.endswith("/") or dest in (".", "..") or dest.endswith("/.")
+        if len(paths) > 1 and not to_dir:
+            raise InvalidArgument(f"line {ins.line}: when using {ins.keyword} with more than "
+                                  f"one source file, the destination must be a directory "
+                                  f"and end with a /")
+        dest_abs = posixpath.normpath(dest_abs)
+        items = []
+        for path in paths:
+            real = view.resolve(path)
+            found = view.lstat(real)
+            assert found is not None
+            st = found[1]
+            if stat.S_ISDIR(st.st_mode):
+                items.append(_Item(real, ""))     # its contents, not the dir itself
+            elif add and stat.S_ISREG(st.st_mode) and _is_archive(found[0]):
+                items.append(_Item(real, "", archive=True))
+            else:
+                items.append(_Item(real, posixpath.basename(path) if to_dir else "",
+                                   archive=False))
+        return cls(view, items, dest_abs)
+
+    def summary(self) -> str:
+        kind = "dir" if any(not i.target for i in self.items) else "file"
+        return f"{kind}:{self.digest()[7:71]}"
+
+    def digest(self) -> str:
+        """A hash of every source entry: names, types, modes, link targets, contents."""
+        h = hashlib.sha256()
+        for item in self.items:
+            for path, real, st in self.view.walk(item.path):
+                h.update(json.dumps([item.target, path[len(item.path):], st.st_mode,
+                                     st.st_uid, st.st_gid]).encode())
+                if stat.S_ISREG(st.st_mode):
+                    with open(real, "rb") as f:
+                        while chunk := f.read(_CHUNK):
+                            h.update(chunk)
+                elif stat.S_ISLNK(st.st_mode):
+                    h.update(os.readlink(real).encode())
+                h.update(b"\0")
+        return "sha256:" + h.hexdigest()
+
+    def write(self, parent: LayerView, owner: tuple[int, int] | None, mode: int | None,
+              out: BinaryIO) -> None:
+        """The layer tar: the destination's parent directories as the parent image has
+        them (so the layer does not change them), then the sources under it."""
+        uid, gid = owner or (0, 0)
+        written: set[str] = set()
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for item in self.items:
+                if item.archive:
+                    base = parent.resolve(self.dest)
+                    self._parents(tar, parent, base, written, (uid, gid), include_self=True)
+                    self._unpack_archive(tar, item, base, written)
+                    continue
+                found = self.view.lstat(item.path)
+                assert found is not None
+                is_dir = stat.S_ISDIR(found[1].st_mode)
+                if item.target:
+                    base = posixpath.join(parent.resolve(self.dest), item.target)
+                elif is_dir:
+                    base = parent.resolve(self.dest)
+                elif parent.is_dir(self.dest):
+                    base = posixpath.join(parent.resolve(self.dest),
+                                          posixpath.basename(item.path))
+                else:
+                    base = posixpath.join(parent.resolve(posixpath.dirname(self.dest)),
+                                          posixpath.basename(self.dest))
+                # a directory's contents go into the destination, which keeps its
+                # attributes when the image has it (else a new 0755 directory)
+                self._parents(tar, parent, base, written, (uid, gid), include_self=is_dir)
+                for path, real, st in self.view.walk(item.path):
+                    rel = path[len(item.path):].lstrip("/")
+                    name = posixpath.join(base, rel) if rel else base
+                    if name in written:
+                        continue
+                    written.add(name)
+                    info = tarfile.TarInfo(name.lstrip("/") or ".")
+                    info.mode = mode if mode is not None else stat.S_IMODE(st.st_mode)
+                    info.uid, info.gid, info.mtime = uid, gid, int(st.st_mtime)
+                    if stat.S_ISDIR(st.st_mode):
+                        info.type = tarfile.DIRTYPE
+                        tar.addfile(info)
+                    elif stat.S_ISREG(st.st_mode):
+                        with open(real, "rb") as f:
+                            info.size = os.fstat(f.fileno()).st_size
+                            tar.addfile(info, f)
+                    elif stat.S_ISLNK(st.st_mode):
+                        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(real)
+                        tar.addfile(info)
+
+    def _parents(self, tar: tarfile.TarFile, parent: LayerView, path: str,
+                 written: set[str], owner: tuple[int, int], include_self: bool = False
+                 ) -> None:
+        parts = [p for p in path.split("/") if p]
+        upto = parts if include_self else parts[:-1]
+        for i in range(1, len(upto) + 1):
+            name = "/" + "/".join(upto[:i])
+            if name in written:
+                continue
+            written.add(name)
+            info = tarfile.TarInfo(name.lstrip("/"))
+            info.type = tarfile.DIRTYPE
+            found = parent.lstat(name)
+            if found is not None:
+                st = found[1]
+                if not stat.S_ISDIR(st.st_mode):
+                    raise InvalidArgument(f"cannot copy to {path}: {name} is not a directory "
+                                          f"in the image")
+                info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+                info.mtime = int(st.st_mtime)
+            else:
+                info.mode, (info.uid, info.gid) = 0o755, owner
+                info.mtime = 0
+            tar.addfile(info)
+
+    def _unpack_archive(self, tar: tarfile.TarFile, item: _Item, base: str,
+                        written: set[str]) -> None:
+        """ADD of a local tar (plain or compressed): its entries under ``base``; names
+        with ``..``, whiteouts and devices are left out."""
+        found = self.view.lstat(item.path)
+        assert found is not None
+        with uncompressed(found[0]) as stream, \
+                tarfile.open(fileobj=stream, mode="r|") as archive:   # type: ignore[call-overload]
+            for member in archive:
+                parts = [p for p in member.name.split("/") if p not in ("", ".")]
+                if not parts or ".." in parts or parts[-1].startswith(WHITEOUT_PREFIX):
+                    continue
+                if member.isdev():
+                    continue
+                name = posixpath.join(base, *parts)
+                member.name = name.lstrip("/")
+                if member.islnk():
+                    link = [p for p in member.linkname.split("/") if p not in ("", ".")]
+                    if ".." in link:
+                        continue
+                    member.linkname = posixpath.join(base, *link).lstrip("/")
+                written.add(name)
+                if member.isreg():
+                    tar.addfile(member, archive.extractfile(member))
+                else:
+                    tar.addfile(member)
+
+
+def _glob(view: LayerView, pattern: str) -> list[str]:
+    """Paths of the view matching ``pattern`` (``*``, ``?``, ``[...]`` per component)."""
+    found = ["/"]
+    for part in [p for p in pattern.split("/") if p]:
+        nxt = []
+        for base in found:
+            if not view.is_dir(base):
+                continue
+            real = view.resolve(base)
+            if any(c in part for c in "*?["):
+                nxt += [posixpath.join(base, n) for n in view.listdir(real)
+                        if fnmatchcase(n, part)]
+            elif view.exists(posixpath.join(base, part)):
+                nxt.append(posixpath.join(base, part))
+        found = nxt
+    return sorted(found)
+
+
+def _is_archive(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if detect_compression(head):
+        return True
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
+def _key(parent: str, *parts: str) -> str:
+    h = hashlib.sha256(parent.encode())
+    for part in parts:
+        h.update(b"\0" + part.encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _short(image_id: str) -> str:
+    return image_id.partition(":")[2][:12]
+
+
+def _shown(argv: list[str]) -> str:
+    return "'" + " ".join(argv) + "'"
+
+
+def unpack_context(src: BinaryIO, root: Path) -> Path:
+    """Unpack the context tar into a fresh directory under ``root``; returns it.
+    The unpacker's rules apply (no ``..``, nothing through symlinks, no devices);
+    owners are not kept."""
+    root.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="context-", dir=root))
+    try:
+        stats = apply_layer(src, directory, same_owner=False)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    if stats.skipped:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise InvalidArgument.of([f"build context: {name}: {why}"
+                                  for name, why in stats.skipped[:20]])
+    return directory
