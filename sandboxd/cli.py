@@ -1352,6 +1352,99 @@ def logout(registry: str) -> int:
     return 0
 
 
+@cli.command(context_settings=CONTEXT)
+@option("-t", "--tag", "tags", multiple=True, metavar="NAME[:TAG]",
+        help="Name and optionally a tag for the image (repeatable)")
+@option("-f", "--file", "dockerfile", metavar="PATH",
+        help="Name of the Dockerfile (default: CONTEXT/Dockerfile or CONTEXT/Sandboxfile)")
+@option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE",
+        help="Set build-time variables")
+@option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+        help="Set metadata for the image")
+@option("--no-cache", is_flag=True, help="Do not use cache when building the image")
+@option("-q", "--quiet", is_flag=True,
+        help="Suppress the build output and print image ID on success")
+@option("--network", default="none", show_default=True,
+        help="Networking mode for the RUN instructions (none, bridge, host or a network)")
+@option("--target", default="", metavar="STAGE", help="Build up to this stage")
+@option("-m", "--memory", default=None, help="Memory limit of each RUN (e.g. 512m)")
+@option("--cpus", default=None, help="Number of CPUs of each RUN")
+@option("--pids-limit", type=int, default=None, help="Process limit of each RUN")
+@argument("context", metavar="CONTEXT", type=click.Path(file_okay=False))
+def build(tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, ...],
+          labels: tuple[str, ...], no_cache: bool, quiet: bool, network: str, target: str,
+          memory: str | None, cpus: str | None, pids_limit: int | None, context: str) -> int:
+    """Build an image from a Dockerfile; CONTEXT is a local directory (URLs and - are
+    not supported)."""
+    from .api import CHUNK
+    from .images.context import prepare
+    args: dict[str, str] = {}
+    for item in build_args:
+        key, eq, value = item.partition("=")
+        if not eq:                   # Docker: KEY alone takes the client's value
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        args[key] = value
+    label_map = dict(item.partition("=")[::2] for item in labels)
+    try:
+        text, name, spool = prepare(context, dockerfile)
+    except SandboxError as e:
+        raise CliError(f"unable to prepare context: {e.message}", 1) from None
+    params: dict[str, Any] = {"dockerfile": text, "dockerfile_name": name,
+                              "tags": list(tags), "build_args": args, "no_cache": no_cache,
+                              "network": network, "target": target, "labels": label_map}
+    for key, value in (("memory", memory), ("cpus", cpus), ("pids_limit", pids_limit)):
+        if value is not None:
+            params[key] = value
+    with _client() as client, spool:
+        attachment = client.stream("image.build", params)
+        while chunk := spool.read(CHUNK):
+            attachment.send(chunk)
+        attachment.close_stdin()
+        for event, data in attachment:
+            if event == "progress" and not quiet and isinstance(data, dict):
+                sys.stdout.write(str(data.get("stream", "")))
+                sys.stdout.flush()
+        result = attachment.result()
+    if quiet:
+        click.echo(result["id"])
+    return 0
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-o", "--output", metavar="FILE", help="Write to a file, instead of STDOUT")
+@argument("container", shell_complete=_complete_containers)
+def export(output: str | None, container: str) -> int:
+    """Export a container's filesystem as a tar archive (its image's layers and its
+    changes, flattened)."""
+    if output is None and sys.stdout.isatty():
+        raise CliError("cowardly refusing to save to a terminal. Use the -o flag or "
+                       "redirect", 1)
+    try:
+        out = sys.stdout.buffer if output is None else open(output, "wb")
+    except OSError as e:
+        raise CliError(f"failed to export container: open {output}: {e.strerror}",
+                       1) from None
+    ok = False
+    try:
+        with _client() as client:
+            attachment = client.stream("container.export", {"id": container})
+            for event, data in attachment:
+                if event == "data":
+                    out.write(data)
+            attachment.result()
+        ok = True
+    finally:
+        if output is not None:
+            out.close()
+            if not ok:
+                os.unlink(output)      # no half-written archive left behind
+        else:
+            out.flush()
+    return 0
+
+
 # ---------------------------------------------------------------- system
 
 # system.info's fields under the names ``docker info --format`` templates use.
@@ -1505,14 +1598,118 @@ def prune(force: bool, filters: tuple[str, ...]) -> int:
 
 
 @cli.group(cls=SbxGroup, context_settings=CONTEXT)
+def system() -> None:
+    """Manage sandboxd."""
+
+
+system.alias("info", info)
+
+
+@system.command("df", context_settings=CONTEXT)
+@option("-v", "--verbose", is_flag=True, help="Show detailed information on space usage")
+@option("--format", "fmt", metavar="TEMPLATE", help="Format output using a Go template")
+def system_df(verbose: bool, fmt: str | None) -> int:
+    """Show disk usage: images (shared layers counted once) and containers' writable
+    layers."""
+    from . import config
+    with _client() as client:
+        data = client.call("system.df", {})
+    images, containers = data["images"], data["containers"]
+    sizes: dict[str, int] = {}               # layer -> bytes: shared layers once
+    used: dict[str, int] = {}
+    for i in images:
+        for chain, size in zip(i["layers"], i["layer_sizes"]):
+            sizes[chain] = size
+            if i["containers"]:
+                used[chain] = size
+    total = sum(sizes.values())
+    reclaim = total - sum(used.values())
+    c_total = sum(c["size"] for c in containers)
+    c_reclaim = sum(c["size"] for c in containers if not c["running"])
+
+    def pct(part: int, whole: int) -> str:
+        return f" ({100 * part // whole}%)" if whole else ""
+
+    rows = [
+        {"Type": "Images", "TotalCount": str(len(images)),
+         "Active": str(sum(1 for i in images if i["containers"])),
+         "Size": config.human_size(total),
+         "Reclaimable": config.human_size(reclaim) + pct(reclaim, total)},
+        {"Type": "Containers", "TotalCount": str(len(containers)),
+         "Active": str(sum(1 for c in containers if c["running"])),
+         "Size": config.human_size(c_total),
+         "Reclaimable": config.human_size(c_reclaim) + pct(c_reclaim, c_total)},
+        {"Type": "Local Volumes", "TotalCount": "0", "Active": "0", "Size": "0B",
+         "Reclaimable": "0B"},
+        {"Type": "Build Cache", "TotalCount": "0", "Active": "0", "Size": "0B",
+         "Reclaimable": "0B"},
+    ]
+    if not verbose:
+        _print_rows(fmt, rows, "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}"
+                    "\t{{.Reclaimable}}", {"Type": "TYPE", "TotalCount": "TOTAL",
+                                           "Active": "ACTIVE", "Size": "SIZE",
+                                           "Reclaimable": "RECLAIMABLE"})
+        return 0
+    click.echo("Images space usage:\n")
+    _print_rows(None, [{"Repository": (t.rpartition(":")[0] if t else "<none>"),
+                        "Tag": (t.rpartition(":")[2] if t else "<none>"),
+                        "ID": i["id"].split(":", 1)[-1][:12],
+                        "Size": config.human_size(i["size"]),
+                        "Shared": config.human_size(i["shared"]),
+                        "Unique": config.human_size(i["unique"]),
+                        "Containers": str(i["containers"])}
+                       for i in images for t in (i["tags"] or [""])],
+                "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.Size}}\t{{.Shared}}"
+                "\t{{.Unique}}\t{{.Containers}}",
+                {"Repository": "REPOSITORY", "Tag": "TAG", "ID": "IMAGE ID",
+                 "Size": "SIZE", "Shared": "SHARED SIZE", "Unique": "UNIQUE SIZE",
+                 "Containers": "CONTAINERS"})
+    click.echo("\nContainers space usage:\n")
+    _print_rows(None, [{"ID": c["id"][:12], "Image": c["image"],
+                        "Size": config.human_size(c["size"]), "Status": c["status"],
+                        "Names": c["name"]} for c in containers],
+                "table {{.ID}}\t{{.Image}}\t{{.Size}}\t{{.Status}}\t{{.Names}}",
+                {"ID": "CONTAINER ID", "Image": "IMAGE", "Size": "SIZE",
+                 "Status": "STATUS", "Names": "NAMES"})
+    return 0
+
+
+@cli.group(cls=SbxGroup, context_settings=CONTEXT)
 def image() -> None:
     """Manage images."""
 
 
 for _name, _func in (("import", import_), ("ls", images), ("rm", rmi), ("pull", pull),
                      ("push", push), ("load", load), ("save", save), ("tag", tag),
-                     ("history", history)):
+                     ("history", history), ("build", build)):
     image.alias(_name, _func)
+
+
+@image.command("prune", context_settings=CONTEXT)
+@option("-a", "--all", "all_unused", is_flag=True,
+        help="Remove all unused images, not just dangling ones")
+@option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
+def image_prune(all_unused: bool, force: bool) -> int:
+    """Remove unused images."""
+    if not force:
+        what = ("all images without at least one container associated to them"
+                if all_unused else "all dangling images")
+        click.echo(f"WARNING! This will remove {what}.", err=True)
+        if not click.confirm("Are you sure you want to continue?", default=False,
+                             err=True):
+            return 0
+    with _client() as client:
+        result = client.images.prune(all=all_unused)
+    lines = [f"untagged: {t}" for t in result.get("untagged") or ()]
+    lines += [f"deleted: {d}" for d in result.get("deleted") or ()]
+    if lines:
+        click.echo("Deleted Images:")
+        for line in lines:
+            click.echo(line)
+        click.echo("")
+    from .config import human_size
+    click.echo(f"Total reclaimed space: {human_size(result.get('space_reclaimed', 0))}")
+    return 0
 
 
 @image.command("inspect", context_settings=CONTEXT)
