@@ -85,7 +85,8 @@ class Ignore:
     """Matches context paths (relative, ``/``-separated) against the patterns."""
 
     def __init__(self, patterns: Sequence[str]):
-        self.rules = [(p.startswith("!"), _regex(p.lstrip("!"))) for p in patterns]
+        cleaned = parse_ignore("\n".join(patterns))
+        self.rules = [(p.startswith("!"), _regex(p.lstrip("!"))) for p in cleaned]
         self.has_exceptions = any(negate for negate, _ in self.rules)
 
     def excluded(self, path: str) -> bool:

@@ -99,16 +99,18 @@ def parse(text: str, name: str = "Dockerfile") -> Dockerfile:
         if not stripped or stripped.startswith("#"):
             continue
         parts = [raw]
-        while _continues(parts[-1], escape) and i < len(lines):
-            parts[-1] = parts[-1].rstrip()[:-1]
-            nxt = lines[i]
-            i += 1
-            if nxt.strip().startswith("#"):           # comments inside a continuation
-                parts.append("")
-                continue
-            parts.append(nxt)
-        if _continues(parts[-1], escape):             # a continuation at end of file
-            parts[-1] = parts[-1].rstrip()[:-1]
+        more = _continues(raw, escape)
+        while more:
+            parts[-1] = parts[-1].rstrip()[:-1]       # the escape that continues it
+            more = False
+            while i < len(lines):
+                nxt = lines[i]
+                i += 1
+                # comment and empty lines inside a continuation are dropped
+                if nxt.strip() and not nxt.strip().startswith("#"):
+                    parts.append(nxt)
+                    more = _continues(nxt, escape)
+                    break
         joined = "".join(parts).strip()
         keyword, _, rest = joined.partition(" ")
         if "\t" in keyword:
