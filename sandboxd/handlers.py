@@ -630,6 +630,14 @@ class _Operations:
                          "created_by": entry.get("created_by", ""),
                          "comment": entry.get("comment", ""), "tags": [],
                          "size": 0 if empty else next(sizes, 0)})
+        # the images a build made on the way (and its base) own the entries up to theirs
+        current: dict[str, Any] | None = image
+        while current is not None and rows:
+            count = len(current["doc"]["config"].get("history") or [])
+            if 0 < count <= len(rows):
+                rows[count - 1].update(id=current["id"], tags=list(current["tags"]))
+            parent = (current["doc"].get("build") or {}).get("parent")
+            current = self.s.images.store.get_image(parent) if parent else None
         rows.reverse()                    # newest first, as Docker lists them
         if rows:
             rows[0].update(id=image["id"], tags=list(image["tags"]))

@@ -130,6 +130,9 @@ def test_build_run_cache_and_rebuild(d: Daemon, ctx: Path) -> None:
     history = d.sbx("history", "--no-trunc", "sbx-build-test:1", check=True).out
     lines = history.splitlines()
     assert "CMD" in lines[1] and "FROM" not in history
+    assert "<missing>" not in history          # each step's image, busybox's at the bottom
+    assert lines[-1].split()[0] == json.loads(
+        d.sbx("image", "inspect", "busybox", check=True).out)[0]["Id"]
     assert any("RUN" not in line and "echo exec-form" in line for line in lines)
 
     for tag in ("1", "2", "3", "4"):
