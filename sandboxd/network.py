@@ -167,6 +167,7 @@ class NetworkService:
                                   f"letter then lowercase letters or digits")
         self.store = store
         self.netns_dir = Path(root) / "netns"
+        self.lock_path = Path(root) / "network.lock"
         self.prefix = prefix
         self.pool_size = pool_size
         self.ip_masq = ip_masq
@@ -193,7 +194,7 @@ class NetworkService:
         bring every bridge up; the pools fill in the background."""
         self.netns_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ipam.release_all()
-        await self._helper.start()
+        await self._helper.start(self.lock_path)
         await self._call({"op": "cleanup", "prefix": self.prefix,
                           "keep_links": [n.bridge for n in self.list() if n.bridge],
                           "netns_dir": str(self.netns_dir), "keep_netns": []})
@@ -683,7 +684,9 @@ class _Helper:
         self._inflight: tuple[int, asyncio.Future] | None = None
         self._ready: asyncio.Future | None = None
 
-    async def start(self) -> None:
+    async def start(self, lock: Path) -> None:
+        """Start the server; it answers once it holds ``lock`` (a server of a daemon
+        that died may still be removing its links: ours must not adopt them)."""
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
@@ -692,7 +695,8 @@ class _Helper:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root,
                                                           env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "sandboxd.runner.netserver", "--fd", str(theirs.fileno())],
+            [sys.executable, "-m", "sandboxd.runner.netserver", "--fd", str(theirs.fileno()),
+             "--lock", str(lock)],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         ours.setblocking(False)

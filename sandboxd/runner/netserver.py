@@ -46,7 +46,10 @@ Operations:
 
 Everything this process makes is remembered; when its owner's socket closes (the daemon
 stopped or died) it removes all of it, so no bridge, veth or namespace outlives the
-daemon.
+daemon. It holds an exclusive ``flock`` on ``--lock`` (a file in the daemon's root)
+from before its first answer until that cleanup is done: a daemon restarted at once
+after a crash gets a server that waits for the old one, instead of adopting a bridge
+the old one is about to delete.
 """
 from __future__ import annotations
 
@@ -92,13 +95,14 @@ class NetServer:
                     msg, fds = None, []
                 for fd in fds:
                     os.close(fd)
-                if msg is None:
+                if msg is None or not self._handle(msg):
                     return
-                self._handle(msg)
         finally:
             self._remove_everything()
 
-    def _handle(self, msg: dict) -> None:
+    def _handle(self, msg: dict) -> bool:
+        """Do one request and answer it; False when the owner is gone (the daemon died
+        while it ran): time to clean up and exit."""
         rid = msg.get("rid", 0)
         try:
             handler = getattr(self, "_op_" + str(msg.get("op")), None)
@@ -110,7 +114,11 @@ class NetServer:
         except Exception as e:                                  # a bug: still answer
             reply = {"rid": rid, "error": SetupFailed(
                 f"network server: {msg.get('op')}: {type(e).__name__}: {e}").to_wire()}
-        send_message(self.sock, reply)
+        try:
+            send_message(self.sock, reply)
+        except OSError:
+            return False
+        return True
 
     # -- operations
     def _op_bridge(self, msg: dict) -> None:
@@ -393,7 +401,11 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     parser = argparse.ArgumentParser(prog="sandboxd-netserver")
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--lock", required=True)
     args = parser.parse_args(argv)
+    import fcntl
+    lock = os.open(args.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)          # released when this process exits
     # A Ctrl-C meant for the daemon must not skip the cleanup; the owner's EOF ends us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
