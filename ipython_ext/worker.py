@@ -1,7 +1,7 @@
 """The in-container execution worker: runs notebook cells sent by the host.
 
-The host starts it as ``python -u -c <this file's source>`` (so the image needs no copy
-of sandboxd, only a Python) and talks to it in msgpack frames:
+The host starts it as ``python -u -c BOOTSTRAP <this file, as source or compiled>`` (so
+the image needs no copy of sandboxd, only a Python) and talks to it in msgpack frames:
 
 - host -> worker on stdin: ``{"op": "execute", "code", "shell", "inputs", "outputs"}``
   (``inputs`` maps names to pickles: the container unpickles host data, never the
@@ -14,8 +14,8 @@ Everything the cell writes to fd 1 and 2 (its prints, subprocesses, C extensions
 pipes this worker reads and forwards as ``stream`` messages, so the protocol channel stays
 clean. SIGINT interrupts a running cell (KeyboardInterrupt) and is ignored between cells.
 
-Uses only the standard library plus msgpack when the image has it; otherwise a small
-built-in codec for the subset the protocol uses. IPython is optional: without it the last
+Uses only the standard library (a small msgpack codec of its own; msgpack's C packer for
+big ``--out`` values when the image has it). IPython is optional: without it the last
 expression and ``display()`` are formatted from the object's ``_repr_*_`` methods; with it
 ``IPython.display.display`` is routed here too.
 """
@@ -24,35 +24,44 @@ from __future__ import annotations
 import ast
 import base64
 import builtins
-import importlib.abc
 import importlib.machinery
 import io
-import linecache
 import os
 import select
 import signal
 import struct
 import sys
 import threading
-import traceback
 import types
-from typing import Any, Callable
+
+# typing costs ~4 ms at start-up and annotations here are strings anyway.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 # ---------------------------------------------------------------- codec
+# The protocol's messages are small: a pure-Python msgpack subset writes and reads them,
+# which starts faster than importing msgpack (~5 ms) and works in images without it.
+# --out values use msgpack's C packer when the image has it (big values), else this one.
 
-try:
-    import msgpack as _msgpack
-except ImportError:          # an image without msgpack: the built-in subset below
-    _msgpack = None
+# ext codes for values brought back with --out (the host rebuilds only these)
+EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_COMPLEX = 1, 2, 3, 4
 
 
-def _pack_fallback(obj: Any, out: bytearray) -> None:
-    """msgpack for None, bool, int, float, str, bytes, list/tuple and str-keyed dict."""
+def _ext(code: int, data: bytes, out: bytearray) -> None:
+    out += b"\xc9" + struct.pack(">Ib", len(data), code) + data
+
+
+def pack(obj: Any, out: bytearray, values: bool = False) -> None:
+    """msgpack for None, bool, int, float, str, bytes, list and dict; with ``values``
+    also tuple, set, frozenset and complex (as ext types) and subclasses of the plain
+    types (as their base), refusing everything else by name."""
+    kind = type(obj)
     if obj is None:
         out += b"\xc0"
-    elif obj is True or obj is False:
+    elif kind is bool:
         out += b"\xc3" if obj else b"\xc2"
-    elif isinstance(obj, int):
+    elif kind is int:
         if 0 <= obj < 128:
             out.append(obj)
         elif -32 <= obj < 0:
@@ -63,120 +72,39 @@ def _pack_fallback(obj: Any, out: bytearray) -> None:
             out += b"\xd3" + struct.pack(">q", obj)
         else:
             raise OverflowError(f"integer {obj} does not fit in 64 bits")
-    elif isinstance(obj, float):
+    elif kind is float:
         out += b"\xcb" + struct.pack(">d", obj)
-    elif isinstance(obj, str):
+    elif kind is str:
         data = obj.encode("utf-8", "surrogatepass")
         out += b"\xdb" + struct.pack(">I", len(data)) + data
-    elif isinstance(obj, (bytes, bytearray, memoryview)):
+    elif kind is bytes or kind is bytearray or kind is memoryview:
         data = bytes(obj)
         out += b"\xc6" + struct.pack(">I", len(data)) + data
-    elif isinstance(obj, (list, tuple)):
+    elif kind is list or (kind is tuple and not values):
         out += b"\xdd" + struct.pack(">I", len(obj))
         for item in obj:
-            _pack_fallback(item, out)
-    elif isinstance(obj, dict):
+            pack(item, out, values)
+    elif kind is dict:
         out += b"\xdf" + struct.pack(">I", len(obj))
         for key, value in obj.items():
-            _pack_fallback(key, out)
-            _pack_fallback(value, out)
+            pack(key, out, values)
+            pack(value, out, values)
+    elif not values:
+        raise TypeError(f"cannot encode {kind.__name__}")
+    elif kind is tuple or kind is set or kind is frozenset:
+        inner = bytearray()
+        pack(list(obj), inner, values)
+        _ext({tuple: EXT_TUPLE, set: EXT_SET, frozenset: EXT_FROZENSET}[kind], inner, out)
+    elif kind is complex:
+        _ext(EXT_COMPLEX, struct.pack(">dd", obj.real, obj.imag), out)
     else:
-        raise TypeError(f"cannot encode {type(obj).__name__}")
+        pack(_plain_base(obj), out, values)
 
 
-class _FallbackUnpacker:
-    """Incremental msgpack decoding of whole messages (the subset the host sends)."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-
-    def feed(self, data: bytes) -> None:
-        self.buf += data
-
-    def __iter__(self):
-        while True:
-            try:
-                obj, end = self._decode(0)
-            except IndexError:            # incomplete: wait for more bytes
-                return
-            self.buf = self.buf[end:]
-            yield obj
-
-    def _take(self, pos: int, n: int) -> tuple[bytes, int]:
-        if pos + n > len(self.buf):
-            raise IndexError("incomplete")
-        return self.buf[pos:pos + n], pos + n
-
-    def _decode(self, pos: int) -> tuple[Any, int]:
-        b = self.buf[pos]
-        pos += 1
-        fixed = {0xcc: ">B", 0xcd: ">H", 0xce: ">I", 0xcf: ">Q", 0xd0: ">b", 0xd1: ">h",
-                 0xd2: ">i", 0xd3: ">q", 0xca: ">f", 0xcb: ">d"}
-        if b <= 0x7f:
-            return b, pos
-        if b >= 0xe0:
-            return b - 0x100, pos
-        if b in fixed:
-            fmt = fixed[b]
-            raw, pos = self._take(pos, struct.calcsize(fmt))
-            return struct.unpack(fmt, raw)[0], pos
-        if b == 0xc0:
-            return None, pos
-        if b in (0xc2, 0xc3):
-            return b == 0xc3, pos
-        if 0xa0 <= b <= 0xbf or b in (0xd9, 0xda, 0xdb, 0xc4, 0xc5, 0xc6):
-            if 0xa0 <= b <= 0xbf:
-                n = b & 0x1f
-            else:
-                fmt = {0xd9: ">B", 0xda: ">H", 0xdb: ">I", 0xc4: ">B", 0xc5: ">H",
-                       0xc6: ">I"}[b]
-                raw, pos = self._take(pos, struct.calcsize(fmt))
-                n = struct.unpack(fmt, raw)[0]
-            raw, pos = self._take(pos, n)
-            return (raw if b in (0xc4, 0xc5, 0xc6) else raw.decode("utf-8")), pos
-        if 0x90 <= b <= 0x9f or b in (0xdc, 0xdd):
-            n, pos = self._length(b, pos, 0x90, 0xdc)
-            items = []
-            for _ in range(n):
-                item, pos = self._decode(pos)
-                items.append(item)
-            return items, pos
-        if 0x80 <= b <= 0x8f or b in (0xde, 0xdf):
-            n, pos = self._length(b, pos, 0x80, 0xde)
-            result = {}
-            for _ in range(n):
-                key, pos = self._decode(pos)
-                result[key], pos = self._decode(pos)
-            return result, pos
-        raise ValueError(f"unsupported msgpack byte 0x{b:02x}")
-
-    def _length(self, b: int, pos: int, fix: int, short: int) -> tuple[int, int]:
-        if b < short:
-            return b & 0x0f, pos
-        fmt = ">H" if b == short else ">I"
-        raw, pos = self._take(pos, struct.calcsize(fmt))
-        return struct.unpack(fmt, raw)[0], pos
-
-
-# ext codes for values brought back with --out (the host rebuilds only these)
-EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_COMPLEX = 1, 2, 3, 4
-
-
-def _value_default(obj: Any) -> Any:
-    """msgpack ``default`` for --out values: a few containers as ext types, int and
-    str subclasses as their base; anything else is refused by name."""
-    if _msgpack is None:
-        raise TypeError(f"{type(obj).__name__} (no msgpack in this image: only plain "
-                        f"data can be sent back)")
-    if isinstance(obj, tuple):
-        return _msgpack.ExtType(EXT_TUPLE, encode_value(list(obj)))
-    if isinstance(obj, frozenset):
-        return _msgpack.ExtType(EXT_FROZENSET, encode_value(list(obj)))
-    if isinstance(obj, set):
-        return _msgpack.ExtType(EXT_SET, encode_value(list(obj)))
-    if isinstance(obj, complex):
-        return _msgpack.ExtType(EXT_COMPLEX, struct.pack(">dd", obj.real, obj.imag))
-    for base in (bool, int, float, str, bytes, list, dict):
+def _plain_base(obj: Any) -> Any:
+    """A subclass of a plain type as that type (an IntEnum as its int ...)."""
+    for base in (bool, int, float, complex, str, bytes, tuple, frozenset, set, list,
+                 dict):
         if isinstance(obj, base):
             return base(obj)
     raise TypeError(f"cannot send a {type(obj).__module__}.{type(obj).__qualname__} "
@@ -184,28 +112,98 @@ def _value_default(obj: Any) -> Any:
                     f"list, tuple, set, dict are; convert it first)")
 
 
+def _msgpack_default(obj: Any) -> Any:
+    import msgpack
+    if type(obj) in (tuple, set, frozenset, complex):
+        out = bytearray()
+        pack(obj, out, values=True)       # one ext, as the pure packer writes it
+        code = out[5]
+        return msgpack.ExtType(code, bytes(out[6:]))
+    return _plain_base(obj)
+
+
 def encode_value(value: Any) -> bytes:
     """A value as safe msgpack bytes (the host decodes them without pickle)."""
-    if _msgpack is None:
+    try:
+        import msgpack
+    except ImportError:
         out = bytearray()
-        _pack_fallback(value, out)
+        pack(value, out, values=True)
         return bytes(out)
-    return _msgpack.packb(value, default=_value_default, strict_types=True,
-                          use_bin_type=True)
+    return msgpack.packb(value, default=_msgpack_default, strict_types=True,
+                         use_bin_type=True)
 
 
 def _pack(message: dict) -> bytes:
-    if _msgpack is None:
-        out = bytearray()
-        _pack_fallback(message, out)
-        return bytes(out)
-    return _msgpack.packb(message, use_bin_type=True)
+    out = bytearray()
+    pack(message, out)
+    return bytes(out)
 
 
-def _unpacker() -> Any:
-    if _msgpack is None:
-        return _FallbackUnpacker()
-    return _msgpack.Unpacker(raw=False)
+class Unpacker:
+    """Incremental msgpack decoding of whole messages (the subset the host sends)."""
+
+    FIXED = {0xcc: ">B", 0xcd: ">H", 0xce: ">I", 0xcf: ">Q", 0xd0: ">b", 0xd1: ">h",
+             0xd2: ">i", 0xd3: ">q", 0xca: ">f", 0xcb: ">d"}
+    LENGTHS = {0xd9: ">B", 0xda: ">H", 0xdb: ">I", 0xc4: ">B", 0xc5: ">H", 0xc6: ">I",
+               0xdc: ">H", 0xdd: ">I", 0xde: ">H", 0xdf: ">I"}
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+
+    def __iter__(self):
+        while self.buf:
+            try:
+                obj, end = self._decode(0)
+            except IndexError:            # incomplete: wait for more bytes
+                return
+            del self.buf[:end]
+            yield obj
+
+    def _take(self, pos: int, n: int) -> tuple[bytes, int]:
+        if pos + n > len(self.buf):
+            raise IndexError("incomplete")
+        return bytes(self.buf[pos:pos + n]), pos + n
+
+    def _number(self, fmt: str, pos: int) -> tuple[Any, int]:
+        raw, pos = self._take(pos, struct.calcsize(fmt))
+        return struct.unpack(fmt, raw)[0], pos
+
+    def _decode(self, pos: int) -> tuple[Any, int]:
+        b = self.buf[pos]
+        pos += 1
+        if b <= 0x7f:
+            return b, pos
+        if b >= 0xe0:
+            return b - 0x100, pos
+        if b in self.FIXED:
+            return self._number(self.FIXED[b], pos)
+        if b == 0xc0:
+            return None, pos
+        if b in (0xc2, 0xc3):
+            return b == 0xc3, pos
+        if 0xa0 <= b <= 0xbf or b in (0xd9, 0xda, 0xdb, 0xc4, 0xc5, 0xc6):
+            n, pos = (b & 0x1f, pos) if b <= 0xbf else self._number(self.LENGTHS[b], pos)
+            raw, pos = self._take(pos, n)
+            return (raw if b in (0xc4, 0xc5, 0xc6) else raw.decode("utf-8")), pos
+        if 0x90 <= b <= 0x9f or b in (0xdc, 0xdd):
+            n, pos = (b & 0x0f, pos) if b <= 0x9f else self._number(self.LENGTHS[b], pos)
+            items = []
+            for _ in range(n):
+                item, pos = self._decode(pos)
+                items.append(item)
+            return items, pos
+        if 0x80 <= b <= 0x8f or b in (0xde, 0xdf):
+            n, pos = (b & 0x0f, pos) if b <= 0x8f else self._number(self.LENGTHS[b], pos)
+            result = {}
+            for _ in range(n):
+                key, pos = self._decode(pos)
+                result[key], pos = self._decode(pos)
+            return result, pos
+        raise ValueError(f"unsupported msgpack byte 0x{b:02x} from the host")
 
 
 # ---------------------------------------------------------------- rich output
@@ -299,6 +297,7 @@ def format_object(obj: Any, include: Any = None, exclude: Any = None
 
 
 def _warn_repr(obj: Any, name: str) -> None:
+    import traceback
     print(f"{type(obj).__name__}.{name} raised:\n{traceback.format_exc()}",
           file=sys.stderr)
 
@@ -351,6 +350,7 @@ class Worker:
         sys.modules["__main__"] = main_module
         self.ns: dict[str, Any] = main_module.__dict__
         self.count = 0
+        self.sources: dict[str, str] = {}       # cell file name -> its code
 
     # -- channel
     def send(self, message: dict) -> None:
@@ -477,7 +477,10 @@ class Worker:
 
     def run_python(self, code: str) -> None:
         filename = f"<cell-{self.count}>"
-        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        self.sources[filename] = code           # for tracebacks (see describe)
+        if "linecache" in sys.modules:          # the cell may print tracebacks itself
+            sys.modules["linecache"].cache[filename] = (
+                len(code), None, code.splitlines(True), filename)
         flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         tree = compile(code, filename, "exec", ast.PyCF_ONLY_AST | flags)
         last = None
@@ -522,6 +525,10 @@ class Worker:
         plt.close("all")
 
     def describe(self, exc: BaseException) -> dict:
+        import linecache
+        import traceback
+        for filename, code in self.sources.items():
+            linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         if isinstance(exc, (SyntaxError, ShellError)):
             lines = traceback.format_exception_only(type(exc), exc)
         else:
@@ -537,9 +544,8 @@ class Worker:
     def serve(self) -> None:
         signal.signal(signal.SIGINT, self.on_sigint)
         threading.Thread(target=self.forward, name="forward", daemon=True).start()
-        self.send({"type": "ready", "python": sys.version.split()[0],
-                   "msgpack": _msgpack is not None})
-        unpacker = _unpacker()
+        self.send({"type": "ready", "python": sys.version.split()[0]})
+        unpacker = Unpacker()
         while True:
             try:
                 data = os.read(self.proto_in, 1 << 16)
@@ -553,7 +559,8 @@ class Worker:
                     self.execute(request)
 
 
-class _DisplayHook(importlib.abc.MetaPathFinder):
+class _DisplayHook:
+    # A meta path finder by protocol (find_spec): importlib.abc costs ~10 ms to import.
     """Routes ``IPython.display.display`` (and friends) to the worker when the cell
     imports IPython: its own ``display`` would only print without a running shell."""
 

@@ -101,14 +101,16 @@ def test_unknown_ext_types_are_refused():
 
 
 @given(plain)
-def test_fallback_codec_speaks_msgpack(value):
+def test_the_workers_own_codec_speaks_msgpack(value):
     out = bytearray()
-    worker._pack_fallback(value, out)
-    expected = value if not isinstance(value, tuple) else list(value)
+    worker.pack(value, out)
     assert msgpack.unpackb(bytes(out), raw=False, strict_map_key=False) == \
-        msgpack.unpackb(msgpack.packb(expected), raw=False, strict_map_key=False)
+        msgpack.unpackb(msgpack.packb(value), raw=False, strict_map_key=False)
+    out = bytearray()
+    worker.pack(value, out, values=True)       # as encode_value without msgpack
+    assert decode_value(bytes(out)) == value
     # ... and reads msgpack's own encoding, fed a byte at a time.
-    unpacker = worker._FallbackUnpacker()
+    unpacker = worker.Unpacker()
     packed = msgpack.packb([value, "end"], use_bin_type=True)
     got = []
     for i in range(len(packed)):
@@ -176,7 +178,7 @@ def streams(messages: list[dict]) -> bytes:
 
 
 def test_protocol_cell_by_cell(process):
-    assert process.ready["type"] == "ready" and process.ready["msgpack"]
+    assert process.ready["type"] == "ready"
     first = process.execute("import os\nx = 2\nprint('p'); os.system('echo child')\nx * 21")
     assert streams(first) == b"p\nchild\n"
     assert first[-2] == {"type": "result", "data": {"text/plain": "42"}, "metadata": {}}
@@ -210,10 +212,10 @@ def test_cell_namespace_is_a_main_module_that_pickles(process):
 
 
 def test_without_msgpack_and_ipython(tmp_path):
-    """An image with a bare Python: the built-in codec and the worker's own display."""
+    """An image with a bare Python: values through the worker's own codec, display
+    through its own formatter."""
     p = WorkerProcess(tmp_path, hide=("msgpack", "IPython"))
     try:
-        assert p.ready["msgpack"] is False
         messages = p.execute(
             "class H:\n    def _repr_html_(self): return '<p/>'\n"
             "display(H())\nv = {'a': [1, 2.5, None, 'é', b'\\x00']}\nprint('ok')\nv",
