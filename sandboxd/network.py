@@ -8,6 +8,8 @@ How the container service uses it (every call on the daemon's asyncio loop)::
     att = await net.attach(cid, "bridge", ip="", aliases=())   # container start
     spec = ContainerSpec(..., namespaces=Namespaces(net=att.netns))
     record = replace(record, endpoints=(att.endpoint,), sandbox_key=att.sandbox_key)
+    await net.connect(cid, "other", ip="", aliases=())    # a running container: one more
+    await net.disconnect(cid, "other")
     net.release(cid)                 # container exited, failed to start, or removed
     await net.shutdown()             # daemon stop, after the containers were killed
 
@@ -44,11 +46,18 @@ The pieces:
   daemon restart). The server removes what it made when its owner goes, so nothing
   outlives the daemon, whether it stopped or died.
 
-Traffic: containers on one bridge reach each other; the host does not forward between
-bridges (nothing here turns on ``ip_forward``), so containers on different networks do
-not. :func:`link_env` gives a legacy link's variables; the containers' hosts files
-(names on user networks, link entries) are written by the container service.
-Masquerading towards the outside and published ports are not here.
+More networks for a running container: :meth:`connect` plugs one more veth into its
+namespace (``eth1``, ``eth2`` ...; no route beyond the subnet), :meth:`disconnect`
+unplugs one (a first network's namespace stays until the container ends).
+
+Traffic: containers on one bridge reach each other; without ``ip_masq`` the host does
+not forward between bridges (nothing here turns on ``ip_forward``), so containers on
+different networks do not. With ``ip_masq`` (the daemon's ``--ip-masq``) the network
+server turns forwarding on and installs the rule set of :mod:`sandboxd.runner.masq`
+(masquerade out, and still no traffic between our bridges), re-applied on every
+network change. :func:`link_env` gives a legacy link's variables; the containers'
+hosts files (names on user networks, link entries) are written by the container
+service. Published ports are the daemon's userland proxy, :mod:`sandboxd.ports`.
 
 Schema (created here, beside the store's tables)::
 
