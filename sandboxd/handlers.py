@@ -574,7 +574,7 @@ class _Operations:
         loop = asyncio.get_running_loop()
         with await _spool_stdin(ctx, "image.build", self.s.root) as spool:
             context = await loop.run_in_executor(None, unpack_context, spool,
-                                                 self.s.root / "builds")
+                                                 self.s.images.builds_root)
         try:
             builder = Builder(self.s, context, options,
                               lambda text: ctx.send_event("progress", {"stream": text}))

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import tarfile
 import tempfile
 import threading
@@ -851,11 +852,20 @@ class ImageService:
                     self.snapshotter.remove(key)
                     removed.append(key)
 
+    @property
+    def builds_root(self) -> Path:
+        """Where builds unpack their contexts (one private directory each)."""
+        return self.store.root / "builds"
+
     def cleanup(self) -> list[str]:
-        """Start-up reconciliation: drop unpack snapshots a crash interrupted, then
-        unused layers. Call before any import runs."""
+        """Start-up reconciliation: drop unpack snapshots and build contexts a crash
+        interrupted, then unused layers. Call before any import or build runs."""
         with self._lock:
             removed = []
+            if self.builds_root.is_dir():
+                for context in self.builds_root.iterdir():
+                    shutil.rmtree(context, ignore_errors=True)
+                    removed.append(str(context))
             for info in self.snapshotter.walk():
                 if info.kind == "active" and EXTRACT_LABEL in info.labels:
                     self.snapshotter.remove(info.key)

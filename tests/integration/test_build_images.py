@@ -183,6 +183,23 @@ CMD ["cat", "/from-scratch/artifact", "/from-scratch/answer"]
         d.sbx("rmi", "sbx-build-multi", check=True)
 
 
+def test_forty_layer_image_runs(d: Daemon, tmp_path: Path) -> None:
+    for i in range(40):
+        (tmp_path / f"f{i}").write_text(f"{i}\n")
+    (tmp_path / "Dockerfile").write_text(
+        "FROM scratch\n" + "".join(f"COPY f{i} /f{i}\n" for i in range(39)) +
+        "COPY --from=busybox / /\n")
+    build(d, tmp_path, "-t", "sbx-build-40")
+    try:
+        info = json.loads(d.sbx("image", "inspect", "sbx-build-40", check=True).out)[0]
+        assert len(info["RootFS"]["Layers"]) == 40
+        assert run(d, "sbx-build-40", "sh", "-c", "cat /f0 /f38 && ls / | grep -c '^f'") \
+            == "0\n38\n39\n"
+    finally:
+        d.sbx("rmi", "sbx-build-40", check=True)
+        d.sbx("image", "prune", "-f", check=True)
+
+
 def test_build_refusals(d: Daemon, tmp_path: Path) -> None:
     def fails(dockerfile: str, *args: str) -> str:
         (tmp_path / "Dockerfile").write_text(dockerfile)

@@ -192,3 +192,27 @@ def test_view_symlink_loop_is_refused(tmp_path: Path) -> None:
     os.symlink("a", tmp_path / "b")
     with pytest.raises(InvalidArgument, match="too many levels"):
         LayerView([tmp_path]).resolve("/a/x")
+
+
+def test_unpack_context_refuses_entries_leading_outside(tmp_path: Path) -> None:
+    from sandboxd.images.build import unpack_context
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("ok.txt", "../escaped.txt", "/abs.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        link = tarfile.TarInfo("link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/"
+        tar.addfile(link)
+        through = tarfile.TarInfo("link/etc-owned")
+        through.size = 1
+        tar.addfile(through, io.BytesIO(b"x"))
+    buf.seek(0)
+    root = tmp_path / "builds"
+    with pytest.raises(InvalidArgument) as e:
+        unpack_context(buf, root)
+    problems = " ".join(e.value.details["problems"])
+    assert "../escaped.txt" in problems and "link/etc-owned" in problems
+    assert list(root.iterdir()) == []                 # the half-made context is gone
+    assert not (tmp_path / "escaped.txt").exists() and not Path("/etc-owned").exists()
