@@ -148,6 +148,47 @@ def test_networks_are_isolated(net):
     assert net.svc.ipam.allocations(n1.id) == {}
 
 
+def test_connect_plugs_a_second_veth_and_release_removes_everything(net):
+    other = net.run(net.svc.create("plug-net"))
+    a = net.run(net.svc.attach("c-a"))                       # default bridge
+    b = net.run(net.svc.attach("c-b", "plug-net"))
+    b_ip = b.endpoint.ip_address
+    assert not ping(a.netns, b_ip)
+    ep = net.run(net.svc.connect("c-a", "plug-net", aliases=("al",)))
+    assert ep.network == "plug-net" and ep.gateway == "" and ep.aliases == ("al",)
+    addr = in_ns(a.netns, "ip", "-4", "-o", "addr", "show", "dev", "eth1").stdout
+    assert f"{ep.ip_address}/{ep.prefix_len}" in addr
+    assert ep.mac_address in in_ns(a.netns, "ip", "-o", "link", "show", "eth1").stdout
+    bridge_gw = net.svc.get("bridge").gateway
+    assert f"default via {bridge_gw} dev eth0" in in_ns(a.netns, "ip", "route").stdout
+    assert ping(a.netns, b_ip) and ping(b.netns, ep.ip_address)
+    assert set(net.svc.endpoints("plug-net")) == {"c-a", "c-b"}
+    assert [n.name for n in net.svc.networks_of("c-a")] == ["bridge", "plug-net"]
+    with pytest.raises(Conflict, match="already exists"):
+        net.run(net.svc.connect("c-a", "plug-net"))
+    with pytest.raises(InvalidArgument, match="user defined networks only"):
+        net.run(net.svc.connect("c-b", "bridge", ip="172.17.0.9"))
+    # Out and in again: the veth goes at once, the address is free for a static connect.
+    net.run(net.svc.disconnect("c-a", "plug-net"))
+    assert in_ns(a.netns, "ip", "link", "show", "eth1").returncode != 0
+    assert not ping(a.netns, b_ip)
+    again = net.run(net.svc.connect("c-a", "plug-net", ip=ep.ip_address))
+    assert again.ip_address == ep.ip_address
+    # The first network unplugged: the namespace stays with eth1 alone.
+    net.run(net.svc.disconnect("c-a", "bridge"))
+    links = in_ns(a.netns, "ip", "-o", "link").stdout
+    assert "eth0" not in links and "eth1" in links and ping(a.netns, b_ip)
+    net.release("c-a")
+    net.release("c-b")
+    net.run(net.svc.settle())
+    assert not os.path.exists(a.netns)
+    owners = net.svc.ipam.allocations(other.id).values()
+    assert owners and all(o.startswith("pool:") for o in owners)    # the pool's alone
+    pooled = net.svc.pool_size
+    assert len(our_links()) == 2 + 2 * pooled          # two bridges and their pools
+    net.run(net.svc.remove("plug-net"))
+
+
 def test_none_has_only_loopback_and_host_is_the_host(net):
     att = net.run(net.svc.attach("c-none", "none"))
     links = in_ns(att.netns, "ip", "-o", "link").stdout.splitlines()
