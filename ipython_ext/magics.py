@@ -242,8 +242,13 @@ class ContainerMagics(Magics):
                                **options)
             return self._finish(reply, args)
         inputs = self._inputs(args)
-        with Session(self.client, **options, interrupt_grace=self.interrupt_grace) as s:
-            reply = s.execute(cell, self._show, timeout, inputs, _names(args.outputs))
+        session = Session(self.client, **options, interrupt_grace=self.interrupt_grace)
+        try:
+            session.start()
+            reply = session.execute(cell, self._show, timeout, inputs,
+                                    _names(args.outputs))
+        finally:
+            session.close(wait=False)       # the daemon removes it; the cell is done
         return self._finish(reply, args)
 
     def _in_session(self, name: str, args: Any, cell: str) -> Any:

@@ -258,19 +258,24 @@ class Session:
                 raise SessionError(f"the worker in image {self.image!r} did not start "
                                    f"within {timeout:g}s")
 
-    def close(self) -> None:
-        """Stop the worker and remove the container (idempotent)."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the worker and remove the container (idempotent). ``wait=False`` (a
+        fresh cell's container, done with): kill it and return at once; the daemon
+        removes it on its own (it was started with auto-remove)."""
         stream, self._stream = self._stream, None
         if stream is not None and self.exit is None and self._exit_error is None:
-            try:
-                stream.close_stdin()                 # the worker's loop ends at EOF
-            except SandboxError:
-                pass
-            if self._reader is not None:
-                self._reader.join(2.0)
-            if self._reader is not None and self._reader.is_alive():
+            if not wait and self.container_id:
                 self._kill()
-                self._reader.join(10.0)
+            else:
+                try:
+                    stream.close_stdin()             # the worker's loop ends at EOF
+                except SandboxError:
+                    pass
+                if self._reader is not None:
+                    self._reader.join(2.0)       # threads a cell left may hold it up
+                if self._reader is not None and self._reader.is_alive():
+                    self._kill()
+                    self._reader.join(10.0)
         if self._own_client and self._client is not None:
             self._client.close()
             self._client = None

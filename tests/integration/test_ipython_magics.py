@@ -90,7 +90,8 @@ def test_fresh_cell_prints_and_displays_its_value(ip, client):
     assert isinstance(result.result, Displayed)
     assert result.result.data == {"text/plain": "42"}
     assert "Out[" in out and "42" in out            # the displayhook showed it
-    assert client.containers.list(all=True) == []   # removed after the cell
+    wait_until(lambda: not client.containers.list(all=True),
+               what="the cell's container to be removed")
 
 
 def test_fresh_cells_share_nothing(ip):

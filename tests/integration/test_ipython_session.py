@@ -243,3 +243,18 @@ def test_image_without_python_fails_clearly(daemon, client):
     with pytest.raises(Exception, match="python3"):
         Session(client, "busybox").start()
     wait_until(lambda: not client.containers.list(all=True), what="the container to go")
+
+
+def test_close_ends_a_worker_a_cell_thread_holds_up(client):
+    s = Session(client, "host").start()
+    s.execute("import threading, time\n"
+              "threading.Thread(target=time.sleep, args=(3600,)).start()")
+    s.close()                                  # EOF alone would wait for the thread
+    wait_until(lambda: not client.containers.list(all=True), what="the container to go")
+
+
+def test_close_without_waiting_kills_and_leaves_removal_to_the_daemon(client):
+    s = Session(client, "host").start()
+    assert s.execute("print(1)").status == "ok"
+    s.close(wait=False)
+    wait_until(lambda: not client.containers.list(all=True), what="the container to go")
