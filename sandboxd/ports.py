@@ -123,7 +123,7 @@ class PortProxy:
             if holder is not None and holder != container_id:
                 raise _allocated(key, f"container {holder[:12]} publishes it")
             if holder is None:
-                _bind(b).close()
+                _bind(b, listen=False).close()
 
     # ------------------------------------------------------------ publish / release
 
@@ -199,8 +199,9 @@ class PortProxy:
         listener.sweep()
 
 
-def _bind(b: PortBinding) -> socket.socket:
-    """A socket bound to the binding's host side (listening, for TCP)."""
+def _bind(b: PortBinding, listen: bool = True) -> socket.socket:
+    """A socket bound to the binding's host side (listening, for TCP, unless only
+    trying: a bind already fails where someone listens)."""
     kind = socket.SOCK_STREAM if b.protocol == "tcp" else socket.SOCK_DGRAM
     if b.protocol not in ("tcp", "udp"):
         raise InvalidArgument(f"publish {b.container_port}/{b.protocol}: only tcp and "
@@ -210,7 +211,7 @@ def _bind(b: PortBinding) -> socket.socket:
         if kind == socket.SOCK_STREAM:          # for UDP it would allow a second bind
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((b.host_ip or ANY, b.host_port))
-        if kind == socket.SOCK_STREAM:
+        if kind == socket.SOCK_STREAM and listen:
             sock.listen(128)
         sock.setblocking(False)
     except OSError as e:
