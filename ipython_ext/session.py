@@ -366,14 +366,19 @@ class Session:
         self._pending.clear()
         deadline = None if timeout is None else began + timeout
         stop_by: float | None = None         # after SIGINT: when to kill
+
+        def interrupted() -> float:
+            """The notebook's interrupt: SIGINT once, then the grace period runs."""
+            if stop_by is None:
+                self.interrupt()
+                run.interrupted = True
+                return time.monotonic() + self.interrupt_grace
+            return stop_by
         while True:
             try:
                 kind, data = self._next(stop_by if stop_by is not None else deadline)
             except KeyboardInterrupt:
-                if stop_by is None:
-                    self.interrupt()
-                    stop_by = time.monotonic() + self.interrupt_grace
-                    run.interrupted = True
+                stop_by = interrupted()
                 continue
             if kind == "timeout":
                 if stop_by is None:                   # the cell's time is up: SIGINT
@@ -386,8 +391,16 @@ class Session:
                     stop_by = time.monotonic() + 30.0
                 continue
             if kind == "message":
-                if run.handle(data):
-                    break
+                # The notebook's interrupt may land in on_output too (writing to the
+                # kernel's stdout): it must not lose the cell's end, or the next cell
+                # would read this one's.
+                try:
+                    if run.handle(data):
+                        break
+                except KeyboardInterrupt:
+                    if data.get("type") == "done":
+                        break
+                    stop_by = interrupted()
             elif kind == "exit":
                 run.finish_dead(self, timeout)
                 break

@@ -258,3 +258,17 @@ def test_close_without_waiting_kills_and_leaves_removal_to_the_daemon(client):
     assert s.execute("print(1)").status == "ok"
     s.close(wait=False)
     wait_until(lambda: not client.containers.list(all=True), what="the container to go")
+
+
+def test_interrupt_inside_on_output_keeps_cells_apart(session):
+    """A KeyboardInterrupt raised in the callback (the kernel's stdout being written)
+    interrupts the cell; the next cell gets only its own outputs."""
+    def on_output(output: dict) -> None:
+        if output.get("text", "").startswith("tick"):
+            raise KeyboardInterrupt
+    reply = session.execute("import time\nprint('tick', flush=True)\n"
+                            "while True:\n    time.sleep(0.05)", on_output=on_output,
+                            timeout=120)
+    assert reply.error["ename"] == "KeyboardInterrupt" and not reply.timed_out
+    after = session.execute("print('next')")
+    assert after.outputs == [{"output_type": "stream", "name": "stdout", "text": "next\n"}]
