@@ -87,6 +87,7 @@ class ContainerService:
         self.networks = NetworkService(self.store, self.root, prefix=config.network_prefix,
                                        ip_masq=config.ip_masq)
         self.ports = PortProxy()
+        self.link_hosts: dict[str, str] = {}   # running containers' --link hosts lines
         self.live: dict[str, _Live] = {}
         self.exec_waiters: dict[tuple[str, str], asyncio.Future] = {}
         self.removed: dict[str, asyncio.Event] = {}
@@ -385,7 +386,8 @@ class ContainerService:
                     lines[f"{e.ip_address}\t{' '.join(names)}\n"] = None
         try:
             _write_in_place(self._dir(record.id) / "hosts",
-                            _base_hosts(record) + "".join(lines))
+                            _base_hosts(record) + self.link_hosts.get(container_id, "")
+                            + "".join(lines))
         except FileNotFoundError:                 # its directory is being removed
             pass
 
@@ -393,6 +395,7 @@ class ContainerService:
         """Give back a container's network and published ports; the others on a user
         network forget it."""
         self.ports.release(container_id)
+        self.link_hosts.pop(container_id, None)
         for network in self.networks.release(container_id):
             if network.name not in BUILTIN:
                 self._refresh_hosts(network)
@@ -450,9 +453,10 @@ class ContainerService:
             try:
                 spec = self._spec(record, netns=attachment.netns, link_vars=link_vars)
                 network = self.networks.get(attachment.endpoint.network)
+                self.link_hosts[record.id] = "".join(link_hosts)
                 if network.name in BUILTIN:
                     _write_in_place(self._dir(record.id) / "hosts",
-                                    _base_hosts(record) + "".join(link_hosts))
+                                    _base_hosts(record) + self.link_hosts[record.id])
                 else:
                     self._refresh_hosts(network)
                 # Listening before the process runs: a taken port fails the start.

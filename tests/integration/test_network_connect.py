@@ -126,3 +126,22 @@ def test_python_client_connect_disconnect(daemon: Daemon) -> None:
                 container.remove(force=True)
         finally:
             net.remove()
+
+
+def test_connect_keeps_a_linked_containers_link_entry(daemon: Daemon) -> None:
+    daemon.sbx("network", "create", "conn-links", check=True)
+    try:
+        daemon.sbx("run", "-d", "--name", "lserver", "busybox", "sleep", "600", check=True)
+        daemon.sbx("run", "-d", "--name", "lclient", "--link", "lserver:srv", "busybox",
+                   "sleep", "600", check=True)
+        daemon.sbx("run", "-d", "--name", "lpeer", "--network", "conn-links", "busybox",
+                   "sleep", "600", check=True)
+        daemon.sbx("network", "connect", "conn-links", "lclient", check=True)
+        hosts = sh(daemon, "lclient", "cat /etc/hosts").out
+        assert "\tsrv " in hosts and "\tlpeer " in hosts, hosts
+        daemon.sbx("network", "disconnect", "conn-links", "lclient", check=True)
+        hosts = sh(daemon, "lclient", "cat /etc/hosts").out
+        assert "\tsrv " in hosts and "lpeer" not in hosts, hosts
+    finally:
+        daemon.sbx("rm", "-f", "lserver", "lclient", "lpeer")
+        daemon.sbx("network", "rm", "conn-links")
