@@ -427,8 +427,14 @@ class ContainerService:
                 return record
             raise
         record = self._get(record.id)
+        left = [e for e in record.endpoints if e.network == net.name]
         record = self._save(dataclasses.replace(record, endpoints=tuple(
             e for e in record.endpoints if e.network != net.name)))
+        if left and left[0].ip_address == self.ports.target(record.id):
+            # Published ports follow the container to an address it still has.
+            other = next((e.ip_address for e in record.endpoints if e.ip_address), "")
+            if other:
+                self.ports.retarget(record.id, other)
         if net.name not in BUILTIN:
             self._refresh_hosts(net)
             self._refresh_own_hosts(record.id)

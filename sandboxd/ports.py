@@ -64,6 +64,7 @@ def _key(protocol: str, host_ip: str, port: int) -> tuple[str, str, int]:
 class _Published:
     binding: PortBinding                  # with the host port actually bound
     sock: socket.socket
+    target: str = ""                      # the container's address new flows go to
     server: asyncio.AbstractServer | None = None
     transport: asyncio.DatagramTransport | None = None
     tasks: set[asyncio.Task] = field(default_factory=set)
@@ -146,18 +147,28 @@ class PortProxy:
                 # Docker's NetworkSettings.Ports names the address: 0.0.0.0 for all.
                 bound = replace(b, host_ip=b.host_ip or ANY,
                                 host_port=sock.getsockname()[1])
-                published = _Published(bound, sock)
+                published = _Published(bound, sock, address)
                 made.append(published)
                 if b.protocol == "tcp":
-                    await self._serve_tcp(published, address)
+                    await self._serve_tcp(published)
                 else:
-                    await self._serve_udp(published, address)
+                    await self._serve_udp(published)
         except BaseException:
             for p in made:
                 p.close()
             raise
         self._by_container[container_id] = made
         return tuple(p.binding for p in made)
+
+    def retarget(self, container_id: str, address: str) -> None:
+        """Send new connections and flows to ``address`` (the container left the
+        network whose address they went to; ones already open stay as they are)."""
+        for published in self._by_container.get(container_id, ()):
+            published.target = address
+
+    def target(self, container_id: str) -> str:
+        items = self._by_container.get(container_id)
+        return items[0].target if items else ""
 
     def release(self, container_id: str) -> None:
         """Stop listening for a container and cut its connections (idempotent)."""
@@ -171,7 +182,7 @@ class PortProxy:
 
     # ------------------------------------------------------------ TCP
 
-    async def _serve_tcp(self, published: _Published, address: str) -> None:
+    async def _serve_tcp(self, published: _Published) -> None:
         port = published.binding.container_port
 
         async def on_client(reader: asyncio.StreamReader,
@@ -180,7 +191,7 @@ class PortProxy:
             assert task is not None
             published.tasks.add(task)
             try:
-                await _splice_tcp(reader, writer, address, port)
+                await _splice_tcp(reader, writer, published.target, port)
             finally:
                 published.tasks.discard(task)
 
@@ -189,10 +200,9 @@ class PortProxy:
 
     # ------------------------------------------------------------ UDP
 
-    async def _serve_udp(self, published: _Published, address: str) -> None:
+    async def _serve_udp(self, published: _Published) -> None:
         loop = asyncio.get_running_loop()
-        target = (address, published.binding.container_port)
-        listener = _UdpListener(published, target)
+        listener = _UdpListener(published)
         transport, _ = await loop.create_datagram_endpoint(lambda: listener,
                                                            sock=published.sock)
         published.transport = transport        # type: ignore[assignment]
@@ -305,9 +315,12 @@ class _UdpFlow(asyncio.DatagramProtocol):
 
 
 class _UdpListener(asyncio.DatagramProtocol):
-    def __init__(self, published: _Published, target: tuple[str, int]):
+    def __init__(self, published: _Published):
         self.published = published
-        self.target = target
+
+    @property
+    def target(self) -> tuple[str, int]:
+        return self.published.target, self.published.binding.container_port
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         flows = self.published.flows

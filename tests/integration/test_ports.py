@@ -167,3 +167,21 @@ def test_client_api_ports_mapping(daemon: Daemon) -> None:
         finally:
             container.remove(force=True)
         assert refused(port)
+
+
+def test_published_port_follows_the_container_to_its_other_network(
+        daemon: Daemon, names: list[str]) -> None:
+    daemon.sbx("network", "create", "ports-net", check=True)
+    try:
+        names.append("pmove")
+        daemon.sbx("run", "-d", "--name", "pmove", "-p", "127.0.0.1::80", "busybox", "sh",
+                   "-c", HTTPD.format(name="pmove"), check=True)
+        port = int(daemon.sbx("port", "pmove", "80", check=True).out.rpartition(":")[2])
+        assert fetch(port) == "hi-from-pmove\n"
+        daemon.sbx("network", "connect", "ports-net", "pmove", check=True)
+        daemon.sbx("network", "disconnect", "bridge", "pmove", check=True)
+        assert fetch(port) == "hi-from-pmove\n"          # now through its ports-net address
+    finally:
+        daemon.sbx("rm", "-f", "pmove")
+        names.remove("pmove")
+        daemon.sbx("network", "rm", "ports-net")
