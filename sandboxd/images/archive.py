@@ -83,8 +83,8 @@ def load(svc: ImageService, src: BinaryIO, *,
          progress: Progress | None = None) -> list[dict[str, Any]]:
     """Load every image of an OCI layout or ``docker save`` tarball (a binary stream,
     plain or compressed). Returns ``[{"id", "tags"}]`` in archive order. The archive
-    is read without the service's lock (no blob is deleted meanwhile: ``_keeping``);
-    the images are added with it."""
+    is read and its layers unpacked without the service's lock (no blob is deleted
+    meanwhile: ``_keeping``); each image is recorded with it."""
     archive = _Archive()
     stored: set[str] = set()
     with svc._keeping(blind=True):
@@ -95,11 +95,11 @@ def load(svc: ImageService, src: BinaryIO, *,
                         _take(svc, archive, stored, tar, member)
             except (tarfile.TarError, EOFError) as e:
                 raise InvalidArgument(f"not a valid image archive (tar): {e}") from None
-            with svc._lock:
-                if "index.json" in archive.metadata:
-                    return _load_layout(svc, archive, progress)
-                if "manifest.json" in archive.metadata:
-                    return _load_docker(svc, archive, progress)
+            # without the lock: the images' layers are unpacked as they are added
+            if "index.json" in archive.metadata:
+                return _load_layout(svc, archive, progress)
+            if "manifest.json" in archive.metadata:
+                return _load_docker(svc, archive, progress)
             raise InvalidArgument("not an image archive: it has neither index.json (an OCI "
                                   "image layout) nor manifest.json (docker save)")
         finally:

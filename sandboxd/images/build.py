@@ -144,7 +144,7 @@ class Builder:
             state = _Stage(image, self.images.config(image))
             await self._config_step(state, "LABEL " + " ".join(
                 f"{k}={json.dumps(v)}" for k, v in sorted(opts.labels.items())),
-                lambda rt: rt.setdefault("Labels", {}).update(opts.labels) or rt)
+                lambda rt: {**rt, "Labels": {**(rt.get("Labels") or {}), **opts.labels}})
             image = state.image
         unused = sorted(set(opts.build_args) - self.used_args - PREDEFINED_ARGS)
         if unused:
@@ -175,7 +175,8 @@ class Builder:
             image = self.stages[base.lower()]
         else:
             image = await self._base_image(base)
-        return _Stage(image, copy.deepcopy(self.images.config(image)))
+        runtime = copy.deepcopy(self.images.config(image))
+        return _Stage(image, runtime, shell=list(runtime.get("Shell") or DEFAULT_SHELL))
 
     async def _base_image(self, ref: str) -> str:
         try:
@@ -225,9 +226,7 @@ class Builder:
                     current.update({key: f"{key}={v}" for key, v in pairs})
                     rt["Env"] = list(current.values())
                 else:
-                    rt.setdefault("Labels", {}).update(dict(pairs))
-                    if not rt["Labels"]:
-                        rt["Labels"] = None
+                    rt["Labels"] = {**(rt.get("Labels") or {}), **dict(pairs)}
                 return rt
         elif k == "MAINTAINER":
             def change(rt: dict[str, Any]) -> dict[str, Any]:

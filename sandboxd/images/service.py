@@ -234,12 +234,13 @@ class ImageService:
                 raw = stack.enter_context(open(src, "rb"))
             with uncompressed(_Counting(raw, progress) if progress else raw) as stream:
                 diff_id, size = self.content.ingest(stream)
-            stack.enter_context(self._lock)
+            pin = stack.enter_context(self._pinning())
             try:
-                chain, warnings, _ = self._unpack_layer(diff_id, diff_id, parent=None)
+                chain, warnings, _ = self._unpack_layer(diff_id, diff_id, None, pin)
             except BaseException:
                 self._delete_unused_blobs([diff_id])
                 raise
+            stack.enter_context(self._lock)
             created = oci.now_rfc3339()
             config = oci.image_config(
                 [diff_id], created=created,
@@ -261,19 +262,37 @@ class ImageService:
                     self.store.tag(ref, config_digest)
         return config_digest
 
-    def _unpack_layer(self, blob: str, diff_id: str, parent: str | None
+    @contextlib.contextmanager
+    def _pinning(self) -> Iterator[str]:
+        """A pin for an image being added: :meth:`_unpack_layer` points it at the top
+        layer unpacked so far, which (with every layer under it) no prune removes
+        until the block ends (the image is recorded by then, or the add failed)."""
+        pin = f"add-{secrets.token_hex(8)}"
+        try:
+            yield pin
+        finally:
+            with self._lock:
+                if self._pins.pop(pin, None) is not None and self._prune_pending:
+                    self.prune_snapshots()
+
+    def _unpack_layer(self, blob: str, diff_id: str, parent: str | None, pin: str
                       ) -> tuple[str, list[str], int]:
         """Make sure the committed snapshot for this layer exists; returns its chain id,
         the entries its unpack refused and the layer's uncompressed size (both kept in
-        the snapshot's labels for reuse)."""
+        the snapshot's labels for reuse). ``pin`` (:meth:`_pinning`) keeps it.
+
+        The unpack itself runs without the lock, so a big layer holds up no container
+        start: it goes into an active ``extract-`` snapshot on ``parent`` (whose child
+        it is, so no prune removes the parent meanwhile), committed under its chain id
+        with the lock held; when another add committed that chain first, it is
+        dropped and theirs used. Call without the lock held."""
         chain = oci.chain_id(parent, diff_id)
-        if self.snapshotter.exists(chain):
-            labels = self.snapshotter.stat(chain).labels
-            size = int(labels[SIZE_LABEL]) if SIZE_LABEL in labels else \
-                self.snapshotter.usage(chain)[0]
-            return chain, json.loads(labels.get(WARNINGS_LABEL, "[]")), size
-        key = f"extract-{secrets.token_hex(8)}-{chain}"
-        self.snapshotter.prepare(key, parent, labels={EXTRACT_LABEL: chain})
+        with self._lock:
+            if self.snapshotter.exists(chain):
+                self._pins[pin] = chain
+                return (chain, *self._layer_stats(chain))
+            key = f"extract-{secrets.token_hex(8)}-{chain}"
+            self.snapshotter.prepare(key, parent, labels={EXTRACT_LABEL: chain})
         try:
             with self.content.open(blob) as f:
                 stats = apply_layer(f, self.snapshotter.path(key))
@@ -281,12 +300,27 @@ class ImageService:
                 raise InvalidArgument(f"layer {blob}: its content hashes to {stats.diff_id}, "
                                       f"not the expected diff_id {diff_id}")
             warnings = [f"{name}: {why}" for name, why in stats.skipped[:_MAX_WARNINGS]]
-            self.snapshotter.commit(chain, key, labels={WARNINGS_LABEL: json.dumps(warnings),
-                                                        SIZE_LABEL: str(stats.size)})
+            with self._lock:
+                if self.snapshotter.exists(chain):        # another add was quicker
+                    self.snapshotter.remove(key)
+                    self._pins[pin] = chain
+                    return (chain, *self._layer_stats(chain))
+                self.snapshotter.commit(chain, key, labels={
+                    WARNINGS_LABEL: json.dumps(warnings), SIZE_LABEL: str(stats.size)})
+                self._pins[pin] = chain
         except BaseException:
-            self.snapshotter.remove(key)
+            with self._lock:
+                if self.snapshotter.exists(key):
+                    self.snapshotter.remove(key)
             raise
         return chain, warnings, stats.size
+
+    def _layer_stats(self, chain: str) -> tuple[list[str], int]:
+        """(refused entries, unpacked size) of a committed layer, from its labels."""
+        labels = self.snapshotter.stat(chain).labels
+        size = int(labels[SIZE_LABEL]) if SIZE_LABEL in labels else \
+            self.snapshotter.usage(chain)[0]
+        return json.loads(labels.get(WARNINGS_LABEL, "[]")), size
 
     def _add_image(self, config_digest: str, manifest_digest: str,
                    layers: list[dict[str, Any]], *, tags: Sequence[str] = (),
@@ -297,7 +331,8 @@ class ImageService:
         layer once (by chain id), record the image, point ``tags`` at it and add
         ``repo_digests``. An image with this id already recorded keeps its manifest and
         gains the tags and digests. Blobs of a failed add that no image uses are
-        deleted. Call with ``self._lock`` held."""
+        deleted. Call without ``self._lock`` held: layers are unpacked without it
+        (:meth:`_unpack_layer`), the image is recorded with it."""
         try:
             config = json.loads(self.content.read(config_digest))
             diff_ids = config["rootfs"]["diff_ids"]
@@ -309,35 +344,36 @@ class ImageService:
                                   f"(JSON with rootfs.diff_ids)") from None
         candidate = {"id": config_digest,
                      "doc": {"manifest": manifest_digest, "layers": layers}}
-        existing = self.store.get_image(config_digest)
-        try:
-            chain: str | None = None
-            chains: list[str] = []
-            warnings: list[str] = []
-            size = 0
-            for layer, diff_id in zip(layers, diff_ids):
-                if progress:
-                    progress({"id": _short(layer["digest"]), "status": "Extracting"})
-                chain, more, n = self._unpack_layer(layer["digest"], diff_id, chain)
-                chains.append(chain)
-                warnings += more
-                size += n
-            doc = {"manifest": manifest_digest, "config": config,
-                   "layers": [{**layer, "diff_id": d} for layer, d in zip(layers, diff_ids)],
-                   "chain_ids": chains, "warnings": warnings[:_MAX_WARNINGS],
-                   "repo_digests": list(dict.fromkeys(repo_digests)), **(extra or {})}
-            with self.store.transaction():
-                if existing is None:
-                    self.store.put_image(config_digest, doc, size,
-                                         created=oci.parse_time(config.get("created", "")))
-                else:
-                    self._add_repo_digests(existing, repo_digests)
-                for tag in tags:
-                    self.store.tag(tag, config_digest)
-        except BaseException:
-            if existing is None:
-                self._delete_unused_blobs(_blobs_of(candidate))
-            raise
+        with self._pinning() as pin:
+            try:
+                chain: str | None = None
+                chains: list[str] = []
+                warnings: list[str] = []
+                size = 0
+                for layer, diff_id in zip(layers, diff_ids):
+                    if progress:
+                        progress({"id": _short(layer["digest"]), "status": "Extracting"})
+                    chain, more, n = self._unpack_layer(layer["digest"], diff_id, chain, pin)
+                    chains.append(chain)
+                    warnings += more
+                    size += n
+                doc = {"manifest": manifest_digest, "config": config,
+                       "layers": [{**layer, "diff_id": d}
+                                  for layer, d in zip(layers, diff_ids)],
+                       "chain_ids": chains, "warnings": warnings[:_MAX_WARNINGS],
+                       "repo_digests": list(dict.fromkeys(repo_digests)), **(extra or {})}
+                with self._lock, self.store.transaction():
+                    existing = self.store.get_image(config_digest)
+                    if existing is None:
+                        self.store.put_image(config_digest, doc, size,
+                                             created=oci.parse_time(config.get("created", "")))
+                    else:
+                        self._add_repo_digests(existing, repo_digests)
+                    for tag in tags:
+                        self.store.tag(tag, config_digest)
+            except BaseException:
+                self._delete_unused_blobs(_blobs_of(candidate))   # those no image uses
+                raise
         if existing is not None:
             self._delete_unused_blobs(_blobs_of(candidate))   # e.g. an unneeded manifest
         return config_digest
@@ -433,11 +469,10 @@ class ImageService:
                                "media_type": oci.MEDIA_LAYER})
             manifest = oci.manifest(config_digest, config_size,
                                     [(l["media_type"], l["digest"], l["size"]) for l in layers])
-            with self._lock:
-                manifest_digest, _ = self.content.ingest(oci.canonical(manifest))
-                extra = {"build": dict(build)} if build else {}
-                return self._add_image(config_digest, manifest_digest, layers,
-                                       tags=[ref] if ref is not None else [], extra=extra)
+            manifest_digest, _ = self.content.ingest(oci.canonical(manifest))
+            extra = {"build": dict(build)} if build else {}
+            return self._add_image(config_digest, manifest_digest, layers,
+                                   tags=[ref] if ref is not None else [], extra=extra)
 
     # ------------------------------------------------------------ builds
 
@@ -582,11 +617,10 @@ class ImageService:
                         # it)
                         self._delete_unused_blobs(blobs)
                         raise
-                    with self._lock:
-                        manifest_digest, _ = self.content.ingest(body)
-                        image_id = self._add_image(config_desc["digest"], manifest_digest,
-                                                   layers, tags=tags,
-                                                   repo_digests=repo_digests, progress=say)
+                    manifest_digest, _ = self.content.ingest(body)
+                    image_id = self._add_image(config_desc["digest"], manifest_digest,
+                                               layers, tags=tags,
+                                               repo_digests=repo_digests, progress=say)
             say({"status": f"Digest: {top_digest}"})
             news = "Image is up to date" if existing else "Downloaded newer image"
             say({"status": f"Status: {news} for {r}"})
