@@ -64,10 +64,12 @@ class ImageService:
     """Images on top of a :class:`Store`, a :class:`ContentStore` and a
     :class:`Snapshotter`. ``host_root`` holds the host image's skeleton (default
     ``<snapshotter root>/host``). Blocking (it unpacks and hashes files): call it from a
-    worker thread in the daemon. A lock guards the records and snapshots (unpacks,
-    removals, container roots); transfers (registry pulls and pushes, reading an
-    archive, writing a save) run without it, their blobs kept from deletion meanwhile
-    (:meth:`_keeping`), so a slow registry never holds up a container's removal."""
+    worker thread in the daemon. A lock guards the records and snapshots (commits of
+    layers, removals, container roots); transfers (registry pulls and pushes, reading
+    an archive, writing a save) and layer unpacks run without it, their blobs kept
+    from deletion meanwhile (:meth:`_keeping`) and their layers from pruning
+    (:meth:`_pinning`), so neither a slow registry nor a big layer holds up a
+    container's start or removal."""
 
     def __init__(self, store: Store, content: ContentStore, snapshotter: Snapshotter,
                  host_root: Path | None = None):
