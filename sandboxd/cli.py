@@ -1370,11 +1370,12 @@ def logout(registry: str) -> int:
 @option("-m", "--memory", default=None, help="Memory limit of each RUN (e.g. 512m)")
 @option("--cpus", default=None, help="Number of CPUs of each RUN")
 @option("--pids-limit", type=int, default=None, help="Process limit of each RUN")
-@argument("context", metavar="CONTEXT", type=click.Path(file_okay=False))
+@argument("context", metavar="CONTEXT|-")
 def build(tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, ...],
           labels: tuple[str, ...], no_cache: bool, quiet: bool, network: str, target: str,
           memory: str | None, cpus: str | None, pids_limit: int | None, context: str) -> int:
-    """Build an image from a Dockerfile; CONTEXT is a local directory (URLs and - are
+    """Build an image from a Dockerfile. CONTEXT is a local directory, or - for a
+    Dockerfile on stdin and no context; -f - reads the Dockerfile from stdin (URLs are
     not supported)."""
     from .api import CHUNK
     from .images.context import prepare
@@ -1387,8 +1388,13 @@ def build(tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, 
             value = os.environ[key]
         args[key] = value
     label_map = dict(item.partition("=")[::2] for item in labels)
+    if "://" in context or context.startswith("git@"):
+        raise CliError(f"unable to prepare context: {context}: remote contexts are not "
+                       f"supported; clone or download it and give the directory", 1)
+    stdin_text = sys.stdin.read() if context == "-" or dockerfile == "-" else None
     try:
-        text, name, spool = prepare(context, dockerfile)
+        text, name, spool = prepare(None if context == "-" else context,
+                                    None if dockerfile == "-" else dockerfile, stdin_text)
     except SandboxError as e:
         raise CliError(f"unable to prepare context: {e.message}", 1) from None
     params: dict[str, Any] = {"dockerfile": text, "dockerfile_name": name,
