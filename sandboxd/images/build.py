@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, BinaryIO, Callable
 
 from ..errors import InvalidArgument, NotFound
+from ..runner.spec import DEFAULT_PATH
 from . import dockerfile as df
 from .unpack import WHITEOUT_PREFIX, apply_layer, detect_compression, uncompressed
 from .view import LayerView
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 Say = Callable[[str], Awaitable[None]]
 DEFAULT_SHELL = ["/bin/sh", "-c"]
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Docker's predefined build args: usable without an ARG line, never in the image.
 PREDEFINED_ARGS = frozenset(("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy",
                              "FTP_PROXY", "ftp_proxy", "NO_PROXY", "no_proxy",
@@ -336,7 +336,7 @@ class Builder:
         env_names = {e.partition("=")[0] for e in state.runtime.get("Env") or []}
         arg_env = [f"{k}={v}" for k, v in sorted(state.args.items()) if k not in env_names]
         if not any(e.startswith("PATH=") for e in state.runtime.get("Env") or []):
-            arg_env.append(DEFAULT_PATH)
+            arg_env.append(f"PATH={DEFAULT_PATH}")
         key = _key(state.image, "RUN " + json.dumps(argv), *arg_env)
         if await self._use_cache(state, key):
             return

@@ -164,35 +164,46 @@ def _add(tar: tarfile.TarFile, full: str, rel: str) -> None:
 DEFAULT_NAMES = ("Dockerfile", "Sandboxfile")
 
 
-def prepare(context: str | os.PathLike[str], dockerfile: str | None = None
-            ) -> tuple[str, str, BinaryIO]:
+def prepare(context: str | os.PathLike[str] | None, dockerfile: str | None = None,
+            text: str | None = None) -> tuple[str, str, BinaryIO]:
     """What a build sends: (the Dockerfile's text, its name for messages, the context
     tar in an unnamed temp file at offset 0). ``dockerfile``: a path (relative to the
     current directory, as ``docker build -f`` takes it); default ``CONTEXT/Dockerfile``,
-    else ``CONTEXT/Sandboxfile``."""
+    else ``CONTEXT/Sandboxfile``. ``text``: the Dockerfile itself (``-f -``, read from
+    stdin by the caller). ``context`` None: an empty context (``sbx build -``)."""
     import tempfile
-    root = os.fspath(context)
-    if dockerfile is None:
-        for name in DEFAULT_NAMES:
-            if os.path.isfile(os.path.join(root, name)):
-                dockerfile = os.path.join(root, name)
-                break
-        else:
-            raise InvalidArgument(f"no Dockerfile or Sandboxfile in {root}; give -f FILE")
-    try:
-        with open(dockerfile, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise InvalidArgument(f"cannot read the Dockerfile {dockerfile}: {e.strerror}"
-                              ) from None
-    except UnicodeDecodeError:
-        raise InvalidArgument(f"the Dockerfile {dockerfile} is not UTF-8 text") from None
-    inside = os.path.relpath(os.path.abspath(dockerfile), os.path.abspath(root))
+    name = "Dockerfile"
+    inside = None
+    if text is None:
+        if dockerfile is None:
+            if context is None:
+                raise InvalidArgument("no context and no Dockerfile given")
+            found = [n for n in DEFAULT_NAMES if os.path.isfile(os.path.join(context, n))]
+            if not found:
+                raise InvalidArgument(f"no Dockerfile or Sandboxfile in {os.fspath(context)}; "
+                                      f"give -f FILE")
+            dockerfile = os.path.join(context, found[0])
+        try:
+            with open(dockerfile, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise InvalidArgument(f"cannot read the Dockerfile {dockerfile}: {e.strerror}"
+                                  ) from None
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"the Dockerfile {dockerfile} is not UTF-8 text") from None
+        name = os.path.basename(dockerfile)
+        if context is not None:
+            rel = os.path.relpath(os.path.abspath(dockerfile), os.path.abspath(context))
+            inside = None if rel.startswith("..") else rel
     spool = tempfile.TemporaryFile()
     try:
-        write_context(root, spool, None if inside.startswith("..") else inside)
+        if context is not None:
+            write_context(context, spool, inside)
+        else:
+            with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT):
+                pass
         spool.seek(0)
     except BaseException:
         spool.close()
         raise
-    return text, os.path.basename(dockerfile), spool
+    return text, name, spool

@@ -229,6 +229,26 @@ def test_build_refusals(d: Daemon, tmp_path: Path) -> None:
     assert d.ids("-a") == []
 
 
+def test_dockerfile_from_stdin(d: Daemon, tmp_path: Path) -> None:
+    # "sbx build -": the Dockerfile on stdin, no context
+    proc = d.sbx("build", "-q", "-t", "sbx-build-stdin", "-",
+                 input="FROM busybox\nRUN echo piped > /p\n", timeout=120)
+    assert proc.returncode == 0, proc.err
+    # "-f -" with a context directory
+    (tmp_path / "ctx.txt").write_text("context file\n")
+    proc = d.sbx("build", "-q", "-t", "sbx-build-stdin2", "-f", "-", str(tmp_path),
+                 input="FROM sbx-build-stdin\nCOPY ctx.txt /ctx.txt\n", timeout=120)
+    assert proc.returncode == 0, proc.err
+    try:
+        assert run(d, "sbx-build-stdin2", "cat", "/p", "/ctx.txt") == \
+            "piped\ncontext file\n"
+        refused = d.sbx("build", "https://example.com/repo.git")
+        assert refused.returncode != 0 and "remote contexts are not supported" in refused.err
+    finally:
+        d.sbx("rmi", "sbx-build-stdin2", check=True)
+        d.sbx("rmi", "sbx-build-stdin", check=True)
+
+
 def test_python_client_build(d: Daemon, tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo client > /c\n")
     lines: list[str] = []
