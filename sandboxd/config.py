@@ -87,6 +87,7 @@ class HostConfig:
     ipc_mode: str = ""                    # "", "private", "shareable", "host", "container:X"
     pid_mode: str = ""                    # "", "host", "container:X"
     network_mode: str = "default"         # default|bridge|none|host|container:X|<network>
+    ip_address: str = ""                  # --ip: a static address on a user network
     links: tuple[Link, ...] = ()
     port_bindings: tuple[PortBinding, ...] = ()
     publish_all: bool = False             # -P: every exposed port on a host port
@@ -465,7 +466,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  pids_limit: int | None = None,
                  ulimits: Sequence[str | Ulimit] | Mapping[str, Any] = (),
                  uts_mode: str = "", ipc_mode: str = "", pid_mode: str = "",
-                 network_mode: str = "default",
+                 network_mode: str = "default", ip: str = "",
                  links: Sequence[str | Link] | Mapping[str, str] = (),
                  ports: Sequence[str | PortBinding] | Mapping[Any, Any] = (),
                  publish_all_ports: bool = False,
@@ -561,7 +562,8 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         cpu_period=cpu_period or None, cpu_shares=cpu_shares or None,
         pids_limit=pids_limit if pids_limit not in (None, 0) else None,
         ulimits=tuple(ulimit_list), uts_mode=uts_mode, ipc_mode=ipc_mode,
-        pid_mode=pid_mode, network_mode=network_mode or "default", links=tuple(link_list),
+        pid_mode=pid_mode, network_mode=network_mode or "default", ip_address=ip or "",
+        links=tuple(link_list),
         port_bindings=tuple(bindings), publish_all=bool(publish_all_ports),
         mounts=tuple(mounts), read_only=bool(read_only),
         init=bool(init), cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
@@ -705,6 +707,12 @@ def _check_host(h: HostConfig) -> list[str]:
     elif not mode.startswith("container:") and not _NAME.match(mode) and mode not in (
             "default", "bridge", "none", "host"):
         problems.append(f"host.network_mode: {mode!r} is not a network name")
+    if h.ip_address and (not _is_ip(h.ip_address) or ":" in h.ip_address):
+        problems.append(f"host.ip_address: {h.ip_address!r} is not an IPv4 address")
+    elif h.ip_address and (mode in ("default", "bridge", "none", "host")
+                           or mode.startswith("container:")):
+        problems.append("host.ip_address: user specified IP address is supported on user "
+                        "defined networks only")
     if h.port_bindings and (mode in ("none", "host") or mode.startswith("container:")):
         problems.append(f"host.port_bindings: conflicting options: port publishing and "
                         f"the {mode} network mode")
@@ -849,7 +857,9 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         config["StopTimeout"] = c.stop_timeout
     networks = {
         e.network: {
-            "IPAMConfig": None, "Links": None, "Aliases": list(e.aliases) or None,
+            "IPAMConfig": {"IPv4Address": h.ip_address}
+            if h.ip_address and e.network == h.network_mode else None,
+            "Links": None, "Aliases": list(e.aliases) or None,
             "NetworkID": "", "EndpointID": "", "Gateway": e.gateway,
             "IPAddress": e.ip_address, "IPPrefixLen": e.prefix_len, "IPv6Gateway": "",
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,

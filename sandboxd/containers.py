@@ -27,6 +27,7 @@ import socket
 import stat
 import tarfile
 import time
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, AsyncIterator, BinaryIO, Sequence
 
@@ -208,6 +209,11 @@ class ContainerService:
         warnings: list[str] = []
         if not config.host.network_mode.startswith("container:"):
             network = self.networks.get(_network_name(config.host.network_mode))  # NotFound
+            ip = config.host.ip_address          # config checked it is IPv4, user net
+            if ip and network.subnet and IPv4Address(ip) not in IPv4Network(network.subnet):
+                raise InvalidArgument(f"no configured subnet or ip-range contain the IP "
+                                      f"address {ip}: network {network.name} has "
+                                      f"{network.subnet}")
             if config.host.links and network.name != "bridge":
                 raise InvalidArgument(
                     f"Conflicting options: --net=<NETWORK> can't be used with links: links "
@@ -455,6 +461,7 @@ class ContainerService:
         else:
             link_vars, link_hosts = self._resolve_links(record)
             attachment = await self.networks.attach(record.id, _network_name(mode),
+                                                    ip=record.config.host.ip_address,
                                                     aliases=(record.name,))
             try:
                 spec = self._spec(record, netns=attachment.netns, link_vars=link_vars)

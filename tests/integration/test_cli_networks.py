@@ -140,3 +140,29 @@ def test_python_client_networks(daemon: Daemon) -> None:
             net.remove()
         with pytest.raises(errors.NotFound):
             client.networks.get("py-net")
+
+
+def test_run_with_a_static_address(daemon: Daemon) -> None:
+    daemon.sbx("network", "create", "--subnet", "10.231.9.0/24", "cli-static", check=True)
+    try:
+        run = daemon.sbx("run", "-d", "--name", "cstatic", "--network", "cli-static", "--ip",
+                         "10.231.9.99", "busybox", "sleep", "60", check=True)
+        assert run.returncode == 0
+        doc = json.loads(daemon.sbx("inspect", "cstatic", check=True).out)[0]
+        endpoint = doc["NetworkSettings"]["Networks"]["cli-static"]
+        assert endpoint["IPAddress"] == "10.231.9.99"
+        assert endpoint["IPAMConfig"] == {"IPv4Address": "10.231.9.99"}
+        addr = daemon.sbx("exec", "cstatic", "ip", "-4", "-o", "addr", "show", "eth0",
+                          check=True).out
+        assert "10.231.9.99/24" in addr
+        taken = daemon.sbx("run", "--rm", "--network", "cli-static", "--ip", "10.231.9.99",
+                           "busybox", "true")
+        assert taken.returncode != 0 and "10.231.9.99" in taken.err, taken.err
+        outside = daemon.sbx("create", "--network", "cli-static", "--ip", "10.9.9.9",
+                             "busybox", "true")
+        assert outside.returncode == 125 and "no configured subnet" in outside.err
+        builtin = daemon.sbx("create", "--ip", "172.17.0.9", "busybox", "true")
+        assert builtin.returncode == 125 and "user defined networks only" in builtin.err
+    finally:
+        daemon.sbx("rm", "-f", "cstatic")
+        daemon.sbx("network", "rm", "cli-static")
