@@ -7,6 +7,7 @@ on its bridge. How the container service uses it (on the daemon's asyncio loop):
     proxy = PortProxy()
     proxy.check(bindings)                         # create: a clear Conflict, nothing made
     bound = await proxy.publish(cid, "172.17.0.2", bindings)   # start, before the spawn
+    proxy.retarget(cid, "10.216.0.5")             # it left the network of the first
     proxy.release(cid)                            # exit / failed start / remove
     await proxy.close()                           # daemon shutdown
 
