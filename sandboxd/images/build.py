@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, BinaryIO, Callable
 from ..errors import InvalidArgument, NotFound
 from ..runner.spec import DEFAULT_PATH
 from . import dockerfile as df
+from .reference import parse as parse_ref
 from .unpack import WHITEOUT_PREFIX, apply_layer, detect_compression, uncompressed
 from .view import LayerView
 
@@ -113,8 +114,9 @@ class Builder:
         if opts.target:
             names = [s.name for s in stages]
             if opts.target.lower() not in names:
+                named = ", ".join(n for n in names if n) or "none named"
                 raise InvalidArgument(f"--target {opts.target}: no stage of that name "
-                                      f"(stages: {', '.join(n for n in names if n) or 'none named'})")
+                                      f"(stages: {named})")
             stages = stages[:names.index(opts.target.lower()) + 1]
         total = len(parsed.args) + sum(1 + len(s.instructions) for s in stages)
         step = 0
@@ -182,7 +184,6 @@ class Builder:
         try:
             image = self.images.get(ref)
         except NotFound:
-            from .reference import parse as parse_ref
             if not parse_ref(ref).domain:
                 raise NotFound(f"FROM {ref}: no such image here, and its name names no "
                                f"registry to pull it from (sbx pull/load/import it first, "
