@@ -1,9 +1,10 @@
 """The issue's leak check: many create → run → remove cycles on the default bridge and a
 user network, ended in random ways (removed while running, SIGKILLed through the
-daemon or from outside, exited by themselves, stopped), some with published ports,
+daemon or from outside, exited by themselves, stopped, failed to start: a missing
+command or a host port taken between create and start), some with published ports,
 and the daemon itself killed -9 and restarted half-way. Afterwards no veth of ours is
-left besides the pools' and the IPAM has every address free again (only the pools'
-own remain allocated).
+left besides the pools', no namespace file but the pools' and the IPAM has every
+address free again (only the pools' own remain allocated).
 
 ``SBX_NET_CYCLES`` sets the count (default 500, the issue's; about a minute here).
 Traffic: none beyond our own bridges."""
@@ -12,10 +13,14 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 
+import pytest
+
 from conftest import Daemon, pid_alive, wait_until
+from sandboxd import errors
 
 CYCLES = int(os.environ.get("SBX_NET_CYCLES", "500"))
 POOL = 2                       # the network service's pool size per network
@@ -36,8 +41,35 @@ def allocations(root: str) -> list[tuple[str, str]]:
         db.close()
 
 
+def failed_start(client, rng: random.Random, network: str) -> None:
+    """A start that fails after the network was attached: a missing command, or a host
+    port taken between create and start (the container stays created; rm removes it)."""
+    if rng.random() < 0.5:
+        container = client.containers.create("busybox", "/no/such/command",
+                                             network_mode=network)
+        with pytest.raises(errors.CommandNotFound):
+            container.start()
+        container.remove(force=True)
+        return
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        holder.close()
+        container = client.containers.create("busybox", "sleep 30", network_mode=network,
+                                             ports={"80/tcp": ("127.0.0.1", port)})
+        with socket.socket() as taker:
+            taker.bind(("127.0.0.1", port))
+            taker.listen()
+            with pytest.raises(errors.Conflict, match="already allocated"):
+                container.start()
+        container.remove(force=True)
+
+
 def one_cycle(client, rng: random.Random, network: str) -> None:
-    how = rng.choice(["remove", "kill", "outside", "exit", "stop"])
+    how = rng.choice(["remove", "kill", "outside", "exit", "stop", "failed"])
+    if how == "failed":
+        failed_start(client, rng, network)
+        return
     ports = {"80/tcp": None} if rng.random() < 0.25 else {}
     cmd = "true" if how == "exit" else "sleep 30"
     container = client.containers.run("busybox", cmd, network_mode=network, ports=ports)
@@ -81,8 +113,10 @@ def test_cycles_with_random_kills_leave_no_veth_and_every_address_free() -> None
 
         def settled() -> bool:                  # teardowns run in the background
             owners = [owner for _address, owner in allocations(daemon.root)]
+            netns = os.listdir(os.path.join(daemon.root, "netns"))   # bridges' and none's
             return len(our_veths(daemon.prefix)) == bridges * POOL and \
-                len(owners) == bridges * POOL and all(o.startswith("pool:") for o in owners)
+                len(owners) == bridges * POOL and \
+                all(o.startswith("pool:") for o in owners) and len(netns) == (bridges + 1) * POOL
         wait_until(settled, 30, "only the pools' veths and addresses to remain")
         daemon.sbx("network", "rm", "cycles-net", check=True)
     finally:
