@@ -70,9 +70,10 @@ def apply(prefix: str, bridges: Sequence[Bridge]) -> None:
     _run([_tool("iptables-restore"), "-w", "--noflush"], ruleset(prefix, bridges))
     iptables = _tool("iptables")
     for table, (ours, builtin) in chains(prefix).items():
-        jump = ["-t", table, builtin, "-j", ours]
-        if subprocess.run([iptables, "-w", "-C", *jump], capture_output=True).returncode:
-            _run([iptables, "-w", "-I", *jump])
+        jump = [builtin, "-j", ours]
+        if subprocess.run([iptables, "-w", "-t", table, "-C", *jump],
+                          capture_output=True).returncode:
+            _run([iptables, "-w", "-t", table, "-I", *jump])
 
 
 def remove(prefix: str) -> None:

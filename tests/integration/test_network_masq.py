@@ -17,8 +17,11 @@ FORWARD_BEFORE = IP_FORWARD.read_text()
 
 
 def netfilter_rules() -> str:
-    return subprocess.run(["iptables-save"], capture_output=True, text=True,
-                          check=True).stdout
+    """The host's rules (``iptables-save`` less its comment lines, which carry a time)."""
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True,
+                         check=True).stdout
+    return "".join(line for line in out.splitlines(keepends=True)
+                   if not line.startswith("#"))
 
 
 @pytest.mark.skipif(shutil.which("iptables-save") is None,
@@ -49,3 +52,40 @@ def test_the_rule_set_parses_in_iptables_restore_without_committing() -> None:
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "SBXQ-" not in netfilter_rules() and "SBXQ-" not in before
+
+
+MASQ_IN_PRIVATE_NETNS = """
+import json, subprocess, sys
+from sandboxd.runner import masq
+bridges = [("sbxq0", "172.17.0.0/16", False), ("sbxq-2", "10.216.2.0/24", True)]
+masq.apply("sbxq", bridges)
+masq.apply("sbxq", bridges[:1])                 # again: replaced, not appended
+applied = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+masq.remove("sbxq")
+removed = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+print(json.dumps({"applied": applied, "removed": removed}))
+"""
+
+
+@pytest.mark.skipif(shutil.which("iptables-restore") is None or shutil.which("unshare") is None,
+                    reason="needs iptables-restore and unshare")
+def test_apply_and_remove_in_a_private_network_namespace() -> None:
+    """The commands for real, in a network namespace of its own (no interfaces but lo,
+    no traffic): its netfilter tables are its own, the host's stay as they were."""
+    import json
+    import os
+    import sys
+    host_before = netfilter_rules()
+    done = subprocess.run(["unshare", "--net", sys.executable, "-c", MASQ_IN_PRIVATE_NETNS],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    applied = out["applied"].splitlines()
+    assert "-A POSTROUTING -j SBXQ-POSTROUTING" in applied
+    assert "-A FORWARD -j SBXQ-FORWARD" in applied
+    assert applied.count("-A POSTROUTING -j SBXQ-POSTROUTING") == 1
+    assert "-A SBXQ-POSTROUTING -s 172.17.0.0/16 ! -o sbxq0 -j MASQUERADE" in applied
+    assert not any("sbxq-2" in line for line in applied)      # the second apply replaced
+    assert "SBXQ" not in out["removed"]
+    assert netfilter_rules() == host_before and "SBXQ" not in host_before
