@@ -249,6 +249,27 @@ def test_dockerfile_from_stdin(d: Daemon, tmp_path: Path) -> None:
         d.sbx("rmi", "sbx-build-stdin", check=True)
 
 
+def test_from_an_image_named_with_its_registry_pulls_it(d: Daemon, tmp_path: Path) -> None:
+    import shutil
+    if shutil.which("docker-registry") is None:
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    from test_images_registry import _registry
+    with _registry(tmp_path / "registry") as address:
+        ref = f"{address}/sbx-build/base:1"
+        d.sbx("tag", "busybox", ref, check=True)
+        d.sbx("push", ref, check=True)
+        d.sbx("rmi", ref, check=True)
+        (tmp_path / "ctx").mkdir()
+        (tmp_path / "ctx" / "Dockerfile").write_text(f"FROM {ref}\nRUN echo pulled > /p\n")
+        out = build(d, tmp_path / "ctx", "-t", "sbx-build-pulled").out
+        try:
+            assert f"Pulling {ref}" in out
+            assert run(d, "sbx-build-pulled", "cat", "/p") == "pulled\n"
+        finally:
+            d.sbx("rmi", "sbx-build-pulled", check=True)
+            d.sbx("rmi", ref, check=True)
+
+
 def test_python_client_build(d: Daemon, tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo client > /c\n")
     lines: list[str] = []

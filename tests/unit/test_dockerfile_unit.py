@@ -216,3 +216,16 @@ def test_unpack_context_refuses_entries_leading_outside(tmp_path: Path) -> None:
     assert "../escaped.txt" in problems and "link/etc-owned" in problems
     assert list(root.iterdir()) == []                 # the half-made context is gone
     assert not (tmp_path / "escaped.txt").exists() and not Path("/etc-owned").exists()
+
+
+def test_write_context_exception_inside_an_excluded_directory(tmp_path: Path) -> None:
+    (tmp_path / "logs" / "old").mkdir(parents=True)
+    (tmp_path / "logs" / "keep.txt").write_text("k")
+    (tmp_path / "logs" / "drop.txt").write_text("d")
+    (tmp_path / "logs" / "old" / "x.txt").write_text("x")
+    (tmp_path / ".dockerignore").write_text("logs\n!logs/keep.txt\n")
+    out = io.BytesIO()
+    write_context(tmp_path, out)
+    out.seek(0)
+    with tarfile.open(fileobj=out) as tar:
+        assert set(tar.getnames()) == {".dockerignore", "logs/keep.txt"}
