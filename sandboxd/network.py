@@ -438,8 +438,7 @@ class NetworkService:
         pool = net.pool
         address = self.ipam.allocate(net.id, pool, container_id, ip)
         prepared = _Prepared(secrets.token_hex(8), path, address=address,
-                             mac=mac_for(address),
-                             veth=f"{self.prefix}v{secrets.token_hex(8)[:15 - len(self.prefix) - 1]}")
+                             mac=mac_for(address), veth=self._veth_name())
         try:
             await self._call({"op": "plug", "path": path, "veth": prepared.veth,
                               "bridge": net.bridge, "ifname": iface,
@@ -516,7 +515,7 @@ class NetworkService:
         if net.driver == "bridge":
             pool = net.pool
             prepared.address = self.ipam.allocate(net.id, pool, owner or f"pool:{name}", ip)
-            prepared.veth = f"{self.prefix}v{secrets.token_hex(8)[:15 - len(self.prefix) - 1]}"
+            prepared.veth = self._veth_name()
             prepared.mac = mac_for(prepared.address)
             message.update(veth=prepared.veth, bridge=net.bridge,
                            address=str(prepared.address), prefixlen=pool.subnet.prefixlen,
@@ -532,6 +531,10 @@ class NetworkService:
             self._teardown_later(net, prepared)
             raise
         return prepared
+
+    def _veth_name(self) -> str:
+        """``<prefix>v<hex>``, as long as a link name may be."""
+        return f"{self.prefix}v{secrets.token_hex(8)[:15 - len(self.prefix) - 1]}"
 
     def _teardown_later(self, net: Network, prepared: _Prepared) -> None:
         self._later(self._teardown(net, prepared, TEARDOWN))
