@@ -142,3 +142,43 @@ def test_sandbox_network(inner, pytester: pytest.Pytester, daemon_sock):
     result = inner("-rA")
     result.assert_outcomes(passed=4)
     assert _left(daemon_sock) == ([], [])
+
+
+def test_links_and_networks_under_xdist(inner, pytester: pytest.Pytester, daemon_sock):
+    """Two xdist workers, each with its own session: per-test networks and services of
+    both run side by side without name or address collisions."""
+    pytest.importorskip("xdist", reason="pytest-xdist is not installed (test extras)")
+    pytester.makepyfile(services=SERVICES)
+    pytester.makepyfile(test_par="""
+        import urllib.request, pytest
+        from services import httpd
+
+        @pytest.fixture
+        def svc(sandbox_container, sandbox_network, request):
+            with httpd(sandbox_container, f"case-{request.node.callspec.id}",
+                       network_mode=sandbox_network.name) as s:
+                yield s
+
+        @pytest.fixture
+        def web(sandbox_container, request):
+            with httpd(sandbox_container, f"web-{request.node.callspec.id}") as s:
+                yield s
+
+        @pytest.mark.container(network="sandbox_network", links=["svc"])
+        @pytest.mark.parametrize("n", range(3))
+        def test_network_case(svc, n):
+            body = urllib.request.urlopen(svc.url(), timeout=10).read().decode().strip()
+            assert body == f"case-{n}"
+            print("NET=" + svc.name)
+
+        @pytest.mark.container(links=["web"])
+        @pytest.mark.parametrize("n", range(3))
+        def test_link_case(web, n):
+            body = urllib.request.urlopen("http://web/", timeout=10).read().decode()
+            assert body.strip() == f"web-{n}"
+        """)
+    result = inner("-p", "xdist", "-n", "2", "-rA", subprocess=True)
+    result.assert_outcomes(passed=6)
+    names = re.findall(r"NET=(\S+)", result.stdout.str())
+    assert len(set(names)) == 3, names
+    assert _left(daemon_sock) == ([], [])
