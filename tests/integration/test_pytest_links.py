@@ -8,12 +8,16 @@ test_pytest_plugin's (one per module, with its own root and cgroup parent).
 """
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
+from conftest import wait_until
 from sandboxd.api import Client
-from test_pytest_plugin import daemon_sock, inner  # noqa: F401 (fixtures)
+from test_pytest_plugin import PLUGIN_SRC, SANDBOXD_SRC, daemon_sock, inner  # noqa: F401
 
 pytest_plugins = ("pytester",)
 
@@ -181,4 +185,45 @@ def test_links_and_networks_under_xdist(inner, pytester: pytest.Pytester, daemon
     result.assert_outcomes(passed=6)
     names = re.findall(r"NET=(\S+)", result.stdout.str())
     assert len(set(names)) == 3, names
+    assert _left(daemon_sock) == ([], [])
+
+
+def test_killed_run_leaves_nothing_behind(inner, pytester: pytest.Pytester, daemon_sock):
+    """kill -9 of pytest during a linked test: the daemon removes the session's containers
+    (test and service) at once; the network it made is removed by the next session that
+    makes one (the daemon does not tie networks to sessions)."""
+    pytester.makepyfile(services=SERVICES)
+    pytester.makepyfile(test_slow="""
+        import time, pytest
+        from services import httpd
+
+        @pytest.fixture
+        def svc(sandbox_container, sandbox_network):
+            with httpd(sandbox_container, "x", network_mode=sandbox_network.name) as s:
+                yield s
+
+        @pytest.mark.container(network="sandbox_network", links=["svc"])
+        def test_sleeps(svc):
+            time.sleep(60)
+
+        def test_net(sandbox_network):
+            pass
+        """)
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": os.pathsep.join(
+        [str(SANDBOXD_SRC), str(PLUGIN_SRC), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "pytest_sandbox.plugin",
+                             f"--sandbox-host={daemon_sock}", "test_slow.py::test_sleeps"],
+                            cwd=pytester.path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(_left(daemon_sock)[0]) == 2, 30,
+                   "the service and the test's container")
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_until(lambda: not _left(daemon_sock)[0], 15,
+               "the daemon to remove the killed session's containers")
+    assert len(_left(daemon_sock)[1]) == 1          # the killed session's network
+    result = inner("test_slow.py::test_net")
+    result.assert_outcomes(passed=1)
     assert _left(daemon_sock) == ([], [])
