@@ -375,35 +375,30 @@ class Session:
                 return time.monotonic() + self.interrupt_grace
             return stop_by
         while True:
+            # The notebook's interrupt may land anywhere in here (in on_output, say,
+            # writing to the kernel's stdout): it is passed on to the cell, and the
+            # cell's end is never lost, or the next cell would read this one's.
+            kind, data = "", None
             try:
                 kind, data = self._next(stop_by if stop_by is not None else deadline)
+                if kind == "timeout":
+                    if stop_by is None:               # the cell's time is up: SIGINT
+                        run.timed_out = True
+                        self.interrupt()
+                        stop_by = time.monotonic() + self.interrupt_grace
+                    else:                             # it ignored SIGINT: kill it
+                        run.killed = True
+                        self._kill()
+                        stop_by = time.monotonic() + 30.0
+                elif kind == "message" and run.handle(data):
+                    break
+                elif kind == "exit":
+                    run.finish_dead(self, timeout)
+                    break
             except KeyboardInterrupt:
+                if kind == "exit" or (kind == "message" and data.get("type") == "done"):
+                    break
                 stop_by = interrupted()
-                continue
-            if kind == "timeout":
-                if stop_by is None:                   # the cell's time is up: SIGINT
-                    run.timed_out = True
-                    self.interrupt()
-                    stop_by = time.monotonic() + self.interrupt_grace
-                else:                                 # it ignored SIGINT: kill it
-                    run.killed = True
-                    self._kill()
-                    stop_by = time.monotonic() + 30.0
-                continue
-            if kind == "message":
-                # The notebook's interrupt may land in on_output too (writing to the
-                # kernel's stdout): it must not lose the cell's end, or the next cell
-                # would read this one's.
-                try:
-                    if run.handle(data):
-                        break
-                except KeyboardInterrupt:
-                    if data.get("type") == "done":
-                        break
-                    stop_by = interrupted()
-            elif kind == "exit":
-                run.finish_dead(self, timeout)
-                break
         run.flush()
         if run.timed_out and run.error is not None and run.error["ename"] != "TimeoutError":
             run.replace_error("TimeoutError", f"the cell did not finish within {timeout:g}s "
