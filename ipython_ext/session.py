@@ -387,7 +387,6 @@ class Session:
                         self.interrupt()
                         stop_by = time.monotonic() + self.interrupt_grace
                     else:                             # it ignored SIGINT: kill it
-                        run.killed = True
                         self._kill()
                         stop_by = time.monotonic() + 30.0
                 elif kind == "message" and run.handle(data):
@@ -418,7 +417,7 @@ class _Run:
         self.values: dict[str, Any] = {}
         self.status = "ok"
         self.decoder = _Decoder()
-        self.timed_out = self.oom_killed = self.interrupted = self.killed = False
+        self.timed_out = self.oom_killed = self.interrupted = False
 
     def emit(self, output: dict[str, Any]) -> None:
         last = self.outputs[-1] if self.outputs else None
@@ -553,30 +552,32 @@ def run_script(client: Any, script: str, image: str = "host", *,
     while True:
         wait = (stop_by or deadline or 0) - time.monotonic() if (stop_by or deadline) \
             else None
-        try:
+        kind, data = "", None
+        try:                            # an interrupt anywhere here goes to the script
             kind, data = events.get(timeout=max(wait, 0) if wait is not None else None)
+            if kind == "created":
+                container_id = data["id"]
+            elif kind in ("stdout", "stderr"):
+                run.stream(kind, run.decoder.decode(kind, data))
+            elif kind == "failed":
+                raise data
+            elif kind == "exit":
+                break
         except KeyboardInterrupt:
+            if kind == "exit":
+                break
             run.interrupted = True
-            signal("SIGINT")
-            stop_by = stop_by or time.monotonic() + interrupt_grace
-            continue
+            if stop_by is None:
+                signal("SIGINT")
+                stop_by = time.monotonic() + interrupt_grace
         except queue.Empty:
             if stop_by is None:
                 run.timed_out = True
                 signal("SIGINT")
                 stop_by = time.monotonic() + interrupt_grace
-            else:
+            else:                       # sh as pid 1 ignores SIGINT: kill it
                 signal("SIGKILL")
                 stop_by = time.monotonic() + 30.0
-            continue
-        if kind == "created":
-            container_id = data["id"]
-        elif kind in ("stdout", "stderr"):
-            run.stream(kind, run.decoder.decode(kind, data))
-        elif kind == "failed":
-            raise data
-        elif kind == "exit":
-            break
     run.flush()
     code = int(data.get("exit_code", 0))
     run.oom_killed = bool(data.get("oom_killed"))

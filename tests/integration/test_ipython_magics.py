@@ -192,6 +192,9 @@ def test_shell_cells_fresh_and_in_busybox(ip):
     assert result.success and out.startswith("BusyBox")
     failed = cell_error(run(ip, "%%container --shell --image busybox\nexit 4")[0])
     assert failed.ename == "ShellError" and "status 4" in failed.evalue
+    timed = cell_error(run(ip, "%%container --shell --image busybox --timeout 1\n"
+                               "echo before; sleep 60")[0])
+    assert timed.ename == "TimeoutError" and "within 1s" in timed.evalue
 
 
 def test_sessions_keep_state(ip, magics, daemon, client):
