@@ -61,7 +61,7 @@ def test_format_object_builds_ipython_like_bundles(capsys):
     assert worker.format_object(Broken())[0] == {"text/plain": "Broken()"}
     assert "repr failed" in capsys.readouterr().err
     # A class is shown as itself, not by calling its unbound _repr_html_.
-    assert worker.format_object(Rich)[0] == {"text/plain": repr(Rich)}
+    assert worker.format_object(Rich)[0].keys() == {"text/plain"}
     assert worker.format_object(Rich(), exclude=["text/html"])[0].keys() == {
         "text/latex", "image/png", "text/plain"}
 
