@@ -355,9 +355,9 @@ class Session:
         if not self.alive:
             self._raise_dead(f"{self!r} is not running")
         began = time.monotonic()
+        blobs = {name: _pickled(name, value) for name, value in (inputs or {}).items()}
         self.execution_count += 1
         run = _Run(self.execution_count, on_output)
-        blobs = {name: pickle.dumps(value) for name, value in (inputs or {}).items()}
         request = {"op": "execute", "code": code, "shell": shell, "inputs": blobs,
                    "outputs": list(outputs)}
         self._stream.send(msgpack.packb(request, use_bin_type=True))
@@ -404,6 +404,14 @@ class Session:
                               f"and was interrupted")
         return ExecuteReply(run.status, run.count, run.outputs, run.error, run.values,
                             run.timed_out, run.oom_killed, time.monotonic() - began)
+
+
+def _pickled(name: str, value: Any) -> bytes:
+    try:
+        return pickle.dumps(value)
+    except Exception as exc:
+        raise TypeError(f"--in {name}: a {type(value).__name__} cannot be pickled to send "
+                        f"it into the container ({exc})") from None
 
 
 class _Run:

@@ -321,6 +321,10 @@ def _figure_png(obj: Any) -> str | None:
 WORKER_FILE = sys._getframe().f_code.co_filename
 
 
+class InputError(Exception):
+    """An ``--in`` value the container cannot unpickle."""
+
+
 class ShellError(Exception):
     """A ``--shell`` cell's script exited non-zero."""
 
@@ -448,8 +452,7 @@ class Worker:
             self.running = True
             try:
                 for name, blob in (request.get("inputs") or {}).items():
-                    import pickle                     # host data, sent in by the host
-                    self.ns[name] = pickle.loads(blob)
+                    self.ns[name] = self.unpickle(name, blob)
                 if request.get("shell"):
                     self.run_shell(request["code"])
                 else:
@@ -466,6 +469,16 @@ class Worker:
         for name in request.get("outputs") or ():
             values[name] = self.encode_out(name)
         self.send({"type": "done", "status": status, "values": values})
+
+    def unpickle(self, name: str, blob: bytes) -> Any:
+        import pickle                          # host data, sent in by the host
+        try:
+            return pickle.loads(blob)
+        except Exception as exc:
+            raise InputError(f"--in {name}: cannot be rebuilt in the container "
+                             f"({type(exc).__name__}: {exc}); a class or function "
+                             f"defined in the notebook does not exist here: send plain "
+                             f"data, or define it in the cell") from None
 
     def encode_out(self, name: str) -> dict:
         if name not in self.ns:
@@ -529,7 +542,7 @@ class Worker:
         import traceback
         for filename, code in self.sources.items():
             linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        if isinstance(exc, (SyntaxError, ShellError)):
+        if isinstance(exc, (SyntaxError, ShellError, InputError)):
             lines = traceback.format_exception_only(type(exc), exc)
         else:
             # The user's frames only: not the worker's (its exec, its SIGINT handler).

@@ -272,3 +272,16 @@ def test_interrupt_inside_on_output_keeps_cells_apart(session):
     assert reply.error["ename"] == "KeyboardInterrupt" and not reply.timed_out
     after = session.execute("print('next')")
     assert after.outputs == [{"output_type": "stream", "name": "stdout", "text": "next\n"}]
+
+
+class OnlyOnTheHost:            # pickled by reference to this test module
+    pass
+
+
+def test_inputs_that_cannot_travel_say_why(session):
+    with pytest.raises(TypeError, match="--in f: a function cannot be pickled"):
+        session.execute("f", inputs={"f": lambda: 1})
+    reply = session.execute("obj", inputs={"obj": OnlyOnTheHost()})
+    assert reply.error["ename"] == "InputError"
+    assert reply.error["evalue"].startswith("--in obj: cannot be rebuilt in the container")
+    assert reply.execution_count == 1             # the refused cell was never sent
