@@ -245,6 +245,7 @@ class Controller:
         self._mounts: list[str] | None = None
         self._pythonpath: list[str] = []
         self._features: list[str] | None = None
+        self._prestarted: dict[str, Any] = {}      # nodeid -> its container.run stream
         self.usage: list[Usage] = []
 
     # -- the connection
@@ -267,6 +268,9 @@ class Controller:
             return self._client
 
     def close(self) -> None:
+        for attachment in self._prestarted.values():    # the session stopped early
+            attachment.cancel()
+        self._prestarted.clear()
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
@@ -296,7 +300,7 @@ class Controller:
                 reports = [TestReport.from_item_and_call(item, call)]
             else:
                 plan = _links.plan(self.client, settings.network, wanted, values)
-                outcome = self._run(item, settings, plan)
+                outcome = self._run(item, settings, plan, nextitem)
                 reports = self._reports(item, settings, outcome)
         except (MarkerError, pytest.UsageError, TypeError, ValueError) as exc:
             settings, outcome = None, None
@@ -348,12 +352,42 @@ class Controller:
             labels={"pytest_sandbox.nodeid": item.nodeid}, init=True)
         return options
 
-    def _run(self, item: pytest.Item, settings: Settings, plan: Any) -> Outcome:
+    def _start(self, item: pytest.Item, settings: Settings, plan: Any) -> Any:
+        """Ask the daemon for the item's container; its worker starts, imports pytest
+        and waits for the run's options on stdin."""
         from sandboxd.config import build_config
         options = self._container_options(item, settings, plan)
         python = settings.python or sys.executable
         cfg = build_config(settings.image, [python, "-m", WORKER_MODULE],
                            auto_remove=True, open_stdin=True, **options)
+        return self.client.stream("container.run", {
+            "config": cfg.to_dict(), "stdin": True, "remove": True, "detach": False})
+
+    def _prestart(self, nextitem: pytest.Item | None) -> None:
+        """Start the next item's container now, while this item runs: its interpreter
+        and pytest import (most of a containerised test's cost) overlap this test.
+
+        Still one fresh container per item, and nothing of the project runs in it until
+        the item's own turn sends the options. Only for items with no host-side set-up
+        (links, network fixtures: those run at the item's turn) and no timeout (the
+        daemon counts it from the container's start)."""
+        if nextitem is None or not wants_container(nextitem) or \
+                nextitem.nodeid in self._prestarted:
+            return
+        try:
+            settings = settings_for(nextitem, defaults_from_config(self.config))
+            if settings.links or settings.timeout:
+                return
+            from .links import Plan, is_user_network
+            if is_user_network(settings.network or "none"):
+                return
+            plan = Plan(network=settings.network or "none", links=[], linked={})
+            self._prestarted[nextitem.nodeid] = self._start(nextitem, settings, plan)
+        except Exception:       # the item's own turn tries again and reports the error
+            return
+
+    def _run(self, item: pytest.Item, settings: Settings, plan: Any,
+             nextitem: pytest.Item | None = None) -> Outcome:
         request = msgpack.packb({"args": worker_args(item),
                                  "options": worker_options(self.config),
                                  "linked": plan.linked})
@@ -361,8 +395,9 @@ class Controller:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=CHANNEL_LIMIT)
         live_stderr = self.config.getoption("capture") == "no"
         began = time.monotonic()
-        attachment = self.client.stream("container.run", {
-            "config": cfg.to_dict(), "stdin": True, "remove": True, "detach": False})
+        attachment = self._prestarted.pop(item.nodeid, None)
+        if attachment is None:
+            attachment = self._start(item, settings, plan)
         watchdog = None
         if settings.timeout:
             # The daemon kills at the timeout; this bounds the wait if it does not.
@@ -373,6 +408,7 @@ class Controller:
             with attachment:
                 attachment.send(request)
                 attachment.close_stdin()
+                self._prestart(nextitem)
                 for event, data in attachment:
                     if event == "stdout":
                         self._feed(item, unpacker, data, outcome)

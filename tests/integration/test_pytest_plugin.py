@@ -197,7 +197,8 @@ def test_outcomes_match_a_local_run(inner, pytester: pytest.Pytester):
     assert suite.get("failures") == "1" and suite.get("errors") == "2"
 
 
-def test_selection_parametrize_and_marker_scopes(inner, pytester: pytest.Pytester):
+def test_selection_parametrize_and_marker_scopes(inner, pytester: pytest.Pytester,
+                                                 daemon_sock):
     pytester.makepyfile(inside=INSIDE)
     pytester.makepyfile(test_module_mark="""
         import os, pytest
@@ -254,6 +255,10 @@ def test_selection_parametrize_and_marker_scopes(inner, pytester: pytest.Pyteste
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*test_stop.py:*: AssertionError: first failure*",
                                  "*stopping after 1 failures*"])
+    # test_b's container was started ahead, while test_a ran; -x cancelled it
+    with Client(daemon_sock, autostart=False) as client:
+        _wait(lambda: not client.containers.list(all=True), 15,
+              "the cancelled container of the test -x did not run to go")
 
 
 def test_crash_oom_and_timeout_become_failures(inner, pytester: pytest.Pytester):
