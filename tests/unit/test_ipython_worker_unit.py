@@ -231,3 +231,9 @@ def test_without_msgpack_and_ipython(tmp_path):
         assert failed[-2]["ename"] == "ImportError"
     finally:
         p.close()
+
+
+def test_top_level_await_as_in_ipython(process):
+    messages = process.execute("import asyncio\nawait asyncio.sleep(0)\n"
+                               "await asyncio.sleep(0, result=7)")
+    assert messages[-2]["data"]["text/plain"] == "7"
