@@ -1,8 +1,8 @@
 """ipython_ext: a ``%%container`` cell of ``print(1)`` through the real magic in an
 IPython shell, in a fresh container (create, start the worker, run, remove) and in a
-running session, with the floors they are compared against: a host Python start-up (the
-image's Python start-up the fresh target allows for) and the same cell run by IPython
-itself. One sample is one ``run_cell_magic`` call, its output captured. The daemon is
+running session, with the floors they are compared against: a host Python start-up, the
+same Python started in a fresh host-image container by ``client.run`` (the image's
+Python start-up the fresh target allows for), and the same cell run by IPython itself. One sample is one ``run_cell_magic`` call, its output captured. The daemon is
 the bench's.
 """
 from __future__ import annotations
@@ -67,6 +67,22 @@ def python_startup(bench: Bench, n: int) -> list[float]:
         subprocess.run([sys.executable, "-c", "print(1)"], check=True,
                        stdout=subprocess.DEVNULL)
         return time.perf_counter() - start
+    return _timed(bench, once)
+
+
+@case(FRESH, "client.run host python -c 'print(1)' (container + its Python)", count="")
+def container_python(bench: Bench, n: int) -> list[float]:
+    """The same container and interpreter with no worker and no magic: what the fresh
+    cell adds is the difference."""
+    daemon = bench.shared("daemon", ours.Daemon.start)
+
+    def once() -> float:
+        start = time.perf_counter()
+        result = daemon.client.run("host", [sys.executable, "-c", "print(1)"])
+        elapsed = time.perf_counter() - start
+        if result.stdout != b"1\n":
+            raise RuntimeError(f"python in the host image printed {result.stdout!r}")
+        return elapsed
     return _timed(bench, once)
 
 
