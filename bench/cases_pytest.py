@@ -29,7 +29,7 @@ SUITE_TIMEOUT = 1200.0
 ROOT = Path(__file__).resolve().parent.parent
 
 SUITE = "pytest: 100 trivial tests, wall time per test"
-PER_TEST = "pytest --sandbox: one test's container, request to result"
+PER_TEST = "pytest --sandbox: one test's container, options sent to result"
 OVERHEAD = "pytest --sandbox: overhead per test over the local run"
 
 # Suite walls per row, kept for the overhead rows (measured after the suite rows).
@@ -141,8 +141,10 @@ def docker_fixtures(bench: Bench, n: int) -> list[float]:
 
 @case(PER_TEST, "pytest --sandbox (--sandbox-report wall)", reference=True, count="")
 def per_test(bench: Bench, n: int) -> list[float]:
-    """Each test's container as the controller saw it: the container.run request until
-    its result (container start, interpreter, pytest, the test, removal)."""
+    """Each test's container as the controller saw it, from writing the item's options
+    until the container's result (the test, pytest's session, the container's end and
+    removal; the container's start, interpreter and pytest import too unless it was
+    started ahead during the previous test)."""
     samples = _reported.get(id(bench))
     if not samples:
         raise NotAvailable("needs the 'pytest --sandbox' row of the suite case")
