@@ -30,6 +30,8 @@ import msgpack
 import pytest
 from _pytest.reports import TestReport
 
+from sandboxd.errors import Cancelled
+
 from . import WORKER_ENV
 
 WORKER_MODULE = "pytest_sandbox.worker"
@@ -369,20 +371,22 @@ class Controller:
 
         Still one fresh container per item, and nothing of the project runs in it until
         the item's own turn sends the options. Only for items with no host-side set-up
-        (links, network fixtures: those run at the item's turn) and no timeout (the
-        daemon counts it from the container's start)."""
+        (links, network fixtures: those run at the item's turn). Such a container gets
+        no daemon timeout (the daemon would count the wait): the item's timeout is kept
+        here, from its turn, by cancelling the run (the daemon then kills it)."""
         if nextitem is None or not wants_container(nextitem) or \
                 nextitem.nodeid in self._prestarted:
             return
         try:
             settings = settings_for(nextitem, defaults_from_config(self.config))
-            if settings.links or settings.timeout:
+            if settings.links:
                 return
             from .links import Plan, is_user_network
             if is_user_network(settings.network or "none"):
                 return
             plan = Plan(network=settings.network or "none", links=[], linked={})
-            self._prestarted[nextitem.nodeid] = self._start(nextitem, settings, plan)
+            self._prestarted[nextitem.nodeid] = self._start(
+                nextitem, replace(settings, timeout=None), plan)
         except Exception:       # the item's own turn tries again and reports the error
             return
 
@@ -396,12 +400,13 @@ class Controller:
         live_stderr = self.config.getoption("capture") == "no"
         began = time.monotonic()
         attachment = self._prestarted.pop(item.nodeid, None)
+        grace = 0.0                     # started ahead: this watchdog is the timeout
         if attachment is None:
             attachment = self._start(item, settings, plan)
+            grace = WATCHDOG_GRACE      # the daemon kills at the timeout; this bounds it
         watchdog = None
         if settings.timeout:
-            # The daemon kills at the timeout; this bounds the wait if it does not.
-            watchdog = threading.Timer(settings.timeout + WATCHDOG_GRACE, attachment.cancel)
+            watchdog = threading.Timer(settings.timeout + grace, attachment.cancel)
             watchdog.daemon = True
             watchdog.start()
         try:
@@ -419,7 +424,12 @@ class Controller:
                             sys.stderr.write(data.decode("utf-8", "replace"))
                     elif event == "created":
                         outcome.container_id = str(data.get("id", ""))
-                final = attachment.result()
+                try:
+                    final = attachment.result()
+                except Cancelled:
+                    if watchdog is None or not watchdog.finished.is_set():
+                        raise
+                    final = {}          # cancelled at the timeout: reported as such
         finally:
             if watchdog is not None:
                 watchdog.cancel()

@@ -265,6 +265,13 @@ def test_crash_oom_and_timeout_become_failures(inner, pytester: pytest.Pytester)
     pytester.makepyfile(test_limits="""
         import ctypes, os, sys, time, pytest
 
+        # First: its container starts at its turn, and the daemon kills it at the
+        # timeout. test_timeout's container is started ahead (during test_oom): the
+        # plugin keeps that one's timeout from its turn.
+        @pytest.mark.container(timeout=1)
+        def test_first_timeout():
+            time.sleep(60)
+
         @pytest.mark.container
         def test_exit():
             os._exit(3)
@@ -282,8 +289,9 @@ def test_crash_oom_and_timeout_become_failures(inner, pytester: pytest.Pytester)
             time.sleep(60)
         """)
     result = inner("-rf")
-    result.assert_outcomes(failed=4)
+    result.assert_outcomes(failed=5)
     result.stdout.fnmatch_lines_random([
+        "FAILED test_limits.py::test_first_timeout - timed out after 1 s",
         "FAILED test_limits.py::test_exit - worker crashed: exit code 3",
         "FAILED test_limits.py::test_segfault - worker crashed: killed by signal SIGSEGV*",
         "FAILED test_limits.py::test_oom - killed: out of memory (limit 64 MiB)",
