@@ -387,9 +387,14 @@ def _pump(attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bool,
 
     # Signal handlers run in this (the main) thread between reads of the stream; the
     # connection serialises sends, so they may send directly.
+    def resize() -> None:
+        rows, cols = size()
+        if rows and cols:           # a terminal that reports no size (0x0): keep the pty's
+            attachment.resize(rows, cols)
+
     def on_winch(signum: int, frame: Any) -> None:
         try:
-            attachment.resize(*size())
+            resize()
         except (OSError, SandboxError):
             pass
 
@@ -409,9 +414,9 @@ def _pump(attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bool,
             import termios
             import tty as tty_module
             saved_tty = termios.tcgetattr(0)
-            tty_module.setraw(0)
+            tty_module.setraw(0, termios.TCSANOW)     # keep what was typed already
         if tty and (os.isatty(0) or os.isatty(1)):
-            attachment.resize(*size())
+            resize()
             old_handlers[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, on_winch)
         if sig_proxy and not tty:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,

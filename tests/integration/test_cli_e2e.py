@@ -403,24 +403,50 @@ def _set_size(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def test_interactive_tty(daemon: Daemon) -> None:
+def _cli_on_terminal(daemon: Daemon, *args: str, size: tuple[int, int] = (30, 100)
+                     ) -> tuple[int, int]:
+    """``sbx ARGS`` with a terminal (size rows x cols; 0 x 0: one that reports none) as
+    its controlling tty and stdio, as a user's; returns (pid, the terminal's master)."""
     import fcntl
     import termios
     master, slave = os.openpty()
-    _set_size(slave, 30, 100)
+    _set_size(slave, *size)
     pid = os.fork()
-    if pid == 0:                                   # the CLI, on the terminal as a user's
+    if pid == 0:
         try:
             os.setsid()
             fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
             for fd in (0, 1, 2):
                 os.dup2(slave, fd)
             os.chdir(REPO)
-            os.execve(PY, [PY, "-m", "sandboxd.cli", "run", "-it", "--rm", "busybox", "sh"],
-                      daemon.env)
+            os.execve(PY, [PY, "-m", "sandboxd.cli", *args], daemon.env)
         finally:
             os._exit(99)
     os.close(slave)
+    return pid, master
+
+
+def test_input_typed_before_the_container_runs_reaches_it(daemon: Daemon) -> None:
+    # Typed at once, before sbx has even started: the terminal's pending input must not
+    # be flushed when sbx makes it raw. A terminal that reports no size (0x0) is fine.
+    pid, master = _cli_on_terminal(daemon, "run", "-it", "--rm", "busybox", "sh", "-c",
+                                   "read x; echo got:$x", size=(0, 0))
+    try:
+        os.write(master, b"typed-early\n")
+        seen = bytearray()
+        _read_until(master, b"got:typed-early", seen)
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0, bytes(seen)
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(master)
+
+
+def test_interactive_tty(daemon: Daemon) -> None:
+    pid, master = _cli_on_terminal(daemon, "run", "-it", "--rm", "busybox", "sh")
     try:
         seen = bytearray()
         _read_until(master, b"/ # ", seen)          # type at the prompt, as a user does
