@@ -840,7 +840,7 @@ class _Operations:
                 "cgroup_version": "1" if self.s.runner.cgroup_version == "v1" else "2",
                 "root_dir": str(self.s.root), "default_runtime": "sandboxd-runner",
                 "security_options": ["name=no-new-privileges", "name=cgroupns"],
-                "warnings": []}
+                "warnings": [w for w in (self.s.networks.masq_problem,) if w]}
 
 
 class _Stamper:

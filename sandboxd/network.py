@@ -180,6 +180,7 @@ class NetworkService:
         self.prefix = prefix
         self.pool_size = pool_size
         self.ip_masq = ip_masq
+        self.masq_problem = ""                  # why --ip-masq could not apply, if so
         with store.transaction() as db:
             for statement in _SCHEMA:
                 db.execute(statement)
@@ -566,7 +567,18 @@ class NetworkService:
             return
         bridges = [[n.bridge, n.subnet, n.internal] for n in self.list()
                    if n.driver == "bridge"]
-        await self._call({"op": "masquerade", "prefix": self.prefix, "bridges": bridges})
+        try:
+            await self._call({"op": "masquerade", "prefix": self.prefix, "bridges": bridges})
+        except SandboxError as e:
+            # Containers still run and reach each other; only the way out is missing.
+            # Said in the log and in `sbx info`, not fatal (a machine without iptables).
+            problem = (f"--ip-masq: {e.message}; containers on bridge networks cannot reach "
+                       f"beyond this machine (run the daemon with --no-ip-masq to not ask)")
+            if problem != self.masq_problem:
+                log.warning("%s", problem)
+            self.masq_problem = problem
+        else:
+            self.masq_problem = ""
 
     async def _teardown(self, net: Network, prepared: _Prepared, priority: int) -> None:
         try:
