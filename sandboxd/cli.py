@@ -1862,6 +1862,9 @@ def network_disconnect(force: bool, network_name: str, container: str) -> int:
 network.alias("list", network_ls)
 network.alias("remove", network_rm)
 
+from .cli_notebook import notebook  # noqa: E402 -- sbx notebook (its own module)
+cli.add_command(notebook)
+
 
 # ---------------------------------------------------------------- entry point
 
