@@ -1862,8 +1862,13 @@ def network_disconnect(force: bool, network_name: str, container: str) -> int:
 network.alias("list", network_ls)
 network.alias("remove", network_rm)
 
-from .cli_notebook import notebook  # noqa: E402 -- sbx notebook (its own module)
-cli.add_command(notebook)
+
+def _notebook() -> click.Command:
+    from .cli_notebook import notebook       # its own module, imported when used
+    return notebook
+
+
+cli.builders["notebook"] = _notebook
 
 
 # ---------------------------------------------------------------- entry point

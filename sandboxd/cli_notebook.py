@@ -7,73 +7,53 @@ stdout). Exit status: 0 when every cell ran, 1 when a cell failed (the notebook 
 written, with the error in that cell), 130 when Ctrl-C interrupted a cell (written too),
 125 when sandboxd or the notebook file refused.
 
-nbformat, IPython's side and the client are imported inside the command: this module
-is loaded at every ``sbx`` start.
+``sbx`` imports this module only when the command is used; nbformat, the session and the
+client come in inside the command (``sbx notebook --help`` needs none of them).
 """
 from __future__ import annotations
 
 import sys
+
 import click
 
-# Not imported from .cli: ``python -m sandboxd.cli`` runs that module as __main__, and a
-# second copy of it would register this group on a ``cli`` nobody runs. A
-# ClickException is what main() turns into "sbx: <message>" and exit 125.
+# Nothing imported from .cli: ``python -m sandboxd.cli`` runs that module as __main__,
+# and its CliError would be a second class main() does not catch. A ClickException is
+# what main() turns into "sbx: <message>" and exit 125.
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 EXIT_CELL_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
-class _Notebook(click.Group):
-    """``sbx notebook``; its commands' click parameters are made when one is used, not
-    at every ``sbx`` start."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return ["run"]
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        return _run_command() if name == "run" else None
-
-
-@click.group(cls=_Notebook, context_settings=CONTEXT)
+@click.group(context_settings=CONTEXT)
 def notebook() -> None:
     """Run Jupyter notebooks in sandboxes."""
 
 
-def _run_command() -> click.Command:
-    option, argument = click.option, click.argument
-    params = [
-        option("-o", "--output", metavar="FILE",
-               help="Write the executed notebook here ('-' for stdout) instead of in "
-                    "place"),
-        option("--image", default="host", show_default=True,
-               help="Image whose Python runs the cells"),
-        option("-m", "--memory", metavar="BYTES", help="Memory limit (e.g. 512m)"),
-        option("--cpus", metavar="DECIMAL", help="Number of CPUs"),
-        option("--pids-limit", type=int, metavar="INT", help="Tune container pids limit"),
-        option("--network", "--net", "network", default="none", show_default=True,
-               metavar="NETWORK", help="Connect the session's container to a network"),
-        option("-e", "--env", multiple=True, metavar="KEY[=VALUE]",
-               help="Set environment variables"),
-        option("--env-file", multiple=True, metavar="FILE",
-               help="Read in a file of environment variables"),
-        option("-v", "--volume", multiple=True, metavar="SRC:DST[:ro]",
-               help="Bind mount a host path"),
-        option("-w", "--workdir", default="", metavar="DIR",
-               help="Working directory of the cells inside the container"),
-        option("--cell-timeout", type=float, metavar="SECONDS",
-               help="Stop the run when one cell takes longer than this"),
-        option("--timeout", type=float, metavar="SECONDS",
-               help="Stop the run when all cells together take longer than this"),
-        option("--allow-errors", is_flag=True,
-               help="Keep going after a cell raises (its error is recorded); exit 0"),
-        argument("path", metavar="NOTEBOOK", type=click.Path(dir_okay=False)),
-    ]
-    func = notebook_run
-    for param in reversed(params):
-        func = param(func)
-    return click.command("run", context_settings=CONTEXT)(func)
-
-
+@notebook.command("run", context_settings=CONTEXT)
+@click.option("-o", "--output", metavar="FILE",
+              help="Write the executed notebook here ('-' for stdout) instead of in place")
+@click.option("--image", default="host", show_default=True,
+              help="Image whose Python runs the cells")
+@click.option("-m", "--memory", metavar="BYTES", help="Memory limit (e.g. 512m)")
+@click.option("--cpus", metavar="DECIMAL", help="Number of CPUs")
+@click.option("--pids-limit", type=int, metavar="INT", help="Tune container pids limit")
+@click.option("--network", "--net", "network", default="none", show_default=True,
+              metavar="NETWORK", help="Connect the session's container to a network")
+@click.option("-e", "--env", multiple=True, metavar="KEY[=VALUE]",
+              help="Set environment variables")
+@click.option("--env-file", multiple=True, metavar="FILE",
+              help="Read in a file of environment variables")
+@click.option("-v", "--volume", multiple=True, metavar="SRC:DST[:ro]",
+              help="Bind mount a host path")
+@click.option("-w", "--workdir", default="", metavar="DIR",
+              help="Working directory of the cells inside the container")
+@click.option("--cell-timeout", type=float, metavar="SECONDS",
+              help="Stop the run when one cell takes longer than this")
+@click.option("--timeout", type=float, metavar="SECONDS",
+              help="Stop the run when all cells together take longer than this")
+@click.option("--allow-errors", is_flag=True,
+              help="Keep going after a cell raises (its error is recorded); exit 0")
+@click.argument("path", metavar="NOTEBOOK", type=click.Path(dir_okay=False))
 def notebook_run(path: str, output: str | None, image: str, memory: str | None,
                  cpus: str | None, pids_limit: int | None, network: str,
                  env: tuple[str, ...], env_file: tuple[str, ...], volume: tuple[str, ...],
