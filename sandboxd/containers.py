@@ -34,6 +34,7 @@ from typing import Any, AsyncIterator, BinaryIO, Sequence
 from . import config as cfg
 from .daemon import DaemonConfig, RequestContext
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError
+from .images import tarentry
 from .images.service import ImageService
 from .images.unpack import WHITEOUT_PREFIX, apply_layer
 from .logs import LogWriter
@@ -1163,9 +1164,7 @@ def _tar_tree(tar: tarfile.TarFile, parent: int, name: str, arcname: str) -> Non
         dir_fd, entry, arc = stack.pop()
         try:
             st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-            info = tarfile.TarInfo(arc)
-            info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-            info.mtime = int(st.st_mtime)
+            info = tarentry.header(arc, st)
             if stat.S_ISDIR(st.st_mode):
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
@@ -1185,18 +1184,9 @@ def _tar_tree(tar: tarfile.TarFile, parent: int, name: str, arcname: str) -> Non
                         tar.addfile(info, f)
                     except OSError as e:      # shrank while read: tar needs the size
                         raise Conflict(f"{arc} changed while it was copied: {e}") from None
-            elif stat.S_ISLNK(st.st_mode):
-                info.type = tarfile.SYMTYPE
-                info.linkname = os.readlink(entry, dir_fd=dir_fd)
-                tar.addfile(info)
-            elif stat.S_ISFIFO(st.st_mode):
-                info.type = tarfile.FIFOTYPE
-                tar.addfile(info)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
-                info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-                tar.addfile(info)
-            # sockets have no tar form: left out, as Docker does
+            else:                                 # a socket is left out (no tar form)
+                tarentry.add_special(tar, info, st,
+                                     lambda: os.readlink(entry, dir_fd=dir_fd))
         except FileNotFoundError:
             pass                                  # removed while we walked
         finally:

@@ -19,6 +19,7 @@ import tarfile
 from typing import BinaryIO
 
 from ..errors import Conflict, InvalidArgument
+from . import tarentry
 from .unpack import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -59,9 +60,7 @@ def _walk(tar: tarfile.TarFile, dir_fd: int, prefix: str,
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
             tar.addfile(_marker(prefix + WHITEOUT_PREFIX + name))
             continue
-        info = tarfile.TarInfo(arc)
-        info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-        info.mtime = int(st.st_mtime)
+        info = tarentry.header(arc, st)
         key = (st.st_dev, st.st_ino)
         if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1 and key in links:
             info.type, info.linkname = tarfile.LNKTYPE, links[key]
@@ -90,18 +89,9 @@ def _walk(tar: tarfile.TarFile, dir_fd: int, prefix: str,
                 except OSError as e:                  # shrank while read
                     raise Conflict(f"/{arc} changed while it was committed ({e}); stop "
                                    f"the container first") from None
-        elif stat.S_ISLNK(st.st_mode):
-            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=dir_fd)
-            tar.addfile(info)
-        elif stat.S_ISFIFO(st.st_mode):
-            info.type = tarfile.FIFOTYPE
-            tar.addfile(info)
-        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
-            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-            tar.addfile(info)
-        else:
-            continue                                  # sockets have no tar form
+        elif not tarentry.add_special(tar, info, st,
+                                      lambda: os.readlink(name, dir_fd=dir_fd)):
+            continue                                  # a socket: not archived
         if st.st_nlink > 1:
             links[key] = arc
 

@@ -17,6 +17,7 @@ import tarfile
 from typing import BinaryIO, Iterator, Sequence
 
 from ..errors import InvalidArgument, NotFound
+from . import tarentry
 from .unpack import OVERLAY_OPAQUE_XATTR
 
 _MAX_LINKS = 40
@@ -184,9 +185,7 @@ def write_tar(view: LayerView, out: BinaryIO, root: str = "/") -> None:
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for path, real, st in view.walk(root):
             arc = path[len(base):].lstrip("/") or "."
-            info = tarfile.TarInfo(arc)
-            info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-            info.mtime = int(st.st_mtime)
+            info = tarentry.header(arc, st)
             key = (st.st_dev, st.st_ino)
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in links:
                 info.type, info.linkname = tarfile.LNKTYPE, links[key]
@@ -201,13 +200,5 @@ def write_tar(view: LayerView, out: BinaryIO, root: str = "/") -> None:
                     tar.addfile(info, f)
                 if st.st_nlink > 1:
                     links[key] = arc
-            elif stat.S_ISLNK(st.st_mode):
-                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(real)
-                tar.addfile(info)
-            elif stat.S_ISFIFO(st.st_mode):
-                info.type = tarfile.FIFOTYPE
-                tar.addfile(info)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
-                info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-                tar.addfile(info)
+            else:
+                tarentry.add_special(tar, info, st, lambda: os.readlink(real))
