@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from ..containers import ContainerService
 
 Say = Callable[[str], Awaitable[None]]
+# what a config step (ENV, WORKDIR, CMD ...) does to the runtime config
+Change = Callable[[dict[str, Any]], dict[str, Any]]
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 # Docker's predefined build args: usable without an ARG line, never in the image.
 PREDEFINED_ARGS = frozenset(("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy",
@@ -220,33 +222,25 @@ class Builder:
             pairs = df.assignments(ins, env, escape)
             text = f"{k} " + " ".join(f"{key}={json.dumps(v) if ' ' in v or not v else v}"
                                       for key, v in pairs)
-
-            def change(rt: dict[str, Any]) -> dict[str, Any]:
-                if k == "ENV":
+            if k == "ENV":
+                def change(rt: dict[str, Any]) -> dict[str, Any]:
                     current = {e.partition("=")[0]: e for e in rt.get("Env") or []}
                     current.update({key: f"{key}={v}" for key, v in pairs})
                     rt["Env"] = list(current.values())
-                else:
-                    rt["Labels"] = {**(rt.get("Labels") or {}), **dict(pairs)}
-                return rt
+                    return rt
+            else:
+                change = _merging("Labels", dict(pairs))
         elif k == "MAINTAINER":
-            def change(rt: dict[str, Any]) -> dict[str, Any]:
-                return rt                         # the author lives outside config
+            change = _setting()                   # the author lives outside config
         elif k == "WORKDIR":
             path = df.expand(ins.text, env, escape)
             path = posixpath.normpath(posixpath.join(rt_workdir(state.runtime), path))
             text = f"WORKDIR {path}"
-
-            def change(rt: dict[str, Any]) -> dict[str, Any]:
-                rt["WorkingDir"] = path
-                return rt
+            change = _setting(WorkingDir=path)
         elif k == "USER":
             user = df.expand(ins.text, env, escape)
             text = f"USER {user}"
-
-            def change(rt: dict[str, Any]) -> dict[str, Any]:
-                rt["User"] = user
-                return rt
+            change = _setting(User=user)
         elif k == "EXPOSE":
             ports = []
             for port in df.words(ins.text, env, escape):
@@ -256,21 +250,14 @@ class Builder:
                     raise InvalidArgument(f"line {ins.line}: EXPOSE {port}: not PORT[/tcp|udp]")
                 ports.append(f"{number}/{proto or 'tcp'}")
             text = "EXPOSE " + " ".join(ports)
-
-            def change(rt: dict[str, Any]) -> dict[str, Any]:
-                rt["ExposedPorts"] = {**(rt.get("ExposedPorts") or {}),
-                                      **{p: {} for p in ports}}
-                return rt
+            change = _merging("ExposedPorts", {p: {} for p in ports})
         elif k in ("CMD", "ENTRYPOINT"):
             argv = df.command(ins, state.shell) if ins.text else []
             text = f"{k} {json.dumps(argv)}"
-            key = "Cmd" if k == "CMD" else "Entrypoint"
-
-            def change(rt: dict[str, Any]) -> dict[str, Any]:
-                rt[key] = argv or None
-                if key == "Entrypoint":
-                    rt["Cmd"] = None              # Docker: ENTRYPOINT resets the CMD
-                return rt
+            if k == "CMD":
+                change = _setting(Cmd=argv or None)
+            else:                                 # Docker: ENTRYPOINT resets the CMD
+                change = _setting(Entrypoint=argv or None, Cmd=None)
         elif k == "SHELL":
             shell = df.exec_form(ins.text)
             if not shell:
@@ -278,30 +265,20 @@ class Builder:
                                       f'SHELL ["/bin/bash", "-c"]')
             state.shell = shell
             text = f"SHELL {json.dumps(shell)}"
-
-            def change(rt: dict[str, Any]) -> dict[str, Any]:
-                rt["Shell"] = shell
-                return rt
+            change = _setting(Shell=shell)
         elif k == "STOPSIGNAL":
             sig = df.expand(ins.text, env, escape)
             text = f"STOPSIGNAL {sig}"
-
-            def change(rt: dict[str, Any]) -> dict[str, Any]:
-                rt["StopSignal"] = sig
-                return rt
+            change = _setting(StopSignal=sig)
         elif k == "VOLUME":
             paths = df.exec_form(ins.text) or df.words(ins.text, env, escape)
             text = "VOLUME " + json.dumps(paths)
-
-            def change(rt: dict[str, Any]) -> dict[str, Any]:
-                rt["Volumes"] = {**(rt.get("Volumes") or {}), **{p: {} for p in paths}}
-                return rt
+            change = _merging("Volumes", {p: {} for p in paths})
         else:                                      # the parser admits nothing else
             raise InvalidArgument(f"line {ins.line}: {k} is not supported")
         await self._config_step(state, text, change)
 
-    async def _config_step(self, state: _Stage, text: str,
-                           change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    async def _config_step(self, state: _Stage, text: str, change: Change) -> None:
         key = _key(state.image, text)
         if await self._use_cache(state, key):
             return
@@ -447,6 +424,23 @@ class Builder:
 class BuildFailed(InvalidArgument):
     """A RUN step's command failed; the build stops there. (On the wire an
     ``invalid_argument``: the Dockerfile asked for a step that cannot be done.)"""
+
+
+def _setting(**fields: Any) -> Change:
+    """A config step's change to the runtime config: ``fields`` set as given."""
+    def change(rt: dict[str, Any]) -> dict[str, Any]:
+        rt.update(fields)
+        return rt
+    return change
+
+
+def _merging(key: str, entries: dict[str, Any]) -> Change:
+    """A config step's change to the runtime config: ``entries`` added to the mapping
+    at ``key`` (LABEL, EXPOSE, VOLUME add to what earlier steps and the base set)."""
+    def change(rt: dict[str, Any]) -> dict[str, Any]:
+        rt[key] = {**(rt.get(key) or {}), **entries}
+        return rt
+    return change
 
 
 def rt_workdir(runtime: dict[str, Any]) -> str:
