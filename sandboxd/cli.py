@@ -1229,22 +1229,22 @@ def _open_input(path: str) -> Any:
         raise CliError(f"open {path}: {e.strerror}", 1) from None
 
 
-@cli.command(context_settings=CONTEXT)
-@option("-o", "--output", metavar="FILE", help="Write to a file, instead of STDOUT")
-@argument("images", nargs=-1, required=True, shell_complete=_complete_images)
-def save(output: str | None, images: tuple[str, ...]) -> int:
-    """Save one or more images to a tar archive (streamed to STDOUT by default)."""
+def _stream_out(method: str, params: dict[str, Any], output: str | None,
+                what: str) -> None:
+    """Write the data ``method`` streams back (a tar) to the file ``output``, or to
+    STDOUT when that is not a terminal; a file a failure left half-written is removed.
+    ``what`` names the action in errors ("save image")."""
     if output is None and sys.stdout.isatty():
         raise CliError("cowardly refusing to save to a terminal. Use the -o flag or "
                        "redirect", 1)
     try:
         out = sys.stdout.buffer if output is None else open(output, "wb")
     except OSError as e:
-        raise CliError(f"failed to save image: open {output}: {e.strerror}", 1) from None
+        raise CliError(f"failed to {what}: open {output}: {e.strerror}", 1) from None
     ok = False
     try:
         with _client() as client:
-            attachment = client.stream("image.save", {"names": list(images)})
+            attachment = client.stream(method, params)
             for event, data in attachment:
                 if event == "data":
                     out.write(data)
@@ -1257,6 +1257,14 @@ def save(output: str | None, images: tuple[str, ...]) -> int:
                 os.unlink(output)      # no half-written archive left behind
         else:
             out.flush()
+
+
+@cli.command(context_settings=CONTEXT)
+@option("-o", "--output", metavar="FILE", help="Write to a file, instead of STDOUT")
+@argument("images", nargs=-1, required=True, shell_complete=_complete_images)
+def save(output: str | None, images: tuple[str, ...]) -> int:
+    """Save one or more images to a tar archive (streamed to STDOUT by default)."""
+    _stream_out("image.save", {"names": list(images)}, output, "save image")
     return 0
 
 
@@ -1432,30 +1440,7 @@ def build(tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, 
 def export(output: str | None, container: str) -> int:
     """Export a container's filesystem as a tar archive (its image's layers and its
     changes, flattened)."""
-    if output is None and sys.stdout.isatty():
-        raise CliError("cowardly refusing to save to a terminal. Use the -o flag or "
-                       "redirect", 1)
-    try:
-        out = sys.stdout.buffer if output is None else open(output, "wb")
-    except OSError as e:
-        raise CliError(f"failed to export container: open {output}: {e.strerror}",
-                       1) from None
-    ok = False
-    try:
-        with _client() as client:
-            attachment = client.stream("container.export", {"id": container})
-            for event, data in attachment:
-                if event == "data":
-                    out.write(data)
-            attachment.result()
-        ok = True
-    finally:
-        if output is not None:
-            out.close()
-            if not ok:
-                os.unlink(output)      # no half-written archive left behind
-        else:
-            out.flush()
+    _stream_out("container.export", {"id": container}, output, "export container")
     return 0
 
 
