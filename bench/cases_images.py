@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import ours
 from .cases import case
-from .context import Bench, NotAvailable
+from .context import Bench, NotAvailable, closed_on_failure
 
 LAYERS = 5
 LAYER_MIB = 4
@@ -48,16 +48,9 @@ class _Registry:
             raise NotAvailable("docker-registry is not installed (apt-get install "
                                "docker-registry)")
         registry = cls(bench)
-        try:
+        with closed_on_failure(registry, "registry set-up failed"):
             registry._launch(binary)
             registry._push(bench)
-        except NotAvailable:
-            registry.close()
-            raise
-        except Exception as exc:
-            registry.close()
-            raise NotAvailable(f"registry set-up failed: {type(exc).__name__}: {exc}"
-                               ) from None
         return registry
 
     def _launch(self, binary: str) -> None:

@@ -18,8 +18,7 @@ import socket
 import time
 from functools import partial
 
-from . import ours
-from .cases import _daemon, case, timed
+from .cases import _daemon, case, client_run, timed
 from .context import Bench, NotAvailable
 from .peers import PEERS, Peer
 
@@ -48,26 +47,18 @@ class _Network:
         self.network.remove()
 
 
-def client_run(bench: Bench, n: int, options: dict, network: bool = False) -> list[float]:
-    """``Client.run('busybox', ['true'], remove=True)`` request to result."""
-    client = _daemon(bench).client
+def network_run(bench: Bench, n: int, options: dict, network: bool = False) -> list[float]:
+    """:func:`bench.cases.client_run` (``Client.run('busybox', ['true'])``, request to
+    result) on the default bridge, or on the bench's user network."""
     if network:
         options = {**options, "network_mode": _user_network(bench)}
-    samples = []
-    for i in range(bench.settings.warmup + n):
-        start = time.perf_counter()
-        result = client.run("busybox", ["true"], **options)
-        elapsed = time.perf_counter() - start
-        ours.check_exit(result.id, result.exit_code, result.stderr)
-        if i >= bench.settings.warmup:
-            samples.append(elapsed)
-    return samples
+    return client_run(bench, n, options)
 
 
-case(RUN, "sandboxd, default bridge", reference=True)(partial(client_run, options={}))
-case(RUN, "sandboxd, user network")(partial(client_run, options={}, network=True))
+case(RUN, "sandboxd, default bridge", reference=True)(partial(network_run, options={}))
+case(RUN, "sandboxd, user network")(partial(network_run, options={}, network=True))
 case(RUN, "sandboxd, default bridge + -p 80")(
-    partial(client_run, options={"ports": {"80/tcp": None}}))
+    partial(network_run, options={"ports": {"80/tcp": None}}))
 
 
 def peer_run(bench: Bench, n: int, peer: Peer) -> list[float]:

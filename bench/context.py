@@ -7,11 +7,11 @@ import itertools
 import os
 import shutil
 import tempfile
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sandboxd.runner.spec import DEFAULT_CAPABILITIES
 from sandboxd.testing import busybox_rootfs, busybox_tar
@@ -27,6 +27,21 @@ PIDS = 64
 
 class NotAvailable(Exception):
     """This row cannot be measured here; the message says why (printed in the table)."""
+
+
+@contextmanager
+def closed_on_failure(thing: Any, what: str) -> Iterator[None]:
+    """Set up ``thing`` (a daemon, a registry) inside this block: when it fails,
+    ``thing.close()`` and the failure is a NotAvailable (``what``: the error) for the
+    rows that need it, not a crash of the bench."""
+    try:
+        yield
+    except NotAvailable:
+        thing.close()
+        raise
+    except Exception as exc:
+        thing.close()
+        raise NotAvailable(f"{what}: {type(exc).__name__}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from sandboxd.runner.spec import ContainerSpec, Limits, Namespaces, Process, RootFS
 
-from .context import MEMORY, PIDS, Bench, NotAvailable
+from .context import MEMORY, PIDS, Bench, NotAvailable, closed_on_failure
 
 START_TIMEOUT = 60.0
 
@@ -126,17 +126,10 @@ class Daemon:
         _import("sandboxd.daemon", "daemon")
         _import("sandboxd.cli", "sbx CLI")
         daemon = cls(bench)
-        try:
+        with closed_on_failure(daemon, "daemon not available yet"):
             daemon._launch()
             daemon.client = api.Client(host=daemon.host, autostart=False)
             daemon.client.images.import_(str(bench.rootfs_tar), "busybox")
-        except NotAvailable:
-            daemon.close()
-            raise
-        except Exception as exc:
-            daemon.close()
-            raise NotAvailable(f"daemon not available yet: {type(exc).__name__}: {exc}"
-                               ) from None
         return daemon
 
     def _launch(self) -> None:
