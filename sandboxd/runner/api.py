@@ -55,8 +55,8 @@ def _exit_info(event: dict) -> ExitInfo:
                     event.get("stats"))
 
 
-def _start_server(state_dir: str, cgroup_parent: str) -> tuple[socket.socket,
-                                                              subprocess.Popen]:
+def _start_server(state_dir: str, cgroup_parent: str, template_entries: tuple[str, ...]
+                  ) -> tuple[socket.socket, subprocess.Popen]:
     os.makedirs(state_dir, 0o700, exist_ok=True)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     env = dict(os.environ)
@@ -67,7 +67,8 @@ def _start_server(state_dir: str, cgroup_parent: str) -> tuple[socket.socket,
         # sys.executable, not its realpath: in a venv the symlink is what finds the venv.
         [sys.executable, "-m", "sandboxd.runner.forkserver",
          "--fd", str(theirs.fileno()), "--state-dir", state_dir,
-         "--cgroup-parent", cgroup_parent],
+         "--cgroup-parent", cgroup_parent,
+         *[arg for entry in template_entries for arg in ("--template-entry", entry)]],
         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
     theirs.close()
     return ours, proc
@@ -76,9 +77,13 @@ def _start_server(state_dir: str, cgroup_parent: str) -> tuple[socket.socket,
 class _Protocol:
     """What both runners share: request ids, message shapes, the exit-event table."""
 
-    def __init__(self, state_dir: str, cgroup_parent: str):
+    def __init__(self, state_dir: str, cgroup_parent: str,
+                 template_entries: tuple[str, ...] = ()):
         self.state_dir = state_dir
         self.cgroup_parent = cgroup_parent
+        # module:function entries a spec may name (ContainerSpec.entry): the owner's
+        # allow-list, never a client's (see runner/template.py)
+        self.template_entries = tuple(template_entries)
         self.cgroup_version = ""
         self._rids = itertools.count(1)
 
@@ -97,8 +102,8 @@ class Runner(_Protocol):
     """A blocking handle on one fork server."""
 
     def __init__(self, state_dir: str = "/run/sandboxd/runner",
-                 cgroup_parent: str = "sandboxd"):
-        super().__init__(state_dir, cgroup_parent)
+                 cgroup_parent: str = "sandboxd", template_entries: tuple[str, ...] = ()):
+        super().__init__(state_dir, cgroup_parent, template_entries)
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
         self._replies: dict[int, dict] = {}
@@ -112,7 +117,8 @@ class Runner(_Protocol):
         self.close()
 
     def start(self) -> None:
-        self._sock, self._proc = _start_server(self.state_dir, self.cgroup_parent)
+        self._sock, self._proc = _start_server(self.state_dir, self.cgroup_parent,
+                                                 self.template_entries)
         ready = self._next_message()
         self.cgroup_version = ready.get("cgroup_version", "")
 
@@ -296,8 +302,9 @@ class AsyncRunner(_Protocol):
     """The daemon's handle: awaitable calls, exits delivered to ``on_exit``."""
 
     def __init__(self, on_exit: Callable[[str, str | None, ExitInfo], None],
-                 state_dir: str = "/run/sandboxd/runner", cgroup_parent: str = "sandboxd"):
-        super().__init__(state_dir, cgroup_parent)
+                 state_dir: str = "/run/sandboxd/runner", cgroup_parent: str = "sandboxd",
+                 template_entries: tuple[str, ...] = ()):
+        super().__init__(state_dir, cgroup_parent, template_entries)
         self.on_exit = on_exit
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
@@ -308,7 +315,8 @@ class AsyncRunner(_Protocol):
     async def start(self) -> None:
         import asyncio
         loop = asyncio.get_running_loop()
-        self._sock, self._proc = _start_server(self.state_dir, self.cgroup_parent)
+        self._sock, self._proc = _start_server(self.state_dir, self.cgroup_parent,
+                                                 self.template_entries)
         self._sock.setblocking(False)
         self._ready = loop.create_future()
         loop.add_reader(self._sock.fileno(), self._on_readable)

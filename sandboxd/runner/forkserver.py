@@ -51,7 +51,7 @@ from . import syscalls as sc
 from .init import run_init
 from .plan import Step, build_plan
 from .spec import (DEFAULT_PATH, ContainerSpec, Limits, Process, check_process, from_dict,
-                   validate)
+                   to_dict, validate)
 
 MAX_MESSAGE = 1 << 20
 TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430      # <asm-generic/ioctls.h>; not in termios
@@ -336,8 +336,14 @@ class _Start:
 
 
 class ForkServer:
-    def __init__(self, sock: socket.socket, state_dir: str, cgroup_parent: str):
+    def __init__(self, sock: socket.socket, state_dir: str, cgroup_parent: str,
+                 template_entries: tuple[str, ...] = ()):
         self.sock = sock
+        # The owner's allow-list of entries a spawn may name (see runner/template.py);
+        # the template that preloads them starts with the first such spawn.
+        self.template_entries = tuple(template_entries)
+        self.template: socket.socket | None = None
+        self.template_pid = 0
         self.mnt = os.path.join(state_dir, "mnt")
         os.makedirs(self.mnt, 0o700, exist_ok=True)
         self.cgroups = cgroups.CgroupManager(cgroup_parent)
@@ -426,7 +432,11 @@ class ForkServer:
         problems = rlimits.check_raisable(spec.process.ulimits)
         if problems:
             raise InvalidArgument.of(problems)
+        if spec.entry:
+            self._check_entry(spec)
         self._retire(spec.id)            # a previous run of this id may still hold its name
+        if spec.entry:
+            return self._spawn_from_template(msg["rid"], spec, fds)
         plan = build_plan(spec, self.mnt)    # here, where its cached parts stay warm
         cgroup = self.cgroups.create(spec.id, spec.limits)
         container = _Container(spec.id, spec, cgroup)
@@ -438,6 +448,112 @@ class ForkServer:
             cgroup.remove()
             raise
         self.containers[spec.id] = container
+        return _DEFERRED
+
+    # -- the template (runner/template.py)
+    def _check_entry(self, spec: ContainerSpec) -> None:
+        from .template import env_problems, parse_entry
+        if spec.entry not in self.template_entries:
+            raise InvalidArgument(
+                f"entry {spec.entry!r} is not one this runner allows "
+                f"({', '.join(self.template_entries) or 'none'}); run the command instead")
+        module = parse_entry(spec.entry)[0]
+        args = spec.process.args
+        if len(args) < 3 or args[1:3] != ("-m", module) or \
+                os.path.realpath(args[0]) != os.path.realpath(sys.executable):
+            raise InvalidArgument(
+                f"entry {spec.entry!r}: the command must be '{sys.executable} -m {module} "
+                f"...' (what the entry stands for), not {' '.join(args[:3])!r}")
+        problems = [f"entry {spec.entry!r}: {p}" for p in env_problems(spec.process.env)]
+        if problems:
+            raise InvalidArgument.of(problems)
+
+    def _start_template(self) -> socket.socket:
+        """The template, started on first use: exec'd from this package with a clean
+        environment, so nothing of ours is in its memory."""
+        from .template import template_environment
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [sys.executable, "-m", "sandboxd.runner.template", "--fd", str(theirs.fileno())]
+        for entry in self.template_entries:
+            argv += ["--entry", entry]
+        env = template_environment(os.environ.get("PYTHONPATH", ""))
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _reset_signals()
+                ours.close()
+                os.set_inheritable(theirs.fileno(), True)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.closerange(3, theirs.fileno())
+                os.closerange(theirs.fileno() + 1, 1 << 20)
+                os.execve(sys.executable, argv, env)
+            finally:
+                os._exit(127)
+        theirs.close()
+        ours.settimeout(60)
+        try:
+            ready, _ = recv_message(ours)
+        except OSError as e:
+            ready = None
+            reason = str(e)
+        else:
+            reason = "it exited"
+        if not ready or ready.get("event") != "ready":
+            ours.close()
+            raise SetupFailed(f"the runner's template did not start ({reason}): see the "
+                              f"daemon's log", {"step": "template", "errno": 0})
+        ours.settimeout(10)
+        self.template, self.template_pid = ours, pid
+        return ours
+
+    def _template_fork(self, chan: socket.socket) -> int:
+        template = self.template or self._start_template()
+        try:
+            send_message(template, {"op": "fork"}, [chan.fileno()])
+            reply, _ = recv_message(template)
+        except OSError as e:
+            reply = {"error": f"the template is gone ({e})"}
+        if reply is None or "error" in reply:
+            template.close()
+            self.template = None
+            raise SetupFailed(f"template: {reply and reply['error'] or 'it exited'}",
+                              {"step": "template", "errno": 0})
+        return int(reply["pid"])
+
+    def _spawn_from_template(self, rid: int, spec: ContainerSpec, fds: list[int]) -> Any:
+        """Pid 1 is a clone of the template (our child, by CLONE_PARENT); it gets its
+        spec and fds only once it is in its cgroup."""
+        cgroup = self.cgroups.create(spec.id, spec.limits)
+        container = _Container(spec.id, spec, cgroup)
+        errr, errw = os.pipe2(os.O_CLOEXEC)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        pid = 0
+        try:
+            try:
+                pid = self._template_fork(theirs)
+            finally:
+                theirs.close()
+            cgroup.join(pid)
+            send_message(ours, {"spec": to_dict(spec), "mnt": self.mnt}, [*fds, errw])
+        except BaseException:
+            if pid:
+                _kill_quietly(pid)
+            for fd in (errr, *fds):
+                _close_quietly(fd)
+            cgroup.remove()
+            raise
+        finally:
+            ours.close()
+            os.close(errw)
+        for fd in fds:
+            os.close(fd)
+        self.containers[spec.id] = container
+        start = _Start(rid, container, None, pid=pid)
+        self._claim(start)
+        os.set_blocking(errr, False)
+        self.starts[errr] = start
+        self.selector.register(errr, selectors.EVENT_READ, "pipe")
         return _DEFERRED
 
     def _op_exec(self, msg: dict, fds: list[int]) -> Any:
@@ -605,6 +721,13 @@ class ForkServer:
             if pid in self.helpers:
                 self.helpers.discard(pid)
                 continue
+            if pid == self.template_pid:
+                print(f"fork server: the template exited (status {status}); the next "
+                      f"spawn with an entry starts a new one", file=sys.stderr)
+                if self.template is not None:
+                    self.template.close()
+                self.template, self.template_pid = None, 0
+                continue
             pending = self.failing.pop(pid, None)
             if pending is not None:
                 pending.status = status
@@ -670,6 +793,9 @@ class ForkServer:
             print(f"fork server: cleanup of {container_id}: {e}", file=sys.stderr)
 
     def _shutdown(self) -> None:
+        if self.template is not None:
+            self.template.close()           # EOF: the template exits
+            self.template = None
         for container in list(self.containers.values()):
             try:
                 self._remove(container)
@@ -710,6 +836,13 @@ def _decode_failure(start: _Start) -> SandboxError:
                        {"step": "setup", "errno": 0})
 
 
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _close_quietly(fd: int) -> None:
     try:
         os.close(fd)
@@ -723,10 +856,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--cgroup-parent", default="sandboxd")
+    parser.add_argument("--template-entry", action="append", default=[])
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     os.set_inheritable(sock.fileno(), False)
-    ForkServer(sock, args.state_dir, args.cgroup_parent).serve()
+    ForkServer(sock, args.state_dir, args.cgroup_parent,
+               tuple(args.template_entry)).serve()
 
 
 if __name__ == "__main__":

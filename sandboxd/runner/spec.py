@@ -131,6 +131,9 @@ class ContainerSpec:
     # No workload: pid 1 keeps the root and its mounts alive, reachable through
     # /proc/<pid>/root, until its stdin reaches EOF (sbx cp on a stopped container).
     hold: bool = False
+    # "module:function" of the runner's template (see runner/template.py): pid 1 is a
+    # clone of that pre-imported interpreter and calls it instead of exec'ing args.
+    entry: str = ""
     masked_paths: tuple[str, ...] = MASKED_PATHS
     readonly_paths: tuple[str, ...] = READONLY_PATHS
 
@@ -344,6 +347,10 @@ def validate(spec: ContainerSpec) -> ContainerSpec:
     problems += check_process(spec.process)
     if spec.hold and (spec.init or spec.process.terminal):
         problems.append("hold: a held root runs no workload (no init, no terminal)")
+    if spec.entry and (spec.hold or spec.process.terminal or spec.namespaces.pid != "private"
+                       or not re.match(r"^[\w.]+:\w+$", spec.entry)):
+        problems.append(f"entry: {spec.entry!r} must be module:function, with a private "
+                        f"pid namespace, no terminal and no hold")
     problems += _check_root(spec.root)
     problems += _check_mounts(spec.mounts)
     problems += check_limits(spec.limits)
