@@ -8,7 +8,6 @@ the response to one blob request until the test lets it go.
 """
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 
@@ -19,71 +18,43 @@ from sandboxd import testing
 from sandboxd.images import ImageService
 from sandboxd.snapshots import Snapshotter
 from sandboxd.store import ContentStore, Store
-from test_images_registry import REGISTRY_BIN, _registry
+from test_images_registry import REGISTRY_BIN, Proxy, _registry
 
 pytestmark = pytest.mark.skipif(REGISTRY_BIN is None,
                                 reason="docker-registry is not installed "
                                        "(apt-get install docker-registry)")
 
 
-class StallingProxy:
-    """A TCP proxy to a registry that holds back the response to the first request
-    naming ``/blobs/<digest>`` until :meth:`let_go` (:attr:`stalled` is set once it
-    holds one)."""
+class StallingProxy(Proxy):
+    """A proxy that holds back the response to the first request naming
+    ``/blobs/<digest>`` until :meth:`let_go` (:attr:`stalled` is set once it holds
+    one)."""
 
     def __init__(self, upstream: str, digest: str):
-        host, port = upstream.split(":")
-        self.upstream = (host, int(port))
         self.needle = f"/blobs/{digest}".encode()
         self.stalled = threading.Event()
         self.released = threading.Event()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            self._conns += [client, server]
-            state = {"hold": False}
-            threading.Thread(target=self._pump, args=(client, server, state, True),
-                             daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, state, False),
-                             daemon=True).start()
+    def connection(self) -> dict:
+        return {"hold": False}
 
-    def _pump(self, src: socket.socket, dst: socket.socket, state: dict,
-              request: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if request and self.needle in data and not self.stalled.is_set():
-                    state["hold"] = True
-                if not request and state["hold"]:
-                    self.stalled.set()
-                    self.released.wait()
-                    state["hold"] = False
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+    def forward(self, src: socket.socket, dst: socket.socket, data: bytes, state: dict,
+                request: bool) -> bool:
+        if request and self.needle in data and not self.stalled.is_set():
+            state["hold"] = True
+        if not request and state["hold"]:
+            self.stalled.set()
+            self.released.wait()
+            state["hold"] = False
+        return super().forward(src, dst, data, state, request)
 
     def let_go(self) -> None:
         self.released.set()
 
     def close(self) -> None:
         self.let_go()
-        self.sock.close()
-        for s in self._conns:
-            s.close()
+        super().close()
 
 
 @pytest.fixture(scope="module")

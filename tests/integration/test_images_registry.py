@@ -203,24 +203,32 @@ class TokenServer:
         self.httpd.server_close()
 
 
-class CuttingProxy:
-    """A TCP proxy to a registry that drops the first ``cuts`` connections once they
-    have carried ``after`` bytes in either direction (a connection lost mid-blob)."""
+class Proxy:
+    """A TCP proxy on 127.0.0.1 to a registry at ``upstream``, a thread per direction
+    of each connection. It passes everything on; a subclass changes what one chunk
+    does (:meth:`forward`), with state per connection (:meth:`connection`)."""
 
-    def __init__(self, upstream: str, after: int, cuts: int = 1):
+    def __init__(self, upstream: str):
         host, port = upstream.split(":")
         self.upstream = (host, int(port))
-        self.after = after
-        self.cuts_left = cuts
-        self.cut = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def connection(self) -> dict:
+        """The state both directions of a new connection share (made under the lock)."""
+        return {}
+
+    def forward(self, src: socket.socket, dst: socket.socket, data: bytes, state: dict,
+                request: bool) -> bool:
+        """Pass ``data`` (``request``: from the client) on; False when the connection
+        was cut instead."""
+        dst.sendall(data)
+        return True
 
     def _accept(self) -> None:
         while True:
@@ -231,30 +239,17 @@ class CuttingProxy:
             server = socket.create_connection(self.upstream)
             with self._lock:
                 self._conns += [client, server]
-                doomed = self.cuts_left > 0
-                self.cuts_left -= doomed
-            state = {"bytes": 0, "doomed": doomed}
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b, state),
+                state = self.connection()
+            for a, b, request in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pump, args=(a, b, state, request),
                                  daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, state: dict) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, state: dict,
+              request: bool) -> None:
         try:
             while data := src.recv(65536):
-                state["bytes"] += len(data)
-                if state["doomed"] and state["bytes"] > self.after:
-                    state["doomed"] = False
-                    self.cut += 1
-                    # Linger 0: the last close sends RST (a reset, mid-message); the
-                    # shutdown wakes the other direction's thread out of recv first.
-                    for s in (src, dst):
-                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                     b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                        with contextlib.suppress(OSError):
-                            s.shutdown(socket.SHUT_RDWR)
-                        s.close()
+                if not self.forward(src, dst, data, state, request):
                     return
-                dst.sendall(data)
         except OSError:
             pass
         finally:
@@ -267,6 +262,39 @@ class CuttingProxy:
         with self._lock:
             for s in self._conns:
                 s.close()
+
+
+class CuttingProxy(Proxy):
+    """A proxy that drops the first ``cuts`` connections once they have carried
+    ``after`` bytes in either direction (a connection lost mid-blob)."""
+
+    def __init__(self, upstream: str, after: int, cuts: int = 1):
+        self.after = after
+        self.cuts_left = cuts
+        self.cut = 0
+        super().__init__(upstream)
+
+    def connection(self) -> dict:
+        doomed = self.cuts_left > 0
+        self.cuts_left -= doomed
+        return {"bytes": 0, "doomed": doomed}
+
+    def forward(self, src: socket.socket, dst: socket.socket, data: bytes, state: dict,
+                request: bool) -> bool:
+        state["bytes"] += len(data)
+        if state["doomed"] and state["bytes"] > self.after:
+            state["doomed"] = False
+            self.cut += 1
+            # Linger 0: the last close sends RST (a reset, mid-message); the shutdown
+            # wakes the other direction's thread out of recv first.
+            for s in (src, dst):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                             b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            return False
+        return super().forward(src, dst, data, state, request)
 
 
 # ---------------------------------------------------------------- roots and images
