@@ -8,16 +8,13 @@ test_pytest_plugin's (one per module, with its own root and cgroup parent).
 """
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from conftest import wait_until
 from sandboxd.api import Client
-from test_pytest_plugin import PLUGIN_SRC, SANDBOXD_SRC, daemon_sock, inner  # noqa: F401
+from test_pytest_plugin import daemon_sock, inner, spawn_inner  # noqa: F401
 
 pytest_plugins = ("pytester",)
 
@@ -209,12 +206,7 @@ def test_killed_run_leaves_nothing_behind(inner, pytester: pytest.Pytester, daem
         def test_net(sandbox_network):
             pass
         """)
-    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": os.pathsep.join(
-        [str(SANDBOXD_SRC), str(PLUGIN_SRC), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "pytest_sandbox.plugin",
-                             f"--sandbox-host={daemon_sock}", "test_slow.py::test_sleeps"],
-                            cwd=pytester.path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = spawn_inner(pytester, daemon_sock, "test_slow.py::test_sleeps")
     try:
         wait_until(lambda: len(_left(daemon_sock)[0]) == 2, 30,
                    "the service and the test's container")

@@ -94,6 +94,17 @@ def inner(pytester: pytest.Pytester, daemon_sock: str, monkeypatch: pytest.Monke
     return run
 
 
+def spawn_inner(pytester: pytest.Pytester, daemon_sock: str, *args: str) -> subprocess.Popen:
+    """pytest with the plugin and our daemon on the pytester project, as a process of
+    its own with its output discarded: for a run the test kills."""
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": os.pathsep.join(
+        [str(SANDBOXD_SRC), str(PLUGIN_SRC), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "pytest_sandbox.plugin",
+                             f"--sandbox-host={daemon_sock}", *args],
+                            cwd=pytester.path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 INSIDE = f"""
 import os, socket
 HOST_PIDNS = {HOST_PIDNS!r}
@@ -392,12 +403,7 @@ def test_interrupted_run_leaves_nothing(inner, pytester: pytest.Pytester, daemon
         def test_sleeps():
             time.sleep(60)
         """)
-    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": os.pathsep.join(
-        [str(SANDBOXD_SRC), str(PLUGIN_SRC), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "pytest_sandbox.plugin",
-                             f"--sandbox-host={daemon_sock}", "test_slow.py"],
-                            cwd=pytester.path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = spawn_inner(pytester, daemon_sock, "test_slow.py")
     with Client(daemon_sock, autostart=False) as client:
         def ours():
             return [c for c in client.containers.list(all=True)
