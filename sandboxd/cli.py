@@ -14,7 +14,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import click
 
@@ -1568,31 +1568,42 @@ for _name, _func in (("run", run), ("create", create), ("start", start), ("stop"
     container.alias(_name, _func)
 
 
+def _confirm_prune(what: str) -> bool:
+    """Docker's prune prompt (on stderr, default no): True to go on."""
+    click.echo(f"WARNING! This will remove {what}.", err=True)
+    return click.confirm("Are you sure you want to continue?", default=False, err=True)
+
+
+def _pruned(title: str, lines: Sequence[str], reclaimed: int | None = None) -> None:
+    """Docker's prune report: ``title`` over what was removed, a line each, then the
+    space freed (``reclaimed`` bytes; None: no such line)."""
+    if lines:
+        click.echo(title)
+        for line in lines:
+            click.echo(line)
+        if reclaimed is not None:
+            click.echo("")
+    if reclaimed is not None:
+        from .config import human_size
+        click.echo(f"Total reclaimed space: {human_size(reclaimed)}")
+
+
 @container.command(context_settings=CONTEXT)
 @option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
 @option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="Provide filter values (e.g. 'label=<key>=<value>')")
 def prune(force: bool, filters: tuple[str, ...]) -> int:
     """Remove all stopped containers."""
-    if not force:
-        click.echo("WARNING! This will remove all stopped containers.", err=True)
-        if not click.confirm("Are you sure you want to continue?", default=False,
-                             err=True):
-            return 0
+    if not force and not _confirm_prune("all stopped containers"):
+        return 0
     parsed: dict[str, list[str]] = {}
     for item in filters:
         key, _, value = item.partition("=")
         parsed.setdefault(key, []).append(value)
     with _client() as client:
         result = client.containers.prune(parsed)
-    removed = result.get("removed") or []
-    if removed:
-        click.echo("Deleted Containers:")
-        for cid in removed:
-            click.echo(cid)
-        click.echo("")
-    from .config import human_size
-    click.echo(f"Total reclaimed space: {human_size(result.get('space_reclaimed', 0))}")
+    _pruned("Deleted Containers:", result.get("removed") or [],
+            result.get("space_reclaimed", 0))
     return 0
 
 
@@ -1690,24 +1701,15 @@ for _name, _func in (("import", import_), ("ls", images), ("rm", rmi), ("pull", 
 @option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
 def image_prune(all_unused: bool, force: bool) -> int:
     """Remove unused images."""
-    if not force:
-        what = ("all images without at least one container associated to them"
-                if all_unused else "all dangling images")
-        click.echo(f"WARNING! This will remove {what}.", err=True)
-        if not click.confirm("Are you sure you want to continue?", default=False,
-                             err=True):
-            return 0
+    if not force and not _confirm_prune(
+            "all images without at least one container associated to them"
+            if all_unused else "all dangling images"):
+        return 0
     with _client() as client:
         result = client.images.prune(all=all_unused)
     lines = [f"untagged: {t}" for t in result.get("untagged") or ()]
     lines += [f"deleted: {d}" for d in result.get("deleted") or ()]
-    if lines:
-        click.echo("Deleted Images:")
-        for line in lines:
-            click.echo(line)
-        click.echo("")
-    from .config import human_size
-    click.echo(f"Total reclaimed space: {human_size(result.get('space_reclaimed', 0))}")
+    _pruned("Deleted Images:", lines, result.get("space_reclaimed", 0))
     return 0
 
 
@@ -1801,18 +1803,12 @@ def network_rm(names: tuple[str, ...]) -> int:
               help="Provide filter values (accepted for Docker compatibility)")
 def network_prune(force: bool, filters: tuple[str, ...]) -> int:
     """Remove all unused networks."""
-    if not force:
-        click.echo("WARNING! This will remove all custom networks not used by at least "
-                   "one container.", err=True)
-        if not click.confirm("Are you sure you want to continue?", default=False,
-                             err=True):
-            return 0
+    if not force and not _confirm_prune("all custom networks not used by at least one "
+                                        "container"):
+        return 0
     with _client() as client:
         removed = client.call("network.prune", {"filters": {}})["removed"]
-    if removed:
-        click.echo("Deleted Networks:")
-        for name in removed:
-            click.echo(name)
+    _pruned("Deleted Networks:", removed)       # Docker says no space for networks
     return 0
 
 
