@@ -23,7 +23,7 @@ import re
 import shlex
 import signal as _signal
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .envfile import parse_env, parse_env_file, resolve_env
@@ -154,7 +154,14 @@ class ContainerConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return spec.to_dict(self)
+        """The wire form, made once per config (shared: do not modify it). A record's
+        config does not change while its state does, and the record is written on
+        every state change."""
+        wire = self.__dict__.get("_wire")
+        if wire is None:
+            wire = spec.to_dict(self)
+            object.__setattr__(self, "_wire", wire)   # not a field: no eq, repr, replace
+        return wire
 
     @classmethod
     def from_dict(cls, data: Any) -> ContainerConfig:
@@ -217,11 +224,15 @@ class ContainerRecord:
     session: str = ""                     # the client session that owns it ("" : none)
 
     def to_dict(self) -> dict[str, Any]:
-        return spec.to_dict(self)
+        return {name: self.config.to_dict() if name == "config"
+                else spec.to_dict(getattr(self, name)) for name in _RECORD_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Any) -> ContainerRecord:
         return spec.from_dict(cls, data, "container")
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(ContainerRecord))
 
 
 @dataclass(frozen=True)

@@ -123,12 +123,18 @@ class _Operations:
             config = dataclasses.replace(
                 config, host=dataclasses.replace(config.host, auto_remove=remove))
         await self._pull_missing(ctx, config.image)
-        record, warnings = self.s.create(config, name, ctx.session.id if ctx.session else "")
+        # The start builds the spec next: no separate check of it at create.
+        record, warnings = self.s.create(config, name, ctx.session.id if ctx.session else "",
+                                         check_spec=False)
         self._track(ctx, record)
         await ctx.send_event("created", {"id": record.id, "name": record.name,
                                          "warnings": warnings})
         try:
             record = await self.s.start(record, stdin=stdin)
+        except InvalidArgument:
+            # What create's spec check refuses: a bad request leaves nothing behind.
+            await self.s.remove(self.s._get(record.id), force=True)
+            raise
         except BaseException:
             if config.host.auto_remove:
                 await self.s.remove(self.s._get(record.id), force=True)
