@@ -30,11 +30,13 @@ import msgpack
 import pytest
 from _pytest.reports import TestReport
 
-from sandboxd.errors import Cancelled
+from sandboxd.errors import Cancelled, InvalidArgument, SetupFailed
 
 from . import WORKER_ENV
 
 WORKER_MODULE = "pytest_sandbox.worker"
+WORKER_ENTRY = f"{WORKER_MODULE}:main"     # the daemon's template runs it (host image)
+HOST_IMAGES = ("host", "host:latest")
 BASETEMP = "/tmp/pytest-sandbox"         # on the container's /tmp tmpfs
 STDERR_KEPT = 64 * 1024                  # bytes of the worker's stderr kept for a crash
 WATCHDOG_GRACE = 2.0                     # seconds after the daemon's own timeout kill
@@ -248,6 +250,9 @@ class Controller:
         self._pythonpath: list[str] = []
         self._features: list[str] | None = None
         self._prestarted: dict[str, Any] = {}      # nodeid -> its container.run stream
+        # Containers run as clones of the daemon's pre-imported worker, until the daemon
+        # refuses (an older daemon, no template there): then fresh interpreters.
+        self._template = not config.getoption("sandbox_no_template", False)
         self.usage: list[Usage] = []
 
     # -- the connection
@@ -360,10 +365,20 @@ class Controller:
         from sandboxd.config import build_config
         options = self._container_options(item, settings, plan)
         python = settings.python or sys.executable
+        entry = WORKER_ENTRY if self._templated(settings, python, options["env"]) else ""
         cfg = build_config(settings.image, [python, "-m", WORKER_MODULE],
-                           auto_remove=True, open_stdin=True, **options)
-        return self.client.stream("container.run", {
+                           auto_remove=True, open_stdin=True, entry=entry, **options)
+        attachment = self.client.stream("container.run", {
             "config": cfg.to_dict(), "stdin": True, "remove": True, "detach": False})
+        attachment.templated = bool(entry)
+        return attachment
+
+    def _templated(self, settings: Settings, python: str, env: Mapping[str, str]) -> bool:
+        """Whether the item's worker can be a clone of the daemon's template: the host
+        image, this interpreter, and no setting that acts only at interpreter start."""
+        from sandboxd.runner.template import env_problems
+        return self._template and settings.image in HOST_IMAGES and \
+            python == sys.executable and not env_problems(dict(env))
 
     def _prestart(self, nextitem: pytest.Item | None) -> None:
         """Start the next item's container now, while this item runs: its interpreter
@@ -395,15 +410,31 @@ class Controller:
         request = msgpack.packb({"args": worker_args(item),
                                  "options": worker_options(self.config),
                                  "linked": plan.linked})
-        outcome = Outcome()
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=CHANNEL_LIMIT)
-        live_stderr = self.config.getoption("capture") == "no"
-        began = time.monotonic()
         attachment = self._prestarted.pop(item.nodeid, None)
         grace = 0.0                     # started ahead: this watchdog is the timeout
         if attachment is None:
             attachment = self._start(item, settings, plan)
             grace = WATCHDOG_GRACE      # the daemon kills at the timeout; this bounds it
+        try:
+            return self._attached(item, settings, request, attachment, grace, nextitem)
+        except (InvalidArgument, SetupFailed):
+            if not getattr(attachment, "templated", False):
+                raise
+        # The daemon refused the template (or it failed to start): fresh interpreters
+        # from now on, this item included.
+        self._template = False
+        for other in self._prestarted.values():
+            other.cancel()
+        self._prestarted.clear()
+        return self._attached(item, settings, request, self._start(item, settings, plan),
+                              WATCHDOG_GRACE, nextitem)
+
+    def _attached(self, item: pytest.Item, settings: Settings, request: bytes,
+                  attachment: Any, grace: float, nextitem: pytest.Item | None) -> Outcome:
+        outcome = Outcome()
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=CHANNEL_LIMIT)
+        live_stderr = self.config.getoption("capture") == "no"
+        began = time.monotonic()
         watchdog = None
         if settings.timeout:
             watchdog = threading.Timer(settings.timeout + grace, attachment.cancel)

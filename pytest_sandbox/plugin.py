@@ -53,6 +53,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "or the system socket]")
     group.addoption("--sandbox-report", action="store_true", default=False,
                     help="list each containerised test's peak memory and CPU time")
+    group.addoption("--sandbox-no-template", action="store_true", default=False,
+                    help="start a fresh interpreter in each container instead of a clone "
+                         "of the daemon's pre-imported worker (host image only)")
     group.addoption("--sandbox-notebooks", action="store_true", default=False,
                     help="collect .ipynb files: each runs in a sandboxed session as a test "
                          "[ini sandbox_notebooks]")

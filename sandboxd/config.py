@@ -45,6 +45,9 @@ __all__ = [
 STATUSES = ("created", "running", "paused", "restarting", "removing", "exited", "dead")
 PROTOCOLS = ("tcp", "udp", "sctp")
 DEFAULT_STOP_TIMEOUT = 10               # seconds between stop_signal and SIGKILL
+# What a container's ``entry`` may name: the daemon's allow-list (trusted code its
+# runner's template imports once), never a client's choice.
+TEMPLATE_ENTRIES = ("pytest_sandbox.worker:main",)
 
 MAX_NAME = 255
 _NAME = re.compile(r"^/?[A-Za-z0-9][A-Za-z0-9_.-]+\Z")   # Docker: at least two characters
@@ -145,6 +148,9 @@ class ContainerConfig:
     stop_signal: str = "SIGTERM"
     stop_timeout: int | None = None             # None: 10 s; -1: wait forever
     host: HostConfig = field(default_factory=HostConfig)
+    # "module:function" of TEMPLATE_ENTRIES: the command (``<python> -m module``) runs as
+    # a clone of the daemon's pre-imported template (host image only; runner/template.py)
+    entry: str = ""
 
     def validate(self) -> ContainerConfig:
         """Check every field; raise one ``InvalidArgument`` listing all problems."""
@@ -486,6 +492,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  read_only: bool = False, init: bool = False,
                  cap_add: Sequence[str] = (), cap_drop: Sequence[str] = (),
                  auto_remove: bool = False, timeout: float | None = None,
+                 entry: str = "",
                  environ: Mapping[str, str] | None = None) -> ContainerConfig:
     """The one place user-facing options (``sbx`` flags, ``Client`` keywords) become a
     validated ``ContainerConfig``. Sizes take ``64m``-style strings or bytes; ``ports``
@@ -586,7 +593,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         env=tuple(env_list), workdir=workdir or "", user=user or "",
         hostname=hostname or "", tty=bool(tty), open_stdin=bool(open_stdin),
         labels=tuple(parse_labels(labels or ())), exposed_ports=tuple(exposed),
-        stop_signal=signal_name, stop_timeout=stop_timeout, host=host)
+        stop_signal=signal_name, stop_timeout=stop_timeout, host=host, entry=entry or "")
     problems += _check_config(config, skip_parsed=True)
     if problems:
         raise InvalidArgument.of(_unique(problems))
@@ -659,6 +666,9 @@ def _check_config(c: ContainerConfig, skip_parsed: bool = False) -> list[str]:
             if "\x00" in arg:
                 problems.append(f"{name}[{i}]: contains a NUL byte")
     problems += spec.check_env(c.env, "env")
+    if c.entry and c.entry not in TEMPLATE_ENTRIES:
+        problems.append(f"entry: {c.entry!r} is not one the daemon runs from its template "
+                        f"({', '.join(TEMPLATE_ENTRIES)})")
     if c.workdir and (not c.workdir.startswith("/") or "\x00" in c.workdir):
         problems.append(f"workdir: {c.workdir!r} is not an absolute path")
     if c.user and not _USER.match(c.user):

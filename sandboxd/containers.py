@@ -88,7 +88,8 @@ class ContainerService:
         self.images = ImageService(self.store, ContentStore(self.root),
                                    Snapshotter(self.root, self.store))
         self.runner = AsyncRunner(self._on_exit, state_dir=str(self.root / "runtime"),
-                                  cgroup_parent=config.cgroup_parent)
+                                  cgroup_parent=config.cgroup_parent,
+                                  template_entries=cfg.TEMPLATE_ENTRIES)
         self.networks = NetworkService(self.store, self.root, prefix=config.network_prefix,
                                        ip_masq=config.ip_masq)
         self.ports = PortProxy()
@@ -385,8 +386,16 @@ class ContainerService:
                             cwd=c.workdir or "/", user=c.user, terminal=c.tty,
                             ulimits=self._ulimits(record), capabilities=h.capabilities()),
             root=root, mounts=mounts, namespaces=namespaces, limits=h.limits(),
-            init=h.init)
+            init=h.init, entry=self._entry(record))
         return validate(spec)
+
+    def _entry(self, record: cfg.ContainerRecord) -> str:
+        """The template runs the host's own Python: only the host image may use it."""
+        entry = record.config.entry
+        if entry and record.image_id != self.images.host_id:
+            raise InvalidArgument(f"entry {entry!r}: only the host image runs from the "
+                                  f"template, not {record.config.image!r}; drop the entry")
+        return entry
 
     def _ulimits(self, record: cfg.ContainerRecord) -> tuple[Ulimit, ...]:
         """The container's ulimits over the daemon's defaults; nofile is always set (the
