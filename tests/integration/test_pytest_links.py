@@ -38,7 +38,7 @@ def _left(sock: str) -> tuple[list[str], list[str]]:
 
 def test_links_to_service_fixtures(inner, pytester: pytest.Pytester, daemon_sock):
     pytester.makepyfile(services=SERVICES)
-    pytester.makepyfile(test_links="""
+    pytester.makepyfile(test_linked_services="""
         import os, urllib.request, pytest
         from pytest_sandbox import LinkedService, PortOpen
         from services import httpd
