@@ -28,6 +28,7 @@ import importlib
 import io
 import os
 import random
+import signal
 import socket
 import sys
 from typing import Any, Callable, NoReturn
@@ -88,6 +89,10 @@ def _fresh_interpreter_state(args: tuple[str, ...], env: dict[str, str], module:
         open(2, "wb", buffering=0, closefd=False), encoding=encoding,
         errors="backslashreplace", line_buffering=True, write_through=True)
     random.seed()                    # not the template's state: a fresh one per clone
+    # What the interpreter sets at start (the setup reset them to the defaults for exec).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def run_entry(prepare: Callable[[], None], function: Callable[[], Any]) -> NoReturn:

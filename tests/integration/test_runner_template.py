@@ -27,7 +27,7 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _ids = itertools.count()
 
 PROBE = '''
-import json, os, resource, sys
+import json, os, resource, signal, sys
 
 STATE = []          # a module global each clone must find as the template left it
 
@@ -57,6 +57,8 @@ def main():
         "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)), "cwd": os.getcwd(),
         "stdin": sys.stdin.read(), "marked": hasattr(json, "sbx_mark"),
         "root": sorted(os.listdir("/")),
+        "sigpipe": signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN,
+        "sigint": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
     }
     json.sbx_mark = True           # a module of the template, changed in this clone only
     print(json.dumps(info))
@@ -145,6 +147,7 @@ def test_fresh_interpreter_state(runner, host_root, probe_dir):
     assert info["path"][:2] == ["/", str(probe_dir)]
     assert info["environ"]["FOO"] == "bar" and info["environ"]["HOSTNAME"]
     assert "PYTHONPATH" in info["environ"]
+    assert info["sigpipe"] and info["sigint"]    # as python sets them
     # Nothing of the daemon's environment: the template started with PATH and PYTHONPATH.
     host_only = {k for k in os.environ if k not in ("PATH", "PYTHONPATH", "HOME")}
     assert not host_only & set(info["environ"])
