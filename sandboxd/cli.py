@@ -1393,7 +1393,6 @@ def build(tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, 
     """Build an image from a Dockerfile. CONTEXT is a local directory, or - for a
     Dockerfile on stdin and no context; -f - reads the Dockerfile from stdin (URLs are
     not supported)."""
-    from .api import CHUNK
     from .images.context import prepare
     args: dict[str, str] = {}
     for item in build_args:
@@ -1419,9 +1418,9 @@ def build(tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, 
     for key, value in (("memory", memory), ("cpus", cpus), ("pids_limit", pids_limit)):
         if value is not None:
             params[key] = value
-    with _client() as client, spool:
-        attachment = client.stream("image.build", params)
-        while chunk := spool.read(CHUNK):
+    with _connection() as conn, spool:          # no model to import: a rebuild is quick
+        attachment = conn.stream("image.build", params)
+        while chunk := spool.read(1 << 20):
             attachment.send(chunk)
         attachment.close_stdin()
         for event, data in attachment:
