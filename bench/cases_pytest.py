@@ -99,6 +99,12 @@ def sandbox(bench: Bench, n: int) -> list[float]:
     return _sandboxed(bench, "sandbox", [])
 
 
+@case(SUITE, "pytest --sandbox --sandbox-no-template (a fresh interpreter per test)",
+      count="")
+def sandbox_no_template(bench: Bench, n: int) -> list[float]:
+    return _sandboxed(bench, "no-template", ["--sandbox-no-template"])
+
+
 @case(SUITE, "pytest --sandbox -n 2 (xdist)", count="")
 def sandbox_xdist(bench: Bench, n: int) -> list[float]:
     try:
@@ -162,5 +168,7 @@ def _overhead(bench: Bench, key: str) -> list[float]:
 
 case(OVERHEAD, "pytest --sandbox", reference=True, count="")(
     lambda bench, n: _overhead(bench, "sandbox"))
+case(OVERHEAD, "pytest --sandbox --sandbox-no-template", count="")(
+    lambda bench, n: _overhead(bench, "no-template"))
 case(OVERHEAD, "pytest --sandbox -n 2 (xdist)", count="")(
     lambda bench, n: _overhead(bench, "xdist"))

@@ -412,26 +412,33 @@ class Controller:
                                  "linked": plan.linked})
         attachment = self._prestarted.pop(item.nodeid, None)
         grace = 0.0                     # started ahead: this watchdog is the timeout
-        if attachment is None:
-            attachment = self._start(item, settings, plan)
-            grace = WATCHDOG_GRACE      # the daemon kills at the timeout; this bounds it
+        templated = self._template
+        outcome = Outcome()
         try:
-            return self._attached(item, settings, request, attachment, grace, nextitem)
-        except (InvalidArgument, SetupFailed):
-            if not getattr(attachment, "templated", False):
+            if attachment is None:
+                attachment = self._start(item, settings, plan)
+                grace = WATCHDOG_GRACE  # the daemon kills at the timeout; this bounds it
+            templated = getattr(attachment, "templated", False)
+            return self._attached(item, settings, request, attachment, grace, nextitem,
+                                  outcome)
+        except (InvalidArgument, SetupFailed) as exc:
+            text = str(getattr(exc, "message", None) or exc)
+            if not templated or ("entry" not in text and "template" not in text) or \
+                    outcome.reports or outcome.stderr or outcome.done is not None:
                 raise
-        # The daemon refused the template (or it failed to start): fresh interpreters
-        # from now on, this item included.
+        # The template was refused (an older daemon, or a client and daemon that allow
+        # different entries) or failed to start, before the worker did anything: fresh
+        # interpreters from now on, this item included.
         self._template = False
         for other in self._prestarted.values():
             other.cancel()
         self._prestarted.clear()
         return self._attached(item, settings, request, self._start(item, settings, plan),
-                              WATCHDOG_GRACE, nextitem)
+                              WATCHDOG_GRACE, nextitem, Outcome())
 
     def _attached(self, item: pytest.Item, settings: Settings, request: bytes,
-                  attachment: Any, grace: float, nextitem: pytest.Item | None) -> Outcome:
-        outcome = Outcome()
+                  attachment: Any, grace: float, nextitem: pytest.Item | None,
+                  outcome: Outcome) -> Outcome:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=CHANNEL_LIMIT)
         live_stderr = self.config.getoption("capture") == "no"
         began = time.monotonic()

@@ -113,3 +113,14 @@ def test_a_client_cannot_name_another_entry(daemon_sock):
         for entry in ("os:system", "pytest:main", "pytest_sandbox.worker:Channel"):
             with pytest.raises(InvalidArgument, match="is not one the daemon runs"):
                 client.run("host", [sys.executable, "-m", "os"], entry=entry)
+
+
+def test_a_refused_template_falls_back_to_fresh_interpreters(inner, pytester):
+    # An entry the daemon does not allow: it refuses the container, as a daemon without
+    # the template would; the plugin then runs fresh interpreters, this test included.
+    pytester.makeconftest("""
+        import pytest_sandbox.controller as controller
+        controller.WORKER_ENTRY = "pytest_sandbox.worker:Channel"
+    """)
+    _project(pytester, False)
+    _check(inner("--sandbox", "-rf", subprocess=True))
