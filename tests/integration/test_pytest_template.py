@@ -124,3 +124,16 @@ def test_a_refused_template_falls_back_to_fresh_interpreters(inner, pytester):
     """)
     _project(pytester, False)
     _check(inner("--sandbox", "-rf", subprocess=True))
+
+
+def test_only_the_host_image_runs_from_the_template(daemon_sock):
+    import sys
+    from sandboxd import testing
+    with Client(daemon_sock) as client:
+        client.images.import_(testing.busybox_tar(), "sbx-tpl-busybox")
+        try:
+            with pytest.raises(InvalidArgument, match="only the host image"):
+                client.run("sbx-tpl-busybox", [sys.executable, "-m", "pytest_sandbox.worker"],
+                           entry="pytest_sandbox.worker:main")
+        finally:
+            client.images.remove("sbx-tpl-busybox")
