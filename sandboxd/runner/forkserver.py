@@ -527,7 +527,8 @@ class ForkServer:
         cgroup = self.cgroups.create(spec.id, spec.limits)
         container = _Container(spec.id, spec, cgroup)
         errr, errw = os.pipe2(os.O_CLOEXEC)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        ours, theirs = socket.socketpair(socket.AF_UNIX,
+                                         socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         pid = 0
         try:
             try:

@@ -43,6 +43,17 @@ def check_fresh(name):
     STATE.append(name)
     json.sbx_mark = pytest.sbx_mark = name     # modules the template imported
     assert os.path.dirname(__file__) in sys.path
+    # stdio, the worker's channel and pytest's capture files: no socket of the daemon,
+    # the runner or the template, nothing inherited beyond what the worker opened
+    links = {{}}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            links[int(name)] = os.readlink(f"/proc/self/fd/{{name}}")
+        except OSError:
+            pass
+    assert not [l for l in links.values() if l.startswith(("socket:", "anon_inode:"))], links
+    assert all(link.startswith(("pipe:", "/tmp/", "/dev/null", "/proc/"))
+               for link in links.values()), links
 
 
 def test_one():
