@@ -459,8 +459,9 @@ class ForkServer:
                 f"({', '.join(self.template_entries) or 'none'}); run the command instead")
         module = parse_entry(spec.entry)[0]
         args = spec.process.args
-        if len(args) < 3 or args[1:3] != ("-m", module) or \
-                os.path.realpath(args[0]) != os.path.realpath(sys.executable):
+        # The same path, not only the same binary: a venv's python links to its base,
+        # and only its own path gives it the venv's site-packages.
+        if len(args) < 3 or args[1:3] != ("-m", module) or args[0] != sys.executable:
             raise InvalidArgument(
                 f"entry {spec.entry!r}: the command must be '{sys.executable} -m {module} "
                 f"...' (what the entry stands for), not {' '.join(args[:3])!r}")

@@ -196,3 +196,13 @@ def test_no_entries_allowed_by_default(tmp_path, host_root, probe_dir):
         path = Path("/sys/fs/cgroup") / controller / (PARENT + "-none")
         if path.is_dir():
             path.rmdir()
+
+
+def test_another_path_to_the_same_python_is_refused(runner, host_root, probe_dir, tmp_path):
+    # A venv's python is a link to its base: only the runner's own path is the template's
+    # interpreter (the venv's site-packages would be missing from a clone).
+    link = tmp_path / "python"
+    link.symlink_to(os.path.realpath(sys.executable))
+    with pytest.raises(InvalidArgument, match="the command must be"):
+        runner.run(_spec(host_root, probe_dir, args=(str(link), "-m", "sbx_probe")),
+                   timeout=60)
