@@ -72,21 +72,36 @@ class _Operations:
         if ctx.session is not None:
             ctx.session.track("container", record.id)
 
-    async def _pull_missing(self, ctx: RequestContext | None, image: str) -> None:
+    async def _create(self, ctx: RequestContext, config: cfg.ContainerConfig,
+                      name: str | None, events: bool = False, check_spec: bool = True
+                      ) -> tuple[cfg.ContainerRecord, list[str]]:
         """Docker's run/create: an image that is not here is pulled first, when its
-        name says which registry has it (there is no default registry). ``ctx``: send
-        the pull's progress events on that stream."""
+        name says which registry has it (there is no default registry); tried after a
+        create that found something missing, so the image is looked up once when it is
+        here. ``events``: send the pull's progress on this request's stream."""
+        session = ctx.session.id if ctx.session else ""
+        try:
+            return self.s.create(config, name, session, check_spec=check_spec)
+        except NotFound:
+            if not await self._pull_missing(ctx if events else None, config.image):
+                raise
+        return self.s.create(config, name, session, check_spec=check_spec)
+
+    async def _pull_missing(self, ctx: RequestContext | None, image: str) -> bool:
+        """Pull ``image`` when it is missing and its name has a registry; True if it
+        was pulled."""
         try:
             self.s.images.get(image)
-            return
+            return False
         except NotFound:
             pass
         try:
             remote = parse_ref(image).domain
         except InvalidArgument:
-            return                    # create reports the bad name
+            return False              # create reports the bad name
         if remote:
             await _in_thread(ctx, self.s.images.pull, image)
+        return bool(remote)
 
     async def session_cleanup(self, container_id: str) -> None:
         try:
@@ -100,8 +115,7 @@ class _Operations:
         p = Params(params, "container.create")
         name = p.get("name", (str, type(None)), None)
         config = self._config(p)
-        await self._pull_missing(None, config.image)
-        record, warnings = self.s.create(config, name, ctx.session.id if ctx.session else "")
+        record, warnings = await self._create(ctx, config, name)
         self._track(ctx, record)
         return {"id": record.id, "warnings": warnings}
 
@@ -122,10 +136,9 @@ class _Operations:
         if remove is not None and remove != config.host.auto_remove:
             config = dataclasses.replace(
                 config, host=dataclasses.replace(config.host, auto_remove=remove))
-        await self._pull_missing(ctx, config.image)
         # The start builds the spec next: no separate check of it at create.
-        record, warnings = self.s.create(config, name, ctx.session.id if ctx.session else "",
-                                         check_spec=False)
+        record, warnings = await self._create(ctx, config, name, events=True,
+                                              check_spec=False)
         self._track(ctx, record)
         await ctx.send_event("created", {"id": record.id, "name": record.name,
                                          "warnings": warnings})
