@@ -841,11 +841,13 @@ def run(config: DaemonConfig) -> int:
 @click.option("--ip-masq/--no-ip-masq", default=None, envvar="SANDBOXD_IP_MASQ",
               help="Forwarding and masquerade for traffic leaving bridge networks "
                    "(iptables) [default: on; env SANDBOXD_IP_MASQ=0 turns it off]")
-@click.option("--cgroup-parent", metavar="NAME",
-              help="cgroup under which containers' cgroups are made [default: sandboxd]")
-@click.option("--network-prefix", metavar="PREFIX",
+@click.option("--cgroup-parent", metavar="NAME", envvar="SANDBOXD_CGROUP_PARENT",
+              help="cgroup under which containers' cgroups are made [default: sandboxd; "
+                   "env SANDBOXD_CGROUP_PARENT]")
+@click.option("--network-prefix", metavar="PREFIX", envvar="SANDBOXD_NETWORK_PREFIX",
               help="Start of our bridge and veth names; start-up removes unowned links "
-                   "with it, so two daemons need two prefixes [default: sbx]")
+                   "with it, so two daemons need two prefixes [default: sbx; env "
+                   "SANDBOXD_NETWORK_PREFIX]")
 def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
          log_level: str | None, config_file: str | None, ip_masq: bool | None,
          cgroup_parent: str | None, network_prefix: str | None) -> None:

@@ -4,6 +4,7 @@ check below fails the run when something of ours is left behind."""
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,11 @@ IS_ROOT = os.geteuid() == 0
 # Every daemon a test starts (directly or by autostart) leaves the host's forwarding and
 # netfilter alone: no masquerade, traffic stays on this machine.
 os.environ.setdefault("SANDBOXD_IP_MASQ", "0")
+# ... and keeps off the names a real daemon on this machine uses (bridge sbx0, cgroup
+# sandboxd): a test daemon's start-up removes unowned links of its prefix.
+SESSION_PREFIX = os.environ.setdefault("SANDBOXD_NETWORK_PREFIX",
+                                       "sbxt" + secrets.token_hex(2))
+os.environ.setdefault("SANDBOXD_CGROUP_PARENT", f"sandboxd-test-{os.getpid()}")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -49,9 +55,13 @@ def nothing_left_behind(tmp_path_factory):
         cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/sandboxd-*{tag}*")]
         procs = subprocess.run(["pgrep", "-f", f"sandboxd-[a-z0-9]+{tag}"],
                                capture_output=True, text=True).stdout.split()
-        if not (mounts or cgroups or procs) or time.monotonic() > deadline:
+        links = [line.split(":")[1].strip().split("@")[0] for line in subprocess.run(
+            ["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
+            if line.split(":")[1].strip().startswith(SESSION_PREFIX)]
+        if not (mounts or cgroups or procs or links) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    assert not links, f"links left behind: {links}"
     assert not mounts, f"mounts left behind: {mounts}"
     assert not cgroups, f"cgroups left behind: {cgroups}"
     assert not procs, f"processes left behind: {procs}"
