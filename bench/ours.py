@@ -116,6 +116,8 @@ class Daemon:
         self.socket = self.root / "sandboxd.sock"
         self.host = f"unix://{self.socket}"
         self.cgroup_parent = f"{bench.tag}-daemon"     # removed with the bench's cgroups
+        # Its own bridge/veth names: a daemon already running here keeps sbx0.
+        self.network_prefix = f"sbxb{os.getpid() % 0x10000:04x}"
         self.log = bench.tmp / "daemon.log"
         self.proc: subprocess.Popen | None = None
         self.client: Any = None
@@ -137,7 +139,8 @@ class Daemon:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sandboxd.daemon", "--root", str(self.root),
-                 "--host", self.host, "--cgroup-parent", self.cgroup_parent],
+                 "--host", self.host, "--cgroup-parent", self.cgroup_parent,
+                 "--network-prefix", self.network_prefix, "--no-ip-masq"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while not self.socket.exists():
