@@ -18,7 +18,6 @@ needs ``cat`` (busybox and the host image have it).
 """
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -236,63 +235,23 @@ class ServiceNetwork:
         self.remove()
 
 
-OWNER_LABEL = "pytest_sandbox.owner"     # "<pid namespace>:<pid>" of the pytest process
-
-
-def _owner() -> str:
-    return f"{os.readlink('/proc/self/ns/pid')}:{os.getpid()}"
-
-
-def _owner_gone(owner: str) -> bool:
-    """True when ``owner`` names a process of our pid namespace that no longer runs."""
-    pidns, _, pid = owner.rpartition(":")
-    if pidns != os.readlink("/proc/self/ns/pid") or not pid.isdigit():
-        return False                 # another namespace's: we cannot tell, leave it
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 class NetworkFactory:
     """``factory(**options) -> ServiceNetwork``: a fresh user-defined bridge named
     ``pytest-<random>`` (unique, so parallel runs never collide; labelled
-    ``pytest_sandbox=1`` and with its owner). ``options``:
-    ``sandboxd.Client.networks.create`` keywords (``subnet``, ``internal`` ...). Remove
-    its containers before the network: a fixture that starts services on it requests
-    the network fixture, so pytest tears the services down first.
-
-    The daemon removes a session's containers when its connection drops, but not its
-    networks: the first network a session makes first removes the empty networks that
-    earlier pytest processes of this machine made and did not live to remove
-    (``kill -9``)."""
+    ``pytest_sandbox=1``). ``options``: ``sandboxd.Client.networks.create`` keywords
+    (``subnet``, ``internal`` ...). Remove its containers before the network: a fixture
+    that starts services on it requests the network fixture, so pytest tears the
+    services down first. The plugin's client is a daemon session, so a killed pytest's
+    networks go with its containers."""
 
     def __init__(self, client: Callable[[], Any]):
         self._client = client
         self._live: list[ServiceNetwork] = []
         self._lock = threading.Lock()
-        self._swept = False
-
-    def _sweep(self) -> None:
-        client = self._client()
-        for network in client.networks.list(filters={"label": "pytest_sandbox=1"}):
-            labels = dict(item.partition("=")[::2] for item in network.record.labels)
-            if _owner_gone(labels.get(OWNER_LABEL, "")) and not network.containers:
-                try:
-                    network.remove()
-                except SandboxError:       # joined meanwhile, or removed by another
-                    pass
 
     def __call__(self, **options: Any) -> ServiceNetwork:
         import secrets
-        if not self._swept:
-            self._swept = True
-            self._sweep()
-        labels = {"pytest_sandbox": "1", OWNER_LABEL: _owner(),
-                  **dict(options.pop("labels", None) or {})}
+        labels = {"pytest_sandbox": "1", **dict(options.pop("labels", None) or {})}
         name = options.pop("name", None) or f"pytest-{secrets.token_hex(6)}"
         network = ServiceNetwork(self._client().networks.create(name, labels=labels,
                                                                 **options), self._forget)

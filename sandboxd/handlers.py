@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import platform
 import shutil
@@ -22,6 +23,7 @@ from .images.reference import parse as parse_ref
 from .logs import read_entries, tail_lines
 from .protocol import Params
 
+log = logging.getLogger(__name__)
 UPLOAD_CAP = 8 << 30          # bytes of tar one import, load or cp may stream
 ARCHIVE_CHUNK = 1 << 20       # bytes per data event of container.archive_get, image.save
 PROGRESS_INTERVAL = 0.1       # seconds between byte-count progress events of one layer
@@ -33,6 +35,7 @@ def register(server: Server, config: DaemonConfig) -> ContainerService:
     server.on_startup(service.startup)
     server.on_shutdown(service.shutdown)
     server.register_cleanup("container", ops.session_cleanup)
+    server.register_cleanup("network", ops.session_network_cleanup)
     for name in ("create", "start", "wait", "kill", "stop", "restart", "remove", "inspect",
                  "list", "top", "stats_once", "pause", "unpause", "update", "rename", "prune",
                  "resize", "archive_stat", "commit"):
@@ -109,6 +112,16 @@ class _Operations:
         except NotFound:
             return
         await self.s.remove(record, force=True)
+
+    async def session_network_cleanup(self, network_id: str) -> None:
+        """A session's network goes after its containers (cleanups run last-made first);
+        one still used by another client's containers stays, and the log says so."""
+        try:
+            await self.s.networks.remove(network_id)
+        except NotFound:
+            pass
+        except Conflict as e:
+            log.warning("session network %s kept: %s", network_id[:12], e.message)
 
     # -- lifecycle
     async def create(self, ctx: RequestContext, params: dict) -> Any:
@@ -763,6 +776,8 @@ class _Operations:
         network = await self.s.networks.create(
             name, driver=driver, subnet=subnet, gateway=gateway, ip_range=ip_range,
             internal=internal, labels=labels, options=options)
+        if ctx.session is not None:       # a session's networks go with it, as containers do
+            ctx.session.track("network", network.id)
         return {"id": network.id, "warnings": []}
 
     async def network_list(self, ctx: RequestContext, params: dict) -> Any:

@@ -480,7 +480,10 @@ SESSION_CLIENT = """
 import sys, time
 from sandboxd.api import Client
 client = Client(sys.argv[1], session=True, autostart=False)
-c = client.containers.create("busybox", ["sleep", "600"], name="e2e-session")
+net = client.networks.create("e2e-session-net")
+kept = client.networks.create("e2e-session-kept")
+c = client.containers.create("busybox", ["sleep", "600"], name="e2e-session",
+                             network_mode=net.name)
 c.start()
 print(c.id, flush=True)
 time.sleep(600)
@@ -495,12 +498,24 @@ def test_session_containers_go_with_their_client(daemon: Daemon) -> None:
         assert len(cid) == 64, cid
         assert cid in daemon.ids()
         pid = int(daemon.sbx("inspect", "-f", "{{.State.Pid}}", cid, check=True).out)
+        # another client's container on a session's network keeps that network alive
+        daemon.sbx("run", "-d", "--name", "e2e-not-session", "--net", "e2e-session-kept",
+                   "busybox", "sleep", "600", check=True)
     finally:
         proc.kill()                                # SIGKILL: no goodbye to the daemon
         proc.wait()
+
+    def networks() -> set[str]:
+        return set(daemon.sbx("network", "ls", "--format", "{{.Name}}", check=True).out.split())
+
     wait_until(lambda: cid not in daemon.ids("-a"), 15, "the session's container to go")
+    wait_until(lambda: "e2e-session-net" not in networks(), 15, "the session's network to go")
     assert not pid_alive(pid)
     assert not (Path(daemon.root) / "containers" / cid).exists()
+    assert "e2e-session-kept" in networks()
+    assert "session network" in daemon.log() and "kept" in daemon.log()
+    daemon.sbx("rm", "-f", "e2e-not-session", check=True)
+    daemon.sbx("network", "rm", "e2e-session-kept", check=True)
 
 
 # ---------------------------------------------------------------- bad input (CHECKS 29)
