@@ -93,7 +93,8 @@ from .config import Endpoint
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError, Unavailable, from_wire
 from .ipam import (IPAM, Pool, choose_subnet, default_bridge_candidates, mac_for,
                    user_network_candidates)
-from .runner.forkserver import recv_message, send_message
+from .runner.api import HelperConnection
+from .runner.forkserver import send_message
 from .store import Store
 
 __all__ = ["NetworkService", "Network", "Attachment", "BUILTIN", "link_env"]
@@ -696,45 +697,33 @@ def _endpoint(attached: _Attached) -> Endpoint:
                     mac_address=prepared.mac, aliases=attached.aliases)
 
 
-class _Helper:
+class _Helper(HelperConnection):
     """The daemon's handle on the network server: one request in flight, the rest
     queued by priority (see the module docstring)."""
 
+    lost_message = "network server exited; restart the daemon"
+
     def __init__(self) -> None:
-        self._sock: socket.socket | None = None
-        self._proc: subprocess.Popen | None = None
+        super().__init__()
         self._queue: list[tuple[int, int, dict, asyncio.Future]] = []
         self._seq = itertools.count()
         self._inflight: tuple[int, asyncio.Future] | None = None
-        self._ready: asyncio.Future | None = None
 
     async def start(self, lock: Path) -> None:
         """Start the server; it answers once it holds ``lock`` (a server of a daemon
         that died may still be removing its links: ours must not adopt them)."""
-        loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         # The server must import this same package, also when it runs from a checkout.
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root,
                                                           env.get("PYTHONPATH")]))
-        self._proc = subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "sandboxd.runner.netserver", "--fd", str(theirs.fileno()),
              "--lock", str(lock)],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
-        ours.setblocking(False)
-        self._sock = ours
-        self._ready = loop.create_future()
-        loop.add_reader(ours.fileno(), self._on_readable)
-        await asyncio.wait_for(self._ready, 30)
-
-    async def close(self) -> None:
-        """Close the socket; the server then removes what it made and exits."""
-        self._lost()
-        if self._proc is not None:
-            proc, self._proc = self._proc, None
-            await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+        await self._attach(ours, proc)
 
     async def call(self, message: dict, priority: int) -> Any:
         if self._sock is None:
@@ -755,35 +744,15 @@ class _Helper:
             send_message(self._sock, {**message, "rid": rid})
             self._inflight = (rid, future)
 
-    def _on_readable(self) -> None:
-        while self._sock is not None:
-            try:
-                msg, fds = recv_message(self._sock)
-            except BlockingIOError:
-                return
-            except OSError:
-                msg, fds = None, []
-            for fd in fds:
-                os.close(fd)
-            if msg is None:
-                self._lost()
-                return
-            if msg.get("event") == "ready":
-                if self._ready is not None and not self._ready.done():
-                    self._ready.set_result(msg)
-            elif self._inflight is not None and msg.get("rid") == self._inflight[0]:
-                future = self._inflight[1]
-                self._inflight = None
-                if not future.done():
-                    future.set_result(msg)
-                self._pump()
+    def _on_message(self, msg: dict) -> None:
+        if self._inflight is not None and msg.get("rid") == self._inflight[0]:
+            future = self._inflight[1]
+            self._inflight = None
+            if not future.done():
+                future.set_result(msg)
+            self._pump()
 
-    def _lost(self) -> None:
-        if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
-        err = Unavailable("network server exited; restart the daemon")
+    def _fail_pending(self, err: Exception) -> None:
         waiting = [f for *_rest, f in self._queue]
         if self._inflight is not None:
             waiting.append(self._inflight[1])
@@ -792,5 +761,3 @@ class _Helper:
         for future in waiting:
             if not future.done():
                 future.set_exception(err)
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(err)

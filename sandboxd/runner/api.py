@@ -298,38 +298,32 @@ class _Collector:
         return control
 
 
-class AsyncRunner(_Protocol):
-    """The daemon's handle: awaitable calls, exits delivered to ``on_exit``."""
+class HelperConnection:
+    """The asyncio side of a single-threaded helper process (the fork server, the
+    network server) over a SEQPACKET socket: it answers ``ready`` first, then replies and
+    events. A subclass handles its messages and fails what is pending when the helper is
+    gone; ``close`` makes the helper clean up what it made and exit."""
 
-    def __init__(self, on_exit: Callable[[str, str | None, ExitInfo], None],
-                 state_dir: str = "/run/sandboxd/runner", cgroup_parent: str = "sandboxd",
-                 template_entries: tuple[str, ...] = ()):
-        super().__init__(state_dir, cgroup_parent, template_entries)
-        self.on_exit = on_exit
+    lost_message = "the helper exited"
+
+    def __init__(self) -> None:
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
-        self._waiters: dict[int, Any] = {}
         self._ready: Any = None
-        self.pid = 0
 
-    async def start(self) -> None:
+    async def _attach(self, sock: socket.socket, proc: subprocess.Popen) -> dict:
+        """Serve ``sock`` on the running loop; returns the helper's ``ready`` message."""
         import asyncio
         loop = asyncio.get_running_loop()
-        self._sock, self._proc = _start_server(self.state_dir, self.cgroup_parent,
-                                                 self.template_entries)
-        self._sock.setblocking(False)
+        self._sock, self._proc = sock, proc
+        sock.setblocking(False)
         self._ready = loop.create_future()
-        loop.add_reader(self._sock.fileno(), self._on_readable)
-        ready = await asyncio.wait_for(self._ready, 30)
-        self.cgroup_version = ready.get("cgroup_version", "")
-        self.pid = self._proc.pid
+        loop.add_reader(sock.fileno(), self._on_readable)
+        return await asyncio.wait_for(self._ready, 30)
 
     async def close(self) -> None:
         import asyncio
-        if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
+        self._lost()
         if self._proc is not None:
             proc, self._proc = self._proc, None
             await asyncio.get_running_loop().run_in_executor(None, proc.wait)
@@ -350,12 +344,8 @@ class AsyncRunner(_Protocol):
             if msg.get("event") == "ready":
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_result(msg)
-            elif msg.get("event") == "exit":
-                self.on_exit(msg["id"], msg.get("exec"), _exit_info(msg))
-            elif "rid" in msg:
-                waiter = self._waiters.pop(msg["rid"], None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(msg)
+            else:
+                self._on_message(msg)
 
     def _lost(self) -> None:
         import asyncio
@@ -363,13 +353,51 @@ class AsyncRunner(_Protocol):
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
-        err = Unavailable("runner: the fork server exited")
+        err = Unavailable(self.lost_message)
+        self._fail_pending(err)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(err)
+
+    def _on_message(self, msg: dict) -> None:
+        raise NotImplementedError
+
+    def _fail_pending(self, err: Exception) -> None:
+        raise NotImplementedError
+
+
+class AsyncRunner(_Protocol, HelperConnection):
+    """The daemon's handle: awaitable calls, exits delivered to ``on_exit``."""
+
+    lost_message = "runner: the fork server exited"
+
+    def __init__(self, on_exit: Callable[[str, str | None, ExitInfo], None],
+                 state_dir: str = "/run/sandboxd/runner", cgroup_parent: str = "sandboxd",
+                 template_entries: tuple[str, ...] = ()):
+        _Protocol.__init__(self, state_dir, cgroup_parent, template_entries)
+        HelperConnection.__init__(self)
+        self.on_exit = on_exit
+        self._waiters: dict[int, Any] = {}
+        self.pid = 0
+
+    async def start(self) -> None:
+        sock, proc = _start_server(self.state_dir, self.cgroup_parent, self.template_entries)
+        ready = await self._attach(sock, proc)
+        self.cgroup_version = ready.get("cgroup_version", "")
+        self.pid = proc.pid
+
+    def _on_message(self, msg: dict) -> None:
+        if msg.get("event") == "exit":
+            self.on_exit(msg["id"], msg.get("exec"), _exit_info(msg))
+        elif "rid" in msg:
+            waiter = self._waiters.pop(msg["rid"], None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg)
+
+    def _fail_pending(self, err: Exception) -> None:
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_exception(err)
         self._waiters.clear()
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(err)
 
     async def _call(self, message: dict, fds: list[int] = ()) -> Any:
         import asyncio
