@@ -487,9 +487,7 @@ class _Operations:
             async with self.s.files_root(record) as root:
                 doc = await asyncio.get_running_loop().run_in_executor(
                     None, self.s.archive_get, root, record, path, spool)
-            spool.seek(0)
-            while chunk := spool.read(ARCHIVE_CHUNK):
-                await ctx.send_event("data", chunk)
+            await _send_spool(ctx, spool)
         return {k: doc[k] for k in ("name", "size", "mode", "mtime", "link_target")}
 
     async def archive_put(self, ctx: RequestContext, params: dict) -> Any:
@@ -539,11 +537,7 @@ class _Operations:
         # Spooled by a thread (it reads every file), then sent in 1 MiB chunks.
         with tempfile.TemporaryFile(dir=self.s.root) as spool:
             await asyncio.get_running_loop().run_in_executor(None, write_tar, view, spool)
-            size = spool.tell()
-            spool.seek(0)
-            while chunk := spool.read(ARCHIVE_CHUNK):
-                await ctx.send_event("data", chunk)
-        return {"size": size}
+            return {"size": await _send_spool(ctx, spool)}
 
     async def image_import(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "image.import")
@@ -723,11 +717,7 @@ class _Operations:
         with tempfile.TemporaryFile(dir=self.s.root) as spool:
             await asyncio.get_running_loop().run_in_executor(
                 None, self.s.images.save, names, spool)
-            size = spool.tell()
-            spool.seek(0)
-            while chunk := spool.read(ARCHIVE_CHUNK):
-                await ctx.send_event("data", chunk)
-        return {"size": size}
+            return {"size": await _send_spool(ctx, spool)}
 
     async def login(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "system.login")
@@ -945,6 +935,16 @@ async def _in_thread(ctx: RequestContext | None, func: Callable[..., Any], *args
     while (event := await queue.get()) is not done:
         await ctx.send_event("progress", event)   # type: ignore[union-attr]
     return future.result()
+
+
+async def _send_spool(ctx: RequestContext, spool: BinaryIO) -> int:
+    """Send what was spooled, from its start, as ``data`` events of ARCHIVE_CHUNK bytes;
+    returns its size."""
+    size = spool.tell()
+    spool.seek(0)
+    while chunk := spool.read(ARCHIVE_CHUNK):
+        await ctx.send_event("data", chunk)
+    return size
 
 
 async def _spool_stdin(ctx: RequestContext, op: str, directory: Any) -> BinaryIO:
