@@ -159,7 +159,8 @@ class Daemon:
             return "(no log)"
 
     def cli(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "sandboxd.cli", "--host", self.host, *args]
+        # What the ``sbx`` script runs (``python -m sandboxd`` is ``sbx``).
+        return [sys.executable, "-m", "sandboxd", "--host", self.host, *args]
 
     def pids(self) -> tuple[int, list[int]]:
         """The daemon's pid and those of its children (the fork server)."""

@@ -5,37 +5,27 @@ the container's; a daemon error prints ``sbx: Error response from daemon: ...`` 
 125 (126/127 when the command cannot be executed / found); a bad flag exits 125.
 ``docs/cli.md`` lists every command.
 
-Start-up time matters (``sbx`` runs once per container in scripts), so this module imports
-only click at load time; the client, the config model and json come in inside commands.
+Start-up time matters (``sbx`` runs once per container in scripts): the ``sbx`` script
+runs plain ``run``/``create`` lines without this module (``cli_run.py``), and this module
+imports only click at load time; the client, the config model and json come in inside
+commands.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Iterator
 from typing import Any, Callable, Sequence
 
 import click
 
 from . import __version__
-from .errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, SandboxError,
-                     Unavailable)
+from .cli_run import (EXIT_DAEMON, FLAGS, REPORTED, RUN_ONLY, CliError, Flag, Progress,
+                      check_tty, connection, follow, local, pump, report, write)
+from .errors import SandboxError
 
-EXIT_DAEMON = 125        # Docker: the daemon (or the flags) refused
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 # Options belong to sbx up to the image / container; everything after is the command's.
 ARGS_AFTER = {**CONTEXT, "allow_interspersed_args": False}
-
-
-class CliError(Exception):
-    """A client-side failure with Docker's wording and exit status."""
-
-    def __init__(self, message: str, status: int = 1):
-        super().__init__(message)
-        self.status = status
-        ctx = click.get_current_context(silent=True)     # gone once main() catches this
-        self.command_path = ctx.command_path if ctx is not None else "sbx"
 
 
 # ---------------------------------------------------------------- plumbing
@@ -96,19 +86,6 @@ def _op(op: str, **params: Any) -> Callable[[Any, str], str]:
         client.call(op, {"id": name, **params})
         return name
     return action
-
-
-def _local(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Client-side parsing: a bad value is a usage error (exit 125), not the daemon's."""
-    try:
-        return func(*args, **kwargs)
-    except InvalidArgument as e:
-        raise CliError(e.message, EXIT_DAEMON) from None
-
-
-def _write(stream: Any, data: bytes) -> None:
-    stream.write(data)
-    stream.flush()
 
 
 # ---------------------------------------------------------------- the group
@@ -187,262 +164,49 @@ def cli(host: str | None) -> None:
 
 # ---------------------------------------------------------------- run / create
 
-def _container_options(func: Callable) -> Callable:
-    """The flags ``run`` and ``create`` share, named and spelled as Docker's."""
-    options = [
-        option("-i", "--interactive", is_flag=True,
-                     help="Keep STDIN open even if not attached"),
-        option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY"),
-        option("--name", metavar="NAME", help="Assign a name to the container"),
-        option("-e", "--env", multiple=True, metavar="KEY[=VALUE]",
-                     help="Set environment variables"),
-        option("--env-file", multiple=True, metavar="FILE",
-                     help="Read in a file of environment variables"),
-        option("-v", "--volume", multiple=True, metavar="SRC:DST[:ro]",
-                     help="Bind mount a host path"),
-        option("--tmpfs", multiple=True, metavar="PATH[:OPTS]",
-                     help="Mount a tmpfs directory"),
-        option("-w", "--workdir", default="", metavar="DIR",
-                     help="Working directory inside the container"),
-        option("-u", "--user", default="", metavar="USER[:GROUP]",
-                     help="Username or UID (format: <name|uid>[:<group|gid>])"),
-        option("-h", "--hostname", default="", metavar="NAME",
-                     help="Container host name"),
-        option("-m", "--memory", metavar="BYTES", help="Memory limit (e.g. 64m)"),
-        option("--memory-swap", metavar="BYTES",
-                     help="Swap limit equal to memory plus swap: '-1' to enable "
-                          "unlimited swap"),
-        option("--cpus", metavar="DECIMAL", help="Number of CPUs"),
-        option("--cpu-period", type=int, metavar="INT",
-                     help="Limit CPU CFS (Completely Fair Scheduler) period"),
-        option("--cpu-quota", type=int, metavar="INT",
-                     help="Limit CPU CFS (Completely Fair Scheduler) quota"),
-        option("-c", "--cpu-shares", type=int, metavar="INT",
-                     help="CPU shares (relative weight)"),
-        option("--pids-limit", type=int, metavar="INT",
-                     help="Tune container pids limit (set -1 for unlimited)"),
-        option("--ulimit", multiple=True, metavar="NAME=SOFT[:HARD]",
-                     help="Ulimit options"),
-        option("--uts", default="", metavar="MODE", help="UTS namespace to use"),
-        option("--ipc", default="", metavar="MODE", help="IPC mode to use"),
-        option("--pid", default="", metavar="MODE", help="PID namespace to use"),
-        option("--network", "--net", "network", default="default", metavar="NETWORK",
-                     help="Connect a container to a network"),
-        option("--ip", default="", metavar="IP",
-                     help="IPv4 address (e.g., 172.30.100.104) on a user network"),
-        option("--link", multiple=True, metavar="NAME[:ALIAS]",
-                     help="Add link to another container"),
-        option("-p", "--publish", multiple=True, metavar="[IP:]HOST:CTR[/PROTO]",
-                     help="Publish a container's port(s) to the host"),
-        option("-P", "--publish-all", is_flag=True,
-                     help="Publish all exposed ports to random ports"),
-        option("--expose", multiple=True, metavar="PORT[/PROTO]",
-                     help="Expose a port or a range of ports"),
-        option("--read-only", is_flag=True,
-                     help="Mount the container's root filesystem as read only"),
-        option("--init", is_flag=True,
-                     help="Run an init inside the container that forwards signals and "
-                          "reaps processes"),
-        option("--cap-add", multiple=True, metavar="CAP", help="Add Linux capabilities"),
-        option("--cap-drop", multiple=True, metavar="CAP",
-                     help="Drop Linux capabilities"),
-        option("-l", "--label", multiple=True, metavar="KEY[=VALUE]",
-                     help="Set meta data on a container"),
-        option("--entrypoint", metavar="CMD",
-                     help="Overwrite the default ENTRYPOINT of the image"),
-        option("--stop-signal", default="SIGTERM", metavar="SIGNAL",
-                     help="Signal to stop the container"),
-        option("--stop-timeout", type=int, metavar="SECONDS",
-                     help="Timeout (in seconds) to stop a container"),
-        option("--timeout", type=float, metavar="SECONDS",
-                     help="Kill the container after this many seconds (sandboxd)"),
-        option("--rm", "auto_remove", is_flag=True,
-                     help="Automatically remove the container when it exits"),
-        argument("image", shell_complete=_complete_images),
-        argument("command", nargs=-1, type=click.UNPROCESSED,
-                       metavar="[COMMAND] [ARG...]"),
-    ]
-    for record in reversed(options):
-        func = record(func)
-    return func
+# ---------------------------------------------------------------- run / create
+
+def _click_option(flag: Flag) -> Callable[[Callable], Callable]:
+    """One of cli_run's flags as a (recorded) click option."""
+    attrs: dict[str, Any] = {"metavar": flag.metavar, "help": flag.help}
+    if flag.kind == "flag":
+        attrs["is_flag"] = True
+    elif flag.kind == "multi":
+        attrs["multiple"] = True
+    else:
+        attrs["default"] = flag.default
+        if flag.kind in ("int", "float"):
+            attrs["type"] = {"int": int, "float": float}[flag.kind]
+    return option(*flag.decls, flag.dest, **attrs)
 
 
-def _options(opts: dict[str, Any]) -> dict[str, Any]:
-    """Flags -> the ``options`` of ``container.create``/``run``: the daemon builds and
-    checks them (``config.build_config``, the one model), so ``sbx`` does not import it;
-    only ``-e``/``--env-file``, which read this machine, are resolved here."""
-    from .envfile import resolve_env
-    return {
-        "image": opts["image"], "cmd": list(opts["command"]) or None,
-        "entrypoint": opts["entrypoint"],
-        "env": _local(resolve_env, opts["env_file"], opts["env"]),
-        "workdir": opts["workdir"], "user": opts["user"], "hostname": opts["hostname"],
-        "tty": opts["tty"], "open_stdin": opts["interactive"], "labels": opts["label"],
-        "expose": opts["expose"], "stop_signal": opts["stop_signal"],
-        "stop_timeout": opts["stop_timeout"], "memory": opts["memory"],
-        "memory_swap": opts["memory_swap"], "cpus": opts["cpus"],
-        "cpu_quota": opts["cpu_quota"], "cpu_period": opts["cpu_period"],
-        "cpu_shares": opts["cpu_shares"], "pids_limit": opts["pids_limit"],
-        "ulimits": opts["ulimit"], "uts_mode": opts["uts"], "ipc_mode": opts["ipc"],
-        "pid_mode": opts["pid"], "network_mode": opts["network"], "ip": opts["ip"],
-        "links": opts["link"],
-        "ports": opts["publish"], "publish_all_ports": opts["publish_all"],
-        "volumes": opts["volume"], "tmpfs": opts["tmpfs"],
-        "read_only": opts["read_only"], "init": opts["init"], "cap_add": opts["cap_add"],
-        "cap_drop": opts["cap_drop"], "auto_remove": opts["auto_remove"],
-        "timeout": opts["timeout"]}
-
-
-@contextlib.contextmanager
-def _refused_options() -> Iterator[None]:
-    """The daemon refusing run/create's flags: Docker's wording, exit 125 and hint."""
-    try:
-        yield
-    except InvalidArgument as e:
-        raise CliError(f"Error response from daemon: {e.message}", EXIT_DAEMON) from None
-
-
-def _connection(autostart: bool | None = None) -> Any:
-    """The bare protocol connection (``sandboxd.client``), for the commands that need
-    no model: run and create stay quick to start."""
-    from .client import connect
-    return connect(_host(), autostart=autostart)
-
-
-def _check_tty(tty: bool, interactive: bool) -> None:
-    if tty and interactive and not os.isatty(0):
-        raise CliError("the input device is not a TTY", 1)
+def _flags(flags: Sequence[Flag]) -> Callable[[Callable], Callable]:
+    """run/create's flags, then IMAGE [COMMAND] [ARG...]."""
+    def apply(func: Callable) -> Callable:
+        records = [*map(_click_option, flags),
+                   argument("image", shell_complete=_complete_images),
+                   argument("command", nargs=-1, type=click.UNPROCESSED,
+                            metavar="[COMMAND] [ARG...]")]
+        for record in reversed(records):
+            func = record(func)
+        return func
+    return apply
 
 
 @cli.command(context_settings=ARGS_AFTER)
-@option("-d", "--detach", is_flag=True,
-              help="Run container in background and print container ID")
-@option("--sig-proxy/--no-sig-proxy", default=True,
-              help="Proxy received signals to the process")
-@_container_options
-def run(detach: bool, sig_proxy: bool, **opts: Any) -> int:
+@_flags(RUN_ONLY + FLAGS)
+def run(image: str, command: tuple[str, ...], **opts: Any) -> int:
     """Create and run a new container from an image."""
-    if not detach:
-        _check_tty(opts["tty"], opts["interactive"])
-    params: dict[str, Any] = {"options": _options(opts), "stdin": opts["interactive"]
-                              and not detach, "remove": opts["auto_remove"],
-                              "detach": detach}
-    if opts["name"] is not None:
-        params["name"] = opts["name"]
-    image = opts["image"]
-    with _connection() as conn, _refused_options():
-        attachment = conn.stream("container.run", params)
-        if detach:
-            result = _follow(attachment, _Progress(
-                sys.stderr, first=f"Unable to find image '{image}' locally"))
-            click.echo(result["id"])
-            return 0
-        result = _pump(attachment, tty=opts["tty"], stdin=opts["interactive"],
-                       sig_proxy=sig_proxy, image=image)
-    if result.get("timed_out"):
-        click.echo(f"sbx: container {result.get('id', '')[:12]} timed out after "
-                   f"{opts['timeout']:g} seconds and was killed", err=True)
-    return int(result.get("exit_code", 0))
+    from .cli_run import run as run_container
+    return run_container(_host(), image, command, opts)
 
 
 @cli.command(context_settings=ARGS_AFTER)
-@_container_options
-def create(**opts: Any) -> int:
+@_flags(FLAGS)
+def create(image: str, command: tuple[str, ...], **opts: Any) -> int:
     """Create a new container."""
-    params: dict[str, Any] = {"options": _options(opts)}
-    if opts["name"] is not None:
-        params["name"] = opts["name"]
-    with _connection() as conn, _refused_options():
-        click.echo(conn.call("container.create", params)["id"])
-    return 0
-
-
-# ---------------------------------------------------------------- attached I/O
-
-def _pump(attachment: Any, *, tty: bool, stdin: bool, sig_proxy: bool,
-          container_id: str = "", image: str = "") -> dict[str, Any]:
-    """Stream a container's output to ours until it ends; with ``stdin`` forward our
-    input; with ``tty`` put our terminal in raw mode (restored on the way out) and pass
-    on window-size changes. The pull of a missing ``image`` (``run``) shows its
-    progress on stderr. Returns the op's final result."""
-    import signal
-    import threading
-
-    state = {"id": container_id}
-    raw_tty = tty and stdin and os.isatty(0)
-    saved_tty = None
-    old_handlers: dict[int, Any] = {}
-
-    def size() -> tuple[int, int]:
-        cols, rows = os.get_terminal_size(0 if os.isatty(0) else 1)
-        return rows, cols
-
-    def forward_input() -> None:
-        try:
-            while data := os.read(0, 65536):
-                attachment.send(data)
-            attachment.close_stdin()
-        except (OSError, SandboxError):
-            return               # the op ended under us: nothing more to forward
-
-    # Signal handlers run in this (the main) thread between reads of the stream; the
-    # connection serialises sends, so they may send directly.
-    def resize() -> None:
-        rows, cols = size()
-        if rows and cols:           # a terminal that reports no size (0x0): keep the pty's
-            attachment.resize(rows, cols)
-
-    def on_winch(signum: int, frame: Any) -> None:
-        try:
-            resize()
-        except (OSError, SandboxError):
-            pass
-
-    def proxy(signum: int, frame: Any) -> None:
-        # Docker's --sig-proxy: the container gets the signal we got.
-        if not state["id"]:
-            attachment.cancel()
-            return
-        try:
-            with _connection(autostart=False) as other:
-                other.call("container.kill", {"id": state["id"], "signal": signum})
-        except SandboxError:
-            pass
-
-    try:
-        if raw_tty:
-            import termios
-            import tty as tty_module
-            saved_tty = termios.tcgetattr(0)
-            tty_module.setraw(0, termios.TCSANOW)     # keep what was typed already
-        if tty and (os.isatty(0) or os.isatty(1)):
-            resize()
-            old_handlers[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, on_winch)
-        if sig_proxy and not tty:
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                        signal.SIGUSR1, signal.SIGUSR2):
-                old_handlers[sig] = signal.signal(sig, proxy)
-        if stdin:
-            threading.Thread(target=forward_input, name="sbx-stdin", daemon=True).start()
-        out, err = sys.stdout.buffer, sys.stderr.buffer
-        display = _Progress(sys.stderr, eol="\r\n" if raw_tty else "\n",
-                            first=f"Unable to find image '{image}' locally")
-        for event, data in attachment:
-            if event == "stdout":
-                _write(out, data)
-            elif event == "stderr":
-                _write(err, data)
-            elif event in ("created", "started") and isinstance(data, dict):
-                state["id"] = data.get("id", state["id"])
-            elif event == "progress" and isinstance(data, dict):
-                display.show(data)
-        return attachment.result()
-    finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        if saved_tty is not None:
-            import termios
-            termios.tcsetattr(0, termios.TCSADRAIN, saved_tty)
+    from .cli_run import create as create_container
+    return create_container(_host(), image, command, opts)
 
 
 # ---------------------------------------------------------------- lifecycle
@@ -460,9 +224,9 @@ def start(attach: bool, interactive: bool, containers: tuple[str, ...]) -> int:
     with _client() as client:
         container = client.containers.get(containers[0])
         tty = container.record.config.tty
-        _check_tty(tty, interactive)
+        check_tty(tty, interactive)
         attachment = container.attach(stdin=interactive, start=True)
-        result = _pump(attachment, tty=tty, stdin=interactive, sig_proxy=True,
+        result = pump(attachment, host=_host(), tty=tty, stdin=interactive, sig_proxy=True,
                        container_id=container.id)
     return int(result.get("exit_code", 0))
 
@@ -492,7 +256,7 @@ def restart(timeout: int | None, containers: tuple[str, ...]) -> int:
 def kill(sig: str, containers: tuple[str, ...]) -> int:
     """Kill one or more running containers."""
     from .config import parse_signal
-    number = _local(parse_signal, sig)
+    number = local(parse_signal, sig)
     return _each(containers, _op("container.kill", signal=number))
 
 
@@ -579,7 +343,7 @@ def port(container: str, private_port: str | None) -> int:
 def update(containers: tuple[str, ...], **limits: Any) -> int:
     """Update configuration of one or more containers."""
     from .config import build_update
-    params = _local(build_update, **limits)
+    params = local(build_update, **limits)
 
     def apply(client: Any, name: str) -> str:
         result = client.call("container.update", {"id": name, **params})
@@ -610,7 +374,7 @@ def ps(show_all: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None,
     """List containers."""
     import time
     from . import config
-    parsed = _local(config.parse_filters, filters)
+    parsed = local(config.parse_filters, filters)
     limit = 1 if latest else last
     with _client() as client:
         result = client.call("container.list", {"all": show_all or limit > 0,
@@ -722,9 +486,9 @@ def logs(follow: bool, tail: str, timestamps: bool, since: str | None, until: st
         try:
             for event, data in attachment:
                 if event == "stdout":
-                    _write(sys.stdout.buffer, data)
+                    write(sys.stdout.buffer, data)
                 elif event == "stderr":
-                    _write(sys.stderr.buffer, data)
+                    write(sys.stderr.buffer, data)
         except KeyboardInterrupt:
             attachment.cancel()
             return 130
@@ -881,15 +645,15 @@ def exec_(detach: bool, interactive: bool, tty: bool, env: tuple[str, ...], work
     from .api import _exec_params
     from .config import parse_env
     if not detach:
-        _check_tty(tty, interactive)
-    params = _local(_exec_params, container, list(command), parse_env(list(env)), workdir,
+        check_tty(tty, interactive)
+    params = local(_exec_params, container, list(command), parse_env(list(env)), workdir,
                     user, tty, interactive and not detach, detach)
     with _client() as client:
         attachment = client.stream("container.exec", params)
         if detach:
             attachment.collect()
             return 0
-        result = _pump(attachment, tty=tty, stdin=interactive, sig_proxy=False)
+        result = pump(attachment, host=_host(), tty=tty, stdin=interactive, sig_proxy=False)
     return int(result.get("exit_code") or 0)
 
 
@@ -904,9 +668,9 @@ def attach(no_stdin: bool, sig_proxy: bool, container: str) -> int:
         handle = client.containers.get(container)
         cfg = handle.record.config
         stdin = cfg.open_stdin and not no_stdin
-        _check_tty(cfg.tty, stdin)
+        check_tty(cfg.tty, stdin)
         attachment = handle.attach(stdin=stdin)
-        result = _pump(attachment, tty=cfg.tty, stdin=stdin, sig_proxy=sig_proxy,
+        result = pump(attachment, host=_host(), tty=cfg.tty, stdin=stdin, sig_proxy=sig_proxy,
                        container_id=handle.id)
     return int(result.get("exit_code") or 0)
 
@@ -937,7 +701,7 @@ def cp(archive: bool, follow_link: bool, src: str, dest: str) -> int:
             container = client.containers.get(src_ref[0])
             data, _ = container.get_archive(src_ref[1])
             if dest == "-":
-                _write(sys.stdout.buffer, data)
+                write(sys.stdout.buffer, data)
             else:
                 _extract_local(data, dest, archive)
         else:
@@ -1107,75 +871,14 @@ def rmi(force: bool, images: tuple[str, ...]) -> int:
     return _each(images, remove)
 
 
-class _Progress:
-    """Docker's pull/push progress. On a terminal: one line per layer, redrawn in place
-    (status and a bar of bytes done); otherwise a line each time a layer's status
-    changes (no byte counts: logs stay short)."""
-
-    def __init__(self, stream: Any, eol: str = "\n", first: str = ""):
-        self.stream = stream
-        self.eol = eol                      # "\r\n" while our terminal is in raw mode
-        self.first = first                  # a line to print before the first event
-        self.tty = stream.isatty()
-        self.rows: dict[str, int] = {}      # layer id -> its line, counted from the top
-        self.lines = 0
-        self.status: dict[str, str] = {}
-
-    def show(self, event: dict[str, Any]) -> None:
-        if self.first:
-            self.first, first = "", self.first
-            self._line(first)
-        layer, status = event.get("id"), str(event.get("status", ""))
-        text = f"{layer}: {status}" if layer else status
-        if not layer:
-            self._line(text)
-            return
-        if not self.tty:
-            if self.status.get(layer) != status:
-                self.status[layer] = status
-                self._line(text)
-            return
-        total, current = event.get("total"), event.get("current")
-        if isinstance(total, int) and total > 0 and isinstance(current, int):
-            text = f"{text} {_bar(current, total)}"
-        if layer in self.rows:
-            up = self.lines - self.rows[layer]
-            # Up to the layer's line, clear it, write, back down.
-            self.stream.write(f"\x1b[{up}A\r\x1b[2K{text}\r\x1b[{up}B")
-            self.stream.flush()
-        else:
-            self.rows[layer] = self.lines
-            self._line(text)
-
-    def _line(self, text: str) -> None:
-        self.stream.write(text + self.eol)
-        self.stream.flush()
-        self.lines += 1
-
-
-def _bar(current: int, total: int, width: int = 50) -> str:
-    from .config import human_size
-    done = min(width, width * current // total)
-    arrow = ">" if done < width else ""
-    return (f"[{'=' * (done - len(arrow))}{arrow}{' ' * (width - done)}] "
-            f"{human_size(current)}/{human_size(total)}")
-
-
-def _follow(attachment: Any, display: _Progress | None) -> Any:
-    for event, data in attachment:
-        if event == "progress" and display is not None and isinstance(data, dict):
-            display.show(data)
-    return attachment.result()
-
-
 @cli.command(context_settings=CONTEXT)
 @option("-q", "--quiet", is_flag=True, help="Suppress verbose output")
 @argument("name", metavar="NAME[:TAG|@DIGEST]")
 def pull(quiet: bool, name: str) -> int:
     """Download an image from a registry."""
     with _client() as client:
-        result = _follow(client.stream("image.pull", {"name": name}),
-                         None if quiet else _Progress(sys.stdout))
+        result = follow(client.stream("image.pull", {"name": name}),
+                         None if quiet else Progress(sys.stdout))
     click.echo(result["name"])
     return 0
 
@@ -1186,8 +889,8 @@ def pull(quiet: bool, name: str) -> int:
 def push(quiet: bool, name: str) -> int:
     """Upload an image to a registry."""
     with _client() as client:
-        result = _follow(client.stream("image.push", {"name": name}),
-                         None if quiet else _Progress(sys.stdout))
+        result = follow(client.stream("image.push", {"name": name}),
+                         None if quiet else Progress(sys.stdout))
     if quiet:
         click.echo(name)
     return 0 if result.get("digest") else 1
@@ -1210,7 +913,7 @@ def load(path: str | None, quiet: bool) -> int:
             while chunk := source.read(CHUNK):
                 attachment.send(chunk)
             attachment.close_stdin()
-            result = _follow(attachment, None)
+            result = follow(attachment, None)
     finally:
         if source is not sys.stdin.buffer:
             source.close()
@@ -1418,7 +1121,7 @@ def build(tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, 
     for key, value in (("memory", memory), ("cpus", cpus), ("pids_limit", pids_limit)):
         if value is not None:
             params[key] = value
-    with _connection() as conn, spool:          # no model to import: a rebuild is quick
+    with connection(_host()) as conn, spool:    # no model to import: a rebuild is quick
         attachment = conn.stream("image.build", params)
         while chunk := spool.read(1 << 20):
             attachment.send(chunk)
@@ -1872,26 +1575,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_DAEMON)
     except click.Abort:
         sys.exit(130)
-    except CliError as e:
-        hint = f"\nSee '{e.command_path} --help'." if e.status == EXIT_DAEMON else ""
-        click.echo(f"sbx: {e}{hint}", err=True)
-        sys.exit(e.status)
-    except Unavailable as e:
-        # No daemon answered: nothing "responded", so say what failed and how to fix it.
-        click.echo(f"sbx: {e.message}", err=True)
-        sys.exit(EXIT_DAEMON)
-    except (CommandNotFound, CommandNotExecutable) as e:
-        click.echo(f"sbx: Error response from daemon: {e.message}", err=True)
-        sys.exit(e.exit_code)
-    except SandboxError as e:
-        click.echo(f"sbx: Error response from daemon: {e.message}", err=True)
-        sys.exit(EXIT_DAEMON)
-    except BrokenPipeError:
-        # Our reader went away (``sbx logs x | head``): stop quietly like other tools.
-        sys.stderr.close()
-        sys.exit(141)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except REPORTED as e:
+        sys.exit(report(e))
     sys.exit(status if isinstance(status, int) else 0)
 
 

@@ -15,14 +15,16 @@ frames by request id, so several threads may call at once and stdin can be writt
 events are being read (no deadlock when both sides' buffers are full).
 
 This module is imported by ``sbx`` on every start: it imports only the standard library's
-os/socket/sys/itertools, msgpack (through ``protocol``) and ``errors`` at import time;
-threading, asyncio and subprocess are imported where they are used.
+os/sys/itertools and ``_socket``, msgpack (through ``protocol``) and ``errors`` at import
+time; threading, asyncio and subprocess are imported where they are used. The blocking
+side uses ``_socket.socket``, the C type that ``socket.socket`` subclasses: socket.py's
+enum wrappers alone cost ~2.5 ms of every ``sbx`` start, and only its plain methods are used.
 """
 from __future__ import annotations
 
+import _socket
 import itertools
 import os
-import socket
 import sys
 
 from . import __version__, protocol
@@ -84,7 +86,7 @@ class _Demux:
 class Connection(_Demux):
     """A blocking connection. Built by :func:`connect`; thread-safe."""
 
-    def __init__(self, sock: socket.socket, *, client_name: str = CLIENT_NAME,
+    def __init__(self, sock: _socket.socket, *, client_name: str = CLIENT_NAME,
                  timeout: float = CONNECT_TIMEOUT, max_frame: int = protocol.MAX_FRAME):
         import threading
         super().__init__()
@@ -137,7 +139,7 @@ class Connection(_Demux):
             return
         self._closing = True
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.shutdown(_socket.SHUT_RDWR)
         except OSError:
             pass
         if self._reader is not _current_thread():
@@ -268,7 +270,7 @@ class Stream:
                 pass
 
 
-def _handshake_sync(sock: socket.socket, frames: protocol.FrameBuffer, client_name: str,
+def _handshake_sync(sock: _socket.socket, frames: protocol.FrameBuffer, client_name: str,
                     max_frame: int) -> dict:
     try:
         sock.sendall(protocol.encode(protocol.hello(client_name), max_frame))
@@ -510,7 +512,9 @@ async def connect_async(host: str | None = None, *, autostart: bool | None = Non
     import asyncio
     path = protocol.resolve_host(host)
     loop = asyncio.get_running_loop()
-    sock = await loop.run_in_executor(None, _open_socket, path, autostart, root, timeout)
+    import socket
+    raw = await loop.run_in_executor(None, _open_socket, path, autostart, root, timeout)
+    sock = socket.socket(fileno=raw.detach())           # asyncio wants socket.socket
     try:
         sock.setblocking(False)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
@@ -540,8 +544,8 @@ async def connect_async(host: str | None = None, *, autostart: bool | None = Non
     return conn
 
 
-def _connect_unix(path: str, timeout: float) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+def _connect_unix(path: str, timeout: float) -> _socket.socket:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     try:
         sock.connect(path)
@@ -552,7 +556,7 @@ def _connect_unix(path: str, timeout: float) -> socket.socket:
 
 
 def _open_socket(path: str, autostart: bool | None, root: str | None,
-                 timeout: float) -> socket.socket:
+                 timeout: float) -> _socket.socket:
     try:
         return _connect_unix(path, timeout)
     except (FileNotFoundError, ConnectionRefusedError) as exc:

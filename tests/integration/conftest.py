@@ -171,7 +171,7 @@ class Daemon:
         """The real CLI in its own process (``env``: variables added to its environment);
         ``.out`` / ``.err`` are decoded."""
         data = input.encode() if isinstance(input, str) else input
-        proc = subprocess.run([PY, "-m", "sandboxd.cli", *args], input=data,
+        proc = subprocess.run([PY, "-m", "sandboxd", *args], input=data,
                               capture_output=True, env={**self.env, **(env or {})},
                               cwd=REPO, timeout=timeout,
                               stdin=None if data is not None else subprocess.DEVNULL)

@@ -419,7 +419,7 @@ def _cli_on_terminal(daemon: Daemon, *args: str, size: tuple[int, int] = (30, 10
             for fd in (0, 1, 2):
                 os.dup2(slave, fd)
             os.chdir(REPO)
-            os.execve(PY, [PY, "-m", "sandboxd.cli", *args], daemon.env)
+            os.execve(PY, [PY, "-m", "sandboxd", *args], daemon.env)
         finally:
             os._exit(99)
     os.close(slave)

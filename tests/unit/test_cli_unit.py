@@ -1,6 +1,7 @@
 """``sbx`` without a daemon: Docker's flags in every command's help, Docker's exit status
 125 for bad flags and bad values (refused before any connection is made), the TTY check,
-shell completion, and the start-up import budget (what ``import sandboxd.cli`` loads)."""
+shell completion, and the start-up import budget (what ``import sandboxd.cli`` loads).
+The ``sbx`` script's click-free path for run/create is tested in test_cli_fast_path.py."""
 from __future__ import annotations
 
 import os
@@ -199,7 +200,8 @@ def test_shell_completion_script_and_words():
 
 
 def test_start_up_imports_only_click():
-    """The start-up budget: ``sbx`` must not load the client, msgpack, asyncio, json or
+    """The start-up budget of the click app (the lines the fast path of
+    test_cli_fast_path.py hands on): it must not load the client, msgpack, asyncio, json or
     the config model before a command needs them."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     code = ("import sys; import sandboxd.cli; "
@@ -208,4 +210,5 @@ def test_start_up_imports_only_click():
     loaded = subprocess.run([sys.executable, "-c", code], env={**os.environ,
                                                                "PYTHONPATH": root},
                             capture_output=True, text=True, check=True).stdout.split()
-    assert set(loaded) <= {"sandboxd", "sandboxd.cli", "sandboxd.errors", "threading"}, loaded
+    assert set(loaded) <= {"sandboxd", "sandboxd.cli", "sandboxd.cli_run", "sandboxd.errors",
+                           "threading"}, loaded

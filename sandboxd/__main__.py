@@ -1,0 +1,4 @@
+"""``python -m sandboxd ...`` is ``sbx ...``."""
+from .cli_run import main
+
+main()
