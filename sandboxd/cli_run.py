@@ -152,6 +152,16 @@ def parse_flags(args: Sequence[str], flags: Sequence[Flag]
         return True
 
     i = 0
+
+    def value_of(attached: str | None) -> str | None:
+        """The value written in this word, else the next word (click takes it even when
+        it starts with a dash); None at the end of the line."""
+        nonlocal i
+        if attached is not None:
+            return attached
+        i += 1
+        return args[i] if i < len(args) else None
+
     while i < len(args):
         arg = args[i]
         if arg == "--":
@@ -160,39 +170,26 @@ def parse_flags(args: Sequence[str], flags: Sequence[Flag]
         if arg[:1] != "-" or arg == "-" or arg == "--help":
             break
         if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
+            name, eq, attached = arg.partition("=")
             found = by_name.get(name)
-            if found is None:
+            if found is None or (eq and found[0].kind in ("flag", "pair")):
                 return None
-            flag, on = found
-            if flag.kind in ("flag", "pair"):
-                if eq:
-                    return None
-                values[flag.dest] = on
+            if found[0].kind in ("flag", "pair"):
+                values[found[0].dest] = found[1]
             else:
-                if not eq:
-                    i += 1
-                    if i == len(args):
-                        return None
-                    value = args[i]
-                if not store(flag, value):
+                value = value_of(attached if eq else None)
+                if value is None or not store(found[0], value):
                     return None
         else:
-            for j in range(1, len(arg)):
+            for j in range(1, len(arg)):         # -it, -itm64m, -p 80
                 found = by_name.get("-" + arg[j])
                 if found is None:
                     return None
-                flag, on = found
-                if flag.kind == "flag":
-                    values[flag.dest] = on
+                if found[0].kind == "flag":
+                    values[found[0].dest] = found[1]
                     continue
-                value = arg[j + 1:]
-                if not value:
-                    i += 1
-                    if i == len(args):
-                        return None
-                    value = args[i]
-                if not store(flag, value):
+                value = value_of(arg[j + 1:] or None)
+                if value is None or not store(found[0], value):
                     return None
                 break
         i += 1
