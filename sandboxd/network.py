@@ -38,6 +38,13 @@ The pieces:
   an ``internal`` network). A pooled namespace's address is owned by
   ``pool:<name>``; ``attach`` hands it to the container (one sqlite update) and wakes the
   refill. A static ``ip`` is prepared on demand (~7 ms).
+- Teardown: a container's namespace file is unbound and the kernel destroys the
+  namespace with its veths once nothing uses it (in a worker of its own, 20-40 ms
+  later): the server does not wait out the veth deletion, which would keep it from the
+  next start's refill. Its addresses are freed once the server sees those veths gone
+  (polled every ``DYING_POLL``), never while they may still answer on the bridge; a
+  veth still there after ``DYING_PATIENCE`` (another container shares the namespace)
+  is deleted then.
 - Addresses: :class:`sandboxd.ipam.IPAM`, persisted in ``meta.db``. Subnets of new
   networks avoid the host's routes and every other network.
 - Names: the default bridge's link is ``<prefix>0``, a user network's
@@ -116,6 +123,8 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 # Helper request priorities: lower goes first.
 URGENT, REFILL, TEARDOWN = 0, 1, 2
 BACKOFF = 5.0               # seconds before refilling a pool whose last prepare failed
+DYING_POLL = 0.02           # seconds between checks for veths the kernel is destroying
+DYING_PATIENCE = 2.0        # seconds before a dying veth still held is deleted outright
 
 
 @dataclass(frozen=True)
@@ -197,6 +206,8 @@ class NetworkService:
         self._wake: asyncio.Event | None = None
         self._refiller: asyncio.Task | None = None
         self._refilling = False
+        self._dying: dict[str, tuple[float, asyncio.Future]] = {}   # veth -> deadline, done
+        self._reaper: asyncio.Task | None = None
 
     # ------------------------------------------------------------ start-up / shutdown
 
@@ -486,12 +497,16 @@ class NetworkService:
         """Give back a container's namespace and addresses (in the background); the
         networks it left (none when it was not attached)."""
         nets = self._attached.pop(container_id, {})
+        bare = self._bare.pop(container_id, None)
+        # The namespace goes (lazily): the veths of further networks go with it.
+        namespace_goes = bare is not None or any(a.primary for a in nets.values())
         for attached in nets.values():
             if attached.primary:
                 self._teardown_later(attached.network, attached.prepared)
+            elif namespace_goes:
+                self._later(self._free_when_gone(attached.network, attached.prepared))
             else:
                 self._unplug_later(attached.network, attached.prepared)
-        bare = self._bare.pop(container_id, None)
         if bare is not None:
             self._teardown_later(self.get("none"), bare)
         return [a.network for a in nets.values()]
@@ -539,7 +554,7 @@ class NetworkService:
         return f"{self.prefix}v{secrets.token_hex(8)[:15 - len(self.prefix) - 1]}"
 
     def _teardown_later(self, net: Network, prepared: _Prepared) -> None:
-        self._later(self._teardown(net, prepared, TEARDOWN))
+        self._later(self._teardown(net, prepared, TEARDOWN, lazy=True))
 
     def _unplug_later(self, net: Network, prepared: _Prepared) -> None:
         self._later(self._unplug(net, prepared))
@@ -581,17 +596,61 @@ class NetworkService:
         else:
             self.masq_problem = ""
 
-    async def _teardown(self, net: Network, prepared: _Prepared, priority: int) -> None:
+    async def _teardown(self, net: Network, prepared: _Prepared, priority: int,
+                        lazy: bool = False) -> None:
+        """``lazy``: the kernel deletes the veth with the namespace (module docstring)."""
+        lazy = lazy and bool(prepared.veth)
         try:
             await self._call({"op": "release", "path": prepared.path,
-                              "veth": prepared.veth}, priority)
+                              "veth": prepared.veth, "lazy": lazy}, priority)
         except SandboxError as e:
             # The address stays allocated while its veth may exist; start-up frees it.
             log.warning("network %s: removing namespace %s failed: %s", net.name,
                         prepared.name, e)
             return
-        if prepared.address is not None:
+        if lazy:
+            await self._free_when_gone(net, prepared)
+        elif prepared.address is not None:
             self.ipam.release(net.id, prepared.address)
+
+    async def _free_when_gone(self, net: Network, prepared: _Prepared) -> None:
+        """Free the address of a veth whose namespace is going, once the veth is gone."""
+        future = asyncio.get_running_loop().create_future()
+        self._dying[prepared.veth] = (time.monotonic() + DYING_PATIENCE, future)
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_dying())
+            self._background.add(self._reaper)
+            self._reaper.add_done_callback(self._background.discard)
+        if await future and prepared.address is not None:
+            self.ipam.release(net.id, prepared.address)
+
+    async def _reap_dying(self) -> None:
+        """Settle the dying veths: gone ones are done; one still there after its
+        deadline is deleted now. A failure keeps the address (start-up frees it)."""
+        while self._dying:
+            await asyncio.sleep(DYING_POLL)
+            try:
+                gone = set(await self._call({"op": "gone", "veths": list(self._dying)},
+                                            TEARDOWN))
+            except SandboxError as e:
+                log.warning("network: checking for removed veths failed: %s", e)
+                gone = set()
+            now = time.monotonic()
+            for veth, (deadline, future) in list(self._dying.items()):
+                done = True
+                if veth in gone:
+                    del self._dying[veth]
+                elif now > deadline:
+                    del self._dying[veth]
+                    try:
+                        await self._call({"op": "unplug", "veth": veth}, TEARDOWN)
+                    except SandboxError as e:
+                        log.warning("network: removing veth %s failed: %s", veth, e)
+                        done = False
+                else:
+                    continue
+                if not future.done():                # its waiter may have been cancelled
+                    future.set_result(done)
 
     # ------------------------------------------------------------ the pool
 

@@ -26,14 +26,21 @@ Operations:
     host end ``veth`` is a port of ``bridge`` and whose other end is created straight in
     the namespace as ``eth0`` with ``mac``, ``address/prefixlen``, up, and a default
     route via ``gateway`` (none when ``gateway`` is empty: an internal network).
-``release {path, veth?}``
-    Delete the veth (both ends go) and unmount and unlink the namespace file.
+``release {path, veth?, lazy?}``
+    Delete the veth (both ends go) and unmount and unlink the namespace file. With
+    ``lazy`` only the file goes: the kernel destroys the namespace, and the veth in it,
+    once nothing uses it any more (a worker of its own, 20-40 ms later), instead of this
+    server waiting the ~25 ms a veth's deletion takes. The veth is remembered as dying.
+``gone {veths}``
+    Which of these veths (dying ones, or plugged into a namespace released lazily) no
+    longer exist; they are forgotten. The caller frees their addresses only then.
 ``plug {path, veth, bridge, ifname, address, prefixlen, mac}``
     One more veth into the existing namespace bound on ``path`` (``network connect``):
     host end ``veth`` on ``bridge``, the peer ``ifname`` inside with ``mac`` and
     ``address/prefixlen``, up; no route (the default one stays with ``eth0``).
 ``unplug {veth}``
-    Delete a veth made by ``plug`` (or a namespace's own, leaving the namespace).
+    Delete a veth made by ``plug`` (or a namespace's own, leaving the namespace, or a
+    dying one that something still holds).
 ``masquerade {prefix, bridges: [[bridge, subnet, internal], ...]}``
     IPv4 forwarding on and our netfilter chains set to the rule set of
     :mod:`sandboxd.runner.masq` for these bridges (only when the daemon runs with
@@ -81,6 +88,7 @@ class NetServer:
         self.bridges: set[str] = set()
         self.namespaces: dict[str, str] = {}      # path -> veth ("" without one)
         self.plugs: set[str] = set()              # veths made by plug
+        self.dying: set[str] = set()              # veths left to the kernel (lazy release)
         self.masq_prefix = ""                     # whose chains we installed
         self.forward_was = ""                     # ip_forward before we turned it on
 
@@ -182,7 +190,23 @@ class NetServer:
             os.close(nsfd)
 
     def _op_release(self, msg: dict) -> None:
-        self._release(msg["path"], msg.get("veth") or "")
+        path, veth = msg["path"], msg.get("veth") or ""
+        if not msg.get("lazy"):
+            self._release(path, veth)
+            return
+        veth = veth or self.namespaces.get(path, "")
+        if veth:
+            self.dying.add(_link_name(veth))
+        _unbind(path)
+        self.namespaces.pop(path, None)
+
+    def _op_gone(self, msg: dict) -> list[str]:
+        asked = {_link_name(v) for v in msg["veths"]}
+        present = {link.get("ifname") for link in self.ipr.get_links()}
+        gone = sorted(asked - present)
+        self.dying.difference_update(gone)
+        self.plugs.difference_update(gone)
+        return gone
 
     def _op_plug(self, msg: dict) -> None:
         veth, ifname = _link_name(msg["veth"]), _link_name(msg["ifname"])
@@ -218,6 +242,7 @@ class NetServer:
         veth = _link_name(msg["veth"])
         self._delete_link(veth)
         self.plugs.discard(veth)
+        self.dying.discard(veth)
 
     def _op_masquerade(self, msg: dict) -> None:
         prefix = msg["prefix"]
@@ -323,7 +348,7 @@ class NetServer:
                 raise _failed(f"delete link {name}", e) from None
 
     def _remove_everything(self) -> None:
-        for veth in list(self.plugs):
+        for veth in list(self.plugs | self.dying):
             try:
                 self._op_unplug({"veth": veth})
             except SandboxError as e:

@@ -189,6 +189,41 @@ def test_connect_plugs_a_second_veth_and_release_removes_everything(net):
     net.run(net.svc.remove("plug-net"))
 
 
+def test_released_namespace_frees_its_address_only_once_its_veth_is_gone(net):
+    """A released namespace goes lazily (the kernel deletes its veth with it); one that
+    something still holds (a process of another container sharing it) keeps its veth
+    and its address until DYING_PATIENCE, then the veth is deleted and the address freed."""
+    from sandboxd.network import DYING_PATIENCE
+    bridge = net.svc.get("bridge")
+    gone = net.run(net.svc.attach("c-gone"))
+    held = net.run(net.svc.attach("c-held"))
+    held_veth = net.svc._attached["c-held"][bridge.id].prepared.veth
+    holder = subprocess.Popen(["nsenter", f"--net={held.netns}", "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        while os.stat(f"/proc/{holder.pid}/ns/net").st_ino != os.stat(held.netns).st_ino:
+            assert time.monotonic() < deadline, "nsenter did not enter the namespace"
+            time.sleep(0.01)
+        began = time.monotonic()
+        net.release("c-gone")
+        net.release("c-held")
+        net.run(asyncio.sleep(0.5))
+        owners = {a: o for (_n, a), o in net.svc.ipam.allocations(bridge.id).items()}
+        assert gone.endpoint.ip_address not in owners          # its veth went with it
+        assert owners[held.endpoint.ip_address] == "c-held"      # still on the bridge
+        assert held_veth in our_links()
+        net.run(net.svc.settle())
+        assert time.monotonic() - began >= DYING_PATIENCE
+        assert held_veth not in our_links()
+        assert (bridge.id, held.endpoint.ip_address) not in net.svc.ipam.allocations(bridge.id)
+        inside = subprocess.run(["nsenter", "-t", str(holder.pid), "-n", "ip", "-o", "link"],
+                                capture_output=True, text=True, check=True).stdout
+        assert "eth0" not in inside
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_none_has_only_loopback_and_host_is_the_host(net):
     att = net.run(net.svc.attach("c-none", "none"))
     links = in_ns(att.netns, "ip", "-o", "link").stdout.splitlines()
