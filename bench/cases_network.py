@@ -1,6 +1,8 @@
 """Networks (issue 5): a ``run --rm`` of ``true`` on the default bridge, where the veth,
 address and route are ready before the exec (the pool of prepared namespaces), beside
-``docker run --rm`` / ``podman run --rm`` on their default networks in the same run;
+``docker run --rm`` / ``podman run --rm`` on a bridge in the same run (docker's default;
+for podman a bench CNI bridge like its default minus gateway address, masquerade and
+firewall rules, so the host's forwarding stays off: :class:`bench.peers.Podman`);
 the same start on a user network and with a published port; a TCP request/response
 through a published port (the daemon's userland proxy) beside the same exchange sent
 straight to the container's bridge address; and ``network connect`` + ``disconnect``
@@ -20,7 +22,7 @@ from functools import partial
 
 from .cases import _daemon, case, client_run, timed
 from .context import Bench, NotAvailable
-from .peers import PEERS, Peer
+from .peers import PEERS, ImagePeer
 
 os.environ.setdefault("SANDBOXD_IP_MASQ", "0")
 
@@ -61,24 +63,20 @@ case(RUN, "sandboxd, default bridge + -p 80")(
     partial(network_run, options={"ports": {"80/tcp": None}}))
 
 
-def peer_run(bench: Bench, n: int, peer: Peer) -> list[float]:
-    """The peer's ``run --rm`` of /bin/true on its default network (its own bench row
-    uses ``--network none``; here that flag is dropped)."""
+def peer_run(bench: Bench, n: int, peer: ImagePeer) -> list[float]:
+    """The peer's ``run --rm`` of /bin/true on a bridge network (``bridge_run``: docker's
+    default bridge; for podman a bench CNI bridge without masquerade, see
+    :class:`bench.peers.Podman`)."""
     bench.peer(peer)
-    runs = []
-    for _ in range(bench.settings.warmup + n):
-        run = peer.run(bench, True)
-        argv = list(run["argv"])
-        at = argv.index("--network")
-        del argv[at:at + 2]
-        runs.append({**run, "argv": argv})
+    runs = [peer.bridge_run(bench) for _ in range(bench.settings.warmup + n)]
     return timed({"mode": "sequential", "warmup": bench.settings.warmup, "runs": runs},
                  peer.launcher)
 
 
 for _peer in PEERS:
-    if _peer.name in ("docker", "podman"):
-        case(RUN, f"{_peer.name} run --rm, default network")(partial(peer_run, peer=_peer))
+    if isinstance(_peer, ImagePeer):
+        case(RUN, f"{_peer.name} run --rm, {_peer.bridge_label}")(
+            partial(peer_run, peer=_peer))
 
 
 # ---------------------------------------------------------------- published port
