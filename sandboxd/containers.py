@@ -42,8 +42,8 @@ from .network import BUILTIN, Network, NetworkService, link_env
 from .ports import PortProxy
 from .runner import syscalls
 from .runner.api import AsyncRunner, ExitInfo, receive_terminal
-from .runner.spec import (ContainerSpec, Mount, Namespaces, Process, Ulimit, merge_ulimits,
-                          validate)
+from .runner.spec import (ContainerSpec, File, Mount, Namespaces, Process, Ulimit,
+                          merge_ulimits, validate)
 from .snapshots import Snapshotter
 from .store import ContentStore, Store
 
@@ -190,9 +190,12 @@ class ContainerService:
         if check_spec:                                 # every problem before anything exists
             self._spec(record, dry_run=True)
         directory = self._dir(record.id)
-        directory.mkdir(parents=True)
+        inline = _etc_inline(record)
+        if not inline:                  # else made at its first output, if any
+            directory.mkdir(parents=True)
         try:
-            self._etc_files(directory, record, fresh=True)
+            if not inline:
+                self._etc_files(directory, record, fresh=True)
             self.store.put_container(record.id, record.name, "created", record.image_id,
                                      session or None, record.to_dict())
         except BaseException:
@@ -309,7 +312,11 @@ class ContainerService:
             uts="host" if h.uts_mode == "host" else "private", net=net)
         directory = self._dir(record.id)
         hostname = c.hostname or record.id[:12]
-        etc = () if dry_run else self._etc_files(directory, record)
+        inline = not dry_run and _etc_inline(record)
+        etc = () if dry_run or inline else self._etc_files(directory, record)
+        files = tuple(File(f"/etc/{name}", text) for name, text in
+                      self._etc_texts(record, self._hosts_text(record)).items()) \
+            if inline else ()
         mounts = self.images.image_mounts(record.image_id) + etc + h.mounts
         if dry_run:
             from .runner.spec import RootFS
@@ -323,7 +330,7 @@ class ContainerService:
             process=Process(args=(record.path, *record.args), env=_merge_env(link_vars, c.env),
                             cwd=c.workdir or "/", user=c.user, terminal=c.tty,
                             ulimits=self._ulimits(record), capabilities=h.capabilities()),
-            root=root, mounts=mounts, namespaces=namespaces, limits=h.limits(),
+            root=root, mounts=mounts, files=files, namespaces=namespaces, limits=h.limits(),
             init=h.init, entry=self._entry(record))
         return validate(spec)
 
@@ -358,19 +365,26 @@ class ContainerService:
             return f"/proc/{target.state.pid}/ns/{kind}"
         raise InvalidArgument(f"{kind} mode {mode!r} is not supported")
 
+    def _etc_texts(self, record: cfg.ContainerRecord, hosts: str) -> dict[str, str]:
+        """The container's /etc/hostname, hosts and resolv.conf."""
+        hostname = record.config.hostname or record.id[:12]
+        return {
+            "hostname": hostname + "\n",
+            "hosts": hosts,
+            # The host's resolver may be outside; only --net host sees the host's.
+            "resolv.conf": _read("/etc/resolv.conf")
+            if record.config.host.network_mode == "host" else NO_DNS,
+        }
+
     def _etc_files(self, directory: Path, record: cfg.ContainerRecord, fresh: bool = False
                    ) -> tuple[Mount, ...]:
-        """Bind mounts of the container's /etc/hostname, hosts and resolv.conf. They
-        are written at create (``fresh``: a new directory); a start rewrites only what
-        can have changed since: the host's resolver (--net host), or a missing file."""
-        hostname = record.config.hostname or record.id[:12]
+        """Bind mounts of the container's /etc/hostname, hosts and resolv.conf (a
+        container with a persistent layer; a --rm one gets them as spec files, see
+        :func:`_etc_inline`). They are written at create (``fresh``: a new directory); a
+        start rewrites only what can have changed since: the host's resolver (--net
+        host), or a missing file."""
         network_mode = record.config.host.network_mode
-        files = {
-            "hostname": hostname + "\n",
-            "hosts": _base_hosts(record),
-            # The host's resolver may be outside; only --net host sees the host's.
-            "resolv.conf": _read("/etc/resolv.conf") if network_mode == "host" else NO_DNS,
-        }
+        files = self._etc_texts(record, _base_hosts(record))
         mounts = []
         for name, text in files.items():
             path = directory / name
@@ -393,9 +407,10 @@ class ContainerService:
     # and busybox/musl/glibc all read /etc/hosts first. The files are bind mounts of
     # files in the container's directory, so they are rewritten in place (the same
     # inode: O_TRUNC and one write, never a rename, which would leave the mount on the
-    # old file); a reader may catch the file between the truncate and the write, a
-    # window of one small write. All of it runs on the daemon's loop without awaiting,
-    # so a join and a leave never interleave.
+    # old file); a --rm container's is in its own layer, rewritten the same way through
+    # its root (see _etc_inline). A reader may catch the file between the truncate and
+    # the write, a window of one small write. All of it runs on the daemon's loop
+    # without awaiting, so a join and a leave never interleave.
 
     def _refresh_hosts(self, network: Network) -> None:
         """Rewrite the hosts file of every container attached to a user network."""
@@ -408,8 +423,20 @@ class ContainerService:
             record = self._get(container_id)
         except NotFound:                          # removed meanwhile: it is leaving
             return
+        text = self._hosts_text(record)
+        if _etc_inline(record):
+            self._write_inline_hosts(record, text)
+            return
+        try:
+            _write_in_place(self._dir(record.id) / "hosts", text)
+        except FileNotFoundError:                 # its directory is being removed
+            pass
+
+    def _hosts_text(self, record: cfg.ContainerRecord) -> str:
+        """A container's /etc/hosts: its own names, its links' and the members of every
+        user network it is on."""
         lines: dict[str, None] = {}
-        for network in self.networks.networks_of(container_id):
+        for network in self.networks.networks_of(record.id):
             if network.name in BUILTIN:
                 continue
             for cid, e in self.networks.endpoints(network.id).items():
@@ -420,12 +447,37 @@ class ContainerService:
                 if e.ip_address:
                     names = dict.fromkeys((member.name, *e.aliases, member.id[:12]))
                     lines[f"{e.ip_address}\t{' '.join(names)}\n"] = None
+        return _base_hosts(record) + self.link_hosts.get(record.id, "") + "".join(lines)
+
+    def _write_inline_hosts(self, record: cfg.ContainerRecord, text: str) -> None:
+        """Rewrite the /etc/hosts a --rm container has in its own layer, through its
+        root: resolved inside it, on its root filesystem alone (no symlink or mount
+        leads elsewhere; one the container mounted over /etc is left alone). A
+        container still starting is skipped: its spec has the text, and :meth:`start`
+        refreshes it once it runs."""
+        if record.state.status not in RUNNING or record.id not in self.live:
+            return
         try:
-            _write_in_place(self._dir(record.id) / "hosts",
-                            _base_hosts(record) + self.link_hosts.get(container_id, "")
-                            + "".join(lines))
-        except FileNotFoundError:                 # its directory is being removed
-            pass
+            root = self._proc_root(record, record.state.pid)
+        except Conflict:                          # exited meanwhile
+            return
+        try:
+            fd = syscalls.openat2(root, "etc/hosts", os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                  | os.O_NONBLOCK | os.O_CLOEXEC, syscalls.RESOLVE_IN_ROOT
+                                  | syscalls.RESOLVE_NO_MAGICLINKS | syscalls.RESOLVE_NO_XDEV,
+                                  0o644)
+        except OSError as e:
+            log.info("container %s: /etc/hosts not updated: %s", record.id[:12], e)
+            return
+        finally:
+            os.close(root)
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                data = text.encode()
+                while data:
+                    data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
 
     def _release_network(self, container_id: str) -> None:
         """Give back a container's network and published ports; the others on a user
@@ -494,12 +546,13 @@ class ContainerService:
                                                     ip=record.config.host.ip_address,
                                                     aliases=(record.name,))
             try:
+                self.link_hosts[record.id] = "".join(link_hosts)
                 spec = self._spec(record, netns=attachment.netns, link_vars=link_vars)
                 network = self.networks.get(attachment.endpoint.network)
-                self.link_hosts[record.id] = "".join(link_hosts)
                 if network.name in BUILTIN:
-                    _write_in_place(self._dir(record.id) / "hosts",
-                                    _base_hosts(record) + self.link_hosts[record.id])
+                    if not _etc_inline(record):       # else in the spec
+                        _write_in_place(self._dir(record.id) / "hosts",
+                                        _base_hosts(record) + self.link_hosts[record.id])
                 else:
                     self._refresh_hosts(network)
                 # Listening before the process runs: a taken port fails the start.
@@ -563,6 +616,9 @@ class ContainerService:
         record = self._set_state(record, status="running", pid=pid, exit_code=0,
                                  oom_killed=False, timed_out=False, error="",
                                  started_at=time.time(), finished_at=None)
+        if _etc_inline(record) and any(n.name not in BUILTIN for n in
+                                       self.networks.networks_of(record.id)):
+            self._refresh_own_hosts(record.id)   # members that came or went meanwhile
         if record.config.host.timeout:
             live.timer = loop.call_later(record.config.host.timeout, self._time_out, live)
         return record
@@ -751,10 +807,13 @@ class ContainerService:
             self.images.release_rootfs(record.id)
         except (NotFound, SandboxError):
             pass
+        directory = self._dir(record.id)
+        if not directory.exists():              # a --rm container that printed nothing
+            return
         if files_later:
-            asyncio.get_running_loop().run_in_executor(None, _rmtree, self._dir(record.id))
+            asyncio.get_running_loop().run_in_executor(None, _rmtree, directory)
         else:
-            _rmtree(self._dir(record.id))
+            _rmtree(directory)
 
     # ------------------------------------------------------------ exec
 
@@ -1015,6 +1074,15 @@ class ContainerService:
 
 
 # ---------------------------------------------------------------- helpers
+
+def _etc_inline(record: cfg.ContainerRecord) -> bool:
+    """Whether the container's /etc files are written into its own writable layer
+    (spec files) instead of bind-mounted from its directory: a --rm container's layer is
+    a tmpfs that never outlives it, so nothing of them is kept or committed anyway, and
+    it saves three files and three mounts per start. A read-only root could not be
+    rewritten by ``network connect``: it keeps the binds."""
+    return record.config.host.auto_remove and not record.config.host.read_only
+
 
 def _base_hosts(record: cfg.ContainerRecord) -> str:
     hostname = record.config.hostname or record.id[:12]

@@ -30,8 +30,12 @@ class LogWriter:
         self.truncated = False
 
     def _open(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                           0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        try:
+            self._fd = os.open(self.path, flags, 0o600)
+        except FileNotFoundError:       # a --rm container's directory is made on demand
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._fd = os.open(self.path, flags, 0o600)
         self.size = os.fstat(self._fd).st_size
         self.truncated = self.size >= self.cap
 

@@ -14,7 +14,7 @@ import stat
 from ..errors import SetupFailed
 from . import syscalls as sc
 from .plan import (MakeDevice, MakeDirs, MakeLink, MaskPath, MountStep, PivotRoot,
-                   ReadonlyPath, SetHostname, Step)
+                   ReadonlyPath, SetHostname, Step, WriteFile)
 
 _MAX_LINKS = 40
 # Flags a read-only remount must keep or the kernel refuses it (locked mount flags).
@@ -132,6 +132,23 @@ def _symlink(step: MakeLink, root: str) -> None:
     os.symlink(step.target, root + step.path)
 
 
+def _write(step: WriteFile, root: str) -> None:
+    target = resolve_in_root(root, step.path)       # no symlink is left on the way
+    os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+    # O_NONBLOCK: a FIFO the image put there fails (ENXIO) instead of blocking the start.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                 | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SetupFailed(f"{step.describe()}: the image's {step.path} is not a "
+                              f"regular file", {"step": step.describe(), "errno": 21})
+        data = step.content.encode()
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+
+
 def _mask(step: MaskPath, root: str) -> None:
     target = resolve_in_root(root, step.path)
     try:
@@ -168,5 +185,5 @@ def _hostname(step: SetHostname, root: str) -> None:
 
 
 _RUN = {MountStep: _mount, MakeDirs: _mkdirs, MakeDevice: _mknod, MakeLink: _symlink,
-        MaskPath: _mask, ReadonlyPath: _readonly, PivotRoot: _pivot,
+        WriteFile: _write, MaskPath: _mask, ReadonlyPath: _readonly, PivotRoot: _pivot,
         SetHostname: _hostname}

@@ -3,9 +3,9 @@
 ``build_plan`` decides everything; :mod:`sandboxd.runner.mounts` only carries the steps
 out, one loop, each failure naming its step. Unit tests read the plan without root.
 
-Order (runc's standard_init): make ``/`` private, assemble the root (overlay), kernel
-filesystems (/proc, /sys, /dev and its nodes), the caller's mounts, masked and
-read-only paths, pivot_root, hostname.
+Order (runc's standard_init): make ``/`` private, assemble the root (overlay), the
+spec's files, kernel filesystems (/proc, /sys, /dev and its nodes), the caller's
+mounts, masked and read-only paths, pivot_root, hostname.
 """
 from __future__ import annotations
 
@@ -80,6 +80,16 @@ class MakeLink:
 
 
 @dataclass(frozen=True)
+class WriteFile:
+    """Write ``content`` to ``path`` inside the root (made, or truncated)."""
+    path: str
+    content: str
+
+    def describe(self) -> str:
+        return f"write {self.path}"
+
+
+@dataclass(frozen=True)
 class MaskPath:
     """Hide a path: /dev/null over a file, an empty read-only tmpfs over a directory."""
     path: str
@@ -113,8 +123,8 @@ class SetHostname:
         return f"sethostname {self.name}"
 
 
-Step = MountStep | MakeDirs | MakeDevice | MakeLink | MaskPath | ReadonlyPath | PivotRoot \
-    | SetHostname
+Step = MountStep | MakeDirs | MakeDevice | MakeLink | WriteFile | MaskPath | ReadonlyPath \
+    | PivotRoot | SetHostname
 
 
 def build_plan(spec: ContainerSpec, mnt: str) -> list[Step]:
@@ -125,6 +135,7 @@ def build_plan(spec: ContainerSpec, mnt: str) -> list[Step]:
                                    create="")]
     root, root_steps = _root_steps(spec, mnt)
     steps += root_steps
+    steps += [WriteFile(f.path, f.content) for f in spec.files]
     steps += _kernel_fs_steps(spec.namespaces.net == "private",
                               spec.namespaces.ipc == "private")
     for m in spec.mounts:

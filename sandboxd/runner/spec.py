@@ -82,6 +82,16 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class File:
+    """A file written into the container's writable layer once its root is assembled,
+    before anything is mounted (``path`` resolved inside the root). Cheaper than a bind
+    mount of a host file, for what the container may as well own (the daemon's /etc
+    files of a --rm container, which the daemon rewrites through /proc/<pid>/root)."""
+    path: str
+    content: str
+
+
+@dataclass(frozen=True)
 class RootFS:
     """The container's ``/``: an overlay of ``lowerdirs`` (top first).
 
@@ -125,6 +135,7 @@ class ContainerSpec:
     root: RootFS
     hostname: str = ""
     mounts: tuple[Mount, ...] = ()
+    files: tuple[File, ...] = ()
     namespaces: Namespaces = field(default_factory=Namespaces)
     limits: Limits = field(default_factory=Limits)
     init: bool = False                  # a reaper as pid 1 that runs the workload
@@ -353,6 +364,12 @@ def validate(spec: ContainerSpec) -> ContainerSpec:
                         f"pid namespace, no terminal and no hold")
     problems += _check_root(spec.root)
     problems += _check_mounts(spec.mounts)
+    for i, f in enumerate(spec.files):
+        if not _is_abs(f.path) or _has_dotdot(f.path) or f.path.endswith("/"):
+            problems.append(f"files[{i}].path: {f.path!r} must be an absolute file path "
+                            f"without '..'")
+        elif _under(f.path, "/proc") or _under(f.path, "/sys") or _under(f.path, "/dev"):
+            problems.append(f"files[{i}].path: {f.path} is inside /proc, /sys or /dev")
     problems += check_limits(spec.limits)
     for ns in NAMESPACES:
         mode = getattr(spec.namespaces, ns)

@@ -4,6 +4,7 @@ between containers on the daemon's own bridges."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -75,6 +76,42 @@ def test_connect_adds_an_interface_live_and_disconnect_removes_it(
     # Its address is free again: a static connect may take it at once.
     daemon.sbx("network", "connect", "--ip", "10.231.7.77", "conn-net", "cclient",
                check=True)
+
+
+def test_rm_containers_own_etc_files_follow_their_networks_and_stay_inside(
+        daemon: Daemon) -> None:
+    """A --rm container's /etc files are plain files of its own layer (no bind mounts);
+    its /etc/hosts still follows joins and leaves, written through its root: a symlink
+    the container put there resolves inside it, never to the host."""
+    host_target = f"/tmp/sbx-hosts-target-{os.getpid()}"
+    daemon.sbx("network", "create", "--subnet", "10.231.9.0/24", "rm-net", check=True)
+    try:
+        daemon.sbx("run", "-d", "--rm", "--name", "rmwatch", "--hostname", "watcher",
+                   "busybox", "sleep", "600", check=True)
+        assert sh(daemon, "rmwatch", "grep -c ' /etc/' /proc/self/mountinfo").out == "0\n"
+        assert sh(daemon, "rmwatch", "cat /etc/hostname").out == "watcher\n"
+        assert "127.0.1.1\twatcher" in sh(daemon, "rmwatch", "cat /etc/hosts").out
+        assert "no DNS servers" in sh(daemon, "rmwatch", "cat /etc/resolv.conf").out
+        daemon.sbx("run", "-d", "--rm", "--name", "rmevil", "busybox", "sh", "-c",
+                   f"rm /etc/hosts && ln -s {host_target} /etc/hosts && exec sleep 600",
+                   check=True)
+        daemon.sbx("run", "-d", "--name", "rmpeer", "--network", "rm-net", "busybox",
+                   "sleep", "600", check=True)
+        started_on = daemon.sbx("run", "--rm", "--network", "rm-net", "--name", "rmonce",
+                                "busybox", "cat", "/etc/hosts", check=True).out
+        assert "rmpeer" in started_on and "rmonce" in started_on
+        for name in ("rmwatch", "rmevil"):
+            daemon.sbx("network", "connect", "rm-net", name, check=True)
+        hosts = sh(daemon, "rmwatch", "cat /etc/hosts").out
+        assert "rmpeer" in hosts and "rmwatch" in hosts and "127.0.1.1\twatcher" in hosts
+        assert "rmwatch" in sh(daemon, "rmpeer", "cat /etc/hosts").out
+        assert "rmpeer" in sh(daemon, "rmevil", f"cat {host_target}").out
+        assert not os.path.lexists(host_target)
+        daemon.sbx("rm", "-f", "rmpeer", check=True)
+        assert "rmpeer" not in sh(daemon, "rmwatch", "cat /etc/hosts").out
+    finally:
+        daemon.sbx("rm", "-f", "rmwatch", "rmevil", "rmpeer")
+        daemon.sbx("network", "rm", "rm-net")
 
 
 def test_disconnect_from_the_first_network_keeps_the_container_running(

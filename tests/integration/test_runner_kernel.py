@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -18,8 +19,8 @@ import pytest
 
 from sandboxd.errors import CommandNotExecutable, CommandNotFound, InvalidArgument, SetupFailed
 from sandboxd.runner import Runner
-from sandboxd.runner.spec import (ContainerSpec, Limits, Mount, Namespaces, Process, RootFS,
-                                  Ulimit)
+from sandboxd.runner.spec import (ContainerSpec, File, Limits, Mount, Namespaces, Process,
+                                  RootFS, Ulimit)
 
 PARENT = f"sandboxd-test-{os.getpid()}"
 _ids = itertools.count()
@@ -161,6 +162,27 @@ def test_binds_and_etc_files(runner, busybox_rootfs, tmp_path):
     assert result.stdout.startswith(b"from host")
     assert b"Read-only file system" in result.stdout and b"10.0.0.2\tdb" in result.stdout
     assert (data / "out.txt").read_text() == "out\n"
+
+
+def test_spec_files_land_in_the_layer_inside_the_root(runner, busybox_rootfs, tmp_path):
+    """Files are written into the writable layer (no mount), through symlinks resolved
+    inside the root; the lower layer and the host are untouched."""
+    lower = tmp_path / "lower"
+    shutil.copytree(busybox_rootfs, lower, symlinks=True)
+    outside = tmp_path / "outside"
+    (lower / "etc" / "resolv.conf").symlink_to(str(outside))      # absolute: the host's
+    (lower / "etc" / "hosts").write_text("from the image\n")
+    files = (File("/etc/hosts", "10.0.0.2\tdb\n"), File("/etc/resolv.conf", "# none\n"),
+             File("/etc/new/hostname", "box\n"))
+    result = sh(runner, lower, f"cat /etc/hosts /etc/new/hostname {outside}; "
+                "grep -c ' /etc/' /proc/self/mountinfo", files=files)
+    assert result.stdout == b"10.0.0.2\tdb\nbox\n# none\n0\n", result.stderr
+    assert not outside.exists()
+    assert (lower / "etc" / "hosts").read_text() == "from the image\n"
+    os.mkfifo(lower / "etc" / "hostname")
+    with pytest.raises(SetupFailed, match="write /etc/hostname"):
+        runner.run(spec(lower, "true", root=RootFS(lowerdirs=(str(lower),)),
+                        files=(File("/etc/hostname", "x\n"),)))
 
 
 def test_proc_and_dev(runner, busybox_rootfs):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from sandboxd.runner import syscalls as sc
 from sandboxd.runner.plan import (MakeDevice, MaskPath, MountStep, PivotRoot, ReadonlyPath,
-                                  SetHostname, build_plan)
-from sandboxd.runner.spec import ContainerSpec, Mount, Namespaces, Process, RootFS
+                                  SetHostname, WriteFile, build_plan)
+from sandboxd.runner.spec import ContainerSpec, File, Mount, Namespaces, Process, RootFS
 
 
 def make(**kw) -> ContainerSpec:
@@ -20,6 +20,16 @@ def test_order_and_private_root():
     kinds = [type(s).__name__ for s in steps]
     assert kinds.index("MaskPath") < kinds.index("PivotRoot") < kinds.index("SetHostname")
     assert isinstance(steps[-1], SetHostname)
+
+
+def test_files_are_written_once_the_root_is_assembled_before_any_mount():
+    steps = build_plan(make(files=(File("/etc/hosts", "h\n"),),
+                            mounts=(Mount("/etc", "bind", "/src"),)), "/mnt")
+    write = steps.index(WriteFile("/etc/hosts", "h\n"))
+    overlay = next(s for s in steps if isinstance(s, MountStep) and s.fstype == "overlay")
+    proc = next(s for s in steps if isinstance(s, MountStep) and s.fstype == "proc")
+    bind = next(s for s in steps if isinstance(s, MountStep) and s.source == "/src")
+    assert steps.index(overlay) < write < steps.index(proc) < steps.index(bind)
 
 
 def test_tmpfs_upper_by_default():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from sandboxd.errors import InvalidArgument
-from sandboxd.runner.spec import (ContainerSpec, Limits, Mount, Process, RootFS, Ulimit,
+from sandboxd.runner.spec import (ContainerSpec, File, Limits, Mount, Process, RootFS, Ulimit,
                                   cpus_to_quota, from_dict, merge_ulimits, parse_size,
                                   parse_ulimit, to_dict, validate)
 
@@ -65,6 +65,17 @@ def test_every_problem_reported_by_field():
                    "limits.cpu_shares", "limits.pids"):
         assert needle in text, needle
     assert "OK=1" not in text
+
+
+def test_files_need_a_file_path_outside_the_kernel_filesystems():
+    ok = make(files=(File("/etc/hosts", "x"),))
+    assert validate(ok) is ok and from_dict(ContainerSpec, to_dict(ok)) == ok
+    with pytest.raises(InvalidArgument) as err:
+        validate(make(files=(File("etc/hosts", ""), File("/etc/../x", ""), File("/etc/", ""),
+                             File("/proc/x", ""), File("/dev/shm/x", ""))))
+    text = "\n".join(err.value.details["problems"])
+    for i in range(5):
+        assert f"files[{i}].path" in text
 
 
 def test_swap_rules():
