@@ -302,6 +302,12 @@ def rename(old: str, new: str) -> int:
     return 0
 
 
+def _host_and_port(binding: dict[str, Any]) -> str:
+    """``0.0.0.0:8080``, ``[::]:8080``: as ``docker port`` writes them."""
+    ip = binding["host_ip"] or "0.0.0.0"
+    return f"[{ip}]:{binding['host_port']}" if ":" in ip else f"{ip}:{binding['host_port']}"
+
+
 @cli.command(context_settings=CONTEXT)
 @argument("container", shell_complete=_complete_containers)
 @argument("private_port", required=False, metavar="[PRIVATE_PORT[/PROTO]]")
@@ -309,8 +315,8 @@ def port(container: str, private_port: str | None) -> int:
     """List port mappings or a specific mapping for the container."""
     with _client() as client:
         record = client.call("container.inspect", {"id": container})
-    mappings = [(f"{p['container_port']}/{p['protocol']}",
-                 f"{p['host_ip'] or '0.0.0.0'}:{p['host_port']}") for p in record["ports"]]
+    mappings = [(f"{p['container_port']}/{p['protocol']}", _host_and_port(p))
+                for p in record["ports"]]
     if private_port is None:
         for key, host in mappings:
             click.echo(f"{key} -> {host}")

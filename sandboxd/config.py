@@ -353,10 +353,12 @@ def parse_publish(text: str) -> list[PortBinding]:
     if proto not in PROTOCOLS:
         raise InvalidArgument(f"publish {text!r}: protocol {proto!r} is not one of "
                               f"{', '.join(PROTOCOLS)}")
-    if rest.startswith("["):                                  # [::1]:8080:80
+    if rest.startswith("["):                      # [::1]:8080:80, [::1]::80 (Docker's)
         ip, _, rest = rest[1:].partition("]")
-        rest = rest.lstrip(":")
-        parts = [ip] + rest.split(":")
+        parts = [ip] + rest[1:].split(":") if rest.startswith(":") else []
+        if len(parts) != 3:
+            raise InvalidArgument(f"publish: {text!r} is not [ipv6]:[host]:container"
+                                  f"[/proto]")
     else:
         parts = rest.split(":")
     if len(parts) == 1:

@@ -19,6 +19,11 @@ off in tests and unwelcome on many hosts), works the same on every network, incl
 notebooks is nothing next to the container's start; ``--ip-masq`` is the separate
 question of containers reaching out (see :mod:`sandboxd.runner.masq`).
 
+Addresses: a binding without a host address listens on all of them, IPv4 and IPv6, as
+Docker does (its ``NetworkSettings.Ports`` lists ``0.0.0.0`` and ``::``): one dual-stack
+socket on ``::`` (``IPV6_V6ONLY`` off), so both share one port and one conflict check;
+IPv4 only on a host without IPv6. ``[::1]:8080:80`` listens on that IPv6 address only.
+
 Host ports: a binding with ``host_port`` 0 gets one the kernel picks from its
 ephemeral range, fresh at each start (Docker allocates a new one at each start too).
 Every binding of a start is bound before any is kept: one that fails undoes the
@@ -55,6 +60,8 @@ CHUNK = 1 << 16
 UDP_IDLE = 90.0              # seconds; docker-proxy's UDP connection timeout
 UDP_FLOWS = 1024             # client addresses per UDP port
 ANY = "0.0.0.0"
+ANY6 = "::"
+_ipv6: list[bool] = []          # whether this host has IPv6 sockets, asked once
 
 
 def _key(protocol: str, host_ip: str, port: int) -> tuple[str, str, int]:
@@ -66,6 +73,7 @@ class _Published:
     binding: PortBinding                  # with the host port actually bound
     sock: socket.socket
     target: str = ""                      # the container's address new flows go to
+    also: tuple[PortBinding, ...] = ()    # the same socket's IPv6 side (``::``), if any
     server: asyncio.AbstractServer | None = None
     transport: asyncio.DatagramTransport | None = None
     tasks: set[asyncio.Task] = field(default_factory=set)
@@ -94,7 +102,8 @@ class PortProxy:
     # ------------------------------------------------------------ queries
 
     def published(self, container_id: str) -> tuple[PortBinding, ...]:
-        return tuple(p.binding for p in self._by_container.get(container_id, ()))
+        return tuple(b for p in self._by_container.get(container_id, ())
+                     for b in (p.binding, *p.also))
 
     def _holder(self, key: tuple[str, str, int]) -> str | None:
         """Which of our containers holds ``key`` (an address of 0.0.0.0 overlaps all)."""
@@ -145,10 +154,13 @@ class PortProxy:
         try:
             for b in bindings:
                 sock = _bind(b)
-                # Docker's NetworkSettings.Ports names the address: 0.0.0.0 for all.
+                # Docker's NetworkSettings.Ports names the address: 0.0.0.0 (and ::)
+                # for all.
                 bound = replace(b, host_ip=b.host_ip or ANY,
                                 host_port=sock.getsockname()[1])
-                published = _Published(bound, sock, address)
+                dual = not b.host_ip and sock.family == socket.AF_INET6
+                published = _Published(bound, sock, address,
+                                       (replace(bound, host_ip=ANY6),) if dual else ())
                 made.append(published)
                 if b.protocol == "tcp":
                     await self._serve_tcp(published)
@@ -159,7 +171,7 @@ class PortProxy:
                 p.close()
             raise
         self._by_container[container_id] = made
-        return tuple(p.binding for p in made)
+        return self.published(container_id)
 
     def retarget(self, container_id: str, address: str) -> None:
         """Send new connections and flows to ``address`` (the container left the
@@ -217,11 +229,15 @@ def _bind(b: PortBinding, listen: bool = True) -> socket.socket:
     if b.protocol not in ("tcp", "udp"):
         raise InvalidArgument(f"publish {b.container_port}/{b.protocol}: only tcp and "
                               f"udp ports can be published")
-    sock = socket.socket(socket.AF_INET, kind)
+    dual = not b.host_ip and _has_ipv6()
+    host = ANY6 if dual else b.host_ip or ANY
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
     try:
         if kind == socket.SOCK_STREAM:          # for UDP it would allow a second bind
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((b.host_ip or ANY, b.host_port))
+        if dual:                                # IPv4 too, whatever net.ipv6.bindv6only says
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, b.host_port))
         if kind == socket.SOCK_STREAM and listen:
             sock.listen(128)
         sock.setblocking(False)
@@ -239,6 +255,17 @@ def _bind(b: PortBinding, listen: bool = True) -> socket.socket:
                 from None
         raise SetupFailed(f"publish {key[1]}:{key[2]}/{b.protocol}: {e.strerror}") from None
     return sock
+
+
+def _has_ipv6() -> bool:
+    """IPv6 sockets work here (not a kernel booted with ``ipv6.disable=1``)."""
+    if not _ipv6:
+        try:
+            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
+            _ipv6.append(True)
+        except OSError:
+            _ipv6.append(False)
+    return _ipv6[0]
 
 
 def _allocated(key: tuple[str, str, int], why: str) -> Conflict:

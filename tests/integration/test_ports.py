@@ -101,24 +101,56 @@ def test_ephemeral_host_port_released_on_stop_and_rebound_on_start(
     assert refused(again)
 
 
-def test_udp_round_trip(daemon: Daemon, names: list[str]) -> None:
+@pytest.mark.parametrize("publish, family, address", [
+    ("127.0.0.1::9999/udp", socket.AF_INET, "127.0.0.1"),
+    ("9999/udp", socket.AF_INET6, "::1"),            # all addresses: IPv6 too
+])
+def test_udp_round_trip(daemon: Daemon, names: list[str], publish: str, family: int,
+                        address: str) -> None:
     names.append("pudp")
-    daemon.sbx("run", "-d", "--name", "pudp", "-p", "127.0.0.1::9999/udp", "host",
+    daemon.sbx("run", "-d", "--name", "pudp", "-p", publish, "host",
                sys.executable, "-c", UDP_ECHO, check=True)
-    out = daemon.sbx("port", "pudp", "9999/udp", check=True).out.strip()
+    out = daemon.sbx("port", "pudp", "9999/udp", check=True).out.split()[0]
     host, _, port = out.rpartition(":")
-    assert host == "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    assert host == ("127.0.0.1" if family == socket.AF_INET else "0.0.0.0")
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
         deadline = time.monotonic() + 15                # until the server has bound
         reply = b""
         while not reply and time.monotonic() < deadline:
-            s.sendto(b"ping", (host, int(port)))
+            s.sendto(b"ping", (address, int(port)))
             try:
                 reply = s.recv(2048)
             except socket.timeout:
                 pass
     assert reply == b"echo:ping"
+
+
+def test_all_addresses_are_ipv4_and_ipv6_on_one_port(daemon: Daemon, names: list[str]
+                                                     ) -> None:
+    """Docker's shapes for a port published on every address: 0.0.0.0 and ::, the
+    same host port, reachable over both loopbacks; an IPv6 host address alone works."""
+    names.append("pdual")
+    daemon.sbx("run", "-d", "--name", "pdual", "-p", "80", "-p", "[::1]::81", "busybox",
+               "sh", "-c", HTTPD.format(name="pdual"), check=True)
+    ports = inspect(daemon, "pdual")["NetworkSettings"]["Ports"]
+    both = ports["80/tcp"]
+    assert [p["HostIp"] for p in both] == ["0.0.0.0", "::"]
+    assert both[0]["HostPort"] == both[1]["HostPort"]
+    port = int(both[0]["HostPort"])
+    assert [p["HostIp"] for p in ports["81/tcp"]] == ["::1"]
+    v6_only = int(ports["81/tcp"][0]["HostPort"])
+    assert fetch(port) == "hi-from-pdual\n"
+    assert fetch(port, "[::1]") == "hi-from-pdual\n"
+    assert daemon.sbx("port", "pdual", "80", check=True).out == (
+        f"0.0.0.0:{port}\n[::]:{port}\n")
+    assert daemon.sbx("port", "pdual", "81", check=True).out == f"[::1]:{v6_only}\n"
+    ps = daemon.sbx("ps", "--filter", "name=pdual", "--format", "{{.Ports}}", check=True)
+    assert ps.out.strip() == (f"0.0.0.0:{port}->80/tcp, :::{port}->80/tcp, "
+                              f"::1:{v6_only}->81/tcp")
+    with socket.socket() as s:                           # the IPv6 listener is ::1 only
+        s.settimeout(5)
+        assert s.connect_ex(("127.0.0.1", v6_only)) != 0
 
 
 def test_publish_all_exposed_ports(daemon: Daemon, names: list[str]) -> None:

@@ -127,6 +127,8 @@ def test_mount_destinations_are_checked_by_the_runners_rules():
     ("8000-8002:80-81", "ranges differ"),
     ("a:b:c:d", "[ip:][host:]container"),
     ("nonsense:8080:80", "host_ip"),
+    ("[::1]:80", "[ipv6]:[host]:container"),
+    ("[::1]8080:80", "[ipv6]:[host]:container"),
 ])
 def test_bad_published_ports_are_refused(publish, words):
     problems = problems_of(ports=[publish])
@@ -139,6 +141,7 @@ def test_bad_published_ports_are_refused(publish, words):
     ("127.0.0.1:8080:80/udp", [PortBinding(80, "udp", "127.0.0.1", 8080)]),
     ("127.0.0.1::53", [PortBinding(53, "tcp", "127.0.0.1", 0)]),
     ("[::1]:8080:80", [PortBinding(80, "tcp", "::1", 8080)]),
+    ("[::1]::80/udp", [PortBinding(80, "udp", "::1", 0)]),
     ("8000-8001:80-81", [PortBinding(80, "tcp", "", 8000), PortBinding(81, "tcp", "", 8001)]),
 ])
 def test_publish_syntax(text, expected):
