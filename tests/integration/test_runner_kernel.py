@@ -172,13 +172,25 @@ def test_spec_files_land_in_the_layer_inside_the_root(runner, busybox_rootfs, tm
     outside = tmp_path / "outside"
     (lower / "etc" / "resolv.conf").symlink_to(str(outside))      # absolute: the host's
     (lower / "etc" / "hosts").write_text("from the image\n")
+    os.chown(lower / "etc" / "hosts", 1, 2)
+    os.chmod(lower / "etc" / "hosts", 0o640)
+    os.chmod(lower / "etc", 0o750)
     files = (File("/etc/hosts", "10.0.0.2\tdb\n"), File("/etc/resolv.conf", "# none\n"),
              File("/etc/new/hostname", "box\n"))
-    result = sh(runner, lower, f"cat /etc/hosts /etc/new/hostname {outside}; "
-                "grep -c ' /etc/' /proc/self/mountinfo", files=files)
-    assert result.stdout == b"10.0.0.2\tdb\nbox\n# none\n0\n", result.stderr
+    script = (f"cat /etc/hosts /etc/new/hostname {outside}; grep -c ' /etc/' "
+              f"/proc/self/mountinfo; stat -c '%a %u %g' /etc /etc/hosts; ls /etc")
+    # A fresh tmpfs layer (seeded before the overlay) and a kept one (written after).
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir(), work.mkdir()
+    for root in (RootFS(lowerdirs=(str(lower),)),
+                 RootFS(lowerdirs=(str(lower),), upperdir=str(upper), workdir=str(work))):
+        result = sh(runner, lower, script, files=files, root=root)
+        assert result.stdout.decode().split("\n")[:6] == [
+            "10.0.0.2\tdb", "box", "# none", "0", "750 0 0", "640 1 2"], result
+        assert {"passwd", "group", "new", "hosts"} <= set(result.stdout.decode().split())
     assert not outside.exists()
     assert (lower / "etc" / "hosts").read_text() == "from the image\n"
+    assert (upper / "etc" / "hosts").read_text() == "10.0.0.2\tdb\n"
     os.mkfifo(lower / "etc" / "hostname")
     with pytest.raises(SetupFailed, match="write /etc/hostname"):
         runner.run(spec(lower, "true", root=RootFS(lowerdirs=(str(lower),)),
