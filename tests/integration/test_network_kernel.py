@@ -224,6 +224,25 @@ def test_released_namespace_frees_its_address_only_once_its_veth_is_gone(net):
         holder.wait()
 
 
+def test_rtnl_requests_report_the_kernels_answer():
+    """The network server's own rtnetlink requests (read-only or refused here, on the
+    host): a lookup by name, and the kernel's errno for a refused request."""
+    import errno
+
+    from sandboxd.runner.rtnl import Rtnl
+    rtnl = Rtnl()
+    try:
+        assert rtnl.link_index("lo") == 1
+        with pytest.raises(OSError) as missing:
+            rtnl.link_index(f"{PREFIX}none")
+        assert missing.value.errno == errno.ENODEV
+        with pytest.raises(OSError) as taken:              # NLM_F_EXCL: nothing changes
+            rtnl.add_address(1, "127.0.0.1", 8)
+        assert taken.value.errno == errno.EEXIST
+    finally:
+        rtnl.close()
+
+
 def test_none_has_only_loopback_and_host_is_the_host(net):
     att = net.run(net.svc.attach("c-none", "none"))
     links = in_ns(att.netns, "ip", "-o", "link").stdout.splitlines()
