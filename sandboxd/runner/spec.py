@@ -16,7 +16,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from ..errors import InvalidArgument
 
@@ -385,63 +385,101 @@ def validate(spec: ContainerSpec) -> ContainerSpec:
 
 
 # ---------------------------------------------------------------- wire form
+#
+# Every spec, record and request passes through these (several times per container
+# start), so each type is inspected once: its field names and a converter are cached.
 
 def to_dict(obj: Any) -> Any:
     """A spec as plain msgpack-able data (tuples become lists)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    names = _field_names(type(obj))
+    if names is not None:
+        return {name: to_dict(getattr(obj, name)) for name in names}
     if isinstance(obj, (list, tuple)):
         return [to_dict(x) for x in obj]
     return obj
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """A dataclass's field names; None for any other type."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
     """Rebuild a dataclass from :func:`to_dict` output, refusing unknown, missing and
     wrongly typed fields with ``InvalidArgument`` naming each."""
     problems: list[str] = []
-    value = _convert(cls, data, where or cls.__name__, problems)
+    value = _converter(cls)(data, where or cls.__name__, problems)
     if problems:
         raise InvalidArgument.of(problems)
     return value
 
 
-# Resolving the (string) annotations is most of from_dict's cost; a class's never change.
-_type_hints = functools.cache(typing.get_type_hints)
+_Converter = Callable[[Any, str, list], Any]      # (data, where, problems) -> value
 
 
-def _convert(tp: Any, data: Any, where: str, problems: list[str]) -> Any:
-    origin = typing.get_origin(tp)
+@functools.cache
+def _converter(tp: Any) -> _Converter:
+    """Check and convert wire data into ``tp``, appending each problem to ``problems``
+    (``where`` names the place in them)."""
     if dataclasses.is_dataclass(tp):
+        return _dataclass_converter(tp)
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        optional = type(None) in args
+        inner = _converter(next(a for a in args if a is not type(None)))
+
+        def convert_union(data: Any, where: str, problems: list) -> Any:
+            if data is None and optional:
+                return None
+            return inner(data, where, problems)
+        return convert_union
+    if origin is tuple:
+        item = _converter(typing.get_args(tp)[0])
+
+        def convert_tuple(data: Any, where: str, problems: list) -> Any:
+            if not isinstance(data, (list, tuple)):
+                problems.append(f"{where}: expected a list, got {type(data).__name__}")
+                return ()
+            return tuple(item(x, f"{where}[{i}]", problems) for i, x in enumerate(data))
+        return convert_tuple
+    return functools.partial(_check_scalar, tp)
+
+
+def _dataclass_converter(tp: type) -> _Converter:
+    hints = typing.get_type_hints(tp)
+    required = {f.name: f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING for f in dataclasses.fields(tp)}
+    # The fields' converters, made at first use: a field's type may refer back here.
+    made: dict[str, tuple[tuple[str, _Converter, bool], ...]] = {}
+
+    def convert_dataclass(data: Any, where: str, problems: list) -> Any:
+        fields = made.get("fields")
+        if fields is None:
+            fields = made["fields"] = tuple((name, _converter(hints[name]), req)
+                                            for name, req in required.items())
         if not isinstance(data, dict):
             problems.append(f"{where}: expected a mapping, got {type(data).__name__}")
             return None
-        hints = _type_hints(tp)
-        fields = {f.name: f for f in dataclasses.fields(tp)}
         for key in data:
-            if key not in fields:
+            if key not in required:
                 problems.append(f"{where}.{key}: unknown field")
         kwargs = {}
-        for name, f in fields.items():
+        for name, convert, req in fields:
             if name in data:
-                kwargs[name] = _convert(hints[name], data[name], f"{where}.{name}", problems)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                kwargs[name] = convert(data[name], f"{where}.{name}", problems)
+            elif req:
                 problems.append(f"{where}.{name}: missing")
         if problems:
             return None
         return tp(**kwargs)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if data is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], data, where, problems)
-    if origin is tuple:
-        item_type = typing.get_args(tp)[0]
-        if not isinstance(data, (list, tuple)):
-            problems.append(f"{where}: expected a list, got {type(data).__name__}")
-            return ()
-        return tuple(_convert(item_type, x, f"{where}[{i}]", problems)
-                     for i, x in enumerate(data))
+    return convert_dataclass
+
+
+def _check_scalar(tp: Any, data: Any, where: str, problems: list) -> Any:
     if tp is int and (not isinstance(data, int) or isinstance(data, bool)):
         problems.append(f"{where}: expected an integer, got {type(data).__name__}")
     elif tp is int and not -(1 << 63) <= data < (1 << 63):
