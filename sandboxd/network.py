@@ -632,9 +632,13 @@ class NetworkService:
             try:
                 gone = set(await self._call({"op": "gone", "veths": list(self._dying)},
                                             TEARDOWN))
-            except SandboxError as e:
+            except SandboxError as e:                # the server is gone: so is the poll
                 log.warning("network: checking for removed veths failed: %s", e)
-                gone = set()
+                for _deadline, future in self._dying.values():
+                    if not future.done():
+                        future.set_result(False)
+                self._dying.clear()
+                return
             now = time.monotonic()
             for veth, (deadline, future) in list(self._dying.items()):
                 done = True
