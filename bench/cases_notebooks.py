@@ -34,7 +34,8 @@ class _Shell:
         self.ip = InteractiveShell.instance()
         self.ip.config.ContainerMagics.host = daemon.host
         self.ip.run_line_magic("load_ext", "sandboxd")
-        self.ip.run_line_magic("container", "start bench")
+        with capture_output():            # its "session started" line is not the table's
+            self.ip.run_line_magic("container", "start bench")
 
     def cell(self, line: str, body: str) -> float:
         with self.capture() as captured:
