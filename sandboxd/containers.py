@@ -42,6 +42,7 @@ from .network import BUILTIN, Network, NetworkService, link_env
 from .ports import PortProxy
 from .runner import syscalls
 from .runner.api import AsyncRunner, ExitInfo, receive_terminal
+from .runner.mounts import write_in_root
 from .runner.spec import (ContainerSpec, File, Mount, Namespaces, Process, Ulimit,
                           merge_ulimits, validate)
 from .snapshots import Snapshotter
@@ -462,22 +463,11 @@ class ContainerService:
         except Conflict:                          # exited meanwhile
             return
         try:
-            fd = syscalls.openat2(root, "etc/hosts", os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                                  | os.O_NONBLOCK | os.O_CLOEXEC, syscalls.RESOLVE_IN_ROOT
-                                  | syscalls.RESOLVE_NO_MAGICLINKS | syscalls.RESOLVE_NO_XDEV,
-                                  0o644)
+            write_in_root(root, "/etc/hosts", text, syscalls.RESOLVE_NO_XDEV)
         except OSError as e:
             log.info("container %s: /etc/hosts not updated: %s", record.id[:12], e)
-            return
         finally:
             os.close(root)
-        try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                data = text.encode()
-                while data:
-                    data = data[os.write(fd, data):]
-        finally:
-            os.close(fd)
 
     def _release_network(self, container_id: str) -> None:
         """Give back a container's network and published ports; the others on a user

@@ -7,6 +7,7 @@ directories: a symlink there stops the start with a clear error.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -132,31 +133,36 @@ def _symlink(step: MakeLink, root: str) -> None:
     os.symlink(step.target, root + step.path)
 
 
-def _write(step: WriteFile, root: str) -> None:
-    # O_NONBLOCK: a FIFO the image put there fails (ENXIO) instead of blocking the start.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        # One call resolves the path inside the root, symlinks included, and opens it
-        # (the usual case: its directory exists; it runs on every start of a --rm
-        # container, where the walk below costs several times more).
-        fd = sc.openat2(root_fd, step.path.lstrip("/"), flags,
-                        sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS, 0o644)
-    except FileNotFoundError:                       # a directory on the way is missing
-        target = resolve_in_root(root, step.path)   # no symlink is left on the way
-        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-        fd = os.open(target, flags | os.O_NOFOLLOW, 0o644)
-    finally:
-        os.close(root_fd)
+def write_in_root(root_fd: int, path: str, content: str, resolve: int = 0) -> None:
+    """Write ``content`` to ``path`` (made, or truncated in place), resolved inside the
+    directory ``root_fd`` as its ``/`` in one call: symlinks and ``..`` cannot leave it,
+    magic links are refused, and ``resolve`` adds RESOLVE_* flags. A FIFO there fails
+    (ENXIO, O_NONBLOCK) instead of blocking, another non-regular file with EINVAL; a
+    missing directory on the way raises FileNotFoundError."""
+    fd = sc.openat2(root_fd, path.lstrip("/"),
+                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC,
+                    sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS | resolve, 0o644)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SetupFailed(f"{step.describe()}: the image's {step.path} is not a "
-                              f"regular file", {"step": step.describe(), "errno": 21})
-        data = step.content.encode()
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        data = content.encode()
         while data:
             data = data[os.write(fd, data):]
     finally:
         os.close(fd)
+
+
+def _write(step: WriteFile, root: str) -> None:
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            write_in_root(root_fd, step.path, step.content)
+        except FileNotFoundError:           # a directory on the way is missing (rare)
+            target = resolve_in_root(root, step.path)   # no symlink is left on the way
+            os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+            write_in_root(root_fd, step.path, step.content)
+    finally:
+        os.close(root_fd)
 
 
 def _mask(step: MaskPath, root: str) -> None:
