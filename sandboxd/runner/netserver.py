@@ -149,7 +149,7 @@ class NetServer:
             self.ipr.link("set", index=index, state="up")
         except NetlinkError as e:
             raise _failed(f"set up bridge {name} with {msg['address']}/{msg['prefixlen']}",
-                          e) from None
+                          e.code) from None
 
     def _op_bridge_del(self, msg: dict) -> None:
         name = _link_name(msg["name"])
@@ -349,7 +349,7 @@ class NetServer:
             self.ipr.link("del", ifname=name)
         except NetlinkError as e:
             if e.code != errno.ENODEV:
-                raise _failed(f"delete link {name}", e) from None
+                raise _failed(f"delete link {name}", e.code) from None
 
     def _remove_everything(self) -> None:
         for veth in list(self.plugs | self.dying):
@@ -386,9 +386,9 @@ def _link_name(name: str) -> str:
     return name
 
 
-def _failed(what: str, e: NetlinkError | int) -> SetupFailed:
-    """``e``: pyroute2's error, or an errno (from :mod:`.rtnl`)."""
-    code = e if isinstance(e, int) else e.code
+def _failed(what: str, code: int) -> SetupFailed:
+    """``code``: the kernel's errno (pyroute2's ``NetlinkError.code``, or :mod:`.rtnl`'s
+    ``OSError.errno``)."""
     return SetupFailed(f"{what}: {os.strerror(code)}", {"step": "network", "errno": code})
 
 

@@ -12,6 +12,7 @@ inside the namespace, use it from anywhere.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -53,7 +54,7 @@ class Rtnl:
         for kind, payload in replies:
             if kind == RTM_NEWLINK:
                 return _IFINFO.unpack_from(payload)[2]
-        raise OSError(19, f"no link {name}")                    # ENODEV
+        raise OSError(errno.ENODEV, f"no link {name}")
 
     def add_veth(self, name: str, master: int, peer: str, peer_netns: int,
                  peer_mac: str) -> None:
