@@ -19,6 +19,9 @@ from .errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, San
 TYPE_CHECKING = False
 if TYPE_CHECKING:                    # annotations only: typing costs ~2 ms of every start
     from collections.abc import Callable, Sequence
+    from typing import Any, BinaryIO, TextIO
+
+    from .client import Connection, Stream
 
 EXIT_DAEMON = 125        # Docker: the daemon (or the flags) refused
 
@@ -46,7 +49,7 @@ class Flag:
     __slots__ = ("decls", "dest", "kind", "default", "metavar", "help")
 
     def __init__(self, *decls: str, kind: str = "str", dest: str = "",
-                 default: object = None, metavar: str | None = None, help: str = ""):
+                 default: Any = None, metavar: str | None = None, help: str = ""):
         self.decls = decls
         # click's rule: the first long name (the "on" half of a pair), else the first.
         names = [d.split("/")[0] for d in decls]
@@ -123,30 +126,30 @@ RUN_ONLY: tuple[Flag, ...] = (
          help="Proxy received signals to the process"),
 )
 
-_CONVERT: dict[str, Callable[[str], object]] = {"str": str, "int": int, "float": float}
+_CONVERT: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
 
 
 def parse_flags(args: Sequence[str], flags: Sequence[Flag]
-                ) -> tuple[dict[str, object], list[str]] | None:
+                ) -> tuple[dict[str, Any], list[str]] | None:
     """``args`` after the command name as click parses them (options up to the first
     argument, ``--`` ends them, clustered short flags, ``-mVALUE``, ``--name=VALUE``):
     the values by dest, and the arguments. None when anything is not plain, so the
     caller hands the line to click for its error or help."""
-    by_name: dict[str, tuple[Flag, object]] = {}
+    by_name: dict[str, tuple[Flag, bool]] = {}
     for flag in flags:
         for decl in flag.decls:
             on, _, off = decl.partition("/")
             by_name[on] = (flag, True)
             if off:
                 by_name[off] = (flag, False)
-    values: dict[str, object] = {f.dest: f.default for f in flags}
+    values: dict[str, Any] = {f.dest: f.default for f in flags}
 
-    def store(flag: Flag, value: object) -> bool:
+    def store(flag: Flag, value: str) -> bool:
         if flag.kind == "multi":
-            values[flag.dest] = (*values[flag.dest], value)          # type: ignore[misc]
+            values[flag.dest] = (*values[flag.dest], value)
             return True
         try:
-            values[flag.dest] = _CONVERT[flag.kind](value)           # type: ignore[arg-type]
+            values[flag.dest] = _CONVERT[flag.kind](value)
         except ValueError:
             return False
         return True
@@ -200,7 +203,7 @@ def parse_flags(args: Sequence[str], flags: Sequence[Flag]
 
 # ---------------------------------------------------------------- run / create
 
-def local(func: Callable[..., object], *args: object, **kwargs: object) -> object:
+def local(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Client-side parsing: a bad value is a usage error (exit 125), not the daemon's."""
     try:
         return func(*args, **kwargs)
@@ -208,8 +211,8 @@ def local(func: Callable[..., object], *args: object, **kwargs: object) -> objec
         raise CliError(e.message, EXIT_DAEMON) from None
 
 
-def daemon_options(opts: dict[str, object], image: str, command: Sequence[str]
-                   ) -> dict[str, object]:
+def daemon_options(opts: dict[str, Any], image: str, command: Sequence[str]
+                   ) -> dict[str, Any]:
     """Flags -> the ``options`` of ``container.create``/``run``: the daemon builds and
     checks them (``config.build_config``, the one model), so ``sbx`` does not import it;
     only ``-e``/``--env-file``, which read this machine, are resolved here."""
@@ -247,7 +250,7 @@ class RefusedOptions:
         return False
 
 
-def connection(host: str | None, autostart: bool | None = None) -> object:
+def connection(host: str | None, autostart: bool | None = None) -> Connection:
     """The bare protocol connection (``sandboxd.client``), for the commands that need
     no model: run and create stay quick to start."""
     from .client import connect
@@ -259,20 +262,20 @@ def check_tty(tty: bool, interactive: bool) -> None:
         raise CliError("the input device is not a TTY", 1)
 
 
-def run(host: str | None, image: str, command: Sequence[str], opts: dict[str, object]
+def run(host: str | None, image: str, command: Sequence[str], opts: dict[str, Any]
         ) -> int:
     """``sbx run``: create, start and attach (or ``-d``: print the id); the container's
     exit status."""
     detach = bool(opts["detach"])
     if not detach:
         check_tty(bool(opts["tty"]), bool(opts["interactive"]))
-    params: dict[str, object] = {
+    params: dict[str, Any] = {
         "options": daemon_options(opts, image, command),
         "stdin": bool(opts["interactive"]) and not detach,
         "remove": opts["auto_remove"], "detach": detach}
     if opts["name"] is not None:
         params["name"] = opts["name"]
-    with connection(host) as conn, RefusedOptions():   # type: ignore[attr-defined]
+    with connection(host) as conn, RefusedOptions():
         attachment = conn.stream("container.run", params)
         if detach:
             result = follow(attachment, Progress(
@@ -288,26 +291,26 @@ def run(host: str | None, image: str, command: Sequence[str], opts: dict[str, ob
     return int(result.get("exit_code", 0))
 
 
-def create(host: str | None, image: str, command: Sequence[str], opts: dict[str, object]
+def create(host: str | None, image: str, command: Sequence[str], opts: dict[str, Any]
            ) -> int:
     """``sbx create``: print the new container's id."""
-    params: dict[str, object] = {"options": daemon_options(opts, image, command)}
+    params: dict[str, Any] = {"options": daemon_options(opts, image, command)}
     if opts["name"] is not None:
         params["name"] = opts["name"]
-    with connection(host) as conn, RefusedOptions():   # type: ignore[attr-defined]
+    with connection(host) as conn, RefusedOptions():
         print(conn.call("container.create", params)["id"])
     return 0
 
 
 # ---------------------------------------------------------------- attached I/O
 
-def write(stream: object, data: bytes) -> None:
-    stream.write(data)                                              # type: ignore[attr-defined]
-    stream.flush()                                                  # type: ignore[attr-defined]
+def write(stream: BinaryIO, data: bytes) -> None:
+    stream.write(data)
+    stream.flush()
 
 
-def pump(attachment: object, *, host: str | None, tty: bool, stdin: bool, sig_proxy: bool,
-         container_id: str = "", image: str = "") -> dict[str, object]:
+def pump(attachment: Stream, *, host: str | None, tty: bool, stdin: bool, sig_proxy: bool,
+         container_id: str = "", image: str = "") -> Any:
     """Stream a container's output to ours until it ends; with ``stdin`` forward our
     input; with ``tty`` put our terminal in raw mode (restored on the way out) and pass
     on window-size changes. The pull of a missing ``image`` (``run``) shows its
@@ -315,11 +318,10 @@ def pump(attachment: object, *, host: str | None, tty: bool, stdin: bool, sig_pr
     import signal
     import threading
 
-    att: object = attachment
     state = {"id": container_id}
     raw_tty = tty and stdin and os.isatty(0)
     saved_tty = None
-    old_handlers: dict[int, object] = {}
+    old_handlers: dict[int, Any] = {}
 
     def size() -> tuple[int, int]:
         cols, rows = os.get_terminal_size(0 if os.isatty(0) else 1)
@@ -328,8 +330,8 @@ def pump(attachment: object, *, host: str | None, tty: bool, stdin: bool, sig_pr
     def forward_input() -> None:
         try:
             while data := os.read(0, 65536):
-                att.send(data)                                      # type: ignore[attr-defined]
-            att.close_stdin()                                       # type: ignore[attr-defined]
+                attachment.send(data)
+            attachment.close_stdin()
         except (OSError, SandboxError):
             return               # the op ended under us: nothing more to forward
 
@@ -338,21 +340,21 @@ def pump(attachment: object, *, host: str | None, tty: bool, stdin: bool, sig_pr
     def resize() -> None:
         rows, cols = size()
         if rows and cols:           # a terminal that reports no size (0x0): keep the pty's
-            att.resize(rows, cols)                                  # type: ignore[attr-defined]
+            attachment.resize(rows, cols)
 
-    def on_winch(signum: int, frame: object) -> None:
+    def on_winch(signum: int, frame: Any) -> None:
         try:
             resize()
         except (OSError, SandboxError):
             pass
 
-    def proxy(signum: int, frame: object) -> None:
+    def proxy(signum: int, frame: Any) -> None:
         # Docker's --sig-proxy: the container gets the signal we got.
         if not state["id"]:
-            att.cancel()                                            # type: ignore[attr-defined]
+            attachment.cancel()
             return
         try:
-            with connection(host, autostart=False) as other:        # type: ignore[attr-defined]
+            with connection(host, autostart=False) as other:
                 other.call("container.kill", {"id": state["id"], "signal": signum})
         except SandboxError:
             pass
@@ -375,7 +377,7 @@ def pump(attachment: object, *, host: str | None, tty: bool, stdin: bool, sig_pr
         out, err = sys.stdout.buffer, sys.stderr.buffer
         display = Progress(sys.stderr, eol="\r\n" if raw_tty else "\n",
                            first=f"Unable to find image '{image}' locally")
-        for event, data in att:                                     # type: ignore[attr-defined]
+        for event, data in attachment:
             if event == "stdout":
                 write(out, data)
             elif event == "stderr":
@@ -384,10 +386,10 @@ def pump(attachment: object, *, host: str | None, tty: bool, stdin: bool, sig_pr
                 state["id"] = data.get("id", state["id"])
             elif event == "progress" and isinstance(data, dict):
                 display.show(data)
-        return att.result()                                         # type: ignore[attr-defined]
+        return attachment.result()
     finally:
         for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)                             # type: ignore[arg-type]
+            signal.signal(sig, handler)
         if saved_tty is not None:
             import termios
             termios.tcsetattr(0, termios.TCSADRAIN, saved_tty)
@@ -398,16 +400,16 @@ class Progress:
     (status and a bar of bytes done); otherwise a line each time a layer's status
     changes (no byte counts: logs stay short)."""
 
-    def __init__(self, stream: object, eol: str = "\n", first: str = ""):
+    def __init__(self, stream: TextIO, eol: str = "\n", first: str = ""):
         self.stream = stream
         self.eol = eol                      # "\r\n" while our terminal is in raw mode
         self.first = first                  # a line to print before the first event
-        self.tty = stream.isatty()                                  # type: ignore[attr-defined]
+        self.tty = stream.isatty()
         self.rows: dict[str, int] = {}      # layer id -> its line, counted from the top
         self.lines = 0
         self.status: dict[str, str] = {}
 
-    def show(self, event: dict[str, object]) -> None:
+    def show(self, event: dict[str, Any]) -> None:
         if self.first:
             self.first, first = "", self.first
             self._line(first)
@@ -427,15 +429,15 @@ class Progress:
         if layer in self.rows:
             up = self.lines - self.rows[layer]
             # Up to the layer's line, clear it, write, back down.
-            self.stream.write(f"\x1b[{up}A\r\x1b[2K{text}\r\x1b[{up}B")  # type: ignore
-            self.stream.flush()                                     # type: ignore[attr-defined]
+            self.stream.write(f"\x1b[{up}A\r\x1b[2K{text}\r\x1b[{up}B")
+            self.stream.flush()
         else:
             self.rows[layer] = self.lines
             self._line(text)
 
     def _line(self, text: str) -> None:
-        self.stream.write(text + self.eol)                          # type: ignore[attr-defined]
-        self.stream.flush()                                         # type: ignore[attr-defined]
+        self.stream.write(text + self.eol)
+        self.stream.flush()
         self.lines += 1
 
 
@@ -447,11 +449,11 @@ def _bar(current: int, total: int, width: int = 50) -> str:
             f"{human_size(current)}/{human_size(total)}")
 
 
-def follow(attachment: object, display: Progress | None) -> dict[str, object]:
-    for event, data in attachment:                                  # type: ignore[attr-defined]
+def follow(attachment: Stream, display: Progress | None) -> Any:
+    for event, data in attachment:
         if event == "progress" and display is not None and isinstance(data, dict):
             display.show(data)
-    return attachment.result()                                      # type: ignore[attr-defined]
+    return attachment.result()
 
 
 # ---------------------------------------------------------------- exit statuses
