@@ -25,7 +25,8 @@ os.environ.setdefault("SANDBOXD_CGROUP_PARENT", f"sandboxd-test-{os.getpid()}")
 def pytest_collection_modifyitems(config, items):
     skip_root = pytest.mark.skip(reason="needs root: real namespaces, mounts and cgroups")
     for item in items:
-        if "integration" in item.path.parts and not IS_ROOT:
+        if ("integration" in item.path.parts or "security" in item.path.parts) \
+                and not IS_ROOT:
             item.add_marker(skip_root)
 
 

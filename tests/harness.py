@@ -1,0 +1,204 @@
+"""Real daemons for end-to-end tests (shared by tests/integration and tests/security): ``python -m sandboxd.daemon`` subprocesses with a
+tmp root, a tmp socket and their own cgroup parent (``sandboxd-e2e-<pid>-<n>``), driven
+through the real ``sbx`` CLI process and the Python ``Client``.
+
+Every daemon is stopped by whoever started it; :meth:`Daemon.stop` sends SIGTERM, expects
+exit 0, and checks that nothing of that daemon is left: its socket, a mount naming its
+root, a cgroup under its parent (the parent itself is then removed: it is ours), or a
+process in one of its cgroups or naming its root.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from sandboxd import testing
+from sandboxd.api import Client
+
+PY = sys.executable
+REPO = Path(__file__).resolve().parents[2]
+CGROUP_ROOT = "/sys/fs/cgroup"
+_serial = itertools.count(1)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0,
+               what: str = "condition") -> Any:
+    """Poll for something that must happen; fails (not flakes) only if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+class Daemon:
+    """One ``sandboxd.daemon`` subprocess and the ways tests talk to it."""
+
+    def __init__(self, *flags: str, tmp: str | None = None, parent: str | None = None):
+        self.tmp = tmp or tempfile.mkdtemp(prefix="sbxe-")   # short: socket paths ≤ 108
+        self.root = os.path.join(self.tmp, "root")
+        self.sock = os.path.join(self.tmp, "d.sock")
+        self.parent = parent or f"sandboxd-e2e-{os.getpid()}-{next(_serial)}"
+        # Our own link-name prefix: a daemon's start-up removes unowned links of its
+        # prefix, so daemons side by side need their own ("sbxe" never makes one of the
+        # default "sbx" prefix's names: sbx0, sbx-<id>, sbxv<hex>).
+        self.prefix = "sbxe" + secrets.token_hex(2)
+        self.flags = flags
+        self.log_path = os.path.join(self.tmp, "daemon.log")
+        self.proc: subprocess.Popen | None = None
+        self.env = {**os.environ, "SANDBOXD_HOST": self.sock,
+                    "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    # -- life cycle
+    def start(self) -> Daemon:
+        """Start (or restart, with the same root) and wait until it listens (a socket
+        file alone proves nothing after a kill -9: it is the dead daemon's)."""
+        listening = self._listening()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [PY, "-m", "sandboxd.daemon", "--root", self.root, "--host", self.sock,
+             "--cgroup-parent", self.parent, "--network-prefix", self.prefix,
+             "--no-ip-masq", *self.flags],      # tests never turn on forwarding
+            stdout=log, stderr=log, env=self.env, cwd=REPO)
+        log.close()
+        wait_until(lambda: self._listening() > listening or self.proc.poll() is not None,
+                   what="the daemon to listen")
+        assert self.proc.poll() is None, f"daemon exited at start:\n{self.log()}"
+        return self
+
+    def _listening(self) -> int:
+        return self.log(1 << 30).count(" listening on ") if os.path.exists(self.log_path) \
+            else 0
+
+    def log(self, tail: int = 6000) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()[-tail:]
+
+    def forkserver_pids(self) -> list[int]:
+        return [pid for pid, cmd in _processes() if "sandboxd.runner.forkserver" in cmd
+                and f"{self.root}/runtime" in cmd]
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM: exit 0, no socket, nothing of ours left, no traceback in the log (then
+        remove the tmp dir)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                pytest.fail(f"daemon ignored SIGTERM for 30s:\n{self.log()}")
+            assert rc == 0, f"daemon exited {rc}:\n{self.log()}"
+        assert not os.path.exists(self.sock), "the daemon left its socket behind"
+        self.assert_clean()
+        assert "Traceback" not in self.log(1 << 30), f"the daemon logged a traceback:\n{self.log()}"
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def assert_clean(self) -> None:
+        """No process, mount or cgroup of this daemon (its proc must have exited)."""
+        wait_until(lambda: not self.leftover_processes(), 10,
+                   f"processes of {self.parent} to exit: {self.leftover_processes()}")
+        mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                  if self.tmp in line]
+        assert not mounts, f"mounts left: {mounts}"
+        children = self.cgroup_children(pooled=True)
+        assert not children, f"cgroups left: {children}"
+        links = [line for line in subprocess.run(["ip", "-o", "link"], capture_output=True,
+                                                  text=True).stdout.splitlines()
+                 if line.split(": ")[1].startswith(self.prefix)]
+        assert not links, f"links left: {links}"
+        for path in self.parent_dirs():
+            os.rmdir(path)        # the parent is the test's: leave the host as it was
+
+    def leftover_processes(self) -> list[str]:
+        left = []
+        for pid, cmd in _processes():
+            try:
+                cgroups = Path(f"/proc/{pid}/cgroup").read_text()
+            except OSError:
+                continue
+            if (f"/{self.parent}/" in cgroups or self.root in cmd) and pid_alive(pid):
+                left.append(f"{pid} {cmd}")
+        return left
+
+    def parent_dirs(self) -> list[str]:
+        return [str(p) for p in Path(CGROUP_ROOT).glob(f"*/{self.parent}") if p.is_dir()]
+
+    def cgroup_children(self, pooled: bool = False) -> list[str]:
+        """Containers' cgroups under our parent; with ``pooled`` also the fork server's
+        pre-made ones (``_pool-*``, which exist while the daemon runs)."""
+        return [str(c) for p in self.parent_dirs() for c in Path(p).iterdir()
+                if c.is_dir() and (pooled or not c.name.startswith("_"))]
+
+    def cgroup_file(self, controller: str, container_id: str, name: str) -> str:
+        return Path(f"{CGROUP_ROOT}/{controller}/{self.parent}/{container_id}/{name}") \
+            .read_text().strip()
+
+    # -- clients
+    def sbx(self, *args: str, input: bytes | str | None = None, timeout: float = 60,
+            check: bool = False, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+        """The real CLI in its own process (``env``: variables added to its environment);
+        ``.out`` / ``.err`` are decoded."""
+        data = input.encode() if isinstance(input, str) else input
+        proc = subprocess.run([PY, "-m", "sandboxd", *args], input=data,
+                              capture_output=True, env={**self.env, **(env or {})},
+                              cwd=REPO, timeout=timeout,
+                              stdin=None if data is not None else subprocess.DEVNULL)
+        proc.out = proc.stdout.decode(errors="replace")          # type: ignore[attr-defined]
+        proc.err = proc.stderr.decode(errors="replace")          # type: ignore[attr-defined]
+        if check and proc.returncode != 0:
+            pytest.fail(f"sbx {' '.join(args)} exited {proc.returncode}: {proc.err}")
+        return proc
+
+    def client(self, **kwargs: Any) -> Client:
+        return Client(self.sock, autostart=False, **kwargs)
+
+    def import_busybox(self) -> None:
+        self.sbx("import", str(testing.busybox_tar()), "busybox", check=True)
+
+    def ids(self, *flags: str) -> list[str]:
+        """Full ids from ``sbx ps -q --no-trunc`` (with ``flags``, e.g. ``-a``)."""
+        return self.sbx("ps", "-q", "--no-trunc", *flags, check=True).out.split()
+
+
+def _processes() -> list[tuple[int, str]]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            found.append((int(entry), cmd.decode(errors="replace")))
+    return found
