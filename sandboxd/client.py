@@ -603,7 +603,7 @@ def _autostart(path: str, root: str, timeout: float) -> None:
     if os.geteuid() != 0:
         raise Unavailable(f"no sandboxd listens on {path} and starting one needs root; run "
                           f"`sandboxd --host unix://{path}` as root")
-    os.makedirs(root, mode=0o711, exist_ok=True)
+    os.makedirs(root, mode=0o700, exist_ok=True)
     deadline = time.monotonic() + timeout
     lock_fd = os.open(os.path.join(root, "autostart.lock"),
                       os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

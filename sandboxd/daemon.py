@@ -44,6 +44,7 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class DaemonConfig:
     stdin_buffer: int = 1 << 20             # queued stdin bytes per streaming request
     cgroup_parent: str = "sandboxd"         # containers' cgroups live under this name
     network_prefix: str = "sbx"             # names of our bridges and veths start with it
+    group: str = "sandboxd"                 # the socket's group (members are root's equals)
 
 
 # Config-file keys: the flag names (``default-ulimit``) or their field spelling.
@@ -92,7 +94,8 @@ _CONFIG_KEYS = {"host": "host", "root": "root", "default-ulimit": "default_ulimi
                 "ip-masq": "ip_masq", "max-frame": "max_frame",
                 "frame-timeout": "frame_timeout", "max-connections": "max_connections",
                 "max-inflight": "max_inflight", "stdin-buffer": "stdin_buffer",
-                "cgroup-parent": "cgroup_parent", "network-prefix": "network_prefix"}
+                "cgroup-parent": "cgroup_parent", "network-prefix": "network_prefix",
+                "group": "group"}
 
 
 def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
@@ -142,6 +145,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
     p = Params(data, f"config file {path}")
     values = {}
     types: dict[str, Any] = {"host": str, "root": str, "log-level": str, "ip-masq": bool,
+                             "group": str,
                              "max-frame": int, "frame-timeout": float,
                              "max-connections": int, "max-inflight": int,
                              "stdin-buffer": int}
@@ -630,7 +634,7 @@ class Server:
         try:
             for hook in self._startup_hooks:
                 await hook()
-            sock = _bind_unix(self.config.host)
+            sock = _bind_unix(self.config.host, self.config.group)
             st = os.stat(self.config.host)
             self._socket_id = (st.st_dev, st.st_ino)
             self._listener = await asyncio.start_unix_server(self._accept, sock=sock)
@@ -712,7 +716,12 @@ class Server:
     def _lock_root(self) -> None:
         """One daemon per root: hold an exclusive flock on <root>/daemon.lock."""
         root = self.config.root
-        os.makedirs(root, mode=0o711, exist_ok=True)
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        # Only root may look inside: container logs, the metadata (registry credentials),
+        # writable layers. Nothing needs other users in: every path under the root is
+        # opened or mounted by root, and a container's own files are reached through its
+        # mounts, never through this path.
+        os.chmod(root, 0o700)
         path = os.path.join(root, "daemon.lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -767,8 +776,39 @@ class Server:
         return {"session": conn.session.id}
 
 
-def _bind_unix(path: str) -> socket.socket:
-    """A listening unix socket at ``path``, mode 0660, replacing a stale socket file."""
+def _socket_group(name: str) -> int:
+    """The gid of group ``name``, made (``groupadd --system``) when missing, as Docker's
+    packages make ``docker``; 0 (root) when there is none and it cannot be made, or when
+    ``name`` is empty."""
+    import grp
+    if not name:
+        return 0
+    for attempt in range(2):
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            pass
+        if attempt == 0:
+            try:
+                made = subprocess.run(["groupadd", "--system", name], capture_output=True,
+                                      text=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.warning("socket group %s: cannot run groupadd (%s); the socket stays "
+                            "root:root 0660", name, exc)
+                return 0
+            # 9: made meanwhile by someone else; then the lookup below finds it
+            if made.returncode not in (0, 9):
+                log.warning("socket group %s: groupadd failed (%s); the socket stays "
+                            "root:root 0660", name, made.stderr.strip() or made.returncode)
+                return 0
+    log.warning("socket group %s: missing after groupadd; the socket stays root:root 0660",
+                name)
+    return 0
+
+
+def _bind_unix(path: str, group: str = "") -> socket.socket:
+    """A listening unix socket at ``path``, mode 0660 and group ``group`` (root when
+    empty or unavailable), replacing a stale socket file."""
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -794,6 +834,7 @@ def _bind_unix(path: str) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, 0o660)
+    os.chown(path, 0, _socket_group(group))
     sock.setblocking(False)
     return sock
 
@@ -815,8 +856,8 @@ def build_services(server: Server, config: DaemonConfig) -> None:
 def run(config: DaemonConfig) -> int:
     """Serve until SIGTERM/SIGINT; the process exit status."""
     server = Server(config)
-    build_services(server, config)
     try:
+        build_services(server, config)     # a bad setting (network prefix ...) says so
         asyncio.run(server.serve())
     except SandboxError as exc:
         log.error("cannot start: %s", exc.message)
@@ -848,15 +889,18 @@ def run(config: DaemonConfig) -> int:
               help="Start of our bridge and veth names; start-up removes unowned links "
                    "with it, so two daemons need two prefixes [default: sbx; env "
                    "SANDBOXD_NETWORK_PREFIX]")
+@click.option("--group", "-G", metavar="NAME",
+              help="Group of the socket, made if missing (its members can do all root "
+                   "can) [default: sandboxd; \"\" leaves it root's]")
 def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
          log_level: str | None, config_file: str | None, ip_masq: bool | None,
-         cgroup_parent: str | None, network_prefix: str | None) -> None:
+         cgroup_parent: str | None, network_prefix: str | None, group: str | None) -> None:
     """Run the sandboxd daemon."""
     try:
         config = load_config(config_file, host=host, root=root,
                              default_ulimits=default_ulimits, log_level=log_level,
                              ip_masq=ip_masq, cgroup_parent=cgroup_parent,
-                             network_prefix=network_prefix)
+                             network_prefix=network_prefix, group=group)
     except InvalidArgument as exc:
         raise click.UsageError(exc.message) from None
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),

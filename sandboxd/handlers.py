@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -237,7 +238,7 @@ class _Operations:
     async def stop(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "container.stop")
         ref = p.get("id", str)
-        timeout = p.get("timeout", (int, type(None)), None)
+        timeout = _timeout(p.get("timeout", (int, type(None)), None), "container.stop")
         p.done()
         await self.s.stop(self.s._get(ref), timeout)
         return {}
@@ -245,7 +246,7 @@ class _Operations:
     async def restart(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "container.restart")
         ref = p.get("id", str)
-        timeout = p.get("timeout", (int, type(None)), None)
+        timeout = _timeout(p.get("timeout", (int, type(None)), None), "container.restart")
         p.done()
         record = self.s._get(ref)
         await self.s.stop(record, timeout)
@@ -272,7 +273,7 @@ class _Operations:
     async def list(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "container.list")
         show_all = p.get("all", bool, False)
-        filters = p.get("filters", dict, {})
+        filters = _filters(p)
         limit = p.get("limit", int, -1)
         p.done()
         records = [self.s.live[row["id"]].record if row["id"] in self.s.live
@@ -280,7 +281,7 @@ class _Operations:
         records.sort(key=lambda r: r.created, reverse=True)
         if not show_all and limit < 0:
             records = [r for r in records if r.state.status in RUNNING]
-        records = cfg.filter_records(records, {k: list(v) for k, v in filters.items()})
+        records = cfg.filter_records(records, filters)
         if limit >= 0:
             records = records[:limit]
         return {"containers": [r.to_dict() for r in records]}
@@ -342,6 +343,9 @@ class _Operations:
         cols = p.get("cols", int)
         p.get("exec_id", str, "")
         p.done()
+        if not (0 < rows <= 0xFFFF and 0 < cols <= 0xFFFF):
+            raise InvalidArgument(f"container.resize: rows and cols must be from 1 to 65535, "
+                                  f"got {rows}x{cols}")
         live = self.s.live.get(self.s._get(ref).id)
         if live is None or live.terminal < 0:
             raise Conflict(f"container {ref} has no running terminal")
@@ -388,6 +392,9 @@ class _Operations:
         stream = p.get("stream", bool, True)
         interval = p.get("interval", (int, float), 1.0)
         p.done()
+        if not 0 < interval <= MAX_TIMEOUT:
+            raise InvalidArgument(f"container.stats: interval must be above 0 and at most "
+                                  f"{MAX_TIMEOUT} seconds, got {interval}")
         record = self.s._get(ref)
         count = 0
         while True:
@@ -455,7 +462,7 @@ class _Operations:
 
     async def prune(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "container.prune")
-        p.get("filters", dict, {})
+        _filters(p)
         p.done()
         removed = []
         for row in self.s.store.list_containers():
@@ -561,7 +568,7 @@ class _Operations:
     async def image_list(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "image.list")
         show_all = p.get("all", bool, False)
-        p.get("filters", dict, {})
+        _filters(p)
         p.done()
         images = self.s.images.list()
         if not show_all:              # Docker hides a build's intermediate images
@@ -571,7 +578,7 @@ class _Operations:
     async def image_prune(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "image.prune")
         all_unused = p.get("all", bool, False)
-        filters = p.get("filters", dict, {})
+        filters = _filters(p)
         p.done()
         if filters:
             raise InvalidArgument(f"image.prune: filters are not supported (got "
@@ -772,10 +779,10 @@ class _Operations:
 
     async def network_list(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "network.list")
-        filters = p.get("filters", dict, {})
+        filters = _filters(p)
         p.done()
         records = [self._network_record(n) for n in self.s.networks.list()]
-        records = cfg.filter_networks(records, {k: list(v) for k, v in filters.items()})
+        records = cfg.filter_networks(records, filters)
         return {"networks": [r.to_dict() for r in records]}
 
     async def network_inspect(self, ctx: RequestContext, params: dict) -> Any:
@@ -816,7 +823,7 @@ class _Operations:
 
     async def network_prune(self, ctx: RequestContext, params: dict) -> Any:
         p = Params(params, "network.prune")
-        p.get("filters", dict, {})
+        _filters(p)
         p.done()
         removed = []
         for network in self.s.networks.list():
@@ -883,6 +890,47 @@ class _Stamper:
             out += line
             self.open_line[fd] = not line.endswith((b"\n", b"\r"))
         return bytes(out)
+
+
+MAX_TIMEOUT = 365 * 86400    # seconds: beyond this, a wait is a mistake (or an overflow)
+MAX_FILTER_VALUE = 1024      # characters of one filter value (a name filter is a regex)
+
+
+def _timeout(value: int | None, op: str) -> int | None:
+    """A stop timeout in seconds: -1 waits for ever (Docker's meaning), None is the
+    container's own."""
+    if value is not None and not -1 <= value <= MAX_TIMEOUT:
+        raise InvalidArgument(f"{op}: timeout must be -1 (wait for ever) or 0 to "
+                              f"{MAX_TIMEOUT} seconds, got {value}")
+    return value
+
+
+def _filters(p: Params) -> dict[str, list[str]]:
+    """``filters``: a map of key -> list of strings (a lone string is one value), as
+    ``sbx``'s ``--filter key=value`` flags and the Python API send them. The keys are
+    checked by the filter itself; a ``name`` value must compile as a regular
+    expression."""
+    raw = p.get("filters", (dict, type(None)), None) or {}
+    out: dict[str, list[str]] = {}
+    for key, values in raw.items():
+        values = [values] if isinstance(values, str) else values
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            p.problems.append(f"{p.where}: filters.{key:.60}: expected a list of strings, "
+                              f"got {type(values).__name__}")
+            continue
+        if any(len(v) > MAX_FILTER_VALUE for v in values):
+            p.problems.append(f"{p.where}: filters.{key:.60}: a value is longer than "
+                              f"{MAX_FILTER_VALUE} characters")
+            continue
+        if key == "name":
+            for value in values:
+                try:
+                    re.compile(value)
+                except re.error as exc:
+                    p.problems.append(f"{p.where}: filters.name: {value!r:.80} is not a "
+                                      f"regular expression: {exc}")
+        out[key] = values
+    return out
 
 
 def _string_map(value: dict, field: str) -> dict[str, str]:

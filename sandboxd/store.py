@@ -119,6 +119,13 @@ class Store:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / "meta.db"
+        # Only root reads the metadata (registry credentials live in it). sqlite makes
+        # meta.db-wal and -shm with the database file's mode, so 0600 here covers all
+        # three; an older root's 0644 file is narrowed.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for name in ("meta.db", "meta.db-wal", "meta.db-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(self.root / name, 0o600)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (see transaction()).
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
