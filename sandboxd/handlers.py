@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import tempfile
 import time
 from typing import Any, BinaryIO, Callable
@@ -553,14 +554,13 @@ class _Operations:
         message = p.get("message", str, "")
         p.done()
         loop = asyncio.get_running_loop()
-        source = path if path is not None else \
+        source = await _open_source(path, "image.import") if path is not None else \
             await _spool_stdin(ctx, "image.import", self.s.root)
         try:
             image_id = await loop.run_in_executor(
                 None, lambda: self.s.images.import_rootfs(source, name, message=message))
         finally:
-            if not isinstance(source, str):
-                source.close()
+            source.close()
         image = self.s.images.get(image_id)
         return {"id": image_id, "name": name, "size": image["size"],
                 "warnings": image["doc"].get("warnings", [])}
@@ -706,13 +706,12 @@ class _Operations:
         p = Params(params, "image.load")
         path = p.get("path", (str, type(None)), None)
         p.done()
-        source = path if path is not None else \
+        source = await _open_source(path, "image.load") if path is not None else \
             await _spool_stdin(ctx, "image.load", self.s.root)
         try:
             loaded = await _in_thread(ctx, self.s.images.load, source)
         finally:
-            if not isinstance(source, str):
-                source.close()
+            source.close()
         return {"images": [{"id": i["id"], "tags": list(i["tags"])} for i in loaded]}
 
     async def image_save(self, ctx: RequestContext, params: dict) -> Any:
@@ -993,6 +992,27 @@ async def _send_spool(ctx: RequestContext, spool: BinaryIO) -> int:
     while chunk := spool.read(ARCHIVE_CHUNK):
         await ctx.send_event("data", chunk)
     return size
+
+
+async def _open_source(path: str, op: str) -> BinaryIO:
+    """A tar named by a path on the daemon's host: an absolute path to a regular file
+    (not a directory, device or FIFO, which would never end), opened by a thread."""
+    if not path.startswith("/") or "\0" in path:
+        raise InvalidArgument(f"{op}: path {path!r:.200} must be an absolute path on the "
+                              f"daemon's host")
+
+    def open_regular() -> BinaryIO:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError as exc:
+            raise InvalidArgument(f"{op}: {path!r:.200}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InvalidArgument(f"{op}: {path!r:.200} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+
+    return await asyncio.get_running_loop().run_in_executor(None, open_regular)
 
 
 async def _spool_stdin(ctx: RequestContext, op: str, directory: Any) -> BinaryIO:

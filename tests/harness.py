@@ -27,7 +27,7 @@ from sandboxd import testing
 from sandboxd.api import Client
 
 PY = sys.executable
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CGROUP_ROOT = "/sys/fs/cgroup"
 _serial = itertools.count(1)
 
@@ -57,7 +57,8 @@ def pid_alive(pid: int) -> bool:
 class Daemon:
     """One ``sandboxd.daemon`` subprocess and the ways tests talk to it."""
 
-    def __init__(self, *flags: str, tmp: str | None = None, parent: str | None = None):
+    def __init__(self, *flags: str, tmp: str | None = None, parent: str | None = None,
+                 wrap: tuple[str, ...] = ()):
         self.tmp = tmp or tempfile.mkdtemp(prefix="sbxe-")   # short: socket paths ≤ 108
         self.root = os.path.join(self.tmp, "root")
         self.sock = os.path.join(self.tmp, "d.sock")
@@ -67,6 +68,7 @@ class Daemon:
         # default "sbx" prefix's names: sbx0, sbx-<id>, sbxv<hex>).
         self.prefix = "sbxe" + secrets.token_hex(2)
         self.flags = flags
+        self.wrap = wrap          # a command the daemon runs under (``unshare --net``)
         self.log_path = os.path.join(self.tmp, "daemon.log")
         self.proc: subprocess.Popen | None = None
         self.env = {**os.environ, "SANDBOXD_HOST": self.sock,
@@ -79,7 +81,7 @@ class Daemon:
         listening = self._listening()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [PY, "-m", "sandboxd.daemon", "--root", self.root, "--host", self.sock,
+            [*self.wrap, PY, "-m", "sandboxd.daemon", "--root", self.root, "--host", self.sock,
              "--cgroup-parent", self.parent, "--network-prefix", self.prefix,
              "--no-ip-masq", *self.flags],      # tests never turn on forwarding
             stdout=log, stderr=log, env=self.env, cwd=REPO)
