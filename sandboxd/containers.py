@@ -1034,6 +1034,12 @@ class ContainerService:
         live = self.live.get(record.id)
         if live is not None and queue is not None:
             live.subscribers.discard(queue)
+        # A reader that stopped reading paused the container's pipe until its queue has
+        # room (_resume_after waits in queue.put): emptying it lets that put finish and
+        # the pipe be read again, else the container's output (and its exit) would wait
+        # for a client that is gone.
+        while queue is not None and not queue.empty():
+            queue.get_nowait()
 
     async def forward(self, ctx: RequestContext, live: _Live, queue: asyncio.Queue,
                       stdin: bool) -> None:

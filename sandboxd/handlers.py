@@ -233,7 +233,8 @@ class _Operations:
         ref = p.get("id", str)
         sig = p.get("signal", (str, int), "SIGKILL")
         p.done()
-        await self.s.kill(self.s._get(ref), cfg.parse_signal(sig))
+        number = cfg.parse_signal(sig)        # a bad signal is refused before the lookup
+        await self.s.kill(self.s._get(ref), number)
         return {}
 
     async def stop(self, ctx: RequestContext, params: dict) -> Any:
