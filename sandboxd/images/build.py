@@ -325,7 +325,9 @@ class Builder:
             user=state.runtime.get("User") or "", network_mode=opts.network,
             memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit, environ={})
         service = self.containers
-        record, _ = service.create(config, None)
+        # Tied to this build as a client's containers are to its session: a daemon that
+        # dies mid-build forgets it at its next start instead of listing a stray record.
+        record, _ = service.create(config, None, session="build")
         try:
             await self.say(f" ---> Running in {record.id[:12]}\n")
             record = await service.start(record)

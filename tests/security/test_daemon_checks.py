@@ -234,6 +234,7 @@ def test_check_25_a_failure_at_each_creation_step_leaves_nothing(fresh: Daemon) 
     holder.listen()
     port = holder.getsockname()[1]
     made: set[str] = set()
+    pooled = len(veths(d))          # the network server keeps a few sandboxes ready
     try:
         for what, args in FAILING_STARTS.items():
             args = [a.replace("{port}", str(port)) for a in args]
@@ -252,20 +253,24 @@ def test_check_25_a_failure_at_each_creation_step_leaves_nothing(fresh: Daemon) 
                     assert status in ("created", "exited"), (what, status)
                     d.sbx("rm", "-f", cid, check=True)
                 wait_until(lambda: not d.cgroup_children(), 10, f"{what}: cgroups to go")
+                wait_until(lambda: len(veths(d)) <= pooled, 10,
+                           f"{what}: its veth to go ({veths(d)}, {pooled} pooled)")
                 mounts = [line for line in Path("/proc/self/mountinfo").read_text()
                           .splitlines() if f"{d.root}/snapshots" in line or
                           f"{d.root}/runtime/mnt/" in line.split()[4]]
                 assert not mounts, (what, mounts)
-                links = subprocess.run(["ip", "-o", "link"], capture_output=True,
-                                       text=True).stdout
-                assert not [ln for ln in links.splitlines()
-                            if f"{d.prefix}v" in ln.split(": ")[1]], (what, links)
         # no address is held by a container that failed (or by any container: none is left)
         owners = {r[0] for r in rows(d, "SELECT owner FROM ip_allocations")}
         assert not owners & made and rows(d, "SELECT id FROM containers") == [], owners
     finally:
         holder.close()
         d.sbx("network", "rm", "c25")
+
+
+def veths(d: Daemon) -> list[str]:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return [ln.split(": ")[1] for ln in links.splitlines()
+            if ln.split(": ")[1].startswith(f"{d.prefix}v")]
 
 
 # ---------------------------------------------------------------- 26: state machine
