@@ -230,9 +230,23 @@ def test_handshake_and_builtin_ops(inproc):
         assert version["host"] == f"unix://{inproc.path}"
 
 
-def test_socket_is_0660_and_root_owned(inproc):
+def test_socket_is_0660_root_owned_and_of_the_sandboxd_group(inproc, make_server):
+    import grp
     st_ = os.stat(inproc.path)
+    assert (st_.st_mode & 0o777, st_.st_uid) == (0o660, 0)
+    assert grp.getgrgid(st_.st_gid).gr_name == "sandboxd"
+    rootish = make_server(group="").start()        # --group "": root's group
+    st_ = os.stat(rootish.path)
     assert (st_.st_mode & 0o777, st_.st_uid, st_.st_gid) == (0o660, 0, 0)
+
+
+def test_a_group_that_cannot_be_made_leaves_the_socket_root_s(make_server, caplog):
+    import grp
+    s = make_server(group="no/such group").start()    # groupadd refuses the name
+    st_ = os.stat(s.path)
+    assert (st_.st_mode & 0o777, st_.st_uid, st_.st_gid) == (0o660, 0, 0)
+    assert "socket group no/such group: groupadd failed" in caplog.text
+    assert not [g for g in grp.getgrall() if g.gr_name == "no/such group"]
 
 
 def test_version_mismatch_gets_a_clear_error_then_close(inproc):
