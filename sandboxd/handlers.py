@@ -346,8 +346,8 @@ class _Operations:
         p.get("exec_id", str, "")
         p.done()
         if not (0 < rows <= 0xFFFF and 0 < cols <= 0xFFFF):
-            raise InvalidArgument(f"container.resize: rows and cols must be from 1 to 65535, "
-                                  f"got {rows}x{cols}")
+            raise InvalidArgument(f"container.resize: rows and cols must be from 1 to "
+                                  f"65535, got {rows}x{cols}")
         live = self.s.live.get(self.s._get(ref).id)
         if live is None or live.terminal < 0:
             raise Conflict(f"container {ref} has no running terminal")

@@ -606,8 +606,8 @@ ENDINGS = {
 
 def test_lifecycle_cycles_leave_zero_leaks(fresh: Daemon) -> None:
     """create -> start -> (exit | kill -9 | OOM | failed start) -> rm, LIFECYCLES times
-    (``SANDBOXD_LIFECYCLES``, default 250; 1000 on demand: ~50 s here), on the default bridge: no
-    cgroup, mount, veth, address, sqlite row, fd or thread more than before."""
+    (``SANDBOXD_LIFECYCLES``, default 250; 1000 on demand: ~50 s here), on the default
+    bridge: no cgroup, mount, veth, address, sqlite row, fd or thread more than before."""
     d = fresh
     raw = Raw(d.sock, timeout=60)
     rid = iter(range(1, 1 << 30))
