@@ -39,7 +39,7 @@ def test_with_ip_masq_off_only_the_isolation_chain_is_there(daemon: Daemon) -> N
     ours = [line for line in netfilter_rules().splitlines()
             if f"{daemon.prefix.upper()}-" in line]
     chain = f"{daemon.prefix.upper()}-ISOLATION"
-    assert f"-A FORWARD -j {chain}" in ours
+    assert f"-A FORWARD -j {chain}" in ours, daemon.log()
     assert all(chain in line for line in ours), ours      # no nat chain of ours
 
 
