@@ -20,6 +20,8 @@ import pytest
 from conftest import Daemon, wait_until
 
 # A page to serve, then busybox httpd in the foreground.
+# Retry until the server listens (it was started with -d just before).
+FETCH = "for i in $(seq 100); do wget -qO- http://{host}/ && break; sleep 0.1; done"
 HTTPD = "mkdir -p /www && echo hi-from-{name} > /www/index.html && exec httpd -f -p 80 -h /www"
 
 
