@@ -57,12 +57,14 @@ More networks for a running container: :meth:`connect` plugs one more veth into 
 namespace (``eth1``, ``eth2`` ...; no route beyond the subnet), :meth:`disconnect`
 unplugs one (a first network's namespace stays until the container ends).
 
-Traffic: containers on one bridge reach each other; without ``ip_masq`` the host does
-not forward between bridges (nothing here turns on ``ip_forward``), so containers on
-different networks do not. With ``ip_masq`` (the daemon's ``--ip-masq``) the network
-server turns forwarding on and installs the rule set of :mod:`sandboxd.runner.masq`
-(masquerade out, and still no traffic between our bridges), re-applied on every
-network change. :func:`link_env` gives a legacy link's variables; the containers'
+Traffic: containers on one bridge reach each other. Every bridge network is isolated
+by the network server's netfilter chains (:mod:`sandboxd.runner.masq`), whatever the
+host's ``ip_forward`` and whatever other daemons or bridges exist: nothing is forwarded
+into or out of a bridge but, with ``ip_masq`` (the daemon's ``--ip-masq``, which turns
+forwarding on), masqueraded traffic to the uplink and its replies; an ``--internal``
+network has no way out. The rules are re-applied whole on every network change and at
+start-up (stale rules of the prefix go) and removed when the server exits.
+:func:`link_env` gives a legacy link's variables; the containers'
 hosts files (names on user networks, link entries) are written by the container
 service. Published ports are the daemon's userland proxy, :mod:`sandboxd.ports`.
 
@@ -576,20 +578,21 @@ class NetworkService:
             self.ipam.release(net.id, prepared.address)
 
     async def _masquerade(self) -> None:
-        """With ``ip_masq``: forwarding on and the rule set for every bridge network
-        (see :mod:`sandboxd.runner.masq`), re-applied whole on each network change.
-        Without it nothing of the host's forwarding or netfilter is touched."""
-        if not self.ip_masq:
-            return
+        """The isolation rules (and with ``ip_masq`` forwarding and masquerade) for
+        every bridge network (see :mod:`sandboxd.runner.masq`), re-applied whole on
+        each network change."""
         bridges = [[n.bridge, n.subnet, n.internal] for n in self.list()
                    if n.driver == "bridge"]
         try:
-            await self._call({"op": "masquerade", "prefix": self.prefix, "bridges": bridges})
+            await self._call({"op": "netfilter", "prefix": self.prefix, "bridges": bridges,
+                              "masq": self.ip_masq})
         except SandboxError as e:
-            # Containers still run and reach each other; only the way out is missing.
-            # Said in the log and in `sbx info`, not fatal (a machine without iptables).
-            problem = (f"--ip-masq: {e.message}; containers on bridge networks cannot reach "
-                       f"beyond this machine (run the daemon with --no-ip-masq to not ask)")
+            # Containers still run; said in the log and in `sbx info`, not fatal (a
+            # machine without iptables): with forwarding on, networks are not isolated.
+            problem = (f"netfilter rules: {e.message}; bridge networks are not isolated "
+                       f"if the host forwards (ip_forward=1)"
+                       + ("" if not self.ip_masq else
+                          ", and containers cannot reach beyond this machine"))
             if problem != self.masq_problem:
                 log.warning("%s", problem)
             self.masq_problem = problem

@@ -139,6 +139,8 @@ class Daemon:
                                                   text=True).stdout.splitlines()
                  if line.split(": ")[1].startswith(self.prefix)]
         assert not links, f"links left: {links}"
+        rules = netfilter_leftovers(self.prefix)
+        assert not rules, f"netfilter rules or chains left: {rules}"
         for path in self.parent_dirs():
             os.rmdir(path)        # the parent is the test's: leave the host as it was
 
@@ -204,3 +206,16 @@ def _processes() -> list[tuple[int, str]]:
                 continue
             found.append((int(entry), cmd.decode(errors="replace")))
     return found
+
+
+def netfilter_leftovers(prefix: str) -> list[str]:
+    """Lines of ``iptables-save`` (both backends found) naming a chain of ``prefix``."""
+    tag = f"{prefix.upper()}-"
+    left = []
+    for tool in ("iptables-legacy-save", "iptables-nft-save"):
+        path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+        if path is None:
+            continue
+        out = subprocess.run([path], capture_output=True, text=True).stdout
+        left += [f"{tool}: {line}" for line in out.splitlines() if tag in line]
+    return left

@@ -43,10 +43,11 @@ Operations:
 ``unplug {veth}``
     Delete a veth made by ``plug`` (or a namespace's own, leaving the namespace, or a
     dying one that something still holds).
-``masquerade {prefix, bridges: [[bridge, subnet, internal], ...]}``
-    IPv4 forwarding on and our netfilter chains set to the rule set of
-    :mod:`sandboxd.runner.masq` for these bridges (only when the daemon runs with
-    ``--ip-masq``). At exit the chains go and forwarding is put back as it was.
+``netfilter {prefix, bridges: [[bridge, subnet, internal], ...], masq}``
+    Our netfilter chains set to the rule set of :mod:`sandboxd.runner.masq` for these
+    bridges: isolation always; with ``masq`` (the daemon's ``--ip-masq``) also IPv4
+    forwarding on and masquerade. At exit the chains go and forwarding is put back
+    as it was.
 ``cleanup {prefix, keep_links, netns_dir, keep_netns}``
     Delete every link named ``prefix*`` not in ``keep_links`` and every namespace file
     in ``netns_dir`` not in ``keep_netns``; returns what it removed.
@@ -244,16 +245,17 @@ class NetServer:
         self.plugs.discard(veth)
         self.dying.discard(veth)
 
-    def _op_masquerade(self, msg: dict) -> None:
-        prefix = msg["prefix"]
+    def _op_netfilter(self, msg: dict) -> None:
+        prefix, ip_masq = msg["prefix"], bool(msg.get("masq"))
         if self.masq_prefix not in ("", prefix):
-            raise InvalidArgument(f"masquerade: this server already manages the chains "
+            raise InvalidArgument(f"netfilter: this server already manages the chains "
                                   f"of prefix {self.masq_prefix}")
-        if not self.forward_was:
-            self.forward_was = _read_sysctl(masq.IP_FORWARD)
         self.masq_prefix = prefix
-        masq.apply(prefix, [tuple(b) for b in msg["bridges"]])
-        _write_sysctl(masq.IP_FORWARD, "1")
+        masq.apply(prefix, [tuple(b) for b in msg["bridges"]], ip_masq)
+        if ip_masq:
+            if not self.forward_was:
+                self.forward_was = _read_sysctl(masq.IP_FORWARD)
+            _write_sysctl(masq.IP_FORWARD, "1")
 
     def _op_cleanup(self, msg: dict) -> dict:
         prefix, keep = msg["prefix"], set(msg.get("keep_links") or ())

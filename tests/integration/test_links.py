@@ -1,5 +1,6 @@
 """Legacy links on the default bridge and names on user-defined networks, through the
-real ``sbx`` CLI against the shared session daemon. Traffic goes only between
+real ``sbx`` CLI against the shared session daemon (link variables, hosts entries and
+refusals: CHECKS.md 19-20 in tests/security/test_network_checks.py). Traffic goes only between
 containers on the daemon's own bridges.
 
 Containers' default capabilities lack NET_RAW. Every prepared namespace opens
@@ -19,9 +20,9 @@ import pytest
 from conftest import Daemon, wait_until
 
 # A page to serve, then busybox httpd in the foreground.
-HTTPD = "mkdir -p /www && echo hi-from-{name} > /www/index.html && exec httpd -f -p 80 -h /www"
 # Retry until the server listens (it was started with -d just before).
 FETCH = "for i in $(seq 100); do wget -qO- http://{host}/ && break; sleep 0.1; done"
+HTTPD = "mkdir -p /www && echo hi-from-{name} > /www/index.html && exec httpd -f -p 80 -h /www"
 
 
 def inspect(daemon: Daemon, name: str) -> dict:
@@ -43,28 +44,6 @@ def http_server(daemon: Daemon):
         yield bridge_ip(daemon, "http_server")
     finally:
         daemon.sbx("rm", "-f", "http_server", check=True)
-
-
-def test_seed_example_link(daemon: Daemon, http_server: str) -> None:
-    ip = http_server
-    run = daemon.sbx("run", "--rm", "--name", "client1", "--link", "http_server:server",
-                     "--cap-add", "NET_RAW", "busybox", "sh", "-c",
-                     "env; ping -c1 -W1 server; " + FETCH.format(host="server"), check=True)
-    env = dict(line.split("=", 1) for line in run.out.splitlines() if "=" in line
-               and line.startswith("SERVER_"))
-    assert env["SERVER_NAME"] == "/client1/server"
-    assert env["SERVER_PORT"] == f"tcp://{ip}:80"             # lowest port, tcp first
-    assert env["SERVER_PORT_80_TCP"] == f"tcp://{ip}:80"
-    assert env["SERVER_PORT_80_TCP_ADDR"] == ip
-    assert env["SERVER_PORT_80_TCP_PORT"] == "80"
-    assert env["SERVER_PORT_80_TCP_PROTO"] == "tcp"
-    assert env["SERVER_PORT_81_UDP"] == f"udp://{ip}:81"
-    assert env["SERVER_PORT_80_TCP_START"] == f"tcp://{ip}:80"  # 80-81: a range
-    assert env["SERVER_PORT_80_UDP_END"] == f"udp://{ip}:81"
-    assert env["SERVER_ENV_GREETING"] == "a=b"                 # values keep '='
-    assert "SERVER_ENV_PATH" not in env and "SERVER_ENV_HOME" not in env
-    assert "1 packets received" in run.out, run.out
-    assert "hi-from-server" in run.out, run.out
 
 
 # Run in a container's network namespace with no capabilities at all: a raw socket is
@@ -101,47 +80,6 @@ def test_ping_without_net_raw(daemon: Daemon, http_server: str) -> None:
         assert out.stdout.split("\n")[:2] == ["raw socket refused", f"reply 0 from {ip}"]
     finally:
         daemon.sbx("rm", "-f", "pinger", check=True)
-
-
-def test_link_hosts_entry_and_inspect(daemon: Daemon, http_server: str) -> None:
-    ip = http_server
-    run = daemon.sbx("run", "--rm", "--name", "client2", "--link", "http_server:web-srv",
-                     "busybox", "sh", "-c", "cat /etc/hosts; env", check=True)
-    assert f"{ip}\tweb-srv " in run.out and "http_server" in run.out.split(f"{ip}\t")[1] \
-        .splitlines()[0], run.out
-    assert "WEB_SRV_NAME=/client2/web-srv" in run.out.splitlines()
-    daemon.sbx("create", "--name", "client3", "--link", "http_server:server", "busybox",
-               "true", check=True)
-    try:
-        assert inspect(daemon, "client3")["HostConfig"]["Links"] == \
-            ["/http_server:/client3/server"]
-    finally:
-        daemon.sbx("rm", "-f", "client3", check=True)
-
-
-def test_link_refusals(daemon: Daemon) -> None:
-    unknown = daemon.sbx("run", "--rm", "--link", "no_such_server:s", "busybox", "true")
-    assert unknown.returncode != 0 and "could not get container for no_such_server" \
-        in unknown.err, unknown.err
-
-    daemon.sbx("create", "--name", "link-stopped", "busybox", "true", check=True)
-    daemon.sbx("run", "-d", "--name", "link-host", "--network", "host", "busybox", "sleep",
-               "60", check=True)
-    daemon.sbx("network", "create", "link-net", check=True)
-    try:
-        stopped = daemon.sbx("run", "--rm", "--link", "link-stopped:s", "busybox", "true")
-        assert stopped.returncode != 0 and "Cannot link to a non running container: " \
-            "/link-stopped AS" in stopped.err, stopped.err
-        host = daemon.sbx("create", "--link", "link-host:h", "busybox", "true")
-        assert host.returncode != 0 and "host type networking" in host.err, host.err
-        user = daemon.sbx("create", "--network", "link-net", "--link", "link-host:h",
-                          "busybox", "true")
-        assert user.returncode != 0 and "only supported for containers on the default " \
-            "bridge network" in user.err, user.err
-    finally:
-        daemon.sbx("rm", "-f", "link-stopped", "link-host", check=True)
-        daemon.sbx("rm", "-f", *daemon.ids("-a", "--filter", "status=created"))
-        daemon.sbx("network", "rm", "link-net", check=True)
 
 
 def test_names_on_a_user_network(daemon: Daemon) -> None:

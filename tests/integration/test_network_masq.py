@@ -1,6 +1,7 @@
-"""``--ip-masq`` off (as every test daemon runs): the host's forwarding and netfilter
-rules are left exactly as they were. The rule set it would install is checked in
-tests/unit/test_network_unit.py; no test turns forwarding on."""
+"""``--ip-masq`` off (as every test daemon runs): the host's forwarding is left as it
+was and the only netfilter rules are the daemon's isolation chain (no nat chain). The
+rule sets are checked in tests/unit/test_network_unit.py; isolation with forwarding on
+in tests/security/test_network_checks.py."""
 from __future__ import annotations
 
 import shutil
@@ -26,7 +27,7 @@ def netfilter_rules() -> str:
 
 @pytest.mark.skipif(shutil.which("iptables-save") is None,
                     reason="iptables-save is not installed: cannot read the rules")
-def test_with_ip_masq_off_nothing_is_touched(daemon: Daemon) -> None:
+def test_with_ip_masq_off_only_the_isolation_chain_is_there(daemon: Daemon) -> None:
     assert "--no-ip-masq" in daemon.proc.args
     daemon.sbx("network", "create", "masq-off", check=True)
     try:
@@ -35,8 +36,11 @@ def test_with_ip_masq_off_nothing_is_touched(daemon: Daemon) -> None:
     finally:
         daemon.sbx("network", "rm", "masq-off", check=True)
     assert IP_FORWARD.read_text() == FORWARD_BEFORE
-    rules = netfilter_rules()
-    assert f"{daemon.prefix.upper()}-" not in rules       # no chain, no jump of ours
+    ours = [line for line in netfilter_rules().splitlines()
+            if f"{daemon.prefix.upper()}-" in line]
+    chain = f"{daemon.prefix.upper()}-ISOLATION"
+    assert f"-A FORWARD -j {chain}" in ours, daemon.log()
+    assert all(chain in line for line in ours), ours      # no nat chain of ours
 
 
 @pytest.mark.skipif(shutil.which("iptables-restore") is None,
@@ -46,7 +50,8 @@ def test_the_rule_set_parses_in_iptables_restore_without_committing() -> None:
     from sandboxd.runner import masq
     text = masq.ruleset("sbxq", [("sbxq0", "172.17.0.0/16", False),
                                  ("sbxq-1", "10.216.1.0/24", False),
-                                 ("sbxq-2", "10.216.2.0/24", True)])
+                                 ("sbxq-2", "10.216.2.0/24", True)], masq=True,
+                        uplinks=["lo"])
     before = netfilter_rules()
     done = subprocess.run(["iptables-restore", "--test", "--noflush"], input=text,
                           capture_output=True, text=True)
@@ -58,8 +63,8 @@ MASQ_IN_PRIVATE_NETNS = """
 import json, subprocess, sys
 from sandboxd.runner import masq
 bridges = [("sbxq0", "172.17.0.0/16", False), ("sbxq-2", "10.216.2.0/24", True)]
-masq.apply("sbxq", bridges)
-masq.apply("sbxq", bridges[:1])                 # again: replaced, not appended
+masq.apply("sbxq", bridges, True)
+masq.apply("sbxq", bridges[:1], True)           # again: replaced, not appended
 applied = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
 masq.remove("sbxq")
 removed = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
@@ -83,7 +88,7 @@ def test_apply_and_remove_in_a_private_network_namespace() -> None:
     out = json.loads(done.stdout)
     applied = out["applied"].splitlines()
     assert "-A POSTROUTING -j SBXQ-POSTROUTING" in applied
-    assert "-A FORWARD -j SBXQ-FORWARD" in applied
+    assert "-A FORWARD -j SBXQ-ISOLATION" in applied
     assert applied.count("-A POSTROUTING -j SBXQ-POSTROUTING") == 1
     assert "-A SBXQ-POSTROUTING -s 172.17.0.0/16 ! -o sbxq0 -j MASQUERADE" in applied
     assert not any("sbxq-2" in line for line in applied)      # the second apply replaced

@@ -163,38 +163,58 @@ def test_service_refuses_bad_prefix(store, tmp_path):
             NetworkService(store, tmp_path, prefix=bad)
 
 
-# ---------------------------------------------------------------- --ip-masq rule set
+# ---------------------------------------------------------------- netfilter rule set
 
-def test_masquerade_rule_set_for_bridges():
+BRIDGES = [("sbx0", "172.17.0.0/16", False), ("sbx-abc", "10.216.0.0/24", False),
+           ("sbx-int", "10.217.0.0/24", True)]
+
+
+def test_isolation_rule_set_without_masquerade():
     from sandboxd.runner import masq
-    text = masq.ruleset("sbx", [("sbx0", "172.17.0.0/16", False),
-                                ("sbx-abc", "10.216.0.0/24", False),
-                                ("sbx-int", "10.217.0.0/24", True)])
-    nat, filt = text.split("COMMIT\n")[:2]
+    text = masq.ruleset("sbx", BRIDGES, masq=False, uplinks=["eth0"])
+    assert "*nat" not in text and "MASQUERADE" not in text
+    assert text.splitlines() == [
+        "*filter", ":SBX-ISOLATION - [0:0]",
+        "-A SBX-ISOLATION -i sbx0 -o sbx0 -j ACCEPT",       # within the bridge
+        "-A SBX-ISOLATION -i sbx0 -j DROP",                 # nothing else forwarded
+        "-A SBX-ISOLATION -o sbx0 -j DROP",
+        "-A SBX-ISOLATION -i sbx-abc -o sbx-abc -j ACCEPT",
+        "-A SBX-ISOLATION -i sbx-abc -j DROP",
+        "-A SBX-ISOLATION -o sbx-abc -j DROP",
+        "-A SBX-ISOLATION -i sbx-int -o sbx-int -j ACCEPT",
+        "-A SBX-ISOLATION -i sbx-int -j DROP",
+        "-A SBX-ISOLATION -o sbx-int -j DROP",
+        "COMMIT"]
+
+
+def test_masquerade_rule_set_allows_only_the_uplink():
+    from sandboxd.runner import masq
+    text = masq.ruleset("sbx", BRIDGES, masq=True, uplinks=["eth0"])
+    filt, nat = text.split("COMMIT\n")[:2]
     assert nat.splitlines() == [
         "*nat", ":SBX-POSTROUTING - [0:0]",
         "-A SBX-POSTROUTING -s 172.17.0.0/16 ! -o sbx0 -j MASQUERADE",
         "-A SBX-POSTROUTING -s 10.216.0.0/24 ! -o sbx-abc -j MASQUERADE"]   # not internal
     rules = filt.splitlines()
-    assert rules[:2] == ["*filter", ":SBX-FORWARD - [0:0]"]
-    assert rules[2:8] == [                                     # the first bridge's block
-        "-A SBX-FORWARD -i sbx0 -o sbx0 -j ACCEPT",            # within the bridge
-        "-A SBX-FORWARD -i sbx0 -o sbx-abc -j DROP",           # never into another
-        "-A SBX-FORWARD -i sbx0 -o sbx-int -j DROP",
-        "-A SBX-FORWARD -i sbx0 -j ACCEPT",                    # out to the world
-        "-A SBX-FORWARD -o sbx0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        "-A SBX-FORWARD -o sbx0 -j DROP"]                      # nothing opened from outside
-    assert "-A SBX-FORWARD -i sbx-int ! -o sbx-int -j DROP" in rules
-    assert "-A SBX-FORWARD -o sbx-int ! -i sbx-int -j DROP" in rules
-    assert not any("ACCEPT" in r for r in rules if "sbx-int -j ACCEPT" in r)
+    assert rules[2:7] == [
+        "-A SBX-ISOLATION -i sbx0 -o sbx0 -j ACCEPT",
+        "-A SBX-ISOLATION -i sbx0 -o eth0 -j ACCEPT",       # out by the uplink only
+        "-A SBX-ISOLATION -i eth0 -o sbx0 -m conntrack --ctstate RELATED,ESTABLISHED "
+        "-j ACCEPT",                                        # and its replies
+        "-A SBX-ISOLATION -i sbx0 -j DROP",
+        "-A SBX-ISOLATION -o sbx0 -j DROP"]
+    internal = [r for r in rules if "sbx-int" in r]         # no way out at all
+    assert internal == ["-A SBX-ISOLATION -i sbx-int -o sbx-int -j ACCEPT",
+                        "-A SBX-ISOLATION -i sbx-int -j DROP",
+                        "-A SBX-ISOLATION -o sbx-int -j DROP"]
     assert masq.chains("sbxe12") == {"nat": ("SBXE12-POSTROUTING", "POSTROUTING"),
-                                     "filter": ("SBXE12-FORWARD", "FORWARD")}
+                                     "filter": ("SBXE12-ISOLATION", "FORWARD")}
 
 
-def test_masquerade_rule_set_without_networks_empties_the_chains():
+def test_rule_set_without_networks_empties_the_chains():
     from sandboxd.runner import masq
-    assert masq.ruleset("sbx", []) == ("*nat\n:SBX-POSTROUTING - [0:0]\nCOMMIT\n"
-                                      "*filter\n:SBX-FORWARD - [0:0]\nCOMMIT\n")
+    assert masq.ruleset("sbx", [], masq=True) == (
+        "*filter\n:SBX-ISOLATION - [0:0]\nCOMMIT\n*nat\n:SBX-POSTROUTING - [0:0]\nCOMMIT\n")
 
 
 def test_ip_masq_is_off_for_the_test_suite_and_on_by_default():
