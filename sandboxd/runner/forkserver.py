@@ -50,8 +50,8 @@ from . import cgroups, mounts, rlimits, seccomp, security
 from . import syscalls as sc
 from .init import run_init
 from .plan import Step, build_plan
-from .spec import (DEFAULT_PATH, ContainerSpec, Limits, Process, check_process, from_dict,
-                   to_dict, validate)
+from .spec import (DEFAULT_CAPABILITIES, DEFAULT_PATH, ContainerSpec, Limits, Process,
+                   check_process, from_dict, to_dict, validate)
 
 MAX_MESSAGE = 1 << 20
 TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430      # <asm-generic/ioctls.h>; not in termios
@@ -398,8 +398,10 @@ class ForkServer:
                                  "cgroup_version": self.cgroups.version})
         # The default filter for the default capabilities, compiled while the owner
         # finishes its own start: the first container finds it ready.
-        self._filter(ContainerSpec.__dataclass_fields__["seccomp"].default,
-                     Process.__dataclass_fields__["capabilities"].default)
+        try:
+            self._filter(seccomp.DEFAULT, DEFAULT_CAPABILITIES)
+        except SandboxError as e:
+            print(f"fork server: {e.message}", file=sys.stderr)
         while self.running:
             events = self.selector.select(0 if self.retiring else None)
             if not events and self.retiring:
@@ -485,6 +487,11 @@ class ForkServer:
     def _filter(self, profile: str, capabilities: tuple[str, ...]) -> seccomp.Program | None:
         try:
             return self.filters.get(profile, capabilities)
+        except (ImportError, RuntimeError) as e:    # no pyseccomp, or no libseccomp.so.2
+            raise SetupFailed(f"seccomp: libseccomp is not available ({e}); install "
+                              f"libseccomp2 and pyseccomp, or run with "
+                              f"--security-opt seccomp=unconfined",
+                              {"step": "seccomp", "errno": 0}) from None
         except OSError as e:                  # libseccomp refused a rule of the profile
             raise InvalidArgument(f"seccomp: the profile does not compile: {e.strerror}"
                                   ) from None
