@@ -64,12 +64,13 @@ def timed(job: dict, launcher: list[str] = ()) -> list[float]:
 
 # ---------------------------------------------------------------- start /bin/true
 
-def runner_sequential(bench: Bench, n: int, net: bool) -> list[float]:
+def runner_sequential(bench: Bench, n: int, net: bool,
+                      seccomp: str = "default") -> list[float]:
     """``runner.run(spec)`` from the call to its return (exit reported)."""
     runner = bench.shared("runner", ours.start_runner)
     samples = []
     for i in range(bench.settings.warmup + n):
-        spec = ours.spec(bench, net)
+        spec = ours.spec(bench, net, seccomp)
         start = time.perf_counter()
         result = runner.run(spec)
         elapsed = time.perf_counter() - start
@@ -89,6 +90,9 @@ def peer_sequential(bench: Bench, n: int, peer: Peer, net: bool) -> list[float]:
 for _net, _label in ((True, "new netns"), (False, "host net")):
     _name = f"spec -> exit of /bin/true, {_label}"
     case(_name, "sandboxd runner", reference=True)(partial(runner_sequential, net=_net))
+    # The same without the seccomp filter: the difference is what installing it costs.
+    case(_name, "sandboxd runner, seccomp=unconfined")(
+        partial(runner_sequential, net=_net, seccomp="unconfined"))
     for _peer in PEERS:
         case(_name, _peer.name)(partial(peer_sequential, peer=_peer, net=_net))
 

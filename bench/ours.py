@@ -27,13 +27,15 @@ def _import(module: str, what: str) -> Any:
         raise NotAvailable(f"{what} not available yet ({module}: {exc})") from None
 
 
-def spec(bench: Bench, net: bool) -> ContainerSpec:
+def spec(bench: Bench, net: bool, seccomp: str = "default") -> ContainerSpec:
     """The measured container: every namespace, an overlay of the busybox rootfs with a
-    fresh tmpfs upper, memory and pids limits; ``net`` false shares the host's network."""
+    fresh tmpfs upper, memory and pids limits, the default seccomp filter; ``net`` false
+    shares the host's network."""
     return ContainerSpec(id=bench.new_id("sbx"), process=Process(args=("/bin/true",)),
                          root=RootFS(lowerdirs=(str(bench.rootfs),)),
                          limits=Limits(memory=MEMORY, pids=PIDS),
-                         namespaces=Namespaces(net="private" if net else "host"))
+                         namespaces=Namespaces(net="private" if net else "host"),
+                         seccomp=seccomp)
 
 
 def start_runner(bench: Bench) -> Any:

@@ -107,6 +107,11 @@ FLAGS: tuple[Flag, ...] = (
          help="Run an init inside the container that forwards signals and reaps processes"),
     Flag("--cap-add", kind="multi", metavar="CAP", help="Add Linux capabilities"),
     Flag("--cap-drop", kind="multi", metavar="CAP", help="Drop Linux capabilities"),
+    Flag("--security-opt", kind="multi", metavar="OPT",
+         help="Security options (seccomp=unconfined|PROFILE.json, no-new-privileges)"),
+    Flag("--privileged", kind="flag",
+         help="Give extended privileges to this container (all capabilities, no seccomp, "
+              "no masked paths)"),
     Flag("-l", "--label", kind="multi", metavar="KEY[=VALUE]",
          help="Set meta data on a container"),
     Flag("--entrypoint", metavar="CMD", help="Overwrite the default ENTRYPOINT of the image"),
@@ -217,6 +222,10 @@ def daemon_options(opts: dict[str, Any], image: str, command: Sequence[str]
     checks them (``config.build_config``, the one model), so ``sbx`` does not import it;
     only ``-e``/``--env-file``, which read this machine, are resolved here."""
     from .envfile import resolve_env
+    security_opt = opts["security_opt"]
+    if security_opt:                 # json and the profile reader only when asked
+        from .securityopt import read_security_opt
+        security_opt = local(read_security_opt, security_opt)
     return {
         "image": image, "cmd": list(command) or None, "entrypoint": opts["entrypoint"],
         "env": local(resolve_env, opts["env_file"], opts["env"]),
@@ -234,6 +243,8 @@ def daemon_options(opts: dict[str, Any], image: str, command: Sequence[str]
         "volumes": opts["volume"], "tmpfs": opts["tmpfs"],
         "read_only": opts["read_only"], "init": opts["init"], "cap_add": opts["cap_add"],
         "cap_drop": opts["cap_drop"], "auto_remove": opts["auto_remove"],
+        "security_opt": security_opt,
+        "privileged": opts["privileged"],
         "timeout": opts["timeout"]}
 
 

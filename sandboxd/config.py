@@ -30,6 +30,8 @@ from .envfile import parse_env, parse_env_file, resolve_env
 from .errors import InvalidArgument, NotFound
 from .runner import spec
 from .runner.spec import UNLIMITED, Mount, Ulimit
+from .securityopt import (check_security_opt, no_new_privileges, read_security_opt,
+                          seccomp_profile)
 
 __all__ = [
     "PortBinding", "Link", "HostConfig", "ContainerConfig", "ContainerState", "Endpoint",
@@ -99,6 +101,11 @@ class HostConfig:
     init: bool = False                    # a reaper as pid 1
     cap_add: tuple[str, ...] = ()         # names without CAP_, or "ALL"
     cap_drop: tuple[str, ...] = ()
+    # Docker's --security-opt: seccomp=unconfined|builtin|<profile JSON>,
+    # no-new-privileges[=true|false] (a profile file is read by the client).
+    security_opt: tuple[str, ...] = ()
+    # Every capability, no seccomp, no masked or read-only /proc and /sys paths.
+    privileged: bool = False
     auto_remove: bool = False             # --rm: removed by the daemon once it exits
     timeout: float | None = None          # seconds; SIGKILL and state.timed_out after it
 
@@ -115,7 +122,10 @@ class HostConfig:
 
     def capabilities(self, defaults: Sequence[str] = spec.DEFAULT_CAPABILITIES
                      ) -> tuple[str, ...]:
-        """The default set with ``cap_add`` then ``cap_drop`` applied (``ALL`` allowed)."""
+        """The default set with ``cap_add`` then ``cap_drop`` applied (``ALL`` allowed);
+        every capability when privileged (cap_drop ignored, as in Docker)."""
+        if self.privileged:
+            return spec.CAPABILITY_NAMES
         caps = list(defaults)
         adds = [_cap(c) for c in self.cap_add]
         drops = [_cap(c) for c in self.cap_drop]
@@ -128,6 +138,13 @@ class HostConfig:
         else:
             caps = [c for c in caps if c not in drops]
         return tuple(caps)
+
+    def seccomp(self) -> str:
+        """The runner's profile: default, unconfined or a profile's JSON."""
+        return seccomp_profile(self.security_opt, self.privileged)
+
+    def no_new_privileges(self) -> bool:
+        return no_new_privileges(self.security_opt)
 
 
 @dataclass(frozen=True)
@@ -493,9 +510,11 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  tmpfs: Sequence[str] | Mapping[str, str] = (),
                  read_only: bool = False, init: bool = False,
                  cap_add: Sequence[str] = (), cap_drop: Sequence[str] = (),
+                 security_opt: Sequence[str] = (), privileged: bool = False,
                  auto_remove: bool = False, timeout: float | None = None,
                  entry: str = "",
-                 environ: Mapping[str, str] | None = None) -> ContainerConfig:
+                 environ: Mapping[str, str] | None = None,
+                 local_files: bool = True) -> ContainerConfig:
     """The one place user-facing options (``sbx`` flags, ``Client`` keywords) become a
     validated ``ContainerConfig``. Sizes take ``64m``-style strings or bytes; ``ports``
     takes ``-p`` strings or ``{container: host}``; ``ulimits`` ``name=soft[:hard]`` or
@@ -510,6 +529,12 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
             return None
 
     env_list: list[str] = attempt(resolve_env, env_files, env, environ) or []
+    if isinstance(security_opt, str):
+        security_opt = [security_opt]
+    # seccomp=FILE: read here, on the caller's machine (the daemon passes local_files
+    # False, and then a file name is refused by the check).
+    security_list = (attempt(read_security_opt, security_opt) if local_files
+                     else list(security_opt)) or []
 
     limits = _parse_limits(memory, memory_swap, cpus, problems)
 
@@ -587,6 +612,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         port_bindings=tuple(bindings), publish_all=bool(publish_all_ports),
         mounts=tuple(mounts), read_only=bool(read_only),
         init=bool(init), cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
+        security_opt=tuple(security_list), privileged=bool(privileged),
         auto_remove=bool(auto_remove), timeout=timeout)
     config = ContainerConfig(
         image=image, cmd=_argv(cmd),
@@ -604,7 +630,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
 
 # What ``container.create``/``run`` accept as ``options``: build_config's keywords, less
 # the two that read the caller's machine (files, environment), which the caller resolves.
-_CLIENT_SIDE = frozenset({"env_files", "environ"})
+_CLIENT_SIDE = frozenset({"env_files", "environ", "local_files"})
 
 
 def config_from_options(options: Any) -> ContainerConfig:
@@ -621,7 +647,7 @@ def config_from_options(options: Any) -> ContainerConfig:
     if not isinstance(options.get("image"), str):
         raise InvalidArgument("options: 'image' (a string) is required")
     try:
-        return build_config(**options, environ={})
+        return build_config(**options, environ={}, local_files=False)
     except (TypeError, AttributeError, ValueError) as e:
         raise InvalidArgument(f"options: a value has the wrong type ({e})") from None
 
@@ -767,6 +793,7 @@ def _check_host(h: HostConfig) -> list[str]:
         for cap in getattr(h, name):
             if _cap(cap) != "ALL" and _cap(cap) not in spec._KNOWN_CAPS:
                 problems.append(f"host.{name}: unknown capability {cap!r}")
+    problems += check_security_opt(h.security_opt)
     if h.timeout is not None and not h.timeout > 0:
         problems.append(f"host.timeout: must be a positive number of seconds, "
                         f"got {h.timeout}")
@@ -816,6 +843,11 @@ def _ulimits_doc(ulimits: Iterable[Ulimit]) -> list[dict[str, Any]] | None:
     return items or None
 
 
+def _seccomp_name(profile: str) -> str:
+    from .runner.seccomp import profile_name
+    return profile_name(profile)
+
+
 def inspect_document(record: ContainerRecord) -> dict[str, Any]:
     """Docker's ``docker inspect`` object for a container (same field names), plus two
     of ours: ``State.TimedOut`` and ``HostConfig.Timeout`` (seconds)."""
@@ -837,7 +869,7 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         "IpcMode": h.ipc_mode or "private",
         "Links": [f"/{l.name}:/{record.name}/{l.alias}" for l in h.links] or None,
         "PidMode": h.pid_mode,
-        "Privileged": False,
+        "Privileged": h.privileged,
         "PublishAllPorts": h.publish_all,
         "ReadonlyRootfs": h.read_only,
         "UTSMode": h.uts_mode,
@@ -851,8 +883,11 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         "CpuShares": h.cpu_shares or 0,
         "PidsLimit": h.pids_limit,
         "Ulimits": _ulimits_doc(h.ulimits),
-        "MaskedPaths": list(spec.MASKED_PATHS),
-        "ReadonlyPaths": list(spec.READONLY_PATHS),
+        "MaskedPaths": [] if h.privileged else list(spec.MASKED_PATHS),
+        "ReadonlyPaths": [] if h.privileged else list(spec.READONLY_PATHS),
+        "SecurityOpt": list(h.security_opt) or None,
+        # Ours: which seccomp profile is in force (builtin, unconfined, custom sha256:…).
+        "SeccompProfile": _seccomp_name(h.seccomp()),
         "Timeout": h.timeout,
     }
     config = {

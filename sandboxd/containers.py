@@ -330,9 +330,11 @@ class ContainerService:
             id=record.id, hostname=hostname if namespaces.uts == "private" else "",
             process=Process(args=(record.path, *record.args), env=_merge_env(link_vars, c.env),
                             cwd=c.workdir or "/", user=c.user, terminal=c.tty,
-                            ulimits=self._ulimits(record), capabilities=h.capabilities()),
+                            ulimits=self._ulimits(record), capabilities=h.capabilities(),
+                            no_new_privileges=h.no_new_privileges()),
             root=root, mounts=mounts, files=files, namespaces=namespaces, limits=h.limits(),
-            init=h.init, entry=self._entry(record))
+            init=h.init, entry=self._entry(record), seccomp=h.seccomp(),
+            **({"masked_paths": (), "readonly_paths": ()} if h.privileged else {}))
         return validate(spec)
 
     def _entry(self, record: cfg.ContainerRecord) -> str:
@@ -874,7 +876,8 @@ class ContainerService:
         c = record.config
         return Process(args=(record.path, *record.args), env=c.env, cwd=c.workdir or "/",
                        user=c.user, ulimits=self._ulimits(record),
-                       capabilities=c.host.capabilities())
+                       capabilities=c.host.capabilities(),
+                       no_new_privileges=c.host.no_new_privileges())
 
     # ------------------------------------------------------------ files (sbx cp)
     #

@@ -870,7 +870,8 @@ class _Operations:
                 "mem_total": _mem_total(), "cgroup_driver": "cgroupfs",
                 "cgroup_version": "1" if self.s.runner.cgroup_version == "v1" else "2",
                 "root_dir": str(self.s.root), "default_runtime": "sandboxd-runner",
-                "security_options": ["name=no-new-privileges", "name=cgroupns"],
+                "security_options": ["name=seccomp,profile=builtin", "name=no-new-privileges",
+                                     "name=cgroupns"],
                 "warnings": [w for w in (self.s.networks.masq_problem,) if w]}
 
 

@@ -46,12 +46,12 @@ import msgpack
 
 from ..errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, NotFound,
                       SandboxError, SetupFailed, from_wire)
-from . import cgroups, mounts, rlimits, security
+from . import cgroups, mounts, rlimits, seccomp, security
 from . import syscalls as sc
 from .init import run_init
 from .plan import Step, build_plan
-from .spec import (DEFAULT_PATH, ContainerSpec, Limits, Process, check_process, from_dict,
-                   to_dict, validate)
+from .spec import (DEFAULT_CAPABILITIES, DEFAULT_PATH, ContainerSpec, Limits, Process,
+                   check_process, from_dict, to_dict, validate)
 
 MAX_MESSAGE = 1 << 20
 TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430      # <asm-generic/ioctls.h>; not in termios
@@ -162,14 +162,30 @@ def _home_of(uid: int) -> str:
     return "/root" if uid == 0 else "/"
 
 
-def _prepare_process(process: Process, hostname: str, errw: int) -> tuple[str, dict]:
-    """Limits, workdir, security profile; returns (executable, environment)."""
+def _install_filter(program: seccomp.Program | None) -> None:
+    if program is None:
+        return
+    try:
+        seccomp.install(program)
+    except OSError as e:
+        raise SetupFailed(f"install the seccomp filter: {e.strerror}",
+                          {"step": "seccomp", "errno": e.errno or 0}) from None
+
+
+def _prepare_process(process: Process, hostname: str, errw: int,
+                     program: seccomp.Program | None) -> tuple[str, dict]:
+    """Limits, workdir, security profile; returns (executable, environment). The seccomp
+    filter comes last, just before exec (:func:`_exec`), unless no_new_privs is off:
+    then loading it needs CAP_SYS_ADMIN, so it comes before the capabilities are cut
+    (as runc does), and what follows must be calls the filter allows."""
     try:
         rlimits.apply(process.ulimits)
         os.makedirs(process.cwd, 0o755, exist_ok=True)   # Docker creates a missing workdir
     except OSError as e:
         raise SetupFailed(f"prepare workdir {process.cwd}: {e.strerror}",
                           {"step": "workdir", "errno": e.errno or 0}) from None
+    if not process.no_new_privileges:
+        _install_filter(program)
     try:
         security.apply_profile(process.capabilities, process.user, process.no_new_privileges)
     except OSError as e:
@@ -184,9 +200,15 @@ def _prepare_process(process: Process, hostname: str, errw: int) -> tuple[str, d
     return _find_executable(process.args[0], env.get("PATH", DEFAULT_PATH)), env
 
 
-def _exec(executable: str, process: Process, env: dict, errw: int) -> NoReturn:
+def _exec(executable: str, process: Process, env: dict, errw: int,
+          program: seccomp.Program | None) -> NoReturn:
     os.closerange(3, errw)
     os.closerange(errw + 1, 1 << 20)        # CVE-2024-21626: no host fd reaches the workload
+    if process.no_new_privileges:
+        try:
+            _install_filter(program)
+        except SandboxError as e:
+            _fail(errw, e)
     _report(errw, b"R")
     try:
         os.execve(executable, list(process.args), env)
@@ -214,20 +236,20 @@ def _hold(errw: int) -> NoReturn:
 
 
 def _container_pid1(spec: ContainerSpec, plan: list[Step], stdio: list[int],
-                    errw: int) -> NoReturn:
+                    errw: int, program: seccomp.Program | None) -> NoReturn:
     try:
         mounts.run_steps(plan)
         _install_stdio(stdio, spec.process.terminal)
         if spec.hold:
             _hold(errw)
-        executable, env = _prepare_process(spec.process, spec.hostname, errw)
+        executable, env = _prepare_process(spec.process, spec.hostname, errw, program)
     except SandboxError as e:
         _fail(errw, e, getattr(e, "exit_code", 1))
     except Exception as e:                                   # a bug: still report it
         _fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
     if spec.init:
-        run_init(lambda: _exec(executable, spec.process, env, errw))
-    _exec(executable, spec.process, env, errw)
+        run_init(lambda: _exec(executable, spec.process, env, errw, program))
+    _exec(executable, spec.process, env, errw, program)
 
 
 def _pid_clone_flags(spec: ContainerSpec) -> int | None:
@@ -260,7 +282,8 @@ def _enter_namespaces(spec: ContainerSpec) -> None:
 
 
 def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
-                     stdio: list[int], errw: int) -> NoReturn:
+                     stdio: list[int], errw: int,
+                     program: seccomp.Program | None) -> NoReturn:
     """The container's first process: pid 1 itself, or a C1 when the pid namespace is
     joined by path."""
     try:
@@ -277,13 +300,13 @@ def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
     except Exception as e:
         _fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
     if pid == 0:
-        _container_pid1(spec, plan, stdio, errw)
+        _container_pid1(spec, plan, stdio, errw, program)
     _report(errw, b"P", struct.pack("<i", pid))
     os._exit(0)
 
 
 def _exec_c1(target_pid: int, process: Process, cgroup: Any, stdio: list[int], errw: int,
-             hostname: str) -> NoReturn:
+             hostname: str, program: seccomp.Program | None) -> NoReturn:
     try:
         _reset_signals()
         fds = {}
@@ -302,12 +325,12 @@ def _exec_c1(target_pid: int, process: Process, cgroup: Any, stdio: list[int], e
     if pid == 0:
         try:
             _install_stdio(stdio, process.terminal)
-            executable, env = _prepare_process(process, hostname, errw)
+            executable, env = _prepare_process(process, hostname, errw, program)
         except SandboxError as e:
             _fail(errw, e, getattr(e, "exit_code", 1))
         except Exception as e:
             _fail(errw, SetupFailed(f"exec setup: {type(e).__name__}: {e}"))
-        _exec(executable, process, env, errw)
+        _exec(executable, process, env, errw, program)
     _report(errw, b"P", struct.pack("<i", pid))
     os._exit(0)
 
@@ -319,6 +342,9 @@ class _Container:
     id: str
     spec: ContainerSpec
     cgroup: Any
+    # The container's seccomp filter (None: unconfined); its execs get the same one,
+    # as Docker's do.
+    program: seccomp.Program | None = None
     pid: int = 0
     execs: dict[str, int] = field(default_factory=dict)       # exec id -> pid
 
@@ -347,6 +373,7 @@ class ForkServer:
         self.mnt = os.path.join(state_dir, "mnt")
         os.makedirs(self.mnt, 0o700, exist_ok=True)
         self.cgroups = cgroups.CgroupManager(cgroup_parent)
+        self.filters = seccomp.FilterCache()
         self.containers: dict[str, _Container] = {}
         self.starts: dict[int, _Start] = {}                    # pipe fd -> start
         self.pids: dict[int, tuple[_Container, str | None]] = {}
@@ -369,6 +396,12 @@ class ForkServer:
         self.selector.register(wake_r, selectors.EVENT_READ, "signal")
         send_message(self.sock, {"event": "ready", "pid": os.getpid(),
                                  "cgroup_version": self.cgroups.version})
+        # The default filter for the default capabilities, compiled while the owner
+        # finishes its own start: the first container finds it ready.
+        try:
+            self._filter(seccomp.DEFAULT, DEFAULT_CAPABILITIES)
+        except SandboxError as e:
+            print(f"fork server: {e.message}", file=sys.stderr)
         while self.running:
             events = self.selector.select(0 if self.retiring else None)
             if not events and self.retiring:
@@ -435,20 +468,33 @@ class ForkServer:
         if spec.entry:
             self._check_entry(spec)
         self._retire(spec.id)            # a previous run of this id may still hold its name
+        program = self._filter(spec.seccomp, spec.process.capabilities)
         if spec.entry:
-            return self._spawn_from_template(msg["rid"], spec, fds)
+            return self._spawn_from_template(msg["rid"], spec, fds, program)
         plan = build_plan(spec, self.mnt)    # here, where its cached parts stay warm
         cgroup = self.cgroups.create(spec.id, spec.limits)
-        container = _Container(spec.id, spec, cgroup)
+        container = _Container(spec.id, spec, cgroup, program)
         try:
             self._fork(msg["rid"], container, None, fds,
-                       lambda errw: _container_first(spec, plan, cgroup, fds, errw),
+                       lambda errw: _container_first(spec, plan, cgroup, fds, errw, program),
                        _pid_clone_flags(spec))
         except BaseException:
             cgroup.remove()
             raise
         self.containers[spec.id] = container
         return _DEFERRED
+
+    def _filter(self, profile: str, capabilities: tuple[str, ...]) -> seccomp.Program | None:
+        try:
+            return self.filters.get(profile, capabilities)
+        except (ImportError, RuntimeError) as e:    # no pyseccomp, or no libseccomp.so.2
+            raise SetupFailed(f"seccomp: libseccomp is not available ({e}); install "
+                              f"libseccomp2 and pyseccomp, or run with "
+                              f"--security-opt seccomp=unconfined",
+                              {"step": "seccomp", "errno": 0}) from None
+        except OSError as e:                  # libseccomp refused a rule of the profile
+            raise InvalidArgument(f"seccomp: the profile does not compile: {e.strerror}"
+                                  ) from None
 
     # -- the template (runner/template.py)
     def _check_entry(self, spec: ContainerSpec) -> None:
@@ -522,11 +568,12 @@ class ForkServer:
                               {"step": "template", "errno": 0})
         return int(reply["pid"])
 
-    def _spawn_from_template(self, rid: int, spec: ContainerSpec, fds: list[int]) -> Any:
+    def _spawn_from_template(self, rid: int, spec: ContainerSpec, fds: list[int],
+                             program: seccomp.Program | None) -> Any:
         """Pid 1 is a clone of the template (our child, by CLONE_PARENT); it gets its
         spec and fds only once it is in its cgroup."""
         cgroup = self.cgroups.create(spec.id, spec.limits)
-        container = _Container(spec.id, spec, cgroup)
+        container = _Container(spec.id, spec, cgroup, program)
         errr, errw = os.pipe2(os.O_CLOEXEC)
         ours, theirs = socket.socketpair(socket.AF_UNIX,
                                          socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -537,7 +584,8 @@ class ForkServer:
             finally:
                 theirs.close()
             cgroup.join(pid)
-            send_message(ours, {"spec": to_dict(spec), "mnt": self.mnt}, [*fds, errw])
+            send_message(ours, {"spec": to_dict(spec), "mnt": self.mnt,
+                                "seccomp": program and program.to_wire()}, [*fds, errw])
         except BaseException:
             if pid:
                 _kill_quietly(pid)
@@ -572,7 +620,7 @@ class ForkServer:
         target = container.pid
         self._fork(msg["rid"], container, exec_id, fds,
                    lambda errw: _exec_c1(target, process, container.cgroup, fds, errw,
-                                         container.spec.hostname))
+                                         container.spec.hostname, container.program))
         container.execs[exec_id] = 0
         return _DEFERRED
 

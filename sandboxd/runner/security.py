@@ -26,6 +26,23 @@ def _last_cap() -> int:
 LAST_CAP = _last_cap()          # read once in the fork server, before any pivot_root
 
 
+def _permitted() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapPrm:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return (1 << (LAST_CAP + 1)) - 1
+
+
+# What the runner itself holds: a container gets at most these ("all capabilities" of
+# --privileged or --cap-add ALL is all of the runner's, as in runc; a host that withholds
+# one, such as CAP_SYS_RESOURCE here, withholds it from containers too).
+RUNNER_CAPS = _permitted()
+
+
 def capability_mask(names: tuple[str, ...] | list[str]) -> int:
     mask = 0
     for name in names:
@@ -77,7 +94,7 @@ def _read_db(path: str) -> list[list[str]]:
 
 def apply_profile(capabilities: tuple[str, ...], user: str, no_new_privileges: bool) -> None:
     """Drop to ``capabilities`` and ``user``; raises OSError/InvalidArgument on failure."""
-    keep = capability_mask(capabilities)
+    keep = capability_mask(capabilities) & RUNNER_CAPS
     uid, gid, groups = resolve_user(user)
     for cap in range(LAST_CAP + 1):
         if not keep & (1 << cap):

@@ -147,6 +147,9 @@ class ContainerSpec:
     entry: str = ""
     masked_paths: tuple[str, ...] = MASKED_PATHS
     readonly_paths: tuple[str, ...] = READONLY_PATHS
+    # "default" (our Docker-equivalent profile, runner/seccomp_default.json),
+    # "unconfined" (no filter) or a profile's JSON text in Docker's format.
+    seccomp: str = "default"
 
 
 # ---------------------------------------------------------------- parsing user input
@@ -379,9 +382,17 @@ def validate(spec: ContainerSpec) -> ContainerSpec:
         for path in getattr(spec, name):
             if not _is_abs(path) or _has_dotdot(path):
                 problems.append(f"{name}: {path!r} must be an absolute path without '..'")
+    problems += check_seccomp(spec.seccomp)
     if problems:
         raise InvalidArgument.of(problems)
     return spec
+
+
+def check_seccomp(value: str, where: str = "seccomp") -> list[str]:
+    if value in ("default", "unconfined"):
+        return []
+    from . import seccomp
+    return list(seccomp.check_text(value, where))
 
 
 # ---------------------------------------------------------------- wire form

@@ -43,14 +43,16 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
+SECCOMP_SET_MODE_FILTER = 1
+
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 
 _SYS = {"x86_64": {"clone": 56, "pivot_root": 155, "capget": 125, "capset": 126,
-                   "openat2": 437},
+                   "openat2": 437, "seccomp": 317},
         "aarch64": {"clone": 220, "pivot_root": 41, "capget": 90, "capset": 91,
-                    "openat2": 437}
+                    "openat2": 437, "seccomp": 277}
         }[platform.machine()]
 
 _libc.unshare.argtypes = [ctypes.c_int]
@@ -151,3 +153,10 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     _check(_libc.syscall(_SYS["capset"], ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
+def seccomp_set_filter(flags: int, fprog_address: int) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER, flags, &sock_fprog): the filter holds for this
+    thread and every process it forks or execs."""
+    _check(_libc.syscall(_SYS["seccomp"], ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
+                         ctypes.c_uint(flags), ctypes.c_void_p(fprog_address)), "seccomp")

@@ -127,6 +127,7 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
     from ..errors import SandboxError, SetupFailed
     from .init import run_init
     from .plan import build_plan
+    from .seccomp import Program
     from .spec import ContainerSpec, from_dict, validate
     chan = socket.socket(fileno=chan_fd)
     msg, fds = fs.recv_message(chan)       # arrives once the server put us in the cgroup
@@ -136,6 +137,7 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
     errw, stdio = fds[-1], fds[:-1]
     try:
         spec = validate(from_dict(ContainerSpec, msg["spec"]))
+        program = Program.from_wire(msg["seccomp"]) if msg.get("seccomp") else None
         function = entries[spec.entry]
         fs._reset_signals()
         try:
@@ -145,7 +147,7 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
                               {"step": "namespaces", "errno": e.errno or 0}) from None
         fs.mounts.run_steps(build_plan(spec, msg["mnt"]))
         fs._install_stdio(stdio, False)
-        _executable, env = fs._prepare_process(spec.process, spec.hostname, errw)
+        _executable, env = fs._prepare_process(spec.process, spec.hostname, errw, program)
     except SandboxError as e:
         fs._fail(errw, e, getattr(e, "exit_code", 1))
     except Exception as e:                                   # a bug: still report it
@@ -155,6 +157,11 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
     def workload() -> NoReturn:
         os.closerange(3, errw)
         os.closerange(errw + 1, 1 << 20)    # no fd of the template reaches the workload
+        if spec.process.no_new_privileges:
+            try:
+                fs._install_filter(program)     # last, as before an exec
+            except SandboxError as e:
+                fs._fail(errw, e)
         fs._report(errw, b"R")
         os.close(errw)                      # EOF after R: started, as an exec would say
         run_entry(lambda: _fresh_interpreter_state(spec.process.args, env, module,

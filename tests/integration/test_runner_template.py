@@ -50,7 +50,7 @@ def main():
         "ns": {n: os.readlink(f"/proc/self/ns/{n}")
                for n in ("pid", "mnt", "net", "ipc", "uts", "cgroup")},
         "cap_eff": status["CapEff"].strip(), "cap_bnd": status["CapBnd"].strip(),
-        "nnp": status["NoNewPrivs"].strip(),
+        "nnp": status["NoNewPrivs"].strip(), "seccomp": status["Seccomp"].strip(),
         "fds": {fd: link for fd, link in fds.items() if not link.startswith("/proc/")},
         "argv": sys.argv, "path": sys.path, "environ": dict(os.environ),
         "proc_environ": open("/proc/self/environ", "rb").read().decode("utf-8", "replace"),
@@ -135,6 +135,7 @@ def test_clone_is_isolated_like_an_exec(runner, host_root, probe_dir):
     assert int(info["cap_eff"], 16) < int(_status_of_self()["CapEff"].strip(), 16)
     assert int(info["cap_bnd"], 16) & (1 << 21) == 0          # CAP_SYS_ADMIN dropped
     assert info["nnp"] == "1"
+    assert info["seccomp"] == "2"          # the default filter, installed in the clone
     assert sorted(map(int, info["fds"])) == [0, 1, 2], info["fds"]
     assert info["nofile"] == [64, 64]
     assert info["cwd"] == "/tmp/work" and info["stdin"] == "hi"
