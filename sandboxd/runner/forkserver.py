@@ -437,7 +437,8 @@ class ForkServer:
         self._retire(spec.id)            # a previous run of this id may still hold its name
         if spec.entry:
             return self._spawn_from_template(msg["rid"], spec, fds)
-        plan = build_plan(spec, self.mnt)    # here, where its cached parts stay warm
+        # Built here, where its cached parts stay warm.
+        plan = build_plan(spec, self.mnt, self.cgroups.cgroupfs)
         cgroup = self.cgroups.create(spec.id, spec.limits)
         container = _Container(spec.id, spec, cgroup)
         try:
@@ -537,7 +538,8 @@ class ForkServer:
             finally:
                 theirs.close()
             cgroup.join(pid)
-            send_message(ours, {"spec": to_dict(spec), "mnt": self.mnt}, [*fds, errw])
+            send_message(ours, {"spec": to_dict(spec), "mnt": self.mnt,
+                                "cgroupfs": self.cgroups.cgroupfs}, [*fds, errw])
         except BaseException:
             if pid:
                 _kill_quietly(pid)

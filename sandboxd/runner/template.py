@@ -143,7 +143,8 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
         except OSError as e:
             raise SetupFailed(f"create namespaces: {e.strerror}",
                               {"step": "namespaces", "errno": e.errno or 0}) from None
-        fs.mounts.run_steps(build_plan(spec, msg["mnt"]))
+        cgroupfs = tuple(tuple(m) for m in msg["cgroupfs"])
+        fs.mounts.run_steps(build_plan(spec, msg["mnt"], cgroupfs))
         fs._install_stdio(stdio, False)
         _executable, env = fs._prepare_process(spec.process, spec.hostname, errw)
     except SandboxError as e:
