@@ -95,6 +95,14 @@ def _reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
+def _not_dumpable() -> None:
+    """Until execve (which makes the workload dumpable again), this process is the fork
+    server's interpreter with the server's fds: non-dumpable, the container's processes
+    (no CAP_SYS_PTRACE) cannot open its /proc/<pid>/exe, fd/, cwd, root, mem or environ
+    (CVE-2019-5736, CVE-2024-21626), as runc's setup process does."""
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+
+
 def _report(fd: int, tag: bytes, payload: bytes = b"") -> None:
     os.write(fd, tag + payload)
 
@@ -264,6 +272,7 @@ def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
     """The container's first process: pid 1 itself, or a C1 when the pid namespace is
     joined by path."""
     try:
+        _not_dumpable()
         _reset_signals()
         cgroup.join(0)
         try:
@@ -285,6 +294,7 @@ def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
 def _exec_c1(target_pid: int, process: Process, cgroup: Any, stdio: list[int], errw: int,
              hostname: str) -> NoReturn:
     try:
+        _not_dumpable()
         _reset_signals()
         fds = {}
         for ns in EXEC_NAMESPACES:

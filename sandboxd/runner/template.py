@@ -124,10 +124,12 @@ def run_entry(prepare: Callable[[], None], function: Callable[[], Any]) -> NoRet
 def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
                 base_path: list[str]) -> NoReturn:
     from . import forkserver as fs
+    from . import syscalls as sc
     from ..errors import SandboxError, SetupFailed
     from .init import run_init
     from .plan import build_plan
     from .spec import ContainerSpec, from_dict, validate
+    fs._not_dumpable()                     # the template's memory and fds: not theirs
     chan = socket.socket(fileno=chan_fd)
     msg, fds = fs.recv_message(chan)       # arrives once the server put us in the cgroup
     chan.close()
@@ -156,6 +158,9 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
     def workload() -> NoReturn:
         os.closerange(3, errw)
         os.closerange(errw + 1, 1 << 20)    # no fd of the template reaches the workload
+        # What an execve does: the workload is dumpable again (its /proc/self is its own
+        # user's); the template's memory stays readable, as any exec'd program's is.
+        sc.prctl(sc.PR_SET_DUMPABLE, 1)
         fs._report(errw, b"R")
         os.close(errw)                      # EOF after R: started, as an exec would say
         run_entry(lambda: _fresh_interpreter_state(spec.process.args, env, module,
