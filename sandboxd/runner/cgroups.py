@@ -131,12 +131,10 @@ def detect(mount_root: str = MOUNT_ROOT) -> str:
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
 
-def v1_hierarchies(mountinfo: str, mount_root: str = MOUNT_ROOT) -> dict[str, str]:
-    """Controller -> mount point of each v1 hierarchy mounted under ``mount_root``, from
-    the text of ``/proc/self/mountinfo``. Co-mounted controllers map to the same point;
-    only controllers of :data:`V1_CONTROLLERS` are listed."""
+def _v1_mounts(mountinfo: str, mount_root: str) -> list[tuple[str, list[str]]]:
+    """(mount point, super options) of each v1 cgroupfs under ``mount_root``."""
     root = mount_root.rstrip("/")
-    found: dict[str, str] = {}
+    found = []
     for line in mountinfo.splitlines():
         left, sep, right = line.partition(" - ")
         fields, tail = left.split(" "), right.split(" ")
@@ -144,12 +142,48 @@ def v1_hierarchies(mountinfo: str, mount_root: str = MOUNT_ROOT) -> dict[str, st
             continue
         # Mount points escape space, tab, newline and backslash as \ooo.
         point = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
-        if point != root and not point.startswith(root + "/"):
-            continue
-        for option in tail[2].split(","):
+        if point == root or point.startswith(root + "/"):
+            found.append((point, tail[2].split(",")))
+    return found
+
+
+def v1_hierarchies(mountinfo: str, mount_root: str = MOUNT_ROOT) -> dict[str, str]:
+    """Controller -> mount point of each v1 hierarchy mounted under ``mount_root``, from
+    the text of ``/proc/self/mountinfo``. Co-mounted controllers map to the same point;
+    only controllers of :data:`V1_CONTROLLERS` are listed."""
+    found: dict[str, str] = {}
+    for point, options in _v1_mounts(mountinfo, mount_root):
+        for option in options:
             if option in V1_CONTROLLERS:
                 found.setdefault(option, point)
     return found
+
+
+def container_view(version: str, mountinfo: str = "", mount_root: str = MOUNT_ROOT
+                   ) -> tuple[tuple[str, str, str], ...]:
+    """The cgroupfs mounts a container gets at ``/sys/fs/cgroup`` (made read-only, from
+    inside its cgroup namespace, by the plan: see ``plan._cgroupfs_steps``), as
+    (directory under /sys/fs/cgroup, fstype, mount options).
+
+    v2: the one cgroup2, at /sys/fs/cgroup itself (""). v1: the hierarchies a container
+    has its own cgroup in (those of :data:`V1_CONTROLLERS`), each under the host's
+    directory name, with the host's options (the kernel finds an existing hierarchy by
+    its controllers and name; other flags must match or it logs a warning) but never a
+    ``release_agent``. The others (cpuset, blkio, ``name=systemd``, a hybrid host's
+    cgroup2) are left out: there the namespace's root would be the fork server's cgroup,
+    the daemon's view rather than the container's own."""
+    if version == "v2":
+        return (("", "cgroup2", ""),)
+    points = set(v1_hierarchies(mountinfo, mount_root).values())
+    view = []
+    for point, options in _v1_mounts(mountinfo, mount_root):
+        if point not in points:
+            continue
+        points.discard(point)                    # a hierarchy mounted twice: once
+        keep = [o for o in options if o not in ("rw", "ro")
+                and not o.startswith("release_agent=")]
+        view.append((os.path.basename(point), "cgroup", ",".join(keep)))
+    return tuple(view)
 
 
 # ---------------------------------------------------------------- file helpers
@@ -589,7 +623,9 @@ class CgroupManager:
         self.version = version or detect(self.mount_root)
         if self.version == "v1":
             with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-                self.hierarchies = v1_hierarchies(f.read(), self.mount_root)
+                text = f.read()
+            self.hierarchies = v1_hierarchies(text, self.mount_root)
+            self.cgroupfs = container_view("v1", text, self.mount_root)
             missing = [c for c in V1_CONTROLLERS if c not in self.hierarchies]
             if missing:
                 raise SetupFailed(f"cgroup v1 controllers {', '.join(missing)} are not "
@@ -598,6 +634,7 @@ class CgroupManager:
                                   {"step": "cgroup", "missing": missing})
         elif self.version == "v2":
             self.hierarchies = {c: self.mount_root for c in V2_CONTROLLERS}
+            self.cgroupfs = container_view("v2")
         else:
             raise InvalidArgument(f"cgroup version: {version!r} is not v1 or v2")
         self._parent_ready = False

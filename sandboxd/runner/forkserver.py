@@ -95,6 +95,14 @@ def _reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
+def _not_dumpable() -> None:
+    """Until execve (which makes the workload dumpable again), this process is the fork
+    server's interpreter with the server's fds: non-dumpable, the container's processes
+    (no CAP_SYS_PTRACE) cannot open its /proc/<pid>/exe, fd/, cwd, root, mem or environ
+    (CVE-2019-5736, CVE-2024-21626), as runc's setup process does."""
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+
+
 def _report(fd: int, tag: bytes, payload: bytes = b"") -> None:
     os.write(fd, tag + payload)
 
@@ -287,6 +295,7 @@ def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
     """The container's first process: pid 1 itself, or a C1 when the pid namespace is
     joined by path."""
     try:
+        _not_dumpable()
         _reset_signals()
         cgroup.join(0)
         try:
@@ -308,6 +317,7 @@ def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
 def _exec_c1(target_pid: int, process: Process, cgroup: Any, stdio: list[int], errw: int,
              hostname: str, program: seccomp.Program | None) -> NoReturn:
     try:
+        _not_dumpable()
         _reset_signals()
         fds = {}
         for ns in EXEC_NAMESPACES:
@@ -471,7 +481,8 @@ class ForkServer:
         program = self._filter(spec.seccomp, spec.process.capabilities)
         if spec.entry:
             return self._spawn_from_template(msg["rid"], spec, fds, program)
-        plan = build_plan(spec, self.mnt)    # here, where its cached parts stay warm
+        # Built here, where its cached parts stay warm.
+        plan = build_plan(spec, self.mnt, self.cgroups.cgroupfs)
         cgroup = self.cgroups.create(spec.id, spec.limits)
         container = _Container(spec.id, spec, cgroup, program)
         try:
@@ -585,7 +596,8 @@ class ForkServer:
                 theirs.close()
             cgroup.join(pid)
             send_message(ours, {"spec": to_dict(spec), "mnt": self.mnt,
-                                "seccomp": program and program.to_wire()}, [*fds, errw])
+                                "seccomp": program and program.to_wire(),
+                                "cgroupfs": self.cgroups.cgroupfs}, [*fds, errw])
         except BaseException:
             if pid:
                 _kill_quietly(pid)

@@ -25,6 +25,10 @@ DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
              ("ptmx", "pts/ptmx"))
+CGROUP_DIR = "/sys/fs/cgroup"
+# One cgroupfs a container sees: (directory under CGROUP_DIR, "" for a cgroup2 at
+# CGROUP_DIR itself; fstype; mount options), from cgroups.container_view.
+CgroupMount = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -127,17 +131,19 @@ Step = MountStep | MakeDirs | MakeDevice | MakeLink | WriteFile | MaskPath | Rea
     | PivotRoot | SetHostname
 
 
-def build_plan(spec: ContainerSpec, mnt: str) -> list[Step]:
+def build_plan(spec: ContainerSpec, mnt: str, cgroupfs: tuple[CgroupMount, ...] = ()
+               ) -> list[Step]:
     """All filesystem steps for ``spec``; ``mnt`` is an existing empty host directory
     that the new root is assembled on (inside the container's private mount namespace,
-    so every container may use the same one)."""
+    so every container may use the same one). ``cgroupfs``: what is mounted read-only at
+    /sys/fs/cgroup (the fork server's ``CgroupManager.cgroupfs``); empty leaves sysfs's
+    own empty, read-only directory there."""
     steps: list[Step] = [MountStep("/", None, None, sc.MS_REC | sc.MS_PRIVATE, in_root=False,
                                    create="")]
     root, root_steps = _root_steps(spec, mnt)
     steps += root_steps
     steps += [WriteFile(f.path, f.content) for f in spec.files]
-    steps += _kernel_fs_steps(spec.namespaces.net == "private",
-                              spec.namespaces.ipc == "private")
+    steps += _kernel_fs_steps(spec.namespaces.ipc == "private", cgroupfs)
     for m in spec.mounts:
         steps += _user_mount_steps(m)
     steps += _protect_steps(spec.masked_paths, spec.readonly_paths)
@@ -197,19 +203,17 @@ def _protect_steps(masked: tuple[str, ...], readonly: tuple[str, ...]) -> tuple[
 
 
 @functools.lru_cache(maxsize=4)
-def _kernel_fs_steps(new_net: bool, new_ipc: bool) -> tuple[Step, ...]:
+def _kernel_fs_steps(new_ipc: bool, cgroupfs: tuple[CgroupMount, ...]) -> tuple[Step, ...]:
     steps: list[Step] = [
         MountStep("/proc", "proc", "proc", NOSUID_NODEV_NOEXEC, plain_target=True),
-        # sysfs shows the host's network devices unless the netns is new; with a joined or
-        # host netns Docker binds /sys instead of mounting; read-only either way.
+        # A fresh sysfs on every network mode, as runc mounts it: it shows the devices of
+        # the netns the container is in (joined before the mounts), and nothing mounted
+        # under the host's /sys (a bind of it would bring the host's cgroupfs, debugfs,
+        # tracefs, securityfs ... with their own, writable, flags).
         MountStep("/sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | sc.MS_RDONLY,
-                  plain_target=True)
-        if new_net else
-        MountStep("/sys", None, "/sys", sc.MS_BIND | sc.MS_REC, plain_target=True),
+                  plain_target=True),
     ]
-    if not new_net:
-        steps.append(MountStep("/sys", None, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY
-                               | NOSUID_NODEV_NOEXEC))
+    steps += _cgroupfs_steps(cgroupfs)
     steps.append(MountStep("/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME,
                            "mode=755,size=65536k", plain_target=True))
     steps += [MakeDevice(f"/dev/{name}", major, minor) for name, major, minor in DEVICES]
@@ -222,6 +226,35 @@ def _kernel_fs_steps(new_net: bool, new_ipc: bool) -> tuple[Step, ...]:
     if new_ipc:
         steps.append(MountStep("/dev/mqueue", "mqueue", "mqueue", NOSUID_NODEV_NOEXEC))
     return tuple(steps)
+
+
+def _cgroupfs_steps(cgroupfs: tuple[CgroupMount, ...]) -> list[Step]:
+    """/sys/fs/cgroup as runc and crun mount it: each cgroupfs read-only and mounted from
+    inside the container's cgroup namespace (unshared after it joined its cgroup), so its
+    root is the container's own cgroup. Nothing there can be written (no limit,
+    ``cgroup.procs``, ``tasks``, ``notify_on_release``; no mkdir), a v1 ``release_agent``
+    does not exist below a hierarchy's real root, and the container has no capability to
+    remount or unmount. Mounted rather than left out because programs size themselves
+    from it (the JVM, Go, libuv, loky/joblib read their memory and CPU limits there). v1
+    needs a tmpfs to hold a directory per hierarchy; it is made read-only last."""
+    if not cgroupfs:
+        return []
+    ro = NOSUID_NODEV_NOEXEC | sc.MS_RDONLY
+    # plain_target: the path is in the sysfs and tmpfs mounted just before, not the image's.
+    if cgroupfs[0][0] == "":                                    # v2: one mount
+        _, fstype, data = cgroupfs[0]
+        return [MountStep(CGROUP_DIR, fstype, fstype, ro, data, plain_target=True)]
+    steps: list[Step] = [MountStep(CGROUP_DIR, "tmpfs", "tmpfs", NOSUID_NODEV_NOEXEC,
+                                   "mode=755,size=64k", plain_target=True)]
+    names = {name for name, _, _ in cgroupfs}
+    for name, fstype, data in cgroupfs:
+        steps.append(MountStep(f"{CGROUP_DIR}/{name}", fstype, fstype, ro, data,
+                               plain_target=True))
+        # Co-mounted controllers ("cpu,cpuacct") are also found by each name.
+        steps += [MakeLink(f"{CGROUP_DIR}/{alias}", name) for alias in name.split(",")
+                  if alias not in names]
+    steps.append(MountStep(CGROUP_DIR, None, None, sc.MS_BIND | sc.MS_REMOUNT | ro))
+    return steps
 
 
 def _user_mount_steps(m: Mount) -> list[Step]:

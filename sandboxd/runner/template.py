@@ -124,11 +124,13 @@ def run_entry(prepare: Callable[[], None], function: Callable[[], Any]) -> NoRet
 def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
                 base_path: list[str]) -> NoReturn:
     from . import forkserver as fs
+    from . import syscalls as sc
     from ..errors import SandboxError, SetupFailed
     from .init import run_init
     from .plan import build_plan
     from .seccomp import Program
     from .spec import ContainerSpec, from_dict, validate
+    fs._not_dumpable()                     # the template's memory and fds: not theirs
     chan = socket.socket(fileno=chan_fd)
     msg, fds = fs.recv_message(chan)       # arrives once the server put us in the cgroup
     chan.close()
@@ -145,7 +147,8 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
         except OSError as e:
             raise SetupFailed(f"create namespaces: {e.strerror}",
                               {"step": "namespaces", "errno": e.errno or 0}) from None
-        fs.mounts.run_steps(build_plan(spec, msg["mnt"]))
+        cgroupfs = tuple(tuple(m) for m in msg["cgroupfs"])
+        fs.mounts.run_steps(build_plan(spec, msg["mnt"], cgroupfs))
         fs._install_stdio(stdio, False)
         _executable, env = fs._prepare_process(spec.process, spec.hostname, errw, program)
     except SandboxError as e:
@@ -157,6 +160,9 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
     def workload() -> NoReturn:
         os.closerange(3, errw)
         os.closerange(errw + 1, 1 << 20)    # no fd of the template reaches the workload
+        # What an execve does: the workload is dumpable again (its /proc/self is its own
+        # user's); the template's memory stays readable, as any exec'd program's is.
+        sc.prctl(sc.PR_SET_DUMPABLE, 1)
         if spec.process.no_new_privileges:
             try:
                 fs._install_filter(program)     # last, as before an exec

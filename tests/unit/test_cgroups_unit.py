@@ -138,6 +138,25 @@ def test_v1_manager_shares_co_mounted_directory(tmp_path):
     )
 
 
+def test_container_view_v1_is_the_joined_hierarchies_without_release_agent():
+    info = MOUNTINFO.replace("rw,memory\n", "rw,memory,release_agent=/x\n", 1)
+    assert cgroups.container_view("v1", info, "/sys/fs/cgroup") == (
+        ("cpu,cpuacct", "cgroup", "cpu,cpuacct"),
+        ("memory", "cgroup", "memory"),
+        ("devices", "cgroup", "devices"),
+        ("freezer", "cgroup", "freezer"),
+        ("pids", "cgroup", "pids"),
+    )                     # no cpuset, net_cls, name=systemd or the hybrid's cgroup2
+
+
+def test_container_view_v2_is_one_mount(tmp_path):
+    assert cgroups.container_view("v2") == (("", "cgroup2", ""),)
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    assert CgroupManager("sandboxd", version="v1", mountinfo=str(info)).cgroupfs == \
+        cgroups.container_view("v1", MOUNTINFO)
+
+
 def test_v1_manager_names_missing_controllers(tmp_path):
     info = tmp_path / "mountinfo"
     info.write_text("\n".join(line for line in MOUNTINFO.splitlines()

@@ -1,8 +1,10 @@
 """The setup plan, read without root: order, flags, and the long-lowerdir fallback."""
 from __future__ import annotations
 
+import pytest
+
 from sandboxd.runner import syscalls as sc
-from sandboxd.runner.plan import (MakeDevice, MaskPath, MountStep, PivotRoot, ReadonlyPath,
+from sandboxd.runner.plan import (MakeDevice, MakeLink, MaskPath, MountStep, PivotRoot, ReadonlyPath,
                                   SetHostname, WriteFile, build_plan)
 from sandboxd.runner.spec import ContainerSpec, File, Mount, Namespaces, Process, RootFS
 
@@ -71,11 +73,57 @@ def test_kernel_filesystems_and_devices():
     assert {s.path for s in steps if isinstance(s, ReadonlyPath)} >= {"/proc/sys"}
 
 
-def test_host_net_binds_sys_read_only():
-    steps = build_plan(make(namespaces=Namespaces(net="host", ipc="host")), "/mnt")
+V1_VIEW = (("cpu,cpuacct", "cgroup", "cpu,cpuacct"), ("memory", "cgroup", "memory"),
+           ("pids", "cgroup", "pids,xattr"))
+
+
+@pytest.mark.parametrize("net", ["private", "host", "/proc/7/ns/net"])
+def test_sys_is_a_fresh_read_only_sysfs_on_every_network_mode(net):
+    # Never a bind of the host's /sys: it would bring the host's cgroupfs (read-write).
+    steps = build_plan(make(namespaces=Namespaces(net=net)), "/mnt", V1_VIEW)
     sys_steps = [s for s in steps if isinstance(s, MountStep) and s.target == "/sys"]
-    assert sys_steps[0].flags & sc.MS_BIND and sys_steps[1].flags & sc.MS_RDONLY
+    assert len(sys_steps) == 1 and sys_steps[0].fstype == "sysfs"
+    assert sys_steps[0].flags & sc.MS_RDONLY and sys_steps[0].plain_target
+    assert not any(isinstance(s, MountStep) and s.source == "/sys" for s in steps)
+
+
+def test_v1_cgroupfs_read_only_on_a_read_only_tmpfs():
+    steps = build_plan(make(namespaces=Namespaces(ipc="host")), "/mnt", V1_VIEW)
     assert not any(isinstance(s, MountStep) and s.fstype == "mqueue" for s in steps)
+    under = [s for s in steps if isinstance(s, (MountStep, MakeLink))
+             and (s.target if isinstance(s, MountStep) else s.path).startswith(
+                 "/sys/fs/cgroup")]
+    tmpfs, *middle, remount = under
+    assert (tmpfs.target, tmpfs.fstype) == ("/sys/fs/cgroup", "tmpfs")
+    assert (remount.target, remount.fstype) == ("/sys/fs/cgroup", None)
+    assert remount.flags & sc.MS_REMOUNT and remount.flags & sc.MS_RDONLY
+    cgroupfs = [s for s in middle if isinstance(s, MountStep)]
+    assert [(s.target, s.fstype, s.data) for s in cgroupfs] == [
+        ("/sys/fs/cgroup/cpu,cpuacct", "cgroup", "cpu,cpuacct"),
+        ("/sys/fs/cgroup/memory", "cgroup", "memory"),
+        ("/sys/fs/cgroup/pids", "cgroup", "pids,xattr")]
+    assert all(s.flags & sc.MS_RDONLY and s.flags & sc.MS_NOSUID and s.flags & sc.MS_NOEXEC
+               for s in cgroupfs)
+    links = {(s.path, s.target) for s in middle if isinstance(s, MakeLink)}
+    assert links == {("/sys/fs/cgroup/cpu", "cpu,cpuacct"),
+                     ("/sys/fs/cgroup/cpuacct", "cpu,cpuacct")}
+    sysfs = next(s for s in steps if isinstance(s, MountStep) and s.target == "/sys")
+    mask = next(s for s in steps if isinstance(s, MaskPath))
+    assert steps.index(sysfs) < steps.index(tmpfs) < steps.index(remount) < steps.index(mask)
+
+
+def test_v2_cgroupfs_is_one_read_only_mount():
+    steps = build_plan(make(), "/mnt", (("", "cgroup2", ""),))
+    under = [s for s in steps if isinstance(s, MountStep)
+             and s.target.startswith("/sys/fs/cgroup")]
+    assert [(s.target, s.fstype) for s in under] == [("/sys/fs/cgroup", "cgroup2")]
+    assert under[0].flags & sc.MS_RDONLY
+
+
+def test_no_cgroupfs_leaves_sysfs_own_directory():
+    steps = build_plan(make(), "/mnt")
+    assert not any(isinstance(s, MountStep) and s.target.startswith("/sys/fs/cgroup")
+                   for s in steps)
 
 
 def test_user_mounts():
