@@ -14,6 +14,7 @@ nothing is ever written through a symlink, and refused, with its reason recorded
   file, or not yet written);
 - it is a device node (unless ``allow_devices``), or a whiteout of ``.``/``..``/nothing,
   or aufs metadata (``.wh..wh.*``);
+- a component is longer than the filesystem allows (``ENAMETOOLONG``);
 - it carries an xattr outside ``user.*``, ``security.capability`` and POSIX ACLs (a
   layer must not set ``trusted.overlay.*`` and steer the overlay).
 
@@ -303,6 +304,11 @@ class _Applier:
                 os.close(parent)
         except _Skip as why:
             self.stats.skip(m.name, str(why))
+        except OSError as e:
+            # a name the filesystem cannot hold is the layer's fault, not the daemon's
+            if e.errno != errno.ENAMETOOLONG:
+                raise
+            self.stats.skip(m.name[:200], "name too long for the filesystem")
 
     def _set_root(self, m: tarfile.TarInfo) -> None:
         if self.same_owner:
