@@ -80,6 +80,7 @@ def _kinds(canary: Path) -> dict[str, Entries]:
                               _file("x/y/.wh..wh..opq"), _file(".wh..wh..wh..opq")],
         "setuid": [_file("bin/suid", b"#!/bin/sh\n", mode=0o4755)],
         "long_name": [_file("x" * 300), _file("d/" + "y" * 5000)],
+        "too_deep": [_file("/".join(["d"] * 1500) + "/f")],
         "nul_in_name": [_file("a\0" + up + victim.lstrip("/"))],
     }
 
@@ -88,7 +89,7 @@ KINDS = tuple(_kinds(Path("/x")))
 # kinds whose every hostile entry is refused (the rest hold entries that are harmless
 # inside the target: an absolute name lands under it, a fifo or setuid file stays in it)
 REFUSED = ("dotdot", "hardlink_absolute", "hardlink_dotdot", "hardlink_host_file",
-           "chardev", "blockdev", "whiteout_dotdot", "long_name")
+           "chardev", "blockdev", "whiteout_dotdot", "long_name", "too_deep")
 
 
 def _tar(entries: Entries, base: Entries = ()) -> bytes:
@@ -193,6 +194,17 @@ def test_check_12_import(kind, host, tmp_path, secure_daemon):
     host.assert_untouched()
     if kind in REFUSED:
         assert "WARNING: not imported: " in proc.err, proc.err
+
+
+def test_check_12_import_of_a_deep_tree_can_be_removed(tmp_path, secure_daemon):
+    """A tree deeper than the unpacker takes is refused, so the image can be removed
+    again (a 1500-deep layer once made ``sbx rmi`` fail with RecursionError)."""
+    tar = tmp_path / "deep.tar"
+    tar.write_bytes(_tar([_file("/".join(["d"] * 1500) + "/f"), _file("/".join(["e"] * 250)
+                                                                     + "/ok")]))
+    proc = secure_daemon.sbx("import", str(tar), "hostile-deep:1", check=True)
+    assert "more than 256 directories deep" in proc.err
+    secure_daemon.sbx("rmi", "hostile-deep:1", check=True)
 
 
 # ---------------------------------------------------------------- sbx load
