@@ -363,6 +363,7 @@ def test_check_12_cp_out_of_a_container_keeps_symlinks_as_links(host, box, tmp_p
                       f"echo pwned > /out/rel/{VICTIM}", check=True)
     again = secure_daemon.sbx("cp", f"{box}:/out", str(dest))
     _ok_or_clear_error(again, secure_daemon)
+    assert again.returncode == 1 and "refused an entry" in again.err, again.err
     host.assert_untouched()
     # a single symlink as the source: copied as a link to a new name
     secure_daemon.sbx("exec", box, "sh", "-c", f"ln -sf {host.canary}/{VICTIM} /single",
