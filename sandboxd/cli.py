@@ -831,6 +831,9 @@ def import_(message: str, file: str, reference: str) -> int:
                 source.close()
         attachment.close_stdin()
         _, _, result = attachment.collect()
+    # entries the unpacker refused (``..``, links out, devices): said, not silently lost
+    for warning in result.get("warnings") or ():
+        click.echo(f"WARNING: not imported: {warning}", err=True)
     click.echo(result["id"])
     return 0
 

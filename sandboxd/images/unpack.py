@@ -14,6 +14,8 @@ nothing is ever written through a symlink, and refused, with its reason recorded
   file, or not yet written);
 - it is a device node (unless ``allow_devices``), or a whiteout of ``.``/``..``/nothing,
   or aufs metadata (``.wh..wh.*``);
+- it is more than ``MAX_DEPTH`` (256) directories deep;
+- a component is longer than the filesystem allows (``ENAMETOOLONG``);
 - it carries an xattr outside ``user.*``, ``security.capability`` and POSIX ACLs (a
   layer must not set ``trusted.overlay.*`` and steer the overlay).
 
@@ -46,6 +48,9 @@ _ALLOWED_XATTRS = ("user.", "security.capability", "system.posix_acl_access",
                    "system.posix_acl_default")
 _XATTR_PAX = "SCHILY.xattr."
 _CHUNK = 1 << 20
+# Deeper trees are refused: removing one (shutil.rmtree, one frame and one fd a level)
+# would fail with RecursionError and leave the snapshot behind. Real images stay far below.
+MAX_DEPTH = 256
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _MAGIC = {
@@ -287,6 +292,8 @@ class _Applier:
         try:
             if parts is None:
                 raise _Skip("name has a '..' component")
+            if len(parts) > MAX_DEPTH:
+                raise _Skip(f"more than {MAX_DEPTH} directories deep")
             if not parts:
                 if m.isdir():
                     self._set_root(m)
@@ -303,6 +310,11 @@ class _Applier:
                 os.close(parent)
         except _Skip as why:
             self.stats.skip(m.name, str(why))
+        except OSError as e:
+            # a name the filesystem cannot hold is the layer's fault, not the daemon's
+            if e.errno != errno.ENAMETOOLONG:
+                raise
+            self.stats.skip(m.name[:200], "name too long for the filesystem")
 
     def _set_root(self, m: tarfile.TarInfo) -> None:
         if self.same_owner:
