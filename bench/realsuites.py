@@ -155,6 +155,7 @@ def main() -> int:
     parser.add_argument("--only", action="append", default=[], help="suite name(s)")
     parser.add_argument("--modes", default="plain,sandbox,sandbox -n 2")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)       # a suite's lines as it finishes
     if not args.host:
         parser.error("give --host (or set SANDBOXD_HOST)")
     out = CACHE / "results"
