@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon
+from harness import Daemon
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import sandboxd
 from sandboxd import errors, testing
 from sandboxd.logs import DEFAULT_CAP, TRUNCATED
 
-from conftest import PY, REPO, Daemon, pid_alive, wait_until
+from harness import PY, REPO, Daemon, pid_alive, wait_until
 
 MEMORY_HOG = "x=a; while true; do x=$x$x; done"
 

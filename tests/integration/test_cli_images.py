@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from conftest import Daemon
+from harness import Daemon
 from test_images_registry import PASSWORD, USER, _registry
 
 pytestmark = pytest.mark.skipif(shutil.which("docker-registry") is None,

@@ -12,7 +12,7 @@ import pytest
 
 from sandboxd import errors
 
-from conftest import Daemon
+from harness import Daemon
 
 
 def links(prefix: str) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, pid_alive, wait_until
+from harness import Daemon, pid_alive, wait_until
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from sandboxd import client, errors, protocol
 from sandboxd.daemon import DaemonConfig, Server
 
-from conftest import wait_until
+from harness import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Daemon
+from harness import Daemon
 
 IMAGE = "sbx-labels-test:v1"
 NAME = "sbx-labels-ctr"

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import Daemon
+from harness import Daemon
 
 IMAGE = "sbx-commit-test"
 # Adds a file, deletes one of the image's, replaces a directory of the image's.

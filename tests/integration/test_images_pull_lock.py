@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from conftest import wait_until
+from harness import wait_until
 from sandboxd import testing
 from sandboxd.images import ImageService
 from sandboxd.snapshots import Snapshotter

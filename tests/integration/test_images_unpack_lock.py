@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import wait_until
+from harness import wait_until
 from sandboxd import testing
 from sandboxd.images import ImageService, oci
 from sandboxd.images import service as service_module

@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from conftest import Daemon, wait_until
+from harness import Daemon, wait_until
 from ipython_ext.magics import CellError, Displayed
 
 

@@ -7,7 +7,7 @@ import base64
 
 import pytest
 
-from conftest import Daemon, wait_until
+from harness import Daemon, wait_until
 from ipython_ext.session import ExecuteReply, Session, SessionError
 
 PNG = base64.b64decode(

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from conftest import Daemon, wait_until
+from harness import Daemon, wait_until
 
 # A page to serve, then busybox httpd in the foreground.
 # Retry until the server listens (it was started with -d just before).

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import Daemon
+from harness import Daemon
 
 HTTPD = "mkdir -p /www && echo hi-from-{name} > /www/index.html && exec httpd -f -p 80 -h /www"
 # One try, short: used where the answer must be "no" (busybox 1.35's static wget

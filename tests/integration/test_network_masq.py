@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon
+from harness import Daemon
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 # Read when this module is collected, before a daemon of this run can have started.

@@ -16,7 +16,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from conftest import PY, REPO, Daemon, wait_until
+from harness import PY, REPO, Daemon, wait_until
 
 pytest_plugins = ("pytester",)
 

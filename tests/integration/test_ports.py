@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from conftest import Daemon, wait_until
+from harness import Daemon, wait_until
 
 HTTPD = "mkdir -p /www && echo hi-from-{name} > /www/index.html && exec httpd -f -p 80 -h /www"
 # A UDP echo server in the container (the built-in host image: this Python).

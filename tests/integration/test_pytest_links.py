@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from conftest import wait_until
+from harness import wait_until
 from sandboxd.api import Client
 from test_pytest_plugin import daemon_sock, inner, spawn_inner  # noqa: F401
 
