@@ -43,7 +43,6 @@ def test_check_02_no_new_privs(secure_daemon):
     assert status["NoNewPrivs"] == "1"
 
 
-@pytest.mark.xfail(reason="needs the default seccomp filter (issue 13)", strict=False)
 def test_check_02_seccomp_filter_in_force(secure_daemon):
     status = _status(_run(secure_daemon, "busybox", "cat", "/proc/self/status"))
     assert status["Seccomp"] == "2"
