@@ -219,3 +219,20 @@ def netfilter_leftovers(prefix: str) -> list[str]:
         out = subprocess.run([path], capture_output=True, text=True).stdout
         left += [f"{tool}: {line}" for line in out.splitlines() if tag in line]
     return left
+
+
+# busybox httpd serving a page naming its container, and a fetch that retries until the
+# server listens (it was started with -d just before): the link and network tests' pair.
+HTTPD = "mkdir -p /www && echo hi-from-{name} > /www/index.html && exec httpd -f -p 80 -h /www"
+FETCH = "for i in $(seq 100); do wget -qO- http://{host}/ && break; sleep 0.1; done"
+
+
+def inspect(daemon: Daemon, name: str) -> dict:
+    import json
+    return json.loads(daemon.sbx("inspect", name, check=True).out)[0]
+
+
+def bridge_ip(daemon: Daemon, name: str) -> str:
+    ip = inspect(daemon, name)["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+    assert ip, f"{name} has no address on the default bridge"
+    return ip

@@ -11,28 +11,13 @@ host, with no capabilities, inside a container's namespace.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
 
-from harness import Daemon, wait_until
+from harness import FETCH, HTTPD, Daemon, bridge_ip, inspect, wait_until
 
-# A page to serve, then busybox httpd in the foreground.
-# Retry until the server listens (it was started with -d just before).
-FETCH = "for i in $(seq 100); do wget -qO- http://{host}/ && break; sleep 0.1; done"
-HTTPD = "mkdir -p /www && echo hi-from-{name} > /www/index.html && exec httpd -f -p 80 -h /www"
-
-
-def inspect(daemon: Daemon, name: str) -> dict:
-    return json.loads(daemon.sbx("inspect", name, check=True).out)[0]
-
-
-def bridge_ip(daemon: Daemon, name: str) -> str:
-    ip = inspect(daemon, name)["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
-    assert ip, f"{name} has no address on the default bridge"
-    return ip
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import Daemon, netfilter_leftovers, pid_alive, wait_until
+from harness import (FETCH, Daemon, bridge_ip, inspect, netfilter_leftovers, pid_alive,
+                     wait_until)
 from sandboxd import errors
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -177,18 +178,6 @@ def daemon(secure_daemon: Daemon) -> Daemon:
 
 # A page to serve, then busybox httpd in the foreground.
 LINK_HTTPD = "mkdir -p /www && echo hi-from-{name} > /www/index.html && exec httpd -f -p 80 -h /www"
-# Retry until the server listens (it was started with -d just before).
-FETCH = "for i in $(seq 100); do wget -qO- http://{host}/ && break; sleep 0.1; done"
-
-
-def inspect(daemon: Daemon, name: str) -> dict:
-    return json.loads(daemon.sbx("inspect", name, check=True).out)[0]
-
-
-def bridge_ip(daemon: Daemon, name: str) -> str:
-    ip = inspect(daemon, name)["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
-    assert ip, f"{name} has no address on the default bridge"
-    return ip
 
 
 @pytest.fixture
