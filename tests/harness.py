@@ -27,7 +27,7 @@ from sandboxd import testing
 from sandboxd.api import Client
 
 PY = sys.executable
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]      # tests/harness.py -> the repo
 CGROUP_ROOT = "/sys/fs/cgroup"
 _serial = itertools.count(1)
 
