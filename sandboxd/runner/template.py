@@ -136,6 +136,9 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
     errw, stdio = fds[-1], fds[:-1]
     try:
         spec = validate(from_dict(ContainerSpec, msg["spec"]))
+        layer_fd = -1
+        if spec.root.layer:                 # its detached mount came after the stdio
+            layer_fd, stdio = stdio[-1], stdio[:-1]
         function = entries[spec.entry]
         fs._reset_signals()
         try:
@@ -143,7 +146,7 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
         except OSError as e:
             raise SetupFailed(f"create namespaces: {e.strerror}",
                               {"step": "namespaces", "errno": e.errno or 0}) from None
-        fs.mounts.run_steps(build_plan(spec, msg["mnt"]))
+        fs.mounts.run_steps(build_plan(spec, msg["mnt"], layer_fd))
         fs._install_stdio(stdio, False)
         _executable, env = fs._prepare_process(spec.process, spec.hostname, errw)
     except SandboxError as e:
