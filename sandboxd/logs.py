@@ -143,15 +143,6 @@ def files(path: str) -> list[str]:
     return out
 
 
-def remove(path: str) -> None:
-    """Delete the log's files (every rotation, the drop note)."""
-    for name in [*files(path), f"{path}.dropped"]:
-        try:
-            os.unlink(name)
-        except FileNotFoundError:
-            pass
-
-
 @dataclass
 class Entry:
     time: float
