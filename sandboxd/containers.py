@@ -572,8 +572,11 @@ class ContainerService:
             record = dataclasses.replace(
                 record, endpoints=(attachment.endpoint,) if attachment.netns != "host" else (),
                 sandbox_key=attachment.sandbox_key, ports=ports)
-        writer = LogWriter(record.log_path, *record.config.host.log_limits(),
-                           keep=record.config.host.log_driver != "none")
+        host = record.config.host
+        if not host.log_driver:          # a record from before log options: today's defaults
+            host = self._host_defaults(dataclasses.replace(host, storage_size=0))
+        writer = LogWriter(record.log_path, *host.log_limits(),
+                           keep=host.log_driver != "none")
         live = _Live(record, writer, {})
         stdio: tuple[int, ...]
         theirs: list[int] = []
