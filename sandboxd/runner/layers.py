@@ -104,7 +104,8 @@ def _template(size: int, templates: str) -> str:
                               {"step": "mkfs", "errno": 0})
         os.rename(tmp, path)           # concurrent makers: the last rename wins, same content
     except FileNotFoundError as e:
-        raise SetupFailed(f"capped writable layers need mkfs.ext4 (Debian: e2fsprogs): {e}",
+        raise SetupFailed(f"capped writable layers need mkfs.ext4 (Debian: e2fsprogs), or a "
+                          f"daemon started with --default-storage-size 0: {e}",
                           {"step": "mkfs", "errno": errno.ENOENT}) from None
     finally:
         if fd >= 0:
@@ -207,11 +208,17 @@ def mount_layer(image: str) -> int:
     reads through it. The device is opened here, outside the container's cgroup, whose
     device allowlist has no block devices. Call from a single-threaded process (the fork
     server): :func:`attach` must not race another attach of the same image."""
-    device, hold = attach(image)
     try:
-        return sc.fsmount("ext4", device, MOUNT_OPTIONS)
-    finally:
-        os.close(hold)            # the mount holds the device now
+        device, hold = attach(image)
+        try:
+            return sc.fsmount("ext4", device, MOUNT_OPTIONS)
+        finally:
+            os.close(hold)            # the mount holds the device now
+    except OSError as e:
+        raise SetupFailed(f"mount the capped writable layer {image}: {e} (it needs loop "
+                          f"devices and the new mount API; a daemon started with "
+                          f"--default-storage-size 0 keeps layers uncapped)",
+                          {"step": "layer", "errno": e.errno or 0}) from None
 
 
 def open_layer(image: str) -> int:
