@@ -424,7 +424,7 @@ class AsyncRunner(_Protocol, HelperConnection):
                                   "process": to_dict(process)}, list(stdio)))["pid"]
 
     async def open_layer(self, image: str) -> int:
-        """A directory fd of a layer image's filesystem (``fs``: the upper, ``work``),
+        """An O_PATH fd of a layer image's filesystem (``fs``: the upper, ``work``),
         mounted in no namespace of ours; close it when done (see runner/layers.py)."""
         import asyncio
         if self._sock is None:

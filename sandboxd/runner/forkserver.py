@@ -628,7 +628,7 @@ class ForkServer:
         return None
 
     def _op_open_layer(self, msg: dict, fds: list[int]) -> Any:
-        """A directory fd of a layer image's filesystem, for the owner (see
+        """An O_PATH fd of a layer image's mounted filesystem, for the owner (see
         layers.open_layer); sent with the reply."""
         image = msg.get("image")
         if not isinstance(image, str) or not image.startswith("/"):

@@ -133,6 +133,32 @@ def test_commit_and_export_read_a_capped_layer_without_a_host_mount(secure_daemo
         d.sbx("rmi", "caps-committed", check=True)
 
 
+def test_a_running_container_is_committed_through_its_own_loop_device(secure_daemon):
+    """A second loop device on the same image would be a second ext4 superblock on one
+    file: the read must share the running container's."""
+    d = secure_daemon
+    before = set(d.loop_devices())              # other tests' containers, if any
+    ours: set[str] = set()
+    d.sbx("run", "-d", "--name", "caps-live", "--storage-opt", "size=32m", "busybox", "sh",
+          "-c", "echo live > /state; sync; sleep 60", check=True)
+    try:
+        wait_until(lambda: d.sbx("exec", "caps-live", "cat", "/state").out == "live\n",
+                   what="the container to write its file")
+        ours = set(d.loop_devices()) - before
+        assert len(ours) == 1
+        d.sbx("commit", "caps-live", "caps-live-image", check=True)
+        assert set(d.loop_devices()) - before == ours    # the same device, still one
+        r = d.sbx("run", "--rm", "caps-live-image", "cat", "/state", check=True)
+        assert r.out == "live\n"
+        d.sbx("exec", "caps-live", "sh", "-c", "echo more >> /state", check=True)
+        assert d.sbx("exec", "caps-live", "cat", "/state").out == "live\nmore\n"
+    finally:
+        d.sbx("rm", "-f", "caps-live", check=True)
+        d.sbx("rmi", "caps-live-image", check=True)
+    wait_until(lambda: not set(d.loop_devices()) & ours, 10,
+               "the layer's loop device to detach")
+
+
 def test_tmpfs_mounts_and_rm_layers_have_sizes(secure_daemon):
     r = secure_daemon.sbx("run", "--rm", "--tmpfs", "/scratch", "--tmpfs",
                           "/small:size=8m", "busybox", "df", "-k", "/", "/scratch", "/small",
