@@ -165,6 +165,9 @@ def test_tmpfs_mounts_and_rm_layers_have_sizes(secure_daemon):
                           check=True)
     sizes = [int(line.split()[1]) for line in r.out.splitlines()[1:]]
     assert sizes == [1 << 20, 1 << 20, 8 << 10], r.out   # --rm layer 1g, --tmpfs 1g, 8m
+    r = secure_daemon.sbx("run", "--rm", "--storage-opt", "size=32m", "busybox", "sh", "-c",
+                          "df -k / | tail -1; dd if=/dev/zero of=/f bs=1M count=64")
+    assert int(r.out.split()[1]) == 32 << 10 and "No space left on device" in r.err
 
 
 # ---------------------------------------------------------------- logs
