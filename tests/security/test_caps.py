@@ -53,6 +53,7 @@ def _layer_images(daemon: Daemon) -> list[Path]:
 def test_writing_past_the_storage_cap_is_enospc_and_the_host_barely_moves(secure_daemon):
     d = secure_daemon
     free = _free(d.root)
+    before = set(_layer_images(d))
     r = d.sbx("run", "--name", "caps-fill", "--storage-opt", "size=64m", "busybox", "sh",
               "-c", "dd if=/dev/zero of=/big bs=1M count=300; echo dd=$?; sync; df -k /")
     try:
@@ -62,6 +63,8 @@ def test_writing_past_the_storage_cap_is_enospc_and_the_host_barely_moves(secure
         assert 40 << 10 < size_kib <= 64 << 10          # / is the capped layer
         # 300 MB asked; only what fits in the cap reached the host's disk
         assert free - _free(d.root) < 80 * MiB
+        (image,) = set(_layer_images(d)) - before
+        assert image.stat().st_size == 64 * MiB and image.stat().st_blocks * 512 <= 64 * MiB
         assert _inspect(d, "caps-fill", "StorageOpt") == {"size": "64M"}
     finally:
         d.sbx("rm", "-f", "caps-fill", check=True)
@@ -74,8 +77,6 @@ def test_a_container_gets_the_daemon_default_cap(secure_daemon):
         size_kib = int(r.out.splitlines()[-1].split()[1])
         assert 9 << 20 < size_kib <= 10 << 20           # the 10G default, sparse
         assert _inspect(d, "caps-default", "StorageOpt") == {"size": "10G"}
-        image = _layer_images(d)
-        assert image and all(p.stat().st_blocks * 512 < 64 * MiB for p in image)
     finally:
         d.sbx("rm", "caps-default", check=True)
 
@@ -172,7 +173,8 @@ def test_tmpfs_mounts_and_rm_layers_have_sizes(secure_daemon):
 
 # ---------------------------------------------------------------- logs
 
-def test_logs_rotate_keeping_the_newest_output_with_flat_daemon_memory(secure_daemon):
+def test_check_30_a_flooding_container_rotates_its_log_and_daemon_memory_stays_flat(
+        secure_daemon):
     d = secure_daemon
     rss_before = _rss(d.proc.pid)
     # As fast as it can for 8 s, then one last line.
