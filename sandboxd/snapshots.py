@@ -74,7 +74,7 @@ ACTIVE, VIEW, COMMITTED = "active", "view", "committed"
 _EMPTY = "empty"
 _TEMPLATES = "templates"
 LAYER = "layer.img"
-SIZE_LABEL = "sandboxd.storage-size"     # bytes, on an active snapshot with a capped layer
+STORAGE_LABEL = "sandboxd.storage-size"     # bytes, on an active snapshot with a capped layer
 _MAX_KEY = 1024
 
 
@@ -121,7 +121,7 @@ class Snapshotter:
         capped root: only :meth:`rootfs` mounts it). ``Conflict`` when ``key`` exists;
         ``NotFound`` when ``parent`` does not."""
         if size is not None:
-            labels = {**(labels or {}), SIZE_LABEL: str(size)}
+            labels = {**(labels or {}), STORAGE_LABEL: str(size)}
         return self._create(ACTIVE, key, parent, labels, size)
 
     def view(self, key: str, parent: str | None = None, *,
@@ -178,7 +178,7 @@ class Snapshotter:
         if info.kind != ACTIVE:
             raise Conflict(f"snapshot {key} is {info.kind}; only an active snapshot can be "
                            f"committed")
-        if SIZE_LABEL in info.labels:
+        if STORAGE_LABEL in info.labels:
             raise InvalidArgument(f"snapshot {key} is a container's capped layer: read it "
                                   f"into a layer tar instead of committing it in place")
         size, inodes = _disk_usage(self._fs(info.id))
@@ -256,7 +256,7 @@ class Snapshotter:
         if row["kind"] == COMMITTED and row["size"] is not None:
             return row["size"], row["inodes"]
         image = self.dir / str(row["id"]) / LAYER
-        if SIZE_LABEL in json.loads(row["labels"]):
+        if STORAGE_LABEL in json.loads(row["labels"]):
             # what the layer takes on the host; its files are inside the image
             return layers.allocated(str(image)), 0
         return _disk_usage(self._fs(row["id"]))
@@ -265,7 +265,7 @@ class Snapshotter:
         """The snapshot's content directory (``.../<id>/fs``): where a layer is unpacked.
         A capped layer's is inside its image: only while :meth:`opened` holds it."""
         info = self.stat(key)
-        if SIZE_LABEL in info.labels:
+        if STORAGE_LABEL in info.labels:
             top = self._opened.get(key)
             if top is None:
                 raise Conflict(f"snapshot {key}: its capped layer is not open for reading")
@@ -275,7 +275,7 @@ class Snapshotter:
     def layer_image(self, key: str) -> str | None:
         """The filesystem image of a capped active snapshot, or None."""
         info = self.stat(key)
-        return str(self.dir / str(info.id) / LAYER) if SIZE_LABEL in info.labels else None
+        return str(self.dir / str(info.id) / LAYER) if STORAGE_LABEL in info.labels else None
 
     @contextlib.contextmanager
     def opened(self, key: str, directory: str) -> Iterator[None]:
@@ -310,7 +310,7 @@ class Snapshotter:
         if info.kind == COMMITTED:
             raise InvalidArgument(f"snapshot {key} is committed: make a view or an active "
                                   f"snapshot on top of it to mount it")
-        if SIZE_LABEL in info.labels:
+        if STORAGE_LABEL in info.labels:
             raise InvalidArgument(f"snapshot {key} is a capped layer: only the runner "
                                   f"mounts it (see rootfs)")
         if info.kind == ACTIVE:
@@ -340,7 +340,7 @@ class Snapshotter:
         if info.kind == COMMITTED:
             raise InvalidArgument(f"snapshot {key} is committed: a container root needs an "
                                   f"active snapshot or a view on top of it")
-        if info.kind == ACTIVE and SIZE_LABEL in info.labels:
+        if info.kind == ACTIVE and STORAGE_LABEL in info.labels:
             if readonly:
                 raise InvalidArgument(f"snapshot {key}: a capped layer cannot be a read-only "
                                       f"root")
