@@ -141,11 +141,15 @@ def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
                                 f"of {MIN_STORAGE_SIZE >> 20}m (0: no cap)")
     if "log_opts" in values or "log_driver" in values:
         from .config import check_log_config
-        opts = values.get("log_opts", DaemonConfig.log_opts)
+        driver = str(values.get("log_driver", DaemonConfig.log_driver))
+        opts = values.get("log_opts", () if driver == "none" else DaemonConfig.log_opts)
         if isinstance(opts, dict):                     # the config file's {"max-size": ..}
             opts = [f"{k}={v}" for k, v in opts.items()]
-        values["log_opts"] = tuple(str(o) for o in opts)
-        driver = str(values.get("log_driver", DaemonConfig.log_driver))
+        opts = tuple(str(o) for o in opts)
+        if driver != "none":            # a key not given keeps the built-in default
+            given = {o.partition("=")[0] for o in opts}
+            opts += tuple(o for o in DaemonConfig.log_opts if o.partition("=")[0] not in given)
+        values["log_opts"] = opts
         problems += [p.replace("daemon.log_driver", "log-driver")
                      .replace("daemon.log_opts", "log-opt")
                      for p in check_log_config(driver, values["log_opts"], "daemon")]

@@ -495,3 +495,21 @@ def test_storage_and_log_options():
             assert words in str(e.details.get("problems") or e.message), (kwargs, e)
         else:
             raise AssertionError(f"{kwargs} was accepted")
+
+
+def test_daemon_log_defaults_fill_what_is_not_given():
+    from sandboxd.daemon import load_config
+    from sandboxd.errors import InvalidArgument
+    assert load_config().log_opts == ("max-size=20m", "max-file=5")
+    assert load_config(log_opts=("max-file=2",)).log_opts == ("max-file=2", "max-size=20m")
+    assert load_config(log_driver="none").log_opts == ()
+    assert load_config(default_storage_size="0").default_storage_size == 0
+    for flags, words in (({"default_storage_size": "1m"}, "minimum"),
+                         ({"log_driver": "none", "log_opts": ("max-file=2",)}, "no options"),
+                         ({"log_opts": ("max-size=big",)}, "invalid size")):
+        try:
+            load_config(**flags)
+        except InvalidArgument as e:
+            assert words in e.message, (flags, e.message)
+        else:
+            raise AssertionError(f"{flags} was accepted")
