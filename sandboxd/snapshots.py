@@ -31,7 +31,7 @@ A container's root::
 A container's capped root (``prepare(..., size=N)``): the writable layer is an ext4
 image of N bytes (:mod:`sandboxd.runner.layers`) instead of the two directories; the
 runner mounts it in the container's own namespace, and the daemon reads it (commit,
-export) only through :meth:`Snapshotter.opened`, with a directory fd the runner gave it.
+export) only through :meth:`Snapshotter.opened`, with a mount fd the runner gave it.
 
 Layout::
 
