@@ -495,6 +495,9 @@ def logs(follow: bool, tail: str, timestamps: bool, since: str | None, until: st
                     write(sys.stdout.buffer, data)
                 elif event == "stderr":
                     write(sys.stderr.buffer, data)
+                elif event == "notice":          # older output dropped by rotation
+                    sys.stdout.flush()
+                    write(sys.stderr.buffer, str(data).encode())
         except KeyboardInterrupt:
             attachment.cancel()
             return 130

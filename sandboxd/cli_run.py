@@ -70,7 +70,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--env-file", kind="multi", metavar="FILE",
          help="Read in a file of environment variables"),
     Flag("-v", "--volume", kind="multi", metavar="SRC:DST[:ro]", help="Bind mount a host path"),
-    Flag("--tmpfs", kind="multi", metavar="PATH[:OPTS]", help="Mount a tmpfs directory"),
+    Flag("--tmpfs", kind="multi", metavar="PATH[:OPTS]",
+         help="Mount a tmpfs directory (size=1g unless OPTS give one)"),
     Flag("-w", "--workdir", default="", metavar="DIR",
          help="Working directory inside the container"),
     Flag("-u", "--user", default="", metavar="USER[:GROUP]",
@@ -121,6 +122,12 @@ FLAGS: tuple[Flag, ...] = (
          help="Timeout (in seconds) to stop a container"),
     Flag("--timeout", kind="float", metavar="SECONDS",
          help="Kill the container after this many seconds (sandboxd)"),
+    Flag("--storage-opt", kind="multi", metavar="size=SIZE",
+         help="Cap the writable layer, e.g. size=20G [default: the daemon's, 10G]"),
+    Flag("--log-driver", default="", metavar="DRIVER",
+         help="Logging driver: json-file, local or none [default: the daemon's]"),
+    Flag("--log-opt", kind="multi", metavar="KEY=VALUE",
+         help="Log driver options: max-size=SIZE, max-file=N [default: 20m, 5]"),
     Flag("--rm", kind="flag", dest="auto_remove",
          help="Automatically remove the container when it exits"),
 )
@@ -245,7 +252,8 @@ def daemon_options(opts: dict[str, Any], image: str, command: Sequence[str]
         "cap_drop": opts["cap_drop"], "auto_remove": opts["auto_remove"],
         "security_opt": security_opt,
         "privileged": opts["privileged"],
-        "timeout": opts["timeout"]}
+        "timeout": opts["timeout"], "storage_opt": opts["storage_opt"],
+        "log_driver": opts["log_driver"], "log_opts": opts["log_opt"]}
 
 
 class RefusedOptions:

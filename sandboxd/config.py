@@ -43,6 +43,11 @@ __all__ = [
     "filter_records", "render_template", "format_table", "STATUSES",
 ]
 
+LOG_DRIVERS = ("json-file", "local", "none")
+LOG_OPTS = ("max-size", "max-file")
+MIN_LOG_SIZE = 4 << 10
+MIN_STORAGE_SIZE = 16 << 20            # runner.layers.MIN_SIZE: ext4 with a journal
+
 # A container's life (Docker's names). ``removing`` is transient, never stored.
 STATUSES = ("created", "running", "paused", "restarting", "removing", "exited", "dead")
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -108,6 +113,18 @@ class HostConfig:
     privileged: bool = False
     auto_remove: bool = False             # --rm: removed by the daemon once it exits
     timeout: float | None = None          # seconds; SIGKILL and state.timed_out after it
+    # --storage-opt size=N: the writable layer's cap in bytes (None: the daemon's default,
+    # which the daemon writes here at create; 0: no cap)
+    storage_size: int | None = None
+    log_driver: str = ""                  # json-file | local | none ("": the daemon's)
+    log_opts: tuple[str, ...] = ()        # "max-size=20m", "max-file=5" (daemon fills gaps)
+
+    def log_limits(self) -> tuple[int, int]:
+        """(max-size in bytes, -1 unlimited; max-file) of a record's filled log_opts."""
+        opts = dict(o.partition("=")[::2] for o in self.log_opts)
+        size = opts.get("max-size", "-1")
+        return (-1 if size == "-1" else spec.parse_size(size, "max-size"),
+                int(opts.get("max-file", "1")))
 
     def limits(self) -> spec.Limits:
         """The runner's cgroup limits (``--cpus`` becomes a quota over the period)."""
@@ -339,6 +356,51 @@ def parse_volume(text: str) -> Mount:
     return Mount(destination=dest, type="bind", source=source, readonly="ro" in options)
 
 
+def parse_storage_opts(opts: Sequence[str] | Mapping[str, str]) -> int | None:
+    """``--storage-opt size=10G`` (Docker's flag; ``size`` is the one option) -> bytes,
+    or None when not given."""
+    items = [f"{k}={v}" for k, v in opts.items()] if isinstance(opts, Mapping) else opts
+    size: int | None = None
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or key.strip().lower() != "size":
+            raise InvalidArgument(f"storage-opt: {item!r} is not size=N (size is the only "
+                                  f"storage option, e.g. size=10G)")
+        size = spec.parse_size(value, "storage-opt size")
+    return size
+
+
+def check_log_config(driver: str, opts: Sequence[str], where: str = "host") -> list[str]:
+    """Problems with a log driver and its ``--log-opt`` values (Docker's names)."""
+    problems = []
+    if driver not in ("", *LOG_DRIVERS):
+        problems.append(f"{where}.log_driver: {driver!r} is not one of "
+                        f"{', '.join(LOG_DRIVERS)} (all store our own log format)")
+    seen = set()
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or key not in LOG_OPTS:
+            problems.append(f"{where}.log_opts: {opt!r} is not max-size=SIZE or "
+                            f"max-file=N (the log options this daemon supports)")
+            continue
+        if key in seen:
+            problems.append(f"{where}.log_opts: {key} given twice")
+        seen.add(key)
+        if driver == "none":
+            problems.append(f"{where}.log_opts: the none log driver takes no options")
+        elif key == "max-size" and value != "-1":
+            try:
+                if spec.parse_size(value, "max-size") < MIN_LOG_SIZE:
+                    problems.append(f"{where}.log_opts: max-size {value} is below the "
+                                    f"minimum of {MIN_LOG_SIZE >> 10}k")
+            except InvalidArgument as e:
+                problems.append(f"{where}.log_opts: {e.message}")
+        elif key == "max-file" and (not value.isdigit() or int(value) < 1):
+            problems.append(f"{where}.log_opts: max-file {value!r} must be a whole number "
+                            f"of at least 1")
+    return problems
+
+
 def parse_tmpfs(text: str) -> Mount:
     """``--tmpfs /run[:rw,noexec,size=64m]`` -> a tmpfs mount with those options."""
     dest, _, opts = str(text).partition(":")
@@ -512,6 +574,8 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  cap_add: Sequence[str] = (), cap_drop: Sequence[str] = (),
                  security_opt: Sequence[str] = (), privileged: bool = False,
                  auto_remove: bool = False, timeout: float | None = None,
+                 storage_opt: Sequence[str] | Mapping[str, str] = (),
+                 log_driver: str = "", log_opts: Sequence[str] | Mapping[str, Any] = (),
                  entry: str = "",
                  environ: Mapping[str, str] | None = None,
                  local_files: bool = True) -> ContainerConfig:
@@ -596,6 +660,10 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                    if isinstance(tmpfs, Mapping) else tmpfs)
     mounts += [parse_tmpfs(t) for t in tmpfs_items]
 
+    storage_size = attempt(parse_storage_opts, storage_opt)
+    log_list = [f"{k}={v}" for k, v in log_opts.items()] if isinstance(log_opts, Mapping) \
+        else [str(o) for o in log_opts]
+
     signal_name = str(stop_signal)
     parsed_signal = attempt(parse_signal, stop_signal)
     if parsed_signal is not None and isinstance(stop_signal, int):
@@ -613,7 +681,8 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         mounts=tuple(mounts), read_only=bool(read_only),
         init=bool(init), cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
         security_opt=tuple(security_list), privileged=bool(privileged),
-        auto_remove=bool(auto_remove), timeout=timeout)
+        auto_remove=bool(auto_remove), timeout=timeout, storage_size=storage_size,
+        log_driver=log_driver or "", log_opts=tuple(log_list))
     config = ContainerConfig(
         image=image, cmd=_argv(cmd),
         entrypoint=None if entrypoint is None else
@@ -794,10 +863,23 @@ def _check_host(h: HostConfig) -> list[str]:
             if _cap(cap) != "ALL" and _cap(cap) not in spec._KNOWN_CAPS:
                 problems.append(f"host.{name}: unknown capability {cap!r}")
     problems += check_security_opt(h.security_opt)
+    if h.storage_size is not None and h.storage_size != 0 and \
+            h.storage_size < MIN_STORAGE_SIZE:
+        problems.append(f"host.storage_size: {h.storage_size} bytes is below the minimum of "
+                        f"{MIN_STORAGE_SIZE >> 20}m (or 0: no cap)")
+    problems += check_log_config(h.log_driver, h.log_opts)
     if h.timeout is not None and not h.timeout > 0:
         problems.append(f"host.timeout: must be a positive number of seconds, "
                         f"got {h.timeout}")
     return problems
+
+
+def size_text(n: int) -> str:
+    """Bytes in Docker's unit form where exact (10G, 64m is 64M here), else bytes."""
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
 
 
 def _is_ip(text: str) -> bool:
@@ -859,7 +941,8 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
     host_config = {
         "Binds": binds or None,
         "ContainerIDFile": "",
-        "LogConfig": {"Type": "json-file", "Config": {}},
+        "LogConfig": {"Type": h.log_driver or "json-file",
+                      "Config": dict(o.partition("=")[::2] for o in h.log_opts)},
         "NetworkMode": h.network_mode,
         "PortBindings": {k: v for k, v in _port_map(h.port_bindings, ()).items()},
         "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
@@ -889,6 +972,7 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         # Ours: which seccomp profile is in force (builtin, unconfined, custom sha256:…).
         "SeccompProfile": _seccomp_name(h.seccomp()),
         "Timeout": h.timeout,
+        "StorageOpt": {"size": size_text(h.storage_size)} if h.storage_size else None,
     }
     config = {
         "Hostname": c.hostname or record.id[:12],

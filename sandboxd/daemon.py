@@ -56,7 +56,7 @@ from . import __version__, protocol
 from .errors import (Cancelled, Conflict, Internal, InvalidArgument, LimitExceeded,
                      SandboxError, Unavailable)
 from .protocol import DEFAULT_ROOT, DEFAULT_SOCKET, Params
-from .runner.spec import Ulimit, check_ulimits, parse_ulimit
+from .runner.spec import Ulimit, check_ulimits, parse_size, parse_ulimit
 
 log = logging.getLogger("sandboxd")
 
@@ -86,6 +86,11 @@ class DaemonConfig:
     cgroup_parent: str = "sandboxd"         # containers' cgroups live under this name
     network_prefix: str = "sbx"             # names of our bridges and veths start with it
     group: str = "sandboxd"                 # the socket's group (members are root's equals)
+    # A container's writable layer when it asks for no --storage-opt size (bytes; 0: no
+    # cap). Sparse: a cap costs the host only what is written.
+    default_storage_size: int = 10 << 30
+    log_driver: str = "json-file"           # containers' default --log-driver
+    log_opts: tuple[str, ...] = ("max-size=20m", "max-file=5")   # Docker local's 100 MB
 
 
 # Config-file keys: the flag names (``default-ulimit``) or their field spelling.
@@ -95,7 +100,9 @@ _CONFIG_KEYS = {"host": "host", "root": "root", "default-ulimit": "default_ulimi
                 "frame-timeout": "frame_timeout", "max-connections": "max_connections",
                 "max-inflight": "max_inflight", "stdin-buffer": "stdin_buffer",
                 "cgroup-parent": "cgroup_parent", "network-prefix": "network_prefix",
-                "group": "group"}
+                "group": "group",
+                "default-storage-size": "default_storage_size", "log-driver": "log_driver",
+                "log-opts": "log_opts", "log-opt": "log_opts"}
 
 
 def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
@@ -124,6 +131,33 @@ def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
                 "stdin_buffer"):
         if key in values and not values[key] > 0:
             problems.append(f"{key.replace('_', '-')}: must be positive, got {values[key]}")
+    if "default_storage_size" in values:
+        from .config import MIN_STORAGE_SIZE
+        try:
+            size = parse_size(values["default_storage_size"], "default-storage-size")
+        except InvalidArgument as e:
+            problems.append(e.message)
+        else:
+            values["default_storage_size"] = size
+            if 0 < size < MIN_STORAGE_SIZE or size < 0:
+                problems.append(f"default-storage-size: {size} bytes is below the minimum "
+                                f"of {MIN_STORAGE_SIZE >> 20}m (0: no cap)")
+    if "log_opts" in values or "log_driver" in values:
+        from .config import check_log_config
+        driver = str(values.get("log_driver", DaemonConfig.log_driver))
+        opts = values.get("log_opts", () if driver == "none" else DaemonConfig.log_opts)
+        if isinstance(opts, dict):                     # the config file's {"max-size": ..}
+            opts = [f"{k}={v}" for k, v in opts.items()]
+        opts = tuple(str(o) for o in opts)
+        if driver != "none":            # a key not given keeps the built-in default
+            given = {o.partition("=")[0] for o in opts}
+            opts += tuple(o for o in DaemonConfig.log_opts if o.partition("=")[0] not in given)
+        values["log_opts"] = opts
+        problems += [p.replace("daemon.log_driver", "log-driver")
+                     .replace("daemon.log_opts", "log-opt")
+                     for p in check_log_config(driver, values["log_opts"], "daemon")]
+        if not driver:
+            problems.append("log-driver: name one of json-file, local, none")
     if values.get("max_frame", 0) > protocol.MAX_FRAME:
         problems.append(f"max-frame: at most {protocol.MAX_FRAME}, got {values['max_frame']}")
     if problems:
@@ -892,15 +926,28 @@ def run(config: DaemonConfig) -> int:
 @click.option("--group", "-G", metavar="NAME",
               help="Group of the socket, made if missing (its members can do all root "
                    "can) [default: sandboxd; \"\" leaves it root's]")
+@click.option("--default-storage-size", metavar="SIZE",
+              help="Cap of a container's writable layer when it gives no --storage-opt "
+                   "size (0: no cap) [default: 10G]")
+@click.option("--log-driver", metavar="DRIVER",
+              help="Containers' default log driver: json-file, local or none "
+                   "[default: json-file]")
+@click.option("--log-opt", "log_opts", multiple=True, metavar="KEY=VALUE",
+              help="Containers' default log options, max-size=SIZE and max-file=N "
+                   "(repeatable) [default: max-size=20m, max-file=5]")
 def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
          log_level: str | None, config_file: str | None, ip_masq: bool | None,
-         cgroup_parent: str | None, network_prefix: str | None, group: str | None) -> None:
+         cgroup_parent: str | None, network_prefix: str | None, group: str | None,
+         default_storage_size: str | None, log_driver: str | None,
+         log_opts: tuple[str, ...]) -> None:
     """Run the sandboxd daemon."""
     try:
         config = load_config(config_file, host=host, root=root,
                              default_ulimits=default_ulimits, log_level=log_level,
                              ip_masq=ip_masq, cgroup_parent=cgroup_parent,
-                             network_prefix=network_prefix, group=group)
+                             network_prefix=network_prefix, group=group,
+                             default_storage_size=default_storage_size,
+                             log_driver=log_driver, log_opts=log_opts)
     except InvalidArgument as exc:
         raise click.UsageError(exc.message) from None
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),

@@ -22,7 +22,7 @@ from .daemon import DaemonConfig, RequestContext, Server
 from .errors import Conflict, InvalidArgument, NotFound
 from .images.oci import parse_time
 from .images.reference import parse as parse_ref
-from .logs import read_entries, tail_lines
+from . import logs as logfiles
 from .protocol import Params
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,10 @@ class _Operations:
         p.done()
         record = self.s._get(ref)
         if logs:
-            for _ts, fd, data, _off in read_entries(record.log_path):
-                if want.get(fd):
-                    await ctx.send_event("stdout" if fd == 1 else "stderr", data)
+            with logfiles.Snapshot(record.log_path) as snapshot:
+                for e in snapshot.entries():
+                    if want.get(e.stream):
+                        await ctx.send_event("stdout" if e.stream == 1 else "stderr", e.data)
         if not stream:
             return {"id": record.id}
         if start and record.state.status not in RUNNING:
@@ -299,16 +300,28 @@ class _Operations:
         until = p.get("until", (int, float), 0)
         p.done()
         record = self.s._get(ref)
+        if record.config.host.log_driver == "none":
+            raise Conflict(f"configured logging driver does not support reading: container "
+                           f"{record.name} was created with --log-driver none")
+        # Subscribed before the files are opened: what comes after their sizes now
+        # arrives through the queue, once.
         queue, _live = self.s.subscribe(record) if follow else (None, None)
         stamper = _Stamper() if timestamps else None
         try:
-            entries = [e for e in read_entries(record.log_path)
-                       if e[0] >= since and (not until or e[0] <= until)]
-            for ts, fd, data, _off in tail_lines(entries, tail):
-                if want.get(fd):
-                    if stamper is not None:
-                        data = stamper.stamp(fd, data, ts)
-                    await ctx.send_event("stdout" if fd == 1 else "stderr", data)
+            with logfiles.Snapshot(record.log_path) as snapshot:
+                if tail >= 0:
+                    entries, short = snapshot.tail(tail, since, until) if tail else ([], False)
+                else:
+                    entries, short = snapshot.entries(since, until), True
+                note = logfiles.dropped_note(snapshot, since, short)
+                if note:
+                    await ctx.send_event("notice", note)
+                for e in entries:
+                    if want.get(e.stream):
+                        data = e.data
+                        if stamper is not None:
+                            data = stamper.stamp(e.stream, data, e.time)
+                        await ctx.send_event("stdout" if e.stream == 1 else "stderr", data)
             while queue is not None:
                 item = await queue.get()
                 if item is None:
@@ -527,9 +540,10 @@ class _Operations:
                            f"layer is a tmpfs inside the container, which cannot be "
                            f"committed; run it without --rm to commit it")
         created_by = " ".join([record.path, *record.args])
-        image_id = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.s.images.commit(record.id, record.image_id, name,
-                                               message=message, created_by=created_by))
+        async with self.s.upper(record):
+            image_id = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self.s.images.commit(record.id, record.image_id, name,
+                                                   message=message, created_by=created_by))
         return {"id": image_id}
 
     async def export(self, ctx: RequestContext, params: dict) -> Any:
@@ -542,10 +556,11 @@ class _Operations:
             raise Conflict(f"container {record.name} was started with --rm: its writable "
                            f"layer is a tmpfs inside the container and cannot be exported; "
                            f"run it without --rm")
-        view = self.s.images.view(record.image_id, record.id)
         # Spooled by a thread (it reads every file), then sent in 1 MiB chunks.
         with tempfile.TemporaryFile(dir=self.s.root) as spool:
-            await asyncio.get_running_loop().run_in_executor(None, write_tar, view, spool)
+            async with self.s.upper(record):
+                view = self.s.images.view(record.image_id, record.id)
+                await asyncio.get_running_loop().run_in_executor(None, write_tar, view, spool)
             return {"size": await _send_spool(ctx, spool)}
 
     async def image_import(self, ctx: RequestContext, params: dict) -> Any:

@@ -28,10 +28,17 @@ A container's root::
     (A container with a tmpfs upper needs no snapshot at all: the image service pins
     its chain in memory.)
 
+A container's capped root (``prepare(..., size=N)``): the writable layer is an ext4
+image of N bytes (:mod:`sandboxd.runner.layers`) instead of the two directories; the
+runner mounts it in the container's own namespace, and the daemon reads it (commit,
+export) only through :meth:`Snapshotter.opened`, with a mount fd the runner gave it.
+
 Layout::
 
     root/snapshots/<id>/fs      the snapshot's content (an overlay upper dir)
     root/snapshots/<id>/work    overlay workdir (active snapshots)
+    root/snapshots/<id>/layer.img  a capped active snapshot's filesystem (fs, work inside)
+    root/snapshots/templates    one empty image per size, copied for each new layer
     root/snapshots/new-*        being created (a crash leaves these; cleanup() removes)
     root/snapshots/empty        an empty lower for a root that has no parent
 
@@ -47,6 +54,7 @@ no row owns is deleted by :meth:`Snapshotter.cleanup` at start-up.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,14 +63,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import Conflict, InvalidArgument, NotFound
+from .runner import layers
 from .runner.spec import RootFS
 from .store import Store
 
 ACTIVE, VIEW, COMMITTED = "active", "view", "committed"
 _EMPTY = "empty"
+_TEMPLATES = "templates"
+LAYER = "layer.img"
+STORAGE_LABEL = "sandboxd.storage-size"     # bytes, on an active snapshot with a capped layer
 _MAX_KEY = 1024
 
 
@@ -96,14 +108,21 @@ class Snapshotter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.empty = self.dir / _EMPTY
         self.empty.mkdir(mode=0o755, exist_ok=True)
+        # capped layers the daemon holds open: key -> the directory of their filesystem
+        self._opened: dict[str, str] = {}
 
     # ------------------------------------------------------------ creating
 
     def prepare(self, key: str, parent: str | None = None, *,
-                labels: dict[str, str] | None = None) -> list[MountData]:
-        """A new writable snapshot ``key`` on top of the committed ``parent`` (or empty).
-        ``Conflict`` when ``key`` exists; ``NotFound`` when ``parent`` does not."""
-        return self._create(ACTIVE, key, parent, labels)
+                labels: dict[str, str] | None = None, size: int | None = None
+                ) -> list[MountData]:
+        """A new writable snapshot ``key`` on top of the committed ``parent`` (or empty);
+        with ``size`` its layer is a filesystem image of that many bytes (a container's
+        capped root: only :meth:`rootfs` mounts it). ``Conflict`` when ``key`` exists;
+        ``NotFound`` when ``parent`` does not."""
+        if size is not None:
+            labels = {**(labels or {}), STORAGE_LABEL: str(size)}
+        return self._create(ACTIVE, key, parent, labels, size)
 
     def view(self, key: str, parent: str | None = None, *,
              labels: dict[str, str] | None = None) -> list[MountData]:
@@ -112,15 +131,18 @@ class Snapshotter:
         return self._create(VIEW, key, parent, labels)
 
     def _create(self, kind: str, key: str, parent: str | None,
-                labels: dict[str, str] | None) -> list[MountData]:
+                labels: dict[str, str] | None, size: int | None = None) -> list[MountData]:
         _check_key(key)
         labels_json = _labels(labels)
         tmp = Path(tempfile.mkdtemp(prefix="new-", dir=self.dir))
         final: Path | None = None
         try:
             os.chmod(tmp, 0o700)
-            (tmp / "fs").mkdir(mode=0o755)
-            if kind == ACTIVE:
+            if size is not None:
+                layers.make_image(str(tmp / LAYER), size, str(self.dir / _TEMPLATES))
+            else:
+                (tmp / "fs").mkdir(mode=0o755)
+            if kind == ACTIVE and size is None:
                 (tmp / "work").mkdir(mode=0o700)
             with self.store.transaction() as db:
                 if db.execute("SELECT 1 FROM snapshots WHERE key = ?", (key,)).fetchone():
@@ -141,7 +163,7 @@ class Snapshotter:
                     # a crash leftover: a rolled-back insert may hand out its id again
                     shutil.rmtree(final)
                 os.rename(tmp, final)
-            return self.mounts(key)
+            return [] if size is not None else self.mounts(key)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             if final is not None and not self.exists(key):
@@ -156,6 +178,9 @@ class Snapshotter:
         if info.kind != ACTIVE:
             raise Conflict(f"snapshot {key} is {info.kind}; only an active snapshot can be "
                            f"committed")
+        if STORAGE_LABEL in info.labels:
+            raise InvalidArgument(f"snapshot {key} is a container's capped layer: read it "
+                                  f"into a layer tar instead of committing it in place")
         size, inodes = _disk_usage(self._fs(info.id))
         with self.store.transaction() as db:
             if db.execute("SELECT 1 FROM snapshots WHERE key = ?", (name,)).fetchone():
@@ -196,7 +221,7 @@ class Snapshotter:
         owned = {str(r[0]) for r in self.store.query("SELECT id FROM snapshots")}
         removed = []
         for entry in os.scandir(self.dir):
-            if entry.name == _EMPTY or entry.name in owned:
+            if entry.name in (_EMPTY, _TEMPLATES) or entry.name in owned:
                 continue
             path = Path(entry.path)
             if entry.is_dir(follow_symlinks=False):
@@ -230,11 +255,38 @@ class Snapshotter:
         row = rows[0]
         if row["kind"] == COMMITTED and row["size"] is not None:
             return row["size"], row["inodes"]
+        image = self.dir / str(row["id"]) / LAYER
+        if STORAGE_LABEL in json.loads(row["labels"]):
+            # what the layer takes on the host; its files are inside the image
+            return layers.allocated(str(image)), 0
         return _disk_usage(self._fs(row["id"]))
 
     def path(self, key: str) -> Path:
-        """The snapshot's content directory (``.../<id>/fs``): where a layer is unpacked."""
-        return self._fs(self.stat(key).id)
+        """The snapshot's content directory (``.../<id>/fs``): where a layer is unpacked.
+        A capped layer's is inside its image: only while :meth:`opened` holds it."""
+        info = self.stat(key)
+        if STORAGE_LABEL in info.labels:
+            top = self._opened.get(key)
+            if top is None:
+                raise Conflict(f"snapshot {key}: its capped layer is not open for reading")
+            return Path(top) / "fs"
+        return self._fs(info.id)
+
+    def layer_image(self, key: str) -> str | None:
+        """The filesystem image of a capped active snapshot, or None."""
+        info = self.stat(key)
+        return str(self.dir / str(info.id) / LAYER) if STORAGE_LABEL in info.labels else None
+
+    @contextlib.contextmanager
+    def opened(self, key: str, directory: str) -> Iterator[None]:
+        """While the block runs, :meth:`path` of the capped snapshot ``key`` reads from
+        ``directory`` (its mounted filesystem, e.g. ``/proc/self/fd/N`` of an fd the
+        runner's ``open_layer`` gave)."""
+        self._opened[key] = directory
+        try:
+            yield
+        finally:
+            self._opened.pop(key, None)
 
     def chain(self, key: str) -> list[Info]:
         """``key`` and its ancestors, top first."""
@@ -258,6 +310,9 @@ class Snapshotter:
         if info.kind == COMMITTED:
             raise InvalidArgument(f"snapshot {key} is committed: make a view or an active "
                                   f"snapshot on top of it to mount it")
+        if STORAGE_LABEL in info.labels:
+            raise InvalidArgument(f"snapshot {key} is a capped layer: only the runner "
+                                  f"mounts it (see rootfs)")
         if info.kind == ACTIVE:
             if not lowers:
                 return [MountData("bind", fs, ("rbind", "rw"))]
@@ -285,6 +340,12 @@ class Snapshotter:
         if info.kind == COMMITTED:
             raise InvalidArgument(f"snapshot {key} is committed: a container root needs an "
                                   f"active snapshot or a view on top of it")
+        if info.kind == ACTIVE and STORAGE_LABEL in info.labels:
+            if readonly:
+                raise InvalidArgument(f"snapshot {key}: a capped layer cannot be a read-only "
+                                      f"root")
+            return RootFS(lowerdirs=lowers or (str(self.empty),),
+                          layer=str(self.dir / str(info.id) / LAYER))
         if info.kind == ACTIVE:
             fs = str(self._fs(info.id))
             if readonly:

@@ -27,7 +27,7 @@ from sandboxd import testing
 from sandboxd.api import Client
 
 PY = sys.executable
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]      # tests/harness.py -> the repo
 CGROUP_ROOT = "/sys/fs/cgroup"
 _serial = itertools.count(1)
 
@@ -135,6 +135,9 @@ class Daemon:
         assert not mounts, f"mounts left: {mounts}"
         children = self.cgroup_children(pooled=True)
         assert not children, f"cgroups left: {children}"
+        # loop devices detach by themselves once the last mount of a layer is gone
+        wait_until(lambda: not self.loop_devices(), 10,
+                   f"loop devices of {self.tmp} to detach: {self.loop_devices()}")
         links = [line for line in subprocess.run(["ip", "-o", "link"], capture_output=True,
                                                   text=True).stdout.splitlines()
                  if line.split(": ")[1].startswith(self.prefix)]
@@ -154,6 +157,17 @@ class Daemon:
             if (f"/{self.parent}/" in cgroups or self.root in cmd) and pid_alive(pid):
                 left.append(f"{pid} {cmd}")
         return left
+
+    def loop_devices(self) -> list[str]:
+        """Loop devices bound to a file under this daemon's directory (capped layers)."""
+        found = []
+        for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+            try:
+                if backing.read_text().startswith(self.tmp + "/"):
+                    found.append(backing.parent.parent.name)
+            except OSError:
+                continue
+        return found
 
     def parent_dirs(self) -> list[str]:
         return [str(p) for p in Path(CGROUP_ROOT).glob(f"*/{self.parent}") if p.is_dir()]

@@ -348,10 +348,11 @@ class Builder:
                 raise BuildFailed(f"The command {_shown(argv)} {why}")
             created_by = (f"|{len(arg_env)} {' '.join(arg_env)} " if arg_env else "") + \
                 " ".join(argv)
-            image = await self._thread(
-                self.images.derive, state.image, upper=record.id,
-                history={"created_by": created_by},
-                build={"parent": state.image, "key": key})
+            async with service.upper(final):
+                image = await self._thread(
+                    self.images.derive, state.image, upper=record.id,
+                    history={"created_by": created_by},
+                    build={"parent": state.image, "key": key})
         finally:
             try:
                 await service.remove(service._get(record.id), force=True)

@@ -911,7 +911,7 @@ class ImageService:
     # ------------------------------------------------------------ container roots
 
     def prepare_rootfs(self, image_id: str, container_key: str, *, readonly: bool = False,
-                       tmpfs_upper: bool = False) -> RootFS:
+                       tmpfs_upper: bool = False, size: int | None = None) -> RootFS:
         """Make the root of the container ``container_key`` of this image for the
         runner. By default the upper layer is a persistent active snapshot (kept across
         restarts); ``readonly`` takes a view instead (no upper kept). With
@@ -921,7 +921,9 @@ class ImageService:
         never started again). Otherwise an existing snapshot ``container_key`` (a
         container started again) is reused.
         Release the root with :meth:`release_rootfs` after the container is gone. For
-        the host image, also mount :meth:`image_mounts`."""
+        the host image, also mount :meth:`image_mounts`. ``size`` caps the writable
+        layer (bytes): the tmpfs upper's size, or a new snapshot's filesystem image (a
+        container started again keeps the layer it has)."""
         if tmpfs_upper:
             with self._lock:
                 cached = self._lowerdirs.get(image_id)
@@ -929,11 +931,16 @@ class ImageService:
                     cached = self._chain_lowerdirs(image_id)
                     self._lowerdirs[image_id] = cached
                 self._pins[container_key] = cached[0]
+            if size is not None:
+                return RootFS(lowerdirs=cached[1], readonly=readonly, tmpfs_size=str(size))
             return RootFS(lowerdirs=cached[1], readonly=readonly)
         image, parent = self._image_parent(image_id)
         if not self.snapshotter.exists(container_key):    # else a restart: keep its writes
-            make = self.snapshotter.view if readonly else self.snapshotter.prepare
-            make(container_key, parent, labels={"image": image["id"]})
+            if readonly:
+                self.snapshotter.view(container_key, parent, labels={"image": image["id"]})
+            else:
+                self.snapshotter.prepare(container_key, parent, labels={"image": image["id"]},
+                                         size=size)
         root = self.snapshotter.rootfs(container_key, readonly=readonly)
         if image["doc"].get("host"):
             root = dataclasses.replace(root, lowerdirs=(str(self._host[1]),))

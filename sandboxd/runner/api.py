@@ -336,8 +336,11 @@ class HelperConnection:
                 return
             except OSError:
                 msg, fds = None, []
-            for fd in fds:
-                os.close(fd)
+            if fds and msg is not None and "rid" in msg:
+                msg["fds"] = fds                  # a reply's fds go to its caller
+            else:
+                for fd in fds:
+                    os.close(fd)
             if msg is None:
                 self._lost()
                 return
@@ -392,6 +395,9 @@ class AsyncRunner(_Protocol, HelperConnection):
             waiter = self._waiters.pop(msg["rid"], None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(msg)
+            else:
+                for fd in msg.get("fds", ()):
+                    os.close(fd)
 
     def _fail_pending(self, err: Exception) -> None:
         for waiter in self._waiters.values():
@@ -416,6 +422,25 @@ class AsyncRunner(_Protocol, HelperConnection):
                    stdio: tuple[int, ...]) -> int:
         return (await self._call({"op": "exec", "id": container_id, "exec_id": exec_id,
                                   "process": to_dict(process)}, list(stdio)))["pid"]
+
+    async def open_layer(self, image: str) -> int:
+        """An O_PATH fd of a layer image's filesystem (``fs``: the upper, ``work``),
+        mounted in no namespace of ours; close it when done (see runner/layers.py)."""
+        import asyncio
+        if self._sock is None:
+            raise Unavailable("runner: the fork server is not running")
+        rid = next(self._rids)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = waiter
+        send_message(self._sock, {"op": "open_layer", "image": image, "rid": rid})
+        reply = await waiter
+        fds = reply.get("fds") or []
+        if "error" in reply or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            self._result(reply)
+            raise Unavailable("runner: open_layer came back without its fd")
+        return fds[0]
 
     async def kill(self, container_id: str, sig: int = signal.SIGKILL, *, all: bool = False,
                    exec_id: str | None = None) -> None:

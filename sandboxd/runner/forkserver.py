@@ -46,7 +46,7 @@ import msgpack
 
 from ..errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, NotFound,
                       SandboxError, SetupFailed, from_wire)
-from . import cgroups, mounts, rlimits, seccomp, security
+from . import cgroups, layers, mounts, rlimits, seccomp, security
 from . import syscalls as sc
 from .init import run_init
 from .plan import Step, build_plan
@@ -357,6 +357,9 @@ class _Container:
     program: seccomp.Program | None = None
     pid: int = 0
     execs: dict[str, int] = field(default_factory=dict)       # exec id -> pid
+    # The detached mount of its layer image (runner/layers.py), held until the start
+    # settles: pid 1 has attached it in its own namespace by then, or failed.
+    layer_hold: int = -1
 
 
 @dataclass
@@ -445,7 +448,13 @@ class ForkServer:
             if handler is None:
                 raise InvalidArgument(f"fork server: unknown op {msg.get('op')!r}")
             result = handler(msg, fds)
-            if result is not _DEFERRED:
+            if isinstance(result, _WithFds):
+                try:
+                    self._send({"rid": rid, "ok": result.value}, result.fds)
+                finally:
+                    for fd in result.fds:
+                        os.close(fd)
+            elif result is not _DEFERRED:
                 self._reply(rid, result)
         except SandboxError as e:
             for fd in fds:
@@ -479,17 +488,23 @@ class ForkServer:
             self._check_entry(spec)
         self._retire(spec.id)            # a previous run of this id may still hold its name
         program = self._filter(spec.seccomp, spec.process.capabilities)
-        if spec.entry:
-            return self._spawn_from_template(msg["rid"], spec, fds, program)
-        # Built here, where its cached parts stay warm.
-        plan = build_plan(spec, self.mnt, self.cgroups.cgroupfs)
-        cgroup = self.cgroups.create(spec.id, spec.limits)
-        container = _Container(spec.id, spec, cgroup, program)
+        hold = layers.mount_layer(spec.root.layer) if spec.root.layer else -1
+        try:
+            if spec.entry:
+                return self._spawn_from_template(msg["rid"], spec, fds, program, hold)
+            # Built here, where its cached parts stay warm.
+            plan = build_plan(spec, self.mnt, self.cgroups.cgroupfs, hold)
+            cgroup = self.cgroups.create(spec.id, spec.limits)
+        except BaseException:
+            _close_quietly(hold)
+            raise
+        container = _Container(spec.id, spec, cgroup, program, layer_hold=hold)
         try:
             self._fork(msg["rid"], container, None, fds,
                        lambda errw: _container_first(spec, plan, cgroup, fds, errw, program),
                        _pid_clone_flags(spec))
         except BaseException:
+            _close_quietly(hold)
             cgroup.remove()
             raise
         self.containers[spec.id] = container
@@ -580,11 +595,11 @@ class ForkServer:
         return int(reply["pid"])
 
     def _spawn_from_template(self, rid: int, spec: ContainerSpec, fds: list[int],
-                             program: seccomp.Program | None) -> Any:
+                             program: seccomp.Program | None, hold: int) -> Any:
         """Pid 1 is a clone of the template (our child, by CLONE_PARENT); it gets its
         spec and fds only once it is in its cgroup."""
         cgroup = self.cgroups.create(spec.id, spec.limits)
-        container = _Container(spec.id, spec, cgroup, program)
+        container = _Container(spec.id, spec, cgroup, program, layer_hold=hold)
         errr, errw = os.pipe2(os.O_CLOEXEC)
         ours, theirs = socket.socketpair(socket.AF_UNIX,
                                          socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -597,7 +612,8 @@ class ForkServer:
             cgroup.join(pid)
             send_message(ours, {"spec": to_dict(spec), "mnt": self.mnt,
                                 "seccomp": program and program.to_wire(),
-                                "cgroupfs": self.cgroups.cgroupfs}, [*fds, errw])
+                                "cgroupfs": self.cgroups.cgroupfs},
+                         [*fds, *([hold] if hold >= 0 else []), errw])
         except BaseException:
             if pid:
                 _kill_quietly(pid)
@@ -669,6 +685,14 @@ class ForkServer:
     def _op_resume(self, msg: dict, fds: list[int]) -> Any:
         self._container(msg).cgroup.thaw()
         return None
+
+    def _op_open_layer(self, msg: dict, fds: list[int]) -> Any:
+        """An O_PATH fd of a layer image's mounted filesystem, for the owner (see
+        layers.open_layer); sent with the reply."""
+        image = msg.get("image")
+        if not isinstance(image, str) or not image.startswith("/"):
+            raise InvalidArgument("open_layer: image must be an absolute path")
+        return _WithFds({}, [layers.open_layer(image)])
 
     def _op_shutdown(self, msg: dict, fds: list[int]) -> Any:
         self.running = False
@@ -758,6 +782,7 @@ class ForkServer:
             start.status = self.early_exits.pop(start.pid)
 
     def _started(self, start: _Start) -> None:
+        self._release_layer(start.container)
         self._reply(start.rid, {"pid": start.pid})
         if start.status is not None:             # it already exited: report that too
             self._exited(start.pid, start.status)
@@ -765,6 +790,7 @@ class ForkServer:
     def _start_failed(self, start: _Start) -> None:
         err = _decode_failure(start)
         container = start.container
+        self._release_layer(container)
         if start.exec_id is None:
             self._remove(container)
         else:
@@ -824,14 +850,22 @@ class ForkServer:
             self.retiring[container.id] = container.cgroup
         self._send(event)
 
-    def _send(self, message: dict) -> None:
+    def _send(self, message: dict, fds: list[int] = ()) -> None:
         """To the owner; if it is gone, stop serving: the loop's end cleans up."""
         try:
-            send_message(self.sock, message)
+            send_message(self.sock, message, fds)
         except OSError:
             self.running = False
 
+    @staticmethod
+    def _release_layer(container: _Container) -> None:
+        """The start settled: its mount (if any) holds the loop device from now on."""
+        if container.layer_hold >= 0:
+            _close_quietly(container.layer_hold)
+            container.layer_hold = -1
+
     def _forget(self, container: _Container) -> None:
+        self._release_layer(container)
         self.containers.pop(container.id, None)
         for exec_pid in container.execs.values():
             self.pids.pop(exec_pid, None)
@@ -875,6 +909,13 @@ class ForkServer:
 
 
 _DEFERRED = object()
+
+
+@dataclass
+class _WithFds:
+    """A reply that carries fds (sent, then closed on our side)."""
+    value: Any
+    fds: list[int]
 
 
 def validate_process(process: Process) -> Process:

@@ -14,7 +14,7 @@ import stat
 
 from ..errors import SetupFailed
 from . import syscalls as sc
-from .plan import (MakeDevice, MakeDirs, MakeLink, MaskPath, MountStep, PivotRoot,
+from .plan import (AttachMount, MakeDevice, MakeDirs, MakeLink, MaskPath, MountStep, PivotRoot,
                    ReadonlyPath, SetHostname, Step, WriteFile)
 
 _MAX_LINKS = 40
@@ -119,6 +119,13 @@ def _make_mountpoint(target: str, step: MountStep) -> None:
         os.makedirs(target, 0o755, exist_ok=True)
 
 
+def _attach(step: AttachMount, root: str) -> None:
+    try:
+        sc.move_mount(step.fd, step.target)
+    finally:
+        os.close(step.fd)
+
+
 def _mkdirs(step: MakeDirs, root: str) -> None:
     os.makedirs(_where(step.path, root, step.in_root), step.mode, exist_ok=True)
 
@@ -200,6 +207,6 @@ def _hostname(step: SetHostname, root: str) -> None:
     socket.sethostname(step.name)
 
 
-_RUN = {MountStep: _mount, MakeDirs: _mkdirs, MakeDevice: _mknod, MakeLink: _symlink,
+_RUN = {MountStep: _mount, AttachMount: _attach, MakeDirs: _mkdirs, MakeDevice: _mknod, MakeLink: _symlink,
         WriteFile: _write, MaskPath: _mask, ReadonlyPath: _readonly, PivotRoot: _pivot,
         SetHostname: _hostname}

@@ -17,6 +17,9 @@ from . import syscalls as sc
 from .spec import ContainerSpec, Mount
 
 PAGE_SIZE = 4096
+# A --tmpfs mount's size when its options give none. Its pages are charged to the
+# container's memory cgroup, so a memory limit bounds it as well.
+TMPFS_SIZE = "1g"
 NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
 # (name, major, minor): the only device nodes a container gets.
@@ -52,6 +55,17 @@ class MountStep:
         if self.flags & sc.MS_REMOUNT:
             kind = "remount"
         return f"mount {kind} on {self.target}"
+
+
+@dataclass(frozen=True)
+class AttachMount:
+    """move_mount(2) of a detached mount (an fd the fork server made) onto a host path
+    of the container's own namespace; the fd is closed after."""
+    fd: int
+    target: str
+
+    def describe(self) -> str:
+        return f"attach the writable layer on {self.target}"
 
 
 @dataclass(frozen=True)
@@ -127,20 +141,21 @@ class SetHostname:
         return f"sethostname {self.name}"
 
 
-Step = MountStep | MakeDirs | MakeDevice | MakeLink | WriteFile | MaskPath | ReadonlyPath \
+Step = MountStep | AttachMount | MakeDirs | MakeDevice | MakeLink | WriteFile | MaskPath | ReadonlyPath \
     | PivotRoot | SetHostname
 
 
-def build_plan(spec: ContainerSpec, mnt: str, cgroupfs: tuple[CgroupMount, ...] = ()
-               ) -> list[Step]:
+def build_plan(spec: ContainerSpec, mnt: str, cgroupfs: tuple[CgroupMount, ...] = (),
+               layer_fd: int = -1) -> list[Step]:
     """All filesystem steps for ``spec``; ``mnt`` is an existing empty host directory
     that the new root is assembled on (inside the container's private mount namespace,
     so every container may use the same one). ``cgroupfs``: what is mounted read-only at
     /sys/fs/cgroup (the fork server's ``CgroupManager.cgroupfs``); empty leaves sysfs's
-    own empty, read-only directory there."""
+    own empty, read-only directory there. ``layer_fd``: the detached mount of
+    ``spec.root.layer`` the fork server made (runner/layers.py)."""
     steps: list[Step] = [MountStep("/", None, None, sc.MS_REC | sc.MS_PRIVATE, in_root=False,
                                    create="")]
-    root, root_steps = _root_steps(spec, mnt)
+    root, root_steps = _root_steps(spec, mnt, layer_fd)
     steps += root_steps
     steps += [WriteFile(f.path, f.content) for f in spec.files]
     steps += _kernel_fs_steps(spec.namespaces.ipc == "private", cgroupfs)
@@ -158,11 +173,18 @@ def build_plan(spec: ContainerSpec, mnt: str, cgroupfs: tuple[CgroupMount, ...] 
     return steps
 
 
-def _root_steps(spec: ContainerSpec, mnt: str) -> tuple[str, list[Step]]:
+def _root_steps(spec: ContainerSpec, mnt: str, layer_fd: int) -> tuple[str, list[Step]]:
     r = spec.root
     steps: list[Step] = []
     if r.upperdir:
         upper, work, root = r.upperdir, r.workdir, mnt
+    elif r.layer:
+        # The capped layer's filesystem, attached here only: the container's namespace.
+        if layer_fd < 0:
+            raise ValueError("build_plan: a layer image needs the mount of it")
+        steps.append(AttachMount(layer_fd, mnt))
+        upper, work, root = f"{mnt}/fs", f"{mnt}/work", f"{mnt}/root"
+        steps += [MakeDirs(upper), MakeDirs(work, 0o700), MakeDirs(root)]
     else:
         # Fresh writable layer on a tmpfs private to this container: nothing to clean
         # on the host, gone when the mount namespace goes. A read-only root gets one
@@ -259,7 +281,10 @@ def _cgroupfs_steps(cgroupfs: tuple[CgroupMount, ...]) -> list[Step]:
 
 def _user_mount_steps(m: Mount) -> list[Step]:
     if m.type == "tmpfs":
-        data = ",".join(m.options) if m.options else "mode=1777"
+        options = m.options or ("mode=1777",)
+        if not any(o.startswith("size=") for o in options):
+            options += (f"size={TMPFS_SIZE}",)   # the kernel's default is half of RAM
+        data = ",".join(options)
         flags = sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if m.readonly else 0)
         return [MountStep(m.destination, "tmpfs", "tmpfs", flags, data)]
     steps: list[Step] = [MountStep(m.destination, None, m.source, sc.MS_BIND | sc.MS_REC,

@@ -96,14 +96,17 @@ class RootFS:
     """The container's ``/``: an overlay of ``lowerdirs`` (top first).
 
     With ``upperdir``/``workdir`` the writable layer is kept there (the daemon's snapshot);
-    without them a fresh upper is made on a tmpfs that vanishes with the container.
-    ``readonly`` mounts no upper at all.
+    with ``layer`` it is kept inside that filesystem image (a capped layer, see
+    :mod:`sandboxd.runner.layers`: the runner loop-mounts it in the container's own mount
+    namespace, upper and work directories inside it); with neither a fresh upper is made
+    on a tmpfs that vanishes with the container. ``readonly`` mounts no upper at all.
     """
     lowerdirs: tuple[str, ...]
     upperdir: str | None = None
     workdir: str | None = None
     readonly: bool = False
     tmpfs_size: str = "1g"              # size= of the tmpfs upper when one is made
+    layer: str | None = None            # an ext4 image file holding the writable layer
 
 
 @dataclass(frozen=True)
@@ -346,6 +349,12 @@ def _check_root(r: RootFS) -> list[str]:
                             f"or ':'")
     if r.readonly and r.upperdir is not None:
         problems.append("root: a read-only root takes no upperdir")
+    if r.layer is not None:
+        if not _is_abs(r.layer):
+            problems.append(f"root.layer: {r.layer!r} must be an absolute path")
+        if r.readonly or r.upperdir is not None:
+            problems.append("root.layer: a layer image is the writable layer: no upperdir, "
+                            "not read-only")
     return problems
 
 

@@ -145,6 +145,9 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
     try:
         spec = validate(from_dict(ContainerSpec, msg["spec"]))
         program = Program.from_wire(msg["seccomp"]) if msg.get("seccomp") else None
+        layer_fd = -1
+        if spec.root.layer:                 # its detached mount came after the stdio
+            layer_fd, stdio = stdio[-1], stdio[:-1]
         function = entries[spec.entry]
         fs._reset_signals()
         try:
@@ -153,7 +156,7 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
             raise SetupFailed(f"create namespaces: {e.strerror}",
                               {"step": "namespaces", "errno": e.errno or 0}) from None
         cgroupfs = tuple(tuple(m) for m in msg["cgroupfs"])
-        fs.mounts.run_steps(build_plan(spec, msg["mnt"], cgroupfs))
+        fs.mounts.run_steps(build_plan(spec, msg["mnt"], cgroupfs, layer_fd))
         fs._install_stdio(stdio, False)
         _executable, env = fs._prepare_process(spec.process, spec.hostname, errw, program)
     except SandboxError as e:

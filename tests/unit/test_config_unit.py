@@ -468,3 +468,48 @@ def test_filters_like_docker_ps():
         "status": ["exited"], "label": ["a=b"]}
     with pytest.raises(InvalidArgument):
         config.parse_filters(["bogus"])
+
+
+def test_storage_and_log_options():
+    from sandboxd import config as cfg
+    from sandboxd.errors import InvalidArgument
+    c = cfg.build_config("busybox", ["true"], storage_opt=["size=20G"],
+                         log_driver="local", log_opts={"max-size": "10m", "max-file": 3})
+    assert c.host.storage_size == 20 << 30
+    assert c.host.log_opts == ("max-size=10m", "max-file=3")
+    assert c.host.log_limits() == (10 << 20, 3)
+    doc = cfg.inspect_document(cfg.ContainerRecord(id="a" * 64, name="n", created=0,
+                                                   config=c))
+    assert doc["HostConfig"]["StorageOpt"] == {"size": "20G"}
+    assert doc["HostConfig"]["LogConfig"] == {"Type": "local", "Config": {
+        "max-size": "10m", "max-file": "3"}}
+    for kwargs, words in (({"storage_opt": ["size=1m"]}, "minimum"),
+                          ({"storage_opt": ["quota=1"]}, "size=N"),
+                          ({"log_driver": "syslog"}, "json-file, local, none"),
+                          ({"log_opts": ["max-file=0"]}, "at least 1"),
+                          ({"log_opts": ["compress=true"]}, "max-size=SIZE"),
+                          ({"log_driver": "none", "log_opts": ["max-file=2"]}, "no options")):
+        try:
+            cfg.build_config("busybox", ["true"], **kwargs)
+        except InvalidArgument as e:
+            assert words in str(e.details.get("problems") or e.message), (kwargs, e)
+        else:
+            raise AssertionError(f"{kwargs} was accepted")
+
+
+def test_daemon_log_defaults_fill_what_is_not_given():
+    from sandboxd.daemon import load_config
+    from sandboxd.errors import InvalidArgument
+    assert load_config().log_opts == ("max-size=20m", "max-file=5")
+    assert load_config(log_opts=("max-file=2",)).log_opts == ("max-file=2", "max-size=20m")
+    assert load_config(log_driver="none").log_opts == ()
+    assert load_config(default_storage_size="0").default_storage_size == 0
+    for flags, words in (({"default_storage_size": "1m"}, "minimum"),
+                         ({"log_driver": "none", "log_opts": ("max-file=2",)}, "no options"),
+                         ({"log_opts": ("max-size=big",)}, "invalid size")):
+        try:
+            load_config(**flags)
+        except InvalidArgument as e:
+            assert words in e.message, (flags, e.message)
+        else:
+            raise AssertionError(f"{flags} was accepted")

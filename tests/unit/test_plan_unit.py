@@ -133,3 +133,23 @@ def test_user_mounts():
     assert binds[0].source == "/src" and binds[1].flags & sc.MS_RDONLY
     tmpfs = next(s for s in steps if isinstance(s, MountStep) and s.target == "/scratch")
     assert tmpfs.data == "size=1m"
+
+
+def test_a_capped_layer_is_attached_first_and_holds_upper_and_work():
+    from sandboxd.runner.plan import AttachMount, MakeDirs
+    steps = build_plan(make(root=RootFS(lowerdirs=("/a",), layer="/state/7/layer.img")),
+                       "/mnt", layer_fd=9)
+    assert steps[1] == AttachMount(9, "/mnt")
+    assert MakeDirs("/mnt/work", 0o700) in steps
+    overlay = next(s for s in steps if isinstance(s, MountStep) and s.fstype == "overlay")
+    assert overlay.data == "lowerdir=/a,upperdir=/mnt/fs,workdir=/mnt/work"
+    assert next(s for s in steps if isinstance(s, PivotRoot)).root == "/mnt/root"
+
+
+def test_a_tmpfs_without_a_size_gets_the_bounded_default():
+    from sandboxd.runner.plan import TMPFS_SIZE
+    steps = build_plan(make(mounts=(Mount("/run", "tmpfs"),
+                                    Mount("/x", "tmpfs", options=("mode=700",)))), "/mnt")
+    data = {s.target: s.data for s in steps if isinstance(s, MountStep)
+            and s.target in ("/run", "/x")}
+    assert data == {"/run": f"mode=1777,size={TMPFS_SIZE}", "/x": f"mode=700,size={TMPFS_SIZE}"}

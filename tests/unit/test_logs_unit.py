@@ -1,0 +1,95 @@
+"""Log rotation: the newest output is kept, within max-size x max-file, and readers see
+every kept file in order, whatever rotates while they read."""
+from __future__ import annotations
+
+import os
+
+from sandboxd import logs
+
+
+def _write_lines(writer: logs.LogWriter, first: int, count: int) -> None:
+    for i in range(first, first + count):
+        writer.write(1, f"line-{i:05d}\n".encode())
+
+
+def _stored(path: str) -> int:
+    return sum(os.path.getsize(p) for p in logs.files(path))
+
+
+def test_rotation_keeps_the_newest_within_the_cap(tmp_path):
+    path = str(tmp_path / "output.log")
+    w = logs.LogWriter(path, max_size=4096, max_file=3)
+    _write_lines(w, 0, 5000)
+    w.close()
+    assert [os.path.basename(p) for p in logs.files(path)] == \
+        ["output.log.2", "output.log.1", "output.log"]
+    assert _stored(path) <= 3 * 4096
+    with logs.Snapshot(path) as snap:
+        lines = [e.data.decode() for e in snap.entries()]
+        assert lines[-1] == "line-04999\n"
+        numbers = [int(line[5:]) for line in lines]
+        assert numbers == list(range(numbers[0], 5000))          # contiguous, in order
+        assert snap.dropped["bytes"] > 0
+        tail, short = snap.tail(2)
+        assert [e.data for e in tail] == [b"line-04998\n", b"line-04999\n"] and not short
+        everything, short = snap.tail(100000)
+        assert short and len(everything) == len(lines)
+        assert logs.dropped_note(snap, 0, short)
+        assert not logs.dropped_note(snap, 0, False)
+
+
+def test_a_reader_is_not_disturbed_by_rotation(tmp_path):
+    path = str(tmp_path / "output.log")
+    w = logs.LogWriter(path, max_size=2048, max_file=4)
+    _write_lines(w, 0, 300)
+    with logs.Snapshot(path) as snap:
+        _write_lines(w, 300, 300)            # rotates while the snapshot is open
+        lines = [e.data for e in snap.entries()]
+    assert lines[-1] == b"line-00299\n"      # up to what existed when it was opened
+    w.close()
+
+
+def test_a_chunk_larger_than_max_size_is_stored_in_pieces(tmp_path):
+    path = str(tmp_path / "output.log")
+    w = logs.LogWriter(path, max_size=4096, max_file=2)
+    w.write(2, b"x" * 6000 + b"\n")
+    w.close()
+    assert _stored(path) <= 2 * 4096
+    with logs.Snapshot(path) as snap:
+        data = b"".join(e.data for e in snap.entries())
+        assert data == b"x" * 6000 + b"\n" and snap.dropped is None
+
+
+def test_one_file_is_truncated_in_place(tmp_path):
+    path = str(tmp_path / "output.log")
+    w = logs.LogWriter(path, max_size=4096, max_file=1)
+    _write_lines(w, 0, 1000)
+    w.close()
+    assert logs.files(path) == [path] and os.path.getsize(path) <= 4096
+    with logs.Snapshot(path) as snap:
+        assert list(snap.entries())[-1].data == b"line-00999\n"
+
+
+def test_unlimited_and_none(tmp_path):
+    path = str(tmp_path / "a.log")
+    w = logs.LogWriter(path, max_size=logs.UNLIMITED, max_file=1)
+    _write_lines(w, 0, 2000)
+    w.close()
+    assert logs.files(path) == [path]
+    quiet = str(tmp_path / "b.log")
+    w = logs.LogWriter(quiet, keep=False)
+    _write_lines(w, 0, 10)
+    w.close()
+    assert logs.files(quiet) == []
+
+
+def test_since_filters_and_the_note_only_when_the_window_reaches_dropped_output(tmp_path):
+    path = str(tmp_path / "output.log")
+    w = logs.LogWriter(path, max_size=2048, max_file=2)
+    _write_lines(w, 0, 1000)
+    w.close()
+    with logs.Snapshot(path) as snap:
+        later = snap.dropped["until"] + 3600
+        assert list(snap.entries(since=later)) == []
+        assert not logs.dropped_note(snap, later, True)
+        assert logs.dropped_note(snap, 0, True).startswith("sandboxd: ")
