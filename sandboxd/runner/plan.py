@@ -140,6 +140,8 @@ def build_plan(spec: ContainerSpec, mnt: str) -> list[Step]:
                               spec.namespaces.ipc == "private")
     for m in spec.mounts:
         steps += _user_mount_steps(m)
+    if spec.zygote:
+        steps += _hidden_proc_steps()
     steps += _protect_steps(spec.masked_paths, spec.readonly_paths)
     if spec.root.readonly:
         # Read-only once every mountpoint exists (as Docker does): the image need not
@@ -222,6 +224,17 @@ def _kernel_fs_steps(new_net: bool, new_ipc: bool) -> tuple[Step, ...]:
     if new_ipc:
         steps.append(MountStep("/dev/mqueue", "mqueue", "mqueue", NOSUID_NODEV_NOEXEC))
     return tuple(steps)
+
+
+def _hidden_proc_steps() -> list[Step]:
+    """A zygote's tests mount their own /proc from its user namespace: the kernel wants a
+    fully visible proc in the mount namespace for that, and /proc has masked paths. This
+    one is fully visible and unreachable: its parent is covered by an empty read-only
+    tmpfs, locked in every namespace the zygote makes (see runner/zygote.py)."""
+    from .zygote import HIDDEN_PROC, HIDDEN_PROC_COVER
+    return [MountStep(HIDDEN_PROC, "proc", "proc", NOSUID_NODEV_NOEXEC),
+            MountStep(HIDDEN_PROC_COVER, "tmpfs", "tmpfs",
+                      sc.MS_RDONLY | NOSUID_NODEV_NOEXEC, "size=0,mode=000")]
 
 
 def _user_mount_steps(m: Mount) -> list[Step]:
