@@ -332,7 +332,7 @@ class ContainerService:
                             cwd=c.workdir or "/", user=c.user, terminal=c.tty,
                             ulimits=self._ulimits(record), capabilities=h.capabilities()),
             root=root, mounts=mounts, files=files, namespaces=namespaces, limits=h.limits(),
-            init=h.init, entry=self._entry(record))
+            init=h.init, entry=self._entry(record), zygote=c.zygote)
         return validate(spec)
 
     def _entry(self, record: cfg.ContainerRecord) -> str:

@@ -63,6 +63,7 @@ def fork_test(test: TestContainer, channel: int = ZYGOTE_FD) -> tuple[int, str]:
     :func:`end_test`; ``""`` if the child failed before it had one). In the child:
     ``(0, "")`` once it is a container; if it cannot become one, it says why on its
     stderr and exits with :data:`SETUP_FAILED`, before any test code."""
+    _binds_below_tmp()                   # read here, once: every child needs it
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     api = ctypes.pythonapi
     api.PyOS_BeforeFork()
@@ -135,7 +136,7 @@ def _become_container(test: TestContainer) -> None:
     step = "mounts"
     try:
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-        sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
+        _fresh_tmp()
         sc.mount("shm", "/dev/shm", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
         sc.mount("mqueue", "/dev/mqueue", "mqueue", NOSUID_NODEV_NOEXEC)
         step = "mount /proc"
@@ -154,6 +155,48 @@ def _become_container(test: TestContainer) -> None:
         # everything above that it would forbid.
     except OSError as e:
         raise TestSetupFailed(f"{step}: {e.strerror or e}") from None
+
+
+def _fresh_tmp() -> None:
+    """A new, empty /tmp that still shows what the zygote's container bound below /tmp
+    (a project or a venv under /tmp): it is assembled on /dev/shm (replaced next) with
+    those binds, then moved onto /tmp. The binds keep their locked read-only flag."""
+    below = _binds_below_tmp()
+    if not below:
+        sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
+        return
+    staging = "/dev/shm"
+    sc.mount("tmpfs", staging, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
+    for path in below:
+        target = staging + path[len("/tmp"):]
+        if os.path.isdir(path):
+            os.makedirs(target, 0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+            open(target, "a").close()
+        sc.mount(path, target, None, sc.MS_BIND | sc.MS_REC)
+    sc.mount(staging, "/tmp", None, sc.MS_MOVE)
+
+
+_BELOW_TMP: list[tuple[str, ...]] = []
+
+
+def _binds_below_tmp() -> tuple[str, ...]:
+    """Mount points strictly below /tmp, outermost only (read once per zygote: its
+    mounts do not change)."""
+    if not _BELOW_TMP:
+        points = []
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                point = line.split()[4].encode().decode("unicode_escape")
+                if point.startswith("/tmp/"):
+                    points.append(point)
+        kept: list[str] = []
+        for p in sorted(set(points), key=len):
+            if not any(p.startswith(k + "/") for k in kept):
+                kept.append(p)
+        _BELOW_TMP.append(tuple(kept))
+    return _BELOW_TMP[0]
 
 
 def _protect_proc() -> None:
