@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..runner.interpreter import InterpreterView
 from ..runner.spec import DEFAULT_PATH, Mount
 from . import oci
 
@@ -61,12 +62,15 @@ def _under(path: str, top: str) -> bool:
 
 
 def python_prefixes() -> list[str]:
-    """The running Python's prefixes: sys.prefix, base_prefix, exec_prefix and the real
-    directory of sys.executable (a pyenv or venv interpreter lives outside /usr)."""
-    found = [sys.prefix, sys.base_prefix, sys.exec_prefix]
-    if sys.executable:
-        found.append(os.path.dirname(os.path.realpath(sys.executable)))
-    return [os.path.abspath(p) for p in found if p]
+    """The running Python's prefixes: sys.prefix, base_prefix, exec_prefix and the
+    directories of sys.executable (a pyenv or venv interpreter lives outside /usr)."""
+    return list(InterpreterView.current().prefixes)
+
+
+def system_dirs() -> list[str]:
+    """The host directories the host image shows for every client (not the daemon's
+    own Python): what a client's :class:`InterpreterView` need not bind again."""
+    return [d for d in SYSTEM_DIRS if os.path.isdir(d)]
 
 
 def host_layout() -> HostLayout:
