@@ -30,7 +30,9 @@ import msgpack
 import pytest
 from _pytest.reports import TestReport
 
-from sandboxd.errors import Cancelled, InvalidArgument, SetupFailed
+from sandboxd.errors import Cancelled, CommandNotFound, InvalidArgument, SetupFailed
+from sandboxd.runner.interpreter import InterpreterView, ViewError
+from sandboxd.runner.spec import DEFAULT_PATH, Mount
 
 from . import WORKER_ENV
 
@@ -63,11 +65,6 @@ WORKER_OPTION_OVERRIDES: dict[str, Any] = {
     False, "newfirst": False, "stepwise": False, "stepwise_skip": False,
     "collectonly": False, "pyargs": False, "cacheclear": False, "cacheshow": False,
 }
-
-# Top-level host directories that are never bound over the container's own.
-NEVER_MOUNTED = ("/", "/proc", "/sys", "/dev", "/etc", "/tmp", "/run", "/usr", "/bin",
-                 "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/var", "/boot")
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -138,39 +135,42 @@ def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
-def code_paths(config: pytest.Config, visible: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(directories to bind read-only at the same path, the PYTHONPATH inside).
-
-    The rootdir, the invocation dir, and every ``sys.path`` entry (with the directories
-    this plugin and sandboxd are imported from) that the image does not already show:
-    ``visible`` are the host image's read-only prefixes (the Python's).
-    """
-    visible = [os.path.realpath(v) for v in visible]
-    pythonpath: list[str] = []
-    wanted: list[str] = []
-    for entry in sys.path:
-        path = os.path.abspath(entry or os.getcwd())
-        if not os.path.exists(path) or any(_under(os.path.realpath(path), v)
-                                           for v in visible):
-            continue
-        if path not in pythonpath:
-            pythonpath.append(path)
-        wanted.append(path)
+def interpreter_view(config: pytest.Config) -> InterpreterView:
+    """This pytest process's Python environment, with the project (rootdir, invocation
+    dir) and where this plugin and sandboxd are imported from (they may be on no
+    ``sys.path`` entry: an editable install's finder, ``-p`` with a path hack)."""
     import sandboxd
-    for module in (sys.modules[__name__.rpartition(".")[0]], sandboxd):
-        wanted.append(str(Path(module.__file__).resolve().parent.parent))
-    rootdir = str(config.rootpath)
-    if rootdir in NEVER_MOUNTED:
-        raise pytest.UsageError(f"pytest_sandbox: the rootdir {rootdir} cannot be bound "
-                                f"into a container; give --rootdir a project directory")
-    wanted += [rootdir, str(config.invocation_params.dir)]
-    mounts: list[str] = []
-    for path in sorted(set(wanted), key=len):
-        if path in NEVER_MOUNTED or any(_under(os.path.realpath(path), v) for v in visible):
-            continue
-        if not any(_under(path, m) for m in mounts):
-            mounts.append(path)
-    return mounts, pythonpath
+    sources = [str(Path(m.__file__).resolve().parent.parent)
+               for m in (sys.modules[__name__.rpartition(".")[0]], sandboxd)]
+    return InterpreterView.current(str(config.rootpath), str(config.invocation_params.dir),
+                                   sources)
+
+
+def view_pythonpath(view: InterpreterView) -> list[str]:
+    """The ``sys.path`` entries a fresh interpreter at the same executable would not
+    find itself (outside its prefixes): they go into ``PYTHONPATH``."""
+    own = [os.path.realpath(p) for p in view.prefixes]
+    return [p for p in view.path if not any(_under(os.path.realpath(p), o) for o in own)]
+
+
+def view_binds(view: InterpreterView, host_image: bool) -> list[Mount]:
+    """Read-only binds that show ``view`` in a container. The host image shows the
+    host's system directories (never the daemon's Python: a client's may be anything);
+    another image brings its own interpreter, so only the project is bound."""
+    from sandboxd.images.host import system_dirs
+    provided = system_dirs() if host_image else [*system_dirs(), *view.prefixes]
+    return list(view.binds(provided))
+
+
+def code_paths(config: pytest.Config, visible: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(directories to bind read-only at the same path, the PYTHONPATH inside) for a
+    container whose image shows ``visible`` (notebooks' sessions)."""
+    view = interpreter_view(config)
+    try:
+        binds = view.binds([*visible])
+    except ViewError as exc:
+        raise pytest.UsageError(f"pytest_sandbox: {exc}") from None
+    return [m.destination for m in binds], view_pythonpath(view)
 
 
 def worker_options(config: pytest.Config) -> dict[str, Any]:
@@ -249,8 +249,10 @@ class Controller:
         self._client: Any = None
         self._client_error: Exception | None = None
         self._lock = threading.Lock()
-        self._mounts: list[str] | None = None
-        self._pythonpath: list[str] = []
+        self.view = interpreter_view(config)
+        self._binds: dict[bool, list[Mount]] = {}     # host image or not -> binds
+        self._view_error: tuple[str, str] | None = None    # (first nodeid, message)
+        self._pythonpath = view_pythonpath(self.view)
         self._features: list[str] | None = None
         self._prestarted: dict[str, Any] = {}      # nodeid -> its container.run stream
         # Containers run as clones of the daemon's pre-imported worker, until the daemon
@@ -301,6 +303,7 @@ class Controller:
         ihook = item.ihook
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         outcome = None
+        settings = None
         try:
             settings = settings_for(item, defaults_from_config(self.config))
             wanted = _links.parse_links(settings.links)
@@ -322,6 +325,15 @@ class Controller:
         except (MarkerError, pytest.UsageError, TypeError, ValueError) as exc:
             settings, outcome = None, None
             reports = self._problem_reports(item, [], f"{exc}")
+        except CommandNotFound as exc:                # no interpreter at that path
+            python = (settings.python if settings else "") or self.view.executable
+            image = settings.image if settings else "host"
+            reports = self._problem_reports(
+                item, [], f"cannot run the test in a container: image {image!r} has no "
+                          f"interpreter at {python} ({exc.message}); "
+                          + ("give the marker's python= an interpreter inside the image"
+                             if image not in HOST_IMAGES else "is it visible on the host?"))
+            settings, outcome = None, None
         except Exception as exc:                     # the daemon refused or is gone
             settings, outcome = None, None
             reports = self._problem_reports(
@@ -346,19 +358,38 @@ class Controller:
                 f"{what} need the {feature} feature, which this sandboxd does not have "
                 f"(its features: {', '.join(self._features)}); update the daemon")
 
+    def _view_binds(self, item: pytest.Item, host_image: bool) -> list[Mount]:
+        """The session's binds; a path that cannot be shown is explained in full for
+        the first item that needs it, and named in one line for the others."""
+        if self._view_error is not None:
+            first, message = self._view_error
+            raise pytest.UsageError(f"{message} (as for {first})"
+                                    if first != item.nodeid else message)
+        if host_image not in self._binds:
+            try:
+                self._binds[host_image] = view_binds(self.view, host_image)
+            except ViewError as exc:
+                message = (f"pytest_sandbox cannot show this Python environment in a "
+                           f"container: {exc.path}: {exc.why}")
+                self._view_error = (item.nodeid, message)
+                raise pytest.UsageError(message) from None
+        return self._binds[host_image]
+
     def _container_options(self, item: pytest.Item, settings: Settings,
                            plan: Any) -> dict[str, Any]:
-        from sandboxd.images.host import python_prefixes
-        from sandboxd.runner.spec import Mount
-        if self._mounts is None:
-            self._mounts, self._pythonpath = code_paths(self.config, python_prefixes())
+        host_image = settings.image in HOST_IMAGES
+        binds = self._view_binds(item, host_image)
         env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
         env.update({"PYTHONPATH": os.pathsep.join(self._pythonpath),
                     "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/root", WORKER_ENV: "1"})
+        if host_image:      # the interpreter's bin dir first, as an activated venv has it
+            env["PATH"] = ":".join(dict.fromkeys(
+                [os.path.dirname(settings.python or self.view.executable),
+                 *DEFAULT_PATH.split(":")]))
         env.update({str(k): str(v) for k, v in dict(settings.env).items()})
-        # /tmp first: the binds below may lie under it (pytester's projects do).
+        # /tmp first: the binds below may lie under it (a venv or a project in /tmp).
         volumes: list[Any] = [Mount("/tmp", "tmpfs", options=("mode=1777",))]
-        volumes += [Mount(p, "bind", p, readonly=True) for p in self._mounts]
+        volumes += binds
         volumes += list(settings.volumes)
         options: dict[str, Any] = dict(
             env=env, workdir=str(self.config.invocation_params.dir), volumes=volumes,
@@ -374,7 +405,7 @@ class Controller:
         and waits for the run's options on stdin."""
         from sandboxd.config import build_config
         options = self._container_options(item, settings, plan)
-        python = settings.python or sys.executable
+        python = settings.python or self.view.executable
         entry = WORKER_ENTRY if self._templated(settings, python, options["env"]) else ""
         cfg = build_config(settings.image, [python, "-m", WORKER_MODULE],
                            auto_remove=True, open_stdin=True, entry=entry, **options)
@@ -388,7 +419,7 @@ class Controller:
         image, this interpreter, and no setting that acts only at interpreter start."""
         from sandboxd.runner.template import env_problems
         return self._template and settings.image in HOST_IMAGES and \
-            python == sys.executable and not env_problems(dict(env))
+            python == self.view.executable and not env_problems(dict(env))
 
     # -- the session's zygote
 
