@@ -363,14 +363,16 @@ class Controller:
         the first item that needs it, and named in one line for the others."""
         if self._view_error is not None:
             first, message = self._view_error
-            raise pytest.UsageError(f"{message} (as for {first})"
-                                    if first != item.nodeid else message)
+            raise pytest.UsageError(message if first == item.nodeid else
+                                    f"pytest_sandbox cannot show this Python environment "
+                                    f"in a container (the reason is at {first})")
         if host_image not in self._binds:
             try:
                 self._binds[host_image] = view_binds(self.view, host_image)
             except ViewError as exc:
                 message = (f"pytest_sandbox cannot show this Python environment in a "
-                           f"container: {exc.path}: {exc.why}")
+                           f"container: {exc.path}: {exc.why}; run pytest from a "
+                           f"project directory, with --rootdir naming one")
                 self._view_error = (item.nodeid, message)
                 raise pytest.UsageError(message) from None
         return self._binds[host_image]

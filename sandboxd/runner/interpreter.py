@@ -107,6 +107,18 @@ class InterpreterView:
         out += [p for p in (self.rootdir, self.invocation_dir) if p]
         return list(dict.fromkeys(out))
 
+    def role(self, path: str) -> str:
+        """What ``path`` is to the view, for messages."""
+        if path == self.rootdir:
+            return "the rootdir"
+        if path in self.prefixes:
+            return "a directory of the interpreter"
+        if path in self.sources:
+            return "a directory code is imported from"
+        if path in self.path:
+            return "a sys.path entry"
+        return "the invocation directory"
+
     def _optional(self, path: str) -> bool:
         """A path the container may show as its own instead (a ``sys.path`` entry or a
         working directory such as /tmp or /): the interpreter and the project may not."""
@@ -125,16 +137,15 @@ class InterpreterView:
             if any(_under(real, p) for p in provided):
                 continue
             if not os.path.exists(real):
-                raise ViewError(path, "does not exist")
+                raise ViewError(path, f"{self.role(path)} does not exist")
             for dest in dict.fromkeys((path, real)):
                 if any(_under(dest, p) for p in provided):
                     continue
                 if dest in NEVER_BOUND:
                     if self._optional(path):
                         break
-                    raise ViewError(path, f"it is (or leads to) {dest}, which a container "
-                                          f"never gets from the host; move it into a "
-                                          f"directory of its own")
+                    raise ViewError(path, f"{self.role(path)} is (or leads to) {dest}, "
+                                          f"which a container never gets from the host")
                 targets[dest] = real
         mounts: list[Mount] = []
         chosen: list[str] = []
