@@ -18,6 +18,11 @@ and instead of execve resets what a fresh interpreter would have from its argv a
 0-2, the random seed) and calls the entry. The template's own environment is only
 ``PATH`` and ``PYTHONPATH``: a clone's ``/proc/1/environ`` shows the template's.
 
+The template is keyed by the interpreter it was started from: the fork server lets only
+a spawn whose command is its own ``sys.executable`` use it, and the template refuses a
+fork (and exits, so the next spawn starts a new one) once that interpreter's files
+changed (:func:`interpreter_stamp`: a venv made again, a package installed).
+
 Settings that only act at interpreter start (``PYTHONHASHSEED``, ``PYTHONWARNINGS``, …)
 cannot be given to a clone: :func:`env_problems` names them, and a spawn with them is
 refused (the caller runs the fresh interpreter instead).
@@ -167,6 +172,26 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
 
 # ---------------------------------------------------------------- the template's loop
 
+def interpreter_stamp(base_path: list[str]) -> tuple[tuple[str, int, int], ...]:
+    """What the template's modules came from, as it is now: the executable as called
+    and its real file, the venv's ``pyvenv.cfg`` and each ``sys.path`` directory (a
+    package installed, upgraded or removed changes its site-packages' mtime; a venv
+    made again at the same path changes the inodes). A clone of a template whose stamp
+    changed would mix modules it holds with files from another install."""
+    paths = [sys.executable, os.path.realpath(sys.executable),
+             os.path.join(os.path.dirname(os.path.dirname(sys.executable)), "pyvenv.cfg"),
+             *base_path]
+    stamp = []
+    for path in dict.fromkeys(paths):
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamp.append((path, 0, 0))
+        else:
+            stamp.append((path, st.st_ino, st.st_mtime_ns))
+    return tuple(stamp)
+
+
 def serve(sock: socket.socket, entries: dict[str, Callable[[], Any]]) -> None:
     from . import forkserver as fs
     from . import syscalls as sc
@@ -174,6 +199,7 @@ def serve(sock: socket.socket, entries: dict[str, Callable[[], Any]]) -> None:
     # clone's PYTHONPATH is put in front of.
     ours = {p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
     base_path = [p for p in sys.path[1:] if p not in ours]
+    stamp = interpreter_stamp(base_path)
     fs.send_message(sock, {"event": "ready", "pid": os.getpid(), "entries": list(entries)})
     while True:
         msg, fds = fs.recv_message(sock)
@@ -184,6 +210,13 @@ def serve(sock: socket.socket, entries: dict[str, Callable[[], Any]]) -> None:
                 os.close(fd)
             fs.send_message(sock, {"error": f"template: bad request {msg.get('op')!r}"})
             continue
+        if interpreter_stamp(base_path) != stamp:
+            # Keyed by the interpreter it was started from: refuse (the caller runs a
+            # fresh interpreter) and exit; the next spawn with an entry starts anew.
+            os.close(fds[0])
+            fs.send_message(sock, {"error": f"template: its interpreter {sys.executable} "
+                                            f"changed since it started; starting anew"})
+            return
         try:
             pid = sc.clone(sc.CLONE_NEWPID | CLONE_PARENT)
         except OSError as e:
