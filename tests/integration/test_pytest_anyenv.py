@@ -172,3 +172,27 @@ def test_a_path_that_cannot_be_shown_is_explained_once(daemon_sock, tmp_venv):
     assert out.count("in a container: /: the rootdir is (or leads to) /, which a container "
                      "never gets from the host") == 2, out      # the error and its summary
     assert "(the reason is at " in out and "Traceback" not in out, out
+
+
+def test_bad_input_is_one_clear_error_naming_the_value(daemon_sock, tmp_venv):
+    from sandboxd import testing
+    from sandboxd.api import Client
+    project = tmp_venv / "project"
+    project.mkdir()
+    (project / "test_bad.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.container('sbx-anyenv-bb')\ndef test_image():\n    pass\n\n"
+        "@pytest.mark.container(memory='12x')\ndef test_limit():\n    pass\n\n"
+        "@pytest.mark.container(colour='red')\ndef test_argument():\n    pass\n")
+    with Client(daemon_sock) as client:
+        client.images.import_(testing.busybox_tar(), "sbx-anyenv-bb")
+        try:
+            result = _run(Path(sys.executable), project, daemon_sock,
+                          env={"PYTHONPATH": str(PLUGIN_SRC)})
+        finally:
+            client.images.remove("sbx-anyenv-bb")
+    out = result.stdout
+    assert "3 errors" in out, out[-4000:]
+    assert f"image 'sbx-anyenv-bb' has no interpreter at {sys.executable}" in out, out
+    assert "'12x'" in out and "unknown argument(s) colour" in out, out
+    assert "Traceback" not in out, out
