@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -432,7 +433,7 @@ class Controller:
         from sandboxd.runner.spec import parse_size
         from sandboxd.runner.template import env_problems
         if not self._zygote_on or settings.fresh or settings.image not in HOST_IMAGES or \
-                settings.python not in ("", sys.executable) or settings.links or \
+                settings.python not in ("", self.view.executable) or settings.links or \
                 settings.volumes or (settings.network or "none") != "none" or \
                 plan.linked or env_problems(dict(settings.env)) or \
                 settings.cpu_quota or settings.cpu_period or \
@@ -455,7 +456,17 @@ class Controller:
             item, replace(session, timeout=None), Plan(network="none", links=[], linked={}))
         options.update(read_only=True, init=False,
                        labels={"pytest_sandbox.zygote": str(os.getpid())})
-        cfg = build_config("host", [sys.executable, "-m", ZYGOTE_MODULE], auto_remove=True,
+        # The zygote's root is a non-root host uid: what it shows must be readable by
+        # anyone (a project in a 0700 directory is not).
+        for mount in options["volumes"]:
+            if getattr(mount, "type", "") == "bind" and mount.source:
+                mode = os.stat(mount.source).st_mode
+                need = 0o005 if stat.S_ISDIR(mode) else 0o004
+                if mode & need != need:
+                    raise InvalidArgument(
+                        f"{mount.source} is not readable by other users (mode "
+                        f"{stat.S_IMODE(mode):o}), and the zygote runs as one")
+        cfg = build_config("host", [self.view.executable, "-m", ZYGOTE_MODULE], auto_remove=True,
                            open_stdin=True, zygote=True, **options)
         attachment = self.client.stream("container.run", {
             "config": cfg.to_dict(), "stdin": True, "remove": True, "detach": False})
@@ -471,7 +482,8 @@ class Controller:
         host = build_config("host", ["true"], memory=settings.memory, cpus=settings.cpus,
                             pids_limit=settings.pids, ulimits=settings.ulimits).host
         from sandboxd.runner.spec import to_dict
-        request = {"nodeid": item.nodeid, "hostname": f"test-{os.getpid()}",
+        import secrets
+        request = {"nodeid": item.nodeid, "hostname": secrets.token_hex(6),
                    "limits": to_dict(host.limits()),
                    "ulimits": [to_dict(u) for u in host.ulimits],
                    "env": {str(k): str(v) for k, v in dict(settings.env).items()}}

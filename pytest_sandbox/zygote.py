@@ -71,7 +71,8 @@ def _run_child(item: Any, request: dict[str, Any], channel: Channel) -> None:
 def main() -> int:
     # A private copy of stdin for the requests: pytest's capture points fd 0 at
     # /dev/null while the session is set up.
-    requests = _requests(os.dup(0))
+    requests_fd = os.dup(0)
+    requests = _requests(requests_fd)
     first = next(requests)
     channel_fd = os.dup(1)             # the channel; fd 1 is stderr for everything else
     os.dup2(2, 1)
@@ -117,6 +118,7 @@ def main() -> int:
         pid, cgroup = fork_test(test)
         if pid == 0:
             try:
+                os.close(requests_fd)           # the next items are not the test's business
                 _run_child(item, request, channel)
             finally:
                 os._exit(0)

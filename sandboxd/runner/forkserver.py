@@ -595,7 +595,9 @@ class ForkServer:
             try:
                 stats = asdict(cgroup.stats())
             finally:
-                cgroup.remove()                  # kills what is left first
+                # Removed (what is left killed first) once nothing waits, as an exited
+                # container's: the zygote's next test need not wait for the rmdirs.
+                self.retiring[f"{container.id}/{msg.get('cgroup')}"] = cgroup
             return {"oom_killed": stats["oom_kills"] > 0, "stats": stats}
         raise InvalidArgument(f"zygote: unknown op {op!r}")
 
@@ -932,8 +934,10 @@ class ForkServer:
 
     def _forget(self, container: _Container) -> None:
         self.containers.pop(container.id, None)
+        for key in [k for k in self.retiring if k.startswith(container.id + "/")]:
+            self._retire(key)                   # its tests' cgroups go before its own
         z = container.zygote
-        if z is not None:                       # its tests' cgroups go before its own
+        if z is not None:
             container.zygote = None
             self.selector.unregister(z.sock)
             z.sock.close()
