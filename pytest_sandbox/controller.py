@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -37,6 +38,8 @@ from sandboxd.runner.spec import DEFAULT_PATH, Mount
 from . import WORKER_ENV
 
 WORKER_MODULE = "pytest_sandbox.worker"
+ZYGOTE_MODULE = "pytest_sandbox.zygote"
+ZYGOTE_RESTARTS = 1                      # a zygote that dies is restarted this often
 WORKER_ENTRY = f"{WORKER_MODULE}:main"     # the daemon's template runs it (host image)
 HOST_IMAGES = ("host", "host:latest")
 BASETEMP = "/tmp/pytest-sandbox"         # on the container's /tmp tmpfs
@@ -81,6 +84,7 @@ class Settings:
     read_only: bool = False
     links: Mapping[str, str] | Sequence[str] = ()
     python: str = ""                     # the interpreter inside; default sys.executable
+    fresh: bool = False                  # a cold container, not a fork of the zygote
 
 
 MARKER_ARGS = tuple(f.name for f in fields(Settings))
@@ -255,6 +259,10 @@ class Controller:
         # Containers run as clones of the daemon's pre-imported worker, until the daemon
         # refuses (an older daemon, no template there): then fresh interpreters.
         self._template = not config.getoption("sandbox_no_template", False)
+        # Items a fork of the session's zygote can run go there (see zygote.py).
+        self._zygote_on = not config.getoption("sandbox_no_zygote", False)
+        self._zygote: _Zygote | None = None
+        self._zygote_deaths = 0
         self.usage: list[Usage] = []
 
     # -- the connection
@@ -280,6 +288,9 @@ class Controller:
         for attachment in self._prestarted.values():    # the session stopped early
             attachment.cancel()
         self._prestarted.clear()
+        if self._zygote is not None:
+            self._zygote.stop()
+            self._zygote = None
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
@@ -413,6 +424,115 @@ class Controller:
         return self._template and settings.image in HOST_IMAGES and \
             python == self.view.executable and not env_problems(dict(env))
 
+    # -- the session's zygote
+
+    def _zygote_can_run(self, settings: Settings, plan: Any) -> bool:
+        """Whether a fork of the zygote gives this item what it asked for: the host
+        image and this interpreter, no network, links or volumes, no setting that acts
+        only at interpreter start, and limits within the zygote's (the session's)."""
+        from sandboxd.runner.spec import parse_size
+        from sandboxd.runner.template import env_problems
+        if not self._zygote_on or settings.fresh or settings.image not in HOST_IMAGES or \
+                settings.python not in ("", self.view.executable) or settings.links or \
+                settings.volumes or (settings.network or "none") != "none" or \
+                plan.linked or env_problems(dict(settings.env)) or \
+                settings.cpu_quota or settings.cpu_period or \
+                env_problems({n: "" for n in PASSED_ENV if n in os.environ}):
+            return False
+        session = defaults_from_config(self.config)
+        if session.memory is not None and (settings.memory is None or parse_size(
+                settings.memory) > parse_size(session.memory)):
+            return False
+        if session.cpus is not None and (settings.cpus is None or
+                                         float(settings.cpus) > float(session.cpus)):
+            return False
+        return True
+
+    def _start_zygote(self, item: pytest.Item) -> _Zygote:
+        from sandboxd.config import build_config
+        from .links import Plan
+        session = defaults_from_config(self.config)
+        options = self._container_options(
+            item, replace(session, timeout=None), Plan(network="none", links=[], linked={}))
+        options.update(read_only=True, init=False,
+                       labels={"pytest_sandbox.zygote": str(os.getpid())})
+        # The zygote's root is a non-root host uid: what it shows must be readable by
+        # anyone (a project in a 0700 directory is not).
+        for mount in options["volumes"]:
+            if getattr(mount, "type", "") == "bind" and mount.source:
+                mode = os.stat(mount.source).st_mode
+                need = 0o005 if stat.S_ISDIR(mode) else 0o004
+                if mode & need != need:
+                    raise InvalidArgument(
+                        f"{mount.source} is not readable by other users (mode "
+                        f"{stat.S_IMODE(mode):o}), and the zygote runs as one")
+        cfg = build_config("host", [self.view.executable, "-m", ZYGOTE_MODULE], auto_remove=True,
+                           open_stdin=True, zygote=True, **options)
+        attachment = self.client.stream("container.run", {
+            "config": cfg.to_dict(), "stdin": True, "remove": True, "detach": False})
+        args = [str(a) for a in self.config.args] or [str(self.config.rootpath)]
+        attachment.send(msgpack.packb({"args": args,
+                                       "options": worker_options(self.config)}))
+        return _Zygote(attachment)
+
+    def _run_in_zygote(self, item: pytest.Item, settings: Settings) -> Outcome | None:
+        """The item in a fork of the zygote; None when the daemon will not run a zygote
+        (the item then gets a cold container, as does every later one)."""
+        from sandboxd.config import build_config
+        host = build_config("host", ["true"], memory=settings.memory, cpus=settings.cpus,
+                            pids_limit=settings.pids, ulimits=settings.ulimits).host
+        from sandboxd.runner.spec import to_dict
+        import secrets
+        request = {"nodeid": item.nodeid, "hostname": secrets.token_hex(6),
+                   "limits": to_dict(host.limits()),
+                   "ulimits": [to_dict(u) for u in host.ulimits],
+                   "env": {str(k): str(v) for k, v in dict(settings.env).items()}}
+        if self._zygote is None:
+            try:
+                self._zygote = self._start_zygote(item)
+            except (InvalidArgument, SetupFailed) as exc:
+                self._zygote_on = False
+                _zygote_warning(self.config, exc)
+                return None
+        zygote = self._zygote
+        outcome = Outcome()
+        began = time.monotonic()
+        watchdog = None
+        if settings.timeout:
+            watchdog = threading.Timer(settings.timeout, zygote.kill)
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            ended = zygote.run(self, item, request, outcome)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        outcome.wall = time.monotonic() - began
+        if ended is not None:
+            outcome.exit_code = int(ended.get("exit_code", 0))
+            outcome.oom_killed = bool(ended.get("oom_killed"))
+            return outcome
+        # The zygote is gone: killed at this item's timeout, or it died.
+        self._zygote = None
+        final = zygote.final()
+        if watchdog is not None and watchdog.finished.is_set():
+            outcome.timed_out = True
+            return outcome
+        if zygote.refused is not None and not zygote.started:
+            self._zygote_on = False             # the daemon would not run one
+            _zygote_warning(self.config, zygote.refused)
+            return None
+        self._zygote_deaths += 1
+        outcome.exit_code = int(final.get("exit_code", 0)) if final else None
+        again = self._zygote_deaths <= ZYGOTE_RESTARTS
+        if not again:
+            self._zygote_on = False
+        outcome.error = (f"the session's zygote died (exit code {outcome.exit_code}); "
+                         + ("it is restarted for the next test" if again else
+                            "it died before too: the rest of the session runs in cold "
+                            "containers"))
+        return outcome
+
     def _prestart(self, nextitem: pytest.Item | None) -> None:
         """Start the next item's container now, while this item runs: its interpreter
         and pytest import (most of a containerised test's cost) overlap this test.
@@ -433,6 +553,8 @@ class Controller:
             if is_user_network(settings.network or "none"):
                 return
             plan = Plan(network=settings.network or "none", links=[], linked={})
+            if self._zygote_can_run(settings, plan):
+                return                  # a fork of the zygote: nothing to start ahead
             self._prestarted[nextitem.nodeid] = self._start(
                 nextitem, replace(settings, timeout=None), plan)
         except Exception:       # the item's own turn tries again and reports the error
@@ -444,6 +566,11 @@ class Controller:
                                  "options": worker_options(self.config),
                                  "linked": plan.linked})
         attachment = self._prestarted.pop(item.nodeid, None)
+        if attachment is None and self._zygote_can_run(settings, plan):
+            outcome = self._run_in_zygote(item, settings)
+            if outcome is not None:
+                self._prestart(nextitem)
+                return outcome
         grace = 0.0                     # started ahead: this watchdog is the timeout
         templated = self._template
         outcome = Outcome()
@@ -616,6 +743,82 @@ class Controller:
         for u in self.usage:
             tr.write_line(f"{u.maxrss_kib / 1024:8.1f} MiB {u.cpu_s:7.2f}s cpu "
                           f"{u.wall_s:7.2f}s wall  {u.exit:<10} {u.nodeid}")
+
+
+class _Zygote:
+    """The session's zygote container (``python -m pytest_sandbox.zygote``): one
+    ``container.run`` whose stdin takes an item at a time and whose stdout carries the
+    forked tests' frames, each item closed by an ``ended`` frame."""
+
+    def __init__(self, attachment: Any):
+        self.attachment = attachment
+        self.events = iter(attachment)
+        self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=CHANNEL_LIMIT)
+        self.started = False            # it sent "ready": its collection is done
+        self.refused: Exception | None = None
+
+    def run(self, controller: Controller, item: pytest.Item, request: dict[str, Any],
+            outcome: Outcome) -> dict[str, Any] | None:
+        """Send the item, feed its frames to ``outcome``; its ``ended`` frame, or None
+        when the zygote's stream ended first."""
+        live_stderr = controller.config.getoption("capture") == "no"
+        try:
+            self.attachment.send(msgpack.packb(request))
+        except Exception:
+            return None
+        for event, data in self.events:
+            if event == "stdout":
+                if outcome.bad_frame:
+                    continue
+                try:
+                    self.unpacker.feed(data)
+                    for message in self.unpacker:
+                        kind = message.get("kind") if isinstance(message, dict) else None
+                        if kind == "ready":
+                            self.started = True
+                        elif kind == "ended":
+                            self.started = True
+                            return message
+                        else:
+                            controller._message(item, message, outcome)
+                except Exception as exc:        # malformed data: this test failed
+                    outcome.bad_frame = f"{type(exc).__name__}: {exc}"
+                    self.kill()
+            elif event == "stderr":
+                outcome.stderr += data
+                del outcome.stderr[:-STDERR_KEPT]
+                if live_stderr:
+                    sys.stderr.write(data.decode("utf-8", "replace"))
+            elif event == "created":
+                outcome.container_id = str(data.get("id", ""))
+        return None
+
+    def final(self) -> dict[str, Any]:
+        try:
+            result = self.attachment.result()
+        except (InvalidArgument, SetupFailed) as exc:
+            self.refused = exc
+            return {}
+        except Exception:
+            return {}
+        return result if isinstance(result, dict) else {}
+
+    def kill(self) -> None:
+        self.attachment.cancel()
+
+    def stop(self) -> None:
+        try:
+            self.attachment.close_stdin()      # the zygote ends at EOF
+        except Exception:
+            pass
+        self.attachment.cancel()
+
+
+def _zygote_warning(config: pytest.Config, exc: Exception) -> None:
+    import warnings
+    warnings.warn(pytest.PytestWarning(
+        f"pytest_sandbox: the daemon runs no zygote ({getattr(exc, 'message', exc)}): "
+        f"every test gets a cold container"))
 
 
 class ProblemRepr:

@@ -27,11 +27,12 @@ CONTROLLER = pytest.StashKey["Controller"]()
 MARKER_DOC = (
     "container(image='host', memory=None, cpus=None, cpu_quota=None, cpu_period=None, "
     "pids=None, ulimits=None, network=None, env=None, volumes=None, timeout=None, "
-    "read_only=False, links=None, python=None): run this test — its fixtures' setup and "
+    "read_only=False, links=None, python=None, fresh=False): run this test — its fixtures' setup and "
     "teardown included — in a fresh sandboxd container with these limits; the project "
     "is visible read-only at the same path, /tmp is a fresh tmpfs. links={alias: "
     "fixture} names service fixtures, set up on the host, that the test reaches by "
-    "alias; network= a network mode or a network fixture (sandbox_network). Defaults "
+    "alias; network= a network mode or a network fixture (sandbox_network); fresh=True a "
+    "cold container, not a fork of the session's zygote. Defaults "
     "come from --sandbox-* options and sandbox_* ini values. See docs/pytest.md.")
 
 
@@ -56,6 +57,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--sandbox-no-template", action="store_true", default=False,
                     help="start a fresh interpreter in each container instead of a clone "
                          "of the daemon's pre-imported worker (host image only)")
+    group.addoption("--sandbox-no-zygote", action="store_true", default=False,
+                    help="give every containerised test a cold container instead of a "
+                         "fork of the session's zygote (which imports the test modules "
+                         "once)")
     group.addoption("--sandbox-notebooks", action="store_true", default=False,
                     help="collect .ipynb files: each runs in a sandboxed session as a test "
                          "[ini sandbox_notebooks]")

@@ -55,10 +55,13 @@ class WorkerPlugin:
     pytest session only."""
 
     def __init__(self, config: Any, channel: Channel, linked: dict[str, dict[str, Any]],
-                 target: str):
+                 target: str | None):
         self.config = config
         self.channel = channel
         self.linked = linked
+        self.target: tuple[str, list[str]] | None = None
+        if target is None:              # a zygote: it collects the whole session
+            return
         # The one item to run, as (its file, the names below the module): collecting
         # anything else of the module would only be thrown away.
         path, _, rest = target.partition("::")
@@ -70,6 +73,8 @@ class WorkerPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_pycollect_makeitem(self, collector: Any, name: str, obj: object) -> Any:
         """Skip the module's (or class's) other members: ``[]`` means "no items"."""
+        if self.target is None:
+            return None
         path, names = self.target
         if str(collector.path) != path:
             return None
@@ -118,7 +123,7 @@ class WorkerPlugin:
         self.channel.send({"kind": "report", "data": self._serialise(report)})
 
     def pytest_collectreport(self, report: Any) -> None:
-        if report.failed:
+        if report.failed and self.target is not None:    # a zygote sends them per item
             self.channel.send({"kind": "collect", "data": self._serialise(report)})
 
     def pytest_warning_recorded(self, warning_message: Any, when: str, nodeid: str,

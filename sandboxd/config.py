@@ -185,6 +185,9 @@ class ContainerConfig:
     # "module:function" of TEMPLATE_ENTRIES: the command (``<python> -m module``) runs as
     # a clone of the daemon's pre-imported template (host image only; runner/template.py)
     entry: str = ""
+    # The workload runs in a user namespace of its own and forks tests into fresh
+    # containers below this one (runner/zygote.py; pytest_sandbox's zygote).
+    zygote: bool = False
 
     def validate(self) -> ContainerConfig:
         """Check every field; raise one ``InvalidArgument`` listing all problems."""
@@ -576,7 +579,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  auto_remove: bool = False, timeout: float | None = None,
                  storage_opt: Sequence[str] | Mapping[str, str] = (),
                  log_driver: str = "", log_opts: Sequence[str] | Mapping[str, Any] = (),
-                 entry: str = "",
+                 entry: str = "", zygote: bool = False,
                  environ: Mapping[str, str] | None = None,
                  local_files: bool = True) -> ContainerConfig:
     """The one place user-facing options (``sbx`` flags, ``Client`` keywords) become a
@@ -690,7 +693,8 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         env=tuple(env_list), workdir=workdir or "", user=user or "",
         hostname=hostname or "", tty=bool(tty), open_stdin=bool(open_stdin),
         labels=tuple(parse_labels(labels or ())), exposed_ports=tuple(exposed),
-        stop_signal=signal_name, stop_timeout=stop_timeout, host=host, entry=entry or "")
+        stop_signal=signal_name, stop_timeout=stop_timeout, host=host, entry=entry or "",
+        zygote=bool(zygote))
     problems += _check_config(config, skip_parsed=True)
     if problems:
         raise InvalidArgument.of(_unique(problems))

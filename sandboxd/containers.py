@@ -350,7 +350,7 @@ class ContainerService:
                             ulimits=self._ulimits(record), capabilities=h.capabilities(),
                             no_new_privileges=h.no_new_privileges()),
             root=root, mounts=mounts, files=files, namespaces=namespaces, limits=h.limits(),
-            init=h.init, entry=self._entry(record), seccomp=h.seccomp(),
+            init=h.init, entry=self._entry(record), zygote=c.zygote, seccomp=h.seccomp(),
             **({"masked_paths": (), "readonly_paths": ()} if h.privileged else {}))
         return validate(spec)
 

@@ -46,7 +46,7 @@ import msgpack
 
 from ..errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, NotFound,
                       SandboxError, SetupFailed, from_wire)
-from . import cgroups, layers, mounts, rlimits, seccomp, security
+from . import cgroups, layers, mounts, rlimits, seccomp, security, zygote
 from . import syscalls as sc
 from .init import run_init
 from .plan import Step, build_plan
@@ -209,8 +209,8 @@ def _prepare_process(process: Process, hostname: str, errw: int,
 
 
 def _exec(executable: str, process: Process, env: dict, errw: int,
-          program: seccomp.Program | None) -> NoReturn:
-    os.closerange(3, errw)
+          program: seccomp.Program | None, keep: int = 2) -> NoReturn:
+    os.closerange(keep + 1, errw)
     os.closerange(errw + 1, 1 << 20)        # CVE-2024-21626: no host fd reaches the workload
     if process.no_new_privileges:
         try:
@@ -244,12 +244,15 @@ def _hold(errw: int) -> NoReturn:
 
 
 def _container_pid1(spec: ContainerSpec, plan: list[Step], stdio: list[int],
-                    errw: int, program: seccomp.Program | None) -> NoReturn:
+                    errw: int, program: seccomp.Program | None,
+                    channel: int = -1) -> NoReturn:
     try:
         mounts.run_steps(plan)
         _install_stdio(stdio, spec.process.terminal)
         if spec.hold:
             _hold(errw)
+        if spec.zygote:
+            _zygote_pid1(spec, errw, channel, program)
         executable, env = _prepare_process(spec.process, spec.hostname, errw, program)
     except SandboxError as e:
         _fail(errw, e, getattr(e, "exit_code", 1))
@@ -289,9 +292,47 @@ def _enter_namespaces(spec: ContainerSpec) -> None:
     sc.unshare(flags)
 
 
+def _zygote_pid1(spec: ContainerSpec, errw: int, channel: int,
+                 program: seccomp.Program | None) -> NoReturn:
+    """pid 1 of a zygote container (runner/zygote.py): the workload is exec'd in a user
+    namespace of its own, with the fork server's channel as fd ``ZYGOTE_FD``."""
+    process = spec.process
+    try:
+        rlimits.apply(process.ulimits)
+        os.makedirs(process.cwd, 0o755, exist_ok=True)
+        os.chdir(process.cwd)
+    except OSError as e:
+        raise SetupFailed(f"prepare workdir {process.cwd}: {e.strerror}",
+                          {"step": "workdir", "errno": e.errno or 0}) from None
+    env = _environment(process, spec.hostname, "/root")
+    env[zygote.ZYGOTE_FD_ENV] = str(zygote.ZYGOTE_FD)
+    executable = _find_executable(process.args[0], env.get("PATH", DEFAULT_PATH))
+
+    def become() -> NoReturn:
+        try:
+            zygote.enter_user_namespace(process.capabilities)
+            report = fcntl.fcntl(errw, fcntl.F_DUPFD_CLOEXEC, zygote.ZYGOTE_FD + 1)
+            os.dup2(channel, zygote.ZYGOTE_FD)
+        except OSError as e:
+            _fail(errw, SetupFailed(f"enter the zygote's user namespace: {e.strerror}",
+                                    {"step": "userns", "errno": e.errno or 0}))
+        os.closerange(zygote.ZYGOTE_FD + 1, report)
+        try:
+            _install_filter(program)        # no_new_privs is set: last before the exec
+        except SandboxError as e:
+            _fail(report, e)
+        _exec(executable, process, env, report, None, keep=zygote.ZYGOTE_FD)
+
+    def fail(e: Exception) -> NoReturn:
+        _fail(errw, SetupFailed(f"write the zygote's id maps: {e}",
+                                {"step": "userns", "errno": getattr(e, "errno", 0) or 0}))
+
+    zygote.run_pid1(become, fail)
+
+
 def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
                      stdio: list[int], errw: int,
-                     program: seccomp.Program | None) -> NoReturn:
+                     program: seccomp.Program | None, channel: int = -1) -> NoReturn:
     """The container's first process: pid 1 itself, or a C1 when the pid namespace is
     joined by path."""
     try:
@@ -309,7 +350,7 @@ def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
     except Exception as e:
         _fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
     if pid == 0:
-        _container_pid1(spec, plan, stdio, errw, program)
+        _container_pid1(spec, plan, stdio, errw, program, channel)
     _report(errw, b"P", struct.pack("<i", pid))
     os._exit(0)
 
@@ -360,6 +401,17 @@ class _Container:
     # The detached mount of its layer image (runner/layers.py), held until the start
     # settles: pid 1 has attached it in its own namespace by then, or failed.
     layer_hold: int = -1
+    zygote: Any = None                                         # _Zygote
+
+
+@dataclass
+class _Zygote:
+    """The fork server's side of a zygote container: its channel and its tests' cgroups,
+    made below its own."""
+    sock: socket.socket
+    manager: Any
+    tests: dict[str, Any] = field(default_factory=dict)
+    counter: int = 0
 
 
 @dataclass
@@ -423,6 +475,8 @@ class ForkServer:
             for key, _ in events:
                 if key.data == "control":
                     self._on_control()
+                elif isinstance(key.data, tuple):
+                    self._on_zygote(key.data[1])
                 elif key.data == "signal":
                     try:
                         os.read(wake_r, 4096)
@@ -488,6 +542,14 @@ class ForkServer:
             self._check_entry(spec)
         self._retire(spec.id)            # a previous run of this id may still hold its name
         program = self._filter(spec.seccomp, spec.process.capabilities)
+        if spec.zygote and self.cgroups.version != "v1":
+            raise InvalidArgument("zygote: its tests' cgroups nest below its own, which "
+                                  "cgroup v2 refuses for a cgroup that holds processes; "
+                                  "this runner does zygotes on cgroup v1 only")
+        # A zygote's own filter lets it make its tests' namespaces and mounts (in its user
+        # namespace); each test then adds the container's filter (runner/testfork.py).
+        first = self._filter(spec.seccomp, spec.process.capabilities
+                             + zygote.ZYGOTE_CAPABILITIES) if spec.zygote else program
         hold = layers.mount_layer(spec.root.layer) if spec.root.layer else -1
         try:
             if spec.entry:
@@ -499,14 +561,30 @@ class ForkServer:
             _close_quietly(hold)
             raise
         container = _Container(spec.id, spec, cgroup, program, layer_hold=hold)
+        ours = theirs = None
+        if spec.zygote:
+            ours, theirs = socket.socketpair(socket.AF_UNIX,
+                                              socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        channel = theirs.fileno() if theirs is not None else -1
         try:
             self._fork(msg["rid"], container, None, fds,
-                       lambda errw: _container_first(spec, plan, cgroup, fds, errw, program),
+                       lambda errw: _container_first(spec, plan, cgroup, fds, errw, first,
+                                                     channel),
                        _pid_clone_flags(spec))
         except BaseException:
             _close_quietly(hold)
+            if ours is not None:
+                ours.close()
             cgroup.remove()
             raise
+        finally:
+            if theirs is not None:
+                theirs.close()
+        if ours is not None:
+            container.zygote = _Zygote(ours, cgroups.CgroupManager(
+                f"{self.cgroups.parent}/{spec.id}", self.cgroups.mount_root))
+            self.selector.register(ours, selectors.EVENT_READ, ("zygote", container))
         self.containers[spec.id] = container
         return _DEFERRED
 
@@ -521,6 +599,102 @@ class ForkServer:
         except OSError as e:                  # libseccomp refused a rule of the profile
             raise InvalidArgument(f"seccomp: the profile does not compile: {e.strerror}"
                                   ) from None
+
+    # -- a zygote's tests (runner/zygote.py)
+    def _on_zygote(self, container: _Container) -> None:
+        z = container.zygote
+        fd_space = socket.CMSG_SPACE(array.array("i").itemsize)
+        cred_space = socket.CMSG_SPACE(struct.calcsize("3i"))
+        try:
+            data, anc, _flags, _addr = z.sock.recvmsg(
+                65536, fd_space + cred_space, socket.MSG_CMSG_CLOEXEC)
+        except OSError:
+            data, anc = b"", []
+        pid, reply_fd = 0, -1
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid = struct.unpack("3i", payload[:struct.calcsize("3i")])[0]
+            elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                for extra in fds[1:]:
+                    os.close(extra)
+                reply_fd = fds[0] if fds else -1
+        if not data:
+            if reply_fd >= 0:
+                os.close(reply_fd)
+            self.selector.unregister(z.sock)
+            z.sock.close()
+            container.zygote = None
+            self._drop_tests(z)
+            return
+        if reply_fd < 0:
+            return                  # nowhere to answer: a confused zygote, not our problem
+        reply = socket.socket(fileno=reply_fd)
+        try:
+            try:
+                result = self._zygote_request(container, z, pid, msgpack.unpackb(data))
+                answer = {"ok": result}
+            except SandboxError as e:
+                answer = {"error": e.to_wire()}
+            except (ValueError, TypeError, msgpack.UnpackException) as e:
+                answer = {"error": InvalidArgument(f"zygote: bad request: {e}").to_wire()}
+            reply.setblocking(False)
+            reply.send(msgpack.packb(answer, use_bin_type=True))
+        except OSError:
+            pass                                 # the asker is gone
+        finally:
+            reply.close()
+
+    def _zygote_request(self, container: _Container, z: "_Zygote", pid: int,
+                        msg: Any) -> Any:
+        if not isinstance(msg, dict):
+            raise InvalidArgument("zygote: a request is a map")
+        op = msg.get("op")
+        if op == "cgroup":
+            # The kernel vouches for the pid; it must be the zygote's own (in its cgroup),
+            # and not its trusted pid 1.
+            if pid <= 0 or pid == container.pid or pid not in container.cgroup.pids():
+                raise InvalidArgument(f"zygote: process {pid} is not one of the zygote's")
+            if len(z.tests) >= zygote.MAX_TEST_CGROUPS:
+                raise InvalidArgument(f"zygote: {len(z.tests)} test cgroups are still "
+                                      f"open; end some first")
+            limits = from_dict(Limits, msg.get("limits") or {}, "limits")
+            z.counter += 1
+            name = f"t{z.counter}"
+            cgroup = z.manager.create(name, limits)
+            try:
+                cgroup.join(pid)
+            except BaseException:
+                cgroup.remove()
+                raise
+            z.tests[name] = cgroup
+            # The test's own filter, for the container's capabilities (the zygote's
+            # also allows what only its extra capabilities need).
+            return {"cgroup": name,
+                    "seccomp": container.program and container.program.to_wire()}
+        if op == "ended":
+            cgroup = z.tests.pop(str(msg.get("cgroup")), None)
+            if cgroup is None:
+                raise NotFound(f"zygote: no test cgroup {msg.get('cgroup')!r}")
+            try:
+                stats = asdict(cgroup.stats())
+            finally:
+                # Removed (what is left killed first) once nothing waits, as an exited
+                # container's: the zygote's next test need not wait for the rmdirs.
+                self.retiring[f"{container.id}/{msg.get('cgroup')}"] = cgroup
+            return {"oom_killed": stats["oom_kills"] > 0, "stats": stats}
+        raise InvalidArgument(f"zygote: unknown op {op!r}")
+
+    @staticmethod
+    def _drop_tests(z: "_Zygote") -> None:
+        while z.tests:
+            _name, cgroup = z.tests.popitem()
+            try:
+                cgroup.remove()
+            except SandboxError as e:
+                print(f"fork server: cleanup of a zygote's test cgroup: {e}",
+                      file=sys.stderr)
 
     # -- the template (runner/template.py)
     def _check_entry(self, spec: ContainerSpec) -> None:
@@ -867,6 +1041,14 @@ class ForkServer:
     def _forget(self, container: _Container) -> None:
         self._release_layer(container)
         self.containers.pop(container.id, None)
+        for key in [k for k in self.retiring if k.startswith(container.id + "/")]:
+            self._retire(key)                   # its tests' cgroups go before its own
+        z = container.zygote
+        if z is not None:
+            container.zygote = None
+            self.selector.unregister(z.sock)
+            z.sock.close()
+            self._drop_tests(z)
         for exec_pid in container.execs.values():
             self.pids.pop(exec_pid, None)
 

@@ -16,14 +16,18 @@ _FORWARDED = {s for s in signal.valid_signals() if s not in _NOT_FORWARDED
               and not signal.SIGRTMIN <= s <= signal.SIGRTMAX} | {signal.SIGRTMIN}
 
 
-def run_init(workload: Callable[[], NoReturn]) -> NoReturn:
-    """Fork ``workload`` (which must exec or exit), then act as its reaper."""
+def run_init(workload: Callable[[], NoReturn], spawn: Callable[[], int] = os.fork,
+             started: Callable[[int], None] | None = None) -> NoReturn:
+    """Fork ``workload`` (which must exec or exit) with ``spawn``, call ``started`` with
+    its pid (a zygote's pid 1 writes its id maps there), then act as its reaper."""
     watched = _FORWARDED | {signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
-    child = os.fork()
+    child = spawn()
     if child == 0:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
         workload()
+    if started is not None:
+        started(child)
     # Hold no fd but stdio: the start-report pipe must close when the workload execs.
     os.closerange(3, 1 << 20)
     while True:

@@ -161,6 +161,8 @@ def build_plan(spec: ContainerSpec, mnt: str, cgroupfs: tuple[CgroupMount, ...] 
     steps += _kernel_fs_steps(spec.namespaces.ipc == "private", cgroupfs)
     for m in spec.mounts:
         steps += _user_mount_steps(m)
+    if spec.zygote:
+        steps += _hidden_proc_steps()
     steps += _protect_steps(spec.masked_paths, spec.readonly_paths)
     if spec.root.readonly:
         # Read-only once every mountpoint exists (as Docker does): the image need not
@@ -277,6 +279,17 @@ def _cgroupfs_steps(cgroupfs: tuple[CgroupMount, ...]) -> list[Step]:
                   if alias not in names]
     steps.append(MountStep(CGROUP_DIR, None, None, sc.MS_BIND | sc.MS_REMOUNT | ro))
     return steps
+
+
+def _hidden_proc_steps() -> list[Step]:
+    """A zygote's tests mount their own /proc from its user namespace: the kernel wants a
+    fully visible proc in the mount namespace for that, and /proc has masked paths. This
+    one is fully visible and unreachable: its parent is covered by an empty read-only
+    tmpfs, locked in every namespace the zygote makes (see runner/zygote.py)."""
+    from .zygote import HIDDEN_PROC, HIDDEN_PROC_COVER
+    return [MountStep(HIDDEN_PROC, "proc", "proc", NOSUID_NODEV_NOEXEC),
+            MountStep(HIDDEN_PROC_COVER, "tmpfs", "tmpfs",
+                      sc.MS_RDONLY | NOSUID_NODEV_NOEXEC, "size=0,mode=000")]
 
 
 def _user_mount_steps(m: Mount) -> list[Step]:

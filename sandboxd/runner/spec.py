@@ -148,6 +148,9 @@ class ContainerSpec:
     # "module:function" of the runner's template (see runner/template.py): pid 1 is a
     # clone of that pre-imported interpreter and calls it instead of exec'ing args.
     entry: str = ""
+    # A zygote (runner/zygote.py): the workload runs in a user namespace of its own and
+    # forks each test into a fresh container below this one.
+    zygote: bool = False
     masked_paths: tuple[str, ...] = MASKED_PATHS
     readonly_paths: tuple[str, ...] = READONLY_PATHS
     # "default" (our Docker-equivalent profile, runner/seccomp_default.json),
@@ -374,6 +377,11 @@ def validate(spec: ContainerSpec) -> ContainerSpec:
                        or not re.match(r"^[\w.]+:\w+$", spec.entry)):
         problems.append(f"entry: {spec.entry!r} must be module:function, with a private "
                         f"pid namespace, no terminal and no hold")
+    if spec.zygote and (spec.hold or spec.entry or spec.process.terminal
+                        or spec.namespaces.pid != "private"
+                        or spec.process.user not in ("", "0", "root", "0:0")):
+        problems.append("zygote: needs a private pid namespace, the root user and no "
+                        "terminal, hold or entry")
     problems += _check_root(spec.root)
     problems += _check_mounts(spec.mounts)
     for i, f in enumerate(spec.files):

@@ -153,3 +153,20 @@ def test_a_tmpfs_without_a_size_gets_the_bounded_default():
     data = {s.target: s.data for s in steps if isinstance(s, MountStep)
             and s.target in ("/run", "/x")}
     assert data == {"/run": f"mode=1777,size={TMPFS_SIZE}", "/x": f"mode=700,size={TMPFS_SIZE}"}
+
+
+def test_a_zygote_gets_a_hidden_fully_visible_proc():
+    plain = build_plan(make(), "/mnt")
+    assert not any(isinstance(s, MountStep) and s.target.startswith("/dev/.sandboxd")
+                   for s in plain)
+    steps = build_plan(make(zygote=True), "/mnt")
+    procs = [s for s in steps if isinstance(s, MountStep) and s.fstype == "proc"]
+    assert [p.target for p in procs] == ["/proc", "/dev/.sandboxd-proc/proc"]
+    cover = next(s for s in steps if isinstance(s, MountStep)
+                 and s.target == "/dev/.sandboxd-proc")
+    # Covered after it is mounted (so it is unreachable), read-only, and its own root is
+    # not covered (that would make it "not fully visible" to the kernel).
+    assert steps.index(procs[1]) < steps.index(cover)
+    assert cover.fstype == "tmpfs" and cover.flags & sc.MS_RDONLY
+    assert steps.index(cover) < next(i for i, s in enumerate(steps)
+                                     if isinstance(s, PivotRoot))

@@ -96,3 +96,14 @@ def test_wire_round_trip_and_bad_types():
                    "process.extra: unknown field", "root.lowerdirs: expected a list",
                    "limits.memory: expected an integer"):
         assert needle in text
+
+
+@pytest.mark.parametrize("bad", [dict(hold=True), dict(process=Process(args=("x",),
+                                                                          user="1000")),
+                                 dict(entry="m:f")])
+def test_a_zygote_is_root_of_its_own_pid_namespace_and_runs_a_command(bad):
+    base = dict(id="z", process=Process(args=("x",)), root=RootFS(lowerdirs=("/a",)),
+                zygote=True)
+    validate(ContainerSpec(**base))
+    with pytest.raises(InvalidArgument, match="zygote"):
+        validate(ContainerSpec(**{**base, **bad}))

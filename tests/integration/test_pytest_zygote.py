@@ -1,0 +1,117 @@
+"""pytest --sandbox through the session's zygote, end to end on the real kernel: each
+test a fork of the zygote in a fresh container (pid 1, its own namespaces and /tmp, its
+limits), module state as after collection for every test, the ``fresh=True`` marker
+option for a cold container, a dead zygote restarted once and then given up, every
+failure reported and nothing left behind (the daemon fixture checks cgroups and mounts).
+"""
+from __future__ import annotations
+
+import pytest
+
+from test_pytest_plugin import daemon_sock, inner  # noqa: F401  (fixtures)
+
+pytest_plugins = ("pytester",)
+
+
+@pytest.fixture(autouse=True)
+def readable_project(pytester: pytest.Pytester):
+    # pytester's directory is 0700; the zygote (a non-root uid) needs to read it.
+    pytester.path.chmod(0o755)
+
+
+def test_each_test_is_a_fresh_fork(inner, pytester: pytest.Pytester):
+    pytester.makeconftest("""
+        import os
+        LOADED_IN = os.getpid()          # the zygote's pid: forks see another one
+        """)
+    pytester.makepyfile(test_fresh="""
+        import os, signal, socket, time, pytest
+        import conftest
+        STATE = []
+        SEEN = {}
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_fresh(n):
+            assert os.getpid() == 1 and conftest.LOADED_IN != 1
+            assert sorted(p for p in os.listdir("/proc") if p.isdigit()) == ["1"]
+            assert not os.path.exists("/tmp/mark")
+            open("/tmp/mark", "w").write(socket.gethostname())
+            STATE.append(n)
+            assert STATE == [n]          # module state as the zygote left it
+            for pid in range(2, 50):     # neither the zygote nor a sibling is reachable
+                with pytest.raises(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+        @pytest.mark.container(memory="64m")
+        def test_oom():
+            hog = bytearray(512 * 2**20)
+            hog[::4096] = b"x" * len(hog[::4096])
+
+        @pytest.mark.container(pids=8)
+        def test_pids():
+            with pytest.raises(BlockingIOError):
+                for _ in range(20):
+                    if os.fork() == 0:
+                        time.sleep(3)
+                        os._exit(0)
+
+        @pytest.mark.container(timeout=1)
+        def test_timeout():
+            time.sleep(30)
+
+        def test_after_timeout():        # a new zygote: a timeout is no crash
+            assert os.getpid() == 1 and conftest.LOADED_IN != 1
+
+        @pytest.mark.container(fresh=True)
+        def test_cold():                  # its own worker imported the conftest
+            assert conftest.LOADED_IN == os.getpid()
+        """)
+    result = inner("--sandbox", "-rA")
+    result.assert_outcomes(passed=7, failed=2)
+    result.stdout.fnmatch_lines_random([
+        "FAILED test_fresh.py::test_oom - killed: out of memory (limit 64 MiB)",
+        "FAILED test_fresh.py::test_timeout - timed out after 1 s"])
+
+
+def test_unreadable_project_goes_cold(inner, pytester: pytest.Pytester):
+    pytester.path.chmod(0o700)
+    pytester.makepyfile(test_cold="""
+        import os
+        def test_one():
+            assert os.path.exists("/proc/1")
+        """)
+    result = inner("--sandbox", "-rA", "-W", "default")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*runs no zygote*not readable by other users*"])
+
+
+def test_zygote_crash_is_restarted_once(inner, pytester: pytest.Pytester):
+    # The zygote (and only it: a fork's pending alarm is cleared) dies 2 s after its
+    # conftest import; a test running then dies with it.
+    pytester.makeconftest("""
+        import os, signal
+        if os.environ.get("PYTEST_SANDBOX_WORKER"):
+            signal.alarm(2)
+        """)
+    pytester.makepyfile(test_crash="""
+        import time
+
+        def test_a():
+            time.sleep(4)
+
+        def test_b():
+            pass
+
+        def test_c():
+            time.sleep(4)
+
+        def test_d():
+            pass
+        """)
+    result = inner("--sandbox", "-rA")
+    result.assert_outcomes(passed=2, errors=0, failed=2)
+    result.stdout.fnmatch_lines_random([
+        "FAILED test_crash.py::test_a - worker crashed: *the session's zygote died*"
+        "restarted for the next test*",
+        "FAILED test_crash.py::test_c - worker crashed: *died before too*cold containers*",
+        "PASSED test_crash.py::test_b", "PASSED test_crash.py::test_d"])

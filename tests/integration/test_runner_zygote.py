@@ -1,0 +1,241 @@
+"""Zygote containers (ContainerSpec.zygote) on the real kernel: each test forked from the
+zygote is its own container (pid/mount/net/ipc/uts namespaces, /tmp, /dev/shm, /proc,
+a cgroup with its limits), the zygote runs as a non-root host uid in a user namespace of
+its own, and a test cannot reach the zygote or a sibling.
+
+A small zygote script stands in for pytest_sandbox's: it reads one JSON request a line,
+forks a test with sandboxd.runner.testfork, and prints what the test saw and how it ended.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandboxd.errors import InvalidArgument
+from sandboxd.images.host import host_rootfs
+from sandboxd.runner import Runner
+from sandboxd.runner.spec import ContainerSpec, Limits, Mount, Process, RootFS
+from sandboxd.runner.zygote import ZYGOTE_ID_BASE
+
+PARENT = f"sandboxd-test-zyg-{os.getpid()}"
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_ids = itertools.count()
+
+ZYGOTE = r'''
+import json, os, signal, socket, sys, time
+from sandboxd.runner import syscalls as sc
+from sandboxd.runner.testfork import TestContainer, end_test, fork_test
+
+def ns(name):
+    return os.stat(f"/proc/self/ns/{name}").st_ino
+
+def test(req):
+    seen = {"pid": os.getpid(), "hostname": socket.gethostname(),
+            "ns": {n: ns(n) for n in ("pid", "mnt", "net", "ipc", "uts")},
+            "tmp": sorted(os.listdir("/tmp")), "shm": sorted(os.listdir("/dev/shm")),
+            "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+            "uid_map": open("/proc/self/uid_map").read().split(),
+            "status": dict(l.split(":\t", 1) for l in open("/proc/self/status")
+                           .read().splitlines() if ":\t" in l)}
+    open("/tmp/mark", "w").write(req["hostname"])
+    open("/dev/shm/mark", "w").write(req["hostname"])
+    seen["timer_list"] = open("/proc/timer_list").read()       # masked: /dev/null
+    for path in ("/proc/sys/vm/drop_caches", "/dev/.sandboxd-proc/proc/1/status"):
+        try:
+            open(path, "w").close()
+            seen[path] = "opened"
+        except OSError as e:
+            seen[path] = e.strerror
+    killed = []
+    for pid in range(2, 64):          # nobody else is in its pid namespace
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            pass
+    seen["killed"] = killed
+    try:
+        sc.unshare(sc.CLONE_NEWUSER)  # refused by the container's seccomp filter
+        seen["unshare_user"] = "made"
+    except OSError as e:
+        seen["unshare_user"] = e.strerror
+    try:
+        os.kill(-1, signal.SIGKILL)   # every process it may signal: none but itself
+    except OSError as e:
+        seen["kill_all"] = e.strerror
+    try:
+        os.kill(int(req["zygote"]), signal.SIGKILL)
+        seen["kill_zygote"] = "sent"
+    except OSError as e:
+        seen["kill_zygote"] = e.strerror
+    if req.get("alloc"):
+        hog = bytearray(req["alloc"])
+        hog[::4096] = b"x" * len(hog[::4096])
+    if req.get("forks"):
+        made = 0
+        try:
+            for _ in range(req["forks"]):
+                if os.fork() == 0:
+                    time.sleep(5)
+                    os._exit(0)
+                made += 1
+        except OSError as e:
+            seen["fork_error"] = e.strerror
+        seen["forked"] = made
+    print(json.dumps(seen), flush=True)
+    return 0
+
+for line in sys.stdin:
+    req = json.loads(line)
+    req["zygote"] = os.getpid()
+    pid, cgroup = fork_test(TestContainer(hostname=req["hostname"],
+                                          limits=req.get("limits", {})))
+    if pid == 0:
+        os._exit(test(req))
+    _, status = os.waitpid(pid, 0)
+    ended = end_test(cgroup) if cgroup else {}
+    print(json.dumps({"exit": os.waitstatus_to_exitcode(status),
+                      "oom_killed": ended.get("oom_killed")}), flush=True)
+print(json.dumps({"zygote_alive": os.getpid(),
+                  "ns": {n: ns(n) for n in ("pid", "mnt", "net", "ipc", "uts")}}),
+      flush=True)
+'''
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    r = Runner(state_dir=str(tmp_path_factory.mktemp("runner")), cgroup_parent=PARENT)
+    r.start()
+    yield r
+    r.close()
+    for controller in os.listdir("/sys/fs/cgroup"):
+        path = Path("/sys/fs/cgroup") / controller / PARENT
+        if path.is_dir():
+            leftovers = [p.name for p in path.iterdir() if p.is_dir()]
+            assert not leftovers, f"cgroups left in {path}: {leftovers}"
+            path.rmdir()
+
+
+@pytest.fixture(scope="module")
+def host_root(tmp_path_factory):
+    return host_rootfs(tmp_path_factory.mktemp("host-cache"))
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory):
+    d = tmp_path_factory.mktemp("zygote")
+    (d / "zyg.py").write_text(ZYGOTE)
+    os.chmod(d, 0o755)
+    return d
+
+
+def _spec(host_root, script, **kw) -> ContainerSpec:
+    skeleton, host_mounts = host_root
+    mounts = (Mount("/tmp", "tmpfs", options=("mode=1777",)), *host_mounts,
+              Mount(str(script), "bind", str(script), readonly=True),
+              Mount(PACKAGE_ROOT, "bind", PACKAGE_ROOT, readonly=True))
+    return ContainerSpec(
+        id=f"zyg{os.getpid()}-{next(_ids)}",
+        process=Process(args=(sys.executable, str(script / "zyg.py")),
+                        env=(f"PYTHONPATH={PACKAGE_ROOT}",)),
+        root=RootFS(lowerdirs=(str(skeleton),), readonly=True), mounts=mounts,
+        zygote=True, **kw)
+
+
+def _run(runner, spec, requests):
+    data = "".join(json.dumps(r) + "\n" for r in requests).encode()
+    result = runner.run(spec, input=data, timeout=60)
+    lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert result.exit_code == 0, (result.stderr.decode(), lines)
+    return lines, result
+
+
+def test_each_test_is_a_fresh_container(runner, host_root, script):
+    lines, _ = _run(runner, _spec(host_root, script),
+                    [{"hostname": "first"}, {"hostname": "second"}])
+    first, end1, second, end2, last = lines
+    assert end1 == end2 == {"exit": 0, "oom_killed": False}
+    assert "zygote_alive" in last
+    for seen, name in ((first, "first"), (second, "second")):
+        assert seen["pid"] == 1 and seen["procs"] == [1], seen["procs"]
+        assert seen["hostname"] == name
+        assert seen["killed"] == [] and seen["kill_zygote"] == "No such process"
+    # Its own namespaces: not the zygote's, not the host's. (The kernel may give the
+    # second test's the inode number the first one's freed: the /tmp check shows that
+    # nothing of the first is left.)
+    for kind in ("pid", "mnt", "net", "ipc", "uts"):
+        for seen in (first, second):
+            assert seen["ns"][kind] != last["ns"][kind], kind
+            assert seen["ns"][kind] != os.stat(f"/proc/self/ns/{kind}").st_ino
+    # What the first wrote in its /tmp and /dev/shm is not in the second's.
+    # (The script's directory, bound below /tmp, is still shown in each fresh /tmp.)
+    assert first["tmp"] == second["tmp"] == ["pytest-of-root"] and second["shm"] == []
+    # Root of a user namespace whose 0 is a non-root host uid; no CAP_SYS_ADMIN left.
+    assert first["uid_map"] == ["0", str(ZYGOTE_ID_BASE), "65536"]
+    assert int(first["status"]["CapBnd"], 16) & (1 << 21) == 0
+    assert first["status"]["NoNewPrivs"] == "1"
+    # The zygote's filter (which lets it make namespaces) and the container's on top.
+    assert first["status"]["Seccomp"] == "2" and first["status"]["Seccomp_filters"] == "2"
+    assert first["unshare_user"].endswith("Operation not permitted")
+    assert first["timer_list"] == ""
+    assert first["/proc/sys/vm/drop_caches"] == "Read-only file system"
+    assert first["/dev/.sandboxd-proc/proc/1/status"] in ("Permission denied",
+                                                          "No such file or directory")
+
+
+def test_limits_per_test(runner, host_root, script):
+    lines, _ = _run(runner, _spec(host_root, script), [
+        {"hostname": "greedy", "alloc": 256 << 20, "limits": {"memory": 64 << 20}},
+        {"hostname": "forky", "forks": 40, "limits": {"pids": 8}},
+        {"hostname": "after"}])
+    greedy_end = next(x for x in lines if "exit" in x)
+    assert greedy_end == {"exit": -9, "oom_killed": True}
+    forky = next(x for x in lines if x.get("hostname") == "forky")
+    assert forky["fork_error"] == "Resource temporarily unavailable" and forky["forked"] < 8
+    assert lines[-2] == {"exit": 0, "oom_killed": False}     # "after" ran normally
+    assert "zygote_alive" in lines[-1]
+
+
+ZYGOTE_ITSELF = r'''
+import os
+from sandboxd.runner import syscalls as sc
+print(open("/proc/self/uid_map").read().split()[1], os.getuid())
+print([l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp")])
+for what, call in (("umount a mask", lambda: sc.umount2("/proc/timer_list")),
+                   ("mount in its container's mount ns",
+                    lambda: sc.mount("tmpfs", "/tmp", "tmpfs"))):
+    try:
+        call()
+        print(what, "succeeded")
+    except OSError as e:
+        print(what, "refused")
+sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWNET)     # its own namespaces: allowed
+sc.mount("tmpfs", "/tmp", "tmpfs")
+print("own namespaces ok")
+'''
+
+
+def test_zygote_is_not_host_root(runner, host_root, script):
+    # The zygote itself: its uid outside is ZYGOTE_ID_BASE; it cannot change its
+    # container's mounts (owned by the host's user namespace), only make its own.
+    spec = _spec(host_root, script)
+    spec = ContainerSpec(**{**spec.__dict__, "process": Process(
+        args=(sys.executable, "-c", ZYGOTE_ITSELF), env=spec.process.env)})
+    result = runner.run(spec, timeout=30)
+    assert result.exit_code == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == [
+        f"{ZYGOTE_ID_BASE} 0", "['2', '1']", "umount a mask refused",
+        "mount in its container's mount ns refused", "own namespaces ok"]
+
+
+def test_zygote_spec_is_checked(runner, host_root, script):
+    spec = _spec(host_root, script)
+    bad = ContainerSpec(**{**spec.__dict__, "hold": True})
+    with pytest.raises(InvalidArgument, match="zygote"):
+        runner.run(bad, timeout=10)
+    assert Limits  # the wire form of Limits is what a test asks for
