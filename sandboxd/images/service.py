@@ -894,10 +894,11 @@ class ImageService:
         return self.store.root / "builds"
 
     def cleanup(self) -> list[str]:
-        """Start-up reconciliation: drop unpack snapshots and build contexts a crash
-        interrupted, then unused layers. Call before any import or build runs."""
+        """Start-up reconciliation: drop blobs half-written, unpack snapshots and build
+        contexts a crash interrupted, then unused layers. Call before any pull, import or
+        build runs."""
         with self._lock:
-            removed = []
+            removed = [str(p) for p in self.content.cleanup()]
             if self.builds_root.is_dir():
                 for context in self.builds_root.iterdir():
                     shutil.rmtree(context, ignore_errors=True)

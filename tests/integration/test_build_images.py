@@ -253,8 +253,8 @@ def test_from_an_image_named_with_its_registry_pulls_it(d: Daemon, tmp_path: Pat
     import shutil
     if shutil.which("docker-registry") is None:
         pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
-    from test_images_registry import _registry
-    with _registry(tmp_path / "registry") as address:
+    from registries import serve_registry
+    with serve_registry(tmp_path / "registry") as address:
         ref = f"{address}/sbx-build/base:1"
         d.sbx("tag", "busybox", ref, check=True)
         d.sbx("push", ref, check=True)

@@ -16,7 +16,8 @@ import subprocess
 import pytest
 
 from harness import Daemon
-from test_images_registry import PASSWORD, USER, _registry
+from registries import serve_registry
+from test_images_registry import PASSWORD, USER
 
 pytestmark = pytest.mark.skipif(shutil.which("docker-registry") is None,
                                 reason="docker-registry is not installed "
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.skipif(shutil.which("docker-registry") is None,
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    with _registry(tmp_path_factory.mktemp("sbx-cli-registry") / "open") as address:
+    with serve_registry(tmp_path_factory.mktemp("sbx-cli-registry") / "open") as address:
         yield address
 
 
@@ -38,7 +39,7 @@ def auth_registry(tmp_path_factory):
                           capture_output=True, text=True).stdout.strip()
     (base / "htpasswd").write_text(line + "\n")
     auth = f"auth:\n  htpasswd:\n    realm: sbx-test\n    path: {base / 'htpasswd'}\n"
-    with _registry(base / "server", auth) as address:
+    with serve_registry(base / "server", auth) as address:
         yield address
 
 

@@ -18,48 +18,16 @@ from sandboxd import testing
 from sandboxd.images import ImageService
 from sandboxd.snapshots import Snapshotter
 from sandboxd.store import ContentStore, Store
-from test_images_registry import REGISTRY_BIN, Proxy, _registry
+from registries import REGISTRY_BIN, StallingProxy, serve_registry
 
 pytestmark = pytest.mark.skipif(REGISTRY_BIN is None,
                                 reason="docker-registry is not installed "
                                        "(apt-get install docker-registry)")
 
 
-class StallingProxy(Proxy):
-    """A proxy that holds back the response to the first request naming
-    ``/blobs/<digest>`` until :meth:`let_go` (:attr:`stalled` is set once it holds
-    one)."""
-
-    def __init__(self, upstream: str, digest: str):
-        self.needle = f"/blobs/{digest}".encode()
-        self.stalled = threading.Event()
-        self.released = threading.Event()
-        super().__init__(upstream)
-
-    def connection(self) -> dict:
-        return {"hold": False}
-
-    def forward(self, src: socket.socket, dst: socket.socket, data: bytes, state: dict,
-                request: bool) -> bool:
-        if request and self.needle in data and not self.stalled.is_set():
-            state["hold"] = True
-        if not request and state["hold"]:
-            self.stalled.set()
-            self.released.wait()
-            state["hold"] = False
-        return super().forward(src, dst, data, state, request)
-
-    def let_go(self) -> None:
-        self.released.set()
-
-    def close(self) -> None:
-        self.let_go()
-        super().close()
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    with _registry(tmp_path_factory.mktemp("sbx-registry-lock") / "open") as address:
+    with serve_registry(tmp_path_factory.mktemp("sbx-registry-lock") / "open") as address:
         yield address
 
 

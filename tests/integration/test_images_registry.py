@@ -13,7 +13,6 @@ import base64
 import contextlib
 import gzip
 import hashlib
-import http.client
 import http.server
 import io
 import json
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from registries import REGISTRY_BIN, Proxy, free_port, serve_registry
 from sandboxd import testing
 from sandboxd.errors import InvalidArgument, NotFound, Unavailable
 from sandboxd.images import ImageService, oci
@@ -37,7 +37,6 @@ from sandboxd.images.registry import RegistryClient, Unauthorized
 from sandboxd.snapshots import Snapshotter
 from sandboxd.store import ContentStore, Store
 
-REGISTRY_BIN = shutil.which("docker-registry")
 pytestmark = pytest.mark.skipif(REGISTRY_BIN is None,
                                 reason="docker-registry is not installed "
                                        "(apt-get install docker-registry)")
@@ -46,57 +45,9 @@ USER, PASSWORD = "sbx-user", "s3cret-pass"
 
 # ---------------------------------------------------------------- registries
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _registry(base: Path, auth: str = ""):
-    """A docker-registry on 127.0.0.1:<free port> (``auth``: its config's auth
-    section); yields ``127.0.0.1:<port>``."""
-    port = _free_port()
-    base.mkdir(parents=True)
-    config = base / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {base / 'data'}\n"
-        f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n"
-        f"  secret: sbx-test-secret\n{auth}")
-    log = open(base / "registry.log", "wb")
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/v2/")
-                status = conn.getresponse().status
-                conn.close()
-                if status in (200, 401):
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"docker-registry did not start: "
-                                   f"{(base / 'registry.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    with _registry(tmp_path_factory.mktemp("sbx-registry") / "open") as address:
+    with serve_registry(tmp_path_factory.mktemp("sbx-registry") / "open") as address:
         yield address
 
 
@@ -113,7 +64,7 @@ def auth_registry(tmp_path_factory):
         line = f"{USER}:" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt()).decode()
     htpasswd.write_text(line + "\n")
     auth = f"auth:\n  htpasswd:\n    realm: sbx-test\n    path: {htpasswd}\n"
-    with _registry(base / "server", auth) as address:
+    with serve_registry(base / "server", auth) as address:
         yield address
 
 
@@ -127,7 +78,7 @@ def token_registry(tmp_path_factory):
     base = tmp_path_factory.mktemp("sbx-registry-token")
     tokens = TokenServer(base)
     try:
-        with _registry(base / "server", tokens.registry_auth()) as address:
+        with serve_registry(base / "server", tokens.registry_auth()) as address:
             yield address, tokens
     finally:
         tokens.close()
@@ -201,67 +152,6 @@ class TokenServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-class Proxy:
-    """A TCP proxy on 127.0.0.1 to a registry at ``upstream``, a thread per direction
-    of each connection. It passes everything on; a subclass changes what one chunk
-    does (:meth:`forward`), with state per connection (:meth:`connection`)."""
-
-    def __init__(self, upstream: str):
-        host, port = upstream.split(":")
-        self.upstream = (host, int(port))
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self._lock = threading.Lock()
-        self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def connection(self) -> dict:
-        """The state both directions of a new connection share (made under the lock)."""
-        return {}
-
-    def forward(self, src: socket.socket, dst: socket.socket, data: bytes, state: dict,
-                request: bool) -> bool:
-        """Pass ``data`` (``request``: from the client) on; False when the connection
-        was cut instead."""
-        dst.sendall(data)
-        return True
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            with self._lock:
-                self._conns += [client, server]
-                state = self.connection()
-            for a, b, request in ((client, server, True), (server, client, False)):
-                threading.Thread(target=self._pump, args=(a, b, state, request),
-                                 daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, state: dict,
-              request: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if not self.forward(src, dst, data, state, request):
-                    return
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.sock.close()
-        with self._lock:
-            for s in self._conns:
-                s.close()
 
 
 class CuttingProxy(Proxy):
@@ -470,7 +360,7 @@ def test_missing_tag_missing_repo_and_no_registry(registry, roots):
     assert str(e.value) == f"manifest unknown: {registry}/sbx/nothing-here:v9 not found"
     with pytest.raises(InvalidArgument, match="name a registry, e.g. localhost:5000/busybox"):
         svc.pull("busybox")
-    port = _free_port()
+    port = free_port()
     with pytest.raises(Unavailable, match=f"cannot connect to registry 127.0.0.1:{port} "
                                           f".*connection refused"):
         svc.pull(f"127.0.0.1:{port}/sbx/busybox")

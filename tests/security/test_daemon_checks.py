@@ -23,7 +23,11 @@ import pytest
 
 import fuzz
 from harness import PY, REPO, Daemon, pid_alive, wait_until
-from sandboxd import protocol
+from registries import NO_REGISTRY, REGISTRY_BIN, StallingProxy, serve_registry
+from sandboxd import protocol, testing
+from sandboxd.images import ImageService
+from sandboxd.snapshots import Snapshotter
+from sandboxd.store import ContentStore, Store
 
 FAULT_CONTAINERS = int(os.environ.get("SANDBOXD_FAULT_CONTAINERS", "20"))
 CYCLES = int(os.environ.get("SANDBOXD_CYCLES", "1000"))
@@ -125,8 +129,34 @@ def fresh():
 
 # ---------------------------------------------------------------- 23: SIGKILL
 
-def test_check_23_sigkill_with_containers_running_loses_nothing(fresh: Daemon) -> None:
+@pytest.fixture
+def stuck_pull_source(tmp_path):
+    """``(reference, proxy)``: an image pushed to a local registry, reached through a
+    proxy that holds back its config blob (the first blob a pull asks for) until
+    ``proxy.let_go()``; None when docker-registry is not installed."""
+    if REGISTRY_BIN is None:
+        yield None
+        return
+    with serve_registry(tmp_path / "registry") as registry:
+        root = tmp_path / "pusher"
+        store = Store(root)
+        images = ImageService(store, ContentStore(root), Snapshotter(root, store))
+        image_id = images.import_rootfs(testing.busybox_tar(), f"{registry}/sbx/mid:v1",
+                                        message="pushed for check 23")
+        images.push(f"{registry}/sbx/mid:v1")
+        proxy = StallingProxy(registry, image_id)
+        try:
+            yield f"{proxy.address}/sbx/mid:v1", proxy
+        finally:
+            proxy.close()
+
+
+def test_check_23_sigkill_with_containers_running_loses_nothing(
+        fresh: Daemon, stuck_pull_source) -> None:
+    if stuck_pull_source is None:
+        pytest.skip(f"the mid-pull part needs a local registry: {NO_REGISTRY}")
     d = fresh
+    reference, proxy = stuck_pull_source
     d.sbx("network", "create", "f-net", check=True)
     names: dict[str, list[str]] = {}
     for i in range(FAULT_CONTAINERS):
@@ -150,6 +180,11 @@ def test_check_23_sigkill_with_containers_running_loses_nothing(fresh: Daemon) -
     build.stdin.close()
     wait_until(lambda: len(d.cgroup_children()) > FAULT_CONTAINERS, 30,
                "the build's RUN container to start")
+    # one mid-pull: its config blob held back by the proxy
+    pull = subprocess.Popen([PY, "-m", "sandboxd", "pull", reference],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=d.env, cwd=REPO)
+    assert proxy.stalled.wait(30), "the pull never asked for the config blob"
     wait_until(lambda: all(d.sbx("logs", n).out for n in names), 15, "every container's log")
     pids = [int(d.sbx("inspect", "-f", "{{.State.Pid}}", n, check=True).out) for n in names]
     ids = {n: d.sbx("inspect", "-f", "{{.Id}}", n, check=True).out.strip() for n in names}
@@ -161,6 +196,9 @@ def test_check_23_sigkill_with_containers_running_loses_nothing(fresh: Daemon) -
     wait_until(lambda: not d.leftover_processes(), 20, "the daemon's helpers to clean up")
     build.wait(30)
     assert build.returncode != 0                      # the build failed, visibly
+    pull.wait(30)
+    assert pull.returncode != 0                       # so did the pull
+    proxy.let_go()
 
     d.start()
     listed = set(d.sbx("ps", "-a", "--format", "{{.Names}}", check=True).out.split())
@@ -186,10 +224,14 @@ def test_check_23_sigkill_with_containers_running_loses_nothing(fresh: Daemon) -
     owners = {r[0] for r in rows(d, "SELECT owner FROM ip_allocations")}
     assert not owners & set(ids.values()), owners
     assert "mid-build" not in d.sbx("images").out
+    assert "sbx/mid" not in d.sbx("images").out
+    assert not [p for ingest in Path(d.root).rglob("ingest") for p in ingest.iterdir()]
+    d.sbx("pull", reference, check=True)              # the same pull works now
     assert not d.cgroup_children()                    # no build or container cgroup
     d.sbx("start", "f1", check=True)                  # a pre-crash container runs again
     assert d.sbx("exec", "f1", "echo", "alive", check=True).out == "alive\n"
     d.sbx("rm", "-f", *kept, "f-done", check=True)
+    d.sbx("rmi", reference, check=True)
     d.sbx("network", "rm", "f-net", check=True)
     owners = {r[0] for r in rows(d, "SELECT owner FROM ip_allocations")}
     assert not owners & set(ids.values()), owners
