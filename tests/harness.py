@@ -9,21 +9,23 @@ process in one of its cgroups or naming its root.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
-from sandboxd import testing
+from sandboxd import protocol, testing
 from sandboxd.api import Client
 
 PY = sys.executable
@@ -250,3 +252,76 @@ def bridge_ip(daemon: Daemon, name: str) -> str:
     ip = inspect(daemon, name)["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
     assert ip, f"{name} has no address on the default bridge"
     return ip
+
+
+@contextlib.contextmanager
+def running(*flags: str, busybox: bool = True) -> Iterator[Daemon]:
+    """A started daemon (busybox imported unless ``busybox=False``), stopped afterwards;
+    when a test left it dead, what it left is checked instead."""
+    d = Daemon(*flags).start()
+    try:
+        if busybox:
+            d.import_busybox()
+        yield d
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
+        else:
+            d.assert_clean()
+
+
+class RawClient:
+    """A bare protocol client on a unix socket, to send exactly the bytes a test wants."""
+
+    def __init__(self, path: str, hello: bool = True, timeout: float = 15.0,
+                 name: str = "test/1"):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.frames = protocol.FrameBuffer()
+        self.queue: list[dict] = []
+        if hello:
+            self.send(protocol.hello(name))
+            reply = self.recv()
+            assert reply is not None and reply["id"] == 0, reply
+            assert reply["ok"]["version"] == protocol.PROTOCOL_VERSION, reply
+
+    def send(self, message: dict) -> None:
+        self.sock.sendall(protocol.encode(message))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self) -> dict | None:
+        """The next message, or None at EOF."""
+        while not self.queue:
+            try:
+                data = self.sock.recv(1 << 16)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.queue += self.frames.feed(data)
+        return self.queue.pop(0)
+
+    def reply(self, rid: int) -> dict:
+        """The final reply (ok or error) of request ``rid``, skipping its events."""
+        while True:
+            message = self.recv()
+            assert message is not None, "the daemon closed the connection"
+            if message.get("id") == rid and "event" not in message:
+                return message
+
+    def call(self, rid: int, op: str, params: dict | None = None) -> dict:
+        self.send(protocol.request(rid, op, params))
+        return self.reply(rid)
+
+    def drain(self) -> list[dict]:
+        """Every message until the daemon closes the connection."""
+        out = []
+        while (message := self.recv()) is not None:
+            out.append(message)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()

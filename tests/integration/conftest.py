@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from harness import CGROUP_ROOT, PY, REPO, Daemon, pid_alive, wait_until  # noqa: F401
+from harness import CGROUP_ROOT, PY, REPO, Daemon, pid_alive, running, wait_until  # noqa: F401
 
 
 @pytest.fixture(scope="session")
 def daemon():
     """The shared daemon (busybox imported; default ulimit nofile=1280:2560). Tests that
     kill or restart a daemon start their own."""
-    d = Daemon("--default-ulimit", "nofile=1280:2560").start()
-    try:
-        d.import_busybox()
+    with running("--default-ulimit", "nofile=1280:2560") as d:
         yield d
-    finally:
-        d.stop()

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from harness import Daemon
+from harness import Daemon, running
 from registries import serve_registry
 from test_images_registry import PASSWORD, USER
 
@@ -46,11 +46,8 @@ def auth_registry(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fresh():
     """A daemon without any image."""
-    d = Daemon().start()
-    try:
+    with running(busybox=False) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture(scope="module")

@@ -7,20 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import Daemon, pid_alive, wait_until
+from harness import Daemon, pid_alive, running, wait_until
 
 
 @pytest.fixture
 def fresh():
-    d = Daemon().start()
-    try:
-        d.import_busybox()
+    with running() as d:
         yield d
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
-        else:                      # a test failed with the daemon dead: still clean up
-            d.assert_clean()
 
 
 def _pid(d: Daemon, name: str) -> int:

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from sandboxd import client, errors, protocol
 from sandboxd.daemon import DaemonConfig, Server
 
-from harness import wait_until
+from harness import RawClient, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -41,49 +41,6 @@ def short_tmp():
     path = tempfile.mkdtemp(prefix="sbxt-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-class Raw:
-    """A bare protocol client, to send exactly the bytes a test wants."""
-
-    def __init__(self, path: str, hello: bool = True, timeout: float = 10.0):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
-        self.frames = protocol.FrameBuffer()
-        self.queue: list[dict] = []
-        if hello:
-            self.send(protocol.hello("test/1"))
-            reply = self.recv()
-            assert reply["id"] == 0 and reply["ok"]["version"] == protocol.PROTOCOL_VERSION
-
-    def send(self, message: dict) -> None:
-        self.sock.sendall(protocol.encode(message))
-
-    def send_bytes(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def recv(self) -> dict | None:
-        """The next message, or None at EOF."""
-        while not self.queue:
-            try:
-                data = self.sock.recv(1 << 16)
-            except ConnectionResetError:
-                return None
-            if not data:
-                return None
-            self.queue += self.frames.feed(data)
-        return self.queue.pop(0)
-
-    def drain(self) -> list[dict]:
-        """Every message until the daemon closes the connection."""
-        out = []
-        while (message := self.recv()) is not None:
-            out.append(message)
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 # ---------------------------------------------------------------- in-process server
@@ -168,7 +125,7 @@ class Proc:
         def up() -> bool:
             assert self.proc.poll() is None, f"daemon exited:\n{self.read_log()}"
             try:
-                Raw(self.path).close()
+                RawClient(self.path).close()
                 return True
             except OSError:
                 return False
@@ -216,7 +173,7 @@ def assert_serving(path: str) -> None:
 # ---------------------------------------------------------------- handshake and dispatch
 
 def test_handshake_and_builtin_ops(inproc):
-    raw = Raw(inproc.path, hello=False)
+    raw = RawClient(inproc.path, hello=False)
     raw.send({"id": 0, "op": "hello", "params": {"version": 1, "client": "sbx/0.1"}})
     assert raw.recv() == {"id": 0, "ok": {"version": 1, "server": "sandboxd/0.1.0",
                                           "features": ["events", "stdin", "resize",
@@ -250,7 +207,7 @@ def test_a_group_that_cannot_be_made_leaves_the_socket_root_s(make_server, caplo
 
 
 def test_version_mismatch_gets_a_clear_error_then_close(inproc):
-    raw = Raw(inproc.path, hello=False)
+    raw = RawClient(inproc.path, hello=False)
     raw.send({"id": 0, "op": "hello", "params": {"version": 99, "client": "future/9"}})
     messages = raw.drain()
     assert len(messages) == 1 and messages[0]["id"] == 0
@@ -268,7 +225,7 @@ def test_version_mismatch_gets_a_clear_error_then_close(inproc):
     {"id": 5, "op": "hello", "params": {"version": 1}},
 ])
 def test_the_first_message_must_be_a_good_hello(inproc, first):
-    raw = Raw(inproc.path, hello=False)
+    raw = RawClient(inproc.path, hello=False)
     raw.send(first)
     (message,) = raw.drain()
     assert message["error"]["code"] == "invalid_argument"
@@ -276,7 +233,7 @@ def test_the_first_message_must_be_a_good_hello(inproc, first):
 
 
 def test_unknown_op_and_second_hello_are_errors_on_a_live_connection(inproc):
-    raw = Raw(inproc.path)
+    raw = RawClient(inproc.path)
     raw.send(protocol.request(1, "no.such.op"))
     reply = raw.recv()
     assert reply["id"] == 1 and reply["error"]["code"] == "invalid_argument"
@@ -644,7 +601,7 @@ def test_slow_reader_backpressure_bounds_queued_output(make_server):
 
     s.server.register("test.flood", flood, streaming=True)
     s.start()
-    raw = Raw(s.path)
+    raw = RawClient(s.path)
     raw.send(protocol.request(1, "test.flood"))
     wait_until(lambda: state["sent"] > 0, what="the flood to start")
     previous = -1
@@ -676,7 +633,7 @@ def test_unread_stdin_is_capped_and_a_hang_up_is_still_noticed(make_server):
 
     s.server.register("test.ignore", ignore_stdin, streaming=True)
     s.start()
-    raw = Raw(s.path)
+    raw = RawClient(s.path)
     raw.send(protocol.request(1, "test.ignore"))
     wait_until(lambda: "ctx" in state, what="the handler to start")
 
@@ -707,7 +664,7 @@ def test_a_client_that_never_reads_its_replies_is_cleaned_up_when_it_leaves(make
                                                                             caplog):
     s = make_server()
     s.start()
-    raw = Raw(s.path)
+    raw = RawClient(s.path)
     request = b"".join(protocol.encode(protocol.request(i, "no.such.op"))
                        for i in range(1, 50_001))   # ~9 MiB of error replies unread
 
@@ -741,7 +698,7 @@ def test_disconnects_mid_stream_leak_no_tasks_or_fds(make_server):
     fds_before = len(os.listdir("/proc/self/fd"))
     tasks_before = s.tasks()
     for i in range(1000):
-        raw = Raw(s.path)
+        raw = RawClient(s.path)
         raw.send(protocol.request(1, "test.ticker"))
         assert raw.recv()["event"] == "tick"
         if i % 2:
@@ -791,7 +748,7 @@ GARBAGE = {
 @pytest.mark.parametrize("greet", [False, True], ids=["before-hello", "after-hello"])
 @pytest.mark.parametrize("name", sorted(GARBAGE))
 def test_garbage_gets_an_error_or_a_close_and_the_daemon_lives(daemon, name, greet):
-    raw = Raw(daemon.path, hello=greet)
+    raw = RawClient(daemon.path, hello=greet)
     try:
         raw.send_bytes(GARBAGE[name])
         raw.sock.shutdown(socket.SHUT_WR)
@@ -808,7 +765,7 @@ def test_garbage_gets_an_error_or_a_close_and_the_daemon_lives(daemon, name, gre
 def test_other_clients_keep_being_served_during_garbage(daemon):
     with client.connect(daemon.path, autostart=False) as conn:
         for name in sorted(GARBAGE):
-            raw = Raw(daemon.path, hello=False)
+            raw = RawClient(daemon.path, hello=False)
             raw.send_bytes(GARBAGE[name])
             assert conn.call("ping") == "pong"
             raw.close()
@@ -835,7 +792,7 @@ attacks = st.one_of(
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=attacks, greet=st.booleans())
 def test_hypothesis_garbage_from_many_connections(daemon, data, greet):
-    raw = Raw(daemon.path, hello=greet)
+    raw = RawClient(daemon.path, hello=greet)
     try:
         raw.send_bytes(data)
         raw.sock.shutdown(socket.SHUT_WR)
@@ -852,7 +809,7 @@ def test_hypothesis_garbage_from_many_connections(daemon, data, greet):
 
 
 def test_random_well_formed_requests_get_errors_by_id(daemon):
-    raw = Raw(daemon.path)
+    raw = RawClient(daemon.path)
     bad_options = [{"image": 5}, {"image": "b", "nope": 1}, {"image": "b", "memory": [1]},
                    {"image": "b", "ulimits": {"nofile": "x"}}, {"image": "b", "env": 7},
                    {"image": "b", "environ": {"A": "1"}}, {"image": "b", "ports": {"80": [1, 2]}},
@@ -872,8 +829,8 @@ def test_random_well_formed_requests_get_errors_by_id(daemon):
 
 
 def test_a_partial_frame_is_dropped_after_the_timeout_but_idle_is_fine(daemon):
-    idle = Raw(daemon.path)
-    stalled = Raw(daemon.path)
+    idle = RawClient(daemon.path)
+    stalled = RawClient(daemon.path)
     stalled.send_bytes(framed(msgpack.packb(protocol.request(1, "ping")))[:7])
     (message,) = stalled.drain()               # returns once the daemon hangs up
     assert message["id"] is None and message["error"]["code"] == "limit_exceeded"
@@ -889,7 +846,7 @@ def test_memory_stays_bounded_after_many_garbage_connections(daemon):
     def burst(rounds: int) -> None:
         for _ in range(rounds):
             for data in GARBAGE.values():
-                raw = Raw(daemon.path, hello=True)
+                raw = RawClient(daemon.path, hello=True)
                 try:
                     raw.send_bytes(data)
                     raw.sock.shutdown(socket.SHUT_WR)
@@ -897,7 +854,7 @@ def test_memory_stays_bounded_after_many_garbage_connections(daemon):
                     pass
                 raw.drain()
                 raw.close()
-            raw = Raw(daemon.path)        # a 15 MiB frame of valid but useless bytes
+            raw = RawClient(daemon.path)        # a 15 MiB frame of valid but useless bytes
             try:
                 raw.send({"id": 1, "stdin": b"\x00" * (15 << 20)})
             except OSError:

@@ -12,18 +12,14 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from harness import Daemon, wait_until
+from harness import running, wait_until
 from ipython_ext.magics import CellError, Displayed
 
 
 @pytest.fixture(scope="module")
 def daemon():
-    d = Daemon().start()
-    try:
-        d.import_busybox()
+    with running() as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture(scope="module")

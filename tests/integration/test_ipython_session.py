@@ -7,7 +7,7 @@ import base64
 
 import pytest
 
-from harness import Daemon, wait_until
+from harness import running, wait_until
 from ipython_ext.session import ExecuteReply, Session, SessionError
 
 PNG = base64.b64decode(
@@ -16,11 +16,8 @@ PNG = base64.b64decode(
 
 @pytest.fixture(scope="module")
 def daemon():
-    d = Daemon().start()
-    try:
+    with running(busybox=False) as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from harness import Daemon
+from harness import running
 
 
 @pytest.fixture(scope="session")
 def secure_daemon():
     """A daemon with the defaults a user gets (busybox imported)."""
-    d = Daemon().start()
-    try:
-        d.import_busybox()
+    with running() as d:
         yield d
-    finally:
-        d.stop()

@@ -22,7 +22,7 @@ import msgpack
 import pytest
 
 import fuzz
-from harness import PY, REPO, Daemon, pid_alive, wait_until
+from harness import PY, REPO, Daemon, RawClient, pid_alive, running, wait_until
 from registries import NO_REGISTRY, REGISTRY_BIN, StallingProxy, serve_registry
 from sandboxd import protocol, testing
 from sandboxd.images import ImageService
@@ -33,61 +33,12 @@ FAULT_CONTAINERS = int(os.environ.get("SANDBOXD_FAULT_CONTAINERS", "20"))
 CYCLES = int(os.environ.get("SANDBOXD_CYCLES", "1000"))
 
 
-class Raw:
-    """A bare protocol client: exactly the bytes a test wants."""
-
-    def __init__(self, path: str, hello: bool = True, timeout: float = 15.0):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
-        self.frames = protocol.FrameBuffer()
-        self.queue: list[dict] = []
-        if hello:
-            self.send(protocol.hello("checks/1"))
-            assert "ok" in self.recv()
-
-    def send(self, message: dict) -> None:
-        self.sock.sendall(protocol.encode(message))
-
-    def recv(self) -> dict | None:
-        while not self.queue:
-            try:
-                data = self.sock.recv(1 << 16)
-            except ConnectionResetError:
-                return None
-            if not data:
-                return None
-            self.queue += self.frames.feed(data)
-        return self.queue.pop(0)
-
-    def reply(self, rid: int) -> dict:
-        """The final reply (ok or error) of request ``rid``, skipping its events."""
-        while True:
-            message = self.recv()
-            assert message is not None, "the daemon closed the connection"
-            if message.get("id") == rid and "event" not in message:
-                return message
-
-    def call(self, rid: int, op: str, params: dict | None = None) -> dict:
-        self.send(protocol.request(rid, op, params))
-        return self.reply(rid)
-
-    def drain(self) -> list[dict]:
-        out = []
-        while (message := self.recv()) is not None:
-            out.append(message)
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def figures(d: Daemon) -> dict[str, int]:
     return fuzz.proc_figures(d.proc.pid)
 
 
 def assert_serving(d: Daemon) -> None:
-    raw = Raw(d.sock)
+    raw = RawClient(d.sock)
     assert raw.call(1, "ping") == {"id": 1, "ok": "pong"}
     raw.close()
 
@@ -116,15 +67,8 @@ def strict_daemon(tmp_path_factory):
 
 @pytest.fixture
 def fresh():
-    d = Daemon().start()
-    try:
-        d.import_busybox()
+    with running() as d:
         yield d
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
-        else:
-            d.assert_clean()
 
 
 # ---------------------------------------------------------------- 23: SIGKILL
@@ -346,7 +290,7 @@ def test_check_26_wrong_state_errors_change_nothing_and_disconnects_leak_nothing
     before = figures(d)
     started = time.monotonic()
     for i in range(CYCLES):
-        raw = Raw(d.sock)
+        raw = RawClient(d.sock)
         op, params = streams[i % len(streams)]
         raw.send(protocol.request(1, op, params))
         first = raw.recv()
@@ -432,12 +376,12 @@ GARBAGE = {
 def test_check_28_garbage_frames_error_or_close_and_the_daemon_lives(
         strict_daemon: Daemon, greet: bool) -> None:
     d = strict_daemon
-    other = Raw(d.sock)                     # a client served throughout
+    other = RawClient(d.sock)                     # a client served throughout
     assert_serving(d)
     before = figures(d)
     for rounds in range(10):
         for name, data in GARBAGE.items():
-            raw = Raw(d.sock, hello=greet)
+            raw = RawClient(d.sock, hello=greet)
             try:
                 raw.sock.sendall(data)
                 raw.sock.shutdown(socket.SHUT_WR)
@@ -521,7 +465,7 @@ def test_check_29_invalid_requests_are_invalid_argument_and_create_nothing(
     containers = rows(d, "SELECT id FROM containers")
     networks = rows(d, "SELECT id FROM networks")
     images = rows(d, "SELECT id FROM images")
-    raw = Raw(d.sock)
+    raw = RawClient(d.sock)
     for rid, (op, params) in enumerate(INVALID, start=1):
         reply = raw.call(rid, op, params)
         assert reply.get("error", {}).get("code") == "invalid_argument", (op, params, reply)
@@ -540,7 +484,7 @@ def test_check_29_invalid_requests_are_invalid_argument_and_create_nothing(
 def test_check_30_partial_frames_time_out_connections_are_bounded(
         strict_daemon: Daemon) -> None:
     d = strict_daemon
-    stalled = Raw(d.sock)
+    stalled = RawClient(d.sock)
     stalled.sock.sendall(framed(msgpack.packb(protocol.request(1, "ping")))[:7])
     t0 = time.monotonic()
     (message,) = stalled.drain()          # the daemon hangs up on it
@@ -549,8 +493,8 @@ def test_check_30_partial_frames_time_out_connections_are_bounded(
     assert "not completed within" in message["error"]["message"]
     stalled.close()
     # bounded: 24 connections are served; the 25th gets an error and is closed
-    held = [Raw(d.sock) for _ in range(24)]
-    extra = Raw(d.sock, hello=False)
+    held = [RawClient(d.sock) for _ in range(24)]
+    extra = RawClient(d.sock, hello=False)
     (refused,) = extra.drain()
     assert refused["error"]["code"] == "limit_exceeded", refused
     extra.close()
@@ -575,9 +519,9 @@ def test_check_30_a_stdout_flood_does_not_grow_the_daemon(strict_daemon: Daemon)
     time.sleep(1)
     before = figures(d)
     # a client attached that never reads, one that reads slowly, for five seconds
-    stuck = Raw(d.sock)
+    stuck = RawClient(d.sock)
     stuck.send(protocol.request(1, "container.attach", {"id": ref}))
-    slow = Raw(d.sock)
+    slow = RawClient(d.sock)
     slow.send(protocol.request(1, "container.attach", {"id": ref}))
     stop = threading.Event()
 
@@ -651,7 +595,7 @@ def test_lifecycle_cycles_leave_zero_leaks(fresh: Daemon) -> None:
     (``SANDBOXD_LIFECYCLES``, default 250; 1000 on demand: ~50 s here), on the default
     bridge: no cgroup, mount, veth, address, sqlite row, fd or thread more than before."""
     d = fresh
-    raw = Raw(d.sock, timeout=60)
+    raw = RawClient(d.sock, timeout=60)
     rid = iter(range(1, 1 << 30))
     assert raw.call(next(rid), "ping")["ok"] == "pong"
     before = figures(d)
