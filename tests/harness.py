@@ -325,3 +325,14 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def remove_cgroup_parent(parent: str) -> None:
+    """Remove a test runner's cgroup parent in every v1 hierarchy, failing the test when
+    a container's cgroup is still in it."""
+    for controller in os.listdir(CGROUP_ROOT):
+        path = Path(CGROUP_ROOT) / controller / parent
+        if path.is_dir():
+            leftovers = [p.name for p in path.iterdir() if p.is_dir()]
+            assert not leftovers, f"cgroups left in {path}: {leftovers}"
+            path.rmdir()

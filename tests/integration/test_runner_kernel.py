@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import remove_cgroup_parent
 from sandboxd.errors import CommandNotExecutable, CommandNotFound, InvalidArgument, SetupFailed
 from sandboxd.runner import Runner
 from sandboxd.runner.spec import (ContainerSpec, File, Limits, Mount, Namespaces, Process,
@@ -30,12 +31,7 @@ _ids = itertools.count()
 def runner(tmp_path_factory):
     with Runner(state_dir=str(tmp_path_factory.mktemp("runner")), cgroup_parent=PARENT) as r:
         yield r
-    for controller in os.listdir("/sys/fs/cgroup"):
-        path = Path("/sys/fs/cgroup") / controller / PARENT
-        if path.is_dir():
-            leftovers = [p.name for p in path.iterdir() if p.is_dir()]
-            assert not leftovers, f"cgroups left in {path}: {leftovers}"
-            path.rmdir()
+    remove_cgroup_parent(PARENT)
 
 
 def spec(rootfs: Path, *args: str, **kw) -> ContainerSpec:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import remove_cgroup_parent
 from sandboxd.errors import InvalidArgument
 from sandboxd.images.host import host_rootfs
 from sandboxd.runner import Runner
@@ -89,12 +90,7 @@ def runner(tmp_path_factory, probe_dir):
             os.environ["PYTHONPATH"] = saved
     yield r
     r.close()
-    for controller in os.listdir("/sys/fs/cgroup"):
-        path = Path("/sys/fs/cgroup") / controller / PARENT
-        if path.is_dir():
-            leftovers = [p.name for p in path.iterdir() if p.is_dir()]
-            assert not leftovers, f"cgroups left in {path}: {leftovers}"
-            path.rmdir()
+    remove_cgroup_parent(PARENT)
 
 
 @pytest.fixture(scope="module")
