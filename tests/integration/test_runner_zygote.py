@@ -46,7 +46,8 @@ def test(req):
     open("/tmp/mark", "w").write(req["hostname"])
     open("/dev/shm/mark", "w").write(req["hostname"])
     seen["timer_list"] = open("/proc/timer_list").read()       # masked: /dev/null
-    for path in ("/proc/sys/vm/drop_caches", "/dev/.sandboxd-proc/proc/1/status"):
+    for path in ("/proc/sys/vm/drop_caches", "/dev/.sandboxd-proc/proc/1/status",
+                 "/sys/fs/cgroup/memory/cgroup.procs", "/sys/fs/cgroup/pids/pids.max"):
         try:
             open(path, "w").close()
             seen[path] = "opened"
@@ -180,6 +181,9 @@ def test_each_test_is_a_fresh_container(runner, host_root, script):
     assert first["unshare_user"].endswith("Operation not permitted")
     assert first["timer_list"] == ""
     assert first["/proc/sys/vm/drop_caches"] == "Read-only file system"
+    # The zygote's read-only cgroupfs view: a test cannot leave or lift its limits.
+    assert first["/sys/fs/cgroup/memory/cgroup.procs"] == "Read-only file system"
+    assert first["/sys/fs/cgroup/pids/pids.max"] == "Read-only file system"
     assert first["/dev/.sandboxd-proc/proc/1/status"] in ("Permission denied",
                                                           "No such file or directory")
 
