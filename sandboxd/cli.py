@@ -255,7 +255,7 @@ def restart(timeout: int | None, containers: tuple[str, ...]) -> int:
 @argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
 def kill(sig: str, containers: tuple[str, ...]) -> int:
     """Kill one or more running containers."""
-    from .config import parse_signal
+    from .validate import parse_signal
     number = local(parse_signal, sig)
     return _each(containers, _op("container.kill", signal=number))
 
@@ -348,7 +348,7 @@ def port(container: str, private_port: str | None) -> int:
 @argument("containers", nargs=-1, required=True, shell_complete=_complete_containers)
 def update(containers: tuple[str, ...], **limits: Any) -> int:
     """Update configuration of one or more containers."""
-    from .config import build_update
+    from .flags import build_update
     params = local(build_update, **limits)
 
     def apply(client: Any, name: str) -> str:
@@ -379,33 +379,35 @@ def ps(show_all: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None,
        no_trunc: bool, last: int, latest: bool) -> int:
     """List containers."""
     import time
-    from . import config
-    parsed = local(config.parse_filters, filters)
+    from .filters import parse_filters
+    from .model import ContainerRecord
+    from .render import PS_HEADERS, PS_TABLE, ps_row
+    parsed = local(parse_filters, filters)
     limit = 1 if latest else last
     with _client() as client:
         result = client.call("container.list", {"all": show_all or limit > 0,
                                                  "filters": parsed, "limit": limit})
-    records = [config.ContainerRecord.from_dict(r) for r in result["containers"]]
+    records = [ContainerRecord.from_dict(r) for r in result["containers"]]
     if quiet:
         for r in records:
             click.echo(r.id if no_trunc else r.id[:12])
         return 0
     now = time.time()
-    rows = [config.ps_row(r, now, trunc=not no_trunc) for r in records]
-    _print_rows(fmt, rows, config.PS_TABLE, config.PS_HEADERS)
+    rows = [ps_row(r, now, trunc=not no_trunc) for r in records]
+    _print_rows(fmt, rows, PS_TABLE, PS_HEADERS)
     return 0
 
 
 def _print_rows(fmt: str | None, rows: list[dict[str, Any]], default: str,
                 headers: dict[str, str]) -> None:
-    from . import config
+    from .render import format_table
     if fmt == "json":
         import json
         for row in rows:
             click.echo(json.dumps({k: v for k, v in row.items() if not callable(v)}))
         return
     template = default if not fmt or fmt == "table" else fmt
-    click.echo(config.format_table(template, rows, headers), nl=False)
+    click.echo(format_table(template, rows, headers), nl=False)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -422,7 +424,7 @@ def inspect(fmt: str | None, kind: str | None, size: bool, names: tuple[str, ...
 
 def _inspect(fmt: str | None, kind: str | None, names: tuple[str, ...]) -> int:
     import json
-    from . import config
+    from .gotemplate import render_template
     from .errors import NotFound
     documents, status = [], 0
     with _client() as client:
@@ -434,7 +436,7 @@ def _inspect(fmt: str | None, kind: str | None, names: tuple[str, ...]) -> int:
                 status = 1
     if fmt:
         for doc in documents:
-            click.echo(config.render_template(fmt, doc))
+            click.echo(render_template(fmt, doc))
     else:
         click.echo(json.dumps(documents, indent=4, ensure_ascii=False))
     return status
@@ -442,24 +444,25 @@ def _inspect(fmt: str | None, kind: str | None, names: tuple[str, ...]) -> int:
 
 def _inspect_one(client: Any, name: str, kind: str | None) -> dict[str, Any]:
     """Docker's lookup order without ``--type``: container, image, network."""
-    from . import config
+    from .model import ContainerRecord, ImageRecord, NetworkRecord
+    from .render import image_document, inspect_document, network_document
     from .errors import InvalidArgument, NotFound
     if kind in (None, "container"):
         try:
             record = client.call("container.inspect", {"id": name})
-            return config.inspect_document(config.ContainerRecord.from_dict(record))
+            return inspect_document(ContainerRecord.from_dict(record))
         except NotFound:
             if kind == "container":
                 raise
     if kind in (None, "image"):
         try:
             image = client.call("image.inspect", {"name": name})
-            return config.image_document(config.ImageRecord.from_dict(image))
+            return image_document(ImageRecord.from_dict(image))
         except (NotFound, InvalidArgument):     # not an image name at all: maybe a network
             if kind == "image":
                 raise
     network = client.call("network.inspect", {"id": name})
-    return config.network_document(config.NetworkRecord.from_dict(network))
+    return network_document(NetworkRecord.from_dict(network))
 
 
 @cli.command(context_settings=CONTEXT)
@@ -536,10 +539,10 @@ def _when(text: str | None, what: str) -> float:
 @argument("ps_args", nargs=-1, type=click.UNPROCESSED)
 def top(container: str, ps_args: tuple[str, ...]) -> int:
     """Display the running processes of a container."""
-    from . import config
+    from .render import align
     with _client() as client:
         result = client.containers.get(container).top()
-    click.echo(config.align([result["titles"]] + result["processes"]), nl=False)
+    click.echo(align([result["titles"]] + result["processes"]), nl=False)
     return 0
 
 
@@ -610,7 +613,7 @@ STATS_TABLE = ("table {{.ID}}\t{{.Name}}\t{{.CPUPerc}}\t{{.MemUsage}}\t{{.MemPer
 
 def _print_stats(fmt: str | None, targets: list[Any], latest: dict[str, dict[str, Any]],
                  names: dict[str, str], no_trunc: bool) -> None:
-    from .config import bytes_size, human_size
+    from .render import bytes_size, human_size
     rows = []
     for record in targets:
         s = latest.get(record.id)
@@ -652,7 +655,7 @@ def exec_(detach: bool, interactive: bool, tty: bool, env: tuple[str, ...], work
           user: str, container: str, command: tuple[str, ...]) -> int:
     """Execute a command in a running container."""
     from .api import _exec_params
-    from .config import parse_env
+    from .envfile import parse_env
     if not detach:
         check_tty(tty, interactive)
     params = local(_exec_params, container, list(command), parse_env(list(env)), workdir,
@@ -851,10 +854,11 @@ def images(show_all: bool, quiet: bool, fmt: str | None, no_trunc: bool,
            digests: bool) -> int:
     """List images."""
     import time
-    from . import config
+    from .model import ImageRecord
+    from .render import IMAGES_DIGESTS_TABLE, IMAGES_TABLE, IMAGE_HEADERS, image_row
     with _client() as client:
         result = client.call("image.list", {"all": show_all})
-    records = [config.ImageRecord.from_dict(i) for i in result["images"]]
+    records = [ImageRecord.from_dict(i) for i in result["images"]]
     now = time.time()
     if quiet:
         seen = []
@@ -864,9 +868,9 @@ def images(show_all: bool, quiet: bool, fmt: str | None, no_trunc: bool,
                 seen.append(shown)
                 click.echo(shown)
         return 0
-    rows = [row for r in records for row in config.image_row(r, now, trunc=not no_trunc)]
-    _print_rows(fmt, rows, config.IMAGES_DIGESTS_TABLE if digests else config.IMAGES_TABLE,
-                config.IMAGE_HEADERS)
+    rows = [row for r in records for row in image_row(r, now, trunc=not no_trunc)]
+    _print_rows(fmt, rows, IMAGES_DIGESTS_TABLE if digests else IMAGES_TABLE,
+                IMAGE_HEADERS)
     return 0
 
 
@@ -1009,7 +1013,7 @@ HISTORY_TABLE = ("table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t"
 def history(fmt: str | None, human: bool, no_trunc: bool, quiet: bool, image: str) -> int:
     """Show the history of an image."""
     import time
-    from . import config
+    from .render import human_duration, human_size, rfc3339, truncate
     with _client() as client:
         entries = client.call("image.history", {"name": image})["history"]
     now = time.time()
@@ -1017,12 +1021,12 @@ def history(fmt: str | None, human: bool, no_trunc: bool, quiet: bool, image: st
     for e in entries:
         shown = e["id"] if no_trunc else e["id"].split(":", 1)[-1][:12]
         created = e["created"]
-        by = e["created_by"] if no_trunc else config._truncate(e["created_by"], 45)
+        by = e["created_by"] if no_trunc else truncate(e["created_by"], 45)
         rows.append({"ID": shown or "<missing>",
-                     "CreatedSince": config.human_duration(now - created) + " ago"
-                     if human else config.rfc3339(created),
-                     "CreatedAt": config.rfc3339(created), "CreatedBy": by,
-                     "Size": config.human_size(e["size"]) if human else str(e["size"]),
+                     "CreatedSince": human_duration(now - created) + " ago"
+                     if human else rfc3339(created),
+                     "CreatedAt": rfc3339(created), "CreatedBy": by,
+                     "Size": human_size(e["size"]) if human else str(e["size"]),
                      "Comment": e["comment"]})
     if quiet:
         for row in rows:
@@ -1182,13 +1186,13 @@ def info(fmt: str | None) -> int:
     with _client() as client:
         data = client.info()
     if fmt:
-        from .config import render_template
+        from .gotemplate import render_template
         document = {docker: data.get(ours, default)
                     for ours, (docker, default) in _INFO_FIELDS.items()}
         document["Driver"] = "overlay"
         click.echo(render_template(fmt, document))
         return 0
-    from .config import bytes_size
+    from .render import bytes_size
     lines = [
         "Server:",
         f" Containers: {data.get('containers', 0)}",
@@ -1238,7 +1242,7 @@ def version(fmt: str | None) -> int:
     except SandboxError as e:
         error = e
     if fmt:
-        from .config import render_template
+        from .gotemplate import render_template
         click.echo(render_template(fmt, {"Client": client_info, "Server": server_info}))
     else:
         click.echo("\n".join([
@@ -1298,7 +1302,7 @@ def _pruned(title: str, lines: Sequence[str], reclaimed: int | None = None) -> N
         if reclaimed is not None:
             click.echo("")
     if reclaimed is not None:
-        from .config import human_size
+        from .render import human_size
         click.echo(f"Total reclaimed space: {human_size(reclaimed)}")
 
 
@@ -1335,7 +1339,7 @@ system.alias("info", info)
 def system_df(verbose: bool, fmt: str | None) -> int:
     """Show disk usage: images (shared layers counted once) and containers' writable
     layers."""
-    from . import config
+    from .render import human_size
     with _client() as client:
         data = client.call("system.df", {})
     images, containers = data["images"], data["containers"]
@@ -1357,12 +1361,12 @@ def system_df(verbose: bool, fmt: str | None) -> int:
     rows = [
         {"Type": "Images", "TotalCount": str(len(images)),
          "Active": str(sum(1 for i in images if i["containers"])),
-         "Size": config.human_size(total),
-         "Reclaimable": config.human_size(reclaim) + pct(reclaim, total)},
+         "Size": human_size(total),
+         "Reclaimable": human_size(reclaim) + pct(reclaim, total)},
         {"Type": "Containers", "TotalCount": str(len(containers)),
          "Active": str(sum(1 for c in containers if c["running"])),
-         "Size": config.human_size(c_total),
-         "Reclaimable": config.human_size(c_reclaim) + pct(c_reclaim, c_total)},
+         "Size": human_size(c_total),
+         "Reclaimable": human_size(c_reclaim) + pct(c_reclaim, c_total)},
         {"Type": "Local Volumes", "TotalCount": "0", "Active": "0", "Size": "0B",
          "Reclaimable": "0B"},
         {"Type": "Build Cache", "TotalCount": "0", "Active": "0", "Size": "0B",
@@ -1378,9 +1382,9 @@ def system_df(verbose: bool, fmt: str | None) -> int:
     _print_rows(None, [{"Repository": (t.rpartition(":")[0] if t else "<none>"),
                         "Tag": (t.rpartition(":")[2] if t else "<none>"),
                         "ID": i["id"].split(":", 1)[-1][:12],
-                        "Size": config.human_size(i["size"]),
-                        "Shared": config.human_size(i["shared"]),
-                        "Unique": config.human_size(i["unique"]),
+                        "Size": human_size(i["size"]),
+                        "Shared": human_size(i["shared"]),
+                        "Unique": human_size(i["unique"]),
                         "Containers": str(i["containers"])}
                        for i in images for t in (i["tags"] or [""])],
                 "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.Size}}\t{{.Shared}}"
@@ -1390,7 +1394,7 @@ def system_df(verbose: bool, fmt: str | None) -> int:
                  "Containers": "CONTAINERS"})
     click.echo("\nContainers space usage:\n")
     _print_rows(None, [{"ID": c["id"][:12], "Image": c["image"],
-                        "Size": config.human_size(c["size"]), "Status": c["status"],
+                        "Size": human_size(c["size"]), "Status": c["status"],
                         "Names": c["name"]} for c in containers],
                 "table {{.ID}}\t{{.Image}}\t{{.Size}}\t{{.Status}}\t{{.Names}}",
                 {"ID": "CONTAINER ID", "Image": "IMAGE", "Size": "SIZE",
@@ -1474,21 +1478,22 @@ def network_create(driver: str, subnet: str, gateway: str, ip_range: str, intern
 def network_ls(filters: tuple[str, ...], fmt: str | None, no_trunc: bool,
                quiet: bool) -> int:
     """List networks."""
-    from . import config
+    from .model import NetworkRecord
+    from .render import NETWORKS_TABLE, NETWORK_HEADERS, network_row
     parsed: dict[str, list[str]] = {}
     for item in filters:
         key, _, value = item.partition("=")
         parsed.setdefault(key, []).append(value)
     with _client() as client:
         result = client.call("network.list", {"filters": parsed})
-    records = sorted((config.NetworkRecord.from_dict(n) for n in result["networks"]),
+    records = sorted((NetworkRecord.from_dict(n) for n in result["networks"]),
                      key=lambda n: n.name)
     if quiet:
         for n in records:
             click.echo(n.id if no_trunc else n.id[:12])
         return 0
-    rows = [config.network_row(n, trunc=not no_trunc) for n in records]
-    _print_rows(fmt, rows, config.NETWORKS_TABLE, config.NETWORK_HEADERS)
+    rows = [network_row(n, trunc=not no_trunc) for n in records]
+    _print_rows(fmt, rows, NETWORKS_TABLE, NETWORK_HEADERS)
     return 0
 
 

@@ -226,7 +226,7 @@ def local(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def daemon_options(opts: dict[str, Any], image: str, command: Sequence[str]
                    ) -> dict[str, Any]:
     """Flags -> the ``options`` of ``container.create``/``run``: the daemon builds and
-    checks them (``config.build_config``, the one model), so ``sbx`` does not import it;
+    checks them (``flags.build_config``, the one model), so ``sbx`` does not import it;
     only ``-e``/``--env-file``, which read this machine, are resolved here."""
     from .envfile import resolve_env
     security_opt = opts["security_opt"]
@@ -461,7 +461,7 @@ class Progress:
 
 
 def _bar(current: int, total: int, width: int = 50) -> str:
-    from .config import human_size
+    from .render import human_size
     done = min(width, width * current // total)
     arrow = ">" if done < width else ""
     return (f"[{'=' * (done - len(arrow))}{arrow}{' ' * (width - done)}] "

@@ -1,5 +1,5 @@
 """Environment variables as ``sbx``'s ``-e`` and ``--env-file`` give them, resolved
-against the *caller's* environment. Kept apart from :mod:`sandboxd.config` so the CLI can
+against the *caller's* environment. Kept apart from :mod:`sandboxd.model` so the CLI can
 resolve them before sending its options to the daemon without importing the model.
 """
 from __future__ import annotations
