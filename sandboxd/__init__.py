@@ -9,7 +9,7 @@ start and must not pay for the client API).
 """
 from __future__ import annotations
 
-# Annotations only: ``typing`` costs ~2 ms of every ``sbx`` start (cli_run.py).
+# Annotations only: ``typing`` costs ~2 ms of every ``sbx`` start (sandboxd/cli/main.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any

@@ -258,7 +258,7 @@ class Container:
                     env: Mapping[str, Any] | Sequence[str] = (), workdir: str = "",
                     user: str = "", tty: bool = False, stdin: bool = False,
                     detach: bool = False) -> Attachment:
-        return self.client.stream("container.exec", _exec_params(
+        return self.client.stream("container.exec", exec_params(
             self.id, cmd, env, workdir, user, tty, stdin, detach))
 
     def stats(self) -> dict[str, Any]:
@@ -266,7 +266,7 @@ class Container:
         ``cpu_percent`` computed as Docker does."""
         samples = [data for event, data in self.stats_stream(stream=False)
                    if event == "stats"]
-        return _with_cpu_percent(samples[-1], samples[0] if len(samples) > 1 else None)
+        return with_cpu_percent(samples[-1], samples[0] if len(samples) > 1 else None)
 
     def stats_stream(self, *, stream: bool = True, interval: float = 1.0) -> Attachment:
         return self.client.stream("container.stats", {"id": self.id, "stream": stream,
@@ -291,8 +291,8 @@ class Container:
         attachment.collect()
 
 
-def _exec_params(container_id: str, cmd: Any, env: Any, workdir: str, user: str, tty: bool,
-                 stdin: bool, detach: bool) -> dict[str, Any]:
+def exec_params(container_id: str, cmd: Any, env: Any, workdir: str, user: str, tty: bool,
+                stdin: bool, detach: bool) -> dict[str, Any]:
     argv = list(split_command(cmd))
     env_list = parse_env(env)
     problems = check_env(env_list, "env")
@@ -306,8 +306,8 @@ def _exec_params(container_id: str, cmd: Any, env: Any, workdir: str, user: str,
             "user": user, "tty": tty, "stdin": stdin, "detach": detach}
 
 
-def _with_cpu_percent(sample: dict[str, Any], previous: dict[str, Any] | None
-                      ) -> dict[str, Any]:
+def with_cpu_percent(sample: dict[str, Any], previous: dict[str, Any] | None
+                     ) -> dict[str, Any]:
     """Docker's CPU %: Δcontainer CPU / Δhost CPU × online CPUs × 100."""
     percent = 0.0
     if previous:
@@ -435,9 +435,9 @@ def _connect_params(network: str, container: Any, ip: str, aliases: Sequence[str
             "aliases": list(aliases or ())}
 
 
-def _network_params(name: str, driver: str, subnet: str, gateway: str, ip_range: str,
-                    internal: bool, labels: Mapping[str, str] | Sequence[str] | None,
-                    options: Mapping[str, str] | Sequence[str] | None) -> dict[str, Any]:
+def network_params(name: str, driver: str, subnet: str, gateway: str, ip_range: str,
+                   internal: bool, labels: Mapping[str, str] | Sequence[str] | None,
+                   options: Mapping[str, str] | Sequence[str] | None) -> dict[str, Any]:
     def pairs(value: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
         if isinstance(value, Mapping):
             return {str(k): str(v) for k, v in value.items()}
@@ -456,7 +456,7 @@ class NetworkCollection:
                labels: Mapping[str, str] | Sequence[str] | None = None,
                options: Mapping[str, str] | Sequence[str] | None = None) -> Network:
         """A user-defined bridge; without ``subnet`` the daemon picks a free one."""
-        created = self.client.call("network.create", _network_params(
+        created = self.client.call("network.create", network_params(
             name, driver, subnet, gateway, ip_range, internal, labels, options))
         return self.get(created["id"])
 
@@ -784,7 +784,7 @@ class AsyncContainer:
                    env: Mapping[str, Any] | Sequence[str] = (), workdir: str = "",
                    user: str = "", tty: bool = False, input: bytes | str | None = None,
                    detach: bool = False) -> ExecResult:
-        attachment = await self.client.stream("container.exec", _exec_params(
+        attachment = await self.client.stream("container.exec", exec_params(
             self.id, cmd, env, workdir, user, tty, input is not None, detach))
         if input is not None:
             await attachment.send(_as_bytes(input))
@@ -796,7 +796,7 @@ class AsyncContainer:
         attachment = await self.client.stream("container.stats", {
             "id": self.id, "stream": False, "interval": 1.0})
         samples = [data async for event, data in attachment if event == "stats"]
-        return _with_cpu_percent(samples[-1], samples[0] if len(samples) > 1 else None)
+        return with_cpu_percent(samples[-1], samples[0] if len(samples) > 1 else None)
 
 
 class AsyncImage:
@@ -959,7 +959,7 @@ class AsyncNetworkCollection:
                      labels: Mapping[str, str] | Sequence[str] | None = None,
                      options: Mapping[str, str] | Sequence[str] | None = None
                      ) -> AsyncNetwork:
-        created = await self.client.call("network.create", _network_params(
+        created = await self.client.call("network.create", network_params(
             name, driver, subnet, gateway, ip_range, internal, labels, options))
         return await self.get(created["id"])
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from .errors import InvalidArgument
 
-# Annotations only: ``typing`` costs ~2 ms of every ``sbx`` start (cli_run.py).
+# Annotations only: ``typing`` costs ~2 ms of every ``sbx`` start (sandboxd/cli/main.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
