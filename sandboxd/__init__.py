@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Client": "api", "AsyncClient": "api", "Result": "api", "ExecResult": "api",
     "ExitStatus": "api", "ContainerError": "api", "Container": "api", "Image": "api",
-    "ContainerConfig": "config", "HostConfig": "config", "build_config": "config",
+    "ContainerConfig": "model", "HostConfig": "model", "build_config": "flags",
     "SandboxError": "errors", "NotFound": "errors", "Conflict": "errors",
     "InvalidArgument": "errors", "LimitExceeded": "errors", "Unavailable": "errors",
     "SetupFailed": "errors", "CommandNotFound": "errors", "CommandNotExecutable": "errors",
