@@ -59,13 +59,13 @@ def notebook_run(path: str, output: str | None, image: str, memory: str | None,
                  workdir: str, cell_timeout: float | None, timeout: float | None,
                  allow_errors: bool) -> int:
     """Execute a notebook's code cells in one sandboxed session and save the outputs."""
+    from ipython_ext.notebooks import (NotebookError, code_cells, dumps_notebook,
+                                       read_notebook, run_notebook, write_notebook)
     from ipython_ext.session import Session
 
     from ..api import Client
     from ..envfile import resolve_env
     from ..errors import CommandNotExecutable, CommandNotFound, InvalidArgument
-    from ..notebooks import (NotebookError, code_cells, dumps_notebook, read_notebook,
-                            run_notebook, write_notebook)
 
     for name, value in (("--cell-timeout", cell_timeout), ("--timeout", timeout)):
         if value is not None and value <= 0:
