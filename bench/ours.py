@@ -128,7 +128,7 @@ class Daemon:
     def start(cls, bench: Bench) -> Daemon:
         api = _import("sandboxd.api", "daemon client")
         _import("sandboxd.daemon", "daemon")
-        _import("sandboxd.cli", "sbx CLI")
+        _import("sandboxd.cli.commands", "sbx CLI")
         daemon = cls(bench)
         with closed_on_failure(daemon, "daemon not available yet"):
             daemon._launch()

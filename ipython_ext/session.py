@@ -38,8 +38,8 @@ from typing import Any
 
 import msgpack
 
-from sandboxd import config as _config
 from sandboxd.errors import SandboxError
+from sandboxd.flags import build_config
 
 __all__ = ["Session", "ExecuteReply", "SessionError", "decode_value", "run_script",
            "worker_command"]
@@ -192,9 +192,9 @@ class Session:
             pids_limit=pids, ulimits=list(ulimits), network_mode=network,
             links=list(links), env=env, volumes=list(volumes), workdir=workdir)
         # Check the options now: a bad one is the caller's mistake, named before start.
-        self.config = _config.build_config(image, worker_command(self.python),
-                                           auto_remove=True, open_stdin=True,
-                                           **self.options)
+        self.config = build_config(image, worker_command(self.python),
+                                   auto_remove=True, open_stdin=True,
+                                   **self.options)
         self._client = client
         self._own_client = client is None
         self._stream: Any = None
@@ -532,8 +532,8 @@ def run_script(client: Any, script: str, image: str = "host", *,
     so images without Python (busybox) run it too. Output streams live; ``options``
     are :class:`Session`'s limit keywords (``memory``, ``pids`` ...)."""
     began = time.monotonic()
-    config = _config.build_config(image, ["/bin/sh", "-c", script], auto_remove=True,
-                                  **_config_options(options))
+    config = build_config(image, ["/bin/sh", "-c", script], auto_remove=True,
+                          **_config_options(options))
     stream = client.stream("container.run", {"config": config.to_dict(), "stdin": False,
                                              "remove": True, "detach": False})
     events: queue.SimpleQueue = queue.SimpleQueue()

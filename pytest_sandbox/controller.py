@@ -406,7 +406,7 @@ class Controller:
     def _start(self, item: pytest.Item, settings: Settings, plan: Any) -> Any:
         """Ask the daemon for the item's container; its worker starts, imports pytest
         and waits for the run's options on stdin."""
-        from sandboxd.config import build_config
+        from sandboxd.flags import build_config
         options = self._container_options(item, settings, plan)
         python = settings.python or self.view.executable
         entry = WORKER_ENTRY if self._templated(settings, python, options["env"]) else ""
@@ -449,7 +449,7 @@ class Controller:
         return True
 
     def _start_zygote(self, item: pytest.Item) -> _Zygote:
-        from sandboxd.config import build_config
+        from sandboxd.flags import build_config
         from .links import Plan
         session = defaults_from_config(self.config)
         options = self._container_options(
@@ -478,7 +478,7 @@ class Controller:
     def _run_in_zygote(self, item: pytest.Item, settings: Settings) -> Outcome | None:
         """The item in a fork of the zygote; None when the daemon will not run a zygote
         (the item then gets a cold container, as does every later one)."""
-        from sandboxd.config import build_config
+        from sandboxd.flags import build_config
         host = build_config("host", ["true"], memory=settings.memory, cpus=settings.cpus,
                             pids_limit=settings.pids, ulimits=settings.ulimits).host
         from sandboxd.runner.spec import to_dict

@@ -25,6 +25,7 @@ import pytest
 
 from . import WORKER_ENV
 from .controller import MARKER_ARGS, Settings, code_paths, defaults_from_config
+from .stash import controller_of
 
 SUFFIX = ".ipynb"
 METADATA_KEY = "sandbox"
@@ -76,14 +77,11 @@ class NotebookItem(pytest.Item):
     runs_own_container = True          # the plugin's protocol hook leaves it alone
 
     def runtest(self) -> None:
+        from ipython_ext.notebooks import read_notebook, run_notebook
         from ipython_ext.session import Session
-
-        from sandboxd.notebooks import read_notebook, run_notebook
-
-        from .plugin import _controller
         nb = read_notebook(self.path)
         settings = notebook_settings(self.config, nb.metadata.get(METADATA_KEY, {}))
-        controller = _controller(self.config)
+        controller = controller_of(self.config)
         c = settings.container
         # The project read-only at its own paths (as for marked tests), and the notebook's
         # directory as the working directory, as Jupyter runs it.
@@ -107,8 +105,9 @@ class NotebookItem(pytest.Item):
                      style: Any = None) -> str | Any:
         if isinstance(excinfo.value, (NotebookCellFailed, NotebookSettingsError)):
             return str(excinfo.value)
+        from ipython_ext.notebooks import NotebookError
+
         from sandboxd.errors import SandboxError
-        from sandboxd.notebooks import NotebookError
         if isinstance(excinfo.value, NotebookError):
             return str(excinfo.value)
         if isinstance(excinfo.value, SandboxError):

@@ -17,12 +17,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import WORKER_ENV
+from .stash import CONTROLLER, controller_of
 
 if TYPE_CHECKING:
-    from .controller import Controller
     from .services import NetworkFactory, ServiceFactory, ServiceNetwork
-
-CONTROLLER = pytest.StashKey["Controller"]()
 
 MARKER_DOC = (
     "container(image='host', memory=None, cpus=None, cpu_quota=None, cpu_period=None, "
@@ -113,19 +111,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         controller.summary(terminalreporter)
 
 
-def _controller(config: pytest.Config) -> Controller:
-    controller = config.stash.get(CONTROLLER, None)
-    if controller is None:
-        raise pytest.UsageError("the sandbox fixtures talk to the daemon from the host; "
-                                "they are not available inside a containerised test")
-    return controller
-
-
 @pytest.fixture(scope="session")
 def sandbox(pytestconfig: pytest.Config) -> Any:
     """A connected ``sandboxd.Client`` (this session's connection: what it creates is
     removed when the pytest process ends at the latest)."""
-    return _controller(pytestconfig).client
+    return controller_of(pytestconfig).client
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +134,7 @@ def sandbox_container(pytestconfig: pytest.Config,
     Whatever is still running at the end of the session is removed then (before the
     session's networks: hence ``sandbox_networks`` above)."""
     from .services import ServiceFactory
-    factory = ServiceFactory(lambda: _controller(pytestconfig).client)
+    factory = ServiceFactory(lambda: controller_of(pytestconfig).client)
     try:
         yield factory
     finally:
@@ -158,7 +148,7 @@ def sandbox_networks(pytestconfig: pytest.Config) -> Iterator[NetworkFactory]:
     context manager in a fixture of any scope to remove it at that scope's end. Whatever
     is left is removed at the end of the session."""
     from .services import NetworkFactory
-    factory = NetworkFactory(lambda: _controller(pytestconfig).client)
+    factory = NetworkFactory(lambda: controller_of(pytestconfig).client)
     try:
         yield factory
     finally:

@@ -9,7 +9,7 @@ start and must not pay for the client API).
 """
 from __future__ import annotations
 
-# Annotations only: ``typing`` costs ~2 ms of every ``sbx`` start (cli_run.py).
+# Annotations only: ``typing`` costs ~2 ms of every ``sbx`` start (sandboxd/cli/main.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Client": "api", "AsyncClient": "api", "Result": "api", "ExecResult": "api",
     "ExitStatus": "api", "ContainerError": "api", "Container": "api", "Image": "api",
-    "ContainerConfig": "config", "HostConfig": "config", "build_config": "config",
+    "ContainerConfig": "model", "HostConfig": "model", "build_config": "flags",
     "SandboxError": "errors", "NotFound": "errors", "Conflict": "errors",
     "InvalidArgument": "errors", "LimitExceeded": "errors", "Unavailable": "errors",
     "SetupFailed": "errors", "CommandNotFound": "errors", "CommandNotExecutable": "errors",

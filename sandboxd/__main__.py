@@ -1,4 +1,4 @@
 """``python -m sandboxd ...`` is ``sbx ...``."""
-from .cli_run import main
+from .cli.main import main
 
 main()

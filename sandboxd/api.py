@@ -15,7 +15,7 @@
         c.wait().exit_code                                       # 137
         c.remove()
 
-Keyword options are those of :func:`sandboxd.config.build_config` (one model: the CLI's
+Keyword options are those of :func:`sandboxd.flags.build_config` (one model: the CLI's
 flags go through the same function). ``client.run`` is a single ``container.run`` request
 (create, attach, start, wait and remove in one round trip); see ``docs/operations.md``.
 
@@ -30,13 +30,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from . import config as _config
-from .config import ContainerConfig, ContainerRecord, ImageRecord, NetworkRecord
 from .client import AsyncStream as AsyncAttachment
 from .client import Stream as Attachment
 from .client import connect, connect_async
+from .envfile import parse_env
 from .errors import InvalidArgument, SandboxError
+from .flags import build_config, build_update, split_command
+from .model import ContainerConfig, ContainerRecord, ImageRecord, NetworkRecord
+from .render import image_document, inspect_document, network_document
 from .runner.spec import check_env
+from .validate import check_name, parse_signal
 
 __all__ = ["Client", "AsyncClient", "Result", "ExecResult", "ExitStatus", "ContainerError",
            "Container", "Image", "Network", "Attachment", "AsyncContainer", "AsyncImage",
@@ -105,7 +108,7 @@ def _as_bytes(data: bytes | str | None) -> bytes:
 def _run_params(image: str, cmd: Any, name: str | None, stdin: bool, remove: bool,
                 detach: bool, options: dict[str, Any]) -> tuple[dict[str, Any], ContainerConfig]:
     options.setdefault("open_stdin", stdin)
-    cfg = _config.build_config(image, cmd, auto_remove=remove, **options)
+    cfg = build_config(image, cmd, auto_remove=remove, **options)
     params: dict[str, Any] = {"config": cfg.to_dict(), "stdin": stdin, "remove": remove,
                               "detach": detach}
     if name is not None:
@@ -157,7 +160,7 @@ class Container:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return _config.inspect_document(self.record)
+        return inspect_document(self.record)
 
     @property
     def ports(self) -> dict[str, list[dict[str, str]] | None]:
@@ -185,7 +188,7 @@ class Container:
         self._call("container.restart", timeout=timeout)
 
     def kill(self, signal: str | int = "SIGKILL") -> None:
-        self._call("container.kill", signal=_config.parse_signal(signal))
+        self._call("container.kill", signal=parse_signal(signal))
 
     def remove(self, force: bool = False) -> None:
         self._call("container.remove", force=force)
@@ -214,7 +217,7 @@ class Container:
     def update(self, **limits: Any) -> list[str]:
         """``memory``, ``memory_swap``, ``cpus``, ``cpu_quota``, ``cpu_period``,
         ``cpu_shares``, ``pids_limit`` of a running container; returns warnings."""
-        result = self._call("container.update", **_config.build_update(**limits))
+        result = self._call("container.update", **build_update(**limits))
         return list(result.get("warnings") or ())
 
     def top(self) -> dict[str, Any]:
@@ -255,7 +258,7 @@ class Container:
                     env: Mapping[str, Any] | Sequence[str] = (), workdir: str = "",
                     user: str = "", tty: bool = False, stdin: bool = False,
                     detach: bool = False) -> Attachment:
-        return self.client.stream("container.exec", _exec_params(
+        return self.client.stream("container.exec", exec_params(
             self.id, cmd, env, workdir, user, tty, stdin, detach))
 
     def stats(self) -> dict[str, Any]:
@@ -263,7 +266,7 @@ class Container:
         ``cpu_percent`` computed as Docker does."""
         samples = [data for event, data in self.stats_stream(stream=False)
                    if event == "stats"]
-        return _with_cpu_percent(samples[-1], samples[0] if len(samples) > 1 else None)
+        return with_cpu_percent(samples[-1], samples[0] if len(samples) > 1 else None)
 
     def stats_stream(self, *, stream: bool = True, interval: float = 1.0) -> Attachment:
         return self.client.stream("container.stats", {"id": self.id, "stream": stream,
@@ -288,10 +291,10 @@ class Container:
         attachment.collect()
 
 
-def _exec_params(container_id: str, cmd: Any, env: Any, workdir: str, user: str, tty: bool,
-                 stdin: bool, detach: bool) -> dict[str, Any]:
-    argv = list(_config._argv(cmd))
-    env_list = _config.parse_env(env)
+def exec_params(container_id: str, cmd: Any, env: Any, workdir: str, user: str, tty: bool,
+                stdin: bool, detach: bool) -> dict[str, Any]:
+    argv = list(split_command(cmd))
+    env_list = parse_env(env)
     problems = check_env(env_list, "env")
     if not argv:
         problems.append("cmd: no command given")
@@ -303,8 +306,8 @@ def _exec_params(container_id: str, cmd: Any, env: Any, workdir: str, user: str,
             "user": user, "tty": tty, "stdin": stdin, "detach": detach}
 
 
-def _with_cpu_percent(sample: dict[str, Any], previous: dict[str, Any] | None
-                      ) -> dict[str, Any]:
+def with_cpu_percent(sample: dict[str, Any], previous: dict[str, Any] | None
+                     ) -> dict[str, Any]:
     """Docker's CPU %: Δcontainer CPU / Δhost CPU × online CPUs × 100."""
     percent = 0.0
     if previous:
@@ -337,7 +340,7 @@ class Image:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return _config.image_document(self.record)
+        return image_document(self.record)
 
     def remove(self, force: bool = False) -> dict[str, Any]:
         return self.client.call("image.remove", {"name": self.id, "force": force})
@@ -400,7 +403,7 @@ class Network:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return _config.network_document(self.record)
+        return network_document(self.record)
 
     def reload(self) -> Network:
         self.record = NetworkRecord.from_dict(
@@ -432,9 +435,9 @@ def _connect_params(network: str, container: Any, ip: str, aliases: Sequence[str
             "aliases": list(aliases or ())}
 
 
-def _network_params(name: str, driver: str, subnet: str, gateway: str, ip_range: str,
-                    internal: bool, labels: Mapping[str, str] | Sequence[str] | None,
-                    options: Mapping[str, str] | Sequence[str] | None) -> dict[str, Any]:
+def network_params(name: str, driver: str, subnet: str, gateway: str, ip_range: str,
+                   internal: bool, labels: Mapping[str, str] | Sequence[str] | None,
+                   options: Mapping[str, str] | Sequence[str] | None) -> dict[str, Any]:
     def pairs(value: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
         if isinstance(value, Mapping):
             return {str(k): str(v) for k, v in value.items()}
@@ -453,7 +456,7 @@ class NetworkCollection:
                labels: Mapping[str, str] | Sequence[str] | None = None,
                options: Mapping[str, str] | Sequence[str] | None = None) -> Network:
         """A user-defined bridge; without ``subnet`` the daemon picks a free one."""
-        created = self.client.call("network.create", _network_params(
+        created = self.client.call("network.create", network_params(
             name, driver, subnet, gateway, ip_range, internal, labels, options))
         return self.get(created["id"])
 
@@ -477,10 +480,10 @@ class ContainerCollection:
 
     def create(self, image: str, cmd: str | Sequence[str] | None = None, *,
                name: str | None = None, **options: Any) -> Container:
-        """A new container, not started (``options``: :func:`config.build_config`)."""
+        """A new container, not started (``options``: :func:`flags.build_config`)."""
         if name is not None:
             _check_name(name)
-        cfg = _config.build_config(image, cmd, **options)
+        cfg = build_config(image, cmd, **options)
         params: dict[str, Any] = {"config": cfg.to_dict()}
         if name is not None:
             params["name"] = name
@@ -518,7 +521,7 @@ def _filters(filters: Mapping[str, Sequence[str] | str] | None) -> dict[str, lis
 
 
 def _check_name(name: str) -> None:
-    problems = _config.check_name(name)
+    problems = check_name(name)
     if problems:
         raise InvalidArgument.of(problems)
 
@@ -732,7 +735,7 @@ class AsyncContainer:
         await self._call("container.restart", timeout=timeout)
 
     async def kill(self, signal: str | int = "SIGKILL") -> None:
-        await self._call("container.kill", signal=_config.parse_signal(signal))
+        await self._call("container.kill", signal=parse_signal(signal))
 
     async def remove(self, force: bool = False) -> None:
         await self._call("container.remove", force=force)
@@ -757,7 +760,7 @@ class AsyncContainer:
         return await self.client.images.get(result["id"])
 
     async def update(self, **limits: Any) -> list[str]:
-        result = await self._call("container.update", **_config.build_update(**limits))
+        result = await self._call("container.update", **build_update(**limits))
         return list(result.get("warnings") or ())
 
     async def top(self) -> dict[str, Any]:
@@ -781,7 +784,7 @@ class AsyncContainer:
                    env: Mapping[str, Any] | Sequence[str] = (), workdir: str = "",
                    user: str = "", tty: bool = False, input: bytes | str | None = None,
                    detach: bool = False) -> ExecResult:
-        attachment = await self.client.stream("container.exec", _exec_params(
+        attachment = await self.client.stream("container.exec", exec_params(
             self.id, cmd, env, workdir, user, tty, input is not None, detach))
         if input is not None:
             await attachment.send(_as_bytes(input))
@@ -793,7 +796,7 @@ class AsyncContainer:
         attachment = await self.client.stream("container.stats", {
             "id": self.id, "stream": False, "interval": 1.0})
         samples = [data async for event, data in attachment if event == "stats"]
-        return _with_cpu_percent(samples[-1], samples[0] if len(samples) > 1 else None)
+        return with_cpu_percent(samples[-1], samples[0] if len(samples) > 1 else None)
 
 
 class AsyncImage:
@@ -818,8 +821,8 @@ class AsyncContainerCollection:
                      name: str | None = None, **options: Any) -> AsyncContainer:
         if name is not None:
             _check_name(name)
-        params: dict[str, Any] = {"config": _config.build_config(image, cmd,
-                                                                 **options).to_dict()}
+        params: dict[str, Any] = {"config": build_config(image, cmd,
+                                                         **options).to_dict()}
         if name is not None:
             params["name"] = name
         created = await self.client.call("container.create", params)
@@ -956,7 +959,7 @@ class AsyncNetworkCollection:
                      labels: Mapping[str, str] | Sequence[str] | None = None,
                      options: Mapping[str, str] | Sequence[str] | None = None
                      ) -> AsyncNetwork:
-        created = await self.client.call("network.create", _network_params(
+        created = await self.client.call("network.create", network_params(
             name, driver, subnet, gateway, ip_range, internal, labels, options))
         return await self.get(created["id"])
 

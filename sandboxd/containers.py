@@ -31,13 +31,13 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, AsyncIterator, BinaryIO, Sequence
 
-from . import config as cfg
 from .daemon import DaemonConfig, RequestContext
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError
 from .images import tarentry
 from .images.service import ImageService
 from .images.unpack import WHITEOUT_PREFIX, apply_layer
 from .logs import LogWriter
+from .model import ContainerConfig, ContainerRecord, HostConfig, Link, PortBinding
 from .network import BUILTIN, Network, NetworkService, link_env
 from .ports import PortProxy
 from .runner import syscalls
@@ -47,6 +47,7 @@ from .runner.spec import (ContainerSpec, File, Mount, Namespaces, Process, Ulimi
                           merge_ulimits, validate)
 from .snapshots import Snapshotter
 from .store import ContentStore, Store
+from .validate import TEMPLATE_ENTRIES, check_name, parse_signal
 
 log = logging.getLogger("sandboxd.containers")
 
@@ -65,7 +66,7 @@ _NOUNS = ("babbage", "curie", "darwin", "euler", "gauss", "hopper", "knuth", "lo
 @dataclasses.dataclass
 class _Live:
     """What a running container has besides its record: pipes, log, listeners."""
-    record: cfg.ContainerRecord
+    record: ContainerRecord
     log: LogWriter
     fds: dict[int, int]                       # fd -> stream (1 stdout, 2 stderr)
     stdin: int = -1
@@ -88,7 +89,7 @@ class ContainerService:
                                    Snapshotter(self.root, self.store))
         self.runner = AsyncRunner(self._on_exit, state_dir=str(self.root / "runtime"),
                                   cgroup_parent=config.cgroup_parent,
-                                  template_entries=cfg.TEMPLATE_ENTRIES)
+                                  template_entries=TEMPLATE_ENTRIES)
         self.networks = NetworkService(self.store, self.root, prefix=config.network_prefix,
                                        ip_masq=config.ip_masq)
         self.ports = PortProxy()
@@ -145,10 +146,10 @@ class ContainerService:
 
     # ------------------------------------------------------------ records
 
-    def _record(self, row: dict) -> cfg.ContainerRecord:
-        return cfg.ContainerRecord.from_dict(row["doc"])
+    def _record(self, row: dict) -> ContainerRecord:
+        return ContainerRecord.from_dict(row["doc"])
 
-    def _get(self, ref: Any) -> cfg.ContainerRecord:
+    def _get(self, ref: Any) -> ContainerRecord:
         if not isinstance(ref, str) or not ref:
             raise InvalidArgument("id: a container id or name is required")
         if ref in self.live:
@@ -159,14 +160,14 @@ class ContainerService:
         live = self.live.get(row["id"])
         return live.record if live else self._record(row)
 
-    def _save(self, record: cfg.ContainerRecord) -> cfg.ContainerRecord:
+    def _save(self, record: ContainerRecord) -> ContainerRecord:
         self.store.save_container(record.id, record.name, record.state.status,
                                   record.to_dict())
         if record.id in self.live:
             self.live[record.id].record = record
         return record
 
-    def _set_state(self, record: cfg.ContainerRecord, **changes: Any) -> cfg.ContainerRecord:
+    def _set_state(self, record: ContainerRecord, **changes: Any) -> ContainerRecord:
         return self._save(dataclasses.replace(
             record, state=dataclasses.replace(record.state, **changes)))
 
@@ -175,14 +176,14 @@ class ContainerService:
 
     # ------------------------------------------------------------ create
 
-    def create(self, config: cfg.ContainerConfig, name: str | None, session: str = "",
-               check_spec: bool = True) -> tuple[cfg.ContainerRecord, list[str]]:
+    def create(self, config: ContainerConfig, name: str | None, session: str = "",
+               check_spec: bool = True) -> tuple[ContainerRecord, list[str]]:
         """``check_spec``: build the runner's spec once without running it, so that no
         problem waits for the start. ``container.run`` starts at once and builds the
         real one: it passes False and removes the record when that spec is refused."""
         config.validate()
         if name is not None:
-            problems = cfg.check_name(name.lstrip("/"))
+            problems = check_name(name.lstrip("/"))
             if problems:
                 raise InvalidArgument.of(problems)
             name = name.lstrip("/")
@@ -205,8 +206,8 @@ class ContainerService:
             raise
         return record, warnings
 
-    def _build_record(self, config: cfg.ContainerConfig, image: dict, name: str | None,
-                      session: str) -> tuple[cfg.ContainerRecord, list[str]]:
+    def _build_record(self, config: ContainerConfig, image: dict, name: str | None,
+                      session: str) -> tuple[ContainerRecord, list[str]]:
         defaults = self.images.config(image["id"])
         env = {e.partition("=")[0]: e for e in defaults.get("Env") or []}
         env.update({e.partition("=")[0]: e for e in config.env})
@@ -230,7 +231,7 @@ class ContainerService:
             exposed_ports=tuple(sorted(set(config.exposed_ports)
                                        | set(defaults.get("ExposedPorts") or {}))))
         container_id = secrets.token_hex(32)
-        record = cfg.ContainerRecord(
+        record = ContainerRecord(
             id=container_id, name=name or self._free_name(), created=time.time(),
             config=effective, image_id=image["id"], path=argv[0], args=argv[1:],
             log_path=str(self._dir(container_id) / "output.log"), session=session)
@@ -251,7 +252,7 @@ class ContainerService:
             self._link_target(link)
         return record, warnings
 
-    def _host_defaults(self, h: cfg.HostConfig) -> cfg.HostConfig:
+    def _host_defaults(self, h: HostConfig) -> HostConfig:
         """The daemon's defaults written into the record at create, so that a container
         keeps its caps whatever the daemon is started with later: the writable layer's
         size (a --rm container's layer is a tmpfs, in memory: 1 GiB unless it asks), the
@@ -265,7 +266,7 @@ class ContainerService:
             o for o in self.config.log_opts if o.partition("=")[0] not in given)
         return dataclasses.replace(h, storage_size=size, log_driver=driver, log_opts=opts)
 
-    def _link_target(self, link: cfg.Link) -> cfg.ContainerRecord:
+    def _link_target(self, link: Link) -> ContainerRecord:
         """The container a ``--link`` names, or the one whose network it shares."""
         try:
             target = self._get(link.name)
@@ -283,7 +284,7 @@ class ContainerService:
                                   f"with links: container {link.name} uses the host network")
         return target
 
-    def _resolve_links(self, record: cfg.ContainerRecord) -> tuple[list[str], list[str]]:
+    def _resolve_links(self, record: ContainerRecord) -> tuple[list[str], list[str]]:
         """A starting container's link variables and hosts lines: every target must run
         on the default bridge now (its address is what the link records)."""
         env: list[str] = []
@@ -316,7 +317,7 @@ class ContainerService:
 
     # ------------------------------------------------------------ spec
 
-    def _spec(self, record: cfg.ContainerRecord, dry_run: bool = False,
+    def _spec(self, record: ContainerRecord, dry_run: bool = False,
               netns: str = "private", link_vars: Sequence[str] = ()) -> ContainerSpec:
         """``netns``: the network service's namespace for this container (a path, or
         "host"); ``container:X`` modes join that container's instead. ``link_vars``
@@ -354,7 +355,7 @@ class ContainerService:
             **({"masked_paths": (), "readonly_paths": ()} if h.privileged else {}))
         return validate(spec)
 
-    def _entry(self, record: cfg.ContainerRecord) -> str:
+    def _entry(self, record: ContainerRecord) -> str:
         """The template runs the host's own Python: only the host image may use it."""
         entry = record.config.entry
         if entry and record.image_id != self.images.host_id:
@@ -362,7 +363,7 @@ class ContainerService:
                                   f"template, not {record.config.image!r}; drop the entry")
         return entry
 
-    def _ulimits(self, record: cfg.ContainerRecord) -> tuple[Ulimit, ...]:
+    def _ulimits(self, record: ContainerRecord) -> tuple[Ulimit, ...]:
         """The container's ulimits over the daemon's defaults; nofile is always set (the
         daemon's own limit is no default for containers). Execs get the same."""
         ulimits = merge_ulimits(self.config.default_ulimits, record.config.host.ulimits)
@@ -385,7 +386,7 @@ class ContainerService:
             return f"/proc/{target.state.pid}/ns/{kind}"
         raise InvalidArgument(f"{kind} mode {mode!r} is not supported")
 
-    def _etc_texts(self, record: cfg.ContainerRecord, hosts: str) -> dict[str, str]:
+    def _etc_texts(self, record: ContainerRecord, hosts: str) -> dict[str, str]:
         """The container's /etc/hostname, hosts and resolv.conf."""
         hostname = record.config.hostname or record.id[:12]
         return {
@@ -396,7 +397,7 @@ class ContainerService:
             if record.config.host.network_mode == "host" else NO_DNS,
         }
 
-    def _etc_files(self, directory: Path, record: cfg.ContainerRecord, fresh: bool = False
+    def _etc_files(self, directory: Path, record: ContainerRecord, fresh: bool = False
                    ) -> tuple[Mount, ...]:
         """Bind mounts of the container's /etc/hostname, hosts and resolv.conf (a
         container with a persistent layer; a --rm one gets them as spec files, see
@@ -452,7 +453,7 @@ class ContainerService:
         except FileNotFoundError:                 # its directory is being removed
             pass
 
-    def _hosts_text(self, record: cfg.ContainerRecord) -> str:
+    def _hosts_text(self, record: ContainerRecord) -> str:
         """A container's /etc/hosts: its own names, its links' and the members of every
         user network it is on."""
         lines: dict[str, None] = {}
@@ -469,7 +470,7 @@ class ContainerService:
                     lines[f"{e.ip_address}\t{' '.join(names)}\n"] = None
         return _base_hosts(record) + self.link_hosts.get(record.id, "") + "".join(lines)
 
-    def _write_inline_hosts(self, record: cfg.ContainerRecord, text: str) -> None:
+    def _write_inline_hosts(self, record: ContainerRecord, text: str) -> None:
         """Rewrite the /etc/hosts a --rm container has in its own layer, through its
         root: resolved inside it, on its root filesystem alone (no symlink or mount
         leads elsewhere; one the container mounted over /etc is left alone). A
@@ -497,8 +498,8 @@ class ContainerService:
             if network.name not in BUILTIN:
                 self._refresh_hosts(network)
 
-    async def connect(self, record: cfg.ContainerRecord, network: str, ip: str = "",
-                      aliases: Sequence[str] = ()) -> cfg.ContainerRecord:
+    async def connect(self, record: ContainerRecord, network: str, ip: str = "",
+                      aliases: Sequence[str] = ()) -> ContainerRecord:
         """``network connect``: a running container joins one more network live."""
         if record.state.status not in RUNNING or record.id not in self.live:
             raise Conflict(f"container {record.name} is not running: network connect "
@@ -513,8 +514,8 @@ class ContainerService:
             self._refresh_hosts(net)
         return record
 
-    async def disconnect(self, record: cfg.ContainerRecord, network: str,
-                         force: bool = False) -> cfg.ContainerRecord:
+    async def disconnect(self, record: ContainerRecord, network: str,
+                         force: bool = False) -> ContainerRecord:
         """``network disconnect``: its interface on that network goes; with ``force``
         a container that is not attached (or not running) is no error."""
         try:
@@ -539,8 +540,8 @@ class ContainerService:
 
     # ------------------------------------------------------------ start / exit
 
-    async def start(self, record: cfg.ContainerRecord,
-                    stdin: bool = False) -> cfg.ContainerRecord:
+    async def start(self, record: ContainerRecord,
+                    stdin: bool = False) -> ContainerRecord:
         self._check_not_held(record)
         if record.state.status in RUNNING:
             if record.state.status == "paused":
@@ -747,14 +748,14 @@ class ContainerService:
         else:
             self._save(live.record)
 
-    def _result(self, record: cfg.ContainerRecord) -> dict:
+    def _result(self, record: ContainerRecord) -> dict:
         s = record.state
         return {"id": record.id, "exit_code": s.exit_code, "oom_killed": s.oom_killed,
                 "timed_out": s.timed_out, "error": s.error, "started_at": s.started_at,
                 "finished_at": s.finished_at}
 
-    async def wait_exit(self, record: cfg.ContainerRecord,
-                        live: _Live | None = None) -> cfg.ContainerRecord:
+    async def wait_exit(self, record: ContainerRecord,
+                        live: _Live | None = None) -> ContainerRecord:
         """The record once the container has exited (its final one, even when --rm
         removed it meanwhile: pass the ``live`` taken while it ran)."""
         live = live or self.live.get(record.id)
@@ -765,12 +766,12 @@ class ContainerService:
 
     # ------------------------------------------------------------ stop / kill / remove
 
-    async def kill(self, record: cfg.ContainerRecord, sig: int) -> None:
+    async def kill(self, record: ContainerRecord, sig: int) -> None:
         if record.state.status not in RUNNING or record.id not in self.live:
             raise Conflict(f"Container {record.id[:12]} is not running")
         await self.runner.kill(record.id, sig, all=sig == signal.SIGKILL)
 
-    async def stop(self, record: cfg.ContainerRecord, timeout: int | None) -> None:
+    async def stop(self, record: ContainerRecord, timeout: int | None) -> None:
         live = self.live.get(record.id)
         if live is None:
             return
@@ -780,7 +781,7 @@ class ContainerService:
         if record.state.status == "paused":
             await self.runner.resume(record.id)
         try:
-            await self.runner.kill(record.id, cfg.parse_signal(record.config.stop_signal))
+            await self.runner.kill(record.id, parse_signal(record.config.stop_signal))
             if timeout < 0:
                 await live.drained.wait()
                 return
@@ -789,7 +790,7 @@ class ContainerService:
             await self._kill_quietly(record.id)
         await live.drained.wait()
 
-    async def remove(self, record: cfg.ContainerRecord, force: bool = False,
+    async def remove(self, record: ContainerRecord, force: bool = False,
                      files_later: bool = False) -> None:
         """``files_later``: see :meth:`_forget`."""
         self._check_not_held(record)
@@ -807,7 +808,7 @@ class ContainerService:
         if event is not None:
             event.set()
 
-    def _forget(self, record: cfg.ContainerRecord, files_later: bool = False) -> None:
+    def _forget(self, record: ContainerRecord, files_later: bool = False) -> None:
         """Drop a stopped container's record, then its files (metadata first).
 
         ``files_later``: its directory goes in a worker thread, off the path of what
@@ -830,7 +831,7 @@ class ContainerService:
 
     # ------------------------------------------------------------ exec
 
-    async def exec(self, ctx: RequestContext, record: cfg.ContainerRecord, cmd: list[str],
+    async def exec(self, ctx: RequestContext, record: ContainerRecord, cmd: list[str],
                    env: list[str], workdir: str, user: str, tty: bool, stdin: bool,
                    detach: bool) -> dict:
         if record.state.status != "running" or record.id not in self.live:
@@ -893,7 +894,7 @@ class ContainerService:
             raise
         return {"exec_id": exec_id, "exit_code": info.exit_code}
 
-    def _spec_process(self, record: cfg.ContainerRecord) -> Process:
+    def _spec_process(self, record: ContainerRecord) -> Process:
         c = record.config
         return Process(args=(record.path, *record.args), env=c.env, cwd=c.workdir or "/",
                        user=c.user, ulimits=self._ulimits(record),
@@ -911,7 +912,7 @@ class ContainerService:
     # filesystem for cp in the same way).
 
     @contextlib.asynccontextmanager
-    async def files_root(self, record: cfg.ContainerRecord,
+    async def files_root(self, record: ContainerRecord,
                          write: bool = False) -> AsyncIterator[int]:
         """An O_PATH fd of the container's root for the block (closed after it)."""
         if record.state.status in RUNNING:
@@ -940,7 +941,7 @@ class ContainerService:
             self.held.pop(record.id, None)
 
     @contextlib.asynccontextmanager
-    async def _held_root(self, record: cfg.ContainerRecord,
+    async def _held_root(self, record: ContainerRecord,
                          exited: asyncio.Future) -> AsyncIterator[int]:
         """A holder for a stopped container's root: its mounts and layer, no network
         (the host's namespace, unused: nothing runs), its cgroup name. Yields its pid."""
@@ -968,7 +969,7 @@ class ContainerService:
                 await exited
 
     @contextlib.asynccontextmanager
-    async def upper(self, record: cfg.ContainerRecord) -> AsyncIterator[None]:
+    async def upper(self, record: ContainerRecord) -> AsyncIterator[None]:
         """While the block runs, the image service can read the container's writable
         layer (``snapshotter.path``): a capped layer is opened by the runner (a mount in
         no namespace of ours, pinned by an fd); an uncapped one is a directory already."""
@@ -987,12 +988,12 @@ class ContainerService:
         finally:
             os.close(fd)
 
-    def _check_not_held(self, record: cfg.ContainerRecord) -> None:
+    def _check_not_held(self, record: ContainerRecord) -> None:
         if record.id in self.held:
             raise Conflict(f"container {record.name} is busy: sbx cp is copying files "
                            f"from or to it; try again when it ends")
 
-    def _proc_root(self, record: cfg.ContainerRecord, pid: int) -> int:
+    def _proc_root(self, record: ContainerRecord, pid: int) -> int:
         """An O_PATH fd of ``pid``'s root, once its cgroup proves it is this container's
         (not a reused pid)."""
         try:
@@ -1010,7 +1011,7 @@ class ContainerService:
             os.close(proc)
 
     @staticmethod
-    def archive_stat(root: int, record: cfg.ContainerRecord, path: str) -> dict:
+    def archive_stat(root: int, record: ContainerRecord, path: str) -> dict:
         parent, name = _open_parent(root, record, path)
         try:
             return _stat_doc(parent, name, path)
@@ -1018,7 +1019,7 @@ class ContainerService:
             os.close(parent)
 
     @staticmethod
-    def archive_get(root: int, record: cfg.ContainerRecord, path: str,
+    def archive_get(root: int, record: ContainerRecord, path: str,
                     out: BinaryIO) -> dict:
         """Write a tar of ``path`` (not following a final symlink) to ``out``; its stat."""
         parent, name = _open_parent(root, record, path)
@@ -1031,7 +1032,7 @@ class ContainerService:
             os.close(parent)
 
     @staticmethod
-    def archive_put(root: int, record: cfg.ContainerRecord, path: str,
+    def archive_put(root: int, record: ContainerRecord, path: str,
                     src: BinaryIO) -> None:
         """Unpack the tar ``src`` under the directory ``path`` (same rules as layers)."""
         _check_put_entries(src)
@@ -1065,7 +1066,7 @@ class ContainerService:
 
     # ------------------------------------------------------------ output for clients
 
-    def subscribe(self, record: cfg.ContainerRecord
+    def subscribe(self, record: ContainerRecord
                   ) -> tuple[asyncio.Queue | None, _Live | None]:
         live = self.live.get(record.id)
         if live is None:
@@ -1074,7 +1075,7 @@ class ContainerService:
         live.subscribers.add(queue)
         return queue, live
 
-    def unsubscribe(self, record: cfg.ContainerRecord, queue: asyncio.Queue | None) -> None:
+    def unsubscribe(self, record: ContainerRecord, queue: asyncio.Queue | None) -> None:
         live = self.live.get(record.id)
         if live is not None and queue is not None:
             live.subscribers.discard(queue)
@@ -1115,7 +1116,7 @@ class ContainerService:
 
 # ---------------------------------------------------------------- helpers
 
-def _etc_inline(record: cfg.ContainerRecord) -> bool:
+def _etc_inline(record: ContainerRecord) -> bool:
     """Whether the container's /etc files are written into its own writable layer
     (spec files) instead of bind-mounted from its directory: a --rm container's layer is
     a tmpfs that never outlives it, so nothing of them is kept or committed anyway, and
@@ -1124,7 +1125,7 @@ def _etc_inline(record: cfg.ContainerRecord) -> bool:
     return record.config.host.auto_remove and not record.config.host.read_only
 
 
-def _base_hosts(record: cfg.ContainerRecord) -> str:
+def _base_hosts(record: ContainerRecord) -> str:
     hostname = record.config.hostname or record.id[:12]
     return (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             f"127.0.1.1\t{hostname}\n")
@@ -1147,7 +1148,7 @@ def _merge_env(first: Sequence[str], then: Sequence[str]) -> tuple[str, ...]:
     return tuple(merged.values())
 
 
-def _port_bindings(record: cfg.ContainerRecord) -> tuple[cfg.PortBinding, ...]:
+def _port_bindings(record: ContainerRecord) -> tuple[PortBinding, ...]:
     """The ports a start publishes: ``-p``'s, then with ``-P`` every exposed tcp/udp
     port not published already, on a host port the system picks."""
     h = record.config.host
@@ -1159,7 +1160,7 @@ def _port_bindings(record: cfg.ContainerRecord) -> tuple[cfg.PortBinding, ...]:
         for port in record.config.exposed_ports:
             number, _, proto = port.partition("/")
             if port not in taken and proto in ("tcp", "udp"):
-                bindings.append(cfg.PortBinding(int(number), proto))
+                bindings.append(PortBinding(int(number), proto))
     return tuple(bindings)
 
 
@@ -1272,7 +1273,7 @@ async def _close_after_exit(done: asyncio.Future, queue: asyncio.Queue) -> None:
     await queue.put("exit")
 
 
-def _open_parent(root: int, record: cfg.ContainerRecord, path: str) -> tuple[int, str]:
+def _open_parent(root: int, record: ContainerRecord, path: str) -> tuple[int, str]:
     """An fd of ``path``'s parent directory inside the root, and ``path``'s last name
     ("" for the root itself)."""
     if not path.startswith("/"):

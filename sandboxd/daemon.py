@@ -132,7 +132,7 @@ def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
         if key in values and not values[key] > 0:
             problems.append(f"{key.replace('_', '-')}: must be positive, got {values[key]}")
     if "default_storage_size" in values:
-        from .config import MIN_STORAGE_SIZE
+        from .validate import MIN_STORAGE_SIZE
         try:
             size = parse_size(values["default_storage_size"], "default-storage-size")
         except InvalidArgument as e:
@@ -143,7 +143,7 @@ def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
                 problems.append(f"default-storage-size: {size} bytes is below the minimum "
                                 f"of {MIN_STORAGE_SIZE >> 20}m (0: no cap)")
     if "log_opts" in values or "log_driver" in values:
-        from .config import check_log_config
+        from .validate import check_log_config
         driver = str(values.get("log_driver", DaemonConfig.log_driver))
         opts = values.get("log_opts", () if driver == "none" else DaemonConfig.log_opts)
         if isinstance(opts, dict):                     # the config file's {"max-size": ..}

@@ -1,5 +1,5 @@
 """Environment variables as ``sbx``'s ``-e`` and ``--env-file`` give them, resolved
-against the *caller's* environment. Kept apart from :mod:`sandboxd.config` so the CLI can
+against the *caller's* environment. Kept apart from :mod:`sandboxd.model` so the CLI can
 resolve them before sending its options to the daemon without importing the model.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from .errors import InvalidArgument
 
-# Annotations only: ``typing`` costs ~2 ms of every ``sbx`` start (cli_run.py).
+# Annotations only: ``typing`` costs ~2 ms of every ``sbx`` start (sandboxd/cli/main.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence

@@ -17,7 +17,7 @@ the exception with :func:`from_wire`, which only ever instantiates classes liste
 """
 from __future__ import annotations
 
-# Annotations only: ``typing`` costs ~2 ms of every ``sbx`` start (cli_run.py).
+# Annotations only: ``typing`` costs ~2 ms of every ``sbx`` start (sandboxd/cli/main.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any

@@ -16,14 +16,19 @@ import time
 from typing import Any, BinaryIO, Callable
 
 from . import __version__
-from . import config as cfg
 from .containers import RUNNING, ContainerService
 from .daemon import DaemonConfig, RequestContext, Server
 from .errors import Conflict, InvalidArgument, NotFound
+from .filters import filter_networks, filter_records
+from .flags import config_from_options
 from .images.oci import parse_time
 from .images.reference import parse as parse_ref
 from . import logs as logfiles
+from .model import (BUILTIN_NETWORKS, ContainerConfig, ContainerRecord, NetworkContainer,
+                    NetworkRecord)
 from .protocol import Params
+from .render import rfc3339
+from .validate import check_name, parse_signal
 
 log = logging.getLogger(__name__)
 UPLOAD_CAP = 8 << 30          # bytes of tar one import, load or cp may stream
@@ -63,23 +68,23 @@ class _Operations:
         self.s = service
 
     # -- helpers
-    def _config(self, p: Params) -> cfg.ContainerConfig:
+    def _config(self, p: Params) -> ContainerConfig:
         """A full ``config`` (the Python client builds one) or the caller's ``options``
         (``sbx``, which sends its flags as given and lets the daemon build)."""
         options = p.get("options", (dict, type(None)), None)
         raw = p.get("config", dict) if options is None else None
         p.done()
         if options is not None:
-            return cfg.config_from_options(options)
-        return cfg.ContainerConfig.from_dict(raw)
+            return config_from_options(options)
+        return ContainerConfig.from_dict(raw)
 
-    def _track(self, ctx: RequestContext, record: cfg.ContainerRecord) -> None:
+    def _track(self, ctx: RequestContext, record: ContainerRecord) -> None:
         if ctx.session is not None:
             ctx.session.track("container", record.id)
 
-    async def _create(self, ctx: RequestContext, config: cfg.ContainerConfig,
+    async def _create(self, ctx: RequestContext, config: ContainerConfig,
                       name: str | None, events: bool = False, check_spec: bool = True
-                      ) -> tuple[cfg.ContainerRecord, list[str]]:
+                      ) -> tuple[ContainerRecord, list[str]]:
         """Docker's run/create: an image that is not here is pulled first, when its
         name says which registry has it (there is no default registry); tried after a
         create that found something missing, so the image is looked up once when it is
@@ -234,7 +239,7 @@ class _Operations:
         ref = p.get("id", str)
         sig = p.get("signal", (str, int), "SIGKILL")
         p.done()
-        number = cfg.parse_signal(sig)        # a bad signal is refused before the lookup
+        number = parse_signal(sig)        # a bad signal is refused before the lookup
         await self.s.kill(self.s._get(ref), number)
         return {}
 
@@ -284,7 +289,7 @@ class _Operations:
         records.sort(key=lambda r: r.created, reverse=True)
         if not show_all and limit < 0:
             records = [r for r in records if r.state.status in RUNNING]
-        records = cfg.filter_records(records, filters)
+        records = filter_records(records, filters)
         if limit >= 0:
             records = records[:limit]
         return {"containers": [r.to_dict() for r in records]}
@@ -383,7 +388,7 @@ class _Operations:
         return {"titles": ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"],
                 "processes": [r for r in rows if r]}
 
-    async def _sample(self, record: cfg.ContainerRecord) -> dict:
+    async def _sample(self, record: ContainerRecord) -> dict:
         stats = {}
         if record.state.status in RUNNING and record.id in self.s.live:
             stats = await self.s.runner.stats(record.id)
@@ -468,7 +473,7 @@ class _Operations:
         ref = p.get("id", str)
         name = p.get("name", str)
         p.done()
-        problems = cfg.check_name(name.lstrip("/"))
+        problems = check_name(name.lstrip("/"))
         if problems:
             raise InvalidArgument.of(problems)
         record = self.s._get(ref)
@@ -758,15 +763,15 @@ class _Operations:
         return {"removed": self.s.images.logout(registry)}
 
     # -- networks
-    def _network_record(self, network: Any) -> cfg.NetworkRecord:
+    def _network_record(self, network: Any) -> NetworkRecord:
         containers = []
         for cid, endpoint in self.s.networks.endpoints(network.id).items():
             try:
                 name = self.s._get(cid).name
             except NotFound:          # removed while its namespace goes
                 continue
-            containers.append(cfg.NetworkContainer(cid, name, endpoint))
-        return cfg.NetworkRecord(
+            containers.append(NetworkContainer(cid, name, endpoint))
+        return NetworkRecord(
             id=network.id, name=network.name, driver=network.driver,
             created=network.created, internal=network.internal, subnet=network.subnet,
             gateway=network.gateway, ip_range=network.ip_range, bridge=network.bridge,
@@ -797,7 +802,7 @@ class _Operations:
         filters = _filters(p)
         p.done()
         records = [self._network_record(n) for n in self.s.networks.list()]
-        records = cfg.filter_networks(records, filters)
+        records = filter_networks(records, filters)
         return {"networks": [r.to_dict() for r in records]}
 
     async def network_inspect(self, ctx: RequestContext, params: dict) -> Any:
@@ -842,7 +847,7 @@ class _Operations:
         p.done()
         removed = []
         for network in self.s.networks.list():
-            if network.name in cfg.BUILTIN_NETWORKS or self.s.networks.endpoints(network.id):
+            if network.name in BUILTIN_NETWORKS or self.s.networks.endpoints(network.id):
                 continue
             try:
                 await self.s.networks.remove(network.id)
@@ -898,7 +903,7 @@ class _Stamper:
         self.open_line = {1: False, 2: False}
 
     def stamp(self, fd: int, data: bytes, ts: float) -> bytes:
-        prefix = cfg.rfc3339(ts).encode() + b" "
+        prefix = rfc3339(ts).encode() + b" "
         out = bytearray()
         for line in data.splitlines(keepends=True):
             if not self.open_line[fd]:

@@ -15,7 +15,7 @@ How the container service uses it (every call on the daemon's asyncio loop)::
 
 ``attach`` returns an :class:`Attachment`: ``netns`` is what ``Namespaces.net`` takes
 (``"host"``, or the path of a prepared namespace file for the fork server's C1 to
-``setns`` into) and ``endpoint`` a :class:`sandboxd.config.Endpoint` (address, prefix,
+``setns`` into) and ``endpoint`` a :class:`sandboxd.model.Endpoint` (address, prefix,
 gateway, MAC). ``release`` returns at once and is idempotent: the veth, the namespace
 and then the address go in the background. Networks: :meth:`create`, :meth:`remove`,
 :meth:`get`, :meth:`list`, :meth:`endpoints`. :meth:`settle` waits until background
@@ -98,7 +98,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import Endpoint
+from .model import Endpoint
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError, Unavailable, from_wire
 from .ipam import (IPAM, Pool, choose_subnet, default_bridge_candidates, mac_for,
                    user_network_candidates)

@@ -49,7 +49,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-from .config import PortBinding
+from .model import PortBinding
 from .errors import Conflict, InvalidArgument, SetupFailed
 
 __all__ = ["PortProxy", "UDP_IDLE", "UDP_FLOWS"]

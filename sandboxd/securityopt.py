@@ -2,7 +2,7 @@
 
 ``seccomp=PROFILE.json`` names a file on the caller's machine: the client reads it and
 sends its JSON (``seccomp={...}``, what ``docker inspect`` shows too), so the daemon
-never opens a path a client names. Kept apart from :mod:`sandboxd.config` so ``sbx``
+never opens a path a client names. Kept apart from :mod:`sandboxd.model` so ``sbx``
 can resolve it before sending its options, without importing the model.
 """
 from __future__ import annotations

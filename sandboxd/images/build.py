@@ -308,7 +308,7 @@ class Builder:
     # ------------------------------------------------------------ RUN
 
     async def _run(self, ins: df.Instruction, state: _Stage) -> None:
-        from .. import config as cfg
+        from ..flags import build_config
         argv = df.command(ins, state.shell)
         # build args reach the command's environment, not the image; ENV wins over them
         env_names = {e.partition("=")[0] for e in state.runtime.get("Env") or []}
@@ -319,7 +319,7 @@ class Builder:
         if await self._use_cache(state, key):
             return
         opts = self.options
-        config = cfg.build_config(
+        config = build_config(
             state.image, argv, entrypoint=[], env=arg_env,
             workdir=state.runtime.get("WorkingDir") or "",
             user=state.runtime.get("User") or "", network_mode=opts.network,

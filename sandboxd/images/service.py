@@ -186,7 +186,7 @@ class ImageService:
         return out
 
     def record(self, ref: str) -> dict[str, Any]:
-        """The image as ``sandboxd.config.ImageRecord`` fields (what ``image.list`` and
+        """The image as ``sandboxd.model.ImageRecord`` fields (what ``image.list`` and
         ``image.inspect`` return over the wire)."""
         image = self.get(ref)
         config = image["doc"]["config"]

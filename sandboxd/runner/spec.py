@@ -213,7 +213,7 @@ def merge_ulimits(defaults: tuple[Ulimit, ...] | list[Ulimit],
 # ---------------------------------------------------------------- validation
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _ENV_KEY = re.compile(r"^[^=\x00]+$")
 # Every capability, in kernel number order (CAP_CHOWN is 0).
@@ -226,7 +226,7 @@ CAPABILITY_NAMES = (
     "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
     "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
 )
-_KNOWN_CAPS = frozenset(CAPABILITY_NAMES)
+KNOWN_CAPS = frozenset(CAPABILITY_NAMES)
 
 
 def _is_abs(path: str) -> bool:
@@ -310,12 +310,12 @@ def check_process(p: Process) -> list[str]:
         problems.append(f"process.user: {p.user!r} is not uid[:gid] or name[:group]")
     problems += check_ulimits(p.ulimits, "process.ulimits")
     for cap in p.capabilities:
-        if cap not in _KNOWN_CAPS:
+        if cap not in KNOWN_CAPS:
             problems.append(f"process.capabilities: unknown capability {cap!r}")
     return problems
 
 
-def _check_mounts(mounts: tuple[Mount, ...]) -> list[str]:
+def check_mounts(mounts: tuple[Mount, ...]) -> list[str]:
     problems = []
     for i, m in enumerate(mounts):
         where = f"mounts[{i}]"
@@ -367,7 +367,7 @@ def validate(spec: ContainerSpec) -> ContainerSpec:
     if not isinstance(spec.id, str) or not _ID.match(spec.id):
         problems.append(f"id: {spec.id!r} must be 1-128 of [A-Za-z0-9_.-], not starting "
                         f"with '.', '_' or '-'")
-    if spec.hostname and (len(spec.hostname) > 64 or not _HOSTNAME.match(spec.hostname)):
+    if spec.hostname and (len(spec.hostname) > 64 or not HOSTNAME.match(spec.hostname)):
         problems.append(f"hostname: {spec.hostname!r} is not a valid host name "
                         f"(letters, digits, '-', '.', at most 64)")
     problems += check_process(spec.process)
@@ -383,7 +383,7 @@ def validate(spec: ContainerSpec) -> ContainerSpec:
         problems.append("zygote: needs a private pid namespace, the root user and no "
                         "terminal, hold or entry")
     problems += _check_root(spec.root)
-    problems += _check_mounts(spec.mounts)
+    problems += check_mounts(spec.mounts)
     for i, f in enumerate(spec.files):
         if not _is_abs(f.path) or _has_dotdot(f.path) or f.path.endswith("/"):
             problems.append(f"files[{i}].path: {f.path!r} must be an absolute file path "

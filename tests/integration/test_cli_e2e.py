@@ -520,8 +520,8 @@ def test_session_containers_go_with_their_client(daemon: Daemon) -> None:
 # ---------------------------------------------------------------- bad input (CHECKS 29)
 
 def _config(**changes: object) -> dict:
-    from sandboxd import config
-    doc = config.build_config("busybox", ["true"]).to_dict()
+    from sandboxd.flags import build_config
+    doc = build_config("busybox", ["true"]).to_dict()
     host = changes.pop("host", {})
     doc.update(changes)
     doc["host"].update(host)

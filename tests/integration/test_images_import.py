@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd import testing
-from sandboxd.config import ImageRecord
+from sandboxd.model import ImageRecord
 from sandboxd.errors import Conflict, InvalidArgument, NotFound
 from sandboxd.images import ImageService
 from sandboxd.images import oci

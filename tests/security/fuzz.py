@@ -5,7 +5,7 @@ pipelining raw client, and the daemon's own figures read from /proc.
 The operations and their fields are read from the daemon's source (every
 ``Params(params, "op")`` and the ``p.get("field", ...)`` calls after it), so an operation
 added later is fuzzed without touching this file; ``container.create``/``run`` options
-take their names from ``config.build_config``'s signature.
+take their names from ``flags.build_config``'s signature.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from pathlib import Path
 import msgpack
 from hypothesis import strategies as st
 
-from sandboxd import config, protocol
+from sandboxd import flags, protocol
+from sandboxd.filters import FILTER_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,8 +69,8 @@ def operations() -> dict[str, set[str]]:
     return ops
 
 
-OPTION_NAMES = sorted(set(inspect.signature(config.build_config).parameters)
-                      - config._CLIENT_SIDE)
+OPTION_NAMES = sorted(set(inspect.signature(flags.build_config).parameters)
+                      - flags.CLIENT_SIDE)
 
 # ---------------------------------------------------------------- values
 
@@ -104,7 +105,7 @@ def _field(op: str, name: str) -> st.SearchStrategy:
                 lambda d: {"image": "fuzz-image-not-here", **d}))
     if name == "filters":
         return st.one_of(values, st.dictionaries(
-            st.sampled_from(list(config.FILTER_KEYS) + ["type", "driver", "scope"])
+            st.sampled_from(list(FILTER_KEYS) + ["type", "driver", "scope"])
             | hostile_text, values | st.lists(hostile_text, max_size=3), max_size=4))
     return values
 

@@ -1,4 +1,4 @@
-"""The ``sbx`` script's click-free path for plain ``run``/``create`` lines (cli_run.py):
+"""The ``sbx`` script's click-free path for plain ``run``/``create`` lines (sandboxd/cli/main.py):
 it must read every line exactly as the click command does, hand every other line to
 click, report errors with the same words and statuses, and load none of click, typing,
 asyncio, json or the config model."""
@@ -12,20 +12,23 @@ import click
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sandboxd import cli, cli_run
+from sandboxd import __version__
+from sandboxd.cli import commands, run
+from sandboxd.cli.app import sbx
+from sandboxd.cli.main import fast_main
 
 NO_DAEMON = "unix:///nonexistent/sandboxd-test.sock"   # nothing can listen here
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def click_parse(command: str, args: list[str]) -> dict[str, object]:
-    sub = cli.cli.get_command(click.Context(cli.cli), command)
+    sub = sbx.get_command(click.Context(sbx), command)
     return sub.make_context(command, list(args)).params
 
 
 def fast_parse(command: str, args: list[str]) -> dict[str, object] | None:
-    flags = cli_run.FLAGS + cli_run.RUN_ONLY if command == "run" else cli_run.FLAGS
-    parsed = cli_run.parse_flags(args, flags)
+    flags = run.FLAGS + run.RUN_ONLY if command == "run" else run.FLAGS
+    parsed = run.parse_flags(args, flags)
     if parsed is None or not parsed[1]:
         return None
     values, (image, *rest) = parsed
@@ -37,7 +40,7 @@ NUMBER = st.integers(-5, 100000).map(str)
 
 
 @st.composite
-def option_words(draw: st.DrawFn, flags: tuple[cli_run.Flag, ...]) -> list[str]:
+def option_words(draw: st.DrawFn, flags: tuple[run.Flag, ...]) -> list[str]:
     """One flag in one of the spellings click accepts."""
     flag = draw(st.sampled_from(flags))
     names = [n for d in flag.decls for n in d.split("/")]
@@ -73,7 +76,7 @@ def option_words(draw: st.DrawFn, flags: tuple[cli_run.Flag, ...]) -> list[str]:
 @st.composite
 def plain_lines(draw: st.DrawFn) -> tuple[str, list[str]]:
     command = draw(st.sampled_from(["run", "create"]))
-    flags = cli_run.FLAGS + cli_run.RUN_ONLY if command == "run" else cli_run.FLAGS
+    flags = run.FLAGS + run.RUN_ONLY if command == "run" else run.FLAGS
     words = [w for _ in range(draw(st.integers(0, 6)))
              for w in draw(option_words(flags))]
     if draw(st.booleans()):
@@ -112,12 +115,12 @@ def test_any_line_either_parses_as_click_does_or_goes_to_click(command, args):
     ["--debug", "run", "busybox"], ["run", "--", "--help"],
 ])
 def test_other_lines_go_to_click(argv):
-    assert cli_run.fast_main(["-H", NO_DAEMON, *argv]) is None
+    assert fast_main(["-H", NO_DAEMON, *argv]) is None
 
 
 def test_completion_goes_to_click(monkeypatch):
     monkeypatch.setenv("_SBX_COMPLETE", "bash_complete")
-    assert cli_run.fast_main(["run", "busybox"]) is None
+    assert fast_main(["run", "busybox"]) is None
 
 
 @pytest.mark.parametrize("args", [
@@ -126,10 +129,10 @@ def test_completion_goes_to_click(monkeypatch):
     ["create", "--env-file", "/nonexistent/env", "busybox"],   # a local error: 125 + hint
 ])
 def test_errors_read_as_the_click_path_reads_them(capsys, args):
-    fast = cli_run.fast_main(["-H", NO_DAEMON, *args])
+    fast = fast_main(["-H", NO_DAEMON, *args])
     fast_err = capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
-        cli.main(["-H", NO_DAEMON, *args])
+        commands.main(["-H", NO_DAEMON, *args])
     assert (fast, fast_err) == (info.value.code, capsys.readouterr().err)
     assert fast != 0 and fast_err.startswith("sbx: ")
 
@@ -138,7 +141,7 @@ def test_errors_read_as_the_click_path_reads_them(capsys, args):
     ["-H", NO_DAEMON], [f"--host={NO_DAEMON}"], [f"-H{NO_DAEMON}"], ["--host", NO_DAEMON],
 ])
 def test_the_host_is_taken_in_every_spelling(capsys, host_words):
-    assert cli_run.fast_main([*host_words, "run", "busybox"]) == 125
+    assert fast_main([*host_words, "run", "busybox"]) == 125
     assert "/nonexistent/sandboxd-test.sock" in capsys.readouterr().err
 
 
@@ -151,14 +154,15 @@ def test_the_script_loads_only_what_a_run_needs():
                f"{watched})))")
     before = subprocess.run([sys.executable, "-c", "import sys\n" + listing],
                             capture_output=True, text=True, check=True).stdout.split()
-    code = ("import sys\nfrom sandboxd.cli_run import fast_main\n"
+    code = ("import sys\nfrom sandboxd.cli.main import fast_main\n"
             f"status = fast_main(['-H', {NO_DAEMON!r}, 'run', '--rm', '-e', 'A=1', "
             "'busybox', 'true'])\nprint(status)\n" + listing)
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": ROOT},
                          capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "125"
     assert set(out[1:]) - set(before) == {
-        "sandboxd", "sandboxd.cli_run", "sandboxd.client", "sandboxd.envfile",
+        "sandboxd", "sandboxd.cli", "sandboxd.cli.common", "sandboxd.cli.main",
+        "sandboxd.cli.run", "sandboxd.client", "sandboxd.envfile",
         "sandboxd.errors", "sandboxd.protocol"}
 
 
@@ -166,4 +170,4 @@ def test_python_m_sandboxd_is_sbx():
     proc = subprocess.run([sys.executable, "-m", "sandboxd", "--version"],
                           env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True,
                           text=True, timeout=60)
-    assert (proc.returncode, proc.stdout) == (0, f"sbx version {cli.__version__}\n")
+    assert (proc.returncode, proc.stdout) == (0, f"sbx version {__version__}\n")

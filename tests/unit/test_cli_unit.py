@@ -1,6 +1,6 @@
 """``sbx`` without a daemon: Docker's flags in every command's help, Docker's exit status
 125 for bad flags and bad values (refused before any connection is made), the TTY check,
-shell completion, and the start-up import budget (what ``import sandboxd.cli`` loads).
+shell completion, and the start-up import budget (what the click app loads).
 The ``sbx`` script's click-free path for run/create is tested in test_cli_fast_path.py."""
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import sys
 import click
 import pytest
 
-from sandboxd import cli
+from sandboxd import __version__
+from sandboxd.cli import commands, containers
+from sandboxd.cli.app import sbx as sbx_group
+from sandboxd.cli.common import CliError
 
 NO_DAEMON = "unix:///nonexistent/sandboxd-test.sock"   # nothing can listen here
 
@@ -19,7 +22,7 @@ NO_DAEMON = "unix:///nonexistent/sandboxd-test.sock"   # nothing can listen here
 def sbx(capsys, *args: str) -> tuple[int, str, str]:
     """Run ``sbx`` in-process through its real entry point (exit codes included)."""
     with pytest.raises(SystemExit) as info:
-        cli.main(["-H", NO_DAEMON, *args])
+        commands.main(["-H", NO_DAEMON, *args])
     out, err = capsys.readouterr()
     return info.value.code, out, err
 
@@ -95,7 +98,7 @@ def test_run_usage_line_reads_like_dockers(capsys):
 
 def test_version_flag(capsys):
     code, out, _ = sbx(capsys, "--version")
-    assert (code, out) == (0, f"sbx version {cli.__version__}\n")
+    assert (code, out) == (0, f"sbx version {__version__}\n")
 
 
 @pytest.mark.parametrize("args, words", [
@@ -140,15 +143,15 @@ def test_no_daemon_is_a_clear_125(capsys):
 
 
 def test_command_arguments_after_the_image_belong_to_the_command():
-    ctx = cli.cli.make_context("sbx", ["run", "--rm", "busybox", "ls", "-la", "--rm"])
-    sub = cli.cli.get_command(ctx, "run")
+    ctx = sbx_group.make_context("sbx", ["run", "--rm", "busybox", "ls", "-la", "--rm"])
+    sub = sbx_group.get_command(ctx, "run")
     sub_ctx = sub.make_context("run", ["--rm", "busybox", "ls", "-la", "--rm", "-m", "1"])
     assert sub_ctx.params["command"] == ("ls", "-la", "--rm", "-m", "1")
     assert sub_ctx.params["auto_remove"] is True and sub_ctx.params["memory"] is None
 
 
 def test_combined_short_flags_like_docker():
-    sub = cli.cli.get_command(click.Context(cli.cli), "run")
+    sub = sbx_group.get_command(click.Context(sbx_group), "run")
     params = sub.make_context("run", ["-itd", "-m64m", "busybox"]).params
     assert (params["interactive"], params["tty"], params["detach"], params["memory"]) == (
         True, True, True, "64m")
@@ -163,23 +166,23 @@ def test_combined_short_flags_like_docker():
     ("plainfile", None),
 ])
 def test_cp_references(text, expected):
-    assert cli._cp_ref(text) == expected
+    assert containers._cp_ref(text) == expected
 
 
 def test_since_values():
-    assert cli._when("1700000000", "since") == 1_700_000_000.0
-    assert cli._when("2023-11-14T22:13:20Z", "since") == 1_700_000_000.0
-    assert cli._when(None, "since") == 0.0
+    assert containers._when("1700000000", "since") == 1_700_000_000.0
+    assert containers._when("2023-11-14T22:13:20Z", "since") == 1_700_000_000.0
+    assert containers._when(None, "since") == 0.0
     import time
-    assert abs(cli._when("10m", "since") - (time.time() - 600)) < 5
-    with pytest.raises(cli.CliError):
-        cli._when("yesterday", "since")
+    assert abs(containers._when("10m", "since") - (time.time() - 600)) < 5
+    with pytest.raises(CliError):
+        containers._when("yesterday", "since")
 
 
 def _sbx_process(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return subprocess.run(
-        [sys.executable, "-c", "from sandboxd.cli import main; main()", *args],
+        [sys.executable, "-c", "from sandboxd.cli.commands import main; main()", *args],
         env={**os.environ, "PYTHONPATH": root, **env}, capture_output=True, text=True,
         timeout=60)
 
@@ -204,11 +207,15 @@ def test_start_up_imports_only_click():
     test_cli_fast_path.py hands on): it must not load the client, msgpack, asyncio, json or
     the config model before a command needs them."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    code = ("import sys; import sandboxd.cli; "
+    code = ("import sys; import sandboxd.cli.commands; "
             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('msgpack', 'asyncio', 'json', 'sandboxd', 'threading', 'subprocess'))))")
     loaded = subprocess.run([sys.executable, "-c", code], env={**os.environ,
                                                                "PYTHONPATH": root},
                             capture_output=True, text=True, check=True).stdout.split()
-    assert set(loaded) <= {"sandboxd", "sandboxd.cli", "sandboxd.cli_run", "sandboxd.errors",
-                           "threading"}, loaded
+    ours = {m for m in loaded if m.startswith("sandboxd.cli.")}
+    assert ours == {"sandboxd.cli.app", "sandboxd.cli.commands", "sandboxd.cli.common",
+                    "sandboxd.cli.containers", "sandboxd.cli.images", "sandboxd.cli.networks",
+                    "sandboxd.cli.run", "sandboxd.cli.system"}, loaded
+    assert set(loaded) - ours <= {"sandboxd", "sandboxd.cli", "sandboxd.errors",
+                                  "threading"}, loaded

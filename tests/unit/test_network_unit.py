@@ -229,23 +229,25 @@ def test_ip_masq_is_off_for_the_test_suite_and_on_by_default():
 
 def test_publish_all_adds_every_exposed_port_not_published():
     import dataclasses
-    from sandboxd import config as cfg
+    from sandboxd.flags import build_config
+    from sandboxd.model import ContainerRecord, PortBinding
+    from sandboxd.render import inspect_document
     from sandboxd.containers import _port_bindings
-    config = cfg.build_config("img", "true", ports=["8080:80"], expose=["81/udp", "82"],
-                              publish_all_ports=True)
-    record = cfg.ContainerRecord(id="a" * 64, name="x", created=0.0, config=config)
-    assert _port_bindings(record) == (cfg.PortBinding(80, "tcp", "", 8080),
-                                      cfg.PortBinding(81, "udp"), cfg.PortBinding(82, "tcp"))
+    config = build_config("img", "true", ports=["8080:80"], expose=["81/udp", "82"],
+                          publish_all_ports=True)
+    record = ContainerRecord(id="a" * 64, name="x", created=0.0, config=config)
+    assert _port_bindings(record) == (PortBinding(80, "tcp", "", 8080),
+                                      PortBinding(81, "udp"), PortBinding(82, "tcp"))
     host = dataclasses.replace(config, host=dataclasses.replace(
         config.host, network_mode="host", port_bindings=()))
     assert _port_bindings(dataclasses.replace(record, config=host)) == ()
-    assert cfg.inspect_document(record)["HostConfig"]["PublishAllPorts"] is True
+    assert inspect_document(record)["HostConfig"]["PublishAllPorts"] is True
 
 
 def test_port_proxy_refuses_duplicates_and_ports_of_other_containers():
     import asyncio
     import socket
-    from sandboxd.config import PortBinding
+    from sandboxd.model import PortBinding
     from sandboxd.ports import PortProxy
 
     async def scenario() -> None:

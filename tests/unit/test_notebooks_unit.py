@@ -1,4 +1,4 @@
-"""sandboxd.notebooks without a container: reading and writing files, and the cell walk
+"""ipython_ext.notebooks without a container: reading and writing files, and the cell walk
 driven by a scripted session (the walk is what is under test here; real sessions run in
 tests/integration/test_notebooks_run.py)."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_raw_cell
 
-from sandboxd.notebooks import (NotebookError, clear_outputs, code_cells, dumps_notebook,
-                                read_notebook, run_notebook, write_notebook)
+from ipython_ext.notebooks import (NotebookError, clear_outputs, code_cells, dumps_notebook,
+                                   read_notebook, run_notebook, write_notebook)
 
 
 @dataclass

@@ -12,7 +12,9 @@ import platform
 
 import pytest
 
-from sandboxd import config as cfg
+from sandboxd.flags import build_config, config_from_options
+from sandboxd.model import ContainerRecord
+from sandboxd.render import inspect_document
 from sandboxd.errors import InvalidArgument
 from sandboxd.runner import seccomp
 from sandboxd.runner.spec import CAPABILITY_NAMES, DEFAULT_CAPABILITIES
@@ -197,16 +199,16 @@ def test_security_opt_checks_and_meaning():
 def test_privileged_and_security_opt_in_the_model(tmp_path):
     path = tmp_path / "p.json"
     path.write_text('{"defaultAction": "SCMP_ACT_ALLOW"}')
-    c = cfg.build_config("busybox", "true", security_opt=[f"seccomp={path}"])
+    c = build_config("busybox", "true", security_opt=[f"seccomp={path}"])
     assert c.host.seccomp() == '{"defaultAction":"SCMP_ACT_ALLOW"}'
-    p = cfg.build_config("busybox", "true", privileged=True, cap_drop=["CHOWN"])
+    p = build_config("busybox", "true", privileged=True, cap_drop=["CHOWN"])
     assert p.host.capabilities() == CAPABILITY_NAMES and p.host.seccomp() == "unconfined"
-    doc = cfg.inspect_document(cfg.ContainerRecord(
+    doc = inspect_document(ContainerRecord(
         id="a" * 64, name="x", config=p, created=0.0, image_id="sha256:" + "0" * 64))
     assert doc["HostConfig"]["Privileged"] and doc["HostConfig"]["MaskedPaths"] == []
     assert doc["HostConfig"]["SeccompProfile"] == "unconfined"
     # The daemon's side never opens a file a client names.
     with pytest.raises(InvalidArgument, match="does not open files"):
-        cfg.config_from_options({"image": "busybox", "security_opt": [f"seccomp={path}"]})
+        config_from_options({"image": "busybox", "security_opt": [f"seccomp={path}"]})
     with pytest.raises(InvalidArgument, match="local_files"):
-        cfg.config_from_options({"image": "busybox", "local_files": True})
+        config_from_options({"image": "busybox", "local_files": True})

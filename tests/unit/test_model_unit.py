@@ -1,17 +1,24 @@
-"""The client's container model (sandboxd.config): parsing Docker-style options,
-validation that names every bad field, the wire form, Docker's inspect JSON, ``ps``
-rows and filters, and the Go-template ``--format`` evaluator. Pure: no daemon, no root."""
+"""The container model (sandboxd.model) and the modules around it: parsing Docker-style
+options (flags), validation that names every bad field (validate), the wire form,
+Docker's inspect JSON and ``ps`` rows (render), filters, and the Go-template ``--format``
+evaluator (gotemplate). Pure: no daemon, no root."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from sandboxd import config
-from sandboxd.config import (ContainerConfig, ContainerRecord, ContainerState, Endpoint,
-                             HostConfig, Link, PortBinding, build_config, build_update)
+from sandboxd.envfile import parse_env, parse_env_file
 from sandboxd.errors import InvalidArgument, NotFound
+from sandboxd.filters import filter_records, parse_filters
+from sandboxd.flags import build_config, build_update, parse_publish
+from sandboxd.gotemplate import render_template
+from sandboxd.model import (ContainerConfig, ContainerRecord, ContainerState, Endpoint,
+                            HostConfig, ImageRecord, Link, PortBinding)
+from sandboxd.render import (PS_HEADERS, PS_TABLE, bytes_size, format_table, human_duration,
+                             human_size, image_row, inspect_document, ps_row, status_text)
 from sandboxd.runner.spec import Mount, Ulimit
+from sandboxd.validate import check_name, parse_signal
 
 MiB = 1 << 20
 
@@ -145,7 +152,7 @@ def test_bad_published_ports_are_refused(publish, words):
     ("8000-8001:80-81", [PortBinding(80, "tcp", "", 8000), PortBinding(81, "tcp", "", 8001)]),
 ])
 def test_publish_syntax(text, expected):
-    assert config.parse_publish(text) == expected
+    assert parse_publish(text) == expected
 
 
 def test_ports_from_a_mapping():
@@ -161,14 +168,14 @@ def test_env_entries_need_a_key():
 
 
 def test_bare_env_names_come_from_the_callers_environment():
-    assert config.parse_env(["A=1", "HOME", "UNSET"], {"HOME": "/root"}) == [
+    assert parse_env(["A=1", "HOME", "UNSET"], {"HOME": "/root"}) == [
         "A=1", "HOME=/root"]
 
 
 def test_env_file_like_docker(tmp_path):
     path = tmp_path / "env"
     path.write_text("# comment\n\nA=1\nB= spaced value \nFROM_HOST\nC=x=y\n")
-    assert config.parse_env_file(str(path), {"FROM_HOST": "h"}) == [
+    assert parse_env_file(str(path), {"FROM_HOST": "h"}) == [
         "A=1", "B= spaced value ", "FROM_HOST=h", "C=x=y"]
     cfg = build_config("b", env_files=[str(path)], env=["A=2"], environ={})
     assert cfg.env[0] == "A=1" and cfg.env[-1] == "A=2"      # -e comes after the file
@@ -209,18 +216,18 @@ def test_capabilities_applied_to_the_default_set():
 
 
 def test_names_follow_dockers_rule():
-    assert config.check_name("web-1") == []
-    assert config.check_name("/web") == []
+    assert check_name("web-1") == []
+    assert check_name("/web") == []
     for bad in ("a", "-web", "we b", ""):
-        assert config.check_name(bad)
+        assert check_name(bad)
 
 
 def test_signals_by_name_or_number():
-    assert config.parse_signal("KILL") == config.parse_signal("SIGKILL") == \
-        config.parse_signal("9") == config.parse_signal(9) == 9
+    assert parse_signal("KILL") == parse_signal("SIGKILL") == \
+        parse_signal("9") == parse_signal(9) == 9
     for bad in ("SIGNOPE", 0, 65):
         with pytest.raises(InvalidArgument):
-            config.parse_signal(bad)
+            parse_signal(bad)
 
 
 def test_update_params_in_kernel_units():
@@ -292,7 +299,7 @@ def test_record_round_trips():
 
 
 def test_inspect_document_has_dockers_fields():
-    doc = config.inspect_document(record())
+    doc = inspect_document(record())
     assert doc["Id"] == "ab" * 32 and doc["Name"] == "/web"
     assert doc["Created"] == "2023-11-14T22:13:20.25Z"
     state = doc["State"]
@@ -323,19 +330,19 @@ def test_inspect_document_has_dockers_fields():
 
 
 def test_never_started_times_are_gos_zero_time():
-    doc = config.inspect_document(record(state=ContainerState()))
+    doc = inspect_document(record(state=ContainerState()))
     assert doc["State"]["StartedAt"] == doc["State"]["FinishedAt"] == "0001-01-01T00:00:00Z"
     assert doc["State"]["Status"] == "created"
 
 
 def test_grep_memory_finds_the_limit():
-    text = json.dumps([config.inspect_document(record())], indent=4)
+    text = json.dumps([inspect_document(record())], indent=4)
     assert f'"Memory": {64 * MiB},' in text
 
 
 # ---------------------------------------------------------------- --format
 
-DOC = config.inspect_document(record())
+DOC = inspect_document(record())
 
 
 @pytest.mark.parametrize("template, expected", [
@@ -361,11 +368,11 @@ DOC = config.inspect_document(record())
     ("{{len .Args}}", "2"),
 ])
 def test_templates(template, expected):
-    assert config.render_template(template, DOC) == expected
+    assert render_template(template, DOC) == expected
 
 
 def test_json_alone_prints_the_whole_object():
-    assert json.loads(config.render_template("json", DOC)) == DOC
+    assert json.loads(render_template("json", DOC)) == DOC
 
 
 @pytest.mark.parametrize("template, words", [
@@ -378,7 +385,7 @@ def test_json_alone_prints_the_whole_object():
 ])
 def test_template_errors_are_invalid_argument(template, words):
     with pytest.raises(InvalidArgument, match="format") as info:
-        config.render_template(template, DOC)
+        render_template(template, DOC)
     assert words in info.value.message
 
 
@@ -386,11 +393,11 @@ def test_template_errors_are_invalid_argument(template, words):
 
 def test_ps_table_has_dockers_columns_and_alignment():
     now = 1_700_000_013.5
-    rows = [config.ps_row(record(), now),
-            config.ps_row(record(id="ef" * 32, name="db-long-name",
-                                 state=ContainerState("running", pid=9,
-                                                      started_at=now - 3)), now)]
-    text = config.format_table(config.PS_TABLE, rows, config.PS_HEADERS)
+    rows = [ps_row(record(), now),
+            ps_row(record(id="ef" * 32, name="db-long-name",
+                          state=ContainerState("running", pid=9,
+                                               started_at=now - 3)), now)]
+    text = format_table(PS_TABLE, rows, PS_HEADERS)
     header, first, second = text.splitlines()
     assert header.split("   ")[0] == "CONTAINER ID"
     for column in ("IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"):
@@ -403,10 +410,10 @@ def test_ps_table_has_dockers_columns_and_alignment():
 
 
 def test_format_without_table_has_no_header():
-    rows = [config.ps_row(record(), 1_700_000_013.5)]
-    assert config.format_table("{{.Names}}: {{.State}}", rows, config.PS_HEADERS) == \
+    rows = [ps_row(record(), 1_700_000_013.5)]
+    assert format_table("{{.Names}}: {{.State}}", rows, PS_HEADERS) == \
         "web: exited\n"
-    table = config.format_table('table {{.ID}}\t{{.Label "k"}}', rows, config.PS_HEADERS)
+    table = format_table('table {{.ID}}\t{{.Label "k"}}', rows, PS_HEADERS)
     assert table.splitlines() == ["CONTAINER ID   K", "abababababab   v"]
 
 
@@ -417,28 +424,28 @@ def test_format_without_table_has_no_header():
     (90 * 86400, "3 months"), (3 * 365 * 86400, "3 years"),
 ])
 def test_human_durations_match_dockers(seconds, text):
-    assert config.human_duration(seconds) == text
+    assert human_duration(seconds) == text
 
 
 def test_human_sizes():
-    assert config.human_size(4_860_000) == "4.86MB"
-    assert config.human_size(999) == "999B"
-    assert config.bytes_size(1.5 * MiB) == "1.5MiB"
+    assert human_size(4_860_000) == "4.86MB"
+    assert human_size(999) == "999B"
+    assert bytes_size(1.5 * MiB) == "1.5MiB"
 
 
 def test_status_text():
-    assert config.status_text(ContainerState("created"), 10) == "Created"
-    assert config.status_text(ContainerState("paused", started_at=0), 120) == \
+    assert status_text(ContainerState("created"), 10) == "Created"
+    assert status_text(ContainerState("paused", started_at=0), 120) == \
         "Up 2 minutes (Paused)"
 
 
 def test_images_rows():
-    image = config.ImageRecord(id="sha256:" + "12" * 32, repo_tags=("busybox:latest",),
-                               created=0, size=4_860_000)
-    (row,) = config.image_row(image, 3 * 86400)
+    image = ImageRecord(id="sha256:" + "12" * 32, repo_tags=("busybox:latest",),
+                        created=0, size=4_860_000)
+    (row,) = image_row(image, 3 * 86400)
     assert (row["Repository"], row["Tag"], row["ID"], row["CreatedSince"], row["Size"]) == (
         "busybox", "latest", "121212121212", "3 days ago", "4.86MB")
-    (untagged,) = config.image_row(config.ImageRecord(id="sha256:ab"), 0)
+    (untagged,) = image_row(ImageRecord(id="sha256:ab"), 0)
     assert (untagged["Repository"], untagged["Tag"]) == ("<none>", "<none>")
 
 
@@ -448,38 +455,36 @@ def test_filters_like_docker_ps():
                 state=ContainerState("running"),
                 config=build_config("postgres", labels={"tier": "data"}))
     both = [web, db]
-    assert config.filter_records(both, {"status": ["running"]}) == [db]
-    assert config.filter_records(both, {"status": ["running", "exited"]}) == both
-    assert config.filter_records(both, {"label": ["tier=data"]}) == [db]
-    assert config.filter_records(both, {"label": ["k"]}) == [web]
-    assert config.filter_records(both, {"name": ["^w"]}) == [web]
-    assert config.filter_records(both, {"id": ["ef"]}) == [db]
-    assert config.filter_records(both, {"exited": ["137"]}) == [web]
-    assert config.filter_records(both, {"ancestor": ["postgres"]}) == [db]
-    assert config.filter_records(both, {"since": ["web"]}) == [db]
-    assert config.filter_records(both, {"before": ["db"]}) == [web]
+    assert filter_records(both, {"status": ["running"]}) == [db]
+    assert filter_records(both, {"status": ["running", "exited"]}) == both
+    assert filter_records(both, {"label": ["tier=data"]}) == [db]
+    assert filter_records(both, {"label": ["k"]}) == [web]
+    assert filter_records(both, {"name": ["^w"]}) == [web]
+    assert filter_records(both, {"id": ["ef"]}) == [db]
+    assert filter_records(both, {"exited": ["137"]}) == [web]
+    assert filter_records(both, {"ancestor": ["postgres"]}) == [db]
+    assert filter_records(both, {"since": ["web"]}) == [db]
+    assert filter_records(both, {"before": ["db"]}) == [web]
     with pytest.raises(InvalidArgument, match="unknown key"):
-        config.filter_records(both, {"colour": ["red"]})
+        filter_records(both, {"colour": ["red"]})
     with pytest.raises(InvalidArgument, match="status"):
-        config.filter_records(both, {"status": ["sleeping"]})
+        filter_records(both, {"status": ["sleeping"]})
     with pytest.raises(NotFound):
-        config.filter_records(both, {"since": ["nope"]})
-    assert config.parse_filters(["status=exited", "label=a=b"]) == {
+        filter_records(both, {"since": ["nope"]})
+    assert parse_filters(["status=exited", "label=a=b"]) == {
         "status": ["exited"], "label": ["a=b"]}
     with pytest.raises(InvalidArgument):
-        config.parse_filters(["bogus"])
+        parse_filters(["bogus"])
 
 
 def test_storage_and_log_options():
-    from sandboxd import config as cfg
-    from sandboxd.errors import InvalidArgument
-    c = cfg.build_config("busybox", ["true"], storage_opt=["size=20G"],
-                         log_driver="local", log_opts={"max-size": "10m", "max-file": 3})
+    c = build_config("busybox", ["true"], storage_opt=["size=20G"],
+                     log_driver="local", log_opts={"max-size": "10m", "max-file": 3})
     assert c.host.storage_size == 20 << 30
     assert c.host.log_opts == ("max-size=10m", "max-file=3")
     assert c.host.log_limits() == (10 << 20, 3)
-    doc = cfg.inspect_document(cfg.ContainerRecord(id="a" * 64, name="n", created=0,
-                                                   config=c))
+    doc = inspect_document(ContainerRecord(id="a" * 64, name="n", created=0,
+                                           config=c))
     assert doc["HostConfig"]["StorageOpt"] == {"size": "20G"}
     assert doc["HostConfig"]["LogConfig"] == {"Type": "local", "Config": {
         "max-size": "10m", "max-file": "3"}}
@@ -490,7 +495,7 @@ def test_storage_and_log_options():
                           ({"log_opts": ["compress=true"]}, "max-size=SIZE"),
                           ({"log_driver": "none", "log_opts": ["max-file=2"]}, "no options")):
         try:
-            cfg.build_config("busybox", ["true"], **kwargs)
+            build_config("busybox", ["true"], **kwargs)
         except InvalidArgument as e:
             assert words in str(e.details.get("problems") or e.message), (kwargs, e)
         else:

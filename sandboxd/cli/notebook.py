@@ -16,10 +16,9 @@ import sys
 
 import click
 
-# Nothing imported from .cli: ``python -m sandboxd.cli`` runs that module as __main__,
-# and its CliError would be a second class main() does not catch. A ClickException is
-# what main() turns into "sbx: <message>" and exit 125.
-CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
+from .app import CONTEXT
+
+# A ClickException is what main() turns into "sbx: <message>" and exit 125.
 EXIT_CELL_FAILED = 1
 EXIT_INTERRUPTED = 130
 
@@ -60,13 +59,13 @@ def notebook_run(path: str, output: str | None, image: str, memory: str | None,
                  workdir: str, cell_timeout: float | None, timeout: float | None,
                  allow_errors: bool) -> int:
     """Execute a notebook's code cells in one sandboxed session and save the outputs."""
+    from ipython_ext.notebooks import (NotebookError, code_cells, dumps_notebook,
+                                       read_notebook, run_notebook, write_notebook)
     from ipython_ext.session import Session
 
-    from .api import Client
-    from .envfile import resolve_env
-    from .errors import CommandNotExecutable, CommandNotFound, InvalidArgument
-    from .notebooks import (NotebookError, code_cells, dumps_notebook, read_notebook,
-                            run_notebook, write_notebook)
+    from ..api import Client
+    from ..envfile import resolve_env
+    from ..errors import CommandNotExecutable, CommandNotFound, InvalidArgument
 
     for name, value in (("--cell-timeout", cell_timeout), ("--timeout", timeout)):
         if value is not None and value <= 0:

@@ -1,0 +1,241 @@
+"""What every ``sbx`` command shares, without click: Docker's exit statuses and error
+report, client-side parsing errors, the daemon connection, and attached I/O (stdin and
+signals forwarded, a terminal in raw mode, pull progress bars).
+
+This module imports only the standard library's os and sys at load time: ``sbx run``
+starts once per container in scripts (:mod:`.main`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, SandboxError,
+                      Unavailable)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:                    # annotations only: typing costs ~2 ms of every start
+    from collections.abc import Callable
+    from typing import Any, BinaryIO, TextIO
+
+    from ..client import Connection, Stream
+
+EXIT_DAEMON = 125        # Docker: the daemon (or the flags) refused
+
+
+class CliError(Exception):
+    """A client-side failure with Docker's wording and exit status."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+        # Inside a click command its path ("sbx container run"), read now: it is gone
+        # once main() catches this. click is only asked when it is loaded already;
+        # :func:`.main.fast_main` names its command itself.
+        click = sys.modules.get("click")
+        ctx = click.get_current_context(silent=True) if click is not None else None
+        self.command_path = ctx.command_path if ctx is not None else "sbx"
+
+
+def local(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Client-side parsing: a bad value is a usage error (exit 125), not the daemon's."""
+    try:
+        return func(*args, **kwargs)
+    except InvalidArgument as e:
+        raise CliError(e.message, EXIT_DAEMON) from None
+
+
+def connection(host: str | None, autostart: bool | None = None) -> Connection:
+    """The bare protocol connection (``sandboxd.client``), for the commands that need
+    no model: run and create stay quick to start."""
+    from ..client import connect
+    return connect(host, autostart=autostart)
+
+
+def check_tty(tty: bool, interactive: bool) -> None:
+    if tty and interactive and not os.isatty(0):
+        raise CliError("the input device is not a TTY", 1)
+
+
+# ---------------------------------------------------------------- attached I/O
+
+def write(stream: BinaryIO, data: bytes) -> None:
+    stream.write(data)
+    stream.flush()
+
+
+def pump(attachment: Stream, *, host: str | None, tty: bool, stdin: bool, sig_proxy: bool,
+         container_id: str = "", image: str = "") -> Any:
+    """Stream a container's output to ours until it ends; with ``stdin`` forward our
+    input; with ``tty`` put our terminal in raw mode (restored on the way out) and pass
+    on window-size changes. The pull of a missing ``image`` (``run``) shows its
+    progress on stderr. Returns the op's final result."""
+    import signal
+    import threading
+
+    state = {"id": container_id}
+    raw_tty = tty and stdin and os.isatty(0)
+    saved_tty = None
+    old_handlers: dict[int, Any] = {}
+
+    def size() -> tuple[int, int]:
+        cols, rows = os.get_terminal_size(0 if os.isatty(0) else 1)
+        return rows, cols
+
+    def forward_input() -> None:
+        try:
+            while data := os.read(0, 65536):
+                attachment.send(data)
+            attachment.close_stdin()
+        except (OSError, SandboxError):
+            return               # the op ended under us: nothing more to forward
+
+    # Signal handlers run in this (the main) thread between reads of the stream; the
+    # connection serialises sends, so they may send directly.
+    def resize() -> None:
+        rows, cols = size()
+        if rows and cols:           # a terminal that reports no size (0x0): keep the pty's
+            attachment.resize(rows, cols)
+
+    def on_winch(signum: int, frame: Any) -> None:
+        try:
+            resize()
+        except (OSError, SandboxError):
+            pass
+
+    def proxy(signum: int, frame: Any) -> None:
+        # Docker's --sig-proxy: the container gets the signal we got.
+        if not state["id"]:
+            attachment.cancel()
+            return
+        try:
+            with connection(host, autostart=False) as other:
+                other.call("container.kill", {"id": state["id"], "signal": signum})
+        except SandboxError:
+            pass
+
+    try:
+        if raw_tty:
+            import termios
+            import tty as tty_module
+            saved_tty = termios.tcgetattr(0)
+            tty_module.setraw(0, termios.TCSANOW)     # keep what was typed already
+        if tty and (os.isatty(0) or os.isatty(1)):
+            resize()
+            old_handlers[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, on_winch)
+        if sig_proxy and not tty:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                        signal.SIGUSR1, signal.SIGUSR2):
+                old_handlers[sig] = signal.signal(sig, proxy)
+        if stdin:
+            threading.Thread(target=forward_input, name="sbx-stdin", daemon=True).start()
+        out, err = sys.stdout.buffer, sys.stderr.buffer
+        display = Progress(sys.stderr, eol="\r\n" if raw_tty else "\n",
+                           first=f"Unable to find image '{image}' locally")
+        for event, data in attachment:
+            if event == "stdout":
+                write(out, data)
+            elif event == "stderr":
+                write(err, data)
+            elif event in ("created", "started") and isinstance(data, dict):
+                state["id"] = data.get("id", state["id"])
+            elif event == "progress" and isinstance(data, dict):
+                display.show(data)
+        return attachment.result()
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        if saved_tty is not None:
+            import termios
+            termios.tcsetattr(0, termios.TCSADRAIN, saved_tty)
+
+
+class Progress:
+    """Docker's pull/push progress. On a terminal: one line per layer, redrawn in place
+    (status and a bar of bytes done); otherwise a line each time a layer's status
+    changes (no byte counts: logs stay short)."""
+
+    def __init__(self, stream: TextIO, eol: str = "\n", first: str = ""):
+        self.stream = stream
+        self.eol = eol                      # "\r\n" while our terminal is in raw mode
+        self.first = first                  # a line to print before the first event
+        self.tty = stream.isatty()
+        self.rows: dict[str, int] = {}      # layer id -> its line, counted from the top
+        self.lines = 0
+        self.status: dict[str, str] = {}
+
+    def show(self, event: dict[str, Any]) -> None:
+        if self.first:
+            self.first, first = "", self.first
+            self._line(first)
+        layer, status = event.get("id"), str(event.get("status", ""))
+        text = f"{layer}: {status}" if layer else status
+        if not isinstance(layer, str) or not layer:
+            self._line(text)
+            return
+        if not self.tty:
+            if self.status.get(layer) != status:
+                self.status[layer] = status
+                self._line(text)
+            return
+        total, current = event.get("total"), event.get("current")
+        if isinstance(total, int) and total > 0 and isinstance(current, int):
+            text = f"{text} {_bar(current, total)}"
+        if layer in self.rows:
+            up = self.lines - self.rows[layer]
+            # Up to the layer's line, clear it, write, back down.
+            self.stream.write(f"\x1b[{up}A\r\x1b[2K{text}\r\x1b[{up}B")
+            self.stream.flush()
+        else:
+            self.rows[layer] = self.lines
+            self._line(text)
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + self.eol)
+        self.stream.flush()
+        self.lines += 1
+
+
+def _bar(current: int, total: int, width: int = 50) -> str:
+    from ..render import human_size
+    done = min(width, width * current // total)
+    arrow = ">" if done < width else ""
+    return (f"[{'=' * (done - len(arrow))}{arrow}{' ' * (width - done)}] "
+            f"{human_size(current)}/{human_size(total)}")
+
+
+def follow(attachment: Stream, display: Progress | None) -> Any:
+    for event, data in attachment:
+        if event == "progress" and display is not None and isinstance(data, dict):
+            display.show(data)
+    return attachment.result()
+
+
+# ---------------------------------------------------------------- exit statuses
+
+def report(exc: BaseException) -> int:
+    """An error that ends ``sbx``, printed with Docker's wording; the exit status."""
+    if isinstance(exc, CliError):
+        hint = f"\nSee '{exc.command_path} --help'." if exc.status == EXIT_DAEMON else ""
+        print(f"sbx: {exc}{hint}", file=sys.stderr)
+        return exc.status
+    if isinstance(exc, Unavailable):
+        # No daemon answered: nothing "responded", so say what failed and how to fix it.
+        print(f"sbx: {exc.message}", file=sys.stderr)
+        return EXIT_DAEMON
+    if isinstance(exc, (CommandNotFound, CommandNotExecutable)):
+        print(f"sbx: Error response from daemon: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, SandboxError):
+        print(f"sbx: Error response from daemon: {exc.message}", file=sys.stderr)
+        return EXIT_DAEMON
+    if isinstance(exc, BrokenPipeError):
+        # Our reader went away (``sbx logs x | head``): stop quietly like other tools.
+        sys.stderr.close()
+        return 141
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    raise exc
+
+
+REPORTED = (CliError, SandboxError, BrokenPipeError, KeyboardInterrupt)

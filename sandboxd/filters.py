@@ -1,0 +1,119 @@
+"""Docker's ``--filter`` semantics for ``ps`` and ``network ls``, pure, so the daemon
+and the client agree on what a filter means: values of one key are OR-ed, keys AND-ed."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+from .errors import InvalidArgument, NotFound
+from .model import BUILTIN_NETWORKS, STATUSES, ContainerRecord, NetworkRecord, pairs
+
+NETWORK_FILTER_KEYS = ("driver", "id", "label", "name", "scope", "type")
+
+
+def filter_networks(networks: Sequence[NetworkRecord], filters: Mapping[str, Sequence[str]]
+                    ) -> list[NetworkRecord]:
+    """Docker's ``network ls --filter``: ``name`` and ``id`` match any part, ``label``
+    ``k`` or ``k=v``, ``type`` builtin or custom; values of a key OR-ed, keys AND-ed."""
+    unknown = [k for k in filters if k not in NETWORK_FILTER_KEYS]
+    if unknown:
+        raise InvalidArgument(f"filters: unknown key(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(NETWORK_FILTER_KEYS)})")
+    for value in filters.get("type", ()):
+        if value not in ("builtin", "custom"):
+            raise InvalidArgument(f"filters.type: {value!r} is not builtin or custom")
+
+    def match(n: NetworkRecord) -> bool:
+        labels = pairs(n.labels)
+        checks = {
+            "driver": lambda v: n.driver == v,
+            "id": lambda v: v in n.id,
+            "label": lambda v: (v.partition("=")[0] in labels and
+                                ("=" not in v or labels[v.partition("=")[0]] ==
+                                 v.partition("=")[2])),
+            "name": lambda v: v in n.name,
+            "scope": lambda v: n.scope == v,
+            "type": lambda v: (n.name in BUILTIN_NETWORKS) == (v == "builtin"),
+        }
+        return all(any(checks[key](v) for v in values) for key, values in filters.items())
+
+    return [n for n in networks if match(n)]
+
+
+FILTER_KEYS = ("id", "name", "label", "status", "exited", "ancestor", "before", "since",
+               "network", "volume", "expose", "publish")
+
+
+def parse_filters(items: Iterable[str]) -> dict[str, list[str]]:
+    """``--filter key=value`` flags -> ``{key: [values]}``."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in FILTER_KEYS:
+            raise InvalidArgument(f"filter: {item!r} is not KEY=VALUE with KEY one of "
+                                  f"{', '.join(FILTER_KEYS)}")
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def filter_records(records: Sequence[ContainerRecord], filters: Mapping[str, Sequence[str]]
+                   ) -> list[ContainerRecord]:
+    """Docker's ``ps --filter`` semantics: values of one key are OR-ed, keys AND-ed.
+    Pure, so the daemon and the client agree on what a filter means."""
+    unknown = [k for k in filters if k not in FILTER_KEYS]
+    if unknown:
+        raise InvalidArgument(f"filters: unknown key(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(FILTER_KEYS)})")
+    for value in filters.get("status", ()):
+        if value not in STATUSES:
+            raise InvalidArgument(f"filters.status: {value!r} is not one of "
+                                  f"{', '.join(STATUSES)}")
+    by_ref = {r.id: r for r in records}
+    by_ref.update({r.name: r for r in records})
+
+    def anchor(key: str) -> float | None:
+        values = filters.get(key)
+        if not values:
+            return None
+        ref = by_ref.get(values[0]) or next(
+            (r for r in records if r.id.startswith(values[0])), None)
+        if ref is None:
+            raise NotFound(f"filters.{key}: no such container: {values[0]}")
+        return ref.created
+
+    before, since = anchor("before"), anchor("since")
+
+    def match(r: ContainerRecord) -> bool:
+        labels = r.config.labels_dict()
+        checks = {
+            "id": lambda v: r.id.startswith(v),
+            "name": lambda v: re.search(v, r.name) is not None,
+            "label": lambda v: (v.partition("=")[0] in labels and
+                                ("=" not in v or labels[v.partition("=")[0]] ==
+                                 v.partition("=")[2])),
+            "status": lambda v: r.state.status == v,
+            "exited": lambda v: r.state.status == "exited" and str(r.state.exit_code) == v,
+            "ancestor": lambda v: v in (r.config.image, r.image_id) or
+            r.image_id.split(":", 1)[-1].startswith(v),
+            "network": lambda v: any(e.network == v for e in r.endpoints) or
+            r.config.host.network_mode == v,
+            "volume": lambda v: any(v in (m.source, m.destination)
+                                    for m in r.config.host.mounts),
+            "expose": lambda v: v in r.config.exposed_ports or f"{v}/tcp" in
+            r.config.exposed_ports,
+            "publish": lambda v: any(f"{b.host_port}" == v.partition("/")[0]
+                                     for b in r.ports),
+        }
+        for key, values in filters.items():
+            if key in ("before", "since"):
+                continue
+            if not any(checks[key](v) for v in values):
+                return False
+        if before is not None and not r.created < before:
+            return False
+        if since is not None and not r.created > since:
+            return False
+        return True
+
+    return [r for r in records if match(r)]

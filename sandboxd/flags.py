@@ -1,0 +1,378 @@
+"""User-facing options -> the model: ``sbx`` flags and ``Client`` keywords.
+
+:func:`build_config` is the one place options become a validated ``ContainerConfig``
+(every problem reported at once); the small parsers it uses read one flag each
+(``-v``, ``--tmpfs``, ``-p``, ``--link``, ``--label``, ``--storage-opt``).
+:func:`config_from_options` is the daemon's side of ``{"options": {...}}`` and
+:func:`build_update` reads ``sbx update``'s flags.
+"""
+from __future__ import annotations
+
+import shlex
+import signal as _signal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .envfile import resolve_env
+from .errors import InvalidArgument
+from .model import ContainerConfig, HostConfig, Link, PortBinding
+from .runner import spec
+from .runner.spec import UNLIMITED, Mount, Ulimit
+from .securityopt import read_security_opt
+from .validate import PROTOCOLS, check_config, check_host, parse_signal
+
+__all__ = [
+    "build_config", "config_from_options", "build_update", "parse_volume", "parse_tmpfs",
+    "parse_publish", "parse_link", "parse_labels", "parse_storage_opts", "split_command",
+]
+
+
+def parse_volume(text: str) -> Mount:
+    """``-v /host:/ctr[:ro|rw]`` -> a bind mount. Named volumes are not supported."""
+    parts = str(text).split(":")
+    if len(parts) == 2:
+        source, dest, mode = parts[0], parts[1], ""
+    elif len(parts) == 3:
+        source, dest, mode = parts
+    else:
+        raise InvalidArgument(f"volume: {text!r} is not /host/path:/container/path[:ro]")
+    options = [o for o in mode.split(",") if o]
+    unknown = [o for o in options if o not in ("ro", "rw", "z", "Z", "private", "rprivate")]
+    if unknown:
+        raise InvalidArgument(f"volume {text!r}: unknown mode {','.join(unknown)!r} "
+                              f"(use ro or rw)")
+    if not source.startswith("/"):
+        raise InvalidArgument(f"volume {text!r}: the source {source!r} must be an absolute "
+                              f"host path (named volumes are not supported)")
+    return Mount(destination=dest, type="bind", source=source, readonly="ro" in options)
+
+
+def parse_storage_opts(opts: Sequence[str] | Mapping[str, str]) -> int | None:
+    """``--storage-opt size=10G`` (Docker's flag; ``size`` is the one option) -> bytes,
+    or None when not given."""
+    items = [f"{k}={v}" for k, v in opts.items()] if isinstance(opts, Mapping) else opts
+    size: int | None = None
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or key.strip().lower() != "size":
+            raise InvalidArgument(f"storage-opt: {item!r} is not size=N (size is the only "
+                                  f"storage option, e.g. size=10G)")
+        size = spec.parse_size(value, "storage-opt size")
+    return size
+
+
+def parse_tmpfs(text: str) -> Mount:
+    """``--tmpfs /run[:rw,noexec,size=64m]`` -> a tmpfs mount with those options."""
+    dest, _, opts = str(text).partition(":")
+    options = tuple(o for o in opts.split(",") if o)
+    readonly = "ro" in options
+    return Mount(destination=dest, type="tmpfs",
+                 options=tuple(o for o in options if o not in ("ro", "rw")),
+                 readonly=readonly)
+
+
+def _port_range(text: str, what: str, allow_zero: bool) -> list[int]:
+    low, dash, high = text.partition("-")
+    try:
+        first = int(low)
+        last = int(high) if dash else first
+    except ValueError:
+        raise InvalidArgument(f"publish: invalid {what} port {text!r}") from None
+    lowest = 0 if allow_zero else 1
+    if not (lowest <= first <= 65535 and lowest <= last <= 65535) or last < first:
+        raise InvalidArgument(f"publish: {what} port {text!r} is outside "
+                              f"{lowest}..65535")
+    return list(range(first, last + 1))
+
+
+def parse_publish(text: str) -> list[PortBinding]:
+    """``-p [ip:][host[-end]:]container[-end][/proto]`` -> one binding per port."""
+    rest, slash, proto = str(text).partition("/")
+    proto = proto.lower() if slash else "tcp"
+    if proto not in PROTOCOLS:
+        raise InvalidArgument(f"publish {text!r}: protocol {proto!r} is not one of "
+                              f"{', '.join(PROTOCOLS)}")
+    if rest.startswith("["):                      # [::1]:8080:80, [::1]::80 (Docker's)
+        ip, _, rest = rest[1:].partition("]")
+        parts = [ip] + rest[1:].split(":") if rest.startswith(":") else []
+        if len(parts) != 3:
+            raise InvalidArgument(f"publish: {text!r} is not [ipv6]:[host]:container"
+                                  f"[/proto]")
+    else:
+        parts = rest.split(":")
+    if len(parts) == 1:
+        ip, host, ctr = "", "", parts[0]
+    elif len(parts) == 2:
+        ip, host, ctr = "", parts[0], parts[1]
+    elif len(parts) == 3:
+        ip, host, ctr = parts
+    else:
+        raise InvalidArgument(f"publish: {text!r} is not [ip:][host:]container[/proto]")
+    ctr_ports = _port_range(ctr, "container", allow_zero=False)
+    host_ports = _port_range(host, "host", allow_zero=True) if host else [0] * len(ctr_ports)
+    if len(host_ports) == 1 and len(ctr_ports) > 1 and host_ports[0] == 0:
+        host_ports = [0] * len(ctr_ports)
+    if len(host_ports) != len(ctr_ports):
+        raise InvalidArgument(f"publish {text!r}: host and container port ranges differ "
+                              f"in length")
+    return [PortBinding(container_port=c, protocol=proto, host_ip=ip, host_port=h)
+            for h, c in zip(host_ports, ctr_ports)]
+
+
+def parse_link(text: str) -> Link:
+    """``--link name[:alias]``."""
+    name, _, alias = str(text).partition(":")
+    name = name.lstrip("/")
+    return Link(name=name, alias=alias or name)
+
+
+def parse_labels(labels: Iterable[str] | Mapping[str, Any]) -> list[str]:
+    """``--label k=v`` or ``k`` (empty value); a mapping from the Python API."""
+    if isinstance(labels, Mapping):
+        return [f"{k}={'' if v is None else v}" for k, v in labels.items()]
+    return [entry if "=" in entry else f"{entry}=" for entry in labels]
+
+
+def split_command(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """A command as a tuple; a string is split like a shell would (docker-py does so)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(shlex.split(value))
+    return tuple(str(v) for v in value)
+
+
+def _parse_limits(memory: int | str | None, memory_swap: int | str | None,
+                  cpus: float | str | None, problems: list[str]) -> dict[str, int | None]:
+    """Sizes and ``--cpus`` -> bytes and nano-CPUs, problems appended to ``problems``."""
+    def size(value: int | str, what: str) -> int | None:
+        try:
+            return spec.parse_size(value, what)
+        except InvalidArgument as e:
+            problems.append(e.message)
+            return None
+
+    mem = size(memory, "memory") if memory is not None else None
+    if memory_swap is None or memory_swap in (0, "0"):
+        swap = None
+    elif str(memory_swap).strip() == "-1":
+        swap = UNLIMITED
+    else:
+        swap = size(memory_swap, "memory_swap")
+    nano = None
+    if cpus is not None:
+        try:
+            cpus_value = float(cpus)
+        except (TypeError, ValueError):
+            problems.append(f"cpus: {cpus!r} is not a number")
+        else:
+            if not 0 < cpus_value <= 1e6:
+                problems.append(f"cpus: must be a positive number of CPUs, got {cpus!r}")
+            else:
+                nano = round(cpus_value * 1e9)
+    return {"memory": mem, "memory_swap": swap, "nano_cpus": nano}
+
+
+def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
+                 entrypoint: str | Sequence[str] | None = None,
+                 env: Mapping[str, Any] | Sequence[str] | None = None,
+                 env_files: Sequence[str] = (),
+                 workdir: str = "", user: str = "", hostname: str = "",
+                 tty: bool = False, open_stdin: bool = False,
+                 labels: Mapping[str, Any] | Sequence[str] | None = None,
+                 expose: Sequence[str | int] = (),
+                 stop_signal: str | int = "SIGTERM", stop_timeout: int | None = None,
+                 memory: int | str | None = None, memory_swap: int | str | None = None,
+                 cpus: float | str | None = None, cpu_quota: int | None = None,
+                 cpu_period: int | None = None, cpu_shares: int | None = None,
+                 pids_limit: int | None = None,
+                 ulimits: Sequence[str | Ulimit] | Mapping[str, Any] = (),
+                 uts_mode: str = "", ipc_mode: str = "", pid_mode: str = "",
+                 network_mode: str = "default", ip: str = "",
+                 links: Sequence[str | Link] | Mapping[str, str] = (),
+                 ports: Sequence[str | PortBinding] | Mapping[Any, Any] = (),
+                 publish_all_ports: bool = False,
+                 volumes: Sequence[str | Mount] = (),
+                 tmpfs: Sequence[str] | Mapping[str, str] = (),
+                 read_only: bool = False, init: bool = False,
+                 cap_add: Sequence[str] = (), cap_drop: Sequence[str] = (),
+                 security_opt: Sequence[str] = (), privileged: bool = False,
+                 auto_remove: bool = False, timeout: float | None = None,
+                 storage_opt: Sequence[str] | Mapping[str, str] = (),
+                 log_driver: str = "", log_opts: Sequence[str] | Mapping[str, Any] = (),
+                 entry: str = "", zygote: bool = False,
+                 environ: Mapping[str, str] | None = None,
+                 local_files: bool = True) -> ContainerConfig:
+    """The one place user-facing options (``sbx`` flags, ``Client`` keywords) become a
+    validated ``ContainerConfig``. Sizes take ``64m``-style strings or bytes; ``ports``
+    takes ``-p`` strings or ``{container: host}``; ``ulimits`` ``name=soft[:hard]`` or
+    ``{name: limit | (soft, hard)}``. Every problem is reported at once."""
+    problems: list[str] = []
+
+    def attempt(func, *args):
+        try:
+            return func(*args)
+        except InvalidArgument as e:
+            problems.extend(e.details.get("problems") or [e.message])
+            return None
+
+    env_list: list[str] = attempt(resolve_env, env_files, env, environ) or []
+    if isinstance(security_opt, str):
+        security_opt = [security_opt]
+    # seccomp=FILE: read here, on the caller's machine (the daemon passes local_files
+    # False, and then a file name is refused by the check).
+    security_list = (attempt(read_security_opt, security_opt) if local_files
+                     else list(security_opt)) or []
+
+    limits = _parse_limits(memory, memory_swap, cpus, problems)
+
+    ulimit_list: list[Ulimit] = []
+    items = ulimits.items() if isinstance(ulimits, Mapping) else ulimits
+    for item in items:
+        if isinstance(item, Ulimit):
+            ulimit_list.append(item)
+        elif isinstance(item, tuple) and len(item) == 2:      # from a mapping
+            name, limit = item
+            soft, hard = limit if isinstance(limit, (tuple, list)) else (limit, limit)
+            parsed = attempt(spec.parse_ulimit, f"{name}={soft}:{hard}")
+            if parsed:
+                ulimit_list.append(parsed)
+        else:
+            parsed = attempt(spec.parse_ulimit, item)
+            if parsed:
+                ulimit_list.append(parsed)
+
+    link_items = ([f"{k}:{v}" for k, v in links.items()] if isinstance(links, Mapping)
+                  else links)
+    link_list = [l if isinstance(l, Link) else parse_link(l) for l in link_items]
+
+    bindings: list[PortBinding] = []
+    if isinstance(ports, Mapping):
+        port_texts = []
+        for ctr, host_side in ports.items():
+            ctr_text = str(ctr)
+            if isinstance(host_side, tuple):                 # (ip, port)
+                port_texts.append(f"{host_side[0]}:{host_side[1] or ''}:{ctr_text}")
+            else:
+                port_texts.append(f"{host_side}:{ctr_text}" if host_side else ctr_text)
+    else:
+        port_texts = ports
+    for p in port_texts:
+        if isinstance(p, PortBinding):
+            bindings.append(p)
+        else:
+            bindings += attempt(parse_publish, p) or []
+
+    exposed = []
+    for e in expose:
+        number, slash, proto = str(e).partition("/")
+        exposed.append(f"{number}/{proto.lower() if slash else 'tcp'}")
+    for b in bindings:                        # a published port is an exposed port
+        key = f"{b.container_port}/{b.protocol}"
+        if key not in exposed:
+            exposed.append(key)
+
+    mounts: list[Mount] = []
+    for v in volumes:
+        if isinstance(v, Mount):
+            mounts.append(v)
+        else:
+            parsed = attempt(parse_volume, v)
+            if parsed:
+                mounts.append(parsed)
+    tmpfs_items = ([f"{k}:{v}" if v else k for k, v in tmpfs.items()]
+                   if isinstance(tmpfs, Mapping) else tmpfs)
+    mounts += [parse_tmpfs(t) for t in tmpfs_items]
+
+    storage_size = attempt(parse_storage_opts, storage_opt)
+    log_list = [f"{k}={v}" for k, v in log_opts.items()] if isinstance(log_opts, Mapping) \
+        else [str(o) for o in log_opts]
+
+    signal_name = str(stop_signal)
+    parsed_signal = attempt(parse_signal, stop_signal)
+    if parsed_signal is not None and isinstance(stop_signal, int):
+        signal_name = _signal.Signals(parsed_signal).name
+
+    host = HostConfig(
+        memory=limits["memory"], memory_swap=limits["memory_swap"],
+        nano_cpus=limits["nano_cpus"], cpu_quota=cpu_quota or None,
+        cpu_period=cpu_period or None, cpu_shares=cpu_shares or None,
+        pids_limit=pids_limit if pids_limit not in (None, 0) else None,
+        ulimits=tuple(ulimit_list), uts_mode=uts_mode, ipc_mode=ipc_mode,
+        pid_mode=pid_mode, network_mode=network_mode or "default", ip_address=ip or "",
+        links=tuple(link_list),
+        port_bindings=tuple(bindings), publish_all=bool(publish_all_ports),
+        mounts=tuple(mounts), read_only=bool(read_only),
+        init=bool(init), cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
+        security_opt=tuple(security_list), privileged=bool(privileged),
+        auto_remove=bool(auto_remove), timeout=timeout, storage_size=storage_size,
+        log_driver=log_driver or "", log_opts=tuple(log_list))
+    config = ContainerConfig(
+        image=image, cmd=split_command(cmd),
+        entrypoint=None if entrypoint is None else
+        ((entrypoint,) if isinstance(entrypoint, str) and entrypoint
+         else split_command(entrypoint)),
+        env=tuple(env_list), workdir=workdir or "", user=user or "",
+        hostname=hostname or "", tty=bool(tty), open_stdin=bool(open_stdin),
+        labels=tuple(parse_labels(labels or ())), exposed_ports=tuple(exposed),
+        stop_signal=signal_name, stop_timeout=stop_timeout, host=host, entry=entry or "",
+        zygote=bool(zygote))
+    problems += check_config(config, skip_parsed=True)
+    if problems:
+        raise InvalidArgument.of(_unique(problems))
+    return config
+
+
+# What ``container.create``/``run`` accept as ``options``: build_config's keywords, less
+# the two that read the caller's machine (files, environment), which the caller resolves.
+CLIENT_SIDE = frozenset({"env_files", "environ", "local_files"})
+
+
+def config_from_options(options: Any) -> ContainerConfig:
+    """The daemon's side of ``{"options": {...}}``: the caller's keyword options (``sbx``
+    flags as given, ``-e``/``--env-file`` already resolved) built and validated here, so
+    a client need not import the model. Wrong names or types are an InvalidArgument."""
+    import inspect
+    if not isinstance(options, Mapping):
+        raise InvalidArgument(f"options: expected a map, got {type(options).__name__}")
+    allowed = set(inspect.signature(build_config).parameters) - CLIENT_SIDE
+    unknown = sorted(str(k) for k in options if k not in allowed)
+    if unknown:
+        raise InvalidArgument(f"options: unknown option(s) {', '.join(unknown)}")
+    if not isinstance(options.get("image"), str):
+        raise InvalidArgument("options: 'image' (a string) is required")
+    try:
+        return build_config(**options, environ={}, local_files=False)
+    except (TypeError, AttributeError, ValueError) as e:
+        raise InvalidArgument(f"options: a value has the wrong type ({e})") from None
+
+
+def build_update(*, memory: int | str | None = None, memory_swap: int | str | None = None,
+                 cpus: float | str | None = None, cpu_quota: int | None = None,
+                 cpu_period: int | None = None, cpu_shares: int | None = None,
+                 pids_limit: int | None = None) -> dict[str, int]:
+    """``sbx update`` flags / ``Container.update()`` keywords -> ``container.update``
+    params: only what changes, in kernel units. Each value is checked here; how they
+    combine with the stored ones (swap below memory ...) only the daemon can check."""
+    problems: list[str] = []
+    limits = _parse_limits(memory, memory_swap, cpus, problems)
+    out = {k: v for k, v in dict(limits, cpu_quota=cpu_quota, cpu_period=cpu_period,
+                                 cpu_shares=cpu_shares, pids_limit=pids_limit).items()
+           if v is not None}
+    if not out and not problems:
+        raise InvalidArgument("update: nothing to change (give memory, memory_swap, cpus, "
+                              "cpu_quota, cpu_period, cpu_shares or pids_limit)")
+    mem = out.get("memory")
+    swap = out.get("memory_swap") if mem is not None else None
+    host = HostConfig(memory=mem, memory_swap=swap, nano_cpus=out.get("nano_cpus"),
+                      cpu_quota=cpu_quota, cpu_period=cpu_period, cpu_shares=cpu_shares,
+                      pids_limit=pids_limit)
+    if not problems:
+        problems += [p for p in check_host(host)]
+    if problems:
+        raise InvalidArgument.of(_unique(problems))
+    return out
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))

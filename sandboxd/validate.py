@@ -1,0 +1,238 @@
+"""The rules a container request must follow, as a flat list of checks.
+
+Each check takes a value of the model (:mod:`sandboxd.model`) and returns its problems,
+each naming the field it is about (``host.memory: ...``), so one ``InvalidArgument`` can
+list all of them (runc's ``configs/validate`` is the model). :func:`check_config` is what
+``ContainerConfig.validate`` and :func:`sandboxd.flags.build_config` run; the daemon runs
+:func:`check_log_config` on its own defaults. The limits' arithmetic (memory below swap,
+quota against period ...) is the runner's :func:`sandboxd.runner.spec.check_limits`,
+named here by our field names.
+"""
+from __future__ import annotations
+
+import re
+import signal as _signal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .errors import InvalidArgument
+from .runner import spec
+from .runner.spec import UNLIMITED
+from .securityopt import check_security_opt
+
+if TYPE_CHECKING:       # annotations only: the model imports this module to validate itself
+    from .model import ContainerConfig, HostConfig
+
+LOG_DRIVERS = ("json-file", "local", "none")
+LOG_OPTS = ("max-size", "max-file")
+MIN_LOG_SIZE = 4 << 10
+MIN_STORAGE_SIZE = 16 << 20            # runner.layers.MIN_SIZE: ext4 with a journal
+PROTOCOLS = ("tcp", "udp", "sctp")
+# What a container's ``entry`` may name: the daemon's allow-list (trusted code its
+# runner's template imports once), never a client's choice.
+TEMPLATE_ENTRIES = ("pytest_sandbox.worker:main",)
+
+MAX_NAME = 255
+_NAME = re.compile(r"^/?[A-Za-z0-9][A-Za-z0-9_.-]+\Z")   # Docker: at least two characters
+_USER = re.compile(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$")
+_IMAGE = re.compile(r"^[^\s\x00]+$")
+
+
+def check_name(name: str, where: str = "name") -> list[str]:
+    """Docker's container-name rule: ``[A-Za-z0-9][A-Za-z0-9_.-]+``, at most
+    ``MAX_NAME`` characters (a name is a path component and a log field)."""
+    if isinstance(name, str) and len(name) > MAX_NAME:
+        return [f"{where}: the container name is {len(name)} characters long; at most "
+                f"{MAX_NAME} are allowed"]
+    if not isinstance(name, str) or not _NAME.match(name):
+        return [f"{where}: invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] "
+                f"are allowed, at least two characters"]
+    return []
+
+
+def parse_signal(value: str | int) -> int:
+    """``SIGKILL``, ``KILL``, ``kill`` or ``9`` -> 9."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        text = str(value).strip().upper()
+        if text.isdigit():
+            number = int(text)
+        else:
+            name = text if text.startswith("SIG") else "SIG" + text
+            try:
+                return int(_signal.Signals[name])
+            except KeyError:
+                raise InvalidArgument(f"signal: unknown signal {value!r}") from None
+    if not 1 <= number <= 64:
+        raise InvalidArgument(f"signal: {number} is not a signal number (1..64)")
+    return number
+
+
+def check_log_config(driver: str, opts: Sequence[str], where: str = "host") -> list[str]:
+    """Problems with a log driver and its ``--log-opt`` values (Docker's names)."""
+    problems = []
+    if driver not in ("", *LOG_DRIVERS):
+        problems.append(f"{where}.log_driver: {driver!r} is not one of "
+                        f"{', '.join(LOG_DRIVERS)} (all store our own log format)")
+    seen = set()
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or key not in LOG_OPTS:
+            problems.append(f"{where}.log_opts: {opt!r} is not max-size=SIZE or "
+                            f"max-file=N (the log options this daemon supports)")
+            continue
+        if key in seen:
+            problems.append(f"{where}.log_opts: {key} given twice")
+        seen.add(key)
+        if driver == "none":
+            problems.append(f"{where}.log_opts: the none log driver takes no options")
+        elif key == "max-size" and value != "-1":
+            try:
+                if spec.parse_size(value, "max-size") < MIN_LOG_SIZE:
+                    problems.append(f"{where}.log_opts: max-size {value} is below the "
+                                    f"minimum of {MIN_LOG_SIZE >> 10}k")
+            except InvalidArgument as e:
+                problems.append(f"{where}.log_opts: {e.message}")
+        elif key == "max-file" and (not value.isdigit() or int(value) < 1):
+            problems.append(f"{where}.log_opts: max-file {value!r} must be a whole number "
+                            f"of at least 1")
+    return problems
+
+
+def cap_name(name: str) -> str:
+    """``cap_net_admin`` or ``CAP_NET_ADMIN`` -> ``NET_ADMIN``."""
+    name = str(name).upper()
+    return name[4:] if name.startswith("CAP_") else name
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_config(c: ContainerConfig, skip_parsed: bool = False) -> list[str]:
+    """Every problem with a request; ``skip_parsed``: the stop signal was already
+    parsed (by ``build_config``, which reported its problem)."""
+    problems: list[str] = []
+    if not isinstance(c.image, str) or not _IMAGE.match(c.image):
+        problems.append(f"image: {c.image!r} is not an image name (no spaces, not empty)")
+    for name in ("cmd", "entrypoint"):
+        for i, arg in enumerate(getattr(c, name) or ()):
+            if "\x00" in arg:
+                problems.append(f"{name}[{i}]: contains a NUL byte")
+    problems += spec.check_env(c.env, "env")
+    if c.entry and c.entry not in TEMPLATE_ENTRIES:
+        problems.append(f"entry: {c.entry!r} is not one the daemon runs from its template "
+                        f"({', '.join(TEMPLATE_ENTRIES)})")
+    if c.workdir and (not c.workdir.startswith("/") or "\x00" in c.workdir):
+        problems.append(f"workdir: {c.workdir!r} is not an absolute path")
+    if c.user and not _USER.match(c.user):
+        problems.append(f"user: {c.user!r} is not uid[:gid] or name[:group]")
+    if c.hostname and (len(c.hostname) > 64 or not spec.HOSTNAME.match(c.hostname)):
+        problems.append(f"hostname: {c.hostname!r} is not a valid host name "
+                        f"(letters, digits, '-', '.', at most 64)")
+    for i, entry in enumerate(c.labels):
+        if not entry.partition("=")[0]:
+            problems.append(f"labels[{i}]: {entry!r} has an empty key")
+    for i, port in enumerate(c.exposed_ports):
+        number, _, proto = port.partition("/")
+        if not number.isdigit() or not 1 <= int(number) <= 65535 or proto not in PROTOCOLS:
+            problems.append(f"exposed_ports[{i}]: {port!r} is not PORT/tcp|udp|sctp "
+                            f"with PORT in 1..65535")
+    if not skip_parsed:
+        try:
+            parse_signal(c.stop_signal)
+        except InvalidArgument as e:
+            problems.append(f"stop_signal: {e.message}")
+    if c.stop_timeout is not None and c.stop_timeout < -1:
+        problems.append(f"stop_timeout: must be -1 (wait forever) or more, "
+                        f"got {c.stop_timeout}")
+    problems += check_host(c.host)
+    return problems
+
+
+def check_host(h: HostConfig) -> list[str]:
+    """Every problem with a HostConfig (limits, namespaces, network, mounts ...)."""
+    problems: list[str] = []
+    if h.nano_cpus is not None and h.nano_cpus <= 0:
+        problems.append(f"host.nano_cpus: must be positive, got {h.nano_cpus}")
+    elif h.nano_cpus and (h.cpu_quota or h.cpu_period):
+        # Docker refuses both ways of limiting CPU time at once.
+        for name in ("cpu_quota", "cpu_period") if h.cpu_quota and h.cpu_period else \
+                ("cpu_quota",) if h.cpu_quota else ("cpu_period",):
+            flag = "--" + name.replace("_", "-")
+            problems.append(f"host.nano_cpus: conflicting options: --cpus and {flag} "
+                            f"cannot both be set (use one)")
+    else:
+        # check_limits names the runner's fields; say ours (pids_limit, not pids).
+        problems += [p.replace("host.pids:", "host.pids_limit:")
+                     for p in spec.check_limits(h.limits(), "host")]
+    if h.memory is not None and h.memory < UNLIMITED:
+        problems.append(f"host.memory: {h.memory} is negative")
+    problems += spec.check_ulimits(h.ulimits, "host.ulimits")
+    if h.uts_mode not in ("", "host"):
+        problems.append(f"host.uts_mode: {h.uts_mode!r} is not '' or 'host'")
+    if h.ipc_mode not in ("", "private", "shareable", "host", "none") and \
+            not h.ipc_mode.startswith("container:"):
+        problems.append(f"host.ipc_mode: {h.ipc_mode!r} is not private, shareable, host, "
+                        f"none or container:NAME")
+    if h.pid_mode not in ("", "host") and not h.pid_mode.startswith("container:"):
+        problems.append(f"host.pid_mode: {h.pid_mode!r} is not '', host or container:NAME")
+    mode = h.network_mode
+    if not mode or (mode.startswith("container:") and not mode[len("container:"):]):
+        problems.append(f"host.network_mode: {mode!r} names no network or container")
+    elif not mode.startswith("container:") and not _NAME.match(mode) and mode not in (
+            "default", "bridge", "none", "host"):
+        problems.append(f"host.network_mode: {mode!r} is not a network name")
+    if h.ip_address and (not _is_ip(h.ip_address) or ":" in h.ip_address):
+        problems.append(f"host.ip_address: {h.ip_address!r} is not an IPv4 address")
+    elif h.ip_address and (mode in ("default", "bridge", "none", "host")
+                           or mode.startswith("container:")):
+        problems.append("host.ip_address: user specified IP address is supported on user "
+                        "defined networks only")
+    if h.port_bindings and (mode in ("none", "host") or mode.startswith("container:")):
+        problems.append(f"host.port_bindings: conflicting options: port publishing and "
+                        f"the {mode} network mode")
+    if h.links and (mode in ("none", "host") or mode.startswith("container:")):
+        problems.append(f"host.links: conflicting options: links and the {mode} network "
+                        f"mode")
+    for i, link in enumerate(h.links):
+        problems += check_name(link.name, f"host.links[{i}].name")
+        if not _NAME.match(link.alias) and not re.match(r"^[A-Za-z0-9]$", link.alias):
+            problems.append(f"host.links[{i}].alias: {link.alias!r} is not a valid alias")
+    for i, b in enumerate(h.port_bindings):
+        where = f"host.port_bindings[{i}]"
+        if not 1 <= b.container_port <= 65535:
+            problems.append(f"{where}.container_port: {b.container_port} is outside "
+                            f"1..65535")
+        if not 0 <= b.host_port <= 65535:
+            problems.append(f"{where}.host_port: {b.host_port} is outside 0..65535")
+        if b.protocol not in PROTOCOLS:
+            problems.append(f"{where}.protocol: {b.protocol!r} is not tcp, udp or sctp")
+        if b.host_ip and not _is_ip(b.host_ip):
+            problems.append(f"{where}.host_ip: {b.host_ip!r} is not an IP address")
+    # The runner's own mount checks, named by our field.
+    problems += [p.replace("mounts[", "host.mounts[", 1)
+                 for p in spec.check_mounts(h.mounts)]
+    destinations = [m.destination.rstrip("/") for m in h.mounts]
+    for d in sorted({d for d in destinations if destinations.count(d) > 1}):
+        problems.append(f"host.mounts: {d} is mounted twice (duplicate mount point)")
+    for name in ("cap_add", "cap_drop"):
+        for cap in getattr(h, name):
+            if cap_name(cap) != "ALL" and cap_name(cap) not in spec.KNOWN_CAPS:
+                problems.append(f"host.{name}: unknown capability {cap!r}")
+    problems += check_security_opt(h.security_opt)
+    if h.storage_size is not None and h.storage_size != 0 and \
+            h.storage_size < MIN_STORAGE_SIZE:
+        problems.append(f"host.storage_size: {h.storage_size} bytes is below the minimum of "
+                        f"{MIN_STORAGE_SIZE >> 20}m (or 0: no cap)")
+    problems += check_log_config(h.log_driver, h.log_opts)
+    if h.timeout is not None and not h.timeout > 0:
+        problems.append(f"host.timeout: must be a positive number of seconds, "
+                        f"got {h.timeout}")
+    return problems
