@@ -12,6 +12,7 @@ Figures are printed (``-s``) and go to docs/security.md.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -73,8 +74,9 @@ def test_fuzz_requests_and_frames(fuzz_daemon):
     before = fuzz.proc_figures(pid)
     started = time.monotonic()
     # Each example is two connections: BATCH requests (2 frames each: the request and a
-    # stdin_eof, after a hello) and one garbage frame (after a hello, or not).
-    examples = max(1, round(FRAMES / (2 * BATCH + 1 + 1.5)))
+    # stdin_eof, after a hello) and one garbage frame (after a hello, or not). 3% more
+    # examples than the mean asks for: the run reaches FRAMES whatever the draws.
+    examples = max(1, math.ceil(FRAMES * 1.03 / (2 * BATCH + 1 + 1.5)))
 
     @settings(max_examples=examples, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
@@ -97,7 +99,7 @@ def test_fuzz_requests_and_frames(fuzz_daemon):
           f"{dict(sorted(tally.codes.items()))}; unanswered {requests.unanswered}; "
           f"before {before}; after {after}")
     assert not requests.internal + tally.internal, requests.internal + tally.internal
-    assert frames >= FRAMES * 0.9
+    assert frames >= FRAMES
     assert after["threads"] <= before["threads"] + 8
     assert after["rss_kib"] - before["rss_kib"] < 48 * 1024, (before, after)
     log = d.log(1 << 30)
