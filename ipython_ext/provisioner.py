@@ -42,11 +42,12 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import zmq
@@ -75,6 +76,16 @@ PASSED_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "LC_NUMER
               "TERM", "COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "CLICOLOR",
               "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONIOENCODING", "PYTHONUTF8",
               "MPLBACKEND")
+
+
+def _client_view() -> Any:
+    """This process's Python environment as the kernel's container shows it, without
+    ``sys.path[0]``: the directory of the script that started the client, or its working
+    directory (a home directory, say), is incidental to the environment."""
+    from sandboxd.runner.interpreter import InterpreterView
+    view = InterpreterView.current()
+    first = os.path.abspath(sys.path[0] or os.getcwd()) if sys.path else ""
+    return replace(view, path=tuple(p for p in view.path if p != first))
 
 
 class KernelStartError(SandboxError):
@@ -288,7 +299,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         """The container: the kernel's command under an init, the kernel's directory
         bound read-write at its own path, a fresh /tmp, the client's Python environment
         (host image), the limits."""
-        from sandboxd.runner.interpreter import InterpreterView, ViewError
+        from sandboxd.runner.interpreter import ViewError
         settings = self.settings
         launch_env: Mapping[str, str] = launch.get("env") or {}
         env = {k: launch_env[k] for k in PASSED_ENV if k in launch_env}
@@ -301,7 +312,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         volumes: list[Any] = [Mount("/tmp", "tmpfs", options=("mode=1777",))]
         if settings.image.split(":")[0] == "host":
             from sandboxd.images.host import view_mounts
-            view = InterpreterView.current()
+            view = _client_view()
             try:
                 volumes += view_mounts(view, host_image=True)
             except ViewError as exc:
@@ -350,8 +361,11 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                     self._container_id = data["id"]
                 elif event in ("stdout", "stderr"):
                     # The kernel's own output goes where a local kernel's would: this
-                    # process's stdout and stderr.
-                    os.write(1 if event == "stdout" else 2, data)
+                    # process's stdout and stderr (if they are still open).
+                    try:
+                        os.write(1 if event == "stdout" else 2, data)
+                    except OSError:
+                        pass
                     self._output += data
                     del self._output[:-STDERR_KEPT]
             self._end = dict(stream.result())
