@@ -116,13 +116,20 @@ class KernelSettings:
                     network_mode=self.network)
 
 
-# key -> (accepted types, build_config keyword it is checked by, or "" for none)
-_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
-    "image": ((str,), ""), "python": ((str,), ""), "memory": ((str, int), "memory"),
-    "cpus": ((int, float, str), "cpus"), "pids_limit": ((int,), "pids_limit"),
-    "network": ((str,), "network_mode"), "env": ((dict, list), "env"),
-    "volumes": ((list,), "volumes"), "workdir": ((str,), "workdir"), "host": ((str,), ""),
-    "start_timeout": ((int, float), ""),
+# key -> (accepted types, what they are called, build_config's keyword that checks the
+# value, or "" for none)
+_KEYS: dict[str, tuple[tuple[type, ...], str, str]] = {
+    "image": ((str,), "a string", ""),
+    "python": ((str,), "a string", ""),
+    "memory": ((str, int), "a size ('512m') or a number of bytes", "memory"),
+    "cpus": ((int, float, str), "a number", "cpus"),
+    "pids_limit": ((int,), "an integer", "pids_limit"),
+    "network": ((str,), "a string", "network_mode"),
+    "env": ((dict, list), "a mapping or a list of KEY=VALUE", "env"),
+    "volumes": ((list,), "a list of /host:/container[:ro]", "volumes"),
+    "workdir": ((str,), "a string", "workdir"),
+    "host": ((str,), "a string", ""),
+    "start_timeout": ((int, float), "a number of seconds", ""),
 }
 
 
@@ -136,11 +143,8 @@ def kernel_settings(config: Mapping[str, Any], where: str = "kernel_provisioner.
         if key not in _KEYS:
             problems.append(f"{key!r} is not a setting (known: {', '.join(_KEYS)})")
             continue
-        types, keyword = _KEYS[key]
+        types, wanted, keyword = _KEYS[key]
         if isinstance(value, bool) or not isinstance(value, types):
-            wanted = " or ".join({"str": "a string", "int": "an integer", "float": "a number",
-                                  "dict": "a mapping", "list": "a list"}[t.__name__]
-                                 for t in types)
             problems.append(f"{key}: expected {wanted}, got {value!r}")
             continue
         if keyword:
