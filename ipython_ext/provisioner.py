@@ -261,12 +261,22 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         """Start the container and wait until the kernel has bound its sockets (or has
         died: then say why, e.g. the image has no ipykernel)."""
         self._reset()
+        try:
+            await self._start(cmd, kwargs)
+        except BaseException:
+            await self.cleanup()      # jupyter_client does not clean up a failed start
+            raise
+        self._ready = True
+        self._watch()
+        return self.connection_info
+
+    async def _start(self, cmd: list[str], launch: Mapping[str, Any]) -> None:
         for name in CHANNELS:                  # a previous kernel's sockets (restart)
             try:
                 os.unlink(self._socket_path(name))
             except FileNotFoundError:
                 pass
-        params = {"config": self._container_config(cmd, kwargs).to_dict(), "stdin": False,
+        params = {"config": self._container_config(cmd, launch).to_dict(), "stdin": False,
                   "remove": True, "detach": False}
         if self._client is None:
             from sandboxd.api import Client
@@ -280,21 +290,14 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         while not all(os.path.exists(self._socket_path(n)) for n in CHANNELS):
             if self._end is not None or self._end_error is not None:
                 await self.wait()
-                error = self._start_error()
-            elif time.monotonic() > deadline:
+                raise self._start_error()
+            if time.monotonic() > deadline:
                 self._stopping = True
-                error = KernelStartError(
+                raise KernelStartError(
                     f"the kernel in image {self.settings.image!r} did not bind its sockets "
                     f"within {self.settings.start_timeout:g}s (start_timeout)"
                     + self._output_tail())
-            else:
-                await asyncio.sleep(0.005)
-                continue
-            await self.cleanup()      # jupyter_client does not clean up a failed start
-            raise error
-        self._ready = True
-        self._watch()
-        return self.connection_info
+            await asyncio.sleep(0.005)
 
     def _socket_path(self, channel: str) -> str:
         return f"{self.connection_info['ip']}-{self.connection_info[channel]}"
@@ -377,15 +380,18 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self._end_error = exc
         self._stop_watching()
         code = int((self._end or {}).get("exit_code", 1))
-        if self._ready and not self._stopping and self._end is not None:
+        if self._ready and not self._stopping:
             self.death_reason = self._describe_end(code)
             self.log.error("Kernel %s: %s", self.kernel_id, self.death_reason)
-            if self._busy is not None and (code != 0 or self._end.get("oom_killed")):
+            if self._busy is not None and code != 0:
                 self._report_death(self._busy)
         self._exit_code = code
 
     def _describe_end(self, code: int) -> str:
         end = self._end or {}
+        if self._end_error is not None:
+            return (f"sandboxd lost the kernel's container: "
+                    f"{getattr(self._end_error, 'message', None) or self._end_error!r}")
         if end.get("oom_killed"):
             limit = f" of {self.settings.memory}" if self.settings.memory else ""
             return (f"the kernel ran out of memory (OOM): its container reached its memory "
