@@ -55,8 +55,9 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_client.session import Session as JupyterSession
 
-from sandboxd import config as _config
+from sandboxd.envfile import parse_env
 from sandboxd.errors import CommandNotFound, InvalidArgument, SandboxError
+from sandboxd.flags import build_config
 from sandboxd.runner.spec import DEFAULT_PATH, Mount
 
 from .session import default_python
@@ -149,13 +150,13 @@ def kernel_settings(config: Mapping[str, Any], where: str = "kernel_provisioner.
             continue
         if keyword:
             try:
-                _config.build_config("host", ["python"], **{keyword: value})
+                build_config("host", ["python"], **{keyword: value})
             except InvalidArgument as exc:
                 problems += [f"{key}: {_without_name(p, keyword)}"
                              for p in exc.details.get("problems") or [exc.message]]
                 continue
         if key == "env":
-            value = tuple(_config.parse_env(value))
+            value = tuple(parse_env(value))
         elif key == "volumes":
             value = tuple(str(v) for v in value)
         elif key == "start_timeout" and value <= 0:
@@ -332,7 +333,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         volumes += list(settings.volumes)
         env.update(dict(item.split("=", 1) for item in settings.env))
         user = "" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
-        return _config.build_config(
+        return build_config(
             settings.image, cmd, env=env, workdir=self._workdir(launch.get("cwd"), volumes),
             user=user, volumes=volumes, init=True, auto_remove=True,
             labels={"jupyter.kernel_id": self.kernel_id or "",
