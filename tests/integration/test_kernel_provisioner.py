@@ -118,14 +118,19 @@ def test_the_kernel_listens_on_no_tcp_port(jupyter):
     assert not os.path.exists(directory)
 
 
-def test_papermill_with_parameters(jupyter, tmp_path):
-    name = jupyter("sbx-pm", memory="256m")
+def test_papermill_with_parameters(jupyter, daemon, tmp_path):
+    """A kernelspec from ``sbx notebook kernelspec install``, used by papermill's -k."""
+    installed = daemon.sbx("-H", daemon.sock, "notebook", "kernelspec", "install",
+                           "--prefix", str(tmp_path / "pfx"), "--name", "sbx-pm",
+                           "-m", "256m", "--pids-limit", "100")
+    assert installed.returncode == 0, installed.err
     source = notebook("factor = 1", "import socket\nprint('result', factor * 21, "
                                     "socket.gethostname())", tags={0: ["parameters"]})
     nbformat.write(source, tmp_path / "in.ipynb")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
+           "JUPYTER_PATH": str(tmp_path / "pfx" / "share" / "jupyter")}
     done = subprocess.run([sys.executable, "-m", "papermill", str(tmp_path / "in.ipynb"),
-                           str(tmp_path / "out.ipynb"), "-k", name, "-p", "factor", "2"],
+                           str(tmp_path / "out.ipynb"), "-k", "sbx-pm", "-p", "factor", "2"],
                           capture_output=True, text=True, timeout=180, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
