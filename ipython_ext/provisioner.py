@@ -194,9 +194,10 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     """Starts the kernelspec's kernel in a sandboxd container (see the module's doc)."""
 
     def __init__(self, **kwargs: Any):
+        # jupyter_client passes the kernelspec's provisioner config as keyword arguments,
+        # beside the traits (kernel_id, kernel_spec, parent).
         own = type(self).class_trait_names()
-        config = {k: kwargs.pop(k) for k in list(kwargs)
-                  if k not in own and k not in ("parent", "config", "log")}
+        config = {k: kwargs.pop(k) for k in list(kwargs) if k not in own}
         name = getattr(kwargs.get("parent"), "kernel_name", "") or \
             getattr(kwargs.get("kernel_spec"), "display_name", "")
         self.settings = kernel_settings(
