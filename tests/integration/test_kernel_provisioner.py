@@ -229,6 +229,19 @@ def test_an_oom_kill_is_a_dead_kernel_with_the_reason_in_the_cell(jupyter):
     assert nb.cells[2].outputs == []
 
 
+def test_a_dead_kernel_restarts_as_jupyterlab_restarts_it(kernel, daemon):
+    """JupyterLab's restarter, after a death: ``restart_kernel(now=True,
+    newports=True)``; the new kernel's sockets sit beside the dead one's."""
+    km, kc = kernel
+    kc.execute("hog = [b'x' * (1 << 20) for _ in range(1024)]")
+    wait_until(lambda: not km.is_alive(), 60, "the kernel's OOM kill")
+    assert "out of memory (OOM)" in km.provisioner.death_reason
+    km.restart_kernel(now=True, newports=True)
+    kc.wait_for_ready(timeout=60)
+    assert run(kc, "print(6 * 7)")["content"]["status"] == "ok"
+    assert len(daemon.client().containers.list(all=True)) == 1
+
+
 def test_an_image_without_ipykernel_is_named(jupyter):
     """The system Python of the host image has no ipykernel; busybox has no Python."""
     name = jupyter("sbx-noipk", python="/usr/bin/python3")
