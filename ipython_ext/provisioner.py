@@ -328,8 +328,8 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 raise KernelStartError(f"cannot show this Python environment in the "
                                        f"kernel's container: {exc}") from None
             env["PYTHONPATH"] = os.pathsep.join(view.pythonpath())
-            env["PATH"] = ":".join(dict.fromkeys([os.path.dirname(cmd[0]),
-                                                  *DEFAULT_PATH.split(":")]))
+            env["PATH"] = ":".join(dict.fromkeys(d for d in [os.path.dirname(cmd[0]),
+                                                             *DEFAULT_PATH.split(":")] if d))
         volumes.append(Mount(self._dir, source=self._dir))
         volumes += list(settings.volumes)
         env.update(dict(item.split("=", 1) for item in settings.env))
@@ -338,7 +338,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             settings.image, cmd, env=env, workdir=self._workdir(launch.get("cwd"), volumes),
             user=user, volumes=volumes, init=True, auto_remove=True,
             labels={"jupyter.kernel_id": self.kernel_id or "",
-                    "jupyter.kernel_name": getattr(self.kernel_spec, "name", "") or ""},
+                    "jupyter.kernel_name": getattr(self.parent, "kernel_name", "") or ""},
             **settings.options())
 
     def _workdir(self, cwd: Any, volumes: Sequence[Any]) -> str:
