@@ -132,10 +132,6 @@ def wants_container(item: pytest.Item) -> bool:
 
 # ---------------------------------------------------------------- what the container sees
 
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
 def interpreter_view(config: pytest.Config) -> InterpreterView:
     """This pytest process's Python environment, with the project (rootdir, invocation
     dir) and where this plugin and sandboxd are imported from (they may be on no
@@ -147,22 +143,6 @@ def interpreter_view(config: pytest.Config) -> InterpreterView:
                                    sources)
 
 
-def view_pythonpath(view: InterpreterView) -> list[str]:
-    """The ``sys.path`` entries a fresh interpreter at the same executable would not
-    find itself (outside its prefixes): they go into ``PYTHONPATH``."""
-    own = [os.path.realpath(p) for p in view.prefixes]
-    return [p for p in view.path if not any(_under(os.path.realpath(p), o) for o in own)]
-
-
-def view_binds(view: InterpreterView, host_image: bool) -> list[Mount]:
-    """Read-only binds that show ``view`` in a container. The host image shows the
-    host's system directories (never the daemon's Python: a client's may be anything);
-    another image brings its own interpreter, so only the project is bound."""
-    from sandboxd.images.host import system_dirs
-    provided = system_dirs() if host_image else [*system_dirs(), *view.prefixes]
-    return list(view.binds(provided))
-
-
 def code_paths(config: pytest.Config, visible: Iterable[str]) -> tuple[list[str], list[str]]:
     """(directories to bind read-only at the same path, the PYTHONPATH inside) for a
     container whose image shows ``visible`` (notebooks' sessions)."""
@@ -171,7 +151,7 @@ def code_paths(config: pytest.Config, visible: Iterable[str]) -> tuple[list[str]
         binds = view.binds([*visible])
     except ViewError as exc:
         raise pytest.UsageError(f"pytest_sandbox: {exc}") from None
-    return [m.destination for m in binds], view_pythonpath(view)
+    return [m.destination for m in binds], view.pythonpath()
 
 
 def worker_options(config: pytest.Config) -> dict[str, Any]:
@@ -253,7 +233,7 @@ class Controller:
         self.view = interpreter_view(config)
         self._binds: dict[bool, list[Mount]] = {}     # host image or not -> binds
         self._view_error: tuple[str, str] | None = None    # (first nodeid, message)
-        self._pythonpath = view_pythonpath(self.view)
+        self._pythonpath = self.view.pythonpath()
         self._features: list[str] | None = None
         self._prestarted: dict[str, Any] = {}      # nodeid -> its container.run stream
         # Containers run as clones of the daemon's pre-imported worker, until the daemon
@@ -368,8 +348,9 @@ class Controller:
                                     f"pytest_sandbox cannot show this Python environment "
                                     f"in a container (the reason is at {first})")
         if host_image not in self._binds:
+            from sandboxd.images.host import view_mounts
             try:
-                self._binds[host_image] = view_binds(self.view, host_image)
+                self._binds[host_image] = view_mounts(self.view, host_image)
             except ViewError as exc:
                 message = (f"pytest_sandbox cannot show this Python environment in a "
                            f"container: {exc.path}: {exc.why}; run pytest from a "

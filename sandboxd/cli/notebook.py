@@ -116,3 +116,114 @@ def notebook_run(path: str, output: str | None, image: str, memory: str | None,
         return EXIT_INTERRUPTED if interrupted else EXIT_CELL_FAILED
     return 0
 
+
+
+@notebook.group("kernelspec", context_settings=CONTEXT)
+def kernelspec() -> None:
+    """Jupyter kernelspecs whose kernels run in sandboxd containers."""
+
+
+@kernelspec.command("install", context_settings=CONTEXT)
+@click.option("--name", default="python3-sandboxed", show_default=True,
+              help="The kernelspec's name (what -k / kernel_name= ask for)")
+@click.option("--display-name", default="Python 3 (sandboxed)", show_default=True,
+              help="The name Jupyter's launchers show")
+@click.option("--image", default="host", show_default=True,
+              help="Image the kernels run in (it needs ipykernel; host: this Python's)")
+@click.option("--python", default="", metavar="PATH",
+              help="The interpreter inside the image (default: host: this Python; "
+                   "another image: its python3)")
+@click.option("-m", "--memory", metavar="BYTES", help="Memory limit (e.g. 1g)")
+@click.option("--cpus", metavar="DECIMAL", help="Number of CPUs")
+@click.option("--pids-limit", type=int, metavar="INT", help="Limit on processes")
+@click.option("--network", "--net", "network", default="none", show_default=True,
+              metavar="NETWORK", help="The kernels' network")
+@click.option("-e", "--env", multiple=True, metavar="KEY[=VALUE]",
+              help="Set environment variables in the kernels (KEY alone: its value in "
+                   "the process that starts the kernel)")
+@click.option("-v", "--volume", multiple=True, metavar="SRC:DST[:ro]",
+              help="Bind mount a host path into the kernels")
+@click.option("-w", "--workdir", default="", metavar="DIR",
+              help="The kernels' working directory")
+@click.option("--user", "scope", flag_value="user",
+              help="Install for this user (~/.local/share/jupyter)")
+@click.option("--sys-prefix", "scope", flag_value="sys-prefix",
+              help="Install into this Python's prefix (a venv's share/jupyter)")
+@click.option("--prefix", metavar="PREFIX", help="Install into PREFIX/share/jupyter")
+def kernelspec_install(name: str, display_name: str, image: str, python: str,
+                       memory: str | None, cpus: str | None, pids_limit: int | None,
+                       network: str, env: tuple[str, ...], volume: tuple[str, ...],
+                       workdir: str, scope: str | None, prefix: str | None) -> None:
+    """Write a kernelspec that starts ipykernel in a sandboxd container with these
+    limits (system-wide unless --user, --sys-prefix or --prefix)."""
+    import json
+    import tempfile
+
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        from ipython_ext.provisioner import kernel_json
+    except ImportError as e:
+        raise click.ClickException(f"{e.name} is not installed: the kernelspec needs "
+                                   f"jupyter_client (pip install jupyter_client ipykernel)"
+                                   ) from None
+    from ..errors import InvalidArgument
+
+    if prefix and scope:
+        raise click.ClickException(f"--prefix and --{scope} exclude each other")
+    options = {"image": image, "python": python, "memory": memory, "cpus": _number(cpus),
+               "pids_limit": pids_limit, "network": network, "env": list(env),
+               "volumes": list(volume), "workdir": workdir, "host": _given_host()}
+    # What is left at the provisioner's default is left out of the kernelspec.
+    config = {k: v for k, v in options.items()
+              if v not in (None, "", []) and (k, v) not in (("image", "host"),
+                                                            ("network", "none"))}
+    try:
+        spec = kernel_json(config, display_name)
+    except InvalidArgument as e:
+        raise click.ClickException("; ".join(
+            _as_flag(p) for p in e.details.get("problems") or [e.message])) from None
+    with tempfile.TemporaryDirectory() as source:
+        with open(f"{source}/kernel.json", "w", encoding="utf-8") as f:
+            json.dump(spec, f, indent=1)
+        try:
+            target = KernelSpecManager().install_kernel_spec(
+                source, name, user=scope == "user",
+                prefix=sys.prefix if scope == "sys-prefix" else prefix)
+        except ValueError as e:                     # a name Jupyter does not accept
+            raise click.ClickException(str(e)) from None
+        except OSError as e:
+            raise click.ClickException(f"cannot write the kernelspec: {e.strerror or e}"
+                                       f"{' (try --user)' if e.errno == 13 else ''}"
+                                       ) from None
+    click.echo(f"Installed kernelspec {name} ({display_name}) in {target}")
+
+
+# the provisioner's config keys -> the flags that set them
+FLAGS = {"image": "--image", "python": "--python", "memory": "--memory", "cpus": "--cpus",
+         "pids_limit": "--pids-limit", "network": "--network", "env": "--env",
+         "volumes": "--volume", "workdir": "--workdir", "host": "--host"}
+
+
+def _as_flag(problem: str) -> str:
+    """A config problem (``memory: invalid size ...``) named by its flag."""
+    key, sep, rest = problem.partition(": ")
+    return f"{FLAGS[key]}: {rest}" if sep and key in FLAGS else problem
+
+
+def _given_host() -> str | None:
+    """``sbx -H URL``: the kernels use that daemon. Without it (or from $SANDBOXD_HOST)
+    nothing is written: the process that starts a kernel finds its daemon itself."""
+    root = click.get_current_context().find_root()
+    if root.get_parameter_source("host") is click.core.ParameterSource.COMMANDLINE:
+        return root.params.get("host")
+    return None
+
+
+def _number(text: str | None) -> float | int | str | None:
+    """``--cpus 1.5`` as a number in the kernelspec (text the check then names)."""
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return text
+    return int(value) if value is not None and value.is_integer() else value

@@ -73,6 +73,15 @@ def system_dirs() -> list[str]:
     return [d for d in SYSTEM_DIRS if os.path.isdir(d)]
 
 
+def view_mounts(view: InterpreterView, host_image: bool) -> list[Mount]:
+    """Read-only binds that show a client's Python environment ``view`` in a container.
+    The host image shows the host's system directories (never the daemon's Python: a
+    client's may be anything); another image brings its own interpreter, so only the
+    client's code outside the interpreter is bound. Raises ``ViewError``."""
+    provided = system_dirs() if host_image else [*system_dirs(), *view.prefixes]
+    return list(view.binds(provided))
+
+
 def host_layout() -> HostLayout:
     symlinks: list[tuple[str, str]] = []
     mounts: list[Mount] = []

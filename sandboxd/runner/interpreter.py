@@ -101,6 +101,12 @@ class InterpreterView:
                          self.base_exec_prefix])
         return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
+    def pythonpath(self) -> list[str]:
+        """The ``sys.path`` entries a fresh interpreter at the same executable would not
+        find itself (outside its prefixes): a container's ``PYTHONPATH``."""
+        own = [os.path.realpath(p) for p in self.prefixes]
+        return [p for p in self.path if not any(_under(os.path.realpath(p), o) for o in own)]
+
     def wanted(self) -> list[str]:
         """Every path the view needs, absolute (not yet minus what the image shows)."""
         out = [*self.prefixes, *self.path, *self.sources]

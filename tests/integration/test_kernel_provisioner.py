@@ -1,0 +1,273 @@
+"""The sandboxd kernel provisioner against a real daemon: Jupyter's own clients (nbclient,
+papermill, jupyter_client's KernelManager) run ipykernel in a container through the
+``sandboxd-provisioner`` entry point, with interrupt, restart, shutdown, an OOM kill
+reported in the cell, and clear errors for a bad config and an image without ipykernel."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from harness import running, wait_until
+from ipython_ext.provisioner import PROVISIONER_NAME, SandboxdProvisioner, kernel_json
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient", reason="nbclient is in the test extras")
+from jupyter_client.manager import KernelManager  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    with running(busybox=True) as d:
+        yield d
+
+
+@pytest.fixture
+def jupyter(daemon, tmp_path, monkeypatch):
+    """Kernelspecs and runtime files of this test only (``JUPYTER_PATH``,
+    ``JUPYTER_RUNTIME_DIR``), the daemon of this module; returns a kernelspec writer."""
+    monkeypatch.setenv("SANDBOXD_HOST", daemon.sock)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "rt"))
+
+    def spec(name: str, **config: object) -> str:
+        directory = tmp_path / "share" / "kernels" / name
+        directory.mkdir(parents=True)
+        (directory / "kernel.json").write_text(json.dumps(kernel_json(config)))
+        return name
+    yield spec
+    left = daemon.client().containers.list(all=True)
+    assert not left, f"containers left behind: {left}"
+    runtime = tmp_path / "rt"
+    assert not runtime.exists() or not any(runtime.glob("sbxk-*")), \
+        f"kernel directories left behind: {list(runtime.iterdir())}"
+
+
+def notebook(*sources: str, tags: dict[int, list[str]] | None = None):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    for index, names in (tags or {}).items():
+        nb.cells[index].metadata["tags"] = names
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    return nb
+
+
+def stdout(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o["output_type"] == "stream")
+
+
+def test_the_entry_point_names_the_provisioner():
+    """jupyter_client finds the class by the group and name the kernelspec gives."""
+    found = entry_points(group="jupyter_client.kernel_provisioners", name=PROVISIONER_NAME)
+    assert [ep.load() for ep in found] == [SandboxdProvisioner], \
+        "reinstall the package's metadata (pip install --no-deps -e .) to register it"
+
+
+def test_nbclient_runs_a_notebook_in_a_container(jupyter, daemon):
+    name = jupyter("sbx-two", memory="256m", cpus=1, pids_limit=128)
+    nb = notebook(
+        "import os, socket\nhost = socket.gethostname()\nprint(host)",
+        "print(open('/proc/net/dev').read().count(':'))\n"
+        "s = socket.socket()\ns.settimeout(1)\ntry:\n    s.connect(('10.0.0.1', 80))\n"
+        "except OSError as e:\n    print('unreachable', e.errno)\n"
+        "print(open('/sys/fs/cgroup/pids/pids.max').read().strip())\nos.getuid(), 6 * 7")
+    nbclient.NotebookClient(nb, kernel_name=name, timeout=60).execute()
+    first, second = nb.cells
+    assert first.execution_count == 1 and second.execution_count == 2
+    hostname = stdout(first).strip()
+    assert hostname and hostname != socket.gethostname()
+    lines = stdout(second).split()
+    assert lines[0] == "1", "network none: loopback is the only interface"
+    assert lines[1] == "unreachable"
+    assert lines[3] == "128"
+    assert second.outputs[-1]["data"]["text/plain"] == f"({os.getuid()}, 42)"
+    nbformat.validate(nb)
+
+
+def test_the_kernel_listens_on_no_tcp_port(jupyter):
+    """The channels are unix sockets in a 0700 directory bound into the container."""
+    name = jupyter("sbx-ipc")
+    km = KernelManager(kernel_name=name)
+    km.start_kernel()
+    try:
+        info = km.get_connection_info()
+        assert info["transport"] == "ipc"
+        directory = os.path.dirname(info["ip"])
+        assert os.stat(directory).st_mode & 0o777 == 0o700
+        assert os.path.dirname(km.connection_file) == directory
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        seen: list[str] = []
+        reply = kc.execute_interactive(
+            f"import os; print(sorted(os.listdir({directory!r})))", timeout=30,
+            output_hook=lambda msg: seen.append(msg["content"].get("text", "")))
+        assert reply["content"]["status"] == "ok"
+        assert "'k-1'" in "".join(seen), "the kernel sees its sockets at the same path"
+        kc.stop_channels()
+    finally:
+        km.shutdown_kernel(now=True)
+    assert not os.path.exists(directory)
+
+
+def test_papermill_with_parameters(jupyter, daemon, tmp_path):
+    """A kernelspec from ``sbx notebook kernelspec install``, used by papermill's -k."""
+    installed = daemon.sbx("-H", daemon.sock, "notebook", "kernelspec", "install",
+                           "--prefix", str(tmp_path / "pfx"), "--name", "sbx-pm",
+                           "-m", "256m", "--pids-limit", "100")
+    assert installed.returncode == 0, installed.err
+    source = notebook("factor = 1", "import socket\nprint('result', factor * 21, "
+                                    "socket.gethostname())", tags={0: ["parameters"]})
+    nbformat.write(source, tmp_path / "in.ipynb")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
+           "JUPYTER_PATH": str(tmp_path / "pfx" / "share" / "jupyter")}
+    done = subprocess.run([sys.executable, "-m", "papermill", str(tmp_path / "in.ipynb"),
+                           str(tmp_path / "out.ipynb"), "-k", "sbx-pm", "-p", "factor", "2"],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert "injected-parameters" in out.cells[1].metadata["tags"]
+    words = stdout(out.cells[2]).split()
+    assert words[:2] == ["result", "42"] and words[2] != socket.gethostname()
+
+
+@pytest.fixture
+def kernel(jupyter):
+    """A started sandboxed kernel and its ready client."""
+    km = KernelManager(kernel_name=jupyter("sbx-km", memory="256m"))
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def run(kc, code: str, timeout: float = 30) -> dict:
+    return kc.execute_interactive(code, timeout=timeout, output_hook=lambda msg: None)
+
+
+def test_interrupt_stops_a_sleeping_cell(kernel):
+    km, kc = kernel
+    msg_id = kc.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
+    # (ipykernel ignores SIGINT between cells: wait for the cell's own output)
+    wait_until(lambda: _printed(kc, msg_id) == "sleeping\n", 30, "the cell to start")
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=10)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert km.is_alive()
+    # ipykernel 7 may abort a request that arrives right after an error (its "stop
+    # aborting" marker can queue behind it): then the next one runs.
+    status = run(kc, "x = 1")["content"]["status"]
+    if status == "aborted":
+        status = run(kc, "x = 1")["content"]["status"]
+    assert status == "ok"
+
+
+def _printed(kc, msg_id: str) -> str | None:
+    """The next iopub message's text, when it is output of the cell ``msg_id``."""
+    try:
+        msg = kc.get_iopub_msg(timeout=0.2)
+    except queue.Empty:
+        return None
+    if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+        return msg["content"]["text"]
+    return None
+
+
+def test_restart_gives_a_fresh_kernel_in_a_new_container(kernel, daemon):
+    km, kc = kernel
+    assert run(kc, "x = 41")["content"]["status"] == "ok"
+    before = [c.id for c in daemon.client().containers.list()]
+    assert len(before) == 1
+    km.restart_kernel()
+    kc.wait_for_ready(timeout=60)
+    reply = run(kc, "x")
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "NameError"
+    after = [c.id for c in daemon.client().containers.list(all=True)]
+    assert len(after) == 1 and after != before
+
+
+def test_shutdown_removes_the_container(jupyter, daemon):
+    km = KernelManager(kernel_name=jupyter("sbx-down"))
+    km.start_kernel()
+    assert len(daemon.client().containers.list()) == 1
+    directory = os.path.dirname(km.connection_file)
+    km.shutdown_kernel()            # the polite way: a shutdown_request, then cleanup
+    assert not km.is_alive()
+    assert daemon.client().containers.list(all=True) == []
+    assert not os.path.exists(directory)
+
+
+def test_an_oom_kill_is_a_dead_kernel_with_the_reason_in_the_cell(jupyter):
+    name = jupyter("sbx-oom", memory="128m")
+    nb = notebook("print('alive')",
+                  "hog = [b'x' * (1 << 20) for _ in range(1024)]",
+                  "print('never')")
+    client = nbclient.NotebookClient(nb, kernel_name=name, timeout=60)
+    with pytest.raises(nbclient.exceptions.DeadKernelError):
+        client.execute()
+    assert stdout(nb.cells[0]) == "alive\n"
+    errors = [o for o in nb.cells[1].outputs if o["output_type"] == "error"]
+    assert len(errors) == 1, nb.cells[1].outputs
+    assert errors[0]["ename"] == "DeadKernelError"
+    assert "out of memory (OOM)" in errors[0]["evalue"]
+    assert "limit of 128m" in errors[0]["evalue"] and "exit code 137" in errors[0]["evalue"]
+    assert nb.cells[2].outputs == []
+
+
+def test_a_dead_kernel_restarts_as_jupyterlab_restarts_it(kernel, daemon):
+    """JupyterLab's restarter, after a death: ``restart_kernel(now=True,
+    newports=True)``; the new kernel's sockets sit beside the dead one's."""
+    km, kc = kernel
+    kc.execute("hog = [b'x' * (1 << 20) for _ in range(1024)]")
+    wait_until(lambda: not km.is_alive(), 60, "the kernel's OOM kill")
+    assert "out of memory (OOM)" in km.provisioner.death_reason
+    km.restart_kernel(now=True, newports=True)
+    kc.wait_for_ready(timeout=60)
+    assert run(kc, "print(6 * 7)")["content"]["status"] == "ok"
+    assert len(daemon.client().containers.list(all=True)) == 1
+
+
+def test_an_image_without_ipykernel_is_named(jupyter):
+    """The system Python of the host image has no ipykernel; busybox has no Python."""
+    name = jupyter("sbx-noipk", python="/usr/bin/python3")
+    with pytest.raises(Exception) as caught:
+        KernelManager(kernel_name=name).start_kernel()
+    message = str(caught.value)
+    assert "image 'host'" in message and "'ipykernel_launcher'" in message, message
+    name = jupyter("sbx-busybox", image="busybox")
+    with pytest.raises(Exception) as caught:
+        KernelManager(kernel_name=name).start_kernel()
+    assert "image 'busybox'" in str(caught.value) and "python3" in str(caught.value)
+
+
+def test_bad_config_values_are_named(jupyter, tmp_path):
+    spec = kernel_json({})
+    spec["metadata"]["kernel_provisioner"]["config"] = {"memory": "12q", "cpu": 1,
+                                                       "pids_limit": "many"}
+    directory = tmp_path / "share" / "kernels" / "sbx-bad"
+    directory.mkdir(parents=True)
+    (directory / "kernel.json").write_text(json.dumps(spec))
+    with pytest.raises(Exception) as caught:
+        KernelManager(kernel_name="sbx-bad").start_kernel()
+    message = str(caught.value)
+    assert "kernelspec 'sbx-bad'" in message
+    assert "memory: invalid size '12q'" in message
+    assert "'cpu' is not a setting" in message
+    assert "pids_limit: expected an integer, got 'many'" in message
+    with pytest.raises(Exception, match="network: 'no such!' is not a network name"):
+        kernel_json({"network": "no such!"})
