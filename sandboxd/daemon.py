@@ -1,11 +1,13 @@
 """sandboxd, the daemon: one asyncio loop serving the wire protocol on a unix socket.
 
-The server core knows nothing about containers. Services plug in through
-:func:`build_services`, which gets the :class:`Server` and registers operations::
+The server core knows nothing about containers. Every operation is an entry of the
+table in ``operations.py`` (name, params class, result type, handler method);
+:func:`build_services`, the composition root, builds the services and serves each
+entry. A request's params are built into the entry's frozen params class (every
+problem listed, nothing done) before its handler runs. Other code can plug in too::
 
-    async def create(ctx: RequestContext, params: dict) -> dict: ...
-    server.register("container.create", create)
-    server.register("container.attach", attach, streaming=True)   # may use ctx.receive()
+    server.register("x.echo", echo)                               # echo(ctx, params: dict)
+    server.register("x.attach", attach, streaming=True)           # may use ctx.receive()
     server.register_cleanup("container", remove_container)        # for ctx.session.track
     server.on_startup(open_store)                                 # before the socket opens
     server.on_shutdown(stop_containers)                           # on SIGTERM/SIGINT
@@ -35,7 +37,6 @@ import contextlib
 import fcntl
 import functools
 import itertools
-import json
 import logging
 import os
 import platform
@@ -52,147 +53,20 @@ from typing import Any
 
 import click
 
-from . import __version__, protocol
+from . import __version__, operations, protocol
 from .errors import (Cancelled, Conflict, Internal, InvalidArgument, LimitExceeded,
                      SandboxError, Unavailable)
+from .daemonconfig import LOG_LEVELS, DaemonConfig, load_config
 from .protocol import DEFAULT_ROOT, DEFAULT_SOCKET, Params
-from .runner.spec import Ulimit, check_ulimits, parse_size, parse_ulimit
 
 log = logging.getLogger("sandboxd")
 
 SERVER_NAME = f"sandboxd/{__version__}"
 FEATURES = ("events", "stdin", "resize", "cancel", "sessions", "networks")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 Handler = Callable[["RequestContext", dict], Awaitable[Any]]
 Cleanup = Callable[[], Awaitable[None]]
 KindCleanup = Callable[[str], Awaitable[None]]
-
-
-# ---------------------------------------------------------------- configuration
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    host: str = DEFAULT_SOCKET              # unix socket path
-    root: str = DEFAULT_ROOT                # state directory
-    default_ulimits: tuple[Ulimit, ...] = ()
-    log_level: str = "info"
-    ip_masq: bool = True                    # for the network service: masquerade bridges
-    max_frame: int = protocol.MAX_FRAME     # bytes per frame, both directions
-    frame_timeout: float = 30.0             # seconds for a started frame to complete
-    max_connections: int = 256
-    max_inflight: int = 64                  # requests in flight per connection
-    stdin_buffer: int = 1 << 20             # queued stdin bytes per streaming request
-    cgroup_parent: str = "sandboxd"         # containers' cgroups live under this name
-    network_prefix: str = "sbx"             # names of our bridges and veths start with it
-    group: str = "sandboxd"                 # the socket's group (members are root's equals)
-    # A container's writable layer when it asks for no --storage-opt size (bytes; 0: no
-    # cap). Sparse: a cap costs the host only what is written.
-    default_storage_size: int = 10 << 30
-    log_driver: str = "json-file"           # containers' default --log-driver
-    log_opts: tuple[str, ...] = ("max-size=20m", "max-file=5")   # Docker local's 100 MB
-
-
-# Config-file keys: the flag names (``default-ulimit``) or their field spelling.
-_CONFIG_KEYS = {"host": "host", "root": "root", "default-ulimit": "default_ulimits",
-                "default-ulimits": "default_ulimits", "log-level": "log_level",
-                "ip-masq": "ip_masq", "max-frame": "max_frame",
-                "frame-timeout": "frame_timeout", "max-connections": "max_connections",
-                "max-inflight": "max_inflight", "stdin-buffer": "stdin_buffer",
-                "cgroup-parent": "cgroup_parent", "network-prefix": "network_prefix",
-                "group": "group",
-                "default-storage-size": "default_storage_size", "log-driver": "log_driver",
-                "log-opts": "log_opts", "log-opt": "log_opts"}
-
-
-def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
-    """Defaults < the JSON config file < flags (``None`` means not given)."""
-    values: dict[str, Any] = {}
-    if config_file:
-        values.update(_read_config_file(config_file))
-    values.update({k: v for k, v in flags.items() if v is not None and v != ()})
-    problems = []
-    if "host" in values:
-        values["host"] = protocol.parse_host(values["host"])
-    if "root" in values:
-        if not str(values["root"]).startswith("/"):
-            problems.append(f"root: must be an absolute path, got {values['root']!r}")
-        values["root"] = os.path.normpath(str(values["root"]))
-    if "default_ulimits" in values:
-        ulimits = tuple(parse_ulimit(u) for u in values["default_ulimits"])
-        problems += check_ulimits(ulimits, "default-ulimit")
-        values["default_ulimits"] = ulimits
-    if "log_level" in values:
-        values["log_level"] = str(values["log_level"]).lower()
-        if values["log_level"] not in LOG_LEVELS:
-            problems.append(f"log-level: expected one of {', '.join(LOG_LEVELS)}, "
-                            f"got {values['log_level']!r}")
-    for key in ("max_frame", "frame_timeout", "max_connections", "max_inflight",
-                "stdin_buffer"):
-        if key in values and not values[key] > 0:
-            problems.append(f"{key.replace('_', '-')}: must be positive, got {values[key]}")
-    if "default_storage_size" in values:
-        from .validate import MIN_STORAGE_SIZE
-        try:
-            size = parse_size(values["default_storage_size"], "default-storage-size")
-        except InvalidArgument as e:
-            problems.append(e.message)
-        else:
-            values["default_storage_size"] = size
-            if 0 < size < MIN_STORAGE_SIZE or size < 0:
-                problems.append(f"default-storage-size: {size} bytes is below the minimum "
-                                f"of {MIN_STORAGE_SIZE >> 20}m (0: no cap)")
-    if "log_opts" in values or "log_driver" in values:
-        from .validate import check_log_config
-        driver = str(values.get("log_driver", DaemonConfig.log_driver))
-        opts = values.get("log_opts", () if driver == "none" else DaemonConfig.log_opts)
-        if isinstance(opts, dict):                     # the config file's {"max-size": ..}
-            opts = [f"{k}={v}" for k, v in opts.items()]
-        opts = tuple(str(o) for o in opts)
-        if driver != "none":            # a key not given keeps the built-in default
-            given = {o.partition("=")[0] for o in opts}
-            opts += tuple(o for o in DaemonConfig.log_opts if o.partition("=")[0] not in given)
-        values["log_opts"] = opts
-        problems += [p.replace("daemon.log_driver", "log-driver")
-                     .replace("daemon.log_opts", "log-opt")
-                     for p in check_log_config(driver, values["log_opts"], "daemon")]
-        if not driver:
-            problems.append("log-driver: name one of json-file, local, none")
-    if values.get("max_frame", 0) > protocol.MAX_FRAME:
-        problems.append(f"max-frame: at most {protocol.MAX_FRAME}, got {values['max_frame']}")
-    if problems:
-        raise InvalidArgument.of(problems)
-    return DaemonConfig(**values)
-
-
-def _read_config_file(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise InvalidArgument(f"config file {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise InvalidArgument(f"config file {path}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidArgument(f"config file {path}: expected a JSON object")
-    data = {k.replace("_", "-"): v for k, v in data.items()}
-    p = Params(data, f"config file {path}")
-    values = {}
-    types: dict[str, Any] = {"host": str, "root": str, "log-level": str, "ip-masq": bool,
-                             "group": str,
-                             "max-frame": int, "frame-timeout": float,
-                             "max-connections": int, "max-inflight": int,
-                             "stdin-buffer": int}
-    for key, kind in types.items():
-        value = p.get(key, kind, None)
-        if value is not None:
-            values[_CONFIG_KEYS[key]] = value
-    for key in ("default-ulimit", "default-ulimits"):
-        value = p.get(key, list, None, items=str)
-        if value is not None:
-            values["default_ulimits"] = tuple(value)
-    p.done()
-    return values
 
 
 # ---------------------------------------------------------------- sessions
@@ -345,6 +219,7 @@ class RequestContext:
 class _Op:
     handler: Handler
     streaming: bool
+    params: type | None = None      # the table's params class; None: the raw map
 
 
 # ---------------------------------------------------------------- connections
@@ -442,7 +317,7 @@ class _Connection:
                 f"(limit {self.server.config.max_inflight}); wait for some to finish")))
         else:
             ctx = RequestContext(self, rid, op, entry.streaming)
-            task = asyncio.create_task(self._run(ctx, entry.handler, params),
+            task = asyncio.create_task(self._run(ctx, entry, params),
                                        name=f"sandboxd {op} conn {self.id} req {rid}")
             self.inflight[rid] = (task, ctx)
         return True
@@ -495,10 +370,12 @@ class _Connection:
                     return False
         return True
 
-    async def _run(self, ctx: RequestContext, handler: Handler, params: dict) -> None:
+    async def _run(self, ctx: RequestContext, entry: _Op, params: dict) -> None:
         try:
             try:
-                reply = protocol.ok(ctx.id, await handler(ctx, params))
+                if entry.params is not None:    # checked whole before anything is done
+                    params = operations.build(entry.params, params, ctx.op)
+                reply = protocol.ok(ctx.id, await entry.handler(ctx, params))
             except asyncio.CancelledError:
                 if not ctx._cancel_requested:
                     raise          # connection closing or daemon shutting down: no reply
@@ -616,20 +493,27 @@ class Server:
         self._lock_fd: int | None = None
         self._closing = False
         self._shutdown_requested = asyncio.Event()
-        self.register("ping", self._ping)
-        self.register("system.version", self._version)
-        self.register("session.open", self._session_open)
+        for name in operations.BUILT_IN:
+            op = operations.BY_NAME[name]
+            self.register_operation(op, getattr(self, "_" + op.method))
 
     # -- registration (before start)
 
-    def register(self, op: str, handler: Handler, *, streaming: bool = False) -> None:
+    def register(self, op: str, handler: Handler, *, streaming: bool = False,
+                 params: type | None = None) -> None:
         """Serve ``op`` with ``async def handler(ctx, params) -> value``. ``streaming``
-        ops may also read the client's stdin/resize frames with ``ctx.receive()``."""
+        ops may also read the client's stdin/resize frames with ``ctx.receive()``.
+        ``params``: a params class of ``operations`` the request's map is built into
+        (and so checked) before the handler runs; None hands it the map itself."""
         if op == "hello" or op in self._ops:
             raise ValueError(f"operation {op!r} is already registered")
         if not op or len(op) > protocol.MAX_OP_LEN:
             raise ValueError(f"bad operation name {op!r}")
-        self._ops[op] = _Op(handler, streaming)
+        self._ops[op] = _Op(handler, streaming, params)
+
+    def register_operation(self, op: operations.Operation, handler: Handler) -> None:
+        """Serve an entry of the operation table with ``handler(ctx, params)``."""
+        self.register(op.name, handler, streaming=op.streaming, params=op.params)
 
     def register_cleanup(self, kind: str, cleanup: KindCleanup) -> None:
         """How to remove a session-tracked object of ``kind``: ``await cleanup(obj_id)``."""
@@ -785,22 +669,19 @@ class Server:
 
     # -- built-in operations
 
-    async def _ping(self, ctx: RequestContext, params: dict) -> str:
-        Params(params, "ping").done()
+    async def _ping(self, ctx: RequestContext, params: operations.NoParams) -> str:
         return "pong"
 
-    async def _version(self, ctx: RequestContext, params: dict) -> dict:
-        Params(params, "system.version").done()
+    async def _version(self, ctx: RequestContext, params: operations.NoParams) -> dict:
         return {"version": __version__, "server": SERVER_NAME,
                 "protocol": protocol.PROTOCOL_VERSION, "features": list(FEATURES),
                 "python": platform.python_version(), "kernel": os.uname().release,
                 "pid": os.getpid(), "host": f"unix://{self.config.host}",
                 "root": self.config.root}
 
-    async def _session_open(self, ctx: RequestContext, params: dict) -> dict:
-        p = Params(params, "session.open")
-        label = p.get("label", str, "")
-        p.done()
+    async def _session_open(self, ctx: RequestContext,
+                            params: operations.OpenSession) -> dict:
+        label = params.label
         conn = ctx._conn
         if conn.session is not None:
             raise Conflict(f"this connection already has session {conn.session.id}")
@@ -876,15 +757,36 @@ def _bind_unix(path: str, group: str = "") -> socket.socket:
 # ---------------------------------------------------------------- wiring and main
 
 def build_services(server: Server, config: DaemonConfig) -> None:
-    """THE place where services register their operations with the server.
+    """The composition root: build the metadata store, the content store and
+    snapshotter, the image, network and container services, each handed what it needs,
+    and serve every operation of the table (``operations.TABLE``) with its
+    :class:`~sandboxd.handlers.Handlers` method. Nothing imports this module back.
 
-    The built-ins (hello, ping, system.version, session.open) are registered by
-    :class:`Server` itself. Services add theirs here, e.g.::
+    The built-ins (hello, ping, system.version, session.open) are served by
+    :class:`Server` itself."""
+    from pathlib import Path
 
-        containers.register(server, config)   # server.register("container.create", ...)
-    """
-    from . import handlers
-    handlers.register(server, config)
+    from .containers import ContainerService
+    from .handlers import Handlers
+    from .images.service import ImageService
+    from .network import NetworkService
+    from .snapshots import Snapshotter
+    from .store import ContentStore, Store
+
+    root = Path(config.root)
+    store = Store(root)
+    images = ImageService(store, ContentStore(root), Snapshotter(root, store))
+    networks = NetworkService(store, root, prefix=config.network_prefix,
+                              ip_masq=config.ip_masq)
+    containers = ContainerService(config, store, images, networks)
+    handlers = Handlers(config, containers, images, networks)
+    server.on_startup(containers.startup)
+    server.on_shutdown(containers.shutdown)
+    server.register_cleanup("container", handlers.session_cleanup)
+    server.register_cleanup("network", handlers.session_network_cleanup)
+    for op in operations.TABLE:
+        if op.name not in operations.BUILT_IN:
+            server.register_operation(op, getattr(handlers, op.method))
 
 
 def run(config: DaemonConfig) -> int:

@@ -1,6 +1,7 @@
-"""The daemon's operations (``docs/operations.md``): params checked, service called,
-results shaped. Every op reads its params with :class:`Params`, so a bad field is an
-``invalid_argument`` naming it and nothing is created."""
+"""What each operation of the table (``operations.py``) does: a method per operation,
+named in the table, that gets its params whole and checked and calls the services it was
+given (the composition root, ``daemon.build_services``, builds them). Shaping a result
+for the wire happens here; the work happens in the services."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,6 @@ import dataclasses
 import logging
 import os
 import platform
-import re
 import shutil
 import stat
 import tempfile
@@ -16,19 +16,16 @@ import time
 from typing import Any, BinaryIO, Callable
 
 from . import __version__
+from . import operations as ops
 from .containers import RUNNING, ContainerService
-from .daemon import DaemonConfig, RequestContext, Server
+from .context import RequestContext
+from .daemonconfig import DaemonConfig
 from .errors import Conflict, InvalidArgument, NotFound
 from .filters import filter_networks, filter_records
-from .flags import config_from_options
-from .images.oci import parse_time
 from .images.reference import parse as parse_ref
-from . import logs as logfiles
-from .model import (BUILTIN_NETWORKS, ContainerConfig, ContainerRecord, NetworkContainer,
-                    NetworkRecord)
-from .protocol import Params
-from .render import rfc3339
-from .validate import check_name, parse_signal
+from .images.service import ImageService
+from .model import ContainerConfig, ContainerRecord, NetworkContainer, NetworkRecord
+from .network import NetworkService
 
 log = logging.getLogger(__name__)
 UPLOAD_CAP = 8 << 30          # bytes of tar one import, load or cp may stream
@@ -36,48 +33,34 @@ ARCHIVE_CHUNK = 1 << 20       # bytes per data event of container.archive_get, i
 PROGRESS_INTERVAL = 0.1       # seconds between byte-count progress events of one layer
 
 
-def register(server: Server, config: DaemonConfig) -> ContainerService:
-    service = ContainerService(config)
-    ops = _Operations(service)
-    server.on_startup(service.startup)
-    server.on_shutdown(service.shutdown)
-    server.register_cleanup("container", ops.session_cleanup)
-    server.register_cleanup("network", ops.session_network_cleanup)
-    for name in ("create", "start", "wait", "kill", "stop", "restart", "remove", "inspect",
-                 "list", "top", "stats_once", "pause", "unpause", "update", "rename", "prune",
-                 "resize", "archive_stat", "commit"):
-        server.register(f"container.{name}", getattr(ops, name))
-    for name in ("run", "attach", "logs", "exec", "stats", "archive_get", "archive_put"):
-        server.register(f"container.{name}", getattr(ops, name), streaming=True)
-    server.register("container.export", ops.export, streaming=True)
-    for name in ("import", "pull", "push", "load", "save", "build"):
-        server.register(f"image.{name}", getattr(ops, "image_" + name), streaming=True)
-    for name in ("list", "inspect", "remove", "tag", "history", "prune"):
-        server.register(f"image.{name}", getattr(ops, "image_" + name))
-    server.register("system.df", ops.df)
-    for name in ("create", "list", "inspect", "remove", "prune", "connect", "disconnect"):
-        server.register(f"network.{name}", getattr(ops, "network_" + name))
-    server.register("system.info", ops.info)
-    server.register("system.login", ops.login)
-    server.register("system.logout", ops.logout)
-    return service
+class Handlers:
+    def __init__(self, config: DaemonConfig, containers: ContainerService,
+                 images: ImageService, networks: NetworkService):
+        self.config = config
+        self.containers = containers
+        self.images = images
+        self.networks = networks
+        self.spool_dir = config.root        # uploads and downloads wait on disk there
 
+    # -- session cleanups
+    async def session_cleanup(self, container_id: str) -> None:
+        try:
+            record = self.containers.get(container_id)
+        except NotFound:
+            return
+        await self.containers.remove(record, force=True)
 
-class _Operations:
-    def __init__(self, service: ContainerService):
-        self.s = service
+    async def session_network_cleanup(self, network_id: str) -> None:
+        """A session's network goes after its containers (cleanups run last-made first);
+        one still used by another client's containers stays, and the log says so."""
+        try:
+            await self.networks.remove(network_id)
+        except NotFound:
+            pass
+        except Conflict as e:
+            log.warning("session network %s kept: %s", network_id[:12], e.message)
 
     # -- helpers
-    def _config(self, p: Params) -> ContainerConfig:
-        """A full ``config`` (the Python client builds one) or the caller's ``options``
-        (``sbx``, which sends its flags as given and lets the daemon build)."""
-        options = p.get("options", (dict, type(None)), None)
-        raw = p.get("config", dict) if options is None else None
-        p.done()
-        if options is not None:
-            return config_from_options(options)
-        return ContainerConfig.from_dict(raw)
-
     def _track(self, ctx: RequestContext, record: ContainerRecord) -> None:
         if ctx.session is not None:
             ctx.session.track("container", record.id)
@@ -91,17 +74,17 @@ class _Operations:
         here. ``events``: send the pull's progress on this request's stream."""
         session = ctx.session.id if ctx.session else ""
         try:
-            return self.s.create(config, name, session, check_spec=check_spec)
+            return self.containers.create(config, name, session, check_spec=check_spec)
         except NotFound:
             if not await self._pull_missing(ctx if events else None, config.image):
                 raise
-        return self.s.create(config, name, session, check_spec=check_spec)
+        return self.containers.create(config, name, session, check_spec=check_spec)
 
     async def _pull_missing(self, ctx: RequestContext | None, image: str) -> bool:
         """Pull ``image`` when it is missing and its name has a registry; True if it
         was pulled."""
         try:
-            self.s.images.get(image)
+            self.images.get(image)
             return False
         except NotFound:
             pass
@@ -110,288 +93,106 @@ class _Operations:
         except InvalidArgument:
             return False              # create reports the bad name
         if remote:
-            await _in_thread(ctx, self.s.images.pull, image)
+            await _in_thread(ctx, self.images.pull, image)
         return bool(remote)
 
-    async def session_cleanup(self, container_id: str) -> None:
-        try:
-            record = self.s._get(container_id)
-        except NotFound:
-            return
-        await self.s.remove(record, force=True)
-
-    async def session_network_cleanup(self, network_id: str) -> None:
-        """A session's network goes after its containers (cleanups run last-made first);
-        one still used by another client's containers stays, and the log says so."""
-        try:
-            await self.s.networks.remove(network_id)
-        except NotFound:
-            pass
-        except Conflict as e:
-            log.warning("session network %s kept: %s", network_id[:12], e.message)
-
     # -- lifecycle
-    async def create(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.create")
-        name = p.get("name", (str, type(None)), None)
-        config = self._config(p)
-        record, warnings = await self._create(ctx, config, name)
+    async def container_config(self, ctx: RequestContext, params: ops.Options) -> Any:
+        return {"config": params.options.to_dict()}
+
+    async def container_create(self, ctx: RequestContext, params: ops.Create) -> Any:
+        record, warnings = await self._create(ctx, params.config, params.name)
         self._track(ctx, record)
         return {"id": record.id, "warnings": warnings}
 
-    async def start(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.start")
-        ref = p.get("id", str)
-        p.done()
-        record = await self.s.start(self.s._get(ref))
+    async def container_start(self, ctx: RequestContext, params: ops.ById) -> Any:
+        record = await self.containers.start(self.containers.get(params.id))
         return {"id": record.id, "pid": record.state.pid}
 
-    async def run(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.run")
-        name = p.get("name", (str, type(None)), None)
-        stdin = p.get("stdin", bool, False)
-        detach = p.get("detach", bool, False)
-        remove = p.get("remove", (bool, type(None)), None)
-        config = self._config(p)
-        if remove is not None and remove != config.host.auto_remove:
+    async def container_run(self, ctx: RequestContext, params: ops.Run) -> Any:
+        config = params.config
+        if params.remove is not None and params.remove != config.host.auto_remove:
             config = dataclasses.replace(
-                config, host=dataclasses.replace(config.host, auto_remove=remove))
+                config, host=dataclasses.replace(config.host, auto_remove=params.remove))
         # The start builds the spec next: no separate check of it at create.
-        record, warnings = await self._create(ctx, config, name, events=True,
+        record, warnings = await self._create(ctx, config, params.name, events=True,
                                               check_spec=False)
         self._track(ctx, record)
         await ctx.send_event("created", {"id": record.id, "name": record.name,
                                          "warnings": warnings})
-        try:
-            record = await self.s.start(record, stdin=stdin)
-        except InvalidArgument:
-            # What create's spec check refuses: a bad request leaves nothing behind.
-            await self.s.remove(self.s._get(record.id), force=True)
-            raise
-        except BaseException:
-            if config.host.auto_remove:
-                await self.s.remove(self.s._get(record.id), force=True)
-            raise
-        queue, live = (None, None) if detach else self.s.subscribe(record)
-        await ctx.send_event("started", {"id": record.id, "pid": record.state.pid})
-        if detach:
-            return {"id": record.id}
-        try:
-            if queue is not None:
-                await self.s.forward(ctx, live, queue, stdin)
-            final = await self.s.wait_exit(record, live)
-        except asyncio.CancelledError:
-            await self.s.remove(record, force=True) if config.host.auto_remove else \
-                await self.s._kill_quietly(record.id)
-            raise
-        finally:
-            self.s.unsubscribe(record, queue)
-        return self.s._result(final)
+        return await self.containers.run(ctx, record, stdin=params.stdin,
+                                         detach=params.detach)
 
-    async def attach(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.attach")
-        ref = p.get("id", str)
-        stdin = p.get("stdin", bool, False)
-        want = {1: p.get("stdout", bool, True), 2: p.get("stderr", bool, True)}
-        logs = p.get("logs", bool, False)
-        stream = p.get("stream", bool, True)
-        start = p.get("start", bool, False)
-        p.done()
-        record = self.s._get(ref)
-        if logs:
-            with logfiles.Snapshot(record.log_path) as snapshot:
-                for e in snapshot.entries():
-                    if want.get(e.stream):
-                        await ctx.send_event("stdout" if e.stream == 1 else "stderr", e.data)
-        if not stream:
-            return {"id": record.id}
-        if start and record.state.status not in RUNNING:
-            record = await self.s.start(record, stdin=stdin)
-        queue, live = self.s.subscribe(record)
-        if queue is None:
-            raise Conflict("You cannot attach to a stopped container, start it first")
-        try:
-            await self.s.forward(ctx, live, queue, stdin)
-        finally:
-            self.s.unsubscribe(record, queue)
-        return self.s._result(await self.s.wait_exit(record, live))
+    async def container_attach(self, ctx: RequestContext, params: ops.Attach) -> Any:
+        p = params
+        return await self.containers.attach(
+            ctx, self.containers.get(p.id), stdin=p.stdin, stdout=p.stdout,
+            stderr=p.stderr, logs=p.logs, stream=p.stream, start=p.start)
 
-    async def wait(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.wait")
-        ref = p.get("id", str)
-        condition = p.get("condition", str, "not-running")
-        p.done()
-        if condition not in ("not-running", "next-exit", "removed"):
-            raise InvalidArgument(f"container.wait: condition {condition!r} is not "
-                                  f"not-running, next-exit or removed")
-        record = self.s._get(ref)
-        if condition == "removed":
-            event = self.s.removed.setdefault(record.id, asyncio.Event())
-            final = await self.s.wait_exit(record)
-            await event.wait()
-        else:
-            final = await self.s.wait_exit(record)
-        r = self.s._result(final)
+    async def container_wait(self, ctx: RequestContext, params: ops.Wait) -> Any:
+        final = await self.containers.wait(self.containers.get(params.id), params.condition)
+        r = self.containers.result(final)
         return {k: r[k] for k in ("exit_code", "oom_killed", "timed_out", "error")}
 
-    async def kill(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.kill")
-        ref = p.get("id", str)
-        sig = p.get("signal", (str, int), "SIGKILL")
-        p.done()
-        number = parse_signal(sig)        # a bad signal is refused before the lookup
-        await self.s.kill(self.s._get(ref), number)
+    async def container_kill(self, ctx: RequestContext, params: ops.Kill) -> Any:
+        await self.containers.kill(self.containers.get(params.id), params.signal)
         return {}
 
-    async def stop(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.stop")
-        ref = p.get("id", str)
-        timeout = _timeout(p.get("timeout", (int, type(None)), None), "container.stop")
-        p.done()
-        await self.s.stop(self.s._get(ref), timeout)
+    async def container_stop(self, ctx: RequestContext, params: ops.Stop) -> Any:
+        await self.containers.stop(self.containers.get(params.id), params.timeout)
         return {}
 
-    async def restart(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.restart")
-        ref = p.get("id", str)
-        timeout = _timeout(p.get("timeout", (int, type(None)), None), "container.restart")
-        p.done()
-        record = self.s._get(ref)
-        await self.s.stop(record, timeout)
-        record = await self.s.start(self.s._get(record.id))
+    async def container_restart(self, ctx: RequestContext, params: ops.Stop) -> Any:
+        record = await self.containers.restart(self.containers.get(params.id),
+                                               params.timeout)
         return {"id": record.id, "pid": record.state.pid}
 
-    async def remove(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.remove")
-        ref = p.get("id", str)
-        force = p.get("force", bool, False)
-        p.done()
-        record = self.s._get(ref)
-        await self.s.remove(record, force=force)
+    async def container_remove(self, ctx: RequestContext, params: ops.Remove) -> Any:
+        record = self.containers.get(params.id)
+        await self.containers.remove(record, force=params.force)
         if ctx.session is not None:
             ctx.session.untrack("container", record.id)
         return {}
 
-    async def inspect(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.inspect")
-        ref = p.get("id", str)
-        p.done()
-        return self.s._get(ref).to_dict()
+    async def container_inspect(self, ctx: RequestContext, params: ops.ById) -> Any:
+        return self.containers.get(params.id).to_dict()
 
-    async def list(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.list")
-        show_all = p.get("all", bool, False)
-        filters = _filters(p)
-        limit = p.get("limit", int, -1)
-        p.done()
-        records = [self.s.live[row["id"]].record if row["id"] in self.s.live
-                   else self.s._record(row) for row in self.s.store.list_containers()]
+    async def container_list(self, ctx: RequestContext, params: ops.ListContainers) -> Any:
+        records = self.containers.records()
         records.sort(key=lambda r: r.created, reverse=True)
-        if not show_all and limit < 0:
+        if not params.all and params.limit < 0:
             records = [r for r in records if r.state.status in RUNNING]
-        records = filter_records(records, filters)
-        if limit >= 0:
-            records = records[:limit]
+        records = filter_records(records, params.filters)
+        if params.limit >= 0:
+            records = records[:params.limit]
         return {"containers": [r.to_dict() for r in records]}
 
-    async def logs(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.logs")
-        ref = p.get("id", str)
-        follow = p.get("follow", bool, False)
-        tail = p.get("tail", int, -1)
-        timestamps = p.get("timestamps", bool, False)
-        want = {1: p.get("stdout", bool, True), 2: p.get("stderr", bool, True)}
-        since = p.get("since", (int, float), 0)
-        until = p.get("until", (int, float), 0)
-        p.done()
-        record = self.s._get(ref)
-        if record.config.host.log_driver == "none":
-            raise Conflict(f"configured logging driver does not support reading: container "
-                           f"{record.name} was created with --log-driver none")
-        # Subscribed before the files are opened: what comes after their sizes now
-        # arrives through the queue, once.
-        queue, _live = self.s.subscribe(record) if follow else (None, None)
-        stamper = _Stamper() if timestamps else None
-        try:
-            with logfiles.Snapshot(record.log_path) as snapshot:
-                if tail >= 0:
-                    entries, short = snapshot.tail(tail, since, until) if tail else ([], False)
-                else:
-                    entries, short = snapshot.entries(since, until), True
-                note = logfiles.dropped_note(snapshot, since, short)
-                if note:
-                    await ctx.send_event("notice", note)
-                for e in entries:
-                    if want.get(e.stream):
-                        data = e.data
-                        if stamper is not None:
-                            data = stamper.stamp(e.stream, data, e.time)
-                        await ctx.send_event("stdout" if e.stream == 1 else "stderr", data)
-            while queue is not None:
-                item = await queue.get()
-                if item is None:
-                    break
-                fd, data = item
-                if want.get(fd):
-                    if stamper is not None:
-                        data = stamper.stamp(fd, data, time.time())
-                    await ctx.send_event("stdout" if fd == 1 else "stderr", data)
-        finally:
-            self.s.unsubscribe(record, queue)
+    async def container_logs(self, ctx: RequestContext, params: ops.Logs) -> Any:
+        p = params
+        await self.containers.logs(ctx, self.containers.get(p.id), follow=p.follow,
+                                   tail=p.tail, timestamps=p.timestamps, stdout=p.stdout,
+                                   stderr=p.stderr, since=p.since, until=p.until)
         return {}
 
-    async def exec(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.exec")
-        ref = p.get("id", str)
-        cmd = p.get("cmd", list, items=str)
-        env = p.get("env", list, [], items=str)
-        workdir = p.get("workdir", str, "")
-        user = p.get("user", str, "")
-        tty = p.get("tty", bool, False)
-        stdin = p.get("stdin", bool, False)
-        detach = p.get("detach", bool, False)
-        p.done()
-        if not cmd:
-            raise InvalidArgument("container.exec: cmd: no command given")
-        return await self.s.exec(ctx, self.s._get(ref), cmd, env, workdir, user, tty, stdin,
-                                 detach)
+    async def container_exec(self, ctx: RequestContext, params: ops.Exec) -> Any:
+        p = params
+        return await self.containers.exec(ctx, self.containers.get(p.id), list(p.cmd),
+                                          list(p.env), p.workdir, p.user, p.tty, p.stdin,
+                                          p.detach)
 
-    async def resize(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.resize")
-        ref = p.get("id", str)
-        rows = p.get("rows", int)
-        cols = p.get("cols", int)
-        p.get("exec_id", str, "")
-        p.done()
-        if not (0 < rows <= 0xFFFF and 0 < cols <= 0xFFFF):
-            raise InvalidArgument(f"container.resize: rows and cols must be from 1 to "
-                                  f"65535, got {rows}x{cols}")
-        live = self.s.live.get(self.s._get(ref).id)
-        if live is None or live.terminal < 0:
-            raise Conflict(f"container {ref} has no running terminal")
-        from .containers import _resize
-        _resize(live.terminal, rows, cols)
+    async def container_resize(self, ctx: RequestContext, params: ops.Resize) -> Any:
+        self.containers.resize(self.containers.get(params.id), params.rows, params.cols)
         return {}
 
     # -- inspection of a running container
-    async def top(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.top")
-        ref = p.get("id", str)
-        p.done()
-        record = self.s._get(ref)
-        if record.state.status not in RUNNING:
-            raise Conflict(f"Container {record.id[:12]} is not running")
-        pids = await self.s.runner.pids(record.id)
-        rows = []
-        for pid in sorted(pids):
-            rows.append(_ps_row(pid))
+    async def container_top(self, ctx: RequestContext, params: ops.ById) -> Any:
+        pids = await self.containers.pids(self.containers.get(params.id))
+        rows = [_ps_row(pid) for pid in pids]
         return {"titles": ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"],
                 "processes": [r for r in rows if r]}
 
     async def _sample(self, record: ContainerRecord) -> dict:
-        stats = {}
-        if record.state.status in RUNNING and record.id in self.s.live:
-            stats = await self.s.runner.stats(record.id)
+        stats = await self.containers.usage(record)
         h = record.config.host
         return {"read": time.time(), "cpu_ns": stats.get("cpu_usage_ns", 0),
                 "system_ns": _system_ns(), "online_cpus": os.cpu_count() or 1,
@@ -400,374 +201,201 @@ class _Operations:
                 "pids": stats.get("pids_current", 0), "pids_limit": max(h.pids_limit or 0, 0),
                 "net_rx": 0, "net_tx": 0, "blk_read": 0, "blk_write": 0}
 
-    async def stats_once(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.stats_once")
-        ref = p.get("id", str)
-        p.done()
-        return await self._sample(self.s._get(ref))
+    async def container_stats_once(self, ctx: RequestContext, params: ops.ById) -> Any:
+        return await self._sample(self.containers.get(params.id))
 
-    async def stats(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.stats")
-        ref = p.get("id", str)
-        stream = p.get("stream", bool, True)
-        interval = p.get("interval", (int, float), 1.0)
-        p.done()
-        if not 0 < interval <= MAX_TIMEOUT:
-            raise InvalidArgument(f"container.stats: interval must be above 0 and at most "
-                                  f"{MAX_TIMEOUT} seconds, got {interval}")
-        record = self.s._get(ref)
+    async def container_stats(self, ctx: RequestContext, params: ops.Stats) -> Any:
+        record = self.containers.get(params.id)
         count = 0
         while True:
-            record = self.s._get(record.id)
+            record = self.containers.get(record.id)
             await ctx.send_event("stats", await self._sample(record))
             count += 1
-            if record.state.status not in RUNNING or (not stream and count >= 2):
+            if record.state.status not in RUNNING or (not params.stream and count >= 2):
                 return {}
-            await asyncio.sleep(max(0.05, float(interval)))
+            await asyncio.sleep(max(0.05, float(params.interval)))
 
-    async def pause(self, ctx: RequestContext, params: dict) -> Any:
-        return await self._freeze(params, "container.pause", True)
-
-    async def unpause(self, ctx: RequestContext, params: dict) -> Any:
-        return await self._freeze(params, "container.unpause", False)
-
-    async def _freeze(self, params: dict, op: str, freeze: bool) -> Any:
-        p = Params(params, op)
-        ref = p.get("id", str)
-        p.done()
-        record = self.s._get(ref)
-        want = "running" if freeze else "paused"
-        if record.state.status != want:
-            raise Conflict(f"Container {record.id[:12]} is {record.state.status}, not {want}")
-        if freeze:
-            await self.s.runner.pause(record.id)
-        else:
-            await self.s.runner.resume(record.id)
-        self.s._set_state(record, status="paused" if freeze else "running")
+    async def container_pause(self, ctx: RequestContext, params: ops.ById) -> Any:
+        await self.containers.pause(self.containers.get(params.id))
         return {}
 
-    async def update(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.update")
-        ref = p.get("id", str)
-        changes = {}
-        for field in ("memory", "memory_swap", "nano_cpus", "cpu_quota", "cpu_period",
-                      "cpu_shares", "pids_limit"):
-            value = p.get(field, (int, type(None)), None)
-            if value is not None:
-                changes[field] = value
-        p.done()
-        record = self.s._get(ref)
-        host = dataclasses.replace(record.config.host, **changes)
-        if "nano_cpus" in changes:
-            host = dataclasses.replace(host, cpu_quota=None)
-        if "cpu_quota" in changes:
-            host = dataclasses.replace(host, nano_cpus=None)
-        config = dataclasses.replace(record.config, host=host).validate()
-        if record.state.status in RUNNING:
-            await self.s.runner.update(record.id, host.limits())
-        self.s._save(dataclasses.replace(record, config=config))
+    async def container_unpause(self, ctx: RequestContext, params: ops.ById) -> Any:
+        await self.containers.unpause(self.containers.get(params.id))
+        return {}
+
+    async def container_update(self, ctx: RequestContext, params: ops.Update) -> Any:
+        await self.containers.update(self.containers.get(params.id), params.changes())
         return {"warnings": []}
 
-    async def rename(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.rename")
-        ref = p.get("id", str)
-        name = p.get("name", str)
-        p.done()
-        problems = check_name(name.lstrip("/"))
-        if problems:
-            raise InvalidArgument.of(problems)
-        record = self.s._get(ref)
-        self.s._save(dataclasses.replace(record, name=name.lstrip("/")))
+    async def container_rename(self, ctx: RequestContext, params: ops.Rename) -> Any:
+        self.containers.rename(self.containers.get(params.id), params.name)
         return {}
 
-    async def prune(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.prune")
-        _filters(p)
-        p.done()
-        removed = []
-        for row in self.s.store.list_containers():
-            record = self.s._record(row)
-            if record.id not in self.s.live and record.state.status not in RUNNING:
-                await self.s.remove(record)
-                removed.append(record.id)
-        return {"removed": removed, "space_reclaimed": 0}
+    async def container_prune(self, ctx: RequestContext, params: ops.Filters) -> Any:
+        return {"removed": await self.containers.prune(), "space_reclaimed": 0}
 
     # -- files (sbx cp)
-    async def archive_stat(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.archive_stat")
-        ref = p.get("id", str)
-        path = p.get("path", str)
-        p.done()
-        record = self.s._get(ref)
-        async with self.s.files_root(record) as root:
+    async def container_archive_stat(self, ctx: RequestContext, params: ops.FilePath) -> Any:
+        record = self.containers.get(params.id)
+        async with self.containers.files_root(record) as root:
             return await asyncio.get_running_loop().run_in_executor(
-                None, self.s.archive_stat, root, record, path)
+                None, self.containers.archive_stat, root, record, params.path)
 
-    async def archive_get(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.archive_get")
-        ref = p.get("id", str)
-        path = p.get("path", str)
-        p.done()
-        record = self.s._get(ref)
+    async def container_archive_get(self, ctx: RequestContext, params: ops.FilePath) -> Any:
+        record = self.containers.get(params.id)
         # Spooled to disk (by a thread: it is file I/O), then sent in 1 MiB chunks.
-        with tempfile.TemporaryFile(dir=self.s.root) as spool:
-            async with self.s.files_root(record) as root:
+        with tempfile.TemporaryFile(dir=self.spool_dir) as spool:
+            async with self.containers.files_root(record) as root:
                 doc = await asyncio.get_running_loop().run_in_executor(
-                    None, self.s.archive_get, root, record, path, spool)
+                    None, self.containers.archive_get, root, record, params.path, spool)
             await _send_spool(ctx, spool)
         return {k: doc[k] for k in ("name", "size", "mode", "mtime", "link_target")}
 
-    async def archive_put(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.archive_put")
-        ref = p.get("id", str)
-        path = p.get("path", str)
-        p.done()
-        if not path.startswith("/"):
-            raise InvalidArgument(f"path: {path!r} must be absolute (start with /)")
-        record = self.s._get(ref)
-        with await _spool_stdin(ctx, "container.archive_put", self.s.root) as spool:
-            record = self.s._get(record.id)
-            async with self.s.files_root(record, write=True) as root:
+    async def container_archive_put(self, ctx: RequestContext,
+                                    params: ops.PutArchive) -> Any:
+        record = self.containers.get(params.id)
+        with await _spool_stdin(ctx, "container.archive_put", self.spool_dir) as spool:
+            record = self.containers.get(record.id)
+            async with self.containers.files_root(record, write=True) as root:
                 await asyncio.get_running_loop().run_in_executor(
-                    None, self.s.archive_put, root, record, path, spool)
+                    None, self.containers.archive_put, root, record, params.path, spool)
         return {}
 
     # -- images
-    async def commit(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "container.commit")
-        ref = p.get("id", str)
-        name = p.get("name", (str, type(None)), None)
-        message = p.get("message", str, "")
-        p.done()
-        record = self.s._get(ref)
+    async def container_commit(self, ctx: RequestContext, params: ops.Commit) -> Any:
+        record = self.containers.get(params.id)
         if record.config.host.auto_remove:
             raise Conflict(f"container {record.name} was started with --rm: its writable "
                            f"layer is a tmpfs inside the container, which cannot be "
                            f"committed; run it without --rm to commit it")
         created_by = " ".join([record.path, *record.args])
-        async with self.s.upper(record):
+        async with self.containers.upper(record):
             image_id = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self.s.images.commit(record.id, record.image_id, name,
-                                                   message=message, created_by=created_by))
+                None, lambda: self.images.commit(record.id, record.image_id, params.name,
+                                                 message=params.message,
+                                                 created_by=created_by))
         return {"id": image_id}
 
-    async def export(self, ctx: RequestContext, params: dict) -> Any:
+    async def container_export(self, ctx: RequestContext, params: ops.ById) -> Any:
         from .images.view import write_tar
-        p = Params(params, "container.export")
-        ref = p.get("id", str)
-        p.done()
-        record = self.s._get(ref)
+        record = self.containers.get(params.id)
         if record.config.host.auto_remove and record.state.status in RUNNING:
             raise Conflict(f"container {record.name} was started with --rm: its writable "
                            f"layer is a tmpfs inside the container and cannot be exported; "
                            f"run it without --rm")
         # Spooled by a thread (it reads every file), then sent in 1 MiB chunks.
-        with tempfile.TemporaryFile(dir=self.s.root) as spool:
-            async with self.s.upper(record):
-                view = self.s.images.view(record.image_id, record.id)
+        with tempfile.TemporaryFile(dir=self.spool_dir) as spool:
+            async with self.containers.upper(record):
+                view = self.images.view(record.image_id, record.id)
                 await asyncio.get_running_loop().run_in_executor(None, write_tar, view, spool)
             return {"size": await _send_spool(ctx, spool)}
 
-    async def image_import(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "image.import")
-        name = p.get("name", str)
-        path = p.get("path", (str, type(None)), None)
-        message = p.get("message", str, "")
-        p.done()
+    async def image_import(self, ctx: RequestContext, params: ops.ImportImage) -> Any:
         loop = asyncio.get_running_loop()
-        source = await _open_source(path, "image.import") if path is not None else \
-            await _spool_stdin(ctx, "image.import", self.s.root)
+        source = await _open_source(params.path, "image.import") \
+            if params.path is not None else \
+            await _spool_stdin(ctx, "image.import", self.spool_dir)
         try:
             image_id = await loop.run_in_executor(
-                None, lambda: self.s.images.import_rootfs(source, name, message=message))
+                None, lambda: self.images.import_rootfs(source, params.name,
+                                                        message=params.message))
         finally:
             source.close()
-        image = self.s.images.get(image_id)
-        return {"id": image_id, "name": name, "size": image["size"],
+        image = self.images.get(image_id)
+        return {"id": image_id, "name": params.name, "size": image["size"],
                 "warnings": image["doc"].get("warnings", [])}
 
-    async def image_list(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "image.list")
-        show_all = p.get("all", bool, False)
-        _filters(p)
-        p.done()
-        images = self.s.images.list()
-        if not show_all:              # Docker hides a build's intermediate images
-            images = [i for i in images if i["tags"] or not self.s.images.children(i["id"])]
+    async def image_list(self, ctx: RequestContext, params: ops.ListImages) -> Any:
+        images = self.images.list()
+        if not params.all:            # Docker hides a build's intermediate images
+            images = [i for i in images if i["tags"] or not self.images.children(i["id"])]
         return {"images": [self._image_record(i["id"]) for i in images]}
 
-    async def image_prune(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "image.prune")
-        all_unused = p.get("all", bool, False)
-        filters = _filters(p)
-        p.done()
-        if filters:
-            raise InvalidArgument(f"image.prune: filters are not supported (got "
-                                  f"{', '.join(sorted(filters))})")
+    async def image_prune(self, ctx: RequestContext, params: ops.PruneImages) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.s.images.prune(all_unused))
+            None, lambda: self.images.prune(params.all))
 
-    async def image_build(self, ctx: RequestContext, params: dict) -> Any:
+    async def image_build(self, ctx: RequestContext, params: ops.Build) -> Any:
         from .images.build import Builder, BuildOptions, unpack_context
-        p = Params(params, "image.build")
+        p = params
         options = BuildOptions(
-            dockerfile=p.get("dockerfile", str),
-            dockerfile_name=p.get("dockerfile_name", str, "Dockerfile"),
-            tags=p.get("tags", list, [], items=str),
-            build_args=_string_map(p.get("build_args", dict, {}), "build_args"),
-            no_cache=p.get("no_cache", bool, False),
-            network=p.get("network", str, "none"),
-            target=p.get("target", str, ""),
-            labels=_string_map(p.get("labels", dict, {}), "labels"),
-            memory=p.get("memory", (str, int, type(None)), None),
-            cpus=p.get("cpus", (str, int, float, type(None)), None),
-            pids_limit=p.get("pids_limit", (int, type(None)), None))
-        p.done()
-        for tag in options.tags:
-            parse_ref(tag)            # a bad name fails before any work
+            dockerfile=p.dockerfile, dockerfile_name=p.dockerfile_name, tags=list(p.tags),
+            build_args=p.build_args, no_cache=p.no_cache, network=p.network,
+            target=p.target, labels=p.labels, memory=p.memory, cpus=p.cpus,
+            pids_limit=p.pids_limit)
         loop = asyncio.get_running_loop()
-        with await _spool_stdin(ctx, "image.build", self.s.root) as spool:
+        with await _spool_stdin(ctx, "image.build", self.spool_dir) as spool:
             context = await loop.run_in_executor(None, unpack_context, spool,
-                                                 self.s.images.builds_root)
+                                                 self.images.builds_root)
         try:
-            builder = Builder(self.s, context, options,
+            builder = Builder(self.containers, context, options,
                               lambda text: ctx.send_event("progress", {"stream": text}))
             image_id = await builder.run()
         finally:
             await loop.run_in_executor(None, lambda: shutil.rmtree(context,
                                                                    ignore_errors=True))
-        return {"id": image_id, "tags": list(self.s.images.get(image_id)["tags"])}
+        return {"id": image_id, "tags": list(self.images.get(image_id)["tags"])}
 
-    async def image_inspect(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "image.inspect")
-        name = p.get("name", str)
-        p.done()
-        return self._image_record(name)
+    async def image_inspect(self, ctx: RequestContext, params: ops.ByName) -> Any:
+        return self._image_record(params.name)
 
-    async def image_remove(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "image.remove")
-        name = p.get("name", str)
-        force = p.get("force", bool, False)
-        p.done()
+    async def image_remove(self, ctx: RequestContext, params: ops.RemoveImage) -> Any:
         # In a thread: removal deletes files and may wait for an unpack (the image lock).
         result = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.s.images.remove(name, force=force))
+            None, lambda: self.images.remove(params.name, force=params.force))
         return {"untagged": [r["Untagged"] for r in result if "Untagged" in r],
                 "deleted": [r["Deleted"] for r in result if "Deleted" in r]}
 
     def _image_record(self, ref: str) -> dict[str, Any]:
-        image = self.s.images.get(ref)
-        return {**self.s.images.record(image["id"]),
+        image = self.images.get(ref)
+        return {**self.images.record(image["id"]),
                 "repo_digests": list(image["doc"].get("repo_digests", []))}
 
-    async def image_tag(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "image.tag")
-        source = p.get("source", str)
-        target = p.get("target", str)
-        p.done()
-        if "@" in target:
-            raise InvalidArgument(f"tag {target!r}: refusing to create a tag with a digest "
-                                  f"reference")
-        return {"name": self.s.images.tag(source, target)}
+    async def image_tag(self, ctx: RequestContext, params: ops.Tag) -> Any:
+        return {"name": self.images.tag(params.source, params.target)}
 
-    async def image_history(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "image.history")
-        name = p.get("name", str)
-        p.done()
-        image = self.s.images.get(name)
-        config = image["doc"]["config"]
-        sizes = iter(self._layer_sizes(image))
-        rows = []
-        for entry in config.get("history") or []:
-            empty = bool(entry.get("empty_layer"))
-            rows.append({"id": "", "created": parse_time(entry.get("created", "")) or 0.0,
-                         "created_by": entry.get("created_by", ""),
-                         "comment": entry.get("comment", ""), "tags": [],
-                         "size": 0 if empty else next(sizes, 0)})
-        # the images a build made on the way (and its base) own the entries up to theirs
-        current: dict[str, Any] | None = image
-        while current is not None and rows:
-            count = len(current["doc"]["config"].get("history") or [])
-            if 0 < count <= len(rows):
-                rows[count - 1].update(id=current["id"], tags=list(current["tags"]))
-            parent = (current["doc"].get("build") or {}).get("parent")
-            current = self.s.images.store.get_image(parent) if parent else None
-        rows.reverse()                    # newest first, as Docker lists them
-        if rows:
-            rows[0].update(id=image["id"], tags=list(image["tags"]))
-        return {"history": rows}
+    async def image_history(self, ctx: RequestContext, params: ops.ByName) -> Any:
+        return {"history": self.images.history(params.name)}
 
-    def _layer_sizes(self, image: dict[str, Any]) -> list[int]:
-        """Each layer's unpacked size (kept on its snapshot), bottom first."""
-        from .images.service import SIZE_LABEL
-        sizes = []
-        for chain, layer in zip(image["doc"].get("chain_ids", []),
-                                image["doc"].get("layers", [])):
-            try:
-                labels = self.s.images.snapshotter.stat(chain).labels
-                sizes.append(int(labels.get(SIZE_LABEL, layer["size"])))
-            except NotFound:
-                sizes.append(int(layer["size"]))
-        return sizes
+    async def image_pull(self, ctx: RequestContext, params: ops.ByName) -> Any:
+        image_id = await _in_thread(ctx, self.images.pull, params.name)
+        return {"id": image_id, "name": str(parse_ref(params.name))}
 
-    async def image_pull(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "image.pull")
-        name = p.get("name", str)
-        p.done()
-        image_id = await _in_thread(ctx, self.s.images.pull, name)
-        return {"id": image_id, "name": str(parse_ref(name))}
+    async def image_push(self, ctx: RequestContext, params: ops.ByName) -> Any:
+        return await _in_thread(ctx, self.images.push, params.name)
 
-    async def image_push(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "image.push")
-        name = p.get("name", str)
-        p.done()
-        return await _in_thread(ctx, self.s.images.push, name)
-
-    async def image_load(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "image.load")
-        path = p.get("path", (str, type(None)), None)
-        p.done()
-        source = await _open_source(path, "image.load") if path is not None else \
-            await _spool_stdin(ctx, "image.load", self.s.root)
+    async def image_load(self, ctx: RequestContext, params: ops.Load) -> Any:
+        source = await _open_source(params.path, "image.load") \
+            if params.path is not None else \
+            await _spool_stdin(ctx, "image.load", self.spool_dir)
         try:
-            loaded = await _in_thread(ctx, self.s.images.load, source)
+            loaded = await _in_thread(ctx, self.images.load, source)
         finally:
             source.close()
         return {"images": [{"id": i["id"], "tags": list(i["tags"])} for i in loaded]}
 
-    async def image_save(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "image.save")
-        names = p.get("names", list, items=str)
-        p.done()
+    async def image_save(self, ctx: RequestContext, params: ops.Save) -> Any:
         # Spooled (by a thread: it reads and writes files) so the image lock is not
         # held while a slow client reads; then sent in 1 MiB chunks.
-        with tempfile.TemporaryFile(dir=self.s.root) as spool:
+        with tempfile.TemporaryFile(dir=self.spool_dir) as spool:
             await asyncio.get_running_loop().run_in_executor(
-                None, self.s.images.save, names, spool)
+                None, self.images.save, list(params.names), spool)
             return {"size": await _send_spool(ctx, spool)}
 
-    async def login(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "system.login")
-        registry = p.get("registry", str)
-        username = p.get("username", str)
-        password = p.get("password", str)
-        p.done()
+    async def system_login(self, ctx: RequestContext, params: ops.Login) -> Any:
         status = await asyncio.get_running_loop().run_in_executor(
-            None, self.s.images.login, registry, username, password)
+            None, self.images.login, params.registry, params.username, params.password)
         return {"status": status}
 
-    async def logout(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "system.logout")
-        registry = p.get("registry", str)
-        p.done()
-        return {"removed": self.s.images.logout(registry)}
+    async def system_logout(self, ctx: RequestContext, params: ops.Logout) -> Any:
+        return {"removed": self.images.logout(params.registry)}
 
     # -- networks
     def _network_record(self, network: Any) -> NetworkRecord:
         containers = []
-        for cid, endpoint in self.s.networks.endpoints(network.id).items():
+        for cid, endpoint in self.networks.endpoints(network.id).items():
             try:
-                name = self.s._get(cid).name
+                name = self.containers.get(cid).name
             except NotFound:          # removed while its namespace goes
                 continue
             containers.append(NetworkContainer(cid, name, endpoint))
@@ -779,94 +407,51 @@ class _Operations:
             labels=tuple(f"{k}={v}" for k, v in sorted(network.labels.items())),
             containers=tuple(containers))
 
-    async def network_create(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "network.create")
-        name = p.get("name", str)
-        driver = p.get("driver", str, "bridge")
-        subnet = p.get("subnet", str, "")
-        gateway = p.get("gateway", str, "")
-        ip_range = p.get("ip_range", str, "")
-        internal = p.get("internal", bool, False)
-        labels = _string_map(p.get("labels", dict, {}), "labels")
-        options = _string_map(p.get("options", dict, {}), "options")
-        p.done()
-        network = await self.s.networks.create(
-            name, driver=driver, subnet=subnet, gateway=gateway, ip_range=ip_range,
-            internal=internal, labels=labels, options=options)
+    async def network_create(self, ctx: RequestContext, params: ops.CreateNetwork) -> Any:
+        p = params
+        network = await self.networks.create(
+            p.name, driver=p.driver, subnet=p.subnet, gateway=p.gateway,
+            ip_range=p.ip_range, internal=p.internal, labels=p.labels, options=p.options)
         if ctx.session is not None:       # a session's networks go with it, as containers do
             ctx.session.track("network", network.id)
         return {"id": network.id, "warnings": []}
 
-    async def network_list(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "network.list")
-        filters = _filters(p)
-        p.done()
-        records = [self._network_record(n) for n in self.s.networks.list()]
-        records = filter_networks(records, filters)
+    async def network_list(self, ctx: RequestContext, params: ops.Filters) -> Any:
+        records = [self._network_record(n) for n in self.networks.list()]
+        records = filter_networks(records, params.filters)
         return {"networks": [r.to_dict() for r in records]}
 
-    async def network_inspect(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "network.inspect")
-        ref = p.get("id", str)
-        p.done()
-        return self._network_record(self.s.networks.get(ref)).to_dict()
+    async def network_inspect(self, ctx: RequestContext, params: ops.ById) -> Any:
+        return self._network_record(self.networks.get(params.id)).to_dict()
 
-    async def network_remove(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "network.remove")
-        ref = p.get("id", str)
-        p.done()
-        await self.s.networks.remove(ref)
+    async def network_remove(self, ctx: RequestContext, params: ops.ById) -> Any:
+        await self.networks.remove(params.id)
         return {}
 
-    async def network_connect(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "network.connect")
-        ref = p.get("id", str)
-        container = p.get("container", str)
-        ip = p.get("ip", str, "")
-        aliases = p.get("aliases", list, [])
-        p.done()
-        if not all(isinstance(a, str) and a for a in aliases):
-            raise InvalidArgument("network.connect: aliases must be non-empty strings")
-        record = await self.s.connect(self.s._get(container), ref, ip, aliases)
-        name = self.s.networks.get(ref).name
+    async def network_connect(self, ctx: RequestContext, params: ops.Connect) -> Any:
+        record = await self.containers.connect(self.containers.get(params.container),
+                                               params.id, params.ip, params.aliases)
+        name = self.networks.get(params.id).name
         return {"ip_address": next(e.ip_address for e in record.endpoints
                                    if e.network == name)}
 
-    async def network_disconnect(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "network.disconnect")
-        ref = p.get("id", str)
-        container = p.get("container", str)
-        force = p.get("force", bool, False)
-        p.done()
-        await self.s.disconnect(self.s._get(container), ref, force)
+    async def network_disconnect(self, ctx: RequestContext, params: ops.Disconnect) -> Any:
+        await self.containers.disconnect(self.containers.get(params.container), params.id,
+                                         params.force)
         return {}
 
-    async def network_prune(self, ctx: RequestContext, params: dict) -> Any:
-        p = Params(params, "network.prune")
-        _filters(p)
-        p.done()
-        removed = []
-        for network in self.s.networks.list():
-            if network.name in BUILTIN_NETWORKS or self.s.networks.endpoints(network.id):
-                continue
-            try:
-                await self.s.networks.remove(network.id)
-            except (Conflict, NotFound):       # a container attached meanwhile, or gone
-                continue
-            removed.append(network.name)
-        return {"removed": removed}
+    async def network_prune(self, ctx: RequestContext, params: ops.Filters) -> Any:
+        return {"removed": await self.networks.prune()}
 
-    async def df(self, ctx: RequestContext, params: dict) -> Any:
-        Params(params, "system.df").done()
+    async def system_df(self, ctx: RequestContext, params: ops.NoParams) -> Any:
         loop = asyncio.get_running_loop()
-        images = await loop.run_in_executor(None, self.s.images.disk_usage)
+        images = await loop.run_in_executor(None, self.images.disk_usage)
         containers = []
-        for row in self.s.store.list_containers():
-            record = self.s._record(row)
+        for record in self.containers.records():
             size = 0
             try:
                 size = (await loop.run_in_executor(
-                    None, self.s.images.snapshotter.usage, record.id))[0]
+                    None, self.images.snapshotter.usage, record.id))[0]
             except NotFound:          # no writable layer kept (--rm, not started)
                 pass
             containers.append({"id": record.id, "name": record.name,
@@ -875,90 +460,22 @@ class _Operations:
                                "running": record.state.status in RUNNING})
         return {"images": images, "containers": containers}
 
-    async def info(self, ctx: RequestContext, params: dict) -> Any:
-        Params(params, "system.info").done()
-        rows = [self.s._record(r) for r in self.s.store.list_containers()]
-        status = [r.state.status for r in rows]
+    async def system_info(self, ctx: RequestContext, params: ops.NoParams) -> Any:
+        status = [r.state.status for r in self.containers.records()]
         uname = os.uname()
         return {"name": uname.nodename, "server_version": __version__,
-                "containers": len(rows), "running": status.count("running"),
+                "containers": len(status), "running": status.count("running"),
                 "paused": status.count("paused"),
-                "stopped": len(rows) - status.count("running") - status.count("paused"),
-                "images": len(self.s.images.list()), "kernel_version": uname.release,
+                "stopped": len(status) - status.count("running") - status.count("paused"),
+                "images": len(self.images.list()), "kernel_version": uname.release,
                 "operating_system": _os_name(), "os_type": "linux",
                 "architecture": platform.machine(), "ncpu": os.cpu_count() or 1,
                 "mem_total": _mem_total(), "cgroup_driver": "cgroupfs",
-                "cgroup_version": "1" if self.s.runner.cgroup_version == "v1" else "2",
-                "root_dir": str(self.s.root), "default_runtime": "sandboxd-runner",
+                "cgroup_version": self.containers.cgroup_version(),
+                "root_dir": self.config.root, "default_runtime": "sandboxd-runner",
                 "security_options": ["name=seccomp,profile=builtin", "name=no-new-privileges",
                                      "name=cgroupns"],
-                "warnings": [w for w in (self.s.networks.masq_problem,) if w]}
-
-
-class _Stamper:
-    """Docker's ``logs -t``: every line starts with its time. Output arrives in chunks
-    that need not end at a newline, so remember per stream whether a line is open."""
-
-    def __init__(self) -> None:
-        self.open_line = {1: False, 2: False}
-
-    def stamp(self, fd: int, data: bytes, ts: float) -> bytes:
-        prefix = rfc3339(ts).encode() + b" "
-        out = bytearray()
-        for line in data.splitlines(keepends=True):
-            if not self.open_line[fd]:
-                out += prefix
-            out += line
-            self.open_line[fd] = not line.endswith((b"\n", b"\r"))
-        return bytes(out)
-
-
-MAX_TIMEOUT = 365 * 86400    # seconds: beyond this, a wait is a mistake (or an overflow)
-MAX_FILTER_VALUE = 1024      # characters of one filter value (a name filter is a regex)
-
-
-def _timeout(value: int | None, op: str) -> int | None:
-    """A stop timeout in seconds: -1 waits for ever (Docker's meaning), None is the
-    container's own."""
-    if value is not None and not -1 <= value <= MAX_TIMEOUT:
-        raise InvalidArgument(f"{op}: timeout must be -1 (wait for ever) or 0 to "
-                              f"{MAX_TIMEOUT} seconds, got {value}")
-    return value
-
-
-def _filters(p: Params) -> dict[str, list[str]]:
-    """``filters``: a map of key -> list of strings (a lone string is one value), as
-    ``sbx``'s ``--filter key=value`` flags and the Python API send them. The keys are
-    checked by the filter itself; a ``name`` value must compile as a regular
-    expression."""
-    raw = p.get("filters", (dict, type(None)), None) or {}
-    out: dict[str, list[str]] = {}
-    for key, values in raw.items():
-        values = [values] if isinstance(values, str) else values
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            p.problems.append(f"{p.where}: filters.{key:.60}: expected a list of strings, "
-                              f"got {type(values).__name__}")
-            continue
-        if any(len(v) > MAX_FILTER_VALUE for v in values):
-            p.problems.append(f"{p.where}: filters.{key:.60}: a value is longer than "
-                              f"{MAX_FILTER_VALUE} characters")
-            continue
-        if key == "name":
-            for value in values:
-                try:
-                    re.compile(value)
-                except re.error as exc:
-                    p.problems.append(f"{p.where}: filters.name: {value!r:.80} is not a "
-                                      f"regular expression: {exc}")
-        out[key] = values
-    return out
-
-
-def _string_map(value: dict, field: str) -> dict[str, str]:
-    bad = [k for k, v in value.items() if not isinstance(k, str) or not isinstance(v, str)]
-    if bad:
-        raise InvalidArgument(f"{field}: keys and values must be strings ({bad[0]!r} is not)")
-    return dict(value)
+                "warnings": [w for w in (self.networks.masq_problem,) if w]}
 
 
 class _Throttle:

@@ -227,3 +227,22 @@ def _human(n: int) -> str:
         if n >= 1 << shift:
             return f"{n / (1 << shift):.1f} {unit}"
     return f"{n} bytes"
+
+
+class Stamper:
+    """Docker's ``logs -t``: every line starts with its time. Output arrives in chunks
+    that need not end at a newline, so remember per stream whether a line is open."""
+
+    def __init__(self) -> None:
+        self.open_line = {1: False, 2: False}
+
+    def stamp(self, fd: int, data: bytes, ts: float) -> bytes:
+        from .render import rfc3339
+        prefix = rfc3339(ts).encode() + b" "
+        out = bytearray()
+        for line in data.splitlines(keepends=True):
+            if not self.open_line[fd]:
+                out += prefix
+            out += line
+            self.open_line[fd] = not line.endswith((b"\n", b"\r"))
+        return bytes(out)

@@ -359,6 +359,19 @@ class NetworkService:
         self._delete(network)
         await self._masquerade()
 
+    async def prune(self) -> list[str]:
+        """Remove every user-defined network no container is attached to; their names."""
+        removed = []
+        for network in self.list():
+            if network.name in BUILTIN or self.endpoints(network.id):
+                continue
+            try:
+                await self.remove(network.id)
+            except (Conflict, NotFound):       # a container attached meanwhile, or gone
+                continue
+            removed.append(network.name)
+        return removed
+
     def endpoints(self, ref: str) -> dict[str, Endpoint]:
         """The containers attached to a network: ``{container id: endpoint}``."""
         network = self.get(ref)

@@ -355,7 +355,7 @@ class Builder:
                     build={"parent": state.image, "key": key})
         finally:
             try:
-                await service.remove(service._get(record.id), force=True)
+                await service.remove(service.get(record.id), force=True)
             except NotFound:
                 pass
             await self.say(f"Removing intermediate container {record.id[:12]}\n")

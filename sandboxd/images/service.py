@@ -210,6 +210,43 @@ class ImageService:
             "labels": [f"{k}={v}" for k, v in sorted((run.get("Labels") or {}).items())],
         }
 
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        """``image.history``: one row per history entry, newest first; each image a
+        build made on the way (and its base) owns the rows up to its own."""
+        image = self.get(ref)
+        config = image["doc"]["config"]
+        sizes = iter(self.layer_sizes(image))
+        rows = []
+        for entry in config.get("history") or []:
+            empty = bool(entry.get("empty_layer"))
+            rows.append({"id": "", "created": oci.parse_time(entry.get("created", "")) or 0.0,
+                         "created_by": entry.get("created_by", ""),
+                         "comment": entry.get("comment", ""), "tags": [],
+                         "size": 0 if empty else next(sizes, 0)})
+        current: dict[str, Any] | None = image
+        while current is not None and rows:
+            count = len(current["doc"]["config"].get("history") or [])
+            if 0 < count <= len(rows):
+                rows[count - 1].update(id=current["id"], tags=list(current["tags"]))
+            parent = (current["doc"].get("build") or {}).get("parent")
+            current = self.store.get_image(parent) if parent else None
+        rows.reverse()                    # newest first, as Docker lists them
+        if rows:
+            rows[0].update(id=image["id"], tags=list(image["tags"]))
+        return rows
+
+    def layer_sizes(self, image: dict[str, Any]) -> list[int]:
+        """Each layer's unpacked size (kept on its snapshot), bottom first."""
+        sizes = []
+        for chain, layer in zip(image["doc"].get("chain_ids", []),
+                                image["doc"].get("layers", [])):
+            try:
+                labels = self.snapshotter.stat(chain).labels
+                sizes.append(int(labels.get(SIZE_LABEL, layer["size"])))
+            except NotFound:
+                sizes.append(int(layer["size"]))
+        return sizes
+
     # ------------------------------------------------------------ import
 
     def import_rootfs(self, src: str | os.PathLike[str] | BinaryIO, ref: str | None = None,

@@ -817,8 +817,8 @@ def test_random_well_formed_requests_get_errors_by_id(daemon):
     requests = [("", {}), ("x" * 129, {}), ("container.create", 5),
                 ("ping", {"a": [1, {"b": None}]}), ("session.open", {"label": 5}),
                 ("container.create", {"options": {"image": "b"}, "config": {}}),
-                *[("container.create", {"options": o}) for o in bad_options],
-                *[("container.run", {"options": o}) for o in bad_options]]
+                ("container.run", {"options": {"image": "b"}}),
+                *[("container.config", {"options": o}) for o in bad_options]]
     for rid, (op, params) in enumerate(requests, start=1):
         raw.send({"id": rid, "op": op, "params": params})
         reply = raw.recv()

@@ -2,14 +2,15 @@
 garbage frames and for well-formed requests to every operation with hostile params, a
 pipelining raw client, and the daemon's own figures read from /proc.
 
-The operations and their fields are read from the daemon's source (every
-``Params(params, "op")`` and the ``p.get("field", ...)`` calls after it), so an operation
-added later is fuzzed without touching this file; ``container.create``/``run`` options
-take their names from ``flags.build_config``'s signature.
+The operations and their fields are read from the daemon's operation table
+(``sandboxd/operations.py``), so an operation added later is fuzzed without touching
+this file; ``container.config``'s options take their names from
+``flags.build_config``'s signature, and ``container.create``/``run``'s ``config`` is a
+valid one with hostile values in some of its fields.
 """
 from __future__ import annotations
 
-import ast
+import dataclasses
 import inspect
 import os
 import socket
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 
 from sandboxd import flags, protocol
 from sandboxd.filters import FILTER_KEYS
+from sandboxd import operations as table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,42 +35,13 @@ SAFE_PATH_OPS = {"image.import", "image.load"}
 
 
 def operations() -> dict[str, set[str]]:
-    """op -> the param names its handler reads, from handlers.py and daemon.py."""
-    ops: dict[str, set[str]] = {}
-    for source in ("sandboxd/handlers.py", "sandboxd/daemon.py"):
-        tree = ast.parse((REPO / source).read_text())
-        for func in ast.walk(tree):
-            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            names: set[str] = set()
-            op = None
-            for node in ast.walk(func):
-                if not isinstance(node, ast.Call):
-                    continue
-                callee = node.func
-                if isinstance(callee, ast.Name) and callee.id == "Params" and \
-                        len(node.args) == 2 and isinstance(node.args[1], ast.Constant):
-                    op = node.args[1].value
-                elif isinstance(callee, ast.Attribute) and callee.attr == "get" and \
-                        isinstance(callee.value, ast.Name) and callee.value.id == "p" and \
-                        node.args and isinstance(node.args[0], ast.Constant):
-                    names.add(node.args[0].value)
-                elif isinstance(callee, ast.Name) and callee.id == "_filters":
-                    names.add("filters")
-                elif isinstance(callee, ast.Attribute) and callee.attr == "_config":
-                    names.update(("options", "config"))    # _Operations._config(p)
-            for loop in ast.walk(func):       # for field in ("memory", ...): p.get(field)
-                if isinstance(loop, ast.For) and isinstance(loop.iter, ast.Tuple):
-                    names.update(e.value for e in loop.iter.elts
-                                 if isinstance(e, ast.Constant) and isinstance(e.value, str))
-            if isinstance(op, str) and "." in op or op == "ping":
-                ops.setdefault(op, set()).update(names)
-    # pause/unpause share _freeze(params, op): its op name is an argument
-    for op in ("container.pause", "container.unpause"):
-        ops[op] = {"id"}
-    return ops
+    """op -> its params' field names (retired ones too: they must be refused), read
+    from the daemon's operation table."""
+    return {op.name: {f.name for f in dataclasses.fields(op.params)} | set(op.params.RETIRED)
+            for op in table.TABLE}
 
 
+CONFIG = flags.build_config("fuzz-image-not-here").to_dict()
 OPTION_NAMES = sorted(set(inspect.signature(flags.build_config).parameters)
                       - flags.CLIENT_SIDE)
 
@@ -99,10 +72,17 @@ def _field(op: str, name: str) -> st.SearchStrategy:
     if name == "path" and op in SAFE_PATH_OPS:
         return st.one_of(st.none(), st.text(max_size=20).map(
             lambda t: "/nonexistent-sandboxd-fuzz/" + t.replace("\x00", "")), values)
-    if name in ("options", "config"):
+    if name == "options":
         return st.one_of(values, st.dictionaries(
             st.sampled_from(OPTION_NAMES) | hostile_text, values, max_size=6).map(
                 lambda d: {"image": "fuzz-image-not-here", **d}))
+    if name == "config":
+        return st.one_of(values, st.tuples(
+            st.dictionaries(st.sampled_from(sorted(CONFIG)) | hostile_text, values,
+                            max_size=3),
+            st.dictionaries(st.sampled_from(sorted(CONFIG["host"])) | hostile_text, values,
+                            max_size=3)).map(
+                lambda t: {**CONFIG, **t[0], "host": {**CONFIG["host"], **t[1]}}))
     if name == "filters":
         return st.one_of(values, st.dictionaries(
             st.sampled_from(list(FILTER_KEYS) + ["type", "driver", "scope"])

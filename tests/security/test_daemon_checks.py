@@ -25,6 +25,7 @@ import fuzz
 from harness import PY, REPO, Daemon, RawClient, pid_alive, running, wait_until
 from registries import NO_REGISTRY, REGISTRY_BIN, StallingProxy, serve_registry
 from sandboxd import protocol, testing
+from sandboxd.flags import build_config
 from sandboxd.images import ImageService
 from sandboxd.snapshots import Snapshotter
 from sandboxd.store import ContentStore, Store
@@ -405,32 +406,37 @@ def test_check_28_garbage_frames_error_or_close_and_the_daemon_lives(
 
 # ---------------------------------------------------------------- 29: invalid requests
 
+BUSYBOX = build_config("busybox").to_dict()
 INVALID = [
-    ("container.create", {"options": {"image": 5}}),
-    ("container.create", {"options": {"image": "busybox", "nope": 1}}),
-    ("container.create", {"options": {"image": "busybox"}, "extra": True}),
+    ("container.create", {"options": {"image": "busybox"}}),      # the retired shape
+    ("container.run", {"options": {"image": "busybox"}}),
+    ("container.config", {"options": {"image": 5}}),
+    ("container.config", {"options": {"image": "busybox", "nope": 1}}),
+    ("container.create", {"config": BUSYBOX, "extra": True}),
     ("container.create", {}),
-    ("container.create", {"name": "a/b", "options": {"image": "busybox"}}),
-    ("container.create", {"name": "..", "options": {"image": "busybox"}}),
-    ("container.create", {"name": "a\x00b", "options": {"image": "busybox"}}),
-    ("container.create", {"name": "n" * 10_000, "options": {"image": "busybox"}}),
-    ("container.create", {"options": {"image": "busybox", "env": ["=x"]}}),
-    ("container.create", {"options": {"image": "busybox", "env": ["A\x00B=1"]}}),
-    ("container.create", {"options": {"image": "busybox", "env": [7]}}),
-    ("container.create", {"options": {"image": "busybox", "volumes": ["/tmp:/proc"]}}),
-    ("container.create", {"options": {"image": "busybox", "volumes": ["/tmp:/proc/sys"]}}),
-    ("container.create", {"options": {"image": "busybox", "tmpfs": ["/proc/x"]}}),
-    ("container.create", {"options": {"image": "busybox", "volumes": ["/tmp:/x:zz"]}}),
-    ("container.create", {"options": {"image": "busybox", "ulimits": ["nofile=10:5"]}}),
-    ("container.create", {"options": {"image": "busybox", "ulimits": ["nope=1"]}}),
-    ("container.create", {"options": {"image": "busybox", "ulimits": {"nofile": "x"}}}),
-    ("container.create", {"options": {"image": "busybox", "memory": "1k"}}),
-    ("container.create", {"options": {"image": "busybox", "memory": [1]}}),
-    ("container.create", {"options": {"image": "busybox", "cpus": "lots"}}),
-    ("container.create", {"options": {"image": "busybox", "tmpfs": {"/t": "mode=99999"}}}),
-    ("container.create", {"options": {"image": "busybox", "workdir": "/proc/self/fd/3"}}),
-    ("container.create", {"options": {"image": "busybox", "ports": ["99999:80"]}}),
-    ("container.run", {"options": {"image": "busybox", "pids_limit": "many"}}),
+    ("container.create", {"name": "a/b", "config": BUSYBOX}),
+    ("container.create", {"name": "..", "config": BUSYBOX}),
+    ("container.create", {"name": "a\x00b", "config": BUSYBOX}),
+    ("container.create", {"name": "n" * 10_000, "config": BUSYBOX}),
+    ("container.config", {"options": {"image": "busybox", "env": ["=x"]}}),
+    ("container.config", {"options": {"image": "busybox", "env": ["A\x00B=1"]}}),
+    ("container.config", {"options": {"image": "busybox", "env": [7]}}),
+    ("container.config", {"options": {"image": "busybox", "volumes": ["/tmp:/proc"]}}),
+    ("container.config", {"options": {"image": "busybox", "volumes": ["/tmp:/proc/sys"]}}),
+    ("container.config", {"options": {"image": "busybox", "tmpfs": ["/proc/x"]}}),
+    ("container.config", {"options": {"image": "busybox", "volumes": ["/tmp:/x:zz"]}}),
+    ("container.config", {"options": {"image": "busybox", "ulimits": ["nofile=10:5"]}}),
+    ("container.config", {"options": {"image": "busybox", "ulimits": ["nope=1"]}}),
+    ("container.config", {"options": {"image": "busybox", "ulimits": {"nofile": "x"}}}),
+    ("container.config", {"options": {"image": "busybox", "memory": "1k"}}),
+    ("container.config", {"options": {"image": "busybox", "memory": [1]}}),
+    ("container.config", {"options": {"image": "busybox", "cpus": "lots"}}),
+    ("container.create", {"config": build_config(          # the spec check refuses it
+        "busybox", tmpfs={"/t": "mode=99999"}).to_dict()}),
+    ("container.create", {"config": build_config(
+        "busybox", workdir="/proc/self/fd/3").to_dict()}),
+    ("container.config", {"options": {"image": "busybox", "ports": ["99999:80"]}}),
+    ("container.config", {"options": {"image": "busybox", "pids_limit": "many"}}),
     ("container.list", {"filters": {"name": 5}}),
     ("container.list", {"filters": {"name": ["["]}}),
     ("container.list", {"filters": {"status": [{"a": 1}]}}),
@@ -604,8 +610,8 @@ def test_lifecycle_cycles_leave_zero_leaks(fresh: Daemon) -> None:
     endings = list(ENDINGS.items())
     for i in range(LIFECYCLES):
         what, (cmd, extra, code) = endings[i % len(endings)]
-        created = raw.call(next(rid), "container.create", {"options": {
-            "image": "busybox", "cmd": cmd, "network_mode": "bridge", **extra}})
+        created = raw.call(next(rid), "container.create", {"config": build_config(
+            "busybox", cmd, network_mode="bridge", **extra).to_dict()})
         cid = created["ok"]["id"]
         start = raw.call(next(rid), "container.start", {"id": cid})
         if code is None:
