@@ -7,6 +7,7 @@ namespace fail in a threaded process).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import signal
@@ -149,6 +150,9 @@ def move_mount(mount_fd: int, target: str) -> None:
                          ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), f"move_mount {target}")
 
 
+OPENAT2_RETRIES = 32
+
+
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
                 ("resolve", ctypes.c_uint64)]
@@ -156,10 +160,15 @@ class _OpenHow(ctypes.Structure):
 
 def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """openat2(2): ``RESOLVE_IN_ROOT`` makes ``dir_fd`` act as ``/`` for ``..`` and every
-    symlink on the way, atomically (no check-then-open race). Safe in threads."""
+    symlink on the way, atomically (no check-then-open race). Safe in threads. The
+    kernel answers EAGAIN when a rename or mount anywhere raced a ``..`` step of a
+    scoped lookup; like libpathrs and runc, try again a few times."""
     how = _OpenHow(flags, mode, resolve)
-    fd = _libc.syscall(_SYS["openat2"], ctypes.c_int(dir_fd), _b(path), ctypes.byref(how),
-                       ctypes.c_size_t(ctypes.sizeof(how)))
+    for _attempt in range(OPENAT2_RETRIES):
+        fd = _libc.syscall(_SYS["openat2"], ctypes.c_int(dir_fd), _b(path),
+                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+        if fd >= 0 or ctypes.get_errno() != errno.EAGAIN:
+            break
     _check(fd, f"openat2 {path}")
     return fd
 

@@ -16,17 +16,16 @@ hostile tarball) and a layer pulled from a local registry.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
-import shutil
 import tarfile
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+from registries import NO_REGISTRY, REGISTRY_BIN, serve_registry
 from sandboxd.client import connect
 from sandboxd.errors import SandboxError
 from sandboxd.images.unpack import apply_layer
@@ -440,21 +439,11 @@ def test_check_12_build_copy_from_outside_the_context(source, host, tmp_path, se
 
 # ---------------------------------------------------------------- pulled layers
 
-_REGISTRY = shutil.which("docker-registry")
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    if _REGISTRY is None:
-        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
-    # the integration suite's local registry (Debian's docker-registry on 127.0.0.1)
-    path = Path(__file__).parents[1] / "integration" / "test_images_registry.py"
-    spec = importlib.util.spec_from_file_location("_sbx_registry_helpers", path)
-    assert spec is not None and spec.loader is not None
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)
-    _registry = helpers._registry
-    with _registry(tmp_path_factory.mktemp("sbx-hostile-registry") / "open") as address:
+    if REGISTRY_BIN is None:
+        pytest.skip(NO_REGISTRY)
+    with serve_registry(tmp_path_factory.mktemp("sbx-hostile-registry") / "open") as address:
         yield address
 
 

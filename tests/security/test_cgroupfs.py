@@ -86,6 +86,13 @@ def _facts(out: str) -> dict[str, str]:
             if k in ("TRIED", "LIMIT", "PIDS", "CGROUP", "TASKS")}
 
 
+def _escapes(top: Path) -> list[str]:
+    """Every cgroup named escape-* below ``top``; a directory another process removes
+    while this walks is skipped (``Path.glob`` would fail on it)."""
+    return sorted(os.path.join(parent, d) for parent, dirs, _ in os.walk(top)
+                  for d in dirs if d.startswith("escape-"))
+
+
 def _host_state(daemon, cid: str) -> dict:
     """What a successful escape would change, read on the host: the top of every
     hierarchy (new cgroups, release_agent, notify_on_release, root tasks), the daemon's
@@ -95,7 +102,7 @@ def _host_state(daemon, cid: str) -> dict:
         if not top.is_dir():
             continue
         # Other daemons on the machine make and remove cgroups: only ours are counted.
-        state[f"{top}:escapes"] = sorted(str(p) for p in top.glob("**/escape-*"))
+        state[f"{top}:escapes"] = _escapes(top)
         for name in ("release_agent", "notify_on_release", "cgroup.clone_children",
                      "cgroup.max.descendants", "cgroup.max.depth"):
             if (top / name).exists():
