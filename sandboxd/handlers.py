@@ -15,7 +15,6 @@ import tempfile
 import time
 from typing import Any, BinaryIO, Callable
 
-from . import __version__
 from . import operations as ops
 from .containers import RUNNING, ContainerService
 from .context import RequestContext
@@ -26,6 +25,7 @@ from .images.reference import parse as parse_ref
 from .images.service import ImageService
 from .model import ContainerConfig, ContainerRecord, NetworkContainer, NetworkRecord
 from .network import NetworkService
+from .version import __version__
 
 log = logging.getLogger(__name__)
 UPLOAD_CAP = 8 << 30          # bytes of tar one import, load or cp may stream
