@@ -21,10 +21,10 @@ from .context import RequestContext
 from .daemonconfig import DaemonConfig
 from .errors import Conflict, InvalidArgument, NotFound
 from .filters import filter_networks, filter_records
-from .images.reference import parse as parse_ref
 from .images.service import ImageService
 from .model import ContainerConfig, ContainerRecord, NetworkContainer, NetworkRecord
 from .network import NetworkService
+from .reference import parse as parse_ref
 from .version import __version__
 
 log = logging.getLogger(__name__)

@@ -35,9 +35,9 @@ from contextlib import AbstractContextManager
 from typing import Any, BinaryIO, Callable, Iterable, Protocol, Sequence
 
 from ..errors import InvalidArgument, NotFound
+from ..reference import familiar, normalize_ref
 from ..store import ContentStore
 from . import oci
-from .reference import familiar, normalize_ref
 from .unpack import detect_compression
 
 Progress = Callable[[dict[str, Any]], None]

@@ -1,9 +1,9 @@
 """``sbx build``: a Dockerfile (:mod:`.dockerfile`) run step by step in the daemon.
 
-The client sends the context directory as a tar (:mod:`.context`, ``.dockerignore``
-applied); it is unpacked into a private directory under the daemon's root (with the
-layer unpacker's path rules) and read through a :class:`~.view.LayerView`, so no
-symlink in it leads outside.
+The client sends the context directory as a tar (:mod:`sandboxd.buildcontext`,
+``.dockerignore`` applied); it is unpacked into a private directory under the daemon's
+root (with the layer unpacker's path rules) and read through a
+:class:`~.view.LayerView`, so no symlink in it leads outside.
 
 Each instruction after ``FROM`` makes an image, as Docker's classic builder does:
 ``RUN`` runs in a real container (the container service: the runner, the daemon's
@@ -29,17 +29,17 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, BinaryIO, Callable, Protocol
 
 from ..errors import InvalidArgument, NotFound
 from ..model import ContainerConfig, ContainerRecord
+from ..reference import parse as parse_ref
 from ..runner.spec import DEFAULT_PATH
 from . import dockerfile as df
-from .reference import parse as parse_ref
 from .unpack import WHITEOUT_PREFIX, apply_layer, detect_compression, uncompressed
 from .view import LayerView
 

@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 from ..errors import Conflict, InvalidArgument, NotFound
+from ..reference import Reference, normalize_ref, split_ref
+from ..reference import parse as parse_ref
 from ..runner.spec import DEFAULT_PATH, Mount, RootFS
 from . import archive, changes, oci
 from .host import HOST_NAME, HOST_REF, HostLayout, host_image_config, host_layout, host_rootfs
-from .reference import Reference, normalize_ref, split_ref
-from .reference import parse as parse_ref
 from .registry import DEFAULT_CHUNK, Credentials, RegistryClient
 from .unpack import apply_layer, uncompressed
 from .view import LayerView
