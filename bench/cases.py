@@ -125,14 +125,15 @@ for _peer in PEERS:
 DAEMON = "idle RSS after start + import"
 
 
-def _daemon(bench: Bench) -> ours.Daemon:
+def shared_daemon(bench: Bench) -> ours.Daemon:
+    """Our daemon, started once per bench and shared by every case that needs one."""
     return bench.shared("daemon", ours.Daemon.start)
 
 
 def _rss_samples(bench: Bench, n: int,
                  which: Callable[[int, list[int]], list[int]]) -> list[float]:
     """VmRSS of the chosen processes, five readings 0.2 s apart after a 1 s rest."""
-    daemon = _daemon(bench)
+    daemon = shared_daemon(bench)
     time.sleep(1.0)
     samples = []
     for _ in range(5):
@@ -155,7 +156,7 @@ CLIENT_RUN = "client.run('busybox', ['true'])"
 
 def client_run(bench: Bench, n: int, options: dict) -> list[float]:
     """``Client.run`` in-process against the bench's daemon, request to result."""
-    client = _daemon(bench).client
+    client = shared_daemon(bench).client
     samples = []
     for i in range(bench.settings.warmup + n):
         start = time.perf_counter()
@@ -177,7 +178,7 @@ CLI = "process: sbx run --rm busybox true"
 
 @case(CLI, "sbx CLI", reference=True, count="process_runs")
 def cli_run(bench: Bench, n: int) -> list[float]:
-    argv = _daemon(bench).cli("run", "--rm", "busybox", "true")
+    argv = shared_daemon(bench).cli("run", "--rm", "busybox", "true")
     return _processes(bench, n, argv)
 
 

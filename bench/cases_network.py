@@ -20,7 +20,7 @@ import socket
 import time
 from functools import partial
 
-from .cases import _daemon, case, client_run, timed
+from .cases import case, client_run, shared_daemon, timed
 from .context import Bench, NotAvailable
 from .peers import PEERS, ImagePeer
 
@@ -36,7 +36,7 @@ ECHO_PORT = 7
 def _user_network(bench: Bench) -> str:
     """A user-defined bridge on the bench's daemon (made once)."""
     def create(bench: Bench) -> _Network:
-        client = _daemon(bench).client
+        client = shared_daemon(bench).client
         return _Network(client, client.networks.create(BENCH_NET))
     return bench.shared("bench-net", create).name
 
@@ -86,7 +86,7 @@ class _Echo:
     on 127.0.0.1; its bridge address for the direct row."""
 
     def __init__(self, bench: Bench) -> None:
-        client = _daemon(bench).client
+        client = shared_daemon(bench).client
         self.container = client.containers.run(
             "busybox", ["nc", "-ll", "-p", str(ECHO_PORT), "-e", "cat"],
             ports={f"{ECHO_PORT}/tcp": ("127.0.0.1", None)})
@@ -143,7 +143,7 @@ case(RTT, "straight to the container's bridge address")(partial(rtt, through_pro
 @case(CONNECT, "sandboxd")
 def connect_disconnect(bench: Bench, n: int) -> list[float]:
     """A further veth into a running container's namespace and out again, both calls."""
-    client = _daemon(bench).client
+    client = shared_daemon(bench).client
     network = client.networks.get(_user_network(bench))
     container = client.containers.run("busybox", ["sleep", "3600"])
     try:

@@ -11,15 +11,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 from sandboxd.runner.spec import DEFAULT_CAPABILITIES
 from sandboxd.testing import busybox_rootfs, busybox_tar
 
 from . import host
-
-if TYPE_CHECKING:
-    from .peers import Peer
 
 MEMORY = 64 * 2**20       # the limits every limited runtime gets
 PIDS = 64
@@ -42,6 +39,21 @@ def closed_on_failure(thing: Any, what: str) -> Iterator[None]:
     except Exception as exc:
         thing.close()
         raise NotAvailable(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+class Runtime(Protocol):
+    """What the bench sets up once and tears down at the end (every
+    :class:`bench.peers.Peer` is one)."""
+    name: str
+
+    def missing(self) -> str | None: ...
+
+    def setup(self, bench: Bench) -> None: ...
+
+    def teardown(self, bench: Bench) -> list[str]: ...
+
+
+R = TypeVar("R", bound=Runtime)
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,7 @@ class Bench:
     def new_id(self, runtime: str) -> str:
         return f"{self.tag}-{runtime}-{next(self._ids)}"
 
-    def peer(self, peer: Peer) -> Peer:
+    def peer(self, peer: R) -> R:
         """``peer``, set up on first use; raises NotAvailable when it is missing or its
         set-up (including the limits check) failed, every time it is asked for."""
         if peer.name not in self._setups:
@@ -107,7 +119,7 @@ class Bench:
             raise obj
         return obj
 
-    def _teardown(self, peer: Peer) -> None:
+    def _teardown(self, peer: Runtime) -> None:
         self.leftovers += peer.teardown(self)
 
     def close(self) -> list[str]:

@@ -320,7 +320,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                     "PYTHONDONTWRITEBYTECODE": "1", "JPY_PARENT_PID": "1"})
         volumes: list[Any] = [Mount("/tmp", "tmpfs", options=("mode=1777",))]
         if settings.image.split(":")[0] == "host":
-            from sandboxd.images.host import view_mounts
+            from sandboxd.runner.interpreter import view_mounts
             view = _client_view()
             try:
                 volumes += view_mounts(view, host_image=True)

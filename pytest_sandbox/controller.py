@@ -348,7 +348,7 @@ class Controller:
                                     f"pytest_sandbox cannot show this Python environment "
                                     f"in a container (the reason is at {first})")
         if host_image not in self._binds:
-            from sandboxd.images.host import view_mounts
+            from sandboxd.runner.interpreter import view_mounts
             try:
                 self._binds[host_image] = view_mounts(self.view, host_image)
             except ViewError as exc:

@@ -150,6 +150,6 @@ def _ulimits(ulimits: Any) -> list[str]:
 
 
 def _visible() -> list[str]:
-    from sandboxd.images.host import python_prefixes
+    from sandboxd.runner.interpreter import python_prefixes
     return list(python_prefixes())
 

@@ -598,7 +598,7 @@ class ImageCollection:
         as a tar, ``.dockerignore`` applied). RUN steps get network ``network_mode``.
         ``progress`` gets each output line (``Step 1/3 : FROM ...``). A failing step
         raises ``InvalidArgument`` with its message."""
-        from .images.context import prepare
+        from .buildcontext import prepare
         text, name, spool = prepare(path, dockerfile)
         with spool:
             attachment = self.client.stream("image.build", {

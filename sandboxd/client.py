@@ -27,8 +27,9 @@ import itertools
 import os
 import sys
 
-from . import __version__, protocol
+from . import protocol
 from .errors import SandboxError, Unavailable, from_wire
+from .version import __version__
 
 CLIENT_NAME = f"sbx/{__version__}"
 CONNECT_TIMEOUT = 10.0        # seconds for connect + hello, and for an autostarted daemon

@@ -42,7 +42,7 @@ from .runner.mounts import write_in_root
 from .runner.spec import (ContainerSpec, File, Mount, Namespaces, Process, Ulimit,
                           merge_ulimits, validate)
 from .store import Store
-from .validate import TEMPLATE_ENTRIES, check_name, parse_signal
+from .validate import TEMPLATE_ENTRIES, check_name, parse_signal, validate_config
 
 log = logging.getLogger("sandboxd.containers")
 
@@ -201,7 +201,7 @@ class ContainerService:
             host = dataclasses.replace(host, cpu_quota=None)
         if "cpu_quota" in changes:
             host = dataclasses.replace(host, nano_cpus=None)
-        config = dataclasses.replace(record.config, host=host).validate()
+        config = validate_config(dataclasses.replace(record.config, host=host))
         if record.state.status in RUNNING:
             await self.runner.update(record.id, host.limits())
         self._save(dataclasses.replace(record, config=config))
@@ -257,7 +257,7 @@ class ContainerService:
         """``check_spec``: build the runner's spec once without running it, so that no
         problem waits for the start. ``container.run`` starts at once and builds the
         real one: it passes False and removes the record when that spec is refused."""
-        config.validate()
+        validate_config(config)
         if name is not None:
             problems = check_name(name.lstrip("/"))
             if problems:

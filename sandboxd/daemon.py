@@ -53,11 +53,12 @@ from typing import Any
 
 import click
 
-from . import __version__, operations, protocol
+from . import operations, protocol
 from .errors import (Cancelled, Conflict, Internal, InvalidArgument, LimitExceeded,
                      SandboxError, Unavailable)
 from .daemonconfig import LOG_LEVELS, DaemonConfig, load_config
 from .protocol import DEFAULT_ROOT, DEFAULT_SOCKET, Params
+from .version import __version__
 
 log = logging.getLogger("sandboxd")
 

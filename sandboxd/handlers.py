@@ -15,17 +15,17 @@ import tempfile
 import time
 from typing import Any, BinaryIO, Callable
 
-from . import __version__
 from . import operations as ops
 from .containers import RUNNING, ContainerService
 from .context import RequestContext
 from .daemonconfig import DaemonConfig
 from .errors import Conflict, InvalidArgument, NotFound
 from .filters import filter_networks, filter_records
-from .images.reference import parse as parse_ref
 from .images.service import ImageService
 from .model import ContainerConfig, ContainerRecord, NetworkContainer, NetworkRecord
 from .network import NetworkService
+from .reference import parse as parse_ref
+from .version import __version__
 
 log = logging.getLogger(__name__)
 UPLOAD_CAP = 8 << 30          # bytes of tar one import, load or cp may stream

@@ -3,9 +3,8 @@
 The request (``ContainerConfig`` with its ``HostConfig``) mirrors Docker's ``Config`` +
 ``HostConfig`` as nested frozen dataclasses in kernel units (bytes, microseconds). It is
 built from Pythonic keyword arguments or from ``sbx`` flags by
-:func:`sandboxd.flags.build_config`, checked by :meth:`ContainerConfig.validate` (the
-checks of :mod:`sandboxd.validate`: every problem, each naming its field, in one
-``InvalidArgument``) and sent as plain data (:func:`sandboxd.runner.spec.to_dict`).
+:func:`sandboxd.flags.build_config`, checked by :func:`sandboxd.validate.validate_config`
+(every problem, each naming its field, in one ``InvalidArgument``) and sent as plain data (:func:`sandboxd.runner.spec.to_dict`).
 
 The daemon stores one ``ContainerRecord`` per container (config + ``ContainerState`` +
 what it resolved: image id, argv, network endpoints, published ports, log path) and
@@ -24,16 +23,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import InvalidArgument
 from .runner import spec
 from .runner.spec import UNLIMITED, Mount, Ulimit
 from .securityopt import no_new_privileges, seccomp_profile
-from .validate import cap_name, check_config
 
 __all__ = [
     "PortBinding", "Link", "HostConfig", "ContainerConfig", "ContainerState", "Endpoint",
     "ContainerRecord", "ImageRecord", "NetworkRecord", "NetworkContainer", "STATUSES",
-    "BUILTIN_NETWORKS", "pairs",
+    "BUILTIN_NETWORKS", "pairs", "cap_name",
 ]
 
 # A container's life (Docker's names). ``removing`` is transient, never stored.
@@ -45,6 +42,12 @@ BUILTIN_NETWORKS = ("bridge", "host", "none")
 def pairs(entries: Iterable[str]) -> dict[str, str]:
     """``key=value`` entries (labels, options) -> a dict."""
     return dict(e.partition("=")[::2] for e in entries)
+
+
+def cap_name(name: str) -> str:
+    """``cap_net_admin`` or ``CAP_NET_ADMIN`` -> ``NET_ADMIN``."""
+    name = str(name).upper()
+    return name[4:] if name.startswith("CAP_") else name
 
 
 # ---------------------------------------------------------------- the request
@@ -172,13 +175,6 @@ class ContainerConfig:
     # The workload runs in a user namespace of its own and forks tests into fresh
     # containers below this one (runner/zygote.py; pytest_sandbox's zygote).
     zygote: bool = False
-
-    def validate(self) -> ContainerConfig:
-        """Check every field; raise one ``InvalidArgument`` listing all problems."""
-        problems = check_config(self)
-        if problems:
-            raise InvalidArgument.of(problems)
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form, made once per config (shared: do not modify it). A record's

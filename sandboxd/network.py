@@ -98,12 +98,12 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Sequence
 
-from .model import Endpoint
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError, Unavailable, from_wire
 from .ipam import (IPAM, Pool, choose_subnet, default_bridge_candidates, mac_for,
                    user_network_candidates)
+from .model import Endpoint
 from .runner.api import HelperConnection
-from .runner.forkserver import send_message
+from .runner.channel import send_message
 from .store import Store
 
 __all__ = ["NetworkService", "Network", "Attachment", "BUILTIN", "link_env"]

@@ -29,9 +29,9 @@ from typing import Any, Callable, ClassVar, TypedDict
 
 from .errors import InvalidArgument
 from .flags import config_from_options
-from .images.reference import parse as parse_ref
 from .model import ContainerConfig
 from .protocol import REQUIRED, Params
+from .reference import parse as parse_ref
 from .validate import check_name, parse_signal
 
 Convert = Callable[[Any, str, list], Any]      # (value, where, problems) -> value

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from .errors import Conflict, InvalidArgument, NotFound, Unavailable
-from .images.reference import normalize_ref
+from .reference import normalize_ref
 
 # The schema, as it stands after every migration below (containerd's buckets.go idea:
 # draw it where it is defined). ``PRAGMA user_version`` holds the schema version.

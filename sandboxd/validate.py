@@ -3,7 +3,7 @@
 Each check takes a value of the model (:mod:`sandboxd.model`) and returns its problems,
 each naming the field it is about (``host.memory: ...``), so one ``InvalidArgument`` can
 list all of them (runc's ``configs/validate`` is the model). :func:`check_config` is what
-``ContainerConfig.validate`` and :func:`sandboxd.flags.build_config` run; the daemon runs
+:func:`validate_config` and :func:`sandboxd.flags.build_config` run; the daemon runs
 :func:`check_log_config` on its own defaults. The limits' arithmetic (memory below swap,
 quota against period ...) is the runner's :func:`sandboxd.runner.spec.check_limits`,
 named here by our field names.
@@ -13,15 +13,12 @@ from __future__ import annotations
 import re
 import signal as _signal
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument
+from .model import ContainerConfig, HostConfig, cap_name
 from .runner import spec
 from .runner.spec import UNLIMITED
 from .securityopt import check_security_opt
-
-if TYPE_CHECKING:       # annotations only: the model imports this module to validate itself
-    from .model import ContainerConfig, HostConfig
 
 LOG_DRIVERS = ("json-file", "local", "none")
 LOG_OPTS = ("max-size", "max-file")
@@ -100,12 +97,6 @@ def check_log_config(driver: str, opts: Sequence[str], where: str = "host") -> l
     return problems
 
 
-def cap_name(name: str) -> str:
-    """``cap_net_admin`` or ``CAP_NET_ADMIN`` -> ``NET_ADMIN``."""
-    name = str(name).upper()
-    return name[4:] if name.startswith("CAP_") else name
-
-
 def _is_ip(text: str) -> bool:
     import ipaddress
     try:
@@ -113,6 +104,15 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def validate_config(config: ContainerConfig) -> ContainerConfig:
+    """``config`` when every field is right; else one ``InvalidArgument`` listing all
+    the problems."""
+    problems = check_config(config)
+    if problems:
+        raise InvalidArgument.of(problems)
+    return config
 
 
 def check_config(c: ContainerConfig, skip_parsed: bool = False) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import SandboxError
 
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}

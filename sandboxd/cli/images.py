@@ -324,7 +324,7 @@ def build(tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, 
     """Build an image from a Dockerfile. CONTEXT is a local directory, or - for a
     Dockerfile on stdin and no context; -f - reads the Dockerfile from stdin (URLs are
     not supported)."""
-    from ..images.context import prepare
+    from ..buildcontext import prepare
     args: dict[str, str] = {}
     for item in build_args:
         key, eq, value = item.partition("=")

@@ -75,7 +75,7 @@ def info(fmt: str | None) -> int:
 def version(fmt: str | None) -> int:
     """Show the sbx and sandboxd version information."""
     import platform
-    from .. import __version__
+    from ..version import __version__
     from ..protocol import PROTOCOL_VERSION
     client_info = {"Version": __version__, "ApiVersion": str(PROTOCOL_VERSION),
                    "PythonVersion": platform.python_version(),

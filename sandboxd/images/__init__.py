@@ -1,10 +1,11 @@
-"""Images: OCI documents (:mod:`.oci`), references (:mod:`.reference`), safe layer
-unpacking (:mod:`.unpack`), the built-in host image (:mod:`.host`), builds
-(:mod:`.build`, :mod:`.dockerfile`, :mod:`.context`) and the service that ties them to
-the store and snapshotter (:class:`ImageService`).
+"""Images: OCI documents (:mod:`.oci`), safe layer unpacking (:mod:`.unpack`), the
+built-in host image (:mod:`.host`), builds (:mod:`.build`, :mod:`.dockerfile`) and the
+service that ties them to the store and snapshotter (:class:`ImageService`). The daemon's side: clients send a build context
+with :mod:`sandboxd.buildcontext` and import nothing from here.
 
-``ImageService`` is imported on first use, so that a client importing a light module
-(:mod:`.context`, :mod:`.reference`) does not load the daemon's side."""
+``ImageService`` is imported on first use, so that importing a light module
+(:mod:`.oci`) does not load the whole service. References (``busybox:1.36``) are
+:mod:`sandboxd.reference`, which the metadata store uses too."""
 from __future__ import annotations
 
 from typing import Any

@@ -15,7 +15,7 @@ the load. Once the stream ends, the images are found from
   layers as tar files (``<id>/layer.tar``, or ``blobs/sha256/<hex>`` since Docker 25;
   duplicate layers may be symlinks to each other). A manifest is made for each.
 
-and added through :meth:`ImageService._add_image` (each layer unpacked once, by chain
+and added through the service's ``add_image`` (each layer unpacked once, by chain
 id). Blobs the load stored that no image ends up using are deleted.
 
 Saving writes one tar that is both an OCI layout and a ``docker save`` archive (as
@@ -31,15 +31,16 @@ import json
 import posixpath
 import re
 import tarfile
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, BinaryIO, Callable, Iterable, Protocol, Sequence
 
 from ..errors import InvalidArgument, NotFound
+from ..reference import familiar, normalize_ref
+from ..store import ContentStore
 from . import oci
-from .reference import familiar, normalize_ref
 from .unpack import detect_compression
 
-if TYPE_CHECKING:
-    from .service import ImageService, Progress
+Progress = Callable[[dict[str, Any]], None]
 
 _METADATA = {"index.json", "oci-layout", "manifest.json", "repositories"}
 _MAX_METADATA = 16 << 20            # an index.json or manifest.json beyond this is no image
@@ -75,19 +76,41 @@ class _Archive:
             raise InvalidArgument(f"the archive's {name} is not valid JSON") from None
 
 
+class ImageStore(Protocol):
+    """What loading and saving archives needs of the image service
+    (:class:`~sandboxd.images.service.ImageService` is one)."""
+
+    content: ContentStore
+    lock: AbstractContextManager[Any]       # held while images are looked up or recorded
+
+    def get(self, ref: str) -> dict[str, Any]: ...
+
+    def keeping(self, digests: Iterable[str] = (), *, blind: bool = False
+                ) -> AbstractContextManager[None]:
+        """No blob of ``digests`` (with ``blind``: none at all) is deleted meanwhile."""
+
+    def delete_unused_blobs(self, digests: Iterable[str]) -> None: ...
+
+    def add_image(self, config_digest: str, manifest_digest: str,
+                  layers: list[dict[str, Any]], *, tags: Sequence[str] = (),
+                  repo_digests: Sequence[str] = (), progress: Progress | None = None,
+                  extra: dict[str, Any] | None = None) -> str:
+        """Record an image whose blobs are stored; its id."""
+
+
 def _clean(name: str) -> str:
     return posixpath.normpath("/" + name).lstrip("/")
 
 
-def load(svc: ImageService, src: BinaryIO, *,
+def load(svc: ImageStore, src: BinaryIO, *,
          progress: Progress | None = None) -> list[dict[str, Any]]:
     """Load every image of an OCI layout or ``docker save`` tarball (a binary stream,
     plain or compressed). Returns ``[{"id", "tags"}]`` in archive order. The archive
     is read and its layers unpacked without the service's lock (no blob is deleted
-    meanwhile: ``_keeping``); each image is recorded with it."""
+    meanwhile: ``keeping``); each image is recorded with it."""
     archive = _Archive()
     stored: set[str] = set()
-    with svc._keeping(blind=True):
+    with svc.keeping(blind=True):
         try:
             try:
                 with tarfile.open(fileobj=src, mode="r|*") as tar:
@@ -103,10 +126,10 @@ def load(svc: ImageService, src: BinaryIO, *,
             raise InvalidArgument("not an image archive: it has neither index.json (an OCI "
                                   "image layout) nor manifest.json (docker save)")
         finally:
-            svc._delete_unused_blobs(stored)
+            svc.delete_unused_blobs(stored)
 
 
-def _take(svc: ImageService, archive: _Archive, stored: set[str], tar: tarfile.TarFile,
+def _take(svc: ImageStore, archive: _Archive, stored: set[str], tar: tarfile.TarFile,
           member: tarfile.TarInfo) -> None:
     name = _clean(member.name)
     if member.issym() or member.islnk():
@@ -133,7 +156,7 @@ def _take(svc: ImageService, archive: _Archive, stored: set[str], tar: tarfile.T
     archive.files[name] = (digest, size)
 
 
-def _load_layout(svc: ImageService, archive: _Archive,
+def _load_layout(svc: ImageStore, archive: _Archive,
                  progress: Progress | None) -> list[dict[str, Any]]:
     index = archive.json("index.json")
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
@@ -157,14 +180,14 @@ def _load_layout(svc: ImageService, archive: _Archive,
                            "media_type": layer.get("mediaType", oci.MEDIA_LAYER)})
         tags = [t for t in (_layout_name(desc), *docker_tags.get(config, [])) if t]
         tags = list(dict.fromkeys(familiar(t) for t in tags))
-        image_id = svc._add_image(config, manifest_digest, layers, tags=tags,
+        image_id = svc.add_image(config, manifest_digest, layers, tags=tags,
                                   progress=progress)
         images.setdefault(image_id, [])
         images[image_id] += [t for t in tags if t not in images[image_id]]
     return [{"id": k, "tags": v} for k, v in images.items()]
 
 
-def _resolve(svc: ImageService, desc: Any, what: str) -> tuple[str, dict[str, Any]]:
+def _resolve(svc: ImageStore, desc: Any, what: str) -> tuple[str, dict[str, Any]]:
     """``(digest, manifest)`` for an index.json entry, through nested indexes."""
     for _ in range(_MAX_LINKS):
         if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
@@ -208,7 +231,7 @@ def _docker_entries(archive: _Archive) -> list[dict[str, Any]]:
     return entries
 
 
-def _load_docker(svc: ImageService, archive: _Archive,
+def _load_docker(svc: ImageStore, archive: _Archive,
                  progress: Progress | None) -> list[dict[str, Any]]:
     out = []
     for i, entry in enumerate(_docker_entries(archive)):
@@ -228,7 +251,7 @@ def _load_docker(svc: ImageService, archive: _Archive,
                                 [(l["media_type"], l["digest"], l["size"]) for l in layers])
         manifest_digest, _ = svc.content.ingest(oci.canonical(manifest))
         tags = list(dict.fromkeys(familiar(t) for t in entry.get("RepoTags") or []))
-        image_id = svc._add_image(config, manifest_digest, layers, tags=tags,
+        image_id = svc.add_image(config, manifest_digest, layers, tags=tags,
                                   progress=progress)
         out.append({"id": image_id, "tags": tags})
     return out
@@ -236,7 +259,7 @@ def _load_docker(svc: ImageService, archive: _Archive,
 
 # ---------------------------------------------------------------- save
 
-def save(svc: ImageService, refs: Iterable[str], out: BinaryIO) -> None:
+def save(svc: ImageStore, refs: Iterable[str], out: BinaryIO) -> None:
     """Write the images ``refs`` name (tags or ids) to ``out`` as one tar stream, an OCI
     layout that is also a ``docker save`` archive. A tag is recorded as the image's name;
     an image given by id is saved unnamed. The tar is written without the service's
@@ -245,7 +268,7 @@ def save(svc: ImageService, refs: Iterable[str], out: BinaryIO) -> None:
     docker: list[dict[str, Any]] = []
     blobs: dict[str, None] = {}
     with contextlib.ExitStack() as stack:
-        with svc._lock:
+        with svc.lock:
             for ref in refs:
                 image = svc.get(ref)
                 if image["doc"].get("host"):
@@ -269,7 +292,7 @@ def save(svc: ImageService, refs: Iterable[str], out: BinaryIO) -> None:
                                "Layers": [_blob_path(d) for d in layers]})
                 for digest in (*layers, image["id"], doc["manifest"]):
                     blobs[digest] = None
-            stack.enter_context(svc._keeping(blobs))
+            stack.enter_context(svc.keeping(blobs))
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             _add_bytes(tar, "oci-layout", json.dumps(
                 {"imageLayoutVersion": LAYOUT_VERSION}).encode())

@@ -1,9 +1,9 @@
 """``sbx build``: a Dockerfile (:mod:`.dockerfile`) run step by step in the daemon.
 
-The client sends the context directory as a tar (:mod:`.context`, ``.dockerignore``
-applied); it is unpacked into a private directory under the daemon's root (with the
-layer unpacker's path rules) and read through a :class:`~.view.LayerView`, so no
-symlink in it leads outside.
+The client sends the context directory as a tar (:mod:`sandboxd.buildcontext`,
+``.dockerignore`` applied); it is unpacked into a private directory under the daemon's
+root (with the layer unpacker's path rules) and read through a
+:class:`~.view.LayerView`, so no symlink in it leads outside.
 
 Each instruction after ``FROM`` makes an image, as Docker's classic builder does:
 ``RUN`` runs in a real container (the container service: the runner, the daemon's
@@ -29,20 +29,22 @@ import shutil
 import stat
 import tarfile
 import tempfile
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, BinaryIO, Callable, Protocol
 
 from ..errors import InvalidArgument, NotFound
+from ..model import ContainerConfig, ContainerRecord
+from ..reference import parse as parse_ref
 from ..runner.spec import DEFAULT_PATH
 from . import dockerfile as df
-from .reference import parse as parse_ref
 from .unpack import WHITEOUT_PREFIX, apply_layer, detect_compression, uncompressed
 from .view import LayerView
 
 if TYPE_CHECKING:
-    from ..containers import ContainerService
+    from .service import ImageService
 
 Say = Callable[[str], Awaitable[None]]
 # what a config step (ENV, WORKDIR, CMD ...) does to the runtime config
@@ -72,6 +74,35 @@ class BuildOptions:
     pids_limit: int | None = None
 
 
+class StepContainers(Protocol):
+    """What the builder needs to run a ``RUN`` step: a container made, started and
+    followed to its exit (its output streamed), its writable layer then held for the
+    step's image, and removed; and the image service the steps' images go to. The
+    daemon's :class:`~sandboxd.containers.ContainerService` is one."""
+
+    images: ImageService
+
+    def create(self, config: ContainerConfig, name: str | None, session: str = "",
+               check_spec: bool = True) -> tuple[ContainerRecord, list[str]]: ...
+
+    async def start(self, record: ContainerRecord, stdin: bool = False
+                    ) -> ContainerRecord: ...
+
+    def subscribe(self, record: ContainerRecord) -> tuple[asyncio.Queue | None, Any]:
+        """A queue of the container's output (None: it has ended) and its live state."""
+
+    def unsubscribe(self, record: ContainerRecord, queue: asyncio.Queue | None) -> None: ...
+
+    async def wait_exit(self, record: ContainerRecord, live: Any = None
+                        ) -> ContainerRecord: ...
+
+    def upper(self, record: ContainerRecord) -> AbstractAsyncContextManager[None]:
+        """While held, the exited container's writable layer stays mounted."""
+
+    async def remove(self, record: ContainerRecord, force: bool = False,
+                     files_later: bool = False) -> None: ...
+
+
 @dataclass
 class _Stage:
     """A stage being built: its current image, config and variables."""
@@ -93,7 +124,7 @@ class Builder:
     """One build. ``containers`` runs the RUN steps and holds the image service;
     ``context`` is the unpacked context directory; ``say`` sends a progress line."""
 
-    def __init__(self, containers: ContainerService, context: Path,
+    def __init__(self, containers: StepContainers, context: Path,
                  options: BuildOptions, say: Say):
         self.containers = containers
         self.images = containers.images
@@ -354,10 +385,7 @@ class Builder:
                     history={"created_by": created_by},
                     build={"parent": state.image, "key": key})
         finally:
-            try:
-                await service.remove(service.get(record.id), force=True)
-            except NotFound:
-                pass
+            await service.remove(record, force=True)      # by id: stopped first if live
             await self.say(f"Removing intermediate container {record.id[:12]}\n")
         self._advance(state, image, self.images.config(image))
         await self.say(f" ---> {_short(image)}\n")

@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..runner.interpreter import InterpreterView
+from ..runner.interpreter import SYSTEM_DIRS, python_prefixes
 from ..runner.spec import DEFAULT_PATH, Mount
 from . import oci
 
 HOST_REF = "host:latest"
 HOST_NAME = "host"
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 # Under /etc; copied (files, dirs, symlinks as symlinks) when present.
 ETC_ENTRIES = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf",
                "ld.so.conf.d", "ssl/certs", "ssl/openssl.cnf", "ca-certificates.conf",
@@ -59,27 +58,6 @@ class HostLayout:
 
 def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
-
-
-def python_prefixes() -> list[str]:
-    """The running Python's prefixes: sys.prefix, base_prefix, exec_prefix and the
-    directories of sys.executable (a pyenv or venv interpreter lives outside /usr)."""
-    return list(InterpreterView.current().prefixes)
-
-
-def system_dirs() -> list[str]:
-    """The host directories the host image shows for every client (not the daemon's
-    own Python): what a client's :class:`InterpreterView` need not bind again."""
-    return [d for d in SYSTEM_DIRS if os.path.isdir(d)]
-
-
-def view_mounts(view: InterpreterView, host_image: bool) -> list[Mount]:
-    """Read-only binds that show a client's Python environment ``view`` in a container.
-    The host image shows the host's system directories (never the daemon's Python: a
-    client's may be anything); another image brings its own interpreter, so only the
-    client's code outside the interpreter is bound. Raises ``ViewError``."""
-    provided = system_dirs() if host_image else [*system_dirs(), *view.prefixes]
-    return list(view.binds(provided))
 
 
 def host_layout() -> HostLayout:

@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 from ..errors import Conflict, InvalidArgument, NotFound
+from ..reference import Reference, normalize_ref, split_ref
+from ..reference import parse as parse_ref
 from ..runner.spec import DEFAULT_PATH, Mount, RootFS
 from . import archive, changes, oci
 from .host import HOST_NAME, HOST_REF, HostLayout, host_image_config, host_layout, host_rootfs
-from .reference import Reference, normalize_ref, split_ref
-from .reference import parse as parse_ref
 from .registry import DEFAULT_CHUNK, Credentials, RegistryClient
 from .unpack import apply_layer, uncompressed
 from .view import LayerView
@@ -67,7 +67,7 @@ class ImageService:
     worker thread in the daemon. A lock guards the records and snapshots (commits of
     layers, removals, container roots); transfers (registry pulls and pushes, reading
     an archive, writing a save) and layer unpacks run without it, their blobs kept
-    from deletion meanwhile (:meth:`_keeping`) and their layers from pruning
+    from deletion meanwhile (:meth:`keeping`) and their layers from pruning
     (:meth:`_pinning`), so neither a slow registry nor a big layer holds up a
     container's start or removal."""
 
@@ -82,7 +82,7 @@ class ImageService:
         self.registry_options: dict[str, Any] = {}
         # Blobs larger than this are pushed in PATCH chunks.
         self.chunk_size = DEFAULT_CHUNK
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         # Blobs transfers running without the lock read or write (digest -> how many),
         # and how many transfers write blobs whose digests are not known up front:
         # deletions they would race are put off until they end (_deferred).
@@ -156,7 +156,7 @@ class ImageService:
         cached = self._by_id.get(ref)
         if cached is not None:
             return cached
-        with self._lock:                       # not across a removal
+        with self.lock:                       # not across a removal
             image = self.get(ref)
             found = (dict(image["doc"]["config"].get("config") or {}),
                      self._host[2] if image["doc"].get("host") else ())
@@ -267,7 +267,7 @@ class ImageService:
             if split_ref(ref)[0] == HOST_NAME:
                 raise InvalidArgument(f"image name {HOST_NAME!r} belongs to the built-in host "
                                       f"image; choose another name")
-        with self._keeping(blind=True), contextlib.ExitStack() as stack:
+        with self.keeping(blind=True), contextlib.ExitStack() as stack:
             raw = src
             if isinstance(src, (str, os.PathLike)):
                 raw = stack.enter_context(open(src, "rb"))
@@ -277,9 +277,9 @@ class ImageService:
             try:
                 chain, warnings, _ = self._unpack_layer(diff_id, diff_id, None, pin)
             except BaseException:
-                self._delete_unused_blobs([diff_id])
+                self.delete_unused_blobs([diff_id])
                 raise
-            stack.enter_context(self._lock)
+            stack.enter_context(self.lock)
             created = oci.now_rfc3339()
             config = oci.image_config(
                 [diff_id], created=created,
@@ -310,7 +310,7 @@ class ImageService:
         try:
             yield pin
         finally:
-            with self._lock:
+            with self.lock:
                 if self._pins.pop(pin, None) is not None and self._prune_pending:
                     self.prune_snapshots()
 
@@ -326,7 +326,7 @@ class ImageService:
         with the lock held; when another add committed that chain first, it is
         dropped and theirs used. Call without the lock held."""
         chain = oci.chain_id(parent, diff_id)
-        with self._lock:
+        with self.lock:
             if self.snapshotter.exists(chain):
                 self._pins[pin] = chain
                 return (chain, *self._layer_stats(chain))
@@ -339,7 +339,7 @@ class ImageService:
                 raise InvalidArgument(f"layer {blob}: its content hashes to {stats.diff_id}, "
                                       f"not the expected diff_id {diff_id}")
             warnings = [f"{name}: {why}" for name, why in stats.skipped[:_MAX_WARNINGS]]
-            with self._lock:
+            with self.lock:
                 if self.snapshotter.exists(chain):        # another add was quicker
                     self.snapshotter.remove(key)
                     self._pins[pin] = chain
@@ -348,7 +348,7 @@ class ImageService:
                     WARNINGS_LABEL: json.dumps(warnings), SIZE_LABEL: str(stats.size)})
                 self._pins[pin] = chain
         except BaseException:
-            with self._lock:
+            with self.lock:
                 if self.snapshotter.exists(key):
                     self.snapshotter.remove(key)
             raise
@@ -361,16 +361,16 @@ class ImageService:
             self.snapshotter.usage(chain)[0]
         return json.loads(labels.get(WARNINGS_LABEL, "[]")), size
 
-    def _add_image(self, config_digest: str, manifest_digest: str,
-                   layers: list[dict[str, Any]], *, tags: Sequence[str] = (),
-                   repo_digests: Sequence[str] = (), progress: Progress | None = None,
-                   extra: dict[str, Any] | None = None) -> str:
+    def add_image(self, config_digest: str, manifest_digest: str,
+                  layers: list[dict[str, Any]], *, tags: Sequence[str] = (),
+                  repo_digests: Sequence[str] = (), progress: Progress | None = None,
+                  extra: dict[str, Any] | None = None) -> str:
         """Record an image whose config, manifest and layer blobs are in the content
         store (``layers``: ``[{digest, size, media_type}]``, bottom first): unpack each
         layer once (by chain id), record the image, point ``tags`` at it and add
         ``repo_digests``. An image with this id already recorded keeps its manifest and
         gains the tags and digests. Blobs of a failed add that no image uses are
-        deleted. Call without ``self._lock`` held: layers are unpacked without it
+        deleted. Call without ``self.lock`` held: layers are unpacked without it
         (:meth:`_unpack_layer`), the image is recorded with it."""
         try:
             config = json.loads(self.content.read(config_digest))
@@ -401,7 +401,7 @@ class ImageService:
                                   for layer, d in zip(layers, diff_ids)],
                        "chain_ids": chains, "warnings": warnings[:_MAX_WARNINGS],
                        "repo_digests": list(dict.fromkeys(repo_digests)), **(extra or {})}
-                with self._lock, self.store.transaction():
+                with self.lock, self.store.transaction():
                     existing = self.store.get_image(config_digest)
                     if existing is None:
                         self.store.put_image(config_digest, doc, size,
@@ -411,10 +411,10 @@ class ImageService:
                     for tag in tags:
                         self.store.tag(tag, config_digest)
             except BaseException:
-                self._delete_unused_blobs(_blobs_of(candidate))   # those no image uses
+                self.delete_unused_blobs(_blobs_of(candidate))   # those no image uses
                 raise
         if existing is not None:
-            self._delete_unused_blobs(_blobs_of(candidate))   # e.g. an unneeded manifest
+            self.delete_unused_blobs(_blobs_of(candidate))   # e.g. an unneeded manifest
         return config_digest
 
     def _add_repo_digests(self, image: dict[str, Any], digests: Sequence[str]) -> None:
@@ -456,8 +456,8 @@ class ImageService:
             if split_ref(ref)[0] == HOST_NAME:
                 raise InvalidArgument(f"image name {HOST_NAME!r} belongs to the built-in host "
                                       f"image; choose another name")
-        with self._keeping(blind=True), contextlib.ExitStack() as stack:
-            with self._lock:
+        with self.keeping(blind=True), contextlib.ExitStack() as stack:
+            with self.lock:
                 parent = self.get(image_id)
                 if parent["doc"].get("host"):
                     raise InvalidArgument("the built-in host image cannot be a parent: its "
@@ -468,7 +468,7 @@ class ImageService:
                     if info.kind == "active":
                         source = self.snapshotter.path(upper)
                 # the parent's blobs: the new manifest names them
-                stack.enter_context(self._keeping(_blobs_of(parent)))
+                stack.enter_context(self.keeping(_blobs_of(parent)))
             diff: tuple[str, int] | None = None
             if upper is not None or layer is not None:
                 spool = layer
@@ -510,7 +510,7 @@ class ImageService:
                                     [(l["media_type"], l["digest"], l["size"]) for l in layers])
             manifest_digest, _ = self.content.ingest(oci.canonical(manifest))
             extra = {"build": dict(build)} if build else {}
-            return self._add_image(config_digest, manifest_digest, layers,
+            return self.add_image(config_digest, manifest_digest, layers,
                                    tags=[ref] if ref is not None else [], extra=extra)
 
     # ------------------------------------------------------------ builds
@@ -520,13 +520,13 @@ class ImageService:
         defaults; its config has no timestamp, so it is always the same image)."""
         config = oci.image_config([], created="", env=[], cmd=None, history=[])
         del config["created"]
-        with self._lock:
+        with self.lock:
             digest, size = self.content.ingest(oci.canonical(config))
             if self.store.get_image(digest) is not None:
                 return digest
             manifest_digest, _ = self.content.ingest(
                 oci.canonical(oci.manifest(digest, size, [])))
-            return self._add_image(digest, manifest_digest, [], extra={"scratch": True})
+            return self.add_image(digest, manifest_digest, [], extra={"scratch": True})
 
     def cached(self, key: str) -> str | None:
         """The image a build step with this cache key made before, if it is still here."""
@@ -537,7 +537,7 @@ class ImageService:
     def view(self, image_id: str, container_key: str | None = None) -> LayerView:
         """An image's merged filesystem (with ``container_key``: that container's,
         its kept upper on top), read from the layer directories (:mod:`.view`)."""
-        with self._lock:
+        with self.lock:
             image = self.get(image_id)
             if image["doc"].get("host"):
                 raise InvalidArgument("the built-in host image has no layers to read: its "
@@ -631,7 +631,7 @@ class ImageService:
             config_desc = manifest["config"]
             tags = [normalize_ref(f"{r.name}:{r.tag}")] if r.tag and not r.digest else []
             repo_digests = [f"{r.name}@{top_digest}"]
-            with self._lock:
+            with self.lock:
                 existing = self.store.get_image(config_desc["digest"])
                 if existing is not None:
                     with self.store.transaction():
@@ -646,7 +646,7 @@ class ImageService:
                 blobs = [config_desc["digest"], *(layer["digest"] for layer in layers)]
                 # The blobs come in without the lock; until the image is recorded they
                 # are kept from a concurrent rmi that would find them unused.
-                with self._keeping(blobs):
+                with self.keeping(blobs):
                     try:
                         self._fetch(client, r.path, config_desc, say)
                         for desc in manifest["layers"]:
@@ -654,10 +654,10 @@ class ImageService:
                     except BaseException:
                         # what this pull stored and no image uses (a pull again fetches
                         # it)
-                        self._delete_unused_blobs(blobs)
+                        self.delete_unused_blobs(blobs)
                         raise
                     manifest_digest, _ = self.content.ingest(body)
-                    image_id = self._add_image(config_desc["digest"], manifest_digest,
+                    image_id = self.add_image(config_desc["digest"], manifest_digest,
                                                layers, tags=tags,
                                                repo_digests=repo_digests, progress=say)
             say({"status": f"Digest: {top_digest}"})
@@ -690,7 +690,7 @@ class ImageService:
         r = self._remote(ref)
         say = progress or (lambda event: None)
         with contextlib.ExitStack() as stack:
-            with self._lock:
+            with self.lock:
                 image = self.get(ref)
                 if image["doc"].get("host"):
                     raise InvalidArgument("the built-in host image cannot be pushed")
@@ -701,7 +701,7 @@ class ImageService:
                          for layer in doc["layers"]]
                 blobs.append((image["id"], self.content.size(image["id"])))
                 # uploaded without the lock: an rmi meanwhile must leave them
-                stack.enter_context(self._keeping(d for d, _ in blobs))
+                stack.enter_context(self.keeping(d for d, _ in blobs))
             with self._registry(r.domain) as client:
                 say({"status": f"The push refers to repository [{r.name}]"})
                 for digest, size in blobs:
@@ -716,7 +716,7 @@ class ImageService:
                             {"id": s, "status": "Pushing", "current": n, "total": t}))
                     say({"id": short, "status": "Pushed"})
                 digest = client.put_manifest(r.path, r.reference, body, media)
-            with self._lock:
+            with self.lock:
                 current = self.store.get_image(image["id"])    # unless removed meanwhile
                 if current is not None:
                     self._add_repo_digests(current, [f"{r.name}@{digest}"])
@@ -742,7 +742,7 @@ class ImageService:
         none of them is running; and when an id is given for an image with several tags,
         unless ``force``.
         """
-        with self._lock:
+        with self.lock:
             image = self.get(ref)
             if image["doc"].get("host"):
                 raise Conflict("the built-in host image cannot be removed")
@@ -789,7 +789,7 @@ class ImageService:
                 if victim is not None and (victim["tags"] or self.children(victim["id"])
                                            or self.store.containers_using_image(victim["id"])):
                     victim = None
-            self._delete_unused_blobs(blobs)
+            self.delete_unused_blobs(blobs)
             self.prune_snapshots()
             return result
 
@@ -801,7 +801,7 @@ class ImageService:
         deleted: list[str] = []
         untagged: list[str] = []
         before = self._disk_bytes()
-        with self._lock:
+        with self.lock:
             while True:
                 victims = [i for i in self.store.list_images()
                            if (all_unused or not i["tags"])
@@ -863,10 +863,10 @@ class ImageService:
                          "containers": len(self.store.containers_using_image(image["id"]))})
         return rows
 
-    def _delete_unused_blobs(self, digests: Iterable[str]) -> None:
+    def delete_unused_blobs(self, digests: Iterable[str]) -> None:
         """Delete those of ``digests`` that no image uses; those a running transfer
-        may be using (:meth:`_keeping`) are deleted when it ends, if still unused."""
-        with self._lock:
+        may be using (:meth:`keeping`) are deleted when it ends, if still unused."""
+        with self.lock:
             used: set[str] = set()
             for image in self.store.list_images():
                 used |= _blobs_of(image)
@@ -880,33 +880,33 @@ class ImageService:
                     pass
 
     @contextlib.contextmanager
-    def _keeping(self, digests: Iterable[str] = (), *, blind: bool = False
-                 ) -> Iterator[None]:
+    def keeping(self, digests: Iterable[str] = (), *, blind: bool = False
+                ) -> Iterator[None]:
         """While held, no blob of ``digests`` is deleted (with ``blind``: no blob at
         all, for a transfer that learns its digests only as it writes them): for work
         done without the lock that reads or writes blobs. Deletions put off meanwhile
         are done when the last such transfer ends."""
         kept = list(digests)
-        with self._lock:
+        with self.lock:
             self._inflight.update(kept)
             self._blind += blind
         try:
             yield
         finally:
-            with self._lock:
+            with self.lock:
                 self._inflight.subtract(kept)
                 self._inflight = +self._inflight          # drops those at zero
                 self._blind -= blind
                 deferred = {d for d in self._deferred if not self._inflight[d]}
                 if deferred and not self._blind:
                     self._deferred -= deferred
-                    self._delete_unused_blobs(deferred)
+                    self.delete_unused_blobs(deferred)
 
     def prune_snapshots(self) -> list[str]:
         """Remove committed layer snapshots that no image names and nothing sits on
         (layers an image removal freed, once the last container on them is gone).
         The container service calls this after removing a container's snapshot."""
-        with self._lock:
+        with self.lock:
             wanted: set[str] = set()
             for image in self.store.list_images():
                 wanted.update(image["doc"].get("chain_ids", []))
@@ -934,7 +934,7 @@ class ImageService:
         """Start-up reconciliation: drop blobs half-written, unpack snapshots and build
         contexts a crash interrupted, then unused layers. Call before any pull, import or
         build runs."""
-        with self._lock:
+        with self.lock:
             removed = [str(p) for p in self.content.cleanup()]
             if self.builds_root.is_dir():
                 for context in self.builds_root.iterdir():
@@ -963,7 +963,7 @@ class ImageService:
         layer (bytes): the tmpfs upper's size, or a new snapshot's filesystem image (a
         container started again keeps the layer it has)."""
         if tmpfs_upper:
-            with self._lock:
+            with self.lock:
                 cached = self._lowerdirs.get(image_id)
                 if cached is None or not os.path.isdir(cached[1][0]):
                     cached = self._chain_lowerdirs(image_id)
@@ -1012,7 +1012,7 @@ class ImageService:
     def release_rootfs(self, container_key: str) -> None:
         """Remove a container's snapshot (after it is unmounted), then layers that only
         a deleted image still needed. ``NotFound`` when it has none."""
-        with self._lock:
+        with self.lock:
             if self._pins.pop(container_key, None) is not None:
                 if self._prune_pending:
                     self.prune_snapshots()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import Unavailable, from_wire
-from .forkserver import recv_message, send_message
+from .channel import recv_message, send_message
 from .spec import ContainerSpec, Limits, Process, to_dict, validate
 
 __all__ = ["Runner", "AsyncRunner", "RunResult", "ExitInfo"]

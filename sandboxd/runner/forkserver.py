@@ -37,7 +37,6 @@ import signal
 import socket
 import struct
 import sys
-import termios
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
@@ -46,167 +45,19 @@ import msgpack
 
 from ..errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, NotFound,
                       SandboxError, SetupFailed, from_wire)
-from . import cgroups, layers, mounts, rlimits, seccomp, security, zygote
+from . import cgroups, child, layers, mounts, rlimits, seccomp, zygote
 from . import syscalls as sc
+from .channel import recv_message, send_message
 from .init import run_init
 from .plan import Step, build_plan
 from .spec import (DEFAULT_CAPABILITIES, DEFAULT_PATH, ContainerSpec, Limits, Process,
                    check_process, from_dict, to_dict, validate)
 
-MAX_MESSAGE = 1 << 20
-TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430      # <asm-generic/ioctls.h>; not in termios
-# Unshared (or joined) by the container's first process itself, off the server's path;
-# the pid namespace is the fork server's clone flag (see _pid_clone_flags).
-NS_FLAGS = {"net": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS}
 # setns order: the mount namespace last, since entering it changes root and cwd.
 EXEC_NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
 
 
-# ---------------------------------------------------------------- wire helpers
-
-def send_message(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
-    data = msgpack.packb(message, use_bin_type=True)
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    sock.sendmsg([data], anc)
-
-
-def recv_message(sock: socket.socket) -> tuple[dict | None, list[int]]:
-    """One message and the fds that came with it (close-on-exec); (None, []) at EOF."""
-    fd_size = socket.CMSG_SPACE(16 * array.array("i").itemsize)
-    data, anc, _flags, _addr = sock.recvmsg(MAX_MESSAGE, fd_size, socket.MSG_CMSG_CLOEXEC)
-    fds: list[int] = []
-    for level, kind, payload in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(payload[: len(payload) - len(payload) % arr.itemsize])
-            fds += list(arr)
-    if not data:
-        return None, fds
-    return msgpack.unpackb(data, raw=False), fds
-
-
 # ---------------------------------------------------------------- the container side
-
-def _reset_signals() -> None:
-    # Python ignores SIGPIPE and SIGXFSZ; a workload must start with the defaults.
-    for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-
-
-def _not_dumpable() -> None:
-    """Until execve (which makes the workload dumpable again), this process is the fork
-    server's interpreter with the server's fds: non-dumpable, the container's processes
-    (no CAP_SYS_PTRACE) cannot open its /proc/<pid>/exe, fd/, cwd, root, mem or environ
-    (CVE-2019-5736, CVE-2024-21626), as runc's setup process does."""
-    sc.prctl(sc.PR_SET_DUMPABLE, 0)
-
-
-def _report(fd: int, tag: bytes, payload: bytes = b"") -> None:
-    os.write(fd, tag + payload)
-
-
-def _fail(errw: int, err: SandboxError, code: int = 1) -> NoReturn:
-    try:
-        _report(errw, b"E", msgpack.packb(err.to_wire(), use_bin_type=True))
-    finally:
-        os._exit(code)
-
-
-def _install_stdio(stdio: list[int], terminal: bool) -> None:
-    """Make ``stdio`` fds 0-2; with a terminal, ``stdio[0]`` is a console socket: the
-    pty is made in the container's own devpts (so ``tty`` names it inside) and its
-    master goes back to the owner over that socket."""
-    os.setsid()
-    if terminal:
-        master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
-        slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
-        console = socket.socket(fileno=stdio[0])
-        socket.send_fds(console, [b"pty"], [master])
-        console.close()
-        os.close(master)
-        for target in (0, 1, 2):
-            os.dup2(slave, target)
-        os.close(slave)
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-    else:
-        for target, fd in enumerate(stdio[:3]):
-            os.dup2(fd, target)
-
-
-def _environment(process: Process, hostname: str, home: str) -> dict[str, str]:
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname or socket.gethostname(), "HOME": home}
-    if process.terminal:
-        env["TERM"] = "xterm"
-    for entry in process.env:
-        key, _, value = entry.partition("=")
-        env[key] = value
-    return env
-
-
-def _find_executable(name: str, path: str) -> str:
-    if "/" in name:
-        return name
-    for directory in path.split(":"):
-        candidate = os.path.join(directory or ".", name)
-        if os.path.isfile(candidate):
-            return candidate
-    raise CommandNotFound(f"executable file not found in $PATH: {name}",
-                          {"exit_code": 127, "command": name})
-
-
-def _home_of(uid: int) -> str:
-    try:
-        with open("/etc/passwd") as f:
-            for line in f:
-                fields = line.rstrip("\n").split(":")
-                if len(fields) > 5 and fields[2] == str(uid):
-                    return fields[5] or "/"
-    except OSError:
-        pass
-    return "/root" if uid == 0 else "/"
-
-
-def _install_filter(program: seccomp.Program | None) -> None:
-    if program is None:
-        return
-    try:
-        seccomp.install(program)
-    except OSError as e:
-        raise SetupFailed(f"install the seccomp filter: {e.strerror}",
-                          {"step": "seccomp", "errno": e.errno or 0}) from None
-
-
-def _prepare_process(process: Process, hostname: str, errw: int,
-                     program: seccomp.Program | None) -> tuple[str, dict]:
-    """Limits, workdir, security profile; returns (executable, environment). The seccomp
-    filter comes last, just before exec (:func:`_exec`), unless no_new_privs is off:
-    then loading it needs CAP_SYS_ADMIN, so it comes before the capabilities are cut
-    (as runc does), and what follows must be calls the filter allows."""
-    try:
-        rlimits.apply(process.ulimits)
-        os.makedirs(process.cwd, 0o755, exist_ok=True)   # Docker creates a missing workdir
-    except OSError as e:
-        raise SetupFailed(f"prepare workdir {process.cwd}: {e.strerror}",
-                          {"step": "workdir", "errno": e.errno or 0}) from None
-    if not process.no_new_privileges:
-        _install_filter(program)
-    try:
-        security.apply_profile(process.capabilities, process.user, process.no_new_privileges)
-    except OSError as e:
-        raise SetupFailed(f"apply security profile (user {process.user or 'root'}): "
-                          f"{e.strerror}", {"step": "security", "errno": e.errno or 0}) from None
-    try:
-        os.chdir(process.cwd)
-    except OSError as e:
-        raise SetupFailed(f"chdir to {process.cwd}: {e.strerror}",
-                          {"step": "chdir", "errno": e.errno or 0}) from None
-    env = _environment(process, hostname, _home_of(os.getuid()))
-    return _find_executable(process.args[0], env.get("PATH", DEFAULT_PATH)), env
-
 
 def _exec(executable: str, process: Process, env: dict, errw: int,
           program: seccomp.Program | None, keep: int = 2) -> NoReturn:
@@ -214,18 +65,20 @@ def _exec(executable: str, process: Process, env: dict, errw: int,
     os.closerange(errw + 1, 1 << 20)        # CVE-2024-21626: no host fd reaches the workload
     if process.no_new_privileges:
         try:
-            _install_filter(program)
+            child.install_filter(program)
         except SandboxError as e:
-            _fail(errw, e)
-    _report(errw, b"R")
+            child.fail(errw, e)
+    child.report(errw, b"R")
     try:
         os.execve(executable, list(process.args), env)
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
-            _fail(errw, CommandNotFound(f"exec {executable}: no such file or directory",
-                                        {"exit_code": 127, "command": executable}), 127)
-        _fail(errw, CommandNotExecutable(f"exec {executable}: {e.strerror}",
-                                         {"exit_code": 126, "command": executable}), 126)
+            child.fail(errw, CommandNotFound(
+                f"exec {executable}: no such file or directory",
+                {"exit_code": 127, "command": executable}), 127)
+        child.fail(errw, CommandNotExecutable(
+            f"exec {executable}: {e.strerror}",
+            {"exit_code": 126, "command": executable}), 126)
     os._exit(1)
 
 
@@ -234,7 +87,7 @@ def _hold(errw: int) -> NoReturn:
     /proc/<pid>/root until it closes our stdin."""
     os.closerange(3, errw)
     os.closerange(errw + 1, 1 << 20)
-    _report(errw, b"R")
+    child.report(errw, b"R")
     os.close(errw)                      # EOF after R: started, as an exec would say
     try:
         while os.read(0, 4096):
@@ -248,48 +101,20 @@ def _container_pid1(spec: ContainerSpec, plan: list[Step], stdio: list[int],
                     channel: int = -1) -> NoReturn:
     try:
         mounts.run_steps(plan)
-        _install_stdio(stdio, spec.process.terminal)
+        child.install_stdio(stdio, spec.process.terminal)
         if spec.hold:
             _hold(errw)
         if spec.zygote:
             _zygote_pid1(spec, errw, channel, program)
-        executable, env = _prepare_process(spec.process, spec.hostname, errw, program)
+        executable, env = child.prepare_process(spec.process, spec.hostname, errw, program)
     except SandboxError as e:
-        _fail(errw, e, getattr(e, "exit_code", 1))
+        child.fail(errw, e, getattr(e, "exit_code", 1))
     except Exception as e:                                   # a bug: still report it
-        _fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
+        child.fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
     if spec.init:
         run_init(lambda: _exec(executable, spec.process, env, errw, program))
     _exec(executable, spec.process, env, errw, program)
 
-
-def _pid_clone_flags(spec: ContainerSpec) -> int | None:
-    """The fork server's clone flags for a container, or None when its pid namespace is
-    joined by path: the start then needs a C1 and a plain fork."""
-    mode = spec.namespaces.pid
-    return sc.CLONE_NEWPID if mode == "private" else 0 if mode == "host" else None
-
-
-def _setns_path(path: str, flag: int) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        sc.setns(fd, flag)
-    finally:
-        os.close(fd)
-
-
-def _enter_namespaces(spec: ContainerSpec) -> None:
-    # The cgroup namespace after the join (the caller's), so that its root is our cgroup.
-    flags = sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP
-    for name, flag in NS_FLAGS.items():
-        mode = getattr(spec.namespaces, name)
-        if mode == "private":
-            flags |= flag
-        elif mode != "host":
-            _setns_path(mode, flag)
-    if _pid_clone_flags(spec) is None:
-        _setns_path(spec.namespaces.pid, sc.CLONE_NEWPID)      # for our children
-    sc.unshare(flags)
 
 
 def _zygote_pid1(spec: ContainerSpec, errw: int, channel: int,
@@ -304,9 +129,9 @@ def _zygote_pid1(spec: ContainerSpec, errw: int, channel: int,
     except OSError as e:
         raise SetupFailed(f"prepare workdir {process.cwd}: {e.strerror}",
                           {"step": "workdir", "errno": e.errno or 0}) from None
-    env = _environment(process, spec.hostname, "/root")
+    env = child.environment(process, spec.hostname, "/root")
     env[zygote.ZYGOTE_FD_ENV] = str(zygote.ZYGOTE_FD)
-    executable = _find_executable(process.args[0], env.get("PATH", DEFAULT_PATH))
+    executable = child.find_executable(process.args[0], env.get("PATH", DEFAULT_PATH))
 
     def become() -> NoReturn:
         try:
@@ -314,18 +139,19 @@ def _zygote_pid1(spec: ContainerSpec, errw: int, channel: int,
             report = fcntl.fcntl(errw, fcntl.F_DUPFD_CLOEXEC, zygote.ZYGOTE_FD + 1)
             os.dup2(channel, zygote.ZYGOTE_FD)
         except OSError as e:
-            _fail(errw, SetupFailed(f"enter the zygote's user namespace: {e.strerror}",
-                                    {"step": "userns", "errno": e.errno or 0}))
+            child.fail(errw, SetupFailed(f"enter the zygote's user namespace: {e.strerror}",
+                                         {"step": "userns", "errno": e.errno or 0}))
         os.closerange(zygote.ZYGOTE_FD + 1, report)
         try:
-            _install_filter(program)        # no_new_privs is set: last before the exec
+            child.install_filter(program)        # no_new_privs is set: last before the exec
         except SandboxError as e:
-            _fail(report, e)
+            child.fail(report, e)
         _exec(executable, process, env, report, None, keep=zygote.ZYGOTE_FD)
 
     def fail(e: Exception) -> NoReturn:
-        _fail(errw, SetupFailed(f"write the zygote's id maps: {e}",
-                                {"step": "userns", "errno": getattr(e, "errno", 0) or 0}))
+        child.fail(errw, SetupFailed(
+            f"write the zygote's id maps: {e}",
+            {"step": "userns", "errno": getattr(e, "errno", 0) or 0}))
 
     zygote.run_pid1(become, fail)
 
@@ -336,30 +162,30 @@ def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
     """The container's first process: pid 1 itself, or a C1 when the pid namespace is
     joined by path."""
     try:
-        _not_dumpable()
-        _reset_signals()
+        child.not_dumpable()
+        child.reset_signals()
         cgroup.join(0)
         try:
-            _enter_namespaces(spec)
+            child.enter_namespaces(spec)
         except OSError as e:
             raise SetupFailed(f"create namespaces: {e.strerror}",
                               {"step": "namespaces", "errno": e.errno or 0}) from None
-        pid = 0 if _pid_clone_flags(spec) is not None else os.fork()
+        pid = 0 if child.pid_clone_flags(spec) is not None else os.fork()
     except SandboxError as e:
-        _fail(errw, e)
+        child.fail(errw, e)
     except Exception as e:
-        _fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
+        child.fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
     if pid == 0:
         _container_pid1(spec, plan, stdio, errw, program, channel)
-    _report(errw, b"P", struct.pack("<i", pid))
+    child.report(errw, b"P", struct.pack("<i", pid))
     os._exit(0)
 
 
 def _exec_c1(target_pid: int, process: Process, cgroup: Any, stdio: list[int], errw: int,
              hostname: str, program: seccomp.Program | None) -> NoReturn:
     try:
-        _not_dumpable()
-        _reset_signals()
+        child.not_dumpable()
+        child.reset_signals()
         fds = {}
         for ns in EXEC_NAMESPACES:
             fds[ns] = os.open(f"/proc/{target_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
@@ -369,20 +195,20 @@ def _exec_c1(target_pid: int, process: Process, cgroup: Any, stdio: list[int], e
             os.close(fds[ns])
         pid = os.fork()
     except OSError as e:
-        _fail(errw, SetupFailed(f"enter the container's namespaces: {e.strerror}",
-                                {"step": "setns", "errno": e.errno or 0}))
+        child.fail(errw, SetupFailed(f"enter the container's namespaces: {e.strerror}",
+                                     {"step": "setns", "errno": e.errno or 0}))
     except Exception as e:
-        _fail(errw, SetupFailed(f"exec setup: {type(e).__name__}: {e}"))
+        child.fail(errw, SetupFailed(f"exec setup: {type(e).__name__}: {e}"))
     if pid == 0:
         try:
-            _install_stdio(stdio, process.terminal)
-            executable, env = _prepare_process(process, hostname, errw, program)
+            child.install_stdio(stdio, process.terminal)
+            executable, env = child.prepare_process(process, hostname, errw, program)
         except SandboxError as e:
-            _fail(errw, e, getattr(e, "exit_code", 1))
+            child.fail(errw, e, getattr(e, "exit_code", 1))
         except Exception as e:
-            _fail(errw, SetupFailed(f"exec setup: {type(e).__name__}: {e}"))
+            child.fail(errw, SetupFailed(f"exec setup: {type(e).__name__}: {e}"))
         _exec(executable, process, env, errw, program)
-    _report(errw, b"P", struct.pack("<i", pid))
+    child.report(errw, b"P", struct.pack("<i", pid))
     os._exit(0)
 
 
@@ -571,7 +397,7 @@ class ForkServer:
             self._fork(msg["rid"], container, None, fds,
                        lambda errw: _container_first(spec, plan, cgroup, fds, errw, first,
                                                      channel),
-                       _pid_clone_flags(spec))
+                       child.pid_clone_flags(spec))
         except BaseException:
             _close_quietly(hold)
             if ours is not None:
@@ -727,7 +553,7 @@ class ForkServer:
         pid = os.fork()
         if pid == 0:
             try:
-                _reset_signals()
+                child.reset_signals()
                 ours.close()
                 os.set_inheritable(theirs.fileno(), True)
                 null = os.open(os.devnull, os.O_RDONLY)

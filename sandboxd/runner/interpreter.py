@@ -25,6 +25,31 @@ NEVER_BOUND = ("/", "/proc", "/sys", "/dev", "/etc", "/tmp", "/run", "/usr", "/b
                "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/var", "/boot")
 
 
+# What the host image shows of this machine for every client, read-only at the same
+# paths (images/host.py): a client's view need not bind them again.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+
+
+def system_dirs() -> list[str]:
+    """Those of :data:`SYSTEM_DIRS` this machine has."""
+    return [d for d in SYSTEM_DIRS if os.path.isdir(d)]
+
+
+def python_prefixes() -> list[str]:
+    """The running Python's prefixes: sys.prefix, base_prefix, exec_prefix and the
+    directories of sys.executable (a pyenv or venv interpreter lives outside /usr)."""
+    return list(InterpreterView.current().prefixes)
+
+
+def view_mounts(view: InterpreterView, host_image: bool) -> list[Mount]:
+    """Read-only binds that show a client's Python environment ``view`` in a container.
+    The host image shows the host's system directories (never the daemon's Python: a
+    client's may be anything); another image brings its own interpreter, so only the
+    client's code outside the interpreter is bound. Raises ``ViewError``."""
+    provided = system_dirs() if host_image else [*system_dirs(), *view.prefixes]
+    return list(view.binds(provided))
+
+
 class ViewError(Exception):
     """A path the view needs that cannot be shown in a container: ``path`` and why."""
 

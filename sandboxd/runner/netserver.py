@@ -77,7 +77,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ..errors import InvalidArgument, SandboxError, SetupFailed
 from . import masq
 from . import syscalls as sc
-from .forkserver import recv_message, send_message
+from .channel import recv_message, send_message
 from .rtnl import Rtnl
 
 LOOPBACK_INDEX = 1          # the kernel gives every namespace's lo ifindex 1

@@ -128,16 +128,18 @@ def run_entry(prepare: Callable[[], None], function: Callable[[], Any]) -> NoRet
 
 def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
                 base_path: list[str]) -> NoReturn:
-    from . import forkserver as fs
+    from . import child
     from . import syscalls as sc
     from ..errors import SandboxError, SetupFailed
+    from .channel import recv_message
     from .init import run_init
+    from .mounts import run_steps
     from .plan import build_plan
     from .seccomp import Program
     from .spec import ContainerSpec, from_dict, validate
-    fs._not_dumpable()                     # the template's memory and fds: not theirs
+    child.not_dumpable()                  # the template's memory and fds: not theirs
     chan = socket.socket(fileno=chan_fd)
-    msg, fds = fs.recv_message(chan)       # arrives once the server put us in the cgroup
+    msg, fds = recv_message(chan)          # arrives once the server put us in the cgroup
     chan.close()
     if msg is None or len(fds) < 2:
         os._exit(1)
@@ -149,20 +151,20 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
         if spec.root.layer:                 # its detached mount came after the stdio
             layer_fd, stdio = stdio[-1], stdio[:-1]
         function = entries[spec.entry]
-        fs._reset_signals()
+        child.reset_signals()
         try:
-            fs._enter_namespaces(spec)
+            child.enter_namespaces(spec)
         except OSError as e:
             raise SetupFailed(f"create namespaces: {e.strerror}",
                               {"step": "namespaces", "errno": e.errno or 0}) from None
         cgroupfs = tuple(tuple(m) for m in msg["cgroupfs"])
-        fs.mounts.run_steps(build_plan(spec, msg["mnt"], cgroupfs, layer_fd))
-        fs._install_stdio(stdio, False)
-        _executable, env = fs._prepare_process(spec.process, spec.hostname, errw, program)
+        run_steps(build_plan(spec, msg["mnt"], cgroupfs, layer_fd))
+        child.install_stdio(stdio, False)
+        _executable, env = child.prepare_process(spec.process, spec.hostname, errw, program)
     except SandboxError as e:
-        fs._fail(errw, e, getattr(e, "exit_code", 1))
+        child.fail(errw, e, getattr(e, "exit_code", 1))
     except Exception as e:                                   # a bug: still report it
-        fs._fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
+        child.fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
     module = parse_entry(spec.entry)[0]
 
     def workload() -> NoReturn:
@@ -173,10 +175,10 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
         sc.prctl(sc.PR_SET_DUMPABLE, 1)
         if spec.process.no_new_privileges:
             try:
-                fs._install_filter(program)     # last, as before an exec
+                child.install_filter(program)     # last, as before an exec
             except SandboxError as e:
-                fs._fail(errw, e)
-        fs._report(errw, b"R")
+                child.fail(errw, e)
+        child.report(errw, b"R")
         os.close(errw)                      # EOF after R: started, as an exec would say
         run_entry(lambda: _fresh_interpreter_state(spec.process.args, env, module,
                                                    base_path), function)
@@ -209,35 +211,35 @@ def interpreter_stamp(base_path: list[str]) -> tuple[tuple[str, int, int], ...]:
 
 
 def serve(sock: socket.socket, entries: dict[str, Callable[[], Any]]) -> None:
-    from . import forkserver as fs
     from . import syscalls as sc
+    from .channel import recv_message, send_message
     # A fresh interpreter's sys.path without its script dir and PYTHONPATH: what each
     # clone's PYTHONPATH is put in front of.
     ours = {p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
     base_path = [p for p in sys.path[1:] if p not in ours]
     stamp = interpreter_stamp(base_path)
-    fs.send_message(sock, {"event": "ready", "pid": os.getpid(), "entries": list(entries)})
+    send_message(sock, {"event": "ready", "pid": os.getpid(), "entries": list(entries)})
     while True:
-        msg, fds = fs.recv_message(sock)
+        msg, fds = recv_message(sock)
         if msg is None:
             return                            # the fork server is gone
         if msg.get("op") != ENTRY_FORK or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            fs.send_message(sock, {"error": f"template: bad request {msg.get('op')!r}"})
+            send_message(sock, {"error": f"template: bad request {msg.get('op')!r}"})
             continue
         if interpreter_stamp(base_path) != stamp:
             # Keyed by the interpreter it was started from: refuse (the caller runs a
             # fresh interpreter) and exit; the next spawn with an entry starts anew.
             os.close(fds[0])
-            fs.send_message(sock, {"error": f"template: its interpreter {sys.executable} "
-                                            f"changed since it started; starting anew"})
+            send_message(sock, {"error": f"template: its interpreter {sys.executable} "
+                                         f"changed since it started; starting anew"})
             return
         try:
             pid = sc.clone(sc.CLONE_NEWPID | CLONE_PARENT)
         except OSError as e:
             os.close(fds[0])
-            fs.send_message(sock, {"error": f"clone: {e.strerror}"})
+            send_message(sock, {"error": f"clone: {e.strerror}"})
             continue
         if pid == 0:
             try:
@@ -246,7 +248,7 @@ def serve(sock: socket.socket, entries: dict[str, Callable[[], Any]]) -> None:
             finally:
                 os._exit(1)
         os.close(fds[0])
-        fs.send_message(sock, {"pid": pid})
+        send_message(sock, {"pid": pid})
 
 
 def main(argv: list[str] | None = None) -> None:

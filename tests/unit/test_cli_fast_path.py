@@ -163,7 +163,7 @@ def test_the_script_loads_only_what_a_run_needs():
     assert set(out[1:]) - set(before) == {
         "sandboxd", "sandboxd.cli", "sandboxd.cli.common", "sandboxd.cli.main",
         "sandboxd.cli.run", "sandboxd.client", "sandboxd.envfile",
-        "sandboxd.errors", "sandboxd.protocol"}
+        "sandboxd.errors", "sandboxd.protocol", "sandboxd.version"}
 
 
 def test_python_m_sandboxd_is_sbx():

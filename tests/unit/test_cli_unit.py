@@ -218,4 +218,4 @@ def test_start_up_imports_only_click():
                     "sandboxd.cli.containers", "sandboxd.cli.images", "sandboxd.cli.networks",
                     "sandboxd.cli.run", "sandboxd.cli.system"}, loaded
     assert set(loaded) - ours <= {"sandboxd", "sandboxd.cli", "sandboxd.errors",
-                                  "threading"}, loaded
+                                  "sandboxd.version", "threading"}, loaded

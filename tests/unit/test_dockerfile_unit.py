@@ -1,5 +1,5 @@
 """The Dockerfile parser and lexer (sandboxd.images.dockerfile), .dockerignore matching
-and the context tar (sandboxd.images.context), and the merged layer view
+and the context tar (sandboxd.buildcontext), and the merged layer view
 (sandboxd.images.view) over plain directories (no whiteout devices: those need root
 and are covered by the integration tests)."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from sandboxd.errors import InvalidArgument, NotFound
 from sandboxd.images import dockerfile as df
-from sandboxd.images.context import Ignore, parse_ignore, prepare, write_context
+from sandboxd.buildcontext import Ignore, parse_ignore, prepare, write_context
 from sandboxd.images.view import LayerView, write_tar
 
 

@@ -18,7 +18,7 @@ from sandboxd.model import (ContainerConfig, ContainerRecord, ContainerState, En
 from sandboxd.render import (PS_HEADERS, PS_TABLE, bytes_size, format_table, human_duration,
                              human_size, image_row, inspect_document, ps_row, status_text)
 from sandboxd.runner.spec import Mount, Ulimit
-from sandboxd.validate import check_name, parse_signal
+from sandboxd.validate import check_name, parse_signal, validate_config
 
 MiB = 1 << 20
 
@@ -268,7 +268,7 @@ def test_validate_on_a_hand_made_config():
     cfg = ContainerConfig(image="", env=("NOEQUALS",), stop_timeout=-5,
                           host=HostConfig(cpu_shares=1, links=(Link("x", "y"),)))
     with pytest.raises(InvalidArgument) as info:
-        cfg.validate()
+        validate_config(cfg)
     text = info.value.message
     for name in ("image", "env[0]", "stop_timeout", "host.cpu_shares", "host.links[0].name"):
         assert name in text

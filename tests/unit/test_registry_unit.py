@@ -11,7 +11,7 @@ import pytest
 
 from sandboxd.errors import InvalidArgument
 from sandboxd.images import oci
-from sandboxd.images.reference import Reference, familiar, parse
+from sandboxd.reference import Reference, familiar, parse
 from sandboxd.images.registry import (Credentials, RegistryClient, _parse_challenge,
                                       _registry_errors, is_loopback)
 

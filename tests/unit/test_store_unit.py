@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from sandboxd.errors import Conflict, InvalidArgument, NotFound, Unavailable
-from sandboxd.images.reference import normalize_ref, split_ref
+from sandboxd.reference import normalize_ref, split_ref
 from sandboxd.store import SCHEMA_VERSION, ContentStore, Store
 
 A = "a" * 64

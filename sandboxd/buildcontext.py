@@ -5,7 +5,8 @@
 ``.dockerignore``: one pattern a line, ``#`` comments, Go ``filepath.Match`` syntax
 (``*``, ``?``, ``[...]``) plus ``**`` for any number of directories; a leading ``!``
 makes an exception; the last matching line wins; a pattern that matches a directory
-excludes everything under it. Light on imports: the CLI uses it.
+excludes everything under it. Light on imports: the CLI and the Python client use it
+(the daemon unpacks the tar with :func:`sandboxd.images.build.unpack_context`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import stat
 import tarfile
 from typing import BinaryIO, Sequence
 
-from ..errors import InvalidArgument
+from .errors import InvalidArgument
 
 IGNORE_FILE = ".dockerignore"
 

@@ -1,0 +1,181 @@
+"""What a container's first process does before its workload runs, whichever way it was
+started: forked by the fork server (:mod:`.forkserver`) or cloned from the pre-imported
+template (:mod:`.template`).
+
+Signals back to their defaults, not dumpable until exec, the namespaces unshared or
+joined, stdio (or a pty made in the container's devpts) installed, limits, workdir and
+security profile applied, the seccomp filter loaded. Progress and failure go to the
+owner over a close-on-exec pipe: ``report(fd, b"R")`` just before the workload starts,
+``fail(fd, error)`` with the error as msgpack, then exit.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import struct
+import termios
+from typing import NoReturn
+
+import msgpack
+
+from ..errors import CommandNotFound, SandboxError, SetupFailed
+from . import rlimits, seccomp, security
+from . import syscalls as sc
+from .spec import DEFAULT_PATH, ContainerSpec, Process
+
+TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430      # <asm-generic/ioctls.h>; not in termios
+# Unshared (or joined) by the container's first process itself, off the server's path;
+# the pid namespace is the fork server's clone flag (see pid_clone_flags).
+NS_FLAGS = {"net": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS}
+
+
+def reset_signals() -> None:
+    # Python ignores SIGPIPE and SIGXFSZ; a workload must start with the defaults.
+    for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def not_dumpable() -> None:
+    """Until execve (which makes the workload dumpable again), this process is the fork
+    server's interpreter with the server's fds: non-dumpable, the container's processes
+    (no CAP_SYS_PTRACE) cannot open its /proc/<pid>/exe, fd/, cwd, root, mem or environ
+    (CVE-2019-5736, CVE-2024-21626), as runc's setup process does."""
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+
+
+def report(fd: int, tag: bytes, payload: bytes = b"") -> None:
+    os.write(fd, tag + payload)
+
+
+def fail(errw: int, err: SandboxError, code: int = 1) -> NoReturn:
+    try:
+        report(errw, b"E", msgpack.packb(err.to_wire(), use_bin_type=True))
+    finally:
+        os._exit(code)
+
+
+def install_stdio(stdio: list[int], terminal: bool) -> None:
+    """Make ``stdio`` fds 0-2; with a terminal, ``stdio[0]`` is a console socket: the
+    pty is made in the container's own devpts (so ``tty`` names it inside) and its
+    master goes back to the owner over that socket."""
+    os.setsid()
+    if terminal:
+        master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+        slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
+        console = socket.socket(fileno=stdio[0])
+        socket.send_fds(console, [b"pty"], [master])
+        console.close()
+        os.close(master)
+        for target in (0, 1, 2):
+            os.dup2(slave, target)
+        os.close(slave)
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    else:
+        for target, fd in enumerate(stdio[:3]):
+            os.dup2(fd, target)
+
+
+def environment(process: Process, hostname: str, home: str) -> dict[str, str]:
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname or socket.gethostname(), "HOME": home}
+    if process.terminal:
+        env["TERM"] = "xterm"
+    for entry in process.env:
+        key, _, value = entry.partition("=")
+        env[key] = value
+    return env
+
+
+def find_executable(name: str, path: str) -> str:
+    if "/" in name:
+        return name
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate):
+            return candidate
+    raise CommandNotFound(f"executable file not found in $PATH: {name}",
+                          {"exit_code": 127, "command": name})
+
+
+def _home_of(uid: int) -> str:
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) > 5 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/root" if uid == 0 else "/"
+
+
+def install_filter(program: seccomp.Program | None) -> None:
+    if program is None:
+        return
+    try:
+        seccomp.install(program)
+    except OSError as e:
+        raise SetupFailed(f"install the seccomp filter: {e.strerror}",
+                          {"step": "seccomp", "errno": e.errno or 0}) from None
+
+
+def prepare_process(process: Process, hostname: str, errw: int,
+                     program: seccomp.Program | None) -> tuple[str, dict]:
+    """Limits, workdir, security profile; returns (executable, environment). The seccomp
+    filter comes last, just before exec (the caller loads it), unless no_new_privs is off:
+    then loading it needs CAP_SYS_ADMIN, so it comes before the capabilities are cut
+    (as runc does), and what follows must be calls the filter allows."""
+    try:
+        rlimits.apply(process.ulimits)
+        os.makedirs(process.cwd, 0o755, exist_ok=True)   # Docker creates a missing workdir
+    except OSError as e:
+        raise SetupFailed(f"prepare workdir {process.cwd}: {e.strerror}",
+                          {"step": "workdir", "errno": e.errno or 0}) from None
+    if not process.no_new_privileges:
+        install_filter(program)
+    try:
+        security.apply_profile(process.capabilities, process.user, process.no_new_privileges)
+    except OSError as e:
+        raise SetupFailed(f"apply security profile (user {process.user or 'root'}): "
+                          f"{e.strerror}", {"step": "security", "errno": e.errno or 0}) from None
+    try:
+        os.chdir(process.cwd)
+    except OSError as e:
+        raise SetupFailed(f"chdir to {process.cwd}: {e.strerror}",
+                          {"step": "chdir", "errno": e.errno or 0}) from None
+    env = environment(process, hostname, _home_of(os.getuid()))
+    return find_executable(process.args[0], env.get("PATH", DEFAULT_PATH)), env
+
+
+def pid_clone_flags(spec: ContainerSpec) -> int | None:
+    """The fork server's clone flags for a container, or None when its pid namespace is
+    joined by path: the start then needs a C1 and a plain fork."""
+    mode = spec.namespaces.pid
+    return sc.CLONE_NEWPID if mode == "private" else 0 if mode == "host" else None
+
+
+def _setns_path(path: str, flag: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sc.setns(fd, flag)
+    finally:
+        os.close(fd)
+
+
+def enter_namespaces(spec: ContainerSpec) -> None:
+    # The cgroup namespace after the join (the caller's), so that its root is our cgroup.
+    flags = sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP
+    for name, flag in NS_FLAGS.items():
+        mode = getattr(spec.namespaces, name)
+        if mode == "private":
+            flags |= flag
+        elif mode != "host":
+            _setns_path(mode, flag)
+    if pid_clone_flags(spec) is None:
+        _setns_path(spec.namespaces.pid, sc.CLONE_NEWPID)      # for our children
+    sc.unshare(flags)
