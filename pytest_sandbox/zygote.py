@@ -9,9 +9,15 @@ then for each item the controller names forks a child into a fresh container
 that one item and streams its reports, exactly as :mod:`pytest_sandbox.worker` does.
 
 stdin: msgpack maps, ``{"options", "args"}`` first, then per item ``{"nodeid",
-"hostname", "limits", "ulimits", "env"}``. stdout (the channel): the worker's frames,
-plus ``{"kind": "ready", "items"}`` once collected and, after each item,
-``{"kind": "ended", "exit_code", "oom_killed"}``.
+"hostname", "limits", "ulimits", "env"}``, optionally with ``"next"``: the request the
+controller will send next. The next item's child is then forked and set up (cgroup,
+namespaces, mounts, filter) while the current test runs, and parked; it runs only when
+that same request arrives (any other request discards it). stdout (the channel): the
+worker's frames, ``{"kind": "ready", "items"}`` once collected, and ``{"kind":
+"ended", "nodeid", "exit_code", "oom_killed"[, "error"]}`` for a test that exited
+without its ``done`` frame (a test that sent ``done`` is complete: its exit is handled
+here, while the next one runs). One released test at a time writes to the channel: the
+next request waits until the current test has written its last frame or exited.
 
 What a test forked from here shares with the zygote and its siblings: the memory pages
 of the interpreter and the imported modules (copy-on-write), nothing else. Module state
@@ -25,28 +31,18 @@ import gc
 gc.disable()                       # as in the worker: nothing to collect while loading
 
 import os  # noqa: E402
+import selectors  # noqa: E402
 import sys  # noqa: E402
-from typing import Any, Iterator  # noqa: E402
+from collections import deque  # noqa: E402
+from typing import Any  # noqa: E402
 
 import msgpack  # noqa: E402
 import pytest  # noqa: E402
 
 from sandboxd.runner.spec import Ulimit, from_dict  # noqa: E402
-from sandboxd.runner.testfork import TestContainer, end_test, fork_test  # noqa: E402
+from sandboxd.runner.testfork import TestChild, TestContainer, fork_test  # noqa: E402
 
 from .worker import Channel, WorkerPlugin, _usage  # noqa: E402
-
-
-def _requests(fd: int) -> Iterator[dict[str, Any]]:
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=64 << 20)
-    while True:
-        data = os.read(fd, 1 << 16)
-        if not data:
-            return
-        unpacker.feed(data)
-        for message in unpacker:
-            if isinstance(message, dict):
-                yield message
 
 
 def _run_child(item: Any, request: dict[str, Any], channel: Channel) -> None:
@@ -55,6 +51,7 @@ def _run_child(item: Any, request: dict[str, Any], channel: Channel) -> None:
     os.dup2(null, 0)
     os.close(null)
     os.environ.update({str(k): str(v) for k, v in dict(request.get("env") or {}).items()})
+    gc.freeze()                     # what the zygote made since its freeze: never scanned
     gc.enable()
     status = 0
     try:
@@ -68,12 +65,159 @@ def _run_child(item: Any, request: dict[str, Any], channel: Channel) -> None:
                   "cpu_s": cpu})
 
 
+def _warm_lazy_caches() -> None:
+    """Fill, once here, the caches a plugin fills at a process's first test, which
+    every forked test would otherwise fill again: hypothesis scans the source of every
+    local module for constants at its first example (0.5-3 s a test on attrs' suite).
+    A plain run fills them at its first test too; what they hold does not depend on
+    which test runs."""
+    providers = sys.modules.get("hypothesis.internal.conjecture.providers")
+    fill = getattr(providers, "_get_local_constants", None)
+    if fill is not None:
+        try:
+            fill()
+        except Exception:           # a hypothesis that changed: its test fills it then
+            pass
+
+
+class _Tests:
+    """Serves the controller's requests: a fork per item, the next one made ahead."""
+
+    def __init__(self, config: Any, items: dict[str, Any], failed: list[Any],
+                 channel: Channel, requests_fd: int, unpacker: Any):
+        self.config = config
+        self.items = items
+        self.failed = failed
+        self.channel = channel
+        self.requests_fd = requests_fd
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(requests_fd, selectors.EVENT_READ, ("requests", None))
+        self.unpacker = unpacker
+        self.pending: deque[dict[str, Any]] = deque(
+            m for m in unpacker if isinstance(m, dict))
+        self.active: TestChild | None = None      # released; may still write frames
+        self.parked: tuple[dict[str, Any], TestChild] | None = None
+        self.children: dict[int, tuple[TestChild, str]] = {}    # pid -> (child, nodeid)
+
+    def serve(self) -> int:
+        while True:
+            while self.active is None and self.pending:
+                self._request(self.pending.popleft())
+            for key, _ in self.selector.select():
+                what, child = key.data
+                if what == "requests":
+                    data = os.read(self.requests_fd, 1 << 16)
+                    if not data:
+                        return 0            # the session ended: the container goes
+                    self.unpacker.feed(data)
+                    self.pending.extend(m for m in self.unpacker if isinstance(m, dict))
+                elif what == "control":
+                    if not child.on_control():
+                        self.selector.unregister(child.control)
+                    if child.done and child is self.active:
+                        self.active = None
+                elif what == "exit":
+                    self._reap(child)
+
+    def _request(self, request: dict[str, Any]) -> None:
+        nodeid = str(request.get("nodeid"))
+        item = self.items.get(nodeid)
+        if item is None:
+            error = next((r for r in self.failed if nodeid.startswith(r.nodeid)), None)
+            if error is not None:
+                self.channel.send({"kind": "collect", "data": self.config.hook.
+                                   pytest_report_to_serializable(config=self.config,
+                                                                 report=error)})
+            self.channel.send({"kind": "ended", "nodeid": nodeid, "exit_code": 0,
+                               "oom_killed": False, "missing": True})
+            return
+        child = None
+        if self.parked is not None:
+            ahead, parked = self.parked
+            self.parked = None
+            if _same(ahead, request):
+                child = parked
+            elif parked.exit_code is None:
+                parked.discard()
+        if child is None:
+            child = self._fork(item, request)
+        if child.exit_code is not None:         # it could not become a container
+            self._ended(child, nodeid)
+        else:
+            child.release()
+            self.active = child
+        ahead = request.get("next")
+        if isinstance(ahead, dict) and str(ahead.get("nodeid")) in self.items:
+            self.parked = (ahead, self._fork(self.items[str(ahead["nodeid"])], ahead))
+
+    def _fork(self, item: Any, request: dict[str, Any]) -> TestChild:
+        test = TestContainer(
+            hostname=str(request.get("hostname") or "test"),
+            limits=dict(request.get("limits") or {}),
+            ulimits=tuple(from_dict(Ulimit, u, "ulimits") for u in request.get("ulimits")
+                          or ()))
+        # Nothing of the zygote's own may reach a test: the requests, this loop, and
+        # the pidfds and control sockets of its siblings.
+        private = [self.requests_fd, self.selector.fileno()]
+        for other, _ in self.children.values():
+            private += [other.pidfd, other.control.fileno()]
+        child = fork_test(test, close_in_child=private)
+        if child.pid == 0:
+            try:
+                _run_child(item, request, self.channel)
+                child.finished()
+            finally:
+                os._exit(0)
+        self.children[child.pid] = (child, str(request.get("nodeid")))
+        self.selector.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
+        self.selector.register(child.control, selectors.EVENT_READ, ("control", child))
+        return child
+
+    def _reap(self, child: TestChild) -> None:
+        self.selector.unregister(child.pidfd)
+        if child.control.fileno() in self.selector.get_map():
+            child.drain()
+            self.selector.unregister(child.control)
+        _, nodeid = self.children.pop(child.pid)
+        child.reap()
+        if child is self.active:
+            self.active = None
+            if not child.done:
+                self._ended(child, nodeid)
+
+    def _ended(self, child: TestChild, nodeid: str) -> None:
+        message: dict[str, Any] = {"kind": "ended", "nodeid": nodeid,
+                                   "exit_code": child.exit_code,
+                                   "oom_killed": child.oom_killed}
+        if child.error:
+            message["error"] = child.error
+        self.channel.send(message)
+
+
+def _same(ahead: dict[str, Any], request: dict[str, Any]) -> bool:
+    """Whether the request made ahead is this one (the controller sends it again)."""
+    return {k: v for k, v in ahead.items() if k != "next"} == \
+        {k: v for k, v in request.items() if k != "next"}
+
+
+def _first_request(fd: int, unpacker: Any) -> dict[str, Any]:
+    """The session's options (what came after them stays in ``unpacker``)."""
+    while True:
+        for message in unpacker:
+            if isinstance(message, dict):
+                return message
+        data = os.read(fd, 1 << 16)
+        if not data:
+            raise SystemExit("the controller sent no options")
+        unpacker.feed(data)
+
+
 def main() -> int:
     # A private copy of stdin for the requests: pytest's capture points fd 0 at
     # /dev/null while the session is set up.
     requests_fd = os.dup(0)
-    requests = _requests(requests_fd)
-    first = next(requests)
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=64 << 20)
+    first = _first_request(requests_fd, unpacker)
     channel_fd = os.dup(1)             # the channel; fd 1 is stderr for everything else
     os.dup2(2, 1)
     channel = Channel(os.fdopen(channel_fd, "wb", buffering=0))
@@ -97,37 +241,10 @@ def main() -> int:
     except session.Failed:
         pass                            # collection errors: answered per item below
     items = {item.nodeid: item for item in session.items}
+    _warm_lazy_caches()
     gc.freeze()                         # the children's collector never scans these
     channel.send({"kind": "ready", "items": len(items)})
-    for request in requests:
-        nodeid = str(request.get("nodeid"))
-        item = items.get(nodeid)
-        if item is None:
-            error = next((r for r in failed if nodeid.startswith(r.nodeid)), None)
-            if error is not None:
-                channel.send({"kind": "collect", "data": config.hook.
-                              pytest_report_to_serializable(config=config, report=error)})
-            channel.send({"kind": "ended", "exit_code": 0, "oom_killed": False,
-                          "missing": True})
-            continue
-        test = TestContainer(
-            hostname=str(request.get("hostname") or "test"),
-            limits=dict(request.get("limits") or {}),
-            ulimits=tuple(from_dict(Ulimit, u, "ulimits") for u in request.get("ulimits")
-                          or ()))
-        pid, cgroup = fork_test(test)
-        if pid == 0:
-            try:
-                os.close(requests_fd)           # the next items are not the test's business
-                _run_child(item, request, channel)
-            finally:
-                os._exit(0)
-        _, status = os.waitpid(pid, 0)
-        ended = end_test(cgroup) if cgroup else {}
-        code = os.waitstatus_to_exitcode(status)
-        channel.send({"kind": "ended", "exit_code": 128 - code if code < 0 else code,
-                      "oom_killed": bool(ended.get("oom_killed"))})
-    return 0
+    return _Tests(config, items, failed, channel, requests_fd, unpacker).serve()
 
 
 if __name__ == "__main__":

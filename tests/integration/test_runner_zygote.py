@@ -30,7 +30,7 @@ _ids = itertools.count()
 ZYGOTE = r'''
 import json, os, signal, socket, sys, time
 from sandboxd.runner import syscalls as sc
-from sandboxd.runner.testfork import TestContainer, end_test, fork_test
+from sandboxd.runner.testfork import TestContainer, fork_test
 
 def ns(name):
     return os.stat(f"/proc/self/ns/{name}").st_ino
@@ -95,14 +95,13 @@ def test(req):
 for line in sys.stdin:
     req = json.loads(line)
     req["zygote"] = os.getpid()
-    pid, cgroup = fork_test(TestContainer(hostname=req["hostname"],
-                                          limits=req.get("limits", {})))
-    if pid == 0:
+    child = fork_test(TestContainer(hostname=req["hostname"],
+                                    limits=req.get("limits", {})))
+    if child.pid == 0:
         os._exit(test(req))
-    _, status = os.waitpid(pid, 0)
-    ended = end_test(cgroup) if cgroup else {}
-    print(json.dumps({"exit": os.waitstatus_to_exitcode(status),
-                      "oom_killed": ended.get("oom_killed")}), flush=True)
+    child.release()
+    code = child.wait()
+    print(json.dumps({"exit": code, "oom_killed": child.oom_killed}), flush=True)
 print(json.dumps({"zygote_alive": os.getpid(),
                   "ns": {n: ns(n) for n in ("pid", "mnt", "net", "ipc", "uts")}}),
       flush=True)
@@ -197,7 +196,7 @@ def test_limits_per_test(runner, host_root, script):
         {"hostname": "forky", "forks": 40, "limits": {"pids": 8}},
         {"hostname": "after"}])
     greedy_end = next(x for x in lines if "exit" in x)
-    assert greedy_end == {"exit": -9, "oom_killed": True}
+    assert greedy_end == {"exit": 137, "oom_killed": True}
     forky = next(x for x in lines if x.get("hostname") == "forky")
     assert forky["fork_error"] == "Resource temporarily unavailable" and forky["forked"] < 8
     assert lines[-2] == {"exit": 0, "oom_killed": False}     # "after" ran normally
