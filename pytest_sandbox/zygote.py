@@ -34,7 +34,7 @@ import os  # noqa: E402
 import selectors  # noqa: E402
 import sys  # noqa: E402
 from collections import deque  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 import msgpack  # noqa: E402
 import pytest  # noqa: E402
@@ -65,19 +65,37 @@ def _run_child(item: Any, request: dict[str, Any], channel: Channel) -> None:
                   "cpu_s": cpu})
 
 
-def _warm_lazy_caches() -> None:
-    """Fill, once here, the caches a plugin fills at a process's first test, which
-    every forked test would otherwise fill again: hypothesis scans the source of every
-    local module for constants at its first example (0.5-3 s a test on attrs' suite).
-    A plain run fills them at its first test too; what they hold does not depend on
-    which test runs."""
+def _lazy_caches() -> dict[str, tuple[Callable[[], bool], Callable[[], Any]]]:
+    """Caches a library fills in a process at its first use, by name: (is it filled,
+    fill it). Each forked test would fill them again (a plain run does it once), so a
+    test tells the zygote which ones it filled and the zygote fills them once for the
+    tests forked after. What they hold does not depend on which test asked first.
+
+    hypothesis: the Unicode category map and the UTF-8 codec's intervals (``text()``;
+    1-3 s a test on attrs' suite: their files in ``.hypothesis`` are written 0600, so a
+    zygote cannot read a plain run's), and the constants of every local module (read
+    from the source of each at the first example)."""
+    caches: dict[str, tuple[Callable[[], bool], Callable[[], Any]]] = {}
+    charmap = sys.modules.get("hypothesis.internal.charmap")
+    if callable(getattr(charmap, "charmap", None)) and hasattr(charmap, "_charmap"):
+        caches["hypothesis.charmap"] = (lambda: charmap._charmap is not None,
+                                        charmap.charmap)
+    codec = getattr(charmap, "intervals_from_codec", None)
+    if callable(getattr(codec, "cache_info", None)):
+        caches["hypothesis.utf-8"] = (lambda: codec.cache_info().currsize > 0,
+                                      lambda: codec("utf-8"))
     providers = sys.modules.get("hypothesis.internal.conjecture.providers")
-    fill = getattr(providers, "_get_local_constants", None)
-    if fill is not None:
-        try:
-            fill()
-        except Exception:           # a hypothesis that changed: its test fills it then
-            pass
+    if callable(getattr(providers, "_get_local_constants", None)) and \
+            hasattr(providers, "_sys_modules_len"):
+        caches["hypothesis.constants"] = (lambda: providers._sys_modules_len is not None,
+                                          providers._get_local_constants)
+    return caches
+
+
+def _filled(before: set[str]) -> str:
+    """In a test's child, at its end: the lazy caches it filled (empty in the zygote)."""
+    return ",".join(name for name, (filled, _) in _lazy_caches().items()
+                    if name not in before and filled())
 
 
 class _Tests:
@@ -98,11 +116,13 @@ class _Tests:
         self.active: TestChild | None = None      # released; may still write frames
         self.parked: tuple[dict[str, Any], TestChild] | None = None
         self.children: dict[int, tuple[TestChild, str]] = {}    # pid -> (child, nodeid)
+        self.filled = {name for name, (filled, _) in _lazy_caches().items() if filled()}
+        self.to_fill: set[str] = set()      # lazy caches a test filled: fill them here
 
     def serve(self) -> int:
+        self._serve_pending()               # what came with the options
         while True:
-            while self.active is None and self.pending:
-                self._request(self.pending.popleft())
+            exited = []
             for key, _ in self.selector.select():
                 what, child = key.data
                 if what == "requests":
@@ -116,8 +136,18 @@ class _Tests:
                         self.selector.unregister(child.control)
                     if child.done and child is self.active:
                         self.active = None
+                        self.to_fill.update(n for n in child.note.split(",") if n)
                 elif what == "exit":
-                    self._reap(child)
+                    exited.append(child)
+            # The next test first; exits are handled while it runs.
+            self._serve_pending()
+            for child in exited:
+                self._reap(child)
+            self._serve_pending()
+
+    def _serve_pending(self) -> None:
+        while self.active is None and self.pending:
+            self._request(self.pending.popleft())
 
     def _request(self, request: dict[str, Any]) -> None:
         nodeid = str(request.get("nodeid"))
@@ -146,9 +176,21 @@ class _Tests:
         else:
             child.release()
             self.active = child
+        self._fill()                    # while that test runs; before the next fork
         ahead = request.get("next")
         if isinstance(ahead, dict) and str(ahead.get("nodeid")) in self.items:
             self.parked = (ahead, self._fork(self.items[str(ahead["nodeid"])], ahead))
+
+    def _fill(self) -> None:
+        caches = _lazy_caches()
+        for name in self.to_fill - self.filled:
+            if name in caches:
+                try:
+                    caches[name][1]()
+                except Exception:       # its tests fill it then, as before
+                    pass
+            self.filled.add(name)
+        self.to_fill.clear()
 
     def _fork(self, item: Any, request: dict[str, Any]) -> TestChild:
         test = TestContainer(
@@ -165,7 +207,7 @@ class _Tests:
         if child.pid == 0:
             try:
                 _run_child(item, request, self.channel)
-                child.finished()
+                child.finished(_filled(self.filled))
             finally:
                 os._exit(0)
         self.children[child.pid] = (child, str(request.get("nodeid")))
@@ -241,7 +283,6 @@ def main() -> int:
     except session.Failed:
         pass                            # collection errors: answered per item below
     items = {item.nodeid: item for item in session.items}
-    _warm_lazy_caches()
     gc.freeze()                         # the children's collector never scans these
     channel.send({"kind": "ready", "items": len(items)})
     return _Tests(config, items, failed, channel, requests_fd, unpacker).serve()

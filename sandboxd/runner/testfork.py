@@ -84,6 +84,7 @@ class TestChild:
         self.cgroup = ""            # its cgroup's name, once it has one
         self.error = ""             # why it could not become a container
         self.done = False           # it has written its last output
+        self.note = ""              # what it said with that (the zygote's business)
         self.released = False
         self.exit_code: int | None = None
         self.oom_killed = False
@@ -141,6 +142,7 @@ class TestChild:
             self.error = text
         elif kind == FINISHED:
             self.done = True
+            self.note = text
 
     def reap(self, channel: int = ZYGOTE_FD) -> int:
         """Once its pidfd is readable: its exit code (``128 + signal`` when killed);
@@ -151,7 +153,9 @@ class TestChild:
         self.exit_code = 128 - code if code < 0 else code
         if self.cgroup:
             try:
-                self.oom_killed = bool(end_test(self.cgroup, channel).get("oom_killed"))
+                # A test that finished needs no answer: its reports are all in.
+                ended = end_test(self.cgroup, channel, wait=not self.done)
+                self.oom_killed = bool(ended.get("oom_killed"))
             except (TestSetupFailed, OSError):
                 pass                # the fork server removes it with the zygote's
         os.close(self.pidfd)
@@ -167,10 +171,10 @@ class TestChild:
 
     # -- in the child
 
-    def finished(self) -> None:
+    def finished(self, note: str = "") -> None:
         """The child has written its last output: the zygote may let the next test
-        write to the channel they share."""
-        self.control.send(FINISHED)
+        write to the channel they share. ``note`` goes with it (a few bytes)."""
+        self.control.send(FINISHED + note.encode()[:1024])
 
 
 def fork_test(test: TestContainer, channel: int = ZYGOTE_FD,
@@ -237,13 +241,15 @@ def _become_parked_child(test: TestContainer, channel: int, control: socket.sock
         os._exit(0)
 
 
-def end_test(cgroup: str, channel: int = ZYGOTE_FD) -> dict[str, Any]:
+def end_test(cgroup: str, channel: int = ZYGOTE_FD, wait: bool = True) -> dict[str, Any]:
     """In the zygote, once the test's process was reaped: the fork server removes its
-    cgroup (killing what is left) and says whether the kernel's OOM killer struck."""
-    return _ask(channel, {"op": "ended", "cgroup": cgroup})[0]
+    cgroup (killing what is left) and says whether the kernel's OOM killer struck
+    (``{}`` without ``wait``: the request is sent, the answer not awaited)."""
+    return _ask(channel, {"op": "ended", "cgroup": cgroup}, wait)[0]
 
 
-def _ask(channel: int, request: dict[str, Any]) -> tuple[Any, list[int]]:
+def _ask(channel: int, request: dict[str, Any], wait: bool = True
+         ) -> tuple[Any, list[int]]:
     """The fork server's answer to ``request``, and the fds it came with."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     fds = array.array("i")
@@ -255,6 +261,8 @@ def _ask(channel: int, request: dict[str, Any]) -> tuple[Any, list[int]]:
         finally:
             chan.close()
         theirs.close()
+        if not wait:
+            return {}, []
         data, anc, _flags, _addr = ours.recvmsg(
             65536, socket.CMSG_SPACE(MAX_CGROUP_FDS * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
         for level, kind, payload in anc:
