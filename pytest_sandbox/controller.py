@@ -244,6 +244,8 @@ class Controller:
         self._zygote: _Zygote | None = None
         self._zygote_deaths = 0
         self._zygote_ahead: dict[str, Any] | None = None     # the next item's request
+        self._zygote_limits: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self._passed_env_problems: bool | None = None
         self.usage: list[Usage] = []
 
     # -- the connection
@@ -414,12 +416,14 @@ class Controller:
         only at interpreter start, and limits within the zygote's (the session's)."""
         from sandboxd.runner.spec import parse_size
         from sandboxd.runner.template import env_problems
+        if self._passed_env_problems is None:       # the same for the whole session
+            self._passed_env_problems = bool(env_problems(
+                {n: "" for n in PASSED_ENV if n in os.environ}))
         if not self._zygote_on or settings.fresh or settings.image not in HOST_IMAGES or \
                 settings.python not in ("", self.view.executable) or settings.links or \
                 settings.volumes or (settings.network or "none") != "none" or \
-                plan.linked or env_problems(dict(settings.env)) or \
-                settings.cpu_quota or settings.cpu_period or \
-                env_problems({n: "" for n in PASSED_ENV if n in os.environ}):
+                plan.linked or (settings.env and env_problems(dict(settings.env))) or \
+                settings.cpu_quota or settings.cpu_period or self._passed_env_problems:
             return False
         session = defaults_from_config(self.config)
         if session.memory is not None and (settings.memory is None or parse_size(
@@ -463,14 +467,19 @@ class Controller:
         ahead, self._zygote_ahead = self._zygote_ahead, None
         if ahead is not None and ahead["nodeid"] == item.nodeid:
             return ahead
-        from sandboxd.flags import build_config
-        from sandboxd.runner.spec import to_dict
         import secrets
-        host = build_config("host", ["true"], memory=settings.memory, cpus=settings.cpus,
-                            pids_limit=settings.pids, ulimits=settings.ulimits).host
+        key = (settings.memory, settings.cpus, settings.pids, repr(settings.ulimits))
+        if key not in self._zygote_limits:          # parsed once per distinct setting
+            from sandboxd.flags import build_config
+            from sandboxd.runner.spec import to_dict
+            host = build_config("host", ["true"], memory=settings.memory,
+                                cpus=settings.cpus, pids_limit=settings.pids,
+                                ulimits=settings.ulimits).host
+            self._zygote_limits[key] = (to_dict(host.limits()),
+                                        [to_dict(u) for u in host.ulimits])
+        limits, ulimits = self._zygote_limits[key]
         return {"nodeid": item.nodeid, "hostname": secrets.token_hex(6),
-                "limits": to_dict(host.limits()),
-                "ulimits": [to_dict(u) for u in host.ulimits],
+                "limits": limits, "ulimits": ulimits,
                 "env": {str(k): str(v) for k, v in dict(settings.env).items()}}
 
     def _zygote_next(self, nextitem: pytest.Item | None) -> dict[str, Any] | None:
@@ -575,15 +584,15 @@ class Controller:
 
     def _run(self, item: pytest.Item, settings: Settings, plan: Any,
              nextitem: pytest.Item | None = None) -> Outcome:
-        request = msgpack.packb({"args": worker_args(item),
-                                 "options": worker_options(self.config),
-                                 "linked": plan.linked})
         attachment = self._prestarted.pop(item.nodeid, None)
         if attachment is None and self._zygote_can_run(settings, plan):
             outcome = self._run_in_zygote(item, settings, nextitem)
             if outcome is not None:
                 self._prestart(nextitem)
                 return outcome
+        request = msgpack.packb({"args": worker_args(item),
+                                 "options": worker_options(self.config),
+                                 "linked": plan.linked})
         grace = 0.0                     # started ahead: this watchdog is the timeout
         templated = self._template
         outcome = Outcome()

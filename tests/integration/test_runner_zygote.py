@@ -92,13 +92,28 @@ def test(req):
     print(json.dumps(seen), flush=True)
     return 0
 
-for line in sys.stdin:
-    req = json.loads(line)
+def fork(req):
     req["zygote"] = os.getpid()
     child = fork_test(TestContainer(hostname=req["hostname"],
                                     limits=req.get("limits", {})))
     if child.pid == 0:
         os._exit(test(req))
+    return child
+
+for line in sys.stdin:
+    req = json.loads(line)
+    if "ahead" in req:
+        # Every child forked before the first runs (parked); each released in turn,
+        # the last one discarded without ever being released.
+        children = [fork(r) for r in req["ahead"]]
+        for child in children[:-1]:
+            child.release()
+            print(json.dumps({"exit": child.wait(), "oom_killed": child.oom_killed}),
+                  flush=True)
+        children[-1].discard()
+        print(json.dumps({"discarded": children[-1].wait()}), flush=True)
+        continue
+    child = fork(req)
     child.release()
     code = child.wait()
     print(json.dumps({"exit": code, "oom_killed": child.oom_killed}), flush=True)
@@ -188,6 +203,26 @@ def test_each_test_is_a_fresh_container(runner, host_root, script):
     assert first["/sys/fs/cgroup/pids/pids.max"] == "Read-only file system"
     assert first["/dev/.sandboxd-proc/proc/1/status"] in ("Permission denied",
                                                           "No such file or directory")
+
+
+def test_children_made_ahead_are_used_once(runner, host_root, script):
+    # Three children made at once, before any test runs (as the zygote makes the next
+    # item's while the current one runs): each released one is its own container and
+    # sees nothing the one before wrote; the one never released never runs the test.
+    lines, _ = _run(runner, _spec(host_root, script), [{"ahead": [
+        {"hostname": "one"}, {"hostname": "two", "limits": {"pids": 16}},
+        {"hostname": "never"}]}])
+    one, end1, two, end2, discarded, last = lines
+    assert end1 == end2 == {"exit": 0, "oom_killed": False}
+    assert discarded == {"discarded": 0}
+    assert [seen["hostname"] for seen in (one, two)] == ["one", "two"]
+    assert not any(line.get("hostname") == "never" for line in lines)
+    for seen in (one, two):
+        assert seen["pid"] == 1 and seen["procs"] == [1] and seen["killed"] == []
+        assert seen["tmp"] == ["pytest-of-root"] and seen["shm"] == []
+        assert seen["status"]["Seccomp_filters"] == "2"
+    assert one["ns"]["mnt"] != two["ns"]["mnt"] and one["ns"]["net"] != two["ns"]["net"]
+    assert "zygote_alive" in last
 
 
 def test_limits_per_test(runner, host_root, script):
