@@ -51,6 +51,7 @@ def _run_child(item: Any, request: dict[str, Any], channel: Channel) -> None:
     os.dup2(null, 0)
     os.close(null)
     os.environ.update({str(k): str(v) for k, v in dict(request.get("env") or {}).items()})
+    _own_capture_files(item.config)
     gc.freeze()                     # what the zygote made since its freeze: never scanned
     gc.enable()
     status = 0
@@ -63,6 +64,20 @@ def _run_child(item: Any, request: dict[str, Any], channel: Channel) -> None:
     maxrss, cpu = _usage()
     channel.send({"kind": "done", "exitstatus": status, "maxrss_kib": maxrss,
                   "cpu_s": cpu})
+
+
+def _own_capture_files(config: Any) -> None:
+    """pytest's capture files (fd capture: temporary files behind fds 1 and 2) were
+    made in the zygote, and every fork shares them: what a test killed in the middle
+    of a phase wrote would be in the next one's. This test gets files of its own, in its
+    own /tmp, in the state pytest keeps between items (suspended)."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None or getattr(capman, "_global_capturing", None) is None:
+        return
+    capman._global_capturing.stop_capturing()       # closes this child's copies only
+    capman._global_capturing = None
+    capman.start_global_capturing()
+    capman.suspend_global_capture(in_=True)
 
 
 def _lazy_caches() -> dict[str, tuple[Callable[[], bool], Callable[[], Any]]]:

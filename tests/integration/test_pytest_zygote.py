@@ -186,3 +186,25 @@ def test_stop_early_with_a_container_made_ahead(inner, pytester: pytest.Pytester
         """)
     result = inner("--sandbox", "-x")
     result.assert_outcomes(failed=1)
+
+
+def test_output_of_a_killed_test_is_not_the_next_ones(inner, pytester: pytest.Pytester):
+    # pytest's capture files come from the zygote; a test that dies in the middle of a
+    # phase leaves its output there. The next test (made ahead, before that) captures
+    # into files of its own.
+    pytester.makepyfile(test_leftover="""
+        import os, sys
+
+        def test_dies():
+            print("LEFTOVER-FROM-THE-DEAD")
+            sys.stdout.flush()
+            os._exit(3)
+
+        def test_next():
+            print("MINE")
+        """)
+    result = inner("--sandbox", "-rP")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_next*", "*Captured stdout call*", "MINE"])
+    passes = result.stdout.str().split("PASSES", 1)[1]
+    assert "LEFTOVER-FROM-THE-DEAD" not in passes
