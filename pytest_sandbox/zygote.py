@@ -130,6 +130,7 @@ class _Tests:
             m for m in unpacker if isinstance(m, dict))
         self.active: TestChild | None = None      # released; may still write frames
         self.parked: tuple[dict[str, Any], TestChild] | None = None
+        self.ahead: dict[str, Any] | None = None  # to make once the released test runs
         self.children: dict[int, tuple[TestChild, str]] = {}    # pid -> (child, nodeid)
         self.filled = {name for name, (filled, _) in _lazy_caches().items() if filled()}
         self.to_fill: set[str] = set()      # lazy caches a test filled: fill them here
@@ -149,6 +150,8 @@ class _Tests:
                 elif what == "control":
                     if not child.on_control():
                         self.selector.unregister(child.control)
+                    if child.started and child is self.active:
+                        self._make_ahead()
                     if child.done and child is self.active:
                         self.active = None
                         self.to_fill.update(n for n in child.note.split(",") if n)
@@ -165,6 +168,7 @@ class _Tests:
             self._request(self.pending.popleft())
 
     def _request(self, request: dict[str, Any]) -> None:
+        self._make_ahead()                  # (the one before never said it started)
         nodeid = str(request.get("nodeid"))
         item = self.items.get(nodeid)
         if item is None:
@@ -186,15 +190,28 @@ class _Tests:
                 parked.discard()
         if child is None:
             child = self._fork(item, request)
-        if child.exit_code is not None:         # it could not become a container
-            self._ended(child, nodeid)
-        else:
-            child.release()
-            self.active = child
-        self._fill()                    # while that test runs; before the next fork
         ahead = request.get("next")
         if isinstance(ahead, dict) and str(ahead.get("nodeid")) in self.items:
-            self.parked = (ahead, self._fork(self.items[str(ahead["nodeid"])], ahead))
+            self.ahead = ahead
+        if child.exit_code is not None:         # it could not become a container
+            self._ended(child, nodeid)
+            self._make_ahead()
+        else:
+            # The next container is made once this test runs: on a busy machine a fork
+            # now would take the CPU the released test is waiting for.
+            child.release()
+            self.active = child
+
+    def _make_ahead(self) -> None:
+        """Fork the next item's child (it sets up and parks while the current test runs),
+        after filling the lazy caches a test asked for."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None:
+            return
+        self._fill()
+        if self.parked is not None and self.parked[1].exit_code is None:
+            self.parked[1].discard()
+        self.parked = (ahead, self._fork(self.items[str(ahead["nodeid"])], ahead))
 
     def _fill(self) -> None:
         caches = _lazy_caches()
@@ -241,6 +258,7 @@ class _Tests:
             self.active = None
             if not child.done:
                 self._ended(child, nodeid)
+            self._make_ahead()
 
     def _ended(self, child: TestChild, nodeid: str) -> None:
         message: dict[str, Any] = {"kind": "ended", "nodeid": nodeid,

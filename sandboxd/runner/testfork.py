@@ -55,7 +55,7 @@ SETUP_FAILED = 125                   # the child's exit status when it could not
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 MAX_CGROUP_FDS = 16                  # tasks files one answer may carry
 # Control messages, child -> zygote (one SEQPACKET message each), and zygote -> child.
-CGROUP, FAILED, FINISHED, RELEASE = b"c", b"f", b"d", b"g"
+CGROUP, FAILED, STARTED, FINISHED, RELEASE = b"c", b"f", b"s", b"d", b"g"
 
 
 class TestSetupFailed(Exception):
@@ -83,6 +83,7 @@ class TestChild:
         self.control = control
         self.cgroup = ""            # its cgroup's name, once it has one
         self.error = ""             # why it could not become a container
+        self.started = False        # released, it runs
         self.done = False           # it has written its last output
         self.note = ""              # what it said with that (the zygote's business)
         self.released = False
@@ -140,6 +141,8 @@ class TestChild:
             self.cgroup = text
         elif kind == FAILED:
             self.error = text
+        elif kind == STARTED:
+            self.started = True
         elif kind == FINISHED:
             self.done = True
             self.note = text
@@ -239,6 +242,7 @@ def _become_parked_child(test: TestContainer, channel: int, control: socket.sock
         go = b""
     if go != RELEASE:                            # discarded: never ran anything
         os._exit(0)
+    control.send(STARTED)
 
 
 def end_test(cgroup: str, channel: int = ZYGOTE_FD, wait: bool = True) -> dict[str, Any]:
