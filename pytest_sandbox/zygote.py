@@ -45,14 +45,18 @@ from sandboxd.runner.testfork import TestChild, TestContainer, fork_test  # noqa
 from .worker import Channel, WorkerPlugin, _usage  # noqa: E402
 
 
-def _run_child(item: Any, request: dict[str, Any], channel: Channel) -> None:
-    """In the test's fresh container: run the one item as the worker would."""
+def _prepare_child(item: Any, request: dict[str, Any]) -> None:
+    """In the test's fresh container, before it parks: what needs no test code."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     os.environ.update({str(k): str(v) for k, v in dict(request.get("env") or {}).items()})
     _own_capture_files(item.config)
     gc.freeze()                     # what the zygote made since its freeze: never scanned
+
+
+def _run_child(item: Any, channel: Channel) -> None:
+    """In the test's fresh container, released: run the one item as the worker would."""
     gc.enable()
     status = 0
     try:
@@ -235,10 +239,11 @@ class _Tests:
         private = [self.requests_fd, self.selector.fileno()]
         for other, _ in self.children.values():
             private += [other.pidfd, other.control.fileno()]
-        child = fork_test(test, close_in_child=private)
+        child = fork_test(test, close_in_child=private,
+                          prepare=lambda: _prepare_child(item, request))
         if child.pid == 0:
             try:
-                _run_child(item, request, self.channel)
+                _run_child(item, self.channel)
                 child.finished(_filled(self.filled))
             finally:
                 os._exit(0)

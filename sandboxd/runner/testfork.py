@@ -37,7 +37,7 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,14 +181,16 @@ class TestChild:
 
 
 def fork_test(test: TestContainer, channel: int = ZYGOTE_FD,
-              close_in_child: Iterable[int] = ()) -> TestChild:
+              close_in_child: Iterable[int] = (),
+              prepare: Callable[[], None] | None = None) -> TestChild:
     """Fork a child that becomes ``test``'s container, then parks until released.
 
     In the zygote: the child's :class:`TestChild` at once (the set-up goes on in the
     child). In the child: a :class:`TestChild` with ``pid == 0`` once released, a
     never-used container; ``close_in_child`` (the zygote's private fds) are closed
-    first. A child that cannot become a container says why on its control socket and
-    exits with :data:`SETUP_FAILED`, before any test code."""
+    first, and ``prepare`` (the caller's own set-up, no test code) runs once it is a
+    container, before it parks. A child that cannot become a container says why on its
+    control socket and exits with :data:`SETUP_FAILED`, before any test code."""
     _binds_below_tmp()                   # read here, once: every child needs it
     ours, theirs = socket.socketpair(socket.AF_UNIX,
                                      socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -209,7 +211,7 @@ def fork_test(test: TestContainer, channel: int = ZYGOTE_FD,
                 os.close(fd)
             except OSError:
                 pass
-        _become_parked_child(test, channel, theirs)
+        _become_parked_child(test, channel, theirs, prepare)
         return TestChild(0, -1, theirs)
     api.PyOS_AfterFork_Parent()
     theirs.close()
@@ -223,12 +225,15 @@ def fork_test(test: TestContainer, channel: int = ZYGOTE_FD,
     return TestChild(pid, pidfd, ours)
 
 
-def _become_parked_child(test: TestContainer, channel: int, control: socket.socket) -> None:
+def _become_parked_child(test: TestContainer, channel: int, control: socket.socket,
+                         prepare: Callable[[], None] | None) -> None:
     """In the child: become the container, then wait to be released (never returns
     otherwise)."""
     try:
         program = _join_cgroup(channel, test.limits, control)
         _become_container(test, program)
+        if prepare is not None:
+            prepare()
     except BaseException as e:                   # a bug too: say so, never run on
         what = str(e) if isinstance(e, TestSetupFailed) else f"{type(e).__name__}: {e}"
         try:
