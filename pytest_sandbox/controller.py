@@ -243,6 +243,9 @@ class Controller:
         self._zygote_on = not config.getoption("sandbox_no_zygote", False)
         self._zygote: _Zygote | None = None
         self._zygote_deaths = 0
+        self._zygote_ahead: dict[str, Any] | None = None     # the next item's request
+        self._zygote_limits: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self._passed_env_problems: bool | None = None
         self.usage: list[Usage] = []
 
     # -- the connection
@@ -413,12 +416,14 @@ class Controller:
         only at interpreter start, and limits within the zygote's (the session's)."""
         from sandboxd.runner.spec import parse_size
         from sandboxd.runner.template import env_problems
+        if self._passed_env_problems is None:       # the same for the whole session
+            self._passed_env_problems = bool(env_problems(
+                {n: "" for n in PASSED_ENV if n in os.environ}))
         if not self._zygote_on or settings.fresh or settings.image not in HOST_IMAGES or \
                 settings.python not in ("", self.view.executable) or settings.links or \
                 settings.volumes or (settings.network or "none") != "none" or \
-                plan.linked or env_problems(dict(settings.env)) or \
-                settings.cpu_quota or settings.cpu_period or \
-                env_problems({n: "" for n in PASSED_ENV if n in os.environ}):
+                plan.linked or (settings.env and env_problems(dict(settings.env))) or \
+                settings.cpu_quota or settings.cpu_period or self._passed_env_problems:
             return False
         session = defaults_from_config(self.config)
         if session.memory is not None and (settings.memory is None or parse_size(
@@ -456,18 +461,52 @@ class Controller:
                                        "options": worker_options(self.config)}))
         return _Zygote(attachment)
 
-    def _run_in_zygote(self, item: pytest.Item, settings: Settings) -> Outcome | None:
+    def _zygote_request(self, item: pytest.Item, settings: Settings) -> dict[str, Any]:
+        """What the zygote gets for ``item``: the one sent ahead for it, if any (the
+        zygote then runs the child it made ahead)."""
+        ahead, self._zygote_ahead = self._zygote_ahead, None
+        if ahead is not None and ahead["nodeid"] == item.nodeid:
+            return ahead
+        import secrets
+        key = (settings.memory, settings.cpus, settings.pids, repr(settings.ulimits))
+        if key not in self._zygote_limits:          # parsed once per distinct setting
+            from sandboxd.flags import build_config
+            from sandboxd.runner.spec import to_dict
+            host = build_config("host", ["true"], memory=settings.memory,
+                                cpus=settings.cpus, pids_limit=settings.pids,
+                                ulimits=settings.ulimits).host
+            self._zygote_limits[key] = (to_dict(host.limits()),
+                                        [to_dict(u) for u in host.ulimits])
+        limits, ulimits = self._zygote_limits[key]
+        return {"nodeid": item.nodeid, "hostname": secrets.token_hex(6),
+                "limits": limits, "ulimits": ulimits,
+                "env": {str(k): str(v) for k, v in dict(settings.env).items()}}
+
+    def _zygote_next(self, nextitem: pytest.Item | None) -> dict[str, Any] | None:
+        """The request for ``nextitem`` when a fork of the zygote will run it: sent with
+        the current one, so that the zygote makes its container while this test runs."""
+        if nextitem is None or not wants_container(nextitem) or \
+                getattr(nextitem, "runs_own_container", False):
+            return None
+        from .links import Plan
+        try:
+            settings = settings_for(nextitem, defaults_from_config(self.config))
+            if not self._zygote_can_run(settings, Plan(network="none", links=[],
+                                                       linked={})):
+                return None
+            return self._zygote_request(nextitem, settings)
+        except Exception:           # the item's own turn reports the problem
+            return None
+
+    def _run_in_zygote(self, item: pytest.Item, settings: Settings,
+                       nextitem: pytest.Item | None) -> Outcome | None:
         """The item in a fork of the zygote; None when the daemon will not run a zygote
         (the item then gets a cold container, as does every later one)."""
-        from sandboxd.flags import build_config
-        host = build_config("host", ["true"], memory=settings.memory, cpus=settings.cpus,
-                            pids_limit=settings.pids, ulimits=settings.ulimits).host
-        from sandboxd.runner.spec import to_dict
-        import secrets
-        request = {"nodeid": item.nodeid, "hostname": secrets.token_hex(6),
-                   "limits": to_dict(host.limits()),
-                   "ulimits": [to_dict(u) for u in host.ulimits],
-                   "env": {str(k): str(v) for k, v in dict(settings.env).items()}}
+        request = self._zygote_request(item, settings)
+        ahead = self._zygote_next(nextitem)
+        self._zygote_ahead = ahead
+        if ahead is not None:
+            request = {**request, "next": ahead}
         if self._zygote is None:
             try:
                 self._zygote = self._start_zygote(item)
@@ -492,9 +531,11 @@ class Controller:
         if ended is not None:
             outcome.exit_code = int(ended.get("exit_code", 0))
             outcome.oom_killed = bool(ended.get("oom_killed"))
+            outcome.error = str(ended.get("error") or "")
             return outcome
         # The zygote is gone: killed at this item's timeout, or it died.
         self._zygote = None
+        self._zygote_ahead = None
         final = zygote.final()
         if watchdog is not None and watchdog.finished.is_set():
             outcome.timed_out = True
@@ -543,15 +584,15 @@ class Controller:
 
     def _run(self, item: pytest.Item, settings: Settings, plan: Any,
              nextitem: pytest.Item | None = None) -> Outcome:
-        request = msgpack.packb({"args": worker_args(item),
-                                 "options": worker_options(self.config),
-                                 "linked": plan.linked})
         attachment = self._prestarted.pop(item.nodeid, None)
         if attachment is None and self._zygote_can_run(settings, plan):
-            outcome = self._run_in_zygote(item, settings)
+            outcome = self._run_in_zygote(item, settings, nextitem)
             if outcome is not None:
                 self._prestart(nextitem)
                 return outcome
+        request = msgpack.packb({"args": worker_args(item),
+                                 "options": worker_options(self.config),
+                                 "linked": plan.linked})
         grace = 0.0                     # started ahead: this watchdog is the timeout
         templated = self._template
         outcome = Outcome()
@@ -729,7 +770,9 @@ class Controller:
 class _Zygote:
     """The session's zygote container (``python -m pytest_sandbox.zygote``): one
     ``container.run`` whose stdin takes an item at a time and whose stdout carries the
-    forked tests' frames, each item closed by an ``ended`` frame."""
+    forked tests' frames. An item ends with its test's ``done`` frame (the zygote
+    handles the exit while the next test runs), or with an ``ended`` frame naming it
+    when the test exited without one."""
 
     def __init__(self, attachment: Any):
         self.attachment = attachment
@@ -740,8 +783,9 @@ class _Zygote:
 
     def run(self, controller: Controller, item: pytest.Item, request: dict[str, Any],
             outcome: Outcome) -> dict[str, Any] | None:
-        """Send the item, feed its frames to ``outcome``; its ``ended`` frame, or None
-        when the zygote's stream ended first."""
+        """Send the item, feed its frames to ``outcome``; how it ended (its ``ended``
+        frame, or exit code 0 after its ``done`` frame), or None when the zygote's
+        stream ended first."""
         live_stderr = controller.config.getoption("capture") == "no"
         try:
             self.attachment.send(msgpack.packb(request))
@@ -759,9 +803,13 @@ class _Zygote:
                             self.started = True
                         elif kind == "ended":
                             self.started = True
-                            return message
+                            # Another item's is not news: it ended with its "done".
+                            if message.get("nodeid") == item.nodeid:
+                                return message
                         else:
                             controller._message(item, message, outcome)
+                            if outcome.done is not None:
+                                return {"exit_code": 0, "oom_killed": False}
                 except Exception as exc:        # malformed data: this test failed
                     outcome.bad_frame = f"{type(exc).__name__}: {exc}"
                     self.kill()

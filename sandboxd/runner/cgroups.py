@@ -446,6 +446,22 @@ class CgroupV1(Cgroup):
         for path in self.paths:
             _write(path + "/tasks", "0")
 
+    def open_tasks(self) -> list[int]:
+        """Its ``tasks`` file in every hierarchy, opened for writing (close-on-exec): a
+        single-threaded process that cannot reach the paths (a zygote's test) joins by
+        writing ``0`` to each, as :meth:`join` does with 0. The kernel checks the
+        opener's credentials, and a pid names only what the writer's pid namespace
+        holds."""
+        fds: list[int] = []
+        try:
+            for path in self.paths:
+                fds.append(os.open(path + "/tasks", os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            raise _failed("open", path + "/tasks", e) from e
+        return fds
+
     def _set_memory(self, limits: Limits, fresh: bool) -> None:
         memory = _unlimited(limits.memory)
         memsw = memsw_v1(limits.memory, limits.memory_swap)

@@ -457,23 +457,29 @@ class ForkServer:
         if reply_fd < 0:
             return                  # nowhere to answer: a confused zygote, not our problem
         reply = socket.socket(fileno=reply_fd)
+        fds: list[int] = []
         try:
             try:
-                result = self._zygote_request(container, z, pid, msgpack.unpackb(data))
+                result, fds = self._zygote_request(container, z, pid, msgpack.unpackb(data))
                 answer = {"ok": result}
             except SandboxError as e:
                 answer = {"error": e.to_wire()}
             except (ValueError, TypeError, msgpack.UnpackException) as e:
                 answer = {"error": InvalidArgument(f"zygote: bad request: {e}").to_wire()}
             reply.setblocking(False)
-            reply.send(msgpack.packb(answer, use_bin_type=True))
+            reply.sendmsg([msgpack.packb(answer, use_bin_type=True)],
+                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                          if fds else [])
         except OSError:
             pass                                 # the asker is gone
         finally:
             reply.close()
+            for fd in fds:
+                os.close(fd)
 
     def _zygote_request(self, container: _Container, z: "_Zygote", pid: int,
-                        msg: Any) -> Any:
+                        msg: Any) -> tuple[Any, list[int]]:
+        """The answer to one of a zygote's requests, and the fds that go with it."""
         if not isinstance(msg, dict):
             raise InvalidArgument("zygote: a request is a map")
         op = msg.get("op")
@@ -490,7 +496,10 @@ class ForkServer:
             name = f"t{z.counter}"
             cgroup = z.manager.create(name, limits)
             try:
-                cgroup.join(pid)
+                # The test's process joins by itself through these (no threadgroup
+                # lock: a join by pid here can wait for an RCU grace period, and
+                # the fork server waits with it).
+                tasks = cgroup.open_tasks()
             except BaseException:
                 cgroup.remove()
                 raise
@@ -498,7 +507,7 @@ class ForkServer:
             # The test's own filter, for the container's capabilities (the zygote's
             # also allows what only its extra capabilities need).
             return {"cgroup": name,
-                    "seccomp": container.program and container.program.to_wire()}
+                    "seccomp": container.program and container.program.to_wire()}, tasks
         if op == "ended":
             cgroup = z.tests.pop(str(msg.get("cgroup")), None)
             if cgroup is None:
@@ -509,7 +518,7 @@ class ForkServer:
                 # Removed (what is left killed first) once nothing waits, as an exited
                 # container's: the zygote's next test need not wait for the rmdirs.
                 self.retiring[f"{container.id}/{msg.get('cgroup')}"] = cgroup
-            return {"oom_killed": stats["oom_kills"] > 0, "stats": stats}
+            return {"oom_killed": stats["oom_kills"] > 0, "stats": stats}, []
         raise InvalidArgument(f"zygote: unknown op {op!r}")
 
     @staticmethod

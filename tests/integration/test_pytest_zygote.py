@@ -115,3 +115,96 @@ def test_zygote_crash_is_restarted_once(inner, pytester: pytest.Pytester):
         "restarted for the next test*",
         "FAILED test_crash.py::test_c - worker crashed: *died before too*cold containers*",
         "PASSED test_crash.py::test_b", "PASSED test_crash.py::test_d"])
+
+
+def test_next_container_made_ahead_is_never_reused(inner, pytester: pytest.Pytester):
+    # The zygote makes each test's container while the test before runs (parked until
+    # its turn): still one never-used container per test, with its own limits and
+    # nothing the one before wrote, whatever the neighbours asked for.
+    pytester.makepyfile(test_ahead="""
+        import os, socket, pytest
+
+        def fresh():
+            assert os.getpid() == 1
+            assert not os.path.exists("/tmp/mark") and os.listdir("/dev/shm") == []
+            open("/tmp/mark", "w").close()
+            open("/dev/shm/mark", "w").close()
+            print(f"HOST={socket.gethostname()}")
+
+        def forks(n):
+            made = 0
+            try:
+                for _ in range(n):
+                    if os.fork() == 0:
+                        os._exit(0)
+                    os.wait()
+                    made += 1
+            except BlockingIOError:
+                pass
+            return made
+
+        @pytest.mark.parametrize("n", range(5))
+        def test_plain(n):
+            fresh()
+
+        @pytest.mark.container(pids=1)
+        def test_limited():
+            fresh()
+            assert forks(3) == 0
+
+        def test_after_limited():
+            fresh()
+            assert forks(3) == 3
+
+        @pytest.mark.container(env={"MARK": "set"})
+        def test_env():
+            fresh()
+            assert os.environ["MARK"] == "set"
+
+        def test_env_gone():
+            fresh()
+            assert "MARK" not in os.environ
+        """)
+    result = inner("--sandbox", "-rP")
+    result.assert_outcomes(passed=9)
+    hosts = [line.split("=", 1)[1] for line in result.outlines if line.startswith("HOST=")]
+    assert len(hosts) == 9 and len(set(hosts)) == 9, hosts
+
+
+def test_stop_early_with_a_container_made_ahead(inner, pytester: pytest.Pytester):
+    # -x stops after the failure; the container made ahead for the next test never
+    # runs it and goes with the zygote (the daemon fixture checks that no cgroup or
+    # mount is left).
+    pytester.makepyfile(test_stop="""
+        import os
+
+        def test_fails():
+            assert False
+
+        def test_never():
+            os.makedirs("/tmp/never-ran")
+        """)
+    result = inner("--sandbox", "-x")
+    result.assert_outcomes(failed=1)
+
+
+def test_output_of_a_killed_test_is_not_the_next_ones(inner, pytester: pytest.Pytester):
+    # pytest's capture files come from the zygote; a test that dies in the middle of a
+    # phase leaves its output there. The next test (made ahead, before that) captures
+    # into files of its own.
+    pytester.makepyfile(test_leftover="""
+        import os, sys
+
+        def test_dies():
+            print("LEFTOVER-FROM-THE-DEAD")
+            sys.stdout.flush()
+            os._exit(3)
+
+        def test_next():
+            print("MINE")
+        """)
+    result = inner("--sandbox", "-rP")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_next*", "*Captured stdout call*", "MINE"])
+    passes = result.stdout.str().split("PASSES", 1)[1]
+    assert "LEFTOVER-FROM-THE-DEAD" not in passes

@@ -30,7 +30,7 @@ _ids = itertools.count()
 ZYGOTE = r'''
 import json, os, signal, socket, sys, time
 from sandboxd.runner import syscalls as sc
-from sandboxd.runner.testfork import TestContainer, end_test, fork_test
+from sandboxd.runner.testfork import TestContainer, fork_test
 
 def ns(name):
     return os.stat(f"/proc/self/ns/{name}").st_ino
@@ -92,17 +92,31 @@ def test(req):
     print(json.dumps(seen), flush=True)
     return 0
 
+def fork(req):
+    req["zygote"] = os.getpid()
+    child = fork_test(TestContainer(hostname=req["hostname"],
+                                    limits=req.get("limits", {})))
+    if child.pid == 0:
+        os._exit(test(req))
+    return child
+
 for line in sys.stdin:
     req = json.loads(line)
-    req["zygote"] = os.getpid()
-    pid, cgroup = fork_test(TestContainer(hostname=req["hostname"],
-                                          limits=req.get("limits", {})))
-    if pid == 0:
-        os._exit(test(req))
-    _, status = os.waitpid(pid, 0)
-    ended = end_test(cgroup) if cgroup else {}
-    print(json.dumps({"exit": os.waitstatus_to_exitcode(status),
-                      "oom_killed": ended.get("oom_killed")}), flush=True)
+    if "ahead" in req:
+        # Every child forked before the first runs (parked); each released in turn,
+        # the last one discarded without ever being released.
+        children = [fork(r) for r in req["ahead"]]
+        for child in children[:-1]:
+            child.release()
+            print(json.dumps({"exit": child.wait(), "oom_killed": child.oom_killed}),
+                  flush=True)
+        children[-1].discard()
+        print(json.dumps({"discarded": children[-1].wait()}), flush=True)
+        continue
+    child = fork(req)
+    child.release()
+    code = child.wait()
+    print(json.dumps({"exit": code, "oom_killed": child.oom_killed}), flush=True)
 print(json.dumps({"zygote_alive": os.getpid(),
                   "ns": {n: ns(n) for n in ("pid", "mnt", "net", "ipc", "uts")}}),
       flush=True)
@@ -129,6 +143,12 @@ def script(tmp_path_factory):
     (d / "zyg.py").write_text(ZYGOTE)
     os.chmod(d, 0o755)
     return d
+
+
+# What a fresh /tmp still shows: the binds below /tmp (the script's directory, and a
+# checkout under /tmp).
+SHOWN_IN_TMP = {"pytest-of-root"} | ({Path(PACKAGE_ROOT).relative_to("/tmp").parts[0]}
+                                    if PACKAGE_ROOT.startswith("/tmp/") else set())
 
 
 def _spec(host_root, script, **kw) -> ContainerSpec:
@@ -170,11 +190,7 @@ def test_each_test_is_a_fresh_container(runner, host_root, script):
             assert seen["ns"][kind] != last["ns"][kind], kind
             assert seen["ns"][kind] != os.stat(f"/proc/self/ns/{kind}").st_ino
     # What the first wrote in its /tmp and /dev/shm is not in the second's.
-    # (The script's directory and a checkout under /tmp, bound there, are still shown
-    # in each fresh /tmp.)
-    shown = {"pytest-of-root"} | ({Path(PACKAGE_ROOT).relative_to("/tmp").parts[0]}
-                                  if PACKAGE_ROOT.startswith("/tmp/") else set())
-    assert set(first["tmp"]) == set(second["tmp"]) == shown and second["shm"] == []
+    assert set(first["tmp"]) == set(second["tmp"]) == SHOWN_IN_TMP and second["shm"] == []
     # Root of a user namespace whose 0 is a non-root host uid; no CAP_SYS_ADMIN left.
     assert first["uid_map"] == ["0", str(ZYGOTE_ID_BASE), "65536"]
     assert int(first["status"]["CapBnd"], 16) & (1 << 21) == 0
@@ -191,13 +207,33 @@ def test_each_test_is_a_fresh_container(runner, host_root, script):
                                                           "No such file or directory")
 
 
+def test_children_made_ahead_are_used_once(runner, host_root, script):
+    # Three children made at once, before any test runs (as the zygote makes the next
+    # item's while the current one runs): each released one is its own container and
+    # sees nothing the one before wrote; the one never released never runs the test.
+    lines, _ = _run(runner, _spec(host_root, script), [{"ahead": [
+        {"hostname": "one"}, {"hostname": "two", "limits": {"pids": 16}},
+        {"hostname": "never"}]}])
+    one, end1, two, end2, discarded, last = lines
+    assert end1 == end2 == {"exit": 0, "oom_killed": False}
+    assert discarded == {"discarded": 0}
+    assert [seen["hostname"] for seen in (one, two)] == ["one", "two"]
+    assert not any(line.get("hostname") == "never" for line in lines)
+    for seen in (one, two):
+        assert seen["pid"] == 1 and seen["procs"] == [1] and seen["killed"] == []
+        assert set(seen["tmp"]) == SHOWN_IN_TMP and seen["shm"] == []
+        assert seen["status"]["Seccomp_filters"] == "2"
+    assert one["ns"]["mnt"] != two["ns"]["mnt"] and one["ns"]["net"] != two["ns"]["net"]
+    assert "zygote_alive" in last
+
+
 def test_limits_per_test(runner, host_root, script):
     lines, _ = _run(runner, _spec(host_root, script), [
         {"hostname": "greedy", "alloc": 256 << 20, "limits": {"memory": 64 << 20}},
         {"hostname": "forky", "forks": 40, "limits": {"pids": 8}},
         {"hostname": "after"}])
     greedy_end = next(x for x in lines if "exit" in x)
-    assert greedy_end == {"exit": -9, "oom_killed": True}
+    assert greedy_end == {"exit": 137, "oom_killed": True}
     forky = next(x for x in lines if x.get("hostname") == "forky")
     assert forky["fork_error"] == "Resource temporarily unavailable" and forky["forked"] < 8
     assert lines[-2] == {"exit": 0, "oom_killed": False}     # "after" ran normally
