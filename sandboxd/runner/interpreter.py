@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .spec import Mount
 
@@ -206,7 +207,7 @@ def _editable_sources(path: Sequence[str]) -> list[str]:
             if not (name.startswith("__editable__") and name.endswith("_finder.py")):
                 continue
             try:
-                tree = ast.parse(open(os.path.join(directory, name), encoding="utf-8").read())
+                tree = ast.parse(Path(directory, name).read_text(encoding="utf-8"))
             except (OSError, SyntaxError, ValueError):
                 continue
             for node in tree.body:
