@@ -145,6 +145,22 @@ def _usage() -> tuple[int, float]:
     return max(own.ru_maxrss, kids.ru_maxrss), cpu
 
 
+
+# In a worker or a zygote the plugin is the program, imported before pytest starts, so
+# pytest cannot rewrite its asserts and warns about it in every run (it has no assert
+# that needs rewriting). The user's own -W filters stay in force.
+ALREADY_IMPORTED = tuple(f"ignore:Module already imported so cannot be rewritten; {name}"
+                         ":pytest.PytestAssertRewriteWarning"
+                         for name in ("pytest_sandbox", "sandboxd"))
+
+
+def inner_config(options: dict, args: list) -> pytest.Config:
+    """The session's config inside a container, from the controller's options and args."""
+    options = {**options,
+               "pythonwarnings": [*(options.get("pythonwarnings") or []), *ALREADY_IMPORTED]}
+    return pytest.Config.fromdictargs(options, list(args))
+
+
 def main() -> int:
     request = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -155,7 +171,7 @@ def main() -> int:
     channel = Channel(os.fdopen(channel_fd, "wb", buffering=0))
 
     try:
-        config = pytest.Config.fromdictargs(request["options"], list(request["args"]))
+        config = inner_config(request["options"], request["args"])
         config.pluginmanager.register(
             WorkerPlugin(config, channel, dict(request.get("linked") or {}),
                          str(request["args"][0])), "sandbox-worker")

@@ -42,7 +42,7 @@ import pytest  # noqa: E402
 from sandboxd.runner.spec import Ulimit, from_dict  # noqa: E402
 from sandboxd.runner.testfork import TestChild, TestContainer, fork_test  # noqa: E402
 
-from .worker import Channel, WorkerPlugin, _usage  # noqa: E402
+from .worker import Channel, WorkerPlugin, _usage, inner_config  # noqa: E402
 
 
 def _prepare_child(item: Any, request: dict[str, Any]) -> None:
@@ -301,7 +301,7 @@ def main() -> int:
     channel_fd = os.dup(1)             # the channel; fd 1 is stderr for everything else
     os.dup2(2, 1)
     channel = Channel(os.fdopen(channel_fd, "wb", buffering=0))
-    config = pytest.Config.fromdictargs(first["options"], list(first["args"]))
+    config = inner_config(first["options"], first["args"])
     config.pluginmanager.register(WorkerPlugin(config, channel, {}, None), "sandbox-worker")
     config._do_configure()
     session = pytest.Session.from_config(config)

@@ -80,6 +80,9 @@ def _passed(result: subprocess.CompletedProcess[str], n: int) -> None:
     assert f"{n} passed" in result.stdout and "failed" not in result.stdout \
         and "error" not in result.stdout.lower().split("short test summary")[-1], \
         result.stdout[-6000:] + result.stderr[-2000:]
+    # No warning a plain run would not give (the plugin is imported before pytest in
+    # its worker or zygote, which pytest's assert rewriting used to report).
+    assert "warning" not in result.stdout.lower(), result.stdout[-6000:]
 
 
 @pytest.fixture
@@ -196,3 +199,29 @@ def test_bad_input_is_one_clear_error_naming_the_value(daemon_sock, tmp_venv):
     assert f"image 'sbx-anyenv-bb' has no interpreter at {sys.executable}" in out, out
     assert "'12x'" in out and "unknown argument(s) colour" in out, out
     assert "Traceback" not in out, out
+
+
+def test_an_installed_plugin_adds_no_warning(daemon_sock, tmp_venv):
+    # As pip installs it: a dist-info whose RECORD lists the packages and whose pytest11
+    # entry point loads the plugin; pytest then marks both packages for assert rewriting,
+    # and in the worker or zygote (where they are imported before pytest) said so.
+    site = _venv(tmp_venv / "venv")
+    dist = site / "sandboxd-0.0.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sandboxd\nVersion: 0.0.0\n")
+    (dist / "entry_points.txt").write_text("[pytest11]\nsandbox = pytest_sandbox.plugin\n")
+    (dist / "RECORD").write_text("pytest_sandbox/__init__.py,,\nsandboxd/__init__.py,,\n"
+                                 "sandboxd-0.0.0.dist-info/RECORD,,\n")
+    project = tmp_venv / "project"
+    project.mkdir()
+    (project / "test_one.py").write_text("def test_one():\n    assert 1 + 1 == 2\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTEST_ADDOPTS",
+                        "PYTEST_DISABLE_PLUGIN_AUTOLOAD")}
+    for extra in ((), ("--sandbox-no-zygote",)):
+        result = subprocess.run(
+            [str(tmp_venv / "venv" / "bin" / "python"), "-m", "pytest", "--sandbox",
+             f"--sandbox-host={daemon_sock}", "-p", "no:cacheprovider", *extra],
+            cwd=project, env={**env, "COLUMNS": "200"}, capture_output=True, text=True,
+            timeout=180)
+        _passed(result, 1)
