@@ -211,6 +211,17 @@ class Outcome:
     container_id: str = ""
     wall: float = 0.0
 
+    def side_event(self, event: str, data: Any, live_stderr: bool) -> None:
+        """An attachment's event other than the channel's frames: the test container's
+        stderr (kept, the end only; echoed with ``-s``) and its id."""
+        if event == "stderr":
+            self.stderr += data
+            del self.stderr[:-STDERR_KEPT]
+            if live_stderr:
+                sys.stderr.write(data.decode("utf-8", "replace"))
+        elif event == "created":
+            self.container_id = str(data.get("id", ""))
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -637,13 +648,8 @@ class Controller:
                 for event, data in attachment:
                     if event == "stdout":
                         self._feed(item, unpacker, data, outcome)
-                    elif event == "stderr":
-                        outcome.stderr += data
-                        del outcome.stderr[:-STDERR_KEPT]
-                        if live_stderr:
-                            sys.stderr.write(data.decode("utf-8", "replace"))
-                    elif event == "created":
-                        outcome.container_id = str(data.get("id", ""))
+                    else:
+                        outcome.side_event(event, data, live_stderr)
                 try:
                     final = attachment.result()
                 except Cancelled:
@@ -813,13 +819,8 @@ class _Zygote:
                 except Exception as exc:        # malformed data: this test failed
                     outcome.bad_frame = f"{type(exc).__name__}: {exc}"
                     self.kill()
-            elif event == "stderr":
-                outcome.stderr += data
-                del outcome.stderr[:-STDERR_KEPT]
-                if live_stderr:
-                    sys.stderr.write(data.decode("utf-8", "replace"))
-            elif event == "created":
-                outcome.container_id = str(data.get("id", ""))
+            else:
+                outcome.side_event(event, data, live_stderr)
         return None
 
     def final(self) -> dict[str, Any]:
