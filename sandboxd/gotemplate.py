@@ -54,8 +54,18 @@ def _truthy(value: Any) -> bool:
 
 def _json(value: Any) -> str:
     import json
-    return json.dumps(None if value is MISSING else value, ensure_ascii=False,
+    return json.dumps(_data(None if value is MISSING else value), ensure_ascii=False,
                       separators=(",", ":"))
+
+
+def _data(value: Any) -> Any:
+    """``value`` without its method-like fields (ps's ``.Label``): Go's json of a row
+    has only its data."""
+    if isinstance(value, Mapping):
+        return {k: _data(v) for k, v in value.items() if not callable(v)}
+    if isinstance(value, (list, tuple)):
+        return [_data(v) for v in value]
+    return value
 
 
 def _index(value: Any, *keys: Any) -> Any:

@@ -417,6 +417,12 @@ def test_format_without_table_has_no_header():
     assert table.splitlines() == ["CONTAINER ID   K", "abababababab   v"]
 
 
+def test_json_of_a_ps_row_has_its_data_not_its_methods():
+    row = json.loads(format_table("{{json .}}", [ps_row(record(), 1_700_000_013.5)],
+                                  PS_HEADERS))
+    assert row["Names"] == "web" and row["State"] == "exited" and "Label" not in row
+
+
 @pytest.mark.parametrize("seconds, text", [
     (0.5, "Less than a second"), (1, "1 second"), (59, "59 seconds"),
     (60, "About a minute"), (150, "2 minutes"), (3600, "About an hour"),
