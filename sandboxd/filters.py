@@ -1,12 +1,14 @@
-"""Docker's ``--filter`` semantics for ``ps`` and ``network ls``, pure, so the daemon
+"""Docker's ``--filter`` semantics for ``ps``, ``images`` and ``network ls``, pure, so the daemon
 and the client agree on what a filter means: values of one key are OR-ed, keys AND-ed."""
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from .errors import InvalidArgument, NotFound
-from .model import BUILTIN_NETWORKS, STATUSES, ContainerRecord, NetworkRecord, pairs
+from .model import (BUILTIN_NETWORKS, STATUSES, ContainerRecord, ImageRecord, NetworkRecord,
+                    pairs)
 
 NETWORK_FILTER_KEYS = ("driver", "id", "label", "name", "scope", "type")
 
@@ -44,15 +46,17 @@ FILTER_KEYS = ("id", "name", "label", "status", "exited", "ancestor", "before", 
                "network", "volume", "expose", "publish")
 
 
-def parse_filters(items: Iterable[str]) -> dict[str, list[str]]:
-    """``--filter key=value`` flags -> ``{key: [values]}``."""
+def parse_filters(items: Iterable[str], keys: Sequence[str] = FILTER_KEYS
+                  ) -> dict[str, list[str]]:
+    """``--filter key=value`` flags -> ``{key: [values]}`` (``keys``: those the command
+    knows; ``ps``'s by default)."""
     out: dict[str, list[str]] = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().lower()
-        if not sep or key not in FILTER_KEYS:
+        if not sep or key not in keys:
             raise InvalidArgument(f"filter: {item!r} is not KEY=VALUE with KEY one of "
-                                  f"{', '.join(FILTER_KEYS)}")
+                                  f"{', '.join(keys)}")
         out.setdefault(key, []).append(value)
     return out
 
@@ -117,3 +121,68 @@ def filter_records(records: Sequence[ContainerRecord], filters: Mapping[str, Seq
         return True
 
     return [r for r in records if match(r)]
+
+
+IMAGE_FILTER_KEYS = ("before", "dangling", "label", "reference", "since")
+
+
+def filter_images(images: Sequence[ImageRecord], filters: Mapping[str, Sequence[str]],
+                  resolve: Callable[[str], ImageRecord]) -> list[ImageRecord]:
+    """Docker's ``images --filter``: ``dangling`` true|false (an image without a tag),
+    ``label`` ``k`` or ``k=v``, ``reference`` a pattern matched against each
+    ``name:tag`` and its ``name`` alone (``*`` does not cross ``/``, as Go's
+    ``path.Match``), ``before``/``since`` an image (``resolve`` finds it) made earlier
+    or later; values of a key OR-ed, keys AND-ed. With ``reference`` an image keeps
+    only its matching tags."""
+    unknown = [k for k in filters if k not in IMAGE_FILTER_KEYS]
+    if unknown:
+        raise InvalidArgument(f"filters: unknown key(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(IMAGE_FILTER_KEYS)})")
+    for value in filters.get("dangling", ()):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise InvalidArgument(f"filters.dangling: {value!r} is not true or false")
+    anchors = {key: [resolve(v).created for v in filters.get(key, ())]
+               for key in ("before", "since")}
+    patterns = [_path_pattern(v) for v in filters.get("reference", ())]
+
+    def referenced(tag: str) -> bool:
+        return any(p.fullmatch(n) for p in patterns for n in (tag, tag.rpartition(":")[0]))
+
+    def match(image: ImageRecord) -> bool:
+        labels = pairs(image.labels)
+        checks = {
+            "dangling": lambda v: (not image.repo_tags) == (v.lower() in ("true", "1")),
+            "label": lambda v: (v.partition("=")[0] in labels and
+                                ("=" not in v or labels[v.partition("=")[0]] ==
+                                 v.partition("=")[2])),
+        }
+        return (all(any(checks[key](v) for v in values)
+                    for key, values in filters.items() if key in checks)
+                and (not patterns or any(map(referenced, image.repo_tags)))
+                and all(image.created < t for t in anchors["before"])
+                and all(image.created > t for t in anchors["since"]))
+
+    # As Docker: with a reference filter an image shows only the tags that match.
+    return [dataclasses.replace(i, repo_tags=tuple(filter(referenced, i.repo_tags)))
+            if patterns else i for i in images if match(i)]
+
+
+def _path_pattern(pattern: str) -> re.Pattern[str]:
+    """Go's ``path.Match`` as a regular expression: ``*`` and ``?`` stay within one
+    path element, ``[...]`` is a class."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and "]" in pattern[i + 1:]:
+            end = pattern.index("]", i + 1)
+            body = pattern[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("^") else body) + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out))

@@ -20,9 +20,10 @@ from .containers import RUNNING, ContainerService
 from .context import RequestContext
 from .daemonconfig import DaemonConfig
 from .errors import Conflict, InvalidArgument, NotFound
-from .filters import filter_networks, filter_records
+from .filters import filter_images, filter_networks, filter_records
 from .images.service import ImageService
-from .model import ContainerConfig, ContainerRecord, NetworkContainer, NetworkRecord
+from .model import (ContainerConfig, ContainerRecord, ImageRecord, NetworkContainer,
+                    NetworkRecord)
 from .network import NetworkService
 from .reference import parse as parse_ref
 from .version import __version__
@@ -309,7 +310,14 @@ class Handlers:
         images = self.images.list()
         if not params.all:            # Docker hides a build's intermediate images
             images = [i for i in images if i["tags"] or not self.images.children(i["id"])]
-        return {"images": [self._image_record(i["id"]) for i in images]}
+        records = [self._image_record(i["id"]) for i in images]
+        if params.filters:
+            kept = {r.id: r.repo_tags for r in filter_images(
+                [ImageRecord.from_dict(r) for r in records], params.filters,
+                lambda ref: ImageRecord.from_dict(self._image_record(ref)))}
+            records = [{**r, "repo_tags": list(kept[r["id"]])} for r in records
+                       if r["id"] in kept]
+        return {"images": records}
 
     async def image_prune(self, ctx: RequestContext, params: ops.PruneImages) -> Any:
         return await asyncio.get_running_loop().run_in_executor(

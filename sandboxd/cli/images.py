@@ -12,7 +12,7 @@ from ..errors import SandboxError
 from .app import (CONTEXT, SbxGroup, argument, complete_containers, complete_images,
                   confirm_prune, daemon_host, each, open_client, option, print_inspect,
                   print_pruned, print_rows, sbx)
-from .common import EXIT_DAEMON, CliError, Progress, connection, follow
+from .common import EXIT_DAEMON, CliError, Progress, connection, follow, local
 
 
 @sbx.command(context_settings=CONTEXT)
@@ -62,14 +62,22 @@ def import_(message: str, file: str, reference: str) -> int:
 @option("--format", "fmt", metavar="TEMPLATE", help="Format output using a Go template")
 @option("--no-trunc", is_flag=True, help="Don't truncate output")
 @option("--digests", is_flag=True, help="Show digests")
+@option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+        help="Filter output based on conditions provided (dangling, label, reference, "
+             "before, since)")
+@argument("repository", required=False, metavar="[REPOSITORY[:TAG]]")
 def images(show_all: bool, quiet: bool, fmt: str | None, no_trunc: bool,
-           digests: bool) -> int:
+           digests: bool, filters: tuple[str, ...], repository: str | None) -> int:
     """List images."""
     import time
+    from ..filters import IMAGE_FILTER_KEYS, parse_filters
     from ..model import ImageRecord
     from ..render import IMAGES_DIGESTS_TABLE, IMAGES_TABLE, IMAGE_HEADERS, image_row
+    parsed = local(parse_filters, filters, IMAGE_FILTER_KEYS)
+    if repository:                    # Docker: the argument is one more reference filter
+        parsed.setdefault("reference", []).append(repository)
     with open_client() as client:
-        result = client.call("image.list", {"all": show_all})
+        result = client.call("image.list", {"all": show_all, "filters": parsed})
     records = [ImageRecord.from_dict(i) for i in result["images"]]
     now = time.time()
     if quiet:

@@ -276,6 +276,23 @@ def test_top_stats_info_version_images(daemon: Daemon) -> None:
     daemon.sbx("rm", "-f", "e2e-top", check=True)
 
 
+def test_images_by_repository_and_filter_and_json_rows(daemon: Daemon) -> None:
+    daemon.sbx("tag", "busybox", "e2e-filter/app:1.2", check=True)
+    try:
+        fmt = "{{.Repository}}:{{.Tag}}"
+        assert daemon.sbx("images", "e2e-filter/app", "--format", fmt,
+                          check=True).out.split() == ["e2e-filter/app:1.2"]
+        assert daemon.sbx("images", "-f", "reference=e2e-*/*:1.*", "--format", fmt,
+                          check=True).out.split() == ["e2e-filter/app:1.2"]
+        bad = daemon.sbx("images", "-f", "status=running")
+        assert bad.returncode == 125 and "status=running" in bad.err, bad.err
+        for command in (("ps", "-a"), ("network", "ls"), ("images",)):
+            lines = daemon.sbx(*command, "--format", "{{json .}}", check=True).out
+            assert all(json.loads(line) for line in lines.splitlines()), command
+    finally:
+        daemon.sbx("rmi", "e2e-filter/app:1.2", check=True)
+
+
 # ---------------------------------------------------------------- sbx cp
 
 def test_cp_both_directions(daemon: Daemon, tmp_path: Path) -> None:
