@@ -440,6 +440,8 @@ def _print_stats(fmt: str | None, targets: list[Any], latest: dict[str, dict[str
 @option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY")
 @option("-e", "--env", multiple=True, metavar="KEY[=VALUE]",
               help="Set environment variables")
+@option("--env-file", multiple=True, metavar="FILE",
+        help="Read in a file of environment variables")
 @option("-w", "--workdir", default="", metavar="DIR",
               help="Working directory inside the container")
 @option("-u", "--user", default="", metavar="USER[:GROUP]",
@@ -447,15 +449,18 @@ def _print_stats(fmt: str | None, targets: list[Any], latest: dict[str, dict[str
 @argument("container", shell_complete=complete_containers)
 @argument("command", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="COMMAND [ARG...]")
-def exec_(detach: bool, interactive: bool, tty: bool, env: tuple[str, ...], workdir: str,
-          user: str, container: str, command: tuple[str, ...]) -> int:
+def exec_(detach: bool, interactive: bool, tty: bool, env: tuple[str, ...],
+          env_file: tuple[str, ...], workdir: str, user: str, container: str,
+          command: tuple[str, ...]) -> int:
     """Execute a command in a running container."""
     from ..api import exec_params
-    from ..envfile import parse_env
+    from ..envfile import parse_env, parse_env_file
     if not detach:
         check_tty(tty, interactive)
-    params = local(exec_params, container, list(command), parse_env(list(env)), workdir,
-                    user, tty, interactive and not detach, detach)
+    # As Docker: the files first, then -e (a later entry wins).
+    environment = [e for path in env_file for e in local(parse_env_file, path)]
+    params = local(exec_params, container, list(command), environment + parse_env(list(env)),
+                   workdir, user, tty, interactive and not detach, detach)
     with open_client() as client:
         attachment = client.stream("container.exec", params)
         if detach:

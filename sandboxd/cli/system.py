@@ -1,4 +1,4 @@
-"""``sbx info``, ``sbx version`` and the ``sbx system`` group (``df``)."""
+"""``sbx info``, ``sbx version`` and the ``sbx system`` group (``df``, ``prune``)."""
 from __future__ import annotations
 
 import sys
@@ -192,4 +192,36 @@ def system_df(verbose: bool, fmt: str | None) -> int:
                 "table {{.ID}}\t{{.Image}}\t{{.Size}}\t{{.Status}}\t{{.Names}}",
                 {"ID": "CONTAINER ID", "Image": "IMAGE", "Size": "SIZE",
                  "Status": "STATUS", "Names": "NAMES"})
+    return 0
+
+
+@system.command("prune", context_settings=CONTEXT)
+@option("-a", "--all", "all_unused", is_flag=True,
+        help="Remove all unused images not just dangling ones")
+@option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
+def system_prune(all_unused: bool, force: bool) -> int:
+    """Remove unused data: stopped containers, unused networks, dangling (with -a:
+    unused) images, in that order, as Docker does."""
+    if not force:
+        images = ("all images without at least one container associated to them"
+                  if all_unused else "all dangling images")
+        click.echo("WARNING! This will remove:\n  - all stopped containers\n"
+                   "  - all networks not used by at least one container\n"
+                   f"  - {images}\n", err=True)
+        if not click.confirm("Are you sure you want to continue?", default=False, err=True):
+            return 0
+    with open_client() as client:
+        containers = client.containers.prune()
+        networks = client.networks.prune()
+        images = client.images.prune(all=all_unused)
+    reclaimed = containers.get("space_reclaimed", 0) + images.get("space_reclaimed", 0)
+    for title, lines in (("Deleted Containers:", containers.get("removed") or []),
+                         ("Deleted Networks:", networks.get("removed") or []),
+                         ("Deleted Images:", [f"untagged: {t}" for t in
+                                              images.get("untagged") or ()] +
+                          [f"deleted: {d}" for d in images.get("deleted") or ()])):
+        if lines:
+            click.echo("\n".join([title, *lines, ""]))
+    from ..render import human_size
+    click.echo(f"Total reclaimed space: {human_size(reclaimed)}")
     return 0

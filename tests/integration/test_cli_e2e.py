@@ -22,7 +22,7 @@ import pytest
 import sandboxd
 from sandboxd import errors, testing
 
-from harness import PY, REPO, Daemon, pid_alive, wait_until
+from harness import PY, REPO, Daemon, pid_alive, running, wait_until
 
 MEMORY_HOG = "x=a; while true; do x=$x$x; done"
 
@@ -177,6 +177,13 @@ def test_lifecycle(daemon: Daemon) -> None:
     assert r.returncode == 5
     assert r.out.split() == ["1", "/tmp", "65534", cid[:12]]
     assert daemon.sbx("exec", "e2e-life", "no-such-command").returncode == 127
+    env_file = Path(daemon.tmp) / "exec.env"
+    env_file.write_text("FOO=from-file\n# a comment\nBAR=b\n")
+    r = daemon.sbx("exec", "--env-file", str(env_file), "-e", "FOO=flag", "e2e-life",
+                   "sh", "-c", 'echo "$FOO $BAR"', check=True)
+    assert r.out == "flag b\n"                          # -e after the file wins
+    r = daemon.sbx("exec", "--env-file", str(env_file) + ".missing", "e2e-life", "true")
+    assert r.returncode == 125 and "env-file" in r.err, r.err
 
     wait_until(lambda: "three" in daemon.sbx("logs", "e2e-life").out, what="the output")
     assert daemon.sbx("logs", "--tail", "2", "e2e-life", check=True).out == "two\nthree\n"
@@ -291,6 +298,23 @@ def test_images_by_repository_and_filter_and_json_rows(daemon: Daemon) -> None:
             assert all(json.loads(line) for line in lines.splitlines()), command
     finally:
         daemon.sbx("rmi", "e2e-filter/app:1.2", check=True)
+
+
+def test_system_prune_removes_stopped_containers_unused_networks_dangling_images() -> None:
+    with running() as d:                     # its own daemon: prune takes everything
+        d.sbx("run", "--name", "stopped", "busybox", "true", check=True)
+        d.sbx("run", "-d", "--name", "kept", "busybox", "sleep", "60", check=True)
+        d.sbx("network", "create", "unused-net", check=True)
+        d.sbx("commit", "stopped", check=True)                 # a dangling image
+        refused = d.sbx("system", "prune", input="n\n")
+        assert "Are you sure" in refused.err and d.ids("-a") and refused.returncode == 0
+        out = d.sbx("system", "prune", "-f", check=True).out
+        assert out.startswith("Deleted Containers:\n") and "unused-net" in out, out
+        assert "Deleted Images:\ndeleted: sha256:" in out and "Total reclaimed space" in out
+        assert d.sbx("ps", "-a", "--format", "{{.Names}}").out.split() == ["kept"]
+        assert "unused-net" not in d.sbx("network", "ls").out
+        assert "busybox" in d.sbx("images").out
+        d.sbx("rm", "-f", "kept", check=True)
 
 
 # ---------------------------------------------------------------- sbx cp
