@@ -10,6 +10,7 @@ named here by our field names.
 """
 from __future__ import annotations
 
+import os
 import re
 import signal as _signal
 from collections.abc import Sequence
@@ -159,8 +160,13 @@ def check_config(c: ContainerConfig, skip_parsed: bool = False) -> list[str]:
 def check_host(h: HostConfig) -> list[str]:
     """Every problem with a HostConfig (limits, namespaces, network, mounts ...)."""
     problems: list[str] = []
+    cpus = len(os.sched_getaffinity(0))
     if h.nano_cpus is not None and h.nano_cpus <= 0:
         problems.append(f"host.nano_cpus: must be positive, got {h.nano_cpus}")
+    elif h.nano_cpus and h.nano_cpus > cpus * 10**9:
+        # Docker's words: a quota above every CPU there is would limit nothing.
+        problems.append(f"host.nano_cpus: range of CPUs is from 0.01 to {cpus}.00, as "
+                        f"there are only {cpus} CPUs available")
     elif h.nano_cpus and (h.cpu_quota or h.cpu_period):
         # Docker refuses both ways of limiting CPU time at once.
         for name in ("cpu_quota", "cpu_period") if h.cpu_quota and h.cpu_period else \

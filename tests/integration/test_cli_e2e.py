@@ -43,6 +43,7 @@ def all_names(daemon: Daemon) -> set[str]:
     (["-m", "1k"], "host.memory: minimum is 6MiB"),
     (["--memory-swap", "32m", "-m", "64m"], "host.memory_swap"),
     (["--cpus", "1", "--cpu-quota", "50000"], "--cpus and --cpu-quota cannot both be set"),
+    (["--cpus", str(len(os.sched_getaffinity(0)) + 1)], "range of CPUs is from 0.01 to"),
     (["--ulimit", "nofile=2:1"], "above the hard limit"),
     (["-v", "relative:/x"], "must be an absolute host path"),
     (["-p", "99999:80"], "host port '99999'"),
