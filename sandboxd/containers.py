@@ -471,8 +471,9 @@ class ContainerService:
 
     def _resolv_text(self, record: ContainerRecord) -> str:
         """Docker's resolv.conf for the container's network (sandboxd/resolvconf.py):
-        its --dns* over the host's file; no --dns: the daemon's --dns, else the host's
-        servers, filtered on bridges. A container:X container gets X's (as Docker
+        its --dns* over the host's file; no --dns: the daemon's --dns (not on
+        ``none``, which has no server to reach), else the host's servers, filtered on
+        bridges. A container:X container gets X's (as Docker
         shares X's file; joining needs X running, so X is there)."""
         h = record.config.host
         if h.network_mode.startswith("container:"):
@@ -484,7 +485,8 @@ class ContainerService:
             resolvconf.host_path(etc, os.path.exists(resolvconf.SYSTEMD))
         return resolvconf.container_text(
             etc if path == resolvconf.ETC else _read(path), mode,
-            h.dns or self.config.dns, h.dns_search, h.dns_options)
+            h.dns or (self.config.dns if mode != "none" else ()), h.dns_search,
+            h.dns_options)
 
     def _own_hosts(self, record: ContainerRecord) -> str:
         """A container's own /etc/hosts lines: localhost, its host name, its --add-host
