@@ -838,11 +838,14 @@ def run(config: DaemonConfig) -> int:
 @click.option("--log-opt", "log_opts", multiple=True, metavar="KEY=VALUE",
               help="Containers' default log options, max-size=SIZE and max-file=N "
                    "(repeatable) [default: max-size=20m, max-file=5]")
+@click.option("--dns", multiple=True, metavar="IP",
+              help="Containers' DNS server when they give no --dns (repeatable) "
+                   "[default: the host's, loopback ones filtered out]")
 def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
          log_level: str | None, config_file: str | None, ip_masq: bool | None,
          cgroup_parent: str | None, network_prefix: str | None, group: str | None,
          default_storage_size: str | None, log_driver: str | None,
-         log_opts: tuple[str, ...]) -> None:
+         log_opts: tuple[str, ...], dns: tuple[str, ...]) -> None:
     """Run the sandboxd daemon."""
     try:
         config = load_config(config_file, host=host, root=root,
@@ -850,7 +853,7 @@ def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
                              ip_masq=ip_masq, cgroup_parent=cgroup_parent,
                              network_prefix=network_prefix, group=group,
                              default_storage_size=default_storage_size,
-                             log_driver=log_driver, log_opts=log_opts)
+                             log_driver=log_driver, log_opts=log_opts, dns=dns)
     except InvalidArgument as exc:
         raise click.UsageError(exc.message) from None
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),

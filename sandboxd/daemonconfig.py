@@ -36,6 +36,9 @@ class DaemonConfig:
     default_storage_size: int = 10 << 30
     log_driver: str = "json-file"           # containers' default --log-driver
     log_opts: tuple[str, ...] = ("max-size=20m", "max-file=5")   # Docker local's 100 MB
+    # Containers' nameservers when they give no --dns (dockerd's --dns; empty: the
+    # host's, filtered as sandboxd/resolvconf.py says).
+    dns: tuple[str, ...] = ()
 
 
 # Config-file keys: the flag names (``default-ulimit``) or their field spelling.
@@ -47,7 +50,7 @@ _CONFIG_KEYS = {"host": "host", "root": "root", "default-ulimit": "default_ulimi
                 "cgroup-parent": "cgroup_parent", "network-prefix": "network_prefix",
                 "group": "group",
                 "default-storage-size": "default_storage_size", "log-driver": "log_driver",
-                "log-opts": "log_opts", "log-opt": "log_opts"}
+                "log-opts": "log_opts", "log-opt": "log_opts", "dns": "dns"}
 
 
 def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
@@ -103,6 +106,14 @@ def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
                      for p in check_log_config(driver, values["log_opts"], "daemon")]
         if not driver:
             problems.append("log-driver: name one of json-file, local, none")
+    if "dns" in values:
+        import ipaddress
+        values["dns"] = tuple(str(ip) for ip in values["dns"])
+        for ip in values["dns"]:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                problems.append(f"dns: {ip!r} is not an IP address")
     if values.get("max_frame", 0) > protocol.MAX_FRAME:
         problems.append(f"max-frame: at most {protocol.MAX_FRAME}, got {values['max_frame']}")
     if problems:
@@ -132,6 +143,9 @@ def _read_config_file(path: str) -> dict[str, Any]:
         value = p.get(key, kind, None)
         if value is not None:
             values[_CONFIG_KEYS[key]] = value
+    dns = p.get("dns", list, None, items=str)          # dockerd's daemon.json key
+    if dns is not None:
+        values["dns"] = tuple(dns)
     for key in ("default-ulimit", "default-ulimits"):
         value = p.get(key, list, None, items=str)
         if value is not None:

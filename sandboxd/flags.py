@@ -2,7 +2,8 @@
 
 :func:`build_config` is the one place options become a validated ``ContainerConfig``
 (every problem reported at once); the small parsers it uses read one flag each
-(``-v``, ``--tmpfs``, ``-p``, ``--link``, ``--label``, ``--storage-opt``).
+(``-v``, ``--tmpfs``, ``-p``, ``--link``, ``--add-host``, ``--label``,
+``--storage-opt``).
 :func:`config_from_options` is the daemon's side of ``{"options": {...}}`` and
 :func:`build_update` reads ``sbx update``'s flags.
 """
@@ -23,7 +24,7 @@ from .validate import PROTOCOLS, check_config, check_host, parse_signal
 
 __all__ = [
     "build_config", "config_from_options", "build_update", "parse_volume", "parse_tmpfs",
-    "parse_publish", "parse_link", "parse_labels", "parse_storage_opts", "split_command",
+    "parse_publish", "parse_link", "parse_extra_host", "parse_labels", "parse_storage_opts", "split_command",
 ]
 
 
@@ -126,6 +127,27 @@ def parse_link(text: str) -> Link:
     return Link(name=name, alias=alias or name)
 
 
+def parse_extra_host(text: str) -> str:
+    """``--add-host name:ip`` (or Docker's ``name=ip``, an IPv6 address as ``[::1]``)
+    -> ``name:ip``; ``host-gateway`` stays a name the daemon fills in. The name and the
+    address are checked by :func:`sandboxd.validate.check_host`."""
+    text = str(text)
+    name, sep, ip = text.partition("=")
+    if not sep:
+        name, sep, ip = text.partition(":")
+    if not sep or not name or ":" in name:
+        raise InvalidArgument(f"add-host: bad format {text!r}: expected NAME:IP (e.g. "
+                              f"db:10.0.0.5, or NAME:host-gateway)")
+    if len(ip) > 2 and ip[0] == "[" and ip[-1] == "]":
+        ip = ip[1:-1]
+    return f"{name}:{ip}"
+
+
+def _strings(value: str | Sequence[str]) -> tuple[str, ...]:
+    """A repeatable option: one string or several."""
+    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
 def parse_labels(labels: Iterable[str] | Mapping[str, Any]) -> list[str]:
     """``--label k=v`` or ``k`` (empty value); a mapping from the Python API."""
     if isinstance(labels, Mapping):
@@ -190,6 +212,9 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  uts_mode: str = "", ipc_mode: str = "", pid_mode: str = "",
                  network_mode: str = "default", ip: str = "",
                  links: Sequence[str | Link] | Mapping[str, str] = (),
+                 dns: str | Sequence[str] = (), dns_search: str | Sequence[str] = (),
+                 dns_opt: str | Sequence[str] = (),
+                 extra_hosts: Sequence[str] | Mapping[str, str] = (),
                  ports: Sequence[str | PortBinding] | Mapping[Any, Any] = (),
                  publish_all_ports: bool = False,
                  volumes: Sequence[str | Mount] = (),
@@ -206,7 +231,9 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
     """The one place user-facing options (``sbx`` flags, ``Client`` keywords) become a
     validated ``ContainerConfig``. Sizes take ``64m``-style strings or bytes; ``ports``
     takes ``-p`` strings or ``{container: host}``; ``ulimits`` ``name=soft[:hard]`` or
-    ``{name: limit | (soft, hard)}``. Every problem is reported at once."""
+    ``{name: limit | (soft, hard)}``; ``extra_hosts`` ``name:ip`` strings or ``{name:
+    ip}`` (docker-py's); ``dns``/``dns_search``/``dns_opt`` a string or a list. Every
+    problem is reported at once."""
     problems: list[str] = []
 
     def attempt(func, *args):
@@ -245,6 +272,10 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
     link_items = ([f"{k}:{v}" for k, v in links.items()] if isinstance(links, Mapping)
                   else links)
     link_list = [l if isinstance(l, Link) else parse_link(l) for l in link_items]
+
+    host_items = ([f"{k}:{v}" for k, v in extra_hosts.items()]
+                  if isinstance(extra_hosts, Mapping) else _strings(extra_hosts))
+    hosts_list = [h for h in (attempt(parse_extra_host, item) for item in host_items) if h]
 
     bindings: list[PortBinding] = []
     if isinstance(ports, Mapping):
@@ -300,7 +331,8 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         pids_limit=pids_limit if pids_limit not in (None, 0) else None,
         ulimits=tuple(ulimit_list), uts_mode=uts_mode, ipc_mode=ipc_mode,
         pid_mode=pid_mode, network_mode=network_mode or "default", ip_address=ip or "",
-        links=tuple(link_list),
+        links=tuple(link_list), dns=_strings(dns), dns_search=_strings(dns_search),
+        dns_options=_strings(dns_opt), extra_hosts=tuple(hosts_list),
         port_bindings=tuple(bindings), publish_all=bool(publish_all_ports),
         mounts=tuple(mounts), read_only=bool(read_only),
         init=bool(init), cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),

@@ -86,6 +86,14 @@ class HostConfig:
     network_mode: str = "default"         # default|bridge|none|host|container:X|<network>
     ip_address: str = ""                  # --ip: a static address on a user network
     links: tuple[Link, ...] = ()
+    # The container's resolver: --dns servers (IP addresses; empty: the daemon's --dns,
+    # else the host's, filtered), --dns-search domains ("." for none), --dns-option.
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    # --add-host "name:ip" lines of /etc/hosts; ip "host-gateway": the default bridge's
+    # gateway address, filled in when the file is written.
+    extra_hosts: tuple[str, ...] = ()
     port_bindings: tuple[PortBinding, ...] = ()
     publish_all: bool = False             # -P: every exposed port on a host port
     mounts: tuple[Mount, ...] = ()        # -v binds and --tmpfs, in the order given

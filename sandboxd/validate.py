@@ -34,6 +34,12 @@ MAX_NAME = 255
 _NAME = re.compile(r"^/?[A-Za-z0-9][A-Za-z0-9_.-]+\Z")   # Docker: at least two characters
 _USER = re.compile(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$")
 _IMAGE = re.compile(r"^[^\s\x00]+$")
+# Docker's search-domain rule (opts.validateDomain): labels of letters, digits and
+# inner '-', dot-separated, an optional final dot.
+_LABEL = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?\Z")
+_WORD = re.compile(r"^[^\s\x00#;]+\Z")           # one word of resolv.conf or /etc/hosts
+HOST_GATEWAY = "host-gateway"            # --add-host NAME:host-gateway (Docker's value)
 
 
 def check_name(name: str, where: str = "name") -> list[str]:
@@ -105,6 +111,38 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_dns(h: HostConfig) -> list[str]:
+    """--dns, --dns-search, --dns-option and --add-host: each value alone, and none of
+    them with another container's network (whose files it shares, as Docker refuses)."""
+    problems = []
+    for i, server in enumerate(h.dns):
+        if not _is_ip(server):
+            problems.append(f"host.dns[{i}]: {server!r} is not an IP address")
+    for i, domain in enumerate(h.dns_search):
+        if domain != "." and (len(domain) > 255 or not _DOMAIN.match(domain)):
+            problems.append(f"host.dns_search[{i}]: {domain!r} is not a valid domain "
+                            f"(or '.' for none)")
+    for i, option in enumerate(h.dns_options):
+        if not _WORD.match(option):
+            problems.append(f"host.dns_options[{i}]: {option!r} is not one resolver "
+                            f"option (e.g. ndots:2, no spaces)")
+    for i, entry in enumerate(h.extra_hosts):
+        name, sep, ip = entry.partition(":")
+        if not sep or not _WORD.match(name):
+            problems.append(f"host.extra_hosts[{i}]: {entry!r} is not NAME:IP")
+        elif ip != HOST_GATEWAY and not _is_ip(ip):
+            problems.append(f"host.extra_hosts[{i}]: invalid IP address {ip!r} for host "
+                            f"{name!r} (an address, or {HOST_GATEWAY})")
+    if h.network_mode.startswith("container:"):
+        if h.dns or h.dns_search or h.dns_options:
+            problems.append("host.dns: conflicting options: dns and the network mode "
+                            f"{h.network_mode} (its resolver is that container's)")
+        if h.extra_hosts:
+            problems.append("host.extra_hosts: conflicting options: custom host-to-IP "
+                            f"mapping and the network mode {h.network_mode}")
+    return problems
 
 
 def validate_config(config: ContainerConfig) -> ContainerConfig:
@@ -211,6 +249,7 @@ def check_host(h: HostConfig) -> list[str]:
         problems += check_name(link.name, f"host.links[{i}].name")
         if not _NAME.match(link.alias) and not re.match(r"^[A-Za-z0-9]$", link.alias):
             problems.append(f"host.links[{i}].alias: {link.alias!r} is not a valid alias")
+    problems += check_dns(h)
     for i, b in enumerate(h.port_bindings):
         where = f"host.port_bindings[{i}]"
         if not 1 <= b.container_port <= 65535:

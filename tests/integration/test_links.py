@@ -91,10 +91,8 @@ def test_names_on_a_user_network(daemon: Daemon) -> None:
                                                       "/etc/hosts", check=True).out,
                    what="web to leave names-watcher's /etc/hosts")
         # the default bridge has no names: only links
-        # (the container has no DNS server: its hosts file is all it can resolve with)
-        alone = daemon.sbx("run", "--rm", "busybox", "cat", "/etc/hosts", "/etc/resolv.conf",
-                           check=True).out
-        assert "names-watcher" not in alone and "nameserver" not in alone, alone
+        alone = daemon.sbx("run", "--rm", "busybox", "cat", "/etc/hosts", check=True).out
+        assert "names-watcher" not in alone, alone
     finally:
         daemon.sbx("rm", "-f", "web", "names-watcher")
         daemon.sbx("network", "rm", "names-net", check=True)
