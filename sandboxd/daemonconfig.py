@@ -135,14 +135,19 @@ def _read_config_file(path: str) -> dict[str, Any]:
     p = Params(data, f"config file {path}")
     values = {}
     types: dict[str, Any] = {"host": str, "root": str, "log-level": str, "ip-masq": bool,
-                             "group": str,
+                             "group": str, "cgroup-parent": str, "network-prefix": str,
                              "max-frame": int, "frame-timeout": float,
                              "max-connections": int, "max-inflight": int,
-                             "stdin-buffer": int}
+                             "stdin-buffer": int, "log-driver": str,
+                             "default-storage-size": (str, int)}
     for key, kind in types.items():
         value = p.get(key, kind, None)
         if value is not None:
             values[_CONFIG_KEYS[key]] = value
+    # dockerd's daemon.json spelling: {"max-size": "10m", "max-file": "3"}; or a list.
+    log_opts = p.get("log-opts", (dict, list), None, items=str)
+    if log_opts is not None:
+        values["log_opts"] = log_opts
     dns = p.get("dns", list, None, items=str)          # dockerd's daemon.json key
     if dns is not None:
         values["dns"] = tuple(dns)

@@ -320,6 +320,20 @@ def test_config_defaults_file_and_flags(tmp_path):
     assert config.frame_timeout == 2
 
 
+def test_config_file_takes_every_documented_key(tmp_path):
+    # dockerd's daemon.json spellings where it has them (log-opts as a map).
+    cfg = tmp_path / "daemon.json"
+    cfg.write_text(json.dumps({"log-driver": "local", "default-storage-size": "5G",
+                               "log-opts": {"max-size": "10m", "max-file": "3"},
+                               "cgroup-parent": "sbx-x", "network-prefix": "sbq",
+                               "group": "", "dns": ["10.0.0.1"]}))
+    config = load_config(str(cfg))
+    assert (config.log_driver, config.default_storage_size) == ("local", 5 << 30)
+    assert config.log_opts == ("max-size=10m", "max-file=3")
+    assert (config.cgroup_parent, config.network_prefix) == ("sbx-x", "sbq")
+    assert config.dns == ("10.0.0.1",) and config.group == ""
+
+
 @pytest.mark.parametrize("content, fragment", [
     ({"hots": "x"}, "unknown field(s) hots"),
     ({"ip-masq": "yes"}, "field 'ip-masq' must be bool"),
@@ -328,6 +342,8 @@ def test_config_defaults_file_and_flags(tmp_path):
     ({"max-connections": 0}, "max-connections: must be positive"),
     ({"root": "relative"}, "root: must be an absolute path"),
     ({"log-level": "loud"}, "log-level: expected one of"),
+    ({"log-opts": {"max-size": "huge"}}, "max-size"),
+    ({"default-storage-size": "1k"}, "default-storage-size"),
     ([1, 2], "expected a JSON object"),
 ])
 def test_bad_config_files_are_refused_with_the_field(tmp_path, content, fragment):
