@@ -381,7 +381,7 @@ class ContainerService:
             env += link_env(link.alias, link_name, ip, server.config.exposed_ports,
                             server.config.env)
             # Docker's entry: the alias, the server's hostname and its name.
-            names = dict.fromkeys((link.alias, server.config.hostname or server.id[:12],
+            names = dict.fromkeys((link.alias, server.hostname(),
                                    server.name))
             hosts.append(f"{ip}\t{' '.join(names)}\n")
         return env, hosts
@@ -406,7 +406,7 @@ class ContainerService:
             pid=self._ns_mode(h.pid_mode, "pid"), ipc=self._ns_mode(h.ipc_mode, "ipc"),
             uts="host" if h.uts_mode == "host" else "private", net=net)
         directory = self._dir(record.id)
-        hostname = c.hostname or record.id[:12]
+        hostname = record.hostname()
         inline = not dry_run and _etc_inline(record)
         etc = () if dry_run or inline else self._etc_files(directory, record)
         files = tuple(File(f"/etc/{name}", text) for name, text in
@@ -465,7 +465,7 @@ class ContainerService:
 
     def _etc_texts(self, record: ContainerRecord, hosts: str) -> dict[str, str]:
         """The container's /etc/hostname, hosts and resolv.conf."""
-        hostname = record.config.hostname or record.id[:12]
+        hostname = record.hostname()
         return {"hostname": hostname + "\n", "hosts": hosts,
                 "resolv.conf": self._resolv_text(record)}
 
@@ -1323,7 +1323,7 @@ def _etc_inline(record: ContainerRecord) -> bool:
 
 
 def _base_hosts(record: ContainerRecord) -> str:
-    hostname = record.config.hostname or record.id[:12]
+    hostname = record.hostname()
     return (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             f"127.0.1.1\t{hostname}\n")
 

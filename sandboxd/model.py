@@ -262,6 +262,16 @@ class ContainerRecord:
     def from_dict(cls, data: Any) -> ContainerRecord:
         return spec.from_dict(cls, data, "container")
 
+    def hostname(self) -> str:
+        """``-h``; else, as Docker, the host's name with ``--network host`` (the
+        container shares the host's network identity) and the id's first 12 otherwise."""
+        if self.config.hostname:
+            return self.config.hostname
+        if self.config.host.network_mode == "host":
+            import socket
+            return socket.gethostname()
+        return self.id[:12]
+
 
 _RECORD_FIELDS = tuple(f.name for f in fields(ContainerRecord))
 

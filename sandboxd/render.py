@@ -114,7 +114,7 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         "StorageOpt": {"size": size_text(h.storage_size)} if h.storage_size else None,
     }
     config = {
-        "Hostname": c.hostname or record.id[:12],
+        "Hostname": record.hostname(),
         "Domainname": "",
         "User": c.user,
         "AttachStdin": c.open_stdin,

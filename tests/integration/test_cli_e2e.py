@@ -159,6 +159,11 @@ def test_uts_modes(daemon: Daemon) -> None:
     daemon.sbx("wait", "e2e-uts", check=True)
     assert daemon.sbx("logs", "e2e-uts", check=True).out.strip() == r.out.strip()[:12]
     daemon.sbx("rm", "e2e-uts", check=True)
+    # --network host: the host's name (its own UTS namespace still), as Docker; -h wins.
+    for flags, name in (((), os.uname().nodename), (("-h", "given"), "given")):
+        r = daemon.sbx("run", "--rm", "--network", "host", *flags, "busybox", "sh", "-c",
+                       "hostname; cat /etc/hostname", check=True)
+        assert r.out.split() == [name, name]
 
 
 # ---------------------------------------------------------------- lifecycle
