@@ -13,6 +13,12 @@ from .model import (BUILTIN_NETWORKS, STATUSES, ContainerRecord, ImageRecord, Ne
 NETWORK_FILTER_KEYS = ("driver", "id", "label", "name", "scope", "type")
 
 
+def label_matches(labels: Mapping[str, str], wanted: str) -> bool:
+    """Docker's ``label`` filter value: ``k`` (the label is set) or ``k=v``."""
+    key, sep, value = wanted.partition("=")
+    return key in labels and (not sep or labels[key] == value)
+
+
 def filter_networks(networks: Sequence[NetworkRecord], filters: Mapping[str, Sequence[str]]
                     ) -> list[NetworkRecord]:
     """Docker's ``network ls --filter``: ``name`` and ``id`` match any part, ``label``
@@ -30,9 +36,7 @@ def filter_networks(networks: Sequence[NetworkRecord], filters: Mapping[str, Seq
         checks = {
             "driver": lambda v: n.driver == v,
             "id": lambda v: v in n.id,
-            "label": lambda v: (v.partition("=")[0] in labels and
-                                ("=" not in v or labels[v.partition("=")[0]] ==
-                                 v.partition("=")[2])),
+            "label": lambda v: label_matches(labels, v),
             "name": lambda v: v in n.name,
             "scope": lambda v: n.scope == v,
             "type": lambda v: (n.name in BUILTIN_NETWORKS) == (v == "builtin"),
@@ -93,9 +97,7 @@ def filter_records(records: Sequence[ContainerRecord], filters: Mapping[str, Seq
         checks = {
             "id": lambda v: r.id.startswith(v),
             "name": lambda v: re.search(v, r.name) is not None,
-            "label": lambda v: (v.partition("=")[0] in labels and
-                                ("=" not in v or labels[v.partition("=")[0]] ==
-                                 v.partition("=")[2])),
+            "label": lambda v: label_matches(labels, v),
             "status": lambda v: r.state.status == v,
             "exited": lambda v: r.state.status == "exited" and str(r.state.exit_code) == v,
             "ancestor": lambda v: v in (r.config.image, r.image_id) or
@@ -152,9 +154,7 @@ def filter_images(images: Sequence[ImageRecord], filters: Mapping[str, Sequence[
         labels = pairs(image.labels)
         checks = {
             "dangling": lambda v: (not image.repo_tags) == (v.lower() in ("true", "1")),
-            "label": lambda v: (v.partition("=")[0] in labels and
-                                ("=" not in v or labels[v.partition("=")[0]] ==
-                                 v.partition("=")[2])),
+            "label": lambda v: label_matches(labels, v),
         }
         return (all(any(checks[key](v) for v in values)
                     for key, values in filters.items() if key in checks)
