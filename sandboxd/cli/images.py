@@ -407,10 +407,14 @@ def image_prune(all_unused: bool, force: bool) -> int:
         return 0
     with open_client() as client:
         result = client.images.prune(all=all_unused)
-    lines = [f"untagged: {t}" for t in result.get("untagged") or ()]
-    lines += [f"deleted: {d}" for d in result.get("deleted") or ()]
-    print_pruned("Deleted Images:", lines, result.get("space_reclaimed", 0))
+    print_pruned("Deleted Images:", pruned_images(result), result.get("space_reclaimed", 0))
     return 0
+
+
+def pruned_images(result: dict[str, Any]) -> list[str]:
+    """``image.prune``'s result as Docker's report lists it."""
+    return ([f"untagged: {t}" for t in result.get("untagged") or ()] +
+            [f"deleted: {d}" for d in result.get("deleted") or ()])
 
 
 @image.command("inspect", context_settings=CONTEXT)

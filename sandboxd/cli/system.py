@@ -210,6 +210,7 @@ def system_prune(all_unused: bool, force: bool) -> int:
                    f"  - {images}\n", err=True)
         if not click.confirm("Are you sure you want to continue?", default=False, err=True):
             return 0
+    from .images import pruned_images
     with open_client() as client:
         containers = client.containers.prune()
         networks = client.networks.prune()
@@ -217,9 +218,7 @@ def system_prune(all_unused: bool, force: bool) -> int:
     reclaimed = containers.get("space_reclaimed", 0) + images.get("space_reclaimed", 0)
     for title, lines in (("Deleted Containers:", containers.get("removed") or []),
                          ("Deleted Networks:", networks.get("removed") or []),
-                         ("Deleted Images:", [f"untagged: {t}" for t in
-                                              images.get("untagged") or ()] +
-                          [f"deleted: {d}" for d in images.get("deleted") or ()])):
+                         ("Deleted Images:", pruned_images(images))):
         if lines:
             click.echo("\n".join([title, *lines, ""]))
     from ..render import human_size
