@@ -95,7 +95,9 @@ def test_check_15_cpu_quota_values_and_throttling(secure_daemon):
 def test_check_16_pids_limit_fork_bomb(secure_daemon):
     d = secure_daemon
     name, cid = _started(d, "--pids-limit", "64", "busybox", "sh", "-c",
-                         "bomb() { bomb | bomb & }; bomb 2>/dev/null; sleep 600")
+                         # The bomb runs in a subshell and the shell execs sleep: once the
+                         # limit is hit, a fork for sleep would fail and end the container.
+                         "(bomb() { bomb | bomb & }; bomb) 2>/dev/null & exec sleep 600")
     try:
         assert d.cgroup_file("pids", cid, "pids.max") == "64"
         wait_until(lambda: int(d.cgroup_file("pids", cid, "pids.events").split()[1]) > 0,
