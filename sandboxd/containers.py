@@ -96,6 +96,7 @@ class ContainerService:
         self.live: dict[str, _Live] = {}
         self.exec_waiters: dict[tuple[str, str], asyncio.Future] = {}
         self.removed: dict[str, asyncio.Event] = {}
+        self.starts: dict[str, asyncio.Event] = {}    # set when the container goes live
         self.held: dict[str, asyncio.Future] = {}   # stopped containers' roots held for cp
 
     # ------------------------------------------------------------ start-up / shutdown
@@ -243,13 +244,32 @@ class ContainerService:
 
     async def wait(self, record: ContainerRecord, condition: str) -> ContainerRecord:
         """The final record once ``condition`` holds (``removed``: after its exit, once
-        it is removed too)."""
-        if condition != "removed":
-            return await self.wait_exit(record)
-        event = self.removed.setdefault(record.id, asyncio.Event())
+        it is removed too). ``next-exit`` and ``removed`` of a container that is not
+        running wait for its next start first: Docker's clients wait, then start."""
+        removed = self.removed.setdefault(record.id, asyncio.Event()) \
+            if condition == "removed" else None
+        if condition != "not-running" and record.id not in self.live:
+            await self.next_start(record)
+            if removed is not None and removed.is_set():     # removed, never started
+                return record
         final = await self.wait_exit(record)
-        await event.wait()
+        if removed is not None:
+            await removed.wait()
         return final
+
+    async def next_start(self, record: ContainerRecord) -> None:
+        """Until the container is running (its output subscribable) or removed."""
+        if record.id in self.live:
+            return
+        started = self.starts.setdefault(record.id, asyncio.Event())
+        removed = self.removed.setdefault(record.id, asyncio.Event())
+        waiters = [asyncio.ensure_future(started.wait()),
+                   asyncio.ensure_future(removed.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     # ------------------------------------------------------------ create
 
@@ -702,6 +722,9 @@ class ContainerService:
                 live.stdin = in_w
                 stdio = (in_r, out_w, err_w)
             self.live[record.id] = live
+            started = self.starts.pop(record.id, None)
+            if started is not None:
+                started.set()
             try:
                 pid = await self.runner.spawn(spec, stdio)
             finally:
@@ -904,6 +927,7 @@ class ContainerService:
         if self.store.get_container(record.id) is None:
             return
         self._forget(record, files_later=files_later)
+        self.starts.pop(record.id, None)
         event = self.removed.pop(record.id, None)
         if event is not None:
             event.set()

@@ -783,6 +783,21 @@ def build_services(server: Server, config: DaemonConfig) -> None:
     handlers = Handlers(config, containers, images, networks)
     server.on_startup(containers.startup)
     server.on_shutdown(containers.shutdown)
+    docker_socket = config.docker_socket()
+    if docker_socket:
+        from .dockerapi import DockerApi
+        docker = DockerApi(handlers)
+
+        async def serve_docker() -> None:
+            await docker.start(_bind_unix(docker_socket, config.group))
+            log.info("Docker Engine API on unix://%s", docker_socket)
+
+        async def stop_docker() -> None:
+            await docker.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(docker_socket)
+        server.on_startup(serve_docker)
+        server.on_shutdown(stop_docker)       # runs first: hooks run last-added first
     server.register_cleanup("container", handlers.session_cleanup)
     server.register_cleanup("network", handlers.session_network_cleanup)
     for op in operations.TABLE:
@@ -838,6 +853,10 @@ def run(config: DaemonConfig) -> int:
 @click.option("--log-opt", "log_opts", multiple=True, metavar="KEY=VALUE",
               help="Containers' default log options, max-size=SIZE and max-file=N "
                    "(repeatable) [default: max-size=20m, max-file=5]")
+@click.option("--docker-host", metavar="unix:///PATH", envvar="SANDBOXD_DOCKER_HOST",
+              help="Socket of the Docker Engine API (docker CLI, docker-py, "
+                   "testcontainers); '' turns it off [default: docker.sock beside --host, "
+                   "/run/sandboxd/docker.sock; env SANDBOXD_DOCKER_HOST]")
 @click.option("--dns", multiple=True, metavar="IP",
               help="Containers' DNS server when they give no --dns (repeatable) "
                    "[default: the host's, loopback ones filtered out]")
@@ -845,7 +864,7 @@ def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
          log_level: str | None, config_file: str | None, ip_masq: bool | None,
          cgroup_parent: str | None, network_prefix: str | None, group: str | None,
          default_storage_size: str | None, log_driver: str | None,
-         log_opts: tuple[str, ...], dns: tuple[str, ...]) -> None:
+         log_opts: tuple[str, ...], docker_host: str | None, dns: tuple[str, ...]) -> None:
     """Run the sandboxd daemon."""
     try:
         config = load_config(config_file, host=host, root=root,
@@ -853,7 +872,8 @@ def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
                              ip_masq=ip_masq, cgroup_parent=cgroup_parent,
                              network_prefix=network_prefix, group=group,
                              default_storage_size=default_storage_size,
-                             log_driver=log_driver, log_opts=log_opts, dns=dns)
+                             log_driver=log_driver, log_opts=log_opts, dns=dns,
+                             docker_host=docker_host)
     except InvalidArgument as exc:
         raise click.UsageError(exc.message) from None
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),

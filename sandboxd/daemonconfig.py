@@ -39,6 +39,14 @@ class DaemonConfig:
     # Containers' nameservers when they give no --dns (dockerd's --dns; empty: the
     # host's, filtered as sandboxd/resolvconf.py says).
     dns: tuple[str, ...] = ()
+    # The Docker Engine API's socket (sandboxd/dockerapi/); None: docker.sock beside
+    # ``host`` (/run/sandboxd/docker.sock by default); "": not served.
+    docker_host: str | None = None
+
+    def docker_socket(self) -> str:
+        if self.docker_host is None:
+            return os.path.join(os.path.dirname(self.host), "docker.sock")
+        return self.docker_host
 
 
 # Config-file keys: the flag names (``default-ulimit``) or their field spelling.
@@ -50,7 +58,8 @@ _CONFIG_KEYS = {"host": "host", "root": "root", "default-ulimit": "default_ulimi
                 "cgroup-parent": "cgroup_parent", "network-prefix": "network_prefix",
                 "group": "group",
                 "default-storage-size": "default_storage_size", "log-driver": "log_driver",
-                "log-opts": "log_opts", "log-opt": "log_opts", "dns": "dns"}
+                "log-opts": "log_opts", "log-opt": "log_opts", "dns": "dns",
+                "docker-host": "docker_host"}
 
 
 def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
@@ -59,9 +68,13 @@ def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
     if config_file:
         values.update(_read_config_file(config_file))
     values.update({k: v for k, v in flags.items() if v is not None and v != ()})
-    problems = []
+    problems: list[str] = []
     if "host" in values:
         values["host"] = protocol.parse_host(values["host"])
+    if values.get("docker_host"):
+        values["docker_host"] = protocol.parse_host(values["docker_host"])
+        if values["docker_host"] == values.get("host", DEFAULT_SOCKET):
+            problems.append("docker-host: must differ from host (two protocols, two sockets)")
     if "root" in values:
         if not str(values["root"]).startswith("/"):
             problems.append(f"root: must be an absolute path, got {values['root']!r}")
@@ -139,7 +152,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
                              "max-frame": int, "frame-timeout": float,
                              "max-connections": int, "max-inflight": int,
                              "stdin-buffer": int, "log-driver": str,
-                             "default-storage-size": (str, int)}
+                             "default-storage-size": (str, int), "docker-host": str}
     for key, kind in types.items():
         value = p.get(key, kind, None)
         if value is not None:

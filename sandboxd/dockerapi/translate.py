@@ -1,0 +1,260 @@
+"""Docker's JSON shapes ↔ ours: a create body (``Config`` + ``HostConfig`` +
+``NetworkingConfig``) becomes ``flags.build_config``'s keywords, the one road every
+client's options take; records become ``/containers/json`` rows.
+
+Every field of Docker's create body is in exactly one of three places here: mapped
+(``_CONFIG``/``_HOST`` and the code below), harmless when at its zero value
+(``_ZERO_OK``: the CLI sends them all), or refused with a 400 naming it when it asks for
+something sandboxd does not do. A field name Docker does not have is refused too.
+"""
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from ..model import ContainerRecord
+from .http import HttpError
+
+# Config / HostConfig fields whose zero value (None, "", 0, False, [], {}) or a listed
+# default asks for nothing; any other value is refused by name.
+_ZERO_OK_CONFIG = {
+    "Domainname", "NetworkDisabled", "MacAddress", "OnBuild", "Shell", "Volumes",
+    "Healthcheck",
+}
+_ZERO_OK_HOST = {
+    "ContainerIDFile", "VolumeDriver", "VolumesFrom", "CgroupnsMode", "GroupAdd",
+    "Cgroup", "OomScoreAdj", "UsernsMode", "ShmSize", "Sysctls", "Runtime", "Isolation",
+    "CgroupParent", "BlkioWeight", "BlkioWeightDevice", "BlkioDeviceReadBps",
+    "BlkioDeviceWriteBps", "BlkioDeviceReadIOps", "BlkioDeviceWriteIOps",
+    "CpuRealtimePeriod", "CpuRealtimeRuntime", "CpusetCpus", "CpusetMems", "Devices",
+    "DeviceCgroupRules", "DeviceRequests", "KernelMemory", "KernelMemoryTCP",
+    "MemoryReservation", "MemorySwappiness", "OomKillDisable", "CpuCount", "CpuPercent",
+    "IOMaximumIOps", "IOMaximumBandwidth", "MaskedPaths", "ReadonlyPaths", "ConsoleSize",
+    "Annotations", "Mounts", "RestartPolicy", "VolumeDriver", "LogConfig",
+}
+# What a client sends by default for fields we do not implement (not a request).
+_DEFAULTS = {
+    "CgroupnsMode": ("private", "host"), "Runtime": ("runc",), "Isolation": ("default",),
+    "MemorySwappiness": (-1,), "ConsoleSize": ([0, 0],), "ShmSize": (67108864,),
+    "VolumeDriver": ("local",), "RestartPolicy": ({"Name": "no", "MaximumRetryCount": 0},
+                                                  {"Name": "", "MaximumRetryCount": 0}),
+    "LogConfig": ({"Type": "", "Config": {}}, {"Type": "json-file", "Config": {}}),
+}
+_WHY = {
+    "Healthcheck": "health checks are not supported yet",
+    "RestartPolicy": "restart policies other than \"no\" are not supported yet",
+    "Devices": "devices beyond the default set are not given to containers",
+    "DeviceRequests": "GPUs and other device requests are not supported",
+    "Sysctls": "namespaced sysctls are not supported yet",
+    "UsernsMode": "user namespace remapping is not supported",
+    "CgroupParent": "a per-container cgroup parent is set by the daemon (--cgroup-parent)",
+    "ShmSize": "/dev/shm's size is fixed at 64 MiB",
+    "CpusetCpus": "cpusets are not supported yet",
+    "MemoryReservation": "soft memory limits are not supported yet",
+    "OomKillDisable": "the OOM killer always acts on a container at its memory limit",
+    "VolumesFrom": "--volumes-from is not supported yet",
+    "Mounts": "Mounts (--mount) are not supported yet; use Binds or Tmpfs",
+}
+
+
+def _is_zero(name: str, value: Any) -> bool:
+    return value in (None, "", 0, False, [], {}) or value in _DEFAULTS.get(name, ())
+
+
+def _refuse(section: str, name: str, value: Any) -> HttpError:
+    why = _WHY.get(name, "not supported by sandboxd")
+    return HttpError(400, f"{section}.{name}={value!r}: {why} (docs/docker-api.md)")
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise HttpError(400, f"{where}: expected a list of strings, got {value!r}")
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise HttpError(400, f"{where}: expected an object, got {value!r}")
+    return value
+
+
+def _int(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HttpError(400, f"{where}: expected an integer, got {value!r}")
+    return value
+
+
+# What the client will attach (it says so again in its attach request) and Windows'
+# command-line quoting: nothing for the container's config.
+_ANY_OK_CONFIG = {"AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "ArgsEscaped"}
+_CONFIG_KNOWN = _ANY_OK_CONFIG | {"Hostname", "User", "ExposedPorts", "Tty", "OpenStdin", "Env", "Cmd",
+                 "Image", "WorkingDir", "Entrypoint", "Labels", "StopSignal", "StopTimeout",
+                 "HostConfig", "NetworkingConfig"} | _ZERO_OK_CONFIG
+_HOST_KNOWN = {"Binds", "NetworkMode", "PortBindings", "AutoRemove", "CapAdd", "CapDrop",
+               "Dns", "DnsOptions", "DnsSearch", "ExtraHosts", "IpcMode", "Links", "PidMode",
+               "Privileged", "PublishAllPorts", "ReadonlyRootfs", "SecurityOpt",
+               "StorageOpt", "Tmpfs", "UTSMode", "CpuShares", "Memory", "NanoCpus",
+               "CpuPeriod", "CpuQuota", "MemorySwap", "Init", "PidsLimit", "Ulimits",
+               } | _ZERO_OK_HOST
+
+
+def create_options(body: dict) -> tuple[str, dict[str, Any]]:
+    """(image, ``build_config`` keywords) of a create body; a 400 naming the field for
+    what is unknown, mistyped or unsupported."""
+    for name, value in body.items():
+        if name not in _CONFIG_KNOWN:
+            raise HttpError(400, f"Config.{name}: unknown field")
+        if name in _ZERO_OK_CONFIG and not _is_zero(name, value):
+            raise _refuse("Config", name, value)
+    host = _mapping(body.get("HostConfig"), "HostConfig")
+    for name, value in host.items():
+        if name not in _HOST_KNOWN:
+            raise HttpError(400, f"HostConfig.{name}: unknown field")
+        if name in _ZERO_OK_HOST and not _is_zero(name, value) and name != "LogConfig":
+            raise _refuse("HostConfig", name, value)
+    image = body.get("Image")
+    if not isinstance(image, str) or not image:
+        raise HttpError(400, "Config.Image: an image name is required")
+    cmd = body.get("Cmd")
+    entrypoint = body.get("Entrypoint")
+    opts: dict[str, Any] = {
+        "cmd": shlex.split(cmd) if isinstance(cmd, str) else _strings(cmd, "Config.Cmd"),
+        "env": _strings(body.get("Env"), "Config.Env"),
+        "workdir": body.get("WorkingDir") or "",
+        "user": body.get("User") or "",
+        "hostname": body.get("Hostname") or "",
+        "tty": bool(body.get("Tty")),
+        "open_stdin": bool(body.get("OpenStdin")),
+        "labels": {k: str(v) for k, v in _mapping(body.get("Labels"), "Config.Labels").items()},
+        "expose": list(_mapping(body.get("ExposedPorts"), "Config.ExposedPorts")),
+        "local_files": False,
+    }
+    if entrypoint is not None:
+        opts["entrypoint"] = ([entrypoint] if isinstance(entrypoint, str)
+                              else _strings(entrypoint, "Config.Entrypoint"))
+    if body.get("StopSignal"):
+        opts["stop_signal"] = body["StopSignal"]
+    if body.get("StopTimeout") is not None:
+        opts["stop_timeout"] = _int(body["StopTimeout"], "Config.StopTimeout")
+    opts.update(_host_options(host))
+    opts.update(_networking(body.get("NetworkingConfig"), opts.get("network_mode", "default")))
+    return image, opts
+
+
+def _host_options(h: dict) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    for key, name in (("Memory", "memory"), ("MemorySwap", "memory_swap"),
+                      ("CpuQuota", "cpu_quota"), ("CpuPeriod", "cpu_period"),
+                      ("CpuShares", "cpu_shares")):
+        value = _int(h.get(key), f"HostConfig.{key}")
+        if value:
+            o[name] = value
+    nano = _int(h.get("NanoCpus"), "HostConfig.NanoCpus")
+    if nano:
+        o["cpus"] = nano / 1e9
+    pids = _int(h.get("PidsLimit"), "HostConfig.PidsLimit")
+    if pids and pids > 0:
+        o["pids_limit"] = pids
+    ulimits = []
+    for u in h.get("Ulimits") or ():
+        if not isinstance(u, dict) or not isinstance(u.get("Name"), str):
+            raise HttpError(400, f"HostConfig.Ulimits: expected {{Name, Soft, Hard}}, got {u!r}")
+        ulimits.append(f"{u['Name']}={_int(u.get('Soft'), 'Ulimits.Soft')}:"
+                       f"{_int(u.get('Hard'), 'Ulimits.Hard')}")
+    o["ulimits"] = ulimits
+    mode = h.get("NetworkMode") or "default"
+    o["network_mode"] = mode
+    o["uts_mode"] = h.get("UTSMode") or ""
+    o["ipc_mode"] = h.get("IpcMode") or ""
+    o["pid_mode"] = h.get("PidMode") or ""
+    o["links"] = [_link(l) for l in _strings(h.get("Links"), "HostConfig.Links")]
+    o["dns"] = _strings(h.get("Dns"), "HostConfig.Dns")
+    o["dns_search"] = _strings(h.get("DnsSearch"), "HostConfig.DnsSearch")
+    o["dns_opt"] = _strings(h.get("DnsOptions"), "HostConfig.DnsOptions")
+    o["extra_hosts"] = _strings(h.get("ExtraHosts"), "HostConfig.ExtraHosts")
+    o["ports"] = _port_bindings(_mapping(h.get("PortBindings"), "HostConfig.PortBindings"))
+    o["publish_all_ports"] = bool(h.get("PublishAllPorts"))
+    o["volumes"] = _strings(h.get("Binds"), "HostConfig.Binds")
+    o["tmpfs"] = {k: str(v) for k, v in _mapping(h.get("Tmpfs"), "HostConfig.Tmpfs").items()}
+    o["read_only"] = bool(h.get("ReadonlyRootfs"))
+    o["init"] = bool(h.get("Init"))
+    o["cap_add"] = _strings(h.get("CapAdd"), "HostConfig.CapAdd")
+    o["cap_drop"] = _strings(h.get("CapDrop"), "HostConfig.CapDrop")
+    o["security_opt"] = _strings(h.get("SecurityOpt"), "HostConfig.SecurityOpt")
+    o["privileged"] = bool(h.get("Privileged"))
+    o["auto_remove"] = bool(h.get("AutoRemove"))
+    o["storage_opt"] = {k: str(v) for k, v in
+                        _mapping(h.get("StorageOpt"), "HostConfig.StorageOpt").items()}
+    log = _mapping(h.get("LogConfig"), "HostConfig.LogConfig")
+    if log.get("Type"):
+        o["log_driver"] = log["Type"]
+    if log.get("Config"):
+        o["log_opts"] = {k: str(v) for k, v in _mapping(log["Config"], "LogConfig.Config").items()}
+    return o
+
+
+def _link(text: str) -> str:
+    """Docker's ``name:alias`` or, from the API, ``/name:/me/alias``."""
+    name, _, alias = text.partition(":")
+    return f"{name.lstrip('/')}:{alias.rpartition('/')[2] or name.lstrip('/')}"
+
+
+def _port_bindings(bindings: dict) -> list[str]:
+    out = []
+    for port, hosts in bindings.items():
+        for b in hosts or [{}]:
+            if not isinstance(b, dict):
+                raise HttpError(400, f"HostConfig.PortBindings[{port}]: expected "
+                                     f"[{{HostIp, HostPort}}], got {hosts!r}")
+            ip, host_port = b.get("HostIp") or "", str(b.get("HostPort") or "")
+            out.append(f"{ip}:{host_port}:{port}" if ip else
+                       f"{host_port}:{port}" if host_port else port)
+    return out
+
+
+def _networking(value: Any, mode: str) -> dict[str, Any]:
+    endpoints = _mapping(_mapping(value, "NetworkingConfig").get("EndpointsConfig"),
+                         "NetworkingConfig.EndpointsConfig")
+    out: dict[str, Any] = {}
+    if len(endpoints) > 1:
+        raise HttpError(400, "NetworkingConfig.EndpointsConfig: a container is created on "
+                             "one network; connect it to more after the create")
+    for name, ep in endpoints.items():
+        if mode in ("default", "bridge", "") and name not in ("bridge", mode):
+            out["network_mode"] = name
+        ep = _mapping(ep, f"EndpointsConfig.{name}")
+        ipam = _mapping(ep.get("IPAMConfig"), f"EndpointsConfig.{name}.IPAMConfig")
+        if ipam.get("IPv4Address"):
+            out["ip"] = ipam["IPv4Address"]
+    return out
+
+
+def list_row(record: ContainerRecord) -> dict[str, Any]:
+    """A row of ``GET /containers/json``."""
+    from ..render import status_text
+    import time
+    c = record.config
+    command = " ".join(shlex.quote(a) for a in (record.path, *record.args) if a)
+    return {
+        "Id": record.id, "Names": [f"/{record.name}"], "Image": c.image,
+        "ImageID": record.image_id, "Command": command, "Created": int(record.created),
+        "Ports": [{"IP": p.host_ip or "0.0.0.0", "PrivatePort": p.container_port,
+                   "PublicPort": p.host_port, "Type": p.protocol} for p in record.ports],
+        "Labels": c.labels_dict(), "State": record.state.status,
+        "Status": status_text(record.state, time.time()),
+        "HostConfig": {"NetworkMode": c.host.network_mode},
+        "NetworkSettings": {"Networks": {e.network: {
+            "IPAddress": e.ip_address, "IPPrefixLen": e.prefix_len, "Gateway": e.gateway,
+            "MacAddress": e.mac_address, "Aliases": list(e.aliases) or None}
+            for e in record.endpoints}},
+        "Mounts": [{"Type": m.type, "Source": m.source, "Destination": m.destination,
+                    "RW": not m.readonly} for m in c.host.mounts],
+    }
