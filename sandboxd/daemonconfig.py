@@ -39,6 +39,11 @@ class DaemonConfig:
     # Containers' nameservers when they give no --dns (dockerd's --dns; empty: the
     # host's, filtered as sandboxd/resolvconf.py says).
     dns: tuple[str, ...] = ()
+    # Docker Hub (docker.io) through these first (http(s)://host[:port]), then hub_endpoint;
+    # registries without checked TLS (host[:port] or CIDR); where docker.io is served.
+    registry_mirrors: tuple[str, ...] = ()
+    insecure_registries: tuple[str, ...] = ()
+    hub_endpoint: str = "https://registry-1.docker.io"
 
 
 # Config-file keys: the flag names (``default-ulimit``) or their field spelling.
@@ -50,7 +55,10 @@ _CONFIG_KEYS = {"host": "host", "root": "root", "default-ulimit": "default_ulimi
                 "cgroup-parent": "cgroup_parent", "network-prefix": "network_prefix",
                 "group": "group",
                 "default-storage-size": "default_storage_size", "log-driver": "log_driver",
-                "log-opts": "log_opts", "log-opt": "log_opts", "dns": "dns"}
+                "log-opts": "log_opts", "log-opt": "log_opts", "dns": "dns",
+                "registry-mirrors": "registry_mirrors",
+                "insecure-registries": "insecure_registries",
+                "hub-endpoint": "hub_endpoint"}
 
 
 def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
@@ -114,6 +122,23 @@ def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
                 ipaddress.ip_address(ip)
             except ValueError:
                 problems.append(f"dns: {ip!r} is not an IP address")
+    if {"registry_mirrors", "insecure_registries", "hub_endpoint"} & values.keys():
+        from .images.registry import check_insecure, check_mirror
+        for key, check in (("registry_mirrors", check_mirror),
+                           ("insecure_registries", check_insecure)):
+            checked = []
+            for entry in values.get(key, ()):
+                try:
+                    checked.append(check(entry))
+                except InvalidArgument as e:
+                    problems.append(e.message)
+            values[key] = tuple(checked)
+        if "hub_endpoint" in values:
+            try:
+                values["hub_endpoint"] = check_mirror(values["hub_endpoint"])
+            except InvalidArgument:
+                problems.append(f"hub-endpoint: {values['hub_endpoint']!r} is not "
+                                f"http(s)://host[:port]")
     if values.get("max_frame", 0) > protocol.MAX_FRAME:
         problems.append(f"max-frame: at most {protocol.MAX_FRAME}, got {values['max_frame']}")
     if problems:
@@ -139,7 +164,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
                              "max-frame": int, "frame-timeout": float,
                              "max-connections": int, "max-inflight": int,
                              "stdin-buffer": int, "log-driver": str,
-                             "default-storage-size": (str, int)}
+                             "default-storage-size": (str, int), "hub-endpoint": str}
     for key, kind in types.items():
         value = p.get(key, kind, None)
         if value is not None:
@@ -151,6 +176,10 @@ def _read_config_file(path: str) -> dict[str, Any]:
     dns = p.get("dns", list, None, items=str)          # dockerd's daemon.json key
     if dns is not None:
         values["dns"] = tuple(dns)
+    for key in ("registry-mirrors", "insecure-registries"):      # dockerd's keys
+        value = p.get(key, list, None, items=str)
+        if value is not None:
+            values[_CONFIG_KEYS[key]] = tuple(value)
     for key in ("default-ulimit", "default-ulimits"):
         value = p.get(key, list, None, items=str)
         if value is not None:

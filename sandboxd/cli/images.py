@@ -109,11 +109,16 @@ def rmi(force: bool, images: tuple[str, ...]) -> int:
 
 @sbx.command(context_settings=CONTEXT)
 @option("-q", "--quiet", is_flag=True, help="Suppress verbose output")
+@option("--platform", metavar="OS/ARCH[/VARIANT]",
+        help="Set platform if server is multi-platform capable [default: this machine's]")
 @argument("name", metavar="NAME[:TAG|@DIGEST]")
-def pull(quiet: bool, name: str) -> int:
-    """Download an image from a registry."""
+def pull(quiet: bool, platform: str | None, name: str) -> int:
+    """Download an image from a registry (Docker Hub for a name without one)."""
+    params = {"name": name, **({"platform": platform} if platform else {})}
+    if not quiet and "@" not in name and ":" not in name.rpartition("/")[2]:
+        click.echo("Using default tag: latest")
     with open_client() as client:
-        result = follow(client.stream("image.pull", {"name": name}),
+        result = follow(client.stream("image.pull", params),
                          None if quiet else Progress(sys.stdout))
     click.echo(result["name"])
     return 0
@@ -260,12 +265,12 @@ def history(fmt: str | None, human: bool, no_trunc: bool, quiet: bool, image: st
 @option("-u", "--username", metavar="USER", help="Username")
 @option("-p", "--password", metavar="PASSWORD", help="Password")
 @option("--password-stdin", is_flag=True, help="Take the password from stdin")
-@argument("registry", metavar="REGISTRY")
+@argument("registry", metavar="[SERVER]", default="")
 def login(username: str | None, password: str | None, password_stdin: bool,
           registry: str) -> int:
     """Log in to a registry (the daemon keeps the credentials for its pulls and pushes).
 
-    There is no default registry: name one, e.g. localhost:5000."""
+    Without a SERVER, Docker Hub (docker.io)."""
     if password_stdin:
         if password is not None:
             raise CliError("--password and --password-stdin are mutually exclusive",
@@ -297,13 +302,14 @@ def login(username: str | None, password: str | None, password_stdin: bool,
 
 
 @sbx.command(context_settings=CONTEXT)
-@argument("registry", metavar="REGISTRY")
+@argument("registry", metavar="[SERVER]", default="")
 def logout(registry: str) -> int:
-    """Log out from a registry."""
+    """Log out from a registry (without a SERVER, Docker Hub)."""
     with open_client() as client:
         removed = client.call("system.logout", {"registry": registry})["removed"]
-    click.echo(f"Removing login credentials for {registry}" if removed
-               else f"Not logged in to {registry}")
+    shown = registry or "docker.io"
+    click.echo(f"Removing login credentials for {shown}" if removed
+               else f"Not logged in to {shown}")
     return 0
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from sandboxd.errors import InvalidArgument
 from sandboxd.images import oci
-from sandboxd.reference import Reference, familiar, parse
+from sandboxd.reference import Reference, normalize_ref, parse
 from sandboxd.images.registry import (Credentials, RegistryClient, _parse_challenge,
                                       _registry_errors, is_loopback)
 
@@ -19,8 +19,11 @@ DIGEST = "sha256:" + "ab" * 32
 
 
 @pytest.mark.parametrize("ref, expected", [
-    ("busybox", Reference("", "busybox", "latest", None)),
-    ("team/app:v2", Reference("", "team/app", "v2", None)),
+    ("busybox", Reference("docker.io", "library/busybox", "latest", None)),
+    ("team/app:v2", Reference("docker.io", "team/app", "v2", None)),
+    ("docker.io/library/busybox:1", Reference("docker.io", "library/busybox", "1", None)),
+    ("index.docker.io/team/app", Reference("docker.io", "team/app", "latest", None)),
+    ("busybox@" + DIGEST, Reference("docker.io", "library/busybox", None, DIGEST)),
     ("localhost/app", Reference("localhost", "app", "latest", None)),
     ("localhost:5000/repo/name:tag@" + DIGEST,
      Reference("localhost:5000", "repo/name", "tag", DIGEST)),
@@ -43,11 +46,15 @@ def test_parse_reference_and_name():
             parse(bad)
 
 
-def test_familiar_names():
-    assert familiar("docker.io/library/busybox:1") == "busybox:1"
-    assert familiar("docker.io/team/app") == "team/app:latest"
-    assert familiar("docker.io/library/a/b") == "library/a/b:latest"
-    assert familiar("localhost:5000/x") == "localhost:5000/x:latest"
+def test_names_are_kept_in_dockers_short_form():
+    assert normalize_ref("docker.io/library/busybox:1") == "busybox:1"
+    assert normalize_ref("index.docker.io/library/busybox") == "busybox:latest"
+    assert normalize_ref("docker.io/team/app") == "team/app:latest"
+    assert normalize_ref("docker.io/library/a/b") == "library/a/b:latest"
+    assert normalize_ref("localhost:5000/x") == "localhost:5000/x:latest"
+    assert normalize_ref("busybox@" + DIGEST) == "busybox@" + DIGEST
+    assert parse("busybox").familiar == "busybox"
+    assert parse("docker.io/team/app").familiar == "team/app"
 
 
 def test_credentials_file_is_private_and_docker_shaped(tmp_path):
