@@ -1102,8 +1102,8 @@ class ImageService:
 
 class _Counting:
     """Reports how many bytes have been read from the wrapped stream (each time, or
-    once per ``step`` bytes: a tar is read in 512-byte blocks), and calls ``at_end``
-    (when set) once the stream is exhausted."""
+    once per ``step`` bytes, a tar being read in 512-byte blocks, and at its end), and
+    calls ``at_end`` (when set) once the stream is exhausted."""
 
     def __init__(self, inner: BinaryIO, progress: Callable[[int], None], step: int = 0):
         self._inner = inner
@@ -1119,9 +1119,13 @@ class _Counting:
             if self._total - self._told >= self._step:
                 self._told = self._total
                 self._progress(self._total)
-        elif n != 0 and self.at_end is not None:
-            self.at_end, at_end = None, self.at_end
-            at_end()
+        elif n != 0:
+            if self._told != self._total:            # the end is always reported
+                self._told = self._total
+                self._progress(self._total)
+            if self.at_end is not None:
+                self.at_end, at_end = None, self.at_end
+                at_end()
         return data
 
 
