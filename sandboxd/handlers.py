@@ -303,7 +303,8 @@ class Handlers:
         try:
             image_id = await loop.run_in_executor(
                 None, lambda: self.images.import_rootfs(source, params.name,
-                                                        message=params.message))
+                                                        message=params.message,
+                                                        cmd=params.cmd))
         finally:
             source.close()
         image = self.images.get(image_id)

@@ -397,6 +397,7 @@ class ImportImage(NoParams):
     name: str = param(str)
     path: str | None = param(OPTIONAL_STR, None)
     message: str = param(str, "")
+    cmd: list | None = param((list, type(None)), None, items=str)   # the image's CMD
 
 
 @dataclass(frozen=True, kw_only=True)
