@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -28,18 +29,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def self_signed(base: Path, name: str = "127.0.0.1") -> tuple[Path, Path]:
+    """``(certificate, key)`` of a self-signed certificate for ``name`` made by openssl."""
+    cert, key = base / f"{name}.pem", base / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
+                    "-addext", f"subjectAltName=IP:{name}"], check=True, capture_output=True)
+    return cert, key
+
+
 @contextlib.contextmanager
-def serve_registry(base: Path, auth: str = ""):
+def serve_registry(base: Path, auth: str = "", tls: tuple[Path, Path] | None = None):
     """A docker-registry on 127.0.0.1:<free port> (``auth``: its config's auth
-    section); yields ``127.0.0.1:<port>``."""
+    section; ``tls``: ``(certificate, key)`` to serve HTTPS with); yields
+    ``127.0.0.1:<port>``."""
     port = free_port()
     base.mkdir(parents=True)
     config = base / "config.yml"
+    https = f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else ""
     config.write_text(
         "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {base / 'data'}\n"
         f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n"
-        f"  secret: sbx-test-secret\n{auth}")
+        f"  secret: sbx-test-secret\n{https}{auth}")
     log = open(base / "registry.log", "wb")
     proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
                             stderr=subprocess.STDOUT)
@@ -47,7 +59,10 @@ def serve_registry(base: Path, auth: str = ""):
         deadline = time.monotonic() + 20
         while True:
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn = http.client.HTTPSConnection(
+                    "127.0.0.1", port, timeout=2,
+                    context=ssl._create_unverified_context()) if tls else \
+                    http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 conn.request("GET", "/v2/")
                 status = conn.getresponse().status
                 conn.close()

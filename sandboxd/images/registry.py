@@ -117,6 +117,9 @@ class Registries:
         self.options = options
 
     def is_insecure(self, netloc: str) -> bool:
+        """Listed in ``insecure``, or loopback (Docker treats those as insecure)."""
+        if is_loopback(netloc):
+            return True
         host = urllib.parse.urlsplit("//" + netloc).hostname or ""
         for entry in self.insecure:
             if entry in (netloc, host):
@@ -246,7 +249,7 @@ class RegistryClient:
             self.netloc = registry
             self.scheme = "http" if (is_loopback(registry) if plain_http is None
                                      else plain_http) else "https"
-        self.insecure = insecure or is_loopback(self.netloc)
+        self.insecure = insecure
         self.auth = auth
         self.timeout = timeout
         self.retries = retries

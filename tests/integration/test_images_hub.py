@@ -21,7 +21,7 @@ import pytest
 
 from harness import running
 from registries import (PASSWORD, REGISTRY_BIN, USER, TokenServer, free_port,
-                        serve_registry)
+                        self_signed, serve_registry)
 from sandboxd import testing
 from sandboxd.errors import InvalidArgument, NotFound, Unavailable
 from sandboxd.images import ImageService, oci
@@ -60,6 +60,17 @@ def hub(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
     with serve_registry(tmp_path_factory.mktemp("sbx-mirror") / "open") as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def tls_registry(tmp_path_factory):
+    """An open registry serving HTTPS with a self-signed certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (apt-get install openssl): it makes the "
+                    "registry's self-signed certificate")
+    base = tmp_path_factory.mktemp("sbx-tls")
+    with serve_registry(base / "server", tls=self_signed(base)) as address:
         yield address
 
 
@@ -127,10 +138,11 @@ def image(layers: list[tuple[bytes, str]], arch: str = "amd64", cmd=("/bin/sh",)
 
 
 def push(address: str, repo: str, tag: str, images: list[tuple[dict, bytes, str | None]],
-         auth=(USER, PASSWORD)) -> bytes:
+         auth=(USER, PASSWORD), **client) -> bytes:
     """Push each ``(blobs, manifest, arch)``; with one and no arch, tag its manifest;
-    else tag an index of them by architecture. Returns what the tag names."""
-    with RegistryClient(address, auth) as client:
+    else tag an index of them by architecture (``client``: RegistryClient options).
+    Returns what the tag names."""
+    with RegistryClient(address, auth, **client) as client:
         for blobs, manifest, _ in images:
             for digest, data in blobs.items():
                 if not client.blob_exists(repo, digest):
@@ -296,8 +308,25 @@ def test_mirrors_first_then_the_hub(hub, mirror, roots):
     assert tls_less.pull("sbxmirrored") == json.loads(manifest)["config"]["digest"]
 
 
+def test_tls_with_a_self_signed_certificate(tls_registry, roots):
+    address = tls_registry
+    blobs, manifest = image([(tar_of({"t": b"over tls\n"}), "zstd")])
+    push(address, "library/sbxtls", "latest", [(blobs, manifest, None)], auth=None,
+         endpoint=f"https://{address}", insecure=True)
+    # certificates checked (a registry not listed as insecure): refused, saying what to do
+    with RegistryClient(address, endpoint=f"https://{address}") as client:
+        with pytest.raises(Unavailable, match=r"TLS failed \(CERTIFICATE_VERIFY_FAILED\); "
+                                              r".*insecure-registries"):
+            client.ping()
+    # a loopback mirror given as https:// is insecure, as Docker treats loopback: HTTPS
+    # without the check
+    svc = roots("a", mirrors=(f"https://{address}",))
+    assert svc.pull("sbxtls") == json.loads(manifest)["config"]["digest"]
+
+
 def test_insecure_registries_match_hosts_and_cidrs():
     r = Registries(insecure=("10.0.0.0/8", "myreg.example:5000", "plain.example"))
+    assert r.is_insecure("127.0.0.1:5000") and r.is_insecure("localhost")   # loopback
     assert r.is_insecure("10.1.2.3:5000") and r.is_insecure("myreg.example:5000")
     assert r.is_insecure("plain.example:443") and not r.is_insecure("myreg.example")
     assert not r.is_insecure("192.168.1.1:5000")
@@ -334,4 +363,19 @@ def test_sbx_pull_busybox_through_a_mirror(mirror, tmp_path):
         assert "cannot connect to registry docker.io" in missing.err
         bad = d.sbx("pull", "--platform", "plan9/amd64", "busybox")
         assert bad.returncode == 125 and "only linux images run here" in bad.err
+
+        # --platform on create and run: the index entry for it is pulled, and pulled
+        # again when the one here is for another platform
+        arm = image([(tar_of({"arch": b"arm64\n"}), "gzip")], arch="arm64")
+        push(mirror, "library/sbxplat", "latest",
+             [(*arm, "arm64"), (blobs, manifest, "amd64")], auth=None)
+        d.sbx("create", "--platform", "linux/arm64", "sbxplat", check=True)
+        arch = ("image", "inspect", "--format", "{{.Architecture}}", "sbxplat")
+        assert d.sbx(*arch, check=True).out == "arm64\n"
+        if oci.architecture() == "amd64":
+            ran = d.sbx("run", "--rm", "--platform", "linux/amd64", "sbxplat", "echo", "x86")
+            assert ran.out == "x86\n", ran.err
+            assert "latest: Pulling from library/sbxplat" in ran.err
+            assert d.sbx(*arch, check=True).out == "amd64\n"
+        d.sbx("container", "prune", "-f", check=True)
         d.sbx("rmi", "busybox", check=True)
