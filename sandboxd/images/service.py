@@ -398,17 +398,18 @@ class ImageService:
                 warnings: list[str] = []
                 size = 0
                 for layer, diff_id in zip(layers, diff_ids):
+                    short = _short(layer["digest"])
                     counted = None
                     if progress:
-                        say, short, total = progress, _short(layer["digest"]), layer["size"]
-                        say({"id": short, "status": "Extracting"})
-                        counted = (lambda n, say=say, short=short, total=total: say(
-                            {"id": short, "status": "Extracting", "current": n,
-                             "total": total}))
+                        progress({"id": short, "status": "Extracting"})
+                        # called during this iteration's unpack only: short, layer current
+                        counted = (lambda n: progress({"id": short, "status": "Extracting",
+                                                       "current": n,
+                                                       "total": layer["size"]}))
                     chain, more, n = self._unpack_layer(layer["digest"], diff_id, chain, pin,
                                                         counted)
                     if progress and layer_done:
-                        progress({"id": _short(layer["digest"]), "status": layer_done})
+                        progress({"id": short, "status": layer_done})
                     chains.append(chain)
                     warnings += more
                     size += n
