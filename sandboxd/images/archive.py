@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Protocol, Sequence
 
 from ..errors import InvalidArgument, NotFound
 from ..reference import normalize_ref
+from ..reference import parse as parse_ref
 from ..store import ContentStore
 from . import oci
 from .unpack import detect_compression
@@ -282,8 +283,8 @@ def save(svc: ImageStore, refs: Iterable[str], out: BinaryIO) -> None:
                 desc: dict[str, Any] = {"mediaType": oci.media_type(manifest),
                                         "digest": doc["manifest"],
                                         "size": svc.content.size(doc["manifest"])}
-                if tag:
-                    desc["annotations"] = {oci.ANNOTATION_IMAGE_NAME: tag,
+                if tag:           # the full name, as containerd and Docker write it
+                    desc["annotations"] = {oci.ANNOTATION_IMAGE_NAME: str(parse_ref(tag)),
                                            oci.ANNOTATION_REF_NAME: tag.rpartition(":")[2]}
                 index.append(desc)
                 layers = [layer["digest"] for layer in doc["layers"]]
