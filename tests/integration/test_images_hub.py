@@ -379,3 +379,16 @@ def test_sbx_pull_busybox_through_a_mirror(mirror, tmp_path):
             assert d.sbx(*arch, check=True).out == "amd64\n"
         d.sbx("container", "prune", "-f", check=True)
         d.sbx("rmi", "busybox", check=True)
+
+
+def test_python_client_pulls_a_platform(mirror):
+    """``client.images.pull(name, platform=...)`` reaches the daemon's pull."""
+    arm = image([(tar_of({"arch": b"arm64\n"}), "gzip")], arch="arm64")
+    amd = image([(tar_of({"arch": b"amd64\n"}), "gzip")], arch="amd64")
+    push(mirror, "library/sbxapi", "latest", [(*arm, "arm64"), (*amd, "amd64")], auth=None)
+    with running("--registry-mirror", f"http://{mirror}", "--hub-endpoint", NO_HUB,
+                 busybox=False) as d, d.client() as client:
+        events: list[dict] = []
+        pulled = client.images.pull("sbxapi", progress=events.append, platform="linux/arm64")
+        assert pulled.id == json.loads(arm[1])["config"]["digest"]
+        assert any(e.get("status") == "Pull complete" for e in events)
