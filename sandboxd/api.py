@@ -552,9 +552,13 @@ class ImageCollection:
     def remove(self, name: str, force: bool = False) -> dict[str, Any]:
         return self.client.call("image.remove", {"name": name, "force": force})
 
-    def pull(self, name: str, progress: Progress | None = None) -> Image:
-        """Fetch ``name`` from the registry it names (``localhost:5000/app:1``)."""
-        result = _with_progress(self.client.stream("image.pull", {"name": name}), progress)
+    def pull(self, name: str, progress: Progress | None = None,
+             platform: str | None = None) -> Image:
+        """Fetch ``name`` from the registry it names (``localhost:5000/app:1``), Docker
+        Hub for a short name (``busybox``); from an index, the image for ``platform``
+        (``linux/arm64``; default this machine's)."""
+        params = {"name": name, **({"platform": platform} if platform else {})}
+        result = _with_progress(self.client.stream("image.pull", params), progress)
         return self.get(result["id"])
 
     def push(self, name: str, progress: Progress | None = None) -> dict[str, Any]:
@@ -886,9 +890,11 @@ class AsyncImageCollection:
                 progress(data)
         return await attachment.result()
 
-    async def pull(self, name: str, progress: Progress | None = None) -> AsyncImage:
+    async def pull(self, name: str, progress: Progress | None = None,
+                   platform: str | None = None) -> AsyncImage:
+        params = {"name": name, **({"platform": platform} if platform else {})}
         result = await self._with_progress(
-            await self.client.stream("image.pull", {"name": name}), progress)
+            await self.client.stream("image.pull", params), progress)
         return await self.get(result["id"])
 
     async def push(self, name: str, progress: Progress | None = None) -> dict[str, Any]:

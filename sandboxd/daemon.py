@@ -769,6 +769,7 @@ def build_services(server: Server, config: DaemonConfig) -> None:
 
     from .containers import ContainerService
     from .handlers import Handlers
+    from .images.registry import Registries
     from .images.service import ImageService
     from .network import NetworkService
     from .snapshots import Snapshotter
@@ -777,6 +778,8 @@ def build_services(server: Server, config: DaemonConfig) -> None:
     root = Path(config.root)
     store = Store(root)
     images = ImageService(store, ContentStore(root), Snapshotter(root, store))
+    images.registries = Registries(config.registry_mirrors, config.insecure_registries,
+                                   config.hub_endpoint)
     networks = NetworkService(store, root, prefix=config.network_prefix,
                               ip_masq=config.ip_masq)
     containers = ContainerService(config, store, images, networks)
@@ -860,11 +863,24 @@ def run(config: DaemonConfig) -> int:
 @click.option("--dns", multiple=True, metavar="IP",
               help="Containers' DNS server when they give no --dns (repeatable) "
                    "[default: the host's, loopback ones filtered out]")
+@click.option("--registry-mirror", "registry_mirrors", multiple=True, metavar="URL",
+              help="A mirror of Docker Hub tried before it, http(s)://host[:port] "
+                   "(repeatable)")
+@click.option("--insecure-registry", "insecure_registries", multiple=True,
+              metavar="HOST[:PORT]|CIDR",
+              help="A registry spoken to without certificate checks, and over plain "
+                   "HTTP when it has no TLS (repeatable) [loopback ones always are]")
+@click.option("--hub-endpoint", metavar="URL", envvar="SANDBOXD_HUB_ENDPOINT",
+              help="Where Docker Hub (docker.io) is served [default: "
+                   "https://registry-1.docker.io; env SANDBOXD_HUB_ENDPOINT]; an "
+                   "air-gapped host or a test points it at its own registry")
 def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
          log_level: str | None, config_file: str | None, ip_masq: bool | None,
          cgroup_parent: str | None, network_prefix: str | None, group: str | None,
          default_storage_size: str | None, log_driver: str | None,
-         log_opts: tuple[str, ...], docker_host: str | None, dns: tuple[str, ...]) -> None:
+         log_opts: tuple[str, ...], docker_host: str | None, dns: tuple[str, ...],
+         registry_mirrors: tuple[str, ...], insecure_registries: tuple[str, ...],
+         hub_endpoint: str | None) -> None:
     """Run the sandboxd daemon."""
     try:
         config = load_config(config_file, host=host, root=root,
@@ -873,7 +889,10 @@ def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
                              network_prefix=network_prefix, group=group,
                              default_storage_size=default_storage_size,
                              log_driver=log_driver, log_opts=log_opts, dns=dns,
-                             docker_host=docker_host)
+                             docker_host=docker_host,
+                             registry_mirrors=registry_mirrors,
+                             insecure_registries=insecure_registries,
+                             hub_endpoint=hub_endpoint)
     except InvalidArgument as exc:
         raise click.UsageError(exc.message) from None
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),

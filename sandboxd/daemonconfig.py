@@ -39,6 +39,11 @@ class DaemonConfig:
     # Containers' nameservers when they give no --dns (dockerd's --dns; empty: the
     # host's, filtered as sandboxd/resolvconf.py says).
     dns: tuple[str, ...] = ()
+    # Docker Hub (docker.io) through these first (http(s)://host[:port]), then hub_endpoint;
+    # registries without checked TLS (host[:port] or CIDR); where docker.io is served.
+    registry_mirrors: tuple[str, ...] = ()
+    insecure_registries: tuple[str, ...] = ()
+    hub_endpoint: str = "https://registry-1.docker.io"
     # The Docker Engine API's socket (sandboxd/dockerapi/); None: docker.sock beside
     # ``host`` (/run/sandboxd/docker.sock by default); "": not served.
     docker_host: str | None = None
@@ -59,7 +64,10 @@ _CONFIG_KEYS = {"host": "host", "root": "root", "default-ulimit": "default_ulimi
                 "group": "group",
                 "default-storage-size": "default_storage_size", "log-driver": "log_driver",
                 "log-opts": "log_opts", "log-opt": "log_opts", "dns": "dns",
-                "docker-host": "docker_host"}
+                "docker-host": "docker_host",
+                "registry-mirrors": "registry_mirrors",
+                "insecure-registries": "insecure_registries",
+                "hub-endpoint": "hub_endpoint"}
 
 
 def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
@@ -127,6 +135,23 @@ def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
                 ipaddress.ip_address(ip)
             except ValueError:
                 problems.append(f"dns: {ip!r} is not an IP address")
+    if {"registry_mirrors", "insecure_registries", "hub_endpoint"} & values.keys():
+        from .images.registry import check_insecure, check_mirror
+        for key, check in (("registry_mirrors", check_mirror),
+                           ("insecure_registries", check_insecure)):
+            checked = []
+            for entry in values.get(key, ()):
+                try:
+                    checked.append(check(entry))
+                except InvalidArgument as e:
+                    problems.append(e.message)
+            values[key] = tuple(checked)
+        if "hub_endpoint" in values:
+            try:
+                values["hub_endpoint"] = check_mirror(values["hub_endpoint"])
+            except InvalidArgument:
+                problems.append(f"hub-endpoint: {values['hub_endpoint']!r} is not "
+                                f"http(s)://host[:port]")
     if values.get("max_frame", 0) > protocol.MAX_FRAME:
         problems.append(f"max-frame: at most {protocol.MAX_FRAME}, got {values['max_frame']}")
     if problems:
@@ -152,7 +177,8 @@ def _read_config_file(path: str) -> dict[str, Any]:
                              "max-frame": int, "frame-timeout": float,
                              "max-connections": int, "max-inflight": int,
                              "stdin-buffer": int, "log-driver": str,
-                             "default-storage-size": (str, int), "docker-host": str}
+                             "default-storage-size": (str, int), "hub-endpoint": str,
+                             "docker-host": str}
     for key, kind in types.items():
         value = p.get(key, kind, None)
         if value is not None:
@@ -164,6 +190,10 @@ def _read_config_file(path: str) -> dict[str, Any]:
     dns = p.get("dns", list, None, items=str)          # dockerd's daemon.json key
     if dns is not None:
         values["dns"] = tuple(dns)
+    for key in ("registry-mirrors", "insecure-registries"):      # dockerd's keys
+        value = p.get(key, list, None, items=str)
+        if value is not None:
+            values[_CONFIG_KEYS[key]] = tuple(value)
     for key in ("default-ulimit", "default-ulimits"):
         value = p.get(key, list, None, items=str)
         if value is not None:

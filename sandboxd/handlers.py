@@ -67,13 +67,17 @@ class Handlers:
             ctx.session.track("container", record.id)
 
     async def _create(self, ctx: RequestContext, config: ContainerConfig,
-                      name: str | None, events: bool = False, check_spec: bool = True
-                      ) -> tuple[ContainerRecord, list[str]]:
-        """Docker's run/create: an image that is not here is pulled first, when its
-        name says which registry has it (there is no default registry); tried after a
-        create that found something missing, so the image is looked up once when it is
-        here. ``events``: send the pull's progress on this request's stream."""
+                      name: str | None, events: bool = False, check_spec: bool = True,
+                      platform: str | None = None) -> tuple[ContainerRecord, list[str]]:
+        """Docker's run/create: an image that is not here (or, with ``platform``, is
+        here for another platform) is pulled first, from Docker Hub when its name has
+        no registry; tried after a create that found something missing, so the image is
+        looked up once when it is here. ``events``: send the pull's progress on this
+        request's stream."""
         session = ctx.session.id if ctx.session else ""
+        if platform is not None and not self.images.has_platform(config.image, platform):
+            await _in_thread(ctx if events else None, self.images.pull, config.image,
+                             platform)
         try:
             return self.containers.create(config, name, session, check_spec=check_spec)
         except NotFound:
@@ -82,27 +86,27 @@ class Handlers:
         return self.containers.create(config, name, session, check_spec=check_spec)
 
     async def _pull_missing(self, ctx: RequestContext | None, image: str) -> bool:
-        """Pull ``image`` when it is missing and its name has a registry; True if it
-        was pulled."""
+        """Pull ``image`` when it is missing and is a name (not an id); True if it was
+        pulled."""
         try:
             self.images.get(image)
             return False
         except NotFound:
             pass
         try:
-            remote = parse_ref(image).domain
+            parse_ref(image)
         except InvalidArgument:
             return False              # create reports the bad name
-        if remote:
-            await _in_thread(ctx, self.images.pull, image)
-        return bool(remote)
+        await _in_thread(ctx, self.images.pull, image)
+        return True
 
     # -- lifecycle
     async def container_config(self, ctx: RequestContext, params: ops.Options) -> Any:
         return {"config": params.options.to_dict()}
 
     async def container_create(self, ctx: RequestContext, params: ops.Create) -> Any:
-        record, warnings = await self._create(ctx, params.config, params.name)
+        record, warnings = await self._create(ctx, params.config, params.name,
+                                              platform=params.platform)
         self._track(ctx, record)
         return {"id": record.id, "warnings": warnings}
 
@@ -117,7 +121,7 @@ class Handlers:
                 config, host=dataclasses.replace(config.host, auto_remove=params.remove))
         # The start builds the spec next: no separate check of it at create.
         record, warnings = await self._create(ctx, config, params.name, events=True,
-                                              check_spec=False)
+                                              check_spec=False, platform=params.platform)
         self._track(ctx, record)
         await ctx.send_event("created", {"id": record.id, "name": record.name,
                                          "warnings": warnings})
@@ -299,7 +303,8 @@ class Handlers:
         try:
             image_id = await loop.run_in_executor(
                 None, lambda: self.images.import_rootfs(source, params.name,
-                                                        message=params.message))
+                                                        message=params.message,
+                                                        cmd=params.cmd))
         finally:
             source.close()
         image = self.images.get(image_id)
@@ -365,8 +370,8 @@ class Handlers:
     async def image_history(self, ctx: RequestContext, params: ops.ByName) -> Any:
         return {"history": self.images.history(params.name)}
 
-    async def image_pull(self, ctx: RequestContext, params: ops.ByName) -> Any:
-        image_id = await _in_thread(ctx, self.images.pull, params.name)
+    async def image_pull(self, ctx: RequestContext, params: ops.Pull) -> Any:
+        image_id = await _in_thread(ctx, self.images.pull, params.name, params.platform)
         return {"id": image_id, "name": str(parse_ref(params.name))}
 
     async def image_push(self, ctx: RequestContext, params: ops.ByName) -> Any:

@@ -200,6 +200,13 @@ def _image_refs(value: list, where: str, problems: list) -> list:
     return value
 
 
+def _platform(value: str | None, where: str, problems: list) -> str | None:
+    if value is not None:
+        from .images.oci import parse_platform     # light, but only servers need it
+        _collect(parse_platform, value, problems)
+    return value
+
+
 def _tag_target(value: str, where: str, problems: list) -> str:
     if "@" in value:
         problems.append(f"tag {value!r}: refusing to create a tag with a digest reference")
@@ -249,6 +256,8 @@ class Create(NoParams):
     RETIRED = {"options": _NEW_SHAPE}
     name: str | None = param(OPTIONAL_STR, None)
     config: ContainerConfig = param(dict, convert=_container_config)
+    # os[/arch[/variant]] of the image pulled when it is missing (or another one's)
+    platform: str | None = param(OPTIONAL_STR, None, convert=_platform)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -388,6 +397,7 @@ class ImportImage(NoParams):
     name: str = param(str)
     path: str | None = param(OPTIONAL_STR, None)
     message: str = param(str, "")
+    cmd: list | None = param((list, type(None)), None, items=str)   # the image's CMD
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -420,6 +430,11 @@ class Build(NoParams):
 @dataclass(frozen=True, kw_only=True)
 class ByName(NoParams):
     name: str = param(str)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pull(ByName):
+    platform: str | None = param(OPTIONAL_STR, None, convert=_platform)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -594,7 +609,7 @@ TABLE: tuple[Operation, ...] = (
     Operation("image.build", Build, Built, "image_build", S),
     Operation("image.tag", Tag, Named, "image_tag"),
     Operation("image.history", ByName, History, "image_history"),
-    Operation("image.pull", ByName, Pulled, "image_pull", S),
+    Operation("image.pull", Pull, Pulled, "image_pull", S),
     Operation("image.push", ByName, Pushed, "image_push", S),
     Operation("image.load", Load, Images, "image_load", S),
     Operation("image.save", Save, Size, "image_save", S),

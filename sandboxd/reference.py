@@ -1,8 +1,11 @@
 """Image references (``busybox``, ``busybox:1.36``, ``localhost:5000/team/app:v2``,
 ``app@sha256:<hex>``), following the grammar of distribution's reference package.
 
-References are kept as the user wrote them plus an implicit ``:latest``; no
-``docker.io/library/`` is added, because there is no default registry here.
+Names are kept in Docker's short ("familiar") form plus an implicit ``:latest``:
+``docker.io/library/busybox`` and ``busybox`` are one name, stored and shown as
+``busybox:latest``. Towards a registry (:func:`parse`) a name without a registry host is
+Docker Hub's, ``docker.io``, and a one-component path is an official image under
+``library/`` (``busybox`` -> ``docker.io/library/busybox``), as Docker resolves them.
 """
 from __future__ import annotations
 
@@ -18,6 +21,9 @@ _NAME = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 MAX_NAME = 255
+DEFAULT_DOMAIN = "docker.io"                 # Docker Hub: where a short name comes from
+HUB_ENDPOINT = "https://registry-1.docker.io"   # the registry that serves docker.io
+_HUB_ALIASES = ("docker.io/", "index.docker.io/", "registry-1.docker.io/")
 
 
 def split_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -43,24 +49,24 @@ def split_ref(ref: str) -> tuple[str, str | None, str | None]:
     return name, tag, digest or None
 
 
-def familiar(ref: str) -> str:
-    """Docker's short form of a Docker Hub name (``docker.io/library/busybox:1`` ->
-    ``busybox:1``, ``docker.io/team/app`` -> ``team/app``), normalised; other names
-    are only normalised. Archives written by other tools carry the long form."""
-    ref = normalize_ref(ref)
-    for prefix in ("docker.io/", "index.docker.io/"):
-        if ref.startswith(prefix):
-            ref = ref[len(prefix):]
-            rest = ref[len("library/"):]
-            if ref.startswith("library/") and "/" not in rest.partition("@")[0]:
-                ref = rest
+def _short_name(name: str) -> str:
+    """``docker.io/library/busybox`` -> ``busybox``; ``docker.io/team/app`` ->
+    ``team/app``; other names unchanged."""
+    for prefix in _HUB_ALIASES:
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            rest = name[len("library/"):]
+            if name.startswith("library/") and "/" not in rest:
+                name = rest
             break
-    return ref
+    return name
 
 
 def normalize_ref(ref: str) -> str:
-    """``busybox`` -> ``busybox:latest``; tags and digests are kept."""
+    """``busybox`` -> ``busybox:latest``; ``docker.io/library/busybox:1`` ->
+    ``busybox:1`` (the form names are stored and shown in); tags and digests kept."""
     name, tag, digest = split_ref(ref)
+    name = _short_name(name)
     if digest:
         return f"{name}:{tag}@{digest}" if tag else f"{name}@{digest}"
     return f"{name}:{tag or 'latest'}"
@@ -68,9 +74,9 @@ def normalize_ref(ref: str) -> str:
 
 @dataclass(frozen=True)
 class Reference:
-    """A reference split the way a registry needs it: ``domain`` (``host[:port]``, ``""``
-    when the name has none), ``path`` (the repository inside the registry), and a ``tag``
-    and/or ``digest``."""
+    """A reference split the way a registry needs it: ``domain`` (``host[:port]``;
+    ``docker.io`` for Docker Hub), ``path`` (the repository inside the registry), and a
+    ``tag`` and/or ``digest``."""
     domain: str
     path: str
     tag: str | None
@@ -78,7 +84,12 @@ class Reference:
 
     @property
     def name(self) -> str:
-        return f"{self.domain}/{self.path}" if self.domain else self.path
+        return f"{self.domain}/{self.path}"
+
+    @property
+    def familiar(self) -> str:
+        """The name as it is stored and shown (``busybox``, ``team/app``)."""
+        return _short_name(self.name)
 
     @property
     def reference(self) -> str:
@@ -98,13 +109,20 @@ class Reference:
 def parse(ref: str) -> Reference:
     """Docker's split: the first component is a registry when the name has more than one
     and it contains ``.``, ``:`` or an uppercase letter, or is ``localhost``
-    (``localhost:5000/team/app:v2`` -> domain ``localhost:5000``, path ``team/app``).
-    A name without a digest gets the tag ``latest``."""
+    (``localhost:5000/team/app:v2`` -> domain ``localhost:5000``, path ``team/app``);
+    otherwise the name is Docker Hub's (``docker.io``), an official image under
+    ``library/`` when it has one component (``busybox`` -> ``library/busybox``).
+    ``index.docker.io`` is ``docker.io``. A name without a digest gets the tag
+    ``latest``."""
     name, tag, digest = split_ref(ref)
     first, slash, rest = name.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"
                   or first.lower() != first):
         domain, path = first, rest
     else:
-        domain, path = "", name
+        domain, path = DEFAULT_DOMAIN, name
+    if domain in ("index.docker.io", "registry-1.docker.io"):
+        domain = DEFAULT_DOMAIN
+    if domain == DEFAULT_DOMAIN and "/" not in path:
+        path = f"library/{path}"
     return Reference(domain, path, tag or (None if digest else "latest"), digest)

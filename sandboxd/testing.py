@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
-BUSYBOX = "/bin/busybox"
+from .rootfs import BUSYBOX, write_busybox_tree
 
 
 def cache_dir() -> Path:
@@ -23,7 +22,9 @@ def cache_dir() -> Path:
 
 
 def busybox_rootfs(dest: Path | None = None) -> Path:
-    """A busybox root filesystem: bin/<applet> -> busybox, etc/passwd, etc/group."""
+    """A busybox root filesystem: bin/<applet> -> busybox, etc/passwd, etc/group
+    (:func:`sandboxd.rootfs.write_busybox_tree`, what ``sbx image bootstrap busybox``
+    imports)."""
     if not os.path.exists(BUSYBOX):
         raise FileNotFoundError(f"{BUSYBOX} is missing: apt-get install busybox-static")
     dest = Path(dest) if dest else cache_dir() / "busybox-rootfs"
@@ -31,20 +32,7 @@ def busybox_rootfs(dest: Path | None = None) -> Path:
         return dest
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    for sub in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "proc", "sys",
-                "dev", "var/www", "home"):
-        (tmp / sub).mkdir(parents=True, exist_ok=True)
-    os.chmod(tmp / "tmp", 0o1777)
-    shutil.copy2(BUSYBOX, tmp / "bin" / "busybox")
-    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
-                             check=True).stdout.split()
-    for applet in applets:
-        link = tmp / "bin" / applet
-        if applet != "busybox" and not link.exists():
-            link.symlink_to("busybox")     # relative: absolute links would point at the host
-    (tmp / "etc" / "passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
-    (tmp / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    write_busybox_tree(tmp, BUSYBOX)
     (tmp / ".complete").write_text("")
     shutil.rmtree(dest, ignore_errors=True)
     os.rename(tmp, dest)

@@ -20,6 +20,11 @@ os.environ.setdefault("SANDBOXD_IP_MASQ", "0")
 SESSION_PREFIX = os.environ.setdefault("SANDBOXD_NETWORK_PREFIX",
                                        "sbxt" + secrets.token_hex(2))
 os.environ.setdefault("SANDBOXD_CGROUP_PARENT", f"sandboxd-test-{os.getpid()}")
+# ... and never contacts Docker Hub: an image it lacks is "pulled" from a loopback port
+# where nothing listens (connection refused at once); tests that pull from "Docker Hub"
+# point this at a registry of their own.
+NO_HUB = "http://127.0.0.1:9"
+os.environ.setdefault("SANDBOXD_HUB_ENDPOINT", NO_HUB)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,17 +3,24 @@ storage under a test's temp dir, and TCP proxies in front of one that pass traff
 cut it or hold it back (for pulls interrupted or stuck at a known point)."""
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
+import http.server
+import json
+import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 REGISTRY_BIN = shutil.which("docker-registry")
 NO_REGISTRY = "docker-registry is not installed (apt-get install docker-registry)"
+USER, PASSWORD = "sbx-user", "s3cret-pass"          # the logins the test servers accept
 
 
 def free_port() -> int:
@@ -22,18 +29,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def self_signed(base: Path, name: str = "127.0.0.1") -> tuple[Path, Path]:
+    """``(certificate, key)`` of a self-signed certificate for ``name`` made by openssl."""
+    cert, key = base / f"{name}.pem", base / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
+                    "-addext", f"subjectAltName=IP:{name}"], check=True, capture_output=True)
+    return cert, key
+
+
 @contextlib.contextmanager
-def serve_registry(base: Path, auth: str = ""):
+def serve_registry(base: Path, auth: str = "", tls: tuple[Path, Path] | None = None):
     """A docker-registry on 127.0.0.1:<free port> (``auth``: its config's auth
-    section); yields ``127.0.0.1:<port>``."""
+    section; ``tls``: ``(certificate, key)`` to serve HTTPS with); yields
+    ``127.0.0.1:<port>``."""
     port = free_port()
     base.mkdir(parents=True)
     config = base / "config.yml"
+    https = f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else ""
     config.write_text(
         "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {base / 'data'}\n"
         f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n"
-        f"  secret: sbx-test-secret\n{auth}")
+        f"  secret: sbx-test-secret\n{https}{auth}")
     log = open(base / "registry.log", "wb")
     proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
                             stderr=subprocess.STDOUT)
@@ -41,7 +59,10 @@ def serve_registry(base: Path, auth: str = ""):
         deadline = time.monotonic() + 20
         while True:
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn = http.client.HTTPSConnection(
+                    "127.0.0.1", port, timeout=2,
+                    context=ssl._create_unverified_context()) if tls else \
+                    http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 conn.request("GET", "/v2/")
                 status = conn.getresponse().status
                 conn.close()
@@ -155,3 +176,87 @@ class StallingProxy(Proxy):
     def close(self) -> None:
         self.let_go()
         super().close()
+
+
+class TokenServer:
+    """A token server for a registry with ``auth: token`` (distribution's JWT scheme):
+    ``GET /token?service=&scope=`` with Basic credentials answers ``{"token"}``, an RS256
+    JWT signed by ``openssl`` with a self-signed certificate the registry trusts
+    (``x5c`` header). With ``public`` (a repository prefix such as ``library/``), a
+    request without credentials gets a token that may pull those repositories and
+    nothing else, as Docker Hub's does. Records the scopes it was asked for, and which
+    of them came without credentials (:attr:`anonymous`)."""
+
+    def __init__(self, base: Path, issuer: str = "sbx-test-issuer",
+                 service: str = "sbx-test-registry", public: str | None = None):
+        self.base, self.issuer, self.service, self.public = base, issuer, service, public
+        self.anonymous: list[str] = []
+        self.key, self.cert = base / "token.key", base / "token.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                        "-keyout", str(self.key), "-out", str(self.cert), "-days", "1",
+                        "-subj", "/CN=sbx-test-token"], check=True, capture_output=True)
+        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        self.x5c = base64.b64encode(der).decode()
+        self.scopes: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+                given = self.headers.get("Authorization")
+                if given is None and server.public is not None:
+                    scope = query.get("scope", [""])[0]
+                    server.anonymous.append(scope)
+                    body = json.dumps({"token": server.token(scope, anonymous=True)}).encode()
+                    self.send_response(200)
+                elif given != expected:
+                    body = b'{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}'
+                    self.send_response(401)
+                else:
+                    scope = query.get("scope", [""])[0]
+                    server.scopes.append(scope)
+                    body = json.dumps({"token": server.token(scope)}).encode()
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def token(self, scope: str, anonymous: bool = False) -> str:
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+        access = []
+        if scope:
+            kind, name, actions = scope.split(":")
+            allowed = actions.split(",")
+            if anonymous:
+                allowed = ["pull"] if name.startswith(self.public or "\0") and \
+                    "pull" in allowed else []
+            access = [{"type": kind, "name": name, "actions": allowed}]
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
+        claims = {"iss": self.issuer, "sub": USER, "aud": self.service, "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": os.urandom(8).hex(),
+                  "access": access}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+                                   input=signing_input.encode(), check=True,
+                                   capture_output=True).stdout
+        return f"{signing_input}.{b64(signature)}"
+
+    def registry_auth(self) -> str:
+        return (f"auth:\n  token:\n    realm: {self.realm}\n    service: {self.service}\n"
+                f"    issuer: {self.issuer}\n    rootcertbundle: {self.cert}\n")
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -34,19 +34,27 @@ def commit(message: str, container: str, reference: str | None) -> int:
 @argument("reference", metavar="REPOSITORY[:TAG]")
 def import_(message: str, file: str, reference: str) -> int:
     """Import the contents from a tarball to create a filesystem image."""
+    source = sys.stdin.buffer if file == "-" else open(file, "rb")
+    try:
+        return _import(source, reference, message=message)
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+
+
+def _import(source: Any, reference: str, message: str = "",
+            cmd: list[str] | None = None) -> int:
+    """Send the tar stream ``source`` to ``image.import``; print the image id."""
     from ..api import CHUNK
     with open_client() as client:
         params: dict[str, Any] = {"name": reference}
         if message:
             params["message"] = message
+        if cmd is not None:
+            params["cmd"] = cmd
         attachment = client.stream("image.import", params)
-        source = sys.stdin.buffer if file == "-" else open(file, "rb")
-        try:
-            while chunk := source.read(CHUNK):
-                attachment.send(chunk)
-        finally:
-            if source is not sys.stdin.buffer:
-                source.close()
+        while chunk := source.read(CHUNK):
+            attachment.send(chunk)
         attachment.close_stdin()
         _, _, result = attachment.collect()
     # entries the unpacker refused (``..``, links out, devices): said, not silently lost
@@ -109,11 +117,16 @@ def rmi(force: bool, images: tuple[str, ...]) -> int:
 
 @sbx.command(context_settings=CONTEXT)
 @option("-q", "--quiet", is_flag=True, help="Suppress verbose output")
+@option("--platform", metavar="OS/ARCH[/VARIANT]",
+        help="Set platform if server is multi-platform capable [default: this machine's]")
 @argument("name", metavar="NAME[:TAG|@DIGEST]")
-def pull(quiet: bool, name: str) -> int:
-    """Download an image from a registry."""
+def pull(quiet: bool, platform: str | None, name: str) -> int:
+    """Download an image from a registry (Docker Hub for a name without one)."""
+    params = {"name": name, **({"platform": platform} if platform else {})}
+    if not quiet and "@" not in name and ":" not in name.rpartition("/")[2]:
+        click.echo("Using default tag: latest")
     with open_client() as client:
-        result = follow(client.stream("image.pull", {"name": name}),
+        result = follow(client.stream("image.pull", params),
                          None if quiet else Progress(sys.stdout))
     click.echo(result["name"])
     return 0
@@ -260,12 +273,12 @@ def history(fmt: str | None, human: bool, no_trunc: bool, quiet: bool, image: st
 @option("-u", "--username", metavar="USER", help="Username")
 @option("-p", "--password", metavar="PASSWORD", help="Password")
 @option("--password-stdin", is_flag=True, help="Take the password from stdin")
-@argument("registry", metavar="REGISTRY")
+@argument("registry", metavar="[SERVER]", default="")
 def login(username: str | None, password: str | None, password_stdin: bool,
           registry: str) -> int:
     """Log in to a registry (the daemon keeps the credentials for its pulls and pushes).
 
-    There is no default registry: name one, e.g. localhost:5000."""
+    Without a SERVER, Docker Hub (docker.io)."""
     if password_stdin:
         if password is not None:
             raise CliError("--password and --password-stdin are mutually exclusive",
@@ -297,13 +310,14 @@ def login(username: str | None, password: str | None, password_stdin: bool,
 
 
 @sbx.command(context_settings=CONTEXT)
-@argument("registry", metavar="REGISTRY")
+@argument("registry", metavar="[SERVER]", default="")
 def logout(registry: str) -> int:
-    """Log out from a registry."""
+    """Log out from a registry (without a SERVER, Docker Hub)."""
     with open_client() as client:
         removed = client.call("system.logout", {"registry": registry})["removed"]
-    click.echo(f"Removing login credentials for {registry}" if removed
-               else f"Not logged in to {registry}")
+    shown = registry or "docker.io"
+    click.echo(f"Removing login credentials for {shown}" if removed
+               else f"Not logged in to {shown}")
     return 0
 
 
@@ -415,6 +429,60 @@ def pruned_images(result: dict[str, Any]) -> list[str]:
     """``image.prune``'s result as Docker's report lists it."""
     return ([f"untagged: {t}" for t in result.get("untagged") or ()] +
             [f"deleted: {d}" for d in result.get("deleted") or ()])
+
+
+@image.command("bootstrap", context_settings=CONTEXT)
+@option("-t", "--tag", metavar="NAME[:TAG]",
+        help="Name of the image [default: debian:SUITE, busybox:latest]")
+@option("--variant", default="minbase", show_default=True,
+        help="debian: mmdebstrap's package set (extract, custom, essential, apt, "
+             "required, minbase, buildd, important, standard)")
+@option("--include", "include", multiple=True, metavar="PKG[,PKG...]",
+        help="debian: more packages to install (repeatable)")
+@option("--source", "sources", multiple=True, metavar="LINE|URL",
+        help="debian: an apt source ('deb URL SUITE COMPONENTS' or a mirror URL) "
+             "instead of this machine's (repeatable)")
+@option("-q", "--quiet", is_flag=True, help="Suppress mmdebstrap's progress")
+@argument("what", metavar="debian[:SUITE]|busybox")
+def image_bootstrap(tag: str | None, variant: str, include: tuple[str, ...],
+                    sources: tuple[str, ...], quiet: bool, what: str) -> int:
+    """Make a first image without a registry: Debian with mmdebstrap from this
+    machine's apt sources (SUITE: this machine's, else stable), or busybox from the
+    busybox-static package."""
+    import subprocess
+    import tempfile
+
+    from ..rootfs import BootstrapError, host_codename, mmdebstrap_command, \
+        write_busybox_tar
+    distro, _, suite = what.partition(":")
+    try:
+        # Spooled first: a half-made root filesystem is never imported.
+        with tempfile.TemporaryFile(prefix="sbx-bootstrap-") as spool:
+            if distro == "busybox":
+                if suite not in ("", "latest"):
+                    raise BootstrapError("busybox: the version is this machine's "
+                                         "busybox-static; give no :TAG (or -t for the name)")
+                write_busybox_tar(spool)
+                reference, cmd, message = tag or "busybox:latest", ["sh"], \
+                    "sbx image bootstrap busybox (busybox-static)"
+            elif distro == "debian":
+                suite = suite or host_codename() or "stable"
+                command = mmdebstrap_command(suite, variant, include,
+                                             list(sources) or None, quiet)
+                done = subprocess.run(command, stdout=spool,
+                                      stderr=subprocess.DEVNULL if quiet else None)
+                if done.returncode != 0:
+                    raise BootstrapError(f"mmdebstrap exited with status {done.returncode}"
+                                         f"{'' if quiet else ' (its messages are above)'}; "
+                                         f"nothing was imported")
+                reference, cmd = tag or f"debian:{suite}", ["bash"]
+                message = f"sbx image bootstrap debian:{suite} (mmdebstrap --variant={variant})"
+            else:
+                raise BootstrapError(f"{what!r}: bootstrap makes debian[:SUITE] or busybox")
+            spool.seek(0)
+            return _import(spool, reference, message=message, cmd=cmd)
+    except BootstrapError as e:
+        raise CliError(str(e), 1) from None
 
 
 @image.command("inspect", context_settings=CONTEXT)

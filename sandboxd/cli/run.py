@@ -122,6 +122,9 @@ FLAGS: tuple[Flag, ...] = (
          help="Log driver options: max-size=SIZE, max-file=N [default: 20m, 5]"),
     Flag("--rm", kind="flag", dest="auto_remove",
          help="Automatically remove the container when it exits"),
+    Flag("--platform", metavar="OS/ARCH[/VARIANT]",
+         help="Set platform if server is multi-platform capable (the image pulled when "
+              "it is missing or for another platform) [default: this machine's]"),
 )
 
 RUN_ONLY: tuple[Flag, ...] = (
@@ -274,8 +277,9 @@ def run(host: str | None, image: str, command: Sequence[str], opts: dict[str, An
             "config": container_config(conn, options),
             "stdin": bool(opts["interactive"]) and not detach,
             "remove": opts["auto_remove"], "detach": detach}
-        if opts["name"] is not None:
-            params["name"] = opts["name"]
+        for key in ("name", "platform"):
+            if opts[key] is not None:
+                params[key] = opts[key]
         attachment = conn.stream("container.run", params)
         if detach:
             result = follow(attachment, Progress(
@@ -297,7 +301,8 @@ def create(host: str | None, image: str, command: Sequence[str], opts: dict[str,
     options = daemon_options(opts, image, command)
     with connection(host) as conn, RefusedOptions():
         params: dict[str, Any] = {"config": container_config(conn, options)}
-        if opts["name"] is not None:
-            params["name"] = opts["name"]
+        for key in ("name", "platform"):
+            if opts[key] is not None:
+                params[key] = opts[key]
         print(conn.call("container.create", params)["id"])
     return 0

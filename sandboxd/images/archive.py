@@ -35,7 +35,8 @@ from contextlib import AbstractContextManager
 from typing import Any, BinaryIO, Callable, Iterable, Protocol, Sequence
 
 from ..errors import InvalidArgument, NotFound
-from ..reference import familiar, normalize_ref
+from ..reference import normalize_ref
+from ..reference import parse as parse_ref
 from ..store import ContentStore
 from . import oci
 from .unpack import detect_compression
@@ -179,7 +180,7 @@ def _load_layout(svc: ImageStore, archive: _Archive,
             layers.append({"digest": layer["digest"], "size": layer["size"],
                            "media_type": layer.get("mediaType", oci.MEDIA_LAYER)})
         tags = [t for t in (_layout_name(desc), *docker_tags.get(config, [])) if t]
-        tags = list(dict.fromkeys(familiar(t) for t in tags))
+        tags = list(dict.fromkeys(normalize_ref(t) for t in tags))
         image_id = svc.add_image(config, manifest_digest, layers, tags=tags,
                                   progress=progress)
         images.setdefault(image_id, [])
@@ -215,7 +216,7 @@ def _layout_name(desc: dict[str, Any]) -> str | None:
         # A bare tag ("latest", "v1") names no repository: not usable as a name here.
         if name and ("/" in name or ":" in name):
             try:
-                return familiar(name)
+                return normalize_ref(name)
             except InvalidArgument:
                 continue
     return None
@@ -250,7 +251,7 @@ def _load_docker(svc: ImageStore, archive: _Archive,
         manifest = oci.manifest(config, config_size,
                                 [(l["media_type"], l["digest"], l["size"]) for l in layers])
         manifest_digest, _ = svc.content.ingest(oci.canonical(manifest))
-        tags = list(dict.fromkeys(familiar(t) for t in entry.get("RepoTags") or []))
+        tags = list(dict.fromkeys(normalize_ref(t) for t in entry.get("RepoTags") or []))
         image_id = svc.add_image(config, manifest_digest, layers, tags=tags,
                                   progress=progress)
         out.append({"id": image_id, "tags": tags})
@@ -282,8 +283,8 @@ def save(svc: ImageStore, refs: Iterable[str], out: BinaryIO) -> None:
                 desc: dict[str, Any] = {"mediaType": oci.media_type(manifest),
                                         "digest": doc["manifest"],
                                         "size": svc.content.size(doc["manifest"])}
-                if tag:
-                    desc["annotations"] = {oci.ANNOTATION_IMAGE_NAME: tag,
+                if tag:           # the full name, as containerd and Docker write it
+                    desc["annotations"] = {oci.ANNOTATION_IMAGE_NAME: str(parse_ref(tag)),
                                            oci.ANNOTATION_REF_NAME: tag.rpartition(":")[2]}
                 index.append(desc)
                 layers = [layer["digest"] for layer in doc["layers"]]

@@ -217,10 +217,7 @@ class Builder:
         try:
             image = self.images.get(ref)
         except NotFound:
-            if not parse_ref(ref).domain:
-                raise NotFound(f"FROM {ref}: no such image here, and its name names no "
-                               f"registry to pull it from (sbx pull/load/import it first, "
-                               f"or write registry:port/{ref})") from None
+            parse_ref(ref)                    # a bad name: said as such, no pull
             await self.say(f"Pulling {ref}\n")
             image_id = await self._thread(self.images.pull, ref)
             image = self.images.get(image_id)

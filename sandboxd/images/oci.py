@@ -27,6 +27,10 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+# Layers whose content is not in the registry but at URLs of their own (Windows base
+# images): Docker's foreign layers, OCI's non-distributable ones.
+DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+NONDISTRIBUTABLE = "application/vnd.oci.image.layer.nondistributable.v1.tar"
 MANIFESTS = frozenset((MEDIA_MANIFEST, DOCKER_MANIFEST))
 INDEXES = frozenset((MEDIA_INDEX, DOCKER_MANIFEST_LIST))
 # Annotations naming an image in an OCI layout's index.json.
@@ -72,18 +76,55 @@ def media_type(doc: dict[str, Any]) -> str:
     return MEDIA_INDEX if "manifests" in doc else MEDIA_MANIFEST
 
 
+def parse_platform(text: str) -> tuple[str, str, str]:
+    """``os[/arch[/variant]]`` or ``arch`` (Docker's ``--platform``) -> ``(os, arch,
+    variant)``, with the architecture in OCI terms (``x86_64`` -> ``amd64``); ``""``
+    parts are left to this machine's (``linux``, :func:`architecture`)."""
+    parts = text.strip().lower().split("/") if isinstance(text, str) else []
+    if not parts or not all(re.fullmatch(r"[a-z0-9_.-]+", p) for p in parts) \
+            or len(parts) > 3:
+        raise InvalidArgument(f"platform {text!r}: expected os[/arch[/variant]], e.g. "
+                              f"linux/amd64 or linux/arm64/v8")
+    if len(parts) == 1 and parts[0] != "linux":
+        parts = ["linux", parts[0]]                  # "arm64": Docker reads an arch
+    os_name, arch, variant = (parts + ["", ""])[:3]
+    if os_name != "linux":
+        raise InvalidArgument(f"platform {text!r}: only linux images run here "
+                              f"(operating system {os_name!r})")
+    arch = _ARCH.get(arch, arch) if arch else architecture()
+    return os_name, arch, variant
+
+
+def platform_name(os_name: str, arch: str, variant: str = "") -> str:
+    return "/".join(p for p in (os_name, arch, variant) if p)
+
+
 def pick_platform(index: dict[str, Any], arch: str | None = None,
-                  os_name: str = "linux") -> dict[str, Any] | None:
-    """The descriptor of an index that runs here (``linux`` and this machine's
-    architecture; an entry without a variant first, since a variant such as
-    ``amd64/v3`` needs CPU features this machine may lack), or ``None``."""
+                  os_name: str = "linux", variant: str = "") -> dict[str, Any] | None:
+    """The descriptor of an index for ``os_name``/``arch`` (default: this machine's)
+    and ``variant`` when one is asked for; without one, an entry without a variant
+    first, since a variant such as ``amd64/v3`` needs CPU features this machine may
+    lack. ``None`` when there is none."""
     arch = arch or architecture()
     found = [d for d in index.get("manifests") or []
              if d.get("mediaType", MEDIA_MANIFEST) in MANIFESTS
              and (d.get("platform") or {}).get("os") == os_name
-             and (d.get("platform") or {}).get("architecture") == arch]
+             and (d.get("platform") or {}).get("architecture") == arch
+             and (not variant or (d.get("platform") or {}).get("variant") == variant)]
     found.sort(key=lambda d: (d["platform"].get("variant") or "~"), reverse=True)
     return found[0] if found else None
+
+
+def index_platforms(index: dict[str, Any]) -> list[str]:
+    """The platforms of an index's image entries (``linux/amd64``, ``linux/arm/v7``),
+    in its order; attestation entries (``unknown/unknown``) left out."""
+    out = []
+    for d in index.get("manifests") or []:
+        p = d.get("platform") if isinstance(d, dict) else None
+        if isinstance(p, dict) and p.get("os") not in (None, "unknown"):
+            out.append(platform_name(str(p.get("os")), str(p.get("architecture", "")),
+                                     str(p.get("variant") or "")))
+    return list(dict.fromkeys(out))
 
 
 def check_manifest(doc: Any, what: str) -> dict[str, Any]:
@@ -104,6 +145,13 @@ def check_manifest(doc: Any, what: str) -> dict[str, Any]:
     for i, layer in enumerate(layers):
         descriptor(layer, f"layer {i}")
         kind = layer.get("mediaType", MEDIA_LAYER)
+        if kind == DOCKER_LAYER_FOREIGN or kind.startswith(NONDISTRIBUTABLE):
+            where = ", ".join(layer.get("urls") or []) or "URLs the manifest names"
+            raise InvalidArgument(f"{what}: layer {i} ({layer['digest']}) is a foreign, "
+                                  f"non-distributable layer ({kind}): its content is not "
+                                  f"in the registry but at {where} (Windows base images "
+                                  f"are made so); only distributable layers are pulled "
+                                  f"here")
         if ".tar" not in kind:
             raise InvalidArgument(f"{what}: layer {i} has media type {kind!r}, not a "
                                   f"filesystem layer (tar); this is not a container image")

@@ -19,7 +19,10 @@ Errors name the registry and what to do: ``Unauthorized`` ("unauthorized: ..." /
 
 Loopback registries (``localhost``, ``127.0.0.0/8``, ``::1``) are spoken to over plain
 HTTP, as Docker treats them as insecure by default; every other host over HTTPS with
-certificate checks.
+certificate checks, except an ``insecure`` one (the daemon's ``insecure-registries``):
+HTTPS without certificate checks, then plain HTTP if the server speaks no TLS, as
+Docker does. A client may talk to another ``endpoint`` than its registry's name (Docker
+Hub's ``docker.io`` is served by ``registry-1.docker.io``; a mirror serves it too).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from ..errors import InvalidArgument, NotFound, Unavailable
+from ..reference import DEFAULT_DOMAIN, HUB_ENDPOINT
 from . import oci
 
 USER_AGENT = "sandboxd/0.1"
@@ -69,6 +73,78 @@ def is_loopback(registry: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# ================================================================ settings
+
+def check_mirror(url: str) -> str:
+    """A ``registry-mirrors`` entry (``http(s)://host[:port]``), without a trailing
+    slash; ``InvalidArgument`` naming what is wrong."""
+    parts = urllib.parse.urlsplit(str(url).rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path \
+            or parts.query or parts.fragment:
+        raise InvalidArgument(f"registry-mirrors: {url!r} is not a mirror URL "
+                              f"(http(s)://host[:port], no path)")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def check_insecure(entry: str) -> str:
+    """An ``insecure-registries`` entry: ``host[:port]`` or a CIDR (``10.0.0.0/8``)."""
+    entry = str(entry).strip()
+    if "/" in entry:
+        try:
+            return str(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            pass
+    elif entry and "://" not in entry and \
+            re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]+)?|\[[0-9a-fA-F:]+\](:[0-9]+)?", entry):
+        return entry
+    raise InvalidArgument(f"insecure-registries: {entry!r} is neither host[:port] nor a "
+                          f"CIDR such as 10.0.0.0/8")
+
+
+class Registries:
+    """Where each registry is reached: Docker Hub (``docker.io``) through the
+    ``mirrors`` first, in order, then ``hub`` (its endpoint); registries in ``insecure``
+    (``host[:port]`` or CIDRs) without certificate checks. ``options`` go to every
+    :class:`RegistryClient` (``timeout``, ``retries``, ``plain_http``)."""
+
+    def __init__(self, mirrors: tuple[str, ...] = (), insecure: tuple[str, ...] = (),
+                 hub: str = HUB_ENDPOINT, **options: Any):
+        self.mirrors = tuple(check_mirror(m) for m in mirrors)
+        self.insecure = tuple(check_insecure(i) for i in insecure)
+        self.hub = hub
+        self.options = options
+
+    def is_insecure(self, netloc: str) -> bool:
+        """Listed in ``insecure``, or loopback (Docker treats those as insecure)."""
+        if is_loopback(netloc):
+            return True
+        host = urllib.parse.urlsplit("//" + netloc).hostname or ""
+        for entry in self.insecure:
+            if entry in (netloc, host):
+                return True
+            if "/" in entry:
+                try:
+                    if ipaddress.ip_address(host) in ipaddress.ip_network(entry):
+                        return True
+                except ValueError:
+                    continue
+        return False
+
+    def endpoints(self, domain: str) -> list[tuple[str, str | None]]:
+        """``(registry name, endpoint URL or None)`` to try in order for ``domain``:
+        for Docker Hub, each mirror (named by its host) then the hub's endpoint."""
+        if domain != DEFAULT_DOMAIN:
+            return [(domain, None)]
+        return [*((urllib.parse.urlsplit(m).netloc, m) for m in self.mirrors),
+                (DEFAULT_DOMAIN, self.hub)]
+
+    def client(self, name: str, endpoint: str | None, auth: tuple[str, str] | None
+               ) -> RegistryClient:
+        netloc = urllib.parse.urlsplit(endpoint).netloc if endpoint else name
+        return RegistryClient(name, auth, endpoint=endpoint,
+                              insecure=self.is_insecure(netloc), **self.options)
 
 
 # ================================================================ credentials
@@ -152,15 +228,28 @@ def _registry_errors(body: bytes) -> tuple[str, str]:
 
 
 class RegistryClient:
-    """One registry (``host[:port]``). Not thread-safe: one client per pull or push.
-    ``auth`` is ``(user, password)`` or ``None``; ``plain_http`` defaults to whether the
-    host is loopback. Dropped connections are retried ``retries`` times."""
+    """One registry (``host[:port]``, the name errors and logins use). Not thread-safe:
+    one client per pull or push. ``auth`` is ``(user, password)`` or ``None``;
+    ``endpoint`` (``scheme://host[:port]``) is where it is served when that is not the
+    name itself; ``plain_http`` defaults to whether the host is loopback; ``insecure``:
+    no certificate checks, and plain HTTP when the server speaks no TLS. Dropped
+    connections are retried ``retries`` times."""
 
     def __init__(self, registry: str, auth: tuple[str, str] | None = None, *,
-                 plain_http: bool | None = None, timeout: float = 60.0, retries: int = 3):
+                 endpoint: str | None = None, plain_http: bool | None = None,
+                 insecure: bool = False, timeout: float = 60.0, retries: int = 3):
         self.registry = registry
-        self.scheme = "http" if (is_loopback(registry) if plain_http is None
-                                 else plain_http) else "https"
+        if endpoint:
+            parts = urllib.parse.urlsplit(endpoint)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise InvalidArgument(f"registry endpoint {endpoint!r}: expected "
+                                      f"http(s)://host[:port]")
+            self.netloc, self.scheme = parts.netloc, parts.scheme
+        else:
+            self.netloc = registry
+            self.scheme = "http" if (is_loopback(registry) if plain_http is None
+                                     else plain_http) else "https"
+        self.insecure = insecure
         self.auth = auth
         self.timeout = timeout
         self.retries = retries
@@ -185,9 +274,12 @@ class RegistryClient:
         conn = self._conns.get((scheme, netloc))
         if conn is None:
             if scheme == "https":
+                context = ssl.create_default_context()
+                if self.insecure and netloc == self.netloc:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
                 conn = http.client.HTTPSConnection(netloc, timeout=self.timeout,
-                                                   context=ssl.create_default_context(),
-                                                   blocksize=1 << 20)
+                                                   context=context, blocksize=1 << 20)
             else:
                 conn = http.client.HTTPConnection(netloc, timeout=self.timeout,
                                                   blocksize=1 << 20)
@@ -201,7 +293,7 @@ class RegistryClient:
             conn.close()
 
     def _url(self, path: str) -> str:
-        return f"{self.scheme}://{self.registry}{path}"
+        return f"{self.scheme}://{self.netloc}{path}"
 
     def _once(self, method: str, url: str, headers: dict[str, str],
               body: bytes | BinaryIO | None) -> http.client.HTTPResponse:
@@ -219,7 +311,8 @@ class RegistryClient:
     def _unreachable(self, url: str, e: OSError) -> Unavailable:
         if isinstance(e, ssl.SSLError):
             return Unavailable(f"registry {self.registry}: TLS failed ({e.reason or e}); "
-                               f"a plain-HTTP registry is only used on loopback")
+                               f"a registry without a trusted certificate or without TLS "
+                               f"must be listed in the daemon's insecure-registries")
         if isinstance(e, ConnectionRefusedError):
             return Unavailable(f"cannot connect to registry {self.registry} ({url}): "
                                f"connection refused; is a registry listening there?")
@@ -239,7 +332,7 @@ class RegistryClient:
         authenticated = False
         redirects = 0
         while True:
-            own = urllib.parse.urlsplit(url).netloc == self.registry
+            own = urllib.parse.urlsplit(url).netloc == self.netloc
             send = dict(headers)
             if own:                                  # never leak credentials elsewhere
                 send.update(self._auth_header(scope))
@@ -253,6 +346,13 @@ class RegistryClient:
                                       f"{method} {urllib.parse.urlsplit(url).path} "
                                       f"({type(e).__name__}: {e}), tried {tries} times") \
                         from None
+                continue
+            except ssl.SSLError as e:
+                if not (own and self.insecure and self.scheme == "https"):
+                    raise self._unreachable(url, e) from None
+                # an insecure registry that speaks no TLS: plain HTTP, as Docker does
+                self.scheme = "http"
+                url = "http" + url[len("https"):]
                 continue
             except OSError as e:
                 raise self._unreachable(url, e) from None

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -33,13 +34,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
-from ..errors import Conflict, InvalidArgument, NotFound
-from ..reference import Reference, normalize_ref, split_ref
+from ..errors import Conflict, InvalidArgument, NotFound, Unavailable
+from ..reference import DEFAULT_DOMAIN, Reference, normalize_ref, split_ref
 from ..reference import parse as parse_ref
 from ..runner.spec import DEFAULT_PATH, Mount, RootFS
 from . import archive, changes, oci
 from .host import HOST_NAME, HOST_REF, HostLayout, host_image_config, host_layout, host_rootfs
-from .registry import DEFAULT_CHUNK, Credentials, RegistryClient
+from .registry import DEFAULT_CHUNK, Credentials, Registries, RegistryClient
 from .unpack import apply_layer, uncompressed
 from .view import LayerView
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from ..snapshots import Snapshotter
     from ..store import ContentStore, Store
 
+log = logging.getLogger(__name__)
 # Container states in which an image is in active use: `remove(force=True)` still refuses.
 RUNNING_STATES = frozenset(("running", "paused", "restarting"))
 EXTRACT_LABEL = "sandboxd.extract"
@@ -78,8 +80,8 @@ class ImageService:
         self.snapshotter = snapshotter
         self.host_root = Path(host_root) if host_root else snapshotter.root / "host"
         self.credentials = Credentials(store.root / "auth.json")
-        # Passed to every RegistryClient (plain_http, timeout, retries).
-        self.registry_options: dict[str, Any] = {}
+        # Mirrors, insecure registries, Docker Hub's endpoint (the daemon's settings).
+        self.registries = Registries()
         # Blobs larger than this are pushed in PATCH chunks.
         self.chunk_size = DEFAULT_CHUNK
         self.lock = threading.RLock()
@@ -314,7 +316,8 @@ class ImageService:
                 if self._pins.pop(pin, None) is not None and self._prune_pending:
                     self.prune_snapshots()
 
-    def _unpack_layer(self, blob: str, diff_id: str, parent: str | None, pin: str
+    def _unpack_layer(self, blob: str, diff_id: str, parent: str | None, pin: str,
+                      progress: Callable[[int], None] | None = None
                       ) -> tuple[str, list[str], int]:
         """Make sure the committed snapshot for this layer exists; returns its chain id,
         the entries its unpack refused and the layer's uncompressed size (both kept in
@@ -324,7 +327,8 @@ class ImageService:
         start: it goes into an active ``extract-`` snapshot on ``parent`` (whose child
         it is, so no prune removes the parent meanwhile), committed under its chain id
         with the lock held; when another add committed that chain first, it is
-        dropped and theirs used. Call without the lock held."""
+        dropped and theirs used. ``progress(bytes of the blob read)`` as it unpacks.
+        Call without the lock held."""
         chain = oci.chain_id(parent, diff_id)
         with self.lock:
             if self.snapshotter.exists(chain):
@@ -334,7 +338,8 @@ class ImageService:
             self.snapshotter.prepare(key, parent, labels={EXTRACT_LABEL: chain})
         try:
             with self.content.open(blob) as f:
-                stats = apply_layer(f, self.snapshotter.path(key))
+                stats = apply_layer(_Counting(f, progress, 1 << 20) if progress else f,
+                                    self.snapshotter.path(key))
             if stats.diff_id != diff_id:
                 raise InvalidArgument(f"layer {blob}: its content hashes to {stats.diff_id}, "
                                       f"not the expected diff_id {diff_id}")
@@ -364,13 +369,16 @@ class ImageService:
     def add_image(self, config_digest: str, manifest_digest: str,
                   layers: list[dict[str, Any]], *, tags: Sequence[str] = (),
                   repo_digests: Sequence[str] = (), progress: Progress | None = None,
-                  extra: dict[str, Any] | None = None) -> str:
+                  layer_done: str | None = None, extra: dict[str, Any] | None = None
+                  ) -> str:
         """Record an image whose config, manifest and layer blobs are in the content
         store (``layers``: ``[{digest, size, media_type}]``, bottom first): unpack each
         layer once (by chain id), record the image, point ``tags`` at it and add
         ``repo_digests``. An image with this id already recorded keeps its manifest and
         gains the tags and digests. Blobs of a failed add that no image uses are
-        deleted. Call without ``self.lock`` held: layers are unpacked without it
+        deleted. ``progress`` gets ``Extracting`` events per layer (bytes read of its
+        blob as ``current``/``total``), then ``layer_done`` (a pull's ``Pull complete``)
+        if given. Call without ``self.lock`` held: layers are unpacked without it
         (:meth:`_unpack_layer`), the image is recorded with it."""
         try:
             config = json.loads(self.content.read(config_digest))
@@ -390,9 +398,18 @@ class ImageService:
                 warnings: list[str] = []
                 size = 0
                 for layer, diff_id in zip(layers, diff_ids):
+                    short = _short(layer["digest"])
+                    counted = None
                     if progress:
-                        progress({"id": _short(layer["digest"]), "status": "Extracting"})
-                    chain, more, n = self._unpack_layer(layer["digest"], diff_id, chain, pin)
+                        progress({"id": short, "status": "Extracting"})
+                        # called during this iteration's unpack only: short, layer current
+                        counted = (lambda n: progress({"id": short, "status": "Extracting",
+                                                       "current": n,
+                                                       "total": layer["size"]}))
+                    chain, more, n = self._unpack_layer(layer["digest"], diff_id, chain, pin,
+                                                        counted)
+                    if progress and layer_done:
+                        progress({"id": short, "status": layer_done})
                     chains.append(chain)
                     warnings += more
                     size += n
@@ -582,55 +599,81 @@ class ImageService:
 
     # ------------------------------------------------------------ registries
 
-    def _registry(self, domain: str) -> RegistryClient:
-        return RegistryClient(domain, self.credentials.get(domain), **self.registry_options)
+    def _client(self, name: str, endpoint: str | None = None) -> RegistryClient:
+        return self.registries.client(name, endpoint, self.credentials.get(name))
 
-    def _remote(self, ref: str) -> Reference:
-        r = parse_ref(ref)
-        if not r.domain:
-            raise InvalidArgument(f"{ref}: name a registry, e.g. localhost:5000/{r.path} "
-                                  f"(there is no default registry)")
-        return r
+    def _registry(self, domain: str) -> RegistryClient:
+        """The client for pushes and logins: Docker Hub's own endpoint (never a
+        mirror), else the registry itself."""
+        return self._client(*self.registries.endpoints(domain)[-1])
 
     def login(self, registry: str, user: str, password: str) -> str:
         """``docker login``: check the credentials against the registry (``/v2/``, or
         its token server), then keep them in ``auth.json``; ``Unauthorized`` when
-        refused."""
-        if not registry or "/" in registry:
-            raise InvalidArgument(f"login: {registry!r} is not a registry host[:port]")
-        with RegistryClient(registry, (user, password), **self.registry_options) as client:
+        refused. ``docker.io`` (or ``""``) is Docker Hub."""
+        registry = _login_name(registry)
+        name, endpoint = self.registries.endpoints(registry)[-1]
+        with self.registries.client(name, endpoint, (user, password)) as client:
             client.ping()
         self.credentials.set(registry, user, password)
         return "Login Succeeded"
 
     def logout(self, registry: str) -> bool:
         """Forget the login for ``registry``; ``False`` when there was none."""
-        return self.credentials.erase(registry)
+        return self.credentials.erase(_login_name(registry))
 
-    def pull(self, ref: str, progress: Progress | None = None) -> str:
+    def _manifest(self, r: Reference) -> tuple[RegistryClient, bytes, str, str]:
+        """``(client, body, media type, digest)`` of the manifest or index ``r`` names,
+        from the first endpoint that has it (Docker Hub's mirrors, then the hub); the
+        client stays open for the blobs, from the same place."""
+        endpoints = self.registries.endpoints(r.domain)
+        for i, (name, endpoint) in enumerate(endpoints):
+            client = self._client(name, endpoint)
+            try:
+                return (client, *client.get_manifest(r.path, r.reference, name=r.familiar))
+            except (NotFound, Unavailable, InvalidArgument) as e:
+                client.close()
+                if i == len(endpoints) - 1:
+                    raise
+                log.warning("mirror %s: %s; trying the next", endpoint, e)
+        raise AssertionError("no endpoint")          # endpoints() is never empty
+
+    def pull(self, ref: str, platform: str | None = None,
+             progress: Progress | None = None) -> str:
         """``docker pull``: fetch an image (OCI or Docker schema 2 manifest; from an
-        index, the linux entry for this machine's architecture) from the registry its
-        name starts with; returns the image id. Tagged ``ref`` when it has a tag; its
-        ``name@digest`` joins the image's RepoDigests. Blobs already here are not
-        fetched again; an image already here is only tagged."""
-        r = self._remote(ref)
+        index, the entry for ``platform``, ``os/arch[/variant]``, default this machine's
+        linux/<arch>) from the registry its name starts with, Docker Hub for a short
+        name (through its mirrors first); returns the image id. Tagged ``ref`` when it
+        has a tag; its ``name@digest`` joins the image's RepoDigests. Blobs already
+        here are not fetched again; an image already here is only tagged. Progress
+        events are Docker's: ``Pulling from``, per layer ``Pulling fs layer`` /
+        ``Already exists``, ``Downloading`` (current/total bytes), ``Verifying
+        Checksum``, ``Download complete``, ``Extracting`` (current/total), ``Pull
+        complete``, then ``Digest:`` and ``Status:``."""
+        r = parse_ref(ref)
+        wanted = oci.parse_platform(platform) if platform else None
         say = progress or (lambda event: None)
-        with self._registry(r.domain) as client:
-            say({"status": f"Pulling from {r.path}", "id": r.tag or r.digest})
-            body, media, top_digest = client.get_manifest(r.path, r.reference, name=r.name)
+        say({"status": f"Pulling from {r.path}", "id": r.tag or r.digest})
+        client, body, media, top_digest = self._manifest(r)
+        with client:
             if media in oci.INDEXES:
-                entry = oci.pick_platform(json.loads(body))
+                index = json.loads(body)
+                os_name, arch, variant = wanted or ("linux", oci.architecture(), "")
+                entry = oci.pick_platform(index, arch, os_name, variant)
                 if entry is None:
-                    raise NotFound(f"{r}: no image for linux/{oci.architecture()} in its "
-                                   f"index")
-                body, media, _ = client.get_manifest(r.path, entry["digest"], name=r.name)
+                    shown = oci.platform_name(os_name, arch, variant)
+                    raise NotFound(f"no matching manifest for {shown} in the manifest "
+                                   f"list entries of {r} (it has: "
+                                   f"{', '.join(oci.index_platforms(index)) or 'none'})")
+                body, media, _ = client.get_manifest(r.path, entry["digest"],
+                                                     name=r.familiar)
             if media not in oci.MANIFESTS:
                 raise InvalidArgument(f"{r}: unsupported manifest type {media!r} (OCI or "
                                       f"Docker v2 schema 2 manifests only)")
             manifest = oci.check_manifest(json.loads(body), str(r))
             config_desc = manifest["config"]
             tags = [normalize_ref(f"{r.name}:{r.tag}")] if r.tag and not r.digest else []
-            repo_digests = [f"{r.name}@{top_digest}"]
+            repo_digests = [f"{r.familiar}@{top_digest}"]
             with self.lock:
                 existing = self.store.get_image(config_desc["digest"])
                 if existing is not None:
@@ -649,6 +692,13 @@ class ImageService:
                 with self.keeping(blobs):
                     try:
                         self._fetch(client, r.path, config_desc, say)
+                        if wanted is not None:
+                            self._check_platform(r, config_desc["digest"], wanted)
+                        for desc in manifest["layers"]:
+                            say({"id": _short(desc["digest"]),
+                                 "status": "Already exists"
+                                 if self.content.exists(desc["digest"])
+                                 else "Pulling fs layer"})
                         for desc in manifest["layers"]:
                             self._fetch(client, r.path, desc, say, layer=True)
                     except BaseException:
@@ -659,11 +709,39 @@ class ImageService:
                     manifest_digest, _ = self.content.ingest(body)
                     image_id = self.add_image(config_desc["digest"], manifest_digest,
                                                layers, tags=tags,
-                                               repo_digests=repo_digests, progress=say)
-            say({"status": f"Digest: {top_digest}"})
-            news = "Image is up to date" if existing else "Downloaded newer image"
-            say({"status": f"Status: {news} for {r}"})
-            return image_id
+                                               repo_digests=repo_digests, progress=say,
+                                               layer_done="Pull complete")
+            elif wanted is not None:
+                self._check_platform(r, existing["id"], wanted)
+        say({"status": f"Digest: {top_digest}"})
+        news = "Image is up to date" if existing else "Downloaded newer image"
+        say({"status": f"Status: {news} for {normalize_ref(str(r))}"})
+        return image_id
+
+    def has_platform(self, ref: str, platform: str) -> bool:
+        """Whether the image ``ref`` is here and for ``platform`` (``os/arch[/variant]``;
+        an image whose config names no variant matches any)."""
+        try:
+            config = self.get(ref)["doc"]["config"]
+        except NotFound:
+            return False
+        os_name, arch, variant = oci.parse_platform(platform)
+        return (config.get("os"), config.get("architecture")) == (os_name, arch) and \
+            (not variant or config.get("variant") in (None, "", variant))
+
+    def _check_platform(self, r: Reference, config_digest: str,
+                        wanted: tuple[str, str, str]) -> None:
+        """A single-platform image pulled with ``--platform``: refused when it is for
+        another platform (as Docker does)."""
+        config = json.loads(self.content.read(config_digest))
+        os_name, arch, variant = wanted
+        actual = (config.get("os", ""), config.get("architecture", ""),
+                  config.get("variant", "") if variant else "")
+        if actual != wanted:
+            raise InvalidArgument(f"image with reference {r} was found but does not match "
+                                  f"the specified platform: wanted "
+                                  f"{oci.platform_name(*wanted)}, actual: "
+                                  f"{oci.platform_name(*actual)}")
 
     def _fetch(self, client: RegistryClient, repo: str, desc: dict[str, Any],
                say: Progress, layer: bool = False) -> None:
@@ -678,6 +756,8 @@ class ImageService:
             if layer:
                 stream = _Counting(reader, lambda n: say(
                     {"id": short, "status": "Downloading", "current": n, "total": size}))
+                # the digest is checked as the last bytes go in (ingest)
+                stream.at_end = lambda: say({"id": short, "status": "Verifying Checksum"})
             self.content.ingest(stream, expected_digest=digest, expected_size=size)
         if layer:
             say({"id": short, "status": "Download complete"})
@@ -687,7 +767,7 @@ class ImageService:
         starts with: blobs the registry lacks (HEAD first), then the manifest under the
         tag. Returns ``{"digest", "size"}`` of the manifest; ``name@digest`` joins the
         image's RepoDigests."""
-        r = self._remote(ref)
+        r = parse_ref(ref)
         say = progress or (lambda event: None)
         with contextlib.ExitStack() as stack:
             with self.lock:
@@ -719,7 +799,7 @@ class ImageService:
             with self.lock:
                 current = self.store.get_image(image["id"])    # unless removed meanwhile
                 if current is not None:
-                    self._add_repo_digests(current, [f"{r.name}@{digest}"])
+                    self._add_repo_digests(current, [f"{r.familiar}@{digest}"])
             say({"status": f"{r.tag or r.digest}: digest: {digest} size: {len(body)}"})
             return {"digest": digest, "size": len(body)}
 
@@ -1022,19 +1102,45 @@ class ImageService:
 
 
 class _Counting:
-    """Reports how many bytes have been read from the wrapped stream."""
+    """Reports how many bytes have been read from the wrapped stream (each time, or
+    once per ``step`` bytes, a tar being read in 512-byte blocks, and at its end), and
+    calls ``at_end`` (when set) once the stream is exhausted."""
 
-    def __init__(self, inner: BinaryIO, progress: Callable[[int], None]):
+    def __init__(self, inner: BinaryIO, progress: Callable[[int], None], step: int = 0):
         self._inner = inner
         self._progress = progress
-        self._total = 0
+        self._step = step
+        self._total = self._told = 0
+        self.at_end: Callable[[], None] | None = None
 
     def read(self, n: int = -1, /) -> bytes:
         data = self._inner.read(n)
         if data:
             self._total += len(data)
-            self._progress(self._total)
+            if self._total - self._told >= self._step:
+                self._told = self._total
+                self._progress(self._total)
+        elif n != 0:
+            if self._told != self._total:            # the end is always reported
+                self._told = self._total
+                self._progress(self._total)
+            if self.at_end is not None:
+                self.at_end, at_end = None, self.at_end
+                at_end()
         return data
+
+
+def _login_name(registry: str) -> str:
+    """The name a login is kept under: ``docker.io`` for Docker Hub (``""``,
+    ``index.docker.io``, ``registry-1.docker.io``, Docker's ``https://index.docker.io/v1/``
+    too), else ``host[:port]``."""
+    registry = registry.strip()
+    host = registry.split("://", 1)[-1].split("/", 1)[0]
+    if not registry or host in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+        return DEFAULT_DOMAIN
+    if "/" in registry:
+        raise InvalidArgument(f"login: {registry!r} is not a registry host[:port]")
+    return registry
 
 
 def _short(digest: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from sandboxd.errors import InvalidArgument
 from sandboxd.images import oci
-from sandboxd.reference import Reference, familiar, parse
+from sandboxd.reference import Reference, normalize_ref, parse
 from sandboxd.images.registry import (Credentials, RegistryClient, _parse_challenge,
                                       _registry_errors, is_loopback)
 
@@ -19,8 +19,11 @@ DIGEST = "sha256:" + "ab" * 32
 
 
 @pytest.mark.parametrize("ref, expected", [
-    ("busybox", Reference("", "busybox", "latest", None)),
-    ("team/app:v2", Reference("", "team/app", "v2", None)),
+    ("busybox", Reference("docker.io", "library/busybox", "latest", None)),
+    ("team/app:v2", Reference("docker.io", "team/app", "v2", None)),
+    ("docker.io/library/busybox:1", Reference("docker.io", "library/busybox", "1", None)),
+    ("index.docker.io/team/app", Reference("docker.io", "team/app", "latest", None)),
+    ("busybox@" + DIGEST, Reference("docker.io", "library/busybox", None, DIGEST)),
     ("localhost/app", Reference("localhost", "app", "latest", None)),
     ("localhost:5000/repo/name:tag@" + DIGEST,
      Reference("localhost:5000", "repo/name", "tag", DIGEST)),
@@ -43,11 +46,15 @@ def test_parse_reference_and_name():
             parse(bad)
 
 
-def test_familiar_names():
-    assert familiar("docker.io/library/busybox:1") == "busybox:1"
-    assert familiar("docker.io/team/app") == "team/app:latest"
-    assert familiar("docker.io/library/a/b") == "library/a/b:latest"
-    assert familiar("localhost:5000/x") == "localhost:5000/x:latest"
+def test_names_are_kept_in_dockers_short_form():
+    assert normalize_ref("docker.io/library/busybox:1") == "busybox:1"
+    assert normalize_ref("index.docker.io/library/busybox") == "busybox:latest"
+    assert normalize_ref("docker.io/team/app") == "team/app:latest"
+    assert normalize_ref("docker.io/library/a/b") == "library/a/b:latest"
+    assert normalize_ref("localhost:5000/x") == "localhost:5000/x:latest"
+    assert normalize_ref("busybox@" + DIGEST) == "busybox@" + DIGEST
+    assert parse("busybox").familiar == "busybox"
+    assert parse("docker.io/team/app").familiar == "team/app"
 
 
 def test_credentials_file_is_private_and_docker_shaped(tmp_path):
@@ -114,3 +121,46 @@ def test_check_manifest_and_times():
     assert oci.parse_time("1970-01-01T00:00:01.999999999Z") == pytest.approx(1.999999)
     assert oci.parse_time("1970-01-01T01:00:00+01:00") == 0
     assert oci.parse_time("") is None
+
+
+def test_daemon_config_registry_settings(tmp_path):
+    from sandboxd.daemonconfig import load_config
+    path = tmp_path / "daemon.json"
+    path.write_text(json.dumps({"registry-mirrors": ["http://127.0.0.1:5000/"],
+                                "insecure-registries": ["10.0.0.0/8", "reg.lan:5000"]}))
+    config = load_config(str(path))
+    assert config.registry_mirrors == ("http://127.0.0.1:5000",)
+    assert config.insecure_registries == ("10.0.0.0/8", "reg.lan:5000")
+    assert config.hub_endpoint == "https://registry-1.docker.io"
+    flags = load_config(str(path), registry_mirrors=("https://m.example",),
+                        hub_endpoint="http://127.0.0.1:9")
+    assert flags.registry_mirrors == ("https://m.example",)       # flags win
+    assert flags.hub_endpoint == "http://127.0.0.1:9"
+    path.write_text(json.dumps({"registry-mirrors": ["m.example"],
+                                "insecure-registries": ["https://x/y"]}))
+    with pytest.raises(InvalidArgument) as e:
+        load_config(str(path))
+    problems = e.value.details["problems"]
+    assert any("'m.example' is not a mirror URL" in p for p in problems)
+    assert any("'https://x/y' is neither host[:port] nor a CIDR" in p for p in problems)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("linux/arm64", ("linux", "arm64", "")), ("arm64", ("linux", "arm64", "")),
+    ("linux/arm/v7", ("linux", "arm", "v7")), ("linux/x86_64", ("linux", "amd64", "")),
+    ("linux", ("linux", oci.architecture(), "")), ("LINUX/AMD64", ("linux", "amd64", "")),
+])
+def test_platforms_parse_like_dockers(text, expected):
+    assert oci.parse_platform(text) == expected
+
+
+def test_bad_platforms_are_refused():
+    for bad, why in (("windows/amd64", "only linux images run here"),
+                     ("linux/amd64/v3/x", "expected os"), ("", "expected os"),
+                     ("linux//", "expected os")):
+        with pytest.raises(InvalidArgument, match=why):
+            oci.parse_platform(bad)
+    index = {"manifests": [{"platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
+                           {"platform": {"os": "unknown", "architecture": "unknown"}},
+                           {"platform": {"os": "linux", "architecture": "amd64"}}]}
+    assert oci.index_platforms(index) == ["linux/arm/v7", "linux/amd64"]

@@ -1,0 +1,196 @@
+"""First images without a registry: root filesystems made on this machine, as tar
+streams for ``image.import`` (``sbx image bootstrap``).
+
+- busybox: Debian's static busybox (package ``busybox-static``) with a link per applet,
+  ``/etc/passwd`` and ``/etc/group`` (what Docker Hub's ``busybox`` holds).
+- debian: ``mmdebstrap`` (package ``mmdebstrap``) of a suite, from this machine's apt
+  sources: each ``deb`` entry of ``/etc/apt/sources.list`` and ``sources.list.d``
+  (one-line and deb822 files) with this machine's codename swapped for the suite asked
+  for (``bookworm-security`` -> ``trixie-security``); mmdebstrap's own default
+  (deb.debian.org) when there are none.
+
+Client side: nothing here talks to the daemon.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import IO, Iterator
+
+BUSYBOX = "/bin/busybox"
+APT_SOURCES = Path("/etc/apt")
+VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase",
+            "buildd", "important", "debootstrap", "standard")
+_DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "tmp", "proc", "sys", "dev",
+         "var/www", "home")
+PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+GROUP = "root:x:0:\nnogroup:x:65534:\n"
+
+
+class BootstrapError(Exception):
+    """A root filesystem cannot be made here; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------- busybox
+
+def busybox_applets(busybox: str = BUSYBOX) -> list[str]:
+    if not os.path.exists(busybox):
+        raise BootstrapError(f"{busybox} is missing: apt-get install busybox-static")
+    out = subprocess.run([busybox, "--list"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise BootstrapError(f"{busybox} --list failed: {out.stderr.strip()}")
+    if _dynamic(busybox):
+        raise BootstrapError(f"{busybox} is linked dynamically and would not run in an "
+                             f"image without its libraries: apt-get install busybox-static")
+    return [a for a in out.stdout.split() if a != "busybox"]
+
+
+def _dynamic(path: str) -> bool:
+    """Whether an ELF file names a program interpreter (PT_INTERP: dynamically linked)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:        # 64-bit ELF only
+            return False
+        order = "little" if head[5] == 1 else "big"
+        phoff = int.from_bytes(head[32:40], order)
+        phentsize = int.from_bytes(head[54:56], order)
+        phnum = int.from_bytes(head[56:58], order)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return any(int.from_bytes(table[i:i + 4], order) == 3          # PT_INTERP
+               for i in range(0, len(table), phentsize))
+
+
+def write_busybox_tree(dest: Path, busybox: str = BUSYBOX) -> None:
+    """The busybox root filesystem as a directory tree at ``dest`` (made)."""
+    applets = busybox_applets(busybox)
+    for sub in _DIRS:
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(dest / "tmp", 0o1777)
+    shutil.copy2(busybox, dest / "bin" / "busybox")
+    for applet in applets:
+        link = dest / "bin" / applet
+        if not link.exists():
+            link.symlink_to("busybox")     # relative: absolute links would point at the host
+    (dest / "etc" / "passwd").write_text(PASSWD)
+    (dest / "etc" / "group").write_text(GROUP)
+
+
+def write_busybox_tar(out: IO[bytes], busybox: str = BUSYBOX) -> None:
+    """The same root filesystem as a plain tar stream, written to ``out``."""
+    applets = busybox_applets(busybox)
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        mtime = int(os.stat(busybox).st_mtime)
+        for sub in sorted({d for path in _DIRS for d in _parents(path)}):
+            info = tarfile.TarInfo(sub)
+            info.type, info.mtime = tarfile.DIRTYPE, mtime
+            info.mode = 0o1777 if sub == "tmp" else 0o755
+            tar.addfile(info)
+        info = tar.gettarinfo(busybox, arcname="bin/busybox")
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        with open(busybox, "rb") as f:
+            tar.addfile(info, f)
+        for applet in applets:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname, link.mtime = tarfile.SYMTYPE, "busybox", mtime
+            tar.addfile(link)
+        for name, text in (("etc/passwd", PASSWD), ("etc/group", GROUP)):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, mtime
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _parents(path: str) -> Iterator[str]:
+    parts = path.split("/")
+    for i in range(1, len(parts) + 1):
+        yield "/".join(parts[:i])
+
+
+# ---------------------------------------------------------------- debian
+
+def host_codename() -> str:
+    """This machine's Debian codename (``/etc/os-release``), or ``""``."""
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return ""
+    m = re.search(r'^VERSION_CODENAME="?([a-z]+)"?$', text, re.M)
+    return m.group(1) if m else ""
+
+
+def _entries() -> Iterator[tuple[str, str, list[str], list[str]]]:
+    """``(options, uri, suites, components)`` of each ``deb`` entry of the host's apt
+    sources, one-line and deb822 alike."""
+    files = [APT_SOURCES / "sources.list"]
+    parts = APT_SOURCES / "sources.list.d"
+    if parts.is_dir():
+        files += sorted(parts.iterdir())
+    for path in files:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if path.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                fields: dict[str, str] = {}
+                for line in stanza.splitlines():
+                    if line.startswith("#") or ":" not in line:
+                        continue
+                    key, _, value = line.partition(":")
+                    fields[key.strip().lower()] = value.strip()
+                if "deb" not in fields.get("types", "").split() or \
+                        fields.get("enabled", "yes").lower() == "no":
+                    continue
+                options = f"[signed-by={fields['signed-by']}] " \
+                    if fields.get("signed-by", "").startswith("/") else ""
+                for uri in fields.get("uris", "").split():
+                    yield options, uri, fields.get("suites", "").split(), \
+                        fields.get("components", "").split()
+        elif path.name == "sources.list" or path.suffix == ".list":
+            for line in text.splitlines():
+                m = re.match(r"^\s*deb\s+(\[[^]]*\]\s+)?(\S+)\s+(\S+)\s*(.*)$", line)
+                if m:
+                    yield m.group(1) or "", m.group(2), [m.group(3)], m.group(4).split()
+
+
+def debian_sources(suite: str) -> list[str]:
+    """One-line ``deb`` entries for ``suite`` made from the host's apt sources (its
+    codename swapped for ``suite`` in each suite name); ``[]`` when it has none."""
+    codename = host_codename()
+    lines = []
+    for options, uri, suites, components in _entries():
+        for s in suites:
+            if codename and (s == codename or s.startswith(codename + "-")):
+                s = suite + s[len(codename):]
+            elif s not in (suite, "stable") and not s.startswith(suite + "-"):
+                continue                  # another release's entry: nothing to map it to
+            lines.append(f"deb {options}{uri} {s} {' '.join(components) or 'main'}")
+    return list(dict.fromkeys(lines))
+
+
+def mmdebstrap_command(suite: str, variant: str = "minbase",
+                       include: tuple[str, ...] = (), sources: list[str] | None = None,
+                       quiet: bool = False) -> list[str]:
+    """The ``mmdebstrap`` command writing the root filesystem of ``suite`` as a tar to
+    its stdout; ``sources`` (apt source lines or mirror URLs) instead of the host's."""
+    exe = shutil.which("mmdebstrap")
+    if exe is None:
+        raise BootstrapError("mmdebstrap is not installed: apt-get install mmdebstrap")
+    if variant not in VARIANTS:
+        raise BootstrapError(f"--variant {variant!r}: one of {', '.join(VARIANTS)}")
+    if not re.fullmatch(r"[a-z][a-z0-9.-]*", suite):
+        raise BootstrapError(f"debian:{suite}: not a suite name (bookworm, trixie, stable)")
+    # no device nodes in /dev: an image holds none (the runtime makes /dev)
+    cmd = [exe, f"--variant={variant}", "--format=tar", "--skip=output/dev",
+           *(["--quiet"] if quiet else [])]
+    packages = [p for item in include for p in item.split(",") if p]
+    if packages:
+        cmd.append("--include=" + ",".join(packages))
+    return [*cmd, suite, "-", *(debian_sources(suite) if sources is None else sources)]
