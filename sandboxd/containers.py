@@ -479,14 +479,23 @@ class ContainerService:
         if h.network_mode.startswith("container:"):
             with contextlib.suppress(NotFound):
                 h = self.get(h.network_mode.partition(":")[2]).config.host
-        mode = h.network_mode if h.network_mode in ("host", "none") else "bridge"
-        etc = _read(resolvconf.ETC)
-        path = resolvconf.ETC if mode == "host" else \
-            resolvconf.host_path(etc, os.path.exists(resolvconf.SYSTEMD))
+        network = _network_name(h.network_mode)
+        with contextlib.suppress(NotFound):
+            network = self.networks.get(network).name      # an id given as --network
+        mode = h.network_mode if h.network_mode in ("host", "none") else \
+            "bridge" if network in BUILTIN else "user"
         return resolvconf.container_text(
-            etc if path == resolvconf.ETC else _read(path), mode,
+            self._host_resolv(mode == "host"), mode,
             h.dns or (self.config.dns if mode != "none" else ()), h.dns_search,
             h.dns_options)
+
+    def _host_resolv(self, host_network: bool = False) -> str:
+        """The host's resolv.conf text containers' are made from (systemd-resolved's
+        upstream file behind its stub, except for ``--network host``)."""
+        etc = _read(resolvconf.ETC)
+        path = resolvconf.ETC if host_network else \
+            resolvconf.host_path(etc, os.path.exists(resolvconf.SYSTEMD))
+        return etc if path == resolvconf.ETC else _read(path)
 
     def _own_hosts(self, record: ContainerRecord) -> str:
         """A container's own /etc/hosts lines: localhost, its host name, its --add-host
@@ -654,9 +663,12 @@ class ContainerService:
             spec = self._spec(record)
         else:
             link_vars, link_hosts = self._resolve_links(record)
-            attachment = await self.networks.attach(record.id, _network_name(mode),
-                                                    ip=record.config.host.ip_address,
-                                                    aliases=(record.name,))
+            h = record.config.host
+            attachment = await self.networks.attach(
+                record.id, _network_name(mode), ip=h.ip_address,
+                aliases=(record.name, *h.network_aliases),
+                upstreams=resolvconf.upstreams(self._host_resolv(),
+                                               h.dns or self.config.dns))
             try:
                 self.link_hosts[record.id] = "".join(link_hosts)
                 spec = self._spec(record, netns=attachment.netns, link_vars=link_vars)

@@ -94,6 +94,8 @@ class HostConfig:
     # --add-host "name:ip" lines of /etc/hosts; ip "host-gateway": the default bridge's
     # gateway address, filled in when the file is written.
     extra_hosts: tuple[str, ...] = ()
+    # --network-alias: more names of the container on its user network's resolver
+    network_aliases: tuple[str, ...] = ()
     port_bindings: tuple[PortBinding, ...] = ()
     publish_all: bool = False             # -P: every exposed port on a host port
     mounts: tuple[Mount, ...] = ()        # -v binds and --tmpfs, in the order given

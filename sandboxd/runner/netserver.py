@@ -22,12 +22,16 @@ Operations:
 ``bridge {name, address, prefixlen, mac}``
     Make the bridge (or adopt an existing one), give it the gateway address, set it up.
 ``bridge_del {name}``
-``prepare {path, veth?, bridge?, address?, prefixlen?, gateway?, mac?}``
+``prepare {path, veth?, bridge?, address?, prefixlen?, gateway?, mac?, dns?}``
     A new namespace bound on ``path`` with ``lo`` up and ``net.ipv4.ping_group_range``
     open to every group (ping without NET_RAW); with ``veth``: a veth pair whose
     host end ``veth`` is a port of ``bridge`` and whose other end is created straight in
     the namespace as ``eth0`` with ``mac``, ``address/prefixlen``, up, and a default
-    route via ``gateway`` (none when ``gateway`` is empty: an internal network).
+    route via ``gateway`` (none when ``gateway`` is empty: an internal network). With
+    ``dns``: a UDP socket and a listening TCP socket made inside the namespace, bound
+    to the embedded resolver's 127.0.0.11:53, come with the reply (SCM_RIGHTS) for the
+    daemon to serve (:mod:`sandboxd.dns`): a socket stays in the namespace it was made
+    in, wherever its owner lives, so the daemon answers there without entering it.
 ``release {path, veth?, lazy?}``
     Delete the veth (both ends go) and unmount and unlink the namespace file. With
     ``lazy`` only the file goes: the kernel destroys the namespace, and the veth in it,
@@ -81,6 +85,7 @@ from .channel import recv_message, send_message
 from .rtnl import Rtnl
 
 LOOPBACK_INDEX = 1          # the kernel gives every namespace's lo ifindex 1
+DNS_ADDRESS = ("127.0.0.11", 53)   # Docker's embedded resolver, in each namespace
 IFNAMSIZ = 15               # usable characters of a link name
 
 
@@ -96,6 +101,7 @@ class NetServer:
         self.dying: set[str] = set()              # veths left to the kernel (lazy release)
         self.masq_prefix = ""                     # whose chains we installed
         self.forward_was = ""                     # ip_forward before we turned it on
+        self.reply_fds: list[int] = []            # sent with the current reply, then closed
 
     # -- main loop
     def serve(self) -> None:
@@ -117,6 +123,7 @@ class NetServer:
         """Do one request and answer it; False when the owner is gone (the daemon died
         while it ran): time to clean up and exit."""
         rid = msg.get("rid", 0)
+        self.reply_fds = []
         try:
             handler = getattr(self, "_op_" + str(msg.get("op")), None)
             if handler is None:
@@ -127,10 +134,15 @@ class NetServer:
         except Exception as e:                                  # a bug: still answer
             reply = {"rid": rid, "error": SetupFailed(
                 f"network server: {msg.get('op')}: {type(e).__name__}: {e}").to_wire()}
+        fds = self.reply_fds if "ok" in reply else []
         try:
-            send_message(self.sock, reply)
+            send_message(self.sock, reply, fds)
         except OSError:
             return False
+        finally:
+            for fd in self.reply_fds:
+                os.close(fd)
+            self.reply_fds = []
         return True
 
     # -- operations
@@ -165,7 +177,7 @@ class NetServer:
             if bridge is None:
                 raise SetupFailed(f"bridge {msg['bridge']} does not exist; the network's "
                                   f"bridge was removed from outside: restart the daemon")
-        nsfd, inside = self._new_namespace(path)
+        nsfd, inside, dns = self._new_namespace(path, bool(msg.get("dns")))
         self.namespaces[path] = veth
         try:
             if veth:
@@ -185,10 +197,21 @@ class NetServer:
                         inside.add_default_route(msg["gateway"])
             except OSError as e:
                 raise _failed(f"configure the namespace {path}", e.errno or 0) from None
+            for sock in dns:                  # 127.0.0.11 exists once lo is up
+                try:
+                    sock.bind(DNS_ADDRESS)
+                    if sock.type == socket.SOCK_STREAM:
+                        sock.listen(64)
+                except OSError as e:
+                    raise _failed(f"bind the resolver's {DNS_ADDRESS[0]}:53 in {path}",
+                                  e.errno or 0) from None
+            self.reply_fds = [sock.detach() for sock in dns]
         except BaseException:
             self._release(path)
             raise
         finally:
+            for sock in dns:
+                sock.close()                  # a no-op for the detached ones
             inside.close()
             os.close(nsfd)
 
@@ -287,9 +310,11 @@ class NetServer:
         return routes
 
     # -- helpers
-    def _new_namespace(self, path: str) -> tuple[int, Rtnl]:
-        """A new network namespace bound on ``path``: an fd on it and a netlink socket in
-        it. This process is back in its own namespace when this returns or raises."""
+    def _new_namespace(self, path: str, dns: bool = False
+                       ) -> tuple[int, Rtnl, list[socket.socket]]:
+        """A new network namespace bound on ``path``: an fd on it, a netlink socket in
+        it and, with ``dns``, an unbound UDP and TCP socket in it. This process is back
+        in its own namespace when this returns or raises."""
         try:
             os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
         except OSError as e:                  # not ours to unbind: leave it alone
@@ -302,13 +327,15 @@ class NetServer:
                 _allow_ping()
                 nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 inside = Rtnl()
+                socks = [socket.socket(socket.AF_INET, kind) for kind in
+                         (socket.SOCK_DGRAM, socket.SOCK_STREAM)] if dns else []
             finally:
                 self._go_home()
         except OSError as e:
             _unbind(path)
             raise SetupFailed(f"create the network namespace {path}: {e.strerror}",
                               {"step": "netns", "errno": e.errno or 0}) from None
-        return nsfd, inside
+        return nsfd, inside, socks
 
     def _socket_in(self, nsfd: int, path: str) -> Rtnl:
         """A netlink socket inside the namespace ``nsfd`` (back home afterwards)."""
