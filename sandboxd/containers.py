@@ -413,6 +413,10 @@ class ContainerService:
                       self._etc_texts(record, self._hosts_text(record)).items()) \
             if inline else ()
         mounts = self.images.image_mounts(record.image_id) + etc + h.mounts
+        if h.shm_size and not any(m.destination == "/dev/shm" for m in h.mounts):
+            # Over the runner's 64 MB one, with Docker's flags (a /dev/shm mount wins).
+            mounts += (Mount("/dev/shm", "tmpfs", options=(
+                "mode=1777", f"size={h.shm_size}", "noexec")),)
         if dry_run:
             from .runner.spec import RootFS
             root = RootFS(lowerdirs=("/",))

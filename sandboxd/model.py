@@ -113,6 +113,7 @@ class HostConfig:
     # --storage-opt size=N: the writable layer's cap in bytes (None: the daemon's default,
     # which the daemon writes here at create; 0: no cap)
     storage_size: int | None = None
+    shm_size: int | None = None           # --shm-size: /dev/shm's bytes (None: 64 MB)
     log_driver: str = ""                  # json-file | local | none ("": the daemon's)
     log_opts: tuple[str, ...] = ()        # "max-size=20m", "max-file=5" (daemon fills gaps)
 

@@ -90,6 +90,7 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         "DnsOptions": list(h.dns_options),
         "DnsSearch": list(h.dns_search),
         "ExtraHosts": list(h.extra_hosts) or None,
+        "ShmSize": h.shm_size or 64 << 20,
         "PidMode": h.pid_mode,
         "Privileged": h.privileged,
         "PublishAllPorts": h.publish_all,

@@ -240,6 +240,8 @@ def check_host(h: HostConfig) -> list[str]:
                            or mode.startswith("container:")):
         problems.append("host.ip_address: user specified IP address is supported on user "
                         "defined networks only")
+    if h.shm_size is not None and h.shm_size <= 0:
+        problems.append(f"host.shm_size: {h.shm_size} must be a positive number of bytes")
     if h.network_aliases and (mode in ("default", "bridge", "none", "host")
                               or mode.startswith("container:")):
         problems.append("host.network_aliases: network-scoped alias is supported only for "
