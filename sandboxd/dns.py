@@ -68,6 +68,7 @@ class _Served:
         self.key = key
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.AbstractServer | None = None
+        self.clients: set[asyncio.StreamWriter] = set()   # TCP connections
         self.inflight = 0
 
 
@@ -108,6 +109,8 @@ class Resolver:
             served.udp.close()
         if served.tcp is not None:
             served.tcp.close()
+        for writer in served.clients:           # an open connection holds the namespace
+            writer.close()
 
     def close(self) -> None:
         for key in list(self._served):
@@ -132,6 +135,7 @@ class Resolver:
 
     async def _tcp_client(self, served: _Served, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
+        served.clients.add(writer)
         try:
             while self._served.get(served.key) is served:
                 try:
@@ -155,6 +159,7 @@ class Resolver:
         except (ConnectionError, OSError):
             pass
         finally:
+            served.clients.discard(writer)
             writer.close()
 
     # ------------------------------------------------------------ answers
