@@ -5,7 +5,7 @@ How the container service uses it (every call on the daemon's asyncio loop)::
 
     net = NetworkService(store, root, prefix="sbx", pool_size=2)
     await net.startup()              # daemon start: reconcile, bridges up, pools fill
-    att = await net.attach(cid, "bridge", ip="", aliases=())   # container start
+    att = await net.attach(cid, "bridge", ip="", aliases=(), upstreams=())  # a start
     spec = ContainerSpec(..., namespaces=Namespaces(net=att.netns))
     record = replace(record, endpoints=(att.endpoint,), sandbox_key=att.sandbox_key)
     await net.connect(cid, "other", ip="", aliases=())    # a running container: one more
@@ -47,7 +47,11 @@ The pieces:
   is deleted then.
 - Addresses: :class:`sandboxd.ipam.IPAM`, persisted in ``meta.db``. Subnets of new
   networks avoid the host's routes and every other network.
-- Names: the default bridge's link is ``<prefix>0``, a user network's
+- Names on user networks: each namespace prepared for one comes with a UDP and a TCP
+  socket the server bound to 127.0.0.11:53 inside it; :attr:`NetworkService.resolver`
+  (:mod:`sandboxd.dns`) serves them from ``attach`` until the namespace is torn down,
+  answering from :meth:`NetworkService._dns_scope` (docs/networking.md).
+- Link names: the default bridge's link is ``<prefix>0``, a user network's
   ``<prefix>-<id prefix>``; start-up removes every ``<prefix>*`` link and every namespace
   file the database does not own, and frees every address (no container survives a
   daemon restart). The server removes what it made when its owner goes, so nothing

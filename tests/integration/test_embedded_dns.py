@@ -12,9 +12,7 @@ from __future__ import annotations
 import functools
 import http.server
 import io
-import json
 import os
-import socket
 import subprocess
 import threading
 import zipfile
