@@ -254,6 +254,36 @@ def test_questions_over_tcp_are_forwarded_over_tcp(dnsd: Daemon, upstream: Upstr
     assert upstream.asked("tcp.upstream.test", "tcp")
 
 
+def test_a_flood_of_garbage_and_questions_leaves_the_resolver_answering(
+        dnsd: Daemon, upstream: Upstream, nets: list[str]) -> None:
+    """A container sends 5000 random datagrams and 500 questions as fast as it can: the
+    daemon drops what is not DNS, caps what is in flight, and keeps answering."""
+    dnsd.sbx("network", "create", "dns-a", check=True)
+    nets.append("dns-a")
+    dnsd.sbx("import", str(testing.python_tar()), "sbx-python", check=True)
+    dnsd.sbx("run", "-d", "--name", "web", "--network", "dns-a", "busybox", "sleep",
+             "300", check=True)
+    script = (
+        "import os, socket, struct\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for i in range(5000): s.sendto(os.urandom(i % 300), ('127.0.0.11', 53))\n"
+        "for i in range(500):\n"
+        "    q = struct.pack('!HHHHHH', i, 0x0100, 1, 0, 0, 0) + b'\\x05flood' + \\\n"
+        "        bytes([len(str(i))]) + str(i).encode() + b'\\x08upstream\\x04test\\0' + \\\n"
+        "        struct.pack('!HH', 1, 1)\n"
+        "    s.sendto(q, ('127.0.0.11', 53))\n"
+        "print('sent')\n")
+    out = dnsd.sbx("run", "--rm", "--network", "dns-a", "sbx-python", "python3", "-c",
+                   script, check=True, timeout=60).out
+    assert out == "sent\n"
+    assert any(name.startswith("flood.") for _, name in upstream.seen)   # forwarded
+    code, out = lookup(dnsd, "dns-a", "web")
+    assert code == 0 and f"Address: {address_of(dnsd, 'web', 'dns-a')}" in out, out
+    code, out = lookup(dnsd, "dns-a", UPSTREAM_NAME)
+    assert code == 0 and f"Address: {UPSTREAM_ADDRESS}" in out, out
+    assert "Traceback" not in dnsd.log(1 << 20)
+
+
 def test_container_dns_is_its_upstream_and_internal_networks_do_not_forward(
         dnsd: Daemon, nets: list[str]) -> None:
     dnsd.sbx("network", "create", "dns-a", check=True)
