@@ -671,8 +671,8 @@ class ContainerService:
             attachment = await self.networks.attach(
                 record.id, _network_name(mode), ip=h.ip_address,
                 aliases=(record.name, *h.network_aliases),
-                upstreams=resolvconf.upstreams(self._host_resolv(),
-                                               h.dns or self.config.dns))
+                upstreams=resolvconf.upstreams(self._host_resolv(), h.dns,
+                                               self.config.dns))
             try:
                 self.link_hosts[record.id] = "".join(link_hosts)
                 spec = self._spec(record, netns=attachment.netns, link_vars=link_vars)

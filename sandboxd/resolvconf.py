@@ -125,12 +125,19 @@ def container_text(host_text: str, mode: str, dns: Sequence[str] = (),
     return rc.text()
 
 
-def upstreams(host_text: str, dns: Sequence[str] = ()) -> tuple[str, ...]:
+def upstreams(host_text: str, container_dns: Sequence[str] = (),
+              daemon_dns: Sequence[str] = ()) -> tuple[str, ...]:
     """Where the embedded resolver forwards a user network container's questions:
-    ``dns`` (its --dns, else the daemon's), else the host's servers as they are (the
+    its ``--dns``, else the daemon's, else the host's servers as they are (the
     forwarding leaves from the host's namespace, where its loopback ones answer), else
-    Google's."""
-    return tuple(dns) or parse(host_text).nameservers or DEFAULT_IPV4
+    Google's. A loopback server of the container's own ``--dns`` means one inside the
+    container, which the host's namespace cannot reach (Docker forwards to it from the
+    container's): it is left out rather than asked on the host's loopback, so the
+    container gets SERVFAIL when no other is given."""
+    if container_dns:
+        return tuple(s for s in container_dns
+                     if (a := _address(s)) is not None and not a.is_loopback)
+    return tuple(daemon_dns) or parse(host_text).nameservers or DEFAULT_IPV4
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
