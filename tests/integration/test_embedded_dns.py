@@ -321,6 +321,8 @@ def test_aliases_show_in_inspect(dnsd: Daemon, nets: list[str]) -> None:
              "busybox", "sleep", "300", check=True)
     doc = inspect(dnsd, "web")
     assert doc["NetworkSettings"]["Networks"]["dns-a"]["Aliases"] == ["web", "db"]
+    assert doc["NetworkSettings"]["Networks"]["dns-a"]["DNSNames"] == [
+        "web", "db", doc["Id"][:12]]
     assert doc["HostConfig"]["ShmSize"] == 64 << 20
 
 
