@@ -455,10 +455,10 @@ class NetworkService:
         attached = _Attached(net, prepared, tuple(aliases))
         self._attached[container_id] = {net.id: attached}
         self._wake_refill()
+        self._upstreams[container_id] = tuple(upstreams)
         if prepared.dns is not None:
             sockets, prepared.dns = prepared.dns, None
             self._dns_owner[prepared.path] = container_id
-            self._upstreams[container_id] = tuple(upstreams)
             await self.resolver.serve(prepared.path, *sockets)
         return Attachment(prepared.path, _endpoint(attached))
 
@@ -467,7 +467,9 @@ class NetworkService:
         """Plug a running container into one more bridge network, live: a veth whose
         peer appears in its namespace as the next free ``ethN`` with an address from
         that network (``ip``: a static one, user-defined networks only). The default
-        route stays with the container's first network."""
+        route stays with the container's first network. A namespace without the
+        embedded resolver (the default bridge's) gets one when it joins a user network,
+        as Docker's: see :meth:`has_resolver`."""
         net = self.get(network)
         nets = self._attached.get(container_id)
         if nets and any(a.network.driver == "null" for a in nets.values()):
@@ -494,24 +496,42 @@ class NetworkService:
         address = self.ipam.allocate(net.id, pool, container_id, ip)
         prepared = _Prepared(secrets.token_hex(8), path, address=address,
                              mac=mac_for(address), veth=self._veth_name())
+        dns = net.name not in BUILTIN and path not in self._dns_owner
         try:
-            await self._call({"op": "plug", "path": path, "veth": prepared.veth,
-                              "bridge": net.bridge, "ifname": iface,
-                              "address": str(address), "prefixlen": pool.subnet.prefixlen,
-                              "mac": prepared.mac})
+            _ok, fds = await self._helper.call(
+                {"op": "plug", "path": path, "veth": prepared.veth, "bridge": net.bridge,
+                 "ifname": iface, "address": str(address),
+                 "prefixlen": pool.subnet.prefixlen, "mac": prepared.mac, "dns": dns},
+                URGENT, with_fds=True)
         except SandboxError:
             self.ipam.release(net.id, address)
             raise
         except BaseException:                       # cancelled: it may still be made
             self._unplug_later(net, prepared)
             raise
+        sockets = [socket.socket(fileno=fd) for fd in fds]
         nets = self._attached.get(container_id)
         if nets is None:                            # the container ended meanwhile
+            for sock in sockets:
+                sock.close()
             self._unplug_later(net, prepared)
             raise Conflict(f"container {container_id[:12]} stopped while being connected")
         attached = _Attached(net, prepared, tuple(aliases), primary=False, iface=iface)
         nets[net.id] = attached
+        if len(sockets) == 2:
+            self._dns_owner[path] = container_id
+            await self.resolver.serve(path, *sockets)
+            return _endpoint(attached)
+        for sock in sockets:
+            sock.close()
+        if dns:
+            log.warning("container %s: no embedded resolver on network %s (127.0.0.11:53 "
+                        "taken in its namespace, or lo down)", container_id[:12], net.name)
         return _endpoint(attached)
+
+    def has_resolver(self, container_id: str) -> bool:
+        """Whether the embedded resolver answers in the container's namespace."""
+        return container_id in self._dns_owner.values()
 
     async def disconnect(self, container_id: str, network: str) -> Network:
         """Unplug a container from one network (its veth and address go at once); a

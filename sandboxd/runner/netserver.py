@@ -40,10 +40,12 @@ Operations:
 ``gone {veths}``
     Which of these veths (dying ones, or plugged into a namespace released lazily) no
     longer exist; they are forgotten. The caller frees their addresses only then.
-``plug {path, veth, bridge, ifname, address, prefixlen, mac}``
+``plug {path, veth, bridge, ifname, address, prefixlen, mac, dns?}``
     One more veth into the existing namespace bound on ``path`` (``network connect``):
     host end ``veth`` on ``bridge``, the peer ``ifname`` inside with ``mac`` and
-    ``address/prefixlen``, up; no route (the default one stays with ``eth0``).
+    ``address/prefixlen``, up; no route (the default one stays with ``eth0``). With
+    ``dns``, the resolver's two sockets as ``prepare`` makes them (a namespace of the
+    default bridge joining its first user network).
 ``unplug {veth}``
     Delete a veth made by ``plug`` (or a namespace's own, leaving the namespace, or a
     dying one that something still holds).
@@ -197,15 +199,7 @@ class NetServer:
                         inside.add_default_route(msg["gateway"])
             except OSError as e:
                 raise _failed(f"configure the namespace {path}", e.errno or 0) from None
-            for sock in dns:                  # 127.0.0.11 exists once lo is up
-                try:
-                    sock.bind(DNS_ADDRESS)
-                    if sock.type == socket.SOCK_STREAM:
-                        sock.listen(64)
-                except OSError as e:
-                    raise _failed(f"bind the resolver's {DNS_ADDRESS[0]}:53 in {path}",
-                                  e.errno or 0) from None
-            self.reply_fds = [sock.detach() for sock in dns]
+            self._bind_dns(dns, path)         # 127.0.0.11 exists once lo is up
         except BaseException:
             self._release(path)
             raise
@@ -241,7 +235,7 @@ class NetServer:
                               f"bridge was removed from outside: restart the daemon")
         nsfd = os.open(msg["path"], os.O_RDONLY | os.O_CLOEXEC)
         try:
-            inside = self._socket_in(nsfd, msg["path"])
+            inside, dns = self._socket_in(nsfd, msg["path"], bool(msg.get("dns")))
             try:
                 try:
                     self.rtnl.add_veth(veth, bridge, ifname, nsfd, msg["mac"])
@@ -257,7 +251,15 @@ class NetServer:
                     self._op_unplug({"veth": veth})
                     raise _failed(f"configure {ifname} in {msg['path']}",
                                   e.errno or 0) from None
+                try:
+                    self._bind_dns(dns, msg["path"])
+                except SetupFailed:
+                    # The container may have taken 127.0.0.11:53 or its lo down: it is
+                    # connected all the same, without the resolver (no fds come back).
+                    self.reply_fds = []
             finally:
+                for sock in dns:
+                    sock.close()              # a no-op for the detached ones
                 inside.close()
         finally:
             os.close(nsfd)
@@ -327,8 +329,7 @@ class NetServer:
                 _allow_ping()
                 nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 inside = Rtnl()
-                socks = [socket.socket(socket.AF_INET, kind) for kind in
-                         (socket.SOCK_DGRAM, socket.SOCK_STREAM)] if dns else []
+                socks = _dns_sockets() if dns else []
             finally:
                 self._go_home()
         except OSError as e:
@@ -337,15 +338,31 @@ class NetServer:
                               {"step": "netns", "errno": e.errno or 0}) from None
         return nsfd, inside, socks
 
-    def _socket_in(self, nsfd: int, path: str) -> Rtnl:
-        """A netlink socket inside the namespace ``nsfd`` (back home afterwards)."""
+    def _bind_dns(self, dns: list[socket.socket], path: str) -> None:
+        """Bind the resolver's sockets (made inside a namespace) to 127.0.0.11:53; they
+        go with the reply."""
+        for sock in dns:
+            try:
+                sock.bind(DNS_ADDRESS)
+                if sock.type == socket.SOCK_STREAM:
+                    sock.listen(64)
+            except OSError as e:
+                raise _failed(f"bind the resolver's {DNS_ADDRESS[0]}:53 in {path}",
+                              e.errno or 0) from None
+        self.reply_fds = [sock.detach() for sock in dns]
+
+    def _socket_in(self, nsfd: int, path: str, dns: bool = False
+                   ) -> tuple[Rtnl, list[socket.socket]]:
+        """A netlink socket inside the namespace ``nsfd`` and, with ``dns``, an unbound
+        UDP and TCP socket there (back home afterwards)."""
         try:
             sc.setns(nsfd, sc.CLONE_NEWNET)
         except OSError as e:
             raise SetupFailed(f"enter the network namespace {path}: {e.strerror}",
                               {"step": "netns", "errno": e.errno or 0}) from None
         try:
-            return Rtnl()
+            socks = _dns_sockets() if dns else []
+            return Rtnl(), socks
         finally:
             self._go_home()
 
@@ -406,6 +423,12 @@ class NetServer:
                 print(f"network server: cleanup of {name}: {e}", file=sys.stderr)
         self.ipr.close()
         self.rtnl.close()
+
+
+def _dns_sockets() -> list[socket.socket]:
+    """An unbound UDP and TCP socket in the current network namespace (they stay in it)."""
+    return [socket.socket(socket.AF_INET, kind)
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]
 
 
 def _link_name(name: str) -> str:

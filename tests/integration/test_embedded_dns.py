@@ -195,6 +195,31 @@ def test_names_aliases_and_short_ids_resolve_on_their_network_only(
     assert code != 0 and "NXDOMAIN" in out, out
 
 
+@pytest.mark.parametrize("rm", [False, True])
+def test_a_default_bridge_container_connected_to_a_user_network_gets_the_resolver(
+        dnsd: Daemon, nets: list[str], rm: bool) -> None:
+    """As Docker: its resolv.conf names 127.0.0.11 from then on, which answers the
+    names there and forwards the rest."""
+    dnsd.sbx("network", "create", "dns-a", check=True)
+    nets.append("dns-a")
+    dnsd.sbx("run", "-d", "--name", "web", "--network", "dns-a", "busybox", "sleep", "300",
+             check=True)
+    dnsd.sbx("run", "-d", *(("--rm",) if rm else ()), "--name", "plain", "busybox",
+             "sleep", "300", check=True)
+    assert "127.0.0.11" not in dnsd.sbx("exec", "plain", "cat", "/etc/resolv.conf",
+                                        check=True).out
+    dnsd.sbx("network", "connect", "dns-a", "plain", check=True)
+    text = dnsd.sbx("exec", "plain", "cat", "/etc/resolv.conf", check=True).out
+    assert "nameserver 127.0.0.11\n" in text, text
+    for name, address in (("web", address_of(dnsd, "web", "dns-a")),
+                          (UPSTREAM_NAME, UPSTREAM_ADDRESS)):
+        out = dnsd.sbx("exec", "plain", "nslookup", "-type=a", name, check=True).out
+        assert f"Address: {address}" in out, out
+    # and containers on dns-a find it by name
+    code, out = lookup(dnsd, "dns-a", "plain")
+    assert code == 0 and f"Address: {address_of(dnsd, 'plain', 'dns-a')}" in out, out
+
+
 def test_two_containers_with_one_alias_both_answer(dnsd: Daemon, nets: list[str]) -> None:
     dnsd.sbx("network", "create", "dns-a", check=True)
     nets.append("dns-a")
@@ -272,10 +297,16 @@ def test_a_flood_of_garbage_and_questions_leaves_the_resolver_answering(
         "        bytes([len(str(i))]) + str(i).encode() + b'\\x08upstream\\x04test\\0' + \\\n"
         "        struct.pack('!HH', 1, 1)\n"
         "    s.sendto(q, ('127.0.0.11', 53))\n"
-        "print('sent')\n")
+        "s.settimeout(2)\n"
+        "replies = 0\n"
+        "try:\n"
+        "    while True: s.recv(512); replies += 1\n"
+        "except socket.timeout: print(replies)\n")
     out = dnsd.sbx("run", "--rm", "--network", "dns-a", "sbx-python", "python3", "-c",
                    script, check=True, timeout=60).out
-    assert out == "sent\n"
+    # the kernel drops what overflows the socket's buffer, the daemon what is beyond
+    # its cap: some of the 500 are answered, none of the garbage is
+    assert 0 < int(out) <= 500, out
     assert any(name.startswith("flood.") for _, name in upstream.seen)   # forwarded
     code, out = lookup(dnsd, "dns-a", "web")
     assert code == 0 and f"Address: {address_of(dnsd, 'web', 'dns-a')}" in out, out
