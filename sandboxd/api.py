@@ -594,12 +594,16 @@ class ImageCollection:
 
     def build(self, path: str | os.PathLike[str], tag: str | Sequence[str] | None = None,
               *, dockerfile: str | None = None, buildargs: Mapping[str, str] | None = None,
-              nocache: bool = False, network_mode: str = "none", target: str = "",
-              labels: Mapping[str, str] | None = None,
+              nocache: bool = False, network_mode: str = "default", target: str = "",
+              labels: Mapping[str, str] | None = None, pull: bool = False,
+              cache_from: Sequence[str] = (), extra_hosts: Mapping[str, str] | None = None,
+              shmsize: int | None = None,
               progress: Callable[[str], None] | None = None) -> Image:
         """``docker build``: the Dockerfile (``dockerfile``, default ``path/Dockerfile``
         or ``path/Sandboxfile``) built with the directory ``path`` as its context (sent
-        as a tar, ``.dockerignore`` applied). RUN steps get network ``network_mode``.
+        as a tar, ``.dockerignore`` applied). RUN steps get network ``network_mode``
+        (the default bridge unless ``none``, ``host`` or a network's name), the
+        ``extra_hosts`` ``{name: ip}`` and a /dev/shm of ``shmsize`` bytes.
         ``progress`` gets each output line (``Step 1/3 : FROM ...``). A failing step
         raises ``InvalidArgument`` with its message."""
         from .buildcontext import prepare
@@ -609,7 +613,10 @@ class ImageCollection:
                 "dockerfile": text, "dockerfile_name": name,
                 "tags": [tag] if isinstance(tag, str) else list(tag or ()),
                 "build_args": dict(buildargs or {}), "no_cache": nocache,
-                "network": network_mode, "target": target, "labels": dict(labels or {})})
+                "network": network_mode, "target": target, "labels": dict(labels or {}),
+                "pull": pull, "cache_from": list(cache_from),
+                "add_hosts": [f"{k}:{v}" for k, v in (extra_hosts or {}).items()],
+                **({"shm_size": shmsize} if shmsize else {})})
             _send_file(attachment, spool)
         for event, data in attachment:
             if event == "progress" and progress is not None and isinstance(data, dict):

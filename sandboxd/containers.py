@@ -433,6 +433,10 @@ class ContainerService:
                       self._etc_texts(record, self._hosts_text(record)).items()) \
             if inline else ()
         mounts = self.images.image_mounts(record.image_id) + etc + h.mounts
+        if h.shm_size and not any(m.destination == "/dev/shm" for m in h.mounts):
+            # Over the runner's 64 MB one, with Docker's flags (a /dev/shm mount wins).
+            mounts += (Mount("/dev/shm", "tmpfs", options=(
+                "mode=1777", f"size={h.shm_size}", "noexec")),)
         if dry_run:
             from .runner.spec import RootFS
             root = RootFS(lowerdirs=("/",))
@@ -489,24 +493,50 @@ class ContainerService:
         return {"hostname": hostname + "\n", "hosts": hosts,
                 "resolv.conf": self._resolv_text(record)}
 
-    def _resolv_text(self, record: ContainerRecord) -> str:
+    def _resolv_text(self, record: ContainerRecord, embedded: bool = False) -> str:
         """Docker's resolv.conf for the container's network (sandboxd/resolvconf.py):
         its --dns* over the host's file; no --dns: the daemon's --dns (not on
         ``none``, which has no server to reach), else the host's servers, filtered on
         bridges. A container:X container gets X's (as Docker
-        shares X's file; joining needs X running, so X is there)."""
+        shares X's file; joining needs X running, so X is there). ``embedded``: the
+        file of a user network (the embedded resolver), whatever the network mode."""
         h = record.config.host
         if h.network_mode.startswith("container:"):
             with contextlib.suppress(NotFound):
                 h = self.get(h.network_mode.partition(":")[2]).config.host
-        mode = h.network_mode if h.network_mode in ("host", "none") else "bridge"
-        etc = _read(resolvconf.ETC)
-        path = resolvconf.ETC if mode == "host" else \
-            resolvconf.host_path(etc, os.path.exists(resolvconf.SYSTEMD))
+        network = _network_name(h.network_mode)
+        with contextlib.suppress(NotFound):
+            network = self.networks.get(network).name      # an id given as --network
+        mode = h.network_mode if h.network_mode in ("host", "none") else \
+            "bridge" if network in BUILTIN and not embedded else "user"
         return resolvconf.container_text(
-            etc if path == resolvconf.ETC else _read(path), mode,
+            self._host_resolv(mode == "host"), mode,
             h.dns or (self.config.dns if mode != "none" else ()), h.dns_search,
             h.dns_options)
+
+    def _resolv_to_embedded(self, record: ContainerRecord) -> None:
+        """A default bridge container joined its first user network: its resolv.conf
+        names the embedded resolver now (as Docker rewrites it), unless the container
+        edited the file. A later start on the default bridge writes the bridge's again."""
+        text = self._resolv_text(record, embedded=True)
+        if _etc_inline(record):
+            self._write_inline(record, "/etc/resolv.conf", text)
+            return
+        path = self._dir(record.id) / "resolv.conf"
+        try:
+            if _unmodified(path):
+                _write_in_place(path, text)
+                _hash_path(path).write_text(_digest(text))
+        except FileNotFoundError:                 # its directory is being removed
+            pass
+
+    def _host_resolv(self, host_network: bool = False) -> str:
+        """The host's resolv.conf text containers' are made from (systemd-resolved's
+        upstream file behind its stub, except for ``--network host``)."""
+        etc = _read(resolvconf.ETC)
+        path = resolvconf.ETC if host_network else \
+            resolvconf.host_path(etc, os.path.exists(resolvconf.SYSTEMD))
+        return etc if path == resolvconf.ETC else _read(path)
 
     def _own_hosts(self, record: ContainerRecord) -> str:
         """A container's own /etc/hosts lines: localhost, its host name, its --add-host
@@ -572,7 +602,7 @@ class ContainerService:
             return
         text = self._hosts_text(record)
         if _etc_inline(record):
-            self._write_inline_hosts(record, text)
+            self._write_inline(record, "/etc/hosts", text)
             return
         try:
             _write_in_place(self._dir(record.id) / "hosts", text)
@@ -596,8 +626,8 @@ class ContainerService:
                     lines[f"{e.ip_address}\t{' '.join(names)}\n"] = None
         return self._own_hosts(record) + self.link_hosts.get(record.id, "") + "".join(lines)
 
-    def _write_inline_hosts(self, record: ContainerRecord, text: str) -> None:
-        """Rewrite the /etc/hosts a --rm container has in its own layer, through its
+    def _write_inline(self, record: ContainerRecord, path: str, text: str) -> None:
+        """Rewrite an /etc file a --rm container has in its own layer, through its
         root: resolved inside it, on its root filesystem alone (no symlink or mount
         leads elsewhere; one the container mounted over /etc is left alone). A
         container still starting is skipped: its spec has the text, and :meth:`start`
@@ -609,9 +639,9 @@ class ContainerService:
         except Conflict:                          # exited meanwhile
             return
         try:
-            write_in_root(root, "/etc/hosts", text, syscalls.RESOLVE_NO_XDEV)
+            write_in_root(root, path, text, syscalls.RESOLVE_NO_XDEV)
         except OSError as e:
-            log.info("container %s: /etc/hosts not updated: %s", record.id[:12], e)
+            log.info("container %s: %s not updated: %s", record.id[:12], path, e)
         finally:
             os.close(root)
 
@@ -628,8 +658,11 @@ class ContainerService:
                       aliases: Sequence[str] = ()) -> ContainerRecord:
         """``network connect``: a running container joins one more network live."""
         lifecycle.check("connect", record, record.id in self.live)
+        had_resolver = self.networks.has_resolver(record.id)
         endpoint = await self.networks.connect(record.id, network, ip=ip,
                                                aliases=(record.name, *aliases))
+        if not had_resolver and self.networks.has_resolver(record.id):
+            self._resolv_to_embedded(record)
         record = self.get(record.id)
         record = self._save(dataclasses.replace(record,
                                                 endpoints=record.endpoints + (endpoint,)))
@@ -674,9 +707,12 @@ class ContainerService:
             spec = self._spec(record)
         else:
             link_vars, link_hosts = self._resolve_links(record)
-            attachment = await self.networks.attach(record.id, _network_name(mode),
-                                                    ip=record.config.host.ip_address,
-                                                    aliases=(record.name,))
+            h = record.config.host
+            attachment = await self.networks.attach(
+                record.id, _network_name(mode), ip=h.ip_address,
+                aliases=(record.name, *h.network_aliases),
+                upstreams=resolvconf.upstreams(self._host_resolv(), h.dns,
+                                               self.config.dns))
             try:
                 self.link_hosts[record.id] = "".join(link_hosts)
                 spec = self._spec(record, netns=attachment.netns, link_vars=link_vars)

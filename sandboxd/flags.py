@@ -215,6 +215,8 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  dns: str | Sequence[str] = (), dns_search: str | Sequence[str] = (),
                  dns_opt: str | Sequence[str] = (),
                  extra_hosts: Sequence[str] | Mapping[str, str] = (),
+                 network_aliases: str | Sequence[str] = (),
+                 shm_size: int | str | None = None,
                  ports: Sequence[str | PortBinding] | Mapping[Any, Any] = (),
                  publish_all_ports: bool = False,
                  volumes: Sequence[str | Mount] = (),
@@ -316,6 +318,8 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
     mounts += [parse_tmpfs(t) for t in tmpfs_items]
 
     storage_size = attempt(parse_storage_opts, storage_opt)
+    shm_bytes = None if shm_size in (None, "", 0) else \
+        attempt(spec.parse_size, shm_size, "shm-size")
     log_list = [f"{k}={v}" for k, v in log_opts.items()] if isinstance(log_opts, Mapping) \
         else [str(o) for o in log_opts]
 
@@ -333,6 +337,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         pid_mode=pid_mode, network_mode=network_mode or "default", ip_address=ip or "",
         links=tuple(link_list), dns=_strings(dns), dns_search=_strings(dns_search),
         dns_options=_strings(dns_opt), extra_hosts=tuple(hosts_list),
+        network_aliases=_strings(network_aliases), shm_size=shm_bytes,
         port_bindings=tuple(bindings), publish_all=bool(publish_all_ports),
         mounts=tuple(mounts), read_only=bool(read_only),
         init=bool(init), cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),

@@ -335,7 +335,8 @@ class Handlers:
             dockerfile=p.dockerfile, dockerfile_name=p.dockerfile_name, tags=list(p.tags),
             build_args=p.build_args, no_cache=p.no_cache, network=p.network,
             target=p.target, labels=p.labels, memory=p.memory, cpus=p.cpus,
-            pids_limit=p.pids_limit)
+            pids_limit=p.pids_limit, add_hosts=list(p.add_hosts), ulimits=list(p.ulimits),
+            shm_size=p.shm_size, pull=p.pull, cache_from=list(p.cache_from))
         loop = asyncio.get_running_loop()
         with await _spool_stdin(ctx, "image.build", self.spool_dir) as spool:
             context = await loop.run_in_executor(None, unpack_context, spool,

@@ -94,6 +94,8 @@ class HostConfig:
     # --add-host "name:ip" lines of /etc/hosts; ip "host-gateway": the default bridge's
     # gateway address, filled in when the file is written.
     extra_hosts: tuple[str, ...] = ()
+    # --network-alias: more names of the container on its user network's resolver
+    network_aliases: tuple[str, ...] = ()
     port_bindings: tuple[PortBinding, ...] = ()
     publish_all: bool = False             # -P: every exposed port on a host port
     mounts: tuple[Mount, ...] = ()        # -v binds and --tmpfs, in the order given
@@ -111,6 +113,7 @@ class HostConfig:
     # --storage-opt size=N: the writable layer's cap in bytes (None: the daemon's default,
     # which the daemon writes here at create; 0: no cap)
     storage_size: int | None = None
+    shm_size: int | None = None           # --shm-size: /dev/shm's bytes (None: 64 MB)
     log_driver: str = ""                  # json-file | local | none ("": the daemon's)
     log_opts: tuple[str, ...] = ()        # "max-size=20m", "max-file=5" (daemon fills gaps)
 

@@ -5,7 +5,7 @@ How the container service uses it (every call on the daemon's asyncio loop)::
 
     net = NetworkService(store, root, prefix="sbx", pool_size=2)
     await net.startup()              # daemon start: reconcile, bridges up, pools fill
-    att = await net.attach(cid, "bridge", ip="", aliases=())   # container start
+    att = await net.attach(cid, "bridge", ip="", aliases=(), upstreams=())  # a start
     spec = ContainerSpec(..., namespaces=Namespaces(net=att.netns))
     record = replace(record, endpoints=(att.endpoint,), sandbox_key=att.sandbox_key)
     await net.connect(cid, "other", ip="", aliases=())    # a running container: one more
@@ -47,7 +47,11 @@ The pieces:
   is deleted then.
 - Addresses: :class:`sandboxd.ipam.IPAM`, persisted in ``meta.db``. Subnets of new
   networks avoid the host's routes and every other network.
-- Names: the default bridge's link is ``<prefix>0``, a user network's
+- Names on user networks: each namespace prepared for one comes with a UDP and a TCP
+  socket the server bound to 127.0.0.11:53 inside it; :attr:`NetworkService.resolver`
+  (:mod:`sandboxd.dns`) serves them from ``attach`` until the namespace is torn down,
+  answering from :meth:`NetworkService._dns_scope` (docs/networking.md).
+- Link names: the default bridge's link is ``<prefix>0``, a user network's
   ``<prefix>-<id prefix>``; start-up removes every ``<prefix>*`` link and every namespace
   file the database does not own, and frees every address (no container survives a
   daemon restart). The server removes what it made when its owner goes, so nothing
@@ -98,6 +102,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Sequence
 
+from .dns import Resolver, Scope
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError, Unavailable, from_wire
 from .ipam import (IPAM, Pool, choose_subnet, default_bridge_candidates, mac_for,
                    user_network_candidates)
@@ -166,6 +171,9 @@ class _Prepared:
     veth: str = ""
     address: IPv4Address | None = None
     mac: str = ""
+    # A user network's namespace: its resolver sockets (UDP, TCP) until a container
+    # takes it and they are served (sandboxd/dns.py).
+    dns: tuple[socket.socket, socket.socket] | None = None
 
 
 @dataclass
@@ -210,6 +218,11 @@ class NetworkService:
         self._refilling = False
         self._dying: dict[str, tuple[float, asyncio.Future]] = {}   # veth -> deadline, done
         self._reaper: asyncio.Task | None = None
+        # The embedded resolver: namespace path -> the container in it, and what each
+        # container's questions are forwarded to.
+        self.resolver = Resolver(self._dns_scope)
+        self._dns_owner: dict[str, str] = {}
+        self._upstreams: dict[str, tuple[str, ...]] = {}
 
     # ------------------------------------------------------------ start-up / shutdown
 
@@ -240,9 +253,14 @@ class NetworkService:
             self._refiller.cancel()
             await asyncio.gather(self._refiller, return_exceptions=True)
             self._refiller = None
+        self.resolver.close()
         await self._drain_background()
         await self._helper.close()
         self.ipam.release_all()
+        for pool in self._pools.values():
+            for prepared in pool:
+                for sock in prepared.dns or ():
+                    sock.close()
         self._pools.clear()
         self._attached.clear()
         self._bare.clear()
@@ -408,10 +426,14 @@ class NetworkService:
     # ------------------------------------------------------------ containers
 
     async def attach(self, container_id: str, network: str = "bridge", *, ip: str = "",
-                     aliases: tuple[str, ...] = ()) -> Attachment:
+                     aliases: tuple[str, ...] = (),
+                     upstreams: tuple[str, ...] = ()) -> Attachment:
         """Give a starting container its network namespace: from the pool when one is
         ready (no kernel work on this path), else made now. ``ip`` asks for a static
-        address (user-defined networks only, as in Docker)."""
+        address (user-defined networks only, as in Docker). On a user network the
+        embedded resolver answers in it: ``aliases`` are the names it gives the
+        container's address (its name first), ``upstreams`` the servers it forwards
+        the container's other questions to."""
         if container_id in self._attached:
             first = next(iter(self._attached[container_id].values()))
             raise Conflict(f"container {container_id[:12]} is already attached to network "
@@ -433,6 +455,11 @@ class NetworkService:
         attached = _Attached(net, prepared, tuple(aliases))
         self._attached[container_id] = {net.id: attached}
         self._wake_refill()
+        self._upstreams[container_id] = tuple(upstreams)
+        if prepared.dns is not None:
+            sockets, prepared.dns = prepared.dns, None
+            self._dns_owner[prepared.path] = container_id
+            await self.resolver.serve(prepared.path, *sockets)
         return Attachment(prepared.path, _endpoint(attached))
 
     async def connect(self, container_id: str, network: str, *, ip: str = "",
@@ -440,7 +467,9 @@ class NetworkService:
         """Plug a running container into one more bridge network, live: a veth whose
         peer appears in its namespace as the next free ``ethN`` with an address from
         that network (``ip``: a static one, user-defined networks only). The default
-        route stays with the container's first network."""
+        route stays with the container's first network. A namespace without the
+        embedded resolver (the default bridge's) gets one when it joins a user network,
+        as Docker's: see :meth:`has_resolver`."""
         net = self.get(network)
         nets = self._attached.get(container_id)
         if nets and any(a.network.driver == "null" for a in nets.values()):
@@ -467,24 +496,42 @@ class NetworkService:
         address = self.ipam.allocate(net.id, pool, container_id, ip)
         prepared = _Prepared(secrets.token_hex(8), path, address=address,
                              mac=mac_for(address), veth=self._veth_name())
+        dns = net.name not in BUILTIN and path not in self._dns_owner
         try:
-            await self._call({"op": "plug", "path": path, "veth": prepared.veth,
-                              "bridge": net.bridge, "ifname": iface,
-                              "address": str(address), "prefixlen": pool.subnet.prefixlen,
-                              "mac": prepared.mac})
+            _ok, fds = await self._helper.call(
+                {"op": "plug", "path": path, "veth": prepared.veth, "bridge": net.bridge,
+                 "ifname": iface, "address": str(address),
+                 "prefixlen": pool.subnet.prefixlen, "mac": prepared.mac, "dns": dns},
+                URGENT, with_fds=True)
         except SandboxError:
             self.ipam.release(net.id, address)
             raise
         except BaseException:                       # cancelled: it may still be made
             self._unplug_later(net, prepared)
             raise
+        sockets = [socket.socket(fileno=fd) for fd in fds]
         nets = self._attached.get(container_id)
         if nets is None:                            # the container ended meanwhile
+            for sock in sockets:
+                sock.close()
             self._unplug_later(net, prepared)
             raise Conflict(f"container {container_id[:12]} stopped while being connected")
         attached = _Attached(net, prepared, tuple(aliases), primary=False, iface=iface)
         nets[net.id] = attached
+        if len(sockets) == 2:
+            self._dns_owner[path] = container_id
+            await self.resolver.serve(path, *sockets)
+            return _endpoint(attached)
+        for sock in sockets:
+            sock.close()
+        if dns:
+            log.warning("container %s: no embedded resolver on network %s (127.0.0.11:53 "
+                        "taken in its namespace, or lo down)", container_id[:12], net.name)
         return _endpoint(attached)
+
+    def has_resolver(self, container_id: str) -> bool:
+        """Whether the embedded resolver answers in the container's namespace."""
+        return container_id in self._dns_owner.values()
 
     async def disconnect(self, container_id: str, network: str) -> Network:
         """Unplug a container from one network (its veth and address go at once); a
@@ -513,6 +560,7 @@ class NetworkService:
         networks it left (none when it was not attached)."""
         nets = self._attached.pop(container_id, {})
         bare = self._bare.pop(container_id, None)
+        self._upstreams.pop(container_id, None)
         # The namespace goes (lazily): the veths of further networks go with it.
         namespace_goes = bare is not None or any(a.primary for a in nets.values())
         for attached in nets.values():
@@ -543,7 +591,8 @@ class NetworkService:
                        ip: str = "") -> _Prepared:
         name = secrets.token_hex(8)
         prepared = _Prepared(name, str(self.netns_dir / name))
-        message: dict[str, Any] = {"op": "prepare", "path": prepared.path}
+        message: dict[str, Any] = {"op": "prepare", "path": prepared.path,
+                                   "dns": net.driver == "bridge" and net.name not in BUILTIN}
         if net.driver == "bridge":
             pool = net.pool
             prepared.address = self.ipam.allocate(net.id, pool, owner or f"pool:{name}", ip)
@@ -554,7 +603,7 @@ class NetworkService:
                            gateway="" if net.internal else str(pool.gateway),
                            mac=prepared.mac)
         try:
-            await self._call(message, priority)
+            _ok, fds = await self._helper.call(message, priority, with_fds=True)
         except SandboxError:
             if prepared.address is not None:        # the server undid its part
                 self.ipam.release(net.id, prepared.address)
@@ -562,6 +611,11 @@ class NetworkService:
         except BaseException:                        # cancelled: it may still be made
             self._teardown_later(net, prepared)
             raise
+        if len(fds) == 2:
+            prepared.dns = (socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1]))
+        else:
+            for fd in fds:
+                os.close(fd)
         return prepared
 
     def _veth_name(self) -> str:
@@ -615,6 +669,13 @@ class NetworkService:
     async def _teardown(self, net: Network, prepared: _Prepared, priority: int,
                         lazy: bool = False) -> None:
         """``lazy``: the kernel deletes the veth with the namespace (module docstring)."""
+        # The resolver's sockets hold the namespace: they go first.
+        self.resolver.stop(prepared.path)
+        self._dns_owner.pop(prepared.path, None)
+        if prepared.dns is not None:
+            for sock in prepared.dns:
+                sock.close()
+            prepared.dns = None
         lazy = lazy and bool(prepared.veth)
         try:
             await self._call({"op": "release", "path": prepared.path,
@@ -714,6 +775,36 @@ class NetworkService:
     async def _call(self, message: dict, priority: int = URGENT) -> Any:
         return await self._helper.call(message, priority)
 
+    def _dns_scope(self, path: str) -> Scope | None:
+        """What the resolver in namespace ``path`` answers (sandboxd/dns.py): the
+        names on each user network its container is on (name, aliases, short id; also
+        as ``name.network``), forwarding unless every network is internal."""
+        container_id = self._dns_owner.get(path, "")
+        nets = self._attached.get(container_id)
+        if nets is None:
+            return None
+        names: dict[str, list[str]] = {}
+        reverse: dict[str, str] = {}
+        for attached in nets.values():
+            net = attached.network
+            if net.name in BUILTIN:
+                continue
+            for member_id, member_nets in self._attached.items():
+                member = member_nets.get(net.id)
+                if member is None or member.prepared.address is None:
+                    continue
+                address = str(member.prepared.address)
+                for name in (*member.aliases, member_id[:12]):
+                    for key in (name.lower(), f"{name}.{net.name}".lower()):
+                        found = names.setdefault(key, [])
+                        if address not in found:
+                            found.append(address)
+                if member.aliases:
+                    reverse.setdefault(address, f"{member.aliases[0]}.{net.name}")
+        forward = any(not a.network.internal for a in nets.values())
+        return Scope(names, reverse, self._upstreams.get(container_id, ()) if forward
+                     else ())
+
 
 def link_env(alias: str, link_name: str, ip: str, exposed_ports: Sequence[str],
              env: Sequence[str]) -> list[str]:
@@ -804,16 +895,21 @@ class _Helper(HelperConnection):
         theirs.close()
         await self._attach(ours, proc)
 
-    async def call(self, message: dict, priority: int) -> Any:
+    async def call(self, message: dict, priority: int, with_fds: bool = False) -> Any:
+        """The server's answer; with ``with_fds`` ``(answer, fds)``, the fds the caller's."""
         if self._sock is None:
             raise Unavailable("network server is not running; restart the daemon")
         future = asyncio.get_running_loop().create_future()
         heapq.heappush(self._queue, (priority, next(self._seq), message, future))
         self._pump()
         reply = await future
+        fds = reply.pop("fds", [])
+        if "error" in reply or not with_fds:
+            for fd in fds:
+                os.close(fd)
         if "error" in reply:
             raise from_wire(reply["error"])
-        return reply.get("ok")
+        return (reply.get("ok"), fds) if with_fds else reply.get("ok")
 
     def _pump(self) -> None:
         while self._inflight is None and self._queue and self._sock is not None:
@@ -829,6 +925,9 @@ class _Helper(HelperConnection):
             self._inflight = None
             if not future.done():
                 future.set_result(msg)
+            else:                                   # its caller was cancelled
+                for fd in msg.get("fds", ()):
+                    os.close(fd)
             self._pump()
 
     def _fail_pending(self, err: Exception) -> None:

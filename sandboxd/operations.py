@@ -419,12 +419,17 @@ class Build(NoParams):
     tags: tuple[str, ...] = param(list, (), items=str, convert=_image_refs)
     build_args: dict = param(dict, dict, convert=_string_map("build_args"))
     no_cache: bool = param(bool, False)
-    network: str = param(str, "none")
+    network: str = param(str, "default")
     target: str = param(str, "")
     labels: dict = param(dict, dict, convert=_string_map("labels"))
     memory: str | int | None = param((str, int, type(None)), None)
     cpus: str | int | float | None = param((str, int, float, type(None)), None)
     pids_limit: int | None = param(OPTIONAL_INT, None)
+    add_hosts: tuple[str, ...] = param(list, (), items=str)
+    ulimits: tuple[str, ...] = param(list, (), items=str)
+    shm_size: str | int | None = param((str, int, type(None)), None)
+    pull: bool = param(bool, False)
+    cache_from: tuple[str, ...] = param(list, (), items=str)
 
 
 @dataclass(frozen=True, kw_only=True)

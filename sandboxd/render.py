@@ -90,6 +90,7 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         "DnsOptions": list(h.dns_options),
         "DnsSearch": list(h.dns_search),
         "ExtraHosts": list(h.extra_hosts) or None,
+        "ShmSize": h.shm_size or 64 << 20,
         "PidMode": h.pid_mode,
         "Privileged": h.privileged,
         "PublishAllPorts": h.publish_all,
@@ -141,6 +142,9 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
             "IPAMConfig": {"IPv4Address": h.ip_address}
             if h.ip_address and e.network == h.network_mode else None,
             "Links": None, "Aliases": list(e.aliases) or None,
+            # what the embedded resolver answers with this address (user networks only)
+            "DNSNames": None if e.network in ("bridge", "host", "none") else
+            list(dict.fromkeys((*e.aliases, record.id[:12]))),
             "NetworkID": "", "EndpointID": "", "Gateway": e.gateway,
             "IPAddress": e.ip_address, "IPPrefixLen": e.prefix_len, "IPv6Gateway": "",
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,

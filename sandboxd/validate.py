@@ -38,6 +38,7 @@ _IMAGE = re.compile(r"^[^\s\x00]+$")
 # inner '-', dot-separated, an optional final dot.
 _LABEL = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
 _DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?\Z")
+_ALIAS = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\Z")
 _WORD = re.compile(r"^[^\s\x00#;]+\Z")           # one word of resolv.conf or /etc/hosts
 HOST_GATEWAY = "host-gateway"            # --add-host NAME:host-gateway (Docker's value)
 
@@ -239,6 +240,16 @@ def check_host(h: HostConfig) -> list[str]:
                            or mode.startswith("container:")):
         problems.append("host.ip_address: user specified IP address is supported on user "
                         "defined networks only")
+    if h.shm_size is not None and h.shm_size <= 0:
+        problems.append(f"host.shm_size: {h.shm_size} must be a positive number of bytes")
+    if h.network_aliases and (mode in ("default", "bridge", "none", "host")
+                              or mode.startswith("container:")):
+        problems.append("host.network_aliases: network-scoped alias is supported only for "
+                        "containers in user defined networks")
+    for i, alias in enumerate(h.network_aliases):
+        if len(alias) > 255 or not _ALIAS.match(alias):
+            problems.append(f"host.network_aliases[{i}]: {alias!r} is not a valid name "
+                            f"(letters, digits, '_', '-' and '.')")
     if h.port_bindings and (mode in ("none", "host") or mode.startswith("container:")):
         problems.append(f"host.port_bindings: conflicting options: port publishing and "
                         f"the {mode} network mode")

@@ -333,8 +333,19 @@ def logout(registry: str) -> int:
 @option("--no-cache", is_flag=True, help="Do not use cache when building the image")
 @option("-q", "--quiet", is_flag=True,
         help="Suppress the build output and print image ID on success")
-@option("--network", default="none", show_default=True,
-        help="Networking mode for the RUN instructions (none, bridge, host or a network)")
+@option("--network", default="default", show_default=True,
+        help="Networking mode for the RUN instructions (default: the default bridge; "
+             "none, host or a network's name)")
+@option("--add-host", "add_hosts", multiple=True, metavar="HOST:IP",
+        help="Add a custom host-to-IP mapping to the RUN instructions' /etc/hosts")
+@option("--ulimit", "ulimits", multiple=True, metavar="NAME=SOFT[:HARD]",
+        help="Ulimit options of the RUN instructions")
+@option("--shm-size", default=None, metavar="SIZE",
+        help="Size of /dev/shm of the RUN instructions [default: 64m]")
+@option("--pull", is_flag=True, help="Always attempt to pull a newer version of the image")
+@option("--cache-from", "cache_from", multiple=True, metavar="IMAGE",
+        help="Images to consider as cache sources (local images)")
+@option("--iidfile", metavar="FILE", help="Write the image ID to the file")
 @option("--target", default="", metavar="STAGE", help="Build up to this stage")
 @option("-m", "--memory", default=None, help="Memory limit of each RUN (e.g. 512m)")
 @option("--cpus", default=None, help="Number of CPUs of each RUN")
@@ -342,7 +353,9 @@ def logout(registry: str) -> int:
 @argument("context", metavar="CONTEXT|-")
 def build(tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, ...],
           labels: tuple[str, ...], no_cache: bool, quiet: bool, network: str, target: str,
-          memory: str | None, cpus: str | None, pids_limit: int | None, context: str) -> int:
+          memory: str | None, cpus: str | None, pids_limit: int | None,
+          add_hosts: tuple[str, ...], ulimits: tuple[str, ...], shm_size: str | None,
+          pull: bool, cache_from: tuple[str, ...], iidfile: str | None, context: str) -> int:
     """Build an image from a Dockerfile. CONTEXT is a local directory, or - for a
     Dockerfile on stdin and no context; -f - reads the Dockerfile from stdin (URLs are
     not supported)."""
@@ -367,8 +380,11 @@ def build(tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, 
         raise CliError(f"unable to prepare context: {e.message}", 1) from None
     params: dict[str, Any] = {"dockerfile": text, "dockerfile_name": name,
                               "tags": list(tags), "build_args": args, "no_cache": no_cache,
-                              "network": network, "target": target, "labels": label_map}
-    for key, value in (("memory", memory), ("cpus", cpus), ("pids_limit", pids_limit)):
+                              "network": network, "target": target, "labels": label_map,
+                              "add_hosts": list(add_hosts), "ulimits": list(ulimits),
+                              "pull": pull, "cache_from": list(cache_from)}
+    for key, value in (("memory", memory), ("cpus", cpus), ("pids_limit", pids_limit),
+                       ("shm_size", shm_size)):
         if value is not None:
             params[key] = value
     with connection(daemon_host()) as conn, spool:    # no model to import: a rebuild is quick
@@ -381,6 +397,13 @@ def build(tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, 
                 sys.stdout.write(str(data.get("stream", "")))
                 sys.stdout.flush()
         result = attachment.result()
+    if iidfile:
+        try:
+            with open(iidfile, "w") as f:
+                f.write(result["id"])
+        except OSError as e:
+            raise CliError(f"failed to write image ID to {iidfile}: {e.strerror}", 1) \
+                from None
     if quiet:
         click.echo(result["id"])
     return 0

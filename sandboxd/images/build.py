@@ -7,7 +7,8 @@ root (with the layer unpacker's path rules) and read through a
 
 Each instruction after ``FROM`` makes an image, as Docker's classic builder does:
 ``RUN`` runs in a real container (the container service: the runner, the daemon's
-default limits, network ``none`` unless ``--network``) whose writable layer becomes the
+default limits, the default bridge unless ``--network`` says ``none``, ``host`` or a
+user network, with ``--add-host``, ``--ulimit`` and ``--shm-size``) whose writable layer becomes the
 step's layer; ``COPY``/``ADD`` write a layer tar from the context or another stage
 (``--from``); the rest change only the config (an empty layer). Every step image
 records ``{"parent", "key"}``: the cache key is a hash of the parent image id, the
@@ -66,12 +67,19 @@ class BuildOptions:
     tags: list[str] = field(default_factory=list)
     build_args: dict[str, str] = field(default_factory=dict)
     no_cache: bool = False
-    network: str = "none"
+    network: str = "default"
     target: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     memory: str | int | None = None
     cpus: str | float | None = None
     pids_limit: int | None = None
+    add_hosts: list[str] = field(default_factory=list)
+    ulimits: list[str] = field(default_factory=list)
+    shm_size: str | int | None = None
+    pull: bool = False                   # pull every FROM image, even one that is here
+    # Images whose build steps may be reused: every image here already is a cache
+    # source, so these are only checked to be here.
+    cache_from: list[str] = field(default_factory=list)
 
 
 class StepContainers(Protocol):
@@ -151,6 +159,12 @@ class Builder:
                 raise InvalidArgument(f"--target {opts.target}: no stage of that name "
                                       f"(stages: {named})")
             stages = stages[:names.index(opts.target.lower()) + 1]
+        for ref in opts.cache_from:
+            try:
+                self.images.get(ref)
+            except NotFound:
+                await self.say(f"[Warning] --cache-from {ref}: no such image here; only "
+                               f"local images are cache sources (sbx pull it first)\n")
         total = len(parsed.args) + sum(1 + len(s.instructions) for s in stages)
         step = 0
         meta: dict[str, str] = {}                # ARGs before the first FROM
@@ -214,6 +228,9 @@ class Builder:
         return _Stage(image, runtime, shell=list(runtime.get("Shell") or DEFAULT_SHELL))
 
     async def _base_image(self, ref: str) -> str:
+        if self.options.pull:                    # --pull: the registry's, even if here
+            await self.say(f"Pulling {ref}\n")
+            return self._buildable(self.images.get(await self._thread(self.images.pull, ref)))
         try:
             image = self.images.get(ref)
         except NotFound:
@@ -221,6 +238,10 @@ class Builder:
             await self.say(f"Pulling {ref}\n")
             image_id = await self._thread(self.images.pull, ref)
             image = self.images.get(image_id)
+        return self._buildable(image)
+
+    @staticmethod
+    def _buildable(image: dict[str, Any]) -> str:
         if image["doc"].get("host"):
             raise InvalidArgument("FROM host: the built-in host image cannot be built on "
                                   "(its root is the host's own files, not layers)")
@@ -351,7 +372,9 @@ class Builder:
             state.image, argv, entrypoint=[], env=arg_env,
             workdir=state.runtime.get("WorkingDir") or "",
             user=state.runtime.get("User") or "", network_mode=opts.network,
-            memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit, environ={})
+            memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit,
+            extra_hosts=opts.add_hosts, ulimits=opts.ulimits, shm_size=opts.shm_size,
+            environ={})
         service = self.containers
         # Tied to this build as a client's containers are to its session: a daemon that
         # dies mid-build forgets it at its next start instead of listing a stray record.

@@ -22,12 +22,16 @@ Operations:
 ``bridge {name, address, prefixlen, mac}``
     Make the bridge (or adopt an existing one), give it the gateway address, set it up.
 ``bridge_del {name}``
-``prepare {path, veth?, bridge?, address?, prefixlen?, gateway?, mac?}``
+``prepare {path, veth?, bridge?, address?, prefixlen?, gateway?, mac?, dns?}``
     A new namespace bound on ``path`` with ``lo`` up and ``net.ipv4.ping_group_range``
     open to every group (ping without NET_RAW); with ``veth``: a veth pair whose
     host end ``veth`` is a port of ``bridge`` and whose other end is created straight in
     the namespace as ``eth0`` with ``mac``, ``address/prefixlen``, up, and a default
-    route via ``gateway`` (none when ``gateway`` is empty: an internal network).
+    route via ``gateway`` (none when ``gateway`` is empty: an internal network). With
+    ``dns``: a UDP socket and a listening TCP socket made inside the namespace, bound
+    to the embedded resolver's 127.0.0.11:53, come with the reply (SCM_RIGHTS) for the
+    daemon to serve (:mod:`sandboxd.dns`): a socket stays in the namespace it was made
+    in, wherever its owner lives, so the daemon answers there without entering it.
 ``release {path, veth?, lazy?}``
     Delete the veth (both ends go) and unmount and unlink the namespace file. With
     ``lazy`` only the file goes: the kernel destroys the namespace, and the veth in it,
@@ -36,10 +40,12 @@ Operations:
 ``gone {veths}``
     Which of these veths (dying ones, or plugged into a namespace released lazily) no
     longer exist; they are forgotten. The caller frees their addresses only then.
-``plug {path, veth, bridge, ifname, address, prefixlen, mac}``
+``plug {path, veth, bridge, ifname, address, prefixlen, mac, dns?}``
     One more veth into the existing namespace bound on ``path`` (``network connect``):
     host end ``veth`` on ``bridge``, the peer ``ifname`` inside with ``mac`` and
-    ``address/prefixlen``, up; no route (the default one stays with ``eth0``).
+    ``address/prefixlen``, up; no route (the default one stays with ``eth0``). With
+    ``dns``, the resolver's two sockets as ``prepare`` makes them (a namespace of the
+    default bridge joining its first user network).
 ``unplug {veth}``
     Delete a veth made by ``plug`` (or a namespace's own, leaving the namespace, or a
     dying one that something still holds).
@@ -81,6 +87,7 @@ from .channel import recv_message, send_message
 from .rtnl import Rtnl
 
 LOOPBACK_INDEX = 1          # the kernel gives every namespace's lo ifindex 1
+DNS_ADDRESS = ("127.0.0.11", 53)   # Docker's embedded resolver, in each namespace
 IFNAMSIZ = 15               # usable characters of a link name
 
 
@@ -96,6 +103,7 @@ class NetServer:
         self.dying: set[str] = set()              # veths left to the kernel (lazy release)
         self.masq_prefix = ""                     # whose chains we installed
         self.forward_was = ""                     # ip_forward before we turned it on
+        self.reply_fds: list[int] = []            # sent with the current reply, then closed
 
     # -- main loop
     def serve(self) -> None:
@@ -117,6 +125,7 @@ class NetServer:
         """Do one request and answer it; False when the owner is gone (the daemon died
         while it ran): time to clean up and exit."""
         rid = msg.get("rid", 0)
+        self.reply_fds = []
         try:
             handler = getattr(self, "_op_" + str(msg.get("op")), None)
             if handler is None:
@@ -127,10 +136,15 @@ class NetServer:
         except Exception as e:                                  # a bug: still answer
             reply = {"rid": rid, "error": SetupFailed(
                 f"network server: {msg.get('op')}: {type(e).__name__}: {e}").to_wire()}
+        fds = self.reply_fds if "ok" in reply else []
         try:
-            send_message(self.sock, reply)
+            send_message(self.sock, reply, fds)
         except OSError:
             return False
+        finally:
+            for fd in self.reply_fds:
+                os.close(fd)
+            self.reply_fds = []
         return True
 
     # -- operations
@@ -165,7 +179,7 @@ class NetServer:
             if bridge is None:
                 raise SetupFailed(f"bridge {msg['bridge']} does not exist; the network's "
                                   f"bridge was removed from outside: restart the daemon")
-        nsfd, inside = self._new_namespace(path)
+        nsfd, inside, dns = self._new_namespace(path, bool(msg.get("dns")))
         self.namespaces[path] = veth
         try:
             if veth:
@@ -185,10 +199,13 @@ class NetServer:
                         inside.add_default_route(msg["gateway"])
             except OSError as e:
                 raise _failed(f"configure the namespace {path}", e.errno or 0) from None
+            self._bind_dns(dns, path)         # 127.0.0.11 exists once lo is up
         except BaseException:
             self._release(path)
             raise
         finally:
+            for sock in dns:
+                sock.close()                  # a no-op for the detached ones
             inside.close()
             os.close(nsfd)
 
@@ -218,7 +235,7 @@ class NetServer:
                               f"bridge was removed from outside: restart the daemon")
         nsfd = os.open(msg["path"], os.O_RDONLY | os.O_CLOEXEC)
         try:
-            inside = self._socket_in(nsfd, msg["path"])
+            inside, dns = self._socket_in(nsfd, msg["path"], bool(msg.get("dns")))
             try:
                 try:
                     self.rtnl.add_veth(veth, bridge, ifname, nsfd, msg["mac"])
@@ -234,7 +251,15 @@ class NetServer:
                     self._op_unplug({"veth": veth})
                     raise _failed(f"configure {ifname} in {msg['path']}",
                                   e.errno or 0) from None
+                try:
+                    self._bind_dns(dns, msg["path"])
+                except SetupFailed:
+                    # The container may have taken 127.0.0.11:53 or its lo down: it is
+                    # connected all the same, without the resolver (no fds come back).
+                    self.reply_fds = []
             finally:
+                for sock in dns:
+                    sock.close()              # a no-op for the detached ones
                 inside.close()
         finally:
             os.close(nsfd)
@@ -287,9 +312,11 @@ class NetServer:
         return routes
 
     # -- helpers
-    def _new_namespace(self, path: str) -> tuple[int, Rtnl]:
-        """A new network namespace bound on ``path``: an fd on it and a netlink socket in
-        it. This process is back in its own namespace when this returns or raises."""
+    def _new_namespace(self, path: str, dns: bool = False
+                       ) -> tuple[int, Rtnl, list[socket.socket]]:
+        """A new network namespace bound on ``path``: an fd on it, a netlink socket in
+        it and, with ``dns``, an unbound UDP and TCP socket in it. This process is back
+        in its own namespace when this returns or raises."""
         try:
             os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
         except OSError as e:                  # not ours to unbind: leave it alone
@@ -302,23 +329,40 @@ class NetServer:
                 _allow_ping()
                 nsfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 inside = Rtnl()
+                socks = _dns_sockets() if dns else []
             finally:
                 self._go_home()
         except OSError as e:
             _unbind(path)
             raise SetupFailed(f"create the network namespace {path}: {e.strerror}",
                               {"step": "netns", "errno": e.errno or 0}) from None
-        return nsfd, inside
+        return nsfd, inside, socks
 
-    def _socket_in(self, nsfd: int, path: str) -> Rtnl:
-        """A netlink socket inside the namespace ``nsfd`` (back home afterwards)."""
+    def _bind_dns(self, dns: list[socket.socket], path: str) -> None:
+        """Bind the resolver's sockets (made inside a namespace) to 127.0.0.11:53; they
+        go with the reply."""
+        for sock in dns:
+            try:
+                sock.bind(DNS_ADDRESS)
+                if sock.type == socket.SOCK_STREAM:
+                    sock.listen(64)
+            except OSError as e:
+                raise _failed(f"bind the resolver's {DNS_ADDRESS[0]}:53 in {path}",
+                              e.errno or 0) from None
+        self.reply_fds = [sock.detach() for sock in dns]
+
+    def _socket_in(self, nsfd: int, path: str, dns: bool = False
+                   ) -> tuple[Rtnl, list[socket.socket]]:
+        """A netlink socket inside the namespace ``nsfd`` and, with ``dns``, an unbound
+        UDP and TCP socket there (back home afterwards)."""
         try:
             sc.setns(nsfd, sc.CLONE_NEWNET)
         except OSError as e:
             raise SetupFailed(f"enter the network namespace {path}: {e.strerror}",
                               {"step": "netns", "errno": e.errno or 0}) from None
         try:
-            return Rtnl()
+            socks = _dns_sockets() if dns else []
+            return Rtnl(), socks
         finally:
             self._go_home()
 
@@ -379,6 +423,12 @@ class NetServer:
                 print(f"network server: cleanup of {name}: {e}", file=sys.stderr)
         self.ipr.close()
         self.rtnl.close()
+
+
+def _dns_sockets() -> list[socket.socket]:
+    """An unbound UDP and TCP socket in the current network namespace (they stay in it)."""
+    return [socket.socket(socket.AF_INET, kind)
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]
 
 
 def _link_name(name: str) -> str:

@@ -292,13 +292,20 @@ def _hidden_proc_steps() -> list[Step]:
                       sc.MS_RDONLY | NOSUID_NODEV_NOEXEC, "size=0,mode=000")]
 
 
+# Mount flags a tmpfs option may name; nosuid and nodev are always on.
+_FLAG_WORDS = frozenset(("noexec", "exec", "nosuid", "nodev"))
+
+
 def _user_mount_steps(m: Mount) -> list[Step]:
     if m.type == "tmpfs":
-        options = m.options or ("mode=1777",)
+        # Flag words (Docker's --tmpfs /x:noexec) are mount flags, not tmpfs data.
+        flags = sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if m.readonly else 0)
+        if "noexec" in m.options:
+            flags |= sc.MS_NOEXEC
+        options = tuple(o for o in m.options if o not in _FLAG_WORDS) or ("mode=1777",)
         if not any(o.startswith("size=") for o in options):
             options += (f"size={TMPFS_SIZE}",)   # the kernel's default is half of RAM
         data = ",".join(options)
-        flags = sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if m.readonly else 0)
         return [MountStep(m.destination, "tmpfs", "tmpfs", flags, data)]
     steps: list[Step] = [MountStep(m.destination, None, m.source, sc.MS_BIND | sc.MS_REC,
                                    create="like-source")]

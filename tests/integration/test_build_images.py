@@ -217,15 +217,17 @@ def test_build_refusals(d: Daemon, tmp_path: Path) -> None:
     assert "heredocs" in fails("FROM busybox\nRUN <<EOF\necho\nEOF\n")
     # pulled from Docker Hub, which tests point at a port where nothing listens
     assert "cannot connect to registry docker.io" in fails("FROM sbx-no-such-image\n")
-    # RUN has no network by default: only lo
+    # RUN is on the default bridge unless --network says otherwise (as Docker's
+    # classic builder); --network none: only lo
     (tmp_path / "Dockerfile").write_text(
         "FROM busybox\nRUN tail -n +3 /proc/net/dev | cut -d: -f1 > /nets\n"
         "CMD [\"cat\", \"/nets\"]\n")
-    build(d, tmp_path, "-t", "sbx-build-net")
-    try:
-        assert run(d, "sbx-build-net").split() == ["lo"]
-    finally:
-        d.sbx("rmi", "sbx-build-net", check=True)
+    for flags, links in (((), ["eth0", "lo"]), (("--network", "none"), ["lo"])):
+        build(d, tmp_path, "--no-cache", "-t", "sbx-build-net", *flags)
+        try:
+            assert sorted(run(d, "sbx-build-net").split()) == links, flags
+        finally:
+            d.sbx("rmi", "sbx-build-net", check=True)
     # the failed RUN left no container behind
     assert d.ids("-a") == []
 

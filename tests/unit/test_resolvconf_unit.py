@@ -144,3 +144,22 @@ def test_daemon_dns_from_flags_and_config_file(tmp_path) -> None:
     config.write_text(json.dumps({"dns": "192.0.2.2"}))
     with pytest.raises(InvalidArgument, match="dns"):
         load_config(str(config))
+
+
+def test_upstreams_of_the_embedded_resolver() -> None:
+    host = "nameserver 127.0.0.53\nnameserver 10.0.0.2\n"
+    assert rc.upstreams(host) == ("127.0.0.53", "10.0.0.2")     # asked from the host
+    assert rc.upstreams(host, (), ("192.0.2.1",)) == ("192.0.2.1",)
+    assert rc.upstreams(host, ("192.0.2.9", "127.0.0.1"), ("192.0.2.1",)) == \
+        ("192.0.2.9",)
+    assert rc.upstreams(host, ("127.0.0.1", "::1")) == ()       # the container's
+    assert rc.upstreams("") == rc.DEFAULT_IPV4
+
+
+def test_user_network_file_names_the_embedded_resolver() -> None:
+    host = "nameserver 10.0.0.2\nsearch lan\noptions edns0\n"
+    assert rc.container_text(host, "user").endswith(
+        "nameserver 127.0.0.11\nsearch lan\noptions edns0 ndots:0\n")
+    text = rc.container_text(host, "user", dns=("192.0.2.1",),
+                                     dns_options=("ndots:3",))
+    assert text.endswith("nameserver 127.0.0.11\nsearch lan\noptions ndots:3\n")
