@@ -11,11 +11,12 @@ import sys
 
 import click
 
-from . import containers, images, networks, system
+from . import containers, images, networks, system, volumes
 from .app import sbx
 from .common import EXIT_DAEMON, REPORTED, report
 
-for _group in (containers.container, system.system, images.image, networks.network):
+for _group in (containers.container, system.system, images.image, networks.network,
+               volumes.volume):
     sbx.add_command(_group)
 
 

@@ -136,6 +136,9 @@ def system_df(verbose: bool, fmt: str | None) -> int:
     with open_client() as client:
         data = client.call("system.df", {})
     images, containers = data["images"], data["containers"]
+    volumes = data.get("volumes") or []
+    v_total = sum(v["UsageData"]["Size"] for v in volumes)
+    v_reclaim = sum(v["UsageData"]["Size"] for v in volumes if not v["UsageData"]["RefCount"])
     sizes: dict[str, int] = {}               # layer -> bytes: shared layers once
     used: dict[str, int] = {}
     for i in images:
@@ -160,8 +163,10 @@ def system_df(verbose: bool, fmt: str | None) -> int:
          "Active": str(sum(1 for c in containers if c["running"])),
          "Size": human_size(c_total),
          "Reclaimable": human_size(c_reclaim) + pct(c_reclaim, c_total)},
-        {"Type": "Local Volumes", "TotalCount": "0", "Active": "0", "Size": "0B",
-         "Reclaimable": "0B"},
+        {"Type": "Local Volumes", "TotalCount": str(len(volumes)),
+         "Active": str(sum(1 for v in volumes if v["UsageData"]["RefCount"])),
+         "Size": human_size(v_total),
+         "Reclaimable": human_size(v_reclaim) + pct(v_reclaim, v_total)},
         {"Type": "Build Cache", "TotalCount": "0", "Active": "0", "Size": "0B",
          "Reclaimable": "0B"},
     ]
@@ -192,6 +197,11 @@ def system_df(verbose: bool, fmt: str | None) -> int:
                 "table {{.ID}}\t{{.Image}}\t{{.Size}}\t{{.Status}}\t{{.Names}}",
                 {"ID": "CONTAINER ID", "Image": "IMAGE", "Size": "SIZE",
                  "Status": "STATUS", "Names": "NAMES"})
+    click.echo("\nLocal Volumes space usage:\n")
+    print_rows(None, [{"Name": v["Name"], "Links": str(v["UsageData"]["RefCount"]),
+                       "Size": human_size(v["UsageData"]["Size"])} for v in volumes],
+               "table {{.Name}}\t{{.Links}}\t{{.Size}}",
+               {"Name": "VOLUME NAME", "Links": "LINKS", "Size": "SIZE"})
     return 0
 
 
