@@ -51,9 +51,6 @@ def parse_volume(text: str) -> Mount:
     if unknown:
         raise InvalidArgument(f"volume {text!r}: unknown mode {','.join(unknown)!r} "
                               f"(use ro, rw or nocopy)")
-    if not dest.startswith("/"):
-        raise InvalidArgument(f"volume {text!r}: the destination {dest!r} must be an "
-                              f"absolute path in the container")
     readonly = "ro" in options
     if source.startswith("/"):
         if "nocopy" in options:

@@ -51,7 +51,8 @@ class Handlers:
             record = self.containers.get(container_id)
         except NotFound:
             return
-        await self.containers.remove(record, force=True)
+        # A session's objects all go: its containers' anonymous volumes too.
+        await self.containers.remove(record, force=True, volumes=True)
 
     async def session_network_cleanup(self, network_id: str) -> None:
         """A session's network goes after its containers (cleanups run last-made first);
