@@ -339,9 +339,14 @@ class ContainerService:
         """The record's mounts with Docker's additions: ``--volumes-from`` (the other
         container's binds and volumes, its mode unless ``:ro``/``:rw``), then a new
         anonymous volume for each ``VOLUME`` of the image not mounted otherwise; every
-        anonymous volume named (nothing is made yet). Also the names it made up."""
+        anonymous volume named (nothing is made yet). Also the names it made up. A bind
+        source must exist (Docker's -v would make it: the daemon makes no host path)."""
         h = record.config.host
         mounts = list(h.mounts)
+        for m in mounts:
+            if m.type == "bind" and not os.path.lexists(m.source):
+                raise InvalidArgument(f"invalid mount config for type \"bind\": bind "
+                                      f"source path does not exist: {m.source}")
         taken = {m.destination.rstrip("/") or "/" for m in mounts}
         for entry in h.volumes_from:
             ref, _, mode = entry.partition(":")

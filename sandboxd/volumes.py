@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import Conflict, InvalidArgument, NotFound
+from .filters import label_matches
 
 if TYPE_CHECKING:                 # flags.py imports the checks here on the client's side
     from .store import Store
@@ -323,22 +324,17 @@ def _boolean(value: str, where: str) -> bool:
     raise InvalidArgument(f"{where}: {value!r} is not true or false")
 
 
-def _label_matches(labels: Mapping[str, str], wanted: str) -> bool:
-    key, sep, value = wanted.partition("=")
-    return key in labels and (not sep or labels[key] == value)
-
-
 def _matches(v: Volume, filters: Mapping[str, Sequence[str]],
              users: Mapping[str, list[str]]) -> bool:
     checks = {
         "name": lambda x: re.search(x, v.name) is not None,
         "driver": lambda x: x == DRIVER,
-        "label": lambda x: _label_matches(v.labels, x),
+        "label": lambda x: label_matches(v.labels, x),
         "dangling": lambda x: (not users.get(v.name)) == _boolean(x, "filters.dangling"),
     }
     for key, values in filters.items():
         if key == "label!":
-            if any(_label_matches(v.labels, x) for x in values):
+            if any(label_matches(v.labels, x) for x in values):
                 return False
         elif not any(checks[key](x) for x in values):
             return False

@@ -204,6 +204,8 @@ def test_system_df_counts_volumes(clean: Daemon) -> None:
     (["-v", "bad name:/x"], "includes invalid characters for a local volume name"),
     (["-v", "ok:/x:bogus"], "unknown mode 'bogus'"),
     (["--volumes-from", "a:rx"], "host.volumes_from[0]: 'a:rx' is not CONTAINER[:ro|rw]"),
+    (["--mount", "type=bind,src=/no/such/dir,dst=/x"],
+     'invalid mount config for type "bind": bind source path does not exist: /no/such/dir'),
 ])
 def test_bad_mounts_are_refused_naming_the_field(clean: Daemon, flags: list[str],
                                                  expected: str) -> None:
