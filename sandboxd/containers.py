@@ -385,9 +385,11 @@ class ContainerService:
                 continue
             labels = dict(o[len("label="):].partition("=")[::2] for o in m.options
                           if o.startswith("label="))
+            opts = dict(o[len("opt="):].partition("=")[::2] for o in m.options
+                        if o.startswith("opt="))
             if m.source in anonymous:
                 labels[ANONYMOUS_LABEL] = ""
-            self.volumes.create(m.source, labels=labels)
+            self.volumes.create(m.source, labels=labels, options=opts)
             if "nocopy" not in m.options:
                 self.volumes.populate(m.source, self.images.layer_dirs(record.image_id),
                                       m.destination)
@@ -476,7 +478,7 @@ class ContainerService:
                       self._etc_texts(record, self._hosts_text(record)).items()) \
             if inline else ()
         mounts = self.images.image_mounts(record.image_id) + etc + tuple(
-            Mount(m.destination, "bind", self.volumes.path(m.source), m.readonly)
+            self.volumes.mount(m.source, m.destination, m.readonly)
             if m.type == "volume" else m for m in h.mounts)
         if dry_run:
             from .runner.spec import RootFS

@@ -76,7 +76,8 @@ _MOUNT_KEYS = {
 def parse_mount(text: str) -> Mount:
     """Docker's ``--mount type=bind|volume|tmpfs,source=…,target=…[,readonly]`` and its
     keys (``src``, ``dst``/``destination``, ``ro``, ``volume-nocopy``, ``volume-label``,
-    ``volume-driver``, ``volume-opt``, ``tmpfs-size``, ``tmpfs-mode``, ``consistency``);
+    ``volume-driver``, ``volume-opt=size=SIZE``, ``tmpfs-size``, ``tmpfs-mode``,
+    ``consistency``);
     ``bind-propagation`` other than ``rprivate``/``private`` is refused (a container's
     mounts never propagate here). Every problem names the field."""
     import csv
@@ -87,6 +88,7 @@ def parse_mount(text: str) -> Mount:
         raise InvalidArgument(f"{where}: {e}") from None
     values: dict[str, str] = {}
     labels: list[str] = []
+    driver_opts: list[str] = []
     problems: list[str] = []
     for item in fields:
         key, sep, value = item.partition("=")
@@ -100,7 +102,9 @@ def parse_mount(text: str) -> Mount:
         if key == "volume-label":
             labels.append(value)
         elif key == "volume-opt":
-            problems += check_driver(DRIVER, {value.partition("=")[0]: ""}, where)
+            opt_key, _, opt_value = value.partition("=")
+            problems += check_driver(DRIVER, {opt_key: opt_value}, where)
+            driver_opts.append(value)
         else:
             values[key] = value if sep else "true"
     kind = values.get("type", "volume")
@@ -108,7 +112,8 @@ def parse_mount(text: str) -> Mount:
         problems.append(f"{where}: type: {kind!r} is not bind, volume or tmpfs")
         raise InvalidArgument.of(problems)
     mixed = sorted({k for k in values if _MOUNT_KEYS[k] not in ("", kind)}
-                   | ({"volume-label"} if labels and kind != "volume" else set()))
+                   | ({"volume-label"} if labels and kind != "volume" else set())
+                   | ({"volume-opt"} if driver_opts and kind != "volume" else set()))
     if mixed:
         problems.append(f"{where}: cannot mix {', '.join(mixed)} with mount type {kind!r}")
     source = values.get("source", values.get("src", ""))
@@ -150,6 +155,7 @@ def parse_mount(text: str) -> Mount:
         if "volume-nocopy" in values and flag("volume-nocopy"):
             options.append("nocopy")
         options += [f"label={label}" for label in labels]
+        options += [f"opt={opt}" for opt in driver_opts]
     else:
         if source:
             problems.append(f"{where}: source: a tmpfs mount takes no source")

@@ -98,7 +98,8 @@ class HostConfig:
     publish_all: bool = False             # -P: every exposed port on a host port
     # -v, --mount and --tmpfs, in the order given. Besides the runner's bind and tmpfs,
     # type "volume": source is the volume's name ("" at create: a new anonymous one,
-    # named in the record), options "nocopy", "label=K=V" (labels of a volume it makes).
+    # named in the record), options "nocopy", "label=K=V", "opt=K=V" (the labels and
+    # driver options of a volume it makes).
     mounts: tuple[Mount, ...] = ()
     volumes_from: tuple[str, ...] = ()    # --volumes-from CONTAINER[:ro|rw]
     read_only: bool = False               # read-only root filesystem

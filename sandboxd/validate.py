@@ -199,7 +199,7 @@ def check_config(c: ContainerConfig, skip_parsed: bool = False) -> list[str]:
 def _check_volume_mounts(h: HostConfig) -> list[str]:
     """Volume mounts (a valid name, or "" for a new anonymous one; known options) and
     ``--volumes-from CONTAINER[:ro|rw]``."""
-    from .volumes import check_volume_name
+    from .volumes import DRIVER, check_driver, check_volume_name
     problems = []
     for i, m in enumerate(h.mounts):
         if m.type != "volume":
@@ -208,8 +208,11 @@ def _check_volume_mounts(h: HostConfig) -> list[str]:
         if m.source:
             problems += check_volume_name(m.source, f"{where}.source")
         for option in m.options:
-            if option != "nocopy" and not option.startswith("label="):
-                problems.append(f"{where}.options: {option!r} is not nocopy or label=K=V")
+            if option != "nocopy" and not option.startswith(("label=", "opt=")):
+                problems.append(f"{where}.options: {option!r} is not nocopy, label=K=V or "
+                                f"opt=K=V")
+        opts = dict(o[4:].partition("=")[::2] for o in m.options if o.startswith("opt="))
+        problems += check_driver(DRIVER, opts, f"{where}.options")
     for i, entry in enumerate(h.volumes_from):
         name, _, mode = entry.partition(":")
         if check_name(name) or mode not in ("", "ro", "rw"):

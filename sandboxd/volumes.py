@@ -6,11 +6,17 @@ and driver options). Only Docker's ``local`` driver exists. A container's mount 
 volume is a bind of ``_data`` done by the runner (``containers.py`` turns the model's
 ``type="volume"`` mounts into binds when it builds the spec).
 
-What caps a volume: the filesystem of the daemon's root, as for Docker's ``local``
-driver on a filesystem without project quotas. ``--opt size=`` is refused (see
-docs/cli.md): a capped volume would be a loop-mounted ext4 image like a capped writable
-layer (``runner/layers.py``), which only the runner may mount, in each container's own
-namespace, through one loop device per image; that is not built yet.
+What caps a volume: by default the filesystem of the daemon's root, as for Docker's
+``local`` driver on a filesystem without project quotas. A volume made with the driver
+option ``size`` (Docker's ``--opt size=``, which its local driver offers on xfs with
+project quotas) is capped like a container's writable layer: ``root/volumes/<name>/
+volume.img`` is a sparse ext4 image of that size (``runner/layers.py``) instead of
+``_data``, and a container's mount of it is an ``image`` mount that the runner makes in
+the container's own namespace (never in the daemon's); containers that mount it at the
+same time share one loop device and one superblock. Writing past the size fails with
+ENOSPC inside; the host's disk grows only by what is written. Such a volume starts
+empty (the image's content is not copied in: the daemon never mounts it) and shows the
+ext4 ``lost+found``.
 
 Crash safety without a database: a new volume is made under a dot-name (never a valid
 volume name) and renamed into place whole; a removed one is renamed to a dot-name first
@@ -37,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import Conflict, InvalidArgument, NotFound
 from .filters import label_matches
+from .runner.spec import Mount, parse_size
 
 if TYPE_CHECKING:                 # flags.py imports the checks here on the client's side
     from .store import Store
@@ -47,7 +54,8 @@ FILTER_KEYS = ("dangling", "driver", "label", "label!", "name")
 PRUNE_FILTER_KEYS = ("label", "label!", "all")
 MAX_NAME = 255
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]+\Z")   # Docker's local volume names
-_DATA, _META = "_data", "volume.json"
+_DATA, _META, _IMAGE = "_data", "volume.json", "volume.img"
+MIN_SIZE = 16 << 20               # runner.layers.MIN_SIZE: ext4 with a journal
 
 
 def check_volume_name(name: str, where: str = "volume name") -> list[str]:
@@ -65,17 +73,23 @@ def check_volume_name(name: str, where: str = "volume name") -> list[str]:
 
 
 def check_driver(driver: str, options: Mapping[str, str], where: str = "volume") -> list[str]:
-    """The ``local`` driver only, and no driver options (see the module's docs)."""
+    """The ``local`` driver only, with the one option ``size`` (see the module's docs)."""
     problems = []
     if driver not in ("", DRIVER):
         problems.append(f"{where}: driver: {driver!r} is not supported; sandboxd has only "
                         f"the local driver (volumes are directories the daemon owns)")
-    for key in options:
-        why = ("a size cap per volume is not supported yet: a volume is capped by the "
-               "filesystem of the daemon's root" if key == "size" else
-               "mounting a device or another filesystem (type, device, o) as a volume "
+    for key, value in options.items():
+        if key == "size":
+            try:
+                if parse_size(value, f"{where}: driver option size") < MIN_SIZE:
+                    problems.append(f"{where}: driver option size: {value!r} is below the "
+                                    f"minimum of {MIN_SIZE >> 20}m")
+            except InvalidArgument as e:
+                problems.append(e.message)
+            continue
+        why = ("mounting a device or another filesystem (type, device, o) as a volume "
                "is not supported; use a bind mount or --tmpfs" if key in ("type", "device", "o")
-               else "the local driver knows no such option")
+               else "the local driver knows no such option (size=SIZE is the one)")
         problems.append(f"{where}: driver option {key!r}: {why}")
     return problems
 
@@ -91,6 +105,11 @@ class Volume:
     @property
     def anonymous(self) -> bool:
         return ANONYMOUS_LABEL in self.labels
+
+    @property
+    def capped(self) -> bool:
+        """Its data is in an ext4 image of ``options["size"]`` (the module's docs)."""
+        return "size" in self.options
 
     def to_dict(self, size: int = -1, ref_count: int = -1) -> dict[str, Any]:
         """Docker's Volume object (``GET /volumes/{name}``); ``UsageData`` as Docker
@@ -116,8 +135,18 @@ class VolumeService:
     # ------------------------------------------------------------ lookups
 
     def path(self, name: str) -> str:
-        """The directory a container mounts for volume ``name``."""
+        """The directory a container mounts for volume ``name`` (uncapped)."""
         return str(self.dir / name / _DATA)
+
+    def mount(self, name: str, destination: str, readonly: bool) -> Mount:
+        """The runner's mount of volume ``name``: a bind of its directory, or (capped)
+        an image mount of its ext4 image."""
+        try:
+            volume = self.get(name)
+        except NotFound:         # a check of a new container's spec, before it is made
+            return Mount(destination, "bind", self.path(name), readonly)
+        return Mount(destination, "image" if volume.capped else "bind", volume.mountpoint,
+                     readonly)
 
     def get(self, name: str) -> Volume:
         if not isinstance(name, str) or check_volume_name(name):
@@ -126,8 +155,10 @@ class VolumeService:
             meta = json.loads((self.dir / name / _META).read_text())
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"get {name}: no such volume") from None
-        return Volume(name=name, mountpoint=self.path(name), created=meta.get("created", 0.0),
-                      labels=meta.get("labels") or {}, options=meta.get("options") or {})
+        options = meta.get("options") or {}
+        where = self.dir / name / (_IMAGE if "size" in options else _DATA)
+        return Volume(name=name, mountpoint=str(where), created=meta.get("created", 0.0),
+                      labels=meta.get("labels") or {}, options=options)
 
     def list(self, filters: Mapping[str, Sequence[str]] | None = None) -> list[Volume]:
         """Docker's ``volume ls --filter``: ``name`` (a regular expression searched in
@@ -175,7 +206,12 @@ class VolumeService:
         tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.dir))
         try:
             os.chmod(tmp, 0o755)     # the container's users reach _data through it
-            (tmp / _DATA).mkdir(mode=0o755)
+            if "size" in options:
+                from .runner import layers
+                layers.make_image(str(tmp / _IMAGE), parse_size(options["size"]),
+                                  str(self.dir.parent / "snapshots" / "templates"))
+            else:
+                (tmp / _DATA).mkdir(mode=0o755)
             meta = {"created": time.time(), "labels": labels, "options": options}
             (tmp / _META).write_text(json.dumps(meta))
             os.rename(tmp, self.dir / name)
@@ -257,8 +293,9 @@ class VolumeService:
         """Every volume with its size in bytes and how many containers mount it
         (``system df``); walks every volume: run it in a worker thread."""
         users = self.users()
-        return [v.to_dict(size=_du(Path(v.mountpoint)), ref_count=len(users.get(v.name, ())))
-                for v in self.list()]
+        return [v.to_dict(size=_du(Path(v.mountpoint)) if not v.capped
+                          else os.stat(v.mountpoint).st_blocks * 512,
+                          ref_count=len(users.get(v.name, ()))) for v in self.list()]
 
     def cleanup(self) -> None:
         """At start-up: what a crash left half made or half removed."""
@@ -273,7 +310,7 @@ class VolumeService:
         empty when a container first mounts it: ``lowerdirs`` are the image's layers,
         top first, merged as overlayfs would (whiteouts and opaque directories)."""
         data = Path(self.path(name))
-        if any(data.iterdir()):
+        if self.get(name).capped or any(data.iterdir()):
             return
         parts = [p for p in path.split("/") if p]
         for layer in reversed(lowerdirs):
@@ -343,7 +380,7 @@ def _matches(v: Volume, filters: Mapping[str, Sequence[str]],
 
 def _du(path: Path) -> int:
     """Bytes of the blocks a tree holds (as ``du``; a hard link counted once)."""
-    total, seen = 0, set()
+    total, seen = os.lstat(path).st_blocks * 512 if path.is_file() else 0, set()
     for top, dirs, files in os.walk(path):
         for name in dirs + files:
             try:

@@ -10,13 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from harness import Daemon, running
+from harness import Daemon, running, wait_until
 
 RO = "Read-only file system"
 
 
 def inspect(daemon: Daemon, *args: str) -> list[dict]:
     return json.loads(daemon.sbx("inspect", *args, check=True).out)
+
+
+def bound(image: str) -> list[str]:
+    """The loop devices backed by ``image``."""
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if backing.read_text().strip() == image:
+                found.append(backing.parent.parent.name)
+        except OSError:                 # detached meanwhile
+            continue
+    return found
 
 
 def volumes(daemon: Daemon, *flags: str) -> list[str]:
@@ -200,7 +212,9 @@ def test_system_df_counts_volumes(clean: Daemon) -> None:
     (["--mount", "type=tmpfs,dst=/x,tmpfs-mode=99z"], "tmpfs-mode: '99z' is not an octal"),
     (["--mount", "type=volume,dst=/x,colour=red"], "unexpected key 'colour'"),
     (["--mount", "type=volume,dst=/x,volume-driver=nfs"], "driver: 'nfs' is not supported"),
-    (["--mount", "type=volume,dst=/x,volume-opt=size=1g"], "driver option 'size'"),
+    (["--mount", "type=volume,dst=/x,volume-opt=size=1m"],
+     "driver option size: '1m' is below the minimum of 16m"),
+    (["--mount", "type=volume,dst=/x,volume-opt=o=bind"], "driver option 'o'"),
     (["-v", "bad name:/x"], "includes invalid characters for a local volume name"),
     (["-v", "ok:/x:bogus"], "unknown mode 'bogus'"),
     (["--volumes-from", "a:rx"], "host.volumes_from[0]: 'a:rx' is not CONTAINER[:ro|rw]"),
@@ -219,7 +233,7 @@ def test_bad_volume_create_is_refused(clean: Daemon) -> None:
     d = clean
     for args, expected in ((["x"], "'x' is too short"),
                            (["-d", "nfs", "vv"], "driver: 'nfs' is not supported"),
-                           (["-o", "size=1g", "vv"], "a size cap per volume is not supported"),
+                           (["-o", "size=lots", "vv"], "invalid size 'lots'"),
                            (["-o", "type=tmpfs", "vv"], "driver option 'type'")):
         proc = d.sbx("volume", "create", *args)
         assert proc.returncode != 0 and expected in proc.err, proc.err
@@ -239,3 +253,40 @@ def test_bad_volume_create_is_refused(clean: Daemon) -> None:
     assert d.sbx("volume", "ls", "--format", '{{.Label "nope"}}|{{.Scope}}',
                  check=True).out.splitlines()[0] == "|local"
     d.sbx("volume", "rm", "twice", anon, check=True)
+
+
+def test_a_capped_volume_is_an_ext4_image_shared_by_its_containers(clean: Daemon) -> None:
+    """``-o size=``: writes past the size fail inside, two containers mounting it at
+    once share it (one loop device), ``:ro`` holds, and nothing stays bound after."""
+    d = clean
+    d.sbx("volume", "create", "-o", "size=32m", "--label", "kind=capped", "capped",
+          check=True)
+    doc = json.loads(d.sbx("volume", "inspect", "capped", check=True).out)[0]
+    assert doc["Options"] == {"size": "32m"}
+    assert doc["Mountpoint"] == f"{d.root}/volumes/capped/volume.img"
+    out = d.sbx("run", "--rm", "-v", "capped:/c", "busybox", "sh", "-c",
+                "echo kept > /c/f; dd if=/dev/zero of=/c/big bs=1M count=64 2>&1; "
+                "echo dd=$?; rm /c/big; df -k /c | tail -1", check=True).out
+    assert "No space left on device" in out and "dd=1" in out
+    assert 20000 < int(out.splitlines()[-1].split()[1]) <= 32768      # KiB, the cap
+    d.sbx("run", "-d", "--name", "holder", "-v", "capped:/c", "busybox", "sh", "-c",
+          "echo from-holder > /c/g; exec sleep 600", check=True)
+    out = d.sbx("run", "--rm", "--mount", "src=capped,dst=/c,ro", "busybox", "sh", "-c",
+                "for i in $(seq 50); do [ -e /c/g ] && break; sleep 0.1; done; "
+                "cat /c/f /c/g; touch /c/x", timeout=30)
+    assert out.out == "kept\nfrom-holder\n" and RO in out.err
+    assert len(bound(doc["Mountpoint"])) == 1           # the holder's, shared
+    proc = d.sbx("volume", "rm", "capped")
+    assert proc.returncode == 1 and "volume is in use" in proc.err
+    d.sbx("rm", "-f", "holder", check=True)
+    wait_until(lambda: not bound(doc["Mountpoint"]), 10, "the loop device to detach")
+    # An anonymous capped volume from --mount volume-opt, gone with its --rm container.
+    out = d.sbx("run", "--rm", "--mount", "type=volume,dst=/a,volume-opt=size=20m",
+                "busybox", "df", "-k", "/a", check=True).out
+    assert int(out.splitlines()[-1].split()[1]) <= 20480
+    assert "capped" in volumes(d)
+    usage = d.sbx("system", "df", "-v", check=True).out
+    assert any(line.split()[0] == "capped" for line in usage.splitlines() if line.strip())
+    d.sbx("volume", "rm", "capped", check=True)
+    assert not os.path.exists(doc["Mountpoint"])
+    wait_until(lambda: not d.loop_devices(), 10, "every loop device to detach")

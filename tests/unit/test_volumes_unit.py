@@ -3,6 +3,7 @@ on a temporary root (a real sqlite store; no daemon)."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def test_volume_flag_errors(text: str, expected: str) -> None:
      Mount("/c", "volume", "", False, ("nocopy", "label=a=b", "label=c"))),
     ("type=volume,src=v1,dst=/c,volume-driver=local,consistency=cached",
      Mount("/c", "volume", "v1")),
+    ("type=volume,dst=/c,volume-opt=size=1g,volume-label=a=b",
+     Mount("/c", "volume", "", False, ("label=a=b", "opt=size=1g"))),
     ("type=tmpfs,dst=/t,tmpfs-size=1m,tmpfs-mode=700",
      Mount("/t", "tmpfs", "", False, ("size=1048576", "mode=700"))),
     ('"type=bind","src=/a,b",dst=/c', Mount("/c", "bind", "/a,b")),     # csv quoting
@@ -74,6 +77,8 @@ def test_mount_flag_forms(text: str, mount: Mount) -> None:
     ("type=tmpfs,dst=/c,volume-label=a=b", "cannot mix volume-label with mount type 'tmpfs'"),
     ("type=volume,dst=/c,volume-subpath=x", "volume-subpath: not supported"),
     ("type=volume,dst=/c,volume-opt=o=size=1m", "driver option 'o'"),
+    ("type=volume,dst=/c,volume-opt=size=1m", "driver option size: '1m' is below"),
+    ("type=bind,src=/a,dst=/c,volume-opt=size=1g", "cannot mix volume-opt with mount type"),
     ("type=volume,dst=/c,readonly=maybe", "readonly: 'maybe' is not true or false"),
     ("type=volume,dst=/c,src", "src: a value is required"),
     ("type=volume,dst=/c,size=1", "unexpected key 'size'"),
@@ -186,3 +191,35 @@ def test_populate_merges_layers_with_whiteouts(service: VolumeService,
     service.populate("none", [str(top), str(bottom)], "/data/keep")
     service.populate("none", [str(top), str(bottom)], "/missing")
     assert os.listdir(service.path("none")) == []
+
+
+@pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="capped volumes need "
+                                                              "mkfs.ext4 (e2fsprogs)")
+def test_a_capped_volume_is_an_image_mount(service: VolumeService) -> None:
+    volume = service.create("capped", options={"size": "16m"})
+    assert volume.capped and volume.mountpoint.endswith("/volumes/capped/volume.img")
+    assert os.path.getsize(volume.mountpoint) == 16 << 20
+    assert service.mount("capped", "/c", True) == Mount("/c", "image", volume.mountpoint,
+                                                          True)
+    assert service.mount("plain", "/p", False) == Mount("/p", "bind", service.path("plain"))
+    (usage,) = service.usage()
+    assert 0 < usage["UsageData"]["Size"] < 16 << 20        # sparse
+    with pytest.raises(InvalidArgument, match="below the minimum of 16m"):
+        service.create("small", options={"size": "8m"})
+    with pytest.raises(InvalidArgument, match="driver option 'device'"):
+        service.create("dev", options={"device": "/dev/sda"})
+
+
+def test_plan_attaches_an_image_mount_in_the_root() -> None:
+    from sandboxd.runner.plan import AttachMount, MountStep, build_plan
+    from sandboxd.runner.spec import ContainerSpec, Process, RootFS
+    spec = ContainerSpec(id="a" * 64, process=Process(args=("true",)),
+                         root=RootFS(lowerdirs=("/",)),
+                         mounts=(Mount("/c", "image", "/v/volume.img", True),
+                                 Mount("/b", "bind", "/tmp")))
+    steps = build_plan(spec, "/mnt", image_fds=(7,))
+    i = next(i for i, s in enumerate(steps) if isinstance(s, AttachMount))
+    assert steps[i] == AttachMount(7, "/c", in_root=True)
+    assert isinstance(steps[i + 1], MountStep) and steps[i + 1].target == "/c"
+    with pytest.raises(ValueError, match="needs the mount of it"):
+        build_plan(spec, "/mnt")
