@@ -390,7 +390,8 @@ class ContainerService:
             if m.source in anonymous:
                 labels[ANONYMOUS_LABEL] = ""
             self.volumes.create(m.source, labels=labels, options=opts)
-            if "nocopy" not in m.options:
+            # Not into a volume another container mounts: it could race the copy.
+            if "nocopy" not in m.options and not self.volumes.users().get(m.source):
                 self.volumes.populate(m.source, self.images.layer_dirs(record.image_id),
                                       m.destination)
 

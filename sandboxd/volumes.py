@@ -308,7 +308,9 @@ class VolumeService:
     def populate(self, name: str, lowerdirs: Sequence[str], path: str) -> None:
         """Docker's copy of an image's content at the mount point into a volume that is
         empty when a container first mounts it: ``lowerdirs`` are the image's layers,
-        top first, merged as overlayfs would (whiteouts and opaque directories)."""
+        top first, merged as overlayfs would (whiteouts and opaque directories).
+        Only for a volume no container mounts (the caller checks): nothing else may
+        write in it while root copies (a symlink swapped in would redirect the copy)."""
         data = Path(self.path(name))
         if self.get(name).capped or any(data.iterdir()):
             return
@@ -428,7 +430,8 @@ def _merge(src: Path, dst: Path) -> None:
             if _whiteout(st):
                 continue
         if entry.is_dir(follow_symlinks=False):
-            if os.path.lexists(target) and not target.is_dir():
+            # Never through a symlink an earlier layer left here (it may point anywhere).
+            if os.path.lexists(target) and not stat.S_ISDIR(os.lstat(target).st_mode):
                 target.unlink()
             target.mkdir(exist_ok=True)
             _merge(Path(entry.path), target)

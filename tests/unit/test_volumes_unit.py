@@ -223,3 +223,22 @@ def test_plan_attaches_an_image_mount_in_the_root() -> None:
     assert isinstance(steps[i + 1], MountStep) and steps[i + 1].target == "/c"
     with pytest.raises(ValueError, match="needs the mount of it"):
         build_plan(spec, "/mnt")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="copies owners as root does")
+def test_populate_never_writes_through_a_symlink_of_a_lower_layer(
+        service: VolumeService, tmp_path: Path) -> None:
+    """A hostile image: layer 1 has ``data/x -> <outside>``, layer 2 a directory
+    ``data/x`` with a file. The copy replaces the link; nothing lands outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    bottom, top = tmp_path / "l1", tmp_path / "l2"
+    (bottom / "data").mkdir(parents=True)
+    os.symlink(str(outside), bottom / "data" / "x")
+    (top / "data" / "x").mkdir(parents=True)
+    (top / "data" / "x" / "planted").write_text("p")
+    service.create("hostile")
+    service.populate("hostile", [str(top), str(bottom)], "/data")
+    assert os.listdir(outside) == []
+    data = Path(service.path("hostile"))
+    assert not (data / "x").is_symlink() and (data / "x" / "planted").read_text() == "p"
