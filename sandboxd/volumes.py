@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import Conflict, InvalidArgument, NotFound
+from .errors import Conflict, InvalidArgument, NotFound, SetupFailed
 from .filters import label_matches
 from .runner.spec import Mount, parse_size
 
@@ -56,6 +56,7 @@ MAX_NAME = 255
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]+\Z")   # Docker's local volume names
 _DATA, _META, _IMAGE = "_data", "volume.json", "volume.img"
 MIN_SIZE = 16 << 20               # runner.layers.MIN_SIZE: ext4 with a journal
+MAX_SIZE = 16 << 40               # ext4's largest file system with 4 KiB blocks
 
 
 def check_volume_name(name: str, where: str = "volume name") -> list[str]:
@@ -81,9 +82,10 @@ def check_driver(driver: str, options: Mapping[str, str], where: str = "volume")
     for key, value in options.items():
         if key == "size":
             try:
-                if parse_size(value, f"{where}: driver option size") < MIN_SIZE:
-                    problems.append(f"{where}: driver option size: {value!r} is below the "
-                                    f"minimum of {MIN_SIZE >> 20}m")
+                size = parse_size(value, f"{where}: driver option size")
+                if not MIN_SIZE <= size < MAX_SIZE:
+                    problems.append(f"{where}: driver option size: {value!r} is outside "
+                                    f"{MIN_SIZE >> 20}m to 16t")
             except InvalidArgument as e:
                 problems.append(e.message)
             continue
@@ -208,8 +210,13 @@ class VolumeService:
             os.chmod(tmp, 0o755)     # the container's users reach _data through it
             if "size" in options:
                 from .runner import layers
-                layers.make_image(str(tmp / _IMAGE), parse_size(options["size"]),
-                                  str(self.dir.parent / "snapshots" / "templates"))
+                try:
+                    layers.make_image(str(tmp / _IMAGE), parse_size(options["size"]),
+                                      str(self.dir.parent / "snapshots" / "templates"))
+                except OSError as e:       # the host's disk or file size limit
+                    raise SetupFailed(f"volume {name}: cannot make its {options['size']} "
+                                      f"image: {e.strerror or e}",
+                                      {"step": "volume", "errno": e.errno or 0}) from None
             else:
                 (tmp / _DATA).mkdir(mode=0o755)
             meta = {"created": time.time(), "labels": labels, "options": options}

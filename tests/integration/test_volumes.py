@@ -217,7 +217,7 @@ def test_system_df_counts_volumes(clean: Daemon) -> None:
     (["--mount", "type=volume,dst=/x,colour=red"], "unexpected key 'colour'"),
     (["--mount", "type=volume,dst=/x,volume-driver=nfs"], "driver: 'nfs' is not supported"),
     (["--mount", "type=volume,dst=/x,volume-opt=size=1m"],
-     "driver option size: '1m' is below the minimum of 16m"),
+     "driver option size: '1m' is outside 16m to 16t"),
     (["--mount", "type=volume,dst=/x,volume-opt=o=bind"], "driver option 'o'"),
     (["-v", "bad name:/x"], "includes invalid characters for a local volume name"),
     (["-v", "ok:/x:bogus"], "unknown mode 'bogus'"),

@@ -77,7 +77,7 @@ def test_mount_flag_forms(text: str, mount: Mount) -> None:
     ("type=tmpfs,dst=/c,volume-label=a=b", "cannot mix volume-label with mount type 'tmpfs'"),
     ("type=volume,dst=/c,volume-subpath=x", "volume-subpath: not supported"),
     ("type=volume,dst=/c,volume-opt=o=size=1m", "driver option 'o'"),
-    ("type=volume,dst=/c,volume-opt=size=1m", "driver option size: '1m' is below"),
+    ("type=volume,dst=/c,volume-opt=size=1m", "driver option size: '1m' is outside"),
     ("type=bind,src=/a,dst=/c,volume-opt=size=1g", "cannot mix volume-opt with mount type"),
     ("type=volume,dst=/c,readonly=maybe", "readonly: 'maybe' is not true or false"),
     ("type=volume,dst=/c,src", "src: a value is required"),
@@ -204,7 +204,7 @@ def test_a_capped_volume_is_an_image_mount(service: VolumeService) -> None:
     assert service.mount("plain", "/p", False) == Mount("/p", "bind", service.path("plain"))
     (usage,) = service.usage()
     assert 0 < usage["UsageData"]["Size"] < 16 << 20        # sparse
-    with pytest.raises(InvalidArgument, match="below the minimum of 16m"):
+    with pytest.raises(InvalidArgument, match="outside 16m to 16t"):
         service.create("small", options={"size": "8m"})
     with pytest.raises(InvalidArgument, match="driver option 'device'"):
         service.create("dev", options={"device": "/dev/sda"})
