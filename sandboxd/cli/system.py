@@ -209,25 +209,32 @@ def system_df(verbose: bool, fmt: str | None) -> int:
 @option("-a", "--all", "all_unused", is_flag=True,
         help="Remove all unused images not just dangling ones")
 @option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
-def system_prune(all_unused: bool, force: bool) -> int:
-    """Remove unused data: stopped containers, unused networks, dangling (with -a:
-    unused) images, in that order, as Docker does."""
+@option("--volumes", is_flag=True, help="Prune anonymous volumes")
+def system_prune(all_unused: bool, force: bool, volumes: bool) -> int:
+    """Remove unused data: stopped containers, unused networks, (with --volumes:
+    unused anonymous volumes,) dangling (with -a: unused) images, in that order, as
+    Docker does."""
     if not force:
         images = ("all images without at least one container associated to them"
                   if all_unused else "all dangling images")
+        anonymous = ("  - all anonymous volumes not used by at least one container\n"
+                     if volumes else "")
         click.echo("WARNING! This will remove:\n  - all stopped containers\n"
                    "  - all networks not used by at least one container\n"
-                   f"  - {images}\n", err=True)
+                   f"{anonymous}  - {images}\n", err=True)
         if not click.confirm("Are you sure you want to continue?", default=False, err=True):
             return 0
     from .images import pruned_images
     with open_client() as client:
         containers = client.containers.prune()
         networks = client.networks.prune()
+        pruned = client.volumes.prune() if volumes else {}
         images = client.images.prune(all=all_unused)
-    reclaimed = containers.get("space_reclaimed", 0) + images.get("space_reclaimed", 0)
+    reclaimed = containers.get("space_reclaimed", 0) + images.get("space_reclaimed", 0) \
+        + pruned.get("space_reclaimed", 0)
     for title, lines in (("Deleted Containers:", containers.get("removed") or []),
                          ("Deleted Networks:", networks.get("removed") or []),
+                         ("Deleted Volumes:", pruned.get("deleted") or []),
                          ("Deleted Images:", pruned_images(images))):
         if lines:
             click.echo("\n".join([title, *lines, ""]))

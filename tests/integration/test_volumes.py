@@ -294,3 +294,15 @@ def test_a_capped_volume_is_an_ext4_image_shared_by_its_containers(clean: Daemon
     d.sbx("volume", "rm", "capped", check=True)
     assert not os.path.exists(doc["Mountpoint"])
     wait_until(lambda: not d.loop_devices(), 10, "every loop device to detach")
+
+
+def test_system_prune_volumes_takes_unused_anonymous_ones() -> None:
+    with running() as d:            # its own: system prune takes every stopped container
+        d.sbx("run", "--name", "sp", "-v", "/a", "-v", "sp-named:/n", "busybox", "true",
+              check=True)
+        anon = inspect(d, "sp")[0]["Mounts"][0]["Name"]
+        out = d.sbx("system", "prune", "-f", check=True).out   # without --volumes: kept
+        assert "Deleted Containers:" in out and anon in volumes(d)
+        out = d.sbx("system", "prune", "-f", "--volumes", check=True).out
+        assert f"Deleted Volumes:\n{anon}\n" in out
+        assert volumes(d) == ["sp-named"]
