@@ -39,14 +39,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import Conflict, InvalidArgument, NotFound, SetupFailed
 from .filters import label_matches
 from .runner.spec import Mount, parse_size
-
-if TYPE_CHECKING:                 # flags.py imports the checks here on the client's side
-    from .store import Store
 
 DRIVER = "local"
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"   # Docker 23's mark of an anonymous volume
@@ -125,11 +122,19 @@ class Volume:
         return doc
 
 
+class Records(Protocol):
+    """What the service reads of the metadata store (``store.Store``): the containers'
+    records, which say who mounts what. (Not the class: ``flags.py`` imports this
+    module's checks on the client's side, which never imports the store.)"""
+
+    def list_containers(self) -> list[dict[str, Any]]: ...
+
+
 class VolumeService:
     """Built by the daemon's composition root with the daemon's root and the metadata
-    store (whose container records say who mounts what)."""
+    store."""
 
-    def __init__(self, root: Path, store: Store):
+    def __init__(self, root: Path, store: Records):
         self.dir = Path(root) / "volumes"
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = store
