@@ -348,7 +348,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  extra_hosts: Sequence[str] | Mapping[str, str] = (),
                  ports: Sequence[str | PortBinding] | Mapping[Any, Any] = (),
                  publish_all_ports: bool = False,
-                 volumes: Sequence[str | Mount] = (),
+                 volumes: Sequence[str | Mount] | Mapping[str, Any] = (),
                  mounts: Sequence[str | Mount] = (),
                  volumes_from: str | Sequence[str] = (),
                  tmpfs: Sequence[str] | Mapping[str, str] = (),
@@ -363,7 +363,9 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  local_files: bool = True) -> ContainerConfig:
     """The one place user-facing options (``sbx`` flags, ``Client`` keywords) become a
     validated ``ContainerConfig``. Sizes take ``64m``-style strings or bytes; ``ports``
-    takes ``-p`` strings or ``{container: host}``; ``ulimits`` ``name=soft[:hard]`` or
+    takes ``-p`` strings or ``{container: host}``; ``volumes`` ``-v`` strings or
+    docker-py's ``{source: {"bind": path, "mode": "ro"}}`` (or ``{source: path}``);
+    ``ulimits`` ``name=soft[:hard]`` or
     ``{name: limit | (soft, hard)}``; ``extra_hosts`` ``name:ip`` strings or ``{name:
     ip}`` (docker-py's); ``dns``/``dns_search``/``dns_opt`` a string or a list. Every
     problem is reported at once."""
@@ -437,6 +439,9 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
             exposed.append(key)
 
     mount_list: list[Mount] = []
+    if isinstance(volumes, Mapping):          # docker-py's {source: {"bind", "mode"}}
+        volumes = [f"{k}:{v['bind']}:{v.get('mode', 'rw')}" if isinstance(v, Mapping)
+                   and "bind" in v else f"{k}:{v}" for k, v in volumes.items()]
     for items, parse in ((volumes, parse_volume), (mounts, parse_mount)):
         for v in _strings(items) if isinstance(items, str) else items:
             parsed = v if isinstance(v, Mount) else attempt(parse, v)

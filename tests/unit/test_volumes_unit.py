@@ -242,3 +242,10 @@ def test_populate_never_writes_through_a_symlink_of_a_lower_layer(
     assert os.listdir(outside) == []
     data = Path(service.path("hostile"))
     assert not (data / "x").is_symlink() and (data / "x" / "planted").read_text() == "p"
+
+
+def test_docker_py_volume_mappings() -> None:
+    config = build_config(image="busybox", volumes={"data": {"bind": "/d", "mode": "ro"},
+                                                    "/tmp": "/t"})
+    assert config.host.mounts == (Mount("/d", "volume", "data", True),
+                                  Mount("/t", "bind", "/tmp"))
