@@ -190,8 +190,9 @@ class Container:
     def kill(self, signal: str | int = "SIGKILL") -> None:
         self._call("container.kill", signal=parse_signal(signal))
 
-    def remove(self, force: bool = False) -> None:
-        self._call("container.remove", force=force)
+    def remove(self, force: bool = False, v: bool = False) -> None:
+        """``v``: its anonymous volumes too (docker-py's name, ``sbx rm -v``)."""
+        self._call("container.remove", force=force, volumes=v)
 
     def wait(self, condition: str = "not-running") -> ExitStatus:
         return _exit_status(self._call("container.wait", condition=condition))
@@ -474,6 +475,58 @@ class NetworkCollection:
         return self.client.call("network.prune", {"filters": _filters(filters)})
 
 
+class Volume:
+    """A handle on one volume; ``attrs`` is Docker's ``volume inspect`` JSON."""
+
+    def __init__(self, client: Client, attrs: dict[str, Any]):
+        self.client = client
+        self.attrs = attrs
+
+    def __repr__(self) -> str:
+        return f"<Volume {self.name}>"
+
+    @property
+    def name(self) -> str:
+        return self.attrs["Name"]
+
+    id = name
+
+    def reload(self) -> Volume:
+        self.attrs = self.client.call("volume.inspect", {"name": self.name})
+        return self
+
+    def remove(self, force: bool = False) -> None:
+        self.client.call("volume.remove", {"name": self.name, "force": force})
+
+
+class VolumeCollection:
+    """docker-py's ``client.volumes``."""
+
+    def __init__(self, client: Client):
+        self.client = client
+
+    def create(self, name: str | None = None, driver: str | None = None,
+               driver_opts: Mapping[str, str] | None = None,
+               labels: Mapping[str, str] | None = None) -> Volume:
+        """A named volume (no name: a random one); an existing name is returned as is."""
+        return Volume(self.client, self.client.call("volume.create", {
+            "name": name or "", "driver": driver or "local",
+            "driver_opts": dict(driver_opts or {}), "labels": dict(labels or {})}))
+
+    def get(self, name: str) -> Volume:
+        return Volume(self.client, self.client.call("volume.inspect", {"name": name}))
+
+    def list(self, filters: Mapping[str, Sequence[str] | str] | None = None) -> list[Volume]:
+        result = self.client.call("volume.list", {"filters": _filters(filters)})
+        return [Volume(self.client, doc) for doc in result["volumes"]]
+
+    def prune(self, filters: Mapping[str, Sequence[str] | str] | None = None,
+              all: bool = False) -> dict[str, Any]:
+        """Unused anonymous volumes (``all``: every unused one):
+        ``{deleted, space_reclaimed}``."""
+        return self.client.call("volume.prune", {"filters": _filters(filters), "all": all})
+
+
 class ContainerCollection:
     def __init__(self, client: Client):
         self.client = client
@@ -644,6 +697,7 @@ class Client:
         self.containers = ContainerCollection(self)
         self.images = ImageCollection(self)
         self.networks = NetworkCollection(self)
+        self.volumes = VolumeCollection(self)
 
     def __enter__(self) -> Client:
         return self

@@ -43,6 +43,7 @@ from .runner.mounts import write_in_root
 from .runner.spec import (ContainerSpec, File, Mount, Namespaces, Process, Ulimit,
                           merge_ulimits, validate)
 from .store import Store
+from .volumes import ANONYMOUS_LABEL, VolumeService
 from .validate import (HOST_GATEWAY, TEMPLATE_ENTRIES, check_name, parse_signal,
                        validate_config)
 
@@ -82,8 +83,9 @@ class ContainerService:
     exits it settles) and the published-port proxy."""
 
     def __init__(self, config: DaemonConfig, store: Store, images: ImageService,
-                 networks: NetworkService):
+                 networks: NetworkService, volumes: VolumeService):
         self.config = config
+        self.volumes = volumes
         self.root = Path(config.root)
         self.store = store
         self.images = images
@@ -115,6 +117,7 @@ class ContainerService:
                     error="the daemon stopped while the container was running")))
         self._sweep_directories()
         self.images.cleanup()
+        self.volumes.cleanup()
 
     def _sweep_directories(self) -> None:
         """Remove container directories without a record: left by a daemon that died
@@ -286,6 +289,7 @@ class ContainerService:
             name = name.lstrip("/")
         image = self.images.get(config.image)
         record, warnings = self._build_record(config, image, name, session)
+        record, anonymous = self._resolve_volumes(record)
         self.ports.check(_port_bindings(record))       # a taken host port creates nothing
         if check_spec:                                 # every problem before anything exists
             self._spec(record, dry_run=True)
@@ -294,12 +298,14 @@ class ContainerService:
         if not inline:                  # else made at its first output, if any
             directory.mkdir(parents=True)
         try:
+            self._make_volumes(record, anonymous)
             if not inline:
                 self._etc_files(directory, record, fresh=True)
             self.store.put_container(record.id, record.name, "created", record.image_id,
                                      session or None, record.to_dict())
         except BaseException:
             _rmtree(directory)
+            self.volumes.remove_anonymous(sorted(anonymous))
             raise
         return record, warnings
 
@@ -348,6 +354,66 @@ class ContainerService:
         for link in config.host.links:
             self._link_target(link)
         return record, warnings
+
+    def _resolve_volumes(self, record: ContainerRecord) -> tuple[ContainerRecord, set[str]]:
+        """The record's mounts with Docker's additions: ``--volumes-from`` (the other
+        container's binds and volumes, its mode unless ``:ro``/``:rw``), then a new
+        anonymous volume for each ``VOLUME`` of the image not mounted otherwise; every
+        anonymous volume named (nothing is made yet). Also the names it made up. A bind
+        source must exist (Docker's -v would make it: the daemon makes no host path)."""
+        h = record.config.host
+        mounts = list(h.mounts)
+        for m in mounts:
+            if m.type == "bind" and not os.path.lexists(m.source):
+                raise InvalidArgument(f"invalid mount config for type \"bind\": bind "
+                                      f"source path does not exist: {m.source}")
+        taken = {m.destination.rstrip("/") or "/" for m in mounts}
+        for entry in h.volumes_from:
+            ref, _, mode = entry.partition(":")
+            try:
+                source = self.get(ref)
+            except NotFound:
+                raise InvalidArgument(f"volumes-from: no such container: {ref}") from None
+            for m in source.config.host.mounts:
+                if m.type in ("bind", "volume") and m.destination.rstrip("/") not in taken:
+                    taken.add(m.destination.rstrip("/"))
+                    mounts.append(m if not mode else dataclasses.replace(
+                        m, readonly=mode == "ro"))
+        for path in sorted(self.images.config(record.image_id).get("Volumes") or {}):
+            if path.startswith("/") and (path.rstrip("/") or "/") not in taken:
+                taken.add(path.rstrip("/"))
+                mounts.append(Mount(path, "volume"))
+        anonymous = set()
+        for i, m in enumerate(mounts):
+            if m.type == "volume" and not m.source:
+                name = secrets.token_hex(32)
+                anonymous.add(name)
+                mounts[i] = dataclasses.replace(m, source=name)
+        if mounts == list(h.mounts) and not any(m.type == "volume" for m in mounts):
+            return record, anonymous
+        return dataclasses.replace(
+            record, volume_dir=str(self.volumes.dir),
+            config=dataclasses.replace(record.config, host=dataclasses.replace(
+                h, mounts=tuple(mounts)))), anonymous
+
+    def _make_volumes(self, record: ContainerRecord, anonymous: set[str]) -> None:
+        """Make the volumes a new container mounts that do not exist yet (Docker makes
+        a named one on first use) and fill each empty one from the image's content at
+        its mount point, unless ``nocopy``."""
+        for m in record.config.host.mounts:
+            if m.type != "volume":
+                continue
+            labels = dict(o[len("label="):].partition("=")[::2] for o in m.options
+                          if o.startswith("label="))
+            opts = dict(o[len("opt="):].partition("=")[::2] for o in m.options
+                        if o.startswith("opt="))
+            if m.source in anonymous:
+                labels[ANONYMOUS_LABEL] = ""
+            self.volumes.create(m.source, labels=labels, options=opts)
+            # Not into a volume another container mounts: it could race the copy.
+            if "nocopy" not in m.options and not self.volumes.users().get(m.source):
+                self.volumes.populate(m.source, self.images.layer_dirs(record.image_id),
+                                      m.destination)
 
     def _host_defaults(self, h: HostConfig) -> HostConfig:
         """The daemon's defaults written into the record at create, so that a container
@@ -432,7 +498,9 @@ class ContainerService:
         files = tuple(File(f"/etc/{name}", text) for name, text in
                       self._etc_texts(record, self._hosts_text(record)).items()) \
             if inline else ()
-        mounts = self.images.image_mounts(record.image_id) + etc + h.mounts
+        mounts = self.images.image_mounts(record.image_id) + etc + tuple(
+            self.volumes.mount(m.source, m.destination, m.readonly)
+            if m.type == "volume" else m for m in h.mounts)
         if h.shm_size and not any(m.destination == "/dev/shm" for m in h.mounts):
             # Over the runner's 64 MB one, with Docker's flags (a /dev/shm mount wins).
             mounts += (Mount("/dev/shm", "tmpfs", options=(
@@ -951,8 +1019,9 @@ class ContainerService:
         await live.drained.wait()
 
     async def remove(self, record: ContainerRecord, force: bool = False,
-                     files_later: bool = False) -> None:
-        """``files_later``: see :meth:`_forget`."""
+                     files_later: bool = False, volumes: bool = False) -> None:
+        """``files_later``: see :meth:`_forget`; ``volumes`` (``rm -v``): its anonymous
+        volumes go too (a ``--rm`` container's always do)."""
         self._check_not_held(record)
         live = self.live.get(record.id)
         if live is not None:
@@ -962,13 +1031,14 @@ class ContainerService:
             await live.drained.wait()
         if self.store.get_container(record.id) is None:
             return
-        self._forget(record, files_later=files_later)
+        self._forget(record, files_later=files_later, volumes=volumes)
         self.starts.pop(record.id, None)
         event = self.removed.pop(record.id, None)
         if event is not None:
             event.set()
 
-    def _forget(self, record: ContainerRecord, files_later: bool = False) -> None:
+    def _forget(self, record: ContainerRecord, files_later: bool = False,
+                volumes: bool = False) -> None:
         """Drop a stopped container's record, then its files (metadata first).
 
         ``files_later``: its directory goes in a worker thread, off the path of what
@@ -977,6 +1047,9 @@ class ContainerService:
         start-up."""
         self.store.delete_container(record.id)
         self._release_network(record.id)
+        if volumes or record.config.host.auto_remove:
+            self.volumes.remove_anonymous([m.source for m in record.config.host.mounts
+                                           if m.type == "volume"])
         try:
             self.images.release_rootfs(record.id)
         except (NotFound, SandboxError):

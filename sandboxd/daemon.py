@@ -774,6 +774,7 @@ def build_services(server: Server, config: DaemonConfig) -> None:
     from .network import NetworkService
     from .snapshots import Snapshotter
     from .store import ContentStore, Store
+    from .volumes import VolumeService
 
     root = Path(config.root)
     store = Store(root)
@@ -782,8 +783,9 @@ def build_services(server: Server, config: DaemonConfig) -> None:
                                    config.hub_endpoint)
     networks = NetworkService(store, root, prefix=config.network_prefix,
                               ip_masq=config.ip_masq)
-    containers = ContainerService(config, store, images, networks)
-    handlers = Handlers(config, containers, images, networks)
+    volumes = VolumeService(root, store)
+    containers = ContainerService(config, store, images, networks, volumes)
+    handlers = Handlers(config, containers, images, networks, volumes)
     server.on_startup(containers.startup)
     server.on_shutdown(containers.shutdown)
     docker_socket = config.docker_socket()

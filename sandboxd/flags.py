@@ -20,32 +20,163 @@ from .model import ContainerConfig, HostConfig, Link, PortBinding
 from .runner import spec
 from .runner.spec import UNLIMITED, Mount, Ulimit
 from .securityopt import read_security_opt
+from .volumes import DRIVER, check_driver, check_volume_name
 from .validate import PROTOCOLS, check_config, check_host, parse_signal
 
 __all__ = [
-    "build_config", "config_from_options", "build_update", "parse_volume", "parse_tmpfs",
+    "build_config", "config_from_options", "build_update", "parse_volume", "parse_mount",
+    "parse_tmpfs",
     "parse_publish", "parse_link", "parse_extra_host", "parse_labels", "parse_storage_opts", "split_command",
 ]
 
 
 def parse_volume(text: str) -> Mount:
-    """``-v /host:/ctr[:ro|rw]`` -> a bind mount. Named volumes are not supported."""
+    """``-v /host:/ctr[:opts]`` -> a bind mount; ``-v NAME:/ctr[:opts]`` -> the named
+    volume (made on first use); ``-v /ctr`` -> a new anonymous volume. Options: ``ro``,
+    ``rw``, ``nocopy`` (volumes), and the SELinux and propagation words Docker accepts
+    that change nothing here (``z``, ``Z``, ``private``, ``rprivate``)."""
     parts = str(text).split(":")
-    if len(parts) == 2:
+    if len(parts) == 1:
+        source, dest, mode = "", parts[0], ""
+    elif len(parts) == 2:
         source, dest, mode = parts[0], parts[1], ""
     elif len(parts) == 3:
         source, dest, mode = parts
     else:
-        raise InvalidArgument(f"volume: {text!r} is not /host/path:/container/path[:ro]")
+        raise InvalidArgument(f"volume: {text!r} is not [SOURCE:]/container/path[:ro] "
+                              f"(SOURCE: a host path or a volume name)")
     options = [o for o in mode.split(",") if o]
-    unknown = [o for o in options if o not in ("ro", "rw", "z", "Z", "private", "rprivate")]
+    unknown = [o for o in options
+               if o not in ("ro", "rw", "z", "Z", "private", "rprivate", "nocopy")]
     if unknown:
         raise InvalidArgument(f"volume {text!r}: unknown mode {','.join(unknown)!r} "
-                              f"(use ro or rw)")
-    if not source.startswith("/"):
-        raise InvalidArgument(f"volume {text!r}: the source {source!r} must be an absolute "
-                              f"host path (named volumes are not supported)")
-    return Mount(destination=dest, type="bind", source=source, readonly="ro" in options)
+                              f"(use ro, rw or nocopy)")
+    readonly = "ro" in options
+    if source.startswith("/"):
+        if "nocopy" in options:
+            raise InvalidArgument(f"volume {text!r}: nocopy is for volumes, not for a "
+                                  f"host path")
+        return Mount(destination=dest, type="bind", source=source, readonly=readonly)
+    problems = check_volume_name(source, f"volume {text!r}") if source else []
+    if problems:
+        raise InvalidArgument.of(problems)
+    return Mount(destination=dest, type="volume", source=source, readonly=readonly,
+                 options=("nocopy",) if "nocopy" in options else ())
+
+
+_MOUNT_KEYS = {
+    "type": "", "source": "", "src": "", "target": "", "dst": "", "destination": "",
+    "readonly": "", "ro": "", "consistency": "", "bind-propagation": "bind",
+    "bind-recursive": "bind", "bind-nonrecursive": "bind", "volume-nocopy": "volume",
+    "volume-label": "volume", "volume-driver": "volume", "volume-opt": "volume",
+    "volume-subpath": "volume", "tmpfs-size": "tmpfs", "tmpfs-mode": "tmpfs",
+}
+
+
+def parse_mount(text: str) -> Mount:
+    """Docker's ``--mount type=bind|volume|tmpfs,source=…,target=…[,readonly]`` and its
+    keys (``src``, ``dst``/``destination``, ``ro``, ``volume-nocopy``, ``volume-label``,
+    ``volume-driver``, ``volume-opt=size=SIZE``, ``tmpfs-size``, ``tmpfs-mode``,
+    ``consistency``);
+    ``bind-propagation`` other than ``rprivate``/``private`` is refused (a container's
+    mounts never propagate here). Every problem names the field."""
+    import csv
+    where = f"mount {text!r}"
+    try:
+        fields = next(csv.reader([str(text)]), [])
+    except csv.Error as e:
+        raise InvalidArgument(f"{where}: {e}") from None
+    values: dict[str, str] = {}
+    labels: list[str] = []
+    driver_opts: list[str] = []
+    problems: list[str] = []
+    for item in fields:
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if key not in _MOUNT_KEYS:
+            problems.append(f"{where}: unexpected key {key!r} in {item!r}")
+            continue
+        if not sep and key not in ("readonly", "ro", "volume-nocopy", "bind-nonrecursive"):
+            problems.append(f"{where}: {key}: a value is required ({key}=...)")
+            continue
+        if key == "volume-label":
+            labels.append(value)
+        elif key == "volume-opt":
+            opt_key, _, opt_value = value.partition("=")
+            problems += check_driver(DRIVER, {opt_key: opt_value}, where)
+            driver_opts.append(value)
+        else:
+            values[key] = value if sep else "true"
+    kind = values.get("type", "volume")
+    if kind not in ("bind", "volume", "tmpfs"):
+        problems.append(f"{where}: type: {kind!r} is not bind, volume or tmpfs")
+        raise InvalidArgument.of(problems)
+    mixed = sorted({k for k in values if _MOUNT_KEYS[k] not in ("", kind)}
+                   | ({"volume-label"} if labels and kind != "volume" else set())
+                   | ({"volume-opt"} if driver_opts and kind != "volume" else set()))
+    if mixed:
+        problems.append(f"{where}: cannot mix {', '.join(mixed)} with mount type {kind!r}")
+    source = values.get("source", values.get("src", ""))
+    target = values.get("target", values.get("dst", values.get("destination", "")))
+    if not target:
+        problems.append(f"{where}: target: required (target=/path/in/container)")
+    elif not target.startswith("/"):
+        problems.append(f"{where}: target: {target!r} must be an absolute path")
+
+    def flag(key: str) -> bool:
+        value = values.get(key, "false").lower()
+        if value not in ("true", "1", "false", "0"):
+            problems.append(f"{where}: {key}: {value!r} is not true or false")
+        return value in ("true", "1")
+
+    readonly = flag("readonly") if "readonly" in values else flag("ro")
+    options: list[str] = []
+    if kind == "bind":
+        if not source:
+            problems.append(f"{where}: source: required for type=bind (source=/host/path)")
+        elif not source.startswith("/"):
+            problems.append(f"{where}: source: {source!r} must be an absolute host path")
+        propagation = values.get("bind-propagation", "rprivate")
+        if propagation not in ("rprivate", "private"):
+            problems.append(f"{where}: bind-propagation: {propagation!r} is not supported: "
+                            f"a container's mounts are private here (rprivate)")
+        if "bind-nonrecursive" in values and flag("bind-nonrecursive"):
+            problems.append(f"{where}: bind-nonrecursive: not supported (binds are "
+                            f"recursive)")
+        if values.get("bind-recursive", "enabled") != "enabled":
+            problems.append(f"{where}: bind-recursive: only 'enabled' is supported")
+    elif kind == "volume":
+        if source:
+            problems += check_volume_name(source, f"{where}: source")
+        problems += check_driver(values.get("volume-driver", DRIVER), {}, where)
+        if "volume-subpath" in values:
+            problems.append(f"{where}: volume-subpath: not supported (mount the whole "
+                            f"volume)")
+        if "volume-nocopy" in values and flag("volume-nocopy"):
+            options.append("nocopy")
+        options += [f"label={label}" for label in labels]
+        options += [f"opt={opt}" for opt in driver_opts]
+    else:
+        if source:
+            problems.append(f"{where}: source: a tmpfs mount takes no source")
+        if "tmpfs-size" in values:
+            try:
+                options.append(f"size={spec.parse_size(values['tmpfs-size'], 'tmpfs-size')}")
+            except InvalidArgument as e:
+                problems.append(f"{where}: {e.message}")
+        if "tmpfs-mode" in values:
+            try:
+                mode = int(values["tmpfs-mode"], 8)
+                if not 0 <= mode <= 0o7777:
+                    raise ValueError
+                options.append(f"mode={mode:o}")
+            except ValueError:
+                problems.append(f"{where}: tmpfs-mode: {values['tmpfs-mode']!r} is not an "
+                                f"octal mode such as 1777")
+    if problems:
+        raise InvalidArgument.of(problems)
+    return Mount(destination=target, type=kind, source=source, readonly=readonly,
+                 options=tuple(options))
 
 
 def parse_storage_opts(opts: Sequence[str] | Mapping[str, str]) -> int | None:
@@ -219,7 +350,9 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  shm_size: int | str | None = None,
                  ports: Sequence[str | PortBinding] | Mapping[Any, Any] = (),
                  publish_all_ports: bool = False,
-                 volumes: Sequence[str | Mount] = (),
+                 volumes: Sequence[str | Mount] | Mapping[str, Any] = (),
+                 mounts: Sequence[str | Mount] = (),
+                 volumes_from: str | Sequence[str] = (),
                  tmpfs: Sequence[str] | Mapping[str, str] = (),
                  read_only: bool = False, init: bool = False,
                  cap_add: Sequence[str] = (), cap_drop: Sequence[str] = (),
@@ -232,7 +365,9 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  local_files: bool = True) -> ContainerConfig:
     """The one place user-facing options (``sbx`` flags, ``Client`` keywords) become a
     validated ``ContainerConfig``. Sizes take ``64m``-style strings or bytes; ``ports``
-    takes ``-p`` strings or ``{container: host}``; ``ulimits`` ``name=soft[:hard]`` or
+    takes ``-p`` strings or ``{container: host}``; ``volumes`` ``-v`` strings or
+    docker-py's ``{source: {"bind": path, "mode": "ro"}}`` (or ``{source: path}``);
+    ``ulimits`` ``name=soft[:hard]`` or
     ``{name: limit | (soft, hard)}``; ``extra_hosts`` ``name:ip`` strings or ``{name:
     ip}`` (docker-py's); ``dns``/``dns_search``/``dns_opt`` a string or a list. Every
     problem is reported at once."""
@@ -305,17 +440,18 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         if key not in exposed:
             exposed.append(key)
 
-    mounts: list[Mount] = []
-    for v in volumes:
-        if isinstance(v, Mount):
-            mounts.append(v)
-        else:
-            parsed = attempt(parse_volume, v)
+    mount_list: list[Mount] = []
+    if isinstance(volumes, Mapping):          # docker-py's {source: {"bind", "mode"}}
+        volumes = [f"{k}:{v['bind']}:{v.get('mode', 'rw')}" if isinstance(v, Mapping)
+                   and "bind" in v else f"{k}:{v}" for k, v in volumes.items()]
+    for items, parse in ((volumes, parse_volume), (mounts, parse_mount)):
+        for v in _strings(items) if isinstance(items, str) else items:
+            parsed = v if isinstance(v, Mount) else attempt(parse, v)
             if parsed:
-                mounts.append(parsed)
+                mount_list.append(parsed)
     tmpfs_items = ([f"{k}:{v}" if v else k for k, v in tmpfs.items()]
                    if isinstance(tmpfs, Mapping) else tmpfs)
-    mounts += [parse_tmpfs(t) for t in tmpfs_items]
+    mount_list += [parse_tmpfs(t) for t in tmpfs_items]
 
     storage_size = attempt(parse_storage_opts, storage_opt)
     shm_bytes = None if shm_size in (None, "", 0) else \
@@ -339,7 +475,8 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         dns_options=_strings(dns_opt), extra_hosts=tuple(hosts_list),
         network_aliases=_strings(network_aliases), shm_size=shm_bytes,
         port_bindings=tuple(bindings), publish_all=bool(publish_all_ports),
-        mounts=tuple(mounts), read_only=bool(read_only),
+        mounts=tuple(mount_list), volumes_from=_strings(volumes_from),
+        read_only=bool(read_only),
         init=bool(init), cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
         security_opt=tuple(security_list), privileged=bool(privileged),
         auto_remove=bool(auto_remove), timeout=timeout, storage_size=storage_size,

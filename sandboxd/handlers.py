@@ -27,6 +27,7 @@ from .model import (ContainerConfig, ContainerRecord, ImageRecord, NetworkContai
 from .network import NetworkService
 from .reference import parse as parse_ref
 from .version import __version__
+from .volumes import VolumeService
 
 log = logging.getLogger(__name__)
 UPLOAD_CAP = 8 << 30          # bytes of tar one import, load or cp may stream
@@ -36,8 +37,9 @@ PROGRESS_INTERVAL = 0.1       # seconds between byte-count progress events of on
 
 class Handlers:
     def __init__(self, config: DaemonConfig, containers: ContainerService,
-                 images: ImageService, networks: NetworkService):
+                 images: ImageService, networks: NetworkService, volumes: VolumeService):
         self.config = config
+        self.volumes = volumes
         self.containers = containers
         self.images = images
         self.networks = networks
@@ -49,7 +51,8 @@ class Handlers:
             record = self.containers.get(container_id)
         except NotFound:
             return
-        await self.containers.remove(record, force=True)
+        # A session's objects all go: its containers' anonymous volumes too.
+        await self.containers.remove(record, force=True, volumes=True)
 
     async def session_network_cleanup(self, network_id: str) -> None:
         """A session's network goes after its containers (cleanups run last-made first);
@@ -154,7 +157,7 @@ class Handlers:
 
     async def container_remove(self, ctx: RequestContext, params: ops.Remove) -> Any:
         record = self.containers.get(params.id)
-        await self.containers.remove(record, force=params.force)
+        await self.containers.remove(record, force=params.force, volumes=params.volumes)
         if ctx.session is not None:
             ctx.session.untrack("container", record.id)
         return {}
@@ -457,6 +460,32 @@ class Handlers:
     async def network_prune(self, ctx: RequestContext, params: ops.Filters) -> Any:
         return {"removed": await self.networks.prune()}
 
+    # -- volumes
+    async def volume_create(self, ctx: RequestContext, params: ops.CreateVolume) -> Any:
+        # In a worker thread: a capped volume's first image of a size runs mkfs.ext4.
+        volume = await asyncio.get_running_loop().run_in_executor(
+            None, self.volumes.create, params.name, params.driver, params.labels,
+            params.driver_opts)
+        return volume.to_dict()
+
+    async def volume_list(self, ctx: RequestContext, params: ops.Filters) -> Any:
+        return {"volumes": [v.to_dict() for v in self.volumes.list(params.filters)],
+                "warnings": []}
+
+    async def volume_inspect(self, ctx: RequestContext, params: ops.ByName) -> Any:
+        return self.volumes.get(params.name).to_dict()
+
+    async def volume_remove(self, ctx: RequestContext, params: ops.RemoveVolume) -> Any:
+        doomed = self.volumes.remove(params.name, params.force)   # checked and gone now
+        await asyncio.get_running_loop().run_in_executor(None, self.volumes.purge, doomed)
+        return {}
+
+    async def volume_prune(self, ctx: RequestContext, params: ops.PruneVolumes) -> Any:
+        deleted, doomed = self.volumes.prune(params.filters, params.all)
+        reclaimed = await asyncio.get_running_loop().run_in_executor(
+            None, self.volumes.purge, doomed)
+        return {"deleted": deleted, "space_reclaimed": reclaimed}
+
     async def system_df(self, ctx: RequestContext, params: ops.NoParams) -> Any:
         loop = asyncio.get_running_loop()
         images = await loop.run_in_executor(None, self.images.disk_usage)
@@ -472,7 +501,8 @@ class Handlers:
                                "image": record.config.image, "size": size,
                                "status": record.state.status,
                                "running": record.state.status in RUNNING})
-        return {"images": images, "containers": containers}
+        volumes = await loop.run_in_executor(None, self.volumes.usage)
+        return {"images": images, "containers": containers, "volumes": volumes}
 
     async def system_info(self, ctx: RequestContext, params: ops.NoParams) -> Any:
         status = [r.state.status for r in self.containers.records()]

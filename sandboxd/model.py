@@ -98,7 +98,12 @@ class HostConfig:
     network_aliases: tuple[str, ...] = ()
     port_bindings: tuple[PortBinding, ...] = ()
     publish_all: bool = False             # -P: every exposed port on a host port
-    mounts: tuple[Mount, ...] = ()        # -v binds and --tmpfs, in the order given
+    # -v, --mount and --tmpfs, in the order given. Besides the runner's bind and tmpfs,
+    # type "volume": source is the volume's name ("" at create: a new anonymous one,
+    # named in the record), options "nocopy", "label=K=V", "opt=K=V" (the labels and
+    # driver options of a volume it makes).
+    mounts: tuple[Mount, ...] = ()
+    volumes_from: tuple[str, ...] = ()    # --volumes-from CONTAINER[:ro|rw]
     read_only: bool = False               # read-only root filesystem
     init: bool = False                    # a reaper as pid 1
     cap_add: tuple[str, ...] = ()         # names without CAP_, or "ALL"
@@ -256,6 +261,7 @@ class ContainerRecord:
     sandbox_key: str = ""                 # the network namespace's path, if any
     exec_ids: tuple[str, ...] = ()        # exec sessions still running
     session: str = ""                     # the client session that owns it ("" : none)
+    volume_dir: str = ""                  # where its volumes' directories are (inspect)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: self.config.to_dict() if name == "config"

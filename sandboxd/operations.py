@@ -300,6 +300,7 @@ class Stop(ById):
 @dataclass(frozen=True, kw_only=True)
 class Remove(ById):
     force: bool = param(bool, False)
+    volumes: bool = param(bool, False)      # rm -v: its anonymous volumes too
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -501,6 +502,25 @@ class Disconnect(ById):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CreateVolume(NoParams):
+    name: str = param(str, "")                 # "": a random 64-hex name
+    driver: str = param(str, "local")
+    driver_opts: dict = param(dict, dict, convert=_string_map("driver_opts"))
+    labels: dict = param(dict, dict, convert=_string_map("labels"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoveVolume(ByName):
+    force: bool = param(bool, False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneVolumes(NoParams):
+    all: bool = param(bool, False)
+    filters: dict = FILTERS
+
+
+@dataclass(frozen=True, kw_only=True)
 class OpenSession(NoParams):
     label: str = param(str, "")
 
@@ -542,7 +562,10 @@ Named = TypedDict("Named", {"name": str})
 History = TypedDict("History", {"history": list})
 Pulled = TypedDict("Pulled", {"id": str, "name": str})
 Pushed = dict                # the registry's digest and size per pushed tag
-DiskUsage = TypedDict("DiskUsage", {"images": list, "containers": list})
+DiskUsage = TypedDict("DiskUsage", {"images": list, "containers": list, "volumes": list})
+VolumeDoc = dict             # Docker's Volume object (volumes.Volume.to_dict)
+Volumes = TypedDict("Volumes", {"volumes": list, "warnings": list})
+VolumesPruned = TypedDict("VolumesPruned", {"deleted": list, "space_reclaimed": int})
 Networks = TypedDict("Networks", {"networks": list})
 NetworkDoc = dict            # NetworkRecord.to_dict()
 Removed = TypedDict("Removed", {"removed": list})
@@ -626,6 +649,12 @@ TABLE: tuple[Operation, ...] = (
     Operation("network.prune", Filters, Removed, "network_prune"),
     Operation("network.connect", Connect, Attached, "network_connect"),
     Operation("network.disconnect", Disconnect, Empty, "network_disconnect"),
+    # volumes
+    Operation("volume.create", CreateVolume, VolumeDoc, "volume_create"),
+    Operation("volume.list", Filters, Volumes, "volume_list"),
+    Operation("volume.inspect", ByName, VolumeDoc, "volume_inspect"),
+    Operation("volume.remove", RemoveVolume, Empty, "volume_remove"),
+    Operation("volume.prune", PruneVolumes, VolumesPruned, "volume_prune"),
     # system
     Operation("system.info", NoParams, Info, "system_info"),
     Operation("system.df", NoParams, DiskUsage, "system_df"),

@@ -65,16 +65,35 @@ def _seccomp_name(profile: str) -> str:
     return profile_name(profile)
 
 
+def _anonymous(volume: str) -> bool:
+    """A volume the daemon named (64 hex digits): Docker's anonymous volumes."""
+    return len(volume) == 64 and all(c in "0123456789abcdef" for c in volume)
+
+
+def _mount_doc(record: ContainerRecord, m: spec.Mount) -> dict[str, Any]:
+    """One entry of inspect's ``Mounts``, as Docker shows a bind and a volume."""
+    if m.type == "bind":
+        return {"Type": "bind", "Source": m.source, "Destination": m.destination,
+                "Mode": "ro" if m.readonly else "", "RW": not m.readonly,
+                "Propagation": "rprivate"}
+    return {"Type": "volume", "Name": m.source,
+            "Source": f"{record.volume_dir}/{m.source}/_data", "Destination": m.destination,
+            "Driver": "local", "Mode": "ro" if m.readonly else "z", "RW": not m.readonly,
+            "Propagation": ""}
+
+
 def inspect_document(record: ContainerRecord) -> dict[str, Any]:
     """Docker's ``docker inspect`` object for a container (same field names), plus two
     of ours: ``State.TimedOut`` and ``HostConfig.Timeout`` (seconds)."""
     c, h, s = record.config, record.config.host, record.state
     binds = [f"{m.source}:{m.destination}" + (":ro" if m.readonly else "")
-             for m in h.mounts if m.type == "bind"]
+             for m in h.mounts if m.type == "bind" or (m.type == "volume" and not
+                                                        _anonymous(m.source))]
     tmpfs = {m.destination: ",".join((("ro",) if m.readonly else ()) + m.options)
              for m in h.mounts if m.type == "tmpfs"}
     host_config = {
         "Binds": binds or None,
+        "VolumesFrom": list(h.volumes_from) or None,
         "ContainerIDFile": "",
         "LogConfig": {"Type": h.log_driver or "json-file",
                       "Config": dict(o.partition("=")[::2] for o in h.log_opts)},
@@ -128,7 +147,8 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         "Env": list(c.env),
         "Cmd": list(c.cmd) or None,
         "Image": c.image,
-        "Volumes": None,
+        "Volumes": {m.destination: {} for m in h.mounts
+                    if m.type == "volume" and _anonymous(m.source)} or None,
         "WorkingDir": c.workdir,
         "Entrypoint": list(c.entrypoint) if c.entrypoint else None,
         "OnBuild": None,
@@ -196,9 +216,7 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         "AppArmorProfile": "",
         "ExecIDs": list(record.exec_ids) or None,
         "HostConfig": host_config,
-        "Mounts": [{"Type": "bind", "Source": m.source, "Destination": m.destination,
-                    "Mode": "ro" if m.readonly else "", "RW": not m.readonly,
-                    "Propagation": "rprivate"} for m in h.mounts if m.type == "bind"],
+        "Mounts": [_mount_doc(record, m) for m in h.mounts if m.type != "tmpfs"],
         "Config": config,
         "NetworkSettings": network_settings,
     }
@@ -340,7 +358,7 @@ def ps_row(record: ContainerRecord, now: float, trunc: bool = True) -> dict[str,
         "Names": record.name,
         "Labels": ",".join(f"{k}={v}" for k, v in labels.items()),
         "Label": _LabelLookup(labels),
-        "Mounts": ",".join(m.source if m.type == "bind" else m.destination
+        "Mounts": ",".join(m.source if m.type in ("bind", "volume") else m.destination
                            for m in record.config.host.mounts),
         "Networks": ",".join(e.network for e in record.endpoints),
     }

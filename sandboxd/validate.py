@@ -10,6 +10,7 @@ named here by our field names.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal as _signal
@@ -196,6 +197,30 @@ def check_config(c: ContainerConfig, skip_parsed: bool = False) -> list[str]:
     return problems
 
 
+def _check_volume_mounts(h: HostConfig) -> list[str]:
+    """Volume mounts (a valid name, or "" for a new anonymous one; known options) and
+    ``--volumes-from CONTAINER[:ro|rw]``."""
+    from .volumes import DRIVER, check_driver, check_volume_name
+    problems = []
+    for i, m in enumerate(h.mounts):
+        if m.type != "volume":
+            continue
+        where = f"host.mounts[{i}]"
+        if m.source:
+            problems += check_volume_name(m.source, f"{where}.source")
+        for option in m.options:
+            if option != "nocopy" and not option.startswith(("label=", "opt=")):
+                problems.append(f"{where}.options: {option!r} is not nocopy, label=K=V or "
+                                f"opt=K=V")
+        opts = dict(o[4:].partition("=")[::2] for o in m.options if o.startswith("opt="))
+        problems += check_driver(DRIVER, opts, f"{where}.options")
+    for i, entry in enumerate(h.volumes_from):
+        name, _, mode = entry.partition(":")
+        if check_name(name) or mode not in ("", "ro", "rw"):
+            problems.append(f"host.volumes_from[{i}]: {entry!r} is not CONTAINER[:ro|rw]")
+    return problems
+
+
 def check_host(h: HostConfig) -> list[str]:
     """Every problem with a HostConfig (limits, namespaces, network, mounts ...)."""
     problems: list[str] = []
@@ -272,9 +297,11 @@ def check_host(h: HostConfig) -> list[str]:
             problems.append(f"{where}.protocol: {b.protocol!r} is not tcp, udp or sctp")
         if b.host_ip and not _is_ip(b.host_ip):
             problems.append(f"{where}.host_ip: {b.host_ip!r} is not an IP address")
-    # The runner's own mount checks, named by our field.
-    problems += [p.replace("mounts[", "host.mounts[", 1)
-                 for p in spec.check_mounts(h.mounts)]
+    # The runner's own mount checks, named by our field (a volume becomes a bind).
+    problems += [p.replace("mounts[", "host.mounts[", 1) for p in spec.check_mounts(tuple(
+        dataclasses.replace(m, type="bind", source="/") if m.type == "volume" else m
+        for m in h.mounts))]
+    problems += _check_volume_mounts(h)
     destinations = [m.destination.rstrip("/") for m in h.mounts]
     for d in sorted({d for d in destinations if destinations.count(d) > 1}):
         problems.append(f"host.mounts: {d} is mounted twice (duplicate mount point)")

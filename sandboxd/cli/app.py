@@ -188,7 +188,7 @@ def print_inspect(fmt: str | None, kind: str | None, names: tuple[str, ...]) -> 
 
 
 def _inspect_one(client: Any, name: str, kind: str | None) -> dict[str, Any]:
-    """Docker's lookup order without ``--type``: container, image, network."""
+    """Docker's lookup order without ``--type``: container, image, network, volume."""
     from ..model import ContainerRecord, ImageRecord, NetworkRecord
     from ..render import image_document, inspect_document, network_document
     from ..errors import InvalidArgument, NotFound
@@ -206,8 +206,14 @@ def _inspect_one(client: Any, name: str, kind: str | None) -> dict[str, Any]:
         except (NotFound, InvalidArgument):     # not an image name at all: maybe a network
             if kind == "image":
                 raise
-    network = client.call("network.inspect", {"id": name})
-    return network_document(NetworkRecord.from_dict(network))
+    if kind in (None, "network"):
+        try:
+            network = client.call("network.inspect", {"id": name})
+            return network_document(NetworkRecord.from_dict(network))
+        except NotFound:
+            if kind == "network":
+                raise
+    return client.call("volume.inspect", {"name": name})    # Docker's own document
 
 
 def confirm_prune(what: str) -> bool:

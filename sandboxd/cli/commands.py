@@ -3,7 +3,7 @@ order, and its entry point (Docker's exit statuses and error wording).
 
 The top-level commands join the root group as their modules are imported (containers,
 images, system: the order ``sbx --help`` lists them); the management groups are added
-below, then ``notebook``, whose module is imported only when it is used.
+below, then ``volume`` and ``notebook``, whose modules are imported only when used.
 """
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ from .common import EXIT_DAEMON, REPORTED, report
 
 for _group in (containers.container, system.system, images.image, networks.network):
     sbx.add_command(_group)
+
+
+def _volume() -> click.Command:
+    from .volumes import volume          # its own module, imported when used
+    return volume
+
+
+sbx.builders["volume"] = _volume
 
 
 def _notebook() -> click.Command:

@@ -114,11 +114,12 @@ def kill(sig: str, containers: tuple[str, ...]) -> int:
 @sbx.command(context_settings=CONTEXT)
 @option("-f", "--force", is_flag=True,
               help="Force the removal of a running container (uses SIGKILL)")
-@option("-v", "--volumes", is_flag=True, help="Accepted for Docker compatibility")
+@option("-v", "--volumes", is_flag=True,
+              help="Remove anonymous volumes associated with the container")
 @argument("containers", nargs=-1, required=True, shell_complete=complete_containers)
 def rm(force: bool, volumes: bool, containers: tuple[str, ...]) -> int:
     """Remove one or more containers."""
-    return each(containers, container_op("container.remove", force=force))
+    return each(containers, container_op("container.remove", force=force, volumes=volumes))
 
 
 @sbx.command(context_settings=CONTEXT)
@@ -252,7 +253,7 @@ def ps(show_all: bool, quiet: bool, filters: tuple[str, ...], fmt: str | None,
 @sbx.command(context_settings=CONTEXT)
 @option("-f", "--format", "fmt", metavar="TEMPLATE",
               help="Format output using a Go template")
-@option("--type", "kind", type=click.Choice(["container", "image", "network"]),
+@option("--type", "kind", type=click.Choice(["container", "image", "network", "volume"]),
               help="Return JSON for specified type")
 @option("-s", "--size", is_flag=True, help="Accepted for Docker compatibility")
 @argument("names", nargs=-1, required=True, shell_complete=complete_containers)

@@ -136,6 +136,9 @@ def system_df(verbose: bool, fmt: str | None) -> int:
     with open_client() as client:
         data = client.call("system.df", {})
     images, containers = data["images"], data["containers"]
+    volumes = data.get("volumes") or []
+    v_total = sum(v["UsageData"]["Size"] for v in volumes)
+    v_reclaim = sum(v["UsageData"]["Size"] for v in volumes if not v["UsageData"]["RefCount"])
     sizes: dict[str, int] = {}               # layer -> bytes: shared layers once
     used: dict[str, int] = {}
     for i in images:
@@ -160,8 +163,10 @@ def system_df(verbose: bool, fmt: str | None) -> int:
          "Active": str(sum(1 for c in containers if c["running"])),
          "Size": human_size(c_total),
          "Reclaimable": human_size(c_reclaim) + pct(c_reclaim, c_total)},
-        {"Type": "Local Volumes", "TotalCount": "0", "Active": "0", "Size": "0B",
-         "Reclaimable": "0B"},
+        {"Type": "Local Volumes", "TotalCount": str(len(volumes)),
+         "Active": str(sum(1 for v in volumes if v["UsageData"]["RefCount"])),
+         "Size": human_size(v_total),
+         "Reclaimable": human_size(v_reclaim) + pct(v_reclaim, v_total)},
         {"Type": "Build Cache", "TotalCount": "0", "Active": "0", "Size": "0B",
          "Reclaimable": "0B"},
     ]
@@ -192,6 +197,11 @@ def system_df(verbose: bool, fmt: str | None) -> int:
                 "table {{.ID}}\t{{.Image}}\t{{.Size}}\t{{.Status}}\t{{.Names}}",
                 {"ID": "CONTAINER ID", "Image": "IMAGE", "Size": "SIZE",
                  "Status": "STATUS", "Names": "NAMES"})
+    click.echo("\nLocal Volumes space usage:\n")
+    print_rows(None, [{"Name": v["Name"], "Links": str(v["UsageData"]["RefCount"]),
+                       "Size": human_size(v["UsageData"]["Size"])} for v in volumes],
+               "table {{.Name}}\t{{.Links}}\t{{.Size}}",
+               {"Name": "VOLUME NAME", "Links": "LINKS", "Size": "SIZE"})
     return 0
 
 
@@ -199,25 +209,32 @@ def system_df(verbose: bool, fmt: str | None) -> int:
 @option("-a", "--all", "all_unused", is_flag=True,
         help="Remove all unused images not just dangling ones")
 @option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
-def system_prune(all_unused: bool, force: bool) -> int:
-    """Remove unused data: stopped containers, unused networks, dangling (with -a:
-    unused) images, in that order, as Docker does."""
+@option("--volumes", is_flag=True, help="Prune anonymous volumes")
+def system_prune(all_unused: bool, force: bool, volumes: bool) -> int:
+    """Remove unused data: stopped containers, unused networks, (with --volumes:
+    unused anonymous volumes,) dangling (with -a: unused) images, in that order, as
+    Docker does."""
     if not force:
         images = ("all images without at least one container associated to them"
                   if all_unused else "all dangling images")
+        anonymous = ("  - all anonymous volumes not used by at least one container\n"
+                     if volumes else "")
         click.echo("WARNING! This will remove:\n  - all stopped containers\n"
                    "  - all networks not used by at least one container\n"
-                   f"  - {images}\n", err=True)
+                   f"{anonymous}  - {images}\n", err=True)
         if not click.confirm("Are you sure you want to continue?", default=False, err=True):
             return 0
     from .images import pruned_images
     with open_client() as client:
         containers = client.containers.prune()
         networks = client.networks.prune()
+        pruned = client.volumes.prune() if volumes else {}
         images = client.images.prune(all=all_unused)
-    reclaimed = containers.get("space_reclaimed", 0) + images.get("space_reclaimed", 0)
+    reclaimed = containers.get("space_reclaimed", 0) + images.get("space_reclaimed", 0) \
+        + pruned.get("space_reclaimed", 0)
     for title, lines in (("Deleted Containers:", containers.get("removed") or []),
                          ("Deleted Networks:", networks.get("removed") or []),
+                         ("Deleted Volumes:", pruned.get("deleted") or []),
                          ("Deleted Images:", pruned_images(images))):
         if lines:
             click.echo("\n".join([title, *lines, ""]))

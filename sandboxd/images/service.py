@@ -1084,6 +1084,10 @@ class ImageService:
         return parent, tuple(str(self.snapshotter.path(info.key))
                              for info in self.snapshotter.chain(parent))
 
+    def layer_dirs(self, image_id: str) -> tuple[str, ...]:
+        """The directories of an image's layers, top first (a volume's first content)."""
+        return self._chain_lowerdirs(image_id)[1]
+
     def image_mounts(self, image_id: str) -> tuple[Mount, ...]:
         """Mounts a container of this image needs besides its root: the host image's
         read-only binds (parents first); nothing for layered images."""

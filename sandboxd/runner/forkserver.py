@@ -227,6 +227,7 @@ class _Container:
     # The detached mount of its layer image (runner/layers.py), held until the start
     # settles: pid 1 has attached it in its own namespace by then, or failed.
     layer_hold: int = -1
+    image_holds: tuple[int, ...] = ()      # the same for its capped volumes (image mounts)
     zygote: Any = None                                         # _Zygote
 
 
@@ -377,16 +378,23 @@ class ForkServer:
         first = self._filter(spec.seccomp, spec.process.capabilities
                              + zygote.ZYGOTE_CAPABILITIES) if spec.zygote else program
         hold = layers.mount_layer(spec.root.layer) if spec.root.layer else -1
+        images: list[int] = []
         try:
+            for m in spec.mounts:
+                if m.type == "image":
+                    images.append(layers.mount_layer(m.source))
             if spec.entry:
-                return self._spawn_from_template(msg["rid"], spec, fds, program, hold)
+                return self._spawn_from_template(msg["rid"], spec, fds, program, hold,
+                                                 tuple(images))
             # Built here, where its cached parts stay warm.
-            plan = build_plan(spec, self.mnt, self.cgroups.cgroupfs, hold)
+            plan = build_plan(spec, self.mnt, self.cgroups.cgroupfs, hold, images)
             cgroup = self.cgroups.create(spec.id, spec.limits)
         except BaseException:
-            _close_quietly(hold)
+            for fd in (hold, *images):
+                _close_quietly(fd)
             raise
-        container = _Container(spec.id, spec, cgroup, program, layer_hold=hold)
+        container = _Container(spec.id, spec, cgroup, program, layer_hold=hold,
+                               image_holds=tuple(images))
         ours = theirs = None
         if spec.zygote:
             ours, theirs = socket.socketpair(socket.AF_UNIX,
@@ -399,7 +407,8 @@ class ForkServer:
                                                      channel),
                        child.pid_clone_flags(spec))
         except BaseException:
-            _close_quietly(hold)
+            for fd in (hold, *images):
+                _close_quietly(fd)
             if ours is not None:
                 ours.close()
             cgroup.remove()
@@ -604,11 +613,13 @@ class ForkServer:
         return int(reply["pid"])
 
     def _spawn_from_template(self, rid: int, spec: ContainerSpec, fds: list[int],
-                             program: seccomp.Program | None, hold: int) -> Any:
+                             program: seccomp.Program | None, hold: int,
+                             images: tuple[int, ...] = ()) -> Any:
         """Pid 1 is a clone of the template (our child, by CLONE_PARENT); it gets its
         spec and fds only once it is in its cgroup."""
         cgroup = self.cgroups.create(spec.id, spec.limits)
-        container = _Container(spec.id, spec, cgroup, program, layer_hold=hold)
+        container = _Container(spec.id, spec, cgroup, program, layer_hold=hold,
+                               image_holds=images)
         errr, errw = os.pipe2(os.O_CLOEXEC)
         ours, theirs = socket.socketpair(socket.AF_UNIX,
                                          socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -622,7 +633,7 @@ class ForkServer:
             send_message(ours, {"spec": to_dict(spec), "mnt": self.mnt,
                                 "seccomp": program and program.to_wire(),
                                 "cgroupfs": self.cgroups.cgroupfs},
-                         [*fds, *([hold] if hold >= 0 else []), errw])
+                         [*fds, *([hold] if hold >= 0 else []), *images, errw])
         except BaseException:
             if pid:
                 _kill_quietly(pid)
@@ -872,6 +883,9 @@ class ForkServer:
         if container.layer_hold >= 0:
             _close_quietly(container.layer_hold)
             container.layer_hold = -1
+        for fd in container.image_holds:
+            _close_quietly(fd)
+        container.image_holds = ()
 
     def _forget(self, container: _Container) -> None:
         self._release_layer(container)

@@ -121,7 +121,10 @@ def _make_mountpoint(target: str, step: MountStep) -> None:
 
 def _attach(step: AttachMount, root: str) -> None:
     try:
-        sc.move_mount(step.fd, step.target)
+        target = _where(step.target, root, step.in_root)
+        if step.in_root:
+            os.makedirs(target, 0o755, exist_ok=True)
+        sc.move_mount(step.fd, target)
     finally:
         os.close(step.fd)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os.path
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import syscalls as sc
@@ -60,12 +61,15 @@ class MountStep:
 @dataclass(frozen=True)
 class AttachMount:
     """move_mount(2) of a detached mount (an fd the fork server made) onto a host path
-    of the container's own namespace; the fd is closed after."""
+    of the container's own namespace (``in_root``: a path inside the new root, resolved
+    without leaving it, its directory made if missing); the fd is closed after."""
     fd: int
     target: str
+    in_root: bool = False
 
     def describe(self) -> str:
-        return f"attach the writable layer on {self.target}"
+        what = "a capped volume" if self.in_root else "the writable layer"
+        return f"attach {what} on {self.target}"
 
 
 @dataclass(frozen=True)
@@ -146,21 +150,23 @@ Step = MountStep | AttachMount | MakeDirs | MakeDevice | MakeLink | WriteFile | 
 
 
 def build_plan(spec: ContainerSpec, mnt: str, cgroupfs: tuple[CgroupMount, ...] = (),
-               layer_fd: int = -1) -> list[Step]:
+               layer_fd: int = -1, image_fds: Sequence[int] = ()) -> list[Step]:
     """All filesystem steps for ``spec``; ``mnt`` is an existing empty host directory
     that the new root is assembled on (inside the container's private mount namespace,
     so every container may use the same one). ``cgroupfs``: what is mounted read-only at
     /sys/fs/cgroup (the fork server's ``CgroupManager.cgroupfs``); empty leaves sysfs's
     own empty, read-only directory there. ``layer_fd``: the detached mount of
-    ``spec.root.layer`` the fork server made (runner/layers.py)."""
+    ``spec.root.layer`` the fork server made (runner/layers.py); ``image_fds``: those of
+    the ``image`` mounts, in their order."""
     steps: list[Step] = [MountStep("/", None, None, sc.MS_REC | sc.MS_PRIVATE, in_root=False,
                                    create="")]
     root, root_steps = _root_steps(spec, mnt, layer_fd)
     steps += root_steps
     steps += [WriteFile(f.path, f.content) for f in spec.files]
     steps += _kernel_fs_steps(spec.namespaces.ipc == "private", cgroupfs)
+    images = iter(image_fds)
     for m in spec.mounts:
-        steps += _user_mount_steps(m)
+        steps += _user_mount_steps(m, next(images, -1) if m.type == "image" else -1)
     if spec.zygote:
         steps += _hidden_proc_steps()
     steps += _protect_steps(spec.masked_paths, spec.readonly_paths)
@@ -296,7 +302,15 @@ def _hidden_proc_steps() -> list[Step]:
 _FLAG_WORDS = frozenset(("noexec", "exec", "nosuid", "nodev"))
 
 
-def _user_mount_steps(m: Mount) -> list[Step]:
+def _user_mount_steps(m: Mount, fd: int = -1) -> list[Step]:
+    if m.type == "image":
+        if fd < 0:
+            raise ValueError("build_plan: an image mount needs the mount of it")
+        steps: list[Step] = [AttachMount(fd, m.destination, in_root=True)]
+        if m.readonly:
+            steps.append(MountStep(m.destination, None, None,
+                                   sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY, create=""))
+        return steps
     if m.type == "tmpfs":
         # Flag words (Docker's --tmpfs /x:noexec) are mount flags, not tmpfs data.
         flags = sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if m.readonly else 0)

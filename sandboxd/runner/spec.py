@@ -69,10 +69,13 @@ class Limits:
 
 @dataclass(frozen=True)
 class Mount:
-    """A bind or tmpfs mount inside the container.
+    """A bind, tmpfs or image mount inside the container.
 
     ``bind``: ``source`` is a host path (file or directory).
     ``tmpfs``: ``options`` such as ``("size=64m", "mode=1777")``.
+    ``image``: ``source`` is an ext4 image file (a capped volume, made like a capped
+    layer by :mod:`sandboxd.runner.layers`): the fork server mounts it detached and pid 1
+    attaches it at ``destination`` in the container's own namespace.
     """
     destination: str
     type: str = "bind"
@@ -319,8 +322,8 @@ def check_mounts(mounts: tuple[Mount, ...]) -> list[str]:
     problems = []
     for i, m in enumerate(mounts):
         where = f"mounts[{i}]"
-        if m.type not in ("bind", "tmpfs"):
-            problems.append(f"{where}.type: {m.type!r} is not bind or tmpfs")
+        if m.type not in ("bind", "tmpfs", "image"):
+            problems.append(f"{where}.type: {m.type!r} is not bind, tmpfs or image")
         if not _is_abs(m.destination) or _has_dotdot(m.destination):
             problems.append(f"{where}.destination: {m.destination!r} must be an absolute "
                             f"path without '..'")
@@ -328,7 +331,7 @@ def check_mounts(mounts: tuple[Mount, ...]) -> list[str]:
             problems.append(f"{where}.destination: cannot mount over /")
         elif _under(m.destination, "/proc") or _under(m.destination, "/sys"):
             problems.append(f"{where}.destination: {m.destination} is inside /proc or /sys")
-        if m.type == "bind" and not _is_abs(m.source):
+        if m.type in ("bind", "image") and not _is_abs(m.source):
             problems.append(f"{where}.source: {m.source!r} must be an absolute host path")
         if m.type == "tmpfs" and m.source:
             problems.append(f"{where}.source: a tmpfs mount takes no source")

@@ -148,7 +148,11 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
         spec = validate(from_dict(ContainerSpec, msg["spec"]))
         program = Program.from_wire(msg["seccomp"]) if msg.get("seccomp") else None
         layer_fd = -1
-        if spec.root.layer:                 # its detached mount came after the stdio
+        # Its detached mounts came after the stdio: the layer's, then its image mounts'.
+        count = sum(1 for m in spec.mounts if m.type == "image")
+        image_fds = stdio[len(stdio) - count:]
+        stdio = stdio[:len(stdio) - count]
+        if spec.root.layer:
             layer_fd, stdio = stdio[-1], stdio[:-1]
         function = entries[spec.entry]
         child.reset_signals()
@@ -158,7 +162,7 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
             raise SetupFailed(f"create namespaces: {e.strerror}",
                               {"step": "namespaces", "errno": e.errno or 0}) from None
         cgroupfs = tuple(tuple(m) for m in msg["cgroupfs"])
-        run_steps(build_plan(spec, msg["mnt"], cgroupfs, layer_fd))
+        run_steps(build_plan(spec, msg["mnt"], cgroupfs, layer_fd, image_fds))
         child.install_stdio(stdio, False)
         _executable, env = child.prepare_process(spec.process, spec.hostname, errw, program)
     except SandboxError as e:

@@ -45,7 +45,7 @@ def all_names(daemon: Daemon) -> set[str]:
     (["--cpus", "1", "--cpu-quota", "50000"], "--cpus and --cpu-quota cannot both be set"),
     (["--cpus", str(len(os.sched_getaffinity(0)) + 1)], "range of CPUs is from 0.01 to"),
     (["--ulimit", "nofile=2:1"], "above the hard limit"),
-    (["-v", "relative:/x"], "must be an absolute host path"),
+    (["-v", "b@d:/x"], "includes invalid characters for a local volume name"),
     (["-p", "99999:80"], "host port '99999'"),
     (["-e", "=x"], "env[0]"),
     (["--name", "a"], "invalid container name"),

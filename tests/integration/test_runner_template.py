@@ -203,3 +203,18 @@ def test_another_path_to_the_same_python_is_refused(runner, host_root, probe_dir
     with pytest.raises(InvalidArgument, match="the command must be"):
         runner.run(_spec(host_root, probe_dir, args=(str(link), "-m", "sbx_probe")),
                    timeout=60)
+
+
+def test_a_clone_attaches_its_image_mounts(runner, host_root, probe_dir, tmp_path):
+    """A capped volume (an ``image`` mount) reaches a clone the way it reaches an exec'd
+    container: the fork server's detached mount comes after the stdio and the layer, pid 1
+    attaches it, and no fd of it is left to the workload."""
+    import dataclasses
+    from sandboxd.runner import layers
+    image = str(tmp_path / "volume.img")
+    layers.make_image(image, layers.MIN_SIZE, str(tmp_path / "templates"))
+    spec = _spec(host_root, probe_dir)
+    spec = dataclasses.replace(spec, mounts=(*spec.mounts, Mount("/capped", "image", image)))
+    info = _probe(runner, spec)
+    assert "capped" in info["root"]
+    assert sorted(map(int, info["fds"])) == [0, 1, 2], info["fds"]

@@ -205,7 +205,9 @@ FAILING_STARTS = {
     # what fails and at which step (overlay, cgroup, veth, fork, exec) of the start
     "exec of a missing command (after fork)": ["busybox", "/no/such/binary"],
     "workdir is a file (after mounts)": ["-w", "/bin/sh", "busybox", "true"],
-    "missing bind source (mounts)": ["-v", "/nonexistent-sbx-src:/x", "busybox", "true"],
+    # (a missing bind source is refused at create now, before any step)
+    "bind of a file on a directory (mounts)": ["-v", "/etc/hostname:/bin", "busybox",
+                                               "true"],
     "unknown user (before exec)": ["-u", "no-such-user", "busybox", "true"],
     "address outside the network (veth)": ["--network", "c25", "--ip", "10.255.255.9",
                                            "busybox", "true"],

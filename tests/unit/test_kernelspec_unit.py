@@ -40,8 +40,8 @@ def test_values_are_kept_and_env_resolved(monkeypatch):
     ({"network": "no such!"}, "network: 'no such!' is not a network name"),
     ({"network": ""}, "network: must not be empty"),
     ({"image": ""}, "image: must not be empty"),
-    ({"volumes": ["rel:/x"]}, "volumes: volume 'rel:/x': the source 'rel' must be an "
-                              "absolute host path"),
+    ({"volumes": ["b@d:/x"]}, "volumes: volume 'b@d:/x': 'b@d' includes invalid "
+                              "characters for a local volume name"),
     ({"volumes": "/a:/b"}, "volumes: expected a list of /host:/container[:ro]"),
     ({"workdir": "rel"}, "workdir: 'rel' is not an absolute path"),
     ({"start_timeout": 0}, "start_timeout: must be positive, got 0"),

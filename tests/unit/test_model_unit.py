@@ -111,9 +111,9 @@ def test_ulimits_from_a_mapping():
 
 
 @pytest.mark.parametrize("volume, words", [
-    ("relative:/x", "absolute host path"),
+    ("rel@tive:/x", "invalid characters for a local volume name"),
     ("/a:/b:rx", "unknown mode"),
-    ("/only-one-part", "/host/path:/container/path"),
+    ("/a:/b:c:d", "[SOURCE:]/container/path"),
 ])
 def test_bad_volumes_are_refused(volume, words):
     (problem,) = problems_of(volumes=[volume])
