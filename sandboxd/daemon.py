@@ -771,6 +771,7 @@ def build_services(server: Server, config: DaemonConfig) -> None:
     from .handlers import Handlers
     from .images.service import ImageService
     from .network import NetworkService
+    from .pools import PoolService
     from .snapshots import Snapshotter
     from .store import ContentStore, Store
 
@@ -780,9 +781,12 @@ def build_services(server: Server, config: DaemonConfig) -> None:
     networks = NetworkService(store, root, prefix=config.network_prefix,
                               ip_masq=config.ip_masq)
     containers = ContainerService(config, store, images, networks)
+    containers.pools = pools = PoolService(containers, config.pools, config.pool_memory)
     handlers = Handlers(config, containers, images, networks)
     server.on_startup(containers.startup)
+    server.on_startup(pools.startup)
     server.on_shutdown(containers.shutdown)
+    server.on_shutdown(pools.shutdown)         # first: last registered runs first
     server.register_cleanup("container", handlers.session_cleanup)
     server.register_cleanup("network", handlers.session_network_cleanup)
     for op in operations.TABLE:
@@ -841,11 +845,18 @@ def run(config: DaemonConfig) -> int:
 @click.option("--dns", multiple=True, metavar="IP",
               help="Containers' DNS server when they give no --dns (repeatable) "
                    "[default: the host's, loopback ones filtered out]")
+@click.option("--pool", "pools", multiple=True, metavar="IMAGE[,OPTION=VALUE...]=N",
+              help="Keep N prepared --rm containers of IMAGE with these options "
+                   "(memory, cpus, pids-limit, network, user, ...) ready (repeatable)")
+@click.option("--pool-memory", metavar="SIZE",
+              help="Memory for parked containers in all; also learns pools of what was "
+                   "recently asked for [default: 0, no learned pools]")
 def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
          log_level: str | None, config_file: str | None, ip_masq: bool | None,
          cgroup_parent: str | None, network_prefix: str | None, group: str | None,
          default_storage_size: str | None, log_driver: str | None,
-         log_opts: tuple[str, ...], dns: tuple[str, ...]) -> None:
+         log_opts: tuple[str, ...], dns: tuple[str, ...], pools: tuple[str, ...],
+         pool_memory: str | None) -> None:
     """Run the sandboxd daemon."""
     try:
         config = load_config(config_file, host=host, root=root,
@@ -853,7 +864,8 @@ def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
                              ip_masq=ip_masq, cgroup_parent=cgroup_parent,
                              network_prefix=network_prefix, group=group,
                              default_storage_size=default_storage_size,
-                             log_driver=log_driver, log_opts=log_opts, dns=dns)
+                             log_driver=log_driver, log_opts=log_opts, dns=dns,
+                             pools=pools, pool_memory=pool_memory)
     except InvalidArgument as exc:
         raise click.UsageError(exc.message) from None
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),

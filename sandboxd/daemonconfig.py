@@ -39,6 +39,10 @@ class DaemonConfig:
     # Containers' nameservers when they give no --dns (dockerd's --dns; empty: the
     # host's, filtered as sandboxd/resolvconf.py says).
     dns: tuple[str, ...] = ()
+    # Declared pools of prepared containers, "IMAGE[,OPTION=VALUE...]=N" (pools.py), and
+    # the memory parked containers may use in all (bytes; 0: no learned pools).
+    pools: tuple[str, ...] = ()
+    pool_memory: int = 0
 
 
 # Config-file keys: the flag names (``default-ulimit``) or their field spelling.
@@ -50,7 +54,8 @@ _CONFIG_KEYS = {"host": "host", "root": "root", "default-ulimit": "default_ulimi
                 "cgroup-parent": "cgroup_parent", "network-prefix": "network_prefix",
                 "group": "group",
                 "default-storage-size": "default_storage_size", "log-driver": "log_driver",
-                "log-opts": "log_opts", "log-opt": "log_opts", "dns": "dns"}
+                "log-opts": "log_opts", "log-opt": "log_opts", "dns": "dns",
+                "pools": "pools", "pool": "pools", "pool-memory": "pool_memory"}
 
 
 def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
@@ -114,6 +119,19 @@ def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
                 ipaddress.ip_address(ip)
             except ValueError:
                 problems.append(f"dns: {ip!r} is not an IP address")
+    if "pools" in values or "pool_memory" in values:
+        from .pools import parse_budget, parse_declaration
+        values["pools"] = tuple(str(d) for d in values.get("pools", ()))
+        for declaration in values["pools"]:
+            try:
+                parse_declaration(declaration)
+            except InvalidArgument as e:
+                problems += e.details.get("problems") or [e.message]
+        if "pool_memory" in values:
+            try:
+                values["pool_memory"] = parse_budget(values["pool_memory"])
+            except InvalidArgument as e:
+                problems.append(e.message)
     if values.get("max_frame", 0) > protocol.MAX_FRAME:
         problems.append(f"max-frame: at most {protocol.MAX_FRAME}, got {values['max_frame']}")
     if problems:
@@ -139,7 +157,8 @@ def _read_config_file(path: str) -> dict[str, Any]:
                              "max-frame": int, "frame-timeout": float,
                              "max-connections": int, "max-inflight": int,
                              "stdin-buffer": int, "log-driver": str,
-                             "default-storage-size": (str, int)}
+                             "default-storage-size": (str, int),
+                             "pool-memory": (str, int)}
     for key, kind in types.items():
         value = p.get(key, kind, None)
         if value is not None:
@@ -151,6 +170,10 @@ def _read_config_file(path: str) -> dict[str, Any]:
     dns = p.get("dns", list, None, items=str)          # dockerd's daemon.json key
     if dns is not None:
         values["dns"] = tuple(dns)
+    for key in ("pool", "pools"):          # ["busybox,memory=64m=4", ...]
+        value = p.get(key, list, None, items=str)
+        if value is not None:
+            values["pools"] = tuple(value)
     for key in ("default-ulimit", "default-ulimits"):
         value = p.get(key, list, None, items=str)
         if value is not None:

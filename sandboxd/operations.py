@@ -252,6 +252,16 @@ class Create(NoParams):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SetPool(NoParams):
+    config: ContainerConfig = param(dict, convert=_container_config)
+    count: int = param(int)
+
+    def problems(self) -> list[str]:
+        return [] if 0 <= self.count <= 1024 else \
+            [f"count: 0 to 1024 containers, got {self.count}"]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Options(NoParams):
     options: ContainerConfig = param(dict, convert=_options)   # build_config's keywords
 
@@ -533,6 +543,8 @@ Version = TypedDict("Version", {"version": str, "server": str, "protocol": int,
                                 "features": list, "python": str, "kernel": str, "pid": int,
                                 "host": str, "root": str})
 SessionId = TypedDict("SessionId", {"session": str})
+PoolDoc = dict               # PoolService._describe
+Pools = TypedDict("Pools", {"pools": list, "parked": int, "memory_budget": int})
 
 
 # ---------------------------------------------------------------- the table
@@ -611,6 +623,9 @@ TABLE: tuple[Operation, ...] = (
     Operation("system.df", NoParams, DiskUsage, "system_df"),
     Operation("system.login", Login, Status, "system_login"),
     Operation("system.logout", Logout, Removed, "system_logout"),
+    # pools of prepared containers
+    Operation("pool.set", SetPool, PoolDoc, "pool_set"),
+    Operation("pool.list", NoParams, Pools, "pool_list"),
 )
 
 BY_NAME: dict[str, Operation] = {op.name: op for op in TABLE}
