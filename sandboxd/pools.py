@@ -94,6 +94,12 @@ def parse_declaration(text: str) -> tuple[ContainerConfig, int]:
             kwargs.setdefault(keyword, []).append(value)
         elif keyword == "init":
             kwargs[keyword] = value.lower() in ("1", "true", "yes")
+        elif keyword == "pids_limit":
+            try:
+                kwargs[keyword] = int(value)
+            except ValueError:
+                raise InvalidArgument(f"pool {text!r}: pids-limit: expected a whole "
+                                      f"number, got {value!r}") from None
         else:
             kwargs[keyword] = value
     config = build_config(image, auto_remove=True, local_files=False, **kwargs)
@@ -251,7 +257,7 @@ class PoolService:
     def _target(self, pool: _Pool, now: float) -> int:
         if pool.declared:
             return pool.declared
-        return LEARNED_SIZE if now - pool.asked < IDLE_AFTER else 0
+        return LEARNED_SIZE if self.memory and now - pool.asked < IDLE_AFTER else 0
 
     def _room(self) -> bool:
         declared_left = sum(max(0, p.declared - len(p.ready) - p.preparing)
