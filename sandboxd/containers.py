@@ -99,6 +99,9 @@ class ContainerService:
         self.held: dict[str, asyncio.Future] = {}   # stopped containers' roots held for cp
         self.pools: Any = None                  # pools.PoolService, when the root wires one
         self.claimed: dict[str, Any] = {}       # created from a pool, not started: id -> Pooled
+        # Starts in flight and when the last one ended: the pools refill when it is quiet.
+        self.starting = 0
+        self.last_start = 0.0
 
     # ------------------------------------------------------------ start-up / shutdown
 
@@ -728,10 +731,13 @@ class ContainerService:
                 live.stdin = in_w
                 stdio = (in_r, out_w, err_w)
             self.live[record.id] = live
+            self.starting += 1
             try:
                 pid = await (self.runner.spawn(spec, stdio) if spec is not None else
                              self.runner.take(record.id, self._process(record), stdio))
             finally:
+                self.starting -= 1
+                self.last_start = time.monotonic()
                 for fd in theirs:
                     os.close(fd)
             if console is not None:

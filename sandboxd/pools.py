@@ -43,6 +43,10 @@ log = logging.getLogger("sandboxd.pools")
 LEARNED_SIZE = 2             # containers a learned key keeps ready
 IDLE_AFTER = 60.0            # seconds unasked after which a learned pool is emptied
 RETRY_AFTER = 5.0            # seconds before a pool whose prepare failed tries again
+# A prepare waits until no start is in flight and none ended this long ago: the fork
+# server does one thing at a time, and a take queued behind a prepare would wait for it
+# (the short-lived workload's exit is reaped in that time too).
+QUIET = 0.01
 # What one parked container costs the host, for the budget: its PSS measured (docs/
 # bench.md: about 2 MiB private at park, more as the fork server's heap moves on).
 PARKED_MEMORY = 4 << 20
@@ -283,9 +287,16 @@ class PoolService:
                 while (len(pool.ready) < self._target(pool, time.monotonic())
                        and time.monotonic() >= pool.retry_at
                        and (pool.declared or self._room())):
+                    await self._quiet()
                     if not await self._prepare(pool):
                         break
-                    await asyncio.sleep(0)            # requests first
+
+    async def _quiet(self) -> None:
+        while True:
+            idle = time.monotonic() - self.containers.last_start
+            if not self.containers.starting and idle >= QUIET:
+                return
+            await asyncio.sleep(max(QUIET - idle, 0.001))
 
     async def _prepare(self, pool: _Pool) -> bool:
         pool.preparing += 1
