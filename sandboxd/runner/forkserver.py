@@ -19,8 +19,9 @@ the cloned child is a helper ("C1") that forks pid 1 and exits; an exec into a r
 container goes the same way.
 
 pid 1 reports over a close-on-exec pipe: ``P<pid>`` from a C1 (a cloned pid 1 sends
-none: clone gave the server its pid), ``R`` just before execve, ``E<msgpack error>`` on
-failure. EOF after ``R`` means the exec succeeded.
+none: clone gave the server its pid), ``W`` when a prepared one is parked (``prepare``;
+it waits for its process from ``take``), ``R`` just before execve, ``E<msgpack error>``
+on failure. EOF after ``R`` means the exec succeeded.
 
 Requests ``{"op", "rid", ...}`` get ``{"rid", "ok"}`` or ``{"rid", "error"}``; exits
 arrive as ``{"event": "exit", "id", "exec", "exit_code", "signal", "oom_killed",
