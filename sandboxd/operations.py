@@ -38,6 +38,7 @@ Convert = Callable[[Any, str, list], Any]      # (value, where, problems) -> val
 
 MAX_TIMEOUT = 365 * 86400    # seconds: beyond this, a wait is a mistake (or an overflow)
 MAX_FILTER_VALUE = 1024      # characters of one filter value (a name filter is a regex)
+MAX_POOL = 64               # containers one declared pool keeps (pool.set)
 
 
 def param(kind: type | tuple[type, ...], default: Any = REQUIRED, *,
@@ -257,8 +258,8 @@ class SetPool(NoParams):
     count: int = param(int)
 
     def problems(self) -> list[str]:
-        return [] if 0 <= self.count <= 1024 else \
-            [f"count: 0 to 1024 containers, got {self.count}"]
+        return [] if 0 <= self.count <= MAX_POOL else \
+            [f"count: 0 to {MAX_POOL} containers, got {self.count}"]
 
 
 @dataclass(frozen=True, kw_only=True)
