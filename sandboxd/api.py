@@ -747,6 +747,17 @@ class Client:
     def info(self) -> dict[str, Any]:
         return self.call("system.info", {})
 
+    def set_pool(self, image: str, count: int, **options: Any) -> dict[str, Any]:
+        """Keep ``count`` prepared ``--rm`` containers of ``image`` with these
+        :meth:`run` options ready (0: stop keeping them); a ``run`` with the same image
+        and options takes one (docs/operations.md, "Pools")."""
+        cfg = build_config(image, auto_remove=True, **options)
+        return self.call("pool.set", {"config": cfg.to_dict(), "count": count})
+
+    def pools(self) -> dict[str, Any]:
+        """``{pools: [...], parked, memory_budget}``: every pool, declared or learned."""
+        return self.call("pool.list", {})
+
     def version(self) -> dict[str, Any]:
         return self.call("system.version", {})
 
@@ -1111,6 +1122,13 @@ class AsyncClient:
 
     async def info(self) -> dict[str, Any]:
         return await self.call("system.info", {})
+
+    async def set_pool(self, image: str, count: int, **options: Any) -> dict[str, Any]:
+        cfg = build_config(image, auto_remove=True, **options)
+        return await self.call("pool.set", {"config": cfg.to_dict(), "count": count})
+
+    async def pools(self) -> dict[str, Any]:
+        return await self.call("pool.list", {})
 
     async def version(self) -> dict[str, Any]:
         return await self.call("system.version", {})

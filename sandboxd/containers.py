@@ -100,6 +100,11 @@ class ContainerService:
         self.removed: dict[str, asyncio.Event] = {}
         self.starts: dict[str, asyncio.Event] = {}    # set when the container goes live
         self.held: dict[str, asyncio.Future] = {}   # stopped containers' roots held for cp
+        self.pools: Any = None                  # pools.PoolService, when the root wires one
+        self.claimed: dict[str, Any] = {}       # created from a pool, not started: id -> Pooled
+        # Starts in flight and when the last one ended: the pools refill when it is quiet.
+        self.starting = 0
+        self.last_start = 0.0
 
     # ------------------------------------------------------------ start-up / shutdown
 
@@ -288,29 +293,42 @@ class ContainerService:
                 raise InvalidArgument.of(problems)
             name = name.lstrip("/")
         image = self.images.get(config.image)
-        record, warnings = self._build_record(config, image, name, session)
-        record, anonymous = self._resolve_volumes(record)
-        self.ports.check(_port_bindings(record))       # a taken host port creates nothing
-        if check_spec:                                 # every problem before anything exists
-            self._spec(record, dry_run=True)
-        directory = self._dir(record.id)
-        inline = _etc_inline(record)
-        if not inline:                  # else made at its first output, if any
-            directory.mkdir(parents=True)
+        # A pooled container's id is adopted: its host name was set with it (pools.py).
+        pooled = self.pools.claim(config, image["id"]) if self.pools is not None else None
         try:
-            self._make_volumes(record, anonymous)
-            if not inline:
-                self._etc_files(directory, record, fresh=True)
-            self.store.put_container(record.id, record.name, "created", record.image_id,
-                                     session or None, record.to_dict())
+            record, warnings = self._build_record(config, image, name, session,
+                                                  pooled.id if pooled else "")
+            record, anonymous = self._resolve_volumes(record)
+            self.ports.check(_port_bindings(record))   # a taken host port creates nothing
+            if check_spec:                             # every problem before anything exists
+                self._spec(record, dry_run=True)
+            directory = self._dir(record.id)
+            inline = _etc_inline(record)
+            if not inline:                  # else made at its first output, if any
+                directory.mkdir(parents=True)
+            try:
+                self._make_volumes(record, anonymous)
+                if not inline:
+                    self._etc_files(directory, record, fresh=True)
+                self.store.put_container(record.id, record.name, "created",
+                                         record.image_id, session or None,
+                                         record.to_dict())
+            except BaseException:
+                _rmtree(directory)
+                self.volumes.remove_anonymous(sorted(anonymous))
+                raise
         except BaseException:
-            _rmtree(directory)
-            self.volumes.remove_anonymous(sorted(anonymous))
+            if pooled is not None:
+                asyncio.ensure_future(self.kill_quietly(pooled.id))
+                self.release_pooled(pooled.id)
             raise
+        if pooled is not None:
+            self.claimed[record.id] = pooled
         return record, warnings
 
     def _build_record(self, config: ContainerConfig, image: dict, name: str | None,
-                      session: str) -> tuple[ContainerRecord, list[str]]:
+                      session: str, container_id: str = ""
+                      ) -> tuple[ContainerRecord, list[str]]:
         defaults = self.images.config(image["id"])
         env = {e.partition("=")[0]: e for e in defaults.get("Env") or []}
         env.update({e.partition("=")[0]: e for e in config.env})
@@ -333,7 +351,7 @@ class ContainerService:
             user=config.user or defaults.get("User") or "",
             exposed_ports=tuple(sorted(set(config.exposed_ports)
                                        | set(defaults.get("ExposedPorts") or {}))))
-        container_id = secrets.token_hex(32)
+        container_id = container_id or secrets.token_hex(32)
         record = ContainerRecord(
             id=container_id, name=name or self._free_name(), created=time.time(),
             config=effective, image_id=image["id"], path=argv[0], args=argv[1:],
@@ -515,14 +533,20 @@ class ContainerService:
                                               size=h.storage_size or None)
         spec = ContainerSpec(
             id=record.id, hostname=hostname if namespaces.uts == "private" else "",
-            process=Process(args=(record.path, *record.args), env=_merge_env(link_vars, c.env),
-                            cwd=c.workdir or "/", user=c.user, terminal=c.tty,
-                            ulimits=self._ulimits(record), capabilities=h.capabilities(),
-                            no_new_privileges=h.no_new_privileges()),
+            process=self._process(record, link_vars),
             root=root, mounts=mounts, files=files, namespaces=namespaces, limits=h.limits(),
             init=h.init, entry=self._entry(record), zygote=c.zygote, seccomp=h.seccomp(),
             **({"masked_paths": (), "readonly_paths": ()} if h.privileged else {}))
-        return validate(spec)
+        # The create's check (dry run) says what is wrong before anything exists; a
+        # start's spec is checked once, where the runner takes it (runner/api.py).
+        return validate(spec) if dry_run else spec
+
+    def _process(self, record: ContainerRecord, link_vars: Sequence[str] = ()) -> Process:
+        c, h = record.config, record.config.host
+        return Process(args=(record.path, *record.args), env=_merge_env(link_vars, c.env),
+                       cwd=c.workdir or "/", user=c.user, terminal=c.tty,
+                       ulimits=self._ulimits(record), capabilities=h.capabilities(),
+                       no_new_privileges=h.no_new_privileges())
 
     def _entry(self, record: ContainerRecord) -> str:
         """The template runs the host's own Python: only the host image may use it."""
@@ -771,7 +795,14 @@ class ContainerService:
         if not lifecycle.check("start", record):
             return record                         # running already
         mode = record.config.host.network_mode
-        if mode.startswith("container:"):
+        pooled = self.claimed.pop(record.id, None)
+        spec = None
+        if pooled is not None:           # all but the process is made (pools.py)
+            record = dataclasses.replace(
+                record, endpoints=(pooled.attachment.endpoint,)
+                if pooled.attachment.netns != "host" else (),
+                sandbox_key=pooled.attachment.sandbox_key)
+        elif mode.startswith("container:"):
             spec = self._spec(record)
         else:
             link_vars, link_hosts = self._resolve_links(record)
@@ -829,9 +860,13 @@ class ContainerService:
             started = self.starts.pop(record.id, None)
             if started is not None:
                 started.set()
+            self.starting += 1
             try:
-                pid = await self.runner.spawn(spec, stdio)
+                pid = await (self.runner.spawn(spec, stdio) if spec is not None else
+                             self.runner.take(record.id, self._process(record), stdio))
             finally:
+                self.starting -= 1
+                self.last_start = time.monotonic()
                 for fd in theirs:
                     os.close(fd)
             if console is not None:
@@ -845,6 +880,10 @@ class ContainerService:
             self._release_network(record.id)
             _close(*live.fds, live.stdin)
             writer.close()
+            if pooled is not None and isinstance(exc, NotFound):
+                # Its parked process is gone (killed meanwhile): a cold start instead.
+                self._release_rootfs(record.id)
+                return await self.start(record, stdin)
             if isinstance(exc, SandboxError):
                 code = getattr(exc, "exit_code", None)
                 self._set_state(record, error=exc.message,
@@ -930,6 +969,8 @@ class ContainerService:
             return
         live = self.live.get(container_id)
         if live is None:
+            if self.pools is not None:
+                self.pools.lost(container_id)     # a parked container, if it was one
             return
         live.exit_info = info
         live.exited.set()
@@ -1046,14 +1087,12 @@ class ContainerService:
         record is gone, and a daemon killed before the directory goes sweeps it at
         start-up."""
         self.store.delete_container(record.id)
+        self._discard_claimed(record.id)
         self._release_network(record.id)
         if volumes or record.config.host.auto_remove:
             self.volumes.remove_anonymous([m.source for m in record.config.host.mounts
                                            if m.type == "volume"])
-        try:
-            self.images.release_rootfs(record.id)
-        except (NotFound, SandboxError):
-            pass
+        self._release_rootfs(record.id)
         directory = self._dir(record.id)
         if not directory.exists():              # a --rm container that printed nothing
             return
@@ -1061,6 +1100,41 @@ class ContainerService:
             asyncio.get_running_loop().run_in_executor(None, _rmtree, directory)
         else:
             _rmtree(directory)
+
+    def _release_rootfs(self, container_id: str) -> None:
+        try:
+            self.images.release_rootfs(container_id)
+        except (NotFound, SandboxError):
+            pass
+
+    # ------------------------------------------------------------ pooled (pools.py)
+
+    async def prepare_pooled(self, config: ContainerConfig) -> Any:
+        """A container of ``config`` for a pool: a record's id (never stored; the
+        request that takes it adopts it), its network attached, its root prepared, its
+        pid 1 parked before the exec by the runner. A ``pools.Pooled``."""
+        from .pools import Pooled
+        config = dataclasses.replace(config, entrypoint=(), cmd=("sandboxd-pooled",))
+        record, _ = self._build_record(config, self.images.get(config.image), "pooled", "")
+        attachment = await self.networks.attach(
+            record.id, _network_name(config.host.network_mode))
+        try:
+            pid = await self.runner.prepare(self._spec(record, netns=attachment.netns))
+        except BaseException:
+            self.release_pooled(record.id)
+            raise
+        return Pooled(record.id, pid, attachment, time.time())
+
+    def release_pooled(self, container_id: str) -> None:
+        """A pooled container's network and root, after its pid 1 is gone."""
+        self._release_network(container_id)
+        self._release_rootfs(container_id)
+
+    def _discard_claimed(self, container_id: str) -> None:
+        """A container created from a pool and removed unstarted: its parked pid 1
+        goes (its network and root go with the record)."""
+        if self.claimed.pop(container_id, None) is not None:
+            asyncio.ensure_future(self.kill_quietly(container_id))
 
     # ------------------------------------------------------------ exec
 

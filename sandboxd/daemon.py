@@ -772,6 +772,7 @@ def build_services(server: Server, config: DaemonConfig) -> None:
     from .images.registry import Registries
     from .images.service import ImageService
     from .network import NetworkService
+    from .pools import PoolService
     from .snapshots import Snapshotter
     from .store import ContentStore, Store
     from .volumes import VolumeService
@@ -785,9 +786,12 @@ def build_services(server: Server, config: DaemonConfig) -> None:
                               ip_masq=config.ip_masq)
     volumes = VolumeService(root, store)
     containers = ContainerService(config, store, images, networks, volumes)
+    containers.pools = pools = PoolService(containers, config.pools, config.pool_memory)
     handlers = Handlers(config, containers, images, networks, volumes)
     server.on_startup(containers.startup)
+    server.on_startup(pools.startup)
     server.on_shutdown(containers.shutdown)
+    server.on_shutdown(pools.shutdown)         # first: last registered runs first
     docker_socket = config.docker_socket()
     if docker_socket:
         from .dockerapi import DockerApi
@@ -876,13 +880,19 @@ def run(config: DaemonConfig) -> int:
               help="Where Docker Hub (docker.io) is served [default: "
                    "https://registry-1.docker.io; env SANDBOXD_HUB_ENDPOINT]; an "
                    "air-gapped host or a test points it at its own registry")
+@click.option("--pool", "pools", multiple=True, metavar="IMAGE[,OPTION=VALUE...]=N",
+              help="Keep N prepared --rm containers of IMAGE with these options "
+                   "(memory, cpus, pids-limit, network, user, ...) ready (repeatable)")
+@click.option("--pool-memory", metavar="SIZE",
+              help="Memory for parked containers in all; also learns pools of what was "
+                   "recently asked for [default: 0, no learned pools]")
 def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
          log_level: str | None, config_file: str | None, ip_masq: bool | None,
          cgroup_parent: str | None, network_prefix: str | None, group: str | None,
          default_storage_size: str | None, log_driver: str | None,
          log_opts: tuple[str, ...], docker_host: str | None, dns: tuple[str, ...],
          registry_mirrors: tuple[str, ...], insecure_registries: tuple[str, ...],
-         hub_endpoint: str | None) -> None:
+         hub_endpoint: str | None, pools: tuple[str, ...], pool_memory: str | None) -> None:
     """Run the sandboxd daemon."""
     try:
         config = load_config(config_file, host=host, root=root,
@@ -894,7 +904,8 @@ def main(host: str | None, root: str | None, default_ulimits: tuple[str, ...],
                              docker_host=docker_host,
                              registry_mirrors=registry_mirrors,
                              insecure_registries=insecure_registries,
-                             hub_endpoint=hub_endpoint)
+                             hub_endpoint=hub_endpoint,
+                             pools=pools, pool_memory=pool_memory)
     except InvalidArgument as exc:
         raise click.UsageError(exc.message) from None
     logging.basicConfig(stream=sys.stderr, level=config.log_level.upper(),

@@ -52,6 +52,10 @@ class DaemonConfig:
         if self.docker_host is None:
             return os.path.join(os.path.dirname(self.host), "docker.sock")
         return self.docker_host
+    # Declared pools of prepared containers, "IMAGE[,OPTION=VALUE...]=N" (pools.py), and
+    # the memory parked containers may use in all (bytes; 0: no learned pools).
+    pools: tuple[str, ...] = ()
+    pool_memory: int = 0
 
 
 # Config-file keys: the flag names (``default-ulimit``) or their field spelling.
@@ -67,7 +71,8 @@ _CONFIG_KEYS = {"host": "host", "root": "root", "default-ulimit": "default_ulimi
                 "docker-host": "docker_host",
                 "registry-mirrors": "registry_mirrors",
                 "insecure-registries": "insecure_registries",
-                "hub-endpoint": "hub_endpoint"}
+                "hub-endpoint": "hub_endpoint",
+                "pools": "pools", "pool": "pools", "pool-memory": "pool_memory"}
 
 
 def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
@@ -152,6 +157,19 @@ def load_config(config_file: str | None = None, **flags: Any) -> DaemonConfig:
             except InvalidArgument:
                 problems.append(f"hub-endpoint: {values['hub_endpoint']!r} is not "
                                 f"http(s)://host[:port]")
+    if "pools" in values or "pool_memory" in values:
+        from .pools import parse_budget, parse_declaration
+        values["pools"] = tuple(str(d) for d in values.get("pools", ()))
+        for declaration in values["pools"]:
+            try:
+                parse_declaration(declaration)
+            except InvalidArgument as e:
+                problems += e.details.get("problems") or [e.message]
+        if "pool_memory" in values:
+            try:
+                values["pool_memory"] = parse_budget(values["pool_memory"])
+            except InvalidArgument as e:
+                problems.append(e.message)
     if values.get("max_frame", 0) > protocol.MAX_FRAME:
         problems.append(f"max-frame: at most {protocol.MAX_FRAME}, got {values['max_frame']}")
     if problems:
@@ -178,7 +196,9 @@ def _read_config_file(path: str) -> dict[str, Any]:
                              "max-connections": int, "max-inflight": int,
                              "stdin-buffer": int, "log-driver": str,
                              "default-storage-size": (str, int), "hub-endpoint": str,
-                             "docker-host": str}
+                             "docker-host": str,
+                             "default-storage-size": (str, int),
+                             "pool-memory": (str, int)}
     for key, kind in types.items():
         value = p.get(key, kind, None)
         if value is not None:
@@ -194,6 +214,10 @@ def _read_config_file(path: str) -> dict[str, Any]:
         value = p.get(key, list, None, items=str)
         if value is not None:
             values[_CONFIG_KEYS[key]] = tuple(value)
+    for key in ("pool", "pools"):          # ["busybox,memory=64m=4", ...]
+        value = p.get(key, list, None, items=str)
+        if value is not None:
+            values["pools"] = tuple(value)
     for key in ("default-ulimit", "default-ulimits"):
         value = p.get(key, list, None, items=str)
         if value is not None:

@@ -502,12 +502,22 @@ class Handlers:
                                "status": record.state.status,
                                "running": record.state.status in RUNNING})
         volumes = await loop.run_in_executor(None, self.volumes.usage)
-        return {"images": images, "containers": containers, "volumes": volumes}
+        return {"images": images, "containers": containers, "volumes": volumes,
+                "pooled": self.containers.pools.usage()}
+
+    async def pool_set(self, ctx: RequestContext, params: ops.SetPool) -> Any:
+        return self.containers.pools.declare(params.config, params.count)
+
+    async def pool_list(self, ctx: RequestContext, params: ops.NoParams) -> Any:
+        pools = self.containers.pools
+        return {"pools": pools.list(), "parked": pools.parked(),
+                "memory_budget": pools.memory}
 
     async def system_info(self, ctx: RequestContext, params: ops.NoParams) -> Any:
         status = [r.state.status for r in self.containers.records()]
         uname = os.uname()
         return {"name": uname.nodename, "server_version": __version__,
+                "pooled": self.containers.pools.parked(),
                 "containers": len(status), "running": status.count("running"),
                 "paused": status.count("paused"),
                 "stopped": len(status) - status.count("running") - status.count("paused"),

@@ -38,6 +38,7 @@ Convert = Callable[[Any, str, list], Any]      # (value, where, problems) -> val
 
 MAX_TIMEOUT = 365 * 86400    # seconds: beyond this, a wait is a mistake (or an overflow)
 MAX_FILTER_VALUE = 1024      # characters of one filter value (a name filter is a regex)
+MAX_POOL = 64               # containers one declared pool keeps (pool.set)
 
 
 def param(kind: type | tuple[type, ...], default: Any = REQUIRED, *,
@@ -258,6 +259,16 @@ class Create(NoParams):
     config: ContainerConfig = param(dict, convert=_container_config)
     # os[/arch[/variant]] of the image pulled when it is missing (or another one's)
     platform: str | None = param(OPTIONAL_STR, None, convert=_platform)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetPool(NoParams):
+    config: ContainerConfig = param(dict, convert=_container_config)
+    count: int = param(int)
+
+    def problems(self) -> list[str]:
+        return [] if 0 <= self.count <= MAX_POOL else \
+            [f"count: 0 to {MAX_POOL} containers, got {self.count}"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -576,6 +587,8 @@ Version = TypedDict("Version", {"version": str, "server": str, "protocol": int,
                                 "features": list, "python": str, "kernel": str, "pid": int,
                                 "host": str, "root": str})
 SessionId = TypedDict("SessionId", {"session": str})
+PoolDoc = dict               # PoolService._describe
+Pools = TypedDict("Pools", {"pools": list, "parked": int, "memory_budget": int})
 
 
 # ---------------------------------------------------------------- the table
@@ -660,6 +673,9 @@ TABLE: tuple[Operation, ...] = (
     Operation("system.df", NoParams, DiskUsage, "system_df"),
     Operation("system.login", Login, Status, "system_login"),
     Operation("system.logout", Logout, Removed, "system_logout"),
+    # pools of prepared containers
+    Operation("pool.set", SetPool, PoolDoc, "pool_set"),
+    Operation("pool.list", NoParams, Pools, "pool_list"),
 )
 
 BY_NAME: dict[str, Operation] = {op.name: op for op in TABLE}

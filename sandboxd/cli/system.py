@@ -14,6 +14,7 @@ from .app import CONTEXT, SbxGroup, open_client, option, print_rows, sbx
 _INFO_FIELDS = {
     "name": ("Name", ""), "server_version": ("ServerVersion", ""),
     "containers": ("Containers", 0), "running": ("ContainersRunning", 0),
+    "pooled": ("ContainersPooled", 0),
     "paused": ("ContainersPaused", 0), "stopped": ("ContainersStopped", 0),
     "images": ("Images", 0), "kernel_version": ("KernelVersion", ""),
     "operating_system": ("OperatingSystem", ""), "os_type": ("OSType", "linux"),
@@ -45,6 +46,7 @@ def info(fmt: str | None) -> int:
         f"  Running: {data.get('running', 0)}",
         f"  Paused: {data.get('paused', 0)}",
         f"  Stopped: {data.get('stopped', 0)}",
+        f"  Pooled: {data.get('pooled', 0)}",
         f" Images: {data.get('images', 0)}",
         f" Server Version: {data.get('server_version', '')}",
         " Storage Driver: overlay",
@@ -163,6 +165,10 @@ def system_df(verbose: bool, fmt: str | None) -> int:
          "Active": str(sum(1 for c in containers if c["running"])),
          "Size": human_size(c_total),
          "Reclaimable": human_size(c_reclaim) + pct(c_reclaim, c_total)},
+        # Prepared, never-used containers (pools.py): a tmpfs layer each, no disk.
+        {"Type": "Pooled Containers",
+         "TotalCount": str((data.get("pooled") or {}).get("parked", 0)), "Active": "0",
+         "Size": "0B", "Reclaimable": "0B"},
         {"Type": "Local Volumes", "TotalCount": str(len(volumes)),
          "Active": str(sum(1 for v in volumes if v["UsageData"]["RefCount"])),
          "Size": human_size(v_total),

@@ -92,6 +92,14 @@ class _Protocol:
         return {"op": "spawn", "spec": to_dict(validate(spec))}
 
     @staticmethod
+    def _prepare_message(spec: ContainerSpec) -> dict:
+        return {"op": "prepare", "spec": to_dict(validate(spec))}
+
+    @staticmethod
+    def _take_message(container_id: str, process: Process) -> dict:
+        return {"op": "take", "id": container_id, "process": to_dict(process)}
+
+    @staticmethod
     def _result(reply: dict) -> Any:
         if "error" in reply:
             raise from_wire(reply["error"])
@@ -166,6 +174,17 @@ class Runner(_Protocol):
         """Start ``spec`` with ``stdio`` (3 fds, or 1 terminal fd); returns pid 1's host
         pid once the workload has exec'd. Setup failures raise typed errors."""
         return self._call(self._spawn_message(spec), list(stdio))["pid"]
+
+    def prepare(self, spec: ContainerSpec) -> int:
+        """Make ``spec``'s container (namespaces, cgroup, mounts, root) and park its
+        pid 1 before the exec; returns that pid. ``spec.process`` only sets what stays:
+        its capabilities and no_new_privileges (the seccomp filter is made for them)."""
+        return self._call(self._prepare_message(spec))["pid"]
+
+    def take(self, container_id: str, process: Process, stdio: tuple[int, ...]) -> int:
+        """Run ``process`` in a prepared container; returns once it has exec'd (as
+        :meth:`spawn`). Used once: the container's exit ends it as any other's."""
+        return self._call(self._take_message(container_id, process), list(stdio))["pid"]
 
     def spawn_terminal(self, spec: ContainerSpec) -> tuple[int, int]:
         """Start ``spec`` (``process.terminal``) on a pty made inside the container;
@@ -417,6 +436,14 @@ class AsyncRunner(_Protocol, HelperConnection):
 
     async def spawn(self, spec: ContainerSpec, stdio: tuple[int, ...]) -> int:
         return (await self._call(self._spawn_message(spec), list(stdio)))["pid"]
+
+    async def prepare(self, spec: ContainerSpec) -> int:
+        return (await self._call(self._prepare_message(spec)))["pid"]
+
+    async def take(self, container_id: str, process: Process,
+                   stdio: tuple[int, ...]) -> int:
+        return (await self._call(self._take_message(container_id, process),
+                                 list(stdio)))["pid"]
 
     async def exec(self, container_id: str, exec_id: str, process: Process,
                    stdio: tuple[int, ...]) -> int:

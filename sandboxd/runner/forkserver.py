@@ -19,8 +19,9 @@ the cloned child is a helper ("C1") that forks pid 1 and exits; an exec into a r
 container goes the same way.
 
 pid 1 reports over a close-on-exec pipe: ``P<pid>`` from a C1 (a cloned pid 1 sends
-none: clone gave the server its pid), ``R`` just before execve, ``E<msgpack error>`` on
-failure. EOF after ``R`` means the exec succeeded.
+none: clone gave the server its pid), ``W`` when a prepared one is parked (``prepare``;
+it waits for its process from ``take``), ``R`` just before execve, ``E<msgpack error>``
+on failure. EOF after ``R`` means the exec succeeded.
 
 Requests ``{"op", "rid", ...}`` get ``{"rid", "ok"}`` or ``{"rid", "error"}``; exits
 arrive as ``{"event": "exit", "id", "exec", "exit_code", "signal", "oom_killed",
@@ -31,6 +32,7 @@ from __future__ import annotations
 import array
 import errno
 import fcntl
+import gc
 import os
 import selectors
 import signal
@@ -38,7 +40,7 @@ import socket
 import struct
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NoReturn
 
 import msgpack
@@ -55,6 +57,7 @@ from .spec import (DEFAULT_CAPABILITIES, DEFAULT_PATH, ContainerSpec, Limits, Pr
 
 # setns order: the mount namespace last, since entering it changes root and cwd.
 EXEC_NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
+PARK_MESSAGE = 1 << 16          # a take's process, at most (the owner checks its size)
 
 
 # ---------------------------------------------------------------- the container side
@@ -98,22 +101,50 @@ def _hold(errw: int) -> NoReturn:
 
 def _container_pid1(spec: ContainerSpec, plan: list[Step], stdio: list[int],
                     errw: int, program: seccomp.Program | None,
-                    channel: int = -1) -> NoReturn:
+                    channel: int = -1, park: bool = False) -> NoReturn:
+    process = spec.process
     try:
         mounts.run_steps(plan)
-        child.install_stdio(stdio, spec.process.terminal)
+        if park:
+            process, stdio = _park(errw, channel)
+        child.install_stdio(stdio, process.terminal)
         if spec.hold:
             _hold(errw)
         if spec.zygote:
             _zygote_pid1(spec, errw, channel, program)
-        executable, env = child.prepare_process(spec.process, spec.hostname, errw, program)
+        executable, env = child.prepare_process(process, spec.hostname, errw, program)
     except SandboxError as e:
         child.fail(errw, e, getattr(e, "exit_code", 1))
     except Exception as e:                                   # a bug: still report it
         child.fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
     if spec.init:
-        run_init(lambda: _exec(executable, spec.process, env, errw, program))
-    _exec(executable, spec.process, env, errw, program)
+        run_init(lambda: _exec(executable, process, env, errw, program))
+    _exec(executable, process, env, errw, program)
+
+
+def _park(errw: int, channel: int) -> tuple[Process, list[int]]:
+    """A pooled container's pid 1 (``prepare``), its namespaces, cgroup, mounts and root
+    made: report ``W`` and wait for its process and stdio (``take``). Nothing of the
+    fork server's stays open meanwhile (a copy of another start's stdio pipe would keep
+    that container's output open for as long as this one waits)."""
+    low, high = sorted((errw, channel))
+    os.closerange(3, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, 1 << 20)
+    child.report(errw, b"W")
+    # recvmsg by hand: recv_message's 1 MiB buffer would be this process's own memory.
+    sock = socket.socket(fileno=channel)
+    data, anc, _flags, _addr = sock.recvmsg(PARK_MESSAGE, socket.CMSG_SPACE(3 * 4),
+                                            socket.MSG_CMSG_CLOEXEC)
+    sock.close()
+    if not data:                         # the fork server let it go (discard, shutdown)
+        os._exit(0)
+    fds = array.array("i")
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return from_dict(Process, msgpack.unpackb(data, raw=False)["process"], "process"), \
+        list(fds)
 
 
 
@@ -158,9 +189,11 @@ def _zygote_pid1(spec: ContainerSpec, errw: int, channel: int,
 
 def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
                      stdio: list[int], errw: int,
-                     program: seccomp.Program | None, channel: int = -1) -> NoReturn:
+                     program: seccomp.Program | None, channel: int = -1,
+                     park: bool = False) -> NoReturn:
     """The container's first process: pid 1 itself, or a C1 when the pid namespace is
     joined by path."""
+    gc.disable()      # no collection copies the server's heap into this process
     try:
         child.not_dumpable()
         child.reset_signals()
@@ -176,7 +209,7 @@ def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
     except Exception as e:
         child.fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
     if pid == 0:
-        _container_pid1(spec, plan, stdio, errw, program, channel)
+        _container_pid1(spec, plan, stdio, errw, program, channel, park)
     child.report(errw, b"P", struct.pack("<i", pid))
     os._exit(0)
 
@@ -229,6 +262,8 @@ class _Container:
     layer_hold: int = -1
     image_holds: tuple[int, ...] = ()      # the same for its capped volumes (image mounts)
     zygote: Any = None                                         # _Zygote
+    # A prepared container's end of the channel its parked pid 1 waits on, until taken.
+    park: socket.socket | None = None
 
 
 @dataclass
@@ -251,6 +286,7 @@ class _Start:
     pid: int = 0
     ready: bool = False
     status: int | None = None          # set when the process was reaped before EOF
+    parked: bool = False               # a prepared container waiting for its take
 
 
 class ForkServer:
@@ -294,6 +330,9 @@ class ForkServer:
             self._filter(seccomp.DEFAULT, DEFAULT_CAPABILITIES)
         except SandboxError as e:
             print(f"fork server: {e.message}", file=sys.stderr)
+        # What is imported and built so far is never freed: out of the collector's
+        # reach, a collection in a forked container does not write to its pages.
+        gc.freeze()
         while self.running:
             events = self.selector.select(0 if self.retiring else None)
             if not events and self.retiring:
@@ -357,10 +396,57 @@ class ForkServer:
         return {"pid": os.getpid(), "containers": len(self.containers)}
 
     def _op_spawn(self, msg: dict, fds: list[int]) -> Any:
+        return self._spawn(msg, fds, park=False)
+
+    def _op_prepare(self, msg: dict, fds: list[int]) -> Any:
+        """A pooled container: everything of a spawn but the process, parked before
+        its exec until a ``take`` gives it its process and stdio (the reply: its pid)."""
+        return self._spawn(msg, fds, park=True)
+
+    def _op_take(self, msg: dict, fds: list[int]) -> Any:
+        """Start a prepared container's workload: ``process`` (its args, env, cwd,
+        user, terminal, ulimits; the capabilities and no_new_privs it was prepared
+        with) with these stdio fds. The reply comes when it has exec'd, as a spawn's."""
+        container = self.containers.get(str(msg.get("id")))
+        if container is None or container.park is None:
+            raise NotFound(f"container {msg.get('id')} is not a prepared container")
+        process = validate_process(from_dict(Process, msg.get("process"), "process"))
+        prepared = container.spec.process
+        if (process.capabilities, process.no_new_privileges) != \
+                (prepared.capabilities, prepared.no_new_privileges):
+            raise InvalidArgument("take: the capabilities and no_new_privileges must be "
+                                  "the ones the container was prepared with")
+        if len(fds) != (1 if process.terminal else 3):
+            raise InvalidArgument("take: pass 3 stdio fds, or 1 terminal fd")
+        problems = rlimits.check_raisable(process.ulimits)
+        if problems:
+            raise InvalidArgument.of(problems)
+        start = next((s for s in self.starts.values() if s.container is container), None)
+        if start is None:                                    # it died, not yet reaped
+            raise NotFound(f"container {container.id}: its prepared process is gone")
+        park, container.park = container.park, None
+        try:
+            send_message(park, {"process": to_dict(process)}, fds)
+        except OSError:
+            raise NotFound(f"container {container.id}: its prepared process is gone"
+                           ) from None
+        finally:
+            park.close()
+        for fd in fds:
+            os.close(fd)
+        start.rid = msg["rid"]
+        container.spec = replace(container.spec, process=process)
+        return _DEFERRED
+
+    def _spawn(self, msg: dict, fds: list[int], park: bool) -> Any:
         spec = validate(from_dict(ContainerSpec, msg.get("spec")))
         if spec.id in self.containers:
             raise InvalidArgument(f"container {spec.id} is already running")
-        if len(fds) != (1 if spec.process.terminal else 3):
+        if park:
+            if fds or spec.hold or spec.entry or spec.zygote or spec.root.layer:
+                raise InvalidArgument("prepare: no stdio, hold, entry, zygote or layer "
+                                      "image (they are given at the start)")
+        elif len(fds) != (1 if spec.process.terminal else 3):
             raise InvalidArgument("spawn: pass 3 stdio fds, or 1 terminal fd")
         problems = rlimits.check_raisable(spec.process.ulimits)
         if problems:
@@ -396,15 +482,16 @@ class ForkServer:
         container = _Container(spec.id, spec, cgroup, program, layer_hold=hold,
                                image_holds=tuple(images))
         ours = theirs = None
-        if spec.zygote:
+        if spec.zygote or park:
             ours, theirs = socket.socketpair(socket.AF_UNIX,
                                               socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-            ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            if spec.zygote:
+                ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         channel = theirs.fileno() if theirs is not None else -1
         try:
             self._fork(msg["rid"], container, None, fds,
                        lambda errw: _container_first(spec, plan, cgroup, fds, errw, first,
-                                                     channel),
+                                                     channel, park),
                        child.pid_clone_flags(spec))
         except BaseException:
             for fd in (hold, *images):
@@ -416,7 +503,9 @@ class ForkServer:
         finally:
             if theirs is not None:
                 theirs.close()
-        if ours is not None:
+        if park:
+            container.park = ours
+        elif ours is not None:
             container.zygote = _Zygote(ours, cgroups.CgroupManager(
                 f"{self.cgroups.parent}/{spec.id}", self.cgroups.mount_root))
             self.selector.register(ours, selectors.EVENT_READ, ("zygote", container))
@@ -789,6 +878,11 @@ class ForkServer:
             elif tag == b"R":
                 start.ready = True
                 del start.buf[:1]
+            elif tag == b"W":                    # prepared: the reply; the take has its own
+                start.parked = True
+                del start.buf[:1]
+                self._reply(start.rid, {"pid": start.pid})
+                start.rid = 0
             else:
                 return                           # "E..." waits for EOF, or a partial "P"
 
@@ -816,7 +910,15 @@ class ForkServer:
         else:
             container.execs.pop(start.exec_id, None)
         self.pids.pop(start.pid, None)
-        self._reply_error(start.rid, err)
+        if start.rid:
+            self._reply_error(start.rid, err)
+        else:                    # a prepared container ended before its take (discarded)
+            code = os.waitstatus_to_exitcode(start.status) if start.status is not None \
+                else 1
+            self._send({"event": "exit", "id": container.id, "exec": None,
+                        "exit_code": 128 - code if code < 0 else code,
+                        "signal": -code if code < 0 else None, "oom_killed": False,
+                        "stats": None})
 
     def _reap(self) -> None:
         while True:
@@ -892,6 +994,9 @@ class ForkServer:
         self.containers.pop(container.id, None)
         for key in [k for k in self.retiring if k.startswith(container.id + "/")]:
             self._retire(key)                   # its tests' cgroups go before its own
+        if container.park is not None:
+            container.park.close()               # EOF: a parked pid 1 exits
+            container.park = None
         z = container.zygote
         if z is not None:
             container.zygote = None

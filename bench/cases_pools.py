@@ -1,0 +1,106 @@
+"""Pools of prepared containers (issue 17, sandboxd/pools.py): ``client.run`` of ``true``
+with 64 MiB and 64 pids through the in-process Python client, taking a parked container
+(a pool hit) beside the same request started cold, crun's spec -> exit and the
+``unshare`` floor in the same run; and the host memory (PSS, /proc/PID/smaps_rollup) of
+a parked container, right after parking and after the fork server has started 100 more
+containers (its heap moves on, and a parked copy keeps the pages it had).
+
+A hit's sample starts with the pool full and idle: the refill of the previous take is
+waited for outside the timing, so a sample is the take alone, as for a request that
+arrives at a daemon with a ready pool. The pool is declared for the chunk of samples
+and dropped after it, so the cold row's identical request never finds one.
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+
+from .cases import case, peer_sequential, shared_daemon
+from .context import MEMORY, PIDS, Bench
+from .peers import PEERS
+
+POOL_RUN = "client.run('busybox', ['true'], memory='64m', pids_limit=64)"
+PARKED = "PSS per parked container (smaps_rollup)"
+OPTIONS = {"memory": MEMORY, "pids_limit": PIDS}
+POOL_SIZE = 8
+
+
+def _pool(client) -> dict:
+    pools = client.pools()["pools"]
+    return pools[0] if pools else {}
+
+
+def _wait(predicate, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def _declared(client, count: int) -> None:
+    client.set_pool("busybox", count, **OPTIONS)
+    if count:
+        _wait(lambda: _pool(client).get("ready") == count, "the pool to fill")
+    else:
+        _wait(lambda: not client.pools()["pools"], "the pool to go")
+
+
+def _runs(bench: Bench, n: int, pooled: bool) -> list[float]:
+    client = shared_daemon(bench).client
+    if pooled:
+        _declared(client, 2)
+    samples = []
+    try:
+        for i in range(bench.settings.warmup + n):
+            if pooled:
+                _wait(lambda: _pool(client).get("ready") == 2, "the refill")
+                hits = _pool(client)["hits"]
+            start = time.perf_counter()
+            result = client.run("busybox", ["true"], **OPTIONS)
+            elapsed = time.perf_counter() - start
+            if result.exit_code != 0:
+                raise RuntimeError(f"exit {result.exit_code}: {result.stderr[-300:]!r}")
+            if pooled and _pool(client)["hits"] != hits + 1:
+                raise RuntimeError("the request did not take a pooled container")
+            if i >= bench.settings.warmup:
+                samples.append(elapsed)
+    finally:
+        if pooled:
+            _declared(client, 0)
+    return samples
+
+
+case(POOL_RUN, "sandboxd daemon, cold", reference=True)(partial(_runs, pooled=False))
+case(POOL_RUN, "sandboxd daemon, pool hit")(partial(_runs, pooled=True))
+for _peer in PEERS:
+    if _peer.name in ("crun", "unshare"):
+        case(POOL_RUN, f"{_peer.name} (spec -> exit, new netns)")(
+            partial(peer_sequential, peer=_peer, net=True))
+
+
+def _pss(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
+def _parked(bench: Bench, n: int, starts_between: int) -> list[float]:
+    client = shared_daemon(bench).client
+    _declared(client, POOL_SIZE)
+    try:
+        time.sleep(0.5)
+        pids = _pool(client)["pids"]
+        for _ in range(starts_between):
+            client.run("busybox", ["true"], memory="32m")        # cold: another key
+        return [float(_pss(pid)) for pid in pids]
+    finally:
+        _declared(client, 0)
+
+
+case(PARKED, f"right after parking ({POOL_SIZE} parked)", unit="MiB", count="")(
+    partial(_parked, starts_between=0))
+case(PARKED, "after 100 more starts", unit="MiB", count="")(
+    partial(_parked, starts_between=100))

@@ -1,0 +1,195 @@
+"""Pools of prepared containers (sandboxd/pools.py): a pooled container is the cold one
+from the inside, pools are declared and learned, hits and misses, nothing of them shows
+in ``ps`` and nothing outlives the daemon; bad declarations are refused clearly."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from harness import PY, REPO, Daemon, pid_alive, running, wait_until
+from sandboxd.errors import InvalidArgument, NotFound
+
+OPTS = dict(memory="64m", pids_limit=64)
+
+# What a container sees of itself. Values that differ between any two containers by
+# nature (its pid's memory figures, the overlay's upper path, namespace inode numbers)
+# are left out here and checked apart.
+PROBE = r"""
+echo "hostname=$(hostname) etc=$(cat /etc/hostname) env=$HOSTNAME"
+grep -E '^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs|Seccomp|Seccomp_filters|Cpus_allowed_list|Mems_allowed_list|NSpid|Umask)' /proc/self/status
+env | grep -v '^HOSTNAME=' | sort
+echo "pwd=$(pwd) pid=$$"; id; ulimit -a
+for f in /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max \
+         /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max; do
+  [ -e $f ] && echo "$f=$(cat $f)"
+done
+awk '{ for (i = 7; $i != "-"; i++); print $5, $6, $(i+1) }' /proc/self/mountinfo
+stat -c '%n %a %U %G' /tmp /etc/hosts /etc/resolv.conf; ls -A /tmp
+cat /etc/hosts /etc/resolv.conf
+echo ns; for n in mnt uts ipc net pid cgroup; do readlink /proc/self/ns/$n; done
+"""
+
+
+def _probe(client, **extra) -> tuple[str, list[str], str]:
+    result = client.run("busybox", ["sh", "-c", PROBE], workdir="/work",
+                        env={"GREETING": "hi"}, **OPTS, **extra)
+    assert result.exit_code == 0, result.stderr
+    text, _, ns = result.stdout.decode().partition("ns\n")
+    return text, ns.split(), result.id
+
+
+def _pool(client) -> dict:
+    pools = client.pools()["pools"]
+    return pools[0] if pools else {}
+
+
+@pytest.fixture(scope="module")
+def pooled_daemon():
+    with running() as d:
+        yield d
+
+
+def test_pooled_container_is_indistinguishable_from_a_cold_one(pooled_daemon):
+    client = pooled_daemon.client()
+    client.set_pool("busybox", 1, **OPTS)
+    wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
+    hits = _pool(client)["hits"]
+    pooled, pooled_ns, pooled_id = _probe(client)
+    assert _pool(client)["hits"] == hits + 1, "the run did not take the pooled container"
+    client.set_pool("busybox", 0, **OPTS)
+    wait_until(lambda: not client.pools()["pools"], what="the pool to go")
+    cold, cold_ns, cold_id = _probe(client)
+    assert not client.pools()["pools"], "the cold run came from a pool"
+
+    # The host name is the request's id, whichever way it started.
+    assert f"hostname={pooled_id[:12]} etc={pooled_id[:12]} env={pooled_id[:12]}" in pooled
+    assert f"hostname={cold_id[:12]} etc={cold_id[:12]} env={cold_id[:12]}" in cold
+    same = lambda text, cid: text.replace(cid[:12], "<id>")      # noqa: E731
+    assert same(pooled, pooled_id) == same(cold, cold_id)
+    for line in ("GREETING=hi", "pwd=/work pid=1", "uid=0(root) gid=0(root)",
+                 "memory.limit_in_bytes=67108864", "pids.max=64", "/tmp 1777 root root"):
+        assert line in pooled, f"{line!r} missing:\n{pooled}"
+    # Fresh namespaces: none shared with the host or with the other container.
+    host_ns = [os.readlink(f"/proc/self/ns/{n}") for n in
+               ("mnt", "uts", "ipc", "net", "pid", "cgroup")]
+    assert len(pooled_ns) == 6 and len(cold_ns) == 6
+    for a, b, h in zip(pooled_ns, cold_ns, host_ns):
+        assert len({a, b, h}) == 3, (a, b, h)
+
+
+def test_a_hit_takes_a_ready_container_and_the_pool_refills(pooled_daemon):
+    client = pooled_daemon.client()
+    client.set_pool("busybox", 2, **OPTS)
+    wait_until(lambda: _pool(client).get("ready") == 2, what="the pool to fill")
+    parked = set(_pool(client)["pids"])
+    assert all(pid_alive(p) for p in parked)
+    # Parked containers are no containers of the user's: ps and ps -a do not list them,
+    # info and df count them.
+    assert pooled_daemon.ids("-a") == []
+    assert client.info()["pooled"] == 2
+    df = pooled_daemon.sbx("system", "df", check=True).out
+    assert any(line.split()[:3] == ["Pooled", "Containers", "2"] for line in df.splitlines())
+
+    result = client.run("busybox", ["sh", "-c", "echo $$; cat /proc/1/cmdline"], **OPTS)
+    assert result.stdout.decode().split()[0] == "1"
+    wait_until(lambda: _pool(client).get("ready") == 2, what="the pool to refill")
+    assert len(parked - set(_pool(client)["pids"])) == 1, "one was used, never returned"
+    # Another limit is another key: a miss, started cold.
+    hits = _pool(client)["hits"]
+    assert client.run("busybox", ["true"], memory="32m", pids_limit=64).exit_code == 0
+    assert _pool(client)["hits"] == hits
+    # A created container adopts the pooled id; removed unstarted, its parked one goes.
+    created = client.containers.create("busybox", ["true"], auto_remove=True, **OPTS)
+    taken = parked | set(_pool(client)["pids"])
+    wait_until(lambda: _pool(client).get("ready") == 2, what="the pool to refill")
+    created.remove(force=True)
+    wait_until(lambda: not [p for p in taken if pid_alive(p) and
+                            p not in _pool(client)["pids"]],
+               what="the claimed container's parked process to go")
+    client.set_pool("busybox", 0, **OPTS)
+    wait_until(lambda: not client.pools()["pools"], what="the pool to go")
+    assert pooled_daemon.cgroup_children() == []
+
+
+def test_a_failing_workload_fails_as_a_cold_one(pooled_daemon):
+    client = pooled_daemon.client()
+    client.set_pool("busybox", 1, **OPTS)
+    wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
+    from sandboxd.errors import CommandNotFound
+    with pytest.raises(CommandNotFound):
+        client.run("busybox", ["no-such-command"], **OPTS)
+    result = client.run("busybox", ["sh", "-c", "exit 3"], **OPTS)
+    assert result.exit_code == 3
+    client.set_pool("busybox", 0, **OPTS)
+    wait_until(lambda: not client.pools()["pools"], what="the pool to go")
+
+
+def test_bad_pools_are_refused_at_the_api(pooled_daemon):
+    client = pooled_daemon.client()
+    with pytest.raises(NotFound):
+        client.set_pool("no-such-image", 1)
+    with pytest.raises(InvalidArgument, match="never pooled"):
+        client.set_pool("busybox", 1, ports=["8080:80"])
+    with pytest.raises(InvalidArgument, match="count"):
+        client.set_pool("busybox", -1)
+    assert client.pools()["pools"] == []
+
+
+def test_learned_pool_fills_within_the_budget_and_serves_the_next_request():
+    with running("--pool-memory", "16m") as d:
+        client = d.client()
+        assert client.run("busybox", ["true"], **OPTS).exit_code == 0     # a miss
+        wait_until(lambda: _pool(client).get("ready") == 2, what="the learned pool")
+        assert _pool(client)["declared"] == 0 and _pool(client)["misses"] == 1
+        assert client.run("busybox", ["true"], **OPTS).exit_code == 0
+        assert _pool(client)["hits"] == 1
+        # 16m holds four parked containers: a second key gets what is left.
+        assert client.run("busybox", ["true"], memory="32m").exit_code == 0
+        wait_until(lambda: client.pools()["parked"] == 4, what="the second learned pool")
+        assert client.pools()["parked"] == 4
+
+
+def test_declared_pools_fill_at_start_and_a_restart_reaps_them():
+    d = Daemon().start()
+    try:
+        d.import_busybox()
+        d.proc.terminate()
+        assert d.proc.wait(30) == 0
+        d.flags = ("--pool", "busybox,memory=64m,pids-limit=64=3")
+        d.start()
+        client = d.client()
+        wait_until(lambda: _pool(client).get("ready") == 3, what="the declared pool")
+        parked = _pool(client)["pids"]
+        assert len({os.path.basename(c) for c in d.cgroup_children()}) == 3
+        d.kill9()              # the fork server sees its socket close: it reaps them all
+        wait_until(lambda: not any(pid_alive(p) for p in parked), 10,
+                   what="the parked containers to die with the daemon")
+        d.start()
+        wait_until(lambda: _pool(d.client()).get("ready") == 3, what="the refill")
+        assert not set(parked) & set(_pool(d.client())["pids"])
+    finally:
+        d.stop()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--pool", "busybox,bogus=1=2"), "bogus=1"),
+    (("--pool", "busybox=many"), "IMAGE[,OPTION=VALUE...]=N"),
+    (("--pool", "busybox,memory=lots=1"), "memory"),
+    (("--pool-memory", "1m"), "less than one parked container"),
+])
+def test_bad_declarations_stop_the_start(tmp_path, flags, message):
+    proc = subprocess.run([PY, "-m", "sandboxd.daemon", "--root", str(tmp_path / "root"),
+                           "--host", str(tmp_path / "s.sock"), *flags],
+                          capture_output=True, text=True, cwd=REPO, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_a_pool_of_a_missing_image_stops_the_start():
+    d = Daemon("--pool", "no-such-image=1")
+    with pytest.raises(AssertionError, match="no-such-image"):
+        d.start()
+    d.assert_clean()

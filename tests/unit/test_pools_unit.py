@@ -1,0 +1,75 @@
+"""Pool declarations, the budget and the key (sandboxd/pools.py), and their daemon
+settings (flags and config file)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sandboxd.daemonconfig import load_config
+from sandboxd.errors import InvalidArgument
+from sandboxd.flags import build_config
+from sandboxd.pools import PARKED_MEMORY, parse_budget, parse_declaration, pool_key
+
+
+def test_a_declaration_is_the_config_of_a_rm_container_and_a_count() -> None:
+    config, count = parse_declaration("busybox,memory=64m,pids-limit=64,network=none=4")
+    assert count == 4
+    assert config == build_config("busybox", memory="64m", pids_limit=64,
+                                  network_mode="none", auto_remove=True)
+    config, count = parse_declaration("reg.example:5000/app:1,cap-drop=ALL,cap-add=CHOWN=2")
+    assert (config.image, count) == ("reg.example:5000/app:1", 2)
+    assert (config.host.cap_drop, config.host.cap_add) == (("ALL",), ("CHOWN",))
+
+
+@pytest.mark.parametrize("text, says", [
+    ("busybox", "IMAGE[,OPTION=VALUE...]=N"),
+    ("busybox=-1", "IMAGE[,OPTION=VALUE...]=N"),
+    ("=3", "IMAGE[,OPTION=VALUE...]=N"),
+    ("busybox,colour=red=1", "'colour=red' is not OPTION=VALUE"),
+    ("busybox,memory=lots=1", "memory"),
+    ("busybox,pids-limit=many=1", "pids-limit"),
+])
+def test_bad_declarations_say_what_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse_declaration(text)
+    assert says in str(err.value.details.get("problems") or err.value.message)
+
+
+def test_the_key_ignores_what_only_the_process_sees() -> None:
+    a = build_config("busybox", ["true"], memory="64m", auto_remove=True)
+    b = build_config("busybox", ["sh", "-c", "env"], env={"A": "1"}, workdir="/w",
+                     tty=True, labels={"x": "y"}, timeout=5, memory="64m",
+                     network_mode="bridge", auto_remove=True)
+    assert pool_key(a, "sha256:1") == pool_key(b, "sha256:1")
+    assert pool_key(a, "sha256:1") != pool_key(a, "sha256:2")          # another image
+    for other in (dict(memory="32m"), dict(memory="64m", user="1000"),
+                  dict(memory="64m", hostname="h"), dict(memory="64m", network_mode="none"),
+                  dict(memory="64m", cap_drop=["ALL"])):
+        c = build_config("busybox", ["true"], auto_remove=True, **other)
+        assert pool_key(c, "sha256:1") != pool_key(a, "sha256:1"), other
+
+
+@pytest.mark.parametrize("options", [
+    dict(auto_remove=False), dict(read_only=True), dict(ports=["8080:80"]),
+    dict(volumes=["/tmp:/x"]), dict(network_mode="mynet"), dict(pid_mode="container:x"),
+])
+def test_what_depends_on_more_than_the_key_is_never_pooled(options: dict) -> None:
+    options.setdefault("auto_remove", True)
+    assert pool_key(build_config("busybox", **options), "sha256:1") is None
+
+
+def test_budget_and_config_file_keys(tmp_path) -> None:
+    assert parse_budget("64m") == 64 << 20 and parse_budget(0) == 0
+    with pytest.raises(InvalidArgument, match="less than one parked container"):
+        parse_budget(PARKED_MEMORY - 1)
+    path = tmp_path / "daemon.json"
+    path.write_text(json.dumps({"pools": ["busybox,memory=64m=2"], "pool-memory": "32m"}))
+    config = load_config(str(path))
+    assert config.pools == ("busybox,memory=64m=2",) and config.pool_memory == 32 << 20
+    assert load_config(str(path), pools=("busybox=1",)).pools == ("busybox=1",)
+    path.write_text(json.dumps({"pools": ["busybox,bogus=1=2"], "pool-memory": "1k"}))
+    with pytest.raises(InvalidArgument) as err:
+        load_config(str(path))
+    problems = err.value.details["problems"]
+    assert any("bogus=1" in p for p in problems) and any("pool-memory" in p for p in problems)
