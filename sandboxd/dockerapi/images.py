@@ -183,6 +183,24 @@ def _changes(values: list[str]) -> list[str] | None:
     return cmd
 
 
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+
+
+def _terminate_tar(spool: IO[bytes]) -> None:
+    """End a plain context tar with its padding and two zero blocks, then rewind: the
+    CLI's ``-f -`` (Go's ReplaceFileTarWrapper) sends one cut off after the last
+    file's data, which dockerd's reader takes. Extra zero blocks after a proper end
+    are ignored by every tar reader; a compressed body is left as it is."""
+    size = spool.tell()
+    if size == 0:
+        raise HttpError(400, "build: the request body (the context tar) is empty")
+    spool.seek(0)
+    if not spool.read(6).startswith(_COMPRESSED):
+        spool.seek(size)
+        spool.write(b"\0" * (-size % 512 + 1024))
+    spool.seek(0)
+
+
 def _read_dockerfile(spool: IO[bytes], name: str) -> str:
     """The Dockerfile ``name`` (a path in the context) out of the spooled context tar."""
     wanted = posixpath.normpath(name.lstrip("/"))
@@ -448,10 +466,7 @@ class ImageRoutes:
         try:
             async for chunk in req.chunks(UPLOAD_CAP):
                 spool.write(chunk)
-            spool.seek(0)
-            if not spool.read(1):
-                raise HttpError(400, "build: the request body (the context tar) is empty")
-            spool.seek(0)
+            _terminate_tar(spool)
             name = params["dockerfile_name"]
             params["dockerfile"] = await asyncio.get_running_loop().run_in_executor(
                 None, _read_dockerfile, spool, name)

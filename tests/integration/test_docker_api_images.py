@@ -148,6 +148,29 @@ def test_cli_build_run_inspect_history(d: Daemon, docker, tmp_path: Path) -> Non
         docker("rmi", "dk-built:1", "dk-built:2", check=False)
 
 
+def test_cli_build_dockerfile_from_stdin_and_compressed(d: Daemon, docker,
+                                                       tmp_path: Path) -> None:
+    """``-f -`` (the CLI sends a context tar cut off after its last file), ``-`` alone
+    (a Dockerfile and no context), ``-f sub/File`` and ``--compress`` (gzip)."""
+    ctx = context(tmp_path / "ctx", "FROM busybox\n", **{"data.txt": "from the context\n"})
+    (ctx / "sub").mkdir()
+    (ctx / "sub" / "Build.file").write_text("FROM busybox\nCOPY data.txt /d\n")
+    dockerfile = "FROM busybox\nCOPY data.txt /d\nRUN cat /d > /e\n"
+    docker("build", "-t", "dk-stdin", "-f", "-", str(ctx), input=dockerfile)
+    docker("build", "-t", "dk-sub", "--compress", "-f", str(ctx / "sub" / "Build.file"),
+           str(ctx))
+    alone = docker("build", "-q", "-", input="FROM busybox\nRUN echo alone > /a\n")
+    try:
+        assert d.sbx("run", "--rm", "dk-stdin", "cat", "/e", check=True).out == \
+            "from the context\n"
+        assert d.sbx("run", "--rm", "dk-sub", "cat", "/d", check=True).out == \
+            "from the context\n"
+        assert d.sbx("run", "--rm", alone.stdout.strip(), "cat", "/a",
+                     check=True).out == "alone\n"
+    finally:
+        docker("rmi", "dk-stdin", "dk-sub", alone.stdout.strip(), check=False)
+
+
 def test_cli_build_failures(docker, tmp_path: Path) -> None:
     ctx = context(tmp_path / "fail", "FROM busybox\nRUN echo before && exit 3\n")
     proc = docker("build", str(ctx), check=False)
