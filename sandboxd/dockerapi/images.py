@@ -22,6 +22,7 @@ from typing import IO, Any, AsyncIterator, Awaitable, Callable
 
 from ..errors import NotFound, SandboxError
 from ..handlers import UPLOAD_CAP
+from ..images import oci
 from ..images.registry import Unauthorized
 from ..model import ImageRecord
 from ..render import image_document
@@ -520,10 +521,10 @@ def _build_params(req: Request) -> dict[str, Any]:
         value = req.arg(key)
         if value not in ("", default) and not (key == "squash" and value in ("0", "false")):
             raise HttpError(400, f"build: {key} is not supported by sandboxd")
-    platform = req.arg("platform")
-    if platform and platform not in ("linux", "linux/amd64", "linux/x86_64"):
+    platform, here = req.arg("platform"), f"linux/{oci.architecture()}"
+    if platform and platform not in ("linux", here):
         raise HttpError(400, f"build: platform {platform!r}: sandboxd builds for this "
-                             f"machine only (linux/amd64)")
+                             f"machine only ({here})")
     build_args = req.json_arg("buildargs") or {}
     labels = req.json_arg("labels") or {}
     for where, value in (("buildargs", build_args), ("labels", labels)):
