@@ -243,6 +243,7 @@ class ImageRoutes:
             route("POST", "/images/prune", self.prune),
             route("POST", "/build", self.build),
             route("POST", "/auth", self.auth),
+            route("POST", "/commit", self.commit),
             route("GET", i + "/json", self.inspect),
             route("GET", i + "/history", self.history),
             route("GET", i + "/get", self.save),
@@ -313,6 +314,25 @@ class ImageRoutes:
             "ImagesDeleted": [{"Untagged": u} for u in result.get("untagged", [])] +
                              [{"Deleted": d} for d in result["deleted"]] or None,
             "SpaceReclaimed": result["space_reclaimed"]})
+
+    async def commit(self, req: Request) -> Response:
+        container = req.arg("container")
+        if not container:
+            raise HttpError(400, "commit: the container query parameter is required")
+        for key in ("author", "changes"):
+            if any(req.query.get(key, [])):
+                raise HttpError(400, f"commit: {key} is not supported by sandboxd")
+        config = await req.json()
+        if any(v not in (None, "", [], {}, False, 0) for v in config.values()):
+            raise HttpError(400, "commit: a container config in the body is not supported "
+                                 "by sandboxd (the image keeps the container's)")
+        repo = req.arg("repo")
+        name = (f"{repo}:{req.arg('tag')}" if req.arg("tag") else repo) if repo else None
+        if req.arg("tag") and not repo:
+            raise HttpError(400, "commit: a tag needs a repo")
+        result = await self.calls.call("container.commit", {
+            "id": container, "name": name, "message": req.arg("comment")})
+        return json_response({"Id": result["id"]}, 201)
 
     # -- registries
     async def create(self, req: Request) -> Response:

@@ -289,6 +289,25 @@ def test_images_json_filters_and_errors(sock: str) -> None:
     assert status == 400 and "X-Registry-Auth" in json.loads(body)["message"]
 
 
+def test_cli_commit(d: Daemon, docker) -> None:
+    cid = d.sbx("run", "-d", "busybox", "sh", "-c", "echo kept > /k; sleep 60",
+                check=True).out.strip()
+    try:
+        d.sbx("exec", cid, "cat", "/k", check=True)       # the file is there
+        out = docker("commit", "-m", "from the api", cid, "dk-committed:1").stdout.strip()
+        assert out.startswith("sha256:")
+        assert docker("inspect", "-f", "{{.Comment}}", "dk-committed:1").stdout.strip() == \
+            "from the api"
+        assert d.sbx("run", "--rm", "dk-committed:1", "cat", "/k", check=True).out == "kept\n"
+        proc = docker("commit", "--change", "ENV A=1", cid, "dk-committed:2", check=False)
+        assert proc.returncode == 1 and "changes is not supported" in proc.stderr
+        proc = docker("commit", "dk-no-such-container", check=False)
+        assert proc.returncode == 1 and "dk-no-such-container" in proc.stderr
+    finally:
+        d.sbx("rm", "-f", cid, check=True)
+        docker("rmi", "dk-committed:1", check=False)
+
+
 # ---------------------------------------------------------------- archives
 
 def test_cli_save_load_import(d: Daemon, docker, tmp_path: Path) -> None:
