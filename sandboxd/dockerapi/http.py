@@ -319,7 +319,7 @@ class HttpServer:
             request.params = match.groupdict()
             try:
                 return await r.handler(request)
-            except HttpError:
+            except (HttpError, h11.RemoteProtocolError):    # the latter: a body cut off
                 raise
             except Exception as e:
                 mapped = self._error_status(e)

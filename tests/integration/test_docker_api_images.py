@@ -454,3 +454,15 @@ def test_dockerpy_pull_push(dockerpy, registry: str) -> None:
                    for digest in pulled.attrs["RepoDigests"]), pulled.attrs["RepoDigests"]
     finally:
         dockerpy.images.remove(f"{ref}:p1")
+
+
+def test_uploads_cut_off_mid_body(sock: str) -> None:
+    """A client gone halfway through a load, import or build context: the request ends
+    quietly (the module's daemon stops without a traceback) and the next one is served."""
+    for path in ("/images/load", "/build", "/images/create?fromSrc=-&repo=dk-cut"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(sock)
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: d\r\nContent-Length: 100000\r\n\r\n"
+                      .encode() + b"\0" * 5000)
+    status, body = request(sock, "GET", "/v1.43/images/json")
+    assert status == 200 and "dk-cut" not in body.decode()
