@@ -87,17 +87,16 @@ async def _items(task: asyncio.Future, queue: asyncio.Queue) -> AsyncIterator[by
 
 async def _stream(work: Awaitable[Any], queue: asyncio.Queue, *,
                   content_type: str = JSON, in_band: bool = True,
-                  convert: Callable[[BaseException], BaseException] = lambda e: e,
-                  tail: Callable[[Any], list[bytes]] = lambda result: []) -> Response:
+                  convert: Callable[[BaseException], BaseException] = lambda e: e) -> Response:
     """Run the op ``work`` and answer with what its sink queues. Its error before the
     first item is this request's error (``convert`` may turn it into dockerd's);
-    after, a last error line (``in_band``) or the end of the stream. ``tail(result)``
-    are the lines after the op's own."""
+    after, a last error line (``in_band``), else the connection is cut (a tar cut short
+    must not look complete)."""
     task = asyncio.ensure_future(work)
     items = _items(task, queue)
     try:
         first = await anext(items, None)
-    except BaseException as e:
+    except Exception as e:
         raise convert(e) from None
 
     async def body() -> AsyncIterator[bytes]:
@@ -106,11 +105,10 @@ async def _stream(work: Awaitable[Any], queue: asyncio.Queue, *,
                 yield first
             async for item in items:
                 yield item
-            for line in tail(task.result()):
-                yield line
         except Exception as e:
             if not in_band:
-                raise
+                log.warning("docker api: stream cut: %s", e)
+                raise ConnectionAbortedError(str(e)) from None
             yield _error_line(e)
         finally:
             await items.aclose()
