@@ -19,6 +19,7 @@ from ..handlers import Handlers
 from .calls import Calls
 from .containers import ContainerRoutes
 from .http import HttpServer
+from .images import ImageRoutes
 from .system import SystemRoutes
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
 class DockerApi:
     def __init__(self, handlers: Handlers):
         calls = Calls(handlers)
-        routes = SystemRoutes(calls).routes() + ContainerRoutes(calls).routes()
+        routes = SystemRoutes(calls).routes() + ContainerRoutes(calls).routes() + \
+            ImageRoutes(calls).routes()
         self.http = HttpServer(routes, error_status)
         self._listener: asyncio.AbstractServer | None = None
 

@@ -319,7 +319,7 @@ class HttpServer:
             request.params = match.groupdict()
             try:
                 return await r.handler(request)
-            except HttpError:
+            except (HttpError, h11.RemoteProtocolError):    # the latter: a body cut off
                 raise
             except Exception as e:
                 mapped = self._error_status(e)
@@ -339,6 +339,10 @@ class HttpServer:
             self.tasks.add(task)
         try:
             await _Connection(self, reader, writer).serve()
+        except asyncio.CancelledError:
+            # close() at shutdown: ended, not cancelled (asyncio's stream callback on
+            # Python 3.11 logs a cancelled connection task as an error)
+            pass
         finally:
             if task is not None:
                 self.tasks.discard(task)
