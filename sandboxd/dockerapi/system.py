@@ -79,4 +79,4 @@ class SystemRoutes:
             "Containers": [{"Id": c["id"], "Names": [f"/{c['name']}"], "Image": c["image"],
                             "SizeRw": c["size"], "State": c["status"]}
                            for c in d["containers"]],
-            "Volumes": [], "BuildCache": []})
+            "Volumes": d["volumes"], "BuildCache": []})
