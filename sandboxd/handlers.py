@@ -557,6 +557,7 @@ class Handlers:
         uname = os.uname()
         return {"name": uname.nodename, "server_version": __version__,
                 "pooled": self.containers.pools.parked(),
+                "events_listeners": self.events.listeners,
                 "containers": len(status), "running": status.count("running"),
                 "paused": status.count("paused"),
                 "stopped": len(status) - status.count("running") - status.count("paused"),

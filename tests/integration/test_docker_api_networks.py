@@ -236,6 +236,9 @@ def test_events_live_stream_with_a_filter(docker: Any) -> None:
     reader = threading.Thread(target=lambda: [lines.put(x) for x in watcher.stdout],
                               daemon=True)
     reader.start()
+
+    def listeners() -> int:
+        return int(docker("info", "--format", "{{.NEventsListener}}").stdout)
     try:
         cid = docker("run", "-d", "--name", "dk-live", "busybox", "sleep", "60"
                      ).stdout.strip()
@@ -248,9 +251,12 @@ def test_events_live_stream_with_a_filter(docker: Any) -> None:
         assert event["Action"] == "die" and event["Actor"]["Attributes"]["exitCode"] == "5"
         assert watcher.poll() is None          # a live stream: still open
         assert lines.empty()                   # nothing but die events passed the filter
+        assert listeners() == 1
     finally:
         watcher.terminate()
         watcher.wait(10)
+    # the daemon notices the reader is gone without waiting for a next event
+    wait_until(lambda: listeners() == 0, what="the events subscription to end")
 
 
 def test_sbx_events_reads_the_same_bus(daemon: Daemon, docker: Any) -> None:
@@ -315,3 +321,61 @@ def test_docker_py_networks_volumes_and_events(daemon: Daemon, docker: Any) -> N
     finally:
         stream.close()
         client.close()
+
+
+# ---------------------------------------------------------------- bad input
+
+def _request(daemon: Daemon, method: str, path: str, body: bytes | None = None
+             ) -> tuple[int, dict]:
+    import http.client
+    import socket
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(15)
+            self.sock.connect(os.path.join(daemon.tmp, "docker.sock"))
+
+    conn = UnixConnection("localhost")
+    try:
+        conn.request(method, path, body=body,
+                     headers={"Content-Type": "application/json"} if body else {})
+        response = conn.getresponse()
+        data = response.read()
+        is_json = response.getheader("Content-Type") == "application/json"
+        return response.status, json.loads(data) if is_json and data else {}
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("method, path, body, status, words", [
+    ("POST", "/v1.43/networks/create", b"{not json", 400, "invalid JSON"),
+    ("POST", "/v1.43/networks/create", b'{"Name": 5}', 400, "Name"),
+    ("POST", "/v1.43/networks/create", b'{"Name": "dkn-x", "Colour": 1}', 400, "Colour"),
+    ("POST", "/v1.43/networks/create", b'{"Name": "dkn-x", "Labels": {"a": 1}}', 400,
+     "Labels"),
+    ("POST", "/v1.43/networks/create", b'{"Name": "bad name!"}', 400, "network name"),
+    ("POST", "/v1.43/networks/nosuch/connect", b'{"Container": "x"}', 404, "No such"),
+    ("POST", "/v1.43/networks/bridge/connect", b"{}", 400, "Container"),
+    ("POST", "/v1.43/networks/prune?filters=%7B%22until%22%3A%5B%2210m%22%5D%7D", None,
+     400, "until"),
+    ("GET", "/v1.43/networks?filters=%7B%22colour%22%3A%5B%22x%22%5D%7D", None, 400,
+     "colour"),
+    ("POST", "/v1.43/volumes/create", b'{"Name": "a/b"}', 400, "a/b"),
+    ("POST", "/v1.43/volumes/create", b'{"Name": "dkv-x", "Labels": ["a"]}', 400,
+     "Labels"),
+    ("POST", "/v1.43/volumes/create", b'{"Name": "dkv-x", "Driver": "nfs"}', 400, "nfs"),
+    ("GET", "/v1.43/volumes/nosuch", None, 404, "no such volume"),
+    ("DELETE", "/v1.43/volumes/nosuch", None, 404, "no such volume"),
+    ("GET", "/v1.43/events?since=later", None, 400, "since"),
+    ("GET", "/v1.43/events?since=20&until=10", None, 400, "after until"),
+    ("GET", "/v1.43/events?until=1&filters=%7B%22type%22%3A%5B%22thing%22%5D%7D", None,
+     400, "thing"),
+    ("GET", "/v1.43/events?until=1&filters=%5B1%5D", None, 400, "filters"),
+])
+def test_bad_requests_get_dockers_error_shape(daemon: Daemon, method: str, path: str,
+                                             body: bytes | None, status: int,
+                                             words: str) -> None:
+    got, doc = _request(daemon, method, path, body)
+    assert (got, words in doc.get("message", "")) == (status, True), doc
+    assert _request(daemon, "GET", "/_ping")[0] == 200      # and the daemon is fine
