@@ -50,8 +50,11 @@ class Subscription:
         """From any thread; never blocks."""
         if threading.get_ident() == self._thread:
             self._put(event)
-        else:
+            return
+        try:
             self._loop.call_soon_threadsafe(self._put, event)
+        except RuntimeError:             # its loop is closed: the reader is gone
+            self._bus.unsubscribe(self)
 
     def _put(self, event: dict) -> None:
         if self.dropped:

@@ -366,7 +366,7 @@ class Handlers:
         result = await asyncio.get_running_loop().run_in_executor(
             None, lambda: self.images.remove(params.name, force=params.force))
         for r in result:
-            self.events.image(*(("untag", r["Untagged"]) if "Untagged" in r
+            self.events.image(*(("untag", _familiar(r["Untagged"])) if "Untagged" in r
                                 else ("delete", r["Deleted"])))
         return {"untagged": [r["Untagged"] for r in result if "Untagged" in r],
                 "deleted": [r["Deleted"] for r in result if "Deleted" in r]}
@@ -378,7 +378,7 @@ class Handlers:
 
     async def image_tag(self, ctx: RequestContext, params: ops.Tag) -> Any:
         name = self.images.tag(params.source, params.target)
-        self.events.image("tag", self.images.get(name)["id"], name)
+        self.events.image("tag", self.images.get(name)["id"], _familiar(name))
         return {"name": name}
 
     async def image_history(self, ctx: RequestContext, params: ops.ByName) -> Any:
@@ -386,12 +386,12 @@ class Handlers:
 
     async def image_pull(self, ctx: RequestContext, params: ops.Pull) -> Any:
         image_id = await _in_thread(ctx, self.images.pull, params.name, params.platform)
-        self.events.image("pull", str(parse_ref(params.name)))
+        self.events.image("pull", _familiar(params.name), parse_ref(params.name).familiar)
         return {"id": image_id, "name": str(parse_ref(params.name))}
 
     async def image_push(self, ctx: RequestContext, params: ops.ByName) -> Any:
         pushed = await _in_thread(ctx, self.images.push, params.name)
-        self.events.image("push", params.name)
+        self.events.image("push", _familiar(params.name))
         return pushed
 
     async def image_load(self, ctx: RequestContext, params: ops.Load) -> Any:
@@ -570,6 +570,12 @@ class Handlers:
                 "security_options": ["name=seccomp,profile=builtin", "name=no-new-privileges",
                                      "name=cgroupns"],
                 "warnings": [w for w in (self.networks.masq_problem,) if w]}
+
+
+def _familiar(ref: str) -> str:
+    """An image reference as Docker's events name it: ``busybox:latest``."""
+    r = parse_ref(ref)
+    return f"{r.familiar}:{r.tag}" if r.tag else f"{r.familiar}@{r.digest}"
 
 
 class _Throttle:

@@ -276,6 +276,37 @@ def test_sbx_events_reads_the_same_bus(daemon: Daemon, docker: Any) -> None:
     bad = daemon.sbx("events", "--filter", "type=bogus", "--until", str(until))
     assert bad.returncode != 0 and "bogus" in bad.err
 
+    # image and exec events, emitted whichever face did the work
+    since = time.time()
+    daemon.sbx("tag", "busybox", "dkimg:1", check=True)
+    daemon.sbx("rmi", "dkimg:1", check=True)
+    docker("run", "-d", "--name", "dk-exec", "busybox", "sleep", "60")
+    docker("exec", "dk-exec", "true")
+    docker("rm", "-f", "dk-exec")
+    until = time.time()
+    images = events_between(docker, since, until, "--filter", "type=image")
+    assert [(e["Action"], e["Actor"]["Attributes"]["name"]) for e in images] == \
+        [("tag", "dkimg:1"), ("untag", "dkimg:1")]
+    execs = events_between(docker, since, until, "--filter", "event=exec_create",
+                           "--filter", "event=exec_start")
+    assert [e["Action"] for e in execs] == ["exec_create: true", "exec_start: true"]
+
+    # a reader that is killed is dropped by the daemon at once
+    listeners = lambda: int(docker("info", "--format", "{{.NEventsListener}}").stdout)
+    reader = subprocess.Popen([*daemon_cli(daemon), "events"], env=daemon.env,
+                              stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: listeners() == 1, what="sbx events to subscribe")
+    finally:
+        reader.kill()
+        reader.wait(10)
+    wait_until(lambda: listeners() == 0, what="the killed reader to be dropped")
+
+
+def daemon_cli(daemon: Daemon) -> list[str]:
+    from harness import PY
+    return [PY, "-m", "sandboxd"]
+
 
 # ---------------------------------------------------------------- docker-py
 
