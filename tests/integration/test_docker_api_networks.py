@@ -291,6 +291,12 @@ def test_sbx_events_reads_the_same_bus(daemon: Daemon, docker: Any) -> None:
                            "--filter", "event=exec_start")
     assert [e["Action"] for e in execs] == ["exec_create: true", "exec_start: true"]
 
+    # the Python API reads the same bus
+    with daemon.client() as client:
+        assert [(e["Type"], e["Action"]) for e in client.events(
+            since=since, until=until, filters={"type": "image"})] == \
+            [("image", "tag"), ("image", "untag")]
+
     # a reader that is killed is dropped by the daemon at once
     listeners = lambda: int(docker("info", "--format", "{{.NEventsListener}}").stdout)
     reader = subprocess.Popen([*daemon_cli(daemon), "events"], env=daemon.env,
