@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -746,6 +746,25 @@ class Client:
 
     def info(self) -> dict[str, Any]:
         return self.call("system.info", {})
+
+    def events(self, *, since: float | None = None, until: float | None = None,
+               filters: Mapping[str, Sequence[str]] | None = None
+               ) -> Iterator[dict[str, Any]]:
+        """What happens to containers, images, networks and volumes, as Docker's event
+        objects (docs/operations.md, ``system.events``): the daemon's kept events from
+        ``since`` first (Unix seconds), then each as it happens, until ``until`` or until
+        the iterator is closed. ``filters`` as ``sbx events --filter``'s."""
+        stream = self.stream("system.events", {
+            "since": since, "until": until,
+            "filters": {k: [v] if isinstance(v, str) else list(v)
+                        for k, v in (filters or {}).items()}})
+        try:
+            for name, data in stream:
+                if name == "event":
+                    yield data
+            stream.result()
+        finally:
+            stream.cancel()
 
     def set_pool(self, image: str, count: int, **options: Any) -> dict[str, Any]:
         """Keep ``count`` prepared ``--rm`` containers of ``image`` with these

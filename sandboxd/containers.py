@@ -28,6 +28,7 @@ from . import lifecycle
 from .context import RequestContext
 from .daemonconfig import DaemonConfig
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError
+from .events import NOWHERE, EventBus
 from .images import tarentry
 from .images.service import ImageService
 from .images.unpack import WHITEOUT_PREFIX, apply_layer
@@ -101,6 +102,7 @@ class ContainerService:
         self.starts: dict[str, asyncio.Event] = {}    # set when the container goes live
         self.held: dict[str, asyncio.Future] = {}   # stopped containers' roots held for cp
         self.pools: Any = None                  # pools.PoolService, when the root wires one
+        self.events: EventBus = NOWHERE         # the daemon's bus, when the root wires one
         self.claimed: dict[str, Any] = {}       # created from a pool, not started: id -> Pooled
         # Starts in flight and when the last one ended: the pools refill when it is quiet.
         self.starting = 0
@@ -196,12 +198,13 @@ class ContainerService:
     async def pause(self, record: ContainerRecord) -> None:
         lifecycle.check("pause", record)
         await self.runner.pause(record.id)
-        self._set_state(record, status=lifecycle.after("pause"))
+        self.events.container(self._set_state(record, status=lifecycle.after("pause")), "pause")
 
     async def unpause(self, record: ContainerRecord) -> None:
         lifecycle.check("unpause", record)
         await self.runner.resume(record.id)
-        self._set_state(record, status=lifecycle.after("unpause"))
+        self.events.container(self._set_state(record, status=lifecycle.after("unpause")),
+                              "unpause")
 
     async def update(self, record: ContainerRecord, changes: dict[str, int]) -> None:
         """New limits (``HostConfig`` field -> value), applied live when it runs. A CPU
@@ -217,7 +220,8 @@ class ContainerService:
         self._save(dataclasses.replace(record, config=config))
 
     def rename(self, record: ContainerRecord, name: str) -> None:
-        self._save(dataclasses.replace(record, name=name.lstrip("/")))
+        renamed = self._save(dataclasses.replace(record, name=name.lstrip("/")))
+        self.events.container(renamed, "rename", oldName=f"/{record.name}")
 
     async def prune(self) -> list[str]:
         """Remove every stopped container; their ids."""
@@ -231,7 +235,9 @@ class ContainerService:
     async def restart(self, record: ContainerRecord,
                       timeout: int | None) -> ContainerRecord:
         await self.stop(record, timeout)
-        return await self.start(self.get(record.id))
+        record = await self.start(self.get(record.id))
+        self.events.container(record, "restart")
+        return record
 
     def resize(self, record: ContainerRecord, rows: int, cols: int) -> None:
         live = self.live.get(record.id)
@@ -324,6 +330,7 @@ class ContainerService:
             raise
         if pooled is not None:
             self.claimed[record.id] = pooled
+        self.events.container(record, "create")
         return record, warnings
 
     def _build_record(self, config: ContainerConfig, image: dict, name: str | None,
@@ -898,6 +905,8 @@ class ContainerService:
         record = self._set_state(record, status=lifecycle.after("start"), pid=pid, exit_code=0,
                                  oom_killed=False, timed_out=False, error="",
                                  started_at=time.time(), finished_at=None)
+        self.events.mounts(record, "mount")
+        self.events.container(record, "start")
         if _etc_inline(record) and any(n.name not in BUILTIN for n in
                                        self.networks.networks_of(record.id)):
             self._refresh_own_hosts(record.id)   # members that came or went meanwhile
@@ -1007,6 +1016,8 @@ class ContainerService:
                 record.state, status=lifecycle.after("exit"), pid=0, exit_code=info.exit_code,
                 oom_killed=info.oom_killed, timed_out=live.timed_out,
                 finished_at=time.time()))
+        self.events.exited(live.record)
+        self.events.mounts(record, "unmount")
         if record.config.host.auto_remove:
             # Deleted at once: the final record only needs to reach the waiters (no one
             # can look it up in between: nothing awaits before the delete).
@@ -1039,6 +1050,7 @@ class ContainerService:
     async def kill(self, record: ContainerRecord, sig: int) -> None:
         lifecycle.check("kill", record, record.id in self.live)
         await self.runner.kill(record.id, sig, all=sig == signal.SIGKILL)
+        self.events.container(record, "kill", signal=sig)
 
     async def stop(self, record: ContainerRecord, timeout: int | None) -> None:
         live = self.live.get(record.id)
@@ -1058,6 +1070,7 @@ class ContainerService:
         except (asyncio.TimeoutError, SandboxError):
             await self.kill_quietly(record.id)
         await live.drained.wait()
+        self.events.container(record, "stop")
 
     async def remove(self, record: ContainerRecord, force: bool = False,
                      files_later: bool = False, volumes: bool = False) -> None:
@@ -1073,6 +1086,7 @@ class ContainerService:
         if self.store.get_container(record.id) is None:
             return
         self._forget(record, files_later=files_later, volumes=volumes)
+        self.events.container(record, "destroy")
         self.starts.pop(record.id, None)
         event = self.removed.pop(record.id, None)
         if event is not None:
@@ -1149,6 +1163,7 @@ class ContainerService:
                                       cwd=workdir or base.cwd, user=user or base.user,
                                       terminal=tty)
         exec_id = secrets.token_hex(16)
+        self.events.container(record, f"exec_create: {' '.join(cmd)}", execID=exec_id)
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self.exec_waiters[(record.id, exec_id)] = waiter
@@ -1185,6 +1200,7 @@ class ContainerService:
         finally:
             if console is not None:
                 console.close()
+        self.events.container(record, f"exec_start: {' '.join(cmd)}", execID=exec_id)
         await ctx.send_event("started", {"exec_id": exec_id, "pid": pid})
         if detach:
             _close(*fds, stdin_fd if stdin_fd not in fds else -1)
@@ -1418,6 +1434,7 @@ class ContainerService:
                         await ctx.send_event("stdout" if e.stream == 1 else "stderr", e.data)
         if not stream:
             return {"id": record.id}
+        self.events.container(record, "attach")
         if start and record.state.status not in RUNNING:
             record = await self.start(record, stdin=stdin)
         queue, live = self.subscribe(record)

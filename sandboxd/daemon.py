@@ -768,6 +768,7 @@ def build_services(server: Server, config: DaemonConfig) -> None:
     from pathlib import Path
 
     from .containers import ContainerService
+    from .events import EventBus
     from .handlers import Handlers
     from .images.registry import Registries
     from .images.service import ImageService
@@ -788,6 +789,7 @@ def build_services(server: Server, config: DaemonConfig) -> None:
     containers = ContainerService(config, store, images, networks, volumes)
     containers.pools = pools = PoolService(containers, config.pools, config.pool_memory)
     handlers = Handlers(config, containers, images, networks, volumes)
+    handlers.events = containers.events = networks.events = volumes.events = EventBus()
     server.on_startup(containers.startup)
     server.on_startup(pools.startup)
     server.on_shutdown(containers.shutdown)

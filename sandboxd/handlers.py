@@ -20,6 +20,7 @@ from .containers import RUNNING, ContainerService
 from .context import RequestContext
 from .daemonconfig import DaemonConfig
 from .errors import Conflict, InvalidArgument, NotFound
+from .events import NOWHERE, EventBus, check_filters, matches
 from .filters import filter_images, filter_networks, filter_records
 from .images.service import ImageService
 from .model import (ContainerConfig, ContainerRecord, ImageRecord, NetworkContainer,
@@ -44,6 +45,9 @@ class Handlers:
         self.images = images
         self.networks = networks
         self.spool_dir = config.root        # uploads and downloads wait on disk there
+        # The daemon's bus (the root wires the services' and this one): image events are
+        # emitted here, where each image operation's outcome is whole.
+        self.events: EventBus = NOWHERE
 
     # -- session cleanups
     async def session_cleanup(self, container_id: str) -> None:
@@ -311,6 +315,7 @@ class Handlers:
         finally:
             source.close()
         image = self.images.get(image_id)
+        self.events.image("import", image_id, params.name)
         return {"id": image_id, "name": params.name, "size": image["size"],
                 "warnings": image["doc"].get("warnings", [])}
 
@@ -360,6 +365,9 @@ class Handlers:
         # In a thread: removal deletes files and may wait for an unpack (the image lock).
         result = await asyncio.get_running_loop().run_in_executor(
             None, lambda: self.images.remove(params.name, force=params.force))
+        for r in result:
+            self.events.image(*(("untag", _familiar(r["Untagged"])) if "Untagged" in r
+                                else ("delete", r["Deleted"])))
         return {"untagged": [r["Untagged"] for r in result if "Untagged" in r],
                 "deleted": [r["Deleted"] for r in result if "Deleted" in r]}
 
@@ -369,17 +377,22 @@ class Handlers:
                 "repo_digests": list(image["doc"].get("repo_digests", []))}
 
     async def image_tag(self, ctx: RequestContext, params: ops.Tag) -> Any:
-        return {"name": self.images.tag(params.source, params.target)}
+        name = self.images.tag(params.source, params.target)
+        self.events.image("tag", self.images.get(name)["id"], _familiar(name))
+        return {"name": name}
 
     async def image_history(self, ctx: RequestContext, params: ops.ByName) -> Any:
         return {"history": self.images.history(params.name)}
 
     async def image_pull(self, ctx: RequestContext, params: ops.Pull) -> Any:
         image_id = await _in_thread(ctx, self.images.pull, params.name, params.platform)
+        self.events.image("pull", _familiar(params.name), parse_ref(params.name).familiar)
         return {"id": image_id, "name": str(parse_ref(params.name))}
 
     async def image_push(self, ctx: RequestContext, params: ops.ByName) -> Any:
-        return await _in_thread(ctx, self.images.push, params.name)
+        pushed = await _in_thread(ctx, self.images.push, params.name)
+        self.events.image("push", _familiar(params.name))
+        return pushed
 
     async def image_load(self, ctx: RequestContext, params: ops.Load) -> Any:
         source = await _open_source(params.path, "image.load") \
@@ -389,6 +402,8 @@ class Handlers:
             loaded = await _in_thread(ctx, self.images.load, source)
         finally:
             source.close()
+        for i in loaded:
+            self.events.image("load", i["id"], (list(i["tags"]) or [i["id"]])[0])
         return {"images": [{"id": i["id"], "tags": list(i["tags"])} for i in loaded]}
 
     async def image_save(self, ctx: RequestContext, params: ops.Save) -> Any:
@@ -397,6 +412,8 @@ class Handlers:
         with tempfile.TemporaryFile(dir=self.spool_dir) as spool:
             await asyncio.get_running_loop().run_in_executor(
                 None, self.images.save, list(params.names), spool)
+            for name in params.names:
+                self.events.image("save", name)
             return {"size": await _send_spool(ctx, spool)}
 
     async def system_login(self, ctx: RequestContext, params: ops.Login) -> Any:
@@ -505,6 +522,28 @@ class Handlers:
         return {"images": images, "containers": containers, "volumes": volumes,
                 "pooled": self.containers.pools.usage()}
 
+    async def system_events(self, ctx: RequestContext, params: ops.Events) -> Any:
+        """The kept events from ``since`` (when ``since`` or ``until`` is given), then
+        the new ones as they come, until ``until`` or the client goes; each an
+        ``event`` event in Docker's shape (``sandboxd.events``)."""
+        check_filters(params.filters)
+        past, subscription = self.events.subscribe(params.since, params.until)
+        until = params.until
+        try:
+            for event in past:
+                if matches(event, params.filters):
+                    await ctx.send_event("event", event)
+            while until is None or time.time() < until:
+                event = await subscription.next(
+                    None if until is None else max(0.0, until - time.time()))
+                if event is None or (until is not None and event["timeNano"] > until * 1e9):
+                    break
+                if matches(event, params.filters):
+                    await ctx.send_event("event", event)
+        finally:
+            subscription.close()
+        return {}
+
     async def pool_set(self, ctx: RequestContext, params: ops.SetPool) -> Any:
         return self.containers.pools.declare(params.config, params.count)
 
@@ -518,6 +557,7 @@ class Handlers:
         uname = os.uname()
         return {"name": uname.nodename, "server_version": __version__,
                 "pooled": self.containers.pools.parked(),
+                "events_listeners": self.events.listeners,
                 "containers": len(status), "running": status.count("running"),
                 "paused": status.count("paused"),
                 "stopped": len(status) - status.count("running") - status.count("paused"),
@@ -530,6 +570,12 @@ class Handlers:
                 "security_options": ["name=seccomp,profile=builtin", "name=no-new-privileges",
                                      "name=cgroupns"],
                 "warnings": [w for w in (self.networks.masq_problem,) if w]}
+
+
+def _familiar(ref: str) -> str:
+    """An image reference as Docker's events name it: ``busybox:latest``."""
+    r = parse_ref(ref)
+    return f"{r.familiar}:{r.tag}" if r.tag else f"{r.familiar}@{r.digest}"
 
 
 class _Throttle:

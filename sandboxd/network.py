@@ -104,6 +104,7 @@ from typing import Any, Sequence
 
 from .dns import Resolver, Scope
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError, Unavailable, from_wire
+from .events import NOWHERE, EventBus
 from .ipam import (IPAM, Pool, choose_subnet, default_bridge_candidates, mac_for,
                    user_network_candidates)
 from .model import Endpoint
@@ -223,6 +224,7 @@ class NetworkService:
         self.resolver = Resolver(self._dns_scope)
         self._dns_owner: dict[str, str] = {}
         self._upstreams: dict[str, tuple[str, ...]] = {}
+        self.events: EventBus = NOWHERE         # the daemon's bus, when the root wires one
 
     # ------------------------------------------------------------ start-up / shutdown
 
@@ -358,6 +360,7 @@ class NetworkService:
         self._pools[network.id] = deque()
         self._wake_refill()
         await self._masquerade()
+        self.events.network("create", network)
         return network
 
     async def remove(self, ref: str) -> None:
@@ -375,6 +378,7 @@ class NetworkService:
         await asyncio.gather(*(self._teardown(network, p, URGENT) for p in pool))
         await self._call({"op": "bridge_del", "name": network.bridge})
         self._delete(network)
+        self.events.network("destroy", network)
         await self._masquerade()
 
     async def prune(self) -> list[str]:
@@ -454,6 +458,7 @@ class NetworkService:
             raise Conflict(f"container {container_id[:12]} is already attached")
         attached = _Attached(net, prepared, tuple(aliases))
         self._attached[container_id] = {net.id: attached}
+        self.events.network("connect", net, container_id)
         self._wake_refill()
         self._upstreams[container_id] = tuple(upstreams)
         if prepared.dns is not None:
@@ -518,6 +523,7 @@ class NetworkService:
             raise Conflict(f"container {container_id[:12]} stopped while being connected")
         attached = _Attached(net, prepared, tuple(aliases), primary=False, iface=iface)
         nets[net.id] = attached
+        self.events.network("connect", net, container_id)
         if len(sockets) == 2:
             self._dns_owner[path] = container_id
             await self.resolver.serve(path, *sockets)
@@ -553,6 +559,7 @@ class NetworkService:
             await self._call({"op": "unplug", "veth": prepared.veth})
         if prepared.address is not None:
             self.ipam.release(net.id, prepared.address)
+        self.events.network("disconnect", net, container_id)
         return net
 
     def release(self, container_id: str) -> list[Network]:
@@ -564,6 +571,7 @@ class NetworkService:
         # The namespace goes (lazily): the veths of further networks go with it.
         namespace_goes = bare is not None or any(a.primary for a in nets.values())
         for attached in nets.values():
+            self.events.network("disconnect", attached.network, container_id)
             if attached.primary:
                 self._teardown_later(attached.network, attached.prepared)
             elif namespace_goes:

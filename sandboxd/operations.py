@@ -531,6 +531,24 @@ class PruneVolumes(NoParams):
     filters: dict = FILTERS
 
 
+def _unix_time(value: float | None, where: str, problems: list) -> float | None:
+    if value is not None and not 0 <= value < 1 << 40:
+        problems.append(f"{where}: a time must be Unix seconds (0 or more), got {value}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Events(NoParams):
+    since: float | None = param((int, float, type(None)), None, convert=_unix_time)
+    until: float | None = param((int, float, type(None)), None, convert=_unix_time)
+    filters: dict = FILTERS
+
+    def problems(self) -> list[str]:
+        if self.since is not None and self.until is not None and self.since > self.until:
+            return [f"system.events: since ({self.since}) is after until ({self.until})"]
+        return []
+
+
 @dataclass(frozen=True, kw_only=True)
 class OpenSession(NoParams):
     label: str = param(str, "")
@@ -671,6 +689,7 @@ TABLE: tuple[Operation, ...] = (
     # system
     Operation("system.info", NoParams, Info, "system_info"),
     Operation("system.df", NoParams, DiskUsage, "system_df"),
+    Operation("system.events", Events, Empty, "system_events", S),
     Operation("system.login", Login, Status, "system_login"),
     Operation("system.logout", Logout, Removed, "system_logout"),
     # pools of prepared containers

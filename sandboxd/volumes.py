@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import Conflict, InvalidArgument, NotFound, SetupFailed
+from .events import NOWHERE, EventBus
 from .filters import label_matches
 from .runner.spec import Mount, parse_size
 
@@ -138,6 +139,7 @@ class VolumeService:
         self.dir = Path(root) / "volumes"
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = store
+        self.events: EventBus = NOWHERE         # the daemon's bus, when the root wires one
 
     # ------------------------------------------------------------ lookups
 
@@ -232,6 +234,7 @@ class VolumeService:
             if (self.dir / name / _META).exists():   # made meanwhile under the same name
                 return self.get(name)
             raise
+        self.events.volume("create", name)
         return self.get(name)
 
     def remove(self, name: str, force: bool = False) -> list[Path]:
@@ -248,6 +251,7 @@ class VolumeService:
         if users:
             raise Conflict(f"remove {name}: volume is in use - "
                            f"[{', '.join(users)}]")
+        self.events.volume("destroy", name)
         return [self._detach(name)]
 
     def _detach(self, name: str) -> Path:
@@ -279,6 +283,7 @@ class VolumeService:
             if volume.anonymous and not users.get(name):
                 self.purge([self._detach(name)])
                 removed.append(name)
+                self.events.volume("destroy", name)
         return removed
 
     def prune(self, filters: Mapping[str, Sequence[str]] | None = None,
@@ -299,6 +304,7 @@ class VolumeService:
                 continue
             doomed.append(self._detach(volume.name))
             deleted.append(volume.name)
+            self.events.volume("destroy", volume.name)
         return deleted, doomed
 
     def usage(self) -> list[dict[str, Any]]:

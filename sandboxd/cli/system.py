@@ -8,6 +8,7 @@ import click
 
 from ..errors import SandboxError
 from .app import CONTEXT, SbxGroup, open_client, option, print_rows, sbx
+from .common import EXIT_DAEMON, CliError
 
 
 # system.info's fields under the names ``docker info --format`` templates use.
@@ -126,6 +127,62 @@ def system() -> None:
 
 
 system.alias("info", info)
+
+
+@sbx.command(context_settings=CONTEXT)
+@option("--since", metavar="TIME", help="Show all events created since timestamp (a Unix "
+                                        "time, 2013-01-02T13:23:37Z or a duration ago: 42m)")
+@option("--until", metavar="TIME", help="Stream events until this timestamp")
+@option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+        help="Filter output based on conditions provided (type, event, container, image, "
+             "network, volume, label)")
+@option("--format", "fmt", metavar="TEMPLATE", help="Format output using a Go template "
+                                                    "('json': one JSON object a line)")
+def events(since: str | None, until: str | None, filters: tuple[str, ...],
+           fmt: str | None) -> int:
+    """Get real time events from the server."""
+    from .containers import _when
+    parsed: dict[str, list[str]] = {}
+    for item in filters:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"bad format of filter (expected name=value): {item}", EXIT_DAEMON)
+        parsed.setdefault(key.strip().lower(), []).append(value)
+    params = {"since": _when(since, "since") if since else None,
+              "until": _when(until, "until") if until else None, "filters": parsed}
+    with open_client() as client:
+        stream = client.stream("system.events", params)
+        try:
+            for name, event in stream:
+                if name == "event":
+                    click.echo(_event_text(event, fmt))
+        except KeyboardInterrupt:
+            stream.cancel()
+            return 0
+        stream.result()
+    return 0
+
+
+def _event_text(event: dict[str, Any], fmt: str | None) -> str:
+    """Docker's line: local time with nanoseconds, type, action, actor id and the
+    attributes sorted, or the ``--format`` template applied to the event."""
+    if fmt:
+        from ..gotemplate import render_template
+        return render_template(fmt, event)
+    import time
+    seconds, nanos = divmod(event["timeNano"], 1_000_000_000)
+    local = time.localtime(seconds)
+    offset = time.strftime("%z", local)
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", local) + f".{nanos:09d}" + \
+        ("Z" if offset in ("+0000", "-0000") else f"{offset[:3]}:{offset[3:]}")
+    attrs = event["Actor"]["Attributes"]
+    line = f"{when} {event['Type']} {event['Action']} {event['Actor']['ID']}"
+    if attrs:
+        line += " (" + ", ".join(f"{k}={attrs[k]}" for k in sorted(attrs)) + ")"
+    return line
+
+
+system.alias("events", events)
 
 
 @system.command("df", context_settings=CONTEXT)

@@ -18,9 +18,12 @@ from ..errors import (CommandNotExecutable, CommandNotFound, Conflict, InvalidAr
 from ..handlers import Handlers
 from .calls import Calls
 from .containers import ContainerRoutes
+from .events import EventRoutes
 from .http import HttpServer
 from .images import ImageRoutes
+from .networks import NetworkRoutes
 from .system import SystemRoutes
+from .volumes import VolumeRoutes
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,9 @@ class DockerApi:
         calls = Calls(handlers)
         routes = SystemRoutes(calls).routes() + ContainerRoutes(calls).routes() + \
             ImageRoutes(calls).routes()
+        routes += NetworkRoutes(calls).routes()
+        routes += VolumeRoutes(calls).routes()
+        routes += EventRoutes(calls).routes()
         self.http = HttpServer(routes, error_status)
         self._listener: asyncio.AbstractServer | None = None
 

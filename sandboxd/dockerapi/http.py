@@ -127,6 +127,16 @@ class Request:
     async def body(self, limit: int = MAX_JSON_BODY) -> bytes:
         return b"".join([c async for c in self.chunks(limit)])
 
+    async def disconnected(self) -> None:
+        """Returns once the client closed the connection: a long stream with nothing to
+        send (``/events``) ends then, not at its next write. Bytes that come meanwhile
+        stay h11's (a pipelined next request)."""
+        while True:
+            data = await self._conn.reader.read(READ_CHUNK)
+            self._conn.h11.receive_data(data)
+            if not data:
+                return
+
     async def json(self, *, required: bool = False) -> dict:
         raw = await self.body()
         if not raw.strip():

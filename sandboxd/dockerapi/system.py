@@ -58,7 +58,7 @@ class SystemRoutes:
             "IPv4Forwarding": True, "Debug": False, "NFd": len(os.listdir("/proc/self/fd")),
             "NGoroutines": 0, "SystemTime": rfc3339(time.time()),
             "LoggingDriver": "json-file", "CgroupDriver": i["cgroup_driver"],
-            "CgroupVersion": str(i["cgroup_version"]), "NEventsListener": 0,
+            "CgroupVersion": str(i["cgroup_version"]), "NEventsListener": i["events_listeners"],
             "KernelVersion": i["kernel_version"], "OperatingSystem": i["operating_system"],
             "OSVersion": "", "OSType": "linux",
             "Architecture": i["architecture"], "IndexServerAddress":
@@ -79,4 +79,4 @@ class SystemRoutes:
             "Containers": [{"Id": c["id"], "Names": [f"/{c['name']}"], "Image": c["image"],
                             "SizeRw": c["size"], "State": c["status"]}
                            for c in d["containers"]],
-            "Volumes": [], "BuildCache": []})
+            "Volumes": d["volumes"], "BuildCache": []})

@@ -18,8 +18,7 @@ from .http import HttpError
 # Config / HostConfig fields whose zero value (None, "", 0, False, [], {}) or a listed
 # default asks for nothing; any other value is refused by name.
 _ZERO_OK_CONFIG = {
-    "Domainname", "NetworkDisabled", "MacAddress", "OnBuild", "Shell", "Volumes",
-    "Healthcheck",
+    "Domainname", "NetworkDisabled", "MacAddress", "OnBuild", "Shell", "Healthcheck",
 }
 _ZERO_OK_HOST = {
     "ContainerIDFile", "VolumeDriver", "VolumesFrom", "CgroupnsMode", "GroupAdd",
@@ -96,7 +95,7 @@ def _int(value: Any, where: str) -> int | None:
 # command-line quoting: nothing for the container's config.
 _ANY_OK_CONFIG = {"AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "ArgsEscaped"}
 _CONFIG_KNOWN = _ANY_OK_CONFIG | {"Hostname", "User", "ExposedPorts", "Tty", "OpenStdin", "Env", "Cmd",
-                 "Image", "WorkingDir", "Entrypoint", "Labels", "StopSignal", "StopTimeout",
+                 "Image", "Volumes", "WorkingDir", "Entrypoint", "Labels", "StopSignal", "StopTimeout",
                  "HostConfig", "NetworkingConfig"} | _ZERO_OK_CONFIG
 _HOST_KNOWN = {"Binds", "NetworkMode", "PortBindings", "AutoRemove", "CapAdd", "CapDrop",
                "Dns", "DnsOptions", "DnsSearch", "ExtraHosts", "IpcMode", "Links", "PidMode",
@@ -145,6 +144,11 @@ def create_options(body: dict) -> tuple[str, dict[str, Any]]:
     if body.get("StopTimeout") is not None:
         opts["stop_timeout"] = _int(body["StopTimeout"], "Config.StopTimeout")
     opts.update(_host_options(host))
+    # Config.Volumes: anonymous volumes (`docker run -v /path`); docker-py lists each
+    # bind's destination there too, which that bind serves.
+    bound = {b.split(":")[1] for b in opts["volumes"] if ":" in b}
+    opts["volumes"] += [path for path in _mapping(body.get("Volumes"), "Config.Volumes")
+                        if path not in bound]
     opts.update(_networking(body.get("NetworkingConfig"), opts.get("network_mode", "default")))
     return image, opts
 

@@ -32,6 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 # image.load is read (or, for a directory, imported whole) by the daemon; random paths
 # stay under a directory that does not exist.
 SAFE_PATH_OPS = {"image.import", "image.load"}
+# Ops that stream until a time or the client's end (system.events): their ``until`` is
+# always in the past, so a valid request ends at once instead of holding its batch's
+# connection until the batch times out.
+ENDLESS_OPS = {"system.events"}
 
 
 def operations() -> dict[str, set[str]]:
@@ -93,7 +97,11 @@ def _field(op: str, name: str) -> st.SearchStrategy:
 def params_for(op: str, names: set[str]) -> st.SearchStrategy:
     known = st.fixed_dictionaries({}, optional={n: _field(op, n) for n in sorted(names)})
     extra = st.dictionaries(hostile_text, values, max_size=2)
-    return st.one_of(known, st.tuples(known, extra).map(lambda t: {**t[1], **t[0]}), values)
+    drawn = st.one_of(known, st.tuples(known, extra).map(lambda t: {**t[1], **t[0]}),
+                      values)
+    if op in ENDLESS_OPS:
+        return drawn.map(lambda p: {**p, "until": 1} if isinstance(p, dict) else p)
+    return drawn
 
 
 def requests(ops: dict[str, set[str]]) -> st.SearchStrategy:

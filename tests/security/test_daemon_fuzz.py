@@ -70,7 +70,8 @@ def test_fuzz_requests_and_frames(fuzz_daemon):
     requests = fuzz.Tally()
 
     # warm-up: a first pass through every op (imports, caches, allocator pools)
-    fuzz.send_batch(d.sock, [(op, {}) for op in sorted(OPS)], requests)
+    fuzz.send_batch(d.sock, [(op, {"until": 1} if op in fuzz.ENDLESS_OPS else {})
+                             for op in sorted(OPS)], requests)
     before = fuzz.proc_figures(pid)
     started = time.monotonic()
     # Each example is two connections: BATCH requests (2 frames each: the request and a
