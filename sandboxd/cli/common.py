@@ -65,11 +65,13 @@ def write(stream: BinaryIO, data: bytes) -> None:
 
 
 def pump(attachment: Stream, *, host: str | None, tty: bool, stdin: bool, sig_proxy: bool,
-         container_id: str = "", image: str = "") -> Any:
+         container_id: str = "", image: str = "",
+         on_id: Callable[[str], None] | None = None) -> Any:
     """Stream a container's output to ours until it ends; with ``stdin`` forward our
     input; with ``tty`` put our terminal in raw mode (restored on the way out) and pass
     on window-size changes. The pull of a missing ``image`` (``run``) shows its
-    progress on stderr. Returns the op's final result."""
+    progress on stderr; ``on_id`` gets the container's id once known (``--cidfile``).
+    Returns the op's final result."""
     import signal
     import threading
 
@@ -139,6 +141,8 @@ def pump(attachment: Stream, *, host: str | None, tty: bool, stdin: bool, sig_pr
                 write(err, data)
             elif event in ("created", "started") and isinstance(data, dict):
                 state["id"] = data.get("id", state["id"])
+                if on_id is not None and state["id"]:
+                    on_id(state["id"])
             elif event == "progress" and isinstance(data, dict):
                 display.show(data)
         return attachment.result()

@@ -465,8 +465,11 @@ class CgroupV1(Cgroup):
     def _set_memory(self, limits: Limits, fresh: bool) -> None:
         memory = _unlimited(limits.memory)
         memsw = memsw_v1(limits.memory, limits.memory_swap)
-        if fresh and memory == UNLIMITED and memsw == UNLIMITED:
-            return
+        if not (fresh and memory == UNLIMITED and memsw == UNLIMITED):
+            self._set_hard_memory(memory, memsw, limits, fresh)
+        self._set_soft_memory(limits, fresh)
+
+    def _set_hard_memory(self, memory: int, memsw: int, limits: Limits, fresh: bool) -> None:
         limit_file = self._file("memory", "memory.limit_in_bytes")
         # The kernel keeps memsw >= limit at every step: set memsw first when it ends at
         # or above the current limit, else the limit first. A fresh limit is unlimited.
@@ -478,6 +481,15 @@ class CgroupV1(Cgroup):
         else:
             _write(limit_file, str(memory))
             self._set_memsw(memsw, limits)
+
+    def _set_soft_memory(self, limits: Limits, fresh: bool) -> None:
+        """--memory-reservation and --oom-kill-disable."""
+        if not (fresh and limits.memory_reservation is None):
+            _write(self._file("memory", "memory.soft_limit_in_bytes"),
+                   str(_unlimited(limits.memory_reservation)))
+        if not (fresh and not limits.oom_kill_disable):
+            _write(self._file("memory", "memory.oom_control"),
+                   "1" if limits.oom_kill_disable else "0")
 
     def _set_memsw(self, memsw: int, limits: Limits) -> None:
         path = self._file("memory", "memory.memsw.limit_in_bytes")
@@ -550,6 +562,16 @@ class CgroupV2(Cgroup):
         memory = _unlimited(limits.memory)
         if not (fresh and memory == UNLIMITED):
             _write(self.path + "/memory.max", to_max(memory))
+        if limits.oom_kill_disable:
+            raise SetupFailed("oom_kill_disable: cgroup v2 has no way to disable the OOM "
+                              "killer (Docker ignores it there with a warning); leave it "
+                              "unset", {"step": "cgroup", "path": self.path})
+        if not (fresh and limits.memory_reservation is None):
+            # memory.low: protected below this, reclaimed first above it (Docker's v2
+            # translation of the soft limit)
+            _write(self.path + "/memory.low",
+                   str(0 if limits.memory_reservation in (None, UNLIMITED)
+                       else limits.memory_reservation))
         swap = swap_max_v2(limits.memory, limits.memory_swap)
         if fresh and swap == UNLIMITED:
             return
