@@ -50,6 +50,34 @@ def test_check_13_memory_flags_write_exact_values(secure_daemon):
     assert d.ids("-a") == before
 
 
+def test_check_13_soft_limit_and_oom_kill_disable(secure_daemon):
+    """--memory-reservation writes the soft limit; --oom-kill-disable sets v1's
+    oom_control (a container over its limit then waits instead of being killed: it is
+    removed with -f); a reservation above the limit is refused."""
+    d = secure_daemon
+    if not Path(f"{CGROUP_ROOT}/memory/{d.parent}").exists():
+        pytest.skip("needs the cgroup v1 memory controller (this host's driver is v2)")
+    name, cid = _started(d, "-m", "40m", "--memory-reservation", "20m", "busybox",
+                         "sleep", "600")
+    try:
+        assert d.cgroup_file("memory", cid, "memory.soft_limit_in_bytes") == "20971520"
+        assert "oom_kill_disable 0" in d.cgroup_file("memory", cid, "memory.oom_control")
+    finally:
+        d.sbx("rm", "-f", name)
+    name, cid = _started(d, "-m", "20m", "--oom-kill-disable", "busybox", "sh", "-c",
+                         "x=a; while :; do x=$x$x; done")
+    try:
+        assert "oom_kill_disable 1" in d.cgroup_file("memory", cid, "memory.oom_control")
+        wait_until(lambda: "under_oom 1" in d.cgroup_file("memory", cid,
+                                                          "memory.oom_control"),
+                   15, "the container to sit at its limit")
+        assert d.sbx("inspect", "-f", "{{.State.Status}}", name).out.strip() == "running"
+    finally:
+        assert d.sbx("rm", "-f", name).returncode == 0
+    run = d.sbx("run", "--rm", "-m", "20m", "--memory-reservation", "40m", "busybox", "true")
+    assert run.returncode == 125 and "memory reservation" in run.err
+
+
 def test_check_14_oom_and_its_controls(secure_daemon):
     d = secure_daemon
     cases = {
