@@ -4,7 +4,9 @@ Layout. Every container gets ``<parent>/<name>`` (``sandboxd/<id>``):
 
 * v1 (also "hybrid" hosts, whose near-empty cgroup2 at ``/sys/fs/cgroup/unified`` is
   ignored): one directory in each of the hierarchies holding ``memory cpu cpuacct pids
-  freezer devices``, found once in ``/proc/self/mountinfo``. Co-mounted controllers
+  freezer devices``, found once in ``/proc/self/mountinfo``. The soft limit
+  (``--memory-reservation``) is ``memory.soft_limit_in_bytes`` (v2: ``memory.low``);
+  ``--oom-kill-disable`` is v1's ``memory.oom_control`` (v2 has none: refused). Co-mounted controllers
   (``cpu,cpuacct``) share one directory. cpuset is not used: a cpuset cgroup needs
   ``cpuset.cpus``/``cpuset.mems`` copied in before a task may join, for no limit we set.
 * v2: ``<mount_root>/<parent>`` with ``memory cpu pids`` enabled in the root's and the
@@ -484,12 +486,12 @@ class CgroupV1(Cgroup):
 
     def _set_soft_memory(self, limits: Limits, fresh: bool) -> None:
         """--memory-reservation and --oom-kill-disable."""
-        if not (fresh and limits.memory_reservation is None):
-            _write(self._file("memory", "memory.soft_limit_in_bytes"),
-                   str(_unlimited(limits.memory_reservation)))
-        if not (fresh and not limits.oom_kill_disable):
-            _write(self._file("memory", "memory.oom_control"),
-                   "1" if limits.oom_kill_disable else "0")
+        soft = self._file("memory", "memory.soft_limit_in_bytes")
+        if limits.memory_reservation is not None or (not fresh and os.path.exists(soft)):
+            _write(soft, str(_unlimited(limits.memory_reservation)))
+        oom = self._file("memory", "memory.oom_control")
+        if limits.oom_kill_disable or (not fresh and os.path.exists(oom)):
+            _write(oom, "1" if limits.oom_kill_disable else "0")
 
     def _set_memsw(self, memsw: int, limits: Limits) -> None:
         path = self._file("memory", "memory.memsw.limit_in_bytes")
@@ -566,12 +568,12 @@ class CgroupV2(Cgroup):
             raise SetupFailed("oom_kill_disable: cgroup v2 has no way to disable the OOM "
                               "killer (Docker ignores it there with a warning); leave it "
                               "unset", {"step": "cgroup", "path": self.path})
-        if not (fresh and limits.memory_reservation is None):
+        low = self.path + "/memory.low"
+        if limits.memory_reservation is not None or (not fresh and os.path.exists(low)):
             # memory.low: protected below this, reclaimed first above it (Docker's v2
             # translation of the soft limit)
-            _write(self.path + "/memory.low",
-                   str(0 if limits.memory_reservation in (None, UNLIMITED)
-                       else limits.memory_reservation))
+            _write(low, str(0 if limits.memory_reservation in (None, UNLIMITED)
+                            else limits.memory_reservation))
         swap = swap_max_v2(limits.memory, limits.memory_swap)
         if fresh and swap == UNLIMITED:
             return
