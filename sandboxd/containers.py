@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, BinaryIO, Sequence
 
 from . import health as healthchecks
-from . import lifecycle
+from . import detachkeys, lifecycle
 from . import restart as policies
 from .context import RequestContext
 from .daemonconfig import DaemonConfig
@@ -1547,7 +1547,7 @@ class ContainerService:
     # ------------------------------------------------------------ output for clients
 
     async def run(self, ctx: RequestContext, record: ContainerRecord, stdin: bool,
-                  detach: bool) -> dict:
+                  detach: bool, detach_keys: bytes = b"") -> dict:
         """``container.run`` after the create: start, then (unless ``detach``) stream
         the output until the exit; its result. A start that fails removes what a bad
         request made (and an --rm container); a cancelled run kills the container (and
@@ -1568,8 +1568,9 @@ class ContainerService:
         if detach:
             return {"id": record.id}
         try:
-            if queue is not None:
-                await self.forward(ctx, live, queue, stdin)
+            if queue is not None and await self.forward(ctx, live, queue, stdin,
+                                                        detach_keys):
+                return {"id": record.id}              # detached: it goes on running
             final = await self.wait_exit(record, live)
         except asyncio.CancelledError:
             await self.remove(record, force=True) if auto_remove else \
@@ -1581,7 +1582,7 @@ class ContainerService:
 
     async def attach(self, ctx: RequestContext, record: ContainerRecord, *,
                      stdin: bool, stdout: bool, stderr: bool, logs: bool, stream: bool,
-                     start: bool) -> dict:
+                     start: bool, detach_keys: bytes = b"") -> dict:
         """``container.attach``: the stored output first (``logs``), then the live
         output until the exit (``stream``; ``start`` starts it once attached)."""
         want = {1: stdout, 2: stderr}
@@ -1599,7 +1600,8 @@ class ContainerService:
         if queue is None:
             raise lifecycle.refusal("attach", record, "exited")
         try:
-            await self.forward(ctx, live, queue, stdin)
+            if await self.forward(ctx, live, queue, stdin, detach_keys):
+                return {"id": record.id}              # detached: it goes on running
         finally:
             self.unsubscribe(record, queue)
         return self.result(await self.wait_exit(record, live))
@@ -1666,26 +1668,46 @@ class ContainerService:
             queue.get_nowait()
 
     async def forward(self, ctx: RequestContext, live: _Live, queue: asyncio.Queue,
-                      stdin: bool) -> None:
+                      stdin: bool, detach_keys: bytes = b"") -> bool:
         """Send a subscriber's output as events until the container's output ends,
-        feeding the client's stdin and resize frames to the container meanwhile."""
-        inbox = asyncio.ensure_future(self._feed(ctx, live)) if stdin else None
+        feeding the client's stdin and resize frames to the container meanwhile. True
+        when the client typed its ``detach_keys`` on the container's terminal (then
+        the container goes on running)."""
+        keys = detach_keys if live.terminal >= 0 else b""
+        inbox = asyncio.ensure_future(self._feed(ctx, live, keys)) if stdin else None
         try:
             while True:
-                item = await queue.get()
+                if keys and inbox is not None:
+                    getter = asyncio.ensure_future(queue.get())
+                    await asyncio.wait((getter, inbox), return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        if not inbox.cancelled() and inbox.exception() is None:
+                            return True                 # the detach keys
+                        inbox = None                    # the client's input ended
+                        continue
+                    item = getter.result()
+                else:
+                    item = await queue.get()
                 if item is None:
-                    return
+                    return False
                 stream, data = item
                 await ctx.send_event("stdout" if stream == 1 else "stderr", data)
         finally:
             if inbox is not None:
                 inbox.cancel()
 
-    async def _feed(self, ctx: RequestContext, live: _Live) -> None:
+    async def _feed(self, ctx: RequestContext, live: _Live, detach_keys: bytes = b"") -> None:
+        """Until the client detaches (returns) or goes (raises)."""
+        escape = detachkeys.Escape(detach_keys)
         while True:
             kind, data = await ctx.receive()
             if kind == "stdin" and live.stdin >= 0:
-                await _write_all(live.stdin, data)
+                data, detached = escape.feed(data)
+                if data:
+                    await _write_all(live.stdin, data)
+                if detached:
+                    return
             elif kind == "stdin_eof" and live.stdin >= 0 and live.terminal < 0:
                 os.close(live.stdin)
                 live.stdin = -1

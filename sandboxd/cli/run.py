@@ -173,6 +173,9 @@ RUN_ONLY: tuple[Flag, ...] = (
     Flag("-d", "--detach", kind="flag", help="Run container in background and print container ID"),
     Flag("--sig-proxy/--no-sig-proxy", kind="pair", default=True,
          help="Proxy received signals to the process"),
+    Flag("--detach-keys", metavar="KEYS",
+         help="Override the key sequence for detaching a container [default: "
+              "ctrl-p,ctrl-q]"),
 )
 
 _CONVERT: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
@@ -394,7 +397,7 @@ def run(host: str | None, image: str, command: Sequence[str], opts: dict[str, An
             "config": config,
             "stdin": bool(opts["interactive"]) and not detach,
             "remove": opts["auto_remove"], "detach": detach}
-        for key in ("name", "platform"):
+        for key in ("name", "platform", "detach_keys"):
             if opts[key] is not None:
                 params[key] = opts[key]
         attachment = conn.stream("container.run", params)
