@@ -377,7 +377,8 @@ class RefusedOptions:
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
         if isinstance(exc, InvalidArgument):
-            raise CliError(f"Error response from daemon: {exc.message}", EXIT_DAEMON) from None
+            label = "Error response from daemon: " if exc.from_daemon else ""
+            raise CliError(f"{label}{exc.message}", EXIT_DAEMON) from None
         return False
 
 
