@@ -352,6 +352,7 @@ class ImageRecord:
     exposed_ports: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     repo_digests: tuple[str, ...] = ()    # "name@sha256:<hex>" of its manifest in a registry
+    healthcheck: Healthcheck = field(default_factory=Healthcheck)   # its HEALTHCHECK
 
     @classmethod
     def from_dict(cls, data: Any) -> ImageRecord:

@@ -239,6 +239,7 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
 
 def image_document(image: ImageRecord) -> dict[str, Any]:
     """Docker's ``docker image inspect`` object for an image."""
+    from .health import to_image
     return {
         "Id": image.id,
         "RepoTags": list(image.repo_tags),
@@ -251,6 +252,8 @@ def image_document(image: ImageRecord) -> dict[str, Any]:
             "Entrypoint": list(image.entrypoint) or None, "WorkingDir": image.workdir,
             "User": image.user, "ExposedPorts": {p: {} for p in image.exposed_ports} or None,
             "Labels": dict(e.partition("=")[::2] for e in image.labels) or None,
+            **({"Healthcheck": to_image(image.healthcheck)} if image.healthcheck.test
+               else {}),
         },
         "Architecture": image.architecture,
         "Os": image.os,

@@ -2,6 +2,7 @@
 checks (--health-*, HEALTHCHECK of an image, ps/inspect, --filter health=)."""
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -129,6 +130,10 @@ def test_image_healthcheck_and_no_healthcheck(d: Daemon, tmp_path) -> None:
         "FROM busybox\n"
         "HEALTHCHECK --interval=200ms --timeout=2s --retries=2 CMD [\"true\"]\n")
     d.sbx("build", "-q", "-t", "hcimg", str(tmp_path), check=True)
+    image = json.loads(d.sbx("image", "inspect", "hcimg", check=True).out)[0]
+    assert image["Config"]["Healthcheck"] == {"Test": ["CMD", "true"],
+                                              "Interval": 200_000_000,
+                                              "Timeout": 2_000_000_000, "Retries": 2}
     d.sbx("run", "-d", "--name", "hci", "hcimg", "sleep", "600", check=True)
     assert inspect(d, "hci")["Config"]["Healthcheck"] == {
         "Test": ["CMD", "true"], "Interval": 200_000_000, "Timeout": 2_000_000_000,
