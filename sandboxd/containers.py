@@ -1241,6 +1241,7 @@ class ContainerService:
                 raise lifecycle.refusal("remove", record, "running")
             await self.kill_quietly(record.id)
             await live.drained.wait()
+            self._cancel_restart(record.id)       # the exit may have scheduled one
         if self.store.get_container(record.id) is None:
             return
         self._forget(record, files_later=files_later, volumes=volumes)
