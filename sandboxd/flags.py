@@ -526,9 +526,6 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                    else list(_strings(sysctls)))
     reservation = None if memory_reservation in (None, "", 0, "0") else \
         attempt(spec.parse_size, memory_reservation, "memory-reservation")
-    if cpuset_cpus:
-        problems.append(f"cpuset-cpus: {cpuset_cpus!r}: not supported: sandboxd keeps no "
-                        f"cpuset cgroup (use --cpus to cap CPU time)")
     for device in _strings(devices):
         attempt(parse_device, device)
     healthcheck = _healthcheck(attempt, problems, health_cmd, health_interval,
@@ -559,6 +556,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         log_driver=log_driver or "", log_opts=tuple(log_list), restart_policy=policy,
         restart_retries=retries, memory_reservation=reservation,
         oom_kill_disable=bool(oom_kill_disable), sysctls=tuple(sysctl_list),
+        cpuset_cpus=str(cpuset_cpus or ""),
         group_add=tuple(str(g) for g in ((group_add,) if isinstance(group_add, (str, int))
                                          else group_add)))
     config = ContainerConfig(

@@ -127,6 +127,7 @@ class HostConfig:
     restart_policy: str = "no"
     restart_retries: int = 0
     memory_reservation: int | None = None  # bytes: the soft limit (v1 soft_limit, v2 low)
+    cpuset_cpus: str = ""                 # --cpuset-cpus "0-1,3" ("": every CPU)
     oom_kill_disable: bool = False        # v1 only: memory.oom_control
     sysctls: tuple[str, ...] = ()         # "net.ipv4.ip_forward=1" (namespaced ones only)
     group_add: tuple[str, ...] = ()       # more groups of the process (gid or name)
@@ -147,7 +148,7 @@ class HostConfig:
             quota = self.cpu_quota if self.cpu_quota else UNLIMITED
         return spec.Limits(memory=self.memory, memory_swap=self.memory_swap,
                            cpu_quota=quota, cpu_period=period, cpu_shares=self.cpu_shares,
-                           pids=self.pids_limit,
+                           pids=self.pids_limit, cpuset_cpus=self.cpuset_cpus,
                            memory_reservation=self.memory_reservation,
                            oom_kill_disable=self.oom_kill_disable)
 

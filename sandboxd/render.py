@@ -126,7 +126,7 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         "PidsLimit": h.pids_limit,
         "MemoryReservation": h.memory_reservation or 0,
         "OomKillDisable": h.oom_kill_disable,
-        "CpusetCpus": "",
+        "CpusetCpus": h.cpuset_cpus,
         "Sysctls": dict(e.partition("=")[::2] for e in h.sysctls) or None,
         "GroupAdd": list(h.group_add) or None,
         "Devices": [],

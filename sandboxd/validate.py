@@ -223,6 +223,37 @@ def check_healthcheck(hc: Healthcheck, where: str = "healthcheck") -> list[str]:
     return problems
 
 
+_CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*\Z")
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """``0-2,4`` -> {0, 1, 2, 4} (the kernel's list format); ValueError when it is not
+    one."""
+    if not _CPU_LIST.match(text):
+        raise ValueError(text)
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        if high and int(high) < int(low):
+            raise ValueError(text)
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def check_cpuset(text: str, where: str = "host.cpuset_cpus") -> list[str]:
+    """Docker's: the list format, and only CPUs this machine lets the daemon use."""
+    try:
+        wanted = parse_cpu_list(text)
+    except ValueError:
+        return [f"{where}: invalid value {text!r} for cpuset cpus (e.g. 0-1,3)"]
+    available = os.sched_getaffinity(0)
+    if not wanted <= available:
+        have = ",".join(str(c) for c in sorted(available))
+        return [f"{where}: Requested CPUs are not available - requested {text}, "
+                f"available: {have}"]
+    return []
+
+
 def check_sysctl(entry: str, h: HostConfig, where: str) -> list[str]:
     """One ``key=value``: namespaced (Docker's list) and not in a namespace the
     container shares with the host."""
@@ -381,6 +412,8 @@ def check_host(h: HostConfig) -> list[str]:
         elif h.memory not in (None, UNLIMITED) and h.memory < h.memory_reservation:
             problems.append("host.memory_reservation: Minimum memory limit can not be less "
                             "than memory reservation limit, see usage")
+    if h.cpuset_cpus:
+        problems += check_cpuset(h.cpuset_cpus)
     for i, entry in enumerate(h.sysctls):
         problems += check_sysctl(entry, h, f"host.sysctls[{i}]")
     for i, group in enumerate(h.group_add):

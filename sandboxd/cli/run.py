@@ -155,7 +155,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--memory-reservation", metavar="BYTES", help="Memory soft limit"),
     Flag("--oom-kill-disable", kind="flag", help="Disable OOM Killer (cgroup v1 only)"),
     Flag("--cpuset-cpus", default="", metavar="CPUS",
-         help="CPUs in which to allow execution (not supported: no cpuset cgroup)"),
+         help="CPUs in which to allow execution (0-3, 0,1)"),
     Flag("--device", kind="multi", metavar="DEVICE",
          help="Add a host device (only the default ones: null, zero, full, random, "
               "urandom, tty, ptmx, console)"),

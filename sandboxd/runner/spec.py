@@ -67,6 +67,7 @@ class Limits:
     pids: int | None = None             # max tasks; None or -1: unlimited
     memory_reservation: int | None = None   # bytes: soft limit (v1 soft_limit, v2 low)
     oom_kill_disable: bool = False      # v1 memory.oom_control; no such knob on v2
+    cpuset_cpus: str = ""               # "0-1,3": the CPUs it may run on ("": all)
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,28 @@ def test_check_15_cpu_quota_values_and_throttling(secure_daemon):
         d.sbx("rm", "-f", name)
 
 
+def test_check_15_cpuset_cpus_pins_the_container(secure_daemon):
+    """--cpuset-cpus: the cgroup's cpuset.cpus, every process of the container (execs
+    too) allowed only those CPUs, the cgroup gone with it; CPUs the host lacks refused."""
+    d = secure_daemon
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to pin to one of them")
+    pin = str(cpus[-1])
+    name, cid = _started(d, "--cpuset-cpus", pin, "busybox", "sleep", "600")
+    try:
+        if Path(f"{CGROUP_ROOT}/cpuset").is_dir():
+            assert d.cgroup_file("cpuset", cid, "cpuset.cpus") == pin
+        allowed = d.sbx("exec", name, "grep", "Cpus_allowed_list", "/proc/1/status",
+                        "/proc/self/status", check=True).out.split()
+        assert allowed.count(pin) == 2 and len(allowed) == 4, allowed
+    finally:
+        d.sbx("rm", "-f", name)
+    assert not Path(f"{CGROUP_ROOT}/cpuset/{d.parent}/{cid}").exists()
+    run = d.sbx("run", "--rm", "--cpuset-cpus", f"0-{cpus[-1] + 8}", "busybox", "true")
+    assert run.returncode == 125 and "Requested CPUs are not available" in run.err
+
+
 def test_check_16_pids_limit_fork_bomb(secure_daemon):
     d = secure_daemon
     name, cid = _started(d, "--pids-limit", "64", "busybox", "sh", "-c",
