@@ -1117,7 +1117,10 @@ class ContainerService:
         """A health check's result (health.py), while the container runs."""
         live = self.live.get(container_id)
         if live is not None and not live.drained.is_set():
-            self._set_state(live.record, health=health)
+            before = live.record.state.health.status
+            record = self._set_state(live.record, health=health)
+            if health.status != before:                  # Docker's event on a change
+                self.events.container(record, f"health_status: {health.status}")
 
     async def probe(self, record: ContainerRecord, args: Sequence[str], timeout: float,
                     limit: int) -> tuple[int, str]:
