@@ -238,10 +238,14 @@ class Container:
             "tail": tail, "since": since, "follow": follow})
 
     def attach(self, *, stdin: bool = False, logs: bool = False, stream: bool = True,
-               start: bool = False) -> Attachment:
-        return self.client.stream("container.attach", {
-            "id": self.id, "stdin": stdin, "stdout": True, "stderr": True, "logs": logs,
-            "stream": stream, "start": start})
+               start: bool = False, detach_keys: str | None = None) -> Attachment:
+        """``detach_keys``: Docker's (default ``ctrl-p,ctrl-q``), with a terminal."""
+        params: dict[str, Any] = {"id": self.id, "stdin": stdin, "stdout": True,
+                                  "stderr": True, "logs": logs, "stream": stream,
+                                  "start": start}
+        if detach_keys is not None:
+            params["detach_keys"] = detach_keys
+        return self.client.stream("container.attach", params)
 
     def exec(self, cmd: str | Sequence[str], *, env: Mapping[str, Any] | Sequence[str] = (),
              workdir: str = "", user: str = "", tty: bool = False,

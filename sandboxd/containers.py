@@ -24,7 +24,9 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, AsyncIterator, BinaryIO, Sequence
 
-from . import lifecycle
+from . import health as healthchecks
+from . import detachkeys, lifecycle
+from . import restart as policies
 from .context import RequestContext
 from .daemonconfig import DaemonConfig
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError
@@ -34,7 +36,7 @@ from .images.service import ImageService
 from .images.unpack import WHITEOUT_PREFIX, apply_layer
 from . import logs as logfiles
 from .logs import LogWriter
-from .model import ContainerConfig, ContainerRecord, HostConfig, Link, PortBinding
+from .model import ContainerConfig, ContainerRecord, Health, HostConfig, Link, PortBinding
 from .network import BUILTIN, Network, NetworkService, link_env
 from .ports import PortProxy
 from . import resolvconf
@@ -107,6 +109,11 @@ class ContainerService:
         # Starts in flight and when the last one ended: the pools refill when it is quiet.
         self.starting = 0
         self.last_start = 0.0
+        self.health = healthchecks.HealthMonitor(self)
+        # Restart policies (restart.py): pending restarts and each container's last delay.
+        self.restarts: dict[str, asyncio.TimerHandle] = {}
+        self.backoff: dict[str, float] = {}
+        self.closing = False                    # shutting down: no policy restarts
 
     # ------------------------------------------------------------ start-up / shutdown
 
@@ -125,6 +132,19 @@ class ContainerService:
         self._sweep_directories()
         self.images.cleanup()
         self.volumes.cleanup()
+        back = [r.id for r in self.records() if policies.restores(r)
+                and r.state.status not in RUNNING]
+        if back:
+            asyncio.ensure_future(self._restore(back))
+
+    async def _restore(self, ids: list[str]) -> None:
+        """The restart policies' containers the daemon brings back when it starts."""
+        for container_id in ids:
+            try:
+                await self.start(self.get(container_id), by_policy=True)
+            except SandboxError as e:
+                log.warning("restart policy: %s did not start: %s", container_id[:12],
+                            e.message)
 
     def _sweep_directories(self) -> None:
         """Remove container directories without a record: left by a daemon that died
@@ -139,6 +159,10 @@ class ContainerService:
                 _rmtree(entry)
 
     async def shutdown(self) -> None:
+        self.closing = True
+        self.health.close()
+        for handle in self.restarts.values():
+            handle.cancel()
         for live in list(self.live.values()):
             try:
                 await self.runner.kill(live.record.id, signal.SIGKILL, all=True)
@@ -342,6 +366,8 @@ class ContainerService:
         # Docker's merge: the image's labels under the container's own.
         labels = {k: f"{k}={v}" for k, v in (defaults.get("Labels") or {}).items() if k}
         labels.update({e.partition("=")[0]: e for e in config.labels})
+        healthcheck = healthchecks.effective(config.healthcheck,
+                                             healthchecks.from_image(defaults.get("Healthcheck")))
         entrypoint = (tuple(defaults.get("Entrypoint") or ()) if config.entrypoint is None
                       else config.entrypoint)
         cmd = config.cmd or (() if config.entrypoint is not None
@@ -353,7 +379,7 @@ class ContainerService:
         effective = dataclasses.replace(
             config, host=self._host_defaults(config.host),
             env=tuple(env.values()), labels=tuple(labels.values()), cmd=cmd,
-            entrypoint=entrypoint,
+            entrypoint=entrypoint, healthcheck=healthcheck,
             workdir=config.workdir or defaults.get("WorkingDir") or "",
             user=config.user or defaults.get("User") or "",
             exposed_ports=tuple(sorted(set(config.exposed_ports)
@@ -511,6 +537,9 @@ class ContainerService:
         "host"); ``container:X`` modes join that container's instead. ``link_vars``
         come first: the container's own environment overrides them (as in Docker)."""
         c, h = record.config, record.config.host
+        if h.oom_kill_disable and self.runner.cgroup_version != "v1":
+            raise InvalidArgument("host.oom_kill_disable: this host's cgroup v2 has no way to "
+                                  "disable the OOM killer (Docker ignores the flag there)")
         net = self._ns_mode(h.network_mode, "net") \
             if h.network_mode.startswith("container:") else netns
         namespaces = Namespaces(
@@ -543,6 +572,7 @@ class ContainerService:
             process=self._process(record, link_vars),
             root=root, mounts=mounts, files=files, namespaces=namespaces, limits=h.limits(),
             init=h.init, entry=self._entry(record), zygote=c.zygote, seccomp=h.seccomp(),
+            sysctls=h.sysctls,
             **({"masked_paths": (), "readonly_paths": ()} if h.privileged else {}))
         # The create's check (dry run) says what is wrong before anything exists; a
         # start's spec is checked once, where the runner takes it (runner/api.py).
@@ -553,7 +583,7 @@ class ContainerService:
         return Process(args=(record.path, *record.args), env=_merge_env(link_vars, c.env),
                        cwd=c.workdir or "/", user=c.user, terminal=c.tty,
                        ulimits=self._ulimits(record), capabilities=h.capabilities(),
-                       no_new_privileges=h.no_new_privileges())
+                       no_new_privileges=h.no_new_privileges(), groups=h.group_add)
 
     def _entry(self, record: ContainerRecord) -> str:
         """The template runs the host's own Python: only the host image may use it."""
@@ -796,9 +826,13 @@ class ContainerService:
 
     # ------------------------------------------------------------ start / exit
 
-    async def start(self, record: ContainerRecord,
-                    stdin: bool = False) -> ContainerRecord:
+    async def start(self, record: ContainerRecord, stdin: bool = False,
+                    by_policy: bool = False) -> ContainerRecord:
+        """``by_policy``: a restart policy's start (else a user's: it zeroes the restart
+        count and the backoff, and cancels a pending restart)."""
         self._check_not_held(record)
+        if not by_policy:
+            self._cancel_restart(record.id)
         if not lifecycle.check("start", record):
             return record                         # running already
         mode = record.config.host.network_mode
@@ -890,7 +924,7 @@ class ContainerService:
             if pooled is not None and isinstance(exc, NotFound):
                 # Its parked process is gone (killed meanwhile): a cold start instead.
                 self._release_rootfs(record.id)
-                return await self.start(record, stdin)
+                return await self.start(record, stdin, by_policy)
             if isinstance(exc, SandboxError):
                 code = getattr(exc, "exit_code", None)
                 self._set_state(record, error=exc.message,
@@ -902,11 +936,18 @@ class ContainerService:
         loop = asyncio.get_running_loop()
         for fd in live.fds:
             loop.add_reader(fd, self._on_output, live, fd)
+        hc = record.config.healthcheck
+        if not by_policy:
+            record = dataclasses.replace(record, restart_count=0)
         record = self._set_state(record, status=lifecycle.after("start"), pid=pid, exit_code=0,
                                  oom_killed=False, timed_out=False, error="",
-                                 started_at=time.time(), finished_at=None)
+                                 started_at=time.time(), finished_at=None,
+                                 manually_stopped=False, health=Health(
+                                     "starting" if healthchecks.active(hc) else ""))
         self.events.mounts(record, "mount")
         self.events.container(record, "start")
+        if healthchecks.active(hc):
+            self.health.watch(record.id, hc)
         if _etc_inline(record) and any(n.name not in BUILTIN for n in
                                        self.networks.networks_of(record.id)):
             self._refresh_own_hosts(record.id)   # members that came or went meanwhile
@@ -1001,6 +1042,7 @@ class ContainerService:
         if live.drained.is_set():
             return
         live.drained.set()
+        self.health.stop(live.record.id)
         if live.timer is not None:
             live.timer.cancel()
         _close(live.stdin)
@@ -1026,8 +1068,118 @@ class ContainerService:
             except BaseException:
                 self._save(live.record)
                 raise
+        elif not self.closing and policies.should_restart(live.record):
+            self._schedule_restart(live.record)
         else:
             self._save(live.record)
+
+    def _schedule_restart(self, record: ContainerRecord) -> None:
+        """``restarting`` until the policy's delay has passed, then a start."""
+        s = record.state
+        ran = (s.finished_at or 0) - (s.started_at or 0)
+        delay = self.backoff[record.id] = policies.next_delay(
+            self.backoff.get(record.id, 0.0), ran)
+        self._save(dataclasses.replace(record, restart_count=record.restart_count + 1,
+                                       state=dataclasses.replace(s, status="restarting")))
+        self.restarts[record.id] = asyncio.get_running_loop().call_later(
+            delay, lambda: asyncio.ensure_future(self._restart_now(record.id)))
+
+    async def _restart_now(self, container_id: str) -> None:
+        self.restarts.pop(container_id, None)
+        try:
+            record = self.get(container_id)
+        except NotFound:
+            return
+        if record.state.status != "restarting" or container_id in self.live:
+            return
+        try:
+            await self.start(record, by_policy=True)
+        except SandboxError as e:                 # its error is in the record already
+            log.warning("restart policy: %s did not start: %s", container_id[:12],
+                        e.message)
+            self._set_state(self.get(container_id), status="exited")
+
+    def _cancel_restart(self, container_id: str) -> bool:
+        """A pending policy restart cancelled (a user's start, stop, kill or rm):
+        whether there was one. The next quick exit starts the delay over."""
+        self.backoff.pop(container_id, None)
+        handle = self.restarts.pop(container_id, None)
+        if handle is None:
+            return False
+        handle.cancel()
+        return True
+
+    def live_record(self, container_id: str) -> ContainerRecord | None:
+        live = self.live.get(container_id)
+        return live.record if live is not None else None
+
+    def set_health(self, container_id: str, health: Health) -> None:
+        """A health check's result (health.py), while the container runs."""
+        live = self.live.get(container_id)
+        if live is not None and not live.drained.is_set():
+            before = live.record.state.health.status
+            record = self._set_state(live.record, health=health)
+            if health.status != before:                  # Docker's event on a change
+                self.events.container(record, f"health_status: {health.status}")
+
+    async def probe(self, record: ContainerRecord, args: Sequence[str], timeout: float,
+                    limit: int) -> tuple[int, str]:
+        """``args`` as an exec of the running container that no one attaches to (a
+        health check): its exit code and the first ``limit`` bytes of its output
+        (stdout and stderr); -1 when it ran past ``timeout`` seconds (then killed)."""
+        process = dataclasses.replace(self._spec_process(record), args=tuple(args),
+                                      terminal=False)
+        exec_id = secrets.token_hex(16)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self.exec_waiters[(record.id, exec_id)] = waiter
+        out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        os.set_blocking(out_w, True)
+        nul = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            await self.runner.exec(record.id, exec_id, process, (nul, out_w, out_w))
+        except BaseException:
+            self.exec_waiters.pop((record.id, exec_id), None)
+            _close(out_r)
+            raise
+        finally:
+            _close(nul, out_w)
+        output = bytearray()
+        eof = loop.create_future()
+
+        def readable() -> None:
+            try:
+                data = os.read(out_r, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(out_r)
+                if not eof.done():
+                    eof.set_result(None)
+            output.extend(data[:max(0, limit - len(output))])
+
+        loop.add_reader(out_r, readable)
+        try:
+            try:
+                info = await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except asyncio.TimeoutError:
+                await self.kill_quietly_exec(record.id, exec_id)
+                return -1, ""
+            # What it left in the pipe (a child it left behind may hold it open).
+            await asyncio.wait([eof], timeout=0.5)
+            return info.exit_code, output.decode(errors="replace")
+        finally:
+            loop.remove_reader(out_r)
+            _close(out_r)
+            self.exec_waiters.pop((record.id, exec_id), None)
+
+    async def kill_quietly_exec(self, container_id: str, exec_id: str) -> None:
+        try:
+            await self.runner.kill(container_id, signal.SIGKILL, exec_id=exec_id)
+        except SandboxError:
+            pass
 
     def result(self, record: ContainerRecord) -> dict:
         s = record.state
@@ -1048,14 +1200,22 @@ class ContainerService:
     # ------------------------------------------------------------ stop / kill / remove
 
     async def kill(self, record: ContainerRecord, sig: int) -> None:
+        if self._cancel_restart(record.id):       # restarting: nothing runs to signal
+            self._set_state(record, status="exited", manually_stopped=True)
+            return
         lifecycle.check("kill", record, record.id in self.live)
+        self._set_state(record, manually_stopped=True)     # Docker's: no policy restart
         await self.runner.kill(record.id, sig, all=sig == signal.SIGKILL)
         self.events.container(record, "kill", signal=sig)
 
     async def stop(self, record: ContainerRecord, timeout: int | None) -> None:
+        if self._cancel_restart(record.id):
+            self._set_state(record, status="exited", manually_stopped=True)
+            return
         live = self.live.get(record.id)
         if live is None:
             return
+        record = self._set_state(live.record, manually_stopped=True)
         if timeout is None:
             timeout = record.config.stop_timeout if record.config.stop_timeout is not None \
                 else 10
@@ -1077,12 +1237,14 @@ class ContainerService:
         """``files_later``: see :meth:`_forget`; ``volumes`` (``rm -v``): its anonymous
         volumes go too (a ``--rm`` container's always do)."""
         self._check_not_held(record)
+        self._cancel_restart(record.id)
         live = self.live.get(record.id)
         if live is not None:
             if not force:                  # its process counts, whatever the record says
                 raise lifecycle.refusal("remove", record, "running")
             await self.kill_quietly(record.id)
             await live.drained.wait()
+            self._cancel_restart(record.id)       # the exit may have scheduled one
         if self.store.get_container(record.id) is None:
             return
         self._forget(record, files_later=files_later, volumes=volumes)
@@ -1221,7 +1383,7 @@ class ContainerService:
         return Process(args=(record.path, *record.args), env=c.env, cwd=c.workdir or "/",
                        user=c.user, ulimits=self._ulimits(record),
                        capabilities=c.host.capabilities(),
-                       no_new_privileges=c.host.no_new_privileges())
+                       no_new_privileges=c.host.no_new_privileges(), groups=c.host.group_add)
 
     # ------------------------------------------------------------ files (sbx cp)
     #
@@ -1389,7 +1551,7 @@ class ContainerService:
     # ------------------------------------------------------------ output for clients
 
     async def run(self, ctx: RequestContext, record: ContainerRecord, stdin: bool,
-                  detach: bool) -> dict:
+                  detach: bool, detach_keys: bytes = b"") -> dict:
         """``container.run`` after the create: start, then (unless ``detach``) stream
         the output until the exit; its result. A start that fails removes what a bad
         request made (and an --rm container); a cancelled run kills the container (and
@@ -1410,8 +1572,9 @@ class ContainerService:
         if detach:
             return {"id": record.id}
         try:
-            if queue is not None:
-                await self.forward(ctx, live, queue, stdin)
+            if queue is not None and await self.forward(ctx, live, queue, stdin,
+                                                        detach_keys):
+                return {"id": record.id}              # detached: it goes on running
             final = await self.wait_exit(record, live)
         except asyncio.CancelledError:
             await self.remove(record, force=True) if auto_remove else \
@@ -1423,7 +1586,7 @@ class ContainerService:
 
     async def attach(self, ctx: RequestContext, record: ContainerRecord, *,
                      stdin: bool, stdout: bool, stderr: bool, logs: bool, stream: bool,
-                     start: bool) -> dict:
+                     start: bool, detach_keys: bytes = b"") -> dict:
         """``container.attach``: the stored output first (``logs``), then the live
         output until the exit (``stream``; ``start`` starts it once attached)."""
         want = {1: stdout, 2: stderr}
@@ -1441,7 +1604,8 @@ class ContainerService:
         if queue is None:
             raise lifecycle.refusal("attach", record, "exited")
         try:
-            await self.forward(ctx, live, queue, stdin)
+            if await self.forward(ctx, live, queue, stdin, detach_keys):
+                return {"id": record.id}              # detached: it goes on running
         finally:
             self.unsubscribe(record, queue)
         return self.result(await self.wait_exit(record, live))
@@ -1508,26 +1672,46 @@ class ContainerService:
             queue.get_nowait()
 
     async def forward(self, ctx: RequestContext, live: _Live, queue: asyncio.Queue,
-                      stdin: bool) -> None:
+                      stdin: bool, detach_keys: bytes = b"") -> bool:
         """Send a subscriber's output as events until the container's output ends,
-        feeding the client's stdin and resize frames to the container meanwhile."""
-        inbox = asyncio.ensure_future(self._feed(ctx, live)) if stdin else None
+        feeding the client's stdin and resize frames to the container meanwhile. True
+        when the client typed its ``detach_keys`` on the container's terminal (then
+        the container goes on running)."""
+        keys = detach_keys if live.terminal >= 0 else b""
+        inbox = asyncio.ensure_future(self._feed(ctx, live, keys)) if stdin else None
         try:
             while True:
-                item = await queue.get()
+                if keys and inbox is not None:
+                    getter = asyncio.ensure_future(queue.get())
+                    await asyncio.wait((getter, inbox), return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        if not inbox.cancelled() and inbox.exception() is None:
+                            return True                 # the detach keys
+                        inbox = None                    # the client's input ended
+                        continue
+                    item = getter.result()
+                else:
+                    item = await queue.get()
                 if item is None:
-                    return
+                    return False
                 stream, data = item
                 await ctx.send_event("stdout" if stream == 1 else "stderr", data)
         finally:
             if inbox is not None:
                 inbox.cancel()
 
-    async def _feed(self, ctx: RequestContext, live: _Live) -> None:
+    async def _feed(self, ctx: RequestContext, live: _Live, detach_keys: bytes = b"") -> None:
+        """Until the client detaches (returns) or goes (raises)."""
+        escape = detachkeys.Escape(detach_keys)
         while True:
             kind, data = await ctx.receive()
             if kind == "stdin" and live.stdin >= 0:
-                await _write_all(live.stdin, data)
+                data, detached = escape.feed(data)
+                if data:
+                    await _write_all(live.stdin, data)
+                if detached:
+                    return
             elif kind == "stdin_eof" and live.stdin >= 0 and live.terminal < 0:
                 os.close(live.stdin)
                 live.stdin = -1

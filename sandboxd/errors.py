@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 class SandboxError(Exception):
     code = "internal"
+    # Set on what the daemon sent (from_wire): ``sbx`` labels only those "Error response
+    # from daemon", as Docker does; a problem the client found itself is not one.
+    from_daemon = False
 
     def __init__(self, message: str, details: dict[str, Any] | None = None):
         super().__init__(message)
@@ -98,5 +101,7 @@ def from_wire(payload: Any) -> SandboxError:
     cls = _BY_CODE.get(payload.get("code"), Internal)
     message = payload.get("message")
     details = payload.get("details")
-    return cls(str(message) if message is not None else cls.code,
-               details if isinstance(details, dict) else None)
+    error = cls(str(message) if message is not None else cls.code,
+                details if isinstance(details, dict) else None)
+    error.from_daemon = True
+    return error

@@ -47,7 +47,8 @@ def filter_networks(networks: Sequence[NetworkRecord], filters: Mapping[str, Seq
 
 
 FILTER_KEYS = ("id", "name", "label", "status", "exited", "ancestor", "before", "since",
-               "network", "volume", "expose", "publish")
+               "network", "volume", "expose", "publish", "health")
+HEALTH_VALUES = ("starting", "healthy", "unhealthy", "none")
 
 
 def parse_filters(items: Iterable[str], keys: Sequence[str] = FILTER_KEYS
@@ -77,6 +78,10 @@ def filter_records(records: Sequence[ContainerRecord], filters: Mapping[str, Seq
         if value not in STATUSES:
             raise InvalidArgument(f"filters.status: {value!r} is not one of "
                                   f"{', '.join(STATUSES)}")
+    for value in filters.get("health", ()):
+        if value not in HEALTH_VALUES:
+            raise InvalidArgument(f"filters.health: Unrecognised filter value for health: "
+                                  f"{value!r} (one of {', '.join(HEALTH_VALUES)})")
     by_ref = {r.id: r for r in records}
     by_ref.update({r.name: r for r in records})
 
@@ -108,6 +113,7 @@ def filter_records(records: Sequence[ContainerRecord], filters: Mapping[str, Seq
                                     for m in r.config.host.mounts),
             "expose": lambda v: v in r.config.exposed_ports or f"{v}/tcp" in
             r.config.exposed_ports,
+            "health": lambda v: (r.state.health.status or "none") == v,
             "publish": lambda v: any(f"{b.host_port}" == v.partition("/")[0]
                                      for b in r.ports),
         }

@@ -16,7 +16,7 @@ from typing import Any
 
 from .envfile import resolve_env
 from .errors import InvalidArgument
-from .model import ContainerConfig, HostConfig, Link, PortBinding
+from .model import ContainerConfig, Healthcheck, HostConfig, Link, PortBinding
 from .runner import spec
 from .runner.spec import UNLIMITED, Mount, Ulimit
 from .securityopt import read_security_opt
@@ -26,8 +26,59 @@ from .validate import PROTOCOLS, check_config, check_host, parse_signal
 __all__ = [
     "build_config", "config_from_options", "build_update", "parse_volume", "parse_mount",
     "parse_tmpfs",
-    "parse_publish", "parse_link", "parse_extra_host", "parse_labels", "parse_storage_opts", "split_command",
+    "parse_publish", "parse_link", "parse_extra_host", "parse_labels", "parse_storage_opts",
+    "split_command", "parse_restart", "parse_duration", "parse_device", "DEFAULT_DEVICES",
 ]
+
+# What every container's /dev has (runner/plan.py); --device may only name these.
+DEFAULT_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom",
+                   "/dev/tty", "/dev/ptmx", "/dev/console")
+
+
+def parse_restart(text: str) -> tuple[str, int]:
+    """``--restart no|always|unless-stopped|on-failure[:N]`` -> (policy, retries)."""
+    name, sep, count = str(text).partition(":")
+    if not sep:
+        return name or "no", 0
+    try:
+        return name, int(count)
+    except ValueError:
+        raise InvalidArgument(f"restart: invalid restart policy format: maximum retry "
+                              f"count must be an integer, got {count!r}") from None
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                   "h": 3600.0}
+
+
+def parse_duration(text: str | int | float, what: str) -> float:
+    """Go's durations as Docker takes them (``30s``, ``1m30s``, ``500ms``; a bare number
+    from the Python API is seconds) -> seconds."""
+    import re
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    value = str(text).strip()
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", value)
+    if value == "0":
+        return 0.0
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise InvalidArgument(f"{what}: invalid duration {value!r} (e.g. 30s, 1m30s, "
+                              f"500ms)")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def parse_device(text: str) -> None:
+    """``--device HOST[:CTR[:PERMS]]``: a device every container has already is
+    accepted (nothing to do); any other is refused."""
+    host, _, rest = str(text).partition(":")
+    ctr = rest.partition(":")[0] or host
+    if host == ctr and host in DEFAULT_DEVICES:
+        return
+    raise InvalidArgument(f"device: {text!r}: only the default devices ("
+                          f"{', '.join(d[5:] for d in DEFAULT_DEVICES)}) are available: "
+                          f"sandboxd grants no other device (its device cgroup allowlist "
+                          f"is fixed and containers cannot mknod)")
+
 
 
 def parse_volume(text: str) -> Mount:
@@ -360,6 +411,17 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  auto_remove: bool = False, timeout: float | None = None,
                  storage_opt: Sequence[str] | Mapping[str, str] = (),
                  log_driver: str = "", log_opts: Sequence[str] | Mapping[str, Any] = (),
+                 restart: str = "no", sysctls: Sequence[str] | Mapping[str, Any] = (),
+                 group_add: str | Sequence[str | int] = (),
+                 memory_reservation: int | str | None = None,
+                 oom_kill_disable: bool = False, cpuset_cpus: str = "",
+                 devices: str | Sequence[str] = (),
+                 health_cmd: str | None = None, health_interval: str | float | None = None,
+                 health_timeout: str | float | None = None,
+                 health_retries: int | None = None,
+                 health_start_period: str | float | None = None,
+                 health_start_interval: str | float | None = None,
+                 no_healthcheck: bool = False,
                  entry: str = "", zygote: bool = False,
                  environ: Mapping[str, str] | None = None,
                  local_files: bool = True) -> ContainerConfig:
@@ -459,6 +521,17 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
     log_list = [f"{k}={v}" for k, v in log_opts.items()] if isinstance(log_opts, Mapping) \
         else [str(o) for o in log_opts]
 
+    policy, retries = attempt(parse_restart, restart) or ("no", 0)
+    sysctl_list = ([f"{k}={v}" for k, v in sysctls.items()] if isinstance(sysctls, Mapping)
+                   else list(_strings(sysctls)))
+    reservation = None if memory_reservation in (None, "", 0, "0") else \
+        attempt(spec.parse_size, memory_reservation, "memory-reservation")
+    for device in _strings(devices):
+        attempt(parse_device, device)
+    healthcheck = _healthcheck(attempt, problems, health_cmd, health_interval,
+                               health_timeout, health_retries, health_start_period,
+                               health_start_interval, no_healthcheck)
+
     signal_name = str(stop_signal)
     parsed_signal = attempt(parse_signal, stop_signal)
     if parsed_signal is not None and isinstance(stop_signal, int):
@@ -480,7 +553,12 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         init=bool(init), cap_add=tuple(cap_add), cap_drop=tuple(cap_drop),
         security_opt=tuple(security_list), privileged=bool(privileged),
         auto_remove=bool(auto_remove), timeout=timeout, storage_size=storage_size,
-        log_driver=log_driver or "", log_opts=tuple(log_list))
+        log_driver=log_driver or "", log_opts=tuple(log_list), restart_policy=policy,
+        restart_retries=retries, memory_reservation=reservation,
+        oom_kill_disable=bool(oom_kill_disable), sysctls=tuple(sysctl_list),
+        cpuset_cpus=str(cpuset_cpus or ""),
+        group_add=tuple(str(g) for g in ((group_add,) if isinstance(group_add, (str, int))
+                                         else group_add)))
     config = ContainerConfig(
         image=image, cmd=split_command(cmd),
         entrypoint=None if entrypoint is None else
@@ -490,11 +568,30 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         hostname=hostname or "", tty=bool(tty), open_stdin=bool(open_stdin),
         labels=tuple(parse_labels(labels or ())), exposed_ports=tuple(exposed),
         stop_signal=signal_name, stop_timeout=stop_timeout, host=host, entry=entry or "",
-        zygote=bool(zygote))
+        zygote=bool(zygote), healthcheck=healthcheck)
     problems += check_config(config, skip_parsed=True)
     if problems:
         raise InvalidArgument.of(_unique(problems))
     return config
+
+
+def _healthcheck(attempt: Any, problems: list[str], cmd: str | None,
+                 interval: Any, timeout: Any, retries: int | None, start_period: Any,
+                 start_interval: Any, disabled: bool) -> Healthcheck:
+    """The ``--health-*`` flags (unset ones 0: the image's, else Docker's default)."""
+    durations = {}
+    for name, value in (("interval", interval), ("timeout", timeout),
+                        ("start_period", start_period), ("start_interval", start_interval)):
+        if value not in (None, ""):
+            durations[name] = attempt(parse_duration, value,
+                                      "health-" + name.replace("_", "-"))
+    if disabled:
+        if cmd or durations or retries:
+            problems.append("no-healthcheck: --no-healthcheck conflicts with --health-* "
+                            "options")
+        return Healthcheck(test=("NONE",))
+    return Healthcheck(test=("CMD-SHELL", cmd) if cmd else (), retries=int(retries or 0),
+                       **{k: v or 0.0 for k, v in durations.items()})
 
 
 # What ``container.create``/``run`` accept as ``options``: build_config's keywords, less

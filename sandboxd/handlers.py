@@ -133,13 +133,15 @@ class Handlers:
         await ctx.send_event("created", {"id": record.id, "name": record.name,
                                          "warnings": warnings})
         return await self.containers.run(ctx, record, stdin=params.stdin,
-                                         detach=params.detach)
+                                         detach=params.detach,
+                                         detach_keys=params.detach_keys)
 
     async def container_attach(self, ctx: RequestContext, params: ops.Attach) -> Any:
         p = params
         return await self.containers.attach(
             ctx, self.containers.get(p.id), stdin=p.stdin, stdout=p.stdout,
-            stderr=p.stderr, logs=p.logs, stream=p.stream, start=p.start)
+            stderr=p.stderr, logs=p.logs, stream=p.stream, start=p.start,
+            detach_keys=p.detach_keys)
 
     async def container_wait(self, ctx: RequestContext, params: ops.Wait) -> Any:
         final = await self.containers.wait(self.containers.get(params.id), params.condition)

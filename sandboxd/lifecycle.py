@@ -9,8 +9,8 @@ container" is the ``pause`` line of :data:`RULES`, not an ``if`` in the service:
                           ▼ │
                         paused
 
-``restarting`` is what a record from a daemon that died mid-restart may say (start-up
-marks it exited), ``removing`` and ``dead`` are Docker's names for a removal under way
+``restarting``: a restart policy waits out its delay (restart.py); a user's start, stop,
+kill or rm cancels the wait (a daemon that died meanwhile marks it exited). ``removing`` and ``dead`` are Docker's names for a removal under way
 and one that failed; no operation but ``remove`` acts on them. ``stop`` (and a forced
 ``remove``) act on the process the daemon holds, whatever the record says: a start in
 flight has one before its record says running.
@@ -43,7 +43,7 @@ class Rule:
 _NOT_RUNNING = "Container {short} is not running"
 
 RULES: dict[str, Rule] = {
-    "start": Rule(("created", "exited"), "running", "container {name} is {status}",
+    "start": Rule(("created", "exited", "restarting"), "running", "container {name} is {status}",
                   noop=("running",),
                   refusals=(("paused", "container {name} is paused: unpause it first"),)),
     "exit": Rule(("running", "paused", "restarting"), "exited", _NOT_RUNNING),

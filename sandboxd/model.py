@@ -30,13 +30,15 @@ from .securityopt import no_new_privileges, seccomp_profile
 __all__ = [
     "PortBinding", "Link", "HostConfig", "ContainerConfig", "ContainerState", "Endpoint",
     "ContainerRecord", "ImageRecord", "NetworkRecord", "NetworkContainer", "STATUSES",
-    "BUILTIN_NETWORKS", "pairs", "cap_name",
+    "BUILTIN_NETWORKS", "pairs", "cap_name", "Healthcheck", "Health", "HealthProbe",
+    "RESTART_POLICIES",
 ]
 
 # A container's life (Docker's names). ``removing`` is transient, never stored.
 STATUSES = ("created", "running", "paused", "restarting", "removing", "exited", "dead")
 DEFAULT_STOP_TIMEOUT = 10               # seconds between stop_signal and SIGKILL
 BUILTIN_NETWORKS = ("bridge", "host", "none")
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 
 
 def pairs(entries: Iterable[str]) -> dict[str, str]:
@@ -121,6 +123,14 @@ class HostConfig:
     shm_size: int | None = None           # --shm-size: /dev/shm's bytes (None: 64 MB)
     log_driver: str = ""                  # json-file | local | none ("": the daemon's)
     log_opts: tuple[str, ...] = ()        # "max-size=20m", "max-file=5" (daemon fills gaps)
+    # --restart: one of RESTART_POLICIES; restart_retries is on-failure's :N (0: no cap)
+    restart_policy: str = "no"
+    restart_retries: int = 0
+    memory_reservation: int | None = None  # bytes: the soft limit (v1 soft_limit, v2 low)
+    cpuset_cpus: str = ""                 # --cpuset-cpus "0-1,3" ("": every CPU)
+    oom_kill_disable: bool = False        # v1 only: memory.oom_control
+    sysctls: tuple[str, ...] = ()         # "net.ipv4.ip_forward=1" (namespaced ones only)
+    group_add: tuple[str, ...] = ()       # more groups of the process (gid or name)
 
     def log_limits(self) -> tuple[int, int]:
         """(max-size in bytes, -1 unlimited; max-file) of a record's filled log_opts."""
@@ -138,7 +148,9 @@ class HostConfig:
             quota = self.cpu_quota if self.cpu_quota else UNLIMITED
         return spec.Limits(memory=self.memory, memory_swap=self.memory_swap,
                            cpu_quota=quota, cpu_period=period, cpu_shares=self.cpu_shares,
-                           pids=self.pids_limit)
+                           pids=self.pids_limit, cpuset_cpus=self.cpuset_cpus,
+                           memory_reservation=self.memory_reservation,
+                           oom_kill_disable=self.oom_kill_disable)
 
     def capabilities(self, defaults: Sequence[str] = spec.DEFAULT_CAPABILITIES
                      ) -> tuple[str, ...]:
@@ -168,6 +180,19 @@ class HostConfig:
 
 
 @dataclass(frozen=True)
+class Healthcheck:
+    """Docker's Healthcheck. ``test``: ``("CMD", arg, ...)``, ``("CMD-SHELL", line)``,
+    ``("NONE",)`` (none, not even the image's) or ``()`` (the image's). Durations in
+    seconds; 0 takes the image's, else Docker's default (30 s, 30 s, 0, 5 s, 3)."""
+    test: tuple[str, ...] = ()
+    interval: float = 0.0
+    timeout: float = 0.0
+    start_period: float = 0.0
+    start_interval: float = 0.0
+    retries: int = 0
+
+
+@dataclass(frozen=True)
 class ContainerConfig:
     """Docker's Config plus ``host`` (its HostConfig). ``entrypoint``/``cmd``/``env``/
     ``workdir``/``user`` left empty are taken from the image by the daemon."""
@@ -191,6 +216,7 @@ class ContainerConfig:
     # The workload runs in a user namespace of its own and forks tests into fresh
     # containers below this one (runner/zygote.py; pytest_sandbox's zygote).
     zygote: bool = False
+    healthcheck: Healthcheck = field(default_factory=Healthcheck)
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form, made once per config (shared: do not modify it). A record's
@@ -214,6 +240,24 @@ class ContainerConfig:
 # ---------------------------------------------------------------- what the daemon keeps
 
 @dataclass(frozen=True)
+class HealthProbe:
+    """One health check run (Docker's State.Health.Log entry)."""
+    start: float
+    end: float
+    exit_code: int                       # -1: it did not finish in time
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class Health:
+    """Docker's State.Health: ``status`` "" (no health check), starting, healthy or
+    unhealthy; the last five probes."""
+    status: str = ""
+    failing_streak: int = 0
+    log: tuple[HealthProbe, ...] = ()
+
+
+@dataclass(frozen=True)
 class ContainerState:
     """Where a container is in its life. Times are Unix seconds (None: never)."""
     status: str = "created"              # one of STATUSES
@@ -224,6 +268,10 @@ class ContainerState:
     error: str = ""                      # why it failed to start or died unexpectedly
     started_at: float | None = None
     finished_at: float | None = None
+    health: Health = field(default_factory=Health)
+    # Stopped or killed by a user (Docker's HasBeenManuallyStopped): no restart policy
+    # brings it back, nor does a daemon start for unless-stopped.
+    manually_stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -305,6 +353,7 @@ class ImageRecord:
     exposed_ports: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     repo_digests: tuple[str, ...] = ()    # "name@sha256:<hex>" of its manifest in a registry
+    healthcheck: Healthcheck = field(default_factory=Healthcheck)   # its HEALTHCHECK
 
     @classmethod
     def from_dict(cls, data: Any) -> ImageRecord:

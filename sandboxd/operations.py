@@ -214,6 +214,12 @@ def _tag_target(value: str, where: str, problems: list) -> str:
     return value
 
 
+def _detach_keys(value: str, where: str, problems: list) -> bytes:
+    """``ctrl-p,ctrl-q`` -> the bytes the daemon watches the input for."""
+    from .detachkeys import parse
+    return _collect(parse, value, problems) or b""
+
+
 def _condition(value: str, where: str, problems: list) -> str:
     if value not in ("not-running", "next-exit", "removed"):
         problems.append(f"{where}: condition {value!r} is not not-running, next-exit or "
@@ -280,6 +286,8 @@ class Options(NoParams):
 class Run(Create):
     stdin: bool = param(bool, False)
     detach: bool = param(bool, False)
+    # Docker's --detach-keys: typed on the container's terminal, the client detaches
+    detach_keys: bytes = param(str, "ctrl-p,ctrl-q", convert=_detach_keys)
     remove: bool | None = param((bool, type(None)), None)
 
 
@@ -291,6 +299,7 @@ class Attach(ById):
     logs: bool = param(bool, False)
     stream: bool = param(bool, True)
     start: bool = param(bool, False)
+    detach_keys: bytes = param(str, "ctrl-p,ctrl-q", convert=_detach_keys)
 
 
 @dataclass(frozen=True, kw_only=True)

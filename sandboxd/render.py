@@ -99,7 +99,7 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
                       "Config": dict(o.partition("=")[::2] for o in h.log_opts)},
         "NetworkMode": h.network_mode,
         "PortBindings": {k: v for k, v in _port_map(h.port_bindings, ()).items()},
-        "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+        "RestartPolicy": {"Name": h.restart_policy, "MaximumRetryCount": h.restart_retries},
         "AutoRemove": h.auto_remove,
         "CapAdd": list(h.cap_add) or None,
         "CapDrop": list(h.cap_drop) or None,
@@ -124,6 +124,12 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         "CpuQuota": h.cpu_quota or 0,
         "CpuShares": h.cpu_shares or 0,
         "PidsLimit": h.pids_limit,
+        "MemoryReservation": h.memory_reservation or 0,
+        "OomKillDisable": h.oom_kill_disable,
+        "CpusetCpus": h.cpuset_cpus,
+        "Sysctls": dict(e.partition("=")[::2] for e in h.sysctls) or None,
+        "GroupAdd": list(h.group_add) or None,
+        "Devices": [],
         "Ulimits": _ulimits_doc(h.ulimits),
         "MaskedPaths": [] if h.privileged else list(spec.MASKED_PATHS),
         "ReadonlyPaths": [] if h.privileged else list(spec.READONLY_PATHS),
@@ -155,6 +161,9 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         "Labels": c.labels_dict(),
         "StopSignal": c.stop_signal,
     }
+    if c.healthcheck.test:
+        from .health import to_image
+        config["Healthcheck"] = to_image(c.healthcheck)
     if c.stop_timeout is not None:
         config["StopTimeout"] = c.stop_timeout
     networks = {
@@ -201,6 +210,12 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
             "StartedAt": rfc3339(s.started_at),
             "FinishedAt": rfc3339(s.finished_at),
             "TimedOut": s.timed_out,
+            **({"Health": {"Status": s.health.status,
+                           "FailingStreak": s.health.failing_streak,
+                           "Log": [{"Start": rfc3339(p.start), "End": rfc3339(p.end),
+                                    "ExitCode": p.exit_code, "Output": p.output}
+                                   for p in s.health.log]}}
+               if s.health.status else {}),
         },
         "Image": record.image_id,
         "ResolvConfPath": "",
@@ -224,6 +239,7 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
 
 def image_document(image: ImageRecord) -> dict[str, Any]:
     """Docker's ``docker image inspect`` object for an image."""
+    from .health import to_image
     return {
         "Id": image.id,
         "RepoTags": list(image.repo_tags),
@@ -236,6 +252,8 @@ def image_document(image: ImageRecord) -> dict[str, Any]:
             "Entrypoint": list(image.entrypoint) or None, "WorkingDir": image.workdir,
             "User": image.user, "ExposedPorts": {p: {} for p in image.exposed_ports} or None,
             "Labels": dict(e.partition("=")[::2] for e in image.labels) or None,
+            **({"Healthcheck": to_image(image.healthcheck)} if image.healthcheck.test
+               else {}),
         },
         "Architecture": image.architecture,
         "Os": image.os,
@@ -303,7 +321,13 @@ def status_text(state: ContainerState, now: float) -> str:
 
     if st in ("running", "paused"):
         text = "Up " + since(state.started_at)
-        return text + " (Paused)" if st == "paused" else text
+        if st == "paused":
+            return text + " (Paused)"
+        health = state.health.status
+        if health:
+            return f"{text} (health: starting)" if health == "starting" \
+                else f"{text} ({health})"
+        return text
     if st == "restarting":
         return f"Restarting ({state.exit_code}) {since(state.finished_at)} ago"
     if st == "exited":

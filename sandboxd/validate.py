@@ -17,7 +17,7 @@ import signal as _signal
 from collections.abc import Sequence
 
 from .errors import InvalidArgument
-from .model import ContainerConfig, HostConfig, cap_name
+from .model import RESTART_POLICIES, ContainerConfig, Healthcheck, HostConfig, cap_name
 from .runner import spec
 from .runner.spec import UNLIMITED
 from .securityopt import check_security_opt
@@ -42,6 +42,13 @@ _DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?\Z")
 _ALIAS = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\Z")
 _WORD = re.compile(r"^[^\s\x00#;]+\Z")           # one word of resolv.conf or /etc/hosts
 HOST_GATEWAY = "host-gateway"            # --add-host NAME:host-gateway (Docker's value)
+# Docker's namespaced sysctls (the others would change the whole host): IPC ones ...
+SYSCTL_IPC = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+              "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
+# ... and the network and POSIX message queue prefixes.
+SYSCTL_PREFIXES = ("net.", "fs.mqueue.")
+_SYSCTL_KEY = re.compile(r"^[a-z0-9_]+(?:\.[A-Za-z0-9_-]+)+\Z")
+MIN_HEALTH_DURATION = 0.001              # Docker: 1 ms, or 0 for the default
 
 
 def check_name(name: str, where: str = "name") -> list[str]:
@@ -194,7 +201,77 @@ def check_config(c: ContainerConfig, skip_parsed: bool = False) -> list[str]:
         problems.append(f"stop_timeout: must be -1 (wait forever) or more, "
                         f"got {c.stop_timeout}")
     problems += check_host(c.host)
+    problems += check_healthcheck(c.healthcheck)
     return problems
+
+
+def check_healthcheck(hc: Healthcheck, where: str = "healthcheck") -> list[str]:
+    """Docker's rules: a known test form, durations 0 or at least 1 ms, retries >= 0."""
+    problems: list[str] = []
+    if hc.test and (hc.test[0] not in ("CMD", "CMD-SHELL", "NONE")
+                    or (hc.test[0] == "NONE") != (len(hc.test) == 1)
+                    or (hc.test[0] == "CMD-SHELL" and len(hc.test) != 2)):
+        problems.append(f"{where}.test: {list(hc.test)!r} is not [\"CMD\", ...], "
+                        f"[\"CMD-SHELL\", LINE] or [\"NONE\"]")
+    for name in ("interval", "timeout", "start_period", "start_interval"):
+        value = getattr(hc, name)
+        if value != 0 and not value >= MIN_HEALTH_DURATION:
+            problems.append(f"{where}.{name}: {name.replace('_', ' ')} in Healthcheck "
+                            f"cannot be less than 1ms, got {value}s")
+    if hc.retries < 0:
+        problems.append(f"{where}.retries: --health-retries cannot be negative")
+    return problems
+
+
+_CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*\Z")
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """``0-2,4`` -> {0, 1, 2, 4} (the kernel's list format); ValueError when it is not
+    one."""
+    if not _CPU_LIST.match(text):
+        raise ValueError(text)
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        if high and int(high) < int(low):
+            raise ValueError(text)
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def check_cpuset(text: str, where: str = "host.cpuset_cpus") -> list[str]:
+    """Docker's: the list format, and only CPUs this machine lets the daemon use."""
+    try:
+        wanted = parse_cpu_list(text)
+    except ValueError:
+        return [f"{where}: invalid value {text!r} for cpuset cpus (e.g. 0-1,3)"]
+    available = os.sched_getaffinity(0)
+    if not wanted <= available:
+        have = ",".join(str(c) for c in sorted(available))
+        return [f"{where}: Requested CPUs are not available - requested {text}, "
+                f"available: {have}"]
+    return []
+
+
+def check_sysctl(entry: str, h: HostConfig, where: str) -> list[str]:
+    """One ``key=value``: namespaced (Docker's list) and not in a namespace the
+    container shares with the host."""
+    key, sep, value = entry.partition("=")
+    if not sep or not _SYSCTL_KEY.match(key) or "\n" in value or "\x00" in value:
+        return [f"{where}: {entry!r} is not KEY=VALUE (e.g. net.ipv4.ip_forward=1)"]
+    if key.startswith("net."):
+        if h.network_mode == "host" or h.network_mode.startswith("container:"):
+            return [f"{where}: sysctl {key!r} is not allowed: the container shares the "
+                    f"{h.network_mode} network namespace"]
+        return []
+    if key in SYSCTL_IPC or key.startswith("fs.mqueue."):
+        if h.ipc_mode == "host" or h.ipc_mode.startswith("container:"):
+            return [f"{where}: sysctl {key!r} is not allowed: the container shares the "
+                    f"{h.ipc_mode} IPC namespace"]
+        return []
+    return [f"{where}: sysctl {key!r} is not allowed: it is not namespaced and would change "
+            f"the whole host (allowed: net.*, fs.mqueue.*, {', '.join(SYSCTL_IPC)})"]
 
 
 def _check_volume_mounts(h: HostConfig) -> list[str]:
@@ -315,6 +392,33 @@ def check_host(h: HostConfig) -> list[str]:
         problems.append(f"host.storage_size: {h.storage_size} bytes is below the minimum of "
                         f"{MIN_STORAGE_SIZE >> 20}m (or 0: no cap)")
     problems += check_log_config(h.log_driver, h.log_opts)
+    if h.restart_policy not in RESTART_POLICIES:
+        problems.append(f"host.restart_policy: invalid restart policy: unknown policy "
+                        f"{h.restart_policy!r}; use one of 'no', 'always', 'on-failure', "
+                        f"or 'unless-stopped'")
+    elif h.restart_retries < 0:
+        problems.append("host.restart_retries: invalid restart policy: maximum retry count "
+                        "cannot be negative")
+    elif h.restart_retries and h.restart_policy != "on-failure":
+        problems.append(f"host.restart_retries: invalid restart policy: maximum retry count "
+                        f"can only be used with 'on-failure' (not {h.restart_policy!r})")
+    elif h.restart_policy != "no" and h.auto_remove:
+        problems.append("host.auto_remove: can't create 'AutoRemove' container with restart "
+                        "policy")
+    if h.memory_reservation is not None and h.memory_reservation != UNLIMITED:
+        if h.memory_reservation < spec.MIN_MEMORY:
+            problems.append(f"host.memory_reservation: minimum memory reservation allowed "
+                            f"is 6MB, got {h.memory_reservation}")
+        elif h.memory not in (None, UNLIMITED) and h.memory < h.memory_reservation:
+            problems.append("host.memory_reservation: Minimum memory limit can not be less "
+                            "than memory reservation limit, see usage")
+    if h.cpuset_cpus:
+        problems += check_cpuset(h.cpuset_cpus)
+    for i, entry in enumerate(h.sysctls):
+        problems += check_sysctl(entry, h, f"host.sysctls[{i}]")
+    for i, group in enumerate(h.group_add):
+        if not _USER.match(group) or ":" in group:
+            problems.append(f"host.group_add[{i}]: {group!r} is not a gid or group name")
     if h.timeout is not None and not h.timeout > 0:
         problems.append(f"host.timeout: must be a positive number of seconds, "
                         f"got {h.timeout}")

@@ -1,8 +1,10 @@
 """``sbx``: Docker's command line for sandboxd, one module per command group.
 
 Commands, flags, output formats and exit codes follow ``docker``'s: ``sbx run``'s status is
-the container's; a daemon error prints ``sbx: Error response from daemon: ...`` and exits
-125 (126/127 when the command cannot be executed / found); a bad flag exits 125.
+the container's; a daemon error prints ``Error response from daemon: ...`` (``sbx: Error
+response from daemon: ...`` for run and create, as Docker prefixes its name there only)
+and exits 125 (126/127 when the command cannot be executed / found); an error the client
+finds itself prints ``sbx: ...`` and never claims the daemon's label; a bad flag exits 125.
 ``docs/cli.md`` lists every command.
 
 - :mod:`.main`: the ``sbx`` console script; runs plain ``run``/``create`` lines itself

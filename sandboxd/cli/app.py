@@ -63,7 +63,8 @@ def each(names: tuple[str, ...], action: Callable[[Any, str], Any]) -> int:
             try:
                 output = action(client, name)
             except SandboxError as e:
-                click.echo(f"Error response from daemon: {e.message}", err=True)
+                label = "Error response from daemon: " if e.from_daemon else "sbx: "
+                click.echo(f"{label}{e.message}", err=True)
                 status = 1
             else:
                 if output is not None:

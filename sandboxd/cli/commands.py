@@ -13,7 +13,7 @@ import click
 
 from . import containers, images, networks, system
 from .app import sbx
-from .common import EXIT_DAEMON, REPORTED, report
+from .common import EXIT_DAEMON, REPORTED, command_of, report
 
 for _group in (containers.container, system.system, images.image, networks.network):
     sbx.add_command(_group)
@@ -57,6 +57,6 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         sys.exit(130)
     except REPORTED as e:
-        sys.exit(report(e))
+        sys.exit(report(e, command_of(sys.argv[1:] if argv is None else argv)))
     sys.exit(status if isinstance(status, int) else 0)
 

@@ -15,7 +15,7 @@ from ..errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, Sa
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:                    # annotations only: typing costs ~2 ms of every start
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import Any, BinaryIO, TextIO
 
     from ..client import Connection, Stream
@@ -65,11 +65,13 @@ def write(stream: BinaryIO, data: bytes) -> None:
 
 
 def pump(attachment: Stream, *, host: str | None, tty: bool, stdin: bool, sig_proxy: bool,
-         container_id: str = "", image: str = "") -> Any:
+         container_id: str = "", image: str = "",
+         on_id: Callable[[str], None] | None = None) -> Any:
     """Stream a container's output to ours until it ends; with ``stdin`` forward our
     input; with ``tty`` put our terminal in raw mode (restored on the way out) and pass
     on window-size changes. The pull of a missing ``image`` (``run``) shows its
-    progress on stderr. Returns the op's final result."""
+    progress on stderr; ``on_id`` gets the container's id once known (``--cidfile``).
+    Returns the op's final result."""
     import signal
     import threading
 
@@ -139,6 +141,8 @@ def pump(attachment: Stream, *, host: str | None, tty: bool, stdin: bool, sig_pr
                 write(err, data)
             elif event in ("created", "started") and isinstance(data, dict):
                 state["id"] = data.get("id", state["id"])
+                if on_id is not None and state["id"]:
+                    on_id(state["id"])
             elif event == "progress" and isinstance(data, dict):
                 display.show(data)
         return attachment.result()
@@ -213,22 +217,43 @@ def follow(attachment: Stream, display: Progress | None) -> Any:
 
 # ---------------------------------------------------------------- exit statuses
 
-def report(exc: BaseException) -> int:
-    """An error that ends ``sbx``, printed with Docker's wording; the exit status."""
+def command_of(argv: Sequence[str]) -> str:
+    """The command word of an ``sbx`` line (``container run`` -> ``run``), past the
+    global options."""
+    words = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("-H", "--host"):
+            skip = True
+        elif not arg.startswith("-"):
+            words.append(arg)
+            if len(words) == 2 or arg != "container":
+                break
+    return words[-1] if words else ""
+
+
+def report(exc: BaseException, command: str = "") -> int:
+    """An error that ends ``sbx`` (of ``command``), printed with Docker's wording; the
+    exit status. Docker prefixes its name only to run's and create's errors (``docker:
+    Error response from daemon: …``), and says "Error response from daemon" only of
+    what the daemon answered."""
+    prefix = "sbx: " if command in ("run", "create") or not command else ""
     if isinstance(exc, CliError):
         hint = f"\nSee '{exc.command_path} --help'." if exc.status == EXIT_DAEMON else ""
         print(f"sbx: {exc}{hint}", file=sys.stderr)
         return exc.status
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, Unavailable) and not exc.from_daemon:
         # No daemon answered: nothing "responded", so say what failed and how to fix it.
         print(f"sbx: {exc.message}", file=sys.stderr)
         return EXIT_DAEMON
-    if isinstance(exc, (CommandNotFound, CommandNotExecutable)):
-        print(f"sbx: Error response from daemon: {exc.message}", file=sys.stderr)
-        return exc.exit_code
     if isinstance(exc, SandboxError):
-        print(f"sbx: Error response from daemon: {exc.message}", file=sys.stderr)
-        return EXIT_DAEMON
+        label = "Error response from daemon: " if exc.from_daemon else ""
+        print(f"{prefix if exc.from_daemon else 'sbx: '}{label}{exc.message}",
+              file=sys.stderr)
+        return exc.exit_code if isinstance(exc, (CommandNotFound, CommandNotExecutable)) \
+            else EXIT_DAEMON
     if isinstance(exc, BrokenPipeError):
         # Our reader went away (``sbx logs x | head``): stop quietly like other tools.
         sys.stderr.close()

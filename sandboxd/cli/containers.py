@@ -475,15 +475,17 @@ def exec_(detach: bool, interactive: bool, tty: bool, env: tuple[str, ...],
 @option("--no-stdin", is_flag=True, help="Do not attach STDIN")
 @option("--sig-proxy/--no-sig-proxy", default=True,
               help="Proxy all received signals to the process")
+@option("--detach-keys", metavar="KEYS",
+        help="Override the key sequence for detaching a container [default: ctrl-p,ctrl-q]")
 @argument("container", shell_complete=complete_containers)
-def attach(no_stdin: bool, sig_proxy: bool, container: str) -> int:
+def attach(no_stdin: bool, sig_proxy: bool, detach_keys: str | None, container: str) -> int:
     """Attach local standard input, output, and error streams to a running container."""
     with open_client() as client:
         handle = client.containers.get(container)
         cfg = handle.record.config
         stdin = cfg.open_stdin and not no_stdin
         check_tty(cfg.tty, stdin)
-        attachment = handle.attach(stdin=stdin)
+        attachment = handle.attach(stdin=stdin, detach_keys=detach_keys)
         result = pump(attachment, host=daemon_host(), tty=cfg.tty, stdin=stdin, sig_proxy=sig_proxy,
                        container_id=handle.id)
     return int(result.get("exit_code") or 0)

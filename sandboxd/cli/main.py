@@ -60,7 +60,7 @@ def fast_main(argv: Sequence[str]) -> int | None:
     except REPORTED as exc:
         if isinstance(exc, CliError):
             exc.command_path = f"sbx {command}"
-        return report(exc)
+        return report(exc, command)
 
 
 def main() -> None:

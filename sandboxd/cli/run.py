@@ -132,6 +132,38 @@ FLAGS: tuple[Flag, ...] = (
          help="Log driver options: max-size=SIZE, max-file=N [default: 20m, 5]"),
     Flag("--rm", kind="flag", dest="auto_remove",
          help="Automatically remove the container when it exits"),
+    Flag("--restart", default="no", metavar="POLICY",
+         help="Restart policy to apply when a container exits: no, on-failure[:N], always, "
+              "unless-stopped"),
+    Flag("--health-cmd", metavar="CMD", help="Command to run to check health"),
+    Flag("--health-interval", metavar="DURATION",
+         help="Time between running the check (ms|s|m|h) [default: 30s]"),
+    Flag("--health-timeout", metavar="DURATION",
+         help="Maximum time to allow one check to run (ms|s|m|h) [default: 30s]"),
+    Flag("--health-retries", kind="int", metavar="INT",
+         help="Consecutive failures needed to report unhealthy [default: 3]"),
+    Flag("--health-start-period", metavar="DURATION",
+         help="Start period for the container to initialize before starting health-retries "
+              "countdown (ms|s|m|h) [default: 0s]"),
+    Flag("--health-start-interval", metavar="DURATION",
+         help="Time between running the check during the start period (ms|s|m|h) "
+              "[default: 5s]"),
+    Flag("--no-healthcheck", kind="flag", help="Disable any container-specified HEALTHCHECK"),
+    Flag("--sysctl", kind="multi", metavar="KEY=VALUE",
+         help="Sysctl options (namespaced ones: net.*, fs.mqueue.*, kernel.shm*/msg*/sem)"),
+    Flag("--group-add", kind="multi", metavar="GROUP", help="Add additional groups to join"),
+    Flag("--memory-reservation", metavar="BYTES", help="Memory soft limit"),
+    Flag("--oom-kill-disable", kind="flag", help="Disable OOM Killer (cgroup v1 only)"),
+    Flag("--cpuset-cpus", default="", metavar="CPUS",
+         help="CPUs in which to allow execution (0-3, 0,1)"),
+    Flag("--device", kind="multi", metavar="DEVICE",
+         help="Add a host device (only the default ones: null, zero, full, random, "
+              "urandom, tty, ptmx, console)"),
+    Flag("--cidfile", metavar="FILE", help="Write the container ID to the file"),
+    Flag("--label-file", kind="multi", metavar="FILE",
+         help="Read in a line delimited file of labels"),
+    Flag("--pull", default="missing", metavar="POLICY",
+         help='Pull image before running ("always", "missing", "never")'),
     Flag("--platform", metavar="OS/ARCH[/VARIANT]",
          help="Set platform if server is multi-platform capable (the image pulled when "
               "it is missing or for another platform) [default: this machine's]"),
@@ -141,6 +173,9 @@ RUN_ONLY: tuple[Flag, ...] = (
     Flag("-d", "--detach", kind="flag", help="Run container in background and print container ID"),
     Flag("--sig-proxy/--no-sig-proxy", kind="pair", default=True,
          help="Proxy received signals to the process"),
+    Flag("--detach-keys", metavar="KEYS",
+         help="Override the key sequence for detaching a container [default: "
+              "ctrl-p,ctrl-q]"),
 )
 
 _CONVERT: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
@@ -234,8 +269,9 @@ def daemon_options(opts: dict[str, Any], image: str, command: Sequence[str]
         "image": image, "cmd": list(command) or None, "entrypoint": opts["entrypoint"],
         "env": local(resolve_env, opts["env_file"], opts["env"]),
         "workdir": opts["workdir"], "user": opts["user"], "hostname": opts["hostname"],
-        "tty": opts["tty"], "open_stdin": opts["interactive"], "labels": opts["label"],
+        "tty": opts["tty"], "open_stdin": opts["interactive"],
         "expose": opts["expose"], "stop_signal": opts["stop_signal"],
+        "labels": local(read_label_files, opts["label_file"]) + list(opts["label"]),
         "stop_timeout": opts["stop_timeout"], "memory": opts["memory"],
         "memory_swap": opts["memory_swap"], "cpus": opts["cpus"],
         "cpu_quota": opts["cpu_quota"], "cpu_period": opts["cpu_period"],
@@ -253,7 +289,76 @@ def daemon_options(opts: dict[str, Any], image: str, command: Sequence[str]
         "security_opt": security_opt,
         "privileged": opts["privileged"],
         "timeout": opts["timeout"], "storage_opt": opts["storage_opt"],
-        "log_driver": opts["log_driver"], "log_opts": opts["log_opt"]}
+        "log_driver": opts["log_driver"], "log_opts": opts["log_opt"],
+        "restart": opts["restart"], "sysctls": opts["sysctl"], "group_add": opts["group_add"],
+        "memory_reservation": opts["memory_reservation"],
+        "oom_kill_disable": opts["oom_kill_disable"], "cpuset_cpus": opts["cpuset_cpus"],
+        "devices": opts["device"], "health_cmd": opts["health_cmd"],
+        "health_interval": opts["health_interval"], "health_timeout": opts["health_timeout"],
+        "health_retries": opts["health_retries"],
+        "health_start_period": opts["health_start_period"],
+        "health_start_interval": opts["health_start_interval"],
+        "no_healthcheck": opts["no_healthcheck"]}
+
+
+def read_label_files(paths: Sequence[str]) -> list[str]:
+    """``--label-file``: one ``key[=value]`` a line; blank lines and ``#`` comments
+    skipped (Docker's format). Given ``--label``s come after: they win."""
+    labels: list[str] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise InvalidArgument(f"label-file: {path}: {e.strerror}") from None
+        labels += [line.strip() for line in lines
+                   if line.strip() and not line.lstrip().startswith("#")]
+    return labels
+
+
+class CidFile:
+    """``--cidfile``: refused when the file exists (Docker's check that no other
+    container uses it), written once the id is known, removed when the create fails."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.written = False
+        if path:
+            import os
+            if os.path.exists(path):
+                raise CliError(f"Container ID file found, make sure the other container "
+                               f"isn't running or delete {path}", 125)
+
+    def write(self, container_id: str) -> None:
+        if self.path and not self.written:
+            try:
+                with open(self.path, "x") as f:
+                    f.write(container_id)
+            except OSError as e:
+                raise CliError(f"failed to write the container ID to the file: "
+                               f"{self.path}: {e.strerror}", 125) from None
+            self.written = True
+
+
+def pull_policy(conn: Connection, image: str, policy: str, platform: str | None) -> None:
+    """``--pull``: ``missing`` is what create/run do anyway; ``always`` pulls first;
+    ``never`` refuses an image that is not here."""
+    if policy == "missing":
+        return
+    if policy == "never":
+        from ..errors import NotFound
+        try:
+            conn.call("image.inspect", {"name": image})
+        except NotFound:
+            raise CliError(f"No such image: {image}", 125) from None
+        return
+    if policy != "always":
+        raise CliError(f'invalid pull option: {policy!r}: must be one of "always", '
+                       f'"missing" or "never"', 125)
+    params: dict[str, Any] = {"name": image}
+    if platform:
+        params["platform"] = platform
+    follow(conn.stream("image.pull", params), Progress(sys.stderr))
 
 
 def container_config(conn: Connection, options: dict[str, Any]) -> dict[str, Any]:
@@ -272,7 +377,8 @@ class RefusedOptions:
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
         if isinstance(exc, InvalidArgument):
-            raise CliError(f"Error response from daemon: {exc.message}", EXIT_DAEMON) from None
+            label = "Error response from daemon: " if exc.from_daemon else ""
+            raise CliError(f"{label}{exc.message}", EXIT_DAEMON) from None
         return False
 
 
@@ -284,23 +390,27 @@ def run(host: str | None, image: str, command: Sequence[str], opts: dict[str, An
     if not detach:
         check_tty(bool(opts["tty"]), bool(opts["interactive"]))
     options = daemon_options(opts, image, command)
+    cidfile = CidFile(opts["cidfile"])
     with connection(host) as conn, RefusedOptions():
+        config = container_config(conn, options)
+        pull_policy(conn, image, opts["pull"], opts["platform"])
         params: dict[str, Any] = {
-            "config": container_config(conn, options),
+            "config": config,
             "stdin": bool(opts["interactive"]) and not detach,
             "remove": opts["auto_remove"], "detach": detach}
-        for key in ("name", "platform"):
+        for key in ("name", "platform", "detach_keys"):
             if opts[key] is not None:
                 params[key] = opts[key]
         attachment = conn.stream("container.run", params)
         if detach:
             result = follow(attachment, Progress(
                 sys.stderr, first=f"Unable to find image '{image}' locally"))
+            cidfile.write(result["id"])
             print(result["id"])
             return 0
         result = pump(attachment, host=host, tty=bool(opts["tty"]),
                       stdin=bool(opts["interactive"]), sig_proxy=bool(opts["sig_proxy"]),
-                      image=image)
+                      image=image, on_id=cidfile.write if opts["cidfile"] else None)
     if result.get("timed_out"):
         print(f"sbx: container {result.get('id', '')[:12]} timed out after "
               f"{opts['timeout']:g} seconds and was killed", file=sys.stderr)
@@ -311,10 +421,14 @@ def create(host: str | None, image: str, command: Sequence[str], opts: dict[str,
            ) -> int:
     """``sbx create``: print the new container's id."""
     options = daemon_options(opts, image, command)
+    cidfile = CidFile(opts["cidfile"])
     with connection(host) as conn, RefusedOptions():
         params: dict[str, Any] = {"config": container_config(conn, options)}
+        pull_policy(conn, image, opts["pull"], opts["platform"])
         for key in ("name", "platform"):
             if opts[key] is not None:
                 params[key] = opts[key]
-        print(conn.call("container.create", params)["id"])
+        container_id = conn.call("container.create", params)["id"]
+        cidfile.write(container_id)
+        print(container_id)
     return 0

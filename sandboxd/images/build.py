@@ -319,6 +319,10 @@ class Builder:
             sig = df.expand(ins.text, env, escape)
             text = f"STOPSIGNAL {sig}"
             change = _setting(StopSignal=sig)
+        elif k == "HEALTHCHECK":
+            doc = df.healthcheck(ins)
+            text = f"HEALTHCHECK {json.dumps(doc, sort_keys=True)}"
+            change = _setting(Healthcheck=doc)
         elif k == "VOLUME":
             paths = df.exec_form(ins.text) or df.words(ins.text, env, escape)
             text = "VOLUME " + json.dumps(paths)
@@ -374,7 +378,7 @@ class Builder:
             user=state.runtime.get("User") or "", network_mode=opts.network,
             memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit,
             extra_hosts=opts.add_hosts, ulimits=opts.ulimits, shm_size=opts.shm_size,
-            environ={})
+            no_healthcheck=True, environ={})     # a step is no service to probe (Docker's)
         service = self.containers
         # Tied to this build as a client's containers are to its session: a daemon that
         # dies mid-build forgets it at its next start instead of listing a stray record.

@@ -5,9 +5,10 @@ What is understood: ``FROM [--platform=P] IMAGE [AS NAME]`` (``scratch``, severa
 stages), ``RUN``/``CMD``/``ENTRYPOINT`` in shell and exec (JSON) form, ``COPY``/``ADD``
 (``--from``, ``--chown``, ``--chmod``; JSON or word form), ``ENV``, ``ARG``, ``LABEL``,
 ``WORKDIR``, ``USER``, ``EXPOSE``, ``SHELL``, ``STOPSIGNAL``, ``VOLUME``,
-``MAINTAINER``; line continuations, comments, the ``escape`` parser directive.
-Refused with a reason: heredocs, ``RUN --mount``/``--security``, ``ONBUILD``,
-``HEALTHCHECK`` and any other keyword. A ``# syntax=`` directive names a BuildKit
+``HEALTHCHECK [--interval= --timeout= --start-period= --start-interval= --retries=]
+CMD …|NONE``, ``MAINTAINER``; line continuations, comments, the ``escape`` parser
+directive. Refused with a reason: heredocs, ``RUN --mount``/``--security``, ``ONBUILD``
+and any other keyword. A ``# syntax=`` directive names a BuildKit
 frontend image; it is ignored (this builder is its own frontend) with a warning.
 
 Expansion follows Docker's shell lexer: ``$NAME``, ``${NAME}``, ``${NAME:-word}``,
@@ -28,14 +29,14 @@ EXPANDED = frozenset(("ADD", "COPY", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGN
                       "VOLUME", "WORKDIR", "ARG"))
 KNOWN = frozenset(("FROM", "RUN", "CMD", "ENTRYPOINT", "COPY", "ADD", "ENV", "ARG", "LABEL",
                    "WORKDIR", "USER", "EXPOSE", "SHELL", "STOPSIGNAL", "VOLUME",
-                   "MAINTAINER"))
+                   "MAINTAINER", "HEALTHCHECK"))
 REFUSED = {
     "ONBUILD": "ONBUILD triggers are not supported by this builder",
-    "HEALTHCHECK": "HEALTHCHECK is not supported (sandboxd runs no health checks)",
 }
 # Flags each instruction accepts (``--name=value``).
 FLAGS = {"FROM": {"platform"}, "COPY": {"from", "chown", "chmod", "link"},
-         "ADD": {"chown", "chmod", "link"}, "RUN": set()}
+         "ADD": {"chown", "chmod", "link"}, "RUN": set(),
+         "HEALTHCHECK": {"interval", "timeout", "start-period", "start-interval", "retries"}}
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9_-]*)\s*=\s*(.+?)\s*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEREDOC = re.compile(r"<<-?\s*[\"']?[A-Za-z_]")
@@ -405,3 +406,38 @@ def copy_sources(ins: Instruction, env: Mapping[str, str], escape: str = "\\"
         raise InvalidArgument(f"line {ins.line}: {ins.keyword} needs a source and a "
                               f"destination, got {ins.text!r}")
     return items[:-1], items[-1]
+
+
+def healthcheck(ins: Instruction) -> dict:
+    """``HEALTHCHECK [flags] CMD …`` or ``HEALTHCHECK NONE`` -> the image config's
+    ``Healthcheck`` (Docker's: ``CMD`` exec form, else ``CMD-SHELL`` with the line;
+    durations in nanoseconds)."""
+    from ..flags import parse_duration
+    word, _, rest = ins.text.strip().partition(" ")
+    rest = rest.strip()
+    if word.upper() == "NONE" and not rest:
+        if ins.flags:
+            raise InvalidArgument(f"line {ins.line}: HEALTHCHECK NONE takes no options")
+        return {"Test": ["NONE"]}
+    if word.upper() != "CMD" or not rest:
+        raise InvalidArgument(f"line {ins.line}: HEALTHCHECK takes CMD COMMAND or NONE")
+    argv = exec_form(rest)
+    doc: dict = {"Test": ["CMD", *argv] if argv is not None else ["CMD-SHELL", rest]}
+    for flag, key in (("interval", "Interval"), ("timeout", "Timeout"),
+                      ("start-period", "StartPeriod"), ("start-interval", "StartInterval")):
+        value = ins.flag(flag)
+        if value is not None:
+            seconds = parse_duration(value, f"line {ins.line}: HEALTHCHECK --{flag}")
+            if seconds and seconds < 0.001:
+                raise InvalidArgument(f"line {ins.line}: HEALTHCHECK --{flag}: must be at "
+                                      f"least 1ms or 0, got {value!r}")
+            if seconds:
+                doc[key] = round(seconds * 1e9)
+    retries = ins.flag("retries")
+    if retries is not None:
+        if not retries.isdigit():
+            raise InvalidArgument(f"line {ins.line}: HEALTHCHECK --retries: {retries!r} is "
+                                  f"not a whole number >= 0")
+        if int(retries):
+            doc["Retries"] = int(retries)
+    return doc

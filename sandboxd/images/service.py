@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, S
 from ..errors import Conflict, InvalidArgument, NotFound, Unavailable
 from ..reference import DEFAULT_DOMAIN, Reference, normalize_ref, split_ref
 from ..reference import parse as parse_ref
-from ..runner.spec import DEFAULT_PATH, Mount, RootFS
+from ..health import from_image
+from ..runner.spec import DEFAULT_PATH, Mount, RootFS, to_dict
 from . import archive, changes, oci
 from .host import HOST_NAME, HOST_REF, HostLayout, host_image_config, host_layout, host_rootfs
 from .registry import DEFAULT_CHUNK, Credentials, Registries, RegistryClient
@@ -210,6 +211,7 @@ class ImageService:
             "user": run.get("User") or "",
             "exposed_ports": sorted(run.get("ExposedPorts") or {}),
             "labels": [f"{k}={v}" for k, v in sorted((run.get("Labels") or {}).items())],
+            "healthcheck": to_dict(from_image(run.get("Healthcheck"))),
         }
 
     def history(self, ref: str) -> list[dict[str, Any]]:

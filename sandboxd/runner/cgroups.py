@@ -4,11 +4,17 @@ Layout. Every container gets ``<parent>/<name>`` (``sandboxd/<id>``):
 
 * v1 (also "hybrid" hosts, whose near-empty cgroup2 at ``/sys/fs/cgroup/unified`` is
   ignored): one directory in each of the hierarchies holding ``memory cpu cpuacct pids
-  freezer devices``, found once in ``/proc/self/mountinfo``. Co-mounted controllers
-  (``cpu,cpuacct``) share one directory. cpuset is not used: a cpuset cgroup needs
-  ``cpuset.cpus``/``cpuset.mems`` copied in before a task may join, for no limit we set.
+  freezer devices``, found once in ``/proc/self/mountinfo``. The soft limit
+  (``--memory-reservation``) is ``memory.soft_limit_in_bytes`` (v2: ``memory.low``);
+  ``--oom-kill-disable`` is v1's ``memory.oom_control`` (v2 has none: refused).
+  Co-mounted controllers (``cpu,cpuacct``) share one directory. The cpuset hierarchy only
+  for a container that sets ``cpuset_cpus`` (``--cpuset-cpus``): a cpuset cgroup needs
+  ``cpuset.cpus``/``cpuset.mems`` filled in before a task may join (the parent's are
+  copied down, and its ``cgroup.clone_children`` copies them into each new child), a cost
+  every other start is spared.
 * v2: ``<mount_root>/<parent>`` with ``memory cpu pids`` enabled in the root's and the
-  parent's ``cgroup.subtree_control``; one leaf per container. Processes live only in the
+  parent's ``cgroup.subtree_control`` (``cpuset`` too once a container asks for one); one
+  leaf per container. Processes live only in the
   leaves (the v2 "no internal processes" rule), so the parent never holds a process.
 
 Limits follow crun's ``cgroup-resources.c``: one writer per resource, the file name chosen
@@ -60,6 +66,7 @@ MOUNT_ROOT = "/sys/fs/cgroup"
 MOUNTINFO = "/proc/self/mountinfo"
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "devices")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
+CPUSET = "cpuset"               # optional: v1 per container that asks, v2 when available
 DEVICE_ALLOWLIST = (
     "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
     "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm",
@@ -395,6 +402,7 @@ class Cgroup(abc.ABC):
         self._set_cpu(limits, fresh)
         self._set_shares(limits, fresh)
         self._set_pids(limits, fresh)
+        self._set_cpuset(limits, fresh)
 
     def _kill_fast(self) -> bool:
         """Kill everything with SIGKILL in one kernel call, when the kernel has one."""
@@ -431,6 +439,16 @@ class Cgroup(abc.ABC):
     @abc.abstractmethod
     def _set_pids(self, limits: Limits, fresh: bool) -> None: ...
 
+    def _set_cpuset(self, limits: Limits, fresh: bool) -> None:
+        """``cpuset.cpus``. A cgroup made without the cpuset controller refuses one; the
+        set is never widened again (no ``update`` changes it)."""
+        if not limits.cpuset_cpus:
+            return
+        if CPUSET not in self._dirs:
+            raise SetupFailed(f"cpuset_cpus {limits.cpuset_cpus}: this host offers no "
+                              f"cpuset cgroup controller to sandboxd", {"step": "cgroup"})
+        _write(self._file(CPUSET, "cpuset.cpus"), limits.cpuset_cpus)
+
 
 class CgroupV1(Cgroup):
     """The v1 driver: one directory per hierarchy."""
@@ -465,8 +483,11 @@ class CgroupV1(Cgroup):
     def _set_memory(self, limits: Limits, fresh: bool) -> None:
         memory = _unlimited(limits.memory)
         memsw = memsw_v1(limits.memory, limits.memory_swap)
-        if fresh and memory == UNLIMITED and memsw == UNLIMITED:
-            return
+        if not (fresh and memory == UNLIMITED and memsw == UNLIMITED):
+            self._set_hard_memory(memory, memsw, limits, fresh)
+        self._set_soft_memory(limits, fresh)
+
+    def _set_hard_memory(self, memory: int, memsw: int, limits: Limits, fresh: bool) -> None:
         limit_file = self._file("memory", "memory.limit_in_bytes")
         # The kernel keeps memsw >= limit at every step: set memsw first when it ends at
         # or above the current limit, else the limit first. A fresh limit is unlimited.
@@ -478,6 +499,15 @@ class CgroupV1(Cgroup):
         else:
             _write(limit_file, str(memory))
             self._set_memsw(memsw, limits)
+
+    def _set_soft_memory(self, limits: Limits, fresh: bool) -> None:
+        """--memory-reservation and --oom-kill-disable."""
+        soft = self._file("memory", "memory.soft_limit_in_bytes")
+        if limits.memory_reservation is not None or (not fresh and os.path.exists(soft)):
+            _write(soft, str(_unlimited(limits.memory_reservation)))
+        oom = self._file("memory", "memory.oom_control")
+        if limits.oom_kill_disable or (not fresh and os.path.exists(oom)):
+            _write(oom, "1" if limits.oom_kill_disable else "0")
 
     def _set_memsw(self, memsw: int, limits: Limits) -> None:
         path = self._file("memory", "memory.memsw.limit_in_bytes")
@@ -541,8 +571,8 @@ class CgroupV2(Cgroup):
 
     version = "v2"
 
-    def __init__(self, name: str, path: str):
-        super().__init__(name, {c: path for c in V2_CONTROLLERS})
+    def __init__(self, name: str, path: str, controllers: tuple[str, ...] = V2_CONTROLLERS):
+        super().__init__(name, {c: path for c in controllers})
         self.path = path
         self._has_kill = True
 
@@ -550,6 +580,16 @@ class CgroupV2(Cgroup):
         memory = _unlimited(limits.memory)
         if not (fresh and memory == UNLIMITED):
             _write(self.path + "/memory.max", to_max(memory))
+        if limits.oom_kill_disable:
+            raise SetupFailed("oom_kill_disable: cgroup v2 has no way to disable the OOM "
+                              "killer (Docker ignores it there with a warning); leave it "
+                              "unset", {"step": "cgroup", "path": self.path})
+        low = self.path + "/memory.low"
+        if limits.memory_reservation is not None or (not fresh and os.path.exists(low)):
+            # memory.low: protected below this, reclaimed first above it (Docker's v2
+            # translation of the soft limit)
+            _write(low, str(0 if limits.memory_reservation in (None, UNLIMITED)
+                            else limits.memory_reservation))
         swap = swap_max_v2(limits.memory, limits.memory_swap)
         if fresh and swap == UNLIMITED:
             return
@@ -641,6 +681,9 @@ class CgroupManager:
             with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
                 text = f.read()
             self.hierarchies = v1_hierarchies(text, self.mount_root)
+            self.cpuset_root = next((point for point, options in
+                                     _v1_mounts(text, self.mount_root)
+                                     if CPUSET in options), "")
             self.cgroupfs = container_view("v1", text, self.mount_root)
             missing = [c for c in V1_CONTROLLERS if c not in self.hierarchies]
             if missing:
@@ -650,10 +693,12 @@ class CgroupManager:
                                   {"step": "cgroup", "missing": missing})
         elif self.version == "v2":
             self.hierarchies = {c: self.mount_root for c in V2_CONTROLLERS}
+            self.cpuset_root = self.mount_root  # v2: enabled at the first that asks
             self.cgroupfs = container_view("v2")
         else:
             raise InvalidArgument(f"cgroup version: {version!r} is not v1 or v2")
         self._parent_ready = False
+        self._cpuset_ready = False
 
     def __repr__(self) -> str:
         return f"<CgroupManager {self.version} {self.mount_root} parent={self.parent}>"
@@ -667,12 +712,51 @@ class CgroupManager:
         return tuple(dict.fromkeys(self._dirs(name).values()))
 
     def _parent_paths(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(f"{p}/{self.parent}" for p in self.hierarchies.values()))
+        points = list(self.hierarchies.values())
+        if self.version == "v1" and self.cpuset_root:
+            points.append(self.cpuset_root)
+        return tuple(dict.fromkeys(f"{p}/{self.parent}" for p in points))
 
-    def _cgroup(self, name: str) -> Cgroup:
+    def _cgroup(self, name: str, cpuset: bool = False) -> Cgroup:
+        """``cpuset``: v1's cgroup spans the cpuset hierarchy too."""
         if self.version == "v1":
-            return CgroupV1(name, self._dirs(name))
-        return CgroupV2(name, f"{self.mount_root}/{self.parent}/{name}")
+            dirs = self._dirs(name)
+            if cpuset:
+                dirs[CPUSET] = f"{self.cpuset_root}/{self.parent}/{name}"
+            return CgroupV1(name, dirs)
+        return CgroupV2(name, f"{self.mount_root}/{self.parent}/{name}",
+                        V2_CONTROLLERS + (CPUSET,))
+
+    def _ensure_cpuset_v1(self) -> None:
+        """The parent in the cpuset hierarchy, each level's CPUs and memory nodes copied
+        from the level above (empty ones would refuse every task), and
+        ``cgroup.clone_children`` so that each container's starts with them too."""
+        if not self.cpuset_root:
+            raise SetupFailed(f"cpuset_cpus: no cgroup v1 cpuset hierarchy is mounted "
+                              f"under {self.mount_root}", {"step": "cgroup"})
+        level = self.cpuset_root
+        for part in self.parent.split("/"):
+            above, level = level, level + "/" + part
+            self._mkdir_exist_ok(level)
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if not _read(f"{level}/{name}").strip():
+                    _write(f"{level}/{name}", _read(f"{above}/{name}").strip())
+        _write(level + "/cgroup.clone_children", "1")
+        self._cpuset_ready = True
+
+    def _ensure_cpuset_v2(self) -> None:
+        """cpuset enabled from the root down to the parent (only once a container asks:
+        the others do without)."""
+        root = self.mount_root
+        if CPUSET not in _read(root + "/cgroup.controllers").split():
+            raise SetupFailed(f"cpuset_cpus: cgroup v2 at {root} offers no cpuset "
+                              f"controller (cgroup.controllers)", {"step": "cgroup"})
+        level = root
+        self._enable_controllers(level, (CPUSET,))
+        for part in self.parent.split("/"):
+            level += "/" + part
+            self._enable_controllers(level, (CPUSET,))
+        self._cpuset_ready = True
 
     def _mkdir(self, path: str) -> None:
         os.mkdir(path, 0o755)
@@ -730,10 +814,11 @@ class CgroupManager:
             self._mkdir_exist_ok(level)
             self._enable_controllers(level)
 
-    def _enable_controllers(self, path: str) -> None:
+    def _enable_controllers(self, path: str, controllers: tuple[str, ...] = V2_CONTROLLERS
+                            ) -> None:
         control = path + "/cgroup.subtree_control"
         enabled = _read(control).split()
-        wanted = [c for c in V2_CONTROLLERS if c not in enabled]
+        wanted = [c for c in controllers if c not in enabled]
         if not wanted:
             return
         try:
@@ -752,7 +837,13 @@ class CgroupManager:
         _check_component(name, "cgroup name")
         if not self._parent_ready:
             self.ensure_parent()
-        cgroup = self._cgroup(name)
+        cpuset = bool(limits.cpuset_cpus)
+        if cpuset and not self._cpuset_ready:
+            if self.version == "v1":
+                self._ensure_cpuset_v1()
+            else:
+                self._ensure_cpuset_v2()
+        cgroup = self._cgroup(name, cpuset)
         made: list[str] = []
         try:
             for path in cgroup.paths:
@@ -779,7 +870,8 @@ class CgroupManager:
         """An existing cgroup (also one left partly made by a crash, so that it can be
         removed); ``NotFound`` when it exists in no hierarchy."""
         _check_component(name, "cgroup name")
-        cgroup = self._cgroup(name)
+        cgroup = self._cgroup(name, self.version == "v1" and bool(self.cpuset_root) and
+                              os.path.isdir(f"{self.cpuset_root}/{self.parent}/{name}"))
         if not any(os.path.isdir(p) for p in cgroup.paths):
             raise NotFound(f"no cgroup {self.parent}/{name} under {self.mount_root}",
                            {"name": name})

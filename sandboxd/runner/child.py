@@ -139,7 +139,8 @@ def prepare_process(process: Process, hostname: str, errw: int,
     if not process.no_new_privileges:
         install_filter(program)
     try:
-        security.apply_profile(process.capabilities, process.user, process.no_new_privileges)
+        security.apply_profile(process.capabilities, process.user, process.no_new_privileges,
+                               process.groups)
     except OSError as e:
         raise SetupFailed(f"apply security profile (user {process.user or 'root'}): "
                           f"{e.strerror}", {"step": "security", "errno": e.errno or 0}) from None
@@ -179,3 +180,20 @@ def enter_namespaces(spec: ContainerSpec) -> None:
     if pid_clone_flags(spec) is None:
         _setns_path(spec.namespaces.pid, sc.CLONE_NEWPID)      # for our children
     sc.unshare(flags)
+
+
+def apply_sysctls(sysctls: tuple[str, ...]) -> None:
+    """``key=value`` through /proc/sys once the namespaces are entered: net.* and the
+    IPC keys resolve to the writer's own namespaces, whichever /proc it opens."""
+    for entry in sysctls:
+        key, _, value = entry.partition("=")
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SetupFailed(f"sysctl {key}={value}: {e.strerror}",
+                              {"step": "sysctl", "errno": e.errno or 0}) from None

@@ -203,6 +203,8 @@ def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
         except OSError as e:
             raise SetupFailed(f"create namespaces: {e.strerror}",
                               {"step": "namespaces", "errno": e.errno or 0}) from None
+        if spec.sysctls:
+            child.apply_sysctls(spec.sysctls)
         pid = 0 if child.pid_clone_flags(spec) is not None else os.fork()
     except SandboxError as e:
         child.fail(errw, e)

@@ -92,10 +92,34 @@ def _read_db(path: str) -> list[list[str]]:
         return []
 
 
-def apply_profile(capabilities: tuple[str, ...], user: str, no_new_privileges: bool) -> None:
-    """Drop to ``capabilities`` and ``user``; raises OSError/InvalidArgument on failure."""
+def add_groups(groups: list[int], names: tuple[str, ...] | list[str],
+               group: str = "/etc/group") -> list[int]:
+    """``--group-add``: gids or group names of the container's /etc/group, added to
+    ``groups`` (called after pivot_root)."""
+    entries = _read_db(group) if any(not n.isdigit() for n in names) else []
+    out = list(groups)
+    for name in names:
+        if name.isdigit():
+            gid = int(name)
+        else:
+            g = next((e for e in entries if e[0] == name and e[2].isdigit()), None)
+            if g is None:
+                raise InvalidArgument(f"group-add: no group {name!r} in the image's "
+                                      f"/etc/group")
+            gid = int(g[2])
+        if gid not in out:
+            out.append(gid)
+    return out
+
+
+def apply_profile(capabilities: tuple[str, ...], user: str, no_new_privileges: bool,
+                  extra_groups: tuple[str, ...] = ()) -> None:
+    """Drop to ``capabilities`` and ``user`` (with ``extra_groups`` besides its own);
+    raises OSError/InvalidArgument on failure."""
     keep = capability_mask(capabilities) & RUNNER_CAPS
     uid, gid, groups = resolve_user(user)
+    if extra_groups:
+        groups = add_groups(groups, extra_groups)
     for cap in range(LAST_CAP + 1):
         if not keep & (1 << cap):
             sc.prctl(sc.PR_CAPBSET_DROP, cap)

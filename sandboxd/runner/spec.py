@@ -65,6 +65,9 @@ class Limits:
     cpu_period: int = DEFAULT_CPU_PERIOD
     cpu_shares: int | None = None       # relative weight, 2..262144 (v2: mapped to cpu.weight)
     pids: int | None = None             # max tasks; None or -1: unlimited
+    memory_reservation: int | None = None   # bytes: soft limit (v1 soft_limit, v2 low)
+    oom_kill_disable: bool = False      # v1 memory.oom_control; no such knob on v2
+    cpuset_cpus: str = ""               # "0-1,3": the CPUs it may run on ("": all)
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class Process:
     ulimits: tuple[Ulimit, ...] = ()
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     no_new_privileges: bool = True
+    groups: tuple[str, ...] = ()        # --group-add: more gids or group names
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,9 @@ class ContainerSpec:
     # "default" (our Docker-equivalent profile, runner/seccomp_default.json),
     # "unconfined" (no filter) or a profile's JSON text in Docker's format.
     seccomp: str = "default"
+    # --sysctl "key=value" of the container's own namespaces (net.*, kernel.shm* ...),
+    # written once its namespaces exist, before anything of it runs.
+    sysctls: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- parsing user input

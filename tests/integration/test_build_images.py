@@ -213,7 +213,7 @@ def test_build_refusals(d: Daemon, tmp_path: Path) -> None:
     assert "file not found in build context" in fails("FROM busybox\nCOPY nope /x\n")
     assert "outside the build context" in fails("FROM busybox\nCOPY ../etc/passwd /x\n")
     assert "unknown instruction FRUM" in fails("FRUM busybox\n")
-    assert "HEALTHCHECK is not supported" in fails("FROM busybox\nHEALTHCHECK CMD true\n")
+    assert "HEALTHCHECK takes CMD COMMAND or NONE" in fails("FROM busybox\nHEALTHCHECK true\n")
     assert "heredocs" in fails("FROM busybox\nRUN <<EOF\necho\nEOF\n")
     # pulled from Docker Hub, which tests point at a port where nothing listens
     assert "cannot connect to registry docker.io" in fails("FROM sbx-no-such-image\n")

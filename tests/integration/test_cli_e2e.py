@@ -520,6 +520,48 @@ def test_interactive_tty(daemon: Daemon) -> None:
         os.close(master)
 
 
+def test_detach_keys_leave_the_container_running(daemon: Daemon) -> None:
+    """ctrl-p ctrl-q (Docker's default) detaches `run -it`; `attach --detach-keys`
+    takes another sequence; a broken sequence reaches the container after all."""
+    pid, master = _cli_on_terminal(daemon, "run", "-it", "--name", "detachme", "busybox",
+                                   "sh")
+    try:
+        seen = bytearray()
+        _read_until(master, b"/ # ", seen)
+        os.write(master, b"read x; echo \"$x\" | od -c | head -1\n")
+        _read_until(master, b"head -1\r\n", seen)
+        os.write(master, b"a\x10b\n")                     # ctrl-p then b: passed on
+        _read_until(master, b"020", seen)
+        os.write(master, b"\x10\x11")
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0, bytes(seen)
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(master)
+    assert daemon.sbx("inspect", "-f", "{{.State.Status}}", "detachme").out.strip() == \
+        "running"
+    pid, master = _cli_on_terminal(daemon, "attach", "--detach-keys", "ctrl-x,e",
+                                   "detachme")
+    try:
+        os.write(master, b"echo again-$((2+2))\n")
+        _read_until(master, b"again-4", bytearray())
+        os.write(master, b"\x18e")
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(master)
+    assert daemon.sbx("inspect", "-f", "{{.State.Status}}", "detachme").out.strip() == \
+        "running"
+    daemon.sbx("rm", "-f", "detachme", check=True)
+
+
 # ---------------------------------------------------------------- sessions
 
 SESSION_CLIENT = """

@@ -168,7 +168,8 @@ def test_login_and_logout(fresh: Daemon, auth_registry: str) -> None:
     wrong = fresh.sbx("login", "-u", USER, "--password-stdin", auth_registry,
                       input="not-the-password\n")
     assert wrong.returncode == 125
-    assert wrong.err.startswith("sbx: Error response from daemon: unauthorized: "), wrong.err
+    # Docker's label of a daemon's answer, with no program name outside run/create
+    assert wrong.err.startswith("Error response from daemon: unauthorized: "), wrong.err
     no_tty = fresh.sbx("login", auth_registry)
     assert no_tty.returncode == 1 and "non TTY device" in no_tty.err
 

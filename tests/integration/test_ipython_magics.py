@@ -47,10 +47,10 @@ def client(daemon):
         c.close()
 
 
-def run(ip, cell: str):
+def run(ip, cell: str, store_history: bool = False):
     """Run a cell; (result, stdout, stderr, rich outputs)."""
     with capture_output() as captured:
-        result = ip.run_cell(cell)
+        result = ip.run_cell(cell, store_history=store_history)
     return result, captured.stdout, captured.stderr, captured.outputs
 
 
@@ -80,12 +80,14 @@ def test_loading_registers_both_magics_with_help(ip):
 
 
 def test_fresh_cell_prints_and_displays_its_value(ip, client):
-    result, out, err, _ = run(ip, "%%container\nprint('hello from inside')\n6 * 7")
+    count = ip.execution_count
+    result, out, err, _ = run(ip, "%%container\nprint('hello from inside')\n6 * 7",
+                              store_history=True)     # numbered as a user's cell is
     assert result.success, result.error_in_exec
     assert out.startswith("hello from inside\n")
     assert isinstance(result.result, Displayed)
     assert result.result.data == {"text/plain": "42"}
-    assert "Out[" in out and "42" in out            # the displayhook showed it
+    assert f"Out[{count}]: 42" in out               # the displayhook, with the cell's count
     wait_until(lambda: not client.containers.list(all=True),
                what="the cell's container to be removed")
 

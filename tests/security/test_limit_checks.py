@@ -50,6 +50,34 @@ def test_check_13_memory_flags_write_exact_values(secure_daemon):
     assert d.ids("-a") == before
 
 
+def test_check_13_soft_limit_and_oom_kill_disable(secure_daemon):
+    """--memory-reservation writes the soft limit; --oom-kill-disable sets v1's
+    oom_control (a container over its limit then waits instead of being killed: it is
+    removed with -f); a reservation above the limit is refused."""
+    d = secure_daemon
+    if not Path(f"{CGROUP_ROOT}/memory/{d.parent}").exists():
+        pytest.skip("needs the cgroup v1 memory controller (this host's driver is v2)")
+    name, cid = _started(d, "-m", "40m", "--memory-reservation", "20m", "busybox",
+                         "sleep", "600")
+    try:
+        assert d.cgroup_file("memory", cid, "memory.soft_limit_in_bytes") == "20971520"
+        assert "oom_kill_disable 0" in d.cgroup_file("memory", cid, "memory.oom_control")
+    finally:
+        d.sbx("rm", "-f", name)
+    name, cid = _started(d, "-m", "20m", "--oom-kill-disable", "busybox", "sh", "-c",
+                         "x=a; while :; do x=$x$x; done")
+    try:
+        assert "oom_kill_disable 1" in d.cgroup_file("memory", cid, "memory.oom_control")
+        wait_until(lambda: "under_oom 1" in d.cgroup_file("memory", cid,
+                                                          "memory.oom_control"),
+                   15, "the container to sit at its limit")
+        assert d.sbx("inspect", "-f", "{{.State.Status}}", name).out.strip() == "running"
+    finally:
+        assert d.sbx("rm", "-f", name).returncode == 0
+    run = d.sbx("run", "--rm", "-m", "20m", "--memory-reservation", "40m", "busybox", "true")
+    assert run.returncode == 125 and "memory reservation" in run.err
+
+
 def test_check_14_oom_and_its_controls(secure_daemon):
     d = secure_daemon
     cases = {
@@ -90,6 +118,28 @@ def test_check_15_cpu_quota_values_and_throttling(secure_daemon):
         assert d.cgroup_file("cpu", cid, "cpu.cfs_period_us") == "100000"
     finally:
         d.sbx("rm", "-f", name)
+
+
+def test_check_15_cpuset_cpus_pins_the_container(secure_daemon):
+    """--cpuset-cpus: the cgroup's cpuset.cpus, every process of the container (execs
+    too) allowed only those CPUs, the cgroup gone with it; CPUs the host lacks refused."""
+    d = secure_daemon
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to pin to one of them")
+    pin = str(cpus[-1])
+    name, cid = _started(d, "--cpuset-cpus", pin, "busybox", "sleep", "600")
+    try:
+        if Path(f"{CGROUP_ROOT}/cpuset").is_dir():
+            assert d.cgroup_file("cpuset", cid, "cpuset.cpus") == pin
+        allowed = d.sbx("exec", name, "grep", "Cpus_allowed_list", "/proc/1/status",
+                        "/proc/self/status", check=True).out.split()
+        assert allowed.count(pin) == 2 and len(allowed) == 4, allowed
+    finally:
+        d.sbx("rm", "-f", name)
+    assert not Path(f"{CGROUP_ROOT}/cpuset/{d.parent}/{cid}").exists()
+    run = d.sbx("run", "--rm", "--cpuset-cpus", f"0-{cpus[-1] + 8}", "busybox", "true")
+    assert run.returncode == 125 and "Requested CPUs are not available" in run.err
 
 
 def test_check_16_pids_limit_fork_bomb(secure_daemon):

@@ -219,3 +219,20 @@ def test_start_up_imports_only_click():
                     "sandboxd.cli.run", "sandboxd.cli.system"}, loaded
     assert set(loaded) - ours <= {"sandboxd", "sandboxd.cli", "sandboxd.errors",
                                   "sandboxd.version", "threading"}, loaded
+
+
+def test_error_labels_follow_docker(capsys):
+    """"Error response from daemon" only for the daemon's answers; the program's name
+    before it only for run and create (Docker's ``docker: Error response …``)."""
+    from sandboxd.cli.common import command_of, report
+    from sandboxd.errors import NotFound, from_wire
+    daemon_error = from_wire({"code": "not_found", "message": "No such container: x"})
+    assert report(daemon_error, "rm") == 125
+    assert capsys.readouterr().err == "Error response from daemon: No such container: x\n"
+    report(daemon_error, "run")
+    assert capsys.readouterr().err == \
+        "sbx: Error response from daemon: No such container: x\n"
+    report(NotFound("no such file: ./x"), "cp")          # found by the client itself
+    assert capsys.readouterr().err == "sbx: no such file: ./x\n"
+    assert command_of(["-H", "unix:///s", "container", "run", "busybox"]) == "run"
+    assert command_of(["--host=unix:///s", "ps", "-a"]) == "ps"

@@ -43,11 +43,12 @@ copy --from=build /out /
 
 def test_parse_refusals_name_the_line() -> None:
     with pytest.raises(InvalidArgument) as e:
-        df.parse("FROM busybox\nFRUM x\nHEALTHCHECK CMD true\nRUN <<EOF\nONBUILD RUN x\n"
+        df.parse("FROM busybox\nFRUM x\nHEALTHCHECK --every=1s CMD true\nRUN <<EOF\n"
+                 "ONBUILD RUN x\n"
                  "RUN --mount=type=cache,target=/x true\nCOPY --bogus=1 a b\n")
     problems = e.value.details["problems"]
     assert problems[0] == "Dockerfile:2: unknown instruction FRUM"
-    assert "Dockerfile:3: HEALTHCHECK is not supported" in problems[1]
+    assert "Dockerfile:3" in problems[1] and "unknown flag --every" in problems[1]
     assert "heredocs" in problems[2] and "Dockerfile:4" in problems[2]
     assert "ONBUILD" in problems[3]
     assert "RUN --mount is not supported" in problems[4]
@@ -229,3 +230,20 @@ def test_write_context_exception_inside_an_excluded_directory(tmp_path: Path) ->
     out.seek(0)
     with tarfile.open(fileobj=out) as tar:
         assert set(tar.getnames()) == {".dockerignore", "logs/keep.txt"}
+
+
+def test_healthcheck_instruction() -> None:
+    def hc(text: str) -> dict:
+        return df.healthcheck(df.parse(f"FROM busybox\n{text}\n").stages[0].instructions[0])
+
+    assert hc("HEALTHCHECK NONE") == {"Test": ["NONE"]}
+    assert hc('HEALTHCHECK --interval=1m30s --retries=2 CMD ["curl", "-f", "x"]') == {
+        "Test": ["CMD", "curl", "-f", "x"], "Interval": 90_000_000_000, "Retries": 2}
+    assert hc("HEALTHCHECK --timeout=500ms --start-period=2s --start-interval=1s CMD "
+              "wget -q -O- localhost || exit 1") == {
+        "Test": ["CMD-SHELL", "wget -q -O- localhost || exit 1"], "Timeout": 500_000_000,
+        "StartPeriod": 2_000_000_000, "StartInterval": 1_000_000_000}
+    for bad in ("HEALTHCHECK", "HEALTHCHECK true", "HEALTHCHECK --interval=soon CMD x",
+                "HEALTHCHECK --retries=-1 CMD x", "HEALTHCHECK --interval=1s NONE"):
+        with pytest.raises(InvalidArgument):
+            hc(bad)

@@ -1,0 +1,150 @@
+"""--restart policies (Docker's backoff, RestartCount, the daemon's start) and health
+checks (--health-*, HEALTHCHECK of an image, ps/inspect, --filter health=)."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from harness import Daemon, inspect, running, wait_until
+
+
+@pytest.fixture(scope="module")
+def d():
+    with running() as daemon:
+        yield daemon
+
+
+def _state(d: Daemon, name: str) -> dict:
+    return inspect(d, name)["State"]
+
+
+def test_on_failure_retries_then_stops(d: Daemon) -> None:
+    d.sbx("run", "-d", "--name", "of3", "--restart", "on-failure:3", "busybox", "sh", "-c",
+          "exit 3", check=True)
+    wait_until(lambda: inspect(d, "of3")["RestartCount"] == 3
+               and _state(d, "of3")["Status"] == "exited", 20, "three restarts, then exited")
+    time.sleep(1.2)                                   # the backoff would be 800 ms by now
+    doc = inspect(d, "of3")
+    assert doc["RestartCount"] == 3 and doc["State"]["ExitCode"] == 3
+    assert doc["HostConfig"]["RestartPolicy"] == {"Name": "on-failure",
+                                                  "MaximumRetryCount": 3}
+
+
+def test_on_failure_leaves_success_alone(d: Daemon) -> None:
+    d.sbx("run", "-d", "--name", "of0", "--restart", "on-failure", "busybox", "true",
+          check=True)
+    wait_until(lambda: _state(d, "of0")["Status"] == "exited", 10, "the exit")
+    time.sleep(0.5)
+    assert inspect(d, "of0")["RestartCount"] == 0
+
+
+def test_always_backs_off_and_stop_ends_it(d: Daemon) -> None:
+    d.sbx("run", "-d", "--name", "alw", "--restart", "always", "busybox", "sh", "-c",
+          "exit 1", check=True)
+    # 100, 200, 400, 800 ms ...: five restarts take at least 1.5 s
+    begin = time.monotonic()
+    wait_until(lambda: inspect(d, "alw")["RestartCount"] >= 5, 20, "five restarts")
+    assert time.monotonic() - begin > 1.0
+    statuses = d.sbx("ps", "-a", "--filter", "name=alw", "--format", "{{.Status}}").out
+    assert statuses.startswith(("Restarting (1)", "Up ", "Exited (1)"))
+    d.sbx("stop", "alw", check=True)
+    count = inspect(d, "alw")["RestartCount"]
+    time.sleep(2)
+    assert _state(d, "alw")["Status"] == "exited"
+    assert inspect(d, "alw")["RestartCount"] == count
+    d.sbx("start", "alw", check=True)                 # a user's start: the count resets
+    wait_until(lambda: inspect(d, "alw")["RestartCount"] >= 1, 10, "a restart")
+    d.sbx("rm", "-f", "alw", check=True)
+
+
+def test_rm_with_restart_refused(d: Daemon) -> None:
+    r = d.sbx("run", "--rm", "--restart", "always", "busybox", "true")
+    assert r.returncode == 125
+    assert "can't create 'AutoRemove' container with restart policy" in r.err
+    r = d.sbx("run", "--restart", "always:2", "busybox", "true")
+    assert r.returncode == 125 and "only be used with 'on-failure'" in r.err
+    r = d.sbx("run", "--restart", "sometimes", "busybox", "true")
+    assert r.returncode == 125 and "unknown policy 'sometimes'" in r.err
+
+
+def test_policies_survive_a_daemon_restart() -> None:
+    with running() as d:
+        for name, policy in (("p-always", "always"), ("p-unless", "unless-stopped"),
+                             ("p-stopped", "unless-stopped"), ("p-fail", "on-failure"),
+                             ("p-no", "no"), ("p-always-stopped", "always")):
+            d.sbx("run", "-d", "--name", name, "--restart", policy, "busybox", "sleep", "600",
+                  check=True)
+        d.sbx("stop", "-t", "0", "p-stopped", "p-always-stopped", check=True)
+        d.proc.send_signal(signal.SIGTERM)      # a clean stop, keeping the root
+        assert d.proc.wait(30) == 0
+        d.start()
+        up = {"p-always", "p-unless", "p-always-stopped"}
+        wait_until(lambda: set(d.sbx("ps", "--format", "{{.Names}}").out.split()) == up,
+                   20, f"{sorted(up)} to come back")
+        time.sleep(0.5)
+        assert set(d.sbx("ps", "--format", "{{.Names}}").out.split()) == up
+        assert d.sbx("exec", "p-unless", "echo", "back", check=True).out == "back\n"
+
+
+def test_health_cmd_healthy_then_unhealthy(d: Daemon) -> None:
+    d.sbx("run", "-d", "--name", "hc", "--health-cmd", "test ! -e /tmp/bad && echo fine",
+          "--health-interval", "2s", "--health-retries", "2", "busybox", "sleep", "600",
+          check=True)
+    assert _state(d, "hc")["Health"]["Status"] == "starting"
+    assert "(health: starting)" in d.sbx("ps", "--filter", "name=hc", "--format",
+                                         "{{.Status}}").out
+    wait_until(lambda: _state(d, "hc")["Health"]["Status"] == "healthy", 10, "healthy")
+    health = _state(d, "hc")["Health"]
+    assert health["FailingStreak"] == 0
+    assert health["Log"][-1]["ExitCode"] == 0 and health["Log"][-1]["Output"] == "fine\n"
+    assert d.sbx("ps", "--filter", "health=healthy", "--format", "{{.Names}}").out.split() \
+        == ["hc"]
+    assert "(healthy)" in d.sbx("ps", "--filter", "name=hc", "--format", "{{.Status}}").out
+    d.sbx("exec", "hc", "touch", "/tmp/bad", check=True)
+    wait_until(lambda: _state(d, "hc")["Health"]["Status"] == "unhealthy", 10, "unhealthy")
+    health = _state(d, "hc")["Health"]
+    assert health["FailingStreak"] >= 2 and len(health["Log"]) <= 5
+    assert d.sbx("ps", "--filter", "health=unhealthy", "--format", "{{.Names}}").out.split() \
+        == ["hc"]
+    assert inspect(d, "hc")["Config"]["Healthcheck"] == {
+        "Test": ["CMD-SHELL", "test ! -e /tmp/bad && echo fine"], "Interval": 2_000_000_000,
+        "Retries": 2}
+    d.sbx("rm", "-f", "hc", check=True)
+
+
+def test_health_timeout(d: Daemon) -> None:
+    d.sbx("run", "-d", "--name", "hto", "--health-cmd", "sleep 5", "--health-interval",
+          "200ms", "--health-timeout", "300ms", "--health-retries", "1", "busybox",
+          "sleep", "600", check=True)
+    wait_until(lambda: _state(d, "hto")["Health"]["Status"] == "unhealthy", 10, "unhealthy")
+    probe = _state(d, "hto")["Health"]["Log"][0]
+    assert probe["ExitCode"] == -1 and "exceeded timeout" in probe["Output"]
+    d.sbx("rm", "-f", "hto", check=True)
+
+
+def test_image_healthcheck_and_no_healthcheck(d: Daemon, tmp_path) -> None:
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox\n"
+        "HEALTHCHECK --interval=200ms --timeout=2s --retries=2 CMD [\"true\"]\n")
+    d.sbx("build", "-q", "-t", "hcimg", str(tmp_path), check=True)
+    image = json.loads(d.sbx("image", "inspect", "hcimg", check=True).out)[0]
+    assert image["Config"]["Healthcheck"] == {"Test": ["CMD", "true"],
+                                              "Interval": 200_000_000,
+                                              "Timeout": 2_000_000_000, "Retries": 2}
+    d.sbx("run", "-d", "--name", "hci", "hcimg", "sleep", "600", check=True)
+    assert inspect(d, "hci")["Config"]["Healthcheck"] == {
+        "Test": ["CMD", "true"], "Interval": 200_000_000, "Timeout": 2_000_000_000,
+        "Retries": 2}
+    wait_until(lambda: _state(d, "hci")["Health"]["Status"] == "healthy", 10, "healthy")
+    d.sbx("run", "-d", "--name", "hcn", "--no-healthcheck", "hcimg", "sleep", "600",
+          check=True)
+    assert "Health" not in _state(d, "hcn")
+    assert d.sbx("ps", "--filter", "health=none", "--format", "{{.Names}}").out.split() \
+        == ["hcn"] or "hcn" in d.sbx("ps", "--filter", "health=none", "--format",
+                                     "{{.Names}}").out.split()
+    r = d.sbx("run", "--no-healthcheck", "--health-cmd", "true", "busybox", "true")
+    assert r.returncode == 125 and "conflicts with --health-*" in r.err
+    d.sbx("rm", "-f", "hci", "hcn", check=True)
