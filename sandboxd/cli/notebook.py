@@ -1,7 +1,8 @@
 """``sbx notebook``: run Jupyter notebooks in a sandboxed session.
 
 ``sbx notebook run NB.ipynb`` executes every code cell in ONE container running one
-interpreter (state kept from cell to cell, as in Jupyter) and writes the outputs and
+IPython shell (state kept from cell to cell, magics, ``!`` and rich output as in a Jupyter
+kernel) and writes the outputs and
 execution counts into the notebook (in place, or to ``-o OUT.ipynb``; ``-o -`` is
 stdout). Exit status: 0 when every cell ran, 1 when a cell failed (the notebook is still
 written, with the error in that cell), 130 when Ctrl-C interrupted a cell (written too),
@@ -84,7 +85,10 @@ def notebook_run(path: str, output: str | None, image: str, memory: str | None,
         with Client(host, session=True) as client, \
                 Session(client, image, memory=memory, cpus=cpus, pids=pids_limit,
                         network=network, env=environment, volumes=volume,
-                        workdir=workdir) as session:
+                        workdir=workdir, ipython=True) as session:
+            if not session.worker_info.get("ipython"):
+                click.echo(f"sbx: image {image!r} has no IPython: cells run as plain "
+                           f"Python (no magics, ! or get_ipython())", err=True)
             run = run_notebook(nb, session, cell_timeout=cell_timeout, timeout=timeout,
                                allow_errors=allow_errors)
     except (CommandNotFound, CommandNotExecutable) as e:
