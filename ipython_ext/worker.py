@@ -705,9 +705,9 @@ def _ipython_shell(worker: Worker) -> Any:
         two, and a kernel's are the reference."""
 
         def get_code_name(self, raw_code: str, code: Any, number: int) -> str:
-            import zlib
+            # The name shows in a SyntaxError's message: ipykernel's hash, ipykernel's name.
             return (f"{os.environ.get('TMPDIR') or '/tmp'}/ipykernel_{os.getpid()}/"
-                    f"{zlib.crc32(raw_code.encode('utf-8', 'surrogatepass'))}.py")
+                    f"{_murmur2(raw_code.encode('utf-8'), 0xC70F6907)}.py")
 
     # Named as ipykernel's shell: libraries test ``get_ipython().__class__.__name__ ==
     # "ZMQInteractiveShell"`` to know they are in a notebook (tqdm, plotly, pandas).
@@ -733,6 +733,24 @@ def _ipython_shell(worker: Worker) -> Any:
     shell.set_hook("show_in_pager", _no_pager, 99)
     shell.register_magic_function(_autosave, "line", "autosave")
     return shell
+
+
+def _murmur2(data: bytes, seed: int) -> int:
+    """MurmurHash2 (32-bit), as ipykernel.compiler names cells with it."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    h = seed ^ len(data)
+    end = len(data) & ~3
+    for i in range(0, end, 4):
+        k = (int.from_bytes(data[i:i + 4], "little") * m) & mask
+        k ^= k >> 24
+        h = ((h * m) & mask) ^ ((k * m) & mask)
+    tail = len(data) & 3
+    if tail:
+        h ^= int.from_bytes(data[end:], "little")
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    return h ^ (h >> 15)
 
 
 def _no_pager(*args: Any, **kwargs: Any) -> None:
