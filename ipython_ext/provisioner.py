@@ -191,6 +191,13 @@ def kernel_json(config: Mapping[str, Any], display_name: str = DISPLAY_NAME
                                                 "config": dict(config)}}}
 
 
+def _signal(client: Any, container_id: str, signum: int) -> None:
+    try:
+        client.call("container.kill", {"id": container_id, "signal": int(signum)})
+    except SandboxError:
+        pass                # it ended meanwhile: the reader records how
+
+
 def _without_name(problem: str, keyword: str) -> str:
     """``build_config``'s problem text minus its own field name (the key says it)."""
     return re.sub(rf"^(host\.)?{keyword}: ", "", problem)
@@ -593,18 +600,13 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         passes it on."""
         if self._stream is None or self._exit_code is not None or not self._container_id:
             return
-        pending = asyncio.get_running_loop().run_in_executor(None, self._signal, signum)
+        pending = asyncio.get_running_loop().run_in_executor(
+            None, _signal, self._client, self._container_id, signum)
         if not (self._own_client is False and getattr(self.parent, "shutting_down", False)):
             await pending
         # else: the SIGINT a manager sends before a shutdown request, to a pooled kernel
         # whose shutdown is detached (shutdown_requested): nobody waits for it.
 
-    def _signal(self, signum: int) -> None:
-        try:
-            self._client.call("container.kill", {"id": self._container_id,
-                                                 "signal": int(signum)})
-        except SandboxError:
-            pass                # it ended meanwhile: the reader records how
 
     async def kill(self, restart: bool = False) -> None:
         self._stopping = True
