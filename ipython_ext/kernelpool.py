@@ -32,11 +32,14 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from jupyter_client.connect import write_connection_file
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +175,6 @@ class KernelPool:
                 self.ready.append(kernel)
 
     def _start(self) -> PooledKernel:
-        from jupyter_client.connect import write_connection_file
-        import tempfile
         directory = tempfile.mkdtemp(prefix="sbxk-", dir=self.parent_dir)     # 0700
         key = str(uuid.uuid4()).encode()
         path, info = write_connection_file(
