@@ -5,8 +5,12 @@ in the bench's temp dir.
 
 - kernel start: ``KernelManager.start_kernel()`` until the client has the kernel_info
   reply (``wait_for_ready``); the shutdown after it is not counted;
-- two-cell notebook: one ``nbclient.NotebookClient(...).execute()`` of two small cells,
-  kernel start and shutdown included (what ``papermill`` or a notebook test pays);
+- two-cell notebook: one ``nbclient.NotebookClient(nb, kernel_name=...).execute()`` of two
+  small cells, kernel start and shutdown included (what ``papermill`` or a notebook test
+  pays; nbclient owns its kernel manager, so it shuts the kernel down); the pooled row's
+  kernelspec keeps two started kernels (``pool: 2``, ipython_ext/kernelpool.py): its
+  warm-up run fills the pool, and each sample waits until the pool has refilled, as a
+  notebook run that follows another by a second finds it;
 - idle kernel memory: PSS of every process of one idle kernel (in the sandboxed case, of
   the container's init and kernel, found in its memory cgroup).
 
@@ -28,6 +32,7 @@ START = "Jupyter kernel start (start_kernel to kernel_info reply)"
 NOTEBOOK = "nbclient two-cell notebook, wall (kernel start, cells, shutdown)"
 MEMORY = "idle Jupyter kernel, PSS of its processes"
 SANDBOXED = "sandboxd provisioner (host image, network none)"
+POOLED = "sandboxd provisioner, pooled kernels (pool: 2)"
 LOCAL = "local ipykernel (LocalProvisioner)"
 CELLS = ("x = 6 * 7", "print(x)")
 
@@ -51,6 +56,7 @@ class _Kernels:
         daemon = bench.shared("daemon", ours.Daemon.start)
         root = bench.tmp / "kernels"
         specs = {"sandboxed": kernel_json({"host": daemon.host, "memory": "512m"}),
+                 "pooled": kernel_json({"host": daemon.host, "memory": "512m", "pool": 2}),
                  "local": {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f",
                                     "{connection_file}"],
                            "display_name": "Python 3", "language": "python"}}
@@ -59,15 +65,21 @@ class _Kernels:
             (root / name / "kernel.json").write_text(json.dumps(spec))
         self.specs = KernelSpecManager(kernel_dirs=[str(root)])
         self.daemon = daemon
-        # Connection files and kernel directories in the bench's temp dir, removed with it.
-        self._runtime = os.environ.get("JUPYTER_RUNTIME_DIR")
+        # Connection files and kernel directories in the bench's temp dir, removed with
+        # it; nbclient finds the kernelspecs through JUPYTER_PATH (it makes its own
+        # kernel manager).
+        self._saved = {k: os.environ.get(k) for k in ("JUPYTER_RUNTIME_DIR", "JUPYTER_PATH")}
         os.environ["JUPYTER_RUNTIME_DIR"] = str(bench.tmp / "jupyter-runtime")
+        os.environ["JUPYTER_PATH"] = str(bench.tmp)
 
     def close(self) -> None:
-        if self._runtime is None:
-            os.environ.pop("JUPYTER_RUNTIME_DIR", None)
-        else:
-            os.environ["JUPYTER_RUNTIME_DIR"] = self._runtime
+        from ipython_ext import kernelpool
+        kernelpool.close_all()
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
     def manager(self, name: str, asynchronous: bool = False) -> Any:
         from jupyter_client.manager import AsyncKernelManager, KernelManager
@@ -107,14 +119,26 @@ def _notebook(bench: Bench, name: str) -> list[float]:
     for i in range(1 + _runs(bench)):
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+        if name == "pooled":
+            _wait_for_the_pool()
         start = time.perf_counter()
-        NotebookClient(nb, km=kernels.manager(name, asynchronous=True), timeout=60).execute()
+        NotebookClient(nb, kernel_name=name, timeout=60).execute()
         elapsed = time.perf_counter() - start
         if nb.cells[1].outputs[0].get("text") != "42\n":
             raise RuntimeError(f"the notebook's second cell showed {nb.cells[1].outputs}")
         if i:
             samples.append(elapsed)
     return samples
+
+
+def _wait_for_the_pool() -> None:
+    from ipython_ext import kernelpool
+    deadline = time.monotonic() + 60
+    while not all(len(p.ready) >= p.size for p in kernelpool._pools.values()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the kernel pool did not refill within 60 s")
+        time.sleep(0.05)
+    time.sleep(0.3)             # the refill's start-up work has settled
 
 
 def _pss(pid: int) -> int:
@@ -162,6 +186,11 @@ def start_local(bench: Bench, n: int) -> list[float]:
 @case(NOTEBOOK, SANDBOXED, reference=True, count="")
 def notebook_sandboxed(bench: Bench, n: int) -> list[float]:
     return _notebook(bench, "sandboxed")
+
+
+@case(NOTEBOOK, POOLED, count="")
+def notebook_pooled(bench: Bench, n: int) -> list[float]:
+    return _notebook(bench, "pooled")
 
 
 @case(NOTEBOOK, LOCAL, count="")

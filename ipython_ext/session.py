@@ -113,11 +113,12 @@ def _worker_code() -> str:
     return base64.b64encode(marshal.dumps(code)).decode("ascii")
 
 
-def worker_command(python: str) -> list[str]:
-    """The container's command: ``python -u -c BOOTSTRAP <worker>``."""
+def worker_command(python: str, ipython: bool = False) -> list[str]:
+    """The container's command: ``python -u -c BOOTSTRAP <worker> [--ipython]``."""
+    mode = ["--ipython"] if ipython else []
     if os.path.realpath(python) == os.path.realpath(sys.executable):
-        return [python, "-u", "-c", BOOTSTRAP_CODE, _worker_code()]
-    return [python, "-u", "-c", BOOTSTRAP_SOURCE, _worker_source()]
+        return [python, "-u", "-c", BOOTSTRAP_CODE, _worker_code(), *mode]
+    return [python, "-u", "-c", BOOTSTRAP_SOURCE, _worker_source(), *mode]
 
 
 def default_python(image: str) -> str:
@@ -171,7 +172,9 @@ def _clean_metadata(metadata: Any) -> dict[str, Any]:
 class Session:
     """A long-lived container running the cell worker. ``start()`` (or ``with``) starts
     it, ``execute()`` runs cells in it with state kept between them, ``close()`` removes
-    it. ``client`` defaults to a ``Client(session=True)`` of its own (closed with the
+    it. ``ipython``: cells run through IPython's InteractiveShell in the container, as in
+    a Jupyter kernel (magics, ``!``, IPython's tracebacks), when the image has IPython
+    (``worker_info["ipython"]`` is its version then). ``client`` defaults to a ``Client(session=True)`` of its own (closed with the
     session), so the container also dies with this process."""
 
     def __init__(self, client: Any = None, image: str = "host", *,
@@ -181,7 +184,8 @@ class Session:
                  network: str = "none", links: Sequence[str] = (),
                  env: Mapping[str, Any] | Sequence[str] = (), volumes: Sequence[str] = (),
                  name: str | None = None, python: str | None = None,
-                 workdir: str = "", interrupt_grace: float = INTERRUPT_GRACE):
+                 workdir: str = "", interrupt_grace: float = INTERRUPT_GRACE,
+                 ipython: bool = False):
         self.image = image
         self.name = name
         self.python = python or default_python(image)
@@ -192,7 +196,7 @@ class Session:
             pids_limit=pids, ulimits=list(ulimits), network_mode=network,
             links=list(links), env=env, volumes=list(volumes), workdir=workdir)
         # Check the options now: a bad one is the caller's mistake, named before start.
-        self.config = build_config(image, worker_command(self.python),
+        self.config = build_config(image, worker_command(self.python, ipython),
                                    auto_remove=True, open_stdin=True,
                                    **self.options)
         self._client = client
@@ -425,6 +429,7 @@ class _Run:
         self.values: dict[str, Any] = {}
         self.status = "ok"
         self.decoder = _Decoder()
+        self.displays: dict[str, list[dict[str, Any]]] = {}    # display id -> its outputs
         self.timed_out = self.oom_killed = self.interrupted = False
 
     def emit(self, output: dict[str, Any]) -> None:
@@ -455,6 +460,9 @@ class _Run:
             data = message.get("data")
             if isinstance(data, bytes):
                 self.stream(name, self.decoder.decode(name, data))
+        elif kind == "display" and message.get("update"):
+            self.flush()
+            self.update(message)
         elif kind in ("display", "result"):
             self.flush()
             output: dict[str, Any] = {"output_type": "display_data" if kind == "display"
@@ -464,6 +472,9 @@ class _Run:
             if kind == "result":
                 output["execution_count"] = self.count
             self.emit(output)
+            display_id = (message.get("transient") or {}).get("display_id")
+            if display_id is not None:
+                self.displays.setdefault(str(display_id), []).append(self.outputs[-1])
         elif kind == "clear_output":
             self.flush()
             self.emit({"output_type": "clear_output", "wait": bool(message.get("wait"))})
@@ -485,6 +496,15 @@ class _Run:
                                    [f"--out {name}: {value.get('error')}"])
             return True
         return False
+
+    def update(self, message: dict[str, Any]) -> None:
+        """``update_display()``: the cell's earlier outputs of that display id get the
+        new bundle in place (as nbclient does; an id this cell did not show is
+        ignored)."""
+        display_id = str((message.get("transient") or {}).get("display_id"))
+        for output in self.displays.get(display_id, ()):
+            output["data"] = _clean_bundle(message.get("data"))
+            output["metadata"] = _clean_metadata(message.get("metadata"))
 
     def set_error(self, ename: str, evalue: str, traceback: list[str]) -> None:
         self.status = "error"

@@ -18,6 +18,14 @@ Uses only the standard library (a small msgpack codec of its own; msgpack's C pa
 big ``--out`` values when the image has it). IPython is optional: without it the last
 expression and ``display()`` are formatted from the object's ``_repr_*_`` methods; with it
 ``IPython.display.display`` is routed here too.
+
+With ``--ipython`` after the worker's source (notebooks: ``sbx notebook run``, pytest's
+notebook items) cells run through IPython's own ``InteractiveShell``, set up as ipykernel
+sets up its shell: magics, ``!`` shell escapes, ``get_ipython()``, the display hook's
+``execute_result``, ``display()`` through the shell's display publisher, matplotlib's
+inline backend and IPython's tracebacks (``Cell In[1], line 2``), so a notebook's outputs
+are the ones a Jupyter kernel gives. An image without IPython runs cells as plain Python
+(the ``ready`` message says which).
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import ast
 import base64
 import builtins
 import importlib.machinery
+import importlib.util
 import io
 import os
 import select
@@ -32,6 +41,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 import types
 
 # typing costs ~4 ms at start-up and annotations here are strings anyway.
@@ -321,7 +331,8 @@ def _figure_png(obj: Any) -> str | None:
 WORKER_FILE = sys._getframe().f_code.co_filename
 
 
-CO_COROUTINE = 0x80          # inspect.CO_COROUTINE, without importing inspect (~8 ms)
+CO_COROUTINE = 0x80
+KERNEL_FLUSH_INTERVAL = 0.2  # ipykernel's OutStream.flush_interval          # inspect.CO_COROUTINE, without importing inspect (~8 ms)
 
 
 class InputError(Exception):
@@ -358,6 +369,23 @@ class Worker:
         self.ns: dict[str, Any] = main_module.__dict__
         self.count = 0
         self.sources: dict[str, str] = {}       # cell file name -> its code
+        self.shell: Any = None                  # IPython's shell, in --ipython mode
+        self.flush_interval = 0.0               # seconds output is held (IPython mode)
+
+    def use_ipython(self) -> bool:
+        """Run cells through IPython's InteractiveShell from now on; False when the
+        image has no IPython."""
+        self.shell = _ipython_shell(self)
+        if self.shell is None:
+            return False
+        self.ns = self.shell.user_ns
+        self.flush_interval = KERNEL_FLUSH_INTERVAL
+        return True
+
+    def run_ipython(self, code: str) -> bool:
+        """One cell through the shell, as ipykernel runs it; True when it succeeded."""
+        result = self.shell.run_cell(code, store_history=True)
+        return result.error_before_exec is None and result.error_in_exec is None
 
     # -- channel
     def send(self, message: dict) -> None:
@@ -380,19 +408,33 @@ class Worker:
 
     def forward(self) -> None:
         """Thread: the cell's output pipes -> stream messages; on a sync request, drain
-        what is buffered so everything a finished cell wrote precedes its ``done``."""
+        what is buffered so everything a finished cell wrote precedes its ``done``.
+
+        In IPython mode output is held for ``flush_interval`` after it first arrives and
+        then forwarded stdout first, as ipykernel's streams flush (so a cell that writes
+        to stderr, then stdout, shows them in the order a kernel does)."""
         for fd in self.pipes:
             os.set_blocking(fd, False)
         watched = [*self.pipes, self.sync_r]
+        due: float | None = None                    # when held output goes out
         while True:
-            ready, _, _ = select.select(watched, [], [])
-            for fd in ready:
-                if fd == self.sync_r:
-                    os.read(self.sync_r, 64)
-                    for pipe in self.pipes:
-                        self._drain(pipe)
-                    self.synced.set()
-                else:
+            wait = None if due is None else max(0.0, due - time.monotonic())
+            ready, _, _ = select.select(watched if due is None else [self.sync_r], [],
+                                        [], wait)
+            if self.sync_r in ready:
+                os.read(self.sync_r, 64)
+                for pipe in self.pipes:
+                    self._drain(pipe)
+                due = None
+                self.synced.set()
+            elif due is not None:                    # the interval is over
+                for pipe in self.pipes:
+                    self._drain(pipe)
+                due = None
+            elif self.flush_interval:
+                due = time.monotonic() + self.flush_interval
+            else:
+                for fd in ready:
                     self._drain(fd)
 
     def _drain(self, fd: int) -> None:
@@ -458,9 +500,12 @@ class Worker:
                     self.ns[name] = self.unpickle(name, blob)
                 if request.get("shell"):
                     self.run_shell(request["code"])
+                elif self.shell is not None:
+                    if not self.run_ipython(request["code"]):
+                        status = "error"         # the shell has shown its traceback
                 else:
                     self.run_python(request["code"])
-                self.show_figures()
+                    self.show_figures()
             finally:
                 self.running = False
         except BaseException as exc:        # noqa: B036 -- the cell's failure is its result
@@ -559,7 +604,10 @@ class Worker:
     def serve(self) -> None:
         signal.signal(signal.SIGINT, self.on_sigint)
         threading.Thread(target=self.forward, name="forward", daemon=True).start()
-        self.send({"type": "ready", "python": sys.version.split()[0]})
+        ready = {"type": "ready", "python": sys.version.split()[0]}
+        if self.shell is not None:
+            ready["ipython"] = sys.modules["IPython"].__version__
+        self.send(ready)
         unpacker = Unpacker()
         while True:
             try:
@@ -600,6 +648,130 @@ class _DisplayHook:
         return spec
 
 
+def _ipython_shell(worker: Worker) -> Any:
+    """IPython's InteractiveShell wired to ``worker`` the way ipykernel wires its
+    ZMQInteractiveShell to a kernel: results, displays and tracebacks become protocol
+    messages. None when IPython cannot be imported."""
+    try:
+        from IPython.core.compilerop import CachingCompiler
+        from IPython.core.displayhook import DisplayHook
+        from IPython.core.displaypub import DisplayPublisher
+        from IPython.core.interactiveshell import InteractiveShell
+        from traitlets.config import Config
+    except ImportError:
+        return None
+
+    class ResultHook(DisplayHook):
+        """``Out[n]``: the cell's value as an execute_result (no prompt is printed)."""
+        bundle: Any = None
+
+        def start_displayhook(self) -> None:
+            self.bundle = None
+
+        def write_output_prompt(self) -> None:
+            pass
+
+        def write_format_data(self, format_dict: dict, md_dict: Any = None) -> None:
+            self.bundle = (format_dict, md_dict or {})
+
+        def finish_displayhook(self) -> None:
+            worker.sync_output()               # what the cell printed comes first
+            if self.bundle is not None and self.bundle[0]:
+                data, md = self.bundle
+                worker.send({"type": "result", "metadata": md,
+                             "data": {k: _jsonable_data(k, v) for k, v in data.items()}})
+            self.bundle = None
+
+    class Publisher(DisplayPublisher):
+        """``display()``, ``update_display()`` and ``clear_output()``."""
+
+        def publish(self, data: dict, metadata: Any = None, source: Any = None, *,
+                    transient: Any = None, update: bool = False, **_: Any) -> None:
+            worker.sync_output()
+            message = {"type": "display", "metadata": metadata or {},
+                       "data": {k: _jsonable_data(k, v) for k, v in data.items()}}
+            if transient:
+                message["transient"] = dict(transient)
+            if update:
+                message["update"] = True
+            worker.send(message)
+
+        def clear_output(self, wait: bool = False) -> None:
+            worker.clear_output(wait)
+
+    class CellCompiler(CachingCompiler):
+        """Cells named as ipykernel names them (a .py path per cell's code, not
+        ``<ipython-input-N>``): IPython's tracebacks are formatted differently for the
+        two, and a kernel's are the reference."""
+
+        def get_code_name(self, raw_code: str, code: Any, number: int) -> str:
+            # The name shows in a SyntaxError's message: ipykernel's hash, ipykernel's name.
+            return (f"{os.environ.get('TMPDIR') or '/tmp'}/ipykernel_{os.getpid()}/"
+                    f"{_murmur2(raw_code.encode('utf-8'), 0xC70F6907)}.py")
+
+    # Named as ipykernel's shell: libraries test ``get_ipython().__class__.__name__ ==
+    # "ZMQInteractiveShell"`` to know they are in a notebook (tqdm, plotly, pandas).
+    class ZMQInteractiveShell(InteractiveShell):
+        displayhook_class = ResultHook
+        display_pub_class = Publisher
+
+        def init_environment(self) -> None:
+            # ipykernel's: colour for tools that would otherwise see a pipe, no pager
+            os.environ.update({"TERM": "xterm-color", "CLICOLOR": "1", "FORCE_COLOR": "1",
+                               "CLICOLOR_FORCE": "1", "PAGER": "cat", "GIT_PAGER": "cat"})
+
+        def _showtraceback(self, etype: Any, evalue: Any, stb: Any) -> None:
+            worker.sync_output()
+            worker.send({"type": "error", "ename": str(etype.__name__),
+                         "evalue": str(evalue), "traceback": [str(line) for line in stb]})
+
+    config = Config()
+    config.HistoryManager.enabled = False      # no sqlite file: nothing reads it back
+    shell = ZMQInteractiveShell.instance(config=config, compiler_class=CellCompiler)
+    # ``obj?`` and ``%magic?``: a kernel sends the text to the front end's pager, never
+    # into the notebook (nbclient drops it); so does this shell.
+    shell.set_hook("show_in_pager", _no_pager, 99)
+    shell.register_magic_function(_autosave, "line", "autosave")
+    return shell
+
+
+def _murmur2(data: bytes, seed: int) -> int:
+    """MurmurHash2 (32-bit), as ipykernel.compiler names cells with it."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    h = seed ^ len(data)
+    end = len(data) & ~3
+    for i in range(0, end, 4):
+        k = (int.from_bytes(data[i:i + 4], "little") * m) & mask
+        k ^= k >> 24
+        h = ((h * m) & mask) ^ ((k * m) & mask)
+    tail = len(data) & 3
+    if tail:
+        h ^= int.from_bytes(data[end:], "little")
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    return h ^ (h >> 15)
+
+
+def _no_pager(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
+def _autosave(arg: str) -> None:
+    """Set the autosave interval in the notebook (in seconds): ipykernel's magic, the
+    same output."""
+    from IPython.core.display import Javascript
+    from IPython.core.error import UsageError
+    from IPython.display import display
+    try:
+        interval = int(arg)
+    except ValueError:
+        raise UsageError(f"%autosave requires an integer, got {arg!r}") from None
+    display(Javascript(f"IPython.notebook.set_autosave_interval({1000 * interval})"),
+            include=["application/javascript"])
+    print(f"Autosaving every {interval} seconds" if interval else "Autosave disabled")
+
+
 def main() -> None:
     # The protocol keeps the container's stdin/stdout; the cell gets /dev/null and
     # pipes that the worker forwards.
@@ -618,10 +790,15 @@ def main() -> None:
                                   errors="backslashreplace", write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", write_through=True)
-    os.environ.setdefault("MPLBACKEND", "Agg")      # figures render off-screen
     worker = Worker(proto_in, proto_out, out_r, err_r)
-    builtins.display = worker.display           # type: ignore[attr-defined]
-    sys.meta_path.insert(0, _DisplayHook(worker))
+    if "--ipython" in sys.argv[1:] and worker.use_ipython():
+        # ipykernel's default: figures shown by the inline backend after each cell
+        if importlib.util.find_spec("matplotlib_inline") is not None:
+            os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    else:
+        builtins.display = worker.display           # type: ignore[attr-defined]
+        sys.meta_path.insert(0, _DisplayHook(worker))
+    os.environ.setdefault("MPLBACKEND", "Agg")      # figures render off-screen
     worker.serve()
 
 

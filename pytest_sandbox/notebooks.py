@@ -1,6 +1,7 @@
 """Notebooks as tests: with ``--sandbox-notebooks`` (or ``sandbox_notebooks = true`` in
 the ini file) every collected ``.ipynb`` file is one test item whose code cells run in
-order in one sandboxed session (a fresh container running one interpreter).
+order in one sandboxed session (a fresh container running one IPython shell, as a Jupyter
+kernel runs them: magics, ``!`` and IPython's tracebacks work).
 
 The item passes when every code cell runs; the first cell that raises fails it, and the
 report shows that cell's index, source and traceback. A cell tagged
@@ -95,7 +96,7 @@ class NotebookItem(pytest.Item):
         with Session(controller.client, c.image, memory=c.memory, cpus=c.cpus,
                      cpu_quota=c.cpu_quota, cpu_period=c.cpu_period, pids=c.pids,
                      ulimits=_ulimits(c.ulimits), network=c.network or "none", env=env,
-                     volumes=volumes, python=c.python or None, workdir=here) as session:
+                     volumes=volumes, python=c.python or None, workdir=here, ipython=True) as session:
             run = run_notebook(nb, session, cell_timeout=settings.cell_timeout,
                                timeout=c.timeout, allow_errors=settings.allow_errors)
         if run.stopped_at is not None:

@@ -1,7 +1,8 @@
 """``sbx notebook``: run Jupyter notebooks in a sandboxed session.
 
 ``sbx notebook run NB.ipynb`` executes every code cell in ONE container running one
-interpreter (state kept from cell to cell, as in Jupyter) and writes the outputs and
+IPython shell (state kept from cell to cell, magics, ``!`` and rich output as in a Jupyter
+kernel) and writes the outputs and
 execution counts into the notebook (in place, or to ``-o OUT.ipynb``; ``-o -`` is
 stdout). Exit status: 0 when every cell ran, 1 when a cell failed (the notebook is still
 written, with the error in that cell), 130 when Ctrl-C interrupted a cell (written too),
@@ -84,7 +85,10 @@ def notebook_run(path: str, output: str | None, image: str, memory: str | None,
         with Client(host, session=True) as client, \
                 Session(client, image, memory=memory, cpus=cpus, pids=pids_limit,
                         network=network, env=environment, volumes=volume,
-                        workdir=workdir) as session:
+                        workdir=workdir, ipython=True) as session:
+            if not session.worker_info.get("ipython"):
+                click.echo(f"sbx: image {image!r} has no IPython: cells run as plain "
+                           f"Python (no magics, ! or get_ipython())", err=True)
             run = run_notebook(nb, session, cell_timeout=cell_timeout, timeout=timeout,
                                allow_errors=allow_errors)
     except (CommandNotFound, CommandNotExecutable) as e:
@@ -145,6 +149,9 @@ def kernelspec() -> None:
               help="Bind mount a host path into the kernels")
 @click.option("-w", "--workdir", default="", metavar="DIR",
               help="The kernels' working directory")
+@click.option("--pool", type=int, default=0, metavar="N",
+              help="Keep N started kernels ready in the process that launches them "
+                   "(0-16; a launch then takes one in milliseconds)")
 @click.option("--user", "scope", flag_value="user",
               help="Install for this user (~/.local/share/jupyter)")
 @click.option("--sys-prefix", "scope", flag_value="sys-prefix",
@@ -153,7 +160,8 @@ def kernelspec() -> None:
 def kernelspec_install(name: str, display_name: str, image: str, python: str,
                        memory: str | None, cpus: str | None, pids_limit: int | None,
                        network: str, env: tuple[str, ...], volume: tuple[str, ...],
-                       workdir: str, scope: str | None, prefix: str | None) -> None:
+                       workdir: str, pool: int, scope: str | None, prefix: str | None
+                       ) -> None:
     """Write a kernelspec that starts ipykernel in a sandboxd container with these
     limits (system-wide unless --user, --sys-prefix or --prefix)."""
     import json
@@ -173,11 +181,12 @@ def kernelspec_install(name: str, display_name: str, image: str, python: str,
         raise click.ClickException(f"--prefix and --{scope} exclude each other")
     options = {"image": image, "python": python, "memory": memory, "cpus": _number(cpus),
                "pids_limit": pids_limit, "network": network, "env": list(env),
-               "volumes": list(volume), "workdir": workdir, "host": _given_host()}
+               "volumes": list(volume), "workdir": workdir, "pool": pool,
+               "host": _given_host()}
     # What is left at the provisioner's default is left out of the kernelspec.
     config = {k: v for k, v in options.items()
               if v not in (None, "", []) and (k, v) not in (("image", "host"),
-                                                            ("network", "none"))}
+                                                            ("network", "none"), ("pool", 0))}
     try:
         spec = kernel_json(config, display_name)
     except InvalidArgument as e:
@@ -202,7 +211,7 @@ def kernelspec_install(name: str, display_name: str, image: str, python: str,
 # the provisioner's config keys -> the flags that set them
 FLAGS = {"image": "--image", "python": "--python", "memory": "--memory", "cpus": "--cpus",
          "pids_limit": "--pids-limit", "network": "--network", "env": "--env",
-         "volumes": "--volume", "workdir": "--workdir", "host": "--host"}
+         "volumes": "--volume", "workdir": "--workdir", "host": "--host", "pool": "--pool"}
 
 
 def _as_flag(problem: str) -> str:

@@ -212,6 +212,40 @@ def test_shutdown_removes_the_container(jupyter, daemon):
     assert not os.path.exists(directory)
 
 
+def test_pooled_kernels_are_started_ahead_and_used_once(jupyter, daemon, monkeypatch):
+    """``pool: 1``: the first launch is cold and fills the pool; the next takes the
+    kernel that was already running (a fresh one: count 1, its own container) and the
+    pool refills; a launch whose env differs starts cold; at the end nothing is left."""
+    from ipython_ext import kernelpool
+    name = jupyter("sbx-pool", pool=1, memory="256m")
+    client = daemon.client()
+
+    def hostname_of_a_run() -> str:
+        nb = notebook("import socket\nprint(socket.gethostname())", "x = 1\nx")
+        nbclient.NotebookClient(nb, kernel_name=name, timeout=60).execute()
+        assert [c.execution_count for c in nb.cells] == [1, 2]
+        return stdout(nb.cells[0]).strip()
+
+    def parked() -> list:
+        return [c for c in client.containers.list()
+                if (c.attrs["Config"]["Labels"] or {}).get("jupyter.kernel_id") == ""]
+    try:
+        first = hostname_of_a_run()
+        wait_until(lambda: len(parked()) == 1, 30, "the pool to fill")
+        pooled = parked()[0]
+        assert first != pooled.id[:12]
+        assert hostname_of_a_run() == pooled.id[:12], "the pooled kernel ran the notebook"
+        wait_until(lambda: len(parked()) == 1 and parked()[0].id != pooled.id, 30,
+                   "the pool to refill")
+        refilled = parked()[0]
+        monkeypatch.setenv("TZ", "UTC")          # passed to kernels: another configuration
+        assert hostname_of_a_run() != refilled.id[:12]
+        assert refilled.id in [c.id for c in client.containers.list()]
+    finally:
+        kernelpool.close_all()
+    wait_until(lambda: client.containers.list(all=True) == [], 30, "the pool's kernels to go")
+
+
 def test_an_oom_kill_is_a_dead_kernel_with_the_reason_in_the_cell(jupyter):
     name = jupyter("sbx-oom", memory="128m")
     nb = notebook("print('alive')",

@@ -237,3 +237,12 @@ def test_top_level_await_as_in_ipython(process):
     messages = process.execute("import asyncio\nawait asyncio.sleep(0)\n"
                                "await asyncio.sleep(0, result=7)")
     assert messages[-2]["data"]["text/plain"] == "7"
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",))))
+def test_cells_are_named_with_ipykernels_hash(text):
+    """IPython mode names a cell's code as ipykernel does (the name shows in a
+    SyntaxError's message): the same MurmurHash2 and seed."""
+    compiler = pytest.importorskip("ipykernel.compiler")
+    seed = compiler.get_tmp_hash_seed()
+    assert worker._murmur2(text.encode("utf-8"), seed) == compiler.murmur2_x86(text, seed)

@@ -45,6 +45,9 @@ def test_values_are_kept_and_env_resolved(monkeypatch):
     ({"volumes": "/a:/b"}, "volumes: expected a list of /host:/container[:ro]"),
     ({"workdir": "rel"}, "workdir: 'rel' is not an absolute path"),
     ({"start_timeout": 0}, "start_timeout: must be positive, got 0"),
+    ({"pool": 17}, "pool: must be 0 to 16 kernels, got 17"),
+    ({"pool": -1}, "pool: must be 0 to 16 kernels, got -1"),
+    ({"pool": "2"}, "pool: expected a number of kernels (0 to 16), got '2'"),
     ({"memroy": "1g"}, "'memroy' is not a setting (known: image, python, memory"),
 ])
 def test_a_bad_value_is_named_by_its_key(config, message):
@@ -83,7 +86,7 @@ def test_sbx_installs_a_kernelspec(capsys, tmp_path, monkeypatch):
     code, out, err = sbx(capsys, "notebook", "kernelspec", "install", "--prefix",
                          str(tmp_path), "--name", "lab", "-m", "1g", "--cpus", "1.5",
                          "--pids-limit", "64", "-e", "A=1", "-e", "TOKEN", "-v",
-                         "/srv:/srv:ro")
+                         "/srv:/srv:ro", "--pool", "2")
     assert code == 0, err
     target = tmp_path / "share" / "jupyter" / "kernels" / "lab"
     assert out == f"Installed kernelspec lab (Python 3 (sandboxed)) in {target}\n"
@@ -92,7 +95,7 @@ def test_sbx_installs_a_kernelspec(capsys, tmp_path, monkeypatch):
     # KEY stays bare (its value is taken when a kernel starts, never stored).
     assert spec["metadata"]["kernel_provisioner"]["config"] == {
         "memory": "1g", "cpus": 1.5, "pids_limit": 64, "env": ["A=1", "TOKEN"],
-        "volumes": ["/srv:/srv:ro"]}
+        "volumes": ["/srv:/srv:ro"], "pool": 2}
     code, out, err = sbx(capsys, "-H", "unix:///tmp/d.sock", "notebook", "kernelspec",
                          "install", "--prefix", str(tmp_path), "--name", "lab",
                          "--image", "python:3.12", "--display-name", "Py 3.12")
@@ -109,6 +112,7 @@ def test_sbx_installs_a_kernelspec(capsys, tmp_path, monkeypatch):
     (["--net", "no such!"], "sbx: --network: 'no such!' is not a network name\n"),
     (["--name", "a b"], "sbx: Invalid kernel name 'a b'."),
     (["--user"], "sbx: --prefix and --user exclude each other\n"),
+    (["--pool", "20"], "sbx: --pool: must be 0 to 16 kernels, got 20\n"),
 ])
 def test_sbx_refuses_bad_flags(capsys, tmp_path, args, message):
     code, out, err = sbx(capsys, "notebook", "kernelspec", "install", "--prefix",

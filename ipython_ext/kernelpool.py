@@ -1,0 +1,289 @@
+"""Pre-started sandboxed kernels: the provisioner's pool (kernelspec config ``pool: N``).
+
+A daemon container pool parks containers *before exec*, so a kernel taken from one would
+still pay Python's and ipykernel's start-up (about half a second). This pool keeps
+kernels that are already running: N containers per container configuration, each with
+ipykernel started and listening on its own ipc sockets (its own private directory,
+connection file and key). A launch whose container would be configured exactly as a
+pooled one takes it; jupyter_client then adopts the pooled kernel's connection info (the
+provisioner returns it from ``launch_kernel``: ``KernelManager._reconcile_connection_info``
+rewrites the manager's connection file and session key with it). Every launch for a
+configuration refills its pool in a background thread, one start at a time.
+
+Limits (docs/notebooks.md):
+
+- The pool lives in the process that starts kernels (nbclient, papermill, a Jupyter
+  server, a test session): its first launch of a configuration is cold and fills the
+  pool, later ones are hits.
+- A pooled kernel's environment, working directory and command are fixed when it starts:
+  the key is the whole container configuration the cold path would use, so a launch
+  with another env (``JPY_SESSION_NAME``, say, which a Jupyter server sets per notebook)
+  or another working directory is a miss and starts cold, unchanged.
+- A kernel is used once and never returned; a pooled kernel that dies while parked is
+  dropped. If a pooled start fails, the pool stops refilling (the cold path reports
+  what is wrong, in the user's terms) until the process restarts.
+- The pool's kernels ride one daemon session of this process: the daemon removes them
+  if it dies; at exit they are killed and their directories removed.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from jupyter_client.connect import write_connection_file
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+OUTPUT_KEPT = 64 * 1024
+
+
+class Owner(Protocol):
+    """Who gets a kernel container's stream events: the pool while the kernel is
+    parked, the provisioner once it took it."""
+
+    def on_event(self, event: str, data: Any) -> None: ...
+
+    def on_end(self, end: dict[str, Any] | None, error: BaseException | None) -> None: ...
+
+
+class KernelStream:
+    """A kernel container's ``container.run`` stream, read by a thread of its own that
+    hands each event to its current owner; :meth:`hand_to` changes the owner between two
+    events."""
+
+    def __init__(self, stream: Any, owner: Owner, name: str):
+        self.stream = stream
+        self.owner = owner
+        self.ended = False
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self.thread.start()
+
+    def _run(self) -> None:
+        end: dict[str, Any] | None = None
+        error: BaseException | None = None
+        try:
+            for event, data in self.stream:
+                with self.lock:
+                    self.owner.on_event(event, data)
+            end = dict(self.stream.result())
+        except BaseException as exc:        # noqa: B036 -- the owner reports it
+            error = exc
+        with self.lock:
+            self.ended = True
+            owner = self.owner
+        owner.on_end(end, error)
+
+    def hand_to(self, owner: Owner) -> bool:
+        """The events from now on go to ``owner``; False if the stream already ended."""
+        with self.lock:
+            if self.ended:
+                return False
+            self.owner = owner
+            return True
+
+
+class PooledKernel:
+    """One started kernel waiting in a pool: its directory, connection info and stream."""
+
+    def __init__(self, directory: str, info: dict[str, Any]):
+        self.directory = directory
+        self.info = info                    # connection info; "key" as bytes
+        self.container_id = ""
+        self.output = bytearray()           # the kernel's own output while parked
+        self.stream: KernelStream | None = None
+        self.dead: dict[str, Any] | BaseException | None = None
+
+    def on_event(self, event: str, data: Any) -> None:
+        if event == "created":
+            self.container_id = data["id"]
+        elif event in ("stdout", "stderr"):
+            self.output += data
+            del self.output[:-OUTPUT_KEPT]
+
+    def on_end(self, end: dict[str, Any] | None, error: BaseException | None) -> None:
+        self.dead = error if error is not None else (end or {})
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def bound(self) -> bool:
+        return all(os.path.exists(f"{self.info['ip']}-{self.info[c]}") for c in CHANNELS)
+
+
+class KernelPool:
+    """The started kernels of one container configuration (``template``: the config
+    dict with ``{connection_file}`` and ``{kernel_dir}`` placeholders)."""
+
+    def __init__(self, template: str, size: int, client: Any, parent_dir: str,
+                 session: dict[str, Any], start_timeout: float):
+        self.template = template
+        self.size = size
+        self.client = client
+        self.parent_dir = parent_dir
+        self.session = session              # signature_scheme and kernel_name
+        self.start_timeout = start_timeout
+        self.ready: list[PooledKernel] = []
+        self.lock = threading.Lock()
+        self.filling: threading.Thread | None = None
+        self.failed = ""                    # why a pooled start failed: no more refills
+        self.closed = False
+
+    def take(self) -> PooledKernel | None:
+        """A started kernel, or None (empty pool)."""
+        with self.lock:
+            while self.ready:
+                kernel = self.ready.pop(0)
+                if kernel.dead is None:
+                    return kernel
+        return None
+
+    def refill(self) -> None:
+        """Start kernels in the background until ``size`` are ready."""
+        with self.lock:
+            if self.closed or self.failed or (self.filling and self.filling.is_alive()):
+                return
+            self.filling = threading.Thread(target=self._fill, daemon=True,
+                                            name="sandboxd-kernel-pool")
+            self.filling.start()
+
+    def _fill(self) -> None:
+        while True:
+            with self.lock:
+                self.ready = [k for k in self.ready if k.dead is None]
+                if self.closed or len(self.ready) >= self.size:
+                    return
+            try:
+                kernel = self._start()
+            except Exception as exc:         # noqa: BLE001 -- the cold path reports it
+                self.failed = str(exc) or type(exc).__name__
+                log.warning("sandboxd kernel pool: a pooled kernel did not start (%s); "
+                            "launches start cold", self.failed)
+                return
+            with self.lock:
+                if self.closed:
+                    _kill(self.client, kernel)
+                    return
+                self.ready.append(kernel)
+
+    def _start(self) -> PooledKernel:
+        directory = tempfile.mkdtemp(prefix="sbxk-", dir=self.parent_dir)     # 0700
+        key = str(uuid.uuid4()).encode()
+        path, info = write_connection_file(
+            os.path.join(directory, "kernel-pooled.json"), transport="ipc",
+            ip=os.path.join(directory, "k"), key=key, **self.session)
+        info = dict(info, key=key)
+        config = json.loads(self.template.replace("{connection_file}", path)
+                            .replace("{kernel_dir}", directory))
+        kernel = PooledKernel(directory, info)
+        stream = self.client.stream("container.run", {"config": config, "stdin": False,
+                                                      "remove": True, "detach": False})
+        kernel.stream = KernelStream(stream, kernel, "sandboxd-pooled-kernel")
+        deadline = time.monotonic() + self.start_timeout
+        while not kernel.bound():
+            if kernel.dead is not None:
+                tail = kernel.output.decode("utf-8", "replace").strip()[-500:]
+                raise RuntimeError(f"the kernel exited before it was ready: {kernel.dead}"
+                                   + (f": {tail}" if tail else ""))
+            if time.monotonic() > deadline:
+                _kill(self.client, kernel)
+                raise RuntimeError(f"the kernel did not bind its sockets within "
+                                   f"{self.start_timeout:g}s")
+            time.sleep(0.005)
+        return kernel
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            kernels, self.ready = self.ready, []
+        for kernel in kernels:
+            _kill(self.client, kernel)
+            shutil.rmtree(kernel.directory, ignore_errors=True)
+
+
+def _kill(client: Any, kernel: PooledKernel) -> None:
+    from sandboxd.errors import SandboxError
+    if kernel.container_id and kernel.dead is None:
+        try:
+            client.call("container.kill", {"id": kernel.container_id, "signal": "SIGKILL"})
+        except SandboxError:
+            pass
+
+
+REAP_WAIT = 5.0      # seconds a shut-down pooled kernel gets to exit before the kill
+_reaping: set[threading.Thread] = set()
+
+
+def reap(client: Any, container_id: str, reader: threading.Thread | None,
+         directory: str) -> None:
+    """A pooled kernel was asked to shut down (the provisioner detached it): let it exit
+    on its own in the background, kill it if it has not within REAP_WAIT, then remove
+    its directory. :func:`close_all` (at exit) waits for these first."""
+    def run() -> None:
+        if reader is not None:
+            reader.join(REAP_WAIT)
+            if reader.is_alive() and container_id:
+                from sandboxd.errors import SandboxError
+                try:
+                    client.call("container.kill", {"id": container_id, "signal": "SIGKILL"})
+                except SandboxError:
+                    pass
+                reader.join(REAP_WAIT)
+        shutil.rmtree(directory, ignore_errors=True)
+        with _lock:
+            _reaping.discard(threading.current_thread())
+    thread = threading.Thread(target=run, daemon=True, name="sandboxd-kernel-reaper")
+    with _lock:
+        _reaping.add(thread)
+    thread.start()
+
+
+_pools: dict[tuple[str, str], KernelPool] = {}      # (daemon host, template) -> pool
+_clients: dict[str, Any] = {}                        # daemon host -> the pools' session
+_lock = threading.Lock()
+
+
+def connected(host: str) -> bool:
+    """The pools already have a daemon session for ``host``."""
+    return host in _clients
+
+
+def pool_for(host: str, template: str, size: int, connect: Callable[[], Any],
+             parent_dir: str, session: dict[str, Any], start_timeout: float) -> KernelPool:
+    """This process's pool for a container configuration (made on first use)."""
+    with _lock:
+        pool = _pools.get((host, template))
+        if pool is None:
+            if not _clients:
+                atexit.register(close_all)
+            if host not in _clients:
+                _clients[host] = connect()
+            pool = _pools[(host, template)] = KernelPool(
+                template, size, _clients[host], parent_dir, session, start_timeout)
+        pool.size = max(pool.size, size)
+        return pool
+
+
+def close_all() -> None:
+    """Kill every pooled kernel of this process and close the pools' sessions (after
+    the kernels that were shut down have exited)."""
+    with _lock:
+        reaping = list(_reaping)
+    for thread in reaping:
+        thread.join(2 * REAP_WAIT + 1)
+    with _lock:
+        pools, clients = list(_pools.values()), list(_clients.values())
+        _pools.clear()
+        _clients.clear()
+    for pool in pools:
+        pool.close()
+    for client in clients:
+        client.close()
