@@ -180,7 +180,10 @@ class ContainerRoutes:
                 result = await task
             finally:
                 task.cancel()
-            error = {"Message": result["error"]} if result.get("error") else None
+            # A start's failure was that request's error; dockerd's removed-waiters see
+            # only a failed removal.
+            error = {"Message": result["error"]} if result.get("error") and \
+                condition != "removed" else None
             yield json_response({"StatusCode": result["exit_code"], "Error": error}).body
         return Response(200, chunks=body())
 
@@ -349,8 +352,8 @@ class ContainerRoutes:
             async for chunk in req.chunks(ARCHIVE_BODY_CAP):
                 if task.done():
                     break
-                ctx.feed("data", chunk)
-            ctx.feed("end", True)
+                ctx.feed("stdin", chunk)
+            ctx.feed("stdin_eof", True)
             await task
         finally:
             task.cancel()
