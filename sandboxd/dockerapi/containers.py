@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+from ..errors import NotFound
 from ..flags import build_config
 from ..model import ContainerRecord
 from ..render import inspect_document
@@ -17,6 +18,7 @@ from .http import (HttpError, Hijack, Request, Response, Route, empty, json_resp
 from .translate import create_options, list_row
 
 ARCHIVE_BODY_CAP = 8 << 30
+EXEC_KEEP = 600.0
 
 
 def docker_filters(raw: Any) -> dict[str, list[str]]:
@@ -61,10 +63,12 @@ class _Exec:
     stdout: bool
     stderr: bool
     ours: str = ""               # container.exec's exec id, once started
+    ctx: ApiContext | None = None      # the running exec's: its stdin and resize frames
     pid: int = 0
     running: bool = False
     exit_code: int | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    created: float = field(default_factory=time.monotonic)
 
 
 class ContainerRoutes:
@@ -113,6 +117,10 @@ class ContainerRoutes:
             config = build_config(image, **opts)
         except TypeError as e:             # a value of the wrong JSON type
             raise HttpError(400, f"invalid container config: {e}") from None
+        try:        # no pull here: on a 404 the clients pull with their own progress
+            self.calls.handlers.images.get(image)
+        except NotFound:
+            raise HttpError(404, f"No such image: {image}") from None
         name = req.arg("name") or None
         result = await self.calls.call("container.create",
                                        {"name": name, "config": config.to_dict()})
@@ -374,6 +382,12 @@ class ContainerRoutes:
         env = body.get("Env") or []
         if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
             raise HttpError(400, "exec: Env must be a list of KEY=value strings")
+        # Inspected after their end (docker-py reads the exit code so), kept a while:
+        # dockerd keeps them with the container, we keep EXEC_KEEP seconds' worth.
+        now = time.monotonic()
+        for key in [k for k, x in self.execs.items()
+                    if not x.running and now - x.created > EXEC_KEEP]:
+            del self.execs[key]
         exec_id = secrets.token_hex(32)
         self.execs[exec_id] = _Exec(
             record.id, cmd, env, body.get("WorkingDir") or "", body.get("User") or "",
@@ -396,12 +410,12 @@ class ContainerRoutes:
         params = {"id": e.container, "cmd": e.cmd, "env": e.env, "workdir": e.workdir,
                   "user": e.user, "tty": e.tty, "stdin": e.stdin}
         if body.get("Detach"):
-            ctx = ApiContext("container.exec", self._exec_events(e, None))
+            ctx = e.ctx = ApiContext("container.exec", self._exec_events(e, None))
             asyncio.ensure_future(self._run_exec(e, params, ctx))
             return empty(200)
 
         async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            ctx = ApiContext("container.exec", self._exec_events(e, writer))
+            ctx = e.ctx = ApiContext("container.exec", self._exec_events(e, writer))
             feeder = asyncio.ensure_future(pump_stdin(reader, ctx)) if e.stdin else None
             try:
                 await self._run_exec(e, params, ctx)
@@ -430,14 +444,16 @@ class ContainerRoutes:
             raise
         finally:
             e.running = False
+            e.ctx = None
             e.done.set()
 
     async def exec_resize(self, req: Request) -> Response:
         e = self._exec(req.params["id"])
-        if e.ours:
-            await self.calls.call("container.resize", {
-                "id": e.container, "exec_id": e.ours, "rows": req.integer("h", 0),
-                "cols": req.integer("w", 0)})
+        if e.ctx is None:
+            raise HttpError(409, f"exec {req.params['id']} is not running")
+        # Through the exec's own frames: the CLI resizes as soon as it has started it,
+        # often before the process runs; the frame waits in the exec's inbox till then.
+        e.ctx.feed("resize", (req.integer("h", 0), req.integer("w", 0)))
         return empty(200)
 
     async def exec_inspect(self, req: Request) -> Response:

@@ -248,6 +248,10 @@ class _Connection:
         if isinstance(result, Hijack):
             await self._hijack(request, result)
             return False
+        if result.status == 413:         # the rest of a body too large is not read
+            result.headers.append(("Connection", "close"))
+            await self._respond(result)
+            return False
         if not request._body_done:       # what the handler did not read is dropped
             async for _ in self.body_chunks():
                 pass
