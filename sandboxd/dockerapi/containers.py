@@ -3,6 +3,8 @@ over the operation table (``calls.call``), with Docker's JSON and stream shapes.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -11,14 +13,16 @@ from typing import Any, AsyncIterator
 from ..errors import NotFound
 from ..flags import build_config
 from ..model import ContainerRecord
-from ..render import inspect_document
+from ..render import inspect_document, rfc3339
 from .calls import MULTIPLEXED, RAW, STREAMS, ApiContext, Calls, frame, pump_stdin
 from .http import (HttpError, Hijack, Request, Response, Route, empty, json_response,
                    route)
+from .stats import docker_stats
 from .translate import create_options, list_row
 
 ARCHIVE_BODY_CAP = 8 << 30
 EXEC_KEEP = 600.0
+STATS_GAP = 0.5          # seconds between the two samples of a stream=false stats
 
 
 def docker_filters(raw: Any) -> dict[str, list[str]]:
@@ -197,7 +201,8 @@ class ContainerRoutes:
 
     async def delete(self, req: Request) -> Response:
         await self.calls.call("container.remove", {"id": req.params["id"],
-                                                   "force": req.flag("force")})
+                                                   "force": req.flag("force"),
+                                                   "volumes": req.flag("v")})
         return empty()
 
     async def prune(self, req: Request) -> Response:
@@ -295,11 +300,16 @@ class ContainerRoutes:
         return json_response({"Titles": result["titles"], "Processes": result["processes"]})
 
     async def stats(self, req: Request) -> Response:
-        from .stats import docker_stats
         record = await self._record(req.params["id"])
-        if not req.flag("stream", True) or req.flag("one-shot"):
+        if not req.flag("stream", True):
             sample = await self.calls.call("container.stats_once", {"id": record.id})
-            return json_response(docker_stats(record, sample, None))
+            if req.flag("one-shot"):
+                return json_response(docker_stats(record, sample, None))
+            # dockerd's single answer carries a previous sample (precpu) too: what the
+            # CLI's --no-stream and docker-py compute the CPU percentage from.
+            await asyncio.sleep(STATS_GAP)
+            later = await self.calls.call("container.stats_once", {"id": record.id})
+            return json_response(docker_stats(record, later, sample))
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(4)
         previous: list[dict] = []
 
@@ -320,8 +330,6 @@ class ContainerRoutes:
                         headers=[("X-Docker-Container-Path-Stat", stat)])
 
     async def _stat(self, req: Request) -> str:
-        import base64
-        import json
         path = req.arg("path")
         if not path:
             raise HttpError(400, "archive: the path query parameter is required")
@@ -329,7 +337,6 @@ class ContainerRoutes:
                                   {"id": req.params["id"], "path": path})
         mode = s["mode"] | ((1 << 31) if s.get("is_dir") else 0) \
             | ((1 << 27) if s.get("link_target") else 0)
-        from ..render import rfc3339
         doc = {"name": s["name"], "size": s["size"], "mode": mode,
                "mtime": rfc3339(s["mtime"]), "linkTarget": s.get("link_target", "")}
         return base64.b64encode(json.dumps(doc).encode()).decode()

@@ -291,6 +291,9 @@ def test_dockerpy_containers(dockerpy, tmp_path: Path) -> None:
         assert stats["id"] == c.id and stats["pids_stats"]["current"] >= 1
         assert stats["memory_stats"]["usage"] > 0
         assert stats["cpu_stats"]["cpu_usage"]["total_usage"] > 0
+        # a previous sample, as dockerd's: docker stats --no-stream computes CPU % so
+        assert 0 < stats["precpu_stats"]["system_cpu_usage"] \
+            < stats["cpu_stats"]["system_cpu_usage"]
 
         assert [x.id for x in dockerpy.containers.list(filters={"label": "t=py"})] == [c.id]
         assert dockerpy.containers.list(filters={"label": "t=py", "status": "exited"}) == []
