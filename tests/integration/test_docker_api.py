@@ -442,6 +442,11 @@ def test_garbage_bytes_are_400_and_closed(d: Daemon) -> None:
                                b"\r\n\r\n").endswith(b"OK")
 
 
+def _fds(d: Daemon) -> int:
+    assert d.proc is not None
+    return len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+
+
 def test_client_gone_mid_stream(d: Daemon) -> None:
     """A logs -f, an attach and a streaming stats whose clients vanish mid-stream: the
     container still stops and goes at once (nothing of the streams holds it) and the
@@ -452,6 +457,7 @@ def test_client_gone_mid_stream(d: Daemon) -> None:
     assert status == 201, doc
     cid = doc["Id"]
     assert _request(d.docker_sock, "POST", f"/containers/{cid}/start")[0] == 204
+    fds = _fds(d)
     for target in (f"/containers/{cid}/logs?follow=1&stdout=1",
                    f"/containers/{cid}/attach?stream=1&stdout=1&stdin=1",
                    f"/containers/{cid}/stats"):
@@ -464,7 +470,9 @@ def test_client_gone_mid_stream(d: Daemon) -> None:
                       f"Upgrade: tcp\r\n\r\n".encode())
             assert s.recv(4096)
             s.close()
-    time.sleep(0.3)
+    # every stream's connection and task went with its client (a task left streaming
+    # would hold its socket, and the logs and stats ones a file or pipe)
+    wait_until(lambda: _fds(d) <= fds, what=f"the daemon's fds to come back to {fds}")
     started = time.monotonic()
     assert _request(d.docker_sock, "POST", f"/containers/{cid}/stop?t=0")[0] == 204
     assert _request(d.docker_sock, "DELETE", f"/containers/{cid}")[0] == 204
