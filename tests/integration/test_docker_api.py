@@ -112,6 +112,11 @@ def test_cli_detached_lifecycle(docker, d: Daemon, tmp_path: Path) -> None:
         follow.kill()
         follow.wait()
 
+        assert docker("logs", "--tail", "1", "dk-life").stdout in ("started\n", "tick\n")
+        stamped = docker("logs", "-t", "dk-life").stdout.splitlines()[0]
+        assert stamped.endswith("Z started") and stamped[:4].isdigit()
+        assert docker("logs", "--since", "1h", "dk-life").stdout.startswith("started\n")
+
         assert docker("exec", "dk-life", "echo", "in-exec").stdout == "in-exec\n"
         assert docker("exec", "dk-life", "sh", "-c", "exit 7", check=False).returncode == 7
         assert docker("exec", "-i", "dk-life", "cat", input="piped\nlines\n").stdout \
@@ -155,7 +160,7 @@ def test_cli_detached_lifecycle(docker, d: Daemon, tmp_path: Path) -> None:
         docker("unpause", "dk-life2")
         assert docker("inspect", "-f", "{{.State.Status}}", cid).stdout == "running\n"
 
-        docker("update", "-m", "96m", "--memory-swap", "-1", "dk-life2")
+        docker("update", "-m", "96m", "dk-life2")
         assert d.cgroup_file("memory", cid, "memory.limit_in_bytes") == str(96 << 20)
 
         docker("kill", "-s", "USR1", "dk-life2")
