@@ -484,3 +484,20 @@ def test_client_gone_mid_stream(d: Daemon) -> None:
     assert time.monotonic() - started < 5
     assert cid not in d.ids("-a")
     assert "Traceback" not in d.log(1 << 30)
+
+
+@needs_cli
+def test_cli_docker_socket_bound_into_a_container(docker, d: Daemon) -> None:
+    """``-v DOCKER_SOCK:/var/run/docker.sock`` (what Ryuk and docker-in-docker tools
+    ask for): a container reaches the daemon's Docker API through the bound socket (the
+    built-in host image brings a Python to ask with)."""
+    assert docker("run", "--rm", "-v", f"{d.docker_sock}:/var/run/docker.sock", "busybox",
+                  "test", "-S", "/var/run/docker.sock").returncode == 0
+    ask = ("import socket; s = socket.socket(socket.AF_UNIX); "
+           "s.connect('/var/run/docker.sock'); "
+           "s.sendall(b'GET /containers/json?all=1 HTTP/1.0\\r\\nHost: d\\r\\n\\r\\n'); "
+           "print(s.makefile('rb').read().decode())")
+    out = docker("run", "--rm", "-l", "t=inside", "-v",
+                 f"{d.docker_sock}:/var/run/docker.sock", "host", "python3", "-c",
+                 ask).stdout
+    assert out.startswith("HTTP/1.1 200 ") and '"t": "inside"' in out
