@@ -1784,6 +1784,9 @@ def _stdin_pipe(wanted: bool) -> tuple[int, int]:
     if not wanted:
         return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1
     r, w = os.pipe2(os.O_CLOEXEC)
+    # Ours does not block: a container that does not read its stdin fills the pipe, and
+    # a blocking write would stop the daemon's loop (_write_all waits for room instead).
+    os.set_blocking(w, False)
     return r, w
 
 

@@ -367,7 +367,7 @@ class ContainerRoutes:
             async for chunk in req.chunks(ARCHIVE_BODY_CAP):
                 if task.done():
                     break
-                ctx.feed("stdin", chunk)
+                await ctx.push("stdin", chunk)
             ctx.feed("stdin_eof", True)
             await task
         finally:

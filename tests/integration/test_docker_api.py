@@ -501,3 +501,52 @@ def test_cli_docker_socket_bound_into_a_container(docker, d: Daemon) -> None:
                  f"{d.docker_sock}:/var/run/docker.sock", "host", "python3", "-c",
                  ask).stdout
     assert out.startswith("HTTP/1.1 200 ") and '"t": "inside"' in out
+
+
+def test_stdin_nobody_reads_holds_the_client_not_the_daemon(d: Daemon) -> None:
+    """A client streaming stdin to a container (and to an exec) that never reads it: the
+    daemon stops reading the client once a few frames wait (the client's send blocks)
+    and keeps answering everyone else; it once blocked its whole loop in a write to
+    the full pipe."""
+    status, doc = _request(d.docker_sock, "POST", "/containers/create", json.dumps({
+        "Image": "busybox", "Cmd": ["sleep", "600"], "OpenStdin": True}).encode())
+    assert status == 201, doc
+    cid = doc["Id"]
+    assert _request(d.docker_sock, "POST", f"/containers/{cid}/start")[0] == 204
+    status, doc = _request(d.docker_sock, "POST", f"/containers/{cid}/exec", json.dumps({
+        "Cmd": ["sleep", "600"], "AttachStdin": True}).encode())
+    assert status == 201, doc
+    exec_id = doc["Id"]
+    rss_before = _rss(d)
+    try:
+        for target, body in ((f"/containers/{cid}/attach?stream=1&stdin=1", b""),
+                             (f"/exec/{exec_id}/start", b'{"Detach": false}')):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(d.docker_sock)
+            s.sendall(f"POST {target} HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\n"
+                      f"Upgrade: tcp\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            s.settimeout(10)
+            assert s.recv(4096).startswith(b"HTTP/1.1 101 ")
+            s.settimeout(3)
+            sent = 0
+            with pytest.raises(socket.timeout):
+                while sent < 256 << 20:
+                    sent += s.send(b"\0" * (1 << 20))
+            assert sent < 64 << 20, f"the daemon took {sent} bytes no one reads"
+            started = time.monotonic()
+            assert _raw(d.docker_sock, b"GET /_ping HTTP/1.1\r\nHost: d\r\n"
+                                       b"Connection: close\r\n\r\n").endswith(b"OK")
+            assert time.monotonic() - started < 2
+            s.close()
+        assert _rss(d) - rss_before < 64 << 20
+    finally:
+        assert _request(d.docker_sock, "DELETE", f"/containers/{cid}?force=1")[0] == 204
+
+
+def _rss(d: Daemon) -> int:
+    assert d.proc is not None
+    for line in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
