@@ -927,8 +927,13 @@ class ContainerService:
                 return await self.start(record, stdin, by_policy)
             if isinstance(exc, SandboxError):
                 code = getattr(exc, "exit_code", None)
-                self._set_state(record, error=exc.message,
-                                exit_code=code if code is not None else 128)
+                live.record = self._set_state(record, error=exc.message,
+                                              exit_code=code if code is not None else 128)
+            # Waiters and attachers woken by ``started`` above hold ``live``: end them
+            # (else a Docker client's wait and attach of a start that failed hang).
+            for queue in live.subscribers:
+                queue.put_nowait(None)
+            live.drained.set()
             raise
         finally:
             if console is not None:
@@ -1779,6 +1784,9 @@ def _stdin_pipe(wanted: bool) -> tuple[int, int]:
     if not wanted:
         return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1
     r, w = os.pipe2(os.O_CLOEXEC)
+    # Ours does not block: a container that does not read its stdin fills the pipe, and
+    # a blocking write would stop the daemon's loop (_write_all waits for room instead).
+    os.set_blocking(w, False)
     return r, w
 
 

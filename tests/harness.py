@@ -64,6 +64,7 @@ class Daemon:
         self.tmp = tmp or tempfile.mkdtemp(prefix="sbxe-")   # short: socket paths ≤ 108
         self.root = os.path.join(self.tmp, "root")
         self.sock = os.path.join(self.tmp, "d.sock")
+        self.docker_sock = os.path.join(self.tmp, "docker.sock")   # its Docker Engine API
         self.parent = parent or f"sandboxd-e2e-{os.getpid()}-{next(_serial)}"
         # Our own link-name prefix: a daemon's start-up removes unowned links of its
         # prefix, so daemons side by side need their own ("sbxe" never makes one of the

@@ -35,10 +35,9 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
     if isinstance(exc, Conflict):
         return 409, exc.message
     if isinstance(exc, CommandNotFound):     # the CLI exits 127 on these words
-        return 400, f"failed to create task: exec: {exc.message}: executable file not " \
-                    f"found in $PATH"
-    if isinstance(exc, CommandNotExecutable):    # and 126 on these
-        return 400, f"failed to create task: exec: {exc.message}: permission denied"
+        return 400, f"failed to create task: {exc.message}"
+    if isinstance(exc, CommandNotExecutable):    # and 126 on "permission denied"
+        return 400, f"failed to create task: {exc.message.replace('Permission', 'permission')}"
     if isinstance(exc, (InvalidArgument, LimitExceeded)):
         return 400, exc.message
     if isinstance(exc, SandboxError):

@@ -12,6 +12,7 @@ from .. import operations
 from ..handlers import Handlers
 
 Sink = Callable[[str, Any], Awaitable[None]]
+INBOX_FRAMES = 8         # data frames (≤ 64 KiB each) queued for an op at most
 
 
 class ApiContext:
@@ -25,15 +26,28 @@ class ApiContext:
         self.streaming = operations.BY_NAME[op].streaming
         self._sink = sink
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._taken = asyncio.Event()
 
     async def send_event(self, name: str, data: Any = None) -> None:
         if self._sink is not None:
             await self._sink(name, data)
 
     async def receive(self) -> tuple[str, Any]:
-        return await self._inbox.get()
+        item = await self._inbox.get()
+        self._taken.set()
+        return item
 
     def feed(self, kind: str, data: Any) -> None:
+        """A control frame (resize, the end of stdin): queued at once."""
+        self._inbox.put_nowait((kind, data))
+
+    async def push(self, kind: str, data: Any) -> None:
+        """A data frame, once fewer than INBOX_FRAMES wait: a client's bytes never run
+        ahead of what the op consumes (a container that does not read its stdin holds
+        the client, not the daemon's memory)."""
+        while self._inbox.qsize() >= INBOX_FRAMES:
+            self._taken.clear()
+            await self._taken.wait()
         self._inbox.put_nowait((kind, data))
 
 
@@ -67,4 +81,4 @@ async def pump_stdin(reader: asyncio.StreamReader, ctx: ApiContext) -> None:
         if not data:
             ctx.feed("stdin_eof", True)
             return
-        ctx.feed("stdin", data)
+        await ctx.push("stdin", data)

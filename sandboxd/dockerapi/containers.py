@@ -3,20 +3,26 @@ over the operation table (``calls.call``), with Docker's JSON and stream shapes.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+from ..errors import NotFound
 from ..flags import build_config
 from ..model import ContainerRecord
-from ..render import inspect_document
+from ..render import inspect_document, rfc3339
 from .calls import MULTIPLEXED, RAW, STREAMS, ApiContext, Calls, frame, pump_stdin
 from .http import (HttpError, Hijack, Request, Response, Route, empty, json_response,
                    route)
+from .stats import docker_stats
 from .translate import create_options, list_row
 
 ARCHIVE_BODY_CAP = 8 << 30
+EXEC_KEEP = 600.0
+STATS_GAP = 0.5          # seconds between the two samples of a stream=false stats
 
 
 def docker_filters(raw: Any) -> dict[str, list[str]]:
@@ -61,10 +67,12 @@ class _Exec:
     stdout: bool
     stderr: bool
     ours: str = ""               # container.exec's exec id, once started
+    ctx: ApiContext | None = None      # the running exec's: its stdin and resize frames
     pid: int = 0
     running: bool = False
     exit_code: int | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    created: float = field(default_factory=time.monotonic)
 
 
 class ContainerRoutes:
@@ -113,6 +121,10 @@ class ContainerRoutes:
             config = build_config(image, **opts)
         except TypeError as e:             # a value of the wrong JSON type
             raise HttpError(400, f"invalid container config: {e}") from None
+        try:        # no pull here: on a 404 the clients pull with their own progress
+            self.calls.handlers.images.get(image)
+        except NotFound:
+            raise HttpError(404, f"No such image: {image}") from None
         name = req.arg("name") or None
         result = await self.calls.call("container.create",
                                        {"name": name, "config": config.to_dict()})
@@ -180,13 +192,17 @@ class ContainerRoutes:
                 result = await task
             finally:
                 task.cancel()
-            error = {"Message": result["error"]} if result.get("error") else None
+            # A start's failure was that request's error; dockerd's removed-waiters see
+            # only a failed removal.
+            error = {"Message": result["error"]} if result.get("error") and \
+                condition != "removed" else None
             yield json_response({"StatusCode": result["exit_code"], "Error": error}).body
         return Response(200, chunks=body())
 
     async def delete(self, req: Request) -> Response:
         await self.calls.call("container.remove", {"id": req.params["id"],
-                                                   "force": req.flag("force")})
+                                                   "force": req.flag("force"),
+                                                   "volumes": req.flag("v")})
         return empty()
 
     async def prune(self, req: Request) -> Response:
@@ -284,11 +300,16 @@ class ContainerRoutes:
         return json_response({"Titles": result["titles"], "Processes": result["processes"]})
 
     async def stats(self, req: Request) -> Response:
-        from .stats import docker_stats
         record = await self._record(req.params["id"])
-        if not req.flag("stream", True) or req.flag("one-shot"):
+        if not req.flag("stream", True):
             sample = await self.calls.call("container.stats_once", {"id": record.id})
-            return json_response(docker_stats(record, sample, None))
+            if req.flag("one-shot"):
+                return json_response(docker_stats(record, sample, None))
+            # dockerd's single answer carries a previous sample (precpu) too: what the
+            # CLI's --no-stream and docker-py compute the CPU percentage from.
+            await asyncio.sleep(STATS_GAP)
+            later = await self.calls.call("container.stats_once", {"id": record.id})
+            return json_response(docker_stats(record, later, sample))
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(4)
         previous: list[dict] = []
 
@@ -309,8 +330,6 @@ class ContainerRoutes:
                         headers=[("X-Docker-Container-Path-Stat", stat)])
 
     async def _stat(self, req: Request) -> str:
-        import base64
-        import json
         path = req.arg("path")
         if not path:
             raise HttpError(400, "archive: the path query parameter is required")
@@ -318,7 +337,6 @@ class ContainerRoutes:
                                   {"id": req.params["id"], "path": path})
         mode = s["mode"] | ((1 << 31) if s.get("is_dir") else 0) \
             | ((1 << 27) if s.get("link_target") else 0)
-        from ..render import rfc3339
         doc = {"name": s["name"], "size": s["size"], "mode": mode,
                "mtime": rfc3339(s["mtime"]), "linkTarget": s.get("link_target", "")}
         return base64.b64encode(json.dumps(doc).encode()).decode()
@@ -349,8 +367,8 @@ class ContainerRoutes:
             async for chunk in req.chunks(ARCHIVE_BODY_CAP):
                 if task.done():
                     break
-                ctx.feed("data", chunk)
-            ctx.feed("end", True)
+                await ctx.push("stdin", chunk)
+            ctx.feed("stdin_eof", True)
             await task
         finally:
             task.cancel()
@@ -371,6 +389,12 @@ class ContainerRoutes:
         env = body.get("Env") or []
         if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
             raise HttpError(400, "exec: Env must be a list of KEY=value strings")
+        # Inspected after their end (docker-py reads the exit code so), kept a while:
+        # dockerd keeps them with the container, we keep EXEC_KEEP seconds' worth.
+        now = time.monotonic()
+        for key in [k for k, x in self.execs.items()
+                    if not x.running and now - x.created > EXEC_KEEP]:
+            del self.execs[key]
         exec_id = secrets.token_hex(32)
         self.execs[exec_id] = _Exec(
             record.id, cmd, env, body.get("WorkingDir") or "", body.get("User") or "",
@@ -393,12 +417,12 @@ class ContainerRoutes:
         params = {"id": e.container, "cmd": e.cmd, "env": e.env, "workdir": e.workdir,
                   "user": e.user, "tty": e.tty, "stdin": e.stdin}
         if body.get("Detach"):
-            ctx = ApiContext("container.exec", self._exec_events(e, None))
+            ctx = e.ctx = ApiContext("container.exec", self._exec_events(e, None))
             asyncio.ensure_future(self._run_exec(e, params, ctx))
             return empty(200)
 
         async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            ctx = ApiContext("container.exec", self._exec_events(e, writer))
+            ctx = e.ctx = ApiContext("container.exec", self._exec_events(e, writer))
             feeder = asyncio.ensure_future(pump_stdin(reader, ctx)) if e.stdin else None
             try:
                 await self._run_exec(e, params, ctx)
@@ -427,14 +451,16 @@ class ContainerRoutes:
             raise
         finally:
             e.running = False
+            e.ctx = None
             e.done.set()
 
     async def exec_resize(self, req: Request) -> Response:
         e = self._exec(req.params["id"])
-        if e.ours:
-            await self.calls.call("container.resize", {
-                "id": e.container, "exec_id": e.ours, "rows": req.integer("h", 0),
-                "cols": req.integer("w", 0)})
+        if e.ctx is None:
+            raise HttpError(409, f"exec {req.params['id']} is not running")
+        # Through the exec's own frames: the CLI resizes as soon as it has started it,
+        # often before the process runs; the frame waits in the exec's inbox till then.
+        e.ctx.feed("resize", (req.integer("h", 0), req.integer("w", 0)))
         return empty(200)
 
     async def exec_inspect(self, req: Request) -> Response:

@@ -248,9 +248,16 @@ class _Connection:
         if isinstance(result, Hijack):
             await self._hijack(request, result)
             return False
+        if result.status == 413:         # the rest of a body too large is not read
+            result.headers.append(("Connection", "close"))
+            await self._respond(result)
+            return False
         if not request._body_done:       # what the handler did not read is dropped
             async for _ in self.body_chunks():
                 pass
+        if request.method == "HEAD" and result.chunks is None:   # h11 sends no body here
+            result = Response(result.status, b"", result.content_type,
+                              result.headers + [("Content-Length", str(len(result.body)))])
         await self._respond(result)
         return True
 
@@ -259,7 +266,8 @@ class _Connection:
                    ("Docker-Experimental", "false"), ("Ostype", "linux")]
         if response.content_type:
             headers.append(("Content-Type", response.content_type))
-        if length is not None and response.status not in (204, 304):
+        if length is not None and response.status not in (204, 304) and \
+                not any(k == "Content-Length" for k, _ in response.headers):
             headers.append(("Content-Length", str(length)))
         return headers + response.headers
 

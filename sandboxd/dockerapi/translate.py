@@ -28,13 +28,13 @@ _ZERO_OK_HOST = {
     "CpuRealtimePeriod", "CpuRealtimeRuntime", "CpusetCpus", "CpusetMems", "Devices",
     "DeviceCgroupRules", "DeviceRequests", "KernelMemory", "KernelMemoryTCP",
     "MemoryReservation", "MemorySwappiness", "OomKillDisable", "CpuCount", "CpuPercent",
-    "IOMaximumIOps", "IOMaximumBandwidth", "MaskedPaths", "ReadonlyPaths", "ConsoleSize",
+    "IOMaximumIOps", "IOMaximumBandwidth", "MaskedPaths", "ReadonlyPaths",
     "Annotations", "Mounts", "RestartPolicy", "VolumeDriver", "LogConfig",
 }
 # What a client sends by default for fields we do not implement (not a request).
 _DEFAULTS = {
     "CgroupnsMode": ("private", "host"), "Runtime": ("runc",), "Isolation": ("default",),
-    "MemorySwappiness": (-1,), "ConsoleSize": ([0, 0],), "ShmSize": (67108864,),
+    "MemorySwappiness": (-1,), "ShmSize": (67108864,),
     "VolumeDriver": ("local",), "RestartPolicy": ({"Name": "no", "MaximumRetryCount": 0},
                                                   {"Name": "", "MaximumRetryCount": 0}),
     "LogConfig": ({"Type": "", "Config": {}}, {"Type": "json-file", "Config": {}}),
@@ -97,7 +97,9 @@ _ANY_OK_CONFIG = {"AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "A
 _CONFIG_KNOWN = _ANY_OK_CONFIG | {"Hostname", "User", "ExposedPorts", "Tty", "OpenStdin", "Env", "Cmd",
                  "Image", "Volumes", "WorkingDir", "Entrypoint", "Labels", "StopSignal", "StopTimeout",
                  "HostConfig", "NetworkingConfig"} | _ZERO_OK_CONFIG
-_HOST_KNOWN = {"Binds", "NetworkMode", "PortBindings", "AutoRemove", "CapAdd", "CapDrop",
+# The terminal's first size: the clients resize it again right after the start.
+_ANY_OK_HOST = {"ConsoleSize"}
+_HOST_KNOWN = _ANY_OK_HOST | {"Binds", "NetworkMode", "PortBindings", "AutoRemove", "CapAdd", "CapDrop",
                "Dns", "DnsOptions", "DnsSearch", "ExtraHosts", "IpcMode", "Links", "PidMode",
                "Privileged", "PublishAllPorts", "ReadonlyRootfs", "SecurityOpt",
                "StorageOpt", "Tmpfs", "UTSMode", "CpuShares", "Memory", "NanoCpus",

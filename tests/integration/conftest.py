@@ -13,3 +13,10 @@ def daemon():
     kill or restart a daemon start their own."""
     with running("--default-ulimit", "nofile=1280:2560") as d:
         yield d
+
+
+@pytest.fixture(scope="session")
+def docker_host(daemon) -> str:
+    """``DOCKER_HOST`` of the shared daemon's Docker Engine API (docker CLI, docker-py,
+    testcontainers)."""
+    return f"unix://{daemon.docker_sock}"

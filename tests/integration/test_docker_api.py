@@ -1,0 +1,552 @@
+"""The Docker Engine API's container and exec endpoints with the real clients: the
+``docker`` CLI (a real pty for ``run -it``), docker-py 7.x and testcontainers-python 4.x,
+against a daemon of this module's own (busybox imported); plus raw HTTP on the socket for
+what no client sends (malformed JSON, unknown fields, huge bodies, garbage bytes, a client
+gone mid-stream). The module's daemon is stopped at its end by the harness, which fails
+on a traceback in its log or anything of it left behind."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from harness import Daemon, running, wait_until
+
+DOCKER = shutil.which("docker")
+needs_cli = pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not installed "
+                                                      "(apt-get install docker.io)")
+
+
+@pytest.fixture(scope="module")
+def d() -> Iterator[Daemon]:
+    with running() as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def docker_host(d: Daemon) -> str:
+    return f"unix://{d.docker_sock}"
+
+
+@pytest.fixture(scope="module")
+def docker(docker_host: str, tmp_path_factory):
+    """``docker(*args)``: the CLI against our socket, with a config dir of its own."""
+    config = tmp_path_factory.mktemp("docker-config")
+    env = {**os.environ, "DOCKER_HOST": docker_host, "DOCKER_CONFIG": str(config)}
+
+    def run(*args: str, check: bool = True, input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        proc = subprocess.run([DOCKER, *args], env=env, capture_output=True, text=True,
+                              input=input, timeout=timeout,
+                              stdin=None if input is not None else subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            pytest.fail(f"docker {' '.join(args)} exited {proc.returncode}:\n"
+                        f"{proc.stdout}\n{proc.stderr}")
+        return proc
+    run.env = env                                   # type: ignore[attr-defined]
+    return run
+
+
+@pytest.fixture(scope="module")
+def dockerpy(docker_host: str):
+    docker_py = pytest.importorskip("docker", reason="docker-py is not installed "
+                                                     "(pip install docker)")
+    client = docker_py.DockerClient(base_url=docker_host, version="auto")
+    yield client
+    client.close()
+
+
+def _labelled(docker, label: str) -> list[str]:
+    return docker("ps", "-aq", "--no-trunc", "--filter", f"label={label}").stdout.split()
+
+
+# ------------------------------------------------------------------ the docker CLI
+
+@needs_cli
+def test_cli_run_rm_exit_codes(docker) -> None:
+    """Docker's exit codes: the command's own, 127 for a missing command, 126 for one
+    that cannot be executed; a failed start of a --rm container ends the CLI (it once
+    hung waiting for a removal) and leaves nothing."""
+    label = "t=exitcodes"
+    ok = docker("run", "--rm", "-l", label, "busybox", "echo", "hello")
+    assert ok.stdout == "hello\n"
+    assert docker("run", "--rm", "-l", label, "busybox", "sh", "-c", "exit 3",
+                  check=False).returncode == 3
+    missing = docker("run", "--rm", "-l", label, "busybox", "nosuch", check=False, timeout=20)
+    assert missing.returncode == 127, missing.stderr
+    assert "executable file not found" in missing.stderr
+    assert "Error waiting" not in missing.stderr
+    denied = docker("run", "--rm", "-l", label, "busybox", "/etc/passwd", check=False,
+                    timeout=20)
+    assert denied.returncode == 126, denied.stderr
+    assert "permission denied" in denied.stderr
+    assert _labelled(docker, label) == []
+
+
+@needs_cli
+def test_cli_detached_lifecycle(docker, d: Daemon, tmp_path: Path) -> None:
+    """run -d, logs -f, exec (with and without -i), cp both ways, inspect -f, ps
+    filters, top, stats, rename, pause/unpause, update -m, kill -s, restart, stop, wait,
+    rm: each through the CLI against one container."""
+    script = ("trap 'echo got-usr1' USR1; echo started; "
+              "while true; do echo tick; sleep 0.1; done")
+    cid = docker("run", "-d", "--name", "dk-life", "-l", "t=life", "busybox", "sh", "-c",
+                 script).stdout.strip()
+    assert len(cid) == 64
+    try:
+        # logs -f: follows, and its client goes away mid-stream
+        follow = subprocess.Popen([DOCKER, "logs", "-f", "dk-life"], env=docker.env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert follow.stdout.readline() == b"started\n"
+        assert follow.stdout.readline() == b"tick\n"
+        follow.kill()
+        follow.wait()
+
+        assert docker("logs", "--tail", "1", "dk-life").stdout in ("started\n", "tick\n")
+        stamped = docker("logs", "-t", "dk-life").stdout.splitlines()[0]
+        assert stamped.endswith("Z started") and stamped[:4].isdigit()
+        assert docker("logs", "--since", "1h", "dk-life").stdout.startswith("started\n")
+
+        assert docker("exec", "dk-life", "echo", "in-exec").stdout == "in-exec\n"
+        assert docker("exec", "dk-life", "sh", "-c", "exit 7", check=False).returncode == 7
+        assert docker("exec", "-i", "dk-life", "cat", input="piped\nlines\n").stdout \
+            == "piped\nlines\n"
+        # without -i the exec's stdin is not the CLI's
+        assert docker("exec", "dk-life", "cat", input="ignored\n").stdout == ""
+
+        # cp both ways, a file and a directory
+        (tmp_path / "up").mkdir()
+        (tmp_path / "up" / "a.txt").write_text("alpha\n")
+        (tmp_path / "one.txt").write_text("one\n")
+        docker("cp", str(tmp_path / "one.txt"), "dk-life:/tmp/one.txt")
+        docker("cp", str(tmp_path / "up"), "dk-life:/tmp/up")
+        assert docker("exec", "dk-life", "cat", "/tmp/one.txt", "/tmp/up/a.txt").stdout \
+            == "one\nalpha\n"
+        docker("exec", "dk-life", "sh", "-c", "mkdir /tmp/down && echo beta > /tmp/down/b")
+        docker("cp", "dk-life:/tmp/down", str(tmp_path / "down"))
+        assert (tmp_path / "down" / "b").read_text() == "beta\n"
+        docker("cp", "dk-life:/tmp/one.txt", str(tmp_path / "back.txt"))
+        assert (tmp_path / "back.txt").read_text() == "one\n"
+
+        assert docker("inspect", "-f", "{{.State.Status}}", "dk-life").stdout == "running\n"
+        assert docker("ps", "-q", "--no-trunc", "--filter", "label=t=life").stdout.split() \
+            == [cid]
+        assert cid in docker("ps", "-q", "--no-trunc", "--filter", "status=running").stdout
+        assert docker("ps", "-q", "--filter", "label=t=nosuch").stdout == ""
+
+        top = docker("top", "dk-life").stdout
+        assert "PID" in top.splitlines()[0] and "echo started" in top
+        stats = docker("stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}",
+                       "dk-life").stdout.split()
+        assert stats[0] == "dk-life" and int(stats[1]) >= 1
+
+        docker("rename", "dk-life", "dk-life2")
+        assert docker("inspect", "-f", "{{.Name}}", cid).stdout == "/dk-life2\n"
+
+        docker("pause", "dk-life2")
+        assert docker("inspect", "-f", "{{.State.Status}}", cid).stdout == "paused\n"
+        assert docker("ps", "-q", "--no-trunc", "--filter", "status=paused").stdout.split() \
+            == [cid]
+        docker("unpause", "dk-life2")
+        assert docker("inspect", "-f", "{{.State.Status}}", cid).stdout == "running\n"
+
+        docker("update", "-m", "96m", "dk-life2")
+        assert d.cgroup_file("memory", cid, "memory.limit_in_bytes") == str(96 << 20)
+
+        docker("kill", "-s", "USR1", "dk-life2")
+        wait_until(lambda: "got-usr1" in docker("logs", "dk-life2").stdout,
+                   what="the trap of SIGUSR1 to run")
+        assert docker("inspect", "-f", "{{.State.Status}}", cid).stdout == "running\n"
+
+        first = docker("inspect", "-f", "{{.State.StartedAt}}", cid).stdout
+        docker("restart", "-t", "0", "dk-life2")
+        assert docker("inspect", "-f", "{{.State.Status}}", cid).stdout == "running\n"
+        assert docker("inspect", "-f", "{{.State.StartedAt}}", cid).stdout != first
+
+        waiter = subprocess.Popen([DOCKER, "wait", "dk-life2"], env=docker.env,
+                                  stdout=subprocess.PIPE, text=True)
+        docker("stop", "-t", "0", "dk-life2")
+        assert waiter.communicate(timeout=30)[0] == "137\n"
+        assert docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", cid).stdout \
+            == "exited 137\n"
+        assert cid in docker("ps", "-aq", "--no-trunc", "--filter", "status=exited").stdout
+    finally:
+        docker("rm", "-f", cid, check=False)
+    assert _labelled(docker, "t=life") == []
+    assert not d.cgroup_children()
+
+
+@needs_cli
+def test_cli_run_it_through_a_pty(docker) -> None:
+    """``docker run -it``: a real terminal, its size and a resize reaching the
+    container, the exit code of the shell."""
+    pexpect = pytest.importorskip("pexpect", reason="pexpect is not installed")
+    child = pexpect.spawn(DOCKER, ["run", "-it", "--rm", "-l", "t=pty", "busybox", "sh"],
+                          env=docker.env, dimensions=(30, 90), timeout=20)
+    try:
+        child.expect_exact("# ")
+        child.sendline("stty size; tty")
+        child.expect(r"30 90\r\n/dev/pts/\d+")
+        child.setwinsize(41, 123)         # SIGWINCH: the CLI posts /containers/…/resize
+        deadline = time.monotonic() + 10
+        while True:
+            child.sendline("stty size")
+            if child.expect([r"41 123", r"\d+ \d+"]) == 0:
+                break
+            assert time.monotonic() < deadline, "the resize never reached the container"
+            time.sleep(0.1)
+        child.sendline("exit 5")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 5
+    assert _labelled(docker, "t=pty") == []
+
+
+@needs_cli
+def test_cli_exec_it_through_a_pty(docker) -> None:
+    pexpect = pytest.importorskip("pexpect", reason="pexpect is not installed")
+    cid = docker("run", "-d", "busybox", "sleep", "600").stdout.strip()
+    try:
+        child = pexpect.spawn(DOCKER, ["exec", "-it", cid, "sh"], env=docker.env,
+                              dimensions=(25, 70), timeout=20)
+        child.expect_exact("# ")
+        child.sendline("stty size")
+        child.expect_exact("25 70")
+        child.sendline("exit 4")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 4
+    finally:
+        docker("rm", "-f", cid)
+
+
+@needs_cli
+def test_cli_run_i_cat_stdin_eof(docker) -> None:
+    """stdin's end reaches the container (the CLI half-closes the hijacked stream)."""
+    out = docker("run", "--rm", "-i", "busybox", "cat", input="one\ntwo\n", timeout=20)
+    assert out.stdout == "one\ntwo\n"
+    counted = docker("run", "--rm", "-i", "busybox", "wc", "-c", input="x" * 300000,
+                     timeout=20)
+    assert counted.stdout.strip() == "300000"
+
+
+@needs_cli
+def test_cli_run_limits_verified_inside(docker) -> None:
+    script = ("cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+              "/sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us "
+              "/sys/fs/cgroup/pids/pids.max; ulimit -n; ulimit -Hn")
+    out = docker("run", "--rm", "-m", "64m", "--cpus", "0.5", "--pids-limit", "64",
+                 "--ulimit", "nofile=128:256", "busybox", "sh", "-c", script).stdout.split()
+    assert out == [str(64 << 20), "50000", "100000", "64", "128", "256"]
+
+
+@needs_cli
+def test_cli_container_prune(docker) -> None:
+    docker("run", "-l", "t=prune", "busybox", "true")
+    running_id = docker("run", "-d", "-l", "t=prune", "busybox", "sleep", "600").stdout.strip()
+    try:
+        out = docker("container", "prune", "-f").stdout
+        assert "Deleted Containers" in out
+        assert _labelled(docker, "t=prune") == [running_id]
+    finally:
+        docker("rm", "-f", running_id)
+
+
+# ------------------------------------------------------------------ docker-py
+
+def test_dockerpy_containers(dockerpy, tmp_path: Path) -> None:
+    assert dockerpy.containers.run("busybox", ["echo", "hi"], remove=True) == b"hi\n"
+    c = dockerpy.containers.run(
+        "busybox", ["sh", "-c", "echo out; echo err >&2; exec sleep 600"],
+        detach=True, labels={"t": "py"})
+    try:
+        lines = c.logs(stream=True, follow=True)
+        got = b""
+        while b"out\n" not in got or b"err\n" not in got:
+            got += next(lines)
+        lines.close()
+
+        result = c.exec_run(["sh", "-c", "echo a; echo b >&2; exit 4"], demux=True)
+        assert result.exit_code == 4 and result.output == (b"a\n", b"b\n")
+        assert c.exec_run("hostname").output.strip() == c.id[:12].encode()
+
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w") as tar:
+            info = tarfile.TarInfo("put.txt")
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"put\n"))
+        assert c.put_archive("/tmp", data.getvalue())
+        stream, stat = c.get_archive("/tmp/put.txt")
+        assert stat["name"] == "put.txt" and stat["size"] == 4
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            assert tar.extractfile("put.txt").read() == b"put\n"
+
+        stats = c.stats(stream=False)
+        assert stats["id"] == c.id and stats["pids_stats"]["current"] >= 1
+        assert stats["memory_stats"]["usage"] > 0
+        assert stats["cpu_stats"]["cpu_usage"]["total_usage"] > 0
+        # a previous sample, as dockerd's: docker stats --no-stream computes CPU % so
+        assert 0 < stats["precpu_stats"]["system_cpu_usage"] \
+            < stats["cpu_stats"]["system_cpu_usage"]
+
+        assert [x.id for x in dockerpy.containers.list(filters={"label": "t=py"})] == [c.id]
+        assert dockerpy.containers.list(filters={"label": "t=py", "status": "exited"}) == []
+        c.kill()
+        assert c.wait(timeout=30) == {"StatusCode": 137, "Error": None}
+    finally:
+        c.remove(force=True)
+    three = dockerpy.containers.run("busybox", ["sh", "-c", "exit 3"], detach=True)
+    try:
+        assert three.wait(timeout=30)["StatusCode"] == 3
+    finally:
+        three.remove()
+
+
+# ------------------------------------------------------------------ testcontainers
+
+def test_testcontainers_http_server(docker_host: str, monkeypatch) -> None:
+    """testcontainers' generic container with an exposed port, its log wait and host
+    and port look-ups, then a GET to the server from here. Ryuk is off: see
+    docs/docker-api.md (the daemon's own clean-up is the container's removal on exit)."""
+    tc = pytest.importorskip("testcontainers.core.container",
+                             reason="testcontainers is not installed")
+    from testcontainers.core.config import testcontainers_config
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    monkeypatch.setattr(testcontainers_config, "ryuk_disabled", True)
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+    container = tc.DockerContainer("busybox").with_command(
+        ["sh", "-c", "mkdir -p /www && echo hello-tc > /www/index.html && echo serving && "
+                     "exec httpd -f -p 80 -h /www"]).with_exposed_ports(80) \
+        .waiting_for(LogMessageWaitStrategy("serving").with_startup_timeout(20))
+    with container:
+        host, port = container.get_container_host_ip(), container.get_exposed_port(80)
+        url = f"http://{host}:{port}/"
+        body = wait_until(lambda: _get(url), what=f"{url} to answer")
+        assert body == b"hello-tc\n"
+        cid = container.get_wrapped_container().id
+    docker_py = pytest.importorskip("docker")
+    client = docker_py.DockerClient(base_url=docker_host)
+    try:
+        with pytest.raises(docker_py.errors.NotFound):
+            client.containers.get(cid)
+    finally:
+        client.close()
+
+
+def _get(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.read()
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------ bad input (raw HTTP)
+
+def _raw(path: str, data: bytes, timeout: float = 20) -> bytes:
+    """Send ``data`` on the socket, return everything until the daemon closes."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def _request(path: str, method: str, target: str, body: bytes = b"") -> tuple[int, dict]:
+    head = (f"{method} {target} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    raw = _raw(path, head + body)
+    status = int(raw.split(b" ", 2)[1])
+    payload = raw.partition(b"\r\n\r\n")[2]
+    return status, json.loads(payload) if payload.strip() else {}
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"{not json", 400, "invalid JSON body"),
+    (b"[1, 2]", 400, "expected an object"),
+    (b"", 400, "request body is empty"),
+    (b'{"Image": 5}', 400, "Config.Image"),
+    (b'{"Image": "busybox", "Cmd": 5}', 400, "Config.Cmd"),
+    (b'{"Image": "busybox", "Env": [1]}', 400, "Config.Env"),
+    (b'{"Image": "busybox", "HostConfig": {"Memory": "lots"}}', 400, "HostConfig.Memory"),
+    (b'{"Image": "busybox", "HostConfig": []}', 400, "HostConfig"),
+    (b'{"Image": "busybox", "Bogus": 1}', 400, "Config.Bogus: unknown field"),
+    (b'{"Image": "busybox", "HostConfig": {"Bogus": 1}}', 400,
+     "HostConfig.Bogus: unknown field"),
+    (b'{"Image": "busybox", "HostConfig": {"Sysctls": {"net.x": "1"}}}', 400,
+     "HostConfig.Sysctls"),
+    (b'{"Image": "nosuch-image"}', 404, "nosuch-image"),
+])
+def test_bad_create_bodies(d: Daemon, body: bytes, status: int, words: str) -> None:
+    before = d.ids("-a")
+    got, doc = _request(d.docker_sock, "POST", "/v1.43/containers/create", body)
+    assert (got, words in doc.get("message", "")) == (status, True), doc
+    assert d.ids("-a") == before
+
+
+def test_bad_query_and_exec_bodies(d: Daemon) -> None:
+    status, doc = _request(d.docker_sock, "GET", "/containers/json?all=maybe")
+    assert status == 400 and "all" in doc["message"]
+    status, doc = _request(d.docker_sock, "GET", "/containers/json?filters=%7Bx")
+    assert status == 400 and "filters" in doc["message"]
+    status, doc = _request(d.docker_sock, "GET", "/containers/nosuch/json")
+    assert status == 404 and "nosuch" in doc["message"]
+    status, doc = _request(d.docker_sock, "POST", "/exec/nosuch/start", b"{}")
+    assert status == 404
+
+
+def test_huge_body_is_413_and_closed(d: Daemon) -> None:
+    """A body past the cap is refused as soon as the cap is passed: the connection is
+    closed without reading the rest (a 64 MiB body is not sent whole)."""
+    size = 64 << 20
+    head = (f"POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {size}\r\n\r\n").encode()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(20)
+        s.connect(d.docker_sock)
+        s.sendall(head)
+        sent = 0
+        chunk = b" " * (1 << 20)
+        try:
+            while sent < size:
+                s.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        out = b""
+        try:
+            while data := s.recv(65536):
+                out += data
+        except ConnectionResetError:
+            pass
+    assert out.startswith(b"HTTP/1.1 413 "), out[:200]
+    assert b"larger than" in out
+    assert sent < size
+
+
+def test_garbage_bytes_are_400_and_closed(d: Daemon) -> None:
+    out = _raw(d.docker_sock, b"\x00\xff garbage \x13\x37\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 "), out[:200]
+    assert b"malformed HTTP request" in out
+    # and the daemon still answers
+    assert _raw(d.docker_sock, b"GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close"
+                               b"\r\n\r\n").endswith(b"OK")
+
+
+def _fds(d: Daemon) -> int:
+    assert d.proc is not None
+    return len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+
+
+def test_client_gone_mid_stream(d: Daemon) -> None:
+    """A logs -f, an attach and a streaming stats whose clients vanish mid-stream: the
+    container still stops and goes at once (nothing of the streams holds it) and the
+    daemon logs no traceback (checked when the module's daemon stops)."""
+    status, doc = _request(d.docker_sock, "POST", "/containers/create", json.dumps({
+        "Image": "busybox", "Cmd": ["sh", "-c", "while true; do echo x; sleep 0.05; done"],
+        "OpenStdin": True}).encode())
+    assert status == 201, doc
+    cid = doc["Id"]
+    assert _request(d.docker_sock, "POST", f"/containers/{cid}/start")[0] == 204
+    fds = _fds(d)
+    for target in (f"/containers/{cid}/logs?follow=1&stdout=1",
+                   f"/containers/{cid}/attach?stream=1&stdout=1&stdin=1",
+                   f"/containers/{cid}/stats"):
+        for _ in range(3):
+            method = "POST" if "attach" in target else "GET"
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(10)
+            s.connect(d.docker_sock)
+            s.sendall(f"{method} {target} HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\n"
+                      f"Upgrade: tcp\r\n\r\n".encode())
+            assert s.recv(4096)
+            s.close()
+    # every stream's connection and task went with its client (a task left streaming
+    # would hold its socket, and the logs and stats ones a file or pipe)
+    wait_until(lambda: _fds(d) <= fds, what=f"the daemon's fds to come back to {fds}")
+    started = time.monotonic()
+    assert _request(d.docker_sock, "POST", f"/containers/{cid}/stop?t=0")[0] == 204
+    assert _request(d.docker_sock, "DELETE", f"/containers/{cid}")[0] == 204
+    assert time.monotonic() - started < 5
+    assert cid not in d.ids("-a")
+    assert "Traceback" not in d.log(1 << 30)
+
+
+@needs_cli
+def test_cli_docker_socket_bound_into_a_container(docker, d: Daemon) -> None:
+    """``-v DOCKER_SOCK:/var/run/docker.sock`` (what Ryuk and docker-in-docker tools
+    ask for): a container reaches the daemon's Docker API through the bound socket (the
+    built-in host image brings a Python to ask with)."""
+    assert docker("run", "--rm", "-v", f"{d.docker_sock}:/var/run/docker.sock", "busybox",
+                  "test", "-S", "/var/run/docker.sock").returncode == 0
+    ask = ("import socket; s = socket.socket(socket.AF_UNIX); "
+           "s.connect('/var/run/docker.sock'); "
+           "s.sendall(b'GET /containers/json?all=1 HTTP/1.0\\r\\nHost: d\\r\\n\\r\\n'); "
+           "print(s.makefile('rb').read().decode())")
+    out = docker("run", "--rm", "-l", "t=inside", "-v",
+                 f"{d.docker_sock}:/var/run/docker.sock", "host", "python3", "-c",
+                 ask).stdout
+    assert out.startswith("HTTP/1.1 200 ") and '"t": "inside"' in out
+
+
+def test_stdin_nobody_reads_holds_the_client_not_the_daemon(d: Daemon) -> None:
+    """A client streaming stdin to a container (and to an exec) that never reads it: the
+    daemon stops reading the client once a few frames wait (the client's send blocks)
+    and keeps answering everyone else; it once blocked its whole loop in a write to
+    the full pipe."""
+    status, doc = _request(d.docker_sock, "POST", "/containers/create", json.dumps({
+        "Image": "busybox", "Cmd": ["sleep", "600"], "OpenStdin": True}).encode())
+    assert status == 201, doc
+    cid = doc["Id"]
+    assert _request(d.docker_sock, "POST", f"/containers/{cid}/start")[0] == 204
+    status, doc = _request(d.docker_sock, "POST", f"/containers/{cid}/exec", json.dumps({
+        "Cmd": ["sleep", "600"], "AttachStdin": True}).encode())
+    assert status == 201, doc
+    exec_id = doc["Id"]
+    rss_before = _rss(d)
+    try:
+        for target, body in ((f"/containers/{cid}/attach?stream=1&stdin=1", b""),
+                             (f"/exec/{exec_id}/start", b'{"Detach": false}')):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(d.docker_sock)
+            s.sendall(f"POST {target} HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\n"
+                      f"Upgrade: tcp\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            s.settimeout(10)
+            assert s.recv(4096).startswith(b"HTTP/1.1 101 ")
+            s.settimeout(3)
+            sent = 0
+            with pytest.raises(socket.timeout):
+                while sent < 256 << 20:
+                    sent += s.send(b"\0" * (1 << 20))
+            assert sent < 64 << 20, f"the daemon took {sent} bytes no one reads"
+            started = time.monotonic()
+            assert _raw(d.docker_sock, b"GET /_ping HTTP/1.1\r\nHost: d\r\n"
+                                       b"Connection: close\r\n\r\n").endswith(b"OK")
+            assert time.monotonic() - started < 2
+            s.close()
+        assert _rss(d) - rss_before < 64 << 20
+    finally:
+        assert _request(d.docker_sock, "DELETE", f"/containers/{cid}?force=1")[0] == 204
+
+
+def _rss(d: Daemon) -> int:
+    assert d.proc is not None
+    for line in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
