@@ -201,9 +201,16 @@ class ContainerService:
             self.live[record.id].record = record
         return record
 
-    def _set_state(self, record: ContainerRecord, **changes: Any) -> ContainerRecord:
-        return self._save(dataclasses.replace(
-            record, state=dataclasses.replace(record.state, **changes)))
+    def _set_state(self, record: ContainerRecord, persist: bool = True,
+                   **changes: Any) -> ContainerRecord:
+        """``persist=False``: the live record only (see ``start``)."""
+        record = dataclasses.replace(record, state=dataclasses.replace(record.state,
+                                                                       **changes))
+        if persist:
+            return self._save(record)
+        if record.id in self.live:
+            self.live[record.id].record = record
+        return record
 
     def _dir(self, container_id: str) -> Path:
         return self.root / "containers" / container_id
@@ -662,10 +669,11 @@ class ContainerService:
     def _host_resolv(self, host_network: bool = False) -> str:
         """The host's resolv.conf text containers' are made from (systemd-resolved's
         upstream file behind its stub, except for ``--network host``)."""
-        etc = _read(resolvconf.ETC)
-        path = resolvconf.ETC if host_network else \
-            resolvconf.host_path(etc, os.path.exists(resolvconf.SYSTEMD))
-        return etc if path == resolvconf.ETC else _read(path)
+        etc = _read_host_file(resolvconf.ETC) or ""
+        if host_network or resolvconf.host_path(etc, True) == resolvconf.ETC:
+            return etc
+        systemd = _read_host_file(resolvconf.SYSTEMD, None)
+        return etc if systemd is None else systemd
 
     def _own_hosts(self, record: ContainerRecord) -> str:
         """A container's own /etc/hosts lines: localhost, its host name, its --add-host
@@ -939,7 +947,12 @@ class ContainerService:
         hc = record.config.healthcheck
         if not by_policy:
             record = dataclasses.replace(record, restart_count=0)
-        record = self._set_state(record, status=lifecycle.after("start"), pid=pid, exit_code=0,
+        # A --rm container's row stays as the create wrote it until the exit deletes it:
+        # while it runs, every lookup finds the live record first (get, records), and a
+        # daemon that dies meanwhile forgets --rm rows whatever their state (startup),
+        # so the running state need not reach the disk: one write fewer per run.
+        record = self._set_state(record, not record.config.host.auto_remove,
+                                 status=lifecycle.after("start"), pid=pid, exit_code=0,
                                  oom_killed=False, timed_out=False, error="",
                                  started_at=time.time(), finished_at=None,
                                  manually_stopped=False, health=Health(
@@ -1265,7 +1278,8 @@ class ContainerService:
         self.store.delete_container(record.id)
         self._discard_claimed(record.id)
         self._release_network(record.id)
-        if volumes or record.config.host.auto_remove:
+        if (volumes or record.config.host.auto_remove) and any(
+                m.type == "volume" for m in record.config.host.mounts):
             self.volumes.remove_anonymous([m.source for m in record.config.host.mounts
                                            if m.type == "volume"])
         self._release_rootfs(record.id)
@@ -1984,6 +1998,31 @@ def _read(path: str) -> str:
             return f.read()
     except OSError:
         return ""
+
+
+_host_files: dict[str, tuple[tuple[int, int, int, int], str | None]] = {}
+
+
+def _read_host_file(path: str, missing: str | None = "") -> str | None:
+    """A host file read at every start (resolv.conf), read again only when its inode,
+    size or modification time changed (resolvers replace it by a rename, a new inode;
+    an edit in place within one mtime tick that keeps the size is the blind spot).
+    ``missing``: the text when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        _host_files.pop(path, None)
+        return missing
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _host_files.get(path)
+    if cached is None or cached[0] != key:
+        try:
+            with open(path) as f:
+                cached = (key, f.read())
+        except OSError:
+            return missing
+        _host_files[path] = cached
+    return cached[1]
 
 
 def _hash_path(path: Path) -> Path:

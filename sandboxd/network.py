@@ -88,6 +88,7 @@ import asyncio
 import heapq
 import itertools
 import json
+import functools
 import logging
 import os
 import re
@@ -151,7 +152,14 @@ class Network:
 
     @property
     def pool(self) -> Pool:
-        return Pool.parse(self.subnet, self.gateway, self.ip_range)
+        return _pool(self.subnet, self.gateway, self.ip_range)
+
+
+@functools.lru_cache(maxsize=256)
+def _pool(subnet: str, gateway: str, ip_range: str) -> Pool:
+    """A stored network's parsed address space: asked for twice per container start,
+    the same few strings every time (a Pool is immutable, so one is shared)."""
+    return Pool.parse(subnet, gateway, ip_range)
 
 
 @dataclass(frozen=True)
