@@ -1258,9 +1258,8 @@ class ContainerService:
             await self.kill_quietly(record.id)
             await live.drained.wait()
             self._cancel_restart(record.id)       # the exit may have scheduled one
-        if self.store.get_container(record.id) is None:
-            return
-        self._forget(record, files_later=files_later, volumes=volumes)
+        if not self._forget(record, files_later=files_later, volumes=volumes):
+            return                                 # removed meanwhile
         self.events.container(record, "destroy")
         self.starts.pop(record.id, None)
         event = self.removed.pop(record.id, None)
@@ -1268,14 +1267,18 @@ class ContainerService:
             event.set()
 
     def _forget(self, record: ContainerRecord, files_later: bool = False,
-                volumes: bool = False) -> None:
+                volumes: bool = False) -> bool:
         """Drop a stopped container's record, then its files (metadata first).
 
         ``files_later``: its directory goes in a worker thread, off the path of what
         the caller sends next (a --rm run's result): no one finds the container once its
         record is gone, and a daemon killed before the directory goes sweeps it at
-        start-up."""
-        self.store.delete_container(record.id)
+        start-up. False when its record was gone already (removed meanwhile): nothing
+        is done then."""
+        try:
+            self.store.delete_container(record.id)
+        except NotFound:
+            return False
         self._discard_claimed(record.id)
         self._release_network(record.id)
         if (volumes or record.config.host.auto_remove) and any(
@@ -1285,11 +1288,12 @@ class ContainerService:
         self._release_rootfs(record.id)
         directory = self._dir(record.id)
         if not directory.exists():              # a --rm container that printed nothing
-            return
+            return True
         if files_later:
             asyncio.get_running_loop().run_in_executor(None, _rmtree, directory)
         else:
             _rmtree(directory)
+        return True
 
     def _release_rootfs(self, container_id: str) -> None:
         try:
