@@ -85,10 +85,10 @@ Schema (created here, beside the store's tables)::
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import json
-import functools
 import logging
 import os
 import re
