@@ -201,9 +201,16 @@ class ContainerService:
             self.live[record.id].record = record
         return record
 
-    def _set_state(self, record: ContainerRecord, **changes: Any) -> ContainerRecord:
-        return self._save(dataclasses.replace(
-            record, state=dataclasses.replace(record.state, **changes)))
+    def _set_state(self, record: ContainerRecord, persist: bool = True,
+                   **changes: Any) -> ContainerRecord:
+        """``persist=False``: the live record only (see ``start``)."""
+        record = dataclasses.replace(record, state=dataclasses.replace(record.state,
+                                                                       **changes))
+        if persist:
+            return self._save(record)
+        if record.id in self.live:
+            self.live[record.id].record = record
+        return record
 
     def _dir(self, container_id: str) -> Path:
         return self.root / "containers" / container_id
@@ -662,10 +669,11 @@ class ContainerService:
     def _host_resolv(self, host_network: bool = False) -> str:
         """The host's resolv.conf text containers' are made from (systemd-resolved's
         upstream file behind its stub, except for ``--network host``)."""
-        etc = _read(resolvconf.ETC)
-        path = resolvconf.ETC if host_network else \
-            resolvconf.host_path(etc, os.path.exists(resolvconf.SYSTEMD))
-        return etc if path == resolvconf.ETC else _read(path)
+        etc = _read_host_file(resolvconf.ETC) or ""
+        if host_network or resolvconf.host_path(etc, True) == resolvconf.ETC:
+            return etc
+        systemd = _read_host_file(resolvconf.SYSTEMD, None)
+        return etc if systemd is None else systemd
 
     def _own_hosts(self, record: ContainerRecord) -> str:
         """A container's own /etc/hosts lines: localhost, its host name, its --add-host
@@ -944,7 +952,12 @@ class ContainerService:
         hc = record.config.healthcheck
         if not by_policy:
             record = dataclasses.replace(record, restart_count=0)
-        record = self._set_state(record, status=lifecycle.after("start"), pid=pid, exit_code=0,
+        # A --rm container's row stays as the create wrote it until the exit deletes it:
+        # while it runs, every lookup finds the live record first (get, records), and a
+        # daemon that dies meanwhile forgets --rm rows whatever their state (startup),
+        # so the running state need not reach the disk: one write fewer per run.
+        record = self._set_state(record, not record.config.host.auto_remove,
+                                 status=lifecycle.after("start"), pid=pid, exit_code=0,
                                  oom_killed=False, timed_out=False, error="",
                                  started_at=time.time(), finished_at=None,
                                  manually_stopped=False, health=Health(
@@ -1250,9 +1263,8 @@ class ContainerService:
             await self.kill_quietly(record.id)
             await live.drained.wait()
             self._cancel_restart(record.id)       # the exit may have scheduled one
-        if self.store.get_container(record.id) is None:
-            return
-        self._forget(record, files_later=files_later, volumes=volumes)
+        if not self._forget(record, files_later=files_later, volumes=volumes):
+            return                                 # removed meanwhile
         self.events.container(record, "destroy")
         self.starts.pop(record.id, None)
         event = self.removed.pop(record.id, None)
@@ -1260,27 +1272,33 @@ class ContainerService:
             event.set()
 
     def _forget(self, record: ContainerRecord, files_later: bool = False,
-                volumes: bool = False) -> None:
+                volumes: bool = False) -> bool:
         """Drop a stopped container's record, then its files (metadata first).
 
         ``files_later``: its directory goes in a worker thread, off the path of what
         the caller sends next (a --rm run's result): no one finds the container once its
         record is gone, and a daemon killed before the directory goes sweeps it at
-        start-up."""
-        self.store.delete_container(record.id)
+        start-up. False when its record was gone already (removed meanwhile): nothing
+        is done then."""
+        try:
+            self.store.delete_container(record.id)
+        except NotFound:
+            return False
         self._discard_claimed(record.id)
         self._release_network(record.id)
-        if volumes or record.config.host.auto_remove:
+        if (volumes or record.config.host.auto_remove) and any(
+                m.type == "volume" for m in record.config.host.mounts):
             self.volumes.remove_anonymous([m.source for m in record.config.host.mounts
                                            if m.type == "volume"])
         self._release_rootfs(record.id)
         directory = self._dir(record.id)
         if not directory.exists():              # a --rm container that printed nothing
-            return
+            return True
         if files_later:
             asyncio.get_running_loop().run_in_executor(None, _rmtree, directory)
         else:
             _rmtree(directory)
+        return True
 
     def _release_rootfs(self, container_id: str) -> None:
         try:
@@ -1992,6 +2010,31 @@ def _read(path: str) -> str:
             return f.read()
     except OSError:
         return ""
+
+
+_host_files: dict[str, tuple[tuple[int, int, int, int], str | None]] = {}
+
+
+def _read_host_file(path: str, missing: str | None = "") -> str | None:
+    """A host file read at every start (resolv.conf), read again only when its inode,
+    size or modification time changed (resolvers replace it by a rename, a new inode;
+    an edit in place within one mtime tick that keeps the size is the blind spot).
+    ``missing``: the text when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        _host_files.pop(path, None)
+        return missing
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _host_files.get(path)
+    if cached is None or cached[0] != key:
+        try:
+            with open(path) as f:
+                cached = (key, f.read())
+        except OSError:
+            return missing
+        _host_files[path] = cached
+    return cached[1]
 
 
 def _hash_path(path: Path) -> Path:

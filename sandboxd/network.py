@@ -85,6 +85,7 @@ Schema (created here, beside the store's tables)::
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import json
@@ -151,7 +152,14 @@ class Network:
 
     @property
     def pool(self) -> Pool:
-        return Pool.parse(self.subnet, self.gateway, self.ip_range)
+        return _pool(self.subnet, self.gateway, self.ip_range)
+
+
+@functools.lru_cache(maxsize=256)
+def _pool(subnet: str, gateway: str, ip_range: str) -> Pool:
+    """A stored network's parsed address space: asked for twice per container start,
+    the same few strings every time (a Pool is immutable, so one is shared)."""
+    return Pool.parse(subnet, gateway, ip_range)
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,9 @@ class NetworkService:
             raise InvalidArgument(f"network prefix {prefix!r}: 2-8 characters, a lowercase "
                                   f"letter then lowercase letters or digits")
         self.store = store
+        # Networks by exact id and name: looked up several times per container start,
+        # changed only by _insert and _delete (this service owns the table).
+        self._known: dict[str, Network] = {}
         self.netns_dir = Path(root) / "netns"
         self.lock_path = Path(root) / "network.lock"
         self.prefix = prefix
@@ -310,8 +321,15 @@ class NetworkService:
     def _find(self, ref: str) -> Network | None:
         if not ref:
             raise InvalidArgument("network: an empty id or name was given")
+        known = self._known.get(ref)
+        if known is not None:
+            return known
         rows = self.store.query("SELECT * FROM networks WHERE id = ? OR name = ?", (ref, ref))
-        if not rows and _HEX.match(ref):
+        if rows:
+            network = _network(rows[0])
+            self._known[network.id] = self._known[network.name] = network
+            return network
+        if _HEX.match(ref):
             rows = self.store.query("SELECT * FROM networks WHERE substr(id, 1, ?) = ? "
                                     "LIMIT 2", (len(ref), ref))
             if len(rows) > 1:
@@ -406,6 +424,7 @@ class NetworkService:
 
     def _insert(self, name: str, driver: str, network_id: str = "", **doc: Any) -> Network:
         network_id = network_id or secrets.token_hex(32)
+        self._known.clear()
         with self.store.transaction() as db:
             db.execute("INSERT INTO networks (id, name, driver, created, doc) VALUES "
                        "(?, ?, ?, ?, ?)", (network_id, name, driver, time.time(),
@@ -413,6 +432,7 @@ class NetworkService:
         return self.get(network_id)
 
     def _delete(self, network: Network) -> None:
+        self._known.clear()
         with self.store.transaction() as db:        # IPAM's part nests (a savepoint)
             self.ipam.release_network(network.id)
             db.execute("DELETE FROM networks WHERE id = ?", (network.id,))

@@ -28,6 +28,7 @@ ones stay). Unknown directives (``sortlist``, ``lookup``) are kept, as Docker's
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, replace
 from collections.abc import Sequence
@@ -61,6 +62,7 @@ class ResolvConf:
         return HEADER + "".join(line + "\n" for line in lines)
 
 
+@functools.lru_cache(maxsize=16)      # the host's few texts, parsed at every start
 def parse(text: str) -> ResolvConf:
     """Docker's reading: comments (``#``/``;``) and blank lines dropped; the last
     ``search`` (or its old name ``domain``) wins; options accumulate; a nameserver that
@@ -99,6 +101,15 @@ def container_text(host_text: str, mode: str, dns: Sequence[str] = (),
                    ipv6: bool = False) -> str:
     """The container's resolv.conf. ``mode``: ``host``, ``none``, ``bridge`` (the
     default bridge) or ``user`` (a user-defined network: the embedded resolver)."""
+    # Every start asks; the answers are few (the host's text and a container's --dns*).
+    return _container_text(host_text, mode, tuple(dns), tuple(dns_search),
+                           tuple(dns_options), ipv6)
+
+
+@functools.lru_cache(maxsize=64)
+def _container_text(host_text: str, mode: str, dns: tuple[str, ...],
+                    dns_search: tuple[str, ...], dns_options: tuple[str, ...],
+                    ipv6: bool) -> str:
     if mode == "host" and not (dns or dns_search or dns_options):
         return host_text                              # the host's own file, as it is
     rc = parse(host_text)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandboxd.errors import Conflict, InvalidArgument, LimitExceeded, Unavailable
+from sandboxd.errors import Conflict, InvalidArgument, LimitExceeded, NotFound, Unavailable
 from sandboxd.ipam import (IPAM, Pool, choose_subnet, default_bridge_candidates, mac_for,
                            user_network_candidates)
 from sandboxd.network import NetworkService
@@ -161,6 +161,24 @@ def test_service_refuses_bad_prefix(store, tmp_path):
     for bad in ("", "s", "SBX", "sbx-", "sbxabcdefg"):
         with pytest.raises(InvalidArgument, match="network prefix"):
             NetworkService(store, tmp_path, prefix=bad)
+
+
+def test_networks_kept_in_memory_follow_their_table(store, tmp_path):
+    """Lookups by id and name are served from memory after the first (several per
+    start); a removed network is gone at once and one made again under its name is the
+    new one, by name and by id prefix."""
+    svc = NetworkService(store, tmp_path, prefix="sbxt")
+    first = svc._insert("web", "bridge", bridge="sbxt-a", subnet="10.77.0.0/24")
+    assert svc.get("web") is svc.get(first.id)
+    assert svc.get("web").pool.subnet == IPv4Network("10.77.0.0/24")
+    svc._delete(first)
+    with pytest.raises(NotFound):
+        svc.get("web")
+    with pytest.raises(NotFound):
+        svc.get(first.id)
+    second = svc._insert("web", "bridge", bridge="sbxt-b", subnet="10.78.0.0/24")
+    assert svc.get("web").id == second.id != first.id
+    assert svc.get(second.id[:12]).pool.subnet == IPv4Network("10.78.0.0/24")
 
 
 # ---------------------------------------------------------------- netfilter rule set

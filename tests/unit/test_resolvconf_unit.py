@@ -163,3 +163,22 @@ def test_user_network_file_names_the_embedded_resolver() -> None:
     text = rc.container_text(host, "user", dns=("192.0.2.1",),
                                      dns_options=("ndots:3",))
     assert text.endswith("nameserver 127.0.0.11\nsearch lan\noptions ndots:3\n")
+
+
+def test_host_resolv_conf_is_read_again_when_it_changes(tmp_path) -> None:
+    """The daemon reads the host's file at every start through a cache keyed by inode,
+    size and mtime: an edit, a replacement by rename and a removal are all seen."""
+    import os
+    from sandboxd.containers import _read_host_file
+    path = tmp_path / "resolv.conf"
+    path.write_text("nameserver 10.0.0.1\n")
+    assert _read_host_file(str(path)) == "nameserver 10.0.0.1\n"
+    path.write_text("nameserver 10.0.0.22\n")              # in place, another size
+    assert _read_host_file(str(path)) == "nameserver 10.0.0.22\n"
+    new = tmp_path / "resolv.conf.new"
+    new.write_text("nameserver 10.0.0.33\n")               # same size, a new inode
+    os.rename(new, path)
+    assert _read_host_file(str(path)) == "nameserver 10.0.0.33\n"
+    path.unlink()
+    assert _read_host_file(str(path)) == ""
+    assert _read_host_file(str(path), None) is None
