@@ -150,3 +150,53 @@ def dockerpy_podman(bench: Bench, n: int) -> list[float]:
                           cgroup_parent=f"/{bench.tag}",
                           ulimits=[{"Name": "nofile", "Soft": 20000, "Hard": 20000},
                                    {"Name": "nproc", "Soft": 32768, "Hard": 32768}])
+
+
+TC = "in-process: testcontainers DockerContainer start -> ready (its log line) -> stop"
+
+
+def _testcontainers_runs(bench: Bench, n: int, sock: Path, image: str,
+                         **options) -> list[float]:
+    try:
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.waiting_utils import wait_for_logs
+    except ImportError:
+        raise NotAvailable("not installed: testcontainers (pip install testcontainers)") \
+            from None
+    # testcontainers reads its engine from the environment; its reaper is left out here
+    # so that both engines do the same work (docs/docker-api.md, "Ryuk").
+    saved = {k: os.environ.get(k) for k in ("DOCKER_HOST", "TESTCONTAINERS_RYUK_DISABLED")}
+    os.environ.update(DOCKER_HOST=f"unix://{sock}", TESTCONTAINERS_RYUK_DISABLED="true")
+    samples = []
+    try:
+        for i in range(bench.settings.warmup + n):
+            start = time.perf_counter()
+            container = DockerContainer(image, mem_limit=MEMORY, pids_limit=PIDS, **options)
+            container.with_command(["sh", "-c", "echo ready; exec sleep 60"])
+            with container:
+                wait_for_logs(container, "ready", timeout=30, interval=0.005)
+                ready = time.perf_counter() - start
+            if i >= bench.settings.warmup:
+                samples.append(ready)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return samples
+
+
+@case(TC, "testcontainers -> sandboxd Docker API", reference=True)
+def testcontainers_ours(bench: Bench, n: int) -> list[float]:
+    return _testcontainers_runs(bench, n, shared_daemon(bench).root / "docker.sock",
+                                "busybox")
+
+
+@case(TC, "testcontainers -> podman system service")
+def testcontainers_podman(bench: Bench, n: int) -> list[float]:
+    podman = bench.peer(next(p for p in PEERS if isinstance(p, Podman)))
+    service = bench.shared("podman-service", lambda b: PodmanService(b, podman))
+    return _testcontainers_runs(bench, n, service.sock, IMAGE,
+                                network_mode=podman.bridge(bench),
+                                cgroup_parent=f"/{bench.tag}")
