@@ -416,7 +416,8 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  memory_reservation: int | str | None = None,
                  oom_kill_disable: bool = False, cpuset_cpus: str = "",
                  devices: str | Sequence[str] = (),
-                 health_cmd: str | None = None, health_interval: str | float | None = None,
+                 health_cmd: str | Sequence[str] | None = None,
+                 health_interval: str | float | None = None,
                  health_timeout: str | float | None = None,
                  health_retries: int | None = None,
                  health_start_period: str | float | None = None,
@@ -575,7 +576,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
     return config
 
 
-def _healthcheck(attempt: Any, problems: list[str], cmd: str | None,
+def _healthcheck(attempt: Any, problems: list[str], cmd: str | Sequence[str] | None,
                  interval: Any, timeout: Any, retries: int | None, start_period: Any,
                  start_interval: Any, disabled: bool) -> Healthcheck:
     """The ``--health-*`` flags (unset ones 0: the image's, else Docker's default)."""
@@ -590,7 +591,11 @@ def _healthcheck(attempt: Any, problems: list[str], cmd: str | None,
             problems.append("no-healthcheck: --no-healthcheck conflicts with --health-* "
                             "options")
         return Healthcheck(test=("NONE",))
-    return Healthcheck(test=("CMD-SHELL", cmd) if cmd else (), retries=int(retries or 0),
+    # a string runs in the image's shell (--health-cmd); a list is exec'd as given
+    # (Docker's ["CMD", ...], from the Engine API)
+    test = (("CMD-SHELL", cmd) if isinstance(cmd, str) else ("CMD", *map(str, cmd))) \
+        if cmd else ()
+    return Healthcheck(test=test, retries=int(retries or 0),
                        **{k: v or 0.0 for k, v in durations.items()})
 
 

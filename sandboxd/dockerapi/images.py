@@ -396,9 +396,14 @@ class ImageRoutes:
         task = asyncio.ensure_future(work)
         try:
             async for chunk in req.chunks(UPLOAD_CAP):
+                # bounded: the body is read only as fast as the op takes it; an op that
+                # ends early (a bad archive) must not leave the push waiting for it
+                pushing = asyncio.ensure_future(ctx.push("stdin", chunk))
+                await asyncio.wait((pushing, task), return_when=asyncio.FIRST_COMPLETED)
+                if not pushing.done():
+                    pushing.cancel()
                 if task.done():
                     break
-                ctx.feed("stdin", chunk)
             ctx.feed("stdin_eof", True)
             return await task
         finally:

@@ -17,42 +17,29 @@ from .http import HttpError
 
 # Config / HostConfig fields whose zero value (None, "", 0, False, [], {}) or a listed
 # default asks for nothing; any other value is refused by name.
-_ZERO_OK_CONFIG = {
-    "Domainname", "NetworkDisabled", "MacAddress", "OnBuild", "Shell", "Healthcheck",
-}
+_ZERO_OK_CONFIG = {"Domainname", "NetworkDisabled", "MacAddress", "OnBuild", "Shell"}
 _ZERO_OK_HOST = {
-    "ContainerIDFile", "VolumeDriver", "VolumesFrom", "CgroupnsMode", "GroupAdd",
-    "Cgroup", "OomScoreAdj", "UsernsMode", "ShmSize", "Sysctls", "Runtime", "Isolation",
+    "ContainerIDFile", "VolumeDriver", "CgroupnsMode",
+    "Cgroup", "OomScoreAdj", "UsernsMode", "Runtime", "Isolation",
     "CgroupParent", "BlkioWeight", "BlkioWeightDevice", "BlkioDeviceReadBps",
     "BlkioDeviceWriteBps", "BlkioDeviceReadIOps", "BlkioDeviceWriteIOps",
-    "CpuRealtimePeriod", "CpuRealtimeRuntime", "CpusetCpus", "CpusetMems", "Devices",
+    "CpuRealtimePeriod", "CpuRealtimeRuntime", "CpusetMems", "Devices",
     "DeviceCgroupRules", "DeviceRequests", "KernelMemory", "KernelMemoryTCP",
-    "MemoryReservation", "MemorySwappiness", "OomKillDisable", "CpuCount", "CpuPercent",
+    "MemorySwappiness", "CpuCount", "CpuPercent",
     "IOMaximumIOps", "IOMaximumBandwidth", "MaskedPaths", "ReadonlyPaths",
-    "Annotations", "Mounts", "RestartPolicy", "VolumeDriver", "LogConfig",
+    "Annotations", "VolumeDriver", "LogConfig",
 }
 # What a client sends by default for fields we do not implement (not a request).
 _DEFAULTS = {
     "CgroupnsMode": ("private", "host"), "Runtime": ("runc",), "Isolation": ("default",),
-    "MemorySwappiness": (-1,), "ShmSize": (67108864,),
-    "VolumeDriver": ("local",), "RestartPolicy": ({"Name": "no", "MaximumRetryCount": 0},
-                                                  {"Name": "", "MaximumRetryCount": 0}),
+    "MemorySwappiness": (-1,), "VolumeDriver": ("local",),
     "LogConfig": ({"Type": "", "Config": {}}, {"Type": "json-file", "Config": {}}),
 }
 _WHY = {
-    "Healthcheck": "health checks are not supported yet",
-    "RestartPolicy": "restart policies other than \"no\" are not supported yet",
     "Devices": "devices beyond the default set are not given to containers",
     "DeviceRequests": "GPUs and other device requests are not supported",
-    "Sysctls": "namespaced sysctls are not supported yet",
     "UsernsMode": "user namespace remapping is not supported",
     "CgroupParent": "a per-container cgroup parent is set by the daemon (--cgroup-parent)",
-    "ShmSize": "/dev/shm's size is fixed at 64 MiB",
-    "CpusetCpus": "cpusets are not supported yet",
-    "MemoryReservation": "soft memory limits are not supported yet",
-    "OomKillDisable": "the OOM killer always acts on a container at its memory limit",
-    "VolumesFrom": "--volumes-from is not supported yet",
-    "Mounts": "Mounts (--mount) are not supported yet; use Binds or Tmpfs",
 }
 
 
@@ -96,7 +83,7 @@ def _int(value: Any, where: str) -> int | None:
 _ANY_OK_CONFIG = {"AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "ArgsEscaped"}
 _CONFIG_KNOWN = _ANY_OK_CONFIG | {"Hostname", "User", "ExposedPorts", "Tty", "OpenStdin", "Env", "Cmd",
                  "Image", "Volumes", "WorkingDir", "Entrypoint", "Labels", "StopSignal", "StopTimeout",
-                 "HostConfig", "NetworkingConfig"} | _ZERO_OK_CONFIG
+                 "HostConfig", "NetworkingConfig", "Healthcheck"} | _ZERO_OK_CONFIG
 # The terminal's first size: the clients resize it again right after the start.
 _ANY_OK_HOST = {"ConsoleSize"}
 _HOST_KNOWN = _ANY_OK_HOST | {"Binds", "NetworkMode", "PortBindings", "AutoRemove", "CapAdd", "CapDrop",
@@ -104,6 +91,8 @@ _HOST_KNOWN = _ANY_OK_HOST | {"Binds", "NetworkMode", "PortBindings", "AutoRemov
                "Privileged", "PublishAllPorts", "ReadonlyRootfs", "SecurityOpt",
                "StorageOpt", "Tmpfs", "UTSMode", "CpuShares", "Memory", "NanoCpus",
                "CpuPeriod", "CpuQuota", "MemorySwap", "Init", "PidsLimit", "Ulimits",
+               "RestartPolicy", "Sysctls", "CpusetCpus", "MemoryReservation",
+               "OomKillDisable", "Mounts", "VolumesFrom", "GroupAdd", "ShmSize",
                } | _ZERO_OK_HOST
 
 
@@ -146,6 +135,7 @@ def create_options(body: dict) -> tuple[str, dict[str, Any]]:
     if body.get("StopTimeout") is not None:
         opts["stop_timeout"] = _int(body["StopTimeout"], "Config.StopTimeout")
     opts.update(_host_options(host))
+    opts.update(_healthcheck(body.get("Healthcheck")))
     # Config.Volumes: anonymous volumes (`docker run -v /path`); docker-py lists each
     # bind's destination there too, which that bind serves.
     bound = {b.split(":")[1] for b in opts["volumes"] if ":" in b}
@@ -199,12 +189,150 @@ def _host_options(h: dict) -> dict[str, Any]:
     o["auto_remove"] = bool(h.get("AutoRemove"))
     o["storage_opt"] = {k: str(v) for k, v in
                         _mapping(h.get("StorageOpt"), "HostConfig.StorageOpt").items()}
+    o["restart"] = _restart(_mapping(h.get("RestartPolicy"), "HostConfig.RestartPolicy"))
+    o["sysctls"] = {k: str(v) for k, v in
+                    _mapping(h.get("Sysctls"), "HostConfig.Sysctls").items()}
+    o["cpuset_cpus"] = _string(h.get("CpusetCpus"), "HostConfig.CpusetCpus")
+    o["memory_reservation"] = _int(h.get("MemoryReservation"), "HostConfig.MemoryReservation")
+    o["oom_kill_disable"] = bool(h.get("OomKillDisable"))
+    o["group_add"] = _strings(h.get("GroupAdd"), "HostConfig.GroupAdd")
+    o["volumes_from"] = _strings(h.get("VolumesFrom"), "HostConfig.VolumesFrom")
+    # 0 is "the default" to the clients (64 MiB), as to build_config.
+    o["shm_size"] = _int(h.get("ShmSize"), "HostConfig.ShmSize") or None
+    mounts = h.get("Mounts") or []
+    if not isinstance(mounts, list):
+        raise HttpError(400, f"HostConfig.Mounts: expected a list, got {mounts!r}")
+    o["mounts"] = [mount_text(m, f"HostConfig.Mounts[{i}]") for i, m in enumerate(mounts)]
     log = _mapping(h.get("LogConfig"), "HostConfig.LogConfig")
     if log.get("Type"):
         o["log_driver"] = log["Type"]
     if log.get("Config"):
         o["log_opts"] = {k: str(v) for k, v in _mapping(log["Config"], "LogConfig.Config").items()}
     return o
+
+
+def _string(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise HttpError(400, f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _restart(policy: dict) -> str:
+    """``RestartPolicy {Name, MaximumRetryCount}`` -> ``--restart``'s ``name[:N]``."""
+    name = _string(policy.get("Name"), "HostConfig.RestartPolicy.Name") or "no"
+    count = _int(policy.get("MaximumRetryCount"), "HostConfig.RestartPolicy.MaximumRetryCount")
+    unknown = sorted(set(policy) - {"Name", "MaximumRetryCount"})
+    if unknown:
+        raise HttpError(400, f"HostConfig.RestartPolicy.{unknown[0]}: unknown field")
+    if count and name != "on-failure":
+        raise HttpError(400, f"HostConfig.RestartPolicy.MaximumRetryCount={count}: only "
+                             f"\"on-failure\" takes a retry count, not {name!r}")
+    return f"{name}:{count}" if count else name
+
+
+# Docker's Healthcheck durations are nanoseconds; build_config's health_* take seconds.
+_HEALTH_DURATIONS = {"Interval": "health_interval", "Timeout": "health_timeout",
+                     "StartPeriod": "health_start_period",
+                     "StartInterval": "health_start_interval"}
+
+
+def _healthcheck(value: Any) -> dict[str, Any]:
+    """``Config.Healthcheck`` -> ``build_config``'s ``health_*`` keywords. ``Test``:
+    ``[]`` (the image's), ``["NONE"]``, ``["CMD", arg, ...]``, ``["CMD-SHELL", line]``."""
+    doc = _mapping(value, "Config.Healthcheck")
+    unknown = sorted(set(doc) - {"Test", "Retries", *_HEALTH_DURATIONS})
+    if unknown:
+        raise HttpError(400, f"Config.Healthcheck.{unknown[0]}: unknown field")
+    out: dict[str, Any] = {}
+    test = _strings(doc.get("Test"), "Config.Healthcheck.Test")
+    if test == ["NONE"]:
+        out["no_healthcheck"] = True
+    elif test and test[0] == "CMD-SHELL" and len(test) == 2:
+        out["health_cmd"] = test[1]
+    elif test and test[0] == "CMD" and len(test) > 1:
+        out["health_cmd"] = test[1:]
+    elif test:
+        raise HttpError(400, f"Config.Healthcheck.Test={test!r}: expected [\"NONE\"], "
+                             f"[\"CMD\", arg, ...] or [\"CMD-SHELL\", command]")
+    for key, name in _HEALTH_DURATIONS.items():
+        ns = _int(doc.get(key), f"Config.Healthcheck.{key}")
+        if ns is not None and ns < 0:
+            raise HttpError(400, f"Config.Healthcheck.{key}={ns}: must not be negative")
+        if ns:
+            out[name] = ns / 1e9
+    retries = _int(doc.get("Retries"), "Config.Healthcheck.Retries")
+    if retries is not None and retries < 0:
+        raise HttpError(400, f"Config.Healthcheck.Retries={retries}: must not be negative")
+    if retries:
+        out["health_retries"] = retries
+    return out
+
+
+# A Mounts entry's fields -> ``--mount`` keys (one parser, flags.parse_mount, checks
+# both); a field not listed is refused by name.
+_MOUNT_FIELDS = {"Type": "type", "Source": "source", "Target": "target",
+                 "ReadOnly": "readonly", "Consistency": "consistency"}
+_MOUNT_OPTIONS = {
+    "BindOptions": {"Propagation": "bind-propagation", "NonRecursive": "bind-nonrecursive"},
+    "VolumeOptions": {"NoCopy": "volume-nocopy", "Subpath": "volume-subpath"},
+    "TmpfsOptions": {"SizeBytes": "tmpfs-size", "Mode": "tmpfs-mode"},
+}
+
+
+def mount_text(mount: Any, where: str) -> str:
+    """One ``HostConfig.Mounts`` entry as the ``--mount`` text ``flags.parse_mount``
+    takes (CSV-quoted, as the CLI's flag is)."""
+    import csv
+    import io
+    if not isinstance(mount, dict):
+        raise HttpError(400, f"{where}: expected {{Type, Source, Target, ...}}, got {mount!r}")
+    items: list[str] = []
+
+    def add(key: str, value: Any, field: str) -> None:
+        if value in (None, "", False, 0):
+            return
+        if isinstance(value, bool):
+            items.append(key)
+        elif key == "tmpfs-mode" and isinstance(value, int):
+            items.append(f"{key}={value:o}")      # a number in JSON, octal to the flag
+        elif isinstance(value, (str, int)) and key != "tmpfs-mode":
+            items.append(f"{key}={value}")
+        else:
+            raise HttpError(400, f"{field}: expected a string, number or boolean, "
+                                 f"got {value!r}")
+
+    for field, value in mount.items():
+        if field in _MOUNT_FIELDS:
+            add(_MOUNT_FIELDS[field], value, f"{where}.{field}")
+        elif field in _MOUNT_OPTIONS:
+            known = _MOUNT_OPTIONS[field]
+            for sub, sub_value in _mapping(value, f"{where}.{field}").items():
+                if field == "VolumeOptions" and sub == "Labels":
+                    items += [f"volume-label={k}={v}" for k, v in
+                              _mapping(sub_value, f"{where}.VolumeOptions.Labels").items()]
+                elif field == "VolumeOptions" and sub == "DriverConfig":
+                    driver = _mapping(sub_value, f"{where}.VolumeOptions.DriverConfig")
+                    extra = sorted(set(driver) - {"Name", "Options"})
+                    if extra:
+                        raise HttpError(400, f"{where}.VolumeOptions.DriverConfig.{extra[0]}"
+                                             f": unknown field")
+                    add("volume-driver", driver.get("Name"),
+                        f"{where}.VolumeOptions.DriverConfig.Name")
+                    items += [f"volume-opt={k}={v}" for k, v in _mapping(
+                        driver.get("Options"),
+                        f"{where}.VolumeOptions.DriverConfig.Options").items()]
+                elif sub in known:
+                    add(known[sub], sub_value, f"{where}.{field}.{sub}")
+                else:
+                    raise HttpError(400, f"{where}.{field}.{sub}: unknown or unsupported "
+                                         f"field")
+        else:
+            raise HttpError(400, f"{where}.{field}: unknown or unsupported field")
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(items)
+    return out.getvalue()
 
 
 def _link(text: str) -> str:
@@ -240,6 +368,9 @@ def _networking(value: Any, mode: str) -> dict[str, Any]:
         ipam = _mapping(ep.get("IPAMConfig"), f"EndpointsConfig.{name}.IPAMConfig")
         if ipam.get("IPv4Address"):
             out["ip"] = ipam["IPv4Address"]
+        aliases = _strings(ep.get("Aliases"), f"EndpointsConfig.{name}.Aliases")
+        if aliases:
+            out["network_aliases"] = aliases
     return out
 
 

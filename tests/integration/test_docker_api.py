@@ -252,6 +252,77 @@ def test_cli_run_limits_verified_inside(docker) -> None:
 
 
 @needs_cli
+def test_cli_restart_policy_and_health(docker) -> None:
+    """--restart on-failure:2 restarts twice and stops; --health-* makes it healthy in
+    ps and inspect, the policy and the check reported back as dockerd does."""
+    failing = docker("run", "-d", "--restart", "on-failure:2", "busybox", "false").stdout.strip()
+    healthy = docker("run", "-d", "--health-cmd", "true", "--health-interval", "1s",
+                     "busybox", "sleep", "600").stdout.strip()
+    try:
+        wait_until(lambda: docker("inspect", "-f", "{{.RestartCount}} {{.State.Status}}",
+                                  failing).stdout.split() == ["2", "exited"],
+                   timeout=30, what="two restarts, then exited")
+        assert docker("inspect", "-f", "{{json .HostConfig.RestartPolicy}}",
+                      failing).stdout.strip() == '{"Name":"on-failure","MaximumRetryCount":2}'
+        wait_until(lambda: docker("inspect", "-f", "{{.State.Health.Status}}",
+                                  healthy).stdout.strip() == "healthy",
+                   timeout=30, what="healthy")
+        assert "(healthy)" in docker("ps", "--filter", f"id={healthy}").stdout
+        check = json.loads(docker("inspect", "-f", "{{json .Config.Healthcheck}}",
+                                  healthy).stdout)
+        assert check == {"Test": ["CMD-SHELL", "true"], "Interval": 10**9}
+    finally:
+        docker("rm", "-f", failing, healthy)
+
+
+@needs_cli
+def test_cli_mounts_sysctls_cpuset_shm(docker) -> None:
+    script = ("echo x > /d/f && cat /d/f; grep ' /t ' /proc/mounts; "
+              "cat /proc/sys/net/ipv4/ip_forward; grep Cpus_allowed_list /proc/self/status; "
+              "df -k /dev/shm | tail -1")
+    name = "dkmap-mounts"
+    out = docker("run", "--name", name, "--mount", "type=volume,src=dkmapv1,dst=/d",
+                 "--mount", "type=tmpfs,dst=/t,tmpfs-size=1m",
+                 "--sysctl", "net.ipv4.ip_forward=1", "--cpuset-cpus", "0",
+                 "--shm-size", "8m", "busybox", "sh", "-c", script).stdout.splitlines()
+    try:
+        assert out[0] == "x"
+        assert out[1].startswith("tmpfs /t tmpfs") and "size=1024k" in out[1]
+        assert out[2] == "1"
+        assert out[3].split() == ["Cpus_allowed_list:", "0"]
+        assert out[4].split()[1] == "8192"              # 1K-blocks of /dev/shm
+        mounts = json.loads(docker("inspect", "-f", "{{json .Mounts}}", name).stdout)
+        assert [(m["Type"], m["Name"], m["Destination"]) for m in mounts] == \
+            [("volume", "dkmapv1", "/d")]
+        host = json.loads(docker("inspect", "-f", "{{json .HostConfig}}", name).stdout)
+        assert host["Sysctls"] == {"net.ipv4.ip_forward": "1"}
+        assert host["CpusetCpus"] == "0" and host["ShmSize"] == 8 << 20
+    finally:
+        docker("rm", "-f", name)
+        docker("volume", "rm", "dkmapv1")
+
+
+@needs_cli
+def test_cli_network_alias(docker) -> None:
+    docker("network", "create", "dkmapnet")
+    server = docker("run", "-d", "--network", "dkmapnet", "--network-alias", "db",
+                    "busybox", "sleep", "600").stdout.strip()
+    try:
+        aliases = json.loads(docker("inspect", "-f",
+                                    "{{json .NetworkSettings.Networks.dkmapnet.Aliases}}",
+                                    server).stdout)
+        assert "db" in aliases
+        out = docker("run", "--rm", "--network", "dkmapnet", "busybox",
+                     "nslookup", "db").stdout
+        ip = docker("inspect", "-f", "{{.NetworkSettings.Networks.dkmapnet.IPAddress}}",
+                    server).stdout.strip()
+        assert ip in out
+    finally:
+        docker("rm", "-f", server)
+        docker("network", "rm", "dkmapnet")
+
+
+@needs_cli
 def test_cli_container_prune(docker) -> None:
     docker("run", "-l", "t=prune", "busybox", "true")
     running_id = docker("run", "-d", "-l", "t=prune", "busybox", "sleep", "600").stdout.strip()
@@ -311,6 +382,29 @@ def test_dockerpy_containers(dockerpy, tmp_path: Path) -> None:
         assert three.wait(timeout=30)["StatusCode"] == 3
     finally:
         three.remove()
+
+
+def test_dockerpy_restart_health_mounts(dockerpy) -> None:
+    import docker as docker_py
+    c = dockerpy.containers.run(
+        "busybox", ["sh", "-c", "touch /m/ok; exec sleep 600"], detach=True,
+        restart_policy={"Name": "on-failure", "MaximumRetryCount": 3},
+        healthcheck={"test": ["CMD", "test", "-e", "/m/ok"], "interval": 500_000_000,
+                     "retries": 2},
+        mounts=[docker_py.types.Mount("/m", "dkmappy", type="volume"),
+                docker_py.types.Mount("/t", None, type="tmpfs", tmpfs_size=1 << 20)])
+    try:
+        wait_until(lambda: (c.reload() or c.attrs["State"]["Health"]["Status"]) == "healthy",
+                   timeout=30, what="healthy")
+        assert c.attrs["HostConfig"]["RestartPolicy"] == {"Name": "on-failure",
+                                                          "MaximumRetryCount": 3}
+        assert c.attrs["Config"]["Healthcheck"]["Test"] == ["CMD", "test", "-e", "/m/ok"]
+        assert [m["Name"] for m in c.attrs["Mounts"]] == ["dkmappy"]
+        assert c.exec_run(["sh", "-c", "grep ' /t ' /proc/mounts"]).output.startswith(
+            b"tmpfs /t tmpfs")
+    finally:
+        c.remove(force=True)
+        dockerpy.volumes.get("dkmappy").remove()
 
 
 # ------------------------------------------------------------------ testcontainers
@@ -387,8 +481,18 @@ def _request(path: str, method: str, target: str, body: bytes = b"") -> tuple[in
     (b'{"Image": "busybox", "Bogus": 1}', 400, "Config.Bogus: unknown field"),
     (b'{"Image": "busybox", "HostConfig": {"Bogus": 1}}', 400,
      "HostConfig.Bogus: unknown field"),
-    (b'{"Image": "busybox", "HostConfig": {"Sysctls": {"net.x": "1"}}}', 400,
+    (b'{"Image": "busybox", "HostConfig": {"Sysctls": ["net.x=1"]}}', 400,
      "HostConfig.Sysctls"),
+    (b'{"Image": "busybox", "HostConfig": {"Sysctls": {"kernel.hostname": "x"}}}', 400,
+     "kernel.hostname"),
+    (b'{"Image": "busybox", "HostConfig": {"RestartPolicy": {"Name": "sometimes"}}}', 400,
+     "sometimes"),
+    (b'{"Image": "busybox", "HostConfig": {"Mounts": [{"Type": "npipe", "Target": "/x"}]}}',
+     400, "npipe"),
+    (b'{"Image": "busybox", "HostConfig": {"Mounts": [{"Target": "/x", "Nope": 1}]}}', 400,
+     "HostConfig.Mounts[0].Nope"),
+    (b'{"Image": "busybox", "Healthcheck": {"Test": ["CMD"]}}', 400,
+     "Config.Healthcheck.Test"),
     (b'{"Image": "nosuch-image"}', 404, "nosuch-image"),
 ])
 def test_bad_create_bodies(d: Daemon, body: bytes, status: int, words: str) -> None:

@@ -61,10 +61,29 @@ def test_the_clis_body_maps_onto_build_config() -> None:
 @pytest.mark.parametrize("body, words", [
     ({"Image": "busybox", "Bogus": 1}, "Config.Bogus: unknown field"),
     ({"Image": "busybox", "HostConfig": {"Nope": 0}}, "HostConfig.Nope: unknown field"),
-    ({"Image": "busybox", "Healthcheck": {"Test": ["CMD", "true"]}}, "Config.Healthcheck"),
-    ({"Image": "busybox", "HostConfig": {"Sysctls": {"a": "1"}}}, "namespaced sysctls"),
-    ({"Image": "busybox", "HostConfig": {"RestartPolicy": {"Name": "always"}}},
-     "restart policies"),
+    ({"Image": "busybox", "Healthcheck": {"Test": ["CMD"]}}, "Config.Healthcheck.Test"),
+    ({"Image": "busybox", "Healthcheck": {"Test": ["SHELL", "x"]}},
+     "Config.Healthcheck.Test"),
+    ({"Image": "busybox", "Healthcheck": {"Interval": -1}}, "Config.Healthcheck.Interval"),
+    ({"Image": "busybox", "Healthcheck": {"Interval": "1s"}}, "Config.Healthcheck.Interval"),
+    ({"Image": "busybox", "Healthcheck": {"Bogus": 1}}, "Config.Healthcheck.Bogus"),
+    ({"Image": "busybox", "HostConfig": {"RestartPolicy": {"Name": "always",
+                                                           "MaximumRetryCount": 2}}},
+     "HostConfig.RestartPolicy.MaximumRetryCount"),
+    ({"Image": "busybox", "HostConfig": {"RestartPolicy": {"Name": 1}}},
+     "HostConfig.RestartPolicy.Name"),
+    ({"Image": "busybox", "HostConfig": {"Mounts": [{"Type": "volume", "Target": "/d",
+                                                     "Bogus": 1}]}},
+     "HostConfig.Mounts[0].Bogus"),
+    ({"Image": "busybox", "HostConfig": {"Mounts": [{"Type": "tmpfs", "Target": "/t",
+                                                     "TmpfsOptions": {"Options": [["x"]]}}]}},
+     "HostConfig.Mounts[0].TmpfsOptions.Options"),
+    ({"Image": "busybox", "HostConfig": {"Mounts": {"Target": "/d"}}}, "HostConfig.Mounts"),
+    ({"Image": "busybox", "HostConfig": {"CpusetCpus": 0}}, "HostConfig.CpusetCpus"),
+    ({"Image": "busybox", "HostConfig": {"ShmSize": "8m"}}, "HostConfig.ShmSize"),
+    ({"Image": "busybox", "HostConfig": {"GroupAdd": [10]}}, "HostConfig.GroupAdd"),
+    ({"Image": "busybox", "HostConfig": {"Devices": [{"PathOnHost": "/dev/sda"}]}},
+     "HostConfig.Devices"),
     ({"Image": "busybox", "HostConfig": {"Memory": "64m"}}, "HostConfig.Memory: expected an "
                                                             "integer"),
     ({"Image": "busybox", "HostConfig": {"Memory": True}}, "HostConfig.Memory"),
@@ -143,3 +162,73 @@ def test_route_patterns() -> None:
         "127.0.0.1:5000/a/b:v1"
     c = route("GET", "/containers/{id}/json", lambda _r: None)         # type: ignore
     assert c.pattern.match("/containers/a/b/json") is None
+
+
+def test_restart_health_and_limits_map_onto_build_config() -> None:
+    body = {"Image": "busybox",
+            "Healthcheck": {"Test": ["CMD", "wget", "-q", "localhost"], "Interval": 10**9,
+                            "Timeout": 2 * 10**9, "StartPeriod": 0, "Retries": 4},
+            "HostConfig": {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2},
+                           "Sysctls": {"net.ipv4.ip_forward": "1"}, "CpusetCpus": "0",
+                           "MemoryReservation": 32 << 20, "OomKillDisable": True,
+                           "GroupAdd": ["10"], "ShmSize": 8 << 20,
+                           "VolumesFrom": ["other:ro"]}}
+    image, opts = create_options(body)
+    assert opts["restart"] == "on-failure:2" and opts["health_cmd"] == ["wget", "-q",
+                                                                          "localhost"]
+    assert opts["health_interval"] == 1.0 and opts["health_retries"] == 4
+    config = build_config(image, **opts)
+    h = config.host
+    assert (h.restart_policy, h.restart_retries) == ("on-failure", 2)
+    assert config.healthcheck.test == ("CMD", "wget", "-q", "localhost")
+    assert config.healthcheck.timeout == 2.0 and config.healthcheck.start_period == 0.0
+    assert h.sysctls == ("net.ipv4.ip_forward=1",) and h.cpuset_cpus == "0"
+    assert h.memory_reservation == 32 << 20 and h.oom_kill_disable
+    assert h.group_add == ("10",) and h.shm_size == 8 << 20
+    assert h.volumes_from == ("other:ro",)
+
+
+@pytest.mark.parametrize("test, expected", [
+    (["CMD-SHELL", "true"], ("CMD-SHELL", "true")),
+    (["NONE"], ("NONE",)),
+    ([], ()),
+    (None, ()),
+])
+def test_healthcheck_test_forms(test: list | None, expected: tuple) -> None:
+    image, opts = create_options({"Image": "busybox", "Healthcheck": {"Test": test}})
+    assert build_config(image, **opts).healthcheck.test == expected
+
+
+def test_mounts_map_onto_mount_flags() -> None:
+    mounts = [
+        {"Type": "volume", "Source": "v1", "Target": "/d", "ReadOnly": True,
+         "VolumeOptions": {"NoCopy": True, "Labels": {"k": "v"},
+                           "DriverConfig": {"Name": "local", "Options": {}}}},
+        {"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 1 << 20,
+                                                           "Mode": 0o1777}},
+        {"Type": "bind", "Source": "/srv/a,b", "Target": "/b",
+         "BindOptions": {"Propagation": "rprivate"}},
+    ]
+    image, opts = create_options({"Image": "busybox", "HostConfig": {"Mounts": mounts}})
+    assert opts["mounts"][1] == "type=tmpfs,target=/t,tmpfs-size=1048576,tmpfs-mode=1777"
+    got = {m.destination: m for m in build_config(image, **opts).host.mounts}
+    assert (got["/d"].type, got["/d"].source, got["/d"].readonly) == ("volume", "v1", True)
+    assert "nocopy" in got["/d"].options and "label=k=v" in got["/d"].options
+    assert got["/t"].options == ("size=1048576", "mode=1777")
+    assert got["/b"].source == "/srv/a,b"          # CSV-quoted through the flag's parser
+
+
+def test_mount_values_checked_by_the_flags_parser() -> None:
+    from sandboxd.errors import InvalidArgument
+    image, opts = create_options({"Image": "busybox", "HostConfig": {"Mounts": [
+        {"Type": "bind", "Source": "/srv", "Target": "/b",
+         "BindOptions": {"Propagation": "rshared"}}]}})
+    with pytest.raises(InvalidArgument, match="bind-propagation"):
+        build_config(image, **opts)
+
+
+def test_endpoint_aliases_become_network_aliases() -> None:
+    image, opts = create_options({"Image": "busybox", "HostConfig": {"NetworkMode": "net1"},
+                                  "NetworkingConfig": {"EndpointsConfig": {
+                                      "net1": {"Aliases": ["db", "cache"]}}}})
+    assert build_config(image, **opts).host.network_aliases == ("db", "cache")
