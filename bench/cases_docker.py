@@ -148,8 +148,12 @@ def dockerpy_podman(bench: Bench, n: int) -> list[float]:
     service = bench.shared("podman-service", lambda b: PodmanService(b, podman))
     return _dockerpy_runs(bench, n, service.sock, IMAGE, network=podman.bridge(bench),
                           cgroup_parent=f"/{bench.tag}",
-                          ulimits=[{"Name": "nofile", "Soft": 20000, "Hard": 20000},
-                                   {"Name": "nproc", "Soft": 32768, "Hard": 32768}])
+                          ulimits=PODMAN_ULIMITS)
+
+
+# podman's defaults ask for more than this root may raise (no CAP_SYS_RESOURCE).
+PODMAN_ULIMITS = [{"Name": "nofile", "Soft": 20000, "Hard": 20000},
+                  {"Name": "nproc", "Soft": 32768, "Hard": 32768}]
 
 
 TC = "in-process: testcontainers DockerContainer start -> ready (its log line) -> stop"
@@ -199,4 +203,4 @@ def testcontainers_podman(bench: Bench, n: int) -> list[float]:
     service = bench.shared("podman-service", lambda b: PodmanService(b, podman))
     return _testcontainers_runs(bench, n, service.sock, IMAGE,
                                 network_mode=podman.bridge(bench),
-                                cgroup_parent=f"/{bench.tag}")
+                                cgroup_parent=f"/{bench.tag}", ulimits=PODMAN_ULIMITS)
