@@ -33,7 +33,11 @@ restart must not wait out TIME_WAIT), which still refuses a port someone listens
 
 TCP: each accepted connection opens one to the container; bytes flow both ways with
 back-pressure (a slow side stops the reads of the other), half-closes are passed on,
-and a refused backend (nothing listens yet) closes the client's connection. UDP: each
+and a refused backend is asked again every few milliseconds for :data:`BACKEND_WAIT`
+seconds before the client's connection is closed: a client behind DNAT would see the
+refusal and retry, but one behind a proxy has been accepted already and cannot tell
+(testcontainers connects to its Ryuk right after the start, once, and a service that
+needs a few ms more to listen would lose it for good). UDP: each
 client address gets its own socket connected to the container (so replies find their
 way back), dropped after :data:`UDP_IDLE` seconds without traffic, at most
 :data:`UDP_FLOWS` per port. ``release`` closes the listeners and every connection
@@ -57,6 +61,7 @@ __all__ = ["PortProxy", "UDP_IDLE", "UDP_FLOWS"]
 log = logging.getLogger("sandboxd.ports")
 
 CHUNK = 1 << 16
+BACKEND_WAIT = 1.0           # seconds a refused backend is retried (a service starting)
 UDP_IDLE = 90.0              # seconds; docker-proxy's UDP connection timeout
 UDP_FLOWS = 1024             # client addresses per UDP port
 ANY = "0.0.0.0"
@@ -278,10 +283,18 @@ def _allocated(key: tuple[str, str, int], why: str) -> Conflict:
 async def _splice_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       address: str, port: int) -> None:
     try:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(address, port, limit=CHUNK)
-        except OSError:                        # nothing listens (yet): as docker-proxy
-            return
+        deadline = time.monotonic() + BACKEND_WAIT
+        while True:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(address, port,
+                                                                     limit=CHUNK)
+                break
+            except ConnectionRefusedError:     # nothing listens yet: it may soon
+                if time.monotonic() >= deadline:
+                    return
+                await asyncio.sleep(0.01)
+            except OSError:
+                return
         try:
             await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
         finally:

@@ -83,28 +83,38 @@ def write_busybox_tree(dest: Path, busybox: str = BUSYBOX) -> None:
 
 def write_busybox_tar(out: IO[bytes], busybox: str = BUSYBOX) -> None:
     """The same root filesystem as a plain tar stream, written to ``out``."""
-    applets = busybox_applets(busybox)
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        mtime = int(os.stat(busybox).st_mtime)
-        for sub in sorted({d for path in _DIRS for d in _parents(path)}):
-            info = tarfile.TarInfo(sub)
-            info.type, info.mtime = tarfile.DIRTYPE, mtime
-            info.mode = 0o1777 if sub == "tmp" else 0o755
-            tar.addfile(info)
-        info = tar.gettarinfo(busybox, arcname="bin/busybox")
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        with open(busybox, "rb") as f:
-            tar.addfile(info, f)
-        for applet in applets:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname, link.mtime = tarfile.SYMTYPE, "busybox", mtime
-            tar.addfile(link)
-        for name, text in (("etc/passwd", PASSWD), ("etc/group", GROUP)):
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, mtime
-            tar.addfile(info, io.BytesIO(data))
+        add_busybox(tar, busybox)
+
+
+def add_busybox(tar: tarfile.TarFile, busybox: str = BUSYBOX) -> None:
+    """The busybox root filesystem's entries, added to ``tar``."""
+    applets = busybox_applets(busybox)
+    mtime = int(os.stat(busybox).st_mtime)
+    for sub in sorted({d for path in _DIRS for d in _parents(path)}):
+        info = tarfile.TarInfo(sub)
+        info.type, info.mtime = tarfile.DIRTYPE, mtime
+        info.mode = 0o1777 if sub == "tmp" else 0o755
+        tar.addfile(info)
+    info = tar.gettarinfo(busybox, arcname="bin/busybox")
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    with open(busybox, "rb") as f:
+        tar.addfile(info, f)
+    for applet in applets:
+        link = tarfile.TarInfo(f"bin/{applet}")
+        link.type, link.linkname, link.mtime = tarfile.SYMTYPE, "busybox", mtime
+        tar.addfile(link)
+    for name, text in (("etc/passwd", PASSWD), ("etc/group", GROUP)):
+        _add_text(tar, name, text, mtime)
+
+
+def _add_text(tar: tarfile.TarFile, name: str, text: str, mtime: int,
+              mode: int = 0o644) -> None:
+    data = text.encode()
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, mtime
+    tar.addfile(info, io.BytesIO(data))
 
 
 def _parents(path: str) -> Iterator[str]:
@@ -194,3 +204,62 @@ def mmdebstrap_command(suite: str, variant: str = "minbase",
     if packages:
         cmd.append("--include=" + ",".join(packages))
     return [*cmd, suite, "-", *(debian_sources(suite) if sources is None else sources)]
+
+
+# ---------------------------------------------------------------- python, ryuk
+
+# Debian's interpreter, not the one a venv may run on: its prefix is /usr, so it finds
+# its standard library where the image puts it.
+PYTHON = "/usr/bin/python3.11"
+PYTHON_LIB = "/usr/lib/python3.11"
+# Left out: no image made here needs them, and EXTERNALLY-MANAGED would make pip refuse
+# to install (PEP 668).
+_PYTHON_SKIP = {"EXTERNALLY-MANAGED", "test", "idlelib", "tkinter", "turtledemo",
+                "ensurepip", "lib2to3", "pydoc_data", "config-3.11-x86_64-linux-gnu"}
+RYUK_IMAGE = "testcontainers/ryuk:0.8.1"     # what testcontainers-python 4.x asks for
+RYUK_PATH = "usr/local/lib/sandboxd-ryuk.py"
+
+
+def _python_libraries() -> list[str]:
+    """The shared libraries python3.11 and its extension modules link (``ldd``)."""
+    if not os.path.exists(PYTHON):
+        raise BootstrapError(f"{PYTHON} is missing: apt-get install python3.11")
+    libs: set[str] = set()
+    for binary in [PYTHON, *(str(p) for p in Path(PYTHON_LIB, "lib-dynload").glob("*.so"))]:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            fields = line.split()
+            path = fields[2] if len(fields) > 2 and fields[1] == "=>" else fields[0]
+            if path.startswith("/"):
+                libs.add(path)
+    return sorted(libs)
+
+
+def add_python(tar: tarfile.TarFile) -> None:
+    """The host's Debian ``python3.11`` (interpreter, standard library, the shared
+    libraries they link) added to ``tar``, which should hold busybox's entries already."""
+    libs = _python_libraries()
+
+    def skip(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return None if Path(info.name).name in _PYTHON_SKIP else info
+
+    tar.add(PYTHON, arcname=PYTHON.lstrip("/"))
+    link = tarfile.TarInfo("usr/bin/python3")
+    link.type, link.linkname = tarfile.SYMTYPE, "python3.11"
+    tar.addfile(link)
+    for lib in libs:                                  # as files at the names ldd gave
+        tar.add(os.path.realpath(lib), arcname=lib.lstrip("/"))
+    tar.add(PYTHON_LIB, arcname=PYTHON_LIB.lstrip("/"), filter=skip)
+
+
+def write_ryuk_tar(out: IO[bytes], busybox: str = BUSYBOX) -> None:
+    """A Ryuk image's root filesystem (busybox, python3.11 and :mod:`sandboxd.ryuk` at
+    ``/usr/local/lib``) as a plain tar stream; its command is :data:`RYUK_CMD`."""
+    from . import ryuk
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        add_busybox(tar, busybox)
+        add_python(tar)
+        tar.add(ryuk.__file__, arcname=RYUK_PATH)
+
+
+RYUK_CMD = ["python3", "-I", "-S", "/" + RYUK_PATH]    # -S: no site, a faster start

@@ -456,7 +456,8 @@ def pruned_images(result: dict[str, Any]) -> list[str]:
 
 @image.command("bootstrap", context_settings=CONTEXT)
 @option("-t", "--tag", metavar="NAME[:TAG]",
-        help="Name of the image [default: debian:SUITE, busybox:latest]")
+        help="Name of the image [default: debian:SUITE, busybox:latest, "
+             "testcontainers/ryuk:0.8.1]")
 @option("--variant", default="minbase", show_default=True,
         help="debian: mmdebstrap's package set (extract, custom, essential, apt, "
              "required, minbase, buildd, important, standard)")
@@ -466,17 +467,18 @@ def pruned_images(result: dict[str, Any]) -> list[str]:
         help="debian: an apt source ('deb URL SUITE COMPONENTS' or a mirror URL) "
              "instead of this machine's (repeatable)")
 @option("-q", "--quiet", is_flag=True, help="Suppress mmdebstrap's progress")
-@argument("what", metavar="debian[:SUITE]|busybox")
+@argument("what", metavar="debian[:SUITE]|busybox|ryuk")
 def image_bootstrap(tag: str | None, variant: str, include: tuple[str, ...],
                     sources: tuple[str, ...], quiet: bool, what: str) -> int:
     """Make a first image without a registry: Debian with mmdebstrap from this
-    machine's apt sources (SUITE: this machine's, else stable), or busybox from the
-    busybox-static package."""
+    machine's apt sources (SUITE: this machine's, else stable), busybox from the
+    busybox-static package, or ryuk: testcontainers' reaper (busybox, this machine's
+    python3.11 and sandboxd's own Ryuk), tagged as testcontainers asks for it."""
     import subprocess
     import tempfile
 
-    from ..rootfs import BootstrapError, host_codename, mmdebstrap_command, \
-        write_busybox_tar
+    from ..rootfs import RYUK_CMD, RYUK_IMAGE, BootstrapError, host_codename, \
+        mmdebstrap_command, write_busybox_tar, write_ryuk_tar
     distro, _, suite = what.partition(":")
     try:
         # Spooled first: a half-made root filesystem is never imported.
@@ -488,6 +490,13 @@ def image_bootstrap(tag: str | None, variant: str, include: tuple[str, ...],
                 write_busybox_tar(spool)
                 reference, cmd, message = tag or "busybox:latest", ["sh"], \
                     "sbx image bootstrap busybox (busybox-static)"
+            elif distro == "ryuk":
+                if suite:
+                    raise BootstrapError("ryuk: give no :TAG (-t NAME[:TAG] names the "
+                                         f"image; default {RYUK_IMAGE})")
+                write_ryuk_tar(spool)
+                reference, cmd, message = tag or RYUK_IMAGE, RYUK_CMD, \
+                    "sbx image bootstrap ryuk (sandboxd.ryuk on python3.11)"
             elif distro == "debian":
                 suite = suite or host_codename() or "stable"
                 command = mmdebstrap_command(suite, variant, include,
@@ -501,7 +510,8 @@ def image_bootstrap(tag: str | None, variant: str, include: tuple[str, ...],
                 reference, cmd = tag or f"debian:{suite}", ["bash"]
                 message = f"sbx image bootstrap debian:{suite} (mmdebstrap --variant={variant})"
             else:
-                raise BootstrapError(f"{what!r}: bootstrap makes debian[:SUITE] or busybox")
+                raise BootstrapError(f"{what!r}: bootstrap makes debian[:SUITE], busybox "
+                                     f"or ryuk")
             spool.seek(0)
             return _import(spool, reference, message=message, cmd=cmd)
     except BootstrapError as e:
