@@ -43,16 +43,6 @@ def docker_filters(raw: Any) -> dict[str, list[str]]:
     return out
 
 
-def _since(value: str) -> float:
-    """Docker's ``since``/``until``: Unix seconds, with a fraction (``1.5``) or Go's
-    ``seconds.nanoseconds``."""
-    if not value:
-        return 0
-    try:
-        return float(value)
-    except ValueError:
-        raise HttpError(400, f"invalid time {value!r}: expected Unix seconds") from None
-
 
 @dataclass
 class _Exec:
@@ -261,7 +251,7 @@ class ContainerRoutes:
         params = {"id": record.id, "follow": req.flag("follow"),
                   "tail": -1 if tail in ("all", "") else req.integer("tail", -1),
                   "timestamps": req.flag("timestamps"), "stdout": stdout, "stderr": stderr,
-                  "since": _since(req.arg("since")), "until": _since(req.arg("until"))}
+                  "since": req.seconds("since") or 0, "until": req.seconds("until") or 0}
         return Response(200, content_type=RAW if tty else MULTIPLEXED,
                         chunks=_drain(self.calls.call("container.logs", params, ctx), queue))
 

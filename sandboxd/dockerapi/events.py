@@ -12,23 +12,10 @@ from ..errors import SandboxError
 from ..events import check_filters
 from .calls import ApiContext, Calls
 from .containers import _drain, docker_filters
-from .http import HttpError, Request, Response, Route, route
+from .http import Request, Response, Route, route
 
 log = logging.getLogger(__name__)
 QUEUE = 64       # lines between the bus's reader and the socket
-
-
-def _time(req: Request, name: str) -> float | None:
-    """Docker's ``since``/``until``: Unix seconds, with a fraction or Go's
-    ``seconds.nanoseconds`` (the CLI turns durations and dates into these)."""
-    value = req.arg(name)
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise HttpError(400, f"invalid value {value!r} for query parameter {name}: "
-                             f"expected Unix seconds") from None
 
 
 class EventRoutes:
@@ -39,7 +26,7 @@ class EventRoutes:
         return [route("GET", "/events", self.events)]
 
     async def events(self, req: Request) -> Response:
-        params = {"since": _time(req, "since"), "until": _time(req, "until"),
+        params = {"since": req.seconds("since"), "until": req.seconds("until"),
                   "filters": docker_filters(req.json_arg("filters"))}
         # Checked before the head goes out: a bad filter is a 400, not a cut stream.
         check_filters(operations.BY_NAME["system.events"].build(params).filters)

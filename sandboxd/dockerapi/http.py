@@ -103,6 +103,18 @@ class Request:
             raise HttpError(400, f"invalid value {value!r} for query parameter {name}: "
                                  f"not an integer") from None
 
+    def seconds(self, name: str) -> float | None:
+        """Docker's ``since``/``until``: Unix seconds, with a fraction or Go's
+        ``seconds.nanoseconds`` (the CLI turns durations and dates into these)."""
+        value = self.arg(name)
+        if not value:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            raise HttpError(400, f"invalid value {value!r} for query parameter {name}: "
+                                 f"expected Unix seconds") from None
+
     def json_arg(self, name: str) -> Any:
         """A JSON-encoded query value (``filters``, ``buildargs``, ``labels``)."""
         value = self.arg(name)
