@@ -325,6 +325,9 @@ class _Connection:
 
 
 API_VERSION = "1.43"
+# Older prefixes are refused as dockerd does; newer ones are served (nothing here changes
+# by version), which lets a client that skipped negotiation work.
+MIN_API_VERSION = (1, 24)
 SERVER_HEADER = "Docker/24.0.0-sandboxd (linux)"
 
 
@@ -338,6 +341,11 @@ class HttpServer:
         self.tasks: set[asyncio.Task] = set()
 
     async def dispatch(self, request: Request) -> Response | Hijack:
+        if request.api_version is not None and request.api_version < MIN_API_VERSION:
+            raise HttpError(400, f"client version {'.'.join(map(str, request.api_version))} "
+                                 f"is too old. Minimum supported API version is "
+                                 f"{'.'.join(map(str, MIN_API_VERSION))}, please upgrade "
+                                 f"your client to a newer version")
         allowed = []
         for r in self.routes:
             match = r.pattern.match(request.path)

@@ -10,9 +10,8 @@ import time
 from ..render import rfc3339
 from ..version import __version__
 from .calls import Calls
-from .http import API_VERSION, Request, Response, Route, json_response, route
+from .http import API_VERSION, MIN_API_VERSION, Request, Response, Route, json_response, route
 
-MIN_API_VERSION = "1.24"
 ENGINE_VERSION = "24.0.0"       # the Docker release whose API (1.43) this face follows
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
@@ -33,7 +32,7 @@ class SystemRoutes:
 
     async def version(self, req: Request) -> Response:
         uname = os.uname()
-        details = {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+        details = {"ApiVersion": API_VERSION, "MinAPIVersion": ".".join(map(str, MIN_API_VERSION)),
                    "Os": "linux", "Arch": _ARCH.get(uname.machine, uname.machine),
                    "KernelVersion": uname.release, "GitCommit": "sandboxd",
                    "GoVersion": f"python{platform.python_version()}",

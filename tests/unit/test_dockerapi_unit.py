@@ -232,3 +232,17 @@ def test_endpoint_aliases_become_network_aliases() -> None:
                                   "NetworkingConfig": {"EndpointsConfig": {
                                       "net1": {"Aliases": ["db", "cache"]}}}})
     assert build_config(image, **opts).host.network_aliases == ("db", "cache")
+
+
+def test_a_version_prefix_below_1_24_is_refused_as_dockerd_does():
+    import asyncio
+
+    from sandboxd.dockerapi.http import HttpServer
+    request = Request.__new__(Request)
+    request.api_version, request.method, request.path = (1, 10), "GET", "/_ping"
+    server = HttpServer([], lambda e: None)
+    with pytest.raises(HttpError) as caught:
+        asyncio.run(server.dispatch(request))
+    assert caught.value.status == 400
+    assert "client version 1.10 is too old. Minimum supported API version is 1.24" \
+        in caught.value.message
