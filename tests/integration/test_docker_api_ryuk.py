@@ -83,15 +83,20 @@ def test_ryuk_removes_a_killed_session(d: Daemon, client) -> None:
         proc.stderr.close()
     gone = time.monotonic()
 
+    def ids() -> set[str]:
+        # The raw list: docker-py's containers.list inspects each row afterwards, and a
+        # container Ryuk removes in between would be a NotFound.
+        return {c["Id"] for c in client.api.containers(all=True)}
+
     def reaped() -> bool:
-        names = {c.id for c in client.containers.list(all=True)}
+        names = ids()
         return cid not in names and not client.networks.list(ids=[net]) and \
             vol not in {v.name for v in client.volumes.list()}
     assert wait_until(reaped, timeout=10, what="Ryuk's removal")
     # 1 s of reconnection timeout, then the removal: well within the 10 s default
     assert time.monotonic() - gone < 6
     # Ryuk itself exits when done (AutoRemove takes its container)
-    assert wait_until(lambda: not client.containers.list(
+    assert wait_until(lambda: not client.api.containers(
         all=True, filters={"name": f"testcontainers-ryuk-{session}"}), what="Ryuk's exit")
 
 
@@ -122,7 +127,7 @@ def test_ryuk_keeps_what_a_reconnecting_client_holds(d: Daemon, client) -> None:
         time.sleep(3)                                 # longer than the timeout
         assert client.containers.get(busy.id).status == "running"
         second.close()
-        assert wait_until(lambda: busy.id not in {c.id for c in client.containers.list(
+        assert wait_until(lambda: busy.id not in {c["Id"] for c in client.api.containers(
             all=True)}, timeout=10, what="Ryuk's removal")
     finally:
         for c in (busy, ryuk):
