@@ -1308,17 +1308,19 @@ class ContainerService:
 
     # ------------------------------------------------------------ pooled (pools.py)
 
-    async def prepare_pooled(self, config: ContainerConfig) -> Any:
+    async def prepare_pooled(self, config: ContainerConfig, helper: str = "") -> Any:
         """A container of ``config`` for a pool: a record's id (never stored; the
         request that takes it adopts it), its network attached, its root prepared, its
-        pid 1 parked before the exec by the runner. A ``pools.Pooled``."""
+        pid 1 parked before the exec by the runner, in ``helper`` (sbx-park's path;
+        "": in Python). A ``pools.Pooled``."""
         from .pools import Pooled
         config = dataclasses.replace(config, entrypoint=(), cmd=("sandboxd-pooled",))
         record, _ = self._build_record(config, self.images.get(config.image), "pooled", "")
         attachment = await self.networks.attach(
             record.id, _network_name(config.host.network_mode))
         try:
-            pid = await self.runner.prepare(self._spec(record, netns=attachment.netns))
+            pid = await self.runner.prepare(self._spec(record, netns=attachment.netns),
+                                            helper)
         except BaseException:
             self.release_pooled(record.id)
             raise

@@ -552,7 +552,9 @@ class Handlers:
     async def pool_list(self, ctx: RequestContext, params: ops.NoParams) -> Any:
         pools = self.containers.pools
         return {"pools": pools.list(), "parked": pools.parked(),
-                "memory_budget": pools.memory}
+                "parked_memory": pools.parked_memory(), "memory_budget": pools.memory,
+                # where parked containers wait: None until the first pool looks
+                "waits_in": {None: None, "": "python"}.get(pools.helper, "sbx-park")}
 
     async def system_info(self, ctx: RequestContext, params: ops.NoParams) -> Any:
         status = [r.state.status for r in self.containers.records()]

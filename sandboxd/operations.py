@@ -615,7 +615,8 @@ Version = TypedDict("Version", {"version": str, "server": str, "protocol": int,
                                 "host": str, "root": str})
 SessionId = TypedDict("SessionId", {"session": str})
 PoolDoc = dict               # PoolService._describe
-Pools = TypedDict("Pools", {"pools": list, "parked": int, "memory_budget": int})
+Pools = TypedDict("Pools", {"pools": list, "parked": int, "parked_memory": int,
+                           "memory_budget": int, "waits_in": "str | None"})
 
 
 # ---------------------------------------------------------------- the table

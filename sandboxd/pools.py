@@ -10,9 +10,11 @@ only the process and its stdio (the runner's ``take``). A pooled container is us
 and never returned; a miss takes the cold path unchanged.
 
 The key is what makes a start expensive and what the kernel got at prepare time: the
-image (its id), limits, network mode, user, host name, capabilities, seccomp, ulimits,
-init, DNS and hosts entries — the whole config except what only the process or the
-daemon sees (command, entrypoint, env, workdir, tty, stdin, labels, timeout, logging).
+image (its id), limits, network mode, user, working directory, host name, capabilities,
+seccomp, ulimits, init, DNS and hosts entries — the whole config except what only the
+process or the daemon sees (command, entrypoint, env, tty, stdin, labels, timeout,
+logging). The parked pid 1 has taken on its user, limits and working directory already
+and waits in sbx-park (runner/park.py), a small static program.
 Pooled: ``--rm`` containers (their layer is a tmpfs, their /etc files are written in
 it) without a read-only root, published ports, links, a static IP, mounts, a user
 network or another container's namespaces; anything else is never pooled.
@@ -30,12 +32,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import subprocess
 import time
 from collections import deque
 from typing import Any, Iterable
 
 from .errors import InvalidArgument, NotFound, SandboxError
 from .model import ContainerConfig
+from .runner.park import build_helper
 from .runner.spec import parse_size
 
 log = logging.getLogger("sandboxd.pools")
@@ -48,18 +52,22 @@ RETRY_AFTER = 5.0            # seconds before a pool whose prepare failed tries 
 # (the short-lived workload's exit is reaped in that time too).
 QUIET = 0.01
 # What one parked container costs the host, for the budget: its PSS measured (docs/
-# bench.md: about 2 MiB private at park, more as the fork server's heap moves on).
-PARKED_MEMORY = 4 << 20
+# bench.md), rounded up: waiting in sbx-park (runner/park.py), and waiting in a fork of
+# the fork server's Python (an --init's reaper, or no C compiler to build sbx-park).
+PARKED_MEMORY = 1 << 20
+PYTHON_PARKED_MEMORY = 4 << 20
 # The options a declaration takes: name -> flags.build_config keyword.
 OPTIONS = {"memory": "memory", "memory-swap": "memory_swap", "cpus": "cpus",
            "pids-limit": "pids_limit", "network": "network_mode", "user": "user",
-           "hostname": "hostname", "cap-add": "cap_add", "cap-drop": "cap_drop",
+           "hostname": "hostname", "workdir": "workdir", "cap-add": "cap_add",
+           "cap-drop": "cap_drop",
            "security-opt": "security_opt", "init": "init", "ulimit": "ulimits"}
 _MULTI = {"cap_add", "cap_drop", "security_opt", "ulimits"}
 
 Key = tuple[str, ContainerConfig]
-# Fields only the process or the daemon sees: blanked in a key.
-_PROCESS_ONLY = dict(image="", cmd=(), entrypoint=None, env=(), workdir="", tty=False,
+# Fields only the process or the daemon sees: blanked in a key. (The working directory
+# is made and entered at park, so it is part of the key.)
+_PROCESS_ONLY = dict(image="", cmd=(), entrypoint=None, env=(), tty=False,
                      open_stdin=False, labels=(), exposed_ports=(), stop_signal="SIGTERM",
                      stop_timeout=None)
 
@@ -153,6 +161,8 @@ class PoolService:
         self.memory = memory
         self.pools: dict[Key, _Pool] = {}
         self.owned: dict[str, _Pool] = {}           # pooled id -> its pool
+        # sbx-park's path; "": wait in Python; None: not looked for yet (no pool so far)
+        self.helper: str | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -161,6 +171,8 @@ class PoolService:
     async def startup(self) -> None:
         """Check the declarations against the images and the budget (a bad one stops
         the start with its reason), then fill in the background."""
+        if self.declarations or self.memory:             # the budget counts on it
+            self.helper = await asyncio.to_thread(_park_helper)
         for config, count in self.declarations:
             self.declare(config, count)
         self._task = asyncio.create_task(self._refill())
@@ -184,7 +196,7 @@ class PoolService:
         pool = self.pools.get(key)
         now = time.monotonic()
         if pool is None:
-            if self.memory < PARKED_MEMORY * (self.parked() + 1):
+            if self.memory < self.parked_memory() + self.cost(config):
                 return None                         # no room to learn it
             pool = self.pools[key] = _Pool(key, config)
         pool.asked = now
@@ -224,11 +236,13 @@ class PoolService:
                 f"containers without a read-only root, ports, links, a static IP, "
                 f"mounts, a user network or another container's namespaces)")
         pool = self.pools.get(key) or _Pool(key, config)
-        others = sum(p.declared for p in self.pools.values() if p is not pool)
-        if self.memory and (others + count) * PARKED_MEMORY > self.memory:
+        others = [p for p in self.pools.values() if p is not pool]
+        need = sum(p.declared * self.cost(p.config) for p in others) + \
+            count * self.cost(config)
+        if self.memory and need > self.memory:
             raise InvalidArgument(
-                f"pool {config.image}: {others + count} declared containers need "
-                f"{(others + count) * PARKED_MEMORY >> 20}m, more than pool-memory "
+                f"pool {config.image}: {sum(p.declared for p in others) + count} declared "
+                f"containers need {need >> 20}m, more than pool-memory "
                 f"({self.memory >> 20}m)")
         pool.declared = count
         self.pools[key] = pool
@@ -240,6 +254,15 @@ class PoolService:
 
     def parked(self) -> int:
         return sum(len(p.ready) + p.preparing for p in self.pools.values())
+
+    def cost(self, config: ContainerConfig) -> int:
+        """What one parked container of ``config`` counts against the budget."""
+        return PARKED_MEMORY if self.helper and not config.host.init \
+            else PYTHON_PARKED_MEMORY
+
+    def parked_memory(self) -> int:
+        return sum((len(p.ready) + p.preparing) * self.cost(p.config)
+                   for p in self.pools.values())
 
     def usage(self) -> dict[str, Any]:
         """For ``system info`` and ``df``."""
@@ -263,11 +286,11 @@ class PoolService:
             return pool.declared
         return LEARNED_SIZE if self.memory and now - pool.asked < IDLE_AFTER else 0
 
-    def _room(self) -> bool:
+    def _room(self, pool: _Pool) -> bool:
         declared_left = sum(max(0, p.declared - len(p.ready) - p.preparing)
-                            for p in self.pools.values())
-        return not self.memory or \
-            (self.parked() + declared_left + 1) * PARKED_MEMORY <= self.memory
+                            * self.cost(p.config) for p in self.pools.values())
+        return not self.memory or self.parked_memory() + declared_left + \
+            self.cost(pool.config) <= self.memory
 
     async def _refill(self) -> None:
         while True:
@@ -283,10 +306,12 @@ class PoolService:
                     await self._discard(pool, pool.ready.pop())
                 if not target and not pool.preparing:
                     del self.pools[key]
+            if self.pools and self.helper is None:
+                self.helper = await asyncio.to_thread(_park_helper)
             for pool in list(self.pools.values()):
                 while (len(pool.ready) < self._target(pool, time.monotonic())
                        and time.monotonic() >= pool.retry_at
-                       and (pool.declared or self._room())):
+                       and (pool.declared or self._room(pool))):
                     await self._quiet()
                     if not await self._prepare(pool):
                         break
@@ -301,7 +326,7 @@ class PoolService:
     async def _prepare(self, pool: _Pool) -> bool:
         pool.preparing += 1
         try:
-            pooled = await self.containers.prepare_pooled(pool.config)
+            pooled = await self.containers.prepare_pooled(pool.config, self.helper or "")
         except SandboxError as e:
             pool.error = e.message
             pool.retry_at = time.monotonic() + RETRY_AFTER
@@ -324,3 +349,14 @@ class PoolService:
             await self.containers.runner.kill(pooled.id, all=True)
         except (NotFound, SandboxError):
             self.lost(pooled.id)
+
+
+def _park_helper() -> str:
+    """sbx-park's path, built on first use; "" (parked containers wait in Python, and
+    count 4 MiB each) when it cannot be built, with the reason in the log."""
+    try:
+        return build_helper()
+    except (SandboxError, OSError, subprocess.SubprocessError) as e:
+        log.warning("pools: parked containers wait in Python (about 4 MiB each): %s",
+                    getattr(e, "message", None) or e)
+        return ""

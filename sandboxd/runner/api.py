@@ -92,8 +92,8 @@ class _Protocol:
         return {"op": "spawn", "spec": to_dict(validate(spec))}
 
     @staticmethod
-    def _prepare_message(spec: ContainerSpec) -> dict:
-        return {"op": "prepare", "spec": to_dict(validate(spec))}
+    def _prepare_message(spec: ContainerSpec, helper: str) -> dict:
+        return {"op": "prepare", "spec": to_dict(validate(spec)), "helper": helper}
 
     @staticmethod
     def _take_message(container_id: str, process: Process) -> dict:
@@ -175,15 +175,18 @@ class Runner(_Protocol):
         pid once the workload has exec'd. Setup failures raise typed errors."""
         return self._call(self._spawn_message(spec), list(stdio))["pid"]
 
-    def prepare(self, spec: ContainerSpec) -> int:
+    def prepare(self, spec: ContainerSpec, helper: str = "") -> int:
         """Make ``spec``'s container (namespaces, cgroup, mounts, root) and park its
-        pid 1 before the exec; returns that pid. ``spec.process`` only sets what stays:
-        its capabilities and no_new_privileges (the seccomp filter is made for them)."""
-        return self._call(self._prepare_message(spec))["pid"]
+        pid 1 before the exec, in ``helper`` (sbx-park's path, runner/park.py; "": in
+        Python); returns that pid. ``spec.process`` sets all of the process but its
+        args, env and terminal: its user, groups, working directory, ulimits,
+        capabilities and no_new_privileges are applied at park."""
+        return self._call(self._prepare_message(spec, helper))["pid"]
 
     def take(self, container_id: str, process: Process, stdio: tuple[int, ...]) -> int:
         """Run ``process`` in a prepared container; returns once it has exec'd (as
-        :meth:`spawn`). Used once: the container's exit ends it as any other's."""
+        :meth:`spawn`). Only its args, env and terminal may differ from the prepared
+        process. Used once: the container's exit ends it as any other's."""
         return self._call(self._take_message(container_id, process), list(stdio))["pid"]
 
     def spawn_terminal(self, spec: ContainerSpec) -> tuple[int, int]:
@@ -437,8 +440,8 @@ class AsyncRunner(_Protocol, HelperConnection):
     async def spawn(self, spec: ContainerSpec, stdio: tuple[int, ...]) -> int:
         return (await self._call(self._spawn_message(spec), list(stdio)))["pid"]
 
-    async def prepare(self, spec: ContainerSpec) -> int:
-        return (await self._call(self._prepare_message(spec)))["pid"]
+    async def prepare(self, spec: ContainerSpec, helper: str = "") -> int:
+        return (await self._call(self._prepare_message(spec, helper)))["pid"]
 
     async def take(self, container_id: str, process: Process,
                    stdio: tuple[int, ...]) -> int:

@@ -102,7 +102,7 @@ def find_executable(name: str, path: str) -> str:
                           {"exit_code": 127, "command": name})
 
 
-def _home_of(uid: int) -> str:
+def home_of(uid: int) -> str:
     try:
         with open("/etc/passwd") as f:
             for line in f:
@@ -126,10 +126,19 @@ def install_filter(program: seccomp.Program | None) -> None:
 
 def prepare_process(process: Process, hostname: str, errw: int,
                      program: seccomp.Program | None) -> tuple[str, dict]:
-    """Limits, workdir, security profile; returns (executable, environment). The seccomp
-    filter comes last, just before exec (the caller loads it), unless no_new_privs is off:
-    then loading it needs CAP_SYS_ADMIN, so it comes before the capabilities are cut
-    (as runc does), and what follows must be calls the filter allows."""
+    """Limits, workdir, security profile; returns (executable, environment)."""
+    enter_process(process, program)
+    env = environment(process, hostname, home_of(os.getuid()))
+    return find_executable(process.args[0], env.get("PATH", DEFAULT_PATH)), env
+
+
+def enter_process(process: Process, program: seccomp.Program | None) -> None:
+    """Limits, workdir, security profile, chdir: all a process takes from its config
+    but its command, environment and stdio (a parked pid 1 does this much before its
+    take). The seccomp filter comes last, just before exec (the caller loads it),
+    unless no_new_privs is off: then loading it needs CAP_SYS_ADMIN, so it comes before
+    the capabilities are cut (as runc does), and what follows must be calls the filter
+    allows."""
     try:
         rlimits.apply(process.ulimits)
         os.makedirs(process.cwd, 0o755, exist_ok=True)   # Docker creates a missing workdir
@@ -149,8 +158,6 @@ def prepare_process(process: Process, hostname: str, errw: int,
     except OSError as e:
         raise SetupFailed(f"chdir to {process.cwd}: {e.strerror}",
                           {"step": "chdir", "errno": e.errno or 0}) from None
-    env = environment(process, hostname, _home_of(os.getuid()))
-    return find_executable(process.args[0], env.get("PATH", DEFAULT_PATH)), env
 
 
 def pid_clone_flags(spec: ContainerSpec) -> int | None:

@@ -51,13 +51,13 @@ from . import cgroups, child, layers, mounts, rlimits, seccomp, zygote
 from . import syscalls as sc
 from .channel import recv_message, send_message
 from .init import run_init
+from .park import MAX_TAKE, decode_failure, decode_take, encode_take, load_helper
 from .plan import Step, build_plan
 from .spec import (DEFAULT_CAPABILITIES, DEFAULT_PATH, ContainerSpec, Limits, Process,
                    check_process, from_dict, to_dict, validate)
 
 # setns order: the mount namespace last, since entering it changes root and cwd.
 EXEC_NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
-PARK_MESSAGE = 1 << 16          # a take's process, at most (the owner checks its size)
 
 
 # ---------------------------------------------------------------- the container side
@@ -101,12 +101,12 @@ def _hold(errw: int) -> NoReturn:
 
 def _container_pid1(spec: ContainerSpec, plan: list[Step], stdio: list[int],
                     errw: int, program: seccomp.Program | None,
-                    channel: int = -1, park: bool = False) -> NoReturn:
+                    channel: int = -1, park: int | None = None) -> NoReturn:
     process = spec.process
     try:
         mounts.run_steps(plan)
-        if park:
-            process, stdio = _park(errw, channel)
+        if park is not None:
+            _park(spec, errw, channel, program, park)
         child.install_stdio(stdio, process.terminal)
         if spec.hold:
             _hold(errw)
@@ -122,19 +122,41 @@ def _container_pid1(spec: ContainerSpec, plan: list[Step], stdio: list[int],
     _exec(executable, process, env, errw, program)
 
 
-def _park(errw: int, channel: int) -> tuple[Process, list[int]]:
+def _park(spec: ContainerSpec, errw: int, channel: int, program: seccomp.Program | None,
+          helper: int) -> NoReturn:
     """A pooled container's pid 1 (``prepare``), its namespaces, cgroup, mounts and root
-    made: report ``W`` and wait for its process and stdio (``take``). Nothing of the
-    fork server's stays open meanwhile (a copy of another start's stdio pipe would keep
-    that container's output open for as long as this one waits)."""
-    low, high = sorted((errw, channel))
-    os.closerange(3, low)
-    os.closerange(low + 1, high)
-    os.closerange(high + 1, 1 << 20)
+    made: take on all of its process's config but the command, environment and stdio,
+    report ``W`` and wait for those (``take``) in ``sbx-park`` (runner/park.py; ``helper``
+    is its memfd, -1: none), or in Python for an init's reaper or without the helper.
+    Nothing of the fork server's stays open meanwhile (a copy of another start's stdio
+    pipe would keep that container's output open for as long as this one waits)."""
+    child.enter_process(spec.process, program)
+    hostname = spec.hostname or socket.gethostname()
+    home = child.home_of(os.getuid())
+    first = 3
+    for keep in sorted(fd for fd in (errw, channel, helper) if fd >= 0):
+        if first < keep:                 # closerange's end below its start closes all
+            os.closerange(first, keep)
+        first = keep + 1
+    os.closerange(first, 1 << 20)
     child.report(errw, b"W")
-    # recvmsg by hand: recv_message's 1 MiB buffer would be this process's own memory.
+    if helper < 0 or spec.init:
+        _wait_in_python(spec, errw, channel, hostname, home)
+    os.set_inheritable(errw, True)
+    os.set_inheritable(channel, True)
+    try:
+        os.execve(helper, ["sbx-park", str(channel), str(errw), hostname, home], {})
+    except OSError as e:
+        raise SetupFailed(f"exec the parked pid 1 (sbx-park): {e.strerror}",
+                          {"step": "park", "errno": e.errno or 0}) from None
+
+
+def _wait_in_python(spec: ContainerSpec, errw: int, channel: int, hostname: str,
+                    home: str) -> NoReturn:
+    """What sbx-park does, here: wait for the take, then stdio, environment, exec (or
+    the init's reaper that runs it)."""
     sock = socket.socket(fileno=channel)
-    data, anc, _flags, _addr = sock.recvmsg(PARK_MESSAGE, socket.CMSG_SPACE(3 * 4),
+    data, anc, _flags, _addr = sock.recvmsg(MAX_TAKE, socket.CMSG_SPACE(3 * 4),
                                             socket.MSG_CMSG_CLOEXEC)
     sock.close()
     if not data:                         # the fork server let it go (discard, shutdown)
@@ -143,9 +165,16 @@ def _park(errw: int, channel: int) -> tuple[Process, list[int]]:
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    return from_dict(Process, msgpack.unpackb(data, raw=False)["process"], "process"), \
-        list(fds)
-
+    terminal, args, env_entries, flags, bpf = decode_take(data)
+    process = replace(spec.process, args=tuple(args), env=tuple(env_entries),
+                      terminal=terminal)
+    program = seccomp.prepared(bpf, flags) if bpf else None
+    child.install_stdio(list(fds), terminal)
+    env = child.environment(process, hostname, home)
+    executable = child.find_executable(process.args[0], env.get("PATH", DEFAULT_PATH))
+    if spec.init:
+        run_init(lambda: _exec(executable, process, env, errw, program))
+    _exec(executable, process, env, errw, program)
 
 
 def _zygote_pid1(spec: ContainerSpec, errw: int, channel: int,
@@ -190,7 +219,7 @@ def _zygote_pid1(spec: ContainerSpec, errw: int, channel: int,
 def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
                      stdio: list[int], errw: int,
                      program: seccomp.Program | None, channel: int = -1,
-                     park: bool = False) -> NoReturn:
+                     park: int | None = None) -> NoReturn:
     """The container's first process: pid 1 itself, or a C1 when the pid namespace is
     joined by path."""
     gc.disable()      # no collection copies the server's heap into this process
@@ -304,6 +333,7 @@ class ForkServer:
         os.makedirs(self.mnt, 0o700, exist_ok=True)
         self.cgroups = cgroups.CgroupManager(cgroup_parent)
         self.filters = seccomp.FilterCache()
+        self.park_helpers: dict[str, int] = {}                 # sbx-park path -> memfd
         self.containers: dict[str, _Container] = {}
         self.starts: dict[int, _Start] = {}                    # pipe fd -> start
         self.pids: dict[int, tuple[_Container, str | None]] = {}
@@ -398,37 +428,57 @@ class ForkServer:
         return {"pid": os.getpid(), "containers": len(self.containers)}
 
     def _op_spawn(self, msg: dict, fds: list[int]) -> Any:
-        return self._spawn(msg, fds, park=False)
+        return self._spawn(msg, fds, park=None)
 
     def _op_prepare(self, msg: dict, fds: list[int]) -> Any:
         """A pooled container: everything of a spawn but the process, parked before
-        its exec until a ``take`` gives it its process and stdio (the reply: its pid)."""
-        return self._spawn(msg, fds, park=True)
+        its exec until a ``take`` gives it its process and stdio (the reply: its pid).
+        ``helper``: the path of sbx-park to wait in (runner/park.py); "": Python."""
+        return self._spawn(msg, fds, park=self._helper(str(msg.get("helper") or "")))
+
+    def _helper(self, path: str) -> int:
+        """sbx-park's sealed memfd (loaded once per path), or -1 for none."""
+        if not path:
+            return -1
+        fd = self.park_helpers.get(path)
+        if fd is None:
+            try:
+                fd = self.park_helpers[path] = load_helper(path)
+            except OSError as e:
+                raise SetupFailed(f"load the parked pid 1 {path}: {e.strerror}",
+                                  {"step": "park", "errno": e.errno or 0}) from None
+        return fd
 
     def _op_take(self, msg: dict, fds: list[int]) -> Any:
-        """Start a prepared container's workload: ``process`` (its args, env, cwd,
-        user, terminal, ulimits; the capabilities and no_new_privs it was prepared
-        with) with these stdio fds. The reply comes when it has exec'd, as a spawn's."""
+        """Start a prepared container's workload: ``process``, whose args, env and
+        terminal are its own and the rest (cwd, user, groups, ulimits, capabilities,
+        no_new_privs) the prepared one's, with these stdio fds. The reply comes when it
+        has exec'd, as a spawn's."""
         container = self.containers.get(str(msg.get("id")))
         if container is None or container.park is None:
             raise NotFound(f"container {msg.get('id')} is not a prepared container")
         process = validate_process(from_dict(Process, msg.get("process"), "process"))
         prepared = container.spec.process
-        if (process.capabilities, process.no_new_privileges) != \
-                (prepared.capabilities, prepared.no_new_privileges):
-            raise InvalidArgument("take: the capabilities and no_new_privileges must be "
-                                  "the ones the container was prepared with")
+        if replace(process, args=prepared.args, env=prepared.env,
+                   terminal=prepared.terminal) != prepared:
+            raise InvalidArgument("take: only the command, environment and terminal may "
+                                  "differ from the prepared process (its working "
+                                  "directory, user, groups, ulimits, capabilities and "
+                                  "no_new_privileges were applied at prepare)")
         if len(fds) != (1 if process.terminal else 3):
             raise InvalidArgument("take: pass 3 stdio fds, or 1 terminal fd")
-        problems = rlimits.check_raisable(process.ulimits)
-        if problems:
-            raise InvalidArgument.of(problems)
+        # The filter goes just before the exec; without no_new_privs it was loaded at park.
+        program = container.program if process.no_new_privileges else None
+        message = encode_take(process, *((program.bpf, program.flags) if program else ()))
+        if len(message) > MAX_TAKE:
+            raise InvalidArgument(f"take: the command, environment and seccomp filter "
+                                  f"take {len(message)} bytes, more than {MAX_TAKE}")
         start = next((s for s in self.starts.values() if s.container is container), None)
         if start is None:                                    # it died, not yet reaped
             raise NotFound(f"container {container.id}: its prepared process is gone")
         park, container.park = container.park, None
         try:
-            send_message(park, {"process": to_dict(process)}, fds)
+            socket.send_fds(park, [message], fds)
         except OSError:
             raise NotFound(f"container {container.id}: its prepared process is gone"
                            ) from None
@@ -440,11 +490,12 @@ class ForkServer:
         container.spec = replace(container.spec, process=process)
         return _DEFERRED
 
-    def _spawn(self, msg: dict, fds: list[int], park: bool) -> Any:
+    def _spawn(self, msg: dict, fds: list[int], park: int | None) -> Any:
+        """``park``: None for a spawn; for a prepare, sbx-park's fd (-1: none)."""
         spec = validate(from_dict(ContainerSpec, msg.get("spec")))
         if spec.id in self.containers:
             raise InvalidArgument(f"container {spec.id} is already running")
-        if park:
+        if park is not None:
             if fds or spec.hold or spec.entry or spec.zygote or spec.root.layer:
                 raise InvalidArgument("prepare: no stdio, hold, entry, zygote or layer "
                                       "image (they are given at the start)")
@@ -484,7 +535,7 @@ class ForkServer:
         container = _Container(spec.id, spec, cgroup, program, layer_hold=hold,
                                image_holds=tuple(images))
         ours = theirs = None
-        if spec.zygote or park:
+        if spec.zygote or park is not None:
             ours, theirs = socket.socketpair(socket.AF_UNIX,
                                               socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             if spec.zygote:
@@ -505,7 +556,7 @@ class ForkServer:
         finally:
             if theirs is not None:
                 theirs.close()
-        if park:
+        if park is not None:
             container.park = ours
         elif ours is not None:
             container.zygote = _Zygote(ours, cgroups.CgroupManager(
@@ -1066,6 +1117,8 @@ def validate_process(process: Process) -> Process:
 
 def _decode_failure(start: _Start) -> SandboxError:
     raw = bytes(start.buf)
+    if raw.startswith(b"X"):                     # from sbx-park
+        return decode_failure(raw)
     if raw.startswith(b"E"):
         try:
             return from_wire(msgpack.unpackb(raw[1:], raw=False))

@@ -53,12 +53,12 @@ def pooled_daemon():
 
 def test_pooled_container_is_indistinguishable_from_a_cold_one(pooled_daemon):
     client = pooled_daemon.client()
-    client.set_pool("busybox", 1, **OPTS)
+    client.set_pool("busybox", 1, workdir="/work", **OPTS)    # made and entered at park
     wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
     hits = _pool(client)["hits"]
     pooled, pooled_ns, pooled_id = _probe(client)
     assert _pool(client)["hits"] == hits + 1, "the run did not take the pooled container"
-    client.set_pool("busybox", 0, **OPTS)
+    client.set_pool("busybox", 0, workdir="/work", **OPTS)
     wait_until(lambda: not client.pools()["pools"], what="the pool to go")
     cold, cold_ns, cold_id = _probe(client)
     assert not client.pools()["pools"], "the cold run came from a pool"
@@ -113,6 +113,78 @@ def test_a_hit_takes_a_ready_container_and_the_pool_refills(pooled_daemon):
     assert pooled_daemon.cgroup_children() == []
 
 
+def test_a_parked_container_waits_in_sbx_park_and_takes_any_command(pooled_daemon):
+    """The parked pid 1 is the small static sbx-park, not a Python fork; what it does
+    at the take (stdio or a pty, the environment, the PATH search, the exec) gives
+    what a cold start gives."""
+    client = pooled_daemon.client()
+    client.set_pool("busybox", 1, **OPTS)
+    wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
+    (pid,) = _pool(client)["pids"]
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[0] == b"sbx-park"
+    assert client.pools()["waits_in"] == "sbx-park"
+    probe = ["sh", "-c", "tty; echo TERM=$TERM HOME=$HOME PATH=$PATH A=$A; ls -l /proc/$$/fd"]
+    fds: dict[bool, list[str]] = {}
+    for pooled in (True, False):
+        wait_until(lambda: not pooled or _pool(client).get("ready") == 1,
+                   what="the pool to refill")
+        hits = _pool(client).get("hits", 0)
+        result = client.run("busybox", probe, tty=True, env={"A": "1", "PATH": "/bin"},
+                            **OPTS)
+        assert (_pool(client).get("hits", 0) == hits + 1) == pooled
+        lines = result.stdout.decode().replace("\r", "").splitlines()
+        assert lines[0] == "/dev/pts/0", lines
+        assert lines[1] == "TERM=xterm HOME=/root PATH=/bin A=1", lines
+        fds[pooled] = [line.split(None, 8)[-1] for line in lines[3:]]   # "N -> target"
+        if pooled:
+            client.set_pool("busybox", 0, **OPTS)
+            wait_until(lambda: not client.pools()["pools"], what="the pool to go")
+    assert fds[True] == fds[False]                 # no fd of the park's reaches the shell
+    assert fds[True][:3] == ["0 -> /dev/pts/0", "1 -> /dev/pts/0", "2 -> /dev/pts/0"]
+
+
+def test_an_init_pool_waits_in_python_behind_its_reaper(pooled_daemon):
+    """--init's reaper is the Python loop of runner/init.py: such a container waits in
+    Python (and counts 4 MiB), and runs as a cold --init container does."""
+    client = pooled_daemon.client()
+    probe = ["sh", "-c", "echo $$; cat /proc/1/cmdline | tr '\\0' ' '"]
+    cold = client.run("busybox", probe, init=True, **OPTS).stdout
+    client.set_pool("busybox", 1, init=True, **OPTS)
+    wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
+    (pid,) = _pool(client)["pids"]
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert b"sbx-park" not in f.read()
+    hits = _pool(client)["hits"]
+    assert client.run("busybox", probe, init=True, **OPTS).stdout == cold
+    assert _pool(client)["hits"] == hits + 1
+    client.set_pool("busybox", 0, init=True, **OPTS)
+    wait_until(lambda: not client.pools()["pools"], what="the pool to go")
+
+
+def test_without_a_compiler_parked_containers_wait_in_python(tmp_path):
+    """No cc to build sbx-park: the log says so, the budget counts 4 MiB each, and the
+    pool still serves, its containers waiting in Python."""
+    d = Daemon()
+    d.env.update(PATH="/nonexistent", SANDBOXD_CACHE_DIR=str(tmp_path / "cache"))
+    try:
+        d.start()
+        d.import_busybox()
+        d.proc.terminate()
+        assert d.proc.wait(30) == 0
+        d.flags = ("--pool", "busybox,memory=64m,pids-limit=64=1", "--pool-memory", "8m")
+        d.start()
+        client = d.client()
+        wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
+        assert client.pools()["waits_in"] == "python"
+        assert client.pools()["parked_memory"] == 4 << 20
+        assert "no C compiler (cc)" in d.log()
+        result = client.run("busybox", ["sh", "-c", "echo $$ $HOME"], **OPTS)
+        assert result.stdout == b"1 /root\n" and _pool(client)["hits"] == 1
+    finally:
+        d.stop()
+
+
 def test_a_failing_workload_fails_as_a_cold_one(pooled_daemon):
     client = pooled_daemon.client()
     client.set_pool("busybox", 1, **OPTS)
@@ -138,14 +210,15 @@ def test_bad_pools_are_refused_at_the_api(pooled_daemon):
 
 
 def test_learned_pool_fills_within_the_budget_and_serves_the_next_request():
-    with running("--pool-memory", "16m") as d:
+    with running("--pool-memory", "4m") as d:
         client = d.client()
         assert client.run("busybox", ["true"], **OPTS).exit_code == 0     # a miss
         wait_until(lambda: _pool(client).get("ready") == 2, what="the learned pool")
         assert _pool(client)["declared"] == 0 and _pool(client)["misses"] == 1
         assert client.run("busybox", ["true"], **OPTS).exit_code == 0
         assert _pool(client)["hits"] == 1
-        # 16m holds four parked containers: a second key gets what is left.
+        # 4m holds four parked containers (1m each in sbx-park): a second key gets
+        # what is left.
         assert client.run("busybox", ["true"], memory="32m").exit_code == 0
         wait_until(lambda: client.pools()["parked"] == 4, what="the second learned pool")
         assert client.pools()["parked"] == 4
@@ -177,7 +250,7 @@ def test_declared_pools_fill_at_start_and_a_restart_reaps_them():
     (("--pool", "busybox,bogus=1=2"), "bogus=1"),
     (("--pool", "busybox=many"), "IMAGE[,OPTION=VALUE...]=N"),
     (("--pool", "busybox,memory=lots=1"), "memory"),
-    (("--pool-memory", "1m"), "less than one parked container"),
+    (("--pool-memory", "512k"), "less than one parked container"),
 ])
 def test_bad_declarations_stop_the_start(tmp_path, flags, message):
     proc = subprocess.run([PY, "-m", "sandboxd.daemon", "--root", str(tmp_path / "root"),

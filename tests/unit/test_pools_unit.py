@@ -38,14 +38,15 @@ def test_bad_declarations_say_what_is_wrong(text: str, says: str) -> None:
 
 def test_the_key_ignores_what_only_the_process_sees() -> None:
     a = build_config("busybox", ["true"], memory="64m", auto_remove=True)
-    b = build_config("busybox", ["sh", "-c", "env"], env={"A": "1"}, workdir="/w",
+    b = build_config("busybox", ["sh", "-c", "env"], env={"A": "1"},
                      tty=True, labels={"x": "y"}, timeout=5, memory="64m",
                      network_mode="bridge", auto_remove=True)
     assert pool_key(a, "sha256:1") == pool_key(b, "sha256:1")
     assert pool_key(a, "sha256:1") != pool_key(a, "sha256:2")          # another image
     for other in (dict(memory="32m"), dict(memory="64m", user="1000"),
                   dict(memory="64m", hostname="h"), dict(memory="64m", network_mode="none"),
-                  dict(memory="64m", cap_drop=["ALL"])):
+                  dict(memory="64m", cap_drop=["ALL"]),
+                  dict(memory="64m", workdir="/w")):        # made and entered at park
         c = build_config("busybox", ["true"], auto_remove=True, **other)
         assert pool_key(c, "sha256:1") != pool_key(a, "sha256:1"), other
 

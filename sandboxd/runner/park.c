@@ -1,0 +1,264 @@
+/* sbx-park: a pooled container's parked pid 1 (see park.py).
+ *
+ * The fork server's Python forked this container's pid 1, made its namespaces, mounts,
+ * root, limits, user, capabilities and working directory, reported "W" and exec'd this
+ * program: what waits for the take is a small static process instead of a copy of the
+ * fork server's interpreter (a few hundred KiB of PSS instead of megabytes).
+ *
+ *     sbx-park CHANNEL ERRW HOSTNAME HOME
+ *
+ * It waits on CHANNEL (a SOCK_SEQPACKET socket) for one take message, park.py's
+ * encode_take(): a header of six u32 (magic, terminal, argc, envc, seccomp flags,
+ * filter length in bytes), the seccomp filter (struct sock_filter[]), then argc + envc
+ * NUL-terminated strings; with 3 stdio fds, or 1 console socket when terminal. EOF
+ * instead: it was discarded, exit 0. Then what the Python first process does last
+ * (child.install_stdio, child.environment, child.find_executable, forkserver._exec):
+ * stdio or a pty in the container's devpts, the environment, the executable found in
+ * PATH, every fd but stdio closed, the filter loaded, "R" on ERRW, execve.
+ *
+ * Failures go to ERRW as "X" KIND ERRNO(4 bytes, native) TEXT, which the fork server
+ * turns into the error the Python path would have sent (park.decode_failure):
+ * KIND 'p' not found in PATH, 'n' exec ENOENT, 'x' exec failed, 's' a setup step
+ * (TEXT names it).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <termios.h>
+#include <unistd.h>
+
+#define PARK_MAGIC 0x6b726170u         /* "park" */
+#define MAX_MESSAGE (1 << 17)           /* park.MAX_TAKE */
+#define MAX_STRINGS 8192
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+static char message[MAX_MESSAGE] __attribute__((aligned(8)));
+static char *args[MAX_STRINGS + 1];
+static char *env[MAX_STRINGS + 5];
+static char found[4096];
+static int errw = -1;
+
+static void report_failure(char kind, int err, const char *text, int code)
+{
+    char buf[4096];
+    size_t len = strnlen(text, sizeof buf - 6);
+    buf[0] = 'X';
+    buf[1] = kind;
+    memcpy(buf + 2, &err, 4);
+    memcpy(buf + 6, text, len);
+    if (write(errw, buf, 6 + len) < 0) {
+        /* nothing left to tell it with: the exit status says it failed */
+    }
+    _exit(code);
+}
+
+static void fail_step(const char *step) { report_failure('s', errno, step, 1); }
+
+static size_t key_length(const char *entry)
+{
+    const char *eq = strchr(entry, '=');
+    return eq ? (size_t)(eq - entry) : strlen(entry);
+}
+
+/* child.environment(): the defaults, then each entry (a later one replaces its key). */
+static void set_env(int *count, char *entry)
+{
+    size_t key = key_length(entry);
+    for (int i = 0; i < *count; i++) {
+        if (key_length(env[i]) == key && strncmp(env[i], entry, key) == 0) {
+            env[i] = entry;
+            return;
+        }
+    }
+    env[(*count)++] = entry;
+}
+
+static const char *lookup(const char *name)
+{
+    for (int i = 0; env[i]; i++)
+        if (strncmp(env[i], name, strlen(name)) == 0 && env[i][strlen(name)] == '=')
+            return env[i] + strlen(name) + 1;
+    return NULL;
+}
+
+/* child.find_executable(): a name with a slash as it is, else the first regular file
+ * of that name in PATH (an empty entry is the working directory). */
+static const char *find_executable(const char *name)
+{
+    if (strchr(name, '/'))
+        return name;
+    const char *path = lookup("PATH");
+    if (!path)
+        path = DEFAULT_PATH;
+    for (;;) {
+        const char *end = strchrnul(path, ':');
+        size_t dir = (size_t)(end - path);
+        int n = dir == 0 ? snprintf(found, sizeof found, "./%s", name)
+                : path[dir - 1] == '/' ? snprintf(found, sizeof found, "%.*s%s", (int)dir, path, name)
+                : snprintf(found, sizeof found, "%.*s/%s", (int)dir, path, name);
+        struct stat st;
+        if (n > 0 && (size_t)n < sizeof found && stat(found, &st) == 0 && S_ISREG(st.st_mode))
+            return found;
+        if (!*end)
+            break;
+        path = end + 1;
+    }
+    report_failure('p', 0, name, 127);
+    return NULL;
+}
+
+/* child.install_stdio(): a pty made in the container's own devpts, its master sent back
+ * over the console socket; or the three fds. */
+static void install_stdio(int terminal, const int *fds)
+{
+    if (setsid() < 0)
+        fail_step("setsid");
+    if (!terminal) {
+        for (int i = 0; i < 3; i++)
+            if (dup2(fds[i], i) < 0)
+                fail_step("stdio");
+        return;
+    }
+    int master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    int unlock = 0;
+    unsigned number;
+    if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0 ||
+            ioctl(master, TIOCGPTN, &number) < 0)
+        fail_step("pty");
+    char slave_path[32];
+    snprintf(slave_path, sizeof slave_path, "/dev/pts/%u", number);
+    int slave = open(slave_path, O_RDWR | O_NOCTTY);
+    if (slave < 0)
+        fail_step("pty");
+    char tag[] = "pty";
+    struct iovec iov = {tag, 3};
+    union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int))]; } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                         .msg_controllen = sizeof control.space};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &master, sizeof(int));
+    if (sendmsg(fds[0], &msg, MSG_NOSIGNAL) < 0)
+        fail_step("pty");
+    close(fds[0]);
+    close(master);
+    for (int i = 0; i < 3; i++)
+        if (dup2(slave, i) < 0)
+            fail_step("pty");
+    if (slave > 2)
+        close(slave);
+    if (ioctl(0, TIOCSCTTY, 0) < 0)
+        fail_step("pty");
+}
+
+static void close_from(unsigned first, unsigned last)
+{
+    if (first > last)
+        return;
+    if (syscall(SYS_close_range, first, last, 0) == 0)
+        return;
+    for (unsigned fd = first; fd <= last && fd < 65536; fd++)   /* before Linux 5.9 */
+        close((int)fd);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 5)
+        return 2;
+    int channel = atoi(argv[1]);
+    errw = atoi(argv[2]);
+    prctl(PR_SET_DUMPABLE, 0);          /* as the Python first process: until the exec */
+    fcntl(errw, F_SETFD, FD_CLOEXEC);
+    fcntl(channel, F_SETFD, FD_CLOEXEC);
+
+    struct iovec iov = {message, sizeof message};
+    union { struct cmsghdr h; char space[CMSG_SPACE(3 * sizeof(int))]; } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                         .msg_controllen = sizeof control.space};
+    ssize_t n;
+    do
+        n = recvmsg(channel, &msg, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n == 0)
+        _exit(0);                       /* the fork server let it go */
+    if (n < 0)
+        fail_step("receive the take");
+    close(channel);
+
+    int fds[3] = {-1, -1, -1}, nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            memcpy(fds, CMSG_DATA(c), (size_t)(nfds > 3 ? 3 : nfds) * sizeof(int));
+        }
+    }
+    uint32_t head[6];
+    errno = EINVAL;
+    if ((size_t)n < sizeof head || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+        fail_step("decode the take");
+    memcpy(head, message, sizeof head);
+    uint32_t terminal = head[1], nargs = head[2], nenv = head[3], flags = head[4],
+             filter_len = head[5];
+    if (head[0] != PARK_MAGIC || nargs < 1 || nargs > MAX_STRINGS || nenv > MAX_STRINGS ||
+            filter_len % sizeof(struct sock_filter) ||
+            filter_len > (size_t)n - sizeof head || nfds != (terminal ? 1 : 3))
+        fail_step("decode the take");
+    char *filter = message + sizeof head;
+    char *strings = filter + filter_len, *p = strings, *end = message + n;
+    for (uint32_t i = 0; i < nargs + nenv; i++) {     /* each string ends in the message */
+        char *nul = memchr(p, 0, (size_t)(end - p));
+        if (!nul)
+            fail_step("decode the take");
+        if (i < nargs)
+            args[i] = p;
+        p = nul + 1;
+    }
+
+    install_stdio((int)terminal, fds);
+
+    static char hostname[300], home[4200];
+    snprintf(hostname, sizeof hostname, "HOSTNAME=%s", argv[3]);
+    snprintf(home, sizeof home, "HOME=%s", argv[4]);
+    int count = 0;
+    env[count++] = "PATH=" DEFAULT_PATH;
+    env[count++] = hostname;
+    env[count++] = home;
+    if (terminal)
+        env[count++] = "TERM=xterm";
+    p = strings;
+    for (uint32_t i = 0; i < nargs + nenv; i++) {
+        if (i >= nargs)
+            set_env(&count, p);
+        p += strlen(p) + 1;
+    }
+    env[count] = NULL;
+    const char *executable = find_executable(args[0]);
+
+    close_from(3, (unsigned)errw - 1);
+    close_from((unsigned)errw + 1, ~0u);
+    if (filter_len) {
+        struct sock_fprog prog = {(unsigned short)(filter_len / sizeof(struct sock_filter)),
+                                  (struct sock_filter *)filter};
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog) < 0)
+            fail_step("seccomp");
+    }
+    if (write(errw, "R", 1) != 1)
+        _exit(1);
+    execve(executable, args, env);
+    report_failure(errno == ENOENT || errno == ENOTDIR ? 'n' : 'x', errno, executable,
+                   errno == ENOENT || errno == ENOTDIR ? 127 : 126);
+    return 1;
+}

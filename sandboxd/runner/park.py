@@ -1,0 +1,124 @@
+"""The parked pid 1 of a pooled container, and the take message it waits for.
+
+A prepared container (the fork server's ``prepare``) is set up by the forked Python pid 1
+up to everything its future process shares with the pool: namespaces, mounts, root,
+rlimits, working directory, user, capabilities (and the seccomp filter when
+no_new_privileges is off). What waits for the ``take`` is then ``sbx-park`` (park.c), a
+small static program, not the fork of the fork server's interpreter: a parked container
+costs a few hundred KiB of PSS instead of megabytes, and the take's exec tears down no
+Python address space. Containers with an init (its reaper is the Python loop of
+runner/init.py) and hosts without a C compiler wait in Python instead
+(forkserver._wait_in_python), for the same message.
+
+The helper is built from park.c with the host's C compiler (``cc -static``) the first
+time pools are used, into ``$SANDBOXD_CACHE_DIR`` (``/var/cache/sandboxd``) under the
+source's hash, and loaded by the fork server into a sealed memfd that each parked pid 1
+execs (so nothing in a container can reach the file: CVE-2019-5736's lesson, as runc's
+cloned binary).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+from ..errors import CommandNotExecutable, CommandNotFound, SandboxError, SetupFailed
+from .spec import Process
+
+log = logging.getLogger("sandboxd.park")
+
+SOURCE = Path(__file__).with_name("park.c")
+MAGIC = 0x6B726170                   # "park", park.c's PARK_MAGIC
+MAX_TAKE = 1 << 17                   # park.c's MAX_MESSAGE
+_HEADER = struct.Struct("=6I")       # magic, terminal, argc, envc, seccomp flags, filter bytes
+_FAILURE = struct.Struct("=ci")      # after "X": kind, errno
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SANDBOXD_CACHE_DIR", "/var/cache/sandboxd"))
+
+
+def build_helper() -> str:
+    """The path of ``sbx-park`` for this park.c, built once per source; raises
+    SetupFailed (with the compiler's words) when it cannot be built."""
+    source = SOURCE.read_bytes()
+    target = cache_dir() / f"sbx-park-{hashlib.sha256(source).hexdigest()[:16]}"
+    if target.exists():
+        return str(target)
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SetupFailed("no C compiler (cc) to build the pools' parked pid 1 from "
+                          f"{SOURCE}: apt-get install gcc libc6-dev",
+                          {"step": "park-helper", "errno": 0})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    try:
+        done = subprocess.run([compiler, "-static", "-Os", "-s", "-o", str(tmp), str(SOURCE)],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise SetupFailed(f"build {SOURCE.name} with {compiler}: "
+                              f"{done.stderr.strip()[-500:]}",
+                              {"step": "park-helper", "errno": 0})
+        os.replace(tmp, target)               # atomic: a concurrent build wins or loses whole
+    finally:
+        tmp.unlink(missing_ok=True)
+    return str(target)
+
+
+def load_helper(path: str) -> int:
+    """A sealed, close-on-exec memfd holding the helper, for fexecve."""
+    data = Path(path).read_bytes()
+    fd = os.memfd_create("sbx-park", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def encode_take(process: Process, bpf: bytes = b"", flags: int = 0) -> bytes:
+    """The take message: the process's terminal, args and env, and the seccomp filter
+    the parked pid 1 loads just before its exec (empty: none, or loaded at park)."""
+    strings = b"".join(s.encode() + b"\0" for s in (*process.args, *process.env))
+    return _HEADER.pack(MAGIC, int(process.terminal), len(process.args), len(process.env),
+                        flags, len(bpf)) + bpf + strings
+
+
+def decode_take(data: bytes) -> tuple[bool, list[str], list[str], int, bytes]:
+    """(terminal, args, env, seccomp flags, filter) of a take message."""
+    magic, terminal, argc, envc, flags, size = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise ValueError("not a take message")
+    start = _HEADER.size + size
+    strings = data[start:].split(b"\0")[: argc + envc]
+    text = [s.decode("utf-8", "surrogateescape") for s in strings]
+    return bool(terminal), text[:argc], text[argc:], flags, data[_HEADER.size:start]
+
+
+def decode_failure(raw: bytes) -> SandboxError:
+    """The error of park.c's ``X`` report, worded as the Python path words it."""
+    kind, err = _FAILURE.unpack_from(raw, 1)
+    text = raw[1 + _FAILURE.size:].decode("utf-8", "replace")
+    if kind == b"p":
+        return CommandNotFound(f"executable file not found in $PATH: {text}",
+                               {"exit_code": 127, "command": text})
+    if kind == b"n":
+        return CommandNotFound(f"exec {text}: no such file or directory",
+                               {"exit_code": 127, "command": text})
+    if kind == b"x":
+        return CommandNotExecutable(f"exec {text}: {os.strerror(err)}",
+                                    {"exit_code": 126, "command": text})
+    if text == "seccomp":
+        return SetupFailed(f"install the seccomp filter: {os.strerror(err)}",
+                           {"step": "seccomp", "errno": err})
+    return SetupFailed(f"{text}: {os.strerror(err)}", {"step": text, "errno": err})
