@@ -12,9 +12,13 @@ and dropped after it, so the cold row's identical request never finds one.
 """
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 
+from sandboxd.runner.park import build_helper
+
+from . import ours
 from .cases import case, peer_sequential, shared_daemon
 from .context import MEMORY, PIDS, Bench
 from .peers import PEERS
@@ -71,8 +75,31 @@ def _runs(bench: Bench, n: int, pooled: bool) -> list[float]:
     return samples
 
 
+def _takes(bench: Bench, n: int) -> list[float]:
+    """The runner alone: ``take`` of a container prepared (untimed) just before, in
+    sbx-park, until its exit is reported: what a hit costs below the daemon."""
+    runner = bench.shared("runner", ours.start_runner)
+    helper = build_helper()
+    samples = []
+    with open(os.devnull, "r+b") as null:
+        stdio = (null.fileno(),) * 3
+        for i in range(bench.settings.warmup + n):
+            spec = ours.spec(bench, net=True)
+            runner.prepare(spec, helper)
+            time.sleep(0.005)                   # parked: its report came, it waits
+            start = time.perf_counter()
+            runner.take(spec.id, spec.process, stdio)
+            info = runner.wait(spec.id)
+            elapsed = time.perf_counter() - start
+            ours.check_exit(spec.id, info.exit_code)
+            if i >= bench.settings.warmup:
+                samples.append(elapsed)
+    return samples
+
+
 case(POOL_RUN, "sandboxd daemon, cold", reference=True)(partial(_runs, pooled=False))
 case(POOL_RUN, "sandboxd daemon, pool hit")(partial(_runs, pooled=True))
+case(POOL_RUN, "sandboxd runner, take -> exit (sbx-park)")(_takes)
 for _peer in PEERS:
     if _peer.name in ("crun", "unshare"):
         case(POOL_RUN, f"{_peer.name} (spec -> exit, new netns)")(
