@@ -9,10 +9,14 @@ something sandboxd does not do. A field name Docker does not have is refused too
 """
 from __future__ import annotations
 
+import csv
+import io
 import shlex
+import time
 from typing import Any
 
 from ..model import ContainerRecord
+from ..render import status_text
 from .http import HttpError
 
 # Config / HostConfig fields whose zero value (None, "", 0, False, [], {}) or a listed
@@ -284,8 +288,6 @@ _MOUNT_OPTIONS = {
 def mount_text(mount: Any, where: str) -> str:
     """One ``HostConfig.Mounts`` entry as the ``--mount`` text ``flags.parse_mount``
     takes (CSV-quoted, as the CLI's flag is)."""
-    import csv
-    import io
     if not isinstance(mount, dict):
         raise HttpError(400, f"{where}: expected {{Type, Source, Target, ...}}, got {mount!r}")
     items: list[str] = []
@@ -376,8 +378,6 @@ def _networking(value: Any, mode: str) -> dict[str, Any]:
 
 def list_row(record: ContainerRecord) -> dict[str, Any]:
     """A row of ``GET /containers/json``."""
-    from ..render import status_text
-    import time
     c = record.config
     command = " ".join(shlex.quote(a) for a in (record.path, *record.args) if a)
     return {
