@@ -222,7 +222,7 @@ class KernelPool:
                 _kill(self.client, kernel)
                 raise RuntimeError(f"the kernel did not bind its sockets within "
                                    f"{self.start_timeout:g}s")
-            time.sleep(0.005)
+            time.sleep(0.02)     # in the background: few wake-ups (GIL) beat latency here
         return kernel
 
     def close(self) -> None:
