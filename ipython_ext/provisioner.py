@@ -224,7 +224,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._own_client = True         # False: a pool's session (not closed with the kernel)
         self._dir = ""                  # the private directory of sockets and connection file
         self._pooled_dir = ""           # a pooled kernel's own directory (its sockets)
-        self._taken_from: Any = None    # the pool of a pooled kernel (released as it ends)
+        self._taken_from: Any = None    # a pooled configuration's pool (released as it ends)
         self._stream: Any = None        # the container.run stream while there is a kernel
         self._reader: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
@@ -291,8 +291,8 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             await self.cleanup()      # jupyter_client does not clean up a failed start
             raise
         if pool is not None:
-            # A taken kernel is never returned: start the next one, once this kernel is
-            # shut down if the pool still has one ready (see kernelpool.REFILL_DEFER).
+            # A taken kernel is never returned: start the next one, once this kernel has
+            # ended if the pool still has one ready (see kernelpool.REFILL_DEFER).
             self._taken_from = pool
             pool.refill(defer=True)
         self._ready = True
@@ -615,14 +615,11 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def kill(self, restart: bool = False) -> None:
         """SIGKILL, then wait (briefly) for the container's end, so the manager's first
-        poll finds the kernel gone instead of sleeping its 0.1 s poll interval. A pooled
-        kernel killed in a final shutdown is detached like a shutdown request's."""
+        poll finds the kernel gone instead of sleeping its 0.1 s poll interval. (Not
+        detached even for a pooled kernel: jupyter_client's restart with ``now`` kills
+        without saying it restarts, and a restart stays synchronous.)"""
         self._stopping = True
         await self.send_signal(signal.SIGKILL)
-        if not restart and getattr(self.parent, "shutting_down", False) and \
-                self._detachable():
-            self._detached = True
-            return
         await self._await_end(KILL_WAIT)
 
     async def terminate(self, restart: bool = False) -> None:
@@ -638,14 +635,10 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         every notebook. Otherwise wait (briefly) for it to exit, so the manager's first
         poll finds it gone instead of sleeping its 0.1 s poll interval."""
         self._stopping = True
-        if not restart and self._detachable():
+        if not restart and not self._own_client and self._stream is not None:
             self._detached = True
             return
         await self._await_end(SHUTDOWN_WAIT)
-
-    def _detachable(self) -> bool:
-        """A pooled kernel (on the pool's daemon session) that is still there."""
-        return not self._own_client and self._stream is not None and not self._detached
 
     async def _await_end(self, timeout: float) -> None:
         """Until the container's end is handled (poll() then reports the exit code), at
@@ -668,8 +661,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self._detached = False
         if self._stream is not None:
             if self._exit_code is None:
-                self._stopping = True
-                await self.send_signal(signal.SIGKILL)
+                await self.kill()
             await self.wait()
         if self._taken_from is not None:
             self._taken_from.release()     # the kernel is gone: a deferred refill starts
