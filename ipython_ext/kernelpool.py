@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 OUTPUT_KEPT = 64 * 1024
-REFILL_DEFER = 2.0   # seconds a refill may wait for the kernel just taken to shut down
+REFILL_DEFER = 2.0   # seconds a refill may wait for the kernel just taken to end
 
 
 class Owner(Protocol):
@@ -172,7 +172,7 @@ class KernelPool:
             self.filling.start()
 
     def release(self) -> None:
-        """A kernel taken from this pool was shut down: a deferred refill starts now."""
+        """A kernel taken from this pool has ended: a deferred refill starts now."""
         self.wake.set()
 
     def _fill(self) -> None:
