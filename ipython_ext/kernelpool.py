@@ -19,6 +19,11 @@ Limits (docs/notebooks.md):
   the key is the whole container configuration the cold path would use, so a launch
   with another env (``JPY_SESSION_NAME``, say, which a Jupyter server sets per notebook)
   or another working directory is a miss and starts cold, unchanged.
+- While the pool still holds a kernel for the next launch, the refill after a take waits
+  until the kernel taken has ended (:meth:`KernelPool.release`), at most
+  ``REFILL_DEFER`` seconds: a kernel's start-up (~0.5 s of CPU, and this process's GIL
+  for its start request) would otherwise compete with the new kernel's first requests
+  and its client's shutdown. A take that empties the pool refills at once.
 - A kernel is used once and never returned; a pooled kernel that dies while parked is
   dropped. If a pooled start fails, the pool stops refilling (the cold path reports
   what is wrong, in the user's terms) until the process restarts.
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 OUTPUT_KEPT = 64 * 1024
+REFILL_DEFER = 2.0   # seconds a refill may wait for the kernel just taken to end
 
 
 class Owner(Protocol):
@@ -133,7 +139,8 @@ class KernelPool:
         self.start_timeout = start_timeout
         self.ready: list[PooledKernel] = []
         self.lock = threading.Lock()
-        self.filling: threading.Thread | None = None
+        self.filling: threading.Thread | None = None    # None once it decided to stop
+        self.wake = threading.Event()       # a deferred refill may start now
         self.failed = ""                    # why a pooled start failed: no more refills
         self.closed = False
 
@@ -146,30 +153,48 @@ class KernelPool:
                     return kernel
         return None
 
-    def refill(self) -> None:
-        """Start kernels in the background until ``size`` are ready."""
+    def refill(self, defer: bool = False) -> None:
+        """Start kernels in the background until ``size`` are ready. ``defer``: a kernel
+        was just taken; while another is still ready, wait for :meth:`release` (at most
+        REFILL_DEFER seconds) before starting, so as not to compete with it for CPU."""
         with self.lock:
-            if self.closed or self.failed or (self.filling and self.filling.is_alive()):
+            if self.closed or self.failed:
                 return
+            deferred = defer and any(k.dead is None for k in self.ready)
+            if not deferred:
+                self.wake.set()
+            if self.filling is not None:
+                return                          # the running refill covers this one too
+            if deferred:
+                self.wake.clear()
             self.filling = threading.Thread(target=self._fill, daemon=True,
                                             name="sandboxd-kernel-pool")
             self.filling.start()
 
+    def release(self) -> None:
+        """A kernel taken from this pool has ended: a deferred refill starts now."""
+        self.wake.set()
+
     def _fill(self) -> None:
+        self.wake.wait(REFILL_DEFER)
         while True:
             with self.lock:
                 self.ready = [k for k in self.ready if k.dead is None]
                 if self.closed or len(self.ready) >= self.size:
+                    self.filling = None
                     return
             try:
                 kernel = self._start()
             except Exception as exc:         # noqa: BLE001 -- the cold path reports it
-                self.failed = str(exc) or type(exc).__name__
+                with self.lock:
+                    self.failed = str(exc) or type(exc).__name__
+                    self.filling = None
                 log.warning("sandboxd kernel pool: a pooled kernel did not start (%s); "
                             "launches start cold", self.failed)
                 return
             with self.lock:
                 if self.closed:
+                    self.filling = None
                     _kill(self.client, kernel)
                     return
                 self.ready.append(kernel)
@@ -197,13 +222,14 @@ class KernelPool:
                 _kill(self.client, kernel)
                 raise RuntimeError(f"the kernel did not bind its sockets within "
                                    f"{self.start_timeout:g}s")
-            time.sleep(0.005)
+            time.sleep(0.02)     # in the background: few wake-ups (GIL) beat latency here
         return kernel
 
     def close(self) -> None:
         with self.lock:
             self.closed = True
             kernels, self.ready = self.ready, []
+        self.wake.set()
         for kernel in kernels:
             _kill(self.client, kernel)
             shutil.rmtree(kernel.directory, ignore_errors=True)
@@ -223,10 +249,11 @@ _reaping: set[threading.Thread] = set()
 
 
 def reap(client: Any, container_id: str, reader: threading.Thread | None,
-         directory: str) -> None:
+         directory: str, pool: KernelPool | None = None) -> None:
     """A pooled kernel was asked to shut down (the provisioner detached it): let it exit
     on its own in the background, kill it if it has not within REAP_WAIT, then remove
-    its directory. :func:`close_all` (at exit) waits for these first."""
+    its directory and release ``pool`` (the kernel's, whose refill may wait for it).
+    :func:`close_all` (at exit) waits for these first."""
     def run() -> None:
         if reader is not None:
             reader.join(REAP_WAIT)
@@ -238,6 +265,8 @@ def reap(client: Any, container_id: str, reader: threading.Thread | None,
                     pass
                 reader.join(REAP_WAIT)
         shutil.rmtree(directory, ignore_errors=True)
+        if pool is not None:
+            pool.release()
         with _lock:
             _reaping.discard(threading.current_thread())
     thread = threading.Thread(target=run, daemon=True, name="sandboxd-kernel-reaper")

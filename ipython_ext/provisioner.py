@@ -71,7 +71,8 @@ DISPLAY_NAME = "Python 3 (sandboxed)"
 CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 STDERR_KEPT = 64 * 1024          # bytes of the kernel's own output kept for error messages
 UNIX_PATH_MAX = 107              # sun_path holds 108 bytes with the terminating NUL
-SHUTDOWN_WAIT = 0.5             # seconds shutdown_requested waits for the kernel to exit
+SHUTDOWN_WAIT = 0.5              # seconds shutdown_requested and terminate wait for the exit
+KILL_WAIT = 2.0                  # seconds kill waits for the killed kernel's container to end
 REPORT_SUBSCRIBER_WAIT = 2.0     # seconds the death report waits for a client to (re)join
 # Host environment variables the kernel also gets (everything else is the image's, the
 # kernelspec's and the config's): locale, terminal, hashing and warnings, Jupyter's own.
@@ -223,6 +224,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._own_client = True         # False: a pool's session (not closed with the kernel)
         self._dir = ""                  # the private directory of sockets and connection file
         self._pooled_dir = ""           # a pooled kernel's own directory (its sockets)
+        self._taken_from: Any = None    # a pooled configuration's pool (released as it ends)
         self._stream: Any = None        # the container.run stream while there is a kernel
         self._reader: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
@@ -289,7 +291,10 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             await self.cleanup()      # jupyter_client does not clean up a failed start
             raise
         if pool is not None:
-            pool.refill()             # a taken kernel is never returned: start the next
+            # A taken kernel is never returned: start the next one, once this kernel has
+            # ended if the pool still has one ready (see kernelpool.REFILL_DEFER).
+            self._taken_from = pool
+            pool.refill(defer=True)
         self._ready = True
         self._watch()
         return self.connection_info
@@ -609,12 +614,18 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
 
     async def kill(self, restart: bool = False) -> None:
+        """SIGKILL, then wait (briefly) for the container's end, so the manager's first
+        poll finds the kernel gone instead of sleeping its 0.1 s poll interval. (Not
+        detached even for a pooled kernel: jupyter_client's restart with ``now`` kills
+        without saying it restarts, and a restart stays synchronous.)"""
         self._stopping = True
         await self.send_signal(signal.SIGKILL)
+        await self._await_end(KILL_WAIT)
 
     async def terminate(self, restart: bool = False) -> None:
         self._stopping = True
         await self.send_signal(signal.SIGTERM)
+        await self._await_end(SHUTDOWN_WAIT)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         """The kernel was asked to shut down. A pooled kernel's final shutdown is
@@ -627,7 +638,12 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if not restart and not self._own_client and self._stream is not None:
             self._detached = True
             return
-        deadline = time.monotonic() + SHUTDOWN_WAIT
+        await self._await_end(SHUTDOWN_WAIT)
+
+    async def _await_end(self, timeout: float) -> None:
+        """Until the container's end is handled (poll() then reports the exit code), at
+        most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
         while self._stream is not None and self._exit_code is None and \
                 time.monotonic() < deadline:
             await asyncio.sleep(0.002)
@@ -638,14 +654,18 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         session go too."""
         if self._detached:
             from .kernelpool import reap
-            reap(self._client, self._container_id, self._reader, self._pooled_dir)
-            self._stream = self._reader = None
+            reap(self._client, self._container_id, self._reader, self._pooled_dir,
+                 self._taken_from)
+            self._stream = self._reader = self._taken_from = None
             self._pooled_dir = ""
             self._detached = False
         if self._stream is not None:
             if self._exit_code is None:
                 await self.kill()
             await self.wait()
+        if self._taken_from is not None:
+            self._taken_from.release()     # the kernel is gone: a deferred refill starts
+            self._taken_from = None
         if self._pooled_dir:
             shutil.rmtree(self._pooled_dir, ignore_errors=True)
             self._pooled_dir = ""

@@ -4,6 +4,7 @@ papermill, jupyter_client's KernelManager) run ipykernel in a container through 
 reported in the cell, and clear errors for a bad config and an image without ipykernel."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -305,3 +306,60 @@ def test_bad_config_values_are_named(jupyter, tmp_path):
     assert "pids_limit: expected an integer, got 'many'" in message
     with pytest.raises(Exception, match="network: 'no such!' is not a network name"):
         kernel_json({"network": "no such!"})
+
+
+def test_a_shut_down_or_killed_kernel_is_gone_at_the_first_liveness_check(jupyter, daemon):
+    """After a shutdown request, or a kill, the provisioner returns once the container
+    has ended: the manager's first ``is_alive`` (the provisioner's ``poll``) reports
+    the exit, so its shutdown never sleeps a 0.1 s poll interval."""
+    name = jupyter("sbx-exit", memory="256m")
+    km = KernelManager(kernel_name=name)
+    km.start_kernel()
+    km.request_shutdown()           # what shutdown_kernel sends, then polls
+    assert not km.is_alive()
+    assert asyncio.run(km.provisioner.poll()) == 0
+    km.finish_shutdown()
+    km.cleanup_resources()
+    km = KernelManager(kernel_name=name)
+    km.start_kernel()
+    asyncio.run(km.provisioner.kill())      # what shutdown_kernel(now=True) calls, then polls
+    assert not km.is_alive()
+    assert asyncio.run(km.provisioner.poll()) == 128 + 9
+    km.shutdown_kernel(now=True)
+    assert daemon.client().containers.list(all=True) == []
+
+
+def test_a_pool_refills_once_the_kernel_taken_has_ended(jupyter, daemon, monkeypatch):
+    """``pool: 2``: a take that leaves a kernel ready defers the refill until the kernel
+    taken has ended (its start-up would compete with the new kernel's first requests);
+    then the pool is full again. A take that empties the pool refills at once."""
+    from ipython_ext import kernelpool
+    monkeypatch.setattr(kernelpool, "REFILL_DEFER", 60.0)     # only the end starts it
+    name = jupyter("sbx-defer", pool=2, memory="256m")
+    client = daemon.client()
+
+    def full() -> bool:
+        (pool,) = kernelpool._pools.values()
+        return len(pool.ready) == 2 and pool.filling is None
+    try:
+        km = KernelManager(kernel_name=name)
+        km.start_kernel()                          # cold: the pool was empty, fills now
+        wait_until(full, 60, "the pool to fill")
+        km.shutdown_kernel()
+        km = KernelManager(kernel_name=name)
+        km.start_kernel()                          # a hit: one is left, the refill waits
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=30)
+        assert run(kc, "print(1)")["content"]["status"] == "ok"
+        kc.stop_channels()
+        (pool,) = kernelpool._pools.values()
+        assert len(pool.ready) == 1 and pool.filling is not None      # waiting
+        assert len(client.containers.list()) == 2      # the kernel taken, one parked
+        km.shutdown_kernel()
+        wait_until(full, 60, "the pool to refill after the shutdown")
+        wait_until(lambda: len(client.containers.list(all=True)) == 2, 30,
+                   "the kernel taken to go")
+    finally:
+        kernelpool.close_all()
+    wait_until(lambda: client.containers.list(all=True) == [], 30, "the pool's kernels to go")
