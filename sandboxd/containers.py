@@ -1576,11 +1576,11 @@ class ContainerService:
     # ------------------------------------------------------------ output for clients
 
     async def run(self, ctx: RequestContext, record: ContainerRecord, stdin: bool,
-                  detach: bool, detach_keys: bytes = b"") -> dict:
+                  detach: bool, detach_keys: bytes = b"", quiet: bool = False) -> dict:
         """``container.run`` after the create: start, then (unless ``detach``) stream
         the output until the exit; its result. A start that fails removes what a bad
         request made (and an --rm container); a cancelled run kills the container (and
-        removes it with --rm)."""
+        removes it with --rm). ``quiet``: no ``started`` event."""
         auto_remove = record.config.host.auto_remove
         try:
             record = await self.start(record, stdin=stdin)
@@ -1593,7 +1593,8 @@ class ContainerService:
                 await self.remove(self.get(record.id), force=True)
             raise
         queue, live = (None, None) if detach else self.subscribe(record)
-        await ctx.send_event("started", {"id": record.id, "pid": record.state.pid})
+        if not quiet:
+            await ctx.send_event("started", {"id": record.id, "pid": record.state.pid})
         if detach:
             return {"id": record.id}
         try:

@@ -63,7 +63,7 @@ from .version import __version__
 log = logging.getLogger("sandboxd")
 
 SERVER_NAME = f"sandboxd/{__version__}"
-FEATURES = ("events", "stdin", "resize", "cancel", "sessions", "networks")
+FEATURES = ("events", "stdin", "resize", "cancel", "sessions", "networks", "quiet-run")
 
 Handler = Callable[["RequestContext", dict], Awaitable[Any]]
 Cleanup = Callable[[], Awaitable[None]]

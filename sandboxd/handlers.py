@@ -130,11 +130,13 @@ class Handlers:
         record, warnings = await self._create(ctx, config, params.name, events=True,
                                               check_spec=False, platform=params.platform)
         self._track(ctx, record)
-        await ctx.send_event("created", {"id": record.id, "name": record.name,
-                                         "warnings": warnings})
+        if not params.quiet:
+            await ctx.send_event("created", {"id": record.id, "name": record.name,
+                                             "warnings": warnings})
         return await self.containers.run(ctx, record, stdin=params.stdin,
                                          detach=params.detach,
-                                         detach_keys=params.detach_keys)
+                                         detach_keys=params.detach_keys,
+                                         quiet=params.quiet)
 
     async def container_attach(self, ctx: RequestContext, params: ops.Attach) -> Any:
         p = params

@@ -289,6 +289,9 @@ class Run(Create):
     # Docker's --detach-keys: typed on the container's terminal, the client detaches
     detach_keys: bytes = param(str, "ctrl-p,ctrl-q", convert=_detach_keys)
     remove: bool | None = param((bool, type(None)), None)
+    # No `created`/`started` events (feature "quiet-run"): a client that only collects
+    # the output and the result saves the daemon two frames per run.
+    quiet: bool = param(bool, False)
 
 
 @dataclass(frozen=True, kw_only=True)

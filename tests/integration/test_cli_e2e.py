@@ -662,6 +662,27 @@ def test_bad_create_is_invalid_argument_and_creates_nothing(daemon: Daemon,
     assert (set(daemon.ids("-a")), listing(), set(daemon.cgroup_children())) == before
 
 
+def test_quiet_run_sends_only_the_output_and_the_result(daemon: Daemon) -> None:
+    """``container.run`` with ``quiet``: no created/started events, the result's id is the
+    container's; the Python API asks for it when the daemon lists ``quiet-run``."""
+    config = _config(cmd=["echo", "hi"], host={"auto_remove": True})
+    with daemon.client() as client:
+        assert "quiet-run" in client._conn.server_info["features"]
+        for quiet, events in ((False, ["created", "started", "stdout"]), (True, ["stdout"])):
+            stream = client.stream("container.run", {"config": config, "quiet": quiet})
+            seen = [(event, data) for event, data in stream]
+            assert [event for event, _ in seen] == events
+            assert seen[-1][1] == b"hi\n"
+            result = stream.result()
+            assert result["exit_code"] == 0 and len(result["id"]) == 64
+            if not quiet:
+                assert seen[0][1]["id"] == result["id"]
+        result = client.run("busybox", ["echo", "api"])
+        assert (result.exit_code, result.stdout, len(result.id)) == (0, b"api\n", 64)
+        with pytest.raises(errors.InvalidArgument, match="quiet"):
+            client.call("container.run", {"config": config, "quiet": "yes"})
+
+
 # ---------------------------------------------------------------- output volume
 
 def test_log_cap_and_daemon_memory(daemon: Daemon) -> None:
