@@ -682,6 +682,17 @@ def test_quiet_run_sends_only_the_output_and_the_result(daemon: Daemon) -> None:
         with pytest.raises(errors.InvalidArgument, match="quiet"):
             client.call("container.run", {"config": config, "quiet": "yes"})
 
+    async def with_asyncio() -> None:
+        from sandboxd.api import AsyncClient
+        async with AsyncClient(daemon.sock, autostart=False) as aclient:
+            result = await aclient.run("busybox", ["echo", "async"])
+            assert (result.exit_code, result.stdout) == (0, b"async\n")
+            container = await aclient.containers.run("busybox", ["sleep", "30"])
+            assert len(container.id) == 64
+            await container.remove(force=True)
+    import asyncio
+    asyncio.run(with_asyncio())
+
 
 # ---------------------------------------------------------------- output volume
 
