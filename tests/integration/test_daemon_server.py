@@ -177,7 +177,8 @@ def test_handshake_and_builtin_ops(inproc):
     raw.send({"id": 0, "op": "hello", "params": {"version": 1, "client": "sbx/0.1"}})
     assert raw.recv() == {"id": 0, "ok": {"version": 1, "server": "sandboxd/0.1.0",
                                           "features": ["events", "stdin", "resize",
-                                                       "cancel", "sessions", "networks"]}}
+                                                       "cancel", "sessions", "networks",
+                                                       "quiet-run"]}}
     raw.send(protocol.request(1, "ping"))
     assert raw.recv() == {"id": 1, "ok": "pong"}
     raw.close()
