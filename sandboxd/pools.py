@@ -39,7 +39,7 @@ from typing import Any, Iterable
 
 from .errors import InvalidArgument, NotFound, SandboxError
 from .model import ContainerConfig
-from .runner.park import build_helper
+from .runner.park import MAX_TAKE, build_helper
 from .runner.spec import parse_size
 
 log = logging.getLogger("sandboxd.pools")
@@ -84,6 +84,14 @@ def pool_key(config: ContainerConfig, image_id: str) -> Key | None:
                                else h.network_mode, timeout=None, log_driver="",
                                log_opts=())
     return image_id, dataclasses.replace(config, host=host, **_PROCESS_ONLY)
+
+
+def _take_size(config: ContainerConfig) -> int:
+    """About what the take's message carries of this config (its command and env); one
+    that may not fit a take (runner/park.py's MAX_TAKE, with half left for the seccomp
+    filter and the image's entries) starts cold, as it would without pools."""
+    return sum(len(s.encode()) + 1 for s in (*(config.entrypoint or ()), *config.cmd,
+                                             *config.env))
 
 
 def parse_declaration(text: str) -> tuple[ContainerConfig, int]:
@@ -191,7 +199,7 @@ class PoolService:
         """A parked container for this config, now its request's; None: a cold start.
         No await: nothing else takes it meanwhile."""
         key = pool_key(config, image_id)
-        if key is None:
+        if key is None or _take_size(config) > MAX_TAKE // 2:
             return None
         pool = self.pools.get(key)
         now = time.monotonic()

@@ -144,6 +144,22 @@ def test_a_parked_container_waits_in_sbx_park_and_takes_any_command(pooled_daemo
     assert fds[True][:3] == ["0 -> /dev/pts/0", "1 -> /dev/pts/0", "2 -> /dev/pts/0"]
 
 
+def test_a_command_and_env_too_big_for_a_take_start_cold(pooled_daemon):
+    """What does not fit one take message (park.MAX_TAKE) is no hit: it starts cold,
+    with the cold path's result, and the pool keeps its parked container."""
+    client = pooled_daemon.client()
+    client.set_pool("busybox", 1, **OPTS)
+    wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
+    parked = _pool(client)["pids"]
+    env = {"A": "a" * 60_000, "B": "b" * 60_000}
+    result = client.run("busybox", ["sh", "-c", 'echo ${#A} ${#B}'], env=env, **OPTS)
+    assert result.stdout == b"60000 60000\n"
+    assert _pool(client)["hits"] == 0 and _pool(client)["pids"] == parked
+    client.set_pool("busybox", 0, **OPTS)
+    wait_until(lambda: not client.pools()["pools"], what="the pool to go")
+    wait_until(lambda: not any(pid_alive(p) for p in parked), what="the parked to go")
+
+
 def test_an_init_pool_waits_in_python_behind_its_reaper(pooled_daemon):
     """--init's reaper is the Python loop of runner/init.py: such a container waits in
     Python (and counts 4 MiB), and runs as a cold --init container does."""
