@@ -17,7 +17,7 @@ def parse(text: str) -> bytes:
     """``ctrl-p,ctrl-q``, ``a,ctrl-@`` … -> the bytes typed ("" : no detach keys)."""
     out = bytearray()
     for key in (k.strip() for k in str(text).split(",")) if text else ():
-        if len(key) == 1:
+        if len(key) == 1 and key.isascii():        # one byte, as Docker's len(key) == 1
             out.append(ord(key))
             continue
         name = key.lower()

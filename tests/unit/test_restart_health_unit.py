@@ -59,7 +59,7 @@ def test_durations_and_healthcheck_merge() -> None:
 def test_detach_keys() -> None:
     assert detachkeys.parse("ctrl-p,ctrl-q") == b"\x10\x11"
     assert detachkeys.parse("a,ctrl-@,ctrl-_") == b"a\x00\x1f"
-    for bad in ("ctrl-", "ctrl-1", "alt-x", "ab"):
+    for bad in ("ctrl-", "ctrl-1", "alt-x", "ab", "\u20ac", "\u00e9"):   # one byte only
         with pytest.raises(InvalidArgument):
             detachkeys.parse(bad)
     escape = detachkeys.Escape(b"\x10\x11")
