@@ -80,6 +80,32 @@ def test_pooled_container_is_indistinguishable_from_a_cold_one(pooled_daemon):
         assert h not in (a, b), (a, b, h)
 
 
+PROFILE = ["sh", "-c", "id; pwd; ls -ld .; grep -E '^(Cap|NoNewPrivs|Seccomp)' "
+           "/proc/self/status; ulimit -n; echo $HOME"]
+
+
+@pytest.mark.parametrize("opts", [
+    dict(user="nobody", workdir="/made/at/park"),    # made as root, then entered as nobody
+    dict(user="1000:1000", workdir="/tmp", cap_drop=["ALL"]),
+    dict(security_opt=["no-new-privileges=false"]),  # the filter loaded at park, once
+    dict(security_opt=["seccomp=unconfined"], ulimits=["nofile=64:64"]),
+])
+def test_pooled_security_profiles_are_the_cold_ones(pooled_daemon, opts):
+    """User, groups, capabilities, no_new_privs, seccomp, ulimits, HOME and workdir are
+    applied at park (before sbx-park waits): a hit shows exactly what a cold run shows."""
+    client = pooled_daemon.client()
+    cold = client.run("busybox", PROFILE, **OPTS, **opts)
+    client.set_pool("busybox", 1, **OPTS, **opts)
+    wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
+    pooled = client.run("busybox", PROFILE, **OPTS, **opts)
+    assert _pool(client)["hits"] == 1
+    assert (pooled.exit_code, pooled.stdout) == (cold.exit_code, cold.stdout)
+    assert b"Seccomp_filters:\t" + (b"0" if "seccomp=unconfined" in str(opts) else b"1") \
+        in pooled.stdout
+    client.set_pool("busybox", 0, **OPTS, **opts)
+    wait_until(lambda: not client.pools()["pools"], what="the pool to go")
+
+
 def test_a_hit_takes_a_ready_container_and_the_pool_refills(pooled_daemon):
     client = pooled_daemon.client()
     client.set_pool("busybox", 2, **OPTS)
