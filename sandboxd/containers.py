@@ -933,7 +933,7 @@ class ContainerService:
                 # Its parked process is gone (killed meanwhile): a cold start instead.
                 self._release_rootfs(record.id)
                 return await self.start(record, stdin, by_policy)
-            if pooled is not None and spec is None:
+            if pooled is not None:
                 # The take was refused: its parked process must not outlive the record.
                 asyncio.ensure_future(self.kill_quietly(record.id))
             if isinstance(exc, SandboxError):

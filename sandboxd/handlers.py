@@ -555,8 +555,7 @@ class Handlers:
         pools = self.containers.pools
         return {"pools": pools.list(), "parked": pools.parked(),
                 "parked_memory": pools.parked_memory(), "memory_budget": pools.memory,
-                # where parked containers wait: None until the first pool looks
-                "waits_in": {None: None, "": "python"}.get(pools.helper, "sbx-park")}
+                "waits_in": pools.waits_in()}
 
     async def system_info(self, ctx: RequestContext, params: ops.NoParams) -> Any:
         status = [r.state.status for r in self.containers.records()]

@@ -268,6 +268,10 @@ class PoolService:
         return PARKED_MEMORY if self.helper and not config.host.init \
             else PYTHON_PARKED_MEMORY
 
+    def waits_in(self) -> str | None:
+        """Where parked containers wait: None until the first pool looked."""
+        return None if self.helper is None else "sbx-park" if self.helper else "python"
+
     def parked_memory(self) -> int:
         return sum((len(p.ready) + p.preparing) * self.cost(p.config)
                    for p in self.pools.values())

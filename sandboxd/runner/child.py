@@ -47,6 +47,16 @@ def not_dumpable() -> None:
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
 
 
+def close_fds_except(*keep: int, first: int = 3) -> None:
+    """Close every fd from ``first`` up but ``keep`` (negative ones ignored): nothing of
+    the server's reaches what runs next (CVE-2024-21626)."""
+    for fd in sorted(k for k in keep if k >= first):
+        if first < fd:                   # closerange's end below its start closes all
+            os.closerange(first, fd)
+        first = fd + 1
+    os.closerange(first, 1 << 20)
+
+
 def report(fd: int, tag: bytes, payload: bytes = b"") -> None:
     os.write(fd, tag + payload)
 

@@ -64,8 +64,7 @@ EXEC_NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
 
 def _exec(executable: str, process: Process, env: dict, errw: int,
           program: seccomp.Program | None, keep: int = 2) -> NoReturn:
-    os.closerange(keep + 1, errw)
-    os.closerange(errw + 1, 1 << 20)        # CVE-2024-21626: no host fd reaches the workload
+    child.close_fds_except(errw, first=keep + 1)      # no host fd reaches the workload
     if process.no_new_privileges:
         try:
             child.install_filter(program)
@@ -88,8 +87,7 @@ def _exec(executable: str, process: Process, env: dict, errw: int,
 def _hold(errw: int) -> NoReturn:
     """pid 1 of a held root: nothing from the root runs; the owner works in it through
     /proc/<pid>/root until it closes our stdin."""
-    os.closerange(3, errw)
-    os.closerange(errw + 1, 1 << 20)
+    child.close_fds_except(errw)
     child.report(errw, b"R")
     os.close(errw)                      # EOF after R: started, as an exec would say
     try:
@@ -133,12 +131,7 @@ def _park(spec: ContainerSpec, errw: int, channel: int, program: seccomp.Program
     child.enter_process(spec.process, program)
     hostname = spec.hostname or socket.gethostname()
     home = child.home_of(os.getuid())
-    first = 3
-    for keep in sorted(fd for fd in (errw, channel, helper) if fd >= 0):
-        if first < keep:                 # closerange's end below its start closes all
-            os.closerange(first, keep)
-        first = keep + 1
-    os.closerange(first, 1 << 20)
+    child.close_fds_except(errw, channel, helper)
     child.report(errw, b"W")
     if helper < 0 or spec.init:
         _wait_in_python(spec, errw, channel, hostname, home)
@@ -718,8 +711,7 @@ class ForkServer:
                 os.set_inheritable(theirs.fileno(), True)
                 null = os.open(os.devnull, os.O_RDONLY)
                 os.dup2(null, 0)
-                os.closerange(3, theirs.fileno())
-                os.closerange(theirs.fileno() + 1, 1 << 20)
+                child.close_fds_except(theirs.fileno())
                 os.execve(sys.executable, argv, env)
             finally:
                 os._exit(127)

@@ -172,8 +172,7 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
     module = parse_entry(spec.entry)[0]
 
     def workload() -> NoReturn:
-        os.closerange(3, errw)
-        os.closerange(errw + 1, 1 << 20)    # no fd of the template reaches the workload
+        child.close_fds_except(errw)        # no fd of the template reaches the workload
         # What an execve does: the workload is dumpable again (its /proc/self is its own
         # user's); the template's memory stays readable, as any exec'd program's is.
         sc.prctl(sc.PR_SET_DUMPABLE, 1)
