@@ -62,6 +62,14 @@ _RULE_KEYS = {"names", "name", "action", "errnoRet", "args", "comment", "include
               "excludes"}
 _FILTER_KEYS = {"caps", "arches", "minKernel"}
 _ARG_KEYS = {"index", "value", "valueTwo", "op"}
+# What a parked pid 1 calls from the load of its filter on (forkserver._park: the
+# report, the exec of sbx-park, a static binary's start, then park.c's take up to the
+# workload's exec): a filter that allows them all is loaded at park, off the take's path.
+PARK_CALLS = ("write", "execveat", "execve", "brk", "arch_prctl", "set_tid_address",
+              "set_robust_list", "rseq", "prlimit64", "mprotect", "mmap", "munmap",
+              "readlink", "readlinkat", "getrandom", "prctl", "fcntl", "recvmsg", "close",
+              "setsid", "dup2", "dup3", "open", "openat", "ioctl", "sendmsg", "stat",
+              "newfstatat", "close_range", "exit", "exit_group", "restart_syscall")
 
 
 def native_arch() -> str:
@@ -285,6 +293,19 @@ def resolve(profile: dict, capabilities: tuple[str, ...] | list[str],
                     tuple(profile.get("flags") or ()))
 
 
+def allows(resolved: Resolved, names: tuple[str, ...]) -> bool:
+    """Whether ``resolved`` lets every call in ``names`` through whatever its arguments:
+    each is allowed by the default action or by a rule without conditions, and no
+    rule for it says anything else."""
+    actions: dict[str, set[tuple[str, bool]]] = {}
+    for rule in resolved.rules:
+        for name in rule.names:
+            actions.setdefault(name, set()).add((rule.action, bool(rule.args)))
+    allow = {("SCMP_ACT_ALLOW", False)}
+    return all(actions.get(name, {(resolved.default_action, False)}) == allow
+               for name in names)
+
+
 # ---------------------------------------------------------------- compiling
 
 def _action_value(action: str, errno: int | None) -> int:
@@ -365,6 +386,7 @@ class Program:
     bpf: bytes
     flags: int
     fprog: Any = None                    # a sock_fprog built once; children inherit it
+    allows_park: bool = False            # it lets PARK_CALLS through, whatever their args
 
     def to_wire(self) -> dict:
         return {"bpf": self.bpf, "flags": self.flags}
@@ -378,11 +400,11 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def prepared(bpf: bytes, flags: int) -> Program:
+def prepared(bpf: bytes, flags: int, allows_park: bool = False) -> Program:
     buffer = ctypes.create_string_buffer(bpf, len(bpf))
     fprog = _SockFprog(len(bpf) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     fprog._buffer = buffer               # keep the instructions alive with the struct
-    return Program(bpf, flags, fprog)
+    return Program(bpf, flags, fprog, allows_park)
 
 
 class FilterCache:
@@ -400,7 +422,8 @@ class FilterCache:
         if program is None:
             text = default_profile_text() if profile == DEFAULT else profile
             resolved = resolve(json.loads(text), capabilities)
-            program = prepared(compile_filter(resolved), flags_value(resolved.flags))
+            program = prepared(compile_filter(resolved), flags_value(resolved.flags),
+                               allows(resolved, PARK_CALLS))
             if len(self._programs) >= 64:           # custom profiles: keep it bounded
                 self._programs.pop(next(iter(self._programs)))
             self._programs[key] = program

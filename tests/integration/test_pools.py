@@ -3,6 +3,7 @@ from the inside, pools are declared and learned, hits and misses, nothing of the
 in ``ps`` and nothing outlives the daemon; bad declarations are refused clearly."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -103,6 +104,32 @@ def test_pooled_security_profiles_are_the_cold_ones(pooled_daemon, opts):
     assert b"Seccomp_filters:\t" + (b"0" if "seccomp=unconfined" in str(opts) else b"1") \
         in pooled.stdout
     client.set_pool("busybox", 0, **OPTS, **opts)
+    wait_until(lambda: not client.pools()["pools"], what="the pool to go")
+
+
+def test_a_filter_that_denies_sbx_parks_own_calls_is_loaded_at_the_take(pooled_daemon,
+                                                                        tmp_path):
+    """A filter that lets all of sbx-park's calls through is loaded at park; one that
+    denies one of them (setsid here: sbx-park's would fail) is loaded at the take, just
+    before the exec, and the pooled run is still the cold one."""
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["setsid", "mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                      "errnoRet": 13}]}))
+    opts = dict(OPTS, security_opt=[f"seccomp={profile}"])
+    probe = ["sh", "-c", "mkdir /tmp/d; echo mkdir=$?; grep Seccomp_filters /proc/self/status"]
+    client = pooled_daemon.client()
+    cold = client.run("busybox", probe, **opts)
+    client.set_pool("busybox", 1, **opts)
+    wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
+    pooled = client.run("busybox", probe, **opts)
+    assert _pool(client)["hits"] == 1
+    assert (pooled.exit_code, pooled.stdout, pooled.stderr) == \
+        (cold.exit_code, cold.stdout, cold.stderr)
+    assert b"mkdir=1" in pooled.stdout         # the profile is in force, once
+    assert b"Seccomp_filters:\t1" in pooled.stdout
+    client.set_pool("busybox", 0, **opts)
     wait_until(lambda: not client.pools()["pools"], what="the pool to go")
 
 

@@ -111,6 +111,22 @@ def test_a_profile_text_that_is_not_json():
     assert "not valid JSON" in seccomp.check_text("{nope")[0]
 
 
+def test_a_filter_is_loaded_at_park_only_if_it_allows_sbx_parks_calls():
+    default = seccomp.FilterCache().get("default", DEFAULT_CAPABILITIES)
+    assert default.allows_park
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}
+    assert seccomp.allows(seccomp.resolve(profile, ()), seccomp.PARK_CALLS)
+    for rule in ({"names": ["setsid"], "action": "SCMP_ACT_ERRNO"},
+                 {"names": ["ioctl"], "action": "SCMP_ACT_ERRNO",
+                  "args": [{"index": 1, "value": 1, "op": "SCMP_CMP_EQ"}]},
+                 {"names": ["recvmsg"], "action": "SCMP_ACT_LOG"}):
+        resolved = seccomp.resolve(dict(profile, syscalls=[rule]), ())
+        assert not seccomp.allows(resolved, seccomp.PARK_CALLS), rule
+    denying = {"defaultAction": "SCMP_ACT_ERRNO",
+               "syscalls": [{"names": list(seccomp.PARK_CALLS[1:]), "action": "SCMP_ACT_ALLOW"}]}
+    assert not seccomp.allows(seccomp.resolve(denying, ()), seccomp.PARK_CALLS)
+
+
 def test_compiled_programs_are_cached_per_profile_and_capabilities():
     cache = seccomp.FilterCache()
     a = cache.get("default", DEFAULT_CAPABILITIES)
