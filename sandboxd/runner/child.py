@@ -172,9 +172,11 @@ def enter_process(process: Process, program: seccomp.Program | None) -> None:
 
 def pid_clone_flags(spec: ContainerSpec) -> int | None:
     """The fork server's clone flags for a container, or None when its pid namespace is
-    joined by path: the start then needs a C1 and a plain fork."""
+    joined by path: the start then needs a C1 and a plain fork. The clone makes the
+    mount namespace too, so that the server can hold it (see forkserver._Container)."""
     mode = spec.namespaces.pid
-    return sc.CLONE_NEWPID if mode == "private" else 0 if mode == "host" else None
+    return sc.CLONE_NEWNS | (sc.CLONE_NEWPID if mode == "private" else 0) \
+        if mode in ("private", "host") else None
 
 
 def _setns_path(path: str, flag: int) -> None:
@@ -185,9 +187,11 @@ def _setns_path(path: str, flag: int) -> None:
         os.close(fd)
 
 
-def enter_namespaces(spec: ContainerSpec) -> None:
+def enter_namespaces(spec: ContainerSpec, cloned: bool = False) -> None:
+    """``cloned``: this process is the fork server's clone (pid_clone_flags), whose
+    mount namespace is already its own."""
     # The cgroup namespace after the join (the caller's), so that its root is our cgroup.
-    flags = sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP
+    flags = sc.CLONE_NEWCGROUP | (0 if cloned else sc.CLONE_NEWNS)
     for name, flag in NS_FLAGS.items():
         mode = getattr(spec.namespaces, name)
         if mode == "private":

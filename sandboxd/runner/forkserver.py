@@ -231,14 +231,15 @@ def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
         child.not_dumpable()
         child.reset_signals()
         cgroup.join(0)
+        cloned = child.pid_clone_flags(spec) is not None
         try:
-            child.enter_namespaces(spec)
+            child.enter_namespaces(spec, cloned)
         except OSError as e:
             raise SetupFailed(f"create namespaces: {e.strerror}",
                               {"step": "namespaces", "errno": e.errno or 0}) from None
         if spec.sysctls:
             child.apply_sysctls(spec.sysctls)
-        pid = 0 if child.pid_clone_flags(spec) is not None else os.fork()
+        pid = 0 if cloned else os.fork()
     except SandboxError as e:
         child.fail(errw, e)
     except Exception as e:
@@ -299,9 +300,9 @@ class _Container:
     zygote: Any = None                                         # _Zygote
     # A prepared container's end of the channel its parked pid 1 waits on, until taken.
     park: socket.socket | None = None
-    # Its mount namespace, held from the park on: pid 1's exit then skips the teardown
-    # of the mounts (two expedited RCU grace periods, ~0.5 ms here), which this server
-    # pays when it lets go, after the exit is reported.
+    # Its mount namespace, made by the clone and held from then on: pid 1's exit then
+    # skips the teardown of the mounts (two expedited RCU grace periods, ~0.5 ms here),
+    # which this server pays when it lets go, after the exit is reported.
     mounts_hold: int = -1
     filter_parked: bool = False         # its parked pid 1 loaded the filter (_filter_at_park)
 
@@ -906,6 +907,8 @@ class ForkServer:
         else:
             start.pid = pid
             self._claim(start)
+            if clone_flags & sc.CLONE_NEWNS:
+                container.mounts_hold = _open_quietly(f"/proc/{pid}/ns/mnt")
         os.set_blocking(errr, False)
         self.starts[errr] = start
         self.selector.register(errr, selectors.EVENT_READ, "pipe")
@@ -944,7 +947,6 @@ class ForkServer:
             elif tag == b"W":                    # prepared: the reply; the take has its own
                 start.parked = True
                 del start.buf[:1]
-                start.container.mounts_hold = _open_quietly(f"/proc/{start.pid}/ns/mnt")
                 self._reply(start.rid, {"pid": start.pid})
                 start.rid = 0
             else:
