@@ -9,7 +9,8 @@ native architecture and its sub-architectures; a rule's ``includes``/``excludes`
 knows every architecture's syscall numbers, x32 and 32-bit argument checks included),
 and cached by the fork server per (profile, capabilities) in a :class:`FilterCache`. A
 container's process only makes one ``seccomp(2)`` call with the cached program
-(:func:`install`), after the capabilities are cut and before exec.
+(:func:`install`), after the capabilities are cut and before exec (a parked pid 1: at
+park when the program :func:`allows` its remaining ``PARK_CALLS``).
 
 Syscall names libseccomp does not know are skipped, as runc does (they get the default
 action). The check, resolve and wire parts are pure; only compiling needs libseccomp.
