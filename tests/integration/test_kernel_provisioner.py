@@ -222,9 +222,11 @@ def test_pooled_kernels_are_started_ahead_and_used_once(jupyter, daemon, monkeyp
     client = daemon.client()
 
     def hostname_of_a_run() -> str:
-        nb = notebook("import socket\nprint(socket.gethostname())", "x = 1\nx")
+        nb = notebook("import socket\nprint(socket.gethostname())", "len(In), len(Out)")
         nbclient.NotebookClient(nb, kernel_name=name, timeout=60).execute()
+        # Fresh whether cold or pooled (the pool's warm-up left no count and no history).
         assert [c.execution_count for c in nb.cells] == [1, 2]
+        assert nb.cells[1].outputs[0]["data"]["text/plain"] == "(3, 0)"
         return stdout(nb.cells[0]).strip()
 
     def parked() -> list:
