@@ -341,3 +341,39 @@ def test_a_pool_of_a_missing_image_stops_the_start():
     with pytest.raises(AssertionError, match="no-such-image"):
         d.start()
     d.assert_clean()
+
+
+def _held_mount_namespaces(daemon) -> list[str]:
+    (pid,) = daemon.forkserver_pids()
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            pass
+    return [link for link in links if link.startswith("mnt:")]
+
+
+def test_the_fork_server_lets_go_of_each_mount_namespace_at_the_exit(pooled_daemon):
+    """The fork server holds a container's mount namespace from its clone to its exit
+    report (runner/forkserver.py, _Container.mounts_hold): one per parked or running
+    container, none left once they have ended, cold or pooled."""
+    client = pooled_daemon.client()
+    assert _held_mount_namespaces(pooled_daemon) == []
+    for _ in range(3):
+        assert client.run("busybox", ["true"], **OPTS).exit_code == 0     # cold
+    assert _held_mount_namespaces(pooled_daemon) == []
+    client.set_pool("busybox", 2, **OPTS)
+    wait_until(lambda: _pool(client).get("ready") == 2, what="the pool to fill")
+    held = _held_mount_namespaces(pooled_daemon)
+    assert len(set(held)) == 2, held                      # one per parked container
+    hits = _pool(client)["hits"]
+    for _ in range(3):
+        assert client.run("busybox", ["true"], **OPTS).exit_code == 0
+    assert _pool(client)["hits"] > hits
+    wait_until(lambda: _pool(client).get("ready") == 2, what="the pool to refill")
+    assert len(_held_mount_namespaces(pooled_daemon)) == 2
+    client.set_pool("busybox", 0, **OPTS)
+    wait_until(lambda: not client.pools()["pools"], what="the pool to go")
+    wait_until(lambda: _held_mount_namespaces(pooled_daemon) == [],
+               what="the fork server to let go of every mount namespace")
