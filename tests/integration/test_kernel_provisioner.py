@@ -1,5 +1,5 @@
 """The sandboxd kernel provisioner against a real daemon: Jupyter's own clients (nbclient,
-papermill, jupyter_client's KernelManager) run ipykernel in a container through the
+papermill, nbval, nbmake, jupyter_client's KernelManager) run ipykernel in a container through the
 ``sandboxd-provisioner`` entry point, with interrupt, restart, shutdown, an OOM kill
 reported in the cell, and clear errors for a bad config and an image without ipykernel."""
 from __future__ import annotations
@@ -138,6 +138,31 @@ def test_papermill_with_parameters(jupyter, daemon, tmp_path):
     assert "injected-parameters" in out.cells[1].metadata["tags"]
     words = stdout(out.cells[2]).split()
     assert words[:2] == ["result", "42"] and words[2] != socket.gethostname()
+
+
+@pytest.mark.parametrize("plugin", ["nbval", "nbmake"])
+def test_nbval_and_nbmake_run_notebooks_in_the_sandbox(jupyter, tmp_path, plugin):
+    """pytest's notebook plug-ins, unchanged, with the sandboxed kernelspec: nbval
+    compares each cell's output with the stored one, nbmake runs the notebook; a cell
+    that asserts it is not on the host (its hostname) passes only sandboxed."""
+    pytest.importorskip(plugin, reason=f"{plugin} is in the test extras")
+    name = jupyter("sbx-pytest", memory="256m")
+    host = socket.gethostname()
+    nb = notebook("print(6 * 7)", f"import socket\nassert socket.gethostname() != {host!r}\n"
+                                  f"socket.gethostname() == {host!r}")
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="42\n")]
+    nb.cells[1].outputs = [nbformat.v4.new_output(
+        "execute_result", data={"text/plain": "False"}, execution_count=2)]
+    nb.cells[0].execution_count, nb.cells[1].execution_count = 1, 2
+    nbformat.write(nb, tmp_path / "checked.ipynb")
+    flags = ["--nbval", f"--nbval-kernel-name={name}"] if plugin == "nbval" else \
+        ["--nbmake", f"--nbmake-kernel={name}"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           *flags, "checked.ipynb"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert ("2 passed" if plugin == "nbval" else "1 passed") in done.stdout
 
 
 @pytest.fixture
