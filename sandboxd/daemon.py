@@ -40,6 +40,7 @@ import itertools
 import logging
 import os
 import platform
+import resource
 import select
 import signal
 import socket
@@ -816,8 +817,30 @@ def build_services(server: Server, config: DaemonConfig) -> None:
             server.register_operation(op, getattr(handlers, op.method))
 
 
+def raise_open_files_limit() -> None:
+    """The soft limit of open files up to the hard one (as dockerd's unit and Go's
+    runtime do): the daemon keeps a few fds per running container (its output pipes and
+    log) and its fork server one (the container's mount namespace), so a service's soft
+    limit (systemd's 1024) would stop starts at a few hundred containers with EMFILE.
+    The helpers inherit it; containers do not (each gets its own nofile, 1024 unless
+    --ulimit or --default-ulimit says otherwise)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    except (OSError, ValueError):
+        ceiling = 1 << 20
+    target = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("open files limit stays %d: %s", soft, exc)
+
+
 def run(config: DaemonConfig) -> int:
     """Serve until SIGTERM/SIGINT; the process exit status."""
+    raise_open_files_limit()
     server = Server(config)
     try:
         build_services(server, config)     # a bad setting (network prefix ...) says so

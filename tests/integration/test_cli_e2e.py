@@ -152,6 +152,28 @@ def test_ulimits_default_and_per_container(daemon: Daemon) -> None:
     daemon.sbx("rm", "-f", "e2e-ulimit", check=True)
 
 
+def _open_files_limit(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/limits") as f:
+        line = next(line for line in f if line.startswith("Max open files"))
+    return line.split()[3:5]
+
+
+def test_the_daemon_raises_its_open_files_limit_and_containers_keep_theirs() -> None:
+    """Started under a service's soft limit (systemd's 1024, 256 here), the daemon and
+    its helpers run with the hard one (a few fds per running container); a container
+    still gets Docker's 1024 (or less: the hard limit) unless told otherwise."""
+    d = Daemon(wrap=("prlimit", "--nofile=256:4096")).start()
+    try:
+        d.import_busybox()
+        assert _open_files_limit(d.proc.pid) == ["4096", "4096"]
+        (forkserver,) = d.forkserver_pids()
+        assert _open_files_limit(forkserver) == ["4096", "4096"]
+        r = d.sbx("run", "--rm", "busybox", "sh", "-c", "ulimit -n; ulimit -Hn", check=True)
+        assert r.out.split() == ["1024", "4096"]
+    finally:
+        d.stop()
+
+
 def test_uts_modes(daemon: Daemon) -> None:
     r = daemon.sbx("run", "--rm", "--uts", "host", "busybox", "hostname", check=True)
     assert r.out.strip() == os.uname().nodename
