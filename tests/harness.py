@@ -32,6 +32,18 @@ PY = sys.executable
 REPO = Path(__file__).resolve().parents[1]      # tests/harness.py -> the repo
 CGROUP_ROOT = "/sys/fs/cgroup"
 _serial = itertools.count(1)
+_prefixes: set[str] = set()
+
+
+def _new_prefix() -> str:
+    """A link-name prefix no other daemon of this run has had: two daemons with the same
+    one would take each other's bridge (a daemon's start-up removes the unowned links
+    of its prefix), and 4 random hex digits alone meet again about once in 65536."""
+    while True:
+        prefix = "sbxe" + secrets.token_hex(2)
+        if prefix not in _prefixes:
+            _prefixes.add(prefix)
+            return prefix
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0,
@@ -69,7 +81,7 @@ class Daemon:
         # Our own link-name prefix: a daemon's start-up removes unowned links of its
         # prefix, so daemons side by side need their own ("sbxe" never makes one of the
         # default "sbx" prefix's names: sbx0, sbx-<id>, sbxv<hex>).
-        self.prefix = "sbxe" + secrets.token_hex(2)
+        self.prefix = _new_prefix()
         self.flags = flags
         self.wrap = wrap          # a command the daemon runs under (``unshare --net``)
         self.log_path = os.path.join(self.tmp, "daemon.log")
