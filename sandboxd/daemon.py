@@ -825,13 +825,16 @@ def raise_open_files_limit() -> None:
     The helpers inherit it; containers do not (each gets its own nofile, 1024 unless
     --ulimit or --default-ulimit says otherwise)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        with open("/proc/sys/fs/nr_open") as f:
-            ceiling = int(f.read())
-    except (OSError, ValueError):
-        ceiling = 1 << 20
-    target = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
-    if soft != resource.RLIM_INFINITY and soft < target:
+    if soft == hard:
+        return
+    target = hard
+    if hard == resource.RLIM_INFINITY:          # the kernel's own ceiling, then
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (OSError, ValueError) as exc:
