@@ -87,9 +87,11 @@ def write_busybox_tar(out: IO[bytes], busybox: str = BUSYBOX) -> None:
         add_busybox(tar, busybox)
 
 
-def add_busybox(tar: tarfile.TarFile, busybox: str = BUSYBOX) -> None:
-    """The busybox root filesystem's entries, added to ``tar``."""
-    applets = busybox_applets(busybox)
+def add_busybox(tar: tarfile.TarFile, busybox: str = BUSYBOX,
+                skip: frozenset[str] = frozenset()) -> None:
+    """The busybox root filesystem's entries, added to ``tar``; no link for the applets
+    in ``skip`` (the real programs come from elsewhere)."""
+    applets = [a for a in busybox_applets(busybox) if a not in skip]
     mtime = int(os.stat(busybox).st_mtime)
     for sub in sorted({d for path in _DIRS for d in _parents(path)}):
         info = tarfile.TarInfo(sub)
@@ -220,12 +222,10 @@ RYUK_IMAGE = "testcontainers/ryuk:0.8.1"     # what testcontainers-python 4.x as
 RYUK_PATH = "usr/local/lib/sandboxd-ryuk.py"
 
 
-def _python_libraries() -> list[str]:
-    """The shared libraries python3.11 and its extension modules link (``ldd``)."""
-    if not os.path.exists(PYTHON):
-        raise BootstrapError(f"{PYTHON} is missing: apt-get install python3.11")
+def _libraries(binaries: list[str]) -> list[str]:
+    """The shared libraries ``binaries`` link (``ldd``), at the names ldd gives."""
     libs: set[str] = set()
-    for binary in [PYTHON, *(str(p) for p in Path(PYTHON_LIB, "lib-dynload").glob("*.so"))]:
+    for binary in binaries:
         out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
         for line in out.splitlines():
             fields = line.split()
@@ -233,6 +233,14 @@ def _python_libraries() -> list[str]:
             if path.startswith("/"):
                 libs.add(path)
     return sorted(libs)
+
+
+def _python_libraries() -> list[str]:
+    """The shared libraries python3.11 and its extension modules link."""
+    if not os.path.exists(PYTHON):
+        raise BootstrapError(f"{PYTHON} is missing: apt-get install python3.11")
+    return _libraries([PYTHON, *(str(p) for p in Path(PYTHON_LIB, "lib-dynload")
+                                 .glob("*.so"))])
 
 
 def add_python(tar: tarfile.TarFile) -> None:
@@ -250,6 +258,45 @@ def add_python(tar: tarfile.TarFile) -> None:
     for lib in libs:                                  # as files at the names ldd gave
         tar.add(os.path.realpath(lib), arcname=lib.lstrip("/"))
     tar.add(PYTHON_LIB, arcname=PYTHON_LIB.lstrip("/"), filter=skip)
+
+
+# The host's apt and dpkg, enough for ``apt-get update && apt-get install`` from a
+# repository (an image made here, offline, that installs packages like Debian's does).
+APT_PROGRAMS = ("/usr/bin/apt-get", "/usr/bin/dpkg", "/usr/bin/dpkg-deb",
+                "/usr/bin/dpkg-split", "/usr/bin/dpkg-query", "/usr/bin/tar",
+                "/usr/lib/apt/methods/http", "/usr/lib/apt/methods/file",
+                "/usr/lib/apt/methods/copy", "/usr/lib/apt/methods/store")
+APT_DATA = ("/usr/share/dpkg/cputable", "/usr/share/dpkg/ostable",
+            "/usr/share/dpkg/tupletable", "/sbin/ldconfig")
+# busybox applets left out: they would shadow the real ones (an image without a PATH runs
+# with busybox sh's own, /bin before /usr/bin), and understand too little for apt.
+APT_SHADOWED = frozenset({"dpkg", "dpkg-deb", "tar"})
+_APT_DIRS = ("etc/apt/apt.conf.d", "etc/apt/sources.list.d", "etc/apt/preferences.d",
+             "etc/apt/trusted.gpg.d", "etc/dpkg/dpkg.cfg.d", "var/lib/dpkg/info",
+             "var/lib/dpkg/updates", "var/lib/dpkg/triggers", "var/lib/apt/lists/partial",
+             "var/cache/apt/archives/partial", "var/log/apt")
+# No ``_apt`` user in the image: apt downloads as root instead of warning about it.
+_APT_CONF = 'APT::Sandbox::User "root";\n'
+
+
+def add_apt(tar: tarfile.TarFile) -> None:
+    """The host's apt-get and dpkg (programs, the shared libraries they link, an empty
+    dpkg database, no sources) added to ``tar``, which should hold busybox's entries
+    made with ``skip=APT_SHADOWED``."""
+    missing = [p for p in (*APT_PROGRAMS, *APT_DATA) if not os.path.exists(p)]
+    if missing:
+        raise BootstrapError(f"{', '.join(missing)} missing: apt and dpkg come from the "
+                             f"host (apt-get install apt dpkg tar libc-bin)")
+    mtime = int(os.stat(APT_PROGRAMS[0]).st_mtime)
+    for sub in sorted({d for path in _APT_DIRS for d in _parents(path)}):
+        info = tarfile.TarInfo(sub)
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, mtime
+        tar.addfile(info)
+    for path in (*APT_PROGRAMS, *APT_DATA, *_libraries(list(APT_PROGRAMS))):
+        tar.add(os.path.realpath(path), arcname=path.lstrip("/"))
+    for name in ("var/lib/dpkg/status", "var/lib/dpkg/available"):
+        _add_text(tar, name, "", mtime)
+    _add_text(tar, "etc/apt/apt.conf.d/00sandboxd", _APT_CONF, mtime)
 
 
 def write_ryuk_tar(out: IO[bytes], busybox: str = BUSYBOX) -> None:

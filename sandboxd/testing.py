@@ -11,7 +11,8 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from .rootfs import BUSYBOX, add_busybox, add_python, write_busybox_tree
+from .rootfs import (APT_SHADOWED, BUSYBOX, add_apt, add_busybox, add_python,
+                     write_busybox_tree)
 
 
 def cache_dir() -> Path:
@@ -68,5 +69,20 @@ def python_tar(dest: Path | None = None) -> Path:
         add_busybox(tar)
         add_python(tar)
         tar.add(os.path.dirname(pip.__file__), arcname="usr/lib/python3/dist-packages/pip")
+    os.rename(tmp, dest)
+    return dest
+
+
+def apt_tar(dest: Path | None = None) -> Path:
+    """A rootfs tarball with busybox and the host's apt-get and dpkg
+    (:func:`sandboxd.rootfs.add_apt`): enough for ``apt-get install`` from a local
+    repository in a build, without a registry. ~25 MB, made once per cache directory."""
+    dest = Path(dest) if dest else cache_dir() / "apt-rootfs.tar"
+    if dest.exists():
+        return dest
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    with tarfile.open(tmp, "w") as tar:
+        add_busybox(tar, skip=APT_SHADOWED)
+        add_apt(tar)
     os.rename(tmp, dest)
     return dest

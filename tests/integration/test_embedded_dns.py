@@ -10,6 +10,7 @@ default bridge reach it through their gateway (local delivery on the host).
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import io
 import os
@@ -78,6 +79,31 @@ def _wheel(directory: Path) -> None:
     (directory / "simple" / "index.html").write_text('<a href="thepkg/">thepkg</a>\n')
 
 
+def _apt_repository(directory: Path, work: Path) -> None:
+    """A flat apt repository at ``directory``: one package ``thedeb`` (built by the
+    host's dpkg-deb) and the ``Packages`` and unsigned ``Release`` files apt reads."""
+    tree = work / "thedeb"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        "Package: thedeb\nVersion: 1.0\nArchitecture: all\nMaintainer: test <t@pkgs.test>\n"
+        "Description: a package served by the test\n")
+    (tree / "usr/share/thedeb").mkdir(parents=True)
+    (tree / "usr/share/thedeb/hello").write_text("installed by apt from pkgs.test\n")
+    directory.mkdir(parents=True)
+    deb = directory / "thedeb_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)],
+                   check=True, capture_output=True)
+    data = deb.read_bytes()
+    control = (tree / "DEBIAN" / "control").read_text()
+    packages = (f"{control}Filename: ./{deb.name}\nSize: {len(data)}\n"
+                f"SHA256: {hashlib.sha256(data).hexdigest()}\n\n").encode()
+    (directory / "Packages").write_bytes(packages)
+    (directory / "Release").write_text(
+        "Origin: pkgs.test\nSuite: local\nCodename: local\n"
+        "Date: Sun, 06 Dec 2026 00:00:00 UTC\nArchitectures: amd64 all\nSHA256:\n"
+        f" {hashlib.sha256(packages).hexdigest()} {len(packages)} Packages\n")
+
+
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     link = f"sbxtdns{os.getpid() % 10000}"
@@ -95,6 +121,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
             server.start_thread()
         root = tmp_path_factory.mktemp("index")
         _wheel(root)
+        _apt_repository(root / "apt", tmp_path_factory.mktemp("deb"))
         handler = functools.partial(_QuietHandler, directory=str(root))
         httpd = http.server.ThreadingHTTPServer((address, 80), handler)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -403,6 +430,35 @@ def test_build_pip_installs_from_a_local_index_by_name(dnsd: Daemon, upstream: U
     image_id = (tmp_path / "iid").read_text()
     assert image_id.startswith("sha256:") and image_id[7:19] in proc.out
     dnsd.sbx("rmi", image_id, check=True)
+
+
+APT = ('RUN echo "deb [trusted=yes] http://pkgs.test/apt ./" > /etc/apt/sources.list '
+       "&& apt-get update && apt-get install -y thedeb\n"
+       "RUN cat /usr/share/thedeb/hello && dpkg-query -W thedeb\n")
+
+
+@pytest.mark.parametrize("network", ["", "user"])
+def test_build_apt_get_installs_from_a_local_repository_by_name(
+        dnsd: Daemon, upstream: Upstream, tmp_path: Path, nets: list[str],
+        network: str) -> None:
+    """apt-get update and install in a RUN step (the host's apt and dpkg, in an image
+    made here) fetch from pkgs.test, found through the test's resolver."""
+    dnsd.sbx("import", str(testing.apt_tar()), "sbx-apt", check=True)
+    flags: tuple[str, ...] = ()
+    if network:
+        dnsd.sbx("network", "create", "apt-build", check=True)
+        nets.append("apt-build")
+        flags = ("--network", "apt-build")
+    upstream.seen.clear()
+    proc = build(dnsd, tmp_path / "ctx", "FROM sbx-apt\n" + APT, *flags, "-t", "with-deb")
+    assert proc.returncode == 0, proc.out + proc.err
+    assert "Setting up thedeb (1.0)" in proc.out, proc.out
+    assert "installed by apt from pkgs.test" in proc.out
+    assert "thedeb\t1.0" in proc.out
+    assert upstream.asked("pkgs.test")
+    ran = dnsd.sbx("run", "--rm", "with-deb", "dpkg-query", "-W", "-f", "${Status}", "thedeb")
+    assert ran.out == "install ok installed", ran.out + ran.err
+    dnsd.sbx("rmi", "with-deb", check=True)
 
 
 def test_build_network_none_cannot_resolve(dnsd: Daemon, tmp_path: Path) -> None:
