@@ -223,7 +223,8 @@ class Container:
 
     def update(self, **limits: Any) -> list[str]:
         """``memory``, ``memory_swap``, ``cpus``, ``cpu_quota``, ``cpu_period``,
-        ``cpu_shares``, ``pids_limit`` of a running container; returns warnings."""
+        ``cpu_shares``, ``pids_limit`` (live when it runs) and ``restart`` (a policy,
+        ``on-failure:3``); returns warnings."""
         result = self._call("container.update", **build_update(**limits))
         return list(result.get("warnings") or ())
 

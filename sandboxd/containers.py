@@ -237,16 +237,22 @@ class ContainerService:
         self.events.container(self._set_state(record, status=lifecycle.after("unpause")),
                               "unpause")
 
-    async def update(self, record: ContainerRecord, changes: dict[str, int]) -> None:
-        """New limits (``HostConfig`` field -> value), applied live when it runs. A CPU
-        limit given one way replaces the other way's."""
+    async def update(self, record: ContainerRecord, changes: dict[str, int | str]) -> None:
+        """New limits and restart policy (``HostConfig`` field -> value); limits are
+        applied live when it runs, the policy at its next exit. A CPU limit given one way
+        replaces the other way's."""
+        if "restart_policy" in changes:
+            changes = {"restart_retries": 0, **changes}     # a new policy, its own count
         host = dataclasses.replace(record.config.host, **changes)
         if "nano_cpus" in changes:
             host = dataclasses.replace(host, cpu_quota=None)
         if "cpu_quota" in changes:
             host = dataclasses.replace(host, nano_cpus=None)
+        if host.restart_policy != "no" and host.auto_remove:
+            raise InvalidArgument("Restart policy cannot be updated because AutoRemove is "
+                                  "enabled for the container")
         config = validate_config(dataclasses.replace(record.config, host=host))
-        if record.state.status in RUNNING:
+        if record.state.status in RUNNING and host.limits() != record.config.host.limits():
             await self.runner.update(record.id, host.limits())
         self._save(dataclasses.replace(record, config=config))
 

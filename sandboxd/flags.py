@@ -626,23 +626,33 @@ def config_from_options(options: Any) -> ContainerConfig:
 def build_update(*, memory: int | str | None = None, memory_swap: int | str | None = None,
                  cpus: float | str | None = None, cpu_quota: int | None = None,
                  cpu_period: int | None = None, cpu_shares: int | None = None,
-                 pids_limit: int | None = None) -> dict[str, int]:
+                 pids_limit: int | None = None, restart: str | None = None
+                 ) -> dict[str, int | str]:
     """``sbx update`` flags / ``Container.update()`` keywords -> ``container.update``
     params: only what changes, in kernel units. Each value is checked here; how they
-    combine with the stored ones (swap below memory ...) only the daemon can check."""
+    combine with the stored ones (swap below memory, a policy with ``--rm`` ...) only the
+    daemon can check."""
     problems: list[str] = []
     limits = _parse_limits(memory, memory_swap, cpus, problems)
-    out = {k: v for k, v in dict(limits, cpu_quota=cpu_quota, cpu_period=cpu_period,
-                                 cpu_shares=cpu_shares, pids_limit=pids_limit).items()
-           if v is not None}
+    out: dict[str, int | str] = {
+        k: v for k, v in dict(limits, cpu_quota=cpu_quota, cpu_period=cpu_period,
+                              cpu_shares=cpu_shares, pids_limit=pids_limit).items()
+        if v is not None}
+    policy, retries = "no", 0
+    if restart is not None:
+        try:
+            policy, retries = parse_restart(restart)
+        except InvalidArgument as e:
+            problems.append(e.message)
+        out.update(restart_policy=policy, restart_retries=retries)
     if not out and not problems:
         raise InvalidArgument("update: nothing to change (give memory, memory_swap, cpus, "
-                              "cpu_quota, cpu_period, cpu_shares or pids_limit)")
+                              "cpu_quota, cpu_period, cpu_shares, pids_limit or restart)")
     mem = out.get("memory")
     swap = out.get("memory_swap") if mem is not None else None
     host = HostConfig(memory=mem, memory_swap=swap, nano_cpus=out.get("nano_cpus"),
                       cpu_quota=cpu_quota, cpu_period=cpu_period, cpu_shares=cpu_shares,
-                      pids_limit=pids_limit)
+                      pids_limit=pids_limit, restart_policy=policy, restart_retries=retries)
     if not problems:
         problems += [p for p in check_host(host)]
     if problems:

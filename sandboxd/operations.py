@@ -383,9 +383,11 @@ class Update(ById):
     cpu_period: int | None = param(OPTIONAL_INT, None)
     cpu_shares: int | None = param(OPTIONAL_INT, None)
     pids_limit: int | None = param(OPTIONAL_INT, None)
+    restart_policy: str | None = param(OPTIONAL_STR, None)
+    restart_retries: int | None = param(OPTIONAL_INT, None)
 
-    def changes(self) -> dict[str, int]:
-        """The limits given (a None is not given)."""
+    def changes(self) -> dict[str, int | str]:
+        """The ``HostConfig`` fields given (a None is not given)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name != "id" and getattr(self, f.name) is not None}
 

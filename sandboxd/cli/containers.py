@@ -197,6 +197,8 @@ def port(container: str, private_port: str | None) -> int:
               help="CPU shares (relative weight)")
 @option("--pids-limit", type=int, metavar="INT",
               help="Tune container pids limit (set -1 for unlimited)")
+@option("--restart", metavar="STRING",
+              help="Restart policy to apply when a container exits")
 @argument("containers", nargs=-1, required=True, shell_complete=complete_containers)
 def update(containers: tuple[str, ...], **limits: Any) -> int:
     """Update configuration of one or more containers."""

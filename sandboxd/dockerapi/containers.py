@@ -18,7 +18,7 @@ from .calls import MULTIPLEXED, RAW, STREAMS, ApiContext, Calls, frame, pump_std
 from .http import (HttpError, Hijack, Request, Response, Route, empty, json_response,
                    route)
 from .stats import docker_stats
-from .translate import create_options, list_row
+from .translate import create_options, list_row, update_restart
 
 ARCHIVE_BODY_CAP = 8 << 30
 EXEC_KEEP = 600.0
@@ -221,14 +221,16 @@ class ContainerRoutes:
         mapping = {"Memory": "memory", "MemorySwap": "memory_swap", "NanoCpus": "nano_cpus",
                    "CpuQuota": "cpu_quota", "CpuPeriod": "cpu_period",
                    "CpuShares": "cpu_shares", "PidsLimit": "pids_limit"}
-        changes = {}
+        changes: dict[str, Any] = {}
         for key, value in body.items():
             if key in mapping:
                 if value:
                     changes[mapping[key]] = value
-            elif value not in (None, 0, "", [], {}, False) and key != "RestartPolicy":
+            elif key == "RestartPolicy":
+                changes.update(update_restart(value))
+            elif value not in (None, 0, "", [], {}, False):
                 raise HttpError(400, f"update: {key} cannot be changed by sandboxd "
-                                     f"(supported: {', '.join(mapping)})")
+                                     f"(supported: {', '.join(mapping)}, RestartPolicy)")
         result = await self.calls.call("container.update", {"id": req.params["id"], **changes})
         return json_response({"Warnings": result["warnings"]})
 

@@ -236,6 +236,16 @@ def _restart(policy: dict) -> str:
     return f"{name}:{count}" if count else name
 
 
+def update_restart(policy: Any) -> dict[str, Any]:
+    """``/containers/{id}/update``'s ``RestartPolicy`` -> ``container.update`` params
+    ({} for the empty policy the CLI sends when ``--restart`` is not given)."""
+    policy = _mapping(policy, "RestartPolicy")
+    if not policy.get("Name"):
+        return {}
+    name, _, count = _restart(policy).partition(":")
+    return {"restart_policy": name, "restart_retries": int(count or 0)}
+
+
 # Docker's Healthcheck durations are nanoseconds; build_config's health_* take seconds.
 _HEALTH_DURATIONS = {"Interval": "health_interval", "Timeout": "health_timeout",
                      "StartPeriod": "health_start_period",

@@ -162,6 +162,11 @@ def test_cli_detached_lifecycle(docker, d: Daemon, tmp_path: Path) -> None:
 
         docker("update", "-m", "96m", "dk-life2")
         assert d.cgroup_file("memory", cid, "memory.limit_in_bytes") == str(96 << 20)
+        docker("update", "--restart", "on-failure:5", "dk-life2")
+        assert docker("inspect", "-f", "{{json .HostConfig.RestartPolicy}}", cid).stdout \
+            == '{"Name":"on-failure","MaximumRetryCount":5}\n'
+        assert d.cgroup_file("memory", cid, "memory.limit_in_bytes") == str(96 << 20)
+        docker("update", "--restart", "no", "dk-life2")
 
         docker("kill", "-s", "USR1", "dk-life2")
         wait_until(lambda: "got-usr1" in docker("logs", "dk-life2").stdout,

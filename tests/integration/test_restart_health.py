@@ -70,6 +70,31 @@ def test_rm_with_restart_refused(d: Daemon) -> None:
     assert r.returncode == 125 and "unknown policy 'sometimes'" in r.err
 
 
+def test_update_restart_takes_effect_at_the_next_exit(d: Daemon) -> None:
+    """``sbx update --restart`` on a running container (Docker's update): the policy
+    is stored, shown by inspect, and applied when it exits; the limits are untouched."""
+    d.sbx("run", "-d", "--name", "upd", "-m", "64m", "busybox", "sh", "-c",
+          "sleep 0.6; exit 4", check=True)
+    d.sbx("update", "--restart", "on-failure:2", "upd", check=True)
+    doc = inspect(d, "upd")
+    assert doc["HostConfig"]["RestartPolicy"] == {"Name": "on-failure",
+                                                  "MaximumRetryCount": 2}
+    assert doc["HostConfig"]["Memory"] == 64 << 20
+    wait_until(lambda: inspect(d, "upd")["RestartCount"] == 2
+               and _state(d, "upd")["Status"] == "exited", 20, "two restarts, then exited")
+    d.sbx("update", "--restart", "no", "upd", check=True)
+    assert inspect(d, "upd")["HostConfig"]["RestartPolicy"] == {"Name": "no",
+                                                                "MaximumRetryCount": 0}
+    r = d.sbx("update", "--restart", "always:2", "upd")
+    assert r.returncode != 0 and "only be used with 'on-failure'" in r.err
+    d.sbx("rm", "-f", "upd", check=True)
+    d.sbx("run", "-d", "--rm", "--name", "updrm", "busybox", "sleep", "30", check=True)
+    r = d.sbx("update", "--restart", "always", "updrm")
+    assert r.returncode != 0
+    assert "Restart policy cannot be updated because AutoRemove is enabled" in r.err
+    d.sbx("rm", "-f", "updrm", check=True)
+
+
 def test_policies_survive_a_daemon_restart() -> None:
     with running() as d:
         for name, policy in (("p-always", "always"), ("p-unless", "unless-stopped"),
