@@ -254,7 +254,8 @@ class ContainerService:
         config = validate_config(dataclasses.replace(record.config, host=host))
         if record.state.status in RUNNING and host.limits() != record.config.host.limits():
             await self.runner.update(record.id, host.limits())
-        self._save(dataclasses.replace(record, config=config))
+        self.events.container(self._save(dataclasses.replace(record, config=config)),
+                              "update")
 
     def rename(self, record: ContainerRecord, name: str) -> None:
         renamed = self._save(dataclasses.replace(record, name=name.lstrip("/")))
@@ -1039,6 +1040,10 @@ class ContainerService:
             waiter = self.exec_waiters.pop((container_id, exec_id), None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(info)
+            live = self.live.get(container_id)
+            if live is not None:
+                self.events.container(live.record, "exec_die", execID=exec_id,
+                                      exitCode=info.exit_code)
             return
         held = self.held.get(container_id)
         if held is not None and not held.done():
@@ -1157,6 +1162,8 @@ class ContainerService:
         process = dataclasses.replace(self._spec_process(record), args=tuple(args),
                                       terminal=False)
         exec_id = secrets.token_hex(16)
+        # Docker's probes are execs, with an exec's events (exec_die from _on_exit).
+        self.events.container(record, f"exec_create: {' '.join(args)}", execID=exec_id)
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self.exec_waiters[(record.id, exec_id)] = waiter
@@ -1171,6 +1178,7 @@ class ContainerService:
             raise
         finally:
             _close(nul, out_w)
+        self.events.container(record, f"exec_start: {' '.join(args)}", execID=exec_id)
         output = bytearray()
         eof = loop.create_future()
 
@@ -1248,13 +1256,19 @@ class ContainerService:
                 else 10
         if record.state.status == "paused":
             await self.runner.resume(record.id)
+        # Docker's events for a stop: kill (the stop signal), kill (9) if that was not
+        # enough, die, stop.
         try:
-            await self.runner.kill(record.id, parse_signal(record.config.stop_signal))
+            sig = parse_signal(record.config.stop_signal)
+            self.events.container(record, "kill", signal=sig)    # before its die
+            await self.runner.kill(record.id, sig)
             if timeout < 0:
                 await live.drained.wait()
+                self.events.container(record, "stop")
                 return
             await asyncio.wait_for(asyncio.shield(live.drained.wait()), timeout)
         except (asyncio.TimeoutError, SandboxError):
+            self.events.container(record, "kill", signal=int(signal.SIGKILL))
             await self.kill_quietly(record.id)
         await live.drained.wait()
         self.events.container(record, "stop")
@@ -1269,6 +1283,8 @@ class ContainerService:
         if live is not None:
             if not force:                  # its process counts, whatever the record says
                 raise lifecycle.refusal("remove", record, "running")
+            if live.record.state.status in RUNNING:       # not an --rm's own exit
+                self.events.container(record, "kill", signal=int(signal.SIGKILL))
             await self.kill_quietly(record.id)
             await live.drained.wait()
             self._cancel_restart(record.id)       # the exit may have scheduled one

@@ -259,6 +259,31 @@ def test_events_live_stream_with_a_filter(docker: Any) -> None:
     wait_until(lambda: listeners() == 0, what="the events subscription to end")
 
 
+def test_stop_rm_and_update_emit_dockers_events(docker: Any) -> None:
+    """stop: kill (its signal), die, stop; a stop that times out adds kill 9; rm -f of a
+    running container: kill 9, die, destroy; update: update."""
+    since = time.time()
+    docker("run", "-d", "--name", "dk-term", "busybox", "sh", "-c",
+           "trap 'exit 0' TERM; sleep 60 & wait")
+    docker("update", "--cpu-shares", "512", "dk-term")
+    docker("stop", "-t", "10", "dk-term")
+    docker("rm", "dk-term")
+    docker("run", "-d", "--name", "dk-kill", "busybox", "sleep", "60")    # pid 1: no TERM
+    docker("stop", "-t", "0", "dk-kill")
+    docker("start", "dk-kill")
+    docker("rm", "-f", "dk-kill")
+    until = time.time()
+
+    def actions(name: str) -> list[tuple[str, str]]:
+        return [(e["Action"], e["Actor"]["Attributes"].get("signal", ""))
+                for e in events_between(docker, since, until, "--filter", f"container={name}")
+                if e["Action"] in ("kill", "die", "stop", "update", "destroy")]
+    assert actions("dk-term") == [("update", ""), ("kill", "15"), ("die", ""), ("stop", ""),
+                                ("destroy", "")]
+    assert actions("dk-kill") == [("kill", "15"), ("kill", "9"), ("die", ""), ("stop", ""),
+                                 ("kill", "9"), ("die", ""), ("destroy", "")]
+
+
 def test_sbx_events_reads_the_same_bus(daemon: Daemon, docker: Any) -> None:
     since = time.time()
     docker("volume", "create", "dkv-sbx")
@@ -282,6 +307,7 @@ def test_sbx_events_reads_the_same_bus(daemon: Daemon, docker: Any) -> None:
     daemon.sbx("rmi", "dkimg:1", check=True)
     docker("run", "-d", "--name", "dk-exec", "busybox", "sleep", "60")
     docker("exec", "dk-exec", "true")
+    docker("exec", "dk-exec", "sh", "-c", "exit 3", check=False)
     docker("rm", "-f", "dk-exec")
     until = time.time()
     images = events_between(docker, since, until, "--filter", "type=image")
@@ -289,7 +315,13 @@ def test_sbx_events_reads_the_same_bus(daemon: Daemon, docker: Any) -> None:
         [("tag", "dkimg:1"), ("untag", "dkimg:1")]
     execs = events_between(docker, since, until, "--filter", "event=exec_create",
                            "--filter", "event=exec_start")
-    assert [e["Action"] for e in execs] == ["exec_create: true", "exec_start: true"]
+    assert [e["Action"] for e in execs] == ["exec_create: true", "exec_start: true",
+                                            "exec_create: sh -c exit 3",
+                                            "exec_start: sh -c exit 3"]
+    died = events_between(docker, since, until, "--filter", "event=exec_die")
+    assert [(e["Actor"]["Attributes"]["execID"], e["Actor"]["Attributes"]["exitCode"])
+            for e in died] == [(execs[0]["Actor"]["Attributes"]["execID"], "0"),
+                               (execs[2]["Actor"]["Attributes"]["execID"], "3")]
 
     # the Python API reads the same bus
     with daemon.client() as client:

@@ -137,6 +137,14 @@ def test_health_cmd_healthy_then_unhealthy(d: Daemon) -> None:
     assert inspect(d, "hc")["Config"]["Healthcheck"] == {
         "Test": ["CMD-SHELL", "test ! -e /tmp/bad && echo fine"], "Interval": 2_000_000_000,
         "Retries": 2}
+    # A probe is an exec, with an exec's events (as Docker's)
+    until = time.time()
+    actions = d.sbx("events", "--since", "0", "--until", str(until), "--filter",
+                    "container=hc", "--format", "{{.Action}}", check=True).out.splitlines()
+    probe = "/bin/sh -c test ! -e /tmp/bad && echo fine"
+    assert actions.count(f"exec_create: {probe}") >= 3
+    assert actions.count(f"exec_start: {probe}") >= 3
+    assert actions.count("exec_die") >= actions.count(f"exec_start: {probe}")
     d.sbx("rm", "-f", "hc", check=True)
 
 
