@@ -371,3 +371,104 @@ def test_v2_stats_parsed(root):
     assert cg.oom_kills() == 2
     (leaf / "memory.peak").unlink()                        # kernels before 5.19
     assert cg.stats().memory_peak is None
+
+
+# ---------------------------------------------------------------- v2 nesting (zygotes)
+
+def test_v2_nesting_cgroup_keeps_its_processes_in_a_leaf(root):
+    mgr = FakeTreeManager("sandboxd", mount_root=str(root))
+    cg = mgr.create("z1", Limits(memory=40 * MiB, pids=64), nest=True)
+    z1 = root / "sandboxd" / "z1"
+    leaf = z1 / cgroups.LEAF
+    assert cg.paths == (str(z1), str(leaf))       # made in this order, removed reversed
+    # the limits are the cgroup's; the leaf has none of its own
+    assert read(z1 / "memory.max") == str(40 * MiB) and read(z1 / "pids.max") == "64"
+    assert read(leaf / "memory.max") == "max" and read(leaf / "pids.max") == "max"
+    # nothing enabled below it yet: its first process may still pass through it
+    assert read(z1 / "cgroup.subtree_control") == ""
+    cg.join(4242)                                 # an exec: into the leaf
+    assert read(leaf / "cgroup.procs") == "4242"
+    assert read(z1 / "cgroup.procs") == ""
+    assert cg.pids() == [4242]
+    (leaf / "memory.events").write_text("oom 1\noom_kill 1\n")
+    assert cg.oom_kills() == 0                    # the cgroup's (hierarchical) file
+    (z1 / "memory.events").write_text("oom 1\noom_kill 1\n")
+    assert cg.oom_kills() == 1
+
+
+def test_v2_nesting_enter_makes_the_namespace_at_the_cgroup_then_moves_to_the_leaf(root):
+    mgr = FakeTreeManager("sandboxd", mount_root=str(root))
+    z1 = root / "sandboxd" / "z1"
+    seen = []
+
+    def unshare():
+        seen.append((read(z1 / "cgroup.procs"), read(z1 / cgroups.LEAF / "cgroup.procs")))
+
+    mgr.create("z1", Limits(), nest=True).enter(unshare)
+    assert seen == [("0", "")]                    # in the cgroup itself when unsharing
+    assert read(z1 / cgroups.LEAF / "cgroup.procs") == "0"
+
+    plain = root / "sandboxd" / "c1"
+    seen.clear()
+    mgr.create("c1", Limits()).enter(
+        lambda: seen.append(read(plain / "cgroup.procs")))
+    assert seen == ["0"] and not (plain / cgroups.LEAF).exists()
+
+
+def test_v2_tests_cgroups_sit_beside_the_leaf_with_controllers_enabled(root):
+    FakeTreeManager("sandboxd", mount_root=str(root)).create("z1", Limits(), nest=True)
+    z1 = root / "sandboxd" / "z1"
+    tests = FakeTreeManager("sandboxd/z1", mount_root=str(root))
+    t1 = tests.create("t1", Limits(memory=20 * MiB))
+    assert read(z1 / "cgroup.subtree_control") == "+memory +cpu +pids"
+    assert sorted(p.name for p in z1.iterdir() if p.is_dir()) == [cgroups.LEAF, "t1"]
+    assert t1.paths == (str(z1 / "t1"),)
+    assert read(z1 / "t1" / "memory.max") == str(20 * MiB)
+    fds = t1.open_join()
+    try:
+        assert len(fds) == 1
+        os.write(fds[0], b"0")                    # what the test's process does
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert read(z1 / "t1" / "cgroup.procs") == "0"
+    assert read(z1 / cgroups.LEAF / "cgroup.procs") == ""
+
+
+def test_v2_open_join_of_a_removed_cgroup_names_the_file(root):
+    mgr = FakeTreeManager("sandboxd", mount_root=str(root))
+    cg = mgr.create("c1", Limits())
+    (root / "sandboxd" / "c1" / "cgroup.procs").unlink()
+    with pytest.raises(SetupFailed, match=r"open .*/sandboxd/c1/cgroup.procs: No such file"):
+        cg.open_join()
+
+
+def test_v2_open_finds_a_nesting_cgroup(root):
+    mgr = FakeTreeManager("sandboxd", mount_root=str(root))
+    mgr.create("z1", Limits(), nest=True)
+    mgr.create("c1", Limits())
+    z1 = root / "sandboxd" / "z1"
+    assert mgr.open("z1").paths == (str(z1), str(z1 / cgroups.LEAF))
+    assert mgr.open("c1").paths == (str(root / "sandboxd" / "c1"),)
+    assert mgr.names() == ["c1", "z1"]
+
+
+def test_v2_nesting_removal_kills_at_the_cgroup_and_takes_the_leaf_first(root, monkeypatch):
+    # rmdir of a real cgroup directory needs the kernel (its files are not files):
+    # the order is what is checked here, the removal in test_cgroups_kernel.py.
+    removed = []
+    monkeypatch.setattr(cgroups, "_rmdir", removed.append)
+    cg = FakeTreeManager("sandboxd", mount_root=str(root)).create("z1", Limits(), nest=True)
+    cg.remove()
+    z1 = root / "sandboxd" / "z1"
+    assert read(z1 / "cgroup.kill") == "1"        # the whole subtree, tests included
+    assert read(z1 / cgroups.LEAF / "cgroup.kill") == ""
+    assert removed == [str(z1 / cgroups.LEAF), str(z1)]
+
+
+def test_v1_nest_changes_nothing(tmp_path):
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    mgr = CgroupManager("sandboxd", version="v1", mountinfo=str(info))
+    nested, plain = mgr._cgroup("c1", nest=True), mgr._cgroup("c1")
+    assert type(nested) is type(plain) and nested.paths == plain.paths == mgr.paths("c1")
