@@ -780,6 +780,21 @@ class CgroupManager:
             points.append(self.cpuset_root)
         return tuple(dict.fromkeys(f"{p}/{self.parent}" for p in points))
 
+    def nesting_problem(self, release: str = "") -> str:
+        """Why this host cannot give a nesting cgroup's children a join through fds
+        (:meth:`Cgroup.open_join`, written by a process that is not root), or ``""``.
+        v1: none. v2 checks the opener's credentials and cgroup namespace since Linux
+        5.16 only (the writer's before; a stable kernel may carry the fix, but the
+        release cannot tell). ``release``: ``uname -r``'s, this kernel's by default."""
+        if self.version == "v1":
+            return ""
+        release = release or os.uname().release
+        match = re.match(r"(\d+)\.(\d+)", release)
+        if match and (int(match.group(1)), int(match.group(2))) >= (5, 16):
+            return ""
+        return (f"on cgroup v2 a join through an fd opened by another process needs "
+                f"Linux 5.16 or later (this kernel: {release})")
+
     def _cgroup(self, name: str, cpuset: bool = False, nest: bool = False) -> Cgroup:
         """``cpuset``: v1's cgroup spans the cpuset hierarchy too. ``nest``: v2's keeps
         its processes in a leaf (v1 hierarchies nest as they are)."""

@@ -523,6 +523,10 @@ class ForkServer:
             self._check_entry(spec)
         self._retire(spec.id)            # a previous run of this id may still hold its name
         program = self._filter(spec.seccomp, spec.process.capabilities)
+        problem = self.cgroups.nesting_problem() if spec.zygote else ""
+        if problem:
+            raise InvalidArgument(f"zygote: its tests join their cgroups through fds the "
+                                  f"fork server opens, and {problem}")
         # A zygote's own filter lets it make its tests' namespaces and mounts (in its user
         # namespace); each test then adds the container's filter (runner/testfork.py).
         first = self._filter(spec.seccomp, spec.process.capabilities

@@ -472,3 +472,17 @@ def test_v1_nest_changes_nothing(tmp_path):
     mgr = CgroupManager("sandboxd", version="v1", mountinfo=str(info))
     nested, plain = mgr._cgroup("c1", nest=True), mgr._cgroup("c1")
     assert type(nested) is type(plain) and nested.paths == plain.paths == mgr.paths("c1")
+
+
+@pytest.mark.parametrize("release, refused", [
+    ("5.15.0-91-generic", True), ("4.19.0-26-amd64", True), ("5.16.0", False),
+    ("6.18.44-fc-v1272", False), ("10.0.1", False), ("weird", True)])
+def test_v2_nesting_needs_linux_5_16(root, tmp_path, release, refused):
+    problem = FakeTreeManager("sandboxd", mount_root=str(root)).nesting_problem(release)
+    assert bool(problem) == refused
+    if refused:
+        assert "Linux 5.16" in problem and release in problem
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    v1 = CgroupManager("sandboxd", version="v1", mountinfo=str(info))
+    assert v1.nesting_problem(release) == ""          # v1 lets a process move itself
