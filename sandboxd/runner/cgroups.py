@@ -21,10 +21,11 @@ Layout. Every container gets ``<parent>/<name>`` (``sandboxd/<id>``):
   process joins ``<name>`` only to make its cgroup namespace there, then moves into the
   leaf (:meth:`Cgroup.enter`). Child cgroups are siblings of the leaf; the controllers
   are enabled in ``<name>``'s ``cgroup.subtree_control`` with the first of them (a
-  manager whose parent is ``<parent>/<name>``). Counters (``memory.events``,
-  ``memory.current``, ``cpu.stat``, ``pids.current``), freeze and ``cgroup.kill`` of
-  ``<name>`` are hierarchical; removal takes the leaf first (child cgroups are the
-  caller's, removed before). v1 nests as it is: ``nest`` changes nothing there.
+  manager whose parent is ``<parent>/<name>``). Counters (``memory.current``,
+  ``cpu.stat``, ``pids.current``), freeze and ``cgroup.kill`` of ``<name>`` are
+  hierarchical, as v1's; its OOM kills are its own processes' (``memory.events.local``
+  plus the leaf's), as v1 counts them. Removal takes the leaf first (child cgroups are
+  the caller's, removed before). v1 nests as it is: ``nest`` changes nothing there.
 
 Limits follow crun's ``cgroup-resources.c``: one writer per resource, the file name chosen
 inside the driver, and pure converters (:func:`to_max`, :func:`cpu_max`,
@@ -696,7 +697,15 @@ class CgroupV2(Cgroup):
         )
 
     def oom_kills(self) -> int:
-        return _keyed_value(self.path + "/memory.events", "oom_kill")
+        if not self.leaf:
+            return _keyed_value(self.path + "/memory.events", "oom_kill")
+        # A nesting cgroup's memory.events counts its children's kills too (a test's):
+        # its own processes' only, as v1 counts. The kernel counts a kill in the
+        # victim's cgroup: the leaf once memory is enabled below the cgroup (with its
+        # first child), the cgroup itself before.
+        own = _keyed_value(self.path + "/memory.events.local", "oom_kill")
+        leaf = _read_optional(self.leaf + "/memory.events")
+        return own + (_keyed(leaf).get("oom_kill", 0) if leaf is not None else 0)
 
     def _kill_fast(self) -> bool:
         if not self._has_kill:

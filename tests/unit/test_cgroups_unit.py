@@ -190,6 +190,7 @@ V2_CHILD_FILES = {
     "cgroup.kill": "", "memory.max": "max\n", "memory.swap.max": "max\n",
     "memory.current": "0\n", "memory.peak": "0\n",
     "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+    "memory.events.local": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
     "cpu.max": "max 100000\n", "cpu.weight": "100\n", "pids.max": "max\n",
     "pids.current": "0\n",
     "cpu.stat": "usage_usec 0\nuser_usec 0\nsystem_usec 0\nnr_periods 0\n"
@@ -390,9 +391,17 @@ def test_v2_nesting_cgroup_keeps_its_processes_in_a_leaf(root):
     assert read(leaf / "cgroup.procs") == "4242"
     assert read(z1 / "cgroup.procs") == ""
     assert cg.pids() == [4242]
-    (leaf / "memory.events").write_text("oom 1\noom_kill 1\n")
-    assert cg.oom_kills() == 0                    # the cgroup's (hierarchical) file
-    (z1 / "memory.events").write_text("oom 1\noom_kill 1\n")
+
+
+def test_v2_nesting_cgroup_counts_its_own_oom_kills_only(root):
+    # As v1 does: a test's OOM kill is the test's, not its zygote container's.
+    cg = FakeTreeManager("sandboxd", mount_root=str(root)).create("z1", Limits(), nest=True)
+    z1 = root / "sandboxd" / "z1"
+    (z1 / "memory.events").write_text("oom 5\noom_kill 5\n")     # hierarchical: tests too
+    (z1 / "memory.events.local").write_text("oom 1\noom_kill 1\n")  # before memory below
+    (z1 / cgroups.LEAF / "memory.events").write_text("oom 2\noom_kill 2\n")
+    assert cg.oom_kills() == 3 and cg.stats().oom_kills == 3
+    (z1 / cgroups.LEAF / "memory.events").unlink()   # memory not enabled below it (yet)
     assert cg.oom_kills() == 1
 
 
