@@ -577,7 +577,8 @@ class ForkServer:
             container.filter_parked = _filter_at_park(spec, program, park)
         elif ours is not None:
             container.zygote = _Zygote(ours, cgroups.CgroupManager(
-                f"{self.cgroups.parent}/{spec.id}", self.cgroups.mount_root))
+                f"{self.cgroups.parent}/{spec.id}", self.cgroups.mount_root,
+                self.cgroups.version, controllers=self.cgroups.controllers))
             self.selector.register(ours, selectors.EVENT_READ, ("zygote", container))
         self.containers[spec.id] = container
         return _DEFERRED
