@@ -16,6 +16,16 @@ Layout. Every container gets ``<parent>/<name>`` (``sandboxd/<id>``):
   parent's ``cgroup.subtree_control`` (``cpuset`` too once a container asks for one); one
   leaf per container. Processes live only in the
   leaves (the v2 "no internal processes" rule), so the parent never holds a process.
+  A nesting cgroup (``create(nest=True)``: a zygote's, whose tests get cgroups below
+  it) carries the limits and keeps its processes in its child :data:`LEAF`; its first
+  process joins ``<name>`` only to make its cgroup namespace there, then moves into the
+  leaf (:meth:`Cgroup.enter`). Child cgroups are siblings of the leaf; the controllers
+  are enabled in ``<name>``'s ``cgroup.subtree_control`` with the first of them (a
+  manager whose parent is ``<parent>/<name>``). Counters (``memory.current``,
+  ``cpu.stat``, ``pids.current``), freeze and ``cgroup.kill`` of ``<name>`` are
+  hierarchical, as v1's; its OOM kills are its own processes' (``memory.events.local``
+  plus the leaf's), as v1 counts them. Removal takes the leaf first (child cgroups are
+  the caller's, removed before). v1 nests as it is: ``nest`` changes nothing there.
 
 Limits follow crun's ``cgroup-resources.c``: one writer per resource, the file name chosen
 inside the driver, and pure converters (:func:`to_max`, :func:`cpu_max`,
@@ -43,7 +53,11 @@ writing, which waits for an RCU grace period (10-20 ms on a 250 Hz kernel) unles
 move happened a moment before or a hierarchy is mounted ``favordynmods``. On v1 a
 single-threaded process moving itself (``join(0)``) writes ``0`` to ``tasks`` instead:
 the kernel moves just the calling thread and skips that lock (~0.25 ms for all six
-hierarchies, idle or not).
+hierarchies, idle or not). v2 has no such file outside threaded subtrees: a join
+writes ``cgroup.procs`` and takes the lock (``favordynmods``, Linux 6.0+, avoids the wait).
+A process that cannot reach the paths joins through fds opened for it
+(:meth:`Cgroup.open_join`); on v2 the kernel checks the opener's credentials and cgroup
+namespace since Linux 5.16 (before, the writer's).
 
 Errors: a refused write raises ``SetupFailed`` naming the file, the value and the errno
 ("write 41943040 to /sys/fs/cgroup/memory/sandboxd/x/memory.limit_in_bytes: Device or
@@ -57,6 +71,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import Conflict, InvalidArgument, NotFound, SetupFailed
@@ -67,6 +82,8 @@ MOUNTINFO = "/proc/self/mountinfo"
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "devices")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 CPUSET = "cpuset"               # optional: v1 per container that asks, v2 when available
+# v2: the leaf below a nesting cgroup (a zygote's) where its own processes live
+LEAF = "init"
 DEVICE_ALLOWLIST = (
     "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
     "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm",
@@ -337,8 +354,25 @@ class Cgroup(abc.ABC):
         for path in self._procs:
             _write(path, value)
 
+    def enter(self, unshare: Callable[[], None]) -> None:
+        """The container's first process (single-threaded, freshly forked) joins and
+        calls ``unshare``, which makes its cgroup namespace: the namespace's root is then
+        this cgroup, what the container sees at /sys/fs/cgroup. A nesting v2 cgroup
+        moves the caller on into its leaf afterwards."""
+        self.join(0)
+        unshare()
+
+    @abc.abstractmethod
+    def open_join(self) -> list[int]:
+        """The file(s) through which a process joins the cgroup, opened for writing
+        (close-on-exec): a single-threaded process that cannot reach the paths (a
+        zygote's test) joins by writing ``0`` to each. The kernel checks the opener's
+        credentials (and on v2 its cgroup namespace), and a pid written there names only
+        what the writer's pid namespace holds."""
+
     def pids(self) -> list[int]:
-        """Processes in the cgroup (any hierarchy); a removed cgroup holds none."""
+        """Processes in the cgroup (any hierarchy); a removed cgroup holds none. A
+        nesting v2 cgroup: those of its leaf (its child cgroups' are their own)."""
         found: set[int] = set()
         for path in self._procs:
             try:
@@ -464,12 +498,9 @@ class CgroupV1(Cgroup):
         for path in self.paths:
             _write(path + "/tasks", "0")
 
-    def open_tasks(self) -> list[int]:
-        """Its ``tasks`` file in every hierarchy, opened for writing (close-on-exec): a
-        single-threaded process that cannot reach the paths (a zygote's test) joins by
-        writing ``0`` to each, as :meth:`join` does with 0. The kernel checks the
-        opener's credentials, and a pid names only what the writer's pid namespace
-        holds."""
+    def open_join(self) -> list[int]:
+        # Its ``tasks`` files: a write of 0 there moves the calling thread alone (no
+        # threadgroup lock, see join).
         fds: list[int] = []
         try:
             for path in self.paths:
@@ -567,14 +598,44 @@ class CgroupV1(Cgroup):
 
 
 class CgroupV2(Cgroup):
-    """The v2 driver: one leaf directory."""
+    """The v2 driver: one directory, a leaf; or, nesting (``leaf``: a zygote's), one
+    with limits whose own processes live in its child ``leaf`` (no limits of its own),
+    so that child cgroups with limits can sit beside that leaf (the kernel refuses
+    controllers in ``cgroup.subtree_control`` of a cgroup holding processes)."""
 
     version = "v2"
 
-    def __init__(self, name: str, path: str, controllers: tuple[str, ...] = V2_CONTROLLERS):
+    def __init__(self, name: str, path: str, controllers: tuple[str, ...] = V2_CONTROLLERS,
+                 leaf: str = ""):
         super().__init__(name, {c: path for c in controllers})
         self.path = path
+        self.leaf = f"{path}/{leaf}" if leaf else ""
+        if self.leaf:
+            # Made after, and removed before, the cgroup itself; processes live there.
+            self.paths = (path, self.leaf)
+            self._procs = (self.leaf + "/cgroup.procs",)
         self._has_kill = True
+
+    def enter(self, unshare: Callable[[], None]) -> None:
+        if not self.leaf:
+            super().enter(unshare)
+            return
+        # The namespace's root is the cgroup itself (limits, and the tests' cgroups
+        # beside the leaf, in view); then on into the leaf. Its subtree_control is still
+        # empty (controllers are enabled there only with the first child cgroup), so the
+        # kernel lets a process in for this moment.
+        _write(self.path + "/cgroup.procs", "0")
+        unshare()
+        _write(self.leaf + "/cgroup.procs", "0")
+
+    def open_join(self) -> list[int]:
+        # cgroup.procs: v2 moves single threads only inside a threaded subtree, so "0"
+        # moves the writer's whole process, under the threadgroup lock (see join).
+        path = self._procs[0]
+        try:
+            return [os.open(path, os.O_WRONLY | os.O_CLOEXEC)]
+        except OSError as e:
+            raise _failed("open", path, e) from e
 
     def _set_memory(self, limits: Limits, fresh: bool) -> None:
         memory = _unlimited(limits.memory)
@@ -636,7 +697,15 @@ class CgroupV2(Cgroup):
         )
 
     def oom_kills(self) -> int:
-        return _keyed_value(self.path + "/memory.events", "oom_kill")
+        if not self.leaf:
+            return _keyed_value(self.path + "/memory.events", "oom_kill")
+        # A nesting cgroup's memory.events counts its children's kills too (a test's):
+        # its own processes' only, as v1 counts. The kernel counts a kill in the
+        # victim's cgroup: the leaf once memory is enabled below the cgroup (with its
+        # first child), the cgroup itself before.
+        own = _keyed_value(self.path + "/memory.events.local", "oom_kill")
+        leaf = _read_optional(self.leaf + "/memory.events")
+        return own + (_keyed(leaf).get("oom_kill", 0) if leaf is not None else 0)
 
     def _kill_fast(self) -> bool:
         if not self._has_kill:
@@ -665,11 +734,13 @@ class CgroupManager:
     """Creates, opens and lists the cgroups under one parent (``sandboxd``).
 
     ``version`` ``None`` detects it from ``mount_root``; ``mountinfo`` is read once to
-    find the v1 hierarchies. Both are parameters so tests can point them at a tree of
-    their own."""
+    find the v1 hierarchies; ``controllers`` are those v2 needs and enables down to the
+    parent. They are parameters so tests can point them at a tree of their own (or at a
+    cgroup2 that offers other controllers)."""
 
     def __init__(self, parent: str = "sandboxd", mount_root: str = MOUNT_ROOT,
-                 version: str | None = None, mountinfo: str = MOUNTINFO):
+                 version: str | None = None, mountinfo: str = MOUNTINFO,
+                 controllers: tuple[str, ...] = V2_CONTROLLERS):
         if not isinstance(parent, str) or parent.startswith("/"):
             raise InvalidArgument(f"cgroup parent: {parent!r} must be a relative path")
         for part in parent.split("/"):
@@ -677,6 +748,7 @@ class CgroupManager:
         self.parent = parent
         self.mount_root = mount_root.rstrip("/") or "/"
         self.version = version or detect(self.mount_root)
+        self.controllers = controllers
         if self.version == "v1":
             with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
                 text = f.read()
@@ -717,15 +789,31 @@ class CgroupManager:
             points.append(self.cpuset_root)
         return tuple(dict.fromkeys(f"{p}/{self.parent}" for p in points))
 
-    def _cgroup(self, name: str, cpuset: bool = False) -> Cgroup:
-        """``cpuset``: v1's cgroup spans the cpuset hierarchy too."""
+    def nesting_problem(self, release: str = "") -> str:
+        """Why this host cannot give a nesting cgroup's children a join through fds
+        (:meth:`Cgroup.open_join`, written by a process that is not root), or ``""``.
+        v1: none. v2 checks the opener's credentials and cgroup namespace since Linux
+        5.16 only (the writer's before; a stable kernel may carry the fix, but the
+        release cannot tell). ``release``: ``uname -r``'s, this kernel's by default."""
+        if self.version == "v1":
+            return ""
+        release = release or os.uname().release
+        match = re.match(r"(\d+)\.(\d+)", release)
+        if match and (int(match.group(1)), int(match.group(2))) >= (5, 16):
+            return ""
+        return (f"on cgroup v2 a join through an fd opened by another process needs "
+                f"Linux 5.16 or later (this kernel: {release})")
+
+    def _cgroup(self, name: str, cpuset: bool = False, nest: bool = False) -> Cgroup:
+        """``cpuset``: v1's cgroup spans the cpuset hierarchy too. ``nest``: v2's keeps
+        its processes in a leaf (v1 hierarchies nest as they are)."""
         if self.version == "v1":
             dirs = self._dirs(name)
             if cpuset:
                 dirs[CPUSET] = f"{self.cpuset_root}/{self.parent}/{name}"
             return CgroupV1(name, dirs)
         return CgroupV2(name, f"{self.mount_root}/{self.parent}/{name}",
-                        V2_CONTROLLERS + (CPUSET,))
+                        V2_CONTROLLERS + (CPUSET,), LEAF if nest else "")
 
     def _ensure_cpuset_v1(self) -> None:
         """The parent in the cpuset hierarchy, each level's CPUs and memory nodes copied
@@ -800,7 +888,7 @@ class CgroupManager:
     def _ensure_parent_v2(self) -> None:
         root = self.mount_root
         available = _read(root + "/cgroup.controllers").split()
-        missing = [c for c in V2_CONTROLLERS if c not in available]
+        missing = [c for c in self.controllers if c not in available]
         if missing:
             raise SetupFailed(f"cgroup v2 at {root} lacks controllers {', '.join(missing)} "
                               f"(cgroup.controllers: {' '.join(available) or 'none'}); they "
@@ -814,11 +902,10 @@ class CgroupManager:
             self._mkdir_exist_ok(level)
             self._enable_controllers(level)
 
-    def _enable_controllers(self, path: str, controllers: tuple[str, ...] = V2_CONTROLLERS
-                            ) -> None:
+    def _enable_controllers(self, path: str, controllers: tuple[str, ...] = ()) -> None:
         control = path + "/cgroup.subtree_control"
         enabled = _read(control).split()
-        wanted = [c for c in controllers if c not in enabled]
+        wanted = [c for c in controllers or self.controllers if c not in enabled]
         if not wanted:
             return
         try:
@@ -830,8 +917,11 @@ class CgroupManager:
                               f"{path} holds processes; move them to a child cgroup)",
                               e.details) from e
 
-    def create(self, name: str, limits: Limits) -> Cgroup:
+    def create(self, name: str, limits: Limits, nest: bool = False) -> Cgroup:
         """Make the cgroup ``<parent>/<name>`` in every hierarchy with ``limits`` set.
+        ``nest``: it will hold child cgroups with limits of their own (a zygote's tests,
+        made by a manager whose parent is ``<parent>/<name>``); on v2 its processes
+        then live in its leaf :data:`LEAF`.
 
         An existing one raises ``Conflict``; any failure removes what this call made."""
         _check_component(name, "cgroup name")
@@ -843,7 +933,7 @@ class CgroupManager:
                 self._ensure_cpuset_v1()
             else:
                 self._ensure_cpuset_v2()
-        cgroup = self._cgroup(name, cpuset)
+        cgroup = self._cgroup(name, cpuset, nest)
         made: list[str] = []
         try:
             for path in cgroup.paths:
@@ -871,7 +961,9 @@ class CgroupManager:
         removed); ``NotFound`` when it exists in no hierarchy."""
         _check_component(name, "cgroup name")
         cgroup = self._cgroup(name, self.version == "v1" and bool(self.cpuset_root) and
-                              os.path.isdir(f"{self.cpuset_root}/{self.parent}/{name}"))
+                              os.path.isdir(f"{self.cpuset_root}/{self.parent}/{name}"),
+                              self.version == "v2" and os.path.isdir(
+                                  f"{self.mount_root}/{self.parent}/{name}/{LEAF}"))
         if not any(os.path.isdir(p) for p in cgroup.paths):
             raise NotFound(f"no cgroup {self.parent}/{name} under {self.mount_root}",
                            {"name": name})

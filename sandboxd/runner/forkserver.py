@@ -230,13 +230,17 @@ def _container_first(spec: ContainerSpec, plan: list[Step], cgroup: Any,
     try:
         child.not_dumpable()
         child.reset_signals()
-        cgroup.join(0)
         cloned = child.pid_clone_flags(spec) is not None
-        try:
-            child.enter_namespaces(spec, cloned)
-        except OSError as e:
-            raise SetupFailed(f"create namespaces: {e.strerror}",
-                              {"step": "namespaces", "errno": e.errno or 0}) from None
+
+        def unshare() -> None:
+            try:
+                child.enter_namespaces(spec, cloned)
+            except OSError as e:
+                raise SetupFailed(f"create namespaces: {e.strerror}",
+                                  {"step": "namespaces", "errno": e.errno or 0}) from None
+
+        # Joined before the cgroup namespace is made, so that its root is ours.
+        cgroup.enter(unshare)
         if spec.sysctls:
             child.apply_sysctls(spec.sysctls)
         pid = 0 if cloned else os.fork()
@@ -519,10 +523,10 @@ class ForkServer:
             self._check_entry(spec)
         self._retire(spec.id)            # a previous run of this id may still hold its name
         program = self._filter(spec.seccomp, spec.process.capabilities)
-        if spec.zygote and self.cgroups.version != "v1":
-            raise InvalidArgument("zygote: its tests' cgroups nest below its own, which "
-                                  "cgroup v2 refuses for a cgroup that holds processes; "
-                                  "this runner does zygotes on cgroup v1 only")
+        problem = self.cgroups.nesting_problem() if spec.zygote else ""
+        if problem:
+            raise InvalidArgument(f"zygote: its tests join their cgroups through fds the "
+                                  f"fork server opens, and {problem}")
         # A zygote's own filter lets it make its tests' namespaces and mounts (in its user
         # namespace); each test then adds the container's filter (runner/testfork.py).
         first = self._filter(spec.seccomp, spec.process.capabilities
@@ -538,7 +542,8 @@ class ForkServer:
                                                  tuple(images))
             # Built here, where its cached parts stay warm.
             plan = build_plan(spec, self.mnt, self.cgroups.cgroupfs, hold, images)
-            cgroup = self.cgroups.create(spec.id, spec.limits)
+            # A zygote's tests' cgroups nest below its own (on v2 beside its leaf).
+            cgroup = self.cgroups.create(spec.id, spec.limits, nest=spec.zygote)
         except BaseException:
             for fd in (hold, *images):
                 _close_quietly(fd)
@@ -572,7 +577,8 @@ class ForkServer:
             container.filter_parked = _filter_at_park(spec, program, park)
         elif ours is not None:
             container.zygote = _Zygote(ours, cgroups.CgroupManager(
-                f"{self.cgroups.parent}/{spec.id}", self.cgroups.mount_root))
+                f"{self.cgroups.parent}/{spec.id}", self.cgroups.mount_root,
+                self.cgroups.version, controllers=self.cgroups.controllers))
             self.selector.register(ours, selectors.EVENT_READ, ("zygote", container))
         self.containers[spec.id] = container
         return _DEFERRED
@@ -647,8 +653,8 @@ class ForkServer:
             raise InvalidArgument("zygote: a request is a map")
         op = msg.get("op")
         if op == "cgroup":
-            # The kernel vouches for the pid; it must be the zygote's own (in its cgroup),
-            # and not its trusted pid 1.
+            # The kernel vouches for the pid; it must be the zygote's own (in its cgroup:
+            # on v2, its leaf), and not its trusted pid 1.
             if pid <= 0 or pid == container.pid or pid not in container.cgroup.pids():
                 raise InvalidArgument(f"zygote: process {pid} is not one of the zygote's")
             if len(z.tests) >= zygote.MAX_TEST_CGROUPS:
@@ -659,10 +665,10 @@ class ForkServer:
             name = f"t{z.counter}"
             cgroup = z.manager.create(name, limits)
             try:
-                # The test's process joins by itself through these (no threadgroup
-                # lock: a join by pid here can wait for an RCU grace period, and
-                # the fork server waits with it).
-                tasks = cgroup.open_tasks()
+                # The test's process joins by itself through these: a join by pid here
+                # can wait for an RCU grace period (v1 tasks: not even the test does),
+                # and the fork server would wait with it.
+                joins = cgroup.open_join()
             except BaseException:
                 cgroup.remove()
                 raise
@@ -670,7 +676,7 @@ class ForkServer:
             # The test's own filter, for the container's capabilities (the zygote's
             # also allows what only its extra capabilities need).
             return {"cgroup": name,
-                    "seccomp": container.program and container.program.to_wire()}, tasks
+                    "seccomp": container.program and container.program.to_wire()}, joins
         if op == "ended":
             cgroup = z.tests.pop(str(msg.get("cgroup")), None)
             if cgroup is None:

@@ -7,9 +7,10 @@ host) and the child, before any test code runs:
 
 1. asks the fork server, over the zygote's channel, for its cgroup: the kernel stamps the
    request with the child's host pid (``SCM_CREDENTIALS``), the fork server makes a
-   cgroup below the zygote's with the test's limits and hands back its v1 ``tasks``
-   files, opened for writing; the child joins by writing ``0`` to each (itself alone:
-   no threadgroup lock, so no RCU grace period to wait for) and closes them;
+   cgroup below the zygote's with the test's limits and hands back the files to join
+   it through, opened for writing (v1: its ``tasks`` files; v2: its ``cgroup.procs``);
+   the child joins by writing ``0`` to each and closes them. On v1 that moves the
+   child's one thread alone: no threadgroup lock, so no RCU grace period to wait for;
 2. makes its mounts private and mounts its own ``/tmp``, ``/dev/shm``, ``/dev/mqueue`` and
    ``/proc`` (its pid namespace's), masking and write-protecting the same /proc paths as
    any container;
@@ -53,7 +54,7 @@ TEST_NAMESPACES = (sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWNET | sc.CLONE
 NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 SETUP_FAILED = 125                   # the child's exit status when it could not set up
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-MAX_CGROUP_FDS = 16                  # tasks files one answer may carry
+MAX_CGROUP_FDS = 16                  # join files one answer may carry
 # Control messages, child -> zygote (one SEQPACKET message each), and zygote -> child.
 CGROUP, FAILED, STARTED, FINISHED, RELEASE = b"c", b"f", b"s", b"d", b"g"
 
@@ -295,19 +296,19 @@ def _join_cgroup(channel: int, limits: dict[str, Any], control: socket.socket
     at the end however the join went); the container's seccomp filter (None:
     unconfined)."""
     try:
-        answer, tasks = _ask(channel, {"op": "cgroup", "limits": limits})
+        answer, joins = _ask(channel, {"op": "cgroup", "limits": limits})
     except OSError as e:
         raise TestSetupFailed(f"ask for the test's cgroup: {e.strerror}") from None
     try:
         control.send(CGROUP + str(answer["cgroup"]).encode())
-        if not tasks:
-            raise TestSetupFailed("the fork server sent no tasks files for the cgroup")
-        for fd in tasks:
+        if not joins:
+            raise TestSetupFailed("the fork server sent no files to join the cgroup by")
+        for fd in joins:
             os.write(fd, b"0")
     except OSError as e:
         raise TestSetupFailed(f"join the test's cgroup: {e.strerror}") from None
     finally:
-        for fd in tasks:
+        for fd in joins:
             os.close(fd)
     wire = answer.get("seccomp")
     return seccomp.Program.from_wire(wire) if wire else None

@@ -33,9 +33,17 @@ test's own /proc is masked again before its capabilities are dropped.
 The test's cgroup is made by the fork server, not by the zygote: the test's process asks
 over the channel (fd 3), the kernel stamps its host pid on the request
 (``SCM_CREDENTIALS``), and the fork server, after checking that this pid is in the
-zygote's cgroup, makes a cgroup *below the zygote's* with the asked limits, moves the pid
-there and answers. Below: whatever a zygote asks, its tests stay within the zygote's own
-limits (v1 hierarchies, and v2, are hierarchical).
+zygote's cgroup, makes a cgroup *below the zygote's* with the asked limits and answers
+with the files the pid joins it through (the test writes ``0`` to them itself). Below:
+whatever a zygote asks, its tests stay within the zygote's own limits (v1 hierarchies,
+and v2, are hierarchical).
+
+cgroup v2 keeps processes in leaves only: a cgroup with processes cannot enable
+controllers for its children. So on v2 the zygote container's cgroup ``<id>`` (its
+limits) holds no process: pid 1 joins it, makes its cgroup namespace there (the
+container sees ``<id>`` at /sys/fs/cgroup) and moves on into the leaf ``<id>/init``,
+where the zygote is forked; each test's cgroup ``<id>/t<N>`` is that leaf's sibling
+(:data:`sandboxd.runner.cgroups.LEAF`, ``CgroupManager.create(nest=True)``).
 """
 from __future__ import annotations
 

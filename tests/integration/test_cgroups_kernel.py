@@ -8,8 +8,10 @@ no controllers (the hybrid host's ``/sys/fs/cgroup/unified``) when there is one.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -376,3 +378,156 @@ def test_v2_process_control_on_unified(procs):
         for path in (parent + "/c1", parent):
             if os.path.isdir(path):
                 os.rmdir(path)
+
+
+# ---------------------------------------------------------------- v2 nesting (zygotes)
+
+ZYGOTE_UID = 0x70000000             # runner/zygote.py's ZYGOTE_ID_BASE: not host root
+
+
+def hugetlb_on_unified() -> bool:
+    if not unified_available():
+        return False
+    with open(UNIFIED + "/cgroup.controllers") as f:
+        return "hugetlb" in f.read().split()
+
+
+def v2_cgroup() -> str:
+    """The cgroup2 line of /proc/self/cgroup (a hybrid host lists the v1 ones too)."""
+    with open("/proc/self/cgroup") as f:
+        return next(line.strip() for line in f if line.startswith("0::"))
+
+
+def _child(sock, body) -> None:
+    """In a forked child: run ``body``, report an error over ``sock``, never return."""
+    try:
+        body()
+    except BaseException as e:               # the parent's assertion says what
+        try:
+            sock.send(f"error {type(e).__name__}: {e}".encode())
+        except OSError:
+            pass
+        os._exit(1)
+    os._exit(0)
+
+
+@pytest.mark.skipif(not hugetlb_on_unified(),
+                    reason=f"no cgroup2 at {UNIFIED} offering a controller (hugetlb) to "
+                           f"nest with")
+def test_v2_nesting_and_fd_join_on_unified(tmp_path):
+    """The zygote's v2 layout on the real kernel. The hybrid host's cgroup2 offers
+    hugetlb only (the rest is bound to v1): enabled down to the zygote's cgroup, it is
+    enough for the kernel's no-internal-process rule to apply. A forked "pid 1" enters
+    the nesting cgroup (cgroup namespace made there, then into the leaf); the "fork
+    server" (this process) then makes a test cgroup beside the leaf, which enables the
+    controller in the zygote's cgroup, and opens its cgroup.procs; a "test" forked by
+    pid 1, no longer root (host uid 0x70000000), joins through that fd alone."""
+    from sandboxd.runner import syscalls as sc
+    parent = f"sbxtest-{os.getpid()}"
+    root_control = UNIFIED + "/cgroup.subtree_control"
+    with open(root_control) as f:
+        root_had = "hugetlb" in f.read().split()
+    mgr = CgroupManager(parent, mount_root=UNIFIED, version="v2", controllers=("hugetlb",))
+    z1 = f"{UNIFIED}/{parent}/z1"
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid1 = 0
+    try:
+        zcg = mgr.create("z1", Limits(), nest=True)
+        assert zcg.paths == (z1, z1 + "/" + cgroups.LEAF)
+        view = tmp_path / "view"
+        view.mkdir()
+
+        def as_pid1() -> None:
+            ours.close()
+
+            def unshare() -> None:
+                sc.unshare(sc.CLONE_NEWCGROUP | sc.CLONE_NEWNS)
+            zcg.enter(unshare)
+            # What the container sees: its cgroup namespace's root is z1.
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            sc.mount("cgroup2", str(view), "cgroup2", sc.MS_RDONLY)
+            theirs.send(f"pid1 {v2_cgroup()} {sorted(os.listdir(view))}".encode())
+            fds = socket.recv_fds(theirs, 64, 1)[1]        # the test's cgroup, opened
+            theirs.send(f"view {sorted(d for d in os.listdir(view) if '.' not in d)}"
+                        .encode())
+            test = os.fork()
+            if test == 0:
+                def as_test() -> None:
+                    os.setgroups([])
+                    os.setresgid(ZYGOTE_UID, ZYGOTE_UID, ZYGOTE_UID)
+                    os.setresuid(ZYGOTE_UID, ZYGOTE_UID, ZYGOTE_UID)
+                    try:
+                        os.open(z1 + "/t1/cgroup.procs", os.O_WRONLY)
+                        by_path = "opened"
+                    except PermissionError:
+                        by_path = "EACCES"
+                    os.write(fds[0], b"0")
+                    os.close(fds[0])
+                    theirs.send(f"test {v2_cgroup()} {by_path}".encode())
+                    theirs.recv(1)                          # stay until killed
+                _child(theirs, as_test)
+            os.close(fds[0])
+            theirs.recv(1)
+
+        pid1 = os.fork()
+        if pid1 == 0:
+            _child(theirs, as_pid1)
+        theirs.close()
+        said = ours.recv(4096).decode()
+        assert said.startswith("pid1 0::/init "), said
+        assert "'init'" in said and "'cgroup.subtree_control'" in said
+        assert zcg.pids() == [pid1]
+        with open(z1 + "/cgroup.procs") as f:
+            assert f.read() == ""                 # the cgroup itself holds no process
+        # The fork server's side: a test cgroup beside the leaf, controller enabled.
+        tests = CgroupManager(f"{parent}/z1", mount_root=UNIFIED, version="v2",
+                              controllers=("hugetlb",))
+        t1 = tests.create("t1", Limits())
+        with open(z1 + "/cgroup.subtree_control") as f:
+            assert f.read().split() == ["hugetlb"]
+        # Which the kernel allows only because z1 holds no process now:
+        with pytest.raises(OSError) as busy:
+            with open(z1 + "/cgroup.procs", "w") as f:
+                f.write(str(pid1))
+        assert busy.value.errno == errno.EBUSY
+        fds = t1.open_join()
+        try:
+            socket.send_fds(ours, [b"t1"], fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        said = ours.recv(4096).decode()
+        assert said == "view ['init', 't1']", said            # the live cgroupfs view
+        said = ours.recv(4096).decode()
+        # Not root: the path itself is closed to it; the fd, opened by root, works, and
+        # it sees itself at /t1 of its zygote's namespace.
+        assert said == "test 0::/t1 EACCES", said
+        test_pids = t1.pids()
+        assert len(test_pids) == 1 and test_pids[0] not in (pid1, os.getpid())
+        assert zcg.pids() == [pid1]
+        # Removal: the test's cgroup first (as the fork server does), then the
+        # zygote's: cgroup.kill of z1 takes pid 1, the leaf goes before z1.
+        t1.remove()
+        assert not os.path.exists(z1 + "/t1")
+        zcg.remove()
+        assert os.waitpid(pid1, 0)[1] == signal.SIGKILL
+        pid1 = 0
+        assert not os.path.exists(z1)
+    finally:
+        ours.close()
+        if pid1:
+            os.kill(pid1, signal.SIGKILL)
+            os.waitpid(pid1, 0)
+        for path in (z1 + "/t1", z1 + "/" + cgroups.LEAF, z1, f"{UNIFIED}/{parent}"):
+            for _ in range(100):
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)          # EBUSY for a moment after the last exit
+        if not root_had:
+            with open(root_control, "w") as f:
+                f.write("-hugetlb")
+    assert not os.path.exists(f"{UNIFIED}/{parent}")

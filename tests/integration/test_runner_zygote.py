@@ -11,12 +11,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from harness import remove_cgroup_parent
+from harness import remove_cgroup_parent, wait_until
 from sandboxd.errors import InvalidArgument
 from sandboxd.images.host import host_rootfs
 from sandboxd.runner import Runner
@@ -46,8 +48,11 @@ def test(req):
     open("/tmp/mark", "w").write(req["hostname"])
     open("/dev/shm/mark", "w").write(req["hostname"])
     seen["timer_list"] = open("/proc/timer_list").read()       # masked: /dev/null
+    seen["cgroup2"] = next(l.strip() for l in open("/proc/self/cgroup") if l[:3] == "0::")
+    seen["cgroupfs"] = sorted(d for d in os.listdir("/sys/fs/cgroup") if "." not in d)
     for path in ("/proc/sys/vm/drop_caches", "/dev/.sandboxd-proc/proc/1/status",
-                 "/sys/fs/cgroup/memory/cgroup.procs", "/sys/fs/cgroup/pids/pids.max"):
+                 "/sys/fs/cgroup/memory/cgroup.procs", "/sys/fs/cgroup/pids/pids.max",
+                 "/sys/fs/cgroup/cgroup.procs"):
         try:
             open(path, "w").close()
             seen[path] = "opened"
@@ -278,3 +283,91 @@ def test_zygote_spec_is_checked(runner, host_root, script):
     with pytest.raises(InvalidArgument, match="zygote"):
         runner.run(bad, timeout=10)
     assert Limits  # the wire form of Limits is what a test asks for
+
+
+# ---------------------------------------------------------------- cgroup v2
+
+UNIFIED = "/sys/fs/cgroup/unified"
+V2_PARENT = f"sbxtest-zyg-{os.getpid()}"
+
+# The fork server as sandboxd.runner.forkserver.main starts it, its cgroups on the
+# hybrid host's cgroup2 instead. That one offers hugetlb only (memory, cpu and pids are
+# bound to v1): enabled down to the zygote's cgroup, it is enough for the kernel's
+# no-internal-process rule to apply. Its counters have no memory.current or
+# pids.current, so stats() reads zeros here; nothing else is replaced.
+V2_SERVER = r'''
+import socket, sys
+from sandboxd.runner import cgroups, forkserver
+cgroups.CgroupV2.stats = lambda self: cgroups.CgroupStats(0, None, 0, 0, 0, 0, 0)
+server = forkserver.ForkServer(socket.socket(fileno=int(sys.argv[1])), sys.argv[2],
+                               sys.argv[3])
+server.cgroups = cgroups.CgroupManager(sys.argv[3], mount_root=sys.argv[4], version="v2",
+                                       controllers=("hugetlb",))
+server.serve()
+'''
+
+
+class UnifiedRunner(Runner):
+    def start(self) -> None:
+        os.makedirs(self.state_dir, 0o700, exist_ok=True)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", V2_SERVER, str(theirs.fileno()), self.state_dir,
+             self.cgroup_parent, UNIFIED], pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": PACKAGE_ROOT})
+        theirs.close()
+        self._sock = ours
+        self.cgroup_version = self._next_message().get("cgroup_version", "")
+
+
+def _hugetlb_on_unified() -> bool:
+    try:
+        with open(UNIFIED + "/cgroup.controllers") as f:
+            return "hugetlb" in f.read().split()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _hugetlb_on_unified(),
+                    reason=f"no cgroup2 at {UNIFIED} offering a controller (hugetlb)")
+def test_zygote_on_cgroup_v2(tmp_path, host_root, script):
+    """The whole path on v2, through the fork server: the zygote's cgroup nests (pid 1
+    and the zygote in its leaf), each test gets a cgroup beside the leaf, made after the
+    zygote's pid check, joined through the fd the fork server opened, and sees itself
+    at /t<N> of a read-only cgroup2 rooted at the zygote's cgroup; all of it is gone
+    once the zygote's container is."""
+    root_control = UNIFIED + "/cgroup.subtree_control"
+    with open(root_control) as f:
+        root_had = "hugetlb" in f.read().split()
+    runner = UnifiedRunner(state_dir=str(tmp_path / "runner"), cgroup_parent=V2_PARENT)
+    parent = Path(UNIFIED, V2_PARENT)
+    try:
+        runner.start()
+        assert runner.cgroup_version == "v2"
+        spec = _spec(host_root, script)
+        lines, _ = _run(runner, spec, [{"hostname": "first"}, {"hostname": "second"}])
+        assert len(lines) == 5, lines           # two tests seen and ended, the zygote's end
+        first, end1, second, end2, last = lines
+        assert end1 == end2 == {"exit": 0, "oom_killed": False}
+        assert "zygote_alive" in last
+        assert (first["cgroup2"], second["cgroup2"]) == ("0::/t1", "0::/t2")
+        # The zygote's cgroup: its leaf, and this test's own (the one before is gone
+        # or going: removed when the fork server is idle).
+        assert {"init", "t2"} <= set(second["cgroupfs"]) <= {"init", "t1", "t2"}
+        assert second["/sys/fs/cgroup/cgroup.procs"] == "Read-only file system"
+        assert first["pid"] == 1 and first["procs"] == [1] and first["killed"] == []
+        # Removed once the fork server is idle after the exit: tests, leaf, its own.
+        wait_until(lambda: not (parent / spec.id).exists(), 5, "the zygote's cgroup gone")
+    finally:
+        runner.close()
+        leftovers = []
+        if parent.is_dir():
+            for below in sorted(parent.glob("**/"), key=lambda p: -len(p.parts)):
+                if below != parent:
+                    leftovers.append(str(below.relative_to(parent)))
+                    below.rmdir()
+            parent.rmdir()
+        if not root_had:
+            with open(root_control, "w") as f:
+                f.write("-hugetlb")
+        assert not leftovers, f"cgroups left in {parent}: {leftovers}"

@@ -190,6 +190,7 @@ V2_CHILD_FILES = {
     "cgroup.kill": "", "memory.max": "max\n", "memory.swap.max": "max\n",
     "memory.current": "0\n", "memory.peak": "0\n",
     "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+    "memory.events.local": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
     "cpu.max": "max 100000\n", "cpu.weight": "100\n", "pids.max": "max\n",
     "pids.current": "0\n",
     "cpu.stat": "usage_usec 0\nuser_usec 0\nsystem_usec 0\nnr_periods 0\n"
@@ -371,3 +372,126 @@ def test_v2_stats_parsed(root):
     assert cg.oom_kills() == 2
     (leaf / "memory.peak").unlink()                        # kernels before 5.19
     assert cg.stats().memory_peak is None
+
+
+# ---------------------------------------------------------------- v2 nesting (zygotes)
+
+def test_v2_nesting_cgroup_keeps_its_processes_in_a_leaf(root):
+    mgr = FakeTreeManager("sandboxd", mount_root=str(root))
+    cg = mgr.create("z1", Limits(memory=40 * MiB, pids=64), nest=True)
+    z1 = root / "sandboxd" / "z1"
+    leaf = z1 / cgroups.LEAF
+    assert cg.paths == (str(z1), str(leaf))       # made in this order, removed reversed
+    # the limits are the cgroup's; the leaf has none of its own
+    assert read(z1 / "memory.max") == str(40 * MiB) and read(z1 / "pids.max") == "64"
+    assert read(leaf / "memory.max") == "max" and read(leaf / "pids.max") == "max"
+    # nothing enabled below it yet: its first process may still pass through it
+    assert read(z1 / "cgroup.subtree_control") == ""
+    cg.join(4242)                                 # an exec: into the leaf
+    assert read(leaf / "cgroup.procs") == "4242"
+    assert read(z1 / "cgroup.procs") == ""
+    assert cg.pids() == [4242]
+
+
+def test_v2_nesting_cgroup_counts_its_own_oom_kills_only(root):
+    # As v1 does: a test's OOM kill is the test's, not its zygote container's.
+    cg = FakeTreeManager("sandboxd", mount_root=str(root)).create("z1", Limits(), nest=True)
+    z1 = root / "sandboxd" / "z1"
+    (z1 / "memory.events").write_text("oom 5\noom_kill 5\n")     # hierarchical: tests too
+    (z1 / "memory.events.local").write_text("oom 1\noom_kill 1\n")  # before memory below
+    (z1 / cgroups.LEAF / "memory.events").write_text("oom 2\noom_kill 2\n")
+    assert cg.oom_kills() == 3 and cg.stats().oom_kills == 3
+    (z1 / cgroups.LEAF / "memory.events").unlink()   # memory not enabled below it (yet)
+    assert cg.oom_kills() == 1
+
+
+def test_v2_nesting_enter_makes_the_namespace_at_the_cgroup_then_moves_to_the_leaf(root):
+    mgr = FakeTreeManager("sandboxd", mount_root=str(root))
+    z1 = root / "sandboxd" / "z1"
+    seen = []
+
+    def unshare():
+        seen.append((read(z1 / "cgroup.procs"), read(z1 / cgroups.LEAF / "cgroup.procs")))
+
+    mgr.create("z1", Limits(), nest=True).enter(unshare)
+    assert seen == [("0", "")]                    # in the cgroup itself when unsharing
+    assert read(z1 / cgroups.LEAF / "cgroup.procs") == "0"
+
+    plain = root / "sandboxd" / "c1"
+    seen.clear()
+    mgr.create("c1", Limits()).enter(
+        lambda: seen.append(read(plain / "cgroup.procs")))
+    assert seen == ["0"] and not (plain / cgroups.LEAF).exists()
+
+
+def test_v2_tests_cgroups_sit_beside_the_leaf_with_controllers_enabled(root):
+    FakeTreeManager("sandboxd", mount_root=str(root)).create("z1", Limits(), nest=True)
+    z1 = root / "sandboxd" / "z1"
+    tests = FakeTreeManager("sandboxd/z1", mount_root=str(root))
+    t1 = tests.create("t1", Limits(memory=20 * MiB))
+    assert read(z1 / "cgroup.subtree_control") == "+memory +cpu +pids"
+    assert sorted(p.name for p in z1.iterdir() if p.is_dir()) == [cgroups.LEAF, "t1"]
+    assert t1.paths == (str(z1 / "t1"),)
+    assert read(z1 / "t1" / "memory.max") == str(20 * MiB)
+    fds = t1.open_join()
+    try:
+        assert len(fds) == 1
+        os.write(fds[0], b"0")                    # what the test's process does
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert read(z1 / "t1" / "cgroup.procs") == "0"
+    assert read(z1 / cgroups.LEAF / "cgroup.procs") == ""
+
+
+def test_v2_open_join_of_a_removed_cgroup_names_the_file(root):
+    mgr = FakeTreeManager("sandboxd", mount_root=str(root))
+    cg = mgr.create("c1", Limits())
+    (root / "sandboxd" / "c1" / "cgroup.procs").unlink()
+    with pytest.raises(SetupFailed, match=r"open .*/sandboxd/c1/cgroup.procs: No such file"):
+        cg.open_join()
+
+
+def test_v2_open_finds_a_nesting_cgroup(root):
+    mgr = FakeTreeManager("sandboxd", mount_root=str(root))
+    mgr.create("z1", Limits(), nest=True)
+    mgr.create("c1", Limits())
+    z1 = root / "sandboxd" / "z1"
+    assert mgr.open("z1").paths == (str(z1), str(z1 / cgroups.LEAF))
+    assert mgr.open("c1").paths == (str(root / "sandboxd" / "c1"),)
+    assert mgr.names() == ["c1", "z1"]
+
+
+def test_v2_nesting_removal_kills_at_the_cgroup_and_takes_the_leaf_first(root, monkeypatch):
+    # rmdir of a real cgroup directory needs the kernel (its files are not files):
+    # the order is what is checked here, the removal in test_cgroups_kernel.py.
+    removed = []
+    monkeypatch.setattr(cgroups, "_rmdir", removed.append)
+    cg = FakeTreeManager("sandboxd", mount_root=str(root)).create("z1", Limits(), nest=True)
+    cg.remove()
+    z1 = root / "sandboxd" / "z1"
+    assert read(z1 / "cgroup.kill") == "1"        # the whole subtree, tests included
+    assert read(z1 / cgroups.LEAF / "cgroup.kill") == ""
+    assert removed == [str(z1 / cgroups.LEAF), str(z1)]
+
+
+def test_v1_nest_changes_nothing(tmp_path):
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    mgr = CgroupManager("sandboxd", version="v1", mountinfo=str(info))
+    nested, plain = mgr._cgroup("c1", nest=True), mgr._cgroup("c1")
+    assert type(nested) is type(plain) and nested.paths == plain.paths == mgr.paths("c1")
+
+
+@pytest.mark.parametrize("release, refused", [
+    ("5.15.0-91-generic", True), ("4.19.0-26-amd64", True), ("5.16.0", False),
+    ("6.18.44-fc-v1272", False), ("10.0.1", False), ("weird", True)])
+def test_v2_nesting_needs_linux_5_16(root, tmp_path, release, refused):
+    problem = FakeTreeManager("sandboxd", mount_root=str(root)).nesting_problem(release)
+    assert bool(problem) == refused
+    if refused:
+        assert "Linux 5.16" in problem and release in problem
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    v1 = CgroupManager("sandboxd", version="v1", mountinfo=str(info))
+    assert v1.nesting_problem(release) == ""          # v1 lets a process move itself
