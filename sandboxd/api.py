@@ -304,7 +304,7 @@ class Container:
 
 
 def exec_params(container_id: str, cmd: Any, env: Any, workdir: str, user: str, tty: bool,
-                stdin: bool, detach: bool) -> dict[str, Any]:
+                stdin: bool, detach: bool, detach_keys: str | None = None) -> dict[str, Any]:
     argv = list(split_command(cmd))
     env_list = parse_env(env)
     problems = check_env(env_list, "env")
@@ -314,8 +314,11 @@ def exec_params(container_id: str, cmd: Any, env: Any, workdir: str, user: str, 
         problems.append(f"workdir: {workdir!r} is not an absolute path")
     if problems:
         raise InvalidArgument.of(problems)
-    return {"id": container_id, "cmd": argv, "env": env_list, "workdir": workdir,
-            "user": user, "tty": tty, "stdin": stdin, "detach": detach}
+    params = {"id": container_id, "cmd": argv, "env": env_list, "workdir": workdir,
+              "user": user, "tty": tty, "stdin": stdin, "detach": detach}
+    if detach_keys is not None:
+        params["detach_keys"] = detach_keys
+    return params
 
 
 def with_cpu_percent(sample: dict[str, Any], previous: dict[str, Any] | None

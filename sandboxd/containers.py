@@ -1366,7 +1366,9 @@ class ContainerService:
 
     async def exec(self, ctx: RequestContext, record: ContainerRecord, cmd: list[str],
                    env: list[str], workdir: str, user: str, tty: bool, stdin: bool,
-                   detach: bool) -> dict:
+                   detach: bool, detach_keys: bytes = b"") -> dict:
+        """An exec; ``detach_keys`` typed on its terminal end the client's part (the
+        result then has no exit code) while the process goes on."""
         lifecycle.check("exec", record, record.id in self.live)
         base = self._spec_process(record)
         merged = {e.partition("=")[0]: e for e in base.env}
@@ -1415,10 +1417,13 @@ class ContainerService:
         self.events.container(record, f"exec_start: {' '.join(cmd)}", execID=exec_id)
         await ctx.send_event("started", {"exec_id": exec_id, "pid": pid})
         if detach:
-            _close(*fds, stdin_fd if stdin_fd not in fds else -1)
+            if stdin_fd not in fds:
+                _close(stdin_fd)
+            _discard_until_exit(fds, waiter)
             return {"exec_id": exec_id}
         try:
-            await _pump(ctx, fds, stdin_fd, waiter)
+            if await _pump(ctx, fds, stdin_fd, waiter, detach_keys if tty and stdin else b""):
+                return {"exec_id": exec_id}            # detached: it goes on running
             info = await waiter
         except asyncio.CancelledError:
             try:
@@ -1858,11 +1863,14 @@ def _resize(fd: int, rows: int, cols: int) -> None:
 
 
 async def _pump(ctx: RequestContext, fds: dict[int, int], stdin_fd: int,
-                done: asyncio.Future) -> None:
-    """An exec's output to the client, its stdin from the client, until output ends."""
+                done: asyncio.Future, detach_keys: bytes = b"") -> bool:
+    """An exec's output to the client, its stdin from the client, until output ends or
+    the client typed ``detach_keys`` (True: then its output is discarded from now on,
+    its fds kept open until it exits)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue(SUBSCRIBER_QUEUE)
     open_fds = set(fds)
+    detached = False
 
     def readable(fd: int) -> None:
         try:
@@ -1889,10 +1897,16 @@ async def _pump(ctx: RequestContext, fds: dict[int, int], stdin_fd: int,
 
     async def feed() -> None:
         nonlocal stdin_fd
+        escape = detachkeys.Escape(detach_keys)
         while True:
             kind, data = await ctx.receive()
             if kind == "stdin" and stdin_fd >= 0:
-                await _write_all(stdin_fd, data)
+                data, typed = escape.feed(data)
+                if data:
+                    await _write_all(stdin_fd, data)
+                if typed:
+                    await queue.put("detach")
+                    return
             elif kind == "stdin_eof" and stdin_fd >= 0 and stdin_fd not in fds:
                 os.close(stdin_fd)
                 stdin_fd = -1
@@ -1914,6 +1928,9 @@ async def _pump(ctx: RequestContext, fds: dict[int, int], stdin_fd: int,
                 continue
             if item == "exit":
                 break
+            if item == "detach":
+                detached = True
+                break
             fd, data = item
             await ctx.send_event("stdout" if fds.get(fd, 1) == 1 else "stderr", data)
     finally:
@@ -1923,7 +1940,43 @@ async def _pump(ctx: RequestContext, fds: dict[int, int], stdin_fd: int,
             feeder.cancel()
         if closer is not None:
             closer.cancel()
-        _close(*fds, stdin_fd if stdin_fd not in fds else -1)
+        if stdin_fd not in fds:
+            _close(stdin_fd)
+        if detached:
+            _discard_until_exit({fd: 1 for fd in open_fds}, done)
+            _close(*(set(fds) - open_fds))
+        else:
+            _close(*fds)
+    return detached
+
+
+def _discard_until_exit(fds: dict[int, int], done: asyncio.Future) -> None:
+    """Read and drop an exec's output (nobody reads it: a detached exec) until EOF, or
+    shortly after its exit (a pty master may never report EOF), then close the fds.
+    Closing a pty master at once would hang up the exec's terminal."""
+    loop = asyncio.get_running_loop()
+    remaining = set(fds)
+
+    def close(fd: int) -> None:
+        if fd in remaining:
+            remaining.discard(fd)
+            loop.remove_reader(fd)
+            _close(fd)
+
+    def readable(fd: int) -> None:
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            close(fd)
+
+    for fd in fds:
+        loop.add_reader(fd, readable, fd)
+    done.add_done_callback(lambda _f: loop.call_later(0.5, lambda: [close(fd) for fd in
+                                                                     list(remaining)]))
 
 
 async def _close_after_exit(done: asyncio.Future, queue: asyncio.Queue) -> None:

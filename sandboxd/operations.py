@@ -353,6 +353,9 @@ class Exec(ById):
     tty: bool = param(bool, False)
     stdin: bool = param(bool, False)
     detach: bool = param(bool, False)
+    # Docker's exec --detach-keys: typed on the exec's terminal, the client detaches and
+    # the process goes on (its output discarded)
+    detach_keys: bytes = param(str, "ctrl-p,ctrl-q", convert=_detach_keys)
 
 
 @dataclass(frozen=True, kw_only=True)

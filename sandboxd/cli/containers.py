@@ -449,12 +449,14 @@ def _print_stats(fmt: str | None, targets: list[Any], latest: dict[str, dict[str
               help="Working directory inside the container")
 @option("-u", "--user", default="", metavar="USER[:GROUP]",
               help="Username or UID (format: <name|uid>[:<group|gid>])")
+@option("--detach-keys", metavar="KEYS",
+        help="Override the key sequence for detaching a container [default: ctrl-p,ctrl-q]")
 @argument("container", shell_complete=complete_containers)
 @argument("command", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="COMMAND [ARG...]")
 def exec_(detach: bool, interactive: bool, tty: bool, env: tuple[str, ...],
-          env_file: tuple[str, ...], workdir: str, user: str, container: str,
-          command: tuple[str, ...]) -> int:
+          env_file: tuple[str, ...], workdir: str, user: str, detach_keys: str | None,
+          container: str, command: tuple[str, ...]) -> int:
     """Execute a command in a running container."""
     from ..api import exec_params
     from ..envfile import parse_env, parse_env_file
@@ -463,7 +465,7 @@ def exec_(detach: bool, interactive: bool, tty: bool, env: tuple[str, ...],
     # As Docker: the files first, then -e (a later entry wins).
     environment = [e for path in env_file for e in local(parse_env_file, path)]
     params = local(exec_params, container, list(command), environment + parse_env(list(env)),
-                   workdir, user, tty, interactive and not detach, detach)
+                   workdir, user, tty, interactive and not detach, detach, detach_keys)
     with open_client() as client:
         attachment = client.stream("container.exec", params)
         if detach:

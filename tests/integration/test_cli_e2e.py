@@ -584,6 +584,37 @@ def test_detach_keys_leave_the_container_running(daemon: Daemon) -> None:
     daemon.sbx("rm", "-f", "detachme", check=True)
 
 
+def test_exec_detach_keys_leave_the_command_running(daemon: Daemon) -> None:
+    """`exec -it` detaches on ctrl-p ctrl-q (or `--detach-keys`): the client exits 0,
+    the command goes on (it still writes, into a discarded output), and ends later with
+    its own exit."""
+    daemon.sbx("run", "-d", "--name", "execdetach", "busybox", "sleep", "600", check=True)
+    try:
+        for keys, typed in ((None, b"\x10\x11"), ("ctrl-x,e", b"\x18e")):
+            flags = ("--detach-keys", keys) if keys else ()
+            pid, master = _cli_on_terminal(
+                daemon, "exec", "-it", *flags, "execdetach", "sh", "-c",
+                "echo ready; while :; do echo tick; sleep 0.1; done & read x; "
+                "echo \"$x\" > /tmp/typed; kill $!")
+            try:
+                _read_until(master, b"ready", bytearray())
+                os.write(master, typed)
+                _, status = os.waitpid(pid, 0)
+                pid = 0
+                assert os.waitstatus_to_exitcode(status) == 0
+            finally:
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                os.close(master)
+            time.sleep(0.5)                        # ticks into the discarded output
+            top = daemon.sbx("top", "execdetach", check=True).out
+            assert "read x" in top or "sh -c" in top, top
+            assert daemon.sbx("exec", "execdetach", "cat", "/tmp/typed").returncode != 0
+    finally:
+        daemon.sbx("rm", "-f", "execdetach", check=True)
+
+
 # ---------------------------------------------------------------- sessions
 
 SESSION_CLIENT = """

@@ -55,8 +55,8 @@ def test_build_lists_every_problem_with_its_field() -> None:
         "container.exec: missing field 'id'",
         "container.exec: field 'cmd' must hold only str, got int",
         "container.exec: field 'tty' must be bool, got str",
-        "container.exec: unknown field(s) bogus (known: cmd, detach, env, id, stdin, tty, "
-        "user, workdir)"]
+        "container.exec: unknown field(s) bogus (known: cmd, detach, detach_keys, env, id, "
+        "stdin, tty, user, workdir)"]
 
 
 def test_build_converts_and_checks_values() -> None:
