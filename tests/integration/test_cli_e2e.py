@@ -611,6 +611,12 @@ def test_exec_detach_keys_leave_the_command_running(daemon: Daemon) -> None:
             top = daemon.sbx("top", "execdetach", check=True).out
             assert "read x" in top or "sh -c" in top, top
             assert daemon.sbx("exec", "execdetach", "cat", "/tmp/typed").returncode != 0
+        # exec -d -t: its terminal stays up (no hang-up) while it runs
+        daemon.sbx("exec", "-d", "-t", "execdetach", "sh", "-c",
+                   "sleep 0.5; echo out; touch /tmp/after-detach", check=True)
+        wait_until(lambda: daemon.sbx("exec", "execdetach", "test", "-e",
+                                      "/tmp/after-detach").returncode == 0,
+                   10, "the detached tty exec to finish")
     finally:
         daemon.sbx("rm", "-f", "execdetach", check=True)
 
