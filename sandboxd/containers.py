@@ -994,12 +994,9 @@ class ContainerService:
             pass
 
     def _on_output(self, live: _Live, fd: int) -> None:
-        try:
-            data = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
+        data = _read_ready(fd)
+        if data is None:
             return
-        except OSError:                       # EIO: the pty's last slave closed
-            data = b""
         stream = live.fds.get(fd, 1)
         if not data:
             self._close_output(live, fd)
@@ -1873,12 +1870,9 @@ async def _pump(ctx: RequestContext, fds: dict[int, int], stdin_fd: int,
     detached = False
 
     def readable(fd: int) -> None:
-        try:
-            data = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
+        data = _read_ready(fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             loop.remove_reader(fd)
             open_fds.discard(fd)
@@ -1964,19 +1958,24 @@ def _discard_until_exit(fds: dict[int, int], done: asyncio.Future) -> None:
             _close(fd)
 
     def readable(fd: int) -> None:
-        try:
-            data = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
+        if _read_ready(fd) == b"":
             close(fd)
 
     for fd in fds:
         loop.add_reader(fd, readable, fd)
     done.add_done_callback(lambda _f: loop.call_later(0.5, lambda: [close(fd) for fd in
                                                                      list(remaining)]))
+
+
+def _read_ready(fd: int) -> bytes | None:
+    """What a readable non-blocking fd holds: b"" at its end (also an error, such as a
+    pty master's EIO once the last slave closed), None when nothing after all."""
+    try:
+        return os.read(fd, READ_CHUNK)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 async def _close_after_exit(done: asyncio.Future, queue: asyncio.Queue) -> None:
