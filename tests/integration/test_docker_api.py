@@ -21,6 +21,7 @@ from typing import Iterator
 import pytest
 
 from harness import Daemon, running, wait_until
+from sandboxd import testing
 
 DOCKER = shutil.which("docker")
 needs_cli = pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not installed "
@@ -441,6 +442,83 @@ def test_testcontainers_http_server(docker_host: str, monkeypatch) -> None:
             client.containers.get(cid)
     finally:
         client.close()
+
+
+REDIS_LIKE = """
+import socketserver
+
+store = {}
+
+
+class Session(socketserver.StreamRequestHandler):
+    def handle(self):
+        while line := self.rfile.readline():            # RESP: *N, then $len + data
+            args = []
+            for _ in range(int(line[1:])):
+                size = int(self.rfile.readline()[1:])
+                args.append(self.rfile.read(size + 2)[:-2])
+            cmd = args[0].upper()
+            if cmd == b"PING":
+                self.wfile.write(b"+PONG\\r\\n")
+            elif cmd == b"SET":
+                store[args[1]] = args[2]
+                self.wfile.write(b"+OK\\r\\n")
+            elif cmd == b"GET" and args[1] in store:
+                value = store[args[1]]
+                self.wfile.write(b"$%d\\r\\n%s\\r\\n" % (len(value), value))
+            elif cmd == b"GET":
+                self.wfile.write(b"$-1\\r\\n")
+            else:
+                self.wfile.write(b"-ERR unknown command\\r\\n")
+
+
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+server = socketserver.ThreadingTCPServer(("0.0.0.0", 6379), Session)
+print("Ready to accept connections", flush=True)
+server.serve_forever()
+"""
+
+
+def _resp(sock_file, *args: bytes) -> bytes:
+    sock_file.write(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a)
+                                                     for a in args))
+    sock_file.flush()
+    first = sock_file.readline()
+    if first.startswith(b"$") and first != b"$-1\r\n":
+        return sock_file.readline().rstrip(b"\r\n")
+    return first.rstrip(b"\r\n")
+
+
+def test_testcontainers_redis_like_service_built_locally(d: Daemon, docker_host: str,
+                                                         dockerpy, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    """A Redis-like service (RESP over TCP) built from a Dockerfile through docker-py,
+    started by testcontainers with its log wait, then used from here: PING, SET, GET."""
+    tc = pytest.importorskip("testcontainers.core.container",
+                             reason="testcontainers is not installed")
+    from testcontainers.core.config import testcontainers_config
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+    d.sbx("import", str(testing.python_tar()), "sbx-python", check=True)
+    (tmp_path / "server.py").write_text(REDIS_LIKE)
+    (tmp_path / "Dockerfile").write_text(
+        "FROM sbx-python\nCOPY server.py /srv/server.py\nEXPOSE 6379\n"
+        'CMD ["python3", "-u", "/srv/server.py"]\n')
+    image, _logs = dockerpy.images.build(path=str(tmp_path), tag="tc-redislike:1", rm=True)
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    monkeypatch.setattr(testcontainers_config, "ryuk_disabled", True)
+    container = tc.DockerContainer("tc-redislike:1").with_exposed_ports(6379).waiting_for(
+        LogMessageWaitStrategy("Ready to accept connections").with_startup_timeout(20))
+    try:
+        with container:
+            host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
+            with socket.create_connection((host, int(port)), timeout=10) as conn:
+                f = conn.makefile("rwb")
+                assert _resp(f, b"PING") == b"+PONG"
+                assert _resp(f, b"SET", b"greeting", b"hello-sandboxd") == b"+OK"
+                assert _resp(f, b"GET", b"greeting") == b"hello-sandboxd"
+                assert _resp(f, b"GET", b"missing") == b"$-1"
+    finally:
+        dockerpy.images.remove(image.id, force=True)
 
 
 def _get(url: str) -> bytes | None:
