@@ -1418,15 +1418,23 @@ class ContainerService:
                 _close(stdin_fd)
             _discard_until_exit(fds, waiter)
             return {"exec_id": exec_id}
+        detached = False
         try:
-            if await _pump(ctx, fds, stdin_fd, waiter, detach_keys if tty and stdin else b""):
-                return {"exec_id": exec_id}            # detached: it goes on running
-            info = await waiter
+            detached = await _pump(ctx, fds, stdin_fd, waiter,
+                                   detach_keys if tty and stdin else b"")
+            if detached:
+                # The client may go now (Docker's clients end the stream); one that stays
+                # gets the exit code. A cancel from here on leaves the process running.
+                await ctx.send_event("detached", {"exec_id": exec_id})
+                info = await asyncio.shield(waiter)
+            else:
+                info = await waiter
         except asyncio.CancelledError:
-            try:
-                await self.runner.kill(record.id, signal.SIGKILL, exec_id=exec_id)
-            except SandboxError:
-                pass
+            if not detached:
+                try:
+                    await self.runner.kill(record.id, signal.SIGKILL, exec_id=exec_id)
+                except SandboxError:
+                    pass
             raise
         return {"exec_id": exec_id, "exit_code": info.exit_code}
 

@@ -145,6 +145,8 @@ def pump(attachment: Stream, *, host: str | None, tty: bool, stdin: bool, sig_pr
                     on_id(state["id"])
             elif event == "progress" and isinstance(data, dict):
                 display.show(data)
+            elif event == "detached":           # an exec's detach keys: it goes on
+                return {}
         return attachment.result()
     finally:
         for sig, handler in old_handlers.items():

@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from ..errors import NotFound
+from .. import detachkeys
+from ..errors import InvalidArgument, NotFound
 from ..flags import build_config
 from ..model import ContainerRecord
 from ..render import inspect_document, rfc3339
@@ -56,6 +57,7 @@ class _Exec:
     stdin: bool
     stdout: bool
     stderr: bool
+    detach_keys: str = ""        # "" : Docker's default, ctrl-p,ctrl-q
     ours: str = ""               # container.exec's exec id, once started
     ctx: ApiContext | None = None      # the running exec's: its stdin and resize frames
     pid: int = 0
@@ -381,6 +383,12 @@ class ContainerRoutes:
         env = body.get("Env") or []
         if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
             raise HttpError(400, "exec: Env must be a list of KEY=value strings")
+        # docker-py sends "detachKeys" (Go's JSON matches names case-insensitively)
+        keys = body.get("DetachKeys") or body.get("detachKeys") or ""
+        try:
+            detachkeys.parse(keys)
+        except InvalidArgument:
+            raise HttpError(400, f"Invalid detach keys ({keys!r}) provided") from None
         # Inspected after their end (docker-py reads the exit code so), kept a while:
         # dockerd keeps them with the container, we keep EXEC_KEEP seconds' worth.
         now = time.monotonic()
@@ -391,7 +399,7 @@ class ContainerRoutes:
         self.execs[exec_id] = _Exec(
             record.id, cmd, env, body.get("WorkingDir") or "", body.get("User") or "",
             bool(body.get("Tty")), bool(body.get("AttachStdin")),
-            bool(body.get("AttachStdout")), bool(body.get("AttachStderr")))
+            bool(body.get("AttachStdout")), bool(body.get("AttachStderr")), keys)
         return json_response({"Id": exec_id}, 201)
 
     def _exec(self, exec_id: str) -> _Exec:
@@ -407,7 +415,8 @@ class ContainerRoutes:
             raise HttpError(409, f"exec {req.params['id']} has already been started")
         e.running = True
         params = {"id": e.container, "cmd": e.cmd, "env": e.env, "workdir": e.workdir,
-                  "user": e.user, "tty": e.tty, "stdin": e.stdin}
+                  "user": e.user, "tty": e.tty, "stdin": e.stdin,
+                  "detach_keys": e.detach_keys or detachkeys.DEFAULT}
         if body.get("Detach"):
             ctx = e.ctx = ApiContext("container.exec", self._exec_events(e, None))
             asyncio.ensure_future(self._run_exec(e, params, ctx))
@@ -429,6 +438,8 @@ class ContainerRoutes:
         async def sink(name: str, data: Any) -> None:
             if name == "started":
                 e.ours, e.pid = data["exec_id"], data["pid"]
+            elif name == "detached" and writer is not None:
+                writer.close()          # the client's stream ends; the exec goes on
             elif name in STREAMS and writer is not None and wanted[name]:
                 writer.write(data if e.tty else frame(STREAMS[name], data))
                 await writer.drain()
@@ -461,7 +472,7 @@ class ContainerRoutes:
             "ID": req.params["id"], "ContainerID": e.container, "Running": e.running,
             "ExitCode": e.exit_code, "Pid": e.pid, "OpenStdin": e.stdin,
             "OpenStdout": e.stdout, "OpenStderr": e.stderr, "CanRemove": False,
-            "DetachKeys": "",
+            "DetachKeys": e.detach_keys,
             "ProcessConfig": {"entrypoint": e.cmd[0], "arguments": e.cmd[1:], "tty": e.tty,
                               "user": e.user, "privileged": False}})
 

@@ -238,6 +238,48 @@ def test_cli_exec_it_through_a_pty(docker) -> None:
 
 
 @needs_cli
+def test_cli_exec_detach_keys(docker, dockerpy) -> None:
+    """ctrl-p ctrl-q ends `docker exec -it` while the command goes on (the CLI watches
+    for the keys itself and says "read escape sequence", exit 1, as against dockerd);
+    through docker-py, an exec's own DetachKeys make the daemon end its stream, and exec
+    inspect shows it running, then its real exit code."""
+    pexpect = pytest.importorskip("pexpect", reason="pexpect is not installed")
+    cid = docker("run", "-d", "busybox", "sleep", "600").stdout.strip()
+    try:
+        child = pexpect.spawn(DOCKER, ["exec", "-it", cid, "sh", "-c",
+                                       "echo ready; read x; echo \"$x\" > /typed"],
+                              env=docker.env, timeout=20)
+        child.expect_exact("ready")
+        child.send("\x10\x11")
+        child.expect(pexpect.EOF)
+        assert b"read escape sequence" in child.before
+        child.close()
+        assert child.exitstatus == 1
+        top = docker("top", cid).stdout
+        assert "read x" in top, top
+        assert docker("exec", cid, "test", "-e", "/typed", check=False).returncode == 1
+
+        api = dockerpy.api
+        exec_id = api.exec_create(cid, ["sh", "-c", "echo ready; sleep 1; exit 5"],
+                                  stdin=True, tty=True, detach_keys="ctrl-x,e")["Id"]
+        assert api.exec_inspect(exec_id)["DetachKeys"] == "ctrl-x,e"
+        sock = api.exec_start(exec_id, tty=True, socket=True)._sock
+        sock.settimeout(10)
+        assert b"ready" in sock.recv(100)
+        sock.sendall(b"\x18e")
+        while sock.recv(100):                      # the daemon ends the stream
+            pass
+        sock.close()
+        assert api.exec_inspect(exec_id)["Running"] is True
+        wait_until(lambda: not api.exec_inspect(exec_id)["Running"], 10, "the exec's end")
+        assert api.exec_inspect(exec_id)["ExitCode"] == 5
+        bad = docker("exec", "--detach-keys", "ctrl-7", cid, "true", check=False)
+        assert bad.returncode != 0 and "Invalid detach keys" in bad.stderr, bad.stderr
+    finally:
+        docker("rm", "-f", cid)
+
+
+@needs_cli
 def test_cli_run_i_cat_stdin_eof(docker) -> None:
     """stdin's end reaches the container (the CLI half-closes the hijacked stream)."""
     out = docker("run", "--rm", "-i", "busybox", "cat", input="one\ntwo\n", timeout=20)
