@@ -37,7 +37,7 @@ from .images.unpack import WHITEOUT_PREFIX, apply_layer
 from . import logs as logfiles
 from .logs import LogWriter
 from .model import ContainerConfig, ContainerRecord, Health, HostConfig, Link, PortBinding
-from .network import BUILTIN, Network, NetworkService, link_env
+from .network import BUILTIN, NetworkService, link_env
 from .ports import PortProxy
 from . import resolvconf
 from .runner import syscalls
@@ -721,54 +721,15 @@ class ContainerService:
 
     # ------------------------------------------------------------ names on networks
     #
-    # On a user-defined network every container's /etc/hosts lists every container
-    # attached to it (name, short id), rewritten whenever one joins or leaves. Chosen
-    # over a DNS responder on the gateway: no server to run, no per-network socket or
-    # packet path the daemon must keep up, nothing in the container's resolver config,
-    # and busybox/musl/glibc all read /etc/hosts first. The files are bind mounts of
-    # files in the container's directory, so they are rewritten in place (the same
-    # inode: O_TRUNC and one write, never a rename, which would leave the mount on the
-    # old file); a --rm container's is in its own layer, rewritten the same way through
-    # its root (see _etc_inline). A reader may catch the file between the truncate and
-    # the write, a window of one small write. All of it runs on the daemon's loop
-    # without awaiting, so a join and a leave never interleave.
-
-    def _refresh_hosts(self, network: Network) -> None:
-        """Rewrite the hosts file of every container attached to a user network."""
-        for cid in self.networks.endpoints(network.id):
-            self._refresh_own_hosts(cid)
-
-    def _refresh_own_hosts(self, container_id: str) -> None:
-        """One container's hosts file: the members of every user network it is on."""
-        try:
-            record = self.get(container_id)
-        except NotFound:                          # removed meanwhile: it is leaving
-            return
-        text = self._hosts_text(record)
-        if _etc_inline(record):
-            self._write_inline(record, "/etc/hosts", text)
-            return
-        try:
-            _write_in_place(self._dir(record.id) / "hosts", text)
-        except FileNotFoundError:                 # its directory is being removed
-            pass
+    # As Docker's: a container's /etc/hosts holds its own names (localhost, its host
+    # name, --add-host) and its links' entries on the default bridge, nothing of the
+    # other containers of a user network: those are the embedded resolver's
+    # (sandboxd/dns.py), so no container's file is rewritten when another joins or
+    # leaves.
 
     def _hosts_text(self, record: ContainerRecord) -> str:
-        """A container's /etc/hosts: its own names, its links' and the members of every
-        user network it is on."""
-        lines: dict[str, None] = {}
-        for network in self.networks.networks_of(record.id):
-            if network.name in BUILTIN:
-                continue
-            for cid, e in self.networks.endpoints(network.id).items():
-                try:
-                    member = self.get(cid)
-                except NotFound:
-                    continue
-                if e.ip_address:
-                    names = dict.fromkeys((member.name, *e.aliases, member.id[:12]))
-                    lines[f"{e.ip_address}\t{' '.join(names)}\n"] = None
-        return self._own_hosts(record) + self.link_hosts.get(record.id, "") + "".join(lines)
+        """A container's /etc/hosts: its own names and its links'."""
+        return self._own_hosts(record) + self.link_hosts.get(record.id, "")
 
     def _write_inline(self, record: ContainerRecord, path: str, text: str) -> None:
         """Rewrite an /etc file a --rm container has in its own layer, through its
@@ -794,9 +755,7 @@ class ContainerService:
         network forget it."""
         self.ports.release(container_id)
         self.link_hosts.pop(container_id, None)
-        for network in self.networks.release(container_id):
-            if network.name not in BUILTIN:
-                self._refresh_hosts(network)
+        self.networks.release(container_id)
 
     async def connect(self, record: ContainerRecord, network: str, ip: str = "",
                       aliases: Sequence[str] = ()) -> ContainerRecord:
@@ -808,12 +767,8 @@ class ContainerService:
         if not had_resolver and self.networks.has_resolver(record.id):
             self._resolv_to_embedded(record)
         record = self.get(record.id)
-        record = self._save(dataclasses.replace(record,
-                                                endpoints=record.endpoints + (endpoint,)))
-        net = self.networks.get(endpoint.network)
-        if net.name not in BUILTIN:
-            self._refresh_hosts(net)
-        return record
+        return self._save(dataclasses.replace(record,
+                                              endpoints=record.endpoints + (endpoint,)))
 
     async def disconnect(self, record: ContainerRecord, network: str,
                          force: bool = False) -> ContainerRecord:
@@ -834,9 +789,6 @@ class ContainerService:
             other = next((e.ip_address for e in record.endpoints if e.ip_address), "")
             if other:
                 self.ports.retarget(record.id, other)
-        if net.name not in BUILTIN:
-            self._refresh_hosts(net)
-            self._refresh_own_hosts(record.id)
         return record
 
     # ------------------------------------------------------------ start / exit
@@ -871,13 +823,8 @@ class ContainerService:
             try:
                 self.link_hosts[record.id] = "".join(link_hosts)
                 spec = self._spec(record, netns=attachment.netns, link_vars=link_vars)
-                network = self.networks.get(attachment.endpoint.network)
-                if network.name in BUILTIN:
-                    if not _etc_inline(record):       # else in the spec
-                        _write_in_place(self._dir(record.id) / "hosts",
-                                        self._own_hosts(record) + self.link_hosts[record.id])
-                else:
-                    self._refresh_hosts(network)
+                if not _etc_inline(record):           # else in the spec
+                    _write_in_place(self._dir(record.id) / "hosts", self._hosts_text(record))
                 # Listening before the process runs: a taken port fails the start.
                 ports = await self.ports.publish(record.id, attachment.endpoint.ip_address,
                                                  _port_bindings(record))
@@ -976,9 +923,6 @@ class ContainerService:
         self.events.container(record, "start")
         if healthchecks.active(hc):
             self.health.watch(record.id, hc)
-        if _etc_inline(record) and any(n.name not in BUILTIN for n in
-                                       self.networks.networks_of(record.id)):
-            self._refresh_own_hosts(record.id)   # members that came or went meanwhile
         if record.config.host.timeout:
             live.timer = loop.call_later(record.config.host.timeout, self._time_out, live)
         return record

@@ -123,14 +123,15 @@ def test_sandbox_network(inner, pytester: pytest.Pytester, daemon_sock):
             assert body == b"hello-from-api\\n"
 
         @pytest.mark.container(network="sandbox_network")
-        def test_alone_on_its_network():
-            with open("/etc/hosts") as f:
-                names = [l.split()[1] for l in f if l.strip() and not l.startswith(("#", "127.", "::"))]
-            assert len(names) == 1, names        # itself: nothing else on this network
+        def test_on_its_own_user_network():
+            with open("/etc/resolv.conf") as f:
+                assert "nameserver 127.0.0.11" in f.read()     # the embedded resolver
 
         def test_on_host(sandbox_network, sandbox):
             assert sandbox_network.name.startswith("pytest-")
-            assert sandbox.networks.get(sandbox_network.id).name == sandbox_network.name
+            network = sandbox.networks.get(sandbox_network.id)
+            assert network.name == sandbox_network.name
+            assert not network.attrs["Containers"]       # a fresh one: nothing on it
 
         @pytest.fixture(scope="module")
         def shared(sandbox_networks):
