@@ -1308,8 +1308,8 @@ class ContainerService:
     async def exec(self, ctx: RequestContext, record: ContainerRecord, cmd: list[str],
                    env: list[str], workdir: str, user: str, tty: bool, stdin: bool,
                    detach: bool, detach_keys: bytes = b"") -> dict:
-        """An exec; ``detach_keys`` typed on its terminal end the client's part (the
-        result then has no exit code) while the process goes on."""
+        """An exec; ``detach_keys`` typed on its terminal (with stdin) end the client's
+        part with a ``detached`` event while the process goes on (see docs/operations)."""
         lifecycle.check("exec", record, record.id in self.live)
         base = self._spec_process(record)
         merged = {e.partition("=")[0]: e for e in base.env}

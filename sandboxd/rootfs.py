@@ -3,6 +3,8 @@ streams for ``image.import`` (``sbx image bootstrap``).
 
 - busybox: Debian's static busybox (package ``busybox-static``) with a link per applet,
   ``/etc/passwd`` and ``/etc/group`` (what Docker Hub's ``busybox`` holds).
+- apt (for tests, :func:`add_apt`): busybox plus the host's own apt-get and dpkg, enough
+  to install from a local repository without a network.
 - debian: ``mmdebstrap`` (package ``mmdebstrap``) of a suite, from this machine's apt
   sources: each ``deb`` entry of ``/etc/apt/sources.list`` and ``sources.list.d``
   (one-line and deb822 files) with this machine's codename swapped for the suite asked
@@ -266,8 +268,9 @@ APT_PROGRAMS = ("/usr/bin/apt-get", "/usr/bin/dpkg", "/usr/bin/dpkg-deb",
                 "/usr/bin/dpkg-split", "/usr/bin/dpkg-query", "/usr/bin/tar",
                 "/usr/lib/apt/methods/http", "/usr/lib/apt/methods/file",
                 "/usr/lib/apt/methods/copy", "/usr/lib/apt/methods/store")
-APT_DATA = ("/usr/share/dpkg/cputable", "/usr/share/dpkg/ostable",
-            "/usr/share/dpkg/tupletable", "/sbin/ldconfig")
+# dpkg's architecture tables (apt reads them) and ldconfig (dpkg runs it after installs)
+APT_EXTRA = ("/usr/share/dpkg/cputable", "/usr/share/dpkg/ostable",
+             "/usr/share/dpkg/tupletable", "/sbin/ldconfig")
 # busybox applets left out: they would shadow the real ones (an image without a PATH runs
 # with busybox sh's own, /bin before /usr/bin), and understand too little for apt.
 APT_SHADOWED = frozenset({"dpkg", "dpkg-deb", "tar"})
@@ -283,7 +286,7 @@ def add_apt(tar: tarfile.TarFile) -> None:
     """The host's apt-get and dpkg (programs, the shared libraries they link, an empty
     dpkg database, no sources) added to ``tar``, which should hold busybox's entries
     made with ``skip=APT_SHADOWED``."""
-    missing = [p for p in (*APT_PROGRAMS, *APT_DATA) if not os.path.exists(p)]
+    missing = [p for p in (*APT_PROGRAMS, *APT_EXTRA) if not os.path.exists(p)]
     if missing:
         raise BootstrapError(f"{', '.join(missing)} missing: apt and dpkg come from the "
                              f"host (apt-get install apt dpkg tar libc-bin)")
@@ -292,7 +295,7 @@ def add_apt(tar: tarfile.TarFile) -> None:
         info = tarfile.TarInfo(sub)
         info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, mtime
         tar.addfile(info)
-    for path in (*APT_PROGRAMS, *APT_DATA, *_libraries(list(APT_PROGRAMS))):
+    for path in (*APT_PROGRAMS, *APT_EXTRA, *_libraries(list(APT_PROGRAMS))):
         tar.add(os.path.realpath(path), arcname=path.lstrip("/"))
     for name in ("var/lib/dpkg/status", "var/lib/dpkg/available"):
         _add_text(tar, name, "", mtime)
