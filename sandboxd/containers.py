@@ -56,11 +56,16 @@ RUNNING = lifecycle.ACTIVE
 RM_LAYER_SIZE = 1 << 30          # a --rm container's tmpfs upper (memory) unless it asks
 READ_CHUNK = 65536
 SUBSCRIBER_QUEUE = 64
-# Generated names, Docker-style: adjective_noun.
-_ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen",
-               "lucid", "merry", "nimble", "proud", "quiet", "sharp", "swift", "witty")
-_NOUNS = ("babbage", "curie", "darwin", "euler", "gauss", "hopper", "knuth", "lovelace",
-          "noether", "pascal", "ritchie", "shannon", "thompson", "turing", "wirth", "zuse")
+# Generated names, Docker-style: adjective_noun (1,024 of them; see _free_name).
+_ADJECTIVES = ("agile", "bold", "brave", "bright", "calm", "clever", "cool", "eager",
+               "fancy", "gentle", "happy", "jolly", "keen", "kind", "lively", "lucid",
+               "merry", "modest", "neat", "nimble", "patient", "proud", "quiet", "sharp",
+               "silly", "steady", "sunny", "swift", "tender", "vivid", "wise", "witty")
+_NOUNS = ("babbage", "bardeen", "boole", "cerf", "curie", "darwin", "dijkstra", "euler",
+          "feynman", "gauss", "hamming", "hopper", "kepler", "knuth", "lamport", "liskov",
+          "lovelace", "meitner", "newton", "noether", "pascal", "perlman", "ritchie",
+          "shannon", "sinoussi", "thompson", "torvalds", "turing", "wirth", "wozniak",
+          "yalow", "zuse")
 
 
 @dataclasses.dataclass
@@ -400,7 +405,7 @@ class ContainerService:
                                        | set(defaults.get("ExposedPorts") or {}))))
         container_id = container_id or secrets.token_hex(32)
         record = ContainerRecord(
-            id=container_id, name=name or self._free_name(), created=time.time(),
+            id=container_id, name=name or self._free_name(container_id), created=time.time(),
             config=effective, image_id=image["id"], path=argv[0], args=argv[1:],
             log_path=str(self._dir(container_id) / "output.log"), session=session)
         warnings: list[str] = []
@@ -537,11 +542,17 @@ class ContainerService:
             hosts.append(f"{ip}\t{' '.join(names)}\n")
         return env, hosts
 
-    def _free_name(self) -> str:
-        while True:
+    def _free_name(self, container_id: str) -> str:
+        """A generated name as Docker's (daemon/names.go): adjective_noun, with a digit
+        after it once one clashed, the short id after six clashes, so that however many
+        containers hold generated names a create never loops on them."""
+        for attempt in range(6):
             name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
+            if attempt:
+                name += str(secrets.randbelow(10))
             if self.store.get_container(name) is None:
                 return name
+        return container_id[:12]
 
     # ------------------------------------------------------------ spec
 
