@@ -10,6 +10,7 @@ import os
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Callable
 
 from .rootfs import (APT_SHADOWED, BUSYBOX, add_apt, add_busybox, add_python,
                      write_busybox_tree)
@@ -40,19 +41,28 @@ def busybox_rootfs(dest: Path | None = None) -> Path:
     return dest
 
 
-def busybox_tar(dest: Path | None = None) -> Path:
-    """The busybox rootfs as a plain tarball (``sbx import``, ``podman import``)."""
-    dest = Path(dest) if dest else cache_dir() / "busybox-rootfs.tar"
+def _cached_tar(name: str, dest: Path | None, fill: Callable[[tarfile.TarFile], None]
+                ) -> Path:
+    """``dest`` (default: ``name`` in the cache directory), made by ``fill`` into a
+    temporary file renamed into place, so a reader never sees half a tarball; kept."""
+    dest = Path(dest) if dest else cache_dir() / name
     if dest.exists():
         return dest
-    root = busybox_rootfs()
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     with tarfile.open(tmp, "w") as tar:
+        fill(tar)
+    os.rename(tmp, dest)
+    return dest
+
+
+def busybox_tar(dest: Path | None = None) -> Path:
+    """The busybox rootfs as a plain tarball (``sbx import``, ``podman import``)."""
+    def fill(tar: tarfile.TarFile) -> None:
+        root = busybox_rootfs()
         for entry in sorted(os.listdir(root)):
             if entry != ".complete":
                 tar.add(root / entry, arcname=entry)
-    os.rename(tmp, dest)
-    return dest
+    return _cached_tar("busybox-rootfs.tar", dest, fill)
 
 
 def python_tar(dest: Path | None = None) -> Path:
@@ -60,29 +70,19 @@ def python_tar(dest: Path | None = None) -> Path:
     (:func:`sandboxd.rootfs.add_python`) and pip (from the running interpreter's
     environment): enough for ``python3 -m pip install`` in a build, without a registry.
     ~80 MB, made once per cache directory."""
-    import pip
-    dest = Path(dest) if dest else cache_dir() / "python-rootfs.tar"
-    if dest.exists():
-        return dest
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    with tarfile.open(tmp, "w") as tar:
+    def fill(tar: tarfile.TarFile) -> None:
+        import pip
         add_busybox(tar)
         add_python(tar)
         tar.add(os.path.dirname(pip.__file__), arcname="usr/lib/python3/dist-packages/pip")
-    os.rename(tmp, dest)
-    return dest
+    return _cached_tar("python-rootfs.tar", dest, fill)
 
 
 def apt_tar(dest: Path | None = None) -> Path:
     """A rootfs tarball with busybox and the host's apt-get and dpkg
     (:func:`sandboxd.rootfs.add_apt`): enough for ``apt-get install`` from a local
     repository in a build, without a registry. ~25 MB, made once per cache directory."""
-    dest = Path(dest) if dest else cache_dir() / "apt-rootfs.tar"
-    if dest.exists():
-        return dest
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    with tarfile.open(tmp, "w") as tar:
+    def fill(tar: tarfile.TarFile) -> None:
         add_busybox(tar, skip=APT_SHADOWED)
         add_apt(tar)
-    os.rename(tmp, dest)
-    return dest
+    return _cached_tar("apt-rootfs.tar", dest, fill)
