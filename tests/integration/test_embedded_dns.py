@@ -408,20 +408,25 @@ def build(daemon: Daemon, context: Path, dockerfile: str, *flags: str
     return daemon.sbx("build", "--no-cache", *flags, str(context), timeout=180)
 
 
-@pytest.mark.parametrize("network", ["", "user"])
-def test_build_pip_installs_from_a_local_index_by_name(dnsd: Daemon, upstream: Upstream,
-                                                       tmp_path: Path, nets: list[str],
-                                                       network: str) -> None:
-    """The default bridge (the daemon's --dns in resolv.conf) and a user network (the
-    embedded resolver) both find pkgs.test through the test's resolver."""
-    dnsd.sbx("import", str(testing.python_tar()), "sbx-python", check=True)
-    flags: tuple[str, ...] = ()
-    if network:
-        dnsd.sbx("network", "create", "dns-build", check=True)
-        nets.append("dns-build")
-        flags = ("--network", "dns-build")
+@pytest.fixture(params=["default bridge", "user network"])
+def build_network(request: pytest.FixtureRequest, dnsd: Daemon, upstream: Upstream,
+                  nets: list[str]) -> tuple[str, ...]:
+    """``sbx build``'s flags for the network its RUN steps use: the default bridge (the
+    daemon's --dns in resolv.conf) or a user network (the embedded resolver). Either
+    way pkgs.test is found through the test's resolver, asked afresh."""
     upstream.seen.clear()
-    proc = build(dnsd, tmp_path / "ctx", "FROM sbx-python\n" + PIP, *flags,
+    if request.param == "default bridge":
+        return ()
+    dnsd.sbx("network", "create", "pkg-build", check=True)
+    nets.append("pkg-build")
+    return ("--network", "pkg-build")
+
+
+def test_build_pip_installs_from_a_local_index_by_name(
+        dnsd: Daemon, upstream: Upstream, tmp_path: Path,
+        build_network: tuple[str, ...]) -> None:
+    dnsd.sbx("import", str(testing.python_tar()), "sbx-python", check=True)
+    proc = build(dnsd, tmp_path / "ctx", "FROM sbx-python\n" + PIP, *build_network,
                  "--iidfile", str(tmp_path / "iid"))
     assert proc.returncode == 0, proc.out + proc.err
     assert "Successfully installed thepkg-1.0" in proc.out, proc.out
@@ -437,20 +442,14 @@ APT = ('RUN echo "deb [trusted=yes] http://pkgs.test/apt ./" > /etc/apt/sources.
        "RUN cat /usr/share/thedeb/hello && dpkg-query -W thedeb\n")
 
 
-@pytest.mark.parametrize("network", ["", "user"])
 def test_build_apt_get_installs_from_a_local_repository_by_name(
-        dnsd: Daemon, upstream: Upstream, tmp_path: Path, nets: list[str],
-        network: str) -> None:
+        dnsd: Daemon, upstream: Upstream, tmp_path: Path,
+        build_network: tuple[str, ...]) -> None:
     """apt-get update and install in a RUN step (the host's apt and dpkg, in an image
-    made here) fetch from pkgs.test, found through the test's resolver."""
+    made here)."""
     dnsd.sbx("import", str(testing.apt_tar()), "sbx-apt", check=True)
-    flags: tuple[str, ...] = ()
-    if network:
-        dnsd.sbx("network", "create", "apt-build", check=True)
-        nets.append("apt-build")
-        flags = ("--network", "apt-build")
-    upstream.seen.clear()
-    proc = build(dnsd, tmp_path / "ctx", "FROM sbx-apt\n" + APT, *flags, "-t", "with-deb")
+    proc = build(dnsd, tmp_path / "ctx", "FROM sbx-apt\n" + APT, *build_network,
+                 "-t", "with-deb")
     assert proc.returncode == 0, proc.out + proc.err
     assert "Setting up thedeb (1.0)" in proc.out, proc.out
     assert "installed by apt from pkgs.test" in proc.out
