@@ -7,6 +7,7 @@ each names its containers and removes them. Tests that need to kill a daemon liv
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -16,6 +17,7 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -471,10 +473,25 @@ def _set_size(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
+class _TerminalCli:
+    """An ``sbx`` process on a terminal of its own (see :func:`_cli_on_terminal`)."""
+
+    def __init__(self, pid: int, master: int) -> None:
+        self.pid, self.master = pid, master
+
+    def exit_code(self) -> int:
+        """Wait for the CLI to end; its exit code."""
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        return os.waitstatus_to_exitcode(status)
+
+
+@contextlib.contextmanager
 def _cli_on_terminal(daemon: Daemon, *args: str, size: tuple[int, int] = (30, 100)
-                     ) -> tuple[int, int]:
+                     ) -> Iterator[_TerminalCli]:
     """``sbx ARGS`` with a terminal (size rows x cols; 0 x 0: one that reports none) as
-    its controlling tty and stdio, as a user's; returns (pid, the terminal's master)."""
+    its controlling tty and stdio, as a user's; killed at the end of the block unless
+    waited for, the terminal's master closed."""
     import fcntl
     import termios
     master, slave = os.openpty()
@@ -491,31 +508,30 @@ def _cli_on_terminal(daemon: Daemon, *args: str, size: tuple[int, int] = (30, 10
         finally:
             os._exit(99)
     os.close(slave)
-    return pid, master
+    cli = _TerminalCli(pid, master)
+    try:
+        yield cli
+    finally:
+        if cli.pid:
+            os.kill(cli.pid, signal.SIGKILL)
+            os.waitpid(cli.pid, 0)
+        os.close(master)
 
 
 def test_input_typed_before_the_container_runs_reaches_it(daemon: Daemon) -> None:
     # Typed at once, before sbx has even started: the terminal's pending input must not
     # be flushed when sbx makes it raw. A terminal that reports no size (0x0) is fine.
-    pid, master = _cli_on_terminal(daemon, "run", "-it", "--rm", "busybox", "sh", "-c",
-                                   "read x; echo got:$x", size=(0, 0))
-    try:
-        os.write(master, b"typed-early\n")
+    with _cli_on_terminal(daemon, "run", "-it", "--rm", "busybox", "sh", "-c",
+                          "read x; echo got:$x", size=(0, 0)) as cli:
+        os.write(cli.master, b"typed-early\n")
         seen = bytearray()
-        _read_until(master, b"got:typed-early", seen)
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-        assert os.waitstatus_to_exitcode(status) == 0, bytes(seen)
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(master)
+        _read_until(cli.master, b"got:typed-early", seen)
+        assert cli.exit_code() == 0, bytes(seen)
 
 
 def test_interactive_tty(daemon: Daemon) -> None:
-    pid, master = _cli_on_terminal(daemon, "run", "-it", "--rm", "busybox", "sh")
-    try:
+    with _cli_on_terminal(daemon, "run", "-it", "--rm", "busybox", "sh") as cli:
+        master = cli.master
         seen = bytearray()
         _read_until(master, b"/ # ", seen)          # type at the prompt, as a user does
         os.write(master, b"echo hi-$((1+2))\n")
@@ -532,53 +548,30 @@ def test_interactive_tty(daemon: Daemon) -> None:
                 seen += os.read(master, 4096)
             assert time.monotonic() < deadline, f"never resized: {bytes(seen)!r}"
         os.write(master, b"exit 7\n")
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-        assert os.waitstatus_to_exitcode(status) == 7, bytes(seen)
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(master)
+        assert cli.exit_code() == 7, bytes(seen)
 
 
 def test_detach_keys_leave_the_container_running(daemon: Daemon) -> None:
     """ctrl-p ctrl-q (Docker's default) detaches `run -it`; `attach --detach-keys`
     takes another sequence; a broken sequence reaches the container after all."""
-    pid, master = _cli_on_terminal(daemon, "run", "-it", "--name", "detachme", "busybox",
-                                   "sh")
-    try:
+    with _cli_on_terminal(daemon, "run", "-it", "--name", "detachme", "busybox",
+                          "sh") as cli:
         seen = bytearray()
-        _read_until(master, b"/ # ", seen)
-        os.write(master, b"read x; echo \"$x\" | od -c | head -1\n")
-        _read_until(master, b"head -1\r\n", seen)
-        os.write(master, b"a\x10b\n")                     # ctrl-p then b: passed on
-        _read_until(master, b"020", seen)
-        os.write(master, b"\x10\x11")
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-        assert os.waitstatus_to_exitcode(status) == 0, bytes(seen)
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(master)
+        _read_until(cli.master, b"/ # ", seen)
+        os.write(cli.master, b"read x; echo \"$x\" | od -c | head -1\n")
+        _read_until(cli.master, b"head -1\r\n", seen)
+        os.write(cli.master, b"a\x10b\n")                 # ctrl-p then b: passed on
+        _read_until(cli.master, b"020", seen)
+        os.write(cli.master, b"\x10\x11")
+        assert cli.exit_code() == 0, bytes(seen)
     assert daemon.sbx("inspect", "-f", "{{.State.Status}}", "detachme").out.strip() == \
         "running"
-    pid, master = _cli_on_terminal(daemon, "attach", "--detach-keys", "ctrl-x,e",
-                                   "detachme")
-    try:
-        os.write(master, b"echo again-$((2+2))\n")
-        _read_until(master, b"again-4", bytearray())
-        os.write(master, b"\x18e")
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-        assert os.waitstatus_to_exitcode(status) == 0
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(master)
+    with _cli_on_terminal(daemon, "attach", "--detach-keys", "ctrl-x,e",
+                          "detachme") as cli:
+        os.write(cli.master, b"echo again-$((2+2))\n")
+        _read_until(cli.master, b"again-4", bytearray())
+        os.write(cli.master, b"\x18e")
+        assert cli.exit_code() == 0
     assert daemon.sbx("inspect", "-f", "{{.State.Status}}", "detachme").out.strip() == \
         "running"
     daemon.sbx("rm", "-f", "detachme", check=True)
@@ -592,21 +585,13 @@ def test_exec_detach_keys_leave_the_command_running(daemon: Daemon) -> None:
     try:
         for keys, typed in ((None, b"\x10\x11"), ("ctrl-x,e", b"\x18e")):
             flags = ("--detach-keys", keys) if keys else ()
-            pid, master = _cli_on_terminal(
-                daemon, "exec", "-it", *flags, "execdetach", "sh", "-c",
-                "echo ready; while :; do echo tick; sleep 0.1; done & read x; "
-                "echo \"$x\" > /tmp/typed; kill $!")
-            try:
-                _read_until(master, b"ready", bytearray())
-                os.write(master, typed)
-                _, status = os.waitpid(pid, 0)
-                pid = 0
-                assert os.waitstatus_to_exitcode(status) == 0
-            finally:
-                if pid:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                os.close(master)
+            with _cli_on_terminal(
+                    daemon, "exec", "-it", *flags, "execdetach", "sh", "-c",
+                    "echo ready; while :; do echo tick; sleep 0.1; done & read x; "
+                    "echo \"$x\" > /tmp/typed; kill $!") as cli:
+                _read_until(cli.master, b"ready", bytearray())
+                os.write(cli.master, typed)
+                assert cli.exit_code() == 0
             time.sleep(0.5)                        # ticks into the discarded output
             top = daemon.sbx("top", "execdetach", check=True).out
             assert "read x" in top or "sh -c" in top, top
