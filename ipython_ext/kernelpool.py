@@ -24,6 +24,10 @@ Limits (docs/notebooks.md):
   ``REFILL_DEFER`` seconds: a kernel's start-up (~0.5 s of CPU, and this process's GIL
   for its start request) would otherwise compete with the new kernel's first requests
   and its client's shutdown. A take that empties the pool refills at once.
+- Once its sockets are bound, a pooled kernel is warmed (:func:`_warm`): a client that
+  then goes away asks it for its kernel_info and runs a silent ``pass`` (no history, no
+  execution count), so its first requests on the notebook's connections do not pay
+  ipykernel's first-request costs (~10 ms of a two-cell run).
 - A kernel is used once and never returned; a pooled kernel that dies while parked is
   dropped. If a pooled start fails, the pool stops refilling (the cold path reports
   what is wrong, in the user's terms) until the process restarts.
@@ -223,6 +227,11 @@ class KernelPool:
                 raise RuntimeError(f"the kernel did not bind its sockets within "
                                    f"{self.start_timeout:g}s")
             time.sleep(0.02)     # in the background: few wake-ups (GIL) beat latency here
+        try:
+            _warm(kernel.info, max(deadline - time.monotonic(), 1.0))
+        except Exception:
+            _kill(self.client, kernel)
+            raise
         return kernel
 
     def close(self) -> None:
@@ -233,6 +242,46 @@ class KernelPool:
         for kernel in kernels:
             _kill(self.client, kernel)
             shutil.rmtree(kernel.directory, ignore_errors=True)
+
+
+WARM_REQUESTS = (("kernel_info_request", {}),
+                 ("execute_request", {"code": "pass", "silent": True, "store_history": False,
+                                      "user_expressions": {}, "allow_stdin": False,
+                                      "stop_on_error": False}))
+
+
+def _warm(info: dict[str, Any], timeout: float) -> None:
+    """Make a started kernel answer what a notebook's client asks first, on a
+    connection of its own that then closes: a kernel_info request and a silent
+    execute (invisible to the notebook: no history, no execution count, and iopub's
+    messages go to this subscriber only)."""
+    import zmq
+    from jupyter_client.session import Session
+    session = Session(key=info["key"], signature_scheme=info["signature_scheme"],
+                      username="sandboxd-pool")
+    context = zmq.Context.instance()
+    shell, iopub = context.socket(zmq.DEALER), context.socket(zmq.SUB)
+    try:
+        for sock in (shell, iopub):
+            sock.linger = 0
+        iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        iopub.connect(f"ipc://{info['ip']}-{info['iopub_port']}")
+        shell.connect(f"ipc://{info['ip']}-{info['shell_port']}")
+        deadline = time.monotonic() + timeout
+        for msg_type, content in WARM_REQUESTS:
+            sent = session.send(shell, msg_type, content)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not shell.poll(int(left * 1000) + 1):
+                    raise RuntimeError(f"the kernel did not answer a {msg_type} within "
+                                       f"{timeout:g}s")
+                _, frames = session.feed_identities(shell.recv_multipart())
+                reply = session.deserialize(frames, content=False)
+                if reply["parent_header"].get("msg_id") == sent["header"]["msg_id"]:
+                    break
+    finally:
+        shell.close()
+        iopub.close()
 
 
 def _kill(client: Any, kernel: PooledKernel) -> None:
