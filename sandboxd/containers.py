@@ -119,6 +119,7 @@ class ContainerService:
         self.restarts: dict[str, asyncio.TimerHandle] = {}
         self.backoff: dict[str, float] = {}
         self.closing = False                    # shutting down: no policy restarts
+        self._token = secrets.token_hex(8)      # names this service's derived values
 
     # ------------------------------------------------------------ start-up / shutdown
 
@@ -341,11 +342,11 @@ class ContainerService:
             if problems:
                 raise InvalidArgument.of(problems)
             name = name.lstrip("/")
-        image = self.images.get(config.image)
+        image_id = self.images.image_id(config.image)
         # A pooled container's id is adopted: its host name was set with it (pools.py).
-        pooled = self.pools.claim(config, image["id"]) if self.pools is not None else None
+        pooled = self.pools.claim(config, image_id) if self.pools is not None else None
         try:
-            record, warnings = self._build_record(config, image, name, session,
+            record, warnings = self._build_record(config, image_id, name, session,
                                                   pooled.id if pooled else "")
             record, anonymous = self._resolve_volumes(record)
             self.ports.check(_port_bindings(record))   # a taken host port creates nothing
@@ -361,7 +362,7 @@ class ContainerService:
                     self._etc_files(directory, record, fresh=True)
                 self.store.put_container(record.id, record.name, "created",
                                          record.image_id, session or None,
-                                         record.to_dict())
+                                         record.to_dict(), volatile=_volatile(record))
             except BaseException:
                 _rmtree(directory)
                 self.volumes.remove_anonymous(sorted(anonymous))
@@ -376,37 +377,16 @@ class ContainerService:
         self.events.container(record, "create")
         return record, warnings
 
-    def _build_record(self, config: ContainerConfig, image: dict, name: str | None,
+    def _build_record(self, config: ContainerConfig, image_id: str, name: str | None,
                       session: str, container_id: str = ""
                       ) -> tuple[ContainerRecord, list[str]]:
-        defaults = self.images.config(image["id"])
-        env = {e.partition("=")[0]: e for e in defaults.get("Env") or []}
-        env.update({e.partition("=")[0]: e for e in config.env})
-        # Docker's merge: the image's labels under the container's own.
-        labels = {k: f"{k}={v}" for k, v in (defaults.get("Labels") or {}).items() if k}
-        labels.update({e.partition("=")[0]: e for e in config.labels})
-        healthcheck = healthchecks.effective(config.healthcheck,
-                                             healthchecks.from_image(defaults.get("Healthcheck")))
-        entrypoint = (tuple(defaults.get("Entrypoint") or ()) if config.entrypoint is None
-                      else config.entrypoint)
-        cmd = config.cmd or (() if config.entrypoint is not None
-                             else tuple(defaults.get("Cmd") or ()))
-        argv = entrypoint + cmd
-        if not argv:
-            raise InvalidArgument(f"no command given and image {config.image} has no "
-                                  f"default command")
-        effective = dataclasses.replace(
-            config, host=self._host_defaults(config.host),
-            env=tuple(env.values()), labels=tuple(labels.values()), cmd=cmd,
-            entrypoint=entrypoint, healthcheck=healthcheck,
-            workdir=config.workdir or defaults.get("WorkingDir") or "",
-            user=config.user or defaults.get("User") or "",
-            exposed_ports=tuple(sorted(set(config.exposed_ports)
-                                       | set(defaults.get("ExposedPorts") or {}))))
+        effective = config.derived(f"_effective {self._token} {image_id}",
+                                   lambda: self._effective(config, image_id))
+        argv = (effective.entrypoint or ()) + effective.cmd
         container_id = container_id or secrets.token_hex(32)
         record = ContainerRecord(
             id=container_id, name=name or self._free_name(container_id), created=time.time(),
-            config=effective, image_id=image["id"], path=argv[0], args=argv[1:],
+            config=effective, image_id=image_id, path=argv[0], args=argv[1:],
             log_path=str(self._dir(container_id) / "output.log"), session=session)
         warnings: list[str] = []
         if not config.host.network_mode.startswith("container:"):
@@ -424,6 +404,35 @@ class ContainerService:
         for link in config.host.links:
             self._link_target(link)
         return record, warnings
+
+    def _effective(self, config: ContainerConfig, image_id: str) -> ContainerConfig:
+        """The config a container of ``config`` runs: the image's defaults under it
+        (env, labels, health check, command, working directory, user, ports) and the
+        daemon's (``_host_defaults``). Both are fixed for an image id and this daemon,
+        so it is made once per config (``ContainerConfig.derived``)."""
+        defaults = self.images.config(image_id)
+        env = {e.partition("=")[0]: e for e in defaults.get("Env") or []}
+        env.update({e.partition("=")[0]: e for e in config.env})
+        # Docker's merge: the image's labels under the container's own.
+        labels = {k: f"{k}={v}" for k, v in (defaults.get("Labels") or {}).items() if k}
+        labels.update({e.partition("=")[0]: e for e in config.labels})
+        healthcheck = healthchecks.effective(config.healthcheck,
+                                             healthchecks.from_image(defaults.get("Healthcheck")))
+        entrypoint = (tuple(defaults.get("Entrypoint") or ()) if config.entrypoint is None
+                      else config.entrypoint)
+        cmd = config.cmd or (() if config.entrypoint is not None
+                             else tuple(defaults.get("Cmd") or ()))
+        if not entrypoint + cmd:
+            raise InvalidArgument(f"no command given and image {config.image} has no "
+                                  f"default command")
+        return dataclasses.replace(
+            config, host=self._host_defaults(config.host),
+            env=tuple(env.values()), labels=tuple(labels.values()), cmd=cmd,
+            entrypoint=entrypoint, healthcheck=healthcheck,
+            workdir=config.workdir or defaults.get("WorkingDir") or "",
+            user=config.user or defaults.get("User") or "",
+            exposed_ports=tuple(sorted(set(config.exposed_ports)
+                                       | set(defaults.get("ExposedPorts") or {}))))
 
     def _resolve_volumes(self, record: ContainerRecord) -> tuple[ContainerRecord, set[str]]:
         """The record's mounts with Docker's additions: ``--volumes-from`` (the other
@@ -1292,7 +1301,8 @@ class ContainerService:
         "": in Python). A ``pools.Pooled``."""
         from .pools import Pooled
         config = dataclasses.replace(config, entrypoint=(), cmd=("sandboxd-pooled",))
-        record, _ = self._build_record(config, self.images.get(config.image), "pooled", "")
+        record, _ = self._build_record(config, self.images.image_id(config.image),
+                                        "pooled", "")
         attachment = await self.networks.attach(
             record.id, _network_name(config.host.network_mode))
         try:
@@ -1736,6 +1746,14 @@ class ContainerService:
 
 
 # ---------------------------------------------------------------- helpers
+
+def _volatile(record: ContainerRecord) -> bool:
+    """A row the store may keep in memory only: the next daemon start forgets a --rm
+    container's row whatever its state (``startup``), and a row without volumes holds
+    nothing for that start to clean up (anonymous volumes go with their --rm container)."""
+    h = record.config.host
+    return h.auto_remove and not any(m.type == "volume" for m in h.mounts)
+
 
 def _etc_inline(record: ContainerRecord) -> bool:
     """Whether the container's /etc files are written into its own writable layer

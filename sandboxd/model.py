@@ -19,13 +19,15 @@ gives it as much swap as memory), so OOM kills are prompt and reproducible.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from .runner import spec
 from .runner.spec import UNLIMITED, Mount, Ulimit
 from .securityopt import no_new_privileges, seccomp_profile
+
+_T = TypeVar("_T")
 
 __all__ = [
     "PortBinding", "Link", "HostConfig", "ContainerConfig", "ContainerState", "Endpoint",
@@ -222,11 +224,19 @@ class ContainerConfig:
         """The wire form, made once per config (shared: do not modify it). A record's
         config does not change while its state does, and the record is written on
         every state change."""
-        wire = self.__dict__.get("_wire")
-        if wire is None:
-            wire = spec.to_dict(self)
-            object.__setattr__(self, "_wire", wire)   # not a field: no eq, repr, replace
-        return wire
+        return self.derived("_wire", lambda: spec.to_dict(self))
+
+    def derived(self, name: str, make: Callable[[], _T]) -> _T:
+        """``make()``, computed once per config and kept on it (not a field: no eq,
+        repr or replace). A config is immutable, and the requests that repeat one
+        share the object (operations decodes a config once), so what a start derives
+        from it (its wire form, its checks, its pool key) is made once."""
+        try:
+            return self.__dict__[name]
+        except KeyError:
+            value = make()
+            object.__setattr__(self, name, value)
+            return value
 
     @classmethod
     def from_dict(cls, data: Any) -> ContainerConfig:

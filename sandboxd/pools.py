@@ -198,8 +198,9 @@ class PoolService:
     def claim(self, config: ContainerConfig, image_id: str) -> Pooled | None:
         """A parked container for this config, now its request's; None: a cold start.
         No await: nothing else takes it meanwhile."""
-        key = pool_key(config, image_id)
-        if key is None or _take_size(config) > MAX_TAKE // 2:
+        key = config.derived(f"_pool_key {image_id}", lambda: pool_key(config, image_id))
+        if key is None or config.derived("_take_size", lambda: _take_size(config)) \
+                > MAX_TAKE // 2:
             return None
         pool = self.pools.get(key)
         now = time.monotonic()
@@ -236,7 +237,7 @@ class PoolService:
         validate_config(config)
         if count < 0:
             raise InvalidArgument(f"pool {config.image}: count must be 0 or more")
-        image_id = self.containers.images.get(config.image)["id"]    # NotFound
+        image_id = self.containers.images.image_id(config.image)    # NotFound
         key = pool_key(config, image_id)
         if key is None:
             raise InvalidArgument(

@@ -156,10 +156,13 @@ def check_dns(h: HostConfig) -> list[str]:
 
 def validate_config(config: ContainerConfig) -> ContainerConfig:
     """``config`` when every field is right; else one ``InvalidArgument`` listing all
-    the problems."""
-    problems = check_config(config)
-    if problems:
-        raise InvalidArgument.of(problems)
+    the problems. A config that passed is not checked again (it is immutable)."""
+    def checked() -> bool:
+        problems = check_config(config)
+        if problems:
+            raise InvalidArgument.of(problems)
+        return True
+    config.derived("_checked", checked)
     return config
 
 

@@ -140,9 +140,18 @@ class ImageService:
             return copy.deepcopy(self._host[0])
         image = self.store.get_image(ref)
         if image is None:
-            raise NotFound(f"no such image: {ref} (sbx images lists them; sbx import makes "
-                           f"one from a rootfs tarball)")
+            raise _missing(ref)
         return image
+
+    def image_id(self, ref: str) -> str:
+        """What ``get(ref)["id"]`` is, without reading the image's record (a start
+        needs only the id: its runtime config is cached by id)."""
+        if self._is_host_ref(ref):
+            return self.host_id
+        image_id = self.store.image_id(ref)
+        if image_id is None:
+            raise _missing(ref)
+        return image_id
 
     def list(self) -> list[dict[str, Any]]:
         """Every image, the built-in host image first, then newest first."""
@@ -1161,3 +1170,8 @@ def _blobs_of(image: dict[str, Any]) -> set[str]:
     if image["id"]:
         blobs.add(image["id"])              # the config blob
     return blobs
+
+
+def _missing(ref: str) -> NotFound:
+    return NotFound(f"no such image: {ref} (sbx images lists them; sbx import makes one "
+                    f"from a rootfs tarball)")

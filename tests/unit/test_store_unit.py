@@ -15,6 +15,7 @@ from sandboxd.store import SCHEMA_VERSION, ContentStore, Store
 A = "a" * 64
 AB = "ab" + "1" * 62
 AC = "ac" + "2" * 62
+AD = "ad" + "3" * 62
 
 
 def digest(data: bytes) -> str:
@@ -203,6 +204,33 @@ def test_image_crud_tags_and_resolution(store):
         store.delete_image(one)
 
 
+def test_image_id_follows_tags_deletes_and_rolled_back_writes(store):
+    """image_id keeps its answers between writes: a moved tag, a new image that makes
+    a prefix ambiguous, a deleted image and a rolled-back tag are all seen at once."""
+    one, two = "sha256:" + AB, "sha256:" + AC
+    store.put_image(one, {}, 1)
+    store.tag("app", one)
+    assert store.image_id("app") == store.image_id("app:latest") == one
+    assert store.image_id("a") == one                          # the only image: unique
+    store.put_image(two, {}, 1)
+    with pytest.raises(InvalidArgument, match="multiple"):
+        store.image_id("a")
+    store.tag("app", two)
+    assert store.image_id("app") == two
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.tag("app", one)
+            assert store.image_id("app") == one                # inside: not kept
+            raise RuntimeError("roll back")
+    assert store.image_id("app") == two
+    store.untag("app")
+    assert store.image_id("app") is None
+    store.tag("app", one)
+    store.delete_image(one)
+    assert store.image_id("app") is None and store.image_id(one) is None
+    assert store.image_id(two) == store.get_image(two)["id"] == two
+
+
 @pytest.mark.parametrize("ref,want", [
     ("busybox", "busybox:latest"),
     ("busybox:1.36", "busybox:1.36"),
@@ -287,3 +315,47 @@ def test_save_container_replaces_name_state_and_doc(store):
     assert store.get_container(AC)["name"] == "db"          # nothing changed
     with pytest.raises(NotFound):
         store.save_container("d" * 64, "other", "exited", {})
+
+
+# ---------------------------------------------------------------- volatile rows (--rm)
+
+@pytest.mark.parametrize("volatile", [(True, False), (False, True), (True, True)],
+                         ids=["first-volatile", "second-volatile", "both-volatile"])
+def test_volatile_rows_resolve_conflict_and_list_as_stored_ones(store, volatile):
+    """A volatile row (a --rm container's, in memory only) is found by id, name and
+    prefix, listed in creation order, named in conflicts with stored rows both ways,
+    renamed and deleted like a stored one; nothing of it reaches meta.db."""
+    first, second = volatile
+    image = "sha256:" + "e" * 64
+    store.put_container(AB, "web", "created", image, None, {"a": 1}, volatile=first)
+    store.put_container(AC, "ab", "created", "img", "s", {}, volatile=second)
+    assert store.get_container(AB)["doc"] == {"a": 1}
+    assert store.get_container("/web")["id"] == AB
+    assert store.get_container("ab")["id"] == AC                # name wins over prefix
+    assert store.get_container("ab1")["id"] == AB               # unique prefix
+    with pytest.raises(InvalidArgument, match="multiple"):
+        store.get_container("a")                                # ambiguous across both
+    assert [c["id"] for c in store.list_containers()] == [AB, AC]
+    assert [c["id"] for c in store.containers_using_image(image)] == [AB]
+    for new_id, name in ((AD, "web"), (AB, "other")):
+        with pytest.raises(Conflict, match="already in use"):
+            store.put_container(new_id, name, "created", "img", None, {}, volatile=first)
+        with pytest.raises(Conflict, match="already in use"):
+            store.put_container(new_id, name, "created", "img", None, {}, volatile=second)
+    with pytest.raises(Conflict, match="already in use"):
+        store.save_container(AC, "web", "running", {})
+    with pytest.raises(Conflict, match="already in use"):
+        store.update_container(AB, name="ab")
+    store.save_container(AB, "/site", "running", {"a": 2})
+    assert store.get_container("web") is None
+    c = store.get_container("site")
+    assert (c["id"], c["state"], c["doc"]) == (AB, "running", {"a": 2})
+    assert store.update_container(AB, state="exited")["state"] == "exited"
+    stored = {r[0] for r in sqlite3.connect(store.path).execute("SELECT id FROM containers")}
+    assert stored == {i for i, v in ((AB, first), (AC, second)) if not v}
+    store.delete_container(AB)
+    store.delete_container(AC)
+    assert store.list_containers() == [] and store.get_container("site") is None
+    with pytest.raises(NotFound):
+        store.delete_container(AB)
+    store.put_container(AD, "site", "created", "img", None, {}, volatile=first)   # free again
