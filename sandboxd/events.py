@@ -75,8 +75,9 @@ class Subscription:
                                     f"events behind and was dropped")
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):    # not wait_for: see pools._refill
+                    await self._ready.wait()
+            except TimeoutError:
                 return None
         return self._items.popleft()
 

@@ -308,8 +308,11 @@ class PoolService:
     async def _refill(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), RETRY_AFTER)
-            except asyncio.TimeoutError:
+                # Not wait_for: on 3.11 it swallows a cancel that comes as the event
+                # fires, and the shutdown's cancel of this loop was lost (a hang).
+                async with asyncio.timeout(RETRY_AFTER):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             now = time.monotonic()

@@ -74,3 +74,26 @@ def test_budget_and_config_file_keys(tmp_path) -> None:
         load_config(str(path))
     problems = err.value.details["problems"]
     assert any("bogus=1" in p for p in problems) and any("pool-memory" in p for p in problems)
+
+
+@pytest.mark.parametrize("turns", range(6))
+def test_shutdown_ends_the_refill_even_when_it_was_just_woken(turns):
+    """A shutdown right after a wake (``set_pool(..., 0)`` then SIGTERM) hung the
+    daemon: on Python 3.11 ``asyncio.wait_for`` swallows a cancel that arrives once its
+    awaited event has fired, and the refill loop went on waiting. Each turn count puts
+    the cancel at another point of that wake-up."""
+    import asyncio
+
+    from sandboxd.pools import PoolService
+
+    async def main() -> None:
+        pools = PoolService(containers=None)
+        await pools.startup()
+        while not pools._wake._waiters:            # until the refill waits for a wake
+            await asyncio.sleep(0)
+        pools._wake.set()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(pools.shutdown(), 5)
+        assert pools._task is None
+    asyncio.run(main())
