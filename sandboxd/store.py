@@ -264,8 +264,7 @@ class Store:
             if "name" in fields:
                 taken = self._volatile_taken("", fields["name"])
                 if taken is not None:
-                    raise Conflict(f'the container name "{fields["name"]}" is already in '
-                                   f'use by container {taken["id"]}')
+                    raise _name_taken(fields["name"], taken["id"])
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM containers WHERE id = ?", (id,)).fetchone() is None:
                 raise NotFound(f"no such container: {id}")
@@ -273,8 +272,7 @@ class Store:
                 row = db.execute("SELECT id FROM containers WHERE name = ? AND id != ?",
                                  (fields["name"], id)).fetchone()
                 if row is not None:
-                    raise Conflict(f'the container name "{fields["name"]}" is already in use '
-                                   f'by container {row["id"]}')
+                    raise _name_taken(fields["name"], row["id"])
             if fields:
                 assignments = ", ".join(f"{k} = ?" for k in fields)
                 db.execute(f"UPDATE containers SET {assignments} WHERE id = ?",
@@ -292,8 +290,7 @@ class Store:
                 return
             taken = self._volatile_taken("", name)
             if taken is not None:
-                raise Conflict(f'the container name "{name}" is already in use by '
-                               f'container {taken["id"]}')
+                raise _name_taken(name, taken["id"])
         dumped = _dump(doc)
         with self.transaction() as db:
             try:
@@ -302,9 +299,7 @@ class Store:
             except sqlite3.IntegrityError:
                 row = db.execute("SELECT id FROM containers WHERE name = ?",
                                  (name,)).fetchone()
-                raise Conflict(f'the container name "{name}" is already in use by '
-                               f'container {row["id"] if row else "another container"}'
-                               ) from None
+                raise _name_taken(name, row["id"] if row else "another container") from None
             if updated == 0:
                 raise NotFound(f"no such container: {id}")
 
@@ -316,8 +311,7 @@ class Store:
             taken = self._volatile_taken("", name) or self._db.execute(
                 "SELECT id FROM containers WHERE name = ?", (name,)).fetchone()
             if taken is not None:
-                raise Conflict(f'the container name "{name}" is already in use by '
-                               f'container {taken["id"]}')
+                raise _name_taken(name, taken["id"])
             del self._volatile_names[row["name"]]
             self._volatile_names[name] = id
         doc = fields.get("doc")
@@ -497,8 +491,12 @@ def _refuse(id: str, name: str, holder: str) -> NoReturn:
     """The Conflict of a new container whose id or name ``holder`` has."""
     if holder == id:
         raise Conflict(f"container id {id} is already in use")
-    raise Conflict(f'the container name "{name}" is already in use by container '
-                   f'{holder}; remove or rename that container first')
+    raise _name_taken(name, holder, "; remove or rename that container first")
+
+
+def _name_taken(name: str, holder: str, advice: str = "") -> Conflict:
+    return Conflict(f'the container name "{name}" is already in use by container '
+                    f'{holder}{advice}')
 
 
 def _container(row: sqlite3.Row) -> dict[str, Any]:
