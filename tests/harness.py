@@ -187,6 +187,15 @@ class Daemon:
     def parent_dirs(self) -> list[str]:
         return [str(p) for p in Path(CGROUP_ROOT).glob(f"*/{self.parent}") if p.is_dir()]
 
+    def meta_rows(self, sql: str) -> list[tuple]:
+        """Read the daemon's meta.db (read-only; WAL lets a reader in while it runs)."""
+        import sqlite3
+        db = sqlite3.connect(f"file:{self.root}/meta.db?mode=ro", uri=True)
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
+
     def cgroup_children(self, pooled: bool = False) -> list[str]:
         """Containers' cgroups under our parent; with ``pooled`` also the fork server's
         pre-made ones (``_pool-*``, which exist while the daemon runs)."""

@@ -22,8 +22,16 @@ def _pid(d: Daemon, name: str) -> int:
 
 def test_kill9_then_restart(fresh: Daemon) -> None:
     d = fresh
-    for name, flags in (("r-rm", ["--rm"]), ("r-a", []), ("r-b", [])):
+    for name, flags in (("r-rm", ["--rm"]), ("r-rmvol", ["--rm", "-v", "/data"]),
+                        ("r-a", []), ("r-b", [])):
         d.sbx("run", "-d", "--name", name, *flags, "busybox", "sleep", "600", check=True)
+    # A --rm container's row stays in the daemon's memory (the next start forgets it
+    # anyway), unless it has a volume that start must remove: listed all the same.
+    assert {"r-rm", "r-rmvol"} <= set(d.sbx("ps", "--format", "{{.Names}}",
+                                            check=True).out.split())
+    stored = {r[0] for r in d.meta_rows("SELECT name FROM containers")}
+    assert "r-rm" not in stored and "r-rmvol" in stored, stored
+    assert d.sbx("volume", "ls", "-q", check=True).out.split()      # r-rmvol's /data
     d.sbx("run", "-d", "--name", "r-done", "busybox", "sh", "-c",
           "echo stored-out; echo stored-err >&2; exit 5", check=True)
     assert d.sbx("wait", "r-done", check=True).out.strip() == "5"
@@ -43,7 +51,8 @@ def test_kill9_then_restart(fresh: Daemon) -> None:
 
     d.start()
     ps = d.sbx("ps", "-a", "--format", "{{.Names}}", check=True).out.split()
-    assert sorted(ps) == ["r-a", "r-b", "r-done"]          # the --rm one is gone
+    assert sorted(ps) == ["r-a", "r-b", "r-done"]          # the --rm ones are gone
+    assert d.sbx("volume", "ls", "-q", check=True).out.split() == []   # and its volume
     assert not (Path(d.root) / "containers" / rm_id).exists()
     for name in ("r-a", "r-b"):
         status, code = d.sbx("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", name,

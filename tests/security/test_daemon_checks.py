@@ -11,7 +11,6 @@ import grp
 import json
 import os
 import socket
-import sqlite3
 import struct
 import subprocess
 import threading
@@ -42,15 +41,6 @@ def assert_serving(d: Daemon) -> None:
     raw = RawClient(d.sock)
     assert raw.call(1, "ping") == {"id": 1, "ok": "pong"}
     raw.close()
-
-
-def rows(d: Daemon, sql: str) -> list[tuple]:
-    """Read the daemon's sqlite (read-only; WAL lets a reader in while it runs)."""
-    db = sqlite3.connect(f"file:{d.root}/meta.db?mode=ro", uri=True)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +153,10 @@ def test_check_23_sigkill_with_containers_running_loses_nothing(
     assert d.sbx("inspect", "-f", "{{.State.ExitCode}}", "f-done").out.strip() == "7"
     assert d.sbx("logs", "f-done").out == "done-out\n"
     # no sqlite row of what is gone: containers, addresses of dead containers
-    stored = {r[0] for r in rows(d, "SELECT id FROM containers")}
+    stored = {r[0] for r in d.meta_rows("SELECT id FROM containers")}
     assert stored == {ids[n] for n in kept} | {
         d.sbx("inspect", "-f", "{{.Id}}", "f-done").out.strip()}
-    owners = {r[0] for r in rows(d, "SELECT owner FROM ip_allocations")}
+    owners = {r[0] for r in d.meta_rows("SELECT owner FROM ip_allocations")}
     assert not owners & set(ids.values()), owners
     assert "mid-build" not in d.sbx("images").out
     assert "sbx/mid" not in d.sbx("images").out
@@ -178,7 +168,7 @@ def test_check_23_sigkill_with_containers_running_loses_nothing(
     d.sbx("rm", "-f", *kept, "f-done", check=True)
     d.sbx("rmi", reference, check=True)
     d.sbx("network", "rm", "f-net", check=True)
-    owners = {r[0] for r in rows(d, "SELECT owner FROM ip_allocations")}
+    owners = {r[0] for r in d.meta_rows("SELECT owner FROM ip_allocations")}
     assert not owners & set(ids.values()), owners
     d.stop()                                          # nothing left (harness)
 
@@ -250,9 +240,9 @@ def test_check_25_a_failure_at_each_creation_step_leaves_nothing(fresh: Daemon) 
                 assert not mounts, (what, mounts)
         # no address is held by a container that failed (or by any container: none is left)
         def owners() -> set[str]:
-            return {r[0] for r in rows(d, "SELECT owner FROM ip_allocations")}
+            return {r[0] for r in d.meta_rows("SELECT owner FROM ip_allocations")}
         wait_until(lambda: not owners() & made, 15, "the failed containers' addresses to go")
-        assert rows(d, "SELECT id FROM containers") == []
+        assert d.meta_rows("SELECT id FROM containers") == []
     finally:
         holder.close()
         d.sbx("network", "rm", "c25")
@@ -277,12 +267,12 @@ def test_check_26_wrong_state_errors_change_nothing_and_disconnects_leak_nothing
              ("exec", "s-exited", "true"), ("exec", "s-created", "true"),
              ("rename", "s-run", "s-exited"), ("rm", "s-run"), ("top", "s-exited"),
              ("attach", "s-exited"), ("unpause", "s-exited")]
-    snapshot = rows(d, "SELECT id, name, state FROM containers ORDER BY id")
+    snapshot = d.meta_rows("SELECT id, name, state FROM containers ORDER BY id")
     for args in wrong:
         out = d.sbx(*args, timeout=20)
         assert out.returncode != 0 and out.err.strip(), args
         assert "internal" not in out.err.lower(), (args, out.err)
-    assert rows(d, "SELECT id, name, state FROM containers ORDER BY id") == snapshot
+    assert d.meta_rows("SELECT id, name, state FROM containers ORDER BY id") == snapshot
 
     # client disconnects mid-stream: logs --follow, attach, stats
     ref = d.sbx("inspect", "-f", "{{.Id}}", "s-run", check=True).out.strip()
@@ -470,9 +460,9 @@ INVALID = [
 def test_check_29_invalid_requests_are_invalid_argument_and_create_nothing(
         strict_daemon: Daemon) -> None:
     d = strict_daemon
-    containers = rows(d, "SELECT id FROM containers")
-    networks = rows(d, "SELECT id FROM networks")
-    images = rows(d, "SELECT id FROM images")
+    containers = d.meta_rows("SELECT id FROM containers")
+    networks = d.meta_rows("SELECT id FROM networks")
+    images = d.meta_rows("SELECT id FROM images")
     raw = RawClient(d.sock)
     for rid, (op, params) in enumerate(INVALID, start=1):
         reply = raw.call(rid, op, params)
@@ -480,9 +470,9 @@ def test_check_29_invalid_requests_are_invalid_argument_and_create_nothing(
         assert reply["error"]["message"], (op, params)
     assert raw.call(999, "ping") == {"id": 999, "ok": "pong"}
     raw.close()
-    assert rows(d, "SELECT id FROM containers") == containers
-    assert rows(d, "SELECT id FROM networks") == networks
-    assert rows(d, "SELECT id FROM images") == images
+    assert d.meta_rows("SELECT id FROM containers") == containers
+    assert d.meta_rows("SELECT id FROM networks") == networks
+    assert d.meta_rows("SELECT id FROM images") == images
     assert not d.cgroup_children()
     assert "Traceback" not in d.log(1 << 30)
 
@@ -630,13 +620,13 @@ def test_lifecycle_cycles_leave_zero_leaks(fresh: Daemon) -> None:
     raw.close()
     wait_until(lambda: not d.cgroup_children(), 15, "every container cgroup to go")
     wait_until(lambda: len(veths(d)) <= pooled, 15, "every veth to go")
-    assert rows(d, "SELECT count(*) FROM containers") == [(0,)]
+    assert d.meta_rows("SELECT count(*) FROM containers") == [(0,)]
     # addresses: only gateways (owned by their network) and the network server's ready
     # sandboxes ("pool:...") hold some; the last container's goes as its netns is torn
     # down, just after the remove returned
     def held() -> list[tuple]:
-        return rows(d, "SELECT owner, address FROM ip_allocations WHERE owner NOT LIKE "
-                       "'pool:%' AND owner NOT IN (SELECT id FROM networks)")
+        return d.meta_rows("SELECT owner, address FROM ip_allocations WHERE owner NOT "
+                           "LIKE 'pool:%' AND owner NOT IN (SELECT id FROM networks)")
     wait_until(lambda: not held(), 15, f"addresses to be released: {held()}")
     assert not list((Path(d.root) / "containers").iterdir())
     mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
