@@ -253,8 +253,7 @@ class Store:
         if unknown:
             raise InvalidArgument(f"update_container: unknown field(s) {', '.join(unknown)} "
                                   f"(known: {', '.join(_CONTAINER_FIELDS)})")
-        if "doc" in fields:
-            fields["doc"] = _dump(fields["doc"])
+        dumped = _dump(fields["doc"]) if "doc" in fields else None     # checks it, too
         if "name" in fields:
             fields["name"] = fields["name"].lstrip("/")
         with self._lock:
@@ -265,6 +264,8 @@ class Store:
                 taken = self._volatile_taken("", fields["name"])
                 if taken is not None:
                     raise _name_taken(fields["name"], taken["id"])
+        if dumped is not None:
+            fields["doc"] = dumped
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM containers WHERE id = ?", (id,)).fetchone() is None:
                 raise NotFound(f"no such container: {id}")
@@ -314,9 +315,7 @@ class Store:
                 raise _name_taken(name, taken["id"])
             del self._volatile_names[row["name"]]
             self._volatile_names[name] = id
-        doc = fields.get("doc")
-        self._volatile[id] = dict(row, **fields,
-                                  **({"doc": json.loads(doc)} if isinstance(doc, str) else {}))
+        self._volatile[id] = dict(row, **fields)
 
     def get_container(self, ref: str) -> dict[str, Any] | None:
         """Docker's resolution order: full id, exact name (a leading '/' is ignored), then a

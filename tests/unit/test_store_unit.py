@@ -350,7 +350,10 @@ def test_volatile_rows_resolve_conflict_and_list_as_stored_ones(store, volatile)
     assert store.get_container("web") is None
     c = store.get_container("site")
     assert (c["id"], c["state"], c["doc"]) == (AB, "running", {"a": 2})
-    assert store.update_container(AB, state="exited")["state"] == "exited"
+    updated = store.update_container(AB, state="exited", doc={"a": 3})
+    assert (updated["state"], updated["doc"]) == ("exited", {"a": 3})
+    with pytest.raises(InvalidArgument):
+        store.update_container(AB, doc=["not", "a", "dict"])
     stored = {r[0] for r in sqlite3.connect(store.path).execute("SELECT id FROM containers")}
     assert stored == {i for i, v in ((AB, first), (AC, second)) if not v}
     store.delete_container(AB)
