@@ -22,7 +22,7 @@ import tarfile
 import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, AsyncIterator, BinaryIO, Sequence
+from typing import Any, AsyncIterator, BinaryIO, Iterable, Sequence
 
 from . import health as healthchecks
 from . import detachkeys, lifecycle
@@ -559,7 +559,7 @@ class ContainerService:
             name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
             if attempt:
                 name += str(secrets.randbelow(10))
-            if self.store.get_container(name) is None:
+            if not self.store.name_taken(name):
                 return name
         return container_id[:12]
 
@@ -1918,14 +1918,14 @@ async def _pump(ctx: RequestContext, fds: dict[int, int], stdin_fd: int,
         if stdin_fd not in fds:
             _close(stdin_fd)
         if detached:
-            _discard_until_exit({fd: 1 for fd in open_fds}, done)
+            _discard_until_exit(open_fds, done)
             _close(*(set(fds) - open_fds))
         else:
             _close(*fds)
     return detached
 
 
-def _discard_until_exit(fds: dict[int, int], done: asyncio.Future) -> None:
+def _discard_until_exit(fds: Iterable[int], done: asyncio.Future) -> None:
     """Read and drop an exec's output (nobody reads it: a detached exec) until EOF, or
     shortly after its exit (a pty master may never report EOF), then close the fds.
     Closing a pty master at once would hang up the exec's terminal."""
@@ -1944,8 +1944,11 @@ def _discard_until_exit(fds: dict[int, int], done: asyncio.Future) -> None:
 
     for fd in fds:
         loop.add_reader(fd, readable, fd)
-    done.add_done_callback(lambda _f: loop.call_later(0.5, lambda: [close(fd) for fd in
-                                                                     list(remaining)]))
+    def close_rest() -> None:
+        for fd in list(remaining):
+            close(fd)
+
+    done.add_done_callback(lambda _f: loop.call_later(0.5, close_rest))
 
 
 def _read_ready(fd: int) -> bytes | None:

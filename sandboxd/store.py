@@ -346,6 +346,13 @@ class Store:
                 return rows[0] if rows else None
         return _container(row) if row is not None else None
 
+    def name_taken(self, name: str) -> bool:
+        """Whether a container (stored or volatile) has this exact name: one indexed
+        query, not get_container's resolution (a generated name on every start)."""
+        with self._lock:
+            return name in self._volatile_names or self._db.execute(
+                "SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone() is not None
+
     def list_containers(self) -> list[dict[str, Any]]:
         """All containers, oldest first."""
         with self._lock:

@@ -331,6 +331,7 @@ def test_volatile_rows_resolve_conflict_and_list_as_stored_ones(store, volatile)
     store.put_container(AC, "ab", "created", "img", "s", {}, volatile=second)
     assert store.get_container(AB)["doc"] == {"a": 1}
     assert store.get_container("/web")["id"] == AB
+    assert store.name_taken("web") and store.name_taken("ab") and not store.name_taken(AB)
     assert store.get_container("ab")["id"] == AC                # name wins over prefix
     assert store.get_container("ab1")["id"] == AB               # unique prefix
     with pytest.raises(InvalidArgument, match="multiple"):
