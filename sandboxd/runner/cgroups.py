@@ -354,6 +354,11 @@ class Cgroup(abc.ABC):
         for path in self._procs:
             _write(path, value)
 
+    def entry_files(self) -> tuple[str, ...]:
+        """The files ``enter`` writes ``0`` to before its unshare, for a set-up that is
+        not this Python (runner/setup.c); empty when entering takes more."""
+        return self._procs
+
     def enter(self, unshare: Callable[[], None]) -> None:
         """The container's first process (single-threaded, freshly forked) joins and
         calls ``unshare``, which makes its cgroup namespace: the namespace's root is then
@@ -493,22 +498,24 @@ class CgroupV1(Cgroup):
         if pid != 0:
             super().join(pid)
             return
-        # The calling thread alone, which for a single-threaded caller is the whole
-        # process: no threadgroup lock, so no RCU grace period to wait for.
-        for path in self.paths:
-            _write(path + "/tasks", "0")
+        for path in self.entry_files():
+            _write(path, "0")
+
+    def entry_files(self) -> tuple[str, ...]:
+        # Its ``tasks`` files: a write of 0 moves the calling thread alone, which for a
+        # single-threaded caller is the whole process: no threadgroup lock, so no RCU
+        # grace period to wait for.
+        return tuple(path + "/tasks" for path in self.paths)
 
     def open_join(self) -> list[int]:
-        # Its ``tasks`` files: a write of 0 there moves the calling thread alone (no
-        # threadgroup lock, see join).
         fds: list[int] = []
         try:
-            for path in self.paths:
-                fds.append(os.open(path + "/tasks", os.O_WRONLY | os.O_CLOEXEC))
+            for path in self.entry_files():
+                fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
         except OSError as e:
             for fd in fds:
                 os.close(fd)
-            raise _failed("open", path + "/tasks", e) from e
+            raise _failed("open", path, e) from e
         return fds
 
     def _set_memory(self, limits: Limits, fresh: bool) -> None:
@@ -615,6 +622,9 @@ class CgroupV2(Cgroup):
             self.paths = (path, self.leaf)
             self._procs = (self.leaf + "/cgroup.procs",)
         self._has_kill = True
+
+    def entry_files(self) -> tuple[str, ...]:
+        return () if self.leaf else self._procs
 
     def enter(self, unshare: Callable[[], None]) -> None:
         if not self.leaf:

@@ -31,9 +31,12 @@ TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430      # <asm-generic/ioctls.h>; not
 NS_FLAGS = {"net": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS}
 
 
+# Python ignores SIGPIPE and SIGXFSZ; a workload must start with the defaults.
+RESET_SIGNALS = (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM)
+
+
 def reset_signals() -> None:
-    # Python ignores SIGPIPE and SIGXFSZ; a workload must start with the defaults.
-    for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
+    for sig in RESET_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())

@@ -35,6 +35,7 @@ import fcntl
 import gc
 import os
 import selectors
+import shlex
 import signal
 import socket
 import struct
@@ -47,7 +48,7 @@ import msgpack
 
 from ..errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, NotFound,
                       SandboxError, SetupFailed, from_wire)
-from . import cgroups, child, layers, mounts, rlimits, seccomp, zygote
+from . import cgroups, child, layers, mounts, native, park, rlimits, seccomp, zygote
 from . import syscalls as sc
 from .channel import recv_message, send_message
 from .init import run_init
@@ -332,6 +333,8 @@ class _Start:
     ready: bool = False
     status: int | None = None          # set when the process was reaped before EOF
     parked: bool = False               # a prepared container waiting for its take
+    # Set up by sbx-setup: what each of its steps' failures means (native.encode).
+    failures: list[native.Failure] | None = None
 
 
 class ForkServer:
@@ -348,6 +351,8 @@ class ForkServer:
         self.cgroups = cgroups.CgroupManager(cgroup_parent)
         self.filters = seccomp.FilterCache()
         self.park_helpers: dict[str, int] = {}                 # sbx-park path -> memfd
+        self.setup = -1                  # sbx-setup's memfd (runner/native.py), once built
+        self.setup_builder = 0           # the pid of its build, while it runs
         self.containers: dict[str, _Container] = {}
         self.starts: dict[int, _Start] = {}                    # pipe fd -> start
         self.pids: dict[int, tuple[_Container, str | None]] = {}
@@ -376,6 +381,8 @@ class ForkServer:
             self._filter(seccomp.DEFAULT, DEFAULT_CAPABILITIES)
         except SandboxError as e:
             print(f"fork server: {e.message}", file=sys.stderr)
+        if os.environ.get("SANDBOXD_NATIVE_SETUP", "1") != "0":
+            self._load_setup()
         # What is imported and built so far is never freed: out of the collector's
         # reach, a collection in a forked container does not write to its pages.
         gc.freeze()
@@ -439,7 +446,8 @@ class ForkServer:
 
     # -- operations
     def _op_ping(self, msg: dict, fds: list[int]) -> Any:
-        return {"pid": os.getpid(), "containers": len(self.containers)}
+        return {"pid": os.getpid(), "containers": len(self.containers),
+                "setup": "sbx-setup" if self.setup >= 0 else "python"}
 
     def _op_spawn(self, msg: dict, fds: list[int]) -> Any:
         return self._spawn(msg, fds, park=None)
@@ -462,6 +470,25 @@ class ForkServer:
                 raise SetupFailed(f"load the parked pid 1 {path}: {e.strerror}",
                                   {"step": "park", "errno": e.errno or 0}) from None
         return fd
+
+    def _load_setup(self, build: bool = True) -> None:
+        """sbx-setup's memfd if it is built; else (``build``) its build starts in the
+        background: cold starts are set up in Python until it is there (see _reap)."""
+        try:
+            path = park.helper_path(native.SOURCE, "sbx-setup")
+            if path.exists():
+                self.setup = load_helper(str(path), "sbx-setup")
+                return
+            if not build:
+                raise SetupFailed(f"the build of {path} failed (see above)")
+            command, tmp = park.build_command(native.SOURCE, "sbx-setup")
+        except (OSError, SandboxError) as e:
+            print(f"fork server: cold starts are set up in Python: {e}", file=sys.stderr)
+            return
+        built, target = shlex.quote(str(tmp)), shlex.quote(str(path))
+        script = f"{shlex.join(command)} && mv -f {built} {target}; rm -f {built}"
+        self.setup_builder = os.posix_spawn("/bin/sh", ["sh", "-c", script], dict(os.environ))
+        self.helpers.add(self.setup_builder)
 
     def _op_take(self, msg: dict, fds: list[int]) -> Any:
         """Start a prepared container's workload: ``process``, whose args, env and
@@ -557,11 +584,16 @@ class ForkServer:
             if spec.zygote:
                 ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         channel = theirs.fileno() if theirs is not None else -1
+        clone_flags = child.pid_clone_flags(spec)
         try:
-            self._fork(msg["rid"], container, None, fds,
-                       lambda errw: _container_first(spec, plan, cgroup, fds, errw, first,
-                                                     channel, park),
-                       child.pid_clone_flags(spec))
+            if self.setup >= 0 and park is None and clone_flags is not None \
+                    and native.eligible(spec, clone_flags, cgroup.entry_files()):
+                self._spawn_native(msg["rid"], container, plan, fds, clone_flags)
+            else:
+                self._fork(msg["rid"], container, None, fds,
+                           lambda errw: _container_first(spec, plan, cgroup, fds, errw,
+                                                         first, channel, park),
+                           clone_flags)
         except BaseException:
             for fd in (hold, *images):
                 _close_quietly(fd)
@@ -582,6 +614,42 @@ class ForkServer:
             self.selector.register(ours, selectors.EVENT_READ, ("zygote", container))
         self.containers[spec.id] = container
         return _DEFERRED
+
+    def _spawn_native(self, rid: int, container: _Container, plan: list[Step],
+                      fds: list[int], clone_flags: int) -> None:
+        """Start ``container`` through sbx-setup (runner/native.py): spawned without a
+        copy of this process, it joins the cgroup, clones pid 1 and reports its pid
+        (``P``, as a C1), and pid 1 sets itself up from the encoded steps."""
+        program = container.program
+        steps, failures = native.encode(
+            container.spec, plan, container.cgroup.entry_files(), clone_flags, fds,
+            *((program.bpf, program.flags) if program else (b"", 0)))
+        plan_fd = os.memfd_create("sbx-plan", os.MFD_CLOEXEC)
+        errr, errw = os.pipe2(os.O_CLOEXEC)
+        try:
+            view = memoryview(steps)
+            while view:
+                view = view[os.write(plan_fd, view):]
+            # A dup2 of an fd onto itself clears its close-on-exec: these reach sbx-setup.
+            keep = (plan_fd, errw, *fds, container.layer_hold, *container.image_holds)
+            pid = os.posix_spawn(f"/proc/self/fd/{self.setup}",
+                                 ["sbx-setup", str(plan_fd), str(errw)], {},
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, fd, fd)
+                                               for fd in keep if fd >= 0],
+                                 setsigmask=(), setsigdef=child.RESET_SIGNALS)
+        except OSError as e:
+            os.close(errr)
+            raise SetupFailed(f"spawn sbx-setup: {e.strerror}",
+                              {"step": "namespaces", "errno": e.errno or 0}) from None
+        finally:
+            os.close(plan_fd)
+            os.close(errw)
+        for fd in fds:
+            os.close(fd)
+        self.helpers.add(pid)
+        self.starts[errr] = _Start(rid, container, None, failures=failures)
+        os.set_blocking(errr, False)
+        self.selector.register(errr, selectors.EVENT_READ, "pipe")
 
     def _filter(self, profile: str, capabilities: tuple[str, ...]) -> seccomp.Program | None:
         try:
@@ -966,6 +1034,9 @@ class ForkServer:
             start.container.execs[start.exec_id] = start.pid
         if start.pid in self.early_exits:
             start.status = self.early_exits.pop(start.pid)
+        elif start.failures is not None:
+            # sbx-setup's clone made the mount namespace: held as _fork holds a clone's.
+            start.container.mounts_hold = _open_quietly(f"/proc/{start.pid}/ns/mnt")
 
     def _started(self, start: _Start) -> None:
         self._release_layer(start.container)
@@ -1002,6 +1073,9 @@ class ForkServer:
                 return
             if pid in self.helpers:
                 self.helpers.discard(pid)
+                if pid == self.setup_builder:
+                    self.setup_builder = 0
+                    self._load_setup(build=False)
                 continue
             if pid == self.template_pid:
                 print(f"fork server: the template exited (status {status}); the next "
@@ -1140,6 +1214,8 @@ def validate_process(process: Process) -> Process:
 
 def _decode_failure(start: _Start) -> SandboxError:
     raw = bytes(start.buf)
+    if raw.startswith(b"X") and start.failures is not None:       # from sbx-setup
+        return native.decode_failure(raw, start.failures)
     if raw.startswith(b"X"):                     # from sbx-park
         return decode_failure(raw)
     if raw.startswith(b"E"):

@@ -43,37 +43,49 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SANDBOXD_CACHE_DIR", "/var/cache/sandboxd"))
 
 
-def build_helper() -> str:
-    """The path of ``sbx-park`` for this park.c, built once per source; raises
-    SetupFailed (with the compiler's words) when it cannot be built."""
-    source = SOURCE.read_bytes()
-    target = cache_dir() / f"sbx-park-{hashlib.sha256(source).hexdigest()[:16]}"
-    if target.exists():
-        return str(target)
+def helper_path(source: Path = SOURCE, name: str = "sbx-park") -> Path:
+    """Where the program built from ``source`` is kept: one file per source's hash."""
+    return cache_dir() / f"{name}-{hashlib.sha256(source.read_bytes()).hexdigest()[:16]}"
+
+
+def build_command(source: Path = SOURCE, name: str = "sbx-park") -> tuple[list[str], Path]:
+    """The compiler's command line and the path it writes (beside ``helper_path``, to
+    be renamed there: a concurrent build wins or loses whole); raises SetupFailed when
+    there is no compiler."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        raise SetupFailed("no C compiler (cc) to build the pools' parked pid 1 from "
-                          f"{SOURCE}: apt-get install gcc libc6-dev",
-                          {"step": "park-helper", "errno": 0})
+        raise SetupFailed(f"no C compiler (cc) to build {name} from {source}: apt-get "
+                          f"install gcc libc6-dev", {"step": "park-helper", "errno": 0})
+    target = helper_path(source, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    return [compiler, "-static", "-Os", "-s", "-o", str(tmp), str(source)], tmp
+
+
+def build_helper(source: Path = SOURCE, name: str = "sbx-park") -> str:
+    """The path of the program built from ``source`` (sbx-park's park.c by default),
+    built once per source; raises SetupFailed (with the compiler's words) when it
+    cannot be built."""
+    target = helper_path(source, name)
+    if target.exists():
+        return str(target)
+    command, tmp = build_command(source, name)
     try:
-        done = subprocess.run([compiler, "-static", "-Os", "-s", "-o", str(tmp), str(SOURCE)],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode:
-            raise SetupFailed(f"build {SOURCE.name} with {compiler}: "
+            raise SetupFailed(f"build {source.name} with {command[0]}: "
                               f"{done.stderr.strip()[-500:]}",
                               {"step": "park-helper", "errno": 0})
-        os.replace(tmp, target)               # atomic: a concurrent build wins or loses whole
+        os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     return str(target)
 
 
-def load_helper(path: str) -> int:
+def load_helper(path: str, name: str = "sbx-park") -> int:
     """A sealed, close-on-exec memfd holding the helper, for fexecve."""
     data = Path(path).read_bytes()
-    fd = os.memfd_create("sbx-park", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         view = memoryview(data)
         while view:

@@ -34,7 +34,7 @@ def to_rlim(value: int) -> int:
     return resource.RLIM_INFINITY if value == UNLIMITED else value
 
 
-def _show(value: int) -> str:
+def show(value: int) -> str:
     return "unlimited" if value == resource.RLIM_INFINITY else str(value)
 
 
@@ -62,7 +62,7 @@ def check_raisable(ulimits: Iterable[Ulimit]) -> list[str]:
             with open(NR_OPEN, encoding="ascii") as f:
                 nr_open = int(f.read())
             if want == resource.RLIM_INFINITY or want > nr_open:
-                problems.append(f"ulimit nofile: hard limit {_show(want)} is above this "
+                problems.append(f"ulimit nofile: hard limit {show(want)} is above this "
                                 f"kernel's fs.nr_open {nr_open}")
                 continue
         if have == resource.RLIM_INFINITY or (want != resource.RLIM_INFINITY and want <= have):
@@ -70,8 +70,8 @@ def check_raisable(ulimits: Iterable[Ulimit]) -> list[str]:
         if can_raise is None:
             can_raise = _has_cap_sys_resource()
         if not can_raise:
-            problems.append(f"ulimit {u.name}: hard limit {_show(want)} is above this host's "
-                            f"{_show(have)} and raising it needs CAP_SYS_RESOURCE")
+            problems.append(f"ulimit {u.name}: hard limit {show(want)} is above this host's "
+                            f"{show(have)} and raising it needs CAP_SYS_RESOURCE")
     return problems
 
 
@@ -88,6 +88,6 @@ def apply(ulimits: Iterable[Ulimit]) -> None:
                               {"step": "rlimit", "errno": errno.EINVAL}) from None
         except (OSError, ValueError) as e:
             code = e.errno if isinstance(e, OSError) else errno.EINVAL
-            raise SetupFailed(f"setrlimit {u.name} {_show(soft)}:{_show(hard)}: "
+            raise SetupFailed(f"setrlimit {u.name} {show(soft)}:{show(hard)}: "
                               f"{os.strerror(code)}",
                               {"step": "rlimit", "errno": code, "name": u.name}) from e

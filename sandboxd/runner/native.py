@@ -1,0 +1,240 @@
+"""A cold start's set-up in C: which starts take it, and the steps sbx-setup is given.
+
+The fork server's own path forks its Python interpreter and runs the set-up there
+(forkserver._container_first): each start then pays for copying the pages that Python
+touches in a 15 MiB address space (~2 ms of copy-on-write faults here, in the child and
+in the server), for ~250 system calls with Python between them, and for the exec's
+teardown of that address space. ``sbx-setup`` (setup.c) is a small static program the
+server spawns without copying itself (posix_spawn), given the same decisions as a list
+of steps: :func:`encode` turns the plan (plan.build_plan) and the spec's process into
+them, and :func:`decode_failure` words a failed step exactly as the Python path words it.
+
+What takes this path: a plain start (no pty, init, hold, zygote, template entry, nor
+a prepared pool container), its pid namespace private or the host's, root as the user
+without added groups, no_new_privileges on (the filter loads last, just before the
+exec). Anything else, or a host where sbx-setup could not be built, takes the Python
+path; both end in the same container (tests/test_native_setup.py compares them).
+
+The helper is built and loaded as sbx-park is (park.build_helper, park.load_helper).
+"""
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import SandboxError, SetupFailed
+from . import rlimits, security
+from . import syscalls as sc
+from .park import decode_failure as decode_command_failure
+from .plan import (AttachMount, MakeDevice, MakeDirs, MakeLink, MaskPath, MountStep, PivotRoot,
+                   ReadonlyPath, SetHostname, Step, WriteFile)
+from .spec import DEFAULT_PATH, ContainerSpec
+
+SOURCE = Path(__file__).with_name("setup.c")
+MAGIC = 0x70757473                           # setup.c's SETUP_MAGIC
+NS_FLAGS = {"net": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS}
+_FAILURE = struct.Struct("=ciI")             # after "X": kind, errno, step index
+
+
+class Op(enum.IntEnum):
+    """setup.c's step codes."""
+    JOIN = 1
+    CLONE = 2
+    UNSHARE = 3
+    SETNS = 4
+    SYSCTL = 5
+    MOUNT = 6
+    ATTACH = 7
+    MKDIRS = 8
+    MKNOD = 9
+    SYMLINK = 10
+    WRITE = 11
+    MASK = 12
+    READONLY = 13
+    PIVOT = 14
+    HOSTNAME = 15
+    STDIO = 16
+    RLIMIT = 17
+    WORKDIR = 18
+    PROFILE = 19
+    CHDIR = 20
+    EXEC = 21
+
+
+# What a failed step becomes: (errno, kind, detail) -> the error the Python path raises.
+Failure = Callable[[int, bytes, str], SandboxError]
+
+
+def eligible(spec: ContainerSpec, clone_flags: int | None, entry_files: Sequence[str]) -> bool:
+    """Whether ``spec``'s start can be set up by sbx-setup (see the module's text)."""
+    process = spec.process
+    return (clone_flags is not None and bool(entry_files) and not process.terminal
+            and not spec.init and not spec.hold and not spec.zygote and not spec.entry
+            and not process.user and not process.groups and process.no_new_privileges
+            and all(u.name in rlimits.RLIMITS for u in process.ulimits))
+
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = [struct.pack("=I", MAGIC)]
+        self.failures: list[Failure] = []
+
+    def step(self, op: Op, failure: Failure) -> _Encoder:
+        self.parts.append(struct.pack("=II", op, len(self.failures)))
+        self.failures.append(failure)
+        return self
+
+    def u32(self, *values: int) -> _Encoder:
+        self.parts.append(struct.pack(f"={len(values)}I", *values))
+        return self
+
+    def u64(self, *values: int) -> _Encoder:
+        self.parts.append(struct.pack(f"={len(values)}Q", *values))
+        return self
+
+    def bytes(self, data: bytes) -> _Encoder:
+        self.parts += [struct.pack("=I", len(data)), data]
+        return self
+
+    def str(self, *texts: str | None) -> _Encoder:
+        for text in texts:
+            self.bytes(os.fsencode(text or "") + b"\0")
+        return self
+
+
+def _setup_failed(message: str, step: str, **details: object) -> Failure:
+    def failure(err: int, kind: bytes, detail: str) -> SandboxError:
+        return SetupFailed(f"{message}: {detail or os.strerror(err)}",
+                           {"step": step, "errno": err, **details})
+    return failure
+
+
+def _step_failure(step: Step) -> Failure:
+    """mounts.run_steps's words for a failed step (and _mount's for a plain target)."""
+    what = step.describe()
+
+    def failure(err: int, kind: bytes, detail: str) -> SandboxError:
+        if kind == b"l":
+            return SetupFailed(f"{what}: the image's {step.target} is a symlink (to "  # type: ignore[union-attr]
+                               f"{detail}); refusing to mount through it",
+                               {"step": what, "errno": 40})
+        if kind == b"d":
+            return SetupFailed(f"{what}: the image's {step.target} is not a directory",  # type: ignore[union-attr]
+                               {"step": what, "errno": 20})
+        reason = f"too many levels of symbolic links in {detail}" if kind == b"L" \
+            else detail or os.strerror(err)
+        return SetupFailed(f"{what}: {reason}", {"step": what, "errno": err})
+    return failure
+
+
+def encode(spec: ContainerSpec, plan: Sequence[Step], entry_files: Sequence[str],
+           clone_flags: int, stdio: Sequence[int], bpf: bytes, bpf_flags: int,
+           ) -> tuple[bytes, list[Failure]]:
+    """sbx-setup's steps for ``spec`` and the ``plan`` built for it, with the failure of
+    each step as the Python path words it."""
+    root = next(s.root for s in plan if isinstance(s, PivotRoot))
+    e = _Encoder()
+    e.str(root)
+    for path in entry_files:
+        e.step(Op.JOIN, _setup_failed(f"write 0 to {path}", "cgroup", path=path)).str(path)
+    namespaces = _setup_failed("create namespaces", "namespaces")
+    e.step(Op.CLONE, namespaces).u64(clone_flags)
+    flags = sc.CLONE_NEWCGROUP     # after the join: its root is the container's cgroup
+    for name, flag in NS_FLAGS.items():
+        mode = getattr(spec.namespaces, name)
+        if mode == "private":
+            flags |= flag
+        elif mode != "host":
+            e.step(Op.SETNS, namespaces).str(mode).u32(flag)
+    e.step(Op.UNSHARE, namespaces).u64(flags)
+    for entry in spec.sysctls:
+        key, _, value = entry.partition("=")
+        e.step(Op.SYSCTL, _setup_failed(f"sysctl {key}={value}", "sysctl")) \
+            .str("/proc/sys/" + key.replace(".", "/"), value)
+    for step in plan:
+        _encode_step(e, step)
+    process = spec.process
+    container_setup = _setup_failed("container setup: OSError", "setup")
+    e.step(Op.STDIO, container_setup).u32(*stdio[:3])
+    for u in process.ulimits:
+        soft, hard = rlimits.to_rlim(u.soft), rlimits.to_rlim(u.hard)
+        e.step(Op.RLIMIT, _setup_failed(
+            f"setrlimit {u.name} {rlimits.show(soft)}:{rlimits.show(hard)}", "rlimit",
+            name=u.name)).u32(rlimits.RLIMITS[u.name]).u64(soft, hard)
+    e.step(Op.WORKDIR, _setup_failed(f"prepare workdir {process.cwd}", "workdir")) \
+        .str(process.cwd)
+    keep = security.capability_mask(process.capabilities) & security.RUNNER_CAPS
+    e.step(Op.PROFILE, _setup_failed("apply security profile (user root)", "security")) \
+        .u64(keep).u32(security.LAST_CAP, int(process.no_new_privileges))
+    e.step(Op.CHDIR, _setup_failed(f"chdir to {process.cwd}", "chdir")).str(process.cwd)
+    env = _environment(spec)
+    keys = [entry.partition("=")[0] for entry in env]
+    path = dict(entry.partition("=")[::2] for entry in env).get("PATH", DEFAULT_PATH)
+    # HOSTNAME and HOME as child.environment makes them, unless the process sets them:
+    # the uts namespace's name (when the spec names none) and uid 0's home in the image.
+    host_at = keys.index("HOSTNAME") if not spec.hostname and _unset(process.env, "HOSTNAME") \
+        else 0xFFFFFFFF
+    home_at = keys.index("HOME") if _unset(process.env, "HOME") else 0xFFFFFFFF
+    e.step(Op.EXEC, _setup_failed("install the seccomp filter", "seccomp")) \
+        .u32(len(process.args), len(env), host_at, home_at).str(path).u32(bpf_flags) \
+        .bytes(bpf).str(*process.args, *env)
+    return b"".join(e.parts), e.failures
+
+
+def _unset(entries: Sequence[str], key: str) -> bool:
+    return not any(entry.partition("=")[0] == key for entry in entries)
+
+
+def _environment(spec: ContainerSpec) -> list[str]:
+    """child.environment's result as entries, in its order; HOSTNAME and HOME hold
+    placeholders sbx-setup fills when the process does not set them."""
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname, "HOME": ""}
+    for entry in spec.process.env:
+        key, _, value = entry.partition("=")
+        env[key] = value
+    return [f"{key}={value}" for key, value in env.items()]
+
+
+def _encode_step(e: _Encoder, step: Step) -> None:
+    failure = _step_failure(step)
+    if isinstance(step, MountStep):
+        e.step(Op.MOUNT, failure).str(step.target, step.fstype, step.source, step.data,
+                                      step.create, step.chdir) \
+            .u64(step.flags).u32(int(step.in_root), int(step.plain_target))
+    elif isinstance(step, AttachMount):
+        e.step(Op.ATTACH, failure).u32(step.fd).str(step.target).u32(int(step.in_root))
+    elif isinstance(step, MakeDirs):
+        e.step(Op.MKDIRS, failure).str(step.path).u32(step.mode, int(step.in_root))
+    elif isinstance(step, MakeDevice):
+        e.step(Op.MKNOD, failure).str(step.path).u32(step.major, step.minor)
+    elif isinstance(step, MakeLink):
+        e.step(Op.SYMLINK, failure).str(step.path, step.target)
+    elif isinstance(step, WriteFile):
+        e.step(Op.WRITE, failure).str(step.path).bytes(step.content.encode())
+    elif isinstance(step, MaskPath):
+        e.step(Op.MASK, failure).str(step.path)
+    elif isinstance(step, ReadonlyPath):
+        e.step(Op.READONLY, failure).str(step.path)
+    elif isinstance(step, PivotRoot):
+        e.step(Op.PIVOT, failure)
+    elif isinstance(step, SetHostname):
+        e.step(Op.HOSTNAME, failure).str(step.name)
+    else:                                           # a new step type must be taught here
+        raise TypeError(f"sbx-setup: no encoding for {type(step).__name__}")
+
+
+def decode_failure(raw: bytes, failures: Sequence[Failure]) -> SandboxError:
+    """The error of sbx-setup's ``X`` report: a step's as the Python path words it, or
+    the command's (not found, not executable) as sbx-park's."""
+    kind = raw[1:2]
+    if kind not in (b"o", b"l", b"d", b"L"):
+        return decode_command_failure(raw)
+    _, err, index = _FAILURE.unpack_from(raw, 1)
+    detail = raw[1 + _FAILURE.size:].decode("utf-8", "replace")
+    if index >= len(failures):
+        return SetupFailed(f"container setup (sbx-setup): {detail or os.strerror(err)}",
+                           {"step": "setup", "errno": err})
+    return failures[index](err, kind, detail)

@@ -1,0 +1,754 @@
+/* sbx-setup: a cold container start's set-up, carried out in C (see native.py).
+ *
+ * The fork server's Python decides everything a start does (plan.build_plan, the spec's
+ * limits, profile and process) and encodes it as a list of steps (native.encode). It
+ * spawns this program (posix_spawn: no copy of its address space) with the encoded
+ * steps in a memfd:
+ *
+ *     sbx-setup PLAN_FD ERRW
+ *
+ * The process spawned is a "C1": it joins the container's cgroup, clones the container's
+ * pid 1 (new pid and mount namespaces), reports "P" PID(4 bytes, native) on ERRW and
+ * exits; the fork server, a child subreaper, inherits pid 1. pid 1 then goes through the
+ * remaining steps in order (namespaces, sysctls, the plan's filesystem steps, stdio,
+ * rlimits, working directory, capabilities, no_new_privs), builds the environment, finds
+ * the executable, closes every fd but ERRW, loads the seccomp filter, reports "R" and
+ * execs: what forkserver._container_first and _container_pid1 do in Python, with no
+ * Python in the container's process and no copy-on-write faults on the server's heap.
+ *
+ * Failures go to ERRW as "X" KIND ERRNO(4) then, for kind 'o' (a step failed), 'l' (a
+ * plain target is a symlink) and 'd' (it is not a directory), the step's index (u32) and
+ * a detail text; for 'p', 'n', 'x' (park.c's: not in PATH, exec ENOENT, exec failed) the
+ * command. The fork server words them as the Python path does (native.decode_failure).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/openat2.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#define SETUP_MAGIC 0x70757473u         /* "stup": native.MAGIC */
+#define MAX_PLAN (1 << 22)
+#define MAX_STRINGS 8192
+#define MAX_LINKS 40
+#define KEEP_ON_REMOUNT (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME)
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+
+/* The step codes: native.py's Op. */
+enum {
+    OP_JOIN = 1, OP_CLONE, OP_UNSHARE, OP_SETNS, OP_SYSCTL, OP_MOUNT, OP_ATTACH, OP_MKDIRS,
+    OP_MKNOD, OP_SYMLINK, OP_WRITE, OP_MASK, OP_READONLY, OP_PIVOT, OP_HOSTNAME, OP_STDIO,
+    OP_RLIMIT, OP_WORKDIR, OP_PROFILE, OP_CHDIR, OP_EXEC,
+};
+
+static char plan[MAX_PLAN] __attribute__((aligned(8)));
+static size_t plan_len, cursor;
+static int errw = -1;
+static uint32_t step_index;
+static char root[4096];             /* the new root's host path (resolve_in_root's root) */
+
+static void report(const char *buf, size_t len)
+{
+    if (write(errw, buf, len) < 0) {
+        /* nothing left to tell it with: the exit status says it failed */
+    }
+}
+
+/* 'o', 'l', 'd', 'L': the step at step_index; detail says more where the kind needs it. */
+static void fail_kind(char kind, int err, const char *detail)
+{
+    char buf[4200];
+    size_t len = strnlen(detail, 4096);
+    buf[0] = 'X';
+    buf[1] = kind;
+    memcpy(buf + 2, &err, 4);
+    memcpy(buf + 6, &step_index, 4);
+    memcpy(buf + 10, detail, len);
+    report(buf, 10 + len);
+    _exit(1);
+}
+
+static void fail(void) { fail_kind('o', errno, ""); }
+
+/* park.c's kinds: 'p' not found in PATH, 'n' exec ENOENT, 'x' exec failed. */
+static void fail_command(char kind, int err, const char *command, int code)
+{
+    char buf[4200];
+    size_t len = strnlen(command, 4096);
+    buf[0] = 'X';
+    buf[1] = kind;
+    memcpy(buf + 2, &err, 4);
+    memcpy(buf + 6, command, len);
+    report(buf, 6 + len);
+    _exit(code);
+}
+
+/* -- the plan's encoding: u32 and u64 native, strings as u32 length (with the NUL) + bytes */
+static void truncated(void)
+{
+    errno = EINVAL;
+    fail_kind('o', EINVAL, "the encoded plan is truncated");
+}
+
+static uint32_t u32(void)
+{
+    uint32_t v;
+    if (plan_len - cursor < 4)
+        truncated();
+    memcpy(&v, plan + cursor, 4);
+    cursor += 4;
+    return v;
+}
+
+static uint64_t u64(void)
+{
+    uint64_t v;
+    if (plan_len - cursor < 8)
+        truncated();
+    memcpy(&v, plan + cursor, 8);
+    cursor += 8;
+    return v;
+}
+
+static const char *bytes(uint32_t *size)
+{
+    uint32_t n = u32();
+    if (plan_len - cursor < n)
+        truncated();
+    const char *p = plan + cursor;
+    cursor += n;
+    if (size)
+        *size = n;
+    return p;
+}
+
+static const char *str(void)
+{
+    uint32_t n;
+    const char *p = bytes(&n);
+    if (n == 0 || p[n - 1] != '\0')
+        truncated();
+    return p;
+}
+
+/* -- paths */
+
+/* mounts.resolve_in_root: the host path of PATH as seen from inside the root, symlinks
+ * followed with the root as their "/", ".." never above it; missing components are
+ * fine (the result names where they would be). */
+static void resolve_in_root(const char *path, char *out, size_t size)
+{
+    /* parts still to walk, as a string; done, the resolved components */
+    static char todo[8192], link[4096], next[8192];
+    char done[4096] = "";
+    size_t done_len = 0;
+    int hops = 0;
+    if (snprintf(todo, sizeof todo, "%s", path) >= (int)sizeof todo)
+        fail_kind('o', ENAMETOOLONG, "");
+    char *p = todo;
+    for (;;) {
+        while (*p == '/')
+            p++;
+        if (!*p)
+            break;
+        char *end = strchrnul(p, '/');
+        size_t len = (size_t)(end - p);
+        char *rest = *end ? end + 1 : end;
+        if (len == 1 && p[0] == '.') {
+            p = rest;
+            continue;
+        }
+        if (len == 2 && p[0] == '.' && p[1] == '.') {
+            char *slash = strrchr(done, '/');
+            done_len = slash ? (size_t)(slash - done) : 0;
+            done[done_len] = '\0';
+            p = rest;
+            continue;
+        }
+        char candidate[8192];
+        int n = snprintf(candidate, sizeof candidate, "%s%s/%.*s", root, done, (int)len, p);
+        if (n < 0 || (size_t)n >= sizeof candidate || done_len + len + 2 > sizeof done)
+            fail_kind('o', ENAMETOOLONG, "");
+        struct stat st;
+        if (lstat(candidate, &st) < 0) {
+            if (errno != ENOENT)
+                fail();
+        } else if (S_ISLNK(st.st_mode)) {
+            if (++hops > MAX_LINKS)
+                fail_kind('L', ELOOP, path);
+            ssize_t k = readlink(candidate, link, sizeof link - 1);
+            if (k < 0)
+                fail();
+            link[k] = '\0';
+            if (link[0] == '/') {
+                done_len = 0;
+                done[0] = '\0';
+            }
+            if (snprintf(next, sizeof next, "%s/%s", link, rest) >= (int)sizeof next)
+                fail_kind('o', ENAMETOOLONG, "");
+            memcpy(todo, next, strlen(next) + 1);
+            p = todo;
+            continue;
+        }
+        done[done_len++] = '/';
+        memcpy(done + done_len, p, len);
+        done_len += len;
+        done[done_len] = '\0';
+        p = rest;
+    }
+    if ((size_t)snprintf(out, size, "%s%s", root, done) >= size)
+        fail_kind('o', ENAMETOOLONG, "");
+}
+
+static void where(const char *path, int in_root, char *out, size_t size)
+{
+    if (in_root)
+        resolve_in_root(path, out, size);
+    else if ((size_t)snprintf(out, size, "%s", path) >= size)
+        fail_kind('o', ENAMETOOLONG, "");
+}
+
+static void in_new_root(const char *path, char *out, size_t size)
+{
+    if ((size_t)snprintf(out, size, "%s%s", root, path) >= size)
+        fail_kind('o', ENAMETOOLONG, "");
+}
+
+/* os.makedirs(path, mode, exist_ok=True): parents 0777, the leaf MODE (both under the
+ * umask); an existing non-directory at the end fails with EEXIST. */
+static int makedirs(const char *path, mode_t mode)
+{
+    char buf[8192];
+    size_t len = strlen(path);
+    if (len >= sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(buf, path, len + 1);
+    while (len > 1 && buf[len - 1] == '/')
+        buf[--len] = '\0';
+    for (char *s = buf + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(buf, 0777) < 0 && errno != EEXIST)
+            return -1;
+        *s = '/';
+    }
+    if (mkdir(buf, mode) == 0)
+        return 0;
+    struct stat st;
+    if (errno == EEXIST && stat(buf, &st) == 0 && S_ISDIR(st.st_mode))
+        return 0;
+    if (errno == EEXIST || errno == 0)
+        errno = EEXIST;
+    return -1;
+}
+
+static int lexists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static unsigned long keep_flags(const char *target)
+{
+    struct statvfs sv;
+    if (statvfs(target, &sv) < 0)
+        fail();
+    return sv.f_flag & KEEP_ON_REMOUNT;
+}
+
+/* -- the plan's filesystem steps (mounts.py) */
+
+static void op_mount(void)
+{
+    const char *target = str(), *fstype = str(), *source = str(), *data = str(),
+               *create = str(), *chdir_to = str();
+    unsigned long flags = (unsigned long)u64();
+    uint32_t in_root = u32(), plain = u32();
+    char path[8192];
+    if (plain) {
+        in_new_root(target, path, sizeof path);
+        struct stat st;
+        if (lstat(path, &st) < 0) {
+            if (errno != ENOENT || makedirs(path, 0755) < 0)
+                fail();
+        } else if (S_ISLNK(st.st_mode)) {
+            char link[4096];
+            ssize_t k = readlink(path, link, sizeof link - 1);
+            link[k < 0 ? 0 : k] = '\0';
+            fail_kind('l', ELOOP, link);
+        } else if (!S_ISDIR(st.st_mode)) {
+            fail_kind('d', ENOTDIR, "");
+        }
+    } else {
+        where(target, (int)in_root, path, sizeof path);
+        if (*create && !lexists(path)) {
+            struct stat st;
+            int as_file = strcmp(create, "like-source") == 0 && *source &&
+                          !(stat(source, &st) == 0 && S_ISDIR(st.st_mode));
+            if (as_file) {
+                char parent[8192];
+                memcpy(parent, path, strlen(path) + 1);
+                char *slash = strrchr(parent, '/');
+                if (slash && slash != parent) {
+                    *slash = '\0';
+                    if (makedirs(parent, 0755) < 0)
+                        fail();
+                }
+                int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+                if (fd < 0)
+                    fail();
+                close(fd);
+            } else if (makedirs(path, 0755) < 0) {
+                fail();
+            }
+        }
+    }
+    if (flags & MS_REMOUNT)
+        flags |= keep_flags(path);
+    int cwd = -1;
+    if (*chdir_to) {
+        cwd = open(".", O_PATH | O_CLOEXEC);
+        if (cwd < 0 || chdir(chdir_to) < 0)
+            fail();
+    }
+    int rc = mount(*source ? source : NULL, path, *fstype ? fstype : NULL, flags,
+                   *data ? data : NULL);
+    int err = errno;
+    if (cwd >= 0) {
+        if (fchdir(cwd) < 0)
+            fail();
+        close(cwd);
+    }
+    errno = err;
+    if (rc < 0)
+        fail();
+}
+
+static void op_attach(void)
+{
+    int fd = (int)u32();
+    const char *target = str();
+    uint32_t in_root = u32();
+    char path[8192];
+    where(target, (int)in_root, path, sizeof path);
+    if (in_root && makedirs(path, 0755) < 0)
+        fail();
+    if (syscall(SYS_move_mount, fd, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+        fail();
+    close(fd);
+}
+
+static void op_mkdirs(void)
+{
+    const char *target = str();
+    mode_t mode = (mode_t)u32();
+    uint32_t in_root = u32();
+    char path[8192];
+    where(target, (int)in_root, path, sizeof path);
+    if (makedirs(path, mode) < 0)
+        fail();
+}
+
+static void op_mknod(void)
+{
+    const char *target = str();
+    unsigned major = u32(), minor = u32();
+    char path[8192];
+    in_new_root(target, path, sizeof path);
+    if (mknod(path, S_IFCHR | 0666, makedev(major, minor)) < 0 || chmod(path, 0666) < 0)
+        fail();
+}
+
+static void op_symlink(void)
+{
+    const char *target = str(), *link = str();
+    char path[8192];
+    in_new_root(target, path, sizeof path);
+    if (symlink(link, path) < 0)
+        fail();
+}
+
+/* mounts.write_in_root: resolved inside the root in one openat2 call. */
+static int open_in_root(int root_fd, const char *path)
+{
+    struct open_how how = {.flags = O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC,
+                           .mode = 0644, .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+    while (*path == '/')
+        path++;
+    int fd;
+    int tries = 0;
+    do
+        fd = (int)syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+    while (fd < 0 && errno == EAGAIN && ++tries < 32);
+    return fd;
+}
+
+static void op_write(void)
+{
+    const char *target = str();
+    uint32_t size;
+    const char *content = bytes(&size);
+    int root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd < 0)
+        fail();
+    int fd = open_in_root(root_fd, target);
+    if (fd < 0 && errno == ENOENT) {          /* a directory on the way is missing (rare) */
+        char path[8192];
+        resolve_in_root(target, path, sizeof path);
+        char *slash = strrchr(path, '/');
+        if (slash && slash != path) {
+            *slash = '\0';
+            if (makedirs(path, 0755) < 0)
+                fail();
+        }
+        fd = open_in_root(root_fd, target);
+    }
+    if (fd < 0)
+        fail();
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        fail();
+    if (!S_ISREG(st.st_mode)) {
+        errno = EINVAL;
+        fail();
+    }
+    for (uint32_t done = 0; done < size;) {
+        ssize_t n = write(fd, content + done, size - done);
+        if (n < 0)
+            fail();
+        done += (uint32_t)n;
+    }
+    close(fd);
+    close(root_fd);
+}
+
+static void op_mask(void)
+{
+    const char *target = str();
+    char path[8192], null[8192];
+    resolve_in_root(target, path, sizeof path);
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return;                              /* nothing there to hide */
+        fail();
+    }
+    int rc;
+    if (S_ISDIR(st.st_mode)) {
+        rc = mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                   "size=0,mode=555");
+    } else {
+        in_new_root("/dev/null", null, sizeof null);
+        rc = mount(null, path, NULL, MS_BIND, NULL);
+    }
+    if (rc < 0)
+        fail();
+}
+
+static void op_readonly(void)
+{
+    const char *target = str();
+    char path[8192];
+    resolve_in_root(target, path, sizeof path);
+    if (!lexists(path))
+        return;
+    if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) < 0)
+        fail();
+    if (mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | keep_flags(path), NULL) < 0)
+        fail();
+}
+
+static void op_pivot(void)
+{
+    /* pivot_root(".", "."): the old root ends up stacked under the new one; detaching
+     * "." then removes it, so nothing of the host's tree stays reachable. */
+    if (chdir(root) < 0 || syscall(SYS_pivot_root, ".", ".") < 0 ||
+            umount2(".", MNT_DETACH) < 0 || chdir("/") < 0)
+        fail();
+}
+
+/* -- the process (child.py, security.py) */
+
+static void op_profile(void)
+{
+    uint64_t keep = u64();
+    uint32_t last_cap = u32(), no_new_privs = u32();
+    for (uint32_t cap = 0; cap <= last_cap; cap++)
+        if (!(keep & (1ull << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
+            fail();
+    if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+        fail();
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2] = {
+        {(uint32_t)keep, (uint32_t)keep, 0}, {(uint32_t)(keep >> 32), (uint32_t)(keep >> 32), 0}};
+    if (syscall(SYS_capset, &header, data) < 0)
+        fail();
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
+        fail();
+    if (no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        fail();
+}
+
+/* child.home_of(0): the home of uid 0 in the container's /etc/passwd, else /root. */
+static void home_of_root(char *out, size_t size)
+{
+    snprintf(out, size, "/root");
+    FILE *f = fopen("/etc/passwd", "re");
+    if (!f)
+        return;
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        char *fields[7] = {0};
+        int n = 0;
+        char *s = line;
+        while (n < 7) {
+            fields[n++] = s;
+            char *colon = strchr(s, ':');
+            if (!colon)
+                break;
+            *colon = '\0';
+            s = colon + 1;
+        }
+        if (n > 5 && strcmp(fields[2], "0") == 0) {
+            snprintf(out, size, "%s", *fields[5] ? fields[5] : "/");
+            break;
+        }
+    }
+    fclose(f);
+}
+
+/* child.find_executable(): a name with a slash as it is, else the first regular file of
+ * that name in PATH (an empty entry is the working directory). */
+static const char *find_executable(const char *name, const char *path)
+{
+    static char found[4096];
+    if (strchr(name, '/'))
+        return name;
+    for (;;) {
+        const char *end = strchrnul(path, ':');
+        size_t dir = (size_t)(end - path);
+        int n = dir == 0 ? snprintf(found, sizeof found, "./%s", name)
+                : path[dir - 1] == '/' ? snprintf(found, sizeof found, "%.*s%s", (int)dir, path, name)
+                : snprintf(found, sizeof found, "%.*s/%s", (int)dir, path, name);
+        struct stat st;
+        if (n > 0 && (size_t)n < sizeof found && stat(found, &st) == 0 && S_ISREG(st.st_mode))
+            return found;
+        if (!*end)
+            break;
+        path = end + 1;
+    }
+    fail_command('p', 0, name, 127);
+    return NULL;
+}
+
+static void close_from(unsigned first, unsigned last)
+{
+    if (first > last)
+        return;
+    if (syscall(SYS_close_range, first, last, 0) == 0)
+        return;
+    for (unsigned fd = first; fd <= last && fd < 65536; fd++)   /* before Linux 5.9 */
+        close((int)fd);
+}
+
+static void op_exec(void)
+{
+    static char *args[MAX_STRINGS + 1], *env[MAX_STRINGS + 1];
+    static char host_entry[300], home_entry[4200];
+    uint32_t argc = u32(), envc = u32(), host_at = u32(), home_at = u32();
+    const char *path = str();
+    uint32_t flags = u32(), filter_len;
+    const char *filter = bytes(&filter_len);
+    if (argc < 1 || argc > MAX_STRINGS || envc > MAX_STRINGS ||
+            filter_len % sizeof(struct sock_filter))
+        truncated();
+    for (uint32_t i = 0; i < argc; i++)
+        args[i] = (char *)str();
+    for (uint32_t i = 0; i < envc; i++)
+        env[i] = (char *)str();
+    if (host_at < envc) {                      /* HOSTNAME: the uts namespace's own */
+        struct utsname u;
+        uname(&u);
+        snprintf(host_entry, sizeof host_entry, "HOSTNAME=%s", u.nodename);
+        env[host_at] = host_entry;
+    }
+    if (home_at < envc) {
+        char home[4096];
+        home_of_root(home, sizeof home);
+        snprintf(home_entry, sizeof home_entry, "HOME=%s", home);
+        env[home_at] = home_entry;
+    }
+    const char *executable = find_executable(args[0], path);
+    close_from(3, (unsigned)errw - 1);
+    close_from((unsigned)errw + 1, ~0u);
+    if (filter_len) {
+        struct sock_fprog prog = {(unsigned short)(filter_len / sizeof(struct sock_filter)),
+                                  (struct sock_filter *)filter};
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog) < 0)
+            fail();
+    }
+    report("R", 1);
+    execve(executable, args, env);
+    int err = errno;
+    fail_command(err == ENOENT || err == ENOTDIR ? 'n' : 'x', err, executable,
+                 err == ENOENT || err == ENOTDIR ? 127 : 126);
+}
+
+static void write_file(const char *path, const char *value)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, value, strlen(value)) < 0)
+        fail();
+    close(fd);
+}
+
+static void run(void)
+{
+    while (cursor < plan_len) {
+        uint32_t op = u32();
+        step_index = u32();
+        switch (op) {
+        case OP_JOIN:
+            write_file(str(), "0");
+            break;
+        case OP_CLONE: {
+            long pid = syscall(SYS_clone, (unsigned long)u64() | SIGCHLD, 0, 0, 0, 0);
+            if (pid < 0)
+                fail();
+            if (pid > 0) {                     /* the C1: name pid 1, then go */
+                char buf[5] = {'P'};
+                int32_t p = (int32_t)pid;
+                memcpy(buf + 1, &p, 4);
+                report(buf, 5);
+                _exit(0);
+            }
+            break;
+        }
+        case OP_UNSHARE:
+            if (unshare((int)u64()) < 0)
+                fail();
+            break;
+        case OP_SETNS: {
+            const char *path = str();
+            int type = (int)u32();
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0 || setns(fd, type) < 0)
+                fail();
+            close(fd);
+            break;
+        }
+        case OP_SYSCTL: {
+            const char *path = str(), *value = str();
+            write_file(path, value);
+            break;
+        }
+        case OP_MOUNT: op_mount(); break;
+        case OP_ATTACH: op_attach(); break;
+        case OP_MKDIRS: op_mkdirs(); break;
+        case OP_MKNOD: op_mknod(); break;
+        case OP_SYMLINK: op_symlink(); break;
+        case OP_WRITE: op_write(); break;
+        case OP_MASK: op_mask(); break;
+        case OP_READONLY: op_readonly(); break;
+        case OP_PIVOT: op_pivot(); break;
+        case OP_HOSTNAME: {
+            const char *name = str();
+            if (sethostname(name, strlen(name)) < 0)
+                fail();
+            break;
+        }
+        case OP_STDIO: {
+            int fds[3] = {(int)u32(), (int)u32(), (int)u32()};
+            if (setsid() < 0)
+                fail();
+            for (int i = 0; i < 3; i++)
+                if (dup2(fds[i], i) < 0)
+                    fail();
+            break;
+        }
+        case OP_RLIMIT: {
+            int resource = (int)u32();
+            struct rlimit lim = {(rlim_t)u64(), (rlim_t)u64()};
+            if (prlimit(0, resource, &lim, NULL) < 0)
+                fail();
+            break;
+        }
+        case OP_WORKDIR:
+            if (makedirs(str(), 0755) < 0)
+                fail();
+            break;
+        case OP_PROFILE: op_profile(); break;
+        case OP_CHDIR:
+            if (chdir(str()) < 0)
+                fail();
+            break;
+        case OP_EXEC: op_exec(); break;
+        default:
+            errno = EINVAL;
+            fail_kind('o', EINVAL, "unknown step in the encoded plan");
+        }
+    }
+    errno = EINVAL;
+    fail_kind('o', EINVAL, "the encoded plan has no exec");
+}
+
+/* glibc's posix_spawn leaves its two internal signals (32 and 33: thread cancellation
+ * and set*id broadcast) ignored in what it starts, and an ignored signal stays ignored
+ * across execve; the workload must start with every signal at its default, as the Python
+ * path's does. glibc's sigaction refuses them: the system call. */
+static void default_internal_signals(void)
+{
+    struct { void *handler; unsigned long flags; void *restorer; uint64_t mask; }
+        action = {SIG_DFL, 0, NULL, 0};
+    for (int sig = 32; sig <= 33; sig++)
+        syscall(SYS_rt_sigaction, sig, &action, NULL, sizeof action.mask);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3)
+        return 2;
+    int plan_fd = atoi(argv[1]);
+    errw = atoi(argv[2]);
+    prctl(PR_SET_DUMPABLE, 0);          /* as the Python first process: until the exec */
+    fcntl(errw, F_SETFD, FD_CLOEXEC);
+    default_internal_signals();
+    ssize_t n;
+    do
+        n = pread(plan_fd, plan, sizeof plan, (off_t)plan_len);
+    while ((n > 0 && (plan_len += (size_t)n) < sizeof plan) || (n < 0 && errno == EINTR));
+    if (n < 0)
+        fail();
+    close(plan_fd);
+    uint32_t magic = u32();
+    if (magic != SETUP_MAGIC)
+        truncated();
+    snprintf(root, sizeof root, "%s", str());
+    run();
+    return 1;
+}

@@ -1,0 +1,163 @@
+"""sbx-setup (runner/setup.c, runner/native.py) against the Python set-up it replaces
+on the cold path: the same container from the inside, the same errors, the same refusal
+of hostile paths. Two fork servers, one with sbx-setup and one without
+(``SANDBOXD_NATIVE_SETUP=0``), start the same specs."""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import remove_cgroup_parent
+from sandboxd.runner import Runner
+from sandboxd.runner.spec import (ContainerSpec, File, Limits, Mount, Namespaces, Process,
+                                  RootFS, Ulimit)
+
+PARENT = f"sandboxd-test-native-{os.getpid()}"
+_ids = itertools.count()
+
+PROBE = r"""
+echo "id: $(id)"; env | sort; echo "pwd: $(pwd)"; echo "hostname: $(hostname)"
+grep -E "^(Cap|NoNewPrivs|Seccomp|Uid|Gid|Groups|SigIgn|SigBlk)" /proc/self/status
+echo "nofile: $(ulimit -n) $(ulimit -Hn)"; ls -la /dev | awk '{print $1, $NF}'
+awk '{print $5, $6, $9, $10, $11}' /proc/self/mountinfo | sort
+cat /etc/hosts; ls -la /tmp /scratch; cat /proc/self/cgroup; ls /sys/fs/cgroup
+ls /proc/self/fd; cat /proc/sys/net/ipv4/ip_unprivileged_port_start
+"""
+
+
+def _runner(state: Path, native: bool) -> Runner:
+    saved = os.environ.get("SANDBOXD_NATIVE_SETUP")
+    os.environ["SANDBOXD_NATIVE_SETUP"] = "1" if native else "0"
+    try:
+        r = Runner(state_dir=str(state), cgroup_parent=PARENT)
+        r.start()
+    finally:
+        if saved is None:
+            del os.environ["SANDBOXD_NATIVE_SETUP"]
+        else:
+            os.environ["SANDBOXD_NATIVE_SETUP"] = saved
+    return r
+
+
+@pytest.fixture(scope="module")
+def runners(tmp_path_factory):
+    """(with sbx-setup, Python only); the first waits for sbx-setup's build on a host
+    that has not built it yet."""
+    native = _runner(tmp_path_factory.mktemp("native"), True)
+    python = _runner(tmp_path_factory.mktemp("python"), False)
+    try:
+        deadline = time.monotonic() + 120
+        while native._call({"op": "ping"})["setup"] != "sbx-setup":
+            assert time.monotonic() < deadline, "sbx-setup was not built in 120 s"
+            time.sleep(0.2)
+        yield native, python
+    finally:
+        native.close()
+        python.close()
+        remove_cgroup_parent(PARENT)
+
+
+def _spec(lowers: tuple[str, ...], *args: str, **kw) -> ContainerSpec:
+    process_kw = {k: kw.pop(k) for k in ("env", "cwd", "ulimits", "capabilities")
+                  if k in kw}
+    return ContainerSpec(id=f"n{os.getpid()}-{next(_ids)}",
+                         process=Process(args=args, **process_kw),
+                         root=RootFS(lowerdirs=lowers), **kw)
+
+
+def _both(runners, make):
+    """The outcome of the same spec on each runner: its output, or its error."""
+    outcomes = []
+    for runner in runners:
+        try:
+            result = runner.run(make(), timeout=60)
+            outcomes.append(("ran", result.exit_code, result.stdout.decode()
+                             .replace(runner.state_dir, "STATE"), result.stderr.decode()))
+        except Exception as e:                       # the error is what is compared
+            outcomes.append(("error", type(e).__name__, str(e),
+                             getattr(e, "details", None)))
+    return outcomes
+
+
+def test_each_runner_says_how_it_sets_up(runners):
+    native, python = runners
+    assert native._call({"op": "ping"})["setup"] == "sbx-setup"
+    assert python._call({"op": "ping"})["setup"] == "python"
+
+
+def test_the_same_container_from_the_inside(runners, busybox_rootfs):
+    def make():
+        return _spec((str(busybox_rootfs),), "/bin/sh", "-c", PROBE,
+                     env=("FOO=bar", "PATH=/bin:/usr/bin"), cwd="/work/here",
+                     ulimits=(Ulimit("nofile", 100, 200),), hostname="boxy",
+                     files=(File("/etc/hosts", "127.0.0.1 localhost boxy\n"),),
+                     mounts=(Mount(destination="/scratch", type="tmpfs",
+                                   options=("size=1m",)),),
+                     sysctls=("net.ipv4.ip_unprivileged_port_start=80",),
+                     limits=Limits(memory=64 << 20, pids=64),
+                     namespaces=Namespaces(net="private"), seccomp="default")
+    native, python = _both(runners, make)
+    assert native[:2] == ("ran", 0), native
+    assert "HOSTNAME=boxy" in native[2] and "HOME=/root" in native[2]
+    assert "NoNewPrivs:\t1" in native[2] and "Seccomp:\t2" in native[2]
+    assert "nofile: 100 200" in native[2] and "pwd: /work/here" in native[2]
+    assert native == python
+
+
+@pytest.fixture(scope="module")
+def hostile_layer(tmp_path_factory) -> Path:
+    """An image layer with a /proc that is a symlink, a symlink that climbs out, a file
+    where a directory is wanted and a script that cannot be run."""
+    layer = tmp_path_factory.mktemp("hostile")
+    (layer / "w").mkdir()
+    (layer / "w" / "file").write_text("x")
+    (layer / "w" / "noexec").write_text("#!/nonexistent\n")
+    os.symlink("../../../../../../etc", layer / "w" / "up")
+    os.symlink("/etc", layer / "w" / "abs")
+    return layer
+
+
+CASES = {
+    "not in PATH": dict(args=("nosuchcmd",)),
+    "no such file": dict(args=("/bin/nosuch",)),
+    "not executable": dict(args=("/w/noexec",)),
+    "workdir is a file": dict(args=("true",), cwd="/w/file"),
+    "unknown sysctl": dict(args=("true",), sysctls=("net.ipv4.no_such_key=1",)),
+    "bind through a climbing symlink": dict(
+        args=("sh", "-c", "ls /w/up/sbx-bound; ls /etc/sbx-bound"),
+        mounts=(Mount(destination="/w/up/sbx-bound", type="bind", source="/w"),)),
+    "bind through an absolute symlink": dict(
+        args=("sh", "-c", "ls /etc/sbx-abs"),
+        mounts=(Mount(destination="/w/abs/sbx-abs", type="tmpfs"),)),
+    "file over a file": dict(args=("cat", "/w/up/hostname"),
+                             files=(File("/w/up/hostname", "boxy\n"),)),
+    "exit status": dict(args=("sh", "-c", "exit 7")),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_same_outcome_and_words(runners, busybox_rootfs, hostile_layer, case):
+    kw = dict(CASES[case])
+    args = kw.pop("args")
+    mounts = tuple(Mount(destination=m.destination, type=m.type,
+                         source=str(hostile_layer / "w") if m.source else "")
+                   for m in kw.pop("mounts", ()))
+    outcomes = _both(runners, lambda: _spec((str(hostile_layer), str(busybox_rootfs)), *args,
+                                            mounts=mounts, **kw))
+    assert outcomes[0] == outcomes[1]
+    # Nothing reached the host's /etc through the image's symlinks.
+    assert not any(Path("/etc", name).exists()
+                   for name in ("sbx-bound", "sbx-abs"))
+
+
+def test_a_symlinked_proc_is_refused_the_same(runners, busybox_rootfs, tmp_path):
+    (tmp_path / "proc").symlink_to("/tmp")
+    native, python = _both(runners, lambda: _spec((str(tmp_path), str(busybox_rootfs)),
+                                                  "true"))
+    assert native == python
+    assert native[:2] == ("error", "SetupFailed")
+    assert "the image's /proc is a symlink (to /tmp)" in native[2]
