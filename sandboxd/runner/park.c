@@ -38,30 +38,15 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "helper.h"
+
 #define PARK_MAGIC 0x6b726170u         /* "park" */
 #define MAX_MESSAGE (1 << 17)           /* park.MAX_TAKE */
 #define MAX_STRINGS 8192
-#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 static char message[MAX_MESSAGE] __attribute__((aligned(8)));
 static char *args[MAX_STRINGS + 1];
 static char *env[MAX_STRINGS + 5];
-static char found[4096];
-static int errw = -1;
-
-static void report_failure(char kind, int err, const char *text, int code)
-{
-    char buf[4096];
-    size_t len = strnlen(text, sizeof buf - 6);
-    buf[0] = 'X';
-    buf[1] = kind;
-    memcpy(buf + 2, &err, 4);
-    memcpy(buf + 6, text, len);
-    if (write(errw, buf, 6 + len) < 0) {
-        /* nothing left to tell it with: the exit status says it failed */
-    }
-    _exit(code);
-}
 
 static void fail_step(const char *step) { report_failure('s', errno, step, 1); }
 
@@ -89,32 +74,6 @@ static const char *lookup(const char *name)
     for (int i = 0; env[i]; i++)
         if (strncmp(env[i], name, strlen(name)) == 0 && env[i][strlen(name)] == '=')
             return env[i] + strlen(name) + 1;
-    return NULL;
-}
-
-/* child.find_executable(): a name with a slash as it is, else the first regular file
- * of that name in PATH (an empty entry is the working directory). */
-static const char *find_executable(const char *name)
-{
-    if (strchr(name, '/'))
-        return name;
-    const char *path = lookup("PATH");
-    if (!path)
-        path = DEFAULT_PATH;
-    for (;;) {
-        const char *end = strchrnul(path, ':');
-        size_t dir = (size_t)(end - path);
-        int n = dir == 0 ? snprintf(found, sizeof found, "./%s", name)
-                : path[dir - 1] == '/' ? snprintf(found, sizeof found, "%.*s%s", (int)dir, path, name)
-                : snprintf(found, sizeof found, "%.*s/%s", (int)dir, path, name);
-        struct stat st;
-        if (n > 0 && (size_t)n < sizeof found && stat(found, &st) == 0 && S_ISREG(st.st_mode))
-            return found;
-        if (!*end)
-            break;
-        path = end + 1;
-    }
-    report_failure('p', 0, name, 127);
     return NULL;
 }
 
@@ -162,16 +121,6 @@ static void install_stdio(int terminal, const int *fds)
         close(slave);
     if (ioctl(0, TIOCSCTTY, 0) < 0)
         fail_step("pty");
-}
-
-static void close_from(unsigned first, unsigned last)
-{
-    if (first > last)
-        return;
-    if (syscall(SYS_close_range, first, last, 0) == 0)
-        return;
-    for (unsigned fd = first; fd <= last && fd < 65536; fd++)   /* before Linux 5.9 */
-        close((int)fd);
 }
 
 int main(int argc, char **argv)
@@ -245,10 +194,10 @@ int main(int argc, char **argv)
         p += strlen(p) + 1;
     }
     env[count] = NULL;
-    const char *executable = find_executable(args[0]);
+    const char *path = lookup("PATH");
+    const char *executable = find_executable(args[0], path ? path : DEFAULT_PATH);
 
-    close_from(3, (unsigned)errw - 1);
-    close_from((unsigned)errw + 1, ~0u);
+    close_all_but_stdio_and_errw();
     if (filter_len) {
         struct sock_fprog prog = {(unsigned short)(filter_len / sizeof(struct sock_filter)),
                                   (struct sock_filter *)filter};

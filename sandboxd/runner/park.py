@@ -33,6 +33,7 @@ from .spec import Process
 log = logging.getLogger("sandboxd.park")
 
 SOURCE = Path(__file__).with_name("park.c")
+HEADER = Path(__file__).with_name("helper.h")       # shared with setup.c, included by both
 MAGIC = 0x6B726170                   # "park", park.c's PARK_MAGIC
 MAX_TAKE = 1 << 17                   # park.c's MAX_MESSAGE
 _HEADER = struct.Struct("=6I")       # magic, terminal, argc, envc, seccomp flags, filter bytes
@@ -44,8 +45,10 @@ def cache_dir() -> Path:
 
 
 def helper_path(source: Path = SOURCE, name: str = "sbx-park") -> Path:
-    """Where the program built from ``source`` is kept: one file per source's hash."""
-    return cache_dir() / f"{name}-{hashlib.sha256(source.read_bytes()).hexdigest()[:16]}"
+    """Where the program built from ``source`` is kept: one file per hash of the source
+    and the header it includes."""
+    digest = hashlib.sha256(source.read_bytes() + HEADER.read_bytes()).hexdigest()[:16]
+    return cache_dir() / f"{name}-{digest}"
 
 
 def build_command(source: Path = SOURCE, name: str = "sbx-park") -> tuple[list[str], Path]:

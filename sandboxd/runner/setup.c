@@ -46,6 +46,8 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include "helper.h"
+
 #define SETUP_MAGIC 0x70757473u         /* "stup": native.MAGIC */
 #define MAX_PLAN (1 << 22)
 #define MAX_STRINGS 8192
@@ -64,45 +66,17 @@ enum {
 
 static char plan[MAX_PLAN] __attribute__((aligned(8)));
 static size_t plan_len, cursor;
-static int errw = -1;
 static uint32_t step_index;
 static char root[4096];             /* the new root's host path (resolve_in_root's root) */
 
-static void report(const char *buf, size_t len)
-{
-    if (write(errw, buf, len) < 0) {
-        /* nothing left to tell it with: the exit status says it failed */
-    }
-}
-
-/* 'o', 'l', 'd', 'L': the step at step_index; detail says more where the kind needs it. */
+/* 'o', 'l', 'd', 'L': the step at step_index failed; DETAIL says more where the kind
+ * needs it (native.decode_failure). */
 static void fail_kind(char kind, int err, const char *detail)
 {
-    char buf[4200];
-    size_t len = strnlen(detail, 4096);
-    buf[0] = 'X';
-    buf[1] = kind;
-    memcpy(buf + 2, &err, 4);
-    memcpy(buf + 6, &step_index, 4);
-    memcpy(buf + 10, detail, len);
-    report(buf, 10 + len);
-    _exit(1);
+    report_failure_with(kind, err, &step_index, sizeof step_index, detail, 1);
 }
 
 static void fail(void) { fail_kind('o', errno, ""); }
-
-/* park.c's kinds: 'p' not found in PATH, 'n' exec ENOENT, 'x' exec failed. */
-static void fail_command(char kind, int err, const char *command, int code)
-{
-    char buf[4200];
-    size_t len = strnlen(command, 4096);
-    buf[0] = 'X';
-    buf[1] = kind;
-    memcpy(buf + 2, &err, 4);
-    memcpy(buf + 6, command, len);
-    report(buf, 6 + len);
-    _exit(code);
-}
 
 /* -- the plan's encoding: u32 and u64 native, strings as u32 length (with the NUL) + bytes */
 static void truncated(void)
@@ -542,40 +516,6 @@ static void home_of_root(char *out, size_t size)
     fclose(f);
 }
 
-/* child.find_executable(): a name with a slash as it is, else the first regular file of
- * that name in PATH (an empty entry is the working directory). */
-static const char *find_executable(const char *name, const char *path)
-{
-    static char found[4096];
-    if (strchr(name, '/'))
-        return name;
-    for (;;) {
-        const char *end = strchrnul(path, ':');
-        size_t dir = (size_t)(end - path);
-        int n = dir == 0 ? snprintf(found, sizeof found, "./%s", name)
-                : path[dir - 1] == '/' ? snprintf(found, sizeof found, "%.*s%s", (int)dir, path, name)
-                : snprintf(found, sizeof found, "%.*s/%s", (int)dir, path, name);
-        struct stat st;
-        if (n > 0 && (size_t)n < sizeof found && stat(found, &st) == 0 && S_ISREG(st.st_mode))
-            return found;
-        if (!*end)
-            break;
-        path = end + 1;
-    }
-    fail_command('p', 0, name, 127);
-    return NULL;
-}
-
-static void close_from(unsigned first, unsigned last)
-{
-    if (first > last)
-        return;
-    if (syscall(SYS_close_range, first, last, 0) == 0)
-        return;
-    for (unsigned fd = first; fd <= last && fd < 65536; fd++)   /* before Linux 5.9 */
-        close((int)fd);
-}
-
 static void op_exec(void)
 {
     static char *args[MAX_STRINGS + 1], *env[MAX_STRINGS + 1];
@@ -604,18 +544,18 @@ static void op_exec(void)
         env[home_at] = home_entry;
     }
     const char *executable = find_executable(args[0], path);
-    close_from(3, (unsigned)errw - 1);
-    close_from((unsigned)errw + 1, ~0u);
+    close_all_but_stdio_and_errw();
     if (filter_len) {
         struct sock_fprog prog = {(unsigned short)(filter_len / sizeof(struct sock_filter)),
                                   (struct sock_filter *)filter};
         if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog) < 0)
             fail();
     }
-    report("R", 1);
+    if (write(errw, "R", 1) != 1)
+        _exit(1);
     execve(executable, args, env);
     int err = errno;
-    fail_command(err == ENOENT || err == ENOTDIR ? 'n' : 'x', err, executable,
+    report_failure(err == ENOENT || err == ENOTDIR ? 'n' : 'x', err, executable,
                  err == ENOENT || err == ENOTDIR ? 127 : 126);
 }
 
@@ -644,8 +584,7 @@ static void run(void)
                 char buf[5] = {'P'};
                 int32_t p = (int32_t)pid;
                 memcpy(buf + 1, &p, 4);
-                report(buf, 5);
-                _exit(0);
+                _exit(write(errw, buf, sizeof buf) == sizeof buf ? 0 : 1);
             }
             break;
         }
