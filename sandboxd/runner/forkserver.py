@@ -332,7 +332,7 @@ class _Start:
     pid: int = 0
     ready: bool = False
     status: int | None = None          # set when the process was reaped before EOF
-    parked: bool = False               # a prepared container waiting for its take
+    parked: bool = False               # a prepared pid 1 reported W: the reply is due
     # Set up by sbx-setup: what each of its steps' failures means (native.encode).
     failures: list[native.Failure] | None = None
 
@@ -586,9 +586,11 @@ class ForkServer:
         channel = theirs.fileno() if theirs is not None else -1
         clone_flags = child.pid_clone_flags(spec)
         try:
-            if self.setup >= 0 and park is None and clone_flags is not None \
+            if self.setup >= 0 and park != -1 and clone_flags is not None \
                     and native.eligible(spec, clone_flags, cgroup.entry_files()):
-                self._spawn_native(msg["rid"], container, plan, fds, clone_flags)
+                parked = None if park is None else \
+                    native.Park(park, channel, _filter_at_park(spec, program, park))
+                self._spawn_native(msg["rid"], container, plan, fds, clone_flags, parked)
             else:
                 self._fork(msg["rid"], container, None, fds,
                            lambda errw: _container_first(spec, plan, cgroup, fds, errw,
@@ -616,14 +618,15 @@ class ForkServer:
         return _DEFERRED
 
     def _spawn_native(self, rid: int, container: _Container, plan: list[Step],
-                      fds: list[int], clone_flags: int) -> None:
+                      fds: list[int], clone_flags: int, park: native.Park | None) -> None:
         """Start ``container`` through sbx-setup (runner/native.py): spawned without a
         copy of this process, it joins the cgroup, clones pid 1 and reports its pid
-        (``P``, as a C1), and pid 1 sets itself up from the encoded steps."""
+        (``P``, as a C1), and pid 1 sets itself up from the encoded steps (``park``: a
+        prepared container's, which end in sbx-park)."""
         program = container.program
         steps, failures = native.encode(
-            container.spec, plan, container.cgroup.entry_files(), clone_flags, fds,
-            *((program.bpf, program.flags) if program else (b"", 0)))
+            container.spec, plan, container.cgroup.entry_files(), clone_flags,
+            *((program.bpf, program.flags) if program else (b"", 0)), stdio=fds, park=park)
         plan_fd = os.memfd_create("sbx-plan", os.MFD_CLOEXEC)
         errr, errw = os.pipe2(os.O_CLOEXEC)
         try:
@@ -631,7 +634,8 @@ class ForkServer:
             while view:
                 view = view[os.write(plan_fd, view):]
             # A dup2 of an fd onto itself clears its close-on-exec: these reach sbx-setup.
-            keep = (plan_fd, errw, *fds, container.layer_hold, *container.image_holds)
+            keep = (plan_fd, errw, *fds, container.layer_hold, *container.image_holds,
+                    *((park.helper, park.channel) if park else ()))
             pid = os.posix_spawn(f"/proc/self/fd/{self.setup}",
                                  ["sbx-setup", str(plan_fd), str(errw)], {},
                                  file_actions=[(os.POSIX_SPAWN_DUP2, fd, fd)
@@ -1021,10 +1025,12 @@ class ForkServer:
             elif tag == b"W":                    # prepared: the reply; the take has its own
                 start.parked = True
                 del start.buf[:1]
-                self._reply(start.rid, {"pid": start.pid})
-                start.rid = 0
             else:
-                return                           # "E..." waits for EOF, or a partial "P"
+                break                            # "E..." waits for EOF, or a partial "P"
+        # sbx-setup's pid 1 may report before its C1 has named it: the reply waits for both.
+        if start.parked and start.pid:
+            self._reply(start.rid, {"pid": start.pid})
+            start.rid, start.parked = 0, False
 
     def _claim(self, start: _Start) -> None:
         self.pids[start.pid] = (start.container, start.exec_id)

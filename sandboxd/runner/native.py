@@ -9,11 +9,12 @@ server spawns without copying itself (posix_spawn), given the same decisions as 
 of steps: :func:`encode` turns the plan (plan.build_plan) and the spec's process into
 them, and :func:`decode_failure` words a failed step exactly as the Python path words it.
 
-What takes this path: a plain start (no pty, init, hold, zygote, template entry, nor
-a prepared pool container), its pid namespace private or the host's, root as the user
-without added groups, no_new_privileges on (the filter loads last, just before the
-exec). Anything else, or a host where sbx-setup could not be built, takes the Python
-path; both end in the same container (tests/test_native_setup.py compares them).
+What takes this path: a plain start or a prepared (pool) container that waits in
+sbx-park (no pty, init, hold, zygote or template entry), its pid namespace private or
+the host's, root as the user without added groups, no_new_privileges on (the filter
+loads last, just before the exec, or at park). Anything else, or a host where sbx-setup
+could not be built, takes the Python path; both end in the same container
+(tests/integration/test_native_setup.py compares them).
 
 The helper is built and loaded as sbx-park is (park.build_helper, park.load_helper).
 """
@@ -23,6 +24,7 @@ import enum
 import os
 import struct
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SandboxError, SetupFailed
@@ -62,6 +64,7 @@ class Op(enum.IntEnum):
     PROFILE = 19
     CHDIR = 20
     EXEC = 21
+    PARK = 22
 
 
 # What a failed step becomes: (errno, kind, detail) -> the error the Python path raises.
@@ -130,11 +133,21 @@ def _step_failure(step: Step) -> Failure:
     return failure
 
 
+@dataclass(frozen=True)
+class Park:
+    """A prepared container's end (forkserver._park): sbx-park's memfd, the channel its
+    take comes on, and whether the filter is loaded at park (else at the take)."""
+    helper: int
+    channel: int
+    filter_at_park: bool
+
+
 def encode(spec: ContainerSpec, plan: Sequence[Step], entry_files: Sequence[str],
-           clone_flags: int, stdio: Sequence[int], bpf: bytes, bpf_flags: int,
-           ) -> tuple[bytes, list[Failure]]:
+           clone_flags: int, bpf: bytes, bpf_flags: int, stdio: Sequence[int] = (),
+           park: Park | None = None) -> tuple[bytes, list[Failure]]:
     """sbx-setup's steps for ``spec`` and the ``plan`` built for it, with the failure of
-    each step as the Python path words it."""
+    each step as the Python path words it: a spawn's (with its ``stdio``) ends in the
+    exec, a prepared container's in sbx-park (``park``)."""
     root = next(s.root for s in plan if isinstance(s, PivotRoot))
     e = _Encoder()
     e.str(root)
@@ -158,7 +171,8 @@ def encode(spec: ContainerSpec, plan: Sequence[Step], entry_files: Sequence[str]
         _encode_step(e, step)
     process = spec.process
     container_setup = _setup_failed("container setup: OSError", "setup")
-    e.step(Op.STDIO, container_setup).u32(*stdio[:3])
+    if park is None:
+        e.step(Op.STDIO, container_setup).u32(*stdio[:3])
     for u in process.ulimits:
         soft, hard = rlimits.to_rlim(u.soft), rlimits.to_rlim(u.hard)
         e.step(Op.RLIMIT, _setup_failed(
@@ -170,6 +184,11 @@ def encode(spec: ContainerSpec, plan: Sequence[Step], entry_files: Sequence[str]
     e.step(Op.PROFILE, _setup_failed("apply security profile (user root)", "security")) \
         .u64(keep).u32(security.LAST_CAP, int(process.no_new_privileges))
     e.step(Op.CHDIR, _setup_failed(f"chdir to {process.cwd}", "chdir")).str(process.cwd)
+    if park is not None:
+        e.step(Op.PARK, _setup_failed("exec the parked pid 1 (sbx-park)", "park")) \
+            .u32(park.channel, park.helper).str(spec.hostname).u32(bpf_flags) \
+            .bytes(bpf if park.filter_at_park else b"")
+        return b"".join(e.parts), e.failures
     env = _environment(spec)
     keys = [entry.partition("=")[0] for entry in env]
     path = dict(entry.partition("=")[::2] for entry in env).get("PATH", DEFAULT_PATH)

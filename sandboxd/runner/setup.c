@@ -15,6 +15,8 @@
  * the executable, closes every fd but ERRW, loads the seccomp filter, reports "R" and
  * execs: what forkserver._container_first and _container_pid1 do in Python, with no
  * Python in the container's process and no copy-on-write faults on the server's heap.
+ * A prepared (pool) container's pid 1 ends instead as forkserver._park does: "W", then
+ * sbx-park waits for its take.
  *
  * Failures go to ERRW as "X" KIND ERRNO(4) then, for kind 'o' (a step failed), 'l' (a
  * plain target is a symlink) and 'd' (it is not a directory), the step's index (u32) and
@@ -61,7 +63,7 @@
 enum {
     OP_JOIN = 1, OP_CLONE, OP_UNSHARE, OP_SETNS, OP_SYSCTL, OP_MOUNT, OP_ATTACH, OP_MKDIRS,
     OP_MKNOD, OP_SYMLINK, OP_WRITE, OP_MASK, OP_READONLY, OP_PIVOT, OP_HOSTNAME, OP_STDIO,
-    OP_RLIMIT, OP_WORKDIR, OP_PROFILE, OP_CHDIR, OP_EXEC,
+    OP_RLIMIT, OP_WORKDIR, OP_PROFILE, OP_CHDIR, OP_EXEC, OP_PARK,
 };
 
 static char plan[MAX_PLAN] __attribute__((aligned(8)));
@@ -559,6 +561,59 @@ static void op_exec(void)
                  err == ENOENT || err == ENOTDIR ? 127 : 126);
 }
 
+/* forkserver._park's end: a prepared container's pid 1 waits for its take in sbx-park
+ * (park.c), exec'd from the fork server's memfd HELPER with CHANNEL and ERRW. */
+static void op_park(void)
+{
+    int channel = (int)u32(), helper = (int)u32();
+    const char *hostname = str();
+    uint32_t flags = u32(), filter_len;
+    const char *filter = bytes(&filter_len);
+    if (filter_len % sizeof(struct sock_filter))
+        truncated();
+    static char host[300], home[4096], channel_arg[16], errw_arg[16];
+    if (*hostname) {
+        snprintf(host, sizeof host, "%s", hostname);
+    } else {
+        struct utsname u;
+        uname(&u);
+        snprintf(host, sizeof host, "%s", u.nodename);
+    }
+    home_of_root(home, sizeof home);
+    int keep[3] = {errw, channel, helper};      /* close every other fd */
+    for (int i = 0; i < 3; i++)
+        for (int j = i + 1; j < 3; j++)
+            if (keep[j] < keep[i]) {
+                int t = keep[i];
+                keep[i] = keep[j];
+                keep[j] = t;
+            }
+    unsigned first = 3;
+    for (int i = 0; i < 3; i++) {
+        if (keep[i] >= (int)first)
+            close_from(first, (unsigned)keep[i] - 1);
+        if (keep[i] + 1 > (int)first)
+            first = (unsigned)keep[i] + 1;
+    }
+    close_from(first, ~0u);
+    if (filter_len) {                          /* forkserver._filter_at_park */
+        struct sock_fprog prog = {(unsigned short)(filter_len / sizeof(struct sock_filter)),
+                                  (struct sock_filter *)filter};
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog) < 0)
+            report_failure('s', errno, "seccomp", 1);
+    }
+    if (write(errw, "W", 1) != 1)
+        _exit(1);
+    fcntl(errw, F_SETFD, 0);
+    fcntl(channel, F_SETFD, 0);
+    snprintf(channel_arg, sizeof channel_arg, "%d", channel);
+    snprintf(errw_arg, sizeof errw_arg, "%d", errw);
+    char *argv[] = {"sbx-park", channel_arg, errw_arg, host, home, NULL};
+    char *envp[] = {NULL};
+    syscall(SYS_execveat, helper, "", argv, envp, AT_EMPTY_PATH);
+    fail();
+}
+
 static void write_file(const char *path, const char *value)
 {
     int fd = open(path, O_WRONLY | O_CLOEXEC);
@@ -647,6 +702,7 @@ static void run(void)
                 fail();
             break;
         case OP_EXEC: op_exec(); break;
+        case OP_PARK: op_park(); break;
         default:
             errno = EINVAL;
             fail_kind('o', EINVAL, "unknown step in the encoded plan");

@@ -13,6 +13,7 @@ import pytest
 
 from harness import remove_cgroup_parent
 from sandboxd.runner import Runner
+from sandboxd.runner.park import build_helper
 from sandboxd.runner.spec import (ContainerSpec, File, Limits, Mount, Namespaces, Process,
                                   RootFS, Ulimit)
 
@@ -161,3 +162,32 @@ def test_a_symlinked_proc_is_refused_the_same(runners, busybox_rootfs, tmp_path)
     assert native == python
     assert native[:2] == ("error", "SetupFailed")
     assert "the image's /proc is a symlink (to /tmp)" in native[2]
+
+
+def _prepared_output(runner: Runner, spec: ContainerSpec) -> str:
+    """A prepared container of ``spec`` (waiting in sbx-park), taken with its process:
+    what it printed, its state dir named STATE."""
+    runner.prepare(spec, build_helper())
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        runner.take(spec.id, spec.process, (null, out_w, null))
+    finally:
+        os.close(out_w)
+        os.close(null)
+    with os.fdopen(out_r, "rb") as out:
+        text = out.read().decode()
+    assert runner.wait(spec.id, timeout=60).exit_code == 0
+    return text.replace(runner.state_dir, "STATE")
+
+
+def test_a_prepared_container_is_the_same_either_way(runners, busybox_rootfs):
+    """sbx-setup also sets up a pool's prepared containers, up to sbx-park."""
+    outputs = [_prepared_output(runner, _spec(
+        (str(busybox_rootfs),), "/bin/sh", "-c", PROBE.replace("/scratch", ""),
+        env=("FOO=bar",), cwd="/work/here", ulimits=(Ulimit("nofile", 100, 200),),
+        hostname="pooled", sysctls=("net.ipv4.ip_unprivileged_port_start=80",),
+        limits=Limits(memory=64 << 20, pids=64), namespaces=Namespaces(net="private"),
+        seccomp="default")) for runner in runners]
+    assert "HOSTNAME=pooled" in outputs[0] and "NoNewPrivs:\t1" in outputs[0]
+    assert outputs[0] == outputs[1]

@@ -49,7 +49,7 @@ def _report(kind: bytes, err: int, index: int, detail: str = "") -> bytes:
 
 def _encoded(spec: ContainerSpec):
     plan = build_plan(spec, "/mnt")
-    return native.encode(spec, plan, JOIN, CLONE, (0, 1, 2), b"", 0)
+    return native.encode(spec, plan, JOIN, CLONE, b"", 0, stdio=(0, 1, 2))
 
 
 def test_each_step_has_its_failure_and_the_encoding_starts_with_the_magic():
@@ -63,7 +63,7 @@ def test_each_step_has_its_failure_and_the_encoding_starts_with_the_magic():
 def test_failures_are_worded_as_the_python_path_words_them():
     spec = make(ulimits=(Ulimit("nofile", 10, 20),), cwd="/w")
     plan = build_plan(spec, "/mnt")
-    _, failures = native.encode(spec, plan, JOIN, CLONE, (0, 1, 2), b"", 0)
+    _, failures = native.encode(spec, plan, JOIN, CLONE, b"", 0, stdio=(0, 1, 2))
     join = native.decode_failure(_report(b"o", 13, 0), failures)
     assert (str(join), join.details["step"]) == \
         (f"write 0 to {JOIN[0]}: Permission denied", "cgroup")
