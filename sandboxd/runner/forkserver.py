@@ -57,9 +57,6 @@ from .plan import Step, build_plan
 from .spec import (DEFAULT_CAPABILITIES, DEFAULT_PATH, ContainerSpec, Limits, Process,
                    check_process, from_dict, to_dict, validate)
 
-# setns order: the mount namespace last, since entering it changes root and cwd.
-EXEC_NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
-
 
 # ---------------------------------------------------------------- the container side
 
@@ -261,10 +258,10 @@ def _exec_c1(target_pid: int, process: Process, cgroup: Any, stdio: list[int], e
         child.not_dumpable()
         child.reset_signals()
         fds = {}
-        for ns in EXEC_NAMESPACES:
+        for ns in native.EXEC_NAMESPACES:
             fds[ns] = os.open(f"/proc/{target_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
         cgroup.join(0)
-        for ns in EXEC_NAMESPACES:
+        for ns in native.EXEC_NAMESPACES:
             sc.setns(fds[ns])
             os.close(fds[ns])
         pid = os.fork()
@@ -590,7 +587,11 @@ class ForkServer:
                     and native.eligible(spec, clone_flags, cgroup.entry_files()):
                 parked = None if park is None else \
                     native.Park(park, channel, _filter_at_park(spec, program, park))
-                self._spawn_native(msg["rid"], container, plan, fds, clone_flags, parked)
+                self._spawn_native(msg["rid"], container, None, *native.encode(
+                    spec, plan, cgroup.entry_files(), clone_flags,
+                    *((program.bpf, program.flags) if program else (b"", 0)), stdio=fds,
+                    park=parked), fds, (hold, *images)
+                    + ((parked.helper, parked.channel) if parked else ()))
             else:
                 self._fork(msg["rid"], container, None, fds,
                            lambda errw: _container_first(spec, plan, cgroup, fds, errw,
@@ -617,16 +618,14 @@ class ForkServer:
         self.containers[spec.id] = container
         return _DEFERRED
 
-    def _spawn_native(self, rid: int, container: _Container, plan: list[Step],
-                      fds: list[int], clone_flags: int, park: native.Park | None) -> None:
-        """Start ``container`` through sbx-setup (runner/native.py): spawned without a
-        copy of this process, it joins the cgroup, clones pid 1 and reports its pid
-        (``P``, as a C1), and pid 1 sets itself up from the encoded steps (``park``: a
-        prepared container's, which end in sbx-park)."""
-        program = container.program
-        steps, failures = native.encode(
-            container.spec, plan, container.cgroup.entry_files(), clone_flags,
-            *((program.bpf, program.flags) if program else (b"", 0)), stdio=fds, park=park)
+    def _spawn_native(self, rid: int, container: _Container, exec_id: str | None,
+                      steps: bytes, failures: list[native.Failure], stdio: list[int],
+                      more_fds: tuple[int, ...] = ()) -> None:
+        """Start a container's pid 1 or an exec (``exec_id``) through sbx-setup
+        (runner/native.py), given its encoded ``steps``: spawned without a copy of this
+        process, its C1 joins the cgroup, makes pid 1 (or the exec's process) and reports
+        its pid (``P``), and that sets itself up. ``stdio`` and ``more_fds`` (a layer's
+        and volumes' mounts, a prepared one's sbx-park and channel) reach it."""
         plan_fd = os.memfd_create("sbx-plan", os.MFD_CLOEXEC)
         errr, errw = os.pipe2(os.O_CLOEXEC)
         try:
@@ -634,8 +633,7 @@ class ForkServer:
             while view:
                 view = view[os.write(plan_fd, view):]
             # A dup2 of an fd onto itself clears its close-on-exec: these reach sbx-setup.
-            keep = (plan_fd, errw, *fds, container.layer_hold, *container.image_holds,
-                    *((park.helper, park.channel) if park else ()))
+            keep = (plan_fd, errw, *stdio, *more_fds)
             pid = os.posix_spawn(f"/proc/self/fd/{self.setup}",
                                  ["sbx-setup", str(plan_fd), str(errw)], {},
                                  file_actions=[(os.POSIX_SPAWN_DUP2, fd, fd)
@@ -648,10 +646,10 @@ class ForkServer:
         finally:
             os.close(plan_fd)
             os.close(errw)
-        for fd in fds:
+        for fd in stdio:
             os.close(fd)
         self.helpers.add(pid)
-        self.starts[errr] = _Start(rid, container, None, failures=failures)
+        self.starts[errr] = _Start(rid, container, exec_id, failures=failures)
         os.set_blocking(errr, False)
         self.selector.register(errr, selectors.EVENT_READ, "pipe")
 
@@ -897,9 +895,16 @@ class ForkServer:
         if problems:
             raise InvalidArgument.of(problems)
         target = container.pid
-        self._fork(msg["rid"], container, exec_id, fds,
-                   lambda errw: _exec_c1(target, process, container.cgroup, fds, errw,
-                                         container.spec.hostname, container.program))
+        entry_files = container.cgroup.entry_files()
+        if self.setup >= 0 and native.eligible_process(process, entry_files):
+            program = container.program
+            self._spawn_native(msg["rid"], container, exec_id, *native.encode_exec(
+                target, process, container.spec.hostname, entry_files,
+                *((program.bpf, program.flags) if program else (b"", 0)), stdio=fds), fds)
+        else:
+            self._fork(msg["rid"], container, exec_id, fds,
+                       lambda errw: _exec_c1(target, process, container.cgroup, fds, errw,
+                                             container.spec.hostname, container.program))
         container.execs[exec_id] = 0
         return _DEFERRED
 
@@ -1040,7 +1045,7 @@ class ForkServer:
             start.container.execs[start.exec_id] = start.pid
         if start.pid in self.early_exits:
             start.status = self.early_exits.pop(start.pid)
-        elif start.failures is not None:
+        elif start.failures is not None and start.exec_id is None:
             # sbx-setup's clone made the mount namespace: held as _fork holds a clone's.
             start.container.mounts_hold = _open_quietly(f"/proc/{start.pid}/ns/mnt")
 

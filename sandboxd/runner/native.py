@@ -33,11 +33,14 @@ from . import syscalls as sc
 from .park import decode_failure as decode_command_failure
 from .plan import (AttachMount, MakeDevice, MakeDirs, MakeLink, MaskPath, MountStep, PivotRoot,
                    ReadonlyPath, SetHostname, Step, WriteFile)
-from .spec import DEFAULT_PATH, ContainerSpec
+from .spec import DEFAULT_PATH, ContainerSpec, Process
 
 SOURCE = Path(__file__).with_name("setup.c")
 MAGIC = 0x70757473                           # setup.c's SETUP_MAGIC
 NS_FLAGS = {"net": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS}
+# An exec's setns order (here and in forkserver._exec_c1): the mount namespace last,
+# since entering it changes root and cwd.
+EXEC_NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
 _FAILURE = struct.Struct("=ciI")             # after "X": kind, errno, step index
 
 
@@ -65,6 +68,8 @@ class Op(enum.IntEnum):
     CHDIR = 20
     EXEC = 21
     PARK = 22
+    ENTER = 23
+    FORK = 24
 
 
 # What a failed step becomes: (errno, kind, detail) -> the error the Python path raises.
@@ -73,10 +78,16 @@ Failure = Callable[[int, bytes, str], SandboxError]
 
 def eligible(spec: ContainerSpec, clone_flags: int | None, entry_files: Sequence[str]) -> bool:
     """Whether ``spec``'s start can be set up by sbx-setup (see the module's text)."""
-    process = spec.process
-    return (clone_flags is not None and bool(entry_files) and not process.terminal
-            and not spec.init and not spec.hold and not spec.zygote and not spec.entry
-            and not process.user and not process.groups and process.no_new_privileges
+    return (clone_flags is not None and not spec.init and not spec.hold and not spec.zygote
+            and not spec.entry and eligible_process(spec.process, entry_files))
+
+
+def eligible_process(process: Process, entry_files: Sequence[str]) -> bool:
+    """Whether ``process`` (a start's, or an exec's into a running container) can be set
+    up by sbx-setup: no pty, root without added groups, no_new_privileges on, and a
+    cgroup joined by writing ``entry_files``."""
+    return (bool(entry_files) and not process.terminal and not process.user
+            and not process.groups and process.no_new_privileges
             and all(u.name in rlimits.RLIMITS for u in process.ulimits))
 
 
@@ -169,7 +180,31 @@ def encode(spec: ContainerSpec, plan: Sequence[Step], entry_files: Sequence[str]
             .str("/proc/sys/" + key.replace(".", "/"), value)
     for step in plan:
         _encode_step(e, step)
-    process = spec.process
+    return _encode_process(e, spec.process, spec.hostname, bpf, bpf_flags, stdio, park)
+
+
+def encode_exec(target_pid: int, process: Process, hostname: str,
+                entry_files: Sequence[str], bpf: bytes, bpf_flags: int,
+                stdio: Sequence[int]) -> tuple[bytes, list[Failure]]:
+    """sbx-setup's steps for an exec of ``process`` into the running container whose
+    pid 1 is ``target_pid`` (forkserver._exec_c1): its C1 joins the cgroup and the
+    namespaces and forks the process, which sets itself up as a start's does."""
+    e = _Encoder()
+    e.str("/")                                  # no plan: the root is the container's
+    for path in entry_files:
+        e.step(Op.JOIN, _setup_failed(f"write 0 to {path}", "cgroup", path=path)).str(path)
+    enter = _setup_failed("enter the container's namespaces", "setns")
+    e.step(Op.ENTER, enter).u32(len(EXEC_NAMESPACES)) \
+        .str(*(f"/proc/{target_pid}/ns/{ns}" for ns in EXEC_NAMESPACES))
+    e.step(Op.FORK, enter)
+    return _encode_process(e, process, hostname, bpf, bpf_flags, stdio, None)
+
+
+def _encode_process(e: _Encoder, process: Process, hostname: str, bpf: bytes,
+                    bpf_flags: int, stdio: Sequence[int], park: Park | None
+                    ) -> tuple[bytes, list[Failure]]:
+    """The process's own set-up, after the namespaces and the root: stdio, rlimits,
+    workdir, capabilities, chdir, then the exec (or sbx-park)."""
     container_setup = _setup_failed("container setup: OSError", "setup")
     if park is None:
         e.step(Op.STDIO, container_setup).u32(*stdio[:3])
@@ -186,15 +221,15 @@ def encode(spec: ContainerSpec, plan: Sequence[Step], entry_files: Sequence[str]
     e.step(Op.CHDIR, _setup_failed(f"chdir to {process.cwd}", "chdir")).str(process.cwd)
     if park is not None:
         e.step(Op.PARK, _setup_failed("exec the parked pid 1 (sbx-park)", "park")) \
-            .u32(park.channel, park.helper).str(spec.hostname).u32(bpf_flags) \
+            .u32(park.channel, park.helper).str(hostname).u32(bpf_flags) \
             .bytes(bpf if park.filter_at_park else b"")
         return b"".join(e.parts), e.failures
-    env = _environment(spec)
+    env = _environment(process, hostname)
     keys = [entry.partition("=")[0] for entry in env]
     path = dict(entry.partition("=")[::2] for entry in env).get("PATH", DEFAULT_PATH)
     # HOSTNAME and HOME as child.environment makes them, unless the process sets them:
     # the uts namespace's name (when the spec names none) and uid 0's home in the image.
-    host_at = keys.index("HOSTNAME") if not spec.hostname and _unset(process.env, "HOSTNAME") \
+    host_at = keys.index("HOSTNAME") if not hostname and _unset(process.env, "HOSTNAME") \
         else 0xFFFFFFFF
     home_at = keys.index("HOME") if _unset(process.env, "HOME") else 0xFFFFFFFF
     e.step(Op.EXEC, _setup_failed("install the seccomp filter", "seccomp")) \
@@ -207,11 +242,11 @@ def _unset(entries: Sequence[str], key: str) -> bool:
     return not any(entry.partition("=")[0] == key for entry in entries)
 
 
-def _environment(spec: ContainerSpec) -> list[str]:
+def _environment(process: Process, hostname: str) -> list[str]:
     """child.environment's result as entries, in its order; HOSTNAME and HOME hold
     placeholders sbx-setup fills when the process does not set them."""
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.hostname, "HOME": ""}
-    for entry in spec.process.env:
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": ""}
+    for entry in process.env:
         key, _, value = entry.partition("=")
         env[key] = value
     return [f"{key}={value}" for key, value in env.items()]

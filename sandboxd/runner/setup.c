@@ -16,7 +16,9 @@
  * execs: what forkserver._container_first and _container_pid1 do in Python, with no
  * Python in the container's process and no copy-on-write faults on the server's heap.
  * A prepared (pool) container's pid 1 ends instead as forkserver._park does: "W", then
- * sbx-park waits for its take.
+ * sbx-park waits for its take. An exec into a running container (forkserver._exec_c1)
+ * has a C1 that joins the cgroup and the container's namespaces and forks the process,
+ * which sets itself up from stdio on.
  *
  * Failures go to ERRW as "X" KIND ERRNO(4) then, for kind 'o' (a step failed), 'l' (a
  * plain target is a symlink) and 'd' (it is not a directory), the step's index (u32) and
@@ -51,8 +53,6 @@
 #include "helper.h"
 
 #define SETUP_MAGIC 0x70757473u         /* "stup": native.MAGIC */
-#define MAX_PLAN (1 << 22)
-#define MAX_STRINGS 8192
 #define MAX_LINKS 40
 #define KEEP_ON_REMOUNT (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME)
 #ifndef MOVE_MOUNT_F_EMPTY_PATH
@@ -63,10 +63,21 @@
 enum {
     OP_JOIN = 1, OP_CLONE, OP_UNSHARE, OP_SETNS, OP_SYSCTL, OP_MOUNT, OP_ATTACH, OP_MKDIRS,
     OP_MKNOD, OP_SYMLINK, OP_WRITE, OP_MASK, OP_READONLY, OP_PIVOT, OP_HOSTNAME, OP_STDIO,
-    OP_RLIMIT, OP_WORKDIR, OP_PROFILE, OP_CHDIR, OP_EXEC, OP_PARK,
+    OP_RLIMIT, OP_WORKDIR, OP_PROFILE, OP_CHDIR, OP_EXEC, OP_PARK, OP_ENTER, OP_FORK,
 };
 
-static char plan[MAX_PLAN] __attribute__((aligned(8)));
+#define MAX_ENTER 8
+
+/* The C1's end: name the process it made ("P" PID) to the fork server, then go. */
+static void report_child(long pid)
+{
+    char buf[5] = {'P'};
+    int32_t p = (int32_t)pid;
+    memcpy(buf + 1, &p, 4);
+    _exit(write(errw, buf, sizeof buf) == sizeof buf ? 0 : 1);
+}
+
+static const char *plan;            /* the encoded steps: the memfd, mapped */
 static size_t plan_len, cursor;
 static uint32_t step_index;
 static char root[4096];             /* the new root's host path (resolve_in_root's root) */
@@ -520,15 +531,19 @@ static void home_of_root(char *out, size_t size)
 
 static void op_exec(void)
 {
-    static char *args[MAX_STRINGS + 1], *env[MAX_STRINGS + 1];
+    char **args, **env;
     static char host_entry[300], home_entry[4200];
     uint32_t argc = u32(), envc = u32(), host_at = u32(), home_at = u32();
     const char *path = str();
     uint32_t flags = u32(), filter_len;
     const char *filter = bytes(&filter_len);
-    if (argc < 1 || argc > MAX_STRINGS || envc > MAX_STRINGS ||
+    if (argc < 1 || argc > plan_len || envc > plan_len ||
             filter_len % sizeof(struct sock_filter))
         truncated();
+    args = calloc(argc + 1, sizeof *args);
+    env = calloc(envc + 1, sizeof *env);
+    if (!args || !env)
+        fail();
     for (uint32_t i = 0; i < argc; i++)
         args[i] = (char *)str();
     for (uint32_t i = 0; i < envc; i++)
@@ -635,12 +650,31 @@ static void run(void)
             long pid = syscall(SYS_clone, (unsigned long)u64() | SIGCHLD, 0, 0, 0, 0);
             if (pid < 0)
                 fail();
-            if (pid > 0) {                     /* the C1: name pid 1, then go */
-                char buf[5] = {'P'};
-                int32_t p = (int32_t)pid;
-                memcpy(buf + 1, &p, 4);
-                _exit(write(errw, buf, sizeof buf) == sizeof buf ? 0 : 1);
+            if (pid > 0)                       /* the C1: name pid 1, then go */
+                report_child(pid);
+            break;
+        }
+        case OP_ENTER: {                       /* an exec's: all opened, then joined */
+            uint32_t count = u32();
+            int fds[MAX_ENTER];
+            if (count > MAX_ENTER)
+                truncated();
+            for (uint32_t i = 0; i < count; i++)
+                if ((fds[i] = open(str(), O_RDONLY | O_CLOEXEC)) < 0)
+                    fail();
+            for (uint32_t i = 0; i < count; i++) {
+                if (setns(fds[i], 0) < 0)
+                    fail();
+                close(fds[i]);
             }
+            break;
+        }
+        case OP_FORK: {                        /* setns(CLONE_NEWPID) moves children only */
+            pid_t pid = fork();
+            if (pid < 0)
+                fail();
+            if (pid > 0)
+                report_child(pid);
             break;
         }
         case OP_UNSHARE:
@@ -733,11 +767,12 @@ int main(int argc, char **argv)
     prctl(PR_SET_DUMPABLE, 0);          /* as the Python first process: until the exec */
     fcntl(errw, F_SETFD, FD_CLOEXEC);
     default_internal_signals();
-    ssize_t n;
-    do
-        n = pread(plan_fd, plan, sizeof plan, (off_t)plan_len);
-    while ((n > 0 && (plan_len += (size_t)n) < sizeof plan) || (n < 0 && errno == EINTR));
-    if (n < 0)
+    struct stat st;
+    if (fstat(plan_fd, &st) < 0)
+        fail();
+    plan_len = (size_t)st.st_size;
+    plan = mmap(NULL, plan_len ? plan_len : 1, PROT_READ, MAP_PRIVATE, plan_fd, 0);
+    if (plan == MAP_FAILED)
         fail();
     close(plan_fd);
     uint32_t magic = u32();

@@ -191,3 +191,46 @@ def test_a_prepared_container_is_the_same_either_way(runners, busybox_rootfs):
         seccomp="default")) for runner in runners]
     assert "HOSTNAME=pooled" in outputs[0] and "NoNewPrivs:\t1" in outputs[0]
     assert outputs[0] == outputs[1]
+
+
+def _exec_outcome(runner: Runner, spec: ContainerSpec, process: Process):
+    """Exec ``process`` into a running container of ``spec``: its output or its error."""
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        runner.spawn(spec, (null, null, null))
+    finally:
+        os.close(null)
+    try:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            runner.exec(spec.id, "e1", process, (null, out_w, null))
+        except Exception as e:                       # the error is what is compared
+            return ("error", type(e).__name__, str(e), getattr(e, "details", None))
+        finally:
+            os.close(out_w)
+            os.close(null)
+        with os.fdopen(out_r, "rb") as out:
+            text = out.read().decode().replace(runner.state_dir, "STATE")
+        return ("ran", runner.wait(spec.id, "e1", timeout=60).exit_code, text)
+    finally:
+        runner.kill(spec.id)
+        runner.wait(spec.id, timeout=60)
+
+
+@pytest.mark.parametrize("args", [("/bin/sh", "-c", PROBE.replace("/scratch", "")),
+                                  ("nosuchcmd",)], ids=["probe", "not in PATH"])
+def test_an_exec_is_the_same_either_way(runners, busybox_rootfs, args):
+    """An exec into a running container goes through sbx-setup too: its C1 joins the
+    container's cgroup and namespaces and forks the process."""
+    outcomes = [_exec_outcome(runner, _spec(
+        (str(busybox_rootfs),), "/bin/sleep", "60", hostname="execd",
+        limits=Limits(memory=64 << 20, pids=64), namespaces=Namespaces(net="private"),
+        seccomp="default"), Process(args=args, env=("FOO=bar",), cwd="/work/exec",
+                                    ulimits=(Ulimit("nofile", 100, 200),)))
+        for runner in runners]
+    assert outcomes[0] == outcomes[1]
+    if args[0] == "/bin/sh":
+        assert outcomes[0][:2] == ("ran", 0)
+        assert "HOSTNAME=execd" in outcomes[0][2] and "pwd: /work/exec" in outcomes[0][2]
+        assert "nofile: 100 200" in outcomes[0][2]
