@@ -21,10 +21,12 @@ The helper is built and loaded as sbx-park is (park.build_helper, park.load_help
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Self
 from pathlib import Path
 
 from ..errors import SandboxError, SetupFailed
@@ -91,9 +93,36 @@ def eligible_process(process: Process, entry_files: Sequence[str]) -> bool:
             and all(u.name in rlimits.RLIMITS for u in process.ulimits))
 
 
-class _Encoder:
+class _Operands:
+    """Encoded values, in setup.c's order: u32, u64, and strings (length, bytes, NUL)."""
+
     def __init__(self) -> None:
-        self.parts: list[bytes] = [struct.pack("=I", MAGIC)]
+        self.parts: list[bytes] = []
+
+    def u32(self, *values: int) -> Self:
+        self.parts.append(struct.pack(f"={len(values)}I", *values))
+        return self
+
+    def u64(self, *values: int) -> Self:
+        self.parts.append(struct.pack(f"={len(values)}Q", *values))
+        return self
+
+    def bytes(self, data: bytes) -> Self:
+        self.parts += [struct.pack("=I", len(data)), data]
+        return self
+
+    def str(self, *texts: str | None) -> Self:
+        for text in texts:
+            self.bytes(os.fsencode(text or "") + b"\0")
+        return self
+
+
+class _Encoder(_Operands):
+    """The steps: each a code, the index of its failure, its operands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts.append(struct.pack("=I", MAGIC))
         self.failures: list[Failure] = []
 
     def step(self, op: Op, failure: Failure) -> _Encoder:
@@ -101,21 +130,9 @@ class _Encoder:
         self.failures.append(failure)
         return self
 
-    def u32(self, *values: int) -> _Encoder:
-        self.parts.append(struct.pack(f"={len(values)}I", *values))
-        return self
-
-    def u64(self, *values: int) -> _Encoder:
-        self.parts.append(struct.pack(f"={len(values)}Q", *values))
-        return self
-
-    def bytes(self, data: bytes) -> _Encoder:
-        self.parts += [struct.pack("=I", len(data)), data]
-        return self
-
-    def str(self, *texts: str | None) -> _Encoder:
-        for text in texts:
-            self.bytes(os.fsencode(text or "") + b"\0")
+    def plan_step(self, step: Step) -> _Encoder:
+        op, operands, failure = _plan_step(step)
+        self.step(op, failure).parts.append(operands)
         return self
 
 
@@ -179,7 +196,7 @@ def encode(spec: ContainerSpec, plan: Sequence[Step], entry_files: Sequence[str]
         e.step(Op.SYSCTL, _setup_failed(f"sysctl {key}={value}", "sysctl")) \
             .str("/proc/sys/" + key.replace(".", "/"), value)
     for step in plan:
-        _encode_step(e, step)
+        e.plan_step(step)
     return _encode_process(e, spec.process, spec.hostname, bpf, bpf_flags, stdio, park)
 
 
@@ -252,32 +269,44 @@ def _environment(process: Process, hostname: str) -> list[str]:
     return [f"{key}={value}" for key, value in env.items()]
 
 
-def _encode_step(e: _Encoder, step: Step) -> None:
-    failure = _step_failure(step)
+@functools.lru_cache(maxsize=512)
+def _plan_step(step: Step) -> tuple[Op, bytes, Failure]:
+    """A plan step's code, encoded operands and failure: most steps are the same for
+    every start (plan.py caches them), so each is encoded once."""
+    b = _Operands()
     if isinstance(step, MountStep):
-        e.step(Op.MOUNT, failure).str(step.target, step.fstype, step.source, step.data,
-                                      step.create, step.chdir) \
+        op = Op.MOUNT
+        b.str(step.target, step.fstype, step.source, step.data, step.create, step.chdir) \
             .u64(step.flags).u32(int(step.in_root), int(step.plain_target))
     elif isinstance(step, AttachMount):
-        e.step(Op.ATTACH, failure).u32(step.fd).str(step.target).u32(int(step.in_root))
+        op = Op.ATTACH
+        b.u32(step.fd).str(step.target).u32(int(step.in_root))
     elif isinstance(step, MakeDirs):
-        e.step(Op.MKDIRS, failure).str(step.path).u32(step.mode, int(step.in_root))
+        op = Op.MKDIRS
+        b.str(step.path).u32(step.mode, int(step.in_root))
     elif isinstance(step, MakeDevice):
-        e.step(Op.MKNOD, failure).str(step.path).u32(step.major, step.minor)
+        op = Op.MKNOD
+        b.str(step.path).u32(step.major, step.minor)
     elif isinstance(step, MakeLink):
-        e.step(Op.SYMLINK, failure).str(step.path, step.target)
+        op = Op.SYMLINK
+        b.str(step.path, step.target)
     elif isinstance(step, WriteFile):
-        e.step(Op.WRITE, failure).str(step.path).bytes(step.content.encode())
+        op = Op.WRITE
+        b.str(step.path).bytes(step.content.encode())
     elif isinstance(step, MaskPath):
-        e.step(Op.MASK, failure).str(step.path)
+        op = Op.MASK
+        b.str(step.path)
     elif isinstance(step, ReadonlyPath):
-        e.step(Op.READONLY, failure).str(step.path)
+        op = Op.READONLY
+        b.str(step.path)
     elif isinstance(step, PivotRoot):
-        e.step(Op.PIVOT, failure)
+        op = Op.PIVOT
     elif isinstance(step, SetHostname):
-        e.step(Op.HOSTNAME, failure).str(step.name)
+        op = Op.HOSTNAME
+        b.str(step.name)
     else:                                           # a new step type must be taught here
         raise TypeError(f"sbx-setup: no encoding for {type(step).__name__}")
+    return op, b"".join(b.parts), _step_failure(step)
 
 
 def decode_failure(raw: bytes, failures: Sequence[Failure]) -> SandboxError:
