@@ -508,7 +508,7 @@ class ForkServer:
         # The filter goes just before the exec, unless it was loaded at park.
         program = None if container.filter_parked or not process.no_new_privileges \
             else container.program
-        message = encode_take(process, *((program.bpf, program.flags) if program else ()))
+        message = encode_take(process, *_bpf(program))
         if len(message) > MAX_TAKE:
             raise InvalidArgument(f"take: the command, environment and seccomp filter "
                                   f"take {len(message)} bytes, more than {MAX_TAKE}")
@@ -585,13 +585,8 @@ class ForkServer:
         try:
             if self.setup >= 0 and park != -1 and clone_flags is not None \
                     and native.eligible(spec, clone_flags, cgroup.entry_files()):
-                parked = None if park is None else \
-                    native.Park(park, channel, _filter_at_park(spec, program, park))
-                self._spawn_native(msg["rid"], container, None, *native.encode(
-                    spec, plan, cgroup.entry_files(), clone_flags,
-                    *((program.bpf, program.flags) if program else (b"", 0)), stdio=fds,
-                    park=parked), fds, (hold, *images)
-                    + ((parked.helper, parked.channel) if parked else ()))
+                self._start_native(msg["rid"], container, plan, fds, clone_flags, park,
+                                   channel)
             else:
                 self._fork(msg["rid"], container, None, fds,
                            lambda errw: _container_first(spec, plan, cgroup, fds, errw,
@@ -617,6 +612,20 @@ class ForkServer:
             self.selector.register(ours, selectors.EVENT_READ, ("zygote", container))
         self.containers[spec.id] = container
         return _DEFERRED
+
+    def _start_native(self, rid: int, container: _Container, plan: list[Step],
+                      fds: list[int], clone_flags: int, park: int | None,
+                      channel: int) -> None:
+        """A spawn's pid 1 or (``park``: sbx-park's memfd) a prepared one's, through
+        sbx-setup."""
+        spec, program = container.spec, container.program
+        parked = None if park is None else \
+            native.Park(park, channel, _filter_at_park(spec, program, park))
+        steps, failures = native.encode(spec, plan, container.cgroup.entry_files(),
+                                        clone_flags, *_bpf(program), stdio=fds, park=parked)
+        more_fds = (container.layer_hold, *container.image_holds,
+                    *((park, channel) if parked else ()))
+        self._spawn_native(rid, container, None, steps, failures, fds, more_fds)
 
     def _spawn_native(self, rid: int, container: _Container, exec_id: str | None,
                       steps: bytes, failures: list[native.Failure], stdio: list[int],
@@ -897,10 +906,9 @@ class ForkServer:
         target = container.pid
         entry_files = container.cgroup.entry_files()
         if self.setup >= 0 and native.eligible_process(process, entry_files):
-            program = container.program
             self._spawn_native(msg["rid"], container, exec_id, *native.encode_exec(
                 target, process, container.spec.hostname, entry_files,
-                *((program.bpf, program.flags) if program else (b"", 0)), stdio=fds), fds)
+                *_bpf(container.program), stdio=fds), fds)
         else:
             self._fork(msg["rid"], container, exec_id, fds,
                        lambda errw: _exec_c1(target, process, container.cgroup, fds, errw,
@@ -1221,6 +1229,11 @@ def validate_process(process: Process) -> Process:
     if problems:
         raise InvalidArgument.of(problems)
     return process
+
+
+def _bpf(program: seccomp.Program | None) -> tuple[bytes, int]:
+    """A filter's instructions and flags for a C helper (none: empty)."""
+    return (program.bpf, program.flags) if program else (b"", 0)
 
 
 def _decode_failure(start: _Start) -> SandboxError:
