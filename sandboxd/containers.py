@@ -226,6 +226,11 @@ class ContainerService:
         return [self.live[row["id"]].record if row["id"] in self.live
                 else self._record(row) for row in self.store.list_containers()]
 
+    async def container_setup(self) -> str:
+        """How the runner sets containers up: "sbx-setup" (C), or "python" (until
+        sbx-setup is built, or on a host without a C compiler; docs/runner.md)."""
+        return str((await self.runner.ping()).get("setup", "python"))
+
     def cgroup_version(self) -> str:
         """"1" or "2": which cgroup hierarchy holds the containers' limits."""
         return "1" if self.runner.cgroup_version == "v1" else "2"

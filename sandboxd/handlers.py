@@ -571,6 +571,7 @@ class Handlers:
                 "architecture": platform.machine(), "ncpu": os.cpu_count() or 1,
                 "mem_total": _mem_total(), "cgroup_driver": "cgroupfs",
                 "cgroup_version": self.containers.cgroup_version(),
+                "container_setup": await self.containers.container_setup(),
                 "root_dir": self.config.root, "default_runtime": "sandboxd-runner",
                 "security_options": ["name=seccomp,profile=builtin", "name=no-new-privileges",
                                      "name=cgroupns"],

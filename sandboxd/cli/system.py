@@ -21,6 +21,7 @@ _INFO_FIELDS = {
     "operating_system": ("OperatingSystem", ""), "os_type": ("OSType", "linux"),
     "architecture": ("Architecture", ""), "ncpu": ("NCPU", 0), "mem_total": ("MemTotal", 0),
     "cgroup_driver": ("CgroupDriver", "cgroupfs"), "cgroup_version": ("CgroupVersion", ""),
+    "container_setup": ("ContainerSetup", ""),                  # sandboxd's own
     "root_dir": ("DockerRootDir", ""), "default_runtime": ("DefaultRuntime", ""),
     "security_options": ("SecurityOptions", []), "warnings": ("Warnings", []),
 }
@@ -54,6 +55,7 @@ def info(fmt: str | None) -> int:
         f" Cgroup Driver: {data.get('cgroup_driver', 'cgroupfs')}",
         f" Cgroup Version: {data.get('cgroup_version', '')}",
         f" Default Runtime: {data.get('default_runtime', '')}",
+        f" Container Setup: {data.get('container_setup', '')}",
         f" Kernel Version: {data.get('kernel_version', '')}",
         f" Operating System: {data.get('operating_system', '')}",
         f" OSType: {data.get('os_type', 'linux')}",

@@ -175,6 +175,11 @@ class Runner(_Protocol):
         pid once the workload has exec'd. Setup failures raise typed errors."""
         return self._call(self._spawn_message(spec), list(stdio))["pid"]
 
+    def ping(self) -> dict[str, Any]:
+        """The fork server's pid, its container count, and how it sets containers up
+        (``setup``: "sbx-setup", or "python" until sbx-setup is built or without it)."""
+        return self._call({"op": "ping"})
+
     def prepare(self, spec: ContainerSpec, helper: str = "") -> int:
         """Make ``spec``'s container (namespaces, cgroup, mounts, root) and park its
         pid 1 before the exec, in ``helper`` (sbx-park's path, runner/park.py; "": in
@@ -439,6 +444,9 @@ class AsyncRunner(_Protocol, HelperConnection):
 
     async def spawn(self, spec: ContainerSpec, stdio: tuple[int, ...]) -> int:
         return (await self._call(self._spawn_message(spec), list(stdio)))["pid"]
+
+    async def ping(self) -> dict[str, Any]:
+        return await self._call({"op": "ping"})
 
     async def prepare(self, spec: ContainerSpec, helper: str = "") -> int:
         return (await self._call(self._prepare_message(spec, helper)))["pid"]

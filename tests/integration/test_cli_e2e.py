@@ -298,6 +298,9 @@ def test_top_stats_info_version_images(daemon: Daemon) -> None:
     doc = json.loads(info)                                     # docker info's names
     assert doc["ContainersRunning"] >= 1 and doc["Images"] >= 1, doc
     assert doc["NCPU"] == os.cpu_count() and doc["Driver"] == "overlay"
+    # sbx-setup, once the fork server has built it (in the background on a new host)
+    assert doc["ContainerSetup"] in ("sbx-setup", "python"), doc
+    assert " Container Setup: " in daemon.sbx("info", check=True).out
     line = daemon.sbx("info", "-f", "{{.ServerVersion}}/{{.CgroupVersion}}", check=True).out
     v2 = not os.path.isdir("/sys/fs/cgroup/memory")           # no v1 memory controller
     assert line.strip() == f"{sandboxd.__version__}/{2 if v2 else 1}"

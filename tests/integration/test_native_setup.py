@@ -52,7 +52,7 @@ def runners(tmp_path_factory):
     python = _runner(tmp_path_factory.mktemp("python"), False)
     try:
         deadline = time.monotonic() + 120
-        while native._call({"op": "ping"})["setup"] != "sbx-setup":
+        while native.ping()["setup"] != "sbx-setup":
             assert time.monotonic() < deadline, "sbx-setup was not built in 120 s"
             time.sleep(0.2)
         yield native, python
@@ -86,8 +86,8 @@ def _both(runners, make):
 
 def test_each_runner_says_how_it_sets_up(runners):
     native, python = runners
-    assert native._call({"op": "ping"})["setup"] == "sbx-setup"
-    assert python._call({"op": "ping"})["setup"] == "python"
+    assert native.ping()["setup"] == "sbx-setup"
+    assert python.ping()["setup"] == "python"
 
 
 def test_the_same_container_from_the_inside(runners, busybox_rootfs):
