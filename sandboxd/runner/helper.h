@@ -2,9 +2,12 @@
  * fork server, the PATH lookup and the closing of fds before the exec. Included by
  * both (park.helper_path hashes it with each source). */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -12,6 +15,15 @@
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 static int errw = -1;                   /* the report pipe to the fork server */
+
+/* Each program's start: the report pipe from its argument, not inherited by what it
+ * execs; the process not dumpable until its exec, as the Python first process. */
+static void begin(const char *errw_arg)
+{
+    errw = atoi(errw_arg);
+    prctl(PR_SET_DUMPABLE, 0);
+    fcntl(errw, F_SETFD, FD_CLOEXEC);
+}
 
 /* "X" KIND ERRNO(4 bytes, native), then EXTRA (EXTRA_LEN bytes), then TEXT; exit CODE. */
 static void report_failure_with(char kind, int err, const void *extra, size_t extra_len,

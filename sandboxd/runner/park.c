@@ -128,9 +128,7 @@ int main(int argc, char **argv)
     if (argc != 5)
         return 2;
     int channel = atoi(argv[1]);
-    errw = atoi(argv[2]);
-    prctl(PR_SET_DUMPABLE, 0);          /* as the Python first process: until the exec */
-    fcntl(errw, F_SETFD, FD_CLOEXEC);
+    begin(argv[2]);
     fcntl(channel, F_SETFD, FD_CLOEXEC);
 
     struct iovec iov = {message, sizeof message};

@@ -98,23 +98,25 @@ static void truncated(void)
     fail_kind('o', EINVAL, "the encoded plan is truncated");
 }
 
+static void next_value(void *value, size_t size)
+{
+    if (plan_len - cursor < size)
+        truncated();
+    memcpy(value, plan + cursor, size);
+    cursor += size;
+}
+
 static uint32_t u32(void)
 {
     uint32_t v;
-    if (plan_len - cursor < 4)
-        truncated();
-    memcpy(&v, plan + cursor, 4);
-    cursor += 4;
+    next_value(&v, sizeof v);
     return v;
 }
 
 static uint64_t u64(void)
 {
     uint64_t v;
-    if (plan_len - cursor < 8)
-        truncated();
-    memcpy(&v, plan + cursor, 8);
-    cursor += 8;
+    next_value(&v, sizeof v);
     return v;
 }
 
@@ -763,9 +765,7 @@ int main(int argc, char **argv)
     if (argc != 3)
         return 2;
     int plan_fd = atoi(argv[1]);
-    errw = atoi(argv[2]);
-    prctl(PR_SET_DUMPABLE, 0);          /* as the Python first process: until the exec */
-    fcntl(errw, F_SETFD, FD_CLOEXEC);
+    begin(argv[2]);
     default_internal_signals();
     struct stat st;
     if (fstat(plan_fd, &st) < 0)
