@@ -1,5 +1,5 @@
 /* What sbx-park (park.c) and sbx-setup (setup.c) share: their failure reports to the
- * fork server, the PATH lookup and the closing of fds before the exec. Included by
+ * fork server, stdio or a pty, the PATH lookup and the closing of fds before the exec. Included by
  * both (park.helper_path hashes it with each source). */
 #include <errno.h>
 #include <fcntl.h>
@@ -7,9 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <termios.h>
 #include <unistd.h>
 
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -71,6 +74,52 @@ static const char *find_executable(const char *name, const char *path)
     }
     report_failure('p', 0, name, 127);
     return NULL;
+}
+
+/* child.install_stdio(): a pty made in the container's own devpts, its master sent back
+ * over the console socket; or the three fds. */
+static void install_stdio(int terminal, const int *fds)
+{
+    if (setsid() < 0)
+        report_failure('s', errno, "setsid", 1);
+    if (!terminal) {
+        for (int i = 0; i < 3; i++)
+            if (dup2(fds[i], i) < 0)
+                report_failure('s', errno, "stdio", 1);
+        return;
+    }
+    int master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    int unlock = 0;
+    unsigned number;
+    if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0 ||
+            ioctl(master, TIOCGPTN, &number) < 0)
+        report_failure('s', errno, "pty", 1);
+    char slave_path[32];
+    snprintf(slave_path, sizeof slave_path, "/dev/pts/%u", number);
+    int slave = open(slave_path, O_RDWR | O_NOCTTY);
+    if (slave < 0)
+        report_failure('s', errno, "pty", 1);
+    char tag[] = "pty";
+    struct iovec iov = {tag, 3};
+    union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int))]; } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                         .msg_controllen = sizeof control.space};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &master, sizeof(int));
+    if (sendmsg(fds[0], &msg, MSG_NOSIGNAL) < 0)
+        report_failure('s', errno, "pty", 1);
+    close(fds[0]);
+    close(master);
+    for (int i = 0; i < 3; i++)
+        if (dup2(slave, i) < 0)
+            report_failure('s', errno, "pty", 1);
+    if (slave > 2)
+        close(slave);
+    if (ioctl(0, TIOCSCTTY, 0) < 0)
+        report_failure('s', errno, "pty", 1);
 }
 
 static void close_from(unsigned first, unsigned last)

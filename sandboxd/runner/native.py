@@ -9,12 +9,13 @@ server spawns without copying itself (posix_spawn), given the same decisions as 
 of steps: :func:`encode` turns the plan (plan.build_plan) and the spec's process into
 them, and :func:`decode_failure` words a failed step exactly as the Python path words it.
 
-What takes this path: a plain start or a prepared (pool) container that waits in
-sbx-park (no pty, init, hold, zygote or template entry), its pid namespace private or
-the host's, root as the user without added groups, no_new_privileges on (the filter
-loads last, just before the exec, or at park). Anything else, or a host where sbx-setup
-could not be built, takes the Python path; both end in the same container
-(tests/integration/test_native_setup.py compares them).
+What takes this path: a plain start (with a pty or not) or a prepared (pool) container
+that waits in sbx-park (no init, hold, zygote or template entry), its pid namespace
+private or the host's, root as the user without added groups, no_new_privileges on (the
+filter loads last, just before the exec, or at park); an exec's process on the same
+terms. Anything else, or a host where sbx-setup could not be built, takes the Python
+path; both end in the same container (tests/integration/test_native_setup.py compares
+them).
 
 The helper is built and loaded as sbx-park is (park.build_helper, park.load_helper).
 """
@@ -86,9 +87,9 @@ def eligible(spec: ContainerSpec, clone_flags: int | None, entry_files: Sequence
 
 def eligible_process(process: Process, entry_files: Sequence[str]) -> bool:
     """Whether ``process`` (a start's, or an exec's into a running container) can be set
-    up by sbx-setup: no pty, root without added groups, no_new_privileges on, and a
-    cgroup joined by writing ``entry_files``."""
-    return (bool(entry_files) and not process.terminal and not process.user
+    up by sbx-setup: root without added groups, no_new_privileges on, and a cgroup
+    joined by writing ``entry_files``."""
+    return (bool(entry_files) and not process.user
             and not process.groups and process.no_new_privileges
             and all(u.name in rlimits.RLIMITS for u in process.ulimits))
 
@@ -223,8 +224,9 @@ def _encode_process(e: _Encoder, process: Process, hostname: str, bpf: bytes,
     """The process's own set-up, after the namespaces and the root: stdio, rlimits,
     workdir, capabilities, chdir, then the exec (or sbx-park)."""
     container_setup = _setup_failed("container setup: OSError", "setup")
-    if park is None:
-        e.step(Op.STDIO, container_setup).u32(*stdio[:3])
+    if park is None:                            # 3 fds, or 1 console socket with a pty
+        fds = [fd & 0xFFFFFFFF for fd in (*stdio, -1, -1)[:3]]   # -1 as setup.c reads it
+        e.step(Op.STDIO, container_setup).u32(int(process.terminal), *fds)
     for u in process.ulimits:
         soft, hard = rlimits.to_rlim(u.soft), rlimits.to_rlim(u.hard)
         e.step(Op.RLIMIT, _setup_failed(
@@ -263,6 +265,8 @@ def _environment(process: Process, hostname: str) -> list[str]:
     """child.environment's result as entries, in its order; HOSTNAME and HOME hold
     placeholders sbx-setup fills when the process does not set them."""
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": ""}
+    if process.terminal:
+        env["TERM"] = "xterm"
     for entry in process.env:
         key, _, value = entry.partition("=")
         env[key] = value

@@ -77,52 +77,6 @@ static const char *lookup(const char *name)
     return NULL;
 }
 
-/* child.install_stdio(): a pty made in the container's own devpts, its master sent back
- * over the console socket; or the three fds. */
-static void install_stdio(int terminal, const int *fds)
-{
-    if (setsid() < 0)
-        fail_step("setsid");
-    if (!terminal) {
-        for (int i = 0; i < 3; i++)
-            if (dup2(fds[i], i) < 0)
-                fail_step("stdio");
-        return;
-    }
-    int master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
-    int unlock = 0;
-    unsigned number;
-    if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0 ||
-            ioctl(master, TIOCGPTN, &number) < 0)
-        fail_step("pty");
-    char slave_path[32];
-    snprintf(slave_path, sizeof slave_path, "/dev/pts/%u", number);
-    int slave = open(slave_path, O_RDWR | O_NOCTTY);
-    if (slave < 0)
-        fail_step("pty");
-    char tag[] = "pty";
-    struct iovec iov = {tag, 3};
-    union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int))]; } control;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
-                         .msg_controllen = sizeof control.space};
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &master, sizeof(int));
-    if (sendmsg(fds[0], &msg, MSG_NOSIGNAL) < 0)
-        fail_step("pty");
-    close(fds[0]);
-    close(master);
-    for (int i = 0; i < 3; i++)
-        if (dup2(slave, i) < 0)
-            fail_step("pty");
-    if (slave > 2)
-        close(slave);
-    if (ioctl(0, TIOCSCTTY, 0) < 0)
-        fail_step("pty");
-}
-
 int main(int argc, char **argv)
 {
     if (argc != 5)

@@ -712,13 +712,10 @@ static void run(void)
                 fail();
             break;
         }
-        case OP_STDIO: {
+        case OP_STDIO: {                       /* 3 fds, or a console socket */
+            int terminal = (int)u32();
             int fds[3] = {(int)u32(), (int)u32(), (int)u32()};
-            if (setsid() < 0)
-                fail();
-            for (int i = 0; i < 3; i++)
-                if (dup2(fds[i], i) < 0)
-                    fail();
+            install_stdio(terminal, fds);
             break;
         }
         case OP_RLIMIT: {

@@ -4,6 +4,7 @@ of hostile paths. Two fork servers, one with sbx-setup and one without
 (``SANDBOXD_NATIVE_SETUP=0``), start the same specs."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import time
@@ -234,3 +235,34 @@ def test_an_exec_is_the_same_either_way(runners, busybox_rootfs, args):
         assert outcomes[0][:2] == ("ran", 0)
         assert "HOSTNAME=execd" in outcomes[0][2] and "pwd: /work/exec" in outcomes[0][2]
         assert "nofile: 100 200" in outcomes[0][2]
+
+
+def _terminal_output(runner: Runner, spec: ContainerSpec) -> str:
+    """What a container on a pty (made in its devpts) wrote to it, until it exited."""
+    _pid, master = runner.spawn_terminal(spec)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:                    # EIO: the last holder of the pty is gone
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(master)
+    assert runner.wait(spec.id, timeout=60).exit_code == 0
+    return b"".join(chunks).decode().replace(runner.state_dir, "STATE")
+
+
+def test_a_terminal_is_the_same_either_way(runners, busybox_rootfs):
+    """With a pty: made in the container's devpts by sbx-setup too, its master sent back."""
+    script = "tty; echo TERM=$TERM; grep -E '^(Sig|NoNew|Cap)' /proc/self/status; ls /dev/pts"
+    outputs = [_terminal_output(runner, dataclasses.replace(
+        _spec((str(busybox_rootfs),), "/bin/sh", limits=Limits(memory=64 << 20, pids=64),
+              namespaces=Namespaces(net="private"), seccomp="default"),
+        process=Process(args=("/bin/sh", "-c", script), terminal=True)))
+        for runner in runners]
+    assert "/dev/pts/0" in outputs[0] and "TERM=xterm" in outputs[0]
+    assert outputs[0] == outputs[1]
