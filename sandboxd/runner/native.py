@@ -11,9 +11,10 @@ them, and :func:`decode_failure` words a failed step exactly as the Python path 
 
 What takes this path: a plain start (with a pty or not) or a prepared (pool) container
 that waits in sbx-park (no init, hold, zygote or template entry), its pid namespace
-private or the host's, root as the user without added groups, no_new_privileges on (the
-filter loads last, just before the exec, or at park); an exec's process on the same
-terms. Anything else, or a host where sbx-setup could not be built, takes the Python
+private or the host's, no_new_privileges on (the filter loads last, just before the
+exec, or at park); an exec's process on the same terms. The user, its groups and
+--group-add are looked up in the image's /etc/passwd and /etc/group by sbx-setup, as
+security.resolve_user does. Anything else, or a host where sbx-setup could not be built, takes the Python
 path; both end in the same container (tests/integration/test_native_setup.py compares
 them).
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Self
 from pathlib import Path
 
-from ..errors import SandboxError, SetupFailed
+from ..errors import InvalidArgument, SandboxError, SetupFailed
 from . import rlimits, security
 from . import syscalls as sc
 from .park import decode_failure as decode_command_failure
@@ -87,10 +88,9 @@ def eligible(spec: ContainerSpec, clone_flags: int | None, entry_files: Sequence
 
 def eligible_process(process: Process, entry_files: Sequence[str]) -> bool:
     """Whether ``process`` (a start's, or an exec's into a running container) can be set
-    up by sbx-setup: root without added groups, no_new_privileges on, and a cgroup
-    joined by writing ``entry_files``."""
-    return (bool(entry_files) and not process.user
-            and not process.groups and process.no_new_privileges
+    up by sbx-setup: no_new_privileges on (the filter loads last), known rlimits, and
+    a cgroup joined by writing ``entry_files``."""
+    return (bool(entry_files) and process.no_new_privileges
             and all(u.name in rlimits.RLIMITS for u in process.ulimits))
 
 
@@ -141,6 +141,24 @@ def _setup_failed(message: str, step: str, **details: object) -> Failure:
     def failure(err: int, kind: bytes, detail: str) -> SandboxError:
         return SetupFailed(f"{message}: {detail or os.strerror(err)}",
                            {"step": step, "errno": err, **details})
+    return failure
+
+
+def _profile_failure(user: str) -> Failure:
+    """security.apply_profile's words: a user or group the image does not have, or a
+    failed call."""
+    def failure(err: int, kind: bytes, detail: str) -> SandboxError:
+        if kind == b"u":
+            return InvalidArgument(f"user: no user {detail!r} in the image's /etc/passwd")
+        if kind == b"g":
+            return InvalidArgument(f"user: no group {detail!r} in the image's /etc/group")
+        if kind == b"a":
+            return InvalidArgument(f"group-add: no group {detail!r} in the image's "
+                                   f"/etc/group")
+        reason = (f"the image's {detail} has a uid or gid that is not a number"
+                  if kind == b"U" else os.strerror(err))
+        return SetupFailed(f"apply security profile (user {user or 'root'}): {reason}",
+                           {"step": "security", "errno": err})
     return failure
 
 
@@ -235,8 +253,9 @@ def _encode_process(e: _Encoder, process: Process, hostname: str, bpf: bytes,
     e.step(Op.WORKDIR, _setup_failed(f"prepare workdir {process.cwd}", "workdir")) \
         .str(process.cwd)
     keep = security.capability_mask(process.capabilities) & security.RUNNER_CAPS
-    e.step(Op.PROFILE, _setup_failed("apply security profile (user root)", "security")) \
-        .u64(keep).u32(security.LAST_CAP, int(process.no_new_privileges))
+    e.step(Op.PROFILE, _profile_failure(process.user)) \
+        .u64(keep).u32(security.LAST_CAP, int(process.no_new_privileges)) \
+        .str(process.user).u32(len(process.groups)).str(*process.groups)
     e.step(Op.CHDIR, _setup_failed(f"chdir to {process.cwd}", "chdir")).str(process.cwd)
     if park is not None:
         e.step(Op.PARK, _setup_failed("exec the parked pid 1 (sbx-park)", "park")) \
@@ -317,7 +336,7 @@ def decode_failure(raw: bytes, failures: Sequence[Failure]) -> SandboxError:
     """The error of sbx-setup's ``X`` report: a step's as the Python path words it, or
     the command's (not found, not executable) as sbx-park's."""
     kind = raw[1:2]
-    if kind not in (b"o", b"l", b"d", b"L"):
+    if kind not in (b"o", b"l", b"d", b"L", b"u", b"g", b"a", b"U"):
         return decode_command_failure(raw)
     _, err, index = _FAILURE.unpack_from(raw, 1)
     detail = raw[1 + _FAILURE.size:].decode("utf-8", "replace")

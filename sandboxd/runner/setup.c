@@ -482,53 +482,256 @@ static void op_pivot(void)
 
 /* -- the process (child.py, security.py) */
 
+/* -- users and groups: security.resolve_user and add_groups, child.home_of */
+
+#define MAX_FIELDS 16
+
+/* One line of a passwd or group file, split at ':' (the fields NUL-terminated in place). */
+struct entry {
+    char *field[MAX_FIELDS];
+    int count;
+};
+
+/* The whole of PATH (NULL: unreadable, as Python's OSError: no entries), its lines split
+ * as Python's text mode does (universal newlines: \n, \r\n and \r end a line). */
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return NULL;
+    size_t size = 0, cap = 4096;
+    char *text = malloc(cap);
+    size_t n;
+    while (text && (n = fread(text + size, 1, cap - size - 1, f)) > 0) {
+        size += n;
+        if (cap - size < 2)
+            text = realloc(text, cap *= 2);
+    }
+    fclose(f);
+    if (text)
+        text[size] = '\0';
+    return text;
+}
+
+/* The next line of *CURSOR as an entry; FILTER: security._read_db's (no blank line, no
+ * comment, at least two ':'), else every line (child.home_of's). 0 at the end. */
+static int next_entry(char **cursor, struct entry *e, int filter)
+{
+    while (*cursor && **cursor) {
+        char *line = *cursor, *end = line + strcspn(line, "\r\n");
+        *cursor = *end == '\r' && end[1] == '\n' ? end + 2 : *end ? end + 1 : end;
+        *end = '\0';
+        int colons = 0, blank = 1;
+        for (char *c = line; *c; c++) {
+            colons += *c == ':';
+            blank &= *c == ' ' || *c == '\t' || *c == '\v' || *c == '\f';
+        }
+        if (filter && (blank || line[0] == '#' || colons < 2))
+            continue;
+        e->count = 0;
+        for (char *f = line; e->count < MAX_FIELDS; ) {
+            e->field[e->count++] = f;
+            char *colon = strchr(f, ':');
+            if (!colon)
+                break;
+            *colon = '\0';
+            f = colon + 1;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+static int all_digits(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return 0;
+    return 1;
+}
+
+/* A numeric field; what Python's int() would refuse or could not pass to the kernel
+ * ends the start ('U': the file has an entry sandboxd cannot read). */
+static unsigned id_of(const struct entry *e, int i, const char *file)
+{
+    if (i >= e->count || !all_digits(e->field[i]) || strlen(e->field[i]) > 10 ||
+            strtoull(e->field[i], NULL, 10) > 0xFFFFFFFEull)
+        fail_kind('U', EINVAL, file);
+    return (unsigned)strtoull(e->field[i], NULL, 10);
+}
+
+static int has_gid(const gid_t *gids, int count, gid_t gid)
+{
+    for (int i = 0; i < count; i++)
+        if (gids[i] == gid)
+            return 1;
+    return 0;
+}
+
+#define MAX_GROUPS 65536
+
+/* security.resolve_user (USER "" is root with no groups) and add_groups (ADDED: the
+ * --group-add names, gids or group names); 'u', 'g', 'a' name what is missing. */
+static void resolve_user(char *user, const char **added, uint32_t n_added, uid_t *uid,
+                         gid_t *gid, gid_t *groups, int *n_groups)
+{
+    *uid = 0;
+    *gid = 0;
+    *n_groups = 0;
+    char *group_text = NULL, *cursor;
+    struct entry e;
+    if (*user) {
+        char *grp = strchr(user, ':');
+        if (grp)
+            *grp++ = '\0';
+        char *passwd = read_text("/etc/passwd"), *user_name = NULL;
+        static struct entry found;
+        int have = 0;
+        for (cursor = passwd; next_entry(&cursor, &e, 1); ) {
+            if (all_digits(user) ? strcmp(e.field[2], user) == 0 : strcmp(e.field[0], user) == 0) {
+                found = e;
+                have = 1;
+                break;
+            }
+        }
+        if (all_digits(user)) {
+            if (strlen(user) > 10 || strtoull(user, NULL, 10) > 0xFFFFFFFEull)
+                fail_kind('U', EINVAL, "user");
+            *uid = (uid_t)strtoull(user, NULL, 10);
+            *gid = have ? id_of(&found, 3, "/etc/passwd") : *uid;
+        } else {
+            if (!have)
+                fail_kind('u', 0, user);
+            *uid = id_of(&found, 2, "/etc/passwd");
+            *gid = id_of(&found, 3, "/etc/passwd");
+        }
+        user_name = have ? found.field[0] : NULL;
+        group_text = read_text("/etc/group");
+        if (grp && *grp) {
+            if (all_digits(grp)) {
+                if (strlen(grp) > 10 || strtoull(grp, NULL, 10) > 0xFFFFFFFEull)
+                    fail_kind('U', EINVAL, "group");
+                *gid = (gid_t)strtoull(grp, NULL, 10);
+            } else {
+                char *copy = group_text ? strdup(group_text) : NULL;
+                int got = 0;
+                for (cursor = copy; next_entry(&cursor, &e, 1); )
+                    if (strcmp(e.field[0], grp) == 0) {
+                        *gid = id_of(&e, 2, "/etc/group");
+                        got = 1;
+                        break;
+                    }
+                if (!got)
+                    fail_kind('g', 0, grp);
+            }
+        }
+        /* the groups that list the user by name, but its own */
+        if (user_name && group_text) {
+            char *copy = strdup(group_text);
+            for (cursor = copy; next_entry(&cursor, &e, 1); ) {
+                if (e.count <= 3 || !all_digits(e.field[2]))
+                    continue;
+                for (char *member = e.field[3], *next; member; member = next) {
+                    next = strchr(member, ',');
+                    size_t len = next ? (size_t)(next++ - member) : strlen(member);
+                    if (len == strlen(user_name) && strncmp(member, user_name, len) == 0) {
+                        gid_t g = id_of(&e, 2, "/etc/group");
+                        if (g != *gid && !has_gid(groups, *n_groups, g) && *n_groups < MAX_GROUPS)
+                            groups[(*n_groups)++] = g;
+                        break;
+                    }
+                }
+            }
+            for (int i = 1; i < *n_groups; i++)          /* sorted, as Python's sorted() */
+                for (int j = i; j > 0 && groups[j - 1] > groups[j]; j--) {
+                    gid_t t = groups[j];
+                    groups[j] = groups[j - 1];
+                    groups[j - 1] = t;
+                }
+        }
+    }
+    for (uint32_t i = 0; i < n_added; i++) {
+        gid_t g = 0;
+        if (all_digits(added[i])) {
+            if (strlen(added[i]) > 10 || strtoull(added[i], NULL, 10) > 0xFFFFFFFEull)
+                fail_kind('U', EINVAL, "group-add");
+            g = (gid_t)strtoull(added[i], NULL, 10);
+        } else {
+            if (!group_text)
+                group_text = read_text("/etc/group");
+            char *copy = group_text ? strdup(group_text) : NULL;
+            int got = 0;
+            for (cursor = copy; next_entry(&cursor, &e, 1); )
+                if (strcmp(e.field[0], added[i]) == 0 && all_digits(e.field[2])) {
+                    g = id_of(&e, 2, "/etc/group");
+                    got = 1;
+                    break;
+                }
+            if (!got)
+                fail_kind('a', 0, added[i]);
+        }
+        if (!has_gid(groups, *n_groups, g) && *n_groups < MAX_GROUPS)
+            groups[(*n_groups)++] = g;
+    }
+}
+
+/* security.apply_profile: the bounding set cut to KEEP, the user's groups, gid and uid
+ * (a non-root uid loses every capability), the remaining sets exactly KEEP for root,
+ * ambient cleared, no_new_privs. */
 static void op_profile(void)
 {
     uint64_t keep = u64();
     uint32_t last_cap = u32(), no_new_privs = u32();
+    char *user = strdup(str());
+    uint32_t n_added = u32();
+    const char **added = calloc(n_added + 1, sizeof *added);
+    static gid_t groups[MAX_GROUPS];
+    if (!user || !added || n_added > plan_len)
+        truncated();
+    for (uint32_t i = 0; i < n_added; i++)
+        added[i] = str();
+    uid_t uid;
+    gid_t gid;
+    int n_groups;
+    resolve_user(user, added, n_added, &uid, &gid, groups, &n_groups);
     for (uint32_t cap = 0; cap <= last_cap; cap++)
         if (!(keep & (1ull << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
             fail();
-    if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+    if (setgroups((size_t)n_groups, groups) < 0 || setresgid(gid, gid, gid) < 0 ||
+            setresuid(uid, uid, uid) < 0)
         fail();
-    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
-    struct __user_cap_data_struct data[2] = {
-        {(uint32_t)keep, (uint32_t)keep, 0}, {(uint32_t)(keep >> 32), (uint32_t)(keep >> 32), 0}};
-    if (syscall(SYS_capset, &header, data) < 0)
-        fail();
+    if (uid == 0) {
+        struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+        struct __user_cap_data_struct data[2] = {
+            {(uint32_t)keep, (uint32_t)keep, 0},
+            {(uint32_t)(keep >> 32), (uint32_t)(keep >> 32), 0}};
+        if (syscall(SYS_capset, &header, data) < 0)
+            fail();
+    }
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
         fail();
     if (no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         fail();
 }
 
-/* child.home_of(0): the home of uid 0 in the container's /etc/passwd, else /root. */
-static void home_of_root(char *out, size_t size)
+/* child.home_of(getuid()): the home of this uid in the container's /etc/passwd (every
+ * line read, as Python's loop does), else /root for root and / for anyone else. */
+static void home_of(char *out, size_t size)
 {
-    snprintf(out, size, "/root");
-    FILE *f = fopen("/etc/passwd", "re");
-    if (!f)
-        return;
-    char line[4096];
-    while (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\n")] = '\0';
-        char *fields[7] = {0};
-        int n = 0;
-        char *s = line;
-        while (n < 7) {
-            fields[n++] = s;
-            char *colon = strchr(s, ':');
-            if (!colon)
-                break;
-            *colon = '\0';
-            s = colon + 1;
-        }
-        if (n > 5 && strcmp(fields[2], "0") == 0) {
-            snprintf(out, size, "%s", *fields[5] ? fields[5] : "/");
+    uid_t uid = getuid();
+    char wanted[16];
+    snprintf(wanted, sizeof wanted, "%u", (unsigned)uid);
+    snprintf(out, size, "%s", uid == 0 ? "/root" : "/");
+    char *text = read_text("/etc/passwd"), *cursor = text;
+    struct entry e;
+    while (next_entry(&cursor, &e, 0))
+        if (e.count > 5 && strcmp(e.field[2], wanted) == 0) {
+            snprintf(out, size, "%s", *e.field[5] ? e.field[5] : "/");
             break;
         }
-    }
-    fclose(f);
+    free(text);
 }
 
 static void op_exec(void)
@@ -558,7 +761,7 @@ static void op_exec(void)
     }
     if (home_at < envc) {
         char home[4096];
-        home_of_root(home, sizeof home);
+        home_of(home, sizeof home);
         snprintf(home_entry, sizeof home_entry, "HOME=%s", home);
         env[home_at] = home_entry;
     }
@@ -596,7 +799,7 @@ static void op_park(void)
         uname(&u);
         snprintf(host, sizeof host, "%s", u.nodename);
     }
-    home_of_root(home, sizeof home);
+    home_of(home, sizeof home);
     int keep[3] = {errw, channel, helper};      /* close every other fd */
     for (int i = 0; i < 3; i++)
         for (int j = i + 1; j < 3; j++)

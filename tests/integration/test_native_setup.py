@@ -266,3 +266,38 @@ def test_a_terminal_is_the_same_either_way(runners, busybox_rootfs):
         for runner in runners]
     assert "/dev/pts/0" in outputs[0] and "TERM=xterm" in outputs[0]
     assert outputs[0] == outputs[1]
+
+
+@pytest.fixture(scope="module")
+def users_layer(tmp_path_factory) -> Path:
+    """An image layer whose /etc/passwd and /etc/group have comments, blank lines,
+    supplementary groups and a user without a passwd line's gid group."""
+    layer = tmp_path_factory.mktemp("users")
+    (layer / "etc").mkdir()
+    (layer / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\n# people\n\nalice:x:1000:1000:Alice:/home/alice:"
+        "/bin/sh\nbob:x:1001:100::/home/bob:/bin/sh\nnobody:x:65534:65534:nobody:"
+        "/nonexistent:/bin/false\n")
+    (layer / "etc" / "group").write_text(
+        "root:x:0:\nusers:x:100:alice,bob\nalice:x:1000:\naudio:x:29:alice\nstaff:x:50:\n"
+        "nogroup:x:65534:\n")
+    return layer
+
+
+USERS = [("alice", ()), ("bob", ()), ("1000", ()), ("1001:50", ()), ("alice:staff", ()),
+         ("4242", ()), ("nobody", ("audio", "777")), ("", ("audio", "29")),
+         ("nosuch", ()), ("alice:nosuchgroup", ()), ("alice", ("nosuchgroup",))]
+
+
+@pytest.mark.parametrize("user,groups", USERS, ids=[f"{u or 'root'}+{','.join(g)}"
+                                                    for u, g in USERS])
+def test_users_and_groups_the_same_either_way(runners, busybox_rootfs, users_layer,
+                                              user, groups):
+    script = "id; echo HOME=$HOME; grep -E '^(Uid|Gid|Groups|Cap)' /proc/self/status"
+    outcomes = _both(runners, lambda: dataclasses.replace(
+        _spec((str(users_layer), str(busybox_rootfs)), "/bin/sh"),
+        process=Process(args=("/bin/sh", "-c", script), user=user, groups=groups)))
+    assert outcomes[0] == outcomes[1]
+    if (user, groups) in (("alice", ()), ("nobody", ("audio", "777"))):
+        assert outcomes[0][:2] == ("ran", 0), outcomes[0]
+        assert "groups=" in outcomes[0][2] and "CapEff:\t0000000000000000" in outcomes[0][2]

@@ -26,14 +26,13 @@ def make(**process) -> ContainerSpec:
 def test_a_plain_start_is_eligible():
     assert native.eligible(make(), CLONE, JOIN)
     assert native.eligible(make(terminal=True), CLONE, JOIN)      # its pty made in C too
+    assert native.eligible(make(user="nobody:nogroup", groups=("audio",)), CLONE, JOIN)
 
 
 @pytest.mark.parametrize("change", [
-    dict(process=Process(args=("true",), user="1000")),
-    dict(process=Process(args=("true",), groups=("audio",))),
     dict(process=Process(args=("true",), no_new_privileges=False)),
     dict(init=True), dict(hold=True), dict(zygote=True), dict(entry="m:f"),
-], ids=["user", "groups", "new-privileges", "init", "hold", "zygote", "entry"])
+], ids=["new-privileges", "init", "hold", "zygote", "entry"])
 def test_what_takes_the_python_path(change):
     assert not native.eligible(dataclasses.replace(make(), **change), CLONE, JOIN)
 
@@ -96,3 +95,19 @@ def test_command_failures_are_worded_as_sbx_park_words_them():
 def test_an_unknown_step_index_still_names_sbx_setup():
     err = native.decode_failure(_report(b"o", 22, 99, "the encoded plan is truncated"), [])
     assert str(err) == "container setup (sbx-setup): the encoded plan is truncated"
+
+
+def test_user_failures_are_worded_as_security_words_them():
+    spec = make(user="nobody:staff")
+    plan = build_plan(spec, "/mnt")
+    _, failures = native.encode(spec, plan, JOIN, CLONE, b"", 0, stdio=(0, 1, 2))
+    profile = 3 + len(plan) + 2                 # after stdio and the workdir
+    missing = native.decode_failure(_report(b"u", 0, profile, "nobody"), failures)
+    assert str(missing) == "user: no user 'nobody' in the image's /etc/passwd"
+    group = native.decode_failure(_report(b"g", 0, profile, "staff"), failures)
+    assert str(group) == "user: no group 'staff' in the image's /etc/group"
+    added = native.decode_failure(_report(b"a", 0, profile, "audio"), failures)
+    assert str(added) == "group-add: no group 'audio' in the image's /etc/group"
+    unreadable = native.decode_failure(_report(b"U", 22, profile, "/etc/passwd"), failures)
+    assert str(unreadable) == ("apply security profile (user nobody:staff): the image's "
+                               "/etc/passwd has a uid or gid that is not a number")
