@@ -247,11 +247,11 @@ static int makedirs(const char *path, mode_t mode)
     }
     if (mkdir(buf, mode) == 0)
         return 0;
+    int err = errno;
     struct stat st;
-    if (errno == EEXIST && stat(buf, &st) == 0 && S_ISDIR(st.st_mode))
+    if (err == EEXIST && stat(buf, &st) == 0 && S_ISDIR(st.st_mode))
         return 0;
-    if (errno == EEXIST || errno == 0)
-        errno = EEXIST;
+    errno = err;                /* mkdir's, not stat's: a dangling symlink is EEXIST */
     return -1;
 }
 

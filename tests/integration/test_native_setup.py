@@ -113,13 +113,14 @@ def test_the_same_container_from_the_inside(runners, busybox_rootfs):
 @pytest.fixture(scope="module")
 def hostile_layer(tmp_path_factory) -> Path:
     """An image layer with a /proc that is a symlink, a symlink that climbs out, a file
-    where a directory is wanted and a script that cannot be run."""
+    where a directory is wanted, a dangling symlink and a script that cannot be run."""
     layer = tmp_path_factory.mktemp("hostile")
     (layer / "w").mkdir()
     (layer / "w" / "file").write_text("x")
     (layer / "w" / "noexec").write_text("#!/nonexistent\n")
     os.symlink("../../../../../../etc", layer / "w" / "up")
     os.symlink("/etc", layer / "w" / "abs")
+    os.symlink("/nonexistent", layer / "w" / "dangling")
     return layer
 
 
@@ -128,6 +129,7 @@ CASES = {
     "no such file": dict(args=("/bin/nosuch",)),
     "not executable": dict(args=("/w/noexec",)),
     "workdir is a file": dict(args=("true",), cwd="/w/file"),
+    "workdir is a dangling symlink": dict(args=("true",), cwd="/w/dangling"),
     "unknown sysctl": dict(args=("true",), sysctls=("net.ipv4.no_such_key=1",)),
     "bind through a climbing symlink": dict(
         args=("sh", "-c", "ls /w/up/sbx-bound; ls /etc/sbx-bound"),
