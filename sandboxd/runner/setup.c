@@ -421,9 +421,10 @@ static void op_write(void)
     struct stat st;
     if (fstat(fd, &st) < 0)
         fail();
-    if (!S_ISREG(st.st_mode)) {
-        errno = EINVAL;
-        fail();
+    if (!S_ISREG(st.st_mode)) {               /* write_in_root's words */
+        char detail[4200];
+        snprintf(detail, sizeof detail, "%s is not a regular file", target);
+        fail_kind('o', EINVAL, detail);
     }
     for (uint32_t done = 0; done < size;) {
         ssize_t n = write(fd, content + done, size - done);

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -113,7 +114,8 @@ def test_the_same_container_from_the_inside(runners, busybox_rootfs):
 @pytest.fixture(scope="module")
 def hostile_layer(tmp_path_factory) -> Path:
     """An image layer with a /proc that is a symlink, a symlink that climbs out, a file
-    where a directory is wanted, a dangling symlink and a script that cannot be run."""
+    where a directory is wanted, a dangling symlink, a device where a file is wanted and
+    a script that cannot be run."""
     layer = tmp_path_factory.mktemp("hostile")
     (layer / "w").mkdir()
     (layer / "w" / "file").write_text("x")
@@ -121,6 +123,7 @@ def hostile_layer(tmp_path_factory) -> Path:
     os.symlink("../../../../../../etc", layer / "w" / "up")
     os.symlink("/etc", layer / "w" / "abs")
     os.symlink("/nonexistent", layer / "w" / "dangling")
+    os.mknod(layer / "w" / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     return layer
 
 
@@ -139,6 +142,7 @@ CASES = {
         mounts=(Mount(destination="/w/abs/sbx-abs", type="tmpfs"),)),
     "file over a file": dict(args=("cat", "/w/up/hostname"),
                              files=(File("/w/up/hostname", "boxy\n"),)),
+    "file over a device": dict(args=("true",), files=(File("/w/null", "x"),)),
     "exit status": dict(args=("sh", "-c", "exit 7")),
 }
 
