@@ -509,8 +509,14 @@ static char *read_text(const char *path)
             text = realloc(text, cap *= 2);
     }
     fclose(f);
-    if (text)
-        text[size] = '\0';
+    if (!text)
+        return NULL;
+    /* A NUL byte is one more character to Python, in a field no name or number can
+     * match: so it is here, not the end of the text (the entries after it count). */
+    for (size_t i = 0; i < size; i++)
+        if (!text[i])
+            text[i] = '\x01';
+    text[size] = '\0';
     return text;
 }
 

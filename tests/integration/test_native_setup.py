@@ -307,3 +307,32 @@ def test_users_and_groups_the_same_either_way(runners, busybox_rootfs, users_lay
     if (user, groups) in (("alice", ()), ("nobody", ("audio", "777"))):
         assert outcomes[0][:2] == ("ran", 0), outcomes[0]
         assert "groups=" in outcomes[0][2] and "CapEff:\t0000000000000000" in outcomes[0][2]
+
+
+@pytest.fixture(scope="module")
+def odd_users_layer(tmp_path_factory) -> Path:
+    """/etc/passwd and /etc/group with a NUL byte in a line before the user's and a line
+    ending in CRLF."""
+    layer = tmp_path_factory.mktemp("odd-users")
+    (layer / "etc").mkdir()
+    (layer / "etc" / "passwd").write_bytes(
+        b"root:x:0:0:root:/root:/bin/sh\nzed:x:7\0:7::/z:/bin/sh\n"
+        b"alice:x:1000:1000::/home/alice:/bin/sh\r\n")
+    (layer / "etc" / "group").write_bytes(
+        b"users:x:100:alice\nodd\0:x:200:alice\nwheel:x:10:alice\r\n")
+    return layer
+
+
+ODD_USERS = [("alice", ()), ("1000", ("wheel",))]
+
+
+@pytest.mark.parametrize("user,groups", ODD_USERS, ids=[f"{u}+{','.join(g)}"
+                                                        for u, g in ODD_USERS])
+def test_odd_users_files_the_same_either_way(runners, busybox_rootfs, odd_users_layer,
+                                             user, groups):
+    outcomes = _both(runners, lambda: dataclasses.replace(
+        _spec((str(odd_users_layer), str(busybox_rootfs)), "/bin/sh"),
+        process=Process(args=("/bin/sh", "-c", "id; echo HOME=$HOME"), user=user,
+                        groups=groups)))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][:2] == ("ran", 0), outcomes[0]
