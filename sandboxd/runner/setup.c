@@ -559,14 +559,37 @@ static int all_digits(const char *s)
     return 1;
 }
 
+/* Digits as a uid or gid the kernel takes (leading zeros too, as Python's int()): 0 if
+ * they are not one. */
+static int parse_id(const char *s, unsigned *id)
+{
+    if (!all_digits(s))
+        return 0;
+    errno = 0;
+    unsigned long long v = strtoull(s, NULL, 10);
+    if (errno == ERANGE || v > 0xFFFFFFFEull)
+        return 0;
+    *id = (unsigned)v;
+    return 1;
+}
+
 /* A numeric field; what Python's int() would refuse or could not pass to the kernel
  * ends the start ('U': the file has an entry sandboxd cannot read). */
 static unsigned id_of(const struct entry *e, int i, const char *file)
 {
-    if (i >= e->count || !all_digits(e->field[i]) || strlen(e->field[i]) > 10 ||
-            strtoull(e->field[i], NULL, 10) > 0xFFFFFFFEull)
+    unsigned id;
+    if (i >= e->count || !parse_id(e->field[i], &id))
         fail_kind('U', EINVAL, file);
-    return (unsigned)strtoull(e->field[i], NULL, 10);
+    return id;
+}
+
+/* A uid or gid given as digits (--user, --group-add) that no kernel id can be. */
+static unsigned flag_id(const char *s)
+{
+    unsigned id;
+    if (!parse_id(s, &id))
+        fail_kind('o', ERANGE, "");
+    return id;
 }
 
 static int has_gid(const gid_t *gids, int count, gid_t gid)
@@ -604,9 +627,7 @@ static void resolve_user(char *user, const char **added, uint32_t n_added, uid_t
             }
         }
         if (all_digits(user)) {
-            if (strlen(user) > 10 || strtoull(user, NULL, 10) > 0xFFFFFFFEull)
-                fail_kind('U', EINVAL, "user");
-            *uid = (uid_t)strtoull(user, NULL, 10);
+            *uid = flag_id(user);
             *gid = have ? id_of(&found, 3, "/etc/passwd") : *uid;
         } else {
             if (!have)
@@ -618,9 +639,7 @@ static void resolve_user(char *user, const char **added, uint32_t n_added, uid_t
         group_text = read_text("/etc/group");
         if (grp && *grp) {
             if (all_digits(grp)) {
-                if (strlen(grp) > 10 || strtoull(grp, NULL, 10) > 0xFFFFFFFEull)
-                    fail_kind('U', EINVAL, "group");
-                *gid = (gid_t)strtoull(grp, NULL, 10);
+                *gid = flag_id(grp);
             } else {
                 char *copy = group_text ? strdup(group_text) : NULL;
                 int got = 0;
@@ -662,9 +681,7 @@ static void resolve_user(char *user, const char **added, uint32_t n_added, uid_t
     for (uint32_t i = 0; i < n_added; i++) {
         gid_t g = 0;
         if (all_digits(added[i])) {
-            if (strlen(added[i]) > 10 || strtoull(added[i], NULL, 10) > 0xFFFFFFFEull)
-                fail_kind('U', EINVAL, "group-add");
-            g = (gid_t)strtoull(added[i], NULL, 10);
+            g = flag_id(added[i]);
         } else {
             if (!group_text)
                 group_text = read_text("/etc/group");

@@ -311,19 +311,20 @@ def test_users_and_groups_the_same_either_way(runners, busybox_rootfs, users_lay
 
 @pytest.fixture(scope="module")
 def odd_users_layer(tmp_path_factory) -> Path:
-    """/etc/passwd and /etc/group with a NUL byte in a line before the user's and a line
-    ending in CRLF."""
+    """/etc/passwd and /etc/group with a NUL byte in a line before the user's, a line
+    ending in CRLF and ids written with leading zeros."""
     layer = tmp_path_factory.mktemp("odd-users")
     (layer / "etc").mkdir()
     (layer / "etc" / "passwd").write_bytes(
         b"root:x:0:0:root:/root:/bin/sh\nzed:x:7\0:7::/z:/bin/sh\n"
-        b"alice:x:1000:1000::/home/alice:/bin/sh\r\n")
+        b"alice:x:1000:1000::/home/alice:/bin/sh\r\n"
+        b"carol:x:00000001002:00000000100::/c:/bin/sh\n")
     (layer / "etc" / "group").write_bytes(
-        b"users:x:100:alice\nodd\0:x:200:alice\nwheel:x:10:alice\r\n")
+        b"users:x:100:alice,carol\nodd\0:x:200:alice\nwheel:x:10:alice\r\n")
     return layer
 
 
-ODD_USERS = [("alice", ()), ("1000", ("wheel",))]
+ODD_USERS = [("alice", ()), ("carol", ()), ("1000", ("wheel",)), ("alice", ("00000000010",))]
 
 
 @pytest.mark.parametrize("user,groups", ODD_USERS, ids=[f"{u}+{','.join(g)}"
@@ -336,3 +337,17 @@ def test_odd_users_files_the_same_either_way(runners, busybox_rootfs, odd_users_
                         groups=groups)))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][:2] == ("ran", 0), outcomes[0]
+
+
+@pytest.mark.parametrize("user,groups", [("99999999999", ()), ("alice:4294967295", ()),
+                                         ("alice", ("99999999999",))])
+def test_a_flag_id_out_of_range_is_not_blamed_on_the_image(runners, users_layer, user,
+                                                           groups, busybox_rootfs):
+    """The Python path fails too (an OverflowError from os.setresgid or setgroups); its
+    words differ, so only sbx-setup's are checked."""
+    spec = dataclasses.replace(_spec((str(users_layer), str(busybox_rootfs)), "true"),
+                               process=Process(args=("true",), user=user, groups=groups))
+    with pytest.raises(Exception) as info:
+        runners[0].run(spec, timeout=60)
+    assert str(info.value) == (f"apply security profile (user {user}): Numerical result "
+                               f"out of range")
