@@ -600,6 +600,18 @@ static int has_gid(const gid_t *gids, int count, gid_t gid)
     return 0;
 }
 
+/* A copy of /etc/group's TEXT (read once) for one walk, since next_entry splits what it
+ * walks in place; NULL for no file. The caller frees it after the walk. */
+static char *walk_copy(const char *text)
+{
+    if (!text)
+        return NULL;
+    char *copy = strdup(text);
+    if (!copy)
+        fail_kind('o', ENOMEM, "");
+    return copy;
+}
+
 #define MAX_GROUPS 65536
 
 /* security.resolve_user (USER "" is root with no groups) and add_groups (ADDED: the
@@ -641,7 +653,7 @@ static void resolve_user(char *user, const char **added, uint32_t n_added, uid_t
             if (all_digits(grp)) {
                 *gid = flag_id(grp);
             } else {
-                char *copy = group_text ? strdup(group_text) : NULL;
+                char *copy = walk_copy(group_text);
                 int got = 0;
                 for (cursor = copy; next_entry(&cursor, &e, 1); )
                     if (strcmp(e.field[0], grp) == 0) {
@@ -649,13 +661,14 @@ static void resolve_user(char *user, const char **added, uint32_t n_added, uid_t
                         got = 1;
                         break;
                     }
+                free(copy);
                 if (!got)
                     fail_kind('g', 0, grp);
             }
         }
         /* the groups that list the user by name, but its own */
         if (user_name && group_text) {
-            char *copy = strdup(group_text);
+            char *copy = walk_copy(group_text);
             for (cursor = copy; next_entry(&cursor, &e, 1); ) {
                 if (e.count <= 3 || !all_digits(e.field[2]))
                     continue;
@@ -670,6 +683,7 @@ static void resolve_user(char *user, const char **added, uint32_t n_added, uid_t
                     }
                 }
             }
+            free(copy);
             for (int i = 1; i < *n_groups; i++)          /* sorted, as Python's sorted() */
                 for (int j = i; j > 0 && groups[j - 1] > groups[j]; j--) {
                     gid_t t = groups[j];
@@ -685,7 +699,7 @@ static void resolve_user(char *user, const char **added, uint32_t n_added, uid_t
         } else {
             if (!group_text)
                 group_text = read_text("/etc/group");
-            char *copy = group_text ? strdup(group_text) : NULL;
+            char *copy = walk_copy(group_text);
             int got = 0;
             for (cursor = copy; next_entry(&cursor, &e, 1); )
                 if (strcmp(e.field[0], added[i]) == 0 && all_digits(e.field[2])) {
@@ -693,6 +707,7 @@ static void resolve_user(char *user, const char **added, uint32_t n_added, uid_t
                     got = 1;
                     break;
                 }
+            free(copy);
             if (!got)
                 fail_kind('a', 0, added[i]);
         }
