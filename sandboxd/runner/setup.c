@@ -503,14 +503,14 @@ static char *read_text(const char *path)
     size_t size = 0, cap = 4096;
     char *text = malloc(cap);
     size_t n;
-    while (text && (n = fread(text + size, 1, cap - size - 1, f)) > 0) {
+    if (!text)                  /* not "no file": Python's MemoryError stops the start */
+        fail_kind('o', ENOMEM, "");
+    while ((n = fread(text + size, 1, cap - size - 1, f)) > 0) {
         size += n;
-        if (cap - size < 2)
-            text = realloc(text, cap *= 2);
+        if (cap - size < 2 && !(text = realloc(text, cap *= 2)))
+            fail_kind('o', ENOMEM, "");
     }
     fclose(f);
-    if (!text)
-        return NULL;
     /* A NUL byte is one more character to Python, in a field no name or number can
      * match: so it is here, not the end of the text (the entries after it count). */
     for (size_t i = 0; i < size; i++)
