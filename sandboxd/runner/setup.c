@@ -79,7 +79,9 @@ static void report_child(long pid)
 
 static const char *plan;            /* the encoded steps: the memfd, mapped */
 static size_t plan_len, cursor;
-static uint32_t step_index;
+/* No step yet: a failure before the first (the plan's memfd, its magic) is sbx-setup's
+ * own, not the first step's (native.decode_failure names an unknown index so). */
+static uint32_t step_index = UINT32_MAX;
 static char root[4096];             /* the new root's host path (resolve_in_root's root) */
 
 /* 'o', 'l', 'd', 'L': the step at step_index failed; DETAIL says more where the kind
