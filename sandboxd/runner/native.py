@@ -46,6 +46,8 @@ NS_FLAGS = {"net": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWU
 # since entering it changes root and cwd.
 EXEC_NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
 _FAILURE = struct.Struct("=ciI")             # after "X": kind, errno, step index
+# setup.c's fail_kind kinds, which name a step; the others are helper.h's (park's words).
+STEP_KINDS = (b"o", b"l", b"d", b"L", b"u", b"g", b"a", b"U")
 
 
 class Op(enum.IntEnum):
@@ -241,10 +243,12 @@ def _encode_process(e: _Encoder, process: Process, hostname: str, bpf: bytes,
                     ) -> tuple[bytes, list[Failure]]:
     """The process's own set-up, after the namespaces and the root: stdio, rlimits,
     workdir, capabilities, chdir, then the exec (or sbx-park)."""
-    container_setup = _setup_failed("container setup: OSError", "setup")
     if park is None:                            # 3 fds, or 1 console socket with a pty
         fds = [fd & 0xFFFFFFFF for fd in (*stdio, -1, -1)[:3]]   # -1 as setup.c reads it
-        e.step(Op.STDIO, container_setup).u32(int(process.terminal), *fds)
+        # Never called: helper.h's install_stdio reports its failures as sbx-park's 's'
+        # ("stdio: ...", "pty: ..."), which name no step.
+        e.step(Op.STDIO, _setup_failed("container setup: OSError", "setup")) \
+            .u32(int(process.terminal), *fds)
     for u in process.ulimits:
         soft, hard = rlimits.to_rlim(u.soft), rlimits.to_rlim(u.hard)
         e.step(Op.RLIMIT, _setup_failed(
@@ -336,7 +340,7 @@ def decode_failure(raw: bytes, failures: Sequence[Failure]) -> SandboxError:
     """The error of sbx-setup's ``X`` report: a step's as the Python path words it, or
     the command's (not found, not executable) as sbx-park's."""
     kind = raw[1:2]
-    if kind not in (b"o", b"l", b"d", b"L", b"u", b"g", b"a", b"U"):
+    if kind not in STEP_KINDS:
         return decode_command_failure(raw)
     _, err, index = _FAILURE.unpack_from(raw, 1)
     detail = raw[1 + _FAILURE.size:].decode("utf-8", "replace")

@@ -20,10 +20,13 @@
  * has a C1 that joins the cgroup and the container's namespaces and forks the process,
  * which sets itself up from stdio on.
  *
- * Failures go to ERRW as "X" KIND ERRNO(4) then, for kind 'o' (a step failed), 'l' (a
- * plain target is a symlink) and 'd' (it is not a directory), the step's index (u32) and
- * a detail text; for 'p', 'n', 'x' (park.c's: not in PATH, exec ENOENT, exec failed) the
- * command. The fork server words them as the Python path does (native.decode_failure).
+ * Failures go to ERRW as "X" KIND ERRNO(4) then, for a step's kinds (fail_kind:
+ * native.STEP_KINDS), the step's index (u32) and a detail text: 'o' (it failed), 'l' (a
+ * plain target is a symlink), 'd' (it is not a directory), 'L' (too many symlinks),
+ * 'u', 'g', 'a' (no such user, group, --group-add group) and 'U' (an id in the image's
+ * file is not a number); for helper.h's (report_failure, park.c's too: 'p' not in PATH,
+ * 'n' exec ENOENT, 'x' exec failed, 's' stdio, a pty or the filter at park) a text. The
+ * fork server words them as the Python path does (native.decode_failure).
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -92,6 +92,14 @@ def test_command_failures_are_worded_as_sbx_park_words_them():
     assert str(denied) == "exec /w/x: Permission denied"
 
 
+def test_stdio_failures_are_worded_as_sbx_park_words_them():
+    """helper.h's install_stdio is sbx-park's too: its 's' reports name no step."""
+    _, failures = _encoded(make(terminal=True))
+    pty = native.decode_failure(b"Xs" + struct.pack("=i", 2) + b"pty", failures)
+    assert (str(pty), pty.details["step"]) == ("pty: No such file or directory", "pty")
+    assert b"s" not in native.STEP_KINDS
+
+
 def test_an_unknown_step_index_still_names_sbx_setup():
     err = native.decode_failure(_report(b"o", 22, 99, "the encoded plan is truncated"), [])
     assert str(err) == "container setup (sbx-setup): the encoded plan is truncated"
