@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import Unavailable, from_wire
+from ..errors import SandboxError, Unavailable, from_wire
 from .channel import recv_message, send_message
 from .spec import ContainerSpec, Limits, Process, to_dict, validate
 
@@ -432,7 +432,8 @@ class AsyncRunner(_Protocol, HelperConnection):
                 waiter.set_exception(err)
         self._waiters.clear()
 
-    async def _call(self, message: dict, fds: list[int] = ()) -> Any:
+    def _send(self, message: dict, fds: list[int] = ()) -> Any:
+        """Send a request now; the future its reply completes."""
         import asyncio
         if self._sock is None:
             raise Unavailable("runner: the fork server is not running")
@@ -440,10 +441,39 @@ class AsyncRunner(_Protocol, HelperConnection):
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[rid] = waiter
         send_message(self._sock, {**message, "rid": rid}, list(fds))
-        return self._result(await waiter)
+        return waiter
+
+    async def _call(self, message: dict, fds: list[int] = ()) -> Any:
+        return self._result(await self._send(message, fds))
+
+    async def _start(self, container_id: str, message: dict, fds: list[int]) -> int:
+        """A spawn or a take. The fork server starts the process whatever becomes of
+        this call: if its caller is cancelled meanwhile (the client went away mid-run),
+        the process, once started, is killed, or it would run on with no record."""
+        import asyncio
+        waiter = self._send(message, fds)
+        try:
+            reply = await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            waiter.add_done_callback(
+                lambda done: self._kill_abandoned(container_id, done))
+            raise
+        return self._result(reply)["pid"]
+
+    def _kill_abandoned(self, container_id: str, done: Any) -> None:
+        import asyncio
+        if done.cancelled() or done.exception() is not None or "error" in done.result():
+            return                              # it did not start
+        asyncio.ensure_future(self._kill_quietly(container_id))
+
+    async def _kill_quietly(self, container_id: str) -> None:
+        try:
+            await self.kill(container_id, all=True)
+        except SandboxError:
+            pass                                # gone already, or the fork server with it
 
     async def spawn(self, spec: ContainerSpec, stdio: tuple[int, ...]) -> int:
-        return (await self._call(self._spawn_message(spec), list(stdio)))["pid"]
+        return await self._start(spec.id, self._spawn_message(spec), list(stdio))
 
     async def ping(self) -> dict[str, Any]:
         return await self._call({"op": "ping"})
@@ -453,8 +483,8 @@ class AsyncRunner(_Protocol, HelperConnection):
 
     async def take(self, container_id: str, process: Process,
                    stdio: tuple[int, ...]) -> int:
-        return (await self._call(self._take_message(container_id, process),
-                                 list(stdio)))["pid"]
+        return await self._start(container_id, self._take_message(container_id, process),
+                                 list(stdio))
 
     async def exec(self, container_id: str, exec_id: str, process: Process,
                    stdio: tuple[int, ...]) -> int:

@@ -653,6 +653,39 @@ def test_session_containers_go_with_their_client(daemon: Daemon) -> None:
     daemon.sbx("network", "rm", "e2e-session-kept", check=True)
 
 
+GONE_MID_RUN_CLIENT = """
+import os, sys
+from sandboxd.api import Client
+from sandboxd.flags import build_config
+client = Client(sys.argv[1], session=True, autostart=False)
+config = build_config("busybox", ["sleep", sys.argv[2]]).to_dict()
+stream = client.stream("container.run", {"config": config, "remove": True})
+for event in stream:             # "created": the start comes next, and this client goes
+    print(event[1]["id"], flush=True)
+    os._exit(0)
+"""
+
+
+def test_a_client_gone_while_its_run_starts_leaves_no_process(daemon: Daemon) -> None:
+    # The connection drops while the fork server starts the container: the request is
+    # cancelled and the session removes the record. The process, started anyway, must
+    # not run on with no record (it did: a kernel pool's refill at a client's exit).
+    marker = "6017"
+    ids = []
+    for _ in range(8):
+        out = subprocess.run([PY, "-c", GONE_MID_RUN_CLIENT, daemon.sock, marker],
+                             capture_output=True, env=daemon.env, cwd=REPO, timeout=60)
+        ids.append(out.stdout.decode().strip())
+        assert len(ids[-1]) == 64, out
+    wait_until(lambda: not set(ids) & set(daemon.ids("-a")), 15,
+               "the gone clients' containers to go")
+
+    def sleepers() -> list[str]:
+        return subprocess.run(["pgrep", "-f", f"^sleep {marker}$"], capture_output=True,
+                              text=True).stdout.split()
+    wait_until(lambda: not sleepers(), 15, "no container process to outlive its record")
+
+
 # ---------------------------------------------------------------- bad input (CHECKS 29)
 
 def _config(**changes: object) -> dict:
