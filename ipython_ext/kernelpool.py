@@ -25,9 +25,10 @@ Limits (docs/notebooks.md):
   for its start request) would otherwise compete with the new kernel's first requests
   and its client's shutdown. A take that empties the pool refills at once.
 - Once its sockets are bound, a pooled kernel is warmed (:func:`_warm`): a client that
-  then goes away asks it for its kernel_info and runs a silent ``pass`` (no history, no
-  execution count), so its first requests on the notebook's connections do not pay
-  ipykernel's first-request costs (~10 ms of a two-cell run).
+  then goes away asks it for its kernel_info and runs silent code (no history, no
+  execution count) that grows the kernel's fd table (``GROW_FD_TABLE``), so its first
+  requests on the notebook's connections pay neither ipykernel's first-request costs
+  (~10 ms of a two-cell run) nor the kernel's wait for the bigger table (8-16 ms).
 - A kernel is used once and never returned; a pooled kernel that dies while parked is
   dropped. If a pooled start fails, the pool stops refilling (the cold path reports
   what is wrong, in the user's terms) until the process restarts.
@@ -244,8 +245,24 @@ class KernelPool:
             shutil.rmtree(kernel.directory, ignore_errors=True)
 
 
+# The notebook's connections (six sockets) take a started kernel's open files past 64,
+# the size its fd table starts at. Growing the table of a threaded process waits for an
+# RCU grace period (expand_files -> synchronize_rcu: 8-16 ms here) in the kernel's zmq I/O
+# thread, just as the notebook's first request arrives. The warm-up grows it before:
+# a table never shrinks. Run by exec in a namespace of its own: the user's sees nothing.
+GROW_FD_TABLE = """\
+import fcntl, os
+fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+try:
+    os.close(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 255))
+except OSError:
+    pass        # a lower RLIMIT_NOFILE: the table cannot grow that far anyway
+finally:
+    os.close(fd)
+"""
 WARM_REQUESTS = (("kernel_info_request", {}),
-                 ("execute_request", {"code": "pass", "silent": True, "store_history": False,
+                 ("execute_request", {"code": f"exec({GROW_FD_TABLE!r}, {{}})",
+                                      "silent": True, "store_history": False,
                                       "user_expressions": {}, "allow_stdin": False,
                                       "stop_on_error": False}))
 
