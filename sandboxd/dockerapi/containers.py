@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from .. import detachkeys
-from ..errors import InvalidArgument, NotFound
+from ..errors import InvalidArgument, NotFound, SandboxError
 from ..flags import build_config
 from ..model import ContainerRecord
 from ..render import inspect_document, rfc3339
@@ -427,6 +427,12 @@ class ContainerRoutes:
             feeder = asyncio.ensure_future(pump_stdin(reader, ctx)) if e.stdin else None
             try:
                 await self._run_exec(e, params, ctx)
+            except SandboxError as exc:
+                # As dockerd: a start that failed says why on the stream's stdout, which
+                # the CLI prints before it exits with the exec's code (126).
+                text = f"{exc.message}\r\n".encode()
+                writer.write(text if e.tty else frame(STREAMS["stdout"], text))
+                await writer.drain()
             finally:
                 if feeder is not None:
                     feeder.cancel()

@@ -238,6 +238,24 @@ def test_cli_exec_it_through_a_pty(docker) -> None:
 
 
 @needs_cli
+def test_cli_exec_that_cannot_start_says_why(docker) -> None:
+    """As dockerd: an exec whose start fails writes why on its stream (the CLI prints
+    it) and ends with 126; one that ran keeps its own code."""
+    cid = docker("run", "-d", "busybox", "sleep", "600").stdout.strip()
+    try:
+        for argv, why in ((["nosuchcmd"], "executable file not found in $PATH: nosuchcmd"),
+                          (["/etc/passwd"], "exec /etc/passwd: Permission denied"),
+                          (["-u", "nobodyx", cid, "true"], "no user 'nobodyx'")):
+            args = argv if argv[0] == "-u" else [cid, *argv]
+            out = docker("exec", *args, check=False)
+            assert out.returncode == 126, out
+            assert why in out.stdout, out
+        assert docker("exec", cid, "sh", "-c", "exit 7", check=False).returncode == 7
+    finally:
+        docker("rm", "-f", cid)
+
+
+@needs_cli
 def test_cli_exec_detach_keys(docker, dockerpy) -> None:
     """ctrl-p ctrl-q ends `docker exec -it` while the command goes on (the CLI watches
     for the keys itself and says "read escape sequence", exit 1, as against dockerd);
