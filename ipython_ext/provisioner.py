@@ -206,6 +206,9 @@ def _without_name(problem: str, keyword: str) -> str:
 
 # ---------------------------------------------------------------- the provisioner
 
+TEMPLATES_KEPT = 32                       # pool keys remembered (_pool_template)
+_TEMPLATES: dict[str, str] = {}
+
 class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     """Starts the kernelspec's kernel in a sandboxd container (see the module's doc)."""
 
@@ -307,13 +310,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         from jupyter_core.paths import jupyter_runtime_dir
 
         from . import kernelpool
-        config = self._container_config(cmd, launch).to_dict()
-        # A pooled container starts before its kernel has an id: its label is empty.
-        config["labels"] = [label if not label.startswith("jupyter.kernel_id=")
-                            else "jupyter.kernel_id=" for label in config.get("labels", [])]
-        template = json.dumps(config, sort_keys=True).replace(
-            self.parent.connection_file, "{connection_file}").replace(
-            self._dir, "{kernel_dir}")
+        template = self._pool_template(cmd, launch)
         session = {"signature_scheme": self.parent.session.signature_scheme,
                    "kernel_name": getattr(self.parent, "kernel_name", "") or ""}
         host = self.settings.host or os.environ.get("SANDBOXD_HOST", "")
@@ -327,6 +324,30 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if kernelpool.connected(host):           # a dict lookup: no thread hop needed
             return kernelpool.pool_for(*args)
         return await asyncio.to_thread(kernelpool.pool_for, *args)
+
+    def _pool_template(self, cmd: list[str], launch: Mapping[str, Any]) -> str:
+        """The pool's key: the container configuration as JSON, the connection file and
+        the kernel's directory as placeholders. Made once per set of what goes into it
+        (~1 ms: the client's view, the flags); launches differ in those two paths only."""
+        connection_file = self.parent.connection_file
+        inputs = json.dumps([
+            [arg.replace(connection_file, "{connection_file}") for arg in cmd],
+            sorted((launch.get("env") or {}).items()), str(launch.get("cwd") or ""),
+            repr(self.settings), sorted(self.kernel_spec.env),
+            getattr(self.parent, "kernel_name", "") or "", sys.path, os.getuid()],
+            default=str)
+        template = _TEMPLATES.pop(inputs, None)
+        if template is None:
+            config = self._container_config(cmd, launch).to_dict()
+            # A pooled container starts before its kernel has an id: its label is empty.
+            config["labels"] = [label if not label.startswith("jupyter.kernel_id=")
+                                else "jupyter.kernel_id=" for label in config.get("labels", [])]
+            template = json.dumps(config, sort_keys=True).replace(
+                connection_file, "{connection_file}").replace(self._dir, "{kernel_dir}")
+        _TEMPLATES[inputs] = template                   # the most recent last
+        while len(_TEMPLATES) > TEMPLATES_KEPT:
+            del _TEMPLATES[next(iter(_TEMPLATES))]
+        return template
 
     def _adopt(self, pool: Any) -> bool:
         """Take a started kernel from ``pool``: its stream's events come here from now
