@@ -194,6 +194,8 @@ class KernelPool:
                 with self.lock:
                     self.failed = str(exc) or type(exc).__name__
                     self.filling = None
+                    if self.closed:              # its session ended under it: no news
+                        return
                 log.warning("sandboxd kernel pool: a pooled kernel did not start (%s); "
                             "launches start cold", self.failed)
                 return
@@ -201,11 +203,19 @@ class KernelPool:
                 if self.closed:
                     self.filling = None
                     _kill(self.client, kernel)
+                    shutil.rmtree(kernel.directory, ignore_errors=True)
                     return
                 self.ready.append(kernel)
 
     def _start(self) -> PooledKernel:
         directory = tempfile.mkdtemp(prefix="sbxk-", dir=self.parent_dir)     # 0700
+        try:
+            return self._start_in(directory)
+        except BaseException:            # e.g. this process exits while it starts
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
+    def _start_in(self, directory: str) -> PooledKernel:
         key = str(uuid.uuid4()).encode()
         path, info = write_connection_file(
             os.path.join(directory, "kernel-pooled.json"), transport="ipc",
@@ -311,14 +321,15 @@ def _kill(client: Any, kernel: PooledKernel) -> None:
 
 
 REAP_WAIT = 5.0      # seconds a shut-down pooled kernel gets to exit before the kill
+FILL_END_WAIT = 2.0  # seconds close_all waits for a start under way to give up
 _reaping: set[threading.Thread] = set()
 
 
 def reap(client: Any, container_id: str, reader: threading.Thread | None,
-         directory: str, pool: KernelPool | None = None) -> None:
+         directories: tuple[str, ...], pool: KernelPool | None = None) -> None:
     """A pooled kernel was asked to shut down (the provisioner detached it): let it exit
     on its own in the background, kill it if it has not within REAP_WAIT, then remove
-    its directory and release ``pool`` (the kernel's, whose refill may wait for it).
+    its directories and release ``pool`` (the kernel's, whose refill may wait for it).
     :func:`close_all` (at exit) waits for these first."""
     def run() -> None:
         if reader is not None:
@@ -330,7 +341,8 @@ def reap(client: Any, container_id: str, reader: threading.Thread | None,
                 except SandboxError:
                     pass
                 reader.join(REAP_WAIT)
-        shutil.rmtree(directory, ignore_errors=True)
+        for directory in directories:
+            shutil.rmtree(directory, ignore_errors=True)
         if pool is not None:
             pool.release()
         with _lock:
@@ -382,3 +394,7 @@ def close_all() -> None:
         pool.close()
     for client in clients:
         client.close()
+    for pool in pools:      # a start under way fails as its session ends: it cleans up
+        filling = pool.filling
+        if filling is not None:
+            filling.join(FILL_END_WAIT)

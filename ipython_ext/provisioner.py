@@ -673,12 +673,12 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         """The container is gone when this returns (killed if still there: the daemon
         removes it as it ends); without ``restart`` the kernel's directory and daemon
         session go too."""
-        if self._detached:
+        if self._detached:           # a final shutdown: the launch's directory goes too
             from .kernelpool import reap
-            reap(self._client, self._container_id, self._reader, self._pooled_dir,
-                 self._taken_from)
+            reap(self._client, self._container_id, self._reader,
+                 (self._pooled_dir, self._dir), self._taken_from)
             self._stream = self._reader = self._taken_from = None
-            self._pooled_dir = ""
+            self._pooled_dir = self._dir = ""
             self._detached = False
         if self._stream is not None:
             if self._exit_code is None:

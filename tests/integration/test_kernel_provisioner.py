@@ -390,3 +390,34 @@ def test_a_pool_refills_once_the_kernel_taken_has_ended(jupyter, daemon, monkeyp
     finally:
         kernelpool.close_all()
     wait_until(lambda: client.containers.list(all=True) == [], 30, "the pool's kernels to go")
+
+
+EXIT_DURING_REFILL = """
+import sys, time
+from jupyter_client.manager import KernelManager
+from ipython_ext import kernelpool
+km = KernelManager(kernel_name=sys.argv[1])
+km.start_kernel()           # cold; the pool (pool: 1) fills
+km.shutdown_kernel()
+while not all(p.ready for p in kernelpool._pools.values()):
+    time.sleep(0.05)
+km = KernelManager(kernel_name=sys.argv[1])
+km.start_kernel()           # the pooled kernel: the pool is empty and starts another
+km.shutdown_kernel()        # detached: at once; then the exit, while the start runs
+"""
+
+
+def test_a_process_that_exits_while_its_pool_fills_leaves_nothing(jupyter, daemon):
+    """The pool's start under way fails as the process's session ends at exit: its
+    container goes with the session, its directory with the start, and it says
+    nothing (it used to log that pooled kernels had failed, and leave the directory;
+    before the runner killed abandoned starts, the kernel ran on)."""
+    name = jupyter("sbx-exit-fill", pool=1, memory="256m")
+    out = subprocess.run([sys.executable, "-c", EXIT_DURING_REFILL, name], env=os.environ,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out
+    assert "did not start" not in out.stderr, out.stderr
+    client = daemon.client()
+    wait_until(lambda: client.containers.list(all=True) == [], 30, "the kernels to go")
+    assert not subprocess.run(["pgrep", "-f", os.environ["JUPYTER_RUNTIME_DIR"]],
+                              capture_output=True).stdout
