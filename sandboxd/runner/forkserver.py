@@ -1018,6 +1018,8 @@ class ForkServer:
         os.close(fd)
         del self.starts[fd]
         self._parse_reports(start)
+        if not start.pid:
+            self._late_pid(start)
         if start.ready and not start.buf:
             self._started(start)
         elif start.status is not None or not start.pid:
@@ -1044,6 +1046,15 @@ class ForkServer:
         if start.parked and start.pid:
             self._reply(start.rid, {"pid": start.pid})
             start.rid, start.parked = 0, False
+
+    def _late_pid(self, start: _Start) -> None:
+        """At EOF: C1's "P" report after pid 1's failure report. Both write the same
+        pipe, and a pid 1 that fails at once can report before C1 has named it."""
+        at = _failure_report_end(bytes(start.buf))
+        if at is not None and len(start.buf) - at == 5 and start.buf[at:at + 1] == b"P":
+            start.pid = struct.unpack("<i", bytes(start.buf[at + 1:at + 5]))[0]
+            del start.buf[at:]
+            self._claim(start)
 
     def _claim(self, start: _Start) -> None:
         self.pids[start.pid] = (start.container, start.exec_id)
@@ -1234,6 +1245,25 @@ def validate_process(process: Process) -> Process:
 def _bpf(program: seccomp.Program | None) -> tuple[bytes, int]:
     """A filter's instructions and flags for a C helper (none: empty)."""
     return (program.bpf, program.flags) if program else (b"", 0)
+
+
+def _failure_report_end(raw: bytes) -> int | None:
+    """Where the failure report at the start of ``raw`` ends, if another report (C1's
+    "P" + pid, 5 bytes) follows it; None if not. An "E" report is one msgpack object. An
+    "X" report's text has no NUL byte while a pid's top byte is always 0 (pid_max is
+    at most 2**22), and no header ends like a "P" report: so a trailing "P" ... NUL is
+    one."""
+    if raw.startswith(b"E"):
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(raw[1:])
+        try:
+            unpacker.unpack()
+        except Exception:                       # noqa: BLE001 -- not one object
+            return None
+        return 1 + unpacker.tell()
+    if raw.startswith(b"X") and len(raw) >= 6 + 5 and raw[-5:-4] == b"P" and raw[-1] == 0:
+        return len(raw) - 5
+    return None
 
 
 def _decode_failure(start: _Start) -> SandboxError:

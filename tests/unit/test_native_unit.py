@@ -119,3 +119,23 @@ def test_user_failures_are_worded_as_security_words_them():
     unreadable = native.decode_failure(_report(b"U", 22, profile, "/etc/passwd"), failures)
     assert str(unreadable) == ("apply security profile (user nobody:staff): the image's "
                                "/etc/passwd has a uid or gid that is not a number")
+
+
+def test_a_pid_report_after_a_failure_report_is_found():
+    """pid 1 can fail, and report, before its C1 writes "P" + pid on the same pipe: the
+    fork server finds where the failure report ends, so that neither the error's words
+    nor the pid are lost (the words once ended in "P>>\\x00\\x00")."""
+    import msgpack
+
+    from sandboxd.runner.forkserver import _failure_report_end
+    late_pid = b"P" + struct.pack("<i", 15934)
+    step = b"Xo" + struct.pack("<iI", 22, 3) + b"write /w/null: /w/null is not a regular file"
+    park = b"Xp" + struct.pack("<i", 0) + b"nosuchcmd"
+    bare = b"Xo" + struct.pack("<iI", 22, 3)                 # no text: ends in NULs
+    python = b"E" + msgpack.packb({"code": "setup_failed", "message": "no"})
+    for report in (step, park, bare, python):
+        assert _failure_report_end(report + late_pid) == len(report), report
+    for report in (step, park, bare):
+        assert _failure_report_end(report) is None, report
+    assert _failure_report_end(python) == len(python)
+    assert _failure_report_end(b"E\xc1") is None                # not msgpack
