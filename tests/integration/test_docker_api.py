@@ -243,10 +243,9 @@ def test_cli_exec_that_cannot_start_says_why(docker) -> None:
     it) and ends with 126; one that ran keeps its own code."""
     cid = docker("run", "-d", "busybox", "sleep", "600").stdout.strip()
     try:
-        for argv, why in ((["nosuchcmd"], "executable file not found in $PATH: nosuchcmd"),
-                          (["/etc/passwd"], "exec /etc/passwd: Permission denied"),
+        for args, why in (([cid, "nosuchcmd"], "executable file not found in $PATH: nosuchcmd"),
+                          ([cid, "/etc/passwd"], "exec /etc/passwd: Permission denied"),
                           (["-u", "nobodyx", cid, "true"], "no user 'nobodyx'")):
-            args = argv if argv[0] == "-u" else [cid, *argv]
             out = docker("exec", *args, check=False)
             assert out.returncode == 126, out
             assert why in out.stdout, out
