@@ -99,7 +99,8 @@ class ContainerService:
         self.images = images
         self.runner = AsyncRunner(self._on_exit, state_dir=str(self.root / "runtime"),
                                   cgroup_parent=config.cgroup_parent,
-                                  template_entries=TEMPLATE_ENTRIES)
+                                  template_entries=TEMPLATE_ENTRIES,
+                                  exit_stats=False)     # no client reads them
         self.networks = networks
         self.ports = PortProxy()
         self.link_hosts: dict[str, str] = {}   # running containers' --link hosts lines

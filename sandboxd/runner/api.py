@@ -55,8 +55,8 @@ def _exit_info(event: dict) -> ExitInfo:
                     event.get("stats"))
 
 
-def _start_server(state_dir: str, cgroup_parent: str, template_entries: tuple[str, ...]
-                  ) -> tuple[socket.socket, subprocess.Popen]:
+def _start_server(state_dir: str, cgroup_parent: str, template_entries: tuple[str, ...],
+                  exit_stats: bool) -> tuple[socket.socket, subprocess.Popen]:
     os.makedirs(state_dir, 0o700, exist_ok=True)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     env = dict(os.environ)
@@ -68,7 +68,8 @@ def _start_server(state_dir: str, cgroup_parent: str, template_entries: tuple[st
         [sys.executable, "-m", "sandboxd.runner.forkserver",
          "--fd", str(theirs.fileno()), "--state-dir", state_dir,
          "--cgroup-parent", cgroup_parent,
-         *[arg for entry in template_entries for arg in ("--template-entry", entry)]],
+         *[arg for entry in template_entries for arg in ("--template-entry", entry)],
+         *([] if exit_stats else ["--no-exit-stats"])],
         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
     theirs.close()
     return ours, proc
@@ -78,9 +79,12 @@ class _Protocol:
     """What both runners share: request ids, message shapes, the exit-event table."""
 
     def __init__(self, state_dir: str, cgroup_parent: str,
-                 template_entries: tuple[str, ...] = ()):
+                 template_entries: tuple[str, ...] = (), exit_stats: bool = True):
         self.state_dir = state_dir
         self.cgroup_parent = cgroup_parent
+        # An exit's cgroup counters (ExitInfo.stats). Off, an exit reads only the OOM
+        # kill count: five files fewer between a container's exit and its report.
+        self.exit_stats = exit_stats
         # module:function entries a spec may name (ContainerSpec.entry): the owner's
         # allow-list, never a client's (see runner/template.py)
         self.template_entries = tuple(template_entries)
@@ -110,8 +114,9 @@ class Runner(_Protocol):
     """A blocking handle on one fork server."""
 
     def __init__(self, state_dir: str = "/run/sandboxd/runner",
-                 cgroup_parent: str = "sandboxd", template_entries: tuple[str, ...] = ()):
-        super().__init__(state_dir, cgroup_parent, template_entries)
+                 cgroup_parent: str = "sandboxd", template_entries: tuple[str, ...] = (),
+                 exit_stats: bool = True):
+        super().__init__(state_dir, cgroup_parent, template_entries, exit_stats)
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
         self._replies: dict[int, dict] = {}
@@ -126,7 +131,7 @@ class Runner(_Protocol):
 
     def start(self) -> None:
         self._sock, self._proc = _start_server(self.state_dir, self.cgroup_parent,
-                                                 self.template_entries)
+                                                 self.template_entries, self.exit_stats)
         ready = self._next_message()
         self.cgroup_version = ready.get("cgroup_version", "")
 
@@ -402,15 +407,16 @@ class AsyncRunner(_Protocol, HelperConnection):
 
     def __init__(self, on_exit: Callable[[str, str | None, ExitInfo], None],
                  state_dir: str = "/run/sandboxd/runner", cgroup_parent: str = "sandboxd",
-                 template_entries: tuple[str, ...] = ()):
-        _Protocol.__init__(self, state_dir, cgroup_parent, template_entries)
+                 template_entries: tuple[str, ...] = (), exit_stats: bool = True):
+        _Protocol.__init__(self, state_dir, cgroup_parent, template_entries, exit_stats)
         HelperConnection.__init__(self)
         self.on_exit = on_exit
         self._waiters: dict[int, Any] = {}
         self.pid = 0
 
     async def start(self) -> None:
-        sock, proc = _start_server(self.state_dir, self.cgroup_parent, self.template_entries)
+        sock, proc = _start_server(self.state_dir, self.cgroup_parent, self.template_entries,
+                                   self.exit_stats)
         ready = await self._attach(sock, proc)
         self.cgroup_version = ready.get("cgroup_version", "")
         self.pid = proc.pid

@@ -3,8 +3,9 @@
 Started once by exec (``python -m sandboxd.runner.forkserver --fd N``), it talks to its
 owner over a SOCK_SEQPACKET socket: msgpack messages, stdio fds passed with SCM_RIGHTS.
 It is a child subreaper, so each container's pid 1 becomes its child and it sees every
-exit first-hand; then it reads the cgroup's counters (OOM kills included) and reports, and
-removes the cgroup once nothing else is waiting.
+exit first-hand; then it reads the cgroup's counters (the OOM kills alone with
+``--no-exit-stats``, the daemon's choice) and reports, and removes the cgroup once
+nothing else is waiting.
 
 One container start::
 
@@ -336,8 +337,9 @@ class _Start:
 
 class ForkServer:
     def __init__(self, sock: socket.socket, state_dir: str, cgroup_parent: str,
-                 template_entries: tuple[str, ...] = ()):
+                 template_entries: tuple[str, ...] = (), exit_stats: bool = True):
         self.sock = sock
+        self.exit_stats = exit_stats         # else an exit reports the OOM kills alone
         # The owner's allow-list of entries a spawn may name (see runner/template.py);
         # the template that preloads them starts with the first such spawn.
         self.template_entries = tuple(template_entries)
@@ -1140,8 +1142,11 @@ class ForkServer:
         mounts_hold, container.mounts_hold = container.mounts_hold, -1
         self._forget(container)
         try:
-            stats = asdict(container.cgroup.stats())
-            event["oom_killed"], event["stats"] = stats["oom_kills"] > 0, stats
+            if self.exit_stats:
+                stats = asdict(container.cgroup.stats())
+                event["oom_killed"], event["stats"] = stats["oom_kills"] > 0, stats
+            else:
+                event["oom_killed"] = container.cgroup.oom_kills() > 0
             self._send(event)
         finally:
             # Killing what is left (nothing, with a private pid namespace: pid 1's exit
@@ -1312,11 +1317,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--cgroup-parent", default="sandboxd")
     parser.add_argument("--template-entry", action="append", default=[])
+    parser.add_argument("--no-exit-stats", dest="exit_stats", action="store_false")
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     os.set_inheritable(sock.fileno(), False)
-    ForkServer(sock, args.state_dir, args.cgroup_parent,
-               tuple(args.template_entry)).serve()
+    ForkServer(sock, args.state_dir, args.cgroup_parent, tuple(args.template_entry),
+               args.exit_stats).serve()
 
 
 if __name__ == "__main__":

@@ -304,6 +304,19 @@ def test_memory_limit_oom(runner, busybox_rootfs):
     assert (small.exit_code, small.oom_killed, small.stdout) == (0, False, b"done\n")
 
 
+def test_without_exit_stats_an_exit_still_reports_its_oom_kill(tmp_path, busybox_rootfs):
+    # The daemon's fork server reads only the OOM kill count at an exit (no client
+    # reads the rest): the OOM verdict must not depend on the other counters.
+    with Runner(state_dir=str(tmp_path / "runner"), cgroup_parent=PARENT,
+                exit_stats=False) as quiet:
+        oom = sh(quiet, busybox_rootfs, "x=$(head -c 200000000 /dev/zero | tr '\\0' a)",
+                 limits=Limits(memory=64 << 20))
+        fine = sh(quiet, busybox_rootfs, "echo done", limits=Limits(memory=64 << 20))
+    assert (oom.exit_code, oom.oom_killed, oom.stats) == (137, True, None)
+    assert (fine.exit_code, fine.oom_killed, fine.stats, fine.stdout) == \
+        (0, False, None, b"done\n")
+
+
 def test_kill_self_is_not_oom(runner, busybox_rootfs):
     # With an init the shell is not pid 1, which the kernel shields from its own namespace.
     result = sh(runner, busybox_rootfs, "kill -9 $$", limits=Limits(memory=64 << 20),
