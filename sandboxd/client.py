@@ -10,8 +10,11 @@ none runs), send requests, demultiplex replies and streamed events.
         value = s.result()                    # the final ok value, or raises its error
 
 ``AsyncConnection`` (from ``await connect_async()``) has the same methods as coroutines and
-any number of concurrent calls. The sync ``Connection`` runs one reader thread that routes
-frames by request id, so several threads may call at once and stdin can be written while
+any number of concurrent calls. The sync ``Connection`` routes frames by request id, so
+several threads may call at once: the first thread that waits reads the socket for all
+of them until its own reply comes, then another waiting thread takes over (no thread of
+its own, so a reply wakes its caller directly, not a reader that then wakes it). Once a
+stream sends stdin, a reader thread reads instead, so that stdin can be written while
 events are being read (no deadlock when both sides' buffers are full).
 
 This module is imported by ``sbx`` on every start: it imports only the standard library's
@@ -36,6 +39,7 @@ CONNECT_TIMEOUT = 10.0        # seconds for connect + hello, and for an autostar
 STDIN_CHUNK = 256 * 1024      # stdin is sent in frames of at most this many bytes
 
 _FINAL = ("ok", "error", "lost")   # "lost": the connection failed before the reply came
+_TURN = ("turn", None)             # to a waiting thread: the reader left, read if you can
 
 
 def _outcome(kind: str, payload: object) -> object:
@@ -95,26 +99,28 @@ class Connection(_Demux):
         self._frames = protocol.FrameBuffer(max_frame)
         self._max_frame = max_frame
         self._send_lock = threading.Lock()
+        self._read_lock = threading.Lock()        # held by the thread reading the socket
+        self._waiting: set = set()                # queues of threads waiting meanwhile
+        self._reader: threading.Thread | None = None
         self._closing = False
         self.session_id: str | None = None
         sock.settimeout(timeout)
         self.server_info: dict = _handshake_sync(sock, self._frames, client_name, max_frame)
         sock.settimeout(None)
-        self._reader = threading.Thread(target=self._read_loop, daemon=True,
-                                        name="sandboxd-client-reader")
-        self._reader.start()
 
     def call(self, op: str, params: dict | None = None, *,
              timeout: float | None = None) -> object:
         """Send one request and wait for its value (raises its typed error). After
         ``timeout`` seconds the request is cancelled and ``TimeoutError`` raised."""
         import queue
+        import time
         replies: queue.SimpleQueue = queue.SimpleQueue()
         rid = self._register(replies)
         self._send(protocol.request(rid, op, params))
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
-                kind, payload = replies.get(timeout=timeout)
+                kind, payload = self._next(replies, deadline)
                 if kind != "event":
                     return _outcome(kind, payload)
         except queue.Empty:
@@ -143,9 +149,10 @@ class Connection(_Demux):
             self._sock.shutdown(_socket.SHUT_RDWR)
         except OSError:
             pass
-        if self._reader is not _current_thread():
+        if self._reader is not None and self._reader is not _current_thread():
             self._reader.join(5.0)
         self._sock.close()
+        self._fail_all(Unavailable("the connection was closed"))   # none read its EOF
 
     def __enter__(self) -> Connection:
         return self
@@ -169,17 +176,66 @@ class Connection(_Demux):
         except SandboxError:
             pass
 
-    def _read_loop(self) -> None:
+    def _next(self, replies: queue.SimpleQueue, deadline: float | None = None  # noqa: F821
+              ) -> tuple[str, object]:
+        """The next item of a request's queue. Unless a reader thread reads, the first
+        thread to wait reads the socket, routing every frame, until an item of its own
+        has come; a thread that finds the socket taken waits on its queue, and is told
+        when the reader leaves. Raises ``queue.Empty`` at ``deadline``."""
+        import queue
+        import time
+        while True:
+            try:
+                item = replies.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                if item is not _TURN:
+                    return item
+                continue
+            # Listed before the try: a reader leaving after it failed sees this queue.
+            self._waiting.add(replies)
+            try:
+                if self._read_lock.acquire(blocking=False):
+                    try:
+                        while replies.empty() and self._lost is None:
+                            if not self._read_some(deadline):
+                                raise queue.Empty
+                    finally:
+                        self._read_lock.release()
+                        self._waiting.discard(replies)
+                        for other in list(self._waiting):
+                            other.put(_TURN)
+                    if replies.empty():
+                        return "lost", self._lost
+                    continue
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise queue.Empty
+                item = replies.get(timeout=left)
+            finally:
+                self._waiting.discard(replies)
+            if item is not _TURN:
+                return item
+
+    def _read_some(self, deadline: float | None) -> bool:
+        """One read of the socket, its frames routed; False if ``deadline`` came first.
+        A closed or broken connection fails every request in flight."""
+        if deadline is not None:
+            import select
+            import time
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+                return False
         reason = "sandboxd closed the connection"
         try:
-            while True:
-                data = self._sock.recv(1 << 18)
-                if not data:
-                    if self._frames.partial:
-                        reason = "sandboxd closed the connection in the middle of a frame"
-                    break
+            data = self._sock.recv(1 << 18)
+            if data:
                 for message in self._frames.feed(data):
                     self._route(message)
+                return True
+            if self._frames.partial:
+                reason = "sandboxd closed the connection in the middle of a frame"
         except OSError as exc:
             reason = f"lost the connection to sandboxd: {exc}"
         except SandboxError as exc:
@@ -187,6 +243,23 @@ class Connection(_Demux):
         if self._closing:
             reason = "the connection was closed"
         self._fail_all(Unavailable(reason))
+        return True
+
+    def _start_reader(self) -> None:
+        """From now on a thread of its own reads: a stream is sending stdin, and a
+        daemon that cannot write its output to us may stop reading that stdin."""
+        import threading
+        with self._send_lock:
+            if self._reader is not None:
+                return
+            self._reader = threading.Thread(target=self._read_loop, daemon=True,
+                                            name="sandboxd-client-reader")
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        with self._read_lock:             # once the thread reading now has its reply
+            while self._lost is None:
+                self._read_some(None)
 
 
 def _current_thread() -> object:
@@ -206,7 +279,7 @@ class Stream:
 
     def __iter__(self):
         while self._final is None:
-            kind, payload = self._replies.get()
+            kind, payload = self._conn._next(self._replies)
             if kind == "event":
                 yield payload
             else:
@@ -224,6 +297,7 @@ class Stream:
 
     def send(self, data: bytes) -> None:
         """Feed the process's stdin (any thread may, while another iterates)."""
+        self._conn._start_reader()
         for start in range(0, len(data), STDIN_CHUNK):
             self._send({"id": self.id, "stdin": bytes(data[start:start + STDIN_CHUNK])})
 

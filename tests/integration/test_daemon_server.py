@@ -413,6 +413,81 @@ def test_sync_connection_is_shared_by_threads(make_server):
     assert results == {i: i for i in range(20)}
 
 
+def test_the_thread_reading_for_all_hands_over_when_its_reply_comes(make_server):
+    # No reader thread: the first waiting thread reads for everyone. Its reply comes
+    # first here; the threads still waiting must go on being served.
+    s = make_server()
+    register_stream_ops(s.server, {})
+    s.start()
+    results: dict[int, object] = {}
+    with s.connect() as conn:
+        def worker(i: int) -> None:
+            results[i] = conn.call("test.sleep", {"seconds": 0.05 + 0.02 * i, "value": i})
+        first = threading.Thread(target=worker, args=(0,))
+        first.start()
+        time.sleep(0.02)                  # it is reading when the others come
+        others = [threading.Thread(target=worker, args=(i,)) for i in range(1, 6)]
+        for t in others:
+            t.start()
+        for t in [first, *others]:
+            t.join(30)
+        assert conn._reader is None       # no thread of its own was needed
+    assert results == {i: i for i in range(6)}
+
+
+def test_a_stream_being_read_routes_the_replies_of_other_threads(make_server):
+    s = make_server()
+    register_stream_ops(s.server, {})
+    s.start()
+    with s.connect() as conn:
+        stream = conn.stream("test.sleep", {"seconds": 1.0, "value": "slow"})
+        got: list = []
+        reader = threading.Thread(target=lambda: got.append(stream.result()))
+        reader.start()
+        time.sleep(0.05)                  # the stream's thread reads the socket
+        assert [conn.call("test.sleep", {"seconds": 0.01, "value": i})
+                for i in range(5)] == list(range(5))
+        reader.join(30)
+        assert got == ["slow"]
+
+
+def test_a_call_that_times_out_while_it_reads_leaves_the_connection_usable(make_server):
+    s = make_server()
+    state: dict = {}
+    register_stream_ops(s.server, state)
+    s.start()
+    with s.connect() as conn:
+        with pytest.raises(TimeoutError, match="test.sleep: no reply within 0.2s"):
+            conn.call("test.sleep", {"seconds": 30}, timeout=0.2)
+        assert conn.call("test.sleep", {"seconds": 0.01, "value": 7}) == 7
+        wait_until(lambda: state.get("finished") == 2, what="the timed-out call to end")
+
+
+def test_closing_fails_the_calls_other_threads_wait_for(make_server):
+    s = make_server()
+    register_stream_ops(s.server, {})
+    s.start()
+    conn = s.connect()
+    failures: list = []
+
+    def wait() -> None:
+        try:
+            conn.call("test.sleep", {"seconds": 30})
+        except errors.SandboxError as e:
+            failures.append(e)
+    waiters = [threading.Thread(target=wait) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    time.sleep(0.1)
+    conn.close()
+    for t in waiters:
+        t.join(10)
+    assert [type(e) for e in failures] == [errors.Unavailable] * 3
+    assert all("the connection was closed" in e.message for e in failures)
+    with pytest.raises(errors.Unavailable, match="the connection was closed"):
+        conn.call("ping")
+
+
 def test_cancel_stops_the_handler_and_replies_cancelled(make_server):
     s = make_server()
     state: dict = {}
