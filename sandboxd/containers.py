@@ -1313,7 +1313,7 @@ class ContainerService:
             record.id, _network_name(config.host.network_mode))
         try:
             pid = await self.runner.prepare(self._spec(record, netns=attachment.netns),
-                                            helper)
+                                            helper, direct=True)
         except BaseException:
             self.release_pooled(record.id)
             raise

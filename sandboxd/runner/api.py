@@ -23,8 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import SandboxError, Unavailable, from_wire
+from ..errors import NotFound, SandboxError, Unavailable, from_wire
 from .channel import recv_message, send_message
+from .park import take_message
 from .spec import ContainerSpec, Limits, Process, to_dict, validate
 
 __all__ = ["Runner", "AsyncRunner", "RunResult", "ExitInfo"]
@@ -412,6 +413,11 @@ class AsyncRunner(_Protocol, HelperConnection):
         HelperConnection.__init__(self)
         self.on_exit = on_exit
         self._waiters: dict[int, Any] = {}
+        # Prepared containers whose take we send to the parked pid 1 ourselves: its
+        # channel and the prepared process (prepare(direct=True)); and those taken so,
+        # until the fork server reports the exec.
+        self._channels: dict[str, tuple[socket.socket, Process]] = {}
+        self._taking: dict[str, Any] = {}
         self.pid = 0
 
     async def start(self) -> None:
@@ -422,8 +428,20 @@ class AsyncRunner(_Protocol, HelperConnection):
         self.pid = proc.pid
 
     def _on_message(self, msg: dict) -> None:
-        if msg.get("event") == "exit":
+        event = msg.get("event")
+        if event == "exit":
+            taking = self._taking.pop(msg["id"], None) if msg.get("exec") is None else None
+            if taking is not None:          # a take we sent that did not exec
+                taking.set_result({"error": msg.get("error") or NotFound(
+                    f"container {msg['id']}: its prepared process is gone").to_wire()})
+                return
+            if msg.get("exec") is None:
+                self._drop_channel(msg["id"])           # a prepared one, discarded
             self.on_exit(msg["id"], msg.get("exec"), _exit_info(msg))
+        elif event == "started":
+            taking = self._taking.pop(msg["id"], None)
+            if taking is not None:
+                taking.set_result({"ok": {"pid": msg["pid"]}})
         elif "rid" in msg:
             waiter = self._waiters.pop(msg["rid"], None)
             if waiter is not None and not waiter.done():
@@ -433,10 +451,18 @@ class AsyncRunner(_Protocol, HelperConnection):
                     os.close(fd)
 
     def _fail_pending(self, err: Exception) -> None:
-        for waiter in self._waiters.values():
+        for waiter in (*self._waiters.values(), *self._taking.values()):
             if not waiter.done():
                 waiter.set_exception(err)
         self._waiters.clear()
+        self._taking.clear()
+        for container_id in list(self._channels):
+            self._drop_channel(container_id)
+
+    def _drop_channel(self, container_id: str) -> None:
+        channel = self._channels.pop(container_id, None)
+        if channel is not None:
+            channel[0].close()
 
     def _send(self, message: dict, fds: list[int] = ()) -> Any:
         """Send a request now; the future its reply completes."""
@@ -452,12 +478,11 @@ class AsyncRunner(_Protocol, HelperConnection):
     async def _call(self, message: dict, fds: list[int] = ()) -> Any:
         return self._result(await self._send(message, fds))
 
-    async def _start(self, container_id: str, message: dict, fds: list[int]) -> int:
-        """A spawn or a take. The fork server starts the process whatever becomes of
-        this call: if its caller is cancelled meanwhile (the client went away mid-run),
+    async def _start(self, container_id: str, waiter: Any) -> int:
+        """A spawn's or a take's reply (``waiter``). The process starts whatever becomes
+        of this call: if its caller is cancelled meanwhile (the client went away mid-run),
         the process, once started, is killed, or it would run on with no record."""
         import asyncio
-        waiter = self._send(message, fds)
         try:
             reply = await asyncio.shield(waiter)
         except asyncio.CancelledError:
@@ -479,18 +504,56 @@ class AsyncRunner(_Protocol, HelperConnection):
             pass                                # gone already, or the fork server with it
 
     async def spawn(self, spec: ContainerSpec, stdio: tuple[int, ...]) -> int:
-        return await self._start(spec.id, self._spawn_message(spec), list(stdio))
+        return await self._start(spec.id, self._send(self._spawn_message(spec), list(stdio)))
 
     async def ping(self) -> dict[str, Any]:
         return await self._call({"op": "ping"})
 
-    async def prepare(self, spec: ContainerSpec, helper: str = "") -> int:
-        return (await self._call(self._prepare_message(spec, helper)))["pid"]
+    async def prepare(self, spec: ContainerSpec, helper: str = "",
+                      direct: bool = False) -> int:
+        """``direct``: its take is sent to the parked pid 1 by us, not by the fork
+        server, when the server allows it (no filter to load at the take): one hop
+        fewer between a pool hit's request and its exec."""
+        reply = await self._send({**self._prepare_message(spec, helper), "direct": direct})
+        fds = reply.get("fds") or []
+        try:
+            result = self._result(reply)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        if result.get("channel") and len(fds) == 1:
+            self._channels[spec.id] = (socket.socket(fileno=fds.pop()), spec.process)
+        for fd in fds:
+            os.close(fd)
+        return result["pid"]
 
     async def take(self, container_id: str, process: Process,
                    stdio: tuple[int, ...]) -> int:
-        return await self._start(container_id, self._take_message(container_id, process),
-                                 list(stdio))
+        waiter = self._take_directly(container_id, process, stdio) \
+            if container_id in self._channels \
+            else self._send(self._take_message(container_id, process), list(stdio))
+        return await self._start(container_id, waiter)
+
+    def _take_directly(self, container_id: str, process: Process,
+                       stdio: tuple[int, ...]) -> Any:
+        """The take, sent to the parked pid 1 over its channel (prepare(direct=True)),
+        checked as the fork server checks one; a future of the fork server's report of
+        its exec (_on_message)."""
+        import asyncio
+        channel, prepared = self._channels.pop(container_id)
+        try:
+            message = take_message(prepared, process, len(stdio))
+            waiter = asyncio.get_running_loop().create_future()
+            try:
+                socket.send_fds(channel, [message], list(stdio))
+            except OSError:
+                raise NotFound(f"container {container_id}: its prepared process is gone"
+                               ) from None
+            self._taking[container_id] = waiter
+            return waiter
+        finally:
+            channel.close()
 
     async def exec(self, container_id: str, exec_id: str, process: Process,
                    stdio: tuple[int, ...]) -> int:

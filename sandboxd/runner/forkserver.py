@@ -26,7 +26,9 @@ on failure. EOF after ``R`` means the exec succeeded.
 
 Requests ``{"op", "rid", ...}`` get ``{"rid", "ok"}`` or ``{"rid", "error"}``; exits
 arrive as ``{"event": "exit", "id", "exec", "exit_code", "signal", "oom_killed",
-"stats"}``. When the owner's socket closes, every container is killed and cleaned.
+"stats"}``, and the exec of a take the owner sent to a parked pid 1 itself as
+``{"event": "started", "id", "pid"}`` (its failure: an exit with its ``error``). When the
+owner's socket closes, every container is killed and cleaned.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ from . import cgroups, child, layers, mounts, native, park, rlimits, seccomp, zy
 from . import syscalls as sc
 from .channel import recv_message, send_message
 from .init import run_init
-from .park import MAX_TAKE, decode_failure, decode_take, encode_take, load_helper
+from .park import MAX_TAKE, decode_failure, decode_take, load_helper, take_message
 from .plan import Step, build_plan
 from .spec import (DEFAULT_CAPABILITIES, DEFAULT_PATH, ContainerSpec, Limits, Process,
                    check_process, from_dict, to_dict, validate)
@@ -308,6 +310,8 @@ class _Container:
     # which this server pays when it lets go, after the exit is reported.
     mounts_hold: int = -1
     filter_parked: bool = False         # its parked pid 1 loaded the filter (_filter_at_park)
+    # The owner asked for the channel, to send the take itself (_parked).
+    direct_take: bool = False
 
 
 @dataclass
@@ -454,8 +458,11 @@ class ForkServer:
     def _op_prepare(self, msg: dict, fds: list[int]) -> Any:
         """A pooled container: everything of a spawn but the process, parked before
         its exec until a ``take`` gives it its process and stdio (the reply: its pid).
-        ``helper``: the path of sbx-park to wait in (runner/park.py); "": Python."""
-        return self._spawn(msg, fds, park=self._helper(str(msg.get("helper") or "")))
+        ``helper``: the path of sbx-park to wait in (runner/park.py); "": Python.
+        ``direct``: the reply may carry the channel the pid 1 waits on (_parked)."""
+        result = self._spawn(msg, fds, park=self._helper(str(msg.get("helper") or "")))
+        self.containers[msg["spec"]["id"]].direct_take = bool(msg.get("direct"))
+        return result
 
     def _helper(self, path: str) -> int:
         """sbx-park's sealed memfd (loaded once per path), or -1 for none."""
@@ -497,23 +504,11 @@ class ForkServer:
         container = self.containers.get(str(msg.get("id")))
         if container is None or container.park is None:
             raise NotFound(f"container {msg.get('id')} is not a prepared container")
-        process = validate_process(from_dict(Process, msg.get("process"), "process"))
-        prepared = container.spec.process
-        if replace(process, args=prepared.args, env=prepared.env,
-                   terminal=prepared.terminal) != prepared:
-            raise InvalidArgument("take: only the command, environment and terminal may "
-                                  "differ from the prepared process (its working "
-                                  "directory, user, groups, ulimits, capabilities and "
-                                  "no_new_privileges were applied at prepare)")
-        if len(fds) != (1 if process.terminal else 3):
-            raise InvalidArgument("take: pass 3 stdio fds, or 1 terminal fd")
+        process = from_dict(Process, msg.get("process"), "process")
         # The filter goes just before the exec, unless it was loaded at park.
         program = None if container.filter_parked or not process.no_new_privileges \
             else container.program
-        message = encode_take(process, *_bpf(program))
-        if len(message) > MAX_TAKE:
-            raise InvalidArgument(f"take: the command, environment and seccomp filter "
-                                  f"take {len(message)} bytes, more than {MAX_TAKE}")
+        message = take_message(container.spec.process, process, len(fds), *_bpf(program))
         start = next((s for s in self.starts.values() if s.container is container), None)
         if start is None:                                    # it died, not yet reaped
             raise NotFound(f"container {container.id}: its prepared process is gone")
@@ -1046,8 +1041,27 @@ class ForkServer:
                 break                            # "E..." waits for EOF, or a partial "P"
         # sbx-setup's pid 1 may report before its C1 has named it: the reply waits for both.
         if start.parked and start.pid:
-            self._reply(start.rid, {"pid": start.pid})
+            self._parked(start)
             start.rid, start.parked = 0, False
+
+    def _parked(self, start: _Start) -> None:
+        """A prepared pid 1 waits: the prepare's reply. Asked for, and when no filter
+        goes with the take, it carries a copy of the channel the pid 1 waits on: the
+        owner then sends the take (its process and stdio) to the pid 1 itself, and a
+        pool hit skips this server; its exec, or its failure, is reported as an event
+        (_started, _start_failed). The other copy stays here, for a take through us."""
+        container = start.container
+        filter_at_take = not container.filter_parked and container.program is not None \
+            and container.spec.process.no_new_privileges
+        if not container.direct_take or container.park is None or filter_at_take:
+            self._reply(start.rid, {"pid": start.pid})
+            return
+        channel = os.dup(container.park.fileno())
+        try:
+            self._send({"rid": start.rid, "ok": {"pid": start.pid, "channel": True}},
+                       [channel])
+        finally:
+            os.close(channel)
 
     def _late_pid(self, start: _Start) -> None:
         """At EOF: C1's "P" report after pid 1's failure report. Both write the same
@@ -1072,7 +1086,10 @@ class ForkServer:
 
     def _started(self, start: _Start) -> None:
         self._release_layer(start.container)
-        self._reply(start.rid, {"pid": start.pid})
+        if start.rid:
+            self._reply(start.rid, {"pid": start.pid})
+        else:                                   # a take its owner sent (_parked)
+            self._send({"event": "started", "id": start.container.id, "pid": start.pid})
         if start.status is not None:             # it already exited: report that too
             self._exited(start.pid, start.status)
 
@@ -1087,13 +1104,18 @@ class ForkServer:
         self.pids.pop(start.pid, None)
         if start.rid:
             self._reply_error(start.rid, err)
-        else:                    # a prepared container ended before its take (discarded)
+        else:
+            # A prepared container that ended before a take (discarded), or whose take
+            # its owner sent failed (_parked): then its report says why.
             code = os.waitstatus_to_exitcode(start.status) if start.status is not None \
                 else 1
-            self._send({"event": "exit", "id": container.id, "exec": None,
-                        "exit_code": 128 - code if code < 0 else code,
-                        "signal": -code if code < 0 else None, "oom_killed": False,
-                        "stats": None})
+            event = {"event": "exit", "id": container.id, "exec": None,
+                     "exit_code": 128 - code if code < 0 else code,
+                     "signal": -code if code < 0 else None, "oom_killed": False,
+                     "stats": None}
+            if start.buf:
+                event["error"] = err.to_wire()
+            self._send(event)
 
     def _reap(self) -> None:
         while True:

@@ -25,10 +25,12 @@ import os
 import shutil
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
-from ..errors import CommandNotExecutable, CommandNotFound, SandboxError, SetupFailed
-from .spec import Process
+from ..errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, SandboxError,
+                      SetupFailed)
+from .spec import Process, check_process
 
 log = logging.getLogger("sandboxd.park")
 
@@ -99,6 +101,30 @@ def load_helper(path: str, name: str = "sbx-park") -> int:
         os.close(fd)
         raise
     return fd
+
+
+def take_message(prepared: Process, process: Process, stdio: int, bpf: bytes = b"",
+                 flags: int = 0) -> bytes:
+    """The take of a prepared process, checked: ``process`` may differ from it only in
+    its command, environment and terminal (the rest was applied at prepare), with
+    ``stdio`` fds (3, or 1 terminal). Whoever sends it (the fork server, or its owner
+    holding the channel) checks the same."""
+    if replace(process, args=prepared.args, env=prepared.env,
+               terminal=prepared.terminal) != prepared:
+        raise InvalidArgument("take: only the command, environment and terminal may "
+                              "differ from the prepared process (its working "
+                              "directory, user, groups, ulimits, capabilities and "
+                              "no_new_privileges were applied at prepare)")
+    problems = check_process(process)
+    if problems:
+        raise InvalidArgument.of(problems)
+    if stdio != (1 if process.terminal else 3):
+        raise InvalidArgument("take: pass 3 stdio fds, or 1 terminal fd")
+    message = encode_take(process, bpf, flags)
+    if len(message) > MAX_TAKE:
+        raise InvalidArgument(f"take: the command, environment and seccomp filter "
+                              f"take {len(message)} bytes, more than {MAX_TAKE}")
+    return message
 
 
 def encode_take(process: Process, bpf: bytes = b"", flags: int = 0) -> bytes:

@@ -1,0 +1,167 @@
+"""A take sent by the fork server's owner straight to the parked pid 1 (AsyncRunner
+prepare(direct=True), the daemon's pool hits): the fork server hands over a copy of the
+channel the pid 1 waits on and reports the exec, or its failure, as an event."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+
+import pytest
+
+from harness import remove_cgroup_parent
+from sandboxd.errors import CommandNotFound, InvalidArgument, NotFound
+from sandboxd.runner.api import AsyncRunner
+from sandboxd.runner.park import build_helper
+from sandboxd.runner.spec import ContainerSpec, Limits, Process, RootFS
+
+PARENT = f"sandboxd-test-direct-{os.getpid()}"
+_ids = itertools.count()
+
+
+def _prepared_spec(rootfs, **process) -> ContainerSpec:
+    return ContainerSpec(id=f"d{os.getpid()}-{next(_ids)}",
+                         process=Process(args=("sandboxd-pooled",), **process),
+                         root=RootFS(lowerdirs=(str(rootfs),)),
+                         limits=Limits(memory=64 << 20, pids=64))
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _scenario(tmp_path, body):
+    """Run ``body(runner, exits)`` against a fresh AsyncRunner; exits: id -> ExitInfo."""
+    async def main():
+        exits: dict = {}
+        arrived = asyncio.Event()
+
+        def on_exit(container_id, exec_id, info):
+            exits[container_id] = info
+            arrived.set()
+        runner = AsyncRunner(on_exit, state_dir=str(tmp_path / "runner"),
+                             cgroup_parent=PARENT, exit_stats=False)
+        await runner.start()
+        try:
+            return await body(runner, exits, arrived)
+        finally:
+            await runner.close()
+    try:
+        return asyncio.run(main())
+    finally:
+        remove_cgroup_parent(PARENT)
+
+
+async def _exit_of(exits, arrived, container_id):
+    while container_id not in exits:
+        arrived.clear()
+        await asyncio.wait_for(arrived.wait(), 10)
+    return exits[container_id]
+
+
+def test_the_owner_sends_the_take_and_the_fork_server_reports_the_exec(tmp_path,
+                                                                       busybox_rootfs):
+    async def body(runner, exits, arrived):
+        spec = _prepared_spec(busybox_rootfs, cwd="/tmp")
+        pid = await runner.prepare(spec, build_helper(), direct=True)
+        assert spec.id in runner._channels            # the server gave its channel
+        out_r, out_w = os.pipe()
+        null = os.open("/dev/null", os.O_RDWR)
+        process = Process(args=("sh", "-c", "echo $GREETING from $(pwd) as $$"),
+                          env=("GREETING=hi", "PATH=/bin"), cwd="/tmp")
+        try:
+            taken = await runner.take(spec.id, process, (null, out_w, null))
+        finally:
+            os.close(out_w)
+            os.close(null)
+        with os.fdopen(out_r, "rb") as out:
+            output = out.read()
+        info = await _exit_of(exits, arrived, spec.id)
+        assert spec.id not in runner._channels and not runner._taking
+        return pid, taken, output, info
+
+    pid, taken, output, info = _scenario(tmp_path, body)
+    assert taken == pid
+    assert output == b"hi from /tmp as 1\n"
+    assert (info.exit_code, info.oom_killed, info.stats) == (0, False, None)
+
+
+def test_a_direct_take_that_cannot_exec_fails_as_the_fork_servers_take(tmp_path,
+                                                                      busybox_rootfs):
+    async def body(runner, exits, arrived):
+        spec = _prepared_spec(busybox_rootfs)
+        await runner.prepare(spec, build_helper(), direct=True)
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            with pytest.raises(CommandNotFound, match="nosuchcmd"):
+                await runner.take(spec.id, Process(args=("nosuchcmd",), env=("PATH=/bin",)),
+                                  (null, null, null))
+        finally:
+            os.close(null)
+        # Its failure was the take's: no exit to report, and nothing of it is left.
+        await asyncio.sleep(0.2)
+        assert spec.id not in exits and not runner._taking
+        with pytest.raises(NotFound):
+            await runner.pids(spec.id)                # the fork server forgot it
+        return True
+
+    assert _scenario(tmp_path, body)
+
+
+def test_a_direct_take_is_checked_as_the_fork_server_checks_one(tmp_path, busybox_rootfs):
+    async def body(runner, exits, arrived):
+        spec = _prepared_spec(busybox_rootfs)
+        await runner.prepare(spec, build_helper(), direct=True)
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            with pytest.raises(InvalidArgument, match="only the command, environment"):
+                await runner.take(spec.id, Process(args=("true",), cwd="/etc"),
+                                  (null, null, null))
+        finally:
+            os.close(null)
+        await runner.kill(spec.id, signal.SIGKILL, all=True)     # as the daemon does
+        return await _exit_of(exits, arrived, spec.id)
+
+    assert _scenario(tmp_path, body).signal == signal.SIGKILL
+
+
+def test_discarded_prepared_containers_leave_no_channel_behind(tmp_path, busybox_rootfs):
+    async def body(runner, exits, arrived):
+        before = _fds()
+        specs = [_prepared_spec(busybox_rootfs) for _ in range(4)]
+        for spec in specs:
+            await runner.prepare(spec, build_helper(), direct=True)
+        assert len(runner._channels) == 4 and len(_fds() - before) == 4
+        for spec in specs:
+            await runner.kill(spec.id, signal.SIGKILL, all=True)
+        for spec in specs:
+            await _exit_of(exits, arrived, spec.id)
+        return runner._channels, _fds() - before
+
+    channels, new_fds = _scenario(tmp_path, body)
+    assert channels == {} and new_fds == set()
+
+
+def test_a_take_the_server_must_filter_goes_through_the_server(tmp_path, busybox_rootfs):
+    # A prepared pid 1 waiting in Python loads its filter at the take: the fork server
+    # sends that take, so it keeps the channel to itself.
+    async def body(runner, exits, arrived):
+        spec = _prepared_spec(busybox_rootfs)
+        await runner.prepare(spec, "", direct=True)
+        assert spec.id not in runner._channels
+        out_r, out_w = os.pipe()
+        null = os.open("/dev/null", os.O_RDWR)
+        try:
+            await runner.take(spec.id, Process(args=("sh", "-c", "grep Seccomp: "
+                                                     "/proc/self/status"),
+                                               env=("PATH=/bin",)), (null, out_w, null))
+        finally:
+            os.close(out_w)
+            os.close(null)
+        with os.fdopen(out_r, "rb") as out:
+            output = out.read()
+        await _exit_of(exits, arrived, spec.id)
+        return output
+
+    assert _scenario(tmp_path, body) == b"Seccomp:\t2\n"
