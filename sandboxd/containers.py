@@ -14,6 +14,7 @@ import dataclasses
 import errno
 import logging
 import os
+import random
 import secrets
 import signal
 import socket
@@ -66,6 +67,9 @@ _NOUNS = ("babbage", "bardeen", "boole", "cerf", "curie", "darwin", "dijkstra", 
           "lovelace", "meitner", "newton", "noether", "pascal", "perlman", "ritchie",
           "shannon", "sinoussi", "thompson", "torvalds", "turing", "wirth", "wozniak",
           "yalow", "zuse")
+# Names need no secrecy (Docker's come from math/rand): secrets' draws would cost a
+# getrandom call each on every run. Seeded from the OS at import.
+_NAMES = random.Random()
 
 
 @dataclasses.dataclass
@@ -562,9 +566,9 @@ class ContainerService:
         after it once one clashed, the short id after six clashes, so that however many
         containers hold generated names a create never loops on them."""
         for attempt in range(6):
-            name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
+            name = f"{_NAMES.choice(_ADJECTIVES)}_{_NAMES.choice(_NOUNS)}"
             if attempt:
-                name += str(secrets.randbelow(10))
+                name += str(_NAMES.randrange(10))
             if not self.store.name_taken(name):
                 return name
         return container_id[:12]
@@ -619,6 +623,13 @@ class ContainerService:
         return validate(spec) if dry_run else spec
 
     def _process(self, record: ContainerRecord, link_vars: Sequence[str] = ()) -> Process:
+        if not link_vars:       # then it follows from the config (and argv from that)
+            return record.config.derived(
+                f"_process {self._token} {record.path} {record.args}",
+                lambda: self._make_process(record, ()))
+        return self._make_process(record, link_vars)
+
+    def _make_process(self, record: ContainerRecord, link_vars: Sequence[str]) -> Process:
         c, h = record.config, record.config.host
         return Process(args=(record.path, *record.args), env=_merge_env(link_vars, c.env),
                        cwd=c.workdir or "/", user=c.user, terminal=c.tty,
