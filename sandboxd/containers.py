@@ -111,6 +111,10 @@ class ContainerService:
         self.live: dict[str, _Live] = {}
         self.exec_waiters: dict[tuple[str, str], asyncio.Future] = {}
         self.removed: dict[str, asyncio.Event] = {}
+        # Exited --rm containers whose removal runs after their waiters (_settle): their
+        # final records, which lookups find meanwhile, and the removals.
+        self.exiting: dict[str, ContainerRecord] = {}
+        self.removals: set[asyncio.Task] = set()
         self.starts: dict[str, asyncio.Event] = {}    # set when the container goes live
         self.held: dict[str, asyncio.Future] = {}   # stopped containers' roots held for cp
         self.pools: Any = None                  # pools.PoolService, when the root wires one
@@ -184,6 +188,7 @@ class ContainerService:
                 await asyncio.wait_for(live.drained.wait(), 10)
             except asyncio.TimeoutError:
                 log.warning("container %s did not exit at shutdown", live.record.id[:12])
+        await asyncio.gather(*self.removals, return_exceptions=True)
         await self.ports.close()
         await self.networks.shutdown()
         await self.runner.close()
@@ -203,7 +208,7 @@ class ContainerService:
         if row is None:
             raise NotFound(f"No such container: {ref}")
         live = self.live.get(row["id"])
-        return live.record if live else self._record(row)
+        return live.record if live else self.exiting.get(row["id"]) or self._record(row)
 
     def _save(self, record: ContainerRecord) -> ContainerRecord:
         self.store.save_container(record.id, record.name, record.state.status,
@@ -229,7 +234,8 @@ class ContainerService:
     def records(self) -> list[ContainerRecord]:
         """Every container's record (a running one's as the daemon holds it)."""
         return [self.live[row["id"]].record if row["id"] in self.live
-                else self._record(row) for row in self.store.list_containers()]
+                else self.exiting.get(row["id"]) or self._record(row)
+                for row in self.store.list_containers()]
 
     async def container_setup(self) -> str:
         """How the runner sets containers up: "sbx-setup" (C), or "python" (until
@@ -1011,7 +1017,10 @@ class ContainerService:
             live.stdin = -1
         os.close(fd)
         if not live.fds:
-            asyncio.ensure_future(self._finish(live))
+            if live.exited.is_set():
+                self._settle(live)
+            else:
+                asyncio.ensure_future(self._finish(live))
 
     def _on_exit(self, container_id: str, exec_id: str | None, info: ExitInfo) -> None:
         if exec_id is not None:
@@ -1038,7 +1047,7 @@ class ContainerService:
             # The pty master reads until EIO; make sure nothing waits on it forever.
             asyncio.get_running_loop().call_later(0.5, self._force_close, live)
         if not live.fds:
-            asyncio.ensure_future(self._finish(live))
+            self._settle(live)
 
     def _force_close(self, live: _Live) -> None:
         for fd in list(live.fds):
@@ -1046,9 +1055,14 @@ class ContainerService:
 
     async def _finish(self, live: _Live) -> None:
         """Both output pipes closed: once the exit is known, settle the record."""
-        if live.drained.is_set():
-            return
         await live.exited.wait()
+        self._settle(live)
+
+    def _settle(self, live: _Live) -> None:
+        """Output closed and the exit known: the final record, for the waiters (woken
+        once this returns). A --rm container is removed after them, in a task of its own,
+        so that a --rm run's reply goes first; lookups meanwhile find its final record
+        (``exiting``), and the removal runs before any request that comes after."""
         if live.drained.is_set():
             return
         live.drained.set()
@@ -1060,7 +1074,8 @@ class ContainerService:
         info = live.exit_info
         record = live.record
         self.live.pop(record.id, None)
-        self._release_network(record.id)
+        if not record.config.host.auto_remove:        # else with the removal
+            self._release_network(record.id)
         for queue in live.subscribers:
             queue.put_nowait(None)
         live.record = dataclasses.replace(
@@ -1071,17 +1086,24 @@ class ContainerService:
         self.events.exited(live.record)
         self.events.mounts(record, "unmount")
         if record.config.host.auto_remove:
-            # Deleted at once: the final record only needs to reach the waiters (no one
-            # can look it up in between: nothing awaits before the delete).
-            try:
-                await self.remove(live.record, force=True, files_later=True)
-            except BaseException:
-                self._save(live.record)
-                raise
+            self.exiting[record.id] = live.record
+            task = asyncio.ensure_future(self._remove_exited(live.record))
+            self.removals.add(task)
+            task.add_done_callback(self.removals.discard)
         elif not self.closing and policies.should_restart(live.record):
             self._schedule_restart(live.record)
         else:
             self._save(live.record)
+
+    async def _remove_exited(self, record: ContainerRecord) -> None:
+        try:
+            await self.remove(record, force=True, files_later=True)
+        except BaseException:
+            self._save(record)
+            raise
+        finally:
+            self.exiting.pop(record.id, None)
+            self._release_network(record.id)       # done by the removal, unless it failed
 
     def _schedule_restart(self, record: ContainerRecord) -> None:
         """``restarting`` until the policy's delay has passed, then a start."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 
 import pytest
 
@@ -170,6 +171,42 @@ def test_a_hit_takes_a_ready_container_and_the_pool_refills(pooled_daemon):
     client.set_pool("busybox", 0, **OPTS)
     wait_until(lambda: not client.pools()["pools"], what="the pool to go")
     assert pooled_daemon.cgroup_children() == []
+
+
+def test_a_rm_run_is_removed_before_the_next_request_and_never_seen_unstarted_again(
+        pooled_daemon):
+    # A --rm run's reply goes out before its removal (ContainerService._settle): in
+    # between, lookups find its exited record, and the removal runs before any request
+    # that comes after the reply. Another connection lists containers all along.
+    client = pooled_daemon.client()
+    client.set_pool("busybox", 1, **OPTS)
+    wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
+    seen: dict[str, list[str]] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        watcher = pooled_daemon.client()
+        while not done.is_set():
+            for c in watcher.containers.list(all=True):
+                states = seen.setdefault(c.id, [])
+                if not states or states[-1] != c.status:
+                    states.append(c.status)
+    watching = threading.Thread(target=watch)
+    watching.start()
+    try:
+        for i in range(40):
+            result = client.run("busybox", ["true"], **OPTS)        # hits and misses
+            assert result.exit_code == 0
+            assert result.id not in {c.id for c in client.containers.list(all=True)}
+            with pytest.raises(NotFound):
+                client.containers.get(result.id)
+    finally:
+        done.set()
+        watching.join(30)
+        client.set_pool("busybox", 0, **OPTS)
+    for states in seen.values():
+        # "created" only before the start; never again once it ran or exited
+        assert "created" not in states[1:], states
 
 
 def test_a_parked_container_waits_in_sbx_park_and_takes_any_command(pooled_daemon):
