@@ -474,7 +474,7 @@ class ContainerService:
                     taken.add(m.destination.rstrip("/"))
                     mounts.append(m if not mode else dataclasses.replace(
                         m, readonly=mode == "ro"))
-        for path in sorted(self.images.config(record.image_id).get("Volumes") or {}):
+        for path in self.images.volumes(record.image_id):
             if path.startswith("/") and (path.rstrip("/") or "/") not in taken:
                 taken.add(path.rstrip("/"))
                 mounts.append(Mount(path, "volume"))

@@ -1099,6 +1099,11 @@ class ImageService:
         """The directories of an image's layers, top first (a volume's first content)."""
         return self._chain_lowerdirs(image_id)[1]
 
+    def volumes(self, image_id: str) -> list[str]:
+        """The image's ``VOLUME`` paths, sorted: what a create reads of its config every
+        time, without the copy :meth:`config` makes."""
+        return sorted(self._runtime(image_id)[0].get("Volumes") or {})
+
     def image_mounts(self, image_id: str) -> tuple[Mount, ...]:
         """Mounts a container of this image needs besides its root: the host image's
         read-only binds (parents first); nothing for layered images."""
