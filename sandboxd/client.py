@@ -225,7 +225,10 @@ class Connection(_Demux):
             import select
             import time
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+            # poll, not select: a busy process's socket may be numbered above 1023.
+            readable = select.poll()
+            readable.register(self._sock.fileno(), select.POLLIN)
+            if left <= 0 or not readable.poll(left * 1000):
                 return False
         reason = "sandboxd closed the connection"
         try:

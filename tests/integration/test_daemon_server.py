@@ -463,6 +463,33 @@ def test_a_call_that_times_out_while_it_reads_leaves_the_connection_usable(make_
         wait_until(lambda: state.get("finished") == 2, what="the timed-out call to end")
 
 
+def test_a_timed_call_works_on_a_socket_numbered_above_select_s_limit(make_server):
+    # A process with many files open (a big test suite) gets a socket fd above 1023:
+    # waiting for it with a timeout must not go through select(2)'s FD_SETSIZE.
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"this process may open at most {hard} files; the test needs 1200")
+    if soft != resource.RLIM_INFINITY and soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    s = make_server()
+    register_stream_ops(s.server, {})
+    s.start()
+    fillers = []
+    try:
+        while not fillers or fillers[-1] < 1100:
+            fillers.append(os.open("/dev/null", os.O_RDONLY))
+        with s.connect() as conn:
+            assert conn._sock.fileno() > 1100
+            assert conn.call("test.sleep", {"seconds": 0.01, "value": 5}, timeout=10) == 5
+            with pytest.raises(TimeoutError):
+                conn.call("test.sleep", {"seconds": 30}, timeout=0.1)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_closing_fails_the_calls_other_threads_wait_for(make_server):
     s = make_server()
     register_stream_ops(s.server, {})
