@@ -60,23 +60,31 @@ async def _exit_of(exits, arrived, container_id):
     return exits[container_id]
 
 
+async def _take(runner, container_id, process) -> tuple[int, bytes]:
+    """Take with /dev/null as stdin and stderr: (the pid, all it wrote on stdout)."""
+    out_r, out_w = os.pipe()
+    null = os.open("/dev/null", os.O_RDWR)
+    try:
+        pid = await runner.take(container_id, process, (null, out_w, null))
+    except BaseException:
+        os.close(out_r)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(null)
+    with os.fdopen(out_r, "rb") as out:
+        return pid, await asyncio.to_thread(out.read)
+
+
 def test_the_owner_sends_the_take_and_the_fork_server_reports_the_exec(tmp_path,
                                                                        busybox_rootfs):
     async def body(runner, exits, arrived):
         spec = _prepared_spec(busybox_rootfs, cwd="/tmp")
         pid = await runner.prepare(spec, build_helper(), direct=True)
         assert spec.id in runner._channels            # the server gave its channel
-        out_r, out_w = os.pipe()
-        null = os.open("/dev/null", os.O_RDWR)
-        process = Process(args=("sh", "-c", "echo $GREETING from $(pwd) as $$"),
-                          env=("GREETING=hi", "PATH=/bin"), cwd="/tmp")
-        try:
-            taken = await runner.take(spec.id, process, (null, out_w, null))
-        finally:
-            os.close(out_w)
-            os.close(null)
-        with os.fdopen(out_r, "rb") as out:
-            output = out.read()
+        taken, output = await _take(runner, spec.id, Process(
+            args=("sh", "-c", "echo $GREETING from $(pwd) as $$"),
+            env=("GREETING=hi", "PATH=/bin"), cwd="/tmp"))
         info = await _exit_of(exits, arrived, spec.id)
         assert spec.id not in runner._channels and not runner._taking
         return pid, taken, output, info
@@ -92,34 +100,23 @@ def test_a_direct_take_that_cannot_exec_fails_as_the_fork_servers_take(tmp_path,
     async def body(runner, exits, arrived):
         spec = _prepared_spec(busybox_rootfs)
         await runner.prepare(spec, build_helper(), direct=True)
-        null = os.open("/dev/null", os.O_RDWR)
-        try:
-            with pytest.raises(CommandNotFound, match="nosuchcmd"):
-                await runner.take(spec.id, Process(args=("nosuchcmd",), env=("PATH=/bin",)),
-                                  (null, null, null))
-        finally:
-            os.close(null)
+        with pytest.raises(CommandNotFound, match="nosuchcmd"):
+            await _take(runner, spec.id, Process(args=("nosuchcmd",), env=("PATH=/bin",)))
         # Its failure was the take's: no exit to report, and nothing of it is left.
         await asyncio.sleep(0.2)
         assert spec.id not in exits and not runner._taking
         with pytest.raises(NotFound):
             await runner.pids(spec.id)                # the fork server forgot it
-        return True
 
-    assert _scenario(tmp_path, body)
+    _scenario(tmp_path, body)
 
 
 def test_a_direct_take_is_checked_as_the_fork_server_checks_one(tmp_path, busybox_rootfs):
     async def body(runner, exits, arrived):
         spec = _prepared_spec(busybox_rootfs)
         await runner.prepare(spec, build_helper(), direct=True)
-        null = os.open("/dev/null", os.O_RDWR)
-        try:
-            with pytest.raises(InvalidArgument, match="only the command, environment"):
-                await runner.take(spec.id, Process(args=("true",), cwd="/etc"),
-                                  (null, null, null))
-        finally:
-            os.close(null)
+        with pytest.raises(InvalidArgument, match="only the command, environment"):
+            await _take(runner, spec.id, Process(args=("true",), cwd="/etc"))
         await runner.kill(spec.id, signal.SIGKILL, all=True)     # as the daemon does
         return await _exit_of(exits, arrived, spec.id)
 
@@ -150,17 +147,8 @@ def test_a_take_the_server_must_filter_goes_through_the_server(tmp_path, busybox
         spec = _prepared_spec(busybox_rootfs)
         await runner.prepare(spec, "", direct=True)
         assert spec.id not in runner._channels
-        out_r, out_w = os.pipe()
-        null = os.open("/dev/null", os.O_RDWR)
-        try:
-            await runner.take(spec.id, Process(args=("sh", "-c", "grep Seccomp: "
-                                                     "/proc/self/status"),
-                                               env=("PATH=/bin",)), (null, out_w, null))
-        finally:
-            os.close(out_w)
-            os.close(null)
-        with os.fdopen(out_r, "rb") as out:
-            output = out.read()
+        _, output = await _take(runner, spec.id, Process(
+            args=("sh", "-c", "grep Seccomp: /proc/self/status"), env=("PATH=/bin",)))
         await _exit_of(exits, arrived, spec.id)
         return output
 
