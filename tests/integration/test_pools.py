@@ -182,21 +182,29 @@ def test_a_rm_run_is_removed_before_the_next_request_and_never_seen_unstarted_ag
     client.set_pool("busybox", 1, **OPTS)
     wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
     seen: dict[str, list[str]] = {}
+    listings: list[int] = []
+    failures: list[BaseException] = []
     done = threading.Event()
 
     def watch() -> None:
-        watcher = pooled_daemon.client()
-        while not done.is_set():
-            for c in watcher.containers.list(all=True):
-                states = seen.setdefault(c.id, [])
-                if not states or states[-1] != c.status:
-                    states.append(c.status)
+        try:
+            watcher = pooled_daemon.client()
+            while not done.is_set():
+                for c in watcher.containers.list(all=True):
+                    states = seen.setdefault(c.id, [])
+                    if not states or states[-1] != c.status:
+                        states.append(c.status)
+                listings.append(1)
+        except BaseException as e:
+            failures.append(e)
     watching = threading.Thread(target=watch)
     watching.start()
+    ran = []
     try:
         for i in range(40):
             result = client.run("busybox", ["true"], **OPTS)        # hits and misses
             assert result.exit_code == 0
+            ran.append(result.id)
             assert result.id not in {c.id for c in client.containers.list(all=True)}
             with pytest.raises(NotFound):
                 client.containers.get(result.id)
@@ -204,6 +212,8 @@ def test_a_rm_run_is_removed_before_the_next_request_and_never_seen_unstarted_ag
         done.set()
         watching.join(30)
         client.set_pool("busybox", 0, **OPTS)
+    assert not failures and len(listings) >= 40
+    assert set(ran) & set(seen), "the listings never overlapped a run"
     for states in seen.values():
         # "created" only before the start; never again once it ran or exited
         assert "created" not in states[1:], states
