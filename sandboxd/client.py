@@ -193,7 +193,8 @@ class Connection(_Demux):
                 if item is not _TURN:
                     return item
                 continue
-            # Listed before the try: a reader leaving after it failed sees this queue.
+            # Listed before trying the lock: a reader that leaves once our try has
+            # failed finds this queue and gives it the turn.
             self._waiting.add(replies)
             try:
                 if self._read_lock.acquire(blocking=False):
