@@ -45,8 +45,8 @@ The pieces:
   (polled every ``DYING_POLL``), never while they may still answer on the bridge; a
   veth still there after ``DYING_PATIENCE`` (another container shares the namespace)
   is deleted then.
-- Addresses: :class:`sandboxd.ipam.IPAM`, persisted in ``meta.db``. Subnets of new
-  networks avoid the host's routes and every other network.
+- Addresses: :class:`sandboxd.ipam.IPAM`, in memory (a start has none to keep).
+  Subnets of new networks avoid the host's routes and every other network.
 - Names on user networks: each namespace prepared for one comes with a UDP and a TCP
   socket the server bound to 127.0.0.11:53 inside it; :attr:`NetworkService.resolver`
   (:mod:`sandboxd.dns`) serves them from ``attach`` until the namespace is torn down,
@@ -216,7 +216,7 @@ class NetworkService:
         with store.transaction() as db:
             for statement in _SCHEMA:
                 db.execute(statement)
-        self.ipam = IPAM(store)
+        self.ipam = IPAM()
         self._helper = _Helper()
         self._pools: dict[str, deque[_Prepared]] = {}
         # container id -> network id -> attachment, the primary first
@@ -243,7 +243,6 @@ class NetworkService:
         """Start the network server, remove leftovers, make the built-in networks and
         bring every bridge up; the pools fill in the background."""
         self.netns_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.ipam.release_all()
         await self._helper.start(self.lock_path)
         await self._call({"op": "cleanup", "prefix": self.prefix,
                           "keep_links": [n.bridge for n in self.list() if n.bridge],

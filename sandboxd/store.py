@@ -65,7 +65,7 @@ from .reference import normalize_ref
 #     labels    TEXT                 JSON object of str -> str
 #     size      INTEGER NULL         bytes, recorded at commit
 #     inodes    INTEGER NULL         inodes, recorded at commit
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 0 -> 1
@@ -99,6 +99,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             size INTEGER,
             inodes INTEGER)""",
         "CREATE INDEX snapshots_parent ON snapshots(parent)",
+    ),
+    # 1 -> 2: network addresses moved to memory (sandboxd/ipam.py says why).
+    (
+        "DROP TABLE IF EXISTS ip_allocations",
+        "DROP TABLE IF EXISTS ip_cursor",
     ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION

@@ -83,8 +83,8 @@ def test_mac_for_is_dockers():
     assert mac_for("172.17.0.2") == "02:42:ac:11:00:02"
 
 
-def test_allocate_round_robin_and_release(store):
-    ipam = IPAM(store)
+def test_allocate_round_robin_and_release():
+    ipam = IPAM()
     pool = Pool.parse("10.216.9.0/29")               # .2-.6 for containers
     got = [str(ipam.allocate("n1", pool, f"c{i}")) for i in range(5)]
     assert got == [f"10.216.9.{i}" for i in range(2, 7)]
@@ -99,8 +99,8 @@ def test_allocate_round_robin_and_release(store):
     assert str(ipam.allocate("n1", pool, "c11")) == "10.216.9.5"
 
 
-def test_static_conflict_and_other_networks_are_separate(store):
-    ipam = IPAM(store)
+def test_static_conflict_and_other_networks_are_separate():
+    ipam = IPAM()
     pool = Pool.parse("10.216.9.0/24")
     ipam.allocate("n1", pool, "a", "10.216.9.50")
     with pytest.raises(Conflict, match="Address already in use"):
@@ -108,8 +108,8 @@ def test_static_conflict_and_other_networks_are_separate(store):
     assert str(ipam.allocate("n2", pool, "b", "10.216.9.50")) == "10.216.9.50"
 
 
-def test_reassign_and_release_all(store):
-    ipam = IPAM(store)
+def test_reassign_and_release_all():
+    ipam = IPAM()
     pool = Pool.parse("10.216.9.0/24")
     ip = ipam.allocate("n1", pool, "pool:x")
     ipam.reassign("n1", ip, "container")
@@ -120,41 +120,24 @@ def test_reassign_and_release_all(store):
     assert ipam.release_all() == 2 and ipam.allocations() == {}
 
 
-def test_allocations_survive_reopen(tmp_path):
-    store = Store(tmp_path)
-    pool = Pool.parse("10.216.9.0/24")
-    first = IPAM(store).allocate("n1", pool, "a")
-    store.close()
-    store = Store(tmp_path)
-    try:
-        second = IPAM(store).allocate("n1", pool, "b")
-        assert second != first and IPAM(store).allocations("n1")[("n1", str(first))] == "a"
-    finally:
-        store.close()
-
-
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=120))
-def test_never_hands_out_an_address_twice(tmp_path_factory, ops):
-    store = Store(tmp_path_factory.mktemp("ipam"))
-    try:
-        ipam = IPAM(store)
-        pool = Pool.parse("10.216.9.0/27", ip_range="10.216.9.0/28")
-        held: list[IPv4Address] = []
-        for allocate, pick in ops:
-            if allocate:
-                try:
-                    ip = ipam.allocate("n", pool, "o")
-                except LimitExceeded:
-                    assert len(held) == pool.size()
-                    continue
-                assert ip not in held and ip in pool.ip_range and ip != pool.gateway
-                held.append(ip)
-            elif held:
-                assert ipam.release("n", held.pop(pick % len(held)))
-        assert sorted(ipam.allocations("n")) == sorted(("n", str(ip)) for ip in held)
-    finally:
-        store.close()
+def test_never_hands_out_an_address_twice(ops):
+    ipam = IPAM()
+    pool = Pool.parse("10.216.9.0/27", ip_range="10.216.9.0/28")
+    held: list[IPv4Address] = []
+    for allocate, pick in ops:
+        if allocate:
+            try:
+                ip = ipam.allocate("n", pool, "o")
+            except LimitExceeded:
+                assert len(held) == pool.size()
+                continue
+            assert ip not in held and ip in pool.ip_range and ip != pool.gateway
+            held.append(ip)
+        elif held:
+            assert ipam.release("n", held.pop(pick % len(held)))
+    assert sorted(ipam.allocations("n")) == sorted(("n", str(ip)) for ip in held)
 
 
 def test_service_refuses_bad_prefix(store, tmp_path):

@@ -50,6 +50,29 @@ def test_reopen_keeps_data_and_does_not_migrate_again(tmp_path):
     s.close()
 
 
+def test_upgrade_drops_the_old_address_tables(tmp_path):
+    """A root from before addresses moved to memory loses their tables, keeps the rest."""
+    s = Store(tmp_path)
+    s.put_container(A, "keep", "created", "sha256:" + "0" * 64, None, {"x": 1})
+    s.close()
+    db = sqlite3.connect(tmp_path / "meta.db")
+    db.execute("CREATE TABLE ip_allocations (network TEXT, address TEXT, owner TEXT, "
+               "created REAL, PRIMARY KEY (network, address))")
+    db.execute("CREATE TABLE ip_cursor (network TEXT PRIMARY KEY, last TEXT)")
+    db.execute("INSERT INTO ip_allocations VALUES ('n', '10.0.0.2', 'c', 0)")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    s = Store(tmp_path)
+    try:
+        tables = {r[0] for r in s.query("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "ip_allocations" not in tables and "ip_cursor" not in tables
+        assert s.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION
+        assert s.get_container("keep")["doc"] == {"x": 1}
+    finally:
+        s.close()
+
+
 def test_newer_schema_is_refused(tmp_path):
     s = Store(tmp_path)
     s.close()
