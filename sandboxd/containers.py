@@ -99,6 +99,7 @@ class ContainerService:
         self.config = config
         self.volumes = volumes
         self.root = Path(config.root)
+        self._containers_dir = self.root / "containers"
         self.store = store
         self.images = images
         self.runner = AsyncRunner(self._on_exit, state_dir=str(self.root / "runtime"),
@@ -229,7 +230,7 @@ class ContainerService:
         return record
 
     def _dir(self, container_id: str) -> Path:
-        return self.root / "containers" / container_id
+        return self._containers_dir / container_id
 
     def records(self) -> list[ContainerRecord]:
         """Every container's record (a running one's as the daemon holds it)."""
@@ -625,7 +626,7 @@ class ContainerService:
             sysctls=h.sysctls,
             **({"masked_paths": (), "readonly_paths": ()} if h.privileged else {}))
         # The create's check (dry run) says what is wrong before anything exists; a
-        # start's spec is checked once, where the runner takes it (runner/api.py).
+        # start's spec is checked once, where the fork server takes it.
         return validate(spec) if dry_run else spec
 
     def _process(self, record: ContainerRecord, link_vars: Sequence[str] = ()) -> Process:

@@ -152,7 +152,7 @@ def choose_subnet(candidates: Iterable[IPv4Network],
 def mac_for(address: IPv4Address | str) -> str:
     """Docker's MAC for an address: 02:42 and the four address bytes. Unique on a bridge
     because addresses are."""
-    return "02:42:" + ":".join(f"{b:02x}" for b in IPv4Address(address).packed)
+    return "02:42:%02x:%02x:%02x:%02x" % tuple(IPv4Address(address).packed)
 
 
 class IPAM:
