@@ -951,7 +951,7 @@ class ContainerService:
         for fd in live.fds:
             loop.add_reader(fd, self._on_output, live, fd)
         hc = record.config.healthcheck
-        if not by_policy:
+        if not by_policy and record.restart_count:
             record = dataclasses.replace(record, restart_count=0)
         # A --rm container's row stays as the create wrote it until the exit deletes it:
         # while it runs, every lookup finds the live record first (get, records), and a

@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, NoReturn
+from typing import Any, BinaryIO, Iterable, Iterator, NoReturn
 
 from .errors import Conflict, InvalidArgument, NotFound, Unavailable
 from .reference import normalize_ref
@@ -148,6 +148,11 @@ class Store:
         # by id and by name: the same lookups and conflicts as the table's rows.
         self._volatile: dict[str, dict[str, Any]] = {}
         self._volatile_names: dict[str, str] = {}
+        # The names and ids of the table's rows, for the checks of every create (a
+        # generated name, a volatile row's id and name) without a query each: read
+        # once, kept by every write of a row (this store is meta.db's only writer),
+        # forgotten by a rolled-back transaction (read again when next needed).
+        self._names: _Names | None = None
         # image_id's answers (ref -> id), read outside transactions only; every write
         # of images or tags, and a rolled-back transaction, forgets them all.
         self._image_ids: dict[str, str] = {}
@@ -180,6 +185,7 @@ class Store:
             except BaseException:
                 self._depth = depth
                 self._image_ids.clear()
+                self._names = None
                 if depth == 0:
                     self._db.execute("ROLLBACK")
                 else:
@@ -216,12 +222,12 @@ class Store:
         created = time.time()
         with self._lock:
             taken = self._volatile_taken(id, name)
-            if volatile:
-                taken = taken or self._db.execute(
-                    "SELECT id FROM containers WHERE id = ? OR name = ?",
-                    (id, name)).fetchone()
             if taken is not None:
                 _refuse(id, name, taken["id"])
+            if volatile:
+                names = self._stored()
+                if id in names.by_id or name in names.by_name:
+                    _refuse(id, name, id if id in names.by_id else names.by_name[name])
             if volatile:
                 row = {"id": id, "name": name, "state": state, "image_id": image_id,
                        "created": created, "session": session, "doc": doc}
@@ -240,9 +246,17 @@ class Store:
                     if row is None:
                         raise
                     _refuse(id, name, row["id"])
+                if self._names is not None:
+                    self._names.set(id, name)
         # What get_container would read back, without the query.
         return {"id": id, "name": name, "state": state, "image_id": image_id,
                 "created": created, "session": session, "doc": json.loads(dumped)}
+
+    def _stored(self) -> _Names:
+        """The names and ids of the containers table's rows (see ``__init__``)."""
+        if self._names is None:
+            self._names = _Names(self._db.execute("SELECT id, name FROM containers"))
+        return self._names
 
     def _volatile_taken(self, id: str, name: str) -> dict[str, Any] | None:
         """The volatile row that has this id or this name (another container's)."""
@@ -283,6 +297,8 @@ class Store:
                 assignments = ", ".join(f"{k} = ?" for k in fields)
                 db.execute(f"UPDATE containers SET {assignments} WHERE id = ?",
                            (*fields.values(), id))
+            if "name" in fields and self._names is not None:
+                self._names.set(id, fields["name"])
         return self.get_container(id)  # type: ignore[return-value]
 
     def save_container(self, id: str, name: str, state: str, doc: dict[str, Any]) -> None:
@@ -308,16 +324,20 @@ class Store:
                 raise _name_taken(name, row["id"] if row else "another container") from None
             if updated == 0:
                 raise NotFound(f"no such container: {id}")
+            if self._names is not None:
+                self._names.set(id, name)
 
     def _change_volatile(self, id: str, fields: dict[str, Any]) -> None:
         """Apply ``fields`` (doc as a dict) to a volatile row, refusing a taken name."""
         row = self._volatile[id]
         name = fields.get("name", row["name"])
         if name != row["name"]:
-            taken = self._volatile_taken("", name) or self._db.execute(
-                "SELECT id FROM containers WHERE name = ?", (name,)).fetchone()
+            taken = self._volatile_taken("", name)
             if taken is not None:
                 raise _name_taken(name, taken["id"])
+            holder = self._stored().by_name.get(name)
+            if holder is not None:
+                raise _name_taken(name, holder)
             del self._volatile_names[row["name"]]
             self._volatile_names[name] = id
         self._volatile[id] = dict(row, **fields)
@@ -352,11 +372,10 @@ class Store:
         return _container(row) if row is not None else None
 
     def name_taken(self, name: str) -> bool:
-        """Whether a container (stored or volatile) has this exact name: one indexed
-        query, not get_container's resolution (a generated name on every start)."""
+        """Whether a container (stored or volatile) has this exact name: no query, not
+        get_container's resolution (a generated name on every start)."""
         with self._lock:
-            return name in self._volatile_names or self._db.execute(
-                "SELECT 1 FROM containers WHERE name = ?", (name,)).fetchone() is not None
+            return name in self._volatile_names or name in self._stored().by_name
 
     def list_containers(self) -> list[dict[str, Any]]:
         """All containers, oldest first."""
@@ -384,6 +403,8 @@ class Store:
         with self.transaction() as db:
             if db.execute("DELETE FROM containers WHERE id = ?", (id,)).rowcount == 0:
                 raise NotFound(f"no such container: {id}")
+            if self._names is not None:
+                self._names.drop(id)
 
     # ------------------------------------------------------------ images and tags
 
@@ -496,6 +517,29 @@ class Store:
             "SELECT ref FROM tags WHERE image_id = ? ORDER BY ref", (row["id"],))]
         return {"id": row["id"], "created": row["created"], "size": row["size"],
                 "tags": tags, "doc": json.loads(row["doc"])}
+
+
+class _Names:
+    """The containers table's names and ids, both ways (``Store._stored``)."""
+
+    def __init__(self, rows: Iterable[tuple[str, str]]):
+        self.by_id: dict[str, str] = {}
+        self.by_name: dict[str, str] = {}
+        for id, name in rows:
+            self.set(id, name)
+
+    def set(self, id: str, name: str) -> None:
+        """A row written with this name (new, renamed or unchanged)."""
+        old = self.by_id.get(id)
+        if old is not None:
+            del self.by_name[old]
+        self.by_id[id] = name
+        self.by_name[name] = id
+
+    def drop(self, id: str) -> None:
+        name = self.by_id.pop(id, None)
+        if name is not None:
+            del self.by_name[name]
 
 
 def _refuse(id: str, name: str, holder: str) -> NoReturn:

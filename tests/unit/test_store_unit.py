@@ -340,6 +340,30 @@ def test_save_container_replaces_name_state_and_doc(store):
         store.save_container("d" * 64, "other", "exited", {})
 
 
+def test_name_checks_follow_renames_deletes_and_rollbacks(store):
+    """The checks a create makes without a query (name_taken, a volatile row's
+    conflicts) see every write of a stored row, and nothing of a rolled-back one."""
+    store.put_container(AB, "web", "created", "img", None, {})
+    assert store.name_taken("web")
+    store.save_container(AB, "site", "running", {})
+    assert not store.name_taken("web") and store.name_taken("site")
+    store.put_container(AD, "web", "created", "img", None, {}, volatile=True)  # freed
+    store.update_container(AB, name="blog")
+    with pytest.raises(Conflict, match="already in use"):
+        store.put_container(AC, "blog", "created", "img", None, {}, volatile=True)
+    with pytest.raises(Conflict, match="container id"):
+        store.put_container(AB, "other", "created", "img", None, {}, volatile=True)
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.put_container(AC, "ghost", "created", "img", None, {})
+            assert store.name_taken("ghost")
+            raise RuntimeError("undo")
+    assert not store.name_taken("ghost") and store.get_container(AC) is None
+    store.delete_container(AB)
+    assert not store.name_taken("blog")
+    store.put_container(AB, "blog", "created", "img", None, {}, volatile=True)
+
+
 # ---------------------------------------------------------------- volatile rows (--rm)
 
 @pytest.mark.parametrize("volatile", [(True, False), (False, True), (True, True)],
