@@ -105,15 +105,20 @@ class Pool:
 
     def candidates(self, after: IPv4Address | None) -> Iterator[IPv4Address]:
         """Every dynamic address once, starting after ``after`` and wrapping round."""
+        return map(IPv4Address, self.numbers(None if after is None else int(after)))
+
+    def numbers(self, after: int | None) -> Iterator[int]:
+        """:meth:`candidates` as integers (the allocator's keys: no address objects)."""
         first, last = self._bounds()
-        start = first
-        if after is not None and first <= int(after) < last:
-            start = int(after) + 1
+        start = after + 1 if after is not None and first <= after < last else first
         gw = int(self.gateway)
         # Lazily: a /16 pool would otherwise build a 65k-element tuple per allocation.
-        for n in itertools.chain(range(start, last + 1), range(first, start)):
-            if n != gw:
-                yield IPv4Address(n)
+        return (n for n in itertools.chain(range(start, last + 1), range(first, start))
+                if n != gw)
+
+
+def _number(address: IPv4Address | str) -> int:
+    return int(address if isinstance(address, IPv4Address) else IPv4Address(address))
 
 
 def _usable(net: IPv4Network, ip: IPv4Address) -> bool:
@@ -159,10 +164,10 @@ class IPAM:
     """Every network's allocated addresses (see the module docstring)."""
 
     def __init__(self) -> None:
-        # network id -> {address: owner}; an owner is a container id, or
+        # network id -> {address as an int: owner}; an owner is a container id, or
         # "pool:<netns name>" for a prepared namespace not yet handed to a container.
-        self._owners: dict[str, dict[str, str]] = {}
-        self._last: dict[str, IPv4Address] = {}     # network id -> last address given
+        self._owners: dict[str, dict[int, str]] = {}
+        self._last: dict[str, int] = {}             # network id -> last address given
 
     def allocate(self, network: str, pool: Pool, owner: str,
                  address: str = "") -> IPv4Address:
@@ -171,30 +176,33 @@ class IPAM:
         used = self._owners.setdefault(network, {})
         if address:
             ip = pool.check_static(address)
-            if str(ip) in used:
+            n = int(ip)
+            if n in used:
                 raise Conflict(f"Address already in use: {ip} is taken on this network; "
                                f"pick another --ip or leave it out")
         else:
-            ip = next((c for c in pool.candidates(self._last.get(network))
-                       if str(c) not in used), None)
-            if ip is None:
+            found = next((n for n in pool.numbers(self._last.get(network)) if n not in used),
+                         None)
+            if found is None:
                 raise LimitExceeded(f"no free address left in {pool.ip_range or pool.subnet}"
                                     f" ({pool.size()} addresses, all in use); remove "
                                     f"containers or use a larger subnet")
-            self._last[network] = ip
-        used[str(ip)] = owner
+            n = self._last[network] = found
+            ip = IPv4Address(n)
+        used[n] = owner
         return ip
 
     def reassign(self, network: str, address: IPv4Address | str, owner: str) -> None:
         """Hand an allocated address to a new owner (a prepared namespace to a container)."""
         used = self._owners.get(network, {})
-        if str(address) not in used:
+        n = _number(address)
+        if n not in used:
             raise Conflict(f"address {address} of network {network} is not allocated")
-        used[str(address)] = owner
+        used[n] = owner
 
     def release(self, network: str, address: IPv4Address | str) -> bool:
         """Free one address; False when it was not allocated."""
-        return self._owners.get(network, {}).pop(str(address), None) is not None
+        return self._owners.get(network, {}).pop(_number(address), None) is not None
 
     def release_network(self, network: str) -> None:
         """Forget every address and the cursor of a network being removed."""
@@ -209,5 +217,5 @@ class IPAM:
 
     def allocations(self, network: str | None = None) -> dict[tuple[str, str], str]:
         """``{(network, address): owner}``, of one network or of all."""
-        return {(net, address): owner for net, used in self._owners.items()
-                if network is None or net == network for address, owner in used.items()}
+        return {(net, str(IPv4Address(n))): owner for net, used in self._owners.items()
+                if network is None or net == network for n, owner in used.items()}
