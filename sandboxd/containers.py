@@ -37,7 +37,8 @@ from .images.service import ImageService
 from .images.unpack import WHITEOUT_PREFIX, apply_layer
 from . import logs as logfiles
 from .logs import LogWriter
-from .model import ContainerConfig, ContainerRecord, Health, HostConfig, Link, PortBinding
+from .model import (ContainerConfig, ContainerRecord, Health, HostConfig, Link, PortBinding,
+                    evolve)
 from .network import BUILTIN, NetworkService, link_env
 from .ports import PortProxy
 from . import resolvconf
@@ -221,8 +222,7 @@ class ContainerService:
     def _set_state(self, record: ContainerRecord, persist: bool = True,
                    **changes: Any) -> ContainerRecord:
         """``persist=False``: the live record only (see ``start``)."""
-        record = dataclasses.replace(record, state=dataclasses.replace(record.state,
-                                                                       **changes))
+        record = evolve(record, state=evolve(record.state, **changes))
         if persist:
             return self._save(record)
         if record.id in self.live:
@@ -876,7 +876,7 @@ class ContainerService:
                 self._release_network(record.id)
                 raise
             # Saved with the state change below: one write for the whole start.
-            record = dataclasses.replace(
+            record = evolve(
                 record, endpoints=(attachment.endpoint,) if attachment.netns != "host" else (),
                 sandbox_key=attachment.sandbox_key, ports=ports)
         host = record.config.host
@@ -1079,8 +1079,8 @@ class ContainerService:
             self._release_network(record.id)
         for queue in live.subscribers:
             queue.put_nowait(None)
-        live.record = dataclasses.replace(
-            record, endpoints=(), ports=(), sandbox_key="", state=dataclasses.replace(
+        live.record = evolve(
+            record, endpoints=(), ports=(), sandbox_key="", state=evolve(
                 record.state, status=lifecycle.after("exit"), pid=0, exit_code=info.exit_code,
                 oom_killed=info.oom_killed, timed_out=live.timed_out,
                 finished_at=time.time()))

@@ -14,7 +14,7 @@ from sandboxd.filters import filter_records, parse_filters
 from sandboxd.flags import build_config, build_update, parse_publish
 from sandboxd.gotemplate import render_template
 from sandboxd.model import (ContainerConfig, ContainerRecord, ContainerState, Endpoint,
-                            HostConfig, ImageRecord, Link, PortBinding)
+                            HostConfig, ImageRecord, Link, PortBinding, evolve)
 from sandboxd.render import (PS_HEADERS, PS_TABLE, bytes_size, format_table, human_duration,
                              human_size, image_row, inspect_document, ps_row, status_text)
 from sandboxd.runner.spec import Mount, Ulimit
@@ -524,3 +524,21 @@ def test_daemon_log_defaults_fill_what_is_not_given():
             assert words in e.message, (flags, e.message)
         else:
             raise AssertionError(f"{flags} was accepted")
+
+
+def test_evolve_is_replace_for_records_and_states():
+    """The start's and the exit's fast replace: the same record as dataclasses.replace
+    (equal, same hash, the original untouched), and an unknown field refused."""
+    import dataclasses
+    config = ContainerConfig(image="busybox", cmd=("true",))
+    record = ContainerRecord(id="a" * 64, name="n", created=1.0, config=config)
+    state = {"status": "running", "pid": 7, "exit_code": 0}
+    fast = evolve(record, sandbox_key="/k", state=evolve(record.state, **state))
+    slow = dataclasses.replace(record, sandbox_key="/k",
+                               state=dataclasses.replace(record.state, **state))
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    assert vars(fast).keys() == vars(slow).keys()
+    assert record.state.pid == 0 and record.sandbox_key == ""
+    for obj in (record, record.state):
+        with pytest.raises(TypeError, match="no field"):
+            evolve(obj, nonsense=1)
