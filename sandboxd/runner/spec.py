@@ -427,13 +427,18 @@ def check_seccomp(value: str, where: str = "seccomp") -> list[str]:
 # Every spec, record and request passes through these (several times per container
 # start), so each type is inspected once: its field names and a converter are cached.
 
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+
+
 def to_dict(obj: Any) -> Any:
-    """A spec as plain msgpack-able data (tuples become lists)."""
+    """A spec as plain msgpack-able data (tuples become lists). Plain values are passed
+    as they are without a call each: a spec's env and capabilities are most of it."""
     names = _field_names(type(obj))
     if names is not None:
-        return {name: to_dict(getattr(obj, name)) for name in names}
+        return {name: value if type(value := getattr(obj, name)) in _PLAIN
+                else to_dict(value) for name in names}
     if isinstance(obj, (list, tuple)):
-        return [to_dict(x) for x in obj]
+        return [x if type(x) in _PLAIN else to_dict(x) for x in obj]
     return obj
 
 
