@@ -228,7 +228,6 @@ class Store:
                 names = self._stored()
                 if id in names.by_id or name in names.by_name:
                     _refuse(id, name, id if id in names.by_id else names.by_name[name])
-            if volatile:
                 row = {"id": id, "name": name, "state": state, "image_id": image_id,
                        "created": created, "session": session, "doc": doc}
                 self._volatile[id] = row
