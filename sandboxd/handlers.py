@@ -481,6 +481,11 @@ class Handlers:
     async def network_prune(self, ctx: RequestContext, params: ops.Filters) -> Any:
         return {"removed": await self.networks.prune()}
 
+    async def network_addresses(self, ctx: RequestContext, params: ops.NoParams) -> Any:
+        return {"addresses": [{"network": network, "address": address, "owner": owner}
+                              for (network, address), owner
+                              in sorted(self.networks.ipam.allocations().items())]}
+
     # -- volumes
     async def volume_create(self, ctx: RequestContext, params: ops.CreateVolume) -> Any:
         # In a worker thread: a capped volume's first image of a size runs mkfs.ext4.

@@ -635,6 +635,7 @@ VolumesPruned = TypedDict("VolumesPruned", {"deleted": list, "space_reclaimed": 
 Networks = TypedDict("Networks", {"networks": list})
 NetworkDoc = dict            # NetworkRecord.to_dict()
 Removed = TypedDict("Removed", {"removed": list})
+Addresses = TypedDict("Addresses", {"addresses": list})
 Attached = TypedDict("Attached", {"ip_address": str})
 Status = TypedDict("Status", {"status": str})
 Info = dict                  # Docker's `info` fields, see Handlers.system_info
@@ -718,6 +719,7 @@ TABLE: tuple[Operation, ...] = (
     Operation("network.prune", Filters, Removed, "network_prune"),
     Operation("network.connect", Connect, Attached, "network_connect"),
     Operation("network.disconnect", Disconnect, Empty, "network_disconnect"),
+    Operation("network.addresses", NoParams, Addresses, "network_addresses"),
     # volumes
     Operation("volume.create", CreateVolume, VolumeDoc, "volume_create"),
     Operation("volume.list", Filters, Volumes, "volume_list"),

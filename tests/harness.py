@@ -196,6 +196,12 @@ class Daemon:
         finally:
             db.close()
 
+    def addresses(self) -> list[tuple[str, str]]:
+        """(address, owner) of every address the daemon's IPAM holds (in its memory)."""
+        with self.client() as client:
+            return [(a["address"], a["owner"])
+                    for a in client.call("network.addresses", {})["addresses"]]
+
     def cgroup_children(self, pooled: bool = False) -> list[str]:
         """Containers' cgroups under our parent; with ``pooled`` also the fork server's
         pre-made ones (``_pool-*``, which exist while the daemon runs)."""

@@ -12,7 +12,7 @@ import pytest
 
 from sandboxd import errors
 
-from harness import Daemon
+from harness import Daemon, wait_until
 
 
 def links(prefix: str) -> list[str]:
@@ -155,6 +155,9 @@ def test_run_with_a_static_address(daemon: Daemon) -> None:
         addr = daemon.sbx("exec", "cstatic", "ip", "-4", "-o", "addr", "show", "eth0",
                           check=True).out
         assert "10.231.9.99/24" in addr
+        # network.addresses shows who holds it: the container, by its id
+        cid = doc["Id"]
+        assert ("10.231.9.99", cid) in daemon.addresses()
         taken = daemon.sbx("run", "--rm", "--network", "cli-static", "--ip", "10.231.9.99",
                            "busybox", "true")
         assert taken.returncode != 0 and "10.231.9.99" in taken.err, taken.err
@@ -163,6 +166,9 @@ def test_run_with_a_static_address(daemon: Daemon) -> None:
         assert outside.returncode == 125 and "no configured subnet" in outside.err
         builtin = daemon.sbx("create", "--ip", "172.17.0.9", "busybox", "true")
         assert builtin.returncode == 125 and "user defined networks only" in builtin.err
+        daemon.sbx("rm", "-f", "cstatic", check=True)
+        wait_until(lambda: not any(o == cid for _a, o in daemon.addresses()), 15,
+                   "the removed container's address to be freed")
     finally:
         daemon.sbx("rm", "-f", "cstatic")
         daemon.sbx("network", "rm", "cli-static")

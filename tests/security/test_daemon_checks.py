@@ -156,7 +156,7 @@ def test_check_23_sigkill_with_containers_running_loses_nothing(
     stored = {r[0] for r in d.meta_rows("SELECT id FROM containers")}
     assert stored == {ids[n] for n in kept} | {
         d.sbx("inspect", "-f", "{{.Id}}", "f-done").out.strip()}
-    owners = {r[0] for r in d.meta_rows("SELECT owner FROM ip_allocations")}
+    owners = {owner for _address, owner in d.addresses()}
     assert not owners & set(ids.values()), owners
     assert "mid-build" not in d.sbx("images").out
     assert "sbx/mid" not in d.sbx("images").out
@@ -168,7 +168,7 @@ def test_check_23_sigkill_with_containers_running_loses_nothing(
     d.sbx("rm", "-f", *kept, "f-done", check=True)
     d.sbx("rmi", reference, check=True)
     d.sbx("network", "rm", "f-net", check=True)
-    owners = {r[0] for r in d.meta_rows("SELECT owner FROM ip_allocations")}
+    owners = {owner for _address, owner in d.addresses()}
     assert not owners & set(ids.values()), owners
     d.stop()                                          # nothing left (harness)
 
@@ -240,7 +240,7 @@ def test_check_25_a_failure_at_each_creation_step_leaves_nothing(fresh: Daemon) 
                 assert not mounts, (what, mounts)
         # no address is held by a container that failed (or by any container: none is left)
         def owners() -> set[str]:
-            return {r[0] for r in d.meta_rows("SELECT owner FROM ip_allocations")}
+            return {owner for _address, owner in d.addresses()}
         wait_until(lambda: not owners() & made, 15, "the failed containers' addresses to go")
         assert d.meta_rows("SELECT id FROM containers") == []
     finally:
@@ -621,12 +621,10 @@ def test_lifecycle_cycles_leave_zero_leaks(fresh: Daemon) -> None:
     wait_until(lambda: not d.cgroup_children(), 15, "every container cgroup to go")
     wait_until(lambda: len(veths(d)) <= pooled, 15, "every veth to go")
     assert d.meta_rows("SELECT count(*) FROM containers") == [(0,)]
-    # addresses: only gateways (owned by their network) and the network server's ready
-    # sandboxes ("pool:...") hold some; the last container's goes as its netns is torn
-    # down, just after the remove returned
+    # addresses: only the network server's ready sandboxes ("pool:...") hold some; the
+    # last container's goes as its netns is torn down, just after the remove returned
     def held() -> list[tuple]:
-        return d.meta_rows("SELECT owner, address FROM ip_allocations WHERE owner NOT "
-                           "LIKE 'pool:%' AND owner NOT IN (SELECT id FROM networks)")
+        return [(o, a) for a, o in d.addresses() if not o.startswith("pool:")]
     wait_until(lambda: not held(), 15, f"addresses to be released: {held()}")
     assert not list((Path(d.root) / "containers").iterdir())
     mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()

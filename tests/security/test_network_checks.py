@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import socket
-import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -265,14 +264,6 @@ def our_veths(prefix: str) -> list[str]:
     return [n for n in names if n.startswith(prefix + "v")]
 
 
-def allocations(root: str) -> list[tuple[str, str]]:
-    db = sqlite3.connect(f"file:{root}/meta.db?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT address, owner FROM ip_allocations").fetchall()
-    finally:
-        db.close()
-
-
 def failed_start(client, rng: random.Random, network: str) -> None:
     """A start that fails after the network was attached: a missing command, or a host
     port taken between create and start (the container stays created; rm removes it)."""
@@ -346,7 +337,7 @@ def test_check_22_cycles_leave_no_veth_netns_or_address() -> None:
         bridges = 2                             # default and cycles-net
 
         def settled() -> bool:                  # teardowns run in the background
-            owners = [owner for _address, owner in allocations(daemon.root)]
+            owners = [owner for _address, owner in daemon.addresses()]
             netns = os.listdir(os.path.join(daemon.root, "netns"))   # bridges' and none's
             return len(our_veths(daemon.prefix)) == bridges * POOL and \
                 len(owners) == bridges * POOL and \
