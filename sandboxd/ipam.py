@@ -103,12 +103,9 @@ class Pool:
             raise Conflict(f"ip: {address} is the network's gateway; pick another address")
         return ip
 
-    def candidates(self, after: IPv4Address | None) -> Iterator[IPv4Address]:
-        """Every dynamic address once, starting after ``after`` and wrapping round."""
-        return map(IPv4Address, self.numbers(None if after is None else int(after)))
-
     def numbers(self, after: int | None) -> Iterator[int]:
-        """:meth:`candidates` as integers (the allocator's keys: no address objects)."""
+        """Every dynamic address once, as an integer (the allocator's key: no address
+        objects), starting after ``after`` and wrapping round."""
         first, last = self._bounds()
         start = after + 1 if after is not None and first <= after < last else first
         gw = int(self.gateway)
