@@ -28,10 +28,14 @@ def _buffer() -> mmap.mmap:
     per message: above glibc's mmap threshold (until a large block's free raises it,
     which depends on the process's history) that is an mmap, an mremap to the message's
     size and a munmap, with page faults: ~20 us where the message itself takes ~4. An
-    anonymous mapping holds only the pages messages touched, in forked children too."""
+    anonymous mapping holds only the pages messages touched, in forked children too.
+    Private, not mmap's default MAP_SHARED: a forked child (the template's clones, the
+    fork server's children) writes its own copy, never a buffer its parent or a sibling
+    is decoding from (shared, two clones read each other's specs)."""
     buf = getattr(_buffers, "buf", None)
     if buf is None:
-        buf = _buffers.buf = mmap.mmap(-1, MAX_MESSAGE)
+        buf = _buffers.buf = mmap.mmap(-1, MAX_MESSAGE,
+                                       flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     return buf
 
 
