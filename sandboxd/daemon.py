@@ -551,14 +551,20 @@ class Server:
     async def start(self) -> None:
         """Take the root directory's lock, run startup hooks, then listen."""
         self._lock_root()
+        started = False
         try:
             for hook in self._startup_hooks:
+                started = True
                 await hook()
             sock = _bind_unix(self.config.host, self.config.group)
             st = os.stat(self.config.host)
             self._socket_id = (st.st_dev, st.st_ino)
             self._listener = await asyncio.start_unix_server(self._accept, sock=sock)
         except BaseException:
+            # What the hooks before the failing one started (the fork and network
+            # servers, their tasks) stops as at a shutdown, not with the loop.
+            if started:
+                await self._run_shutdown_hooks()
             self._unlock_root()
             raise
         log.info("%s listening on unix://%s (root %s)", SERVER_NAME, self.config.host,
@@ -600,14 +606,17 @@ class Server:
             if pending:
                 log.warning("%d connection(s) did not finish within %gs", len(pending),
                             client_timeout)
+        await self._run_shutdown_hooks()
+        self._remove_socket()
+        self._unlock_root()
+        log.info("stopped")
+
+    async def _run_shutdown_hooks(self) -> None:
         for hook in reversed(self._shutdown_hooks):
             try:
                 await hook()
             except Exception:
                 log.exception("shutdown hook %s failed", getattr(hook, "__qualname__", hook))
-        self._remove_socket()
-        self._unlock_root()
-        log.info("stopped")
 
     async def _accept(self, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
