@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -58,10 +58,10 @@ from jupyter_client.session import Session as JupyterSession
 from sandboxd.envfile import parse_env
 from sandboxd.errors import CommandNotFound, InvalidArgument, SandboxError
 from sandboxd.flags import build_config
-from sandboxd.runner.spec import DEFAULT_PATH, Mount
+from sandboxd.runner.spec import Mount
 
 from .kernelpool import KernelStream
-from .session import default_python
+from .session import default_python, host_environment
 
 __all__ = ["SandboxdProvisioner", "KernelSettings", "KernelStartError", "kernel_settings",
            "kernel_json", "PROVISIONER_NAME", "DISPLAY_NAME"]
@@ -80,16 +80,6 @@ PASSED_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "LC_NUMER
               "TERM", "COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "CLICOLOR",
               "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONIOENCODING", "PYTHONUTF8",
               "MPLBACKEND")
-
-
-def _client_view() -> Any:
-    """This process's Python environment as the kernel's container shows it, without
-    ``sys.path[0]``: the directory of the script that started the client, or its working
-    directory (a home directory, say), is incidental to the environment."""
-    from sandboxd.runner.interpreter import InterpreterView
-    view = InterpreterView.current()
-    first = os.path.abspath(sys.path[0] or os.getcwd()) if sys.path else ""
-    return replace(view, path=tuple(p for p in view.path if p != first))
 
 
 class KernelStartError(SandboxError):
@@ -414,16 +404,13 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                     "PYTHONDONTWRITEBYTECODE": "1", "JPY_PARENT_PID": "1"})
         volumes: list[Any] = [Mount("/tmp", "tmpfs", options=("mode=1777",))]
         if settings.image.split(":")[0] == "host":
-            from sandboxd.runner.interpreter import view_mounts
-            view = _client_view()
             try:
-                volumes += view_mounts(view, host_image=True)
+                mounts, paths = host_environment(cmd[0])
             except ViewError as exc:
                 raise KernelStartError(f"cannot show this Python environment in the "
                                        f"kernel's container: {exc}") from None
-            env["PYTHONPATH"] = os.pathsep.join(view.pythonpath())
-            env["PATH"] = ":".join(dict.fromkeys(d for d in [os.path.dirname(cmd[0]),
-                                                             *DEFAULT_PATH.split(":")] if d))
+            volumes += mounts
+            env.update(paths)
         volumes.append(Mount(self._dir, source=self._dir))
         volumes += list(settings.volumes)
         env.update(dict(item.split("=", 1) for item in settings.env))

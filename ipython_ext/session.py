@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -126,6 +126,31 @@ def default_python(image: str) -> str:
     return sys.executable if image.split(":")[0] == "host" else "python3"
 
 
+def client_view() -> Any:
+    """This process's Python environment as a container shows it, without
+    ``sys.path[0]``: the directory of the script that started the client, or its working
+    directory (a home directory, say), is incidental to the environment."""
+    from sandboxd.runner.interpreter import InterpreterView
+    view = InterpreterView.current()
+    first = os.path.abspath(sys.path[0] or os.getcwd()) if sys.path else ""
+    return replace(view, path=tuple(p for p in view.path if p != first))
+
+
+def host_environment(python: str) -> tuple[list[Any], dict[str, str]]:
+    """What a ``host`` image container needs to run ``python`` (this interpreter) with
+    this process's packages: read-only binds of its environment at the same paths (the
+    host image shows the system directories, and the daemon's own Python, which may be
+    another), and the ``PYTHONPATH`` and ``PATH`` that find them. Raises ``ViewError``
+    for an environment no bind can show."""
+    from sandboxd.runner.interpreter import view_mounts
+    from sandboxd.runner.spec import DEFAULT_PATH
+    view = client_view()
+    mounts = view_mounts(view, host_image=True)
+    path = ":".join(dict.fromkeys(d for d in [os.path.dirname(python),
+                                              *DEFAULT_PATH.split(":")] if d))
+    return mounts, {"PYTHONPATH": os.pathsep.join(view.pythonpath()), "PATH": path}
+
+
 class _Decoder:
     """Stream text decoded incrementally, per stream: a UTF-8 character split between
     two chunks is held back until its last byte arrives."""
@@ -175,7 +200,10 @@ class Session:
     it. ``ipython``: cells run through IPython's InteractiveShell in the container, as in
     a Jupyter kernel (magics, ``!``, IPython's tracebacks), when the image has IPython
     (``worker_info["ipython"]`` is its version then). ``client`` defaults to a ``Client(session=True)`` of its own (closed with the
-    session), so the container also dies with this process."""
+    session), so the container also dies with this process. With the ``host`` image
+    and this interpreter, the container shows this process's Python environment
+    (:func:`host_environment`), whatever environment the daemon runs from;
+    ``show_environment=False`` when the caller binds it itself."""
 
     def __init__(self, client: Any = None, image: str = "host", *,
                  memory: int | str | None = None, cpus: float | str | None = None,
@@ -185,10 +213,21 @@ class Session:
                  env: Mapping[str, Any] | Sequence[str] = (), volumes: Sequence[str] = (),
                  name: str | None = None, python: str | None = None,
                  workdir: str = "", interrupt_grace: float = INTERRUPT_GRACE,
-                 ipython: bool = False):
+                 ipython: bool = False, show_environment: bool = True):
         self.image = image
         self.name = name
         self.python = python or default_python(image)
+        if show_environment and image.split(":")[0] == "host" and \
+                os.path.realpath(self.python) == os.path.realpath(sys.executable):
+            from sandboxd.envfile import parse_env
+            from sandboxd.runner.interpreter import ViewError
+            try:
+                mounts, paths = host_environment(self.python)
+            except ViewError as exc:
+                raise SessionError(f"cannot show this Python environment in the "
+                                   f"session's container: {exc}") from None
+            volumes = [*mounts, *volumes]
+            env = [f"{k}={v}" for k, v in paths.items()] + parse_env(env)  # env wins
         self.interrupt_grace = interrupt_grace
         self.memory = memory
         self.options: dict[str, Any] = dict(

@@ -96,7 +96,8 @@ class NotebookItem(pytest.Item):
         with Session(controller.client, c.image, memory=c.memory, cpus=c.cpus,
                      cpu_quota=c.cpu_quota, cpu_period=c.cpu_period, pids=c.pids,
                      ulimits=_ulimits(c.ulimits), network=c.network or "none", env=env,
-                     volumes=volumes, python=c.python or None, workdir=here, ipython=True) as session:
+                     volumes=volumes, python=c.python or None, workdir=here, ipython=True,
+                     show_environment=False) as session:     # the view's binds: above
             run = run_notebook(nb, session, cell_timeout=settings.cell_timeout,
                                timeout=c.timeout, allow_errors=settings.allow_errors)
         if run.stopped_at is not None:

@@ -4,6 +4,8 @@ values in and out, and removal of the container."""
 from __future__ import annotations
 
 import base64
+import sys
+import types
 
 import pytest
 
@@ -271,8 +273,18 @@ def test_interrupt_inside_on_output_keeps_cells_apart(session):
     assert after.outputs == [{"output_type": "stream", "name": "stdout", "text": "next\n"}]
 
 
-class OnlyOnTheHost:            # pickled by reference to this test module
+# Pickled by reference to a module that exists only in this process (the container
+# shows this process's sys.path, so a class of this test module would travel).
+ONLY_HERE = types.ModuleType("sbx_only_on_the_host")
+sys.modules[ONLY_HERE.__name__] = ONLY_HERE
+
+
+class OnlyOnTheHost:
     pass
+
+
+OnlyOnTheHost.__module__ = ONLY_HERE.__name__
+ONLY_HERE.OnlyOnTheHost = OnlyOnTheHost
 
 
 def test_inputs_that_cannot_travel_say_why(session):

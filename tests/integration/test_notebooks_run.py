@@ -17,6 +17,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from harness import PY, REPO, Daemon, wait_until
+from test_pytest_anyenv import _venv, tmp_venv  # noqa: F401
 
 pytest_plugins = ("pytester",)
 
@@ -334,6 +335,34 @@ def test_cells_run_in_ipython_with_the_outputs_of_a_kernel(daemon: Daemon, tmp_p
     for index, (want, got) in enumerate(zip(normalised(nbclient_run(src)),
                                             normalised(ours), strict=True)):
         assert got == want, f"cell {index} ({IPYTHON_CELLS[index]!r})"
+
+
+def test_a_client_from_another_python_environment(daemon: Daemon, tmp_venv: Path):
+    """The host image shows the system and the daemon's own Python. A client from a venv
+    under /tmp (which the container's fresh /tmp hides) still runs its cells on its own
+    interpreter and packages: ``sbx notebook run`` and a ``Session`` (``%%container``)."""
+    venv = tmp_venv / "venv"
+    (_venv(venv) / "only_in_this_venv.py").write_text("VALUE = 42\n")
+    src = write(tmp_venv / "nb.ipynb",
+                new_code_cell("import sys, only_in_this_venv\n"
+                              "print(sys.prefix, only_in_this_venv.VALUE)"),
+                new_code_cell("!echo shell escape"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    run = subprocess.run([str(venv / "bin" / "python"), "-m", "sandboxd.cli", "notebook",
+                          "run", str(src)], env={**env, "SANDBOXD_HOST": daemon.sock},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    cells = read(src).cells
+    assert texts(cells[0]) == f"{venv} 42\n" and texts(cells[1]).strip() == "shell escape"
+    session = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "from ipython_ext.session import Session\n"
+         "with Session(image='host') as s:\n"
+         "    print(s.execute('import sys; sys.prefix', outputs=['sys']).outputs)"],
+        env={**env, "SANDBOXD_HOST": daemon.sock}, capture_output=True, text=True,
+        timeout=120)
+    assert session.returncode == 0, session.stderr
+    assert repr(str(venv)) in session.stdout, session.stdout
 
 
 NBSPHINX_DOC = Path("/usr/share/doc/python-nbsphinx/html/code-cells.ipynb.gz")
