@@ -71,16 +71,19 @@ def fail(errw: int, err: SandboxError, code: int = 1) -> NoReturn:
         os._exit(code)
 
 
-def install_stdio(stdio: list[int], terminal: bool) -> None:
+def install_stdio(stdio: list[int], terminal: bool, size: tuple[int, ...] = ()) -> None:
     """Make ``stdio`` fds 0-2; with a terminal, ``stdio[0]`` is a console socket: the
-    pty is made in the container's own devpts (so ``tty`` names it inside) and its
-    master goes back to the owner over that socket."""
+    pty is made in the container's own devpts (so ``tty`` names it inside), sized
+    ``size`` (rows, cols) when given, and its master goes back to the owner over that
+    socket."""
     os.setsid()
     if terminal:
         master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
         fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
         number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
         slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
+        if size:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
         console = socket.socket(fileno=stdio[0])
         socket.send_fds(console, [b"pty"], [master])
         console.close()

@@ -106,7 +106,7 @@ def _container_pid1(spec: ContainerSpec, plan: list[Step], stdio: list[int],
         mounts.run_steps(plan)
         if park is not None:
             _park(spec, errw, channel, program, park)
-        child.install_stdio(stdio, process.terminal)
+        child.install_stdio(stdio, process.terminal, process.console_size)
         if spec.hold:
             _hold(errw)
         if spec.zygote:
@@ -170,11 +170,11 @@ def _wait_in_python(spec: ContainerSpec, errw: int, channel: int, hostname: str,
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    terminal, args, env_entries, flags, bpf = decode_take(data)
+    terminal, size, args, env_entries, flags, bpf = decode_take(data)
     process = replace(spec.process, args=tuple(args), env=tuple(env_entries),
-                      terminal=terminal)
+                      terminal=terminal, console_size=size)
     program = seccomp.prepared(bpf, flags) if bpf else None
-    child.install_stdio(list(fds), terminal)
+    child.install_stdio(list(fds), terminal, size)
     env = child.environment(process, hostname, home)
     executable = child.find_executable(process.args[0], env.get("PATH", DEFAULT_PATH))
     if spec.init:
@@ -275,7 +275,7 @@ def _exec_c1(target_pid: int, process: Process, cgroup: Any, stdio: list[int], e
         child.fail(errw, SetupFailed(f"exec setup: {type(e).__name__}: {e}"))
     if pid == 0:
         try:
-            child.install_stdio(stdio, process.terminal)
+            child.install_stdio(stdio, process.terminal, process.console_size)
             executable, env = child.prepare_process(process, hostname, errw, program)
         except SandboxError as e:
             child.fail(errw, e, getattr(e, "exit_code", 1))

@@ -76,9 +76,9 @@ static const char *find_executable(const char *name, const char *path)
     return NULL;
 }
 
-/* child.install_stdio(): a pty made in the container's own devpts, its master sent back
- * over the console socket; or the three fds. */
-static void install_stdio(int terminal, const int *fds)
+/* child.install_stdio(): a pty made in the container's own devpts, sized rows x cols
+ * when both are given, its master sent back over the console socket; or the three fds. */
+static void install_stdio(int terminal, const int *fds, uint32_t rows, uint32_t cols)
 {
     if (setsid() < 0)
         report_failure('s', errno, "setsid", 1);
@@ -98,6 +98,9 @@ static void install_stdio(int terminal, const int *fds)
     snprintf(slave_path, sizeof slave_path, "/dev/pts/%u", number);
     int slave = open(slave_path, O_RDWR | O_NOCTTY);
     if (slave < 0)
+        report_failure('s', errno, "pty", 1);
+    struct winsize size = {(unsigned short)rows, (unsigned short)cols, 0, 0};
+    if (rows && cols && ioctl(slave, TIOCSWINSZ, &size) < 0)
         report_failure('s', errno, "pty", 1);
     char tag[] = "pty";
     struct iovec iov = {tag, 3};

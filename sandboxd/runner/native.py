@@ -248,7 +248,7 @@ def _encode_process(e: _Encoder, process: Process, hostname: str, bpf: bytes,
         # Never called: helper.h's install_stdio reports its failures as sbx-park's 's'
         # ("stdio: ...", "pty: ..."), which name no step.
         e.step(Op.STDIO, _setup_failed("container setup: OSError", "setup")) \
-            .u32(int(process.terminal), *fds)
+            .u32(int(process.terminal), *fds, *(process.console_size or (0, 0)))
     for u in process.ulimits:
         soft, hard = rlimits.to_rlim(u.soft), rlimits.to_rlim(u.hard)
         e.step(Op.RLIMIT, _setup_failed(

@@ -8,11 +8,12 @@
  *     sbx-park CHANNEL ERRW HOSTNAME HOME
  *
  * It waits on CHANNEL (a SOCK_SEQPACKET socket) for one take message, park.py's
- * encode_take(): a header of six u32 (magic, terminal, argc, envc, seccomp flags,
- * filter length in bytes), the seccomp filter (struct sock_filter[]), then argc + envc
- * NUL-terminated strings; with 3 stdio fds, or 1 console socket when terminal. EOF
- * instead: it was discarded, exit 0. Then what the Python first process does last
- * (child.install_stdio, child.environment, child.find_executable, forkserver._exec):
+ * encode_take(): a header of eight u32 (magic, terminal, argc, envc, seccomp flags,
+ * filter length in bytes, the pty's rows and cols or 0), the seccomp filter
+ * (struct sock_filter[]), then argc + envc NUL-terminated strings; with 3 stdio fds,
+ * or 1 console socket when terminal. EOF instead: it was discarded, exit 0. Then what
+ * the Python first process does last (child.install_stdio, child.environment,
+ * child.find_executable, forkserver._exec):
  * stdio or a pty in the container's devpts, the environment, the executable found in
  * PATH, every fd but stdio closed, the filter loaded, "R" on ERRW, execve.
  *
@@ -106,7 +107,7 @@ int main(int argc, char **argv)
             memcpy(fds, CMSG_DATA(c), (size_t)(nfds > 3 ? 3 : nfds) * sizeof(int));
         }
     }
-    uint32_t head[6];
+    uint32_t head[8];
     errno = EINVAL;
     if ((size_t)n < sizeof head || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
         fail_step("decode the take");
@@ -128,7 +129,7 @@ int main(int argc, char **argv)
         p = nul + 1;
     }
 
-    install_stdio((int)terminal, fds);
+    install_stdio((int)terminal, fds, head[6], head[7]);
 
     static char hostname[300], home[4200];
     snprintf(hostname, sizeof hostname, "HOSTNAME=%s", argv[3]);

@@ -38,7 +38,8 @@ SOURCE = Path(__file__).with_name("park.c")
 HEADER = Path(__file__).with_name("helper.h")       # shared with setup.c, included by both
 MAGIC = 0x6B726170                   # "park", park.c's PARK_MAGIC
 MAX_TAKE = 1 << 17                   # park.c's MAX_MESSAGE
-_HEADER = struct.Struct("=6I")       # magic, terminal, argc, envc, seccomp flags, filter bytes
+# magic, terminal, argc, envc, seccomp flags, filter bytes, the pty's rows and cols
+_HEADER = struct.Struct("=8I")
 _FAILURE = struct.Struct("=ci")      # after "X": kind, errno
 
 
@@ -109,8 +110,8 @@ def take_message(prepared: Process, process: Process, stdio: int, bpf: bytes = b
     its command, environment and terminal (the rest was applied at prepare), with
     ``stdio`` fds (3, or 1 terminal). Whoever sends it (the fork server, or its owner
     holding the channel) checks the same."""
-    if replace(process, args=prepared.args, env=prepared.env,
-               terminal=prepared.terminal) != prepared:
+    if replace(process, args=prepared.args, env=prepared.env, terminal=prepared.terminal,
+               console_size=prepared.console_size) != prepared:
         raise InvalidArgument("take: only the command, environment and terminal may "
                               "differ from the prepared process (its working "
                               "directory, user, groups, ulimits, capabilities and "
@@ -131,19 +132,22 @@ def encode_take(process: Process, bpf: bytes = b"", flags: int = 0) -> bytes:
     """The take message: the process's terminal, args and env, and the seccomp filter
     the parked pid 1 loads just before its exec (empty: none, or loaded at park)."""
     strings = b"".join(s.encode() + b"\0" for s in (*process.args, *process.env))
+    rows, cols = process.console_size or (0, 0)
     return _HEADER.pack(MAGIC, int(process.terminal), len(process.args), len(process.env),
-                        flags, len(bpf)) + bpf + strings
+                        flags, len(bpf), rows, cols) + bpf + strings
 
 
-def decode_take(data: bytes) -> tuple[bool, list[str], list[str], int, bytes]:
-    """(terminal, args, env, seccomp flags, filter) of a take message."""
-    magic, terminal, argc, envc, flags, size = _HEADER.unpack_from(data)
+def decode_take(data: bytes
+                ) -> tuple[bool, tuple[int, ...], list[str], list[str], int, bytes]:
+    """(terminal, console size, args, env, seccomp flags, filter) of a take message."""
+    magic, terminal, argc, envc, flags, size, rows, cols = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise ValueError("not a take message")
     start = _HEADER.size + size
     strings = data[start:].split(b"\0")[: argc + envc]
     text = [s.decode("utf-8", "surrogateescape") for s in strings]
-    return bool(terminal), text[:argc], text[argc:], flags, data[_HEADER.size:start]
+    return (bool(terminal), (rows, cols) if rows and cols else (), text[:argc],
+            text[argc:], flags, data[_HEADER.size:start])
 
 
 def decode_failure(raw: bytes) -> SandboxError:

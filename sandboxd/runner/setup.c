@@ -962,7 +962,8 @@ static void run(void)
         case OP_STDIO: {                       /* 3 fds, or a console socket */
             int terminal = (int)u32();
             int fds[3] = {(int)u32(), (int)u32(), (int)u32()};
-            install_stdio(terminal, fds);
+            uint32_t rows = u32(), cols = u32();
+            install_stdio(terminal, fds, rows, cols);
             break;
         }
         case OP_RLIMIT: {

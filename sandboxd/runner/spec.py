@@ -136,6 +136,9 @@ class Process:
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     no_new_privileges: bool = True
     groups: tuple[str, ...] = ()        # --group-add: more gids or group names
+    # (rows, cols) of the terminal's pty before the exec, as Docker's ConsoleSize (a
+    # program that reads its size at start, `stty size`, sees it); (): 0x0 until resized.
+    console_size: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -322,6 +325,10 @@ def check_process(p: Process) -> list[str]:
     for cap in p.capabilities:
         if cap not in KNOWN_CAPS:
             problems.append(f"process.capabilities: unknown capability {cap!r}")
+    if p.console_size and (len(p.console_size) != 2 or not p.terminal or
+                           not all(1 <= n <= 0xFFFF for n in p.console_size)):
+        problems.append(f"process.console_size: {list(p.console_size)} is not [rows, cols] "
+                        f"of a terminal, each from 1 to 65535")
     return problems
 
 

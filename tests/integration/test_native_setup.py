@@ -263,14 +263,18 @@ def _terminal_output(runner: Runner, spec: ContainerSpec) -> str:
 
 
 def test_a_terminal_is_the_same_either_way(runners, busybox_rootfs):
-    """With a pty: made in the container's devpts by sbx-setup too, its master sent back."""
-    script = "tty; echo TERM=$TERM; grep -E '^(Sig|NoNew|Cap)' /proc/self/status; ls /dev/pts"
+    """With a pty: made in the container's devpts by sbx-setup too, its master sent back,
+    sized before the exec when the spec gives a size (Docker's ConsoleSize)."""
+    script = ("tty; echo TERM=$TERM; stty size; grep -E '^(Sig|NoNew|Cap)' /proc/self/status;"
+              " ls /dev/pts")
     outputs = [_terminal_output(runner, dataclasses.replace(
         _spec((str(busybox_rootfs),), "/bin/sh", limits=Limits(memory=64 << 20, pids=64),
               namespaces=Namespaces(net="private"), seccomp="default"),
-        process=Process(args=("/bin/sh", "-c", script), terminal=True)))
+        process=Process(args=("/bin/sh", "-c", script), terminal=True,
+                        console_size=(40, 120))))
         for runner in runners]
     assert "/dev/pts/0" in outputs[0] and "TERM=xterm" in outputs[0]
+    assert "\n40 120\r\n" in outputs[0]
     assert outputs[0] == outputs[1]
 
 

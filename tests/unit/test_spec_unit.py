@@ -67,6 +67,14 @@ def test_every_problem_reported_by_field():
     assert "OK=1" not in text
 
 
+@pytest.mark.parametrize("terminal, size", [(True, (0, 80)), (True, (24,)),
+                                            (True, (24, 70000)), (False, (24, 80))])
+def test_a_console_size_is_rows_and_cols_of_a_terminal(terminal, size):
+    with pytest.raises(InvalidArgument, match="process.console_size"):
+        validate(make(process=Process(args=("sh",), terminal=terminal, console_size=size)))
+    validate(make(process=Process(args=("sh",), terminal=True, console_size=(24, 80))))
+
+
 def test_files_need_a_file_path_outside_the_kernel_filesystems():
     ok = make(files=(File("/etc/hosts", "x"),))
     assert validate(ok) is ok and from_dict(ContainerSpec, to_dict(ok)) == ok
