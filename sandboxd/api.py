@@ -353,7 +353,8 @@ class Container:
 
 
 def exec_params(container_id: str, cmd: Any, env: Any, workdir: str, user: str, tty: bool,
-                stdin: bool, detach: bool, detach_keys: str | None = None) -> dict[str, Any]:
+                stdin: bool, detach: bool, detach_keys: str | None = None,
+                console_size: Sequence[int] = ()) -> dict[str, Any]:
     argv = list(split_command(cmd))
     env_list = parse_env(env)
     problems = check_env(env_list, "env")
@@ -367,6 +368,8 @@ def exec_params(container_id: str, cmd: Any, env: Any, workdir: str, user: str, 
               "user": user, "tty": tty, "stdin": stdin, "detach": detach}
     if detach_keys is not None:
         params["detach_keys"] = detach_keys
+    if console_size and tty:
+        params["console_size"] = list(console_size)
     return params
 
 

@@ -641,7 +641,8 @@ class ContainerService:
         return Process(args=(record.path, *record.args), env=_merge_env(link_vars, c.env),
                        cwd=c.workdir or "/", user=c.user, terminal=c.tty,
                        ulimits=self._ulimits(record), capabilities=h.capabilities(),
-                       no_new_privileges=h.no_new_privileges(), groups=h.group_add)
+                       no_new_privileges=h.no_new_privileges(), groups=h.group_add,
+                       console_size=h.console_size if c.tty else ())
 
     def _entry(self, record: ContainerRecord) -> str:
         """The template runs the host's own Python: only the host image may use it."""
@@ -1161,7 +1162,7 @@ class ContainerService:
         health check): its exit code and the first ``limit`` bytes of its output
         (stdout and stderr); -1 when it ran past ``timeout`` seconds (then killed)."""
         process = dataclasses.replace(self._spec_process(record), args=tuple(args),
-                                      terminal=False)
+                                      terminal=False, console_size=())
         exec_id = secrets.token_hex(16)
         # Docker's probes are execs, with an exec's events (exec_die from _on_exit).
         self.events.container(record, f"exec_create: {' '.join(args)}", execID=exec_id)
@@ -1368,7 +1369,8 @@ class ContainerService:
 
     async def exec(self, ctx: RequestContext, record: ContainerRecord, cmd: list[str],
                    env: list[str], workdir: str, user: str, tty: bool, stdin: bool,
-                   detach: bool, detach_keys: bytes = b"") -> dict:
+                   detach: bool, detach_keys: bytes = b"",
+                   console_size: Sequence[int] = ()) -> dict:
         """An exec; ``detach_keys`` typed on its terminal (with stdin) end the client's
         part with a ``detached`` event while the process goes on (see docs/operations)."""
         lifecycle.check("exec", record, record.id in self.live)
@@ -1377,7 +1379,8 @@ class ContainerService:
         merged.update({e.partition("=")[0]: e for e in env})
         process = dataclasses.replace(base, args=tuple(cmd), env=tuple(merged.values()),
                                       cwd=workdir or base.cwd, user=user or base.user,
-                                      terminal=tty)
+                                      terminal=tty,
+                                      console_size=tuple(console_size) if tty else ())
         exec_id = secrets.token_hex(16)
         self.events.container(record, f"exec_create: {' '.join(cmd)}", execID=exec_id)
         loop = asyncio.get_running_loop()
@@ -1496,7 +1499,8 @@ class ContainerService:
         (the host's namespace, unused: nothing runs), its cgroup name. Yields its pid."""
         spec = dataclasses.replace(
             self._spec(record, netns="host"), hold=True, init=False,
-            process=dataclasses.replace(self._spec_process(record), terminal=False),
+            process=dataclasses.replace(self._spec_process(record), terminal=False,
+                                        console_size=()),
             namespaces=Namespaces(net="host"))
         stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)

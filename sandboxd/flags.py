@@ -413,6 +413,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
                  log_driver: str = "", log_opts: Sequence[str] | Mapping[str, Any] = (),
                  restart: str = "no", sysctls: Sequence[str] | Mapping[str, Any] = (),
                  group_add: str | Sequence[str | int] = (),
+                 console_size: Sequence[int] = (),
                  memory_reservation: int | str | None = None,
                  oom_kill_disable: bool = False, cpuset_cpus: str = "",
                  devices: str | Sequence[str] = (),
@@ -557,7 +558,7 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
         log_driver=log_driver or "", log_opts=tuple(log_list), restart_policy=policy,
         restart_retries=retries, memory_reservation=reservation,
         oom_kill_disable=bool(oom_kill_disable), sysctls=tuple(sysctl_list),
-        cpuset_cpus=str(cpuset_cpus or ""),
+        cpuset_cpus=str(cpuset_cpus or ""), console_size=tuple(console_size or ()),
         group_add=tuple(str(g) for g in ((group_add,) if isinstance(group_add, (str, int))
                                          else group_add)))
     config = ContainerConfig(

@@ -194,7 +194,7 @@ class Handlers:
         p = params
         return await self.containers.exec(ctx, self.containers.get(p.id), list(p.cmd),
                                           list(p.env), p.workdir, p.user, p.tty, p.stdin,
-                                          p.detach, p.detach_keys)
+                                          p.detach, p.detach_keys, p.console_size)
 
     async def container_resize(self, ctx: RequestContext, params: ops.Resize) -> Any:
         self.containers.resize(self.containers.get(params.id), params.rows, params.cols)

@@ -133,6 +133,9 @@ class HostConfig:
     oom_kill_disable: bool = False        # v1 only: memory.oom_control
     sysctls: tuple[str, ...] = ()         # "net.ipv4.ip_forward=1" (namespaced ones only)
     group_add: tuple[str, ...] = ()       # more groups of the process (gid or name)
+    # Docker's ConsoleSize: (rows, cols) of a -t container's terminal from its start
+    # (then resized); (): 0x0 until the first resize.
+    console_size: tuple[int, ...] = ()
 
     def log_limits(self) -> tuple[int, int]:
         """(max-size in bytes, -1 unlimited; max-file) of a record's filled log_opts."""

@@ -234,6 +234,13 @@ def _tag_target(value: str, where: str, problems: list) -> str:
     return value
 
 
+def _console_size(value: list, where: str, problems: list) -> list:
+    if value and (len(value) != 2 or not all(1 <= n <= 0xFFFF for n in value)):
+        problems.append(f"{where}: console_size {value} is not [rows, cols], each from 1 "
+                        f"to 65535")
+    return value
+
+
 def _detach_keys(value: str, where: str, problems: list) -> bytes:
     """``ctrl-p,ctrl-q`` -> the bytes the daemon watches the input for."""
     from .detachkeys import parse
@@ -376,6 +383,8 @@ class Exec(ById):
     # Docker's exec --detach-keys: typed on the exec's terminal, the client detaches and
     # the process goes on (its output discarded)
     detach_keys: bytes = param(str, "ctrl-p,ctrl-q", convert=_detach_keys)
+    # [rows, cols] of the exec's pty before its command runs (with tty; [] none)
+    console_size: tuple[int, ...] = param(list, (), items=int, convert=_console_size)
 
 
 @dataclass(frozen=True, kw_only=True)

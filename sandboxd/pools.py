@@ -82,7 +82,7 @@ def pool_key(config: ContainerConfig, image_id: str) -> Key | None:
         return None
     host = dataclasses.replace(h, network_mode="bridge" if h.network_mode == "default"
                                else h.network_mode, timeout=None, log_driver="",
-                               log_opts=())
+                               log_opts=(), console_size=())
     return image_id, dataclasses.replace(config, host=host, **_PROCESS_ONLY)
 
 

@@ -101,6 +101,7 @@ def inspect_document(record: ContainerRecord) -> dict[str, Any]:
         "PortBindings": {k: v for k, v in _port_map(h.port_bindings, ()).items()},
         "RestartPolicy": {"Name": h.restart_policy, "MaximumRetryCount": h.restart_retries},
         "AutoRemove": h.auto_remove,
+        "ConsoleSize": list(h.console_size) or [0, 0],
         "CapAdd": list(h.cap_add) or None,
         "CapDrop": list(h.cap_drop) or None,
         "IpcMode": h.ipc_mode or "private",

@@ -14,7 +14,7 @@ from .app import (ARGS_AFTER, CONTEXT, SbxGroup, argument, complete_containers,
                   complete_images, confirm_prune, container_op, daemon_host, each,
                   open_client, option, print_inspect, print_pruned, print_rows, sbx)
 from .common import EXIT_DAEMON, CliError, check_tty, local, pump, write
-from .run import FLAGS, RUN_ONLY, Flag
+from .run import FLAGS, RUN_ONLY, Flag, terminal_size
 
 
 def _click_option(flag: Flag) -> Callable[[Callable], Callable]:
@@ -465,7 +465,8 @@ def exec_(detach: bool, interactive: bool, tty: bool, env: tuple[str, ...],
     # As Docker: the files first, then -e (a later entry wins).
     environment = [e for path in env_file for e in local(parse_env_file, path)]
     params = local(exec_params, container, list(command), environment + parse_env(list(env)),
-                   workdir, user, tty, interactive and not detach, detach, detach_keys)
+                   workdir, user, tty, interactive and not detach, detach, detach_keys,
+                   terminal_size() if tty else [])
     with open_client() as client:
         attachment = client.stream("container.exec", params)
         if detach:

@@ -270,6 +270,7 @@ def daemon_options(opts: dict[str, Any], image: str, command: Sequence[str]
         "env": local(resolve_env, opts["env_file"], opts["env"]),
         "workdir": opts["workdir"], "user": opts["user"], "hostname": opts["hostname"],
         "tty": opts["tty"], "open_stdin": opts["interactive"],
+        "console_size": terminal_size() if opts["tty"] else [],
         "expose": opts["expose"], "stop_signal": opts["stop_signal"],
         "labels": local(read_label_files, opts["label_file"]) + list(opts["label"]),
         "stop_timeout": opts["stop_timeout"], "memory": opts["memory"],
@@ -299,6 +300,17 @@ def daemon_options(opts: dict[str, Any], image: str, command: Sequence[str]
         "health_start_period": opts["health_start_period"],
         "health_start_interval": opts["health_start_interval"],
         "no_healthcheck": opts["no_healthcheck"]}
+
+
+def terminal_size() -> list[int]:
+    """[rows, cols] of our terminal (stdin's, else stdout's), as Docker's ConsoleSize:
+    the container's pty has it from the start; [] when neither is a terminal."""
+    import os
+    for fd in (0, 1):
+        if os.isatty(fd):
+            cols, rows = os.get_terminal_size(fd)
+            return [rows, cols] if rows and cols else []
+    return []
 
 
 def read_label_files(paths: Sequence[str]) -> list[str]:

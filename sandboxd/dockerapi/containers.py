@@ -19,7 +19,7 @@ from .calls import MULTIPLEXED, RAW, STREAMS, ApiContext, Calls, frame, pump_std
 from .http import (HttpError, Hijack, Request, Response, Route, empty, json_response,
                    route)
 from .stats import docker_stats
-from .translate import create_options, list_row, update_restart
+from .translate import console_size, create_options, list_row, update_restart
 
 ARCHIVE_BODY_CAP = 8 << 30
 EXEC_KEEP = 600.0
@@ -58,6 +58,7 @@ class _Exec:
     stdout: bool
     stderr: bool
     detach_keys: str = ""        # "" : Docker's default, ctrl-p,ctrl-q
+    console_size: list[int] = field(default_factory=list)     # [h, w] or []
     ours: str = ""               # container.exec's exec id, once started
     ctx: ApiContext | None = None      # the running exec's: its stdin and resize frames
     pid: int = 0
@@ -399,7 +400,8 @@ class ContainerRoutes:
         self.execs[exec_id] = _Exec(
             record.id, cmd, env, body.get("WorkingDir") or "", body.get("User") or "",
             bool(body.get("Tty")), bool(body.get("AttachStdin")),
-            bool(body.get("AttachStdout")), bool(body.get("AttachStderr")), keys)
+            bool(body.get("AttachStdout")), bool(body.get("AttachStderr")), keys,
+            console_size(body.get("ConsoleSize"), "ConsoleSize"))
         return json_response({"Id": exec_id}, 201)
 
     def _exec(self, exec_id: str) -> _Exec:
@@ -416,7 +418,10 @@ class ContainerRoutes:
         e.running = True
         params = {"id": e.container, "cmd": e.cmd, "env": e.env, "workdir": e.workdir,
                   "user": e.user, "tty": e.tty, "stdin": e.stdin,
-                  "detach_keys": e.detach_keys or detachkeys.DEFAULT}
+                  "detach_keys": e.detach_keys or detachkeys.DEFAULT,
+                  # the start's ConsoleSize, else the create's (the CLI sends both)
+                  "console_size": (console_size(body.get("ConsoleSize"), "ConsoleSize")
+                                   or e.console_size) if e.tty else []}
         if body.get("Detach"):
             ctx = e.ctx = ApiContext("container.exec", self._exec_events(e, None))
             asyncio.ensure_future(self._run_exec(e, params, ctx))

@@ -88,16 +88,24 @@ _ANY_OK_CONFIG = {"AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "A
 _CONFIG_KNOWN = _ANY_OK_CONFIG | {"Hostname", "User", "ExposedPorts", "Tty", "OpenStdin", "Env", "Cmd",
                  "Image", "Volumes", "WorkingDir", "Entrypoint", "Labels", "StopSignal", "StopTimeout",
                  "HostConfig", "NetworkingConfig", "Healthcheck"} | _ZERO_OK_CONFIG
-# The terminal's first size: the clients resize it again right after the start.
-_ANY_OK_HOST = {"ConsoleSize"}
-_HOST_KNOWN = _ANY_OK_HOST | {"Binds", "NetworkMode", "PortBindings", "AutoRemove", "CapAdd", "CapDrop",
-               "Dns", "DnsOptions", "DnsSearch", "ExtraHosts", "IpcMode", "Links", "PidMode",
-               "Privileged", "PublishAllPorts", "ReadonlyRootfs", "SecurityOpt",
+_HOST_KNOWN = {"ConsoleSize", "Binds", "NetworkMode", "PortBindings", "AutoRemove", "CapAdd",
+               "CapDrop", "Dns", "DnsOptions", "DnsSearch", "ExtraHosts", "IpcMode", "Links",
+               "PidMode", "Privileged", "PublishAllPorts", "ReadonlyRootfs", "SecurityOpt",
                "StorageOpt", "Tmpfs", "UTSMode", "CpuShares", "Memory", "NanoCpus",
                "CpuPeriod", "CpuQuota", "MemorySwap", "Init", "PidsLimit", "Ulimits",
                "RestartPolicy", "Sysctls", "CpusetCpus", "MemoryReservation",
                "OomKillDisable", "Mounts", "VolumesFrom", "GroupAdd", "ShmSize",
                } | _ZERO_OK_HOST
+
+
+def console_size(value: Any, where: str) -> list[int]:
+    """Docker's ConsoleSize, the client's terminal ``[height, width]`` (absent or
+    ``[0, 0]``: none), as the pty's ``[rows, cols]`` at start, or []."""
+    size = value or [0, 0]
+    if not isinstance(size, list) or len(size) != 2:
+        raise HttpError(400, f"{where}: expected [height, width], got {size!r}")
+    size = [_int(n, where) for n in size]
+    return size if any(size) else []
 
 
 def create_options(body: dict) -> tuple[str, dict[str, Any]]:
@@ -198,6 +206,7 @@ def _host_options(h: dict) -> dict[str, Any]:
                     _mapping(h.get("Sysctls"), "HostConfig.Sysctls").items()}
     o["cpuset_cpus"] = _string(h.get("CpusetCpus"), "HostConfig.CpusetCpus")
     o["memory_reservation"] = _int(h.get("MemoryReservation"), "HostConfig.MemoryReservation")
+    o["console_size"] = console_size(h.get("ConsoleSize"), "HostConfig.ConsoleSize")
     o["oom_kill_disable"] = bool(h.get("OomKillDisable"))
     o["group_add"] = _strings(h.get("GroupAdd"), "HostConfig.GroupAdd")
     o["volumes_from"] = _strings(h.get("VolumesFrom"), "HostConfig.VolumesFrom")

@@ -554,6 +554,27 @@ def test_interactive_tty(daemon: Daemon) -> None:
         assert cli.exit_code() == 7, bytes(seen)
 
 
+def test_run_t_has_the_terminals_size_from_the_start(daemon: Daemon) -> None:
+    # Docker's ConsoleSize: a command that reads its size at once, before any resize
+    # could reach it, gets the CLI's terminal's.
+    with _cli_on_terminal(daemon, "run", "-t", "--rm", "busybox", "sh", "-c",
+                          "stty size; echo done", size=(33, 101)) as cli:
+        seen = bytearray()
+        _read_until(cli.master, b"done", seen)
+        assert cli.exit_code() == 0, bytes(seen)
+    assert bytes(seen).replace(b"\r", b"").startswith(b"33 101\n"), bytes(seen)
+    daemon.sbx("run", "-d", "--name", "sizes", "busybox", "sleep", "60", check=True)
+    try:
+        with _cli_on_terminal(daemon, "exec", "-t", "sizes", "sh", "-c",
+                              "stty size; echo done", size=(34, 102)) as cli:
+            seen = bytearray()
+            _read_until(cli.master, b"done", seen)
+            assert cli.exit_code() == 0, bytes(seen)
+        assert bytes(seen).replace(b"\r", b"").startswith(b"34 102\n"), bytes(seen)
+    finally:
+        daemon.sbx("rm", "-f", "sizes", check=True)
+
+
 def test_detach_keys_leave_the_container_running(daemon: Daemon) -> None:
     """ctrl-p ctrl-q (Docker's default) detaches `run -it`; `attach --detach-keys`
     takes another sequence; a broken sequence reaches the container after all."""

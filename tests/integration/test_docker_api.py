@@ -220,6 +220,20 @@ def test_cli_run_it_through_a_pty(docker) -> None:
 
 
 @needs_cli
+def test_cli_run_t_has_the_terminals_size_from_the_start(docker) -> None:
+    """The CLI sends its terminal's size as HostConfig.ConsoleSize and resizes only
+    after the start: a command that reads the size at once gets it from the first."""
+    pexpect = pytest.importorskip("pexpect", reason="pexpect is not installed")
+    child = pexpect.spawn(DOCKER, ["run", "-t", "--rm", "busybox", "stty", "size"],
+                          env=docker.env, dimensions=(33, 101), timeout=20)
+    try:
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.before.replace(b"\r", b"") == b"33 101\n" and child.exitstatus == 0
+
+
+@needs_cli
 def test_cli_exec_it_through_a_pty(docker) -> None:
     pexpect = pytest.importorskip("pexpect", reason="pexpect is not installed")
     cid = docker("run", "-d", "busybox", "sleep", "600").stdout.strip()
@@ -233,6 +247,12 @@ def test_cli_exec_it_through_a_pty(docker) -> None:
         child.expect(pexpect.EOF)
         child.close()
         assert child.exitstatus == 4
+        # ConsoleSize of the exec: its pty is sized before the command runs
+        child = pexpect.spawn(DOCKER, ["exec", "-t", cid, "stty", "size"], env=docker.env,
+                              dimensions=(33, 101), timeout=20)
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.before.replace(b"\r", b"") == b"33 101\n" and child.exitstatus == 0
     finally:
         docker("rm", "-f", cid)
 

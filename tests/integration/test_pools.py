@@ -251,6 +251,23 @@ def test_a_parked_container_waits_in_sbx_park_and_takes_any_command(pooled_daemo
     assert fds[True][:3] == ["0 -> /dev/pts/0", "1 -> /dev/pts/0", "2 -> /dev/pts/0"]
 
 
+def test_a_taken_terminal_has_its_size_from_the_start(pooled_daemon):
+    """Docker's ConsoleSize: the pty is sized before the exec, for a pooled container
+    (in sbx-park, and in the Python wait of an init's) as for a cold one."""
+    client = pooled_daemon.client()
+    for init in (False, True):
+        client.set_pool("busybox", 1, init=init, **OPTS)
+        wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
+        hits = _pool(client)["hits"]
+        result = client.run("busybox", ["stty", "size"], tty=True, console_size=(40, 120),
+                            init=init, **OPTS)
+        assert result.stdout == b"40 120\r\n" and _pool(client)["hits"] == hits + 1
+        client.set_pool("busybox", 0, init=init, **OPTS)
+        wait_until(lambda: not client.pools()["pools"], what="the pool to go")
+    cold = client.run("busybox", ["stty", "size"], tty=True, console_size=(41, 121), **OPTS)
+    assert cold.stdout == b"41 121\r\n"
+
+
 def test_a_command_and_env_too_big_for_a_take_start_cold(pooled_daemon):
     """What does not fit one take message (park.MAX_TAKE) is no hit: it starts cold,
     with the cold path's result, and the pool keeps its parked container."""

@@ -54,8 +54,10 @@ def test_the_clis_body_maps_onto_build_config() -> None:
     assert opts["ulimits"] == ["nofile=128:256"]
     assert opts["ports"] == ["8080:80/tcp"] and opts["volumes"] == ["/srv:/data:ro"]
     assert opts["tty"] and opts["open_stdin"] and opts["labels"] == {"a": "b"}
+    assert opts["console_size"] == [40, 120]          # the pty's size from the start
     config = build_config(image, **opts)
     assert config.tty and config.labels_dict() == {"a": "b"}
+    assert config.host.console_size == (40, 120)
 
 
 @pytest.mark.parametrize("body, words", [
@@ -87,6 +89,9 @@ def test_the_clis_body_maps_onto_build_config() -> None:
     ({"Image": "busybox", "HostConfig": {"Memory": "64m"}}, "HostConfig.Memory: expected an "
                                                             "integer"),
     ({"Image": "busybox", "HostConfig": {"Memory": True}}, "HostConfig.Memory"),
+    ({"Image": "busybox", "HostConfig": {"ConsoleSize": 5}}, "HostConfig.ConsoleSize"),
+    ({"Image": "busybox", "HostConfig": {"ConsoleSize": [1, "x"]}},
+     "HostConfig.ConsoleSize"),
     ({"Image": "busybox", "Env": "A=1"}, None),             # a string is one entry
     ({"Image": "busybox", "Env": [1]}, "Config.Env: expected a list of strings"),
     ({"Image": "busybox", "HostConfig": {"Ulimits": ["nofile"]}}, "HostConfig.Ulimits"),
@@ -110,7 +115,8 @@ def test_defaults_the_clients_send_are_accepted() -> None:
     host = {"ShmSize": 67108864, "MemorySwappiness": -1, "CgroupnsMode": "private",
             "Runtime": "runc", "LogConfig": {"Type": "json-file", "Config": {}},
             "ConsoleSize": [0, 0]}
-    assert create_options({"Image": "busybox", "HostConfig": host})[0] == "busybox"
+    image, opts = create_options({"Image": "busybox", "HostConfig": host})
+    assert image == "busybox" and opts["console_size"] == []     # no terminal: none
 
 
 def test_filters_both_shapes() -> None:

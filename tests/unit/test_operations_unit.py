@@ -55,8 +55,8 @@ def test_build_lists_every_problem_with_its_field() -> None:
         "container.exec: missing field 'id'",
         "container.exec: field 'cmd' must hold only str, got int",
         "container.exec: field 'tty' must be bool, got str",
-        "container.exec: unknown field(s) bogus (known: cmd, detach, detach_keys, env, id, "
-        "stdin, tty, user, workdir)"]
+        "container.exec: unknown field(s) bogus (known: cmd, console_size, detach, "
+        "detach_keys, env, id, stdin, tty, user, workdir)"]
 
 
 def test_build_converts_and_checks_values() -> None:
@@ -73,6 +73,8 @@ def test_build_converts_and_checks_values() -> None:
             ({"id": "x", "rows": 0, "cols": 70000}, operations.Resize, "container.resize",
              "rows and cols must be from 1 to 65535, got 0x70000"),
             ({"id": "x", "cmd": []}, operations.Exec, "container.exec", "cmd: no command given"),
+            ({"id": "x", "cmd": ["ls"], "console_size": [24]}, operations.Exec,
+             "container.exec", "console_size [24] is not [rows, cols]"),
             ({"id": "x", "signal": "SIGNOPE"}, operations.Kill, "container.kill",
              "unknown signal"),
             ({"filters": {"name": ["["]}}, operations.ListContainers, "container.list",

@@ -39,7 +39,8 @@ def test_bad_declarations_say_what_is_wrong(text: str, says: str) -> None:
 def test_the_key_ignores_what_only_the_process_sees() -> None:
     a = build_config("busybox", ["true"], memory="64m", auto_remove=True)
     b = build_config("busybox", ["sh", "-c", "env"], env={"A": "1"},
-                     tty=True, labels={"x": "y"}, timeout=5, memory="64m",
+                     tty=True, console_size=(40, 120), labels={"x": "y"}, timeout=5,
+                     memory="64m",
                      network_mode="bridge", auto_remove=True)
     assert pool_key(a, "sha256:1") == pool_key(b, "sha256:1")
     assert pool_key(a, "sha256:1") != pool_key(a, "sha256:2")          # another image
@@ -97,3 +98,15 @@ def test_shutdown_ends_the_refill_even_when_it_was_just_woken(turns):
         await asyncio.wait_for(pools.shutdown(), 5)
         assert pools._task is None
     asyncio.run(main())
+
+
+def test_a_take_carries_the_terminal_and_its_size() -> None:
+    from sandboxd.runner.park import decode_take, take_message
+    from sandboxd.runner.spec import Process
+    prepared = Process(args=("true",))
+    taken = Process(args=("stty", "size"), env=("A=1",), terminal=True,
+                    console_size=(40, 120))
+    message = take_message(prepared, taken, 1)
+    assert decode_take(message)[:4] == (True, (40, 120), ["stty", "size"], ["A=1"])
+    assert decode_take(take_message(prepared, Process(args=("true",)), 3))[:2] == \
+        (False, ())
