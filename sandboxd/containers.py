@@ -1017,6 +1017,8 @@ class ContainerService:
         live.fds.pop(fd, None)
         if fd == live.stdin:
             live.stdin = -1
+        if fd == live.terminal:
+            live.terminal = -1     # its number may be reused: no late resize may reach it
         os.close(fd)
         if not live.fds:
             if live.exited.is_set():
