@@ -551,10 +551,8 @@ class Server:
     async def start(self) -> None:
         """Take the root directory's lock, run startup hooks, then listen."""
         self._lock_root()
-        started = False
         try:
             for hook in self._startup_hooks:
-                started = True
                 await hook()
             sock = _bind_unix(self.config.host, self.config.group)
             st = os.stat(self.config.host)
@@ -563,7 +561,7 @@ class Server:
         except BaseException:
             # What the hooks before the failing one started (the fork and network
             # servers, their tasks) stops as at a shutdown, not with the loop.
-            if started:
+            if self._startup_hooks:
                 await self._run_shutdown_hooks()
             self._unlock_root()
             raise

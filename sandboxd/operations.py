@@ -34,6 +34,7 @@ from .flags import config_from_options
 from .model import ContainerConfig
 from .protocol import REQUIRED, Params
 from .reference import parse as parse_ref
+from .runner.spec import valid_console_size
 from .validate import check_name, parse_signal
 
 Convert = Callable[[Any, str, list], Any]      # (value, where, problems) -> value
@@ -235,7 +236,7 @@ def _tag_target(value: str, where: str, problems: list) -> str:
 
 
 def _console_size(value: list, where: str, problems: list) -> list:
-    if value and (len(value) != 2 or not all(1 <= n <= 0xFFFF for n in value)):
+    if value and not valid_console_size(value):
         problems.append(f"{where}: console_size {value} is not [rows, cols], each from 1 "
                         f"to 65535")
     return value

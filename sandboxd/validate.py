@@ -425,8 +425,7 @@ def check_host(h: HostConfig) -> list[str]:
     if h.timeout is not None and not h.timeout > 0:
         problems.append(f"host.timeout: must be a positive number of seconds, "
                         f"got {h.timeout}")
-    if h.console_size and (len(h.console_size) != 2 or not all(
-            type(n) is int and 1 <= n <= 0xFFFF for n in h.console_size)):
+    if h.console_size and not spec.valid_console_size(h.console_size):
         problems.append(f"host.console_size: {list(h.console_size)} is not [rows, cols], "
                         f"each from 1 to 65535")
     return problems

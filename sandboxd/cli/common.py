@@ -64,6 +64,17 @@ def write(stream: BinaryIO, data: bytes) -> None:
     stream.flush()
 
 
+def terminal_size() -> list[int]:
+    """[rows, cols] of our terminal (stdin's, else stdout's): sent with a ``-t``
+    container's config (Docker's ConsoleSize) and on each SIGWINCH; [] when neither is a
+    terminal or it reports no size."""
+    for fd in (0, 1):
+        if os.isatty(fd):
+            cols, rows = os.get_terminal_size(fd)
+            return [rows, cols] if rows and cols else []
+    return []
+
+
 def pump(attachment: Stream, *, host: str | None, tty: bool, stdin: bool, sig_proxy: bool,
          container_id: str = "", image: str = "",
          on_id: Callable[[str], None] | None = None) -> Any:
@@ -80,10 +91,6 @@ def pump(attachment: Stream, *, host: str | None, tty: bool, stdin: bool, sig_pr
     saved_tty = None
     old_handlers: dict[int, Any] = {}
 
-    def size() -> tuple[int, int]:
-        cols, rows = os.get_terminal_size(0 if os.isatty(0) else 1)
-        return rows, cols
-
     def forward_input() -> None:
         try:
             while data := os.read(0, 65536):
@@ -95,9 +102,9 @@ def pump(attachment: Stream, *, host: str | None, tty: bool, stdin: bool, sig_pr
     # Signal handlers run in this (the main) thread between reads of the stream; the
     # connection serialises sends, so they may send directly.
     def resize() -> None:
-        rows, cols = size()
-        if rows and cols:           # a terminal that reports no size (0x0): keep the pty's
-            attachment.resize(rows, cols)
+        size = terminal_size()
+        if size:                    # a terminal that reports no size (0x0): keep the pty's
+            attachment.resize(*size)
 
     def on_winch(signum: int, frame: Any) -> None:
         try:

@@ -13,8 +13,8 @@ from ..errors import SandboxError
 from .app import (ARGS_AFTER, CONTEXT, SbxGroup, argument, complete_containers,
                   complete_images, confirm_prune, container_op, daemon_host, each,
                   open_client, option, print_inspect, print_pruned, print_rows, sbx)
-from .common import EXIT_DAEMON, CliError, check_tty, local, pump, write
-from .run import FLAGS, RUN_ONLY, Flag, terminal_size
+from .common import EXIT_DAEMON, CliError, check_tty, local, pump, terminal_size, write
+from .run import FLAGS, RUN_ONLY, Flag
 
 
 def _click_option(flag: Flag) -> Callable[[Callable], Callable]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 
 from ..errors import InvalidArgument
-from .common import EXIT_DAEMON, CliError, Progress, check_tty, connection, follow, local, pump
+from .common import (EXIT_DAEMON, CliError, Progress, check_tty, connection, follow, local,
+                     pump, terminal_size)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:                    # annotations only: typing costs ~2 ms of every start
@@ -300,17 +301,6 @@ def daemon_options(opts: dict[str, Any], image: str, command: Sequence[str]
         "health_start_period": opts["health_start_period"],
         "health_start_interval": opts["health_start_interval"],
         "no_healthcheck": opts["no_healthcheck"]}
-
-
-def terminal_size() -> list[int]:
-    """[rows, cols] of our terminal (stdin's, else stdout's), as Docker's ConsoleSize:
-    the container's pty has it from the start; [] when neither is a terminal."""
-    import os
-    for fd in (0, 1):
-        if os.isatty(fd):
-            cols, rows = os.get_terminal_size(fd)
-            return [rows, cols] if rows and cols else []
-    return []
 
 
 def read_label_files(paths: Sequence[str]) -> list[str]:

@@ -305,6 +305,11 @@ def check_limits(lim: Limits, where: str = "limits") -> list[str]:
     return problems
 
 
+def valid_console_size(size: tuple[int, ...] | list[int]) -> bool:
+    """Whether ``size`` is a pty's (rows, cols), each from 1 to 65535 (TIOCSWINSZ's)."""
+    return len(size) == 2 and all(type(n) is int and 1 <= n <= 0xFFFF for n in size)
+
+
 def check_process(p: Process) -> list[str]:
     problems = []
     if not p.args:
@@ -325,8 +330,7 @@ def check_process(p: Process) -> list[str]:
     for cap in p.capabilities:
         if cap not in KNOWN_CAPS:
             problems.append(f"process.capabilities: unknown capability {cap!r}")
-    if p.console_size and (len(p.console_size) != 2 or not p.terminal or
-                           not all(1 <= n <= 0xFFFF for n in p.console_size)):
+    if p.console_size and not (p.terminal and valid_console_size(p.console_size)):
         problems.append(f"process.console_size: {list(p.console_size)} is not [rows, cols] "
                         f"of a terminal, each from 1 to 65535")
     return problems
