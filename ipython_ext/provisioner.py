@@ -189,6 +189,12 @@ def _signal(client: Any, container_id: str, signum: int) -> None:
         pass                # it ended meanwhile: the reader records how
 
 
+def _runs_ipykernel(cmd: Sequence[str]) -> bool:
+    """``cmd`` starts ipykernel (``python -m ipykernel_launcher`` or ``-m ipykernel``)."""
+    return any(a == "-m" and b in ("ipykernel_launcher", "ipykernel")
+               for a, b in zip(cmd, cmd[1:]))
+
+
 def _without_name(problem: str, keyword: str) -> str:
     """``build_config``'s problem text minus its own field name (the key says it)."""
     return re.sub(rf"^(host\.)?{keyword}: ", "", problem)
@@ -267,6 +273,11 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         cmd = km.format_kernel_cmd(extra_arguments=extra_arguments)
         if self.kernel_spec.argv and re.fullmatch(r"python[\d.]*", self.kernel_spec.argv[0]):
             cmd[0] = self._python()
+        if _runs_ipykernel(cmd) and not any(a.startswith("--HistoryManager.") for a in cmd):
+            # The history file would live in the container's writable layer and go with
+            # it: an in-memory database keeps %history, In and _i without a disk write
+            # (and its saving thread) after every cell.
+            cmd.append("--HistoryManager.hist_file=:memory:")
         return await super().pre_launch(cmd=cmd, **kwargs)
 
     def _python(self) -> str:

@@ -203,6 +203,20 @@ def test_interrupt_stops_a_sleeping_cell(kernel):
     assert status == "ok"
 
 
+def test_the_kernel_keeps_its_history_in_memory(kernel):
+    """The history file would go with the container: it is an in-memory database, and
+    %history still reads the session's inputs from it."""
+    _, kc = kernel
+    assert run(kc, "a = 20")["content"]["status"] == "ok"
+    printed: list[str] = []
+    reply = kc.execute_interactive(
+        "%history -l 1\nimport os\nprint(get_ipython().history_manager.hist_file, "
+        "os.path.exists(os.path.expanduser('~/.ipython/profile_default/history.sqlite')))",
+        timeout=30, output_hook=lambda msg: printed.append(msg["content"].get("text", "")))
+    assert reply["content"]["status"] == "ok"
+    assert "".join(printed) == "a = 20\n:memory: False\n"
+
+
 def _printed(kc, msg_id: str) -> str | None:
     """The next iopub message's text, when it is output of the cell ``msg_id``."""
     try:
