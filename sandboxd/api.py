@@ -280,6 +280,11 @@ class Container:
     def top(self) -> dict[str, Any]:
         return self._call("container.top")
 
+    def diff(self) -> list[dict[str, Any]]:
+        """What the container changed in its filesystem, as ``docker diff`` lists it:
+        ``{"path", "kind"}`` with kind 0 changed, 1 added, 2 deleted."""
+        return list(self._call("container.changes")["changes"])
+
     def logs(self, *, stdout: bool = True, stderr: bool = True, timestamps: bool = False,
              tail: int = -1, since: float = 0, follow: bool = False) -> bytes:
         """Everything logged so far (``follow``: until the container stops)."""
@@ -927,6 +932,9 @@ class AsyncContainer:
 
     async def top(self) -> dict[str, Any]:
         return await self._call("container.top")
+
+    async def diff(self) -> list[dict[str, Any]]:
+        return list((await self._call("container.changes"))["changes"])
 
     async def logs(self, *, stdout: bool = True, stderr: bool = True,
                    timestamps: bool = False, tail: int = -1, since: float = 0,

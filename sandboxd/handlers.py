@@ -292,6 +292,17 @@ class Handlers:
                                                  created_by=created_by))
         return {"id": image_id}
 
+    async def container_changes(self, ctx: RequestContext, params: ops.ById) -> Any:
+        record = self.containers.get(params.id)
+        if record.config.host.auto_remove and record.state.status in RUNNING:
+            raise Conflict(f"container {record.name} was started with --rm: its writable "
+                           f"layer is a tmpfs inside the container, which sandboxd cannot "
+                           f"read; run it without --rm to list its changes")
+        async with self.containers.upper(record):
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, self.images.changes, record.image_id, record.id)
+        return {"changes": [{"path": path, "kind": kind} for path, kind in found]}
+
     async def container_export(self, ctx: RequestContext, params: ops.ById) -> Any:
         from .images.view import write_tar
         record = self.containers.get(params.id)

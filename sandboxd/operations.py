@@ -628,6 +628,7 @@ Pruned = TypedDict("Pruned", {"removed": list, "space_reclaimed": int})
 FileStat = TypedDict("FileStat", {"name": str, "size": int, "mode": int, "mtime": float,
                                   "link_target": str, "is_dir": bool}, total=False)
 Size = TypedDict("Size", {"size": int})
+Changes = TypedDict("Changes", {"changes": list})      # [{"path", "kind": 0 C, 1 A, 2 D}]
 Imported = TypedDict("Imported", {"id": str, "name": str, "size": int, "warnings": list})
 Images = TypedDict("Images", {"images": list})
 ImageDoc = dict              # ImageRecord.to_dict() plus repo_digests
@@ -708,6 +709,7 @@ TABLE: tuple[Operation, ...] = (
     Operation("container.archive_put", PutArchive, Empty, "container_archive_put", S),
     Operation("container.commit", Commit, Id, "container_commit"),
     Operation("container.export", ById, Size, "container_export", S),
+    Operation("container.changes", ById, Changes, "container_changes"),
     # images
     Operation("image.import", ImportImage, Imported, "image_import", S),
     Operation("image.list", ListImages, Images, "image_list"),

@@ -216,6 +216,18 @@ def update(containers: tuple[str, ...], **limits: Any) -> int:
 # ---------------------------------------------------------------- looking at containers
 
 @sbx.command(context_settings=CONTEXT)
+@argument("container", shell_complete=complete_containers)
+def diff(container: str) -> int:
+    """Inspect changes to files or directories on a container's filesystem (A added,
+    C changed, D deleted)."""
+    with open_client() as client:
+        changes = client.containers.get(container).diff()
+    for change in changes:
+        click.echo(f"{'CAD'[change['kind']]} {change['path']}")
+    return 0
+
+
+@sbx.command(context_settings=CONTEXT)
 @option("-a", "--all", "show_all", is_flag=True,
               help="Show all containers (default shows just running)")
 @option("-q", "--quiet", is_flag=True, help="Only display container IDs")
@@ -620,7 +632,8 @@ def container() -> None:
 for _name, _func in (("run", run), ("create", create), ("start", start), ("stop", stop),
                      ("restart", restart), ("kill", kill), ("rm", rm), ("ls", ps), ("ps", ps),
                      ("logs", logs), ("exec", exec_), ("attach", attach),
-                     ("inspect", inspect), ("wait", wait), ("top", top), ("stats", stats),
+                     ("inspect", inspect), ("wait", wait), ("top", top), ("diff", diff),
+                     ("stats", stats),
                      ("cp", cp), ("pause", pause), ("unpause", unpause), ("update", update),
                      ("rename", rename)):
     container.alias(_name, _func)

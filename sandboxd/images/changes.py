@@ -1,5 +1,5 @@
-"""A container's changes as an image layer: the overlay upper directory written as an
-OCI layer tar (``sbx commit``).
+"""A container's changes: the overlay upper directory written as an OCI layer tar
+(``sbx commit``), or listed as Docker's ``diff`` lists them (:func:`list_changes`).
 
 The upper holds what the container added or changed, plus overlayfs's marks of what
 it removed: a whiteout (a character device 0/0) for a deleted entry and the
@@ -7,9 +7,11 @@ it removed: a whiteout (a character device 0/0) for a deleted entry and the
 They become the OCI forms, ``.wh.<name>`` and ``<dir>/.wh..wh..opq``, which
 :func:`sandboxd.images.unpack.apply_layer` turns back into overlay whiteouts.
 
-The walk goes through directory fds with ``O_NOFOLLOW``: a symlink is archived as a
-symlink, never followed. Entries come in sorted order and hard links inside the upper
-are kept as tar hard links, so the same upper gives the same tar (the same diff_id).
+Neither has the empty mountpoints of the container's own ``/etc/hostname``, ``hosts``
+and ``resolv.conf``, as Docker's have not. The walk goes through directory fds with
+``O_NOFOLLOW``: a symlink is archived as a symlink, never followed. Entries come in
+sorted order and hard links inside the upper are kept as tar hard links, so the same
+upper gives the same tar (the same diff_id).
 """
 from __future__ import annotations
 
@@ -18,11 +20,20 @@ import stat
 import tarfile
 from typing import BinaryIO
 
+from collections.abc import Sequence
+
 from ..errors import Conflict, InvalidArgument
 from . import tarentry
 from .unpack import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Docker's change kinds (the Engine API's ``Kind``): C, A, D
+MODIFIED, ADDED, DELETED = 0, 1, 2
+KIND_LETTERS = "CAD"
+# Mountpoints the runner makes in the upper for the container's own network files
+# (bind-mounted over them, so they stay empty): Docker keeps them in a layer of
+# their own below the container's, so neither its diff nor its commit has them.
+_NETWORK_FILES = frozenset({"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"})
 # xattrs a layer carries (the rest, e.g. trusted.overlay.*, are the kernel's or ours)
 _KEPT_XATTRS = ("user.", "security.capability")
 _XATTR_PAX = "SCHILY.xattr."
@@ -45,6 +56,148 @@ def write_upper(upper: str | os.PathLike[str], out: BinaryIO) -> None:
         os.close(root)
 
 
+def list_changes(upper: str | os.PathLike[str], lowers: Sequence[str | os.PathLike[str]]
+                 ) -> list[tuple[str, int]]:
+    """Docker's ``diff`` of a container: ``(path, kind)`` for what the overlay upper
+    ``upper`` adds (A), changes (C) or deletes (D) over its ``lowers`` (top first), in
+    the order Docker lists them (each directory's entries sorted, parents first).
+
+    As Docker's overlay driver decides: a whiteout is a deletion, and so is an opaque
+    directory that hides a lower one; an entry found in a lower is a change, except a
+    directory whose size, mode and mtime are the lower's (it is only on the path to a
+    change); the parent of an addition or deletion is listed as changed once. Lowers
+    are read through directory fds with ``O_NOFOLLOW``: a lower's symlink is never
+    followed out of it."""
+    out: list[tuple[str, int]] = []
+    root = os.open(upper, _DIR_FLAGS)
+    below = [_open_dir(os.fspath(lower)) for lower in lowers]
+    try:
+        _diff(root, [fd for fd in below if fd is not None], "/", out, set())
+    finally:
+        os.close(root)
+        for fd in below:
+            if fd is not None:
+                os.close(fd)
+    return out
+
+
+def _diff(dir_fd: int, lowers: list[int], prefix: str, out: list[tuple[str, int]],
+          changed_dirs: set[str]) -> None:
+    for name in sorted(os.listdir(dir_fd)):
+        path = prefix + name
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue                                  # removed while we walked
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if _network_mountpoint(path, st):
+            continue
+        found = _in_lowers(lowers, name)
+        sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd) if is_dir else -1
+        try:
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
+                kind: int | None = DELETED
+            elif is_dir and found and _opaque(sub):
+                kind = DELETED
+            elif is_dir and _only_network_mountpoints(sub, path):
+                kind = None        # the runner made it, or its mtime, for the mountpoints
+            elif not found:
+                kind = ADDED
+            else:
+                lst = found[0][1]
+                same_dir = is_dir and stat.S_ISDIR(lst.st_mode) and \
+                    (lst.st_size, lst.st_mode) == (st.st_size, st.st_mode) and \
+                    _same_time(lst.st_mtime_ns, st.st_mtime_ns)
+                kind = None if same_dir else MODIFIED
+            if is_dir and kind is not None:
+                changed_dirs.add(path)
+            if kind in (ADDED, DELETED) and prefix != "/" and prefix[:-1] not in changed_dirs:
+                out.append((prefix[:-1], MODIFIED))
+                changed_dirs.add(prefix[:-1])
+            if kind is not None:
+                out.append((path, kind))
+            if is_dir:
+                # Below an opaque directory the lowers are hidden; below a directory
+                # only the lowers that have one there (not a symlink) go on.
+                deeper = [] if _opaque(sub) else _lower_dirs(found, name)
+                try:
+                    _diff(sub, deeper, path + "/", out, changed_dirs)
+                finally:
+                    for fd in deeper:
+                        os.close(fd)
+        finally:
+            if sub >= 0:
+                os.close(sub)
+
+
+def _network_mountpoint(path: str, st: os.stat_result) -> bool:
+    """The empty file the runner made for a bind of the container's own hostname, hosts
+    or resolv.conf (what the container wrote went to the bind's source)."""
+    return path in _NETWORK_FILES and stat.S_ISREG(st.st_mode) and st.st_size == 0
+
+
+def _only_network_mountpoints(dir_fd: int, path: str) -> bool:
+    """``/etc`` holds nothing but the network files' mountpoints (it is in the upper
+    only because the runner made them)."""
+    if path != "/etc" or _opaque(dir_fd):
+        return False
+    names = os.listdir(dir_fd)
+    return bool(names) and all(
+        (st := _lstat(dir_fd, n)) is not None and _network_mountpoint(f"/etc/{n}", st)
+        for n in names)
+
+
+def _in_lowers(lowers: list[int], name: str) -> list[tuple[int, os.stat_result]]:
+    """``name`` in each lower directory (top first) that shows it, as the merged lower
+    does: a lower's whiteout or non-directory hides the lowers below it."""
+    found = []
+    for fd in lowers:
+        st = _lstat(fd, name)
+        if st is None:
+            continue
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
+            break
+        found.append((fd, st))
+        if not stat.S_ISDIR(st.st_mode):
+            break
+    return found
+
+
+def _lower_dirs(found: list[tuple[int, os.stat_result]], name: str) -> list[int]:
+    """The lower directories ``name`` merges, opened (top first; an opaque one hides
+    those below it)."""
+    dirs: list[int] = []
+    for lower, st in found:
+        fd = _open_dir(name, lower) if stat.S_ISDIR(st.st_mode) else None
+        if fd is None:
+            break
+        dirs.append(fd)
+        if _opaque(fd):
+            break
+    return dirs
+
+
+def _same_time(a: int, b: int) -> bool:
+    """Docker's ``sameFsTime``: equal, or the same second when either has no
+    nanoseconds (a tar's timestamps have none)."""
+    return a == b or ((a % 1_000_000_000 == 0 or b % 1_000_000_000 == 0)
+                      and a // 1_000_000_000 == b // 1_000_000_000)
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _open_dir(path: str, dir_fd: int | None = None) -> int | None:
+    try:
+        return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:                 # gone, not a directory, or a symlink (ELOOP)
+        return None
+
+
 def _walk(tar: tarfile.TarFile, dir_fd: int, prefix: str,
           links: dict[tuple[int, int], str]) -> None:
     for name in sorted(os.listdir(dir_fd)):
@@ -60,6 +213,8 @@ def _walk(tar: tarfile.TarFile, dir_fd: int, prefix: str,
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
             tar.addfile(_marker(prefix + WHITEOUT_PREFIX + name))
             continue
+        if _network_mountpoint("/" + arc, st):
+            continue
         info = tarentry.header(arc, st)
         key = (st.st_dev, st.st_ino)
         if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1 and key in links:
@@ -69,6 +224,8 @@ def _walk(tar: tarfile.TarFile, dir_fd: int, prefix: str,
         if stat.S_ISDIR(st.st_mode):
             sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
             try:
+                if _only_network_mountpoints(sub, "/" + arc):
+                    continue
                 info.type = tarfile.DIRTYPE
                 info.pax_headers = _xattrs(sub)
                 tar.addfile(info)

@@ -578,6 +578,22 @@ class ImageService:
                 layers.insert(0, str(self.snapshotter.path(container_key)))
             return LayerView(layers)
 
+    def changes(self, image_id: str, container_key: str) -> list[tuple[str, int]]:
+        """``docker diff``: what the container ``container_key``'s kept writable layer
+        adds, changes or deletes over its image (:func:`.changes.list_changes`);
+        nothing before its first start or for a read-only root (no layer kept)."""
+        with self.lock:
+            if not self.snapshotter.exists(container_key) or \
+                    self.snapshotter.stat(container_key).kind != "active":
+                return []
+            upper = self.snapshotter.path(container_key)
+            lowers = self._chain_lowerdirs(image_id)[1]
+        try:
+            return changes.list_changes(upper, lowers)
+        except FileNotFoundError:
+            raise Conflict(f"container {container_key[:12]} was removed while its "
+                           f"changes were listed") from None
+
     def children(self, image_id: str) -> list[str]:
         """Images a build made on top of this one (whose build parent it is)."""
         return [r[0] for r in self.store.query(

@@ -1,11 +1,14 @@
 """``sbx commit``: a container's writable layer becomes a new image layer, with its
 deletions (overlay whiteouts -> ``.wh.<name>``) and replaced directories (opaque ->
 ``.wh..wh..opq``); the new image runs, shows its history, and survives save -> load
-into another daemon with the same id. Real daemons (``conftest.Daemon``), the real CLI.
+into another daemon with the same id. ``sbx diff`` lists the same layer's changes.
+Real daemons (``conftest.Daemon``), the real CLI.
 """
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 
 import pytest
 
@@ -87,6 +90,48 @@ def test_commit_run_history_and_save_load(daemon: Daemon, changed: str, tmp_path
         daemon.sbx("rmi", ref)
 
 
+def test_diff_lists_the_changes_as_docker_does(daemon: Daemon, changed: str,
+                                               tmp_path) -> None:
+    """A for added, C for changed, D for deleted (an opaque directory too), parents
+    first; not the mountpoints of the container's own /etc/hostname, hosts and
+    resolv.conf."""
+    assert daemon.sbx("diff", changed, check=True).out == (
+        "C /bin\nD /bin/ls\nA /new.txt\nD /var\nA /var/only\n")
+    with daemon.client() as client:
+        assert client.containers.get(changed).diff() == [
+            {"path": "/bin", "kind": 0}, {"path": "/bin/ls", "kind": 2},
+            {"path": "/new.txt", "kind": 1}, {"path": "/var", "kind": 2},
+            {"path": "/var/only", "kind": 1}]
+        # nothing changed: nothing listed, and a commit adds an empty layer
+        quiet = client.containers.create("busybox", ["true"])
+        try:
+            assert quiet.diff() == []                      # not started: no layer yet
+            quiet.start()
+            quiet.wait()
+            assert quiet.diff() == []
+            image = quiet.commit(IMAGE, "quiet")
+        finally:
+            quiet.remove(force=True)
+        try:
+            archive = tmp_path / "quiet.tar"
+            daemon.sbx("save", "-o", str(archive), f"{IMAGE}:quiet", check=True)
+            assert _last_layer_names(archive) == []
+        finally:
+            client.images.remove(image.id)
+
+
+def _last_layer_names(archive) -> list[str]:
+    """The entry names of the top layer of the one image in an OCI archive."""
+    with tarfile.open(archive) as tar:
+        def blob(digest: str) -> bytes:
+            return tar.extractfile(f"blobs/sha256/{digest.split(':')[1]}").read()
+        index = json.loads(tar.extractfile("index.json").read())
+        manifest = json.loads(blob(index["manifests"][0]["digest"]))
+        layer = blob(manifest["layers"][-1]["digest"])
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        return tar.getnames()
+
+
 def test_commit_through_the_python_client(daemon: Daemon) -> None:
     with daemon.client() as client:
         container = client.containers.create("busybox", ["sh", "-c", "echo api > /api.txt"])
@@ -111,6 +156,8 @@ def test_commit_refusals(daemon: Daemon) -> None:
         refused = daemon.sbx("commit", cid, f"{IMAGE}:rm")
         assert refused.returncode != 0
         assert "--rm" in refused.err and "without --rm" in refused.err, refused.err
+        refused = daemon.sbx("diff", cid)
+        assert refused.returncode != 0 and "without --rm" in refused.err, refused.err
     finally:
         daemon.sbx("rm", "-f", cid)
     assert daemon.sbx("image", "inspect", f"{IMAGE}:rm").returncode != 0
