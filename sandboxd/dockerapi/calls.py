@@ -5,11 +5,20 @@ which turns the op's events into whatever the route streams."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import struct
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from .. import operations
+from ..errors import SandboxError
 from ..handlers import Handlers
+from .http import HttpError, Response
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+TAR = "application/x-tar"
 
 Sink = Callable[[str, Any], Awaitable[None]]
 INBOX_FRAMES = 8         # data frames (≤ 64 KiB each) queued for an op at most
@@ -82,3 +91,70 @@ async def pump_stdin(reader: asyncio.StreamReader, ctx: ApiContext) -> None:
             ctx.feed("stdin_eof", True)
             return
         await ctx.push("stdin", data)
+
+
+# ---------------------------------------------------------------- streamed answers
+
+def json_line(value: dict[str, Any]) -> bytes:
+    return json.dumps(value).encode() + b"\r\n"
+
+
+def error_line(exc: BaseException) -> bytes:
+    if isinstance(exc, (SandboxError, HttpError)):
+        message = exc.message
+    else:
+        log.exception("docker api: stream failed", exc_info=exc)
+        message = f"internal error: {type(exc).__name__}: {exc}"
+    return json_line({"errorDetail": {"message": message}, "error": message})
+
+
+async def _items(task: asyncio.Future, queue: asyncio.Queue) -> AsyncIterator[bytes]:
+    """What the op's sink queues while ``task`` runs; then the op's error, if any."""
+    getter: asyncio.Future | None = None
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+                continue
+            getter.cancel()
+            while not queue.empty():
+                yield queue.get_nowait()
+            task.result()
+            return
+    finally:
+        if getter is not None:
+            getter.cancel()
+        task.cancel()
+
+
+async def stream_response(work: Awaitable[Any], queue: asyncio.Queue, *,
+                          content_type: str = JSON, in_band: bool = True,
+                          convert: Callable[[BaseException], BaseException] = lambda e: e
+                          ) -> Response:
+    """Run the op ``work`` and answer with what its sink queues. Its error before the
+    first item is this request's error (``convert`` may turn it into dockerd's);
+    after, a last error line (``in_band``), else the connection is cut (a tar cut short
+    must not look complete)."""
+    task = asyncio.ensure_future(work)
+    items = _items(task, queue)
+    try:
+        first = await anext(items, None)
+    except Exception as e:
+        raise convert(e) from None
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            if first is not None:
+                yield first
+            async for item in items:
+                yield item
+        except Exception as e:
+            if not in_band:
+                log.warning("docker api: stream cut: %s", e)
+                raise ConnectionAbortedError(str(e)) from None
+            yield error_line(e)
+        finally:
+            await items.aclose()
+    return Response(200, content_type=content_type, chunks=body())

@@ -15,7 +15,8 @@ from ..errors import InvalidArgument, NotFound, SandboxError
 from ..flags import build_config
 from ..model import ContainerRecord
 from ..render import inspect_document, rfc3339
-from .calls import MULTIPLEXED, RAW, STREAMS, ApiContext, Calls, frame, pump_stdin
+from .calls import (MULTIPLEXED, RAW, STREAMS, TAR, ApiContext, Calls, frame, pump_stdin,
+                    stream_response)
 from .http import (HttpError, Hijack, Request, Response, Route, empty, json_response,
                    route)
 from .stats import docker_stats
@@ -89,6 +90,8 @@ class ContainerRoutes:
             route("POST", c + "/attach", self.attach),
             route("POST", c + "/resize", self.resize),
             route("GET", c + "/top", self.top),
+            route("GET", c + "/changes", self.changes),
+            route("GET", c + "/export", self.export),
             route("GET", c + "/stats", self.stats),
             route("POST", c + "/rename", self.rename),
             route("POST", c + "/pause", self.pause),
@@ -293,6 +296,23 @@ class ContainerRoutes:
     async def top(self, req: Request) -> Response:
         result = await self.calls.call("container.top", {"id": req.params["id"]})
         return json_response({"Titles": result["titles"], "Processes": result["processes"]})
+
+    async def changes(self, req: Request) -> Response:
+        result = await self.calls.call("container.changes", {"id": req.params["id"]})
+        return json_response([{"Path": c["path"], "Kind": c["kind"]}
+                              for c in result["changes"]])
+
+    async def export(self, req: Request) -> Response:
+        queue: asyncio.Queue[bytes] = asyncio.Queue(8)
+
+        async def sink(event: str, data: Any) -> None:
+            if event == "data":
+                await queue.put(data)
+
+        ctx = ApiContext("container.export", sink)
+        return await stream_response(
+            self.calls.call("container.export", {"id": req.params["id"]}, ctx), queue,
+            content_type=TAR, in_band=False)
 
     async def stats(self, req: Request) -> Response:
         record = await self._record(req.params["id"])

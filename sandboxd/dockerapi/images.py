@@ -14,45 +14,27 @@ import asyncio
 import base64
 import binascii
 import json
-import logging
 import posixpath
 import tarfile
 import tempfile
-from typing import IO, Any, AsyncIterator, Awaitable, Callable
+from typing import IO, Any, Awaitable, Callable
 
-from ..errors import NotFound, SandboxError
+from ..errors import NotFound
 from ..handlers import UPLOAD_CAP
 from ..images import oci
 from ..images.registry import Unauthorized
 from ..model import ImageRecord
 from ..render import image_document
-from .calls import ApiContext, Calls
+from .calls import TAR, ApiContext, Calls, json_line, stream_response
 from .containers import docker_filters
 from .http import HttpError, Request, Response, Route, empty, json_response, route
 
-log = logging.getLogger(__name__)
-
-JSON = "application/json"
-TAR = "application/x-tar"
 MAX_DOCKERFILE = 1 << 20      # bytes of a Dockerfile read out of a build context
 SPOOL_CHUNK = 1 << 20
 # /build's query parameters that the classic builder has and sandboxd does not: refused
 # when set to anything but the CLI's default (the CLI always sends some of them).
 _UNSUPPORTED_BUILD = {"squash": "", "remote": "", "cpusetcpus": "", "cpusetmems": "",
                       "isolation": "", "outputs": "", "session": "", "memswap": "0"}
-
-
-def _line(value: dict[str, Any]) -> bytes:
-    return json.dumps(value).encode() + b"\r\n"
-
-
-def _error_line(exc: BaseException) -> bytes:
-    if isinstance(exc, (SandboxError, HttpError)):
-        message = exc.message
-    else:
-        log.exception("docker api: stream failed", exc_info=exc)
-        message = f"internal error: {type(exc).__name__}: {exc}"
-    return _line({"errorDetail": {"message": message}, "error": message})
 
 
 def _no_such_image(name: str) -> Callable[[BaseException], BaseException]:
@@ -62,57 +44,6 @@ def _no_such_image(name: str) -> Callable[[BaseException], BaseException]:
             return HttpError(404, f"No such image: {name}")
         return exc
     return convert
-
-
-async def _items(task: asyncio.Future, queue: asyncio.Queue) -> AsyncIterator[bytes]:
-    """What the op's sink queues while ``task`` runs; then the op's error, if any."""
-    getter: asyncio.Future | None = None
-    try:
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                yield getter.result()
-                continue
-            getter.cancel()
-            while not queue.empty():
-                yield queue.get_nowait()
-            task.result()
-            return
-    finally:
-        if getter is not None:
-            getter.cancel()
-        task.cancel()
-
-
-async def _stream(work: Awaitable[Any], queue: asyncio.Queue, *,
-                  content_type: str = JSON, in_band: bool = True,
-                  convert: Callable[[BaseException], BaseException] = lambda e: e) -> Response:
-    """Run the op ``work`` and answer with what its sink queues. Its error before the
-    first item is this request's error (``convert`` may turn it into dockerd's);
-    after, a last error line (``in_band``), else the connection is cut (a tar cut short
-    must not look complete)."""
-    task = asyncio.ensure_future(work)
-    items = _items(task, queue)
-    try:
-        first = await anext(items, None)
-    except Exception as e:
-        raise convert(e) from None
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            if first is not None:
-                yield first
-            async for item in items:
-                yield item
-        except Exception as e:
-            if not in_band:
-                log.warning("docker api: stream cut: %s", e)
-                raise ConnectionAbortedError(str(e)) from None
-            yield _error_line(e)
-        finally:
-            await items.aclose()
-    return Response(200, content_type=content_type, chunks=body())
 
 
 def _progress_message(event: dict[str, Any]) -> dict[str, Any]:
@@ -359,7 +290,7 @@ class ImageRoutes:
             nonlocal said
             if name != "progress":
                 return
-            line = _line(_progress_message(data))
+            line = json_line(_progress_message(data))
             if not said and data.get("status", "").startswith("Pulling from"):
                 held.append(line)          # until the registry has the manifest
                 return
@@ -372,8 +303,8 @@ class ImageRoutes:
         if req.arg("platform"):
             params["platform"] = req.arg("platform")
         ctx = ApiContext("image.pull", sink)
-        return await _stream(self.calls.call("image.pull", params, ctx), queue,
-                             convert=_pull_error(ref))
+        return await stream_response(self.calls.call("image.pull", params, ctx), queue,
+                                     convert=_pull_error(ref))
 
     async def _import(self, req: Request) -> Response:
         if req.arg("fromSrc") != "-":
@@ -389,7 +320,7 @@ class ImageRoutes:
             params["cmd"] = cmd
         ctx = ApiContext("image.import")
         result = await self._upload(req, ctx, self.calls.call("image.import", params, ctx))
-        return Response(200, _line({"status": result["id"]}))
+        return Response(200, json_line({"status": result["id"]}))
 
     async def _upload(self, req: Request, ctx: ApiContext, work: Awaitable[Any]) -> Any:
         """Run ``work`` (an op that spools its stdin) with the request body as stdin."""
@@ -423,7 +354,7 @@ class ImageRoutes:
 
         async def sink(event: str, data: Any) -> None:
             if event == "progress":
-                await queue.put(_line(_progress_message(data)))
+                await queue.put(json_line(_progress_message(data)))
 
         async def push_all() -> None:
             for ref in refs:
@@ -435,10 +366,10 @@ class ImageRoutes:
                         raise HttpError(404, f"An image does not exist locally with the "
                                              f"tag: {ref}") from None
                     raise
-                await queue.put(_line({"progressDetail": {}, "aux": {
+                await queue.put(json_line({"progressDetail": {}, "aux": {
                     "Tag": ref.rpartition(":")[2], "Digest": result["digest"],
                     "Size": result["size"]}}))
-        return await _stream(push_all(), queue)
+        return await stream_response(push_all(), queue)
 
     async def auth(self, req: Request) -> Response:
         body = await req.json(required=True)
@@ -465,7 +396,7 @@ class ImageRoutes:
         for image in result["images"]:
             lines += [f"Loaded image: {t}\n" for t in image["tags"]] or \
                 [f"Loaded image ID: {image['id']}\n"]
-        return Response(200, b"".join(_line({"stream": s}) for s in lines))
+        return Response(200, b"".join(json_line({"stream": s}) for s in lines))
 
     async def save(self, req: Request) -> Response:
         names = [req.params["name"]] if "name" in req.params else req.query.get("names", [])
@@ -478,9 +409,9 @@ class ImageRoutes:
                 await queue.put(data)
 
         ctx = ApiContext("image.save", sink)
-        return await _stream(self.calls.call("image.save", {"names": names}, ctx), queue,
-                             content_type=TAR, in_band=False,
-                             convert=_no_such_image(", ".join(names)))
+        return await stream_response(
+            self.calls.call("image.save", {"names": names}, ctx), queue, content_type=TAR,
+            in_band=False, convert=_no_such_image(", ".join(names)))
 
     # -- build
     async def build(self, req: Request) -> Response:
@@ -501,17 +432,17 @@ class ImageRoutes:
 
         async def sink(event: str, data: Any) -> None:
             if event == "progress" and not quiet:
-                await queue.put(_line({"stream": data.get("stream", "")}))
+                await queue.put(json_line({"stream": data.get("stream", "")}))
 
         async def run() -> Any:
             with spool:
                 ctx = _SpoolContext("image.build", sink, spool)
                 result = await self.calls.call("image.build", params, ctx)
-            await queue.put(_line({"aux": {"ID": result["id"]}}))
+            await queue.put(json_line({"aux": {"ID": result["id"]}}))
             if quiet:
-                await queue.put(_line({"stream": result["id"] + "\n"}))
+                await queue.put(json_line({"stream": result["id"] + "\n"}))
             return result
-        return await _stream(run(), queue)
+        return await stream_response(run(), queue)
 
 
 def _pull_error(ref: str) -> Callable[[BaseException], BaseException]:

@@ -138,6 +138,16 @@ def test_cli_detached_lifecycle(docker, d: Daemon, tmp_path: Path) -> None:
         assert (tmp_path / "down" / "b").read_text() == "beta\n"
         docker("cp", "dk-life:/tmp/one.txt", str(tmp_path / "back.txt"))
         assert (tmp_path / "back.txt").read_text() == "one\n"
+        # what the container and cp changed, as docker diff lists it
+        docker("exec", "dk-life", "rm", "/bin/ls")
+        assert docker("diff", "dk-life").stdout == (
+            "C /bin\nD /bin/ls\nC /tmp\nA /tmp/down\nA /tmp/down/b\nA /tmp/one.txt\n"
+            "A /tmp/up\nA /tmp/up/a.txt\n")
+        docker("export", "-o", str(tmp_path / "fs.tar"), "dk-life")
+        with tarfile.open(tmp_path / "fs.tar") as tar:
+            names = set(tar.getnames())
+            assert tar.extractfile("tmp/up/a.txt").read() == b"alpha\n"
+        assert "bin/cat" in names and "bin/ls" not in names
 
         assert docker("inspect", "-f", "{{.State.Status}}", "dk-life").stdout == "running\n"
         assert docker("ps", "-q", "--no-trunc", "--filter", "label=t=life").stdout.split() \
