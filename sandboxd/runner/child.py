@@ -10,6 +10,7 @@ owner over a close-on-exec pipe: ``report(fd, b"R")`` just before the workload s
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import signal
@@ -48,6 +49,29 @@ def not_dumpable() -> None:
     (no CAP_SYS_PTRACE) cannot open its /proc/<pid>/exe, fd/, cwd, root, mem or environ
     (CVE-2019-5736, CVE-2024-21626), as runc's setup process does."""
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
+
+
+def set_title(name: str, args: tuple[str, ...] = ()) -> None:
+    """Show ``name`` (and ``args``) as this process's command, for a container's process
+    that runs on without an exec (an init's reaper, a template's workload): it was
+    forked with the fork server's argv, which names the daemon's state directory and
+    flags, and ``/proc/1/cmdline`` is readable by everyone inside. As setproctitle(3)
+    does: the argv strings overwritten in place (the range /proc/self/stat gives), their
+    last byte left non-NUL so the kernel reads the title up to its NUL; ``comm`` too.
+    (Written directly, and ``comm`` by prctl: a non-dumpable process of another user
+    than root may not open its own /proc/self/mem or comm.) Best effort."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])     # arg_start, arg_end (48, 49)
+        if end - start >= 2:
+            title = " ".join((name, *args)).encode()[:end - start - 2] + b"\0"
+            area = title + b"\0" * (end - start - 1 - len(title)) + b" "
+            ctypes.memmove(start, area, len(area))
+        comm = ctypes.create_string_buffer(os.path.basename(name).encode()[:15])
+        sc.prctl(sc.PR_SET_NAME, ctypes.addressof(comm))
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 def close_fds_except(*keep: int, first: int = 3) -> None:

@@ -117,7 +117,7 @@ def _container_pid1(spec: ContainerSpec, plan: list[Step], stdio: list[int],
     except Exception as e:                                   # a bug: still report it
         child.fail(errw, SetupFailed(f"container setup: {type(e).__name__}: {e}"))
     if spec.init:
-        run_init(lambda: _exec(executable, process, env, errw, program))
+        run_init(lambda: _exec(executable, process, env, errw, program), args=process.args)
     _exec(executable, process, env, errw, program)
 
 
@@ -178,7 +178,7 @@ def _wait_in_python(spec: ContainerSpec, errw: int, channel: int, hostname: str,
     env = child.environment(process, hostname, home)
     executable = child.find_executable(process.args[0], env.get("PATH", DEFAULT_PATH))
     if spec.init:
-        run_init(lambda: _exec(executable, process, env, errw, program))
+        run_init(lambda: _exec(executable, process, env, errw, program), args=process.args)
     _exec(executable, process, env, errw, program)
 
 

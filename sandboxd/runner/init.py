@@ -11,15 +11,19 @@ import os
 import signal
 from typing import Callable, NoReturn
 
+from .child import set_title
+
 _NOT_FORWARDED = {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD}
 _FORWARDED = {s for s in signal.valid_signals() if s not in _NOT_FORWARDED
               and not signal.SIGRTMIN <= s <= signal.SIGRTMAX} | {signal.SIGRTMIN}
 
 
 def run_init(workload: Callable[[], NoReturn], spawn: Callable[[], int] = os.fork,
-             started: Callable[[int], None] | None = None) -> NoReturn:
+             started: Callable[[int], None] | None = None,
+             args: tuple[str, ...] = ()) -> NoReturn:
     """Fork ``workload`` (which must exec or exit) with ``spawn``, call ``started`` with
-    its pid (a zygote's pid 1 writes its id maps there), then act as its reaper."""
+    its pid (a zygote's pid 1 writes its id maps there), then act as its reaper, shown
+    as ``sbx-init -- ARGS`` (as Docker's ``docker-init -- ARGS``)."""
     watched = _FORWARDED | {signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     child = spawn()
@@ -28,6 +32,7 @@ def run_init(workload: Callable[[], NoReturn], spawn: Callable[[], int] = os.for
         workload()
     if started is not None:
         started(child)
+    set_title("sbx-init", ("--", *args) if args else ())
     # Hold no fd but stdio: the start-report pipe must close when the workload execs.
     os.closerange(3, 1 << 20)
     while True:

@@ -135,6 +135,17 @@ def test_check_07_namespaces_pid1_and_host_pids(secure_daemon):
         sleeper.wait()
 
 
+@pytest.mark.parametrize("user", ["root", "1000"])
+def test_check_07_an_init_shows_no_host_command_line(secure_daemon, user):
+    """--init's reaper is forked from the fork server without an exec: its argv (the
+    daemon's state directory, its flags) must not be what /proc/1/cmdline shows."""
+    out = _run(secure_daemon, "--init", "-u", user, "busybox", "sh", "-c",
+               "tr '\\0' '|' < /proc/1/cmdline; echo; cat /proc/1/comm")
+    assert out == "sbx-init -- sh -c tr '\\0' '|' < /proc/1/cmdline; echo; cat /proc/1/comm|" \
+        "\nsbx-init\n", out
+    assert secure_daemon.root not in out
+
+
 def test_check_07_two_containers_cannot_see_or_signal_each_other(secure_daemon):
     d = secure_daemon
     a = "iso-a-" + uuid.uuid4().hex[:6]
