@@ -1616,8 +1616,11 @@ class ContainerService:
         finally:
             os.close(target)
         if stats.skipped:
-            raise InvalidArgument.of([f"{name}: {why} (not copied; the other entries were)"
-                                      for name, why in stats.skipped])
+            # a deep or wide hostile tree skips many long names: name a few
+            problems = [f"{_shorten(name)}: {why}" for name, why in stats.skipped]
+            more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise InvalidArgument(f"{'; '.join(problems[:3])}{more} (not copied; the "
+                                  f"other entries were)", {"problems": problems})
 
     # ------------------------------------------------------------ output for clients
 
@@ -1847,6 +1850,10 @@ def _port_bindings(record: ContainerRecord) -> tuple[PortBinding, ...]:
             if port not in taken and proto in ("tcp", "udp"):
                 bindings.append(PortBinding(int(number), proto))
     return tuple(bindings)
+
+
+def _shorten(path: str, keep: int = 120) -> str:
+    return path if len(path) <= keep else path[:keep] + "..."
 
 
 def _network_name(mode: str) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from ..errors import Conflict, InvalidArgument
 from . import tarentry
-from .unpack import OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
+from .unpack import MAX_DEPTH, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Docker's change kinds (the Engine API's ``Kind``): C, A, D
@@ -83,7 +83,7 @@ def list_changes(upper: str | os.PathLike[str], lowers: Sequence[str | os.PathLi
 
 def _diff(dir_fd: int, lowers: list[int], prefix: str, out: list[tuple[str, int]],
           changed_dirs: set[str]) -> None:
-    for name in sorted(os.listdir(dir_fd)):
+    for name in _entries(dir_fd, prefix):
         path = prefix + name
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -128,6 +128,16 @@ def _diff(dir_fd: int, lowers: list[int], prefix: str, out: list[tuple[str, int]
         finally:
             if sub >= 0:
                 os.close(sub)
+
+
+def _entries(dir_fd: int, prefix: str) -> list[str]:
+    """The sorted names in the directory at ``prefix`` (``/a/b/``); a tree deeper than
+    an image layer may be (``unpack.MAX_DEPTH``; the walks recurse) is refused, named."""
+    names = sorted(os.listdir(dir_fd))
+    if names and prefix.count("/") > MAX_DEPTH:
+        raise InvalidArgument(f"{prefix[:80]}...: more than {MAX_DEPTH} directories deep, "
+                              f"more than an image layer may hold")
+    return names
 
 
 def _network_mountpoint(path: str, st: os.stat_result) -> bool:
@@ -200,7 +210,7 @@ def _open_dir(path: str, dir_fd: int | None = None) -> int | None:
 
 def _walk(tar: tarfile.TarFile, dir_fd: int, prefix: str,
           links: dict[tuple[int, int], str]) -> None:
-    for name in sorted(os.listdir(dir_fd)):
+    for name in _entries(dir_fd, "/" + prefix):
         arc = prefix + name
         if name.startswith(WHITEOUT_PREFIX):
             raise InvalidArgument(f"/{arc}: names starting with {WHITEOUT_PREFIX} mark "

@@ -11,6 +11,7 @@ ever read: the builder resolves ``COPY`` destinations, ``--chown`` names and
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tarfile
@@ -18,7 +19,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 from ..errors import InvalidArgument, NotFound
 from . import tarentry
-from .unpack import OVERLAY_OPAQUE_XATTR
+from .unpack import MAX_DEPTH, OVERLAY_OPAQUE_XATTR
 
 _MAX_LINKS = 40
 
@@ -32,6 +33,20 @@ def _opaque(path: str) -> bool:
         return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
     except OSError:
         return False
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    """lstat, None when nothing is there; a path longer than the kernel takes (a deep
+    tree of long names) is refused, named."""
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise InvalidArgument(f"{path[:80]}...: path too long to read "
+                                  f"({len(path)} bytes)") from None
+        raise
 
 
 class LayerView:
@@ -52,9 +67,8 @@ class LayerView:
             merged: list[int] = []
             for i in dirs:
                 path = os.path.join(self.layers[i], *parts[:depth + 1])
-                try:
-                    st = os.lstat(path)
-                except (FileNotFoundError, NotADirectoryError):
+                st = _lstat(path)
+                if st is None:
                     continue
                 if _whiteout(st):
                     break
@@ -123,9 +137,8 @@ class LayerView:
         names: dict[str, bool] = {}                 # name -> visible
         for layer in self.layers:
             d = os.path.join(layer, *parts)
-            try:
-                st = os.lstat(d)
-            except (FileNotFoundError, NotADirectoryError):
+            st = _lstat(d)
+            if st is None:
                 continue
             if _whiteout(st) or not stat.S_ISDIR(st.st_mode):
                 break
@@ -142,10 +155,21 @@ class LayerView:
         found = self.lstat(path)
         if found is None:
             return
-        yield path, found[0], found[1]
-        if stat.S_ISDIR(found[1].st_mode):
-            for name in self.listdir(path):
-                yield from self.walk(path.rstrip("/") + "/" + name)
+        todo = [(path, found)]
+        while todo:                       # depth first, by hand: a tree may be deep
+            path, (real, st) = todo.pop()
+            yield path, real, st
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            names = self.listdir(path)
+            if names and path.count("/") >= MAX_DEPTH:
+                raise InvalidArgument(f"{path[:80]}...: more than {MAX_DEPTH} directories "
+                                      f"deep, more than an image layer may hold")
+            for name in reversed(names):
+                child = path.rstrip("/") + "/" + name
+                entry = self.lstat(child)
+                if entry is not None:
+                    todo.append((child, entry))
 
     # ------------------------------------------------------------ users
 

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import tarfile
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -321,6 +322,34 @@ def test_check_12_cp_into_a_container(kind, host, box, secure_daemon):
     proc = secure_daemon.sbx("cp", "-", f"{box}:/dst", input=data)
     _ok_or_clear_error(proc, secure_daemon)
     host.assert_untouched()
+
+
+def test_check_12_a_tree_deeper_than_a_layer_is_a_clear_error(secure_daemon, tmp_path):
+    """A container that nests 300 directories: diff, commit and export refuse it by
+    name (they once hit Python's recursion limit: a traceback, an internal error); a
+    copy in of such a tree names a few of the entries it skipped, not all of them."""
+    d = secure_daemon
+    name = "deep-" + uuid.uuid4().hex[:6]
+    d.sbx("run", "--name", name, "busybox", "sh", "-c",
+          "i=0; while [ $i -lt 300 ]; do mkdir d; cd d; i=$((i+1)); done; echo x > f",
+          check=True)
+    try:
+        for args in (["diff", name], ["commit", name, "sbx-deep:x"], ["export", name]):
+            proc = d.sbx(*args)
+            assert proc.returncode != 0, args
+            assert "more than 256 directories deep" in proc.err and \
+                len(proc.err) < 400, (args, proc.err)
+        deep = tmp_path / "src"
+        (deep.joinpath(*["e"] * 300)).mkdir(parents=True)
+        for i in range(20):          # twenty skipped entries below the limit
+            (deep.joinpath(*["e"] * 280) / f"f{i}").write_text("x")
+        proc = d.sbx("cp", str(deep / "e"), f"{name}:/")
+        assert proc.returncode != 0 and "more than 256 directories deep" in proc.err
+        assert "more (not copied; the other entries were)" in proc.err and \
+            len(proc.err) < 1000, proc.err
+    finally:
+        d.sbx("rm", "-f", name)
+    assert "Traceback" not in d.log()
 
 
 @pytest.mark.parametrize("through", ["planted", "rel", "planted/", "rel/deeper/"])
