@@ -41,7 +41,7 @@ from .model import (ContainerConfig, ContainerRecord, Health, HostConfig, Link, 
                     evolve)
 from .network import BUILTIN, NetworkService, link_env
 from .ports import PortProxy
-from . import resolvconf
+from . import resolvconf, trees
 from .runner import syscalls
 from .runner.api import AsyncRunner, ExitInfo, receive_terminal
 from .runner.mounts import write_in_root
@@ -173,7 +173,7 @@ class ContainerService:
         known = {row["id"] for row in self.store.list_containers()}
         for entry in entries:
             if entry.name not in known:
-                _rmtree(entry)
+                trees.remove(entry)
 
     async def shutdown(self) -> None:
         self.closing = True
@@ -381,7 +381,7 @@ class ContainerService:
                                          record.image_id, session or None,
                                          record.to_dict(), volatile=_volatile(record))
             except BaseException:
-                _rmtree(directory)
+                trees.remove(directory)
                 self.volumes.remove_anonymous(sorted(anonymous))
                 raise
         except BaseException:
@@ -1326,7 +1326,7 @@ class ContainerService:
         if files_later:
             asyncio.get_running_loop().run_in_executor(None, _rmtree, directory)
         else:
-            _rmtree(directory)
+            trees.remove(directory)
         return True
 
     def _release_rootfs(self, container_id: str) -> None:
@@ -2171,6 +2171,4 @@ def _unmodified(path: Path) -> bool:
         return True
 
 
-def _rmtree(path: Path) -> None:
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
+

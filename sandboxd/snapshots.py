@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import trees
 from .errors import Conflict, InvalidArgument, NotFound
 from .runner import layers
 from .runner.spec import RootFS
@@ -212,7 +213,7 @@ class Snapshotter:
                 raise Conflict(f"snapshot {key} is the parent of {', '.join(children)}; "
                                f"remove those first")
             db.execute("DELETE FROM snapshots WHERE key = ?", (key,))
-        shutil.rmtree(self.dir / str(row["id"]), ignore_errors=True)
+        trees.remove(self.dir / str(row["id"]))       # an uncapped upper: any depth
 
     def cleanup(self) -> list[Path]:
         """Delete directories under ``root/snapshots`` that no row owns (crash leftovers:
@@ -225,7 +226,7 @@ class Snapshotter:
                 continue
             path = Path(entry.path)
             if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(path, ignore_errors=True)
+                trees.remove(path)
             else:
                 path.unlink(missing_ok=True)
             removed.append(path)

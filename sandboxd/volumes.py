@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import trees
 from .errors import Conflict, InvalidArgument, NotFound, SetupFailed
 from .events import NOWHERE, EventBus
 from .filters import label_matches
@@ -266,8 +267,8 @@ class VolumeService:
         """Delete detached volumes; the bytes they held."""
         size = 0
         for path in doomed:
-            size += _du(path)
-            shutil.rmtree(path, ignore_errors=True)
+            size += trees.disk_usage(path)
+            trees.remove(path)
         return size
 
     def remove_anonymous(self, names: Sequence[str]) -> list[str]:
@@ -311,7 +312,7 @@ class VolumeService:
         """Every volume with its size in bytes and how many containers mount it
         (``system df``); walks every volume: run it in a worker thread."""
         users = self.users()
-        return [v.to_dict(size=_du(Path(v.mountpoint)) if not v.capped
+        return [v.to_dict(size=trees.disk_usage(v.mountpoint) if not v.capped
                           else os.stat(v.mountpoint).st_blocks * 512,
                           ref_count=len(users.get(v.name, ()))) for v in self.list()]
 
@@ -319,7 +320,7 @@ class VolumeService:
         """At start-up: what a crash left half made or half removed."""
         for entry in os.listdir(self.dir):
             if entry.startswith("."):
-                shutil.rmtree(self.dir / entry, ignore_errors=True)
+                trees.remove(self.dir / entry)
 
     # ------------------------------------------------------------ first use
 
@@ -396,21 +397,6 @@ def _matches(v: Volume, filters: Mapping[str, Sequence[str]],
         elif not any(checks[key](x) for x in values):
             return False
     return True
-
-
-def _du(path: Path) -> int:
-    """Bytes of the blocks a tree holds (as ``du``; a hard link counted once)."""
-    total, seen = os.lstat(path).st_blocks * 512 if path.is_file() else 0, set()
-    for top, dirs, files in os.walk(path):
-        for name in dirs + files:
-            try:
-                st = os.lstat(os.path.join(top, name))
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
-    return total
 
 
 def _whiteout(st: os.stat_result) -> bool:

@@ -352,6 +352,25 @@ def test_check_12_a_tree_deeper_than_a_layer_is_a_clear_error(secure_daemon, tmp
     assert "Traceback" not in d.log()
 
 
+def test_check_12_a_volume_nested_past_the_recursion_limit_is_measured_and_removed(
+        secure_daemon):
+    """1500 levels in a volume: Python 3.11's rmtree and os.walk recurse a frame a level,
+    which made the volume undeletable and system df fail (RecursionError)."""
+    d = secure_daemon
+    volume = "deepvol-" + uuid.uuid4().hex[:6]
+    d.sbx("run", "--rm", "-v", f"{volume}:/data", "busybox", "sh", "-c",
+          "cd /data; i=0; while [ $i -lt 1500 ]; do mkdir d; cd d; i=$((i+1)); done; "
+          "echo x > f", check=True)
+    try:
+        df = d.sbx("system", "df", "-v", check=True).out
+        assert any(line.split()[:1] == [volume] for line in df.splitlines()), df
+    finally:
+        d.sbx("volume", "rm", volume, check=True)
+    left = os.listdir(os.path.join(d.root, "volumes"))
+    assert not [e for e in left if e == volume or e.startswith(".")], left
+    assert "Traceback" not in d.log()
+
+
 @pytest.mark.parametrize("through", ["planted", "rel", "planted/", "rel/deeper/"])
 def test_check_12_cp_into_a_container_through_its_own_symlink(through, host, box, tmp_path,
                                                               secure_daemon):
