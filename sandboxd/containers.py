@@ -1324,7 +1324,7 @@ class ContainerService:
         if not directory.exists():              # a --rm container that printed nothing
             return True
         if files_later:
-            asyncio.get_running_loop().run_in_executor(None, _rmtree, directory)
+            asyncio.get_running_loop().run_in_executor(None, trees.remove, directory)
         else:
             trees.remove(directory)
         return True
