@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from . import untrusted_json
 from .errors import InvalidArgument
 
 TYPE_CHECKING = False
@@ -43,7 +44,7 @@ def read_security_opt(entries: Iterable[str]) -> list[str]:
                 raise InvalidArgument(f"opening seccomp profile ({value}) failed: "
                                       f"{e.strerror}") from None
             try:
-                profile = json.loads(text)
+                profile = untrusted_json.loads(text)
             except ValueError as e:
                 raise InvalidArgument(f"seccomp profile {value}: not valid JSON ({e})"
                                       ) from None

@@ -51,8 +51,8 @@ def volume_create(driver: str, label: tuple[str, ...], opt: tuple[str, ...],
                   name_flag: str, name: str) -> int:
     """Create a volume."""
     if name and name_flag and name != name_flag:
-        raise click.UsageError(f"conflicting options: either specify --name or provide "
-                               f"positional arg, not both")
+        raise click.UsageError("conflicting options: either specify --name or provide "
+                               "positional arg, not both")
     with open_client() as client:
         doc = client.call("volume.create", {
             "name": name or name_flag, "driver": driver,

@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
 
+from .. import untrusted_json
+
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 << 10          # bytes of a request line and headers
@@ -121,7 +123,7 @@ class Request:
         if not value:
             return None
         try:
-            return json.loads(value)
+            return untrusted_json.loads(value)
         except ValueError as e:
             raise HttpError(400, f"invalid JSON in query parameter {name}: {e}") from None
 
@@ -156,7 +158,7 @@ class Request:
                 raise HttpError(400, "request body is empty: a JSON object was expected")
             return {}
         try:
-            value = json.loads(raw)
+            value = untrusted_json.loads(raw)
         except ValueError as e:
             raise HttpError(400, f"invalid JSON body: {e}") from None
         if value is None:

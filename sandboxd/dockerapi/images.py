@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import posixpath
 import tarfile
 import tempfile
 from typing import IO, Any, Awaitable, Callable
 
+from .. import untrusted_json
 from ..errors import NotFound
 from ..handlers import UPLOAD_CAP
 from ..images import oci
@@ -78,7 +78,7 @@ def _registry_auth(req: Request) -> None:
     if not raw:
         return
     try:
-        value = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        value = untrusted_json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
     except (binascii.Error, ValueError):
         raise HttpError(400, "X-Registry-Auth: not base64-encoded JSON") from None
     if not isinstance(value, dict):
@@ -103,7 +103,7 @@ def _changes(values: list[str]) -> list[str] | None:
                                  f"import")
         rest = rest.strip()
         try:
-            parsed = json.loads(rest) if rest.startswith("[") else None
+            parsed = untrusted_json.loads(rest) if rest.startswith("[") else None
         except ValueError:
             parsed = None
         if isinstance(parsed, list) and all(isinstance(a, str) for a in parsed):

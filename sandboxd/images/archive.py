@@ -34,6 +34,7 @@ import tarfile
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO, Callable, Iterable, Protocol, Sequence
 
+from .. import untrusted_json
 from ..errors import InvalidArgument, NotFound
 from ..reference import normalize_ref
 from ..reference import parse as parse_ref
@@ -72,7 +73,7 @@ class _Archive:
 
     def json(self, name: str) -> Any:
         try:
-            return json.loads(self.metadata[name])
+            return untrusted_json.loads(self.metadata[name])
         except ValueError:
             raise InvalidArgument(f"the archive's {name} is not valid JSON") from None
 
@@ -194,7 +195,7 @@ def _resolve(svc: ImageStore, desc: Any, what: str) -> tuple[str, dict[str, Any]
         if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
             raise InvalidArgument(f"{what}: not a descriptor with a digest")
         try:
-            doc = json.loads(svc.content.read(desc["digest"]))
+            doc = untrusted_json.loads(svc.content.read(desc["digest"]))
         except NotFound:
             raise InvalidArgument(f"the archive lacks blob {desc['digest']} ({what})") \
                 from None

@@ -17,11 +17,11 @@ character (inside double quotes only before ``"``, ``$``, the escape itself).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from .. import untrusted_json
 from ..errors import InvalidArgument
 
 # Instructions whose arguments are expanded with the build's variables (Docker's list).
@@ -231,7 +231,7 @@ def exec_form(text: str) -> list[str] | None:
     if not text.startswith("["):
         return None
     try:
-        value = json.loads(text)
+        value = untrusted_json.loads(text)
     except ValueError:
         return None
     if isinstance(value, list) and all(isinstance(v, str) for v in value):

@@ -39,6 +39,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from .. import untrusted_json
 from ..errors import InvalidArgument, NotFound, Unavailable
 from ..reference import DEFAULT_DOMAIN, HUB_ENDPOINT
 from . import oci
@@ -220,7 +221,7 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 def _registry_errors(body: bytes) -> tuple[str, str]:
     """``(code, message)`` of a distribution error body (``{"errors": [...]}``)."""
     try:
-        errors = json.loads(body).get("errors") or []
+        errors = untrusted_json.loads(body).get("errors") or []
         first = errors[0]
         return str(first.get("code", "")), str(first.get("message", ""))
     except (ValueError, AttributeError, IndexError, TypeError):
@@ -425,7 +426,7 @@ class RegistryClient:
             raise Unavailable(f"registry {self.registry}: token server {realm} answered "
                               f"HTTP {resp.status}: {body[:200]!r}")
         try:
-            doc = json.loads(body)
+            doc = untrusted_json.loads(body)
             return doc.get("token") or doc["access_token"]
         except (ValueError, KeyError, AttributeError):
             raise Unavailable(f"registry {self.registry}: token server {realm} sent no "
@@ -493,7 +494,7 @@ class RegistryClient:
             raise InvalidArgument(f"{shown}: the registry sent a manifest whose digest is "
                                   f"{digest}")
         try:
-            doc = json.loads(body)
+            doc = untrusted_json.loads(body)
         except ValueError:
             raise InvalidArgument(f"{shown}: the manifest is not JSON") from None
         media = resp.headers.get_content_type()

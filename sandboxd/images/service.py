@@ -34,6 +34,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
+from .. import untrusted_json
 from ..errors import Conflict, InvalidArgument, NotFound, Unavailable
 from ..reference import DEFAULT_DOMAIN, Reference, normalize_ref, split_ref
 from ..reference import parse as parse_ref
@@ -392,7 +393,7 @@ class ImageService:
         if given. Call without ``self.lock`` held: layers are unpacked without it
         (:meth:`_unpack_layer`), the image is recorded with it."""
         try:
-            config = json.loads(self.content.read(config_digest))
+            config = untrusted_json.loads(self.content.read(config_digest))
             diff_ids = config["rootfs"]["diff_ids"]
             if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
                 raise InvalidArgument(f"image {config_digest[7:19]}: the config lists "

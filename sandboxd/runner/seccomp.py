@@ -26,7 +26,7 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidArgument
+from .. import untrusted_json
 
 DEFAULT = "default"                   # the profile a container gets unless told otherwise
 UNCONFINED = "unconfined"             # no filter at all
@@ -117,7 +117,7 @@ def profile_name(value: str) -> str:
 def check_text(text: str, where: str = "seccomp") -> tuple[str, ...]:
     """Problems with a profile's JSON text (cached: specs are validated several times)."""
     try:
-        profile = json.loads(text)
+        profile = untrusted_json.loads(text)
     except ValueError as e:
         return (f"{where}: the profile is not valid JSON ({e})",)
     return tuple(check_profile(profile, where))

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tarfile
 import uuid
 from pathlib import Path
@@ -256,6 +257,10 @@ def test_check_12_load_hostile_layer(form, kind, host, tmp_path, secure_daemon):
     host.assert_untouched()
 
 
+# JSON nested past Python's recursion limit: json.loads raises RecursionError on it
+DEEP_JSON = b"[" * 5000 + b"]" * 5000
+
+
 def _hostile_metadata(canary: Path) -> dict[str, bytes]:
     layer = _tar([_file("ok")])
     victim = str(canary / VICTIM)
@@ -283,7 +288,40 @@ def _hostile_metadata(canary: Path) -> dict[str, bytes]:
              "annotations": {"io.containerd.image.name": "../../x:../y"}}]}),
         "blob_name_dotdot": _tar([_file("blobs/sha256/../../../" + victim.lstrip("/")),
                                   _file("index.json", b'{"manifests": []}')]),
+        "manifest_nested_too_deep": _tar([_file("manifest.json", DEEP_JSON)]),
+        "index_nested_too_deep": _tar([_file("index.json", b'{"manifests": ' + DEEP_JSON
+                                             + b"}")]),
     }
+
+
+def test_check_29_json_nested_too_deep_is_invalid_not_internal(secure_daemon, tmp_path):
+    """A Dockerfile's CMD, a seccomp profile and a Docker API body nested 5000 levels:
+    each is bad input named as such (or, for the CMD, the shell form Docker falls back
+    to), never an internal error."""
+    d = secure_daemon
+    profile = tmp_path / "seccomp.json"
+    profile.write_bytes(b'{"defaultAction": ' + DEEP_JSON + b"}")
+    proc = d.sbx("run", "--rm", "--security-opt", f"seccomp={profile}", "busybox", "true")
+    assert proc.returncode != 0 and "not valid JSON (nested too deeply)" in proc.err, \
+        proc.err
+    _ok_or_clear_error(proc, d)
+    (tmp_path / "Dockerfile").write_bytes(b"FROM busybox\nCMD " + DEEP_JSON + b"\n")
+    proc = d.sbx("build", "-q", "-t", "sbx-deep-cmd:x", str(tmp_path))
+    _ok_or_clear_error(proc, d)
+    d.sbx("rmi", "sbx-deep-cmd:x")
+    conn = socket.socket(socket.AF_UNIX)
+    conn.connect(d.docker_sock)
+    body = b'{"Image": "busybox", "Cmd": ' + DEEP_JSON + b"}"
+    conn.sendall(b"POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                 b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    reply = b""
+    while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+        data = conn.recv(65536)
+        if not data:
+            break
+        reply += data
+    conn.close()
+    assert reply.startswith(b"HTTP/1.1 400") and b"nested too deeply" in reply, reply[:300]
 
 
 @pytest.mark.parametrize("case", tuple(_hostile_metadata(Path("/x"))))
