@@ -18,9 +18,8 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from typing import BinaryIO
-
 from collections.abc import Sequence
+from typing import BinaryIO
 
 from ..errors import Conflict, InvalidArgument
 from . import tarentry
@@ -29,7 +28,6 @@ from .unpack import MAX_DEPTH, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PRE
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Docker's change kinds (the Engine API's ``Kind``): C, A, D
 MODIFIED, ADDED, DELETED = 0, 1, 2
-KIND_LETTERS = "CAD"
 # Mountpoints the runner makes in the upper for the container's own network files
 # (bind-mounted over them, so they stay empty): Docker keeps them in a layer of
 # their own below the container's, so neither its diff nor its commit has them.
