@@ -52,14 +52,16 @@ def not_dumpable() -> None:
 
 
 def set_title(name: str, args: tuple[str, ...] = ()) -> None:
-    """Show ``name`` (and ``args``) as this process's command, for a container's process
-    that runs on without an exec (an init's reaper, a template's workload): it was
-    forked with the fork server's argv, which names the daemon's state directory and
-    flags, and ``/proc/1/cmdline`` is readable by everyone inside. As setproctitle(3)
-    does: the argv strings overwritten in place (the range /proc/self/stat gives), their
-    last byte left non-NUL so the kernel reads the title up to its NUL; ``comm`` too.
-    (Written directly, and ``comm`` by prctl: a non-dumpable process of another user
-    than root may not open its own /proc/self/mem or comm.) Best effort."""
+    """Show ``name`` (and ``args``) as this process's command, for a container's pid 1
+    that runs on without an exec (an init's reaper): it was forked with the fork
+    server's argv, which names the daemon's state directory and flags, and
+    ``/proc/1/cmdline`` is readable by everyone inside. (A template's workload keeps
+    the template's argv, ``-m sandboxd.runner.template --fd N``: nothing of the host's.)
+    As setproctitle(3) does: the argv strings overwritten in place (the range
+    /proc/self/stat gives), their last byte left non-NUL so the kernel reads the title
+    up to its NUL; ``comm`` too. (Written directly, and ``comm`` by prctl: a
+    non-dumpable process of another user than root may not open its own /proc/self/mem
+    or comm.) Best effort."""
     try:
         with open("/proc/self/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()

@@ -183,8 +183,6 @@ def _clone_main(chan_fd: int, entries: dict[str, Callable[[], Any]],
                 child.fail(errw, e)
         child.report(errw, b"R")
         os.close(errw)                      # EOF after R: started, as an exec would say
-        if spec.process.args:               # shown as if exec'd, not the template's argv
-            child.set_title(spec.process.args[0], spec.process.args[1:])
         run_entry(lambda: _fresh_interpreter_state(spec.process.args, env, module,
                                                    base_path), function)
 
