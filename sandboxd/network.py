@@ -110,7 +110,7 @@ from .ipam import (IPAM, Pool, choose_subnet, default_bridge_candidates, mac_for
                    user_network_candidates)
 from .model import Endpoint
 from .runner.api import HelperConnection
-from .runner.channel import send_message
+from .runner.channel import send_message, seqpacket_pair
 from .store import Store
 
 __all__ = ["NetworkService", "Network", "Attachment", "BUILTIN", "link_env"]
@@ -909,7 +909,7 @@ class _Helper(HelperConnection):
     async def start(self, lock: Path) -> None:
         """Start the server; it answers once it holds ``lock`` (a server of a daemon
         that died may still be removing its links: ours must not adopt them)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = seqpacket_pair()
         env = dict(os.environ)
         # The server must import this same package, also when it runs from a checkout.
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import NotFound, SandboxError, Unavailable, from_wire
-from .channel import recv_message, send_message
+from .channel import recv_message, send_message, seqpacket_pair
 from .park import take_message
 from .spec import ContainerSpec, Limits, Process, to_dict
 
@@ -59,7 +59,7 @@ def _exit_info(event: dict) -> ExitInfo:
 def _start_server(state_dir: str, cgroup_parent: str, template_entries: tuple[str, ...],
                   exit_stats: bool) -> tuple[socket.socket, subprocess.Popen]:
     os.makedirs(state_dir, 0o700, exist_ok=True)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours, theirs = seqpacket_pair()
     env = dict(os.environ)
     # The fork server must import this same package, also when it runs from a checkout.
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))

@@ -4,19 +4,48 @@ The daemon, the fork server, its template and the net server all talk this way."
 from __future__ import annotations
 
 import array
+import errno
 import mmap
 import socket
 import threading
 
 import msgpack
 
+from ..errors import InvalidArgument
+
 MAX_MESSAGE = 1 << 20
+SO_SNDBUFFORCE = 32              # <asm-generic/socket.h>; not in Python's socket module
+
+
+def seqpacket_pair(cloexec: bool = False) -> tuple[socket.socket, socket.socket]:
+    """A channel's two ends, each able to send a :data:`MAX_MESSAGE` packet. A unix
+    socket's packet must fit its send buffer, ~208 KiB by default (``wmem_default``):
+    a spec with a few hundred KiB of environment (which execve takes) failed EMSGSIZE.
+    Root sets the size past ``wmem_max`` (SO_SNDBUFFORCE); others get what it allows."""
+    kind = socket.SOCK_SEQPACKET | (socket.SOCK_CLOEXEC if cloexec else 0)
+    ends = socket.socketpair(socket.AF_UNIX, kind)
+    for end in ends:
+        try:
+            end.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, MAX_MESSAGE + (64 << 10))
+        except OSError:
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE + (64 << 10))
+    return ends
 
 
 def send_message(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
     data = msgpack.packb(message, use_bin_type=True)
+    if len(data) > MAX_MESSAGE:
+        raise InvalidArgument(f"a message of {len(data)} bytes to the runner (a container's "
+                              f"environment, arguments, mounts...): at most {MAX_MESSAGE}")
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    sock.sendmsg([data], anc)
+    try:
+        sock.sendmsg([data], anc)
+    except OSError as e:
+        if e.errno != errno.EMSGSIZE:
+            raise
+        raise InvalidArgument(f"a message of {len(data)} bytes to the runner (a container's "
+                              f"environment, arguments, mounts...): more than this "
+                              f"socket's send buffer takes") from None
 
 
 _FD_SPACE = socket.CMSG_SPACE(16 * array.array("i").itemsize)

@@ -53,7 +53,7 @@ from ..errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, No
                       SandboxError, SetupFailed, from_wire)
 from . import cgroups, child, layers, mounts, native, park, rlimits, seccomp, zygote
 from . import syscalls as sc
-from .channel import recv_message, send_message
+from .channel import recv_message, send_message, seqpacket_pair
 from .init import run_init
 from .park import MAX_TAKE, decode_failure, decode_take, load_helper, take_message
 from .plan import Step, build_plan
@@ -573,8 +573,7 @@ class ForkServer:
                                image_holds=tuple(images))
         ours = theirs = None
         if spec.zygote or park is not None:
-            ours, theirs = socket.socketpair(socket.AF_UNIX,
-                                              socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            ours, theirs = seqpacket_pair(cloexec=True)
             if spec.zygote:
                 ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         channel = theirs.fileno() if theirs is not None else -1
@@ -799,7 +798,7 @@ class ForkServer:
         """The template, started on first use: exec'd from this package with a clean
         environment, so nothing of ours is in its memory."""
         from .template import template_environment
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = seqpacket_pair()
         argv = [sys.executable, "-m", "sandboxd.runner.template", "--fd", str(theirs.fileno())]
         for entry in self.template_entries:
             argv += ["--entry", entry]
@@ -856,8 +855,7 @@ class ForkServer:
         container = _Container(spec.id, spec, cgroup, program, layer_hold=hold,
                                image_holds=images)
         errr, errw = os.pipe2(os.O_CLOEXEC)
-        ours, theirs = socket.socketpair(socket.AF_UNIX,
-                                         socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        ours, theirs = seqpacket_pair(cloexec=True)
         pid = 0
         try:
             try:

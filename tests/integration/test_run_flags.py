@@ -1,10 +1,12 @@
 """The remaining run flags: --sysctl, --group-add, --cidfile, --label-file, --pull,
---device, --cpuset-cpus (its effect: tests/security/test_limit_checks.py)."""
+--device, --cpuset-cpus (its effect: tests/security/test_limit_checks.py); a large
+environment."""
 from __future__ import annotations
 
 import pytest
 
 from harness import Daemon, inspect, running
+from sandboxd.errors import InvalidArgument
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +73,16 @@ def test_device_refused_and_cpuset_checked(d: Daemon) -> None:
     assert d.sbx("inspect", "-f", "{{.HostConfig.CpusetCpus}}", d.sbx(
         "create", "--cpuset-cpus", "0", "busybox", "true", check=True).out.strip(),
         check=True).out.strip() == "0"
+
+
+def test_an_environment_of_hundreds_of_kib(d: Daemon) -> None:
+    """execve takes strings of up to 128 KiB and ~2 MiB in all; the runner's channel
+    carried packets of ~208 KiB only (the socket's default send buffer): a spec past it
+    was an internal error (EMSGSIZE). Past the channel's 1 MiB: a clear error."""
+    env = [f"{name}={name.lower() * 100_000}" for name in ("A", "B", "C")]
+    with d.client() as client:
+        result = client.run("busybox", ["sh", "-c", 'echo ${#A} ${#B} ${#C}'], env=env)
+        assert result.stdout == b"100000 100000 100000\n"
+        huge = [f"V{i}={'v' * 100_000}" for i in range(12)]
+        with pytest.raises(InvalidArgument, match="at most 1048576"):
+            client.run("busybox", ["true"], env=huge)
