@@ -80,6 +80,16 @@ def test_words_quotes_and_expansion() -> None:
         df.words("${A/x/y}", env)
 
 
+def test_variables_that_expand_past_a_mebibyte_are_refused() -> None:
+    """``ENV A=$A$A`` doubles a value every line: the expansion stops at MAX_EXPANDED."""
+    big = {"A": "x" * (600 << 10)}
+    assert len(df.expand("$A", big)) == 600 << 10
+    with pytest.raises(InvalidArgument, match="expand to more than 1048576 bytes"):
+        df.expand("$A$A", big)
+    with pytest.raises(InvalidArgument, match="expand to more than"):
+        df.words('"${A}${A}"', big)
+
+
 def test_assignments_args_commands_and_copy_sources() -> None:
     def ins(line: str) -> df.Instruction:
         return df.parse("FROM s\n" + line + "\n").stages[0].instructions[0]
