@@ -49,6 +49,9 @@ _FAILURE = struct.Struct("=ciI")             # after "X": kind, errno, step inde
 # setup.c's fail_kind kinds, which name a step; the others are helper.h's (park's words).
 STEP_KINDS = (b"o", b"l", b"d", b"L", b"u", b"g", b"a", b"U")
 
+# Python's RLIM_INFINITY is -1; sbx-setup takes the kernel's rlim_t (2**64 - 1).
+_RLIM64 = (1 << 64) - 1
+
 
 class Op(enum.IntEnum):
     """setup.c's step codes."""
@@ -253,7 +256,7 @@ def _encode_process(e: _Encoder, process: Process, hostname: str, bpf: bytes,
         soft, hard = rlimits.to_rlim(u.soft), rlimits.to_rlim(u.hard)
         e.step(Op.RLIMIT, _setup_failed(
             f"setrlimit {u.name} {rlimits.show(soft)}:{rlimits.show(hard)}", "rlimit",
-            name=u.name)).u32(rlimits.RLIMITS[u.name]).u64(soft, hard)
+            name=u.name)).u32(rlimits.RLIMITS[u.name]).u64(soft & _RLIM64, hard & _RLIM64)
     e.step(Op.WORKDIR, _setup_failed(f"prepare workdir {process.cwd}", "workdir")) \
         .str(process.cwd)
     keep = security.capability_mask(process.capabilities) & security.RUNNER_CAPS
