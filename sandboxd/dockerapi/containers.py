@@ -122,8 +122,13 @@ class ContainerRoutes:
         except NotFound:
             raise HttpError(404, f"No such image: {image}") from None
         name = req.arg("name") or None
-        result = await self.calls.call("container.create",
-                                       {"name": name, "config": config.to_dict()})
+        try:
+            result = await self.calls.call("container.create",
+                                           {"name": name, "config": config.to_dict()})
+        except NotFound as e:
+            # A network, a --link or --volumes-from container: not the image, which is
+            # here. On a 404 the docker CLI would pull the image and create again.
+            raise HttpError(400, e.message) from None
         return json_response({"Id": result["id"], "Warnings": result["warnings"]}, 201)
 
     async def list(self, req: Request) -> Response:

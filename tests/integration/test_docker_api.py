@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -91,6 +92,12 @@ def test_cli_run_rm_exit_codes(docker) -> None:
                     timeout=20)
     assert denied.returncode == 126, denied.stderr
     assert "permission denied" in denied.stderr
+    # A missing network is not a missing image: no "Unable to find image" and pull
+    nonet = docker("run", "--rm", "-l", label, "--network", "sbx-no-such-net", "busybox",
+                   "true", check=False, timeout=20)
+    assert nonet.returncode == 125, nonet.stderr
+    assert "network sbx-no-such-net not found" in nonet.stderr
+    assert "Unable to find image" not in nonet.stderr
     assert _labelled(docker, label) == []
 
 
@@ -344,6 +351,13 @@ def test_cli_run_limits_verified_inside(docker) -> None:
     out = docker("run", "--rm", "-m", "64m", "--cpus", "0.5", "--pids-limit", "64",
                  "--ulimit", "nofile=128:256", "busybox", "sh", "-c", script).stdout.split()
     assert out == [str(64 << 20), "50000", "100000", "64", "128", "256"]
+    # -1 is unlimited (it once failed in sbx-setup's encoding: "argument out of range")
+    core = docker("run", "--rm", "--ulimit", "core=-1", "busybox", "sh", "-c",
+                  "ulimit -c; ulimit -Hc", check=False)
+    if resource.getrlimit(resource.RLIMIT_CORE)[1] == resource.RLIM_INFINITY:
+        assert core.stdout.split() == ["unlimited", "unlimited"], core.stderr
+    else:                               # raising the host's hard limit needs the capability
+        assert "needs CAP_SYS_RESOURCE" in core.stderr, core.stderr
 
 
 @needs_cli
