@@ -293,11 +293,7 @@ class Handlers:
         return {"id": image_id}
 
     async def container_changes(self, ctx: RequestContext, params: ops.ById) -> Any:
-        record = self.containers.get(params.id)
-        if record.config.host.auto_remove and record.state.status in RUNNING:
-            raise Conflict(f"container {record.name} was started with --rm: its writable "
-                           f"layer is a tmpfs inside the container, which sandboxd cannot "
-                           f"read; run it without --rm to list its changes")
+        record = _layer_readable(self.containers.get(params.id), "list its changes")
         async with self.containers.upper(record):
             found = await asyncio.get_running_loop().run_in_executor(
                 None, self.images.changes, record.image_id, record.id)
@@ -305,11 +301,7 @@ class Handlers:
 
     async def container_export(self, ctx: RequestContext, params: ops.ById) -> Any:
         from .images.view import write_tar
-        record = self.containers.get(params.id)
-        if record.config.host.auto_remove and record.state.status in RUNNING:
-            raise Conflict(f"container {record.name} was started with --rm: its writable "
-                           f"layer is a tmpfs inside the container and cannot be exported; "
-                           f"run it without --rm")
+        record = _layer_readable(self.containers.get(params.id), "export it")
         # Spooled by a thread (it reads every file), then sent in 1 MiB chunks.
         with tempfile.TemporaryFile(dir=self.spool_dir) as spool:
             async with self.containers.upper(record):
@@ -643,6 +635,17 @@ async def _in_thread(ctx: RequestContext | None, func: Callable[..., Any], *args
     while (event := await queue.get()) is not done:
         await ctx.send_event("progress", event)   # type: ignore[union-attr]
     return future.result()
+
+
+def _layer_readable(record: ContainerRecord, to: str) -> ContainerRecord:
+    """``record``, unless it runs with --rm: its writable layer is then a tmpfs inside the
+    container, out of the daemon's reach (before its start or after its end there is
+    no layer at all, and so nothing to read)."""
+    if record.config.host.auto_remove and record.state.status in RUNNING:
+        raise Conflict(f"container {record.name} was started with --rm: its writable "
+                       f"layer is a tmpfs inside the container, which sandboxd cannot "
+                       f"read; run it without --rm to {to}")
+    return record
 
 
 async def _send_spool(ctx: RequestContext, spool: BinaryIO) -> int:

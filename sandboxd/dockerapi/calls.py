@@ -158,3 +158,18 @@ async def stream_response(work: Awaitable[Any], queue: asyncio.Queue, *,
         finally:
             await items.aclose()
     return Response(200, content_type=content_type, chunks=body())
+
+
+async def tar_response(calls: Calls, op: str, params: dict[str, Any], *,
+                       convert: Callable[[BaseException], BaseException] = lambda e: e
+                       ) -> Response:
+    """The ``data`` events of the streaming op ``op`` as a tar body (``docker export``,
+    ``docker save``); cut off, not ended with an error line, when the op fails midway."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue(8)
+
+    async def sink(event: str, data: Any) -> None:
+        if event == "data":
+            await queue.put(data)
+
+    return await stream_response(calls.call(op, params, ApiContext(op, sink)), queue,
+                                 content_type=TAR, in_band=False, convert=convert)

@@ -15,8 +15,8 @@ from ..errors import InvalidArgument, NotFound, SandboxError
 from ..flags import build_config
 from ..model import ContainerRecord
 from ..render import inspect_document, rfc3339
-from .calls import (MULTIPLEXED, RAW, STREAMS, TAR, ApiContext, Calls, frame, pump_stdin,
-                    stream_response)
+from .calls import (MULTIPLEXED, RAW, STREAMS, ApiContext, Calls, frame, pump_stdin,
+                    tar_response)
 from .http import (HttpError, Hijack, Request, Response, Route, empty, json_response,
                    route)
 from .stats import docker_stats
@@ -308,16 +308,7 @@ class ContainerRoutes:
                               for c in result["changes"]])
 
     async def export(self, req: Request) -> Response:
-        queue: asyncio.Queue[bytes] = asyncio.Queue(8)
-
-        async def sink(event: str, data: Any) -> None:
-            if event == "data":
-                await queue.put(data)
-
-        ctx = ApiContext("container.export", sink)
-        return await stream_response(
-            self.calls.call("container.export", {"id": req.params["id"]}, ctx), queue,
-            content_type=TAR, in_band=False)
+        return await tar_response(self.calls, "container.export", {"id": req.params["id"]})
 
     async def stats(self, req: Request) -> Response:
         record = await self._record(req.params["id"])

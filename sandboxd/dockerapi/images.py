@@ -25,7 +25,7 @@ from ..images import oci
 from ..images.registry import Unauthorized
 from ..model import ImageRecord
 from ..render import image_document
-from .calls import TAR, ApiContext, Calls, json_line, stream_response
+from .calls import ApiContext, Calls, json_line, stream_response, tar_response
 from .containers import docker_filters
 from .http import HttpError, Request, Response, Route, empty, json_response, route
 
@@ -402,16 +402,8 @@ class ImageRoutes:
         names = [req.params["name"]] if "name" in req.params else req.query.get("names", [])
         if not names:
             raise HttpError(400, "images/get: name at least one image (names=...)")
-        queue: asyncio.Queue[bytes] = asyncio.Queue(8)
-
-        async def sink(event: str, data: Any) -> None:
-            if event == "data":
-                await queue.put(data)
-
-        ctx = ApiContext("image.save", sink)
-        return await stream_response(
-            self.calls.call("image.save", {"names": names}, ctx), queue, content_type=TAR,
-            in_band=False, convert=_no_such_image(", ".join(names)))
+        return await tar_response(self.calls, "image.save", {"names": names},
+                                  convert=_no_such_image(", ".join(names)))
 
     # -- build
     async def build(self, req: Request) -> Response:
