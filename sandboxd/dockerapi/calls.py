@@ -108,8 +108,10 @@ def error_line(exc: BaseException) -> bytes:
     return json_line({"errorDetail": {"message": message}, "error": message})
 
 
-async def _items(task: asyncio.Future, queue: asyncio.Queue) -> AsyncIterator[bytes]:
-    """What the op's sink queues while ``task`` runs; then the op's error, if any."""
+async def op_chunks(work: Awaitable[Any], queue: asyncio.Queue) -> AsyncIterator[bytes]:
+    """Run the op ``work``, yielding what its sink queues meanwhile; then its error, if
+    any (raised here). Leaving early cancels the op."""
+    task = asyncio.ensure_future(work)
     getter: asyncio.Future | None = None
     try:
         while True:
@@ -137,8 +139,7 @@ async def stream_response(work: Awaitable[Any], queue: asyncio.Queue, *,
     first item is this request's error (``convert`` may turn it into dockerd's);
     after, a last error line (``in_band``), else the connection is cut (a tar cut short
     must not look complete)."""
-    task = asyncio.ensure_future(work)
-    items = _items(task, queue)
+    items = op_chunks(work, queue)
     try:
         first = await anext(items, None)
     except Exception as e:

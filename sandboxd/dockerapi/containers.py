@@ -15,8 +15,8 @@ from ..errors import InvalidArgument, NotFound, SandboxError
 from ..flags import build_config
 from ..model import ContainerRecord
 from ..render import inspect_document, rfc3339
-from .calls import (MULTIPLEXED, RAW, STREAMS, ApiContext, Calls, frame, pump_stdin,
-                    tar_response)
+from .calls import (MULTIPLEXED, RAW, STREAMS, ApiContext, Calls, frame, op_chunks,
+                    pump_stdin, tar_response)
 from .http import (HttpError, Hijack, Request, Response, Route, empty, json_response,
                    route)
 from .stats import docker_stats
@@ -266,7 +266,7 @@ class ContainerRoutes:
                   "timestamps": req.flag("timestamps"), "stdout": stdout, "stderr": stderr,
                   "since": req.seconds("since") or 0, "until": req.seconds("until") or 0}
         return Response(200, content_type=RAW if tty else MULTIPLEXED,
-                        chunks=_drain(self.calls.call("container.logs", params, ctx), queue))
+                        chunks=op_chunks(self.calls.call("container.logs", params, ctx), queue))
 
     async def attach(self, req: Request) -> Hijack:
         record = await self._record(req.params["id"])
@@ -331,7 +331,7 @@ class ContainerRoutes:
                 previous[:] = [data]
 
         ctx = ApiContext("container.stats", sink)
-        return Response(200, chunks=_drain(self.calls.call(
+        return Response(200, chunks=op_chunks(self.calls.call(
             "container.stats", {"id": record.id, "interval": 1.0}, ctx), queue))
 
     # -- files
@@ -363,7 +363,7 @@ class ContainerRoutes:
         ctx = ApiContext("container.archive_get", sink)
         return Response(200, content_type="application/x-tar",
                         headers=[("X-Docker-Container-Path-Stat", stat)],
-                        chunks=_drain(self.calls.call(
+                        chunks=op_chunks(self.calls.call(
                             "container.archive_get",
                             {"id": req.params["id"], "path": req.arg("path")}, ctx), queue))
 
@@ -502,32 +502,3 @@ class ContainerRoutes:
             "DetachKeys": e.detach_keys,
             "ProcessConfig": {"entrypoint": e.cmd[0], "arguments": e.cmd[1:], "tty": e.tty,
                               "user": e.user, "privileged": False}})
-
-
-async def _drain(work: Any, queue: asyncio.Queue) -> AsyncIterator[bytes]:
-    """Run the op ``work`` while yielding what its sink queues; an error before the
-    first chunk is the request's error, one after ends the stream (as dockerd does)."""
-    task = asyncio.ensure_future(work)
-    task.add_done_callback(lambda _t: queue.put_nowait(None) if not queue.full() else None)
-    getter: asyncio.Future | None = None
-    try:
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                item = getter.result()
-                if item is not None:
-                    yield item
-                    continue
-            else:
-                getter.cancel()
-            while not queue.empty():
-                item = queue.get_nowait()
-                if item is not None:
-                    yield item
-            task.result()
-            return
-    finally:
-        if getter is not None:
-            getter.cancel()
-        task.cancel()

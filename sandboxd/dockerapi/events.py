@@ -10,8 +10,8 @@ from typing import Any, AsyncIterator
 from .. import operations
 from ..errors import SandboxError
 from ..events import check_filters
-from .calls import ApiContext, Calls
-from .containers import _drain, docker_filters
+from .calls import ApiContext, Calls, op_chunks
+from .containers import docker_filters
 from .http import Request, Response, Route, route
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class EventRoutes:
                 await queue.put(json.dumps(data).encode() + b"\n")
 
         ctx = ApiContext("system.events", sink)
-        return Response(200, chunks=_while_connected(req, _drain(
+        return Response(200, chunks=_while_connected(req, op_chunks(
             self.calls.call("system.events", params, ctx), queue)))
 
 
