@@ -41,6 +41,7 @@ from .model import (ContainerConfig, ContainerRecord, Health, HostConfig, Link, 
                     evolve)
 from .network import BUILTIN, NetworkService, link_env
 from .ports import PortProxy
+from .render import truncate
 from . import resolvconf, trees
 from .runner import syscalls
 from .runner.api import AsyncRunner, ExitInfo, receive_terminal
@@ -1617,7 +1618,7 @@ class ContainerService:
             os.close(target)
         if stats.skipped:
             # a deep or wide hostile tree skips many long names: name a few
-            problems = [f"{_shorten(name)}: {why}" for name, why in stats.skipped]
+            problems = [f"{truncate(name, 120)}: {why}" for name, why in stats.skipped]
             more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
             raise InvalidArgument(f"{'; '.join(problems[:3])}{more} (not copied; the "
                                   f"other entries were)", {"problems": problems})
@@ -1850,10 +1851,6 @@ def _port_bindings(record: ContainerRecord) -> tuple[PortBinding, ...]:
             if port not in taken and proto in ("tcp", "udp"):
                 bindings.append(PortBinding(int(number), proto))
     return tuple(bindings)
-
-
-def _shorten(path: str, keep: int = 120) -> str:
-    return path if len(path) <= keep else path[:keep] + "..."
 
 
 def _network_name(mode: str) -> str:
@@ -2169,6 +2166,3 @@ def _unmodified(path: Path) -> bool:
         return _hash_path(path).read_text() == _digest(_read(str(path)))
     except FileNotFoundError:
         return True
-
-
-

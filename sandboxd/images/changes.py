@@ -23,7 +23,8 @@ from typing import BinaryIO
 
 from ..errors import Conflict, InvalidArgument
 from . import tarentry
-from .unpack import MAX_DEPTH, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
+from .unpack import (MAX_DEPTH, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX,
+                     is_whiteout, too_deep)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Docker's change kinds (the Engine API's ``Kind``): C, A, D
@@ -93,7 +94,7 @@ def _diff(dir_fd: int, lowers: list[int], prefix: str, out: list[tuple[str, int]
         found = _in_lowers(lowers, name)
         sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd) if is_dir else -1
         try:
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
+            if is_whiteout(st):
                 kind: int | None = DELETED
             elif is_dir and found and _opaque(sub):
                 kind = DELETED
@@ -133,8 +134,7 @@ def _entries(dir_fd: int, prefix: str) -> list[str]:
     an image layer may be (``unpack.MAX_DEPTH``; the walks recurse) is refused, named."""
     names = sorted(os.listdir(dir_fd))
     if names and prefix.count("/") > MAX_DEPTH:
-        raise InvalidArgument(f"{prefix[:80]}...: more than {MAX_DEPTH} directories deep, "
-                              f"more than an image layer may hold")
+        raise too_deep(prefix)
     return names
 
 
@@ -163,7 +163,7 @@ def _in_lowers(lowers: list[int], name: str) -> list[tuple[int, os.stat_result]]
         st = _lstat(fd, name)
         if st is None:
             continue
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
+        if is_whiteout(st):
             break
         found.append((fd, st))
         if not stat.S_ISDIR(st.st_mode):
@@ -218,7 +218,7 @@ def _walk(tar: tarfile.TarFile, dir_fd: int, prefix: str,
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             continue                                  # removed while we walked
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0):
+        if is_whiteout(st):
             tar.addfile(_marker(prefix + WHITEOUT_PREFIX + name))
             continue
         if _network_mountpoint("/" + arc, st):

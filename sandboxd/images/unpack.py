@@ -86,6 +86,17 @@ class UnpackStats:
 
 # ---------------------------------------------------------------- decompression
 
+def is_whiteout(st: os.stat_result) -> bool:
+    """An overlay whiteout: a character device 0/0 that hides the name in lower layers."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
+
+
+def too_deep(path: str) -> InvalidArgument:
+    """The error for reading a tree deeper than a layer may hold, naming where."""
+    return InvalidArgument(f"{path[:80]}...: more than {MAX_DEPTH} directories deep, more "
+                           f"than an image layer may hold")
+
+
 def detect_compression(head: bytes) -> str:
     """``gzip``, ``zstd``, ``bzip2``, ``xz`` or ``""`` (a plain tar) from the first bytes."""
     for magic, name in _MAGIC.items():

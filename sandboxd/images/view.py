@@ -19,13 +19,9 @@ from typing import BinaryIO, Iterator, Sequence
 
 from ..errors import InvalidArgument, NotFound
 from . import tarentry
-from .unpack import MAX_DEPTH, OVERLAY_OPAQUE_XATTR
+from .unpack import MAX_DEPTH, OVERLAY_OPAQUE_XATTR, is_whiteout, too_deep
 
 _MAX_LINKS = 40
-
-
-def _whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
 
 
 def _opaque(path: str) -> bool:
@@ -70,7 +66,7 @@ class LayerView:
                 st = _lstat(path)
                 if st is None:
                     continue
-                if _whiteout(st):
+                if is_whiteout(st):
                     break
                 if last:
                     return path, st
@@ -140,11 +136,11 @@ class LayerView:
             st = _lstat(d)
             if st is None:
                 continue
-            if _whiteout(st) or not stat.S_ISDIR(st.st_mode):
+            if is_whiteout(st) or not stat.S_ISDIR(st.st_mode):
                 break
             for name in os.listdir(d):
                 if name not in names:
-                    names[name] = not _whiteout(os.lstat(os.path.join(d, name)))
+                    names[name] = not is_whiteout(os.lstat(os.path.join(d, name)))
             if _opaque(d):
                 break
         return sorted(n for n, visible in names.items() if visible)
@@ -163,8 +159,7 @@ class LayerView:
                 continue
             names = self.listdir(path)
             if names and path.count("/") >= MAX_DEPTH:
-                raise InvalidArgument(f"{path[:80]}...: more than {MAX_DEPTH} directories "
-                                      f"deep, more than an image layer may hold")
+                raise too_deep(path)
             for name in reversed(names):
                 child = path.rstrip("/") + "/" + name
                 entry = self.lstat(child)

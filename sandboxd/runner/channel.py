@@ -35,17 +35,19 @@ def seqpacket_pair(cloexec: bool = False) -> tuple[socket.socket, socket.socket]
 def send_message(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
     data = msgpack.packb(message, use_bin_type=True)
     if len(data) > MAX_MESSAGE:
-        raise InvalidArgument(f"a message of {len(data)} bytes to the runner (a container's "
-                              f"environment, arguments, mounts...): at most {MAX_MESSAGE}")
+        raise _too_big(len(data), f"at most {MAX_MESSAGE}")
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
     try:
         sock.sendmsg([data], anc)
     except OSError as e:
         if e.errno != errno.EMSGSIZE:
             raise
-        raise InvalidArgument(f"a message of {len(data)} bytes to the runner (a container's "
-                              f"environment, arguments, mounts...): more than this "
-                              f"socket's send buffer takes") from None
+        raise _too_big(len(data), "more than this socket's send buffer takes") from None
+
+
+def _too_big(size: int, limit: str) -> InvalidArgument:
+    return InvalidArgument(f"a message of {size} bytes to the runner (a container's "
+                           f"environment, arguments, mounts...): {limit}")
 
 
 _FD_SPACE = socket.CMSG_SPACE(16 * array.array("i").itemsize)
