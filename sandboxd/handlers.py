@@ -15,7 +15,7 @@ import tempfile
 import time
 from typing import Any, BinaryIO, Callable
 
-from . import operations as ops
+from . import operations as ops, stats
 from .containers import RUNNING, ContainerService
 from .context import RequestContext
 from .daemonconfig import DaemonConfig
@@ -208,14 +208,7 @@ class Handlers:
                 "processes": [r for r in rows if r]}
 
     async def _sample(self, record: ContainerRecord) -> dict:
-        stats = await self.containers.usage(record)
-        h = record.config.host
-        return {"read": time.time(), "cpu_ns": stats.get("cpu_usage_ns", 0),
-                "system_ns": _system_ns(), "online_cpus": os.cpu_count() or 1,
-                "memory_usage": stats.get("memory_current", 0),
-                "memory_limit": h.memory or _mem_total(), "memory_cache": 0,
-                "pids": stats.get("pids_current", 0), "pids_limit": max(h.pids_limit or 0, 0),
-                "net_rx": 0, "net_tx": 0, "blk_read": 0, "blk_write": 0}
+        return stats.sample(record, await self.containers.usage(record))
 
     async def container_stats_once(self, ctx: RequestContext, params: ops.ById) -> Any:
         return await self._sample(self.containers.get(params.id))
@@ -577,7 +570,7 @@ class Handlers:
                 "images": len(self.images.list()), "kernel_version": uname.release,
                 "operating_system": _os_name(), "os_type": "linux",
                 "architecture": platform.machine(), "ncpu": os.cpu_count() or 1,
-                "mem_total": _mem_total(), "cgroup_driver": "cgroupfs",
+                "mem_total": stats.mem_total(), "cgroup_driver": "cgroupfs",
                 "cgroup_version": self.containers.cgroup_version(),
                 "container_setup": await self.containers.container_setup(),
                 "root_dir": self.config.root, "default_runtime": "sandboxd-runner",
@@ -724,20 +717,6 @@ def _boot_time() -> float:
             if line.startswith("btime"):
                 return float(line.split()[1])
     return 0.0
-
-
-def _system_ns() -> int:
-    with open("/proc/stat") as f:
-        fields = f.readline().split()[1:]
-    return sum(int(x) for x in fields[:8]) * (10 ** 9 // os.sysconf("SC_CLK_TCK"))
-
-
-def _mem_total() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _os_name() -> str:

@@ -619,9 +619,12 @@ ContainerDoc = dict          # ContainerRecord.to_dict()
 Containers = TypedDict("Containers", {"containers": list})
 Processes = TypedDict("Processes", {"titles": list, "processes": list})
 StatsSample = TypedDict("StatsSample", {
-    "read": float, "cpu_ns": int, "system_ns": int, "online_cpus": int,
-    "memory_usage": int, "memory_limit": int, "memory_cache": int, "pids": int,
-    "pids_limit": int, "net_rx": int, "net_tx": int, "blk_read": int, "blk_write": int})
+    "read": float, "cpu_ns": int, "cpu_user_ns": int, "cpu_system_ns": int,
+    "cpu_periods": int, "cpu_throttled_periods": int, "cpu_throttled_ns": int,
+    "system_ns": int, "online_cpus": int, "memory_usage": int, "memory_limit": int,
+    "memory_cache": int, "memory_inactive_file": int, "pids": int, "pids_limit": int,
+    "networks": dict, "net_rx": int, "net_tx": int, "blkio": "list | None",
+    "blk_read": int, "blk_write": int})
 ExecResult = TypedDict("ExecResult", {"exec_id": str, "exit_code": int}, total=False)
 Warnings = TypedDict("Warnings", {"warnings": list})
 Pruned = TypedDict("Pruned", {"removed": list, "space_reclaimed": int})

@@ -432,6 +432,8 @@ def _print_stats(fmt: str | None, targets: list[Any], latest: dict[str, dict[str
             continue
         limit = s.get("memory_limit") or 0
         usage = s.get("memory_usage") or 0
+        inactive = s.get("memory_inactive_file") or 0
+        usage -= inactive if inactive < usage else 0      # as docker stats: no reclaimable cache
         rows.append({
             "Container": record.id[:12], "ID": record.id if no_trunc else record.id[:12],
             "Name": names[record.id], "CPUPerc": f"{s.get('cpu_percent', 0.0):.2f}%",

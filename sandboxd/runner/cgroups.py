@@ -13,7 +13,8 @@ Layout. Every container gets ``<parent>/<name>`` (``sandboxd/<id>``):
   copied down, and its ``cgroup.clone_children`` copies them into each new child), a cost
   every other start is spared.
 * v2: ``<mount_root>/<parent>`` with ``memory cpu pids`` enabled in the root's and the
-  parent's ``cgroup.subtree_control`` (``cpuset`` too once a container asks for one); one
+  parent's ``cgroup.subtree_control`` (``io`` too where the root offers it, for the block
+  I/O ``stats`` reports; ``cpuset`` once a container asks for one); one
   leaf per container. Processes live only in the
   leaves (the v2 "no internal processes" rule), so the parent never holds a process.
   A nesting cgroup (``create(nest=True)``: a zygote's, whose tests get cgroups below
@@ -81,6 +82,7 @@ MOUNT_ROOT = "/sys/fs/cgroup"
 MOUNTINFO = "/proc/self/mountinfo"
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "devices")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
+V2_OPTIONAL = ("io",)
 CPUSET = "cpuset"               # optional: v1 per container that asks, v2 when available
 # v2: the leaf below a nesting cgroup (a zygote's) where its own processes live
 LEAF = "init"
@@ -326,6 +328,32 @@ class CgroupStats:
     oom_kills: int               # processes the kernel's OOM killer killed in this cgroup
 
 
+@dataclass(frozen=True)
+class CgroupUsage:
+    """What ``docker stats`` shows beyond :class:`CgroupStats`, read only when asked (an
+    exit reads none of it). ``io`` is ``None`` where the kernel keeps no block I/O
+    counters for the cgroup (v1: sandboxd makes no ``blkio`` cgroup; v2 without the
+    ``io`` controller): (major, minor, bytes read, bytes written) per device."""
+    cpu_user_ns: int
+    cpu_system_ns: int
+    cpu_periods: int             # CFS periods with a quota in force
+    memory_cache: int            # page cache, bytes
+    memory_inactive_file: int    # the reclaimable part, which docker stats leaves out
+    io: list[tuple[int, int, int, int]] | None
+
+
+def _io_stat(text: str) -> list[tuple[int, int, int, int]]:
+    """v2 ``io.stat``: ``MAJ:MIN rbytes=N wbytes=N rios=N ...`` per device."""
+    devices = []
+    for line in text.splitlines():
+        device, *fields = line.split()
+        major, _, minor = device.partition(":")
+        counts = dict(field.partition("=")[::2] for field in fields)
+        devices.append((int(major), int(minor), int(counts.get("rbytes", 0)),
+                        int(counts.get("wbytes", 0))))
+    return devices
+
+
 class Cgroup(abc.ABC):
     """One container's cgroup, in every hierarchy it spans. Made by
     :meth:`CgroupManager.create` or :meth:`CgroupManager.open`."""
@@ -452,6 +480,10 @@ class Cgroup(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> CgroupStats:
         """Usage counters, read from the kernel now."""
+
+    @abc.abstractmethod
+    def usage(self) -> CgroupUsage:
+        """The CPU split, page cache and block I/O counters, read from the kernel now."""
 
     @abc.abstractmethod
     def oom_kills(self) -> int:
@@ -591,6 +623,16 @@ class CgroupV1(Cgroup):
             oom_kills=self.oom_kills(),
         )
 
+    def usage(self) -> CgroupUsage:
+        memory = _keyed(_read(self._file("memory", "memory.stat")))
+        return CgroupUsage(
+            cpu_user_ns=_read_int(self._file("cpuacct", "cpuacct.usage_user")),
+            cpu_system_ns=_read_int(self._file("cpuacct", "cpuacct.usage_sys")),
+            cpu_periods=_keyed(_read(self._file("cpu", "cpu.stat"))).get("nr_periods", 0),
+            memory_cache=memory.get("total_cache", 0),
+            memory_inactive_file=memory.get("total_inactive_file", 0),
+            io=None)
+
     def oom_kills(self) -> int:
         return _keyed_value(self._file("memory", "memory.oom_control"), "oom_kill")
 
@@ -705,6 +747,18 @@ class CgroupV2(Cgroup):
             pids_current=_read_int(self.path + "/pids.current"),
             oom_kills=self.oom_kills(),
         )
+
+    def usage(self) -> CgroupUsage:
+        cpu = _keyed(_read(self.path + "/cpu.stat"))
+        memory = _keyed(_read(self.path + "/memory.stat"))
+        io = _read_optional(self.path + "/io.stat")
+        return CgroupUsage(
+            cpu_user_ns=cpu.get("user_usec", 0) * 1000,
+            cpu_system_ns=cpu.get("system_usec", 0) * 1000,
+            cpu_periods=cpu.get("nr_periods", 0),
+            memory_cache=memory.get("file", 0),
+            memory_inactive_file=memory.get("inactive_file", 0),
+            io=None if io is None else _io_stat(io))
 
     def oom_kills(self) -> int:
         if not self.leaf:
@@ -904,13 +958,16 @@ class CgroupManager:
                               f"(cgroup.controllers: {' '.join(available) or 'none'}); they "
                               f"are bound to a v1 hierarchy or disabled",
                               {"step": "cgroup", "missing": missing})
+        # io only where offered: a container's io.stat (block I/O for stats) needs it.
+        controllers = self.controllers + tuple(c for c in V2_OPTIONAL
+                                               if c in available and c not in self.controllers)
         # Enable top-down: a cgroup can only enable what its own parent gave it.
         level = root
-        self._enable_controllers(level)
+        self._enable_controllers(level, controllers)
         for part in self.parent.split("/"):
             level += "/" + part
             self._mkdir_exist_ok(level)
-            self._enable_controllers(level)
+            self._enable_controllers(level, controllers)
 
     def _enable_controllers(self, path: str, controllers: tuple[str, ...] = ()) -> None:
         control = path + "/cgroup.subtree_control"

@@ -932,7 +932,8 @@ class ForkServer:
         return None
 
     def _op_stats(self, msg: dict, fds: list[int]) -> Any:
-        return asdict(self._container(msg).cgroup.stats())
+        cgroup = self._container(msg).cgroup
+        return asdict(cgroup.stats()) | asdict(cgroup.usage())
 
     def _op_pids(self, msg: dict, fds: list[int]) -> Any:
         return self._container(msg).cgroup.pids()

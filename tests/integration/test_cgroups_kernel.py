@@ -232,6 +232,11 @@ def test_join_and_stats(mgr, procs):
         assert stats.memory_peak >= stats.memory_current
         assert stats.pids_current == 1
         assert stats.oom_kills == 0
+        usage = cg.usage()        # what docker stats shows beyond these
+        assert usage.cpu_user_ns > 0 and usage.cpu_system_ns >= 0
+        assert 0 <= usage.memory_inactive_file <= usage.memory_cache <= stats.memory_peak
+        if mgr.version == "v1":
+            assert usage.io is None          # no blkio cgroup of its own
     finally:
         cg.remove()
     assert p.wait() == -signal.SIGKILL

@@ -479,6 +479,18 @@ def test_dockerpy_containers(dockerpy, tmp_path: Path) -> None:
         # a previous sample, as dockerd's: docker stats --no-stream computes CPU % so
         assert 0 < stats["precpu_stats"]["system_cpu_usage"] \
             < stats["cpu_stats"]["system_cpu_usage"]
+        # the interfaces of its namespace, counted by the kernel (not lo)
+        c.reload()
+        c.exec_run(["ping", "-c", "1", "-W", "2", c.attrs["NetworkSettings"]["Gateway"]])
+        eth0 = c.stats(stream=False, one_shot=True)["networks"]["eth0"]
+        assert eth0["tx_packets"] >= 1 and eth0["rx_packets"] >= 1 and eth0["tx_bytes"] > 0
+        assert set(stats["networks"]) == {"eth0"}
+        alone = dockerpy.containers.run("busybox", ["sleep", "600"], detach=True,
+                                        network_mode="none")
+        try:
+            assert "networks" not in alone.stats(stream=False, one_shot=True)  # as dockerd
+        finally:
+            alone.remove(force=True)
 
         assert [x.id for x in dockerpy.containers.list(filters={"label": "t=py"})] == [c.id]
         assert dockerpy.containers.list(filters={"label": "t=py", "status": "exited"}) == []

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from sandboxd.errors import Conflict, InvalidArgument, NotFound, SetupFailed
 from sandboxd.runner import cgroups
-from sandboxd.runner.cgroups import CgroupManager, CgroupStats
+from sandboxd.runner.cgroups import CgroupManager, CgroupStats, CgroupUsage
 from sandboxd.runner.spec import Limits, parse_size
 
 MiB = 1 << 20
@@ -226,8 +226,9 @@ def test_v2_detected_and_controllers_enabled_down_to_parent(root):
     mgr = FakeTreeManager("sandboxd", mount_root=str(root))
     assert mgr.version == "v2"
     mgr.create("c1", Limits())
-    assert read(root / "cgroup.subtree_control") == "+memory +cpu +pids"
-    assert read(root / "sandboxd" / "cgroup.subtree_control") == "+memory +cpu +pids"
+    # io too, as the root offers it: the block I/O counters of stats
+    assert read(root / "cgroup.subtree_control") == "+memory +cpu +pids +io"
+    assert read(root / "sandboxd" / "cgroup.subtree_control") == "+memory +cpu +pids +io"
     # the leaf enables nothing: it holds the processes
     assert read(root / "sandboxd" / "c1" / "cgroup.subtree_control") == ""
 
@@ -235,8 +236,14 @@ def test_v2_detected_and_controllers_enabled_down_to_parent(root):
 def test_v2_nested_parent_enables_every_level(root):
     FakeTreeManager("sandboxd/tests", mount_root=str(root)).create("c1", Limits())
     for level in (root, root / "sandboxd", root / "sandboxd" / "tests"):
-        assert read(level / "cgroup.subtree_control") == "+memory +cpu +pids"
+        assert read(level / "cgroup.subtree_control") == "+memory +cpu +pids +io"
     assert (root / "sandboxd" / "tests" / "c1").is_dir()
+
+
+def test_v2_io_is_enabled_only_where_offered(root):
+    (root / "cgroup.controllers").write_text("cpuset cpu memory pids\n")
+    FakeTreeManager("sandboxd", mount_root=str(root)).create("c1", Limits())
+    assert read(root / "sandboxd" / "cgroup.subtree_control") == "+memory +cpu +pids"
 
 
 def test_v2_enables_only_what_is_missing(root):
@@ -246,7 +253,7 @@ def test_v2_enables_only_what_is_missing(root):
     mgr.ensure_parent()
     assert read(root / "cgroup.subtree_control") == "cpu io memory pids"
     mgr.ensure_parent()     # idempotent with the parent in place
-    assert read(root / "sandboxd" / "cgroup.subtree_control") == "+memory +cpu +pids"
+    assert read(root / "sandboxd" / "cgroup.subtree_control") == "+memory +cpu +pids +io"
 
 
 def test_v2_missing_controller_refused_before_anything_is_made(root):
@@ -374,6 +381,22 @@ def test_v2_stats_parsed(root):
     assert cg.stats().memory_peak is None
 
 
+def test_v2_usage_parsed(root):
+    cg = FakeTreeManager("sandboxd", mount_root=str(root)).create("c1", Limits())
+    leaf = root / "sandboxd" / "c1"
+    (leaf / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n"
+                                   "nr_periods 10\nnr_throttled 3\nthrottled_usec 250\n")
+    (leaf / "memory.stat").write_text("anon 4096\nfile 8192\nkernel 0\n"
+                                      "inactive_file 4096\nactive_file 4096\n")
+    # no io.stat: the io controller is not enabled for it
+    assert cg.usage() == CgroupUsage(cpu_user_ns=1_000_000, cpu_system_ns=500_000,
+                                     cpu_periods=10, memory_cache=8192,
+                                     memory_inactive_file=4096, io=None)
+    (leaf / "io.stat").write_text("8:0 rbytes=1024 wbytes=4096 rios=1 wios=2 dbytes=0 dios=0\n"
+                                  "253:1 rbytes=0 wbytes=512 rios=0 wios=1 dbytes=0 dios=0\n")
+    assert cg.usage().io == [(8, 0, 1024, 4096), (253, 1, 0, 512)]
+
+
 # ---------------------------------------------------------------- v2 nesting (zygotes)
 
 def test_v2_nesting_cgroup_keeps_its_processes_in_a_leaf(root):
@@ -429,7 +452,7 @@ def test_v2_tests_cgroups_sit_beside_the_leaf_with_controllers_enabled(root):
     z1 = root / "sandboxd" / "z1"
     tests = FakeTreeManager("sandboxd/z1", mount_root=str(root))
     t1 = tests.create("t1", Limits(memory=20 * MiB))
-    assert read(z1 / "cgroup.subtree_control") == "+memory +cpu +pids"
+    assert read(z1 / "cgroup.subtree_control") == "+memory +cpu +pids +io"
     assert sorted(p.name for p in z1.iterdir() if p.is_dir()) == [cgroups.LEAF, "t1"]
     assert t1.paths == (str(z1 / "t1"),)
     assert read(z1 / "t1" / "memory.max") == str(20 * MiB)

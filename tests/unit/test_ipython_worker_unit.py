@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from ipython_ext import worker
 from ipython_ext.session import decode_value, worker_command
@@ -239,6 +239,7 @@ def test_top_level_await_as_in_ipython(process):
     assert messages[-2]["data"]["text/plain"] == "7"
 
 
+@settings(deadline=None)   # the first example imports ipykernel: over 200 ms on a busy host
 @given(st.text(st.characters(blacklist_categories=("Cs",))))
 def test_cells_are_named_with_ipykernels_hash(text):
     """IPython mode names a cell's code as ipykernel does (the name shows in a
