@@ -1,6 +1,10 @@
 """A container's stored output: size-capped files, rotated so the newest output is kept.
 
-Each entry is a msgpack array ``[unix_time, stream, bytes]`` (stream 1 stdout, 2 stderr).
+Each entry is a msgpack array ``[unix_time, stream, bytes]`` (stream 1 stdout, 2 stderr),
+the output as the container's pipe gave it (chunks, not lines). The first entry of a
+stream in a file that goes on with a line begun in the previous file carries a fourth
+element, ``true``: once that file is dropped, readers leave out the line's rest instead
+of showing a fragment as a line (Docker's drivers store lines and never do).
 The files, newest last (Docker's json-file and local drivers rotate the same way)::
 
     <dir>/output.log.<max_file - 1>   the oldest kept
@@ -49,6 +53,8 @@ class LogWriter:
         self._fd = -1
         self._closed = False
         self.size = 0
+        self._open_line: dict[int, bool] = {}   # stream -> its output ended mid-line
+        self._continues: set[int] = set()       # streams mid-line at the last rotation
 
     def _open(self) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -69,15 +75,21 @@ class LogWriter:
         if self.max_size != UNLIMITED:
             piece = max(1, self.max_size - _ENTRY_OVERHEAD)
         for start in range(0, len(data), piece):
-            entry = msgpack.packb([now, stream, data[start:start + piece]], use_bin_type=True)
+            chunk = data[start:start + piece]
+            entry = msgpack.packb([now, stream, chunk], use_bin_type=True)
             if self.max_size != UNLIMITED and self.size and \
                     self.size + len(entry) > self.max_size:
                 self._rotate()
+            if stream in self._continues:
+                self._continues.discard(stream)
+                entry = msgpack.packb([now, stream, chunk, True], use_bin_type=True)
             os.write(self._fd, entry)
             self.size += len(entry)
+            self._open_line[stream] = not chunk.endswith(b"\n")
 
     def _rotate(self) -> None:
         """``output.log`` -> ``.1`` -> ... ; the file past ``max_file`` is dropped."""
+        self._continues = {stream for stream, open_ in self._open_line.items() if open_}
         oldest = self.path if self.max_file == 1 else f"{self.path}.{self.max_file - 1}"
         try:
             st = os.stat(oldest)
@@ -148,6 +160,7 @@ class Entry:
     time: float
     stream: int
     data: bytes
+    continues: bool = False     # goes on with a line begun in the previous file
 
 
 class Snapshot:
@@ -175,23 +188,58 @@ class Snapshot:
 
     def entries(self, since: float = 0, until: float = 0) -> Iterator[Entry]:
         """Oldest first, with ``since <= time`` (and ``time <= until`` when given)."""
-        for fd, size in self._files:
-            yield from _read(fd, size, since, until)
+        return self._entries(0, since, until)
+
+    def _entries(self, first: int, since: float, until: float) -> Iterator[Entry]:
+        """The entries from file ``first`` on; the rest of a line begun in a file before
+        (dropped, or not read) is left out."""
+        rest_of_line: set[int] = set()
+        for index, (fd, size) in enumerate(self._files[first:]):
+            for e in _read(fd, size, since, until):
+                if index == 0 and e.continues:
+                    rest_of_line.add(e.stream)
+                if e.stream in rest_of_line:
+                    cut = e.data.find(b"\n") + 1
+                    if not cut:
+                        continue
+                    rest_of_line.discard(e.stream)
+                    if cut == len(e.data):
+                        continue
+                    e = Entry(e.time, e.stream, e.data[cut:])
+                yield e
 
     def tail(self, n: int, since: float = 0, until: float = 0) -> tuple[list[Entry], bool]:
-        """The last ``n`` lines (split at newlines, each an entry), oldest first, and
-        whether the kept files held fewer lines than that. Reads the newest file first
-        and only goes back as far as it must; memory is bounded by ``n`` lines."""
-        lines: list[Entry] = []
-        for fd, size in reversed(self._files):
-            window: collections.deque[Entry] = collections.deque(maxlen=n - len(lines))
-            for e in _read(fd, size, since, until):
-                for line in e.data.splitlines(keepends=True):
-                    window.append(Entry(e.time, e.stream, line))
-            lines[:0] = window
-            if len(lines) >= n:
-                return lines, False
-        return lines, True
+        """The last ``n`` lines, oldest first (a line the pipe gave in several chunks is
+        one), and whether the kept files held fewer lines than that. Goes back only as
+        many files as hold ``n`` line ends after the first line's start (counted first),
+        then reads forward; memory is bounded by ``n`` lines."""
+        first, ends = len(self._files), 0
+        while first > 0 and ends <= n:
+            first -= 1
+            fd, size = self._files[first]
+            ends += sum(e.data.count(b"\n") for e in _read(fd, size, since, until))
+        window: collections.deque[Entry] = collections.deque(maxlen=n)
+        window.extend(_lines(self._entries(first, since, until)))
+        return list(window), len(window) < n
+
+
+def _lines(entries: Iterator[Entry]) -> Iterator[Entry]:
+    """Entries as lines: a stream's chunks joined up to each newline; a line is timed by
+    its first chunk. The last line of a stream may be open (no newline yet)."""
+    open_lines: dict[int, Entry] = {}
+    for e in entries:
+        start = 0
+        while start < len(e.data):
+            end = e.data.find(b"\n", start) + 1 or len(e.data)
+            piece, start = e.data[start:end], end
+            line = open_lines.pop(e.stream, None)
+            line = Entry(e.time, e.stream, piece) if line is None \
+                else Entry(line.time, e.stream, line.data + piece)
+            if piece.endswith(b"\n"):
+                yield line
+            else:
+                open_lines[e.stream] = line
+    yield from sorted(open_lines.values(), key=lambda line: line.time)
 
 
 def _read(fd: int, size: int, since: float, until: float) -> Iterator[Entry]:
@@ -204,11 +252,11 @@ def _read(fd: int, size: int, since: float, until: float) -> Iterator[Entry]:
         offset += len(chunk)
         unpacker.feed(chunk)
         for entry in unpacker:
-            if not (isinstance(entry, list) and len(entry) == 3):
+            if not (isinstance(entry, list) and len(entry) in (3, 4)):
                 continue
             ts = float(entry[0])
             if ts >= since and (not until or ts <= until):
-                yield Entry(ts, int(entry[1]), bytes(entry[2]))
+                yield Entry(ts, int(entry[1]), bytes(entry[2]), len(entry) == 4)
 
 
 def dropped_note(snapshot: Snapshot, since: float, short: bool) -> str:

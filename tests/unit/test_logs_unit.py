@@ -38,6 +38,32 @@ def test_rotation_keeps_the_newest_within_the_cap(tmp_path):
         assert not logs.dropped_note(snap, 0, False)
 
 
+def test_lines_split_across_chunks_and_files_are_never_shown_in_part(tmp_path):
+    """A pipe's chunks end anywhere in a line. After rotation dropped a line's start,
+    readers leave out its rest (as Docker's line-based drivers never show a fragment);
+    tail counts and returns whole lines, joined across chunks and files."""
+    path = str(tmp_path / "output.log")
+    w = logs.LogWriter(path, max_size=1024, max_file=2)
+    text = b"".join(b"line-%05d\n" % i for i in range(2000))
+    for start in range(0, len(text), 7):                 # 7-byte chunks: mid-line always
+        w.write(1, text[start:start + 7])
+    w.write(2, b"err-open")                              # a stream's last line, unended
+    w.close()
+    with logs.Snapshot(path) as snap:
+        shown = b"".join(e.data for e in snap.entries() if e.stream == 1)
+        assert shown.startswith(b"line-") and shown.endswith(b"line-01999\n")
+        numbers = [int(line[5:]) for line in shown.splitlines()]
+        assert numbers == list(range(numbers[0], 2000))
+        for n in (1, 3, len(numbers) - 1):
+            tail, short = snap.tail(n + 1)               # + the open stderr line
+            assert tail[-1].data == b"err-open" and not short
+            assert [e.data for e in tail[:-1]] == \
+                [b"line-%05d\n" % i for i in range(2000 - n, 2000)]
+        everything, short = snap.tail(100000)
+        assert short and [e.data for e in everything if e.stream == 1] == \
+            shown.splitlines(keepends=True)
+
+
 def test_a_reader_is_not_disturbed_by_rotation(tmp_path):
     path = str(tmp_path / "output.log")
     w = logs.LogWriter(path, max_size=2048, max_file=4)
