@@ -263,11 +263,14 @@ class Container:
         self.reload()
 
     def commit(self, repository: str | None = None, tag: str | None = None,
-               message: str = "") -> Image:
+               message: str = "", changes: Sequence[str] = ()) -> Image:
         """Docker's ``commit``: the container's changes as a new layer on its image
-        (not for a container run with ``remove=True``: its changes live in a tmpfs)."""
+        (not for a container run with ``remove=True``: its changes live in a tmpfs),
+        its config what the container ran with, then ``changes`` (Dockerfile
+        instructions: ``["CMD [\"app\"]", "ENV A=1"]``)."""
         name = _target(repository, tag) if repository else None
-        result = self._call("container.commit", name=name, message=message)
+        result = self._call("container.commit", name=name, message=message,
+                            changes=list(changes))
         return self.client.images.get(result["id"])
 
     def update(self, **limits: Any) -> list[str]:
@@ -921,9 +924,10 @@ class AsyncContainer:
         await self.reload()
 
     async def commit(self, repository: str | None = None, tag: str | None = None,
-                     message: str = "") -> AsyncImage:
+                     message: str = "", changes: Sequence[str] = ()) -> AsyncImage:
         name = _target(repository, tag) if repository else None
-        result = await self._call("container.commit", name=name, message=message)
+        result = await self._call("container.commit", name=name, message=message,
+                                  changes=list(changes))
         return await self.client.images.get(result["id"])
 
     async def update(self, **limits: Any) -> list[str]:

@@ -22,6 +22,8 @@ from .daemonconfig import DaemonConfig
 from .errors import Conflict, InvalidArgument, NotFound
 from .events import NOWHERE, EventBus, check_filters, matches
 from .filters import filter_images, filter_networks, filter_records
+from .images.configsteps import apply_changes, container_runtime
+from .runner.spec import DEFAULT_PATH
 from .images.service import ImageService
 from .model import (ContainerConfig, ContainerRecord, ImageRecord, NetworkContainer,
                     NetworkRecord)
@@ -278,11 +280,14 @@ class Handlers:
                            f"layer is a tmpfs inside the container, which cannot be "
                            f"committed; run it without --rm to commit it")
         created_by = " ".join([record.path, *record.args])
+        # Docker's: the image's config with what the container ran with, then --change
+        runtime = apply_changes(container_runtime(self.images.config(record.image_id),
+                                                  record.config), params.changes)
         async with self.containers.upper(record):
             image_id = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: self.images.commit(record.id, record.image_id, params.name,
                                                  message=params.message,
-                                                 created_by=created_by))
+                                                 created_by=created_by, runtime=runtime))
         return {"id": image_id}
 
     async def container_changes(self, ctx: RequestContext, params: ops.ById) -> Any:
@@ -304,6 +309,8 @@ class Handlers:
 
     async def image_import(self, ctx: RequestContext, params: ops.ImportImage) -> Any:
         loop = asyncio.get_running_loop()
+        runtime = apply_changes({"Env": [f"PATH={DEFAULT_PATH}"], "Cmd": params.cmd},
+                                params.changes)       # before the upload: a bad change
         source = await _open_source(params.path, "image.import") \
             if params.path is not None else \
             await _spool_stdin(ctx, "image.import", self.spool_dir)
@@ -311,7 +318,7 @@ class Handlers:
             image_id = await loop.run_in_executor(
                 None, lambda: self.images.import_rootfs(source, params.name,
                                                         message=params.message,
-                                                        cmd=params.cmd))
+                                                        runtime=runtime))
         finally:
             source.close()
         image = self.images.get(image_id)

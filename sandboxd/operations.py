@@ -449,6 +449,7 @@ class PutArchive(ById):
 class Commit(ById):
     name: str | None = param(OPTIONAL_STR, None)
     message: str = param(str, "")
+    changes: tuple[str, ...] = param(list, (), items=str)     # --change: CMD, ENV ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -457,6 +458,7 @@ class ImportImage(NoParams):
     path: str | None = param(OPTIONAL_STR, None)
     message: str = param(str, "")
     cmd: list | None = param((list, type(None)), None, items=str)   # the image's CMD
+    changes: tuple[str, ...] = param(list, (), items=str)     # --change: CMD, ENV ...
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,40 +16,48 @@ from .common import EXIT_DAEMON, CliError, Progress, connection, follow, local
 
 
 @sbx.command(context_settings=CONTEXT)
+@option("-c", "--change", "changes", multiple=True,
+        help="Apply Dockerfile instruction to the created image")
 @option("-m", "--message", default="", help="Commit message")
 @argument("container", shell_complete=complete_containers)
 @argument("reference", metavar="[REPOSITORY[:TAG]]", required=False)
-def commit(message: str, container: str, reference: str | None) -> int:
+def commit(changes: tuple[str, ...], message: str, container: str,
+           reference: str | None) -> int:
     """Create a new image from a container's changes (not one run with --rm)."""
     with open_client() as client:
         result = client.call("container.commit", {"id": container, "name": reference,
-                                                  "message": message})
+                                                  "message": message,
+                                                  "changes": list(changes)})
     click.echo(result["id"])
     return 0
 
 
 @sbx.command("import", context_settings=CONTEXT)
+@option("-c", "--change", "changes", multiple=True,
+        help="Apply Dockerfile instruction to the created image")
 @option("-m", "--message", default="", help="Set commit message for imported image")
 @argument("file", metavar="FILE|-")
 @argument("reference", metavar="REPOSITORY[:TAG]")
-def import_(message: str, file: str, reference: str) -> int:
+def import_(changes: tuple[str, ...], message: str, file: str, reference: str) -> int:
     """Import the contents from a tarball to create a filesystem image."""
     source = sys.stdin.buffer if file == "-" else open(file, "rb")
     try:
-        return _import(source, reference, message=message)
+        return _import(source, reference, message=message, changes=list(changes))
     finally:
         if source is not sys.stdin.buffer:
             source.close()
 
 
 def _import(source: Any, reference: str, message: str = "",
-            cmd: list[str] | None = None) -> int:
+            cmd: list[str] | None = None, changes: list[str] | None = None) -> int:
     """Send the tar stream ``source`` to ``image.import``; print the image id."""
     from ..api import CHUNK
     with open_client() as client:
         params: dict[str, Any] = {"name": reference}
         if message:
             params["message"] = message
+        if changes:
+            params["changes"] = changes
         if cmd is not None:
             params["cmd"] = cmd
         attachment = client.stream("image.import", params)

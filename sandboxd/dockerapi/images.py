@@ -93,26 +93,6 @@ def _image_row(r: ImageRecord) -> dict[str, Any]:
             "Containers": -1}
 
 
-def _changes(values: list[str]) -> list[str] | None:
-    """``docker import --change``: CMD only (the image.import op sets no other field)."""
-    cmd = None
-    for change in values:
-        word, _, rest = change.strip().partition(" ")
-        if word.upper() != "CMD":
-            raise HttpError(400, f"changes: {change!r}: only CMD is supported by sandboxd's "
-                                 f"import")
-        rest = rest.strip()
-        try:
-            parsed = untrusted_json.loads(rest) if rest.startswith("[") else None
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, list) and all(isinstance(a, str) for a in parsed):
-            cmd = parsed
-        else:
-            cmd = ["/bin/sh", "-c", rest]
-    return cmd
-
-
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
 
 
@@ -248,9 +228,8 @@ class ImageRoutes:
         container = req.arg("container")
         if not container:
             raise HttpError(400, "commit: the container query parameter is required")
-        for key in ("author", "changes"):
-            if any(req.query.get(key, [])):
-                raise HttpError(400, f"commit: {key} is not supported by sandboxd")
+        if any(req.query.get("author", [])):
+            raise HttpError(400, "commit: author is not supported by sandboxd")
         config = await req.json()
         if any(v not in (None, "", [], {}, False, 0) for v in config.values()):
             raise HttpError(400, "commit: a container config in the body is not supported "
@@ -260,7 +239,8 @@ class ImageRoutes:
         if req.arg("tag") and not repo:
             raise HttpError(400, "commit: a tag needs a repo")
         result = await self.calls.call("container.commit", {
-            "id": container, "name": name, "message": req.arg("comment")})
+            "id": container, "name": name, "message": req.arg("comment"),
+            "changes": req.query.get("changes", [])})
         return json_response({"Id": result["id"]}, 201)
 
     # -- registries
@@ -314,10 +294,8 @@ class ImageRoutes:
         if not repo:
             raise HttpError(400, "import: a repository name (repo) is required by sandboxd")
         name = f"{repo}:{req.arg('tag')}" if req.arg("tag") else repo
-        params: dict[str, Any] = {"name": name, "message": req.arg("message")}
-        cmd = _changes(req.query.get("changes", []))
-        if cmd is not None:
-            params["cmd"] = cmd
+        params: dict[str, Any] = {"name": name, "message": req.arg("message"),
+                                  "changes": req.query.get("changes", [])}
         ctx = ApiContext("image.import")
         result = await self._upload(req, ctx, self.calls.call("image.import", params, ctx))
         return Response(200, json_line({"status": result["id"]}))

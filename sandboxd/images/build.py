@@ -41,6 +41,7 @@ from ..model import ContainerConfig, ContainerRecord
 from ..reference import parse as parse_ref
 from ..runner.spec import DEFAULT_PATH
 from . import dockerfile as df
+from .configsteps import DEFAULT_SHELL, Change, config_step, rt_workdir
 from .unpack import WHITEOUT_PREFIX, apply_layer, detect_compression, uncompressed
 from .view import LayerView
 
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
 
 Say = Callable[[str], Awaitable[None]]
 # what a config step (ENV, WORKDIR, CMD ...) does to the runtime config
-Change = Callable[[dict[str, Any]], dict[str, Any]]
-DEFAULT_SHELL = ["/bin/sh", "-c"]
 # Docker's predefined build args: usable without an ARG line, never in the image.
 PREDEFINED_ARGS = frozenset(("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy",
                              "FTP_PROXY", "ftp_proxy", "NO_PROXY", "no_proxy",
@@ -118,6 +117,7 @@ class _Stage:
     runtime: dict[str, Any]
     args: dict[str, str] = field(default_factory=dict)     # ARGs declared in the stage
     shell: list[str] = field(default_factory=lambda: list(DEFAULT_SHELL))
+    cmd_set: bool = False          # a CMD in this stage: a later ENTRYPOINT keeps it
 
     def env(self) -> dict[str, str]:
         """Variables for expansion: ARGs, then ENV over them (Docker's order)."""
@@ -266,70 +266,11 @@ class Builder:
         if k in ("COPY", "ADD"):
             await self._copy(ins, state, env, escape)
             return
-        text = str(ins)
-        if k in ("ENV", "LABEL"):
-            pairs = df.assignments(ins, env, escape)
-            text = f"{k} " + " ".join(f"{key}={json.dumps(v) if ' ' in v or not v else v}"
-                                      for key, v in pairs)
-            if k == "ENV":
-                def change(rt: dict[str, Any]) -> dict[str, Any]:
-                    current = {e.partition("=")[0]: e for e in rt.get("Env") or []}
-                    current.update({key: f"{key}={v}" for key, v in pairs})
-                    rt["Env"] = list(current.values())
-                    return rt
-            else:
-                change = _merging("Labels", dict(pairs))
-        elif k == "MAINTAINER":
-            change = _setting()                   # the author lives outside config
-        elif k == "WORKDIR":
-            path = df.expand(ins.text, env, escape)
-            path = posixpath.normpath(posixpath.join(rt_workdir(state.runtime), path))
-            text = f"WORKDIR {path}"
-            change = _setting(WorkingDir=path)
-        elif k == "USER":
-            user = df.expand(ins.text, env, escape)
-            text = f"USER {user}"
-            change = _setting(User=user)
-        elif k == "EXPOSE":
-            ports = []
-            for port in df.words(ins.text, env, escape):
-                number, _, proto = port.partition("/")
-                if not number.replace("-", "").isdigit() or proto not in ("", "tcp", "udp",
-                                                                         "sctp"):
-                    raise InvalidArgument(f"line {ins.line}: EXPOSE {port}: not PORT[/tcp|udp]")
-                ports.append(f"{number}/{proto or 'tcp'}")
-            text = "EXPOSE " + " ".join(ports)
-            change = _merging("ExposedPorts", {p: {} for p in ports})
-        elif k in ("CMD", "ENTRYPOINT"):
-            argv = df.command(ins, state.shell) if ins.text else []
-            text = f"{k} {json.dumps(argv)}"
-            if k == "CMD":
-                change = _setting(Cmd=argv or None)
-            else:                                 # Docker: ENTRYPOINT resets the CMD
-                change = _setting(Entrypoint=argv or None, Cmd=None)
-        elif k == "SHELL":
-            shell = df.exec_form(ins.text)
-            if not shell:
-                raise InvalidArgument(f"line {ins.line}: SHELL takes a JSON array, e.g. "
-                                      f'SHELL ["/bin/bash", "-c"]')
-            state.shell = shell
-            text = f"SHELL {json.dumps(shell)}"
-            change = _setting(Shell=shell)
-        elif k == "STOPSIGNAL":
-            sig = df.expand(ins.text, env, escape)
-            text = f"STOPSIGNAL {sig}"
-            change = _setting(StopSignal=sig)
-        elif k == "HEALTHCHECK":
-            doc = df.healthcheck(ins)
-            text = f"HEALTHCHECK {json.dumps(doc, sort_keys=True)}"
-            change = _setting(Healthcheck=doc)
-        elif k == "VOLUME":
-            paths = df.exec_form(ins.text) or df.words(ins.text, env, escape)
-            text = "VOLUME " + json.dumps(paths)
-            change = _merging("Volumes", {p: {} for p in paths})
-        else:                                      # the parser admits nothing else
-            raise InvalidArgument(f"line {ins.line}: {k} is not supported")
+        text, change = config_step(ins, state.runtime, state.shell, env, escape,
+                                   state.cmd_set)
         await self._config_step(state, text, change)
+        state.shell = list(state.runtime.get("Shell") or DEFAULT_SHELL)     # SHELL's
+        state.cmd_set = state.cmd_set or k == "CMD"
 
     async def _config_step(self, state: _Stage, text: str, change: Change) -> None:
         key = _key(state.image, text)
@@ -479,27 +420,6 @@ class Builder:
 class BuildFailed(InvalidArgument):
     """A RUN step's command failed; the build stops there. (On the wire an
     ``invalid_argument``: the Dockerfile asked for a step that cannot be done.)"""
-
-
-def _setting(**fields: Any) -> Change:
-    """A config step's change to the runtime config: ``fields`` set as given."""
-    def change(rt: dict[str, Any]) -> dict[str, Any]:
-        rt.update(fields)
-        return rt
-    return change
-
-
-def _merging(key: str, entries: dict[str, Any]) -> Change:
-    """A config step's change to the runtime config: ``entries`` added to the mapping
-    at ``key`` (LABEL, EXPOSE, VOLUME add to what earlier steps and the base set)."""
-    def change(rt: dict[str, Any]) -> dict[str, Any]:
-        rt[key] = {**(rt.get(key) or {}), **entries}
-        return rt
-    return change
-
-
-def rt_workdir(runtime: dict[str, Any]) -> str:
-    return runtime.get("WorkingDir") or "/"
 
 
 @dataclass

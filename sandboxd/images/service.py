@@ -264,15 +264,15 @@ class ImageService:
     # ------------------------------------------------------------ import
 
     def import_rootfs(self, src: str | os.PathLike[str] | BinaryIO, ref: str | None = None,
-                      *, message: str = "", env: list[str] | None = None,
-                      cmd: list[str] | None = None,
+                      *, message: str = "", runtime: dict[str, Any] | None = None,
                       progress: Callable[[int], None] | None = None) -> str:
         """``docker import``: the tarball (path or binary stream; plain, gzip, zstd, xz,
         bzip2) becomes a one-layer image. Returns the image id; tags it ``ref`` if given.
 
         The layer is stored uncompressed (its digest is then its diff_id) and unpacked
         once into the committed snapshot named by its chain id; importing the same tar
-        again reuses that snapshot. Unsafe entries are skipped, not fatal: their reasons
+        again reuses that snapshot. ``runtime`` is its config's ``config`` (default: PATH
+        alone). Unsafe entries are skipped, not fatal: their reasons
         are in ``get(id)["doc"]["warnings"]``. ``progress(bytes read so far)`` is called
         as the source is read.
         """
@@ -295,9 +295,10 @@ class ImageService:
                 raise
             stack.enter_context(self.lock)
             created = oci.now_rfc3339()
+            extra = dict(runtime or {"Env": [f"PATH={DEFAULT_PATH}"]})
             config = oci.image_config(
-                [diff_id], created=created,
-                env=env if env is not None else [f"PATH={DEFAULT_PATH}"], cmd=cmd,
+                [diff_id], created=created, env=extra.pop("Env", []),
+                cmd=extra.pop("Cmd", None), extra=extra,
                 history=[{"created": created, "created_by": "sbx import",
                           **({"comment": message} if message else {})}])
             config_digest, config_size = self.content.ingest(oci.canonical(config))
@@ -458,16 +459,19 @@ class ImageService:
     # ------------------------------------------------------------ commit
 
     def commit(self, container_key: str, image_id: str, ref: str | None = None, *,
-               message: str = "", created_by: str = "") -> str:
+               message: str = "", created_by: str = "",
+               runtime: dict[str, Any] | None = None) -> str:
         """``docker commit``: the writable layer of the container ``container_key``
         (its active snapshot, made by :meth:`prepare_rootfs`) becomes a new layer on top
         of its image ``image_id``: the image's config with the new diff_id and a history
         entry (``created_by``, ``comment``: ``message``). Returns the new image id; tags
-        it ``ref`` if given. A container that has not started yet (no snapshot) or has
-        a read-only root (a view) adds an empty layer, as in Docker. A container whose
-        upper is a tmpfs (``--rm``) keeps no snapshot: the caller refuses it."""
+        it ``ref`` if given; its runtime config is ``runtime`` (default: the image's). A
+        container that has not started yet (no snapshot) or has a read-only root (a
+        view) adds an empty layer, as in Docker. A container whose upper is a tmpfs
+        (``--rm``) keeps no snapshot: the caller refuses it."""
         history = {"created_by": created_by, **({"comment": message} if message else {})}
-        return self.derive(image_id, history=history, upper=container_key, ref=ref)
+        return self.derive(image_id, history=history, upper=container_key, ref=ref,
+                           runtime=runtime)
 
     def derive(self, image_id: str, *, history: dict[str, Any],
                runtime: dict[str, Any] | None = None, upper: str | None = None,

@@ -290,8 +290,8 @@ def test_images_json_filters_and_errors(sock: str) -> None:
 
 
 def test_cli_commit(d: Daemon, docker) -> None:
-    cid = d.sbx("run", "-d", "busybox", "sh", "-c", "echo kept > /k; sleep 60",
-                check=True).out.strip()
+    cid = d.sbx("run", "-d", "-e", "RUNTIME=1", "-w", "/tmp", "busybox", "sh", "-c",
+                "echo kept > /k; sleep 60", check=True).out.strip()
     try:
         d.sbx("exec", cid, "cat", "/k", check=True)       # the file is there
         out = docker("commit", "-m", "from the api", cid, "dk-committed:1").stdout.strip()
@@ -299,13 +299,27 @@ def test_cli_commit(d: Daemon, docker) -> None:
         assert docker("inspect", "-f", "{{.Comment}}", "dk-committed:1").stdout.strip() == \
             "from the api"
         assert d.sbx("run", "--rm", "dk-committed:1", "cat", "/k", check=True).out == "kept\n"
-        proc = docker("commit", "--change", "ENV A=1", cid, "dk-committed:2", check=False)
-        assert proc.returncode == 1 and "changes is not supported" in proc.stderr
+        # as dockerd: the image's config is what the container ran with...
+        config = json.loads(docker("inspect", "-f", "{{json .Config}}",
+                                   "dk-committed:1").stdout)
+        assert config["Cmd"] == ["sh", "-c", "echo kept > /k; sleep 60"]
+        assert "RUNTIME=1" in config["Env"] and config["WorkingDir"] == "/tmp"
+        # ... then each --change, a Dockerfile instruction
+        docker("commit", "--change", "ENV A=1", "--change", 'CMD ["cat", "/k"]',
+               "--change", "EXPOSE 8080", cid, "dk-committed:2")
+        config = json.loads(docker("inspect", "-f", "{{json .Config}}",
+                                   "dk-committed:2").stdout)
+        assert config["Cmd"] == ["cat", "/k"] and "A=1" in config["Env"]
+        assert config["ExposedPorts"] == {"8080/tcp": {}}
+        assert d.sbx("run", "--rm", "dk-committed:2", check=True).out == "kept\n"
+        proc = docker("commit", "--change", "RUN ls", cid, "dk-committed:3", check=False)
+        assert proc.returncode == 1 and "RUN is not an instruction a change takes" \
+            in proc.stderr
         proc = docker("commit", "dk-no-such-container", check=False)
         assert proc.returncode == 1 and "dk-no-such-container" in proc.stderr
     finally:
         d.sbx("rm", "-f", cid, check=True)
-        docker("rmi", "dk-committed:1", check=False)
+        docker("rmi", "dk-committed:1", "dk-committed:2", check=False)
 
 
 # ---------------------------------------------------------------- archives
@@ -335,10 +349,15 @@ def test_cli_save_load_import(d: Daemon, docker, tmp_path: Path) -> None:
     assert imported.startswith("sha256:")
     assert docker("inspect", "-f", "{{json .Config.Cmd}}", "dk-imported:1").stdout.strip() \
         == '["echo","imported"]'
-    proc = docker("import", "--change", "EXPOSE 80", str(rootfs), "dk-imported:2",
+    docker("import", "--change", "EXPOSE 80", "--change", "ENV A=1 B=2", "--change",
+           "WORKDIR /srv", str(rootfs), "dk-imported:2")
+    config = json.loads(docker("inspect", "-f", "{{json .Config}}", "dk-imported:2").stdout)
+    assert config["ExposedPorts"] == {"80/tcp": {}} and config["WorkingDir"] == "/srv"
+    assert config["Env"][-2:] == ["A=1", "B=2"]
+    proc = docker("import", "--change", "FROM busybox", str(rootfs), "dk-imported:3",
                   check=False)
-    assert proc.returncode == 1 and "only CMD" in proc.stderr
-    docker("rmi", "dk-imported:1")
+    assert proc.returncode == 1 and "FROM is not an instruction" in proc.stderr
+    docker("rmi", "dk-imported:1", "dk-imported:2")
 
 
 # ---------------------------------------------------------------- registries

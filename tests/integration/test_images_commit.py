@@ -46,7 +46,8 @@ def test_commit_run_history_and_save_load(daemon: Daemon, changed: str, tmp_path
         assert doc["Id"] == image_id and doc["RepoTags"] == [f"{IMAGE}:v1"]
         assert doc["RootFS"]["Layers"][:-1] == base["RootFS"]["Layers"]
         assert len(doc["RootFS"]["Layers"]) == len(base["RootFS"]["Layers"]) + 1
-        assert doc["Config"] == base["Config"]
+        # as dockerd: the image's config with what the container ran with (its command)
+        assert doc["Config"] == {**base["Config"], "Cmd": ["sh", "-c", CHANGES]}
         history = daemon.sbx("history", "--no-trunc", "--format",
                              "{{.CreatedBy}}|{{.Comment}}", ref, check=True).out
         assert history.splitlines()[0] == f"sh -c {CHANGES}|my changes", history
@@ -138,13 +139,14 @@ def test_commit_through_the_python_client(daemon: Daemon) -> None:
         try:
             container.start()
             container.wait()
-            image = container.commit(IMAGE, "api", message="from the API")
+            image = container.commit(IMAGE, "api", message="from the API",
+                                     changes=['CMD ["cat", "/api.txt"]'])
         finally:
             container.remove(force=True)
         try:
             assert f"{IMAGE}:api" in image.record.repo_tags
             assert image.record.comment == "from the API"
-            assert client.run(f"{IMAGE}:api", ["cat", "/api.txt"]).stdout == b"api\n"
+            assert client.run(f"{IMAGE}:api").stdout == b"api\n"      # its new CMD
         finally:
             client.images.remove(image.id)
 

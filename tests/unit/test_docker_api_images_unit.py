@@ -1,5 +1,5 @@
-"""The Docker API image face's pure pieces: progress messages, ``import --change``, the
-context tar's ending, ``/auth``'s server address."""
+"""The Docker API image face's pure pieces: progress messages, the context tar's ending,
+``/auth``'s server address."""
 from __future__ import annotations
 
 import io
@@ -9,8 +9,8 @@ import tempfile
 import pytest
 
 from sandboxd.dockerapi.http import HttpError
-from sandboxd.dockerapi.images import (_changes, _progress_message, _read_dockerfile,
-                                       _registry_name, _terminate_tar)
+from sandboxd.dockerapi.images import (_progress_message, _read_dockerfile, _registry_name,
+                                       _terminate_tar)
 
 
 def test_progress_messages_have_docker_shapes() -> None:
@@ -22,14 +22,6 @@ def test_progress_messages_have_docker_shapes() -> None:
     assert _progress_message({"status": "Pull complete", "id": "abc"}) == {
         "status": "Pull complete", "id": "abc", "progressDetail": {}}
     assert _progress_message({"status": "Digest: sha256:1"}) == {"status": "Digest: sha256:1"}
-
-
-def test_import_changes_take_cmd_only() -> None:
-    assert _changes([]) is None
-    assert _changes(['CMD ["echo", "hi"]']) == ["echo", "hi"]
-    assert _changes(["cmd echo hi"]) == ["/bin/sh", "-c", "echo hi"]
-    with pytest.raises(HttpError, match="only CMD"):
-        _changes(["EXPOSE 80"])
 
 
 def test_registry_names_from_server_addresses() -> None:
