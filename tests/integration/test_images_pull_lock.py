@@ -8,7 +8,6 @@ the response to one blob request until the test lets it go.
 """
 from __future__ import annotations
 
-import socket
 import threading
 
 import pytest

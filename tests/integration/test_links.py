@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from harness import FETCH, HTTPD, Daemon, bridge_ip, inspect, wait_until
+from harness import FETCH, HTTPD, Daemon, bridge_ip, inspect
 
 
 

@@ -4,7 +4,6 @@
 bind targets climb with ``../..``."""
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 import uuid

@@ -6,7 +6,6 @@ Python) or use busybox's applets, and read the errno the filter (or the kernel) 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from dnslib import QTYPE, RCODE, DNSRecord
+from dnslib import RCODE, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
