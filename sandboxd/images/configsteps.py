@@ -50,10 +50,10 @@ def config_step(ins: df.Instruction, runtime: dict[str, Any], shell: list[str],
         path = posixpath.normpath(posixpath.join(rt_workdir(runtime), path))
         text = f"WORKDIR {path}"
         change = _setting(WorkingDir=path)
-    elif k == "USER":
-        user = df.expand(ins.text, env, escape)
-        text = f"USER {user}"
-        change = _setting(User=user)
+    elif k in ("USER", "STOPSIGNAL"):            # one word, variables expanded
+        value = df.expand(ins.text, env, escape)
+        text = f"{k} {value}"
+        change = _setting(**{"User" if k == "USER" else "StopSignal": value})
     elif k == "EXPOSE":
         ports = []
         for port in df.words(ins.text, env, escape):
@@ -80,10 +80,6 @@ def config_step(ins: df.Instruction, runtime: dict[str, Any], shell: list[str],
                                   f'SHELL ["/bin/bash", "-c"]')
         text = f"SHELL {json.dumps(new_shell)}"
         change = _setting(Shell=new_shell)
-    elif k == "STOPSIGNAL":
-        sig = df.expand(ins.text, env, escape)
-        text = f"STOPSIGNAL {sig}"
-        change = _setting(StopSignal=sig)
     elif k == "HEALTHCHECK":
         doc = df.healthcheck(ins)
         text = f"HEALTHCHECK {json.dumps(doc, sort_keys=True)}"
