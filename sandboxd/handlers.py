@@ -23,12 +23,12 @@ from .errors import Conflict, InvalidArgument, NotFound
 from .events import NOWHERE, EventBus, check_filters, matches
 from .filters import filter_images, filter_networks, filter_records
 from .images.configsteps import apply_changes, container_runtime
-from .runner.spec import DEFAULT_PATH
 from .images.service import ImageService
 from .model import (ContainerConfig, ContainerRecord, ImageRecord, NetworkContainer,
                     NetworkRecord)
 from .network import NetworkService
 from .reference import parse as parse_ref
+from .runner.spec import DEFAULT_PATH
 from .version import __version__
 from .volumes import VolumeService
 

@@ -346,9 +346,11 @@ def _io_stat(text: str) -> list[tuple[int, int, int, int]]:
     """v2 ``io.stat``: ``MAJ:MIN rbytes=N wbytes=N rios=N ...`` per device."""
     devices = []
     for line in text.splitlines():
-        device, *fields = line.split()
+        if not line.strip():
+            continue
+        device, *pairs = line.split()
         major, _, minor = device.partition(":")
-        counts = dict(field.partition("=")[::2] for field in fields)
+        counts = dict(pair.partition("=")[::2] for pair in pairs)
         devices.append((int(major), int(minor), int(counts.get("rbytes", 0)),
                         int(counts.get("wbytes", 0))))
     return devices
