@@ -50,7 +50,8 @@ RULES: dict[str, Rule] = {
     "kill": Rule(ACTIVE, None, _NOT_RUNNING),
     "pause": Rule(("running",), "paused", "Container {short} is {status}, not running"),
     "unpause": Rule(("paused",), "running", "Container {short} is {status}, not paused"),
-    "exec": Rule(("running",), None, _NOT_RUNNING),
+    "exec": Rule(("running",), None, _NOT_RUNNING, refusals=(
+        ("paused", "Container {short} is paused, unpause the container before exec"),)),
     "top": Rule(ACTIVE, None, _NOT_RUNNING),
     "attach": Rule(ACTIVE, None, "You cannot attach to a stopped container, start it first"),
     "connect": Rule(ACTIVE, None,

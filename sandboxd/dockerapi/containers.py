@@ -389,8 +389,11 @@ class ContainerRoutes:
     async def exec_create(self, req: Request) -> Response:
         body = await req.json(required=True)
         record = await self._record(req.params["id"])
+        if record.state.status == "paused":         # dockerd's messages
+            raise HttpError(409, f"Container {record.id} is paused, unpause the container "
+                                 f"before exec")
         if record.state.status != "running":
-            raise HttpError(409, f"container {record.id} is not running")
+            raise HttpError(409, f"Container {record.id} is not running")
         cmd = body.get("Cmd")
         if not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) for a in cmd):
             raise HttpError(400, "exec: Cmd must be a non-empty list of strings")

@@ -175,6 +175,9 @@ def test_cli_detached_lifecycle(docker, d: Daemon, tmp_path: Path) -> None:
         assert docker("inspect", "-f", "{{.State.Status}}", cid).stdout == "paused\n"
         assert docker("ps", "-q", "--no-trunc", "--filter", "status=paused").stdout.split() \
             == [cid]
+        refused = docker("exec", "dk-life2", "true", check=False)
+        assert refused.returncode != 0 and "is paused, unpause the container before exec" \
+            in refused.stderr, refused.stderr
         docker("unpause", "dk-life2")
         assert docker("inspect", "-f", "{{.State.Status}}", cid).stdout == "running\n"
 

@@ -108,6 +108,9 @@ def test_lifecycle_rules_are_data() -> None:
         lifecycle.check("pause", _record("exited"))
     with pytest.raises(Conflict, match="container web is paused: unpause it first"):
         lifecycle.check("start", _record("paused"))
+    with pytest.raises(Conflict, match="Container abababababab is paused, unpause the "
+                                       "container before exec"):       # dockerd's words
+        lifecycle.check("exec", _record("paused"))
     assert lifecycle.check("start", _record("running")) is False       # already done
     assert lifecycle.check("start", _record("exited")) is True
     assert lifecycle.after("pause") == "paused"
