@@ -50,8 +50,8 @@ from .runner.spec import (ContainerSpec, File, Mount, Namespaces, Process, Ulimi
                           merge_ulimits, validate)
 from .store import Store
 from .volumes import ANONYMOUS_LABEL, VolumeService
-from .validate import (HOST_GATEWAY, TEMPLATE_ENTRIES, check_name, parse_signal,
-                       validate_config)
+from .validate import (HOST_GATEWAY, TEMPLATE_ENTRIES, check_name, exposed_ports,
+                       parse_signal, validate_config)
 
 log = logging.getLogger("sandboxd.containers")
 
@@ -443,14 +443,20 @@ class ContainerService:
         if not entrypoint + cmd:
             raise InvalidArgument(f"no command given and image {config.image} has no "
                                   f"default command")
+        image_ports = set()
+        for port in defaults.get("ExposedPorts") or {}:
+            keys = exposed_ports(str(port))
+            if keys is None:          # an image is input: from a registry, a load
+                raise InvalidArgument(f"image {config.image}: ExposedPorts {port!r:.40} is "
+                                      f"not PORT[-END]/tcp|udp|sctp with ports in 1..65535")
+            image_ports.update(keys)
         return dataclasses.replace(
             config, host=self._host_defaults(config.host),
             env=tuple(env.values()), labels=tuple(labels.values()), cmd=cmd,
             entrypoint=entrypoint, healthcheck=healthcheck,
             workdir=config.workdir or defaults.get("WorkingDir") or "",
             user=config.user or defaults.get("User") or "",
-            exposed_ports=tuple(sorted(set(config.exposed_ports)
-                                       | set(defaults.get("ExposedPorts") or {}))))
+            exposed_ports=tuple(sorted(set(config.exposed_ports) | image_ports)))
 
     def _resolve_volumes(self, record: ContainerRecord) -> tuple[ContainerRecord, set[str]]:
         """The record's mounts with Docker's additions: ``--volumes-from`` (the other

@@ -21,7 +21,7 @@ from .runner import spec
 from .runner.spec import UNLIMITED, Mount, Ulimit
 from .securityopt import read_security_opt
 from .volumes import DRIVER, check_driver, check_volume_name
-from .validate import PROTOCOLS, check_config, check_host, parse_signal
+from .validate import PROTOCOLS, check_config, check_host, exposed_ports, parse_signal
 
 __all__ = [
     "build_config", "config_from_options", "build_update", "parse_volume", "parse_mount",
@@ -496,9 +496,10 @@ def build_config(image: str, cmd: str | Sequence[str] | None = None, *,
             bindings += attempt(parse_publish, p) or []
 
     exposed = []
-    for e in expose:
+    for e in expose:                          # a range: each port (Docker's --expose)
         number, slash, proto = str(e).partition("/")
-        exposed.append(f"{number}/{proto.lower() if slash else 'tcp'}")
+        exposed += exposed_ports(str(e)) or \
+            [f"{number}/{proto.lower() if slash else 'tcp'}"]     # the check names it
     for b in bindings:                        # a published port is an exposed port
         key = f"{b.container_port}/{b.protocol}"
         if key not in exposed:

@@ -27,6 +27,23 @@ LOG_OPTS = ("max-size", "max-file")
 MIN_LOG_SIZE = 4 << 10
 MIN_STORAGE_SIZE = 16 << 20            # runner.layers.MIN_SIZE: ext4 with a journal
 PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+def exposed_ports(text: str) -> list[str] | None:
+    """``PORT[-END][/proto]`` as an image's ``ExposedPorts`` keys (``80/tcp``), a range
+    one key per port as Docker's EXPOSE stores it; None when it is not one (ports
+    1..65535, END not below PORT, tcp, udp or sctp)."""
+    number, _, proto = text.partition("/")
+    proto = proto.lower() or "tcp"
+    low, dash, high = number.partition("-")
+    if proto not in PROTOCOLS or not (low.isdigit() and len(low) <= 5) or \
+            (dash and not (high.isdigit() and len(high) <= 5)):
+        return None
+    first = int(low)
+    last = int(high) if dash else first
+    if not 1 <= first <= last <= 65535:
+        return None
+    return [f"{port}/{proto}" for port in range(first, last + 1)]
 # What a container's ``entry`` may name: the daemon's allow-list (trusted code its
 # runner's template imports once), never a client's choice.
 TEMPLATE_ENTRIES = ("pytest_sandbox.worker:main",)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import InvalidArgument
 from ..model import ContainerConfig
+from ..validate import exposed_ports
 from . import dockerfile as df
 
 # what a config step does to the runtime config (it may change the dict it is given)
@@ -55,15 +56,17 @@ def config_step(ins: df.Instruction, runtime: dict[str, Any], shell: list[str],
         text = f"{k} {value}"
         change = _setting(**{"User" if k == "USER" else "StopSignal": value})
     elif k == "EXPOSE":
+        keys_all: list[str] = []          # a range is one key per port, as Docker's
         ports = []
         for port in df.words(ins.text, env, escape):
-            number, _, proto = port.partition("/")
-            if not number.replace("-", "").isdigit() or proto not in ("", "tcp", "udp",
-                                                                     "sctp"):
-                raise InvalidArgument(f"line {ins.line}: EXPOSE {port}: not PORT[/tcp|udp]")
-            ports.append(f"{number}/{proto or 'tcp'}")
+            keys = exposed_ports(port)
+            if keys is None:
+                raise InvalidArgument(f"line {ins.line}: EXPOSE {port}: not PORT[-END]"
+                                      f"[/tcp|udp|sctp] with ports in 1..65535")
+            ports.append(port if "/" in port else f"{port}/tcp")
+            keys_all.extend(keys)
         text = "EXPOSE " + " ".join(ports)
-        change = _merging("ExposedPorts", {p: {} for p in ports})
+        change = _merging("ExposedPorts", {key: {} for key in keys_all})
     elif k in ("CMD", "ENTRYPOINT"):
         argv = df.command(ins, shell) if ins.text else []
         text = f"{k} {json.dumps(argv)}"

@@ -4,8 +4,11 @@ this host's loopback to the daemon's listeners and on to containers on its own
 bridges; the daemon runs with ``--no-ip-masq`` (no forwarding)."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import socket
+import tarfile
 import sys
 import time
 import urllib.request
@@ -155,14 +158,54 @@ def test_all_addresses_are_ipv4_and_ipv6_on_one_port(daemon: Daemon, names: list
 
 def test_publish_all_exposed_ports(daemon: Daemon, names: list[str]) -> None:
     names.append("pall")
-    daemon.sbx("run", "-d", "--name", "pall", "--expose", "80", "--expose", "81/udp", "-P",
-               "busybox", "sh", "-c", HTTPD.format(name="pall"), check=True)
+    daemon.sbx("run", "-d", "--name", "pall", "--expose", "80", "--expose", "81-82/udp",
+               "-P", "busybox", "sh", "-c", HTTPD.format(name="pall"), check=True)
     doc = inspect(daemon, "pall")
     assert doc["HostConfig"]["PublishAllPorts"] is True
     ports = doc["NetworkSettings"]["Ports"]
-    assert set(ports) == {"80/tcp", "81/udp"}
+    assert set(ports) == {"80/tcp", "81/udp", "82/udp"}          # a range: each port
     assert all(int(ports[k][0]["HostPort"]) > 0 for k in ports)
     assert fetch(int(ports["80/tcp"][0]["HostPort"])) == "hi-from-pall\n"
+
+
+def _loaded_with_exposed(daemon: Daemon, tmp_path, tag: str, ports: list[str]) -> None:
+    """busybox saved, its config's ExposedPorts replaced, loaded as ``tag``: an image
+    made elsewhere (a registry, another tool), whose config no build here checked."""
+    archive = tmp_path / "busybox.tar"
+    daemon.sbx("save", "-o", str(archive), "busybox", check=True)
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))[0]
+        config = json.load(tar.extractfile(manifest["Config"]))
+        layers = {name: tar.extractfile(name).read() for name in manifest["Layers"]}
+    config["config"]["ExposedPorts"] = {p: {} for p in ports}
+    data = json.dumps(config).encode()
+    name = f"blobs/sha256/{hashlib.sha256(data).hexdigest()}"
+    entries = {name: data, **layers, "manifest.json": json.dumps(
+        [{"Config": name, "RepoTags": [f"{tag}:latest"], "Layers": list(layers)}]).encode()}
+    with tarfile.open(tmp_path / f"{tag}.tar", "w") as tar:
+        for entry, blob in entries.items():
+            info = tarfile.TarInfo(entry)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    daemon.sbx("load", "-i", str(tmp_path / f"{tag}.tar"), check=True)
+
+
+def test_an_images_exposed_ports_made_elsewhere(daemon: Daemon, names: list[str],
+                                                 tmp_path) -> None:
+    _loaded_with_exposed(daemon, tmp_path, "sbx-exposed-range", ["8000-8001/tcp", "9000/udp"])
+    _loaded_with_exposed(daemon, tmp_path, "sbx-exposed-bad", ["99999999999999999999/tcp"])
+    try:
+        names.append("prange")     # a range as a key: each port (it was an internal error)
+        daemon.sbx("run", "-d", "--name", "prange", "-P", "sbx-exposed-range", "sleep", "60",
+                   check=True)
+        assert set(inspect(daemon, "prange")["NetworkSettings"]["Ports"]) == \
+            {"8000/tcp", "8001/tcp", "9000/udp"}
+        run = daemon.sbx("run", "--rm", "-P", "sbx-exposed-bad", "true")
+        assert run.returncode == 125 and "image sbx-exposed-bad: ExposedPorts " \
+            "'99999999999999999999/tcp' is not PORT[-END]/tcp|udp|sctp" in run.err, run.err
+    finally:
+        daemon.sbx("rm", "-f", "prange")
+        daemon.sbx("rmi", "sbx-exposed-range", "sbx-exposed-bad")
 
 
 def test_a_taken_port_is_a_clear_error_and_creates_nothing(

@@ -7,6 +7,7 @@ import pytest
 from sandboxd.errors import InvalidArgument
 from sandboxd.images.configsteps import apply_changes, container_runtime
 from sandboxd.model import ContainerConfig, HostConfig
+from sandboxd.validate import exposed_ports
 
 BASE = {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["sh"], "Labels": {"from": "base"}}
 
@@ -32,6 +33,16 @@ def test_an_entrypoint_resets_the_base_cmd_but_not_one_set_before_it() -> None:
     out = apply_changes(BASE, ['CMD ["hi"]', 'ENTRYPOINT ["echo"]'])
     assert (out["Entrypoint"], out["Cmd"]) == (["echo"], ["hi"])
     assert apply_changes(BASE, ["CMD echo hi"])["Cmd"] == ["/bin/sh", "-c", "echo hi"]
+
+
+def test_expose_stores_a_range_as_docker_does_one_key_per_port() -> None:
+    out = apply_changes({}, ["EXPOSE 8000-8002 53/UDP", "EXPOSE 9000/sctp"])
+    assert list(out["ExposedPorts"]) == ["8000/tcp", "8001/tcp", "8002/tcp", "53/udp",
+                                         "9000/sctp"]
+    for bad in ("0", "65536", "9" * 20, "80-70", "80/xyz", "1-" + "9" * 5000, "http"):
+        with pytest.raises(InvalidArgument, match=r"not PORT\[-END\]"):
+            apply_changes({}, [f"EXPOSE {bad}"])
+    assert exposed_ports("1-65535") == [f"{p}/tcp" for p in range(1, 65536)]
 
 
 def test_bad_changes_are_all_named_at_once() -> None:
