@@ -282,6 +282,34 @@ def bridge_ip(daemon: Daemon, name: str) -> str:
     return ip
 
 
+def busybox_with_config(daemon: Daemon, tmp_path: Path, tag: str, check: bool = True,
+                        **fields: Any) -> subprocess.CompletedProcess:
+    """``sbx load`` of busybox with ``fields`` set in its config's ``config`` (runtime
+    defaults), tagged ``tag``: an image made elsewhere (a registry, another tool), whose
+    config nothing here wrote. Returns the load's result."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+    archive = tmp_path / "busybox.tar"
+    daemon.sbx("save", "-o", str(archive), "busybox", check=True)
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))[0]
+        config = json.load(tar.extractfile(manifest["Config"]))
+        layers = {name: tar.extractfile(name).read() for name in manifest["Layers"]}
+    config["config"].update(fields)
+    data = json.dumps(config).encode()
+    name = f"blobs/sha256/{hashlib.sha256(data).hexdigest()}"
+    entries = {name: data, **layers, "manifest.json": json.dumps(
+        [{"Config": name, "RepoTags": [f"{tag}:latest"], "Layers": list(layers)}]).encode()}
+    with tarfile.open(tmp_path / f"{tag}.tar", "w") as tar:
+        for entry, blob in entries.items():
+            info = tarfile.TarInfo(entry)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return daemon.sbx("load", "-i", str(tmp_path / f"{tag}.tar"), check=check)
+
+
 @contextlib.contextmanager
 def running(*flags: str, busybox: bool = True) -> Iterator[Daemon]:
     """A started daemon (busybox imported unless ``busybox=False``), stopped afterwards;

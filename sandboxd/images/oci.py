@@ -158,6 +158,55 @@ def check_manifest(doc: Any, what: str) -> dict[str, Any]:
     return doc
 
 
+# The runtime config's fields a container reads, with the JSON types Docker's Go structs
+# give them (an image's config from a registry or an archive is untrusted input).
+_STRINGS = ("WorkingDir", "User", "StopSignal")
+_STRING_LISTS = ("Env", "Cmd", "Entrypoint", "Shell", "OnBuild")
+_MAPS = ("ExposedPorts", "Volumes", "Labels")
+_HEALTH_NUMBERS = ("Interval", "Timeout", "StartPeriod", "StartInterval", "Retries")
+
+
+def runtime_problems(runtime: Any) -> list[str]:
+    """What in an image config's ``config`` (its runtime defaults) has the wrong type, as
+    ``config.<Field>: ...``; [] when it is usable (missing fields and null are)."""
+    if runtime is None:
+        return []
+    if not isinstance(runtime, dict):
+        return [f"config: expected an object, got {type(runtime).__name__}"]
+    problems = []
+
+    def wrong(field: str, expected: str) -> None:
+        problems.append(f"config.{field}: expected {expected}, got "
+                        f"{json.dumps(runtime[field])[:40]}")
+
+    for field in _STRINGS:
+        if runtime.get(field) is not None and not isinstance(runtime[field], str):
+            wrong(field, "a string")
+    for field in _STRING_LISTS:
+        value = runtime.get(field)
+        if value is not None and not (isinstance(value, list)
+                                      and all(isinstance(v, str) for v in value)):
+            wrong(field, "a list of strings")
+    for field in _MAPS:
+        value = runtime.get(field)
+        if value is not None and not isinstance(value, dict):
+            wrong(field, "an object")
+        elif field == "Labels" and value and \
+                not all(isinstance(v, str) for v in value.values()):
+            wrong(field, "an object of strings")
+    health = runtime.get("Healthcheck")
+    if health is not None:
+        test = health.get("Test") if isinstance(health, dict) else None
+        if not isinstance(health, dict) or not (
+                test is None or isinstance(test, list) and all(isinstance(t, str)
+                                                               for t in test)) or \
+                any(not isinstance(health.get(k, 0), int) or isinstance(health.get(k), bool)
+                    for k in _HEALTH_NUMBERS):
+            wrong("Healthcheck", "{Test: [strings], Interval, Timeout, StartPeriod, "
+                                 "StartInterval (ns), Retries: integers}")
+    return problems
+
+
 def canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 

@@ -399,6 +399,10 @@ class ImageService:
             if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
                 raise InvalidArgument(f"image {config_digest[7:19]}: the config lists "
                                       f"{len(diff_ids)} layers, the manifest {len(layers)}")
+            problems = oci.runtime_problems(config.get("config"))
+            if problems:           # refused as dockerd's typed decode refuses them
+                raise InvalidArgument(f"image config {config_digest[7:19]}: "
+                                      f"{'; '.join(problems)}")
         except (ValueError, KeyError, TypeError):
             raise InvalidArgument(f"image config {config_digest}: not an OCI image config "
                                   f"(JSON with rootfs.diff_ids)") from None

@@ -4,18 +4,15 @@ this host's loopback to the daemon's listeners and on to containers on its own
 bridges; the daemon runs with ``--no-ip-masq`` (no forwarding)."""
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import socket
-import tarfile
 import sys
 import time
 import urllib.request
 
 import pytest
 
-from harness import Daemon, wait_until
+from harness import Daemon, busybox_with_config, wait_until
 
 HTTPD = "mkdir -p /www && echo hi-from-{name} > /www/index.html && exec httpd -f -p 80 -h /www"
 # A UDP echo server in the container (the built-in host image: this Python).
@@ -168,32 +165,11 @@ def test_publish_all_exposed_ports(daemon: Daemon, names: list[str]) -> None:
     assert fetch(int(ports["80/tcp"][0]["HostPort"])) == "hi-from-pall\n"
 
 
-def _loaded_with_exposed(daemon: Daemon, tmp_path, tag: str, ports: list[str]) -> None:
-    """busybox saved, its config's ExposedPorts replaced, loaded as ``tag``: an image
-    made elsewhere (a registry, another tool), whose config no build here checked."""
-    archive = tmp_path / "busybox.tar"
-    daemon.sbx("save", "-o", str(archive), "busybox", check=True)
-    with tarfile.open(archive) as tar:
-        manifest = json.load(tar.extractfile("manifest.json"))[0]
-        config = json.load(tar.extractfile(manifest["Config"]))
-        layers = {name: tar.extractfile(name).read() for name in manifest["Layers"]}
-    config["config"]["ExposedPorts"] = {p: {} for p in ports}
-    data = json.dumps(config).encode()
-    name = f"blobs/sha256/{hashlib.sha256(data).hexdigest()}"
-    entries = {name: data, **layers, "manifest.json": json.dumps(
-        [{"Config": name, "RepoTags": [f"{tag}:latest"], "Layers": list(layers)}]).encode()}
-    with tarfile.open(tmp_path / f"{tag}.tar", "w") as tar:
-        for entry, blob in entries.items():
-            info = tarfile.TarInfo(entry)
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    daemon.sbx("load", "-i", str(tmp_path / f"{tag}.tar"), check=True)
-
-
 def test_an_images_exposed_ports_made_elsewhere(daemon: Daemon, names: list[str],
                                                  tmp_path) -> None:
-    _loaded_with_exposed(daemon, tmp_path, "sbx-exposed-range", ["8000-8001/tcp", "9000/udp"])
-    _loaded_with_exposed(daemon, tmp_path, "sbx-exposed-bad", ["99999999999999999999/tcp"])
+    for tag, ports in (("sbx-exposed-range", ["8000-8001/tcp", "9000/udp"]),
+                       ("sbx-exposed-bad", ["99999999999999999999/tcp"])):
+        busybox_with_config(daemon, tmp_path, tag, ExposedPorts={p: {} for p in ports})
     try:
         names.append("prange")     # a range as a key: each port (it was an internal error)
         daemon.sbx("run", "-d", "--name", "prange", "-P", "sbx-exposed-range", "sleep", "60",

@@ -27,6 +27,7 @@ from typing import Callable
 
 import pytest
 
+from harness import busybox_with_config
 from registries import NO_REGISTRY, REGISTRY_BIN, serve_registry
 from sandboxd.client import connect
 from sandboxd.errors import SandboxError
@@ -334,6 +335,26 @@ def test_check_12_load_hostile_metadata(case, host, tmp_path, secure_daemon):
         assert proc.returncode != 0
         assert "lacks" in proc.err or "sha256:<64" in proc.err or "not" in proc.err, proc.err
     host.assert_untouched()
+
+
+# An image config's runtime fields with the wrong JSON types: each made an internal
+# error at run (AttributeError, TypeError) or, stored in a container's record, made
+# every later `sbx ps` fail.
+ILL_TYPED = {"Env": ["PATH=/bin", 5], "Cmd": "echo hi", "Entrypoint": {"a": 1},
+             "WorkingDir": 5, "Labels": ["a=b"], "Healthcheck": {"Test": "x",
+                                                                 "Interval": "1s"},
+             "Volumes": ["/v"], "ExposedPorts": ["80/tcp"], "Shell": 5}
+
+
+@pytest.mark.parametrize("field", sorted(ILL_TYPED))
+def test_check_12_load_ill_typed_runtime_config(field, tmp_path, secure_daemon):
+    d = secure_daemon
+    tag = f"sbx-ill-{field.lower()}"
+    proc = busybox_with_config(d, tmp_path, tag, check=False, **{field: ILL_TYPED[field]})
+    _ok_or_clear_error(proc, d)
+    assert proc.returncode != 0 and f"config.{field}: expected" in proc.err, proc.err
+    assert d.sbx("image", "inspect", tag).returncode != 0        # nothing half-loaded
+    d.sbx("ps", "-a", check=True)
 
 
 # ---------------------------------------------------------------- sbx cp

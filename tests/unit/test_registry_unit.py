@@ -164,3 +164,21 @@ def test_bad_platforms_are_refused():
                            {"platform": {"os": "unknown", "architecture": "unknown"}},
                            {"platform": {"os": "linux", "architecture": "amd64"}}]}
     assert oci.index_platforms(index) == ["linux/arm/v7", "linux/amd64"]
+
+
+def test_an_image_configs_runtime_fields_are_type_checked() -> None:
+    runtime_problems = oci.runtime_problems
+    assert runtime_problems(None) == [] and runtime_problems({}) == []
+    good = {"Env": ["PATH=/bin"], "Cmd": None, "Entrypoint": ["sh"], "WorkingDir": "/w",
+            "User": "1000", "Labels": {"a": "b"}, "ExposedPorts": {"80/tcp": {}},
+            "Volumes": {"/v": {}}, "StopSignal": "SIGINT", "ArgsEscaped": True,
+            "Healthcheck": {"Test": ["CMD", "true"], "Interval": 10**9, "Retries": 3}}
+    assert runtime_problems(good) == []
+    assert runtime_problems([]) == ["config: expected an object, got list"]
+    assert runtime_problems({"Cmd": [1], "User": 0, "Labels": {"a": 1},
+                             "Healthcheck": {"Retries": True}}) == [
+        "config.User: expected a string, got 0",
+        "config.Cmd: expected a list of strings, got [1]",
+        "config.Labels: expected an object of strings, got {\"a\": 1}",
+        "config.Healthcheck: expected {Test: [strings], Interval, Timeout, StartPeriod, "
+        "StartInterval (ns), Retries: integers}, got {\"Retries\": true}"]
