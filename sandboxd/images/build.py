@@ -361,16 +361,30 @@ class Builder:
                     escape: str) -> None:
         sources, dest = df.copy_sources(ins, env, escape)
         add = ins.keyword == "ADD"
-        for src in sources:
-            if "://" in src or src.startswith("git@"):
-                raise InvalidArgument(f"line {ins.line}: {ins.keyword} {src}: remote URLs "
-                                      f"are not supported by this builder; download the file "
-                                      f"into the build context and COPY it")
+        urls = [src for src in sources if "://" in src or src.startswith("git@")]
         origin = ins.flag("from")
+        if urls:
+            _check_urls(ins, urls, sources, origin)
+            # ADD of http(s) URLs: fetched by the daemon into a directory of their own,
+            # then copied as a context's files are (never unpacked, as Docker's)
+            fetched = Path(tempfile.mkdtemp(prefix="add-", dir=self.images.content.root))
+            try:
+                names = [await self._thread(_fetch, url, fetched, dest, ins) for url in urls]
+                await self._copy_from(ins, state, env, escape, LayerView([fetched]), names,
+                                      dest, from_context=True, add=False)
+            finally:
+                shutil.rmtree(fetched, ignore_errors=True)
+            return
         if origin is not None:
             source_view = await self._stage_view(df.expand(origin, env, escape), ins)
         else:
             source_view = self.context
+        await self._copy_from(ins, state, env, escape, source_view, sources, dest,
+                              from_context=origin is None, add=add)
+
+    async def _copy_from(self, ins: df.Instruction, state: _Stage, env: dict[str, str],
+                         escape: str, source_view: LayerView, sources: list[str], dest: str,
+                         *, from_context: bool, add: bool) -> None:
         chown = ins.flag("chown")
         chmod = ins.flag("chmod")
         mode = None
@@ -385,7 +399,7 @@ class Builder:
         workdir = rt_workdir(state.runtime)
         plan = await self._thread(
             _CopyPlan.make, source_view, sources, dest, workdir, ins,
-            from_context=origin is None, add=add)
+            from_context=from_context, add=add)
         parent_view = await self._thread(self.images.view, state.image)
         owner = None
         if chown is not None:
@@ -415,6 +429,61 @@ class Builder:
                                       f"with that index")
             image = await self._base_image(origin)
         return await self._thread(self.images.view, image)
+
+
+FETCH_TIMEOUT = 60.0           # seconds without a byte from the server
+
+
+def _check_urls(ins: df.Instruction, urls: list[str], sources: list[str],
+                origin: str | None) -> None:
+    where = f"line {ins.line}: {ins.keyword}"
+    if ins.keyword == "COPY":
+        raise InvalidArgument(f"{where} {urls[0]}: source can't be a URL for COPY (ADD "
+                              f"fetches URLs)")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise InvalidArgument(f"{where} {url}: only http:// and https:// URLs are "
+                                  f"fetched by this builder (not git)")
+    if len(urls) != len(sources) or origin is not None:
+        raise InvalidArgument(f"{where}: URLs and files of the build context (or --from) in "
+                              f"one ADD are not supported: give each its own ADD")
+
+
+def _fetch(url: str, directory: Path, dest: str, ins: df.Instruction) -> str:
+    """GET ``url`` into ``directory``; the file's name in it: the URL's last path
+    component (what a destination ending in ``/`` gets), mode 0600 and the server's
+    ``Last-Modified`` as its time, as Docker's ADD."""
+    import email.utils
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    path = urllib.parse.urlsplit(url).path
+    name = urllib.parse.unquote(posixpath.basename(path))
+    if dest.endswith("/") and (not name or name in (".", "..")):
+        raise InvalidArgument(f"line {ins.line}: ADD {url}: cannot determine a file name "
+                              f"from the URL: give the destination a file name")
+    name = name if name not in ("", ".", "..") else "download"
+    target = directory / name
+    request = urllib.request.Request(url, headers={"User-Agent": "sandboxd-build"})
+    try:
+        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as reply, \
+                open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o600), "wb") as out:
+            shutil.copyfileobj(reply, out, _CHUNK)
+            modified = reply.headers.get("Last-Modified")
+    except urllib.error.HTTPError as e:
+        raise InvalidArgument(f"line {ins.line}: ADD {url}: failed to GET with status "
+                              f"{e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise InvalidArgument(f"line {ins.line}: ADD {url}: {reason}") from None
+    if modified:
+        try:
+            when = email.utils.parsedate_to_datetime(modified).timestamp()
+            os.utime(target, (when, when))
+        except (TypeError, ValueError, OverflowError):
+            pass                                  # an unreadable date: the download's
+    return "/" + name
 
 
 class BuildFailed(InvalidArgument):

@@ -9,9 +9,13 @@ intermediate images, which changes what ``rmi busybox`` does on the shared daemo
 """
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import json
+import os
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -208,8 +212,10 @@ def test_build_refusals(d: Daemon, tmp_path: Path) -> None:
         return proc.out + proc.err
 
     assert "returned a non-zero code: 3" in fails("FROM busybox\nRUN exit 3\n")
-    assert "remote URLs are not supported" in fails(
-        "FROM busybox\nADD https://example.com/x /x\n")
+    assert "source can't be a URL for COPY" in fails(
+        "FROM busybox\nCOPY https://example.com/x /x\n")
+    assert "only http:// and https:// URLs" in fails(
+        "FROM busybox\nADD git@github.com:a/b.git /x\n")
     assert "file not found in build context" in fails("FROM busybox\nCOPY nope /x\n")
     assert "outside the build context" in fails("FROM busybox\nCOPY ../etc/passwd /x\n")
     assert "unknown instruction FRUM" in fails("FRUM busybox\n")
@@ -230,6 +236,59 @@ def test_build_refusals(d: Daemon, tmp_path: Path) -> None:
             d.sbx("rmi", "sbx-build-net", check=True)
     # the failed RUN left no container behind
     assert d.ids("-a") == []
+
+
+@pytest.fixture
+def web(tmp_path: Path):
+    """An HTTP server on 127.0.0.1 serving ``tmp_path/www`` (what ADD fetches)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_add_fetches_urls_as_docker_does(d: Daemon, tmp_path: Path, web) -> None:
+    root, url = web
+    (root / "data.txt").write_text("fetched\n")
+    with tarfile.open(root / "kept.tar.gz", "w:gz") as tar:         # not unpacked
+        tar.add(root / "data.txt", "inside.txt")
+    for name in ("data.txt", "kept.tar.gz"):                        # their Last-Modified
+        os.utime(root / name, (1_600_000_000, 1_600_000_000))
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM busybox\nADD {url}/data.txt /d/\nADD {url}/data.txt /named.txt\n"
+        f"ADD --chmod=644 {url}/kept.tar.gz /t/\n"
+        "CMD stat -c '%n %a %Y' /d/data.txt /named.txt /t/kept.tar.gz && cat /d/data.txt\n")
+    build(d, ctx, "-t", "sbx-add-url")
+    try:
+        assert run(d, "sbx-add-url").splitlines() == [
+            "/d/data.txt 600 1600000000", "/named.txt 600 1600000000",
+            "/t/kept.tar.gz 644 1600000000", "fetched"]
+        again = build(d, ctx, "-t", "sbx-add-url")     # fetched again: the same content
+        assert again.out.count("Using cache") >= 3, again.out
+        (root / "data.txt").write_text("changed\n")
+        build(d, ctx, "-t", "sbx-add-url")
+        assert run(d, "sbx-add-url").splitlines()[-1] == "changed"
+        (ctx / "Dockerfile").write_text(f"FROM busybox\nADD {url}/missing.txt /m\n")
+        missing = build(d, ctx, check=False)
+        assert missing.returncode != 0 and f"ADD {url}/missing.txt: failed to GET with " \
+            f"status 404" in missing.out + missing.err, missing.out + missing.err
+        (ctx / "Dockerfile").write_text(f"FROM busybox\nADD {url} /dir/\n")
+        nameless = build(d, ctx, check=False)
+        assert "cannot determine a file name from the URL" in nameless.out + nameless.err
+    finally:
+        d.sbx("rmi", "sbx-add-url")
 
 
 def test_dockerfile_from_stdin(d: Daemon, tmp_path: Path) -> None:
