@@ -74,6 +74,23 @@ def _mapping(value: Any, where: str) -> dict:
     return value
 
 
+def _string_map(value: Any, where: str) -> dict[str, str]:
+    """An object of strings (Labels, Tmpfs, Sysctls...): Go's ``map[string]string``."""
+    mapping = _mapping(value, where)
+    bad = next((k for k, v in mapping.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise HttpError(400, f"{where}.{bad}: expected a string, got {mapping[bad]!r}")
+    return mapping
+
+
+def _flag(value: Any, where: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise HttpError(400, f"{where}: expected true or false, got {value!r}")
+    return value
+
+
 def _int(value: Any, where: str) -> int | None:
     if value is None:
         return None
@@ -130,12 +147,12 @@ def create_options(body: dict) -> tuple[str, dict[str, Any]]:
     opts: dict[str, Any] = {
         "cmd": shlex.split(cmd) if isinstance(cmd, str) else _strings(cmd, "Config.Cmd"),
         "env": _strings(body.get("Env"), "Config.Env"),
-        "workdir": body.get("WorkingDir") or "",
-        "user": body.get("User") or "",
-        "hostname": body.get("Hostname") or "",
-        "tty": bool(body.get("Tty")),
-        "open_stdin": bool(body.get("OpenStdin")),
-        "labels": {k: str(v) for k, v in _mapping(body.get("Labels"), "Config.Labels").items()},
+        "workdir": _string(body.get("WorkingDir"), "Config.WorkingDir"),
+        "user": _string(body.get("User"), "Config.User"),
+        "hostname": _string(body.get("Hostname"), "Config.Hostname"),
+        "tty": _flag(body.get("Tty"), "Config.Tty"),
+        "open_stdin": _flag(body.get("OpenStdin"), "Config.OpenStdin"),
+        "labels": _string_map(body.get("Labels"), "Config.Labels"),
         "expose": list(_mapping(body.get("ExposedPorts"), "Config.ExposedPorts")),
         "local_files": False,
     }
@@ -143,7 +160,7 @@ def create_options(body: dict) -> tuple[str, dict[str, Any]]:
         opts["entrypoint"] = ([entrypoint] if isinstance(entrypoint, str)
                               else _strings(entrypoint, "Config.Entrypoint"))
     if body.get("StopSignal"):
-        opts["stop_signal"] = body["StopSignal"]
+        opts["stop_signal"] = _string(body["StopSignal"], "Config.StopSignal")
     if body.get("StopTimeout") is not None:
         opts["stop_timeout"] = _int(body["StopTimeout"], "Config.StopTimeout")
     opts.update(_host_options(host))
@@ -178,36 +195,33 @@ def _host_options(h: dict) -> dict[str, Any]:
         ulimits.append(f"{u['Name']}={_int(u.get('Soft'), 'Ulimits.Soft')}:"
                        f"{_int(u.get('Hard'), 'Ulimits.Hard')}")
     o["ulimits"] = ulimits
-    mode = h.get("NetworkMode") or "default"
-    o["network_mode"] = mode
-    o["uts_mode"] = h.get("UTSMode") or ""
-    o["ipc_mode"] = h.get("IpcMode") or ""
-    o["pid_mode"] = h.get("PidMode") or ""
+    o["network_mode"] = _string(h.get("NetworkMode"), "HostConfig.NetworkMode") or "default"
+    o["uts_mode"] = _string(h.get("UTSMode"), "HostConfig.UTSMode")
+    o["ipc_mode"] = _string(h.get("IpcMode"), "HostConfig.IpcMode")
+    o["pid_mode"] = _string(h.get("PidMode"), "HostConfig.PidMode")
     o["links"] = [_link(l) for l in _strings(h.get("Links"), "HostConfig.Links")]
     o["dns"] = _strings(h.get("Dns"), "HostConfig.Dns")
     o["dns_search"] = _strings(h.get("DnsSearch"), "HostConfig.DnsSearch")
     o["dns_opt"] = _strings(h.get("DnsOptions"), "HostConfig.DnsOptions")
     o["extra_hosts"] = _strings(h.get("ExtraHosts"), "HostConfig.ExtraHosts")
     o["ports"] = _port_bindings(_mapping(h.get("PortBindings"), "HostConfig.PortBindings"))
-    o["publish_all_ports"] = bool(h.get("PublishAllPorts"))
+    o["publish_all_ports"] = _flag(h.get("PublishAllPorts"), "HostConfig.PublishAllPorts")
     o["volumes"] = _strings(h.get("Binds"), "HostConfig.Binds")
-    o["tmpfs"] = {k: str(v) for k, v in _mapping(h.get("Tmpfs"), "HostConfig.Tmpfs").items()}
-    o["read_only"] = bool(h.get("ReadonlyRootfs"))
-    o["init"] = bool(h.get("Init"))
+    o["tmpfs"] = _string_map(h.get("Tmpfs"), "HostConfig.Tmpfs")
+    o["read_only"] = _flag(h.get("ReadonlyRootfs"), "HostConfig.ReadonlyRootfs")
+    o["init"] = _flag(h.get("Init"), "HostConfig.Init")
     o["cap_add"] = _strings(h.get("CapAdd"), "HostConfig.CapAdd")
     o["cap_drop"] = _strings(h.get("CapDrop"), "HostConfig.CapDrop")
     o["security_opt"] = _strings(h.get("SecurityOpt"), "HostConfig.SecurityOpt")
-    o["privileged"] = bool(h.get("Privileged"))
-    o["auto_remove"] = bool(h.get("AutoRemove"))
-    o["storage_opt"] = {k: str(v) for k, v in
-                        _mapping(h.get("StorageOpt"), "HostConfig.StorageOpt").items()}
+    o["privileged"] = _flag(h.get("Privileged"), "HostConfig.Privileged")
+    o["auto_remove"] = _flag(h.get("AutoRemove"), "HostConfig.AutoRemove")
+    o["storage_opt"] = _string_map(h.get("StorageOpt"), "HostConfig.StorageOpt")
     o["restart"] = _restart(_mapping(h.get("RestartPolicy"), "HostConfig.RestartPolicy"))
-    o["sysctls"] = {k: str(v) for k, v in
-                    _mapping(h.get("Sysctls"), "HostConfig.Sysctls").items()}
+    o["sysctls"] = _string_map(h.get("Sysctls"), "HostConfig.Sysctls")
     o["cpuset_cpus"] = _string(h.get("CpusetCpus"), "HostConfig.CpusetCpus")
     o["memory_reservation"] = _int(h.get("MemoryReservation"), "HostConfig.MemoryReservation")
     o["console_size"] = console_size(h.get("ConsoleSize"), "HostConfig.ConsoleSize")
-    o["oom_kill_disable"] = bool(h.get("OomKillDisable"))
+    o["oom_kill_disable"] = _flag(h.get("OomKillDisable"), "HostConfig.OomKillDisable")
     o["group_add"] = _strings(h.get("GroupAdd"), "HostConfig.GroupAdd")
     o["volumes_from"] = _strings(h.get("VolumesFrom"), "HostConfig.VolumesFrom")
     # 0 is "the default" to the clients (64 MiB), as to build_config.
@@ -218,9 +232,9 @@ def _host_options(h: dict) -> dict[str, Any]:
     o["mounts"] = [mount_text(m, f"HostConfig.Mounts[{i}]") for i, m in enumerate(mounts)]
     log = _mapping(h.get("LogConfig"), "HostConfig.LogConfig")
     if log.get("Type"):
-        o["log_driver"] = log["Type"]
+        o["log_driver"] = _string(log["Type"], "HostConfig.LogConfig.Type")
     if log.get("Config"):
-        o["log_opts"] = {k: str(v) for k, v in _mapping(log["Config"], "LogConfig.Config").items()}
+        o["log_opts"] = _string_map(log["Config"], "HostConfig.LogConfig.Config")
     return o
 
 

@@ -99,6 +99,18 @@ def test_the_clis_body_maps_onto_build_config() -> None:
      "PortBindings[80/tcp]"),
     ({"Image": ""}, "Config.Image"),
     ({"Cmd": ["true"]}, "Config.Image"),
+    # Go's typed decode refuses these; they were an internal error or an unnamed one
+    ({"Image": "busybox", "WorkingDir": 5}, "Config.WorkingDir: expected a string, got 5"),
+    ({"Image": "busybox", "User": 0}, "Config.User: expected a string"),
+    ({"Image": "busybox", "Hostname": 5}, "Config.Hostname: expected a string"),
+    ({"Image": "busybox", "StopSignal": 9}, "Config.StopSignal: expected a string"),
+    ({"Image": "busybox", "Tty": "yes"}, "Config.Tty: expected true or false"),
+    ({"Image": "busybox", "Labels": {"a": 1}}, "Config.Labels.a: expected a string"),
+    ({"Image": "busybox", "HostConfig": {"NetworkMode": 5}}, "HostConfig.NetworkMode"),
+    ({"Image": "busybox", "HostConfig": {"Tmpfs": {"/t": 5}}}, "HostConfig.Tmpfs./t"),
+    ({"Image": "busybox", "HostConfig": {"AutoRemove": "1"}}, "HostConfig.AutoRemove"),
+    ({"Image": "busybox", "HostConfig": {"Sysctls": {"net.x": 1}}},
+     "HostConfig.Sysctls.net.x: expected a string"),
     ({"Image": "busybox", "NetworkingConfig": {"EndpointsConfig": {"a": {}, "b": {}}}},
      "one network"),
 ])
