@@ -219,7 +219,10 @@ class Handlers:
         record = self.containers.get(params.id)
         count = 0
         while True:
-            record = self.containers.get(record.id)
+            try:
+                record = self.containers.get(record.id)
+            except NotFound:                 # removed meanwhile: its stream ends, as dockerd's
+                return {}
             await ctx.send_event("stats", await self._sample(record))
             count += 1
             if record.state.status not in RUNNING or (not params.stream and count >= 2):

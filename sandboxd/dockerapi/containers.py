@@ -16,7 +16,7 @@ from ..flags import build_config
 from ..model import ContainerRecord
 from ..render import inspect_document, rfc3339
 from .calls import (MULTIPLEXED, RAW, STREAMS, ApiContext, Calls, frame, op_chunks,
-                    pump_stdin, tar_response)
+                    pump_stdin, stream_response, tar_response)
 from .http import (HttpError, Hijack, Request, Response, Route, empty, json_response,
                    route)
 from .stats import docker_stats
@@ -331,8 +331,8 @@ class ContainerRoutes:
                 previous[:] = [data]
 
         ctx = ApiContext("container.stats", sink)
-        return Response(200, chunks=op_chunks(self.calls.call(
-            "container.stats", {"id": record.id, "interval": 1.0}, ctx), queue))
+        return await stream_response(self.calls.call(
+            "container.stats", {"id": record.id, "interval": 1.0}, ctx), queue, in_band=False)
 
     # -- files
     async def archive_head(self, req: Request) -> Response:

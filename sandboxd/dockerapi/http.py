@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import h11
 
 from .. import untrusted_json
+from ..errors import SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,16 @@ class _Connection:
             async for chunk in response.chunks:
                 if chunk:
                     await self.send(h11.Data(data=chunk))
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            # The status went out already: the stream is cut (never ended as if whole),
+            # the op's error logged; a bad request's (SandboxError) in one line.
+            if isinstance(e, SandboxError):
+                log.warning("docker api: stream cut: %s", e)
+            else:
+                log.exception("docker api: stream failed", exc_info=e)
+            raise ConnectionAbortedError(str(e)) from None
         finally:
             aclose = getattr(response.chunks, "aclose", None)
             if aclose is not None:

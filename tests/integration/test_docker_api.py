@@ -791,6 +791,31 @@ def test_client_gone_mid_stream(d: Daemon) -> None:
     assert "Traceback" not in d.log(1 << 30)
 
 
+def test_a_stats_stream_ends_when_its_container_is_removed(d: Daemon) -> None:
+    """dockerd ends a streaming stats when its container goes; ours raised "No such
+    container" in the stream's task, which the connection logged as a traceback."""
+    status, doc = _request(d.docker_sock, "POST", "/containers/create", json.dumps({
+        "Image": "busybox", "Cmd": ["sleep", "60"]}).encode())
+    assert status == 201, doc
+    cid = doc["Id"]
+    assert _request(d.docker_sock, "POST", f"/containers/{cid}/start")[0] == 204
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(15)
+    s.connect(d.docker_sock)
+    s.sendall(f"GET /containers/{cid}/stats HTTP/1.1\r\nHost: d\r\n\r\n".encode())
+    got = s.recv(65536)
+    while b"cpu_stats" not in got:
+        got += s.recv(65536)
+    assert got.startswith(b"HTTP/1.1 200"), got[:200]
+    assert _request(d.docker_sock, "DELETE", f"/containers/{cid}?force=1")[0] == 204
+    while not got.endswith(b"\r\n0\r\n\r\n"):    # the chunked body's end, in time
+        data = s.recv(65536)
+        assert data, "the connection was cut instead of the stream ending"
+        got += data
+    s.close()
+    assert "Traceback" not in d.log(1 << 30) and "No such container" not in d.log(1 << 30)
+
+
 @needs_cli
 def test_cli_docker_socket_bound_into_a_container(docker, d: Daemon) -> None:
     """``-v DOCKER_SOCK:/var/run/docker.sock`` (what Ryuk and docker-in-docker tools
