@@ -23,7 +23,7 @@ import tarfile
 import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, AsyncIterator, BinaryIO, Iterable, Sequence
+from typing import Any, AsyncIterator, BinaryIO, Iterable, Mapping, Sequence
 
 from . import health as healthchecks
 from . import detachkeys, lifecycle
@@ -32,6 +32,7 @@ from .context import RequestContext
 from .daemonconfig import DaemonConfig
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError
 from .events import NOWHERE, EventBus
+from .filters import prune_filter
 from .images import tarentry
 from .images.service import ImageService
 from .images.unpack import WHITEOUT_PREFIX, apply_layer
@@ -285,11 +286,13 @@ class ContainerService:
         renamed = self._save(dataclasses.replace(record, name=name.lstrip("/")))
         self.events.container(renamed, "rename", oldName=f"/{record.name}")
 
-    async def prune(self) -> list[str]:
-        """Remove every stopped container; their ids."""
+    async def prune(self, filters: Mapping[str, Sequence[str]]) -> list[str]:
+        """Remove every stopped container the prune ``filters`` take; their ids."""
+        pruned = prune_filter(filters, time.time())
         removed = []
         for record in self.records():
-            if record.id not in self.live and record.state.status not in RUNNING:
+            if record.id not in self.live and record.state.status not in RUNNING and \
+                    pruned(record.config.labels_dict(), record.created):
                 await self.remove(record)
                 removed.append(record.id)
         return removed

@@ -46,6 +46,50 @@ def filter_networks(networks: Sequence[NetworkRecord], filters: Mapping[str, Seq
     return [n for n in networks if match(n)]
 
 
+PRUNE_FILTER_KEYS = ("label", "label!", "until")
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def point_in_time(text: str, what: str, now: float) -> float:
+    """Docker's time filter values: Unix seconds, RFC 3339 / ISO 8601, or a Go duration
+    before ``now`` (``24h``, ``1h30m``) -> Unix seconds."""
+    value = text.strip()
+    parts = _DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value:
+        return now - sum(float(n) * _UNITS[u] for n, u in parts)
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    import datetime
+    try:
+        when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(f"{what}: {text!r} is not a Unix time, a timestamp such as "
+                              f"2013-01-02T13:23:37Z or a duration such as 24h") from None
+    return (when if when.tzinfo else when.astimezone()).timestamp()
+
+
+def prune_filter(filters: Mapping[str, Sequence[str]], now: float
+                 ) -> Callable[[Mapping[str, str], float], bool]:
+    """Docker's ``prune --filter``: whether an object with these labels, created then, is
+    pruned. ``label`` (``k`` or ``k=v``): every one must match; ``label!``: left when all
+    of them match (moby's matchLabels); ``until``: created before that time."""
+    unknown = [k for k in filters if k not in PRUNE_FILTER_KEYS]
+    if unknown:
+        raise InvalidArgument(f"filters: invalid filter {', '.join(map(repr, unknown))} "
+                              f"(prune takes {', '.join(PRUNE_FILTER_KEYS)})")
+    untils = [point_in_time(v, "filters.until", now) for v in filters.get("until", ())]
+    wanted, unwanted = filters.get("label", ()), filters.get("label!", ())
+
+    def pruned(labels: Mapping[str, str], created: float) -> bool:
+        return all(label_matches(labels, v) for v in wanted) and \
+            not (unwanted and all(label_matches(labels, v) for v in unwanted)) and \
+            all(created < until for until in untils)
+    return pruned
+
+
 FILTER_KEYS = ("id", "name", "label", "status", "exited", "ancestor", "before", "since",
                "network", "volume", "expose", "publish", "health")
 HEALTH_VALUES = ("starting", "healthy", "unhealthy", "none")

@@ -246,7 +246,7 @@ class Handlers:
         return {}
 
     async def container_prune(self, ctx: RequestContext, params: ops.Filters) -> Any:
-        return {"removed": await self.containers.prune(), "space_reclaimed": 0}
+        return {"removed": await self.containers.prune(params.filters), "space_reclaimed": 0}
 
     # -- files (sbx cp)
     async def container_archive_stat(self, ctx: RequestContext, params: ops.FilePath) -> Any:
@@ -485,7 +485,7 @@ class Handlers:
         return {}
 
     async def network_prune(self, ctx: RequestContext, params: ops.Filters) -> Any:
-        return {"removed": await self.networks.prune()}
+        return {"removed": await self.networks.prune(params.filters)}
 
     async def network_addresses(self, ctx: RequestContext, params: ops.NoParams) -> Any:
         return {"addresses": [{"network": network, "address": address, "owner": owner}

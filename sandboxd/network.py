@@ -101,11 +101,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .dns import Resolver, Scope
 from .errors import Conflict, InvalidArgument, NotFound, SandboxError, Unavailable, from_wire
 from .events import NOWHERE, EventBus
+from .filters import prune_filter
 from .ipam import (IPAM, Pool, choose_subnet, default_bridge_candidates, mac_for,
                    user_network_candidates)
 from .model import Endpoint
@@ -398,11 +399,14 @@ class NetworkService:
         self.events.network("destroy", network)
         await self._masquerade()
 
-    async def prune(self) -> list[str]:
-        """Remove every user-defined network no container is attached to; their names."""
+    async def prune(self, filters: Mapping[str, Sequence[str]]) -> list[str]:
+        """Remove every user-defined network no container is attached to that the prune
+        ``filters`` take; their names."""
+        pruned = prune_filter(filters, time.time())
         removed = []
         for network in self.list():
-            if network.name in BUILTIN or self.endpoints(network.id):
+            if network.name in BUILTIN or self.endpoints(network.id) or \
+                    not pruned(network.labels, network.created):
                 continue
             try:
                 await self.remove(network.id)

@@ -644,15 +644,13 @@ for _name, _func in (("run", run), ("create", create), ("start", start), ("stop"
 @container.command(context_settings=CONTEXT)
 @option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
 @option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help="Provide filter values (e.g. 'label=<key>=<value>')")
+              help="Provide filter values (e.g. 'until=<timestamp>')")
 def prune(force: bool, filters: tuple[str, ...]) -> int:
     """Remove all stopped containers."""
     if not force and not confirm_prune("all stopped containers"):
         return 0
-    parsed: dict[str, list[str]] = {}
-    for item in filters:
-        key, _, value = item.partition("=")
-        parsed.setdefault(key, []).append(value)
+    from ..filters import PRUNE_FILTER_KEYS, parse_filters
+    parsed = parse_filters(filters, PRUNE_FILTER_KEYS)
     with open_client() as client:
         result = client.containers.prune(parsed)
     print_pruned("Deleted Containers:", result.get("removed") or [],

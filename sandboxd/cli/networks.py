@@ -88,14 +88,16 @@ def network_rm(names: tuple[str, ...]) -> int:
 @network.command("prune", context_settings=CONTEXT)
 @option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
 @option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help="Provide filter values (accepted for Docker compatibility)")
+              help="Provide filter values (e.g. 'until=<timestamp>')")
 def network_prune(force: bool, filters: tuple[str, ...]) -> int:
     """Remove all unused networks."""
     if not force and not confirm_prune("all custom networks not used by at least one "
                                         "container"):
         return 0
     with open_client() as client:
-        removed = client.call("network.prune", {"filters": {}})["removed"]
+        from ..filters import PRUNE_FILTER_KEYS, parse_filters
+        removed = client.networks.prune(
+            parse_filters(filters, PRUNE_FILTER_KEYS))["removed"]
     print_pruned("Deleted Networks:", removed)       # Docker says no space for networks
     return 0
 

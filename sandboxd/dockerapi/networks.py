@@ -161,9 +161,6 @@ class NetworkRoutes:
         return Response(200, b"", content_type="")
 
     async def prune(self, req: Request) -> Response:
-        filters = docker_filters(req.json_arg("filters"))
-        if filters:
-            raise HttpError(400, f"network prune: filters ({', '.join(filters)}) are not "
-                                 f"supported: every unused user network is removed")
-        result = await self.calls.call("network.prune", {})
+        result = await self.calls.call("network.prune", {
+            "filters": docker_filters(req.json_arg("filters"))})
         return json_response({"NetworksDeleted": result["removed"] or None})

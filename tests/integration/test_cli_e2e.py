@@ -350,6 +350,42 @@ def test_system_prune_removes_stopped_containers_unused_networks_dangling_images
         d.sbx("rm", "-f", "kept", check=True)
 
 
+def test_prune_filters_remove_only_what_they_take(daemon: Daemon) -> None:
+    """`container prune --filter` and `network prune --filter` ignored their filters
+    and removed every stopped container and unused network."""
+    d = daemon
+    names = ("pr-keep", "pr-go", "pr-other")
+    for name, labels in zip(names, (["sbxpr=1", "keep=1"], ["sbxpr=1"], [])):
+        d.sbx("rm", "-f", name)
+        d.sbx("run", "--name", name, *[f"--label={x}" for x in labels], "busybox", "true",
+              check=True)
+        d.sbx("network", "rm", f"{name}-net")
+        d.sbx("network", "create", *[f"--label={x}" for x in labels], f"{name}-net",
+              check=True)
+    try:
+        # created now, not before an hour ago: nothing goes
+        out = d.sbx("container", "prune", "-f", "--filter", "label=sbxpr=1",
+                    "--filter", "until=1h", check=True).out
+        assert "pr-" not in out and all(d.sbx("inspect", n).returncode == 0 for n in names)
+        out = d.sbx("container", "prune", "-f", "--filter", "label=sbxpr=1",
+                    "--filter", "label!=keep=1", check=True).out
+        assert d.sbx("inspect", "pr-go").returncode != 0, out
+        assert d.sbx("inspect", "pr-keep").returncode == 0 and \
+            d.sbx("inspect", "pr-other").returncode == 0
+        d.sbx("network", "prune", "-f", "--filter", "label=keep=1", check=True)
+        nets = d.sbx("network", "ls", "--format", "{{.Name}}", check=True).out.split()
+        assert "pr-keep-net" not in nets and {"pr-go-net", "pr-other-net"} <= set(nets)
+        bad = d.sbx("container", "prune", "-f", "--filter", "status=exited")
+        assert bad.returncode != 0 and "status=exited" in bad.err, bad.err
+        bad = d.sbx("container", "prune", "-f", "--filter", "until=yesterday")
+        assert bad.returncode != 0 and "'yesterday' is not a Unix time" in bad.err, bad.err
+        assert d.sbx("inspect", "pr-other").returncode == 0       # nothing went
+    finally:
+        for name in names:
+            d.sbx("rm", "-f", name)
+            d.sbx("network", "rm", f"{name}-net")
+
+
 # ---------------------------------------------------------------- sbx cp
 
 def test_cp_both_directions(daemon: Daemon, tmp_path: Path) -> None:

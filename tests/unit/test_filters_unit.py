@@ -1,10 +1,11 @@
-"""``sbx images --filter`` and ``sbx images REPOSITORY[:TAG]``: Docker's semantics, pure."""
+"""Docker's --filter semantics: images, and prune's label, label! and until."""
 from __future__ import annotations
 
 import pytest
 
 from sandboxd.errors import InvalidArgument
-from sandboxd.filters import IMAGE_FILTER_KEYS, filter_images, parse_filters
+from sandboxd.filters import (IMAGE_FILTER_KEYS, filter_images, parse_filters, point_in_time,
+                              prune_filter)
 from sandboxd.model import ImageRecord
 
 IMAGES = [
@@ -53,3 +54,23 @@ def test_images_flags_know_their_own_keys():
         {"reference": ["busy*"], "dangling": ["true"]}
     with pytest.raises(InvalidArgument, match="status"):
         parse_filters(["status=running"], IMAGE_FILTER_KEYS)
+
+
+def test_prune_filters_as_moby_matches_them() -> None:
+    now = 1_700_000_000.0
+    assert point_in_time("24h", "until", now) == now - 86400
+    assert point_in_time("1h30m", "until", now) == now - 5400
+    assert point_in_time("1600000000", "until", now) == 1_600_000_000
+    assert point_in_time("2020-09-13T12:26:40Z", "until", now) == 1_600_000_000
+    with pytest.raises(InvalidArgument, match="'soon' is not a Unix time"):
+        point_in_time("soon", "filters.until", now)
+    everything = prune_filter({}, now)
+    assert everything({}, now) and everything({"a": "1"}, 0)
+    labelled = prune_filter({"label": ["a", "b=2"]}, now)          # every one must match
+    assert labelled({"a": "", "b": "2"}, now) and not labelled({"a": ""}, now)
+    unwanted = prune_filter({"label!": ["keep"]}, now)
+    assert unwanted({}, now) and not unwanted({"keep": "1"}, now)
+    old = prune_filter({"until": ["1h"]}, now)
+    assert old({}, now - 7200) and not old({}, now - 60)
+    with pytest.raises(InvalidArgument, match="'status'"):
+        prune_filter({"status": ["exited"]}, now)
