@@ -97,9 +97,13 @@ def test_network_create_ls_inspect_connect_disconnect_rm(docker: Any) -> None:
 
 def test_network_prune_and_refusals(docker: Any) -> None:
     docker("network", "create", "dkn-unused")
-    out = docker("network", "prune", "-f").stdout
-    assert "Deleted Networks:" in out and "dkn-unused" in out
+    docker("network", "create", "--label", "keep=1", "dkn-kept")
+    out = docker("network", "prune", "-f", "--filter", "until=1h").stdout   # made just now
+    assert "dkn-unused" not in out and "dkn-unused" in docker("network", "ls").stdout
+    out = docker("network", "prune", "-f", "--filter", "label!=keep=1").stdout
+    assert "Deleted Networks:" in out and "dkn-unused" in out and "dkn-kept" not in out
     assert "dkn-unused" not in docker("network", "ls").stdout
+    docker("network", "rm", "dkn-kept")
 
     docker("network", "create", "dkn-dup")
     dup = docker("network", "create", "dkn-dup", check=False)
@@ -426,8 +430,8 @@ def _request(daemon: Daemon, method: str, path: str, body: bytes | None = None
     ("POST", "/v1.43/networks/create", b'{"Name": "bad name!"}', 400, "network name"),
     ("POST", "/v1.43/networks/nosuch/connect", b'{"Container": "x"}', 404, "No such"),
     ("POST", "/v1.43/networks/bridge/connect", b"{}", 400, "Container"),
-    ("POST", "/v1.43/networks/prune?filters=%7B%22until%22%3A%5B%2210m%22%5D%7D", None,
-     400, "until"),
+    ("POST", "/v1.43/networks/prune?filters=%7B%22colour%22%3A%5B%22x%22%5D%7D", None,
+     400, "colour"),
     ("GET", "/v1.43/networks?filters=%7B%22colour%22%3A%5B%22x%22%5D%7D", None, 400,
      "colour"),
     ("POST", "/v1.43/volumes/create", b'{"Name": "a/b"}', 400, "a/b"),
