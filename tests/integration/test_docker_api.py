@@ -437,9 +437,13 @@ def test_cli_network_alias(docker) -> None:
 @needs_cli
 def test_cli_container_prune(docker) -> None:
     docker("run", "-l", "t=prune", "busybox", "true")
+    kept = docker("run", "-d", "-l", "t=prune", "-l", "keep=1", "busybox", "true").stdout.strip()
     running_id = docker("run", "-d", "-l", "t=prune", "busybox", "sleep", "600").stdout.strip()
     try:
-        out = docker("container", "prune", "-f").stdout
+        docker("wait", kept)
+        out = docker("container", "prune", "-f", "--filter", "label!=keep=1").stdout
+        assert kept in docker("ps", "-aq", "--no-trunc").stdout.split()      # its filter
+        docker("rm", kept)
         assert "Deleted Containers" in out
         assert _labelled(docker, "t=prune") == [running_id]
     finally:
