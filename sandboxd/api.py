@@ -751,10 +751,12 @@ class ImageCollection:
                 progress(str(data.get("stream", "")))
         return self.get(attachment.result()["id"])
 
-    def prune(self, all: bool = False) -> dict[str, Any]:
+    def prune(self, all: bool = False,
+              filters: Mapping[str, Sequence[str] | str] | None = None) -> dict[str, Any]:
         """``docker image prune``: dangling images (with ``all``: every image no
-        container uses); ``{deleted, untagged, space_reclaimed}``."""
-        return self.client.call("image.prune", {"all": all})
+        container uses) the prune ``filters`` take (``label``, ``label!``, ``until``);
+        ``{deleted, untagged, space_reclaimed}``."""
+        return self.client.call("image.prune", {"all": all, "filters": _filters(filters)})
 
 
 class Client:

@@ -21,7 +21,7 @@ from .context import RequestContext
 from .daemonconfig import DaemonConfig
 from .errors import Conflict, InvalidArgument, NotFound
 from .events import NOWHERE, EventBus, check_filters, matches
-from .filters import filter_images, filter_networks, filter_records
+from .filters import filter_images, filter_networks, filter_records, prune_filter
 from .images.configsteps import apply_changes, container_runtime
 from .images.service import ImageService
 from .model import (ContainerConfig, ContainerRecord, ImageRecord, NetworkContainer,
@@ -343,8 +343,9 @@ class Handlers:
         return {"images": records}
 
     async def image_prune(self, ctx: RequestContext, params: ops.PruneImages) -> Any:
+        pruned = prune_filter(params.filters or {}, time.time())
         return await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.images.prune(params.all))
+            None, lambda: self.images.prune(params.all, pruned))
 
     async def image_build(self, ctx: RequestContext, params: ops.Build) -> Any:
         from .images.build import Builder, BuildOptions, unpack_context

@@ -262,14 +262,6 @@ def _interval(value: float, where: str, problems: list) -> float:
     return value
 
 
-def _no_filters(value: dict | None, where: str, problems: list) -> dict:
-    filters = _filters(value, where, problems)
-    if filters:
-        problems.append(f"{where}: filters are not supported (got "
-                        f"{', '.join(sorted(filters))})")
-    return filters
-
-
 OPTIONAL_STR = (str, type(None))
 OPTIONAL_INT = (int, type(None))
 NUMBER = (int, float)
@@ -470,7 +462,7 @@ class ListImages(NoParams):
 @dataclass(frozen=True, kw_only=True)
 class PruneImages(NoParams):
     all: bool = param(bool, False)
-    filters: dict = param((dict, type(None)), None, convert=_no_filters)
+    filters: dict = param((dict, type(None)), None, convert=_filters)    # label, until
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -443,15 +443,19 @@ for _name, _func in (("import", import_), ("ls", images), ("rm", rmi), ("pull", 
 @image.command("prune", context_settings=CONTEXT)
 @option("-a", "--all", "all_unused", is_flag=True,
         help="Remove all unused images, not just dangling ones")
+@option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+        help="Provide filter values (e.g. 'until=<timestamp>')")
 @option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
-def image_prune(all_unused: bool, force: bool) -> int:
+def image_prune(all_unused: bool, filters: tuple[str, ...], force: bool) -> int:
     """Remove unused images."""
+    from ..filters import PRUNE_FILTER_KEYS, parse_filters
+    parsed = parse_filters(filters, PRUNE_FILTER_KEYS)
     if not force and not confirm_prune(
             "all images without at least one container associated to them"
             if all_unused else "all dangling images"):
         return 0
     with open_client() as client:
-        result = client.images.prune(all=all_unused)
+        result = client.images.prune(all=all_unused, filters=parsed)
     print_pruned("Deleted Images:", pruned_images(result), result.get("space_reclaimed", 0))
     return 0
 

@@ -211,14 +211,11 @@ class ImageRoutes:
     async def prune(self, req: Request) -> Response:
         filters = docker_filters(req.json_arg("filters"))
         dangling = filters.pop("dangling", ["true"])
-        if filters:
-            raise HttpError(400, f"image prune: filter(s) {', '.join(sorted(filters))} are "
-                                 f"not supported (only dangling)")
         if len(set(v.lower() in ("true", "1") for v in dangling)) != 1 or \
                 not all(v.lower() in ("true", "false", "1", "0") for v in dangling):
             raise HttpError(400, f"filters.dangling: {dangling!r} is not true or false")
         all_unused = dangling[0].lower() in ("false", "0")
-        result = await self.calls.call("image.prune", {"all": all_unused})
+        result = await self.calls.call("image.prune", {"all": all_unused, "filters": filters})
         return json_response({
             "ImagesDeleted": [{"Untagged": u} for u in result.get("untagged", [])] +
                              [{"Deleted": d} for d in result["deleted"]] or None,

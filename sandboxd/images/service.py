@@ -909,11 +909,14 @@ class ImageService:
             self.prune_snapshots()
             return result
 
-    def prune(self, all_unused: bool = False) -> dict[str, Any]:
+    def prune(self, all_unused: bool = False,
+              pruned: Callable[[dict[str, str], float], bool] = lambda labels, created: True
+              ) -> dict[str, Any]:
         """``docker image prune``: remove dangling images (untagged, no child built on
         them, no container using them); with ``all_unused`` every image no container
-        uses. Returns ``{"deleted": [...], "untagged": [...], "space_reclaimed"}``
-        (bytes of layer snapshots and blobs freed)."""
+        uses; only those ``pruned(labels, created)`` takes (the prune filters). Returns
+        ``{"deleted": [...], "untagged": [...], "space_reclaimed"}`` (bytes of layer
+        snapshots and blobs freed)."""
         deleted: list[str] = []
         untagged: list[str] = []
         before = self._disk_bytes()
@@ -922,7 +925,8 @@ class ImageService:
                 victims = [i for i in self.store.list_images()
                            if (all_unused or not i["tags"])
                            and not self.children(i["id"])
-                           and not self.store.containers_using_image(i["id"])]
+                           and not self.store.containers_using_image(i["id"])
+                           and pruned(*_labels_and_created(i))]
                 if not victims:
                     break
                 for image in victims:
@@ -1205,3 +1209,11 @@ def _blobs_of(image: dict[str, Any]) -> set[str]:
 def _missing(ref: str) -> NotFound:
     return NotFound(f"no such image: {ref} (sbx images lists them; sbx import makes one "
                     f"from a rootfs tarball)")
+
+
+def _labels_and_created(image: dict[str, Any]) -> tuple[dict[str, str], float]:
+    """An image's labels and creation time (its config's; else when it came here), what
+    the prune filters look at."""
+    config = image["doc"].get("config") or {}
+    labels = (config.get("config") or {}).get("Labels") or {}
+    return labels, oci.parse_time(config.get("created") or "") or image["created"]

@@ -380,6 +380,18 @@ def test_prune_filters_remove_only_what_they_take(daemon: Daemon) -> None:
         bad = d.sbx("container", "prune", "-f", "--filter", "until=yesterday")
         assert bad.returncode != 0 and "'yesterday' is not a Unix time" in bad.err, bad.err
         assert d.sbx("inspect", "pr-other").returncode == 0       # nothing went
+        # images: two dangling commits, one kept by label!, none by until
+        go = d.sbx("commit", "-c", "LABEL sbxpr=1", "pr-other", check=True).out.strip()
+        kept = d.sbx("commit", "-c", "LABEL sbxpr=1 keep=1", "pr-other",
+                     check=True).out.strip()
+        d.sbx("image", "prune", "-f", "--filter", "label=sbxpr=1", "--filter", "until=1h",
+              check=True)
+        assert d.sbx("image", "inspect", go).returncode == 0
+        out = d.sbx("image", "prune", "-f", "--filter", "label=sbxpr=1", "--filter",
+                    "label!=keep=1", check=True).out
+        assert go in out and d.sbx("image", "inspect", go).returncode != 0, out
+        assert d.sbx("image", "inspect", kept).returncode == 0
+        d.sbx("rmi", kept, check=True)
     finally:
         for name in names:
             d.sbx("rm", "-f", name)
