@@ -151,6 +151,7 @@ class ImageRoutes:
             route("GET", "/images/get", self.save),
             route("POST", "/images/prune", self.prune),
             route("POST", "/build", self.build),
+            route("POST", "/build/prune", self.build_prune),
             route("POST", "/auth", self.auth),
             route("POST", "/commit", self.commit),
             route("GET", i + "/json", self.inspect),
@@ -220,6 +221,13 @@ class ImageRoutes:
             "ImagesDeleted": [{"Untagged": u} for u in result.get("untagged", [])] +
                              [{"Deleted": d} for d in result["deleted"]] or None,
             "SpaceReclaimed": result["space_reclaimed"]})
+
+    async def build_prune(self, req: Request) -> Response:
+        """``docker builder prune`` and the last step of ``docker system prune``. The
+        classic builder here keeps no cache beside the images its steps made (a step is
+        reused by its image's key), which ``image prune`` removes: nothing to free."""
+        docker_filters(req.json_arg("filters"))          # bad JSON is still a 400
+        return json_response({"CachesDeleted": None, "SpaceReclaimed": 0})
 
     async def commit(self, req: Request) -> Response:
         container = req.arg("container")

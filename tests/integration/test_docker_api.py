@@ -435,6 +435,24 @@ def test_cli_network_alias(docker) -> None:
 
 
 @needs_cli
+def test_cli_system_prune_with_a_filter(docker) -> None:
+    """docker system prune: containers, networks, images, then the build cache
+    (/build/prune, a 404 before); its filter reaches each (images refused it)."""
+    docker("run", "--name", "dk-sys-gone", "-l", "sbxsys=1", "busybox", "true")
+    other = docker("run", "-d", "busybox", "true").stdout.strip()
+    docker("network", "create", "--label", "sbxsys=1", "dk-sys-net")
+    try:
+        docker("wait", other)
+        out = docker("system", "prune", "-f", "--filter", "label=sbxsys=1").stdout
+        assert "Deleted Containers" in out and "dk-sys-net" in out, out
+        left = docker("ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Names}}").stdout
+        assert other in left and "dk-sys-gone" not in left
+    finally:
+        docker("rm", "-f", other, "dk-sys-gone", check=False)
+        docker("network", "rm", "dk-sys-net", check=False)
+
+
+@needs_cli
 def test_cli_container_prune(docker) -> None:
     docker("run", "-l", "t=prune", "busybox", "true")
     kept = docker("run", "-d", "-l", "t=prune", "-l", "keep=1", "busybox", "true").stdout.strip()
