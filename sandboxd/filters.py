@@ -1,5 +1,6 @@
 """Docker's ``--filter`` semantics for ``ps``, ``images`` and ``network ls``, pure, so the daemon
-and the client agree on what a filter means: values of one key are OR-ed, keys AND-ed."""
+and the client agree on what a filter means: values of one key are OR-ed (``label``'s
+AND-ed, as moby's), keys AND-ed."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +18,12 @@ def label_matches(labels: Mapping[str, str], wanted: str) -> bool:
     """Docker's ``label`` filter value: ``k`` (the label is set) or ``k=v``."""
     key, sep, value = wanted.partition("=")
     return key in labels and (not sep or labels[key] == value)
+
+
+def key_matches(key: str, values: Iterable[str], check: Callable[[str], bool]) -> bool:
+    """One filter key: any of its values matches; for ``label`` every one must (moby's
+    MatchKVList: ``--filter label=a --filter label=b`` is both labels)."""
+    return all(map(check, values)) if key == "label" else any(map(check, values))
 
 
 def filter_networks(networks: Sequence[NetworkRecord], filters: Mapping[str, Sequence[str]]
@@ -41,7 +48,7 @@ def filter_networks(networks: Sequence[NetworkRecord], filters: Mapping[str, Seq
             "scope": lambda v: n.scope == v,
             "type": lambda v: (n.name in BUILTIN_NETWORKS) == (v == "builtin"),
         }
-        return all(any(checks[key](v) for v in values) for key, values in filters.items())
+        return all(key_matches(key, values, checks[key]) for key, values in filters.items())
 
     return [n for n in networks if match(n)]
 
@@ -164,7 +171,7 @@ def filter_records(records: Sequence[ContainerRecord], filters: Mapping[str, Seq
         for key, values in filters.items():
             if key in ("before", "since"):
                 continue
-            if not any(checks[key](v) for v in values):
+            if not key_matches(key, values, checks[key]):
                 return False
         if before is not None and not r.created < before:
             return False
@@ -206,7 +213,7 @@ def filter_images(images: Sequence[ImageRecord], filters: Mapping[str, Sequence[
             "dangling": lambda v: (not image.repo_tags) == (v.lower() in ("true", "1")),
             "label": lambda v: label_matches(labels, v),
         }
-        return (all(any(checks[key](v) for v in values)
+        return (all(key_matches(key, values, checks[key])
                     for key, values in filters.items() if key in checks)
                 and (not patterns or any(map(referenced, image.repo_tags)))
                 and all(image.created < t for t in anchors["before"])

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from . import trees
 from .errors import Conflict, InvalidArgument, NotFound, SetupFailed
 from .events import NOWHERE, EventBus
-from .filters import label_matches
+from .filters import key_matches, label_matches
 from .runner.spec import Mount, parse_size
 
 DRIVER = "local"
@@ -391,10 +391,10 @@ def _matches(v: Volume, filters: Mapping[str, Sequence[str]],
         "dangling": lambda x: (not users.get(v.name)) == _boolean(x, "filters.dangling"),
     }
     for key, values in filters.items():
-        if key == "label!":
-            if any(label_matches(v.labels, x) for x in values):
+        if key == "label!":            # left out when all of them match (moby's)
+            if all(label_matches(v.labels, x) for x in values):
                 return False
-        elif not any(checks[key](x) for x in values):
+        elif not key_matches(key, values, checks[key]):
             return False
     return True
 

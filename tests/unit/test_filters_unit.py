@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from sandboxd.errors import InvalidArgument
-from sandboxd.filters import (IMAGE_FILTER_KEYS, filter_images, parse_filters, point_in_time,
-                              prune_filter)
-from sandboxd.model import ImageRecord
+from sandboxd.filters import (IMAGE_FILTER_KEYS, filter_images, filter_networks,
+                              parse_filters, point_in_time, prune_filter)
+from sandboxd.model import ImageRecord, NetworkRecord
 
 IMAGES = [
     ImageRecord("sha256:" + "a" * 64, ("busybox:latest", "busybox:1.36"), created=10,
@@ -74,3 +74,13 @@ def test_prune_filters_as_moby_matches_them() -> None:
     assert old({}, now - 7200) and not old({}, now - 60)
     with pytest.raises(InvalidArgument, match="'status'"):
         prune_filter({"status": ["exited"]}, now)
+
+
+def test_label_filters_are_all_of_them_as_in_moby() -> None:
+    both = NetworkRecord(id="1" * 64, name="both", driver="bridge", created=0,
+                         labels=("a=1", "b=2"))
+    one = NetworkRecord(id="2" * 64, name="one", driver="bridge", created=0, labels=("a=1",))
+    assert [n.name for n in filter_networks([both, one], {"label": ["a"]})] == ["both", "one"]
+    assert [n.name for n in filter_networks([both, one], {"label": ["a", "b=2"]})] == ["both"]
+    assert [n.name for n in filter_networks([both, one], {"name": ["bo", "on"]})] == \
+        ["both", "one"]                                       # other keys: any value
