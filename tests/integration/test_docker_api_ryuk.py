@@ -102,9 +102,13 @@ def test_ryuk_removes_a_killed_session(d: Daemon, client) -> None:
 
 def test_ryuk_keeps_what_a_reconnecting_client_holds(d: Daemon, client) -> None:
     """Ryuk's protocol by hand: filters are ACKed; a client back within the
-    reconnection timeout keeps its containers; a malformed line is ignored."""
+    reconnection timeout keeps its containers; a malformed line is ignored. A line of
+    several labels takes what has all of them (testcontainers-java sends three): a
+    container of another session, with only the shared label, stays."""
     busy = client.containers.run("busybox", ["sleep", "600"], detach=True,
-                                 labels={"t": "ryuk-by-hand"})
+                                 labels={"t": "ryuk-by-hand", "session": "mine"})
+    other = client.containers.run("busybox", ["sleep", "600"], detach=True,
+                                  labels={"t": "ryuk-by-hand", "session": "theirs"})
     ryuk = client.containers.run("testcontainers/ryuk:0.8.1", detach=True, auto_remove=True,
                                  ports={"8080/tcp": None},
                                  volumes=[f"{d.docker_sock}:/var/run/docker.sock"],
@@ -118,19 +122,20 @@ def test_ryuk_keeps_what_a_reconnecting_client_holds(d: Daemon, client) -> None:
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
             s.sendall(lines)
             return s
-        first = ask(b"not a filter\nlabel=t=ryuk-by-hand\n")
+        first = ask(b"not a filter\nlabel=t=ryuk-by-hand&label=session=mine\n")
         assert first.recv(16) == b"ACK\n"
         first.close()
         time.sleep(0.5)
-        second = ask(b"label=t=ryuk-by-hand\r\n")   # back within the timeout
+        second = ask(b"label=t=ryuk-by-hand&label=session=mine\r\n")   # back in time
         assert second.recv(16) == b"ACK\n"
         time.sleep(3)                                 # longer than the timeout
         assert client.containers.get(busy.id).status == "running"
         second.close()
         assert wait_until(lambda: busy.id not in {c["Id"] for c in client.api.containers(
             all=True)}, timeout=10, what="Ryuk's removal")
+        assert client.containers.get(other.id).status == "running"
     finally:
-        for c in (busy, ryuk):
+        for c in (busy, other, ryuk):
             try:
                 c.remove(force=True)
             except docker_py.errors.NotFound:
