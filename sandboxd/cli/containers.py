@@ -321,28 +321,15 @@ def logs(follow: bool, tail: str, timestamps: bool, since: str | None, until: st
 
 def _when(text: str | None, what: str) -> float:
     """``--since``: Unix seconds, RFC3339 / ISO 8601, or a duration ago (``42m``)."""
-    import re
     import time
+    from ..errors import InvalidArgument
+    from ..filters import point_in_time
     if not text:
         return 0.0
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text.strip())
-    if m:
-        scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-        return time.time() - float(m.group(1)) * scale[m.group(2)]
     try:
-        return float(text)
-    except ValueError:
-        pass
-    import datetime
-    try:
-        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise CliError(f"invalid --{what} value {text!r}: use a Unix time, "
-                       f"2013-01-02T13:23:37Z or a duration such as 42m", EXIT_DAEMON) \
-            from None
-    if when.tzinfo is None:
-        when = when.astimezone()
-    return when.timestamp()
+        return point_in_time(text, f"--{what}", time.time())
+    except InvalidArgument as e:
+        raise CliError(f"invalid {e.message}", EXIT_DAEMON) from None
 
 
 @sbx.command(context_settings=CONTEXT)
