@@ -367,7 +367,9 @@ class Builder:
             _check_urls(ins, urls, sources, origin)
             # ADD of http(s) URLs: fetched by the daemon into a directory of their own,
             # then copied as a context's files are (never unpacked, as Docker's)
-            fetched = Path(tempfile.mkdtemp(prefix="add-", dir=self.images.content.root))
+            # (beside the contexts: what a crash leaves there goes at the next start)
+            self.images.builds_root.mkdir(parents=True, exist_ok=True)
+            fetched = Path(tempfile.mkdtemp(prefix="add-", dir=self.images.builds_root))
             try:
                 names = [await self._thread(_fetch, url, fetched, dest, ins) for url in urls]
                 await self._copy_from(ins, state, env, escape, LayerView([fetched]), names,
