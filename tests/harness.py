@@ -282,21 +282,29 @@ def bridge_ip(daemon: Daemon, name: str) -> str:
     return ip
 
 
+_saved_busybox: dict[str, tuple[dict, dict[str, bytes]]] = {}
+
+
 def busybox_with_config(daemon: Daemon, tmp_path: Path, tag: str, check: bool = True,
                         **fields: Any) -> subprocess.CompletedProcess:
     """``sbx load`` of busybox with ``fields`` set in its config's ``config`` (runtime
     defaults), tagged ``tag``: an image made elsewhere (a registry, another tool), whose
     config nothing here wrote. Returns the load's result."""
+    import copy
     import hashlib
     import io
     import json
     import tarfile
-    archive = tmp_path / "busybox.tar"
-    daemon.sbx("save", "-o", str(archive), "busybox", check=True)
-    with tarfile.open(archive) as tar:
-        manifest = json.load(tar.extractfile("manifest.json"))[0]
-        config = json.load(tar.extractfile(manifest["Config"]))
-        layers = {name: tar.extractfile(name).read() for name in manifest["Layers"]}
+    if daemon.sock not in _saved_busybox:          # saved once per daemon (~1 s a save)
+        archive = tmp_path / "busybox.tar"
+        daemon.sbx("save", "-o", str(archive), "busybox", check=True)
+        with tarfile.open(archive) as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))[0]
+            _saved_busybox[daemon.sock] = (
+                json.load(tar.extractfile(manifest["Config"])),
+                {name: tar.extractfile(name).read() for name in manifest["Layers"]})
+    base, layers = _saved_busybox[daemon.sock]
+    config = copy.deepcopy(base)
     config["config"].update(fields)
     data = json.dumps(config).encode()
     name = f"blobs/sha256/{hashlib.sha256(data).hexdigest()}"
