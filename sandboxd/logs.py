@@ -226,20 +226,21 @@ class Snapshot:
 def _lines(entries: Iterator[Entry]) -> Iterator[Entry]:
     """Entries as lines: a stream's chunks joined up to each newline; a line is timed by
     its first chunk. The last line of a stream may be open (no newline yet)."""
-    open_lines: dict[int, Entry] = {}
+    # stream -> (the open line's time, its pieces): joined once, at its end (a line of
+    # many chunks, a progress bar's \r updates, is not copied again at each one)
+    open_lines: dict[int, tuple[float, list[bytes]]] = {}
     for e in entries:
         start = 0
         while start < len(e.data):
             end = e.data.find(b"\n", start) + 1 or len(e.data)
             piece, start = e.data[start:end], end
-            line = open_lines.pop(e.stream, None)
-            line = Entry(e.time, e.stream, piece) if line is None \
-                else Entry(line.time, e.stream, line.data + piece)
+            when, pieces = open_lines.setdefault(e.stream, (e.time, []))
+            pieces.append(piece)
             if piece.endswith(b"\n"):
-                yield line
-            else:
-                open_lines[e.stream] = line
-    yield from sorted(open_lines.values(), key=lambda line: line.time)
+                del open_lines[e.stream]
+                yield Entry(when, e.stream, b"".join(pieces))
+    for stream, (when, pieces) in sorted(open_lines.items(), key=lambda item: item[1][0]):
+        yield Entry(when, stream, b"".join(pieces))
 
 
 def _read(fd: int, size: int, since: float, until: float) -> Iterator[Entry]:
