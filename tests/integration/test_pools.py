@@ -257,13 +257,15 @@ def test_a_taken_terminal_has_its_size_from_the_start(pooled_daemon):
     client = pooled_daemon.client()
     for init in (False, True):
         client.set_pool("busybox", 1, init=init, **OPTS)
-        wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
-        hits = _pool(client)["hits"]
-        result = client.run("busybox", ["stty", "size"], tty=True, console_size=(40, 120),
-                            init=init, **OPTS)
-        assert result.stdout == b"40 120\r\n" and _pool(client)["hits"] == hits + 1
-        client.set_pool("busybox", 0, init=init, **OPTS)
-        wait_until(lambda: not client.pools()["pools"], what="the pool to go")
+        try:
+            wait_until(lambda: _pool(client).get("ready") == 1, what="the pool to fill")
+            hits = _pool(client)["hits"]
+            result = client.run("busybox", ["stty", "size"], tty=True,
+                                console_size=(40, 120), init=init, **OPTS)
+            assert result.stdout == b"40 120\r\n" and _pool(client)["hits"] == hits + 1
+        finally:       # a failure here must not leave its pool to the module's next tests
+            client.set_pool("busybox", 0, init=init, **OPTS)
+            wait_until(lambda: not client.pools()["pools"], what="the pool to go")
     cold = client.run("busybox", ["stty", "size"], tty=True, console_size=(41, 121), **OPTS)
     assert cold.stdout == b"41 121\r\n"
 
