@@ -83,6 +83,9 @@ class _Live:
     fds: dict[int, int]                       # fd -> stream (1 stdout, 2 stderr)
     stdin: int = -1
     terminal: int = -1                        # pty master, with a tty
+    # A tty's master arrives after the exec: an exit reported before it (a fast command
+    # whose exit is read in the same turn as its start) must wait for its output.
+    awaiting_terminal: bool = False
     subscribers: set[asyncio.Queue] = dataclasses.field(default_factory=set)
     exited: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     exit_info: ExitInfo | None = None
@@ -901,6 +904,7 @@ class ContainerService:
         console = None
         try:
             if record.config.tty:
+                live.awaiting_terminal = True
                 console, console_theirs = socket.socketpair()
                 stdio = (console_theirs.fileno(),)
                 theirs.append(console_theirs.detach())
@@ -931,8 +935,11 @@ class ContainerService:
                 live.terminal = receive_terminal(console)
                 os.set_blocking(live.terminal, False)
                 live.fds = {live.terminal: 1}
+                live.awaiting_terminal = False
                 if stdin and record.config.open_stdin:
                     live.stdin = live.terminal
+                if live.exited.is_set():
+                    self._bound_terminal(live)
         except BaseException as exc:
             self.live.pop(record.id, None)
             self._release_network(record.id)
@@ -1058,10 +1065,14 @@ class ContainerService:
         live.exit_info = info
         live.exited.set()
         if live.terminal >= 0 and live.terminal in live.fds:
-            # The pty master reads until EIO; make sure nothing waits on it forever.
-            asyncio.get_running_loop().call_later(0.5, self._force_close, live)
-        if not live.fds:
+            self._bound_terminal(live)
+        if not live.fds and not live.awaiting_terminal:
             self._settle(live)
+
+    def _bound_terminal(self, live: _Live) -> None:
+        """The pty master reads until EIO, which a background process still holding the
+        slave delays forever: after the exit, it is read for half a second at most."""
+        asyncio.get_running_loop().call_later(0.5, self._force_close, live)
 
     def _force_close(self, live: _Live) -> None:
         for fd in list(live.fds):
