@@ -93,18 +93,16 @@ def test_check_23_sigkill_with_containers_running_loses_nothing(
     d = fresh
     reference, proxy = stuck_pull_source
     d.sbx("network", "create", "f-net", check=True)
-    names: dict[str, list[str]] = {}
+    # Started through the Python client: one connection, not a CLI process each
+    # (~0.2 s apiece); `sbx run -d` itself is the CLI tests'.
+    client = d.client()
+    names: dict[str, bool] = {}                       # name -> --rm
     for i in range(FAULT_CONTAINERS):
-        flags = []
-        if i % 4 == 0:
-            flags.append("--rm")
-        if i % 3 == 0:
-            flags += ["--network", "f-net"]
-        elif i % 3 == 1:
-            flags += ["--network", "bridge"]
-        names[f"f{i}"] = flags
-        d.sbx("run", "-d", "--name", f"f{i}", *flags, "busybox", "sh", "-c",
-              f"echo out-{i}; echo err-{i} >&2; exec sleep 600", check=True)
+        network = ("f-net", "bridge", "default")[i % 3]
+        names[f"f{i}"] = i % 4 == 0
+        client.containers.run("busybox", ["sh", "-c",
+                              f"echo out-{i}; echo err-{i} >&2; exec sleep 600"],
+                              name=f"f{i}", remove=i % 4 == 0, network_mode=network)
     assert d.sbx("run", "--name", "f-done", "busybox", "sh", "-c",
                  "echo done-out; exit 7").returncode == 7
     # one mid-build: a RUN step sleeping while the daemon dies
@@ -120,7 +118,9 @@ def test_check_23_sigkill_with_containers_running_loses_nothing(
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=d.env, cwd=REPO)
     assert proxy.stalled.wait(30), "the pull never asked for the config blob"
-    wait_until(lambda: all(d.sbx("logs", n).out for n in names), 15, "every container's log")
+    wait_until(lambda: all(client.containers.get(n).logs() for n in names), 15,
+               "every container's log")
+    client.close()
     # one inspect of them all (a CLI process per container is ~0.2 s each)
     rows = [line.split() for line in d.sbx("inspect", "-f", "{{.Name}} {{.State.Pid}} {{.Id}}",
                                            *names, check=True).out.splitlines()]
@@ -140,8 +140,9 @@ def test_check_23_sigkill_with_containers_running_loses_nothing(
     proxy.let_go()
 
     d.start()
+    client = d.client()
     listed = set(d.sbx("ps", "-a", "--format", "{{.Names}}", check=True).out.split())
-    kept = {n for n, flags in names.items() if "--rm" not in flags}
+    kept = {n for n, remove in names.items() if not remove}
     assert listed == kept | {"f-done"}
     states = {}
     for line in d.sbx("inspect", "-f", "{{.Name}}|{{.State.Status}}|{{.State.ExitCode}}|"
@@ -156,8 +157,9 @@ def test_check_23_sigkill_with_containers_running_loses_nothing(
         assert (status, code) == ("exited", "137"), name
         assert "daemon stopped" in error, (name, error)
         i = name[1:]
-        logs = d.sbx("logs", name, check=True)
-        assert (logs.out, logs.err) == (f"out-{i}\n", f"err-{i}\n")
+        container = client.containers.get(name)
+        assert (container.logs(stderr=False), container.logs(stdout=False)) == (
+            f"out-{i}\n".encode(), f"err-{i}\n".encode())
     assert d.sbx("inspect", "-f", "{{.State.ExitCode}}", "f-done").out.strip() == "7"
     assert d.sbx("logs", "f-done").out == "done-out\n"
     # no sqlite row of what is gone: containers, addresses of dead containers
@@ -178,6 +180,7 @@ def test_check_23_sigkill_with_containers_running_loses_nothing(
     d.sbx("network", "rm", "f-net", check=True)
     owners = {owner for _address, owner in d.addresses()}
     assert not owners & set(ids.values()), owners
+    client.close()
     d.stop()                                          # nothing left (harness)
 
 
@@ -222,23 +225,27 @@ def test_check_25_a_failure_at_each_creation_step_leaves_nothing(fresh: Daemon) 
     port = holder.getsockname()[1]
     made: set[str] = set()
     pooled = len(veths(d))          # the network server keeps a few sandboxes ready
+    client = d.client()          # the checks around each CLI run: no process each
+
+    def ids() -> set[str]:
+        return {c.id for c in client.containers.list(all=True)}
     try:
         for what, args in FAILING_STARTS.items():
             args = [a.replace("{port}", str(port)) for a in args]
             for rm in ([], ["--rm"]):
-                before = set(d.ids("-a"))
+                before = ids()
                 out = d.sbx("run", *rm, *args)
                 assert out.returncode != 0 and out.err.strip(), (what, out.out)
                 assert "internal" not in out.err.lower(), (what, out.err)
-                new = set(d.ids("-a")) - before
+                new = ids() - before
                 made |= new
                 if rm:
-                    wait_until(lambda: not set(d.ids("-a")) - before, 10,
+                    wait_until(lambda: not ids() - before, 10,
                                f"{what}: the --rm container to go")
                 for cid in new:              # a kept record reads exited, with the reason
-                    status = d.sbx("inspect", "-f", "{{.State.Status}}", cid).out.strip()
-                    assert status in ("created", "exited"), (what, status)
-                    d.sbx("rm", "-f", cid, check=True)
+                    container = client.containers.get(cid)
+                    assert container.status in ("created", "exited"), (what, container.status)
+                    container.remove(force=True)
                 wait_until(lambda: not d.cgroup_children(), 10, f"{what}: cgroups to go")
                 wait_until(lambda: len(veths(d)) <= pooled, 10,
                            f"{what}: its veth to go ({veths(d)}, {pooled} pooled)")
@@ -253,6 +260,7 @@ def test_check_25_a_failure_at_each_creation_step_leaves_nothing(fresh: Daemon) 
         assert d.meta_rows("SELECT id FROM containers") == []
     finally:
         holder.close()
+        client.close()
         d.sbx("network", "rm", "c25")
 
 
