@@ -12,8 +12,9 @@ from harness import Daemon
 
 HTTPD = "mkdir -p /www && echo hi-from-{name} > /www/index.html && exec httpd -f -p 80 -h /www"
 # One try, short: used where the answer must be "no" (busybox 1.35's static wget
-# crashes on its own -T, hence timeout).
-FETCH_ONCE = "timeout 3 wget -qO- http://{host}/"
+# crashes on its own -T, hence timeout). A peer on one of our bridges answers in well
+# under a millisecond; a second is ample.
+FETCH_ONCE = "timeout 1 wget -qO- http://{host}/"
 FETCH = "for i in $(seq 50); do timeout 3 wget -qO- http://{host}/ && break; sleep 0.1; done"
 
 
