@@ -116,7 +116,7 @@ def test_policies_survive_a_daemon_restart() -> None:
 
 def test_health_cmd_healthy_then_unhealthy(d: Daemon) -> None:
     d.sbx("run", "-d", "--name", "hc", "--health-cmd", "test ! -e /tmp/bad && echo fine",
-          "--health-interval", "2s", "--health-retries", "2", "busybox", "sleep", "600",
+          "--health-interval", "1s", "--health-retries", "2", "busybox", "sleep", "600",
           check=True)
     assert _state(d, "hc")["Health"]["Status"] == "starting"
     assert "(health: starting)" in d.sbx("ps", "--filter", "name=hc", "--format",
@@ -135,7 +135,7 @@ def test_health_cmd_healthy_then_unhealthy(d: Daemon) -> None:
     assert d.sbx("ps", "--filter", "health=unhealthy", "--format", "{{.Names}}").out.split() \
         == ["hc"]
     assert inspect(d, "hc")["Config"]["Healthcheck"] == {
-        "Test": ["CMD-SHELL", "test ! -e /tmp/bad && echo fine"], "Interval": 2_000_000_000,
+        "Test": ["CMD-SHELL", "test ! -e /tmp/bad && echo fine"], "Interval": 1_000_000_000,
         "Retries": 2}
     # A probe is an exec, with an exec's events (as Docker's)
     until = time.time()
