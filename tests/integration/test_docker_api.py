@@ -880,7 +880,7 @@ def test_stdin_nobody_reads_holds_the_client_not_the_daemon(d: Daemon) -> None:
                       f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             s.settimeout(10)
             assert s.recv(4096).startswith(b"HTTP/1.1 101 ")
-            s.settimeout(3)
+            s.settimeout(1)            # a send blocked this long: the daemon stopped reading
             sent = 0
             with pytest.raises(socket.timeout):
                 while sent < 256 << 20:
