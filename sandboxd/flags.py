@@ -20,8 +20,8 @@ from .model import ContainerConfig, Healthcheck, HostConfig, Link, PortBinding
 from .runner import spec
 from .runner.spec import UNLIMITED, Mount, Ulimit
 from .securityopt import read_security_opt
-from .volumes import DRIVER, check_driver, check_volume_name
-from .validate import PROTOCOLS, check_config, check_host, exposed_ports, parse_signal
+from .validate import PROTOCOLS, VOLUME_DRIVER, check_config, check_driver, check_host, \
+    check_volume_name, exposed_ports, parse_signal
 
 __all__ = [
     "build_config", "config_from_options", "build_update", "parse_volume", "parse_mount",
@@ -154,7 +154,7 @@ def parse_mount(text: str) -> Mount:
             labels.append(value)
         elif key == "volume-opt":
             opt_key, _, opt_value = value.partition("=")
-            problems += check_driver(DRIVER, {opt_key: opt_value}, where)
+            problems += check_driver(VOLUME_DRIVER, {opt_key: opt_value}, where)
             driver_opts.append(value)
         else:
             values[key] = value if sep else "true"
@@ -199,7 +199,7 @@ def parse_mount(text: str) -> Mount:
     elif kind == "volume":
         if source:
             problems += check_volume_name(source, f"{where}: source")
-        problems += check_driver(values.get("volume-driver", DRIVER), {}, where)
+        problems += check_driver(values.get("volume-driver", VOLUME_DRIVER), {}, where)
         if "volume-subpath" in values:
             problems.append(f"{where}: volume-subpath: not supported (mount the whole "
                             f"volume)")

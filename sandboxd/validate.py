@@ -14,7 +14,7 @@ import dataclasses
 import os
 import re
 import signal as _signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .errors import InvalidArgument
 from .model import RESTART_POLICIES, ContainerConfig, Healthcheck, HostConfig, cap_name
@@ -294,10 +294,57 @@ def check_sysctl(entry: str, h: HostConfig, where: str) -> list[str]:
             f"the whole host (allowed: net.*, fs.mqueue.*, {', '.join(SYSCTL_IPC)})"]
 
 
+# ------------------------------------------------------------------ volumes
+# Here, not in volumes.py (the daemon's volume service), so that the clients' flag
+# parsing checks a volume's name and options without importing the service.
+
+VOLUME_DRIVER = "local"
+MAX_VOLUME_NAME = 255
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]+\Z")   # Docker's local volume names
+MIN_VOLUME_SIZE = 16 << 20        # runner.layers.MIN_SIZE: ext4 with a journal
+MAX_VOLUME_SIZE = 16 << 40        # ext4's largest file system with 4 KiB blocks
+
+
+def check_volume_name(name: str, where: str = "volume name") -> list[str]:
+    """Docker's rule for a local volume's name, as problems naming ``where``."""
+    if len(name) < 2:
+        return [f"{where}: {name!r} is too short, names should be at least two "
+                f"alphanumeric characters"]
+    if len(name) > MAX_VOLUME_NAME:
+        return [f"{where}: {name[:40]!r}... is longer than {MAX_VOLUME_NAME} characters"]
+    if not _VOLUME_NAME.match(name):
+        return [f"{where}: {name!r} includes invalid characters for a local volume name, "
+                f"only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass "
+                f"a host directory, use absolute path"]
+    return []
+
+
+def check_driver(driver: str, options: Mapping[str, str], where: str = "volume") -> list[str]:
+    """The ``local`` driver only, with the one option ``size`` (volumes.py's docs)."""
+    problems = []
+    if driver not in ("", VOLUME_DRIVER):
+        problems.append(f"{where}: driver: {driver!r} is not supported; sandboxd has only "
+                        f"the local driver (volumes are directories the daemon owns)")
+    for key, value in options.items():
+        if key == "size":
+            try:
+                size = spec.parse_size(value, f"{where}: driver option size")
+                if not MIN_VOLUME_SIZE <= size < MAX_VOLUME_SIZE:
+                    problems.append(f"{where}: driver option size: {value!r} is outside "
+                                    f"{MIN_VOLUME_SIZE >> 20}m to 16t")
+            except InvalidArgument as e:
+                problems.append(e.message)
+            continue
+        why = ("mounting a device or another filesystem (type, device, o) as a volume "
+               "is not supported; use a bind mount or --tmpfs" if key in ("type", "device", "o")
+               else "the local driver knows no such option (size=SIZE is the one)")
+        problems.append(f"{where}: driver option {key!r}: {why}")
+    return problems
+
+
 def _check_volume_mounts(h: HostConfig) -> list[str]:
     """Volume mounts (a valid name, or "" for a new anonymous one; known options) and
     ``--volumes-from CONTAINER[:ro|rw]``."""
-    from .volumes import DRIVER, check_driver, check_volume_name
     problems = []
     for i, m in enumerate(h.mounts):
         if m.type != "volume":
@@ -310,7 +357,7 @@ def _check_volume_mounts(h: HostConfig) -> list[str]:
                 problems.append(f"{where}.options: {option!r} is not nocopy, label=K=V or "
                                 f"opt=K=V")
         opts = dict(o[4:].partition("=")[::2] for o in m.options if o.startswith("opt="))
-        problems += check_driver(DRIVER, opts, f"{where}.options")
+        problems += check_driver(VOLUME_DRIVER, opts, f"{where}.options")
     for i, entry in enumerate(h.volumes_from):
         name, _, mode = entry.partition(":")
         if check_name(name) or mode not in ("", "ro", "rw"):

@@ -46,53 +46,14 @@ from .errors import Conflict, InvalidArgument, NotFound, SetupFailed
 from .events import NOWHERE, EventBus
 from .filters import key_matches, label_matches
 from .runner.spec import Mount, parse_size
+from .validate import VOLUME_DRIVER, check_driver, check_volume_name
 
-DRIVER = "local"
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"   # Docker 23's mark of an anonymous volume
 FILTER_KEYS = ("dangling", "driver", "label", "label!", "name")
 PRUNE_FILTER_KEYS = ("label", "label!", "all")
-MAX_NAME = 255
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]+\Z")   # Docker's local volume names
 _DATA, _META, _IMAGE = "_data", "volume.json", "volume.img"
-MIN_SIZE = 16 << 20               # runner.layers.MIN_SIZE: ext4 with a journal
-MAX_SIZE = 16 << 40               # ext4's largest file system with 4 KiB blocks
 
 
-def check_volume_name(name: str, where: str = "volume name") -> list[str]:
-    """Docker's rule for a local volume's name, as problems naming ``where``."""
-    if len(name) < 2:
-        return [f"{where}: {name!r} is too short, names should be at least two "
-                f"alphanumeric characters"]
-    if len(name) > MAX_NAME:
-        return [f"{where}: {name[:40]!r}... is longer than {MAX_NAME} characters"]
-    if not _NAME.match(name):
-        return [f"{where}: {name!r} includes invalid characters for a local volume name, "
-                f"only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass "
-                f"a host directory, use absolute path"]
-    return []
-
-
-def check_driver(driver: str, options: Mapping[str, str], where: str = "volume") -> list[str]:
-    """The ``local`` driver only, with the one option ``size`` (see the module's docs)."""
-    problems = []
-    if driver not in ("", DRIVER):
-        problems.append(f"{where}: driver: {driver!r} is not supported; sandboxd has only "
-                        f"the local driver (volumes are directories the daemon owns)")
-    for key, value in options.items():
-        if key == "size":
-            try:
-                size = parse_size(value, f"{where}: driver option size")
-                if not MIN_SIZE <= size < MAX_SIZE:
-                    problems.append(f"{where}: driver option size: {value!r} is outside "
-                                    f"{MIN_SIZE >> 20}m to 16t")
-            except InvalidArgument as e:
-                problems.append(e.message)
-            continue
-        why = ("mounting a device or another filesystem (type, device, o) as a volume "
-               "is not supported; use a bind mount or --tmpfs" if key in ("type", "device", "o")
-               else "the local driver knows no such option (size=SIZE is the one)")
-        problems.append(f"{where}: driver option {key!r}: {why}")
-    return problems
 
 
 @dataclass(frozen=True)
@@ -116,7 +77,7 @@ class Volume:
         """Docker's Volume object (``GET /volumes/{name}``); ``UsageData`` as Docker
         gives it in ``system df`` (-1: not computed)."""
         doc: dict[str, Any] = {
-            "CreatedAt": _rfc3339(self.created), "Driver": DRIVER,
+            "CreatedAt": _rfc3339(self.created), "Driver": VOLUME_DRIVER,
             "Labels": dict(self.labels), "Mountpoint": self.mountpoint, "Name": self.name,
             "Options": dict(self.options) or None, "Scope": "local"}
         if size >= 0 or ref_count >= 0:
@@ -197,7 +158,7 @@ class VolumeService:
 
     # ------------------------------------------------------------ create / remove
 
-    def create(self, name: str = "", driver: str = DRIVER,
+    def create(self, name: str = "", driver: str = VOLUME_DRIVER,
                labels: Mapping[str, str] | None = None,
                options: Mapping[str, str] | None = None) -> Volume:
         """A new volume (an empty ``name``: a random 64-hex one), or the existing one of
@@ -386,7 +347,7 @@ def _matches(v: Volume, filters: Mapping[str, Sequence[str]],
              users: Mapping[str, list[str]]) -> bool:
     checks = {
         "name": lambda x: re.search(x, v.name) is not None,
-        "driver": lambda x: x == DRIVER,
+        "driver": lambda x: x == VOLUME_DRIVER,
         "label": lambda x: label_matches(v.labels, x),
         "dangling": lambda x: (not users.get(v.name)) == _boolean(x, "filters.dangling"),
     }
