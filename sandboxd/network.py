@@ -29,7 +29,9 @@ The pieces:
   without forking. The daemon never forks, unshares or calls setns (rule 1). The
   server does one request at a time; this side keeps the queue and sends the most
   urgent request next (a start that found its pool empty, network changes), then pool
-  refills, then teardowns, so a start waits behind at most one request. Deleting a
+  refills, then teardowns, so a start waits behind at most one request. Teardowns are
+  not starved: with more than ``MAX_WAITING_TEARDOWNS`` waiting, every other request
+  sent is the oldest of them (a release is a fraction of a millisecond). Deleting a
   veth costs 10-50 ms (an RCU grace period); none of it is on a start's path.
 - The pool: per bridge network (and for ``none``) ``pool_size`` namespaces are kept
   ready, each bound on ``<root>/netns/<name>``, with ``lo`` up and, on a bridge, ``eth0``
@@ -132,6 +134,12 @@ _PREFIX = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 # Helper request priorities: lower goes first.
 URGENT, REFILL, TEARDOWN = 0, 1, 2
+# Teardowns go last, but not forever: a load that keeps the server busy with starts and
+# refills (four clients running containers back to back) starved them, and every run
+# left its namespace and its bridge port behind until the bridge was full (1024 ports:
+# "create veth ...: Exchange full"). Beyond this many waiting, every other request
+# sent is the oldest teardown.
+MAX_WAITING_TEARDOWNS = 16
 BACKOFF = 5.0               # seconds before refilling a pool whose last prepare failed
 DYING_POLL = 0.02           # seconds between checks for veths the kernel is destroying
 DYING_PATIENCE = 2.0        # seconds before a dying veth still held is deleted outright
@@ -909,6 +917,8 @@ class _Helper(HelperConnection):
         self._queue: list[tuple[int, int, dict, asyncio.Future]] = []
         self._seq = itertools.count()
         self._inflight: tuple[int, asyncio.Future] | None = None
+        self._teardowns = 0                 # of the queue's requests
+        self._sent_teardown = False         # the last request sent was one
 
     async def start(self, lock: Path) -> None:
         """Start the server; it answers once it holds ``lock`` (a server of a daemon
@@ -932,6 +942,8 @@ class _Helper(HelperConnection):
             raise Unavailable("network server is not running; restart the daemon")
         future = asyncio.get_running_loop().create_future()
         heapq.heappush(self._queue, (priority, next(self._seq), message, future))
+        if priority == TEARDOWN:
+            self._teardowns += 1
         self._pump()
         reply = await future
         fds = reply.pop("fds", [])
@@ -944,11 +956,25 @@ class _Helper(HelperConnection):
 
     def _pump(self) -> None:
         while self._inflight is None and self._queue and self._sock is not None:
-            _priority, rid, message, future = heapq.heappop(self._queue)
+            priority, rid, message, future = self._next()
+            if priority == TEARDOWN:
+                self._teardowns -= 1
             if future.done():                       # its caller was cancelled
                 continue
             send_message(self._sock, {**message, "rid": rid})
             self._inflight = (rid, future)
+            self._sent_teardown = priority == TEARDOWN
+
+    def _next(self) -> tuple[int, int, dict, asyncio.Future]:
+        """The most urgent request, or the oldest teardown when too many wait and the
+        last one sent was not one (MAX_WAITING_TEARDOWNS)."""
+        if self._teardowns > MAX_WAITING_TEARDOWNS and not self._sent_teardown \
+                and self._queue[0][0] != TEARDOWN:
+            oldest = min(item for item in self._queue if item[0] == TEARDOWN)
+            self._queue.remove(oldest)
+            heapq.heapify(self._queue)
+            return oldest
+        return heapq.heappop(self._queue)
 
     def _on_message(self, msg: dict) -> None:
         if self._inflight is not None and msg.get("rid") == self._inflight[0]:
@@ -966,6 +992,7 @@ class _Helper(HelperConnection):
         if self._inflight is not None:
             waiting.append(self._inflight[1])
         self._queue.clear()
+        self._teardowns = 0
         self._inflight = None
         for future in waiting:
             if not future.done():
