@@ -338,17 +338,58 @@ class _Connection:
         if tail:
             self.reader.feed_data(bytes(tail))       # stdin that came with the head
         await self.writer.drain()
-        await _until_read(self.writer, HEAD_PATIENCE)
-        await hijack.run(self.reader, self.writer)
+        # The stream runs at once (an attach subscribes before the client's start),
+        # but its bytes wait until the client has read the head.
+        writer = _AfterHead(self.writer, asyncio.ensure_future(
+            _until_read(self.writer, HEAD_PATIENCE)))
+        try:
+            await hijack.run(self.reader, writer)     # type: ignore[arg-type]
+        finally:
+            writer.cancel_wait()
+        await writer.drain()
+
+
+class _AfterHead:
+    """A hijacked stream's writer: bytes written before the client has read the
+    response's head are held until it has (``head_read``), then sent in order. docker-py
+    reads the head through a buffered file, then the stream from the raw socket: stream
+    bytes that arrived with the head sat in that buffer and were lost. An ``exec_run``
+    of ``echo x`` gave b"" about once in 300 with four clients at once (dockerd has the
+    same race, hidden by its exec's ~50 ms start)."""
+
+    def __init__(self, writer: asyncio.StreamWriter, head_read: asyncio.Future):
+        self._writer = writer
+        self._head_read = head_read
+        self._held: list[bytes] | None = []
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            self._writer.write(data)
+        else:
+            self._held.append(data)
+
+    async def drain(self) -> None:
+        if self._held is not None:
+            try:
+                await asyncio.shield(self._head_read)
+            except asyncio.CancelledError:
+                if not self._head_read.cancelled():
+                    raise                    # we were cancelled, not the wait
+            held, self._held = self._held, None
+            self._writer.write(b"".join(held))
+        await self._writer.drain()
+
+    def cancel_wait(self) -> None:
+        self._head_read.cancel()
+
+    def __getattr__(self, name: str) -> Any:        # close, transport, get_extra_info ...
+        return getattr(self._writer, name)
 
 
 async def _until_read(writer: asyncio.StreamWriter, patience: float) -> None:
     """Until the client has read all that was written (its socket's send queue is
     empty; on a unix socket that is what the peer has not read yet), ``patience``
-    seconds at most. docker-py reads a hijacked response's head through a buffered
-    file, then the stream from the raw socket: stream bytes that arrived with the head
-    sit in that buffer and are lost. An ``exec_run`` of ``echo x`` gave b"" about once
-    in 300 under load (dockerd has the same race; its exec starts ~50 ms later)."""
+    seconds at most."""
     sock = writer.get_extra_info("socket")
     if sock is None:
         return

@@ -908,8 +908,8 @@ def test_a_hijacked_stream_waits_until_its_head_is_read(d: Daemon) -> None:
     """docker-py reads a hijacked response's head through a buffered file, then the
     stream from the raw socket: stream bytes that came in the same read as the head
     were lost (``exec_run(["echo", "x"])`` gave b"" about once in 300 with four clients
-    at once). The stream now starts once the client has read the head: a client that
-    reads only after 0.2 s gets the head alone, then the output."""
+    at once). The stream's bytes now wait until the client has read the head: a client
+    that reads only after 0.2 s gets the head alone, then the output."""
     status, doc = _request(d.docker_sock, "POST", "/containers/create", json.dumps({
         "Image": "busybox", "Cmd": ["sleep", "600"]}).encode())
     assert status == 201, doc
