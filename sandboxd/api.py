@@ -34,7 +34,7 @@ from .client import AsyncStream as AsyncAttachment
 from .client import Stream as Attachment
 from .client import connect, connect_async
 from .envfile import parse_env
-from .errors import InvalidArgument, SandboxError
+from .errors import Conflict, InvalidArgument, SandboxError
 from .flags import build_config, build_update, split_command
 from .model import ContainerConfig, ContainerRecord, ImageRecord, NetworkRecord
 from .render import image_document, inspect_document, network_document
@@ -335,6 +335,8 @@ class Container:
         ``cpu_percent`` computed as Docker does."""
         samples = [data for event, data in self.stats_stream(stream=False)
                    if event == "stats"]
+        if not samples:              # it stopped before its first sample
+            raise Conflict(f"container {self.name} is not running")
         return with_cpu_percent(samples[-1], samples[0] if len(samples) > 1 else None)
 
     def stats_stream(self, *, stream: bool = True, interval: float = 1.0) -> Attachment:

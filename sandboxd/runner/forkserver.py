@@ -1209,8 +1209,10 @@ class ForkServer:
             self.selector.unregister(z.sock)
             z.sock.close()
             self._drop_tests(z)
-        for exec_pid in container.execs.values():
-            self.pids.pop(exec_pid, None)
+        # Its execs stay in self.pids: each one's exit is still reported when it is
+        # reaped. Dropped here, an exec still starting when pid 1 exited (a stop during
+        # an exec) met a missing pid in _started (KeyError: the server died), and one
+        # reaped later was filed as an early exit, for a new clone with its pid to take.
 
     def _remove(self, container: _Container) -> None:
         """Kill what is in the cgroup and delete it, now."""

@@ -24,6 +24,7 @@ import fuzz
 from harness import PY, REPO, Daemon, RawClient, pid_alive, running, wait_until
 from registries import NO_REGISTRY, REGISTRY_BIN, StallingProxy, serve_registry
 from sandboxd import protocol, testing
+from sandboxd.errors import SandboxError
 from sandboxd.flags import build_config
 from sandboxd.images import ImageService
 from sandboxd.snapshots import Snapshotter
@@ -317,6 +318,40 @@ def test_check_26_wrong_state_errors_change_nothing_and_disconnects_leak_nothing
     assert after["rss_kib"] - before["rss_kib"] < 32 * 1024, (before, after)
     assert_serving(d)
     d.sbx("rm", "-f", "s-created", "s-run", "s-exited", check=True)
+
+
+def test_execs_racing_their_containers_end_leave_the_fork_server_serving(
+        strict_daemon: Daemon) -> None:
+    """A kill while execs are starting in the container: each exec ends (an exit code
+    or a clear error), the fork server lives on and the next run works. The fork
+    server once dropped a container's exec pids when its pid 1 exited, and an exec
+    still starting then met a missing pid (KeyError: the server died on the first
+    round of this loop)."""
+    d = strict_daemon
+    forkservers = d.forkserver_pids()
+    with d.client() as client:
+        for i in range(40):
+            container = client.containers.run("busybox", ["sleep", "600"])
+            ended = []
+
+            def exec_true() -> None:
+                try:
+                    with d.client() as own:
+                        own.containers.get(container.id).exec(["true"])
+                except SandboxError as e:
+                    assert "internal" not in str(e).lower(), e
+                ended.append(True)
+            threads = [threading.Thread(target=exec_true) for _ in range(3)]
+            for t in threads:
+                t.start()
+            time.sleep(i % 8 * 0.001)       # the kill lands at points of the execs' start
+            container.kill()
+            for t in threads:
+                t.join(10)
+            assert len(ended) == 3, "an exec never ended"
+            container.remove(force=True)
+        assert client.run("busybox", ["echo", "alive"]).stdout == b"alive\n"
+    assert d.forkserver_pids() == forkservers
 
 
 # ---------------------------------------------------------------- 27: the socket
