@@ -115,8 +115,12 @@ class Daemon:
             return f.read()[-tail:]
 
     def forkserver_pids(self) -> list[int]:
+        """The daemon's fork server: its child with the fork server's command line. A
+        child the fork server forks shows the same command line until it execs (an
+        exec's set-up in flight), and is not counted."""
+        assert self.proc is not None
         return [pid for pid, cmd in _processes() if "sandboxd.runner.forkserver" in cmd
-                and f"{self.root}/runtime" in cmd]
+                and f"{self.root}/runtime" in cmd and _parent(pid) == self.proc.pid]
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -238,6 +242,14 @@ class Daemon:
     def ids(self, *flags: str) -> list[str]:
         """Full ids from ``sbx ps -q --no-trunc`` (with ``flags``, e.g. ``-a``)."""
         return self.sbx("ps", "-q", "--no-trunc", *flags, check=True).out.split()
+
+
+def _parent(pid: int) -> int:
+    """Its parent's pid; 0 once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
 
 
 def _processes() -> list[tuple[int, str]]:

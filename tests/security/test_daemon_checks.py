@@ -328,17 +328,7 @@ def test_execs_racing_their_containers_end_leave_the_fork_server_serving(
     still starting then met a missing pid (KeyError: the server died on the first
     round of this loop)."""
     d = strict_daemon
-
-    def fork_server() -> list[int]:
-        # The daemon's child only: a child the fork server forked shows the same
-        # command line until it execs (an exec's set-up in flight), and may be gone.
-        def parent(pid: int) -> str:
-            try:
-                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-            except OSError:
-                return ""
-        return [pid for pid in d.forkserver_pids() if parent(pid) == str(d.proc.pid)]
-    forkservers = fork_server()
+    forkservers = d.forkserver_pids()
     assert len(forkservers) == 1, forkservers
     with d.client() as client:
         for i in range(40):
@@ -362,7 +352,7 @@ def test_execs_racing_their_containers_end_leave_the_fork_server_serving(
             assert len(ended) == 3, "an exec never ended"
             container.remove(force=True)
         assert client.run("busybox", ["echo", "alive"]).stdout == b"alive\n"
-    assert fork_server() == forkservers
+    assert d.forkserver_pids() == forkservers
 
 
 # ---------------------------------------------------------------- 27: the socket
