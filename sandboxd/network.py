@@ -40,13 +40,15 @@ The pieces:
   an ``internal`` network). A pooled namespace's address is owned by
   ``pool:<name>``; ``attach`` hands it to the container (one sqlite update) and wakes the
   refill. A static ``ip`` is prepared on demand (~7 ms).
-- Teardown: a container's namespace file is unbound and the kernel destroys the
-  namespace with its veths once nothing uses it (in a worker of its own, 20-40 ms
-  later): the server does not wait out the veth deletion, which would keep it from the
-  next start's refill. Its addresses are freed once the server sees those veths gone
-  (polled every ``DYING_POLL``), never while they may still answer on the bridge; a
-  veth still there after ``DYING_PATIENCE`` (another container shares the namespace)
-  is deleted then.
+- Teardown: a sweep every ``DYING_POLL`` while there is work unbinds the namespace
+  files of the containers that ended since the last one, all in one message (one per
+  container cost the daemon and the server a round trip each, as much as a start's
+  refill), and the kernel destroys each namespace with its veths once nothing uses it
+  (in a worker of its own, 20-40 ms later): the server does not wait out the veth
+  deletion, which would keep it from the next start's refill. Its addresses are freed
+  once a sweep sees those veths gone, never while they may still answer on the
+  bridge; a veth still there after ``DYING_PATIENCE`` (another container shares the
+  namespace) is deleted then.
 - Addresses: :class:`sandboxd.ipam.IPAM`, in memory (a start has none to keep).
   Subnets of new networks avoid the host's routes and every other network.
 - Names on user networks: each namespace prepared for one comes with a UDP and a TCP
@@ -141,7 +143,7 @@ URGENT, REFILL, TEARDOWN = 0, 1, 2
 # sent is the oldest teardown.
 MAX_WAITING_TEARDOWNS = 16
 BACKOFF = 5.0               # seconds before refilling a pool whose last prepare failed
-DYING_POLL = 0.02           # seconds between checks for veths the kernel is destroying
+DYING_POLL = 0.02           # seconds between sweeps (releases, destroyed veths)
 DYING_PATIENCE = 2.0        # seconds before a dying veth still held is deleted outright
 
 
@@ -195,6 +197,15 @@ class _Prepared:
 
 
 @dataclass
+class _Dying:
+    """A veth the kernel is destroying with its namespace: its address is freed once
+    the veth is gone, or it is deleted outright after ``deadline``."""
+    deadline: float
+    network_id: str
+    address: IPv4Address | None
+
+
+@dataclass
 class _Attached:
     """A container on one network. The first (``primary``) came with its namespace
     (``prepared.path``); one added by :meth:`NetworkService.connect` is a further veth
@@ -237,8 +248,9 @@ class NetworkService:
         self._wake: asyncio.Event | None = None
         self._refiller: asyncio.Task | None = None
         self._refilling = False
-        self._dying: dict[str, tuple[float, asyncio.Future]] = {}   # veth -> deadline, done
-        self._reaper: asyncio.Task | None = None
+        self._releasing: list[tuple[Network, _Prepared]] = []   # for the next sweep
+        self._dying: dict[str, _Dying] = {}                     # by veth
+        self._sweeper: asyncio.Task | None = None
         # The embedded resolver: namespace path -> the container in it, and what each
         # container's questions are forwarded to.
         self.resolver = Resolver(self._dns_scope)
@@ -401,7 +413,7 @@ class NetworkService:
                            f"{network.id} has active endpoints ({len(users)} containers); "
                            f"disconnect or remove them first")
         pool = self._pools.pop(network.id, deque())
-        await asyncio.gather(*(self._teardown(network, p, URGENT) for p in pool))
+        await asyncio.gather(*(self._teardown(network, p) for p in pool))
         await self._call({"op": "bridge_del", "name": network.bridge})
         self._delete(network)
         self.events.network("destroy", network)
@@ -606,7 +618,7 @@ class NetworkService:
             if attached.primary:
                 self._teardown_later(attached.network, attached.prepared)
             elif namespace_goes:
-                self._later(self._free_when_gone(attached.network, attached.prepared))
+                self._free_when_gone(attached.network, attached.prepared)
             else:
                 self._unplug_later(attached.network, attached.prepared)
         if bare is not None:
@@ -662,7 +674,10 @@ class NetworkService:
         return f"{self.prefix}v{secrets.token_hex(8)[:15 - len(self.prefix) - 1]}"
 
     def _teardown_later(self, net: Network, prepared: _Prepared) -> None:
-        self._later(self._teardown(net, prepared, TEARDOWN, lazy=True))
+        """The namespace goes with the next sweep; the kernel deletes its veth with it."""
+        self._stop_resolver(prepared)
+        self._releasing.append((net, prepared))
+        self._sweep_soon()
 
     def _unplug_later(self, net: Network, prepared: _Prepared) -> None:
         self._later(self._unplug(net, prepared))
@@ -705,9 +720,21 @@ class NetworkService:
         else:
             self.masq_problem = ""
 
-    async def _teardown(self, net: Network, prepared: _Prepared, priority: int,
-                        lazy: bool = False) -> None:
-        """``lazy``: the kernel deletes the veth with the namespace (module docstring)."""
+    async def _teardown(self, net: Network, prepared: _Prepared) -> None:
+        """Delete a namespace's veth and the namespace now, then free its address."""
+        self._stop_resolver(prepared)
+        try:
+            await self._call({"op": "release", "path": prepared.path,
+                              "veth": prepared.veth})
+        except SandboxError as e:
+            # The address stays allocated while its veth may exist; start-up frees it.
+            log.warning("network %s: removing namespace %s failed: %s", net.name,
+                        prepared.name, e)
+            return
+        if prepared.address is not None:
+            self.ipam.release(net.id, prepared.address)
+
+    def _stop_resolver(self, prepared: _Prepared) -> None:
         # The resolver's sockets hold the namespace: they go first.
         self.resolver.stop(prepared.path)
         self._dns_owner.pop(prepared.path, None)
@@ -715,62 +742,64 @@ class NetworkService:
             for sock in prepared.dns:
                 sock.close()
             prepared.dns = None
-        lazy = lazy and bool(prepared.veth)
-        try:
-            await self._call({"op": "release", "path": prepared.path,
-                              "veth": prepared.veth, "lazy": lazy}, priority)
-        except SandboxError as e:
-            # The address stays allocated while its veth may exist; start-up frees it.
-            log.warning("network %s: removing namespace %s failed: %s", net.name,
-                        prepared.name, e)
-            return
-        if lazy:
-            await self._free_when_gone(net, prepared)
-        elif prepared.address is not None:
-            self.ipam.release(net.id, prepared.address)
 
-    async def _free_when_gone(self, net: Network, prepared: _Prepared) -> None:
+    def _free_when_gone(self, net: Network, prepared: _Prepared) -> None:
         """Free the address of a veth whose namespace is going, once the veth is gone."""
-        future = asyncio.get_running_loop().create_future()
-        self._dying[prepared.veth] = (time.monotonic() + DYING_PATIENCE, future)
-        if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_dying())
-            self._background.add(self._reaper)
-            self._reaper.add_done_callback(self._background.discard)
-        if await future and prepared.address is not None:
-            self.ipam.release(net.id, prepared.address)
+        self._dying[prepared.veth] = _Dying(time.monotonic() + DYING_PATIENCE, net.id,
+                                            prepared.address)
+        self._sweep_soon()
 
-    async def _reap_dying(self) -> None:
-        """Settle the dying veths: gone ones are done; one still there after its
-        deadline is deleted now. A failure keeps the address (start-up frees it)."""
-        while self._dying:
+    def _sweep_soon(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+            self._background.add(self._sweeper)
+            self._sweeper.add_done_callback(self._background.discard)
+
+    async def _sweep(self) -> None:
+        """Every DYING_POLL while there is work: one message releases the namespaces
+        waiting to go and asks which dying veths are gone. A failure keeps the address
+        (start-up frees it)."""
+        while self._releasing or self._dying:
             await asyncio.sleep(DYING_POLL)
+            releasing, self._releasing = self._releasing, []
+            watched = list(self._dying)
             try:
-                gone = set(await self._call({"op": "gone", "veths": list(self._dying)},
-                                            TEARDOWN))
-            except SandboxError as e:                # the server is gone: so is the poll
-                log.warning("network: checking for removed veths failed: %s", e)
-                for _deadline, future in self._dying.values():
-                    if not future.done():
-                        future.set_result(False)
+                reply = await self._call({
+                    "op": "sweep", "release": [[p.path, p.veth] for _net, p in releasing],
+                    "veths": watched}, TEARDOWN)
+            except SandboxError as e:                # the server is gone: so is the sweep
+                log.warning("network: releasing namespaces failed: %s", e)
+                self._releasing.clear()
                 self._dying.clear()
                 return
+            failed = dict(reply["failed"])
             now = time.monotonic()
-            for veth, (deadline, future) in list(self._dying.items()):
-                done = True
-                if veth in gone:
-                    del self._dying[veth]
-                elif now > deadline:
-                    del self._dying[veth]
-                    try:
-                        await self._call({"op": "unplug", "veth": veth}, TEARDOWN)
-                    except SandboxError as e:
-                        log.warning("network: removing veth %s failed: %s", veth, e)
-                        done = False
-                else:
+            for net, prepared in releasing:
+                if prepared.path in failed:
+                    log.warning("network %s: removing namespace %s failed: %s", net.name,
+                                prepared.name, failed[prepared.path])
+                elif prepared.veth:
+                    self._dying[prepared.veth] = _Dying(now + DYING_PATIENCE, net.id,
+                                                        prepared.address)
+                elif prepared.address is not None:
+                    self.ipam.release(net.id, prepared.address)
+            for veth in reply["gone"]:
+                self._free(self._dying.pop(veth, None))
+            for veth in watched:
+                dying = self._dying.get(veth)
+                if dying is None or now <= dying.deadline:
                     continue
-                if not future.done():                # its waiter may have been cancelled
-                    future.set_result(done)
+                del self._dying[veth]
+                try:
+                    await self._call({"op": "unplug", "veth": veth}, TEARDOWN)
+                except SandboxError as e:
+                    log.warning("network: removing veth %s failed: %s", veth, e)
+                    continue
+                self._free(dying)
+
+    def _free(self, dying: _Dying | None) -> None:
+        if dying is not None and dying.address is not None:
+            self.ipam.release(dying.network_id, dying.address)
 
     # ------------------------------------------------------------ the pool
 

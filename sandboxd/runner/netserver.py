@@ -32,14 +32,16 @@ Operations:
     to the embedded resolver's 127.0.0.11:53, come with the reply (SCM_RIGHTS) for the
     daemon to serve (:mod:`sandboxd.dns`): a socket stays in the namespace it was made
     in, wherever its owner lives, so the daemon answers there without entering it.
-``release {path, veth?, lazy?}``
-    Delete the veth (both ends go) and unmount and unlink the namespace file. With
-    ``lazy`` only the file goes: the kernel destroys the namespace, and the veth in it,
-    once nothing uses it any more (a worker of its own, 20-40 ms later), instead of this
-    server waiting the ~25 ms a veth's deletion takes. The veth is remembered as dying.
-``gone {veths}``
-    Which of these veths (dying ones, or plugged into a namespace released lazily) no
-    longer exist; they are forgotten. The caller frees their addresses only then.
+``release {path, veth?}``
+    Delete the veth (both ends go) and unmount and unlink the namespace file.
+``sweep {release: [[path, veth], ...], veths}``
+    The namespaces of ended containers, released lazily: only each file goes, and the
+    kernel destroys the namespace, and the veth in it, once nothing uses it any more (a
+    worker of its own, 20-40 ms later), instead of this server waiting the ~25 ms a
+    veth's deletion takes; the veth is remembered as dying. Then which of ``veths``
+    (dying ones, or plugged into a namespace released lazily) no longer exist; they are
+    forgotten. Returns ``{failed: [[path, message], ...], gone: [...]}``; the caller
+    frees the addresses of gone veths only then.
 ``plug {path, veth, bridge, ifname, address, prefixlen, mac, dns?}``
     One more veth into the existing namespace bound on ``path`` (``network connect``):
     host end ``veth`` on ``bridge``, the peer ``ifname`` inside with ``mac`` and
@@ -210,22 +212,24 @@ class NetServer:
             os.close(nsfd)
 
     def _op_release(self, msg: dict) -> None:
-        path, veth = msg["path"], msg.get("veth") or ""
-        if not msg.get("lazy"):
-            self._release(path, veth)
-            return
-        veth = veth or self.namespaces.get(path, "")
-        if veth:
-            self.dying.add(_link_name(veth))
-        _unbind(path)
-        self.namespaces.pop(path, None)
+        self._release(msg["path"], msg.get("veth") or "")
 
-    def _op_gone(self, msg: dict) -> list[str]:
+    def _op_sweep(self, msg: dict) -> dict[str, list]:
+        failed = []
+        for path, veth in msg["release"]:
+            try:
+                veth = veth or self.namespaces.get(path, "")
+                if veth:
+                    self.dying.add(_link_name(veth))
+                _unbind(path)
+                self.namespaces.pop(path, None)
+            except SandboxError as e:
+                failed.append([path, e.message])
         # One lookup each, not a dump: this runs every few ms while containers come and go.
         gone = sorted(v for v in {_link_name(v) for v in msg["veths"]} if self._index(v) is None)
         self.dying.difference_update(gone)
         self.plugs.difference_update(gone)
-        return gone
+        return {"failed": failed, "gone": gone}
 
     def _op_plug(self, msg: dict) -> None:
         veth, ifname = _link_name(msg["veth"]), _link_name(msg["ifname"])
