@@ -101,6 +101,7 @@ class KernelSettings:
     env: tuple[str, ...] = ()         # KEY=VALUE
     volumes: tuple[str, ...] = ()     # /host:/container[:ro]
     workdir: str = ""
+    notebook_dir: str = "none"        # the launch's working directory shown: none, ro, rw
     host: str = ""                    # the daemon's address ("": $SANDBOXD_HOST or default)
     start_timeout: float = 60.0       # seconds until the kernel's sockets are bound
     pool: int = 0                     # started kernels kept ready (ipython_ext.kernelpool)
@@ -123,11 +124,13 @@ _KEYS: dict[str, tuple[tuple[type, ...], str, str]] = {
     "env": ((dict, list), "a mapping or a list of KEY=VALUE", "env"),
     "volumes": ((list,), "a list of /host:/container[:ro]", "volumes"),
     "workdir": ((str,), "a string", "workdir"),
+    "notebook_dir": ((str,), "none, ro or rw", ""),
     "host": ((str,), "a string", ""),
     "start_timeout": ((int, float), "a number of seconds", ""),
     "pool": ((int,), "a number of kernels (0 to 16)", ""),
 }
 MAX_POOL = 16                    # started kernels per configuration: each holds ~60 MiB
+NOTEBOOK_DIR = ("none", "ro", "rw")
 
 
 def kernel_settings(config: Mapping[str, Any], where: str = "kernel_provisioner.config"
@@ -161,6 +164,10 @@ def kernel_settings(config: Mapping[str, Any], where: str = "kernel_provisioner.
         elif key == "pool" and not 0 <= value <= MAX_POOL:
             problems.append(f"pool: must be 0 to {MAX_POOL} kernels, got {value!r}")
             continue
+        elif key == "notebook_dir" and value not in NOTEBOOK_DIR:
+            problems.append(f"notebook_dir: expected one of {', '.join(NOTEBOOK_DIR)}, "
+                            f"got {value!r}")
+            continue
         elif key in ("image", "network") and not value:
             problems.append(f"{key}: must not be empty")
             continue
@@ -180,6 +187,17 @@ def kernel_json(config: Mapping[str, Any], display_name: str = DISPLAY_NAME
             "display_name": display_name, "language": "python", "interrupt_mode": "signal",
             "metadata": {"kernel_provisioner": {"provisioner_name": PROVISIONER_NAME,
                                                 "config": dict(config)}}}
+
+
+def _launch_cwd(launch: Mapping[str, Any]) -> str:
+    """The directory a kernel is launched in: the launch's ``cwd``, else this process's
+    own (where a local kernel would start: nbconvert gives none for a notebook in it)."""
+    if launch.get("cwd"):
+        return os.path.abspath(os.fspath(launch["cwd"]))
+    try:
+        return os.getcwd()
+    except FileNotFoundError:                 # this process's directory was removed
+        return ""
 
 
 def _signal(client: Any, container_id: str, signum: int) -> None:
@@ -340,7 +358,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         connection_file = self.parent.connection_file
         inputs = json.dumps([
             [arg.replace(connection_file, "{connection_file}") for arg in cmd],
-            sorted((launch.get("env") or {}).items()), str(launch.get("cwd") or ""),
+            sorted((launch.get("env") or {}).items()), _launch_cwd(launch),
             repr(self.settings), sorted(self.kernel_spec.env),
             getattr(self.parent, "kernel_name", "") or "", sys.path, os.getuid()],
             default=str)
@@ -431,27 +449,41 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             volumes += mounts
             env.update(paths)
         volumes.append(Mount(self._dir, source=self._dir))
+        cwd = _launch_cwd(launch)
+        shown = self._notebook_dir(cwd)
+        if shown:
+            volumes.append(Mount(shown, source=shown, readonly=settings.notebook_dir == "ro"))
         volumes += list(settings.volumes)
         env.update(dict(item.split("=", 1) for item in settings.env))
         user = "" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
         return build_config(
-            settings.image, cmd, env=env, workdir=self._workdir(launch.get("cwd"), volumes),
+            settings.image, cmd, env=env, workdir=self._workdir(cwd, volumes),
             user=user, volumes=volumes, init=True, auto_remove=True,
             labels={"jupyter.kernel_id": self.kernel_id or "",
                     "jupyter.kernel_name": getattr(self.parent, "kernel_name", "") or ""},
             **settings.options())
 
-    def _workdir(self, cwd: Any, volumes: Sequence[Any]) -> str:
+    def _notebook_dir(self, cwd: str) -> str:
+        """The directory the kernel is launched in, to show (``notebook_dir``): Jupyter
+        launches a notebook's kernel in the notebook's directory, and notebooks read the
+        files beside them. Not ``/`` (it would hide the container's root)."""
+        if self.settings.notebook_dir == "none" or not cwd:
+            return ""
+        path = os.path.realpath(cwd)
+        return path if path != "/" and os.path.isdir(path) else ""
+
+    def _workdir(self, cwd: str, volumes: Sequence[Any]) -> str:
         """The config's workdir; else the launcher's cwd (the notebook's directory) when
         the container shows it; else /tmp."""
         if self.settings.workdir:
             return self.settings.workdir
         if cwd:
-            cwd = os.path.abspath(os.fspath(cwd))
             shown = [v.destination if isinstance(v, Mount) else str(v).split(":")[1]
                      for v in volumes[1:]]
-            if any(cwd == d or cwd.startswith(d.rstrip("/") + "/") for d in shown):
-                return cwd
+            # As given, or resolved (the notebook_dir mount is at the resolved path).
+            for path in dict.fromkeys((os.path.abspath(cwd), os.path.realpath(cwd))):
+                if any(path == d or path.startswith(d.rstrip("/") + "/") for d in shown):
+                    return path
         return "/tmp"
 
     def _reset(self) -> None:

@@ -149,6 +149,10 @@ def kernelspec() -> None:
               help="Bind mount a host path into the kernels")
 @click.option("-w", "--workdir", default="", metavar="DIR",
               help="The kernels' working directory")
+@click.option("--notebook-dir", type=click.Choice(["none", "ro", "rw"]), default="none",
+              show_default=True,
+              help="Show the directory a kernel is launched in (Jupyter's: the "
+                   "notebook's) at its own path, read-only or read-write, and work there")
 @click.option("--pool", type=int, default=0, metavar="N",
               help="Keep N started kernels ready in the process that launches them "
                    "(0-16; a launch then takes one in milliseconds)")
@@ -160,7 +164,7 @@ def kernelspec() -> None:
 def kernelspec_install(name: str, display_name: str, image: str, python: str,
                        memory: str | None, cpus: str | None, pids_limit: int | None,
                        network: str, env: tuple[str, ...], volume: tuple[str, ...],
-                       workdir: str, pool: int, scope: str | None, prefix: str | None
+                       workdir: str, notebook_dir: str, pool: int, scope: str | None, prefix: str | None
                        ) -> None:
     """Write a kernelspec that starts ipykernel in a sandboxd container with these
     limits (system-wide unless --user, --sys-prefix or --prefix)."""
@@ -181,12 +185,14 @@ def kernelspec_install(name: str, display_name: str, image: str, python: str,
         raise click.ClickException(f"--prefix and --{scope} exclude each other")
     options = {"image": image, "python": python, "memory": memory, "cpus": _number(cpus),
                "pids_limit": pids_limit, "network": network, "env": list(env),
-               "volumes": list(volume), "workdir": workdir, "pool": pool,
+               "volumes": list(volume), "workdir": workdir, "notebook_dir": notebook_dir,
+               "pool": pool,
                "host": _given_host()}
     # What is left at the provisioner's default is left out of the kernelspec.
     config = {k: v for k, v in options.items()
               if v not in (None, "", []) and (k, v) not in (("image", "host"),
-                                                            ("network", "none"), ("pool", 0))}
+                                                            ("network", "none"), ("pool", 0),
+                                                            ("notebook_dir", "none"))}
     try:
         spec = kernel_json(config, display_name)
     except InvalidArgument as e:

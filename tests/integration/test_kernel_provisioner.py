@@ -139,6 +139,40 @@ def test_papermill_with_parameters(jupyter, daemon, tmp_path):
     assert words[:2] == ["result", "42"] and words[2] != socket.gethostname()
 
 
+@pytest.mark.parametrize("mode", ["ro", "rw", "none"])
+def test_notebook_dir_shows_the_notebooks_directory(jupyter, daemon, tmp_path, mode):
+    """``--notebook-dir``: papermill runs a notebook in the directory it runs in, as
+    with a local kernel, and the notebook reads the file beside it; it writes there
+    only with ``rw``. Without it the directory is not shown: the kernel works in /tmp."""
+    installed = daemon.sbx("-H", daemon.sock, "notebook", "kernelspec", "install",
+                           "--prefix", str(tmp_path / "pfx"), "--name", f"sbx-nd-{mode}",
+                           "--notebook-dir", mode)
+    assert installed.returncode == 0, installed.err
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "data.txt").write_text("beside the notebook\n")
+    nbformat.write(notebook(
+        "import os\nprint(os.getcwd())\nprint(os.path.exists('data.txt'))",
+        "try:\n    open('out.txt', 'w').write('x')\n    print('wrote')\n"
+        "except OSError as e:\n    print('refused', e.errno)"), project / "nb.ipynb")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
+           "JUPYTER_PATH": str(tmp_path / "pfx" / "share" / "jupyter")}
+    # No --cwd: papermill gives the kernel none, and it starts where papermill runs.
+    done = subprocess.run([sys.executable, "-m", "papermill", "-k", f"sbx-nd-{mode}",
+                           "nb.ipynb", "ran.ipynb"], cwd=project,
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ran = nbformat.read(project / "ran.ipynb", as_version=4)
+    ran.cells = [c for c in ran.cells if c.cell_type == "code"]
+    if mode == "none":
+        assert stdout(ran.cells[0]).split() == ["/tmp", "False"]
+    else:
+        assert stdout(ran.cells[0]).split() == [str(project.resolve()), "True"]
+    wrote = (project / "out.txt").exists()
+    assert stdout(ran.cells[1]).strip() == ("wrote" if mode != "ro" else "refused 30")
+    assert wrote == (mode == "rw"), "none writes in the container's own /tmp"
+
+
 @pytest.mark.parametrize("plugin", ["nbval", "nbmake"])
 def test_nbval_and_nbmake_run_notebooks_in_the_sandbox(jupyter, tmp_path, plugin):
     """pytest's notebook plug-ins, unchanged, with the sandboxed kernelspec: nbval
@@ -346,6 +380,9 @@ def test_bad_config_values_are_named(jupyter, tmp_path):
     assert "pids_limit: expected an integer, got 'many'" in message
     with pytest.raises(Exception, match="network: 'no such!' is not a network name"):
         kernel_json({"network": "no such!"})
+    with pytest.raises(Exception, match="notebook_dir: expected one of none, ro, rw, "
+                                        "got 'yes'"):
+        kernel_json({"notebook_dir": "yes"})
 
 
 def test_a_shut_down_or_killed_kernel_is_gone_at_the_first_liveness_check(jupyter, daemon):
