@@ -29,6 +29,11 @@ Limits (docs/notebooks.md):
   execution count) that grows the kernel's fd table (``GROW_FD_TABLE``), so its first
   requests on the notebook's connections pay neither ipykernel's first-request costs
   (~10 ms of a two-cell run) nor the kernel's wait for the bigger table (8-16 ms).
+- A process keeps kernels ready for at most ``MAX_POOLS`` configurations, the most
+  recently asked for, and closes a pool not asked for in ``POOL_IDLE`` seconds (its
+  kernels killed): a Jupyter server sets ``JPY_SESSION_NAME`` per notebook, so each
+  notebook opened is a configuration of its own, and without a bound each one left
+  ``pool`` idle kernels (~60 MiB each) until the server exited.
 - A kernel is used once and never returned; a pooled kernel that dies while parked is
   dropped. If a pooled start fails, the pool stops refilling (the cold path reports
   what is wrong, in the user's terms) until the process restarts.
@@ -56,6 +61,8 @@ log = logging.getLogger(__name__)
 CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 OUTPUT_KEPT = 64 * 1024
 REFILL_DEFER = 2.0   # seconds a refill may wait for the kernel just taken to end
+MAX_POOLS = 4        # configurations a process keeps kernels ready for (the most recent)
+POOL_IDLE = 600.0    # seconds a pool not asked for keeps its kernels
 
 
 class Owner(Protocol):
@@ -148,6 +155,7 @@ class KernelPool:
         self.wake = threading.Event()       # a deferred refill may start now
         self.failed = ""                    # why a pooled start failed: no more refills
         self.closed = False
+        self.last_used = time.monotonic()   # the last launch that asked for it
 
     def take(self) -> PooledKernel | None:
         """A started kernel, or None (empty pool)."""
@@ -356,6 +364,8 @@ def reap(client: Any, container_id: str, reader: threading.Thread | None,
 _pools: dict[tuple[str, str], KernelPool] = {}      # (daemon host, template) -> pool
 _clients: dict[str, Any] = {}                        # daemon host -> the pools' session
 _lock = threading.Lock()
+_expiry: threading.Thread | None = None              # closes idle pools while there are any
+_expiry_wake = threading.Event()                     # a pool was made, or all were closed
 
 
 def connected(host: str) -> bool:
@@ -365,18 +375,60 @@ def connected(host: str) -> bool:
 
 def pool_for(host: str, template: str, size: int, connect: Callable[[], Any],
              parent_dir: str, session: dict[str, Any], start_timeout: float) -> KernelPool:
-    """This process's pool for a container configuration (made on first use)."""
+    """This process's pool for a container configuration (made on first use; the least
+    recently used of ``MAX_POOLS`` is closed to make room)."""
+    global _expiry
+    evicted: list[KernelPool] = []
     with _lock:
-        pool = _pools.get((host, template))
+        pool = _pools.pop((host, template), None)
         if pool is None:
             if not _clients:
                 atexit.register(close_all)
             if host not in _clients:
                 _clients[host] = connect()
-            pool = _pools[(host, template)] = KernelPool(
-                template, size, _clients[host], parent_dir, session, start_timeout)
+            pool = KernelPool(template, size, _clients[host], parent_dir, session,
+                              start_timeout)
+            while len(_pools) >= MAX_POOLS:
+                evicted.append(_pools.pop(next(iter(_pools))))
+        _pools[(host, template)] = pool         # the most recently used last
+        pool.last_used = time.monotonic()
         pool.size = max(pool.size, size)
-        return pool
+        if _expiry is None:
+            _expiry = threading.Thread(target=_close_idle_pools, daemon=True,
+                                       name="sandboxd-kernel-pool-expiry")
+            _expiry.start()
+        else:
+            _expiry_wake.set()                  # it works its next deadline out again
+    _close_in_background(evicted)
+    return pool
+
+
+def _close_idle_pools() -> None:
+    """Close each pool once it has not been asked for in POOL_IDLE seconds; end when
+    there are none left (pool_for starts another)."""
+    global _expiry
+    while True:
+        with _lock:
+            now = time.monotonic()
+            idle = [key for key, pool in _pools.items() if now - pool.last_used >= POOL_IDLE]
+            expired = [_pools.pop(key) for key in idle]
+            if not _pools:
+                _expiry = None
+            wait = min((pool.last_used + POOL_IDLE - now for pool in _pools.values()),
+                       default=0.0)
+        for pool in expired:
+            pool.close()
+        if not wait:
+            return
+        _expiry_wake.wait(wait)
+        _expiry_wake.clear()
+
+
+def _close_in_background(pools: list[KernelPool]) -> None:
+    """Close pools without blocking the caller (a launch, maybe on its event loop)."""
+    if pools:
+        threading.Thread(target=lambda: [pool.close() for pool in pools], daemon=True,
+                         name="sandboxd-kernel-pool-close").start()
 
 
 def close_all() -> None:
@@ -390,6 +442,7 @@ def close_all() -> None:
         pools, clients = list(_pools.values()), list(_clients.values())
         _pools.clear()
         _clients.clear()
+    _expiry_wake.set()                          # nothing left: the expiry thread ends
     for pool in pools:
         pool.close()
     for client in clients:

@@ -442,6 +442,45 @@ def test_a_pool_refills_once_the_kernel_taken_has_ended(jupyter, daemon, monkeyp
     wait_until(lambda: client.containers.list(all=True) == [], 30, "the pool's kernels to go")
 
 
+def test_a_process_keeps_a_few_pools_and_closes_idle_ones(jupyter, daemon, monkeypatch):
+    """A Jupyter server launches each notebook's kernel with its own JPY_SESSION_NAME: a
+    configuration, and a pool, of its own. Only the MAX_POOLS most recently asked for
+    keep kernels ready (the oldest's are killed to make room), and a pool not asked for
+    in POOL_IDLE seconds is closed: an open notebook no longer leaves idle kernels."""
+    from ipython_ext import kernelpool
+    monkeypatch.setattr(kernelpool, "MAX_POOLS", 2)
+    name = jupyter("sbx-lru", pool=1, memory="256m")
+    client = daemon.client()
+
+    def launch(notebook_path: str) -> None:
+        km = KernelManager(kernel_name=name)
+        km.start_kernel(env={**os.environ, "JPY_SESSION_NAME": notebook_path})
+        km.shutdown_kernel(now=True)
+
+    def parked() -> set[str]:
+        """The notebooks that have a kernel ready."""
+        return {env.split("=", 1)[1] for c in client.containers.list()
+                if (c.attrs["Config"]["Labels"] or {}).get("jupyter.kernel_id") == ""
+                for env in c.attrs["Config"]["Env"] if env.startswith("JPY_SESSION_NAME=")}
+    try:
+        launch("a.ipynb")
+        wait_until(lambda: parked() == {"a.ipynb"}, 60, "a's pool to fill")
+        launch("b.ipynb")
+        wait_until(lambda: parked() == {"a.ipynb", "b.ipynb"}, 60, "b's pool to fill")
+        launch("c.ipynb")
+        wait_until(lambda: parked() == {"b.ipynb", "c.ipynb"}, 60,
+                   "a's pool, the least recently used, to go and c's to fill")
+        assert len(kernelpool._pools) == 2
+        monkeypatch.setattr(kernelpool, "POOL_IDLE", 1.0)
+        launch("c.ipynb")                     # a hit: b has now been idle longer
+        wait_until(lambda: not kernelpool._pools and not parked(), 30,
+                   "the idle pools to close")
+        wait_until(lambda: kernelpool._expiry is None, 10, "the expiry thread to end")
+    finally:
+        kernelpool.close_all()
+    wait_until(lambda: client.containers.list(all=True) == [], 30, "the kernels to go")
+
+
 EXIT_DURING_REFILL = """
 import sys, time
 from jupyter_client.manager import KernelManager
