@@ -154,7 +154,8 @@ def choose_subnet(candidates: Iterable[IPv4Network],
 def mac_for(address: IPv4Address | str) -> str:
     """Docker's MAC for an address: 02:42 and the four address bytes. Unique on a bridge
     because addresses are."""
-    return "02:42:%02x:%02x:%02x:%02x" % tuple(IPv4Address(address).packed)
+    number = int(address) if isinstance(address, IPv4Address) else int(IPv4Address(address))
+    return "02:42:%02x:%02x:%02x:%02x" % tuple(number.to_bytes(4, "big"))
 
 
 class IPAM:
