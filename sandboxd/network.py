@@ -30,9 +30,10 @@ The pieces:
   server does one request at a time; this side keeps the queue and sends the most
   urgent request next (a start that found its pool empty, network changes), then pool
   refills, then teardowns, so a start waits behind at most one request. Teardowns are
-  not starved: with more than ``MAX_WAITING_TEARDOWNS`` waiting, every other request
-  sent is the oldest of them (a release is a fraction of a millisecond). Deleting a
-  veth costs 10-50 ms (an RCU grace period); none of it is on a start's path.
+  not starved: one that ``MAX_PASSED_OVER`` requests went ahead of goes next, after
+  which a start or refill goes again (a sweep is a fraction of a millisecond).
+  Deleting a veth costs 10-50 ms (an RCU grace period); none of it is on a start's
+  path.
 - The pool: per bridge network (and for ``none``) ``pool_size`` namespaces are kept
   ready, each bound on ``<root>/netns/<name>``, with ``lo`` up and, on a bridge, ``eth0``
   (one end of a veth ``<prefix>v<hex>`` whose other end is a port of the bridge) with an
@@ -139,9 +140,10 @@ URGENT, REFILL, TEARDOWN = 0, 1, 2
 # Teardowns go last, but not forever: a load that keeps the server busy with starts and
 # refills (four clients running containers back to back) starved them, and every run
 # left its namespace and its bridge port behind until the bridge was full (1024 ports:
-# "create veth ...: Exchange full"). Beyond this many waiting, every other request
-# sent is the oldest teardown.
-MAX_WAITING_TEARDOWNS = 16
+# "create veth ...: Exchange full"). A teardown this many requests went ahead of goes
+# next. (Counting waiting teardowns instead stopped working once one sweep carried a
+# batch of them: eight clients filled the bridge again.)
+MAX_PASSED_OVER = 2
 BACKOFF = 5.0               # seconds before refilling a pool whose last prepare failed
 DYING_POLL = 0.02           # seconds between sweeps (releases, destroyed veths)
 DYING_PATIENCE = 2.0        # seconds before a dying veth still held is deleted outright
@@ -943,9 +945,11 @@ class _Helper(HelperConnection):
 
     def __init__(self) -> None:
         super().__init__()
-        self._queue: list[tuple[int, int, dict, asyncio.Future]] = []
+        # (priority, request id, requests sent when it was queued, message, future)
+        self._queue: list[tuple[int, int, int, dict, asyncio.Future]] = []
         self._seq = itertools.count()
         self._inflight: tuple[int, asyncio.Future] | None = None
+        self._sent = 0                      # requests sent so far
         self._teardowns = 0                 # of the queue's requests
         self._sent_teardown = False         # the last request sent was one
 
@@ -970,7 +974,7 @@ class _Helper(HelperConnection):
         if self._sock is None:
             raise Unavailable("network server is not running; restart the daemon")
         future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._queue, (priority, next(self._seq), message, future))
+        heapq.heappush(self._queue, (priority, next(self._seq), self._sent, message, future))
         if priority == TEARDOWN:
             self._teardowns += 1
         self._pump()
@@ -985,24 +989,25 @@ class _Helper(HelperConnection):
 
     def _pump(self) -> None:
         while self._inflight is None and self._queue and self._sock is not None:
-            priority, rid, message, future = self._next()
+            priority, rid, _queued_at, message, future = self._next()
             if priority == TEARDOWN:
                 self._teardowns -= 1
             if future.done():                       # its caller was cancelled
                 continue
             send_message(self._sock, {**message, "rid": rid})
             self._inflight = (rid, future)
+            self._sent += 1
             self._sent_teardown = priority == TEARDOWN
 
-    def _next(self) -> tuple[int, int, dict, asyncio.Future]:
-        """The most urgent request, or the oldest teardown when too many wait and the
-        last one sent was not one (MAX_WAITING_TEARDOWNS)."""
-        if self._teardowns > MAX_WAITING_TEARDOWNS and not self._sent_teardown \
-                and self._queue[0][0] != TEARDOWN:
+    def _next(self) -> tuple[int, int, int, dict, asyncio.Future]:
+        """The most urgent request; or, unless the last one sent was a teardown, the
+        oldest teardown once MAX_PASSED_OVER requests went ahead of it."""
+        if self._teardowns and not self._sent_teardown and self._queue[0][0] != TEARDOWN:
             oldest = min(item for item in self._queue if item[0] == TEARDOWN)
-            self._queue.remove(oldest)
-            heapq.heapify(self._queue)
-            return oldest
+            if self._sent - oldest[2] >= MAX_PASSED_OVER:
+                self._queue.remove(oldest)
+                heapq.heapify(self._queue)
+                return oldest
         return heapq.heappop(self._queue)
 
     def _on_message(self, msg: dict) -> None:

@@ -277,20 +277,20 @@ def test_port_proxy_refuses_duplicates_and_ports_of_other_containers():
 
 def test_teardowns_wait_behind_starts_and_refills_but_are_not_starved():
     """The network server's queue (network._Helper): starts first, then refills, then
-    teardowns; but with more than MAX_WAITING_TEARDOWNS waiting, every other request
-    sent is the oldest teardown. Four clients running back to back once kept the server
-    busy with starts and refills, no teardown ran, and the bridge filled up with the
-    finished containers' ports (1024: "Exchange full")."""
+    teardowns; but a teardown that MAX_PASSED_OVER requests went ahead of goes next,
+    and then a start or refill again. Four clients running back to back once kept the
+    server busy with starts and refills, no teardown ran, and the bridge filled up with
+    the finished containers' ports (1024: "Exchange full")."""
     import asyncio
 
-    from sandboxd.network import MAX_WAITING_TEARDOWNS, REFILL, TEARDOWN, URGENT, _Helper
+    from sandboxd.network import MAX_PASSED_OVER, REFILL, TEARDOWN, URGENT, _Helper
     from sandboxd.runner.channel import recv_message, seqpacket_pair
 
     async def scenario() -> list[str]:
         helper = _Helper()
         ours, server = seqpacket_pair()
         helper._sock = ours
-        teardowns = MAX_WAITING_TEARDOWNS + 4
+        teardowns = 8
         calls = [asyncio.ensure_future(helper.call({"op": "start"}, URGENT))]
         await asyncio.sleep(0)                       # in flight: the queue builds behind it
         calls += [asyncio.ensure_future(helper.call({"op": f"teardown {i}"}, TEARDOWN))
@@ -310,6 +310,7 @@ def test_teardowns_wait_behind_starts_and_refills_but_are_not_starved():
         return sent
 
     sent = asyncio.run(scenario())
-    assert sent == ["start", "teardown 0", "refill 0", "teardown 1", "refill 1",
-                    "teardown 2", "refill 2", "teardown 3", "refill 3", "refill 4"] + [
-        f"teardown {i}" for i in range(4, MAX_WAITING_TEARDOWNS + 4)]
+    assert MAX_PASSED_OVER == 2
+    assert sent == ["start", "refill 0", "refill 1", "teardown 0", "refill 2", "teardown 1",
+                    "refill 3", "teardown 2", "refill 4"] + [
+        f"teardown {i}" for i in range(3, 8)]
