@@ -49,8 +49,8 @@ from typing import Any, NoReturn
 
 import msgpack
 
-from ..errors import (CommandNotExecutable, CommandNotFound, InvalidArgument, NotFound,
-                      SandboxError, SetupFailed, from_wire)
+from ..errors import (CommandNotExecutable, CommandNotFound, Conflict, InvalidArgument,
+                      NotFound, SandboxError, SetupFailed, from_wire)
 from . import cgroups, child, layers, mounts, native, park, rlimits, seccomp, zygote
 from . import syscalls as sc
 from .channel import recv_message, send_message, seqpacket_pair
@@ -918,7 +918,7 @@ class ForkServer:
         if exec_id:
             pid = container.execs.get(exec_id)
             if not pid:
-                raise NotFound(f"exec {exec_id} is not running in container {container.id}")
+                raise Conflict(f"exec {exec_id} is not running in container {container.id}")
             os.kill(pid, sig)
         elif msg.get("all"):
             container.cgroup.kill_all(sig)
@@ -961,7 +961,9 @@ class ForkServer:
     def _container(self, msg: dict) -> _Container:
         container = self.containers.get(str(msg.get("id")))
         if container is None or not container.pid:
-            raise NotFound(f"container {msg.get('id')} is not running")
+            # A state, as Docker's 409: the daemon asks for containers it saw running
+            # (one that just ended, or one whose exit it has not yet read, lands here).
+            raise Conflict(f"container {msg.get('id')} is not running")
         return container
 
     # -- process bookkeeping

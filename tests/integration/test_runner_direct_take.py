@@ -11,7 +11,7 @@ import signal
 import pytest
 
 from harness import remove_cgroup_parent
-from sandboxd.errors import CommandNotFound, InvalidArgument, NotFound
+from sandboxd.errors import CommandNotFound, Conflict, InvalidArgument
 from sandboxd.runner.api import AsyncRunner
 from sandboxd.runner.park import build_helper
 from sandboxd.runner.spec import ContainerSpec, Limits, Process, RootFS
@@ -105,7 +105,7 @@ def test_a_direct_take_that_cannot_exec_fails_as_the_fork_servers_take(tmp_path,
         # Its failure was the take's: no exit to report, and nothing of it is left.
         await asyncio.sleep(0.2)
         assert spec.id not in exits and not runner._taking
-        with pytest.raises(NotFound):
+        with pytest.raises(Conflict, match="is not running"):
             await runner.pids(spec.id)                # the fork server forgot it
 
     _scenario(tmp_path, body)
