@@ -137,7 +137,9 @@ def test_check_15_cpuset_cpus_pins_the_container(secure_daemon):
         assert allowed.count(pin) == 2 and len(allowed) == 4, allowed
     finally:
         d.sbx("rm", "-f", name)
-    assert not Path(f"{CGROUP_ROOT}/cpuset/{d.parent}/{cid}").exists()
+    # The fork server removes an exited container's cgroups once no request waits.
+    wait_until(lambda: not Path(f"{CGROUP_ROOT}/cpuset/{d.parent}/{cid}").exists(), 15,
+               "the container's cpuset cgroup to go")
     run = d.sbx("run", "--rm", "--cpuset-cpus", f"0-{cpus[-1] + 8}", "busybox", "true")
     assert run.returncode == 125 and "Requested CPUs are not available" in run.err
 
