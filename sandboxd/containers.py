@@ -1280,7 +1280,8 @@ class ContainerService:
             timeout = record.config.stop_timeout if record.config.stop_timeout is not None \
                 else 10
         if record.state.status == "paused":
-            await self.runner.resume(record.id)
+            with contextlib.suppress(Conflict):   # it ended meanwhile (killed, unpaused)
+                await self.runner.resume(record.id)
         # Docker's events for a stop: kill (the stop signal), kill (9) if that was not
         # enough, die, stop.
         try:
