@@ -123,6 +123,7 @@ class ContainerService:
         self.exiting: dict[str, ContainerRecord] = {}
         self.removals: set[asyncio.Task] = set()
         self.starts: dict[str, asyncio.Event] = {}    # set when the container goes live
+        self.starting_now: dict[str, asyncio.Future] = {}   # a start under way: its end
         self.held: dict[str, asyncio.Future] = {}   # stopped containers' roots held for cp
         self.pools: Any = None                  # pools.PoolService, when the root wires one
         self.events: EventBus = NOWHERE         # the daemon's bus, when the root wires one
@@ -854,7 +855,28 @@ class ContainerService:
     async def start(self, record: ContainerRecord, stdin: bool = False,
                     by_policy: bool = False) -> ContainerRecord:
         """``by_policy``: a restart policy's start (else a user's: it zeroes the restart
-        count and the backoff, and cancels a pending restart)."""
+        count and the backoff, and cancels a pending restart).
+
+        One start of a container at a time: another waits for it and then finds the
+        container running (a no-op, as Docker's second start). Two restarts at once
+        otherwise both passed the state check and the second failed in the middle
+        ("already attached to network bridge")."""
+        waited = False
+        while (under_way := self.starting_now.get(record.id)) is not None:
+            await asyncio.shield(under_way)
+            waited = True
+        if waited:
+            record = self.get(record.id)
+        done = asyncio.get_running_loop().create_future()
+        self.starting_now[record.id] = done
+        try:
+            return await self._start(record, stdin, by_policy)
+        finally:
+            del self.starting_now[record.id]
+            done.set_result(None)
+
+    async def _start(self, record: ContainerRecord, stdin: bool,
+                     by_policy: bool) -> ContainerRecord:
         self._check_not_held(record)
         if not by_policy:
             self._cancel_restart(record.id)
@@ -948,7 +970,7 @@ class ContainerService:
             if pooled is not None and isinstance(exc, NotFound):
                 # Its parked process is gone (killed meanwhile): a cold start instead.
                 self._release_rootfs(record.id)
-                return await self.start(record, stdin, by_policy)
+                return await self._start(record, stdin, by_policy)
             if pooled is not None:
                 # The take was refused: its parked process must not outlive the record.
                 asyncio.ensure_future(self.kill_quietly(record.id))

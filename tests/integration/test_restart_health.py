@@ -95,6 +95,34 @@ def test_update_restart_takes_effect_at_the_next_exit(d: Daemon) -> None:
     d.sbx("rm", "-f", "updrm", check=True)
 
 
+def test_starts_of_one_container_at_once_are_one_start(d: Daemon) -> None:
+    """Two clients restarting (and starting) one container at once: each call succeeds
+    and it runs once, as with Docker, whose second start of a running container is a
+    no-op. Both restarts' starts used to pass the state check, and the second failed in
+    the middle: "container ... is already attached to network bridge"."""
+    import threading
+    d.sbx("run", "-d", "--name", "twice", "busybox", "sh", "-c",
+          "trap 'exit 0' TERM; while :; do sleep 0.05; done", check=True)
+    failures: list[str] = []
+
+    def restarts(op: str) -> None:
+        container = d.client().containers.get("twice")
+        for _ in range(15):
+            try:
+                container.restart(timeout=1) if op == "restart" else container.start()
+            except Exception as e:          # noqa: BLE001 -- every failure is reported
+                failures.append(f"{op}: {e}")
+    threads = [threading.Thread(target=restarts, args=(op,))
+               for op in ("restart", "restart", "start")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures[:5]
+    assert _state(d, "twice")["Status"] == "running"
+    d.sbx("rm", "-f", "twice", check=True)
+
+
 def test_policies_survive_a_daemon_restart() -> None:
     with running() as d:
         for name, policy in (("p-always", "always"), ("p-unless", "unless-stopped"),
