@@ -123,7 +123,7 @@ class ContainerService:
         self.exiting: dict[str, ContainerRecord] = {}
         self.removals: set[asyncio.Task] = set()
         self.starts: dict[str, asyncio.Event] = {}    # set when the container goes live
-        self.starting_now: dict[str, asyncio.Future] = {}   # a start under way: its end
+        self.changing: dict[str, asyncio.Future] = {}  # a start or kill under way: its end
         self.held: dict[str, asyncio.Future] = {}   # stopped containers' roots held for cp
         self.pools: Any = None                  # pools.PoolService, when the root wires one
         self.events: EventBus = NOWHERE         # the daemon's bus, when the root wires one
@@ -857,23 +857,33 @@ class ContainerService:
         """``by_policy``: a restart policy's start (else a user's: it zeroes the restart
         count and the backoff, and cancels a pending restart).
 
-        One start of a container at a time: another waits for it and then finds the
-        container running (a no-op, as Docker's second start). Two restarts at once
-        otherwise both passed the state check and the second failed in the middle
-        ("already attached to network bridge")."""
-        waited = False
-        while (under_way := self.starting_now.get(record.id)) is not None:
-            await asyncio.shield(under_way)
-            waited = True
-        if waited:
-            record = self.get(record.id)
-        done = asyncio.get_running_loop().create_future()
-        self.starting_now[record.id] = done
-        try:
+        A second start waits for one under way and then finds the container running
+        (a no-op, as Docker's second start): two restarts at once both passed the state
+        check, and the second failed in the middle ("already attached to network
+        bridge")."""
+        async with self._one_change(record) as record:
             return await self._start(record, stdin, by_policy)
+
+    @contextlib.asynccontextmanager
+    async def _one_change(self, record: ContainerRecord) -> AsyncIterator[ContainerRecord]:
+        """One start or kill of a container at a time, as Docker's container lock: the
+        container's record once those under way have settled (a kill during a start's
+        set-up failed the start: "container setup died before exec")."""
+        record = await self._settled(record)
+        done = asyncio.get_running_loop().create_future()
+        self.changing[record.id] = done
+        try:
+            yield record
         finally:
-            del self.starting_now[record.id]
+            del self.changing[record.id]
             done.set_result(None)
+
+    async def _settled(self, record: ContainerRecord) -> ContainerRecord:
+        """The record once no start or kill of it is under way."""
+        while (under_way := self.changing.get(record.id)) is not None:
+            await asyncio.shield(under_way)
+            record = self.get(record.id)
+        return record
 
     async def _start(self, record: ContainerRecord, stdin: bool,
                      by_policy: bool) -> ContainerRecord:
@@ -1282,15 +1292,17 @@ class ContainerService:
     # ------------------------------------------------------------ stop / kill / remove
 
     async def kill(self, record: ContainerRecord, sig: int) -> None:
-        if self._cancel_restart(record.id):       # restarting: nothing runs to signal
-            self._set_state(record, status="exited", manually_stopped=True)
-            return
-        lifecycle.check("kill", record, record.id in self.live)
-        self._set_state(record, manually_stopped=True)     # Docker's: no policy restart
-        await self.runner.kill(record.id, sig, all=sig == signal.SIGKILL)
-        self.events.container(record, "kill", signal=sig)
+        async with self._one_change(record) as record:
+            if self._cancel_restart(record.id):       # restarting: nothing runs to signal
+                self._set_state(record, status="exited", manually_stopped=True)
+                return
+            lifecycle.check("kill", record, record.id in self.live)
+            self._set_state(record, manually_stopped=True)     # Docker's: no policy restart
+            await self.runner.kill(record.id, sig, all=sig == signal.SIGKILL)
+            self.events.container(record, "kill", signal=sig)
 
     async def stop(self, record: ContainerRecord, timeout: int | None) -> None:
+        record = await self._settled(record)
         if self._cancel_restart(record.id):
             self._set_state(record, status="exited", manually_stopped=True)
             return
