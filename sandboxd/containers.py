@@ -75,6 +75,30 @@ _NOUNS = ("babbage", "bardeen", "boole", "cerf", "curie", "darwin", "dijkstra", 
 _NAMES = random.Random()
 
 
+class _Turn:
+    """One start or kill of a container at a time, as Docker's container lock: entered,
+    the container's record once those under way have settled (a kill during a start's
+    set-up failed the start: "container setup died before exec"). A class, not a
+    generator: it is on every start's path."""
+
+    __slots__ = ("service", "record", "done")
+
+    def __init__(self, service: ContainerService, record: ContainerRecord):
+        self.service = service
+        self.record = record
+        self.done = asyncio.get_running_loop().create_future()
+
+    async def __aenter__(self) -> ContainerRecord:
+        if self.record.id in self.service.changing:
+            self.record = await self.service._settled(self.record)
+        self.service.changing[self.record.id] = self.done
+        return self.record
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        del self.service.changing[self.record.id]
+        self.done.set_result(None)
+
+
 @dataclasses.dataclass
 class _Live:
     """What a running container has besides its record: pipes, log, listeners."""
@@ -861,22 +885,8 @@ class ContainerService:
         (a no-op, as Docker's second start): two restarts at once both passed the state
         check, and the second failed in the middle ("already attached to network
         bridge")."""
-        async with self._one_change(record) as record:
+        async with _Turn(self, record) as record:
             return await self._start(record, stdin, by_policy)
-
-    @contextlib.asynccontextmanager
-    async def _one_change(self, record: ContainerRecord) -> AsyncIterator[ContainerRecord]:
-        """One start or kill of a container at a time, as Docker's container lock: the
-        container's record once those under way have settled (a kill during a start's
-        set-up failed the start: "container setup died before exec")."""
-        record = await self._settled(record)
-        done = asyncio.get_running_loop().create_future()
-        self.changing[record.id] = done
-        try:
-            yield record
-        finally:
-            del self.changing[record.id]
-            done.set_result(None)
 
     async def _settled(self, record: ContainerRecord) -> ContainerRecord:
         """The record once no start or kill of it is under way."""
@@ -1292,7 +1302,7 @@ class ContainerService:
     # ------------------------------------------------------------ stop / kill / remove
 
     async def kill(self, record: ContainerRecord, sig: int) -> None:
-        async with self._one_change(record) as record:
+        async with _Turn(self, record) as record:
             if self._cancel_restart(record.id):       # restarting: nothing runs to signal
                 self._set_state(record, status="exited", manually_stopped=True)
                 return
