@@ -58,6 +58,7 @@ from jupyter_client.session import Session as JupyterSession
 from sandboxd.envfile import parse_env
 from sandboxd.errors import CommandNotFound, InvalidArgument, SandboxError
 from sandboxd.flags import build_config
+from sandboxd.protocol import resolve_host
 from sandboxd.runner.spec import Mount
 
 from .kernelpool import KernelStream
@@ -466,11 +467,21 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     def _notebook_dir(self, cwd: str) -> str:
         """The directory the kernel is launched in, to show (``notebook_dir``): Jupyter
         launches a notebook's kernel in the notebook's directory, and notebooks read the
-        files beside them. Not ``/`` (it would hide the container's root)."""
+        files beside them. Not ``/`` (it would hide the container's root); never one
+        that holds the daemon's socket (a unix socket on a read-only mount still
+        connects: the notebook would drive the daemon)."""
         if self.settings.notebook_dir == "none" or not cwd:
             return ""
         path = os.path.realpath(cwd)
-        return path if path != "/" and os.path.isdir(path) else ""
+        if path == "/" or not os.path.isdir(path):
+            return ""
+        daemon = os.path.realpath(resolve_host(self.settings.host or None))
+        if daemon.startswith(path.rstrip("/") + "/"):
+            raise KernelStartError(
+                f"notebook_dir: the kernel's directory {path} holds sandboxd's socket "
+                f"{daemon}: shown to the kernel, it would let the notebook drive the "
+                f"daemon; run the notebook from another directory")
+        return path
 
     def _workdir(self, cwd: str, volumes: Sequence[Any]) -> str:
         """The config's workdir; else the launcher's cwd (the notebook's directory) when

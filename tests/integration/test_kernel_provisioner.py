@@ -173,6 +173,19 @@ def test_notebook_dir_shows_the_notebooks_directory(jupyter, daemon, tmp_path, m
     assert wrote == (mode == "rw"), "none writes in the container's own /tmp"
 
 
+def test_notebook_dir_never_shows_the_daemons_socket(jupyter, daemon):
+    """A unix socket on a read-only mount still connects: a directory that holds the
+    daemon's socket is refused, naming both, instead of handing the notebook the
+    daemon."""
+    name = jupyter("sbx-nd-sock", notebook_dir="ro")
+    socket_dir = os.path.dirname(os.path.realpath(daemon.sock))
+    km = KernelManager(kernel_name=name)
+    with pytest.raises(Exception, match=f"the kernel's directory {socket_dir} holds "
+                                        f"sandboxd's socket"):
+        km.start_kernel(cwd=socket_dir)
+    assert not km.has_kernel
+
+
 @pytest.mark.parametrize("plugin", ["nbval", "nbmake"])
 def test_nbval_and_nbmake_run_notebooks_in_the_sandbox(jupyter, tmp_path, plugin):
     """pytest's notebook plug-ins, unchanged, with the sandboxed kernelspec: nbval
