@@ -76,10 +76,10 @@ _NAMES = random.Random()
 
 
 class _Turn:
-    """One start or kill of a container at a time, as Docker's container lock: entered,
-    the container's record once those under way have settled (a kill during a start's
-    set-up failed the start: "container setup died before exec"). A class, not a
-    generator: it is on every start's path."""
+    """One start, kill or removal of a container at a time, as Docker's container lock:
+    entered, the container's record once those under way have settled (``NotFound`` if
+    one removed it). A kill during a start's set-up failed the start ("container setup
+    died before exec"). A class, not a generator: it is on every start's path."""
 
     __slots__ = ("service", "record", "done")
 
@@ -1165,6 +1165,8 @@ class ContainerService:
     async def _remove_exited(self, record: ContainerRecord) -> None:
         try:
             await self.remove(record, force=True, files_later=True)
+        except NotFound:
+            pass                                       # a user's rm -f was first
         except BaseException:
             self._save(record)
             raise
@@ -1346,25 +1348,28 @@ class ContainerService:
     async def remove(self, record: ContainerRecord, force: bool = False,
                      files_later: bool = False, volumes: bool = False) -> None:
         """``files_later``: see :meth:`_forget`; ``volumes`` (``rm -v``): its anonymous
-        volumes go too (a ``--rm`` container's always do)."""
-        self._check_not_held(record)
-        self._cancel_restart(record.id)
-        live = self.live.get(record.id)
-        if live is not None:
-            if not force:                  # its process counts, whatever the record says
-                raise lifecycle.refusal("remove", record, "running")
-            if live.record.state.status in RUNNING:       # not an --rm's own exit
-                self.events.container(record, "kill", signal=int(signal.SIGKILL))
-            await self.kill_quietly(record.id)
-            await live.drained.wait()
-            self._cancel_restart(record.id)       # the exit may have scheduled one
-        if not self._forget(record, files_later=files_later, volumes=volumes):
-            return                                 # removed meanwhile
-        self.events.container(record, "destroy")
-        self.starts.pop(record.id, None)
-        event = self.removed.pop(record.id, None)
-        if event is not None:
-            event.set()
+        volumes go too (a ``--rm`` container's always do). It takes its turn with starts
+        and kills: an ``rm -f`` during a start killed the process before the fork server
+        knew it, and then waited for it to end on its own (a ``sleep 60``: 60 s)."""
+        async with _Turn(self, record) as record:
+            self._check_not_held(record)
+            self._cancel_restart(record.id)
+            live = self.live.get(record.id)
+            if live is not None:
+                if not force:              # its process counts, whatever the record says
+                    raise lifecycle.refusal("remove", record, "running")
+                if live.record.state.status in RUNNING:       # not an --rm's own exit
+                    self.events.container(record, "kill", signal=int(signal.SIGKILL))
+                await self.kill_quietly(record.id)
+                await live.drained.wait()
+                self._cancel_restart(record.id)       # the exit may have scheduled one
+            if not self._forget(record, files_later=files_later, volumes=volumes):
+                return                                 # removed meanwhile
+            self.events.container(record, "destroy")
+            self.starts.pop(record.id, None)
+            event = self.removed.pop(record.id, None)
+            if event is not None:
+                event.set()
 
     def _forget(self, record: ContainerRecord, files_later: bool = False,
                 volumes: bool = False) -> bool:

@@ -135,6 +135,42 @@ def test_starts_and_kills_of_one_container_at_once_take_turns(d: Daemon) -> None
     d.sbx("rm", "-f", "twice", check=True)
 
 
+def test_rm_f_during_a_start_kills_what_the_start_made(d: Daemon) -> None:
+    """``rm -f`` while the container starts waits for the start, then kills and removes
+    it (Docker's container lock). It used to kill before the fork server knew the
+    process, miss it, and wait for it to end on its own: a ``sleep 60`` held the rm
+    for 60 s. The start either ran first or finds the container gone (404)."""
+    import threading
+
+    from sandboxd.errors import NotFound
+    client = d.client()
+    failures: list[str] = []
+    made: set[str] = set()
+    for delay in (0.0, 0.002, 0.005) * 2:
+        container = client.containers.create("busybox", ["sleep", "30"])
+        made.add(container.id)
+
+        def start(container_id: str = container.id) -> None:
+            try:
+                d.client().containers.get(container_id).start()
+            except NotFound:
+                pass                                  # the rm came first
+            except Exception as e:                    # noqa: BLE001 -- reported
+                failures.append(f"start: {e}")
+
+        starting = threading.Thread(target=start)
+        starting.start()
+        time.sleep(delay)
+        began = time.monotonic()
+        d.client().containers.get(container.id).remove(force=True)
+        took = time.monotonic() - began
+        starting.join(30)
+        if took > 10:
+            failures.append(f"rm -f took {took:.1f} s")
+    assert not failures, failures[:5]
+    assert not made & {c.id for c in client.containers.list(all=True)}
+
+
 def test_policies_survive_a_daemon_restart() -> None:
     with running() as d:
         for name, policy in (("p-always", "always"), ("p-unless", "unless-stopped"),
