@@ -147,7 +147,7 @@ class ContainerService:
         self.exiting: dict[str, ContainerRecord] = {}
         self.removals: set[asyncio.Task] = set()
         self.starts: dict[str, asyncio.Event] = {}    # set when the container goes live
-        self.changing: dict[str, asyncio.Future] = {}  # a start or kill under way: its end
+        self.changing: dict[str, asyncio.Future] = {}  # a start, kill or rm under way: its end
         self.held: dict[str, asyncio.Future] = {}   # stopped containers' roots held for cp
         self.pools: Any = None                  # pools.PoolService, when the root wires one
         self.events: EventBus = NOWHERE         # the daemon's bus, when the root wires one
@@ -889,7 +889,7 @@ class ContainerService:
             return await self._start(record, stdin, by_policy)
 
     async def _settled(self, record: ContainerRecord) -> ContainerRecord:
-        """The record once no start or kill of it is under way."""
+        """The record once no start, kill or removal of it is under way."""
         while (under_way := self.changing.get(record.id)) is not None:
             await asyncio.shield(under_way)
             record = self.get(record.id)
