@@ -43,7 +43,8 @@ def jupyter(daemon, tmp_path, monkeypatch):
         (directory / "kernel.json").write_text(json.dumps(kernel_json(config)))
         return name
     yield spec
-    left = daemon.client().containers.list(all=True)
+    with daemon.client() as client:
+        left = client.containers.list(all=True)
     assert not left, f"containers left behind: {left}"
     runtime = tmp_path / "rt"
     assert not runtime.exists() or not any(runtime.glob("sbxk-*")), \
@@ -492,6 +493,7 @@ def test_a_process_keeps_a_few_pools_and_closes_idle_ones(jupyter, daemon, monke
     finally:
         kernelpool.close_all()
     wait_until(lambda: client.containers.list(all=True) == [], 30, "the kernels to go")
+    client.close()
 
 
 EXIT_DURING_REFILL = """

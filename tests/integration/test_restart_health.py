@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from typing import Any
 
 import pytest
 
@@ -111,7 +112,10 @@ def test_starts_and_kills_of_one_container_at_once_take_turns(d: Daemon) -> None
     failures: list[str] = []
 
     def restarts(op: str) -> None:
-        container = d.client().containers.get("twice")
+        with d.client() as own:
+            turns(op, own.containers.get("twice"))
+
+    def turns(op: str, container: Any) -> None:
         for _ in range(25):
             try:
                 if op == "kill":
@@ -152,7 +156,8 @@ def test_rm_f_during_a_start_kills_what_the_start_made(d: Daemon) -> None:
 
         def start(container_id: str = container.id) -> None:
             try:
-                d.client().containers.get(container_id).start()
+                with d.client() as own:
+                    own.containers.get(container_id).start()
             except NotFound:
                 pass                                  # the rm came first
             except Exception as e:                    # noqa: BLE001 -- reported
@@ -162,13 +167,15 @@ def test_rm_f_during_a_start_kills_what_the_start_made(d: Daemon) -> None:
         starting.start()
         time.sleep(delay)
         began = time.monotonic()
-        d.client().containers.get(container.id).remove(force=True)
+        container.remove(force=True)
         took = time.monotonic() - began
         starting.join(30)
         if took > 10:
             failures.append(f"rm -f took {took:.1f} s")
+    left = made & {c.id for c in client.containers.list(all=True)}
+    client.close()
     assert not failures, failures[:5]
-    assert not made & {c.id for c in client.containers.list(all=True)}
+    assert not left
 
 
 def test_policies_survive_a_daemon_restart() -> None:
