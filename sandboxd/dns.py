@@ -41,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import streams
+
 __all__ = ["Resolver", "Scope", "ADDRESS", "TTL"]
 
 log = logging.getLogger("sandboxd.dns")
@@ -154,7 +156,7 @@ class Resolver:
                         served.inflight -= 1
                 if reply is None:
                     return
-                writer.write(struct.pack("!H", len(reply)) + reply)
+                streams.write(writer, struct.pack("!H", len(reply)) + reply)
                 await writer.drain()
         except (ConnectionError, OSError):
             pass

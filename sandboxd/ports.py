@@ -53,6 +53,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
+from . import streams
 from .model import PortBinding
 from .errors import Conflict, InvalidArgument, SetupFailed
 
@@ -310,10 +311,9 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     still gets its answer)."""
     try:
         while data := await reader.read(CHUNK):
-            writer.write(data)
+            streams.write(writer, data)
             await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
+        streams.write_eof(writer)
     except ConnectionError:
         writer.close()
 

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
 
-from .. import untrusted_json
+from .. import streams, untrusted_json
 from ..errors import SandboxError
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class _Connection:
     async def send(self, event: Any) -> None:
         data = self.h11.send(event)
         if data:
-            self.writer.write(data)
+            streams.write(self.writer, data)
             await self.writer.drain()
 
     async def serve(self) -> None:
@@ -331,9 +331,9 @@ class _Connection:
                 ("Content-Type", hijack.content_type), ("Connection", "Upgrade"),
                 ("Upgrade", "tcp"), ("Api-Version", API_VERSION)]))
         else:
-            self.writer.write(
+            streams.write(self.writer, (
                 f"HTTP/1.1 200 OK\r\nContent-Type: {hijack.content_type}\r\n"
-                f"Api-Version: {API_VERSION}\r\nConnection: close\r\n\r\n".encode())
+                f"Api-Version: {API_VERSION}\r\nConnection: close\r\n\r\n").encode())
         tail, _closed = self.h11.trailing_data
         if tail:
             self.reader.feed_data(bytes(tail))       # stdin that came with the head
@@ -364,7 +364,7 @@ class _AfterHead:
 
     def write(self, data: bytes) -> None:
         if self._held is None:
-            self._writer.write(data)
+            streams.write(self._writer, data)
         else:
             self._held.append(data)
 
@@ -376,7 +376,7 @@ class _AfterHead:
                 if not self._head_read.cancelled():
                     raise                    # we were cancelled, not the wait
             held, self._held = self._held, None
-            self._writer.write(b"".join(held))
+            streams.write(self._writer, b"".join(held))
         await self._writer.drain()
 
     def cancel_wait(self) -> None:
