@@ -1481,13 +1481,16 @@ class ContainerService:
                 err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
                 os.set_blocking(out_w, True)
                 os.set_blocking(err_w, True)
+                # Ours before the exec is asked for: a refused one closes them below (a
+                # daemon leaked two pipes per exec refused, ~1400 a minute under a race
+                # of execs and kills, until it ran out of fds).
+                fds = {out_r: 1, err_r: 2}
+                stdin_fd = in_w
                 try:
                     pid = await self.runner.exec(record.id, exec_id, process,
                                                  (in_r, out_w, err_w))
                 finally:
                     _close(in_r, out_w, err_w)
-                fds = {out_r: 1, err_r: 2}
-                stdin_fd = in_w
         except BaseException:
             self.exec_waiters.pop((record.id, exec_id), None)
             _close(*fds, stdin_fd if stdin_fd not in fds else -1)

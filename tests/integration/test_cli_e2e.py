@@ -680,6 +680,30 @@ def test_exec_detach_keys_leave_the_command_running(daemon: Daemon) -> None:
         daemon.sbx("rm", "-f", "execdetach", check=True)
 
 
+def test_execs_that_cannot_start_leave_no_fds_in_the_daemon(daemon: Daemon) -> None:
+    """An exec the container refuses (no such command, no such user) closes the pipes
+    the daemon made for it. Each left two open: a daemon racing execs with kills
+    reached its open-files limit (20000) within minutes, and then every start failed."""
+    assert daemon.proc is not None
+    fd_dir = f"/proc/{daemon.proc.pid}/fd"
+    daemon.sbx("run", "-d", "--name", "execfds", "busybox", "sleep", "600", check=True)
+    try:
+        with daemon.client() as client:
+            container = client.containers.get("execfds")
+            container.exec(["true"])                     # anything made once is made
+            before = len(os.listdir(fd_dir))
+            for _ in range(20):
+                with pytest.raises(errors.CommandNotFound):
+                    container.exec(["no-such-command"])
+                with pytest.raises(errors.SandboxError, match="nobodyx"):
+                    container.exec(["true"], user="nobodyx")
+            assert container.exec(["true"]).exit_code == 0
+            after = len(os.listdir(fd_dir))
+            assert after <= before, f"{after - before} fds left open by 40 refused execs"
+    finally:
+        daemon.sbx("rm", "-f", "execfds", check=True)
+
+
 # ---------------------------------------------------------------- sessions
 
 SESSION_CLIENT = """
