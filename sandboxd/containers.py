@@ -1317,36 +1317,50 @@ class ContainerService:
             self.events.container(record, "kill", signal=sig)
 
     async def stop(self, record: ContainerRecord, timeout: int | None) -> None:
-        record = await self._settled(record)
-        if self._cancel_restart(record.id):
-            self._set_state(record, status="exited", manually_stopped=True)
-            return
-        live = self.live.get(record.id)
-        if live is None:
-            return
-        record = self._set_state(live.record, manually_stopped=True)
-        if timeout is None:
-            timeout = record.config.stop_timeout if record.config.stop_timeout is not None \
-                else 10
-        if record.state.status == "paused":
-            with contextlib.suppress(Conflict):   # it ended meanwhile (killed, unpaused)
-                await self.runner.resume(record.id)
-        # Docker's events for a stop: kill (the stop signal), kill (9) if that was not
-        # enough, die, stop.
-        try:
+        """Its signals take their turns with starts, kills and removals, and go only to
+        the run that was current when the stop began: a stop's SIGKILL sent after that
+        run ended killed the set-up of the next start (a restart racing a stop)."""
+        async with _Turn(self, record) as record:
+            if self._cancel_restart(record.id):
+                self._set_state(record, status="exited", manually_stopped=True)
+                return
+            live = self.live.get(record.id)
+            if live is None:
+                return
+            record = self._set_state(live.record, manually_stopped=True)
+            if timeout is None:
+                timeout = record.config.stop_timeout \
+                    if record.config.stop_timeout is not None else 10
+            if record.state.status == "paused":
+                with contextlib.suppress(Conflict):   # it ended meanwhile (killed, unpaused)
+                    await self.runner.resume(record.id)
+            # Docker's events for a stop: kill (the stop signal), kill (9) if that was
+            # not enough, die, stop.
             sig = parse_signal(record.config.stop_signal)
             self.events.container(record, "kill", signal=sig)    # before its die
-            await self.runner.kill(record.id, sig)
-            if timeout < 0:
-                await live.drained.wait()
-                self.events.container(record, "stop")
-                return
-            await asyncio.wait_for(asyncio.shield(live.drained.wait()), timeout)
-        except (asyncio.TimeoutError, SandboxError):
-            self.events.container(record, "kill", signal=int(signal.SIGKILL))
-            await self.kill_quietly(record.id)
+            try:
+                await self.runner.kill(record.id, sig)
+            except Conflict:
+                pass                                  # it ended meanwhile
+            except SandboxError:
+                timeout = 0                           # no stop signal: SIGKILL at once
+        try:
+            await asyncio.wait_for(asyncio.shield(live.drained.wait()),
+                                   None if timeout < 0 else timeout)
+        except asyncio.TimeoutError:
+            await self._kill_run(live)
         await live.drained.wait()
         self.events.container(record, "stop")
+
+    async def _kill_run(self, live: _Live) -> None:
+        """SIGKILL to the run ``live`` is, in a turn; nothing if that run has ended."""
+        try:
+            async with _Turn(self, live.record) as record:
+                if self.live.get(record.id) is live and not live.exited.is_set():
+                    self.events.container(record, "kill", signal=int(signal.SIGKILL))
+                    await self.kill_quietly(record.id)
+        except NotFound:
+            pass                                      # removed meanwhile
 
     async def remove(self, record: ContainerRecord, force: bool = False,
                      files_later: bool = False, volumes: bool = False) -> None:
@@ -1482,7 +1496,7 @@ class ContainerService:
                 os.set_blocking(out_w, True)
                 os.set_blocking(err_w, True)
                 # Ours before the exec is asked for: a refused one closes them below (a
-                # daemon leaked two pipes per exec refused, ~1400 a minute under a race
+                # daemon leaked two pipes per exec refused, ~1400 in 8 s under a race
                 # of execs and kills, until it ran out of fds).
                 fds = {out_r: 1, err_r: 2}
                 stdin_fd = in_w

@@ -60,6 +60,7 @@ from .plan import Step, build_plan
 from .spec import (DEFAULT_CAPABILITIES, DEFAULT_PATH, ContainerSpec, Limits, Process,
                    check_process, from_dict, to_dict, validate)
 
+PF_EXITING = 0x4               # <linux/sched.h>: a task in do_exit (/proc/PID/stat's flags)
 
 # ---------------------------------------------------------------- the container side
 
@@ -312,6 +313,7 @@ class _Container:
     filter_parked: bool = False         # its parked pid 1 loaded the filter (_filter_at_park)
     # The owner asked for the channel, to send the take itself (_parked).
     direct_take: bool = False
+    killed: bool = False                # a SIGKILL went to all of it (_op_kill)
 
 
 @dataclass
@@ -921,6 +923,7 @@ class ForkServer:
                 raise Conflict(f"exec {exec_id} is not running in container {container.id}")
             os.kill(pid, sig)
         elif msg.get("all"):
+            container.killed = container.killed or sig == signal.SIGKILL
             container.cgroup.kill_all(sig)
         else:
             os.kill(container.pid, sig)
@@ -1097,6 +1100,11 @@ class ForkServer:
     def _start_failed(self, start: _Start) -> None:
         err = _decode_failure(start)
         container = start.container
+        if start.exec_id is not None and self._ending(container):
+            # Killed with it, or its namespaces or cgroup gone under the set-up: that the
+            # container ended is the cause (Docker's 409), not which step noticed first.
+            err = Conflict(f"container {container.id} is not running: it ended during "
+                           f"the set-up of exec {start.exec_id}")
         self._release_layer(container)
         if start.exec_id is None:
             self._remove(container)
@@ -1117,6 +1125,17 @@ class ForkServer:
             if start.buf:
                 event["error"] = err.to_wire()
             self._send(event)
+
+    def _ending(self, container: _Container) -> bool:
+        """Its pid 1 is gone or on its way out: killed by us, reaped, or exiting."""
+        if container.killed or self.containers.get(container.id) is not container:
+            return True
+        try:
+            with open(f"/proc/{container.pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return True
+        return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & PF_EXITING)
 
     def _reap(self) -> None:
         while True:

@@ -2,6 +2,7 @@
 checks (--health-*, HEALTHCHECK of an image, ps/inspect, --filter health=)."""
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import time
@@ -96,44 +97,60 @@ def test_update_restart_takes_effect_at_the_next_exit(d: Daemon) -> None:
     d.sbx("rm", "-f", "updrm", check=True)
 
 
-def test_starts_and_kills_of_one_container_at_once_take_turns(d: Daemon) -> None:
-    """Clients restarting, starting and killing one container at once: every start and
-    restart succeeds, as with Docker, whose second start of a running container is a
-    no-op and whose kill waits for a start under way; a kill may only find it not
-    running (409). Both restarts' starts used to pass the state check and the second
-    failed in the middle ("container ... is already attached to network bridge"), and
-    a kill during a start's set-up failed the start ("container setup died before
-    exec")."""
+def test_starts_stops_kills_and_execs_of_one_container_at_once_take_turns(
+        d: Daemon) -> None:
+    """Clients restarting, starting, stopping, killing and exec'ing in one container at
+    once: every start, restart and stop succeeds, as with Docker, whose second start of
+    a running container is a no-op and whose kill waits for a start under way; a kill
+    or an exec may only find it not running (409). Both restarts' starts used to pass
+    the state check and the second failed in the middle ("container ... is already
+    attached to network bridge"); a kill, or a stop's SIGKILL sent after its run had
+    ended, failed the next start's set-up ("container setup died before exec"); an
+    exec whose container ended under its set-up failed with whichever step noticed
+    ("enter the container's namespaces: No such file or directory", "exec setup died
+    before exec (status -9)")."""
     import threading
 
     from sandboxd.errors import Conflict
     d.sbx("run", "-d", "--name", "twice", "busybox", "sh", "-c",
           "trap 'exit 0' TERM; while :; do sleep 0.05; done", check=True)
     failures: list[str] = []
+    lifecycle_done = threading.Event()
 
     def restarts(op: str) -> None:
         with d.client() as own:
             turns(op, own.containers.get("twice"))
 
     def turns(op: str, container: Any) -> None:
-        for _ in range(25):
+        # Execs go on for as long as the others run: most find it stopped (409), the
+        # rest race its ends and starts.
+        for n in itertools.count():
+            if lifecycle_done.is_set() if op == "exec" else n == 25:
+                return
             try:
                 if op == "kill":
                     container.kill()
+                elif op == "stop":
+                    container.stop(timeout=1)
+                elif op == "exec":
+                    container.exec(["true"])
                 elif op == "restart":
                     container.restart(timeout=1)
                 else:
                     container.start()
             except Conflict as e:
-                if op != "kill" or "is not running" not in str(e):
+                if op not in ("kill", "exec") or "is not running" not in str(e):
                     failures.append(f"{op}: {e}")
             except Exception as e:          # noqa: BLE001 -- every failure is reported
                 failures.append(f"{op}: {e}")
     threads = [threading.Thread(target=restarts, args=(op,))
-               for op in ("restart", "restart", "start", "kill")]
+               for op in ("restart", "restart", "start", "kill", "stop", "exec", "exec")]
     for thread in threads:
         thread.start()
-    for thread in threads:
+    for thread in threads[:-2]:
+        thread.join(120)
+    lifecycle_done.set()
+    for thread in threads[-2:]:
         thread.join(120)
     assert not failures, failures[:5]
     d.sbx("rm", "-f", "twice", check=True)
