@@ -954,15 +954,8 @@ class ContainerService:
                 stdio = (console_theirs.fileno(),)
                 theirs.append(console_theirs.detach())
             else:
-                in_r, in_w = _stdin_pipe(stdin and record.config.open_stdin)
-                out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-                err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-                os.set_blocking(out_w, True)
-                os.set_blocking(err_w, True)
-                theirs += [in_r, out_w, err_w]
-                live.fds = {out_r: 1, err_r: 2}
-                live.stdin = in_w
-                stdio = (in_r, out_w, err_w)
+                stdio, live.stdin, live.fds = _stdio_pipes(stdin and record.config.open_stdin)
+                theirs += stdio
             self.live[record.id] = live
             started = self.starts.pop(record.id, None)
             if started is not None:
@@ -974,8 +967,8 @@ class ContainerService:
             finally:
                 self.starting -= 1
                 self.last_start = time.monotonic()
-                for fd in theirs:
-                    os.close(fd)
+                _close(*theirs)
+                theirs.clear()
             if console is not None:
                 live.terminal = receive_terminal(console)
                 os.set_blocking(live.terminal, False)
@@ -988,7 +981,7 @@ class ContainerService:
         except BaseException as exc:
             self.live.pop(record.id, None)
             self._release_network(record.id)
-            _close(*live.fds, live.stdin)
+            _close(*live.fds, live.stdin, *theirs)
             writer.close()
             if pooled is not None and isinstance(exc, NotFound):
                 # Its parked process is gone (killed meanwhile): a cold start instead.
@@ -1238,11 +1231,12 @@ class ContainerService:
         self.events.container(record, f"exec_create: {' '.join(args)}", execID=exec_id)
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self.exec_waiters[(record.id, exec_id)] = waiter
-        out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        os.set_blocking(out_w, True)
-        nul = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        out_r = out_w = nul = -1
         try:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            os.set_blocking(out_w, True)
+            nul = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            self.exec_waiters[(record.id, exec_id)] = waiter
             await self.runner.exec(record.id, exec_id, process, (nul, out_w, out_w))
         except BaseException:
             self.exec_waiters.pop((record.id, exec_id), None)
@@ -1490,21 +1484,14 @@ class ContainerService:
                 fds = {master: 1}
                 stdin_fd = master if stdin else -1
             else:
-                in_r, in_w = _stdin_pipe(stdin)
-                out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-                err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-                os.set_blocking(out_w, True)
-                os.set_blocking(err_w, True)
                 # Ours before the exec is asked for: a refused one closes them below (a
                 # daemon leaked two pipes per exec refused, ~1400 in 8 s under a race
                 # of execs and kills, until it ran out of fds).
-                fds = {out_r: 1, err_r: 2}
-                stdin_fd = in_w
+                theirs, stdin_fd, fds = _stdio_pipes(stdin)
                 try:
-                    pid = await self.runner.exec(record.id, exec_id, process,
-                                                 (in_r, out_w, err_w))
+                    pid = await self.runner.exec(record.id, exec_id, process, theirs)
                 finally:
-                    _close(in_r, out_w, err_w)
+                    _close(*theirs)
         except BaseException:
             self.exec_waiters.pop((record.id, exec_id), None)
             _close(*fds, stdin_fd if stdin_fd not in fds else -1)
@@ -1948,15 +1935,32 @@ def _network_name(mode: str) -> str:
     return "bridge" if mode in ("", "default") else mode
 
 
-def _stdin_pipe(wanted: bool) -> tuple[int, int]:
-    """(read end for the container, write end for us or -1). No stdin: /dev/null."""
-    if not wanted:
-        return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1
-    r, w = os.pipe2(os.O_CLOEXEC)
-    # Ours does not block: a container that does not read its stdin fills the pipe, and
-    # a blocking write would stop the daemon's loop (_write_all waits for room instead).
-    os.set_blocking(w, False)
-    return r, w
+def _stdio_pipes(stdin: bool) -> tuple[tuple[int, int, int], int, dict[int, int]]:
+    """A process's stdio without a terminal: (its stdin, stdout and stderr ends; our
+    end of its stdin, or -1; our ends of its output -> 1 or 2). No stdin: /dev/null.
+    All or nothing: out of fds (EMFILE) midway, what was made is closed (a daemon at its
+    limit kept a /dev/null and a pipe per refused start)."""
+    made: list[int] = []
+    try:
+        if stdin:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            made += (in_r, in_w)
+            # Ours does not block: a container that does not read its stdin fills the
+            # pipe, and a blocking write would stop the daemon's loop (_write_all waits).
+            os.set_blocking(in_w, False)
+        else:
+            in_r, in_w = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), -1
+            made.append(in_r)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        made += (out_r, out_w)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        made += (err_r, err_w)
+    except BaseException:
+        _close(*made)
+        raise
+    os.set_blocking(out_w, True)
+    os.set_blocking(err_w, True)
+    return (in_r, out_w, err_w), in_w, {out_r: 1, err_r: 2}
 
 
 async def _write_all(fd: int, data: bytes) -> None:
