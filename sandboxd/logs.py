@@ -27,12 +27,16 @@ a follower gets later comes from the live stream instead).
 from __future__ import annotations
 
 import collections
+import errno
+import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import Iterator
 
 import msgpack
+
+log = logging.getLogger("sandboxd.logs")
 
 UNLIMITED = -1
 _ENTRY_OVERHEAD = 32           # msgpack array header, float, stream, bin header
@@ -55,6 +59,7 @@ class LogWriter:
         self.size = 0
         self._open_line: dict[int, bool] = {}   # stream -> its output ended mid-line
         self._continues: set[int] = set()       # streams mid-line at the last rotation
+        self._failed = False                    # a write failed (said once)
 
     def _open(self) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -66,8 +71,20 @@ class LogWriter:
         self.size = os.fstat(self._fd).st_size
 
     def write(self, stream: int, data: bytes) -> None:
+        """Log ``data``. A write the host refuses (a full disk, no fd left) loses it
+        from the log only: the caller still hands it to attached clients, as Docker
+        does, and the next write tries again. It used to raise out of the output
+        callback, and an attached ``run`` got nothing of that output."""
         if self._closed or not self.keep:
             return
+        try:
+            self._write(stream, data)
+        except OSError as exc:
+            if not self._failed:
+                log.warning("%s: output not logged: %s", self.path, exc)
+            self._failed = True
+
+    def _write(self, stream: int, data: bytes) -> None:
         if self._fd < 0:
             self._open()
         now = time.time()
@@ -83,7 +100,12 @@ class LogWriter:
             if stream in self._continues:
                 self._continues.discard(stream)
                 entry = msgpack.packb([now, stream, chunk, True], use_bin_type=True)
-            os.write(self._fd, entry)
+            if os.write(self._fd, entry) != len(entry):
+                # A full disk took part of it: cut it off, or every reader would stop
+                # at the torn entry and never see what is logged after it.
+                os.ftruncate(self._fd, self.size)
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (an entry of "
+                                            f"{len(entry)} bytes cut short)")
             self.size += len(entry)
             self._open_line[stream] = not chunk.endswith(b"\n")
 

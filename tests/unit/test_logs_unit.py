@@ -119,3 +119,36 @@ def test_since_filters_and_the_note_only_when_the_window_reaches_dropped_output(
         assert list(snap.entries(since=later)) == []
         assert not logs.dropped_note(snap, later, True)
         assert logs.dropped_note(snap, 0, True).startswith("sandboxd: ")
+
+
+def test_a_write_the_host_refuses_is_said_once_and_not_raised(tmp_path, caplog):
+    """A full disk (a real 64 KiB tmpfs) loses output from the log only: ``write``
+    returns (the daemon's output callback goes on to hand the bytes to attached
+    clients), warns once, and writes again once there is room."""
+    import subprocess
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "sbx-test-logs", str(disk)],
+                   check=True)
+    w = logs.LogWriter(str(disk / "output.log"), max_size=logs.UNLIMITED)
+    try:
+        filler = disk / "filler"
+        with caplog.at_level("WARNING", logger="sandboxd.logs"):
+            w.write(1, b"before\n")
+            with open(filler, "wb") as f:           # the disk fills up meanwhile
+                try:
+                    f.write(b"x" * (1 << 20))
+                except OSError:
+                    pass
+            for _ in range(3):
+                w.write(1, b"lost " * 2000 + b"\n")
+        warned = [r.getMessage() for r in caplog.records if "not logged" in r.getMessage()]
+        assert len(warned) == 1 and "No space left on device" in warned[0], warned
+        filler.unlink()
+        w.write(1, b"after\n")
+        with logs.Snapshot(str(disk / "output.log")) as snap:
+            kept = b"".join(e.data for e in snap.entries())
+        assert kept.startswith(b"before\n") and kept.endswith(b"after\n")
+    finally:
+        w.close()
+        subprocess.run(["umount", str(disk)], check=True)
