@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import fcntl
 import functools
 import itertools
@@ -387,6 +388,8 @@ class _Connection:
                     f"{ctx.op} (request {ctx.id}) was cancelled by the client"))
             except SandboxError as exc:
                 reply = protocol.error(ctx.id, exc)
+            except OSError as exc:
+                reply = protocol.error(ctx.id, self._os_error(ctx, exc))
             except BaseException as exc:  # a request never takes the daemon down
                 log.error("internal error in %s (connection %d, request %d)", ctx.op,
                           self.id, ctx.id, exc_info=exc)
@@ -407,6 +410,20 @@ class _Connection:
             log.error("%s returned a value that cannot be sent: %s", ctx.op, exc)
             await self._send_quietly(protocol.error(ctx.id, Internal(
                 f"internal error in {ctx.op}: its reply cannot be encoded: {exc}")))
+
+    def _os_error(self, ctx: RequestContext, exc: OSError) -> SandboxError:
+        """Out of file descriptors is the daemon's load, not a bug: said as such, with
+        no traceback per request. Any other OSError is an internal error."""
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            log.warning("%s: out of file descriptors (open files limit %d): %s",
+                        ctx.op, limit, exc)
+            return Unavailable(f"{ctx.op}: the daemon is out of file descriptors (its open "
+                               f"files limit is {limit}); retry when fewer containers, "
+                               f"execs and streams are open")
+        log.error("internal error in %s (connection %d, request %d)", ctx.op, self.id,
+                  ctx.id, exc_info=exc)
+        return Internal(f"internal error in {ctx.op}: {type(exc).__name__}: {exc}")
 
     async def send(self, message: dict) -> None:
         frame = protocol.encode(message, self.server.config.max_frame)

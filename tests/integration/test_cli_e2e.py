@@ -176,6 +176,50 @@ def test_the_daemon_raises_its_open_files_limit_and_containers_keep_theirs() -> 
         d.stop()
 
 
+def test_a_daemon_out_of_fds_refuses_clearly_loses_no_output_and_recovers() -> None:
+    """At its open-files limit (42 here: a few fds per container), concurrent runs are
+    refused as unavailable, naming the limit, with no traceback in the log; a run that
+    starts gets all of its output (the log file it could not open loses it, not the
+    client), and no fd is kept. Before: an internal error with a traceback per request,
+    a /dev/null and a pipe kept per refused start, and runs whose output was lost."""
+    import threading
+
+    d = Daemon(wrap=("prlimit", "--nofile=42:42")).start()
+    try:
+        d.import_busybox()
+        assert d.proc is not None
+        fd_dir = f"/proc/{d.proc.pid}/fd"
+        d.sbx("run", "--rm", "busybox", "true", check=True)
+        before = len(os.listdir(fd_dir))
+        outcomes: list[str] = []
+
+        def runs() -> None:
+            with d.client() as client:
+                for _ in range(15):
+                    try:
+                        r = client.run("busybox", ["sh", "-c", "echo hi; sleep 0.2"])
+                        outcomes.append("ok" if r.stdout == b"hi\n" else f"lost: {r}")
+                    except errors.Unavailable as e:
+                        assert "out of file descriptors" in str(e) and "42" in str(e), e
+                        outcomes.append("refused")
+                    except errors.SandboxError as e:
+                        outcomes.append(f"{e.code}: {e}")
+        threads = [threading.Thread(target=runs) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert {o for o in outcomes} <= {"ok", "refused"}, \
+            [o for o in outcomes if o not in ("ok", "refused")][:3]
+        assert "ok" in outcomes and "refused" in outcomes, outcomes.count("ok")
+        wait_until(lambda: len(os.listdir(fd_dir)) <= before, 10,
+                   "the daemon's fds back to where they were")
+        assert d.sbx("run", "--rm", "busybox", "echo", "after", check=True).out == "after\n"
+        assert "Traceback" not in d.log(1 << 30)
+    finally:
+        d.stop()
+
+
 def test_uts_modes(daemon: Daemon) -> None:
     r = daemon.sbx("run", "--rm", "--uts", "host", "busybox", "hostname", check=True)
     assert r.out.strip() == os.uname().nodename
