@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import errno
 import fcntl
 import functools
 import itertools
@@ -412,15 +411,12 @@ class _Connection:
                 f"internal error in {ctx.op}: its reply cannot be encoded: {exc}")))
 
     def _os_error(self, ctx: RequestContext, exc: OSError) -> SandboxError:
-        """Out of file descriptors is the daemon's load, not a bug: said as such, with
-        no traceback per request. Any other OSError is an internal error."""
-        if exc.errno in (errno.EMFILE, errno.ENFILE):
-            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            log.warning("%s: out of file descriptors (open files limit %d): %s",
-                        ctx.op, limit, exc)
-            return Unavailable(f"{ctx.op}: the daemon is out of file descriptors (its open "
-                               f"files limit is {limit}); retry when fewer containers, "
-                               f"execs and streams are open")
+        """Out of file descriptors is said as such, with no traceback per request; any
+        other OSError is an internal error."""
+        refusal = Unavailable.out_of_fds(ctx.op, exc)
+        if refusal is not None:
+            log.warning("%s (%s)", refusal.message, exc)
+            return refusal
         log.error("internal error in %s (connection %d, request %d)", ctx.op, self.id,
                   ctx.id, exc_info=exc)
         return Internal(f"internal error in {ctx.op}: {type(exc).__name__}: {exc}")

@@ -62,6 +62,19 @@ class LimitExceeded(SandboxError):
 class Unavailable(SandboxError):
     code = "unavailable"
 
+    @classmethod
+    def out_of_fds(cls, op: str, exc: OSError) -> Unavailable | None:
+        """EMFILE or ENFILE as what it is, the daemon's load and not a bug (None for any
+        other error)."""
+        import errno
+        import resource
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            return None
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return cls(f"{op + ': ' if op else ''}the daemon is out of file descriptors (its "
+                   f"open files limit is {limit}); retry when fewer containers, execs and "
+                   f"streams are open")
+
 
 class SetupFailed(SandboxError):
     """A container setup step failed; ``details`` has ``step`` and ``errno``."""

@@ -14,7 +14,7 @@ import logging
 import socket
 
 from ..errors import (CommandNotExecutable, CommandNotFound, Conflict, InvalidArgument,
-                      LimitExceeded, NotFound, SandboxError)
+                      LimitExceeded, NotFound, SandboxError, Unavailable)
 from ..handlers import Handlers
 from .calls import Calls
 from .containers import ContainerRoutes
@@ -40,6 +40,11 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
         return 400, f"failed to create task: {exc.message.replace('Permission', 'permission')}"
     if isinstance(exc, (InvalidArgument, LimitExceeded)):
         return 400, exc.message
+    if isinstance(exc, Unavailable):                 # dockerd's errdefs.Unavailable
+        return 503, exc.message
+    if isinstance(exc, OSError) and (refusal := Unavailable.out_of_fds("", exc)):
+        log.warning("docker api: %s (%s)", refusal.message, exc)
+        return 503, refusal.message
     if isinstance(exc, SandboxError):
         return 500, exc.message
     return None
