@@ -995,7 +995,12 @@ class ContainerService:
                 live.record = self._set_state(record, error=exc.message,
                                               exit_code=code if code is not None else 128)
             # Waiters and attachers woken by ``started`` above hold ``live``: end them
-            # (else a Docker client's wait and attach of a start that failed hang).
+            # (else a Docker client's wait and attach of a start that failed hang). A
+            # start that failed before that (a published port taken, out of fds) wakes
+            # those still waiting.
+            started = self.starts.pop(record.id, None)
+            if started is not None:
+                started.set()
             for queue in live.subscribers:
                 queue.put_nowait(None)
             live.drained.set()

@@ -287,7 +287,11 @@ class ContainerRoutes:
             try:
                 if params["stream"]:
                     await self.calls.containers.next_start(record)
+                    if record.id not in self.calls.containers.live:
+                        return              # its start failed, or it went: as dockerd's
                 await self.calls.call("container.attach", params, ctx)
+            except NotFound:
+                pass                        # removed meanwhile: the stream just ends
             finally:
                 if feeder is not None:
                     feeder.cancel()

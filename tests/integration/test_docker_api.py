@@ -295,6 +295,29 @@ def test_cli_exec_that_cannot_start_says_why(docker) -> None:
 
 
 @needs_cli
+def test_cli_start_a_that_fails_ends_its_attach(docker, d: Daemon) -> None:
+    """`docker start -a` whose start fails (its published port was taken after the
+    create): the CLI says why, and the attach it opened first ends with the failed start.
+    It used to wait for the container's removal, and then raised NotFound out of the
+    stream (a traceback in the daemon's log)."""
+    with socket.socket() as taker:
+        taker.bind(("127.0.0.1", 0))
+        port = taker.getsockname()[1]
+    docker("create", "--name", "portlater", "-p", f"127.0.0.1:{port}:80", "busybox", "true")
+    try:
+        with socket.socket() as taker:
+            taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            taker.bind(("127.0.0.1", port))
+            taker.listen()
+            out = docker("start", "-a", "portlater", check=False, timeout=20)
+        assert out.returncode != 0 and "port is already allocated" in out.stderr, out
+    finally:
+        docker("rm", "-f", "portlater")
+    time.sleep(0.2)                                   # an attach woken by the removal
+    assert "Traceback" not in d.log(1 << 30), d.log()
+
+
+@needs_cli
 def test_cli_exec_detach_keys(docker, dockerpy) -> None:
     """ctrl-p ctrl-q ends `docker exec -it` while the command goes on (the CLI watches
     for the keys itself and says "read escape sequence", exit 1, as against dockerd);
