@@ -1352,7 +1352,7 @@ class ContainerService:
         self.events.container(record, "stop")
 
     async def _kill_run(self, live: _Live) -> None:
-        """SIGKILL to the run ``live`` is, in a turn; nothing if that run has ended."""
+        """SIGKILL, in a turn, to the run that ``live`` holds; nothing once it has ended."""
         try:
             async with _Turn(self, live.record) as record:
                 if self.live.get(record.id) is live and not live.exited.is_set():
