@@ -221,9 +221,12 @@ class Handlers:
         while True:
             try:
                 record = self.containers.get(record.id)
-            except NotFound:                 # removed meanwhile: its stream ends, as dockerd's
+                sample = await self._sample(record)
+            except (NotFound, Conflict):
+                # Removed, or ended, meanwhile (also during the sample): its stream
+                # ends, as dockerd's.
                 return {}
-            await ctx.send_event("stats", await self._sample(record))
+            await ctx.send_event("stats", sample)
             count += 1
             if record.state.status not in RUNNING or (not params.stream and count >= 2):
                 return {}
