@@ -259,12 +259,13 @@ class ContainerService:
             self.live[record.id].record = record
         return record
 
-    def _dir(self, container_id: str) -> Path:
-        return self._containers_dir / container_id
-
     def _dir_name(self, container_id: str) -> str:
-        """``_dir`` as a string, where every run asks (a Path is ~4 us to make)."""
+        """The container's directory; a string where every run asks (a Path is ~4 us
+        to make), ``_dir`` where its files are written."""
         return f"{self._containers_dir}/{container_id}"
+
+    def _dir(self, container_id: str) -> Path:
+        return Path(self._dir_name(container_id))
 
     def records(self) -> list[ContainerRecord]:
         """Every container's record (a running one's as the daemon holds it)."""
@@ -368,10 +369,11 @@ class ContainerService:
             await removed.wait()
         return final
 
-    async def next_start(self, record: ContainerRecord) -> None:
-        """Until the container is running (its output subscribable) or removed."""
+    async def next_start(self, record: ContainerRecord) -> bool:
+        """Until the container is running (its output subscribable), its next start has
+        failed, or it is removed; whether it is running."""
         if record.id in self.live:
-            return
+            return True
         started = self.starts.setdefault(record.id, asyncio.Event())
         removed = self.removed.setdefault(record.id, asyncio.Event())
         waiters = [asyncio.ensure_future(started.wait()),
@@ -381,6 +383,7 @@ class ContainerService:
         finally:
             for waiter in waiters:
                 waiter.cancel()
+        return record.id in self.live
 
     # ------------------------------------------------------------ create
 

@@ -285,10 +285,8 @@ class ContainerRoutes:
             ctx = ApiContext("container.attach", sink)
             feeder = asyncio.ensure_future(pump_stdin(reader, ctx)) if stdin else None
             try:
-                if params["stream"]:
-                    await self.calls.containers.next_start(record)
-                    if record.id not in self.calls.containers.live:
-                        return              # its start failed, or it went: as dockerd's
+                if params["stream"] and not await self.calls.containers.next_start(record):
+                    return                  # its start failed, or it went: as dockerd's
                 await self.calls.call("container.attach", params, ctx)
             except NotFound:
                 pass                        # removed meanwhile: the stream just ends
