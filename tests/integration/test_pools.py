@@ -436,7 +436,9 @@ def test_the_fork_server_lets_go_of_each_mount_namespace_at_the_exit(pooled_daem
     assert _held_mount_namespaces(pooled_daemon) == []
     for _ in range(3):
         assert client.run("busybox", ["true"], **OPTS).exit_code == 0     # cold
-    assert _held_mount_namespaces(pooled_daemon) == []
+    # Let go right after the exit report, which the reply may overtake.
+    wait_until(lambda: _held_mount_namespaces(pooled_daemon) == [], 5,
+               "the fork server to let go of the cold runs' mount namespaces")
     client.set_pool("busybox", 2, **OPTS)
     wait_until(lambda: _pool(client).get("ready") == 2, what="the pool to fill")
     held = _held_mount_namespaces(pooled_daemon)
