@@ -11,7 +11,7 @@ import struct
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from .. import operations
-from ..errors import SandboxError
+from ..errors import SandboxError, Unavailable
 from ..handlers import Handlers
 from .http import HttpError, Response
 
@@ -68,7 +68,16 @@ class Calls:
     async def call(self, op: str, raw: dict[str, Any], ctx: ApiContext | None = None) -> Any:
         entry = operations.BY_NAME[op]
         params = entry.build(raw)
-        return await getattr(self.handlers, entry.method)(ctx or ApiContext(op), params)
+        try:
+            return await getattr(self.handlers, entry.method)(ctx or ApiContext(op), params)
+        except OSError as exc:
+            # Out of fds is said as such, as the msgpack face says it (daemon.py): also
+            # where the answer is already streaming (an exec's hijacked stream).
+            refusal = Unavailable.out_of_fds(op, exc)
+            if refusal is None:
+                raise
+            log.warning("docker api: %s (%s)", refusal.message, exc)
+            raise refusal from None
 
 
 def frame(stream: int, data: bytes) -> bytes:

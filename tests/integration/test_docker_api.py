@@ -318,6 +318,82 @@ def test_cli_start_a_that_fails_ends_its_attach(docker, d: Daemon) -> None:
     assert "Traceback" not in d.log(1 << 30)[mark:], d.log()
 
 
+def _settled_fds(fd_dir: str) -> int:
+    """How many fds a process has, once the count has held still for 0.2 s."""
+    count = len(os.listdir(fd_dir))
+    while True:
+        time.sleep(0.2)
+        now = len(os.listdir(fd_dir))
+        if now == count:
+            return count
+        count = now
+
+
+def _hold_fds(d: Daemon, fd_dir: str, target: int) -> list[socket.socket]:
+    """Idle connections to the daemon's socket (each accepted one holds an fd of its)
+    until it has ``target`` fds open, or no more are accepted."""
+    hogs: list[socket.socket] = []
+    while (count := _settled_fds(fd_dir)) < target:
+        assert len(hogs) < 256, "the daemon's fds did not fill"
+        for _ in range(max(1, target - count - 2)):     # the last few one at a time
+            hogs.append(socket.socket(socket.AF_UNIX))
+            hogs[-1].connect(d.sock)
+    return hogs
+
+
+@needs_cli
+def test_cli_waits_for_a_daemon_out_of_fds_and_then_runs(tmp_path: Path) -> None:
+    """A daemon at its open-files limit leaves new connections waiting until it has fds
+    again. libuv's own listener (the daemon runs on uvloop) accepted each waiting
+    connection and closed it at once: a `docker run --rm` whose start was dropped so
+    waited for ever for its container's removal. Idle connections to the daemon's own
+    socket take every fd it has here; a docker run meanwhile waits; they close, it runs."""
+    limit = 64
+    d = Daemon(wrap=("prlimit", f"--nofile={limit}:{limit}")).start()
+    hogs: list[socket.socket] = []
+    try:
+        d.import_busybox()
+        assert d.proc is not None
+        fd_dir = f"/proc/{d.proc.pid}/fd"
+        env = {**os.environ, "DOCKER_HOST": f"unix://{d.docker_sock}",
+               "DOCKER_CONFIG": str(tmp_path)}
+        assert subprocess.run([DOCKER, "version"], env=env, capture_output=True,
+                              timeout=30).returncode == 0
+        idle = _settled_fds(fd_dir)
+        hogs = _hold_fds(d, fd_dir, limit)
+        run = subprocess.Popen([DOCKER, "run", "--rm", "busybox", "echo", "ran"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)
+            assert run.poll() is None, run.communicate()     # waiting, not dropped
+        finally:
+            for hog in hogs:
+                hog.close()
+        out, err = run.communicate(timeout=60)
+        assert (run.returncode, out) == (0, "ran\n"), err
+        assert "cannot accept connections (Too many open files)" in d.log(1 << 30)
+        wait_until(lambda: _settled_fds(fd_dir) <= idle, 10, "the connections closed")
+
+        # Room for the exec's two connections and not for its pipes: the exec says why
+        # on its stream (it said nothing, and exited 126).
+        cid = subprocess.run([DOCKER, "run", "-d", "busybox", "sleep", "600"], env=env,
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+        hogs = _hold_fds(d, fd_dir, limit - 2)
+        exec_ = subprocess.run([DOCKER, "exec", cid, "echo", "hi"], env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert exec_.returncode == 126, exec_
+        assert "the daemon is out of file descriptors (its open files limit is 64)" in \
+            exec_.stdout, exec_
+        for hog in hogs:
+            hog.close()
+        subprocess.run([DOCKER, "rm", "-f", cid], env=env, capture_output=True, timeout=30)
+        assert "Traceback" not in d.log(1 << 30)
+    finally:
+        for hog in hogs:
+            hog.close()
+        d.stop()
+
+
 @needs_cli
 def test_cli_exec_detach_keys(docker, dockerpy) -> None:
     """ctrl-p ctrl-q ends `docker exec -it` while the command goes on (the CLI watches
