@@ -204,9 +204,18 @@ class RequestContext:
 
     async def send_event(self, name: str, data: Any = None) -> None:
         """Send ``{"id", "event": name, "data": data}``. Waits while the client is not
-        reading (backpressure); raises ``ConnectionClosed`` when it is gone and
-        ``LimitExceeded`` when ``data`` does not fit in one frame."""
-        await self._conn.send(protocol.event(self.id, name, data))
+        reading (backpressure); raises ``LimitExceeded`` when ``data`` does not fit in
+        one frame.
+
+        A client that is gone cancels the request, as a hang-up read between frames
+        does (``_close``): the handler's cancel clean-up runs (a run's container is
+        killed, an exec's process too). Ended by ``ConnectionClosed`` instead, a chatty
+        request finished before the hang-up was read, and nothing was left to cancel:
+        ``sbx run --rm IMAGE yes | head`` left ``yes`` running in 4 runs of 20."""
+        try:
+            await self._conn.send(protocol.event(self.id, name, data))
+        except ConnectionClosed:
+            raise asyncio.CancelledError(f"connection {self._conn.id} closed") from None
 
     async def receive(self) -> tuple[str, Any]:
         """The next client stream frame for this request: ``("stdin", bytes)``,

@@ -234,6 +234,37 @@ def test_uts_modes(daemon: Daemon) -> None:
         assert r.out.split() == [name, name]
 
 
+def _piped_to_head(daemon: Daemon, *args: str) -> str:
+    """``sbx ARGS | head -n 2`` as a shell runs it: head exits after two lines, and sbx,
+    still writing, dies of SIGPIPE."""
+    sbx = " ".join([PY, "-m", "sandboxd", *args])
+    done = subprocess.run(["bash", "-c", f"{sbx} | head -n 2"], capture_output=True,
+                          text=True, env=daemon.env, cwd=REPO, timeout=60)
+    return done.stdout
+
+
+def test_a_client_gone_mid_output_cancels_its_run_and_exec(daemon: Daemon) -> None:
+    """`sbx run --rm IMAGE yes | head`: the client dies while the daemon is sending it
+    output, and its requests are cancelled as when it hangs up between frames: the run's
+    container is killed and removed, an exec's process killed. A failed send used to end
+    the request before the hang-up was read, and `yes` ran on at full speed."""
+    for _ in range(12):                         # it was a race: 4 in 20 left one
+        assert _piped_to_head(daemon, "run", "--rm", "-l", "e2e=chatty", "busybox",
+                              "yes") == "y\ny\n"
+    wait_until(lambda: not daemon.sbx("ps", "-aq", "-f", "label=e2e=chatty",
+                                      check=True).out.strip(), 15,
+               "the --rm container killed and removed")
+
+    daemon.sbx("run", "-d", "--name", "e2e-chatty", "busybox", "sleep", "600", check=True)
+    try:
+        for _ in range(8):
+            assert _piped_to_head(daemon, "exec", "e2e-chatty", "yes") == "y\ny\n"
+        wait_until(lambda: "yes" not in daemon.sbx("top", "e2e-chatty", check=True).out,
+                   15, "the exec's process killed")
+    finally:
+        daemon.sbx("rm", "-f", "e2e-chatty")
+
+
 # ---------------------------------------------------------------- lifecycle
 
 def test_lifecycle(daemon: Daemon) -> None:
