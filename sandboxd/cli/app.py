@@ -13,6 +13,7 @@ import click
 
 from ..version import __version__
 from ..errors import SandboxError
+from .common import ReaderGone
 
 CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
 # Options belong to sbx up to the image / container; everything after is the command's.
@@ -137,6 +138,12 @@ class SbxGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.builders) + [n for n in self.commands if n not in self.builders]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise ReaderGone() from e         # past click's own EPIPE handling (common.py)
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:

@@ -37,6 +37,12 @@ class CliError(Exception):
         self.command_path = ctx.command_path if ctx is not None else "sbx"
 
 
+class ReaderGone(Exception):
+    """Our output's reader went away (``sbx logs -f x | head``), carried out of click:
+    click turns EPIPE into exit status 1, where ``sbx run``, and the docker CLI (killed
+    by SIGPIPE), end with 141."""
+
+
 def local(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Client-side parsing: a bad value is a usage error (exit 125), not the daemon's."""
     try:
@@ -263,7 +269,7 @@ def report(exc: BaseException, command: str = "") -> int:
               file=sys.stderr)
         return exc.exit_code if isinstance(exc, (CommandNotFound, CommandNotExecutable)) \
             else EXIT_DAEMON
-    if isinstance(exc, BrokenPipeError):
+    if isinstance(exc, (BrokenPipeError, ReaderGone)):
         # Our reader went away (``sbx logs x | head``): stop quietly like other tools.
         sys.stderr.close()
         return 141
@@ -272,4 +278,4 @@ def report(exc: BaseException, command: str = "") -> int:
     raise exc
 
 
-REPORTED = (CliError, SandboxError, BrokenPipeError, KeyboardInterrupt)
+REPORTED = (CliError, SandboxError, BrokenPipeError, ReaderGone, KeyboardInterrupt)
