@@ -61,6 +61,9 @@ from .spec import (DEFAULT_CAPABILITIES, DEFAULT_PATH, ContainerSpec, Limits, Pr
                    check_process, from_dict, to_dict, validate)
 
 PF_EXITING = 0x4               # <linux/sched.h>: a task in do_exit (/proc/PID/stat's flags)
+# A process reaped before its C1's "P" named it is claimed within milliseconds; an
+# entry older than this belonged to a start that ended without naming it.
+EARLY_EXIT_WINDOW = 10.0
 
 # ---------------------------------------------------------------- the container side
 
@@ -361,7 +364,7 @@ class ForkServer:
         self.containers: dict[str, _Container] = {}
         self.starts: dict[int, _Start] = {}                    # pipe fd -> start
         self.pids: dict[int, tuple[_Container, str | None]] = {}
-        self.early_exits: dict[int, int] = {}                   # reaped before claimed
+        self.early_exits: dict[int, tuple[int, float]] = {}     # reaped before claimed
         self.helpers: set[int] = set()                           # C1 processes
         self.failing: dict[int, _Start] = {}                     # failed, awaiting reap
         self.retiring: dict[str, Any] = {}      # exited, cgroup not yet removed: id -> cgroup
@@ -1021,9 +1024,13 @@ class ForkServer:
         self._parse_reports(start)
         if not start.pid:
             self._late_pid(start)
-        if start.ready and not start.buf:
+        if start.ready and not start.buf and start.pid:
             self._started(start)
         elif start.status is not None or not start.pid:
+            # Not named (no "P"): its C1 died first, killed with the container whose
+            # cgroup it had joined, even if the process reported "R" and exec'd. With
+            # no pid its exit can never be reported: a start of pid 0 left its exec
+            # waiting for ever (one exec in ~700 racing a kill).
             self._start_failed(start)
         else:
             self.failing[start.pid] = start      # failed: finish once it is reaped
@@ -1082,8 +1089,9 @@ class ForkServer:
             start.container.pid = start.pid
         else:
             start.container.execs[start.exec_id] = start.pid
-        if start.pid in self.early_exits:
-            start.status = self.early_exits.pop(start.pid)
+        early = self.early_exits.pop(start.pid, None)
+        if early is not None and time.monotonic() - early[1] < EARLY_EXIT_WINDOW:
+            start.status = early[0]
         elif start.failures is not None and start.exec_id is None:
             # sbx-setup's clone made the mount namespace: held as _fork holds a clone's.
             start.container.mounts_hold = _open_quietly(f"/proc/{start.pid}/ns/mnt")
@@ -1169,7 +1177,17 @@ class ForkServer:
             elif pid in self.pids:
                 self._exited(pid, status)
             else:
-                self.early_exits[pid] = status   # pid 1 reaped before C1 named it
+                self._early_exit(pid, status)   # reaped before its C1 named it
+
+    def _early_exit(self, pid: int, status: int) -> None:
+        """Kept for the claim that follows at once; one that never comes (its C1 was
+        killed before naming it) must not be taken, after pid reuse (pid_max is 32768
+        here), by a later start's process of the same pid."""
+        now = time.monotonic()
+        self.early_exits[pid] = (status, now)
+        for old in [p for p, (_, at) in self.early_exits.items()
+                    if now - at >= EARLY_EXIT_WINDOW]:
+            del self.early_exits[old]
 
     def _exited(self, pid: int, status: int) -> None:
         container, exec_id = self.pids.pop(pid)
