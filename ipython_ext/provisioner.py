@@ -74,6 +74,13 @@ STDERR_KEPT = 64 * 1024          # bytes of the kernel's own output kept for err
 UNIX_PATH_MAX = 107              # sun_path holds 108 bytes with the terminating NUL
 SHUTDOWN_WAIT = 0.5              # seconds shutdown_requested and terminate wait for the exit
 KILL_WAIT = 2.0                  # seconds kill waits for the killed kernel's container to end
+# ipykernel (7.4 at least) can hang in its own shutdown: after the shutdown_reply its
+# control thread flushes stdout through the iopub thread that the main thread is
+# stopping, and waits 10 s for it (then, at times, for ever), while the main thread waits
+# for the control thread. jupyter_client kills it after its shutdown_wait_time (5 s):
+# 1 notebook run in ~12 here took 4.2 s instead of 0.7 s, sandboxed or not. A kernel that
+# answered a shutdown and has not gone idle this long after is stuck so, and is killed.
+STUCK_AFTER = 1.0                # seconds (a kernel goes idle ~20 ms after its reply)
 REPORT_SUBSCRIBER_WAIT = 2.0     # seconds the death report waits for a client to (re)join
 # Host environment variables the kernel also gets (everything else is the image's, the
 # kernelspec's and the config's): locale, terminal, hashing and warnings, Jupyter's own.
@@ -257,6 +264,9 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._detached = False          # a pooled kernel shutting down in the background
         self._busy: dict[str, Any] | None = None   # the execute_request a cell runs for
         self._output = bytearray()      # the tail of the kernel's own stdout/stderr
+        # When iopub showed the kernel's shutdown_reply, and whether it went idle after.
+        self._replied_at: float | None = None
+        self._idle_after_reply = False
 
     # -- where the kernel's sockets live
     def _kernel_dir(self) -> str:
@@ -502,6 +512,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._container_id = ""
         self._ready = self._stopping = False
         self._busy = None
+        self._replied_at, self._idle_after_reply = None, False
         self.death_reason = ""
         self._output.clear()
 
@@ -590,20 +601,28 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         poller.register(stop, zmq.POLLIN)
         try:
             while True:
-                ready = dict(poller.poll())
+                due = self._stuck_in()
+                ready = dict(poller.poll(due))
                 if stop in ready:
                     return
                 if sub in ready:
                     self._track(sub.recv_multipart())
+                elif due is not None:
+                    self._kill_stuck()
         finally:
             sub.close()
             os.close(stop)
 
     def _track(self, frames: list[bytes]) -> None:
-        """Remember the execute_request a busy kernel works on; forget it at idle."""
+        """Remember the execute_request a busy kernel works on; forget it at idle. Note
+        the kernel's shutdown_reply, and its idle after it (see STUCK_AFTER)."""
         try:
             at = frames.index(b"<IDS|MSG>")
-            if json.loads(frames[at + 2]).get("msg_type") != "status":
+            kind = json.loads(frames[at + 2]).get("msg_type")
+            if kind == "shutdown_reply":
+                self._replied_at = time.monotonic()
+                return
+            if kind != "status":
                 return
             parent = json.loads(frames[at + 3])
             state = json.loads(frames[at + 5]).get("execution_state")
@@ -614,6 +633,24 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         elif state == "idle" and self._busy is not None and \
                 parent.get("msg_id") == self._busy.get("msg_id"):
             self._busy = None
+        elif state == "idle" and parent.get("msg_type") == "shutdown_request":
+            self._idle_after_reply = True
+
+    def _stuck_in(self) -> int | None:
+        """Milliseconds until a kernel that answered a shutdown without going idle
+        counts as stuck in ipykernel's shutdown (None: it has not answered one, went
+        idle after, or was killed for it)."""
+        if self._replied_at is None or self._idle_after_reply:
+            return None
+        return max(0, round((self._replied_at + STUCK_AFTER - time.monotonic()) * 1000))
+
+    def _kill_stuck(self) -> None:
+        self._idle_after_reply = True                # once
+        self.log.warning("Kernel %s: stuck in ipykernel's shutdown %.1f s after its reply "
+                         "(its control thread waits on the stopped iopub thread); killed",
+                         self.kernel_id, STUCK_AFTER)
+        if self._container_id:
+            _signal(self._client, self._container_id, signal.SIGKILL)
 
     def _stop_watching(self) -> None:
         if self._watch_stop is not None:
@@ -703,12 +740,16 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         gracefully in the background (its container rides the pool's daemon session;
         see :func:`ipython_ext.kernelpool.reap`), which saves ipykernel's ~0.15 s exit on
         every notebook. Otherwise wait (briefly) for it to exit, so the manager's first
-        poll finds it gone instead of sleeping its 0.1 s poll interval."""
+        poll finds it gone instead of sleeping its 0.1 s poll interval; a kernel that has
+        answered is on its way out, and is waited for until it has ended (killed if
+        stuck in ipykernel's shutdown: STUCK_AFTER)."""
         self._stopping = True
         if not restart and not self._own_client and self._stream is not None:
             self._detached = True
             return
         await self._await_end(SHUTDOWN_WAIT)
+        if self._replied_at is not None:
+            await self._await_end(STUCK_AFTER + KILL_WAIT)
 
     async def _await_end(self, timeout: float) -> None:
         """Until the container's end is handled (poll() then reports the exit code), at

@@ -402,10 +402,15 @@ def test_bad_config_values_are_named(jupyter, tmp_path):
 def test_a_shut_down_or_killed_kernel_is_gone_at_the_first_liveness_check(jupyter, daemon):
     """After a shutdown request, or a kill, the provisioner returns once the container
     has ended: the manager's first ``is_alive`` (the provisioner's ``poll``) reports
-    the exit, so its shutdown never sleeps a 0.1 s poll interval."""
+    the exit, so its shutdown never sleeps a 0.1 s poll interval. The kernel is ready
+    first, as a notebook client's is."""
     name = jupyter("sbx-exit", memory="256m")
     km = KernelManager(kernel_name=name)
     km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    kc.stop_channels()
     km.request_shutdown()           # what shutdown_kernel sends, then polls
     assert not km.is_alive()
     assert asyncio.run(km.provisioner.poll()) == 0
@@ -418,6 +423,34 @@ def test_a_shut_down_or_killed_kernel_is_gone_at_the_first_liveness_check(jupyte
     assert asyncio.run(km.provisioner.poll()) == 128 + 9
     km.shutdown_kernel(now=True)
     assert daemon.client().containers.list(all=True) == []
+
+
+def test_a_kernel_stuck_in_its_own_shutdown_is_killed(jupyter, daemon):
+    """ipykernel can hang after answering a shutdown: its control thread's stdout flush
+    waits on the iopub thread its main thread is stopping (1 shutdown in ~10 here; then
+    jupyter_client kills it after 5 s). The provisioner sees the reply on iopub and no
+    idle after it, and kills the kernel: the manager's first liveness check finds it
+    gone. The hang is made certain here: the control thread's flush sleeps."""
+    name = jupyter("sbx-stuck", memory="256m")
+    km = KernelManager(kernel_name=name)
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        reply = kc.execute_interactive(
+            "import sys, threading, time\n"
+            "_flush = sys.stdout.flush\n"
+            "sys.stdout.flush = lambda: time.sleep(3600) "
+            "if threading.current_thread().name == 'Control' else _flush()\n", timeout=30)
+        assert reply["content"]["status"] == "ok", reply["content"]
+    finally:
+        kc.stop_channels()
+    km.request_shutdown()
+    assert not km.is_alive()
+    assert asyncio.run(km.provisioner.poll()) == 128 + 9
+    km.finish_shutdown()
+    km.cleanup_resources()
 
 
 def test_a_pool_refills_once_the_kernel_taken_has_ended(jupyter, daemon, monkeypatch):
