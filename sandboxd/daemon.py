@@ -513,7 +513,7 @@ class Server:
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
         self._connections: set[_Connection] = set()
         self._conn_ids = itertools.count(1)
-        self._listener: asyncio.AbstractServer | None = None
+        self._listener: streams.Listener | None = None
         self._socket_id: tuple[int, int] | None = None
         self._lock_fd: int | None = None
         self._closing = False
@@ -580,7 +580,7 @@ class Server:
             sock = _bind_unix(self.config.host, self.config.group)
             st = os.stat(self.config.host)
             self._socket_id = (st.st_dev, st.st_ino)
-            self._listener = await asyncio.start_unix_server(self._accept, sock=sock)
+            self._listener = streams.serve(self._accept, sock)
         except BaseException:
             # What the hooks before the failing one started (the fork and network
             # servers, their tasks) stops as at a shutdown, not with the loop.

@@ -69,7 +69,7 @@ class _Served:
     def __init__(self, key: str) -> None:
         self.key = key
         self.udp: asyncio.DatagramTransport | None = None
-        self.tcp: asyncio.AbstractServer | None = None
+        self.tcp: streams.Listener | None = None
         self.clients: set[asyncio.StreamWriter] = set()   # TCP connections
         self.inflight = 0
 
@@ -93,8 +93,7 @@ class Resolver:
             tcp.setblocking(False)
             served.udp, _ = await loop.create_datagram_endpoint(
                 lambda: _UdpProtocol(self, served), sock=udp)
-            served.tcp = await asyncio.start_server(
-                lambda r, w: self._tcp_client(served, r, w), sock=tcp)
+            served.tcp = streams.serve(lambda r, w: self._tcp_client(served, r, w), tcp)
         except BaseException:
             self.stop(key)
             udp.close()

@@ -80,7 +80,7 @@ class _Published:
     sock: socket.socket
     target: str = ""                      # the container's address new flows go to
     also: tuple[PortBinding, ...] = ()    # the same socket's IPv6 side (``::``), if any
-    server: asyncio.AbstractServer | None = None
+    server: streams.Listener | None = None
     transport: asyncio.DatagramTransport | None = None
     tasks: set[asyncio.Task] = field(default_factory=set)
     flows: dict = field(default_factory=dict)
@@ -214,8 +214,7 @@ class PortProxy:
             finally:
                 published.tasks.discard(task)
 
-        published.server = await asyncio.start_server(on_client, sock=published.sock,
-                                                      limit=CHUNK)
+        published.server = streams.serve(on_client, published.sock, limit=CHUNK)
 
     # ------------------------------------------------------------ UDP
 

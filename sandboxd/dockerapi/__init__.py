@@ -9,10 +9,10 @@ what is covered.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 
+from .. import streams
 from ..errors import (CommandNotExecutable, CommandNotFound, Conflict, InvalidArgument,
                       LimitExceeded, NotFound, SandboxError, Unavailable)
 from ..handlers import Handlers
@@ -59,11 +59,10 @@ class DockerApi:
         routes += VolumeRoutes(calls).routes()
         routes += EventRoutes(calls).routes()
         self.http = HttpServer(routes, error_status)
-        self._listener: asyncio.AbstractServer | None = None
+        self._listener: streams.Listener | None = None
 
     async def start(self, sock: socket.socket) -> None:
-        self._listener = await asyncio.start_unix_server(self.http.accept, sock=sock,
-                                                         limit=1 << 20)
+        self._listener = streams.serve(self.http.accept, sock, limit=1 << 20)
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -342,11 +342,12 @@ def _hold_fds(d: Daemon, fd_dir: str, target: int) -> list[socket.socket]:
 
 
 @needs_cli
-def test_cli_exec_without_fds_for_its_pipes_says_why(tmp_path: Path) -> None:
-    """Idle connections to the daemon's own socket leave room for a docker exec's two
-    connections and not for its pipes: the exec says why on its stream, as dockerd does
-    for an exec that cannot start (it said nothing, exited 126, and a traceback was
-    logged)."""
+def test_cli_waits_for_a_daemon_out_of_fds_and_then_runs(tmp_path: Path) -> None:
+    """A daemon at its open-files limit leaves new connections waiting until it has fds
+    again. libuv's own listener (the daemon runs on uvloop) accepted each waiting
+    connection and closed it at once: a `docker run --rm` whose start was dropped so
+    waited for ever for its container's removal. Idle connections to the daemon's own
+    socket take every fd it has here; a docker run meanwhile waits; they close, it runs."""
     limit = 64
     d = Daemon(wrap=("prlimit", f"--nofile={limit}:{limit}")).start()
     hogs: list[socket.socket] = []
@@ -358,6 +359,21 @@ def test_cli_exec_without_fds_for_its_pipes_says_why(tmp_path: Path) -> None:
                "DOCKER_CONFIG": str(tmp_path)}
         assert subprocess.run([DOCKER, "version"], env=env, capture_output=True,
                               timeout=30).returncode == 0
+        idle = _settled_fds(fd_dir)
+        hogs = _hold_fds(d, fd_dir, limit)
+        run = subprocess.Popen([DOCKER, "run", "--rm", "busybox", "echo", "ran"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)
+            assert run.poll() is None, run.communicate()     # waiting, not dropped
+        finally:
+            for hog in hogs:
+                hog.close()
+        out, err = run.communicate(timeout=60)
+        assert (run.returncode, out) == (0, "ran\n"), err
+        assert "cannot accept connections (Too many open files)" in d.log(1 << 30)
+        wait_until(lambda: _settled_fds(fd_dir) <= idle, 10, "the connections closed")
+
         # Room for the exec's two connections and not for its pipes: the exec says why
         # on its stream (it said nothing, and exited 126).
         cid = subprocess.run([DOCKER, "run", "-d", "busybox", "sleep", "600"], env=env,
