@@ -1346,6 +1346,10 @@ def _decode_failure(start: _Start) -> SandboxError:
             pass
     code = os.waitstatus_to_exitcode(start.status) if start.status is not None else None
     what = "exec" if start.exec_id else "container"
+    if start.ready:                 # it exec'd, but its C1 died before naming it ("P")
+        return SetupFailed(f"{what} setup died after the exec, before naming the "
+                           f"process: its exit cannot be followed", {"step": "setup",
+                                                                    "errno": 0})
     return SetupFailed(f"{what} setup died before exec (status {code})",
                        {"step": "setup", "errno": 0})
 
