@@ -111,6 +111,9 @@ class _Live:
     # whose exit is read in the same turn as its start) must wait for its output.
     awaiting_terminal: bool = False
     subscribers: set[asyncio.Queue] = dataclasses.field(default_factory=set)
+    # Of those, the ones registered before the start (subscribe_next_start), until the
+    # request that registered each subscribes: request -> queue.
+    early: dict[object, asyncio.Queue] = dataclasses.field(default_factory=dict)
     exited: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     exit_info: ExitInfo | None = None
     drained: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
@@ -147,6 +150,9 @@ class ContainerService:
         self.exiting: dict[str, ContainerRecord] = {}
         self.removals: set[asyncio.Task] = set()
         self.starts: dict[str, asyncio.Event] = {}    # set when the container goes live
+        # Output subscribers waiting for a container's next start (Docker's clients
+        # attach, then start): container id -> request -> queue.
+        self.next_subscribers: dict[str, dict[object, asyncio.Queue]] = {}
         self.changing: dict[str, asyncio.Future] = {}  # a start, kill or rm under way: its end
         self.held: dict[str, asyncio.Future] = {}   # stopped containers' roots held for cp
         self.pools: Any = None                  # pools.PoolService, when the root wires one
@@ -947,6 +953,10 @@ class ContainerService:
         writer = LogWriter(record.log_path, *host.log_limits(),
                            keep=host.log_driver != "none")
         live = _Live(record, writer, {})
+        # Subscribed before any output can be read: a Docker client's attach waits for
+        # the start, and the output of a fast command could come before it subscribed.
+        live.early = self.next_subscribers.pop(record.id, {})
+        live.subscribers.update(live.early.values())
         stdio: tuple[int, ...]
         theirs: list[int] = []
         console = None
@@ -988,6 +998,8 @@ class ContainerService:
             writer.close()
             if pooled is not None and isinstance(exc, NotFound):
                 # Its parked process is gone (killed meanwhile): a cold start instead.
+                if live.early:
+                    self.next_subscribers[record.id] = live.early
                 self._release_rootfs(record.id)
                 return await self._start(record, stdin, by_policy)
             if pooled is not None:
@@ -1761,7 +1773,7 @@ class ContainerService:
         self.events.container(record, "attach")
         if start and record.state.status not in RUNNING:
             record = await self.start(record, stdin=stdin)
-        queue, live = self.subscribe(record)
+        queue, live = self.subscribe(record, ctx)
         if queue is None:
             raise lifecycle.refusal("attach", record, "exited")
         try:
@@ -1812,14 +1824,39 @@ class ContainerService:
         finally:
             self.unsubscribe(record, queue)
 
-    def subscribe(self, record: ContainerRecord
+    def subscribe(self, record: ContainerRecord, request: object = None
                   ) -> tuple[asyncio.Queue | None, _Live | None]:
+        """A queue of the running container's output; ``request``'s own if it
+        subscribed before the start (:meth:`subscribe_next_start`)."""
         live = self.live.get(record.id)
         if live is None:
             return None, None
-        queue: asyncio.Queue = asyncio.Queue(SUBSCRIBER_QUEUE)
-        live.subscribers.add(queue)
+        queue = live.early.pop(request, None) if request is not None else None
+        if queue is None:
+            queue = asyncio.Queue(SUBSCRIBER_QUEUE)
+            live.subscribers.add(queue)
         return queue, live
+
+    def subscribe_next_start(self, record: ContainerRecord, request: object) -> None:
+        """Subscribe ``request`` to the output of the container's next start, from its
+        first byte: its attach then finds the queue (:meth:`subscribe`). Every such
+        request ends with :meth:`forget_next_start`."""
+        if record.id in self.live:
+            return                            # running: its attach subscribes at once
+        self.next_subscribers.setdefault(record.id, {})[request] = \
+            asyncio.Queue(SUBSCRIBER_QUEUE)
+
+    def forget_next_start(self, record: ContainerRecord, request: object) -> None:
+        """``request``'s early queue, if it never subscribed with it (its start failed,
+        or the client left): unread, it would pause the container's output."""
+        waiting = self.next_subscribers.get(record.id)
+        if waiting is not None:
+            waiting.pop(request, None)
+            if not waiting:
+                del self.next_subscribers[record.id]
+        live = self.live.get(record.id)
+        if live is not None and request in live.early:
+            self.unsubscribe(record, live.early.pop(request))
 
     def unsubscribe(self, record: ContainerRecord, queue: asyncio.Queue | None) -> None:
         live = self.live.get(record.id)

@@ -284,13 +284,20 @@ class ContainerRoutes:
 
             ctx = ApiContext("container.attach", sink)
             feeder = asyncio.ensure_future(pump_stdin(reader, ctx)) if stdin else None
+            containers = self.calls.containers
+            # Subscribed now, before the client's start: the output of a fast command
+            # could come before this attach got its turn (5 docker runs of `echo hi` in
+            # 2313, four at once, printed nothing).
+            if params["stream"] and not params["logs"]:     # else the log has it
+                containers.subscribe_next_start(record, ctx)
             try:
-                if params["stream"] and not await self.calls.containers.next_start(record):
+                if params["stream"] and not await containers.next_start(record):
                     return                  # its start failed, or it went: as dockerd's
                 await self.calls.call("container.attach", params, ctx)
             except NotFound:
                 pass                        # removed meanwhile: the stream just ends
             finally:
+                containers.forget_next_start(record, ctx)
                 if feeder is not None:
                     feeder.cancel()
         return Hijack(run, RAW if tty else MULTIPLEXED)
