@@ -583,15 +583,18 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     # -- which cell is running: the kernel's busy/idle on iopub
     def _watch(self) -> None:
         self._watch_stop = os.pipe()
+        # The client and container of this kernel: a pooled kernel's detached shutdown
+        # goes on (and may need _kill_stuck) after cleanup has let go of them.
         self._watcher = threading.Thread(target=self._watch_iopub,
-                                         args=(self._url("iopub_port"), self._watch_stop[0]),
+                                         args=(self._url("iopub_port"), self._watch_stop[0],
+                                               self._client, self._container_id),
                                          daemon=True, name=f"sandboxd-iopub-{self.kernel_id}")
         self._watcher.start()
 
     def _url(self, channel: str) -> str:
         return f"ipc://{self._socket_path(channel)}"
 
-    def _watch_iopub(self, url: str, stop: int) -> None:
+    def _watch_iopub(self, url: str, stop: int, client: Any, container_id: str) -> None:
         sub = zmq.Context.instance().socket(zmq.SUB)
         sub.linger = 0
         sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -608,7 +611,7 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 if sub in ready:
                     self._track(sub.recv_multipart())
                 elif due is not None:
-                    self._kill_stuck()
+                    self._kill_stuck(client, container_id)
         finally:
             sub.close()
             os.close(stop)
@@ -644,17 +647,22 @@ class SandboxdProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             return None
         return max(0, round((self._replied_at + STUCK_AFTER - time.monotonic()) * 1000))
 
-    def _kill_stuck(self) -> None:
+    def _kill_stuck(self, client: Any, container_id: str) -> None:
         self._idle_after_reply = True                # once
         self.log.warning("Kernel %s: stuck in ipykernel's shutdown %.1f s after its reply "
                          "(its control thread waits on the stopped iopub thread); killed",
                          self.kernel_id, STUCK_AFTER)
-        if self._container_id:
-            _signal(self._client, self._container_id, signal.SIGKILL)
+        try:
+            _signal(client, container_id, signal.SIGKILL)
+        except OSError:
+            pass                # its client closed meanwhile: its container goes with it
 
     def _stop_watching(self) -> None:
         if self._watch_stop is not None:
-            os.write(self._watch_stop[1], b"x")
+            try:
+                os.write(self._watch_stop[1], b"x")
+            except BrokenPipeError:
+                pass                                 # the watcher has ended already
             os.close(self._watch_stop[1])
             self._watch_stop = None
         if self._watcher is not None:

@@ -413,7 +413,9 @@ def test_a_shut_down_or_killed_kernel_is_gone_at_the_first_liveness_check(jupyte
     kc.stop_channels()
     km.request_shutdown()           # what shutdown_kernel sends, then polls
     assert not km.is_alive()
-    assert asyncio.run(km.provisioner.poll()) == 0
+    # 137: it met ipykernel's own shutdown hang (about 1 shutdown in 10 here) and the
+    # provisioner killed it (the next test makes that certain)
+    assert asyncio.run(km.provisioner.poll()) in (0, 128 + 9)
     km.finish_shutdown()
     km.cleanup_resources()
     km = KernelManager(kernel_name=name)
