@@ -1750,6 +1750,11 @@ class ContainerService:
                 return {"id": record.id}              # detached: it goes on running
             final = await self.wait_exit(record, live)
         except asyncio.CancelledError:
+            # Unsubscribed first: a queue left full (its client gone) keeps the pipe's
+            # reader paused, and the removal waits for the output's end (the removal
+            # then waited for ever, and every later one of this container with it).
+            self.unsubscribe(record, queue)
+            queue = None
             await self.remove(record, force=True) if auto_remove else \
                 await self.kill_quietly(record.id)
             raise
