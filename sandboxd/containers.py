@@ -955,8 +955,10 @@ class ContainerService:
         live = _Live(record, writer, {})
         # Subscribed before any output can be read: a Docker client's attach waits for
         # the start, and the output of a fast command could come before it subscribed.
-        live.early = self.next_subscribers.pop(record.id, {})
-        live.subscribers.update(live.early.values())
+        early = self.next_subscribers.pop(record.id, None)
+        if early:
+            live.early = early
+            live.subscribers.update(early.values())
         stdio: tuple[int, ...]
         theirs: list[int] = []
         console = None
