@@ -210,14 +210,16 @@ class Store:
     # ------------------------------------------------------------ containers
 
     def put_container(self, id: str, name: str, state: str, image_id: str,
-                      session: str | None, doc: dict[str, Any],
+                      session: str | None, doc: Any,
                       volatile: bool = False) -> dict[str, Any]:
         """Record a new container; ``Conflict`` when the id or the name is taken.
 
         ``volatile``: kept in memory only, for a row the next daemon start would forget
         anyway (a ``--rm`` container without volumes: ``ContainerService.startup``). It
         is found, listed, renamed, named in conflicts and deleted as a stored row, and
-        costs no statement, JSON or commit (~0.3 ms of each ``--rm`` run)."""
+        costs no statement, JSON or commit (~0.3 ms of each ``--rm`` run). Its ``doc``
+        (also a later ``save_container``'s) is kept as given, not serialized: the
+        container service keeps its record object there."""
         name = name.lstrip("/")
         created = time.time()
         with self._lock:
@@ -300,7 +302,7 @@ class Store:
                 self._names.set(id, fields["name"])
         return self.get_container(id)  # type: ignore[return-value]
 
-    def save_container(self, id: str, name: str, state: str, doc: dict[str, Any]) -> None:
+    def save_container(self, id: str, name: str, state: str, doc: Any) -> None:
         """Replace the name, state and doc of the container with this exact id: the
         container service's write on every transition (one statement, nothing read
         back). ``NotFound``, or ``Conflict`` when another container has the name."""

@@ -319,8 +319,11 @@ class VolumeService:
 
 # ---------------------------------------------------------------- helpers
 
-def volume_names(record_doc: Mapping[str, Any]) -> list[str]:
-    """The volumes a stored container record (``ContainerRecord.to_dict()``) mounts."""
+def volume_names(record_doc: Any) -> list[str]:
+    """The volumes a stored container record (``ContainerRecord.to_dict()``) mounts. A
+    volatile row's doc is the record itself, and such a container mounts no volume."""
+    if not isinstance(record_doc, Mapping):
+        return []
     mounts = ((record_doc.get("config") or {}).get("host") or {}).get("mounts") or ()
     return [m.get("source", "") for m in mounts
             if isinstance(m, Mapping) and m.get("type") == "volume" and m.get("source")]
