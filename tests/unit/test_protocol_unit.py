@@ -361,3 +361,18 @@ def test_unreadable_config_file_is_named(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(errors.InvalidArgument, match="not valid JSON"):
         load_config(str(bad))
+
+
+@pytest.mark.parametrize("message", [
+    {"op": "x", "params": {"env": ["A=1"], "cmd": ["true"], "n": 200}},   # hooks skipped
+    {"op": "x", "text": "é" * 100, "k": [[1], {"a": [2]}]},   # UTF-8 bytes look like headers
+    {"op": "x", "data": b"\x00\xc4", "k": [1, 2]},             # a bin: keys must be checked
+])
+def test_a_body_decodes_the_same_with_or_without_the_budget_hooks(message):
+    """decode skips the hooks when the body alone bounds what they check: the result is
+    the same either way, and a small frame's budget still holds."""
+    raw = body(message)
+    assert decode(raw) == message
+    with pytest.raises(ProtocolError) as info:
+        decode(raw, max_items=3)
+    assert "more than 3" in info.value.message
