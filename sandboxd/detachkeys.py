@@ -7,14 +7,19 @@ to the container after all).
 """
 from __future__ import annotations
 
+import functools
+
 from .errors import InvalidArgument
 
 DEFAULT = "ctrl-p,ctrl-q"
 _CTRL_SPECIAL = {"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}
 
 
+@functools.lru_cache(maxsize=64)
 def parse(text: str) -> bytes:
-    """``ctrl-p,ctrl-q``, ``a,ctrl-@`` … -> the bytes typed ("" : no detach keys)."""
+    """``ctrl-p,ctrl-q``, ``a,ctrl-@`` … -> the bytes typed ("" : no detach keys).
+    Kept for the texts last seen: every run and attach request carries one, almost
+    always the default (a refusal is not kept: it raises)."""
     out = bytearray()
     for key in (k.strip() for k in str(text).split(",")) if text else ():
         if len(key) == 1 and key.isascii():        # one byte, as Docker's len(key) == 1
