@@ -47,7 +47,7 @@ from . import resolvconf, trees
 from .runner import syscalls
 from .runner.api import AsyncRunner, ExitInfo, receive_terminal
 from .runner.mounts import write_in_root
-from .runner.spec import (ContainerSpec, File, Mount, Namespaces, Process, Ulimit,
+from .runner.spec import (ContainerSpec, File, Mount, Namespaces, Process, Ulimit, keep_wire,
                           merge_ulimits, validate)
 from .store import Store
 from .volumes import ANONYMOUS_LABEL, VolumeService
@@ -132,7 +132,7 @@ class ContainerService:
         self.config = config
         self.volumes = volumes
         self.root = Path(config.root)
-        self._containers_dir = self.root / "containers"
+        self._containers_dir = str(self.root / "containers")
         self.store = store
         self.images = images
         self.runner = AsyncRunner(self._on_exit, state_dir=str(self.root / "runtime"),
@@ -415,14 +415,14 @@ class ContainerService:
             self.ports.check(_port_bindings(record))   # a taken host port creates nothing
             if check_spec:                             # every problem before anything exists
                 self._spec(record, dry_run=True)
-            directory = self._dir(record.id)
+            directory = self._dir_name(record.id)
             inline = _etc_inline(record)
             if not inline:                  # else made at its first output, if any
-                directory.mkdir(parents=True)
+                os.makedirs(directory)
             try:
                 self._make_volumes(record, anonymous)
                 if not inline:
-                    self._etc_files(directory, record, fresh=True)
+                    self._etc_files(Path(directory), record, fresh=True)
                 self.store.put_container(record.id, record.name, "created",
                                          record.image_id, session or None,
                                          _doc(record), volatile=_volatile(record))
@@ -625,9 +625,12 @@ class ContainerService:
         after it once one clashed, the short id after six clashes, so that however many
         containers hold generated names a create never loops on them."""
         for attempt in range(6):
-            name = f"{_NAMES.choice(_ADJECTIVES)}_{_NAMES.choice(_NOUNS)}"
+            # One draw for both words (random.choice is two Python calls a word).
+            pick = _NAMES.getrandbits(32)
+            name = f"{_ADJECTIVES[pick % len(_ADJECTIVES)]}_" \
+                   f"{_NOUNS[pick // len(_ADJECTIVES) % len(_NOUNS)]}"
             if attempt:
-                name += str(_NAMES.randrange(10))
+                name += str((pick >> 10) % 10)
             if not self.store.name_taken(name):
                 return name
         return container_id[:12]
@@ -672,7 +675,8 @@ class ContainerService:
         spec = ContainerSpec(
             id=record.id, hostname=hostname if namespaces.uts == "private" else "",
             process=self._process(record, link_vars),
-            root=root, mounts=mounts, files=files, namespaces=namespaces, limits=h.limits(),
+            root=root, mounts=mounts, files=files, namespaces=namespaces,
+            limits=c.derived("_limits", lambda: keep_wire(h.limits())),
             init=h.init, entry=self._entry(record), zygote=c.zygote, seccomp=h.seccomp(),
             sysctls=h.sysctls,
             **({"masked_paths": (), "readonly_paths": ()} if h.privileged else {}))
@@ -684,7 +688,7 @@ class ContainerService:
         if not link_vars:       # then it follows from the config (and argv from that)
             return record.config.derived(
                 f"_process {self._token} {record.path} {record.args}",
-                lambda: self._make_process(record, ()))
+                lambda: keep_wire(self._make_process(record, ())))
         return self._make_process(record, link_vars)
 
     def _make_process(self, record: ContainerRecord, link_vars: Sequence[str]) -> Process:
@@ -949,10 +953,12 @@ class ContainerService:
                 record, endpoints=(attachment.endpoint,) if attachment.netns != "host" else (),
                 sandbox_key=attachment.sandbox_key, ports=ports)
         host = record.config.host
-        if not host.log_driver:          # a record from before log options: today's defaults
+        if host.log_driver:
+            limits = record.config.derived("_log_limits", host.log_limits)
+        else:                            # a record from before log options: today's defaults
             host = self._host_defaults(dataclasses.replace(host, storage_size=0))
-        writer = LogWriter(record.log_path, *host.log_limits(),
-                           keep=host.log_driver != "none")
+            limits = host.log_limits()
+        writer = LogWriter(record.log_path, *limits, keep=host.log_driver != "none")
         live = _Live(record, writer, {})
         # Subscribed before any output can be read: a Docker client's attach waits for
         # the start, and the output of a fast command could come before it subscribed.

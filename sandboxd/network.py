@@ -230,6 +230,7 @@ class NetworkService:
         # changed only by _insert and _delete (this service owns the table).
         self._known: dict[str, Network] = {}
         self.netns_dir = Path(root) / "netns"
+        self._netns_dir = str(self.netns_dir)         # joined at every prepare
         self.lock_path = Path(root) / "network.lock"
         self.prefix = prefix
         self.pool_size = pool_size
@@ -643,7 +644,7 @@ class NetworkService:
     async def _prepare(self, net: Network, priority: int, owner: str = "",
                        ip: str = "") -> _Prepared:
         name = secrets.token_hex(8)
-        prepared = _Prepared(name, str(self.netns_dir / name))
+        prepared = _Prepared(name, f"{self._netns_dir}/{name}")
         message: dict[str, Any] = {"op": "prepare", "path": prepared.path,
                                    "dns": net.driver == "bridge" and net.name not in BUILTIN}
         if net.driver == "bridge":
