@@ -32,6 +32,11 @@ Operations:
     to the embedded resolver's 127.0.0.11:53, come with the reply (SCM_RIGHTS) for the
     daemon to serve (:mod:`sandboxd.dns`): a socket stays in the namespace it was made
     in, wherever its owner lives, so the daemon answers there without entering it.
+``prepare_many {items: [prepare's fields, ...]}``
+    Each in turn, stopping at the first that fails (undone, as a lone ``prepare``'s
+    failure); returns ``{made, fd_counts, error}``: how many were made, how many fds each
+    of those sent (in order, with the reply), and the failure's error or nil. A pool's
+    refill: one request for several namespaces.
 ``release {path, veth?}``
     Delete the veth (both ends go) and unmount and unlink the namespace file.
 ``sweep {release: [[path, veth], ...], veths}``
@@ -210,6 +215,32 @@ class NetServer:
                 sock.close()                  # a no-op for the detached ones
             inside.close()
             os.close(nsfd)
+
+    def _op_prepare_many(self, msg: dict) -> dict[str, Any]:
+        """``prepare`` for each of ``items`` in turn, stopping at the first that fails
+        (undone, as a lone prepare's failure). The fds of all go with the reply."""
+        fds: list[int] = []
+        counts: list[int] = []
+        error = None
+        try:
+            for item in msg["items"]:
+                self.reply_fds = []
+                try:
+                    self._op_prepare(item)
+                except SandboxError as e:
+                    error = e.to_wire()
+                    break
+                except Exception as e:                      # a bug: the rest still count
+                    error = SetupFailed(f"network server: prepare: {type(e).__name__}: "
+                                        f"{e}").to_wire()
+                    break
+                counts.append(len(self.reply_fds))
+                fds += self.reply_fds
+        finally:
+            for fd in self.reply_fds if error else ():
+                os.close(fd)
+            self.reply_fds = fds
+        return {"made": len(counts), "fd_counts": counts, "error": error}
 
     def _op_release(self, msg: dict) -> None:
         self._release(msg["path"], msg.get("veth") or "")

@@ -391,3 +391,34 @@ def test_runner_container_joins_a_prepared_namespace(net, busybox_rootfs, tmp_pa
     assert f"default via {att.endpoint.gateway}" in out and "reached" in out
     net.release("c-box")
     net.release("c-peer")
+
+
+def test_a_refill_batch_that_fails_part_way_keeps_what_it_made(net):
+    """A refill prepares its namespaces in one request, which stops at the first one the
+    kernel refuses (here: its veth's name is taken): those made before it are the
+    caller's, the refused one is undone, and its address and those of the ones not
+    tried are free again."""
+    bridge = net.svc.get("bridge")
+    net.run(net.svc.settle())
+    taken = f"{PREFIX}vtaken"
+    subprocess.run(["ip", "link", "add", taken, "type", "bridge"], check=True)
+    try:
+        names = iter([f"{PREFIX}vfirst", taken, f"{PREFIX}vthird"])
+        net.svc._veth_name = lambda: next(names)
+        addresses = set(net.svc.ipam.allocations(bridge.id))
+        files = {p.name for p in (net.root / "netns").iterdir()}
+        made, error = net.run(net.svc._prepare_batch(bridge, 3))
+        assert [p.veth for p in made] == [f"{PREFIX}vfirst"]
+        assert error is not None and taken in error.message, error
+        assert set(net.svc.ipam.allocations(bridge.id)) - addresses == \
+            {(bridge.id, str(made[0].address))}
+        assert {p.name for p in (net.root / "netns").iterdir()} - files == {made[0].name}
+        assert not any(name.endswith("vthird") for name in our_links())
+        assert ping(made[0].path, bridge.gateway)          # the one made works
+
+        async def give_back() -> None:
+            net.svc._teardown_later(bridge, made[0])
+        net.run(give_back())
+        net.run(net.svc.settle())
+    finally:       # the refused prepare's undo took the link with its veth's name
+        subprocess.run(["ip", "link", "del", taken], capture_output=True)
