@@ -18,6 +18,7 @@ a restart; keeping them in ``meta.db`` cost three sqlite transactions per contai
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -79,11 +80,18 @@ class Pool:
 
     def _bounds(self) -> tuple[int, int]:
         """The first and last candidate address (as ints) for dynamic allocation."""
+        first, last, _gw = self.span
+        return first, last
+
+    @functools.cached_property
+    def span(self) -> tuple[int, int, int]:
+        """(first, last, gateway) as ints: asked at every allocation (a Pool is
+        immutable and shared, see ``network._pool``)."""
         first, last = int(self.subnet.network_address) + 1, int(self.subnet.broadcast_address) - 1
         if self.ip_range is not None:
             first = max(first, int(self.ip_range.network_address))
             last = min(last, int(self.ip_range.broadcast_address))
-        return first, last
+        return first, last, int(self.gateway)
 
     def size(self) -> int:
         """How many addresses containers can get dynamically."""
@@ -112,6 +120,18 @@ class Pool:
         # Lazily: a /16 pool would otherwise build a 65k-element tuple per allocation.
         return (n for n in itertools.chain(range(start, last + 1), range(first, start))
                 if n != gw)
+
+
+def _first_free(pool: Pool, after: int | None, used: dict[int, str]) -> int | None:
+    """The first address of ``pool.numbers(after)`` not in ``used``, in a plain loop (no
+    generators: one is asked for at every container start)."""
+    first, last, gw = pool.span
+    n = after + 1 if after is not None and first <= after < last else first
+    for _ in range(last - first + 1):
+        if n != gw and n not in used:
+            return n
+        n = n + 1 if n < last else first
+    return None
 
 
 def _number(address: IPv4Address | str) -> int:
@@ -179,8 +199,7 @@ class IPAM:
                 raise Conflict(f"Address already in use: {ip} is taken on this network; "
                                f"pick another --ip or leave it out")
         else:
-            found = next((n for n in pool.numbers(self._last.get(network)) if n not in used),
-                         None)
+            found = _first_free(pool, self._last.get(network), used)
             if found is None:
                 raise LimitExceeded(f"no free address left in {pool.ip_range or pool.subnet}"
                                     f" ({pool.size()} addresses, all in use); remove "

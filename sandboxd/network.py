@@ -261,6 +261,8 @@ class NetworkService:
         self._backoff: dict[str, float] = {}
         self._wake: asyncio.Event | None = None
         self._refiller: asyncio.Task | None = None
+        self._topup: asyncio.TimerHandle | None = None      # see _took
+        self._last_take = 0.0
         self._refilling = False
         self._releasing: list[tuple[Network, _Prepared]] = []   # for the next sweep
         self._dying: dict[str, _Dying] = {}                     # by veth
@@ -296,6 +298,9 @@ class NetworkService:
     async def shutdown(self) -> None:
         """Stop refilling, finish teardowns, stop the server (which removes every
         bridge, veth and namespace it made) and free every address."""
+        if self._topup is not None:
+            self._topup.cancel()
+            self._topup = None
         if self._refiller is not None:
             self._refiller.cancel()
             await asyncio.gather(self._refiller, return_exceptions=True)
@@ -516,7 +521,7 @@ class NetworkService:
         attached = _Attached(net, prepared, tuple(aliases))
         self._attached[container_id] = {net.id: attached}
         self.events.network("connect", net, container_id)
-        self._wake_refill()
+        self._took(net.id)
         self._upstreams[container_id] = tuple(upstreams)
         if prepared.dns is not None:
             sockets, prepared.dns = prepared.dns, None
@@ -856,6 +861,26 @@ class NetworkService:
         if self._wake is not None:
             self._wake.set()
 
+    def _took(self, network_id: str) -> None:
+        """A start took from (or found empty) this network's pool: at low water the
+        refill goes now; above it, a top-up once TOPUP_AFTER passed without a take."""
+        pool = self._pools.get(network_id)
+        if pool is None or len(pool) <= self._low_water:
+            self._wake_refill()
+            return
+        self._last_take = time.monotonic()
+        if self._topup is None:
+            self._topup = asyncio.get_running_loop().call_later(TOPUP_AFTER, self._topup_due)
+
+    def _topup_due(self) -> None:
+        quiet = time.monotonic() - self._last_take
+        if quiet < TOPUP_AFTER:                     # taken from since: later
+            self._topup = asyncio.get_running_loop().call_later(TOPUP_AFTER - quiet,
+                                                                self._topup_due)
+        else:
+            self._topup = None
+            self._wake_refill()
+
     def _short_pool(self) -> Network | None:
         now = time.monotonic()
         for network_id, pool in self._pools.items():
@@ -871,13 +896,10 @@ class NetworkService:
             await self._wake.wait()
             self._wake.clear()
             while (network := self._short_pool()) is not None:
-                pool = self._pools[network.id]
-                if len(pool) > self._low_water and not await self._quiet(TOPUP_AFTER):
-                    continue                         # taken from meanwhile: look again
                 self._refilling = True
                 try:
                     made, error = await self._prepare_batch(
-                        network, self.pool_size - len(pool))
+                        network, self.pool_size - len(self._pools[network.id]))
                 except Exception as e:               # the loop must outlive any failure
                     made, error = [], e
                 finally:
@@ -894,18 +916,6 @@ class NetworkService:
                                     None if isinstance(error, SandboxError) else error))
                     self._backoff[network.id] = time.monotonic() + BACKOFF
                     asyncio.get_running_loop().call_later(BACKOFF, self._wake_refill)
-
-    async def _quiet(self, seconds: float) -> bool:
-        """True when ``seconds`` pass without a wake-up (a take, a new network)."""
-        assert self._wake is not None
-        self._wake.clear()
-        try:
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
-        except TimeoutError:
-            return True
-        self._wake.clear()
-        return False
 
     async def _call(self, message: dict, priority: int = URGENT) -> Any:
         return await self._helper.call(message, priority)

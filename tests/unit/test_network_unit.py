@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sandboxd.errors import Conflict, InvalidArgument, LimitExceeded, NotFound, Unavailable
-from sandboxd.ipam import (IPAM, Pool, choose_subnet, default_bridge_candidates, mac_for,
-                           user_network_candidates)
+from sandboxd.ipam import (IPAM, Pool, _first_free, choose_subnet, default_bridge_candidates,
+                           mac_for, user_network_candidates)
 from sandboxd.network import NetworkService
 from sandboxd.store import Store
 
@@ -51,6 +51,19 @@ def test_pool_numbers_wrap_and_skip_gateway():
     pool = Pool.parse("10.216.5.0/29", gateway="10.216.5.3")   # hosts .1-.6
     got = [str(IPv4Address(n)) for n in pool.numbers(int(IPv4Address("10.216.5.4")))]
     assert got == ["10.216.5.5", "10.216.5.6", "10.216.5.1", "10.216.5.2", "10.216.5.4"]
+
+
+@pytest.mark.parametrize("after", [None, 0, 1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("used", [(), (5,), (5, 6), (1, 2, 4, 5, 6), (1, 2, 4, 5)])
+def test_allocation_takes_the_first_free_number_in_numbers_order(after, used):
+    """The allocator's loop and ``numbers`` agree on the order (after the last one
+    given, wrapping round, never the gateway), and on a pool with nothing free."""
+    pool = Pool.parse("10.216.5.0/29", gateway="10.216.5.3")   # hosts .1-.6
+    base = int(IPv4Address("10.216.5.0"))
+    taken = {base + n: "x" for n in used}
+    last = None if after is None else base + after
+    expected = next((n for n in pool.numbers(last) if n not in taken), None)
+    assert _first_free(pool, last, taken) == expected
 
 
 def test_pool_static_address_checks():
