@@ -112,16 +112,22 @@ _CONFIGS: dict[Any, ContainerConfig] = {}      # _config_key -> its config, newe
 CONFIG_CACHE = 64
 
 
+_SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
+
+
 def _frozen(value: Any) -> Any:
-    """``value`` as a hashable key of what it says; TypeError when it has no such form."""
-    if isinstance(value, (str, bytes, int, float, bool, type(None))):
-        return (type(value), value)         # 1 and True build different configs
-    if isinstance(value, (list, tuple)):
-        return (tuple, tuple(_frozen(v) for v in value))
+    """``value`` as a hashable key of what it says; TypeError when it has no such form.
+    (Scalars in a list are keyed in line: a call each was most of a run's key.)"""
+    kind = type(value)
+    if kind in _SCALARS:
+        return (kind, value)                # 1 and True build different configs
+    if kind is list or kind is tuple:
+        return (tuple, tuple([(type(v), v) if type(v) in _SCALARS else _frozen(v)
+                              for v in value]))
     if isinstance(value, Mapping):
         return (dict, tuple((_frozen(k), _frozen(v)) for k, v in value.items()))
     hash(value)                             # a frozen model object (Mount, Ulimit ...)
-    return (type(value), value)
+    return (kind, value)
 
 
 def _config_key(image: str, cmd: Any, remove: bool, options: dict[str, Any]) -> Any:
