@@ -227,7 +227,7 @@ class ContainerConfig:
         """The wire form, made once per config (shared: do not modify it). A record's
         config does not change while its state does, and the record is written on
         every state change."""
-        return self.derived("_wire", lambda: spec.to_dict(self))
+        return self.derived(spec.WIRE, lambda: spec.to_dict(self))
 
     def derived(self, name: str, make: Callable[[], _T]) -> _T:
         """``make()``, computed once per config and kept on it (not a field: no eq,

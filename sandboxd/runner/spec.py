@@ -447,7 +447,7 @@ def to_dict(obj: Any) -> Any:
     part that :func:`keep_wire` marked gives its kept form (shared: not to be changed)."""
     names = _field_names(type(obj))
     if names is not None:
-        kept = obj.__dict__.get(_WIRE)
+        kept = obj.__dict__.get(WIRE)
         if kept is not None:
             return kept
         return {name: value if type(value := getattr(obj, name)) in _PLAIN
@@ -457,7 +457,7 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-_WIRE = "_wire"
+WIRE = "_wire"      # where a kept wire form lives (a config keeps its own there too: model.py)
 _D = TypeVar("_D")
 
 
@@ -465,7 +465,7 @@ def keep_wire(obj: _D) -> _D:
     """Keep ``obj``'s :func:`to_dict` on it (not a field: no eq, repr or replace), for a
     spec part that every start of one config shares (its process, its limits: made once
     per config, see ``ContainerConfig.derived``): ~40 % of a spawn message's making."""
-    object.__setattr__(obj, _WIRE, to_dict(obj))
+    object.__setattr__(obj, WIRE, to_dict(obj))
     return obj
 
 
