@@ -40,9 +40,10 @@ The pieces:
   address from IPAM, Docker's MAC for it and a default route via the gateway (none on
   an ``internal`` network). A pooled namespace's address is owned by
   ``pool:<name>``; ``attach`` hands it to the container and wakes the refill. A pool
-  down by half is refilled to full in one request (``prepare_many``: one round trip
-  and one wake-up of each side for the batch), and one down by less is topped up once
-  ``TOPUP_AFTER`` passed without a take. A static ``ip`` is prepared on demand (~7 ms).
+  down by ``REFILL_BATCH`` is refilled by that many in one request (``prepare_many``: one
+  round trip and one wake-up of each side for the batch), and one down by less is
+  topped up once ``TOPUP_AFTER`` passed without a take. A static ``ip`` is prepared on
+  demand (~7 ms).
 - Teardown: a sweep every ``DYING_POLL`` while there is work unbinds the namespace
   files of the containers that ended since the last one, all in one message (one per
   container cost the daemon and the server a round trip each, as much as a start's
@@ -149,11 +150,13 @@ URGENT, REFILL, TEARDOWN = 0, 1, 2
 MAX_PASSED_OVER = 2
 BACKOFF = 5.0               # seconds before refilling a pool whose last prepare failed
 # A refill prepares namespaces in batches (one message, one wake-up of the daemon and of
-# the server for all): a pool is refilled once it is down by half, and topped up to
+# the server for all): a pool is refilled once it is down by a batch, and topped up to
 # full after TOPUP_AFTER without a take. One message per namespace was ~15 % of the
-# daemon's CPU per cold run.
+# daemon's CPU per cold run. A batch is at most REFILL_BATCH: a start that found its
+# pool empty waits behind one batch's prepares (~1 ms each).
+REFILL_BATCH = 4
 TOPUP_AFTER = 0.05          # seconds without a take before a pool is topped up
-DYING_POLL = 0.02           # seconds between sweeps (releases, destroyed veths)
+DYING_POLL = 0.05           # seconds between sweeps (releases, destroyed veths)
 DYING_PATIENCE = 2.0        # seconds before a dying veth still held is deleted outright
 
 
@@ -229,7 +232,7 @@ class _Attached:
 
 class NetworkService:
     def __init__(self, store: Store, root: str | Path, *, prefix: str = "sbx",
-                 pool_size: int = 4, ip_masq: bool = False):
+                 pool_size: int = 8, ip_masq: bool = False):
         if not _PREFIX.match(prefix):
             raise InvalidArgument(f"network prefix {prefix!r}: 2-8 characters, a lowercase "
                                   f"letter then lowercase letters or digits")
@@ -242,9 +245,10 @@ class NetworkService:
         self.lock_path = Path(root) / "network.lock"
         self.prefix = prefix
         self.pool_size = pool_size
-        # A pool this low is refilled at once (to full, one message); above it, after
+        # A pool this low is refilled at once (a batch per message); above it, after
         # TOPUP_AFTER without a take.
-        self._low_water = pool_size - max(1, pool_size // 2)
+        self._batch = max(1, min(REFILL_BATCH, pool_size // 2))
+        self._low_water = pool_size - self._batch
         self.ip_masq = ip_masq
         self.masq_problem = ""                  # why --ip-masq could not apply, if so
         with store.transaction() as db:
@@ -898,8 +902,8 @@ class NetworkService:
             while (network := self._short_pool()) is not None:
                 self._refilling = True
                 try:
-                    made, error = await self._prepare_batch(
-                        network, self.pool_size - len(self._pools[network.id]))
+                    made, error = await self._prepare_batch(network, min(
+                        self._batch, self.pool_size - len(self._pools[network.id])))
                 except Exception as e:               # the loop must outlive any failure
                     made, error = [], e
                 finally:

@@ -256,7 +256,7 @@ def test_check_20_link_refusals(daemon: Daemon) -> None:
 
 
 CYCLES = int(os.environ.get("SBX_NET_CYCLES", "500"))
-POOL = 4                       # the network service's pool size per network
+POOL = 8                       # the network service's pool size per network
 
 
 def our_veths(prefix: str) -> list[str]:
