@@ -879,8 +879,10 @@ class NetworkService:
     def _topup_due(self) -> None:
         quiet = time.monotonic() - self._last_take
         if quiet < TOPUP_AFTER:                     # taken from since: later
-            self._topup = asyncio.get_running_loop().call_later(TOPUP_AFTER - quiet,
-                                                                self._topup_due)
+            # Not sooner than 5 ms: uvloop's timers count whole milliseconds, so a
+            # re-arm for the less than 1 ms left fired at once, again and again.
+            self._topup = asyncio.get_running_loop().call_later(
+                max(TOPUP_AFTER - quiet, 0.005), self._topup_due)
         else:
             self._topup = None
             self._wake_refill()

@@ -337,7 +337,10 @@ class PoolService:
             idle = time.monotonic() - self.containers.last_start
             if not self.containers.starting and idle >= QUIET:
                 return
-            await asyncio.sleep(max(QUIET - idle, 0.001))
+            # A start in flight ends QUIET before a prepare may go: no need to look
+            # again sooner (a 1 ms poll woke the daemon several times per pool hit).
+            await asyncio.sleep(QUIET if self.containers.starting
+                                else max(QUIET - idle, 0.001))
 
     async def _prepare(self, pool: _Pool) -> bool:
         pool.preparing += 1

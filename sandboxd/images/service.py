@@ -30,7 +30,7 @@ import tarfile
 import tempfile
 import threading
 from collections import Counter
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
@@ -62,6 +62,16 @@ Progress = Callable[[dict[str, Any]], None]
 _MAX_WARNINGS = 100
 # Docker's media type of a gzip layer -> the OCI one (a commit's manifest is OCI).
 _OCI_LAYER = {oci.DOCKER_LAYER_GZIP: oci.MEDIA_LAYER_GZIP}
+
+
+@lru_cache(maxsize=256)
+def _names_host(ref: str) -> bool:
+    """Whether a reference names the host image (``host``, ``host:latest`` ...): every
+    start asks, almost always of the same few names."""
+    try:
+        return split_ref(ref)[0] == HOST_NAME and normalize_ref(ref) == HOST_REF
+    except InvalidArgument:
+        return False
 
 
 class ImageService:
@@ -125,12 +135,8 @@ class ImageService:
         return self._host[0]["id"]
 
     def _is_host_ref(self, ref: str) -> bool:
-        if ref in (self.host_id, self.host_id[len("sha256:"):]):
-            return True
-        try:
-            return split_ref(ref)[0] == HOST_NAME and normalize_ref(ref) == HOST_REF
-        except InvalidArgument:
-            return False
+        host_id = self.host_id
+        return ref == host_id or ref == host_id[len("sha256:"):] or _names_host(ref)
 
     # ------------------------------------------------------------ lookups
 
