@@ -432,27 +432,34 @@ def test_a_kernel_stuck_in_its_own_shutdown_is_killed(jupyter, daemon):
     waits on the iopub thread its main thread is stopping (1 shutdown in ~10 here; then
     jupyter_client kills it after 5 s). The provisioner sees the reply on iopub and no
     idle after it, and kills the kernel: the manager's first liveness check finds it
-    gone. The hang is made certain here: the control thread's flush sleeps."""
+    gone. The hang is made likely here: the control thread's flush sleeps. (Once in a
+    full run of the suite the kernel still shut down cleanly, exit 0, with nothing to
+    kill: such a try says nothing about the kill, and is made again, up to 3 times.)"""
     name = jupyter("sbx-stuck", memory="256m")
-    km = KernelManager(kernel_name=name)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        reply = kc.execute_interactive(
-            "import sys, threading, time\n"
-            "_flush = sys.stdout.flush\n"
-            "sys.stdout.flush = lambda: time.sleep(3600) "
-            "if threading.current_thread().name == 'Control' else _flush()\n", timeout=30)
-        assert reply["content"]["status"] == "ok", reply["content"]
-    finally:
-        kc.stop_channels()
-    km.request_shutdown()
-    assert not km.is_alive()
-    assert asyncio.run(km.provisioner.poll()) == 128 + 9
-    km.finish_shutdown()
-    km.cleanup_resources()
+    for _try in range(3):
+        km = KernelManager(kernel_name=name)
+        km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            reply = kc.execute_interactive(
+                "import sys, threading, time\n"
+                "_flush = sys.stdout.flush\n"
+                "sys.stdout.flush = lambda: time.sleep(3600) "
+                "if threading.current_thread().name == 'Control' else _flush()\n",
+                timeout=30)
+            assert reply["content"]["status"] == "ok", reply["content"]
+        finally:
+            kc.stop_channels()
+        km.request_shutdown()
+        assert not km.is_alive()
+        code = asyncio.run(km.provisioner.poll())
+        km.finish_shutdown()
+        km.cleanup_resources()
+        if code != 0:
+            break
+    assert code == 128 + 9
 
 
 def test_a_pool_refills_once_the_kernel_taken_has_ended(jupyter, daemon, monkeypatch):
