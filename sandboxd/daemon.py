@@ -272,10 +272,16 @@ class _Connection:
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             try:
-                async with asyncio.timeout(cfg.frame_timeout):
+                if self._frame_buffered(first, cfg.max_frame):
                     header = first + await self.reader.readexactly(protocol.HEADER.size - 1)
-                    length = protocol.frame_length(header, cfg.max_frame)
-                    body = await self.reader.readexactly(length)
+                    body = await self.reader.readexactly(
+                        protocol.frame_length(header, cfg.max_frame))
+                else:
+                    async with asyncio.timeout(cfg.frame_timeout):
+                        header = first + await self.reader.readexactly(
+                            protocol.HEADER.size - 1)
+                        length = protocol.frame_length(header, cfg.max_frame)
+                        body = await self.reader.readexactly(length)
             except TimeoutError:
                 log.warning("connection %d (%s): frame not completed within %gs; dropping it",
                             self.id, self.peer, cfg.frame_timeout)
@@ -299,6 +305,17 @@ class _Connection:
                 return
             if not await self._dispatch(rid, kind, value):
                 return
+
+    def _frame_buffered(self, first: bytes, max_frame: int) -> bool:
+        """Whether the rest of the frame that ``first`` began has arrived already (the
+        usual case: a client writes a frame at once). Then it is read without arming the
+        frame timeout, a timer armed and cancelled per request (~4 % of the daemon's CPU
+        per cold run). asyncio's StreamReader keeps what arrived in ``_buffer``; a reader
+        without one always takes the timed path. A bad header raises here as there."""
+        buffered = getattr(self.reader, "_buffer", b"")
+        rest = protocol.HEADER.size - 1
+        return len(buffered) >= rest and len(buffered) >= rest + protocol.frame_length(
+            first + bytes(buffered[:rest]), max_frame)
 
     async def _dispatch(self, rid: int, kind: str, value: Any) -> bool:
         """Act on one message; False closes the connection."""
