@@ -309,7 +309,7 @@ class _Connection:
     def _frame_buffered(self, first: bytes, max_frame: int) -> bool:
         """Whether the rest of the frame that ``first`` began has arrived already (the
         usual case: a client writes a frame at once). Then it is read without arming the
-        frame timeout, a timer armed and cancelled per request (~4 % of the daemon's CPU
+        frame timeout, a timer armed and cancelled per request (~5 % of the daemon's CPU
         per cold run). asyncio's StreamReader keeps what arrived in ``_buffer``; a reader
         without one always takes the timed path. A bad header raises here as there."""
         buffered = getattr(self.reader, "_buffer", b"")

@@ -154,6 +154,7 @@ BACKOFF = 5.0               # seconds before refilling a pool whose last prepare
 # full after TOPUP_AFTER without a take. One message per namespace was ~15 % of the
 # daemon's CPU per cold run. A batch is at most REFILL_BATCH: a start that found its
 # pool empty waits behind one batch's prepares (~1 ms each).
+POOL_SIZE = 8               # prepared namespaces kept per network (the default)
 REFILL_BATCH = 4
 TOPUP_AFTER = 0.05          # seconds without a take before a pool is topped up
 DYING_POLL = 0.05           # seconds between sweeps (releases, destroyed veths)
@@ -232,7 +233,7 @@ class _Attached:
 
 class NetworkService:
     def __init__(self, store: Store, root: str | Path, *, prefix: str = "sbx",
-                 pool_size: int = 8, ip_masq: bool = False):
+                 pool_size: int = POOL_SIZE, ip_masq: bool = False):
         if not _PREFIX.match(prefix):
             raise InvalidArgument(f"network prefix {prefix!r}: 2-8 characters, a lowercase "
                                   f"letter then lowercase letters or digits")

@@ -22,6 +22,7 @@ import pytest
 from harness import (FETCH, Daemon, bridge_ip, inspect, netfilter_leftovers, pid_alive,
                      wait_until)
 from sandboxd import errors
+from sandboxd.network import POOL_SIZE
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 HTTPD = ["busybox", "sh", "-c", "echo pong > /tmp/i && exec httpd -f -p 80 -h /tmp"]
@@ -256,7 +257,7 @@ def test_check_20_link_refusals(daemon: Daemon) -> None:
 
 
 CYCLES = int(os.environ.get("SBX_NET_CYCLES", "500"))
-POOL = 8                       # the network service's pool size per network
+POOL = POOL_SIZE               # the network service's pool size per network
 
 
 def our_veths(prefix: str) -> list[str]:
