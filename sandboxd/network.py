@@ -35,7 +35,7 @@ The pieces:
   Deleting a veth costs 10-50 ms (an RCU grace period); none of it is on a start's
   path.
 - The pool: per bridge network (and for ``none``) ``pool_size`` namespaces are kept
-  ready, each bound on ``<root>/netns/<name>``, with ``lo`` up and, on a bridge, ``eth0``
+  ready (``USER_POOL_SIZE`` at most for a user network), each bound on ``<root>/netns/<name>``, with ``lo`` up and, on a bridge, ``eth0``
   (one end of a veth ``<prefix>v<hex>`` whose other end is a port of the bridge) with an
   address from IPAM, Docker's MAC for it and a default route via the gateway (none on
   an ``internal`` network). A pooled namespace's address is owned by
@@ -155,6 +155,9 @@ BACKOFF = 5.0               # seconds before refilling a pool whose last prepare
 # daemon's CPU per cold run. A batch is at most REFILL_BATCH: a start that found its
 # pool empty waits behind one batch's prepares (~1 ms each).
 POOL_SIZE = 8               # prepared namespaces kept per network (the default)
+# A user network's: its runs are rarer, and each of its namespaces holds the embedded
+# resolver's two sockets in the daemon.
+USER_POOL_SIZE = 2
 REFILL_BATCH = 4
 TOPUP_AFTER = 0.05          # seconds without a take before a pool is topped up
 DYING_POLL = 0.05           # seconds between sweeps (releases, destroyed veths)
@@ -210,6 +213,17 @@ class _Prepared:
     dns: tuple[socket.socket, socket.socket] | None = None
 
 
+class _Pool(deque):
+    """A network's prepared namespaces: it keeps ``size``, refilled ``batch`` at a time
+    once down to ``low`` (at once; above it, after TOPUP_AFTER without a take)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.batch = max(1, min(REFILL_BATCH, size // 2))
+        self.low = size - self.batch
+
+
 @dataclass
 class _Dying:
     """A veth the kernel is destroying with its namespace: its address is freed once
@@ -246,10 +260,6 @@ class NetworkService:
         self.lock_path = Path(root) / "network.lock"
         self.prefix = prefix
         self.pool_size = pool_size
-        # A pool this low is refilled at once (a batch per message); above it, after
-        # TOPUP_AFTER without a take.
-        self._batch = max(1, min(REFILL_BATCH, pool_size // 2))
-        self._low_water = pool_size - self._batch
         self.ip_masq = ip_masq
         self.masq_problem = ""                  # why --ip-masq could not apply, if so
         with store.transaction() as db:
@@ -257,7 +267,7 @@ class NetworkService:
                 db.execute(statement)
         self.ipam = IPAM()
         self._helper = _Helper()
-        self._pools: dict[str, deque[_Prepared]] = {}
+        self._pools: dict[str, _Pool] = {}
         # container id -> network id -> attachment, the primary first
         self._attached: dict[str, dict[str, _Attached]] = {}
         # containers whose primary network was disconnected: the namespace alone
@@ -294,7 +304,7 @@ class NetworkService:
             if network.driver == "bridge":
                 await self._bridge_up(network)
             if network.driver != "host":
-                self._pools[network.id] = deque()
+                self._pools[network.id] = _Pool(self._pool_size(network))
         await self._masquerade()
         self._wake = asyncio.Event()
         self._refiller = asyncio.create_task(self._refill())
@@ -419,7 +429,7 @@ class NetworkService:
         except BaseException:
             self._delete(network)
             raise
-        self._pools[network.id] = deque()
+        self._pools[network.id] = _Pool(self._pool_size(network))
         self._wake_refill()
         await self._masquerade()
         self.events.network("create", network)
@@ -862,6 +872,10 @@ class NetworkService:
 
     # ------------------------------------------------------------ the pool
 
+    def _pool_size(self, network: Network) -> int:
+        return self.pool_size if network.name in BUILTIN else \
+            min(self.pool_size, USER_POOL_SIZE)
+
     def _wake_refill(self) -> None:
         if self._wake is not None:
             self._wake.set()
@@ -870,7 +884,7 @@ class NetworkService:
         """A start took from (or found empty) this network's pool: at low water the
         refill goes now; above it, a top-up once TOPUP_AFTER passed without a take."""
         pool = self._pools.get(network_id)
-        if pool is None or len(pool) <= self._low_water:
+        if pool is None or len(pool) <= pool.low:
             self._wake_refill()
             return
         self._last_take = time.monotonic()
@@ -891,7 +905,7 @@ class NetworkService:
     def _short_pool(self) -> Network | None:
         now = time.monotonic()
         for network_id, pool in self._pools.items():
-            if len(pool) < self.pool_size and self._backoff.get(network_id, 0) <= now:
+            if len(pool) < pool.size and self._backoff.get(network_id, 0) <= now:
                 network = self._find(network_id)
                 if network is not None:
                     return network
@@ -905,8 +919,9 @@ class NetworkService:
             while (network := self._short_pool()) is not None:
                 self._refilling = True
                 try:
-                    made, error = await self._prepare_batch(network, min(
-                        self._batch, self.pool_size - len(self._pools[network.id])))
+                    pool = self._pools[network.id]
+                    made, error = await self._prepare_batch(
+                        network, min(pool.batch, pool.size - len(pool)))
                 except Exception as e:               # the loop must outlive any failure
                     made, error = [], e
                 finally:

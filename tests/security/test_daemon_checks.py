@@ -27,7 +27,7 @@ from sandboxd import protocol, testing
 from sandboxd.errors import SandboxError
 from sandboxd.flags import build_config
 from sandboxd.images import ImageService
-from sandboxd.network import POOL_SIZE
+from sandboxd.network import POOL_SIZE, USER_POOL_SIZE
 from sandboxd.snapshots import Snapshotter
 from sandboxd.store import ContentStore, Store
 
@@ -226,10 +226,10 @@ def test_check_25_a_failure_at_each_creation_step_leaves_nothing(fresh: Daemon) 
     holder.listen()
     port = holder.getsockname()[1]
     made: set[str] = set()
-    # The network server keeps sandboxes ready, two pools' worth at most (the default
-    # bridge's and c25's; a pool is topped up some time after a take, so a count taken
-    # now may be below what it holds later).
-    pooled = 2 * POOL_SIZE
+    # The network server keeps sandboxes ready: the default bridge's pool and c25's at
+    # most (a pool is topped up some time after a take, so a count taken now may be
+    # below what they hold later).
+    pooled = POOL_SIZE + USER_POOL_SIZE
     client = d.client()          # the checks around each CLI run: no process each
 
     def ids() -> set[str]:

@@ -22,7 +22,7 @@ import pytest
 from harness import (FETCH, Daemon, bridge_ip, inspect, netfilter_leftovers, pid_alive,
                      wait_until)
 from sandboxd import errors
-from sandboxd.network import POOL_SIZE
+from sandboxd.network import POOL_SIZE, USER_POOL_SIZE
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 HTTPD = ["busybox", "sh", "-c", "echo pong > /tmp/i && exec httpd -f -p 80 -h /tmp"]
@@ -257,7 +257,7 @@ def test_check_20_link_refusals(daemon: Daemon) -> None:
 
 
 CYCLES = int(os.environ.get("SBX_NET_CYCLES", "500"))
-POOL = POOL_SIZE               # the network service's pool size per network
+POOL = POOL_SIZE               # the network service's pool size per built-in network
 
 
 def our_veths(prefix: str) -> list[str]:
@@ -337,14 +337,13 @@ def test_check_22_cycles_leave_no_veth_netns_or_address() -> None:
                 daemon.start()
                 daemon.sbx("container", "prune", "-f", check=True)
         assert daemon.ids("-a") == []
-        bridges = 2                             # default and cycles-net
+        pooled = POOL + USER_POOL_SIZE          # the default bridge's and cycles-net's
 
         def settled() -> bool:                  # teardowns run in the background
             owners = [owner for _address, owner in daemon.addresses()]
             netns = os.listdir(os.path.join(daemon.root, "netns"))   # bridges' and none's
-            return len(our_veths(daemon.prefix)) == bridges * POOL and \
-                len(owners) == bridges * POOL and \
-                all(o.startswith("pool:") for o in owners) and len(netns) == (bridges + 1) * POOL
+            return len(our_veths(daemon.prefix)) == pooled and len(owners) == pooled and \
+                all(o.startswith("pool:") for o in owners) and len(netns) == pooled + POOL
         wait_until(settled, 30, "only the pools' veths and addresses to remain")
         daemon.sbx("network", "rm", "cycles-net", check=True)
     finally:
