@@ -35,15 +35,15 @@ The pieces:
   Deleting a veth costs 10-50 ms (an RCU grace period); none of it is on a start's
   path.
 - The pool: per bridge network (and for ``none``) ``pool_size`` namespaces are kept
-  ready (``USER_POOL_SIZE`` at most for a user network), each bound on ``<root>/netns/<name>``, with ``lo`` up and, on a bridge, ``eth0``
-  (one end of a veth ``<prefix>v<hex>`` whose other end is a port of the bridge) with an
-  address from IPAM, Docker's MAC for it and a default route via the gateway (none on
-  an ``internal`` network). A pooled namespace's address is owned by
-  ``pool:<name>``; ``attach`` hands it to the container and wakes the refill. A pool
-  down by ``REFILL_BATCH`` is refilled by that many in one request (``prepare_many``: one
-  round trip and one wake-up of each side for the batch), and one down by less is
-  topped up once ``TOPUP_AFTER`` passed without a take. A static ``ip`` is prepared on
-  demand (~7 ms).
+  ready (``USER_POOL_SIZE`` at most for a user network), each bound on
+  ``<root>/netns/<name>``, with ``lo`` up and, on a bridge, ``eth0`` (one end of a veth
+  ``<prefix>v<hex>`` whose other end is a port of the bridge) with an address from IPAM,
+  Docker's MAC for it and a default route via the gateway (none on an ``internal``
+  network). A pooled namespace's address is owned by ``pool:<name>``; ``attach`` hands
+  it to the container and wakes the refill. A pool down by ``REFILL_BATCH`` is refilled
+  by that many in one request (``prepare_many``: one round trip and one wake-up of each
+  side for the batch), and one down by less is topped up once ``TOPUP_AFTER`` passed
+  without a take. A static ``ip`` is prepared on demand (~7 ms).
 - Teardown: a sweep every ``DYING_POLL`` while there is work unbinds the namespace
   files of the containers that ended since the last one, all in one message (one per
   container cost the daemon and the server a round trip each, as much as a start's
