@@ -62,6 +62,10 @@ class NoParams:
     """Base of every params class; an operation without params uses it as is."""
     # Fields an older client sent, and what to send instead.
     RETIRED: ClassVar[dict[str, str]] = {}
+    # Whether a client sends the same request again and again (a test runner's run): the
+    # daemon then keeps the built params by the request's bytes and shares them between
+    # requests, so such a class's fields must all be immutable.
+    REPEATS: ClassVar[bool] = False
 
     def problems(self) -> list[str]:
         """Checks across fields (after each field passed its own)."""
@@ -281,6 +285,7 @@ class ById(NoParams):
 @dataclass(frozen=True, kw_only=True)
 class Create(NoParams):
     RETIRED = {"options": _NEW_SHAPE}
+    REPEATS = True
     name: str | None = param(OPTIONAL_STR, None)
     config: ContainerConfig = param(dict, convert=_container_config)
     # os[/arch[/variant]] of the image pulled when it is missing (or another one's)

@@ -251,6 +251,29 @@ class FrameBuffer:
         return bool(self._buf) or self._need is not None
 
 
+# A request as this package's clients frame it: {"id": ..., "op": ..., "params": ...}, in
+# that order. The id's msgpack int forms: a positive fixint, or uint 8/16/32/64.
+_REQUEST_START = b"\x83\xa2id"
+_ID_FORMS = {0xcc: struct.Struct(">B"), 0xcd: struct.Struct(">H"), 0xce: struct.Struct(">I"),
+             0xcf: struct.Struct(">Q")}
+
+
+def split_request(body: bytes) -> tuple[int, bytes] | None:
+    """A request body's id and the bytes after it (its op and params), when the body
+    starts as this package's clients frame one; None otherwise. The rest is then the
+    same bytes for the same request sent again, whatever its id."""
+    if not body.startswith(_REQUEST_START) or len(body) < 6:
+        return None
+    form = body[4]
+    if form <= 0x7f:
+        return form, body[5:]
+    unpack = _ID_FORMS.get(form)
+    if unpack is None or len(body) < 5 + unpack.size:
+        return None
+    (rid,) = unpack.unpack_from(body, 5)
+    return (rid, body[5 + unpack.size:]) if rid <= MAX_ID else None
+
+
 # ---------------------------------------------------------------- message shapes
 
 def _check_id(message: dict) -> int:

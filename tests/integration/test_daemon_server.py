@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -27,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandboxd import client, errors, protocol
+from sandboxd import client, errors, operations, protocol
 from sandboxd.daemon import DaemonConfig, Server
 
 from harness import RawClient, wait_until
@@ -254,6 +255,59 @@ def test_unknown_op_and_second_hello_are_errors_on_a_live_connection(inproc):
     raw.send(protocol.request(4, "ping"))
     assert raw.recv() == {"id": 4, "ok": "pong"}
     raw.close()
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Repeated(operations.NoParams):
+    REPEATS = True
+    name: str = operations.param(str)
+    n: int = operations.param(int, 0)
+
+    def problems(self) -> list[str]:
+        return [] if self.n >= 0 else [f"n must be >= 0, got {self.n}"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Once(_Repeated):
+    REPEATS = False
+
+
+def test_a_request_sent_again_under_another_id_is_served_from_its_built_params(
+        make_server):
+    s = make_server()
+    seen: list[object] = []
+
+    async def record(ctx, params):
+        seen.append(params)
+        return [params.name, params.n]
+
+    s.server.register("test.repeated", record, params=_Repeated)
+    s.server.register("test.once", record, params=_Once)
+    s.start()
+    raw = RawClient(s.path)
+    # every msgpack form of an id: fixint, uint 8, 16, 32 and 64
+    ids = [5, 200, 40000, 3_000_000_000, 2 ** 40]
+    for rid in ids:
+        raw.send(protocol.request(rid, "test.repeated", {"name": "a", "n": 1}))
+        assert raw.recv() == {"id": rid, "ok": ["a", 1]}
+    assert all(p is seen[0] for p in seen)          # built once, shared by the rest
+    raw.send(protocol.request(6, "test.repeated", {"name": "b", "n": 1}))
+    assert raw.recv() == {"id": 6, "ok": ["b", 1]}
+    assert seen[-1] is not seen[0]                  # other bytes, built anew
+    for rid in (7, 8):                              # a refused request is not kept
+        raw.send(protocol.request(rid, "test.repeated", {"name": "a", "n": -1}))
+        assert raw.recv()["error"]["message"] == "n must be >= 0, got -1"
+    for rid in (9, 10):                             # nor one whose class does not repeat
+        raw.send(protocol.request(rid, "test.once", {"name": "a", "n": 1}))
+        assert raw.recv() == {"id": rid, "ok": ["a", 1]}
+    assert seen[-1] is not seen[-2]
+    raw.close()
+    # a new connection must still say hello first, even with a request kept
+    fresh = RawClient(s.path, hello=False)
+    fresh.send(protocol.request(1, "test.repeated", {"name": "a", "n": 1}))
+    assert "the first message must be" in fresh.recv()["error"]["message"]
+    assert fresh.recv() is None
+    fresh.close()
 
 
 def test_client_rebuilds_typed_errors(inproc):

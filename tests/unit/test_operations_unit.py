@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from sandboxd import lifecycle, operations
+from sandboxd.api import build_config
 from sandboxd.errors import Conflict, InvalidArgument
 from sandboxd.handlers import Handlers
 
@@ -82,6 +83,40 @@ def test_build_converts_and_checks_values() -> None:
             ({"id": "x", "name": "a/b"}, operations.Rename, "container.rename", "a/b")]:
         with pytest.raises(InvalidArgument, match=re.escape(message)):
             operations.build(cls, params, op)
+
+
+def _mutable_parts(value: object, path: str) -> list[str]:
+    """Where ``value`` holds something that could be changed in place."""
+    if isinstance(value, (list, dict, set, bytearray)):
+        return [path]
+    if dataclasses.is_dataclass(value):
+        if not value.__dataclass_params__.frozen:
+            return [path]
+        return [p for f in dataclasses.fields(value)
+                for p in _mutable_parts(getattr(value, f.name), f"{path}.{f.name}")]
+    if isinstance(value, tuple):
+        return [p for i, item in enumerate(value) for p in _mutable_parts(item, f"{path}[{i}]")]
+    return []
+
+
+def test_params_the_daemon_shares_between_repeated_requests_are_immutable() -> None:
+    """A REPEATS class's params are kept by the daemon and handed to every request sent
+    again with the same bytes: nothing in them may be changed in place."""
+    config = build_config(
+        "busybox", ["sh", "-c", "true"], env={"A": "1"}, labels={"k": "v"}, memory="64m",
+        cpus=0.5, pids_limit=64, ulimits=["nofile=128:256"], volumes=["/tmp/x:/x:ro"],
+        tmpfs=["/run"], ports=["8080:80"], links=["db:db"], extra_hosts=["h:10.0.0.1"],
+        dns=["10.0.0.2"], sysctls={"net.ipv4.ip_forward": "1"}, cap_add=["NET_RAW"],
+        log_opts={"max-size": "1m"}, health_cmd="true", devices=["/dev/null"],
+        local_files=False)
+    raw = {"config": config.to_dict(), "stdin": True, "remove": True, "quiet": True}
+    repeating = [op for op in operations.TABLE if op.params.REPEATS]
+    assert {op.name for op in repeating} >= {"container.run", "container.create"}
+    for op in repeating:
+        fields = {f.name for f in dataclasses.fields(op.params)}
+        params = op.build({k: v for k, v in raw.items() if k in fields})
+        assert _mutable_parts(params, op.name) == []
+        hash(params)
 
 
 def test_the_retired_options_shape_is_named() -> None:

@@ -376,3 +376,26 @@ def test_a_body_decodes_the_same_with_or_without_the_budget_hooks(message):
     with pytest.raises(ProtocolError) as info:
         decode(raw, max_items=3)
     assert "more than 3" in info.value.message
+
+
+@pytest.mark.parametrize("rid", [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32,
+                                 protocol.MAX_ID])
+def test_a_request_splits_into_its_id_and_the_same_bytes_for_any_id(rid):
+    raw = body(protocol.request(rid, "container.run", {"config": {"image": "busybox"}}))
+    again = body(protocol.request(7, "container.run", {"config": {"image": "busybox"}}))
+    got, rest = protocol.split_request(raw)
+    assert got == rid and rest == protocol.split_request(again)[1]
+    assert raw.endswith(rest) and msgpack.unpackb(b"\x82" + rest) == {
+        "op": "container.run", "params": {"config": {"image": "busybox"}}}
+
+
+@pytest.mark.parametrize("raw", [
+    body({"op": "x", "id": 1, "params": {}}),            # another order: decoded whole
+    body({"id": 1, "stdin": b"x"}),                        # not a request
+    body({"id": -1, "op": "x", "params": {}}),            # a negative id
+    b"\x83\xa2id\xcf" + struct.pack(">Q", 2**63) + b"\xa2op",   # above MAX_ID
+    b"\x83\xa2id\xcd\x01",                                 # cut short
+    b"\x83\xa2id",
+])
+def test_what_does_not_start_as_our_clients_frame_a_request_is_not_split(raw):
+    assert protocol.split_request(raw) is None
