@@ -187,7 +187,9 @@ class NetServer:
                 raise SetupFailed(f"bridge {msg['bridge']} does not exist; the network's "
                                   f"bridge was removed from outside: restart the daemon")
         nsfd, inside, dns = self._new_namespace(path, bool(msg.get("dns")))
-        self.namespaces[path] = veth
+        # The veth is ours once it is made: an undo must not delete a link that already
+        # had its name (a refused add_veth).
+        self.namespaces[path] = ""
         try:
             if veth:
                 try:
@@ -196,6 +198,7 @@ class NetServer:
                 except OSError as e:
                     raise _failed(f"create veth {veth} on {msg['bridge']}",
                                   e.errno or 0) from None
+                self.namespaces[path] = veth
             try:
                 inside.link_up(LOOPBACK_INDEX)
                 if veth:

@@ -414,11 +414,12 @@ def test_a_refill_batch_that_fails_part_way_keeps_what_it_made(net):
             {(bridge.id, str(made[0].address))}
         assert {p.name for p in (net.root / "netns").iterdir()} - files == {made[0].name}
         assert not any(name.endswith("vthird") for name in our_links())
+        assert taken in our_links()          # the link that had the name is not undone
         assert ping(made[0].path, bridge.gateway)          # the one made works
 
         async def give_back() -> None:
             net.svc._teardown_later(bridge, made[0])
         net.run(give_back())
         net.run(net.svc.settle())
-    finally:       # the refused prepare's undo took the link with its veth's name
+    finally:
         subprocess.run(["ip", "link", "del", taken], capture_output=True)
