@@ -1193,7 +1193,10 @@ class ContainerService:
         except NotFound:
             pass                                       # a user's rm -f was first
         except BaseException:
-            self._save(record)
+            # Kept as it is when the removal failed before its row went; after that
+            # there is nothing to keep, and the removal's own error is the one to tell.
+            with contextlib.suppress(NotFound):
+                self._save(record)
             raise
         finally:
             self.exiting.pop(record.id, None)

@@ -314,6 +314,8 @@ class Store:
             taken = self._volatile_taken("", name)
             if taken is not None:
                 raise _name_taken(name, taken["id"])
+        if type(doc) is not dict:     # a volatile row's record object: that row is gone
+            raise NotFound(f"no such container: {id}")
         dumped = _dump(doc)
         with self.transaction() as db:
             try:

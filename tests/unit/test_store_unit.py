@@ -410,3 +410,18 @@ def test_volatile_rows_resolve_conflict_and_list_as_stored_ones(store, volatile)
     with pytest.raises(NotFound):
         store.delete_container(AB)
     store.put_container(AD, "site", "created", "img", None, {}, volatile=first)   # free again
+
+
+def test_a_volatile_row_saved_after_its_deletion_is_not_found(store):
+    """A --rm container's removal that fails after its row went saves its record back
+    (``ContainerService._remove_exited``): the store says NotFound, as for a stored row
+    that is gone, not that the record object is not a dict."""
+    record = object()                    # what the container service keeps as the doc
+    store.put_container(AB, "web", "created", "img", None, record, volatile=True)
+    store.save_container(AB, "web", "exited", record)
+    assert store.get_container(AB)["doc"] is record
+    store.delete_container(AB)
+    with pytest.raises(NotFound):
+        store.save_container(AB, "web", "exited", record)
+    with pytest.raises(NotFound):
+        store.save_container(AB, "web", "exited", {"a": 1})
