@@ -353,14 +353,15 @@ def evolve(obj: _Evolvable, **changes: Any) -> _Evolvable:
     """``dataclasses.replace`` for the two records every start and exit rewrites (a
     container's record and its state; a cold run makes five): the fields are copied as
     they are, without calling ``__init__`` (these classes check nothing there), ~1 us
-    instead of replace's ~3.5. An unknown field is refused as replace refuses it."""
+    instead of replace's ~3.5. Their ``__dict__`` holds their fields and nothing else
+    (nothing is kept on them, as ``ContainerConfig.derived`` keeps on a config), so it
+    is copied whole. An unknown field is refused as replace refuses it."""
     names = _EVOLVABLE[type(obj)]
     unknown = changes.keys() - names
     if unknown:
         raise TypeError(f"{type(obj).__name__} has no field(s) {', '.join(sorted(unknown))}")
     new = object.__new__(type(obj))
-    values = obj.__dict__
-    new.__dict__.update({name: values[name] for name in names}, **changes)
+    new.__dict__.update(obj.__dict__, **changes)
     return new
 
 

@@ -89,8 +89,10 @@ def parse(text: str) -> ResolvConf:
     return ResolvConf(tuple(servers), search, tuple(options), tuple(other))
 
 
+@functools.lru_cache(maxsize=16)
 def host_path(etc_text: str, systemd_exists: bool) -> str:
-    """The host file a bridge or none container's is made from (Docker's ``Path()``)."""
+    """The host file a bridge or none container's is made from (Docker's ``Path()``).
+    Every start asks, with the same host text: its parse is kept."""
     if systemd_exists and parse(etc_text).nameservers == (SYSTEMD_STUB,):
         return SYSTEMD
     return ETC
