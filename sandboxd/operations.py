@@ -62,7 +62,7 @@ class NoParams:
     """Base of every params class; an operation without params uses it as is."""
     # Fields an older client sent, and what to send instead.
     RETIRED: ClassVar[dict[str, str]] = {}
-    # Whether a client sends the same request again and again (a test runner's run): the
+    # Whether a client sends the same request again and again (a loop of runs): the
     # daemon then keeps the built params by the request's bytes and shares them between
     # requests, so such a class's fields must all be immutable.
     REPEATS: ClassVar[bool] = False
