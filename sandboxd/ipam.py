@@ -19,7 +19,6 @@ a restart; keeping them in ``meta.db`` cost three sqlite transactions per contai
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -78,15 +77,11 @@ class Pool:
                                   f"(the gateway is {gw}); give a larger range")
         return pool
 
-    def _bounds(self) -> tuple[int, int]:
-        """The first and last candidate address (as ints) for dynamic allocation."""
-        first, last, _gw = self.span
-        return first, last
-
     @functools.cached_property
     def span(self) -> tuple[int, int, int]:
-        """(first, last, gateway) as ints: asked at every allocation (a Pool is
-        immutable and shared, see ``network._pool``)."""
+        """The first and last candidate address for dynamic allocation and the gateway,
+        as ints: asked at every allocation (a Pool is immutable and shared, see
+        ``network._pool``)."""
         first, last = int(self.subnet.network_address) + 1, int(self.subnet.broadcast_address) - 1
         if self.ip_range is not None:
             first = max(first, int(self.ip_range.network_address))
@@ -95,8 +90,7 @@ class Pool:
 
     def size(self) -> int:
         """How many addresses containers can get dynamically."""
-        first, last = self._bounds()
-        gw = int(self.gateway)
+        first, last, gw = self.span
         return max(0, last - first + 1 - (1 if first <= gw <= last else 0))
 
     def check_static(self, address: str) -> IPv4Address:
@@ -111,20 +105,12 @@ class Pool:
             raise Conflict(f"ip: {address} is the network's gateway; pick another address")
         return ip
 
-    def numbers(self, after: int | None) -> Iterator[int]:
-        """Every dynamic address once, as an integer (the allocator's key: no address
-        objects), starting after ``after`` and wrapping round."""
-        first, last = self._bounds()
-        start = after + 1 if after is not None and first <= after < last else first
-        gw = int(self.gateway)
-        # Lazily: a /16 pool would otherwise build a 65k-element tuple per allocation.
-        return (n for n in itertools.chain(range(start, last + 1), range(first, start))
-                if n != gw)
-
 
 def _first_free(pool: Pool, after: int | None, used: dict[int, str]) -> int | None:
-    """The first address of ``pool.numbers(after)`` not in ``used``, in a plain loop (no
-    generators: one is asked for at every container start)."""
+    """The first dynamic address not in ``used``, as an int (the allocator's key: no
+    address objects), looking from just after ``after`` and wrapping round, never the
+    gateway. A plain loop: one is asked for at every container start, and a /16 pool
+    has 65k candidates."""
     first, last, gw = pool.span
     n = after + 1 if after is not None and first <= after < last else first
     for _ in range(last - first + 1):

@@ -726,9 +726,9 @@ class NetworkService:
                 self._teardown_later(net, prepared)
             raise
         made = [p for p, _m in batch[:result["made"]]]
-        for prepared, count in zip(made, result["fd_counts"]):
-            _resolver_sockets(prepared, fds[:count])
-            fds = fds[count:]
+        for prepared, sent in zip(made, result["fd_counts"]):
+            _resolver_sockets(prepared, fds[:sent])
+            fds = fds[sent:]
         for prepared, _m in batch[len(made):]:
             self._unmade(net, prepared)
         error = result.get("error")
