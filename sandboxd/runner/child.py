@@ -17,7 +17,7 @@ import signal
 import socket
 import struct
 import termios
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 import msgpack
 
@@ -51,7 +51,7 @@ def not_dumpable() -> None:
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
 
 
-def set_title(name: str, args: tuple[str, ...] = ()) -> None:
+def set_title(name: str, args: tuple[str, ...] = ()) -> Callable[[], None]:
     """Show ``name`` (and ``args``) as this process's command, for a container's pid 1
     that runs on without an exec (an init's reaper): it was forked with the fork
     server's argv, which names the daemon's state directory and flags, and
@@ -61,11 +61,15 @@ def set_title(name: str, args: tuple[str, ...] = ()) -> None:
     /proc/self/stat gives), their last byte left non-NUL so the kernel reads the title
     up to its NUL; ``comm`` too. (Written directly, and ``comm`` by prctl: a
     non-dumpable process of another user than root may not open its own /proc/self/mem
-    or comm.) Best effort."""
+    or comm.) Best effort. Returns what puts the previous title back, for a process
+    forked after it was set (an init's workload, shown as itself until it execs)."""
     try:
         with open("/proc/self/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         start, end = int(fields[45]), int(fields[46])     # arg_start, arg_end (48, 49)
+        before = ctypes.string_at(start, end - start) if end > start else b""
+        comm_before = ctypes.create_string_buffer(16)
+        sc.prctl(sc.PR_GET_NAME, ctypes.addressof(comm_before))
         if end - start >= 2:
             title = " ".join((name, *args)).encode()[:end - start - 2] + b"\0"
             area = title + b"\0" * (end - start - 1 - len(title)) + b" "
@@ -73,7 +77,12 @@ def set_title(name: str, args: tuple[str, ...] = ()) -> None:
         comm = ctypes.create_string_buffer(os.path.basename(name).encode()[:15])
         sc.prctl(sc.PR_SET_NAME, ctypes.addressof(comm))
     except (OSError, ValueError, IndexError):
-        pass
+        return lambda: None
+
+    def put_back() -> None:
+        ctypes.memmove(start, before, len(before))
+        sc.prctl(sc.PR_SET_NAME, ctypes.addressof(comm_before))
+    return put_back
 
 
 def close_fds_except(*keep: int, first: int = 3) -> None:

@@ -26,13 +26,16 @@ def run_init(workload: Callable[[], NoReturn], spawn: Callable[[], int] = os.for
     as ``sbx-init -- ARGS`` (as Docker's ``docker-init -- ARGS``)."""
     watched = _FORWARDED | {signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    # Before the fork: the workload may read /proc/1/cmdline at once, and a title set
+    # after it showed the fork server's argv to a workload that ran first.
+    put_back = set_title("sbx-init", ("--", *args) if args else ())
     child = spawn()
     if child == 0:
+        put_back()                      # the workload is itself until it execs
         signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
         workload()
     if started is not None:
         started(child)
-    set_title("sbx-init", ("--", *args) if args else ())
     # Hold no fd but stdio: the start-report pipe must close when the workload execs.
     os.closerange(3, 1 << 20)
     while True:
