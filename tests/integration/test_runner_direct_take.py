@@ -13,6 +13,7 @@ import pytest
 from harness import remove_cgroup_parent
 from sandboxd.errors import CommandNotFound, Conflict, InvalidArgument
 from sandboxd.runner.api import AsyncRunner
+from sandboxd.runner import park
 from sandboxd.runner.park import build_helper
 from sandboxd.runner.spec import ContainerSpec, Limits, Process, RootFS
 
@@ -153,3 +154,34 @@ def test_a_take_the_server_must_filter_goes_through_the_server(tmp_path, busybox
         return output
 
     assert _scenario(tmp_path, body) == b"Seccomp:\t2\n"
+
+
+@pytest.mark.parametrize("compiler", ["musl", "cc"])
+def test_a_parked_pid_1_built_by_either_toolchain_serves_a_take(tmp_path, busybox_rootfs,
+                                                                monkeypatch, compiler):
+    """sbx-park is built against musl when musl-tools is there (a start-up 0.5 ms
+    shorter than static glibc's under virtualisation), else by cc: either binary, in
+    its own file, parks a pid 1 that takes the workload alike."""
+    monkeypatch.setenv("SANDBOXD_CACHE_DIR", str(tmp_path / "cache"))
+    if compiler == "cc":                     # a host without musl-tools
+        which = park.shutil.which
+        monkeypatch.setattr(park.shutil, "which",
+                            lambda name: None if name == "musl-gcc" else which(name))
+    chosen = park.toolchain()
+    if chosen is None or chosen[0] != compiler:
+        pytest.skip(f"no {compiler} toolchain here (.ci/install installs musl-tools)")
+    helper = park.build_helper()
+    assert helper == str(park.helper_path())
+    with open(helper, "rb") as f:
+        image = f.read()
+    # glibc's static start-up carries its CPU-feature probe's tunables; musl's does not.
+    assert (b"glibc.cpu.hwcaps" in image) == (compiler == "cc")
+
+    async def body(runner, exits, arrived):
+        spec = _prepared_spec(busybox_rootfs)
+        await runner.prepare(spec, helper, direct=True)
+        _, output = await _take(runner, spec.id, Process(
+            args=("sh", "-c", "echo $$ $HOME $(cat /proc/1/comm)"), env=("PATH=/bin",)))
+        return output, (await _exit_of(exits, arrived, spec.id)).exit_code
+
+    assert _scenario(tmp_path, body) == (b"1 /root sh\n", 0)
