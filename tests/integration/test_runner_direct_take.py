@@ -13,7 +13,7 @@ import pytest
 from harness import remove_cgroup_parent
 from sandboxd.errors import CommandNotFound, Conflict, InvalidArgument
 from sandboxd.runner.api import AsyncRunner
-from sandboxd.runner import park
+from sandboxd.runner import native, park
 from sandboxd.runner.park import build_helper
 from sandboxd.runner.spec import ContainerSpec, Limits, Process, RootFS
 
@@ -159,9 +159,10 @@ def test_a_take_the_server_must_filter_goes_through_the_server(tmp_path, busybox
 @pytest.mark.parametrize("compiler", ["musl", "cc"])
 def test_a_parked_pid_1_built_by_either_toolchain_serves_a_take(tmp_path, busybox_rootfs,
                                                                 monkeypatch, compiler):
-    """sbx-park is built against musl when musl-tools is there (a start-up 0.5 ms
-    shorter than static glibc's under virtualisation), else by cc: either binary, in
-    its own file, parks a pid 1 that takes the workload alike."""
+    """The helpers are built against musl when musl-tools is there (a start-up 0.5 ms
+    shorter than static glibc's under virtualisation), else by cc: both sources build
+    either way, each in its own file, and either sbx-park parks a pid 1 that takes the
+    workload alike."""
     monkeypatch.setenv("SANDBOXD_CACHE_DIR", str(tmp_path / "cache"))
     if compiler == "cc":                     # a host without musl-tools
         which = park.shutil.which
@@ -172,10 +173,12 @@ def test_a_parked_pid_1_built_by_either_toolchain_serves_a_take(tmp_path, busybo
         pytest.skip(f"no {compiler} toolchain here (.ci/install installs musl-tools)")
     helper = park.build_helper()
     assert helper == str(park.helper_path())
-    with open(helper, "rb") as f:
-        image = f.read()
-    # glibc's static start-up carries its CPU-feature probe's tunables; musl's does not.
-    assert (b"glibc.cpu.hwcaps" in image) == (compiler == "cc")
+    setup = park.build_helper(native.SOURCE, "sbx-setup")      # sbx-setup builds too
+    for path in (helper, setup):
+        with open(path, "rb") as f:
+            # glibc's static start-up carries its CPU-feature probe's tunables; musl's
+            # does not.
+            assert (b"glibc.cpu.hwcaps" in f.read()) == (compiler == "cc")
 
     async def body(runner, exits, arrived):
         spec = _prepared_spec(busybox_rootfs)
