@@ -164,6 +164,7 @@ def test_a_parked_pid_1_built_by_either_toolchain_serves_a_take(tmp_path, busybo
     either way, each in its own file, and either sbx-park parks a pid 1 that takes the
     workload alike."""
     monkeypatch.setenv("SANDBOXD_CACHE_DIR", str(tmp_path / "cache"))
+    first = park.toolchain(), park.helper_path()
     if compiler == "cc":                     # a host without musl-tools
         which = park.shutil.which
         monkeypatch.setattr(park.shutil, "which",
@@ -171,6 +172,8 @@ def test_a_parked_pid_1_built_by_either_toolchain_serves_a_take(tmp_path, busybo
     chosen = park.toolchain()
     if chosen is None or chosen[0] != compiler:
         pytest.skip(f"no {compiler} toolchain here (.ci/install installs musl-tools)")
+    # A host that gains or loses musl builds anew: the file is named by the toolchain.
+    assert (park.helper_path() == first[1]) == (first[0] == chosen)
     helper = park.build_helper()
     assert helper == str(park.helper_path())
     setup = park.build_helper(native.SOURCE, "sbx-setup")      # sbx-setup builds too
