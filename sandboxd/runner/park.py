@@ -60,7 +60,7 @@ def toolchain() -> tuple[str, list[str]] | None:
     ``musl-gcc`` when it, the gcc it wraps and the kernel's headers are there, else
     ``cc``; None without either. A static glibc program's start-up probes the CPU's
     features and caches (68 CPUID instructions, each a VM exit under virtualisation):
-    0.56 ms before main on this nested VM, against 0.05 ms for the same program on musl,
+    0.56 ms before main on this VM, against 0.05 ms for the same program on musl,
     and each cold start execs sbx-setup (docs/bench.md, twelfth pass)."""
     triplet = sysconfig.get_config_var("MULTIARCH") or ""
     musl = shutil.which("musl-gcc")
