@@ -486,13 +486,14 @@ class ForkServer:
         """sbx-setup's memfd if it is built; else (``build``) its build starts in the
         background: cold starts are set up in Python until it is there (see _reap)."""
         try:
-            path = park.helper_path(native.SOURCE, "sbx-setup")
+            chosen = park.toolchain()
+            path = park.helper_path(native.SOURCE, "sbx-setup", chosen)
             if path.exists():
                 self.setup = load_helper(str(path), "sbx-setup")
                 return
             if not build:
                 raise SetupFailed(f"the build of {path} failed (see above)")
-            command, tmp = park.build_command(native.SOURCE, "sbx-setup")
+            command, tmp = park.build_command(native.SOURCE, "sbx-setup", chosen)
         except (OSError, SandboxError) as e:
             print(f"fork server: cold starts are set up in Python: {e}", file=sys.stderr)
             return

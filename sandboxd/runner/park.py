@@ -51,11 +51,14 @@ def cache_dir() -> Path:
 
 
 # The kernel's headers Debian's musl-gcc lacks (it searches musl's own only), linked
-# beside nothing else of glibc's under the cache dir.
+# beside nothing else of glibc's in this directory under the cache dir.
 _KERNEL_HEADERS = ("linux", "asm-generic", "asm")
+_MUSL_INCLUDE = "musl-include"
+
+Toolchain = tuple[str, list[str]]
 
 
-def toolchain() -> tuple[str, list[str]] | None:
+def toolchain() -> Toolchain | None:
     """The compiler the helpers are built with, as (its name, the command's start):
     ``musl-gcc`` when it, the gcc it wraps and the kernel's headers are there, else
     ``cc``; None without either. A static glibc program's start-up probes the CPU's
@@ -66,7 +69,7 @@ def toolchain() -> tuple[str, list[str]] | None:
     musl = shutil.which("musl-gcc")
     if musl and triplet and shutil.which(f"{triplet}-gcc") \
             and all(path.is_dir() for path in _kernel_headers(triplet).values()):
-        return "musl", [musl, "-isystem", str(cache_dir() / "musl-include")]
+        return "musl", [musl, "-isystem", str(cache_dir() / _MUSL_INCLUDE)]
     compiler = shutil.which("cc") or shutil.which("gcc")
     return ("cc", [compiler]) if compiler else None
 
@@ -77,7 +80,7 @@ def _kernel_headers(triplet: str) -> dict[str, Path]:
 
 
 def _link_kernel_headers() -> None:
-    include = cache_dir() / "musl-include"
+    include = cache_dir() / _MUSL_INCLUDE
     include.mkdir(parents=True, exist_ok=True)
     for name, path in _kernel_headers(sysconfig.get_config_var("MULTIARCH")).items():
         try:
@@ -86,25 +89,28 @@ def _link_kernel_headers() -> None:
             pass
 
 
-def helper_path(source: Path = SOURCE, name: str = "sbx-park") -> Path:
+def helper_path(source: Path = SOURCE, name: str = "sbx-park",
+                chosen: Toolchain | None = None) -> Path:
     """Where the program built from ``source`` is kept: one file per hash of the source,
-    the header it includes and the toolchain (a machine that gains musl builds anew)."""
-    chosen = toolchain()
+    the header it includes and the toolchain (``chosen``, else :func:`toolchain`'s: a
+    machine that gains musl builds anew)."""
+    chosen = chosen or toolchain()
     digest = hashlib.sha256(source.read_bytes() + HEADER.read_bytes()
                             + (chosen[0] if chosen else "").encode()).hexdigest()[:16]
     return cache_dir() / f"{name}-{digest}"
 
 
-def build_command(source: Path = SOURCE, name: str = "sbx-park") -> tuple[list[str], Path]:
-    """The compiler's command line and the path it writes (beside ``helper_path``, to
-    be renamed there: a concurrent build wins or loses whole); raises SetupFailed when
-    there is no compiler."""
-    chosen = toolchain()
+def build_command(source: Path = SOURCE, name: str = "sbx-park",
+                  chosen: Toolchain | None = None) -> tuple[list[str], Path]:
+    """The compiler's command line (``chosen``'s, else :func:`toolchain`'s) and the path
+    it writes (beside ``helper_path``, to be renamed there: a concurrent build wins or
+    loses whole); raises SetupFailed when there is no compiler."""
+    chosen = chosen or toolchain()
     if chosen is None:
         raise SetupFailed(f"no C compiler (cc) to build {name} from {source}: apt-get "
                           f"install gcc libc6-dev musl-tools",
                           {"step": "park-helper", "errno": 0})
-    target = helper_path(source, name)
+    target = helper_path(source, name, chosen)
     target.parent.mkdir(parents=True, exist_ok=True)
     if chosen[0] == "musl":
         _link_kernel_headers()
@@ -116,10 +122,11 @@ def build_helper(source: Path = SOURCE, name: str = "sbx-park") -> str:
     """The path of the program built from ``source`` (sbx-park's park.c by default),
     built once per source; raises SetupFailed (with the compiler's words) when it
     cannot be built."""
-    target = helper_path(source, name)
+    chosen = toolchain()
+    target = helper_path(source, name, chosen)
     if target.exists():
         return str(target)
-    command, tmp = build_command(source, name)
+    command, tmp = build_command(source, name, chosen)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode:
