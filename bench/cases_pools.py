@@ -3,7 +3,8 @@ with 64 MiB and 64 pids through the in-process Python client, taking a parked co
 (a pool hit) beside the same request started cold, crun's spec -> exit and the
 ``unshare`` floor in the same run; and the host memory (PSS, /proc/PID/smaps_rollup) of
 a parked container, right after parking and after the fork server has started 100 more
-containers (its heap moves on, and a parked copy keeps the pages it had).
+containers (its heap moves on, and a parked copy keeps the pages it had); and the CPU the
+daemon's process spends per such request (the issue's ≤ 1 ms of daemon work a start).
 
 A hit's sample starts with the pool full and idle: the refill of the previous take is
 waited for outside the timing, so a sample is the take alone, as for a request that
@@ -25,8 +26,10 @@ from .peers import PEERS
 
 POOL_RUN = "client.run('busybox', ['true'], memory='64m', pids_limit=64)"
 PARKED = "PSS per parked container (smaps_rollup)"
+DAEMON_CPU = f"CPU of the daemon's process per {POOL_RUN}, back to back (schedstat)"
 OPTIONS = {"memory": MEMORY, "pids_limit": PIDS}
 POOL_SIZE = 8
+BLOCK = 8           # requests per sample of the daemon's CPU
 
 
 def _pool(client) -> dict:
@@ -104,6 +107,56 @@ for _peer in PEERS:
     if _peer.name in ("crun", "unshare"):
         case(POOL_RUN, f"{_peer.name} (spec -> exit, new netns)")(
             partial(peer_sequential, peer=_peer, net=True))
+
+
+def _cpu(pid: int) -> float:
+    """Seconds of CPU the process ``pid`` has run, all its threads (schedstat's first
+    field: nanoseconds, not the 10 ms ticks of /proc/PID/stat)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:       # a thread that ended meanwhile
+            pass
+    return total / 1e9
+
+
+def _daemon_cpu(bench: Bench, n: int, pooled: bool) -> list[float]:
+    """The daemon's CPU per request over blocks of BLOCK requests made back to back (as
+    a test suite makes them), each block read after its work has settled: the --rm
+    removals after the replies and, for hits, the refill of the pool they emptied. The
+    settling is a sleep, not a poll: polling is daemon work too."""
+    daemon = shared_daemon(bench)
+    client = daemon.client
+    if pooled:
+        _declared(client, BLOCK)
+    samples = []
+    try:
+        for i in range(bench.settings.warmup + n):
+            before = _cpu(daemon.proc.pid)
+            for _ in range(BLOCK):
+                result = client.run("busybox", ["true"], **OPTIONS)
+                if result.exit_code != 0:
+                    raise RuntimeError(f"exit {result.exit_code}: {result.stderr[-300:]!r}")
+            time.sleep(0.3 if pooled else 0.05)
+            used = _cpu(daemon.proc.pid) - before
+            if pooled:
+                pool = _pool(client)
+                if pool.get("ready") != BLOCK or pool["hits"] != (i + 1) * BLOCK:
+                    raise RuntimeError(f"the block did not take and refill the pool: {pool}")
+            if i >= bench.settings.warmup:
+                samples.append(used / BLOCK)
+    finally:
+        if pooled:
+            _declared(client, 0)
+    return samples
+
+
+case(DAEMON_CPU, "sandboxd daemon, cold", reference=True)(
+    partial(_daemon_cpu, pooled=False))
+case(DAEMON_CPU, "sandboxd daemon, pool hit and its refill")(
+    partial(_daemon_cpu, pooled=True))
 
 
 def _pss(pid: int) -> int:
