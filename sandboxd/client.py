@@ -13,9 +13,10 @@ none runs), send requests, demultiplex replies and streamed events.
 any number of concurrent calls. The sync ``Connection`` routes frames by request id, so
 several threads may call at once: the first thread that waits reads the socket for all
 of them until its own reply comes, then another waiting thread takes over (no thread of
-its own, so a reply wakes its caller directly, not a reader that then wakes it). Once a
-stream sends stdin, a reader thread reads instead, so that stdin can be written while
-events are being read (no deadlock when both sides' buffers are full).
+its own, so a reply wakes its caller directly, not a reader that then wakes it). While a
+stream that sends stdin is in flight, a reader thread reads instead, so that stdin can be
+written while events are being read (no deadlock when both sides' buffers are full); it
+leaves once the last such stream has ended.
 
 This module is imported by ``sbx`` on every start: it imports only the standard library's
 os/sys/itertools and ``_socket``, msgpack (through ``protocol``) and ``errors`` at import
@@ -102,6 +103,7 @@ class Connection(_Demux):
         self._read_lock = threading.Lock()        # held by the thread reading the socket
         self._waiting: set = set()                # queues of threads waiting meanwhile
         self._reader: threading.Thread | None = None
+        self._senders: set[int] = set()           # streams that send stdin: the reader's
         self._closing = False
         self.session_id: str | None = None
         sock.settimeout(timeout)
@@ -249,21 +251,32 @@ class Connection(_Demux):
         self._fail_all(Unavailable(reason))
         return True
 
-    def _start_reader(self) -> None:
-        """From now on a thread of its own reads: a stream is sending stdin, and a
-        daemon that cannot write its output to us may stop reading that stdin."""
+    def _start_reader(self, rid: int) -> None:
+        """Until stream ``rid`` has ended, a thread of its own reads: the stream sends
+        stdin, and a daemon that cannot write its output to us may stop reading that
+        stdin. Afterwards the waiting threads read again (a reply wakes its caller, not
+        a reader that then wakes it)."""
         import threading
         with self._send_lock:
+            self._senders.add(rid)
             if self._reader is not None:
                 return
-            self._reader = threading.Thread(target=self._read_loop, daemon=True,
-                                            name="sandboxd-client-reader")
-        self._reader.start()
+            self._reader = reader = threading.Thread(target=self._read_loop, daemon=True,
+                                                     name="sandboxd-client-reader")
+        reader.start()
 
     def _read_loop(self) -> None:
         with self._read_lock:             # once the thread reading now has its reply
             while self._lost is None:
+                with self._send_lock:     # a stream whose final came is not pending
+                    self._senders = {rid for rid in self._senders if rid in self._pending}
+                    if not self._senders:
+                        self._reader = None
+                        break
                 self._read_some(None)
+        # Released first: a thread that found the socket taken listed itself before.
+        for other in list(self._waiting):
+            other.put(_TURN)
 
 
 def _current_thread() -> object:
@@ -301,7 +314,7 @@ class Stream:
 
     def send(self, data: bytes) -> None:
         """Feed the process's stdin (any thread may, while another iterates)."""
-        self._conn._start_reader()
+        self._conn._start_reader(self.id)
         for start in range(0, len(data), STDIN_CHUNK):
             self._send({"id": self.id, "stdin": bytes(data[start:start + STDIN_CHUNK])})
 

@@ -505,6 +505,37 @@ def test_a_stream_being_read_routes_the_replies_of_other_threads(make_server):
         assert got == ["slow"]
 
 
+def test_the_reader_thread_of_a_stdin_stream_leaves_when_the_stream_ends(make_server):
+    # A stream that sends stdin gets a reader thread; once it has ended, replies wake
+    # their callers again (not a reader that then wakes them), and the next such
+    # stream gets a reader of its own. Calls from other threads are served throughout.
+    s = make_server()
+    register_stream_ops(s.server, {})
+    s.start()
+    with s.connect() as conn:
+        for round_ in range(2):
+            slow: list = []
+            waiter = threading.Thread(target=lambda: slow.append(
+                conn.call("test.sleep", {"seconds": 0.3, "value": "slow"})))
+            waiter.start()
+            time.sleep(0.05)                  # it reads the socket for everyone
+            with conn.stream("test.echo") as stream:
+                stream.send(b"abc")
+                reader = conn._reader
+                assert reader is not None and reader.is_alive()
+                assert conn.call("test.sleep", {"seconds": 0.01, "value": round_}) == round_
+                stream.close_stdin()
+                assert [d for n, d in stream if n == "stdout"] == [b"ABC"]
+                assert stream.result() == {"bytes": 3, "streaming": True}
+            reader.join(10)
+            assert not reader.is_alive() and conn._reader is None
+            waiter.join(10)
+            assert slow == ["slow"]           # its reply came after the reader left
+            assert [conn.call("test.sleep", {"seconds": 0.01, "value": i})
+                    for i in range(3)] == [0, 1, 2]
+            assert conn._reader is None
+
+
 def test_a_call_that_times_out_while_it_reads_leaves_the_connection_usable(make_server):
     s = make_server()
     state: dict = {}
