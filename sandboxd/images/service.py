@@ -960,8 +960,9 @@ class ImageService:
         """``system df`` rows of images: ``{id, tags, size, shared, unique, layers,
         layer_sizes, containers}``; ``size`` counts each layer's unpacked bytes,
         ``unique`` only those of layers no other image shares; ``layers`` are chain ids
-        (the same layer in two images has the same one)."""
-        images = self.store.list_images()
+        (the same layer in two images has the same one). The host image is one of them,
+        of no layers, as ``images`` and ``info`` count it."""
+        images = self.list()
         users: Counter[str] = Counter()
         for image in images:
             for chain in set(image["doc"].get("chain_ids", [])):

@@ -200,6 +200,12 @@ def test_system_df_counts_volumes(clean: Daemon) -> None:
                 check=True).out
     line = next(l for l in out.splitlines() if l.startswith("Local Volumes"))
     assert int(line.split()[2]) >= 1 and line.split()[3] != "0B"
+    # Images as `images` and `info` count them: the built-in host image too.
+    images = next(l for l in out.splitlines() if l.startswith("Images "))
+    listed = d.sbx("images", "-q", check=True).out.split()
+    assert "host" in d.sbx("images", check=True).out
+    assert int(images.split()[1]) == len(listed) == int(
+        d.sbx("info", "--format", "{{.Images}}", check=True).out)
     verbose = d.sbx("system", "df", "-v", check=True).out
     assert "Local Volumes space usage:" in verbose and "dfvol" in verbose
     d.sbx("volume", "rm", "dfvol", check=True)
