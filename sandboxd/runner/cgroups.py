@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import abc
 import errno
+import fcntl
 import os
 import re
 import signal
@@ -837,6 +838,7 @@ class CgroupManager:
             raise InvalidArgument(f"cgroup version: {version!r} is not v1 or v2")
         self._parent_ready = False
         self._cpuset_ready = False
+        self._lock = -1             # the parent's directory, flocked by sweep()
 
     def __repr__(self) -> str:
         return f"<CgroupManager {self.version} {self.mount_root} parent={self.parent}>"
@@ -1037,6 +1039,35 @@ class CgroupManager:
             raise NotFound(f"no cgroup {self.parent}/{name} under {self.mount_root}",
                            {"name": name})
         return cgroup
+
+    def sweep(self) -> tuple[list[str], list[str]] | None:
+        """At start-up: kill and remove what an owner that died without cleaning up
+        left under the parent (a daemon and its fork server killed at once: their
+        containers' cgroups stay, and the containers run on as orphans). Only with the
+        parent to ourselves: this takes an exclusive flock of the parent's directory,
+        held until the process ends (an fd without exec), and a parent that another
+        live owner holds is left alone: None. Else (the names removed, the problems
+        of those that could not be)."""
+        self.ensure_parent()
+        fd = os.open(self._parent_paths()[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        if self._lock >= 0:
+            os.close(self._lock)
+        self._lock = fd
+        removed: list[str] = []
+        problems: list[str] = []
+        for name in self.names():
+            try:
+                self.open(name).remove()
+            except (SetupFailed, NotFound) as e:
+                problems.append(e.message)
+            else:
+                removed.append(name)
+        return removed, problems
 
     def names(self) -> list[str]:
         """Children of the parent in any hierarchy (start-up reconciliation)."""

@@ -381,6 +381,7 @@ class ForkServer:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.selector.register(self.sock, selectors.EVENT_READ, "control")
         self.selector.register(wake_r, selectors.EVENT_READ, "signal")
+        self._sweep()
         send_message(self.sock, {"event": "ready", "pid": os.getpid(),
                                  "cgroup_version": self.cgroups.version})
         # The default filter for the default capabilities, compiled while the owner
@@ -414,6 +415,29 @@ class ForkServer:
                     self._on_pipe(key.fd)
             self._reap()
         self._shutdown()
+
+    def _sweep(self) -> None:
+        """Before the first container: the cgroups (and orphaned processes) of the
+        containers of a fork server that was killed with its owner (cgroups.sweep).
+        No container outlives its daemon; this makes it so for one that was killed."""
+        try:
+            swept = self.cgroups.sweep()
+        except SandboxError as e:
+            print(f"fork server: cannot clean up the cgroup parent: {e.message}",
+                  file=sys.stderr)
+            return
+        if swept is None:
+            print(f"fork server: another daemon uses the cgroup parent "
+                  f"{self.cgroups.parent}; what is under it is left alone (give each "
+                  f"daemon its own --cgroup-parent)", file=sys.stderr)
+            return
+        removed, problems = swept
+        if removed:
+            print(f"fork server: removed {len(removed)} containers left by a daemon that "
+                  f"was killed: {', '.join(n[:12] for n in removed)}", file=sys.stderr)
+        for problem in problems:
+            print(f"fork server: a container left by a killed daemon: {problem}",
+                  file=sys.stderr)
 
     def _on_control(self) -> None:
         try:

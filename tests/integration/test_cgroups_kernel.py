@@ -341,6 +341,34 @@ def test_remove_kills_and_leaves_nothing(mgr, procs):
         assert not os.path.exists(path)
 
 
+def test_sweep_kills_and_removes_what_a_dead_owner_left_and_locks_the_parent(procs):
+    parent = f"{PARENT}-sweep"
+    dead = CgroupManager(parent)                 # an owner killed without its clean-up
+    left = dead.create("left", Limits(pids=8))
+    dead.create("empty", Limits())
+    p = python_child(procs, "print('up', flush=True)\nsys.stdin.readline()")
+    left.join(p.pid)
+    go(p)
+    assert p.stdout.readline() == "up\n"
+    owner = CgroupManager(parent)
+    try:
+        assert owner.sweep() == (["empty", "left"], [])
+        assert p.wait(10) == -signal.SIGKILL
+        assert owner.names() == []
+        # While it lives, another owner of the same parent finds the lock held and
+        # touches nothing under it.
+        mine = owner.create("mine", Limits())
+        assert CgroupManager(parent).sweep() is None
+        assert owner.names() == ["mine"]
+        mine.remove()
+    finally:
+        for name in owner.names():
+            owner.open(name).remove()
+        for path in {os.path.dirname(p) for p in owner.paths("x")}:
+            if os.path.isdir(path):
+                os.rmdir(path)
+
+
 # ---------------------------------------------------------------- v2 process control
 
 def unified_available() -> bool:
@@ -383,6 +411,31 @@ def test_v2_process_control_on_unified(procs):
         for path in (parent + "/c1", parent):
             if os.path.isdir(path):
                 os.rmdir(path)
+
+
+@pytest.mark.skipif(not unified_available(),
+                    reason=f"no controller-less cgroup2 mount at {UNIFIED}")
+def test_v2_sweep_kills_and_removes_what_a_dead_owner_left(procs):
+    parent = f"{PARENT}-sweep2"
+    owner = CgroupManager(parent, mount_root=UNIFIED, version="v2", controllers=())
+    path = f"{UNIFIED}/{parent}"
+    os.makedirs(f"{path}/left/{cgroups.LEAF}")          # a nesting one, and a plain one
+    os.makedirs(f"{path}/plain")
+    p = python_child(procs, "print('up', flush=True)\nsys.stdin.readline()")
+    owner.open("left").join(p.pid)
+    go(p)
+    assert p.stdout.readline() == "up\n"
+    try:
+        assert owner.sweep() == (["left", "plain"], [])
+        assert p.wait(10) == -signal.SIGKILL
+        assert owner.names() == []
+        assert CgroupManager(parent, mount_root=UNIFIED, version="v2",
+                             controllers=()).sweep() is None
+    finally:
+        for name in owner.names():
+            owner.open(name).remove()
+        if os.path.isdir(path):
+            os.rmdir(path)
 
 
 # ---------------------------------------------------------------- v2 nesting (zygotes)

@@ -3,11 +3,12 @@ own daemon (``conftest.Daemon``), since it kills it."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from harness import Daemon, pid_alive, running, wait_until
+from harness import Daemon, _parent, _processes, pid_alive, running, wait_until
 
 
 @pytest.fixture
@@ -68,6 +69,70 @@ def test_kill9_then_restart(fresh: Daemon) -> None:
     d.sbx("start", "r-a", check=True)
     assert d.sbx("exec", "r-a", "echo", "alive", check=True).out == "alive\n"
     d.stop()              # SIGTERM with r-a running: exit 0, nothing left (conftest)
+
+
+def _helpers(d: Daemon) -> list[int]:
+    """The daemon's fork server and network server."""
+    assert d.proc is not None
+    return [pid for pid, cmd in _processes() if _parent(pid) == d.proc.pid
+            and ("sandboxd.runner.forkserver" in cmd or "sandboxd.runner.netserver" in cmd)]
+
+
+def test_a_daemon_killed_with_its_helpers_leaves_nothing_after_the_next_start() -> None:
+    # `pkill -9 -f sandboxd` kills the daemon, the fork server and the network server at
+    # once: no one is left to kill the containers or remove their cgroups. The
+    # containers run on as orphans until the next start, which kills them and removes
+    # their cgroups (CHECKS 23: no container outlives its daemon).
+    with running() as d:
+        d.proc.terminate()
+        assert d.proc.wait(30) == 0
+        d.flags = ("--pool", "busybox,memory=64m=2")        # the image is there now
+        d.start()
+        client = d.client()
+        wait_until(lambda: (client.pools()["pools"] or [{}])[0].get("ready") == 2,
+                   what="the pool")
+        parked = client.pools()["pools"][0]["pids"]
+        d.sbx("run", "-d", "--name", "k-keep", "busybox", "sleep", "600", check=True)
+        d.sbx("run", "-d", "--rm", "busybox", "sleep", "601", check=True)
+        running_ = [_pid(d, "k-keep")] + [
+            pid for pid, cmd in _processes() if cmd.strip() == "sleep 601"]
+        assert len(running_) == 2 and all(pid_alive(p) for p in running_)
+        before = {os.path.basename(c) for c in d.cgroup_children()}
+        assert len(before) == 4                 # two parked, two running
+        for pid in [*_helpers(d), d.proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        d.proc.wait(10)
+        assert all(pid_alive(p) for p in running_)          # orphans, for now
+        assert {os.path.basename(c) for c in d.cgroup_children()} >= before - {
+            str(p) for p in parked}
+
+        d.flags = ()
+        d.start()
+        wait_until(lambda: not any(pid_alive(p) for p in running_ + parked), 15,
+                   "the orphaned containers to be killed")
+        assert not {os.path.basename(c) for c in d.cgroup_children()} & before
+        assert "removed 4 containers left by a daemon that was killed" in d.log()
+        status = d.sbx("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "k-keep",
+                       check=True).out.split()
+        assert status == ["exited", "137"]
+        assert d.sbx("run", "--rm", "busybox", "echo", "after", check=True).out == "after\n"
+
+
+def test_a_daemon_sharing_the_cgroup_parent_leaves_the_first_ones_containers() -> None:
+    # The clean-up at start takes the parent's lock: a second daemon given the same
+    # --cgroup-parent finds it held and touches nothing under it.
+    with running() as first:
+        first.sbx("run", "-d", "--name", "s-first", "busybox", "sleep", "600", check=True)
+        pid = _pid(first, "s-first")
+        second = Daemon(parent=first.parent).start()
+        try:
+            wait_until(lambda: "another daemon uses the cgroup parent" in second.log(),
+                       what="the second daemon's fork server to find the lock held")
+            assert pid_alive(pid)
+            assert first.sbx("exec", "s-first", "echo", "alive", check=True).out == "alive\n"
+        finally:
+            second.proc.send_signal(signal.SIGTERM)
+            second.proc.wait(30)
 
 
 def test_sigterm_stops_containers(fresh: Daemon) -> None:
