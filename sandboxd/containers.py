@@ -59,6 +59,7 @@ log = logging.getLogger("sandboxd.containers")
 RUNNING = lifecycle.ACTIVE
 RM_LAYER_SIZE = 1 << 30          # a --rm container's tmpfs upper (memory) unless it asks
 READ_CHUNK = 65536
+RUNNER_RESTART_SPACING = 1.0    # s between fork server starts, if one dies at once
 SUBSCRIBER_QUEUE = 64
 # Generated names, Docker-style: adjective_noun (1,024 of them; see _free_name).
 _ADJECTIVES = ("agile", "bold", "brave", "bright", "calm", "clever", "cool", "eager",
@@ -138,7 +139,9 @@ class ContainerService:
         self.runner = AsyncRunner(self._on_exit, state_dir=str(self.root / "runtime"),
                                   cgroup_parent=config.cgroup_parent,
                                   template_entries=TEMPLATE_ENTRIES,
-                                  exit_stats=False)     # no client reads them
+                                  exit_stats=False,     # no client reads them
+                                  on_lost=self._runner_lost)
+        self._runner_started = 0.0              # monotonic; restarts are spaced
         self.networks = networks
         self.ports = PortProxy()
         self.link_hosts: dict[str, str] = {}   # running containers' --link hosts lines
@@ -172,6 +175,7 @@ class ContainerService:
 
     async def startup(self) -> None:
         await self.runner.start()
+        self._runner_started = time.monotonic()
         await self.networks.startup()
         for row in self.store.list_containers():
             record = self._record(row)
@@ -198,6 +202,47 @@ class ContainerService:
             except SandboxError as e:
                 log.warning("restart policy: %s did not start: %s", container_id[:12],
                             e.message)
+
+    def _runner_lost(self) -> None:
+        """The fork server died under the daemon (killed, the OOM killer). Its
+        containers are out of reach: no exit of theirs will be reported, and they run on
+        as orphans. Each ends now as killed (137), with the reason in its record; the
+        pools forget their parked ones; and a new fork server starts, whose first act
+        kills and removes the orphans (runner/cgroups.py, ``claim``)."""
+        if self.closing:
+            return
+        log.error("the fork server (pid %d) exited unexpectedly: its %d containers are "
+                  "ended, and a new one starts", self.runner.pid, len(self.live))
+        info = ExitInfo(128 + signal.SIGKILL, signal.SIGKILL)
+        for key in list(self.exec_waiters):
+            self._on_exit(key[0], key[1], info)
+        for container_id, held in list(self.held.items()):
+            if not held.done():
+                held.set_result(info)
+        if self.pools is not None:
+            for container_id in list(self.pools.owned):
+                self.pools.lost(container_id)
+        for container_id, live in list(self.live.items()):
+            live.record = evolve(live.record, state=evolve(
+                live.record.state, error="the daemon's fork server died; the container "
+                                         "was killed"))
+            self._on_exit(container_id, None, info)
+            self._force_close(live)    # its orphans may hold the pipes until they are killed
+        asyncio.ensure_future(self._restart_runner())
+
+    async def _restart_runner(self) -> None:
+        wait = RUNNER_RESTART_SPACING - (time.monotonic() - self._runner_started)
+        if wait > 0:                   # one that dies at once is not restarted in a loop
+            await asyncio.sleep(wait)
+        if self.closing:
+            return
+        try:
+            await self.runner.start()
+        except SandboxError as e:
+            log.error("the fork server did not start again: %s", e.message)
+            return
+        self._runner_started = time.monotonic()
+        log.info("a new fork server (pid %d) runs", self.runner.pid)
 
     def _sweep_directories(self) -> None:
         """Remove container directories without a record: left by a daemon that died

@@ -346,6 +346,7 @@ class HelperConnection:
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
         self._ready: Any = None
+        self._closing = False
 
     async def _attach(self, sock: socket.socket, proc: subprocess.Popen) -> dict:
         """Serve ``sock`` on the running loop; returns the helper's ``ready`` message."""
@@ -359,6 +360,7 @@ class HelperConnection:
 
     async def close(self) -> None:
         import asyncio
+        self._closing = True
         self._lost()
         if self._proc is not None:
             proc, self._proc = self._proc, None
@@ -391,6 +393,7 @@ class HelperConnection:
 
     def _lost(self) -> None:
         import asyncio
+        connected = self._sock is not None
         if self._sock is not None:
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
@@ -399,6 +402,11 @@ class HelperConnection:
         self._fail_pending(err)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(err)
+        elif connected and not self._closing:
+            self._died()
+
+    def _died(self) -> None:
+        """The helper ended on its own after its start (killed, crashed)."""
 
     def _on_message(self, msg: dict) -> None:
         raise NotImplementedError
@@ -414,10 +422,14 @@ class AsyncRunner(_Protocol, HelperConnection):
 
     def __init__(self, on_exit: Callable[[str, str | None, ExitInfo], None],
                  state_dir: str = "/run/sandboxd/runner", cgroup_parent: str = "sandboxd",
-                 template_entries: tuple[str, ...] = (), exit_stats: bool = True):
+                 template_entries: tuple[str, ...] = (), exit_stats: bool = True,
+                 on_lost: Callable[[], None] | None = None):
         _Protocol.__init__(self, state_dir, cgroup_parent, template_entries, exit_stats)
         HelperConnection.__init__(self)
         self.on_exit = on_exit
+        # Called when the fork server dies under us: its containers are out of reach
+        # (their exits will never be reported), and start() makes a new one.
+        self.on_lost = on_lost
         self._waiters: dict[int, Any] = {}
         # Prepared containers whose take we send to the parked pid 1 ourselves: its
         # channel and the prepared process (prepare(direct=True)); and those taken so,
@@ -427,6 +439,12 @@ class AsyncRunner(_Protocol, HelperConnection):
         self.pid = 0
 
     async def start(self) -> None:
+        """Start the fork server; again after it died (its first act kills and removes
+        the containers the dead one left: cgroups.claim)."""
+        import asyncio
+        if self._proc is not None:                  # the dead one: reaped, not a zombie
+            proc, self._proc = self._proc, None
+            await asyncio.get_running_loop().run_in_executor(None, proc.wait)
         sock, proc = _start_server(self.state_dir, self.cgroup_parent, self.template_entries,
                                    self.exit_stats)
         ready = await self._attach(sock, proc)
@@ -455,6 +473,10 @@ class AsyncRunner(_Protocol, HelperConnection):
             else:
                 for fd in msg.get("fds", ()):
                     os.close(fd)
+
+    def _died(self) -> None:
+        if self.on_lost is not None:
+            self.on_lost()
 
     def _fail_pending(self, err: Exception) -> None:
         for waiter in (*self._waiters.values(), *self._taking.values()):

@@ -838,7 +838,7 @@ class CgroupManager:
             raise InvalidArgument(f"cgroup version: {version!r} is not v1 or v2")
         self._parent_ready = False
         self._cpuset_ready = False
-        self._lock = -1             # the parent's directory, flocked by sweep()
+        self._lock = -1             # the parent's directory, flocked by claim()
 
     def __repr__(self) -> str:
         return f"<CgroupManager {self.version} {self.mount_root} parent={self.parent}>"
@@ -1040,34 +1040,58 @@ class CgroupManager:
                            {"name": name})
         return cgroup
 
-    def sweep(self) -> tuple[list[str], list[str]] | None:
-        """At start-up: kill and remove what an owner that died without cleaning up
-        left under the parent (a daemon and its fork server killed at once: their
-        containers' cgroups stay, and the containers run on as orphans). Only with the
-        parent to ourselves: this takes an exclusive flock of the parent's directory,
-        held until the process ends (an fd without exec), and a parent that another
-        live owner holds is left alone: None. Else (the names removed, the problems
-        of those that could not be)."""
+    def claim(self) -> tuple[list[str], list[str]] | None:
+        """At start-up: make the parent and hold it, with a shared flock of its
+        directory kept while this process lives (an fd closed at exec), so that no
+        other owner's start sweeps it while we use it. First the lock is asked for
+        exclusively, which only an owner alone gets: then what an owner killed without
+        its clean-up left under the parent (a fork server killed with its daemon: the
+        containers' cgroups stay, and the containers run on as orphans) is killed and
+        removed, and claim returns (the names removed, the problems of those that could
+        not be). None: another live owner uses the parent, and it is left alone."""
         self.ensure_parent()
         fd = os.open(self._parent_paths()[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
         if self._lock >= 0:
             os.close(self._lock)
         self._lock = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_SH)          # waits only while another sweeps
+            return None
         removed: list[str] = []
         problems: list[str] = []
-        for name in self.names():
-            try:
-                self.open(name).remove()
-            except (SetupFailed, NotFound) as e:
-                problems.append(e.message)
-            else:
-                removed.append(name)
+        try:
+            for name in self.names():
+                try:
+                    self.open(name).remove()
+                except (SetupFailed, NotFound) as e:
+                    problems.append(e.message)
+                else:
+                    removed.append(name)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_SH)
         return removed, problems
+
+    def release(self) -> None:
+        """At the end, our containers gone: the parent is removed when no other owner
+        holds it (we get the lock exclusively), so that the host is left as it was;
+        then the lock is let go."""
+        if self._lock < 0:
+            return
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            for path in self._parent_paths():
+                try:
+                    os.rmdir(path)          # the parent's last part only
+                except OSError:
+                    pass                    # not empty (someone else's), or gone
+        os.close(self._lock)
+        self._lock = -1
+        self._parent_ready = False
 
     def names(self) -> list[str]:
         """Children of the parent in any hierarchy (start-up reconciliation)."""

@@ -381,7 +381,7 @@ class ForkServer:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.selector.register(self.sock, selectors.EVENT_READ, "control")
         self.selector.register(wake_r, selectors.EVENT_READ, "signal")
-        self._sweep()
+        self._claim_cgroups()
         send_message(self.sock, {"event": "ready", "pid": os.getpid(),
                                  "cgroup_version": self.cgroups.version})
         # The default filter for the default capabilities, compiled while the owner
@@ -416,15 +416,14 @@ class ForkServer:
             self._reap()
         self._shutdown()
 
-    def _sweep(self) -> None:
-        """Before the first container: the cgroups (and orphaned processes) of the
-        containers of a fork server that was killed with its owner (cgroups.sweep).
-        No container outlives its daemon; this makes it so for one that was killed."""
+    def _claim_cgroups(self) -> None:
+        """Before the first container: hold the cgroup parent, and kill and remove
+        what a fork server killed with its daemon left under it (cgroups.claim). No
+        container outlives its daemon; this makes it so for one that was killed."""
         try:
-            swept = self.cgroups.sweep()
+            swept = self.cgroups.claim()
         except SandboxError as e:
-            print(f"fork server: cannot clean up the cgroup parent: {e.message}",
-                  file=sys.stderr)
+            print(f"fork server: cannot hold the cgroup parent: {e.message}", file=sys.stderr)
             return
         if swept is None:
             print(f"fork server: another daemon uses the cgroup parent "
@@ -433,10 +432,10 @@ class ForkServer:
             return
         removed, problems = swept
         if removed:
-            print(f"fork server: removed {len(removed)} containers left by a daemon that "
-                  f"was killed: {', '.join(n[:12] for n in removed)}", file=sys.stderr)
+            print(f"fork server: removed {len(removed)} containers left by a fork server "
+                  f"that was killed: {', '.join(n[:12] for n in removed)}", file=sys.stderr)
         for problem in problems:
-            print(f"fork server: a container left by a killed daemon: {problem}",
+            print(f"fork server: a container left by a killed fork server: {problem}",
                   file=sys.stderr)
 
     def _on_control(self) -> None:
@@ -1307,6 +1306,7 @@ class ForkServer:
                 print(f"fork server: cleanup of {container.id}: {e}", file=sys.stderr)
         while self.retiring:
             self._retire_one()
+        self.cgroups.release()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             try:

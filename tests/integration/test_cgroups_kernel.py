@@ -341,8 +341,8 @@ def test_remove_kills_and_leaves_nothing(mgr, procs):
         assert not os.path.exists(path)
 
 
-def test_sweep_kills_and_removes_what_a_dead_owner_left_and_locks_the_parent(procs):
-    parent = f"{PARENT}-sweep"
+def test_claim_kills_and_removes_what_a_dead_owner_left_and_holds_the_parent(procs):
+    parent = f"{PARENT}-claim"
     dead = CgroupManager(parent)                 # an owner killed without its clean-up
     left = dead.create("left", Limits(pids=8))
     dead.create("empty", Limits())
@@ -351,16 +351,21 @@ def test_sweep_kills_and_removes_what_a_dead_owner_left_and_locks_the_parent(pro
     go(p)
     assert p.stdout.readline() == "up\n"
     owner = CgroupManager(parent)
+    other = CgroupManager(parent)
     try:
-        assert owner.sweep() == (["empty", "left"], [])
+        assert owner.claim() == (["empty", "left"], [])
         assert p.wait(10) == -signal.SIGKILL
         assert owner.names() == []
-        # While it lives, another owner of the same parent finds the lock held and
-        # touches nothing under it.
+        # While it lives, another owner of the same parent finds it held and touches
+        # nothing under it; its release leaves the parent to the first.
         mine = owner.create("mine", Limits())
-        assert CgroupManager(parent).sweep() is None
+        assert other.claim() is None
         assert owner.names() == ["mine"]
+        other.release()
+        assert all(os.path.isdir(path) for path in owner._parent_paths()[:1])
         mine.remove()
+        owner.release()                          # the last one out removes the parent
+        assert not [p for p in Path("/sys/fs/cgroup").glob(f"*/{parent}")]
     finally:
         for name in owner.names():
             owner.open(name).remove()
@@ -415,8 +420,8 @@ def test_v2_process_control_on_unified(procs):
 
 @pytest.mark.skipif(not unified_available(),
                     reason=f"no controller-less cgroup2 mount at {UNIFIED}")
-def test_v2_sweep_kills_and_removes_what_a_dead_owner_left(procs):
-    parent = f"{PARENT}-sweep2"
+def test_v2_claim_kills_and_removes_what_a_dead_owner_left(procs):
+    parent = f"{PARENT}-claim2"
     owner = CgroupManager(parent, mount_root=UNIFIED, version="v2", controllers=())
     path = f"{UNIFIED}/{parent}"
     os.makedirs(f"{path}/left/{cgroups.LEAF}")          # a nesting one, and a plain one
@@ -426,11 +431,15 @@ def test_v2_sweep_kills_and_removes_what_a_dead_owner_left(procs):
     go(p)
     assert p.stdout.readline() == "up\n"
     try:
-        assert owner.sweep() == (["left", "plain"], [])
+        assert owner.claim() == (["left", "plain"], [])
         assert p.wait(10) == -signal.SIGKILL
         assert owner.names() == []
-        assert CgroupManager(parent, mount_root=UNIFIED, version="v2",
-                             controllers=()).sweep() is None
+        other = CgroupManager(parent, mount_root=UNIFIED, version="v2", controllers=())
+        assert other.claim() is None
+        owner.release()
+        assert os.path.exists(path)             # the other one holds it still
+        other.release()
+        assert not os.path.exists(path)
     finally:
         for name in owner.names():
             owner.open(name).remove()

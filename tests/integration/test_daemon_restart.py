@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -111,11 +112,53 @@ def test_a_daemon_killed_with_its_helpers_leaves_nothing_after_the_next_start() 
         wait_until(lambda: not any(pid_alive(p) for p in running_ + parked), 15,
                    "the orphaned containers to be killed")
         assert not {os.path.basename(c) for c in d.cgroup_children()} & before
-        assert "removed 4 containers left by a daemon that was killed" in d.log()
+        assert "removed 4 containers left by a fork server that was killed" in d.log()
         status = d.sbx("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "k-keep",
                        check=True).out.split()
         assert status == ["exited", "137"]
         assert d.sbx("run", "--rm", "busybox", "echo", "after", check=True).out == "after\n"
+
+
+def test_a_killed_fork_server_is_replaced_and_its_containers_end() -> None:
+    # The fork server alone killed (the OOM killer's pick, a kill -9): the daemon ends
+    # its containers as killed, starts a new fork server (which kills the orphans and
+    # removes their cgroups), refills its pool and goes on serving.
+    with running() as d:
+        d.proc.terminate()
+        assert d.proc.wait(30) == 0
+        d.flags = ("--pool", "busybox,memory=64m=2")
+        d.start()
+        client = d.client()
+        wait_until(lambda: (client.pools()["pools"] or [{}])[0].get("ready") == 2,
+                   what="the pool")
+        parked = client.pools()["pools"][0]["pids"]
+        d.sbx("run", "-d", "--name", "f-keep", "busybox", "sleep", "600", check=True)
+        keep = _pid(d, "f-keep")
+        attached: list = []
+        runner = threading.Thread(target=lambda: attached.append(
+            d.client().run("busybox", ["sh", "-c", "echo up; exec sleep 602"])))
+        runner.start()
+        wait_until(lambda: any(cmd.strip() == "sleep 602" for _, cmd in _processes()),
+                   what="the attached run to start")
+        old = d.forkserver_pids()
+        os.kill(old[0], signal.SIGKILL)
+
+        runner.join(15)
+        assert attached and attached[0].exit_code == 137       # ended, not hung
+        wait_until(lambda: d.forkserver_pids() and d.forkserver_pids() != old,
+                   what="a new fork server")
+        wait_until(lambda: not any(pid_alive(p) for p in [keep, *parked]) and not any(
+            cmd.strip() == "sleep 602" for _, cmd in _processes()), 15,
+            "the orphans to be killed")
+        status = d.sbx("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} "
+                       "{{.State.Error}}", "f-keep", check=True).out
+        assert status.startswith("exited 137 the daemon's fork server died")
+        assert "exited unexpectedly" in d.log() and "a new fork server" in d.log()
+        assert d.sbx("run", "--rm", "busybox", "echo", "after", check=True).out == "after\n"
+        wait_until(lambda: (client.pools()["pools"] or [{}])[0].get("ready") == 2,
+                   what="the pool to refill")
+        assert not set(parked) & set(client.pools()["pools"][0]["pids"])
+        d.sbx("rm", "f-keep", check=True)
 
 
 def test_a_daemon_sharing_the_cgroup_parent_leaves_the_first_ones_containers() -> None:
