@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,20 +80,26 @@ def _helpers(d: Daemon) -> list[int]:
             and ("sandboxd.runner.forkserver" in cmd or "sandboxd.runner.netserver" in cmd)]
 
 
+def _with_pool(d: Daemon) -> tuple[Any, list[int]]:
+    """``d`` restarted with a pool of 2 busybox containers (its image is there now),
+    once full: a client and the parked pids."""
+    d.proc.terminate()
+    assert d.proc.wait(30) == 0
+    d.flags = ("--pool", "busybox,memory=64m=2")
+    d.start()
+    client = d.client()
+    wait_until(lambda: (client.pools()["pools"] or [{}])[0].get("ready") == 2,
+               what="the pool")
+    return client, client.pools()["pools"][0]["pids"]
+
+
 def test_a_daemon_killed_with_its_helpers_leaves_nothing_after_the_next_start() -> None:
     # `pkill -9 -f sandboxd` kills the daemon, the fork server and the network server at
     # once: no one is left to kill the containers or remove their cgroups. The
     # containers run on as orphans until the next start, which kills them and removes
     # their cgroups (CHECKS 23: no container outlives its daemon).
     with running() as d:
-        d.proc.terminate()
-        assert d.proc.wait(30) == 0
-        d.flags = ("--pool", "busybox,memory=64m=2")        # the image is there now
-        d.start()
-        client = d.client()
-        wait_until(lambda: (client.pools()["pools"] or [{}])[0].get("ready") == 2,
-                   what="the pool")
-        parked = client.pools()["pools"][0]["pids"]
+        client, parked = _with_pool(d)
         d.sbx("run", "-d", "--name", "k-keep", "busybox", "sleep", "600", check=True)
         d.sbx("run", "-d", "--rm", "busybox", "sleep", "601", check=True)
         running_ = [_pid(d, "k-keep")] + [
@@ -124,14 +131,7 @@ def test_a_killed_fork_server_is_replaced_and_its_containers_end() -> None:
     # its containers as killed, starts a new fork server (which kills the orphans and
     # removes their cgroups), refills its pool and goes on serving.
     with running() as d:
-        d.proc.terminate()
-        assert d.proc.wait(30) == 0
-        d.flags = ("--pool", "busybox,memory=64m=2")
-        d.start()
-        client = d.client()
-        wait_until(lambda: (client.pools()["pools"] or [{}])[0].get("ready") == 2,
-                   what="the pool")
-        parked = client.pools()["pools"][0]["pids"]
+        client, parked = _with_pool(d)
         d.sbx("run", "-d", "--name", "f-keep", "busybox", "sleep", "600", check=True)
         keep = _pid(d, "f-keep")
         attached: list = []
