@@ -839,6 +839,7 @@ class CgroupManager:
         self._parent_ready = False
         self._cpuset_ready = False
         self._lock = -1             # the parent's directory, flocked by claim()
+        self._made: list[str] = []  # the parent's levels this manager made
 
     def __repr__(self) -> str:
         return f"<CgroupManager {self.version} {self.mount_root} parent={self.parent}>"
@@ -918,12 +919,15 @@ class CgroupManager:
         os.mkdir(path, 0o755)
 
     def _mkdir_exist_ok(self, path: str) -> None:
+        """A level of the parent; one this manager made is removed at release()."""
         try:
             self._mkdir(path)
         except FileExistsError:
             pass
         except OSError as e:
             raise _failed("mkdir", path, e) from e
+        else:
+            self._made.append(path)
 
     def ensure_parent(self) -> None:
         """Make the parent in every hierarchy and prepare it (v1: the device allowlist;
@@ -1049,8 +1053,10 @@ class CgroupManager:
         containers' cgroups stay, and the containers run on as orphans) is killed and
         removed, and claim returns (the names removed, the problems of those that could
         not be). None: another live owner uses the parent, and it is left alone."""
-        self.ensure_parent()
-        fd = os.open(self._parent_paths()[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        held = self._parent_paths()[0]
+        if not os.path.isdir(held):
+            self.ensure_parent()
+        fd = os.open(held, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         if self._lock >= 0:
             os.close(self._lock)
         self._lock = fd
@@ -1058,6 +1064,7 @@ class CgroupManager:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fcntl.flock(fd, fcntl.LOCK_SH)          # waits only while another sweeps
+            self.ensure_parent()
             return None
         removed: list[str] = []
         problems: list[str] = []
@@ -1071,12 +1078,15 @@ class CgroupManager:
                     removed.append(name)
         finally:
             fcntl.flock(fd, fcntl.LOCK_SH)
+        # After the sweep: v1 resets a parent's device list only without children.
+        self.ensure_parent()
         return removed, problems
 
     def release(self) -> None:
-        """At the end, our containers gone: the parent is removed when no other owner
-        holds it (we get the lock exclusively), so that the host is left as it was;
-        then the lock is let go."""
+        """At the end, our containers gone: the levels of the parent this manager made
+        are removed when no other owner holds it (we get the lock exclusively), so that
+        the host is left as it was (a parent made by someone else, with limits of
+        theirs, stays); then the lock is let go."""
         if self._lock < 0:
             return
         try:
@@ -1084,11 +1094,12 @@ class CgroupManager:
         except BlockingIOError:
             pass
         else:
-            for path in self._parent_paths():
+            for path in reversed(self._made):
                 try:
-                    os.rmdir(path)          # the parent's last part only
+                    os.rmdir(path)
                 except OSError:
                     pass                    # not empty (someone else's), or gone
+            self._made.clear()
         os.close(self._lock)
         self._lock = -1
         self._parent_ready = False

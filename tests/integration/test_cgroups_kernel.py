@@ -362,10 +362,15 @@ def test_claim_kills_and_removes_what_a_dead_owner_left_and_holds_the_parent(pro
         assert other.claim() is None
         assert owner.names() == ["mine"]
         other.release()
-        assert all(os.path.isdir(path) for path in owner._parent_paths()[:1])
         mine.remove()
-        owner.release()                          # the last one out removes the parent
-        assert not [p for p in Path("/sys/fs/cgroup").glob(f"*/{parent}")]
+        owner.release()               # the parent stays: the dead owner made it, not we
+        assert len(list(Path("/sys/fs/cgroup").glob(f"*/{parent}"))) >= 6
+        # A parent that claim made goes at release, once no one else holds it.
+        fresh = CgroupManager(f"{parent}-fresh")
+        assert fresh.claim() == ([], [])
+        assert len(list(Path("/sys/fs/cgroup").glob(f"*/{parent}-fresh"))) >= 6
+        fresh.release()
+        assert not list(Path("/sys/fs/cgroup").glob(f"*/{parent}-fresh"))
     finally:
         for name in owner.names():
             owner.open(name).remove()
@@ -436,10 +441,14 @@ def test_v2_claim_kills_and_removes_what_a_dead_owner_left(procs):
         assert owner.names() == []
         other = CgroupManager(parent, mount_root=UNIFIED, version="v2", controllers=())
         assert other.claim() is None
-        owner.release()
-        assert os.path.exists(path)             # the other one holds it still
         other.release()
-        assert not os.path.exists(path)
+        owner.release()
+        assert os.path.exists(path)             # made by the dead owner: it stays
+        fresh = CgroupManager(f"{parent}-fresh", mount_root=UNIFIED, version="v2",
+                              controllers=())
+        assert fresh.claim() == ([], []) and os.path.isdir(f"{path}-fresh")
+        fresh.release()
+        assert not os.path.exists(f"{path}-fresh")
     finally:
         for name in owner.names():
             owner.open(name).remove()
