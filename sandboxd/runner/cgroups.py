@@ -307,6 +307,13 @@ def _rmdir(path: str) -> None:
         delay = min(delay * 2, 0.01)
 
 
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _check_component(name: str, what: str) -> None:
     if not isinstance(name, str) or not name or "/" in name or "\x00" in name \
             or name in (".", ".."):
@@ -368,6 +375,7 @@ class Cgroup(abc.ABC):
         self._dirs = dirs                                    # controller -> directory
         self.paths: tuple[str, ...] = tuple(dict.fromkeys(dirs.values()))
         self._procs = tuple(p + "/cgroup.procs" for p in self.paths)
+        self.ledger_entry = ""        # its file in the manager's ledger, if it keeps one
 
     def __repr__(self) -> str:
         return f"<Cgroup {self.version} {self.name} {self.paths[0]}>"
@@ -453,6 +461,8 @@ class Cgroup(abc.ABC):
         self.kill_all()
         for path in reversed(self.paths):
             _rmdir(path)
+        if self.ledger_entry:
+            _unlink_quietly(self.ledger_entry)
 
     def freeze(self) -> None:
         """Stop every process in the cgroup; returns once the kernel reports frozen."""
@@ -807,7 +817,7 @@ class CgroupManager:
 
     def __init__(self, parent: str = "sandboxd", mount_root: str = MOUNT_ROOT,
                  version: str | None = None, mountinfo: str = MOUNTINFO,
-                 controllers: tuple[str, ...] = V2_CONTROLLERS):
+                 controllers: tuple[str, ...] = V2_CONTROLLERS, ledger: str = ""):
         if not isinstance(parent, str) or parent.startswith("/"):
             raise InvalidArgument(f"cgroup parent: {parent!r} must be a relative path")
         for part in parent.split("/"):
@@ -840,6 +850,11 @@ class CgroupManager:
         self._cpuset_ready = False
         self._lock = -1             # the parent's directory, flocked by claim()
         self._made: list[str] = []  # the parent's levels this manager made
+        # A directory with a file per cgroup this owner made and has not removed yet:
+        # what claim() may sweep after a crash (never what someone else made).
+        self.ledger = ledger
+        if ledger:
+            os.makedirs(ledger, 0o700, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"<CgroupManager {self.version} {self.mount_root} parent={self.parent}>"
@@ -1009,6 +1024,15 @@ class CgroupManager:
             else:
                 self._ensure_cpuset_v2()
         cgroup = self._cgroup(name, cpuset, nest)
+        entered = False
+        if self.ledger:                        # first: a crash after it leaves no orphan
+            cgroup.ledger_entry = f"{self.ledger}/{name}"
+            try:
+                os.close(os.open(cgroup.ledger_entry,
+                                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+                entered = True
+            except FileExistsError:
+                pass                           # ours already (a live one, or a leftover)
         made: list[str] = []
         try:
             for path in cgroup.paths:
@@ -1028,6 +1052,8 @@ class CgroupManager:
                     _rmdir(path)
                 except SetupFailed:
                     pass        # the first error is the one to report
+            if entered:            # never a Conflict's with a cgroup someone else made
+                _unlink_quietly(cgroup.ledger_entry)
             raise
         return cgroup
 
@@ -1042,17 +1068,21 @@ class CgroupManager:
         if not any(os.path.isdir(p) for p in cgroup.paths):
             raise NotFound(f"no cgroup {self.parent}/{name} under {self.mount_root}",
                            {"name": name})
+        if self.ledger:
+            cgroup.ledger_entry = f"{self.ledger}/{name}"
         return cgroup
 
     def claim(self) -> tuple[list[str], list[str]] | None:
         """At start-up: make the parent and hold it, with a shared flock of its
         directory kept while this process lives (an fd closed at exec), so that no
         other owner's start sweeps it while we use it. First the lock is asked for
-        exclusively, which only an owner alone gets: then what an owner killed without
-        its clean-up left under the parent (a fork server killed with its daemon: the
-        containers' cgroups stay, and the containers run on as orphans) is killed and
-        removed, and claim returns (the names removed, the problems of those that could
-        not be). None: another live owner uses the parent, and it is left alone."""
+        exclusively, which only an owner alone gets: then what an owner of this ledger
+        killed without its clean-up left under the parent (a fork server killed with its
+        daemon: the containers' cgroups stay, and the containers run on as orphans) is
+        killed and removed, and claim returns (the names removed, the problems of those
+        that could not be). Only cgroups the ledger names: never what someone else made
+        under the same parent. None: another live owner uses the parent, and it is
+        left alone."""
         held = self._parent_paths()[0]
         if not os.path.isdir(held):
             self.ensure_parent()
@@ -1069,7 +1099,11 @@ class CgroupManager:
         removed: list[str] = []
         problems: list[str] = []
         try:
-            for name in self.names():
+            present = set(self.names())
+            for name in sorted(os.listdir(self.ledger)) if self.ledger else ():
+                if name not in present:                  # made and removed, or never made
+                    _unlink_quietly(f"{self.ledger}/{name}")
+                    continue
                 try:
                     self.open(name).remove()
                 except (SetupFailed, NotFound) as e:

@@ -356,7 +356,8 @@ class ForkServer:
         self.template_pid = 0
         self.mnt = os.path.join(state_dir, "mnt")
         os.makedirs(self.mnt, 0o700, exist_ok=True)
-        self.cgroups = cgroups.CgroupManager(cgroup_parent)
+        self.cgroups = cgroups.CgroupManager(cgroup_parent,
+                                             ledger=os.path.join(state_dir, "cgroups"))
         self.filters = seccomp.FilterCache()
         self.park_helpers: dict[str, int] = {}                 # sbx-park path -> memfd
         self.setup = -1                  # sbx-setup's memfd (runner/native.py), once built

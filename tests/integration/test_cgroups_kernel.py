@@ -341,32 +341,39 @@ def test_remove_kills_and_leaves_nothing(mgr, procs):
         assert not os.path.exists(path)
 
 
-def test_claim_kills_and_removes_what_a_dead_owner_left_and_holds_the_parent(procs):
+def test_claim_kills_and_removes_what_a_dead_owner_left_and_holds_the_parent(procs,
+                                                                             tmp_path):
     parent = f"{PARENT}-claim"
-    dead = CgroupManager(parent)                 # an owner killed without its clean-up
+    ledger = str(tmp_path / "ledger")
+    dead = CgroupManager(parent, ledger=ledger)     # an owner killed without its clean-up
     left = dead.create("left", Limits(pids=8))
     dead.create("empty", Limits())
+    theirs = CgroupManager(parent).create("theirs", Limits())   # someone else's
     p = python_child(procs, "print('up', flush=True)\nsys.stdin.readline()")
     left.join(p.pid)
     go(p)
     assert p.stdout.readline() == "up\n"
-    owner = CgroupManager(parent)
-    other = CgroupManager(parent)
+    assert sorted(os.listdir(ledger)) == ["empty", "left"]
+    owner = CgroupManager(parent, ledger=ledger)
+    other = CgroupManager(parent, ledger=str(tmp_path / "other"))
     try:
         assert owner.claim() == (["empty", "left"], [])
         assert p.wait(10) == -signal.SIGKILL
-        assert owner.names() == []
+        assert owner.names() == ["theirs"] and os.listdir(ledger) == []
         # While it lives, another owner of the same parent finds it held and touches
         # nothing under it; its release leaves the parent to the first.
         mine = owner.create("mine", Limits())
+        assert os.listdir(ledger) == ["mine"]
         assert other.claim() is None
-        assert owner.names() == ["mine"]
+        assert owner.names() == ["mine", "theirs"]
         other.release()
         mine.remove()
+        assert os.listdir(ledger) == []
+        theirs.remove()
         owner.release()               # the parent stays: the dead owner made it, not we
         assert len(list(Path("/sys/fs/cgroup").glob(f"*/{parent}"))) >= 6
         # A parent that claim made goes at release, once no one else holds it.
-        fresh = CgroupManager(f"{parent}-fresh")
+        fresh = CgroupManager(f"{parent}-fresh", ledger=ledger)
         assert fresh.claim() == ([], [])
         assert len(list(Path("/sys/fs/cgroup").glob(f"*/{parent}-fresh"))) >= 6
         fresh.release()
@@ -425,12 +432,16 @@ def test_v2_process_control_on_unified(procs):
 
 @pytest.mark.skipif(not unified_available(),
                     reason=f"no controller-less cgroup2 mount at {UNIFIED}")
-def test_v2_claim_kills_and_removes_what_a_dead_owner_left(procs):
+def test_v2_claim_kills_and_removes_what_a_dead_owner_left(procs, tmp_path):
     parent = f"{PARENT}-claim2"
-    owner = CgroupManager(parent, mount_root=UNIFIED, version="v2", controllers=())
+    ledger = tmp_path / "ledger"
+    owner = CgroupManager(parent, mount_root=UNIFIED, version="v2", controllers=(),
+                          ledger=str(ledger))
     path = f"{UNIFIED}/{parent}"
     os.makedirs(f"{path}/left/{cgroups.LEAF}")          # a nesting one, and a plain one
     os.makedirs(f"{path}/plain")
+    (ledger / "left").touch()                          # as their owner wrote them
+    (ledger / "plain").touch()
     p = python_child(procs, "print('up', flush=True)\nsys.stdin.readline()")
     owner.open("left").join(p.pid)
     go(p)
@@ -439,13 +450,14 @@ def test_v2_claim_kills_and_removes_what_a_dead_owner_left(procs):
         assert owner.claim() == (["left", "plain"], [])
         assert p.wait(10) == -signal.SIGKILL
         assert owner.names() == []
-        other = CgroupManager(parent, mount_root=UNIFIED, version="v2", controllers=())
+        other = CgroupManager(parent, mount_root=UNIFIED, version="v2", controllers=(),
+                              ledger=str(tmp_path / "other"))
         assert other.claim() is None
         other.release()
         owner.release()
         assert os.path.exists(path)             # made by the dead owner: it stays
         fresh = CgroupManager(f"{parent}-fresh", mount_root=UNIFIED, version="v2",
-                              controllers=())
+                              controllers=(), ledger=str(ledger))
         assert fresh.claim() == ([], []) and os.path.isdir(f"{path}-fresh")
         fresh.release()
         assert not os.path.exists(f"{path}-fresh")
