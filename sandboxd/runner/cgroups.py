@@ -75,6 +75,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import Conflict, InvalidArgument, NotFound, SetupFailed
 from .spec import DEFAULT_CPU_PERIOD, UNLIMITED, Limits
@@ -807,6 +808,14 @@ class CgroupV2(Cgroup):
 
 # ---------------------------------------------------------------- the manager
 
+class Claim(NamedTuple):
+    """What :meth:`CgroupManager.claim` found: the leftovers it removed (names), those
+    it could not (why), and whether another live owner uses the parent too."""
+    removed: list[str]
+    problems: list[str]
+    shared: bool
+
+
 class CgroupManager:
     """Creates, opens and lists the cgroups under one parent (``sandboxd``).
 
@@ -1072,17 +1081,14 @@ class CgroupManager:
             cgroup.ledger_entry = f"{self.ledger}/{name}"
         return cgroup
 
-    def claim(self) -> tuple[list[str], list[str]] | None:
+    def claim(self) -> Claim:
         """At start-up: make the parent and hold it, with a shared flock of its
-        directory kept while this process lives (an fd closed at exec), so that no
-        other owner's start sweeps it while we use it. First the lock is asked for
-        exclusively, which only an owner alone gets: then what an owner of this ledger
-        killed without its clean-up left under the parent (a fork server killed with its
-        daemon: the containers' cgroups stay, and the containers run on as orphans) is
-        killed and removed, and claim returns (the names removed, the problems of those
-        that could not be). Only cgroups the ledger names: never what someone else made
-        under the same parent. None: another live owner uses the parent, and it is
-        left alone."""
+        directory kept while this process lives (an fd closed at exec): release()
+        removes the parent only when no other owner holds it. Then kill and remove what
+        an earlier owner of this ledger left under the parent, killed without its
+        clean-up (a fork server killed with its daemon: the containers' cgroups stay,
+        and the containers run on as orphans): only cgroups the ledger names, never
+        what someone else made under the same parent."""
         held = self._parent_paths()[0]
         if not os.path.isdir(held):
             self.ensure_parent()
@@ -1092,29 +1098,26 @@ class CgroupManager:
         self._lock = fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shared = False
         except BlockingIOError:
-            fcntl.flock(fd, fcntl.LOCK_SH)          # waits only while another sweeps
-            self.ensure_parent()
-            return None
+            shared = True                       # another live owner holds it too
+        fcntl.flock(fd, fcntl.LOCK_SH)
         removed: list[str] = []
         problems: list[str] = []
-        try:
-            present = set(self.names())
-            for name in sorted(os.listdir(self.ledger)) if self.ledger else ():
-                if name not in present:                  # made and removed, or never made
-                    _unlink_quietly(f"{self.ledger}/{name}")
-                    continue
-                try:
-                    self.open(name).remove()
-                except (SetupFailed, NotFound) as e:
-                    problems.append(e.message)
-                else:
-                    removed.append(name)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+        present = set(self.names())
+        for name in sorted(os.listdir(self.ledger)) if self.ledger else ():
+            if name not in present:                      # made and removed, or never made
+                _unlink_quietly(f"{self.ledger}/{name}")
+                continue
+            try:
+                self.open(name).remove()
+            except (SetupFailed, NotFound) as e:
+                problems.append(e.message)
+            else:
+                removed.append(name)
         # After the sweep: v1 resets a parent's device list only without children.
         self.ensure_parent()
-        return removed, problems
+        return Claim(removed, problems, shared)
 
     def release(self) -> None:
         """At the end, our containers gone: the levels of the parent this manager made

@@ -419,23 +419,24 @@ class ForkServer:
 
     def _claim_cgroups(self) -> None:
         """Before the first container: hold the cgroup parent, and kill and remove
-        what a fork server killed with its daemon left under it (cgroups.claim). No
-        container outlives its daemon; this makes it so for one that was killed."""
+        what a fork server of this state directory, killed with its daemon, left under
+        it (cgroups.claim). No container outlives its daemon; this makes it so for one
+        that was killed."""
         try:
-            swept = self.cgroups.claim()
-        except SandboxError as e:
-            print(f"fork server: cannot hold the cgroup parent: {e.message}", file=sys.stderr)
+            claim = self.cgroups.claim()
+        except (SandboxError, OSError) as e:
+            print(f"fork server: cannot hold the cgroup parent: "
+                  f"{getattr(e, 'message', None) or e}", file=sys.stderr)
             return
-        if swept is None:
+        if claim.shared:
             print(f"fork server: another daemon uses the cgroup parent "
-                  f"{self.cgroups.parent}; what is under it is left alone (give each "
-                  f"daemon its own --cgroup-parent)", file=sys.stderr)
-            return
-        removed, problems = swept
-        if removed:
-            print(f"fork server: removed {len(removed)} containers left by a fork server "
-                  f"that was killed: {', '.join(n[:12] for n in removed)}", file=sys.stderr)
-        for problem in problems:
+                  f"{self.cgroups.parent} too (give each daemon its own --cgroup-parent)",
+                  file=sys.stderr)
+        if claim.removed:
+            print(f"fork server: removed {len(claim.removed)} containers left by a fork "
+                  f"server that was killed: {', '.join(n[:12] for n in claim.removed)}",
+                  file=sys.stderr)
+        for problem in claim.problems:
             print(f"fork server: a container left by a killed fork server: {problem}",
                   file=sys.stderr)
 

@@ -341,8 +341,7 @@ def test_remove_kills_and_leaves_nothing(mgr, procs):
         assert not os.path.exists(path)
 
 
-def test_claim_kills_and_removes_what_a_dead_owner_left_and_holds_the_parent(procs,
-                                                                             tmp_path):
+def test_claim_removes_what_its_ledger_names_and_holds_the_parent(procs, tmp_path):
     parent = f"{PARENT}-claim"
     ledger = str(tmp_path / "ledger")
     dead = CgroupManager(parent, ledger=ledger)     # an owner killed without its clean-up
@@ -355,18 +354,18 @@ def test_claim_kills_and_removes_what_a_dead_owner_left_and_holds_the_parent(pro
     assert p.stdout.readline() == "up\n"
     assert sorted(os.listdir(ledger)) == ["empty", "left"]
     owner = CgroupManager(parent, ledger=ledger)
-    other = CgroupManager(parent, ledger=str(tmp_path / "other"))
+    other = CgroupManager(parent, ledger=str(tmp_path / "other"))   # another daemon's
     try:
-        assert owner.claim() == (["empty", "left"], [])
+        assert other.claim() == ([], [], False)
+        # The owner of the ledger removes what it names, with the other one there too,
+        # and nothing else.
+        assert owner.claim() == (["empty", "left"], [], True)
         assert p.wait(10) == -signal.SIGKILL
         assert owner.names() == ["theirs"] and os.listdir(ledger) == []
-        # While it lives, another owner of the same parent finds it held and touches
-        # nothing under it; its release leaves the parent to the first.
         mine = owner.create("mine", Limits())
         assert os.listdir(ledger) == ["mine"]
-        assert other.claim() is None
+        other.release()                          # not its to remove, and not alone
         assert owner.names() == ["mine", "theirs"]
-        other.release()
         mine.remove()
         assert os.listdir(ledger) == []
         theirs.remove()
@@ -374,7 +373,7 @@ def test_claim_kills_and_removes_what_a_dead_owner_left_and_holds_the_parent(pro
         assert len(list(Path("/sys/fs/cgroup").glob(f"*/{parent}"))) >= 6
         # A parent that claim made goes at release, once no one else holds it.
         fresh = CgroupManager(f"{parent}-fresh", ledger=ledger)
-        assert fresh.claim() == ([], [])
+        assert fresh.claim() == ([], [], False)
         assert len(list(Path("/sys/fs/cgroup").glob(f"*/{parent}-fresh"))) >= 6
         fresh.release()
         assert not list(Path("/sys/fs/cgroup").glob(f"*/{parent}-fresh"))
@@ -447,18 +446,18 @@ def test_v2_claim_kills_and_removes_what_a_dead_owner_left(procs, tmp_path):
     go(p)
     assert p.stdout.readline() == "up\n"
     try:
-        assert owner.claim() == (["left", "plain"], [])
+        assert owner.claim() == (["left", "plain"], [], False)
         assert p.wait(10) == -signal.SIGKILL
         assert owner.names() == []
         other = CgroupManager(parent, mount_root=UNIFIED, version="v2", controllers=(),
                               ledger=str(tmp_path / "other"))
-        assert other.claim() is None
+        assert other.claim() == ([], [], True)
         other.release()
         owner.release()
         assert os.path.exists(path)             # made by the dead owner: it stays
         fresh = CgroupManager(f"{parent}-fresh", mount_root=UNIFIED, version="v2",
                               controllers=(), ledger=str(ledger))
-        assert fresh.claim() == ([], []) and os.path.isdir(f"{path}-fresh")
+        assert fresh.claim() == ([], [], False) and os.path.isdir(f"{path}-fresh")
         fresh.release()
         assert not os.path.exists(f"{path}-fresh")
     finally:

@@ -162,15 +162,15 @@ def test_a_killed_fork_server_is_replaced_and_its_containers_end() -> None:
 
 
 def test_a_daemon_sharing_the_cgroup_parent_leaves_the_first_ones_containers() -> None:
-    # The clean-up at start takes the parent's lock: a second daemon given the same
-    # --cgroup-parent finds it held and touches nothing under it.
+    # A second daemon given the same --cgroup-parent (another root: another ledger)
+    # touches nothing of the first's, and says in its log that the parent is shared.
     with running() as first:
         first.sbx("run", "-d", "--name", "s-first", "busybox", "sleep", "600", check=True)
         pid = _pid(first, "s-first")
         second = Daemon(parent=first.parent).start()
         try:
             wait_until(lambda: "another daemon uses the cgroup parent" in second.log(),
-                       what="the second daemon's fork server to find the lock held")
+                       what="the second daemon's fork server to find the parent shared")
             assert pid_alive(pid)
             assert first.sbx("exec", "s-first", "echo", "alive", check=True).out == "alive\n"
         finally:
