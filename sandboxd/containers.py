@@ -1149,11 +1149,8 @@ class ContainerService:
         if fd == live.terminal:
             live.terminal = -1     # its number may be reused: no late resize may reach it
         os.close(fd)
-        if not live.fds:
-            if live.exited.is_set():
-                self._settle(live)
-            else:
-                asyncio.ensure_future(self._finish(live))
+        if not live.fds and live.exited.is_set():
+            self._settle(live)        # else _on_exit settles it, finding no output open
 
     def _on_exit(self, container_id: str, exec_id: str | None, info: ExitInfo) -> None:
         if exec_id is not None:
@@ -1189,11 +1186,6 @@ class ContainerService:
     def _force_close(self, live: _Live) -> None:
         for fd in list(live.fds):
             self._close_output(live, fd)
-
-    async def _finish(self, live: _Live) -> None:
-        """Both output pipes closed: once the exit is known, settle the record."""
-        await live.exited.wait()
-        self._settle(live)
 
     def _settle(self, live: _Live) -> None:
         """Output closed and the exit known: the final record, for the waiters (woken
