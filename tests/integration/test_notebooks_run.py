@@ -277,8 +277,9 @@ IPYTHON_CELLS = ["%%bash\necho from bash; echo to stderr >&2",
 
 def normalised(nb: Any) -> list[Any]:
     """Each code cell's count and outputs, without what differs from run to run: output
-    metadata that is empty, timings, addresses; consecutive stream outputs of one name
-    joined (where a kernel cuts a stream into messages is a matter of timing)."""
+    metadata that is empty, timings, addresses; a run of stream outputs as each stream's
+    whole text (where a kernel cuts a stream into messages, and how it orders stdout
+    against stderr, is a matter of timing)."""
     import json
     import re
 
@@ -301,9 +302,14 @@ def normalised(nb: Any) -> list[Any]:
                                for k, v in out["data"].items()}
             if "traceback" in out:
                 out["traceback"] = [clean(line) for line in out["traceback"]]
-            if outs and out["output_type"] == "stream" and \
-                    outs[-1]["output_type"] == "stream" and outs[-1]["name"] == out["name"]:
-                outs[-1]["text"] += out["text"]
+            if out["output_type"] == "stream":
+                # A kernel orders stdout against stderr by when each buffer was flushed
+                # (ipykernel's IOPub thread: a loaded machine splits and reorders them,
+                # the reference's too), so a run of stream outputs compares as each
+                # stream's whole text.
+                if not outs or outs[-1]["output_type"] != "streams":
+                    outs.append({"output_type": "streams"})
+                outs[-1][out["name"]] = outs[-1].get(out["name"], "") + out["text"]
                 continue
             outs.append(out)
         cells.append((cell.execution_count, outs))
