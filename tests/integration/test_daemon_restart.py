@@ -3,6 +3,7 @@ own daemon (``conftest.Daemon``), since it kills it."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -174,8 +175,10 @@ def test_a_daemon_sharing_the_cgroup_parent_leaves_the_first_ones_containers() -
             assert pid_alive(pid)
             assert first.sbx("exec", "s-first", "echo", "alive", check=True).out == "alive\n"
         finally:
+            # Not second.stop(): its checks would take the first one's parent as its own.
             second.proc.send_signal(signal.SIGTERM)
-            second.proc.wait(30)
+            assert second.proc.wait(30) == 0
+            shutil.rmtree(second.tmp, ignore_errors=True)
 
 
 def test_sigterm_stops_containers(fresh: Daemon) -> None:
