@@ -16,6 +16,8 @@ from sandboxd.api import Client
 from sandboxd.errors import InvalidArgument
 from test_pytest_plugin import daemon_sock, inner  # noqa: F401
 
+pytest_plugins = ("pytester",)      # as test_pytest_plugin's: this file runs alone too
+
 HOST_PIDNS = os.readlink("/proc/self/ns/pid")
 HOST_CAPS = next(line.split(":")[1].strip() for line in open("/proc/self/status")
                  if line.startswith("CapEff"))
