@@ -1115,8 +1115,8 @@ class CgroupManager:
                 problems.append(e.message)
             else:
                 removed.append(name)
-        # After the sweep: v1 resets a parent's device list only without children.
-        self.ensure_parent()
+        if not self._parent_ready:     # after the sweep: v1 resets a parent's device
+            self.ensure_parent()       # list only without children
         return Claim(removed, problems, shared)
 
     def release(self) -> None:
